@@ -1,0 +1,146 @@
+//! The API's one error type: a status code and a `detail`, answered as `{"detail": …}`, and
+//! the mapping of every core error to it.
+
+use axum::Json;
+use axum::body::{Body, to_bytes};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::domain::{InvalidStartTime, InvalidTrialId};
+use crate::heartbeat::HeartbeatExists;
+use crate::scheduler::ScheduleError;
+use crate::services::registry::RegistryError;
+use crate::tokens::TokenError;
+
+/// An error answer.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub detail: String,
+}
+
+impl ApiError {
+    /// An error with this status and detail.
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, detail)
+    }
+
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, detail)
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, detail)
+    }
+
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, detail)
+    }
+
+    pub fn bad_gateway(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, detail)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"detail": self.detail}))).into_response()
+    }
+}
+
+impl From<InvalidTrialId> for ApiError {
+    fn from(e: InvalidTrialId) -> Self {
+        Self::bad_request(e.to_string())
+    }
+}
+
+impl From<InvalidStartTime> for ApiError {
+    fn from(e: InvalidStartTime) -> Self {
+        Self::bad_request(e.to_string())
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::OtherTrial => Self::forbidden(e.to_string()),
+            TokenError::Expired | TokenError::Invalid | TokenError::Revoked => {
+                Self::unauthorized(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::NotFound(_) => Self::not_found(e.to_string()),
+            _ => Self::bad_gateway(e.to_string()),
+        }
+    }
+}
+
+impl From<ScheduleError> for ApiError {
+    fn from(e: ScheduleError) -> Self {
+        match e {
+            ScheduleError::JobExists(_) | ScheduleError::EngineExists(_) => {
+                Self::conflict(e.to_string())
+            }
+            ScheduleError::Time(e) => e.into(),
+            ScheduleError::Registry(e) => e.into(),
+            ScheduleError::NoStartTime(_) => Self::bad_gateway(e.to_string()),
+        }
+    }
+}
+
+impl From<HeartbeatExists> for ApiError {
+    fn from(e: HeartbeatExists) -> Self {
+        Self::conflict(e.to_string())
+    }
+}
+
+/// Gives every error answer the `{"detail"}` shape, including those made by the framework
+/// and the middleware (unknown route, wrong method, body too large, timeout, …).
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = to_bytes(body, 16 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let detail = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_owned()
+    } else {
+        text
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    let body = serde_json::to_vec(&json!({"detail": detail})).unwrap_or_default();
+    Response::from_parts(parts, Body::from(body))
+}

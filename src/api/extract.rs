@@ -1,0 +1,121 @@
+//! Extractors that validate at the edge: the API key, a presented token, the trial id in the
+//! path, and JSON bodies, each refusing with a clear `{"detail"}`.
+
+use std::collections::HashMap;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::header;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use subtle::ConstantTimeEq;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::domain::TrialId;
+
+/// The credential presented: the `Authorization` header (raw or `Bearer <x>`), else the
+/// `Authorization` cookie.
+fn presented_credential(parts: &Parts) -> Option<String> {
+    if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
+        let value = value.to_str().ok()?.trim();
+        let value = match value.split_once(' ') {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+            _ => value,
+        };
+        return (!value.is_empty()).then(|| value.to_owned());
+    }
+    parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == "Authorization")
+        .map(|c| c.value().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+const MISSING: &str = "missing credentials: send them in the Authorization header (raw or 'Bearer <value>') or in an Authorization cookie";
+
+/// Proof that the request carries the API key.
+pub struct ApiKey;
+
+impl FromRequestParts<AppState> for ApiKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let presented =
+            presented_credential(parts).ok_or_else(|| ApiError::unauthorized(MISSING))?;
+        let expected = state.settings.auth.api_key.expose().as_bytes();
+        if bool::from(presented.as_bytes().ct_eq(expected)) {
+            Ok(ApiKey)
+        } else {
+            Err(ApiError::unauthorized("wrong API key"))
+        }
+    }
+}
+
+/// A presented callback token, not yet verified (the handler knows which trial it must be for).
+pub struct PresentedToken(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PresentedToken {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        presented_credential(parts)
+            .map(PresentedToken)
+            .ok_or_else(|| ApiError::unauthorized(MISSING))
+    }
+}
+
+/// The validated trial id of the path (`{trial_id}` or `{id}`).
+pub struct TrialPath(pub TrialId);
+
+impl<S: Send + Sync> FromRequestParts<S> for TrialPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        let raw = params
+            .get("trial_id")
+            .or_else(|| params.get("id"))
+            .ok_or_else(|| ApiError::bad_request("no trial id in the path"))?;
+        Ok(TrialPath(TrialId::parse(raw)?))
+    }
+}
+
+/// A JSON body whose rejections are `{"detail"}` errors with the right status (400 malformed,
+/// 413 too large, 415 not JSON, 422 wrong shape).
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    let detail = match &rejection {
+        JsonRejection::JsonDataError(e) => {
+            format!("request body has the wrong shape: {}", e.body_text())
+        }
+        JsonRejection::JsonSyntaxError(_) => "request body is not valid JSON".to_owned(),
+        JsonRejection::MissingJsonContentType(_) => {
+            "request body must be JSON with 'Content-Type: application/json'".to_owned()
+        }
+        _ if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+            "request body is too large".to_owned()
+        }
+        other => other.body_text(),
+    };
+    ApiError::new(rejection.status(), detail)
+}

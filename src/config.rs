@@ -1,0 +1,395 @@
+//! Typed settings, loaded in layers with the `config` crate (SPEC §9).
+//!
+//! Order, later overriding earlier: the compiled-in `config/default.toml`, a
+//! `config/default.toml` in the working directory, the file named by `--config` or
+//! `LCM_CONFIG`, and `LCM__SECTION__KEY` environment variables. [`Settings::validate`] turns a
+//! configuration that cannot work into an error that names the key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use config::{Config, Environment, File, FileFormat};
+use serde::Deserialize;
+use url::Url;
+
+/// The built-in defaults, so the binary runs from any working directory.
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// Placeholder values shipped in the defaults; running with them logs a loud warning.
+pub const PLACEHOLDER_API_KEY: &str = "Please_change_this";
+/// See [`PLACEHOLDER_API_KEY`].
+pub const PLACEHOLDER_TOKEN_SECRET: &str = "CHANGE_THIS";
+
+/// A configuration that cannot be loaded or cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A source could not be read or parsed, or a value has the wrong type.
+    #[error("cannot load configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value parsed but cannot work; names the key.
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// A secret string: never printed by `Debug` or `Display`.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// All settings of the service.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub auth: AuthSettings,
+    pub executor: ExecutorSettings,
+    pub tls: TlsSettings,
+    pub scheduler: SchedulerSettings,
+    pub heartbeat: HeartbeatSettings,
+    pub logging: LoggingSettings,
+    /// Facility keys used by the trial registry, mapped to the names trial enforcement knows.
+    pub facilities: BTreeMap<String, String>,
+    pub services: ServicesSettings,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    pub bind: String,
+    pub public_url: String,
+    pub cors_origins: Vec<String>,
+    pub max_body_bytes: usize,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    pub api_key: Secret,
+    pub token_secret: Secret,
+    pub token_ttl_secs: u64,
+}
+
+/// `[executor]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct ExecutorSettings {
+    pub disable_vnf: bool,
+    pub request_timeout_secs: u64,
+    pub callback_timeout_secs: u64,
+    #[serde(default)]
+    pub operator_timeout_secs: Option<u64>,
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct TlsSettings {
+    pub disable_cert_verification: bool,
+    #[serde(default)]
+    pub ca_bundle_path: Option<PathBuf>,
+}
+
+/// `[scheduler]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct SchedulerSettings {
+    pub poll_interval_secs: u64,
+    pub automatic: bool,
+}
+
+/// `[heartbeat]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct HeartbeatSettings {
+    pub interval_secs: u64,
+}
+
+/// `[logging]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct LoggingSettings {
+    pub dir: PathBuf,
+    pub level: String,
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[services]`: the platform components the executor talks to.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServicesSettings {
+    pub trial_repository: ServiceSettings,
+    pub trial_enforcement: ServiceSettings,
+    pub kpi_monitoring: ServiceSettings,
+    pub abstraction_layer: AbstractionLayerSettings,
+}
+
+/// One outbound service: its base URL and at most one way to authenticate (SPEC §7).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServiceSettings {
+    pub url: String,
+    #[serde(default)]
+    pub apikey: Option<Secret>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    #[serde(default)]
+    pub oauth2: Option<OAuth2Settings>,
+}
+
+/// OAuth2 client-credentials grant.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OAuth2Settings {
+    pub auth_url: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+}
+
+/// Where the KPI measurement job reads its data from; passed on to trial enforcement.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AbstractionLayerSettings {
+    pub url: String,
+    pub port: u16,
+    pub username: String,
+    pub password: Secret,
+    pub interval: u64,
+}
+
+impl Settings {
+    /// Loads the layered configuration. `file` is the `--config` / `LCM_CONFIG` path.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut builder = Config::builder()
+            .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+            .add_source(File::new("config/default.toml", FileFormat::Toml).required(false));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(invalid(
+                    "--config",
+                    format!("no configuration file at {}", path.display()),
+                ));
+            }
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml));
+        }
+        let settings: Settings = builder
+            .add_source(
+                Environment::with_prefix("LCM")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true)
+                    .list_separator(",")
+                    .with_list_parse_key("server.cors_origins"),
+            )
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Loads only the compiled-in defaults (tests, demo and benchmark start from these).
+    pub fn defaults() -> Result<Self, ConfigError> {
+        let settings: Settings = Config::builder()
+            .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+            .build()?
+            .try_deserialize()?;
+        Ok(settings)
+    }
+
+    /// Refuses a configuration that cannot work, naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.bind_addr()?;
+        parse_http_url("server.public_url", &self.server.public_url)?;
+        if self.server.max_body_bytes == 0 {
+            return Err(invalid("server.max_body_bytes", "must be greater than 0"));
+        }
+        if self.auth.api_key.expose().is_empty() {
+            return Err(invalid("auth.api_key", "must not be empty"));
+        }
+        if self.auth.token_secret.expose().is_empty() {
+            return Err(invalid("auth.token_secret", "must not be empty"));
+        }
+        if self.auth.token_ttl_secs == 0 {
+            return Err(invalid("auth.token_ttl_secs", "must be greater than 0"));
+        }
+        if self.executor.request_timeout_secs == 0 {
+            return Err(invalid(
+                "executor.request_timeout_secs",
+                "must be greater than 0",
+            ));
+        }
+        if self.executor.callback_timeout_secs == 0 {
+            return Err(invalid(
+                "executor.callback_timeout_secs",
+                "must be greater than 0",
+            ));
+        }
+        if self.executor.operator_timeout_secs == Some(0) {
+            return Err(invalid(
+                "executor.operator_timeout_secs",
+                "must be greater than 0 (leave it unset for no deadline)",
+            ));
+        }
+        if self.scheduler.poll_interval_secs == 0 {
+            return Err(invalid(
+                "scheduler.poll_interval_secs",
+                "must be greater than 0",
+            ));
+        }
+        if self.heartbeat.interval_secs == 0 {
+            return Err(invalid("heartbeat.interval_secs", "must be greater than 0"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
+            return Err(invalid(
+                "logging.level",
+                format!("'{}' is not a log level or filter", self.logging.level),
+            ));
+        }
+        if self.facilities.is_empty() {
+            return Err(invalid("facilities", "at least one facility is needed"));
+        }
+        if let Some(path) = &self.tls.ca_bundle_path
+            && !path.is_file()
+        {
+            return Err(invalid(
+                "tls.ca_bundle_path",
+                format!("no file at {}", path.display()),
+            ));
+        }
+        let services = &self.services;
+        validate_service("services.trial_repository.url", &services.trial_repository)?;
+        validate_service(
+            "services.trial_enforcement.url",
+            &services.trial_enforcement,
+        )?;
+        validate_service("services.kpi_monitoring.url", &services.kpi_monitoring)?;
+        if let Some(oauth2) = &services.kpi_monitoring.oauth2 {
+            parse_http_url("services.kpi_monitoring.oauth2.auth_url", &oauth2.auth_url)?;
+        }
+        parse_http_url(
+            "services.abstraction_layer.url",
+            &services.abstraction_layer.url,
+        )?;
+        Ok(())
+    }
+
+    /// The parsed `server.bind` address.
+    pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.server.bind.parse().map_err(|e| {
+            invalid(
+                "server.bind",
+                format!(
+                    "'{}' is not an address like 0.0.0.0:5000 ({e})",
+                    self.server.bind
+                ),
+            )
+        })
+    }
+
+    /// Warnings about settings that work but should not reach production.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.auth.api_key.expose() == PLACEHOLDER_API_KEY {
+            warnings.push(
+                "auth.api_key is still the built-in placeholder: anyone who read the defaults can call this API; set LCM__AUTH__API_KEY".to_owned(),
+            );
+        }
+        if self.auth.token_secret.expose() == PLACEHOLDER_TOKEN_SECRET {
+            warnings.push(
+                "auth.token_secret is still the built-in placeholder: callback tokens can be forged; set LCM__AUTH__TOKEN_SECRET".to_owned(),
+            );
+        }
+        if self.tls.disable_cert_verification {
+            warnings.push(
+                "tls.disable_cert_verification = true: outbound HTTPS certificates are NOT verified".to_owned(),
+            );
+        }
+        warnings
+    }
+}
+
+fn validate_service(key: &'static str, service: &ServiceSettings) -> Result<(), ConfigError> {
+    parse_http_url(key, &service.url)?;
+    if service.username.is_some() != service.password.is_some() {
+        return Err(invalid(
+            key,
+            "username and password go together: set both or neither",
+        ));
+    }
+    Ok(())
+}
+
+fn parse_http_url(key: &'static str, value: &str) -> Result<Url, ConfigError> {
+    let url =
+        Url::parse(value).map_err(|e| invalid(key, format!("'{value}' is not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(invalid(key, format!("'{value}' is not an http(s) URL")));
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_warn_about_placeholders() {
+        let settings = Settings::defaults().expect("defaults load");
+        settings.validate().expect("defaults are valid");
+        assert_eq!(settings.bind_addr().unwrap().port(), 5000);
+        assert_eq!(settings.warnings().len(), 2);
+        assert_eq!(settings.facilities["EUR"], "eurecom");
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        let mut settings = Settings::defaults().unwrap();
+        settings.server.bind = "not-an-address".into();
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("server.bind"), "{err}");
+
+        let mut settings = Settings::defaults().unwrap();
+        settings.auth.token_secret = Secret::new("");
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("auth.token_secret"), "{err}");
+
+        let mut settings = Settings::defaults().unwrap();
+        settings.services.trial_repository.url = "ftp://x".into();
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("services.trial_repository.url"), "{err}");
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let settings = Settings::defaults().unwrap();
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains(PLACEHOLDER_API_KEY));
+        assert!(!printed.contains(PLACEHOLDER_TOKEN_SECRET));
+    }
+}

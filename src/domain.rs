@@ -1,0 +1,164 @@
+//! Validated types that guard the edge: once inside the core, a [`TrialId`] is always valid and
+//! a [`StartTime`] always carries its instant exactly.
+
+use std::fmt;
+
+use chrono::{DateTime, FixedOffset, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A trial id as the platform chose it: `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$` (SPEC §3). Safe
+/// to use in a URL path segment and in a file name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TrialId(String);
+
+/// Why a string is not a trial id.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "invalid trial id '{shown}': use 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+)]
+pub struct InvalidTrialId {
+    shown: String,
+}
+
+impl TrialId {
+    /// Validates a trial id.
+    pub fn parse(raw: &str) -> Result<Self, InvalidTrialId> {
+        let mut chars = raw.chars();
+        let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+        let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if first_ok && rest_ok && raw.len() <= 128 {
+            Ok(Self(raw.to_owned()))
+        } else {
+            // Echo at most a short, printable prefix so a hostile id cannot flood the answer.
+            let shown: String = raw
+                .chars()
+                .take(40)
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect();
+            Err(InvalidTrialId { shown })
+        }
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for TrialId {
+    type Error = InvalidTrialId;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<TrialId> for String {
+    fn from(id: TrialId) -> Self {
+        id.0
+    }
+}
+
+impl fmt::Display for TrialId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A start time with its offset, as the operator wrote it (`2021-02-23T07:17:15+02:00`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartTime(DateTime<FixedOffset>);
+
+/// Why a start time was refused.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum InvalidStartTime {
+    #[error(
+        "start_time '{0}' is not an RFC 3339 date-time with an offset, like 2021-02-23T07:17:15+02:00 or 2021-03-26T10:00:00Z"
+    )]
+    Malformed(String),
+    #[error("start_time {0} is in the past (now is {1})")]
+    Past(String, String),
+}
+
+impl StartTime {
+    /// Parses an RFC 3339 time; a time without an offset is refused rather than guessed.
+    pub fn parse(raw: &str) -> Result<Self, InvalidStartTime> {
+        DateTime::parse_from_rfc3339(raw.trim())
+            .map(Self)
+            .map_err(|_| InvalidStartTime::Malformed(raw.chars().take(64).collect()))
+    }
+
+    /// Parses and requires the time to be after `now`.
+    pub fn parse_future(raw: &str, now: DateTime<Utc>) -> Result<Self, InvalidStartTime> {
+        let time = Self::parse(raw)?;
+        time.ensure_future(now)?;
+        Ok(time)
+    }
+
+    /// Refuses a time that is not after `now`.
+    pub fn ensure_future(&self, now: DateTime<Utc>) -> Result<(), InvalidStartTime> {
+        if self.utc() <= now {
+            return Err(InvalidStartTime::Past(
+                self.to_string(),
+                now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The instant in UTC.
+    pub fn utc(&self) -> DateTime<Utc> {
+        self.0.with_timezone(&Utc)
+    }
+}
+
+impl From<DateTime<Utc>> for StartTime {
+    fn from(time: DateTime<Utc>) -> Self {
+        Self(time.fixed_offset())
+    }
+}
+
+impl fmt::Display for StartTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trial_ids() {
+        for ok in ["t1", "A", "trial-2021_03.x", &"a".repeat(128)] {
+            assert!(TrialId::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "-x",
+            ".hidden",
+            "../etc",
+            "a/b",
+            "a b",
+            "é",
+            &"a".repeat(129),
+            "a\n",
+        ] {
+            assert!(TrialId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn start_times_keep_their_offset() {
+        let t = StartTime::parse("2021-02-23T07:17:15+02:00").unwrap();
+        assert_eq!(t.utc().to_rfc3339(), "2021-02-23T05:17:15+00:00");
+        assert!(StartTime::parse("2021-02-23T07:17:15").is_err());
+        assert!(StartTime::parse("2021-02-30T07:17:15Z").is_err());
+        assert!(StartTime::parse("tomorrow").is_err());
+        let now = Utc::now();
+        assert!(matches!(
+            StartTime::parse_future("2021-02-23T07:17:15Z", now),
+            Err(InvalidStartTime::Past(..))
+        ));
+    }
+}

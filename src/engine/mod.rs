@@ -1,0 +1,221 @@
+//! One engine per trial: an executor task walking the sequence and a watchdog task keeping its
+//! backup. The API holds an [`EngineHandle`] (cheap to clone) and talks to the tasks only
+//! through channels: signals go to the executor, restores to the watchdog, and the engine's
+//! state is read from a `watch` channel. No handler ever waits for a running step.
+
+pub mod executor;
+pub mod failure;
+pub mod nst;
+pub mod redact;
+pub mod sequence;
+pub mod state;
+pub mod steps;
+pub mod watchdog;
+
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::{AbortHandle, JoinHandle};
+use tracing::Instrument;
+
+use crate::config::Settings;
+use crate::domain::TrialId;
+use crate::services::ServiceClient;
+use crate::tokens::TokenManager;
+use executor::{Checkpoint, Executor, ExecutorExit, SignalOutcome, SignalRequest};
+use sequence::{Signal, Step};
+use state::{Backup, EngineStatus, ExecutorStatus, Position, Snapshot, TrialData};
+use watchdog::{RestoreError, RestoreRequest, Watchdog};
+
+/// A function called before every step (fault injection for tests and drills).
+pub type StepHook = Arc<dyn Fn(&TrialId, Step) + Send + Sync>;
+
+/// Optional hooks into every engine.
+#[derive(Clone, Default)]
+pub struct EngineHooks {
+    pub before_step: Option<StepHook>,
+}
+
+/// What every engine needs from the service.
+pub struct EngineDeps {
+    pub settings: Arc<Settings>,
+    pub services: ServiceClient,
+    pub tokens: Arc<TokenManager>,
+    pub hooks: EngineHooks,
+}
+
+/// State shared by the handle and the two tasks.
+pub struct EngineShared {
+    pub id: TrialId,
+    pub deps: Arc<EngineDeps>,
+    pub state: Arc<watch::Sender<Snapshot>>,
+    /// The current executor's signal channel; a restore replaces it.
+    commands: Mutex<mpsc::Sender<SignalRequest>>,
+    restores: mpsc::Sender<RestoreRequest>,
+    tasks: Mutex<Tasks>,
+}
+
+#[derive(Default)]
+struct Tasks {
+    executor: Option<AbortHandle>,
+    watchdog: Option<AbortHandle>,
+}
+
+/// How many signals may queue for an executor; it answers them at once, so few ever wait.
+const SIGNAL_QUEUE: usize = 16;
+
+/// A handle to one trial's engine.
+#[derive(Clone)]
+pub struct EngineHandle {
+    shared: Arc<EngineShared>,
+}
+
+impl EngineHandle {
+    /// Creates the engine and starts it at the first step.
+    pub fn start(id: TrialId, deps: Arc<EngineDeps>) -> Self {
+        let backup = Backup {
+            position: Position::Run(sequence::FIRST),
+            data: TrialData::default(),
+            accepted: Vec::new(),
+            failure: None,
+        };
+        Self::resume(id, deps, backup)
+    }
+
+    /// Creates the engine and starts an executor from `backup`.
+    pub fn resume(id: TrialId, deps: Arc<EngineDeps>, backup: Backup) -> Self {
+        let (state, _) = watch::channel(Snapshot {
+            engine: EngineStatus::Active,
+            executor: ExecutorStatus::Stopped,
+            position: backup.position,
+            kpi_status: backup.data.kpi_status,
+            failure: None,
+            responses: backup.data.responses.clone(),
+            created_at: Utc::now(),
+        });
+        let (commands, _) = mpsc::channel(1);
+        let (restores, restore_rx) = mpsc::channel(4);
+        let (checkpoint_tx, checkpoint_rx) = mpsc::channel(4);
+        let shared = Arc::new(EngineShared {
+            id,
+            deps,
+            state: Arc::new(state),
+            commands: Mutex::new(commands),
+            restores,
+            tasks: Mutex::new(Tasks::default()),
+        });
+        let executor = spawn_executor(&shared, backup.clone(), checkpoint_tx.clone());
+        let watchdog = Watchdog {
+            shared: shared.clone(),
+            backup,
+            executor: Some(executor),
+            checkpoints: checkpoint_rx,
+            checkpoint_tx,
+            restores: restore_rx,
+        };
+        let handle = watchdog::spawn(watchdog, shared.span());
+        shared.tasks().watchdog = Some(handle.abort_handle());
+        Self { shared }
+    }
+
+    /// The trial id.
+    pub fn id(&self) -> &TrialId {
+        &self.shared.id
+    }
+
+    /// The engine's current state.
+    pub fn snapshot(&self) -> Snapshot {
+        self.shared.state.borrow().clone()
+    }
+
+    /// A receiver that sees every change of the engine's state.
+    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
+        self.shared.state.subscribe()
+    }
+
+    /// Delivers a signal; the executor answers at once, whatever it is doing.
+    pub async fn signal(&self, signal: Signal) -> SignalOutcome {
+        let engine = self.shared.state.borrow().engine;
+        if engine != EngineStatus::Active {
+            return SignalOutcome::NotLive(engine);
+        }
+        let sender = self.shared.commands().clone();
+        let (reply, answer) = oneshot::channel();
+        if sender.send(SignalRequest { signal, reply }).await.is_err() {
+            return SignalOutcome::NotLive(self.shared.state.borrow().engine);
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| SignalOutcome::NotLive(self.shared.state.borrow().engine))
+    }
+
+    /// Restores a failed engine from its backup.
+    pub async fn restore(&self) -> Result<(), RestoreError> {
+        if self.shared.state.borrow().engine == EngineStatus::Finished {
+            return Err(RestoreError::Finished);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.shared
+            .restores
+            .send(RestoreRequest { reply })
+            .await
+            .map_err(|_| RestoreError::Gone)?;
+        answer.await.unwrap_or(Err(RestoreError::Gone))
+    }
+
+    /// Stops both tasks; a request in flight is cancelled.
+    pub fn stop(&self) {
+        let mut tasks = self.shared.tasks();
+        for task in [tasks.watchdog.take(), tasks.executor.take()]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
+        }
+        drop(tasks);
+        self.shared.state.send_modify(|s| {
+            s.engine = EngineStatus::Stopped;
+            s.executor = ExecutorStatus::Stopped;
+        });
+    }
+}
+
+impl EngineShared {
+    fn commands(&self) -> std::sync::MutexGuard<'_, mpsc::Sender<SignalRequest>> {
+        self.commands.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn tasks(&self) -> std::sync::MutexGuard<'_, Tasks> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The span every log line of this engine is written in.
+    fn span(&self) -> tracing::Span {
+        tracing::info_span!("engine", trial = %self.id)
+    }
+}
+
+/// Starts an executor task from a backup, with a fresh signal channel.
+fn spawn_executor(
+    shared: &Arc<EngineShared>,
+    backup: Backup,
+    checkpoints: mpsc::Sender<Checkpoint>,
+) -> JoinHandle<ExecutorExit> {
+    let (commands_tx, commands) = mpsc::channel(SIGNAL_QUEUE);
+    let executor = Executor {
+        id: shared.id.clone(),
+        deps: shared.deps.clone(),
+        position: backup.position,
+        data: backup.data,
+        accepted: backup.accepted,
+        held: Vec::new(),
+        commands,
+        checkpoints,
+        state: shared.state.clone(),
+    };
+    *shared.commands() = commands_tx;
+    let handle = tokio::spawn(executor.run().instrument(shared.span()));
+    shared.tasks().executor = Some(handle.abort_handle());
+    handle
+}

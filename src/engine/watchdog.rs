@@ -1,0 +1,146 @@
+//! The process-check watchdog: keeps the executor's latest backup, notices at once when the
+//! executor task ends (finished, failed, or died by panic/abort), and starts a new executor
+//! from the backup when asked to restore.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{Instrument, error, info};
+
+use super::executor::{Checkpoint, ExecutorExit};
+use super::failure;
+use super::state::{Backup, EngineStatus, ExecutorStatus};
+use super::{EngineShared, spawn_executor};
+
+/// Why a restore was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    #[error("the engine is running; only a failed engine can be restored")]
+    Running,
+    #[error("the engine has finished; there is nothing to restore")]
+    Finished,
+    #[error("the engine is gone")]
+    Gone,
+}
+
+/// A restore request for the watchdog.
+pub struct RestoreRequest {
+    pub reply: oneshot::Sender<Result<(), RestoreError>>,
+}
+
+/// The watchdog's state.
+pub struct Watchdog {
+    pub shared: Arc<EngineShared>,
+    pub backup: Backup,
+    pub executor: Option<JoinHandle<ExecutorExit>>,
+    pub checkpoints: mpsc::Receiver<Checkpoint>,
+    pub checkpoint_tx: mpsc::Sender<Checkpoint>,
+    pub restores: mpsc::Receiver<RestoreRequest>,
+}
+
+impl Watchdog {
+    /// Supervises until the trial finishes (or the engine is stopped, which aborts this task).
+    pub async fn run(mut self) {
+        loop {
+            tokio::select! {
+                // Checkpoints first: one sent just before the executor ended must be kept.
+                biased;
+                Some(checkpoint) = self.checkpoints.recv() => {
+                    self.backup = checkpoint.backup;
+                    let _ = checkpoint.ack.send(self.keep().await);
+                }
+                result = join(&mut self.executor) => {
+                    self.executor = None;
+                    match result {
+                        Ok(ExecutorExit::Finished) => {
+                            info!("engine finished; watchdog ends");
+                            return;
+                        }
+                        Ok(ExecutorExit::Failed(reason)) => {
+                            info!(reason = %reason, "executor failed; backup kept for a restore");
+                        }
+                        Err(e) if e.is_cancelled() => {
+                            self.died("the executor task was aborted".to_owned()).await;
+                        }
+                        Err(e) => {
+                            let message = panic_message(e.into_panic());
+                            self.died(format!("the executor task panicked: {message}")).await;
+                        }
+                    }
+                }
+                Some(request) = self.restores.recv() => {
+                    let _ = request.reply.send(self.restore());
+                }
+            }
+        }
+    }
+
+    /// Keeps the latest backup. (The in-memory backup cannot fail; the reply lets the
+    /// executor wait until its checkpoint is safe before it sends the next request.)
+    async fn keep(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// The executor died without running the failure procedure: run it from the backup.
+    async fn died(&mut self, reason: String) {
+        error!(reason = %reason, "executor died; engine marked Failed");
+        self.shared.state.send_modify(|s| {
+            s.engine = EngineStatus::Failed;
+            s.executor = ExecutorStatus::Failed;
+            s.failure = Some(reason.clone());
+        });
+        self.backup.failure = Some(reason.clone());
+        failure::report(
+            &self.shared.deps,
+            &self.shared.id,
+            &mut self.backup,
+            &reason,
+        )
+        .await;
+        let responses = self.backup.data.responses.clone();
+        self.shared.state.send_modify(|s| s.responses = responses);
+    }
+
+    fn restore(&mut self) -> Result<(), RestoreError> {
+        if self.executor.is_some() {
+            return Err(RestoreError::Running);
+        }
+        info!(position = ?self.backup.position, "restoring the executor from the backup");
+        let mut backup = self.backup.clone();
+        backup.failure = None;
+        self.shared.state.send_modify(|s| {
+            s.engine = EngineStatus::Active;
+            s.executor = ExecutorStatus::Running;
+            s.failure = None;
+        });
+        let handle = spawn_executor(&self.shared, backup, self.checkpoint_tx.clone());
+        self.executor = Some(handle);
+        Ok(())
+    }
+}
+
+/// Waits for the executor task, or forever when there is none.
+async fn join(
+    executor: &mut Option<JoinHandle<ExecutorExit>>,
+) -> Result<ExecutorExit, tokio::task::JoinError> {
+    match executor {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_owned()
+    }
+}
+
+/// Runs a watchdog in its own task, inside the engine's span.
+pub fn spawn(watchdog: Watchdog, span: tracing::Span) -> JoinHandle<()> {
+    tokio::spawn(watchdog.run().instrument(span))
+}

@@ -1,0 +1,148 @@
+//! Heartbeat instances: one periodic task per trial that checks the trial's services answer,
+//! and keeps the last result for `/status`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use reqwest::Method;
+use serde::Serialize;
+use tokio::task::AbortHandle;
+use tracing::{Instrument, info, warn};
+
+use crate::domain::TrialId;
+use crate::services::{Outbound, Service, ServiceClient};
+
+/// The last check of one heartbeat, as shown in `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeartbeatReport {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub last_check: Option<DateTime<Utc>>,
+    /// Per service: `"reachable (HTTP 200)"` or why not.
+    pub services: BTreeMap<&'static str, String>,
+    pub healthy: Option<bool>,
+}
+
+struct Heartbeat {
+    report: Arc<Mutex<HeartbeatReport>>,
+    task: AbortHandle,
+}
+
+/// Every heartbeat instance.
+pub struct Heartbeats {
+    services: ServiceClient,
+    interval: Duration,
+    instances: Mutex<HashMap<TrialId, Heartbeat>>,
+}
+
+/// That trial has a heartbeat already.
+#[derive(Debug, thiserror::Error)]
+#[error("trial '{0}' has a heartbeat already")]
+pub struct HeartbeatExists(pub TrialId);
+
+impl Heartbeats {
+    /// No heartbeats yet; each will check every `interval`.
+    pub fn new(services: ServiceClient, interval: Duration) -> Self {
+        Self {
+            services,
+            interval,
+            instances: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn map(&self) -> MutexGuard<'_, HashMap<TrialId, Heartbeat>> {
+        self.instances.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a heartbeat for `id`; its first check runs at once.
+    pub fn add(&self, id: &TrialId) -> Result<(), HeartbeatExists> {
+        let mut instances = self.map();
+        if instances.contains_key(id) {
+            return Err(HeartbeatExists(id.clone()));
+        }
+        let report = Arc::new(Mutex::new(HeartbeatReport {
+            id: id.to_string(),
+            last_check: None,
+            services: BTreeMap::new(),
+            healthy: None,
+        }));
+        let services = self.services.clone();
+        let interval = self.interval;
+        let shared = report.clone();
+        let task = tokio::spawn(
+            async move {
+                let mut ticker = tokio::time::interval(interval);
+                loop {
+                    ticker.tick().await;
+                    let results = check(&services).await;
+                    let healthy = results.values().all(|r| r.starts_with("reachable"));
+                    if !healthy {
+                        warn!(?results, "heartbeat: a service is not reachable");
+                    }
+                    let mut report = shared.lock().unwrap_or_else(|p| p.into_inner());
+                    report.last_check = Some(Utc::now());
+                    report.services = results;
+                    report.healthy = Some(healthy);
+                }
+            }
+            .instrument(tracing::info_span!("heartbeat", trial = %id)),
+        );
+        instances.insert(
+            id.clone(),
+            Heartbeat {
+                report,
+                task: task.abort_handle(),
+            },
+        );
+        info!(trial = %id, "heartbeat added");
+        Ok(())
+    }
+
+    /// Stops and removes the heartbeat of `id`; `false` if there was none.
+    pub fn remove(&self, id: &TrialId) -> bool {
+        match self.map().remove(id) {
+            Some(heartbeat) => {
+                heartbeat.task.abort();
+                info!(trial = %id, "heartbeat removed");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Every heartbeat's last report, sorted by id.
+    pub fn reports(&self) -> Vec<HeartbeatReport> {
+        let mut reports: Vec<_> = self
+            .map()
+            .values()
+            .map(|h| h.report.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .collect();
+        reports.sort_by(|a, b| a.id.cmp(&b.id));
+        reports
+    }
+
+    /// Stops every heartbeat.
+    pub fn stop_all(&self) {
+        for (_, heartbeat) in self.map().drain() {
+            heartbeat.task.abort();
+        }
+    }
+}
+
+/// Any HTTP answer from a service's base URL counts as reachable.
+async fn check(services: &ServiceClient) -> BTreeMap<&'static str, String> {
+    let mut results = BTreeMap::new();
+    for service in Service::ALL {
+        let outcome = match services
+            .send(&Outbound::new(service, Method::GET, ""))
+            .await
+        {
+            Ok(reply) => format!("reachable (HTTP {})", reply.status),
+            Err(e) => format!("unreachable: {e}"),
+        };
+        results.insert(service.name(), outcome);
+    }
+    results
+}

@@ -1,0 +1,43 @@
+//! # lcm — the trial Lifecycle Manager
+//!
+//! A REST service that schedules 5G drone trials and runs **one engine per trial**.
+//!
+//! ## Architecture
+//!
+//! - [`api`] is the REST surface: one router per area, extractors that validate at the edge
+//!   ([`domain::TrialId::parse`], [`domain::StartTime::parse`], API key, callback tokens), and a
+//!   single error type answered as `{"detail": …}`.
+//! - [`scheduler`] owns the scheduled jobs (one timer task each) and the registry of engines
+//!   (one per trial id). At a job's start time it starts the trial's engine.
+//! - [`engine`] is the heart. An engine is a cheap handle to two tokio tasks: the
+//!   **executor**, which walks the fixed sequence of [`engine::sequence`] and pauses at
+//!   waiting points for callbacks or operator signals, and the **watchdog**, which keeps the
+//!   executor's latest backup (a checkpoint after every completed step and at every waiting
+//!   point), notices when the executor dies, and restores it from the backup on request. The
+//!   API talks to an engine only through channels: signals go to the executor (which answers
+//!   at once, even while a request is in flight), restores to the watchdog, and the state is
+//!   read from a `watch` channel. No handler waits on a running step.
+//! - [`services`] is the one outbound HTTP client: per-service auth (API key, Basic, OAuth2
+//!   client credentials), TLS, timeouts and connection retries. Every answer is recorded for
+//!   the trial, with its callback token redacted.
+//! - [`tokens`] mints, verifies and revokes the per-trial callback tokens (HS256 JWT).
+//! - [`config`] loads layered settings; [`telemetry`] sets logging up; [`startup`] wires it
+//!   all and serves; [`cli`] is the command line.
+//! - [`sim`] holds simulated trial components (repository, enforcement, KPI monitoring) as
+//!   real HTTP servers with fault injection, for the tests, the demo and the benchmark.
+//!
+//! Shared maps (jobs, engines, heartbeats, revoked tokens) are small, behind plain mutexes
+//! never held across an `.await`; everything long-lived is a task that owns its state.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod engine;
+pub mod heartbeat;
+pub mod scheduler;
+pub mod services;
+pub mod sim;
+pub mod startup;
+pub mod telemetry;
+pub mod tokens;

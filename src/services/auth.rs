@@ -1,0 +1,112 @@
+//! How each outbound service is authenticated (SPEC §7): an API key header, HTTP Basic, or an
+//! OAuth2 client-credentials token cached until it expires or a 401 comes back.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use crate::config::{OAuth2Settings, Secret, ServiceSettings};
+
+/// The credentials applied to every request to one service.
+pub enum ServiceAuth {
+    None,
+    ApiKey(Secret),
+    Basic { username: String, password: Secret },
+    OAuth2(OAuth2Client),
+}
+
+impl ServiceAuth {
+    /// Picks the auth mode configured for a service; OAuth2 wins over the others when set.
+    pub fn from_settings(settings: &ServiceSettings) -> Self {
+        if let Some(oauth2) = &settings.oauth2 {
+            return Self::OAuth2(OAuth2Client::new(oauth2.clone()));
+        }
+        if let Some(key) = &settings.apikey {
+            return Self::ApiKey(key.clone());
+        }
+        match (&settings.username, &settings.password) {
+            (Some(username), Some(password)) => Self::Basic {
+                username: username.clone(),
+                password: password.clone(),
+            },
+            _ => Self::None,
+        }
+    }
+}
+
+/// An OAuth2 client-credentials grant with a cached access token.
+pub struct OAuth2Client {
+    settings: OAuth2Settings,
+    /// The current token and when to stop using it. A plain mutex: it is never held across
+    /// an `.await` (two concurrent refreshes may both fetch; the later one wins, harmlessly).
+    cached: Mutex<Option<(Secret, Instant)>>,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+/// Why no access token could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum OAuth2Error {
+    #[error("token endpoint unreachable: {0}")]
+    Transport(String),
+    #[error("token endpoint answered {0}")]
+    Status(u16),
+    #[error("token endpoint answered without an access_token")]
+    Malformed,
+}
+
+impl OAuth2Client {
+    fn new(settings: OAuth2Settings) -> Self {
+        Self {
+            settings,
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// A valid access token, from the cache or freshly fetched.
+    pub async fn token(&self, http: &reqwest::Client) -> Result<Secret, OAuth2Error> {
+        if let Some(token) = self.cached_token() {
+            return Ok(token);
+        }
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_id", self.settings.client_id.as_str()),
+            ("client_secret", self.settings.client_secret.expose()),
+        ];
+        let response = http
+            .post(&self.settings.auth_url)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| OAuth2Error::Transport(e.without_url().to_string()))?;
+        if !response.status().is_success() {
+            return Err(OAuth2Error::Status(response.status().as_u16()));
+        }
+        let body: TokenResponse = response.json().await.map_err(|_| OAuth2Error::Malformed)?;
+        let token = Secret::new(body.access_token);
+        // Refresh a little early so a token never expires on its way.
+        let lifetime = Duration::from_secs(body.expires_in.unwrap_or(300).saturating_sub(5));
+        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((token.clone(), Instant::now() + lifetime));
+        Ok(token)
+    }
+
+    /// Forgets the cached token (the service answered 401).
+    pub fn invalidate(&self) {
+        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn cached_token(&self) -> Option<Secret> {
+        let cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        match &*cached {
+            Some((token, until)) if Instant::now() < *until => Some(token.clone()),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! Outbound HTTP to the platform's services (SPEC §7). Every request goes through
+//! [`ServiceClient::send`], which applies the service's auth, the TLS settings, the request
+//! timeout and the retry policy, and returns a [`Reply`] ready to be recorded for the trial.
+
+pub mod auth;
+pub mod registry;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use url::Url;
+
+use crate::config::Settings;
+use auth::ServiceAuth;
+
+/// The services the LCM calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Service {
+    TrialRepository,
+    TrialEnforcement,
+    KpiMonitoring,
+}
+
+impl Service {
+    /// Every service, in configuration order.
+    pub const ALL: [Service; 3] = [
+        Service::TrialRepository,
+        Service::TrialEnforcement,
+        Service::KpiMonitoring,
+    ];
+
+    /// The configuration name of the service.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::TrialRepository => "trial_repository",
+            Service::TrialEnforcement => "trial_enforcement",
+            Service::KpiMonitoring => "kpi_monitoring",
+        }
+    }
+}
+
+/// One request to a service. `path` is relative to the service's base URL.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    pub service: Service,
+    pub method: Method,
+    pub path: String,
+    pub query: Vec<(&'static str, String)>,
+    pub body: Option<Value>,
+}
+
+impl Outbound {
+    /// A request without query or body.
+    pub fn new(service: Service, method: Method, path: impl Into<String>) -> Self {
+        Self {
+            service,
+            method,
+            path: path.into(),
+            query: Vec::new(),
+            body: None,
+        }
+    }
+
+    /// Adds a query parameter.
+    pub fn query(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        self.query.push((key, value.into()));
+        self
+    }
+
+    /// Sets the JSON body.
+    pub fn json(mut self, body: Value) -> Self {
+        self.body = Some(body);
+        self
+    }
+}
+
+/// What a service answered.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    /// The body, when it is JSON.
+    pub json: Option<Value>,
+    /// The start of a body that is not JSON, for error messages.
+    pub text: Option<String>,
+    pub duration: Duration,
+}
+
+/// A request that got no HTTP answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SendError {
+    #[error("{service} did not answer within {secs} s")]
+    Timeout { service: &'static str, secs: u64 },
+    #[error("{service} unreachable: {reason}")]
+    Connect {
+        service: &'static str,
+        reason: String,
+    },
+    #[error("{service} transport error: {reason}")]
+    Transport {
+        service: &'static str,
+        reason: String,
+    },
+    #[error("{service}: {reason}")]
+    Auth {
+        service: &'static str,
+        reason: String,
+    },
+}
+
+/// Why the client could not be built from the settings.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("configuration key `tls.ca_bundle_path`: {0}")]
+    CaBundle(String),
+    #[error("cannot build the HTTP client: {0}")]
+    Build(String),
+    #[error("configuration key `services.{0}.url`: {1}")]
+    Url(&'static str, String),
+}
+
+struct Endpoint {
+    base: Url,
+    auth: ServiceAuth,
+}
+
+/// The shared outbound client (one connection pool for every trial).
+#[derive(Clone)]
+pub struct ServiceClient {
+    inner: Arc<ClientInner>,
+}
+
+struct ClientInner {
+    http: reqwest::Client,
+    timeout_secs: u64,
+    endpoints: [Endpoint; 3],
+}
+
+/// How often a request that could not connect is tried again, and the pause before each try.
+/// Only connection failures are retried: the request never reached the service, so sending it
+/// again cannot do anything twice.
+const CONNECT_RETRY_DELAYS: [Duration; 2] =
+    [Duration::from_millis(200), Duration::from_millis(800)];
+
+/// Installs the process-wide rustls crypto provider (ring) once; later calls do nothing.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl ServiceClient {
+    /// Builds the client from the settings: TLS roots, timeout and each service's auth.
+    pub fn new(settings: &Settings) -> Result<Self, ClientError> {
+        install_crypto_provider();
+        let timeout_secs = settings.executor.request_timeout_secs;
+        let mut builder = reqwest::Client::builder()
+            .timeout(Duration::from_secs(timeout_secs))
+            .connect_timeout(Duration::from_secs(timeout_secs.min(10)))
+            .pool_idle_timeout(Duration::from_secs(30));
+        if let Some(path) = &settings.tls.ca_bundle_path {
+            let pem = std::fs::read(path)
+                .map_err(|e| ClientError::CaBundle(format!("{}: {e}", path.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| ClientError::CaBundle(format!("{}: {e}", path.display())))?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        if settings.tls.disable_cert_verification {
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| ClientError::Build(e.to_string()))?;
+        let services = &settings.services;
+        let endpoint = |service: Service, s: &crate::config::ServiceSettings| {
+            let mut base =
+                Url::parse(&s.url).map_err(|e| ClientError::Url(service.name(), e.to_string()))?;
+            // Relative paths join below the base's path, not beside it.
+            if !base.path().ends_with('/') {
+                base.set_path(&format!("{}/", base.path()));
+            }
+            Ok::<_, ClientError>(Endpoint {
+                base,
+                auth: ServiceAuth::from_settings(s),
+            })
+        };
+        Ok(Self {
+            inner: Arc::new(ClientInner {
+                http,
+                timeout_secs,
+                endpoints: [
+                    endpoint(Service::TrialRepository, &services.trial_repository)?,
+                    endpoint(Service::TrialEnforcement, &services.trial_enforcement)?,
+                    endpoint(Service::KpiMonitoring, &services.kpi_monitoring)?,
+                ],
+            }),
+        })
+    }
+
+    /// The base URL of a service.
+    pub fn base_url(&self, service: Service) -> &Url {
+        &self.endpoint(service).base
+    }
+
+    fn endpoint(&self, service: Service) -> &Endpoint {
+        &self.inner.endpoints[service as usize]
+    }
+
+    /// Sends a request: connection failures are retried, an OAuth2 401 refreshes the token
+    /// once, any HTTP answer is returned as a [`Reply`].
+    pub async fn send(&self, request: &Outbound) -> Result<Reply, SendError> {
+        let started = Instant::now();
+        let mut delays = CONNECT_RETRY_DELAYS.iter();
+        let mut refreshed = false;
+        loop {
+            match self.send_once(request).await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    if status == 401
+                        && !refreshed
+                        && let ServiceAuth::OAuth2(oauth2) = &self.endpoint(request.service).auth
+                    {
+                        oauth2.invalidate();
+                        refreshed = true;
+                        continue;
+                    }
+                    return Ok(self.read_reply(request.service, response, started).await);
+                }
+                Err(SendError::Connect { .. }) if delays.len() > 0 => {
+                    if let Some(delay) = delays.next() {
+                        tokio::time::sleep(*delay).await;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn send_once(&self, request: &Outbound) -> Result<reqwest::Response, SendError> {
+        let service = request.service.name();
+        let endpoint = self.endpoint(request.service);
+        let path = request.path.trim_start_matches('/');
+        let url = endpoint.base.join(path).map_err(|e| SendError::Transport {
+            service,
+            reason: format!("bad path {path}: {e}"),
+        })?;
+        let mut builder = self.inner.http.request(request.method.clone(), url);
+        if !request.query.is_empty() {
+            builder = builder.query(&request.query);
+        }
+        if let Some(body) = &request.body {
+            builder = builder.json(body);
+        }
+        builder = match &endpoint.auth {
+            ServiceAuth::None => builder,
+            ServiceAuth::ApiKey(key) => builder.header("Authorization", key.expose()),
+            ServiceAuth::Basic { username, password } => {
+                builder.basic_auth(username, Some(password.expose()))
+            }
+            ServiceAuth::OAuth2(oauth2) => {
+                let token = oauth2
+                    .token(&self.inner.http)
+                    .await
+                    .map_err(|e| SendError::Auth {
+                        service,
+                        reason: e.to_string(),
+                    })?;
+                builder.bearer_auth(token.expose())
+            }
+        };
+        builder.send().await.map_err(|e| self.classify(service, e))
+    }
+
+    async fn read_reply(
+        &self,
+        service: Service,
+        response: reqwest::Response,
+        started: Instant,
+    ) -> Reply {
+        let status = response.status().as_u16();
+        let bytes = match response.bytes().await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                return Reply {
+                    status,
+                    json: None,
+                    text: Some(format!(
+                        "{} body could not be read: {}",
+                        service.name(),
+                        e.without_url()
+                    )),
+                    duration: started.elapsed(),
+                };
+            }
+        };
+        let json = serde_json::from_slice::<Value>(&bytes).ok();
+        let text = match (&json, bytes.is_empty()) {
+            (None, false) => Some(String::from_utf8_lossy(&bytes).chars().take(200).collect()),
+            _ => None,
+        };
+        Reply {
+            status,
+            json,
+            text,
+            duration: started.elapsed(),
+        }
+    }
+
+    fn classify(&self, service: &'static str, error: reqwest::Error) -> SendError {
+        if error.is_timeout() {
+            SendError::Timeout {
+                service,
+                secs: self.inner.timeout_secs,
+            }
+        } else if error.is_connect() {
+            SendError::Connect {
+                service,
+                reason: error.without_url().to_string(),
+            }
+        } else {
+            SendError::Transport {
+                service,
+                reason: error.without_url().to_string(),
+            }
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The trial registry as the scheduler sees it: a trial's start time, and the list of trials.
+
+use reqwest::Method;
+use serde_json::Value;
+
+use super::{Outbound, SendError, Service, ServiceClient};
+use crate::domain::TrialId;
+
+/// Why the registry's answer could not be used.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RegistryError {
+    #[error("trial repository: {0}")]
+    Unreachable(#[from] SendError),
+    #[error("trial repository has no trial '{0}'")]
+    NotFound(String),
+    #[error("trial repository answered HTTP {0}")]
+    Status(u16),
+    #[error("trial repository answered something that is not {0}")]
+    Garbage(&'static str),
+}
+
+/// A trial as listed by the registry: its id and, if it has one, its start time as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryTrial {
+    pub id: String,
+    pub start_time: Option<String>,
+}
+
+impl RegistryTrial {
+    fn from_value(value: &Value) -> Option<Self> {
+        let id = match value.get("id")? {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            _ => return None,
+        };
+        let start_time = value
+            .get("start_time")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        Some(Self { id, start_time })
+    }
+}
+
+impl ServiceClient {
+    /// `GET /trial/{id}/`: the trial object.
+    pub async fn fetch_trial(&self, id: &TrialId) -> Result<RegistryTrial, RegistryError> {
+        let reply = self
+            .send(&Outbound::new(
+                Service::TrialRepository,
+                Method::GET,
+                format!("trial/{id}/"),
+            ))
+            .await?;
+        match reply.status {
+            200 => {}
+            404 => return Err(RegistryError::NotFound(id.to_string())),
+            other => return Err(RegistryError::Status(other)),
+        }
+        reply
+            .json
+            .as_ref()
+            .filter(|v| v.is_object())
+            .and_then(RegistryTrial::from_value)
+            .ok_or(RegistryError::Garbage("a trial object with an id"))
+    }
+
+    /// `GET /trial/`: every trial. Accepts a JSON array or a paginated `{"results": [...]}`.
+    /// Entries without an id are left out.
+    pub async fn list_trials(&self) -> Result<Vec<RegistryTrial>, RegistryError> {
+        let reply = self
+            .send(&Outbound::new(
+                Service::TrialRepository,
+                Method::GET,
+                "trial/",
+            ))
+            .await?;
+        if reply.status != 200 {
+            return Err(RegistryError::Status(reply.status));
+        }
+        let list = match &reply.json {
+            Some(Value::Array(items)) => items,
+            Some(Value::Object(map)) => match map.get("results") {
+                Some(Value::Array(items)) => items,
+                _ => return Err(RegistryError::Garbage("a list of trials")),
+            },
+            _ => return Err(RegistryError::Garbage("a list of trials")),
+        };
+        Ok(list.iter().filter_map(RegistryTrial::from_value).collect())
+    }
+}

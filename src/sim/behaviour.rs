@@ -1,0 +1,311 @@
+//! How each simulated component answers, and how faults bend that.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde_json::{Value, json};
+
+use super::{
+    Component, FaultAction, KPI_CLIENT_ID, KPI_CLIENT_SECRET, RecordedCallback, RecordedRequest,
+    SimState, lock,
+};
+
+/// The usual answer to a request, and the callback it triggers.
+struct Answer {
+    status: u16,
+    body: Option<Value>,
+    callback: Option<Callback>,
+}
+
+struct Callback {
+    url: String,
+    token: String,
+}
+
+fn answer(status: u16, body: Option<Value>) -> Answer {
+    Answer {
+        status,
+        body,
+        callback: None,
+    }
+}
+
+/// Every request of every component comes here.
+pub async fn handle(
+    State((sim, component)): State<(Arc<SimState>, Component)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let query: HashMap<String, String> = uri
+        .query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default();
+    let json_body = serde_json::from_slice::<Value>(&body).ok();
+    let form_body: HashMap<String, String> =
+        url::form_urlencoded::parse(&body).into_owned().collect();
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let path = uri.path().to_owned();
+    lock(&sim.requests).push(RecordedRequest {
+        component,
+        method: method.to_string(),
+        path: path.clone(),
+        query: query.clone(),
+        body: json_body.clone(),
+        authorization: authorization.clone(),
+        at: Utc::now(),
+    });
+
+    let fault = take_fault(&sim, component, &method, &path);
+    match &fault {
+        Some(FaultAction::Status(code)) => {
+            return reply(*code, Some(json!({"detail": "injected failure"})));
+        }
+        Some(FaultAction::Json(code, value)) => return reply(*code, Some(value.clone())),
+        Some(FaultAction::Delay(pause)) => tokio::time::sleep(*pause).await,
+        Some(FaultAction::Hang) => std::future::pending::<()>().await,
+        _ => {}
+    }
+
+    let usual = match component {
+        Component::Repository => repository(&sim, &method, &path, json_body.as_ref()),
+        Component::Enforcement => enforcement(&method, &path, &query, json_body.as_ref()),
+        Component::Kpi => kpi(&sim, &method, &path, &form_body, authorization.as_deref()),
+    };
+    if let Some(callback) = usual.callback {
+        match fault {
+            Some(FaultAction::DropCallback) => {}
+            Some(FaultAction::EarlyCallback) => call_back(&sim, &callback).await,
+            Some(FaultAction::DuplicateCallback) => {
+                let sim = sim.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(sim.options.callback_delay).await;
+                    call_back(&sim, &callback).await;
+                    call_back(&sim, &callback).await;
+                });
+            }
+            _ => {
+                let sim = sim.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(sim.options.callback_delay).await;
+                    call_back(&sim, &callback).await;
+                });
+            }
+        }
+    }
+    if matches!(fault, Some(FaultAction::Garbage)) {
+        return (
+            StatusCode::from_u16(usual.status).unwrap_or(StatusCode::OK),
+            [(header::CONTENT_TYPE, "text/html")],
+            "<html><body>502 proxy error, not JSON</body></html>",
+        )
+            .into_response();
+    }
+    reply(usual.status, usual.body)
+}
+
+fn reply(status: u16, body: Option<Value>) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    match body {
+        Some(body) => (status, axum::Json(body)).into_response(),
+        None => status.into_response(),
+    }
+}
+
+fn take_fault(
+    sim: &SimState,
+    component: Component,
+    method: &Method,
+    path: &str,
+) -> Option<FaultAction> {
+    let mut faults = lock(&sim.faults);
+    let index = faults.iter().position(|f| {
+        f.component == component && f.method == method.as_str() && path.contains(&f.path_contains)
+    })?;
+    let action = faults[index].action.clone();
+    if let Some(times) = &mut faults[index].times {
+        *times -= 1;
+        if *times == 0 {
+            faults.remove(index);
+        }
+    }
+    Some(action)
+}
+
+async fn call_back(sim: &SimState, callback: &Callback) {
+    let result = sim
+        .http
+        .post(&callback.url)
+        .header(header::AUTHORIZATION, &callback.token)
+        .json(&json!({"status": "ok"}))
+        .send()
+        .await;
+    let (status, body) = match result {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            (Some(status), response.json::<Value>().await.ok())
+        }
+        Err(_) => (None, None),
+    };
+    lock(&sim.callbacks).push(RecordedCallback {
+        url: callback.url.clone(),
+        status,
+        body,
+        at: Utc::now(),
+    });
+}
+
+fn segments(path: &str) -> Vec<&str> {
+    path.split('/').filter(|s| !s.is_empty()).collect()
+}
+
+fn repository(sim: &SimState, method: &Method, path: &str, body: Option<&Value>) -> Answer {
+    match (method.as_str(), segments(path).as_slice()) {
+        ("GET", []) => answer(200, Some(json!({"service": "trial repository"}))),
+        ("GET", ["trial"]) => {
+            let mut trials: Vec<Value> = lock(&sim.trials).values().cloned().collect();
+            trials.sort_by_key(|t| t.get("id").and_then(Value::as_str).map(str::to_owned));
+            answer(200, Some(Value::Array(trials)))
+        }
+        ("GET", ["trial", id]) => match lock(&sim.trials).get(*id) {
+            Some(trial) => answer(200, Some(trial.clone())),
+            None => answer(404, Some(json!({"detail": "Not found."}))),
+        },
+        ("PUT", ["trial", id]) => {
+            let mut trials = lock(&sim.trials);
+            let Some(trial) = trials.get_mut(*id) else {
+                return answer(404, Some(json!({"detail": "Not found."})));
+            };
+            match (body.and_then(|b| b.get("status")), trial.as_object_mut()) {
+                (Some(status), Some(object)) => {
+                    object.insert("status".to_owned(), status.clone());
+                    answer(204, None)
+                }
+                _ => answer(400, Some(json!({"detail": "status is required"}))),
+            }
+        }
+        _ => answer(404, Some(json!({"detail": "no such route"}))),
+    }
+}
+
+fn enforcement(
+    method: &Method,
+    path: &str,
+    query: &HashMap<String, String>,
+    body: Option<&Value>,
+) -> Answer {
+    let trial_id = body
+        .and_then(|b| b.get("trialID"))
+        .and_then(Value::as_str)
+        .or_else(|| query.get("trialID").map(String::as_str))
+        .unwrap_or("unknown")
+        .to_owned();
+    let callback = || {
+        let url = query.get("callback_url")?.clone();
+        let token = body?.get("Authorization")?.as_str()?.to_owned();
+        Some(Callback { url, token })
+    };
+    let with_callback = |status: u16, body: Option<Value>| match callback() {
+        Some(callback) => Answer {
+            status,
+            body,
+            callback: Some(callback),
+        },
+        None => answer(
+            400,
+            Some(json!({"detail": "callback_url and Authorization are required"})),
+        ),
+    };
+    match (method.as_str(), segments(path).as_slice()) {
+        ("GET", []) => answer(200, Some(json!({"service": "trial enforcement"}))),
+        ("POST", ["sliceDeployment"]) => with_callback(
+            201,
+            Some(json!({"Slice": {"id": format!("slice-{trial_id}")}, "status": "deploying"})),
+        ),
+        ("DELETE", ["sliceDeployment", _id]) => {
+            with_callback(200, Some(json!({"status": "closing"})))
+        }
+        ("POST", ["flightplan"]) => answer(201, Some(json!({"status": "flight plan enforced"}))),
+        ("POST", ["measurementjobs"]) => answer(
+            201,
+            Some(json!({"MeasurementID": format!("mj-{trial_id}"), "status": "created"})),
+        ),
+        ("DELETE", ["measurementjobs", _id]) => answer(204, None),
+        ("POST", ["vnf", "cloud" | "edge", "boarding" | "deployment"]) => {
+            with_callback(201, Some(json!({"status": "accepted"})))
+        }
+        ("POST", ["tap"]) => answer(200, Some(json!({"status": "testing started"}))),
+        _ => answer(404, Some(json!({"detail": "no such route"}))),
+    }
+}
+
+fn kpi(
+    sim: &SimState,
+    method: &Method,
+    path: &str,
+    form: &HashMap<String, String>,
+    authorization: Option<&str>,
+) -> Answer {
+    match (method.as_str(), segments(path).as_slice()) {
+        ("GET", []) => answer(200, Some(json!({"service": "kpi monitoring"}))),
+        ("POST", ["token"]) => {
+            let valid = form.get("grant_type").map(String::as_str) == Some("client_credentials")
+                && form.get("client_id").map(String::as_str) == Some(KPI_CLIENT_ID)
+                && form.get("client_secret").map(String::as_str) == Some(KPI_CLIENT_SECRET);
+            if !valid {
+                return answer(401, Some(json!({"error": "invalid_client"})));
+            }
+            let mut issued = lock(&sim.issued_tokens);
+            let token = format!("kpi-access-{}", issued.len() + 1);
+            issued.push(token.clone());
+            answer(
+                200,
+                Some(json!({"access_token": token, "token_type": "Bearer", "expires_in": 3600})),
+            )
+        }
+        ("POST", ["markKPIData"]) => {
+            if sim.options.kpi_oauth2 {
+                let presented = authorization.and_then(|a| a.strip_prefix("Bearer "));
+                let known =
+                    presented.is_some_and(|t| lock(&sim.issued_tokens).iter().any(|i| i == t));
+                if !known {
+                    return answer(401, Some(json!({"detail": "bearer token required"})));
+                }
+            }
+            answer(200, Some(json!({"status": "marked"})))
+        }
+        _ => answer(404, Some(json!({"detail": "no such route"}))),
+    }
+}
+
+/// Whether a recorded request concerns `trial` (its path, query or body names it, or the
+/// slice or measurement job the simulator named after it).
+pub fn concerns(request: &RecordedRequest, trial: &str) -> bool {
+    let slice = format!("slice-{trial}");
+    let job = format!("mj-{trial}");
+    let in_path = segments(&request.path)
+        .iter()
+        .any(|s| *s == trial || *s == job);
+    let in_query = request.query.get("trialID").map(String::as_str) == Some(trial);
+    let in_body = request.body.as_ref().is_some_and(|b| {
+        ["trialID", "TrialID"].iter().any(|k| {
+            b.get(*k)
+                .and_then(Value::as_str)
+                .is_some_and(|v| v == trial || v == slice)
+        })
+    });
+    in_path || in_query || in_body
+}

@@ -1,0 +1,325 @@
+//! Simulated trial components: the trial repository, trial enforcement (which answers, then
+//! calls back `callback_url` with the token taken from the request body) and KPI monitoring
+//! (with an OAuth2 token endpoint). Each is a real HTTP server on 127.0.0.1 that records every
+//! request it receives and obeys injected [`Fault`]s. The integration tests, the demo and the
+//! benchmark drive the LCM against them.
+
+mod behaviour;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::config::{OAuth2Settings, Secret, Settings};
+
+/// Which simulated component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Component {
+    Repository,
+    Enforcement,
+    Kpi,
+}
+
+/// A request a component received.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub component: Component,
+    pub method: String,
+    pub path: String,
+    pub query: HashMap<String, String>,
+    pub body: Option<Value>,
+    pub authorization: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+impl RecordedRequest {
+    /// `"METHOD /path"`, the form the tests compare sequences in.
+    pub fn line(&self) -> String {
+        format!("{} {}", self.method, self.path)
+    }
+}
+
+/// A callback a component made, and what the LCM answered.
+#[derive(Debug, Clone)]
+pub struct RecordedCallback {
+    pub url: String,
+    pub status: Option<u16>,
+    pub body: Option<Value>,
+    pub at: DateTime<Utc>,
+}
+
+/// What an injected fault does.
+#[derive(Debug, Clone)]
+pub enum FaultAction {
+    /// Answer this status with a JSON error body.
+    Status(u16),
+    /// Answer the usual status with a body that is not JSON.
+    Garbage,
+    /// Answer this status and JSON body.
+    Json(u16, Value),
+    /// Wait, then answer as usual.
+    Delay(Duration),
+    /// Never answer.
+    Hang,
+    /// Answer as usual but never make the callback.
+    DropCallback,
+    /// Make the callback (and wait for its answer) before answering the request.
+    EarlyCallback,
+    /// Make the callback twice (a component retrying).
+    DuplicateCallback,
+}
+
+/// A fault for requests whose method and path match.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub component: Component,
+    pub method: &'static str,
+    /// Matches when the request path contains this.
+    pub path_contains: String,
+    pub action: FaultAction,
+    /// How many matching requests it applies to; `None` for all.
+    pub times: Option<usize>,
+}
+
+impl Fault {
+    /// A fault on every matching request.
+    pub fn new(
+        component: Component,
+        method: &'static str,
+        path_contains: impl Into<String>,
+        action: FaultAction,
+    ) -> Self {
+        Self {
+            component,
+            method,
+            path_contains: path_contains.into(),
+            action,
+            times: None,
+        }
+    }
+
+    /// Only for the first `n` matching requests.
+    pub fn times(mut self, n: usize) -> Self {
+        self.times = Some(n);
+        self
+    }
+}
+
+/// Options of the simulated platform.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// Pause between trial enforcement's answer and its callback.
+    pub callback_delay: Duration,
+    /// KPI monitoring requires an OAuth2 bearer token from its `/token` endpoint.
+    pub kpi_oauth2: bool,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        Self {
+            callback_delay: Duration::from_millis(20),
+            kpi_oauth2: true,
+        }
+    }
+}
+
+/// The state the three components share.
+pub struct SimState {
+    options: SimOptions,
+    trials: Mutex<HashMap<String, Value>>,
+    requests: Mutex<Vec<RecordedRequest>>,
+    callbacks: Mutex<Vec<RecordedCallback>>,
+    faults: Mutex<Vec<Fault>>,
+    issued_tokens: Mutex<Vec<String>>,
+    http: reqwest::Client,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The three simulated components, running.
+pub struct Platform {
+    pub state: Arc<SimState>,
+    pub repository: SocketAddr,
+    pub enforcement: SocketAddr,
+    pub kpi: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// The OAuth2 client the simulated KPI monitoring accepts.
+pub const KPI_CLIENT_ID: &str = "lcm";
+/// See [`KPI_CLIENT_ID`].
+pub const KPI_CLIENT_SECRET: &str = "sim-kpi-secret";
+
+impl Platform {
+    /// Starts the three components on random loopback ports.
+    pub async fn start(options: SimOptions) -> std::io::Result<Self> {
+        crate::services::install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(std::io::Error::other)?;
+        let state = Arc::new(SimState {
+            options,
+            trials: Mutex::new(HashMap::new()),
+            requests: Mutex::new(Vec::new()),
+            callbacks: Mutex::new(Vec::new()),
+            faults: Mutex::new(Vec::new()),
+            issued_tokens: Mutex::new(Vec::new()),
+            http,
+        });
+        let mut tasks = Vec::new();
+        let mut addrs = Vec::new();
+        for component in [
+            Component::Repository,
+            Component::Enforcement,
+            Component::Kpi,
+        ] {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            addrs.push(listener.local_addr()?);
+            let app = Router::new()
+                .fallback(behaviour::handle)
+                .with_state((state.clone(), component));
+            tasks.push(tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            }));
+        }
+        Ok(Self {
+            state,
+            repository: addrs[0],
+            enforcement: addrs[1],
+            kpi: addrs[2],
+            tasks,
+        })
+    }
+
+    /// Points the LCM's service settings at these components.
+    pub fn configure(&self, settings: &mut Settings) {
+        let services = &mut settings.services;
+        services.trial_repository.url = format!("http://{}", self.repository);
+        services.trial_enforcement.url = format!("http://{}", self.enforcement);
+        services.kpi_monitoring.url = format!("http://{}", self.kpi);
+        services.kpi_monitoring.oauth2 = self.state.options.kpi_oauth2.then(|| OAuth2Settings {
+            auth_url: format!("http://{}/token", self.kpi),
+            client_id: KPI_CLIENT_ID.to_owned(),
+            client_secret: Secret::new(KPI_CLIENT_SECRET),
+        });
+    }
+
+    /// Adds or replaces a trial in the repository.
+    pub fn add_trial(&self, trial: Value) {
+        if let Some(id) = trial.get("id").and_then(Value::as_str) {
+            lock(&self.state.trials).insert(id.to_owned(), trial);
+        }
+    }
+
+    /// A trial object as the repository holds it, approved and ready to run.
+    pub fn trial(id: &str, start_time: Option<DateTime<Utc>>) -> Value {
+        json!({
+            "id": id,
+            "name": format!("Trial {id}"),
+            "facility": "EUR",
+            "status": "APPROVED",
+            "kpis": ["latency", "throughput"],
+            "nst": "{'name': 'eMBB slice', 'isolated': True, 'shared': False, 'qos': None}",
+            "flights": [{"id": 1, "waypoints": [[43.61, 7.05], [43.62, 7.06]]}],
+            "start_time": start_time.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        })
+    }
+
+    /// A trial's current repository status.
+    pub fn trial_status(&self, id: &str) -> Option<String> {
+        lock(&self.state.trials)
+            .get(id)
+            .and_then(|t| t.get("status"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    }
+
+    /// Injects a fault.
+    pub fn inject(&self, fault: Fault) {
+        lock(&self.state.faults).push(fault);
+    }
+
+    /// Removes every fault.
+    pub fn clear_faults(&self) {
+        lock(&self.state.faults).clear();
+    }
+
+    /// Every request received, in order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.state.requests).clone()
+    }
+
+    /// The requests that concern one trial (by path, query or body), in order.
+    pub fn requests_for(&self, trial: &str) -> Vec<RecordedRequest> {
+        self.requests()
+            .into_iter()
+            .filter(|r| behaviour::concerns(r, trial))
+            .collect()
+    }
+
+    /// Every callback made, in order.
+    pub fn callbacks(&self) -> Vec<RecordedCallback> {
+        lock(&self.state.callbacks).clone()
+    }
+
+    /// The statuses the LCM wrote for a trial with `PUT /trial/{id}/`, in order.
+    pub fn status_history(&self, trial: &str) -> Vec<String> {
+        let path = format!("/trial/{trial}/");
+        self.requests()
+            .into_iter()
+            .filter(|r| r.component == Component::Repository && r.method == "PUT" && r.path == path)
+            .filter_map(|r| {
+                r.body
+                    .as_ref()
+                    .and_then(|b| b.get("status"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
+    /// The `Marking`s KPI monitoring received for a trial or slice id, in order.
+    pub fn kpi_markings(&self, marked: &str) -> Vec<String> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.component == Component::Kpi && r.path == "/markKPIData")
+            .filter(|r| {
+                r.body
+                    .as_ref()
+                    .and_then(|b| b.get("MarkingID"))
+                    .and_then(Value::as_str)
+                    == Some(marked)
+            })
+            .filter_map(|r| {
+                r.body
+                    .as_ref()
+                    .and_then(|b| b.get("Marking"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
+    /// How many OAuth2 tokens KPI monitoring has issued.
+    pub fn issued_kpi_tokens(&self) -> usize {
+        lock(&self.state.issued_tokens).len()
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Builds the service from its settings and runs it: binds the listener (port 0 in tests),
+//! wires scheduler, engines, tokens and heartbeats, and serves until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::api::{self, AppInner, AppState};
+use crate::config::Settings;
+use crate::engine::{EngineDeps, EngineHooks};
+use crate::heartbeat::Heartbeats;
+use crate::scheduler::Scheduler;
+use crate::services::{ClientError, ServiceClient};
+use crate::tokens::TokenManager;
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// A built service, bound to its port and ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    poller: JoinHandle<()>,
+}
+
+impl Application {
+    /// Binds `server.bind` and builds the service.
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let addr = settings.bind_addr()?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartupError::Bind {
+                addr: addr.to_string(),
+                source,
+            })?;
+        Self::with_listener(settings, listener, EngineHooks::default())
+    }
+
+    /// Builds the service on a listener bound by the caller (tests bind port 0 first, so
+    /// `server.public_url` can name the real port).
+    pub fn with_listener(
+        settings: Settings,
+        listener: TcpListener,
+        hooks: EngineHooks,
+    ) -> Result<Self, StartupError> {
+        settings.validate()?;
+        let settings = Arc::new(settings);
+        let services = ServiceClient::new(&settings)?;
+        let tokens = Arc::new(TokenManager::new(
+            &settings.auth.token_secret,
+            settings.auth.token_ttl_secs,
+        ));
+        let deps = Arc::new(EngineDeps {
+            settings: settings.clone(),
+            services: services.clone(),
+            tokens: tokens.clone(),
+            hooks,
+        });
+        let scheduler = Scheduler::new(deps);
+        let poller = scheduler.spawn_poller();
+        let heartbeats = Heartbeats::new(
+            services,
+            Duration::from_secs(settings.heartbeat.interval_secs),
+        );
+        let state = AppState::new(AppInner {
+            settings,
+            scheduler,
+            tokens,
+            heartbeats,
+            started: Instant::now(),
+        });
+        Ok(Self {
+            listener,
+            state,
+            poller,
+        })
+    }
+
+    /// The address the service listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The service's shared state (for tools that drive it in-process).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then stops every job, engine and heartbeat.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let Self {
+            listener,
+            state,
+            poller,
+        } = self;
+        info!(addr = %listener.local_addr()?, "Lifecycle Manager listening");
+        let app = api::router(state.clone());
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        poller.abort();
+        state.scheduler.shutdown();
+        state.heartbeats.stop_all();
+        info!("Lifecycle Manager stopped");
+        result
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => info!("SIGINT received: shutting down"),
+        () = terminate => info!("SIGTERM received: shutting down"),
+    }
+}

@@ -1,0 +1,171 @@
+//! Per-trial callback tokens (SPEC §6): HS256 JWTs carrying `trial_id`, `iat`, `exp` and `jti`,
+//! and the set of revoked ones.
+//!
+//! A token proves which trial a caller speaks for. Whether the trial's engine still accepts it
+//! (exists, not finished, not failed) is the API layer's check, since only it sees the engines.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Secret;
+use crate::domain::TrialId;
+
+/// The claims of a callback token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    pub trial_id: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub jti: String,
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid (bad signature or malformed)")]
+    Invalid,
+    #[error("token has been revoked")]
+    Revoked,
+    #[error("token was issued for another trial")]
+    OtherTrial,
+}
+
+/// Mints, verifies and revokes callback tokens.
+pub struct TokenManager {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    ttl_secs: i64,
+    /// Revoked token ids with their expiry; an entry may go once the token has expired anyway.
+    revoked: Mutex<HashMap<String, i64>>,
+}
+
+impl TokenManager {
+    /// A manager signing with `secret`; tokens live `ttl_secs`.
+    pub fn new(secret: &Secret, ttl_secs: u64) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        // An expired token is expired: no grace period.
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp"]);
+        Self {
+            encoding: EncodingKey::from_secret(secret.expose().as_bytes()),
+            decoding: DecodingKey::from_secret(secret.expose().as_bytes()),
+            validation,
+            ttl_secs: i64::try_from(ttl_secs).unwrap_or(i64::MAX / 2),
+            revoked: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Mints a token for `trial`.
+    pub fn mint(&self, trial: &TrialId) -> Result<String, TokenError> {
+        let iat = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            trial_id: trial.to_string(),
+            iat,
+            exp: iat.saturating_add(self.ttl_secs),
+            jti: uuid::Uuid::new_v4().to_string(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|_| TokenError::Invalid)
+    }
+
+    /// Verifies signature, expiry, revocation and that the token speaks for `trial`.
+    pub fn verify(&self, token: &str, trial: &TrialId) -> Result<Claims, TokenError> {
+        let claims = self.decode(token)?;
+        if claims.trial_id != trial.as_str() {
+            return Err(TokenError::OtherTrial);
+        }
+        if self.is_revoked(&claims.jti) {
+            return Err(TokenError::Revoked);
+        }
+        Ok(claims)
+    }
+
+    /// Signature and expiry only.
+    pub fn decode(&self, token: &str) -> Result<Claims, TokenError> {
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid,
+            })
+    }
+
+    /// Revokes a token; it stays refused for the rest of its lifetime. Returns the claims so
+    /// the caller can log which token id went.
+    pub fn revoke(&self, token: &str) -> Result<Claims, TokenError> {
+        let claims = self.decode(token)?;
+        self.revoke_id(&claims.jti, claims.exp);
+        Ok(claims)
+    }
+
+    /// Revokes by token id.
+    pub fn revoke_id(&self, jti: &str, exp: i64) {
+        let now = chrono::Utc::now().timestamp();
+        let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        revoked.retain(|_, exp| *exp >= now);
+        revoked.insert(jti.to_owned(), exp);
+    }
+
+    fn is_revoked(&self, jti: &str) -> bool {
+        let revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        revoked.contains_key(jti)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manager(ttl: u64) -> TokenManager {
+        TokenManager::new(&Secret::new("test-secret"), ttl)
+    }
+
+    #[test]
+    fn mint_verify_revoke() {
+        let tokens = manager(60);
+        let t1 = TrialId::parse("t1").unwrap();
+        let token = tokens.mint(&t1).unwrap();
+        let claims = tokens.verify(&token, &t1).unwrap();
+        assert_eq!(claims.trial_id, "t1");
+        assert_eq!(
+            tokens.verify(&token, &TrialId::parse("t2").unwrap()),
+            Err(TokenError::OtherTrial)
+        );
+        tokens.revoke(&token).unwrap();
+        assert_eq!(tokens.verify(&token, &t1), Err(TokenError::Revoked));
+    }
+
+    #[test]
+    fn forged_and_expired_tokens_are_refused() {
+        let t1 = TrialId::parse("t1").unwrap();
+        let other = TokenManager::new(&Secret::new("another-secret"), 60);
+        let forged = other.mint(&t1).unwrap();
+        assert_eq!(manager(60).verify(&forged, &t1), Err(TokenError::Invalid));
+        assert_eq!(
+            manager(60).verify("not.a.jwt", &t1),
+            Err(TokenError::Invalid)
+        );
+
+        let tokens = manager(60);
+        let past = chrono::Utc::now().timestamp() - 10;
+        let claims = Claims {
+            trial_id: "t1".into(),
+            iat: past - 60,
+            exp: past,
+            jti: "x".into(),
+        };
+        let expired = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"test-secret"),
+        )
+        .unwrap();
+        assert_eq!(tokens.verify(&expired, &t1), Err(TokenError::Expired));
+    }
+}
