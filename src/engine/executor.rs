@@ -334,7 +334,7 @@ fn answer(decision: Decision) -> SignalOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use Signal::*;
+    use Signal::{Active, SliceCallback};
     use Step::*;
 
     #[test]
@@ -375,11 +375,11 @@ mod tests {
             Decision::Take(SendKpiActive)
         );
         assert_eq!(
-            decide(Position::Wait(Wait::Idle), Finish, &[], &[]),
+            decide(Position::Wait(Wait::Idle), Signal::Finish, &[], &[]),
             Decision::Take(UpdateStatusStopping)
         );
         assert!(matches!(
-            decide(Position::Run(UpdateStatusIdle), Finish, &[], &[]),
+            decide(Position::Run(UpdateStatusIdle), Signal::Finish, &[], &[]),
             Decision::Refuse(_)
         ));
         assert!(matches!(
@@ -388,10 +388,10 @@ mod tests {
         ));
         let active = [(Wait::Idle, Active)];
         assert_eq!(
-            decide(Position::Run(UpdateStatusActive), Finish, &active, &[]),
+            decide(Position::Run(UpdateStatusActive), Signal::Finish, &active, &[]),
             Decision::Hold(Wait::Active)
         );
-        let finished_from_idle = [(Wait::Idle, Finish)];
+        let finished_from_idle = [(Wait::Idle, Signal::Finish)];
         assert!(matches!(
             decide(
                 Position::Run(UpdateStatusStopping),
@@ -404,7 +404,7 @@ mod tests {
         assert_eq!(
             decide(
                 Position::Run(UpdateStatusStopping),
-                Finish,
+                Signal::Finish,
                 &finished_from_idle,
                 &[]
             ),

@@ -1,0 +1,282 @@
+//! `spawn_app()`: the real service on 127.0.0.1 (random port) against simulated trial
+//! components, and a client that speaks to it like a user would.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lcm::config::{Secret, Settings};
+use lcm::engine::EngineHooks;
+use lcm::sim::{Component, Platform, SimOptions};
+use lcm::startup::Application;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+pub const API_KEY: &str = "test-api-key";
+pub const TOKEN_SECRET: &str = "test-token-secret";
+
+/// How a test wants its app.
+pub struct AppOptions {
+    pub sim: SimOptions,
+    pub settings: Box<dyn FnOnce(&mut Settings)>,
+    pub hooks: EngineHooks,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            sim: SimOptions::default(),
+            settings: Box::new(|_| {}),
+            hooks: EngineHooks::default(),
+        }
+    }
+}
+
+/// A running service and its simulated platform.
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub platform: Platform,
+    pub logs: tempfile::TempDir,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Answer {
+    /// The `detail` of an error answer.
+    pub fn detail(&self) -> &str {
+        self.body["detail"].as_str().unwrap_or_default()
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(AppOptions::default()).await
+}
+
+pub async fn spawn_app_with(options: AppOptions) -> TestApp {
+    let platform = Platform::start(options.sim).await.expect("simulators start");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let logs = tempfile::tempdir().expect("tempdir");
+    let mut settings = Settings::defaults().expect("defaults");
+    settings.server.bind = format!("127.0.0.1:{port}");
+    settings.server.public_url = format!("http://127.0.0.1:{port}");
+    settings.auth.api_key = Secret::new(API_KEY);
+    settings.auth.token_secret = Secret::new(TOKEN_SECRET);
+    settings.executor.request_timeout_secs = 5;
+    settings.logging.dir = logs.path().to_path_buf();
+    platform.configure(&mut settings);
+    (options.settings)(&mut settings);
+    let app = Application::with_listener(settings, listener, options.hooks).expect("app builds");
+    let server = tokio::spawn(async move {
+        let _ = app.run_until(std::future::pending()).await;
+    });
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        client: reqwest::Client::new(),
+        platform,
+        logs,
+        server,
+    }
+}
+
+/// An RFC 3339 time `ms` milliseconds from now, in UTC.
+pub fn in_ms(ms: i64) -> String {
+    (Utc::now() + chrono::Duration::milliseconds(ms))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl TestApp {
+    /// Sends a request with the API key in the `Authorization` header.
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Answer {
+        self.call_as(method, path, body, Some(API_KEY)).await
+    }
+
+    /// Sends a request with `credential` (if any) in the `Authorization` header.
+    pub async fn call_as(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        credential: Option<&str>,
+    ) -> Answer {
+        let mut request = self.client.request(method, format!("{}{path}", self.address));
+        if let Some(credential) = credential {
+            request = request.header("Authorization", credential);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        read(request.send().await.expect("request reaches the service")).await
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.call(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Option<Value>) -> Answer {
+        self.call(Method::POST, path, body).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Answer {
+        self.call(Method::DELETE, path, None).await
+    }
+
+    /// `POST /debug/trial/schedule`.
+    pub async fn schedule(&self, id: &str, start_time: &str) -> Answer {
+        self.post(
+            "/debug/trial/schedule",
+            Some(json!({"trial_id": id, "start_time": start_time})),
+        )
+        .await
+    }
+
+    /// Puts an approved trial in the repository and schedules it to start right away.
+    pub async fn start_trial(&self, id: &str) {
+        self.platform.add_trial(Platform::trial(id, None));
+        let answer = self.schedule(id, &in_ms(150)).await;
+        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    }
+
+    /// `GET /trial/{id}/status`.
+    pub async fn trial_status(&self, id: &str) -> Value {
+        let answer = self.get(&format!("/trial/{id}/status")).await;
+        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+        answer.body
+    }
+
+    /// Polls the trial's status until `done` holds; panics after 20 s with the last status.
+    pub async fn wait_for(&self, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut last = Value::Null;
+        while tokio::time::Instant::now() < deadline {
+            let answer = self.get(&format!("/trial/{id}/status")).await;
+            if answer.status == StatusCode::OK {
+                if done(&answer.body) {
+                    return answer.body;
+                }
+                last = answer.body;
+            }
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+        panic!("trial {id} never reached {what}; last status: {last}");
+    }
+
+    /// Waits until the executor pauses at the waiting point described by `waiting_for`.
+    pub async fn wait_waiting(&self, id: &str, waiting_for: &str) -> Value {
+        self.wait_for(id, waiting_for, |s| {
+            s["status"] == "Waiting" && s["waiting_for"].as_str().is_some_and(|w| w.contains(waiting_for))
+        })
+        .await
+    }
+
+    pub async fn wait_finished(&self, id: &str) -> Value {
+        self.wait_for(id, "Finished", |s| s["finished"] == true).await
+    }
+
+    pub async fn wait_failed(&self, id: &str) -> Value {
+        self.wait_for(id, "Failed", |s| s["failed"] == true).await
+    }
+
+    /// Runs a started trial through IDLE, active, finish to FINISHED.
+    pub async fn drive_to_finished(&self, id: &str) {
+        self.wait_waiting(id, "operator (active or finish)").await;
+        let answer = self.post(&format!("/trial/{id}/active"), None).await;
+        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+        self.wait_waiting(id, "operator (finish)").await;
+        let answer = self.post(&format!("/trial/{id}/finish"), None).await;
+        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+        self.wait_finished(id).await;
+    }
+
+    /// The callback token the LCM handed to trial enforcement for `id`.
+    pub fn token_of(&self, id: &str) -> String {
+        self.platform
+            .requests_for(id)
+            .into_iter()
+            .filter(|r| r.component == Component::Enforcement)
+            .find_map(|r| {
+                r.body
+                    .as_ref()
+                    .and_then(|b| b.get("Authorization"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .expect("the LCM sent a token to trial enforcement")
+    }
+
+    /// Posts a callback for `id` with `token`.
+    pub async fn callback(&self, id: &str, kind: &str, token: Option<&str>) -> Answer {
+        self.call_as(
+            Method::POST,
+            &format!("/trial/{id}/callback/{kind}"),
+            None,
+            token,
+        )
+        .await
+    }
+
+    /// The failure file of a trial, parsed.
+    pub fn failure_file(&self, id: &str) -> Option<Value> {
+        let path = self.logs.path().join(format!("executor_{id}_fail.log"));
+        let text = std::fs::read_to_string(path).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Every engine in `/status` as (id, status).
+    pub async fn engines(&self) -> Vec<(String, String)> {
+        let status = self.get("/status").await;
+        status.body["Executor_Engine_instances"]
+            .as_array()
+            .expect("an array")
+            .iter()
+            .map(|e| {
+                (
+                    e["ID"].as_str().unwrap_or_default().to_owned(),
+                    e["status"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// Polls until the engine of `id` exists; returns when it was first seen.
+    pub async fn wait_engine(&self, id: &str) -> DateTime<Utc> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while tokio::time::Instant::now() < deadline {
+            if self.engines().await.iter().any(|(e, _)| e == id) {
+                return Utc::now();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no engine for {id}");
+    }
+}
+
+/// Reads a response whole; a body that is not JSON becomes a string value.
+pub async fn read(response: reqwest::Response) -> Answer {
+    let status = response.status();
+    let text = response.text().await.expect("body");
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Answer { status, body }
+}
+
+/// The request lines (`METHOD /path`) a trial caused, in order.
+pub fn lines(app: &TestApp, id: &str) -> Vec<String> {
+    app.platform
+        .requests_for(id)
+        .iter()
+        .map(|r| r.line())
+        .collect()
+}

@@ -1,0 +1,1 @@
+//! Tests: trial_flow.
