@@ -388,7 +388,12 @@ mod tests {
         ));
         let active = [(Wait::Idle, Active)];
         assert_eq!(
-            decide(Position::Run(UpdateStatusActive), Signal::Finish, &active, &[]),
+            decide(
+                Position::Run(UpdateStatusActive),
+                Signal::Finish,
+                &active,
+                &[]
+            ),
             Decision::Hold(Wait::Active)
         );
         let finished_from_idle = [(Wait::Idle, Signal::Finish)];

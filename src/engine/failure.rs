@@ -37,7 +37,10 @@ pub async fn report(deps: &EngineDeps, id: &TrialId, backup: &mut Backup, reason
     .json(json!({"status": "FAILED"}));
     let reply = deps.services.send(&request).await;
     match &reply {
-        Ok(r) if r.status == 204 => info!("trial repository told FAILED"),
+        Ok(r) if r.status == 204 => {
+            info!("trial repository told FAILED");
+            backup.data.repository_status = Some("FAILED".to_owned());
+        }
         Ok(r) => warn!(
             status = r.status,
             "trial repository refused the FAILED status"

@@ -94,6 +94,9 @@ pub struct TrialData {
     pub token: Option<String>,
     pub info: Option<TrialInfo>,
     pub kpi_status: Option<KpiStatus>,
+    /// The last status this LCM wrote to the trial repository (including `FAILED`).
+    #[serde(default)]
+    pub repository_status: Option<String>,
     /// Every response, in order. Shared copy-on-write with the snapshots.
     pub responses: Arc<Vec<ResponseRecord>>,
 }

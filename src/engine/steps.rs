@@ -122,6 +122,9 @@ async fn slice_deployment(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     let trial = cx.fetch_trial().await?;
     match trial.get("status").and_then(Value::as_str) {
         Some("APPROVED") => {}
+        // A restored trial finds the status this LCM wrote when it failed: nobody else has
+        // changed the trial since, so it is still ours to run.
+        Some(ours) if cx.data.repository_status.as_deref() == Some(ours) => {}
         Some(other) => return fail(format!("trial status is '{other}', not APPROVED")),
         None => return fail("trial object has no 'status'"),
     }
@@ -355,6 +358,7 @@ impl StepCx<'_> {
             204,
         )
         .await?;
+        self.data.repository_status = Some(status.to_owned());
         Ok(())
     }
 

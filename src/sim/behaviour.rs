@@ -135,6 +135,10 @@ fn take_fault(
     let index = faults.iter().position(|f| {
         f.component == component && f.method == method.as_str() && path.contains(&f.path_contains)
     })?;
+    if faults[index].skip > 0 {
+        faults[index].skip -= 1;
+        return None;
+    }
     let action = faults[index].action.clone();
     if let Some(times) = &mut faults[index].times {
         *times -= 1;

@@ -86,6 +86,8 @@ pub struct Fault {
     pub action: FaultAction,
     /// How many matching requests it applies to; `None` for all.
     pub times: Option<usize>,
+    /// How many matching requests pass untouched before it applies.
+    pub skip: usize,
 }
 
 impl Fault {
@@ -102,7 +104,14 @@ impl Fault {
             path_contains: path_contains.into(),
             action,
             times: None,
+            skip: 0,
         }
+    }
+
+    /// Lets the first `n` matching requests pass before it applies.
+    pub fn after(mut self, n: usize) -> Self {
+        self.skip = n;
+        self
     }
 
     /// Only for the first `n` matching requests.

@@ -1,1 +1,377 @@
-//! Tests: callbacks.
+//! Callbacks and operator signals: tokens checked on every callback, signals that do not fit,
+//! duplicates, early callbacks and callback deadlines.
+
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use lcm::sim::{Component, Fault, FaultAction};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::helpers::*;
+
+const WAITING_SLICE: &str = "slice callback (slice created)";
+const WAITING_OPERATOR: &str = "operator (active or finish)";
+
+fn drop_slice_callback() -> Fault {
+    Fault::new(
+        Component::Enforcement,
+        "POST",
+        "/sliceDeployment",
+        FaultAction::DropCallback,
+    )
+}
+
+fn sign(secret: &str, trial: &str, exp_offset: i64) -> String {
+    let now = chrono::Utc::now().timestamp();
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"trial_id": trial, "iat": now - 10, "exp": now + exp_offset, "jti": "test-jti"}),
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("signs")
+}
+
+#[tokio::test]
+async fn callbacks_with_bad_tokens_are_refused_and_change_nothing() {
+    let app = spawn_app().await;
+    let id = "tokens-cb";
+    app.platform.inject(drop_slice_callback());
+    app.start_trial(id).await;
+    app.wait_waiting(id, WAITING_SLICE).await;
+
+    let forged = sign("another-secret", id, 600);
+    let expired = sign(TOKEN_SECRET, id, -5);
+    let other = app.post("/token/other-trial", None).await.body["Authorization"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let revoked = app.post(&format!("/token/{id}"), None).await.body["Authorization"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let revoke = app
+        .call_as(
+            Method::DELETE,
+            &format!("/token/{id}"),
+            None,
+            Some(&revoked),
+        )
+        .await;
+    assert_eq!(revoke.status, StatusCode::OK, "{revoke:?}");
+
+    for (token, status, what) in [
+        (None, StatusCode::UNAUTHORIZED, "missing"),
+        (Some(forged.as_str()), StatusCode::UNAUTHORIZED, "forged"),
+        (Some(expired.as_str()), StatusCode::UNAUTHORIZED, "expired"),
+        (Some(revoked.as_str()), StatusCode::UNAUTHORIZED, "revoked"),
+        (Some("garbage"), StatusCode::UNAUTHORIZED, "garbage"),
+        (Some(other.as_str()), StatusCode::FORBIDDEN, "other trial's"),
+    ] {
+        let answer = app.callback(id, "slice", token).await;
+        assert_eq!(answer.status, status, "{what} token: {answer:?}");
+        assert!(!answer.detail().is_empty(), "{what} token has a detail");
+        let status = app.trial_status(id).await;
+        assert_eq!(status["status"], "Waiting", "{what} token moved the trial");
+    }
+    assert!(
+        !lines(&app, id).contains(&format!("PUT /trial/{id}/")),
+        "no step ran after a refused callback"
+    );
+
+    let token = app.token_of(id);
+    let answer = app
+        .callback(id, "slice", Some(&format!("Bearer {token}")))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    app.wait_waiting(id, WAITING_OPERATOR).await;
+}
+
+#[tokio::test]
+async fn a_callback_for_a_trial_without_engine_is_not_found() {
+    let app = spawn_app().await;
+    let token = app.post("/token/ghost", None).await.body["Authorization"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let answer = app.callback("ghost", "slice", Some(&token)).await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND, "{answer:?}");
+    let unknown_kind = app.callback("ghost", "nonsense", Some(&token)).await;
+    assert_eq!(unknown_kind.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn signals_that_do_not_fit_are_refused_with_409() {
+    let app = spawn_app().await;
+    let id = "wrong-time";
+    app.platform.inject(drop_slice_callback());
+    app.start_trial(id).await;
+    app.wait_waiting(id, WAITING_SLICE).await;
+    let token = app.token_of(id);
+
+    for path in ["active", "finish"] {
+        let answer = app.post(&format!("/trial/{id}/{path}"), None).await;
+        assert_eq!(answer.status, StatusCode::CONFLICT, "{path}: {answer:?}");
+        assert!(
+            answer.detail().contains("waiting for the slice callback"),
+            "{answer:?}"
+        );
+    }
+    let vnf = app.callback(id, "cloudvnfboarding", Some(&token)).await;
+    assert_eq!(vnf.status, StatusCode::CONFLICT, "{vnf:?}");
+    assert_eq!(app.trial_status(id).await["status"], "Waiting");
+
+    assert_eq!(
+        app.callback(id, "slice", Some(&token)).await.status,
+        StatusCode::OK
+    );
+    app.wait_waiting(id, WAITING_OPERATOR).await;
+    let unknown = app.post("/trial/nobody/active", None).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn finish_while_a_step_before_idle_runs_is_refused() {
+    let app = spawn_app().await;
+    let id = "early-finish";
+    app.platform.inject(Fault::new(
+        Component::Enforcement,
+        "POST",
+        "/flightplan",
+        FaultAction::Delay(Duration::from_millis(1500)),
+    ));
+    app.start_trial(id).await;
+    app.wait_for(id, "EnforceUavPlan", |s| s["state"] == "EnforceUavPlan")
+        .await;
+    let answer = app.post(&format!("/trial/{id}/finish"), None).await;
+    assert_eq!(answer.status, StatusCode::CONFLICT, "{answer:?}");
+    assert!(
+        answer.detail().contains("running EnforceUavPlan"),
+        "{answer:?}"
+    );
+    app.drive_to_finished(id).await;
+}
+
+#[tokio::test]
+async fn finish_while_going_active_is_kept_and_applied() {
+    let app = spawn_app().await;
+    let id = "finish-held";
+    app.start_trial(id).await;
+    app.wait_waiting(id, WAITING_OPERATOR).await;
+    app.platform.inject(
+        Fault::new(
+            Component::Kpi,
+            "POST",
+            "/markKPIData",
+            FaultAction::Delay(Duration::from_millis(800)),
+        )
+        .times(1),
+    );
+    assert_eq!(
+        app.post(&format!("/trial/{id}/active"), None).await.status,
+        StatusCode::OK
+    );
+    let finish = app.post(&format!("/trial/{id}/finish"), None).await;
+    assert_eq!(finish.status, StatusCode::OK, "{finish:?}");
+    assert!(
+        finish.body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("takes effect"),
+        "{finish:?}"
+    );
+    app.wait_finished(id).await;
+    assert_eq!(
+        app.platform.status_history(id),
+        [
+            "ACTIVATING_1",
+            "ACTIVATING_2",
+            "IDLE",
+            "ACTIVE",
+            "STOPPING",
+            "FINISHED"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_repeated_slice_callback_at_idle_is_already_registered_not_slice_closed() {
+    let app = spawn_app().await;
+    let id = "dup-slice";
+    app.start_trial(id).await;
+    app.wait_waiting(id, WAITING_OPERATOR).await;
+    let token = app.token_of(id);
+
+    let again = app.callback(id, "slice", Some(&token)).await;
+    assert_eq!(again.status, StatusCode::OK, "{again:?}");
+    assert!(
+        again.body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already registered")
+    );
+    let status = app.trial_status(id).await;
+    assert_eq!(status["status"], "Waiting");
+    assert_eq!(status["finished"], false);
+    assert_eq!(
+        app.platform.status_history(id).last().map(String::as_str),
+        Some("IDLE")
+    );
+
+    let active = app.post(&format!("/trial/{id}/active"), None).await;
+    assert_eq!(active.status, StatusCode::OK);
+    let active_again = app.post(&format!("/trial/{id}/active"), None).await;
+    assert_eq!(active_again.status, StatusCode::OK, "{active_again:?}");
+    app.wait_waiting(id, "operator (finish)").await;
+    assert_eq!(
+        app.post(&format!("/trial/{id}/finish"), None).await.status,
+        StatusCode::OK
+    );
+    app.wait_finished(id).await;
+    assert_eq!(
+        app.platform.kpi_markings(id),
+        ["Idle", "Active", "Finished"]
+    );
+}
+
+#[tokio::test]
+async fn a_component_retrying_its_callback_gets_already_registered() {
+    let app = spawn_app().await;
+    let id = "retrying";
+    app.platform.inject(Fault::new(
+        Component::Enforcement,
+        "POST",
+        "/sliceDeployment",
+        FaultAction::DuplicateCallback,
+    ));
+    app.start_trial(id).await;
+    app.wait_waiting(id, WAITING_OPERATOR).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while app.platform.callbacks().len() < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let callbacks = app.platform.callbacks();
+    assert_eq!(callbacks.len(), 2);
+    assert!(callbacks.iter().all(|c| c.status == Some(200)));
+    let second = callbacks[1].body.as_ref().expect("json answer");
+    assert!(
+        second["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already registered"),
+        "{second}"
+    );
+    app.post(&format!("/trial/{id}/finish"), None).await;
+    app.wait_finished(id).await;
+}
+
+#[tokio::test]
+async fn early_callbacks_are_kept_until_their_step_completes() {
+    let app = spawn_app().await;
+    let id = "early";
+    for method_path in [
+        ("POST", "/sliceDeployment"),
+        ("DELETE", "/sliceDeployment/"),
+    ] {
+        app.platform.inject(Fault::new(
+            Component::Enforcement,
+            method_path.0,
+            method_path.1,
+            FaultAction::EarlyCallback,
+        ));
+    }
+    app.start_trial(id).await;
+    app.wait_waiting(id, WAITING_OPERATOR).await;
+    app.post(&format!("/trial/{id}/finish"), None).await;
+    app.wait_finished(id).await;
+
+    let callbacks = app.platform.callbacks();
+    assert_eq!(callbacks.len(), 2);
+    for (callback, step) in callbacks.iter().zip(["SliceDeployment", "CloseService"]) {
+        assert_eq!(callback.status, Some(200));
+        let message = callback.body.as_ref().expect("json")["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            message.contains(&format!("when {step} completes")),
+            "{message}"
+        );
+    }
+    assert_eq!(
+        app.platform.status_history(id),
+        [
+            "ACTIVATING_1",
+            "ACTIVATING_2",
+            "IDLE",
+            "STOPPING",
+            "FINISHED"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_missing_callback_times_out_and_the_trial_can_be_restored() {
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(|s| s.executor.callback_timeout_secs = 1),
+        ..AppOptions::default()
+    })
+    .await;
+    let id = "timeout";
+    app.platform.inject(drop_slice_callback());
+    app.start_trial(id).await;
+    let failed = app.wait_failed(id).await;
+    assert_eq!(
+        failed["failure"],
+        "timed out waiting for the slice callback (slice created)"
+    );
+    assert_eq!(app.platform.trial_status(id).as_deref(), Some("FAILED"));
+    let file = app.failure_file(id).expect("failure file");
+    assert!(
+        file["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("timed out")
+    );
+
+    let token = app.token_of(id);
+    let refused = app.callback(id, "slice", Some(&token)).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::FORBIDDEN,
+        "a failed trial takes no callbacks"
+    );
+
+    let restore = app.post(&format!("/debug/engine/{id}/restore"), None).await;
+    assert_eq!(restore.status, StatusCode::OK, "{restore:?}");
+    app.wait_waiting(id, WAITING_SLICE).await;
+    assert_eq!(
+        lines(&app, id)
+            .iter()
+            .filter(|l| *l == "POST /sliceDeployment")
+            .count(),
+        1,
+        "a restore at a waiting point waits again instead of re-sending"
+    );
+    assert_eq!(
+        app.callback(id, "slice", Some(&token)).await.status,
+        StatusCode::OK
+    );
+    app.wait_waiting(id, WAITING_OPERATOR).await;
+}
+
+#[tokio::test]
+async fn the_operator_wait_has_a_deadline_only_when_configured() {
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(|s| s.executor.operator_timeout_secs = Some(1)),
+        ..AppOptions::default()
+    })
+    .await;
+    let id = "operator-timeout";
+    app.start_trial(id).await;
+    let failed = app.wait_failed(id).await;
+    assert_eq!(
+        failed["failure"],
+        "timed out waiting for the operator (active or finish)"
+    );
+}

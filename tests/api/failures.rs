@@ -1,1 +1,364 @@
-//! Tests: failures.
+//! Failures (SPEC §4.3): a failure at every step, garbage from services, services that time out
+//! or vanish, a panicking executor, restore and delete.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use lcm::engine::EngineHooks;
+use lcm::engine::sequence::Step;
+use lcm::sim::{Component, Fault, FaultAction, Platform};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+/// Moves a trial along (active and finish when it waits for the operator) until `stop` holds.
+async fn drive_until(app: &TestApp, id: &str, what: &str, stop: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline {
+        let answer = app.get(&format!("/trial/{id}/status")).await;
+        if answer.status != StatusCode::OK {
+            // Not started yet.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        let status = answer.body;
+        if stop(&status) {
+            return status;
+        }
+        match status["waiting_for"].as_str() {
+            Some(w) if w.contains("active or finish") => {
+                app.post(&format!("/trial/{id}/active"), None).await;
+            }
+            Some(w) if w.contains("(finish)") => {
+                app.post(&format!("/trial/{id}/finish"), None).await;
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("trial {id} never reached {what}");
+}
+
+/// Fails one trial at `step` with `fault`, checks the failure, restores it and finishes it.
+async fn fail_and_restore(step: Step, fault: Fault) {
+    let app = spawn_app().await;
+    let id = format!("fail-{}", step.name());
+    app.platform.inject(fault.times(1));
+    app.start_trial(&id).await;
+    let failed = drive_until(&app, &id, "Failed", |s| s["failed"] == true).await;
+    let reason = failed["failure"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        reason.starts_with(&format!("{} failed", step.name())),
+        "{step:?}: {reason}"
+    );
+    assert_eq!(failed["engine_status"], "Failed");
+    assert_eq!(failed["restorable"], true);
+    assert_eq!(app.engines().await, [(id.clone(), "Failed".to_owned())]);
+    assert_eq!(
+        app.platform.trial_status(&id).as_deref(),
+        Some("FAILED"),
+        "{step:?}"
+    );
+
+    let file = app
+        .failure_file(&id)
+        .unwrap_or_else(|| panic!("{step:?}: no failure file"));
+    assert_eq!(file["reason"], reason);
+    assert_eq!(file["parameters"]["state"], step.name());
+    assert_eq!(file["parameters"]["status"], "Failed");
+    assert_eq!(file["parameters"]["token"], "[redacted]");
+    let responses = file["responses"].as_array().expect("responses");
+    assert!(
+        responses
+            .iter()
+            .any(|r| r["step"] == step.name() && r["status"] == 500),
+        "{step:?}: the failing answer is in the file"
+    );
+    assert_eq!(responses.last().expect("report")["step"], "ReportFailure");
+    let text = std::fs::read_to_string(app.logs.path().join(format!("executor_{id}_fail.log")))
+        .expect("read");
+    // Every HS256 JWT starts with the base64 of '{"': no token of any kind is in the file.
+    assert!(
+        !text.contains("eyJ"),
+        "{step:?}: a token leaked into the failure file"
+    );
+
+    let restore = app.post(&format!("/debug/engine/{id}/restore"), None).await;
+    assert_eq!(restore.status, StatusCode::OK, "{step:?}: {restore:?}");
+    drive_until(&app, &id, "Finished", |s| {
+        assert_ne!(s["failed"], true, "{step:?}: failed again: {s}");
+        s["finished"] == true
+    })
+    .await;
+    let history = app.platform.status_history(&id);
+    assert_eq!(
+        history.last().map(String::as_str),
+        Some("FINISHED"),
+        "{step:?}: {history:?}"
+    );
+    assert_eq!(app.engines().await, [(id.clone(), "Finished".to_owned())]);
+    let again = app.post(&format!("/debug/engine/{id}/restore"), None).await;
+    assert_eq!(
+        again.status,
+        StatusCode::CONFLICT,
+        "a finished engine is not restored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_at_any_step_fails_the_trial_and_a_restore_completes_it() {
+    use Component::*;
+    let fault = |component, method, path: &str| {
+        Fault::new(component, method, path, FaultAction::Status(500))
+    };
+    let put = || fault(Repository, "PUT", "/trial/");
+    let mark = || fault(Kpi, "POST", "/markKPIData");
+    let cases = [
+        (Step::GetTrialInfo, fault(Repository, "GET", "/trial/")),
+        (
+            Step::SliceDeployment,
+            fault(Enforcement, "POST", "/sliceDeployment"),
+        ),
+        (Step::UpdateDeploymentSlice, put()),
+        (
+            Step::EnforceUavPlan,
+            fault(Enforcement, "POST", "/flightplan"),
+        ),
+        (Step::UpdateUavPlanStatus, put().after(1)),
+        (
+            Step::CreateMeasurementJob,
+            fault(Enforcement, "POST", "/measurementjobs"),
+        ),
+        (Step::SendKpiIdle, mark()),
+        (Step::UpdateStatusIdle, put().after(2)),
+        (Step::SendKpiActive, mark().after(2)),
+        (Step::UpdateStatusActive, put().after(3)),
+        (Step::UpdateStatusStopping, put().after(4)),
+        (Step::SendKpiFinish, mark().after(4)),
+        (
+            Step::DeleteMeasurementJob,
+            fault(Enforcement, "DELETE", "/measurementjobs/"),
+        ),
+        (
+            Step::CloseService,
+            fault(Enforcement, "DELETE", "/sliceDeployment/"),
+        ),
+        (Step::UpdateStatusFinish, put().after(5)),
+    ];
+    join_all(
+        cases
+            .into_iter()
+            .map(|(step, fault)| fail_and_restore(step, fault)),
+    )
+    .await;
+}
+
+async fn fails_with(trial: Value, faults: Vec<Fault>, expected: &str) {
+    let app = spawn_app().await;
+    let id = trial["id"].as_str().expect("id").to_owned();
+    for fault in faults {
+        app.platform.inject(fault);
+    }
+    app.platform.add_trial(trial);
+    assert_eq!(app.schedule(&id, &in_ms(1000)).await.status, StatusCode::OK);
+    let failed = app.wait_failed(&id).await;
+    let reason = failed["failure"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(expected),
+        "expected '{expected}' in '{reason}'"
+    );
+    assert!(app.failure_file(&id).is_some());
+}
+
+#[tokio::test]
+async fn garbage_from_services_fails_the_step_naming_what_is_missing() {
+    use Component::*;
+    let ok = |id: &str| Platform::trial(id, None);
+    let mut pending = ok("not-approved");
+    pending["status"] = json!("PENDING");
+    let mut unknown_facility = ok("facility");
+    unknown_facility["facility"] = json!("MARS");
+    let mut bad_nst = ok("bad-nst");
+    bad_nst["nst"] = json!("{'unterminated");
+    let mut no_flights = ok("no-flights");
+    no_flights
+        .as_object_mut()
+        .expect("object")
+        .remove("flights");
+    join_all([
+        fails_with(
+            ok("garbage-trial"),
+            vec![Fault::new(
+                Repository,
+                "GET",
+                "/trial/",
+                FaultAction::Garbage,
+            )],
+            "not a trial object",
+        ),
+        fails_with(
+            ok("no-slice-id"),
+            vec![Fault::new(
+                Enforcement,
+                "POST",
+                "/sliceDeployment",
+                FaultAction::Json(201, json!({"status": "ok"})),
+            )],
+            "Slice.id",
+        ),
+        fails_with(
+            ok("no-measurement"),
+            vec![Fault::new(
+                Enforcement,
+                "POST",
+                "/measurementjobs",
+                FaultAction::Json(201, json!({"status": "ok"})),
+            )],
+            "MeasurementID",
+        ),
+        fails_with(
+            ok("garbage-slice"),
+            vec![Fault::new(
+                Enforcement,
+                "POST",
+                "/sliceDeployment",
+                FaultAction::Garbage,
+            )],
+            "Slice.id",
+        ),
+        fails_with(pending, vec![], "trial status is 'PENDING', not APPROVED"),
+        fails_with(unknown_facility, vec![], "unknown facility 'MARS'"),
+        fails_with(bad_nst, vec![], "'nst'"),
+        fails_with(no_flights, vec![], "no 'flights'"),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn a_service_that_times_out_or_vanishes_fails_the_trial() {
+    let slow = async {
+        let app = spawn_app_with(AppOptions {
+            settings: Box::new(|s| s.executor.request_timeout_secs = 1),
+            ..AppOptions::default()
+        })
+        .await;
+        app.platform.inject(Fault::new(
+            Component::Enforcement,
+            "POST",
+            "/flightplan",
+            FaultAction::Delay(Duration::from_secs(3)),
+        ));
+        app.start_trial("slow").await;
+        let failed = app.wait_failed("slow").await;
+        let reason = failed["failure"].as_str().unwrap_or_default().to_owned();
+        assert!(reason.contains("did not answer within 1 s"), "{reason}");
+    };
+    let gone = async {
+        let app = spawn_app_with(AppOptions {
+            settings: Box::new(|s| s.services.trial_enforcement.url = "http://127.0.0.1:1".into()),
+            ..AppOptions::default()
+        })
+        .await;
+        app.start_trial("gone").await;
+        let failed = app.wait_failed("gone").await;
+        let reason = failed["failure"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            reason.starts_with("SliceDeployment failed") && reason.contains("unreachable"),
+            "{reason}"
+        );
+    };
+    tokio::join!(slow, gone);
+}
+
+#[tokio::test]
+async fn the_watchdog_catches_a_panicking_step_and_the_engine_restores() {
+    let armed = Arc::new(AtomicBool::new(true));
+    let trigger = armed.clone();
+    let hooks = EngineHooks {
+        before_step: Some(Arc::new(move |_, step| {
+            if step == Step::EnforceUavPlan && trigger.swap(false, Ordering::SeqCst) {
+                panic!("injected panic in EnforceUavPlan");
+            }
+        })),
+    };
+    let app = spawn_app_with(AppOptions {
+        hooks,
+        ..AppOptions::default()
+    })
+    .await;
+    let id = "panicky";
+    app.start_trial(id).await;
+    let failed = app.wait_failed(id).await;
+    let reason = failed["failure"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("panicked: injected panic in EnforceUavPlan"),
+        "{reason}"
+    );
+    assert_eq!(app.engines().await, [(id.to_owned(), "Failed".to_owned())]);
+    assert_eq!(app.platform.trial_status(id).as_deref(), Some("FAILED"));
+    let file = app.failure_file(id).expect("failure file");
+    assert_eq!(file["parameters"]["state"], "EnforceUavPlan");
+
+    let restore = app.post(&format!("/debug/engine/{id}/restore"), None).await;
+    assert_eq!(restore.status, StatusCode::OK, "{restore:?}");
+    app.drive_to_finished(id).await;
+    let flights = lines(&app, id)
+        .iter()
+        .filter(|l| *l == "POST /flightplan")
+        .count();
+    assert_eq!(flights, 1, "the panic struck before the request went out");
+}
+
+#[tokio::test]
+async fn deleting_an_engine_cancels_the_request_in_flight() {
+    let app = spawn_app().await;
+    let id = "hang";
+    app.platform.inject(Fault::new(
+        Component::Enforcement,
+        "POST",
+        "/flightplan",
+        FaultAction::Hang,
+    ));
+    app.start_trial(id).await;
+    app.wait_for(id, "EnforceUavPlan", |s| s["state"] == "EnforceUavPlan")
+        .await;
+    let running = app.post(&format!("/debug/engine/{id}/restore"), None).await;
+    assert_eq!(
+        running.status,
+        StatusCode::CONFLICT,
+        "a running engine is not restored"
+    );
+
+    let deleted = app.delete(&format!("/debug/engine/{id}")).await;
+    assert_eq!(deleted.status, StatusCode::OK, "{deleted:?}");
+    assert!(app.engines().await.is_empty());
+    assert_eq!(
+        app.get(&format!("/trial/{id}/status")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.delete(&format!("/debug/engine/{id}")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let token = app.token_of(id);
+    assert_eq!(
+        app.callback(id, "slice", Some(&token)).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let before = app.platform.requests().len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        app.platform.requests().len(),
+        before,
+        "a deleted engine sends nothing more"
+    );
+    assert_ne!(app.platform.trial_status(id).as_deref(), Some("FAILED"));
+
+    // The trial can be scheduled again once its engine is gone.
+    app.platform.clear_faults();
+    app.start_trial(id).await;
+    app.wait_waiting(id, "operator (active or finish)").await;
+}

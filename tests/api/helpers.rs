@@ -66,7 +66,9 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(options: AppOptions) -> TestApp {
-    let platform = Platform::start(options.sim).await.expect("simulators start");
+    let platform = Platform::start(options.sim)
+        .await
+        .expect("simulators start");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let logs = tempfile::tempdir().expect("tempdir");
@@ -112,7 +114,9 @@ impl TestApp {
         body: Option<Value>,
         credential: Option<&str>,
     ) -> Answer {
-        let mut request = self.client.request(method, format!("{}{path}", self.address));
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.address));
         if let Some(credential) = credential {
             request = request.header("Authorization", credential);
         }
@@ -146,7 +150,7 @@ impl TestApp {
     /// Puts an approved trial in the repository and schedules it to start right away.
     pub async fn start_trial(&self, id: &str) {
         self.platform.add_trial(Platform::trial(id, None));
-        let answer = self.schedule(id, &in_ms(150)).await;
+        let answer = self.schedule(id, &in_ms(1000)).await;
         assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
     }
 
@@ -177,13 +181,17 @@ impl TestApp {
     /// Waits until the executor pauses at the waiting point described by `waiting_for`.
     pub async fn wait_waiting(&self, id: &str, waiting_for: &str) -> Value {
         self.wait_for(id, waiting_for, |s| {
-            s["status"] == "Waiting" && s["waiting_for"].as_str().is_some_and(|w| w.contains(waiting_for))
+            s["status"] == "Waiting"
+                && s["waiting_for"]
+                    .as_str()
+                    .is_some_and(|w| w.contains(waiting_for))
         })
         .await
     }
 
     pub async fn wait_finished(&self, id: &str) -> Value {
-        self.wait_for(id, "Finished", |s| s["finished"] == true).await
+        self.wait_for(id, "Finished", |s| s["finished"] == true)
+            .await
     }
 
     pub async fn wait_failed(&self, id: &str) -> Value {
