@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
@@ -17,8 +17,13 @@ use crate::domain::TrialId;
 /// The credential presented: the `Authorization` header (raw or `Bearer <x>`), else the
 /// `Authorization` cookie.
 fn presented_credential(parts: &Parts) -> Option<String> {
-    if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
-        let value = value.to_str().ok()?.trim();
+    let header = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty());
+    if let Some(value) = header {
         let value = match value.split_once(' ') {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
             _ => value,
@@ -96,10 +101,22 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(req, state)
+            .await
+            .map_err(json_rejection)?;
+        // Serde would also take a list of the fields' values in order; only an object is a body.
+        if !value.is_object() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "request body must be a JSON object",
+            ));
         }
+        serde_json::from_value(value).map(ApiJson).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("request body has the wrong shape: {e}"),
+            )
+        })
     }
 }
 
@@ -112,7 +129,7 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         JsonRejection::MissingJsonContentType(_) => {
             "request body must be JSON with 'Content-Type: application/json'".to_owned()
         }
-        _ if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+        _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             "request body is too large".to_owned()
         }
         other => other.body_text(),

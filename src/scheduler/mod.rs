@@ -216,6 +216,13 @@ impl Scheduler {
                     continue;
                 }
             };
+            // The jobs lock is held from the engine check to the insert, as in `schedule`, so
+            // a job firing meanwhile cannot leave a job beside its engine.
+            let mut jobs = self.jobs_map();
+            if self.inner.engines.contains(&id) {
+                report.already_executing.push(trial.id);
+                continue;
+            }
             let Some(raw) = &trial.start_time else {
                 skip(&mut report, "no start_time".to_owned());
                 continue;
@@ -227,15 +234,10 @@ impl Scheduler {
                     continue;
                 }
             };
-            if self.inner.engines.contains(&id) {
-                report.already_executing.push(trial.id);
-                continue;
-            }
             if let Err(e) = start.ensure_future(now) {
                 skip(&mut report, e.to_string());
                 continue;
             }
-            let mut jobs = self.jobs_map();
             match jobs.get(&id) {
                 Some(job) if job.start.utc() == start.utc() => {
                     report.already_scheduled.push(trial.id);

@@ -1,1 +1,630 @@
-//! Tests: scheduling.
+//! Tests: scheduling trials by hand, from the trial repository, all at once and automatically;
+//! unscheduling; time zones; and every kind of bad request, which must change nothing.
+
+use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
+use lcm::sim::{Component, Fault, FaultAction, Platform};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+/// A time `secs` seconds from now, as the repository stores it.
+fn in_secs(secs: i64) -> DateTime<Utc> {
+    Utc::now() + chrono::Duration::seconds(secs)
+}
+
+/// The scheduled jobs listed in `/status`.
+async fn scheduled_trials(app: &TestApp) -> Vec<Value> {
+    let answer = app.get("/status").await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    answer.body["scheduled_trials"]
+        .as_array()
+        .expect("scheduled_trials is an array")
+        .clone()
+}
+
+/// The job of `id` in `/status`, if any.
+async fn job_of(app: &TestApp, id: &str) -> Option<Value> {
+    scheduled_trials(app)
+        .await
+        .into_iter()
+        .find(|job| job["id"] == id)
+}
+
+/// Asserts the service has no job and no engine.
+async fn assert_nothing_scheduled(app: &TestApp) {
+    let body = app.get("/status").await.body;
+    assert_eq!(body["scheduled_trials"], json!([]), "{body}");
+    assert_eq!(body["Scheduler_status"], "Idle", "{body}");
+    assert_eq!(body["Executor_Engine_instances"], json!([]), "{body}");
+}
+
+fn assert_detail(answer: &Answer, status: StatusCode) {
+    assert_eq!(answer.status, status, "{answer:?}");
+    assert!(!answer.detail().is_empty(), "a JSON detail: {answer:?}");
+}
+
+/// Sends `body` as-is to `POST /debug/trial/schedule`, with the given content type.
+async fn post_raw(app: &TestApp, body: impl Into<String>, content_type: Option<&str>) -> Answer {
+    let mut request = app
+        .client
+        .post(format!("{}/debug/trial/schedule", app.address))
+        .header("Authorization", API_KEY)
+        .body(body.into());
+    if let Some(content_type) = content_type {
+        request = request.header("Content-Type", content_type);
+    }
+    read(request.send().await.expect("request reaches the service")).await
+}
+
+/// Polls `/status` until `id` has a job, or panics after `secs`.
+async fn wait_job(app: &TestApp, id: &str, secs: u64) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        if let Some(job) = job_of(app, id).await {
+            return job;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("trial {id} was never scheduled");
+}
+
+// --- POST /debug/trial/schedule ---------------------------------------------------------------
+
+#[tokio::test]
+async fn scheduling_a_trial_lists_it_with_its_trigger() {
+    let app = spawn_app().await;
+    let answer = app.schedule("t1", "2999-01-01T10:00:00+02:00").await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+
+    let body = app.get("/status").await.body;
+    assert_eq!(
+        body["Scheduler_status"], "Scheduled job(s) initiated",
+        "{body}"
+    );
+    let jobs = body["scheduled_trials"].as_array().expect("an array");
+    assert_eq!(jobs.len(), 1, "{body}");
+    assert_eq!(jobs[0]["id"], "t1", "{body}");
+    let trigger = jobs[0]["trigger"].as_str().expect("trigger is a string");
+    assert!(trigger.contains("2999-01-01"), "{trigger}");
+}
+
+#[tokio::test]
+async fn scheduling_the_same_trial_twice_is_409() {
+    let app = spawn_app().await;
+    let first = app.schedule("t1", &in_ms(3_600_000)).await;
+    assert_eq!(first.status, StatusCode::OK, "{first:?}");
+    let job = job_of(&app, "t1").await.expect("t1 scheduled");
+
+    let again = app.schedule("t1", &in_ms(7_200_000)).await;
+    assert_detail(&again, StatusCode::CONFLICT);
+    assert_eq!(
+        job_of(&app, "t1").await.as_ref(),
+        Some(&job),
+        "the first job is kept as it was"
+    );
+    assert_eq!(scheduled_trials(&app).await.len(), 1);
+}
+
+#[tokio::test]
+async fn scheduling_a_trial_that_has_an_engine_is_409() {
+    let app = spawn_app().await;
+    app.start_trial("t1").await;
+    app.wait_engine("t1").await;
+
+    let answer = app.schedule("t1", &in_ms(3_600_000)).await;
+    assert_detail(&answer, StatusCode::CONFLICT);
+    assert!(job_of(&app, "t1").await.is_none(), "no job was added");
+}
+
+#[tokio::test]
+async fn unscheduling_removes_the_job_and_it_never_fires() {
+    let app = spawn_app().await;
+    app.platform.add_trial(Platform::trial("t1", None));
+    let start = Utc::now() + chrono::Duration::milliseconds(800);
+    let answer = app
+        .schedule("t1", &start.to_rfc3339_opts(SecondsFormat::Millis, true))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+
+    let answer = app.delete("/debug/trial/t1/schedule").await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    assert!(job_of(&app, "t1").await.is_none(), "the job is gone");
+    let answer = app.delete("/debug/trial/t1/schedule").await;
+    assert_detail(&answer, StatusCode::NOT_FOUND);
+
+    // Watch until well past the start time: no engine may appear.
+    let watch_until = start + chrono::Duration::milliseconds(1_200);
+    while Utc::now() < watch_until {
+        let engines = app.engines().await;
+        assert!(
+            engines.iter().all(|(id, _)| id != "t1"),
+            "an unscheduled job fired: {engines:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_nothing_scheduled(&app).await;
+}
+
+#[tokio::test]
+async fn unscheduling_a_trial_without_job_is_404() {
+    let app = spawn_app().await;
+    let answer = app.delete("/debug/trial/t1/schedule").await;
+    assert_detail(&answer, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_start_time_with_an_offset_fires_at_that_instant() {
+    let app = spawn_app().await;
+    app.platform.add_trial(Platform::trial("tz1", None));
+    let instant = Utc::now() + chrono::Duration::milliseconds(1_500);
+    let plus_two = FixedOffset::east_opt(2 * 3600).expect("a valid offset");
+    let written = instant
+        .with_timezone(&plus_two)
+        .to_rfc3339_opts(SecondsFormat::Millis, false);
+    assert!(written.ends_with("+02:00"), "{written}");
+
+    let answer = app.schedule("tz1", &written).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    assert!(
+        app.engines().await.iter().all(|(id, _)| id != "tz1"),
+        "no engine before the start time"
+    );
+
+    let seen = app.wait_engine("tz1").await;
+    assert!(
+        seen >= instant,
+        "fired early: seen {seen}, start time {instant} (written {written})"
+    );
+    assert!(
+        seen - instant < chrono::Duration::seconds(10),
+        "fired late: seen {seen}, start time {instant} (written {written})"
+    );
+}
+
+#[tokio::test]
+async fn a_start_time_without_offset_is_400() {
+    let app = spawn_app().await;
+    let naive = in_secs(3600).format("%Y-%m-%dT%H:%M:%S").to_string();
+    let answer = app.schedule("t1", &naive).await;
+    assert_detail(&answer, StatusCode::BAD_REQUEST);
+    assert_nothing_scheduled(&app).await;
+}
+
+#[tokio::test]
+async fn an_impossible_date_is_400() {
+    let app = spawn_app().await;
+    for bad in [
+        "2999-02-30T10:00:00Z",
+        "2021-02-30T10:00:00Z",
+        "tomorrow",
+        "",
+    ] {
+        let answer = app.schedule("t1", bad).await;
+        assert_detail(&answer, StatusCode::BAD_REQUEST);
+    }
+    assert_nothing_scheduled(&app).await;
+}
+
+#[tokio::test]
+async fn a_start_time_in_the_past_is_400() {
+    let app = spawn_app().await;
+    for past in ["2021-02-23T07:17:15+02:00".to_owned(), in_ms(-1_000)] {
+        let answer = app.schedule("t1", &past).await;
+        assert_detail(&answer, StatusCode::BAD_REQUEST);
+    }
+    assert_nothing_scheduled(&app).await;
+}
+
+#[tokio::test]
+async fn a_malformed_json_body_is_400() {
+    let app = spawn_app().await;
+    let answer = post_raw(
+        &app,
+        r#"{"trial_id": "t1", "start_time": "2999-01-01T00:00:00Z""#,
+        Some("application/json"),
+    )
+    .await;
+    assert_detail(&answer, StatusCode::BAD_REQUEST);
+    assert_nothing_scheduled(&app).await;
+}
+
+#[tokio::test]
+async fn a_body_with_wrong_types_is_422() {
+    let app = spawn_app().await;
+    for body in [
+        json!({"trial_id": 5, "start_time": "2999-01-01T00:00:00Z"}),
+        json!({"trial_id": "t1", "start_time": 1_700_000_000}),
+        json!({"trial_id": "t1"}),
+        json!({"trial_id": null, "start_time": "2999-01-01T00:00:00Z"}),
+        json!(["t1", "2999-01-01T00:00:00Z"]),
+    ] {
+        let answer = app.post("/debug/trial/schedule", Some(body)).await;
+        assert_detail(&answer, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    assert_nothing_scheduled(&app).await;
+}
+
+#[tokio::test]
+async fn a_body_with_an_unknown_field_is_422() {
+    let app = spawn_app().await;
+    let body = json!({"trial_id": "t1", "start_time": "2999-01-01T00:00:00Z", "priority": 1});
+    let answer = app.post("/debug/trial/schedule", Some(body)).await;
+    assert_detail(&answer, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_nothing_scheduled(&app).await;
+}
+
+#[tokio::test]
+async fn a_body_without_json_content_type_is_415() {
+    let app = spawn_app().await;
+    let body = r#"{"trial_id": "t1", "start_time": "2999-01-01T00:00:00Z"}"#;
+    let answer = post_raw(&app, body, None).await;
+    assert_detail(&answer, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let answer = post_raw(&app, body, Some("text/plain")).await;
+    assert_detail(&answer, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_nothing_scheduled(&app).await;
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_413() {
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(|s| s.server.max_body_bytes = 256),
+        ..AppOptions::default()
+    })
+    .await;
+    let body = json!({
+        "trial_id": "t1",
+        "start_time": "2999-01-01T00:00:00Z",
+        "padding": "x".repeat(1_000),
+    });
+    let answer = app.post("/debug/trial/schedule", Some(body)).await;
+    assert_detail(&answer, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_nothing_scheduled(&app).await;
+
+    // A small body still gets through the same limit.
+    let answer = app.schedule("t1", "2999-01-01T00:00:00Z").await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+}
+
+#[tokio::test]
+async fn a_bad_trial_id_in_the_body_is_400() {
+    let app = spawn_app().await;
+    let long = "a".repeat(200);
+    for bad in ["../etc", "a b", "", "-leading-dash", "é", long.as_str()] {
+        let answer = app.schedule(bad, "2999-01-01T00:00:00Z").await;
+        assert_detail(&answer, StatusCode::BAD_REQUEST);
+    }
+    assert_nothing_scheduled(&app).await;
+}
+
+#[tokio::test]
+async fn a_bad_trial_id_in_the_path_is_400() {
+    let app = spawn_app().await;
+    app.platform
+        .add_trial(Platform::trial("t1", Some(in_secs(3600))));
+    let long = "a".repeat(200);
+    for bad in ["..%2Fetc", "a%20b", "%2Fetc", long.as_str()] {
+        let path = format!("/debug/trial/{bad}/schedule");
+        let answer = app.post(&path, None).await;
+        assert_detail(&answer, StatusCode::BAD_REQUEST);
+        let answer = app.delete(&path).await;
+        assert_detail(&answer, StatusCode::BAD_REQUEST);
+    }
+    assert_nothing_scheduled(&app).await;
+}
+
+#[tokio::test]
+async fn scheduling_needs_the_api_key() {
+    let app = spawn_app().await;
+    let body = json!({"trial_id": "t1", "start_time": "2999-01-01T00:00:00Z"});
+    let answer = app
+        .call_as(Method::POST, "/debug/trial/schedule", Some(body), None)
+        .await;
+    assert_detail(&answer, StatusCode::UNAUTHORIZED);
+    let answer = app
+        .call_as(
+            Method::POST,
+            "/debug/trial/schedule-all",
+            None,
+            Some("wrong"),
+        )
+        .await;
+    assert_detail(&answer, StatusCode::UNAUTHORIZED);
+    assert_nothing_scheduled(&app).await;
+}
+
+// --- POST /debug/trial/{id}/schedule ------------------------------------------------------------
+
+#[tokio::test]
+async fn scheduling_from_the_repository_uses_its_start_time() {
+    let app = spawn_app().await;
+    let start = in_secs(3600);
+    app.platform.add_trial(Platform::trial("t1", Some(start)));
+
+    let answer = app.post("/debug/trial/t1/schedule", None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+
+    let job = job_of(&app, "t1").await.expect("t1 scheduled");
+    let listed = job["start_time"]
+        .as_str()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .expect("the job has an RFC 3339 start_time");
+    assert_eq!(listed.timestamp(), start.timestamp(), "{job}");
+}
+
+#[tokio::test]
+async fn scheduling_an_unknown_trial_from_the_repository_is_404() {
+    let app = spawn_app().await;
+    let answer = app.post("/debug/trial/nope/schedule", None).await;
+    assert_detail(&answer, StatusCode::NOT_FOUND);
+    assert_nothing_scheduled(&app).await;
+}
+
+#[tokio::test]
+async fn scheduling_a_past_trial_from_the_repository_is_400() {
+    let app = spawn_app().await;
+    app.platform
+        .add_trial(Platform::trial("old", Some(in_secs(-3600))));
+    let answer = app.post("/debug/trial/old/schedule", None).await;
+    assert_detail(&answer, StatusCode::BAD_REQUEST);
+    assert_nothing_scheduled(&app).await;
+}
+
+#[tokio::test]
+async fn scheduling_from_a_repository_answering_garbage_is_502() {
+    let app = spawn_app().await;
+    app.platform
+        .add_trial(Platform::trial("t1", Some(in_secs(3600))));
+    app.platform.inject(Fault::new(
+        Component::Repository,
+        "GET",
+        "/trial/",
+        FaultAction::Garbage,
+    ));
+    let answer = app.post("/debug/trial/t1/schedule", None).await;
+    assert_detail(&answer, StatusCode::BAD_GATEWAY);
+    assert_nothing_scheduled(&app).await;
+}
+
+#[tokio::test]
+async fn scheduling_from_the_repository_twice_is_409() {
+    let app = spawn_app().await;
+    app.platform
+        .add_trial(Platform::trial("t1", Some(in_secs(3600))));
+    let answer = app.post("/debug/trial/t1/schedule", None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    let answer = app.post("/debug/trial/t1/schedule", None).await;
+    assert_detail(&answer, StatusCode::CONFLICT);
+    assert_eq!(scheduled_trials(&app).await.len(), 1);
+}
+
+// --- POST /debug/trial/schedule-all -----------------------------------------------------------
+
+fn ids(report: &Value, key: &str) -> Vec<String> {
+    report[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("{key} is an array: {report}"))
+        .iter()
+        .map(|v| v.as_str().expect("an id string").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn schedule_all_schedules_future_trials_and_skips_past_ones() {
+    let app = spawn_app().await;
+    app.platform
+        .add_trial(Platform::trial("future1", Some(in_secs(3600))));
+    app.platform
+        .add_trial(Platform::trial("future2", Some(in_secs(7200))));
+    app.platform
+        .add_trial(Platform::trial("past", Some(in_secs(-3600))));
+
+    let answer = app.post("/debug/trial/schedule-all", None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    let report = &answer.body;
+    let mut scheduled = ids(report, "scheduled");
+    scheduled.sort();
+    assert_eq!(scheduled, ["future1", "future2"], "{report}");
+    let skipped = report["skipped"].as_array().expect("skipped is an array");
+    assert_eq!(skipped.len(), 1, "{report}");
+    assert_eq!(skipped[0]["id"], "past", "{report}");
+    assert!(
+        skipped[0]["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "a skipped trial has a reason: {report}"
+    );
+
+    let mut listed: Vec<String> = scheduled_trials(&app)
+        .await
+        .iter()
+        .map(|job| job["id"].as_str().expect("an id").to_owned())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, ["future1", "future2"]);
+}
+
+#[tokio::test]
+async fn schedule_all_twice_reports_already_scheduled() {
+    let app = spawn_app().await;
+    app.platform
+        .add_trial(Platform::trial("t1", Some(in_secs(3600))));
+    let first = app.post("/debug/trial/schedule-all", None).await;
+    assert_eq!(ids(&first.body, "scheduled"), ["t1"], "{first:?}");
+
+    let second = app.post("/debug/trial/schedule-all", None).await;
+    assert_eq!(second.status, StatusCode::OK, "{second:?}");
+    assert_eq!(ids(&second.body, "already_scheduled"), ["t1"], "{second:?}");
+    assert!(ids(&second.body, "scheduled").is_empty(), "{second:?}");
+    assert!(ids(&second.body, "rescheduled").is_empty(), "{second:?}");
+    assert_eq!(scheduled_trials(&app).await.len(), 1);
+}
+
+#[tokio::test]
+async fn schedule_all_reschedules_a_trial_whose_start_time_changed() {
+    let app = spawn_app().await;
+    app.platform
+        .add_trial(Platform::trial("t1", Some(in_secs(3600))));
+    let first = app.post("/debug/trial/schedule-all", None).await;
+    assert_eq!(ids(&first.body, "scheduled"), ["t1"], "{first:?}");
+
+    let moved = in_secs(7200);
+    app.platform.add_trial(Platform::trial("t1", Some(moved)));
+    let second = app.post("/debug/trial/schedule-all", None).await;
+    assert_eq!(second.status, StatusCode::OK, "{second:?}");
+    assert_eq!(ids(&second.body, "rescheduled"), ["t1"], "{second:?}");
+    assert!(
+        ids(&second.body, "already_scheduled").is_empty(),
+        "{second:?}"
+    );
+
+    let jobs = scheduled_trials(&app).await;
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let listed = jobs[0]["start_time"]
+        .as_str()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .expect("the job has an RFC 3339 start_time");
+    assert_eq!(listed.timestamp(), moved.timestamp(), "{jobs:?}");
+}
+
+#[tokio::test]
+async fn schedule_all_reports_a_trial_with_an_engine_as_already_executing() {
+    let app = spawn_app().await;
+    app.platform
+        .add_trial(Platform::trial("running", Some(in_secs(3600))));
+    let answer = app.schedule("running", &in_ms(150)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    app.wait_engine("running").await;
+
+    let answer = app.post("/debug/trial/schedule-all", None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    assert_eq!(
+        ids(&answer.body, "already_executing"),
+        ["running"],
+        "{answer:?}"
+    );
+    assert!(ids(&answer.body, "scheduled").is_empty(), "{answer:?}");
+    assert!(job_of(&app, "running").await.is_none(), "no job was added");
+}
+
+#[tokio::test]
+async fn schedule_all_with_the_repository_down_is_502() {
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(|s| {
+            s.services.trial_repository.url = "http://127.0.0.1:1".to_owned();
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    let answer = app.post("/debug/trial/schedule-all", None).await;
+    assert_detail(&answer, StatusCode::BAD_GATEWAY);
+    assert!(
+        answer.detail().contains("trial repository"),
+        "the detail names the repository: {answer:?}"
+    );
+    assert_nothing_scheduled(&app).await;
+}
+
+#[tokio::test]
+async fn schedule_all_with_a_repository_answering_garbage_is_502() {
+    let app = spawn_app().await;
+    app.platform
+        .add_trial(Platform::trial("t1", Some(in_secs(3600))));
+    app.platform.inject(Fault::new(
+        Component::Repository,
+        "GET",
+        "/trial/",
+        FaultAction::Garbage,
+    ));
+    let answer = app.post("/debug/trial/schedule-all", None).await;
+    assert_detail(&answer, StatusCode::BAD_GATEWAY);
+    assert_nothing_scheduled(&app).await;
+}
+
+#[tokio::test]
+async fn schedule_all_with_a_repository_answering_an_object_is_502() {
+    let app = spawn_app().await;
+    app.platform
+        .add_trial(Platform::trial("t1", Some(in_secs(3600))));
+    app.platform.inject(Fault::new(
+        Component::Repository,
+        "GET",
+        "/trial/",
+        FaultAction::Json(
+            200,
+            json!({"id": "t1", "start_time": "2999-01-01T00:00:00Z"}),
+        ),
+    ));
+    let answer = app.post("/debug/trial/schedule-all", None).await;
+    assert_detail(&answer, StatusCode::BAD_GATEWAY);
+    assert_nothing_scheduled(&app).await;
+}
+
+// --- POST /trial/scheduling -------------------------------------------------------------------
+
+#[tokio::test]
+async fn toggling_automatic_scheduling_turns_it_on_then_off() {
+    let app = spawn_app().await;
+    assert_eq!(app.get("/status").await.body["Automatic_scheduling"], false);
+
+    let answer = app.post("/trial/scheduling", None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    assert_eq!(answer.body["Automatic_scheduling"], true, "{answer:?}");
+    assert_eq!(app.get("/status").await.body["Automatic_scheduling"], true);
+
+    let answer = app.post("/trial/scheduling", None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    assert_eq!(answer.body["Automatic_scheduling"], false, "{answer:?}");
+    assert_eq!(app.get("/status").await.body["Automatic_scheduling"], false);
+}
+
+#[tokio::test]
+async fn automatic_scheduling_picks_up_a_new_trial_from_the_repository() {
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(|s| s.scheduler.poll_interval_secs = 1),
+        ..AppOptions::default()
+    })
+    .await;
+    let answer = app.post("/trial/scheduling", None).await;
+    assert_eq!(answer.body["Automatic_scheduling"], true, "{answer:?}");
+
+    // Added after the switch: only a later poll can find it.
+    let start = in_secs(3600);
+    app.platform
+        .add_trial(Platform::trial("auto1", Some(start)));
+    let job = wait_job(&app, "auto1", 10).await;
+    let listed = job["start_time"]
+        .as_str()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .expect("the job has an RFC 3339 start_time");
+    assert_eq!(listed.timestamp(), start.timestamp(), "{job}");
+}
+
+#[tokio::test]
+async fn automatic_scheduling_off_leaves_new_trials_alone() {
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(|s| s.scheduler.poll_interval_secs = 1),
+        ..AppOptions::default()
+    })
+    .await;
+    app.platform
+        .add_trial(Platform::trial("manual", Some(in_secs(3600))));
+    // Give a poller that wrongly runs while off more than one interval to show itself.
+    let watch_until = Utc::now() + chrono::Duration::milliseconds(1_500);
+    while Utc::now() < watch_until {
+        assert!(
+            job_of(&app, "manual").await.is_none(),
+            "scheduled while off"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let polled = app
+        .platform
+        .requests()
+        .iter()
+        .any(|r| r.component == Component::Repository && r.path == "/trial/");
+    assert!(
+        !polled,
+        "the repository was polled while automatic scheduling was off"
+    );
+}

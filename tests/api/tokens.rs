@@ -1,1 +1,200 @@
-//! Tests: tokens.
+//! Tests: minting, checking and revoking callback tokens over `/token/{id}`, and every kind of
+//! token that must be refused.
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::helpers::*;
+
+/// `POST /token/{id}` with the API key; returns the token.
+async fn mint(app: &TestApp, id: &str) -> String {
+    let answer = app.post(&format!("/token/{id}"), None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    answer.body["Authorization"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a token string: {answer:?}"))
+        .to_owned()
+}
+
+/// `GET /token/{id}` presenting `token` in the `Authorization` header.
+async fn check(app: &TestApp, id: &str, token: Option<&str>) -> Answer {
+    app.call_as(Method::GET, &format!("/token/{id}"), None, token)
+        .await
+}
+
+/// A token for `trial_id` signed with `secret`, expiring `exp_in_secs` from now.
+fn signed_token(secret: &str, trial_id: &str, exp_in_secs: i64) -> String {
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({
+        "trial_id": trial_id,
+        "iat": now.min(now + exp_in_secs) - 60,
+        "exp": now + exp_in_secs,
+        "jti": uuid::Uuid::new_v4().to_string(),
+    });
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("the test token encodes")
+}
+
+fn assert_detail(answer: &Answer, status: StatusCode) {
+    assert_eq!(answer.status, status, "{answer:?}");
+    assert!(!answer.detail().is_empty(), "a JSON detail: {answer:?}");
+}
+
+#[tokio::test]
+async fn minting_a_token_with_the_api_key_returns_it() {
+    let app = spawn_app().await;
+    let token = mint(&app, "t1").await;
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    assert_ne!(token, mint(&app, "t1").await, "each token is new");
+}
+
+#[tokio::test]
+async fn minting_a_token_without_the_api_key_is_401() {
+    let app = spawn_app().await;
+    let answer = app.call_as(Method::POST, "/token/t1", None, None).await;
+    assert_detail(&answer, StatusCode::UNAUTHORIZED);
+    assert!(answer.body.get("Authorization").is_none(), "{answer:?}");
+
+    let answer = app
+        .call_as(Method::POST, "/token/t1", None, Some("wrong-key"))
+        .await;
+    assert_detail(&answer, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn checking_a_minted_token_succeeds() {
+    let app = spawn_app().await;
+    let token = mint(&app, "t1").await;
+    let answer = check(&app, "t1", Some(&token)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    assert_eq!(answer.body, json!({"message": "Success"}));
+
+    let bearer = format!("Bearer {token}");
+    let answer = check(&app, "t1", Some(&bearer)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+}
+
+#[tokio::test]
+async fn checking_a_token_in_a_cookie_succeeds() {
+    let app = spawn_app().await;
+    let token = mint(&app, "t1").await;
+    let response = app
+        .client
+        .get(format!("{}/token/t1", app.address))
+        .header("Cookie", format!("Authorization={token}"))
+        .send()
+        .await
+        .expect("request reaches the service");
+    let answer = read(response).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    assert_eq!(answer.body, json!({"message": "Success"}));
+}
+
+#[tokio::test]
+async fn a_token_for_another_trial_is_403() {
+    let app = spawn_app().await;
+    let token = mint(&app, "t1").await;
+    let answer = check(&app, "t2", Some(&token)).await;
+    assert_detail(&answer, StatusCode::FORBIDDEN);
+    let answer = app
+        .call_as(Method::DELETE, "/token/t2", None, Some(&token))
+        .await;
+    assert_detail(&answer, StatusCode::FORBIDDEN);
+    // Still good for its own trial.
+    assert_eq!(check(&app, "t1", Some(&token)).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_token_signed_with_another_secret_is_401() {
+    let app = spawn_app().await;
+    let forged = signed_token("not-the-secret", "t1", 3600);
+    let answer = check(&app, "t1", Some(&forged)).await;
+    assert_detail(&answer, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_token_whose_signature_was_tampered_with_is_401() {
+    let app = spawn_app().await;
+    let token = mint(&app, "t1").await;
+    let (unsigned, signature) = token.rsplit_once('.').expect("a JWT");
+    let flipped = if signature.starts_with('A') { 'B' } else { 'A' };
+    let tampered = format!("{unsigned}.{flipped}{}", &signature[1..]);
+    let answer = check(&app, "t1", Some(&tampered)).await;
+    assert_detail(&answer, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn an_expired_token_is_401() {
+    let app = spawn_app().await;
+    let expired = signed_token(TOKEN_SECRET, "t1", -3600);
+    let answer = check(&app, "t1", Some(&expired)).await;
+    assert_detail(&answer, StatusCode::UNAUTHORIZED);
+
+    // The same claims, still valid, pass: only the expiry is refused.
+    let fresh = signed_token(TOKEN_SECRET, "t1", 3600);
+    assert_eq!(check(&app, "t1", Some(&fresh)).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_garbage_token_is_401() {
+    let app = spawn_app().await;
+    for garbage in ["garbage", "a.b.c", "Bearer not-a-jwt", API_KEY] {
+        let answer = check(&app, "t1", Some(garbage)).await;
+        assert_detail(&answer, StatusCode::UNAUTHORIZED);
+    }
+}
+
+#[tokio::test]
+async fn a_missing_token_is_401() {
+    let app = spawn_app().await;
+    let answer = check(&app, "t1", None).await;
+    assert_detail(&answer, StatusCode::UNAUTHORIZED);
+    let answer = app.call_as(Method::DELETE, "/token/t1", None, None).await;
+    assert_detail(&answer, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn revoking_a_token_refuses_it_afterwards() {
+    let app = spawn_app().await;
+    let token = mint(&app, "t1").await;
+    let other = mint(&app, "t1").await;
+
+    let answer = app
+        .call_as(Method::DELETE, "/token/t1", None, Some(&token))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+
+    let answer = check(&app, "t1", Some(&token)).await;
+    assert_detail(&answer, StatusCode::UNAUTHORIZED);
+    let answer = app
+        .call_as(Method::DELETE, "/token/t1", None, Some(&token))
+        .await;
+    assert_detail(&answer, StatusCode::UNAUTHORIZED);
+
+    // Only that token went.
+    assert_eq!(check(&app, "t1", Some(&other)).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_bad_trial_id_in_the_token_path_is_400() {
+    let app = spawn_app().await;
+    let token = mint(&app, "t1").await;
+    let long = "a".repeat(200);
+    for bad in ["..%2Fetc", "a%20b", long.as_str()] {
+        let path = format!("/token/{bad}");
+        let answer = app.post(&path, None).await;
+        assert_detail(&answer, StatusCode::BAD_REQUEST);
+        assert!(answer.body.get("Authorization").is_none(), "{answer:?}");
+        let answer = app.call_as(Method::GET, &path, None, Some(&token)).await;
+        assert_detail(&answer, StatusCode::BAD_REQUEST);
+        let answer = app.call_as(Method::DELETE, &path, None, Some(&token)).await;
+        assert_detail(&answer, StatusCode::BAD_REQUEST);
+    }
+    // Nothing was revoked on the way.
+    assert_eq!(check(&app, "t1", Some(&token)).await.status, StatusCode::OK);
+}
