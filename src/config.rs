@@ -72,6 +72,7 @@ pub struct Settings {
     pub tls: TlsSettings,
     pub scheduler: SchedulerSettings,
     pub heartbeat: HeartbeatSettings,
+    pub store: StoreSettings,
     pub logging: LoggingSettings,
     /// Facility keys used by the trial registry, mapped to the names trial enforcement knows.
     pub facilities: BTreeMap<String, String>,
@@ -118,6 +119,13 @@ pub struct TlsSettings {
 pub struct SchedulerSettings {
     pub poll_interval_secs: u64,
     pub automatic: bool,
+    pub misfire_grace_secs: u64,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct StoreSettings {
+    pub data_dir: PathBuf,
 }
 
 /// `[heartbeat]`

@@ -20,6 +20,10 @@
 //! - [`services`] is the one outbound HTTP client: per-service auth (API key, Basic, OAuth2
 //!   client credentials), TLS, timeouts and connection retries. Every answer is recorded for
 //!   the trial, with its callback token redacted.
+//! - [`store`] makes the state durable (scheduled jobs, engine checkpoints, revocations, the
+//!   automatic-scheduling switch) in an embedded SQLite file, written by one thread; a
+//!   checkpoint is committed before the executor sends its next request. At start-up,
+//!   [`scheduler::Scheduler::recover`] brings jobs and engines back.
 //! - [`tokens`] mints, verifies and revokes the per-trial callback tokens (HS256 JWT).
 //! - [`config`] loads layered settings; [`telemetry`] sets logging up; [`startup`] wires it
 //!   all and serves; [`cli`] is the command line.
@@ -39,5 +43,6 @@ pub mod scheduler;
 pub mod services;
 pub mod sim;
 pub mod startup;
+pub mod store;
 pub mod telemetry;
 pub mod tokens;

@@ -16,6 +16,8 @@ use crate::engine::{EngineDeps, EngineHooks};
 use crate::heartbeat::Heartbeats;
 use crate::scheduler::Scheduler;
 use crate::services::{ClientError, ServiceClient};
+use crate::store::sqlite::SqliteBackend;
+use crate::store::{Store, StoreError};
 use crate::tokens::TokenManager;
 
 /// Why the service could not start.
@@ -25,6 +27,8 @@ pub enum StartupError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Client(#[from] ClientError),
+    #[error("{0} (configuration key `store.data_dir`)")]
+    Store(#[from] crate::store::StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -49,12 +53,12 @@ impl Application {
                 addr: addr.to_string(),
                 source,
             })?;
-        Self::with_listener(settings, listener, EngineHooks::default())
+        Self::with_listener(settings, listener, EngineHooks::default()).await
     }
 
     /// Builds the service on a listener bound by the caller (tests bind port 0 first, so
     /// `server.public_url` can name the real port).
-    pub fn with_listener(
+    pub async fn with_listener(
         settings: Settings,
         listener: TcpListener,
         hooks: EngineHooks,
@@ -62,17 +66,26 @@ impl Application {
         settings.validate()?;
         let settings = Arc::new(settings);
         let services = ServiceClient::new(&settings)?;
-        let tokens = Arc::new(TokenManager::new(
-            &settings.auth.token_secret,
-            settings.auth.token_ttl_secs,
-        ));
+        let data_dir = settings.store.data_dir.clone();
+        let (store, mut loaded) = tokio::task::spawn_blocking(move || {
+            SqliteBackend::open(&data_dir).and_then(Store::start)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("the store did not open: {e}")))??;
+        let revoked = std::mem::take(&mut loaded.revoked);
+        let tokens = Arc::new(
+            TokenManager::new(&settings.auth.token_secret, settings.auth.token_ttl_secs)
+                .with_store(store.clone(), revoked),
+        );
         let deps = Arc::new(EngineDeps {
             settings: settings.clone(),
             services: services.clone(),
             tokens: tokens.clone(),
+            store,
             hooks,
         });
         let scheduler = Scheduler::new(deps);
+        scheduler.recover(loaded).await?;
         let poller = scheduler.spawn_poller();
         let heartbeats = Heartbeats::new(
             services,

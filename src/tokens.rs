@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Secret;
 use crate::domain::TrialId;
+use crate::store::{Op, Store, StoreError};
 
 /// The claims of a callback token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -43,6 +44,8 @@ pub struct TokenManager {
     ttl_secs: i64,
     /// Revoked token ids with their expiry; an entry may go once the token has expired anyway.
     revoked: Mutex<HashMap<String, i64>>,
+    /// Where revocations are saved, so they outlive a restart.
+    store: Option<Store>,
 }
 
 impl TokenManager {
@@ -58,7 +61,15 @@ impl TokenManager {
             validation,
             ttl_secs: i64::try_from(ttl_secs).unwrap_or(i64::MAX / 2),
             revoked: Mutex::new(HashMap::new()),
+            store: None,
         }
+    }
+
+    /// Saves revocations in `store`, and starts from the ones it holds.
+    pub fn with_store(mut self, store: Store, revoked: Vec<(String, i64)>) -> Self {
+        self.store = Some(store);
+        self.revoked = Mutex::new(revoked.into_iter().collect());
+        self
     }
 
     /// Mints a token for `trial`.
@@ -96,16 +107,22 @@ impl TokenManager {
             })
     }
 
-    /// Revokes a token; it stays refused for the rest of its lifetime. Returns the claims so
-    /// the caller can log which token id went.
-    pub fn revoke(&self, token: &str) -> Result<Claims, TokenError> {
-        let claims = self.decode(token)?;
-        self.revoke_id(&claims.jti, claims.exp);
-        Ok(claims)
+    /// Revokes by token id; it stays refused for the rest of its lifetime. Returns once the
+    /// revocation is saved.
+    pub async fn revoke_id(&self, jti: &str, exp: i64) -> Result<(), StoreError> {
+        if let Some(store) = &self.store {
+            store
+                .write(Op::Revoke {
+                    jti: jti.to_owned(),
+                    exp,
+                })
+                .await?;
+        }
+        self.forget_until_expiry(jti, exp);
+        Ok(())
     }
 
-    /// Revokes by token id.
-    pub fn revoke_id(&self, jti: &str, exp: i64) {
+    fn forget_until_expiry(&self, jti: &str, exp: i64) {
         let now = chrono::Utc::now().timestamp();
         let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
         revoked.retain(|_, exp| *exp >= now);
@@ -126,8 +143,8 @@ mod tests {
         TokenManager::new(&Secret::new("test-secret"), ttl)
     }
 
-    #[test]
-    fn mint_verify_revoke() {
+    #[tokio::test]
+    async fn mint_verify_revoke() {
         let tokens = manager(60);
         let t1 = TrialId::parse("t1").unwrap();
         let token = tokens.mint(&t1).unwrap();
@@ -137,7 +154,8 @@ mod tests {
             tokens.verify(&token, &TrialId::parse("t2").unwrap()),
             Err(TokenError::OtherTrial)
         );
-        tokens.revoke(&token).unwrap();
+        let claims = tokens.decode(&token).unwrap();
+        tokens.revoke_id(&claims.jti, claims.exp).await.unwrap();
         assert_eq!(tokens.verify(&token, &t1), Err(TokenError::Revoked));
     }
 

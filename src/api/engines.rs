@@ -41,6 +41,10 @@ async fn restore(
             Err(ApiError::conflict(e.to_string()))
         }
         Err(e @ RestoreError::Gone) => Err(ApiError::not_found(e.to_string())),
+        Err(e @ RestoreError::NotSaved(_)) => Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        )),
     }
 }
 
@@ -49,13 +53,13 @@ async fn remove(
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Value>, ApiError> {
-    match state.scheduler.engines().remove(&id) {
-        Some(_) => {
+    match state.scheduler.delete_engine(&id).await? {
+        true => {
             info!(trial = %id, "engine stopped and removed");
             Ok(Json(
                 json!({"message": format!("Engine of trial {id} stopped and removed")}),
             ))
         }
-        None => Err(ApiError::not_found(format!("trial '{id}' has no engine"))),
+        false => Err(ApiError::not_found(format!("trial '{id}' has no engine"))),
     }
 }

@@ -11,6 +11,7 @@ use crate::domain::{InvalidStartTime, InvalidTrialId};
 use crate::heartbeat::HeartbeatExists;
 use crate::scheduler::ScheduleError;
 use crate::services::registry::RegistryError;
+use crate::store::StoreError;
 use crate::tokens::TokenError;
 
 /// An error answer.
@@ -101,7 +102,17 @@ impl From<ScheduleError> for ApiError {
             ScheduleError::Time(e) => e.into(),
             ScheduleError::Registry(e) => e.into(),
             ScheduleError::NoStartTime(_) => Self::bad_gateway(e.to_string()),
+            ScheduleError::Store(e) => e.into(),
         }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the change was not saved, so it was not made: {e}"),
+        )
     }
 }
 

@@ -40,7 +40,7 @@ async fn schedule(
 ) -> Result<Json<Value>, ApiError> {
     let id = TrialId::parse(&body.trial_id)?;
     let start = StartTime::parse_future(&body.start_time, Utc::now())?;
-    state.scheduler.schedule(&id, start)?;
+    state.scheduler.schedule(&id, start).await?;
     Ok(Json(scheduled(&id, start)))
 }
 
@@ -91,7 +91,7 @@ async fn unschedule(
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Value>, ApiError> {
-    if state.scheduler.unschedule(&id) {
+    if state.scheduler.unschedule(&id).await? {
         Ok(Json(
             json!({"message": format!("Scheduled job of trial {id} removed")}),
         ))
@@ -102,10 +102,13 @@ async fn unschedule(
     }
 }
 
-async fn toggle_automatic(_: ApiKey, State(state): State<AppState>) -> Json<Value> {
-    let on = state.scheduler.toggle_automatic();
-    Json(json!({
+async fn toggle_automatic(
+    _: ApiKey,
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
+    let on = state.scheduler.toggle_automatic().await?;
+    Ok(Json(json!({
         "message": if on { "Automatic scheduling enabled" } else { "Automatic scheduling disabled" },
         "Automatic_scheduling": on,
-    }))
+    })))
 }

@@ -49,6 +49,7 @@ async fn status(_: ApiKey, State(state): State<AppState>) -> Json<Value> {
         "Scheduler_status": if jobs.is_empty() { "Idle" } else { "Scheduled job(s) initiated" },
         "Automatic_scheduling": state.scheduler.automatic(),
         "scheduled_trials": scheduled,
+        "missed_trials": state.scheduler.missed(),
         "Executor_Engine_instances": engines,
         "Heartbeat_instances": state.heartbeats.reports(),
     }))

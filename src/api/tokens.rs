@@ -74,7 +74,11 @@ async fn revoke(
     PresentedToken(token): PresentedToken,
 ) -> Result<Json<Value>, ApiError> {
     let (claims, _) = check_token(&state, &id, &token)?;
-    state.tokens.revoke_id(&claims.jti, claims.exp);
+    state
+        .tokens
+        .revoke_id(&claims.jti, claims.exp)
+        .await
+        .map_err(ApiError::from)?;
     info!(trial = %id, jti = %claims.jti, "callback token revoked");
     Ok(Json(json!({"message": "Token revoked"})))
 }

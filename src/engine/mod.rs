@@ -22,6 +22,7 @@ use tracing::Instrument;
 use crate::config::Settings;
 use crate::domain::TrialId;
 use crate::services::ServiceClient;
+use crate::store::{EngineRecord, Store};
 use crate::tokens::TokenManager;
 use executor::{Checkpoint, Executor, ExecutorExit, SignalOutcome, SignalRequest};
 use sequence::{Signal, Step};
@@ -42,6 +43,7 @@ pub struct EngineDeps {
     pub settings: Arc<Settings>,
     pub services: ServiceClient,
     pub tokens: Arc<TokenManager>,
+    pub store: Store,
     pub hooks: EngineHooks,
 }
 
@@ -80,17 +82,33 @@ impl EngineHandle {
             accepted: Vec::new(),
             failure: None,
         };
-        Self::resume(id, deps, backup)
+        Self::recover(
+            deps,
+            EngineRecord {
+                id,
+                status: EngineStatus::Active,
+                backup,
+            },
+        )
     }
 
-    /// Creates the engine and starts an executor from `backup`.
-    pub fn resume(id: TrialId, deps: Arc<EngineDeps>, backup: Backup) -> Self {
+    /// Brings back an engine from its saved record: an active one resumes from its backup
+    /// (a waiting point waits again, a step in flight runs again), a failed one waits for a
+    /// restore, a finished one is only listed.
+    pub fn recover(deps: Arc<EngineDeps>, record: EngineRecord) -> Self {
+        let EngineRecord { id, status, backup } = record;
+        let live = status == EngineStatus::Active;
         let (state, _) = watch::channel(Snapshot {
-            engine: EngineStatus::Active,
-            executor: ExecutorStatus::Stopped,
+            engine: status,
+            executor: match status {
+                EngineStatus::Active => ExecutorStatus::Running,
+                EngineStatus::Failed => ExecutorStatus::Failed,
+                EngineStatus::Finished => ExecutorStatus::Finished,
+                EngineStatus::Stopped => ExecutorStatus::Stopped,
+            },
             position: backup.position,
             kpi_status: backup.data.kpi_status,
-            failure: None,
+            failure: backup.failure.clone(),
             responses: backup.data.responses.clone(),
             created_at: Utc::now(),
         });
@@ -105,17 +123,19 @@ impl EngineHandle {
             restores,
             tasks: Mutex::new(Tasks::default()),
         });
-        let executor = spawn_executor(&shared, backup.clone(), checkpoint_tx.clone());
-        let watchdog = Watchdog {
-            shared: shared.clone(),
-            backup,
-            executor: Some(executor),
-            checkpoints: checkpoint_rx,
-            checkpoint_tx,
-            restores: restore_rx,
-        };
-        let handle = watchdog::spawn(watchdog, shared.span());
-        shared.tasks().watchdog = Some(handle.abort_handle());
+        if matches!(status, EngineStatus::Active | EngineStatus::Failed) {
+            let watchdog = Watchdog {
+                shared: shared.clone(),
+                backup,
+                start_executor: live,
+                executor: None,
+                checkpoints: checkpoint_rx,
+                checkpoint_tx,
+                restores: restore_rx,
+            };
+            let handle = watchdog::spawn(watchdog, shared.span());
+            shared.tasks().watchdog = Some(handle.abort_handle());
+        }
         Self { shared }
     }
 

@@ -65,7 +65,7 @@ pub async fn run(cx: &mut StepCx<'_>) -> Result<(), StepError> {
         Step::DeleteMeasurementJob => delete_measurement_job(cx).await,
         Step::CloseService => close_service(cx).await,
         Step::UpdateStatusFinish => cx.update_status("FINISHED").await,
-        Step::RemoveCallbackToken => remove_callback_token(cx),
+        Step::RemoveCallbackToken => remove_callback_token(cx).await,
         Step::Finish => Ok(()),
     }
 }
@@ -240,10 +240,15 @@ async fn close_service(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     Ok(())
 }
 
-fn remove_callback_token(cx: &mut StepCx<'_>) -> Result<(), StepError> {
+async fn remove_callback_token(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     let token = cx.token()?;
     match cx.deps.tokens.decode(&token) {
-        Ok(claims) => cx.deps.tokens.revoke_id(&claims.jti, claims.exp),
+        Ok(claims) => cx
+            .deps
+            .tokens
+            .revoke_id(&claims.jti, claims.exp)
+            .await
+            .map_err(|e| StepError(format!("the revocation was not saved: {e}")))?,
         // An expired token needs no revocation; anything else is a bug worth failing on.
         Err(crate::tokens::TokenError::Expired) => {}
         Err(e) => return fail(format!("cannot revoke the callback token: {e}")),

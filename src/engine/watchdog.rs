@@ -12,6 +12,7 @@ use super::executor::{Checkpoint, ExecutorExit};
 use super::failure;
 use super::state::{Backup, EngineStatus, ExecutorStatus};
 use super::{EngineShared, spawn_executor};
+use crate::store::{EngineRecord, Op};
 
 /// Why a restore was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,6 +23,8 @@ pub enum RestoreError {
     Finished,
     #[error("the engine is gone")]
     Gone,
+    #[error("the restore was not saved: {0}")]
+    NotSaved(String),
 }
 
 /// A restore request for the watchdog.
@@ -33,6 +36,8 @@ pub struct RestoreRequest {
 pub struct Watchdog {
     pub shared: Arc<EngineShared>,
     pub backup: Backup,
+    /// Start an executor from `backup` once it is saved (a new or recovered active engine).
+    pub start_executor: bool,
     pub executor: Option<JoinHandle<ExecutorExit>>,
     pub checkpoints: mpsc::Receiver<Checkpoint>,
     pub checkpoint_tx: mpsc::Sender<Checkpoint>,
@@ -42,18 +47,38 @@ pub struct Watchdog {
 impl Watchdog {
     /// Supervises until the trial finishes (or the engine is stopped, which aborts this task).
     pub async fn run(mut self) {
+        if self.start_executor {
+            // The engine's first record is saved before its first request goes out, so a
+            // trial whose job has fired can never be lost.
+            let status = EngineStatus::Active;
+            match self.save(status).await {
+                Ok(()) => self.spawn_executor(),
+                Err(e) => {
+                    self.died(format!("cannot save the engine's state: {e}"))
+                        .await
+                }
+            }
+        }
         loop {
             tokio::select! {
                 // Checkpoints first: one sent just before the executor ended must be kept.
                 biased;
                 Some(checkpoint) = self.checkpoints.recv() => {
                     self.backup = checkpoint.backup;
-                    let _ = checkpoint.ack.send(self.keep().await);
+                    let status = if self.backup.failure.is_some() {
+                        EngineStatus::Failed
+                    } else {
+                        EngineStatus::Active
+                    };
+                    let _ = checkpoint.ack.send(self.save(status).await);
                 }
                 result = join(&mut self.executor) => {
                     self.executor = None;
                     match result {
                         Ok(ExecutorExit::Finished) => {
+                            if let Err(e) = self.save(EngineStatus::Finished).await {
+                                error!(error = %e, "the finished status was not saved");
+                            }
                             info!("engine finished; watchdog ends");
                             return;
                         }
@@ -70,16 +95,35 @@ impl Watchdog {
                     }
                 }
                 Some(request) = self.restores.recv() => {
-                    let _ = request.reply.send(self.restore());
+                    let _ = request.reply.send(self.restore().await);
                 }
             }
         }
     }
 
-    /// Keeps the latest backup. (The in-memory backup cannot fail; the reply lets the
-    /// executor wait until its checkpoint is safe before it sends the next request.)
-    async fn keep(&mut self) -> Result<(), String> {
-        Ok(())
+    /// Saves the latest backup with the engine's status; the executor waits for this before
+    /// it sends its next request.
+    async fn save(&self, status: EngineStatus) -> Result<(), String> {
+        let record = EngineRecord {
+            id: self.shared.id.clone(),
+            status,
+            backup: self.backup.clone(),
+        };
+        self.shared
+            .deps
+            .store
+            .write(Op::PutEngine(record))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn spawn_executor(&mut self) {
+        let handle = spawn_executor(
+            &self.shared,
+            self.backup.clone(),
+            self.checkpoint_tx.clone(),
+        );
+        self.executor = Some(handle);
     }
 
     /// The executor died without running the failure procedure: run it from the backup.
@@ -102,20 +146,21 @@ impl Watchdog {
         self.shared.state.send_modify(|s| s.responses = responses);
     }
 
-    fn restore(&mut self) -> Result<(), RestoreError> {
+    async fn restore(&mut self) -> Result<(), RestoreError> {
         if self.executor.is_some() {
             return Err(RestoreError::Running);
         }
         info!(position = ?self.backup.position, "restoring the executor from the backup");
-        let mut backup = self.backup.clone();
-        backup.failure = None;
+        self.backup.failure = None;
+        self.save(EngineStatus::Active)
+            .await
+            .map_err(RestoreError::NotSaved)?;
         self.shared.state.send_modify(|s| {
             s.engine = EngineStatus::Active;
             s.executor = ExecutorStatus::Running;
             s.failure = None;
         });
-        let handle = spawn_executor(&self.shared, backup, self.checkpoint_tx.clone());
-        self.executor = Some(handle);
+        self.spawn_executor();
         Ok(())
     }
 }

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::domain::TrialId;
 use crate::engine::state::EngineStatus;
 use crate::engine::{EngineDeps, EngineHandle};
+use crate::store::EngineRecord;
 
 /// Every engine of this process, by trial id.
 #[derive(Default)]
@@ -36,6 +37,17 @@ impl EngineRegistry {
         let handle = EngineHandle::start(id.clone(), deps.clone());
         engines.insert(id.clone(), handle.clone());
         Ok(handle)
+    }
+
+    /// Registers an engine brought back from the store; `false` if the id has one already.
+    pub fn recover(&self, deps: &Arc<EngineDeps>, record: EngineRecord) -> bool {
+        let mut engines = self.map();
+        if engines.contains_key(&record.id) {
+            return false;
+        }
+        let id = record.id.clone();
+        engines.insert(id, EngineHandle::recover(deps.clone(), record));
+        true
     }
 
     /// Whether `id` has an engine.

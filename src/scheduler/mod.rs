@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 use crate::domain::{InvalidStartTime, StartTime, TrialId};
 use crate::engine::EngineDeps;
 use crate::services::registry::RegistryError;
+use crate::store::{Loaded, Op, Store, StoreError};
 use engines::EngineRegistry;
 
 /// Why a trial could not be scheduled.
@@ -33,6 +34,16 @@ pub enum ScheduleError {
     Registry(#[from] RegistryError),
     #[error("trial repository gives trial '{0}' no start_time")]
     NoStartTime(TrialId),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A job whose start passed while the service was down, longer ago than the misfire grace.
+#[derive(Debug, Clone, Serialize)]
+pub struct MissedJob {
+    pub id: TrialId,
+    pub start_time: StartTime,
+    pub noticed_at: chrono::DateTime<Utc>,
 }
 
 /// A scheduled job as listed in `/status`.
@@ -73,6 +84,7 @@ pub struct Scheduler {
 
 struct Inner {
     jobs: Mutex<HashMap<TrialId, Job>>,
+    missed: Mutex<Vec<MissedJob>>,
     engines: EngineRegistry,
     deps: Arc<EngineDeps>,
     automatic: watch::Sender<bool>,
@@ -86,6 +98,7 @@ impl Scheduler {
         Self {
             inner: Arc::new(Inner {
                 jobs: Mutex::new(HashMap::new()),
+                missed: Mutex::new(Vec::new()),
                 engines: EngineRegistry::default(),
                 deps,
                 automatic: watch::Sender::new(automatic),
@@ -109,20 +122,45 @@ impl Scheduler {
     }
 
     /// Schedules `id` at `start`, which must be in the future; refused if the trial has a job
-    /// or an engine.
-    pub fn schedule(&self, id: &TrialId, start: StartTime) -> Result<(), ScheduleError> {
+    /// or an engine. Returns once the job is saved.
+    pub async fn schedule(&self, id: &TrialId, start: StartTime) -> Result<(), ScheduleError> {
         start.ensure_future(Utc::now())?;
-        let mut jobs = self.jobs_map();
-        if jobs.contains_key(id) {
-            return Err(ScheduleError::JobExists(id.clone()));
+        {
+            let mut jobs = self.jobs_map();
+            if jobs.contains_key(id) {
+                return Err(ScheduleError::JobExists(id.clone()));
+            }
+            if self.inner.engines.contains(id) {
+                return Err(ScheduleError::EngineExists(id.clone()));
+            }
+            let job = self.spawn_job(id, start);
+            jobs.insert(id.clone(), job);
         }
-        if self.inner.engines.contains(id) {
-            return Err(ScheduleError::EngineExists(id.clone()));
-        }
-        let job = self.spawn_job(id, start);
-        jobs.insert(id.clone(), job);
+        self.save_job(id, start).await?;
         info!(trial = %id, start = %start, "trial scheduled");
         Ok(())
+    }
+
+    /// Saves a job; if that fails the job is dropped again, so nothing unsaved is promised.
+    async fn save_job(&self, id: &TrialId, start: StartTime) -> Result<(), StoreError> {
+        let saved = self
+            .store()
+            .write(Op::PutJob {
+                id: id.clone(),
+                start,
+            })
+            .await;
+        if let Err(e) = &saved {
+            error!(trial = %id, error = %e, "the job was not saved: dropped");
+            if let Some(job) = self.jobs_map().remove(id) {
+                job.task.abort();
+            }
+        }
+        saved
+    }
+
+    fn store(&self) -> &Store {
+        &self.inner.deps.store
     }
 
     fn spawn_job(&self, id: &TrialId, start: StartTime) -> Job {
@@ -160,15 +198,36 @@ impl Scheduler {
     }
 
     /// Removes a scheduled job; `false` if there was none.
-    pub fn unschedule(&self, id: &TrialId) -> bool {
-        match self.jobs_map().remove(id) {
-            Some(job) => {
-                job.task.abort();
-                info!(trial = %id, "scheduled job removed");
-                true
-            }
-            None => false,
+    pub async fn unschedule(&self, id: &TrialId) -> Result<bool, StoreError> {
+        let Some(job) = self.jobs_map().remove(id) else {
+            return Ok(false);
+        };
+        job.task.abort();
+        self.store().write(Op::DeleteJob { id: id.clone() }).await?;
+        info!(trial = %id, "scheduled job removed");
+        Ok(true)
+    }
+
+    /// Stops and removes a trial's engine; `false` if there was none.
+    pub async fn delete_engine(&self, id: &TrialId) -> Result<bool, StoreError> {
+        if self.inner.engines.remove(id).is_none() {
+            return Ok(false);
         }
+        // The store applies writes in order, so a checkpoint the engine sent before it was
+        // stopped cannot land after this delete.
+        self.store()
+            .write(Op::DeleteEngine { id: id.clone() })
+            .await?;
+        Ok(true)
+    }
+
+    /// Jobs that were missed while the service was down.
+    pub fn missed(&self) -> Vec<MissedJob> {
+        self.inner
+            .missed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Every scheduled job, soonest first.
@@ -192,7 +251,7 @@ impl Scheduler {
             .start_time
             .ok_or_else(|| ScheduleError::NoStartTime(id.clone()))?;
         let start = StartTime::parse(&raw)?;
-        self.schedule(id, start)?;
+        self.schedule(id, start).await?;
         Ok(start)
     }
 
@@ -202,6 +261,7 @@ impl Scheduler {
         let trials = self.inner.deps.services.list_trials().await?;
         let now = Utc::now();
         let mut report = ScheduleAllReport::default();
+        let mut to_save = Vec::new();
         for trial in trials {
             let skip = |report: &mut ScheduleAllReport, reason: String| {
                 report.skipped.push(Skipped {
@@ -248,13 +308,25 @@ impl Scheduler {
                     jobs.insert(id.clone(), new_job);
                     info!(trial = %id, start = %start, "start time changed: trial rescheduled");
                     report.rescheduled.push(trial.id);
+                    to_save.push((id, start));
                 }
                 None => {
                     let job = self.spawn_job(&id, start);
                     jobs.insert(id.clone(), job);
                     info!(trial = %id, start = %start, "trial scheduled from the registry");
                     report.scheduled.push(trial.id);
+                    to_save.push((id, start));
                 }
+            }
+        }
+        for (id, start) in to_save {
+            if let Err(e) = self.save_job(&id, start).await {
+                report.scheduled.retain(|s| s != id.as_str());
+                report.rescheduled.retain(|s| s != id.as_str());
+                report.skipped.push(Skipped {
+                    id: id.to_string(),
+                    reason: e.to_string(),
+                });
             }
         }
         Ok(report)
@@ -265,15 +337,62 @@ impl Scheduler {
         *self.inner.automatic.borrow()
     }
 
-    /// Turns automatic scheduling on or off; returns the new value.
-    pub fn toggle_automatic(&self) -> bool {
-        let mut now_on = false;
-        self.inner.automatic.send_modify(|on| {
-            *on = !*on;
-            now_on = *on;
-        });
+    /// Turns automatic scheduling on or off; returns the new value once it is saved.
+    pub async fn toggle_automatic(&self) -> Result<bool, StoreError> {
+        let now_on = !self.automatic();
+        self.store().write(Op::SetAutomatic(now_on)).await?;
+        self.inner.automatic.send_replace(now_on);
         info!(automatic = now_on, "automatic scheduling toggled");
-        now_on
+        Ok(now_on)
+    }
+
+    /// Brings back what the store held at start-up: engines resume (or wait for a restore,
+    /// if failed), future jobs are set again, a job whose start passed while the service was
+    /// down starts now if within `scheduler.misfire_grace_secs`, otherwise it is reported as
+    /// missed.
+    pub async fn recover(&self, loaded: Loaded) -> Result<(), StoreError> {
+        if let Some(on) = loaded.automatic {
+            self.inner.automatic.send_replace(on);
+        }
+        for record in loaded.engines {
+            let (id, status) = (record.id.clone(), record.status);
+            if self.inner.engines.recover(&self.inner.deps, record) {
+                info!(trial = %id, ?status, "engine recovered from the store");
+            }
+        }
+        let now = Utc::now();
+        let grace = chrono::Duration::seconds(
+            i64::try_from(self.inner.deps.settings.scheduler.misfire_grace_secs)
+                .unwrap_or(i64::MAX),
+        );
+        for (id, start) in loaded.jobs {
+            if self.inner.engines.contains(&id) {
+                self.store().write(Op::DeleteJob { id }).await?;
+            } else if start.utc() > now {
+                let job = self.spawn_job(&id, start);
+                self.jobs_map().insert(id.clone(), job);
+                info!(trial = %id, start = %start, "scheduled job recovered");
+            } else if now - start.utc() <= grace {
+                warn!(trial = %id, start = %start, "start time passed while the service was down: starting now");
+                // The engine's first saved record replaces the job's.
+                if let Err(e) = self.inner.engines.start(&id, &self.inner.deps) {
+                    error!(trial = %id, error = %e, "the late job was not started");
+                }
+            } else {
+                warn!(trial = %id, start = %start, "start time passed while the service was down, beyond the misfire grace: missed");
+                self.inner
+                    .missed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(MissedJob {
+                        id: id.clone(),
+                        start_time: start,
+                        noticed_at: now,
+                    });
+                self.store().write(Op::DeleteJob { id }).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Starts the task that polls the registry while automatic scheduling is on.

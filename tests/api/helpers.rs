@@ -79,9 +79,12 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     settings.auth.token_secret = Secret::new(TOKEN_SECRET);
     settings.executor.request_timeout_secs = 5;
     settings.logging.dir = logs.path().to_path_buf();
+    settings.store.data_dir = logs.path().join("data");
     platform.configure(&mut settings);
     (options.settings)(&mut settings);
-    let app = Application::with_listener(settings, listener, options.hooks).expect("app builds");
+    let app = Application::with_listener(settings, listener, options.hooks)
+        .await
+        .expect("app builds");
     let server = tokio::spawn(async move {
         let _ = app.run_until(std::future::pending()).await;
     });
