@@ -59,7 +59,7 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let path = uri.path().to_owned();
-    lock(&sim.requests).push(RecordedRequest {
+    let recorded = RecordedRequest {
         component,
         method: method.to_string(),
         path: path.clone(),
@@ -67,9 +67,9 @@ pub async fn handle(
         body: json_body.clone(),
         authorization: authorization.clone(),
         at: Utc::now(),
-    });
-
-    let fault = take_fault(&sim, component, &method, &path);
+    };
+    let fault = take_fault(&sim, &recorded);
+    lock(&sim.requests).push(recorded);
     match &fault {
         Some(FaultAction::Status(code)) => {
             return reply(*code, Some(json!({"detail": "injected failure"})));
@@ -125,15 +125,15 @@ fn reply(status: u16, body: Option<Value>) -> Response {
     }
 }
 
-fn take_fault(
-    sim: &SimState,
-    component: Component,
-    method: &Method,
-    path: &str,
-) -> Option<FaultAction> {
+fn take_fault(sim: &SimState, request: &RecordedRequest) -> Option<FaultAction> {
     let mut faults = lock(&sim.faults);
     let index = faults.iter().position(|f| {
-        f.component == component && f.method == method.as_str() && path.contains(&f.path_contains)
+        f.component == request.component
+            && f.method == request.method
+            && request.path.contains(&f.path_contains)
+            && f.trial
+                .as_deref()
+                .is_none_or(|trial| concerns(request, trial))
     })?;
     if faults[index].skip > 0 {
         faults[index].skip -= 1;

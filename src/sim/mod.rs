@@ -88,6 +88,8 @@ pub struct Fault {
     pub times: Option<usize>,
     /// How many matching requests pass untouched before it applies.
     pub skip: usize,
+    /// Only requests that concern this trial match (by path, query or body).
+    pub trial: Option<String>,
 }
 
 impl Fault {
@@ -105,7 +107,14 @@ impl Fault {
             action,
             times: None,
             skip: 0,
+            trial: None,
         }
+    }
+
+    /// Only for requests that concern `trial`.
+    pub fn for_trial(mut self, trial: &str) -> Self {
+        self.trial = Some(trial.to_owned());
+        self
     }
 
     /// Lets the first `n` matching requests pass before it applies.

@@ -32,18 +32,31 @@ impl Default for AppOptions {
     }
 }
 
+/// How the service under test runs.
+pub enum Server {
+    /// In this process, on its own task.
+    Task(tokio::task::JoinHandle<()>),
+    /// The real `lcm` binary (killed when the test ends).
+    Process(tokio::process::Child),
+}
+
 /// A running service and its simulated platform.
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub platform: Platform,
     pub logs: tempfile::TempDir,
-    server: tokio::task::JoinHandle<()>,
+    pub server: Server,
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        self.server.abort();
+        match &mut self.server {
+            Server::Task(task) => task.abort(),
+            Server::Process(child) => {
+                let _ = child.start_kill();
+            }
+        }
     }
 }
 
@@ -93,8 +106,38 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         client: reqwest::Client::new(),
         platform,
         logs,
-        server,
+        server: Server::Task(server),
     }
+}
+
+/// The requests a whole trial sends, in order (with or without going active).
+pub fn full_sequence(id: &str, with_active: bool) -> Vec<String> {
+    let mut lines = vec![
+        "GET /trial/{id}/",
+        "GET /trial/{id}/",
+        "POST /sliceDeployment",
+        "PUT /trial/{id}/",
+        "GET /trial/{id}/",
+        "POST /flightplan",
+        "PUT /trial/{id}/",
+        "GET /trial/{id}/",
+        "POST /measurementjobs",
+        "POST /markKPIData",
+        "POST /markKPIData",
+        "PUT /trial/{id}/",
+    ];
+    if with_active {
+        lines.extend(["POST /markKPIData", "POST /markKPIData", "PUT /trial/{id}/"]);
+    }
+    lines.extend([
+        "PUT /trial/{id}/",
+        "POST /markKPIData",
+        "POST /markKPIData",
+        "DELETE /measurementjobs/mj-{id}",
+        "DELETE /sliceDeployment/{id}",
+        "PUT /trial/{id}/",
+    ]);
+    lines.iter().map(|l| l.replace("{id}", id)).collect()
 }
 
 /// An RFC 3339 time `ms` milliseconds from now, in UTC.

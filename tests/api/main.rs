@@ -3,6 +3,7 @@
 
 mod auth;
 mod callbacks;
+mod crash;
 mod diagrams;
 mod failures;
 mod helpers;

@@ -6,36 +6,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-/// The requests of the plain path up to IDLE.
-const UP_TO_IDLE: [&str; 12] = [
-    "GET /trial/{id}/",
-    "GET /trial/{id}/",
-    "POST /sliceDeployment",
-    "PUT /trial/{id}/",
-    "GET /trial/{id}/",
-    "POST /flightplan",
-    "PUT /trial/{id}/",
-    "GET /trial/{id}/",
-    "POST /measurementjobs",
-    "POST /markKPIData",
-    "POST /markKPIData",
-    "PUT /trial/{id}/",
-];
-
-/// The requests from STOPPING to the end.
-const FROM_STOPPING: [&str; 6] = [
-    "PUT /trial/{id}/",
-    "POST /markKPIData",
-    "POST /markKPIData",
-    "DELETE /measurementjobs/mj-{id}",
-    "DELETE /sliceDeployment/{id}",
-    "PUT /trial/{id}/",
-];
-
-fn expand(lines: &[&str], id: &str) -> Vec<String> {
-    lines.iter().map(|l| l.replace("{id}", id)).collect()
-}
-
 fn body_of<'a>(requests: &'a [lcm::sim::RecordedRequest], line: &str) -> &'a Value {
     requests
         .iter()
@@ -51,12 +21,7 @@ async fn a_trial_runs_from_schedule_to_finished_with_the_exact_requests() {
     app.start_trial(id).await;
     app.drive_to_finished(id).await;
 
-    let mut expected = expand(&UP_TO_IDLE, id);
-    expected.extend(expand(
-        &["POST /markKPIData", "POST /markKPIData", "PUT /trial/{id}/"],
-        id,
-    ));
-    expected.extend(expand(&FROM_STOPPING, id));
+    let expected = full_sequence(id, true);
     assert_eq!(lines(&app, id), expected);
     assert_eq!(
         app.platform.status_history(id),
@@ -184,9 +149,7 @@ async fn finishing_from_idle_skips_active() {
     assert_eq!(finish.status, StatusCode::OK, "{finish:?}");
     app.wait_finished(id).await;
 
-    let mut expected = expand(&UP_TO_IDLE, id);
-    expected.extend(expand(&FROM_STOPPING, id));
-    assert_eq!(lines(&app, id), expected);
+    assert_eq!(lines(&app, id), full_sequence(id, false));
     assert_eq!(
         app.platform.status_history(id),
         [

@@ -1,0 +1,282 @@
+//! Trials survive a crash: the real binary is killed with SIGKILL while trials stand at
+//! different points, started again on the same store, and every trial completes.
+
+use std::time::Duration;
+
+use lcm::sim::{Component, Fault, FaultAction, Platform, SimOptions};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// Starts the `lcm` binary on `port`, configured by a file in `dir`, and waits until it answers.
+async fn start_binary(app_dir: &std::path::Path, port: u16) -> tokio::process::Child {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lcm"))
+        .arg("--config")
+        .arg(app_dir.join("lcm.toml"))
+        .current_dir(app_dir)
+        .env_remove("LCM_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts");
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let up = client
+            .get(format!("http://127.0.0.1:{port}/status"))
+            .header("Authorization", API_KEY)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK);
+        if up {
+            return child;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the binary did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn write_config(dir: &std::path::Path, port: u16, platform: &Platform) {
+    let config = format!(
+        r#"
+[server]
+bind = "127.0.0.1:{port}"
+public_url = "http://127.0.0.1:{port}"
+
+[auth]
+api_key = "{API_KEY}"
+token_secret = "{TOKEN_SECRET}"
+
+[executor]
+request_timeout_secs = 30
+
+[store]
+data_dir = "data"
+
+[logging]
+dir = "logs"
+level = "info"
+
+[services.trial_repository]
+url = "http://{}"
+
+[services.trial_enforcement]
+url = "http://{}"
+
+[services.kpi_monitoring]
+url = "http://{}"
+"#,
+        platform.repository, platform.enforcement, platform.kpi
+    );
+    std::fs::write(dir.join("lcm.toml"), config).expect("config written");
+}
+
+async fn status_of(app: &TestApp, id: &str) -> Value {
+    app.get(&format!("/trial/{id}/status")).await.body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trials_survive_a_sigkill_and_complete_after_restart() {
+    let platform = Platform::start(SimOptions {
+        kpi_oauth2: false,
+        ..SimOptions::default()
+    })
+    .await
+    .expect("simulators");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    write_config(dir.path(), port, &platform);
+
+    let (mid, slice, idle, active, failed, future, late) = (
+        "crash-mid",
+        "crash-slice",
+        "crash-idle",
+        "crash-active",
+        "crash-failed",
+        "crash-future",
+        "crash-late",
+    );
+    for id in [mid, slice, idle, active, failed, future, late] {
+        platform.add_trial(Platform::trial(id, None));
+    }
+    platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "POST",
+            "/flightplan",
+            FaultAction::Delay(Duration::from_secs(60)),
+        )
+        .for_trial(mid)
+        .times(1),
+    );
+    platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "POST",
+            "/sliceDeployment",
+            FaultAction::DropCallback,
+        )
+        .for_trial(slice)
+        .times(1),
+    );
+    platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "POST",
+            "/sliceDeployment",
+            FaultAction::Status(500),
+        )
+        .for_trial(failed)
+        .times(1),
+    );
+
+    let child = start_binary(dir.path(), port).await;
+    let mut app = TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        client: reqwest::Client::new(),
+        platform,
+        logs: tempfile::tempdir().expect("tempdir"),
+        server: Server::Process(child),
+    };
+
+    let soon = in_ms(1000);
+    for id in [mid, slice, idle, active, failed] {
+        assert_eq!(app.schedule(id, &soon).await.status, StatusCode::OK);
+    }
+    assert_eq!(
+        app.schedule(future, &in_ms(12_000)).await.status,
+        StatusCode::OK
+    );
+
+    app.wait_for(mid, "EnforceUavPlan in flight", |s| {
+        s["state"] == "EnforceUavPlan"
+    })
+    .await;
+    app.wait_waiting(slice, "slice callback (slice created)")
+        .await;
+    app.wait_waiting(idle, "operator (active or finish)").await;
+    app.wait_waiting(active, "operator (active or finish)")
+        .await;
+    assert_eq!(
+        app.post(&format!("/trial/{active}/active"), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    app.wait_waiting(active, "operator (finish)").await;
+    app.wait_failed(failed).await;
+
+    let spare = app.post(&format!("/token/{idle}"), None).await.body["Authorization"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let revoked = app
+        .call_as(
+            Method::DELETE,
+            &format!("/token/{idle}"),
+            None,
+            Some(&spare),
+        )
+        .await;
+    assert_eq!(revoked.status, StatusCode::OK);
+
+    // A job whose start passes while the service is down, within the misfire grace.
+    assert_eq!(app.schedule(late, &in_ms(800)).await.status, StatusCode::OK);
+    let flightplans_before = lines(&app, mid)
+        .iter()
+        .filter(|l| *l == "POST /flightplan")
+        .count();
+    assert_eq!(flightplans_before, 1);
+
+    if let Server::Process(child) = &mut app.server {
+        child.kill().await.expect("SIGKILL");
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    app.server = Server::Process(start_binary(dir.path(), port).await);
+
+    // Every trial is back where it was.
+    let engines = app.engines().await;
+    for (id, status) in [
+        (mid, "Active"),
+        (slice, "Active"),
+        (idle, "Active"),
+        (active, "Active"),
+        (failed, "Failed"),
+        (late, "Active"),
+    ] {
+        assert!(
+            engines.iter().any(|(e, s)| e == id && s == status),
+            "{id} should be {status}: {engines:?}"
+        );
+    }
+    let status = app.get("/status").await.body;
+    let scheduled: Vec<&str> = status["scheduled_trials"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|j| j["id"].as_str())
+        .collect();
+    assert_eq!(scheduled, [future]);
+
+    // The revoked token stays refused.
+    let verify = app
+        .call_as(Method::GET, &format!("/token/{idle}"), None, Some(&spare))
+        .await;
+    assert_eq!(verify.status, StatusCode::UNAUTHORIZED);
+
+    // The waiting trial takes its callback; the others carry on.
+    app.wait_waiting(slice, "slice callback (slice created)")
+        .await;
+    let token = app.token_of(slice);
+    assert_eq!(
+        app.callback(slice, "slice", Some(&token)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status_of(&app, active).await["waiting_for"],
+        "the operator (finish)"
+    );
+    assert_eq!(
+        app.post(&format!("/trial/{active}/finish"), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.post(&format!("/debug/engine/{failed}/restore"), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    for id in [mid, slice, idle, failed, late, future] {
+        app.drive_to_finished(id).await;
+    }
+    app.wait_finished(active).await;
+
+    for id in [slice, idle, late, future] {
+        assert_eq!(lines(&app, id), full_sequence(id, true), "{id}");
+    }
+    assert_eq!(lines(&app, active), full_sequence(active, true));
+    // The step in flight at the crash ran again (its GET and POST), and nothing else did.
+    let mut expected_mid = full_sequence(mid, true);
+    expected_mid.splice(
+        6..6,
+        [format!("GET /trial/{mid}/"), "POST /flightplan".to_owned()],
+    );
+    assert_eq!(lines(&app, mid), expected_mid);
+    assert_eq!(
+        app.platform
+            .status_history(failed)
+            .last()
+            .map(String::as_str),
+        Some("FINISHED")
+    );
+}
