@@ -17,7 +17,7 @@ use crate::heartbeat::Heartbeats;
 use crate::scheduler::Scheduler;
 use crate::services::{ClientError, ServiceClient};
 use crate::store::sqlite::SqliteBackend;
-use crate::store::{Store, StoreError};
+use crate::store::{Backend, Store, StoreError};
 use crate::tokens::TokenManager;
 
 /// Why the service could not start.
@@ -63,15 +63,26 @@ impl Application {
         listener: TcpListener,
         hooks: EngineHooks,
     ) -> Result<Self, StartupError> {
+        let data_dir = settings.store.data_dir.clone();
+        let backend = tokio::task::spawn_blocking(move || SqliteBackend::open(&data_dir))
+            .await
+            .map_err(|e| StoreError::Backend(format!("the store did not open: {e}")))??;
+        Self::with_backend(settings, listener, hooks, backend).await
+    }
+
+    /// Builds the service on a store backend of the caller's choice.
+    pub async fn with_backend(
+        settings: Settings,
+        listener: TcpListener,
+        hooks: EngineHooks,
+        backend: impl Backend,
+    ) -> Result<Self, StartupError> {
         settings.validate()?;
         let settings = Arc::new(settings);
         let services = ServiceClient::new(&settings)?;
-        let data_dir = settings.store.data_dir.clone();
-        let (store, mut loaded) = tokio::task::spawn_blocking(move || {
-            SqliteBackend::open(&data_dir).and_then(Store::start)
-        })
-        .await
-        .map_err(|e| StoreError::Backend(format!("the store did not open: {e}")))??;
+        let (store, mut loaded) = tokio::task::spawn_blocking(move || Store::start(backend))
+            .await
+            .map_err(|e| StoreError::Backend(format!("the store did not start: {e}")))??;
         let revoked = std::mem::take(&mut loaded.revoked);
         let tokens = Arc::new(
             TokenManager::new(&settings.auth.token_secret, settings.auth.token_ttl_secs)

@@ -280,3 +280,54 @@ async fn trials_survive_a_sigkill_and_complete_after_restart() {
         Some("FINISHED")
     );
 }
+
+#[tokio::test]
+async fn a_store_that_stops_writing_fails_the_trial_and_refuses_new_jobs() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let broken = Arc::new(AtomicBool::new(false));
+    let switch = broken.clone();
+    let app = spawn_app_with(AppOptions {
+        backend: Some(Box::new(move || FlakyBackend {
+            inner: lcm::store::sqlite::SqliteBackend::in_memory().expect("in-memory store"),
+            broken: switch,
+        })),
+        ..AppOptions::default()
+    })
+    .await;
+    let id = "unsaved";
+    app.start_trial(id).await;
+    app.wait_waiting(id, "operator (active or finish)").await;
+
+    broken.store(true, Ordering::SeqCst);
+    let refused = app.schedule("later", &in_ms(3_600_000)).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{refused:?}"
+    );
+    assert!(refused.detail().contains("not saved"), "{refused:?}");
+    let status = app.get("/status").await.body;
+    assert_eq!(
+        status["scheduled_trials"],
+        serde_json::json!([]),
+        "nothing unsaved is promised"
+    );
+
+    assert_eq!(
+        app.post(&format!("/trial/{id}/active"), None).await.status,
+        StatusCode::OK
+    );
+    let failed = app.wait_failed(id).await;
+    let reason = failed["failure"].as_str().unwrap_or_default();
+    assert!(reason.contains("checkpoint not saved"), "{reason}");
+    let sent_after = lines(&app, id);
+    assert_eq!(
+        sent_after.last().map(String::as_str),
+        Some(format!("PUT /trial/{id}/").as_str()),
+        "the FAILED report is the last request"
+    );
+    assert_eq!(app.platform.trial_status(id).as_deref(), Some("FAILED"));
+    assert!(!sent_after.iter().any(|l| l.contains("STOPPING")));
+}

@@ -20,6 +20,8 @@ pub struct AppOptions {
     pub sim: SimOptions,
     pub settings: Box<dyn FnOnce(&mut Settings)>,
     pub hooks: EngineHooks,
+    /// A store backend instead of the SQLite file in a temporary directory.
+    pub backend: Option<Box<dyn FnOnce() -> FlakyBackend>>,
 }
 
 impl Default for AppOptions {
@@ -28,7 +30,29 @@ impl Default for AppOptions {
             sim: SimOptions::default(),
             settings: Box::new(|_| {}),
             hooks: EngineHooks::default(),
+            backend: None,
         }
+    }
+}
+
+/// An in-memory SQLite store that fails every write while `broken` is set.
+pub struct FlakyBackend {
+    pub inner: lcm::store::sqlite::SqliteBackend,
+    pub broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl lcm::store::Backend for FlakyBackend {
+    fn apply(&mut self, ops: &[lcm::store::Op]) -> Result<(), lcm::store::StoreError> {
+        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(lcm::store::StoreError::Backend(
+                "disk I/O error (simulated)".into(),
+            ));
+        }
+        self.inner.apply(ops)
+    }
+
+    fn load(&mut self) -> Result<lcm::store::Loaded, lcm::store::StoreError> {
+        self.inner.load()
     }
 }
 
@@ -95,9 +119,13 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     settings.store.data_dir = logs.path().join("data");
     platform.configure(&mut settings);
     (options.settings)(&mut settings);
-    let app = Application::with_listener(settings, listener, options.hooks)
-        .await
-        .expect("app builds");
+    let app = match options.backend {
+        Some(backend) => {
+            Application::with_backend(settings, listener, options.hooks, backend()).await
+        }
+        None => Application::with_listener(settings, listener, options.hooks).await,
+    }
+    .expect("app builds");
     let server = tokio::spawn(async move {
         let _ = app.run_until(std::future::pending()).await;
     });
