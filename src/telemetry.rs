@@ -47,3 +47,18 @@ pub fn init(settings: &LoggingSettings) -> io::Result<WorkerGuard> {
         .map_err(io::Error::other)?;
     Ok(guard)
 }
+
+/// The process's Prometheus recorder, installed on first use. One per process: every service
+/// built in it (tests build many) reports into the same registry.
+pub fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("another metrics recorder is installed: /metrics will stay empty");
+        }
+        handle
+    })
+}

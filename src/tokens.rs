@@ -87,6 +87,19 @@ impl TokenManager {
 
     /// Verifies signature, expiry, revocation and that the token speaks for `trial`.
     pub fn verify(&self, token: &str, trial: &TrialId) -> Result<Claims, TokenError> {
+        let result = self.check(token, trial);
+        let outcome = match &result {
+            Ok(_) => "valid",
+            Err(TokenError::Expired) => "expired",
+            Err(TokenError::Invalid) => "invalid",
+            Err(TokenError::Revoked) => "revoked",
+            Err(TokenError::OtherTrial) => "other_trial",
+        };
+        metrics::counter!("lcm_token_validations_total", "outcome" => outcome).increment(1);
+        result
+    }
+
+    fn check(&self, token: &str, trial: &TrialId) -> Result<Claims, TokenError> {
         let claims = self.decode(token)?;
         if claims.trial_id != trial.as_str() {
             return Err(TokenError::OtherTrial);

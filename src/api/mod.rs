@@ -4,6 +4,7 @@
 pub mod engines;
 pub mod error;
 pub mod extract;
+pub mod observe;
 pub mod scheduling;
 pub mod status;
 pub mod tokens;
@@ -67,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tokens::routes())
         .merge(trials::routes())
         .merge(engines::routes())
+        .merge(observe::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(RequestBodyLimitLayer::new(max_body))

@@ -5,13 +5,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use super::sequence::{self, Signal, Step, Then, WAITS, Wait, Waiter};
-use super::state::{Backup, EngineStatus, ExecutorStatus, Position, Snapshot, TrialData};
+use super::state::{Backup, EngineStatus, EventKind, ExecutorStatus, Position, TrialData};
 use super::steps::{self, StepCx, StepError};
-use super::{EngineDeps, failure};
+use super::{EngineDeps, EngineShared, failure};
 use crate::domain::TrialId;
 
 /// A signal for the executor and where to send its answer.
@@ -33,6 +33,19 @@ pub enum SignalOutcome {
     Refused(String),
     /// The engine no longer takes signals.
     NotLive(EngineStatus),
+}
+
+impl SignalOutcome {
+    /// The outcome as a metrics label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            SignalOutcome::Accepted(_) => "accepted",
+            SignalOutcome::Held(_) => "held",
+            SignalOutcome::AlreadyRegistered => "already_registered",
+            SignalOutcome::Refused(_) => "refused_wrong_phase",
+            SignalOutcome::NotLive(_) => "refused_not_live",
+        }
+    }
 }
 
 /// A backup for the watchdog, acknowledged once it is kept (and, with a store, saved).
@@ -117,7 +130,7 @@ pub struct Executor {
     pub held: Vec<(Wait, Signal)>,
     pub commands: mpsc::Receiver<SignalRequest>,
     pub checkpoints: mpsc::Sender<Checkpoint>,
-    pub state: Arc<watch::Sender<Snapshot>>,
+    pub shared: Arc<EngineShared>,
 }
 
 impl Executor {
@@ -129,21 +142,38 @@ impl Executor {
                 Position::Run(step) => {
                     self.publish(ExecutorStatus::Running);
                     info!(step = step.name(), "step started");
+                    self.emit(EventKind::StepStarted, Some(step), None, None);
                     let started = Instant::now();
-                    match self.run_step(step).await {
+                    let result = self.run_step(step).await;
+                    let elapsed_ms =
+                        u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    let outcome = if result.is_ok() {
+                        "completed"
+                    } else {
+                        "failed"
+                    };
+                    metrics::counter!("lcm_steps_total", "step" => step.name(), "outcome" => outcome)
+                        .increment(1);
+                    match result {
                         Ok(()) => {
-                            info!(
-                                step = step.name(),
-                                elapsed_ms = started.elapsed().as_millis() as u64,
-                                "step completed"
-                            );
+                            info!(step = step.name(), elapsed_ms, "step completed");
+                            self.emit(EventKind::StepCompleted, Some(step), None, Some(elapsed_ms));
                             match sequence::after(step, vnf_enabled) {
                                 Then::Step(next) => Ok(Position::Run(next)),
                                 Then::Wait(wait) => Ok(Position::Wait(wait)),
                                 Then::End | Then::Branch { .. } => return self.finish(),
                             }
                         }
-                        Err(e) => Err(format!("{} failed: {e}", step.name())),
+                        Err(e) => {
+                            let reason = format!("{} failed: {e}", step.name());
+                            self.emit(
+                                EventKind::StepFailed,
+                                Some(step),
+                                Some(reason.clone()),
+                                Some(elapsed_ms),
+                            );
+                            Err(reason)
+                        }
                     }
                 }
                 Position::Wait(wait) => {
@@ -203,10 +233,19 @@ impl Executor {
             {
                 info!(signal = signal.name(), "applying the early signal");
                 self.accepted.push((wait, signal));
+                let detail = format!("{} (arrived early)", signal.name());
+                self.emit(EventKind::SignalAccepted, None, Some(detail), Some(0));
                 return Ok(next);
             }
         }
         info!(waiting_for = spec.waiting_for, "waiting");
+        self.emit(
+            EventKind::Waiting,
+            None,
+            Some(spec.waiting_for.to_owned()),
+            None,
+        );
+        let waiting_since = Instant::now();
         let executor = &self.deps.settings.executor;
         let limit = match spec.waiter {
             Waiter::Component => Some(executor.callback_timeout_secs),
@@ -235,6 +274,14 @@ impl Executor {
                 Decision::Take(next) => {
                     info!(signal = request.signal.name(), "signal accepted");
                     self.accepted.push((wait, request.signal));
+                    let waited =
+                        u64::try_from(waiting_since.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    self.emit(
+                        EventKind::SignalAccepted,
+                        None,
+                        Some(request.signal.name().to_owned()),
+                        Some(waited),
+                    );
                     let _ = request.reply.send(SignalOutcome::Accepted(next));
                     return Ok(next);
                 }
@@ -269,8 +316,21 @@ impl Executor {
             .unwrap_or_else(|_| Err("the watchdog is gone".to_owned()))
     }
 
+    fn emit(
+        &mut self,
+        event: EventKind,
+        step: Option<Step>,
+        detail: Option<String>,
+        duration_ms: Option<u64>,
+    ) {
+        let event = self
+            .data
+            .log_event(event, step.map(Step::name), detail, duration_ms);
+        self.shared.announce(&self.data.history, event);
+    }
+
     fn publish(&self, executor: ExecutorStatus) {
-        self.state.send_modify(|s| {
+        self.shared.state.send_modify(|s| {
             s.engine = EngineStatus::Active;
             s.executor = executor;
             s.position = self.position;
@@ -280,9 +340,10 @@ impl Executor {
         });
     }
 
-    fn finish(self) -> ExecutorExit {
+    fn finish(mut self) -> ExecutorExit {
         info!("trial finished");
-        self.state.send_modify(|s| {
+        self.emit(EventKind::TrialFinished, None, None, None);
+        self.shared.state.send_modify(|s| {
             s.engine = EngineStatus::Finished;
             s.executor = ExecutorStatus::Finished;
             s.position = self.position;
@@ -296,7 +357,8 @@ impl Executor {
     async fn fail(mut self, reason: String) -> ExecutorExit {
         self.commands.close();
         error!(reason = %reason, "trial failed");
-        self.state.send_modify(|s| {
+        self.emit(EventKind::TrialFailed, None, Some(reason.clone()), None);
+        self.shared.state.send_modify(|s| {
             s.engine = EngineStatus::Failed;
             s.executor = ExecutorStatus::Failed;
             s.failure = Some(reason.clone());
@@ -305,7 +367,8 @@ impl Executor {
         let mut backup = self.backup();
         backup.failure = Some(reason.clone());
         failure::report(&self.deps, &self.id, &mut backup, &reason).await;
-        self.state
+        self.shared
+            .state
             .send_modify(|s| s.responses = backup.data.responses.clone());
         // The failed step's answers go into the backup too; its position is still the step
         // that failed (or the waiting point that timed out), which is where a restore resumes.

@@ -15,7 +15,7 @@ pub mod watchdog;
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 use tracing::Instrument;
 
@@ -26,7 +26,7 @@ use crate::store::{EngineRecord, Store};
 use crate::tokens::TokenManager;
 use executor::{Checkpoint, Executor, ExecutorExit, SignalOutcome, SignalRequest};
 use sequence::{Signal, Step};
-use state::{Backup, EngineStatus, ExecutorStatus, Position, Snapshot, TrialData};
+use state::{Backup, EngineStatus, ExecutorStatus, Position, Snapshot, TrialData, TrialEvent};
 use watchdog::{RestoreError, RestoreRequest, Watchdog};
 
 /// A function called before every step (fault injection for tests and drills).
@@ -56,6 +56,9 @@ pub struct EngineShared {
     commands: Mutex<mpsc::Sender<SignalRequest>>,
     restores: mpsc::Sender<RestoreRequest>,
     tasks: Mutex<Tasks>,
+    /// Live events for `/events` subscribers; made on the first subscription, so an engine
+    /// nobody watches carries no buffer.
+    events: Mutex<Option<broadcast::Sender<TrialEvent>>>,
 }
 
 #[derive(Default)]
@@ -66,6 +69,9 @@ struct Tasks {
 
 /// How many signals may queue for an executor; it answers them at once, so few ever wait.
 const SIGNAL_QUEUE: usize = 16;
+
+/// How many events a slow `/events` subscriber may fall behind before it skips some.
+const EVENT_BUFFER: usize = 64;
 
 /// A handle to one trial's engine.
 #[derive(Clone)]
@@ -110,6 +116,7 @@ impl EngineHandle {
             kpi_status: backup.data.kpi_status,
             failure: backup.failure.clone(),
             responses: backup.data.responses.clone(),
+            history: backup.data.history.clone(),
             created_at: Utc::now(),
         });
         let (commands, _) = mpsc::channel(1);
@@ -122,6 +129,7 @@ impl EngineHandle {
             commands: Mutex::new(commands),
             restores,
             tasks: Mutex::new(Tasks::default()),
+            events: Mutex::new(None),
         });
         if matches!(status, EngineStatus::Active | EngineStatus::Failed) {
             let watchdog = Watchdog {
@@ -154,8 +162,32 @@ impl EngineHandle {
         self.shared.state.subscribe()
     }
 
+    /// The history so far and a receiver of every later event (no gap, no repeat: events in
+    /// the receiver that are already in the history have a `seq` below its length).
+    pub fn events(&self) -> (Arc<Vec<TrialEvent>>, broadcast::Receiver<TrialEvent>) {
+        let receiver = {
+            let mut events = self.shared.events.lock().unwrap_or_else(|p| p.into_inner());
+            events
+                .get_or_insert_with(|| broadcast::channel(EVENT_BUFFER).0)
+                .subscribe()
+        };
+        let history = self.shared.state.borrow().history.clone();
+        (history, receiver)
+    }
+
     /// Delivers a signal; the executor answers at once, whatever it is doing.
     pub async fn signal(&self, signal: Signal) -> SignalOutcome {
+        let outcome = self.deliver(signal).await;
+        metrics::counter!(
+            "lcm_signals_total",
+            "signal" => signal.name(),
+            "outcome" => outcome.label()
+        )
+        .increment(1);
+        outcome
+    }
+
+    async fn deliver(&self, signal: Signal) -> SignalOutcome {
         let engine = self.shared.state.borrow().engine;
         if engine != EngineStatus::Active {
             return SignalOutcome::NotLive(engine);
@@ -210,6 +242,16 @@ impl EngineShared {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Makes an event of the history known: in the snapshot and to live subscribers.
+    pub fn announce(&self, history: &Arc<Vec<TrialEvent>>, event: TrialEvent) {
+        self.state.send_modify(|s| s.history = history.clone());
+        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(sender) = &*events {
+            // No subscriber left is fine.
+            let _ = sender.send(event);
+        }
+    }
+
     /// The span every log line of this engine is written in.
     fn span(&self) -> tracing::Span {
         tracing::info_span!("engine", trial = %self.id)
@@ -232,7 +274,7 @@ fn spawn_executor(
         held: Vec::new(),
         commands,
         checkpoints,
-        state: shared.state.clone(),
+        shared: shared.clone(),
     };
     *shared.commands() = commands_tx;
     let handle = tokio::spawn(executor.run().instrument(shared.span()));

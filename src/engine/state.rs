@@ -87,6 +87,37 @@ pub struct ResponseRecord {
     pub at: DateTime<Utc>,
 }
 
+/// What happened to a trial, as listed by `/history` and streamed by `/events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialEvent {
+    /// Position in the trial's history, from 0.
+    pub seq: usize,
+    pub at: DateTime<Utc>,
+    pub event: EventKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// What the executor waits for, which signal it took, or why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// How long the step ran or the wait lasted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+/// The kinds of [`TrialEvent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    StepStarted,
+    StepCompleted,
+    StepFailed,
+    Waiting,
+    SignalAccepted,
+    TrialFinished,
+    TrialFailed,
+    Restored,
+}
+
 /// The executor's data: everything a restored executor needs to carry on.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TrialData {
@@ -99,12 +130,36 @@ pub struct TrialData {
     pub repository_status: Option<String>,
     /// Every response, in order. Shared copy-on-write with the snapshots.
     pub responses: Arc<Vec<ResponseRecord>>,
+    /// Every transition, in order. Shared copy-on-write with the snapshots.
+    #[serde(default)]
+    pub history: Arc<Vec<TrialEvent>>,
 }
 
 impl TrialData {
     /// Adds a response record.
     pub fn record(&mut self, record: ResponseRecord) {
         Arc::make_mut(&mut self.responses).push(record);
+    }
+
+    /// Adds an event to the history (numbering it) and returns it.
+    pub fn log_event(
+        &mut self,
+        event: EventKind,
+        step: Option<&str>,
+        detail: Option<String>,
+        duration_ms: Option<u64>,
+    ) -> TrialEvent {
+        let history = Arc::make_mut(&mut self.history);
+        let entry = TrialEvent {
+            seq: history.len(),
+            at: Utc::now(),
+            event,
+            step: step.map(str::to_owned),
+            detail,
+            duration_ms,
+        };
+        history.push(entry.clone());
+        entry
     }
 }
 
@@ -128,6 +183,7 @@ pub struct Snapshot {
     pub kpi_status: Option<KpiStatus>,
     pub failure: Option<String>,
     pub responses: Arc<Vec<ResponseRecord>>,
+    pub history: Arc<Vec<TrialEvent>>,
     pub created_at: DateTime<Utc>,
 }
 

@@ -10,7 +10,7 @@ use tracing::{Instrument, error, info};
 
 use super::executor::{Checkpoint, ExecutorExit};
 use super::failure;
-use super::state::{Backup, EngineStatus, ExecutorStatus};
+use super::state::{Backup, EngineStatus, EventKind, ExecutorStatus};
 use super::{EngineShared, spawn_executor};
 use crate::store::{EngineRecord, Op};
 
@@ -135,6 +135,11 @@ impl Watchdog {
             s.failure = Some(reason.clone());
         });
         self.backup.failure = Some(reason.clone());
+        let event =
+            self.backup
+                .data
+                .log_event(EventKind::TrialFailed, None, Some(reason.clone()), None);
+        self.shared.announce(&self.backup.data.history, event);
         failure::report(
             &self.shared.deps,
             &self.shared.id,
@@ -152,6 +157,11 @@ impl Watchdog {
         }
         info!(position = ?self.backup.position, "restoring the executor from the backup");
         self.backup.failure = None;
+        let event = self
+            .backup
+            .data
+            .log_event(EventKind::Restored, None, None, None);
+        self.shared.announce(&self.backup.data.history, event);
         self.save(EngineStatus::Active)
             .await
             .map_err(RestoreError::NotSaved)?;

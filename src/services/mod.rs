@@ -210,6 +210,31 @@ impl ServiceClient {
     /// Sends a request: connection failures are retried, an OAuth2 401 refreshes the token
     /// once, any HTTP answer is returned as a [`Reply`].
     pub async fn send(&self, request: &Outbound) -> Result<Reply, SendError> {
+        let result = self.send_with_retries(request).await;
+        let status = match &result {
+            Ok(reply) => reply.status.to_string(),
+            Err(SendError::Timeout { .. }) => "timeout".to_owned(),
+            Err(_) => "error".to_owned(),
+        };
+        if let Ok(reply) = &result {
+            metrics::histogram!(
+                "lcm_outbound_request_duration_seconds",
+                "service" => request.service.name(),
+                "status" => status
+            )
+            .record(reply.duration.as_secs_f64());
+        } else {
+            metrics::counter!(
+                "lcm_outbound_request_errors_total",
+                "service" => request.service.name(),
+                "error" => status
+            )
+            .increment(1);
+        }
+        result
+    }
+
+    async fn send_with_retries(&self, request: &Outbound) -> Result<Reply, SendError> {
         let started = Instant::now();
         let mut delays = CONNECT_RETRY_DELAYS.iter();
         let mut refreshed = false;
