@@ -128,6 +128,8 @@ pub struct Executor {
     pub accepted: Vec<(Wait, Signal)>,
     /// Early signals kept until their waiting point is reached.
     pub held: Vec<(Wait, Signal)>,
+    /// The first step runs again (the executor was restored, or recovered after a crash).
+    pub rerun: bool,
     pub commands: mpsc::Receiver<SignalRequest>,
     pub checkpoints: mpsc::Sender<Checkpoint>,
     pub shared: Arc<EngineShared>,
@@ -203,6 +205,7 @@ impl Executor {
             id: &self.id,
             data: &mut self.data,
             step,
+            rerun: std::mem::take(&mut self.rerun),
         };
         let work = steps::run(&mut cx);
         tokio::pin!(work);

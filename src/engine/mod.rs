@@ -258,11 +258,13 @@ impl EngineShared {
     }
 }
 
-/// Starts an executor task from a backup, with a fresh signal channel.
+/// Starts an executor task from a backup, with a fresh signal channel. `rerun` says the
+/// backup's step may have run before (a restore or a recovery).
 fn spawn_executor(
     shared: &Arc<EngineShared>,
     backup: Backup,
     checkpoints: mpsc::Sender<Checkpoint>,
+    rerun: bool,
 ) -> JoinHandle<ExecutorExit> {
     let (commands_tx, commands) = mpsc::channel(SIGNAL_QUEUE);
     let executor = Executor {
@@ -272,6 +274,7 @@ fn spawn_executor(
         data: backup.data,
         accepted: backup.accepted,
         held: Vec::new(),
+        rerun,
         commands,
         checkpoints,
         shared: shared.clone(),

@@ -27,6 +27,9 @@ pub struct StepCx<'a> {
     pub id: &'a TrialId,
     pub data: &'a mut TrialData,
     pub step: Step,
+    /// The step runs again after a failure or a crash: what it did the first time may
+    /// already have taken effect.
+    pub rerun: bool,
 }
 
 /// Runs one step.
@@ -219,9 +222,11 @@ async fn delete_measurement_job(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     };
     let body = json!({"trialID": info.trial_id, "facility": info.facility});
     let path = format!("measurementjobs/{}", urlencode_segment(&measurement_id));
-    cx.call(
+    // Run again, the job may be gone already: 404 then means done.
+    let ok: &[u16] = if cx.rerun { &[204, 404] } else { &[204] };
+    cx.call_expecting(
         Outbound::new(Service::TrialEnforcement, Method::DELETE, path).json(body),
-        204,
+        ok,
     )
     .await?;
     Ok(())
@@ -236,7 +241,10 @@ async fn close_service(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     )
     .query("callback_url", cx.callback_url("slice"))
     .json(body);
-    cx.call(request, 200).await?;
+    // Run again, the slice may be closed already: 404 then means done (its callback may
+    // still come, or the wait times out and the trial is restorable).
+    let ok: &[u16] = if cx.rerun { &[200, 404] } else { &[200] };
+    cx.call_expecting(request, ok).await?;
     Ok(())
 }
 
@@ -303,6 +311,15 @@ impl StepCx<'_> {
     /// Sends a request, records the answer under the step, and requires `expected`. Returns
     /// the JSON body (`null` when there was none).
     pub async fn call(&mut self, request: Outbound, expected: u16) -> Result<Value, StepError> {
+        self.call_expecting(request, &[expected]).await
+    }
+
+    /// Like [`Self::call`], for a request whose success may be one of several statuses.
+    pub async fn call_expecting(
+        &mut self,
+        request: Outbound,
+        expected: &[u16],
+    ) -> Result<Value, StepError> {
         let reply = self.deps.services.send(&request).await;
         let token = self.data.token.clone();
         let token = token.as_deref();
@@ -319,7 +336,7 @@ impl StepCx<'_> {
                 token,
             ))
         })?;
-        if reply.status != expected {
+        if !expected.contains(&reply.status) {
             let detail = reply
                 .text
                 .as_deref()
@@ -327,11 +344,16 @@ impl StepCx<'_> {
                 .unwrap_or_default();
             return Err(StepError(redact_text(
                 &format!(
-                    "{} {} {} answered {} (expected {expected}){detail}",
+                    "{} {} {} answered {} (expected {}){detail}",
                     request.service.name(),
                     request.method,
                     request.path,
                     reply.status,
+                    expected
+                        .iter()
+                        .map(u16::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" or "),
                 ),
                 token,
             )));

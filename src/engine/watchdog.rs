@@ -10,7 +10,7 @@ use tracing::{Instrument, error, info};
 
 use super::executor::{Checkpoint, ExecutorExit};
 use super::failure;
-use super::state::{Backup, EngineStatus, EventKind, ExecutorStatus};
+use super::state::{Backup, EngineStatus, EventKind, ExecutorStatus, Position};
 use super::{EngineShared, spawn_executor};
 use crate::store::{EngineRecord, Op};
 
@@ -118,10 +118,14 @@ impl Watchdog {
     }
 
     fn spawn_executor(&mut self) {
+        // A step the backup stands at has run before unless the engine is brand new.
+        let rerun = matches!(self.backup.position, Position::Run(_))
+            && !self.backup.data.history.is_empty();
         let handle = spawn_executor(
             &self.shared,
             self.backup.clone(),
             self.checkpoint_tx.clone(),
+            rerun,
         );
         self.executor = Some(handle);
     }

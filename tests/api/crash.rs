@@ -61,6 +61,7 @@ data_dir = "data"
 [logging]
 dir = "logs"
 level = "info"
+format = "json"
 
 [services.trial_repository]
 url = "http://{}"

@@ -362,3 +362,34 @@ async fn deleting_an_engine_cancels_the_request_in_flight() {
     app.start_trial(id).await;
     app.wait_waiting(id, "operator (active or finish)").await;
 }
+
+#[tokio::test]
+async fn a_rerun_delete_that_finds_the_job_gone_counts_as_done() {
+    let app = spawn_app().await;
+    let id = "gone-job";
+    for action in [
+        FaultAction::Status(500),
+        FaultAction::Json(404, json!({"detail": "Not found."})),
+    ] {
+        app.platform.inject(
+            Fault::new(
+                Component::Enforcement,
+                "DELETE",
+                "/measurementjobs/",
+                action,
+            )
+            .times(1),
+        );
+    }
+    app.start_trial(id).await;
+    let failed = drive_until(&app, id, "Failed", |s| s["failed"] == true).await;
+    assert_eq!(failed["state"], "DeleteMeasurementJob");
+    let restore = app.post(&format!("/debug/engine/{id}/restore"), None).await;
+    assert_eq!(restore.status, StatusCode::OK);
+    app.wait_finished(id).await;
+    let deletes = lines(&app, id)
+        .iter()
+        .filter(|l| l.starts_with("DELETE /measurementjobs/"))
+        .count();
+    assert_eq!(deletes, 2);
+}
