@@ -273,7 +273,7 @@ impl Settings {
         if self.heartbeat.interval_secs == 0 {
             return Err(invalid("heartbeat.interval_secs", "must be greater than 0"));
         }
-        if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
+        if !valid_log_filter(&self.logging.level) {
             return Err(invalid(
                 "logging.level",
                 format!("'{}' is not a log level or filter", self.logging.level),
@@ -342,6 +342,17 @@ impl Settings {
     }
 }
 
+/// A level (`info`) or a list of directives, each a level or `target=level`. A bare word that
+/// is not a level would silently be read as a target name, so it is refused.
+fn valid_log_filter(filter: &str) -> bool {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    tracing_subscriber::EnvFilter::try_new(filter).is_ok()
+        && filter.split(',').all(|directive| {
+            let directive = directive.trim();
+            directive.contains('=') || LEVELS.contains(&directive.to_ascii_lowercase().as_str())
+        })
+}
+
 fn validate_service(key: &'static str, service: &ServiceSettings) -> Result<(), ConfigError> {
     parse_http_url(key, &service.url)?;
     if service.username.is_some() != service.password.is_some() {
@@ -386,6 +397,15 @@ mod tests {
         settings.auth.token_secret = Secret::new("");
         let err = settings.validate().unwrap_err().to_string();
         assert!(err.contains("auth.token_secret"), "{err}");
+
+        let mut settings = Settings::defaults().unwrap();
+        settings.logging.level = "verbose".into();
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("logging.level"), "{err}");
+        settings.logging.level = "warn,lcm=debug".into();
+        settings
+            .validate()
+            .expect("a filter with directives is fine");
 
         let mut settings = Settings::defaults().unwrap();
         settings.services.trial_repository.url = "ftp://x".into();

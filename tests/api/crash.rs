@@ -332,3 +332,71 @@ async fn a_store_that_stops_writing_fails_the_trial_and_refuses_new_jobs() {
     assert_eq!(app.platform.trial_status(id).as_deref(), Some("FAILED"));
     assert!(!sent_after.iter().any(|l| l.contains("STOPPING")));
 }
+
+/// Runs the binary to its exit with extra environment, in a fresh directory.
+async fn run_to_exit(dir: &std::path::Path, env: &[(&str, &str)]) -> (bool, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_lcm"));
+    command
+        .current_dir(dir)
+        .env_remove("LCM_CONFIG")
+        .env("LCM__SERVER__BIND", "127.0.0.1:0")
+        .kill_on_drop(true);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = tokio::time::timeout(Duration::from_secs(20), command.output())
+        .await
+        .expect("the binary exits on its own")
+        .expect("the binary runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[tokio::test]
+async fn a_configuration_that_cannot_work_stops_start_up_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (key, value, named) in [
+        ("LCM__SERVER__BIND", "nope", "server.bind"),
+        ("LCM__AUTH__TOKEN_SECRET", "", "auth.token_secret"),
+        (
+            "LCM__SERVICES__TRIAL_ENFORCEMENT__URL",
+            "not a url",
+            "services.trial_enforcement.url",
+        ),
+        (
+            "LCM__EXECUTOR__REQUEST_TIMEOUT_SECS",
+            "0",
+            "executor.request_timeout_secs",
+        ),
+        ("LCM__LOGGING__LEVEL", "verbose", "logging.level"),
+    ] {
+        let (ok, text) = run_to_exit(dir.path(), &[(key, value)]).await;
+        assert!(!ok, "{key}={value} should stop start-up");
+        assert!(text.contains(named), "{key}: {text}");
+    }
+    let missing = dir.path().join("nowhere.toml");
+    let (ok, text) = run_to_exit(
+        dir.path(),
+        &[("LCM_CONFIG", missing.to_str().expect("path"))],
+    )
+    .await;
+    assert!(!ok && text.contains("nowhere.toml"), "{text}");
+}
+
+#[tokio::test]
+async fn a_store_that_is_not_a_database_stops_start_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    std::fs::write(data.join("lcm.sqlite3"), "not a database ".repeat(100)).expect("garbage");
+    let (ok, text) = run_to_exit(dir.path(), &[("LCM__STORE__DATA_DIR", "data")]).await;
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("lcm.sqlite3") && text.contains("store.data_dir"),
+        "{text}"
+    );
+}
