@@ -256,3 +256,59 @@ async fn the_status_endpoint_describes_each_waiting_point() {
     let bad = app.get("/trial/bad%20id/status").await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn each_service_gets_its_own_credentials_and_a_401_refreshes_the_oauth2_token() {
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(|s| {
+            s.services.trial_repository.apikey = Some(lcm::config::Secret::new("repo-key"));
+            s.services.trial_enforcement.username = Some("lcm".into());
+            s.services.trial_enforcement.password = Some(lcm::config::Secret::new("enforce-pw"));
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    app.platform.inject(
+        Fault::new(
+            Component::Kpi,
+            "POST",
+            "/markKPIData",
+            FaultAction::Status(401),
+        )
+        .times(1),
+    );
+    let id = "creds";
+    app.start_trial(id).await;
+    app.wait_waiting(id, "operator (active or finish)").await;
+
+    let requests = app.platform.requests_for(id);
+    let auth_of = |component: Component| {
+        requests
+            .iter()
+            .filter(|r| r.component == component)
+            .map(|r| r.authorization.clone().unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        auth_of(Component::Repository)
+            .iter()
+            .all(|a| a == "repo-key")
+    );
+    // "lcm:enforce-pw" in base64.
+    assert!(
+        auth_of(Component::Enforcement)
+            .iter()
+            .all(|a| a == "Basic bGNtOmVuZm9yY2UtcHc=")
+    );
+    assert_eq!(
+        auth_of(Component::Kpi),
+        [
+            "Bearer kpi-access-1",
+            "Bearer kpi-access-2",
+            "Bearer kpi-access-2"
+        ],
+        "the 401 dropped the cached token; the retry used a fresh one"
+    );
+    assert_eq!(app.platform.issued_kpi_tokens(), 2);
+    assert_eq!(app.platform.kpi_markings(id), ["Idle", "Idle"]);
+}
