@@ -1,23 +1,43 @@
 //! The engines' debug endpoints: restore from backup, stop and remove (SPEC §4.3).
 
+use axum::Json;
 use axum::extract::State;
-use axum::routing::{delete, post};
-use axum::{Json, Router};
 use serde_json::{Value, json};
 use tracing::info;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::AppState;
-use super::error::ApiError;
-use super::extract::{ApiKey, TrialPath};
+use super::error::{ApiError, ErrorBody};
+use super::extract::{ApiKey, TrialIdParam, TrialPath};
+use super::{AppState, Message};
 use crate::engine::watchdog::RestoreError;
 
 /// The routes of this area.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/debug/engine/{trial_id}/restore", post(restore))
-        .route("/debug/engine/{trial_id}", delete(remove))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(restore))
+        .routes(routes!(remove))
 }
 
+/// Restore a failed engine from its backup
+///
+/// The executor resumes from its last checkpoint. The answer has a `message` and the trial's
+/// `state`.
+#[utoipa::path(
+    post,
+    path = "/debug/engine/{trial_id}/restore",
+    tag = "engines",
+    security(("api_key" = [])),
+    params(TrialIdParam),
+    responses(
+        (status = 200, description = "Restored", body = Object),
+        (status = 400, description = "Invalid trial id", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "The trial has no engine", body = ErrorBody),
+        (status = 409, description = "The engine is running or finished", body = ErrorBody),
+        (status = 503, description = "The restore could not be saved, so it was not made", body = ErrorBody),
+    ),
+)]
 async fn restore(
     _: ApiKey,
     State(state): State<AppState>,
@@ -48,17 +68,32 @@ async fn restore(
     }
 }
 
+/// Stop and remove an engine
+#[utoipa::path(
+    delete,
+    path = "/debug/engine/{trial_id}",
+    tag = "engines",
+    security(("api_key" = [])),
+    params(TrialIdParam),
+    responses(
+        (status = 200, description = "Engine stopped and removed", body = Message),
+        (status = 400, description = "Invalid trial id", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "The trial has no engine", body = ErrorBody),
+        (status = 503, description = "The removal could not be saved, so it was not made", body = ErrorBody),
+    ),
+)]
 async fn remove(
     _: ApiKey,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Message>, ApiError> {
     match state.scheduler.delete_engine(&id).await? {
         true => {
             info!(trial = %id, "engine stopped and removed");
-            Ok(Json(
-                json!({"message": format!("Engine of trial {id} stopped and removed")}),
-            ))
+            Ok(Json(Message::new(format!(
+                "Engine of trial {id} stopped and removed"
+            ))))
         }
         false => Err(ApiError::not_found(format!("trial '{id}' has no engine"))),
     }

@@ -5,7 +5,8 @@ use axum::Json;
 use axum::body::{Body, to_bytes};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::domain::{InvalidStartTime, InvalidTrialId};
 use crate::heartbeat::HeartbeatExists;
@@ -13,6 +14,14 @@ use crate::scheduler::ScheduleError;
 use crate::services::registry::RegistryError;
 use crate::store::StoreError;
 use crate::tokens::TokenError;
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// A human-readable reason.
+    #[schema(example = "trial 't1' has no engine")]
+    pub detail: String,
+}
 
 /// An error answer.
 #[derive(Debug, Clone)]
@@ -57,7 +66,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"detail": self.detail}))).into_response()
+        (
+            self.status,
+            Json(ErrorBody {
+                detail: self.detail,
+            }),
+        )
+            .into_response()
     }
 }
 
@@ -152,6 +167,6 @@ pub async fn json_errors(response: Response) -> Response {
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/json"),
     );
-    let body = serde_json::to_vec(&json!({"detail": detail})).unwrap_or_default();
+    let body = serde_json::to_vec(&ErrorBody { detail }).unwrap_or_default();
     Response::from_parts(parts, Body::from(body))
 }

@@ -93,6 +93,16 @@ impl<S: Send + Sync> FromRequestParts<S> for TrialPath {
     }
 }
 
+/// The `{trial_id}` path parameter as the OpenAPI document shows it (`params(TrialIdParam)`);
+/// [`TrialPath`] is what extracts and validates it.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TrialIdParam {
+    /// The trial's id: 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit.
+    #[param(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", example = "trial-42")]
+    pub trial_id: String,
+}
+
 /// A JSON body whose rejections are `{"detail"}` errors with the right status (400 malformed,
 /// 413 too large, 415 not JSON, 422 wrong shape).
 pub struct ApiJson<T>(pub T);

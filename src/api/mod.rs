@@ -1,6 +1,12 @@
 //! The REST surface (SPEC §5): routers per area, extractors that validate at the edge, and one
 //! error type answered as `{"detail"}`.
+//!
+//! Every area's router is a utoipa-axum `OpenApiRouter`: a handler is routed by the `routes!`
+//! call that also adds its `#[utoipa::path]` description to the OpenAPI document, so the
+//! document served at `GET /openapi.json` (and shown by Swagger UI at `/`, see [`docs`]) cannot
+//! drift from what the router serves.
 
+pub mod docs;
 pub mod engines;
 pub mod error;
 pub mod extract;
@@ -14,19 +20,21 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, StatusCode};
+use axum::{Extension, Router};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi as _;
+use utoipa::openapi::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::Settings;
 use crate::heartbeat::Heartbeats;
 use crate::scheduler::Scheduler;
 use crate::tokens::TokenManager;
-use error::ApiError;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -55,21 +63,50 @@ impl Deref for AppState {
     }
 }
 
+/// The answer of the endpoints that only report what they did: `{"message": …}`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Message {
+    /// What was done, in words.
+    pub message: String,
+}
+
+impl Message {
+    /// An answer with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+}
+
 /// No handler waits on a step, but a few wait on the trial registry; none should take longer.
 const HANDLER_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// The whole router with its middleware.
-pub fn router(state: AppState) -> Router {
-    let settings = &state.settings;
-    let max_body = settings.server.max_body_bytes;
-    Router::new()
+/// Every route of the API, each with its description, before the middleware.
+pub fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
         .merge(status::routes())
         .merge(scheduling::routes())
         .merge(tokens::routes())
         .merge(trials::routes())
         .merge(engines::routes())
         .merge(observe::routes())
-        .fallback(|| async { ApiError::not_found("no such route") })
+        .merge(docs::routes())
+}
+
+/// The OpenAPI document of the whole API, as served at `GET /openapi.json`.
+pub fn openapi() -> OpenApi {
+    api().into_openapi()
+}
+
+/// The whole router with its middleware.
+pub fn router(state: AppState) -> Router {
+    let settings = &state.settings;
+    let max_body = settings.server.max_body_bytes;
+    let (routes, openapi) = api().split_for_parts();
+    routes
+        .layer(Extension(Arc::new(openapi)))
+        .fallback(docs::ui_asset_or_no_route)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(RequestBodyLimitLayer::new(max_body))
         .layer(axum::middleware::map_response(error::json_errors))

@@ -2,29 +2,30 @@
 
 use std::convert::Infallible;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::routing::get;
-use axum::{Json, Router};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
-use super::error::ApiError;
-use super::extract::{ApiKey, TrialPath};
+use super::error::{ApiError, ErrorBody};
+use super::extract::{ApiKey, TrialIdParam, TrialPath};
 use crate::engine::EngineHandle;
 use crate::engine::state::{EngineStatus, EventKind, TrialEvent};
 use crate::telemetry;
 
 /// The routes of this area.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/trial/{trial_id}/history", get(history))
-        .route("/trial/{trial_id}/events", get(events))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(metrics))
+        .routes(routes!(history))
+        .routes(routes!(events))
 }
 
 fn engine_of(state: &AppState, id: &crate::domain::TrialId) -> Result<EngineHandle, ApiError> {
@@ -35,7 +36,11 @@ fn engine_of(state: &AppState, id: &crate::domain::TrialId) -> Result<EngineHand
         .ok_or_else(|| ApiError::not_found(format!("trial '{id}' has no engine")))
 }
 
+/// Prometheus metrics
+///
 /// Prometheus text. Gauges of the current population are taken at scrape time.
+#[utoipa::path(get, path = "/metrics", tag = "status",
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let engines = state.scheduler.engines().list();
     for status in [
@@ -54,6 +59,15 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// The trial's history
+///
+/// `{"trial_id", "history": [...]}`: every transition of the trial so far, in order.
+#[utoipa::path(get, path = "/trial/{trial_id}/history", tag = "trials", security(("api_key" = [])), params(TrialIdParam),
+    responses(
+        (status = 200, description = "The trial's history", body = Object),
+        (status = 400, description = "Invalid trial id", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "The trial has no engine", body = ErrorBody)))]
 async fn history(
     _: ApiKey,
     State(state): State<AppState>,
@@ -63,8 +77,16 @@ async fn history(
     Ok(Json(json!({"trial_id": id, "history": *snapshot.history})))
 }
 
+/// The trial's live events (Server-Sent Events)
+///
 /// The trial's history so far, then each event as it happens; the stream ends after the
 /// trial finishes (or when its engine is deleted).
+#[utoipa::path(get, path = "/trial/{trial_id}/events", tag = "trials", security(("api_key" = [])), params(TrialIdParam),
+    responses(
+        (status = 200, description = "A stream of events, one JSON object each, named by its kind", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Invalid trial id", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "The trial has no engine", body = ErrorBody)))]
 async fn events(
     _: ApiKey,
     State(state): State<AppState>,

@@ -1,62 +1,124 @@
 //! The scheduler's debug endpoints and the automatic-scheduling switch (SPEC §5, §8).
 
+use axum::Json;
 use axum::extract::State;
-use axum::routing::post;
-use axum::{Json, Router};
 use chrono::Utc;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::AppState;
-use super::error::ApiError;
-use super::extract::{ApiJson, ApiKey, TrialPath};
+use super::error::{ApiError, ErrorBody};
+use super::extract::{ApiJson, ApiKey, TrialIdParam, TrialPath};
+use super::{AppState, Message};
 use crate::domain::{InvalidStartTime, StartTime, TrialId};
 use crate::scheduler::ScheduleError;
 
 /// The routes of this area.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/debug/trial/schedule", post(schedule))
-        .route("/debug/trial/schedule-all", post(schedule_all))
-        .route(
-            "/debug/trial/{trial_id}/schedule",
-            post(schedule_from_registry).delete(unschedule),
-        )
-        .route("/trial/scheduling", post(toggle_automatic))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(schedule))
+        .routes(routes!(schedule_all))
+        .routes(routes!(schedule_from_registry, unschedule))
+        .routes(routes!(toggle_automatic))
 }
 
 /// Body of `POST /debug/trial/schedule`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ScheduleBody {
+    /// The trial's id: 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or
+    /// digit.
+    #[schema(example = "trial-42")]
     trial_id: String,
+    /// When the trial starts: RFC 3339 with an offset, in the future.
+    #[schema(example = "2031-02-23T07:17:15+02:00")]
     start_time: String,
 }
 
+/// The answer of a scheduling.
+#[derive(Serialize, ToSchema)]
+struct Scheduled {
+    #[schema(example = "Trial trial-42 scheduled at 2031-02-23T07:17:15+02:00")]
+    message: String,
+    #[schema(value_type = String, example = "trial-42")]
+    trial_id: TrialId,
+    /// The start time, with the offset it was given.
+    #[schema(value_type = String, example = "2031-02-23T07:17:15+02:00")]
+    start_time: StartTime,
+}
+
+/// The answer of the automatic-scheduling switch.
+#[derive(Serialize, ToSchema)]
+struct AutomaticScheduling {
+    #[schema(example = "Automatic scheduling enabled")]
+    message: String,
+    /// Whether the registry is now polled for trials to schedule.
+    #[serde(rename = "Automatic_scheduling")]
+    automatic_scheduling: bool,
+}
+
+/// Schedule a trial at a given time
+///
+/// Refused if the trial already has a job or an engine.
+#[utoipa::path(
+    post,
+    path = "/debug/trial/schedule",
+    tag = "scheduling",
+    security(("api_key" = [])),
+    request_body = ScheduleBody,
+    responses(
+        (status = 200, description = "Scheduled", body = Scheduled),
+        (status = 400, description = "Invalid trial id, or a start time that is malformed or not in the future", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 409, description = "The trial already has a job or an engine", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+        (status = 422, description = "The body is not an object of this shape", body = ErrorBody),
+        (status = 503, description = "The job could not be saved, so it was not made", body = ErrorBody),
+    ),
+)]
 async fn schedule(
     _: ApiKey,
     State(state): State<AppState>,
     ApiJson(body): ApiJson<ScheduleBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Scheduled>, ApiError> {
     let id = TrialId::parse(&body.trial_id)?;
     let start = StartTime::parse_future(&body.start_time, Utc::now())?;
     state.scheduler.schedule(&id, start).await?;
     Ok(Json(scheduled(&id, start)))
 }
 
-fn scheduled(id: &TrialId, start: StartTime) -> Value {
-    json!({
-        "message": format!("Trial {id} scheduled at {start}"),
-        "trial_id": id,
-        "start_time": start,
-    })
+fn scheduled(id: &TrialId, start: StartTime) -> Scheduled {
+    Scheduled {
+        message: format!("Trial {id} scheduled at {start}"),
+        trial_id: id.clone(),
+        start_time: start,
+    }
 }
 
+/// Schedule a trial at its start time in the trial repository
+#[utoipa::path(
+    post,
+    path = "/debug/trial/{trial_id}/schedule",
+    tag = "scheduling",
+    security(("api_key" = [])),
+    params(TrialIdParam),
+    responses(
+        (status = 200, description = "Scheduled", body = Scheduled),
+        (status = 400, description = "Invalid trial id, or a start time in the past", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "The trial repository does not know the trial", body = ErrorBody),
+        (status = 409, description = "The trial already has a job or an engine", body = ErrorBody),
+        (status = 502, description = "The trial repository failed or gave no usable start time", body = ErrorBody),
+        (status = 503, description = "The job could not be saved, so it was not made", body = ErrorBody),
+    ),
+)]
 async fn schedule_from_registry(
     _: ApiKey,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Scheduled>, ApiError> {
     match state.scheduler.schedule_from_registry(&id).await {
         Ok(start) => Ok(Json(scheduled(&id, start))),
         // A start time the registry wrote badly is the registry's garbage, not the caller's.
@@ -67,6 +129,22 @@ async fn schedule_from_registry(
     }
 }
 
+/// Schedule every future trial of the trial repository
+///
+/// The answer lists the ids `scheduled`, `rescheduled` (a changed start time),
+/// `already_scheduled`, `already_executing` and `skipped` (with the reason).
+#[utoipa::path(
+    post,
+    path = "/debug/trial/schedule-all",
+    tag = "scheduling",
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "What was scheduled and what was not", body = Object),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 502, description = "The trial repository failed", body = ErrorBody),
+        (status = 503, description = "A job could not be saved", body = ErrorBody),
+    ),
+)]
 async fn schedule_all(_: ApiKey, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let report = state.scheduler.schedule_all().await?;
     Ok(Json(json!({
@@ -86,15 +164,30 @@ async fn schedule_all(_: ApiKey, State(state): State<AppState>) -> Result<Json<V
     })))
 }
 
+/// Remove a scheduled job
+#[utoipa::path(
+    delete,
+    path = "/debug/trial/{trial_id}/schedule",
+    tag = "scheduling",
+    security(("api_key" = [])),
+    params(TrialIdParam),
+    responses(
+        (status = 200, description = "Job removed", body = Message),
+        (status = 400, description = "Invalid trial id", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "The trial has no scheduled job", body = ErrorBody),
+        (status = 503, description = "The removal could not be saved, so it was not made", body = ErrorBody),
+    ),
+)]
 async fn unschedule(
     _: ApiKey,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Message>, ApiError> {
     if state.scheduler.unschedule(&id).await? {
-        Ok(Json(
-            json!({"message": format!("Scheduled job of trial {id} removed")}),
-        ))
+        Ok(Json(Message::new(format!(
+            "Scheduled job of trial {id} removed"
+        ))))
     } else {
         Err(ApiError::not_found(format!(
             "trial '{id}' has no scheduled job"
@@ -102,13 +195,33 @@ async fn unschedule(
     }
 }
 
+/// Toggle automatic scheduling
+///
+/// While on, the trial repository is polled every `scheduler.poll_interval_secs` and every
+/// future trial is scheduled.
+#[utoipa::path(
+    post,
+    path = "/trial/scheduling",
+    tag = "scheduling",
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "The new setting", body = AutomaticScheduling),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 503, description = "The setting could not be saved, so it was not changed", body = ErrorBody),
+    ),
+)]
 async fn toggle_automatic(
     _: ApiKey,
     State(state): State<AppState>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AutomaticScheduling>, ApiError> {
     let on = state.scheduler.toggle_automatic().await?;
-    Ok(Json(json!({
-        "message": if on { "Automatic scheduling enabled" } else { "Automatic scheduling disabled" },
-        "Automatic_scheduling": on,
-    })))
+    let message = if on {
+        "Automatic scheduling enabled"
+    } else {
+        "Automatic scheduling disabled"
+    };
+    Ok(Json(AutomaticScheduling {
+        message: message.to_owned(),
+        automatic_scheduling: on,
+    }))
 }

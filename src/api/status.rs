@@ -2,27 +2,44 @@
 
 use std::collections::HashMap;
 
+use axum::Json;
 use axum::extract::{Query, State};
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::AppState;
-use super::error::ApiError;
-use super::extract::{ApiKey, TrialPath};
+use super::error::{ApiError, ErrorBody};
+use super::extract::{ApiKey, TrialIdParam, TrialPath};
+use super::{AppState, Message};
 use crate::domain::TrialId;
 
 /// The routes of this area.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/status", get(status))
-        .route("/debug/add-heartbeat", post(add_heartbeat))
-        .route("/debug/heartbeat/{trial_id}", delete(remove_heartbeat))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(status))
+        .routes(routes!(add_heartbeat))
+        .routes(routes!(remove_heartbeat))
 }
 
 /// The service version, as shown in `/status`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// The service's state
+///
+/// Version and uptime, the scheduler (`Scheduler_status`, `Automatic_scheduling`,
+/// `scheduled_trials` as `{"id", "trigger", "start_time"}`, `missed_trials`), the engines
+/// (`Executor_Engine_instances` as `{"ID", "status"}`) and the heartbeats
+/// (`Heartbeat_instances`).
+#[utoipa::path(
+    get,
+    path = "/status",
+    tag = "status",
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "The service's state", body = Object),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+    ),
+)]
 async fn status(_: ApiKey, State(state): State<AppState>) -> Json<Value> {
     let jobs = state.scheduler.jobs();
     let scheduled: Vec<Value> = jobs
@@ -55,30 +72,61 @@ async fn status(_: ApiKey, State(state): State<AppState>) -> Json<Value> {
     }))
 }
 
+/// Start a heartbeat
+///
+/// A periodic task that checks the trial's services are reachable; its last result shows in
+/// `/status`.
+#[utoipa::path(
+    post,
+    path = "/debug/add-heartbeat",
+    tag = "heartbeats",
+    security(("api_key" = [])),
+    params(("trial_id" = String, Query, description = "The trial's id", example = "trial-42")),
+    responses(
+        (status = 200, description = "Heartbeat added", body = Message),
+        (status = 400, description = "No or invalid `trial_id`", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 409, description = "The trial already has a heartbeat", body = ErrorBody),
+    ),
+)]
 async fn add_heartbeat(
     _: ApiKey,
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Message>, ApiError> {
     let raw = query
         .get("trial_id")
         .ok_or_else(|| ApiError::bad_request("query parameter 'trial_id' is required"))?;
     let id = TrialId::parse(raw)?;
     state.heartbeats.add(&id)?;
-    Ok(Json(
-        json!({"message": format!("Heartbeat added for trial {id}")}),
-    ))
+    Ok(Json(Message::new(format!(
+        "Heartbeat added for trial {id}"
+    ))))
 }
 
+/// Stop a heartbeat
+#[utoipa::path(
+    delete,
+    path = "/debug/heartbeat/{trial_id}",
+    tag = "heartbeats",
+    security(("api_key" = [])),
+    params(TrialIdParam),
+    responses(
+        (status = 200, description = "Heartbeat removed", body = Message),
+        (status = 400, description = "Invalid trial id", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "The trial has no heartbeat", body = ErrorBody),
+    ),
+)]
 async fn remove_heartbeat(
     _: ApiKey,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Message>, ApiError> {
     if state.heartbeats.remove(&id) {
-        Ok(Json(
-            json!({"message": format!("Heartbeat removed for trial {id}")}),
-        ))
+        Ok(Json(Message::new(format!(
+            "Heartbeat removed for trial {id}"
+        ))))
     } else {
         Err(ApiError::not_found(format!(
             "trial '{id}' has no heartbeat"

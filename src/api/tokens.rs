@@ -1,22 +1,32 @@
 //! `POST/GET/DELETE /token/{id}` and the token check shared with the callbacks (SPEC §6).
 
+use axum::Json;
 use axum::extract::State;
-use axum::routing::post;
-use axum::{Json, Router};
-use serde_json::{Value, json};
+use serde::Serialize;
 use tracing::info;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::AppState;
-use super::error::ApiError;
-use super::extract::{ApiKey, PresentedToken, TrialPath};
+use super::error::{ApiError, ErrorBody};
+use super::extract::{ApiKey, PresentedToken, TrialIdParam, TrialPath};
+use super::{AppState, Message};
 use crate::domain::TrialId;
 use crate::engine::EngineHandle;
 use crate::engine::state::EngineStatus;
 use crate::tokens::Claims;
 
 /// The routes of this area.
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/token/{trial_id}", post(mint).get(verify).delete(revoke))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(mint, verify, revoke))
+}
+
+/// A minted token.
+#[derive(Serialize, ToSchema)]
+struct Minted {
+    /// The callback token, a JWT, to present in the `Authorization` header.
+    #[serde(rename = "Authorization")]
+    authorization: String,
 }
 
 /// Verifies a presented token for `id`: signature, expiry, trial, revocation, and that the
@@ -46,33 +56,81 @@ pub fn check_token(
     Ok((claims, engine))
 }
 
+/// Mint a callback token for a trial
+#[utoipa::path(
+    post,
+    path = "/token/{trial_id}",
+    tag = "tokens",
+    security(("api_key" = [])),
+    params(TrialIdParam),
+    responses(
+        (status = 200, description = "The token", body = Minted),
+        (status = 400, description = "Invalid trial id", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+    ),
+)]
 async fn mint(
     _: ApiKey,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Minted>, ApiError> {
     let token = state
         .tokens
         .mint(&id)
         .map_err(|e| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     info!(trial = %id, "callback token minted");
-    Ok(Json(json!({"Authorization": token})))
+    Ok(Json(Minted {
+        authorization: token,
+    }))
 }
 
+/// Check a callback token
+///
+/// `{"message": "Success"}` if the presented token is valid for this trial.
+#[utoipa::path(
+    get,
+    path = "/token/{trial_id}",
+    tag = "tokens",
+    security(("callback_token" = [])),
+    params(TrialIdParam),
+    responses(
+        (status = 200, description = "The token is valid for this trial", body = Message),
+        (status = 400, description = "Invalid trial id", body = ErrorBody),
+        (status = 401, description = "Missing, invalid, expired or revoked token", body = ErrorBody),
+        (status = 403, description = "A token of another trial, or of a finished or failed trial", body = ErrorBody),
+    ),
+)]
 async fn verify(
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
     PresentedToken(token): PresentedToken,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Message>, ApiError> {
     check_token(&state, &id, &token)?;
-    Ok(Json(json!({"message": "Success"})))
+    Ok(Json(Message::new("Success")))
 }
 
+/// Revoke a callback token
+///
+/// The presented token is refused everywhere afterwards.
+#[utoipa::path(
+    delete,
+    path = "/token/{trial_id}",
+    tag = "tokens",
+    security(("callback_token" = [])),
+    params(TrialIdParam),
+    responses(
+        (status = 200, description = "Token revoked", body = Message),
+        (status = 400, description = "Invalid trial id", body = ErrorBody),
+        (status = 401, description = "Missing, invalid, expired or revoked token", body = ErrorBody),
+        (status = 403, description = "A token of another trial, or of a finished or failed trial", body = ErrorBody),
+        (status = 503, description = "The revocation could not be saved, so it was not made", body = ErrorBody),
+    ),
+)]
 async fn revoke(
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
     PresentedToken(token): PresentedToken,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Message>, ApiError> {
     let (claims, _) = check_token(&state, &id, &token)?;
     state
         .tokens
@@ -80,5 +138,5 @@ async fn revoke(
         .await
         .map_err(ApiError::from)?;
     info!(trial = %id, jti = %claims.jti, "callback token revoked");
-    Ok(Json(json!({"message": "Token revoked"})))
+    Ok(Json(Message::new("Token revoked")))
 }

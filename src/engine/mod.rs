@@ -115,6 +115,7 @@ impl EngineHandle {
             position: backup.position,
             kpi_status: backup.data.kpi_status,
             failure: backup.failure.clone(),
+            restorable: status == EngineStatus::Failed,
             responses: backup.data.responses.clone(),
             history: backup.data.history.clone(),
             created_at: Utc::now(),

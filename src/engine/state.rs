@@ -182,6 +182,9 @@ pub struct Snapshot {
     pub position: Position,
     pub kpi_status: Option<KpiStatus>,
     pub failure: Option<String>,
+    /// Failed, with the failure procedure done (repository told, file written): a restore
+    /// may start.
+    pub restorable: bool,
     pub responses: Arc<Vec<ResponseRecord>>,
     pub history: Arc<Vec<TrialEvent>>,
     pub created_at: DateTime<Utc>,

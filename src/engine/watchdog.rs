@@ -84,6 +84,7 @@ impl Watchdog {
                         }
                         Ok(ExecutorExit::Failed(reason)) => {
                             info!(reason = %reason, "executor failed; backup kept for a restore");
+                            self.shared.state.send_modify(|s| s.restorable = true);
                         }
                         Err(e) if e.is_cancelled() => {
                             self.died("the executor task was aborted".to_owned()).await;
@@ -112,7 +113,7 @@ impl Watchdog {
         self.shared
             .deps
             .store
-            .write(Op::PutEngine(record))
+            .write(Op::PutEngine(Box::new(record)))
             .await
             .map_err(|e| e.to_string())
     }
@@ -153,6 +154,10 @@ impl Watchdog {
         .await;
         let responses = self.backup.data.responses.clone();
         self.shared.state.send_modify(|s| s.responses = responses);
+        if let Err(e) = self.save(EngineStatus::Failed).await {
+            error!(error = %e, "the failed status was not saved");
+        }
+        self.shared.state.send_modify(|s| s.restorable = true);
     }
 
     async fn restore(&mut self) -> Result<(), RestoreError> {
@@ -173,6 +178,7 @@ impl Watchdog {
             s.engine = EngineStatus::Active;
             s.executor = ExecutorStatus::Running;
             s.failure = None;
+            s.restorable = false;
         });
         self.spawn_executor();
         Ok(())

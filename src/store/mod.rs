@@ -39,7 +39,7 @@ pub enum Op {
         id: TrialId,
     },
     /// Saves an engine's checkpoint and status; an engine supersedes its trial's job.
-    PutEngine(EngineRecord),
+    PutEngine(Box<EngineRecord>),
     DeleteEngine {
         id: TrialId,
     },

@@ -270,7 +270,7 @@ mod tests {
                     id: TrialId::parse("t2").unwrap(),
                     start,
                 },
-                Op::PutEngine(record("t2", EngineStatus::Active)),
+                Op::PutEngine(Box::new(record("t2", EngineStatus::Active))),
                 Op::Revoke {
                     jti: "j1".into(),
                     exp: chrono::Utc::now().timestamp() + 60,

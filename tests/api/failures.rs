@@ -48,7 +48,7 @@ async fn fail_and_restore(step: Step, fault: Fault) {
     let id = format!("fail-{}", step.name());
     app.platform.inject(fault.times(1));
     app.start_trial(&id).await;
-    let failed = drive_until(&app, &id, "Failed", |s| s["failed"] == true).await;
+    let failed = drive_until(&app, &id, "Failed", |s| s["restorable"] == true).await;
     let reason = failed["failure"].as_str().unwrap_or_default().to_owned();
     assert!(
         reason.starts_with(&format!("{} failed", step.name())),
@@ -382,7 +382,7 @@ async fn a_rerun_delete_that_finds_the_job_gone_counts_as_done() {
         );
     }
     app.start_trial(id).await;
-    let failed = drive_until(&app, id, "Failed", |s| s["failed"] == true).await;
+    let failed = drive_until(&app, id, "Failed", |s| s["restorable"] == true).await;
     assert_eq!(failed["state"], "DeleteMeasurementJob");
     let restore = app.post(&format!("/debug/engine/{id}/restore"), None).await;
     assert_eq!(restore.status, StatusCode::OK);

@@ -268,8 +268,12 @@ impl TestApp {
             .await
     }
 
+    /// Waits until the trial has failed and its failure procedure is done (restorable).
     pub async fn wait_failed(&self, id: &str) -> Value {
-        self.wait_for(id, "Failed", |s| s["failed"] == true).await
+        self.wait_for(id, "Failed", |s| {
+            s["failed"] == true && s["restorable"] == true
+        })
+        .await
     }
 
     /// Runs a started trial through IDLE, active, finish to FINISHED.

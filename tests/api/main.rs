@@ -8,6 +8,8 @@ mod diagrams;
 mod failures;
 mod helpers;
 mod load;
+mod observe;
+mod openapi;
 mod scheduling;
 mod tokens;
 mod trial_flow;

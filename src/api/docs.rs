@@ -1,0 +1,154 @@
+//! The API's own description: the OpenAPI document at `GET /openapi.json` and Swagger UI at
+//! `/`.
+//!
+//! The document's paths are not written here: each handler carries its `#[utoipa::path]` and
+//! is routed by the `routes!` call that also adds that description (see [`super::api`]). This
+//! module holds the document's frame (title, tags, the two security schemes) and serves the
+//! document and the UI. The UI's files are compiled into the binary (utoipa-swagger-ui's
+//! `vendored` feature), so it works offline, with no CDN.
+
+use std::sync::{Arc, LazyLock};
+
+use axum::Json;
+use axum::extract::Extension;
+use axum::http::{Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::Config;
+
+use super::AppState;
+use super::error::{ApiError, ErrorBody};
+
+/// Where the document is served (and where Swagger UI fetches it).
+pub const OPENAPI_PATH: &str = "/openapi.json";
+
+/// The document's frame; the paths come from the routers.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Lifecycle Manager",
+        description = "Schedules 5G drone trials and runs one engine per trial. Every error \
+            answer is `{\"detail\": \"<reason>\"}`. Credentials go in the `Authorization` header, \
+            raw or as `Bearer <value>`, or in a cookie named `Authorization`."
+    ),
+    modifiers(&SecuritySchemes, &NoLicense),
+    components(schemas(ErrorBody)),
+    tags(
+        (name = "status", description = "The service's state"),
+        (name = "scheduling", description = "Scheduled jobs and automatic scheduling"),
+        (name = "trials", description = "A running trial: operator signals, status, responses"),
+        (name = "callbacks", description = "The trial components' callbacks (callback token)"),
+        (name = "engines", description = "Restore or remove an engine"),
+        (name = "heartbeats", description = "Periodic reachability checks of a trial's services"),
+        (name = "tokens", description = "Callback tokens"),
+        (name = "docs", description = "This document and Swagger UI (no credentials)"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The two credentials (SPEC §5): both travel in `Authorization`, so they are apiKey schemes.
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Authorization",
+                "The service's API key (`auth.api_key`), raw or as `Bearer <key>`; \
+                 a cookie named `Authorization` also works.",
+            ))),
+        );
+        components.add_security_scheme(
+            "callback_token",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Authorization",
+                "The trial's callback token, a JWT minted by `POST /token/{trial_id}` and handed \
+                 to the trial's components; raw or as `Bearer <token>`, or in a cookie named \
+                 `Authorization`.",
+            ))),
+        );
+    }
+}
+
+/// The crate declares no license, which would otherwise show as a license with an empty name.
+struct NoLicense;
+
+impl Modify for NoLicense {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        openapi.info.license = None;
+    }
+}
+
+/// The routes of this area.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(openapi_json))
+        .routes(routes!(swagger_ui))
+}
+
+/// This OpenAPI document
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "docs",
+    responses((status = 200, description = "The OpenAPI 3.1 document of the whole API", body = Object)),
+)]
+async fn openapi_json(
+    Extension(openapi): Extension<Arc<utoipa::openapi::OpenApi>>,
+) -> Json<Arc<utoipa::openapi::OpenApi>> {
+    Json(openapi)
+}
+
+/// Swagger UI
+///
+/// The page loads its scripts and styles from this service (`/swagger-ui-bundle.js`,
+/// `/swagger-ui.css`, …), never from a CDN, and shows the document at `/openapi.json`.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "docs",
+    responses((status = 200, description = "Swagger UI's page", content_type = "text/html", body = String)),
+)]
+async fn swagger_ui() -> Response {
+    ui_file("index.html").unwrap_or_else(|| ApiError::not_found("no such route").into_response())
+}
+
+/// The router's fallback: the Swagger UI file a `GET` names (the page loads them relative to
+/// `/`), else 404 "no such route". The files are not routes, so they never shadow one, nor
+/// turn an unknown path's 404 into a 405.
+pub async fn ui_asset_or_no_route(method: Method, uri: Uri) -> Response {
+    if method == Method::GET || method == Method::HEAD {
+        let name = uri.path().trim_start_matches('/');
+        // An empty name would be the index page, which has its own route at `/`.
+        if !name.is_empty()
+            && let Some(file) = ui_file(name)
+        {
+            return file;
+        }
+    }
+    ApiError::not_found("no such route").into_response()
+}
+
+/// A Swagger UI file by name, compiled into the binary.
+fn ui_file(name: &str) -> Option<Response> {
+    static CONFIG: LazyLock<Arc<Config<'static>>> =
+        LazyLock::new(|| Arc::new(Config::from(OPENAPI_PATH)));
+    match utoipa_swagger_ui::serve(name, CONFIG.clone()) {
+        Ok(Some(file)) => {
+            Some(([(header::CONTENT_TYPE, file.content_type)], file.bytes).into_response())
+        }
+        Ok(None) => None,
+        Err(e) => Some(
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("Swagger UI file '{name}' could not be served: {e}"),
+            )
+            .into_response(),
+        ),
+    }
+}

@@ -1,0 +1,343 @@
+//! The API's own description: `GET /openapi.json` lists exactly the routes the service serves,
+//! each with the right credential, and Swagger UI at `/` loads from the binary, no CDN.
+
+use std::collections::BTreeSet;
+
+use reqwest::{Method, StatusCode, header};
+use serde_json::Value;
+
+use crate::helpers::{API_KEY, spawn_app};
+
+/// Every route of the service and the credential it takes. The tests prove each one is served
+/// and that the document lists exactly these, so a route added without its description (or
+/// a description without its route) fails here.
+const ROUTES: &[(&str, &str, Option<&str>)] = &[
+    ("GET", "/status", Some("api_key")),
+    ("GET", "/metrics", None),
+    ("GET", "/trial/{trial_id}/history", Some("api_key")),
+    ("GET", "/trial/{trial_id}/events", Some("api_key")),
+    ("POST", "/trial/scheduling", Some("api_key")),
+    (
+        "POST",
+        "/trial/{trial_id}/callback/slice",
+        Some("callback_token"),
+    ),
+    (
+        "POST",
+        "/trial/{trial_id}/callback/cloudvnfboarding",
+        Some("callback_token"),
+    ),
+    (
+        "POST",
+        "/trial/{trial_id}/callback/cloudvnfdeployment",
+        Some("callback_token"),
+    ),
+    (
+        "POST",
+        "/trial/{trial_id}/callback/edgevnfonboarding",
+        Some("callback_token"),
+    ),
+    (
+        "POST",
+        "/trial/{trial_id}/callback/edgevnfdeployment",
+        Some("callback_token"),
+    ),
+    ("POST", "/trial/{trial_id}/active", Some("api_key")),
+    ("POST", "/trial/{trial_id}/finish", Some("api_key")),
+    ("GET", "/trial/{trial_id}/status", Some("api_key")),
+    ("GET", "/trial/{trial_id}/responses", Some("api_key")),
+    ("POST", "/debug/trial/schedule", Some("api_key")),
+    ("POST", "/debug/trial/schedule-all", Some("api_key")),
+    ("POST", "/debug/trial/{trial_id}/schedule", Some("api_key")),
+    (
+        "DELETE",
+        "/debug/trial/{trial_id}/schedule",
+        Some("api_key"),
+    ),
+    ("POST", "/debug/engine/{trial_id}/restore", Some("api_key")),
+    ("DELETE", "/debug/engine/{trial_id}", Some("api_key")),
+    ("POST", "/debug/add-heartbeat", Some("api_key")),
+    ("DELETE", "/debug/heartbeat/{trial_id}", Some("api_key")),
+    ("POST", "/token/{trial_id}", Some("api_key")),
+    ("GET", "/token/{trial_id}", Some("callback_token")),
+    ("DELETE", "/token/{trial_id}", Some("callback_token")),
+    ("GET", "/openapi.json", None),
+    ("GET", "/", None),
+];
+
+const METHODS: [&str; 8] = [
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
+
+/// The document, fetched without credentials.
+async fn document(app: &crate::helpers::TestApp) -> Value {
+    let answer = app.call_as(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    answer.body
+}
+
+/// Every operation of the document as (METHOD, path, operation).
+fn operations(doc: &Value) -> Vec<(String, String, Value)> {
+    let paths = doc["paths"].as_object().expect("paths is an object");
+    let mut found = Vec::new();
+    for (path, item) in paths {
+        for method in METHODS {
+            if let Some(operation) = item.get(method) {
+                found.push((method.to_uppercase(), path.clone(), operation.clone()));
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn the_document_lists_exactly_the_served_routes_with_their_credentials() {
+    let app = spawn_app().await;
+    let doc = document(&app).await;
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
+        "not an OpenAPI 3 document: {}",
+        doc["openapi"]
+    );
+    assert_eq!(doc["info"]["title"], "Lifecycle Manager");
+    assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+
+    let documented: BTreeSet<(String, String)> = operations(&doc)
+        .into_iter()
+        .map(|(method, path, _)| (method, path))
+        .collect();
+    let expected: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|(method, path, _)| (method.to_string(), path.to_string()))
+        .collect();
+    assert_eq!(
+        documented.difference(&expected).collect::<Vec<_>>(),
+        Vec::<&(String, String)>::new(),
+        "documented but not in ROUTES"
+    );
+    assert_eq!(
+        expected.difference(&documented).collect::<Vec<_>>(),
+        Vec::<&(String, String)>::new(),
+        "in ROUTES but not documented"
+    );
+
+    for (method, path, scheme) in ROUTES {
+        let operation = &doc["paths"][*path][method.to_lowercase()];
+        let security: Vec<String> = operation["security"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(Value::as_object)
+                    .flat_map(|requirement| requirement.keys().cloned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let expected: Vec<String> = scheme.iter().map(|s| s.to_string()).collect();
+        assert_eq!(security, expected, "security of {method} {path}");
+    }
+}
+
+#[tokio::test]
+async fn the_document_describes_parameters_bodies_errors_and_credentials() {
+    let app = spawn_app().await;
+    let doc = document(&app).await;
+
+    for name in ["api_key", "callback_token"] {
+        let scheme = &doc["components"]["securitySchemes"][name];
+        assert_eq!(scheme["type"], "apiKey", "{name}: {scheme}");
+        assert_eq!(scheme["in"], "header", "{name}: {scheme}");
+        assert_eq!(scheme["name"], "Authorization", "{name}: {scheme}");
+    }
+    let error = &doc["components"]["schemas"]["ErrorBody"];
+    assert_eq!(error["properties"]["detail"]["type"], "string", "{error}");
+    assert_eq!(error["required"], serde_json::json!(["detail"]), "{error}");
+
+    for (method, path, operation) in operations(&doc) {
+        let what = format!("{method} {path}");
+        assert!(
+            operation["summary"].as_str().is_some_and(|s| !s.is_empty()),
+            "{what} has no summary"
+        );
+        // Every `{name}` of the path is a documented, required path parameter.
+        let parameters = operation["parameters"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for segment in path.split('/') {
+            if let Some(name) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                assert!(
+                    parameters
+                        .iter()
+                        .any(|p| p["name"] == name && p["in"] == "path" && p["required"] == true),
+                    "{what}: no path parameter {name}"
+                );
+            }
+        }
+        let responses = operation["responses"].as_object().expect("responses");
+        assert!(responses.contains_key("200"), "{what}: no 200");
+        for (status, response) in responses {
+            assert!(
+                response["description"]
+                    .as_str()
+                    .is_some_and(|d| !d.is_empty()),
+                "{what} {status}: no description"
+            );
+            if status.starts_with('4') || status.starts_with('5') {
+                assert_eq!(
+                    response["content"]["application/json"]["schema"]["$ref"],
+                    "#/components/schemas/ErrorBody",
+                    "{what} {status}: not the {{\"detail\"}} schema"
+                );
+            }
+        }
+        if operation["security"].is_array() {
+            assert!(responses.contains_key("401"), "{what}: no 401");
+        }
+    }
+
+    let add_heartbeat = &doc["paths"]["/debug/add-heartbeat"]["post"]["parameters"];
+    assert!(
+        add_heartbeat.as_array().is_some_and(|p| p
+            .iter()
+            .any(|p| p["name"] == "trial_id" && p["in"] == "query" && p["required"] == true)),
+        "{add_heartbeat}"
+    );
+
+    let body = &doc["paths"]["/debug/trial/schedule"]["post"]["requestBody"];
+    assert_eq!(body["required"], true, "{body}");
+    let reference = body["content"]["application/json"]["schema"]["$ref"]
+        .as_str()
+        .expect("the body is a named schema");
+    let name = reference.rsplit('/').next().unwrap_or_default();
+    let schema = &doc["components"]["schemas"][name];
+    for field in ["trial_id", "start_time"] {
+        assert_eq!(schema["properties"][field]["type"], "string", "{schema}");
+    }
+    let mut required: Vec<&str> = schema["required"]
+        .as_array()
+        .expect("required fields")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    required.sort_unstable();
+    assert_eq!(required, ["start_time", "trial_id"], "{schema}");
+}
+
+#[tokio::test]
+async fn every_route_is_served_with_its_credential() {
+    let app = spawn_app().await;
+
+    // What the router's fallback answers, so a probe can tell "not routed" apart.
+    let fallback = app.call_as(Method::GET, "/no/such/route", None, None).await;
+    assert_eq!(fallback.status, StatusCode::NOT_FOUND);
+    assert_eq!(fallback.detail(), "no such route");
+    let unknown_kind = app
+        .call_as(Method::POST, "/trial/t1/callback/nonsense", None, None)
+        .await;
+    assert_eq!(unknown_kind.status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown_kind.detail(), "no such route");
+
+    for (method, path, scheme) in ROUTES {
+        let url = path.replace("{trial_id}", "probe-1");
+        let method = Method::from_bytes(method.as_bytes()).expect("a method");
+        let answer = app.call_as(method.clone(), &url, None, None).await;
+        assert!(
+            !(answer.status == StatusCode::NOT_FOUND && answer.detail() == "no such route"),
+            "{method} {path} is not routed"
+        );
+        if scheme.is_some() {
+            // Without credentials a secured route refuses, which also proves it is routed.
+            assert_eq!(
+                answer.status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path}: {answer:?}"
+            );
+            assert!(!answer.detail().is_empty(), "{method} {path}: {answer:?}");
+        } else {
+            assert_eq!(answer.status, StatusCode::OK, "{method} {path}: {answer:?}");
+        }
+    }
+
+    // The API key opens a route documented with it, not one documented with the token.
+    let status = app.get("/status").await;
+    assert_eq!(status.status, StatusCode::OK, "{status:?}");
+    let with_key = app
+        .call_as(Method::GET, "/token/probe-1", None, Some(API_KEY))
+        .await;
+    assert_eq!(with_key.status, StatusCode::UNAUTHORIZED, "{with_key:?}");
+}
+
+/// The files a page loads: its `src="…"` and `href="…"` values.
+fn referenced_files(html: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for attribute in ["src=\"", "href=\""] {
+        let mut rest = html;
+        while let Some(start) = rest.find(attribute) {
+            rest = &rest[start + attribute.len()..];
+            let end = rest.find('"').expect("a closing quote");
+            found.push(rest[..end].to_owned());
+            rest = &rest[end..];
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn swagger_ui_is_served_from_the_binary_without_credentials() {
+    let app = spawn_app().await;
+    let page = app
+        .client
+        .get(format!("{}/", app.address))
+        .send()
+        .await
+        .expect("GET /");
+    assert_eq!(page.status(), StatusCode::OK);
+    let content_type = page.headers()[header::CONTENT_TYPE]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(content_type.starts_with("text/html"), "{content_type}");
+    let html = page.text().await.expect("body");
+    assert!(html.contains("swagger-ui"), "{html}");
+
+    let files = referenced_files(&html);
+    assert!(
+        files.iter().any(|f| f.ends_with("swagger-ui-bundle.js")),
+        "{files:?}"
+    );
+    assert!(files.iter().any(|f| f.ends_with(".css")), "{files:?}");
+    for file in &files {
+        assert!(
+            !file.contains("://") && !file.starts_with("//"),
+            "the page loads {file} from elsewhere"
+        );
+        let path = format!("/{}", file.trim_start_matches("./").trim_start_matches('/'));
+        let answer = app
+            .client
+            .get(format!("{}{path}", app.address))
+            .send()
+            .await
+            .expect("GET a file");
+        assert_eq!(answer.status(), StatusCode::OK, "{path}");
+        let bytes = answer.bytes().await.expect("body");
+        assert!(!bytes.is_empty(), "{path} is empty");
+    }
+
+    // The page shows this service's document.
+    let initializer = app
+        .client
+        .get(format!("{}/swagger-initializer.js", app.address))
+        .send()
+        .await
+        .expect("GET the initializer");
+    assert_eq!(initializer.status(), StatusCode::OK);
+    let script = initializer.text().await.expect("body");
+    assert!(script.contains("/openapi.json"), "{script}");
+
+    // The UI's files are not routes: another method on one is the router's 404, not a 405.
+    let answer = app
+        .call_as(Method::POST, "/swagger-ui-bundle.js", None, None)
+        .await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND, "{answer:?}");
+    assert_eq!(answer.detail(), "no such route");
+}
