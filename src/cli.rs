@@ -1,12 +1,16 @@
-//! The command line: `lcm` (or `lcm serve`) runs the service.
+//! The command line: `lcm` (or `lcm serve`) runs the service; `lcm demo` runs one trial
+//! against simulated components and shows its steps; `lcm bench` measures the LCM under load.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tracing::{error, warn};
 
+use crate::bench::{self, BenchOptions};
 use crate::config::Settings;
+use crate::demo::{self, DemoOptions};
 use crate::startup::{Application, shutdown_signal};
 use crate::telemetry;
 
@@ -14,7 +18,8 @@ use crate::telemetry;
 #[derive(Parser)]
 #[command(name = "lcm", version)]
 pub struct Cli {
-    /// Configuration file layered over the built-in defaults.
+    /// Configuration file layered over the built-in defaults (`serve` only; the demo and the
+    /// benchmark use the built-in defaults).
     #[arg(long, global = true, env = "LCM_CONFIG")]
     pub config: Option<PathBuf>,
     #[command(subcommand)]
@@ -26,17 +31,52 @@ pub struct Cli {
 pub enum Command {
     /// Run the service (the default).
     Serve,
+    /// Run one trial from schedule to FINISHED against simulated trial components on
+    /// 127.0.0.1, showing each step; then keep serving until Ctrl-C.
+    Demo {
+        /// Port of the Lifecycle Manager on 127.0.0.1.
+        #[arg(long, default_value_t = 5000)]
+        port: u16,
+        /// Exit once the trial is FINISHED instead of serving.
+        #[arg(long)]
+        exit: bool,
+    },
+    /// Measure the Lifecycle Manager under load against simulated trial components on
+    /// 127.0.0.1 and print a table.
+    Bench(BenchArgs),
+}
+
+/// Options of `lcm bench`.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Complete trials to run.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    trials: u64,
+    /// Trials in flight at once.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    concurrency: u64,
+    /// Instead, hold this many engines at the IDLE waiting point and measure their memory.
+    #[arg(long, conflicts_with_all = ["trials", "concurrency"], value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    idle: Option<u64>,
+    /// Pause of the simulated trial enforcement before each callback, in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    callback_delay_ms: u64,
 }
 
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match Settings::load(cli.config.as_deref()) {
-        Ok(settings) => settings,
-        Err(e) => {
-            eprintln!("lcm: {e}");
-            return ExitCode::FAILURE;
+    let command = match cli.command.unwrap_or(Command::Serve) {
+        // The benchmark builds its own runtimes, to tell the LCM's threads from its own.
+        Command::Bench(args) => {
+            return bench::run(BenchOptions {
+                trials: args.trials as usize,
+                concurrency: args.concurrency as usize,
+                idle: args.idle.map(|n| n as usize),
+                callback_delay: Duration::from_millis(args.callback_delay_ms),
+            });
         }
+        command => command,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -48,12 +88,20 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => runtime.block_on(serve(settings)),
+    match command {
+        Command::Demo { port, exit } => runtime.block_on(demo::run(DemoOptions { port, exit })),
+        Command::Serve | Command::Bench(_) => runtime.block_on(serve(cli.config)),
     }
 }
 
-async fn serve(settings: Settings) -> ExitCode {
+async fn serve(config: Option<PathBuf>) -> ExitCode {
+    let settings = match Settings::load(config.as_deref()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("lcm: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let _guard = match telemetry::init(&settings.logging) {
         Ok(guard) => guard,
         Err(e) => {

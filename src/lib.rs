@@ -29,13 +29,19 @@
 //!   all and serves; [`cli`] is the command line.
 //! - [`sim`] holds simulated trial components (repository, enforcement, KPI monitoring) as
 //!   real HTTP servers with fault injection, for the tests, the demo and the benchmark.
+//! - [`demo`] (`lcm demo`) runs one trial against them on 127.0.0.1 through the REST API and
+//!   prints each step as it happens.
+//! - [`bench`] (`lcm bench`) drives many trials through the REST API and reports throughput,
+//!   per-step overhead, CPU, memory and threads of the LCM alone.
 //!
 //! Shared maps (jobs, engines, heartbeats, revoked tokens) are small, behind plain mutexes
 //! never held across an `.await`; everything long-lived is a task that owns its state.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod domain;
 pub mod engine;
 pub mod heartbeat;

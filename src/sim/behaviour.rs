@@ -20,6 +20,8 @@ struct Answer {
     status: u16,
     body: Option<Value>,
     callback: Option<Callback>,
+    /// A trial status the repository just stored: `(trial id, status)`.
+    status_change: Option<(String, String)>,
 }
 
 struct Callback {
@@ -32,6 +34,7 @@ fn answer(status: u16, body: Option<Value>) -> Answer {
         status,
         body,
         callback: None,
+        status_change: None,
     }
 }
 
@@ -67,14 +70,22 @@ pub async fn handle(
         body: json_body.clone(),
         authorization: authorization.clone(),
         at: Utc::now(),
+        answered_at: None,
     };
     let fault = take_fault(&sim, &recorded);
-    lock(&sim.requests).push(recorded);
+    let index = sim.record_request(recorded);
+    // Every way out goes through here, so the answer's time is taken just before it is sent.
+    let answered = |response: Response| {
+        sim.mark_answered(index);
+        response
+    };
     match &fault {
         Some(FaultAction::Status(code)) => {
-            return reply(*code, Some(json!({"detail": "injected failure"})));
+            return answered(reply(*code, Some(json!({"detail": "injected failure"}))));
         }
-        Some(FaultAction::Json(code, value)) => return reply(*code, Some(value.clone())),
+        Some(FaultAction::Json(code, value)) => {
+            return answered(reply(*code, Some(value.clone())));
+        }
         Some(FaultAction::Delay(pause)) => tokio::time::sleep(*pause).await,
         Some(FaultAction::Hang) => std::future::pending::<()>().await,
         _ => {}
@@ -107,14 +118,19 @@ pub async fn handle(
         }
     }
     if matches!(fault, Some(FaultAction::Garbage)) {
-        return (
-            StatusCode::from_u16(usual.status).unwrap_or(StatusCode::OK),
-            [(header::CONTENT_TYPE, "text/html")],
-            "<html><body>502 proxy error, not JSON</body></html>",
-        )
-            .into_response();
+        return answered(
+            (
+                StatusCode::from_u16(usual.status).unwrap_or(StatusCode::OK),
+                [(header::CONTENT_TYPE, "text/html")],
+                "<html><body>502 proxy error, not JSON</body></html>",
+            )
+                .into_response(),
+        );
     }
-    reply(usual.status, usual.body)
+    if let Some((trial, status)) = &usual.status_change {
+        sim.notify_status(trial, status);
+    }
+    answered(reply(usual.status, usual.body))
 }
 
 fn reply(status: u16, body: Option<Value>) -> Response {
@@ -150,6 +166,7 @@ fn take_fault(sim: &SimState, request: &RecordedRequest) -> Option<FaultAction> 
 }
 
 async fn call_back(sim: &SimState, callback: &Callback) {
+    let sent_at = Utc::now();
     let result = sim
         .http
         .post(&callback.url)
@@ -164,10 +181,11 @@ async fn call_back(sim: &SimState, callback: &Callback) {
         }
         Err(_) => (None, None),
     };
-    lock(&sim.callbacks).push(RecordedCallback {
+    sim.record_callback(RecordedCallback {
         url: callback.url.clone(),
         status,
         body,
+        sent_at,
         at: Utc::now(),
     });
 }
@@ -196,7 +214,13 @@ fn repository(sim: &SimState, method: &Method, path: &str, body: Option<&Value>)
             match (body.and_then(|b| b.get("status")), trial.as_object_mut()) {
                 (Some(status), Some(object)) => {
                     object.insert("status".to_owned(), status.clone());
-                    answer(204, None)
+                    let text = status
+                        .as_str()
+                        .map_or_else(|| status.to_string(), str::to_owned);
+                    Answer {
+                        status_change: Some(((*id).to_owned(), text)),
+                        ..answer(204, None)
+                    }
                 }
                 _ => answer(400, Some(json!({"detail": "status is required"}))),
             }
@@ -224,9 +248,8 @@ fn enforcement(
     };
     let with_callback = |status: u16, body: Option<Value>| match callback() {
         Some(callback) => Answer {
-            status,
-            body,
             callback: Some(callback),
+            ..answer(status, body)
         },
         None => answer(
             400,

@@ -1,13 +1,17 @@
 //! Simulated trial components: the trial repository, trial enforcement (which answers, then
 //! calls back `callback_url` with the token taken from the request body) and KPI monitoring
 //! (with an OAuth2 token endpoint). Each is a real HTTP server on 127.0.0.1 that records every
-//! request it receives and obeys injected [`Fault`]s. The integration tests, the demo and the
-//! benchmark drive the LCM against them.
+//! request it receives (with when it answered) and obeys injected [`Fault`]s. The integration
+//! tests, the demo and the benchmark drive the LCM against them; [`local`] serves an LCM wired
+//! to them, and [`operator`] drives an LCM over its REST API.
 
 mod behaviour;
+pub mod local;
+pub mod operator;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -15,6 +19,7 @@ use axum::Router;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::{OAuth2Settings, Secret, Settings};
@@ -36,7 +41,11 @@ pub struct RecordedRequest {
     pub query: HashMap<String, String>,
     pub body: Option<Value>,
     pub authorization: Option<String>,
+    /// When the request arrived.
     pub at: DateTime<Utc>,
+    /// When the component answered it (just before the answer was sent); `None` while it has
+    /// not, or if it never does.
+    pub answered_at: Option<DateTime<Utc>>,
 }
 
 impl RecordedRequest {
@@ -52,6 +61,18 @@ pub struct RecordedCallback {
     pub url: String,
     pub status: Option<u16>,
     pub body: Option<Value>,
+    /// When the component started sending it.
+    pub sent_at: DateTime<Utc>,
+    /// When the LCM's answer to it came back.
+    pub at: DateTime<Utc>,
+}
+
+/// A trial status the repository stored (`PUT /trial/{id}/`), sent to
+/// [`Platform::status_changes`] receivers just before the repository answers.
+#[derive(Debug, Clone)]
+pub struct StatusChange {
+    pub trial: String,
+    pub status: String,
     pub at: DateTime<Utc>,
 }
 
@@ -156,7 +177,50 @@ pub struct SimState {
     callbacks: Mutex<Vec<RecordedCallback>>,
     faults: Mutex<Vec<Fault>>,
     issued_tokens: Mutex<Vec<String>>,
+    /// Whether requests and callbacks are recorded (on by default).
+    recording: AtomicBool,
+    status_watchers: Mutex<Vec<mpsc::UnboundedSender<StatusChange>>>,
     http: reqwest::Client,
+}
+
+impl SimState {
+    /// Records a request; returns its index in the record, if recording is on.
+    fn record_request(&self, request: RecordedRequest) -> Option<usize> {
+        if !self.recording.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut requests = lock(&self.requests);
+        requests.push(request);
+        Some(requests.len() - 1)
+    }
+
+    /// Notes that the request recorded at `index` has been answered.
+    fn mark_answered(&self, index: Option<usize>) {
+        if let Some(index) = index
+            && let Some(request) = lock(&self.requests).get_mut(index)
+        {
+            request.answered_at = Some(Utc::now());
+        }
+    }
+
+    fn record_callback(&self, callback: RecordedCallback) {
+        if self.recording.load(Ordering::Relaxed) {
+            lock(&self.callbacks).push(callback);
+        }
+    }
+
+    fn notify_status(&self, trial: &str, status: &str) {
+        let mut watchers = lock(&self.status_watchers);
+        if watchers.is_empty() {
+            return;
+        }
+        let change = StatusChange {
+            trial: trial.to_owned(),
+            status: status.to_owned(),
+            at: Utc::now(),
+        };
+        watchers.retain(|watcher| watcher.send(change.clone()).is_ok());
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -192,6 +256,8 @@ impl Platform {
             callbacks: Mutex::new(Vec::new()),
             faults: Mutex::new(Vec::new()),
             issued_tokens: Mutex::new(Vec::new()),
+            recording: AtomicBool::new(true),
+            status_watchers: Mutex::new(Vec::new()),
             http,
         });
         let mut tasks = Vec::new();
@@ -326,6 +392,20 @@ impl Platform {
                     .map(str::to_owned)
             })
             .collect()
+    }
+
+    /// Turns the recording of requests and callbacks on or off (on by default). The benchmark
+    /// turns it off where the records would only weigh on the memory it measures.
+    pub fn set_recording(&self, on: bool) {
+        self.state.recording.store(on, Ordering::Relaxed);
+    }
+
+    /// Every trial status the repository stores from now on, as it stores it: how an operator
+    /// watching the registry learns that a trial is IDLE, ACTIVE or FINISHED.
+    pub fn status_changes(&self) -> mpsc::UnboundedReceiver<StatusChange> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        lock(&self.state.status_watchers).push(sender);
+        receiver
     }
 
     /// How many OAuth2 tokens KPI monitoring has issued.

@@ -4,6 +4,7 @@
 mod auth;
 mod callbacks;
 mod crash;
+mod demo;
 mod diagrams;
 mod failures;
 mod helpers;

@@ -1,0 +1,134 @@
+//! What the kernel says about this process (Linux `/proc/self`): resident memory, threads, and
+//! CPU time per thread, so the LCM's share can be told from the simulator's by thread name.
+
+use std::fs;
+use std::time::Duration;
+
+/// `/proc` counts CPU time in clock ticks of `USER_HZ`, which Linux fixes at 100 per second.
+const TICKS_PER_SECOND: u64 = 100;
+
+/// A `kB` field of `/proc/self/status` (`VmRSS`, `VmHWM`), in bytes.
+pub fn status_bytes(field: &str) -> Option<u64> {
+    status_value(field)
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+}
+
+/// The `Threads` field of `/proc/self/status`.
+pub fn threads() -> Option<u64> {
+    status_value("Threads")?.trim().parse().ok()
+}
+
+fn status_value(field: &str) -> Option<String> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        (name == field).then(|| value.trim().to_owned())
+    })
+}
+
+/// One live thread: its name and the CPU time it has used.
+#[derive(Debug, Clone)]
+pub struct ThreadCpu {
+    pub name: String,
+    pub cpu: Duration,
+}
+
+/// Every live thread of the process. A thread that has exited is no longer listed (its time
+/// still counts in [`process_cpu`]).
+pub fn thread_cpu() -> Vec<ThreadCpu> {
+    let Ok(tasks) = fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let stat = fs::read_to_string(task.path().join("stat")).ok()?;
+            // The name sits in parentheses and may hold spaces: split after the last ')'.
+            let open = stat.find('(')?;
+            let close = stat.rfind(')')?;
+            let name = stat.get(open + 1..close)?.to_owned();
+            Some(ThreadCpu {
+                name,
+                cpu: cpu_after_name(stat.get(close + 1..)?)?,
+            })
+        })
+        .collect()
+}
+
+/// CPU time (user + system) of the live threads whose name starts with `prefix`.
+pub fn cpu_of_threads(prefix: &str) -> Duration {
+    thread_cpu()
+        .into_iter()
+        .filter(|t| t.name.starts_with(prefix))
+        .map(|t| t.cpu)
+        .sum()
+}
+
+/// How many live threads have a name starting with `prefix`, by name.
+pub fn threads_named(prefix: &str) -> Vec<(String, usize)> {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for thread in thread_cpu() {
+        if !thread.name.starts_with(prefix) {
+            continue;
+        }
+        match counts.iter_mut().find(|(name, _)| *name == thread.name) {
+            Some((_, count)) => *count += 1,
+            None => counts.push((thread.name, 1)),
+        }
+    }
+    counts.sort();
+    counts
+}
+
+/// CPU time (user + system) of the whole process, every thread included.
+pub fn process_cpu() -> Duration {
+    fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            let close = stat.rfind(')')?;
+            cpu_after_name(stat.get(close + 1..)?)
+        })
+        .unwrap_or_default()
+}
+
+/// `utime` and `stime` are fields 14 and 15 of a `stat` line; after the name, field 3 (the
+/// state) comes first, so they are the 12th and 13th words.
+fn cpu_after_name(rest: &str) -> Option<Duration> {
+    let mut words = rest.split_whitespace().skip(11);
+    let utime: u64 = words.next()?.parse().ok()?;
+    let stime: u64 = words.next()?.parse().ok()?;
+    Some(Duration::from_millis(
+        (utime + stime) * 1000 / TICKS_PER_SECOND,
+    ))
+}
+
+/// The soft limit on open files (`ulimit -n`).
+pub fn open_files_limit() -> Option<u64> {
+    let limits = fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process() {
+        assert!(status_bytes("VmRSS").unwrap_or(0) > 0);
+        assert!(status_bytes("VmHWM").unwrap_or(0) > 0);
+        assert!(threads().unwrap_or(0) >= 1);
+        assert!(!thread_cpu().is_empty());
+    }
+
+    #[test]
+    fn parses_a_stat_line() {
+        let rest = " R 1 2 3 4 5 6 7 8 9 10 250 50 0 0";
+        assert_eq!(cpu_after_name(rest), Some(Duration::from_millis(3000)));
+    }
+}
