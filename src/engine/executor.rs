@@ -50,7 +50,8 @@ impl SignalOutcome {
 
 /// A backup for the watchdog, acknowledged once it is kept (and, with a store, saved).
 pub struct Checkpoint {
-    pub backup: Backup,
+    /// Boxed: every engine's channel keeps a block of slots, which stays small this way.
+    pub backup: Box<Backup>,
     pub ack: oneshot::Sender<Result<(), String>>,
 }
 
@@ -308,7 +309,7 @@ impl Executor {
     async fn checkpoint(&self) -> Result<(), String> {
         let (ack, acked) = oneshot::channel();
         let checkpoint = Checkpoint {
-            backup: self.backup(),
+            backup: Box::new(self.backup()),
             ack,
         };
         if self.checkpoints.send(checkpoint).await.is_err() {
@@ -378,7 +379,10 @@ impl Executor {
         let (ack, acked) = oneshot::channel();
         if self
             .checkpoints
-            .send(Checkpoint { backup, ack })
+            .send(Checkpoint {
+                backup: Box::new(backup),
+                ack,
+            })
             .await
             .is_ok()
             && let Ok(Err(e)) = acked.await

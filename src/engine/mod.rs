@@ -165,7 +165,7 @@ impl EngineHandle {
 
     /// The history so far and a receiver of every later event (no gap, no repeat: events in
     /// the receiver that are already in the history have a `seq` below its length).
-    pub fn events(&self) -> (Arc<Vec<TrialEvent>>, broadcast::Receiver<TrialEvent>) {
+    pub fn events(&self) -> (Arc<Vec<Arc<TrialEvent>>>, broadcast::Receiver<TrialEvent>) {
         let receiver = {
             let mut events = self.shared.events.lock().unwrap_or_else(|p| p.into_inner());
             events
@@ -244,7 +244,7 @@ impl EngineShared {
     }
 
     /// Makes an event of the history known: in the snapshot and to live subscribers.
-    pub fn announce(&self, history: &Arc<Vec<TrialEvent>>, event: TrialEvent) {
+    pub fn announce(&self, history: &Arc<Vec<Arc<TrialEvent>>>, event: TrialEvent) {
         self.state.send_modify(|s| s.history = history.clone());
         let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(sender) = &*events {

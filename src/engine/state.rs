@@ -128,17 +128,18 @@ pub struct TrialData {
     /// The last status this LCM wrote to the trial repository (including `FAILED`).
     #[serde(default)]
     pub repository_status: Option<String>,
-    /// Every response, in order. Shared copy-on-write with the snapshots.
-    pub responses: Arc<Vec<ResponseRecord>>,
-    /// Every transition, in order. Shared copy-on-write with the snapshots.
+    /// Every response, in order. Shared copy-on-write with the snapshots; each record is
+    /// behind its own `Arc`, so a copy of the list copies pointers, not JSON bodies.
+    pub responses: Arc<Vec<Arc<ResponseRecord>>>,
+    /// Every transition, in order, shared the same way.
     #[serde(default)]
-    pub history: Arc<Vec<TrialEvent>>,
+    pub history: Arc<Vec<Arc<TrialEvent>>>,
 }
 
 impl TrialData {
     /// Adds a response record.
     pub fn record(&mut self, record: ResponseRecord) {
-        Arc::make_mut(&mut self.responses).push(record);
+        Arc::make_mut(&mut self.responses).push(Arc::new(record));
     }
 
     /// Adds an event to the history (numbering it) and returns it.
@@ -158,7 +159,7 @@ impl TrialData {
             detail,
             duration_ms,
         };
-        history.push(entry.clone());
+        history.push(Arc::new(entry.clone()));
         entry
     }
 }
@@ -185,8 +186,8 @@ pub struct Snapshot {
     /// Failed, with the failure procedure done (repository told, file written): a restore
     /// may start.
     pub restorable: bool,
-    pub responses: Arc<Vec<ResponseRecord>>,
-    pub history: Arc<Vec<TrialEvent>>,
+    pub responses: Arc<Vec<Arc<ResponseRecord>>>,
+    pub history: Arc<Vec<Arc<TrialEvent>>>,
     pub created_at: DateTime<Utc>,
 }
 

@@ -64,7 +64,7 @@ impl Watchdog {
                 // Checkpoints first: one sent just before the executor ended must be kept.
                 biased;
                 Some(checkpoint) = self.checkpoints.recv() => {
-                    self.backup = checkpoint.backup;
+                    self.backup = *checkpoint.backup;
                     let status = if self.backup.failure.is_some() {
                         EngineStatus::Failed
                     } else {
