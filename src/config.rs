@@ -22,6 +22,9 @@ pub const PLACEHOLDER_API_KEY: &str = "Please_change_this";
 /// See [`PLACEHOLDER_API_KEY`].
 pub const PLACEHOLDER_TOKEN_SECRET: &str = "CHANGE_THIS";
 
+/// The longest duration a setting may give (ten years): beyond it timers overflow.
+const MAX_DURATION_SECS: u64 = 10 * 366 * 24 * 3600;
+
 /// A configuration that cannot be loaded or cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -84,8 +87,30 @@ pub struct Settings {
 pub struct ServerSettings {
     pub bind: String,
     pub public_url: String,
+    /// A list, or (from the environment) one comma-separated string.
+    #[serde(deserialize_with = "list_or_commas")]
     pub cors_origins: Vec<String>,
     pub max_body_bytes: usize,
+}
+
+fn list_or_commas<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrText {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match ListOrText::deserialize(deserializer)? {
+        ListOrText::List(list) => list,
+        ListOrText::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
 }
 
 /// `[auth]`
@@ -194,6 +219,14 @@ pub struct AbstractionLayerSettings {
 impl Settings {
     /// Loads the layered configuration. `file` is the `--config` / `LCM_CONFIG` path.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, None)
+    }
+
+    /// [`Settings::load`], reading `env` instead of the process environment when given.
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Self, ConfigError> {
         let mut builder = Config::builder()
             .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
             .add_source(File::new("config/default.toml", FileFormat::Toml).required(false));
@@ -208,12 +241,12 @@ impl Settings {
         }
         let settings: Settings = builder
             .add_source(
+                // Values stay text (an API key "0123" must not become 123); typed fields
+                // parse their text when the settings are read.
                 Environment::with_prefix("LCM")
                     .prefix_separator("__")
                     .separator("__")
-                    .try_parsing(true)
-                    .list_separator(",")
-                    .with_list_parse_key("server.cors_origins"),
+                    .source(env),
             )
             .build()?
             .try_deserialize()?;
@@ -245,6 +278,35 @@ impl Settings {
         }
         if self.auth.token_ttl_secs == 0 {
             return Err(invalid("auth.token_ttl_secs", "must be greater than 0"));
+        }
+        for (key, value) in [
+            (
+                "executor.request_timeout_secs",
+                Some(self.executor.request_timeout_secs),
+            ),
+            (
+                "executor.callback_timeout_secs",
+                Some(self.executor.callback_timeout_secs),
+            ),
+            (
+                "executor.operator_timeout_secs",
+                self.executor.operator_timeout_secs,
+            ),
+            (
+                "scheduler.poll_interval_secs",
+                Some(self.scheduler.poll_interval_secs),
+            ),
+            (
+                "heartbeat.interval_secs",
+                Some(self.heartbeat.interval_secs),
+            ),
+        ] {
+            if value.is_some_and(|v| v > MAX_DURATION_SECS) {
+                return Err(invalid(
+                    key,
+                    format!("at most {MAX_DURATION_SECS} (ten years)"),
+                ));
+            }
         }
         if self.executor.request_timeout_secs == 0 {
             return Err(invalid(
@@ -318,6 +380,26 @@ impl Settings {
                 ),
             )
         })
+    }
+
+    /// Every secret value of the configuration, to keep out of what is recorded.
+    pub fn secret_values(&self) -> Vec<&str> {
+        let services = &self.services;
+        let mut secrets = vec![
+            self.auth.api_key.expose(),
+            self.auth.token_secret.expose(),
+            services.abstraction_layer.password.expose(),
+        ];
+        for service in [
+            &services.trial_repository,
+            &services.trial_enforcement,
+            &services.kpi_monitoring,
+        ] {
+            secrets.extend(service.apikey.as_ref().map(Secret::expose));
+            secrets.extend(service.password.as_ref().map(Secret::expose));
+            secrets.extend(service.oauth2.as_ref().map(|o| o.client_secret.expose()));
+        }
+        secrets
     }
 
     /// Warnings about settings that work but should not reach production.
@@ -411,6 +493,45 @@ mod tests {
         settings.services.trial_repository.url = "ftp://x".into();
         let err = settings.validate().unwrap_err().to_string();
         assert!(err.contains("services.trial_repository.url"), "{err}");
+    }
+
+    #[test]
+    fn environment_values_keep_their_text_and_typed_keys_parse() {
+        let env = [
+            ("LCM__AUTH__API_KEY", "0123"),
+            ("LCM__AUTH__TOKEN_SECRET", "1e3"),
+            (
+                "LCM__SERVER__CORS_ORIGINS",
+                "https://a.example, https://b.example",
+            ),
+            ("LCM__EXECUTOR__REQUEST_TIMEOUT_SECS", "7"),
+            ("LCM__EXECUTOR__DISABLE_VNF", "false"),
+            ("LCM__EXECUTOR__OPERATOR_TIMEOUT_SECS", "60"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let settings = Settings::load_with_env(None, Some(env)).expect("loads");
+        assert_eq!(settings.auth.api_key.expose(), "0123");
+        assert_eq!(settings.auth.token_secret.expose(), "1e3");
+        assert_eq!(
+            settings.server.cors_origins,
+            ["https://a.example", "https://b.example"]
+        );
+        assert_eq!(settings.executor.request_timeout_secs, 7);
+        assert!(!settings.executor.disable_vnf);
+        assert_eq!(settings.executor.operator_timeout_secs, Some(60));
+
+        let huge = [(
+            "LCM__EXECUTOR__CALLBACK_TIMEOUT_SECS".to_owned(),
+            u64::MAX.to_string(),
+        )]
+        .into_iter()
+        .collect();
+        let err = Settings::load_with_env(None, Some(huge))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("executor.callback_timeout_secs"), "{err}");
     }
 
     #[test]

@@ -74,6 +74,8 @@ impl Heartbeats {
         let task = tokio::spawn(
             async move {
                 let mut ticker = tokio::time::interval(interval);
+                // A check slower than the interval is followed by a pause, not a burst.
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     ticker.tick().await;
                     let results = check(&services).await;

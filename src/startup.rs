@@ -12,6 +12,7 @@ use tracing::info;
 
 use crate::api::{self, AppInner, AppState};
 use crate::config::Settings;
+use crate::engine::redact::Redactor;
 use crate::engine::{EngineDeps, EngineHooks};
 use crate::heartbeat::Heartbeats;
 use crate::scheduler::Scheduler;
@@ -93,6 +94,7 @@ impl Application {
             services: services.clone(),
             tokens: tokens.clone(),
             store,
+            redactor: Redactor::new(settings.secret_values()),
             hooks,
         });
         let scheduler = Scheduler::new(deps);

@@ -94,7 +94,12 @@ async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let (history, receiver) = engine_of(&state, &id)?.events();
     let finished = history.iter().any(|e| e.event == EventKind::TrialFinished);
-    let replay = stream::iter(history.iter().map(|e| TrialEvent::clone(e)).collect::<Vec<_>>());
+    let replay = stream::iter(
+        history
+            .iter()
+            .map(|e| TrialEvent::clone(e))
+            .collect::<Vec<_>>(),
+    );
     let live = stream::unfold(
         (receiver, history.len(), finished),
         |(mut receiver, next, done)| async move {

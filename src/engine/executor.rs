@@ -301,6 +301,7 @@ impl Executor {
             position: self.position,
             data: self.data.clone(),
             accepted: self.accepted.clone(),
+            held: self.held.clone(),
             failure: None,
         }
     }

@@ -10,7 +10,7 @@ use serde_json::json;
 use tracing::{error, info, warn};
 
 use super::EngineDeps;
-use super::redact::{REDACTED, redact_value};
+use super::redact::{REDACTED, Redactor};
 use super::state::{Backup, Position};
 use super::steps::record;
 use crate::domain::TrialId;
@@ -47,16 +47,20 @@ pub async fn report(deps: &EngineDeps, id: &TrialId, backup: &mut Backup, reason
         ),
         Err(e) => warn!(error = %e, "could not tell the trial repository FAILED"),
     }
-    backup.data.record(record(
-        REPORT_LABEL,
-        &request,
-        &reply,
-        backup.data.token.as_deref(),
-    ));
-    write_file(deps, id, backup, reason).await;
+    let redactor = deps.redactor.with(backup.data.token.as_deref());
+    backup
+        .data
+        .record(record(REPORT_LABEL, &request, &reply, &redactor));
+    write_file(deps, id, backup, reason, &redactor).await;
 }
 
-async fn write_file(deps: &EngineDeps, id: &TrialId, backup: &Backup, reason: &str) {
+async fn write_file(
+    deps: &EngineDeps,
+    id: &TrialId,
+    backup: &Backup,
+    reason: &str,
+    redactor: &Redactor,
+) {
     let state = match backup.position {
         Position::Run(step) => step.name().to_owned(),
         Position::Wait(wait) => format!("Waiting ({wait:?})"),
@@ -75,9 +79,7 @@ async fn write_file(deps: &EngineDeps, id: &TrialId, backup: &Backup, reason: &s
         },
         "responses": *backup.data.responses,
     });
-    if let Some(token) = &backup.data.token {
-        redact_value(&mut content, token);
-    }
+    redactor.value(&mut content);
     let path = failure_file(deps, id);
     let text = match serde_json::to_string_pretty(&content) {
         Ok(text) => text,

@@ -25,6 +25,7 @@ use crate::services::ServiceClient;
 use crate::store::{EngineRecord, Store};
 use crate::tokens::TokenManager;
 use executor::{Checkpoint, Executor, ExecutorExit, SignalOutcome, SignalRequest};
+use redact::Redactor;
 use sequence::{Signal, Step};
 use state::{Backup, EngineStatus, ExecutorStatus, Position, Snapshot, TrialData, TrialEvent};
 use watchdog::{RestoreError, RestoreRequest, Watchdog};
@@ -44,6 +45,8 @@ pub struct EngineDeps {
     pub services: ServiceClient,
     pub tokens: Arc<TokenManager>,
     pub store: Store,
+    /// Hides the configuration's secrets in whatever is recorded.
+    pub redactor: Redactor,
     pub hooks: EngineHooks,
 }
 
@@ -86,6 +89,7 @@ impl EngineHandle {
             position: Position::Run(sequence::FIRST),
             data: TrialData::default(),
             accepted: Vec::new(),
+            held: Vec::new(),
             failure: None,
         };
         Self::recover(
@@ -274,7 +278,7 @@ fn spawn_executor(
         position: backup.position,
         data: backup.data,
         accepted: backup.accepted,
-        held: Vec::new(),
+        held: backup.held,
         rerun,
         commands,
         checkpoints,

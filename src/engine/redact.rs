@@ -1,28 +1,57 @@
-//! Keeps the trial's callback token out of everything that is recorded or shown.
+//! Keeps secrets out of everything that is recorded or shown: the trial's callback token and
+//! every secret of the configuration (service API keys and passwords, the OAuth2 client
+//! secret, the abstraction layer's password), wherever a service echoes them back.
 
 use serde_json::Value;
 
 /// What stands in for a redacted secret.
 pub const REDACTED: &str = "[redacted]";
 
-/// Replaces the token wherever it occurs in the strings of a JSON value.
-pub fn redact_value(value: &mut Value, token: &str) {
-    if token.is_empty() {
-        return;
-    }
-    match value {
-        Value::String(s) if s.contains(token) => *s = s.replace(token, REDACTED),
-        Value::Array(items) => items.iter_mut().for_each(|v| redact_value(v, token)),
-        Value::Object(map) => map.values_mut().for_each(|v| redact_value(v, token)),
-        _ => {}
-    }
+/// The shortest value treated as a secret to hide.
+pub const MIN_SECRET_LEN: usize = 4;
+
+/// The secrets to hide.
+#[derive(Debug, Default, Clone)]
+pub struct Redactor {
+    secrets: Vec<String>,
 }
 
-/// Replaces the token in a text, if there is a token.
-pub fn redact_text(text: &str, token: Option<&str>) -> String {
-    match token {
-        Some(token) if !token.is_empty() => text.replace(token, REDACTED),
-        _ => text.to_owned(),
+impl Redactor {
+    /// Hides each of `secrets`. Values shorter than [`MIN_SECRET_LEN`] are left alone: hiding
+    /// a two-letter word everywhere would mangle every record and protect nothing.
+    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut secrets: Vec<String> = secrets
+            .into_iter()
+            .filter(|s| s.len() >= MIN_SECRET_LEN)
+            .map(str::to_owned)
+            .collect();
+        // Longest first, so a secret that contains another is hidden whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        Self { secrets }
+    }
+
+    /// These secrets and one more (the trial's token).
+    pub fn with(&self, extra: Option<&str>) -> Self {
+        Self::new(self.secrets.iter().map(String::as_str).chain(extra))
+    }
+
+    /// Replaces every secret in a text.
+    pub fn text(&self, text: &str) -> String {
+        self.secrets.iter().fold(text.to_owned(), |text, secret| {
+            text.replace(secret, REDACTED)
+        })
+    }
+
+    /// Replaces every secret in the strings of a JSON value.
+    pub fn value(&self, value: &mut Value) {
+        match value {
+            Value::String(s) if self.secrets.iter().any(|secret| s.contains(secret)) => {
+                *s = self.text(s);
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| self.value(v)),
+            Value::Object(map) => map.values_mut().for_each(|v| self.value(v)),
+            _ => {}
+        }
     }
 }
 
@@ -32,13 +61,18 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn token_is_redacted_everywhere() {
-        let mut value = json!({"a": "tok", "b": ["x tok y", {"c": "tok"}], "d": 1});
-        redact_value(&mut value, "tok");
+    fn every_secret_is_redacted_everywhere() {
+        let redactor = Redactor::new(["pass"]).with(Some("token"));
+        let mut value = json!({"a": "token", "b": ["x token y", {"c": "pass"}], "d": 1});
+        redactor.value(&mut value);
         assert_eq!(
             value,
             json!({"a": REDACTED, "b": [format!("x {REDACTED} y"), {"c": REDACTED}], "d": 1})
         );
-        assert_eq!(redact_text("Bearer tok", Some("tok")), "Bearer [redacted]");
+        assert_eq!(
+            redactor.text("Bearer token pass"),
+            "Bearer [redacted] [redacted]"
+        );
+        assert_eq!(Redactor::new(["", "lcm"]).text("lcm kept"), "lcm kept");
     }
 }

@@ -171,6 +171,10 @@ pub struct Backup {
     pub data: TrialData,
     /// Signals accepted so far, with the waiting point each was taken at (for duplicates).
     pub accepted: Vec<(Wait, Signal)>,
+    /// Early signals kept for a waiting point not reached yet: a component was told they
+    /// were accepted, so they are saved with the rest.
+    #[serde(default)]
+    pub held: Vec<(Wait, Signal)>,
     /// Why the executor failed, if the backup was taken at a failure.
     pub failure: Option<String>,
 }

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::EngineDeps;
 use super::nst;
-use super::redact::{redact_text, redact_value};
+use super::redact::Redactor;
 use super::sequence::Step;
 use super::state::{KpiStatus, ResponseRecord, TrialData, TrialInfo};
 use crate::domain::TrialId;
@@ -264,12 +264,12 @@ async fn remove_callback_token(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     Ok(())
 }
 
-/// The record of one answer (or of its absence), with the trial's token redacted.
+/// The record of one answer (or of its absence), with every secret redacted.
 pub fn record(
     label: &str,
     request: &Outbound,
     reply: &Result<Reply, SendError>,
-    token: Option<&str>,
+    redactor: &Redactor,
 ) -> ResponseRecord {
     let mut record = ResponseRecord {
         step: label.to_owned(),
@@ -291,12 +291,10 @@ pub fn record(
         }
         Err(e) => record.error = Some(e.to_string()),
     }
-    if let Some(token) = token {
-        if let Some(body) = &mut record.body {
-            redact_value(body, token);
-        }
-        record.error = record.error.map(|e| redact_text(&e, Some(token)));
+    if let Some(body) = &mut record.body {
+        redactor.value(body);
     }
+    record.error = record.error.map(|e| redactor.text(&e));
     record
 }
 
@@ -321,20 +319,16 @@ impl StepCx<'_> {
         expected: &[u16],
     ) -> Result<Value, StepError> {
         let reply = self.deps.services.send(&request).await;
-        let token = self.data.token.clone();
-        let token = token.as_deref();
-        let entry = record(self.step.name(), &request, &reply, token);
+        let redactor = self.deps.redactor.with(self.data.token.as_deref());
+        let entry = record(self.step.name(), &request, &reply, &redactor);
         self.data.record(entry);
         let reply = reply.map_err(|e| {
-            StepError(redact_text(
-                &format!(
-                    "{} {} {}: {e}",
-                    request.service.name(),
-                    request.method,
-                    request.path
-                ),
-                token,
-            ))
+            StepError(redactor.text(&format!(
+                "{} {} {}: {e}",
+                request.service.name(),
+                request.method,
+                request.path
+            )))
         })?;
         if !expected.contains(&reply.status) {
             let detail = reply
@@ -342,8 +336,7 @@ impl StepCx<'_> {
                 .as_deref()
                 .map(|t| format!(": {t}"))
                 .unwrap_or_default();
-            return Err(StepError(redact_text(
-                &format!(
+            return Err(StepError(redactor.text(&format!(
                     "{} {} {} answered {} (expected {}){detail}",
                     request.service.name(),
                     request.method,
@@ -354,11 +347,13 @@ impl StepCx<'_> {
                         .map(u16::to_string)
                         .collect::<Vec<_>>()
                         .join(" or "),
-                ),
-                token,
-            )));
+                ))));
         }
-        Ok(reply.json.unwrap_or(Value::Null))
+        // What a step keeps of an answer (the deployed slice, the measurement job) is kept
+        // without secrets too.
+        let mut json = reply.json.unwrap_or(Value::Null);
+        redactor.value(&mut json);
+        Ok(json)
     }
 
     /// `GET trial_repository /trial/{id}/`, which must answer a JSON object.

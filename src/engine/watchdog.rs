@@ -140,6 +140,9 @@ impl Watchdog {
             s.failure = Some(reason.clone());
         });
         self.backup.failure = Some(reason.clone());
+        // The executor may have logged events after its last checkpoint: keep them, so the
+        // history never goes backwards.
+        self.backup.data.history = self.shared.state.borrow().history.clone();
         let event =
             self.backup
                 .data

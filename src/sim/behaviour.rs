@@ -130,7 +130,13 @@ pub async fn handle(
     if let Some((trial, status)) = &usual.status_change {
         sim.notify_status(trial, status);
     }
-    answered(reply(usual.status, usual.body))
+    let mut body = usual.body;
+    if matches!(fault, Some(FaultAction::EchoRequest))
+        && let Some(Value::Object(map)) = &mut body
+    {
+        map.insert("echo".to_owned(), json_body.clone().unwrap_or(Value::Null));
+    }
+    answered(reply(usual.status, body))
 }
 
 fn reply(status: u16, body: Option<Value>) -> Response {

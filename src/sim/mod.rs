@@ -95,6 +95,9 @@ pub enum FaultAction {
     EarlyCallback,
     /// Make the callback twice (a component retrying).
     DuplicateCallback,
+    /// Answer as usual, with the request's JSON body echoed under `"echo"` (a component
+    /// that repeats what it was sent, secrets included).
+    EchoRequest,
 }
 
 /// A fault for requests whose method and path match.

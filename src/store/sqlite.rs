@@ -248,6 +248,7 @@ mod tests {
                     ..TrialData::default()
                 },
                 accepted: Vec::new(),
+                held: Vec::new(),
                 failure: None,
             },
         }

@@ -393,3 +393,103 @@ async fn a_rerun_delete_that_finds_the_job_gone_counts_as_done() {
         .count();
     assert_eq!(deletes, 2);
 }
+
+#[tokio::test]
+async fn secrets_a_service_echoes_back_are_redacted_everywhere() {
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(|s| {
+            s.services.abstraction_layer.password = lcm::config::Secret::new("al-secret-pw");
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    let id = "echo";
+    for path in ["/sliceDeployment", "/measurementjobs"] {
+        app.platform.inject(Fault::new(
+            Component::Enforcement,
+            "POST",
+            path,
+            FaultAction::EchoRequest,
+        ));
+    }
+    app.platform.inject(Fault::new(
+        Component::Enforcement,
+        "POST",
+        "/flightplan",
+        FaultAction::Status(500),
+    ));
+    app.start_trial(id).await;
+    app.wait_failed(id).await;
+    let token = app.token_of(id);
+    let requests = app.platform.requests_for(id);
+    let job_request = requests.iter().find(|r| r.path == "/measurementjobs");
+    assert!(job_request.is_none(), "the trial failed before the job");
+
+    let responses = app.get(&format!("/trial/{id}/responses")).await.body;
+    let slice = responses["responses"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|r| r["step"] == "SliceDeployment" && r["status"] == 201)
+        .expect("slice answer");
+    assert_eq!(
+        slice["body"]["echo"]["Authorization"], "[redacted]",
+        "{slice}"
+    );
+    let file = std::fs::read_to_string(app.logs.path().join(format!("executor_{id}_fail.log")))
+        .expect("failure file");
+    for shown in [responses.to_string(), file] {
+        assert!(!shown.contains(&token), "the token leaked");
+        assert!(!shown.contains("eyJ"), "a token leaked");
+    }
+}
+
+#[tokio::test]
+async fn a_password_echoed_in_the_measurement_job_is_not_kept() {
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(|s| {
+            s.services.abstraction_layer.password = lcm::config::Secret::new("al-secret-pw");
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    let id = "echo-job";
+    app.platform.inject(Fault::new(
+        Component::Enforcement,
+        "POST",
+        "/measurementjobs",
+        FaultAction::EchoRequest,
+    ));
+    app.platform.inject(Fault::new(
+        Component::Kpi,
+        "POST",
+        "/markKPIData",
+        FaultAction::Status(500),
+    ));
+    app.start_trial(id).await;
+    app.wait_failed(id).await;
+    let sent = app
+        .platform
+        .requests_for(id)
+        .into_iter()
+        .find(|r| r.path == "/measurementjobs")
+        .expect("job request");
+    assert_eq!(
+        sent.body.expect("body")["measurement_job"]["auth"]["password"],
+        "al-secret-pw"
+    );
+    let file = std::fs::read_to_string(app.logs.path().join(format!("executor_{id}_fail.log")))
+        .expect("failure file");
+    let responses = app
+        .get(&format!("/trial/{id}/responses"))
+        .await
+        .body
+        .to_string();
+    for shown in [responses, file] {
+        assert!(
+            !shown.contains("al-secret-pw"),
+            "the password leaked: {shown}"
+        );
+        assert!(shown.contains("[redacted]"));
+    }
+}
