@@ -110,6 +110,7 @@ impl Application {
             tokens,
             heartbeats,
             started: Instant::now(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
         });
         Ok(Self {
             listener,
@@ -140,8 +141,12 @@ impl Application {
         } = self;
         info!(addr = %listener.local_addr()?, "Lifecycle Manager listening");
         let app = api::router(state.clone());
+        let streams = state.shutdown.clone();
         let result = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                streams.cancel();
+            })
             .await;
         poller.abort();
         state.scheduler.shutdown();

@@ -57,7 +57,7 @@ async fn restore(
                 "state": snapshot.state(),
             })))
         }
-        Err(e @ (RestoreError::Running | RestoreError::Finished)) => {
+        Err(e @ (RestoreError::Running | RestoreError::Finished | RestoreError::Reporting)) => {
             Err(ApiError::conflict(e.to_string()))
         }
         Err(e @ RestoreError::Gone) => Err(ApiError::not_found(e.to_string())),
@@ -88,7 +88,13 @@ async fn remove(
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Message>, ApiError> {
-    match state.scheduler.delete_engine(&id).await? {
+    let deleted = state.scheduler.delete_engine(&id).await.map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("the engine is stopped, but its removal was not saved ({e}); delete it again"),
+        )
+    })?;
+    match deleted {
         true => {
             info!(trial = %id, "engine stopped and removed");
             Ok(Json(Message::new(format!(

@@ -47,6 +47,9 @@ pub struct AppInner {
     pub tokens: Arc<TokenManager>,
     pub heartbeats: Heartbeats,
     pub started: Instant,
+    /// Cancelled when the service begins to shut down: long-lived answers (event streams)
+    /// end then, so the graceful shutdown does not wait on them.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {

@@ -121,7 +121,10 @@ async fn events(
             }
         },
     );
-    let stream = replay.chain(live).map(|event| Ok(to_sse(&event)));
+    let stream = replay
+        .chain(live)
+        .map(|event| Ok(to_sse(&event)))
+        .take_until(state.shutdown.clone().cancelled_owned());
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 

@@ -67,7 +67,7 @@ pub struct EngineShared {
 #[derive(Default)]
 struct Tasks {
     executor: Option<AbortHandle>,
-    watchdog: Option<AbortHandle>,
+    watchdog: Option<JoinHandle<()>>,
 }
 
 /// How many signals may queue for an executor; it answers them at once, so few ever wait.
@@ -147,7 +147,7 @@ impl EngineHandle {
                 restores: restore_rx,
             };
             let handle = watchdog::spawn(watchdog, shared.span());
-            shared.tasks().watchdog = Some(handle.abort_handle());
+            shared.tasks().watchdog = Some(handle);
         }
         Self { shared }
     }
@@ -209,8 +209,14 @@ impl EngineHandle {
 
     /// Restores a failed engine from its backup.
     pub async fn restore(&self) -> Result<(), RestoreError> {
-        if self.shared.state.borrow().engine == EngineStatus::Finished {
-            return Err(RestoreError::Finished);
+        {
+            let state = self.shared.state.borrow();
+            if state.engine == EngineStatus::Finished {
+                return Err(RestoreError::Finished);
+            }
+            if state.engine == EngineStatus::Failed && !state.restorable {
+                return Err(RestoreError::Reporting);
+            }
         }
         let (reply, answer) = oneshot::channel();
         self.shared
@@ -223,18 +229,35 @@ impl EngineHandle {
 
     /// Stops both tasks; a request in flight is cancelled.
     pub fn stop(&self) {
-        let mut tasks = self.shared.tasks();
-        for task in [tasks.watchdog.take(), tasks.executor.take()]
-            .into_iter()
-            .flatten()
-        {
-            task.abort();
+        let watchdog = self.abort_tasks();
+        drop(watchdog);
+    }
+
+    /// Stops both tasks and waits until the watchdog has ended, so no write of this engine
+    /// can reach the store after the caller's next one.
+    pub async fn stop_and_wait(&self) {
+        if let Some(watchdog) = self.abort_tasks() {
+            // An aborted task ends with a cancellation error; that is the point.
+            let _ = watchdog.await;
         }
-        drop(tasks);
+    }
+
+    fn abort_tasks(&self) -> Option<JoinHandle<()>> {
+        let (watchdog, executor) = {
+            let mut tasks = self.shared.tasks();
+            (tasks.watchdog.take(), tasks.executor.take())
+        };
+        if let Some(executor) = executor {
+            executor.abort();
+        }
+        if let Some(watchdog) = &watchdog {
+            watchdog.abort();
+        }
         self.shared.state.send_modify(|s| {
             s.engine = EngineStatus::Stopped;
             s.executor = ExecutorStatus::Stopped;
         });
+        watchdog
     }
 }
 

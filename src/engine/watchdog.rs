@@ -23,6 +23,10 @@ pub enum RestoreError {
     Finished,
     #[error("the engine is gone")]
     Gone,
+    #[error(
+        "the failure procedure is still running (repository report, failure file); retry in a moment"
+    )]
+    Reporting,
     #[error("the restore was not saved: {0}")]
     NotSaved(String),
 }

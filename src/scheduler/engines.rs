@@ -60,11 +60,9 @@ impl EngineRegistry {
         self.map().get(id).cloned()
     }
 
-    /// Stops and removes the engine of `id`.
+    /// Removes the engine of `id` from the registry (the caller has stopped it).
     pub fn remove(&self, id: &TrialId) -> Option<EngineHandle> {
-        let handle = self.map().remove(id)?;
-        handle.stop();
-        Some(handle)
+        self.map().remove(id)
     }
 
     /// Every engine's id and status, sorted by id.

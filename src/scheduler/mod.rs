@@ -199,25 +199,33 @@ impl Scheduler {
 
     /// Removes a scheduled job; `false` if there was none.
     pub async fn unschedule(&self, id: &TrialId) -> Result<bool, StoreError> {
+        if !self.jobs_map().contains_key(id) {
+            return Ok(false);
+        }
+        // Saved first: a removal that is not saved would come back at the next start.
+        self.store().write(Op::DeleteJob { id: id.clone() }).await?;
+        // The job may have fired meanwhile; then its engine runs and there is no job left.
         let Some(job) = self.jobs_map().remove(id) else {
             return Ok(false);
         };
         job.task.abort();
-        self.store().write(Op::DeleteJob { id: id.clone() }).await?;
         info!(trial = %id, "scheduled job removed");
         Ok(true)
     }
 
-    /// Stops and removes a trial's engine; `false` if there was none.
+    /// Stops and removes a trial's engine; `false` if there was none. If the removal cannot
+    /// be saved the engine stays listed (stopped), so the delete can be tried again.
     pub async fn delete_engine(&self, id: &TrialId) -> Result<bool, StoreError> {
-        if self.inner.engines.remove(id).is_none() {
+        let Some(engine) = self.inner.engines.get(id) else {
             return Ok(false);
-        }
-        // The store applies writes in order, so a checkpoint the engine sent before it was
-        // stopped cannot land after this delete.
+        };
+        // Once the watchdog has ended, every write it made is queued ahead of this delete,
+        // and the store applies writes in order: the engine cannot come back.
+        engine.stop_and_wait().await;
         self.store()
             .write(Op::DeleteEngine { id: id.clone() })
             .await?;
+        self.inner.engines.remove(id);
         Ok(true)
     }
 

@@ -400,3 +400,64 @@ async fn a_store_that_is_not_a_database_stops_start_up() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn sigterm_stops_the_service_even_with_an_event_stream_open() {
+    let platform = Platform::start(SimOptions {
+        kpi_oauth2: false,
+        ..SimOptions::default()
+    })
+    .await
+    .expect("simulators");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    write_config(dir.path(), port, &platform);
+    let id = "streamed";
+    platform.add_trial(Platform::trial(id, None));
+    let child = start_binary(dir.path(), port).await;
+    let pid = child.id().expect("pid");
+    let app = TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        client: reqwest::Client::new(),
+        platform,
+        logs: tempfile::tempdir().expect("tempdir"),
+        server: Server::Process(child),
+    };
+    app.start_trial(id).await;
+    app.wait_waiting(id, "operator (active or finish)").await;
+    let mut stream = app
+        .client
+        .get(format!("{}/trial/{id}/events", app.address))
+        .header("Authorization", API_KEY)
+        .send()
+        .await
+        .expect("events");
+    assert_eq!(stream.status(), StatusCode::OK);
+    assert!(
+        stream.chunk().await.expect("reads").is_some(),
+        "the history arrives"
+    );
+
+    let killed = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await
+        .expect("kill runs");
+    assert!(killed.success());
+    let Server::Process(mut child) = app.server_taken() else {
+        unreachable!("the binary runs as a process");
+    };
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the service stops within 10 s")
+        .expect("exit status");
+    assert!(status.success(), "{status}");
+    let rest = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(rest.is_ok(), "the event stream ended");
+}

@@ -73,6 +73,13 @@ pub struct TestApp {
     pub server: Server,
 }
 
+impl TestApp {
+    /// Takes the server out (the app keeps a finished placeholder in its place).
+    pub fn server_taken(mut self) -> Server {
+        std::mem::replace(&mut self.server, Server::Task(tokio::spawn(async {})))
+    }
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         match &mut self.server {

@@ -33,11 +33,15 @@ async fn poll(app: &TestApp, id: &str, done: impl Fn(&Value) -> bool) {
 async fn two_hundred_trials_at_once_all_finish() {
     let app = spawn_app().await;
     let ids: Vec<String> = (0..TRIALS).map(|i| format!("load-{i:03}")).collect();
-    let start = in_ms(1500);
+    let start = in_ms(4000);
     for id in &ids {
         app.platform.add_trial(Platform::trial(id, None));
-        assert_eq!(app.schedule(id, &start).await.status, StatusCode::OK);
     }
+    join_all(ids.iter().map(|id| {
+        let (app, start) = (&app, &start);
+        async move { assert_eq!(app.schedule(id, start).await.status, StatusCode::OK) }
+    }))
+    .await;
     join_all(ids.iter().map(|id| {
         let app = &app;
         async move {

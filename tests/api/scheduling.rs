@@ -123,7 +123,7 @@ async fn scheduling_a_trial_that_has_an_engine_is_409() {
 async fn unscheduling_removes_the_job_and_it_never_fires() {
     let app = spawn_app().await;
     app.platform.add_trial(Platform::trial("t1", None));
-    let start = Utc::now() + chrono::Duration::milliseconds(800);
+    let start = Utc::now() + chrono::Duration::milliseconds(2_500);
     let answer = app
         .schedule("t1", &start.to_rfc3339_opts(SecondsFormat::Millis, true))
         .await;
