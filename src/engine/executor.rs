@@ -160,6 +160,9 @@ impl Executor {
                     match result {
                         Ok(()) => {
                             info!(step = step.name(), elapsed_ms, "step completed");
+                            if step == Step::GetCallbackToken {
+                                *self.shared.token() = self.data.token.clone();
+                            }
                             self.emit(EventKind::StepCompleted, Some(step), None, Some(elapsed_ms));
                             match sequence::after(step, vnf_enabled) {
                                 Then::Step(next) => Ok(Position::Run(next)),

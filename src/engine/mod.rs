@@ -62,6 +62,8 @@ pub struct EngineShared {
     /// Live events for `/events` subscribers; made on the first subscription, so an engine
     /// nobody watches carries no buffer.
     events: Mutex<Option<broadcast::Sender<TrialEvent>>>,
+    /// The trial's callback token once minted, so deleting the engine can revoke it.
+    token: Mutex<Option<String>>,
 }
 
 #[derive(Default)]
@@ -135,6 +137,7 @@ impl EngineHandle {
             restores,
             tasks: Mutex::new(Tasks::default()),
             events: Mutex::new(None),
+            token: Mutex::new(backup.data.token.clone()),
         });
         if matches!(status, EngineStatus::Active | EngineStatus::Failed) {
             let watchdog = Watchdog {
@@ -207,6 +210,11 @@ impl EngineHandle {
             .unwrap_or_else(|_| SignalOutcome::NotLive(self.shared.state.borrow().engine))
     }
 
+    /// The trial's callback token, once minted.
+    pub fn token(&self) -> Option<String> {
+        self.shared.token().clone()
+    }
+
     /// Restores a failed engine from its backup.
     pub async fn restore(&self) -> Result<(), RestoreError> {
         {
@@ -264,6 +272,10 @@ impl EngineHandle {
 impl EngineShared {
     fn commands(&self) -> std::sync::MutexGuard<'_, mpsc::Sender<SignalRequest>> {
         self.commands.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn token(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.token.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn tasks(&self) -> std::sync::MutexGuard<'_, Tasks> {

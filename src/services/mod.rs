@@ -145,6 +145,9 @@ struct ClientInner {
 const CONNECT_RETRY_DELAYS: [Duration; 2] =
     [Duration::from_millis(200), Duration::from_millis(800)];
 
+/// The largest answer body kept (1 MiB).
+pub const MAX_REPLY_BYTES: usize = 1024 * 1024;
+
 /// Installs the process-wide rustls crypto provider (ring) once; later calls do nothing.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -300,25 +303,30 @@ impl ServiceClient {
     async fn read_reply(
         &self,
         service: Service,
-        response: reqwest::Response,
+        mut response: reqwest::Response,
         started: Instant,
     ) -> Reply {
         let status = response.status().as_u16();
-        let bytes = match response.bytes().await {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                return Reply {
-                    status,
-                    json: None,
-                    text: Some(format!(
-                        "{} body could not be read: {}",
-                        service.name(),
-                        e.without_url()
-                    )),
-                    duration: started.elapsed(),
-                };
-            }
+        let unreadable = |reason: String| Reply {
+            status,
+            json: None,
+            text: Some(format!("{} body {reason}", service.name())),
+            duration: started.elapsed(),
         };
+        // Every answer is kept with the trial (and in each checkpoint): a runaway body is not.
+        let mut bytes = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) if bytes.len() + chunk.len() > MAX_REPLY_BYTES => {
+                    return unreadable(format!("is larger than {MAX_REPLY_BYTES} bytes: not kept"));
+                }
+                Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(e) => {
+                    return unreadable(format!("could not be read: {}", e.without_url()));
+                }
+            }
+        }
         let json = serde_json::from_slice::<Value>(&bytes).ok();
         let text = match (&json, bytes.is_empty()) {
             (None, false) => Some(String::from_utf8_lossy(&bytes).chars().take(200).collect()),

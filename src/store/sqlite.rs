@@ -56,6 +56,7 @@ impl SqliteBackend {
         let shown = path.display().to_string();
         let mut conn = Connection::open(&path)
             .map_err(|e| backend_error(&format!("cannot open {shown}"), e))?;
+        restrict_to_owner(&path);
         let setup = |conn: &mut Connection| -> rusqlite::Result<()> {
             conn.pragma_update(None, "journal_mode", "WAL")?;
             // With WAL, NORMAL keeps every commit across a crash of the process (not of the
@@ -84,6 +85,19 @@ impl SqliteBackend {
         Ok(Self { conn })
     }
 }
+
+/// The store holds callback tokens (a restored engine needs its own): only the service's user
+/// may read it. (SQLite gives its -wal and -shm files the database file's permissions.)
+#[cfg(unix)]
+fn restrict_to_owner(file: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)) {
+        tracing::warn!(path = %file.display(), error = %e, "cannot restrict the store's permissions");
+    }
+}
+
+#[cfg(not(unix))]
+fn restrict_to_owner(_: &Path) {}
 
 fn status_name(status: EngineStatus) -> &'static str {
     match status {
@@ -259,6 +273,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = SqliteBackend::open(dir.path()).unwrap();
         assert!(dir.path().join(FILE_NAME).is_file());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(FILE_NAME))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(
+                mode & 0o777,
+                0o600,
+                "only the owner reads the tokens it holds"
+            );
+        }
         let start = StartTime::parse("2999-01-01T10:00:00+02:00").unwrap();
         let t1 = TrialId::parse("t1").unwrap();
         store

@@ -346,7 +346,8 @@ async fn deleting_an_engine_cancels_the_request_in_flight() {
     let token = app.token_of(id);
     assert_eq!(
         app.callback(id, "slice", Some(&token)).await.status,
-        StatusCode::NOT_FOUND
+        StatusCode::UNAUTHORIZED,
+        "deleting the engine revoked its token"
     );
     let before = app.platform.requests().len();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -357,10 +358,15 @@ async fn deleting_an_engine_cancels_the_request_in_flight() {
     );
     assert_ne!(app.platform.trial_status(id).as_deref(), Some("FAILED"));
 
-    // The trial can be scheduled again once its engine is gone.
+    // The trial can be scheduled again once its engine is gone; the old token stays refused.
     app.platform.clear_faults();
     app.start_trial(id).await;
     app.wait_waiting(id, "operator (active or finish)").await;
+    assert_eq!(
+        app.callback(id, "slice", Some(&token)).await.status,
+        StatusCode::UNAUTHORIZED,
+        "the deleted engine's token was revoked"
+    );
 }
 
 #[tokio::test]
