@@ -181,17 +181,7 @@ async fn finish_while_going_active_is_kept_and_applied() {
         "{finish:?}"
     );
     app.wait_finished(id).await;
-    assert_eq!(
-        app.platform.status_history(id),
-        [
-            "ACTIVATING_1",
-            "ACTIVATING_2",
-            "IDLE",
-            "ACTIVE",
-            "STOPPING",
-            "FINISHED"
-        ]
-    );
+    assert_eq!(app.platform.status_history(id), FULL_HISTORY);
 }
 
 #[tokio::test]
@@ -298,16 +288,7 @@ async fn early_callbacks_are_kept_until_their_step_completes() {
             "{message}"
         );
     }
-    assert_eq!(
-        app.platform.status_history(id),
-        [
-            "ACTIVATING_1",
-            "ACTIVATING_2",
-            "IDLE",
-            "STOPPING",
-            "FINISHED"
-        ]
-    );
+    assert_eq!(app.platform.status_history(id), SHORT_HISTORY);
 }
 
 #[tokio::test]

@@ -77,12 +77,9 @@ url = "http://{}"
     std::fs::write(dir.join("lcm.toml"), config).expect("config written");
 }
 
-async fn status_of(app: &TestApp, id: &str) -> Value {
-    app.get(&format!("/trial/{id}/status")).await.body
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trials_survive_a_sigkill_and_complete_after_restart() {
+/// Simulated components, then the real binary on a free port configured against them;
+/// `prepare` adds trials and faults before the binary starts.
+async fn spawn_binary(prepare: impl FnOnce(&Platform)) -> (TestApp, tempfile::TempDir, u16) {
     let platform = Platform::start(SimOptions {
         kpi_oauth2: false,
         ..SimOptions::default()
@@ -95,7 +92,24 @@ async fn trials_survive_a_sigkill_and_complete_after_restart() {
         .expect("free port")
         .port();
     write_config(dir.path(), port, &platform);
+    prepare(&platform);
+    let child = start_binary(dir.path(), port).await;
+    let app = TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        client: reqwest::Client::new(),
+        platform,
+        logs: tempfile::tempdir().expect("tempdir"),
+        server: Server::Process(child),
+    };
+    (app, dir, port)
+}
 
+async fn status_of(app: &TestApp, id: &str) -> Value {
+    app.get(&format!("/trial/{id}/status")).await.body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trials_survive_a_sigkill_and_complete_after_restart() {
     let (mid, slice, idle, active, failed, future, late) = (
         "crash-mid",
         "crash-slice",
@@ -105,48 +119,42 @@ async fn trials_survive_a_sigkill_and_complete_after_restart() {
         "crash-future",
         "crash-late",
     );
-    for id in [mid, slice, idle, active, failed, future, late] {
-        platform.add_trial(Platform::trial(id, None));
-    }
-    platform.inject(
-        Fault::new(
-            Component::Enforcement,
-            "POST",
-            "/flightplan",
-            FaultAction::Delay(Duration::from_secs(60)),
-        )
-        .for_trial(mid)
-        .times(1),
-    );
-    platform.inject(
-        Fault::new(
-            Component::Enforcement,
-            "POST",
-            "/sliceDeployment",
-            FaultAction::DropCallback,
-        )
-        .for_trial(slice)
-        .times(1),
-    );
-    platform.inject(
-        Fault::new(
-            Component::Enforcement,
-            "POST",
-            "/sliceDeployment",
-            FaultAction::Status(500),
-        )
-        .for_trial(failed)
-        .times(1),
-    );
-
-    let child = start_binary(dir.path(), port).await;
-    let mut app = TestApp {
-        address: format!("http://127.0.0.1:{port}"),
-        client: reqwest::Client::new(),
-        platform,
-        logs: tempfile::tempdir().expect("tempdir"),
-        server: Server::Process(child),
-    };
+    let (mut app, dir, port) = spawn_binary(|platform| {
+        for id in [mid, slice, idle, active, failed, future, late] {
+            platform.add_trial(Platform::trial(id, None));
+        }
+        platform.inject(
+            Fault::new(
+                Component::Enforcement,
+                "POST",
+                "/flightplan",
+                FaultAction::Delay(Duration::from_secs(60)),
+            )
+            .for_trial(mid)
+            .times(1),
+        );
+        platform.inject(
+            Fault::new(
+                Component::Enforcement,
+                "POST",
+                "/sliceDeployment",
+                FaultAction::DropCallback,
+            )
+            .for_trial(slice)
+            .times(1),
+        );
+        platform.inject(
+            Fault::new(
+                Component::Enforcement,
+                "POST",
+                "/sliceDeployment",
+                FaultAction::Status(500),
+            )
+            .for_trial(failed)
+            .times(1),
+        );
+    })
+    .await;
 
     let soon = in_ms(1000);
     for id in [mid, slice, idle, active, failed] {
@@ -403,29 +411,13 @@ async fn a_store_that_is_not_a_database_stops_start_up() {
 
 #[tokio::test]
 async fn sigterm_stops_the_service_even_with_an_event_stream_open() {
-    let platform = Platform::start(SimOptions {
-        kpi_oauth2: false,
-        ..SimOptions::default()
-    })
-    .await
-    .expect("simulators");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    write_config(dir.path(), port, &platform);
     let id = "streamed";
-    platform.add_trial(Platform::trial(id, None));
-    let child = start_binary(dir.path(), port).await;
-    let pid = child.id().expect("pid");
-    let app = TestApp {
-        address: format!("http://127.0.0.1:{port}"),
-        client: reqwest::Client::new(),
-        platform,
-        logs: tempfile::tempdir().expect("tempdir"),
-        server: Server::Process(child),
+    let (app, _dir, _) =
+        spawn_binary(|platform| platform.add_trial(Platform::trial(id, None))).await;
+    let Server::Process(child) = &app.server else {
+        unreachable!("the binary runs as a process");
     };
+    let pid = child.id().expect("pid");
     app.start_trial(id).await;
     app.wait_waiting(id, "operator (active or finish)").await;
     let mut stream = app

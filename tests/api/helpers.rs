@@ -145,6 +145,25 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     }
 }
 
+/// The statuses a trial that goes active writes to the repository, in order.
+pub const FULL_HISTORY: [&str; 6] = [
+    "ACTIVATING_1",
+    "ACTIVATING_2",
+    "IDLE",
+    "ACTIVE",
+    "STOPPING",
+    "FINISHED",
+];
+
+/// The statuses a trial finished from IDLE writes to the repository, in order.
+pub const SHORT_HISTORY: [&str; 5] = [
+    "ACTIVATING_1",
+    "ACTIVATING_2",
+    "IDLE",
+    "STOPPING",
+    "FINISHED",
+];
+
 /// The requests a whole trial sends, in order (with or without going active).
 pub fn full_sequence(id: &str, with_active: bool) -> Vec<String> {
     let mut lines = vec![

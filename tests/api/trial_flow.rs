@@ -23,17 +23,7 @@ async fn a_trial_runs_from_schedule_to_finished_with_the_exact_requests() {
 
     let expected = full_sequence(id, true);
     assert_eq!(lines(&app, id), expected);
-    assert_eq!(
-        app.platform.status_history(id),
-        [
-            "ACTIVATING_1",
-            "ACTIVATING_2",
-            "IDLE",
-            "ACTIVE",
-            "STOPPING",
-            "FINISHED"
-        ]
-    );
+    assert_eq!(app.platform.status_history(id), FULL_HISTORY);
     for marked in [id.to_owned(), format!("slice-{id}")] {
         assert_eq!(
             app.platform.kpi_markings(&marked),
@@ -150,16 +140,7 @@ async fn finishing_from_idle_skips_active() {
     app.wait_finished(id).await;
 
     assert_eq!(lines(&app, id), full_sequence(id, false));
-    assert_eq!(
-        app.platform.status_history(id),
-        [
-            "ACTIVATING_1",
-            "ACTIVATING_2",
-            "IDLE",
-            "STOPPING",
-            "FINISHED"
-        ]
-    );
+    assert_eq!(app.platform.status_history(id), SHORT_HISTORY);
     assert_eq!(app.platform.kpi_markings(id), ["Idle", "Finished"]);
 }
 
@@ -220,17 +201,7 @@ async fn the_vnf_branch_runs_end_to_end() {
         callbacks.iter().all(|c| c.status == Some(200)),
         "{callbacks:?}"
     );
-    assert_eq!(
-        app.platform.status_history(id),
-        [
-            "ACTIVATING_1",
-            "ACTIVATING_2",
-            "IDLE",
-            "ACTIVE",
-            "STOPPING",
-            "FINISHED"
-        ]
-    );
+    assert_eq!(app.platform.status_history(id), FULL_HISTORY);
 }
 
 #[tokio::test]
