@@ -420,13 +420,7 @@ async fn sigterm_stops_the_service_even_with_an_event_stream_open() {
     let pid = child.id().expect("pid");
     app.start_trial(id).await;
     app.wait_waiting(id, "operator (active or finish)").await;
-    let mut stream = app
-        .client
-        .get(format!("{}/trial/{id}/events", app.address))
-        .header("Authorization", API_KEY)
-        .send()
-        .await
-        .expect("events");
+    let mut stream = app.open_events(id).await;
     assert_eq!(stream.status(), StatusCode::OK);
     assert!(
         stream.chunk().await.expect("reads").is_some(),

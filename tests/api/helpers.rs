@@ -340,6 +340,19 @@ impl TestApp {
         .await
     }
 
+    /// Opens the trial's event stream (`GET /trial/{id}/events`) with the API key.
+    pub async fn open_events(&self, id: &str) -> reqwest::Response {
+        let response = self
+            .client
+            .get(format!("{}/trial/{id}/events", self.address))
+            .header("Authorization", API_KEY)
+            .send()
+            .await
+            .expect("events");
+        assert_eq!(response.status(), StatusCode::OK);
+        response
+    }
+
     /// The failure file of a trial, parsed.
     pub fn failure_file(&self, id: &str) -> Option<Value> {
         let path = self.logs.path().join(format!("executor_{id}_fail.log"));

@@ -96,13 +96,7 @@ async fn the_event_stream_tells_a_whole_trial_in_order() {
     let id = "watched";
     app.start_trial(id).await;
     app.wait_engine(id).await;
-    let response = app
-        .client
-        .get(format!("{}/trial/{id}/events", app.address))
-        .header("Authorization", API_KEY)
-        .send()
-        .await
-        .expect("events");
+    let response = app.open_events(id).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert!(
         response.headers()["content-type"]
@@ -157,13 +151,7 @@ async fn the_event_stream_tells_a_whole_trial_in_order() {
             .all(|e| e["duration_ms"].is_u64()),
         "transitions carry durations"
     );
-    let late = app
-        .client
-        .get(format!("{}/trial/{id}/events", app.address))
-        .header("Authorization", API_KEY)
-        .send()
-        .await
-        .expect("events");
+    let late = app.open_events(id).await;
     assert_eq!(
         read_events(late).await,
         events,
