@@ -11,7 +11,7 @@ use tracing::{error, info, warn};
 use super::sequence::{self, Signal, Step, Then, WAITS, Wait, Waiter};
 use super::state::{Backup, EngineStatus, EventKind, ExecutorStatus, Position, TrialData};
 use super::steps::{self, StepCx, StepError};
-use super::{EngineDeps, EngineShared, failure};
+use super::{EngineDeps, EngineShared};
 use crate::domain::TrialId;
 
 /// A signal for the executor and where to send its answer.
@@ -337,49 +337,45 @@ impl Executor {
         self.shared.announce(&self.data.history, event);
     }
 
+    /// Shows the engine's state to the API.
     fn publish(&self, executor: ExecutorStatus) {
+        let engine = match executor {
+            ExecutorStatus::Finished => EngineStatus::Finished,
+            ExecutorStatus::Failed => EngineStatus::Failed,
+            _ => EngineStatus::Active,
+        };
         self.shared.state.send_modify(|s| {
-            s.engine = EngineStatus::Active;
+            s.engine = engine;
             s.executor = executor;
             s.position = self.position;
             s.kpi_status = self.data.kpi_status;
-            s.failure = None;
             s.responses = self.data.responses.clone();
+            if executor != ExecutorStatus::Failed {
+                s.failure = None;
+            }
         });
     }
 
     fn finish(mut self) -> ExecutorExit {
         info!("trial finished");
         self.emit(EventKind::TrialFinished, None, None, None);
-        self.shared.state.send_modify(|s| {
-            s.engine = EngineStatus::Finished;
-            s.executor = ExecutorStatus::Finished;
-            s.position = self.position;
-            s.kpi_status = self.data.kpi_status;
-            s.responses = self.data.responses.clone();
-        });
+        self.publish(ExecutorStatus::Finished);
         ExecutorExit::Finished
     }
 
-    /// The failure procedure of §4.3. Signals are refused from the first moment on.
+    /// Stops at a failure: signals are refused from this moment on, and the backup (the
+    /// failed step's answers included; its position is still the step that failed, or the
+    /// waiting point that timed out) goes to the watchdog, which runs the failure procedure.
     async fn fail(mut self, reason: String) -> ExecutorExit {
         self.commands.close();
         error!(reason = %reason, "trial failed");
         self.emit(EventKind::TrialFailed, None, Some(reason.clone()), None);
-        self.shared.state.send_modify(|s| {
-            s.engine = EngineStatus::Failed;
-            s.executor = ExecutorStatus::Failed;
-            s.failure = Some(reason.clone());
-            s.responses = self.data.responses.clone();
-        });
-        let mut backup = self.backup();
-        backup.failure = Some(reason.clone());
-        failure::report(&self.deps, &self.id, &mut backup, &reason).await;
         self.shared
             .state
-            .send_modify(|s| s.responses = backup.data.responses.clone());
-        // The failed step's answers go into the backup too; its position is still the step
-        // that failed (or the waiting point that timed out), which is where a restore resumes.
+            .send_modify(|s| s.failure = Some(reason.clone()));
+        self.publish(ExecutorStatus::Failed);
+        let mut backup = self.backup();
+        backup.failure = Some(reason.clone());
         let (ack, acked) = oneshot::channel();
         if self
             .checkpoints

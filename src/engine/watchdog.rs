@@ -87,8 +87,7 @@ impl Watchdog {
                             return;
                         }
                         Ok(ExecutorExit::Failed(reason)) => {
-                            info!(reason = %reason, "executor failed; backup kept for a restore");
-                            self.shared.state.send_modify(|s| s.restorable = true);
+                            self.run_failure_procedure(&reason).await;
                         }
                         Err(e) if e.is_cancelled() => {
                             self.died("the executor task was aborted".to_owned()).await;
@@ -135,7 +134,7 @@ impl Watchdog {
         self.executor = Some(handle);
     }
 
-    /// The executor died without running the failure procedure: run it from the backup.
+    /// The executor died without a word: mark the engine failed from the last backup.
     async fn died(&mut self, reason: String) {
         error!(reason = %reason, "executor died; engine marked Failed");
         self.shared.state.send_modify(|s| {
@@ -152,18 +151,19 @@ impl Watchdog {
                 .data
                 .log_event(EventKind::TrialFailed, None, Some(reason.clone()), None);
         self.shared.announce(&self.backup.data.history, event);
-        failure::report(
-            &self.shared.deps,
-            &self.shared.id,
-            &mut self.backup,
-            &reason,
-        )
-        .await;
+        self.run_failure_procedure(&reason).await;
+    }
+
+    /// SPEC §4.3, for a failed step and a dead executor alike: tell the repository, write the
+    /// failure file, save the failed state; then the engine is restorable.
+    async fn run_failure_procedure(&mut self, reason: &str) {
+        failure::report(&self.shared.deps, &self.shared.id, &mut self.backup, reason).await;
         let responses = self.backup.data.responses.clone();
         self.shared.state.send_modify(|s| s.responses = responses);
         if let Err(e) = self.save(EngineStatus::Failed).await {
             error!(error = %e, "the failed status was not saved");
         }
+        info!("failure procedure done; backup kept for a restore");
         self.shared.state.send_modify(|s| s.restorable = true);
     }
 
