@@ -43,11 +43,7 @@ async fn restore(
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Value>, ApiError> {
-    let engine = state
-        .scheduler
-        .engines()
-        .get(&id)
-        .ok_or_else(|| ApiError::not_found(format!("trial '{id}' has no engine")))?;
+    let engine = state.engine(&id)?;
     match engine.restore().await {
         Ok(()) => {
             let snapshot = engine.snapshot();
@@ -101,6 +97,6 @@ async fn remove(
                 "Engine of trial {id} stopped and removed"
             ))))
         }
-        false => Err(ApiError::not_found(format!("trial '{id}' has no engine"))),
+        false => Err(ApiError::no_engine(&id)),
     }
 }

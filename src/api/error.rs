@@ -55,6 +55,11 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, detail)
     }
 
+    /// The trial has no engine (404).
+    pub fn no_engine(id: &crate::domain::TrialId) -> Self {
+        Self::not_found(format!("trial '{id}' has no engine"))
+    }
+
     pub fn conflict(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, detail)
     }

@@ -32,9 +32,12 @@ use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::Settings;
+use crate::domain::TrialId;
+use crate::engine::EngineHandle;
 use crate::heartbeat::Heartbeats;
 use crate::scheduler::Scheduler;
 use crate::tokens::TokenManager;
+use error::ApiError;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -56,6 +59,16 @@ impl AppState {
     /// Wraps the service's parts.
     pub fn new(inner: AppInner) -> Self {
         Self(Arc::new(inner))
+    }
+}
+
+impl AppState {
+    /// The engine of a trial, or the API's 404.
+    pub fn engine(&self, id: &TrialId) -> Result<EngineHandle, ApiError> {
+        self.scheduler
+            .engines()
+            .get(id)
+            .ok_or_else(|| ApiError::no_engine(id))
     }
 }
 

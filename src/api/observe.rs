@@ -16,7 +16,6 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiKey, TrialIdParam, TrialPath};
-use crate::engine::EngineHandle;
 use crate::engine::state::{EngineStatus, EventKind, TrialEvent};
 use crate::telemetry;
 
@@ -26,14 +25,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(metrics))
         .routes(routes!(history))
         .routes(routes!(events))
-}
-
-fn engine_of(state: &AppState, id: &crate::domain::TrialId) -> Result<EngineHandle, ApiError> {
-    state
-        .scheduler
-        .engines()
-        .get(id)
-        .ok_or_else(|| ApiError::not_found(format!("trial '{id}' has no engine")))
 }
 
 /// Prometheus metrics
@@ -73,7 +64,7 @@ async fn history(
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Value>, ApiError> {
-    let snapshot = engine_of(&state, &id)?.snapshot();
+    let snapshot = state.engine(&id)?.snapshot();
     Ok(Json(json!({"trial_id": id, "history": *snapshot.history})))
 }
 
@@ -92,7 +83,7 @@ async fn events(
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let (history, receiver) = engine_of(&state, &id)?.events();
+    let (history, receiver) = state.engine(&id)?.events();
     let finished = history.iter().any(|e| e.event == EventKind::TrialFinished);
     let replay = stream::iter(
         history

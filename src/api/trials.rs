@@ -12,7 +12,6 @@ use super::extract::{ApiKey, PresentedToken, TrialIdParam, TrialPath};
 use super::tokens::check_token;
 use super::{AppState, Message};
 use crate::domain::TrialId;
-use crate::engine::EngineHandle;
 use crate::engine::executor::SignalOutcome;
 use crate::engine::sequence::{self, Signal};
 use crate::engine::state::{ExecutorStatus, Position};
@@ -104,14 +103,6 @@ callback_handler!(
     "The edge VNF branch: the VNF was deployed."
 );
 
-fn engine_of(state: &AppState, id: &TrialId) -> Result<EngineHandle, ApiError> {
-    state
-        .scheduler
-        .engines()
-        .get(id)
-        .ok_or_else(|| ApiError::not_found(format!("trial '{id}' has no engine")))
-}
-
 /// Turns the executor's answer into the API's.
 fn signal_answer(
     id: &TrialId,
@@ -157,8 +148,7 @@ async fn callback(
         )
     })?;
     let (_, engine) = check_token(&state, &id, &token)?;
-    let engine =
-        engine.ok_or_else(|| ApiError::not_found(format!("trial '{id}' has no engine")))?;
+    let engine = engine.ok_or_else(|| ApiError::no_engine(&id))?;
     let outcome = engine.signal(signal).await;
     signal_answer(&id, signal, outcome)
 }
@@ -183,7 +173,7 @@ async fn active(
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Message>, ApiError> {
-    let outcome = engine_of(&state, &id)?.signal(Signal::Active).await;
+    let outcome = state.engine(&id)?.signal(Signal::Active).await;
     signal_answer(&id, Signal::Active, outcome)
 }
 
@@ -207,7 +197,7 @@ async fn finish(
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Message>, ApiError> {
-    let outcome = engine_of(&state, &id)?.signal(Signal::Finish).await;
+    let outcome = state.engine(&id)?.signal(Signal::Finish).await;
     signal_answer(&id, Signal::Finish, outcome)
 }
 
@@ -233,7 +223,7 @@ async fn status(
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Value>, ApiError> {
-    let snapshot = engine_of(&state, &id)?.snapshot();
+    let snapshot = state.engine(&id)?.snapshot();
     let waiting_for = match snapshot.position {
         Position::Wait(wait) => Some(sequence::wait_spec(wait).waiting_for),
         Position::Run(_) => None,
@@ -279,7 +269,7 @@ async fn responses(
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Value>, ApiError> {
-    let snapshot = engine_of(&state, &id)?.snapshot();
+    let snapshot = state.engine(&id)?.snapshot();
     Ok(Json(json!({
         "trial_id": id,
         "responses": *snapshot.responses,

@@ -223,15 +223,8 @@ impl Scheduler {
         // and the store applies writes in order: the engine cannot come back.
         engine.stop_and_wait().await;
         // Its token must not let callbacks into a later engine of the same trial.
-        if let Some(claims) = engine
-            .token()
-            .and_then(|token| self.inner.deps.tokens.decode(&token).ok())
-        {
-            self.inner
-                .deps
-                .tokens
-                .revoke_id(&claims.jti, claims.exp)
-                .await?;
+        if let Some(token) = engine.token() {
+            self.inner.deps.tokens.revoke(&token).await?;
         }
         self.store()
             .write(Op::DeleteEngine { id: id.clone() })
