@@ -123,36 +123,22 @@ async fn trials_survive_a_sigkill_and_complete_after_restart() {
         for id in [mid, slice, idle, active, failed, future, late] {
             platform.add_trial(Platform::trial(id, None));
         }
-        platform.inject(
-            Fault::new(
-                Component::Enforcement,
-                "POST",
+        // One fault each, for one trial, once.
+        for (trial, path, action) in [
+            (
+                mid,
                 "/flightplan",
                 FaultAction::Delay(Duration::from_secs(60)),
-            )
-            .for_trial(mid)
-            .times(1),
-        );
-        platform.inject(
-            Fault::new(
-                Component::Enforcement,
-                "POST",
-                "/sliceDeployment",
-                FaultAction::DropCallback,
-            )
-            .for_trial(slice)
-            .times(1),
-        );
-        platform.inject(
-            Fault::new(
-                Component::Enforcement,
-                "POST",
-                "/sliceDeployment",
-                FaultAction::Status(500),
-            )
-            .for_trial(failed)
-            .times(1),
-        );
+            ),
+            (slice, "/sliceDeployment", FaultAction::DropCallback),
+            (failed, "/sliceDeployment", FaultAction::Status(500)),
+        ] {
+            platform.inject(
+                Fault::new(Component::Enforcement, "POST", path, action)
+                    .for_trial(trial)
+                    .times(1),
+            );
+        }
     })
     .await;
 
@@ -343,19 +329,9 @@ async fn a_store_that_stops_writing_fails_the_trial_and_refuses_new_jobs() {
 
 /// Runs the binary to its exit with extra environment, in a fresh directory.
 async fn run_to_exit(dir: &std::path::Path, env: &[(&str, &str)]) -> (bool, String) {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_lcm"));
-    command
-        .current_dir(dir)
-        .env_remove("LCM_CONFIG")
-        .env("LCM__SERVER__BIND", "127.0.0.1:0")
-        .kill_on_drop(true);
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let output = tokio::time::timeout(Duration::from_secs(20), command.output())
-        .await
-        .expect("the binary exits on its own")
-        .expect("the binary runs");
+    let mut env = env.to_vec();
+    env.insert(0, ("LCM__SERVER__BIND", "127.0.0.1:0"));
+    let output = run_lcm(&[], &env, dir, Duration::from_secs(20)).await;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),

@@ -5,24 +5,12 @@ use std::net::TcpListener;
 use std::process::Output;
 use std::time::Duration;
 
-use tokio::process::Command;
+use crate::helpers::run_lcm;
 
-/// Runs `lcm <args>` and returns its output; panics if it runs longer than `limit`.
+/// Runs `lcm <args>` from a directory with no configuration (the demo and the benchmark must
+/// not depend on the working directory).
 async fn lcm(args: &[&str], limit: Duration) -> Output {
-    let child = Command::new(env!("CARGO_BIN_EXE_lcm"))
-        .args(args)
-        // The demo and the benchmark must not depend on the working directory.
-        .current_dir(std::env::temp_dir())
-        .env_remove("LCM_CONFIG")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the lcm binary starts");
-    tokio::time::timeout(limit, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("lcm {args:?} did not end within {limit:?}"))
-        .expect("lcm's output")
+    run_lcm(args, &[], &std::env::temp_dir(), limit).await
 }
 
 /// A port nobody listens on right now.

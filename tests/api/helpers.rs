@@ -389,6 +389,29 @@ impl TestApp {
     }
 }
 
+/// Runs the `lcm` binary with `args` and extra environment in `dir` until it exits; panics if
+/// it runs longer than `limit`.
+pub async fn run_lcm(
+    args: &[&str],
+    env: &[(&str, &str)],
+    dir: &std::path::Path,
+    limit: Duration,
+) -> std::process::Output {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_lcm"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .env_remove("LCM_CONFIG")
+        .kill_on_drop(true);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    tokio::time::timeout(limit, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("lcm {args:?} did not end within {limit:?}"))
+        .expect("the lcm binary runs")
+}
+
 /// Reads a response whole; a body that is not JSON becomes a string value.
 pub async fn read(response: reqwest::Response) -> Answer {
     let status = response.status();
