@@ -13,7 +13,8 @@
 //!   **executor**, which walks the fixed sequence of [`engine::sequence`] and pauses at
 //!   waiting points for callbacks or operator signals, and the **watchdog**, which keeps the
 //!   executor's latest backup (a checkpoint after every completed step and at every waiting
-//!   point), notices when the executor dies, and restores it from the backup on request. The
+//!   point), runs the failure procedure when the executor fails or dies, and restores it from
+//!   the backup on request. The
 //!   API talks to an engine only through channels: signals go to the executor (which answers
 //!   at once, even while a request is in flight), restores to the watchdog, and the state is
 //!   read from a `watch` channel. No handler waits on a running step.

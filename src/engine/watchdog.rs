@@ -1,6 +1,7 @@
-//! The process-check watchdog: keeps the executor's latest backup, notices at once when the
-//! executor task ends (finished, failed, or died by panic/abort), and starts a new executor
-//! from the backup when asked to restore.
+//! The process-check watchdog: keeps (and saves) the executor's latest backup, notices at once
+//! when the executor task ends (finished, failed, or died by panic/abort), runs the failure
+//! procedure in both failure cases, and starts a new executor from the backup when asked to
+//! restore.
 
 use std::sync::Arc;
 
