@@ -33,12 +33,12 @@ pub enum ConfigError {
     Load(#[from] config::ConfigError),
     /// A value parsed but cannot work; names the key.
     #[error("configuration key `{key}`: {reason}")]
-    Invalid { key: &'static str, reason: String },
+    Invalid { key: String, reason: String },
 }
 
-fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        key,
+        key: key.into(),
         reason: reason.into(),
     }
 }
@@ -75,6 +75,7 @@ pub struct Settings {
     pub tls: TlsSettings,
     pub scheduler: SchedulerSettings,
     pub heartbeat: HeartbeatSettings,
+    pub engine: EngineSettings,
     pub store: StoreSettings,
     pub logging: LoggingSettings,
     /// Facility keys used by the trial registry, mapped to the names trial enforcement knows.
@@ -91,6 +92,14 @@ pub struct ServerSettings {
     #[serde(deserialize_with = "list_or_commas")]
     pub cors_origins: Vec<String>,
     pub max_body_bytes: usize,
+    /// A connection whose request head has not arrived in time is closed (slowloris).
+    pub header_read_timeout_secs: u64,
+    /// An idle keep-alive connection is closed after this long.
+    pub idle_timeout_secs: u64,
+    /// Open connections at most; beyond it new ones wait.
+    pub max_connections: usize,
+    /// How long open connections get on SIGTERM/SIGINT before the process exits.
+    pub shutdown_grace_secs: u64,
 }
 
 fn list_or_commas<'de, D: serde::Deserializer<'de>>(
@@ -116,9 +125,48 @@ fn list_or_commas<'de, D: serde::Deserializer<'de>>(
 /// `[auth]`
 #[derive(Debug, Clone, Deserialize)]
 pub struct AuthSettings {
+    /// The `admin` key named `default`.
     pub api_key: Secret,
     pub token_secret: Secret,
     pub token_ttl_secs: u64,
+    /// Named keys with their roles.
+    #[serde(default)]
+    pub keys: Vec<KeySettings>,
+    /// A file holding `api_key` (trailing newline trimmed).
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// A TOML file of `[[keys]]` tables shaped like `auth.keys`.
+    #[serde(default)]
+    pub keys_file: Option<PathBuf>,
+    /// A file holding `token_secret` (trailing newline trimmed).
+    #[serde(default)]
+    pub token_secret_file: Option<PathBuf>,
+    /// Failed authentications allowed per client address and minute.
+    pub max_failures_per_minute: u32,
+}
+
+/// One named API key (`auth.keys`): the key itself or its SHA-256, and its role.
+#[derive(Debug, Clone, Deserialize)]
+pub struct KeySettings {
+    pub name: String,
+    #[serde(default)]
+    pub key: Option<Secret>,
+    /// Hex SHA-256 of the key, so the configuration need not hold the key itself.
+    #[serde(default)]
+    pub key_sha256: Option<String>,
+    pub role: Role,
+}
+
+/// What a key may do (SPEC §15); each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Every `GET`.
+    Viewer,
+    /// Also runs trials: active, finish, pause, resume, step, abort, schedule, unschedule.
+    Operator,
+    /// Everything, including `/debug/*`, token minting and the scheduling switch.
+    Admin,
 }
 
 /// `[executor]`
@@ -129,6 +177,88 @@ pub struct ExecutorSettings {
     pub callback_timeout_secs: u64,
     #[serde(default)]
     pub operator_timeout_secs: Option<u64>,
+    /// A component wait fails when neither its callback nor a progress callback came for
+    /// this long.
+    #[serde(default)]
+    pub callback_heartbeat_secs: Option<u64>,
+    /// A trial is finished on its own this long after it started.
+    #[serde(default)]
+    pub max_trial_secs: Option<u64>,
+    /// A failed trial not restored within this long is aborted on its own.
+    #[serde(default)]
+    pub cleanup_failed_after_secs: Option<u64>,
+    /// The repository status written at the end of an abort's clean-up.
+    pub aborted_repository_status: String,
+    /// How outbound requests are retried (each service may override it).
+    pub retry: RetrySettings,
+}
+
+/// A retry policy (SPEC §13): up to `max_attempts` tries, waiting a random time between 0 and
+/// `min(max_backoff_ms, initial_backoff_ms * multiplier^(attempt-1))` before each retry.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+pub struct RetrySettings {
+    pub max_attempts: u32,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub multiplier: f64,
+}
+
+/// A service's changes to `executor.retry`; unset fields keep the default policy's.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+pub struct RetryOverride {
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    #[serde(default)]
+    pub initial_backoff_ms: Option<u64>,
+    #[serde(default)]
+    pub max_backoff_ms: Option<u64>,
+    #[serde(default)]
+    pub multiplier: Option<f64>,
+}
+
+impl RetrySettings {
+    /// This policy with a service's overrides applied.
+    pub fn with(self, overrides: Option<&RetryOverride>) -> Self {
+        let Some(o) = overrides else { return self };
+        Self {
+            max_attempts: o.max_attempts.unwrap_or(self.max_attempts),
+            initial_backoff_ms: o.initial_backoff_ms.unwrap_or(self.initial_backoff_ms),
+            max_backoff_ms: o.max_backoff_ms.unwrap_or(self.max_backoff_ms),
+            multiplier: o.multiplier.unwrap_or(self.multiplier),
+        }
+    }
+
+    fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
+        let key = |field: &str| format!("{prefix}.{field}");
+        if self.max_attempts == 0 {
+            return Err(invalid(key("max_attempts"), "must be at least 1"));
+        }
+        if self.max_attempts > 100 {
+            return Err(invalid(key("max_attempts"), "at most 100"));
+        }
+        if self.initial_backoff_ms == 0 {
+            return Err(invalid(key("initial_backoff_ms"), "must be greater than 0"));
+        }
+        if self.max_backoff_ms == 0 {
+            return Err(invalid(key("max_backoff_ms"), "must be greater than 0"));
+        }
+        if self.max_backoff_ms > MAX_DURATION_SECS * 1000 {
+            return Err(invalid(key("max_backoff_ms"), "at most ten years"));
+        }
+        if self.initial_backoff_ms > self.max_backoff_ms {
+            return Err(invalid(
+                key("initial_backoff_ms"),
+                format!("must not exceed max_backoff_ms ({})", self.max_backoff_ms),
+            ));
+        }
+        if !(self.multiplier.is_finite() && self.multiplier >= 1.0) {
+            return Err(invalid(
+                key("multiplier"),
+                "must be a number of at least 1.0",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[tls]`
@@ -151,6 +281,15 @@ pub struct SchedulerSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct StoreSettings {
     pub data_dir: PathBuf,
+    /// Ended trials are purged this many days after they ended; 0 keeps them forever.
+    pub retention_days: u64,
+}
+
+/// `[engine]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct EngineSettings {
+    /// A finished or aborted engine leaves memory after this long.
+    pub keep_finished_secs: u64,
 }
 
 /// `[heartbeat]`
@@ -196,6 +335,9 @@ pub struct ServiceSettings {
     pub password: Option<Secret>,
     #[serde(default)]
     pub oauth2: Option<OAuth2Settings>,
+    /// Changes to `executor.retry` for this service.
+    #[serde(default)]
+    pub retry: Option<RetryOverride>,
 }
 
 /// OAuth2 client-credentials grant.
@@ -300,6 +442,35 @@ impl Settings {
                 "heartbeat.interval_secs",
                 Some(self.heartbeat.interval_secs),
             ),
+            (
+                "executor.callback_heartbeat_secs",
+                self.executor.callback_heartbeat_secs,
+            ),
+            ("executor.max_trial_secs", self.executor.max_trial_secs),
+            (
+                "executor.cleanup_failed_after_secs",
+                self.executor.cleanup_failed_after_secs,
+            ),
+            (
+                "server.header_read_timeout_secs",
+                Some(self.server.header_read_timeout_secs),
+            ),
+            (
+                "server.idle_timeout_secs",
+                Some(self.server.idle_timeout_secs),
+            ),
+            (
+                "server.shutdown_grace_secs",
+                Some(self.server.shutdown_grace_secs),
+            ),
+            (
+                "engine.keep_finished_secs",
+                Some(self.engine.keep_finished_secs),
+            ),
+            (
+                "store.retention_days",
+                Some(self.store.retention_days.saturating_mul(86_400)),
+            ),
         ] {
             if value.is_some_and(|v| v > MAX_DURATION_SECS) {
                 return Err(invalid(
@@ -325,6 +496,55 @@ impl Settings {
                 "executor.operator_timeout_secs",
                 "must be greater than 0 (leave it unset for no deadline)",
             ));
+        }
+        for (key, value) in [
+            (
+                "executor.callback_heartbeat_secs",
+                self.executor.callback_heartbeat_secs,
+            ),
+            ("executor.max_trial_secs", self.executor.max_trial_secs),
+            (
+                "executor.cleanup_failed_after_secs",
+                self.executor.cleanup_failed_after_secs,
+            ),
+        ] {
+            if value == Some(0) {
+                return Err(invalid(
+                    key,
+                    "must be greater than 0 (leave it unset for none)",
+                ));
+            }
+        }
+        for (key, value) in [
+            (
+                "server.header_read_timeout_secs",
+                self.server.header_read_timeout_secs,
+            ),
+            ("server.idle_timeout_secs", self.server.idle_timeout_secs),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if self.server.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be greater than 0"));
+        }
+        if self.auth.max_failures_per_minute == 0 {
+            return Err(invalid(
+                "auth.max_failures_per_minute",
+                "must be greater than 0",
+            ));
+        }
+        if self.executor.aborted_repository_status.trim().is_empty() {
+            return Err(invalid(
+                "executor.aborted_repository_status",
+                "must not be empty",
+            ));
+        }
+        self.executor.retry.validate("executor.retry")?;
+        for service in crate::services::Service::ALL {
+            self.retry_policy(service)
+                .validate(&format!("services.{}.retry", service.name()))?;
         }
         if self.scheduler.poll_interval_secs == 0 {
             return Err(invalid(
@@ -367,6 +587,22 @@ impl Settings {
             &services.abstraction_layer.url,
         )?;
         Ok(())
+    }
+
+    /// The retry policy of a service: `executor.retry` with the service's overrides.
+    pub fn retry_policy(&self, service: crate::services::Service) -> RetrySettings {
+        self.executor
+            .retry
+            .with(self.service(service).retry.as_ref())
+    }
+
+    /// The settings of one outbound service.
+    pub fn service(&self, service: crate::services::Service) -> &ServiceSettings {
+        match service {
+            crate::services::Service::TrialRepository => &self.services.trial_repository,
+            crate::services::Service::TrialEnforcement => &self.services.trial_enforcement,
+            crate::services::Service::KpiMonitoring => &self.services.kpi_monitoring,
+        }
     }
 
     /// The parsed `server.bind` address.
