@@ -138,7 +138,7 @@ async fn check(services: &ServiceClient) -> BTreeMap<&'static str, String> {
     let mut results = BTreeMap::new();
     for service in Service::ALL {
         let outcome = match services
-            .send(&Outbound::new(service, Method::GET, ""))
+            .attempt(&Outbound::new(service, Method::GET, ""))
             .await
         {
             Ok(reply) => format!("reachable (HTTP {})", reply.status),

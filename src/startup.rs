@@ -41,7 +41,8 @@ pub enum StartupError {
 pub struct Application {
     listener: TcpListener,
     state: AppState,
-    poller: JoinHandle<()>,
+    /// The scheduler's background tasks (registry poller, purger).
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Application {
@@ -89,6 +90,7 @@ impl Application {
             TokenManager::new(&settings.auth.token_secret, settings.auth.token_ttl_secs)
                 .with_store(store.clone(), revoked),
         );
+        let (ended, ended_rx) = tokio::sync::mpsc::unbounded_channel();
         let deps = Arc::new(EngineDeps {
             settings: settings.clone(),
             services: services.clone(),
@@ -96,10 +98,15 @@ impl Application {
             store,
             redactor: Redactor::new(settings.secret_values()),
             hooks,
+            ended,
         });
-        let scheduler = Scheduler::new(deps);
+        for (id, reason) in &loaded.quarantined {
+            tracing::error!(trial = %id, reason = %reason, "a trial's record could not be read: listed as Corrupt in /trials");
+        }
+        let scheduler = Scheduler::new(deps, ended_rx);
         scheduler.recover(loaded).await?;
         let poller = scheduler.spawn_poller();
+        let purger = scheduler.spawn_purger();
         let heartbeats = Heartbeats::new(
             services,
             Duration::from_secs(settings.heartbeat.interval_secs),
@@ -115,7 +122,7 @@ impl Application {
         Ok(Self {
             listener,
             state,
-            poller,
+            tasks: [Some(poller), purger].into_iter().flatten().collect(),
         })
     }
 
@@ -137,19 +144,22 @@ impl Application {
         let Self {
             listener,
             state,
-            poller,
+            tasks,
         } = self;
         info!(addr = %listener.local_addr()?, "Lifecycle Manager listening");
         let app = api::router(state.clone());
-        let streams = state.shutdown.clone();
+        let stopping = state.clone();
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 shutdown.await;
-                streams.cancel();
+                stopping.shutdown.cancel();
+                // At once: no job fires and no step starts once shutdown began.
+                stopping.scheduler.shutdown().await;
             })
             .await;
-        poller.abort();
-        state.scheduler.shutdown();
+        for task in tasks {
+            task.abort();
+        }
         state.heartbeats.stop_all();
         info!("Lifecycle Manager stopped");
         result

@@ -1,22 +1,67 @@
-//! The engines' debug endpoints: restore from backup, stop and remove (SPEC §4.3).
+//! The engines' debug endpoints: restore from the checkpoint, skip a failed step, stop and
+//! remove (SPEC §4.3, §14).
 
 use axum::Json;
 use axum::extract::State;
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::info;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiKey, TrialIdParam, TrialPath};
+use super::extract::{ApiJson, ApiKey, TrialIdParam, TrialPath};
+use super::trials::checked_text;
+use super::view::Found;
 use super::{AppState, Message};
+use crate::domain::TrialId;
+use crate::engine::EngineHandle;
 use crate::engine::watchdog::RestoreError;
 
 /// The routes of this area.
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(restore))
+        .routes(routes!(skip))
         .routes(routes!(remove))
+}
+
+/// Body of a skip: why (required).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct SkipBody {
+    /// Why the failed step may be left out (at most 500 characters); kept in the history.
+    #[schema(example = "flight plan enforced by hand on the facility")]
+    reason: String,
+}
+
+fn restore_error(e: RestoreError) -> ApiError {
+    match e {
+        RestoreError::Running
+        | RestoreError::Ended(_)
+        | RestoreError::Reporting
+        | RestoreError::CleanupFailed
+        | RestoreError::NotSkippable(_) => ApiError::conflict(e.to_string()),
+        RestoreError::Gone => ApiError::not_found(e.to_string()),
+        RestoreError::NotSaved(_) => {
+            ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+    }
+}
+
+/// The engine of a failed trial, in memory, or a clear refusal.
+async fn failed_engine(state: &AppState, id: &TrialId) -> Result<EngineHandle, ApiError> {
+    match state.find_trial(id).await? {
+        Found::Engine(engine) => Ok(engine),
+        Found::Stored(record) => Err(ApiError::conflict(format!(
+            "trial '{id}' has ended ({}); there is nothing to restore",
+            record.lifecycle.engine_status().name()
+        ))),
+        Found::Corrupt(reason) => Err(ApiError::conflict(format!(
+            "trial '{id}' has a record that cannot be read: {reason}"
+        ))),
+    }
 }
 
 /// Restore a failed engine from its backup
@@ -34,7 +79,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         (status = 400, description = "Invalid trial id", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "The trial has no engine", body = ErrorBody),
-        (status = 409, description = "The engine is running or finished", body = ErrorBody),
+        (status = 409, description = "The engine is running, ended, or its clean-up failed (abort retries it)", body = ErrorBody),
         (status = 503, description = "The restore could not be saved, so it was not made", body = ErrorBody),
     ),
 )]
@@ -43,25 +88,55 @@ async fn restore(
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Value>, ApiError> {
-    let engine = state.engine(&id)?;
-    match engine.restore().await {
-        Ok(()) => {
-            let snapshot = engine.snapshot();
-            info!(trial = %id, state = snapshot.state(), "engine restored");
-            Ok(Json(json!({
-                "message": format!("Engine of trial {id} restored from its backup"),
-                "state": snapshot.state(),
-            })))
-        }
-        Err(e @ (RestoreError::Running | RestoreError::Finished | RestoreError::Reporting)) => {
-            Err(ApiError::conflict(e.to_string()))
-        }
-        Err(e @ RestoreError::Gone) => Err(ApiError::not_found(e.to_string())),
-        Err(e @ RestoreError::NotSaved(_)) => Err(ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            e.to_string(),
-        )),
-    }
+    let engine = failed_engine(&state, &id).await?;
+    let at = engine.restore().await.map_err(restore_error)?;
+    info!(trial = %id, state = %at, "engine restored");
+    Ok(Json(json!({
+        "message": format!("Engine of trial {id} restored from its backup"),
+        "state": at,
+    })))
+}
+
+/// Skip the step a failed trial stopped at
+///
+/// Marks the failed step done without running it and goes on with the next (a failed wait for
+/// a component's callback counts as received). Refused for the steps whose output later steps
+/// need (`GetCallbackToken`, `GetTrialInfo`, `SliceDeployment`, `CreateMeasurementJob`) and
+/// for the operator's waits. Body `{"reason"}`, required; kept in the history.
+#[utoipa::path(
+    post,
+    path = "/debug/engine/{trial_id}/skip",
+    tag = "engines",
+    security(("api_key" = [])),
+    params(TrialIdParam),
+    request_body = SkipBody,
+    responses(
+        (status = 200, description = "Skipped; the trial goes on", body = Message),
+        (status = 400, description = "Invalid trial id or malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "The trial has no engine", body = ErrorBody),
+        (status = 409, description = "Not failed, or the step cannot be skipped (the detail says what later steps need)", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+        (status = 422, description = "No reason, an empty or too long one, or an unknown field", body = ErrorBody),
+        (status = 503, description = "The skip could not be saved, so it was not made", body = ErrorBody),
+    ),
+)]
+async fn skip(
+    _: ApiKey,
+    State(state): State<AppState>,
+    TrialPath(id): TrialPath,
+    ApiJson(body): ApiJson<SkipBody>,
+) -> Result<Json<Message>, ApiError> {
+    let reason = checked_text("reason", Some(body.reason))?.ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "'reason' must say why the step may be left out",
+        )
+    })?;
+    let engine = failed_engine(&state, &id).await?;
+    let done = engine.skip(reason).await.map_err(restore_error)?;
+    info!(trial = %id, "{done}");
+    Ok(Json(Message::new(done)))
 }
 
 /// Stop and remove an engine
@@ -75,7 +150,7 @@ async fn restore(
         (status = 200, description = "Engine stopped and removed", body = Message),
         (status = 400, description = "Invalid trial id", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 404, description = "The trial has no engine", body = ErrorBody),
+        (status = 404, description = "The trial has no engine (or another delete of it is under way)", body = ErrorBody),
         (status = 503, description = "The removal could not be saved, so it was not made", body = ErrorBody),
     ),
 )]

@@ -116,9 +116,9 @@ impl From<RegistryError> for ApiError {
 impl From<ScheduleError> for ApiError {
     fn from(e: ScheduleError) -> Self {
         match e {
-            ScheduleError::JobExists(_) | ScheduleError::EngineExists(_) => {
-                Self::conflict(e.to_string())
-            }
+            ScheduleError::JobExists(_)
+            | ScheduleError::EngineExists(_)
+            | ScheduleError::Ran(_) => Self::conflict(e.to_string()),
             ScheduleError::Time(e) => e.into(),
             ScheduleError::Registry(e) => e.into(),
             ScheduleError::NoStartTime(_) => Self::bad_gateway(e.to_string()),

@@ -146,3 +146,25 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     };
     ApiError::new(rejection.status(), detail)
 }
+
+/// A JSON body that may be left out: an empty body is `None`; anything else must be what
+/// [`ApiJson`] takes, with the same errors.
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        // The body limit layer bounds what is read here.
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|_| {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body is too large")
+        })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self(None));
+        }
+        let req = Request::from_parts(parts, axum::body::Body::from(bytes));
+        let ApiJson(value) = ApiJson::<T>::from_request(req, state).await?;
+        Ok(Self(Some(value)))
+    }
+}

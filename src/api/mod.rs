@@ -10,11 +10,13 @@ pub mod docs;
 pub mod engines;
 pub mod error;
 pub mod extract;
+pub mod listing;
 pub mod observe;
 pub mod scheduling;
 pub mod status;
 pub mod tokens;
 pub mod trials;
+pub mod view;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -32,8 +34,6 @@ use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::Settings;
-use crate::domain::TrialId;
-use crate::engine::EngineHandle;
 use crate::heartbeat::Heartbeats;
 use crate::scheduler::Scheduler;
 use crate::tokens::TokenManager;
@@ -59,16 +59,6 @@ impl AppState {
     /// Wraps the service's parts.
     pub fn new(inner: AppInner) -> Self {
         Self(Arc::new(inner))
-    }
-}
-
-impl AppState {
-    /// The engine of a trial, or the API's 404.
-    pub fn engine(&self, id: &TrialId) -> Result<EngineHandle, ApiError> {
-        self.scheduler
-            .engines()
-            .get(id)
-            .ok_or_else(|| ApiError::no_engine(id))
     }
 }
 
@@ -105,6 +95,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(scheduling::routes())
         .merge(tokens::routes())
         .merge(trials::routes())
+        .merge(listing::routes())
         .merge(engines::routes())
         .merge(observe::routes())
         .merge(docs::routes())

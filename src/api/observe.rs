@@ -1,6 +1,7 @@
 //! Seeing inside: Prometheus metrics, a trial's history, and its live events (SSE).
 
 use std::convert::Infallible;
+use std::pin::Pin;
 
 use axum::Json;
 use axum::extract::State;
@@ -16,7 +17,9 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiKey, TrialIdParam, TrialPath};
-use crate::engine::state::{EngineStatus, EventKind, TrialEvent};
+use super::view::Found;
+use crate::engine::EngineHandle;
+use crate::engine::state::{EngineStatus, TrialEvent};
 use crate::telemetry;
 
 /// The routes of this area.
@@ -38,9 +41,10 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         EngineStatus::Active,
         EngineStatus::Failed,
         EngineStatus::Finished,
+        EngineStatus::Aborted,
     ] {
         let count = engines.iter().filter(|(_, s)| *s == status).count();
-        metrics::gauge!("lcm_engines", "status" => format!("{status:?}")).set(count as f64);
+        metrics::gauge!("lcm_engines", "status" => status.name()).set(count as f64);
     }
     metrics::gauge!("lcm_scheduled_jobs").set(state.scheduler.jobs().len() as f64);
     metrics::gauge!("lcm_missed_jobs").set(state.scheduler.missed().len() as f64);
@@ -52,7 +56,8 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 
 /// The trial's history
 ///
-/// `{"trial_id", "history": [...]}`: every transition of the trial so far, in order.
+/// `{"trial_id", "history": [...]}`: every transition of the trial so far, in order. The same
+/// once the engine has left memory: the store answers then.
 #[utoipa::path(get, path = "/trial/{trial_id}/history", tag = "trials", security(("api_key" = [])), params(TrialIdParam),
     responses(
         (status = 200, description = "The trial's history", body = Object),
@@ -64,35 +69,83 @@ async fn history(
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Value>, ApiError> {
-    let snapshot = state.engine(&id)?.snapshot();
-    Ok(Json(json!({"trial_id": id, "history": *snapshot.history})))
+    let found = state.find_trial(&id).await?;
+    let history = state.history(&found, &id).await?;
+    Ok(Json(json!({"trial_id": id, "history": history})))
 }
+
+type EventStream = Pin<Box<dyn Stream<Item = Event> + Send>>;
 
 /// The trial's live events (Server-Sent Events)
 ///
 /// The trial's history so far, then each event as it happens; the stream ends after the
-/// trial finishes (or when its engine is deleted).
+/// trial finishes or is aborted (or when its engine is deleted). A trial that is scheduled
+/// but not started yet streams a `scheduled` event first, then its engine's events from the
+/// start time on (or `unscheduled` if its job is removed). An ended trial's history is sent,
+/// then the stream ends.
 #[utoipa::path(get, path = "/trial/{trial_id}/events", tag = "trials", security(("api_key" = [])), params(TrialIdParam),
     responses(
         (status = 200, description = "A stream of events, one JSON object each, named by its kind", content_type = "text/event-stream", body = String),
         (status = 400, description = "Invalid trial id", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 404, description = "The trial has no engine", body = ErrorBody)))]
+        (status = 404, description = "The trial has no engine and is not scheduled", body = ErrorBody)))]
 async fn events(
     _: ApiKey,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let (history, receiver) = state.engine(&id)?.events();
-    let finished = history.iter().any(|e| e.event == EventKind::TrialFinished);
-    let replay = stream::iter(
-        history
-            .iter()
-            .map(|e| TrialEvent::clone(e))
-            .collect::<Vec<_>>(),
-    );
+    let stream: EventStream = if let Some(job) = state
+        .scheduler
+        .jobs()
+        .into_iter()
+        .find(|job| job.id == id)
+        .filter(|_| !state.scheduler.engines().contains(&id))
+    {
+        let scheduled = Event::default()
+            .event("scheduled")
+            .json_data(json!({"trial_id": id, "start_time": job.start_time}))
+            .unwrap_or_default();
+        let started = {
+            let scheduler = state.scheduler.clone();
+            let id = id.clone();
+            async move { scheduler.wait_for_engine(&id).await }
+        };
+        let unscheduled = Event::default()
+            .event("unscheduled")
+            .json_data(json!({"trial_id": id}))
+            .unwrap_or_default();
+        Box::pin(
+            stream::once(async move { scheduled }).chain(stream::once(started).flat_map(
+                move |engine| match engine {
+                    Some(engine) => engine_stream(&engine),
+                    None => Box::pin(stream::once(std::future::ready(unscheduled.clone()))),
+                },
+            )),
+        )
+    } else {
+        match state.find_trial(&id).await? {
+            Found::Engine(engine) => engine_stream(&engine),
+            found => {
+                let history = state.history(&found, &id).await?;
+                let events: Vec<Event> = history.iter().map(|e| to_sse(e)).collect();
+                Box::pin(stream::iter(events))
+            }
+        }
+    };
+    let stream = stream
+        .map(Ok)
+        .take_until(state.shutdown.clone().cancelled_owned());
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// An engine's history, then its live events until the trial ends.
+fn engine_stream(engine: &EngineHandle) -> EventStream {
+    let (history, receiver) = engine.events();
+    let ended = history.iter().any(|e| e.event.ends_trial());
+    let next = history.len() as u64;
+    let replay = stream::iter(history.iter().map(|e| to_sse(e)).collect::<Vec<_>>());
     let live = stream::unfold(
-        (receiver, history.len(), finished),
+        (receiver, next, ended),
         |(mut receiver, next, done)| async move {
             if done {
                 return None;
@@ -102,9 +155,9 @@ async fn events(
                     // Already sent from the history.
                     Ok(event) if event.seq < next => {}
                     Ok(event) => {
-                        let done = event.event == EventKind::TrialFinished;
+                        let done = event.event.ends_trial();
                         let next = event.seq + 1;
-                        return Some((event, (receiver, next, done)));
+                        return Some((to_sse(&event), (receiver, next, done)));
                     }
                     Err(RecvError::Lagged(_)) => {}
                     Err(RecvError::Closed) => return None,
@@ -112,20 +165,12 @@ async fn events(
             }
         },
     );
-    let stream = replay
-        .chain(live)
-        .map(|event| Ok(to_sse(&event)))
-        .take_until(state.shutdown.clone().cancelled_owned());
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Box::pin(replay.chain(live))
 }
 
 fn to_sse(event: &TrialEvent) -> Event {
-    let name = serde_json::to_value(event.event)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
     Event::default()
-        .event(name)
+        .event(event.event.name())
         .id(event.seq.to_string())
         .json_data(event)
         .unwrap_or_default()

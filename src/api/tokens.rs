@@ -39,10 +39,16 @@ pub fn check_token(
     let claims = state.tokens.verify(token, id)?;
     let engine = state.scheduler.engines().get(id);
     if let Some(engine) = &engine {
-        match engine.snapshot().engine {
-            EngineStatus::Finished => {
+        let status = engine.snapshot().engine_status();
+        match status {
+            EngineStatus::Finished | EngineStatus::Aborted => {
                 return Err(ApiError::forbidden(format!(
-                    "trial '{id}' has finished; its token is no longer accepted"
+                    "trial '{id}' has {}; its token is no longer accepted",
+                    if status == EngineStatus::Aborted {
+                        "been aborted"
+                    } else {
+                        "finished"
+                    }
                 )));
             }
             EngineStatus::Failed => {

@@ -1,20 +1,23 @@
-//! The platform's endpoints of a running trial: component callbacks (token), the operator's
-//! `active` and `finish` (API key), and the trial's status and recorded responses.
+//! The platform's endpoints of a running trial: component callbacks and progress reports
+//! (token), the operator's `active`, `finish`, `pause`, `resume`, `step` and `abort` (API
+//! key), and the trial's status and recorded responses.
 
 use axum::Json;
 use axum::extract::State;
+use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiKey, PresentedToken, TrialIdParam, TrialPath};
+use super::extract::{ApiKey, OptionalJson, PresentedToken, TrialIdParam, TrialPath};
 use super::tokens::check_token;
+use super::view::{self, Found};
 use super::{AppState, Message};
 use crate::domain::TrialId;
-use crate::engine::executor::SignalOutcome;
-use crate::engine::sequence::{self, Signal};
-use crate::engine::state::{ExecutorStatus, Position};
+use crate::engine::executor::{Control, ControlOutcome, ProgressReport, SignalOutcome};
+use crate::engine::sequence::Signal;
 
 /// The callback kinds, as path segments.
 pub const CALLBACK_KINDS: [&str; 5] = [
@@ -37,6 +40,48 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(callback_cloudvnfdeployment))
         .routes(routes!(callback_edgevnfonboarding))
         .routes(routes!(callback_edgevnfdeployment))
+        .routes(routes!(callback_progress))
+        .routes(routes!(abort))
+        .routes(routes!(pause))
+        .routes(routes!(resume))
+        .routes(routes!(step))
+}
+
+/// The longest reason or progress message taken, in characters.
+pub const MAX_TEXT: usize = 500;
+
+/// Optional body of the operator's actions: why.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Reason {
+    /// Why, in words (at most 500 characters); kept in the trial's history.
+    #[schema(example = "wrong facility booked")]
+    pub reason: Option<String>,
+}
+
+/// Body of a progress report (SPEC §13): both fields optional.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressBody {
+    /// How far along, 0 to 100.
+    #[schema(minimum = 0, maximum = 100, example = 40)]
+    pub progress: Option<i64>,
+    /// What the component is doing (at most 500 characters).
+    #[schema(example = "deploying the core network functions")]
+    pub message: Option<String>,
+}
+
+/// A reason or message of at most [`MAX_TEXT`] characters, trimmed; empty means none.
+pub fn checked_text(field: &str, text: Option<String>) -> Result<Option<String>, ApiError> {
+    let Some(text) = text else { return Ok(None) };
+    let text = text.trim();
+    if text.chars().count() > MAX_TEXT {
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            format!("'{field}' is longer than {MAX_TEXT} characters"),
+        ));
+    }
+    Ok((!text.is_empty()).then(|| text.to_owned()))
 }
 
 /// Defines the handler of one callback kind, routed and documented as its own path (so an
@@ -126,9 +171,10 @@ fn signal_answer(
             format!("{} already registered for trial {id}", signal.name())
         }
         SignalOutcome::Refused(reason) => return Err(ApiError::conflict(reason)),
-        SignalOutcome::NotLive(status) => {
+        SignalOutcome::NotLive(lifecycle) => {
             return Err(ApiError::conflict(format!(
-                "trial '{id}' does not take signals: its engine is {status:?}"
+                "trial '{id}' does not take signals: its engine is {}",
+                lifecycle.engine_status().name()
             )));
         }
     };
@@ -153,6 +199,199 @@ async fn callback(
     signal_answer(&id, signal, outcome)
 }
 
+/// Turns the answer to an action into the API's: 200 with what was done, or 409 with why not.
+fn control_answer(outcome: ControlOutcome) -> Result<Json<Message>, ApiError> {
+    outcome
+        .map(|m| Json(Message::new(m)))
+        .map_err(ApiError::conflict)
+}
+
+/// A component's progress report
+///
+/// While the executor waits for this component's callback, a heartbeat: it keeps the wait
+/// alive under `executor.callback_heartbeat_secs`, and its `progress` and `message` show in
+/// the trial's status and history. Optional JSON body `{"progress": 0-100, "message"}`.
+#[utoipa::path(
+    post,
+    path = "/trial/{trial_id}/callback/progress",
+    tag = "callbacks",
+    security(("callback_token" = [])),
+    params(TrialIdParam),
+    request_body(content = Option<ProgressBody>, description = "Optional"),
+    responses(
+        (status = 200, description = "Progress recorded", body = Message),
+        (status = 400, description = "Invalid trial id or malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing, invalid, expired or revoked token", body = ErrorBody),
+        (status = 403, description = "A token of another trial, or of a finished or failed trial", body = ErrorBody),
+        (status = 404, description = "The trial has no engine", body = ErrorBody),
+        (status = 409, description = "The trial is not waiting for a component", body = ErrorBody),
+        (status = 422, description = "A field out of range, too long, or unknown", body = ErrorBody),
+    ),
+)]
+async fn callback_progress(
+    State(state): State<AppState>,
+    TrialPath(id): TrialPath,
+    PresentedToken(token): PresentedToken,
+    OptionalJson(body): OptionalJson<ProgressBody>,
+) -> Result<Json<Message>, ApiError> {
+    let body = body.unwrap_or_default();
+    let progress = match body.progress {
+        None => None,
+        Some(p @ 0..=100) => Some(p as u8),
+        Some(p) => {
+            return Err(ApiError::new(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                format!("'progress' must be between 0 and 100, not {p}"),
+            ));
+        }
+    };
+    let message = checked_text("message", body.message)?;
+    let (_, engine) = check_token(&state, &id, &token)?;
+    let engine = engine.ok_or_else(|| ApiError::no_engine(&id))?;
+    control_answer(engine.progress(ProgressReport { progress, message }).await)
+}
+
+/// The engine of a trial that can take an operator's action: in memory, or a clear refusal.
+async fn steerable(
+    state: &AppState,
+    id: &TrialId,
+) -> Result<crate::engine::EngineHandle, ApiError> {
+    match state.find_trial(id).await? {
+        Found::Engine(engine) => Ok(engine),
+        Found::Stored(record) => Err(ApiError::conflict(format!(
+            "trial '{id}' has ended ({})",
+            record.lifecycle.engine_status().name()
+        ))),
+        Found::Corrupt(reason) => Err(ApiError::conflict(format!(
+            "trial '{id}' has a record that cannot be read: {reason}"
+        ))),
+    }
+}
+
+/// Abort the trial and clean up
+///
+/// From any live or failed state: a request in flight is cancelled, then the clean-up path
+/// undoes exactly what the trial deployed (KPI marking, measurement job, slice), writes
+/// `executor.aborted_repository_status` to the trial repository and revokes the token; the
+/// engine ends `Aborted`. A second abort while cleaning up answers "already aborting"; after
+/// a clean-up that failed for good, abort again retries it. Optional body `{"reason"}`.
+#[utoipa::path(
+    post,
+    path = "/trial/{trial_id}/abort",
+    tag = "trials",
+    security(("api_key" = [])),
+    params(TrialIdParam),
+    request_body(content = Option<Reason>, description = "Optional"),
+    responses(
+        (status = 200, description = "The clean-up starts, or is already running", body = Message),
+        (status = 400, description = "Invalid trial id or malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "The trial has no engine", body = ErrorBody),
+        (status = 409, description = "The trial has finished or was aborted", body = ErrorBody),
+        (status = 422, description = "An unknown field, or a reason that is too long", body = ErrorBody),
+    ),
+)]
+async fn abort(
+    _: ApiKey,
+    State(state): State<AppState>,
+    TrialPath(id): TrialPath,
+    OptionalJson(body): OptionalJson<Reason>,
+) -> Result<Json<Message>, ApiError> {
+    let reason = checked_text("reason", body.unwrap_or_default().reason)?
+        .unwrap_or_else(|| "aborted by the operator".to_owned());
+    let engine = steerable(&state, &id).await?;
+    control_answer(engine.control(Control::Abort { reason }).await)
+}
+
+/// Pause the trial
+///
+/// No new request starts until `resume`; a request in flight completes; callbacks are still
+/// accepted and held; deadlines keep running. Saved at once, so it outlives a restart.
+#[utoipa::path(
+    post,
+    path = "/trial/{trial_id}/pause",
+    tag = "trials",
+    security(("api_key" = [])),
+    params(TrialIdParam),
+    request_body(content = Option<Reason>, description = "Optional"),
+    responses(
+        (status = 200, description = "Paused (or already paused)", body = Message),
+        (status = 400, description = "Invalid trial id or malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "The trial has no engine", body = ErrorBody),
+        (status = 409, description = "The trial is not running (ended, failed, or cleaning up)", body = ErrorBody),
+        (status = 422, description = "An unknown field, or a reason that is too long", body = ErrorBody),
+    ),
+)]
+async fn pause(
+    _: ApiKey,
+    State(state): State<AppState>,
+    TrialPath(id): TrialPath,
+    OptionalJson(body): OptionalJson<Reason>,
+) -> Result<Json<Message>, ApiError> {
+    let reason = checked_text("reason", body.unwrap_or_default().reason)?;
+    let engine = steerable(&state, &id).await?;
+    control_answer(engine.control(Control::Pause { reason }).await)
+}
+
+/// Resume a paused trial
+#[utoipa::path(
+    post,
+    path = "/trial/{trial_id}/resume",
+    tag = "trials",
+    security(("api_key" = [])),
+    params(TrialIdParam),
+    request_body(content = Option<Reason>, description = "Optional"),
+    responses(
+        (status = 200, description = "Resumed (or was not paused)", body = Message),
+        (status = 400, description = "Invalid trial id or malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "The trial has no engine", body = ErrorBody),
+        (status = 409, description = "The trial is not running", body = ErrorBody),
+        (status = 422, description = "An unknown field, or a reason that is too long", body = ErrorBody),
+    ),
+)]
+async fn resume(
+    _: ApiKey,
+    State(state): State<AppState>,
+    TrialPath(id): TrialPath,
+    OptionalJson(body): OptionalJson<Reason>,
+) -> Result<Json<Message>, ApiError> {
+    let reason = checked_text("reason", body.unwrap_or_default().reason)?;
+    let engine = steerable(&state, &id).await?;
+    control_answer(engine.control(Control::Resume { reason }).await)
+}
+
+/// Run exactly the next step of a paused trial
+///
+/// The trial stays paused after it. At a waiting point with no signal yet: 409.
+#[utoipa::path(
+    post,
+    path = "/trial/{trial_id}/step",
+    tag = "trials",
+    security(("api_key" = [])),
+    params(TrialIdParam),
+    request_body(content = Option<Reason>, description = "Optional"),
+    responses(
+        (status = 200, description = "The next step runs", body = Message),
+        (status = 400, description = "Invalid trial id or malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "The trial has no engine", body = ErrorBody),
+        (status = 409, description = "Not paused, or waiting for a signal", body = ErrorBody),
+        (status = 422, description = "An unknown field, or a reason that is too long", body = ErrorBody),
+    ),
+)]
+async fn step(
+    _: ApiKey,
+    State(state): State<AppState>,
+    TrialPath(id): TrialPath,
+    OptionalJson(body): OptionalJson<Reason>,
+) -> Result<Json<Message>, ApiError> {
+    let reason = checked_text("reason", body.unwrap_or_default().reason)?;
+    let engine = steerable(&state, &id).await?;
+    control_answer(engine.control(Control::Step { reason }).await)
+}
+
 /// Mark the trial's KPIs active
 #[utoipa::path(
     post,
@@ -173,7 +412,7 @@ async fn active(
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Message>, ApiError> {
-    let outcome = state.engine(&id)?.signal(Signal::Active).await;
+    let outcome = steerable(&state, &id).await?.signal(Signal::Active).await;
     signal_answer(&id, Signal::Active, outcome)
 }
 
@@ -197,14 +436,17 @@ async fn finish(
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Message>, ApiError> {
-    let outcome = state.engine(&id)?.signal(Signal::Finish).await;
+    let outcome = steerable(&state, &id).await?.signal(Signal::Finish).await;
     signal_answer(&id, Signal::Finish, outcome)
 }
 
 /// The trial's status
 ///
 /// `{"message": "Status: <status> State: <state>", "status", "state", "step", "waiting_for",
-/// "kpi_status", "failed", "finished", "engine_status", "failure", "restorable"}`.
+/// "kpi_status", "failed", "finished", "aborted", "engine_status", "failure", "restorable",
+/// "cleanup_failed", "leftovers", "aborting", "abort_reason", "paused", "progress",
+/// "progress_message", "created_at", "updated_at", "ended_at"}`. The same once the engine
+/// has left memory: the store answers then.
 #[utoipa::path(
     get,
     path = "/trial/{trial_id}/status",
@@ -223,34 +465,17 @@ async fn status(
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Value>, ApiError> {
-    let snapshot = state.engine(&id)?.snapshot();
-    let waiting_for = match snapshot.position {
-        Position::Wait(wait) => Some(sequence::wait_spec(wait).waiting_for),
-        Position::Run(_) => None,
-    };
-    let step = match snapshot.position {
-        Position::Run(step) => Some(step.name()),
-        Position::Wait(_) => None,
-    };
-    let status = snapshot.executor;
-    Ok(Json(json!({
-        "message": format!("Status: {status:?} State: {}", snapshot.state()),
-        "status": status,
-        "state": snapshot.state(),
-        "step": step,
-        "waiting_for": waiting_for,
-        "kpi_status": snapshot.kpi_status,
-        "failed": status == ExecutorStatus::Failed,
-        "finished": status == ExecutorStatus::Finished,
-        "engine_status": snapshot.engine,
-        "failure": snapshot.failure,
-        "restorable": snapshot.restorable,
-    })))
+    Ok(Json(match state.find_trial(&id).await? {
+        Found::Engine(engine) => view::status(&engine.snapshot()),
+        Found::Stored(record) => view::status(&view::snapshot_of(&record)),
+        Found::Corrupt(reason) => view::corrupt_status(&reason),
+    }))
 }
 
 /// Every response the trial's engine recorded
 ///
-/// `{"trial_id", "responses": [...]}`, in the order they were received.
+/// `{"trial_id", "responses": [...]}`, every attempt in the order received (`attempt` counts
+/// the tries of one request).
 #[utoipa::path(
     get,
     path = "/trial/{trial_id}/responses",
@@ -269,10 +494,11 @@ async fn responses(
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Value>, ApiError> {
-    let snapshot = state.engine(&id)?.snapshot();
+    let found = state.find_trial(&id).await?;
+    let responses = state.responses(&found, &id).await?;
     Ok(Json(json!({
         "trial_id": id,
-        "responses": *snapshot.responses,
+        "responses": responses,
     })))
 }
 
@@ -288,6 +514,7 @@ mod tests {
             .paths
             .keys()
             .filter_map(|p| p.strip_prefix("/trial/{trial_id}/callback/"))
+            .filter(|kind| *kind != "progress")
             .collect();
         routed.sort_unstable();
         let mut kinds = CALLBACK_KINDS.to_vec();

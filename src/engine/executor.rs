@@ -1,24 +1,28 @@
-//! The executor task: walks the sequence, answers signals at once (even while a step's
-//! request is in flight), and hands a checkpoint to the watchdog after every completed step
-//! and at every waiting point.
+//! The executor task: walks the trial sequence (or, after an abort, the clean-up path),
+//! answers every command at once (even while a step's request is in flight), and hands a
+//! checkpoint to the watchdog after every completed step and at every waiting point.
+//!
+//! Before each step sits the operator's gate: a paused trial starts no new request until it
+//! is resumed or stepped. At a waiting point three clocks run: the wait's own deadline, the
+//! component's heartbeat (reset by progress callbacks) and, at the operator's waits, the
+//! trial's own deadline, which finishes it the way the operator's finish would.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant as Deadline;
 use tracing::{error, info, warn};
 
-use super::sequence::{self, Signal, Step, Then, WAITS, Wait, Waiter};
-use super::state::{Backup, EngineStatus, EventKind, ExecutorStatus, Position, TrialData};
+use super::sequence::{self, Next, Signal, Step, WAITS, Wait, Waiter};
+use super::state::{
+    Checkpoint, EventKind, Failure, Lifecycle, Mode, Position, Progress, SliceState,
+};
 use super::steps::{self, StepCx, StepError};
 use super::{EngineDeps, EngineShared};
 use crate::domain::TrialId;
-
-/// A signal for the executor and where to send its answer.
-pub struct SignalRequest {
-    pub signal: Signal,
-    pub reply: oneshot::Sender<SignalOutcome>,
-}
+use crate::store::Op;
 
 /// How the executor took a signal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +36,7 @@ pub enum SignalOutcome {
     /// It does not fit where the executor is; nothing changes.
     Refused(String),
     /// The engine no longer takes signals.
-    NotLive(EngineStatus),
+    NotLive(Lifecycle),
 }
 
 impl SignalOutcome {
@@ -48,10 +52,50 @@ impl SignalOutcome {
     }
 }
 
-/// A backup for the watchdog, acknowledged once it is kept (and, with a store, saved).
-pub struct Checkpoint {
+/// An operator's action on a trial (SPEC §14), each with its reason where one is given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    Pause { reason: Option<String> },
+    Resume { reason: Option<String> },
+    Step { reason: Option<String> },
+    Abort { reason: String },
+}
+
+impl Control {
+    /// The action as the API, the metrics and the history name it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Control::Pause { .. } => "pause",
+            Control::Resume { .. } => "resume",
+            Control::Step { .. } => "step",
+            Control::Abort { .. } => "abort",
+        }
+    }
+}
+
+/// How an action, or a progress report, was taken: `Ok` with what was done, or `Err` with
+/// why it does not fit now (the API's 409).
+pub type ControlOutcome = Result<String, String>;
+
+/// A component's progress report (SPEC §13).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgressReport {
+    pub progress: Option<u8>,
+    pub message: Option<String>,
+}
+
+/// Something for the executor, and where to send its answer.
+pub enum Command {
+    Signal(Signal, oneshot::Sender<SignalOutcome>),
+    Progress(ProgressReport, oneshot::Sender<ControlOutcome>),
+    Control(Control, oneshot::Sender<ControlOutcome>),
+}
+
+/// A checkpoint for the watchdog, acknowledged once it is kept (and, with a store, saved).
+pub struct Checkpointed {
     /// Boxed: every engine's channel keeps a block of slots, which stays small this way.
-    pub backup: Box<Backup>,
+    pub checkpoint: Box<Checkpoint>,
+    pub lifecycle: Lifecycle,
     pub ack: oneshot::Sender<Result<(), String>>,
 }
 
@@ -59,6 +103,7 @@ pub struct Checkpoint {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExecutorExit {
     Finished,
+    Aborted,
     Failed(String),
 }
 
@@ -120,203 +165,483 @@ pub fn decide(
     Decision::Refuse(format!("{} does not fit now: {now}", signal.name()))
 }
 
-/// The executor: owns the trial's data while it runs.
+/// Where a step or a wait leads.
+enum Outcome {
+    To(Position),
+    Finished,
+    /// The clean-up path is done.
+    Aborted,
+    Failed(String),
+    /// The operator asked for an abort; whatever was in flight is dropped.
+    Abort(String),
+}
+
+/// The executor: owns the trial's checkpoint while it runs.
 pub struct Executor {
     pub id: TrialId,
     pub deps: Arc<EngineDeps>,
-    pub position: Position,
-    pub data: TrialData,
-    pub accepted: Vec<(Wait, Signal)>,
-    /// Early signals kept until their waiting point is reached.
-    pub held: Vec<(Wait, Signal)>,
+    pub shared: Arc<EngineShared>,
+    pub checkpoint: Checkpoint,
     /// The first step runs again (the executor was restored, or recovered after a crash).
     pub rerun: bool,
-    pub commands: mpsc::Receiver<SignalRequest>,
-    pub checkpoints: mpsc::Sender<Checkpoint>,
-    pub shared: Arc<EngineShared>,
+    pub commands: mpsc::Receiver<Command>,
+    pub checkpoints: mpsc::Sender<Checkpointed>,
+    /// The operator stepped a paused trial: the next step may run.
+    pub stepping: bool,
 }
 
 impl Executor {
-    /// Runs until the trial finishes or fails.
+    /// Runs until the trial finishes, is aborted, or fails.
     pub async fn run(mut self) -> ExecutorExit {
-        let vnf_enabled = !self.deps.settings.executor.disable_vnf;
         loop {
-            let outcome = match self.position {
-                Position::Run(step) => {
-                    self.publish(ExecutorStatus::Running);
-                    info!(step = step.name(), "step started");
-                    self.emit(EventKind::StepStarted, Some(step), None, None);
-                    let started = Instant::now();
-                    let result = self.run_step(step).await;
-                    let elapsed_ms =
-                        u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                    let outcome = if result.is_ok() {
-                        "completed"
-                    } else {
-                        "failed"
-                    };
-                    metrics::counter!("lcm_steps_total", "step" => step.name(), "outcome" => outcome)
-                        .increment(1);
-                    match result {
-                        Ok(()) => {
-                            info!(step = step.name(), elapsed_ms, "step completed");
-                            if step == Step::GetCallbackToken {
-                                *self.shared.token() = self.data.token.clone();
-                            }
-                            self.emit(EventKind::StepCompleted, Some(step), None, Some(elapsed_ms));
-                            match sequence::after(step, vnf_enabled) {
-                                Then::Step(next) => Ok(Position::Run(next)),
-                                Then::Wait(wait) => Ok(Position::Wait(wait)),
-                                Then::End | Then::Branch { .. } => return self.finish(),
-                            }
-                        }
-                        Err(e) => {
-                            let reason = format!("{} failed: {e}", step.name());
-                            self.emit(
-                                EventKind::StepFailed,
-                                Some(step),
-                                Some(reason.clone()),
-                                Some(elapsed_ms),
-                            );
-                            Err(reason)
-                        }
-                    }
+            let outcome = match self.checkpoint.position {
+                Position::Run(step) if self.checkpoint.paused && !self.stepping => {
+                    self.hold(step).await
                 }
-                Position::Wait(wait) => {
-                    self.publish(ExecutorStatus::Waiting);
-                    self.wait(wait).await.map(Position::Run)
-                }
+                Position::Run(step) => self.run_step(step).await,
+                Position::Wait(wait) => self.wait(wait).await,
             };
-            match outcome {
-                Ok(position) => {
-                    self.position = position;
-                    if let Err(e) = self.checkpoint().await {
-                        return self.fail(format!("checkpoint not saved: {e}")).await;
-                    }
-                }
-                Err(reason) => return self.fail(reason).await,
+            let position = match outcome {
+                Outcome::To(position) => position,
+                Outcome::Finished => return self.end(Lifecycle::Finished).await,
+                Outcome::Aborted => return self.end(Lifecycle::Aborted).await,
+                Outcome::Failed(reason) => return self.fail(reason).await,
+                Outcome::Abort(reason) => match self.begin_cleanup(reason) {
+                    Some(position) => position,
+                    None => return self.end(Lifecycle::Aborted).await,
+                },
+            };
+            self.checkpoint.position = position;
+            if let Err(e) = self.save(self.lifecycle()).await {
+                return self.fail(format!("checkpoint not saved: {e}")).await;
             }
         }
     }
 
-    /// Runs a step while still answering signals: a request in flight never blocks the API.
-    async fn run_step(&mut self, step: Step) -> Result<(), StepError> {
+    fn cleaning_up(&self) -> bool {
+        matches!(self.checkpoint.mode, Mode::Cleanup { .. })
+    }
+
+    /// The lifecycle at the current position.
+    fn lifecycle(&self) -> Lifecycle {
+        match self.checkpoint.position {
+            Position::Run(_) if self.checkpoint.paused && !self.stepping => Lifecycle::Waiting,
+            Position::Run(_) => Lifecycle::Running,
+            Position::Wait(_) => Lifecycle::Waiting,
+        }
+    }
+
+    /// Runs one step while still answering commands: a request in flight never blocks the
+    /// API. An abort drops the step (its request is cancelled).
+    async fn run_step(&mut self, step: Step) -> Outcome {
+        self.shared.move_to(Lifecycle::Running, &self.checkpoint);
+        info!(step = step.name(), "step started");
+        self.shared
+            .journal
+            .event(EventKind::StepStarted, Some(step), None, None);
         if let Some(hook) = &self.deps.hooks.before_step {
             hook(&self.id, step);
         }
-        let mut cx = StepCx {
-            deps: &self.deps,
-            id: &self.id,
-            data: &mut self.data,
-            step,
-            rerun: std::mem::take(&mut self.rerun),
-        };
-        let work = steps::run(&mut cx);
-        tokio::pin!(work);
-        loop {
-            tokio::select! {
-                result = &mut work => return result,
-                Some(request) = self.commands.recv() => {
-                    let outcome = match decide(Position::Run(step), request.signal, &self.accepted, &self.held) {
-                        Decision::Hold(wait) => {
-                            info!(signal = request.signal.name(), step = step.name(), "early signal kept until the step completes");
-                            self.held.push((wait, request.signal));
-                            SignalOutcome::Held(step)
+        let started = Instant::now();
+        let cleanup = self.cleaning_up();
+        let result = {
+            let Checkpoint {
+                data,
+                accepted,
+                held,
+                paused,
+                run,
+                started_at,
+                ..
+            } = &mut self.checkpoint;
+            let mut cx = StepCx {
+                deps: &self.deps,
+                id: &self.id,
+                journal: &self.shared.journal,
+                data,
+                step,
+                rerun: std::mem::take(&mut self.rerun),
+                cleanup,
+                run: *run,
+                started_at: *started_at,
+                posts: 0,
+            };
+            let work = steps::run(&mut cx);
+            tokio::pin!(work);
+            loop {
+                tokio::select! {
+                    result = &mut work => break Ok(result),
+                    Some(command) = self.commands.recv() => match command {
+                        Command::Signal(signal, reply) => {
+                            let _ = reply.send(during_step(step, signal, accepted, held));
                         }
-                        other => answer(other),
-                    };
-                    let _ = request.reply.send(outcome);
+                        Command::Progress(_, reply) => {
+                            let _ = reply.send(Err(format!(
+                                "no component callback is awaited: the executor is running {}",
+                                step.name()
+                            )));
+                        }
+                        Command::Control(Control::Abort { reason }, reply) => {
+                            let _ = reply.send(Ok(abort_accepted(&self.id, cleanup)));
+                            if !cleanup {
+                                break Err(reason);
+                            }
+                        }
+                        Command::Control(control, reply) => {
+                            let outcome =
+                                set_pause(&self.shared, &self.id, paused, control, cleanup).await;
+                            let _ = reply.send(outcome);
+                        }
+                    },
+                }
+            }
+        };
+        let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.stepping = false;
+        let result = match result {
+            Ok(result) => result,
+            Err(reason) => {
+                info!(step = step.name(), "step cancelled by an abort");
+                return Outcome::Abort(reason);
+            }
+        };
+        let label = if result.is_ok() {
+            "completed"
+        } else {
+            "failed"
+        };
+        metrics::counter!("lcm_steps_total", "step" => step.name(), "outcome" => label)
+            .increment(1);
+        match result {
+            Ok(()) => {
+                info!(step = step.name(), elapsed_ms, "step completed");
+                if step == Step::GetCallbackToken {
+                    *self.shared.token() = self.checkpoint.data.token.clone();
+                }
+                self.shared.journal.event(
+                    EventKind::StepCompleted,
+                    Some(step),
+                    None,
+                    Some(elapsed_ms),
+                );
+                self.after(step)
+            }
+            Err(StepError(e)) => {
+                let reason = format!("{} failed: {e}", step.name());
+                self.shared.journal.event(
+                    EventKind::StepFailed,
+                    Some(step),
+                    Some(reason.clone()),
+                    Some(elapsed_ms),
+                );
+                Outcome::Failed(reason)
+            }
+        }
+    }
+
+    /// Where the path goes after `step` completed.
+    fn after(&self, step: Step) -> Outcome {
+        let to = |next: Next| match next {
+            Next::Step(next) => Some(Position::Run(next)),
+            Next::Wait(wait) => Some(Position::Wait(wait)),
+            Next::End => None,
+        };
+        match &self.checkpoint.mode {
+            Mode::Normal => match sequence::after(step, !self.deps.settings.executor.disable_vnf) {
+                Some(next) => to(next).map_or(Outcome::Finished, Outcome::To),
+                None => Outcome::Failed(format!(
+                    "{} is not a step of the trial sequence",
+                    step.name()
+                )),
+            },
+            Mode::Cleanup { .. } => {
+                let data = &self.checkpoint.data;
+                to(sequence::cleanup_after(
+                    Some(step),
+                    data.kpi_status,
+                    &data.ledger,
+                ))
+                .map_or(Outcome::Aborted, Outcome::To)
+            }
+        }
+    }
+
+    /// The operator's gate before `step`: holds until the trial is resumed, stepped or
+    /// aborted, answering every command meanwhile.
+    async fn hold(&mut self, step: Step) -> Outcome {
+        self.shared.move_to(Lifecycle::Waiting, &self.checkpoint);
+        info!(step = step.name(), "paused before the step");
+        let cleanup = self.cleaning_up();
+        loop {
+            let Some(command) = self.commands.recv().await else {
+                return Outcome::Failed("the engine's command channel closed".to_owned());
+            };
+            match command {
+                Command::Signal(signal, reply) => {
+                    let Checkpoint { accepted, held, .. } = &mut self.checkpoint;
+                    let _ = reply.send(during_step(step, signal, accepted, held));
+                }
+                Command::Progress(_, reply) => {
+                    let _ = reply.send(Err(format!(
+                        "no component callback is awaited: the trial is paused before {}",
+                        step.name()
+                    )));
+                }
+                Command::Control(Control::Abort { reason }, reply) => {
+                    let _ = reply.send(Ok(abort_accepted(&self.id, cleanup)));
+                    if !cleanup {
+                        return Outcome::Abort(reason);
+                    }
+                }
+                Command::Control(Control::Step { reason }, reply) => {
+                    self.shared
+                        .journal
+                        .event(EventKind::Stepped, Some(step), reason, None);
+                    self.stepping = true;
+                    let _ = reply.send(Ok(format!(
+                        "trial {} runs {} and stays paused",
+                        self.id,
+                        step.name()
+                    )));
+                    return Outcome::To(Position::Run(step));
+                }
+                Command::Control(control, reply) => {
+                    let outcome = set_pause(
+                        &self.shared,
+                        &self.id,
+                        &mut self.checkpoint.paused,
+                        control,
+                        cleanup,
+                    )
+                    .await;
+                    let resumed = !self.checkpoint.paused;
+                    let _ = reply.send(outcome);
+                    if resumed {
+                        return Outcome::To(Position::Run(step));
+                    }
                 }
             }
         }
     }
 
-    /// Waits at a waiting point for a signal that leaves it; returns the next step.
-    async fn wait(&mut self, wait: Wait) -> Result<Step, String> {
+    /// Waits at a waiting point for a signal that leaves it, answering every command.
+    async fn wait(&mut self, wait: Wait) -> Outcome {
         let spec = sequence::wait_spec(wait);
-        if let Some(i) = self.held.iter().position(|(w, _)| *w == wait) {
-            let (_, signal) = self.held.remove(i);
-            if let Decision::Take(next) = decide(Position::Wait(wait), signal, &self.accepted, &[])
+        if let Some(i) = self.checkpoint.held.iter().position(|(w, _)| *w == wait) {
+            let (_, signal) = self.checkpoint.held.remove(i);
+            if let Decision::Take(next) =
+                decide(Position::Wait(wait), signal, &self.checkpoint.accepted, &[])
             {
                 info!(signal = signal.name(), "applying the early signal");
-                self.accepted.push((wait, signal));
                 let detail = format!("{} (arrived early)", signal.name());
-                self.emit(EventKind::SignalAccepted, None, Some(detail), Some(0));
-                return Ok(next);
+                return self.take(wait, signal, next, detail, 0);
             }
         }
         info!(waiting_for = spec.waiting_for, "waiting");
-        self.emit(
+        self.shared.journal.event(
             EventKind::Waiting,
             None,
             Some(spec.waiting_for.to_owned()),
             None,
         );
+        self.shared.move_to(Lifecycle::Waiting, &self.checkpoint);
         let waiting_since = Instant::now();
         let executor = &self.deps.settings.executor;
-        let limit = match spec.waiter {
-            Waiter::Component => Some(executor.callback_timeout_secs),
-            Waiter::Operator => executor.operator_timeout_secs,
+        let at = |secs: u64| Deadline::now() + Duration::from_secs(secs);
+        let (limit, heartbeat_secs, trial_deadline) = match spec.waiter {
+            Waiter::Component => (
+                Some(at(executor.callback_timeout_secs)),
+                executor.callback_heartbeat_secs,
+                None,
+            ),
+            Waiter::Operator => (
+                executor.operator_timeout_secs.map(at),
+                None,
+                self.checkpoint
+                    .data
+                    .deadline
+                    .filter(|_| !self.cleaning_up())
+                    .map(|deadline| {
+                        let left = (deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                        Deadline::now() + left
+                    }),
+            ),
         };
-        let deadline = limit.map(|secs| tokio::time::Instant::now() + Duration::from_secs(secs));
-        loop {
-            let request = match deadline {
-                Some(deadline) => tokio::select! {
-                    request = self.commands.recv() => request,
-                    () = tokio::time::sleep_until(deadline) => {
-                        return Err(format!("timed out waiting for {}", spec.waiting_for));
-                    }
-                },
-                None => self.commands.recv().await,
-            };
-            let Some(request) = request else {
-                return Err("the engine's command channel closed".to_owned());
-            };
-            match decide(
-                Position::Wait(wait),
-                request.signal,
-                &self.accepted,
-                &self.held,
-            ) {
-                Decision::Take(next) => {
-                    info!(signal = request.signal.name(), "signal accepted");
-                    self.accepted.push((wait, request.signal));
-                    let waited =
-                        u64::try_from(waiting_since.elapsed().as_millis()).unwrap_or(u64::MAX);
-                    self.emit(
-                        EventKind::SignalAccepted,
-                        None,
-                        Some(request.signal.name().to_owned()),
-                        Some(waited),
-                    );
-                    let _ = request.reply.send(SignalOutcome::Accepted(next));
-                    return Ok(next);
+        let mut heartbeat = heartbeat_secs.map(at);
+        let cleanup = self.cleaning_up();
+        let outcome = loop {
+            let command = tokio::select! {
+                command = self.commands.recv() => command,
+                () = sleep_until(limit) => {
+                    break Outcome::Failed(format!("timed out waiting for {}", spec.waiting_for));
                 }
-                other => {
-                    let _ = request.reply.send(answer(other));
+                () = sleep_until(heartbeat) => {
+                    break Outcome::Failed(format!(
+                        "timed out waiting for {}: no progress for {} s",
+                        spec.waiting_for,
+                        heartbeat_secs.unwrap_or_default()
+                    ));
+                }
+                () = sleep_until(trial_deadline) => {
+                    info!("the trial's deadline has come: finishing it");
+                    self.shared.journal.event(
+                        EventKind::TrialDeadline,
+                        None,
+                        Some("the trial's deadline has come: finishing it".to_owned()),
+                        None,
+                    );
+                    match decide(Position::Wait(wait), Signal::Finish, &self.checkpoint.accepted, &[]) {
+                        Decision::Take(next) => {
+                            let waited = elapsed_ms(waiting_since);
+                            break self.take(wait, Signal::Finish, next, "finish (trial deadline)".to_owned(), waited);
+                        }
+                        other => break Outcome::Failed(format!("the trial's deadline came, but it cannot finish here: {other:?}")),
+                    }
+                }
+            };
+            let Some(command) = command else {
+                break Outcome::Failed("the engine's command channel closed".to_owned());
+            };
+            match command {
+                Command::Signal(signal, reply) => {
+                    let decision = decide(
+                        Position::Wait(wait),
+                        signal,
+                        &self.checkpoint.accepted,
+                        &self.checkpoint.held,
+                    );
+                    if let Decision::Take(next) = decision {
+                        info!(signal = signal.name(), "signal accepted");
+                        let _ = reply.send(SignalOutcome::Accepted(next));
+                        let waited = elapsed_ms(waiting_since);
+                        break self.take(wait, signal, next, signal.name().to_owned(), waited);
+                    }
+                    let _ = reply.send(answer(decision));
+                }
+                Command::Progress(report, reply) => {
+                    if spec.waiter != Waiter::Component {
+                        let _ = reply.send(Err(format!(
+                            "no component callback is awaited: the executor is waiting for {}",
+                            spec.waiting_for
+                        )));
+                        continue;
+                    }
+                    heartbeat = heartbeat_secs.map(at);
+                    self.progress(report);
+                    let _ = reply.send(Ok(format!("progress recorded for trial {}", self.id)));
+                }
+                Command::Control(Control::Abort { reason }, reply) => {
+                    let _ = reply.send(Ok(abort_accepted(&self.id, cleanup)));
+                    if !cleanup {
+                        break Outcome::Abort(reason);
+                    }
+                }
+                Command::Control(Control::Step { .. }, reply) => {
+                    let _ = reply.send(Err(if self.checkpoint.paused {
+                        format!(
+                            "the trial is waiting for {}: nothing to step yet",
+                            spec.waiting_for
+                        )
+                    } else {
+                        "the trial is not paused".to_owned()
+                    }));
+                }
+                Command::Control(control, reply) => {
+                    let outcome = set_pause(
+                        &self.shared,
+                        &self.id,
+                        &mut self.checkpoint.paused,
+                        control,
+                        cleanup,
+                    )
+                    .await;
+                    let _ = reply.send(outcome);
                 }
             }
+        };
+        self.shared.set_progress(None);
+        outcome
+    }
+
+    /// Takes a signal that leaves `wait` for `next`.
+    fn take(
+        &mut self,
+        wait: Wait,
+        signal: Signal,
+        next: Step,
+        detail: String,
+        waited: u64,
+    ) -> Outcome {
+        self.checkpoint.accepted.push((wait, signal));
+        self.shared
+            .journal
+            .event(EventKind::SignalAccepted, None, Some(detail), Some(waited));
+        if wait == Wait::SliceClosed {
+            self.checkpoint.data.ledger.slice = SliceState::Closed;
+        }
+        if self.cleaning_up() {
+            // The clean-up's own path goes on after the slice is closed.
+            return self.after(Step::CloseService);
+        }
+        Outcome::To(Position::Run(next))
+    }
+
+    /// A component's progress report: shown in the status and the history.
+    fn progress(&self, report: ProgressReport) {
+        let detail = match (&report.progress, &report.message) {
+            (Some(p), Some(m)) => Some(format!("{p}%: {m}")),
+            (Some(p), None) => Some(format!("{p}%")),
+            (None, Some(m)) => Some(m.clone()),
+            (None, None) => None,
+        };
+        self.shared
+            .journal
+            .event(EventKind::Progress, None, detail, None);
+        self.shared.set_progress(Some(Progress {
+            progress: report.progress,
+            message: report.message,
+            at: Utc::now(),
+        }));
+    }
+
+    /// Switches to the clean-up path (SPEC §14); returns where it starts, or `None` when
+    /// there is nothing at all to do.
+    fn begin_cleanup(&mut self, reason: String) -> Option<Position> {
+        let checkpoint = &mut self.checkpoint;
+        checkpoint.data.ledger = sequence::ledger_at(checkpoint.position, &checkpoint.data.ledger);
+        checkpoint.mode = Mode::Cleanup {
+            reason: reason.clone(),
+        };
+        checkpoint.paused = false;
+        self.stepping = false;
+        let first =
+            sequence::cleanup_after(None, checkpoint.data.kpi_status, &checkpoint.data.ledger);
+        info!(reason = %reason, "aborting: the clean-up starts");
+        self.shared
+            .journal
+            .event(EventKind::AbortRequested, None, Some(reason.clone()), None);
+        self.shared.journal.event(
+            EventKind::CleanupStarted,
+            None,
+            Some(format!("{reason}; undoing what the trial deployed")),
+            None,
+        );
+        match first {
+            Next::Step(step) => Some(Position::Run(step)),
+            Next::Wait(wait) => Some(Position::Wait(wait)),
+            Next::End => None,
         }
     }
 
-    fn backup(&self) -> Backup {
-        Backup {
-            position: self.position,
-            data: self.data.clone(),
-            accepted: self.accepted.clone(),
-            held: self.held.clone(),
-            failure: None,
-        }
-    }
-
-    /// Hands the backup to the watchdog and waits until it is kept.
-    async fn checkpoint(&self) -> Result<(), String> {
+    /// Hands the checkpoint to the watchdog and waits until it is kept.
+    async fn save(&self, lifecycle: Lifecycle) -> Result<(), String> {
         let (ack, acked) = oneshot::channel();
-        let checkpoint = Checkpoint {
-            backup: Box::new(self.backup()),
+        let message = Checkpointed {
+            checkpoint: Box::new(self.checkpoint.clone()),
+            lifecycle,
             ack,
         };
-        if self.checkpoints.send(checkpoint).await.is_err() {
+        if self.checkpoints.send(message).await.is_err() {
             return Err("the watchdog is gone".to_owned());
         }
         acked
@@ -324,72 +649,93 @@ impl Executor {
             .unwrap_or_else(|_| Err("the watchdog is gone".to_owned()))
     }
 
-    fn emit(
-        &mut self,
-        event: EventKind,
-        step: Option<Step>,
-        detail: Option<String>,
-        duration_ms: Option<u64>,
-    ) {
-        let event = self
-            .data
-            .log_event(event, step.map(Step::name), detail, duration_ms);
-        self.shared.announce(&self.data.history, event);
-    }
-
-    /// Shows the engine's state to the API.
-    fn publish(&self, executor: ExecutorStatus) {
-        let engine = match executor {
-            ExecutorStatus::Finished => EngineStatus::Finished,
-            ExecutorStatus::Failed => EngineStatus::Failed,
-            _ => EngineStatus::Active,
+    /// The trial is over: finished, or aborted with its clean-up done.
+    async fn end(mut self, lifecycle: Lifecycle) -> ExecutorExit {
+        self.commands.close();
+        let exit = if lifecycle == Lifecycle::Aborted {
+            info!("clean-up completed: trial aborted");
+            self.shared
+                .journal
+                .event(EventKind::CleanupCompleted, None, None, None);
+            self.shared
+                .journal
+                .event(EventKind::TrialAborted, None, None, None);
+            ExecutorExit::Aborted
+        } else {
+            info!("trial finished");
+            self.shared
+                .journal
+                .event(EventKind::TrialFinished, None, None, None);
+            ExecutorExit::Finished
         };
-        self.shared.state.send_modify(|s| {
-            s.engine = engine;
-            s.executor = executor;
-            s.position = self.position;
-            s.kpi_status = self.data.kpi_status;
-            s.responses = self.data.responses.clone();
-            if executor != ExecutorStatus::Failed {
-                s.failure = None;
-            }
-        });
+        self.shared.move_to(lifecycle, &self.checkpoint);
+        if let Err(e) = self.save(lifecycle).await {
+            error!(error = %e, "the end of the trial was not saved");
+        }
+        exit
     }
 
-    fn finish(mut self) -> ExecutorExit {
-        info!("trial finished");
-        self.emit(EventKind::TrialFinished, None, None, None);
-        self.publish(ExecutorStatus::Finished);
-        ExecutorExit::Finished
-    }
-
-    /// Stops at a failure: signals are refused from this moment on, and the backup (the
-    /// failed step's answers included; its position is still the step that failed, or the
-    /// waiting point that timed out) goes to the watchdog, which runs the failure procedure.
+    /// Stops at a failure: commands are refused from this moment on, and the checkpoint (its
+    /// position still the step that failed, or the waiting point that timed out) goes to the
+    /// watchdog, which runs the failure procedure.
     async fn fail(mut self, reason: String) -> ExecutorExit {
         self.commands.close();
         error!(reason = %reason, "trial failed");
-        self.emit(EventKind::TrialFailed, None, Some(reason.clone()), None);
         self.shared
-            .state
-            .send_modify(|s| s.failure = Some(reason.clone()));
-        self.publish(ExecutorStatus::Failed);
-        let mut backup = self.backup();
-        backup.failure = Some(reason.clone());
-        let (ack, acked) = oneshot::channel();
-        if self
-            .checkpoints
-            .send(Checkpoint {
-                backup: Box::new(backup),
-                ack,
-            })
-            .await
-            .is_ok()
-            && let Ok(Err(e)) = acked.await
-        {
+            .journal
+            .event(EventKind::TrialFailed, None, Some(reason.clone()), None);
+        let cleanup_failed = self.cleaning_up();
+        let data = &self.checkpoint.data;
+        self.checkpoint.failure = Some(Failure {
+            reason: reason.clone(),
+            at: Utc::now(),
+            reported: false,
+            cleanup_failed,
+            leftovers: if cleanup_failed {
+                data.ledger.leftovers(self.id.as_str(), data.info.as_ref())
+            } else {
+                Vec::new()
+            },
+        });
+        self.shared.move_to(Lifecycle::Failed, &self.checkpoint);
+        if let Err(e) = self.save(Lifecycle::Failed).await {
             warn!(error = %e, "the failure checkpoint was not saved");
         }
         ExecutorExit::Failed(reason)
+    }
+}
+
+/// Waits until `deadline`, or forever when there is none.
+async fn sleep_until(deadline: Option<Deadline>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn elapsed_ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A signal that arrives while `step` runs (or waits at the gate to run): an early signal for
+/// the wait that follows is kept, anything else is answered from the rules.
+fn during_step(
+    step: Step,
+    signal: Signal,
+    accepted: &[(Wait, Signal)],
+    held: &mut Vec<(Wait, Signal)>,
+) -> SignalOutcome {
+    match decide(Position::Run(step), signal, accepted, held) {
+        Decision::Hold(wait) => {
+            info!(
+                signal = signal.name(),
+                step = step.name(),
+                "early signal kept until the step completes"
+            );
+            held.push((wait, signal));
+            SignalOutcome::Held(step)
+        }
+        other => answer(other),
     }
 }
 
@@ -399,6 +745,71 @@ fn answer(decision: Decision) -> SignalOutcome {
         Decision::Hold(_) | Decision::Duplicate => SignalOutcome::AlreadyRegistered,
         Decision::Refuse(reason) => SignalOutcome::Refused(reason),
     }
+}
+
+fn abort_accepted(id: &TrialId, already: bool) -> String {
+    if already {
+        format!("trial {id} is already aborting")
+    } else {
+        format!("trial {id}: abort accepted; the clean-up starts")
+    }
+}
+
+/// Pauses or resumes (SPEC §14); the pause is saved at once, on its own, so it outlives a
+/// restart whatever the executor is doing. `Step` here (not paused) is refused.
+async fn set_pause(
+    shared: &EngineShared,
+    id: &TrialId,
+    paused: &mut bool,
+    control: Control,
+    cleanup: bool,
+) -> ControlOutcome {
+    if cleanup {
+        return Err(format!(
+            "trial {id} is being aborted: its clean-up cannot be paused or stepped"
+        ));
+    }
+    let (want, reason, kind) = match control {
+        Control::Pause { reason } => (true, reason, EventKind::Paused),
+        Control::Resume { reason } => (false, reason, EventKind::Resumed),
+        Control::Step { .. } => return Err(format!("trial {id} is not paused")),
+        Control::Abort { .. } => return Err(format!("trial {id}: abort is not a pause")),
+    };
+    if *paused == want {
+        return Ok(format!(
+            "trial {id} is already {}",
+            if want { "paused" } else { "running" }
+        ));
+    }
+    shared
+        .deps
+        .store
+        .write(Op::SetPaused {
+            id: id.clone(),
+            paused: want,
+        })
+        .await
+        .map_err(|e| format!("the change was not saved, so it was not made: {e}"))?;
+    *paused = want;
+    shared.journal.event(kind, None, reason, None);
+    shared.set_paused(want);
+    info!(
+        paused = want,
+        "operator {}",
+        if want {
+            "paused the trial"
+        } else {
+            "resumed the trial"
+        }
+    );
+    Ok(format!(
+        "trial {id} {}",
+        if want {
+            "paused: no new request starts until it is resumed"
+        } else {
+            "resumed"
+        }
+    ))
 }
 
 #[cfg(test)]

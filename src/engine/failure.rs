@@ -1,6 +1,7 @@
-//! What happens when a trial fails (SPEC §4.3): the repository is told `FAILED` (best effort)
-//! and `logs/executor_<id>_fail.log` is written with the executor's parameters and every
-//! response, the token redacted.
+//! What happens when a trial fails (SPEC §4.3): the repository is told `FAILED` (best effort,
+//! under the retry policy) and `logs/executor_<id>_fail.log` is written with the executor's
+//! parameters, what a failed clean-up left deployed, and every response, every secret
+//! redacted.
 
 use std::path::PathBuf;
 
@@ -9,10 +10,11 @@ use reqwest::Method;
 use serde_json::json;
 use tracing::{error, info, warn};
 
-use super::EngineDeps;
+use super::EngineShared;
 use super::redact::{REDACTED, Redactor};
-use super::state::{Backup, Position};
-use super::steps::record;
+use super::state::{Checkpoint, Position};
+use super::steps::recorder;
+use crate::config::Settings;
 use crate::domain::TrialId;
 use crate::services::{Outbound, Service};
 
@@ -20,26 +22,32 @@ use crate::services::{Outbound, Service};
 pub const REPORT_LABEL: &str = "ReportFailure";
 
 /// The path of a trial's failure file.
-pub fn failure_file(deps: &EngineDeps, id: &TrialId) -> PathBuf {
-    deps.settings
-        .logging
-        .dir
-        .join(format!("executor_{id}_fail.log"))
+pub fn failure_file(settings: &Settings, id: &TrialId) -> PathBuf {
+    settings.logging.dir.join(format!("executor_{id}_fail.log"))
 }
 
-/// Tells the repository and writes the failure file. `backup` gets the report's answer.
-pub async fn report(deps: &EngineDeps, id: &TrialId, backup: &mut Backup, reason: &str) {
+/// Tells the repository and writes the failure file; the report's answers are recorded.
+pub async fn report(shared: &EngineShared, checkpoint: &mut Checkpoint) {
+    let deps = &shared.deps;
+    let id = &shared.id;
     let request = Outbound::new(
         Service::TrialRepository,
         Method::PUT,
         format!("trial/{id}/"),
     )
     .json(json!({"status": "FAILED"}));
-    let reply = deps.services.send(&request).await;
+    let redactor = deps.redactor.with(checkpoint.data.token.as_deref());
+    let reply = deps
+        .services
+        .send(
+            &request,
+            recorder(&shared.journal, REPORT_LABEL, None, &request, &redactor),
+        )
+        .await;
     match &reply {
         Ok(r) if r.status == 204 => {
             info!("trial repository told FAILED");
-            backup.data.repository_status = Some("FAILED".to_owned());
+            checkpoint.data.repository_status = Some("FAILED".to_owned());
         }
         Ok(r) => warn!(
             status = r.status,
@@ -47,40 +55,42 @@ pub async fn report(deps: &EngineDeps, id: &TrialId, backup: &mut Backup, reason
         ),
         Err(e) => warn!(error = %e, "could not tell the trial repository FAILED"),
     }
-    let redactor = deps.redactor.with(backup.data.token.as_deref());
-    backup
-        .data
-        .record(record(REPORT_LABEL, &request, &reply, &redactor));
-    write_file(deps, id, backup, reason, &redactor).await;
+    write_file(shared, checkpoint, &redactor).await;
 }
 
-async fn write_file(
-    deps: &EngineDeps,
-    id: &TrialId,
-    backup: &Backup,
-    reason: &str,
-    redactor: &Redactor,
-) {
-    let state = match backup.position {
+async fn write_file(shared: &EngineShared, checkpoint: &Checkpoint, redactor: &Redactor) {
+    let settings = &shared.deps.settings;
+    let state = match checkpoint.position {
         Position::Run(step) => step.name().to_owned(),
-        Position::Wait(wait) => format!("Waiting ({wait:?})"),
+        Position::Wait(wait) => format!("Waiting ({})", wait.name()),
     };
+    let failure = checkpoint.failure.as_ref();
+    let data = &checkpoint.data;
+    let accepted: Vec<[&str; 2]> = checkpoint
+        .accepted
+        .iter()
+        .map(|(w, s)| [w.name(), s.name()])
+        .collect();
+    let responses: Vec<_> = shared.journal.responses();
     let mut content = json!({
-        "trial_id": id.as_str(),
+        "trial_id": shared.id.as_str(),
         "failed_at": Utc::now(),
-        "reason": reason,
+        "reason": failure.map(|f| f.reason.as_str()),
+        "cleanup_failed": failure.is_some_and(|f| f.cleanup_failed),
+        "leftovers": failure.map(|f| f.leftovers.as_slice()).unwrap_or_default(),
         "parameters": {
             "state": state,
             "status": "Failed",
-            "kpi_status": backup.data.kpi_status,
-            "trial_info": backup.data.info,
-            "token": backup.data.token.as_ref().map(|_| REDACTED),
-            "accepted_signals": backup.accepted,
+            "kpi_status": data.kpi_status,
+            "trial_info": data.info,
+            "token": data.token.as_ref().map(|_| REDACTED),
+            "accepted_signals": accepted,
+            "run": checkpoint.run,
         },
-        "responses": *backup.data.responses,
+        "responses": responses,
     });
     redactor.value(&mut content);
-    let path = failure_file(deps, id);
+    let path = failure_file(settings, &shared.id);
     let text = match serde_json::to_string_pretty(&content) {
         Ok(text) => text,
         Err(e) => {
@@ -88,8 +98,8 @@ async fn write_file(
             return;
         }
     };
-    if let Err(e) = tokio::fs::create_dir_all(&deps.settings.logging.dir).await {
-        error!(error = %e, dir = %deps.settings.logging.dir.display(), "cannot create the log directory");
+    if let Err(e) = tokio::fs::create_dir_all(&settings.logging.dir).await {
+        error!(error = %e, dir = %settings.logging.dir.display(), "cannot create the log directory");
     }
     match tokio::fs::write(&path, text).await {
         Ok(()) => info!(file = %path.display(), "failure file written"),

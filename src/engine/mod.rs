@@ -1,10 +1,16 @@
 //! One engine per trial: an executor task walking the sequence and a watchdog task keeping its
-//! backup. The API holds an [`EngineHandle`] (cheap to clone) and talks to the tasks only
-//! through channels: signals go to the executor, restores to the watchdog, and the engine's
-//! state is read from a `watch` channel. No handler ever waits for a running step.
+//! checkpoint. The API holds an [`EngineHandle`] (cheap to clone) and talks to the tasks only
+//! through channels: signals and the operator's pause/resume/step go to the executor; restore,
+//! skip and abort go to the watchdog; the engine's state is read from a `watch` channel, its
+//! history and responses from its [`journal::Journal`]. No handler ever waits for a running
+//! step.
+//!
+//! Every change of where the engine stands goes through [`EngineShared::move_to`], so the
+//! status the API shows always matches the checkpoint it came from.
 
 pub mod executor;
 pub mod failure;
+pub mod journal;
 pub mod nst;
 pub mod redact;
 pub mod sequence;
@@ -12,23 +18,25 @@ pub mod state;
 pub mod steps;
 pub mod watchdog;
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use chrono::Utc;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use tokio::task::{AbortHandle, JoinHandle};
-use tracing::Instrument;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::domain::TrialId;
 use crate::services::ServiceClient;
-use crate::store::{EngineRecord, Store};
+use crate::store::{RecoveredTrial, Store, TrialRecord};
 use crate::tokens::TokenManager;
-use executor::{Checkpoint, Executor, ExecutorExit, SignalOutcome, SignalRequest};
+use executor::{Command, Control, ControlOutcome, ProgressReport, SignalOutcome};
+use journal::Journal;
 use redact::Redactor;
 use sequence::{Signal, Step};
-use state::{Backup, EngineStatus, ExecutorStatus, Position, Snapshot, TrialData, TrialEvent};
-use watchdog::{RestoreError, RestoreRequest, Watchdog};
+use state::{Checkpoint, Lifecycle, Position, Progress, ResponseRecord, Snapshot, TrialEvent};
+use watchdog::{ControlRequest, RestoreError, Watchdog};
 
 /// A function called before every step (fault injection for tests and drills).
 pub type StepHook = Arc<dyn Fn(&TrialId, Step) + Send + Sync>;
@@ -48,35 +56,31 @@ pub struct EngineDeps {
     /// Hides the configuration's secrets in whatever is recorded.
     pub redactor: Redactor,
     pub hooks: EngineHooks,
+    /// Told when an engine's trial has ended, so it can leave memory later.
+    pub ended: mpsc::UnboundedSender<Weak<EngineShared>>,
 }
 
 /// State shared by the handle and the two tasks.
 pub struct EngineShared {
     pub id: TrialId,
     pub deps: Arc<EngineDeps>,
-    pub state: Arc<watch::Sender<Snapshot>>,
-    /// The current executor's signal channel; a restore replaces it.
-    commands: Mutex<mpsc::Sender<SignalRequest>>,
-    restores: mpsc::Sender<RestoreRequest>,
-    tasks: Mutex<Tasks>,
-    /// Live events for `/events` subscribers; made on the first subscription, so an engine
-    /// nobody watches carries no buffer.
-    events: Mutex<Option<broadcast::Sender<TrialEvent>>>,
+    state: watch::Sender<Snapshot>,
+    /// The trial's events and responses.
+    pub journal: Journal,
+    /// The current executor's command channel; a new executor replaces it.
+    commands: Mutex<mpsc::Sender<Command>>,
+    controls: mpsc::Sender<ControlRequest>,
+    /// Cancelled to stop the engine: the watchdog aborts the executor and ends.
+    stop: CancellationToken,
+    watchdog: Mutex<Option<JoinHandle<()>>>,
     /// The trial's callback token once minted, so deleting the engine can revoke it.
     token: Mutex<Option<String>>,
+    /// A delete has claimed this engine: exactly one delete removes it.
+    deleting: AtomicBool,
 }
 
-#[derive(Default)]
-struct Tasks {
-    executor: Option<AbortHandle>,
-    watchdog: Option<JoinHandle<()>>,
-}
-
-/// How many signals may queue for an executor; it answers them at once, so few ever wait.
+/// How many commands may queue for an executor; it answers them at once, so few ever wait.
 const SIGNAL_QUEUE: usize = 16;
-
-/// How many events a slow `/events` subscriber may fall behind before it skips some.
-const EVENT_BUFFER: usize = 64;
 
 /// A handle to one trial's engine.
 #[derive(Clone)]
@@ -84,73 +88,100 @@ pub struct EngineHandle {
     shared: Arc<EngineShared>,
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl EngineHandle {
     /// Creates the engine and starts it at the first step.
     pub fn start(id: TrialId, deps: Arc<EngineDeps>) -> Self {
-        let backup = Backup {
-            position: Position::Run(sequence::FIRST),
-            data: TrialData::default(),
-            accepted: Vec::new(),
-            held: Vec::new(),
-            failure: None,
+        let now = Utc::now();
+        let record = TrialRecord {
+            id,
+            lifecycle: Lifecycle::Running,
+            checkpoint: Checkpoint::new(now),
+            created_at: now,
+            updated_at: now,
+            ended_at: None,
         };
-        Self::recover(
+        Self::build(
             deps,
-            EngineRecord {
-                id,
-                status: EngineStatus::Active,
-                backup,
+            RecoveredTrial {
+                record,
+                events: Vec::new(),
+                responses: Vec::new(),
             },
+            false,
         )
     }
 
-    /// Brings back an engine from its saved record: an active one resumes from its backup
+    /// Brings back an engine from its saved record: a live one resumes from its checkpoint
     /// (a waiting point waits again, a step in flight runs again), a failed one waits for a
-    /// restore, a finished one is only listed.
-    pub fn recover(deps: Arc<EngineDeps>, record: EngineRecord) -> Self {
-        let EngineRecord { id, status, backup } = record;
-        let live = status == EngineStatus::Active;
+    /// restore, a skip or an abort.
+    pub fn recover(deps: Arc<EngineDeps>, trial: RecoveredTrial) -> Self {
+        // A step it stands at has run before, unless the engine had not begun at all.
+        let rerun = !trial.events.is_empty();
+        Self::build(deps, trial, rerun)
+    }
+
+    fn build(deps: Arc<EngineDeps>, trial: RecoveredTrial, rerun: bool) -> Self {
+        let RecoveredTrial {
+            record,
+            events,
+            responses,
+        } = trial;
+        let TrialRecord {
+            id,
+            lifecycle,
+            checkpoint,
+            created_at,
+            updated_at,
+            ended_at,
+        } = record;
+        let live = lifecycle.is_live();
         let (state, _) = watch::channel(Snapshot {
-            engine: status,
-            executor: match status {
-                EngineStatus::Active => ExecutorStatus::Running,
-                EngineStatus::Failed => ExecutorStatus::Failed,
-                EngineStatus::Finished => ExecutorStatus::Finished,
-                EngineStatus::Stopped => ExecutorStatus::Stopped,
-            },
-            position: backup.position,
-            kpi_status: backup.data.kpi_status,
-            failure: backup.failure.clone(),
-            restorable: status == EngineStatus::Failed,
-            responses: backup.data.responses.clone(),
-            history: backup.data.history.clone(),
-            created_at: Utc::now(),
+            lifecycle,
+            position: checkpoint.position,
+            mode: checkpoint.mode.clone(),
+            kpi_status: checkpoint.data.kpi_status,
+            failure: checkpoint.failure.clone(),
+            paused: checkpoint.paused,
+            progress: None,
+            created_at,
+            updated_at,
+            ended_at,
         });
         let (commands, _) = mpsc::channel(1);
-        let (restores, restore_rx) = mpsc::channel(4);
-        let (checkpoint_tx, checkpoint_rx) = mpsc::channel(4);
+        let (controls, controls_rx) = mpsc::channel(4);
+        let (checkpoint_tx, checkpoints) = mpsc::channel(4);
+        let journal = Journal::new(id.clone(), deps.store.clone(), events, responses);
         let shared = Arc::new(EngineShared {
             id,
-            deps,
-            state: Arc::new(state),
+            state,
+            journal,
             commands: Mutex::new(commands),
-            restores,
-            tasks: Mutex::new(Tasks::default()),
-            events: Mutex::new(None),
-            token: Mutex::new(backup.data.token.clone()),
+            controls,
+            stop: CancellationToken::new(),
+            watchdog: Mutex::new(None),
+            token: Mutex::new(checkpoint.data.token.clone()),
+            deleting: AtomicBool::new(false),
+            deps,
         });
-        if matches!(status, EngineStatus::Active | EngineStatus::Failed) {
+        if !lifecycle.is_ended() {
             let watchdog = Watchdog {
                 shared: shared.clone(),
-                backup,
+                checkpoint,
+                lifecycle,
                 start_executor: live,
+                rerun,
                 executor: None,
-                checkpoints: checkpoint_rx,
+                checkpoints,
                 checkpoint_tx,
-                restores: restore_rx,
+                controls: controls_rx,
+                pending_abort: None,
             };
             let handle = watchdog::spawn(watchdog, shared.span());
-            shared.tasks().watchdog = Some(handle);
+            *lock(&shared.watchdog) = Some(handle);
         }
         Self { shared }
     }
@@ -160,9 +191,9 @@ impl EngineHandle {
         &self.shared.id
     }
 
-    /// The engine's current state.
-    pub fn snapshot(&self) -> Snapshot {
-        self.shared.state.borrow().clone()
+    /// The engine's current state, borrowed: read what you need and let go.
+    pub fn snapshot(&self) -> watch::Ref<'_, Snapshot> {
+        self.shared.state.borrow()
     }
 
     /// A receiver that sees every change of the engine's state.
@@ -170,17 +201,19 @@ impl EngineHandle {
         self.shared.state.subscribe()
     }
 
-    /// The history so far and a receiver of every later event (no gap, no repeat: events in
-    /// the receiver that are already in the history have a `seq` below its length).
-    pub fn events(&self) -> (Arc<Vec<Arc<TrialEvent>>>, broadcast::Receiver<TrialEvent>) {
-        let receiver = {
-            let mut events = self.shared.events.lock().unwrap_or_else(|p| p.into_inner());
-            events
-                .get_or_insert_with(|| broadcast::channel(EVENT_BUFFER).0)
-                .subscribe()
-        };
-        let history = self.shared.state.borrow().history.clone();
-        (history, receiver)
+    /// The history so far.
+    pub fn history(&self) -> Vec<Arc<TrialEvent>> {
+        self.shared.journal.history()
+    }
+
+    /// Every response recorded so far.
+    pub fn responses(&self) -> Vec<Arc<ResponseRecord>> {
+        self.shared.journal.responses()
+    }
+
+    /// The history so far and a receiver of every later event (no gap, no repeat).
+    pub fn events(&self) -> (Vec<Arc<TrialEvent>>, broadcast::Receiver<TrialEvent>) {
+        self.shared.journal.subscribe()
     }
 
     /// Delivers a signal; the executor answers at once, whatever it is doing.
@@ -196,18 +229,68 @@ impl EngineHandle {
     }
 
     async fn deliver(&self, signal: Signal) -> SignalOutcome {
-        let engine = self.shared.state.borrow().engine;
-        if engine != EngineStatus::Active {
-            return SignalOutcome::NotLive(engine);
+        let not_live = || SignalOutcome::NotLive(self.shared.state.borrow().lifecycle);
+        if !self.shared.state.borrow().lifecycle.is_live() {
+            return not_live();
         }
         let sender = self.shared.commands().clone();
         let (reply, answer) = oneshot::channel();
-        if sender.send(SignalRequest { signal, reply }).await.is_err() {
-            return SignalOutcome::NotLive(self.shared.state.borrow().engine);
+        if sender.send(Command::Signal(signal, reply)).await.is_err() {
+            return not_live();
         }
-        answer
-            .await
-            .unwrap_or_else(|_| SignalOutcome::NotLive(self.shared.state.borrow().engine))
+        answer.await.unwrap_or_else(|_| not_live())
+    }
+
+    /// A component's progress report; refused unless the executor waits for a component.
+    pub async fn progress(&self, report: ProgressReport) -> ControlOutcome {
+        let outcome = self.ask(|reply| Command::Progress(report, reply)).await;
+        count_signal("progress", &outcome);
+        outcome
+    }
+
+    /// An operator's action: pause, resume and step go to the executor, abort to the
+    /// watchdog (which hands it to a live executor, or cleans up a failed trial itself).
+    pub async fn control(&self, control: Control) -> ControlOutcome {
+        let name = control.name();
+        let outcome = match control {
+            Control::Abort { reason } => {
+                let (reply, answer) = oneshot::channel();
+                let request = ControlRequest::Abort { reason, reply };
+                if self.shared.controls.send(request).await.is_err() {
+                    Err(self.not_live())
+                } else {
+                    answer.await.unwrap_or_else(|_| Err(self.not_live()))
+                }
+            }
+            control => self.ask(|reply| Command::Control(control, reply)).await,
+        };
+        count_signal(name, &outcome);
+        outcome
+    }
+
+    /// Sends a command to the executor and waits for its answer.
+    async fn ask(
+        &self,
+        command: impl FnOnce(oneshot::Sender<ControlOutcome>) -> Command,
+    ) -> ControlOutcome {
+        if !self.shared.state.borrow().lifecycle.is_live() {
+            return Err(self.not_live());
+        }
+        let sender = self.shared.commands().clone();
+        let (reply, answer) = oneshot::channel();
+        if sender.send(command(reply)).await.is_err() {
+            return Err(self.not_live());
+        }
+        answer.await.unwrap_or_else(|_| Err(self.not_live()))
+    }
+
+    fn not_live(&self) -> String {
+        let lifecycle = self.shared.state.borrow().lifecycle;
+        format!(
+            "trial '{}' does not take this now: its engine is {}",
+            self.shared.id,
+            lifecycle.engine_status().name()
+        )
     }
 
     /// The trial's callback token, once minted.
@@ -215,112 +298,139 @@ impl EngineHandle {
         self.shared.token().clone()
     }
 
-    /// Restores a failed engine from its backup.
-    pub async fn restore(&self) -> Result<(), RestoreError> {
-        {
-            let state = self.shared.state.borrow();
-            if state.engine == EngineStatus::Finished {
-                return Err(RestoreError::Finished);
-            }
-            if state.engine == EngineStatus::Failed && !state.restorable {
-                return Err(RestoreError::Reporting);
-            }
+    /// Restores a failed engine from its checkpoint; answers the state it resumes at.
+    pub async fn restore(&self) -> Result<String, RestoreError> {
+        self.to_watchdog(ControlRequest::Restore).await
+    }
+
+    /// Skips the step a failed engine stopped at, with the operator's reason.
+    pub async fn skip(&self, reason: String) -> Result<String, RestoreError> {
+        let outcome = self
+            .to_watchdog(|reply| ControlRequest::Skip { reason, reply })
+            .await;
+        count_signal("skip", &outcome);
+        outcome
+    }
+
+    async fn to_watchdog(
+        &self,
+        request: impl FnOnce(oneshot::Sender<Result<String, RestoreError>>) -> ControlRequest,
+    ) -> Result<String, RestoreError> {
+        if self.shared.state.borrow().lifecycle.is_ended() {
+            let ended = if self.shared.state.borrow().lifecycle == Lifecycle::Aborted {
+                "been aborted"
+            } else {
+                "finished"
+            };
+            return Err(RestoreError::Ended(ended));
         }
         let (reply, answer) = oneshot::channel();
         self.shared
-            .restores
-            .send(RestoreRequest { reply })
+            .controls
+            .send(request(reply))
             .await
             .map_err(|_| RestoreError::Gone)?;
         answer.await.unwrap_or(Err(RestoreError::Gone))
     }
 
-    /// Stops both tasks; a request in flight is cancelled.
-    pub fn stop(&self) {
-        let watchdog = self.abort_tasks();
-        drop(watchdog);
+    /// Claims the engine for a delete; only the first of concurrent deletes gets it.
+    pub fn claim_delete(&self) -> bool {
+        !self.shared.deleting.swap(true, Ordering::SeqCst)
     }
 
-    /// Stops both tasks and waits until the watchdog has ended, so no write of this engine
-    /// can reach the store after the caller's next one.
-    pub async fn stop_and_wait(&self) {
-        if let Some(watchdog) = self.abort_tasks() {
-            // An aborted task ends with a cancellation error; that is the point.
+    /// Gives the engine back after a delete that could not be saved.
+    pub fn release_delete(&self) {
+        self.shared.deleting.store(false, Ordering::SeqCst);
+    }
+
+    /// Stops both tasks (a request in flight is cancelled) and waits until they have ended,
+    /// so nothing of this engine reaches a service or the store afterwards. Stopping is not
+    /// failing: nothing is reported anywhere.
+    pub async fn stop(&self) {
+        self.shared.stop.cancel();
+        let watchdog = lock(&self.shared.watchdog).take();
+        if let Some(watchdog) = watchdog {
+            // The watchdog ends once its executor has; a panic there is already logged.
             let _ = watchdog.await;
         }
+        self.shared.journal.close();
+        self.shared
+            .state
+            .send_modify(|s| s.lifecycle = Lifecycle::Stopped);
     }
 
-    fn abort_tasks(&self) -> Option<JoinHandle<()>> {
-        let (watchdog, executor) = {
-            let mut tasks = self.shared.tasks();
-            (tasks.watchdog.take(), tasks.executor.take())
-        };
-        if let Some(executor) = executor {
-            executor.abort();
-        }
-        if let Some(watchdog) = &watchdog {
-            watchdog.abort();
-        }
-        self.shared.state.send_modify(|s| {
-            s.engine = EngineStatus::Stopped;
-            s.executor = ExecutorStatus::Stopped;
-        });
-        watchdog
+    /// A reference to this engine that does not keep it in memory.
+    pub fn weak(&self) -> Weak<EngineShared> {
+        Arc::downgrade(&self.shared)
     }
+
+    /// Whether `other` is this very engine (not one made later for the same trial).
+    pub fn same(&self, other: &Weak<EngineShared>) -> bool {
+        std::ptr::eq(Arc::as_ptr(&self.shared), other.as_ptr())
+    }
+}
+
+fn count_signal<T, E>(signal: &'static str, outcome: &Result<T, E>) {
+    let label = if outcome.is_ok() {
+        "accepted"
+    } else {
+        "refused_wrong_phase"
+    };
+    metrics::counter!("lcm_signals_total", "signal" => signal, "outcome" => label).increment(1);
 }
 
 impl EngineShared {
-    fn commands(&self) -> std::sync::MutexGuard<'_, mpsc::Sender<SignalRequest>> {
-        self.commands.lock().unwrap_or_else(|p| p.into_inner())
+    fn commands(&self) -> MutexGuard<'_, mpsc::Sender<Command>> {
+        lock(&self.commands)
     }
 
-    pub(crate) fn token(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        self.token.lock().unwrap_or_else(|p| p.into_inner())
+    pub(crate) fn token(&self) -> MutexGuard<'_, Option<String>> {
+        lock(&self.token)
     }
 
-    fn tasks(&self) -> std::sync::MutexGuard<'_, Tasks> {
-        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    /// Moves the engine to `lifecycle` at the checkpoint's position: the one place where what
+    /// the API shows of an engine changes. A stopped engine stays stopped.
+    pub fn move_to(&self, lifecycle: Lifecycle, checkpoint: &Checkpoint) {
+        self.state.send_if_modified(|s| {
+            if s.lifecycle == Lifecycle::Stopped {
+                return false;
+            }
+            let now = Utc::now();
+            s.lifecycle = lifecycle;
+            s.position = checkpoint.position;
+            s.mode = checkpoint.mode.clone();
+            s.kpi_status = checkpoint.data.kpi_status;
+            s.failure = checkpoint.failure.clone();
+            s.paused = checkpoint.paused;
+            s.updated_at = now;
+            if lifecycle.is_ended() {
+                s.ended_at = Some(now);
+            }
+            true
+        });
     }
 
-    /// Makes an event of the history known: in the snapshot and to live subscribers.
-    pub fn announce(&self, history: &Arc<Vec<Arc<TrialEvent>>>, event: TrialEvent) {
-        self.state.send_modify(|s| s.history = history.clone());
-        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(sender) = &*events {
-            // No subscriber left is fine.
-            let _ = sender.send(event);
-        }
+    /// Shows a component's latest progress (or clears it when its wait ends).
+    pub fn set_progress(&self, progress: Option<Progress>) {
+        self.state.send_modify(|s| s.progress = progress);
     }
 
-    /// The span every log line of this engine is written in.
+    /// Shows the operator's pause.
+    pub fn set_paused(&self, paused: bool) {
+        self.state.send_modify(|s| {
+            s.paused = paused;
+            if let Position::Run(_) = s.position
+                && s.lifecycle == Lifecycle::Waiting
+                && !paused
+            {
+                s.lifecycle = Lifecycle::Running;
+            }
+        });
+    }
+
+    /// The span every log line of this engine is written in. Made without a parent, so a
+    /// task spawned from another engine task does not name the trial twice.
     fn span(&self) -> tracing::Span {
-        tracing::info_span!("engine", trial = %self.id)
+        tracing::info_span!(parent: None, "engine", trial = %self.id)
     }
-}
-
-/// Starts an executor task from a backup, with a fresh signal channel. `rerun` says the
-/// backup's step may have run before (a restore or a recovery).
-fn spawn_executor(
-    shared: &Arc<EngineShared>,
-    backup: Backup,
-    checkpoints: mpsc::Sender<Checkpoint>,
-    rerun: bool,
-) -> JoinHandle<ExecutorExit> {
-    let (commands_tx, commands) = mpsc::channel(SIGNAL_QUEUE);
-    let executor = Executor {
-        id: shared.id.clone(),
-        deps: shared.deps.clone(),
-        position: backup.position,
-        data: backup.data,
-        accepted: backup.accepted,
-        held: backup.held,
-        rerun,
-        commands,
-        checkpoints,
-        shared: shared.clone(),
-    };
-    *shared.commands() = commands_tx;
-    let handle = tokio::spawn(executor.run().instrument(shared.span()));
-    shared.tasks().executor = Some(handle.abort_handle());
-    handle
 }

@@ -1,14 +1,19 @@
-//! The trial sequence (SPEC §4), declared in one place and read top to bottom like the table.
+//! The trial sequence (SPEC §4) and the clean-up path of an abort (SPEC §14), declared in one
+//! place and read top to bottom like the tables.
 //!
 //! [`SEQUENCE`] says what follows each step; [`WAITS`] says which signals leave each waiting
 //! point, where they lead, and during which steps such a signal may arrive early (before the
-//! request that asked for it has been answered) and be kept. What each step sends is in
-//! `steps.rs`; the diagrams in `sequence-diagrams/` show the same steps (a test checks it).
+//! request that asked for it has been answered) and be kept. [`CLEANUP`] is the path an abort
+//! walks, each step only when what it undoes exists. What each step sends is in `steps.rs`;
+//! the diagrams in `sequence-diagrams/` show the same steps (a test checks it).
+//!
+//! Every name here (`Step::name`, `Wait::name`, `Signal::name`) is also how the store writes
+//! it: renaming a variant changes nothing on disk, renaming a name needs a migration.
 
-use serde::{Deserialize, Serialize};
+use super::state::{KpiStatus, Ledger, Position, SliceState};
 
 /// A step of the executor, named as in the spec and the diagrams.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Step {
     GetCallbackToken,
     GetTrialInfo,
@@ -33,10 +38,12 @@ pub enum Step {
     UpdateStatusFinish,
     RemoveCallbackToken,
     Finish,
+    /// Clean-up only: `PUT /trial/{id}/` with `executor.aborted_repository_status`.
+    UpdateStatusAborted,
 }
 
 /// A waiting point: the executor pauses until one of the signals in [`WAITS`] arrives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Wait {
     SliceCreated,
     CloudVnfBoarded,
@@ -49,7 +56,7 @@ pub enum Wait {
 }
 
 /// A signal from outside: a component's callback or an operator's request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Signal {
     SliceCallback,
     CloudVnfBoardingCallback,
@@ -60,7 +67,16 @@ pub enum Signal {
     Finish,
 }
 
-/// What comes after a step.
+/// Where the executor goes next, once the VNF branch is resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Step(Step),
+    Wait(Wait),
+    /// The path is done: the trial finished (or, cleaning up, was aborted).
+    End,
+}
+
+/// What comes after a step, as the table declares it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Then {
     Step(Step),
@@ -131,7 +147,7 @@ pub struct WaitSpec {
     pub early_during: &'static [Step],
 }
 
-/// Every waiting point, in sequence order.
+/// Every waiting point, in the order of [`Wait`]'s variants (a test checks it).
 pub const WAITS: &[WaitSpec] = &[
     WaitSpec {
         wait: Wait::SliceCreated,
@@ -194,27 +210,119 @@ pub const WAITS: &[WaitSpec] = &[
     },
 ];
 
+/// What an abort's clean-up step undoes; the step runs only if that exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undoes {
+    /// KPIs marked `Idle` or `Active` and not yet `Finished`.
+    KpiMarking,
+    /// A measurement job whose id is known.
+    MeasurementJob,
+    /// A slice that may exist (its deployment was sent and it was not closed).
+    Slice,
+    /// Nothing: the step always runs (the repository status, the token).
+    Always,
+}
+
+/// The clean-up path of an abort (SPEC §14), in order. `CloseService` then waits for the
+/// slice-closed callback (unless trial enforcement answered 404: the slice is gone already).
+/// The engine ends `Aborted` after the last step.
+pub const CLEANUP: &[(Step, Undoes)] = &[
+    (SendKpiFinish, Undoes::KpiMarking),
+    (DeleteMeasurementJob, Undoes::MeasurementJob),
+    (CloseService, Undoes::Slice),
+    (UpdateStatusAborted, Undoes::Always),
+    (RemoveCallbackToken, Undoes::Always),
+];
+
+/// Steps whose output later steps need, with what that output is: a failed one cannot be
+/// skipped (SPEC §14).
+pub const NOT_SKIPPABLE: &[(Step, &str)] = &[
+    (GetCallbackToken, "the trial's callback token"),
+    (GetTrialInfo, "the trial information (facility, KPIs, name)"),
+    (SliceDeployment, "the deployed slice and its id"),
+    (CreateMeasurementJob, "the measurement job and its id"),
+];
+
 /// The first step of every trial.
 pub const FIRST: Step = GetCallbackToken;
 
-/// What follows `step`, with the VNF branch resolved.
-pub fn after(step: Step, vnf_enabled: bool) -> Then {
-    let then = SEQUENCE
-        .iter()
-        .find(|(s, _)| *s == step)
-        .map_or(Then::End, |(_, then)| *then);
-    match then {
-        Then::Branch { vnf, plain } => Then::Step(if vnf_enabled { vnf } else { plain }),
-        other => other,
-    }
+/// What follows `step` on the trial sequence, with the VNF branch resolved; `None` for a step
+/// that is not on it (a clean-up-only step).
+pub fn after(step: Step, vnf_enabled: bool) -> Option<Next> {
+    let (_, then) = SEQUENCE.iter().find(|(s, _)| *s == step)?;
+    Some(match *then {
+        Then::Step(next) => Next::Step(next),
+        Then::Wait(wait) => Next::Wait(wait),
+        Then::Branch { vnf, plain } => Next::Step(if vnf_enabled { vnf } else { plain }),
+        Then::End => Next::End,
+    })
 }
 
 /// The spec of a waiting point.
 pub fn wait_spec(wait: Wait) -> &'static WaitSpec {
-    WAITS
+    // WAITS lists every waiting point in the order of the enum (checked by a test).
+    &WAITS[wait as usize]
+}
+
+/// Whether a clean-up step's work exists, given what the trial did.
+pub fn needed(undoes: Undoes, kpi_status: Option<KpiStatus>, ledger: &Ledger) -> bool {
+    match undoes {
+        Undoes::KpiMarking => matches!(kpi_status, Some(KpiStatus::Idle | KpiStatus::Active)),
+        Undoes::MeasurementJob => {
+            matches!(ledger.measurement_job, super::state::JobState::Created(_))
+        }
+        Undoes::Slice => ledger.slice.may_exist(),
+        Undoes::Always => true,
+    }
+}
+
+/// What the clean-up does after `done` (or first, for `None`): the slice-closed wait after a
+/// `CloseService` that left the slice closing (or instead of `CloseService` for a slice that
+/// is closing already), else the next step whose work exists.
+pub fn cleanup_after(done: Option<Step>, kpi_status: Option<KpiStatus>, ledger: &Ledger) -> Next {
+    if done == Some(CloseService) && ledger.slice == SliceState::Closing {
+        return Next::Wait(Wait::SliceClosed);
+    }
+    let from = done.map_or(0, |done| {
+        CLEANUP
+            .iter()
+            .position(|(step, _)| *step == done)
+            .map_or(CLEANUP.len(), |i| i + 1)
+    });
+    match CLEANUP[from..]
         .iter()
-        .find(|spec| spec.wait == wait)
-        .unwrap_or(&WAITS[0])
+        .find(|(_, undoes)| needed(*undoes, kpi_status, ledger))
+    {
+        Some((CloseService, _)) if ledger.slice == SliceState::Closing => {
+            Next::Wait(Wait::SliceClosed)
+        }
+        Some((step, _)) => Next::Step(*step),
+        None => Next::End,
+    }
+}
+
+/// What the trial may have deployed, counting the step in flight at `position`: a slice
+/// deployment that was sent (or is about to be, after a restart) may have created the slice
+/// even though its answer never came.
+pub fn ledger_at(position: Position, ledger: &Ledger) -> Ledger {
+    let mut ledger = ledger.clone();
+    if position == Position::Run(SliceDeployment) && ledger.slice == SliceState::None {
+        ledger.slice = SliceState::Requested;
+    }
+    ledger
+}
+
+/// Why a failed step cannot be skipped, if it cannot.
+pub fn skip_refusal(step: Step) -> Option<String> {
+    NOT_SKIPPABLE
+        .iter()
+        .find(|(s, _)| *s == step)
+        .map(|(s, what)| {
+            format!(
+                "{} cannot be skipped: later steps need {what}; restore the trial instead",
+                s.name()
+            )
+        })
 }
 
 /// The steps a trial walks when every waiting point takes its first exit and no step fails:
@@ -224,16 +332,55 @@ pub fn happy_path(vnf_enabled: bool) -> Vec<Step> {
     let mut step = FIRST;
     loop {
         step = match after(step, vnf_enabled) {
-            Then::Step(next) => next,
-            Then::Wait(wait) => wait_spec(wait).exits[0].1,
-            Then::End | Then::Branch { .. } => return steps,
+            Some(Next::Step(next)) => next,
+            Some(Next::Wait(wait)) => wait_spec(wait).exits[0].1,
+            Some(Next::End) | None => return steps,
         };
         steps.push(step);
     }
 }
 
+/// The clean-up steps an abort walks when the trial has deployed everything and is marked
+/// active, as the diagram draws them.
+pub fn full_cleanup() -> Vec<Step> {
+    CLEANUP.iter().map(|(step, _)| *step).collect()
+}
+
 impl Step {
-    /// The name used in logs, responses and diagrams.
+    /// Every step, in the order of the enum.
+    pub const ALL: [Step; 24] = [
+        GetCallbackToken,
+        GetTrialInfo,
+        SliceDeployment,
+        UpdateDeploymentSlice,
+        CloudVnfOnboarding,
+        CloudVnfDeployment,
+        EdgeVnfOnboarding,
+        EdgeVnfDeployment,
+        Start5GresourceTesting,
+        EnforceUavPlan,
+        UpdateUavPlanStatus,
+        CreateMeasurementJob,
+        SendKpiIdle,
+        UpdateStatusIdle,
+        SendKpiActive,
+        UpdateStatusActive,
+        UpdateStatusStopping,
+        SendKpiFinish,
+        DeleteMeasurementJob,
+        CloseService,
+        UpdateStatusFinish,
+        RemoveCallbackToken,
+        Finish,
+        UpdateStatusAborted,
+    ];
+
+    /// The step named `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// The name used in logs, responses, diagrams and the store.
     pub fn name(self) -> &'static str {
         match self {
             GetCallbackToken => "GetCallbackToken",
@@ -259,20 +406,62 @@ impl Step {
             UpdateStatusFinish => "UpdateStatusFinish",
             RemoveCallbackToken => "RemoveCallbackToken",
             Finish => "Finish",
+            UpdateStatusAborted => "UpdateStatusAborted",
+        }
+    }
+}
+
+impl Wait {
+    /// Every waiting point, in the order of the enum.
+    pub const ALL: [Wait; 8] = [
+        Wait::SliceCreated,
+        Wait::CloudVnfBoarded,
+        Wait::CloudVnfDeployed,
+        Wait::EdgeVnfBoarded,
+        Wait::EdgeVnfDeployed,
+        Wait::Idle,
+        Wait::Active,
+        Wait::SliceClosed,
+    ];
+
+    /// The name the store writes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Wait::SliceCreated => "SliceCreated",
+            Wait::CloudVnfBoarded => "CloudVnfBoarded",
+            Wait::CloudVnfDeployed => "CloudVnfDeployed",
+            Wait::EdgeVnfBoarded => "EdgeVnfBoarded",
+            Wait::EdgeVnfDeployed => "EdgeVnfDeployed",
+            Wait::Idle => "Idle",
+            Wait::Active => "Active",
+            Wait::SliceClosed => "SliceClosed",
         }
     }
 
-    /// The step's number in the table of SPEC §4 (the VNF steps sit between 4 and 5).
-    pub fn ordinal(self) -> usize {
-        SEQUENCE
-            .iter()
-            .position(|(s, _)| *s == self)
-            .unwrap_or(SEQUENCE.len())
+    /// The waiting point named `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|w| w.name() == name)
     }
 }
 
 impl Signal {
-    /// The signal as the API names it.
+    /// Every signal.
+    pub const ALL: [Signal; 7] = [
+        Signal::SliceCallback,
+        Signal::CloudVnfBoardingCallback,
+        Signal::CloudVnfDeploymentCallback,
+        Signal::EdgeVnfOnboardingCallback,
+        Signal::EdgeVnfDeploymentCallback,
+        Signal::Active,
+        Signal::Finish,
+    ];
+
+    /// The signal named `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// The signal as the API, the metrics and the store name it.
     pub fn name(self) -> &'static str {
         match self {
             Signal::SliceCallback => "slice callback",
@@ -304,17 +493,77 @@ mod tests {
 
     #[test]
     fn every_step_has_one_row_and_every_wait_one_spec() {
-        for (i, (step, _)) in SEQUENCE.iter().enumerate() {
-            assert_eq!(step.ordinal(), i, "{step:?} appears twice");
-        }
-        for (i, spec) in WAITS.iter().enumerate() {
-            assert_eq!(
-                WAITS.iter().position(|s| s.wait == spec.wait),
-                Some(i),
-                "{:?}",
-                spec.wait
+        for step in Step::ALL {
+            let rows = SEQUENCE.iter().filter(|(s, _)| *s == step).count()
+                + CLEANUP.iter().filter(|(s, _)| *s == step).count();
+            assert!(rows >= 1, "{step:?} is on no path");
+            assert!(
+                SEQUENCE.iter().filter(|(s, _)| *s == step).count() <= 1,
+                "{step:?} appears twice"
             );
+            assert_eq!(Step::parse(step.name()), Some(step));
         }
+        assert_eq!(WAITS.len(), Wait::ALL.len());
+        for wait in Wait::ALL {
+            assert_eq!(wait_spec(wait).wait, wait, "WAITS is in enum order");
+            assert_eq!(Wait::parse(wait.name()), Some(wait));
+        }
+        for signal in Signal::ALL {
+            assert_eq!(Signal::parse(signal.name()), Some(signal));
+        }
+    }
+
+    #[test]
+    fn names_on_disk_do_not_change() {
+        // The store writes these names; changing one breaks every database written before.
+        assert_eq!(Step::UpdateDeploymentSlice.name(), "UpdateDeploymentSlice");
+        assert_eq!(Wait::SliceClosed.name(), "SliceClosed");
+        assert_eq!(Signal::SliceCallback.name(), "slice callback");
+    }
+
+    #[test]
+    fn the_cleanup_undoes_only_what_exists() {
+        use crate::engine::state::JobState;
+        let nothing = Ledger::default();
+        assert_eq!(
+            cleanup_after(None, None, &nothing),
+            Next::Step(UpdateStatusAborted)
+        );
+        let everything = Ledger {
+            slice: SliceState::Created,
+            measurement_job: JobState::Created("mj".into()),
+        };
+        let mut walked = Vec::new();
+        let mut done = None;
+        let mut ledger = everything.clone();
+        while let Next::Step(step) = cleanup_after(done, Some(KpiStatus::Active), &ledger) {
+            walked.push(step);
+            if step == CloseService {
+                ledger.slice = SliceState::Closing;
+                assert_eq!(
+                    cleanup_after(Some(step), None, &ledger),
+                    Next::Wait(Wait::SliceClosed)
+                );
+                ledger.slice = SliceState::Closed;
+            }
+            done = Some(step);
+        }
+        assert_eq!(walked, full_cleanup());
+        let in_flight = ledger_at(Position::Run(SliceDeployment), &nothing);
+        assert_eq!(
+            cleanup_after(None, None, &in_flight),
+            Next::Step(CloseService),
+            "a slice deployment in flight may have created the slice"
+        );
+        let closing = Ledger {
+            slice: SliceState::Closing,
+            ..Ledger::default()
+        };
+        assert_eq!(
+            cleanup_after(None, None, &closing),
+            Next::Wait(Wait::SliceClosed),
+            "a slice already closing is waited for, not closed again"
+        );
     }
 
     #[test]

@@ -1,35 +1,120 @@
-//! What an engine knows: the trial's data, where the executor is, the backup the watchdog
-//! keeps, and the snapshot the API reads.
-
-use std::sync::Arc;
+//! What an engine knows: where the executor is in the sequence, the small state a restored
+//! executor needs (the [`Checkpoint`]), what the trial has deployed so far (the [`Ledger`] the
+//! clean-up path undoes), and the [`Snapshot`] the API reads.
+//!
+//! The events and responses of a trial are not here: they are appended to the trial's
+//! journal as they happen (see `journal.rs`), so a checkpoint stays the same size however long
+//! the trial runs.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 use super::sequence::{Signal, Step, Wait};
 
-/// Engine status in the list view (SPEC §3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Where an engine is in its life. The list view's [`EngineStatus`] and the executor's
+/// [`ExecutorStatus`] are both read off it, so they can never disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// A step runs (or is about to).
+    Running,
+    /// Paused at a waiting point, or held before a step by the operator's pause.
+    Waiting,
+    /// The trial failed; the engine keeps its checkpoint for a restore, a skip or an abort.
+    Failed,
+    /// The trial ran to its end.
+    Finished,
+    /// The trial was aborted and its clean-up completed.
+    Aborted,
+    /// The engine was deleted, or the service is stopping: its tasks are gone.
+    Stopped,
+}
+
+impl Lifecycle {
+    /// The engine status of the list view.
+    pub fn engine_status(self) -> EngineStatus {
+        match self {
+            Lifecycle::Running | Lifecycle::Waiting => EngineStatus::Active,
+            Lifecycle::Failed => EngineStatus::Failed,
+            Lifecycle::Finished => EngineStatus::Finished,
+            Lifecycle::Aborted => EngineStatus::Aborted,
+            Lifecycle::Stopped => EngineStatus::Stopped,
+        }
+    }
+
+    /// The executor status.
+    pub fn executor_status(self) -> ExecutorStatus {
+        match self {
+            Lifecycle::Running => ExecutorStatus::Running,
+            Lifecycle::Waiting => ExecutorStatus::Waiting,
+            Lifecycle::Failed => ExecutorStatus::Failed,
+            Lifecycle::Finished => ExecutorStatus::Finished,
+            Lifecycle::Aborted => ExecutorStatus::Aborted,
+            Lifecycle::Stopped => ExecutorStatus::Stopped,
+        }
+    }
+
+    /// Finished or aborted: nothing more will happen to the trial.
+    pub fn is_ended(self) -> bool {
+        matches!(self, Lifecycle::Finished | Lifecycle::Aborted)
+    }
+
+    /// Still takes callbacks and operator signals.
+    pub fn is_live(self) -> bool {
+        matches!(self, Lifecycle::Running | Lifecycle::Waiting)
+    }
+}
+
+/// Engine status in the list view (SPEC §3, §14).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum EngineStatus {
     Active,
     Failed,
     Finished,
+    Aborted,
     Stopped,
 }
 
-/// Executor status (SPEC §3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+impl EngineStatus {
+    /// The status as the API and the store write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineStatus::Active => "Active",
+            EngineStatus::Failed => "Failed",
+            EngineStatus::Finished => "Finished",
+            EngineStatus::Aborted => "Aborted",
+            EngineStatus::Stopped => "Stopped",
+        }
+    }
+}
+
+/// Executor status (SPEC §3; `Aborted` from §14).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum ExecutorStatus {
     Stopped,
     Running,
     Waiting,
     Finished,
     Failed,
+    Aborted,
+}
+
+impl ExecutorStatus {
+    /// The status as the API and the store write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExecutorStatus::Stopped => "Stopped",
+            ExecutorStatus::Running => "Running",
+            ExecutorStatus::Waiting => "Waiting",
+            ExecutorStatus::Finished => "Finished",
+            ExecutorStatus::Failed => "Failed",
+            ExecutorStatus::Aborted => "Aborted",
+        }
+    }
 }
 
 /// The last KPI marking sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum KpiStatus {
     Idle,
     Active,
@@ -37,7 +122,7 @@ pub enum KpiStatus {
 }
 
 impl KpiStatus {
-    /// The `Marking` value sent to KPI monitoring.
+    /// The `Marking` value sent to KPI monitoring (also how the API and store name it).
     pub fn marking(self) -> &'static str {
         match self {
             KpiStatus::Idle => "Idle",
@@ -45,18 +130,150 @@ impl KpiStatus {
             KpiStatus::Finished => "Finished",
         }
     }
+
+    /// The marking named `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        [KpiStatus::Idle, KpiStatus::Active, KpiStatus::Finished]
+            .into_iter()
+            .find(|k| k.marking() == name)
+    }
 }
 
 /// Where the executor is: about to run (or running) a step, or paused at a waiting point.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Position {
     Run(Step),
     Wait(Wait),
 }
 
+impl Position {
+    /// The `state` field of the status: the step, or `Waiting` at a waiting point.
+    pub fn state(self) -> &'static str {
+        match self {
+            Position::Run(step) => step.name(),
+            Position::Wait(_) => "Waiting",
+        }
+    }
+}
+
+/// Which path the executor walks: the trial sequence, or the clean-up path of an abort.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    Normal,
+    /// Undoing what the trial deployed (SPEC §14), for this reason.
+    Cleanup {
+        reason: String,
+    },
+}
+
+/// What happened to the trial's network slice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SliceState {
+    /// Never asked for.
+    #[default]
+    None,
+    /// `POST /sliceDeployment` was sent: the slice may exist.
+    Requested,
+    /// Trial enforcement answered with the slice's id.
+    Created,
+    /// `DELETE /sliceDeployment` was accepted; the slice-closed callback is due.
+    Closing,
+    /// The slice is gone.
+    Closed,
+}
+
+impl SliceState {
+    /// The slice may still exist on the facility.
+    pub fn may_exist(self) -> bool {
+        matches!(
+            self,
+            SliceState::Requested | SliceState::Created | SliceState::Closing
+        )
+    }
+}
+
+/// What happened to the trial's measurement job.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum JobState {
+    #[default]
+    None,
+    /// Created, with this id.
+    Created(String),
+    /// Deleted.
+    Deleted,
+}
+
+/// What the trial has deployed on the facility so far: what an abort has to undo.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Ledger {
+    pub slice: SliceState,
+    pub measurement_job: JobState,
+}
+
+/// Something a failed clean-up left deployed (`leftovers` in the status and failure file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Leftover {
+    pub kind: LeftoverKind,
+    pub id: String,
+}
+
+/// What kind of thing was left deployed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeftoverKind {
+    Slice,
+    MeasurementJob,
+}
+
+impl Ledger {
+    /// What is still deployed, as `leftovers`.
+    pub fn leftovers(&self, trial: &str, info: Option<&TrialInfo>) -> Vec<Leftover> {
+        let mut leftovers = Vec::new();
+        if self.slice.may_exist() {
+            let id = info
+                .and_then(|i| slice_id(&i.deployed_slice))
+                .unwrap_or_else(|| trial.to_owned());
+            leftovers.push(Leftover {
+                kind: LeftoverKind::Slice,
+                id,
+            });
+        }
+        if let JobState::Created(id) = &self.measurement_job {
+            leftovers.push(Leftover {
+                kind: LeftoverKind::MeasurementJob,
+                id: id.clone(),
+            });
+        }
+        leftovers
+    }
+}
+
+/// The slice id in trial enforcement's answer (`{"Slice": {"id": …}}`).
+pub fn slice_id(deployed_slice: &Value) -> Option<String> {
+    match deployed_slice.pointer("/Slice/id") {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Why and how the trial failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: String,
+    pub at: DateTime<Utc>,
+    /// The failure procedure (repository told, failure file written) is done: a restore,
+    /// skip or abort may start.
+    pub reported: bool,
+    /// The failure happened while cleaning up after an abort; `abort` again retries.
+    pub cleanup_failed: bool,
+    /// What a failed clean-up left deployed.
+    pub leftovers: Vec<Leftover>,
+}
+
 /// The trial information gathered by `GetTrialInfo` and completed by later steps. Field names
 /// are the wire names of the old service.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TrialInfo {
     #[serde(rename = "trialID")]
     pub trial_id: String,
@@ -70,8 +287,60 @@ pub struct TrialInfo {
     pub measurement_job: Value,
 }
 
-/// One answer from a service, recorded under the step that asked.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What the steps gather and change as the trial runs.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TrialData {
+    pub token: Option<String>,
+    pub info: Option<TrialInfo>,
+    pub kpi_status: Option<KpiStatus>,
+    /// The last status this LCM wrote to the trial repository (including `FAILED`).
+    pub repository_status: Option<String>,
+    pub ledger: Ledger,
+    /// When the trial finishes on its own (`executor.max_trial_secs`, the registry's
+    /// `end_time`), once known.
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+/// Everything a new executor needs to carry on from where the last one stopped: what the
+/// watchdog keeps and the store saves after every step and at every waiting point. It holds
+/// no history, so it does not grow with the trial.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    pub position: Position,
+    pub mode: Mode,
+    pub data: TrialData,
+    /// Signals accepted so far, with the waiting point each was taken at (for duplicates).
+    pub accepted: Vec<(Wait, Signal)>,
+    /// Early signals kept for a waiting point not reached yet.
+    pub held: Vec<(Wait, Signal)>,
+    pub failure: Option<Failure>,
+    /// The operator paused the trial: no new request starts until resumed.
+    pub paused: bool,
+    /// How many times the trial was restored (the run of each step, for idempotency keys).
+    pub run: u32,
+    /// When the engine was created.
+    pub started_at: DateTime<Utc>,
+}
+
+impl Checkpoint {
+    /// The checkpoint of a new engine, before its first step.
+    pub fn new(started_at: DateTime<Utc>) -> Self {
+        Self {
+            position: Position::Run(super::sequence::FIRST),
+            mode: Mode::Normal,
+            data: TrialData::default(),
+            accepted: Vec::new(),
+            held: Vec::new(),
+            failure: None,
+            paused: false,
+            run: 0,
+            started_at,
+        }
+    }
+}
+
+/// One answer from a service (or its absence), recorded under the step that asked.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ResponseRecord {
     pub step: String,
     pub service: String,
@@ -84,19 +353,22 @@ pub struct ResponseRecord {
     /// The start of a body that is not JSON, or the transport error.
     pub error: Option<String>,
     pub duration_ms: u64,
+    /// Which try of the request this was, from 1 (SPEC §13).
+    pub attempt: u32,
     pub at: DateTime<Utc>,
 }
 
 /// What happened to a trial, as listed by `/history` and streamed by `/events`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TrialEvent {
     /// Position in the trial's history, from 0.
-    pub seq: usize,
+    pub seq: u64,
     pub at: DateTime<Utc>,
     pub event: EventKind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
-    /// What the executor waits for, which signal it took, or why it failed.
+    /// What the executor waits for, which signal it took, why it failed, or the reason an
+    /// operator gave.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     /// How long the step ran or the wait lasted.
@@ -104,108 +376,105 @@ pub struct TrialEvent {
     pub duration_ms: Option<u64>,
 }
 
-/// The kinds of [`TrialEvent`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    StepStarted,
-    StepCompleted,
-    StepFailed,
-    Waiting,
-    SignalAccepted,
-    TrialFinished,
-    TrialFailed,
-    Restored,
+macro_rules! event_kinds {
+    ($($variant:ident => $name:literal,)*) => {
+        /// The kinds of [`TrialEvent`].
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum EventKind {
+            $($variant,)*
+        }
+
+        impl EventKind {
+            /// Every kind.
+            pub const ALL: &[EventKind] = &[$(EventKind::$variant,)*];
+
+            /// The kind as the API, the event stream and the store name it.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(EventKind::$variant => $name,)*
+                }
+            }
+        }
+    };
 }
 
-/// The executor's data: everything a restored executor needs to carry on.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct TrialData {
-    /// The trial's callback token, minted by `GetCallbackToken`. Never logged or returned.
-    pub token: Option<String>,
-    pub info: Option<TrialInfo>,
-    pub kpi_status: Option<KpiStatus>,
-    /// The last status this LCM wrote to the trial repository (including `FAILED`).
-    #[serde(default)]
-    pub repository_status: Option<String>,
-    /// Every response, in order. Shared copy-on-write with the snapshots; each record is
-    /// behind its own `Arc`, so a copy of the list copies pointers, not JSON bodies.
-    pub responses: Arc<Vec<Arc<ResponseRecord>>>,
-    /// Every transition, in order, shared the same way.
-    #[serde(default)]
-    pub history: Arc<Vec<Arc<TrialEvent>>>,
+event_kinds! {
+    StepStarted => "step_started",
+    StepCompleted => "step_completed",
+    StepFailed => "step_failed",
+    StepRetry => "step_retry",
+    Waiting => "waiting",
+    SignalAccepted => "signal_accepted",
+    Progress => "progress",
+    Paused => "paused",
+    Resumed => "resumed",
+    Stepped => "stepped",
+    Skipped => "skipped",
+    TrialDeadline => "trial_deadline",
+    AbortRequested => "abort_requested",
+    CleanupStarted => "cleanup_started",
+    CleanupCompleted => "cleanup_completed",
+    TrialFinished => "trial_finished",
+    TrialFailed => "trial_failed",
+    TrialAborted => "trial_aborted",
+    Restored => "restored",
 }
 
-impl TrialData {
-    /// Adds a response record.
-    pub fn record(&mut self, record: ResponseRecord) {
-        Arc::make_mut(&mut self.responses).push(Arc::new(record));
+impl EventKind {
+    /// The kind named `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|k| k.name() == name)
     }
 
-    /// Adds an event to the history (numbering it) and returns it.
-    pub fn log_event(
-        &mut self,
-        event: EventKind,
-        step: Option<&str>,
-        detail: Option<String>,
-        duration_ms: Option<u64>,
-    ) -> TrialEvent {
-        let history = Arc::make_mut(&mut self.history);
-        let entry = TrialEvent {
-            seq: history.len(),
-            at: Utc::now(),
-            event,
-            step: step.map(str::to_owned),
-            detail,
-            duration_ms,
-        };
-        history.push(Arc::new(entry.clone()));
-        entry
+    /// After this event the trial's stream has nothing more to say.
+    pub fn ends_trial(self) -> bool {
+        matches!(self, EventKind::TrialFinished | EventKind::TrialAborted)
     }
 }
 
-/// The backup the watchdog keeps: enough to start a new executor at `position`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Backup {
-    pub position: Position,
-    pub data: TrialData,
-    /// Signals accepted so far, with the waiting point each was taken at (for duplicates).
-    pub accepted: Vec<(Wait, Signal)>,
-    /// Early signals kept for a waiting point not reached yet: a component was told they
-    /// were accepted, so they are saved with the rest.
-    #[serde(default)]
-    pub held: Vec<(Wait, Signal)>,
-    /// Why the executor failed, if the backup was taken at a failure.
-    pub failure: Option<String>,
+impl Serialize for EventKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
 }
 
-/// What the API sees of an engine, published on a `watch` channel.
+/// The last progress callback of a component wait (SPEC §13).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Progress {
+    pub progress: Option<u8>,
+    pub message: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// What the API sees of an engine, published on a `watch` channel. Small on purpose: the
+/// pollers of `/status` and `/trial/{id}/status` read it often; the history and responses
+/// live in the journal.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
-    pub engine: EngineStatus,
-    pub executor: ExecutorStatus,
+    pub lifecycle: Lifecycle,
     pub position: Position,
+    pub mode: Mode,
     pub kpi_status: Option<KpiStatus>,
-    pub failure: Option<String>,
-    /// Failed, with the failure procedure done (repository told, file written): a restore
-    /// may start.
-    pub restorable: bool,
-    pub responses: Arc<Vec<Arc<ResponseRecord>>>,
-    pub history: Arc<Vec<Arc<TrialEvent>>>,
+    pub failure: Option<Failure>,
+    pub paused: bool,
+    pub progress: Option<Progress>,
     pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
 }
 
 impl Snapshot {
-    /// The `state` field: the step, or `Waiting` while paused.
-    pub fn state(&self) -> &'static str {
-        match self.position {
-            Position::Run(step) => step.name(),
-            Position::Wait(_) => "Waiting",
-        }
+    /// The engine status of the list view.
+    pub fn engine_status(&self) -> EngineStatus {
+        self.lifecycle.engine_status()
     }
 
-    /// Whether the engine still takes callbacks and signals.
-    pub fn is_live(&self) -> bool {
-        self.engine == EngineStatus::Active
+    /// Failed, with the failure procedure done: a restore may start.
+    pub fn restorable(&self) -> bool {
+        self.lifecycle == Lifecycle::Failed
+            && self
+                .failure
+                .as_ref()
+                .is_some_and(|f| f.reported && !f.cleanup_failed)
     }
 }

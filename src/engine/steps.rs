@@ -1,16 +1,20 @@
-//! What each step of [`super::sequence`] sends and what it needs back (SPEC §4, §4.1, §4.2).
+//! What each step of [`super::sequence`] sends and what it needs back (SPEC §4, §4.1, §4.2,
+//! §14's clean-up), and what it records of what the trial deployed.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::EngineDeps;
+use super::journal::Journal;
 use super::nst;
 use super::redact::Redactor;
 use super::sequence::Step;
-use super::state::{KpiStatus, ResponseRecord, TrialData, TrialInfo};
+use super::state::{
+    EventKind, JobState, KpiStatus, ResponseRecord, SliceState, TrialData, TrialInfo, slice_id,
+};
 use crate::domain::TrialId;
-use crate::services::{Outbound, Reply, SendError, Service};
+use crate::services::{Attempt, Outbound, Reply, SendError, Service};
 
 /// Why a step failed, in words for the operator.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -25,11 +29,20 @@ fn fail<T>(message: impl Into<String>) -> Result<T, StepError> {
 pub struct StepCx<'a> {
     pub deps: &'a EngineDeps,
     pub id: &'a TrialId,
+    pub journal: &'a Journal,
     pub data: &'a mut TrialData,
     pub step: Step,
     /// The step runs again after a failure or a crash: what it did the first time may
     /// already have taken effect.
     pub rerun: bool,
+    /// Part of an abort's clean-up: what is gone already counts as undone.
+    pub cleanup: bool,
+    /// The trial's run (restores so far), for idempotency keys.
+    pub run: u32,
+    /// When the engine was created, for `executor.max_trial_secs`.
+    pub started_at: DateTime<Utc>,
+    /// `POST`s sent by this step so far, for idempotency keys.
+    pub posts: u32,
 }
 
 /// Runs one step.
@@ -70,6 +83,10 @@ pub async fn run(cx: &mut StepCx<'_>) -> Result<(), StepError> {
         Step::UpdateStatusFinish => cx.update_status("FINISHED").await,
         Step::RemoveCallbackToken => remove_callback_token(cx).await,
         Step::Finish => Ok(()),
+        Step::UpdateStatusAborted => {
+            let status = cx.deps.settings.executor.aborted_repository_status.clone();
+            cx.update_status(&status).await
+        }
     }
 }
 
@@ -109,6 +126,7 @@ async fn get_trial_info(cx: &mut StepCx<'_>) -> Result<(), StepError> {
         ));
     };
     field("id")?;
+    cx.data.deadline = deadline(cx, &trial)?;
     cx.data.info = Some(TrialInfo {
         trial_id: cx.id.to_string(),
         facility: facility.clone(),
@@ -119,6 +137,37 @@ async fn get_trial_info(cx: &mut StepCx<'_>) -> Result<(), StepError> {
         measurement_job: json!({}),
     });
     Ok(())
+}
+
+/// When the trial finishes on its own: `executor.max_trial_secs` after it started, or the
+/// registry's `end_time`, whichever comes first. An `end_time` already past is an error.
+fn deadline(cx: &StepCx<'_>, trial: &Value) -> Result<Option<DateTime<Utc>>, StepError> {
+    let configured = cx.deps.settings.executor.max_trial_secs.map(|secs| {
+        cx.started_at + chrono::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 2))
+    });
+    let end_time = match trial.get("end_time") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(raw)) => {
+            let end = DateTime::parse_from_rfc3339(raw)
+                .map_err(|_| {
+                    StepError(format!(
+                        "trial object's end_time '{raw}' is not an RFC 3339 time with an offset"
+                    ))
+                })?
+                .with_timezone(&Utc);
+            if end <= Utc::now() {
+                return fail(format!(
+                    "trial object's end_time {raw} is in the past: the trial would end before it starts"
+                ));
+            }
+            Some(end)
+        }
+        Some(_) => return fail("trial object's end_time is not a string"),
+    };
+    Ok(match (configured, end_time) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
 }
 
 async fn slice_deployment(cx: &mut StepCx<'_>) -> Result<(), StepError> {
@@ -143,14 +192,19 @@ async fn slice_deployment(cx: &mut StepCx<'_>) -> Result<(), StepError> {
         "facility": cx.info()?.facility,
         "Authorization": cx.token()?,
     });
-    let request = Outbound::new(Service::TrialEnforcement, Method::POST, "sliceDeployment")
+    let request = cx
+        .post(Service::TrialEnforcement, "sliceDeployment")
+        .creating()
         .query("callback_url", cx.callback_url("slice"))
         .json(body);
+    // From here on the slice may exist, whatever the answer (or its absence) says.
+    cx.data.ledger.slice = SliceState::Requested;
     let reply = cx.call(request, 201).await?;
-    if reply.pointer("/Slice/id").is_none_or(Value::is_null) {
+    if slice_id(&reply).is_none() {
         return fail("trial enforcement's slice deployment answer has no 'Slice.id'");
     }
     cx.info_mut()?.deployed_slice = reply;
+    cx.data.ledger.slice = SliceState::Created;
     Ok(())
 }
 
@@ -162,11 +216,11 @@ async fn start_5g_resource_testing(cx: &mut StepCx<'_>) -> Result<(), StepError>
         "facility": info.facility,
         "target": info.target,
     });
-    cx.call(
-        Outbound::new(Service::TrialEnforcement, Method::POST, "tap").json(body),
-        200,
-    )
-    .await?;
+    let request = cx
+        .post(Service::TrialEnforcement, "tap")
+        .creating()
+        .json(body);
+    cx.call(request, 200).await?;
     Ok(())
 }
 
@@ -176,11 +230,11 @@ async fn enforce_uav_plan(cx: &mut StepCx<'_>) -> Result<(), StepError> {
         return fail("trial object has no 'flights'");
     };
     let body = json!({"trialID": cx.id.as_str(), "flight_plan": {"flights": flights}});
-    cx.call(
-        Outbound::new(Service::TrialEnforcement, Method::POST, "flightplan").json(body),
-        201,
-    )
-    .await?;
+    let request = cx
+        .post(Service::TrialEnforcement, "flightplan")
+        .creating()
+        .json(body);
+    cx.call(request, 201).await?;
     Ok(())
 }
 
@@ -203,32 +257,51 @@ async fn create_measurement_job(cx: &mut StepCx<'_>) -> Result<(), StepError> {
             "ns": cx.slice_id()?,
         },
     });
-    let request =
-        Outbound::new(Service::TrialEnforcement, Method::POST, "measurementjobs").json(body);
+    let request = cx
+        .post(Service::TrialEnforcement, "measurementjobs")
+        .creating()
+        .json(body);
     let reply = cx.call(request, 201).await?;
-    if reply.get("MeasurementID").is_none_or(Value::is_null) {
+    let Some(measurement_id) = measurement_id(&reply) else {
         return fail("trial enforcement's measurement job answer has no 'MeasurementID'");
-    }
+    };
     cx.info_mut()?.measurement_job = reply;
+    cx.data.ledger.measurement_job = JobState::Created(measurement_id);
     Ok(())
+}
+
+fn measurement_id(job: &Value) -> Option<String> {
+    match job.get("MeasurementID") {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    }
 }
 
 async fn delete_measurement_job(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     let info = cx.info()?;
-    let measurement_id = match info.measurement_job.get("MeasurementID") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        _ => return fail("no MeasurementID was kept from CreateMeasurementJob"),
+    let measurement_id = match &cx.data.ledger.measurement_job {
+        JobState::Created(id) => id.clone(),
+        JobState::Deleted => return Ok(()),
+        JobState::None => match measurement_id(&info.measurement_job) {
+            Some(id) => id,
+            None => return fail("no MeasurementID was kept from CreateMeasurementJob"),
+        },
     };
     let body = json!({"trialID": info.trial_id, "facility": info.facility});
     let path = format!("measurementjobs/{}", urlencode_segment(&measurement_id));
-    // Run again, the job may be gone already: 404 then means done.
-    let ok: &[u16] = if cx.rerun { &[204, 404] } else { &[204] };
+    // Run again, or cleaning up, the job may be gone already: 404 then means done.
+    let ok: &[u16] = if cx.rerun || cx.cleanup {
+        &[204, 404]
+    } else {
+        &[204]
+    };
     cx.call_expecting(
         Outbound::new(Service::TrialEnforcement, Method::DELETE, path).json(body),
         ok,
     )
     .await?;
+    cx.data.ledger.measurement_job = JobState::Deleted;
     Ok(())
 }
 
@@ -241,14 +314,28 @@ async fn close_service(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     )
     .query("callback_url", cx.callback_url("slice"))
     .json(body);
-    // Run again, the slice may be closed already: 404 then means done (its callback may
-    // still come, or the wait times out and the trial is restorable).
-    let ok: &[u16] = if cx.rerun { &[200, 404] } else { &[200] };
-    cx.call_expecting(request, ok).await?;
+    // Run again, or cleaning up, the slice may be closed already (or never made): 404 then
+    // means done. On the trial's own path its callback may still come, or the wait times out
+    // and the trial is restorable.
+    let ok: &[u16] = if cx.rerun || cx.cleanup {
+        &[200, 404]
+    } else {
+        &[200]
+    };
+    let (status, _) = cx.call_expecting(request, ok).await?;
+    cx.data.ledger.slice = if status == 404 && cx.cleanup {
+        SliceState::Closed
+    } else {
+        SliceState::Closing
+    };
     Ok(())
 }
 
 async fn remove_callback_token(cx: &mut StepCx<'_>) -> Result<(), StepError> {
+    // An abort before the first step has no token to revoke.
+    if cx.cleanup && cx.data.token.is_none() {
+        return Ok(());
+    }
     let token = cx.token()?;
     cx.deps
         .tokens
@@ -257,10 +344,11 @@ async fn remove_callback_token(cx: &mut StepCx<'_>) -> Result<(), StepError> {
         .map_err(|e| StepError(format!("the revocation was not saved: {e}")))
 }
 
-/// The record of one answer (or of its absence), with every secret redacted.
+/// The record of one attempt's answer (or of its absence), with every secret redacted.
 pub fn record(
     label: &str,
     request: &Outbound,
+    attempt: u32,
     reply: &Result<Reply, SendError>,
     redactor: &Redactor,
 ) -> ResponseRecord {
@@ -273,6 +361,7 @@ pub fn record(
         body: None,
         error: None,
         duration_ms: 0,
+        attempt,
         at: Utc::now(),
     };
     match reply {
@@ -298,26 +387,96 @@ fn urlencode_segment(value: &str) -> String {
         .replace('+', "%20")
 }
 
+/// Records every attempt of a request for the trial: its answer under the step, and a
+/// `step_retry` event when it is tried again.
+pub fn recorder<'a>(
+    journal: &'a Journal,
+    label: &'a str,
+    step: Option<Step>,
+    request: &'a Outbound,
+    redactor: &'a Redactor,
+) -> impl FnMut(Attempt<'_>) + 'a {
+    move |attempt: Attempt<'_>| {
+        journal.response(record(
+            label,
+            request,
+            attempt.number,
+            attempt.outcome,
+            redactor,
+        ));
+        if let Some((wait, reason)) = attempt.retry {
+            let detail = format!(
+                "attempt {} of {}: {} {} {reason}; trying again in {:.1} s",
+                attempt.number,
+                attempt.max_attempts,
+                request.method,
+                request.path,
+                wait.as_secs_f64()
+            );
+            journal.event(
+                EventKind::StepRetry,
+                step,
+                Some(detail),
+                Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)),
+            );
+        }
+    }
+}
+
 impl StepCx<'_> {
+    /// A `POST` to a service, carrying an `Idempotency-Key` stable for this trial, step, run
+    /// and request (the same after a crash re-runs the step, new after a restore).
+    fn post(&mut self, service: Service, path: &str) -> Outbound {
+        self.posts += 1;
+        let key = format!(
+            "{}-{}-r{}-{}",
+            self.id,
+            self.step.name(),
+            self.run,
+            self.posts
+        );
+        Outbound::new(service, Method::POST, path).idempotency_key(key)
+    }
+
     /// Sends a request, records the answer under the step, and requires `expected`. Returns
     /// the JSON body (`null` when there was none).
     pub async fn call(&mut self, request: Outbound, expected: u16) -> Result<Value, StepError> {
-        self.call_expecting(request, &[expected]).await
+        Ok(self.call_expecting(request, &[expected]).await?.1)
     }
 
-    /// Like [`Self::call`], for a request whose success may be one of several statuses.
+    /// Like [`Self::call`], for a request whose success may be one of several statuses;
+    /// returns the status too.
     pub async fn call_expecting(
         &mut self,
         request: Outbound,
         expected: &[u16],
-    ) -> Result<Value, StepError> {
-        let reply = self.deps.services.send(&request).await;
+    ) -> Result<(u16, Value), StepError> {
         let redactor = self.deps.redactor.with(self.data.token.as_deref());
-        let entry = record(self.step.name(), &request, &reply, &redactor);
-        self.data.record(entry);
+        let mut attempts = 0;
+        let reply = {
+            let mut record = recorder(
+                self.journal,
+                self.step.name(),
+                Some(self.step),
+                &request,
+                &redactor,
+            );
+            self.deps
+                .services
+                .send(&request, |attempt| {
+                    attempts = attempt.number;
+                    record(attempt);
+                })
+                .await
+        };
+        let after = if attempts > 1 {
+            format!(" after {attempts} attempts")
+        } else {
+            String::new()
+        };
         let reply = reply.map_err(|e| {
             StepError(redactor.text(&format!(
-                "{} {} {}: {e}",
+                "{} {} {}: {e}{after}",
                 request.service.name(),
                 request.method,
                 request.path
@@ -330,23 +489,23 @@ impl StepCx<'_> {
                 .map(|t| format!(": {t}"))
                 .unwrap_or_default();
             return Err(StepError(redactor.text(&format!(
-                    "{} {} {} answered {} (expected {}){detail}",
-                    request.service.name(),
-                    request.method,
-                    request.path,
-                    reply.status,
-                    expected
-                        .iter()
-                        .map(u16::to_string)
-                        .collect::<Vec<_>>()
-                        .join(" or "),
-                ))));
+                "{} {} {} answered {} (expected {}){after}{detail}",
+                request.service.name(),
+                request.method,
+                request.path,
+                reply.status,
+                expected
+                    .iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+            ))));
         }
         // What a step keeps of an answer (the deployed slice, the measurement job) is kept
         // without secrets too.
         let mut json = reply.json.unwrap_or(Value::Null);
         redactor.value(&mut json);
-        Ok(json)
+        Ok((reply.status, json))
     }
 
     /// `GET trial_repository /trial/{id}/`, which must answer a JSON object.
@@ -387,11 +546,8 @@ impl StepCx<'_> {
                 "Timestamp": Utc::now().format("%Y-%m-%dT%H:%M:%S").to_string(),
                 "Marking": marking.marking(),
             });
-            self.call(
-                Outbound::new(Service::KpiMonitoring, Method::POST, "markKPIData").json(body),
-                200,
-            )
-            .await?;
+            let request = self.post(Service::KpiMonitoring, "markKPIData").json(body);
+            self.call(request, 200).await?;
         }
         self.data.kpi_status = Some(marking);
         Ok(())
@@ -399,7 +555,9 @@ impl StepCx<'_> {
 
     /// A VNF request of §4.2: `POST <path>?trialID=..&callback_url=..` with the token, 201.
     async fn vnf_request(&mut self, path: &str, callback: &str) -> Result<(), StepError> {
-        let request = Outbound::new(Service::TrialEnforcement, Method::POST, path)
+        let request = self
+            .post(Service::TrialEnforcement, path)
+            .creating()
             .query("trialID", self.id.to_string())
             .query("callback_url", self.callback_url(callback))
             .json(json!({"Authorization": self.token()?}));
@@ -434,11 +592,7 @@ impl StepCx<'_> {
     }
 
     fn slice_id(&self) -> Result<String, StepError> {
-        let info = self.info()?;
-        match info.deployed_slice.pointer("/Slice/id") {
-            Some(Value::String(s)) => Ok(s.clone()),
-            Some(Value::Number(n)) => Ok(n.to_string()),
-            _ => fail("no Slice.id was kept from SliceDeployment"),
-        }
+        slice_id(&self.info()?.deployed_slice)
+            .ok_or_else(|| StepError("no Slice.id was kept from SliceDeployment".into()))
     }
 }

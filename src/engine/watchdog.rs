@@ -1,95 +1,136 @@
-//! The process-check watchdog: keeps (and saves) the executor's latest backup, notices at once
-//! when the executor task ends (finished, failed, or died by panic/abort), runs the failure
-//! procedure in both failure cases, and starts a new executor from the backup when asked to
-//! restore.
+//! The process-check watchdog: keeps (and saves) the executor's latest checkpoint, notices at
+//! once when the executor task ends (finished, aborted, failed, or died by panic), runs the
+//! failure procedure, and starts every executor: the first, a restored one, one that
+//! continues after a skip, and one that cleans up a failed trial after an abort.
+//!
+//! It is the only task that spawns executors, and stopping the engine (a delete, the service
+//! shutting down) goes through it: it aborts the executor, waits until that task is gone,
+//! and ends without running the failure procedure. Stopping is never a failure.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tracing::{Instrument, error, info};
+use tokio::time::Instant as Deadline;
+use tracing::{Instrument, error, info, warn};
 
-use super::executor::{Checkpoint, ExecutorExit};
+use super::executor::{Checkpointed, Command, Control, ControlOutcome, Executor, ExecutorExit};
 use super::failure;
-use super::state::{Backup, EngineStatus, EventKind, ExecutorStatus, Position};
-use super::{EngineShared, spawn_executor};
-use crate::store::{EngineRecord, Op};
+use super::sequence::{self, Next, Waiter};
+use super::state::{Checkpoint, EventKind, Failure, Lifecycle, Mode, Position};
+use super::{EngineShared, SIGNAL_QUEUE};
+use crate::store::{Op, TrialRecord};
 
-/// Why a restore was refused.
+/// Why a restore or a skip was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RestoreError {
     #[error("the engine is running; only a failed engine can be restored")]
     Running,
-    #[error("the engine has finished; there is nothing to restore")]
-    Finished,
+    #[error("the trial has {0}; there is nothing to restore")]
+    Ended(&'static str),
     #[error("the engine is gone")]
     Gone,
     #[error(
         "the failure procedure is still running (repository report, failure file); retry in a moment"
     )]
     Reporting,
-    #[error("the restore was not saved: {0}")]
+    #[error("the clean-up after an abort failed; POST /trial/{{id}}/abort retries it")]
+    CleanupFailed,
+    #[error("{0}")]
+    NotSkippable(String),
+    #[error("the change was not saved, so it was not made: {0}")]
     NotSaved(String),
 }
 
-/// A restore request for the watchdog.
-pub struct RestoreRequest {
-    pub reply: oneshot::Sender<Result<(), RestoreError>>,
+/// What only the watchdog does.
+pub enum ControlRequest {
+    Restore(oneshot::Sender<Result<String, RestoreError>>),
+    Skip {
+        reason: String,
+        reply: oneshot::Sender<Result<String, RestoreError>>,
+    },
+    Abort {
+        reason: String,
+        reply: oneshot::Sender<ControlOutcome>,
+    },
 }
 
 /// The watchdog's state.
 pub struct Watchdog {
     pub shared: Arc<EngineShared>,
-    pub backup: Backup,
-    /// Start an executor from `backup` once it is saved (a new or recovered active engine).
+    pub checkpoint: Checkpoint,
+    pub lifecycle: Lifecycle,
+    /// Start an executor once the record is saved (a new or recovered live engine).
     pub start_executor: bool,
+    /// The first step runs again (a recovered engine that had started).
+    pub rerun: bool,
     pub executor: Option<JoinHandle<ExecutorExit>>,
-    pub checkpoints: mpsc::Receiver<Checkpoint>,
-    pub checkpoint_tx: mpsc::Sender<Checkpoint>,
-    pub restores: mpsc::Receiver<RestoreRequest>,
+    pub checkpoints: mpsc::Receiver<Checkpointed>,
+    pub checkpoint_tx: mpsc::Sender<Checkpointed>,
+    pub controls: mpsc::Receiver<ControlRequest>,
+    /// An abort that arrived while the executor was ending, answered once it has.
+    pub pending_abort: Option<(String, oneshot::Sender<ControlOutcome>)>,
 }
 
 impl Watchdog {
-    /// Supervises until the trial finishes (or the engine is stopped, which aborts this task).
+    /// Supervises until the trial ends or the engine is stopped.
     pub async fn run(mut self) {
+        let stop = self.shared.stop.clone();
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => {}
+            () = self.supervise() => {}
+        }
+        if let Some(executor) = self.executor.take() {
+            executor.abort();
+            // A cancelled task ends with a cancellation error: that is the point.
+            let _ = executor.await;
+        }
+    }
+
+    async fn supervise(&mut self) {
         if self.start_executor {
             // The engine's first record is saved before its first request goes out, so a
             // trial whose job has fired can never be lost.
-            let status = EngineStatus::Active;
-            match self.save(status).await {
-                Ok(()) => self.spawn_executor(),
+            match self.save().await {
+                Ok(()) => self.spawn_executor(self.rerun),
                 Err(e) => {
                     self.died(format!("cannot save the engine's state: {e}"))
                         .await
                 }
             }
+        } else if self.lifecycle == Lifecycle::Failed
+            && self
+                .checkpoint
+                .failure
+                .as_ref()
+                .is_some_and(|f| !f.reported)
+        {
+            // The service stopped before the failure procedure was done: finish it now.
+            self.run_failure_procedure().await;
         }
         loop {
+            let cleanup_timer = self.cleanup_timer();
             tokio::select! {
                 // Checkpoints first: one sent just before the executor ended must be kept.
                 biased;
-                Some(checkpoint) = self.checkpoints.recv() => {
-                    self.backup = *checkpoint.backup;
-                    let status = if self.backup.failure.is_some() {
-                        EngineStatus::Failed
-                    } else {
-                        EngineStatus::Active
-                    };
-                    let _ = checkpoint.ack.send(self.save(status).await);
+                Some(message) = self.checkpoints.recv() => {
+                    self.checkpoint = *message.checkpoint;
+                    self.lifecycle = message.lifecycle;
+                    let _ = message.ack.send(self.save().await);
                 }
                 result = join(&mut self.executor) => {
                     self.executor = None;
                     match result {
-                        Ok(ExecutorExit::Finished) => {
-                            if let Err(e) = self.save(EngineStatus::Finished).await {
-                                error!(error = %e, "the finished status was not saved");
-                            }
-                            info!("engine finished; watchdog ends");
+                        Ok(ExecutorExit::Finished | ExecutorExit::Aborted) => {
+                            self.answer_pending_abort();
+                            let _ = self.shared.deps.ended.send(Arc::downgrade(&self.shared));
+                            info!("trial ended; watchdog ends");
                             return;
                         }
-                        Ok(ExecutorExit::Failed(reason)) => {
-                            self.run_failure_procedure(&reason).await;
-                        }
+                        Ok(ExecutorExit::Failed(_)) => self.run_failure_procedure().await,
                         Err(e) if e.is_cancelled() => {
                             self.died("the executor task was aborted".to_owned()).await;
                         }
@@ -98,98 +139,319 @@ impl Watchdog {
                             self.died(format!("the executor task panicked: {message}")).await;
                         }
                     }
+                    if let Some((reason, reply)) = self.pending_abort.take() {
+                        let _ = reply.send(self.abort(reason).await);
+                    }
                 }
-                Some(request) = self.restores.recv() => {
-                    let _ = request.reply.send(self.restore().await);
+                Some(request) = self.controls.recv() => match request {
+                    ControlRequest::Restore(reply) => {
+                        let _ = reply.send(self.restore().await);
+                    }
+                    ControlRequest::Skip { reason, reply } => {
+                        let _ = reply.send(self.skip(reason).await);
+                    }
+                    ControlRequest::Abort { reason, reply } => self.route_abort(reason, reply).await,
+                },
+                () = sleep_until(cleanup_timer) => {
+                    let after = self.shared.deps.settings.executor.cleanup_failed_after_secs.unwrap_or_default();
+                    let reason = format!("not restored within {after} s");
+                    warn!(reason = %reason, "a failed trial was left alone: aborting it");
+                    if let Err(e) = self.abort(reason).await {
+                        warn!(error = %e, "the automatic abort did not start");
+                    }
                 }
             }
         }
     }
 
-    /// Saves the latest backup with the engine's status; the executor waits for this before
-    /// it sends its next request.
-    async fn save(&self, status: EngineStatus) -> Result<(), String> {
-        let record = EngineRecord {
+    /// When a failed trial left alone is aborted on its own (`executor.cleanup_failed_after_secs`).
+    fn cleanup_timer(&self) -> Option<Deadline> {
+        let after = self
+            .shared
+            .deps
+            .settings
+            .executor
+            .cleanup_failed_after_secs?;
+        let failure = self.checkpoint.failure.as_ref()?;
+        if self.executor.is_some() || self.lifecycle != Lifecycle::Failed || !failure.reported {
+            return None;
+        }
+        let due =
+            failure.at + chrono::Duration::seconds(i64::try_from(after).unwrap_or(i64::MAX / 2));
+        let left = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        Some(Deadline::now() + left)
+    }
+
+    /// Saves the latest checkpoint with where the engine stands; the executor waits for this
+    /// before it sends its next request.
+    async fn save(&self) -> Result<(), String> {
+        let now = Utc::now();
+        let record = TrialRecord {
             id: self.shared.id.clone(),
-            status,
-            backup: self.backup.clone(),
+            lifecycle: self.lifecycle,
+            checkpoint: self.checkpoint.clone(),
+            created_at: self.checkpoint.started_at,
+            updated_at: now,
+            ended_at: self.lifecycle.is_ended().then_some(now),
         };
         self.shared
             .deps
             .store
-            .write(Op::PutEngine(Box::new(record)))
+            .write(Op::PutTrial(Box::new(record)))
             .await
+            .map(|_| ())
             .map_err(|e| e.to_string())
     }
 
-    fn spawn_executor(&mut self) {
-        // A step the backup stands at has run before unless the engine is brand new.
-        let rerun = matches!(self.backup.position, Position::Run(_))
-            && !self.backup.data.history.is_empty();
-        let handle = spawn_executor(
-            &self.shared,
-            self.backup.clone(),
-            self.checkpoint_tx.clone(),
+    fn spawn_executor(&mut self, rerun: bool) {
+        let (commands_tx, commands) = mpsc::channel::<Command>(SIGNAL_QUEUE);
+        let executor = Executor {
+            id: self.shared.id.clone(),
+            deps: self.shared.deps.clone(),
+            shared: self.shared.clone(),
+            checkpoint: self.checkpoint.clone(),
             rerun,
-        );
-        self.executor = Some(handle);
+            commands,
+            checkpoints: self.checkpoint_tx.clone(),
+            stepping: false,
+        };
+        *self.shared.commands() = commands_tx;
+        // The engine's span, not nested in the watchdog's: each line names the trial once.
+        self.executor = Some(tokio::spawn(executor.run().instrument(self.shared.span())));
     }
 
-    /// The executor died without a word: mark the engine failed from the last backup.
+    /// The executor died without a word: mark the engine failed from the last checkpoint.
     async fn died(&mut self, reason: String) {
         error!(reason = %reason, "executor died; engine marked Failed");
-        self.shared.state.send_modify(|s| {
-            s.engine = EngineStatus::Failed;
-            s.executor = ExecutorStatus::Failed;
-            s.failure = Some(reason.clone());
+        self.shared
+            .journal
+            .event(EventKind::TrialFailed, None, Some(reason.clone()), None);
+        self.checkpoint.failure = Some(Failure {
+            reason,
+            at: Utc::now(),
+            reported: false,
+            cleanup_failed: matches!(self.checkpoint.mode, Mode::Cleanup { .. }),
+            leftovers: Vec::new(),
         });
-        self.backup.failure = Some(reason.clone());
-        // The executor may have logged events after its last checkpoint: keep them, so the
-        // history never goes backwards.
-        self.backup.data.history = self.shared.state.borrow().history.clone();
-        let event =
-            self.backup
-                .data
-                .log_event(EventKind::TrialFailed, None, Some(reason.clone()), None);
-        self.shared.announce(&self.backup.data.history, event);
-        self.run_failure_procedure(&reason).await;
+        self.lifecycle = Lifecycle::Failed;
+        self.shared.move_to(Lifecycle::Failed, &self.checkpoint);
+        if let Err(e) = self.save().await {
+            error!(error = %e, "the failure was not saved");
+        }
+        self.run_failure_procedure().await;
     }
 
     /// SPEC §4.3, for a failed step and a dead executor alike: tell the repository, write the
     /// failure file, save the failed state; then the engine is restorable.
-    async fn run_failure_procedure(&mut self, reason: &str) {
-        failure::report(&self.shared.deps, &self.shared.id, &mut self.backup, reason).await;
-        let responses = self.backup.data.responses.clone();
-        self.shared.state.send_modify(|s| s.responses = responses);
-        if let Err(e) = self.save(EngineStatus::Failed).await {
+    async fn run_failure_procedure(&mut self) {
+        failure::report(&self.shared, &mut self.checkpoint).await;
+        if let Some(failure) = &mut self.checkpoint.failure {
+            failure.reported = true;
+        }
+        self.lifecycle = Lifecycle::Failed;
+        if let Err(e) = self.save().await {
             error!(error = %e, "the failed status was not saved");
         }
-        info!("failure procedure done; backup kept for a restore");
-        self.shared.state.send_modify(|s| s.restorable = true);
+        info!("failure procedure done; checkpoint kept for a restore");
+        self.shared.move_to(Lifecycle::Failed, &self.checkpoint);
     }
 
-    async fn restore(&mut self) -> Result<(), RestoreError> {
+    /// Why a failed engine cannot be restored, skipped or aborted right now.
+    fn refuse_unless_failed(&self) -> Result<(), RestoreError> {
+        match self.lifecycle {
+            Lifecycle::Finished => return Err(RestoreError::Ended("finished")),
+            Lifecycle::Aborted => return Err(RestoreError::Ended("been aborted")),
+            Lifecycle::Stopped => return Err(RestoreError::Gone),
+            Lifecycle::Running | Lifecycle::Waiting => return Err(RestoreError::Running),
+            Lifecycle::Failed => {}
+        }
         if self.executor.is_some() {
             return Err(RestoreError::Running);
         }
-        info!(position = ?self.backup.position, "restoring the executor from the backup");
-        self.backup.failure = None;
-        let event = self
-            .backup
-            .data
-            .log_event(EventKind::Restored, None, None, None);
-        self.shared.announce(&self.backup.data.history, event);
-        self.save(EngineStatus::Active)
-            .await
-            .map_err(RestoreError::NotSaved)?;
-        self.shared.state.send_modify(|s| {
-            s.engine = EngineStatus::Active;
-            s.executor = ExecutorStatus::Running;
-            s.failure = None;
-            s.restorable = false;
-        });
-        self.spawn_executor();
+        match &self.checkpoint.failure {
+            Some(f) if !f.reported => Err(RestoreError::Reporting),
+            _ => Ok(()),
+        }
+    }
+
+    /// Starts a new executor from the checkpoint after a failure: the trial's next run, noted
+    /// in the history by `event`.
+    async fn resume(&mut self, event: (EventKind, Option<String>)) -> Result<(), RestoreError> {
+        let saved = (self.checkpoint.clone(), self.lifecycle);
+        self.checkpoint.failure = None;
+        self.checkpoint.run += 1;
+        self.lifecycle = match self.checkpoint.position {
+            Position::Run(_) => Lifecycle::Running,
+            Position::Wait(_) => Lifecycle::Waiting,
+        };
+        if let Err(e) = self.save().await {
+            (self.checkpoint, self.lifecycle) = saved;
+            return Err(RestoreError::NotSaved(e));
+        }
+        self.shared.journal.event(event.0, None, event.1, None);
+        self.shared.move_to(self.lifecycle, &self.checkpoint);
+        let rerun = matches!(self.checkpoint.position, Position::Run(_));
+        self.spawn_executor(rerun);
         Ok(())
+    }
+
+    async fn restore(&mut self) -> Result<String, RestoreError> {
+        self.refuse_unless_failed()?;
+        if self
+            .checkpoint
+            .failure
+            .as_ref()
+            .is_some_and(|f| f.cleanup_failed)
+        {
+            return Err(RestoreError::CleanupFailed);
+        }
+        info!(position = ?self.checkpoint.position, "restoring the executor from the checkpoint");
+        self.resume((EventKind::Restored, None)).await?;
+        Ok(self.checkpoint.position.state().to_owned())
+    }
+
+    /// Marks the failed step done without running it and goes on with the next (SPEC §14).
+    async fn skip(&mut self, reason: String) -> Result<String, RestoreError> {
+        self.refuse_unless_failed()?;
+        if !matches!(self.checkpoint.mode, Mode::Normal) {
+            return Err(RestoreError::CleanupFailed);
+        }
+        let vnf = !self.shared.deps.settings.executor.disable_vnf;
+        let (skipped, next) = match self.checkpoint.position {
+            Position::Run(step) => {
+                if let Some(refusal) = sequence::skip_refusal(step) {
+                    return Err(RestoreError::NotSkippable(refusal));
+                }
+                let next = match sequence::after(step, vnf) {
+                    Some(Next::Step(next)) => Position::Run(next),
+                    Some(Next::Wait(wait)) => Position::Wait(wait),
+                    Some(Next::End) | None => {
+                        return Err(RestoreError::NotSkippable(format!(
+                            "{} is the last step: restore the trial instead",
+                            step.name()
+                        )));
+                    }
+                };
+                (step.name().to_owned(), next)
+            }
+            Position::Wait(wait) => {
+                let spec = sequence::wait_spec(wait);
+                if spec.waiter == Waiter::Operator {
+                    return Err(RestoreError::NotSkippable(format!(
+                        "the trial failed waiting for {}: restore it and send the signal instead",
+                        spec.waiting_for
+                    )));
+                }
+                let (signal, next) = spec.exits[0];
+                self.checkpoint.accepted.push((wait, signal));
+                (
+                    format!("the wait for {}", spec.waiting_for),
+                    Position::Run(next),
+                )
+            }
+        };
+        info!(skipped = %skipped, reason = %reason, "skipping the failed step");
+        self.checkpoint.position = next;
+        self.resume((EventKind::Skipped, Some(format!("{skipped}: {reason}"))))
+            .await?;
+        Ok(format!(
+            "{skipped} skipped; the trial goes on at {}",
+            next.state()
+        ))
+    }
+
+    /// An abort: the live executor takes it itself (it drops whatever is in flight and walks
+    /// the clean-up path); a failed engine gets a clean-up executor from here.
+    async fn route_abort(&mut self, reason: String, reply: oneshot::Sender<ControlOutcome>) {
+        if self.executor.is_some() {
+            // Never wait for the executor here: it may be waiting for this task to save.
+            let sender = self.shared.commands().clone();
+            match sender.try_send(Command::Control(Control::Abort { reason }, reply)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(command)) => {
+                    // A busy queue drains as soon as the executor's save is acknowledged.
+                    let shared = self.shared.clone();
+                    tokio::spawn(async move {
+                        if let Err(mpsc::error::SendError(Command::Control(
+                            Control::Abort { reason },
+                            reply,
+                        ))) = sender.send(command).await
+                        {
+                            // The executor ended meanwhile: ask again, to be answered from here.
+                            let _ = shared
+                                .controls
+                                .send(ControlRequest::Abort { reason, reply })
+                                .await;
+                        }
+                    });
+                }
+                Err(mpsc::error::TrySendError::Closed(Command::Control(
+                    Control::Abort { reason },
+                    reply,
+                ))) => {
+                    // The executor is ending: answer once its end is known.
+                    self.pending_abort = Some((reason, reply));
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+            return;
+        }
+        let outcome = self.abort(reason).await;
+        let _ = reply.send(outcome);
+    }
+
+    fn answer_pending_abort(&mut self) {
+        if let Some((_, reply)) = self.pending_abort.take() {
+            let _ = reply.send(Err(format!(
+                "trial {} has {}",
+                self.shared.id,
+                if self.lifecycle == Lifecycle::Aborted {
+                    "been aborted"
+                } else {
+                    "finished"
+                }
+            )));
+        }
+    }
+
+    /// Starts (or, after a failed clean-up, retries) the clean-up of a failed engine.
+    async fn abort(&mut self, reason: String) -> ControlOutcome {
+        self.refuse_unless_failed().map_err(|e| match e {
+            RestoreError::Ended(what) => format!("trial {} has {what}", self.shared.id),
+            other => other.to_string(),
+        })?;
+        let retry = matches!(self.checkpoint.mode, Mode::Cleanup { .. });
+        if !retry {
+            self.checkpoint.data.ledger =
+                sequence::ledger_at(self.checkpoint.position, &self.checkpoint.data.ledger);
+            self.checkpoint.mode = Mode::Cleanup {
+                reason: reason.clone(),
+            };
+            self.checkpoint.paused = false;
+            let data = &self.checkpoint.data;
+            self.checkpoint.position =
+                match sequence::cleanup_after(None, data.kpi_status, &data.ledger) {
+                    Next::Step(step) => Position::Run(step),
+                    Next::Wait(wait) => Position::Wait(wait),
+                    // Never: the repository status is always written.
+                    Next::End => Position::Run(sequence::Step::UpdateStatusAborted),
+                };
+        }
+        self.shared
+            .journal
+            .event(EventKind::AbortRequested, None, Some(reason.clone()), None);
+        let detail = if retry {
+            format!("{reason}; retrying the clean-up that failed")
+        } else {
+            format!("{reason}; undoing what the trial deployed")
+        };
+        self.resume((EventKind::CleanupStarted, Some(detail)))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(format!(
+            "trial {}: abort accepted; the clean-up starts",
+            self.shared.id
+        ))
     }
 }
 
@@ -199,6 +461,13 @@ async fn join(
 ) -> Result<ExecutorExit, tokio::task::JoinError> {
     match executor {
         Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Deadline>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
 }

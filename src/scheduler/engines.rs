@@ -1,38 +1,46 @@
-//! The registry of engines: at most one per trial id.
+//! The registry of engines in memory: at most one per trial id. Live and failed engines stay;
+//! an ended one leaves after `engine.keep_finished_secs` (its records stay in the store).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use crate::domain::TrialId;
 use crate::engine::state::EngineStatus;
-use crate::engine::{EngineDeps, EngineHandle};
-use crate::store::EngineRecord;
+use crate::engine::{EngineDeps, EngineHandle, EngineShared};
+use crate::store::RecoveredTrial;
 
-/// Every engine of this process, by trial id.
+/// Every engine of this process in memory, by trial id.
 #[derive(Default)]
 pub struct EngineRegistry {
     engines: Mutex<HashMap<TrialId, EngineHandle>>,
+    /// The service is stopping: no engine starts any more.
+    closed: AtomicBool,
 }
 
-/// An engine for that trial exists already.
+/// Why an engine was not started.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("an engine for trial '{0}' exists already")]
-pub struct EngineExists(pub TrialId);
+pub enum StartError {
+    #[error("an engine for trial '{0}' exists already")]
+    Exists(TrialId),
+    #[error("the service is stopping; trial '{0}' starts at the next start-up")]
+    ShuttingDown(TrialId),
+}
 
 impl EngineRegistry {
     fn map(&self) -> MutexGuard<'_, HashMap<TrialId, EngineHandle>> {
         self.engines.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Creates and starts the engine of `id`; refused if it has one.
-    pub fn start(
-        &self,
-        id: &TrialId,
-        deps: &Arc<EngineDeps>,
-    ) -> Result<EngineHandle, EngineExists> {
+    /// Creates and starts the engine of `id`; refused if it has one, or once the service
+    /// is stopping.
+    pub fn start(&self, id: &TrialId, deps: &Arc<EngineDeps>) -> Result<EngineHandle, StartError> {
         let mut engines = self.map();
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(StartError::ShuttingDown(id.clone()));
+        }
         if engines.contains_key(id) {
-            return Err(EngineExists(id.clone()));
+            return Err(StartError::Exists(id.clone()));
         }
         let handle = EngineHandle::start(id.clone(), deps.clone());
         engines.insert(id.clone(), handle.clone());
@@ -40,29 +48,35 @@ impl EngineRegistry {
     }
 
     /// Registers an engine brought back from the store; `false` if the id has one already.
-    pub fn recover(&self, deps: &Arc<EngineDeps>, record: EngineRecord) -> bool {
+    pub fn recover(&self, deps: &Arc<EngineDeps>, trial: RecoveredTrial) -> bool {
         let mut engines = self.map();
-        if engines.contains_key(&record.id) {
+        if engines.contains_key(&trial.record.id) {
             return false;
         }
-        let id = record.id.clone();
-        engines.insert(id, EngineHandle::recover(deps.clone(), record));
+        let id = trial.record.id.clone();
+        engines.insert(id, EngineHandle::recover(deps.clone(), trial));
         true
     }
 
-    /// Whether `id` has an engine.
+    /// Whether `id` has an engine in memory.
     pub fn contains(&self, id: &TrialId) -> bool {
         self.map().contains_key(id)
     }
 
-    /// The engine of `id`.
+    /// The engine of `id`, if it is in memory.
     pub fn get(&self, id: &TrialId) -> Option<EngineHandle> {
         self.map().get(id).cloned()
     }
 
-    /// Removes the engine of `id` from the registry (the caller has stopped it).
-    pub fn remove(&self, id: &TrialId) -> Option<EngineHandle> {
-        self.map().remove(id)
+    /// Removes the engine of `id` from memory if it is `engine`, not one made later for the
+    /// same trial; `true` if it did.
+    pub fn remove(&self, id: &TrialId, engine: &Weak<EngineShared>) -> bool {
+        let mut engines = self.map();
+        if engines.get(id).is_some_and(|handle| handle.same(engine)) {
+            engines.remove(id);
+            return true;
+        }
+        false
     }
 
     /// Every engine's id and status, sorted by id.
@@ -70,16 +84,21 @@ impl EngineRegistry {
         let mut list: Vec<_> = self
             .map()
             .iter()
-            .map(|(id, handle)| (id.clone(), handle.snapshot().engine))
+            .map(|(id, handle)| (id.clone(), handle.snapshot().engine_status()))
             .collect();
         list.sort_by(|a, b| a.0.cmp(&b.0));
         list
     }
 
-    /// Stops every engine (service shutdown).
-    pub fn stop_all(&self) {
-        for handle in self.map().values() {
-            handle.stop();
-        }
+    /// Every engine in memory.
+    pub fn handles(&self) -> Vec<EngineHandle> {
+        self.map().values().cloned().collect()
+    }
+
+    /// Closes the registry (no engine starts any more) and returns every engine, to stop.
+    pub fn close(&self) -> Vec<EngineHandle> {
+        let engines = self.map();
+        self.closed.store(true, Ordering::SeqCst);
+        engines.values().cloned().collect()
     }
 }

@@ -1,22 +1,28 @@
 //! The scheduler (SPEC §8): owns the scheduled jobs and the registry of engines. At a job's
 //! start time it creates the trial's engine. Jobs come from the debug API, from the trial
-//! registry on request, or from automatic polling of the registry.
+//! registry on request, or from automatic polling of the registry. It also keeps memory and
+//! the store small (SPEC §12): ended engines leave memory after `engine.keep_finished_secs`,
+//! ended trials leave the store after `store.retention_days`.
+//!
+//! A job is saved before it is armed, and a removal is saved before it is made, with the
+//! store write queued under the jobs lock: what the store holds and what runs never disagree,
+//! and a change that could not be saved did not happen.
 
 pub mod engines;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use chrono::Utc;
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{error, info, warn};
 
 use crate::domain::{InvalidStartTime, StartTime, TrialId};
-use crate::engine::EngineDeps;
+use crate::engine::{EngineDeps, EngineShared};
 use crate::services::registry::RegistryError;
 use crate::store::{Loaded, Op, Store, StoreError};
 use engines::EngineRegistry;
@@ -28,6 +34,10 @@ pub enum ScheduleError {
     JobExists(TrialId),
     #[error("trial '{0}' already has an engine")]
     EngineExists(TrialId),
+    #[error(
+        "trial '{0}' has run already and its record is kept; DELETE /debug/engine/{0} forgets it"
+    )]
+    Ran(TrialId),
     #[error(transparent)]
     Time(#[from] InvalidStartTime),
     #[error(transparent)]
@@ -59,7 +69,10 @@ pub struct ScheduleAllReport {
     pub scheduled: Vec<String>,
     pub rescheduled: Vec<String>,
     pub already_scheduled: Vec<String>,
+    /// Trials whose engine is running (or failed, waiting for the operator).
     pub already_executing: Vec<String>,
+    /// Trials that ran to their end (finished or aborted).
+    pub already_ended: Vec<String>,
     pub skipped: Vec<Skipped>,
 }
 
@@ -73,7 +86,8 @@ pub struct Skipped {
 struct Job {
     start: StartTime,
     generation: u64,
-    task: AbortHandle,
+    /// The timer, once the job is saved; `None` while its save is under way.
+    timer: Option<AbortHandle>,
 }
 
 /// The scheduler handle (cheap to clone).
@@ -89,13 +103,19 @@ struct Inner {
     deps: Arc<EngineDeps>,
     automatic: watch::Sender<bool>,
     generation: AtomicU64,
+    /// Bumped whenever a job goes away or an engine starts, for those waiting on either.
+    changes: watch::Sender<()>,
 }
 
+/// How often ended trials older than `store.retention_days` are purged.
+const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
+
 impl Scheduler {
-    /// A scheduler with no jobs and no engines.
-    pub fn new(deps: Arc<EngineDeps>) -> Self {
+    /// A scheduler with no jobs and no engines; `ended` receives the engines whose trial ended
+    /// (the `ended` sender of `deps`).
+    pub fn new(deps: Arc<EngineDeps>, ended: mpsc::UnboundedReceiver<Weak<EngineShared>>) -> Self {
         let automatic = deps.settings.scheduler.automatic;
-        Self {
+        let scheduler = Self {
             inner: Arc::new(Inner {
                 jobs: Mutex::new(HashMap::new()),
                 missed: Mutex::new(Vec::new()),
@@ -103,15 +123,18 @@ impl Scheduler {
                 deps,
                 automatic: watch::Sender::new(automatic),
                 generation: AtomicU64::new(0),
+                changes: watch::Sender::new(()),
             }),
-        }
+        };
+        scheduler.spawn_evictor(ended);
+        scheduler
     }
 
     fn jobs_map(&self) -> MutexGuard<'_, HashMap<TrialId, Job>> {
         self.inner.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The engines.
+    /// The engines in memory.
     pub fn engines(&self) -> &EngineRegistry {
         &self.inner.engines
     }
@@ -121,11 +144,19 @@ impl Scheduler {
         &self.inner.deps
     }
 
-    /// Schedules `id` at `start`, which must be in the future; refused if the trial has a job
-    /// or an engine. Returns once the job is saved.
+    fn store(&self) -> &Store {
+        &self.inner.deps.store
+    }
+
+    fn next_generation(&self) -> u64 {
+        self.inner.generation.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Schedules `id` at `start`, which must be in the future; refused if the trial has a job,
+    /// an engine, or a record of an earlier run. Returns once the job is saved and armed.
     pub async fn schedule(&self, id: &TrialId, start: StartTime) -> Result<(), ScheduleError> {
         start.ensure_future(Utc::now())?;
-        {
+        let (generation, saved) = {
             let mut jobs = self.jobs_map();
             if jobs.contains_key(id) {
                 return Err(ScheduleError::JobExists(id.clone()));
@@ -133,51 +164,80 @@ impl Scheduler {
             if self.inner.engines.contains(id) {
                 return Err(ScheduleError::EngineExists(id.clone()));
             }
-            let job = self.spawn_job(id, start);
-            jobs.insert(id.clone(), job);
-        }
-        self.save_job(id, start).await?;
-        info!(trial = %id, start = %start, "trial scheduled");
-        Ok(())
-    }
-
-    /// Saves a job; if that fails the job is dropped again, so nothing unsaved is promised.
-    async fn save_job(&self, id: &TrialId, start: StartTime) -> Result<(), StoreError> {
-        let saved = self
-            .store()
-            .write(Op::PutJob {
+            let generation = self.next_generation();
+            jobs.insert(
+                id.clone(),
+                Job {
+                    start,
+                    generation,
+                    timer: None,
+                },
+            );
+            let saved = self.store().write(Op::PutJob {
                 id: id.clone(),
                 start,
-            })
-            .await;
-        if let Err(e) = &saved {
-            error!(trial = %id, error = %e, "the job was not saved: dropped");
-            if let Some(job) = self.jobs_map().remove(id) {
-                job.task.abort();
+                created_at: Utc::now(),
+            });
+            (generation, saved)
+        };
+        match saved.await {
+            Ok(0) => {
+                self.drop_reservation(id, generation);
+                Err(ScheduleError::Ran(id.clone()))
+            }
+            Ok(_) => {
+                self.arm(id, generation);
+                info!(trial = %id, start = %start, "trial scheduled");
+                Ok(())
+            }
+            Err(e) => {
+                error!(trial = %id, error = %e, "the job was not saved, so it was not made");
+                self.drop_reservation(id, generation);
+                Err(e.into())
             }
         }
-        saved
     }
 
-    fn store(&self) -> &Store {
-        &self.inner.deps.store
+    fn drop_reservation(&self, id: &TrialId, generation: u64) {
+        let mut jobs = self.jobs_map();
+        if jobs.get(id).is_some_and(|job| job.generation == generation) {
+            jobs.remove(id);
+            self.inner.changes.send_replace(());
+        }
     }
 
-    fn spawn_job(&self, id: &TrialId, start: StartTime) -> Job {
-        let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed);
-        let delay = (start.utc() - Utc::now())
+    /// Waits until the scheduled trial `id` has its engine; `None` if its job goes away
+    /// without one.
+    pub async fn wait_for_engine(&self, id: &TrialId) -> Option<crate::engine::EngineHandle> {
+        let mut changes = self.inner.changes.subscribe();
+        loop {
+            if let Some(engine) = self.inner.engines.get(id) {
+                return Some(engine);
+            }
+            if !self.jobs_map().contains_key(id) {
+                return None;
+            }
+            changes.changed().await.ok()?;
+        }
+    }
+
+    /// Starts the timer of a saved job (unless it was removed or replaced meanwhile).
+    fn arm(&self, id: &TrialId, generation: u64) {
+        let mut jobs = self.jobs_map();
+        let Some(job) = jobs.get_mut(id).filter(|job| job.generation == generation) else {
+            return;
+        };
+        let delay = (job.start.utc() - Utc::now())
             .to_std()
             .unwrap_or(Duration::ZERO);
         let scheduler = self.clone();
         let job_id = id.clone();
-        let task = tokio::spawn(async move {
+        let timer = tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             scheduler.fire(&job_id, generation);
         });
-        Job {
-            start,
-            generation,
-            task: task.abort_handle(),
+        if let Some(old) = job.timer.replace(timer.abort_handle()) {
+            old.abort();
         }
     }
 
@@ -188,48 +248,75 @@ impl Scheduler {
         if jobs.get(id).is_none_or(|job| job.generation != generation) {
             return;
         }
-        jobs.remove(id);
         match self.inner.engines.start(id, &self.inner.deps) {
-            Ok(_) => info!(trial = %id, "start time reached: engine started"),
+            Ok(_) => {
+                jobs.remove(id);
+                self.inner.changes.send_replace(());
+                info!(trial = %id, "start time reached: engine started");
+            }
+            // Stopping: the saved job starts the trial at the next start-up.
             Err(e) => {
-                error!(trial = %id, error = %e, "start time reached but the engine was not started")
+                warn!(trial = %id, error = %e, "start time reached but the engine was not started")
             }
         }
     }
 
-    /// Removes a scheduled job; `false` if there was none.
+    /// Removes a scheduled job; `false` if there was none. The timer stops first and comes
+    /// back if the removal cannot be saved, so the job neither fires meanwhile nor is lost.
     pub async fn unschedule(&self, id: &TrialId) -> Result<bool, StoreError> {
-        if !self.jobs_map().contains_key(id) {
-            return Ok(false);
-        }
-        // Saved first: a removal that is not saved would come back at the next start.
-        self.store().write(Op::DeleteJob { id: id.clone() }).await?;
-        // The job may have fired meanwhile; then its engine runs and there is no job left.
-        let Some(job) = self.jobs_map().remove(id) else {
-            return Ok(false);
+        let (generation, saved) = {
+            let mut jobs = self.jobs_map();
+            let Some(job) = jobs.get_mut(id) else {
+                return Ok(false);
+            };
+            if let Some(timer) = job.timer.take() {
+                timer.abort();
+            }
+            let saved = self.store().write(Op::DeleteJob { id: id.clone() });
+            (job.generation, saved)
         };
-        job.task.abort();
-        info!(trial = %id, "scheduled job removed");
-        Ok(true)
+        match saved.await {
+            Ok(_) => {
+                self.drop_reservation(id, generation);
+                info!(trial = %id, "scheduled job removed");
+                Ok(true)
+            }
+            Err(e) => {
+                self.arm(id, generation);
+                Err(e)
+            }
+        }
     }
 
-    /// Stops and removes a trial's engine; `false` if there was none. If the removal cannot
-    /// be saved the engine stays listed (stopped), so the delete can be tried again.
+    /// Stops and forgets a trial's engine (or, for an ended trial no longer in memory, its
+    /// record); `false` if there was none, or another delete of it is under way. If the
+    /// removal cannot be saved the engine stays listed (stopped), so the delete can be tried
+    /// again.
     pub async fn delete_engine(&self, id: &TrialId) -> Result<bool, StoreError> {
         let Some(engine) = self.inner.engines.get(id) else {
-            return Ok(false);
+            let removed = self
+                .store()
+                .write(Op::DeleteTrial { id: id.clone() })
+                .await?;
+            return Ok(removed > 0);
         };
-        // Once the watchdog has ended, every write it made is queued ahead of this delete,
-        // and the store applies writes in order: the engine cannot come back.
-        engine.stop_and_wait().await;
-        // Its token must not let callbacks into a later engine of the same trial.
-        if let Some(token) = engine.token() {
-            self.inner.deps.tokens.revoke(&token).await?;
+        if !engine.claim_delete() {
+            return Ok(false);
         }
-        self.store()
-            .write(Op::DeleteEngine { id: id.clone() })
-            .await?;
-        self.inner.engines.remove(id);
+        // Once the tasks have ended, nothing of this engine reaches a service or the store.
+        engine.stop().await;
+        let forgotten = async {
+            // Its token must not let callbacks into a later engine of the same trial.
+            if let Some(token) = engine.token() {
+                self.inner.deps.tokens.revoke(&token).await?;
+            }
+            self.store().write(Op::DeleteTrial { id: id.clone() }).await
+        };
+        if let Err(e) = forgotten.await {
+            engine.release_delete();
+            return Err(e);
+        }
+        self.inner.engines.remove(id, &engine.weak());
         Ok(true)
     }
 
@@ -273,7 +360,7 @@ impl Scheduler {
         let trials = self.inner.deps.services.list_trials().await?;
         let now = Utc::now();
         let mut report = ScheduleAllReport::default();
-        let mut to_save = Vec::new();
+        let mut saves = Vec::new();
         for trial in trials {
             let skip = |report: &mut ScheduleAllReport, reason: String| {
                 report.skipped.push(Skipped {
@@ -288,11 +375,15 @@ impl Scheduler {
                     continue;
                 }
             };
-            // The jobs lock is held from the engine check to the insert, as in `schedule`, so
-            // a job firing meanwhile cannot leave a job beside its engine.
+            // The jobs lock is held from the engine check to the queued save, as in
+            // `schedule`, so a job firing meanwhile cannot leave a job beside its engine.
             let mut jobs = self.jobs_map();
-            if self.inner.engines.contains(&id) {
-                report.already_executing.push(trial.id);
+            if let Some(engine) = self.inner.engines.get(&id) {
+                if engine.snapshot().lifecycle.is_ended() {
+                    report.already_ended.push(trial.id);
+                } else {
+                    report.already_executing.push(trial.id);
+                }
                 continue;
             }
             let Some(raw) = &trial.start_time else {
@@ -310,35 +401,56 @@ impl Scheduler {
                 skip(&mut report, e.to_string());
                 continue;
             }
-            match jobs.get(&id) {
+            let rescheduled = match jobs.get(&id) {
                 Some(job) if job.start.utc() == start.utc() => {
                     report.already_scheduled.push(trial.id);
+                    continue;
                 }
-                Some(job) => {
-                    job.task.abort();
-                    let new_job = self.spawn_job(&id, start);
-                    jobs.insert(id.clone(), new_job);
-                    info!(trial = %id, start = %start, "start time changed: trial rescheduled");
-                    report.rescheduled.push(trial.id);
-                    to_save.push((id, start));
-                }
-                None => {
-                    let job = self.spawn_job(&id, start);
-                    jobs.insert(id.clone(), job);
-                    info!(trial = %id, start = %start, "trial scheduled from the registry");
-                    report.scheduled.push(trial.id);
-                    to_save.push((id, start));
-                }
+                Some(_) => true,
+                None => false,
+            };
+            let generation = self.next_generation();
+            if let Some(old) = jobs.insert(
+                id.clone(),
+                Job {
+                    start,
+                    generation,
+                    timer: None,
+                },
+            ) && let Some(timer) = old.timer
+            {
+                timer.abort();
             }
+            let saved = self.store().write(Op::PutJob {
+                id: id.clone(),
+                start,
+                created_at: now,
+            });
+            saves.push((id, start, generation, rescheduled, saved));
         }
-        for (id, start) in to_save {
-            if let Err(e) = self.save_job(&id, start).await {
-                report.scheduled.retain(|s| s != id.as_str());
-                report.rescheduled.retain(|s| s != id.as_str());
-                report.skipped.push(Skipped {
-                    id: id.to_string(),
-                    reason: e.to_string(),
-                });
+        for (id, start, generation, rescheduled, saved) in saves {
+            match saved.await {
+                Ok(0) => {
+                    self.drop_reservation(&id, generation);
+                    report.already_ended.push(id.to_string());
+                }
+                Ok(_) => {
+                    self.arm(&id, generation);
+                    if rescheduled {
+                        info!(trial = %id, start = %start, "start time changed: trial rescheduled");
+                        report.rescheduled.push(id.to_string());
+                    } else {
+                        info!(trial = %id, start = %start, "trial scheduled from the registry");
+                        report.scheduled.push(id.to_string());
+                    }
+                }
+                Err(e) => {
+                    self.drop_reservation(&id, generation);
+                    report.skipped.push(Skipped {
+                        id: id.to_string(),
+                        reason: e.to_string(),
+                    });
+                }
             }
         }
         Ok(report)
@@ -358,18 +470,18 @@ impl Scheduler {
         Ok(now_on)
     }
 
-    /// Brings back what the store held at start-up: engines resume (or wait for a restore,
-    /// if failed), future jobs are set again, a job whose start passed while the service was
-    /// down starts now if within `scheduler.misfire_grace_secs`, otherwise it is reported as
-    /// missed.
+    /// Brings back what the store held at start-up: engines resume (or wait for the
+    /// operator, if failed), future jobs are set again, a job whose start passed while the
+    /// service was down starts now if within `scheduler.misfire_grace_secs`, otherwise it is
+    /// reported as missed.
     pub async fn recover(&self, loaded: Loaded) -> Result<(), StoreError> {
         if let Some(on) = loaded.automatic {
             self.inner.automatic.send_replace(on);
         }
-        for record in loaded.engines {
-            let (id, status) = (record.id.clone(), record.status);
-            if self.inner.engines.recover(&self.inner.deps, record) {
-                info!(trial = %id, ?status, "engine recovered from the store");
+        for trial in loaded.trials {
+            let (id, lifecycle) = (trial.record.id.clone(), trial.record.lifecycle);
+            if self.inner.engines.recover(&self.inner.deps, trial) {
+                info!(trial = %id, ?lifecycle, "engine recovered from the store");
             }
         }
         let now = Utc::now();
@@ -377,12 +489,21 @@ impl Scheduler {
             i64::try_from(self.inner.deps.settings.scheduler.misfire_grace_secs)
                 .unwrap_or(i64::MAX),
         );
-        for (id, start) in loaded.jobs {
+        for job in loaded.jobs {
+            let (id, start) = (job.id, job.start);
             if self.inner.engines.contains(&id) {
                 self.store().write(Op::DeleteJob { id }).await?;
             } else if start.utc() > now {
-                let job = self.spawn_job(&id, start);
-                self.jobs_map().insert(id.clone(), job);
+                let generation = self.next_generation();
+                self.jobs_map().insert(
+                    id.clone(),
+                    Job {
+                        start,
+                        generation,
+                        timer: None,
+                    },
+                );
+                self.arm(&id, generation);
                 info!(trial = %id, start = %start, "scheduled job recovered");
             } else if now - start.utc() <= grace {
                 warn!(trial = %id, start = %start, "start time passed while the service was down: starting now");
@@ -434,11 +555,68 @@ impl Scheduler {
         })
     }
 
-    /// Stops every job and engine (service shutdown).
-    pub fn shutdown(&self) {
-        for (_, job) in self.jobs_map().drain() {
-            job.task.abort();
+    /// Ended engines leave memory `engine.keep_finished_secs` after their end.
+    fn spawn_evictor(&self, mut ended: mpsc::UnboundedReceiver<Weak<EngineShared>>) {
+        let scheduler = Arc::downgrade(&self.inner);
+        let keep = Duration::from_secs(self.inner.deps.settings.engine.keep_finished_secs);
+        tokio::spawn(async move {
+            while let Some(engine) = ended.recv().await {
+                let scheduler = scheduler.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(keep).await;
+                    let (Some(inner), Some(shared)) = (scheduler.upgrade(), engine.upgrade())
+                    else {
+                        return;
+                    };
+                    let id = shared.id.clone();
+                    drop(shared);
+                    if inner.engines.remove(&id, &engine) {
+                        info!(trial = %id, "ended engine left memory; its records stay in the store");
+                    }
+                });
+            }
+        });
+    }
+
+    /// Starts the task that purges ended trials older than `store.retention_days` (at once,
+    /// then every hour); none when retention is 0 (keep forever).
+    pub fn spawn_purger(&self) -> Option<JoinHandle<()>> {
+        let days = self.inner.deps.settings.store.retention_days;
+        if days == 0 {
+            return None;
         }
-        self.inner.engines.stop_all();
+        let store = self.store().clone();
+        Some(tokio::spawn(async move {
+            loop {
+                let cutoff = Utc::now()
+                    - chrono::Duration::days(i64::try_from(days).unwrap_or(i64::MAX / 86_400));
+                match store
+                    .write(Op::Purge {
+                        ended_before: cutoff,
+                    })
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(purged) => info!(purged, days, "ended trials past their retention purged"),
+                    Err(e) => {
+                        warn!(error = %e, "the purge of old trials failed; it runs again later")
+                    }
+                }
+                tokio::time::sleep(PURGE_INTERVAL).await;
+            }
+        }))
+    }
+
+    /// Stops every job and engine (service shutdown): no job fires and no step starts once
+    /// this begins. Nothing is reported as failed; each trial resumes from its checkpoint at
+    /// the next start.
+    pub async fn shutdown(&self) {
+        for job in self.jobs_map().values_mut() {
+            if let Some(timer) = job.timer.take() {
+                timer.abort();
+            }
+        }
+        let engines = self.inner.engines.close();
+        futures_util::future::join_all(engines.iter().map(|engine| engine.stop())).await;
     }
 }

@@ -61,6 +61,17 @@ pub enum OAuth2Error {
     Malformed,
 }
 
+impl OAuth2Error {
+    /// The token endpoint may answer next time: it could not be reached, or failed on its side.
+    pub fn retryable(&self) -> bool {
+        match self {
+            OAuth2Error::Transport(_) => true,
+            OAuth2Error::Status(status) => *status >= 500 || *status == 429,
+            OAuth2Error::Malformed => false,
+        }
+    }
+}
+
 impl OAuth2Client {
     fn new(settings: OAuth2Settings) -> Self {
         Self {

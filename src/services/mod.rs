@@ -1,9 +1,11 @@
-//! Outbound HTTP to the platform's services (SPEC §7). Every request goes through
+//! Outbound HTTP to the platform's services (SPEC §7, §13). Every request goes through
 //! [`ServiceClient::send`], which applies the service's auth, the TLS settings, the request
-//! timeout and the retry policy, and returns a [`Reply`] ready to be recorded for the trial.
+//! timeout and the service's retry policy ([`retry`]), tells its caller about every attempt
+//! (so each is recorded for the trial), and returns the last [`Reply`].
 
 pub mod auth;
 pub mod registry;
+pub mod retry;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,8 +15,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use url::Url;
 
-use crate::config::Settings;
+use crate::config::{RetrySettings, Settings};
 use auth::ServiceAuth;
+use retry::RetryReason;
 
 /// The services the LCM calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +54,11 @@ pub struct Outbound {
     pub path: String,
     pub query: Vec<(&'static str, String)>,
     pub body: Option<Value>,
+    /// Repeating the request after it reached the service may create something twice: it is
+    /// retried only when it cannot have reached it.
+    pub creates: bool,
+    /// Sent as the `Idempotency-Key` header, so a service that honours it can deduplicate.
+    pub idempotency_key: Option<String>,
 }
 
 impl Outbound {
@@ -62,7 +70,21 @@ impl Outbound {
             path: path.into(),
             query: Vec::new(),
             body: None,
+            creates: false,
+            idempotency_key: None,
         }
+    }
+
+    /// Marks a request that creates something (SPEC §13's create-type requests).
+    pub fn creating(mut self) -> Self {
+        self.creates = true;
+        self
+    }
+
+    /// Sets the `Idempotency-Key` header.
+    pub fn idempotency_key(mut self, key: String) -> Self {
+        self.idempotency_key = Some(key);
+        self
     }
 
     /// Adds a query parameter.
@@ -87,6 +109,19 @@ pub struct Reply {
     /// The start of a body that is not JSON, for error messages.
     pub text: Option<String>,
     pub duration: Duration,
+    /// How long the service asked to wait before trying again (`Retry-After`).
+    pub retry_after: Option<Duration>,
+}
+
+/// One attempt of a request, as [`ServiceClient::send`] reports it.
+pub struct Attempt<'a> {
+    /// From 1.
+    pub number: u32,
+    pub outcome: &'a Result<Reply, SendError>,
+    /// The attempt is tried again after this wait, for this reason.
+    pub retry: Option<(Duration, RetryReason)>,
+    /// How many attempts the policy allows.
+    pub max_attempts: u32,
 }
 
 /// A request that got no HTTP answer.
@@ -108,6 +143,8 @@ pub enum SendError {
     Auth {
         service: &'static str,
         reason: String,
+        /// The token endpoint may answer next time (it failed, or answered 5xx).
+        retryable: bool,
     },
 }
 
@@ -137,13 +174,9 @@ struct ClientInner {
     http: reqwest::Client,
     timeout_secs: u64,
     endpoints: [Endpoint; 3],
+    /// Each service's retry policy, in the order of [`Service::ALL`].
+    policies: [RetrySettings; 3],
 }
-
-/// How often a request that could not connect is tried again, and the pause before each try.
-/// Only connection failures are retried: the request never reached the service, so sending it
-/// again cannot do anything twice.
-const CONNECT_RETRY_DELAYS: [Duration; 2] =
-    [Duration::from_millis(200), Duration::from_millis(800)];
 
 /// The largest answer body kept (1 MiB).
 pub const MAX_REPLY_BYTES: usize = 1024 * 1024;
@@ -197,6 +230,7 @@ impl ServiceClient {
                     endpoint(Service::TrialEnforcement, &services.trial_enforcement)?,
                     endpoint(Service::KpiMonitoring, &services.kpi_monitoring)?,
                 ],
+                policies: Service::ALL.map(|service| settings.retry_policy(service)),
             }),
         })
     }
@@ -210,10 +244,51 @@ impl ServiceClient {
         &self.inner.endpoints[service as usize]
     }
 
-    /// Sends a request: connection failures are retried, an OAuth2 401 refreshes the token
-    /// once, any HTTP answer is returned as a [`Reply`].
-    pub async fn send(&self, request: &Outbound) -> Result<Reply, SendError> {
-        let result = self.send_with_retries(request).await;
+    /// Sends a request under its service's retry policy (an OAuth2 401 also refreshes the
+    /// token once per attempt), telling `observe` about every attempt, and returns the last
+    /// outcome. The waits between attempts are plain sleeps: dropping the future (an abort, a
+    /// deleted engine) cancels them.
+    pub async fn send(
+        &self,
+        request: &Outbound,
+        mut observe: impl FnMut(Attempt<'_>),
+    ) -> Result<Reply, SendError> {
+        let policy = self.inner.policies[request.service as usize];
+        let mut number = 1;
+        loop {
+            let outcome = self.attempt(request).await;
+            let retry = (number < policy.max_attempts)
+                .then(|| retry::retry_reason(request.creates, &outcome))
+                .flatten()
+                .map(|reason| {
+                    let asked = outcome.as_ref().ok().and_then(|r| r.retry_after);
+                    let wait = retry::backoff(&policy, number, asked, fastrand::f64());
+                    (wait, reason)
+                });
+            observe(Attempt {
+                number,
+                outcome: &outcome,
+                retry,
+                max_attempts: policy.max_attempts,
+            });
+            let Some((wait, reason)) = retry else {
+                return outcome;
+            };
+            metrics::counter!(
+                "lcm_outbound_retries_total",
+                "service" => request.service.name(),
+                "reason" => reason.label()
+            )
+            .increment(1);
+            tokio::time::sleep(wait).await;
+            number += 1;
+        }
+    }
+
+    /// One attempt: auth applied, an OAuth2 401 answered by refreshing the token once.
+    pub async fn attempt(&self, request: &Outbound) -> Result<Reply, SendError> {
+        let started = Instant::now();
+        let result = self.attempt_once(request, started).await;
         let status = match &result {
             Ok(reply) => reply.status.to_string(),
             Err(SendError::Timeout { .. }) => "timeout".to_owned(),
@@ -237,31 +312,19 @@ impl ServiceClient {
         result
     }
 
-    async fn send_with_retries(&self, request: &Outbound) -> Result<Reply, SendError> {
-        let started = Instant::now();
-        let mut delays = CONNECT_RETRY_DELAYS.iter();
+    async fn attempt_once(&self, request: &Outbound, started: Instant) -> Result<Reply, SendError> {
         let mut refreshed = false;
         loop {
-            match self.send_once(request).await {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    if status == 401
-                        && !refreshed
-                        && let ServiceAuth::OAuth2(oauth2) = &self.endpoint(request.service).auth
-                    {
-                        oauth2.invalidate();
-                        refreshed = true;
-                        continue;
-                    }
-                    return Ok(self.read_reply(request.service, response, started).await);
-                }
-                Err(SendError::Connect { .. }) if delays.len() > 0 => {
-                    if let Some(delay) = delays.next() {
-                        tokio::time::sleep(*delay).await;
-                    }
-                }
-                Err(e) => return Err(e),
+            let response = self.send_once(request).await?;
+            if response.status() == reqwest::StatusCode::UNAUTHORIZED
+                && !refreshed
+                && let ServiceAuth::OAuth2(oauth2) = &self.endpoint(request.service).auth
+            {
+                oauth2.invalidate();
+                refreshed = true;
+                continue;
             }
+            return Ok(self.read_reply(request.service, response, started).await);
         }
     }
 
@@ -280,6 +343,9 @@ impl ServiceClient {
         if let Some(body) = &request.body {
             builder = builder.json(body);
         }
+        if let Some(key) = &request.idempotency_key {
+            builder = builder.header("Idempotency-Key", key);
+        }
         builder = match &endpoint.auth {
             ServiceAuth::None => builder,
             ServiceAuth::ApiKey(key) => builder.header("Authorization", key.expose()),
@@ -292,6 +358,7 @@ impl ServiceClient {
                     .await
                     .map_err(|e| SendError::Auth {
                         service,
+                        retryable: e.retryable(),
                         reason: e.to_string(),
                     })?;
                 builder.bearer_auth(token.expose())
@@ -307,11 +374,17 @@ impl ServiceClient {
         started: Instant,
     ) -> Reply {
         let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| retry::parse_retry_after(v, std::time::SystemTime::now()));
         let unreadable = |reason: String| Reply {
             status,
             json: None,
             text: Some(format!("{} body {reason}", service.name())),
             duration: started.elapsed(),
+            retry_after,
         };
         // Every answer is kept with the trial (and in each checkpoint): a runaway body is not.
         let mut bytes = Vec::new();
@@ -337,6 +410,7 @@ impl ServiceClient {
             json,
             text,
             duration: started.elapsed(),
+            retry_after,
         }
     }
 

@@ -45,11 +45,14 @@ impl ServiceClient {
     /// `GET /trial/{id}/`: the trial object.
     pub async fn fetch_trial(&self, id: &TrialId) -> Result<RegistryTrial, RegistryError> {
         let reply = self
-            .send(&Outbound::new(
-                Service::TrialRepository,
-                Method::GET,
-                format!("trial/{id}/"),
-            ))
+            .send(
+                &Outbound::new(
+                    Service::TrialRepository,
+                    Method::GET,
+                    format!("trial/{id}/"),
+                ),
+                |_| {},
+            )
             .await?;
         match reply.status {
             200 => {}
@@ -68,11 +71,10 @@ impl ServiceClient {
     /// Entries without an id are left out.
     pub async fn list_trials(&self) -> Result<Vec<RegistryTrial>, RegistryError> {
         let reply = self
-            .send(&Outbound::new(
-                Service::TrialRepository,
-                Method::GET,
-                "trial/",
-            ))
+            .send(
+                &Outbound::new(Service::TrialRepository, Method::GET, "trial/"),
+                |_| {},
+            )
             .await?;
         if reply.status != 200 {
             return Err(RegistryError::Status(reply.status));

@@ -1,23 +1,32 @@
-//! Durable state (scheduled jobs, engine checkpoints with their responses and status, token
-//! revocations, the automatic-scheduling switch), so trials survive a restart.
+//! Durable records (SPEC §12): scheduled jobs, each trial's checkpoint, its events and
+//! recorded responses (appended once each, as they happen), token revocations, the
+//! automatic-scheduling switch and the audit log.
 //!
-//! A [`Backend`] is the small interface a database implements: apply a batch of [`Op`]s in one
-//! transaction, and load everything at start-up. [`Store`] runs one backend on a dedicated
-//! writer thread: callers `await` their write, writes are applied in the order they were
+//! A [`Backend`] is what a database implements: apply a batch of [`Op`]s in one transaction,
+//! load what start-up needs (live trials only), and open a [`Reader`] for queries. [`Store`]
+//! runs one backend on a dedicated writer thread: callers `await` their write (or
+//! [`Store::submit`] it when nothing waits on it), writes are applied in the order they were
 //! submitted, and writes that queue up meanwhile are committed together (group commit). One
-//! thread whatever the number of trials, and no blocking on the async threads.
+//! thread whatever the number of trials, and no blocking on the async threads. Reads go to a
+//! separate connection on the blocking pool.
+//!
+//! The records are plain data with the store's own names (`codec.rs`): renaming a Rust type
+//! or variant changes nothing on disk.
 
+pub mod codec;
+mod legacy;
 pub mod sqlite;
 
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 
-use serde::{Deserialize, Serialize};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 use tokio::sync::oneshot;
 use tracing::error;
 
 use crate::domain::{StartTime, TrialId};
-use crate::engine::state::{Backup, EngineStatus};
+use crate::engine::state::{Checkpoint, Lifecycle, ResponseRecord, TrialEvent};
 
 /// Why the store could not do something.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -28,98 +37,268 @@ pub enum StoreError {
     Closed,
 }
 
+/// A trial as the store keeps it: its checkpoint and where it stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrialRecord {
+    pub id: TrialId,
+    /// One of `Running`, `Waiting`, `Failed`, `Finished`, `Aborted`.
+    pub lifecycle: Lifecycle,
+    pub checkpoint: Checkpoint,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// One entry of the audit log (SPEC §15).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    /// Assigned by the store; 0 before it is written.
+    pub seq: i64,
+    pub at: DateTime<Utc>,
+    /// The key's name, or `callback:<trial id>` for a callback token.
+    pub actor: String,
+    pub role: Option<String>,
+    /// What was asked, e.g. `POST /trial/{trial_id}/abort`.
+    pub action: String,
+    pub trial_id: Option<String>,
+    /// The HTTP status of the answer.
+    pub outcome: u16,
+    pub detail: Option<String>,
+    pub remote_addr: Option<String>,
+}
+
 /// One change to the durable state.
 #[derive(Debug, Clone)]
 pub enum Op {
+    /// Saves a job; changes nothing (counts 0) if the trial has a record already.
     PutJob {
         id: TrialId,
         start: StartTime,
+        created_at: DateTime<Utc>,
     },
     DeleteJob {
         id: TrialId,
     },
-    /// Saves an engine's checkpoint and status; an engine supersedes its trial's job.
-    PutEngine(Box<EngineRecord>),
-    DeleteEngine {
+    /// Saves a trial's checkpoint and where it stands; a trial supersedes its job.
+    PutTrial(Box<TrialRecord>),
+    /// Saves the operator's pause on its own, at once, whatever the executor is doing.
+    SetPaused {
         id: TrialId,
+        paused: bool,
+    },
+    AppendEvent {
+        id: TrialId,
+        event: TrialEvent,
+    },
+    AppendResponse {
+        id: TrialId,
+        seq: u64,
+        record: Arc<ResponseRecord>,
+    },
+    /// Forgets a trial: its record, events and responses (counts the records removed).
+    DeleteTrial {
+        id: TrialId,
+    },
+    /// Removes finished and aborted trials that ended before this instant (counts them).
+    Purge {
+        ended_before: DateTime<Utc>,
     },
     Revoke {
         jti: String,
         exp: i64,
     },
     SetAutomatic(bool),
+    Audit(Box<AuditEntry>),
 }
 
 impl Op {
-    /// What the operation does, for logs (an engine record holds secrets: never log it whole).
+    /// What the operation does, for logs (a record holds secrets: never log it whole).
     pub fn kind(&self) -> &'static str {
         match self {
             Op::PutJob { .. } => "put job",
             Op::DeleteJob { .. } => "delete job",
-            Op::PutEngine(_) => "put engine",
-            Op::DeleteEngine { .. } => "delete engine",
+            Op::PutTrial(_) => "put trial",
+            Op::SetPaused { .. } => "set paused",
+            Op::AppendEvent { .. } => "append event",
+            Op::AppendResponse { .. } => "append response",
+            Op::DeleteTrial { .. } => "delete trial",
+            Op::Purge { .. } => "purge ended trials",
             Op::Revoke { .. } => "revoke token",
             Op::SetAutomatic(_) => "set automatic scheduling",
+            Op::Audit(_) => "append audit entry",
         }
     }
 }
 
-/// An engine as saved: its status and its latest backup.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EngineRecord {
+/// A saved job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredJob {
     pub id: TrialId,
-    pub status: EngineStatus,
-    pub backup: Backup,
+    pub start: StartTime,
 }
 
-/// Everything saved, as read at start-up.
+/// A live trial brought back at start-up, with its journal so far.
+#[derive(Debug, Clone)]
+pub struct RecoveredTrial {
+    pub record: TrialRecord,
+    pub events: Vec<TrialEvent>,
+    pub responses: Vec<ResponseRecord>,
+}
+
+/// What start-up reads: live trials only, however many have ended.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    pub jobs: Vec<(TrialId, StartTime)>,
-    pub engines: Vec<EngineRecord>,
+    pub jobs: Vec<StoredJob>,
+    pub trials: Vec<RecoveredTrial>,
     /// Revoked token ids that have not expired, with their expiry.
     pub revoked: Vec<(String, i64)>,
     pub automatic: Option<bool>,
+    /// Records that could not be read, set aside as `Corrupt`: `(trial id, reason)`.
+    pub quarantined: Vec<(String, String)>,
+}
+
+/// Which trials `GET /trials` wants.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrialQuery {
+    /// Engine statuses to keep (`Active`, `Failed`, `Finished`, `Aborted`, `Scheduled`,
+    /// `Corrupt`); empty keeps all.
+    pub statuses: Vec<String>,
+    /// Keep ids containing this (validated: only trial-id characters).
+    pub id_contains: Option<String>,
+    /// Rows strictly after this `(created_at, trial_id)` in newest-first order.
+    pub after: Option<(String, String)>,
+    pub limit: usize,
+}
+
+/// One row of the trial listing, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedTrial {
+    pub trial_id: String,
+    pub engine_status: String,
+    /// The executor status (none for a scheduled job or a corrupt record).
+    pub status: Option<String>,
+    pub state: Option<String>,
+    pub step: Option<String>,
+    pub waiting_for: Option<String>,
+    /// RFC 3339, UTC, fixed width: sorts as text.
+    pub created_at: String,
+    pub updated_at: String,
+    pub ended_at: Option<String>,
+    pub failure: Option<String>,
+    /// A scheduled job's start time, as given.
+    pub start_time: Option<String>,
+}
+
+/// A trial read back from the store: readable, or set aside as corrupt.
+#[derive(Debug, Clone)]
+pub enum StoredTrial {
+    Readable(Box<TrialRecord>),
+    Corrupt { reason: String },
+}
+
+/// Which audit entries `GET /audit` wants.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    pub trial_id: Option<String>,
+    pub actor: Option<String>,
+    /// Entries with a `seq` below this (newest first).
+    pub before: Option<i64>,
+    pub limit: usize,
 }
 
 /// What a database must do to hold the LCM's state.
 pub trait Backend: Send + 'static {
-    /// Applies the operations in one transaction: all or nothing.
-    fn apply(&mut self, ops: &[Op]) -> Result<(), StoreError>;
-    /// Reads everything (at start-up).
+    /// Applies the operations in one transaction, all or nothing; returns, per operation,
+    /// how many records it changed.
+    fn apply(&mut self, ops: &[Op]) -> Result<Vec<usize>, StoreError>;
+    /// Reads what start-up needs: jobs, live trials with their journals, revocations, the
+    /// switch. A record that cannot be read is set aside (quarantined), not an error.
     fn load(&mut self) -> Result<Loaded, StoreError>;
+    /// Opens a separate connection for queries.
+    fn reader(&self) -> Result<Box<dyn Reader>, StoreError>;
 }
 
-type Request = (Op, oneshot::Sender<Result<(), StoreError>>);
+/// The queries of the API and the console.
+pub trait Reader: Send + 'static {
+    /// One page of the listing, newest first; at most `limit + 1` rows (one more than asked
+    /// tells that there is a next page).
+    fn trials(&mut self, query: &TrialQuery) -> Result<Vec<ListedTrial>, StoreError>;
+    /// One trial's record.
+    fn trial(&mut self, id: &TrialId) -> Result<Option<StoredTrial>, StoreError>;
+    /// A trial's events, in order.
+    fn events(&mut self, id: &TrialId) -> Result<Vec<TrialEvent>, StoreError>;
+    /// A trial's responses, in order.
+    fn responses(&mut self, id: &TrialId) -> Result<Vec<ResponseRecord>, StoreError>;
+    /// Audit entries, newest first; at most `limit + 1`.
+    fn audit(&mut self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
+}
+
+type Reply = oneshot::Sender<Result<usize, StoreError>>;
+type Request = (Op, Option<Reply>);
 
 /// At most this many queued writes are committed in one transaction.
 const MAX_BATCH: usize = 512;
 
-/// The handle to the writer thread (cheap to clone).
+/// The handle to the writer thread and the reader (cheap to clone).
 #[derive(Clone)]
 pub struct Store {
     requests: mpsc::Sender<Request>,
+    reader: Arc<Mutex<Box<dyn Reader>>>,
 }
 
 impl Store {
     /// Loads the backend's state and starts its writer thread.
     pub fn start(mut backend: impl Backend) -> Result<(Self, Loaded), StoreError> {
         let loaded = backend.load()?;
+        let reader = backend.reader()?;
         let (requests, queue) = mpsc::channel::<Request>();
         thread::Builder::new()
             .name("lcm-store".to_owned())
             .spawn(move || write_loop(backend, queue))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
-        Ok((Self { requests }, loaded))
+        Ok((
+            Self {
+                requests,
+                reader: Arc::new(Mutex::new(reader)),
+            },
+            loaded,
+        ))
     }
 
-    /// Applies one change; returns once it is committed.
-    pub async fn write(&self, op: Op) -> Result<(), StoreError> {
+    /// Queues one change at once (so writes queued under a lock keep that lock's order) and
+    /// returns a future of how many records it changed, ready once it is committed.
+    pub fn write(
+        &self,
+        op: Op,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send + 'static + use<> {
         let (reply, done) = oneshot::channel();
-        self.requests
-            .send((op, reply))
-            .map_err(|_| StoreError::Closed)?;
-        done.await.unwrap_or(Err(StoreError::Closed))
+        let queued = self.requests.send((op, Some(reply)));
+        async move {
+            queued.map_err(|_| StoreError::Closed)?;
+            done.await.unwrap_or(Err(StoreError::Closed))
+        }
+    }
+
+    /// Queues a change nobody waits for (a journal row): it is committed in order with the
+    /// others, so a later awaited write finds it committed; a failure is logged.
+    pub fn submit(&self, op: Op) {
+        if self.requests.send((op, None)).is_err() {
+            error!("store: the writer thread has stopped; a journal row is lost");
+        }
+    }
+
+    /// Runs a query on the reader, off the async threads.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&mut dyn Reader) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut reader = reader.lock().unwrap_or_else(|p| p.into_inner());
+            query(reader.as_mut())
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("the read did not run: {e}")))?
     }
 }
 
@@ -134,25 +313,33 @@ fn write_loop(mut backend: impl Backend, queue: mpsc::Receiver<Request>) {
         }
         let ops: Vec<Op> = batch.iter().map(|(op, _)| op.clone()).collect();
         match backend.apply(&ops) {
-            Ok(()) => {
-                for (_, reply) in batch {
-                    let _ = reply.send(Ok(()));
+            Ok(counts) => {
+                for ((_, reply), count) in batch.into_iter().zip(counts) {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Ok(count));
+                    }
                 }
             }
             // One bad write must not fail the others: retry each alone to find it.
             Err(_) if batch.len() > 1 => {
                 for (op, reply) in batch {
-                    let result = backend.apply(std::slice::from_ref(&op));
+                    let result = backend
+                        .apply(std::slice::from_ref(&op))
+                        .map(|counts| counts.first().copied().unwrap_or(0));
                     if let Err(e) = &result {
                         error!(error = %e, op = op.kind(), "store write failed");
                     }
-                    let _ = reply.send(result);
+                    if let Some(reply) = reply {
+                        let _ = reply.send(result);
+                    }
                 }
             }
             Err(e) => {
-                error!(error = %e, "store write failed");
+                error!(error = %e, op = ops.first().map_or("", Op::kind), "store write failed");
                 for (_, reply) in batch {
-                    let _ = reply.send(Err(e.clone()));
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(e.clone()));
+                    }
                 }
             }
         }

@@ -1,37 +1,150 @@
 //! The embedded SQLite store: one file under `store.data_dir`, WAL mode, schema migrations run
-//! at open.
+//! at open. The SQL is plain (TEXT, INTEGER, `ON CONFLICT … DO UPDATE`, no JSON functions), so
+//! a PostgreSQL backend can share it.
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OptionalExtension, params};
-use rusqlite_migration::{M, Migrations};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params, params_from_iter};
+use rusqlite_migration::{HookError, M, Migrations};
+use tracing::{error, warn};
 
-use super::{Backend, EngineRecord, Loaded, Op, StoreError};
+use super::codec::{self, decode_checkpoint, encode_checkpoint, parse_time, time};
+use super::{
+    AuditEntry, AuditQuery, Backend, ListedTrial, Loaded, Op, Reader, RecoveredTrial, StoreError,
+    StoredJob, StoredTrial, TrialQuery, TrialRecord, legacy,
+};
 use crate::domain::{StartTime, TrialId};
-use crate::engine::state::EngineStatus;
+use crate::engine::sequence;
+use crate::engine::state::{EventKind, Lifecycle, Position, ResponseRecord, TrialEvent};
 
-/// The schema, one migration per version; never edit a published one, add the next.
+/// Version 1: jobs, engines (each checkpoint the serde form of the whole in-memory backup),
+/// revocations, settings. Never edit a published migration: add the next.
+const V1: &str = "CREATE TABLE jobs (
+         trial_id   TEXT PRIMARY KEY,
+         start_time TEXT NOT NULL
+     );
+     CREATE TABLE engines (
+         trial_id   TEXT PRIMARY KEY,
+         status     TEXT NOT NULL,
+         backup     TEXT NOT NULL,
+         updated_at TEXT NOT NULL
+     );
+     CREATE TABLE revoked_tokens (
+         jti        TEXT PRIMARY KEY,
+         expires_at INTEGER NOT NULL
+     );
+     CREATE TABLE settings (
+         key   TEXT PRIMARY KEY,
+         value TEXT NOT NULL
+     );";
+
+/// Version 2: one row per trial with a small checkpoint of the store's own format, its
+/// events and responses appended as rows, the audit log. The engines of version 1 are moved
+/// over by [`migrate_engines`].
+const V2: &str = "CREATE TABLE trials (
+         trial_id      TEXT PRIMARY KEY,
+         engine_status TEXT NOT NULL,
+         status        TEXT,
+         state         TEXT,
+         step          TEXT,
+         waiting_for   TEXT,
+         failure       TEXT,
+         live          INTEGER NOT NULL,
+         paused        INTEGER NOT NULL DEFAULT 0,
+         lifecycle     TEXT NOT NULL,
+         checkpoint    TEXT NOT NULL,
+         created_at    TEXT NOT NULL,
+         updated_at    TEXT NOT NULL,
+         ended_at      TEXT
+     );
+     CREATE INDEX trials_live ON trials (live);
+     CREATE INDEX trials_newest ON trials (created_at, trial_id);
+     CREATE INDEX trials_ended ON trials (ended_at);
+     CREATE TABLE trial_events (
+         trial_id    TEXT NOT NULL,
+         seq         INTEGER NOT NULL,
+         at          TEXT NOT NULL,
+         kind        TEXT NOT NULL,
+         step        TEXT,
+         detail      TEXT,
+         duration_ms INTEGER,
+         PRIMARY KEY (trial_id, seq)
+     );
+     CREATE TABLE trial_responses (
+         trial_id    TEXT NOT NULL,
+         seq         INTEGER NOT NULL,
+         step        TEXT NOT NULL,
+         service     TEXT NOT NULL,
+         method      TEXT NOT NULL,
+         path        TEXT NOT NULL,
+         status      INTEGER,
+         body        TEXT,
+         error       TEXT,
+         duration_ms INTEGER NOT NULL,
+         attempt     INTEGER NOT NULL,
+         at          TEXT NOT NULL,
+         PRIMARY KEY (trial_id, seq)
+     );
+     ALTER TABLE jobs ADD COLUMN created_at TEXT NOT NULL DEFAULT '';
+     CREATE INDEX jobs_newest ON jobs (created_at, trial_id);
+     CREATE TABLE audit (
+         seq         INTEGER PRIMARY KEY,
+         at          TEXT NOT NULL,
+         actor       TEXT NOT NULL,
+         role        TEXT,
+         action      TEXT NOT NULL,
+         trial_id    TEXT,
+         outcome     INTEGER NOT NULL,
+         detail      TEXT,
+         remote_addr TEXT
+     );
+     CREATE INDEX audit_trial ON audit (trial_id, seq);
+     CREATE INDEX audit_actor ON audit (actor, seq);";
+
+/// The schema, one migration per version.
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(
-        "CREATE TABLE jobs (
-             trial_id   TEXT PRIMARY KEY,
-             start_time TEXT NOT NULL
-         );
-         CREATE TABLE engines (
-             trial_id   TEXT PRIMARY KEY,
-             status     TEXT NOT NULL,
-             backup     TEXT NOT NULL,
-             updated_at TEXT NOT NULL
-         );
-         CREATE TABLE revoked_tokens (
-             jti        TEXT PRIMARY KEY,
-             expires_at INTEGER NOT NULL
-         );
-         CREATE TABLE settings (
-             key   TEXT PRIMARY KEY,
-             value TEXT NOT NULL
-         );",
-    )])
+    Migrations::new(vec![M::up(V1), M::up_with_hook(V2, migrate_engines)])
+}
+
+/// Moves every version-1 engine into the version-2 tables. A record that cannot be read is
+/// kept, set aside as `Corrupt` with the reason, rather than stopping the upgrade.
+fn migrate_engines(tx: &Transaction) -> Result<(), HookError> {
+    let rows: Vec<(String, String, String, String)> = {
+        let mut stmt = tx.prepare("SELECT trial_id, status, backup, updated_at FROM engines")?;
+        stmt.query_map([], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })?
+        .collect::<Result<_, _>>()?
+    };
+    let now = time(chrono::Utc::now());
+    for (id, status, backup, updated_at) in rows {
+        match legacy::convert(&id, &status, &backup, &updated_at) {
+            Ok(converted) => {
+                put_trial(tx, &converted.record)?;
+                for event in &converted.events {
+                    append_event(tx, converted.record.id.as_str(), event)?;
+                }
+                for (seq, response) in converted.responses.iter().enumerate() {
+                    append_response(tx, converted.record.id.as_str(), seq as u64, response)?;
+                }
+            }
+            Err(reason) => {
+                warn!(trial = %id, reason = %reason, "a version-1 engine record cannot be read: kept as Corrupt");
+                tx.execute(
+                    "INSERT INTO trials (trial_id, engine_status, failure, live, lifecycle,
+                         checkpoint, created_at, updated_at)
+                     VALUES (?1, 'Corrupt', ?2, 0, 'Failed', ?3, ?4, ?4)",
+                    params![id, reason, backup, now],
+                )?;
+            }
+        }
+    }
+    tx.execute_batch("DROP TABLE engines;")?;
+    tx.execute(
+        "UPDATE jobs SET created_at = ?1 WHERE created_at = ''",
+        params![now],
+    )?;
+    Ok(())
 }
 
 /// The file name of the database inside the data directory.
@@ -40,6 +153,15 @@ pub const FILE_NAME: &str = "lcm.sqlite3";
 /// An open SQLite database.
 pub struct SqliteBackend {
     conn: Connection,
+    /// How a reader opens the same database.
+    location: Location,
+}
+
+#[derive(Clone)]
+enum Location {
+    File(PathBuf),
+    /// A named in-memory database shared between this process's connections.
+    Memory(String),
 }
 
 fn backend_error(context: &str, e: impl std::fmt::Display) -> StoreError {
@@ -73,16 +195,37 @@ impl SqliteBackend {
         // Prove the file is writable now rather than at the first checkpoint.
         conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
             .map_err(|e| backend_error(&format!("{shown} is not writable"), e))?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn,
+            location: Location::File(path),
+        })
     }
 
-    /// An in-memory database (unit tests).
+    /// A database in memory, private to this backend and its readers (tests).
     pub fn in_memory() -> Result<Self, StoreError> {
-        let mut conn = Connection::open_in_memory().map_err(|e| backend_error("in-memory", e))?;
+        let name = format!(
+            "file:lcm-{}?mode=memory&cache=shared",
+            uuid::Uuid::new_v4().simple()
+        );
+        let mut conn = Connection::open_with_flags(
+            &name,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_URI,
+        )
+        .map_err(|e| backend_error("in-memory", e))?;
         migrations()
             .to_latest(&mut conn)
             .map_err(|e| backend_error("in-memory migration", e))?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn,
+            location: Location::Memory(name),
+        })
+    }
+
+    /// The connection, for tests that look at or damage what is stored.
+    pub fn connection(&mut self) -> &mut Connection {
+        &mut self.conn
     }
 }
 
@@ -92,126 +235,266 @@ impl SqliteBackend {
 fn restrict_to_owner(file: &Path) {
     use std::os::unix::fs::PermissionsExt;
     if let Err(e) = std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)) {
-        tracing::warn!(path = %file.display(), error = %e, "cannot restrict the store's permissions");
+        warn!(path = %file.display(), error = %e, "cannot restrict the store's permissions");
     }
 }
 
 #[cfg(not(unix))]
 fn restrict_to_owner(_: &Path) {}
 
-fn status_name(status: EngineStatus) -> &'static str {
-    match status {
-        EngineStatus::Active => "Active",
-        EngineStatus::Failed => "Failed",
-        EngineStatus::Finished => "Finished",
-        EngineStatus::Stopped => "Stopped",
+/// Writes a trial's row: its checkpoint, and the columns the listing reads.
+fn put_trial(tx: &Connection, record: &TrialRecord) -> rusqlite::Result<usize> {
+    let checkpoint = &record.checkpoint;
+    let (step, waiting_for) = match checkpoint.position {
+        Position::Run(step) => (Some(step.name()), None),
+        Position::Wait(wait) => (None, Some(sequence::wait_spec(wait).waiting_for)),
+    };
+    let lifecycle = record.lifecycle;
+    tx.execute(
+        "DELETE FROM jobs WHERE trial_id = ?1",
+        params![record.id.as_str()],
+    )?;
+    tx.execute(
+        "INSERT INTO trials (trial_id, engine_status, status, state, step, waiting_for, failure,
+             live, paused, lifecycle, checkpoint, created_at, updated_at, ended_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+         ON CONFLICT (trial_id) DO UPDATE SET engine_status = excluded.engine_status,
+             status = excluded.status, state = excluded.state, step = excluded.step,
+             waiting_for = excluded.waiting_for, failure = excluded.failure,
+             live = excluded.live, paused = excluded.paused, lifecycle = excluded.lifecycle,
+             checkpoint = excluded.checkpoint, updated_at = excluded.updated_at,
+             ended_at = excluded.ended_at",
+        params![
+            record.id.as_str(),
+            lifecycle.engine_status().name(),
+            lifecycle.executor_status().name(),
+            checkpoint.position.state(),
+            step,
+            waiting_for,
+            checkpoint.failure.as_ref().map(|f| f.reason.as_str()),
+            i64::from(matches!(
+                lifecycle,
+                Lifecycle::Running | Lifecycle::Waiting | Lifecycle::Failed
+            )),
+            i64::from(checkpoint.paused),
+            codec::lifecycle_name(lifecycle),
+            encode_checkpoint(checkpoint),
+            time(record.created_at),
+            time(record.updated_at),
+            record.ended_at.map(time),
+        ],
+    )
+}
+
+fn append_event(tx: &Connection, id: &str, event: &TrialEvent) -> rusqlite::Result<usize> {
+    tx.execute(
+        "INSERT INTO trial_events (trial_id, seq, at, kind, step, detail, duration_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (trial_id, seq) DO NOTHING",
+        params![
+            id,
+            event.seq as i64,
+            time(event.at),
+            event.event.name(),
+            event.step,
+            event.detail,
+            event.duration_ms.map(|d| d as i64),
+        ],
+    )
+}
+
+fn append_response(
+    tx: &Connection,
+    id: &str,
+    seq: u64,
+    record: &ResponseRecord,
+) -> rusqlite::Result<usize> {
+    tx.execute(
+        "INSERT INTO trial_responses (trial_id, seq, step, service, method, path, status, body,
+             error, duration_ms, attempt, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+         ON CONFLICT (trial_id, seq) DO NOTHING",
+        params![
+            id,
+            seq as i64,
+            record.step,
+            record.service,
+            record.method,
+            record.path,
+            record.status,
+            record.body.as_ref().map(serde_json::Value::to_string),
+            record.error,
+            record.duration_ms as i64,
+            record.attempt,
+            time(record.at),
+        ],
+    )
+}
+
+/// The trials a purge removes: ended (finished or aborted) before the cutoff. Failed trials
+/// stay until they are restored, aborted or deleted.
+const PURGED: &str = "SELECT trial_id FROM trials
+     WHERE engine_status IN ('Finished', 'Aborted') AND ended_at < ?1";
+
+fn apply_op(tx: &Transaction, op: &Op) -> rusqlite::Result<usize> {
+    match op {
+        Op::PutJob {
+            id,
+            start,
+            created_at,
+        } => tx.execute(
+            "INSERT INTO jobs (trial_id, start_time, created_at)
+             SELECT ?1, ?2, ?3 WHERE NOT EXISTS (SELECT 1 FROM trials WHERE trial_id = ?1)
+             ON CONFLICT (trial_id) DO UPDATE SET start_time = excluded.start_time",
+            params![id.as_str(), start.to_string(), time(*created_at)],
+        ),
+        Op::DeleteJob { id } => {
+            tx.execute("DELETE FROM jobs WHERE trial_id = ?1", params![id.as_str()])
+        }
+        Op::PutTrial(record) => put_trial(tx, record),
+        Op::SetPaused { id, paused } => tx.execute(
+            "UPDATE trials SET paused = ?2 WHERE trial_id = ?1",
+            params![id.as_str(), i64::from(*paused)],
+        ),
+        Op::AppendEvent { id, event } => append_event(tx, id.as_str(), event),
+        Op::AppendResponse { id, seq, record } => append_response(tx, id.as_str(), *seq, record),
+        Op::DeleteTrial { id } => {
+            tx.execute(
+                "DELETE FROM trial_events WHERE trial_id = ?1",
+                params![id.as_str()],
+            )?;
+            tx.execute(
+                "DELETE FROM trial_responses WHERE trial_id = ?1",
+                params![id.as_str()],
+            )?;
+            tx.execute(
+                "DELETE FROM trials WHERE trial_id = ?1",
+                params![id.as_str()],
+            )
+        }
+        Op::Purge { ended_before } => {
+            let cutoff = time(*ended_before);
+            tx.execute(
+                &format!("DELETE FROM trial_events WHERE trial_id IN ({PURGED})"),
+                params![cutoff],
+            )?;
+            tx.execute(
+                &format!("DELETE FROM trial_responses WHERE trial_id IN ({PURGED})"),
+                params![cutoff],
+            )?;
+            tx.execute(
+                &format!("DELETE FROM trials WHERE trial_id IN ({PURGED})"),
+                params![cutoff],
+            )
+        }
+        Op::Revoke { jti, exp } => tx.execute(
+            "INSERT INTO revoked_tokens (jti, expires_at) VALUES (?1, ?2)
+             ON CONFLICT (jti) DO UPDATE SET expires_at = excluded.expires_at",
+            params![jti, exp],
+        ),
+        Op::SetAutomatic(on) => tx.execute(
+            "INSERT INTO settings (key, value) VALUES ('automatic', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![if *on { "true" } else { "false" }],
+        ),
+        Op::Audit(entry) => tx.execute(
+            "INSERT INTO audit (at, actor, role, action, trial_id, outcome, detail, remote_addr)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                time(entry.at),
+                entry.actor,
+                entry.role,
+                entry.action,
+                entry.trial_id,
+                entry.outcome,
+                entry.detail,
+                entry.remote_addr,
+            ],
+        ),
     }
 }
 
 impl Backend for SqliteBackend {
-    fn apply(&mut self, ops: &[Op]) -> Result<(), StoreError> {
+    fn apply(&mut self, ops: &[Op]) -> Result<Vec<usize>, StoreError> {
         let tx = self
             .conn
             .transaction()
             .map_err(|e| backend_error("begin", e))?;
+        let mut counts = Vec::with_capacity(ops.len());
         for op in ops {
-            let result = match op {
-                Op::PutJob { id, start } => tx.execute(
-                    "INSERT INTO jobs (trial_id, start_time) VALUES (?1, ?2)
-                     ON CONFLICT (trial_id) DO UPDATE SET start_time = excluded.start_time",
-                    params![id.as_str(), start.to_string()],
-                ),
-                Op::DeleteJob { id } => {
-                    tx.execute("DELETE FROM jobs WHERE trial_id = ?1", params![id.as_str()])
-                }
-                Op::PutEngine(record) => {
-                    let backup = serde_json::to_string(&record.backup)
-                        .map_err(|e| backend_error("serialise backup", e))?;
-                    tx.execute(
-                        "DELETE FROM jobs WHERE trial_id = ?1",
-                        params![record.id.as_str()],
-                    )
-                    .and_then(|_| {
-                        tx.execute(
-                            "INSERT INTO engines (trial_id, status, backup, updated_at)
-                             VALUES (?1, ?2, ?3, ?4)
-                             ON CONFLICT (trial_id) DO UPDATE SET status = excluded.status,
-                                 backup = excluded.backup, updated_at = excluded.updated_at",
-                            params![
-                                record.id.as_str(),
-                                status_name(record.status),
-                                backup,
-                                chrono::Utc::now().to_rfc3339()
-                            ],
-                        )
-                    })
-                }
-                Op::DeleteEngine { id } => tx.execute(
-                    "DELETE FROM engines WHERE trial_id = ?1",
-                    params![id.as_str()],
-                ),
-                Op::Revoke { jti, exp } => tx.execute(
-                    "INSERT OR REPLACE INTO revoked_tokens (jti, expires_at) VALUES (?1, ?2)",
-                    params![jti, exp],
-                ),
-                Op::SetAutomatic(on) => tx.execute(
-                    "INSERT OR REPLACE INTO settings (key, value) VALUES ('automatic', ?1)",
-                    params![if *on { "true" } else { "false" }],
-                ),
-            };
-            result.map_err(|e| backend_error(op.kind(), e))?;
+            counts.push(apply_op(&tx, op).map_err(|e| backend_error(op.kind(), e))?);
         }
-        tx.commit().map_err(|e| backend_error("commit", e))
+        tx.commit().map_err(|e| backend_error("commit", e))?;
+        Ok(counts)
     }
 
     fn load(&mut self) -> Result<Loaded, StoreError> {
         let read = |e| backend_error("read", e);
         let mut loaded = Loaded::default();
 
-        let mut stmt = self
-            .conn
-            .prepare("SELECT trial_id, start_time FROM jobs ORDER BY start_time")
-            .map_err(read)?;
-        let rows = stmt
-            .query_map([], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-            })
-            .map_err(read)?;
-        for row in rows {
-            let (id, start) = row.map_err(read)?;
-            let id = TrialId::parse(&id).map_err(|e| backend_error("corrupt job", e))?;
-            let start = StartTime::parse(&start).map_err(|e| backend_error("corrupt job", e))?;
-            loaded.jobs.push((id, start));
+        let jobs: Vec<(String, String)> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT trial_id, start_time FROM jobs ORDER BY start_time")
+                .map_err(read)?;
+            stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+                .map_err(read)?
+                .collect::<Result<_, _>>()
+                .map_err(read)?
+        };
+        for (id, start) in jobs {
+            match (TrialId::parse(&id), StartTime::parse(&start)) {
+                (Ok(id), Ok(start)) => loaded.jobs.push(StoredJob { id, start }),
+                _ => {
+                    error!(trial = %id, start = %start, "a saved job cannot be read: dropped");
+                    self.conn
+                        .execute("DELETE FROM jobs WHERE trial_id = ?1", params![id])
+                        .map_err(read)?;
+                }
+            }
         }
-        drop(stmt);
 
-        let mut stmt = self
-            .conn
-            .prepare("SELECT trial_id, status, backup FROM engines ORDER BY trial_id")
-            .map_err(read)?;
-        let rows = stmt
-            .query_map([], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                ))
-            })
-            .map_err(read)?;
-        for row in rows {
-            let (id, status, backup) = row.map_err(read)?;
-            let id = TrialId::parse(&id).map_err(|e| backend_error("corrupt engine", e))?;
-            let status = match status.as_str() {
-                "Active" => EngineStatus::Active,
-                "Failed" => EngineStatus::Failed,
-                "Finished" => EngineStatus::Finished,
-                _ => EngineStatus::Stopped,
-            };
-            let backup = serde_json::from_str(&backup)
-                .map_err(|e| backend_error(&format!("corrupt checkpoint of trial {id}"), e))?;
-            loaded.engines.push(EngineRecord { id, status, backup });
+        // Live trials only: start-up does not grow with the trials that have ended.
+        let live: Vec<LiveRow> = {
+            let mut stmt = self
+                .conn
+                .prepare(
+                    "SELECT trial_id, lifecycle, checkpoint, paused, created_at, updated_at,
+                         ended_at
+                     FROM trials WHERE live = 1 ORDER BY created_at",
+                )
+                .map_err(read)?;
+            stmt.query_map([], LiveRow::from_row)
+                .map_err(read)?
+                .collect::<Result<_, _>>()
+                .map_err(read)?
+        };
+        for row in live {
+            let id = row.trial_id.clone();
+            let recovered = row.record().and_then(|record| {
+                let events = events_of(&self.conn, &record.id).map_err(|e| e.to_string())?;
+                let responses = responses_of(&self.conn, &record.id).map_err(|e| e.to_string())?;
+                Ok(RecoveredTrial {
+                    record,
+                    events,
+                    responses,
+                })
+            });
+            match recovered {
+                Ok(trial) => loaded.trials.push(trial),
+                Err(reason) => {
+                    error!(trial = %id, reason = %reason, "a trial's record cannot be read: set aside as Corrupt");
+                    self.conn
+                        .execute(
+                            "UPDATE trials SET engine_status = 'Corrupt', live = 0, status = NULL,
+                                 failure = ?2 WHERE trial_id = ?1",
+                            params![id, reason],
+                        )
+                        .map_err(read)?;
+                    loaded.quarantined.push((id, reason));
+                }
+            }
         }
-        drop(stmt);
 
         let now = chrono::Utc::now().timestamp();
         self.conn
@@ -220,16 +503,16 @@ impl Backend for SqliteBackend {
                 params![now],
             )
             .map_err(read)?;
-        let mut stmt = self
-            .conn
-            .prepare("SELECT jti, expires_at FROM revoked_tokens")
-            .map_err(read)?;
-        loaded.revoked = stmt
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-            .map_err(read)?
-            .collect::<Result<_, _>>()
-            .map_err(read)?;
-        drop(stmt);
+        loaded.revoked = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT jti, expires_at FROM revoked_tokens")
+                .map_err(read)?;
+            stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+                .map_err(read)?
+                .collect::<Result<_, _>>()
+                .map_err(read)?
+        };
 
         loaded.automatic = self
             .conn
@@ -243,124 +526,336 @@ impl Backend for SqliteBackend {
             .map(|v| v == "true");
         Ok(loaded)
     }
+
+    fn reader(&self) -> Result<Box<dyn Reader>, StoreError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
+        let conn = match &self.location {
+            Location::File(path) => Connection::open_with_flags(path, flags),
+            Location::Memory(name) => Connection::open_with_flags(name, flags),
+        }
+        .map_err(|e| backend_error("cannot open a reader", e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|e| backend_error("reader", e))?;
+        Ok(Box::new(SqliteReader { conn }))
+    }
+}
+
+/// A trial row as read, before it is checked.
+struct LiveRow {
+    trial_id: String,
+    lifecycle: String,
+    checkpoint: String,
+    paused: bool,
+    created_at: String,
+    updated_at: String,
+    ended_at: Option<String>,
+}
+
+impl LiveRow {
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            trial_id: row.get(0)?,
+            lifecycle: row.get(1)?,
+            checkpoint: row.get(2)?,
+            paused: row.get::<_, i64>(3)? != 0,
+            created_at: row.get(4)?,
+            updated_at: row.get(5)?,
+            ended_at: row.get(6)?,
+        })
+    }
+
+    fn record(&self) -> Result<TrialRecord, String> {
+        let mut checkpoint = decode_checkpoint(&self.checkpoint)?;
+        // The pause is saved on its own, the moment the operator asks.
+        checkpoint.paused = self.paused;
+        Ok(TrialRecord {
+            id: TrialId::parse(&self.trial_id).map_err(|e| e.to_string())?,
+            lifecycle: codec::parse_lifecycle(&self.lifecycle)?,
+            checkpoint,
+            created_at: parse_time(&self.created_at)?,
+            updated_at: parse_time(&self.updated_at)?,
+            ended_at: self.ended_at.as_deref().map(parse_time).transpose()?,
+        })
+    }
+}
+
+fn events_of(conn: &Connection, id: &TrialId) -> Result<Vec<TrialEvent>, StoreError> {
+    let read = |e| backend_error("read events", e);
+    let mut stmt = conn
+        .prepare(
+            "SELECT seq, at, kind, step, detail, duration_ms FROM trial_events
+             WHERE trial_id = ?1 ORDER BY seq",
+        )
+        .map_err(read)?;
+    let rows = stmt
+        .query_map(params![id.as_str()], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, Option<String>>(3)?,
+                row.get::<_, Option<String>>(4)?,
+                row.get::<_, Option<i64>>(5)?,
+            ))
+        })
+        .map_err(read)?;
+    let mut events = Vec::new();
+    for row in rows {
+        let (seq, at, kind, step, detail, duration_ms) = row.map_err(read)?;
+        let Some(event) = EventKind::parse(&kind) else {
+            // Written by a later release: this one cannot show it.
+            warn!(trial = %id, kind = %kind, "an event of an unknown kind is left out");
+            continue;
+        };
+        events.push(TrialEvent {
+            seq: seq as u64,
+            at: parse_time(&at).map_err(StoreError::Backend)?,
+            event,
+            step,
+            detail,
+            duration_ms: duration_ms.map(|d| d as u64),
+        });
+    }
+    Ok(events)
+}
+
+fn responses_of(conn: &Connection, id: &TrialId) -> Result<Vec<ResponseRecord>, StoreError> {
+    let read = |e| backend_error("read responses", e);
+    let mut stmt = conn
+        .prepare(
+            "SELECT step, service, method, path, status, body, error, duration_ms, attempt, at
+             FROM trial_responses WHERE trial_id = ?1 ORDER BY seq",
+        )
+        .map_err(read)?;
+    let rows = stmt
+        .query_map(params![id.as_str()], |row| {
+            Ok((
+                ResponseRecord {
+                    step: row.get(0)?,
+                    service: row.get(1)?,
+                    method: row.get(2)?,
+                    path: row.get(3)?,
+                    status: row.get(4)?,
+                    body: None,
+                    error: row.get(6)?,
+                    duration_ms: row.get::<_, i64>(7)? as u64,
+                    attempt: row.get(8)?,
+                    at: chrono::Utc::now(),
+                },
+                row.get::<_, Option<String>>(5)?,
+                row.get::<_, String>(9)?,
+            ))
+        })
+        .map_err(read)?;
+    let mut responses = Vec::new();
+    for row in rows {
+        let (mut record, body, at) = row.map_err(read)?;
+        record.body = body.and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok());
+        record.at = parse_time(&at).map_err(StoreError::Backend)?;
+        responses.push(record);
+    }
+    Ok(responses)
+}
+
+/// A read-only connection for the API's queries.
+struct SqliteReader {
+    conn: Connection,
+}
+
+const LISTED: &str = "trial_id, engine_status, status, state, step, waiting_for, created_at, updated_at, ended_at, failure";
+
+fn listed(row: &rusqlite::Row<'_>, start_time: Option<String>) -> rusqlite::Result<ListedTrial> {
+    Ok(ListedTrial {
+        trial_id: row.get(0)?,
+        engine_status: row.get(1)?,
+        status: row.get(2)?,
+        state: row.get(3)?,
+        step: row.get(4)?,
+        waiting_for: row.get(5)?,
+        created_at: row.get(6)?,
+        updated_at: row.get(7)?,
+        ended_at: row.get(8)?,
+        failure: row.get(9)?,
+        start_time,
+    })
+}
+
+/// The `WHERE` of a listing query over one table, with its parameters.
+fn listing_filter(query: &TrialQuery, statuses: &[String]) -> (String, Vec<String>) {
+    let mut clauses = Vec::new();
+    let mut values = Vec::new();
+    if !statuses.is_empty() {
+        let marks = vec!["?"; statuses.len()].join(", ");
+        clauses.push(format!("engine_status IN ({marks})"));
+        values.extend(statuses.iter().cloned());
+    }
+    if let Some(part) = &query.id_contains {
+        // Trial ids may hold '_', a LIKE wildcard: escape it.
+        clauses.push("trial_id LIKE ? ESCAPE '\\'".to_owned());
+        values.push(format!(
+            "%{}%",
+            part.replace('\\', "\\\\").replace('_', "\\_")
+        ));
+    }
+    if let Some((created_at, trial_id)) = &query.after {
+        clauses.push("(created_at < ? OR (created_at = ? AND trial_id < ?))".to_owned());
+        values.extend([created_at.clone(), created_at.clone(), trial_id.clone()]);
+    }
+    let filter = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", clauses.join(" AND "))
+    };
+    (filter, values)
+}
+
+impl Reader for SqliteReader {
+    fn trials(&mut self, query: &TrialQuery) -> Result<Vec<ListedTrial>, StoreError> {
+        let read = |e| backend_error("list trials", e);
+        let want =
+            |status: &str| query.statuses.is_empty() || query.statuses.iter().any(|s| s == status);
+        let limit = (query.limit + 1) as i64;
+        let mut rows = Vec::new();
+        let trial_statuses: Vec<String> = query
+            .statuses
+            .iter()
+            .filter(|s| *s != "Scheduled")
+            .cloned()
+            .collect();
+        if query.statuses.is_empty() || !trial_statuses.is_empty() {
+            let (filter, mut values) = listing_filter(query, &trial_statuses);
+            values.push(limit.to_string());
+            let sql = format!(
+                "SELECT {LISTED} FROM trials {filter}
+                 ORDER BY created_at DESC, trial_id DESC LIMIT CAST(? AS INTEGER)"
+            );
+            let mut stmt = self.conn.prepare(&sql).map_err(read)?;
+            let found = stmt
+                .query_map(params_from_iter(values), |row| listed(row, None))
+                .map_err(read)?;
+            for row in found {
+                rows.push(row.map_err(read)?);
+            }
+        }
+        if want("Scheduled") {
+            let (filter, mut values) = listing_filter(query, &[]);
+            values.push(limit.to_string());
+            let sql = format!(
+                "SELECT trial_id, 'Scheduled', NULL, NULL, NULL, NULL, created_at, created_at,
+                     NULL, NULL, start_time
+                 FROM jobs {filter}
+                 ORDER BY created_at DESC, trial_id DESC LIMIT CAST(? AS INTEGER)"
+            );
+            let mut stmt = self.conn.prepare(&sql).map_err(read)?;
+            let found = stmt
+                .query_map(params_from_iter(values), |row| {
+                    let start_time = row.get(10)?;
+                    listed(row, start_time)
+                })
+                .map_err(read)?;
+            for row in found {
+                rows.push(row.map_err(read)?);
+            }
+        }
+        rows.sort_by(|a, b| (&b.created_at, &b.trial_id).cmp(&(&a.created_at, &a.trial_id)));
+        rows.truncate(query.limit + 1);
+        Ok(rows)
+    }
+
+    fn trial(&mut self, id: &TrialId) -> Result<Option<StoredTrial>, StoreError> {
+        let read = |e| backend_error("read trial", e);
+        let row = self
+            .conn
+            .query_row(
+                "SELECT trial_id, lifecycle, checkpoint, paused, created_at, updated_at,
+                     ended_at, engine_status, failure
+                 FROM trials WHERE trial_id = ?1",
+                params![id.as_str()],
+                |row| {
+                    Ok((
+                        LiveRow::from_row(row)?,
+                        row.get::<_, String>(7)?,
+                        row.get::<_, Option<String>>(8)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(read)?;
+        Ok(row.map(|(row, engine_status, failure)| {
+            if engine_status == "Corrupt" {
+                return StoredTrial::Corrupt {
+                    reason: failure.unwrap_or_default(),
+                };
+            }
+            match row.record() {
+                Ok(record) => StoredTrial::Readable(Box::new(record)),
+                Err(reason) => StoredTrial::Corrupt { reason },
+            }
+        }))
+    }
+
+    fn events(&mut self, id: &TrialId) -> Result<Vec<TrialEvent>, StoreError> {
+        events_of(&self.conn, id)
+    }
+
+    fn responses(&mut self, id: &TrialId) -> Result<Vec<ResponseRecord>, StoreError> {
+        responses_of(&self.conn, id)
+    }
+
+    fn audit(&mut self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        let read = |e| backend_error("read audit", e);
+        let mut clauses = Vec::new();
+        let mut values: Vec<String> = Vec::new();
+        if let Some(trial) = &query.trial_id {
+            clauses.push("trial_id = ?");
+            values.push(trial.clone());
+        }
+        if let Some(actor) = &query.actor {
+            clauses.push("actor = ?");
+            values.push(actor.clone());
+        }
+        if let Some(before) = query.before {
+            clauses.push("seq < CAST(? AS INTEGER)");
+            values.push(before.to_string());
+        }
+        values.push((query.limit + 1).to_string());
+        let filter = if clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", clauses.join(" AND "))
+        };
+        let sql = format!(
+            "SELECT seq, at, actor, role, action, trial_id, outcome, detail, remote_addr
+             FROM audit {filter} ORDER BY seq DESC LIMIT CAST(? AS INTEGER)"
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(read)?;
+        let rows = stmt
+            .query_map(params_from_iter(values), |row| {
+                Ok((
+                    AuditEntry {
+                        seq: row.get(0)?,
+                        at: chrono::Utc::now(),
+                        actor: row.get(2)?,
+                        role: row.get(3)?,
+                        action: row.get(4)?,
+                        trial_id: row.get(5)?,
+                        outcome: row.get(6)?,
+                        detail: row.get(7)?,
+                        remote_addr: row.get(8)?,
+                    },
+                    row.get::<_, String>(1)?,
+                ))
+            })
+            .map_err(read)?;
+        let mut entries = Vec::new();
+        for row in rows {
+            let (mut entry, at) = row.map_err(read)?;
+            entry.at = parse_time(&at).map_err(StoreError::Backend)?;
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::engine::sequence::Step;
-    use crate::engine::state::{Backup, Position, TrialData};
-
-    fn record(id: &str, status: EngineStatus) -> EngineRecord {
-        EngineRecord {
-            id: TrialId::parse(id).unwrap(),
-            status,
-            backup: Backup {
-                position: Position::Run(Step::EnforceUavPlan),
-                data: TrialData {
-                    token: Some("tok".into()),
-                    ..TrialData::default()
-                },
-                accepted: Vec::new(),
-                held: Vec::new(),
-                failure: None,
-            },
-        }
-    }
-
-    #[test]
-    fn migrates_an_empty_file_and_round_trips_everything() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = SqliteBackend::open(dir.path()).unwrap();
-        assert!(dir.path().join(FILE_NAME).is_file());
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join(FILE_NAME))
-                .unwrap()
-                .permissions()
-                .mode();
-            assert_eq!(
-                mode & 0o777,
-                0o600,
-                "only the owner reads the tokens it holds"
-            );
-        }
-        let start = StartTime::parse("2999-01-01T10:00:00+02:00").unwrap();
-        let t1 = TrialId::parse("t1").unwrap();
-        store
-            .apply(&[
-                Op::PutJob {
-                    id: t1.clone(),
-                    start,
-                },
-                Op::PutJob {
-                    id: TrialId::parse("t2").unwrap(),
-                    start,
-                },
-                Op::PutEngine(Box::new(record("t2", EngineStatus::Active))),
-                Op::Revoke {
-                    jti: "j1".into(),
-                    exp: chrono::Utc::now().timestamp() + 60,
-                },
-                Op::Revoke {
-                    jti: "old".into(),
-                    exp: 1,
-                },
-                Op::SetAutomatic(true),
-            ])
-            .unwrap();
-        drop(store);
-
-        let mut reopened = SqliteBackend::open(dir.path()).unwrap();
-        let loaded = reopened.load().unwrap();
-        assert_eq!(
-            loaded.jobs,
-            vec![(t1, start)],
-            "an engine supersedes its job"
-        );
-        assert_eq!(loaded.engines.len(), 1);
-        assert_eq!(loaded.engines[0].status, EngineStatus::Active);
-        assert_eq!(
-            loaded.engines[0].backup.position,
-            Position::Run(Step::EnforceUavPlan)
-        );
-        assert_eq!(loaded.revoked.len(), 1, "expired revocations are dropped");
-        assert_eq!(loaded.automatic, Some(true));
-    }
-
-    #[test]
-    fn a_failed_batch_changes_nothing() {
-        let mut store = SqliteBackend::in_memory().unwrap();
-        store.conn.execute_batch("DROP TABLE settings").unwrap();
-        let result = store.apply(&[
-            Op::PutJob {
-                id: TrialId::parse("t1").unwrap(),
-                start: StartTime::parse("2999-01-01T10:00:00Z").unwrap(),
-            },
-            Op::SetAutomatic(true),
-        ]);
-        assert!(result.is_err());
-        store
-            .conn
-            .execute_batch("CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            .unwrap();
-        assert!(store.load().unwrap().jobs.is_empty());
-    }
-
-    #[test]
-    fn a_file_that_is_not_a_database_is_refused_with_its_path() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(FILE_NAME), b"this is not sqlite, just text that goes on and on and on and on and on and on and on and on and on and on").unwrap();
-        let err = SqliteBackend::open(dir.path())
-            .err()
-            .expect("refused")
-            .to_string();
-        assert!(err.contains(FILE_NAME), "{err}");
-    }
-
-    #[test]
-    fn migrations_are_valid() {
-        migrations().validate().unwrap();
-    }
-}
+mod tests;

@@ -44,7 +44,11 @@ async fn drive_until(app: &TestApp, id: &str, what: &str, stop: impl Fn(&Value) 
 
 /// Fails one trial at `step` with `fault`, checks the failure, restores it and finishes it.
 async fn fail_and_restore(step: Step, fault: Fault) {
-    let app = spawn_app().await;
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(single_attempt),
+        ..AppOptions::default()
+    })
+    .await;
     let id = format!("fail-{}", step.name());
     app.platform.inject(fault.times(1));
     app.start_trial(&id).await;
@@ -371,7 +375,11 @@ async fn deleting_an_engine_cancels_the_request_in_flight() {
 
 #[tokio::test]
 async fn a_rerun_delete_that_finds_the_job_gone_counts_as_done() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(single_attempt),
+        ..AppOptions::default()
+    })
+    .await;
     let id = "gone-job";
     for action in [
         FaultAction::Status(500),

@@ -42,7 +42,7 @@ pub struct FlakyBackend {
 }
 
 impl lcm::store::Backend for FlakyBackend {
-    fn apply(&mut self, ops: &[lcm::store::Op]) -> Result<(), lcm::store::StoreError> {
+    fn apply(&mut self, ops: &[lcm::store::Op]) -> Result<Vec<usize>, lcm::store::StoreError> {
         if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(lcm::store::StoreError::Backend(
                 "disk I/O error (simulated)".into(),
@@ -53,6 +53,10 @@ impl lcm::store::Backend for FlakyBackend {
 
     fn load(&mut self) -> Result<lcm::store::Loaded, lcm::store::StoreError> {
         self.inner.load()
+    }
+
+    fn reader(&self) -> Result<Box<dyn lcm::store::Reader>, lcm::store::StoreError> {
+        self.inner.reader()
     }
 }
 
@@ -105,6 +109,11 @@ impl Answer {
     }
 }
 
+/// Settings that try every request once: one injected 500 fails the step.
+pub fn single_attempt(settings: &mut Settings) {
+    settings.executor.retry.max_attempts = 1;
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(AppOptions::default()).await
 }
@@ -122,6 +131,9 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     settings.auth.api_key = Secret::new(API_KEY);
     settings.auth.token_secret = Secret::new(TOKEN_SECRET);
     settings.executor.request_timeout_secs = 5;
+    // The default policy's attempts, with waits short enough for tests.
+    settings.executor.retry.initial_backoff_ms = 10;
+    settings.executor.retry.max_backoff_ms = 50;
     settings.logging.dir = logs.path().to_path_buf();
     settings.store.data_dir = logs.path().join("data");
     platform.configure(&mut settings);

@@ -1,0 +1,271 @@
+//! `GET /trials` (SPEC §12): every trial the store knows, newest first, with scheduled jobs
+//! and records set aside as corrupt, filtered and paginated. Rows of engines in memory show
+//! their live state.
+
+use axum::Json;
+use axum::extract::{Query, State};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Serialize;
+use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::error::{ApiError, ErrorBody};
+use super::extract::ApiKey;
+use super::view;
+use crate::store::codec::time;
+use crate::store::{ListedTrial, TrialQuery};
+
+/// The routes of this area.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list))
+}
+
+/// The engine statuses a listing can filter on.
+pub const STATUSES: [&str; 7] = [
+    "Active",
+    "Failed",
+    "Finished",
+    "Aborted",
+    "Stopped",
+    "Scheduled",
+    "Corrupt",
+];
+
+/// Rows per page when `limit` is not given, and the most a page may have.
+const DEFAULT_LIMIT: usize = 50;
+const MAX_LIMIT: usize = 500;
+
+/// One row of the listing.
+#[derive(Debug, Serialize)]
+struct Row {
+    trial_id: String,
+    engine_status: String,
+    status: Option<String>,
+    state: Option<String>,
+    step: Option<String>,
+    waiting_for: Option<String>,
+    created_at: String,
+    updated_at: String,
+    ended_at: Option<String>,
+    failure: Option<String>,
+    /// A scheduled job's start time, as given.
+    start_time: Option<String>,
+}
+
+impl From<ListedTrial> for Row {
+    fn from(t: ListedTrial) -> Self {
+        Self {
+            trial_id: t.trial_id,
+            engine_status: t.engine_status,
+            status: t.status,
+            state: t.state,
+            step: t.step,
+            waiting_for: t.waiting_for,
+            created_at: t.created_at,
+            updated_at: t.updated_at,
+            ended_at: t.ended_at,
+            failure: t.failure,
+            start_time: t.start_time,
+        }
+    }
+}
+
+/// The page's query, checked.
+fn parse_query(pairs: Vec<(String, String)>) -> Result<TrialQuery, ApiError> {
+    let mut query = TrialQuery {
+        limit: DEFAULT_LIMIT,
+        ..TrialQuery::default()
+    };
+    for (key, value) in pairs {
+        match key.as_str() {
+            "status" => {
+                for status in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    let known = STATUSES
+                        .iter()
+                        .find(|s| s.eq_ignore_ascii_case(status))
+                        .ok_or_else(|| {
+                            ApiError::bad_request(format!(
+                                "status '{status}' is not one of: {}",
+                                STATUSES.join(", ")
+                            ))
+                        })?;
+                    query.statuses.push((*known).to_owned());
+                }
+            }
+            "q" => {
+                let valid = value.len() <= 128
+                    && value
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+                if !valid {
+                    return Err(ApiError::bad_request(
+                        "q is a part of a trial id: at most 128 letters, digits, '.', '_' or '-'",
+                    ));
+                }
+                query.id_contains = (!value.is_empty()).then_some(value);
+            }
+            "limit" => {
+                query.limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|l| (1..=MAX_LIMIT).contains(l))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "limit must be a whole number from 1 to {MAX_LIMIT}, not '{value}'"
+                        ))
+                    })?;
+            }
+            "cursor" => query.after = Some(decode_cursor(&value)?),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter '{other}': use status, q, limit or cursor"
+                )));
+            }
+        }
+    }
+    Ok(query)
+}
+
+fn encode_cursor(row: &ListedTrial) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}\n{}", row.created_at, row.trial_id))
+}
+
+fn decode_cursor(cursor: &str) -> Result<(String, String), ApiError> {
+    let bad =
+        || ApiError::bad_request("cursor is not one this service gave: use next_cursor as it came");
+    let text = URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(bad)?;
+    let (created_at, trial_id) = text.split_once('\n').ok_or_else(bad)?;
+    Ok((created_at.to_owned(), trial_id.to_owned()))
+}
+
+/// The page of trials
+///
+/// `{"trials": [{"trial_id", "engine_status", "status", "state", "step", "waiting_for",
+/// "created_at", "updated_at", "ended_at", "failure", "start_time"}], "next_cursor"}`, newest
+/// first. Query: `status` (engine status: Active, Failed, Finished, Aborted, Scheduled,
+/// Corrupt; repeatable or comma-separated), `q` (part of the id), `limit` (1–500, default
+/// 50), `cursor` (the `next_cursor` of the previous page).
+#[utoipa::path(
+    get,
+    path = "/trials",
+    tag = "trials",
+    security(("api_key" = [])),
+    params(
+        ("status" = Option<String>, Query, description = "Engine statuses to keep, comma-separated or repeated", example = "Active,Failed"),
+        ("q" = Option<String>, Query, description = "Keep trial ids containing this", example = "drone"),
+        ("limit" = Option<u32>, Query, description = "Rows per page, 1 to 500 (default 50)", minimum = 1, maximum = 500),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of trials", body = Object),
+        (status = 400, description = "An unknown status or parameter, a bad limit or cursor", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+    ),
+)]
+async fn list(
+    _: ApiKey,
+    State(state): State<AppState>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, ApiError> {
+    let query = parse_query(pairs)?;
+    let limit = query.limit;
+    let wanted = query.statuses.clone();
+    let mut rows = state
+        .scheduler
+        .deps()
+        .store
+        .read(move |reader| reader.trials(&query))
+        .await?;
+    let next_cursor = (rows.len() > limit).then(|| {
+        rows.truncate(limit);
+        rows.last().map(encode_cursor)
+    });
+    let engines = state.scheduler.engines();
+    let trials: Vec<Row> = rows
+        .into_iter()
+        .map(|stored| {
+            let id = crate::domain::TrialId::parse(&stored.trial_id).ok();
+            let live = id
+                .and_then(|id| engines.get(&id))
+                .filter(|_| stored.engine_status != "Scheduled");
+            let mut row = Row::from(stored);
+            if let Some(engine) = live {
+                // The store saves at every step; memory knows the moment.
+                let snapshot = engine.snapshot();
+                row.engine_status = snapshot.engine_status().name().to_owned();
+                row.status = Some(snapshot.lifecycle.executor_status().name().to_owned());
+                row.state = Some(view::state(&snapshot).to_owned());
+                row.step = match snapshot.position {
+                    crate::engine::state::Position::Run(step) => Some(step.name().to_owned()),
+                    crate::engine::state::Position::Wait(_) => None,
+                };
+                row.waiting_for = view::waiting_for(&snapshot);
+                row.updated_at = time(snapshot.updated_at);
+                row.ended_at = snapshot.ended_at.map(time);
+                row.failure = snapshot.failure.as_ref().map(|f| f.reason.clone());
+            }
+            row
+        })
+        .filter(|row| wanted.is_empty() || wanted.contains(&row.engine_status))
+        .collect();
+    Ok(Json(serde_json::json!({
+        "trials": trials,
+        "next_cursor": next_cursor.flatten(),
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        let row = ListedTrial {
+            trial_id: "t_1".into(),
+            engine_status: "Finished".into(),
+            status: None,
+            state: None,
+            step: None,
+            waiting_for: None,
+            created_at: "2026-01-01T00:00:00.000000Z".into(),
+            updated_at: String::new(),
+            ended_at: None,
+            failure: None,
+            start_time: None,
+        };
+        assert_eq!(
+            decode_cursor(&encode_cursor(&row)).unwrap(),
+            ("2026-01-01T00:00:00.000000Z".to_owned(), "t_1".to_owned())
+        );
+        assert!(decode_cursor("%%%").is_err());
+        assert!(decode_cursor(&URL_SAFE_NO_PAD.encode("no newline")).is_err());
+    }
+
+    #[test]
+    fn the_query_is_checked() {
+        let pairs = |list: &[(&str, &str)]| {
+            list.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<Vec<_>>()
+        };
+        let query = parse_query(pairs(&[
+            ("status", "active,Failed"),
+            ("status", "scheduled"),
+        ]))
+        .unwrap();
+        assert_eq!(query.statuses, ["Active", "Failed", "Scheduled"]);
+        assert!(parse_query(pairs(&[("status", "Bogus")])).is_err());
+        assert!(parse_query(pairs(&[("limit", "0")])).is_err());
+        assert!(parse_query(pairs(&[("limit", "501")])).is_err());
+        assert_eq!(parse_query(pairs(&[("limit", "500")])).unwrap().limit, 500);
+        assert!(parse_query(pairs(&[("q", "a b")])).is_err());
+        assert!(parse_query(pairs(&[("page", "2")])).is_err());
+    }
+}

@@ -1,0 +1,127 @@
+//! A trial's journal: its events (the history) and the responses its services gave, each
+//! numbered, kept in memory while the engine is, streamed to `/events` subscribers, and
+//! appended to the store once, as its own row, when it happens (SPEC §12).
+//!
+//! Whoever records something (executor, watchdog, an operator's action) goes through here,
+//! so the numbering has one owner. The store's writer applies writes in the order they were
+//! submitted, and an entry is submitted under the journal's lock: rows land in `seq` order,
+//! and a checkpoint committed after them finds them committed too.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::Utc;
+use tokio::sync::broadcast;
+
+use super::sequence::Step;
+use super::state::{EventKind, ResponseRecord, TrialEvent};
+use crate::domain::TrialId;
+use crate::store::{Op, Store};
+
+/// How many events a slow `/events` subscriber may fall behind before it skips some.
+const EVENT_BUFFER: usize = 64;
+
+/// The journal of one trial.
+pub struct Journal {
+    id: TrialId,
+    store: Store,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    events: Vec<Arc<TrialEvent>>,
+    responses: Vec<Arc<ResponseRecord>>,
+    /// Made on the first subscription, so a journal nobody watches carries no buffer.
+    live: Option<broadcast::Sender<TrialEvent>>,
+}
+
+impl Journal {
+    /// A journal that goes on from what the store holds of the trial.
+    pub fn new(
+        id: TrialId,
+        store: Store,
+        events: Vec<TrialEvent>,
+        responses: Vec<ResponseRecord>,
+    ) -> Self {
+        Self {
+            id,
+            store,
+            inner: Mutex::new(Inner {
+                events: events.into_iter().map(Arc::new).collect(),
+                responses: responses.into_iter().map(Arc::new).collect(),
+                live: None,
+            }),
+        }
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records an event: numbers it, keeps it, streams it and appends it to the store.
+    pub fn event(
+        &self,
+        kind: EventKind,
+        step: Option<Step>,
+        detail: Option<String>,
+        duration_ms: Option<u64>,
+    ) -> TrialEvent {
+        let mut inner = self.inner();
+        let event = TrialEvent {
+            seq: inner.events.len() as u64,
+            at: Utc::now(),
+            event: kind,
+            step: step.map(|s| s.name().to_owned()),
+            detail,
+            duration_ms,
+        };
+        self.store.submit(Op::AppendEvent {
+            id: self.id.clone(),
+            event: event.clone(),
+        });
+        inner.events.push(Arc::new(event.clone()));
+        if let Some(live) = &inner.live {
+            // No subscriber left is fine.
+            let _ = live.send(event.clone());
+        }
+        event
+    }
+
+    /// Records a response: numbers it, keeps it and appends it to the store.
+    pub fn response(&self, record: ResponseRecord) {
+        let mut inner = self.inner();
+        let seq = inner.responses.len() as u64;
+        let record = Arc::new(record);
+        self.store.submit(Op::AppendResponse {
+            id: self.id.clone(),
+            seq,
+            record: record.clone(),
+        });
+        inner.responses.push(record);
+    }
+
+    /// The history so far.
+    pub fn history(&self) -> Vec<Arc<TrialEvent>> {
+        self.inner().events.clone()
+    }
+
+    /// Every response so far.
+    pub fn responses(&self) -> Vec<Arc<ResponseRecord>> {
+        self.inner().responses.clone()
+    }
+
+    /// The history so far and a receiver of every later event, taken together so there is
+    /// no gap between them and no repeat.
+    pub fn subscribe(&self) -> (Vec<Arc<TrialEvent>>, broadcast::Receiver<TrialEvent>) {
+        let mut inner = self.inner();
+        let receiver = inner
+            .live
+            .get_or_insert_with(|| broadcast::channel(EVENT_BUFFER).0)
+            .subscribe();
+        (inner.events.clone(), receiver)
+    }
+
+    /// Ends every live stream (the engine is gone).
+    pub fn close(&self) {
+        self.inner().live = None;
+    }
+}

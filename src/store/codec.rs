@@ -1,0 +1,407 @@
+//! The store's own names for what it writes. A checkpoint is saved as a small JSON document
+//! whose shape is declared here, field by field, and whose enum values are the explicit names
+//! of `Step::name`, `Wait::name`, `Signal::name` and `KpiStatus::marking`: renaming a Rust
+//! type or variant changes nothing on disk, and a document written by an earlier release
+//! still reads. Times are RFC 3339 in UTC with microseconds, fixed width, so they sort as
+//! text in any SQL database.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::engine::sequence::{Signal, Step, Wait};
+use crate::engine::state::{
+    Checkpoint, Failure, JobState, KpiStatus, Ledger, Leftover, LeftoverKind, Lifecycle, Mode,
+    Position, SliceState, TrialData, TrialInfo,
+};
+
+/// The version of the checkpoint document this release writes.
+pub const FORMAT: u32 = 1;
+
+/// A time as the store writes it.
+pub fn time(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// A time the store wrote.
+pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("'{text}' is not a time: {e}"))
+}
+
+/// The lifecycle as the store writes it.
+pub fn lifecycle_name(lifecycle: Lifecycle) -> &'static str {
+    match lifecycle {
+        Lifecycle::Running => "Running",
+        Lifecycle::Waiting => "Waiting",
+        Lifecycle::Failed => "Failed",
+        Lifecycle::Finished => "Finished",
+        Lifecycle::Aborted => "Aborted",
+        Lifecycle::Stopped => "Stopped",
+    }
+}
+
+/// The lifecycle the store wrote.
+pub fn parse_lifecycle(name: &str) -> Result<Lifecycle, String> {
+    Ok(match name {
+        "Running" => Lifecycle::Running,
+        "Waiting" => Lifecycle::Waiting,
+        "Failed" => Lifecycle::Failed,
+        "Finished" => Lifecycle::Finished,
+        "Aborted" => Lifecycle::Aborted,
+        "Stopped" => Lifecycle::Stopped,
+        other => return Err(format!("unknown lifecycle '{other}'")),
+    })
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum PositionDoc {
+    Run(String),
+    Wait(String),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ModeDoc {
+    Normal,
+    Cleanup(String),
+}
+
+#[derive(Serialize, Deserialize)]
+struct InfoDoc {
+    #[serde(rename = "trialID")]
+    trial_id: String,
+    facility: String,
+    kpis: Value,
+    name: Value,
+    target: String,
+    #[serde(rename = "DeployedSlice")]
+    deployed_slice: Value,
+    #[serde(rename = "MeasurementJob")]
+    measurement_job: Value,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum JobDoc {
+    None,
+    Created(String),
+    Deleted,
+}
+
+#[derive(Serialize, Deserialize)]
+struct LedgerDoc {
+    slice: String,
+    measurement_job: JobDoc,
+}
+
+#[derive(Serialize, Deserialize)]
+struct LeftoverDoc {
+    kind: String,
+    id: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FailureDoc {
+    reason: String,
+    at: String,
+    reported: bool,
+    #[serde(default)]
+    cleanup_failed: bool,
+    #[serde(default)]
+    leftovers: Vec<LeftoverDoc>,
+}
+
+/// The checkpoint document, format 1.
+#[derive(Serialize, Deserialize)]
+struct CheckpointDoc {
+    format: u32,
+    position: PositionDoc,
+    mode: ModeDoc,
+    token: Option<String>,
+    info: Option<InfoDoc>,
+    kpi_status: Option<String>,
+    repository_status: Option<String>,
+    accepted: Vec<(String, String)>,
+    held: Vec<(String, String)>,
+    ledger: LedgerDoc,
+    failure: Option<FailureDoc>,
+    paused: bool,
+    run: u32,
+    started_at: String,
+    deadline: Option<String>,
+}
+
+fn slice_name(state: SliceState) -> &'static str {
+    match state {
+        SliceState::None => "none",
+        SliceState::Requested => "requested",
+        SliceState::Created => "created",
+        SliceState::Closing => "closing",
+        SliceState::Closed => "closed",
+    }
+}
+
+fn parse_slice(name: &str) -> Result<SliceState, String> {
+    Ok(match name {
+        "none" => SliceState::None,
+        "requested" => SliceState::Requested,
+        "created" => SliceState::Created,
+        "closing" => SliceState::Closing,
+        "closed" => SliceState::Closed,
+        other => return Err(format!("unknown slice state '{other}'")),
+    })
+}
+
+fn leftover_kind_name(kind: LeftoverKind) -> &'static str {
+    match kind {
+        LeftoverKind::Slice => "slice",
+        LeftoverKind::MeasurementJob => "measurement_job",
+    }
+}
+
+fn parse_leftover_kind(name: &str) -> Result<LeftoverKind, String> {
+    Ok(match name {
+        "slice" => LeftoverKind::Slice,
+        "measurement_job" => LeftoverKind::MeasurementJob,
+        other => return Err(format!("unknown leftover kind '{other}'")),
+    })
+}
+
+fn step(name: &str) -> Result<Step, String> {
+    Step::parse(name).ok_or_else(|| format!("unknown step '{name}'"))
+}
+
+fn wait(name: &str) -> Result<Wait, String> {
+    Wait::parse(name).ok_or_else(|| format!("unknown waiting point '{name}'"))
+}
+
+fn signal(name: &str) -> Result<Signal, String> {
+    Signal::parse(name).ok_or_else(|| format!("unknown signal '{name}'"))
+}
+
+fn signals_doc(list: &[(Wait, Signal)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(w, s)| (w.name().to_owned(), s.name().to_owned()))
+        .collect()
+}
+
+fn parse_signals(list: Vec<(String, String)>) -> Result<Vec<(Wait, Signal)>, String> {
+    list.into_iter()
+        .map(|(w, s)| Ok((wait(&w)?, signal(&s)?)))
+        .collect()
+}
+
+/// Writes a checkpoint as the store keeps it.
+pub fn encode_checkpoint(checkpoint: &Checkpoint) -> String {
+    let data = &checkpoint.data;
+    let doc = CheckpointDoc {
+        format: FORMAT,
+        position: match checkpoint.position {
+            Position::Run(s) => PositionDoc::Run(s.name().to_owned()),
+            Position::Wait(w) => PositionDoc::Wait(w.name().to_owned()),
+        },
+        mode: match &checkpoint.mode {
+            Mode::Normal => ModeDoc::Normal,
+            Mode::Cleanup { reason } => ModeDoc::Cleanup(reason.clone()),
+        },
+        token: data.token.clone(),
+        info: data.info.as_ref().map(|i| InfoDoc {
+            trial_id: i.trial_id.clone(),
+            facility: i.facility.clone(),
+            kpis: i.kpis.clone(),
+            name: i.name.clone(),
+            target: i.target.clone(),
+            deployed_slice: i.deployed_slice.clone(),
+            measurement_job: i.measurement_job.clone(),
+        }),
+        kpi_status: data.kpi_status.map(|k| k.marking().to_owned()),
+        repository_status: data.repository_status.clone(),
+        accepted: signals_doc(&checkpoint.accepted),
+        held: signals_doc(&checkpoint.held),
+        ledger: LedgerDoc {
+            slice: slice_name(data.ledger.slice).to_owned(),
+            measurement_job: match &data.ledger.measurement_job {
+                JobState::None => JobDoc::None,
+                JobState::Created(id) => JobDoc::Created(id.clone()),
+                JobState::Deleted => JobDoc::Deleted,
+            },
+        },
+        failure: checkpoint.failure.as_ref().map(|f| FailureDoc {
+            reason: f.reason.clone(),
+            at: time(f.at),
+            reported: f.reported,
+            cleanup_failed: f.cleanup_failed,
+            leftovers: f
+                .leftovers
+                .iter()
+                .map(|l| LeftoverDoc {
+                    kind: leftover_kind_name(l.kind).to_owned(),
+                    id: l.id.clone(),
+                })
+                .collect(),
+        }),
+        paused: checkpoint.paused,
+        run: checkpoint.run,
+        started_at: time(checkpoint.started_at),
+        deadline: data.deadline.map(time),
+    };
+    // Plain data of strings, numbers and JSON values: serialising cannot fail.
+    serde_json::to_string(&doc).unwrap_or_default()
+}
+
+/// Reads a checkpoint the store kept; the error says what is wrong with it.
+pub fn decode_checkpoint(text: &str) -> Result<Checkpoint, String> {
+    let doc: CheckpointDoc =
+        serde_json::from_str(text).map_err(|e| format!("unreadable checkpoint: {e}"))?;
+    if doc.format != FORMAT {
+        return Err(format!(
+            "checkpoint format {} is not {FORMAT} (written by another release?)",
+            doc.format
+        ));
+    }
+    Ok(Checkpoint {
+        position: match doc.position {
+            PositionDoc::Run(s) => Position::Run(step(&s)?),
+            PositionDoc::Wait(w) => Position::Wait(wait(&w)?),
+        },
+        mode: match doc.mode {
+            ModeDoc::Normal => Mode::Normal,
+            ModeDoc::Cleanup(reason) => Mode::Cleanup { reason },
+        },
+        data: TrialData {
+            token: doc.token,
+            info: doc.info.map(|i| TrialInfo {
+                trial_id: i.trial_id,
+                facility: i.facility,
+                kpis: i.kpis,
+                name: i.name,
+                target: i.target,
+                deployed_slice: i.deployed_slice,
+                measurement_job: i.measurement_job,
+            }),
+            kpi_status: doc
+                .kpi_status
+                .map(|k| KpiStatus::parse(&k).ok_or_else(|| format!("unknown KPI status '{k}'")))
+                .transpose()?,
+            repository_status: doc.repository_status,
+            ledger: Ledger {
+                slice: parse_slice(&doc.ledger.slice)?,
+                measurement_job: match doc.ledger.measurement_job {
+                    JobDoc::None => JobState::None,
+                    JobDoc::Created(id) => JobState::Created(id),
+                    JobDoc::Deleted => JobState::Deleted,
+                },
+            },
+            deadline: doc.deadline.as_deref().map(parse_time).transpose()?,
+        },
+        accepted: parse_signals(doc.accepted)?,
+        held: parse_signals(doc.held)?,
+        failure: doc
+            .failure
+            .map(|f| -> Result<Failure, String> {
+                Ok(Failure {
+                    reason: f.reason,
+                    at: parse_time(&f.at)?,
+                    reported: f.reported,
+                    cleanup_failed: f.cleanup_failed,
+                    leftovers: f
+                        .leftovers
+                        .into_iter()
+                        .map(|l| {
+                            Ok(Leftover {
+                                kind: parse_leftover_kind(&l.kind)?,
+                                id: l.id,
+                            })
+                        })
+                        .collect::<Result<_, String>>()?,
+                })
+            })
+            .transpose()?,
+        paused: doc.paused,
+        run: doc.run,
+        started_at: parse_time(&doc.started_at)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A checkpoint as this release writes it, byte for byte: if this test has to change, a
+    /// migration is needed for the databases already written.
+    const GOLDEN: &str = r#"{"format":1,"position":{"wait":"SliceClosed"},"mode":{"cleanup":"operator: wrong facility"},"token":"tok","info":{"trialID":"t1","facility":"eurecom","kpis":["latency"],"name":"Trial t1","target":"dummy","DeployedSlice":{"Slice":{"id":"s1"}},"MeasurementJob":{"MeasurementID":"mj-1"}},"kpi_status":"Active","repository_status":"ACTIVE","accepted":[["SliceCreated","slice callback"],["Idle","active"]],"held":[],"ledger":{"slice":"closing","measurement_job":"deleted"},"failure":{"reason":"x","at":"2026-01-02T03:04:05.000006Z","reported":true,"cleanup_failed":true,"leftovers":[{"kind":"slice","id":"s1"}]},"paused":true,"run":2,"started_at":"2026-01-02T03:00:00.000000Z","deadline":null}"#;
+
+    fn golden() -> Checkpoint {
+        Checkpoint {
+            position: Position::Wait(Wait::SliceClosed),
+            mode: Mode::Cleanup {
+                reason: "operator: wrong facility".into(),
+            },
+            data: TrialData {
+                token: Some("tok".into()),
+                info: Some(TrialInfo {
+                    trial_id: "t1".into(),
+                    facility: "eurecom".into(),
+                    kpis: json!(["latency"]),
+                    name: json!("Trial t1"),
+                    target: "dummy".into(),
+                    deployed_slice: json!({"Slice": {"id": "s1"}}),
+                    measurement_job: json!({"MeasurementID": "mj-1"}),
+                }),
+                kpi_status: Some(KpiStatus::Active),
+                repository_status: Some("ACTIVE".into()),
+                ledger: Ledger {
+                    slice: SliceState::Closing,
+                    measurement_job: JobState::Deleted,
+                },
+                deadline: None,
+            },
+            accepted: vec![
+                (Wait::SliceCreated, Signal::SliceCallback),
+                (Wait::Idle, Signal::Active),
+            ],
+            held: vec![],
+            failure: Some(Failure {
+                reason: "x".into(),
+                at: parse_time("2026-01-02T03:04:05.000006Z").unwrap(),
+                reported: true,
+                cleanup_failed: true,
+                leftovers: vec![Leftover {
+                    kind: LeftoverKind::Slice,
+                    id: "s1".into(),
+                }],
+            }),
+            paused: true,
+            run: 2,
+            started_at: parse_time("2026-01-02T03:00:00Z").unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_document_on_disk_is_stable() {
+        assert_eq!(encode_checkpoint(&golden()), GOLDEN);
+        assert_eq!(decode_checkpoint(GOLDEN).unwrap(), golden());
+    }
+
+    #[test]
+    fn a_bad_document_says_what_is_wrong() {
+        let err = decode_checkpoint(&GOLDEN.replace("SliceClosed", "Nowhere")).unwrap_err();
+        assert!(err.contains("Nowhere"), "{err}");
+        let err = decode_checkpoint("{").unwrap_err();
+        assert!(err.contains("unreadable"), "{err}");
+        let err = decode_checkpoint(&GOLDEN.replace(r#""format":1"#, r#""format":9"#)).unwrap_err();
+        assert!(err.contains("format 9"), "{err}");
+    }
+
+    #[test]
+    fn times_sort_as_text() {
+        let early = parse_time("2026-01-02T03:04:05Z").unwrap();
+        let late = early + chrono::Duration::microseconds(1);
+        assert!(time(early) < time(late));
+        assert_eq!(time(early).len(), time(late).len());
+    }
+}

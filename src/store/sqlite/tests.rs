@@ -1,0 +1,394 @@
+use chrono::{Duration, Utc};
+
+use super::*;
+use crate::engine::sequence::{Step, Wait};
+use crate::engine::state::{Checkpoint, Lifecycle, Position};
+
+fn id(s: &str) -> TrialId {
+    TrialId::parse(s).unwrap()
+}
+
+fn record(
+    name: &str,
+    lifecycle: Lifecycle,
+    created_at: chrono::DateTime<chrono::Utc>,
+) -> TrialRecord {
+    let mut checkpoint = Checkpoint::new(created_at);
+    checkpoint.position = Position::Run(Step::EnforceUavPlan);
+    checkpoint.data.token = Some("tok".into());
+    TrialRecord {
+        id: id(name),
+        lifecycle,
+        checkpoint,
+        created_at,
+        updated_at: created_at,
+        ended_at: lifecycle.is_ended().then_some(created_at),
+    }
+}
+
+fn put(store: &mut SqliteBackend, ops: Vec<Op>) -> Vec<usize> {
+    store.apply(&ops).unwrap()
+}
+
+#[test]
+fn migrates_an_empty_file_and_round_trips_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SqliteBackend::open(dir.path()).unwrap();
+    assert!(dir.path().join(FILE_NAME).is_file());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(FILE_NAME))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "only the owner reads the tokens it holds"
+        );
+    }
+    let start = StartTime::parse("2999-01-01T10:00:00+02:00").unwrap();
+    let now = Utc::now();
+    let counts = put(
+        &mut store,
+        vec![
+            Op::PutJob {
+                id: id("t1"),
+                start,
+                created_at: now,
+            },
+            Op::PutJob {
+                id: id("t2"),
+                start,
+                created_at: now,
+            },
+            Op::PutTrial(Box::new(record("t2", Lifecycle::Running, now))),
+            Op::PutJob {
+                id: id("t2"),
+                start,
+                created_at: now,
+            },
+            Op::Revoke {
+                jti: "j1".into(),
+                exp: now.timestamp() + 60,
+            },
+            Op::Revoke {
+                jti: "old".into(),
+                exp: 1,
+            },
+            Op::SetAutomatic(true),
+            Op::SetPaused {
+                id: id("t2"),
+                paused: true,
+            },
+        ],
+    );
+    assert_eq!(
+        counts[3], 0,
+        "a job for a trial that has a record is not saved"
+    );
+    drop(store);
+
+    let mut reopened = SqliteBackend::open(dir.path()).unwrap();
+    let loaded = reopened.load().unwrap();
+    assert_eq!(
+        loaded.jobs,
+        vec![StoredJob {
+            id: id("t1"),
+            start
+        }],
+        "a trial supersedes its job"
+    );
+    assert_eq!(loaded.trials.len(), 1);
+    let trial = &loaded.trials[0].record;
+    assert_eq!(trial.lifecycle, Lifecycle::Running);
+    assert_eq!(
+        trial.checkpoint.position,
+        Position::Run(Step::EnforceUavPlan)
+    );
+    assert!(trial.checkpoint.paused, "the pause saved on its own wins");
+    assert_eq!(loaded.revoked.len(), 1, "expired revocations are dropped");
+    assert_eq!(loaded.automatic, Some(true));
+}
+
+#[test]
+fn a_failed_batch_changes_nothing() {
+    let mut store = SqliteBackend::in_memory().unwrap();
+    store.conn.execute_batch("DROP TABLE settings").unwrap();
+    let result = store.apply(&[
+        Op::PutJob {
+            id: id("t1"),
+            start: StartTime::parse("2999-01-01T10:00:00Z").unwrap(),
+            created_at: Utc::now(),
+        },
+        Op::SetAutomatic(true),
+    ]);
+    assert!(result.is_err());
+    store
+        .conn
+        .execute_batch("CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        .unwrap();
+    assert!(store.load().unwrap().jobs.is_empty());
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_refused_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(FILE_NAME),
+        "this is not sqlite, just text ".repeat(20),
+    )
+    .unwrap();
+    let err = SqliteBackend::open(dir.path())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains(FILE_NAME), "{err}");
+}
+
+#[test]
+fn migrations_are_valid() {
+    migrations().validate().unwrap();
+}
+
+#[test]
+fn start_up_reads_live_trials_only_and_sets_a_corrupt_one_aside() {
+    let mut store = SqliteBackend::in_memory().unwrap();
+    let now = Utc::now();
+    put(
+        &mut store,
+        vec![
+            Op::PutTrial(Box::new(record("live", Lifecycle::Waiting, now))),
+            Op::PutTrial(Box::new(record("failed", Lifecycle::Failed, now))),
+            Op::PutTrial(Box::new(record("done", Lifecycle::Finished, now))),
+            Op::PutTrial(Box::new(record("broken", Lifecycle::Running, now))),
+        ],
+    );
+    store
+        .conn
+        .execute(
+            "UPDATE trials SET checkpoint = '{\"format\":1' WHERE trial_id = 'broken'",
+            [],
+        )
+        .unwrap();
+    let loaded = store.load().unwrap();
+    let mut ids: Vec<&str> = loaded.trials.iter().map(|t| t.record.id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["failed", "live"]);
+    assert_eq!(loaded.quarantined.len(), 1);
+    assert_eq!(loaded.quarantined[0].0, "broken");
+    let mut reader = store.reader().unwrap();
+    let corrupt = reader
+        .trials(&TrialQuery {
+            statuses: vec!["Corrupt".into()],
+            limit: 10,
+            ..TrialQuery::default()
+        })
+        .unwrap();
+    assert_eq!(corrupt.len(), 1);
+    assert!(
+        corrupt[0]
+            .failure
+            .as_deref()
+            .unwrap_or_default()
+            .contains("unreadable")
+    );
+    assert!(matches!(
+        reader.trial(&id("broken")).unwrap(),
+        Some(StoredTrial::Corrupt { .. })
+    ));
+    assert!(
+        store.load().unwrap().quarantined.is_empty(),
+        "set aside once, not read again"
+    );
+}
+
+#[test]
+fn a_purge_removes_old_ended_trials_and_keeps_the_rest() {
+    let mut store = SqliteBackend::in_memory().unwrap();
+    let now = Utc::now();
+    let old = now - Duration::days(100);
+    let event = |seq| TrialEvent {
+        seq,
+        at: old,
+        event: EventKind::StepStarted,
+        step: None,
+        detail: None,
+        duration_ms: None,
+    };
+    put(
+        &mut store,
+        vec![
+            Op::PutTrial(Box::new(record("old-finished", Lifecycle::Finished, old))),
+            Op::PutTrial(Box::new(record("old-aborted", Lifecycle::Aborted, old))),
+            Op::PutTrial(Box::new(record("old-failed", Lifecycle::Failed, old))),
+            Op::PutTrial(Box::new(record("new-finished", Lifecycle::Finished, now))),
+            Op::AppendEvent {
+                id: id("old-finished"),
+                event: event(0),
+            },
+            Op::AppendEvent {
+                id: id("new-finished"),
+                event: event(0),
+            },
+        ],
+    );
+    let counts = put(
+        &mut store,
+        vec![Op::Purge {
+            ended_before: now - Duration::days(90),
+        }],
+    );
+    assert_eq!(counts, [2]);
+    let mut reader = store.reader().unwrap();
+    let left: Vec<String> = reader
+        .trials(&TrialQuery {
+            limit: 10,
+            ..TrialQuery::default()
+        })
+        .unwrap()
+        .into_iter()
+        .map(|t| t.trial_id)
+        .collect();
+    assert_eq!(left, ["new-finished", "old-failed"]);
+    assert!(reader.events(&id("old-finished")).unwrap().is_empty());
+    assert_eq!(reader.events(&id("new-finished")).unwrap().len(), 1);
+}
+
+#[test]
+fn the_listing_pages_newest_first_with_filters() {
+    let mut store = SqliteBackend::in_memory().unwrap();
+    let base = Utc::now();
+    let mut ops = Vec::new();
+    for i in 0..7 {
+        let lifecycle = if i % 2 == 0 {
+            Lifecycle::Finished
+        } else {
+            Lifecycle::Waiting
+        };
+        ops.push(Op::PutTrial(Box::new(record(
+            &format!("t_{i}"),
+            lifecycle,
+            base + Duration::seconds(i),
+        ))));
+    }
+    ops.push(Op::PutJob {
+        id: id("job"),
+        start: StartTime::parse("2999-01-01T10:00:00Z").unwrap(),
+        created_at: base + Duration::seconds(3),
+    });
+    put(&mut store, ops);
+    let mut reader = store.reader().unwrap();
+    let page = |query: &TrialQuery, reader: &mut Box<dyn Reader>| -> Vec<String> {
+        reader
+            .trials(query)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.trial_id)
+            .collect()
+    };
+    let mut query = TrialQuery {
+        limit: 3,
+        ..TrialQuery::default()
+    };
+    let mut seen = Vec::new();
+    loop {
+        let rows = reader.trials(&query).unwrap();
+        let more = rows.len() > query.limit;
+        let rows = &rows[..rows.len().min(query.limit)];
+        seen.extend(rows.iter().map(|r| r.trial_id.clone()));
+        if !more {
+            break;
+        }
+        let last = rows.last().unwrap();
+        query.after = Some((last.created_at.clone(), last.trial_id.clone()));
+    }
+    assert_eq!(
+        seen,
+        ["t_6", "t_5", "t_4", "t_3", "job", "t_2", "t_1", "t_0"]
+    );
+    let scheduled = TrialQuery {
+        statuses: vec!["Scheduled".into()],
+        limit: 10,
+        ..TrialQuery::default()
+    };
+    assert_eq!(page(&scheduled, &mut reader), ["job"]);
+    let finished = TrialQuery {
+        statuses: vec!["Finished".into(), "Scheduled".into()],
+        limit: 10,
+        ..TrialQuery::default()
+    };
+    assert_eq!(
+        page(&finished, &mut reader),
+        ["t_6", "t_4", "job", "t_2", "t_0"]
+    );
+    let search = TrialQuery {
+        id_contains: Some("_5".into()),
+        limit: 10,
+        ..TrialQuery::default()
+    };
+    assert_eq!(page(&search, &mut reader), ["t_5"], "'_' is not a wildcard");
+}
+
+#[test]
+fn a_store_written_by_the_previous_release_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/store-v1.sqlite3"
+    );
+    std::fs::copy(fixture, dir.path().join(FILE_NAME)).unwrap();
+    let mut store = SqliteBackend::open(dir.path()).unwrap();
+    let loaded = store.load().unwrap();
+    assert!(loaded.quarantined.is_empty(), "{:?}", loaded.quarantined);
+    let find = |name: &str| {
+        loaded
+            .trials
+            .iter()
+            .find(|t| t.record.id.as_str() == name)
+            .unwrap_or_else(|| panic!("{name} recovered"))
+    };
+    assert_eq!(
+        find("v1-idle").record.checkpoint.position,
+        Position::Wait(Wait::Idle)
+    );
+    assert_eq!(
+        find("v1-active").record.checkpoint.position,
+        Position::Wait(Wait::Active)
+    );
+    assert_eq!(
+        find("v1-slice").record.checkpoint.position,
+        Position::Wait(Wait::SliceCreated)
+    );
+    assert_eq!(
+        find("v1-mid").record.checkpoint.position,
+        Position::Run(Step::EnforceUavPlan)
+    );
+    let failed = find("v1-failed");
+    assert_eq!(failed.record.lifecycle, Lifecycle::Failed);
+    assert!(
+        failed
+            .record
+            .checkpoint
+            .failure
+            .as_ref()
+            .is_some_and(|f| f.reported)
+    );
+    assert!(!find("v1-active").events.is_empty());
+    assert!(!find("v1-active").responses.is_empty());
+    assert_eq!(
+        loaded.trials.len(),
+        5,
+        "the finished trial is not recovered"
+    );
+    assert_eq!(loaded.jobs.len(), 1);
+    assert_eq!(loaded.revoked.len(), 2);
+    assert_eq!(loaded.automatic, Some(false));
+    let mut reader = store.reader().unwrap();
+    match reader.trial(&id("v1-finished")).unwrap() {
+        Some(StoredTrial::Readable(record)) => assert_eq!(record.lifecycle, Lifecycle::Finished),
+        other => panic!("v1-finished: {other:?}"),
+    }
+    assert!(reader.events(&id("v1-finished")).unwrap().len() > 10);
+}
