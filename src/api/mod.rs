@@ -37,7 +37,6 @@ use crate::config::Settings;
 use crate::heartbeat::Heartbeats;
 use crate::scheduler::Scheduler;
 use crate::tokens::TokenManager;
-use error::ApiError;
 
 /// What every handler can reach.
 #[derive(Clone)]
