@@ -16,6 +16,7 @@ use tokio::time::Instant as Deadline;
 use tracing::{error, info, warn};
 
 use super::sequence::{self, Next, Signal, Step, WAITS, Wait, Waiter};
+use super::state;
 use super::state::{
     Checkpoint, EventKind, Failure, Lifecycle, Mode, Position, Progress, SliceState,
 };
@@ -600,7 +601,7 @@ impl Executor {
         self.shared.set_progress(Some(Progress {
             progress: report.progress,
             message: report.message,
-            at: Utc::now(),
+            at: state::now(),
         }));
     }
 
@@ -688,7 +689,7 @@ impl Executor {
         let data = &self.checkpoint.data;
         self.checkpoint.failure = Some(Failure {
             reason: reason.clone(),
-            at: Utc::now(),
+            at: state::now(),
             reported: false,
             cleanup_failed,
             leftovers: if cleanup_failed {

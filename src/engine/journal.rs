@@ -9,10 +9,10 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use chrono::Utc;
 use tokio::sync::broadcast;
 
 use super::sequence::Step;
+use super::state;
 use super::state::{EventKind, ResponseRecord, TrialEvent};
 use crate::domain::TrialId;
 use crate::store::{Op, Store};
@@ -68,7 +68,7 @@ impl Journal {
         let mut inner = self.inner();
         let event = TrialEvent {
             seq: inner.events.len() as u64,
-            at: Utc::now(),
+            at: state::now(),
             event: kind,
             step: step.map(|s| s.name().to_owned()),
             detail,

@@ -21,7 +21,6 @@ pub mod watchdog;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use chrono::Utc;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -95,7 +94,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl EngineHandle {
     /// Creates the engine and starts it at the first step.
     pub fn start(id: TrialId, deps: Arc<EngineDeps>) -> Self {
-        let now = Utc::now();
+        let now = state::now();
         let record = TrialRecord {
             id,
             lifecycle: Lifecycle::Running,
@@ -395,7 +394,7 @@ impl EngineShared {
             if s.lifecycle == Lifecycle::Stopped {
                 return false;
             }
-            let now = Utc::now();
+            let now = state::now();
             s.lifecycle = lifecycle;
             s.position = checkpoint.position;
             s.mode = checkpoint.mode.clone();

@@ -6,11 +6,17 @@
 //! journal as they happen (see `journal.rs`), so a checkpoint stays the same size however long
 //! the trial runs.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
 use super::sequence::{Signal, Step, Wait};
+
+/// The time of something that happens to a trial, to the microsecond: the precision the store
+/// keeps, so a trial reads the same from memory and from the store.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
 
 /// Where an engine is in its life. The list view's [`EngineStatus`] and the executor's
 /// [`ExecutorStatus`] are both read off it, so they can never disagree.

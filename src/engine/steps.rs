@@ -10,6 +10,7 @@ use super::journal::Journal;
 use super::nst;
 use super::redact::Redactor;
 use super::sequence::Step;
+use super::state;
 use super::state::{
     EventKind, JobState, KpiStatus, ResponseRecord, SliceState, TrialData, TrialInfo, slice_id,
 };
@@ -362,7 +363,7 @@ pub fn record(
         error: None,
         duration_ms: 0,
         attempt,
-        at: Utc::now(),
+        at: state::now(),
     };
     match reply {
         Ok(reply) => {

@@ -19,6 +19,7 @@ use tracing::{Instrument, error, info, warn};
 use super::executor::{Checkpointed, Command, Control, ControlOutcome, Executor, ExecutorExit};
 use super::failure;
 use super::sequence::{self, Next, Waiter};
+use super::state;
 use super::state::{Checkpoint, EventKind, Failure, Lifecycle, Mode, Position};
 use super::{EngineShared, SIGNAL_QUEUE};
 use crate::store::{Op, TrialRecord};
@@ -185,14 +186,22 @@ impl Watchdog {
     /// Saves the latest checkpoint with where the engine stands; the executor waits for this
     /// before it sends its next request.
     async fn save(&self) -> Result<(), String> {
-        let now = Utc::now();
+        // The times the API shows, so the record reads the same once the engine is gone.
+        let (updated_at, ended_at) = {
+            let shown = self.shared.state.borrow();
+            (shown.updated_at, shown.ended_at)
+        };
         let record = TrialRecord {
             id: self.shared.id.clone(),
             lifecycle: self.lifecycle,
             checkpoint: self.checkpoint.clone(),
             created_at: self.checkpoint.started_at,
-            updated_at: now,
-            ended_at: self.lifecycle.is_ended().then_some(now),
+            updated_at,
+            ended_at: if self.lifecycle.is_ended() {
+                ended_at.or(Some(updated_at))
+            } else {
+                None
+            },
         };
         self.shared
             .deps
@@ -228,7 +237,7 @@ impl Watchdog {
             .event(EventKind::TrialFailed, None, Some(reason.clone()), None);
         self.checkpoint.failure = Some(Failure {
             reason,
-            at: Utc::now(),
+            at: state::now(),
             reported: false,
             cleanup_failed: matches!(self.checkpoint.mode, Mode::Cleanup { .. }),
             leftovers: Vec::new(),
@@ -249,11 +258,11 @@ impl Watchdog {
             failure.reported = true;
         }
         self.lifecycle = Lifecycle::Failed;
+        self.shared.move_to(Lifecycle::Failed, &self.checkpoint);
         if let Err(e) = self.save().await {
             error!(error = %e, "the failed status was not saved");
         }
         info!("failure procedure done; checkpoint kept for a restore");
-        self.shared.move_to(Lifecycle::Failed, &self.checkpoint);
     }
 
     /// Why a failed engine cannot be restored, skipped or aborted right now.

@@ -22,6 +22,8 @@ pub struct AppOptions {
     pub hooks: EngineHooks,
     /// A store backend instead of the SQLite file in a temporary directory.
     pub backend: Option<Box<dyn FnOnce() -> FlakyBackend>>,
+    /// Trials and faults the simulated platform has before the service starts.
+    pub platform: Box<dyn FnOnce(&Platform)>,
 }
 
 impl Default for AppOptions {
@@ -31,6 +33,7 @@ impl Default for AppOptions {
             settings: Box::new(|_| {}),
             hooks: EngineHooks::default(),
             backend: None,
+            platform: Box::new(|_| {}),
         }
     }
 }
@@ -138,6 +141,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     settings.store.data_dir = logs.path().join("data");
     platform.configure(&mut settings);
     (options.settings)(&mut settings);
+    (options.platform)(&platform);
     let app = match options.backend {
         Some(backend) => {
             Application::with_backend(settings, listener, options.hooks, backend()).await
@@ -275,19 +279,15 @@ impl TestApp {
 
     /// Polls the trial's status until `done` holds; panics after 20 s with the last status.
     pub async fn wait_for(&self, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        let mut last = Value::Null;
-        while tokio::time::Instant::now() < deadline {
-            let answer = self.get(&format!("/trial/{id}/status")).await;
-            if answer.status == StatusCode::OK {
-                if done(&answer.body) {
-                    return answer.body;
-                }
-                last = answer.body;
+        let path = format!("/trial/{id}/status");
+        eventually(&format!("trial {id}: {what}"), || async {
+            let answer = self.get(&path).await;
+            match answer.status == StatusCode::OK && done(&answer.body) {
+                true => Ok(answer.body),
+                false => Err(answer.body.to_string()),
             }
-            tokio::time::sleep(Duration::from_millis(15)).await;
-        }
-        panic!("trial {id} never reached {what}; last status: {last}");
+        })
+        .await
     }
 
     /// Waits until the executor pauses at the waiting point described by `waiting_for`.
@@ -390,14 +390,35 @@ impl TestApp {
 
     /// Polls until the engine of `id` exists; returns when it was first seen.
     pub async fn wait_engine(&self, id: &str) -> DateTime<Utc> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while tokio::time::Instant::now() < deadline {
-            if self.engines().await.iter().any(|(e, _)| e == id) {
-                return Utc::now();
+        eventually(&format!("an engine for {id}"), || async {
+            let engines = self.engines().await;
+            match engines.iter().any(|(e, _)| e == id) {
+                true => Ok(Utc::now()),
+                false => Err(format!("{engines:?}")),
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("no engine for {id}");
+        })
+        .await
+    }
+}
+
+/// Polls `check` until it gives a value; panics after 20 s naming `what` and the last state
+/// `check` described. The one way the tests wait for something to happen.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let last = match check().await {
+            Ok(value) => return value,
+            Err(last) => last,
+        };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never reached {what}; last seen: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(15)).await;
     }
 }
 

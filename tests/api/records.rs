@@ -1,0 +1,439 @@
+//! Records that last and stay small (SPEC §12): a database of the previous release is migrated
+//! and its trials finish; checkpoints do not grow with the trial; `/trials` lists, filters and
+//! pages; ended engines leave memory and read the same from the store; old trials are purged;
+//! a corrupt record is set aside without stopping start-up.
+
+use chrono::{Duration as Span, Utc};
+use lcm::domain::TrialId;
+use lcm::engine::sequence::Step;
+use lcm::engine::state::{Checkpoint, Lifecycle, Position};
+use lcm::sim::{Component, Fault, FaultAction, Platform};
+use lcm::store::sqlite::SqliteBackend;
+use lcm::store::{Backend, Op, TrialRecord};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// The checkpoint column of a trial, as the store holds it.
+fn stored_checkpoint(app: &TestApp, id: &str) -> String {
+    let path = app.logs.path().join("data").join("lcm.sqlite3");
+    let conn =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("the store opens");
+    conn.query_row(
+        "SELECT checkpoint FROM trials WHERE trial_id = ?1",
+        [id],
+        |row| row.get(0),
+    )
+    .expect("the trial has a record")
+}
+
+fn record(id: &str, lifecycle: Lifecycle, at: chrono::DateTime<Utc>) -> TrialRecord {
+    let mut checkpoint = Checkpoint::new(at);
+    checkpoint.position = Position::Run(Step::EnforceUavPlan);
+    TrialRecord {
+        id: TrialId::parse(id).expect("id"),
+        lifecycle,
+        checkpoint,
+        created_at: at,
+        updated_at: at,
+        ended_at: lifecycle.is_ended().then_some(at),
+    }
+}
+
+/// A data directory holding a store made of `ops`, for an app to start on.
+fn prepared_store(ops: Vec<Op>, damage: Option<&str>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = SqliteBackend::open(dir.path()).expect("store");
+    store.apply(&ops).expect("prepared");
+    if let Some(sql) = damage {
+        store.connection().execute_batch(sql).expect("damaged");
+    }
+    dir
+}
+
+async fn listed(app: &TestApp, query: &str) -> Value {
+    let answer = app.get(&format!("/trials{query}")).await;
+    assert_eq!(answer.status, StatusCode::OK, "{query}: {answer:?}");
+    answer.body
+}
+
+fn ids(page: &Value) -> Vec<String> {
+    page["trials"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|t| t["trial_id"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_the_previous_release_is_migrated_and_its_trials_finish() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/store-v1.sqlite3"
+    );
+    std::fs::copy(fixture, data.path().join("lcm.sqlite3")).expect("fixture copied");
+    let path = data.path().to_path_buf();
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(move |s| s.store.data_dir = path),
+        // The trials where the previous release left them in the repository.
+        platform: Box::new(|platform| {
+            for (id, status) in [
+                ("v1-mid", "ACTIVATING_1"),
+                ("v1-slice", "APPROVED"),
+                ("v1-idle", "IDLE"),
+                ("v1-active", "ACTIVE"),
+                ("v1-failed", "FAILED"),
+                ("v1-finished", "FINISHED"),
+            ] {
+                let mut trial = Platform::trial(id, None);
+                trial["status"] = status.into();
+                platform.add_trial(trial);
+            }
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+
+    let engines = app.engines().await;
+    for (id, status) in [
+        ("v1-mid", "Active"),
+        ("v1-slice", "Active"),
+        ("v1-idle", "Active"),
+        ("v1-active", "Active"),
+        ("v1-failed", "Failed"),
+    ] {
+        assert!(
+            engines.iter().any(|(e, s)| e == id && s == status),
+            "{id} should be {status}: {engines:?}"
+        );
+    }
+    let finished = app.trial_status("v1-finished").await;
+    assert_eq!(finished["engine_status"], "Finished", "{finished}");
+    let history = app.get("/trial/v1-finished/history").await.body;
+    assert!(history["history"].as_array().expect("list").len() > 10);
+    let scheduled = listed(&app, "?status=Scheduled").await;
+    assert_eq!(ids(&scheduled), ["v1-future"]);
+    let revoked = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/store-v1-revoked-token.txt"
+    ))
+    .expect("token");
+    let verify = app
+        .call_as(Method::GET, "/token/v1-idle", None, Some(revoked.trim()))
+        .await;
+    assert_eq!(verify.status, StatusCode::UNAUTHORIZED, "{verify:?}");
+
+    // Every trial carries on to its end.
+    app.wait_waiting("v1-slice", "slice callback (slice created)")
+        .await;
+    let token = app.post("/token/v1-slice", None).await.body["Authorization"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    assert_eq!(
+        app.callback("v1-slice", "slice", Some(&token)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.post("/debug/engine/v1-failed/restore", None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.post("/trial/v1-active/finish", None).await.status,
+        StatusCode::OK
+    );
+    for id in ["v1-mid", "v1-slice", "v1-idle", "v1-failed"] {
+        app.drive_to_finished(id).await;
+    }
+    app.wait_finished("v1-active").await;
+    assert_eq!(
+        app.platform.status_history("v1-mid"),
+        ["ACTIVATING_2", "IDLE", "ACTIVE", "STOPPING", "FINISHED"],
+        "v1-mid re-ran the step in flight and went on"
+    );
+}
+
+#[tokio::test]
+async fn a_checkpoint_stays_the_same_size_however_long_the_trial_runs() {
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(single_attempt),
+        ..AppOptions::default()
+    })
+    .await;
+    let id = "long-lived";
+    // The repository refuses the status of UpdateUavPlanStatus (and the FAILED report after
+    // it) ten times over.
+    app.platform.inject(
+        Fault::new(
+            Component::Repository,
+            "PUT",
+            "/trial/",
+            FaultAction::Status(500),
+        )
+        .after(1)
+        .times(20),
+    );
+    app.start_trial(id).await;
+    let mut sizes = Vec::new();
+    for round in 0..10 {
+        let failed = app.wait_failed(id).await;
+        assert_eq!(failed["state"], "UpdateUavPlanStatus", "round {round}");
+        sizes.push(stored_checkpoint(&app, id).len());
+        let restore = app.post(&format!("/debug/engine/{id}/restore"), None).await;
+        assert_eq!(restore.status, StatusCode::OK, "{restore:?}");
+    }
+    app.drive_to_finished(id).await;
+    let history = app.get(&format!("/trial/{id}/history")).await.body;
+    assert!(history["history"].as_array().expect("list").len() > 60);
+    let (smallest, largest) = (
+        sizes.iter().min().copied().unwrap_or_default(),
+        sizes.iter().max().copied().unwrap_or_default(),
+    );
+    // Only the run counter grows a digit.
+    assert!(
+        largest - smallest <= 2,
+        "the checkpoint grew with the trial: {sizes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listing_pages_newest_first_with_every_filter() {
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(single_attempt),
+        ..AppOptions::default()
+    })
+    .await;
+    app.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "POST",
+            "/flightplan",
+            FaultAction::Status(500),
+        )
+        .for_trial("list-failed"),
+    );
+    for id in ["list-idle", "list-failed", "list-done"] {
+        app.start_trial(id).await;
+        app.wait_engine(id).await;
+    }
+    for id in ["list-later-1", "list-later-2"] {
+        let start = (Utc::now() + Span::hours(1)).to_rfc3339();
+        assert_eq!(app.schedule(id, &start).await.status, StatusCode::OK);
+    }
+    app.wait_waiting("list-idle", "operator (active or finish)")
+        .await;
+    app.wait_failed("list-failed").await;
+    app.drive_to_finished("list-done").await;
+
+    let everything = ids(&listed(&app, "?limit=500").await);
+    assert_eq!(
+        everything,
+        [
+            "list-later-2",
+            "list-later-1",
+            "list-done",
+            "list-failed",
+            "list-idle"
+        ],
+        "newest first"
+    );
+    let mut paged = Vec::new();
+    let mut query = "?limit=2".to_owned();
+    loop {
+        let page = listed(&app, &query).await;
+        assert!(ids(&page).len() <= 2);
+        paged.extend(ids(&page));
+        match page["next_cursor"].as_str() {
+            Some(cursor) => query = format!("?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(paged, everything, "the pages hold every trial once");
+
+    for (query, expected) in [
+        ("?status=Scheduled", vec!["list-later-2", "list-later-1"]),
+        ("?status=Active", vec!["list-idle"]),
+        ("?status=Failed,Finished", vec!["list-done", "list-failed"]),
+        (
+            "?status=Failed&status=Active",
+            vec!["list-failed", "list-idle"],
+        ),
+        ("?q=later-1", vec!["list-later-1"]),
+        ("?q=fail&status=Failed", vec!["list-failed"]),
+        ("?status=Aborted", vec![]),
+    ] {
+        assert_eq!(ids(&listed(&app, query).await), expected, "{query}");
+    }
+    let idle = &listed(&app, "?status=Active").await["trials"][0];
+    assert_eq!(idle["status"], "Waiting");
+    assert_eq!(idle["waiting_for"], "the operator (active or finish)");
+    let failed = &listed(&app, "?status=Failed").await["trials"][0];
+    assert!(
+        failed["failure"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("EnforceUavPlan failed")),
+        "{failed}"
+    );
+    for bad in [
+        "?status=Running",
+        "?limit=0",
+        "?limit=501",
+        "?limit=ten",
+        "?q=a%20b",
+        "?cursor=not-a-cursor",
+        "?page=2",
+    ] {
+        let answer = app.get(&format!("/trials{bad}")).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{bad}: {answer:?}");
+        assert!(!answer.detail().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn an_ended_engine_leaves_memory_and_reads_the_same_from_the_store() {
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(|s| s.engine.keep_finished_secs = 3),
+        ..AppOptions::default()
+    })
+    .await;
+    let id = "evicted";
+    app.start_trial(id).await;
+    app.drive_to_finished(id).await;
+    let read = |what: &'static str| {
+        let app = &app;
+        async move { app.get(&format!("/trial/{id}/{what}")).await.body }
+    };
+    let (status, history, responses) = (
+        read("status").await,
+        read("history").await,
+        read("responses").await,
+    );
+    assert!(
+        app.engines().await.iter().any(|(e, _)| e == id),
+        "the first reads came from memory"
+    );
+    eventually("the finished engine to leave memory", || async {
+        let engines = app.engines().await;
+        match engines.iter().any(|(e, _)| e == id) {
+            false => Ok(()),
+            true => Err(format!("{engines:?}")),
+        }
+    })
+    .await;
+    assert_eq!(read("status").await, status);
+    assert_eq!(read("history").await, history);
+    assert_eq!(read("responses").await, responses);
+    assert_eq!(status["engine_status"], "Finished");
+    let listed = listed(&app, "?status=Finished").await;
+    assert_eq!(ids(&listed), [id]);
+    let again = app.schedule(id, &in_ms(60_000)).await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{again:?}");
+    assert!(again.detail().contains("has run already"), "{again:?}");
+    let forgotten = app.delete(&format!("/debug/engine/{id}")).await;
+    assert_eq!(forgotten.status, StatusCode::OK, "{forgotten:?}");
+    assert_eq!(
+        app.get(&format!("/trial/{id}/status")).await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn trials_past_their_retention_are_purged_and_failed_ones_kept() {
+    let now = Utc::now();
+    let old = now - Span::days(30);
+    let data = prepared_store(
+        vec![
+            Op::PutTrial(Box::new(record("old-finished", Lifecycle::Finished, old))),
+            Op::PutTrial(Box::new(record("old-aborted", Lifecycle::Aborted, old))),
+            Op::PutTrial(Box::new(record("old-failed", Lifecycle::Failed, old))),
+            Op::PutTrial(Box::new(record(
+                "recent-finished",
+                Lifecycle::Finished,
+                now,
+            ))),
+        ],
+        None,
+    );
+    let path = data.path().to_path_buf();
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(move |s| {
+            s.store.data_dir = path;
+            s.store.retention_days = 7;
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    eventually("the purge of old trials", || async {
+        let left = ids(&listed(&app, "").await);
+        match left == ["recent-finished", "old-failed"] {
+            true => Ok(()),
+            false => Err(format!("{left:?}")),
+        }
+    })
+    .await;
+    assert_eq!(
+        app.get("/trial/old-finished/history").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_record_is_set_aside_and_start_up_goes_on() {
+    let now = Utc::now();
+    let data = prepared_store(
+        vec![
+            Op::PutTrial(Box::new(record("garbled", Lifecycle::Running, now))),
+            Op::PutTrial(Box::new(record(
+                "healthy",
+                Lifecycle::Running,
+                now + Span::seconds(1),
+            ))),
+        ],
+        Some("UPDATE trials SET checkpoint = 'not json' WHERE trial_id = 'garbled'"),
+    );
+    let path = data.path().to_path_buf();
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(move |s| s.store.data_dir = path),
+        platform: Box::new(|platform| platform.add_trial(Platform::trial("healthy", None))),
+        ..AppOptions::default()
+    })
+    .await;
+    let engines = app.engines().await;
+    assert!(engines.iter().any(|(e, _)| e == "healthy"), "{engines:?}");
+    assert!(!engines.iter().any(|(e, _)| e == "garbled"), "{engines:?}");
+    let corrupt = listed(&app, "?status=Corrupt").await;
+    assert_eq!(ids(&corrupt), ["garbled"]);
+    assert!(
+        corrupt["trials"][0]["failure"]
+            .as_str()
+            .is_some_and(|f| f.contains("unreadable checkpoint")),
+        "{corrupt}"
+    );
+    let status = app.trial_status("garbled").await;
+    assert_eq!(status["engine_status"], "Corrupt", "{status}");
+}
+
+#[tokio::test]
+async fn concurrent_deletes_remove_an_engine_exactly_once() {
+    let app = spawn_app().await;
+    let id = "deleted-once";
+    app.start_trial(id).await;
+    app.wait_waiting(id, "operator (active or finish)").await;
+    let path = format!("/debug/engine/{id}");
+    let answers = futures_util::future::join_all((0..10).map(|_| app.delete(&path))).await;
+    let ok = answers
+        .iter()
+        .filter(|a| a.status == StatusCode::OK)
+        .count();
+    let gone = answers
+        .iter()
+        .filter(|a| a.status == StatusCode::NOT_FOUND)
+        .count();
+    assert_eq!((ok, gone), (1, 9), "{answers:?}");
+}
