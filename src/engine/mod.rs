@@ -315,13 +315,20 @@ impl EngineHandle {
         &self,
         request: impl FnOnce(oneshot::Sender<Result<String, RestoreError>>) -> ControlRequest,
     ) -> Result<String, RestoreError> {
-        if self.shared.state.borrow().lifecycle.is_ended() {
-            let ended = if self.shared.state.borrow().lifecycle == Lifecycle::Aborted {
-                "been aborted"
-            } else {
-                "finished"
-            };
-            return Err(RestoreError::Ended(ended));
+        {
+            let shown = self.shared.state.borrow();
+            match shown.lifecycle {
+                Lifecycle::Finished => return Err(RestoreError::Ended("finished")),
+                Lifecycle::Aborted => return Err(RestoreError::Ended("been aborted")),
+                // The watchdog answers once the failure procedure is done; say so at once.
+                Lifecycle::Failed if shown.failure.as_ref().is_some_and(|f| !f.reported) => {
+                    return Err(RestoreError::Reporting);
+                }
+                Lifecycle::Failed
+                | Lifecycle::Running
+                | Lifecycle::Waiting
+                | Lifecycle::Stopped => {}
+            }
         }
         let (reply, answer) = oneshot::channel();
         self.shared

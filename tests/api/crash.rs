@@ -423,3 +423,168 @@ async fn sigterm_stops_the_service_even_with_an_event_stream_open() {
     .await;
     assert!(rest.is_ok(), "the event stream ended");
 }
+
+/// Sends SIGTERM to the binary and waits for it to exit successfully.
+async fn terminate(app: &mut TestApp) {
+    let Server::Process(child) = &mut app.server else {
+        unreachable!("the binary runs as a process");
+    };
+    let pid = child.id().expect("pid").to_string();
+    let sent = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .expect("kill runs");
+    assert!(sent.success());
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("the service stops")
+        .expect("exit status");
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_service_reports_no_failure_and_every_trial_carries_on() {
+    let (slice, idle, active, mid, paused) = (
+        "stop-slice",
+        "stop-idle",
+        "stop-active",
+        "stop-mid",
+        "stop-paused",
+    );
+    let all = [slice, idle, active, mid, paused];
+    let (mut app, dir, port) = spawn_binary(|platform| {
+        for id in all {
+            platform.add_trial(Platform::trial(id, None));
+        }
+        platform.inject(
+            Fault::new(
+                Component::Enforcement,
+                "POST",
+                "/sliceDeployment",
+                FaultAction::DropCallback,
+            )
+            .for_trial(slice)
+            .times(1),
+        );
+        platform.inject(
+            Fault::new(
+                Component::Enforcement,
+                "POST",
+                "/flightplan",
+                FaultAction::Delay(Duration::from_secs(600)),
+            )
+            .for_trial(mid)
+            .times(1),
+        );
+    })
+    .await;
+    for id in all {
+        app.start_trial(id).await;
+    }
+    app.wait_waiting(slice, "slice callback (slice created)")
+        .await;
+    for id in [idle, active, paused] {
+        app.wait_waiting(id, "operator (active or finish)").await;
+    }
+    app.wait_for(mid, "EnforceUavPlan in flight", |s| {
+        s["step"] == "EnforceUavPlan"
+    })
+    .await;
+    assert_eq!(
+        app.post(&format!("/trial/{active}/active"), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    app.wait_waiting(active, "operator (finish)").await;
+    assert_eq!(
+        app.post(&format!("/trial/{paused}/pause"), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.post(&format!("/trial/{paused}/active"), None)
+            .await
+            .status,
+        StatusCode::OK,
+        "a paused trial still takes its signal"
+    );
+    app.wait_for(paused, "held before SendKpiActive", |s| {
+        s["step"] == "SendKpiActive" && s["paused"] == true
+    })
+    .await;
+
+    // Twice over: stopping the service while trials wait is never a failure.
+    for _ in 0..2 {
+        terminate(&mut app).await;
+        for id in all {
+            assert!(
+                !app.platform
+                    .status_history(id)
+                    .contains(&"FAILED".to_owned()),
+                "{id} was reported FAILED: {:?}",
+                app.platform.status_history(id)
+            );
+            assert!(
+                !dir.path()
+                    .join("logs")
+                    .join(format!("executor_{id}_fail.log"))
+                    .exists(),
+                "{id} has a failure file"
+            );
+        }
+        app.server = Server::Process(start_binary(dir.path(), port).await);
+        let engines = app.engines().await;
+        for id in all {
+            assert!(
+                engines.iter().any(|(e, s)| e == id && s == "Active"),
+                "{id} carries on: {engines:?}"
+            );
+        }
+        let status = app.trial_status(paused).await;
+        assert_eq!(
+            status["paused"], true,
+            "the pause outlives a restart: {status}"
+        );
+    }
+
+    app.wait_waiting(slice, "slice callback (slice created)")
+        .await;
+    let token = app.token_of(slice);
+    assert_eq!(
+        app.callback(slice, "slice", Some(&token)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.post(&format!("/trial/{paused}/resume"), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.post(&format!("/trial/{active}/finish"), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    for id in [slice, idle, mid] {
+        app.drive_to_finished(id).await;
+    }
+    app.wait_waiting(paused, "operator (finish)").await;
+    assert_eq!(
+        app.post(&format!("/trial/{paused}/finish"), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    for id in all {
+        app.wait_finished(id).await;
+        assert_eq!(
+            app.platform.status_history(id).last().map(String::as_str),
+            Some("FINISHED"),
+            "{id}"
+        );
+    }
+}

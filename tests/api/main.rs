@@ -11,6 +11,7 @@ mod helpers;
 mod load;
 mod observe;
 mod openapi;
+mod races;
 mod records;
 mod scheduling;
 mod tokens;

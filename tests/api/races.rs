@@ -1,0 +1,178 @@
+//! Races a review found: a restore racing a delete, a schedule whose save fails, a failed
+//! trial recovered before its failure procedure was done. Each refused or finished change
+//! must leave nothing behind.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::future::join_all;
+use lcm::domain::TrialId;
+use lcm::engine::sequence::Step;
+use lcm::engine::state::{Checkpoint, Failure, Lifecycle, Position};
+use lcm::sim::{Component, Fault, FaultAction, Platform};
+use lcm::store::sqlite::SqliteBackend;
+use lcm::store::{Backend, Op, TrialRecord};
+use reqwest::StatusCode;
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_a_delete_answers_no_request_of_the_trial_leaves() {
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(single_attempt),
+        ..AppOptions::default()
+    })
+    .await;
+    let raced: Vec<String> = (0..8).map(|i| format!("raced-{i}")).collect();
+    for id in &raced {
+        app.platform.inject(
+            Fault::new(
+                Component::Enforcement,
+                "POST",
+                "/flightplan",
+                FaultAction::Status(500),
+            )
+            .for_trial(id)
+            .times(1),
+        );
+        app.start_trial(id).await;
+    }
+    for id in &raced {
+        app.wait_failed(id).await;
+    }
+    // Each trial is restored and deleted at the same moment.
+    let app = &app;
+    let answers = join_all(raced.iter().map(|id| async move {
+        let (restore, delete) = (
+            format!("/debug/engine/{id}/restore"),
+            format!("/debug/engine/{id}"),
+        );
+        let (_, deleted) = tokio::join!(app.post(&restore, None), app.delete(&delete));
+        (Utc::now(), deleted)
+    }))
+    .await;
+    for (_, deleted) in &answers {
+        assert_eq!(deleted.status, StatusCode::OK, "{deleted:?}");
+    }
+    // A trial run to IDLE meanwhile: long enough for a stray executor to send something.
+    app.start_trial("sentinel").await;
+    app.wait_waiting("sentinel", "operator (active or finish)")
+        .await;
+    for (id, (deleted_at, _)) in raced.iter().zip(&answers) {
+        let late: Vec<String> = app
+            .platform
+            .requests_for(id)
+            .iter()
+            .filter(|r| r.at > *deleted_at)
+            .map(|r| r.line())
+            .collect();
+        assert!(late.is_empty(), "{id} sent after its delete: {late:?}");
+        assert_eq!(
+            app.get(&format!("/trial/{id}/status")).await.status,
+            StatusCode::NOT_FOUND
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_schedule_that_was_not_saved_never_starts() {
+    let broken = Arc::new(AtomicBool::new(false));
+    let switch = broken.clone();
+    let app = spawn_app_with(AppOptions {
+        backend: Some(Box::new(move || FlakyBackend {
+            inner: SqliteBackend::in_memory().expect("in-memory store"),
+            broken: switch,
+        })),
+        ..AppOptions::default()
+    })
+    .await;
+    let (unsaved, sentinel) = ("unsaved", "after-unsaved");
+    for id in [unsaved, sentinel] {
+        app.platform.add_trial(Platform::trial(id, None));
+    }
+    broken.store(true, Ordering::SeqCst);
+    let refused = app.schedule(unsaved, &in_ms(300)).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{refused:?}"
+    );
+    broken.store(false, Ordering::SeqCst);
+    // Once a trial scheduled after it has started, the refused one's time has passed.
+    assert_eq!(
+        app.schedule(sentinel, &in_ms(600)).await.status,
+        StatusCode::OK
+    );
+    app.wait_engine(sentinel).await;
+    let engines = app.engines().await;
+    assert!(!engines.iter().any(|(e, _)| e == unsaved), "{engines:?}");
+    assert!(app.platform.requests_for(unsaved).is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_trial_recovered_mid_report_finishes_its_report_before_a_restore() {
+    let id = "half-reported";
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let mut store = SqliteBackend::open(dir.path()).expect("store");
+        let now = Utc::now();
+        let mut checkpoint = Checkpoint::new(now);
+        checkpoint.position = Position::Run(Step::GetCallbackToken);
+        checkpoint.failure = Some(Failure {
+            reason: "GetCallbackToken failed: checkpoint not saved".to_owned(),
+            at: now,
+            reported: false,
+            cleanup_failed: false,
+            leftovers: Vec::new(),
+        });
+        store
+            .apply(&[Op::PutTrial(Box::new(TrialRecord {
+                id: TrialId::parse(id).expect("id"),
+                lifecycle: Lifecycle::Failed,
+                checkpoint,
+                created_at: now,
+                updated_at: now,
+                ended_at: None,
+            }))])
+            .expect("saved");
+    }
+    let path = dir.path().to_path_buf();
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(move |s| s.store.data_dir = path),
+        platform: Box::new(move |platform| {
+            platform.add_trial(Platform::trial(id, None));
+            // The report takes a while: long enough to try a restore meanwhile.
+            platform.inject(
+                Fault::new(
+                    Component::Repository,
+                    "PUT",
+                    "/trial/",
+                    FaultAction::Delay(Duration::from_millis(1500)),
+                )
+                .times(1),
+            );
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    let early = app.trial_status(id).await;
+    assert_eq!(early["restorable"], false, "{early}");
+    let refused = app.post(&format!("/debug/engine/{id}/restore"), None).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{refused:?}");
+    assert!(
+        refused.detail().contains("failure procedure"),
+        "{refused:?}"
+    );
+    app.wait_failed(id).await;
+    assert_eq!(app.platform.status_history(id), ["FAILED"]);
+    assert!(app.failure_file(id).is_some());
+    assert_eq!(
+        app.post(&format!("/debug/engine/{id}/restore"), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    app.drive_to_finished(id).await;
+}
