@@ -5,11 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tracing::{error, warn};
 
 use crate::bench::{self, BenchOptions};
-use crate::config::Settings;
+use crate::config::{ConfigFile, FileOrigin, Settings};
 use crate::demo::{self, DemoOptions};
 use crate::startup::{Application, shutdown_signal};
 use crate::telemetry;
@@ -65,7 +66,19 @@ pub struct BenchArgs {
 
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // An error about the file says which of the two named it.
+    let config = cli.config.map(|path| ConfigFile {
+        path,
+        origin: match matches.value_source("config") {
+            Some(ValueSource::EnvVariable) => FileOrigin::Variable,
+            _ => FileOrigin::Flag,
+        },
+    });
     let command = match cli.command.unwrap_or(Command::Serve) {
         // The benchmark builds its own runtimes, to tell the LCM's threads from its own.
         Command::Bench(args) => {
@@ -90,15 +103,18 @@ pub fn main() -> ExitCode {
     };
     match command {
         Command::Demo { port, exit } => runtime.block_on(demo::run(DemoOptions { port, exit })),
-        Command::Serve | Command::Bench(_) => runtime.block_on(serve(cli.config)),
+        Command::Serve | Command::Bench(_) => runtime.block_on(serve(config)),
     }
 }
 
-async fn serve(config: Option<PathBuf>) -> ExitCode {
-    let settings = match Settings::load(config.as_deref()) {
+async fn serve(config: Option<ConfigFile>) -> ExitCode {
+    let settings = match Settings::load(config.as_ref()) {
         Ok(settings) => settings,
         Err(e) => {
-            eprintln!("lcm: {e}");
+            // One problem a line, every line marked as ours.
+            for line in e.to_string().lines() {
+                eprintln!("lcm: {line}");
+            }
             return ExitCode::FAILURE;
         }
     };
