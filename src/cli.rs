@@ -5,18 +5,30 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tracing::{error, warn};
 
 use crate::bench::{self, BenchOptions};
-use crate::config::Settings;
+use crate::config::{ConfigFile, FileOrigin, Settings};
 use crate::demo::{self, DemoOptions};
 use crate::startup::{Application, shutdown_signal};
 use crate::telemetry;
 
 /// Trial Lifecycle Manager: schedules 5G drone trials and runs one engine per trial.
 #[derive(Parser)]
-#[command(name = "lcm", version)]
+#[command(
+    name = "lcm",
+    version,
+    long_about = "Trial Lifecycle Manager: schedules 5G drone trials and runs one engine per \
+trial.\n\nWithout a command it runs the service (`lcm serve`): a REST API on server.bind \
+(0.0.0.0:5000 by default) that schedules trials and drives each one through the trial \
+repository, trial enforcement and KPI monitoring. Settings come from the built-in defaults, \
+config/default.toml in the working directory, the --config file and LCM__SECTION__KEY \
+environment variables, in that order; an unknown key or a bad value stops start-up naming it.",
+    after_help = "Example:\n  LCM__AUTH__API_KEY=a-long-random-key lcm --config /etc/lcm/lcm.toml\n\n\
+To try it without a platform: lcm demo"
+)]
 pub struct Cli {
     /// Configuration file layered over the built-in defaults (`serve` only; the demo and the
     /// benchmark use the built-in defaults).
@@ -33,6 +45,14 @@ pub enum Command {
     Serve,
     /// Run one trial from schedule to FINISHED against simulated trial components on
     /// 127.0.0.1, showing each step; then keep serving until Ctrl-C.
+    #[command(
+        long_about = "Runs one trial from schedule to FINISHED against simulated trial \
+components on 127.0.0.1, printing each step as it happens, then keeps serving the API (with \
+its docs at http://127.0.0.1:<port>/) until Ctrl-C. It needs no platform and no \
+configuration: the built-in defaults are used, and its store and logs live in a temporary \
+directory.",
+        after_help = "Example:\n  lcm demo --port 5050 --exit"
+    )]
     Demo {
         /// Port of the Lifecycle Manager on 127.0.0.1.
         #[arg(long, default_value_t = 5000)]
@@ -43,6 +63,14 @@ pub enum Command {
     },
     /// Measure the Lifecycle Manager under load against simulated trial components on
     /// 127.0.0.1 and print a table.
+    #[command(
+        long_about = "Measures the Lifecycle Manager under load: runs complete trials against \
+simulated trial components on 127.0.0.1 through the REST API, N in flight at once, and prints \
+throughput, overhead per step, CPU per trial, memory and threads. With --idle it instead holds \
+that many engines at the IDLE waiting point and measures their memory. It uses the built-in \
+defaults, not a configuration file.",
+        after_help = "Example:\n  lcm bench --trials 1000 --concurrency 100"
+    )]
     Bench(BenchArgs),
 }
 
@@ -65,7 +93,19 @@ pub struct BenchArgs {
 
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // An error about the file says which of the two named it.
+    let config = cli.config.map(|path| ConfigFile {
+        path,
+        origin: match matches.value_source("config") {
+            Some(ValueSource::EnvVariable) => FileOrigin::Variable,
+            _ => FileOrigin::Flag,
+        },
+    });
     let command = match cli.command.unwrap_or(Command::Serve) {
         // The benchmark builds its own runtimes, to tell the LCM's threads from its own.
         Command::Bench(args) => {
@@ -90,15 +130,18 @@ pub fn main() -> ExitCode {
     };
     match command {
         Command::Demo { port, exit } => runtime.block_on(demo::run(DemoOptions { port, exit })),
-        Command::Serve | Command::Bench(_) => runtime.block_on(serve(cli.config)),
+        Command::Serve | Command::Bench(_) => runtime.block_on(serve(config)),
     }
 }
 
-async fn serve(config: Option<PathBuf>) -> ExitCode {
-    let settings = match Settings::load(config.as_deref()) {
+async fn serve(config: Option<ConfigFile>) -> ExitCode {
+    let settings = match Settings::load(config.as_ref()) {
         Ok(settings) => settings,
         Err(e) => {
-            eprintln!("lcm: {e}");
+            // One problem a line, every line marked as ours.
+            for line in e.to_string().lines() {
+                eprintln!("lcm: {line}");
+            }
             return ExitCode::FAILURE;
         }
     };

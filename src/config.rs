@@ -2,15 +2,21 @@
 //!
 //! Order, later overriding earlier: the compiled-in `config/default.toml`, a
 //! `config/default.toml` in the working directory, the file named by `--config` or
-//! `LCM_CONFIG`, and `LCM__SECTION__KEY` environment variables. [`Settings::validate`] turns a
-//! configuration that cannot work into an error that names the key.
+//! `LCM_CONFIG`, and `LCM__SECTION__KEY` environment variables. A key the settings do not take
+//! is refused, naming the known key nearest to it; a value of the wrong type is refused, saying
+//! what the key accepts; [`Settings::validate`] turns a configuration that cannot work into an
+//! error that names the key. Each says where the key was set (the file or the variable).
+
+mod keys;
+mod load;
+
+pub use load::{ConfigFile, FileOrigin};
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
 use url::Url;
 
@@ -28,12 +34,24 @@ const MAX_DURATION_SECS: u64 = 10 * 366 * 24 * 3600;
 /// A configuration that cannot be loaded or cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// A source could not be read or parsed, or a value has the wrong type.
+    /// The `config` crate failed in a way not told more precisely.
     #[error("cannot load configuration: {0}")]
     Load(#[from] config::ConfigError),
     /// A value parsed but cannot work; names the key.
     #[error("configuration key `{key}`: {reason}")]
     Invalid { key: String, reason: String },
+    /// The file named by `--config` or `LCM_CONFIG` is not there.
+    #[error("{0}: there is no configuration file there")]
+    NoFile(ConfigFile),
+    /// A configuration file could not be read or is not TOML.
+    #[error("configuration file {}: {reason}", path.display())]
+    File { path: PathBuf, reason: String },
+    /// An `LCM__…` environment variable whose value is not UTF-8 text.
+    #[error("environment variable {0}: the value is not UTF-8 text")]
+    NotText(String),
+    /// Unknown keys and refused values, each with where it was set; one a line.
+    #[error("{0}")]
+    Refused(load::Problems),
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -359,50 +377,26 @@ pub struct AbstractionLayerSettings {
 }
 
 impl Settings {
-    /// Loads the layered configuration. `file` is the `--config` / `LCM_CONFIG` path.
-    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+    /// Loads the layered configuration; `file` is the one of `--config` or `LCM_CONFIG`.
+    pub fn load(file: Option<&ConfigFile>) -> Result<Self, ConfigError> {
         Self::load_with_env(file, None)
     }
 
     /// [`Settings::load`], reading `env` instead of the process environment when given.
     pub fn load_with_env(
-        file: Option<&Path>,
+        file: Option<&ConfigFile>,
         env: Option<std::collections::HashMap<String, String>>,
     ) -> Result<Self, ConfigError> {
-        let mut builder = Config::builder()
-            .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
-            .add_source(File::new("config/default.toml", FileFormat::Toml).required(false));
-        if let Some(path) = file {
-            if !path.is_file() {
-                return Err(invalid(
-                    "--config",
-                    format!("no configuration file at {}", path.display()),
-                ));
-            }
-            builder = builder.add_source(File::from(path).format(FileFormat::Toml));
-        }
-        let settings: Settings = builder
-            .add_source(
-                // Values stay text (an API key "0123" must not become 123); typed fields
-                // parse their text when the settings are read.
-                Environment::with_prefix("LCM")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .source(env),
-            )
-            .build()?
-            .try_deserialize()?;
-        settings.validate()?;
-        Ok(settings)
+        let env = match env {
+            Some(env) => env,
+            None => process_env()?,
+        };
+        load::load(file, env)
     }
 
     /// Loads only the compiled-in defaults (tests, demo and benchmark start from these).
     pub fn defaults() -> Result<Self, ConfigError> {
-        let settings: Settings = Config::builder()
-            .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
-            .build()?
-            .try_deserialize()?;
-        Ok(settings)
+        load::defaults()
     }
 
     /// Refuses a configuration that cannot work, naming the key.
@@ -572,16 +566,10 @@ impl Settings {
                 format!("no file at {}", path.display()),
             ));
         }
-        let services = &self.services;
-        validate_service("services.trial_repository.url", &services.trial_repository)?;
-        validate_service(
-            "services.trial_enforcement.url",
-            &services.trial_enforcement,
-        )?;
-        validate_service("services.kpi_monitoring.url", &services.kpi_monitoring)?;
-        if let Some(oauth2) = &services.kpi_monitoring.oauth2 {
-            parse_http_url("services.kpi_monitoring.oauth2.auth_url", &oauth2.auth_url)?;
+        for service in crate::services::Service::ALL {
+            validate_service(service.name(), self.service(service))?;
         }
+        let services = &self.services;
         parse_http_url(
             "services.abstraction_layer.url",
             &services.abstraction_layer.url,
@@ -660,6 +648,23 @@ impl Settings {
     }
 }
 
+/// The process's `LCM__…` variables; one whose value is not UTF-8 text is refused rather than
+/// read as something else.
+fn process_env() -> Result<std::collections::HashMap<String, String>, ConfigError> {
+    std::env::vars_os()
+        .filter_map(|(key, value)| {
+            let key = key.into_string().ok()?;
+            key.to_lowercase()
+                .starts_with("lcm__")
+                .then_some((key, value))
+        })
+        .map(|(key, value)| match value.into_string() {
+            Ok(value) => Ok((key, value)),
+            Err(_) => Err(ConfigError::NotText(key)),
+        })
+        .collect()
+}
+
 /// A level (`info`) or a list of directives, each a level or `target=level`. A bare word that
 /// is not a level would silently be read as a target name, so it is refused.
 fn valid_log_filter(filter: &str) -> bool {
@@ -671,18 +676,31 @@ fn valid_log_filter(filter: &str) -> bool {
         })
 }
 
-fn validate_service(key: &'static str, service: &ServiceSettings) -> Result<(), ConfigError> {
-    parse_http_url(key, &service.url)?;
-    if service.username.is_some() != service.password.is_some() {
+fn validate_service(name: &str, service: &ServiceSettings) -> Result<(), ConfigError> {
+    let key = |field: &str| format!("services.{name}.{field}");
+    parse_http_url(&key("url"), &service.url)?;
+    // Name the half that is missing, not the half that was set.
+    let (set, missing) = match (&service.username, &service.password) {
+        (Some(_), None) => ("username", "password"),
+        (None, Some(_)) => ("password", "username"),
+        _ => ("", ""),
+    };
+    if !missing.is_empty() {
         return Err(invalid(
-            key,
-            "username and password go together: set both or neither",
+            key(missing),
+            format!(
+                "missing: `{}` is set, and username and password go together",
+                key(set)
+            ),
         ));
+    }
+    if let Some(oauth2) = &service.oauth2 {
+        parse_http_url(&key("oauth2.auth_url"), &oauth2.auth_url)?;
     }
     Ok(())
 }
 
-fn parse_http_url(key: &'static str, value: &str) -> Result<Url, ConfigError> {
+fn parse_http_url(key: &str, value: &str) -> Result<Url, ConfigError> {
     let url =
         Url::parse(value).map_err(|e| invalid(key, format!("'{value}' is not a URL ({e})")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {

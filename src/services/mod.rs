@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tracing::warn;
 use url::Url;
 
 use crate::config::{RetrySettings, Settings};
@@ -124,19 +125,28 @@ pub struct Attempt<'a> {
     pub max_attempts: u32,
 }
 
-/// A request that got no HTTP answer.
+/// A request that got no HTTP answer. `url` is the request's URL without its query (the base
+/// URL of the configuration and the request path, so no secret is in it).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SendError {
-    #[error("{service} did not answer within {secs} s")]
-    Timeout { service: &'static str, secs: u64 },
-    #[error("{service} unreachable: {reason}")]
+    #[error("{service} at {url} did not answer within {secs} s")]
+    Timeout {
+        service: &'static str,
+        url: String,
+        secs: u64,
+    },
+    /// No connection: `reason` says why (connection refused, DNS lookup failed, TLS
+    /// handshake failed, timed out).
+    #[error("{service} unreachable at {url}: {reason}")]
     Connect {
         service: &'static str,
+        url: String,
         reason: String,
     },
-    #[error("{service} transport error: {reason}")]
+    #[error("{service} at {url}: transport error: {reason}")]
     Transport {
         service: &'static str,
+        url: String,
         reason: String,
     },
     #[error("{service}: {reason}")]
@@ -193,7 +203,7 @@ impl ServiceClient {
         let timeout_secs = settings.executor.request_timeout_secs;
         let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(timeout_secs))
-            .connect_timeout(Duration::from_secs(timeout_secs.min(10)))
+            .connect_timeout(Duration::from_secs(timeout_secs.min(CONNECT_TIMEOUT_SECS)))
             .pool_idle_timeout(Duration::from_secs(30));
         if let Some(path) = &settings.tls.ca_bundle_path {
             let pem = std::fs::read(path)
@@ -302,6 +312,9 @@ impl ServiceClient {
             )
             .record(reply.duration.as_secs_f64());
         } else {
+            if let Err(e) = &result {
+                warn!(error = %e, "{} {} got no answer", request.method, request.path);
+            }
             metrics::counter!(
                 "lcm_outbound_request_errors_total",
                 "service" => request.service.name(),
@@ -334,8 +347,10 @@ impl ServiceClient {
         let path = request.path.trim_start_matches('/');
         let url = endpoint.base.join(path).map_err(|e| SendError::Transport {
             service,
+            url: endpoint.base.to_string(),
             reason: format!("bad path {path}: {e}"),
         })?;
+        let shown = shown_url(&url);
         let mut builder = self.inner.http.request(request.method.clone(), url);
         if !request.query.is_empty() {
             builder = builder.query(&request.query);
@@ -364,7 +379,10 @@ impl ServiceClient {
                 builder.bearer_auth(token.expose())
             }
         };
-        builder.send().await.map_err(|e| self.classify(service, e))
+        builder
+            .send()
+            .await
+            .map_err(|e| self.classify(service, shown, &e))
     }
 
     async fn read_reply(
@@ -414,22 +432,161 @@ impl ServiceClient {
         }
     }
 
-    fn classify(&self, service: &'static str, error: reqwest::Error) -> SendError {
+    /// Which kind of failure (this decides what is retried) and why, told with the URL.
+    fn classify(&self, service: &'static str, url: String, error: &reqwest::Error) -> SendError {
         if error.is_timeout() {
-            SendError::Timeout {
-                service,
-                secs: self.inner.timeout_secs,
-            }
+            // A connection attempt has its own, shorter limit.
+            let secs = if error.is_connect() {
+                self.inner.timeout_secs.min(CONNECT_TIMEOUT_SECS)
+            } else {
+                self.inner.timeout_secs
+            };
+            SendError::Timeout { service, url, secs }
         } else if error.is_connect() {
             SendError::Connect {
                 service,
-                reason: error.without_url().to_string(),
+                url,
+                reason: Cause::of(error).to_string(),
             }
         } else {
             SendError::Transport {
                 service,
-                reason: error.without_url().to_string(),
+                url,
+                reason: Cause::of(error).to_string(),
             }
         }
+    }
+}
+
+/// The longest a connection attempt may take (less when the request timeout is shorter).
+const CONNECT_TIMEOUT_SECS: u64 = 10;
+
+/// A URL as it may be shown: without query, fragment or credentials.
+fn shown_url(url: &Url) -> String {
+    let mut url = url.clone();
+    url.set_query(None);
+    url.set_fragment(None);
+    // Cannot fail for the http(s) URLs the configuration allows.
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.to_string()
+}
+
+/// Why a request got no answer, read from the error's chain of sources.
+#[derive(Debug, PartialEq, Eq)]
+enum Cause {
+    ConnectionRefused,
+    /// The host name did not resolve; the resolver's words.
+    Dns(String),
+    /// The TLS handshake failed; rustls's words.
+    Tls(String),
+    TimedOut,
+    /// Anything else: the chain's words.
+    Other(String),
+}
+
+impl Cause {
+    fn of(error: &reqwest::Error) -> Self {
+        let mut dns = false;
+        let mut words: Vec<String> = Vec::new();
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(current) = next {
+            if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+                return Cause::Tls(tls.to_string());
+            }
+            next = current.source();
+            if let Some(io) = current.downcast_ref::<std::io::Error>() {
+                match io.kind() {
+                    std::io::ErrorKind::ConnectionRefused => return Cause::ConnectionRefused,
+                    std::io::ErrorKind::TimedOut => return Cause::TimedOut,
+                    _ => {}
+                }
+                // An io::Error's `source` skips the error it wraps (where rustls's is).
+                if let Some(inner) = io.get_ref() {
+                    next = Some(inner);
+                }
+            }
+            // hyper-util's resolver errors carry no type of their own to look for.
+            let text = current.to_string();
+            dns |= text.to_ascii_lowercase().contains("dns");
+            if !words.contains(&text) {
+                words.push(text);
+            }
+        }
+        // The first words are reqwest's own ("error sending request"), the last the cause.
+        let last = words.last().cloned().unwrap_or_default();
+        if dns {
+            return Cause::Dns(last);
+        }
+        match words.get(1..) {
+            Some(rest) if !rest.is_empty() => Cause::Other(rest.join(": ")),
+            _ => Cause::Other(last),
+        }
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cause::ConnectionRefused => f.write_str("connection refused"),
+            Cause::Dns(words) => write!(f, "DNS lookup failed ({words})"),
+            Cause::Tls(words) => write!(f, "TLS handshake failed ({words})"),
+            Cause::TimedOut => f.write_str("timed out"),
+            Cause::Other(words) => f.write_str(words),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn cause_of(url: &str) -> Cause {
+        install_crypto_provider();
+        let error = reqwest::Client::new()
+            .get(url)
+            .send()
+            .await
+            .expect_err("no answer");
+        Cause::of(&error)
+    }
+
+    #[tokio::test]
+    async fn why_a_request_got_no_answer() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        assert_eq!(
+            cause_of(&format!("http://127.0.0.1:{port}/")).await,
+            Cause::ConnectionRefused
+        );
+
+        let dns = cause_of("http://does-not-exist.invalid/").await;
+        assert!(matches!(dns, Cause::Dns(_)), "{dns:?}");
+        assert!(dns.to_string().starts_with("DNS lookup failed ("), "{dns}");
+
+        // A plain HTTP server where TLS is expected.
+        let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = plain.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            while let Ok((mut stream, _)) = plain.accept().await {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        let tls = cause_of(&format!("https://127.0.0.1:{port}/")).await;
+        assert!(matches!(tls, Cause::Tls(_)), "{tls:?}");
+        assert!(
+            tls.to_string().starts_with("TLS handshake failed ("),
+            "{tls}"
+        );
+    }
+
+    #[test]
+    fn a_shown_url_has_no_query_or_credentials() {
+        let url = Url::parse("https://user:pw@repo.example/api/trial/t1/?token=x#f").unwrap();
+        assert_eq!(shown_url(&url), "https://repo.example/api/trial/t1/");
     }
 }

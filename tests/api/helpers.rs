@@ -461,3 +461,57 @@ pub fn lines(app: &TestApp, id: &str) -> Vec<String> {
         .map(|r| r.line())
         .collect()
 }
+
+/// Starts the `lcm` binary with `args` and extra environment in `dir`, serving on
+/// 127.0.0.1:`port` with the test API key, and waits until it answers; it is killed when the
+/// child is dropped.
+pub async fn start_lcm(
+    args: &[&str],
+    env: &[(&str, &str)],
+    dir: &std::path::Path,
+    port: u16,
+) -> tokio::process::Child {
+    let bind = format!("127.0.0.1:{port}");
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_lcm"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .env_remove("LCM_CONFIG")
+        .env("LCM__SERVER__BIND", &bind)
+        .env("LCM__AUTH__API_KEY", API_KEY)
+        .env("LCM__AUTH__TOKEN_SECRET", TOKEN_SECRET)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let child = command.spawn().expect("the binary starts");
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut poll = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        poll.tick().await;
+        let up = client
+            .get(format!("http://{bind}/status"))
+            .header("Authorization", API_KEY)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK);
+        if up {
+            return child;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the binary did not come up"
+        );
+    }
+}
+
+/// A port on 127.0.0.1 that nothing listens on (bound, then let go).
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}

@@ -3,6 +3,7 @@
 
 mod auth;
 mod callbacks;
+mod config;
 mod crash;
 mod demo;
 mod diagrams;

@@ -1,0 +1,286 @@
+//! Tests: the first hour with lcm. A typo in a configuration key or a value of the wrong type
+//! stops start-up naming the key, where it was set and what it accepts; a service that cannot
+//! be reached is named with its URL and the cause; the commands' help says what each does.
+
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+
+use crate::helpers::*;
+
+/// Runs the binary (bound to a free port) in `dir` until it exits; it must fail. Returns what
+/// it wrote to stderr.
+async fn refused(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut env = env.to_vec();
+    env.insert(0, ("LCM__SERVER__BIND", "127.0.0.1:0"));
+    let output = run_lcm(args, &env, dir, Duration::from_secs(20)).await;
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !output.status.success(),
+        "{args:?} {env:?} started: {stderr}"
+    );
+    stderr
+}
+
+/// The stderr lines of a refused start, without the `lcm: ` mark.
+fn lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .map(|line| line.strip_prefix("lcm: ").unwrap_or(line))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_typo_in_a_key_stops_start_up_naming_the_key_meant() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stderr = refused(dir.path(), &[], &[("LCM__EXECUTOR__REQUEST_TIMEOUT", "5")]).await;
+    assert_eq!(
+        lines(&stderr),
+        [
+            "environment variable LCM__EXECUTOR__REQUEST_TIMEOUT: `executor.request_timeout` is not a setting; did you mean `executor.request_timeout_secs` (LCM__EXECUTOR__REQUEST_TIMEOUT_SECS)?"
+        ]
+    );
+
+    let file = dir.path().join("lcm.toml");
+    std::fs::write(&file, "[executor]\nrequest_timeuot_secs = 5\n").expect("written");
+    let named = file.to_str().expect("path");
+    let expected = format!(
+        "configuration key `executor.request_timeuot_secs` (in {named}) is not a setting; did you mean `executor.request_timeout_secs`?"
+    );
+    let stderr = refused(dir.path(), &["--config", named], &[]).await;
+    assert_eq!(lines(&stderr), [expected.as_str()]);
+    let stderr = refused(dir.path(), &[], &[("LCM_CONFIG", named)]).await;
+    assert_eq!(lines(&stderr), [expected.as_str()]);
+
+    std::fs::create_dir_all(dir.path().join("config")).expect("config dir");
+    std::fs::write(
+        dir.path().join("config/default.toml"),
+        "[[auth.keys]]\nname = \"ops\"\nkey = \"k\"\nrole = \"operator\"\nrol = \"admin\"\n",
+    )
+    .expect("written");
+    let stderr = refused(dir.path(), &[], &[]).await;
+    assert_eq!(
+        lines(&stderr),
+        [
+            "configuration key `auth.keys[0].rol` (in config/default.toml of the working directory) is not a setting; did you mean `auth.keys[0].role`?"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_value_of_the_wrong_type_names_the_key_where_it_was_set_and_what_it_accepts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stderr = refused(
+        dir.path(),
+        &[],
+        &[("LCM__EXECUTOR__REQUEST_TIMEOUT_SECS", "abc")],
+    )
+    .await;
+    assert_eq!(
+        lines(&stderr),
+        [
+            "configuration key `executor.request_timeout_secs` (from environment variable LCM__EXECUTOR__REQUEST_TIMEOUT_SECS): 'abc' is not a whole number (0 or more)"
+        ]
+    );
+
+    let file = dir.path().join("lcm.toml");
+    std::fs::write(
+        &file,
+        "[executor]\ndisable_vnf = \"maybe\"\n\n[logging]\nformat = \"xml\"\n\n[[auth.keys]]\nname = \"ops\"\nkey = \"k\"\nrole = \"root\"\n",
+    )
+    .expect("written");
+    let named = file.to_str().expect("path");
+    let stderr = refused(dir.path(), &[], &[("LCM_CONFIG", named)]).await;
+    assert_eq!(
+        lines(&stderr),
+        [
+            format!(
+                "configuration key `auth.keys[0].role` (in {named}): 'root' is not one of: viewer, operator, admin"
+            ),
+            format!(
+                "configuration key `executor.disable_vnf` (in {named}): 'maybe' is not a boolean (true or false)"
+            ),
+            format!(
+                "configuration key `logging.format` (in {named}): 'xml' is not one of: text, json"
+            ),
+        ],
+        "every problem at once"
+    );
+
+    let stderr = refused(
+        dir.path(),
+        &[],
+        &[("LCM__SERVICES__KPI_MONITORING__USERNAME", "lcm")],
+    )
+    .await;
+    assert_eq!(
+        lines(&stderr),
+        [
+            "configuration key `services.kpi_monitoring.password`: missing: `services.kpi_monitoring.username` is set, and username and password go together"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_missing_configuration_file_says_whether_the_flag_or_the_variable_named_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("nowhere.toml");
+    let missing = missing.to_str().expect("path");
+    let stderr = refused(dir.path(), &["--config", missing], &[]).await;
+    assert_eq!(
+        lines(&stderr),
+        [format!(
+            "--config {missing}: there is no configuration file there"
+        )]
+    );
+    let stderr = refused(dir.path(), &[], &[("LCM_CONFIG", missing)]).await;
+    assert_eq!(
+        lines(&stderr),
+        [format!(
+            "LCM_CONFIG={missing}: there is no configuration file there"
+        )]
+    );
+}
+
+#[tokio::test]
+async fn each_command_says_what_it_does_with_an_example() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (args, does, example) in [
+        (
+            &["--help"][..],
+            "Without a command it runs the service",
+            "  LCM__AUTH__API_KEY=a-long-random-key lcm --config /etc/lcm/lcm.toml",
+        ),
+        (
+            &["demo", "--help"][..],
+            "Runs one trial from schedule to FINISHED",
+            "  lcm demo --port 5050 --exit",
+        ),
+        (
+            &["bench", "--help"][..],
+            "Measures the Lifecycle Manager under load",
+            "  lcm bench --trials 1000 --concurrency 100",
+        ),
+    ] {
+        let output = run_lcm(args, &[], dir.path(), Duration::from_secs(20)).await;
+        let help = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{args:?}: {help}");
+        assert!(help.contains(does), "{args:?}: {help}");
+        let example_follows = help
+            .split_once("Example:\n")
+            .is_some_and(|(_, rest)| rest.lines().next() == Some(example));
+        assert!(example_follows, "{args:?}: {help}");
+    }
+}
+
+/// An app whose trial repository is at `url`.
+async fn app_with_registry_at(url: String) -> TestApp {
+    spawn_app_with(AppOptions {
+        settings: Box::new(move |s| s.services.trial_repository.url = url),
+        ..AppOptions::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_unreachable_registry_is_named_with_its_url_and_the_cause() {
+    let port = closed_port();
+    let app = app_with_registry_at(format!("http://127.0.0.1:{port}")).await;
+
+    let answer = app.post("/debug/trial/t1/schedule", None).await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{answer:?}");
+    assert_eq!(
+        answer.detail(),
+        format!(
+            "trial repository: trial_repository unreachable at http://127.0.0.1:{port}/trial/t1/: connection refused"
+        )
+    );
+
+    let answer = app.post("/debug/trial/schedule-all", None).await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{answer:?}");
+    assert_eq!(
+        answer.detail(),
+        format!(
+            "trial repository: trial_repository unreachable at http://127.0.0.1:{port}/trial/: connection refused"
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_registry_host_that_does_not_resolve_is_named_with_the_dns_failure() {
+    let app = app_with_registry_at("http://does-not-exist.invalid".into()).await;
+    let answer = app.post("/debug/trial/t1/schedule", None).await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{answer:?}");
+    assert!(
+        answer.detail().starts_with(
+            "trial repository: trial_repository unreachable at http://does-not-exist.invalid/trial/t1/: DNS lookup failed ("
+        ),
+        "{answer:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_trial_failing_on_an_unreachable_component_names_its_url_and_the_cause() {
+    let port = closed_port();
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(move |s| {
+            s.services.trial_enforcement.url = format!("http://127.0.0.1:{port}/api");
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    app.start_trial("gone").await;
+    let failed = app.wait_failed("gone").await;
+    let reason = failed["failure"].as_str().unwrap_or_default();
+    assert!(
+        reason.ends_with(&format!(
+            "trial_enforcement unreachable at http://127.0.0.1:{port}/api/sliceDeployment: connection refused"
+        )),
+        "{reason}"
+    );
+}
+
+#[tokio::test]
+async fn the_log_names_the_url_and_the_cause_of_an_unreachable_service() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let closed = closed_port();
+    let repository = format!("http://127.0.0.1:{closed}");
+    let port = closed_port();
+    let _lcm = start_lcm(
+        &[],
+        &[("LCM__SERVICES__TRIAL_REPOSITORY__URL", repository.as_str())],
+        dir.path(),
+        port,
+    )
+    .await;
+    let answer = read(
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}/debug/trial/t1/schedule"))
+            .header("Authorization", API_KEY)
+            .send()
+            .await
+            .expect("the service answers"),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{answer:?}");
+
+    let wanted = format!("{repository}/trial/t1/: connection refused");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut poll = tokio::time::interval(Duration::from_millis(50));
+    let mut log = String::new();
+    while tokio::time::Instant::now() < deadline && !log.contains(&wanted) {
+        poll.tick().await;
+        log = std::fs::read_dir(dir.path().join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+            .collect();
+    }
+    let line = log.lines().find(|line| line.contains(&wanted));
+    assert!(
+        line.is_some_and(|l| l.contains("WARN") && l.contains("GET trial/t1/")),
+        "{wanted} in the log: {log}"
+    );
+}
