@@ -132,7 +132,8 @@ async fn schedule_from_registry(
 /// Schedule every future trial of the trial repository
 ///
 /// The answer lists the ids `scheduled`, `rescheduled` (a changed start time),
-/// `already_scheduled`, `already_executing` and `skipped` (with the reason).
+/// `already_scheduled`, `already_executing` (running, or failed and waiting for the operator),
+/// `already_ended` (finished or aborted) and `skipped` (with the reason).
 #[utoipa::path(
     post,
     path = "/debug/trial/schedule-all",
@@ -149,17 +150,19 @@ async fn schedule_all(_: ApiKey, State(state): State<AppState>) -> Result<Json<V
     let report = state.scheduler.schedule_all().await?;
     Ok(Json(json!({
         "message": format!(
-            "{} scheduled, {} rescheduled, {} already scheduled, {} already executing, {} skipped",
+            "{} scheduled, {} rescheduled, {} already scheduled, {} already executing, {} already ended, {} skipped",
             report.scheduled.len(),
             report.rescheduled.len(),
             report.already_scheduled.len(),
             report.already_executing.len(),
+            report.already_ended.len(),
             report.skipped.len()
         ),
         "scheduled": report.scheduled,
         "rescheduled": report.rescheduled,
         "already_scheduled": report.already_scheduled,
         "already_executing": report.already_executing,
+        "already_ended": report.already_ended,
         "skipped": report.skipped,
     })))
 }

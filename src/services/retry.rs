@@ -160,11 +160,13 @@ mod tests {
         }
         let refused = Err(SendError::Connect {
             service: "trial_enforcement",
+            url: "http://127.0.0.1:1/sliceDeployment".into(),
             reason: "connection refused".into(),
         });
         assert_eq!(retry_reason(true, &refused), Some(RetryReason::Connect));
         let timeout = Err(SendError::Timeout {
             service: "trial_enforcement",
+            url: "http://127.0.0.1:1/sliceDeployment".into(),
             secs: 1,
         });
         assert_eq!(retry_reason(false, &timeout), Some(RetryReason::Timeout));

@@ -142,9 +142,8 @@ async fn trials_survive_a_sigkill_and_complete_after_restart() {
     })
     .await;
 
-    let soon = in_ms(1000);
     for id in [mid, slice, idle, active, failed] {
-        assert_eq!(app.schedule(id, &soon).await.status, StatusCode::OK);
+        app.schedule_in(id, 300).await;
     }
     assert_eq!(
         app.schedule(future, &in_ms(12_000)).await.status,
@@ -184,7 +183,7 @@ async fn trials_survive_a_sigkill_and_complete_after_restart() {
     assert_eq!(revoked.status, StatusCode::OK);
 
     // A job whose start passes while the service is down, within the misfire grace.
-    assert_eq!(app.schedule(late, &in_ms(800)).await.status, StatusCode::OK);
+    app.schedule_in(late, 800).await;
     let flightplans_before = lines(&app, mid)
         .iter()
         .filter(|l| *l == "POST /flightplan")

@@ -167,7 +167,7 @@ async fn fails_with(trial: Value, faults: Vec<Fault>, expected: &str) {
         app.platform.inject(fault);
     }
     app.platform.add_trial(trial);
-    assert_eq!(app.schedule(&id, &in_ms(1000)).await.status, StatusCode::OK);
+    app.schedule_in(&id, 300).await;
     let failed = app.wait_failed(&id).await;
     let reason = failed["failure"].as_str().unwrap_or_default();
     assert!(

@@ -266,8 +266,23 @@ impl TestApp {
     /// Puts an approved trial in the repository and schedules it to start right away.
     pub async fn start_trial(&self, id: &str) {
         self.platform.add_trial(Platform::trial(id, None));
-        let answer = self.schedule(id, &in_ms(1000)).await;
-        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+        self.schedule_in(id, 300).await;
+    }
+
+    /// Schedules `id` to start `ms` milliseconds from now. On a busy machine the request can
+    /// arrive after the start time it carries: then a new one is chosen, as a client would.
+    pub async fn schedule_in(&self, id: &str, ms: i64) {
+        eventually(&format!("trial {id} scheduled"), || async {
+            let answer = self.schedule(id, &in_ms(ms)).await;
+            match answer.status {
+                StatusCode::OK => Ok(()),
+                StatusCode::BAD_REQUEST if answer.detail().contains("in the past") => {
+                    Err(answer.detail().to_owned())
+                }
+                _ => panic!("scheduling {id}: {answer:?}"),
+            }
+        })
+        .await;
     }
 
     /// `GET /trial/{id}/status`.
@@ -403,12 +418,33 @@ impl TestApp {
 
 /// Polls `check` until it gives a value; panics after 20 s naming `what` and the last state
 /// `check` described. The one way the tests wait for something to happen.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    eventually_within(
+        what,
+        Duration::from_secs(20),
+        Duration::from_millis(15),
+        check,
+    )
+    .await
+}
+
+/// [`eventually`] with its own limit and pause between checks (many trials at once share
+/// the machine: they are polled gently).
+pub async fn eventually_within<T, F, Fut>(
+    what: &str,
+    limit: Duration,
+    pause: Duration,
+    mut check: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
         let last = match check().await {
             Ok(value) => return value,
@@ -418,7 +454,7 @@ where
             tokio::time::Instant::now() < deadline,
             "never reached {what}; last seen: {last}"
         );
-        tokio::time::sleep(Duration::from_millis(15)).await;
+        tokio::time::sleep(pause).await;
     }
 }
 

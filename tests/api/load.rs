@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use lcm::sim::Platform;
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -13,35 +12,32 @@ const TRIALS: usize = 200;
 
 /// Polls gently (many trials share the machine) until `done` holds for the trial.
 async fn poll(app: &TestApp, id: &str, done: impl Fn(&Value) -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while tokio::time::Instant::now() < deadline {
-        let answer = app.get(&format!("/trial/{id}/status")).await;
-        if answer.status == StatusCode::OK && done(&answer.body) {
-            return;
-        }
-        assert_ne!(
-            answer.body["failed"], true,
-            "{id} failed: {:?}",
-            answer.body
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{id} stalled");
+    let path = format!("/trial/{id}/status");
+    eventually_within(
+        &format!("{id} moving on"),
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || async {
+            let answer = app.get(&path).await;
+            assert_ne!(
+                answer.body["failed"], true,
+                "{id} failed: {:?}",
+                answer.body
+            );
+            match answer.status == StatusCode::OK && done(&answer.body) {
+                true => Ok(()),
+                false => Err(answer.body.to_string()),
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_trials_at_once_all_finish() {
     let app = spawn_app().await;
     let ids: Vec<String> = (0..TRIALS).map(|i| format!("load-{i:03}")).collect();
-    let start = in_ms(4000);
-    for id in &ids {
-        app.platform.add_trial(Platform::trial(id, None));
-    }
-    join_all(ids.iter().map(|id| {
-        let (app, start) = (&app, &start);
-        async move { assert_eq!(app.schedule(id, start).await.status, StatusCode::OK) }
-    }))
-    .await;
+    join_all(ids.iter().map(|id| app.start_trial(id))).await;
     join_all(ids.iter().map(|id| {
         let app = &app;
         async move {

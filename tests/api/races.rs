@@ -93,7 +93,7 @@ async fn a_schedule_that_was_not_saved_never_starts() {
         app.platform.add_trial(Platform::trial(id, None));
     }
     broken.store(true, Ordering::SeqCst);
-    let refused = app.schedule(unsaved, &in_ms(300)).await;
+    let refused = app.schedule(unsaved, &in_ms(2000)).await;
     assert_eq!(
         refused.status,
         StatusCode::SERVICE_UNAVAILABLE,

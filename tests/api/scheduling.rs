@@ -490,11 +490,10 @@ async fn schedule_all_reschedules_a_trial_whose_start_time_changed() {
 #[tokio::test]
 async fn schedule_all_reports_a_trial_with_an_engine_as_already_executing() {
     let app = spawn_app().await;
+    app.start_trial("running").await;
+    app.wait_engine("running").await;
     app.platform
         .add_trial(Platform::trial("running", Some(in_secs(3600))));
-    let answer = app.schedule("running", &in_ms(150)).await;
-    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
-    app.wait_engine("running").await;
 
     let answer = app.post("/debug/trial/schedule-all", None).await;
     assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
@@ -627,4 +626,38 @@ async fn automatic_scheduling_off_leaves_new_trials_alone() {
         !polled,
         "the repository was polled while automatic scheduling was off"
     );
+}
+
+#[tokio::test]
+async fn schedule_all_reports_a_trial_that_ran_as_already_ended() {
+    for keep_finished_secs in [300, 0] {
+        let app = spawn_app_with(AppOptions {
+            settings: Box::new(move |s| s.engine.keep_finished_secs = keep_finished_secs),
+            ..AppOptions::default()
+        })
+        .await;
+        let id = "ran";
+        app.start_trial(id).await;
+        app.drive_to_finished(id).await;
+        if keep_finished_secs == 0 {
+            eventually("the engine to leave memory", || async {
+                let engines = app.engines().await;
+                match engines.is_empty() {
+                    true => Ok(()),
+                    false => Err(format!("{engines:?}")),
+                }
+            })
+            .await;
+        }
+        app.platform
+            .add_trial(Platform::trial(id, Some(in_secs(3600))));
+        let answer = app.post("/debug/trial/schedule-all", None).await;
+        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+        assert_eq!(ids(&answer.body, "already_ended"), [id], "{answer:?}");
+        assert!(
+            ids(&answer.body, "already_executing").is_empty(),
+            "{answer:?}"
+        );
+        assert!(job_of(&app, id).await.is_none(), "no job was added");
+    }
 }
