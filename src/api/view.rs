@@ -168,7 +168,7 @@ pub fn status(snapshot: &Snapshot) -> Value {
         "restorable": snapshot.restorable(),
         "cleanup_failed": failure.is_some_and(|f| f.cleanup_failed),
         "leftovers": failure.map(|f| f.leftovers.as_slice()).unwrap_or_default(),
-        "aborting": abort_reason.is_some() && !snapshot.lifecycle.is_ended(),
+        "aborting": abort_reason.is_some() && snapshot.lifecycle.is_live(),
         "abort_reason": abort_reason,
         "paused": snapshot.paused,
         "progress": snapshot.progress.as_ref().and_then(|p| p.progress),

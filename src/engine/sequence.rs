@@ -277,8 +277,9 @@ pub fn needed(undoes: Undoes, kpi_status: Option<KpiStatus>, ledger: &Ledger) ->
 }
 
 /// What the clean-up does after `done` (or first, for `None`): the slice-closed wait after a
-/// `CloseService` that left the slice closing (or instead of `CloseService` for a slice that
-/// is closing already), else the next step whose work exists.
+/// `CloseService` that left the slice closing, else the next step whose work exists. A slice
+/// that was closing already is closed again (the component may have lost the request; a 404
+/// counts as done), so the clean-up never waits on a callback nobody will send.
 pub fn cleanup_after(done: Option<Step>, kpi_status: Option<KpiStatus>, ledger: &Ledger) -> Next {
     if done == Some(CloseService) && ledger.slice == SliceState::Closing {
         return Next::Wait(Wait::SliceClosed);
@@ -289,16 +290,10 @@ pub fn cleanup_after(done: Option<Step>, kpi_status: Option<KpiStatus>, ledger: 
             .position(|(step, _)| *step == done)
             .map_or(CLEANUP.len(), |i| i + 1)
     });
-    match CLEANUP[from..]
+    CLEANUP[from..]
         .iter()
         .find(|(_, undoes)| needed(*undoes, kpi_status, ledger))
-    {
-        Some((CloseService, _)) if ledger.slice == SliceState::Closing => {
-            Next::Wait(Wait::SliceClosed)
-        }
-        Some((step, _)) => Next::Step(*step),
-        None => Next::End,
-    }
+        .map_or(Next::End, |(step, _)| Next::Step(*step))
 }
 
 /// What the trial may have deployed, counting the step in flight at `position`: a slice
@@ -561,8 +556,8 @@ mod tests {
         };
         assert_eq!(
             cleanup_after(None, None, &closing),
-            Next::Wait(Wait::SliceClosed),
-            "a slice already closing is waited for, not closed again"
+            Next::Step(CloseService),
+            "a slice already closing is closed again"
         );
     }
 

@@ -430,22 +430,23 @@ impl Watchdog {
             other => other.to_string(),
         })?;
         let retry = matches!(self.checkpoint.mode, Mode::Cleanup { .. });
+        // Planned from what is still deployed, so a retry redoes only what was not undone.
+        self.checkpoint.data.ledger =
+            sequence::ledger_at(self.checkpoint.position, &self.checkpoint.data.ledger);
         if !retry {
-            self.checkpoint.data.ledger =
-                sequence::ledger_at(self.checkpoint.position, &self.checkpoint.data.ledger);
             self.checkpoint.mode = Mode::Cleanup {
                 reason: reason.clone(),
             };
-            self.checkpoint.paused = false;
-            let data = &self.checkpoint.data;
-            self.checkpoint.position =
-                match sequence::cleanup_after(None, data.kpi_status, &data.ledger) {
-                    Next::Step(step) => Position::Run(step),
-                    Next::Wait(wait) => Position::Wait(wait),
-                    // Never: the repository status is always written.
-                    Next::End => Position::Run(sequence::Step::UpdateStatusAborted),
-                };
         }
+        self.checkpoint.paused = false;
+        let data = &self.checkpoint.data;
+        self.checkpoint.position =
+            match sequence::cleanup_after(None, data.kpi_status, &data.ledger) {
+                Next::Step(step) => Position::Run(step),
+                Next::Wait(wait) => Position::Wait(wait),
+                // Never: the repository status is always written.
+                Next::End => Position::Run(sequence::Step::UpdateStatusAborted),
+            };
         self.shared
             .journal
             .event(EventKind::AbortRequested, None, Some(reason.clone()), None);

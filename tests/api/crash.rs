@@ -119,8 +119,11 @@ async fn trials_survive_a_sigkill_and_complete_after_restart() {
         "crash-future",
         "crash-late",
     );
+    let (cleanup, paused) = ("crash-cleanup", "crash-paused");
     let (mut app, dir, port) = spawn_binary(|platform| {
-        for id in [mid, slice, idle, active, failed, future, late] {
+        for id in [
+            mid, slice, idle, active, failed, future, late, cleanup, paused,
+        ] {
             platform.add_trial(Platform::trial(id, None));
         }
         // One fault each, for one trial, once.
@@ -139,10 +142,20 @@ async fn trials_survive_a_sigkill_and_complete_after_restart() {
                     .times(1),
             );
         }
+        platform.inject(
+            Fault::new(
+                Component::Enforcement,
+                "DELETE",
+                "/measurementjobs/",
+                FaultAction::Delay(Duration::from_secs(60)),
+            )
+            .for_trial(cleanup)
+            .times(1),
+        );
     })
     .await;
 
-    for id in [mid, slice, idle, active, failed] {
+    for id in [mid, slice, idle, active, failed, cleanup, paused] {
         app.schedule_in(id, 300).await;
     }
     assert_eq!(
@@ -167,6 +180,29 @@ async fn trials_survive_a_sigkill_and_complete_after_restart() {
     );
     app.wait_waiting(active, "operator (finish)").await;
     app.wait_failed(failed).await;
+    // An abort whose clean-up is in flight, and a paused trial.
+    app.wait_waiting(cleanup, "operator (active or finish)")
+        .await;
+    assert_eq!(
+        app.post(&format!("/trial/{cleanup}/abort"), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    app.wait_for(
+        cleanup,
+        "DeleteMeasurementJob of the clean-up in flight",
+        |s| s["step"] == "DeleteMeasurementJob",
+    )
+    .await;
+    app.wait_waiting(paused, "operator (active or finish)")
+        .await;
+    assert_eq!(
+        app.post(&format!("/trial/{paused}/pause"), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
 
     let spare = app.post(&format!("/token/{idle}"), None).await.body["Authorization"]
         .as_str()
@@ -205,6 +241,7 @@ async fn trials_survive_a_sigkill_and_complete_after_restart() {
         (active, "Active"),
         (failed, "Failed"),
         (late, "Active"),
+        (paused, "Active"),
     ] {
         assert!(
             engines.iter().any(|(e, s)| e == id && s == status),
@@ -250,7 +287,28 @@ async fn trials_survive_a_sigkill_and_complete_after_restart() {
             .status,
         StatusCode::OK
     );
-    for id in [mid, slice, idle, failed, late, future] {
+    // The clean-up picks up where it was: the job is deleted (a 404 would do), the slice
+    // closed, the repository told.
+    app.wait_for(cleanup, "Aborted", |s| s["engine_status"] == "Aborted")
+        .await;
+    assert_eq!(
+        app.platform.status_history(cleanup),
+        ["ACTIVATING_1", "ACTIVATING_2", "IDLE", "ABORTED"]
+    );
+    assert!(
+        lines(&app, cleanup)
+            .iter()
+            .any(|l| l.starts_with("DELETE /sliceDeployment/")),
+        "the slice was closed"
+    );
+    assert_eq!(app.trial_status(paused).await["paused"], true);
+    assert_eq!(
+        app.post(&format!("/trial/{paused}/resume"), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    for id in [mid, slice, idle, failed, late, future, paused] {
         app.drive_to_finished(id).await;
     }
     app.wait_finished(active).await;
@@ -586,4 +644,20 @@ async fn stopping_the_service_reports_no_failure_and_every_trial_carries_on() {
             "{id}"
         );
     }
+    // This process resumed one trial: the binary's own metrics say so exactly.
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == r#"lcm_signals_total{signal="resume",outcome="accepted"} 1"#),
+        "{metrics}"
+    );
 }

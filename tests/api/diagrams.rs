@@ -1,7 +1,7 @@
 //! The sequence diagrams show the same steps as the code: every `Note over LCM: <Step>` line,
 //! in order, must equal the sequence the executor walks.
 
-use lcm::engine::sequence::{Step, happy_path};
+use lcm::engine::sequence::{Step, full_cleanup, happy_path};
 
 fn steps_in(file: &str) -> Vec<String> {
     let path = format!("{}/sequence-diagrams/{file}", env!("CARGO_MANIFEST_DIR"));
@@ -38,4 +38,9 @@ fn the_failure_diagram_names_only_real_steps() {
             "'{step}' is not a step of the sequence"
         );
     }
+}
+
+#[test]
+fn the_abort_diagram_draws_the_cleanup_path() {
+    assert_eq!(steps_in("abort-and-cleanup.md"), names(full_cleanup()));
 }

@@ -4,6 +4,7 @@
 mod auth;
 mod callbacks;
 mod config;
+mod control;
 mod crash;
 mod demo;
 mod diagrams;

@@ -1,0 +1,721 @@
+//! Operators steer trials (SPEC §14): abort with a clean-up that undoes exactly what the trial
+//! deployed, from every point of the trial; a clean-up that fails for good; failed trials
+//! that are cleaned up on their own; pause, resume and step; skip.
+
+use std::time::Duration;
+
+use lcm::sim::{Component, Fault, FaultAction};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const WAITING_OPERATOR: &str = "operator (active or finish)";
+
+/// The kinds of a trial's history, in order.
+async fn event_kinds(app: &TestApp, id: &str) -> Vec<String> {
+    app.get(&format!("/trial/{id}/history")).await.body["history"]
+        .as_array()
+        .expect("a history")
+        .iter()
+        .map(|e| e["event"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The first event of a kind in a trial's history.
+async fn first_event(app: &TestApp, id: &str, kind: &str) -> Value {
+    app.get(&format!("/trial/{id}/history")).await.body["history"]
+        .as_array()
+        .expect("a history")
+        .iter()
+        .find(|e| e["event"] == kind)
+        .cloned()
+        .unwrap_or_else(|| panic!("{id} has no {kind} event"))
+}
+
+/// Aborts a trial with a reason and waits until its clean-up is done.
+async fn abort(app: &TestApp, id: &str, reason: &str) -> Value {
+    let answer = app
+        .post(
+            &format!("/trial/{id}/abort"),
+            Some(json!({"reason": reason})),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    let status = app
+        .wait_for(id, "Aborted", |s| s["engine_status"] == "Aborted")
+        .await;
+    assert_eq!(status["aborted"], true);
+    assert_eq!(status["finished"], false);
+    assert_eq!(status["abort_reason"], reason);
+    let kinds = event_kinds(app, id).await;
+    for kind in [
+        "abort_requested",
+        "cleanup_started",
+        "cleanup_completed",
+        "trial_aborted",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k == kind),
+            "{id}: no {kind} in {kinds:?}"
+        );
+    }
+    assert_eq!(
+        first_event(app, id, "abort_requested").await["detail"],
+        reason
+    );
+    assert_eq!(kinds.last().map(String::as_str), Some("trial_aborted"));
+    status
+}
+
+/// The request lines a trial sends up to its IDLE waiting point.
+fn to_idle(id: &str) -> Vec<String> {
+    full_sequence(id, false)[..12].to_vec()
+}
+
+fn with(mut lines: Vec<String>, more: &[&str], id: &str) -> Vec<String> {
+    lines.extend(more.iter().map(|l| l.replace("{id}", id)));
+    lines
+}
+
+/// The clean-up's requests when everything was deployed: KPIs finished, the measurement job
+/// deleted, the slice closed, the repository told.
+const FULL_CLEANUP: [&str; 5] = [
+    "POST /markKPIData",
+    "POST /markKPIData",
+    "DELETE /measurementjobs/mj-{id}",
+    "DELETE /sliceDeployment/{id}",
+    "PUT /trial/{id}/",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_undoes_exactly_what_the_trial_deployed_at_every_point() {
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(single_attempt),
+        ..AppOptions::default()
+    })
+    .await;
+    let long = FaultAction::Delay(Duration::from_secs(600));
+    let (early, deploying, idle, active, closing, failed) = (
+        "abort-early",
+        "abort-deploying",
+        "abort-idle",
+        "abort-active",
+        "abort-closing",
+        "abort-failed",
+    );
+    let fault = |component, method, path: &str, action: FaultAction, trial: &str| {
+        app.platform.inject(
+            Fault::new(component, method, path, action)
+                .for_trial(trial)
+                .times(1),
+        );
+    };
+    fault(Component::Repository, "GET", "/trial/", long.clone(), early);
+    fault(
+        Component::Enforcement,
+        "POST",
+        "/sliceDeployment",
+        long.clone(),
+        deploying,
+    );
+    fault(
+        Component::Enforcement,
+        "DELETE",
+        "/sliceDeployment/",
+        FaultAction::Json(404, json!({"detail": "no such slice"})),
+        deploying,
+    );
+    fault(
+        Component::Enforcement,
+        "DELETE",
+        "/sliceDeployment/",
+        FaultAction::DropCallback,
+        closing,
+    );
+    fault(
+        Component::Enforcement,
+        "POST",
+        "/flightplan",
+        FaultAction::Status(500),
+        failed,
+    );
+    for id in [early, deploying, idle, active, closing, failed] {
+        app.start_trial(id).await;
+    }
+
+    // Before the slice exists: only the repository is told.
+    app.wait_for(early, "GetTrialInfo in flight", |s| {
+        s["step"] == "GetTrialInfo"
+    })
+    .await;
+    abort(&app, early, "wrong trial").await;
+    assert_eq!(
+        lines(&app, early),
+        [
+            format!("GET /trial/{early}/"),
+            format!("PUT /trial/{early}/")
+        ]
+    );
+    assert_eq!(app.platform.status_history(early), ["ABORTED"]);
+
+    // While the slice is being deployed: the request is cancelled and the slice closed (a
+    // 404, the slice never made, counts as done).
+    eventually("the slice deployment to be sent", || async {
+        let sent = lines(&app, deploying);
+        match sent.iter().any(|l| l == "POST /sliceDeployment") {
+            true => Ok(()),
+            false => Err(format!("{sent:?}")),
+        }
+    })
+    .await;
+    abort(&app, deploying, "facility closed").await;
+    assert_eq!(
+        lines(&app, deploying),
+        with(
+            full_sequence(deploying, false)[..3].to_vec(),
+            &["DELETE /sliceDeployment/{id}", "PUT /trial/{id}/"],
+            deploying
+        )
+    );
+    assert_eq!(app.platform.status_history(deploying), ["ABORTED"]);
+
+    // At IDLE and at ACTIVE: everything is undone.
+    app.wait_waiting(idle, WAITING_OPERATOR).await;
+    let token = app.token_of(idle);
+    abort(&app, idle, "weather").await;
+    assert_eq!(lines(&app, idle), with(to_idle(idle), &FULL_CLEANUP, idle));
+    assert_eq!(
+        app.platform.status_history(idle),
+        ["ACTIVATING_1", "ACTIVATING_2", "IDLE", "ABORTED"]
+    );
+    assert_eq!(app.platform.kpi_markings(idle), ["Idle", "Finished"]);
+    assert_eq!(
+        app.platform.kpi_markings(&format!("slice-{idle}")),
+        ["Idle", "Finished"]
+    );
+    let revoked = app
+        .call_as(Method::GET, &format!("/token/{idle}"), None, Some(&token))
+        .await;
+    assert_eq!(
+        revoked.status,
+        StatusCode::UNAUTHORIZED,
+        "the token is revoked: {revoked:?}"
+    );
+
+    app.wait_waiting(active, WAITING_OPERATOR).await;
+    assert_eq!(
+        app.post(&format!("/trial/{active}/active"), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    app.wait_waiting(active, "operator (finish)").await;
+    abort(&app, active, "drone down").await;
+    assert_eq!(
+        lines(&app, active),
+        with(
+            full_sequence(active, true)[..15].to_vec(),
+            &FULL_CLEANUP,
+            active
+        )
+    );
+    assert_eq!(
+        app.platform.kpi_markings(active),
+        ["Idle", "Active", "Finished"]
+    );
+
+    // During the slice-closed wait: the slice is closed again; nothing else is left.
+    app.wait_waiting(closing, WAITING_OPERATOR).await;
+    assert_eq!(
+        app.post(&format!("/trial/{closing}/finish"), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    app.wait_waiting(closing, "slice callback (slice closed)")
+        .await;
+    abort(&app, closing, "slice stuck").await;
+    assert_eq!(
+        lines(&app, closing),
+        with(
+            full_sequence(closing, false),
+            &["DELETE /sliceDeployment/{id}", "PUT /trial/{id}/"],
+            closing
+        )
+        .into_iter()
+        .filter(|l| !l.is_empty())
+        .enumerate()
+        // The finish's own last request (FINISHED) never went out: drop it from the plan.
+        .filter(|(i, _)| *i != full_sequence(closing, false).len() - 1)
+        .map(|(_, l)| l)
+        .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        app.platform
+            .status_history(closing)
+            .last()
+            .map(String::as_str),
+        Some("ABORTED")
+    );
+
+    // A failed trial: its slice is closed after the failure was reported.
+    app.wait_failed(failed).await;
+    abort(&app, failed, "no time to restore").await;
+    assert_eq!(
+        lines(&app, failed),
+        with(
+            full_sequence(failed, false)[..6].to_vec(),
+            &[
+                "PUT /trial/{id}/",
+                "DELETE /sliceDeployment/{id}",
+                "PUT /trial/{id}/"
+            ],
+            failed
+        )
+    );
+    assert_eq!(
+        app.platform.status_history(failed),
+        ["ACTIVATING_1", "FAILED", "ABORTED"]
+    );
+
+    // An ended trial is not aborted again; an unknown one is not found.
+    let again = app.post(&format!("/trial/{idle}/abort"), None).await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{again:?}");
+    assert_eq!(
+        app.post("/trial/never-heard-of/abort", None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let listed = app.get("/trials?status=Aborted").await.body;
+    assert_eq!(
+        listed["trials"].as_array().map(Vec::len),
+        Some(6),
+        "{listed}"
+    );
+}
+
+#[tokio::test]
+async fn a_second_abort_while_cleaning_up_is_already_aborting_and_a_finished_trial_is_refused() {
+    let app = spawn_app().await;
+    let (id, done) = ("abort-twice", "abort-done");
+    app.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "DELETE",
+            "/measurementjobs/",
+            FaultAction::Delay(Duration::from_millis(1500)),
+        )
+        .for_trial(id)
+        .times(1),
+    );
+    app.start_trial(id).await;
+    app.start_trial(done).await;
+    app.wait_waiting(id, WAITING_OPERATOR).await;
+    assert_eq!(
+        app.post(&format!("/trial/{id}/abort"), None).await.status,
+        StatusCode::OK
+    );
+    app.wait_for(id, "cleaning up", |s| s["step"] == "DeleteMeasurementJob")
+        .await;
+    let second = app.post(&format!("/trial/{id}/abort"), None).await;
+    assert_eq!(second.status, StatusCode::OK, "{second:?}");
+    assert!(
+        second.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("already aborting")),
+        "{second:?}"
+    );
+    let status = app.trial_status(id).await;
+    assert_eq!(status["aborting"], true);
+    assert_eq!(status["abort_reason"], "aborted by the operator");
+    app.wait_for(id, "Aborted", |s| s["engine_status"] == "Aborted")
+        .await;
+    app.drive_to_finished(done).await;
+    let refused = app.post(&format!("/trial/{done}/abort"), None).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{refused:?}");
+    for bad in [json!({"reason": "x".repeat(501)}), json!({"why": "typo"})] {
+        let answer = app.post(&format!("/trial/{done}/abort"), Some(bad)).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{answer:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_clean_up_that_fails_for_good_names_its_leftovers_and_abort_again_retries_it() {
+    let app = spawn_app().await;
+    let id = "leaky";
+    app.start_trial(id).await;
+    app.wait_waiting(id, WAITING_OPERATOR).await;
+    app.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "DELETE",
+            "/measurementjobs/",
+            FaultAction::Status(500),
+        )
+        .for_trial(id),
+    );
+    assert_eq!(
+        app.post(&format!("/trial/{id}/abort"), None).await.status,
+        StatusCode::OK
+    );
+    let failed = app
+        .wait_for(id, "a failed clean-up", |s| s["cleanup_failed"] == true)
+        .await;
+    assert_eq!(failed["aborting"], false, "{failed}");
+    assert_eq!(failed["restorable"], false, "{failed}");
+    let expected = json!([
+        {"kind": "slice", "id": format!("slice-{id}")},
+        {"kind": "measurement_job", "id": format!("mj-{id}")},
+    ]);
+    assert_eq!(failed["leftovers"], expected);
+    let file = app.failure_file(id).expect("failure file");
+    assert_eq!(file["cleanup_failed"], true);
+    assert_eq!(file["leftovers"], expected);
+    let restore = app.post(&format!("/debug/engine/{id}/restore"), None).await;
+    assert_eq!(restore.status, StatusCode::CONFLICT, "{restore:?}");
+    assert!(restore.detail().contains("abort"), "{restore:?}");
+
+    app.platform.clear_faults();
+    assert_eq!(
+        app.post(&format!("/trial/{id}/abort"), None).await.status,
+        StatusCode::OK
+    );
+    let aborted = app
+        .wait_for(id, "Aborted", |s| s["engine_status"] == "Aborted")
+        .await;
+    assert_eq!(aborted["leftovers"], json!([]));
+    let sent = lines(&app, id);
+    let markings = sent.iter().filter(|l| *l == "POST /markKPIData").count();
+    assert_eq!(markings, 4, "the KPIs were finished once: {sent:?}");
+    assert_eq!(
+        sent.iter()
+            .filter(|l| l.starts_with("DELETE /sliceDeployment/"))
+            .count(),
+        1,
+        "{sent:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_trial_left_alone_is_cleaned_up_on_its_own() {
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(|s| {
+            single_attempt(s);
+            s.executor.cleanup_failed_after_secs = Some(1);
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    let (restored, left) = ("restored-in-time", "left-alone");
+    for id in [restored, left] {
+        app.platform.inject(
+            Fault::new(
+                Component::Enforcement,
+                "POST",
+                "/flightplan",
+                FaultAction::Status(500),
+            )
+            .for_trial(id)
+            .times(1),
+        );
+    }
+    app.start_trial(restored).await;
+    app.wait_failed(restored).await;
+    assert_eq!(
+        app.post(&format!("/debug/engine/{restored}/restore"), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    app.start_trial(left).await;
+    app.wait_failed(left).await;
+    app.wait_for(left, "Aborted", |s| s["engine_status"] == "Aborted")
+        .await;
+    assert_eq!(
+        first_event(&app, left, "abort_requested").await["detail"],
+        "not restored within 1 s"
+    );
+    // The restored trial failed first: its time has passed too, and it carries on.
+    let status = app.trial_status(restored).await;
+    assert_eq!(status["engine_status"], "Active", "{status}");
+    app.drive_to_finished(restored).await;
+}
+
+#[tokio::test]
+async fn pause_holds_every_request_until_resume_and_step_runs_exactly_one() {
+    let app = spawn_app().await;
+    let id = "stepped";
+    app.start_trial(id).await;
+    app.wait_waiting(id, WAITING_OPERATOR).await;
+    let step = format!("/trial/{id}/step");
+    let refused = app.post(&step, None).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::CONFLICT,
+        "not paused: {refused:?}"
+    );
+
+    let paused = app
+        .post(
+            &format!("/trial/{id}/pause"),
+            Some(json!({"reason": "new facility"})),
+        )
+        .await;
+    assert_eq!(paused.status, StatusCode::OK, "{paused:?}");
+    assert_eq!(app.trial_status(id).await["paused"], true);
+    let at_wait = app.post(&step, None).await;
+    assert_eq!(at_wait.status, StatusCode::CONFLICT, "{at_wait:?}");
+    assert!(at_wait.detail().contains("waiting for"), "{at_wait:?}");
+    let sent = lines(&app, id).len();
+
+    // The signal is taken, but no request starts.
+    assert_eq!(
+        app.post(&format!("/trial/{id}/active"), None).await.status,
+        StatusCode::OK
+    );
+    let held = app
+        .wait_for(id, "held before SendKpiActive", |s| {
+            s["step"] == "SendKpiActive" && s["status"] == "Waiting"
+        })
+        .await;
+    assert_eq!(held["paused"], true);
+    assert!(
+        held["waiting_for"]
+            .as_str()
+            .is_some_and(|w| w.contains("resume")),
+        "{held}"
+    );
+    assert_eq!(lines(&app, id).len(), sent, "nothing was sent while paused");
+
+    // One step: both KPI markings, then held before the next step.
+    assert_eq!(app.post(&step, None).await.status, StatusCode::OK);
+    app.wait_for(id, "held before UpdateStatusActive", |s| {
+        s["step"] == "UpdateStatusActive" && s["status"] == "Waiting"
+    })
+    .await;
+    assert_eq!(
+        lines(&app, id)[sent..],
+        ["POST /markKPIData", "POST /markKPIData"]
+    );
+    assert_eq!(app.post(&step, None).await.status, StatusCode::OK);
+    app.wait_waiting(id, "operator (finish)").await;
+    assert_eq!(
+        app.platform.status_history(id).last().map(String::as_str),
+        Some("ACTIVE")
+    );
+    assert_eq!(app.trial_status(id).await["paused"], true, "still paused");
+
+    let resumed = app.post(&format!("/trial/{id}/resume"), None).await;
+    assert_eq!(resumed.status, StatusCode::OK, "{resumed:?}");
+    assert_eq!(
+        app.post(&format!("/trial/{id}/finish"), None).await.status,
+        StatusCode::OK
+    );
+    app.wait_finished(id).await;
+    let kinds = event_kinds(&app, id).await;
+    for kind in ["paused", "stepped", "resumed"] {
+        assert!(kinds.iter().any(|k| k == kind), "no {kind} in {kinds:?}");
+    }
+    assert_eq!(
+        first_event(&app, id, "paused").await["detail"],
+        "new facility"
+    );
+    let ended = app.post(&format!("/trial/{id}/pause"), None).await;
+    assert_eq!(ended.status, StatusCode::CONFLICT, "{ended:?}");
+}
+
+#[tokio::test]
+async fn a_pause_lets_the_request_in_flight_complete_and_starts_nothing_more() {
+    let app = spawn_app().await;
+    let id = "paused-mid-step";
+    app.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "POST",
+            "/flightplan",
+            FaultAction::Delay(Duration::from_millis(800)),
+        )
+        .for_trial(id)
+        .times(1),
+    );
+    app.start_trial(id).await;
+    app.wait_for(id, "EnforceUavPlan in flight", |s| {
+        s["step"] == "EnforceUavPlan"
+    })
+    .await;
+    assert_eq!(
+        app.post(&format!("/trial/{id}/pause"), None).await.status,
+        StatusCode::OK
+    );
+    app.wait_for(id, "held before UpdateUavPlanStatus", |s| {
+        s["step"] == "UpdateUavPlanStatus" && s["status"] == "Waiting"
+    })
+    .await;
+    let sent = lines(&app, id);
+    assert_eq!(
+        sent.last().map(String::as_str),
+        Some("POST /flightplan"),
+        "{sent:?}"
+    );
+    assert_eq!(app.platform.status_history(id), ["ACTIVATING_1"]);
+    assert_eq!(
+        app.post(&format!("/trial/{id}/resume"), None).await.status,
+        StatusCode::OK
+    );
+    app.drive_to_finished(id).await;
+}
+
+#[tokio::test]
+async fn skip_goes_past_a_failed_step_with_a_reason_unless_later_steps_need_it() {
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(single_attempt),
+        ..AppOptions::default()
+    })
+    .await;
+    let (skipped, needed) = ("skip-put", "skip-slice");
+    app.platform.inject(
+        Fault::new(
+            Component::Repository,
+            "PUT",
+            "/trial/",
+            FaultAction::Status(500),
+        )
+        .for_trial(skipped)
+        .after(1)
+        .times(1),
+    );
+    app.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "POST",
+            "/sliceDeployment",
+            FaultAction::Status(500),
+        )
+        .for_trial(needed)
+        .times(1),
+    );
+    app.start_trial(skipped).await;
+    app.start_trial(needed).await;
+
+    let failed = app.wait_failed(skipped).await;
+    assert_eq!(failed["step"], "UpdateUavPlanStatus");
+    let path = format!("/debug/engine/{skipped}/skip");
+    for bad in [
+        json!({}),
+        json!({"reason": "  "}),
+        json!({"reason": "x", "extra": 1}),
+    ] {
+        let answer = app.post(&path, Some(bad)).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{answer:?}"
+        );
+    }
+    let answer = app
+        .post(
+            &path,
+            Some(json!({"reason": "status set by hand in the registry"})),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    app.drive_to_finished(skipped).await;
+    let statuses = app.platform.status_history(skipped);
+    assert_eq!(
+        statuses,
+        [
+            "ACTIVATING_1",
+            "ACTIVATING_2",
+            "FAILED",
+            "IDLE",
+            "ACTIVE",
+            "STOPPING",
+            "FINISHED"
+        ],
+        "the failed PUT was not sent again"
+    );
+    let event = first_event(&app, skipped, "skipped").await;
+    assert!(
+        event["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("UpdateUavPlanStatus") && d.contains("by hand")),
+        "{event}"
+    );
+    let again = app.post(&path, Some(json!({"reason": "again"}))).await;
+    assert_eq!(
+        again.status,
+        StatusCode::CONFLICT,
+        "a finished trial: {again:?}"
+    );
+
+    app.wait_failed(needed).await;
+    let refused = app
+        .post(
+            &format!("/debug/engine/{needed}/skip"),
+            Some(json!({"reason": "try"})),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{refused:?}");
+    assert!(refused.detail().contains("slice"), "{refused:?}");
+}
+
+#[tokio::test]
+async fn a_failed_component_wait_can_be_skipped_and_an_operator_wait_cannot() {
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(|s| {
+            s.executor.callback_timeout_secs = 1;
+            s.executor.operator_timeout_secs = Some(1);
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    let (slice, operator) = ("skip-wait", "skip-operator");
+    app.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "POST",
+            "/sliceDeployment",
+            FaultAction::DropCallback,
+        )
+        .for_trial(slice)
+        .times(1),
+    );
+    app.start_trial(slice).await;
+    app.start_trial(operator).await;
+    let failed = app.wait_failed(slice).await;
+    assert!(
+        failed["failure"]
+            .as_str()
+            .is_some_and(|f| f.contains("timed out waiting for the slice callback")),
+        "{failed}"
+    );
+    let answer = app
+        .post(
+            &format!("/debug/engine/{slice}/skip"),
+            Some(json!({"reason": "the facility confirmed the slice by phone"})),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    app.wait_for(slice, "past the slice wait", |s| {
+        s["status"] == "Waiting" || s["failed"] == true
+    })
+    .await;
+    let status = app.trial_status(slice).await;
+    assert_eq!(
+        status["waiting_for"], "the operator (active or finish)",
+        "{status}"
+    );
+
+    app.wait_failed(operator).await;
+    let refused = app
+        .post(
+            &format!("/debug/engine/{operator}/skip"),
+            Some(json!({"reason": "go on"})),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{refused:?}");
+}
