@@ -6,6 +6,7 @@ mod callbacks;
 mod crash;
 mod demo;
 mod diagrams;
+mod edges;
 mod failures;
 mod helpers;
 mod load;
