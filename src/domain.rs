@@ -22,6 +22,9 @@ pub struct InvalidTrialId {
 }
 
 impl TrialId {
+    /// What a trial id looks like, as a regular expression (for the OpenAPI document).
+    pub const PATTERN: &str = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$";
+
     /// Validates a trial id.
     pub fn parse(raw: &str) -> Result<Self, InvalidTrialId> {
         let mut chars = raw.chars();
