@@ -19,6 +19,7 @@ use crate::scheduler::Scheduler;
 use crate::services::{ClientError, ServiceClient};
 use crate::store::sqlite::SqliteBackend;
 use crate::store::{Backend, Store, StoreError};
+use crate::telemetry;
 use crate::tokens::TokenManager;
 
 /// Why the service could not start.
@@ -79,6 +80,8 @@ impl Application {
         backend: impl Backend,
     ) -> Result<Self, StartupError> {
         settings.validate()?;
+        // Before anything is counted (recovered engines run steps right away).
+        telemetry::install_metrics();
         let settings = Arc::new(settings);
         let services = ServiceClient::new(&settings)?;
         let (store, mut loaded) = tokio::task::spawn_blocking(move || Store::start(backend))
@@ -140,6 +143,7 @@ impl Application {
             poller,
         } = self;
         info!(addr = %listener.local_addr()?, "Lifecycle Manager listening");
+        let upkeep = telemetry::spawn_metrics_upkeep();
         let app = api::router(state.clone());
         let streams = state.shutdown.clone();
         let result = axum::serve(listener, app)
@@ -148,6 +152,7 @@ impl Application {
                 streams.cancel();
             })
             .await;
+        upkeep.abort();
         poller.abort();
         state.scheduler.shutdown();
         state.heartbeats.stop_all();

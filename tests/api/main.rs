@@ -9,6 +9,7 @@ mod diagrams;
 mod edges;
 mod failures;
 mod helpers;
+mod limits;
 mod load;
 mod observe;
 mod openapi;
