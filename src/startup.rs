@@ -1,5 +1,6 @@
 //! Builds the service from its settings and runs it: binds the listener (port 0 in tests),
-//! wires scheduler, engines, tokens and heartbeats, and serves until shutdown.
+//! wires scheduler, engines, tokens and heartbeats, and serves (see [`crate::server`]) until
+//! shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use crate::engine::redact::Redactor;
 use crate::engine::{EngineDeps, EngineHooks};
 use crate::heartbeat::Heartbeats;
 use crate::scheduler::Scheduler;
+use crate::server;
 use crate::services::{ClientError, ServiceClient};
 use crate::store::sqlite::SqliteBackend;
 use crate::store::{Backend, Store, StoreError};
@@ -132,7 +134,9 @@ impl Application {
         &self.state
     }
 
-    /// Serves until `shutdown` completes, then stops every job, engine and heartbeat.
+    /// Serves until `shutdown` completes. Then, at once, every job, engine and heartbeat stops
+    /// (no job fires and no step starts after that) and event streams end; open connections
+    /// get `server.shutdown_grace_secs` to finish before this returns.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -144,20 +148,21 @@ impl Application {
         } = self;
         info!(addr = %listener.local_addr()?, "Lifecycle Manager listening");
         let upkeep = telemetry::spawn_metrics_upkeep();
-        let app = api::router(state.clone());
-        let streams = state.shutdown.clone();
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                streams.cancel();
-            })
-            .await;
+        let router = api::router(state.clone());
+        let limits = server::Limits::from(&state.settings.server);
+        let stopping = state.clone();
+        server::serve(listener, router, limits, async move {
+            shutdown.await;
+            poller.abort();
+            stopping.scheduler.shutdown();
+            stopping.heartbeats.stop_all();
+            stopping.shutdown.cancel();
+            info!("shutting down: jobs and engines stopped, draining connections");
+        })
+        .await;
         upkeep.abort();
-        poller.abort();
-        state.scheduler.shutdown();
-        state.heartbeats.stop_all();
         info!("Lifecycle Manager stopped");
-        result
+        Ok(())
     }
 }
 
