@@ -643,6 +643,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn handlers_see_the_client_address() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let router = Router::new().route(
+            "/",
+            axum::routing::get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move {
+                peer.to_string()
+            }),
+        );
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            router,
+            limits(),
+            stop.clone().cancelled_owned(),
+        ));
+
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        let local = stream.local_addr().unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with(&local.to_string()), "{answer}");
+
+        stop.cancel();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
     async fn the_head_budget_counts_only_head_bytes() {
         let watch = Arc::new(Watch::new(limits()));
         assert_eq!(watch.head_budget(), Some(MAX_HEAD_BYTES));
