@@ -67,7 +67,9 @@ pub async fn spawn_binary_with(env: &[(&str, &str)], stdout: Stdio) -> TestApp {
     // A client of its own, dropped here, so its connection does not stay open afterwards.
     let probe = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut polls = tokio::time::interval(Duration::from_millis(50));
     loop {
+        polls.tick().await;
         let up = probe
             .get(format!("{address}/status"))
             .header("Authorization", API_KEY)
@@ -78,7 +80,6 @@ pub async fn spawn_binary_with(env: &[(&str, &str)], stdout: Stdio) -> TestApp {
             break;
         }
         assert!(Instant::now() < deadline, "the binary did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     TestApp {
         address,
