@@ -65,9 +65,14 @@ const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// The connection limits, from `[server]`.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// How long a request head may take to arrive whole.
     pub header_read_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request, and a write for the
+    /// client to take it.
     pub idle_timeout: Duration,
+    /// Open connections at most.
     pub max_connections: usize,
+    /// How long requests in flight get at shutdown.
     pub shutdown_grace: Duration,
 }
 
