@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use chrono::{DateTime, FixedOffset, Utc};
+use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 /// A trial id as the platform chose it: `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$` (SPEC §3). Safe
@@ -22,6 +22,9 @@ pub struct InvalidTrialId {
 }
 
 impl TrialId {
+    /// What a trial id looks like, as a regular expression (for the OpenAPI document).
+    pub const PATTERN: &str = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$";
+
     /// Validates a trial id.
     pub fn parse(raw: &str) -> Result<Self, InvalidTrialId> {
         let mut chars = raw.chars();
@@ -78,14 +81,24 @@ pub enum InvalidStartTime {
     Malformed(String),
     #[error("start_time {0} is in the past (now is {1})")]
     Past(String, String),
+    #[error(
+        "start_time '{0}' is after 9999-12-31T23:59:59Z, the latest time that can be written back in RFC 3339"
+    )]
+    TooLate(String),
 }
 
 impl StartTime {
-    /// Parses an RFC 3339 time; a time without an offset is refused rather than guessed.
+    /// Parses an RFC 3339 time; a time without an offset is refused rather than guessed, and
+    /// so is one whose instant in UTC has a five-digit year (it could not be shown in a form
+    /// that reads back).
     pub fn parse(raw: &str) -> Result<Self, InvalidStartTime> {
-        DateTime::parse_from_rfc3339(raw.trim())
-            .map(Self)
-            .map_err(|_| InvalidStartTime::Malformed(raw.chars().take(64).collect()))
+        let shown = || raw.chars().take(64).collect();
+        let time = DateTime::parse_from_rfc3339(raw.trim())
+            .map_err(|_| InvalidStartTime::Malformed(shown()))?;
+        if time.with_timezone(&Utc) > latest() {
+            return Err(InvalidStartTime::TooLate(shown()));
+        }
+        Ok(Self(time))
     }
 
     /// Parses and requires the time to be after `now`.
@@ -110,6 +123,13 @@ impl StartTime {
     pub fn utc(&self) -> DateTime<Utc> {
         self.0.with_timezone(&Utc)
     }
+}
+
+/// The latest instant RFC 3339 can write: 9999-12-31T23:59:59Z.
+fn latest() -> DateTime<Utc> {
+    NaiveDate::from_ymd_opt(9999, 12, 31)
+        .and_then(|day| day.and_hms_opt(23, 59, 59))
+        .map_or(DateTime::<Utc>::MAX_UTC, |time| time.and_utc())
 }
 
 impl From<DateTime<Utc>> for StartTime {
@@ -160,5 +180,30 @@ mod tests {
             StartTime::parse_future("2021-02-23T07:17:15Z", now),
             Err(InvalidStartTime::Past(..))
         ));
+    }
+
+    #[test]
+    fn start_times_read_back_as_written_up_to_the_last_four_digit_year() {
+        for raw in [
+            "9999-12-31T23:59:59Z",
+            "9999-12-31T23:59:59+05:00",
+            "9999-12-31T00:00:00-23:59",
+        ] {
+            let time = StartTime::parse(raw).unwrap();
+            let shown = serde_json::to_value(time).unwrap();
+            let again = StartTime::parse(shown.as_str().unwrap()).unwrap();
+            assert_eq!(again, time, "{raw} shown as {shown}");
+            assert_eq!(StartTime::parse(&time.to_string()).unwrap(), time);
+        }
+        for raw in [
+            "9999-12-31T23:59:59-23:59",
+            "9999-12-31T23:59:59.5Z",
+            "9999-12-31T23:00:00-01:00",
+        ] {
+            assert!(
+                matches!(StartTime::parse(raw), Err(InvalidStartTime::TooLate(_))),
+                "{raw}"
+            );
+        }
     }
 }

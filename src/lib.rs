@@ -26,8 +26,10 @@
 //!   checkpoint is committed before the executor sends its next request. At start-up,
 //!   [`scheduler::Scheduler::recover`] brings jobs and engines back.
 //! - [`tokens`] mints, verifies and revokes the per-trial callback tokens (HS256 JWT).
-//! - [`config`] loads layered settings; [`telemetry`] sets logging up; [`startup`] wires it
-//!   all and serves; [`cli`] is the command line.
+//! - [`config`] loads layered settings; [`telemetry`] sets logging and metrics up; [`startup`]
+//!   wires it all; [`server`] serves it over HTTP/1 with the connection limits (timeouts for
+//!   slow or idle clients, a cap on open connections, a bounded drain at shutdown);
+//!   [`cli`] is the command line.
 //! - [`sim`] holds simulated trial components (repository, enforcement, KPI monitoring) as
 //!   real HTTP servers with fault injection, for the tests, the demo and the benchmark.
 //! - [`demo`] (`lcm demo`) runs one trial against them on 127.0.0.1 through the REST API and
@@ -47,6 +49,7 @@ pub mod domain;
 pub mod engine;
 pub mod heartbeat;
 pub mod scheduler;
+pub mod server;
 pub mod services;
 pub mod sim;
 pub mod startup;

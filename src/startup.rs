@@ -1,5 +1,6 @@
 //! Builds the service from its settings and runs it: binds the listener (port 0 in tests),
-//! wires scheduler, engines, tokens and heartbeats, and serves until shutdown.
+//! wires scheduler, engines, tokens and heartbeats, and serves (see [`crate::server`]) until
+//! shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,9 +17,11 @@ use crate::engine::redact::Redactor;
 use crate::engine::{EngineDeps, EngineHooks};
 use crate::heartbeat::Heartbeats;
 use crate::scheduler::Scheduler;
+use crate::server;
 use crate::services::{ClientError, ServiceClient};
 use crate::store::sqlite::SqliteBackend;
 use crate::store::{Backend, Store, StoreError};
+use crate::telemetry;
 use crate::tokens::TokenManager;
 
 /// Why the service could not start.
@@ -80,6 +83,8 @@ impl Application {
         backend: impl Backend,
     ) -> Result<Self, StartupError> {
         settings.validate()?;
+        // Before anything is counted (recovered engines run steps right away).
+        telemetry::install_metrics();
         let settings = Arc::new(settings);
         let services = ServiceClient::new(&settings)?;
         let (store, mut loaded) = tokio::task::spawn_blocking(move || Store::start(backend))
@@ -136,7 +141,9 @@ impl Application {
         &self.state
     }
 
-    /// Serves until `shutdown` completes, then stops every job, engine and heartbeat.
+    /// Serves until `shutdown` completes. Then, at once, every job, engine and heartbeat stops
+    /// (no job fires and no step starts after that) and event streams end; open connections
+    /// get `server.shutdown_grace_secs` to finish before this returns.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -147,22 +154,26 @@ impl Application {
             tasks,
         } = self;
         info!(addr = %listener.local_addr()?, "Lifecycle Manager listening");
-        let app = api::router(state.clone());
+        let upkeep = telemetry::spawn_metrics_upkeep();
+        let router = api::router(state.clone());
+        let limits = server::Limits::from(&state.settings.server);
         let stopping = state.clone();
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                stopping.shutdown.cancel();
-                // At once: no job fires and no step starts once shutdown began.
-                stopping.scheduler.shutdown().await;
-            })
-            .await;
-        for task in tasks {
-            task.abort();
-        }
-        state.heartbeats.stop_all();
+        server::serve(listener, router, limits, async move {
+            shutdown.await;
+            for task in tasks {
+                task.abort();
+            }
+            // At once: no job fires and no step starts once shutdown began. Nothing is
+            // reported as failed; every trial resumes from its checkpoint at the next start.
+            stopping.scheduler.shutdown().await;
+            stopping.heartbeats.stop_all();
+            stopping.shutdown.cancel();
+            info!("shutting down: jobs and engines stopped, draining connections");
+        })
+        .await;
+        upkeep.abort();
         info!("Lifecycle Manager stopped");
-        result
+        Ok(())
     }
 }
 

@@ -1,12 +1,22 @@
-//! Logging set up once per process: stdout for `docker logs`, and a daily rolling file in
-//! `logging.dir` written by a non-blocking writer (SPEC §10).
+//! Logging and metrics, set up once per process. Logs: stdout for `docker logs` (colour only
+//! on a terminal), and a daily rolling file in `logging.dir` written by a non-blocking writer
+//! (SPEC §10). Metrics: the Prometheus recorder behind `GET /metrics`, with every metric family
+//! listed in one place.
 
-use std::io;
+use std::io::{self, IsTerminal};
+use std::sync::OnceLock;
+use std::time::Duration;
 
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::{EnvFilter, Layer, fmt, layer::SubscriberExt, util::SubscriberInitExt};
 
 use crate::config::{LogFormat, LoggingSettings};
+use crate::engine::sequence::Step;
+use crate::services::Service;
+use crate::services::retry::RetryReason;
+use crate::tokens::TokenError;
 
 /// Installs the global subscriber. Keep the returned guard alive for the life of the process:
 /// dropping it flushes and stops the file writer.
@@ -23,7 +33,13 @@ pub fn init(settings: &LoggingSettings) -> io::Result<WorkerGuard> {
 
     let (stdout_layer, file_layer) = match settings.format {
         LogFormat::Text => (
-            fmt::layer().with_target(false).boxed(),
+            fmt::layer()
+                .with_target(false)
+                .with_ansi(use_colour(
+                    io::stdout().is_terminal(),
+                    std::env::var("NO_COLOR").ok().as_deref(),
+                ))
+                .boxed(),
             fmt::layer()
                 .with_target(false)
                 .with_ansi(false)
@@ -48,17 +64,254 @@ pub fn init(settings: &LoggingSettings) -> io::Result<WorkerGuard> {
     Ok(guard)
 }
 
-/// The process's Prometheus recorder, installed on first use. One per process: every service
-/// built in it (tests build many) reports into the same registry.
-pub fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
-    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
-        std::sync::OnceLock::new();
+/// Colour codes on stdout only for a person at a terminal: logs piped to a file or read with
+/// `docker logs` stay plain text. `NO_COLOR` (set and not empty) turns colour off there too.
+fn use_colour(stdout_is_terminal: bool, no_color: Option<&str>) -> bool {
+    stdout_is_terminal && no_color.is_none_or(str::is_empty)
+}
+
+/// Buckets of `lcm_outbound_request_duration_seconds`, in seconds: from a quick answer on a
+/// local network to the default request timeout (`executor.request_timeout_secs`, 30 s).
+const OUTBOUND_DURATION_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// How often histogram samples are folded into their buckets between scrapes, so they do not
+/// pile up when nobody scrapes.
+const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The process's Prometheus recorder, installed on first use with every metric family
+/// registered (see [`install_metrics`]). One per process: every service built in it (tests
+/// build many) reports into the same registry.
+pub fn metrics() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let builder = PrometheusBuilder::new();
+        let builder = builder
+            .set_buckets_for_metric(
+                Matcher::Full("lcm_outbound_request_duration_seconds".to_owned()),
+                &OUTBOUND_DURATION_BUCKETS,
+            )
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("another metrics recorder is installed: /metrics will stay empty");
         }
+        register_families();
         handle
     })
+}
+
+/// Installs the Prometheus recorder; the service does it at start-up, before anything is
+/// counted, so `/metrics` misses nothing and lists every family from the first scrape.
+pub fn install_metrics() {
+    metrics();
+}
+
+/// Folds histogram samples into their buckets every few seconds until aborted.
+pub fn spawn_metrics_upkeep() -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async {
+        let mut ticks = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
+        loop {
+            ticks.tick().await;
+            metrics().run_upkeep();
+        }
+    })
+}
+
+/// The outcomes of `lcm_steps_total`.
+const STEP_OUTCOMES: [&str; 2] = ["completed", "failed"];
+
+/// The signals of `lcm_signals_total` (`Signal::name`).
+const SIGNALS: [&str; 13] = [
+    "slice callback",
+    "cloudvnfboarding callback",
+    "cloudvnfdeployment callback",
+    "edgevnfonboarding callback",
+    "edgevnfdeployment callback",
+    "active",
+    "finish",
+    "progress",
+    "abort",
+    "pause",
+    "resume",
+    "step",
+    "skip",
+];
+
+/// The outcomes of `lcm_signals_total` (`SignalOutcome::label`).
+const SIGNAL_OUTCOMES: [&str; 5] = [
+    "accepted",
+    "held",
+    "already_registered",
+    "refused_wrong_phase",
+    "refused_not_live",
+];
+
+/// The HTTP statuses each service answers on the trial's path, for
+/// `lcm_outbound_request_duration_seconds` (any other status adds its own series when seen).
+const EXPECTED_STATUSES: [(Service, &[&str]); 3] = [
+    (Service::TrialRepository, &["200", "204"]),
+    (Service::TrialEnforcement, &["200", "201", "204"]),
+    (Service::KpiMonitoring, &["200"]),
+];
+
+/// The errors of `lcm_outbound_request_errors_total`.
+const OUTBOUND_ERRORS: [&str; 2] = ["timeout", "error"];
+
+/// Every metric family the service exports, in one place: each is described (its `# HELP`)
+/// and present from the first scrape, gauges at 0 and counters and histograms with every
+/// label set known in advance at 0. A new family, or a new label value, is added here.
+fn register_families() {
+    describe_gauge!(
+        "lcm_engines",
+        "Engines in memory by status (Active, Failed, Finished, Aborted), taken at scrape time"
+    );
+    for status in ["Active", "Failed", "Finished", "Aborted"] {
+        gauge!("lcm_engines", "status" => status).set(0.0);
+    }
+    describe_gauge!(
+        "lcm_scheduled_jobs",
+        "Scheduled jobs waiting for their start time"
+    );
+    gauge!("lcm_scheduled_jobs").set(0.0);
+    describe_gauge!(
+        "lcm_missed_jobs",
+        "Jobs whose start passed while the service was down, beyond the misfire grace"
+    );
+    gauge!("lcm_missed_jobs").set(0.0);
+
+    describe_counter!(
+        "lcm_steps_total",
+        "Steps of the trial sequence run, by step and outcome (completed, failed)"
+    );
+    for step in Step::ALL {
+        for outcome in STEP_OUTCOMES {
+            counter!("lcm_steps_total", "step" => step.name(), "outcome" => outcome).increment(0);
+        }
+    }
+
+    describe_histogram!(
+        "lcm_outbound_request_duration_seconds",
+        "Time from request to answer of the trial components, by service and HTTP status"
+    );
+    for (service, statuses) in EXPECTED_STATUSES {
+        for status in statuses {
+            // Registering the series is enough: it shows with empty buckets.
+            let _ = histogram!(
+                "lcm_outbound_request_duration_seconds",
+                "service" => service.name(),
+                "status" => *status
+            );
+        }
+    }
+    describe_counter!(
+        "lcm_outbound_request_errors_total",
+        "Requests to the trial components that got no answer, by service and error (timeout, error)"
+    );
+    for service in Service::ALL {
+        for error in OUTBOUND_ERRORS {
+            counter!(
+                "lcm_outbound_request_errors_total",
+                "service" => service.name(),
+                "error" => error
+            )
+            .increment(0);
+        }
+    }
+
+    describe_counter!(
+        "lcm_signals_total",
+        "Callbacks and operator signals received, by signal and outcome"
+    );
+    for signal in SIGNALS {
+        for outcome in SIGNAL_OUTCOMES {
+            counter!("lcm_signals_total", "signal" => signal, "outcome" => outcome).increment(0);
+        }
+    }
+
+    describe_counter!(
+        "lcm_outbound_retries_total",
+        "Outbound requests tried again, by service and why (connect, timeout, status_503, ...)"
+    );
+    for service in Service::ALL {
+        for reason in RetryReason::LABELS {
+            counter!("lcm_outbound_retries_total", "service" => service.name(), "reason" => reason)
+                .increment(0);
+        }
+    }
+
+    describe_counter!(
+        "lcm_token_validations_total",
+        "Callback token checks, by outcome"
+    );
+    for outcome in TokenError::OUTCOMES {
+        counter!("lcm_token_validations_total", "outcome" => outcome).increment(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::sequence::WAITS;
+
+    #[test]
+    fn every_family_is_described_and_present_before_anything_is_counted() {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full("lcm_outbound_request_duration_seconds".to_owned()),
+                &OUTBOUND_DURATION_BUCKETS,
+            )
+            .expect("buckets")
+            .build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, register_families);
+        let text = handle.render();
+        for (family, kind) in [
+            ("lcm_engines", "gauge"),
+            ("lcm_scheduled_jobs", "gauge"),
+            ("lcm_missed_jobs", "gauge"),
+            ("lcm_steps_total", "counter"),
+            ("lcm_outbound_request_duration_seconds", "histogram"),
+            ("lcm_outbound_request_errors_total", "counter"),
+            ("lcm_signals_total", "counter"),
+            ("lcm_token_validations_total", "counter"),
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {family} {kind}\n")),
+                "{family} is not a {kind}: {text}"
+            );
+            assert!(
+                text.contains(&format!("# HELP {family} ")),
+                "{family} has no help: {text}"
+            );
+        }
+        assert!(text.contains("lcm_scheduled_jobs 0\n"), "{text}");
+        assert!(
+            text.contains(r#"lcm_steps_total{step="GetCallbackToken",outcome="completed"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"lcm_outbound_request_duration_seconds_bucket{service="trial_repository",status="204",le="0.1"} 0"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_signal_of_the_sequence_is_registered() {
+        for wait in WAITS {
+            for (signal, _) in wait.exits {
+                assert!(SIGNALS.contains(&signal.name()), "{}", signal.name());
+            }
+        }
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some("")));
+        assert!(!use_colour(true, Some("1")));
+        assert!(!use_colour(false, None));
+    }
 }

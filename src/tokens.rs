@@ -34,6 +34,35 @@ pub enum TokenError {
     Revoked,
     #[error("token was issued for another trial")]
     OtherTrial,
+    #[error("token is not valid yet (issued or valid from a time in the future)")]
+    NotYetValid,
+    #[error("token lives longer than this service issues tokens for (auth.token_ttl_secs)")]
+    TooLong,
+}
+
+impl TokenError {
+    /// Every outcome of a token check, as the `lcm_token_validations_total` label.
+    pub const OUTCOMES: [&str; 7] = [
+        "valid",
+        "expired",
+        "invalid",
+        "revoked",
+        "other_trial",
+        "not_yet_valid",
+        "too_long",
+    ];
+
+    /// The outcome as a metrics label.
+    fn label(&self) -> &'static str {
+        match self {
+            TokenError::Expired => "expired",
+            TokenError::Invalid => "invalid",
+            TokenError::Revoked => "revoked",
+            TokenError::OtherTrial => "other_trial",
+            TokenError::NotYetValid => "not_yet_valid",
+            TokenError::TooLong => "too_long",
+        }
+    }
 }
 
 /// Mints, verifies and revokes callback tokens.
@@ -52,8 +81,10 @@ impl TokenManager {
     /// A manager signing with `secret`; tokens live `ttl_secs`.
     pub fn new(secret: &Secret, ttl_secs: u64) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
-        // An expired token is expired: no grace period.
+        // An expired token is expired, and one valid from a later time is not valid yet: no
+        // grace period either way (the tokens are minted and checked on this one clock).
         validation.leeway = 0;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp"]);
         Self {
             encoding: EncodingKey::from_secret(secret.expose().as_bytes()),
@@ -90,10 +121,7 @@ impl TokenManager {
         let result = self.check(token, trial);
         let outcome = match &result {
             Ok(_) => "valid",
-            Err(TokenError::Expired) => "expired",
-            Err(TokenError::Invalid) => "invalid",
-            Err(TokenError::Revoked) => "revoked",
-            Err(TokenError::OtherTrial) => "other_trial",
+            Err(e) => e.label(),
         };
         metrics::counter!("lcm_token_validations_total", "outcome" => outcome).increment(1);
         result
@@ -110,14 +138,24 @@ impl TokenManager {
         Ok(claims)
     }
 
-    /// Signature and expiry only.
+    /// Signature and times only: not expired, not issued (`iat`) or valid (`nbf`) from a time
+    /// in the future, and not living longer than `auth.token_ttl_secs` (the service never
+    /// issues such a token, so it was not made here as issued).
     pub fn decode(&self, token: &str) -> Result<Claims, TokenError> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::ImmatureSignature => TokenError::NotYetValid,
                 _ => TokenError::Invalid,
-            })
+            })?;
+        if claims.iat > chrono::Utc::now().timestamp() {
+            return Err(TokenError::NotYetValid);
+        }
+        if claims.exp.saturating_sub(claims.iat) > self.ttl_secs {
+            return Err(TokenError::TooLong);
+        }
+        Ok(claims)
     }
 
     /// Revokes by token id; it stays refused for the rest of its lifetime. Returns once the
@@ -206,5 +244,44 @@ mod tests {
         )
         .unwrap();
         assert_eq!(tokens.verify(&expired, &t1), Err(TokenError::Expired));
+    }
+
+    /// A token signed with the right secret, with these claims.
+    fn forge(claims: &serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(b"test-secret"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn tokens_from_the_future_or_living_too_long_are_refused() {
+        let tokens = manager(3600);
+        let t1 = TrialId::parse("t1").unwrap();
+        let now = chrono::Utc::now().timestamp();
+        let claims = |iat: i64, exp: i64| serde_json::json!({"trial_id": "t1", "iat": iat, "exp": exp, "jti": "x"});
+
+        let issued_later = forge(&claims(now + 600, now + 1200));
+        assert_eq!(
+            tokens.verify(&issued_later, &t1),
+            Err(TokenError::NotYetValid)
+        );
+        let mut not_before = claims(now, now + 1200);
+        not_before["nbf"] = (now + 600).into();
+        assert_eq!(
+            tokens.verify(&forge(&not_before), &t1),
+            Err(TokenError::NotYetValid)
+        );
+        let too_long = forge(&claims(now - 10, now - 10 + 3601));
+        assert_eq!(tokens.verify(&too_long, &t1), Err(TokenError::TooLong));
+
+        // At the limits, a token is fine.
+        let full_life = forge(&claims(now, now + 3600));
+        assert!(tokens.verify(&full_life, &t1).is_ok());
+        not_before["nbf"] = now.into();
+        assert!(tokens.verify(&forge(&not_before), &t1).is_ok());
+        assert!(tokens.verify(&tokens.mint(&t1).unwrap(), &t1).is_ok());
     }
 }

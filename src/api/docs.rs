@@ -13,6 +13,9 @@ use axum::Json;
 use axum::extract::Extension;
 use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::schema::{ArrayItems, KnownFormat, Schema, SchemaFormat};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
@@ -21,6 +24,7 @@ use utoipa_swagger_ui::Config;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
+use crate::domain::TrialId;
 
 /// Where the document is served (and where Swagger UI fetches it).
 pub const OPENAPI_PATH: &str = "/openapi.json";
@@ -81,6 +85,94 @@ struct NoLicense;
 impl Modify for NoLicense {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         openapi.info.license = None;
+    }
+}
+
+/// States what a trial id and a start time must look like wherever the document takes or
+/// gives one — a path or query parameter, a body field, an answer's field — so generated
+/// clients and contract testers know what is valid: a `trial_id` gets its `pattern`, a
+/// `start_time` `format: date-time`. Applied to the whole document once the routers have added
+/// their paths, so a route added later is covered too.
+pub fn describe_inputs(mut openapi: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    for item in openapi.paths.paths.values_mut() {
+        for parameter in item.parameters.iter_mut().flatten() {
+            describe_parameter(parameter);
+        }
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+            &mut item.trace,
+        ];
+        for operation in operations.into_iter().flatten() {
+            describe_operation(operation);
+        }
+    }
+    if let Some(components) = &mut openapi.components {
+        for schema in components.schemas.values_mut() {
+            describe_fields(schema);
+        }
+    }
+    openapi
+}
+
+fn describe_operation(operation: &mut Operation) {
+    for parameter in operation.parameters.iter_mut().flatten() {
+        describe_parameter(parameter);
+    }
+    if let Some(RefOr::T(body)) = &mut operation.request_body {
+        for content in body.content.values_mut() {
+            if let RefOr::T(content) = content
+                && let Some(schema) = &mut content.schema
+            {
+                describe_fields(schema);
+            }
+        }
+    }
+}
+
+fn describe_parameter(parameter: &mut RefOr<utoipa::openapi::path::Parameter>) {
+    if let RefOr::T(parameter) = parameter
+        && let Some(schema) = &mut parameter.schema
+    {
+        describe_value(&parameter.name, schema);
+    }
+}
+
+/// Describes the fields of an object schema, and of the schemas inside it.
+fn describe_fields(schema: &mut RefOr<Schema>) {
+    match schema {
+        RefOr::T(Schema::Object(object)) => {
+            for (name, field) in &mut object.properties {
+                describe_value(name, field);
+                describe_fields(field);
+            }
+        }
+        RefOr::T(Schema::Array(array)) => {
+            if let ArrayItems::RefOrSchema(items) = &mut array.items {
+                describe_fields(items);
+            }
+        }
+        RefOr::T(Schema::OneOf(one_of)) => one_of.items.iter_mut().for_each(describe_fields),
+        RefOr::T(Schema::AllOf(all_of)) => all_of.items.iter_mut().for_each(describe_fields),
+        RefOr::T(Schema::AnyOf(any_of)) => any_of.items.iter_mut().for_each(describe_fields),
+        _ => {}
+    }
+}
+
+/// Describes a value by the name it goes by.
+fn describe_value(name: &str, schema: &mut RefOr<Schema>) {
+    let RefOr::T(Schema::Object(value)) = schema else {
+        return;
+    };
+    match name {
+        "trial_id" => value.pattern = Some(TrialId::PATTERN.to_owned()),
+        "start_time" => value.format = Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)),
+        _ => {}
     }
 }
 

@@ -97,9 +97,11 @@ impl From<TokenError> for ApiError {
     fn from(e: TokenError) -> Self {
         match e {
             TokenError::OtherTrial => Self::forbidden(e.to_string()),
-            TokenError::Expired | TokenError::Invalid | TokenError::Revoked => {
-                Self::unauthorized(e.to_string())
-            }
+            TokenError::Expired
+            | TokenError::Invalid
+            | TokenError::Revoked
+            | TokenError::NotYetValid
+            | TokenError::TooLong => Self::unauthorized(e.to_string()),
         }
     }
 }

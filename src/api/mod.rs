@@ -102,7 +102,7 @@ pub fn api() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document of the whole API, as served at `GET /openapi.json`.
 pub fn openapi() -> OpenApi {
-    api().into_openapi()
+    docs::describe_inputs(api().into_openapi())
 }
 
 /// The whole router with its middleware.
@@ -111,7 +111,7 @@ pub fn router(state: AppState) -> Router {
     let max_body = settings.server.max_body_bytes;
     let (routes, openapi) = api().split_for_parts();
     routes
-        .layer(Extension(Arc::new(openapi)))
+        .layer(Extension(Arc::new(docs::describe_inputs(openapi))))
         .fallback(docs::ui_asset_or_no_route)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(RequestBodyLimitLayer::new(max_body))

@@ -122,9 +122,11 @@ async fn schedule_from_registry(
     match state.scheduler.schedule_from_registry(&id).await {
         Ok(start) => Ok(Json(scheduled(&id, start))),
         // A start time the registry wrote badly is the registry's garbage, not the caller's.
-        Err(ScheduleError::Time(InvalidStartTime::Malformed(raw))) => Err(ApiError::bad_gateway(
-            format!("trial repository gives trial '{id}' an unreadable start_time '{raw}'"),
-        )),
+        Err(ScheduleError::Time(
+            InvalidStartTime::Malformed(raw) | InvalidStartTime::TooLate(raw),
+        )) => Err(ApiError::bad_gateway(format!(
+            "trial repository gives trial '{id}' an unreadable start_time '{raw}'"
+        ))),
         Err(e) => Err(e.into()),
     }
 }

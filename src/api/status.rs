@@ -48,7 +48,8 @@ async fn status(_: ApiKey, State(state): State<AppState>) -> Json<Value> {
             json!({
                 "id": job.id,
                 "trigger": format!("date[{}]", job.start_time),
-                "start_time": job.start_time.utc(),
+                // As the operator gave it, offset included: it reads back as written.
+                "start_time": job.start_time,
             })
         })
         .collect();

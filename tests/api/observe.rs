@@ -1,73 +1,190 @@
-//! Seeing inside: metrics move when a trial runs; history and the live event stream tell a
-//! whole trial in order.
+//! Seeing inside: metrics list every family from the first scrape and count exactly what a
+//! trial did (against the real binary, whose recorder nothing else shares); logs piped from
+//! stdout are plain text; history and the live event stream tell a whole trial in order.
 
+use std::process::Stdio;
 use std::time::Duration;
 
 use lcm::engine::sequence::{Step, happy_path};
 use reqwest::StatusCode;
 use serde_json::Value;
+use tokio::io::AsyncReadExt;
 
 use crate::helpers::*;
+use crate::limits::{spawn_binary_with, terminate};
 
-/// The value of a metric line starting with `series` (name and labels), or 0.
-fn metric(text: &str, series: &str) -> f64 {
+/// The value of one series (name and labels, exactly as rendered), if it is listed.
+fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
-        .filter(|l| l.starts_with(series))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Every series of a family whose labels include `label`, summed.
+fn sum_of(text: &str, family: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")) && l.contains(label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
 
-#[tokio::test]
-async fn metrics_change_when_a_trial_runs() {
-    let app = spawn_app().await;
-    let scrape = || async {
-        let response = app
-            .client
-            .get(format!("{}/metrics", app.address))
-            .send()
-            .await
-            .expect("metrics");
-        assert_eq!(response.status(), StatusCode::OK);
-        response.text().await.expect("text")
-    };
-    let steps = r#"lcm_steps_total{step="CloseService",outcome="completed"}"#;
-    let before = metric(&scrape().await, steps);
+async fn scrape(app: &TestApp) -> String {
+    let response = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(response.status(), StatusCode::OK);
+    response.text().await.expect("text")
+}
 
+#[tokio::test]
+async fn the_first_scrape_of_a_fresh_service_lists_every_family() {
+    // Its own process, so its own recorder: nothing else has counted anything in it.
+    let app = spawn_binary_with(&[], Stdio::null()).await;
+    let text = scrape(&app).await;
+    for (family, kind) in [
+        ("lcm_engines", "gauge"),
+        ("lcm_scheduled_jobs", "gauge"),
+        ("lcm_missed_jobs", "gauge"),
+        ("lcm_steps_total", "counter"),
+        ("lcm_outbound_request_duration_seconds", "histogram"),
+        ("lcm_outbound_request_errors_total", "counter"),
+        ("lcm_signals_total", "counter"),
+        ("lcm_token_validations_total", "counter"),
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} {kind}\n")),
+            "{family} is not listed as a {kind}: {text}"
+        );
+        assert!(
+            text.contains(&format!("# HELP {family} ")),
+            "{family}: {text}"
+        );
+    }
+    for series in [
+        r#"lcm_engines{status="Active"}"#,
+        "lcm_scheduled_jobs",
+        "lcm_missed_jobs",
+        r#"lcm_steps_total{step="GetCallbackToken",outcome="completed"}"#,
+        r#"lcm_steps_total{step="CloseService",outcome="failed"}"#,
+        r#"lcm_outbound_request_duration_seconds_bucket{service="trial_repository",status="204",le="+Inf"}"#,
+        r#"lcm_outbound_request_duration_seconds_count{service="kpi_monitoring",status="200"}"#,
+        r#"lcm_outbound_request_errors_total{service="trial_enforcement",error="timeout"}"#,
+        r#"lcm_signals_total{signal="slice callback",outcome="accepted"}"#,
+        r#"lcm_token_validations_total{outcome="valid"}"#,
+    ] {
+        assert_eq!(metric(&text, series), Some(0.0), "{series}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn metrics_count_exactly_what_one_trial_did() {
+    let app = spawn_binary_with(&[], Stdio::null()).await;
     let id = "metered";
     app.start_trial(id).await;
+    let scheduled = scrape(&app).await;
     app.drive_to_finished(id).await;
+    let text = scrape(&app).await;
 
-    let text = scrape().await;
-    assert!(metric(&text, steps) >= before + 1.0, "{text}");
+    // Fresh binary: each value below is what this one trial did.
+    for step in happy_path(false) {
+        let series = format!(
+            r#"lcm_steps_total{{step="{}",outcome="completed"}}"#,
+            step.name()
+        );
+        assert_eq!(metric(&text, &series), Some(1.0), "{series}: {text}");
+    }
+    assert_eq!(sum_of(&text, "lcm_steps_total", r#"outcome="failed""#), 0.0);
+    assert_eq!(
+        metric(&text, r#"lcm_engines{status="Finished"}"#),
+        Some(1.0)
+    );
+    assert_eq!(metric(&text, r#"lcm_engines{status="Active"}"#), Some(0.0));
     assert!(
-        metric(&text, r#"lcm_engines{status="Finished"}"#) >= 1.0,
+        metric(&scheduled, "lcm_scheduled_jobs") == Some(1.0)
+            || metric(&scheduled, r#"lcm_engines{status="Active"}"#) == Some(1.0),
+        "the trial is a job or an engine: {scheduled}"
+    );
+    assert_eq!(metric(&text, "lcm_scheduled_jobs"), Some(0.0));
+    for (service, status, count) in [
+        ("trial_repository", "200", 4.0),
+        ("trial_repository", "204", 6.0),
+        ("kpi_monitoring", "200", 6.0),
+    ] {
+        for series in [
+            format!(
+                r#"lcm_outbound_request_duration_seconds_count{{service="{service}",status="{status}"}}"#
+            ),
+            format!(
+                r#"lcm_outbound_request_duration_seconds_bucket{{service="{service}",status="{status}",le="+Inf"}}"#
+            ),
+        ] {
+            assert_eq!(metric(&text, &series), Some(count), "{series}: {text}");
+        }
+    }
+    assert_eq!(
+        sum_of(&text, "lcm_outbound_request_errors_total", "service="),
+        0.0
+    );
+    // The slice callbacks come from the simulated enforcement: each is taken at its waiting
+    // point, or held if it overtakes the end of its step.
+    assert_eq!(
+        sum_of(&text, "lcm_signals_total", r#"signal="slice callback""#),
+        2.0,
         "{text}"
     );
-    assert!(text.contains("lcm_scheduled_jobs"), "{text}");
-    assert!(
-        metric(
-            &text,
-            r#"lcm_outbound_request_duration_seconds_count{service="trial_repository",status="204"}"#
-        ) >= 6.0,
-        "{text}"
-    );
-    assert!(
-        metric(&text, r#"lcm_token_validations_total{outcome="valid"}"#) >= 2.0,
-        "{text}"
-    );
-    assert!(
+    assert_eq!(
         metric(
             &text,
             r#"lcm_signals_total{signal="slice callback",outcome="accepted"}"#
-        ) >= 2.0,
+        )
+        .unwrap_or_default()
+            + metric(
+                &text,
+                r#"lcm_signals_total{signal="slice callback",outcome="held"}"#
+            )
+            .unwrap_or_default(),
+        2.0
+    );
+    for signal in ["active", "finish"] {
+        let series = format!(r#"lcm_signals_total{{signal="{signal}",outcome="accepted"}}"#);
+        assert_eq!(metric(&text, &series), Some(1.0), "{series}: {text}");
+        assert_eq!(
+            sum_of(&text, "lcm_signals_total", &format!(r#"signal="{signal}""#)),
+            1.0
+        );
+    }
+    assert_eq!(
+        metric(&text, r#"lcm_token_validations_total{outcome="valid"}"#),
+        Some(2.0),
         "{text}"
     );
-    assert!(
-        metric(
-            &text,
-            r#"lcm_signals_total{signal="active",outcome="accepted"}"#
-        ) >= 1.0
+    assert_eq!(
+        sum_of(&text, "lcm_token_validations_total", "outcome="),
+        2.0
     );
+}
+
+#[tokio::test]
+async fn logs_piped_from_stdout_carry_no_colour_codes() {
+    let mut app = spawn_binary_with(&[("LCM__LOGGING__FORMAT", "text")], Stdio::piped()).await;
+    let Server::Process(child) = &mut app.server else {
+        unreachable!("the binary runs as a process");
+    };
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let reader = tokio::spawn(async move {
+        let mut out = Vec::new();
+        stdout.read_to_end(&mut out).await.expect("reads stdout");
+        out
+    });
+    assert_eq!(app.get("/status").await.status, StatusCode::OK);
+    let (status, _) = terminate(&mut app, Duration::from_secs(20)).await;
+    assert!(status.success(), "{status}");
+    let out = reader.await.expect("reader");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("Lifecycle Manager listening"), "{text}");
+    assert!(!out.contains(&0x1b), "colour codes in piped logs: {text:?}");
 }
 
 /// Reads an SSE stream to its end and returns the JSON of every `data:` line.

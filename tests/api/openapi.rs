@@ -234,6 +234,84 @@ async fn the_document_describes_parameters_bodies_errors_and_credentials() {
     assert_eq!(required, ["start_time", "trial_id"], "{schema}");
 }
 
+/// Where the document names a value `name`: each parameter of that name and each schema
+/// property of that name, with the JSON path it was found at.
+fn values_named<'a>(doc: &'a Value, name: &str) -> Vec<(String, &'a Value)> {
+    fn walk<'a>(at: String, value: &'a Value, name: &str, found: &mut Vec<(String, &'a Value)>) {
+        match value {
+            Value::Object(object) => {
+                if object.get("name").and_then(Value::as_str) == Some(name)
+                    && object.contains_key("in")
+                    && let Some(schema) = object.get("schema")
+                {
+                    found.push((at.clone(), schema));
+                }
+                if let Some(property) = object.get("properties").and_then(|p| p.get(name)) {
+                    found.push((format!("{at}/properties/{name}"), property));
+                }
+                for (key, child) in object {
+                    walk(format!("{at}/{key}"), child, name, found);
+                }
+            }
+            Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    walk(format!("{at}/{i}"), child, name, found);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    walk(String::new(), doc, name, &mut found);
+    found
+}
+
+#[tokio::test]
+async fn every_trial_id_states_its_pattern_and_every_start_time_its_format() {
+    let app = spawn_app().await;
+    let doc = document(&app).await;
+
+    let trial_ids = values_named(&doc, "trial_id");
+    let at: Vec<&str> = trial_ids.iter().map(|(at, _)| at.as_str()).collect();
+    // Paths are keyed by their own text, slashes and all.
+    for (path, method) in [
+        ("/debug/add-heartbeat", "post"),
+        ("/trial/{trial_id}/status", "get"),
+    ] {
+        let expected = format!("/paths/{path}/{method}/parameters/");
+        assert!(
+            at.iter().any(|a| a.starts_with(&expected)),
+            "no trial_id parameter of {method} {path}: {at:?}"
+        );
+    }
+    let schedule_body = &doc["paths"]["/debug/trial/schedule"]["post"]["requestBody"]["content"]["application/json"]
+        ["schema"]["$ref"];
+    let body_name = schedule_body
+        .as_str()
+        .and_then(|r| r.rsplit('/').next())
+        .expect("the body is a named schema");
+    let body_field = format!("/components/schemas/{body_name}/properties/trial_id");
+    assert!(at.contains(&body_field.as_str()), "{body_field}: {at:?}");
+    for (at, schema) in &trial_ids {
+        assert_eq!(
+            schema["pattern"],
+            lcm::domain::TrialId::PATTERN,
+            "trial_id at {at}: {schema}"
+        );
+    }
+
+    let start_times = values_named(&doc, "start_time");
+    let at: Vec<&str> = start_times.iter().map(|(at, _)| at.as_str()).collect();
+    let body_field = format!("/components/schemas/{body_name}/properties/start_time");
+    assert!(at.contains(&body_field.as_str()), "{body_field}: {at:?}");
+    for (at, schema) in &start_times {
+        assert_eq!(
+            schema["format"], "date-time",
+            "start_time at {at}: {schema}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn every_route_is_served_with_its_credential() {
     let app = spawn_app().await;

@@ -78,7 +78,11 @@ async fn a_database_of_the_previous_release_is_migrated_and_its_trials_finish() 
     std::fs::copy(fixture, data.path().join("lcm.sqlite3")).expect("fixture copied");
     let path = data.path().to_path_buf();
     let app = spawn_app_with(AppOptions {
-        settings: Box::new(move |s| s.store.data_dir = path),
+        // The configuration the previous release ran with: its tokens live ten years.
+        settings: Box::new(move |s| {
+            s.store.data_dir = path;
+            s.auth.token_ttl_secs = 315_360_000;
+        }),
         // The trials where the previous release left them in the repository.
         platform: Box::new(|platform| {
             for (id, status) in [

@@ -1,0 +1,428 @@
+//! Hostile or broken clients (SPEC §15), against the real binary: a request head that never
+//! completes, idle keep-alive connections, more connections than allowed, an oversized head,
+//! and a shutdown that open connections cannot hold up.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use lcm::sim::{Platform, SimOptions};
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::helpers::*;
+
+/// The real `lcm` binary on a free port of 127.0.0.1, in a temporary directory, against
+/// simulated components, with `env` (`LCM__…` variables) over its built-in defaults; `stdout`
+/// is where its stdout goes. Returns once it answers `/status`.
+pub async fn spawn_binary_with(env: &[(&str, &str)], stdout: Stdio) -> TestApp {
+    let platform = Platform::start(SimOptions {
+        kpi_oauth2: false,
+        ..SimOptions::default()
+    })
+    .await
+    .expect("simulators");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let address = format!("http://127.0.0.1:{port}");
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_lcm"));
+    command
+        .current_dir(dir.path())
+        .env_remove("LCM_CONFIG")
+        .env("LCM__SERVER__BIND", format!("127.0.0.1:{port}"))
+        .env("LCM__SERVER__PUBLIC_URL", &address)
+        .env("LCM__AUTH__API_KEY", API_KEY)
+        .env("LCM__AUTH__TOKEN_SECRET", TOKEN_SECRET)
+        .env("LCM__LOGGING__DIR", dir.path())
+        .env("LCM__STORE__DATA_DIR", dir.path().join("data"))
+        .env(
+            "LCM__SERVICES__TRIAL_REPOSITORY__URL",
+            format!("http://{}", platform.repository),
+        )
+        .env(
+            "LCM__SERVICES__TRIAL_ENFORCEMENT__URL",
+            format!("http://{}", platform.enforcement),
+        )
+        .env(
+            "LCM__SERVICES__KPI_MONITORING__URL",
+            format!("http://{}", platform.kpi),
+        )
+        .stdout(stdout)
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let child = command.spawn().expect("the binary starts");
+
+    // A client of its own, dropped here, so its connection does not stay open afterwards.
+    let probe = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut polls = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        polls.tick().await;
+        let up = probe
+            .get(format!("{address}/status"))
+            .header("Authorization", API_KEY)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK);
+        if up {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the binary did not come up");
+    }
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        platform,
+        logs: dir,
+        server: Server::Process(child),
+    }
+}
+
+/// Sends SIGTERM to the binary and waits for it to exit; returns how long that took.
+pub async fn terminate(app: &mut TestApp, limit: Duration) -> (std::process::ExitStatus, Duration) {
+    let Server::Process(child) = &mut app.server else {
+        unreachable!("the binary runs as a process");
+    };
+    let pid = child.id().expect("pid");
+    let sent = Instant::now();
+    let killed = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await
+        .expect("kill runs");
+    assert!(killed.success());
+    let status = tokio::time::timeout(limit, child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("the service did not stop within {limit:?}"))
+        .expect("exit status");
+    (status, sent.elapsed())
+}
+
+fn port_of(app: &TestApp) -> u16 {
+    app.address
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a port")
+}
+
+/// A keep-alive connection of its own to the app, and the task that drives it (it ends when
+/// the connection closes).
+async fn connect(app: &TestApp) -> (SendRequest<Empty<Bytes>>, tokio::task::JoinHandle<()>) {
+    let stream = TcpStream::connect(("127.0.0.1", port_of(app)))
+        .await
+        .expect("connects");
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (sender, driver)
+}
+
+/// `GET /status` on that connection; the status code.
+async fn get_status(sender: &mut SendRequest<Empty<Bytes>>) -> StatusCode {
+    sender
+        .ready()
+        .await
+        .expect("the connection takes a request");
+    let request = hyper::Request::get("/status")
+        .header("host", "127.0.0.1")
+        .header("authorization", API_KEY)
+        .body(Empty::new())
+        .expect("request");
+    let response = sender.send_request(request).await.expect("an answer");
+    let status = response.status();
+    response.into_body().collect().await.expect("the body");
+    StatusCode::from_u16(status.as_u16()).expect("a status")
+}
+
+/// Reads what the server sends until it closes the connection.
+async fn read_to_close(stream: &mut TcpStream, limit: Duration) -> String {
+    let mut received = Vec::new();
+    tokio::time::timeout(limit, stream.read_to_end(&mut received))
+        .await
+        .expect("the server closes the connection")
+        .expect("reads");
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+/// The status code and JSON body of a raw `Connection: close` answer.
+fn parse_answer(raw: &str) -> (u16, Value) {
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a head and a body");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+    (status, serde_json::from_str(body).expect("a JSON body"))
+}
+
+/// Reads one answer on a keep-alive connection: its head, then `content-length` bytes.
+async fn read_one_answer(stream: &mut TcpStream) -> String {
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = String::from_utf8_lossy(&received).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .expect("a content-length");
+            if body.len() >= length {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .expect("reads");
+        assert!(n > 0, "closed before the answer was whole: {text}");
+        received.extend_from_slice(&chunk[..n]);
+    }
+}
+
+const HALF_HEAD: &[u8] = b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: ";
+
+#[tokio::test]
+async fn a_request_head_that_does_not_arrive_in_time_gets_408_and_the_connection_closes() {
+    let app = spawn_binary_with(
+        &[
+            ("LCM__SERVER__HEADER_READ_TIMEOUT_SECS", "1"),
+            ("LCM__SERVER__IDLE_TIMEOUT_SECS", "60"),
+        ],
+        Stdio::null(),
+    )
+    .await;
+    let port = port_of(&app);
+
+    // A new connection that sends half a head (slowloris).
+    let mut slow = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connects");
+    let opened = Instant::now();
+    slow.write_all(HALF_HEAD).await.expect("writes");
+    let answer = read_to_close(&mut slow, Duration::from_secs(10)).await;
+    let waited = opened.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed after {waited:?}"
+    );
+    let (status, body) = parse_answer(&answer);
+    assert_eq!(status, 408, "{answer}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("server.header_read_timeout_secs")),
+        "{body}"
+    );
+
+    // A keep-alive connection that starts its next head and stalls: the head timer, not the
+    // (much longer) idle timer, applies.
+    let mut stalled = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connects");
+    stalled
+        .write_all(
+            format!("GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {API_KEY}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("writes");
+    let first = read_one_answer(&mut stalled).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    stalled.write_all(HALF_HEAD).await.expect("writes");
+    let started = Instant::now();
+    let answer = read_to_close(&mut stalled, Duration::from_secs(10)).await;
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert_eq!(parse_answer(&answer).0, 408, "{answer}");
+
+    // A connection that never sends anything is closed as quietly.
+    let mut silent = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connects");
+    assert_eq!(
+        read_to_close(&mut silent, Duration::from_secs(10)).await,
+        "",
+        "nothing was asked, nothing is answered"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let app = spawn_binary_with(
+        &[
+            ("LCM__SERVER__HEADER_READ_TIMEOUT_SECS", "1"),
+            ("LCM__SERVER__IDLE_TIMEOUT_SECS", "3"),
+        ],
+        Stdio::null(),
+    )
+    .await;
+    let (mut sender, closed) = connect(&app).await;
+    assert_eq!(get_status(&mut sender).await, StatusCode::OK);
+    let idle_since = Instant::now();
+    tokio::time::timeout(Duration::from_secs(15), closed)
+        .await
+        .expect("the server closes the idle connection")
+        .expect("driver");
+    let waited = idle_since.elapsed();
+    // Idle for longer than the head timeout (1 s) did not close it: only the idle timeout did.
+    assert!(
+        waited >= Duration::from_millis(2900),
+        "closed after {waited:?}, before the idle timeout"
+    );
+    assert!(waited < Duration::from_secs(10), "closed after {waited:?}");
+}
+
+#[tokio::test]
+async fn beyond_max_connections_a_new_connection_waits_for_a_free_slot() {
+    let app = spawn_binary_with(&[("LCM__SERVER__MAX_CONNECTIONS", "5")], Stdio::null()).await;
+    let mut open = Vec::new();
+    for _ in 0..5 {
+        let (mut sender, driver) = connect(&app).await;
+        assert_eq!(get_status(&mut sender).await, StatusCode::OK);
+        open.push((sender, driver));
+    }
+
+    let (mut sixth, _sixth_driver) = connect(&app).await;
+    let mut waiting = Box::pin(async move { get_status(&mut sixth).await });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), &mut waiting)
+            .await
+            .is_err(),
+        "the sixth connection was served while five were open"
+    );
+    // The open ones keep working meanwhile.
+    assert_eq!(get_status(&mut open[0].0).await, StatusCode::OK);
+
+    let (sender, driver) = open.remove(1);
+    drop(sender);
+    driver.await.expect("the client closes its connection");
+    let answer = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("served once a slot is free");
+    assert_eq!(answer, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_oversized_request_head_gets_431_json() {
+    let app = spawn_binary_with(&[], Stdio::null()).await;
+    let answer = app
+        .client
+        .get(format!("{}/status", app.address))
+        .header("Authorization", API_KEY)
+        .header("X-Padding", "a".repeat(1024 * 1024))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(answer.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let answer = read(answer).await;
+    assert!(
+        answer.detail().contains("larger than 65536 bytes"),
+        "{answer:?}"
+    );
+
+    // A head just under the limit is served, and on a connection that served a large body.
+    let under = app
+        .client
+        .get(format!("{}/status", app.address))
+        .header("Authorization", API_KEY)
+        .header("X-Padding", "a".repeat(60 * 1024))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(under.status(), StatusCode::OK);
+    let body = serde_json::json!({"trial_id": "t1", "start_time": "x".repeat(900 * 1024)});
+    let big_body = app
+        .call(reqwest::Method::POST, "/debug/trial/schedule", Some(body))
+        .await;
+    assert_eq!(big_body.status, StatusCode::BAD_REQUEST, "{big_body:?}");
+    assert_eq!(app.get("/status").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn sigterm_ends_the_process_within_the_grace_whatever_the_clients_do() {
+    let mut app = spawn_binary_with(
+        &[
+            ("LCM__SERVER__HEADER_READ_TIMEOUT_SECS", "120"),
+            ("LCM__SERVER__SHUTDOWN_GRACE_SECS", "6"),
+        ],
+        Stdio::null(),
+    )
+    .await;
+    let port = port_of(&app);
+    let id = "after-shutdown";
+    app.platform.add_trial(Platform::trial(id, None));
+    let due = Instant::now() + Duration::from_secs(3);
+    assert_eq!(app.schedule(id, &in_ms(3000)).await.status, StatusCode::OK);
+
+    // Half a head, and a request whose body never comes: neither ends by itself.
+    let mut half_head = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connects");
+    half_head.write_all(HALF_HEAD).await.expect("writes");
+    let mut half_body = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connects");
+    half_body
+        .write_all(
+            format!(
+                "POST /debug/trial/schedule HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("writes");
+    // The 100 Continue comes once the handler reads the body: the request is in flight.
+    let mut continue_line = [0u8; 25];
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        half_body.read_exact(&mut continue_line),
+    )
+    .await
+    .expect("100 Continue in time")
+    .expect("reads");
+    assert_eq!(&continue_line, b"HTTP/1.1 100 Continue\r\n\r\n");
+    half_body.write_all(b"{\"trial_id\"").await.expect("writes");
+
+    assert!(
+        Instant::now() < due,
+        "too slow to signal before the job is due: this run proves nothing"
+    );
+    let (status, took) = terminate(&mut app, Duration::from_secs(30)).await;
+    assert!(status.success(), "{status}");
+    assert!(
+        took < Duration::from_secs(15),
+        "took {took:?}: more than the 6 s grace allows"
+    );
+    assert!(
+        took >= Duration::from_millis(5500),
+        "took {took:?}: the request in flight did not get its grace"
+    );
+    // The job was due during the grace: it never fired.
+    let sent = lines(&app, id);
+    assert!(sent.is_empty(), "{sent:?}");
+}
