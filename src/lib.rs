@@ -38,6 +38,7 @@
 //! Shared maps (jobs, engines, heartbeats, revoked tokens) are small, behind plain mutexes
 //! never held across an `.await`; everything long-lived is a task that owns its state.
 
+pub mod access;
 pub mod api;
 pub mod bench;
 pub mod cli;

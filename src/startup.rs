@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{error, info, warn};
 
+use crate::access::Access;
 use crate::api::{self, AppInner, AppState};
 use crate::config::Settings;
 use crate::engine::redact::Redactor;
@@ -79,6 +80,11 @@ impl Application {
         backend: impl Backend,
     ) -> Result<Self, StartupError> {
         settings.validate()?;
+        let access = Arc::new(Access::new(&settings.auth)?);
+        #[cfg(unix)]
+        if access.reloads() {
+            reload_keys_on_sighup(&access);
+        }
         let settings = Arc::new(settings);
         let services = ServiceClient::new(&settings)?;
         let (store, mut loaded) = tokio::task::spawn_blocking(move || Store::start(backend))
@@ -106,6 +112,7 @@ impl Application {
         );
         let state = AppState::new(AppInner {
             settings,
+            access,
             scheduler,
             tokens,
             heartbeats,
@@ -142,18 +149,51 @@ impl Application {
         info!(addr = %listener.local_addr()?, "Lifecycle Manager listening");
         let app = api::router(state.clone());
         let streams = state.shutdown.clone();
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                streams.cancel();
-            })
-            .await;
+        let result = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            streams.cancel();
+        })
+        .await;
         poller.abort();
         state.scheduler.shutdown();
         state.heartbeats.stop_all();
         info!("Lifecycle Manager stopped");
         result
     }
+}
+
+/// Loads the API keys again on every SIGHUP, for as long as the service runs (SIGHUP would
+/// otherwise end the process). Keys that fail validation leave the old ones in force.
+#[cfg(unix)]
+fn reload_keys_on_sighup(access: &Arc<Access>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Installed before the service answers, so a SIGHUP sent once it does is never lost.
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            warn!("SIGHUP will not reload the API keys: cannot listen for it ({e})");
+            return;
+        }
+    };
+    // Weak: the task must not keep the service's state alive once it has stopped.
+    let access = Arc::downgrade(access);
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let Some(access) = access.upgrade() else {
+                break;
+            };
+            // The reload reads the configuration's files.
+            match tokio::task::spawn_blocking(move || access.reload()).await {
+                Ok(Ok(changes)) => info!("SIGHUP: API keys reloaded: {changes}"),
+                Ok(Err(e)) => error!("SIGHUP: API keys not reloaded, the previous keys stay: {e}"),
+                Err(e) => error!("SIGHUP: API keys not reloaded, the previous keys stay: {e}"),
+            }
+        }
+    });
 }
 
 /// Completes on SIGINT or SIGTERM.

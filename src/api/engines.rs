@@ -8,7 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiKey, TrialIdParam, TrialPath};
+use super::extract::{Admin, TrialIdParam, TrialPath};
 use super::{AppState, Message};
 use crate::engine::watchdog::RestoreError;
 
@@ -39,7 +39,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     ),
 )]
 async fn restore(
-    _: ApiKey,
+    _: Admin,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Value>, ApiError> {
@@ -80,7 +80,7 @@ async fn restore(
     ),
 )]
 async fn remove(
-    _: ApiKey,
+    _: Admin,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Message>, ApiError> {

@@ -31,6 +31,7 @@ use utoipa::OpenApi as _;
 use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+use crate::access::Access;
 use crate::config::Settings;
 use crate::domain::TrialId;
 use crate::engine::EngineHandle;
@@ -46,6 +47,8 @@ pub struct AppState(Arc<AppInner>);
 /// The service's shared parts.
 pub struct AppInner {
     pub settings: Arc<Settings>,
+    /// The API keys in force and the failed-authentication limit.
+    pub access: Arc<Access>,
     pub scheduler: Scheduler,
     pub tokens: Arc<TokenManager>,
     pub heartbeats: Heartbeats,
@@ -123,6 +126,10 @@ pub fn router(state: AppState) -> Router {
     routes
         .layer(Extension(Arc::new(openapi)))
         .fallback(docs::ui_asset_or_no_route)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            extract::identify_caller,
+        ))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(RequestBodyLimitLayer::new(max_body))
         .layer(axum::middleware::map_response(error::json_errors))

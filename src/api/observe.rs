@@ -15,7 +15,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiKey, TrialIdParam, TrialPath};
+use super::extract::{TrialIdParam, TrialPath, Viewer};
 use crate::engine::state::{EngineStatus, EventKind, TrialEvent};
 use crate::telemetry;
 
@@ -60,7 +60,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "The trial has no engine", body = ErrorBody)))]
 async fn history(
-    _: ApiKey,
+    _: Viewer,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Value>, ApiError> {
@@ -79,7 +79,7 @@ async fn history(
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "The trial has no engine", body = ErrorBody)))]
 async fn events(
-    _: ApiKey,
+    _: Viewer,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {

@@ -8,8 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiKey, PresentedToken, TrialIdParam, TrialPath};
-use super::tokens::check_token;
+use super::extract::{CallbackToken, Operator, TrialIdParam, TrialPath, Viewer};
 use super::{AppState, Message};
 use crate::domain::TrialId;
 use crate::engine::executor::SignalOutcome;
@@ -62,12 +61,8 @@ macro_rules! callback_handler {
                 (status = 409, description = "The trial is not waiting for this callback", body = ErrorBody),
             ),
         )]
-        async fn $handler(
-            state: State<AppState>,
-            path: TrialPath,
-            token: PresentedToken,
-        ) -> Result<Json<Message>, ApiError> {
-            callback(state, path, token, $kind).await
+        async fn $handler(token: CallbackToken) -> Result<Json<Message>, ApiError> {
+            callback(token, $kind).await
         }
     };
 }
@@ -136,9 +131,9 @@ fn signal_answer(
 }
 
 async fn callback(
-    State(state): State<AppState>,
-    TrialPath(id): TrialPath,
-    PresentedToken(token): PresentedToken,
+    CallbackToken {
+        trial: id, engine, ..
+    }: CallbackToken,
     kind: &str,
 ) -> Result<Json<Message>, ApiError> {
     let signal = Signal::from_callback_kind(kind).ok_or_else(|| {
@@ -147,7 +142,6 @@ async fn callback(
             format!("callback kind '{kind}' has no signal"),
         )
     })?;
-    let (_, engine) = check_token(&state, &id, &token)?;
     let engine = engine.ok_or_else(|| ApiError::no_engine(&id))?;
     let outcome = engine.signal(signal).await;
     signal_answer(&id, signal, outcome)
@@ -169,7 +163,7 @@ async fn callback(
     ),
 )]
 async fn active(
-    _: ApiKey,
+    _: Operator,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Message>, ApiError> {
@@ -193,7 +187,7 @@ async fn active(
     ),
 )]
 async fn finish(
-    _: ApiKey,
+    _: Operator,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Message>, ApiError> {
@@ -219,7 +213,7 @@ async fn finish(
     ),
 )]
 async fn status(
-    _: ApiKey,
+    _: Viewer,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Value>, ApiError> {
@@ -265,7 +259,7 @@ async fn status(
     ),
 )]
 async fn responses(
-    _: ApiKey,
+    _: Viewer,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Value>, ApiError> {
