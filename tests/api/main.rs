@@ -11,6 +11,7 @@ mod helpers;
 mod load;
 mod observe;
 mod openapi;
+mod roles;
 mod scheduling;
 mod tokens;
 mod trial_flow;
