@@ -249,7 +249,7 @@ impl fmt::Display for Role {
 }
 
 /// The name `auth.api_key` goes by among the keys.
-pub const DEFAULT_KEY_NAME: &str = "default";
+const DEFAULT_KEY_NAME: &str = "default";
 
 /// A validated API key: its name, the SHA-256 of its secret, and its role. Requests are
 /// checked against the digest, so the key itself need not be kept.

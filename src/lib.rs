@@ -26,6 +26,9 @@
 //!   checkpoint is committed before the executor sends its next request. At start-up,
 //!   [`scheduler::Scheduler::recover`] brings jobs and engines back.
 //! - [`tokens`] mints, verifies and revokes the per-trial callback tokens (HS256 JWT).
+//! - [`access`] holds the API keys and their roles (reloaded on SIGHUP) and limits failed
+//!   authentications per client address; each handler declares the role it needs by its
+//!   extractor ([`api::extract`]).
 //! - [`config`] loads layered settings; [`telemetry`] sets logging up; [`startup`] wires it
 //!   all and serves; [`cli`] is the command line.
 //! - [`sim`] holds simulated trial components (repository, enforcement, KPI monitoring) as

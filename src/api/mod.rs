@@ -103,14 +103,16 @@ const HANDLER_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Every route of the API, each with its description, before the middleware.
 pub fn api() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
+    let mut api = OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
         .merge(status::routes())
         .merge(scheduling::routes())
         .merge(tokens::routes())
         .merge(trials::routes())
         .merge(engines::routes())
         .merge(observe::routes())
-        .merge(docs::routes())
+        .merge(docs::routes());
+    docs::describe_access_refusals(api.get_openapi_mut());
+    api
 }
 
 /// The OpenAPI document of the whole API, as served at `GET /openapi.json`.

@@ -421,3 +421,37 @@ async fn the_actor_is_in_the_answer_for_layers_outside_the_handlers() {
         None
     );
 }
+
+#[test]
+fn the_document_describes_the_refusals_of_every_route_with_credentials() {
+    let doc = serde_json::to_value(lcm::api::openapi()).expect("the document is JSON");
+    for (method, path) in documented_routes() {
+        let operation = &doc["paths"][&path][method.to_lowercase()];
+        let needs = needs_of(&method, &path).expect("in TABLE");
+        let responses = operation["responses"].as_object().expect("responses");
+        if needs == Nothing {
+            assert!(!responses.contains_key("429"), "{method} {path}");
+            continue;
+        }
+        for status in ["401", "403", "429"] {
+            assert!(
+                responses.contains_key(status),
+                "{method} {path}: no {status}"
+            );
+        }
+        let limited = &responses["429"];
+        assert!(
+            limited["headers"]["Retry-After"].is_object(),
+            "{method} {path}: {limited}"
+        );
+        if let Key(_) = needs {
+            assert!(
+                responses["403"]["description"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("role")),
+                "{method} {path}: {}",
+                responses["403"]
+            );
+        }
+    }
+}
