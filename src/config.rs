@@ -412,6 +412,33 @@ fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
     Some(digest)
 }
 
+/// config's error for a file that is not TOML quotes the offending line, which may hold a
+/// secret (this error is printed at start-up and logged on SIGHUP): keep the line number and
+/// the reason only.
+fn without_quoted_text(e: config::ConfigError) -> config::ConfigError {
+    let config::ConfigError::FileParse { uri, cause } = e else {
+        return e;
+    };
+    let cause = match cause.downcast::<toml::de::Error>() {
+        Ok(toml) => {
+            let text = uri.as_deref().and_then(|p| std::fs::read_to_string(p).ok());
+            let at = toml_line(&toml, text.as_deref())
+                .map(|l| format!(" at line {l}"))
+                .unwrap_or_default();
+            format!("TOML parse error{at}: {}", toml.message()).into()
+        }
+        Err(other) => other,
+    };
+    config::ConfigError::FileParse { uri, cause }
+}
+
+/// The line of `text` a TOML error points at.
+fn toml_line(e: &toml::de::Error, text: Option<&str>) -> Option<usize> {
+    let (span, text) = (e.span()?, text?);
+    let start = span.start.min(text.len());
+    Some(text.get(..start)?.matches('\n').count() + 1)
+}
+
 /// A secret kept in a file (a container secret): its content less the trailing newline.
 fn read_secret(key: &str, path: &Path) -> Result<Secret, ConfigError> {
     let text = std::fs::read_to_string(path)
@@ -430,10 +457,9 @@ fn read_keys_file(path: &Path) -> Result<Vec<KeySettings>, ConfigError> {
         .map_err(|e| invalid(KEY, format!("cannot read {}: {e}", path.display())))?;
     let file: KeysFile = toml::from_str(&text).map_err(|e| {
         // The message only: the error's own display quotes the file's line, secret and all.
-        let line = e
-            .span()
-            .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
-        let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+        let at = toml_line(&e, Some(&text))
+            .map(|l| format!(" (line {l})"))
+            .unwrap_or_default();
         invalid(
             KEY,
             format!(
@@ -671,7 +697,8 @@ impl Settings {
                     .separator("__")
                     .source(env),
             )
-            .build()?
+            .build()
+            .map_err(without_quoted_text)?
             .try_deserialize()?;
         settings.auth.read_files()?;
         settings.auth.sources = Some(sources);
@@ -1250,6 +1277,19 @@ mod tests {
             err.contains("`auth.api_key_file`") && err.contains("is empty"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_configuration_file_that_is_not_toml_is_refused_without_quoting_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("lcm.toml");
+        std::fs::write(&file, "[auth]\napi_key = \"271828182845\n").unwrap();
+        let err = Settings::load_with_env(Some(&file), Some(HashMap::new()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        assert!(!err.contains("271828182845"), "the secret leaked: {err}");
     }
 
     #[test]

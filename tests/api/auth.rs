@@ -581,6 +581,9 @@ async fn sighup_reloads_the_keys_and_a_bad_reload_keeps_the_old_ones() {
     );
     binary.hangup();
     binary.wait_for_key("new-key", StatusCode::OK).await;
+    binary
+        .wait_for_log("API keys reloaded: 3 key(s) in force; added: cfg, new; removed: old")
+        .await;
     assert_eq!(
         binary.status_with("old-key").await,
         Some(StatusCode::UNAUTHORIZED)

@@ -190,8 +190,8 @@ async fn every_route_answers_each_role_as_the_table_says() {
     }
 }
 
-#[tokio::test]
-async fn the_readme_access_table_says_what_the_test_table_says() {
+#[test]
+fn the_readme_access_table_says_what_the_test_table_says() {
     let readme = include_str!("../../README.md");
     let section = readme
         .split("\n## Access\n")
