@@ -190,7 +190,9 @@ fn reload_keys_on_sighup(access: &Arc<Access>) {
             match tokio::task::spawn_blocking(move || access.reload()).await {
                 Ok(Ok(changes)) => info!("SIGHUP: API keys reloaded: {changes}"),
                 Ok(Err(e)) => error!("SIGHUP: API keys not reloaded, the previous keys stay: {e}"),
-                Err(e) => error!("SIGHUP: API keys not reloaded, the previous keys stay: {e}"),
+                Err(e) => {
+                    error!("SIGHUP: the key reload did not complete ({e}); the previous keys stay")
+                }
             }
         }
     });
