@@ -12,12 +12,13 @@ mod load;
 
 pub use load::{ConfigFile, FileOrigin};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use url::Url;
 
 /// The built-in defaults, so the binary runs from any working directory.
@@ -61,10 +62,47 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-/// A secret string: never printed by `Debug` or `Display`.
-#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
+/// A secret string: never printed by `Debug` or `Display`, nor by the error of a value of the
+/// wrong type (serde's would quote it).
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SecretText;
+
+        impl serde::de::Visitor<'_> for SecretText {
+            type Value = Secret;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a secret as a string")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret::new(v))
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+                Err(E::custom(NOT_TEXT))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+                Err(E::custom(NOT_TEXT))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+                Err(E::custom(NOT_TEXT))
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(E::custom(NOT_TEXT))
+            }
+        }
+
+        const NOT_TEXT: &str = "a secret must be a string (put it in quotes)";
+        deserializer.deserialize_string(SecretText)
+    }
+}
 
 impl Secret {
     /// Wraps a secret value.
@@ -161,6 +199,37 @@ pub struct AuthSettings {
     pub token_secret_file: Option<PathBuf>,
     /// Failed authentications allowed per client address and minute.
     pub max_failures_per_minute: u32,
+    /// The keys read from `keys_file` by [`Settings::load`].
+    #[serde(skip)]
+    pub keys_from_file: Vec<KeySettings>,
+    /// Where these settings were loaded from, so the keys can be read again (SIGHUP); `None`
+    /// for settings made in code, which have nothing to read again.
+    #[serde(skip)]
+    pub sources: Option<Sources>,
+}
+
+/// The sources a configuration was loaded from: the `--config` file and the environment.
+#[derive(Clone)]
+pub struct Sources {
+    file: Option<ConfigFile>,
+    env: Option<HashMap<String, String>>,
+}
+
+impl fmt::Debug for Sources {
+    // The environment holds secrets (`LCM__AUTH__API_KEY`): only the file is shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sources")
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The shape of `auth.keys_file`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFile {
+    #[serde(default)]
+    keys: Vec<KeySettings>,
 }
 
 /// One named API key (`auth.keys`): the key itself or its SHA-256, and its role.
@@ -185,6 +254,240 @@ pub enum Role {
     Operator,
     /// Everything, including `/debug/*`, token minting and the scheduling switch.
     Admin,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        })
+    }
+}
+
+/// The name `auth.api_key` goes by among the keys.
+const DEFAULT_KEY_NAME: &str = "default";
+
+/// A validated API key: its name, the SHA-256 of its secret, and its role. Requests are
+/// checked against the digest, so the key itself need not be kept.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NamedKey {
+    pub name: String,
+    pub sha256: [u8; 32],
+    pub role: Role,
+}
+
+impl fmt::Debug for NamedKey {
+    // The digest of a short key can be guessed offline: it is not shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NamedKey")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NamedKey {
+    /// The SHA-256 of a presented or configured key.
+    pub fn digest(key: &str) -> [u8; 32] {
+        Sha256::digest(key.as_bytes()).into()
+    }
+}
+
+impl AuthSettings {
+    /// Every API key these settings give, validated: `api_key` (unless empty) as the `admin` key
+    /// named `default`, then `keys`, then the keys of `keys_file`. Each key has exactly one of
+    /// `key` and `key_sha256`; names are unique; no two keys share a secret; at least one key
+    /// exists.
+    pub fn api_keys(&self) -> Result<Vec<NamedKey>, ConfigError> {
+        // Each key with the configuration key to name when it is wrong, and where under it.
+        let mut keys: Vec<(String, String, NamedKey)> = Vec::new();
+        if !self.api_key.expose().is_empty() {
+            keys.push((
+                "auth.api_key".to_owned(),
+                String::new(),
+                NamedKey {
+                    name: DEFAULT_KEY_NAME.to_owned(),
+                    sha256: NamedKey::digest(self.api_key.expose()),
+                    role: Role::Admin,
+                },
+            ));
+        }
+        for (i, key) in self.keys.iter().enumerate() {
+            let at = format!("auth.keys[{i}]");
+            let key = key.validate().map_err(|reason| invalid(&at, reason))?;
+            keys.push((at, String::new(), key));
+        }
+        if let Some(path) = &self.keys_file {
+            for (i, key) in self.keys_from_file.iter().enumerate() {
+                let at = format!("{}: keys[{i}]: ", path.display());
+                let key = key
+                    .validate()
+                    .map_err(|reason| invalid("auth.keys_file", format!("{at}{reason}")))?;
+                keys.push(("auth.keys_file".to_owned(), at, key));
+            }
+        }
+        if keys.is_empty() {
+            return Err(invalid(
+                "auth.api_key",
+                "must not be empty unless auth.keys or auth.keys_file give other keys",
+            ));
+        }
+        for (i, (config_key, at, key)) in keys.iter().enumerate() {
+            if let Some((_, _, first)) = keys[..i].iter().find(|(_, _, k)| k.name == key.name) {
+                return Err(invalid(
+                    config_key,
+                    format!(
+                        "{at}the name '{}' is already taken by another key",
+                        first.name
+                    ),
+                ));
+            }
+            if let Some((_, _, first)) = keys[..i].iter().find(|(_, _, k)| k.sha256 == key.sha256) {
+                return Err(invalid(
+                    config_key,
+                    format!(
+                        "{at}key '{}' has the same secret as key '{}': give each key its own",
+                        key.name, first.name
+                    ),
+                ));
+            }
+        }
+        Ok(keys.into_iter().map(|(_, _, key)| key).collect())
+    }
+
+    /// These settings loaded again from the sources they came from (with their files read
+    /// again); `None` for settings made in code. Reads files: call it off the async threads.
+    pub fn reload(&self) -> Option<Result<AuthSettings, ConfigError>> {
+        let sources = self.sources.as_ref()?;
+        Some(
+            Settings::load_with_env(sources.file.as_ref(), sources.env.clone())
+                .map(|settings| settings.auth),
+        )
+    }
+
+    /// Reads `api_key_file` and `token_secret_file` into `api_key` and `token_secret`, and the
+    /// keys of `keys_file` into `keys_from_file`.
+    fn read_files(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.api_key_file {
+            self.api_key = read_secret("auth.api_key_file", path)?;
+        }
+        if let Some(path) = &self.token_secret_file {
+            self.token_secret = read_secret("auth.token_secret_file", path)?;
+        }
+        if let Some(path) = &self.keys_file {
+            self.keys_from_file = read_keys_file(path)?;
+        }
+        Ok(())
+    }
+}
+
+impl KeySettings {
+    fn validate(&self) -> Result<NamedKey, String> {
+        let name = &self.name;
+        let valid_name = (1..=64).contains(&name.len())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
+        if !valid_name {
+            return Err(format!(
+                "the name '{name}' is not 1 to 64 letters, digits, '.', '_', '-' or '@'"
+            ));
+        }
+        let sha256 = match (&self.key, &self.key_sha256) {
+            (Some(key), None) if key.expose().is_empty() => {
+                return Err(format!("key '{name}': `key` must not be empty"));
+            }
+            (Some(key), None) => NamedKey::digest(key.expose()),
+            (None, Some(hex)) => parse_sha256(hex).ok_or_else(|| {
+                format!("key '{name}': `key_sha256` must be 64 hexadecimal digits (a SHA-256)")
+            })?,
+            _ => {
+                return Err(format!(
+                    "key '{name}': give exactly one of `key` and `key_sha256`"
+                ));
+            }
+        };
+        Ok(NamedKey {
+            name: name.clone(),
+            sha256,
+            role: self.role,
+        })
+    }
+}
+
+/// 64 hexadecimal digits as 32 bytes.
+fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    for (byte, pair) in digest.iter_mut().zip(hex.as_bytes().chunks(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(digest)
+}
+
+/// config's error for a file that is not TOML quotes the offending line, which may hold a
+/// secret (this error is printed at start-up and logged on SIGHUP): keep the line number and
+/// the reason only.
+fn without_quoted_text(e: config::ConfigError) -> config::ConfigError {
+    let config::ConfigError::FileParse { uri, cause } = e else {
+        return e;
+    };
+    let cause = match cause.downcast::<toml::de::Error>() {
+        Ok(toml) => {
+            let text = uri.as_deref().and_then(|p| std::fs::read_to_string(p).ok());
+            let at = toml_line(&toml, text.as_deref())
+                .map(|l| format!(" at line {l}"))
+                .unwrap_or_default();
+            format!("TOML parse error{at}: {}", toml.message()).into()
+        }
+        Err(other) => other,
+    };
+    config::ConfigError::FileParse { uri, cause }
+}
+
+/// The line of `text` a TOML error points at.
+fn toml_line(e: &toml::de::Error, text: Option<&str>) -> Option<usize> {
+    let (span, text) = (e.span()?, text?);
+    let start = span.start.min(text.len());
+    Some(text.get(..start)?.matches('\n').count() + 1)
+}
+
+/// A secret kept in a file (a container secret): its content less the trailing newline.
+fn read_secret(key: &str, path: &Path) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
+    let secret = text.trim_end_matches(['\n', '\r']);
+    if secret.is_empty() {
+        return Err(invalid(key, format!("{} is empty", path.display())));
+    }
+    Ok(Secret::new(secret))
+}
+
+/// The `[[keys]]` tables of a keys file.
+fn read_keys_file(path: &Path) -> Result<Vec<KeySettings>, ConfigError> {
+    const KEY: &str = "auth.keys_file";
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(KEY, format!("cannot read {}: {e}", path.display())))?;
+    let file: KeysFile = toml::from_str(&text).map_err(|e| {
+        // The message only: the error's own display quotes the file's line, secret and all.
+        let at = toml_line(&e, Some(&text))
+            .map(|l| format!(" (line {l})"))
+            .unwrap_or_default();
+        invalid(
+            KEY,
+            format!(
+                "{} is not a TOML file of [[keys]] tables{at}: {}",
+                path.display(),
+                e.message()
+            ),
+        )
+    })?;
+    Ok(file.keys)
 }
 
 /// `[executor]`
@@ -391,7 +694,13 @@ impl Settings {
             Some(env) => env,
             None => process_env()?,
         };
-        load::load(file, env)
+        let sources = Sources {
+            file: file.cloned(),
+            env: Some(env.clone()),
+        };
+        let mut settings = load::load(file, env)?;
+        settings.auth.sources = Some(sources);
+        Ok(settings)
     }
 
     /// Loads only the compiled-in defaults (tests, demo and benchmark start from these).
@@ -406,9 +715,7 @@ impl Settings {
         if self.server.max_body_bytes == 0 {
             return Err(invalid("server.max_body_bytes", "must be greater than 0"));
         }
-        if self.auth.api_key.expose().is_empty() {
-            return Err(invalid("auth.api_key", "must not be empty"));
-        }
+        self.auth.api_keys()?;
         if self.auth.token_secret.expose().is_empty() {
             return Err(invalid("auth.token_secret", "must not be empty"));
         }
@@ -614,6 +921,13 @@ impl Settings {
             self.auth.token_secret.expose(),
             services.abstraction_layer.password.expose(),
         ];
+        secrets.extend(
+            self.auth
+                .keys
+                .iter()
+                .chain(&self.auth.keys_from_file)
+                .filter_map(|k| k.key.as_ref().map(Secret::expose)),
+        );
         for service in [
             &services.trial_repository,
             &services.trial_enforcement,
@@ -786,6 +1100,218 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("executor.callback_timeout_secs"), "{err}");
+    }
+
+    fn key(name: &str, key: Option<&str>, sha256: Option<&str>, role: Role) -> KeySettings {
+        KeySettings {
+            name: name.to_owned(),
+            key: key.map(Secret::new),
+            key_sha256: sha256.map(str::to_owned),
+            role,
+        }
+    }
+
+    /// The SHA-256 of "hello", in hex.
+    const HELLO_SHA256: &str = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+
+    #[test]
+    fn named_keys_are_validated_and_name_where_they_are_wrong() {
+        let mut auth = Settings::defaults().unwrap().auth;
+        auth.keys = vec![
+            key("ci", Some("ci-key"), None, Role::Viewer),
+            key(
+                "ops",
+                None,
+                Some(&HELLO_SHA256.to_uppercase()),
+                Role::Operator,
+            ),
+        ];
+        let keys = auth.api_keys().expect("valid keys");
+        let names: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["default", "ci", "ops"]);
+        assert_eq!(keys[0].role, Role::Admin);
+        assert_eq!(keys[2].sha256, NamedKey::digest("hello"));
+
+        let cases: [(Vec<KeySettings>, &str, &str); 7] = [
+            (
+                vec![key("a", Some("x"), Some(HELLO_SHA256), Role::Viewer)],
+                "auth.keys[0]",
+                "exactly one of `key` and `key_sha256`",
+            ),
+            (
+                vec![key("a", None, None, Role::Viewer)],
+                "auth.keys[0]",
+                "exactly one",
+            ),
+            (
+                vec![key("a", None, Some("abc"), Role::Viewer)],
+                "auth.keys[0]",
+                "64 hexadecimal digits",
+            ),
+            (
+                vec![key("a", None, Some(&"g".repeat(64)), Role::Viewer)],
+                "auth.keys[0]",
+                "64 hexadecimal digits",
+            ),
+            (
+                vec![
+                    key("a", Some("one"), None, Role::Viewer),
+                    key("a", Some("two"), None, Role::Viewer),
+                ],
+                "auth.keys[1]",
+                "name 'a' is already taken",
+            ),
+            (
+                vec![
+                    key("a", Some("hello"), None, Role::Viewer),
+                    key("b", None, Some(HELLO_SHA256), Role::Admin),
+                ],
+                "auth.keys[1]",
+                "same secret as key 'a'",
+            ),
+            (
+                vec![key("default", Some("other"), None, Role::Viewer)],
+                "auth.keys[0]",
+                "name 'default' is already taken",
+            ),
+        ];
+        for (keys, at, reason) in cases {
+            auth.keys = keys;
+            let err = auth.api_keys().unwrap_err().to_string();
+            assert!(err.contains(&format!("`{at}`")), "{err}");
+            assert!(err.contains(reason), "{err}");
+        }
+
+        auth.keys = vec![key("a b", Some("k"), None, Role::Viewer)];
+        let err = auth.api_keys().unwrap_err().to_string();
+        assert!(err.contains("the name 'a b'"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_api_key_means_no_default_key_when_other_keys_exist() {
+        let mut settings = Settings::defaults().unwrap();
+        settings.auth.api_key = Secret::new("");
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("auth.api_key"), "{err}");
+
+        settings.auth.keys = vec![key("ops", Some("ops-key"), None, Role::Operator)];
+        settings.validate().expect("other keys exist");
+        let keys = settings.auth.api_keys().unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].name, "ops");
+    }
+
+    #[test]
+    fn secrets_come_from_files_less_the_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let api_key = dir.path().join("api_key");
+        std::fs::write(&api_key, "key-from-file\n").unwrap();
+        let secret = dir.path().join("token_secret");
+        std::fs::write(&secret, "secret-from-file\r\n").unwrap();
+        let keys = dir.path().join("keys.toml");
+        std::fs::write(
+            &keys,
+            "[[keys]]\nname = \"ci\"\nkey = \"ci-key\"\nrole = \"viewer\"\n\n\
+             [[keys]]\nname = \"ops\"\nkey_sha256 = \"2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824\"\nrole = \"operator\"\n",
+        )
+        .unwrap();
+        let env = [
+            ("LCM__AUTH__API_KEY_FILE", &api_key),
+            ("LCM__AUTH__TOKEN_SECRET_FILE", &secret),
+            ("LCM__AUTH__KEYS_FILE", &keys),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.display().to_string()))
+        .collect();
+        let settings = Settings::load_with_env(None, Some(env)).expect("loads");
+        assert_eq!(settings.auth.api_key.expose(), "key-from-file");
+        assert_eq!(settings.auth.token_secret.expose(), "secret-from-file");
+        let names: Vec<String> = settings
+            .auth
+            .api_keys()
+            .unwrap()
+            .into_iter()
+            .map(|k| k.name)
+            .collect();
+        assert_eq!(names, ["default", "ci", "ops"]);
+        assert!(settings.secret_values().contains(&"ci-key"));
+    }
+
+    #[test]
+    fn a_bad_secret_file_names_its_key_and_path_and_never_the_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nowhere");
+        let load = |key: &str, path: &Path| {
+            let env = [(key.to_owned(), path.display().to_string())]
+                .into_iter()
+                .collect();
+            Settings::load_with_env(None, Some(env))
+                .unwrap_err()
+                .to_string()
+        };
+        for (env, key) in [
+            ("LCM__AUTH__API_KEY_FILE", "auth.api_key_file"),
+            ("LCM__AUTH__TOKEN_SECRET_FILE", "auth.token_secret_file"),
+            ("LCM__AUTH__KEYS_FILE", "auth.keys_file"),
+        ] {
+            let err = load(env, &missing);
+            assert!(err.contains(&format!("`{key}`")), "{err}");
+            assert!(err.contains(&missing.display().to_string()), "{err}");
+        }
+
+        let keys = dir.path().join("keys.toml");
+        for (content, reason) in [
+            (
+                "[[keys]]\nname = \"ci\"\nkey = 907153224\nrole = \"viewer\"\n",
+                "a secret must be a string",
+            ),
+            (
+                "[[keys]]\nname = \"ci\"\nkey = \"907153224\nrole = \"viewer\"\n",
+                "line 3",
+            ),
+            (
+                "[[keys]]\nname = \"ci\"\nkey = \"907153224\"\nrole = \"root\"\n",
+                "unknown variant",
+            ),
+            (
+                "[[keys]]\nname = \"ci\"\nkey = \"907153224\"\nrole = \"viewer\"\n\
+                 [[keys]]\nname = \"ci2\"\nkey = \"907153224\"\nrole = \"admin\"\n",
+                "same secret",
+            ),
+        ] {
+            std::fs::write(&keys, content).unwrap();
+            let err = load("LCM__AUTH__KEYS_FILE", &keys);
+            assert!(err.contains("`auth.keys_file`"), "{err}");
+            assert!(err.contains(&keys.display().to_string()), "{err}");
+            assert!(err.contains(reason), "{reason}: {err}");
+            assert!(!err.contains("907153224"), "the secret leaked: {err}");
+        }
+
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let err = load("LCM__AUTH__API_KEY_FILE", &empty);
+        assert!(
+            err.contains("`auth.api_key_file`") && err.contains("is empty"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_configuration_file_that_is_not_toml_is_refused_without_quoting_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("lcm.toml");
+        std::fs::write(&file, "[auth]\napi_key = \"271828182845\n").unwrap();
+        let file = ConfigFile {
+            path: file,
+            origin: FileOrigin::Flag,
+        };
+        let err = Settings::load_with_env(Some(&file), Some(HashMap::new()))
+            .unwrap_err()
+            .to_string();
+        let file = file.path;
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        assert!(!err.contains("271828182845"), "the secret leaked: {err}");
     }
 
     #[test]

@@ -26,6 +26,9 @@
 //!   checkpoint is committed before the executor sends its next request. At start-up,
 //!   [`scheduler::Scheduler::recover`] brings jobs and engines back.
 //! - [`tokens`] mints, verifies and revokes the per-trial callback tokens (HS256 JWT).
+//! - [`access`] holds the API keys and their roles (reloaded on SIGHUP) and limits failed
+//!   authentications per client address; each handler declares the role it needs by its
+//!   extractor ([`api::extract`]).
 //! - [`config`] loads layered settings; [`telemetry`] sets logging and metrics up; [`startup`]
 //!   wires it all; [`server`] serves it over HTTP/1 with the connection limits (timeouts for
 //!   slow or idle clients, a cap on open connections, a bounded drain at shutdown);
@@ -40,6 +43,7 @@
 //! Shared maps (jobs, engines, heartbeats, revoked tokens) are small, behind plain mutexes
 //! never held across an `.await`; everything long-lived is a task that owns its state.
 
+pub mod access;
 pub mod api;
 pub mod bench;
 pub mod cli;

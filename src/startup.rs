@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{error, info, warn};
 
+use crate::access::Access;
 use crate::api::{self, AppInner, AppState};
 use crate::config::Settings;
 use crate::engine::redact::Redactor;
@@ -85,6 +86,11 @@ impl Application {
         settings.validate()?;
         // Before anything is counted (recovered engines run steps right away).
         telemetry::install_metrics();
+        let access = Arc::new(Access::new(&settings.auth)?);
+        #[cfg(unix)]
+        if access.reloads() {
+            reload_keys_on_sighup(&access);
+        }
         let settings = Arc::new(settings);
         let services = ServiceClient::new(&settings)?;
         let (store, mut loaded) = tokio::task::spawn_blocking(move || Store::start(backend))
@@ -118,6 +124,7 @@ impl Application {
         );
         let state = AppState::new(AppInner {
             settings,
+            access,
             scheduler,
             tokens,
             heartbeats,
@@ -175,6 +182,38 @@ impl Application {
         info!("Lifecycle Manager stopped");
         Ok(())
     }
+}
+
+/// Loads the API keys again on every SIGHUP, for as long as the service runs (SIGHUP would
+/// otherwise end the process). Keys that fail validation leave the old ones in force.
+#[cfg(unix)]
+fn reload_keys_on_sighup(access: &Arc<Access>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Installed before the service answers, so a SIGHUP sent once it does is never lost.
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            warn!("SIGHUP will not reload the API keys: cannot listen for it ({e})");
+            return;
+        }
+    };
+    // Weak: the task must not keep the service's state alive once it has stopped.
+    let access = Arc::downgrade(access);
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let Some(access) = access.upgrade() else {
+                break;
+            };
+            // The reload reads the configuration's files.
+            match tokio::task::spawn_blocking(move || access.reload()).await {
+                Ok(Ok(changes)) => info!("SIGHUP: API keys reloaded: {changes}"),
+                Ok(Err(e)) => error!("SIGHUP: API keys not reloaded, the previous keys stay: {e}"),
+                Err(e) => {
+                    error!("SIGHUP: the key reload did not complete ({e}); the previous keys stay")
+                }
+            }
+        }
+    });
 }
 
 /// Completes on SIGINT or SIGTERM.

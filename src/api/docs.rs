@@ -15,8 +15,10 @@ use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use utoipa::openapi::RefOr;
 use utoipa::openapi::path::Operation;
+use utoipa::openapi::schema::Type;
 use utoipa::openapi::schema::{ArrayItems, KnownFormat, Schema, SchemaFormat};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -63,8 +65,10 @@ impl Modify for SecuritySchemes {
             "api_key",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
                 "Authorization",
-                "The service's API key (`auth.api_key`), raw or as `Bearer <key>`; \
-                 a cookie named `Authorization` also works.",
+                "One of the service's API keys (`auth.api_key`, `auth.keys`), raw or as \
+                 `Bearer <key>`; a cookie named `Authorization` also works. Each key has a \
+                 role (viewer: every GET; operator: also runs and schedules trials; admin: \
+                 everything); a key whose role is too small is answered 403.",
             ))),
         );
         components.add_security_scheme(
@@ -76,6 +80,62 @@ impl Modify for SecuritySchemes {
                  `Authorization`.",
             ))),
         );
+    }
+}
+
+/// Adds to every operation that takes credentials the refusals the extractors answer for all
+/// of them: 429 once the client's address failed to authenticate too often, and 403 for a key
+/// whose role is too small (where the operation does not describe a 403 of its own, as the
+/// token routes do).
+pub fn describe_access_refusals(openapi: &mut utoipa::openapi::OpenApi) {
+    let error_body = || {
+        ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name("ErrorBody")))
+            .build()
+    };
+    for item in openapi.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            if operation.security.is_none() {
+                continue;
+            }
+            let responses = &mut operation.responses.responses;
+            responses.entry("403".to_owned()).or_insert_with(|| {
+                ResponseBuilder::new()
+                    .description(
+                        "The key's role is too small for this route (the detail names the role \
+                         needed)",
+                    )
+                    .content("application/json", error_body())
+                    .build()
+                    .into()
+            });
+            responses.entry("429".to_owned()).or_insert_with(|| {
+                ResponseBuilder::new()
+                    .description(
+                        "Too many failed authentications from this address; try again after \
+                         `Retry-After` seconds",
+                    )
+                    .header(
+                        "Retry-After",
+                        HeaderBuilder::new()
+                            .schema(Some(
+                                utoipa::openapi::ObjectBuilder::new().schema_type(Type::Integer),
+                            ))
+                            .description(Some("Seconds to wait"))
+                            .build(),
+                    )
+                    .content("application/json", error_body())
+                    .build()
+                    .into()
+            });
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, ApiKey, TrialIdParam, TrialPath};
+use super::extract::{Admin, ApiJson, TrialIdParam, TrialPath};
 use super::trials::checked_text;
 use super::view::Found;
 use super::{AppState, Message};
@@ -84,7 +84,7 @@ async fn failed_engine(state: &AppState, id: &TrialId) -> Result<EngineHandle, A
     ),
 )]
 async fn restore(
-    _: ApiKey,
+    _: Admin,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Value>, ApiError> {
@@ -122,7 +122,7 @@ async fn restore(
     ),
 )]
 async fn skip(
-    _: ApiKey,
+    _: Admin,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
     ApiJson(body): ApiJson<SkipBody>,
@@ -155,7 +155,7 @@ async fn skip(
     ),
 )]
 async fn remove(
-    _: ApiKey,
+    _: Admin,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Message>, ApiError> {

@@ -1,24 +1,36 @@
-//! Extractors that validate at the edge: the API key, a presented token, the trial id in the
-//! path, and JSON bodies, each refusing with a clear `{"detail"}`.
+//! Extractors that validate at the edge: who is calling and whether their role opens the
+//! route ([`Viewer`], [`Operator`], [`Admin`], [`CallbackToken`]), the trial id in the path,
+//! and JSON bodies, each refusing with a clear `{"detail"}`.
+//!
+//! A handler declares the role it needs by the extractor in its signature, and only there.
+//! [`identify_caller`] runs before routing: it tells who the credential belongs to and puts the
+//! [`Actor`] in the request's extensions (and the response's, for layers that look after the
+//! handler ran); the extractors decide with it.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
-use subtle::ConstantTimeEq;
 
 use super::AppState;
 use super::error::ApiError;
+use super::tokens::check_token;
+use crate::access::{Actor, KeyHolder, TooManyFailures};
+use crate::config::Role;
 use crate::domain::TrialId;
+use crate::engine::EngineHandle;
+use crate::tokens::Claims;
 
 /// The credential presented: the `Authorization` header (raw or `Bearer <x>`), else the
 /// `Authorization` cookie.
-fn presented_credential(parts: &Parts) -> Option<String> {
-    let header = parts
-        .headers
+fn presented_credential(headers: &HeaderMap) -> Option<String> {
+    let header = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
@@ -30,8 +42,7 @@ fn presented_credential(parts: &Parts) -> Option<String> {
         };
         return (!value.is_empty()).then(|| value.to_owned());
     }
-    parts
-        .headers
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -43,35 +54,197 @@ fn presented_credential(parts: &Parts) -> Option<String> {
 }
 
 const MISSING: &str = "missing credentials: send them in the Authorization header (raw or 'Bearer <value>') or in an Authorization cookie";
+const WANTS_KEY: &str = "this route takes an API key, not a trial's callback token";
+const WANTS_TOKEN: &str = "this route takes the trial's callback token, not an API key";
 
-/// Proof that the request carries the API key.
-pub struct ApiKey;
+/// Who the credential belongs to: one of the API keys, or a callback token whose signature
+/// and expiry verify.
+fn identify(state: &AppState, headers: &HeaderMap) -> Option<Actor> {
+    let credential = presented_credential(headers)?;
+    if let Some(holder) = state.access.key_holder(&credential) {
+        return Some(Actor::Key(holder));
+    }
+    let claims = state.tokens.decode(&credential).ok()?;
+    TrialId::parse(&claims.trial_id).ok().map(Actor::Callback)
+}
 
-impl FromRequestParts<AppState> for ApiKey {
-    type Rejection = ApiError;
+/// What [`identify`] found for this request (also when it found no one), so it runs once.
+#[derive(Clone)]
+struct Identified(Option<Actor>);
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let presented =
-            presented_credential(parts).ok_or_else(|| ApiError::unauthorized(MISSING))?;
-        let expected = state.settings.auth.api_key.expose().as_bytes();
-        if bool::from(presented.as_bytes().ct_eq(expected)) {
-            Ok(ApiKey)
-        } else {
-            Err(ApiError::unauthorized("wrong API key"))
+/// Middleware: identifies the caller once per request and puts the [`Actor`] in the request's
+/// extensions, and in the response's once the handler has answered. It refuses nothing: that is
+/// the extractors' decision.
+pub async fn identify_caller(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let actor = identify(&state, request.headers());
+    request.extensions_mut().insert(Identified(actor.clone()));
+    if let Some(actor) = &actor {
+        request.extensions_mut().insert(actor.clone());
+    }
+    let mut response = next.run(request).await;
+    if let Some(actor) = actor {
+        response.extensions_mut().insert(actor);
+    }
+    response
+}
+
+/// The request's caller, as [`identify_caller`] found it (or found now, if it did not run).
+fn caller(parts: &mut Parts, state: &AppState) -> Option<Actor> {
+    if let Some(Identified(actor)) = parts.extensions.get::<Identified>() {
+        return actor.clone();
+    }
+    let actor = identify(state, &parts.headers);
+    parts.extensions.insert(Identified(actor.clone()));
+    if let Some(actor) = &actor {
+        parts.extensions.insert(actor.clone());
+    }
+    actor
+}
+
+/// Why a request's credentials did not open the route.
+#[derive(Debug)]
+pub enum AuthError {
+    /// 401, 403 (or 400 for the path of a token route), with its detail.
+    Refused(ApiError),
+    /// 429: the client's address failed to authenticate too often.
+    TooManyFailures(TooManyFailures),
+}
+
+impl From<ApiError> for AuthError {
+    fn from(e: ApiError) -> Self {
+        AuthError::Refused(e)
+    }
+}
+
+impl IntoResponse for AuthError {
+    fn into_response(self) -> Response {
+        match self {
+            AuthError::Refused(e) => e.into_response(),
+            AuthError::TooManyFailures(TooManyFailures { retry_after }) => {
+                // Whole seconds, rounded up: a client that waits that long is let through.
+                let secs = retry_after
+                    .as_secs()
+                    .saturating_add(u64::from(retry_after.subsec_nanos() > 0))
+                    .max(1);
+                let mut response = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "too many failed authentications from this address; try again in {secs} s"
+                    ),
+                )
+                .into_response();
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                response
+            }
         }
     }
 }
 
-/// A presented callback token, not yet verified (the handler knows which trial it must be for).
-pub struct PresentedToken(pub String);
+/// A failed authentication: 401 with `detail`, or 429 once the client's address has failed too
+/// often. Counted per address, so one client cannot guess keys online.
+fn failed(parts: &Parts, state: &AppState, detail: impl Into<String>) -> AuthError {
+    // Served without connection info (a router driven in-process) every client is one.
+    let addr = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
+    match state.access.note_failure(addr) {
+        Ok(()) => AuthError::Refused(ApiError::unauthorized(detail)),
+        Err(limited) => AuthError::TooManyFailures(limited),
+    }
+}
 
-impl<S: Send + Sync> FromRequestParts<S> for PresentedToken {
-    type Rejection = ApiError;
+/// The holder of an API key whose role is at least `needed`.
+fn authorize(parts: &mut Parts, state: &AppState, needed: Role) -> Result<KeyHolder, AuthError> {
+    match caller(parts, state) {
+        Some(Actor::Key(holder)) if holder.role >= needed => Ok(holder),
+        Some(Actor::Key(holder)) => Err(ApiError::forbidden(format!(
+            "this route needs the {needed} role; key '{}' has the {} role",
+            holder.name, holder.role
+        ))
+        .into()),
+        // A genuine credential, only the wrong kind: not a guess, so not counted as one.
+        Some(Actor::Callback(_)) => Err(ApiError::unauthorized(WANTS_KEY).into()),
+        None if presented_credential(&parts.headers).is_none() => {
+            Err(failed(parts, state, MISSING))
+        }
+        None => Err(failed(parts, state, "wrong API key")),
+    }
+}
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        presented_credential(parts)
-            .map(PresentedToken)
-            .ok_or_else(|| ApiError::unauthorized(MISSING))
+/// Defines an extractor that lets through the holders of a key with at least this role.
+macro_rules! role_extractor {
+    ($name:ident, $role:expr, $doc:literal) => {
+        #[doc = $doc]
+        ///
+        /// Holds the key's holder (name and role). Without a known key: 401 (429 once the client
+        /// failed too often); with a key of a smaller role: 403 naming the role needed.
+        pub struct $name(pub KeyHolder);
+
+        impl FromRequestParts<AppState> for $name {
+            type Rejection = AuthError;
+
+            async fn from_request_parts(
+                parts: &mut Parts,
+                state: &AppState,
+            ) -> Result<Self, AuthError> {
+                authorize(parts, state, $role).map($name)
+            }
+        }
+    };
+}
+
+role_extractor!(
+    Viewer,
+    Role::Viewer,
+    "A route any API key may call (`viewer` and up): every `GET`."
+);
+role_extractor!(
+    Operator,
+    Role::Operator,
+    "A route that runs trials (`operator` and up): active, finish, pause, resume, step, abort, schedule, unschedule."
+);
+role_extractor!(
+    Admin,
+    Role::Admin,
+    "A route for `admin` keys only: `/debug/*`, token minting, the scheduling switch."
+);
+
+/// A callback token valid for the trial in the path (SPEC §6): signature, expiry, trial,
+/// revocation, and an engine (if the trial has one) that is neither finished nor failed.
+pub struct CallbackToken {
+    pub trial: TrialId,
+    pub claims: Claims,
+    /// The trial's engine, if it has one.
+    pub engine: Option<EngineHandle>,
+}
+
+impl FromRequestParts<AppState> for CallbackToken {
+    type Rejection = AuthError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AuthError> {
+        let TrialPath(trial) = TrialPath::from_request_parts(parts, state).await?;
+        let Some(token) = presented_credential(&parts.headers) else {
+            return Err(failed(parts, state, MISSING));
+        };
+        if let Some(Actor::Key(_)) = caller(parts, state) {
+            return Err(ApiError::unauthorized(WANTS_TOKEN).into());
+        }
+        match check_token(state, &trial, &token) {
+            Ok((claims, engine)) => Ok(CallbackToken {
+                trial,
+                claims,
+                engine,
+            }),
+            Err(e) if e.status == StatusCode::UNAUTHORIZED => Err(failed(parts, state, e.detail)),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

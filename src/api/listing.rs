@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use super::extract::ApiKey;
+use super::extract::Viewer;
 use super::view;
 use crate::store::codec::time;
 use crate::store::{ListedTrial, TrialQuery};
@@ -170,7 +170,7 @@ fn decode_cursor(cursor: &str) -> Result<(String, String), ApiError> {
     ),
 )]
 async fn list(
-    _: ApiKey,
+    _: Viewer,
     State(state): State<AppState>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {

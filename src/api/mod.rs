@@ -33,6 +33,7 @@ use utoipa::OpenApi as _;
 use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+use crate::access::Access;
 use crate::config::Settings;
 use crate::heartbeat::Heartbeats;
 use crate::scheduler::Scheduler;
@@ -45,6 +46,8 @@ pub struct AppState(Arc<AppInner>);
 /// The service's shared parts.
 pub struct AppInner {
     pub settings: Arc<Settings>,
+    /// The API keys in force and the failed-authentication limit.
+    pub access: Arc<Access>,
     pub scheduler: Scheduler,
     pub tokens: Arc<TokenManager>,
     pub heartbeats: Heartbeats,
@@ -89,7 +92,7 @@ const HANDLER_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Every route of the API, each with its description, before the middleware.
 pub fn api() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
+    let mut api = OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
         .merge(status::routes())
         .merge(scheduling::routes())
         .merge(tokens::routes())
@@ -97,7 +100,9 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(listing::routes())
         .merge(engines::routes())
         .merge(observe::routes())
-        .merge(docs::routes())
+        .merge(docs::routes());
+    docs::describe_access_refusals(api.get_openapi_mut());
+    api
 }
 
 /// The OpenAPI document of the whole API, as served at `GET /openapi.json`.
@@ -113,6 +118,10 @@ pub fn router(state: AppState) -> Router {
     routes
         .layer(Extension(Arc::new(docs::describe_inputs(openapi))))
         .fallback(docs::ui_asset_or_no_route)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            extract::identify_caller,
+        ))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(RequestBodyLimitLayer::new(max_body))
         .layer(axum::middleware::map_response(error::json_errors))

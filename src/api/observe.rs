@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiKey, TrialIdParam, TrialPath};
+use super::extract::{TrialIdParam, TrialPath, Viewer};
 use super::view::Found;
 use crate::engine::EngineHandle;
 use crate::engine::state::{EngineStatus, TrialEvent};
@@ -65,7 +65,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "The trial has no engine", body = ErrorBody)))]
 async fn history(
-    _: ApiKey,
+    _: Viewer,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Value>, ApiError> {
@@ -90,7 +90,7 @@ type EventStream = Pin<Box<dyn Stream<Item = Event> + Send>>;
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "The trial has no engine and is not scheduled", body = ErrorBody)))]
 async fn events(
-    _: ApiKey,
+    _: Viewer,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {

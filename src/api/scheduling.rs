@@ -10,7 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, ApiKey, TrialIdParam, TrialPath};
+use super::extract::{Admin, ApiJson, Operator, TrialIdParam, TrialPath};
 use super::{AppState, Message};
 use crate::domain::{InvalidStartTime, StartTime, TrialId};
 use crate::scheduler::ScheduleError;
@@ -79,7 +79,7 @@ struct AutomaticScheduling {
     ),
 )]
 async fn schedule(
-    _: ApiKey,
+    _: Operator,
     State(state): State<AppState>,
     ApiJson(body): ApiJson<ScheduleBody>,
 ) -> Result<Json<Scheduled>, ApiError> {
@@ -115,7 +115,7 @@ fn scheduled(id: &TrialId, start: StartTime) -> Scheduled {
     ),
 )]
 async fn schedule_from_registry(
-    _: ApiKey,
+    _: Operator,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Scheduled>, ApiError> {
@@ -148,7 +148,7 @@ async fn schedule_from_registry(
         (status = 503, description = "A job could not be saved", body = ErrorBody),
     ),
 )]
-async fn schedule_all(_: ApiKey, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn schedule_all(_: Operator, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let report = state.scheduler.schedule_all().await?;
     Ok(Json(json!({
         "message": format!(
@@ -185,7 +185,7 @@ async fn schedule_all(_: ApiKey, State(state): State<AppState>) -> Result<Json<V
     ),
 )]
 async fn unschedule(
-    _: ApiKey,
+    _: Operator,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Message>, ApiError> {
@@ -216,7 +216,7 @@ async fn unschedule(
     ),
 )]
 async fn toggle_automatic(
-    _: ApiKey,
+    _: Admin,
     State(state): State<AppState>,
 ) -> Result<Json<AutomaticScheduling>, ApiError> {
     let on = state.scheduler.toggle_automatic().await?;

@@ -9,7 +9,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiKey, TrialIdParam, TrialPath};
+use super::extract::{Admin, TrialIdParam, TrialPath, Viewer};
 use super::{AppState, Message};
 use crate::domain::TrialId;
 
@@ -40,7 +40,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
     ),
 )]
-async fn status(_: ApiKey, State(state): State<AppState>) -> Json<Value> {
+async fn status(_: Viewer, State(state): State<AppState>) -> Json<Value> {
     let jobs = state.scheduler.jobs();
     let scheduled: Vec<Value> = jobs
         .iter()
@@ -91,7 +91,7 @@ async fn status(_: ApiKey, State(state): State<AppState>) -> Json<Value> {
     ),
 )]
 async fn add_heartbeat(
-    _: ApiKey,
+    _: Admin,
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Message>, ApiError> {
@@ -120,7 +120,7 @@ async fn add_heartbeat(
     ),
 )]
 async fn remove_heartbeat(
-    _: ApiKey,
+    _: Admin,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Message>, ApiError> {

@@ -9,7 +9,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiKey, PresentedToken, TrialIdParam, TrialPath};
+use super::extract::{Admin, CallbackToken, TrialIdParam, TrialPath};
 use super::{AppState, Message};
 use crate::domain::TrialId;
 use crate::engine::EngineHandle;
@@ -76,7 +76,7 @@ pub fn check_token(
     ),
 )]
 async fn mint(
-    _: ApiKey,
+    Admin(admin): Admin,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Minted>, ApiError> {
@@ -84,7 +84,7 @@ async fn mint(
         .tokens
         .mint(&id)
         .map_err(|e| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    info!(trial = %id, "callback token minted");
+    info!(trial = %id, by = %admin.name, "callback token minted");
     Ok(Json(Minted {
         authorization: token,
     }))
@@ -106,12 +106,7 @@ async fn mint(
         (status = 403, description = "A token of another trial, or of a finished or failed trial", body = ErrorBody),
     ),
 )]
-async fn verify(
-    State(state): State<AppState>,
-    TrialPath(id): TrialPath,
-    PresentedToken(token): PresentedToken,
-) -> Result<Json<Message>, ApiError> {
-    check_token(&state, &id, &token)?;
+async fn verify(_: CallbackToken) -> Result<Json<Message>, ApiError> {
     Ok(Json(Message::new("Success")))
 }
 
@@ -134,10 +129,10 @@ async fn verify(
 )]
 async fn revoke(
     State(state): State<AppState>,
-    TrialPath(id): TrialPath,
-    PresentedToken(token): PresentedToken,
+    CallbackToken {
+        trial: id, claims, ..
+    }: CallbackToken,
 ) -> Result<Json<Message>, ApiError> {
-    let (claims, _) = check_token(&state, &id, &token)?;
     state
         .tokens
         .revoke_id(&claims.jti, claims.exp)

@@ -11,8 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiKey, OptionalJson, PresentedToken, TrialIdParam, TrialPath};
-use super::tokens::check_token;
+use super::extract::{CallbackToken, Operator, OptionalJson, TrialIdParam, TrialPath, Viewer};
 use super::view::{self, Found};
 use super::{AppState, Message};
 use crate::domain::TrialId;
@@ -107,12 +106,8 @@ macro_rules! callback_handler {
                 (status = 409, description = "The trial is not waiting for this callback", body = ErrorBody),
             ),
         )]
-        async fn $handler(
-            state: State<AppState>,
-            path: TrialPath,
-            token: PresentedToken,
-        ) -> Result<Json<Message>, ApiError> {
-            callback(state, path, token, $kind).await
+        async fn $handler(token: CallbackToken) -> Result<Json<Message>, ApiError> {
+            callback(token, $kind).await
         }
     };
 }
@@ -182,9 +177,9 @@ fn signal_answer(
 }
 
 async fn callback(
-    State(state): State<AppState>,
-    TrialPath(id): TrialPath,
-    PresentedToken(token): PresentedToken,
+    CallbackToken {
+        trial: id, engine, ..
+    }: CallbackToken,
     kind: &str,
 ) -> Result<Json<Message>, ApiError> {
     let signal = Signal::from_callback_kind(kind).ok_or_else(|| {
@@ -193,7 +188,6 @@ async fn callback(
             format!("callback kind '{kind}' has no signal"),
         )
     })?;
-    let (_, engine) = check_token(&state, &id, &token)?;
     let engine = engine.ok_or_else(|| ApiError::no_engine(&id))?;
     let outcome = engine.signal(signal).await;
     signal_answer(&id, signal, outcome)
@@ -229,9 +223,9 @@ fn control_answer(outcome: ControlOutcome) -> Result<Json<Message>, ApiError> {
     ),
 )]
 async fn callback_progress(
-    State(state): State<AppState>,
-    TrialPath(id): TrialPath,
-    PresentedToken(token): PresentedToken,
+    CallbackToken {
+        trial: id, engine, ..
+    }: CallbackToken,
     OptionalJson(body): OptionalJson<ProgressBody>,
 ) -> Result<Json<Message>, ApiError> {
     let body = body.unwrap_or_default();
@@ -246,7 +240,6 @@ async fn callback_progress(
         }
     };
     let message = checked_text("message", body.message)?;
-    let (_, engine) = check_token(&state, &id, &token)?;
     let engine = engine.ok_or_else(|| ApiError::no_engine(&id))?;
     control_answer(engine.progress(ProgressReport { progress, message }).await)
 }
@@ -292,7 +285,7 @@ async fn steerable(
     ),
 )]
 async fn abort(
-    _: ApiKey,
+    _: Operator,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
     OptionalJson(body): OptionalJson<Reason>,
@@ -324,7 +317,7 @@ async fn abort(
     ),
 )]
 async fn pause(
-    _: ApiKey,
+    _: Operator,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
     OptionalJson(body): OptionalJson<Reason>,
@@ -352,7 +345,7 @@ async fn pause(
     ),
 )]
 async fn resume(
-    _: ApiKey,
+    _: Operator,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
     OptionalJson(body): OptionalJson<Reason>,
@@ -382,7 +375,7 @@ async fn resume(
     ),
 )]
 async fn step(
-    _: ApiKey,
+    _: Operator,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
     OptionalJson(body): OptionalJson<Reason>,
@@ -408,7 +401,7 @@ async fn step(
     ),
 )]
 async fn active(
-    _: ApiKey,
+    _: Operator,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Message>, ApiError> {
@@ -432,7 +425,7 @@ async fn active(
     ),
 )]
 async fn finish(
-    _: ApiKey,
+    _: Operator,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Message>, ApiError> {
@@ -461,7 +454,7 @@ async fn finish(
     ),
 )]
 async fn status(
-    _: ApiKey,
+    _: Viewer,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Value>, ApiError> {
@@ -490,7 +483,7 @@ async fn status(
     ),
 )]
 async fn responses(
-    _: ApiKey,
+    _: Viewer,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Value>, ApiError> {

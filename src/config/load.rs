@@ -184,7 +184,8 @@ impl Layer {
             .build()
             .map_err(|e| ConfigError::File {
                 path: path.to_path_buf(),
-                reason: match e {
+                // The parser quotes the line at fault, which may hold a secret.
+                reason: match super::without_quoted_text(e) {
                     config::ConfigError::FileParse { cause, .. } => {
                         format!("is not valid TOML: {cause}")
                     }
@@ -447,7 +448,8 @@ pub(super) fn load(
     env: HashMap<String, String>,
 ) -> Result<Settings, ConfigError> {
     let layers = Layers::all(file, env)?;
-    let settings = layers.settings()?;
+    let mut settings = layers.settings()?;
+    settings.auth.read_files()?;
     settings.validate().map_err(|e| layers.locate(e))?;
     Ok(settings)
 }

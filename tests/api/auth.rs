@@ -266,3 +266,401 @@ async fn heartbeat_endpoints_need_the_api_key() {
     assert_detail(&answer, StatusCode::UNAUTHORIZED);
     assert!(heartbeat_of(&app, "t1").await.is_none(), "nothing added");
 }
+
+/// `GET /status` with `credential` from `client`, answered whole with its `Retry-After`.
+async fn status_from(
+    app: &TestApp,
+    client: &reqwest::Client,
+    path: &str,
+    credential: Option<&str>,
+) -> (Answer, Option<u64>) {
+    let mut request = client.get(format!("{}{path}", app.address));
+    if let Some(credential) = credential {
+        request = request.header("Authorization", credential);
+    }
+    let response = request.send().await.expect("request reaches the service");
+    let retry_after = response
+        .headers()
+        .get("Retry-After")
+        .map(|v| v.to_str().expect("text").parse().expect("whole seconds"));
+    (read(response).await, retry_after)
+}
+
+/// A client whose connections come from `ip` (any 127.x.y.z is this machine).
+fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<std::net::IpAddr>().expect("an address"))
+        .build()
+        .expect("a client")
+}
+
+async fn spawn_app_allowing_failures(per_minute: u32) -> TestApp {
+    spawn_app_with(AppOptions {
+        settings: Box::new(move |s| s.auth.max_failures_per_minute = per_minute),
+        ..AppOptions::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn failed_authentication_beyond_the_limit_is_429_and_a_right_key_still_passes() {
+    let app = spawn_app_allowing_failures(3).await;
+    let client = client_from("127.0.0.1");
+    for _ in 0..3 {
+        let (answer, retry_after) = status_from(&app, &client, "/status", Some("guess")).await;
+        assert_detail(&answer, StatusCode::UNAUTHORIZED);
+        assert_eq!(retry_after, None);
+    }
+    let (answer, retry_after) = status_from(&app, &client, "/status", Some("guess")).await;
+    assert_detail(&answer, StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        answer.detail().contains("too many failed authentications"),
+        "{answer:?}"
+    );
+    let retry_after = retry_after.expect("a Retry-After header");
+    assert!(
+        (1..=60).contains(&retry_after),
+        "Retry-After: {retry_after}"
+    );
+
+    // The limited address is still served when its credentials are right.
+    for key in [API_KEY, key_of(lcm::config::Role::Viewer)] {
+        let (answer, _) = status_from(&app, &client, "/status", Some(key)).await;
+        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    }
+    // Every kind of failure is limited: no credentials, a bad callback token.
+    let (answer, _) = status_from(&app, &client, "/status", None).await;
+    assert_detail(&answer, StatusCode::TOO_MANY_REQUESTS);
+    let (answer, _) = status_from(&app, &client, "/token/t1", Some("not.a.token")).await;
+    assert_detail(&answer, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn failed_token_checks_count_and_the_limit_is_per_client_address() {
+    let app = spawn_app_allowing_failures(3).await;
+    let first = client_from("127.0.0.2");
+    for _ in 0..3 {
+        let (answer, _) = status_from(&app, &first, "/token/t1", Some("forged")).await;
+        assert_detail(&answer, StatusCode::UNAUTHORIZED);
+    }
+    let (answer, retry_after) = status_from(&app, &first, "/status", Some("guess")).await;
+    assert_detail(&answer, StatusCode::TOO_MANY_REQUESTS);
+    assert!(retry_after.is_some(), "{answer:?}");
+
+    let second = client_from("127.0.0.3");
+    let (answer, _) = status_from(&app, &second, "/status", Some("guess")).await;
+    assert_detail(&answer, StatusCode::UNAUTHORIZED);
+}
+
+/// The real `lcm` binary, run from its own directory with `lcm.toml` (its logs go to `logs/`
+/// there), killed when the test ends.
+struct Binary {
+    dir: tempfile::TempDir,
+    child: tokio::process::Child,
+    app: TestApp,
+}
+
+impl Binary {
+    /// Writes the configuration (`auth` is the body of its `[auth]` table, which may go on with
+    /// `[[auth.keys]]` tables), starts the binary and waits until `ready_key` is let in.
+    async fn start(dir: tempfile::TempDir, auth: &str, ready_key: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        std::fs::write(
+            dir.path().join("lcm.toml"),
+            format!(
+                "[server]\nbind = \"127.0.0.1:{port}\"\n\n\
+                 [store]\ndata_dir = \"data\"\n\n\
+                 [logging]\ndir = \"logs\"\n\n\
+                 [auth]\n{auth}\n"
+            ),
+        )
+        .expect("configuration written");
+        // Started first: it also readies the HTTP client's TLS.
+        let platform = lcm::sim::Platform::start(Default::default())
+            .await
+            .expect("simulators");
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lcm"))
+            .args(["serve", "--config", "lcm.toml"])
+            .current_dir(dir.path())
+            .env_remove("LCM_CONFIG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the binary starts");
+        let app = TestApp {
+            address: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::new(),
+            platform,
+            logs: tempfile::tempdir().expect("tempdir"),
+            server: Server::Task(tokio::spawn(async {})),
+        };
+        let binary = Self { dir, child, app };
+        binary.wait_for_key(ready_key, StatusCode::OK).await;
+        binary
+    }
+
+    /// The status of `GET /status` with `key`, or `None` while nothing answers.
+    async fn status_with(&self, key: &str) -> Option<StatusCode> {
+        self.app
+            .client
+            .get(format!("{}/status", self.app.address))
+            .header("Authorization", key)
+            .send()
+            .await
+            .ok()
+            .map(|r| r.status())
+    }
+
+    /// Polls `GET /status` with `key` until it answers `status`.
+    async fn wait_for_key(&self, key: &str, status: StatusCode) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while self.status_with(key).await != Some(status) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{key} never answered {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls the log file until it holds `text`; returns the log.
+    async fn wait_for_log(&self, text: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let log = self.log();
+            if log.contains(text) {
+                return log;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never logged {text:?}: {log}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn write(&self, name: &str, content: &str) {
+        std::fs::write(self.dir.path().join(name), content).expect("file written");
+    }
+
+    fn hangup(&self) {
+        let pid = self.child.id().expect("the binary runs");
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "SIGHUP sent");
+    }
+
+    /// Everything the binary logged to its file so far.
+    fn log(&self) -> String {
+        let Ok(entries) = std::fs::read_dir(self.dir.path().join("logs")) else {
+            return String::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("lcm"))
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .collect()
+    }
+}
+
+fn keys_file(keys: &[(&str, &str, &str)]) -> String {
+    keys.iter()
+        .map(|(name, key, role)| {
+            format!("[[keys]]\nname = \"{name}\"\nkey = \"{key}\"\nrole = \"{role}\"\n\n")
+        })
+        .collect()
+}
+
+/// A callback token for `trial` signed with `secret`, valid for an hour.
+fn token_signed_with(secret: &str, trial: &str) -> String {
+    let now = chrono::Utc::now().timestamp();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"trial_id": trial, "iat": now, "exp": now + 3600, "jti": "j1"}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("a token")
+}
+
+#[tokio::test]
+async fn the_binary_takes_its_keys_and_token_secret_from_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("api_key"), "file-admin-key\n").unwrap();
+    std::fs::write(dir.path().join("token_secret"), "file-token-secret\n").unwrap();
+    std::fs::write(
+        dir.path().join("keys.toml"),
+        keys_file(&[("watcher", "file-viewer-key", "viewer")]),
+    )
+    .unwrap();
+    let auth = "api_key = \"config-admin-key\"\n\
+                api_key_file = \"api_key\"\n\
+                token_secret_file = \"token_secret\"\n\
+                keys_file = \"keys.toml\"\n\n\
+                [[auth.keys]]\nname = \"ops\"\nkey = \"config-operator-key\"\nrole = \"operator\"\n";
+    let binary = Binary::start(dir, auth, "file-admin-key").await;
+    let app = &binary.app;
+
+    // The file's key replaces auth.api_key.
+    let answer = app
+        .call_as(Method::GET, "/status", None, Some("config-admin-key"))
+        .await;
+    assert_detail(&answer, StatusCode::UNAUTHORIZED);
+    let answer = app
+        .call_as(Method::GET, "/status", None, Some("file-viewer-key"))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    let answer = app
+        .call_as(
+            Method::POST,
+            "/trial/scheduling",
+            None,
+            Some("file-viewer-key"),
+        )
+        .await;
+    assert_detail(&answer, StatusCode::FORBIDDEN);
+    assert!(answer.detail().contains("key 'watcher'"), "{answer:?}");
+    let answer = app
+        .call_as(
+            Method::POST,
+            "/trial/t1/active",
+            None,
+            Some("config-operator-key"),
+        )
+        .await;
+    assert_detail(&answer, StatusCode::NOT_FOUND);
+
+    // Tokens are signed with the file's secret.
+    let token = token_signed_with("file-token-secret", "t1");
+    let answer = app
+        .call_as(Method::GET, "/token/t1", None, Some(&token))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    let token = token_signed_with("config-token-secret", "t1");
+    let answer = app
+        .call_as(Method::GET, "/token/t1", None, Some(&token))
+        .await;
+    assert_detail(&answer, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_keys_and_a_bad_reload_keeps_the_old_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("keys.toml"),
+        keys_file(&[("old", "old-key", "viewer")]),
+    )
+    .unwrap();
+    let auth = |extra: &str, secret: &str| {
+        format!(
+            "api_key = \"admin-key\"\ntoken_secret = \"{secret}\"\nkeys_file = \"keys.toml\"\n{extra}"
+        )
+    };
+    let mut binary = Binary::start(dir, &auth("", "first-secret"), "old-key").await;
+    let token = binary.app.post_as("/token/t1", "admin-key").await;
+
+    // A key added to the keys file and one added to the configuration work, a removed one
+    // stops working; a changed token secret is not taken (tokens handed out keep working).
+    binary.write("keys.toml", &keys_file(&[("new", "new-key", "operator")]));
+    binary.write(
+        "lcm.toml",
+        &std::fs::read_to_string(binary.dir.path().join("lcm.toml"))
+            .unwrap()
+            .replace(
+                &auth("", "first-secret"),
+                &auth(
+                    "\n[[auth.keys]]\nname = \"cfg\"\nkey = \"cfg-key\"\nrole = \"viewer\"\n",
+                    "second-secret",
+                ),
+            ),
+    );
+    binary.hangup();
+    binary.wait_for_key("new-key", StatusCode::OK).await;
+    binary
+        .wait_for_log("API keys reloaded: 3 key(s) in force; added: cfg, new; removed: old")
+        .await;
+    assert_eq!(
+        binary.status_with("old-key").await,
+        Some(StatusCode::UNAUTHORIZED)
+    );
+    assert_eq!(binary.status_with("cfg-key").await, Some(StatusCode::OK));
+    assert_eq!(binary.status_with("admin-key").await, Some(StatusCode::OK));
+    let answer = binary
+        .app
+        .call_as(Method::GET, "/token/t1", None, Some(&token))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    assert!(
+        binary.child.try_wait().expect("waits").is_none(),
+        "still running"
+    );
+
+    // A keys file that fails validation leaves the keys as they were, and says why.
+    binary.write(
+        "keys.toml",
+        "[[keys]]\nname = \"half\"\nrole = \"viewer\"\n",
+    );
+    binary.hangup();
+    let log = binary.wait_for_log("API keys not reloaded").await;
+    assert!(log.contains("keys.toml"), "{log}");
+    assert!(
+        log.contains("exactly one of `key` and `key_sha256`"),
+        "{log}"
+    );
+    assert_eq!(binary.status_with("new-key").await, Some(StatusCode::OK));
+    assert_eq!(binary.status_with("cfg-key").await, Some(StatusCode::OK));
+    assert!(
+        binary.child.try_wait().expect("waits").is_none(),
+        "still running"
+    );
+    for secret in [
+        "admin-key",
+        "new-key",
+        "cfg-key",
+        "old-key",
+        "first-secret",
+        "second-secret",
+    ] {
+        assert!(!log.contains(secret), "{secret} in the log: {log}");
+    }
+}
+
+#[tokio::test]
+async fn a_bad_secret_file_stops_start_up_naming_the_key_and_the_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = dir.path().join("keys.toml");
+    std::fs::write(
+        &keys,
+        "[[keys]]\nname = \"ci\"\nkey = 31415926\nrole = \"viewer\"\n",
+    )
+    .unwrap();
+    let missing = dir.path().join("no-such-file");
+    for (env, path, key) in [
+        ("LCM__AUTH__KEYS_FILE", &keys, "auth.keys_file"),
+        ("LCM__AUTH__API_KEY_FILE", &missing, "auth.api_key_file"),
+        (
+            "LCM__AUTH__TOKEN_SECRET_FILE",
+            &missing,
+            "auth.token_secret_file",
+        ),
+    ] {
+        let path = path.display().to_string();
+        let output = run_lcm(
+            &["serve"],
+            &[(env, &path), ("LCM__SERVER__BIND", "127.0.0.1:0")],
+            dir.path(),
+            Duration::from_secs(30),
+        )
+        .await;
+        assert!(!output.status.success(), "{key}: start-up stops");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(&format!("`{key}`")), "{stderr}");
+        assert!(stderr.contains(&path), "{stderr}");
+        assert!(!stderr.contains("31415926"), "the secret leaked: {stderr}");
+    }
+}

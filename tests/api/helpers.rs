@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use lcm::config::{Secret, Settings};
+use lcm::config::{KeySettings, Role, Secret, Settings};
 use lcm::engine::EngineHooks;
 use lcm::sim::{Component, Platform, SimOptions};
 use lcm::startup::Application;
@@ -12,8 +12,25 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+/// `auth.api_key`: the `admin` key named `default`.
 pub const API_KEY: &str = "test-api-key";
 pub const TOKEN_SECRET: &str = "test-token-secret";
+
+/// A named key of each role, in `auth.keys` of every test app: (name, key, role).
+pub const ROLE_KEYS: [(&str, &str, Role); 3] = [
+    ("viewer", "test-viewer-key", Role::Viewer),
+    ("operator", "test-operator-key", Role::Operator),
+    ("admin", "test-admin-key", Role::Admin),
+];
+
+/// The key of `role` in [`ROLE_KEYS`].
+pub fn key_of(role: Role) -> &'static str {
+    ROLE_KEYS
+        .iter()
+        .find(|(_, _, r)| *r == role)
+        .map(|(_, key, _)| *key)
+        .expect("every role has a test key")
+}
 
 /// How a test wants its app.
 pub struct AppOptions {
@@ -133,6 +150,15 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     settings.server.public_url = format!("http://127.0.0.1:{port}");
     settings.auth.api_key = Secret::new(API_KEY);
     settings.auth.token_secret = Secret::new(TOKEN_SECRET);
+    settings.auth.keys = ROLE_KEYS
+        .iter()
+        .map(|(name, key, role)| KeySettings {
+            name: (*name).to_owned(),
+            key: Some(Secret::new(*key)),
+            key_sha256: None,
+            role: *role,
+        })
+        .collect();
     settings.executor.request_timeout_secs = 5;
     // The default policy's attempts, with waits short enough for tests.
     settings.executor.retry.initial_backoff_ms = 10;
@@ -240,6 +266,16 @@ impl TestApp {
             request = request.json(&body);
         }
         read(request.send().await.expect("request reaches the service")).await
+    }
+
+    /// `POST path` with `key`; returns the minted token of `POST /token/{id}`.
+    pub async fn post_as(&self, path: &str, key: &str) -> String {
+        let answer = self.call_as(Method::POST, path, None, Some(key)).await;
+        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+        answer.body["Authorization"]
+            .as_str()
+            .expect("a token")
+            .to_owned()
     }
 
     pub async fn get(&self, path: &str) -> Answer {

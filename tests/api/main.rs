@@ -17,6 +17,7 @@ mod observe;
 mod openapi;
 mod races;
 mod records;
+mod roles;
 mod scheduling;
 mod tokens;
 mod trial_flow;

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use reqwest::{Method, StatusCode, header};
 use serde_json::Value;
 
-use crate::helpers::{API_KEY, spawn_app};
+use crate::helpers::{API_KEY, AppOptions, spawn_app, spawn_app_with};
 
 /// Every route of the service and the credential it takes. The tests prove each one is served
 /// and that the document lists exactly these, so a route added without its description (or
@@ -314,7 +314,13 @@ async fn every_trial_id_states_its_pattern_and_every_start_time_its_format() {
 
 #[tokio::test]
 async fn every_route_is_served_with_its_credential() {
-    let app = spawn_app().await;
+    // Every secured route is probed without credentials: more than the default limit of
+    // failed authentications a minute.
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(|s| s.auth.max_failures_per_minute = 1000),
+        ..AppOptions::default()
+    })
+    .await;
 
     // What the router's fallback answers, so a probe can tell "not routed" apart.
     let fallback = app.call_as(Method::GET, "/no/such/route", None, None).await;

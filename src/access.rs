@@ -1,0 +1,322 @@
+//! Who may call what (SPEC §15): the API keys and their roles, the caller a credential
+//! identifies, the reload of the keys (SIGHUP), and the limit on failed authentications per
+//! client address.
+//!
+//! Which role a route needs is not here: each handler declares it by the extractor in its
+//! signature (`crate::api::extract::{Viewer, Operator, Admin}`, or `CallbackToken`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use governor::clock::Clock;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use subtle::ConstantTimeEq;
+
+use crate::config::{AuthSettings, ConfigError, NamedKey, Role};
+use crate::domain::TrialId;
+
+/// The holder of an API key: the key's name and role (never the key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyHolder {
+    pub name: Arc<str>,
+    pub role: Role,
+}
+
+/// Who a request's credential says the caller is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// One of the API keys.
+    Key(KeyHolder),
+    /// A trial's callback token (its signature and expiry verified; whether it opens the route
+    /// is the route's check).
+    Callback(TrialId),
+}
+
+impl fmt::Display for Actor {
+    /// The key's name, or `callback:<trial id>`: the actor as a record of who did what names it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Actor::Key(holder) => f.write_str(&holder.name),
+            Actor::Callback(trial) => write!(f, "callback:{trial}"),
+        }
+    }
+}
+
+/// The keys in force. Replaced whole on a reload, so a request sees one set or the other.
+struct KeySet {
+    keys: Vec<(NamedKey, Arc<str>)>,
+}
+
+impl KeySet {
+    fn new(keys: Vec<NamedKey>) -> Self {
+        let keys = keys
+            .into_iter()
+            .map(|key| {
+                let name = Arc::from(key.name.as_str());
+                (key, name)
+            })
+            .collect();
+        Self { keys }
+    }
+
+    /// The key whose secret is `presented`. Every key is compared, in constant time, so the
+    /// time taken tells nothing about which key came close.
+    fn find(&self, presented: &str) -> Option<KeyHolder> {
+        let digest = NamedKey::digest(presented);
+        let mut found = None;
+        for (key, name) in &self.keys {
+            if bool::from(key.sha256.ct_eq(&digest)) {
+                found = Some(KeyHolder {
+                    name: name.clone(),
+                    role: key.role,
+                });
+            }
+        }
+        found
+    }
+
+    /// Name → (digest, role), to tell what a reload changed.
+    fn by_name(&self) -> BTreeMap<&str, (&[u8; 32], Role)> {
+        self.keys
+            .iter()
+            .map(|(key, name)| (&**name, (&key.sha256, key.role)))
+            .collect()
+    }
+}
+
+/// What a reload changed, by key name (for the log; never the keys).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct KeyChanges {
+    pub count: usize,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Keys whose secret or role changed.
+    pub changed: Vec<String>,
+}
+
+impl fmt::Display for KeyChanges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} key(s) in force", self.count)?;
+        for (what, names) in [
+            ("added", &self.added),
+            ("removed", &self.removed),
+            ("changed", &self.changed),
+        ] {
+            if !names.is_empty() {
+                write!(f, "; {what}: {}", names.join(", "))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A failed authentication from an address that has failed too often: try again after this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyFailures {
+    pub retry_after: Duration,
+}
+
+/// How often forgotten addresses are dropped from the failure counts.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+
+/// The API keys in force and the failed-authentication limit, shared by every request.
+pub struct Access {
+    keys: RwLock<Arc<KeySet>>,
+    /// The settings the keys came from, to load them again from the same sources.
+    auth: AuthSettings,
+    failures: DefaultKeyedRateLimiter<IpAddr>,
+    last_purge: Mutex<Instant>,
+}
+
+impl Access {
+    /// The keys of `auth` (validated), and a limit of `auth.max_failures_per_minute` failed
+    /// authentications per client address.
+    pub fn new(auth: &AuthSettings) -> Result<Self, ConfigError> {
+        let keys = KeySet::new(auth.api_keys()?);
+        let per_minute = NonZeroU32::new(auth.max_failures_per_minute).unwrap_or(NonZeroU32::MIN);
+        Ok(Self {
+            keys: RwLock::new(Arc::new(keys)),
+            auth: auth.clone(),
+            failures: RateLimiter::keyed(Quota::per_minute(per_minute)),
+            last_purge: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// The holder of the API key `presented`, if it is one of the keys in force.
+    pub fn key_holder(&self, presented: &str) -> Option<KeyHolder> {
+        // The set is cloned out (an `Arc`), so the lock is held for no more than that.
+        let keys = self
+            .keys
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        keys.find(presented)
+    }
+
+    /// Counts a failed authentication from `addr`; past the limit, says how long to wait.
+    /// Successful requests never come here, so they are never slowed or refused.
+    pub fn note_failure(&self, addr: IpAddr) -> Result<(), TooManyFailures> {
+        self.purge_now_and_then();
+        self.failures
+            .check_key(&client_key(addr))
+            .map_err(|not_until| TooManyFailures {
+                retry_after: not_until.wait_time_from(self.failures.clock().now()),
+            })
+    }
+
+    /// Drops the addresses whose count is back to nothing, so the map does not grow with
+    /// every address that ever failed once.
+    fn purge_now_and_then(&self) {
+        let Ok(mut last) = self.last_purge.try_lock() else {
+            return;
+        };
+        if last.elapsed() >= PURGE_EVERY {
+            *last = Instant::now();
+            drop(last);
+            self.failures.retain_recent();
+            self.failures.shrink_to_fit();
+        }
+    }
+
+    /// Whether the keys can be loaded again (settings loaded from files and the environment;
+    /// not settings made in code).
+    pub fn reloads(&self) -> bool {
+        self.auth.sources.is_some()
+    }
+
+    /// Loads the keys again from the configuration's sources (`auth.api_key`, `auth.keys`,
+    /// `auth.api_key_file`, `auth.keys_file`) and puts them in force. Keys that fail
+    /// validation change nothing. Reads files: call it off the async threads.
+    pub fn reload(&self) -> Result<KeyChanges, ConfigError> {
+        let fresh = match self.auth.reload() {
+            Some(loaded) => loaded?,
+            None => self.auth.clone(),
+        };
+        let fresh = Arc::new(KeySet::new(fresh.api_keys()?));
+        let mut keys = self
+            .keys
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let changes = changes(&keys, &fresh);
+        *keys = fresh;
+        Ok(changes)
+    }
+}
+
+fn changes(old: &KeySet, new: &KeySet) -> KeyChanges {
+    let (old, new) = (old.by_name(), new.by_name());
+    let names = |f: &dyn Fn(&str) -> bool, from: &BTreeMap<&str, _>| -> Vec<String> {
+        from.keys()
+            .filter(|name| f(name))
+            .map(|name| name.to_string())
+            .collect()
+    };
+    KeyChanges {
+        count: new.len(),
+        added: names(&|name| !old.contains_key(name), &new),
+        removed: names(&|name| !new.contains_key(name), &old),
+        changed: names(
+            &|name| matches!((old.get(name), new.get(name)), (Some(a), Some(b)) if a != b),
+            &old,
+        ),
+    }
+}
+
+/// The address failures are counted under: IPv4 as is, IPv6 by its /64 (one host usually
+/// holds a whole /64, so counting single addresses would not limit it).
+fn client_key(addr: IpAddr) -> IpAddr {
+    match addr.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = v6.to_bits() & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from_bits(prefix))
+        }
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{KeySettings, Secret, Settings};
+
+    fn auth(keys: &[(&str, &str, Role)]) -> AuthSettings {
+        let mut auth = Settings::defaults().unwrap().auth;
+        auth.api_key = Secret::new("the-default-key");
+        auth.keys = keys
+            .iter()
+            .map(|(name, key, role)| KeySettings {
+                name: (*name).to_owned(),
+                key: Some(Secret::new(*key)),
+                key_sha256: None,
+                role: *role,
+            })
+            .collect();
+        auth
+    }
+
+    #[test]
+    fn a_key_identifies_its_holder_and_role() {
+        let access = Access::new(&auth(&[("ci", "ci-key", Role::Viewer)])).unwrap();
+        let holder = access.key_holder("ci-key").unwrap();
+        assert_eq!((&*holder.name, holder.role), ("ci", Role::Viewer));
+        let holder = access.key_holder("the-default-key").unwrap();
+        assert_eq!((&*holder.name, holder.role), ("default", Role::Admin));
+        assert_eq!(access.key_holder("ci-ke"), None);
+        assert_eq!(access.key_holder(""), None);
+    }
+
+    #[test]
+    fn failures_beyond_the_limit_are_refused_per_address() {
+        let mut settings = auth(&[]);
+        settings.max_failures_per_minute = 3;
+        let access = Access::new(&settings).unwrap();
+        let one: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..3 {
+            assert_eq!(access.note_failure(one), Ok(()));
+        }
+        let refused = access.note_failure(one).unwrap_err();
+        assert!(refused.retry_after > Duration::ZERO, "{refused:?}");
+        assert!(
+            refused.retry_after <= Duration::from_secs(20),
+            "{refused:?}"
+        );
+        assert_eq!(access.note_failure("192.0.2.2".parse().unwrap()), Ok(()));
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64_prefix() {
+        let a = client_key("2001:db8:1:2:aaaa::1".parse().unwrap());
+        let b = client_key("2001:db8:1:2:bbbb::2".parse().unwrap());
+        let c = client_key("2001:db8:1:3::1".parse().unwrap());
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let mapped = client_key("::ffff:192.0.2.7".parse().unwrap());
+        assert_eq!(mapped, "192.0.2.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn a_reload_reports_what_changed_by_name() {
+        let old = KeySet::new(
+            auth(&[("a", "key-a", Role::Viewer), ("b", "key-b", Role::Viewer)])
+                .api_keys()
+                .unwrap(),
+        );
+        let new = KeySet::new(
+            auth(&[("b", "key-b", Role::Operator), ("c", "key-c", Role::Viewer)])
+                .api_keys()
+                .unwrap(),
+        );
+        let changes = changes(&old, &new);
+        assert_eq!(changes.added, ["c"]);
+        assert_eq!(changes.removed, ["a"]);
+        assert_eq!(changes.changed, ["b"]);
+        assert_eq!(
+            changes.to_string(),
+            "3 key(s) in force; added: c; removed: a; changed: b"
+        );
+    }
+}
