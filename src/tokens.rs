@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Secret;
 use crate::domain::TrialId;
-use crate::store::{Op, Store, StoreError};
+use crate::store::{AuditEntry, Op, Store, StoreError};
 
 /// The claims of a callback token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -159,14 +159,22 @@ impl TokenManager {
     }
 
     /// Revokes by token id; it stays refused for the rest of its lifetime. Returns once the
-    /// revocation is saved.
-    pub async fn revoke_id(&self, jti: &str, exp: i64) -> Result<(), StoreError> {
+    /// revocation (and `audit`, in the same transaction) is saved.
+    pub async fn revoke_id(
+        &self,
+        jti: &str,
+        exp: i64,
+        audit: Option<AuditEntry>,
+    ) -> Result<(), StoreError> {
         if let Some(store) = &self.store {
             store
-                .write(Op::Revoke {
-                    jti: jti.to_owned(),
-                    exp,
-                })
+                .write_audited(
+                    Op::Revoke {
+                        jti: jti.to_owned(),
+                        exp,
+                    },
+                    audit,
+                )
                 .await?;
         }
         self.forget_until_expiry(jti, exp);
@@ -177,7 +185,7 @@ impl TokenManager {
     /// with another secret) opens nothing, so there is nothing to revoke.
     pub async fn revoke(&self, token: &str) -> Result<(), StoreError> {
         match self.decode(token) {
-            Ok(claims) => self.revoke_id(&claims.jti, claims.exp).await,
+            Ok(claims) => self.revoke_id(&claims.jti, claims.exp, None).await,
             Err(_) => Ok(()),
         }
     }

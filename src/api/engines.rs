@@ -1,8 +1,10 @@
 //! The engines' debug endpoints: restore from the checkpoint, skip a failed step, stop and
 //! remove (SPEC §4.3, §14).
 
-use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::info;
@@ -10,6 +12,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::audit::{AuditCx, Audited};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Admin, ApiJson, TrialIdParam, TrialPath};
 use super::trials::checked_text;
@@ -18,6 +21,7 @@ use super::{AppState, Message};
 use crate::domain::TrialId;
 use crate::engine::EngineHandle;
 use crate::engine::watchdog::RestoreError;
+use crate::scheduler::Deleted;
 
 /// The routes of this area.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -44,9 +48,7 @@ fn restore_error(e: RestoreError) -> ApiError {
         | RestoreError::CleanupFailed
         | RestoreError::NotSkippable(_) => ApiError::conflict(e.to_string()),
         RestoreError::Gone => ApiError::not_found(e.to_string()),
-        RestoreError::NotSaved(_) => {
-            ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-        }
+        RestoreError::NotSaved(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
 
@@ -129,7 +131,7 @@ async fn skip(
 ) -> Result<Json<Message>, ApiError> {
     let reason = checked_text("reason", Some(body.reason))?.ok_or_else(|| {
         ApiError::new(
-            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            StatusCode::UNPROCESSABLE_ENTITY,
             "'reason' must say why the step may be left out",
         )
     })?;
@@ -156,22 +158,29 @@ async fn skip(
 )]
 async fn remove(
     _: Admin,
+    audit: AuditCx,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
-) -> Result<Json<Message>, ApiError> {
-    let deleted = state.scheduler.delete_engine(&id).await.map_err(|e| {
-        ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            format!("the engine is stopped, but its removal was not saved ({e}); delete it again"),
-        )
-    })?;
+) -> Result<Response, ApiError> {
+    let message = format!("Engine of trial {id} stopped and removed");
+    let entry = audit.entry(StatusCode::OK, Some(message.clone()));
+    let deleted = state
+        .scheduler
+        .delete_engine(&id, Some(entry))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the engine is stopped, but its removal was not saved ({e}); delete it again"
+                ),
+            )
+        })?;
+    info!(trial = %id, ?deleted, "delete");
+    let answer = Json(Message::new(message));
     match deleted {
-        true => {
-            info!(trial = %id, "engine stopped and removed");
-            Ok(Json(Message::new(format!(
-                "Engine of trial {id} stopped and removed"
-            ))))
-        }
-        false => Err(ApiError::no_engine(&id)),
+        Deleted::Engine => Ok((Extension(Audited), answer).into_response()),
+        Deleted::Record => Ok(answer.into_response()),
+        Deleted::Nothing => Err(ApiError::no_engine(&id)),
     }
 }

@@ -6,6 +6,7 @@
 //! document served at `GET /openapi.json` (and shown by Swagger UI at `/`, see [`docs`]) cannot
 //! drift from what the router serves.
 
+pub mod audit;
 pub mod docs;
 pub mod engines;
 pub mod error;
@@ -98,6 +99,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(tokens::routes())
         .merge(trials::routes())
         .merge(listing::routes())
+        .merge(audit::routes())
         .merge(engines::routes())
         .merge(observe::routes())
         .merge(docs::routes());
@@ -121,6 +123,11 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             extract::identify_caller,
+        ))
+        // Outside the identification: it sees who the caller was in the answer.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::record,
         ))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(RequestBodyLimitLayer::new(max_body))

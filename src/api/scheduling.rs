@@ -1,7 +1,8 @@
 //! The scheduler's debug endpoints and the automatic-scheduling switch (SPEC §5, §8).
 
-use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
+use axum::{Extension, Json};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -9,6 +10,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::audit::{AuditCx, Audited};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Admin, ApiJson, Operator, TrialIdParam, TrialPath};
 use super::{AppState, Message};
@@ -80,13 +82,18 @@ struct AutomaticScheduling {
 )]
 async fn schedule(
     _: Operator,
+    audit: AuditCx,
     State(state): State<AppState>,
     ApiJson(body): ApiJson<ScheduleBody>,
-) -> Result<Json<Scheduled>, ApiError> {
+) -> Result<(Extension<Audited>, Json<Scheduled>), ApiError> {
     let id = TrialId::parse(&body.trial_id)?;
     let start = StartTime::parse_future(&body.start_time, Utc::now())?;
-    state.scheduler.schedule(&id, start).await?;
-    Ok(Json(scheduled(&id, start)))
+    let answer = scheduled(&id, start);
+    let entry = audit
+        .about(id.as_str())
+        .entry(StatusCode::OK, Some(answer.message.clone()));
+    state.scheduler.schedule(&id, start, Some(entry)).await?;
+    Ok((Extension(Audited), Json(answer)))
 }
 
 fn scheduled(id: &TrialId, start: StartTime) -> Scheduled {
@@ -116,11 +123,17 @@ fn scheduled(id: &TrialId, start: StartTime) -> Scheduled {
 )]
 async fn schedule_from_registry(
     _: Operator,
+    audit: AuditCx,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
-) -> Result<Json<Scheduled>, ApiError> {
-    match state.scheduler.schedule_from_registry(&id).await {
-        Ok(start) => Ok(Json(scheduled(&id, start))),
+) -> Result<(Extension<Audited>, Json<Scheduled>), ApiError> {
+    let entry = audit.entry(StatusCode::OK, None);
+    match state
+        .scheduler
+        .schedule_from_registry(&id, Some(entry))
+        .await
+    {
+        Ok(start) => Ok((Extension(Audited), Json(scheduled(&id, start)))),
         // A start time the registry wrote badly is the registry's garbage, not the caller's.
         Err(ScheduleError::Time(
             InvalidStartTime::Malformed(raw) | InvalidStartTime::TooLate(raw),
@@ -186,13 +199,14 @@ async fn schedule_all(_: Operator, State(state): State<AppState>) -> Result<Json
 )]
 async fn unschedule(
     _: Operator,
+    audit: AuditCx,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
-) -> Result<Json<Message>, ApiError> {
-    if state.scheduler.unschedule(&id).await? {
-        Ok(Json(Message::new(format!(
-            "Scheduled job of trial {id} removed"
-        ))))
+) -> Result<(Extension<Audited>, Json<Message>), ApiError> {
+    let message = format!("Scheduled job of trial {id} removed");
+    let entry = audit.entry(StatusCode::OK, Some(message.clone()));
+    if state.scheduler.unschedule(&id, Some(entry)).await? {
+        Ok((Extension(Audited), Json(Message::new(message))))
     } else {
         Err(ApiError::not_found(format!(
             "trial '{id}' has no scheduled job"
@@ -217,16 +231,25 @@ async fn unschedule(
 )]
 async fn toggle_automatic(
     _: Admin,
+    audit: AuditCx,
     State(state): State<AppState>,
-) -> Result<Json<AutomaticScheduling>, ApiError> {
-    let on = state.scheduler.toggle_automatic().await?;
-    let message = if on {
-        "Automatic scheduling enabled"
-    } else {
-        "Automatic scheduling disabled"
+) -> Result<(Extension<Audited>, Json<AutomaticScheduling>), ApiError> {
+    let message = |on| {
+        if on {
+            "Automatic scheduling enabled"
+        } else {
+            "Automatic scheduling disabled"
+        }
     };
-    Ok(Json(AutomaticScheduling {
-        message: message.to_owned(),
-        automatic_scheduling: on,
-    }))
+    let on = state
+        .scheduler
+        .toggle_automatic(|on| Some(audit.entry(StatusCode::OK, Some(message(on).to_owned()))))
+        .await?;
+    Ok((
+        Extension(Audited),
+        Json(AutomaticScheduling {
+            message: message(on).to_owned(),
+            automatic_scheduling: on,
+        }),
+    ))
 }

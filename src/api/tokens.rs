@@ -1,13 +1,15 @@
 //! `POST/GET/DELETE /token/{id}` and the token check shared with the callbacks (SPEC §6).
 
-use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
+use axum::{Extension, Json};
 use serde::Serialize;
 use tracing::info;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::audit::{AuditCx, Audited};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Admin, CallbackToken, TrialIdParam, TrialPath};
 use super::{AppState, Message};
@@ -129,15 +131,18 @@ async fn verify(_: CallbackToken) -> Result<Json<Message>, ApiError> {
 )]
 async fn revoke(
     State(state): State<AppState>,
+    audit: AuditCx,
     CallbackToken {
         trial: id, claims, ..
     }: CallbackToken,
-) -> Result<Json<Message>, ApiError> {
+) -> Result<(Extension<Audited>, Json<Message>), ApiError> {
+    let message = "Token revoked";
+    let entry = audit.entry(StatusCode::OK, Some(message.to_owned()));
     state
         .tokens
-        .revoke_id(&claims.jti, claims.exp)
+        .revoke_id(&claims.jti, claims.exp, Some(entry))
         .await
         .map_err(ApiError::from)?;
     info!(trial = %id, jti = %claims.jti, "callback token revoked");
-    Ok(Json(Message::new("Token revoked")))
+    Ok((Extension(Audited), Json(Message::new(message))))
 }

@@ -24,7 +24,7 @@ use tracing::{error, info, warn};
 use crate::domain::{InvalidStartTime, StartTime, TrialId};
 use crate::engine::{EngineDeps, EngineShared};
 use crate::services::registry::RegistryError;
-use crate::store::{Loaded, Op, Store, StoreError};
+use crate::store::{AuditEntry, Loaded, Op, Store, StoreError};
 use engines::EngineRegistry;
 
 /// Why a trial could not be scheduled.
@@ -46,6 +46,17 @@ pub enum ScheduleError {
     NoStartTime(TrialId),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// What a delete found to remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    /// An engine in memory, stopped and forgotten (its audit entry written with the change).
+    Engine,
+    /// The record of an ended trial no longer in memory.
+    Record,
+    /// Nothing: no such trial, or another delete of it is under way.
+    Nothing,
 }
 
 /// A job whose start passed while the service was down, longer ago than the misfire grace.
@@ -153,8 +164,14 @@ impl Scheduler {
     }
 
     /// Schedules `id` at `start`, which must be in the future; refused if the trial has a job,
-    /// an engine, or a record of an earlier run. Returns once the job is saved and armed.
-    pub async fn schedule(&self, id: &TrialId, start: StartTime) -> Result<(), ScheduleError> {
+    /// an engine, or a record of an earlier run. Returns once the job (and `audit`, in the same
+    /// transaction) is saved and armed.
+    pub async fn schedule(
+        &self,
+        id: &TrialId,
+        start: StartTime,
+        audit: Option<AuditEntry>,
+    ) -> Result<(), ScheduleError> {
         start.ensure_future(Utc::now())?;
         let (generation, saved) = {
             let mut jobs = self.jobs_map();
@@ -173,11 +190,14 @@ impl Scheduler {
                     timer: None,
                 },
             );
-            let saved = self.store().write(Op::PutJob {
-                id: id.clone(),
-                start,
-                created_at: Utc::now(),
-            });
+            let saved = self.store().write_audited(
+                Op::PutJob {
+                    id: id.clone(),
+                    start,
+                    created_at: Utc::now(),
+                },
+                audit,
+            );
             (generation, saved)
         };
         match saved.await {
@@ -263,7 +283,11 @@ impl Scheduler {
 
     /// Removes a scheduled job; `false` if there was none. The timer stops first and comes
     /// back if the removal cannot be saved, so the job neither fires meanwhile nor is lost.
-    pub async fn unschedule(&self, id: &TrialId) -> Result<bool, StoreError> {
+    pub async fn unschedule(
+        &self,
+        id: &TrialId,
+        audit: Option<AuditEntry>,
+    ) -> Result<bool, StoreError> {
         let (generation, saved) = {
             let mut jobs = self.jobs_map();
             let Some(job) = jobs.get_mut(id) else {
@@ -272,7 +296,9 @@ impl Scheduler {
             if let Some(timer) = job.timer.take() {
                 timer.abort();
             }
-            let saved = self.store().write(Op::DeleteJob { id: id.clone() });
+            let saved = self
+                .store()
+                .write_audited(Op::DeleteJob { id: id.clone() }, audit);
             (job.generation, saved)
         };
         match saved.await {
@@ -289,19 +315,28 @@ impl Scheduler {
     }
 
     /// Stops and forgets a trial's engine (or, for an ended trial no longer in memory, its
-    /// record); `false` if there was none, or another delete of it is under way. If the
-    /// removal cannot be saved the engine stays listed (stopped), so the delete can be tried
-    /// again.
-    pub async fn delete_engine(&self, id: &TrialId) -> Result<bool, StoreError> {
+    /// record). If the removal cannot be saved the engine stays listed (stopped), so the
+    /// delete can be tried again.
+    pub async fn delete_engine(
+        &self,
+        id: &TrialId,
+        audit: Option<AuditEntry>,
+    ) -> Result<Deleted, StoreError> {
         let Some(engine) = self.inner.engines.get(id) else {
+            // Whether there was a record to forget is known only once this is written: the
+            // answer's audit entry is written after it.
             let removed = self
                 .store()
                 .write(Op::DeleteTrial { id: id.clone() })
                 .await?;
-            return Ok(removed > 0);
+            return Ok(if removed > 0 {
+                Deleted::Record
+            } else {
+                Deleted::Nothing
+            });
         };
         if !engine.claim_delete() {
-            return Ok(false);
+            return Ok(Deleted::Nothing);
         }
         // Once the tasks have ended, nothing of this engine reaches a service or the store.
         engine.stop().await;
@@ -310,14 +345,16 @@ impl Scheduler {
             if let Some(token) = engine.token() {
                 self.inner.deps.tokens.revoke(&token).await?;
             }
-            self.store().write(Op::DeleteTrial { id: id.clone() }).await
+            self.store()
+                .write_audited(Op::DeleteTrial { id: id.clone() }, audit)
+                .await
         };
         if let Err(e) = forgotten.await {
             engine.release_delete();
             return Err(e);
         }
         self.inner.engines.remove(id, &engine.weak());
-        Ok(true)
+        Ok(Deleted::Engine)
     }
 
     /// Jobs that were missed while the service was down.
@@ -344,13 +381,21 @@ impl Scheduler {
     }
 
     /// Fetches the trial's start time from the registry and schedules it.
-    pub async fn schedule_from_registry(&self, id: &TrialId) -> Result<StartTime, ScheduleError> {
+    pub async fn schedule_from_registry(
+        &self,
+        id: &TrialId,
+        audit: Option<AuditEntry>,
+    ) -> Result<StartTime, ScheduleError> {
         let trial = self.inner.deps.services.fetch_trial(id).await?;
         let raw = trial
             .start_time
             .ok_or_else(|| ScheduleError::NoStartTime(id.clone()))?;
         let start = StartTime::parse(&raw)?;
-        self.schedule(id, start).await?;
+        let audit = audit.map(|entry| AuditEntry {
+            detail: Some(format!("Trial {id} scheduled at {start}")),
+            ..entry
+        });
+        self.schedule(id, start, audit).await?;
         Ok(start)
     }
 
@@ -461,10 +506,16 @@ impl Scheduler {
         *self.inner.automatic.borrow()
     }
 
-    /// Turns automatic scheduling on or off; returns the new value once it is saved.
-    pub async fn toggle_automatic(&self) -> Result<bool, StoreError> {
+    /// Turns automatic scheduling on or off; returns the new value once it is saved, with the
+    /// audit entry `audit` makes for it.
+    pub async fn toggle_automatic(
+        &self,
+        audit: impl FnOnce(bool) -> Option<AuditEntry>,
+    ) -> Result<bool, StoreError> {
         let now_on = !self.automatic();
-        self.store().write(Op::SetAutomatic(now_on)).await?;
+        self.store()
+            .write_audited(Op::SetAutomatic(now_on), audit(now_on))
+            .await?;
         self.inner.automatic.send_replace(now_on);
         info!(automatic = now_on, "automatic scheduling toggled");
         Ok(now_on)

@@ -234,7 +234,8 @@ pub trait Reader: Send + 'static {
 }
 
 type Reply = oneshot::Sender<Result<usize, StoreError>>;
-type Request = (Op, Option<Reply>);
+/// Operations applied together, all or nothing, and who waits for the first one's count.
+type Request = (Vec<Op>, Option<Reply>);
 
 /// At most this many queued writes are committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -271,8 +272,20 @@ impl Store {
         &self,
         op: Op,
     ) -> impl Future<Output = Result<usize, StoreError>> + Send + 'static + use<> {
+        self.write_audited(op, None)
+    }
+
+    /// [`Store::write`] with the audit entry of the request that made the change, committed
+    /// in the same transaction: both or neither.
+    pub fn write_audited(
+        &self,
+        op: Op,
+        audit: Option<AuditEntry>,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send + 'static + use<> {
+        let mut ops = vec![op];
+        ops.extend(audit.map(|entry| Op::Audit(Box::new(entry))));
         let (reply, done) = oneshot::channel();
-        let queued = self.requests.send((op, Some(reply)));
+        let queued = self.requests.send((ops, Some(reply)));
         async move {
             queued.map_err(|_| StoreError::Closed)?;
             done.await.unwrap_or(Err(StoreError::Closed))
@@ -282,7 +295,7 @@ impl Store {
     /// Queues a change nobody waits for (a journal row): it is committed in order with the
     /// others, so a later awaited write finds it committed; a failure is logged.
     pub fn submit(&self, op: Op) {
-        if self.requests.send((op, None)).is_err() {
+        if self.requests.send((vec![op], None)).is_err() {
             error!("store: the writer thread has stopped; a journal row is lost");
         }
     }
@@ -305,29 +318,44 @@ impl Store {
 fn write_loop(mut backend: impl Backend, queue: mpsc::Receiver<Request>) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        let mut queued_ops = batch[0].0.len();
+        while queued_ops < MAX_BATCH {
             match queue.try_recv() {
-                Ok(request) => batch.push(request),
+                Ok(request) => {
+                    queued_ops += request.0.len();
+                    batch.push(request);
+                }
                 Err(_) => break,
             }
         }
-        let ops: Vec<Op> = batch.iter().map(|(op, _)| op.clone()).collect();
+        let ops: Vec<Op> = batch
+            .iter()
+            .flat_map(|(ops, _)| ops.iter().cloned())
+            .collect();
         match backend.apply(&ops) {
             Ok(counts) => {
-                for ((_, reply), count) in batch.into_iter().zip(counts) {
+                let mut counts = counts.into_iter();
+                for (ops, reply) in batch {
+                    let first = counts.next().unwrap_or(0);
+                    // The rest of this request's counts.
+                    counts
+                        .by_ref()
+                        .take(ops.len().saturating_sub(1))
+                        .for_each(drop);
                     if let Some(reply) = reply {
-                        let _ = reply.send(Ok(count));
+                        let _ = reply.send(Ok(first));
                     }
                 }
             }
-            // One bad write must not fail the others: retry each alone to find it.
+            // One bad write must not fail the others: retry each request alone to find it
+            // (a request's operations stay together).
             Err(_) if batch.len() > 1 => {
-                for (op, reply) in batch {
+                for (ops, reply) in batch {
                     let result = backend
-                        .apply(std::slice::from_ref(&op))
+                        .apply(&ops)
                         .map(|counts| counts.first().copied().unwrap_or(0));
                     if let Err(e) = &result {
-                        error!(error = %e, op = op.kind(), "store write failed");
+                        error!(error = %e, op = ops.first().map_or("", Op::kind), "store write failed");
                     }
                     if let Some(reply) = reply {
                         let _ = reply.send(result);

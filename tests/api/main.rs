@@ -1,6 +1,7 @@
 //! Integration tests: the real service over real HTTP on 127.0.0.1, with the trial components
 //! simulated by real HTTP servers in the test process. One test binary, so the crate links once.
 
+mod audit;
 mod auth;
 mod callbacks;
 mod config;

@@ -53,6 +53,7 @@ const ROUTES: &[(&str, &str, Option<&str>)] = &[
     ("POST", "/trial/{trial_id}/resume", Some("api_key")),
     ("POST", "/trial/{trial_id}/step", Some("api_key")),
     ("GET", "/trials", Some("api_key")),
+    ("GET", "/audit", Some("api_key")),
     ("POST", "/debug/engine/{trial_id}/skip", Some("api_key")),
     ("POST", "/trial/{trial_id}/finish", Some("api_key")),
     ("GET", "/trial/{trial_id}/status", Some("api_key")),

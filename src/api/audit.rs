@@ -1,0 +1,333 @@
+//! The audit log (SPEC §15): every request that changes something — or tried to and was
+//! refused — is appended to the store: who (`actor`: the key's name, or `callback:<trial id>`
+//! for a callback token; `anonymous` when no credential was recognised), with which role, what
+//! (`action`: the method and route), to which trial, with what outcome (the HTTP status), and
+//! from where. A handler whose change is one store write commits its entry in the same
+//! transaction ([`AuditCx`]); the [`record`] layer writes every other entry once the answer is
+//! known. Nothing secret is written: no credential, and of an answer only its `message` or
+//! `detail` (never a minted token).
+//!
+//! `GET /audit` (admin) reads the log back, newest first, filtered and paginated.
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::body::{Body, to_bytes};
+use axum::extract::connect_info::ConnectInfo;
+use axum::extract::{FromRequestParts, MatchedPath, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::error::{ApiError, ErrorBody};
+use super::extract::Admin;
+use crate::access::Actor;
+use crate::engine::state;
+use crate::store::{AuditEntry, AuditQuery, Op};
+
+/// The routes of this area.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list))
+}
+
+/// Marks an answer whose audit entry its handler already wrote with the change.
+#[derive(Debug, Clone, Copy)]
+pub struct Audited;
+
+/// The largest body read to find a trial id or an answer's message.
+const READ_LIMIT: usize = 64 * 1024;
+
+/// Who asks for what: enough to write the request's audit entry.
+#[derive(Debug, Clone)]
+pub struct AuditCx {
+    actor: String,
+    role: Option<String>,
+    action: String,
+    trial_id: Option<String>,
+    remote_addr: Option<String>,
+}
+
+impl AuditCx {
+    fn of(parts: &Parts, actor: Option<&Actor>) -> Self {
+        let template = parts
+            .extensions
+            .get::<MatchedPath>()
+            .map_or_else(|| parts.uri.path().to_owned(), |m| m.as_str().to_owned());
+        let trial_id = trial_in_path(&template, parts.uri.path()).or_else(|| {
+            parts.uri.query().and_then(|q| {
+                url::form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == "trial_id")
+                    .map(|(_, v)| v.into_owned())
+            })
+        });
+        let (actor, role) = match actor {
+            Some(Actor::Key(holder)) => (holder.name.to_string(), Some(holder.role.to_string())),
+            Some(actor @ Actor::Callback(_)) => (actor.to_string(), None),
+            None => ("anonymous".to_owned(), None),
+        };
+        Self {
+            actor,
+            role,
+            action: format!("{} {template}", parts.method),
+            trial_id,
+            remote_addr: parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(addr)| addr.to_string()),
+        }
+    }
+
+    /// The entry of this request with its outcome.
+    pub fn entry(&self, outcome: StatusCode, detail: Option<String>) -> AuditEntry {
+        AuditEntry {
+            seq: 0,
+            at: state::now(),
+            actor: self.actor.clone(),
+            role: self.role.clone(),
+            action: self.action.clone(),
+            trial_id: self.trial_id.clone(),
+            outcome: outcome.as_u16(),
+            detail,
+            remote_addr: self.remote_addr.clone(),
+        }
+    }
+
+    /// The same request, about `trial` (named in its body rather than its path).
+    pub fn about(mut self, trial: &str) -> Self {
+        self.trial_id = Some(trial.to_owned());
+        self
+    }
+}
+
+impl FromRequestParts<AppState> for AuditCx {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
+        let actor = parts.extensions.get::<Actor>().cloned();
+        Ok(Self::of(parts, actor.as_ref()))
+    }
+}
+
+/// The `{trial_id}` segment of a path, by its route template.
+fn trial_in_path(template: &str, path: &str) -> Option<String> {
+    template
+        .split('/')
+        .zip(path.split('/'))
+        .find(|(t, _)| *t == "{trial_id}")
+        .map(|(_, value)| value.to_owned())
+}
+
+/// A `message` or `detail` of a JSON body, if it has one.
+fn said(body: &[u8]) -> Option<String> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    ["message", "detail"]
+        .iter()
+        .find_map(|key| value.get(*key).and_then(Value::as_str))
+        .map(str::to_owned)
+}
+
+/// Layer: writes the audit entry of every request that changes something, unless its handler
+/// wrote it with the change. Runs outside the caller's identification, so it sees who it was.
+pub async fn record(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    // A trial named in the body (`POST /debug/trial/schedule`); the body goes on unchanged.
+    let bytes = match to_bytes(body, state.settings.server.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            let cx = AuditCx::of(&parts, None);
+            let detail = "request body is too large";
+            state.scheduler.deps().store.submit(Op::Audit(Box::new(
+                cx.entry(StatusCode::PAYLOAD_TOO_LARGE, Some(detail.to_owned())),
+            )));
+            return axum::response::IntoResponse::into_response(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                detail,
+            ));
+        }
+    };
+    let body_trial = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("trial_id").and_then(Value::as_str).map(str::to_owned));
+    let describe = parts.clone();
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    if response.extensions().get::<Audited>().is_some() {
+        return response;
+    }
+    let mut cx = AuditCx::of(&describe, response.extensions().get::<Actor>());
+    if let Some(trial) = body_trial.filter(|_| cx.trial_id.is_none()) {
+        cx = cx.about(&trial);
+    }
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let (response, detail) = if is_json {
+        let (head, body) = response.into_parts();
+        match to_bytes(body, READ_LIMIT).await {
+            Ok(bytes) => {
+                let detail = said(&bytes);
+                (Response::from_parts(head, Body::from(bytes)), detail)
+            }
+            Err(_) => (
+                Response::from_parts(head, Body::empty()),
+                Some("answer too large to show".to_owned()),
+            ),
+        }
+    } else {
+        (response, None)
+    };
+    state
+        .scheduler
+        .deps()
+        .store
+        .submit(Op::Audit(Box::new(cx.entry(status, detail))));
+    response
+}
+
+/// Rows per page when `limit` is not given, and the most a page may have.
+const DEFAULT_LIMIT: usize = 50;
+const MAX_LIMIT: usize = 500;
+
+fn parse_query(pairs: Vec<(String, String)>) -> Result<AuditQuery, ApiError> {
+    let mut query = AuditQuery {
+        limit: DEFAULT_LIMIT,
+        ..AuditQuery::default()
+    };
+    for (key, value) in pairs {
+        match key.as_str() {
+            "trial_id" => {
+                let id = crate::domain::TrialId::parse(&value)?;
+                query.trial_id = Some(id.to_string());
+            }
+            "actor" => {
+                if value.is_empty() || value.len() > 200 {
+                    return Err(ApiError::bad_request(
+                        "actor is a key's name or callback:<trial id>, 1 to 200 characters",
+                    ));
+                }
+                query.actor = Some(value);
+            }
+            "limit" => {
+                query.limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|l| (1..=MAX_LIMIT).contains(l))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "limit must be a whole number from 1 to {MAX_LIMIT}, not '{value}'"
+                        ))
+                    })?;
+            }
+            "cursor" => {
+                let before = URL_SAFE_NO_PAD
+                    .decode(&value)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .and_then(|t| t.strip_prefix("seq:").and_then(|n| n.parse().ok()))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "cursor is not one this service gave: use next_cursor as it came",
+                        )
+                    })?;
+                query.before = Some(before);
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter '{other}': use trial_id, actor, limit or cursor"
+                )));
+            }
+        }
+    }
+    Ok(query)
+}
+
+/// The audit log
+///
+/// `{"entries": [{"seq", "at", "actor", "role", "action", "trial_id", "outcome", "detail",
+/// "remote_addr"}], "next_cursor"}`, newest first: every request that changed something or
+/// was refused. Query: `trial_id`, `actor` (a key's name or `callback:<trial id>`), `limit`
+/// (1–500, default 50), `cursor` (the `next_cursor` of the previous page).
+#[utoipa::path(
+    get,
+    path = "/audit",
+    tag = "status",
+    security(("api_key" = [])),
+    params(
+        ("trial_id" = Option<String>, Query, description = "Only entries about this trial"),
+        ("actor" = Option<String>, Query, description = "Only entries of this key's name (or `callback:<trial id>`)", example = "alice"),
+        ("limit" = Option<u32>, Query, description = "Entries per page, 1 to 500 (default 50)", minimum = 1, maximum = 500),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of the audit log", body = Object),
+        (status = 400, description = "An unknown parameter, a bad trial id, limit or cursor", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 403, description = "The key's role is too small: the audit log is for admin keys", body = ErrorBody),
+    ),
+)]
+async fn list(
+    _: Admin,
+    State(state): State<AppState>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, ApiError> {
+    let query = parse_query(pairs)?;
+    let limit = query.limit;
+    let mut entries = state
+        .scheduler
+        .deps()
+        .store
+        .read(move |reader| reader.audit(&query))
+        .await?;
+    let next_cursor = (entries.len() > limit).then(|| {
+        entries.truncate(limit);
+        entries
+            .last()
+            .map(|e| URL_SAFE_NO_PAD.encode(format!("seq:{}", e.seq)))
+    });
+    Ok(Json(json!({
+        "entries": entries,
+        "next_cursor": next_cursor.flatten(),
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_trial_comes_from_the_path_by_its_template() {
+        assert_eq!(
+            trial_in_path("/trial/{trial_id}/abort", "/trial/t-1/abort").as_deref(),
+            Some("t-1")
+        );
+        assert_eq!(
+            trial_in_path("/trial/scheduling", "/trial/scheduling"),
+            None
+        );
+    }
+
+    #[test]
+    fn only_a_message_or_a_detail_is_kept_of_an_answer() {
+        assert_eq!(said(br#"{"message": "done"}"#).as_deref(), Some("done"));
+        assert_eq!(said(br#"{"detail": "no"}"#).as_deref(), Some("no"));
+        assert_eq!(said(br#"{"Authorization": "eyJ.token"}"#), None);
+        assert_eq!(said(b"not json"), None);
+    }
+}

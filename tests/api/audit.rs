@@ -1,0 +1,308 @@
+//! The audit log (SPEC §15): who did what, to which trial, with what outcome — refusals
+//! included — read back with filters and pages, never holding a secret.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use lcm::config::Role;
+use lcm::store::sqlite::SqliteBackend;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+async fn audit(app: &TestApp, query: &str) -> Value {
+    let answer = app
+        .call_as(
+            Method::GET,
+            &format!("/audit{query}"),
+            None,
+            Some(key_of(Role::Admin)),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{query}: {answer:?}");
+    answer.body
+}
+
+fn entries(page: &Value) -> Vec<Value> {
+    page["entries"].as_array().cloned().expect("a list")
+}
+
+/// The entry of `action` about `trial`, the newest one.
+fn entry<'a>(entries: &'a [Value], action: &str, trial: &str) -> &'a Value {
+    entries
+        .iter()
+        .find(|e| e["action"] == action && e["trial_id"] == trial)
+        .unwrap_or_else(|| panic!("no {action} about {trial} in {entries:#?}"))
+}
+
+#[tokio::test]
+async fn every_change_and_every_refusal_is_recorded_with_who_and_how_it_ended() {
+    let app = spawn_app().await;
+    let (id, other) = ("audited", "audited-refused");
+    app.platform.add_trial(lcm::sim::Platform::trial(id, None));
+    let start = in_ms(3_600_000);
+    let body = json!({"trial_id": other, "start_time": start});
+    let as_role = |role| Some(key_of(role));
+    // A viewer may not schedule; a wrong key is nobody; an operator may.
+    let refused = app
+        .call_as(
+            Method::POST,
+            "/debug/trial/schedule",
+            Some(body.clone()),
+            as_role(Role::Viewer),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    let nobody = app
+        .call_as(
+            Method::POST,
+            "/debug/trial/schedule",
+            Some(body),
+            Some("a-guessed-key-4711"),
+        )
+        .await;
+    assert_eq!(nobody.status, StatusCode::UNAUTHORIZED);
+    let scheduled = app
+        .call_as(
+            Method::POST,
+            "/debug/trial/schedule",
+            Some(json!({"trial_id": id, "start_time": in_ms(400)})),
+            as_role(Role::Operator),
+        )
+        .await;
+    assert_eq!(scheduled.status, StatusCode::OK, "{scheduled:?}");
+    app.wait_waiting(id, "operator (active or finish)").await;
+    let token = app.token_of(id);
+    let early = app.callback(id, "cloudvnfboarding", Some(&token)).await;
+    assert_eq!(
+        early.status,
+        StatusCode::CONFLICT,
+        "no VNF callback is awaited now"
+    );
+    let abort = app
+        .call_as(
+            Method::POST,
+            &format!("/trial/{id}/abort"),
+            Some(json!({"reason": "test"})),
+            as_role(Role::Operator),
+        )
+        .await;
+    assert_eq!(abort.status, StatusCode::OK);
+    app.wait_for(id, "Aborted", |s| s["engine_status"] == "Aborted")
+        .await;
+    let deleted = app
+        .call_as(
+            Method::DELETE,
+            &format!("/debug/engine/{id}"),
+            None,
+            as_role(Role::Admin),
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    // Reading changes nothing, and is not recorded.
+    app.get("/status").await;
+
+    let all = entries(&audit(&app, "?limit=500").await);
+    let seqs: Vec<i64> = all
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap_or_default())
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] > w[1]),
+        "newest first: {seqs:?}"
+    );
+    assert!(all.iter().all(|e| e["action"] != "GET /status"));
+
+    let schedule = "POST /debug/trial/schedule";
+    let by_viewer = all
+        .iter()
+        .find(|e| e["action"] == schedule && e["outcome"] == 403)
+        .expect("the viewer's refused schedule");
+    assert_eq!(by_viewer["trial_id"], other);
+    assert_eq!(by_viewer["actor"], "viewer");
+    assert_eq!(by_viewer["role"], "viewer");
+    assert!(
+        by_viewer["remote_addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:"))
+    );
+    let by_nobody = all
+        .iter()
+        .find(|e| e["action"] == schedule && e["outcome"] == 401)
+        .expect("the refused unknown key");
+    assert_eq!(by_nobody["actor"], "anonymous");
+    assert_eq!(by_nobody["trial_id"], other, "the trial named in the body");
+    let done = entry(&all, schedule, id);
+    assert_eq!(
+        (done["actor"].as_str(), done["outcome"].as_u64()),
+        (Some("operator"), Some(200))
+    );
+    assert!(
+        done["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("scheduled at")),
+        "{done}"
+    );
+    let callback = entry(&all, "POST /trial/{trial_id}/callback/cloudvnfboarding", id);
+    assert_eq!(callback["actor"], format!("callback:{id}"));
+    assert_eq!(callback["outcome"], 409);
+    let aborted = entry(&all, "POST /trial/{trial_id}/abort", id);
+    assert_eq!(aborted["outcome"], 200);
+    assert!(
+        aborted["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("abort accepted"))
+    );
+    let removed = entry(&all, "DELETE /debug/engine/{trial_id}", id);
+    assert_eq!(
+        (removed["actor"].as_str(), removed["outcome"].as_u64()),
+        (Some("admin"), Some(200))
+    );
+}
+
+#[tokio::test]
+async fn the_log_filters_pages_and_is_for_admins_only() {
+    let app = spawn_app().await;
+    for i in 0..5 {
+        let id = format!("paged-{i}");
+        let answer = app
+            .call_as(
+                Method::POST,
+                "/debug/trial/schedule",
+                Some(json!({"trial_id": id, "start_time": in_ms(3_600_000)})),
+                Some(key_of(Role::Operator)),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    assert_eq!(
+        app.delete("/debug/trial/paged-3/schedule").await.status,
+        StatusCode::OK
+    );
+
+    let about = entries(&audit(&app, "?trial_id=paged-3").await);
+    let actions: Vec<&str> = about.iter().filter_map(|e| e["action"].as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "DELETE /debug/trial/{trial_id}/schedule",
+            "POST /debug/trial/schedule"
+        ]
+    );
+    let operator = entries(&audit(&app, "?actor=operator").await);
+    assert_eq!(operator.len(), 5);
+    let mut seen = Vec::new();
+    let mut query = "?actor=operator&limit=2".to_owned();
+    loop {
+        let page = audit(&app, &query).await;
+        seen.extend(entries(&page).into_iter().map(|e| e["seq"].clone()));
+        match page["next_cursor"].as_str() {
+            Some(cursor) => query = format!("?actor=operator&limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    let all: Vec<Value> = operator.iter().map(|e| e["seq"].clone()).collect();
+    assert_eq!(seen, all, "the pages hold every entry once");
+
+    for bad in [
+        "?limit=0",
+        "?limit=501",
+        "?trial_id=a%20b",
+        "?cursor=bogus",
+        "?who=me",
+        "?actor=",
+    ] {
+        let answer = app
+            .call_as(
+                Method::GET,
+                &format!("/audit{bad}"),
+                None,
+                Some(key_of(Role::Admin)),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{bad}: {answer:?}");
+    }
+    for role in [Role::Viewer, Role::Operator] {
+        let answer = app
+            .call_as(Method::GET, "/audit", None, Some(key_of(role)))
+            .await;
+        assert_eq!(answer.status, StatusCode::FORBIDDEN, "{role:?}");
+    }
+}
+
+#[tokio::test]
+async fn no_secret_and_no_token_is_ever_written_in_the_log() {
+    let app = spawn_app().await;
+    let id = "secretive";
+    app.start_trial(id).await;
+    app.wait_waiting(id, "operator (active or finish)").await;
+    let minted = app.post(&format!("/token/{id}"), None).await.body["Authorization"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    assert_eq!(
+        app.call_as(Method::GET, &format!("/token/{id}"), None, Some(&minted))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.call_as(Method::DELETE, &format!("/token/{id}"), None, Some(&minted))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let guess = "guessed-secret-key-0815";
+    app.call_as(Method::POST, "/trial/scheduling", None, Some(guess))
+        .await;
+    let sent = app.token_of(id);
+    app.callback(id, "slice", Some(&sent)).await;
+    app.post(&format!("/trial/{id}/finish"), None).await;
+    app.wait_finished(id).await;
+
+    let text = audit(&app, "?limit=500").await.to_string();
+    let mut secrets = vec![API_KEY, TOKEN_SECRET, guess, minted.as_str(), sent.as_str()];
+    secrets.extend(ROLE_KEYS.iter().map(|(_, key, _)| *key));
+    for secret in secrets {
+        assert!(
+            !text.contains(secret),
+            "the audit log holds a secret: {secret}"
+        );
+    }
+    assert!(!text.contains("eyJ"), "the audit log holds a token");
+    let page = audit(&app, "?limit=500").await;
+    let all = entries(&page);
+    assert_eq!(entry(&all, "DELETE /token/{trial_id}", id)["outcome"], 200);
+    assert_eq!(entry(&all, "POST /token/{trial_id}", id)["outcome"], 200);
+}
+
+#[tokio::test]
+async fn a_change_that_was_not_saved_leaves_no_entry_saying_it_was_made() {
+    let broken = Arc::new(AtomicBool::new(false));
+    let switch = broken.clone();
+    let app = spawn_app_with(AppOptions {
+        backend: Some(Box::new(move || FlakyBackend {
+            inner: SqliteBackend::in_memory().expect("in-memory store"),
+            broken: switch,
+        })),
+        ..AppOptions::default()
+    })
+    .await;
+    broken.store(true, Ordering::SeqCst);
+    let refused = app.schedule("not-made", &in_ms(3_600_000)).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    broken.store(false, Ordering::SeqCst);
+    let made = app.schedule("made", &in_ms(3_600_000)).await;
+    assert_eq!(made.status, StatusCode::OK);
+    let all = entries(&audit(&app, "?limit=500").await);
+    assert!(
+        !all.iter()
+            .any(|e| e["trial_id"] == "not-made" && e["outcome"] == 200),
+        "{all:#?}"
+    );
+    assert_eq!(
+        entry(&all, "POST /debug/trial/schedule", "made")["outcome"],
+        200
+    );
+}
