@@ -196,7 +196,7 @@ fn the_readme_access_table_says_what_the_test_table_says() {
     let section = readme
         .split("\n## Access and audit\n")
         .nth(1)
-        .expect("the README has an "Access and audit" section");
+        .expect("the README has an 'Access and audit' section");
     let section = section.split("\n## ").next().unwrap_or(section);
     let mut listed = BTreeSet::new();
     for row in section.lines().filter(|l| l.starts_with("| `")) {
