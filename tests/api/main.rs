@@ -14,6 +14,7 @@ mod observe;
 mod openapi;
 mod races;
 mod records;
+mod resilience;
 mod scheduling;
 mod tokens;
 mod trial_flow;
