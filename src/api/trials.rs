@@ -232,8 +232,11 @@ async fn callback_progress(
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
     PresentedToken(token): PresentedToken,
-    OptionalJson(body): OptionalJson<ProgressBody>,
+    body: Result<OptionalJson<ProgressBody>, ApiError>,
 ) -> Result<Json<Message>, ApiError> {
+    // The token first, as on every endpoint: a caller without one learns nothing of the body.
+    let (_, engine) = check_token(&state, &id, &token)?;
+    let OptionalJson(body) = body?;
     let body = body.unwrap_or_default();
     let progress = match body.progress {
         None => None,
@@ -246,7 +249,6 @@ async fn callback_progress(
         }
     };
     let message = checked_text("message", body.message)?;
-    let (_, engine) = check_token(&state, &id, &token)?;
     let engine = engine.ok_or_else(|| ApiError::no_engine(&id))?;
     control_answer(engine.progress(ProgressReport { progress, message }).await)
 }
