@@ -742,9 +742,14 @@ async fn progress_callbacks_are_checked_shown_and_taken_only_at_a_component_wait
         ),
         (Some(other), StatusCode::FORBIDDEN, "other trial's"),
     ] {
-        let answer = progress(Some(good.clone()), token).await;
+        let answer = progress(Some(good.clone()), token.clone()).await;
         assert_eq!(answer.status, status, "{what} token: {answer:?}");
         assert!(!answer.detail().is_empty());
+        // Credentials come first, as everywhere: a caller without them learns nothing else.
+        for bad in [json!({"progress": 101}), json!({"eta": 10})] {
+            let answer = progress(Some(bad), token.clone()).await;
+            assert_eq!(answer.status, status, "{what} token, bad body: {answer:?}");
+        }
     }
     let status = app.trial_status(id).await;
     assert!(
