@@ -5,7 +5,8 @@
 //! repository, and then acts as the operator over the real REST API: schedules the trial a
 //! few seconds ahead, polls its status and prints every new step once, sends `active` at IDLE
 //! and `finish` when ACTIVE. The simulated components answer slowly on purpose (each request
-//! takes a moment, slice deployment a second) so the steps can be followed.
+//! takes a moment, slice deployment a second) so the steps can be followed; while trial
+//! enforcement deploys or closes the slice it sends progress callbacks, shown as they come.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -25,6 +26,8 @@ pub const TRIAL_ID: &str = "demo-trial";
 const ANSWER_DELAY: Duration = Duration::from_millis(120);
 /// How long trial enforcement takes to deploy (and to close) the slice before calling back.
 const SLICE_DELAY: Duration = Duration::from_millis(900);
+/// How often trial enforcement reports its progress meanwhile.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// How far ahead the trial is scheduled.
 const LEAD: Duration = Duration::from_secs(3);
 /// How long the operator pauses at a waiting point before acting, so it can be seen.
@@ -72,6 +75,7 @@ async fn demo(options: DemoOptions) -> Result<(), String> {
 
     let platform = Platform::start(SimOptions {
         callback_delay: SLICE_DELAY,
+        progress_interval: Some(PROGRESS_EVERY),
         ..SimOptions::default()
     })
     .await
@@ -210,7 +214,8 @@ async fn drive(platform: &Platform, operator: &Operator) -> Result<(), String> {
     }
 }
 
-/// One progress line: the running step, the waiting point, or the end.
+/// One progress line: the running step, the waiting point (with the component's last
+/// progress report, if any), or the end.
 fn describe(status: &Value) -> String {
     if status["finished"] == true {
         return "FINISHED".to_owned();
@@ -219,7 +224,13 @@ fn describe(status: &Value) -> String {
         return "FAILED".to_owned();
     }
     if let Some(waiting_for) = status["waiting_for"].as_str() {
-        return format!("waiting for {waiting_for}");
+        let percent = status["progress"].as_u64().map(|p| format!("{p}%"));
+        let message = status["progress_message"].as_str().map(str::to_owned);
+        let progress: Vec<String> = percent.into_iter().chain(message).collect();
+        if progress.is_empty() {
+            return format!("waiting for {waiting_for}");
+        }
+        return format!("waiting for {waiting_for}: {}", progress.join(" "));
     }
     status["step"]
         .as_str()
@@ -242,5 +253,6 @@ async fn print_hint(operator: &Operator) {
     println!("  curl -H 'Authorization: {LOCAL_API_KEY}' {base}/status");
     println!("  curl -H 'Authorization: {LOCAL_API_KEY}' {base}/trial/{TRIAL_ID}/status");
     println!("  curl -H 'Authorization: {LOCAL_API_KEY}' {base}/trial/{TRIAL_ID}/responses");
+    println!("  curl -H 'Authorization: {LOCAL_API_KEY}' {base}/trial/{TRIAL_ID}/history");
     println!("Ctrl-C to stop.");
 }

@@ -228,6 +228,8 @@ async fn callback_progress(
     }: CallbackToken,
     OptionalJson(body): OptionalJson<ProgressBody>,
 ) -> Result<Json<Message>, ApiError> {
+    // The token is the first extractor, as on every endpoint: a caller without one learns
+    // nothing of the body.
     let body = body.unwrap_or_default();
     let progress = match body.progress {
         None => None,

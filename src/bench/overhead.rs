@@ -158,6 +158,7 @@ mod tests {
             query: HashMap::new(),
             body,
             authorization: None,
+            idempotency_key: None,
             at: base + TimeDelta::microseconds(at),
             answered_at: Some(base + TimeDelta::microseconds(answered)),
         }

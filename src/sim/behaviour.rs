@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde_json::{Value, json};
@@ -27,6 +27,8 @@ struct Answer {
 struct Callback {
     url: String,
     token: String,
+    /// What the component does before it calls back, for its progress reports.
+    activity: &'static str,
 }
 
 fn answer(status: u16, body: Option<Value>) -> Answer {
@@ -61,6 +63,10 @@ pub async fn handle(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let idempotency_key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let path = uri.path().to_owned();
     let recorded = RecordedRequest {
         component,
@@ -69,6 +75,7 @@ pub async fn handle(
         query: query.clone(),
         body: json_body.clone(),
         authorization: authorization.clone(),
+        idempotency_key,
         at: Utc::now(),
         answered_at: None,
     };
@@ -85,6 +92,13 @@ pub async fn handle(
         }
         Some(FaultAction::Json(code, value)) => {
             return answered(reply(*code, Some(value.clone())));
+        }
+        Some(FaultAction::RetryAfter(code, after)) => {
+            let mut response = reply(*code, Some(json!({"detail": "busy: try again later"})));
+            if let Ok(value) = HeaderValue::from_str(&after.header_value()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return answered(response);
         }
         Some(FaultAction::Delay(pause)) => tokio::time::sleep(*pause).await,
         Some(FaultAction::Hang) => std::future::pending::<()>().await,
@@ -111,7 +125,7 @@ pub async fn handle(
             _ => {
                 let sim = sim.clone();
                 tokio::spawn(async move {
-                    tokio::time::sleep(sim.options.callback_delay).await;
+                    work(&sim, &callback).await;
                     call_back(&sim, &callback).await;
                 });
             }
@@ -171,13 +185,54 @@ fn take_fault(sim: &SimState, request: &RecordedRequest) -> Option<FaultAction> 
     Some(action)
 }
 
+/// Works towards a callback for `callback_delay`; with a `progress_interval`, reports how far
+/// along it is that often meanwhile, as a component taking its time would.
+async fn work(sim: &SimState, callback: &Callback) {
+    let total = sim.options.callback_delay;
+    let started = tokio::time::Instant::now();
+    if let Some(every) = sim
+        .options
+        .progress_interval
+        .filter(|every| !every.is_zero())
+    {
+        let mut done = every;
+        while done < total {
+            tokio::time::sleep_until(started + done).await;
+            let percent = (done.as_secs_f64() * 100.0 / total.as_secs_f64()) as u8;
+            report_progress(sim, callback, percent).await;
+            done += every;
+        }
+    }
+    tokio::time::sleep_until(started + total).await;
+}
+
+/// `POST <trial>/callback/progress` (beside the callback's own URL) with the callback's token.
+async fn report_progress(sim: &SimState, callback: &Callback, percent: u8) {
+    let Some((base, _kind)) = callback.url.rsplit_once('/') else {
+        return;
+    };
+    let body = json!({"progress": percent, "message": callback.activity});
+    post_callback(sim, format!("{base}/progress"), &callback.token, body).await;
+}
+
 async fn call_back(sim: &SimState, callback: &Callback) {
+    post_callback(
+        sim,
+        callback.url.clone(),
+        &callback.token,
+        json!({"status": "ok"}),
+    )
+    .await;
+}
+
+/// Posts to the LCM with the trial's token and records what it answered.
+async fn post_callback(sim: &SimState, url: String, token: &str, body: Value) {
     let sent_at = Utc::now();
     let result = sim
         .http
-        .post(&callback.url)
-        .header(header::AUTHORIZATION, &callback.token)
-        .json(&json!({"status": "ok"}))
+        .post(&url)
+        .header(header::AUTHORIZATION, token)
+        .json(&body)
         .send()
         .await;
     let (status, body) = match result {
@@ -188,7 +243,7 @@ async fn call_back(sim: &SimState, callback: &Callback) {
         Err(_) => (None, None),
     };
     sim.record_callback(RecordedCallback {
-        url: callback.url.clone(),
+        url,
         status,
         body,
         sent_at,
@@ -247,12 +302,16 @@ fn enforcement(
         .or_else(|| query.get("trialID").map(String::as_str))
         .unwrap_or("unknown")
         .to_owned();
-    let callback = || {
+    let callback = |activity: &'static str| {
         let url = query.get("callback_url")?.clone();
         let token = body?.get("Authorization")?.as_str()?.to_owned();
-        Some(Callback { url, token })
+        Some(Callback {
+            url,
+            token,
+            activity,
+        })
     };
-    let with_callback = |status: u16, body: Option<Value>| match callback() {
+    let with_callback = |status: u16, body: Option<Value>, activity| match callback(activity) {
         Some(callback) => Answer {
             callback: Some(callback),
             ..answer(status, body)
@@ -267,9 +326,10 @@ fn enforcement(
         ("POST", ["sliceDeployment"]) => with_callback(
             201,
             Some(json!({"Slice": {"id": format!("slice-{trial_id}")}, "status": "deploying"})),
+            "deploying the slice",
         ),
         ("DELETE", ["sliceDeployment", _id]) => {
-            with_callback(200, Some(json!({"status": "closing"})))
+            with_callback(200, Some(json!({"status": "closing"})), "closing the slice")
         }
         ("POST", ["flightplan"]) => answer(201, Some(json!({"status": "flight plan enforced"}))),
         ("POST", ["measurementjobs"]) => answer(
@@ -277,9 +337,11 @@ fn enforcement(
             Some(json!({"MeasurementID": format!("mj-{trial_id}"), "status": "created"})),
         ),
         ("DELETE", ["measurementjobs", _id]) => answer(204, None),
-        ("POST", ["vnf", "cloud" | "edge", "boarding" | "deployment"]) => {
-            with_callback(201, Some(json!({"status": "accepted"})))
-        }
+        ("POST", ["vnf", "cloud" | "edge", "boarding" | "deployment"]) => with_callback(
+            201,
+            Some(json!({"status": "accepted"})),
+            "setting up the VNF",
+        ),
         ("POST", ["tap"]) => answer(200, Some(json!({"status": "testing started"}))),
         _ => answer(404, Some(json!({"detail": "no such route"}))),
     }

@@ -1,7 +1,9 @@
 //! Simulated trial components: the trial repository, trial enforcement (which answers, then
 //! calls back `callback_url` with the token taken from the request body) and KPI monitoring
 //! (with an OAuth2 token endpoint). Each is a real HTTP server on 127.0.0.1 that records every
-//! request it receives (with when it answered) and obeys injected [`Fault`]s. The integration
+//! request it receives (with when it answered) and obeys injected [`Fault`]s; a component can
+//! be stopped (connections to it are refused) and started again on the same port. Trial
+//! enforcement can report its progress while it works before a callback. The integration
 //! tests, the demo and the benchmark drive the LCM against them; [`local`] serves an LCM wired
 //! to them, and [`operator`] drives an LCM over its REST API.
 
@@ -13,13 +15,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::{OAuth2Settings, Secret, Settings};
@@ -41,6 +43,8 @@ pub struct RecordedRequest {
     pub query: HashMap<String, String>,
     pub body: Option<Value>,
     pub authorization: Option<String>,
+    /// The `Idempotency-Key` header, if the request carried one.
+    pub idempotency_key: Option<String>,
     /// When the request arrived.
     pub at: DateTime<Utc>,
     /// When the component answered it (just before the answer was sent); `None` while it has
@@ -85,6 +89,8 @@ pub enum FaultAction {
     Garbage,
     /// Answer this status and JSON body.
     Json(u16, Value),
+    /// Answer this status with a `Retry-After` header (a service asking to be left alone).
+    RetryAfter(u16, RetryAfter),
     /// Wait, then answer as usual.
     Delay(Duration),
     /// Never answer.
@@ -98,6 +104,27 @@ pub enum FaultAction {
     /// Answer as usual, with the request's JSON body echoed under `"echo"` (a component
     /// that repeats what it was sent, secrets included).
     EchoRequest,
+}
+
+/// The `Retry-After` value a fault answers with.
+#[derive(Debug, Clone, Copy)]
+pub enum RetryAfter {
+    /// Delay-seconds: `Retry-After: 2`.
+    Seconds(u64),
+    /// An HTTP date this long after the answer: `Retry-After: Sun, 06 Nov 1994 08:49:37 GMT`.
+    /// The date has whole seconds: the wait it asks for is between this less a second and
+    /// this.
+    DateIn(Duration),
+}
+
+impl RetryAfter {
+    /// The header's value, for an answer sent now.
+    pub fn header_value(self) -> String {
+        match self {
+            RetryAfter::Seconds(secs) => secs.to_string(),
+            RetryAfter::DateIn(after) => httpdate::fmt_http_date(SystemTime::now() + after),
+        }
+    }
 }
 
 /// A fault for requests whose method and path match.
@@ -161,6 +188,10 @@ pub struct SimOptions {
     pub callback_delay: Duration,
     /// KPI monitoring requires an OAuth2 bearer token from its `/token` endpoint.
     pub kpi_oauth2: bool,
+    /// While trial enforcement works towards a callback (for `callback_delay`), it reports its
+    /// progress this often with `POST .../callback/progress` (a percentage and what it is
+    /// doing); `None` for never.
+    pub progress_interval: Option<Duration>,
 }
 
 impl Default for SimOptions {
@@ -168,6 +199,7 @@ impl Default for SimOptions {
         Self {
             callback_delay: Duration::from_millis(20),
             kpi_oauth2: true,
+            progress_interval: None,
         }
     }
 }
@@ -236,8 +268,35 @@ pub struct Platform {
     pub repository: SocketAddr,
     pub enforcement: SocketAddr,
     pub kpi: SocketAddr,
-    tasks: Vec<JoinHandle<()>>,
+    /// The components that are serving (a stopped one is not in it).
+    servers: Mutex<HashMap<Component, Serving>>,
 }
+
+/// One component's server.
+struct Serving {
+    /// Sent (or dropped) to stop it.
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// Serves `component` on `listener` until told to stop.
+fn serve(state: &Arc<SimState>, component: Component, listener: TcpListener) -> Serving {
+    let app = Router::new()
+        .fallback(behaviour::handle)
+        .with_state((state.clone(), component));
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    Serving { shutdown, task }
+}
+
+/// How long a stopping component gives the requests in flight to be answered.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// The OAuth2 client the simulated KPI monitoring accepts.
 pub const KPI_CLIENT_ID: &str = "lcm";
@@ -263,7 +322,7 @@ impl Platform {
             status_watchers: Mutex::new(Vec::new()),
             http,
         });
-        let mut tasks = Vec::new();
+        let mut servers = HashMap::new();
         let mut addrs = Vec::new();
         for component in [
             Component::Repository,
@@ -272,20 +331,51 @@ impl Platform {
         ] {
             let listener = TcpListener::bind("127.0.0.1:0").await?;
             addrs.push(listener.local_addr()?);
-            let app = Router::new()
-                .fallback(behaviour::handle)
-                .with_state((state.clone(), component));
-            tasks.push(tokio::spawn(async move {
-                let _ = axum::serve(listener, app).await;
-            }));
+            servers.insert(component, serve(&state, component, listener));
         }
         Ok(Self {
             state,
             repository: addrs[0],
             enforcement: addrs[1],
             kpi: addrs[2],
-            tasks,
+            servers: Mutex::new(servers),
         })
+    }
+
+    /// Where a component listens (or listened, while it is stopped).
+    pub fn address(&self, component: Component) -> SocketAddr {
+        match component {
+            Component::Repository => self.repository,
+            Component::Enforcement => self.enforcement,
+            Component::Kpi => self.kpi,
+        }
+    }
+
+    /// Stops a component the way a crash or a restart of it looks from outside: it stops
+    /// listening, so connecting to it is refused, and closes its idle connections. Requests in
+    /// flight get a few seconds to be answered. Callbacks it scheduled still go out.
+    pub async fn stop(&self, component: Component) {
+        let Some(serving) = lock(&self.servers).remove(&component) else {
+            return;
+        };
+        let _ = serving.shutdown.send(());
+        let mut task = serving.task;
+        if tokio::time::timeout(STOP_GRACE, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
+
+    /// Starts a stopped component again on its port; does nothing if it is serving.
+    pub async fn start_again(&self, component: Component) -> std::io::Result<()> {
+        if lock(&self.servers).contains_key(&component) {
+            return Ok(());
+        }
+        let listener = TcpListener::bind(self.address(component)).await?;
+        let serving = serve(&self.state, component, listener);
+        if let Some(raced) = lock(&self.servers).insert(component, serving) {
+            raced.task.abort();
+        }
+        Ok(())
     }
 
     /// Points the LCM's service settings at these components.
@@ -419,8 +509,8 @@ impl Platform {
 
 impl Drop for Platform {
     fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
+        for serving in lock(&self.servers).values() {
+            serving.task.abort();
         }
     }
 }

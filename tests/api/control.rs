@@ -372,7 +372,11 @@ async fn a_clean_up_that_fails_for_good_names_its_leftovers_and_abort_again_retr
         {"kind": "measurement_job", "id": format!("mj-{id}")},
     ]);
     assert_eq!(failed["leftovers"], expected);
-    let file = app.failure_file(id).expect("failure file");
+    // The failure procedure writes the file once the failure is shown.
+    let file = eventually("the failure file", || async {
+        app.failure_file(id).ok_or_else(|| "not written yet".to_owned())
+    })
+    .await;
     assert_eq!(file["cleanup_failed"], true);
     assert_eq!(file["leftovers"], expected);
     let restore = app.post(&format!("/debug/engine/{id}/restore"), None).await;

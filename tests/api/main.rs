@@ -18,6 +18,7 @@ mod observe;
 mod openapi;
 mod races;
 mod records;
+mod resilience;
 mod roles;
 mod scheduling;
 mod tokens;
