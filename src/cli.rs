@@ -66,8 +66,10 @@ directory.",
     #[command(
         long_about = "Measures the Lifecycle Manager under load: runs complete trials against \
 simulated trial components on 127.0.0.1 through the REST API, N in flight at once, and prints \
-throughput, overhead per step, CPU per trial, memory and threads. With --idle it instead holds \
-that many engines at the IDLE waiting point and measures their memory. It uses the built-in \
+throughput, overhead per step, CPU per trial, memory, threads and the bytes the store writes \
+per step. With --idle it instead holds that many engines at the IDLE waiting point and measures \
+their memory and what the pollers' reads (`GET /status`, `GET /trial/{id}/status`) cost; with \
+--startup it times a start-up on a store holding that many ended trials. It uses the built-in \
 defaults, not a configuration file.",
         after_help = "Example:\n  lcm bench --trials 1000 --concurrency 100"
     )]
@@ -84,8 +86,14 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     concurrency: u64,
     /// Instead, hold this many engines at the IDLE waiting point and measure their memory.
-    #[arg(long, conflicts_with_all = ["trials", "concurrency"], value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    #[arg(long, conflicts_with_all = ["trials", "concurrency", "startup"], value_parser = clap::value_parser!(u64).range(1..=100_000))]
     idle: Option<u64>,
+    /// Instead, time a start-up on a store holding this many ended trials (and 100 live ones).
+    #[arg(long, conflicts_with_all = ["trials", "concurrency", "idle"], value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    startup: Option<u64>,
+    /// Attempts of the retry policy (`executor.retry.max_attempts`; 1 turns retries off).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100))]
+    max_attempts: u32,
     /// Pause of the simulated trial enforcement before each callback, in milliseconds.
     #[arg(long, default_value_t = 10)]
     callback_delay_ms: u64,
@@ -114,6 +122,8 @@ pub fn main() -> ExitCode {
                 concurrency: args.concurrency as usize,
                 idle: args.idle.map(|n| n as usize),
                 callback_delay: Duration::from_millis(args.callback_delay_ms),
+                max_attempts: args.max_attempts,
+                startup: args.startup.map(|n| n as usize),
             });
         }
         command => command,

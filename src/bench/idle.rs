@@ -11,6 +11,7 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinSet;
 
+use super::overhead::percentile;
 use super::trials::lcm_threads;
 use super::{
     BenchOptions, Harness, bytes, check_open_files, machine, print_table, process, schedule_soon,
@@ -36,7 +37,7 @@ pub async fn run(
 ) -> Result<(), String> {
     let n = n.max(1);
     check_open_files(n.min(WINDOW));
-    let harness = Harness::start(options.callback_delay, lcm_runtime, dir).await?;
+    let harness = Harness::start(options, lcm_runtime, dir).await?;
     let result = hold(&harness, options, n).await;
     harness.stop().await;
     result
@@ -66,6 +67,7 @@ async fn hold(harness: &Harness, options: &BenchOptions, n: usize) -> Result<(),
     .await?;
     let to_idle = began.elapsed();
     let waiting = confirm_waiting(operator, &ids, deadline).await?;
+    let polls = poll_cost(operator, &ids).await?;
     // Let connections and buffers of the burst settle before reading memory.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = process::status_bytes("VmRSS").unwrap_or(0);
@@ -115,7 +117,7 @@ async fn hold(harness: &Harness, options: &BenchOptions, n: usize) -> Result<(),
         (
             "memory per live engine".to_owned(),
             bytes(per_engine),
-            format!("(RSS at IDLE − RSS before) / {n}: the engine (tasks, channels, snapshot and backup with its recorded responses), its token, scheduler and store entries, plus pooled connections; simulator recording off"),
+            format!("(RSS at IDLE − RSS before) / {n}: the engine (tasks, channels, snapshot, checkpoint, and its journal: recorded responses and history), its token, scheduler entries, plus pooled connections; simulator recording off"),
         ),
         (
             "recorded responses of one engine".to_owned(),
@@ -132,6 +134,8 @@ async fn hold(harness: &Harness, options: &BenchOptions, n: usize) -> Result<(),
             format!("{threads_before} → {threads_idle} (LCM: {lcm})"),
             "`Threads` of /proc/self/status; LCM threads by name".to_owned(),
         ),
+        polls.row("GET /status", n),
+        polls.trial_row(n),
         (
             "finished afterwards".to_owned(),
             format!("{n} / {n} in {:.1} s", finish_wall.as_secs_f64()),
@@ -147,6 +151,76 @@ async fn hold(harness: &Harness, options: &BenchOptions, n: usize) -> Result<(),
         &rows,
     );
     Ok(())
+}
+
+/// Calls made to measure what a poller's read costs.
+const POLLS: usize = 2000;
+
+/// What the reads pollers make often cost the LCM, with every engine waiting.
+struct PollCost {
+    status: (Duration, Vec<f64>),
+    trial: (Duration, Vec<f64>),
+}
+
+impl PollCost {
+    fn describe(
+        what: &str,
+        (cpu, latencies): &(Duration, Vec<f64>),
+        n: usize,
+    ) -> (String, String, String) {
+        (
+            format!("{what} with {n} live trials"),
+            format!(
+                "{:.1} µs LCM CPU a call; p50 {:.2} ms, p99 {:.2} ms",
+                cpu.as_secs_f64() * 1e6 / POLLS as f64,
+                percentile(latencies, 50.0),
+                percentile(latencies, 99.0)
+            ),
+            format!(
+                "{POLLS} calls, {PARALLEL} in flight: LCM threads' CPU / calls, and each call's round trip; the snapshot is read in place, the history never copied"
+            ),
+        )
+    }
+
+    fn row(&self, what: &str, n: usize) -> (String, String, String) {
+        Self::describe(what, &self.status, n)
+    }
+
+    fn trial_row(&self, n: usize) -> (String, String, String) {
+        Self::describe("GET /trial/{id}/status", &self.trial, n)
+    }
+}
+
+/// Calls `GET /status` and `GET /trial/{id}/status` [`POLLS`] times each.
+async fn poll_cost(operator: &Operator, ids: &[String]) -> Result<PollCost, String> {
+    let measure = |paths: Vec<String>| async move {
+        let cpu_before = process::cpu_of_threads(super::LCM_PREFIX);
+        let mut latencies: Vec<f64> = futures_util::stream::iter(paths)
+            .map(|path| async move {
+                let sent = Instant::now();
+                operator
+                    .call(reqwest::Method::GET, &path, None)
+                    .await
+                    .map(|_| sent.elapsed().as_secs_f64() * 1000.0)
+                    .map_err(|e| e.to_string())
+            })
+            .buffer_unordered(PARALLEL)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        latencies.sort_by(f64::total_cmp);
+        let cpu = process::cpu_of_threads(super::LCM_PREFIX).saturating_sub(cpu_before);
+        Ok::<_, String>((cpu, latencies))
+    };
+    let status = measure(vec!["/status".to_owned(); POLLS]).await?;
+    let trial = measure(
+        (0..POLLS)
+            .map(|i| format!("/trial/{}/status", ids[i % ids.len()]))
+            .collect(),
+    )
+    .await?;
+    Ok(PollCost { status, trial })
 }
 
 /// Runs `action` for every trial, [`WINDOW`] at a time: the next one starts when the

@@ -17,6 +17,8 @@
 pub mod idle;
 pub mod overhead;
 pub mod process;
+pub mod startup;
+pub mod store;
 pub mod trials;
 
 use std::path::Path;
@@ -51,6 +53,10 @@ pub struct BenchOptions {
     pub idle: Option<usize>,
     /// Pause of the simulated trial enforcement before each callback.
     pub callback_delay: Duration,
+    /// `executor.retry.max_attempts` of the LCM (1: no retries).
+    pub max_attempts: u32,
+    /// Instead: start an LCM on a store holding this many ended trials, and time it.
+    pub startup: Option<usize>,
 }
 
 /// Runs the benchmark on its own runtimes (call it outside any runtime).
@@ -85,9 +91,10 @@ pub fn run(options: BenchOptions) -> ExitCode {
     };
     let lcm = lcm_runtime.handle().clone();
     let result = bench_runtime.block_on(async move {
-        match options.idle {
-            Some(engines) => idle::run(engines, &options, &lcm, &dir).await,
-            None => trials::run(&options, &lcm, &dir).await,
+        match (options.idle, options.startup) {
+            (Some(engines), _) => idle::run(engines, &options, &lcm, &dir).await,
+            (None, Some(ended)) => startup::run(ended, &lcm, &dir).await,
+            (None, None) => trials::run(&options, &lcm, &dir).await,
         }
     });
     shut(bench_runtime);
@@ -118,12 +125,12 @@ impl Harness {
     /// Starts the simulator here and the LCM on `lcm_runtime`, logging at `warn`, with its
     /// store and logs in `dir`.
     pub async fn start(
-        callback_delay: Duration,
+        options: &BenchOptions,
         lcm_runtime: &Handle,
         dir: &Path,
     ) -> Result<Self, String> {
         let platform = Platform::start(SimOptions {
-            callback_delay,
+            callback_delay: options.callback_delay,
             ..SimOptions::default()
         })
         .await
@@ -133,7 +140,8 @@ impl Harness {
             .local_addr()
             .map_err(|e| format!("cannot read the listening address: {e}"))?
             .port();
-        let settings = local::settings(&platform, port, dir).map_err(|e| e.to_string())?;
+        let mut settings = local::settings(&platform, port, dir).map_err(|e| e.to_string())?;
+        settings.executor.retry.max_attempts = options.max_attempts;
         let log = telemetry::init(&settings.logging)
             .map_err(|e| format!("cannot set up logging: {e}"))?;
         let lcm = LocalLcm::start(settings, listener, lcm_runtime)

@@ -45,18 +45,78 @@ pub async fn run(options: &BenchOptions, lcm_runtime: &Handle, dir: &Path) -> Re
     let n = options.trials.max(1);
     let wave = options.concurrency.clamp(1, n);
     check_open_files(wave);
-    let harness = Harness::start(options.callback_delay, lcm_runtime, dir).await?;
-    let result = drive(&harness, options, n, wave).await;
+    let harness = Harness::start(options, lcm_runtime, dir).await?;
+    let result = drive(&harness, n, wave).await;
     harness.stop().await;
-    result
+    let rows = result?;
+    let sizes = super::store::sizes(&dir.join("data"))?;
+    let mut rows = rows;
+    rows.extend(store_rows(&sizes));
+    print_table(
+        &format!(
+            "lcm bench: {n} trials, {wave} at once, callbacks after {} ms, retries up to {} attempts, on {}",
+            options.callback_delay.as_millis(),
+            options.max_attempts,
+            machine()
+        ),
+        &rows,
+    );
+    Ok(())
+}
+
+/// What the store holds per trial and per step.
+fn store_rows(sizes: &super::store::StoreSizes) -> Vec<(String, String, String)> {
+    let trials = sizes.trials.max(1) as f64;
+    vec![
+        (
+            "checkpoint size".to_owned(),
+            format!(
+                "{:.0} B (largest {} B)",
+                sizes.checkpoint_avg, sizes.checkpoint_max
+            ),
+            "the checkpoint document of a trial, saved after every step and every signal taken: the same size at the first step and the last".to_owned(),
+        ),
+        (
+            "journal rows per trial".to_owned(),
+            format!(
+                "{:.1} events ({}), {:.1} responses ({})",
+                sizes.events as f64 / trials,
+                bytes(sizes.event_bytes as f64 / trials),
+                sizes.responses as f64 / trials,
+                bytes(sizes.response_bytes as f64 / trials)
+            ),
+            "appended once each, when they happen (columns' bytes)".to_owned(),
+        ),
+        (
+            "bytes written per step".to_owned(),
+            format!("{:.0} B", sizes.bytes_per_step()),
+            format!(
+                "({} checkpoints × their size + journal rows) / {} steps completed",
+                sizes.checkpoints, sizes.steps
+            ),
+        ),
+        (
+            "outbound retries".to_owned(),
+            sizes.retries.to_string(),
+            "answers recorded with attempt > 1: the happy path needs none, so the retry policy costs one check per answer".to_owned(),
+        ),
+        (
+            "store on disk".to_owned(),
+            format!(
+                "{} ({} a trial)",
+                bytes(sizes.file_bytes as f64),
+                bytes(sizes.file_bytes as f64 / trials)
+            ),
+            "the SQLite file and its write-ahead log at the end".to_owned(),
+        ),
+    ]
 }
 
 async fn drive(
     harness: &Harness,
-    options: &BenchOptions,
     n: usize,
     wave: usize,
-) -> Result<(), String> {
+) -> Result<Vec<(String, String, String)>, String> {
     let platform = &harness.platform;
     let operator = &harness.operator;
     let ids: Vec<String> = (0..n).map(|i| format!("bench-{i:05}")).collect();
@@ -249,18 +309,10 @@ async fn drive(
             "active/finish refused with 409 because the executor had not reached the waiting point yet".to_owned(),
         ),
     ];
-    print_table(
-        &format!(
-            "lcm bench: {n} trials, {wave} at once, callbacks after {} ms, on {}",
-            options.callback_delay.as_millis(),
-            machine()
-        ),
-        &rows,
-    );
     if listed < n {
         return Err(format!("only {listed} of {n} engines are listed Finished"));
     }
-    Ok(())
+    Ok(rows)
 }
 
 /// Sends `active` or `finish` once the executor takes it, retrying a 409 with a short backoff

@@ -693,7 +693,8 @@ impl Executor {
             reported: false,
             cleanup_failed,
             leftovers: if cleanup_failed {
-                data.ledger.leftovers(self.id.as_str(), data.info.as_ref())
+                data.ledger
+                    .leftovers(self.id.as_str(), data.info.as_deref())
             } else {
                 Vec::new()
             },

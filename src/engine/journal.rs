@@ -31,7 +31,7 @@ struct Inner {
     events: Vec<Arc<TrialEvent>>,
     responses: Vec<Arc<ResponseRecord>>,
     /// Made on the first subscription, so a journal nobody watches carries no buffer.
-    live: Option<broadcast::Sender<TrialEvent>>,
+    live: Option<broadcast::Sender<Arc<TrialEvent>>>,
 }
 
 impl Journal {
@@ -64,26 +64,25 @@ impl Journal {
         step: Option<Step>,
         detail: Option<String>,
         duration_ms: Option<u64>,
-    ) -> TrialEvent {
+    ) {
         let mut inner = self.inner();
-        let event = TrialEvent {
+        let event = Arc::new(TrialEvent {
             seq: inner.events.len() as u64,
             at: state::now(),
             event: kind,
             step: step.map(|s| s.name().to_owned()),
             detail,
             duration_ms,
-        };
+        });
         self.store.submit(Op::AppendEvent {
             id: self.id.clone(),
             event: event.clone(),
         });
-        inner.events.push(Arc::new(event.clone()));
         if let Some(live) = &inner.live {
             // No subscriber left is fine.
             let _ = live.send(event.clone());
         }
-        event
+        inner.events.push(event);
     }
 
     /// Records a response: numbers it, keeps it and appends it to the store.
@@ -111,7 +110,7 @@ impl Journal {
 
     /// The history so far and a receiver of every later event, taken together so there is
     /// no gap between them and no repeat.
-    pub fn subscribe(&self) -> (Vec<Arc<TrialEvent>>, broadcast::Receiver<TrialEvent>) {
+    pub fn subscribe(&self) -> (Vec<Arc<TrialEvent>>, broadcast::Receiver<Arc<TrialEvent>>) {
         let mut inner = self.inner();
         let receiver = inner
             .live

@@ -211,7 +211,7 @@ impl EngineHandle {
     }
 
     /// The history so far and a receiver of every later event (no gap, no repeat).
-    pub fn events(&self) -> (Vec<Arc<TrialEvent>>, broadcast::Receiver<TrialEvent>) {
+    pub fn events(&self) -> (Vec<Arc<TrialEvent>>, broadcast::Receiver<Arc<TrialEvent>>) {
         self.shared.journal.subscribe()
     }
 

@@ -6,6 +6,8 @@
 //! journal as they happen (see `journal.rs`), so a checkpoint stays the same size however long
 //! the trial runs.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
 use serde_json::Value;
@@ -297,7 +299,8 @@ pub struct TrialInfo {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct TrialData {
     pub token: Option<String>,
-    pub info: Option<TrialInfo>,
+    /// Shared: a checkpoint is copied at every step, the trial's information rarely changes.
+    pub info: Option<Arc<TrialInfo>>,
     pub kpi_status: Option<KpiStatus>,
     /// The last status this LCM wrote to the trial repository (including `FAILED`).
     pub repository_status: Option<String>,

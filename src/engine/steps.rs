@@ -1,6 +1,8 @@
 //! What each step of [`super::sequence`] sends and what it needs back (SPEC §4, §4.1, §4.2,
 //! §14's clean-up), and what it records of what the trial deployed.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -128,7 +130,7 @@ async fn get_trial_info(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     };
     field("id")?;
     cx.data.deadline = deadline(cx, &trial)?;
-    cx.data.info = Some(TrialInfo {
+    cx.data.info = Some(Arc::new(TrialInfo {
         trial_id: cx.id.to_string(),
         facility: facility.clone(),
         kpis: field("kpis")?,
@@ -136,7 +138,7 @@ async fn get_trial_info(cx: &mut StepCx<'_>) -> Result<(), StepError> {
         target: "dummy".to_owned(),
         deployed_slice: json!({}),
         measurement_job: json!({}),
-    });
+    }));
     Ok(())
 }
 
@@ -578,7 +580,7 @@ impl StepCx<'_> {
             .ok_or_else(|| StepError("no callback token (GetCallbackToken did not run)".into()))
     }
 
-    fn info(&self) -> Result<TrialInfo, StepError> {
+    fn info(&self) -> Result<Arc<TrialInfo>, StepError> {
         self.data
             .info
             .clone()
@@ -589,6 +591,7 @@ impl StepCx<'_> {
         self.data
             .info
             .as_mut()
+            .map(Arc::make_mut)
             .ok_or_else(|| StepError("no trial info (GetTrialInfo did not run)".into()))
     }
 

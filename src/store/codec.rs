@@ -5,6 +5,8 @@
 //! still reads. Times are RFC 3339 in UTC with microseconds, fixed width, so they sort as
 //! text in any SQL database.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -57,77 +59,79 @@ pub fn parse_lifecycle(name: &str) -> Result<Lifecycle, String> {
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-enum PositionDoc {
-    Run(String),
-    Wait(String),
+enum PositionDoc<S> {
+    Run(S),
+    Wait(S),
 }
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-enum ModeDoc {
+enum ModeDoc<S> {
     Normal,
-    Cleanup(String),
+    Cleanup(S),
 }
 
 #[derive(Serialize, Deserialize)]
-struct InfoDoc {
+struct InfoDoc<S, V> {
     #[serde(rename = "trialID")]
-    trial_id: String,
-    facility: String,
-    kpis: Value,
-    name: Value,
-    target: String,
+    trial_id: S,
+    facility: S,
+    kpis: V,
+    name: V,
+    target: S,
     #[serde(rename = "DeployedSlice")]
-    deployed_slice: Value,
+    deployed_slice: V,
     #[serde(rename = "MeasurementJob")]
-    measurement_job: Value,
+    measurement_job: V,
 }
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-enum JobDoc {
+enum JobDoc<S> {
     None,
-    Created(String),
+    Created(S),
     Deleted,
 }
 
 #[derive(Serialize, Deserialize)]
-struct LedgerDoc {
-    slice: String,
-    measurement_job: JobDoc,
+struct LedgerDoc<S> {
+    slice: S,
+    measurement_job: JobDoc<S>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct LeftoverDoc {
-    kind: String,
-    id: String,
+struct LeftoverDoc<S> {
+    kind: S,
+    id: S,
 }
 
 #[derive(Serialize, Deserialize)]
-struct FailureDoc {
-    reason: String,
+struct FailureDoc<S> {
+    reason: S,
     at: String,
     reported: bool,
     #[serde(default)]
     cleanup_failed: bool,
-    #[serde(default)]
-    leftovers: Vec<LeftoverDoc>,
+    #[serde(default = "Vec::new")]
+    leftovers: Vec<LeftoverDoc<S>>,
 }
 
-/// The checkpoint document, format 1.
+/// The checkpoint document, format 1: owned text and values when read (`S = String`,
+/// `V = Value`), borrowed from the checkpoint when written (`S = &str`, `V = &Value`), so
+/// writing copies nothing.
 #[derive(Serialize, Deserialize)]
-struct CheckpointDoc {
+struct CheckpointDoc<S, V> {
     format: u32,
-    position: PositionDoc,
-    mode: ModeDoc,
-    token: Option<String>,
-    info: Option<InfoDoc>,
-    kpi_status: Option<String>,
-    repository_status: Option<String>,
-    accepted: Vec<(String, String)>,
-    held: Vec<(String, String)>,
-    ledger: LedgerDoc,
-    failure: Option<FailureDoc>,
+    position: PositionDoc<S>,
+    mode: ModeDoc<S>,
+    token: Option<S>,
+    info: Option<InfoDoc<S, V>>,
+    kpi_status: Option<S>,
+    repository_status: Option<S>,
+    accepted: Vec<(S, S)>,
+    held: Vec<(S, S)>,
+    ledger: LedgerDoc<S>,
+    failure: Option<FailureDoc<S>>,
     paused: bool,
     run: u32,
     started_at: String,
@@ -182,10 +186,8 @@ fn signal(name: &str) -> Result<Signal, String> {
     Signal::parse(name).ok_or_else(|| format!("unknown signal '{name}'"))
 }
 
-fn signals_doc(list: &[(Wait, Signal)]) -> Vec<(String, String)> {
-    list.iter()
-        .map(|(w, s)| (w.name().to_owned(), s.name().to_owned()))
-        .collect()
+fn signals_doc(list: &[(Wait, Signal)]) -> Vec<(&'static str, &'static str)> {
+    list.iter().map(|(w, s)| (w.name(), s.name())).collect()
 }
 
 fn parse_signals(list: Vec<(String, String)>) -> Result<Vec<(Wait, Signal)>, String> {
@@ -197,40 +199,40 @@ fn parse_signals(list: Vec<(String, String)>) -> Result<Vec<(Wait, Signal)>, Str
 /// Writes a checkpoint as the store keeps it.
 pub fn encode_checkpoint(checkpoint: &Checkpoint) -> String {
     let data = &checkpoint.data;
-    let doc = CheckpointDoc {
+    let doc: CheckpointDoc<&str, &Value> = CheckpointDoc {
         format: FORMAT,
         position: match checkpoint.position {
-            Position::Run(s) => PositionDoc::Run(s.name().to_owned()),
-            Position::Wait(w) => PositionDoc::Wait(w.name().to_owned()),
+            Position::Run(s) => PositionDoc::Run(s.name()),
+            Position::Wait(w) => PositionDoc::Wait(w.name()),
         },
         mode: match &checkpoint.mode {
             Mode::Normal => ModeDoc::Normal,
-            Mode::Cleanup { reason } => ModeDoc::Cleanup(reason.clone()),
+            Mode::Cleanup { reason } => ModeDoc::Cleanup(reason.as_str()),
         },
-        token: data.token.clone(),
-        info: data.info.as_ref().map(|i| InfoDoc {
-            trial_id: i.trial_id.clone(),
-            facility: i.facility.clone(),
-            kpis: i.kpis.clone(),
-            name: i.name.clone(),
-            target: i.target.clone(),
-            deployed_slice: i.deployed_slice.clone(),
-            measurement_job: i.measurement_job.clone(),
+        token: data.token.as_deref(),
+        info: data.info.as_deref().map(|i| InfoDoc {
+            trial_id: i.trial_id.as_str(),
+            facility: i.facility.as_str(),
+            kpis: &i.kpis,
+            name: &i.name,
+            target: i.target.as_str(),
+            deployed_slice: &i.deployed_slice,
+            measurement_job: &i.measurement_job,
         }),
-        kpi_status: data.kpi_status.map(|k| k.marking().to_owned()),
-        repository_status: data.repository_status.clone(),
+        kpi_status: data.kpi_status.map(KpiStatus::marking),
+        repository_status: data.repository_status.as_deref(),
         accepted: signals_doc(&checkpoint.accepted),
         held: signals_doc(&checkpoint.held),
         ledger: LedgerDoc {
-            slice: slice_name(data.ledger.slice).to_owned(),
+            slice: slice_name(data.ledger.slice),
             measurement_job: match &data.ledger.measurement_job {
                 JobState::None => JobDoc::None,
-                JobState::Created(id) => JobDoc::Created(id.clone()),
+                JobState::Created(id) => JobDoc::Created(id.as_str()),
                 JobState::Deleted => JobDoc::Deleted,
             },
         },
         failure: checkpoint.failure.as_ref().map(|f| FailureDoc {
-            reason: f.reason.clone(),
+            reason: f.reason.as_str(),
             at: time(f.at),
             reported: f.reported,
             cleanup_failed: f.cleanup_failed,
@@ -238,8 +240,8 @@ pub fn encode_checkpoint(checkpoint: &Checkpoint) -> String {
                 .leftovers
                 .iter()
                 .map(|l| LeftoverDoc {
-                    kind: leftover_kind_name(l.kind).to_owned(),
-                    id: l.id.clone(),
+                    kind: leftover_kind_name(l.kind),
+                    id: l.id.as_str(),
                 })
                 .collect(),
         }),
@@ -254,7 +256,7 @@ pub fn encode_checkpoint(checkpoint: &Checkpoint) -> String {
 
 /// Reads a checkpoint the store kept; the error says what is wrong with it.
 pub fn decode_checkpoint(text: &str) -> Result<Checkpoint, String> {
-    let doc: CheckpointDoc =
+    let doc: CheckpointDoc<String, Value> =
         serde_json::from_str(text).map_err(|e| format!("unreadable checkpoint: {e}"))?;
     if doc.format != FORMAT {
         return Err(format!(
@@ -273,14 +275,16 @@ pub fn decode_checkpoint(text: &str) -> Result<Checkpoint, String> {
         },
         data: TrialData {
             token: doc.token,
-            info: doc.info.map(|i| TrialInfo {
-                trial_id: i.trial_id,
-                facility: i.facility,
-                kpis: i.kpis,
-                name: i.name,
-                target: i.target,
-                deployed_slice: i.deployed_slice,
-                measurement_job: i.measurement_job,
+            info: doc.info.map(|i| {
+                Arc::new(TrialInfo {
+                    trial_id: i.trial_id,
+                    facility: i.facility,
+                    kpis: i.kpis,
+                    name: i.name,
+                    target: i.target,
+                    deployed_slice: i.deployed_slice,
+                    measurement_job: i.measurement_job,
+                })
             }),
             kpi_status: doc
                 .kpi_status
@@ -343,7 +347,7 @@ mod tests {
             },
             data: TrialData {
                 token: Some("tok".into()),
-                info: Some(TrialInfo {
+                info: Some(Arc::new(TrialInfo {
                     trial_id: "t1".into(),
                     facility: "eurecom".into(),
                     kpis: json!(["latency"]),
@@ -351,7 +355,7 @@ mod tests {
                     target: "dummy".into(),
                     deployed_slice: json!({"Slice": {"id": "s1"}}),
                     measurement_job: json!({"MeasurementID": "mj-1"}),
-                }),
+                })),
                 kpi_status: Some(KpiStatus::Active),
                 repository_status: Some("ACTIVE".into()),
                 ledger: Ledger {

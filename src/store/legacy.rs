@@ -247,7 +247,7 @@ pub fn convert(
         mode: Mode::Normal,
         data: TrialData {
             token: data.token,
-            info,
+            info: info.map(std::sync::Arc::new),
             kpi_status: data
                 .kpi_status
                 .map(|k| KpiStatus::parse(&k).ok_or_else(|| format!("unknown KPI status '{k}'")))

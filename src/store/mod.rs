@@ -88,7 +88,7 @@ pub enum Op {
     },
     AppendEvent {
         id: TrialId,
-        event: TrialEvent,
+        event: Arc<TrialEvent>,
     },
     AppendResponse {
         id: TrialId,
@@ -317,45 +317,38 @@ impl Store {
 
 fn write_loop(mut backend: impl Backend, queue: mpsc::Receiver<Request>) {
     while let Ok(first) = queue.recv() {
-        let mut batch = vec![first];
-        let mut queued_ops = batch[0].0.len();
-        while queued_ops < MAX_BATCH {
+        // The queued requests' operations in one list, each request's as a range of it.
+        let mut ops: Vec<Op> = Vec::new();
+        let mut requests: Vec<(std::ops::Range<usize>, Option<Reply>)> = Vec::new();
+        let mut take = |(request_ops, reply): Request, ops: &mut Vec<Op>| {
+            let start = ops.len();
+            ops.extend(request_ops);
+            requests.push((start..ops.len(), reply));
+        };
+        take(first, &mut ops);
+        while ops.len() < MAX_BATCH {
             match queue.try_recv() {
-                Ok(request) => {
-                    queued_ops += request.0.len();
-                    batch.push(request);
-                }
+                Ok(request) => take(request, &mut ops),
                 Err(_) => break,
             }
         }
-        let ops: Vec<Op> = batch
-            .iter()
-            .flat_map(|(ops, _)| ops.iter().cloned())
-            .collect();
         match backend.apply(&ops) {
             Ok(counts) => {
-                let mut counts = counts.into_iter();
-                for (ops, reply) in batch {
-                    let first = counts.next().unwrap_or(0);
-                    // The rest of this request's counts.
-                    counts
-                        .by_ref()
-                        .take(ops.len().saturating_sub(1))
-                        .for_each(drop);
+                for (range, reply) in requests {
                     if let Some(reply) = reply {
-                        let _ = reply.send(Ok(first));
+                        let _ = reply.send(Ok(counts.get(range.start).copied().unwrap_or(0)));
                     }
                 }
             }
             // One bad write must not fail the others: retry each request alone to find it
             // (a request's operations stay together).
-            Err(_) if batch.len() > 1 => {
-                for (ops, reply) in batch {
+            Err(_) if requests.len() > 1 => {
+                for (range, reply) in requests {
                     let result = backend
-                        .apply(&ops)
+                        .apply(&ops[range.clone()])
                         .map(|counts| counts.first().copied().unwrap_or(0));
                     if let Err(e) = &result {
-                        error!(error = %e, op = ops.first().map_or("", Op::kind), "store write failed");
+                        error!(error = %e, op = ops[range.start].kind(), "store write failed");
                     }
                     if let Some(reply) = reply {
                         let _ = reply.send(result);
@@ -364,7 +357,7 @@ fn write_loop(mut backend: impl Backend, queue: mpsc::Receiver<Request>) {
             }
             Err(e) => {
                 error!(error = %e, op = ops.first().map_or("", Op::kind), "store write failed");
-                for (_, reply) in batch {
+                for (_, reply) in requests {
                     if let Some(reply) = reply {
                         let _ = reply.send(Err(e.clone()));
                     }

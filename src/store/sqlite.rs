@@ -130,7 +130,8 @@ fn migrate_engines(tx: &Transaction) -> Result<(), HookError> {
             }
             Err(reason) => {
                 warn!(trial = %id, reason = %reason, "a version-1 engine record cannot be read: kept as Corrupt");
-                tx.execute(
+                exec(
+                    tx,
                     "INSERT INTO trials (trial_id, engine_status, failure, live, lifecycle,
                          checkpoint, created_at, updated_at)
                      VALUES (?1, 'Corrupt', ?2, 0, 'Failed', ?3, ?4, ?4)",
@@ -140,7 +141,8 @@ fn migrate_engines(tx: &Transaction) -> Result<(), HookError> {
         }
     }
     tx.execute_batch("DROP TABLE engines;")?;
-    tx.execute(
+    exec(
+        tx,
         "UPDATE jobs SET created_at = ?1 WHERE created_at = ''",
         params![now],
     )?;
@@ -162,6 +164,12 @@ enum Location {
     File(PathBuf),
     /// A named in-memory database shared between this process's connections.
     Memory(String),
+}
+
+/// Runs a statement, compiled once per connection and kept (the writer runs the same few
+/// statements over and over).
+fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
 }
 
 fn backend_error(context: &str, e: impl std::fmt::Display) -> StoreError {
@@ -250,11 +258,13 @@ fn put_trial(tx: &Connection, record: &TrialRecord) -> rusqlite::Result<usize> {
         Position::Wait(wait) => (None, Some(sequence::wait_spec(wait).waiting_for)),
     };
     let lifecycle = record.lifecycle;
-    tx.execute(
+    exec(
+        tx,
         "DELETE FROM jobs WHERE trial_id = ?1",
         params![record.id.as_str()],
     )?;
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO trials (trial_id, engine_status, status, state, step, waiting_for, failure,
              live, paused, lifecycle, checkpoint, created_at, updated_at, ended_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
@@ -287,7 +297,8 @@ fn put_trial(tx: &Connection, record: &TrialRecord) -> rusqlite::Result<usize> {
 }
 
 fn append_event(tx: &Connection, id: &str, event: &TrialEvent) -> rusqlite::Result<usize> {
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO trial_events (trial_id, seq, at, kind, step, detail, duration_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (trial_id, seq) DO NOTHING",
@@ -309,7 +320,8 @@ fn append_response(
     seq: u64,
     record: &ResponseRecord,
 ) -> rusqlite::Result<usize> {
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO trial_responses (trial_id, seq, step, service, method, path, status, body,
              error, duration_ms, attempt, at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
@@ -342,62 +354,75 @@ fn apply_op(tx: &Transaction, op: &Op) -> rusqlite::Result<usize> {
             id,
             start,
             created_at,
-        } => tx.execute(
+        } => exec(
+            tx,
             "INSERT INTO jobs (trial_id, start_time, created_at)
              SELECT ?1, ?2, ?3 WHERE NOT EXISTS (SELECT 1 FROM trials WHERE trial_id = ?1)
              ON CONFLICT (trial_id) DO UPDATE SET start_time = excluded.start_time",
             params![id.as_str(), start.to_string(), time(*created_at)],
         ),
-        Op::DeleteJob { id } => {
-            tx.execute("DELETE FROM jobs WHERE trial_id = ?1", params![id.as_str()])
-        }
+        Op::DeleteJob { id } => exec(
+            tx,
+            "DELETE FROM jobs WHERE trial_id = ?1",
+            params![id.as_str()],
+        ),
         Op::PutTrial(record) => put_trial(tx, record),
-        Op::SetPaused { id, paused } => tx.execute(
+        Op::SetPaused { id, paused } => exec(
+            tx,
             "UPDATE trials SET paused = ?2 WHERE trial_id = ?1",
             params![id.as_str(), i64::from(*paused)],
         ),
         Op::AppendEvent { id, event } => append_event(tx, id.as_str(), event),
         Op::AppendResponse { id, seq, record } => append_response(tx, id.as_str(), *seq, record),
         Op::DeleteTrial { id } => {
-            tx.execute(
+            exec(
+                tx,
                 "DELETE FROM trial_events WHERE trial_id = ?1",
                 params![id.as_str()],
             )?;
-            tx.execute(
+            exec(
+                tx,
                 "DELETE FROM trial_responses WHERE trial_id = ?1",
                 params![id.as_str()],
             )?;
-            tx.execute(
+            exec(
+                tx,
                 "DELETE FROM trials WHERE trial_id = ?1",
                 params![id.as_str()],
             )
         }
         Op::Purge { ended_before } => {
             let cutoff = time(*ended_before);
-            tx.execute(
+            exec(
+                tx,
                 &format!("DELETE FROM trial_events WHERE trial_id IN ({PURGED})"),
                 params![cutoff],
             )?;
-            tx.execute(
+            exec(
+                tx,
                 &format!("DELETE FROM trial_responses WHERE trial_id IN ({PURGED})"),
                 params![cutoff],
             )?;
-            tx.execute(
+            exec(
+                tx,
                 &format!("DELETE FROM trials WHERE trial_id IN ({PURGED})"),
                 params![cutoff],
             )
         }
-        Op::Revoke { jti, exp } => tx.execute(
+        Op::Revoke { jti, exp } => exec(
+            tx,
             "INSERT INTO revoked_tokens (jti, expires_at) VALUES (?1, ?2)
              ON CONFLICT (jti) DO UPDATE SET expires_at = excluded.expires_at",
             params![jti, exp],
         ),
-        Op::SetAutomatic(on) => tx.execute(
+        Op::SetAutomatic(on) => exec(
+            tx,
             "INSERT INTO settings (key, value) VALUES ('automatic', ?1)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             params![if *on { "true" } else { "false" }],
         ),
-        Op::Audit(entry) => tx.execute(
+        Op::Audit(entry) => exec(
+            tx,
             "INSERT INTO audit (at, actor, role, action, trial_id, outcome, detail, remote_addr)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
@@ -582,7 +607,7 @@ impl LiveRow {
 fn events_of(conn: &Connection, id: &TrialId) -> Result<Vec<TrialEvent>, StoreError> {
     let read = |e| backend_error("read events", e);
     let mut stmt = conn
-        .prepare(
+        .prepare_cached(
             "SELECT seq, at, kind, step, detail, duration_ms FROM trial_events
              WHERE trial_id = ?1 ORDER BY seq",
         )
@@ -622,7 +647,7 @@ fn events_of(conn: &Connection, id: &TrialId) -> Result<Vec<TrialEvent>, StoreEr
 fn responses_of(conn: &Connection, id: &TrialId) -> Result<Vec<ResponseRecord>, StoreError> {
     let read = |e| backend_error("read responses", e);
     let mut stmt = conn
-        .prepare(
+        .prepare_cached(
             "SELECT step, service, method, path, status, body, error, duration_ms, attempt, at
              FROM trial_responses WHERE trial_id = ?1 ORDER BY seq",
         )

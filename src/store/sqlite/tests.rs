@@ -209,13 +209,15 @@ fn a_purge_removes_old_ended_trials_and_keeps_the_rest() {
     let mut store = SqliteBackend::in_memory().unwrap();
     let now = Utc::now();
     let old = now - Duration::days(100);
-    let event = |seq| TrialEvent {
-        seq,
-        at: old,
-        event: EventKind::StepStarted,
-        step: None,
-        detail: None,
-        duration_ms: None,
+    let event = |seq| {
+        std::sync::Arc::new(TrialEvent {
+            seq,
+            at: old,
+            event: EventKind::StepStarted,
+            step: None,
+            detail: None,
+            duration_ms: None,
+        })
     };
     put(
         &mut store,
