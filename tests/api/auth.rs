@@ -179,27 +179,22 @@ async fn added_heartbeat_reports_reachable_services_in_status() {
         "listed right after being added"
     );
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut last = None;
-    while tokio::time::Instant::now() < deadline {
-        last = heartbeat_of(&app, "t1").await;
-        if let Some(heartbeat) = &last
-            && !heartbeat["last_check"].is_null()
-        {
-            let services = heartbeat["services"].as_object().expect("services object");
-            assert_eq!(services.len(), 3, "{heartbeat}");
-            for (name, result) in services {
-                assert!(
-                    result.as_str().is_some_and(|r| r.starts_with("reachable")),
-                    "{name} is reachable: {heartbeat}"
-                );
-            }
-            assert_eq!(heartbeat["healthy"], true, "{heartbeat}");
-            return;
+    let heartbeat = eventually("the heartbeat's first check", || async {
+        match heartbeat_of(&app, "t1").await {
+            Some(h) if !h["last_check"].is_null() => Ok(h),
+            other => Err(format!("{other:?}")),
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    })
+    .await;
+    let services = heartbeat["services"].as_object().expect("services object");
+    assert_eq!(services.len(), 3, "{heartbeat}");
+    for (name, result) in services {
+        assert!(
+            result.as_str().is_some_and(|r| r.starts_with("reachable")),
+            "{name} is reachable: {heartbeat}"
+        );
     }
-    panic!("the heartbeat never checked the services; last: {last:?}");
+    assert_eq!(heartbeat["healthy"], true, "{heartbeat}");
 }
 
 #[tokio::test]
@@ -417,30 +412,25 @@ impl Binary {
 
     /// Polls `GET /status` with `key` until it answers `status`.
     async fn wait_for_key(&self, key: &str, status: StatusCode) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while self.status_with(key).await != Some(status) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{key} never answered {status}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(&format!("{key} answering {status}"), || async {
+            match self.status_with(key).await {
+                Some(got) if got == status => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
     }
 
     /// Polls the log file until it holds `text`; returns the log.
     async fn wait_for_log(&self, text: &str) -> String {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
+        eventually(&format!("the log holding {text:?}"), || async {
             let log = self.log();
-            if log.contains(text) {
-                return log;
+            match log.contains(text) {
+                true => Ok(log),
+                false => Err(log),
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "never logged {text:?}: {log}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 
     fn write(&self, name: &str, content: &str) {

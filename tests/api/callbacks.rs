@@ -236,11 +236,14 @@ async fn a_component_retrying_its_callback_gets_already_registered() {
     ));
     app.start_trial(id).await;
     app.wait_waiting(id, WAITING_OPERATOR).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while app.platform.callbacks().len() < 2 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let callbacks = app.platform.callbacks();
+    let callbacks = eventually("the component's second callback", || async {
+        let callbacks = app.platform.callbacks();
+        match callbacks.len() >= 2 {
+            true => Ok(callbacks),
+            false => Err(format!("{} callbacks", callbacks.len())),
+        }
+    })
+    .await;
     assert_eq!(callbacks.len(), 2);
     assert!(callbacks.iter().all(|c| c.status == Some(200)));
     let second = callbacks[1].body.as_ref().expect("json answer");

@@ -22,23 +22,20 @@ async fn start_binary(app_dir: &std::path::Path, port: u16) -> tokio::process::C
         .spawn()
         .expect("the binary starts");
     let client = reqwest::Client::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually("the binary answering", || async {
         let up = client
             .get(format!("http://127.0.0.1:{port}/status"))
             .header("Authorization", API_KEY)
             .send()
             .await
             .is_ok_and(|r| r.status() == StatusCode::OK);
-        if up {
-            return child;
+        match up {
+            true => Ok(()),
+            false => Err("not yet".to_owned()),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the binary did not come up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    child
 }
 
 fn write_config(dir: &std::path::Path, port: u16, platform: &Platform) {
@@ -219,7 +216,7 @@ async fn trials_survive_a_sigkill_and_complete_after_restart() {
     assert_eq!(revoked.status, StatusCode::OK);
 
     // A job whose start passes while the service is down, within the misfire grace.
-    app.schedule_in(late, 800).await;
+    let late_start = app.schedule_in(late, 800).await;
     let flightplans_before = lines(&app, mid)
         .iter()
         .filter(|l| *l == "POST /flightplan")
@@ -229,7 +226,14 @@ async fn trials_survive_a_sigkill_and_complete_after_restart() {
     if let Server::Process(child) = &mut app.server {
         child.kill().await.expect("SIGKILL");
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The late job's start passes while the service is down.
+    eventually("the late job's start time to pass", || async {
+        match chrono::Utc::now() > late_start {
+            true => Ok(()),
+            false => Err(format!("before {late_start}")),
+        }
+    })
+    .await;
     app.server = Server::Process(start_binary(dir.path(), port).await);
 
     // Every trial is back where it was.

@@ -16,17 +16,15 @@ use crate::helpers::*;
 
 /// Moves a trial along (active and finish when it waits for the operator) until `stop` holds.
 async fn drive_until(app: &TestApp, id: &str, what: &str, stop: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while tokio::time::Instant::now() < deadline {
-        let answer = app.get(&format!("/trial/{id}/status")).await;
+    let path = format!("/trial/{id}/status");
+    eventually(&format!("trial {id}: {what}"), || async {
+        let answer = app.get(&path).await;
         if answer.status != StatusCode::OK {
-            // Not started yet.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
+            return Err("not started yet".to_owned());
         }
         let status = answer.body;
         if stop(&status) {
-            return status;
+            return Ok(status);
         }
         match status["waiting_for"].as_str() {
             Some(w) if w.contains("active or finish") => {
@@ -37,9 +35,9 @@ async fn drive_until(app: &TestApp, id: &str, what: &str, stop: impl Fn(&Value) 
             }
             _ => {}
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("trial {id} never reached {what}");
+        Err(status.to_string())
+    })
+    .await
 }
 
 /// Fails one trial at `step` with `fault`, checks the failure, restores it and finishes it.
@@ -320,12 +318,15 @@ async fn the_watchdog_catches_a_panicking_step_and_the_engine_restores() {
 async fn deleting_an_engine_cancels_the_request_in_flight() {
     let app = spawn_app().await;
     let id = "hang";
-    app.platform.inject(Fault::new(
-        Component::Enforcement,
-        "POST",
-        "/flightplan",
-        FaultAction::Hang,
-    ));
+    app.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "POST",
+            "/flightplan",
+            FaultAction::Hang,
+        )
+        .for_trial(id),
+    );
     app.start_trial(id).await;
     app.wait_for(id, "EnforceUavPlan", |s| s["state"] == "EnforceUavPlan")
         .await;
@@ -353,10 +354,13 @@ async fn deleting_an_engine_cancels_the_request_in_flight() {
         StatusCode::UNAUTHORIZED,
         "deleting the engine revoked its token"
     );
-    let before = app.platform.requests().len();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = lines(&app, id).len();
+    // A trial run to IDLE meanwhile: long enough for a stray task to send something.
+    app.start_trial("after-delete").await;
+    app.wait_waiting("after-delete", "operator (active or finish)")
+        .await;
     assert_eq!(
-        app.platform.requests().len(),
+        lines(&app, id).len(),
         before,
         "a deleted engine sends nothing more"
     );

@@ -305,20 +305,27 @@ impl TestApp {
         self.schedule_in(id, 300).await;
     }
 
-    /// Schedules `id` to start `ms` milliseconds from now. On a busy machine the request can
-    /// arrive after the start time it carries: then a new one is chosen, as a client would.
-    pub async fn schedule_in(&self, id: &str, ms: i64) {
+    /// Schedules `id` to start `ms` milliseconds from now; returns the start time. On a busy
+    /// machine the request can arrive after the start time it carries: then a new one is
+    /// chosen, as a client would.
+    pub async fn schedule_in(&self, id: &str, ms: i64) -> DateTime<Utc> {
         eventually(&format!("trial {id} scheduled"), || async {
-            let answer = self.schedule(id, &in_ms(ms)).await;
+            let start = Utc::now() + chrono::Duration::milliseconds(ms);
+            let answer = self
+                .schedule(
+                    id,
+                    &start.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                )
+                .await;
             match answer.status {
-                StatusCode::OK => Ok(()),
+                StatusCode::OK => Ok(start),
                 StatusCode::BAD_REQUEST if answer.detail().contains("in the past") => {
                     Err(answer.detail().to_owned())
                 }
                 _ => panic!("scheduling {id}: {answer:?}"),
             }
         })
-        .await;
+        .await
     }
 
     /// `GET /trial/{id}/status`.

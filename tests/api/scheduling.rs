@@ -61,14 +61,14 @@ async fn post_raw(app: &TestApp, body: impl Into<String>, content_type: Option<&
 
 /// Polls `/status` until `id` has a job, or panics after `secs`.
 async fn wait_job(app: &TestApp, id: &str, secs: u64) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while tokio::time::Instant::now() < deadline {
-        if let Some(job) = job_of(app, id).await {
-            return job;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("trial {id} was never scheduled");
+    let limit = Duration::from_secs(secs);
+    eventually_within(
+        &format!("a job for {id}"),
+        limit,
+        Duration::from_millis(50),
+        || async { job_of(app, id).await.ok_or_else(|| "no job".to_owned()) },
+    )
+    .await
 }
 
 // --- POST /debug/trial/schedule ---------------------------------------------------------------
@@ -135,17 +135,23 @@ async fn unscheduling_removes_the_job_and_it_never_fires() {
     let answer = app.delete("/debug/trial/t1/schedule").await;
     assert_detail(&answer, StatusCode::NOT_FOUND);
 
-    // Watch until well past the start time: no engine may appear.
-    let watch_until = start + chrono::Duration::milliseconds(1_200);
-    while Utc::now() < watch_until {
-        let engines = app.engines().await;
-        assert!(
-            engines.iter().all(|(id, _)| id != "t1"),
-            "an unscheduled job fired: {engines:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_nothing_scheduled(&app).await;
+    // A trial scheduled after t1's start time: once it has started, t1's time has passed.
+    app.platform.add_trial(Platform::trial("after-t1", None));
+    let after = start + chrono::Duration::milliseconds(300);
+    let answer = app
+        .schedule(
+            "after-t1",
+            &after.to_rfc3339_opts(SecondsFormat::Millis, true),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    app.wait_engine("after-t1").await;
+    let engines = app.engines().await;
+    assert!(
+        engines.iter().all(|(id, _)| id != "t1"),
+        "an unscheduled job fired: {engines:?}"
+    );
+    assert!(scheduled_trials(&app).await.is_empty());
 }
 
 #[tokio::test]
@@ -602,21 +608,37 @@ async fn automatic_scheduling_picks_up_a_new_trial_from_the_repository() {
 #[tokio::test]
 async fn automatic_scheduling_off_leaves_new_trials_alone() {
     let app = spawn_app_with(AppOptions {
-        settings: Box::new(|s| s.scheduler.poll_interval_secs = 1),
+        settings: Box::new(|s| {
+            s.scheduler.poll_interval_secs = 1;
+            s.heartbeat.interval_secs = 1;
+        }),
         ..AppOptions::default()
     })
     .await;
     app.platform
         .add_trial(Platform::trial("manual", Some(in_secs(3600))));
-    // Give a poller that wrongly runs while off more than one interval to show itself.
-    let watch_until = Utc::now() + chrono::Duration::milliseconds(1_500);
-    while Utc::now() < watch_until {
-        assert!(
-            job_of(&app, "manual").await.is_none(),
-            "scheduled while off"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // A heartbeat on the same one-second timers: once it has checked the repository twice, a
+    // poller wrongly running while off has had a whole interval to show itself.
+    let answer = app.post("/debug/add-heartbeat?trial_id=clock", None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    let repository_checks = || {
+        app.platform
+            .requests()
+            .iter()
+            .filter(|r| r.component == Component::Repository && r.path == "/")
+            .count()
+    };
+    eventually("two heartbeat checks, a second apart", || async {
+        match repository_checks() {
+            n if n >= 2 => Ok(()),
+            n => Err(format!("{n} checks")),
+        }
+    })
+    .await;
+    assert!(
+        job_of(&app, "manual").await.is_none(),
+        "scheduled while off"
+    );
     let polled = app
         .platform
         .requests()
