@@ -374,7 +374,8 @@ async fn a_clean_up_that_fails_for_good_names_its_leftovers_and_abort_again_retr
     assert_eq!(failed["leftovers"], expected);
     // The failure procedure writes the file once the failure is shown.
     let file = eventually("the failure file", || async {
-        app.failure_file(id).ok_or_else(|| "not written yet".to_owned())
+        app.failure_file(id)
+            .ok_or_else(|| "not written yet".to_owned())
     })
     .await;
     assert_eq!(file["cleanup_failed"], true);
