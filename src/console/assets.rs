@@ -17,6 +17,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("assets/console.css"),
     ),
     (
+        "favicon.svg",
+        "image/svg+xml",
+        include_str!("assets/favicon.svg"),
+    ),
+    (
         "console.js",
         "text/javascript; charset=utf-8",
         include_str!("assets/console.js"),

@@ -56,6 +56,7 @@ pub fn shell(
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · LCM console" }
+                link rel="icon" type="image/svg+xml" href=(assets::href("favicon.svg"));
                 link rel="stylesheet" href=(assets::href("console.css"));
                 script src=(assets::href("console.js")) defer {}
             }
@@ -147,7 +148,7 @@ pub fn status_parts(status: &str) -> (&'static str, &'static str) {
     match status {
         "Active" => ("▶", "active"),
         "Running" => ("▶", "active"),
-        "Waiting" => ("⏸", "waiting"),
+        "Waiting" => ("‖", "waiting"),
         "Failed" => ("✕", "failed"),
         "Finished" => ("✓", "finished"),
         "Aborted" => ("⊘", "aborted"),

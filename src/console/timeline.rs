@@ -189,7 +189,7 @@ fn mark_symbol(kind: EventKind) -> &'static str {
         EventKind::TrialAborted | EventKind::AbortRequested => "⊘",
         EventKind::Progress => "◆",
         EventKind::StepRetry => "↻",
-        EventKind::Paused => "⏸",
+        EventKind::Paused => "‖",
         EventKind::Resumed | EventKind::Stepped => "▶",
         EventKind::Restored | EventKind::Skipped => "↺",
         _ => "•",

@@ -23,6 +23,7 @@ use super::timeline;
 use crate::api::AppState;
 use crate::api::extract::Admin;
 use crate::api::view::{self, Found};
+use crate::config::Role;
 use crate::domain::{StartTime, TrialId};
 use crate::engine::failure::failure_file;
 use crate::engine::sequence::{self, Next, Step, Wait};
@@ -223,7 +224,7 @@ fn summary(view: &TrialView) -> Markup {
                     (layout::badge(s.engine_status().name()))
                     " "
                     @if s.engine_status().name() != status { (layout::badge(status)) " " }
-                    @if s.paused { span.badge.paused { span aria-hidden="true" { "⏸ " } "Paused" } " " }
+                    @if s.paused { span.badge.paused { span aria-hidden="true" { "‖ " } "Paused" } " " }
                     @if let Mode::Cleanup { .. } = s.mode {
                         @if s.lifecycle.is_live() { span.badge.aborted { span aria-hidden="true" { "⊘ " } "Aborting" } }
                     }
@@ -259,8 +260,12 @@ fn action_bar(view: &TrialView, signed: &Signed) -> Markup {
         @if allowed.is_empty() {
             @if all.is_empty() {
                 p.hint { "No action fits the trial's state." }
+            } @else if signed.holder.role == Role::Viewer {
+                p.hint { "Your key's role (viewer) can look but not act." }
             } @else {
-                p.hint { "Your key's role (" (signed.holder.role) ") can look but not act." }
+                p.hint { "What the trial's state allows now ("
+                    (all.iter().map(|a| a.label()).collect::<Vec<_>>().join(", "))
+                    ") needs a role above yours (" (signed.holder.role) ")." }
             }
         } @else {
             ul.actions {
@@ -364,8 +369,8 @@ impl RowMark {
             RowMark::Done => ("✓", "done", "done"),
             RowMark::Skipped => ("↷", "skipped", "skipped"),
             RowMark::Running => ("▶", "running", "running now"),
-            RowMark::Paused => ("⏸", "paused", "paused before it"),
-            RowMark::Waiting => ("⏳", "waiting", "waiting now"),
+            RowMark::Paused => ("‖", "paused", "paused before it"),
+            RowMark::Waiting => ("◔", "waiting", "waiting now"),
             RowMark::Failed => ("✕", "failed", "failed"),
             RowMark::Pending => ("·", "pending", "to come"),
             RowMark::NotRun => ("–", "not-run", "not run"),
@@ -712,15 +717,13 @@ pub async fn page(
             h2 #progress-title { "Progress" }
             div #trial-progress { (part("trial-progress")) }
         }
-        div.columns {
-            section aria-labelledby="position-title" {
-                h2 #position-title { "Where it is in the sequence" }
-                div #trial-position { (part("trial-position")) }
-            }
-            section aria-labelledby="timeline-title" {
-                h2 #timeline-title { "Timeline" }
-                div #trial-history { (part("trial-history")) }
-            }
+        section aria-labelledby="timeline-title" {
+            h2 #timeline-title { "Timeline" }
+            div #trial-history { (part("trial-history")) }
+        }
+        section aria-labelledby="position-title" {
+            h2 #position-title { "Where it is in the sequence" }
+            div #trial-position { (part("trial-position")) }
         }
         section aria-labelledby="responses-title" {
             h2 #responses-title { "Recorded responses" }

@@ -118,7 +118,7 @@ fn whereabouts(row: &Row) -> Markup {
             },
             _ => {
                 @if let Some(waiting) = &row.waiting_for {
-                    span aria-hidden="true" { "⏸ " } "waiting for " (waiting)
+                    span aria-hidden="true" { "‖ " } "waiting for " (waiting)
                 } @else if let Some(step) = &row.step {
                     span aria-hidden="true" { "▶ " } (step)
                 } @else if let Some(state) = &row.state {
