@@ -365,7 +365,10 @@ pub async fn trial_action(
     let (method, path) = action.route(&id);
     let answered = call_api(&state, &post, method, &path, body).await;
     let back = match action {
-        TrialAction::Delete if answered.status.is_success() => "/ui/trials".to_owned(),
+        // The trial is gone: back to the list.
+        TrialAction::Delete | TrialAction::Unschedule if answered.status.is_success() => {
+            "/ui/trials".to_owned()
+        }
         _ => format!("/ui/trials/{id}"),
     };
     answer(&post.signed, answered, &back)
