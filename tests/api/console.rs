@@ -172,17 +172,21 @@ async fn failed_sign_ins_count_toward_the_failed_authentication_limit() {
         .call_as(reqwest::Method::GET, "/status", None, Some("a-third-guess"))
         .await;
     assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS, "{answer:?}");
-    let (_, audit) = {
-        let answer = app.get("/audit?actor=anonymous").await;
-        (answer.status, answer.body)
-    };
-    let sign_ins = audit["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["action"] == "POST /ui/sign-in")
-        .count();
-    assert_eq!(sign_ins, 3, "{audit}");
+    eventually("three failed sign-ins audited", || async {
+        let audit = app.get("/audit?actor=anonymous").await.body;
+        let sign_ins = audit["entries"].as_array().map_or(0, |entries| {
+            entries
+                .iter()
+                .filter(|e| e["action"] == "POST /ui/sign-in")
+                .count()
+        });
+        if sign_ins == 3 {
+            Ok(())
+        } else {
+            Err(audit.to_string())
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -220,9 +224,15 @@ async fn a_console_post_needs_a_session_its_token_and_this_origin() {
         );
     }
     // The refusals are audited, under the session's key where there is one.
-    let audit = app.get("/audit?trial_id=t1").await.body;
+    let audit = eventually("four audit entries", || async {
+        let audit = app.get("/audit?trial_id=t1").await.body;
+        match audit["entries"].as_array().map(Vec::len) {
+            Some(4) => Ok(audit),
+            _ => Err(audit.to_string()),
+        }
+    })
+    .await;
     let entries = audit["entries"].as_array().unwrap();
-    assert_eq!(entries.len(), 4, "{audit}");
     assert!(
         entries
             .iter()
@@ -293,7 +303,20 @@ async fn a_console_action_is_the_apis_audited_once_under_the_keys_name() {
     );
     let page = get_page(&app, &session.cookie, "/ui/trials").await;
     assert!(!page.contains("removed"), "once only");
-    let audit = app.get("/audit?trial_id=t-console").await.body;
+    let audit = eventually("the unschedule audited", || async {
+        let audit = app.get("/audit?trial_id=t-console").await.body;
+        let found = audit["entries"].as_array().is_some_and(|entries| {
+            entries
+                .iter()
+                .any(|e| e["action"] == "DELETE /debug/trial/{trial_id}/schedule")
+        });
+        if found {
+            Ok(audit)
+        } else {
+            Err(audit.to_string())
+        }
+    })
+    .await;
     let entries = audit["entries"].as_array().unwrap();
     let unscheduled: Vec<_> = entries
         .iter()
