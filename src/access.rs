@@ -66,10 +66,14 @@ impl KeySet {
     /// The key whose secret is `presented`. Every key is compared, in constant time, so the
     /// time taken tells nothing about which key came close.
     fn find(&self, presented: &str) -> Option<KeyHolder> {
-        let digest = NamedKey::digest(presented);
+        self.find_digest(&NamedKey::digest(presented))
+    }
+
+    /// The key whose secret has this SHA-256, compared like [`KeySet::find`].
+    fn find_digest(&self, digest: &[u8; 32]) -> Option<KeyHolder> {
         let mut found = None;
         for (key, name) in &self.keys {
-            if bool::from(key.sha256.ct_eq(&digest)) {
+            if bool::from(key.sha256.ct_eq(digest)) {
                 found = Some(KeyHolder {
                     name: name.clone(),
                     role: key.role,
@@ -155,6 +159,17 @@ impl Access {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
         keys.find(presented)
+    }
+
+    /// The holder of the key whose secret has this SHA-256, if it is in force: a session
+    /// opened with a key (the console's) lasts only while that key does, with the same role.
+    pub fn key_holder_by_digest(&self, digest: &[u8; 32]) -> Option<KeyHolder> {
+        let keys = self
+            .keys
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        keys.find_digest(digest)
     }
 
     /// Counts a failed authentication from `addr`; past the limit, says how long to wait.

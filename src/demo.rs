@@ -99,6 +99,10 @@ async fn demo(options: DemoOptions) -> Result<(), String> {
         "  Lifecycle Manager:    {} (API key: {LOCAL_API_KEY})",
         lcm.url()
     );
+    println!(
+        "  Console:              {}/ui/ (sign in with the API key)",
+        lcm.url()
+    );
 
     let outcome = tokio::select! {
         outcome = tokio::time::timeout(DEADLINE, drive(&platform, &operator)) => {

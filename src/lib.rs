@@ -33,6 +33,8 @@
 //!   wires it all; [`server`] serves it over HTTP/1 with the connection limits (timeouts for
 //!   slow or idle clients, a cap on open connections, a bounded drain at shutdown);
 //!   [`cli`] is the command line.
+//! - [`console`] is the operator console at `/ui/`: server-rendered pages that show the trials
+//!   live and send an operator's actions through the API's own handlers.
 //! - [`sim`] holds simulated trial components (repository, enforcement, KPI monitoring) as
 //!   real HTTP servers with fault injection, for the tests, the demo and the benchmark.
 //! - [`demo`] (`lcm demo`) runs one trial against them on 127.0.0.1 through the REST API and
@@ -48,6 +50,7 @@ pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod demo;
 pub mod domain;
 pub mod engine;

@@ -73,14 +73,20 @@ fn identify(state: &AppState, headers: &HeaderMap) -> Option<Actor> {
 struct Identified(Option<Actor>);
 
 /// Middleware: identifies the caller once per request and puts the [`Actor`] in the request's
-/// extensions, and in the response's once the handler has answered. It refuses nothing: that is
+/// extensions, and in the response's once the handler has answered. A request made in-process
+/// with an [`Actor`] already in its extensions keeps it. It refuses nothing: that is
 /// the extractors' decision.
 pub async fn identify_caller(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let actor = identify(&state, request.headers());
+    // A caller identified in-process (the console, by its session) stays who it is:
+    // extensions never come from the wire.
+    let actor = match request.extensions().get::<Actor>() {
+        Some(actor) => Some(actor.clone()),
+        None => identify(&state, request.headers()),
+    };
     request.extensions_mut().insert(Identified(actor.clone()));
     if let Some(actor) = &actor {
         request.extensions_mut().insert(actor.clone());
@@ -186,6 +192,11 @@ macro_rules! role_extractor {
         /// Holds the key's holder (name and role). Without a known key: 401 (429 once the client
         /// failed too often); with a key of a smaller role: 403 naming the role needed.
         pub struct $name(pub KeyHolder);
+
+        impl $name {
+            /// The smallest role this extractor lets through.
+            pub const ROLE: Role = $role;
+        }
 
         impl FromRequestParts<AppState> for $name {
             type Rejection = AuthError;

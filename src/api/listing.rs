@@ -38,21 +38,27 @@ pub const STATUSES: [&str; 7] = [
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 500;
 
-/// One row of the listing.
+/// One row of the listing (also what the console's trials page shows).
 #[derive(Debug, Serialize)]
-struct Row {
-    trial_id: String,
-    engine_status: String,
-    status: Option<String>,
-    state: Option<String>,
-    step: Option<String>,
-    waiting_for: Option<String>,
-    created_at: String,
-    updated_at: String,
-    ended_at: Option<String>,
-    failure: Option<String>,
+pub struct Row {
+    pub trial_id: String,
+    pub engine_status: String,
+    pub status: Option<String>,
+    pub state: Option<String>,
+    pub step: Option<String>,
+    pub waiting_for: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub ended_at: Option<String>,
+    pub failure: Option<String>,
     /// A scheduled job's start time, as given.
-    start_time: Option<String>,
+    pub start_time: Option<String>,
+}
+
+/// One page of the listing: its rows, and the cursor of the next page if there is one.
+pub struct Page {
+    pub trials: Vec<Row>,
+    pub next_cursor: Option<String>,
 }
 
 impl From<ListedTrial> for Row {
@@ -73,8 +79,8 @@ impl From<ListedTrial> for Row {
     }
 }
 
-/// The page's query, checked.
-fn parse_query(pairs: Vec<(String, String)>) -> Result<TrialQuery, ApiError> {
+/// The page's query (`status`, `q`, `limit`, `cursor`), checked.
+pub fn parse_query(pairs: Vec<(String, String)>) -> Result<TrialQuery, ApiError> {
     let mut query = TrialQuery {
         limit: DEFAULT_LIMIT,
         ..TrialQuery::default()
@@ -174,7 +180,16 @@ async fn list(
     State(state): State<AppState>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {
-    let query = parse_query(pairs)?;
+    let page = page(&state, parse_query(pairs)?).await?;
+    Ok(Json(serde_json::json!({
+        "trials": page.trials,
+        "next_cursor": page.next_cursor,
+    })))
+}
+
+/// The page of trials `query` asks for, newest first; rows of engines in memory show their
+/// live state.
+pub async fn page(state: &AppState, query: TrialQuery) -> Result<Page, ApiError> {
     let limit = query.limit;
     let wanted = query.statuses.clone();
     let mut rows = state
@@ -215,10 +230,10 @@ async fn list(
         })
         .filter(|row| wanted.is_empty() || wanted.contains(&row.engine_status))
         .collect();
-    Ok(Json(serde_json::json!({
-        "trials": trials,
-        "next_cursor": next_cursor.flatten(),
-    })))
+    Ok(Page {
+        trials,
+        next_cursor: next_cursor.flatten(),
+    })
 }
 
 #[cfg(test)]

@@ -132,6 +132,8 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(max_body))
         .layer(RequestBodyLimitLayer::new(max_body))
         .layer(axum::middleware::map_response(error::json_errors))
+        // The console answers HTML, its errors too, and audits through its own layer.
+        .merge(crate::console::routes(&state))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             HANDLER_TIMEOUT,

@@ -223,6 +223,9 @@ pub trait Reader: Send + 'static {
     /// One page of the listing, newest first; at most `limit + 1` rows (one more than asked
     /// tells that there is a next page).
     fn trials(&mut self, query: &TrialQuery) -> Result<Vec<ListedTrial>, StoreError>;
+    /// How many trials have each engine status (scheduled jobs as `Scheduled`), among those
+    /// whose id contains `id_contains` if given.
+    fn counts(&mut self, id_contains: Option<&str>) -> Result<Vec<(String, u64)>, StoreError>;
     /// One trial's record.
     fn trial(&mut self, id: &TrialId) -> Result<Option<StoredTrial>, StoreError>;
     /// A trial's events, in order.

@@ -791,6 +791,34 @@ impl Reader for SqliteReader {
         Ok(rows)
     }
 
+    fn counts(&mut self, id_contains: Option<&str>) -> Result<Vec<(String, u64)>, StoreError> {
+        let read = |e| backend_error("count trials", e);
+        let query = TrialQuery {
+            id_contains: id_contains.map(str::to_owned),
+            ..TrialQuery::default()
+        };
+        let (filter, values) = listing_filter(&query, &[]);
+        let sql = format!(
+            "SELECT engine_status, COUNT(*) FROM trials {filter} GROUP BY engine_status
+             UNION ALL SELECT 'Scheduled', COUNT(*) FROM jobs {filter}"
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(read)?;
+        let both = values.iter().chain(values.iter());
+        let rows = stmt
+            .query_map(params_from_iter(both), |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })
+            .map_err(read)?;
+        let mut counts = Vec::new();
+        for row in rows {
+            let (status, count) = row.map_err(read)?;
+            if count > 0 {
+                counts.push((status, u64::try_from(count).unwrap_or(0)));
+            }
+        }
+        Ok(counts)
+    }
+
     fn trial(&mut self, id: &TrialId) -> Result<Option<StoredTrial>, StoreError> {
         let read = |e| backend_error("read trial", e);
         let row = self

@@ -5,6 +5,7 @@ mod audit;
 mod auth;
 mod callbacks;
 mod config;
+mod console;
 mod control;
 mod crash;
 mod demo;

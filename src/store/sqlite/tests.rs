@@ -331,6 +331,21 @@ fn the_listing_pages_newest_first_with_filters() {
         ..TrialQuery::default()
     };
     assert_eq!(page(&search, &mut reader), ["t_5"], "'_' is not a wildcard");
+    let mut counts = reader.counts(None).unwrap();
+    counts.sort();
+    assert_eq!(
+        counts,
+        [
+            ("Active".to_owned(), 3),
+            ("Finished".to_owned(), 4),
+            ("Scheduled".to_owned(), 1)
+        ]
+    );
+    assert_eq!(
+        reader.counts(Some("_5")).unwrap(),
+        [("Active".to_owned(), 1)],
+        "counted among the ids searched for"
+    );
 }
 
 #[test]

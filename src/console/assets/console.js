@@ -1,0 +1,150 @@
+// The LCM console's script: live parts of a page, confirmation dialogs, and the time-zone
+// helper of the schedule form. Everything works without it (pages are whole, every action
+// has a confirmation page); it only saves reloads and clicks.
+"use strict";
+
+(function () {
+  // --- Live parts -----------------------------------------------------------------------
+  // A page whose <body> names a stream (data-live) keeps its parts fresh: each "patch" event
+  // holds whole parts by element id. Applying a patch twice changes nothing, so a stream that
+  // reconnects (EventSource does, on its own) shows nothing twice.
+  var deferred = {};
+
+  function setState(state, text, symbol) {
+    var el = document.getElementById("live-state");
+    if (!el) return;
+    el.dataset.state = state;
+    el.textContent = "";
+    var icon = document.createElement("span");
+    icon.setAttribute("aria-hidden", "true");
+    icon.textContent = symbol + " ";
+    el.appendChild(icon);
+    el.appendChild(document.createTextNode(text));
+  }
+
+  function openDialogIn(el) {
+    return el.querySelector("dialog[open]") !== null;
+  }
+
+  // Puts `html` in place of the part `id`, keeping what the reader opened and where the
+  // keyboard focus was.
+  function apply(id, html) {
+    var el = document.getElementById(id);
+    if (!el) return;
+    if (openDialogIn(el)) {
+      // Someone is confirming an action: the part is put in place once they are done.
+      deferred[id] = html;
+      return;
+    }
+    var open = [];
+    el.querySelectorAll("details[open][id]").forEach(function (d) { open.push(d.id); });
+    var focused = document.activeElement && el.contains(document.activeElement)
+      ? document.activeElement : null;
+    var focusKey = focused && (focused.id || focused.dataset.action || null);
+    el.innerHTML = html;
+    open.forEach(function (openId) {
+      var d = document.getElementById(openId);
+      if (d && d.tagName === "DETAILS") d.open = true;
+    });
+    if (focusKey) {
+      var again = document.getElementById(focusKey) ||
+        el.querySelector('[data-action="' + focusKey + '"]');
+      if (again) again.focus();
+    }
+  }
+
+  function applyDeferred() {
+    Object.keys(deferred).forEach(function (id) {
+      var html = deferred[id];
+      var el = document.getElementById(id);
+      if (el && !openDialogIn(el)) {
+        delete deferred[id];
+        apply(id, html);
+      }
+    });
+  }
+
+  function live(url) {
+    var source = new EventSource(url);
+    source.addEventListener("open", function () { setState("live", "Live", "●"); });
+    source.addEventListener("patch", function (event) {
+      var parts;
+      try { parts = JSON.parse(event.data); } catch (e) { return; }
+      Object.keys(parts).forEach(function (id) { apply(id, parts[id]); });
+      setState("live", "Live", "●");
+    });
+    source.addEventListener("done", function () {
+      source.close();
+      setState("done", "Up to date (the trial has ended)", "■");
+    });
+    source.addEventListener("error", function () {
+      if (source.readyState === EventSource.CLOSED) {
+        setState("closed", "Not live: reload the page (or sign in again)", "✕");
+      } else {
+        setState("reconnecting", "Reconnecting…", "◌");
+      }
+    });
+  }
+
+  // --- Confirmation dialogs ---------------------------------------------------------------
+  // A link with data-dialog opens that dialog instead of the confirmation page.
+  document.addEventListener("click", function (event) {
+    var opener = event.target.closest("[data-dialog]");
+    if (opener) {
+      var dialog = document.getElementById(opener.dataset.dialog);
+      if (dialog && typeof dialog.showModal === "function") {
+        event.preventDefault();
+        dialog.showModal();
+        var first = dialog.querySelector("textarea, button[type=submit]");
+        if (first) first.focus();
+      }
+      return;
+    }
+    var closer = event.target.closest("[data-close]");
+    if (closer) {
+      var d = closer.closest("dialog");
+      if (d) d.close();
+    }
+  });
+  // Parts that changed while a dialog was open are put in place when it closes.
+  document.addEventListener("close", applyDeferred, true);
+
+  // --- The schedule form's time zone --------------------------------------------------------
+  // Proposes the browser's own UTC offset for the chosen date, and says what time that is.
+  function offsetText(minutesEast) {
+    var sign = minutesEast < 0 ? "-" : "+";
+    var abs = Math.abs(minutesEast);
+    var pad = function (n) { return (n < 10 ? "0" : "") + n; };
+    return sign + pad(Math.floor(abs / 60)) + ":" + pad(abs % 60);
+  }
+
+  function scheduleHelper() {
+    var local = document.getElementById("local");
+    var offset = document.getElementById("offset");
+    var preview = document.getElementById("start-preview");
+    if (!local || !offset) return;
+    var touched = false;
+    offset.addEventListener("change", function () { touched = true; show(); });
+    function show() {
+      if (!local.value || !preview) return;
+      preview.textContent = "Starts at " + local.value.replace("T", " ") + " in UTC" +
+        offset.value + ".";
+    }
+    local.addEventListener("change", function () {
+      if (!touched && local.value) {
+        var when = new Date(local.value);
+        if (!isNaN(when.getTime())) {
+          var text = offsetText(-when.getTimezoneOffset());
+          if (offset.querySelector('option[value="' + text + '"]')) offset.value = text;
+        }
+      }
+      show();
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    var url = document.body.dataset.live;
+    if (url && typeof EventSource === "function") live(url);
+    scheduleHelper();
+  });
+})();

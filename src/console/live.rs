@@ -1,0 +1,67 @@
+//! Live pages: a page's stream (server-sent events) sends fresh copies of the page's parts
+//! whenever what they show changes. Each `patch` event holds whole parts, by element id, so
+//! applying one twice changes nothing: a stream that reconnects starts with the current
+//! parts, and nothing is shown twice. A `done` event says nothing more will change (the
+//! trial ended): the page closes its stream.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt as _;
+use maud::Markup;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// How soon a browser reconnects a dropped stream.
+const RECONNECT: Duration = Duration::from_secs(1);
+/// After a change, more changes are awaited this long so a burst is sent as one patch.
+pub const SETTLE: Duration = Duration::from_millis(100);
+
+/// A `patch` event: the page's parts `(element id, content)` to put in place.
+pub fn patch(parts: &[(&str, Markup)]) -> Event {
+    let parts: serde_json::Map<String, serde_json::Value> = parts
+        .iter()
+        .map(|(id, markup)| ((*id).to_owned(), markup.clone().into_string().into()))
+        .collect();
+    Event::default()
+        .event("patch")
+        .retry(RECONNECT)
+        .json_data(parts)
+        .unwrap_or_default()
+}
+
+/// The `done` event: nothing more will change.
+pub fn done() -> Event {
+    Event::default().event("done").data("done")
+}
+
+/// A stream fed by a task: `produce` gets the sending end and runs until it returns, the
+/// page goes away (sending fails) or the service stops.
+pub fn stream<F>(
+    shutdown: &CancellationToken,
+    produce: impl FnOnce(mpsc::Sender<Event>) -> F,
+) -> Response
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(4);
+    let stop = shutdown.clone();
+    let task = produce(tx);
+    tokio::spawn(async move {
+        tokio::select! {
+            () = task => {}
+            () = stop.cancelled() => {}
+        }
+    });
+    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|event| (Ok::<_, Infallible>(event), rx))
+    })
+    .take_until(shutdown.clone().cancelled_owned());
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}

@@ -1,0 +1,202 @@
+//! The service page: version and uptime, the scheduler (automatic scheduling and its switch,
+//! schedule-all, missed jobs), the engines in memory, and the heartbeat instances (add and
+//! remove them).
+
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode};
+use axum::response::Response;
+use maud::html;
+
+use super::actions;
+use super::layout::{self, Section};
+use super::session::{Post, Signed};
+use crate::api::AppState;
+use crate::api::extract::{Admin, Operator};
+use crate::api::status::VERSION;
+use crate::config::Role;
+
+/// What the service page's forms do, and the API route each goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ServiceAction {
+    ToggleAutomatic,
+    ScheduleAll,
+    AddHeartbeat,
+    RemoveHeartbeat,
+}
+
+impl ServiceAction {
+    fn parse(segment: &str) -> Option<Self> {
+        Some(match segment {
+            "automatic" => ServiceAction::ToggleAutomatic,
+            "schedule-all" => ServiceAction::ScheduleAll,
+            "add-heartbeat" => ServiceAction::AddHeartbeat,
+            "remove-heartbeat" => ServiceAction::RemoveHeartbeat,
+            _ => return None,
+        })
+    }
+
+    /// The role of the extractor of its API handler.
+    fn role(self) -> Role {
+        match self {
+            ServiceAction::ScheduleAll => Operator::ROLE,
+            ServiceAction::ToggleAutomatic
+            | ServiceAction::AddHeartbeat
+            | ServiceAction::RemoveHeartbeat => Admin::ROLE,
+        }
+    }
+}
+
+fn uptime(secs: u64) -> String {
+    let (d, h, m, s) = (
+        secs / 86_400,
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60,
+    );
+    if d > 0 {
+        format!("{d} d {h} h {m} min")
+    } else if h > 0 {
+        format!("{h} h {m} min")
+    } else {
+        format!("{m} min {s} s")
+    }
+}
+
+/// `GET /ui/service`.
+pub async fn page(signed: Signed, State(state): State<AppState>) -> Response {
+    let automatic = state.scheduler.automatic();
+    let jobs = state.scheduler.jobs();
+    let missed = state.scheduler.missed();
+    let engines = state.scheduler.engines().list();
+    let heartbeats = state.heartbeats.reports();
+    let admin = signed.may(ServiceAction::ToggleAutomatic.role());
+    let body = html! {
+        h1 { "Service" }
+        dl.facts {
+            dt { "Version" } dd { "Lifecycle Manager " (VERSION) }
+            dt { "Uptime" } dd { (uptime(state.started.elapsed().as_secs())) }
+            dt { "Scheduled jobs" } dd { (jobs.len()) " (" a href="/ui/schedule" { "see them" } ")" }
+            dt { "Engines in memory" } dd { (engines.len()) }
+        }
+        section aria-labelledby="scheduler-title" {
+            h2 #scheduler-title { "Scheduler" }
+            p {
+                "Automatic scheduling (polls the trial registry every "
+                (state.settings.scheduler.poll_interval_secs) " s): "
+                @if automatic {
+                    strong #automatic-state { span aria-hidden="true" { "● " } "on" }
+                } @else {
+                    strong #automatic-state { span aria-hidden="true" { "○ " } "off" }
+                }
+            }
+            div.buttons {
+                @if admin {
+                    form method="post" action="/ui/service/automatic" {
+                        (layout::csrf(&signed))
+                        button type="submit" { @if automatic { "Turn automatic scheduling off" } @else { "Turn automatic scheduling on" } }
+                    }
+                }
+                @if signed.may(ServiceAction::ScheduleAll.role()) {
+                    form method="post" action="/ui/service/schedule-all" {
+                        (layout::csrf(&signed))
+                        button type="submit" { "Schedule every future trial of the registry now" }
+                    }
+                }
+            }
+            @if !missed.is_empty() {
+                h3 { "Missed while the service was down" }
+                ul { @for job in &missed {
+                    li { code { (job.id) } " was due at " (job.start_time.to_string()) }
+                } }
+            }
+        }
+        section aria-labelledby="engines-title" {
+            h2 #engines-title { "Engines in memory" }
+            @if engines.is_empty() {
+                p.hint { "None." }
+            } @else {
+                ul.engines { @for (id, status) in &engines {
+                    li { a href={ "/ui/trials/" (id) } { (id) } " " (layout::badge(status.name())) }
+                } }
+            }
+        }
+        section aria-labelledby="heartbeats-title" {
+            h2 #heartbeats-title { "Heartbeat instances" }
+            @if heartbeats.is_empty() {
+                p.hint { "None." }
+            } @else {
+                div.table-wrap {
+                    table {
+                        thead { tr {
+                            th scope="col" { "Trial" } th scope="col" { "Healthy" } th scope="col" { "Last check" }
+                            th scope="col" { "Services" }
+                            @if admin { th scope="col" { span.visually-hidden { "Actions" } } }
+                        } }
+                        tbody {
+                            @for report in &heartbeats {
+                                tr {
+                                    th scope="row" { (report.id) }
+                                    td { @match report.healthy {
+                                        Some(true) => { span aria-hidden="true" { "✓ " } "yes" },
+                                        Some(false) => { span aria-hidden="true" { "✕ " } "no" },
+                                        None => { "not checked yet" },
+                                    } }
+                                    td { @if let Some(at) = report.last_check { (layout::time(at)) } }
+                                    td { ul.plain { @for (service, result) in &report.services {
+                                        li { code { (service) } ": " (result) }
+                                    } } }
+                                    @if admin {
+                                        td {
+                                            form method="post" action="/ui/service/remove-heartbeat" {
+                                                (layout::csrf(&signed))
+                                                input type="hidden" name="trial_id" value=(report.id);
+                                                button.danger type="submit" { "Remove" }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @if admin {
+                form.inline method="post" action="/ui/service/add-heartbeat" {
+                    (layout::csrf(&signed))
+                    label for="heartbeat_trial_id" { "Add a heartbeat for trial" }
+                    input #heartbeat_trial_id name="trial_id" required maxlength="128"
+                        pattern="[A-Za-z0-9][A-Za-z0-9._\\-]{0,127}";
+                    button type="submit" { "Add" }
+                }
+            }
+        }
+    };
+    layout::respond(
+        StatusCode::OK,
+        layout::shell("Service", Some(&signed), Some(Section::Service), None, body),
+    )
+}
+
+/// `POST /ui/service/{action}`: the switch, schedule-all, heartbeats.
+pub async fn action(
+    State(state): State<AppState>,
+    Path(segment): Path<String>,
+    post: Post,
+) -> Response {
+    let Some(action) = ServiceAction::parse(&segment) else {
+        return layout::error_page(Some(&post.signed), StatusCode::NOT_FOUND, "No such action.");
+    };
+    let trial = post.form.get("trial_id").unwrap_or_default();
+    let encoded: String = url::form_urlencoded::byte_serialize(trial.as_bytes()).collect();
+    let (method, path) = match action {
+        ServiceAction::ToggleAutomatic => (Method::POST, "/trial/scheduling".to_owned()),
+        ServiceAction::ScheduleAll => (Method::POST, "/debug/trial/schedule-all".to_owned()),
+        ServiceAction::AddHeartbeat => (
+            Method::POST,
+            format!("/debug/add-heartbeat?trial_id={encoded}"),
+        ),
+        ServiceAction::RemoveHeartbeat => (Method::DELETE, format!("/debug/heartbeat/{encoded}")),
+    };
+    let answered = actions::call_api(&state, &post, method, &path, None).await;
+    actions::answer(&post.signed, answered, "/ui/service")
+}

@@ -1,0 +1,566 @@
+//! Signing in and out, the session a sign-in opens, and the checks every console `POST`
+//! passes: a live session, its CSRF token, and an `Origin` (or `Referer`) of this service.
+//!
+//! A session is a random id (256 bits from the operating system) in a cookie that scripts
+//! cannot read (`HttpOnly`), that no other site's page or form sends (`SameSite=Strict`),
+//! scoped to `/ui`, and `Secure` when `server.public_url` is https. The server keeps, per id,
+//! the key holder (name and role), the SHA-256 of the key (so a reload that removes or
+//! changes the key ends the session), a CSRF token, the expiry, and a message to show once.
+//! The key itself is kept nowhere.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::extract::{
+    ConnectInfo, FromRequest, FromRequestParts, OptionalFromRequestParts, Request,
+};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::{Extension, extract::State};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use cookie::{Cookie, SameSite};
+use maud::html;
+use subtle::ConstantTimeEq;
+
+use super::Console;
+use super::layout;
+use crate::access::{Actor, KeyHolder, TooManyFailures};
+use crate::api::AppState;
+use crate::config::{NamedKey, Role};
+
+/// The session cookie's name.
+pub const COOKIE: &str = "lcm_session";
+/// How long a session lasts from its sign-in.
+pub const LIFETIME: Duration = Duration::from_secs(8 * 3600);
+/// The most sessions kept at once; beyond it the oldest ends.
+const MAX_SESSIONS: usize = 10_000;
+
+/// A message shown once, on the next page the session opens.
+#[derive(Debug, Clone)]
+pub struct Flash {
+    pub ok: bool,
+    pub text: String,
+}
+
+struct Session {
+    holder: KeyHolder,
+    key_sha256: [u8; 32],
+    csrf: String,
+    expires: Instant,
+    flash: Option<Flash>,
+}
+
+/// Every open session, by id.
+pub struct Sessions {
+    map: Mutex<HashMap<String, Session>>,
+    /// Sessions' cookies are `Secure` (the service is reached over https).
+    secure: bool,
+}
+
+/// 256 random bits, URL-safe: a session id or a CSRF token.
+fn random_token() -> Option<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).ok()?;
+    Some(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+impl Sessions {
+    /// No sessions yet; `secure` marks the cookies `Secure`.
+    pub fn new(secure: bool) -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+            secure,
+        }
+    }
+
+    fn map(&self) -> MutexGuard<'_, HashMap<String, Session>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Opens a session for the holder of the key `key_sha256`; its id, or `None` if the
+    /// operating system gave no randomness.
+    fn open(&self, holder: KeyHolder, key_sha256: [u8; 32]) -> Option<String> {
+        let id = random_token()?;
+        let csrf = random_token()?;
+        let now = Instant::now();
+        let mut map = self.map();
+        map.retain(|_, s| s.expires > now);
+        if map.len() >= MAX_SESSIONS
+            && let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, s)| s.expires)
+                .map(|(id, _)| id.clone())
+        {
+            map.remove(&oldest);
+        }
+        map.insert(
+            id.clone(),
+            Session {
+                holder,
+                key_sha256,
+                csrf,
+                expires: now + LIFETIME,
+                flash: None,
+            },
+        );
+        Some(id)
+    }
+
+    fn close(&self, id: &str) {
+        self.map().remove(id);
+    }
+
+    /// Keeps a message for the session's next page.
+    pub fn flash(&self, id: &str, flash: Flash) {
+        if let Some(session) = self.map().get_mut(id) {
+            session.flash = Some(flash);
+        }
+    }
+
+    /// Takes the session's message, if it has one.
+    pub fn take_flash(&self, id: &str) -> Option<Flash> {
+        self.map().get_mut(id).and_then(|s| s.flash.take())
+    }
+
+    /// The cookie that carries session `id`.
+    fn cookie(&self, id: String) -> Cookie<'static> {
+        Cookie::build((COOKIE, id))
+            .http_only(true)
+            .same_site(SameSite::Strict)
+            .path("/ui")
+            .secure(self.secure)
+            .max_age(cookie::time::Duration::seconds(LIFETIME.as_secs() as i64))
+            .build()
+    }
+
+    /// The cookie that removes the session cookie.
+    fn removal(&self) -> Cookie<'static> {
+        let mut cookie = self.cookie(String::new());
+        cookie.make_removal();
+        cookie
+    }
+}
+
+/// A request of a signed-in person: the session's id, key holder and CSRF token.
+#[derive(Clone)]
+pub struct Signed {
+    pub id: String,
+    pub holder: KeyHolder,
+    pub csrf: String,
+    pub console: Arc<Console>,
+}
+
+impl Signed {
+    /// The key holder as the API and the audit log know them.
+    pub fn actor(&self) -> Actor {
+        Actor::Key(self.holder.clone())
+    }
+
+    /// Whether the session's role is at least `role`.
+    pub fn may(&self, role: Role) -> bool {
+        self.holder.role >= role
+    }
+
+    /// Keeps a message for the next page.
+    pub fn flash(&self, ok: bool, text: impl Into<String>) {
+        self.console.sessions.flash(
+            &self.id,
+            Flash {
+                ok,
+                text: text.into(),
+            },
+        );
+    }
+
+    /// Takes the message kept for this page.
+    pub fn take_flash(&self) -> Option<Flash> {
+        self.console.sessions.take_flash(&self.id)
+    }
+}
+
+fn console_of(parts: &Parts) -> Option<Arc<Console>> {
+    parts.extensions.get::<Arc<Console>>().cloned()
+}
+
+fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == COOKIE)
+        .map(|c| c.value().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// The session of this request, if it has a live one whose key is still in force.
+fn signed(parts: &Parts, state: &AppState) -> Option<Signed> {
+    let console = console_of(parts)?;
+    let id = session_cookie(&parts.headers)?;
+    let now = Instant::now();
+    let (holder, csrf) = {
+        let mut map = console.sessions.map();
+        let session = map.get(&id)?;
+        let in_force = state
+            .access
+            .key_holder_by_digest(&session.key_sha256)
+            .is_some_and(|holder| holder == session.holder);
+        if session.expires <= now || !in_force {
+            map.remove(&id);
+            return None;
+        }
+        (session.holder.clone(), session.csrf.clone())
+    };
+    Some(Signed {
+        id,
+        holder,
+        csrf,
+        console,
+    })
+}
+
+/// Without a session: pages send the person to sign in; anything else is refused.
+pub struct SignInFirst {
+    page: bool,
+}
+
+impl IntoResponse for SignInFirst {
+    fn into_response(self) -> Response {
+        if self.page {
+            return Redirect::to("/ui/").into_response();
+        }
+        layout::error_page(
+            None,
+            StatusCode::UNAUTHORIZED,
+            "You are not signed in (or your session ended): sign in again.",
+        )
+        .into_response()
+    }
+}
+
+impl FromRequestParts<AppState> for Signed {
+    type Rejection = SignInFirst;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, SignInFirst> {
+        signed(parts, state).ok_or(SignInFirst {
+            page: parts.method == axum::http::Method::GET && !parts.uri.path().ends_with("/live"),
+        })
+    }
+}
+
+impl OptionalFromRequestParts<AppState> for Signed {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        Ok(signed(parts, state))
+    }
+}
+
+/// Whether the request says it comes from a page of this service: its `Origin` (or, if a
+/// browser sent none, its `Referer`) names the host the request was sent to, or the origin
+/// of `server.public_url`.
+fn same_origin(headers: &HeaderMap, public_url: &str) -> bool {
+    let source = headers
+        .get(header::ORIGIN)
+        .or_else(|| headers.get(header::REFERER))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| url::Url::parse(v).ok());
+    let Some(source) = source else {
+        return false;
+    };
+    let origin = source.origin().ascii_serialization();
+    if url::Url::parse(public_url).is_ok_and(|u| u.origin().ascii_serialization() == origin) {
+        return true;
+    }
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let authority = match (source.host_str(), source.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_owned(),
+        (None, _) => return false,
+    };
+    host.is_some_and(|host| host.eq_ignore_ascii_case(&authority))
+}
+
+/// The fields of a submitted form.
+#[derive(Debug, Default)]
+pub struct FormFields(Vec<(String, String)>);
+
+impl FormFields {
+    /// The field's value, trimmed; `None` if absent or blank.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// Why a console `POST` was refused before it did anything.
+pub struct Refused {
+    signed: Option<Signed>,
+    status: StatusCode,
+    text: &'static str,
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        let mut response =
+            layout::error_page(self.signed.as_ref(), self.status, self.text).into_response();
+        // The audit log names who was refused, when the session says.
+        if let Some(signed) = self.signed {
+            response.extensions_mut().insert(signed.actor());
+        }
+        response
+    }
+}
+
+/// A checked console `POST`: a live session, this service's origin, the session's CSRF
+/// token, and the form's fields.
+pub struct Post {
+    pub signed: Signed,
+    pub form: FormFields,
+    /// The client's address, for the audit entry of what the form asks for.
+    pub client: Option<ConnectInfo<SocketAddr>>,
+}
+
+impl FromRequest<AppState> for Post {
+    type Rejection = Refused;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Refused> {
+        let (parts, body) = request.into_parts();
+        let refuse = |signed: Option<Signed>, status, text| Refused {
+            signed,
+            status,
+            text,
+        };
+        let signed = signed(&parts, state);
+        let Some(signed) = signed else {
+            return Err(refuse(
+                None,
+                StatusCode::UNAUTHORIZED,
+                "You are not signed in (or your session ended): sign in again.",
+            ));
+        };
+        if !same_origin(&parts.headers, &state.settings.server.public_url) {
+            return Err(refuse(
+                Some(signed),
+                StatusCode::FORBIDDEN,
+                "This form did not come from a page of this console (its Origin is another site's, or missing), so it was not acted on.",
+            ));
+        }
+        let bytes = axum::body::to_bytes(body, super::MAX_FORM_BYTES)
+            .await
+            .map_err(|_| {
+                refuse(
+                    Some(signed.clone()),
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "The form is too large.",
+                )
+            })?;
+        let form = FormFields(
+            url::form_urlencoded::parse(&bytes)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        );
+        let token_ok = form
+            .get("csrf")
+            .is_some_and(|t| bool::from(t.as_bytes().ct_eq(signed.csrf.as_bytes())));
+        if !token_ok {
+            return Err(refuse(
+                Some(signed),
+                StatusCode::FORBIDDEN,
+                "This form's security token is missing or stale (open the page again and resubmit), so it was not acted on.",
+            ));
+        }
+        let client = parts.extensions.get::<ConnectInfo<SocketAddr>>().cloned();
+        Ok(Post {
+            signed,
+            form,
+            client,
+        })
+    }
+}
+
+/// `GET /ui/`: the sign-in page, or the trials page for a signed-in person.
+pub async fn front(signed: Option<Signed>) -> Response {
+    if signed.is_some() {
+        return Redirect::to("/ui/trials").into_response();
+    }
+    sign_in_page(StatusCode::OK, None)
+}
+
+fn sign_in_page(status: StatusCode, problem: Option<&str>) -> Response {
+    let body = html! {
+        section.sign-in aria-labelledby="sign-in-title" {
+            h1 #sign-in-title { "Sign in" }
+            p { "Sign in with your API key. Its role decides what you can do here: a "
+                strong { "viewer" } " sees everything, an " strong { "operator" }
+                " also runs trials, an " strong { "admin" } " also restores, skips and deletes." }
+            @if let Some(problem) = problem {
+                p.flash.error role="alert" { span aria-hidden="true" { "✕ " } (problem) }
+            }
+            form method="post" action="/ui/sign-in" {
+                label for="key" { "API key" }
+                input #key type="password" name="key" autocomplete="current-password" required autofocus;
+                button type="submit" { "Sign in" }
+            }
+            p.hint { "The key is checked once and never stored: the console keeps a session instead, for "
+                (LIFETIME.as_secs() / 3600) " hours or until you sign out." }
+        }
+    };
+    layout::respond(status, layout::shell("Sign in", None, None, None, body))
+}
+
+/// `POST /ui/sign-in`: a key opens a session. A wrong key counts as a failed authentication
+/// of the client's address, like one sent to the API.
+pub async fn sign_in(
+    State(state): State<AppState>,
+    Extension(console): Extension<Arc<Console>>,
+    request: Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    if !same_origin(&parts.headers, &state.settings.server.public_url) {
+        return sign_in_page(
+            StatusCode::FORBIDDEN,
+            Some("This sign-in did not come from the console's own page."),
+        );
+    }
+    let bytes = axum::body::to_bytes(body, super::MAX_FORM_BYTES)
+        .await
+        .unwrap_or_default();
+    let key = url::form_urlencoded::parse(&bytes)
+        .find(|(k, _)| k == "key")
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_default();
+    let holder = (!key.is_empty())
+        .then(|| state.access.key_holder(&key))
+        .flatten();
+    let Some(holder) = holder else {
+        let addr = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
+        return match state.access.note_failure(addr) {
+            Ok(()) => sign_in_page(
+                StatusCode::UNAUTHORIZED,
+                Some("That is not a key of this service."),
+            ),
+            Err(TooManyFailures { retry_after }) => {
+                // Whole seconds, rounded up, as the API says it.
+                let secs = retry_after
+                    .as_secs()
+                    .saturating_add(u64::from(retry_after.subsec_nanos() > 0))
+                    .max(1);
+                let mut response = sign_in_page(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Some(&format!(
+                        "Too many failed sign-ins from this address: try again in {secs} s."
+                    )),
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                response
+            }
+        };
+    };
+    let Some(id) = console
+        .sessions
+        .open(holder.clone(), NamedKey::digest(&key))
+    else {
+        return layout::error_page(
+            None,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "No session could be opened: the system gave no random numbers. Try again.",
+        )
+        .into_response();
+    };
+    let cookie = console.sessions.cookie(id);
+    let mut response = Redirect::to("/ui/trials").into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie.to_string()) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response.extensions_mut().insert(Actor::Key(holder));
+    response
+}
+
+/// `POST /ui/sign-out`: ends the session and removes its cookie.
+pub async fn sign_out(post: Post) -> Response {
+    let sessions = &post.signed.console.sessions;
+    sessions.close(&post.signed.id);
+    let mut response = Redirect::to("/ui/").into_response();
+    if let Ok(value) = HeaderValue::from_str(&sessions.removal().to_string()) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response.extensions_mut().insert(post.signed.actor());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.insert(*name, HeaderValue::from_str(value).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn a_post_must_come_from_this_service() {
+        let public = "http://lcm.example:5000";
+        let ok = |h: &[(&'static str, &str)]| same_origin(&headers(h), public);
+        assert!(ok(&[
+            ("origin", "http://127.0.0.1:5000"),
+            ("host", "127.0.0.1:5000")
+        ]));
+        assert!(ok(&[
+            ("origin", "http://lcm.example:5000"),
+            ("host", "10.0.0.1")
+        ]));
+        assert!(ok(&[
+            ("referer", "http://127.0.0.1:5000/ui/trials"),
+            ("host", "127.0.0.1:5000")
+        ]));
+        assert!(!ok(&[
+            ("origin", "http://evil.example"),
+            ("host", "127.0.0.1:5000")
+        ]));
+        assert!(!ok(&[
+            ("origin", "http://127.0.0.1:5001"),
+            ("host", "127.0.0.1:5000")
+        ]));
+        assert!(!ok(&[("origin", "null"), ("host", "127.0.0.1:5000")]));
+        assert!(!ok(&[("host", "127.0.0.1:5000")]));
+    }
+
+    #[test]
+    fn the_cookie_is_http_only_strict_and_scoped() {
+        let plain = Sessions::new(false).cookie("abc".into()).to_string();
+        assert!(plain.contains("HttpOnly"), "{plain}");
+        assert!(plain.contains("SameSite=Strict"), "{plain}");
+        assert!(plain.contains("Path=/ui"), "{plain}");
+        assert!(!plain.contains("Secure"), "{plain}");
+        let secure = Sessions::new(true).cookie("abc".into()).to_string();
+        assert!(secure.contains("Secure"), "{secure}");
+    }
+
+    #[test]
+    fn session_ids_are_long_and_fresh() {
+        let a = random_token().unwrap();
+        let b = random_token().unwrap();
+        assert_eq!(a.len(), 43);
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,807 @@
+//! The page of one trial: where it stands and where that is in the sequence (the §4 table
+//! with the current step marked), a timeline of its steps and waits on a time axis drawn from
+//! its history, a component's progress, the failure reason and the failure file, the recorded
+//! responses (folded), its audit entries (for admin keys, like `GET /audit`), and the actions
+//! its state and the key's role allow, each behind a confirmation. It updates itself as the
+//! trial moves: its stream follows the engine's events and state.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use chrono::Utc;
+use maud::{Markup, html};
+
+use super::actions::{self, TrialAction};
+use super::layout::{self, Section};
+use super::live;
+use super::session::Signed;
+use super::timeline;
+use crate::api::AppState;
+use crate::api::extract::Admin;
+use crate::api::view::{self, Found};
+use crate::config::Role;
+use crate::domain::{StartTime, TrialId};
+use crate::engine::failure::failure_file;
+use crate::engine::sequence::{self, Next, Step, Wait};
+use crate::engine::state::{
+    EventKind, Lifecycle, Mode, Position, ResponseRecord, Snapshot, TrialEvent,
+};
+use crate::store::{AuditEntry, AuditQuery};
+
+/// How many audit entries the page shows.
+const AUDIT_ROWS: usize = 50;
+/// The largest part of a failure file shown.
+const FAILURE_FILE_LIMIT: usize = 256 * 1024;
+/// While a trial is live its page is redrawn at least this often (the timeline's running bar
+/// grows).
+const REDRAW: Duration = Duration::from_secs(5);
+
+/// Where the trial was found.
+enum Kind {
+    /// Its engine is in memory.
+    Engine,
+    /// Only its record is left in the store.
+    Stored,
+    /// It has a job and no engine yet.
+    Scheduled(StartTime),
+    /// Its record could not be read.
+    Corrupt(String),
+}
+
+/// Everything the page shows of a trial, read at one moment.
+struct TrialView {
+    id: TrialId,
+    kind: Kind,
+    snapshot: Option<Snapshot>,
+    history: Vec<Arc<TrialEvent>>,
+    responses: Vec<Arc<ResponseRecord>>,
+    failure_file: Option<String>,
+    /// `None` when the key's role may not read the audit log.
+    audit: Option<Vec<AuditEntry>>,
+}
+
+impl TrialView {
+    /// Nothing more will happen to the trial (or to its page).
+    fn settled(&self) -> bool {
+        match self.kind {
+            Kind::Engine => self
+                .snapshot
+                .as_ref()
+                .is_none_or(|s| s.lifecycle.is_ended() || s.lifecycle == Lifecycle::Stopped),
+            Kind::Scheduled(_) => false,
+            Kind::Stored | Kind::Corrupt(_) => true,
+        }
+    }
+}
+
+/// Reads the trial `id` as the page shows it; `None` if the service does not know it.
+async fn load(state: &AppState, signed: &Signed, id: &TrialId) -> Option<TrialView> {
+    let (kind, snapshot, history, responses) = match state.find_trial(id).await {
+        Ok(Found::Engine(engine)) => {
+            let snapshot = engine.snapshot().clone();
+            (
+                Kind::Engine,
+                Some(snapshot),
+                engine.history(),
+                engine.responses(),
+            )
+        }
+        Ok(found @ Found::Stored(_)) => {
+            let Found::Stored(record) = &found else {
+                return None;
+            };
+            let snapshot = view::snapshot_of(record);
+            let history = state.history(&found, id).await.unwrap_or_default();
+            let responses = state.responses(&found, id).await.unwrap_or_default();
+            (Kind::Stored, Some(snapshot), history, responses)
+        }
+        Ok(found @ Found::Corrupt(_)) => {
+            let Found::Corrupt(reason) = &found else {
+                return None;
+            };
+            let history = state.history(&found, id).await.unwrap_or_default();
+            (Kind::Corrupt(reason.clone()), None, history, Vec::new())
+        }
+        Err(_) => {
+            let job = state
+                .scheduler
+                .jobs()
+                .into_iter()
+                .find(|job| job.id == *id)?;
+            (
+                Kind::Scheduled(job.start_time),
+                None,
+                Vec::new(),
+                Vec::new(),
+            )
+        }
+    };
+    let failure_file = match snapshot.as_ref().and_then(|s| s.failure.as_ref()) {
+        Some(_) => read_failure_file(state, id).await,
+        None => None,
+    };
+    let audit = if signed.may(Admin::ROLE) {
+        let query = AuditQuery {
+            trial_id: Some(id.to_string()),
+            limit: AUDIT_ROWS,
+            ..AuditQuery::default()
+        };
+        let mut entries = state
+            .scheduler
+            .deps()
+            .store
+            .read(move |reader| reader.audit(&query))
+            .await
+            .unwrap_or_default();
+        entries.truncate(AUDIT_ROWS);
+        Some(entries)
+    } else {
+        None
+    };
+    Some(TrialView {
+        id: id.clone(),
+        kind,
+        snapshot,
+        history,
+        responses,
+        failure_file,
+        audit,
+    })
+}
+
+async fn read_failure_file(state: &AppState, id: &TrialId) -> Option<String> {
+    let bytes = tokio::fs::read(failure_file(&state.settings, id))
+        .await
+        .ok()?;
+    let shown = &bytes[..bytes.len().min(FAILURE_FILE_LIMIT)];
+    Some(String::from_utf8_lossy(shown).into_owned())
+}
+
+/// The actions the trial's state allows now (whatever the role).
+fn available(view: &TrialView) -> Vec<TrialAction> {
+    use TrialAction::*;
+    let snapshot = match (&view.kind, &view.snapshot) {
+        (Kind::Scheduled(_), _) => return vec![Unschedule],
+        (Kind::Stored | Kind::Corrupt(_), _) | (Kind::Engine, None) => return vec![Delete],
+        (Kind::Engine, Some(snapshot)) => snapshot,
+    };
+    let mut actions = Vec::new();
+    match snapshot.lifecycle {
+        Lifecycle::Running | Lifecycle::Waiting if snapshot.mode == Mode::Normal => {
+            let waiting = snapshot.lifecycle == Lifecycle::Waiting;
+            match snapshot.position {
+                Position::Wait(Wait::Idle) if waiting => actions.extend([Active, Finish]),
+                Position::Wait(Wait::Active) if waiting => actions.push(Finish),
+                _ => {}
+            }
+            if snapshot.paused {
+                actions.extend([Resume, Step]);
+            } else {
+                actions.push(Pause);
+            }
+            actions.push(Abort);
+        }
+        Lifecycle::Failed => {
+            if snapshot.restorable() {
+                actions.push(Restore);
+                let skippable = match snapshot.position {
+                    Position::Run(step) => sequence::skip_refusal(step).is_none(),
+                    Position::Wait(wait) => {
+                        sequence::wait_spec(wait).waiter == sequence::Waiter::Component
+                    }
+                };
+                if skippable {
+                    actions.push(Skip);
+                }
+            }
+            actions.push(Abort);
+        }
+        _ => {}
+    }
+    actions.push(Delete);
+    actions
+}
+
+/// The summary: status, where the trial stands, its times.
+fn summary(view: &TrialView) -> Markup {
+    html! {
+        @match (&view.kind, &view.snapshot) {
+            (Kind::Scheduled(start), _) => {
+                p.status-line { (layout::badge("Scheduled")) " starts at "
+                    strong { (start.to_string()) } " (" (layout::time(start.utc())) ")" }
+            },
+            (Kind::Corrupt(reason), _) => {
+                p.status-line { (layout::badge("Corrupt")) }
+                p.flash.error { "Its record cannot be read: " (reason) }
+            },
+            (_, Some(s)) => {
+                @let status = s.lifecycle.executor_status().name();
+                p.status-line {
+                    (layout::badge(s.engine_status().name()))
+                    " "
+                    @if s.engine_status().name() != status { (layout::badge(status)) " " }
+                    @if s.paused { span.badge.paused { span aria-hidden="true" { "‖ " } "Paused" } " " }
+                    @if let Mode::Cleanup { .. } = s.mode {
+                        @if s.lifecycle.is_live() { span.badge.aborted { span aria-hidden="true" { "⊘ " } "Aborting" } }
+                    }
+                }
+                dl.facts {
+                    dt { "State" } dd #trial-state { (view::state(s)) }
+                    @if let Position::Run(step) = s.position { dt { "Step" } dd { (step.name()) } }
+                    @if let Some(waiting) = view::waiting_for(s) { dt { "Waiting for" } dd { (waiting) } }
+                    dt { "KPI marking" } dd { (s.kpi_status.map_or("none yet", |k| k.marking())) }
+                    @if let Mode::Cleanup { reason } = &s.mode { dt { "Abort reason" } dd { (reason) } }
+                    dt { "Created" } dd { (layout::time(s.created_at)) }
+                    dt { "Updated" } dd { (layout::time(s.updated_at)) }
+                    @if let Some(ended) = s.ended_at { dt { "Ended" } dd { (layout::time(ended)) } }
+                }
+                @if matches!(view.kind, Kind::Stored) {
+                    p.hint { "This trial has ended and left memory; what is shown is its record in the store." }
+                }
+            },
+            (_, None) => {},
+        }
+    }
+}
+
+/// The action buttons the state and the role allow, each opening its confirmation.
+fn action_bar(view: &TrialView, signed: &Signed) -> Markup {
+    let all = available(view);
+    let allowed: Vec<TrialAction> = all
+        .iter()
+        .copied()
+        .filter(|a| signed.may(a.role()))
+        .collect();
+    html! {
+        @if allowed.is_empty() {
+            @if all.is_empty() {
+                p.hint { "No action fits the trial's state." }
+            } @else if signed.holder.role == Role::Viewer {
+                p.hint { "Your key's role (viewer) can look but not act." }
+            } @else {
+                p.hint { "What the trial's state allows now ("
+                    (all.iter().map(|a| a.label()).collect::<Vec<_>>().join(", "))
+                    ") needs a role above yours (" (signed.holder.role) ")." }
+            }
+        } @else {
+            ul.actions {
+                @for action in &allowed {
+                    @let dialog = format!("confirm-{}", action.segment());
+                    li {
+                        a.button class=[action.dangerous().then_some("danger")]
+                            href={ "/ui/trials/" (view.id) "/confirm/" (action.segment()) }
+                            data-dialog=(dialog) data-action=(action.segment()) {
+                            (action.label())
+                        }
+                        dialog id=(dialog) aria-labelledby={ (dialog) "-title" } {
+                            h2 id={ (dialog) "-title" } { (action.label()) ": trial " (view.id) }
+                            (actions::confirm_form(signed, &view.id, *action,
+                                html! { button type="button" data-close { "Cancel" } }))
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A component's progress: the last report, and the reports so far.
+fn progress(view: &TrialView) -> Markup {
+    let reports: Vec<&Arc<TrialEvent>> = view
+        .history
+        .iter()
+        .filter(|e| e.event == EventKind::Progress)
+        .collect();
+    let current = view.snapshot.as_ref().and_then(|s| s.progress.as_ref());
+    html! {
+        @if let Some(p) = current {
+            div.progress-now {
+                @if let Some(percent) = p.progress {
+                    label for="progress-bar" { "Progress " (percent) "%" }
+                    progress #progress-bar max="100" value=(percent) { (percent) "%" }
+                }
+                @if let Some(message) = &p.message { p { (message) } }
+            }
+        }
+        @if reports.is_empty() {
+            p.hint { "No progress reports." }
+        } @else {
+            ol.progress-list reversed {
+                @for e in reports.iter().rev().take(20) {
+                    li { (layout::time(e.at)) " — " (e.detail.as_deref().unwrap_or("(no message)")) }
+                }
+            }
+        }
+    }
+}
+
+/// Why the trial failed, what a failed clean-up left, and the failure file.
+fn failure(view: &TrialView) -> Markup {
+    let Some(failure) = view.snapshot.as_ref().and_then(|s| s.failure.as_ref()) else {
+        return html! {};
+    };
+    html! {
+        h2 { "Failure" }
+        p.flash.error.failure-reason role="alert" {
+            span aria-hidden="true" { "✕ " } (failure.reason)
+        }
+        p { "Failed at " (layout::time(failure.at)) "."
+            @if !failure.reported { " Reporting the failure (repository, failure file)…" } }
+        @if failure.cleanup_failed {
+            p { "The clean-up after an abort failed; Abort again retries it." }
+        }
+        @if !failure.leftovers.is_empty() {
+            p { "Left deployed:" }
+            ul { @for left in &failure.leftovers {
+                li { (format!("{:?}", left.kind)) " " code { (left.id) } }
+            } }
+        }
+        details #failure-file {
+            summary { "Failure file " code { "executor_" (view.id) "_fail.log" } }
+            @match &view.failure_file {
+                Some(text) => pre.file { code { (text) } },
+                None => p.hint { "Not written yet." },
+            }
+        }
+    }
+}
+
+/// The mark of a row of the sequence.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RowMark {
+    Done,
+    Skipped,
+    Running,
+    Paused,
+    Waiting,
+    Failed,
+    Pending,
+    NotRun,
+}
+
+impl RowMark {
+    fn parts(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            RowMark::Done => ("✓", "done", "done"),
+            RowMark::Skipped => ("↷", "skipped", "skipped"),
+            RowMark::Running => ("▶", "running", "running now"),
+            RowMark::Paused => ("‖", "paused", "paused before it"),
+            RowMark::Waiting => ("◔", "waiting", "waiting now"),
+            RowMark::Failed => ("✕", "failed", "failed"),
+            RowMark::Pending => ("·", "pending", "to come"),
+            RowMark::NotRun => ("–", "not-run", "not run"),
+        }
+    }
+
+    fn current(self) -> bool {
+        matches!(
+            self,
+            RowMark::Running | RowMark::Paused | RowMark::Waiting | RowMark::Failed
+        )
+    }
+}
+
+/// What the history says of the steps of one path (the sequence, or the clean-up).
+struct Seen {
+    completed: HashSet<String>,
+    started: HashSet<String>,
+    skipped: Vec<String>,
+}
+
+fn seen<'a>(events: impl Iterator<Item = &'a Arc<TrialEvent>>) -> Seen {
+    let mut seen = Seen {
+        completed: HashSet::new(),
+        started: HashSet::new(),
+        skipped: Vec::new(),
+    };
+    for event in events {
+        let step = event.step.clone().unwrap_or_default();
+        match event.event {
+            EventKind::StepCompleted => {
+                seen.completed.insert(step);
+            }
+            EventKind::StepStarted => {
+                seen.started.insert(step);
+            }
+            EventKind::Skipped => seen
+                .skipped
+                .extend(event.detail.as_deref().map(str::to_owned)),
+            _ => {}
+        }
+    }
+    seen
+}
+
+/// One row of a path: a step, or the wait after it.
+#[derive(Clone, Copy)]
+enum PathRow {
+    Step(Step),
+    Wait(Wait),
+}
+
+fn mark(row: PathRow, seen: &Seen, current: Option<(Position, Lifecycle)>, over: bool) -> RowMark {
+    match row {
+        PathRow::Step(step) => {
+            if let Some((Position::Run(at), lifecycle)) = current
+                && at == step
+            {
+                return match lifecycle {
+                    Lifecycle::Failed => RowMark::Failed,
+                    Lifecycle::Waiting => RowMark::Paused,
+                    _ => RowMark::Running,
+                };
+            }
+            if seen.completed.contains(step.name()) {
+                RowMark::Done
+            } else if seen
+                .skipped
+                .iter()
+                .any(|s| s.starts_with(&format!("{}:", step.name())))
+            {
+                RowMark::Skipped
+            } else if over {
+                RowMark::NotRun
+            } else {
+                RowMark::Pending
+            }
+        }
+        PathRow::Wait(wait) => {
+            if let Some((Position::Wait(at), lifecycle)) = current
+                && at == wait
+            {
+                return if lifecycle == Lifecycle::Failed {
+                    RowMark::Failed
+                } else {
+                    RowMark::Waiting
+                };
+            }
+            let spec = sequence::wait_spec(wait);
+            if spec
+                .exits
+                .iter()
+                .any(|(_, next)| seen.started.contains(next.name()))
+            {
+                RowMark::Done
+            } else if over {
+                RowMark::NotRun
+            } else {
+                RowMark::Pending
+            }
+        }
+    }
+}
+
+fn path_table(
+    caption: &str,
+    rows: &[PathRow],
+    seen: &Seen,
+    current: Option<(Position, Lifecycle)>,
+    over: bool,
+) -> Markup {
+    // Steps are numbered in the order they run; waits are not.
+    let numbered = rows.iter().scan(0, |n, row| {
+        if let PathRow::Step(_) = row {
+            *n += 1;
+        }
+        Some((*n, *row))
+    });
+    html! {
+        div.table-wrap {
+            table.sequence {
+                caption { (caption) }
+                thead { tr { th scope="col" { "#" } th scope="col" { "Step or wait" } th scope="col" { "Where" } } }
+                tbody {
+                    @for (number, row) in numbered {
+                        @let row_mark = mark(row, seen, current, over);
+                        @let (symbol, class, words) = row_mark.parts();
+                        tr class=(class) aria-current=[row_mark.current().then_some("step")] {
+                            @match row {
+                                PathRow::Step(step) => {
+                                    td { (number) }
+                                    th scope="row" { code { (step.name()) } }
+                                },
+                                PathRow::Wait(wait) => {
+                                    td {}
+                                    th scope="row" .wait { "wait: " (sequence::wait_spec(wait).waiting_for) }
+                                },
+                            }
+                            td.mark { span aria-hidden="true" { (symbol) " " } (words) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Where the trial is in the sequence (and in the clean-up path, once it is aborting).
+fn position(view: &TrialView, vnf: bool) -> Markup {
+    let Some(snapshot) = &view.snapshot else {
+        return html! { p.hint { "The trial has not started: nothing has run yet." } };
+    };
+    let cleanup_at = view
+        .history
+        .iter()
+        .position(|e| e.event == EventKind::CleanupStarted);
+    let (main, cleanup) = view
+        .history
+        .split_at(cleanup_at.unwrap_or(view.history.len()));
+    let cleaning = matches!(snapshot.mode, Mode::Cleanup { .. });
+    let current = Some((snapshot.position, snapshot.lifecycle));
+    let over = !snapshot.lifecycle.is_live() && snapshot.lifecycle != Lifecycle::Failed;
+    let mut rows = Vec::new();
+    for step in sequence::happy_path(vnf) {
+        rows.push(PathRow::Step(step));
+        if let Some(Next::Wait(wait)) = sequence::after(step, vnf) {
+            rows.push(PathRow::Wait(wait));
+        }
+    }
+    let main_seen = seen(main.iter());
+    let mut cleanup_rows = Vec::new();
+    for (step, _) in sequence::CLEANUP {
+        cleanup_rows.push(PathRow::Step(*step));
+        if *step == Step::CloseService {
+            cleanup_rows.push(PathRow::Wait(Wait::SliceClosed));
+        }
+    }
+    html! {
+        (path_table(
+            "The trial sequence",
+            &rows,
+            &main_seen,
+            (!cleaning).then_some(current).flatten(),
+            over || cleaning || cleanup_at.is_some(),
+        ))
+        @if cleaning || cleanup_at.is_some() {
+            (path_table(
+                "The clean-up path (abort)",
+                &cleanup_rows,
+                &seen(cleanup.iter()),
+                cleaning.then_some(current).flatten(),
+                over,
+            ))
+        }
+    }
+}
+
+/// The timeline, and the history in words.
+fn history(view: &TrialView) -> Markup {
+    html! {
+        (timeline::render(&view.history, Utc::now()))
+        details #history-table {
+            summary { "Every event (" (view.history.len()) ")" }
+            div.table-wrap {
+                table.events {
+                    thead { tr { th scope="col" { "#" } th scope="col" { "At" } th scope="col" { "Event" } th scope="col" { "Took" } } }
+                    tbody {
+                        @for e in &view.history {
+                            tr {
+                                td { (e.seq) }
+                                td { (layout::time(e.at)) }
+                                td { (timeline::describe(e)) }
+                                td { @if let Some(ms) = e.duration_ms { (layout::duration(ms)) } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The recorded responses, each folded.
+fn responses(view: &TrialView) -> Markup {
+    html! {
+        @if view.responses.is_empty() {
+            p.hint { "No responses recorded." }
+        } @else {
+            ol.responses {
+                @for (i, r) in view.responses.iter().enumerate() {
+                    li {
+                        details id={ "response-" (i) } {
+                            summary {
+                                code { (r.step) } " · " (r.method) " " (r.service) " " code { (r.path) } " → "
+                                @match r.status {
+                                    Some(status) => { strong { (status) } },
+                                    None => { strong { "no answer" } },
+                                }
+                                " · " (layout::duration(r.duration_ms))
+                                @if r.attempt > 1 { " · attempt " (r.attempt) }
+                            }
+                            p.hint { (layout::time(r.at)) }
+                            @if let Some(error) = &r.error { p { (error) } }
+                            @if let Some(body) = &r.body { (layout::json_block(body)) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The audit entries about the trial, for keys that may read the audit log.
+fn audit(view: &TrialView) -> Markup {
+    html! {
+        @match &view.audit {
+            None => { p.hint { "The audit log is for admin keys." } },
+            Some(entries) if entries.is_empty() => { p.hint { "No audit entries." } },
+            Some(entries) => {
+                div.table-wrap {
+                    table.audit {
+                        thead { tr {
+                            th scope="col" { "At" } th scope="col" { "Who" } th scope="col" { "Action" }
+                            th scope="col" { "Outcome" } th scope="col" { "Detail" }
+                        } }
+                        tbody {
+                            @for e in entries {
+                                tr {
+                                    td { (layout::time(e.at)) }
+                                    td { (e.actor) @if let Some(role) = &e.role { " (" (role) ")" } }
+                                    td { code { (e.action) } }
+                                    td { (e.outcome) }
+                                    td { (e.detail.as_deref().unwrap_or("")) }
+                                }
+                            }
+                        }
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Every live part of the page, by element id.
+fn parts(view: &TrialView, signed: &Signed, vnf: bool) -> Vec<(&'static str, Markup)> {
+    vec![
+        ("trial-summary", summary(view)),
+        ("trial-actions", action_bar(view, signed)),
+        ("trial-failure", failure(view)),
+        ("trial-progress", progress(view)),
+        ("trial-position", position(view, vnf)),
+        ("trial-history", history(view)),
+        ("trial-responses", responses(view)),
+        ("trial-audit", audit(view)),
+    ]
+}
+
+fn vnf(state: &AppState) -> bool {
+    !state.settings.executor.disable_vnf
+}
+
+fn unknown(signed: &Signed, raw: &str) -> Response {
+    match TrialId::parse(raw) {
+        Err(e) => layout::error_page(Some(signed), StatusCode::BAD_REQUEST, &e.to_string()),
+        Ok(id) => layout::error_page(
+            Some(signed),
+            StatusCode::NOT_FOUND,
+            &format!("The service knows no trial '{id}' (no job, no engine, no record)."),
+        ),
+    }
+}
+
+/// `GET /ui/trials/{trial_id}`.
+pub async fn page(
+    signed: Signed,
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Response {
+    let Ok(id) = TrialId::parse(&raw) else {
+        return unknown(&signed, &raw);
+    };
+    let Some(view) = load(&state, &signed, &id).await else {
+        return unknown(&signed, &raw);
+    };
+    let parts = parts(&view, &signed, vnf(&state));
+    let part = |name: &str| {
+        parts
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, m)| m.clone())
+            .unwrap_or_default()
+    };
+    let live = format!("/ui/trials/{id}/live");
+    let body = html! {
+        p.crumbs { a href="/ui/trials" { "← Trials" } }
+        h1 { "Trial " code { (id) } }
+        section #trial-summary aria-label="Status" aria-live="polite" { (part("trial-summary")) }
+        section aria-labelledby="actions-title" {
+            h2 #actions-title { "Actions" }
+            div #trial-actions { (part("trial-actions")) }
+        }
+        section #trial-failure { (part("trial-failure")) }
+        section aria-labelledby="progress-title" {
+            h2 #progress-title { "Progress" }
+            div #trial-progress { (part("trial-progress")) }
+        }
+        section aria-labelledby="timeline-title" {
+            h2 #timeline-title { "Timeline" }
+            div #trial-history { (part("trial-history")) }
+        }
+        section aria-labelledby="position-title" {
+            h2 #position-title { "Where it is in the sequence" }
+            div #trial-position { (part("trial-position")) }
+        }
+        section aria-labelledby="responses-title" {
+            h2 #responses-title { "Recorded responses" }
+            div #trial-responses { (part("trial-responses")) }
+        }
+        section aria-labelledby="audit-title" {
+            h2 #audit-title { "Audit entries" }
+            div #trial-audit { (part("trial-audit")) }
+        }
+    };
+    layout::respond(
+        StatusCode::OK,
+        layout::shell(
+            &format!("Trial {id}"),
+            Some(&signed),
+            Some(Section::Trials),
+            Some(&live),
+            body,
+        ),
+    )
+}
+
+/// `GET /ui/trials/{trial_id}/live`: the page's parts, again whenever the trial changes.
+pub async fn live(
+    signed: Signed,
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Response {
+    let Ok(id) = TrialId::parse(&raw) else {
+        return unknown(&signed, &raw);
+    };
+    let shutdown = state.shutdown.clone();
+    live::stream(&shutdown, move |tx| async move {
+        loop {
+            // Listen before reading, so no change between the two is missed.
+            let engine = state.scheduler.engines().get(&id);
+            let mut listeners = engine.as_ref().map(|e| (e.events().1, e.subscribe()));
+            let view = load(&state, &signed, &id).await;
+            let patch = match &view {
+                Some(view) => live::patch(&parts(view, &signed, vnf(&state))),
+                None => live::patch(&[(
+                    "trial-summary",
+                    html! { p.flash.error role="alert" { "The service no longer knows this trial (it was deleted or unscheduled)." } },
+                )]),
+            };
+            if tx.send(patch).await.is_err() {
+                return;
+            }
+            match &view {
+                Some(view) if !view.settled() => {}
+                _ => {
+                    let _ = tx.send(live::done()).await;
+                    return;
+                }
+            }
+            if let Some(view) = &view
+                && let Kind::Scheduled(_) = view.kind
+            {
+                // The job's engine starts (or the job goes): either changes the page.
+                tokio::select! {
+                    _ = state.scheduler.wait_for_engine(&id) => {}
+                    () = tx.closed() => return,
+                }
+                continue;
+            }
+            match &mut listeners {
+                Some((events, snapshots)) => tokio::select! {
+                    _ = events.recv() => {}
+                    _ = snapshots.changed() => {}
+                    () = tokio::time::sleep(REDRAW) => {}
+                    () = tx.closed() => return,
+                },
+                None => tokio::select! {
+                    () = tokio::time::sleep(REDRAW) => {}
+                    () = tx.closed() => return,
+                },
+            }
+            tokio::time::sleep(live::SETTLE).await;
+        }
+    })
+}

@@ -1,0 +1,291 @@
+//! The trials page: every trial the service knows (live, scheduled, failed, ended), newest
+//! first, filtered by status and searched by id, with the count of each status, in pages
+//! like `GET /trials` (the same query, the same rows). It updates itself while open.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use maud::{Markup, html};
+
+use super::layout::{self, Section};
+use super::live;
+use super::session::Signed;
+use crate::api::AppState;
+use crate::api::listing::{self, Page, Row};
+use crate::store::TrialQuery;
+
+/// The status tabs: a label and the engine statuses it shows (none: all).
+const TABS: &[(&str, &[&str])] = &[
+    ("All", &[]),
+    ("Active", &["Active"]),
+    ("Scheduled", &["Scheduled"]),
+    ("Failed", &["Failed"]),
+    ("Ended", &["Finished", "Aborted"]),
+    ("Stopped", &["Stopped"]),
+    ("Corrupt", &["Corrupt"]),
+];
+
+/// Tabs shown only when they have trials (or are chosen).
+const RARE: [&str; 2] = ["Stopped", "Corrupt"];
+
+/// How often an open page checks whether the trials in memory changed.
+const CHECK: Duration = Duration::from_millis(500);
+/// An open page is refreshed at least this often (ended trials leave memory, records go).
+const REFRESH: Duration = Duration::from_secs(15);
+
+/// The page's query, as given and as checked.
+struct Query {
+    raw: String,
+    parsed: TrialQuery,
+}
+
+fn query(raw: Option<String>) -> Result<Query, String> {
+    let raw = raw.unwrap_or_default();
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(raw.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let parsed = listing::parse_query(pairs).map_err(|e| e.detail)?;
+    Ok(Query { raw, parsed })
+}
+
+/// A link to the listing with these statuses, keeping the search.
+fn href(statuses: &[&str], q: Option<&str>, cursor: Option<&str>) -> String {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    if !statuses.is_empty() {
+        query.append_pair("status", &statuses.join(","));
+    }
+    if let Some(q) = q {
+        query.append_pair("q", q);
+    }
+    if let Some(cursor) = cursor {
+        query.append_pair("cursor", cursor);
+    }
+    let query = query.finish();
+    if query.is_empty() {
+        "/ui/trials".to_owned()
+    } else {
+        format!("/ui/trials?{query}")
+    }
+}
+
+fn same_statuses(a: &[String], b: &[&str]) -> bool {
+    a.len() == b.len() && b.iter().all(|s| a.iter().any(|t| t == s))
+}
+
+/// The status tabs with their counts.
+fn tabs(query: &TrialQuery, counts: &[(String, u64)]) -> Markup {
+    let count = |statuses: &[&str]| -> u64 {
+        counts
+            .iter()
+            .filter(|(s, _)| statuses.is_empty() || statuses.contains(&s.as_str()))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    html! {
+        ul.tabs {
+            @for (label, statuses) in TABS {
+                @let n = count(statuses);
+                @let current = same_statuses(&query.statuses, statuses);
+                @if n > 0 || current || !RARE.contains(label) {
+                    li {
+                        a href=(href(statuses, query.id_contains.as_deref(), None))
+                            aria-current=[current.then_some("page")] {
+                            (label) " " span.count { (n) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Where a row's trial stands, in a few words.
+fn whereabouts(row: &Row) -> Markup {
+    html! {
+        @match row.engine_status.as_str() {
+            "Scheduled" => {
+                "starts at " @if let Some(start) = &row.start_time { (layout::time_text(start)) }
+            },
+            "Failed" | "Corrupt" => {
+                span.reason { (row.failure.as_deref().unwrap_or("")) }
+            },
+            "Finished" | "Aborted" | "Stopped" => {
+                "ended " @if let Some(ended) = &row.ended_at { (layout::time_text(ended)) }
+            },
+            _ => {
+                @if let Some(waiting) = &row.waiting_for {
+                    span aria-hidden="true" { "‖ " } "waiting for " (waiting)
+                } @else if let Some(step) = &row.step {
+                    span aria-hidden="true" { "▶ " } (step)
+                } @else if let Some(state) = &row.state {
+                    (state)
+                }
+            },
+        }
+    }
+}
+
+/// The table of one page, and the link to the next.
+fn listing(query: &TrialQuery, page: &Page) -> Markup {
+    let statuses: Vec<&str> = query.statuses.iter().map(String::as_str).collect();
+    html! {
+        @if page.trials.is_empty() {
+            p.empty { "No trials here yet. " a href="/ui/schedule" { "Schedule one" } "." }
+        } @else {
+            div.table-wrap {
+                table.trials {
+                    caption.visually-hidden { "Trials, newest first" }
+                    thead { tr {
+                        th scope="col" { "Trial" }
+                        th scope="col" { "Status" }
+                        th scope="col" { "Where it stands" }
+                        th scope="col" { "Created" }
+                        th scope="col" { "Updated" }
+                    } }
+                    tbody {
+                        @for row in &page.trials {
+                            tr data-trial=(row.trial_id) data-status=(row.engine_status) {
+                                th scope="row" { a href={ "/ui/trials/" (row.trial_id) } { (row.trial_id) } }
+                                td { (layout::badge(&row.engine_status)) }
+                                td { (whereabouts(row)) }
+                                td { (layout::time_text(&row.created_at)) }
+                                td { (layout::time_text(&row.updated_at)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        nav.pager aria-label="Pages" {
+            @if query.after.is_some() {
+                a href=(href(&statuses, query.id_contains.as_deref(), None)) { "← Newest" }
+            }
+            @if let Some(cursor) = &page.next_cursor {
+                a href=(href(&statuses, query.id_contains.as_deref(), Some(cursor))) rel="next" { "Older →" }
+            }
+        }
+    }
+}
+
+/// The page's live parts, read now.
+async fn parts(
+    state: &AppState,
+    query: &TrialQuery,
+) -> Result<Vec<(&'static str, Markup)>, String> {
+    let q = query.id_contains.clone();
+    let counts = state
+        .scheduler
+        .deps()
+        .store
+        .read(move |reader| reader.counts(q.as_deref()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let page = listing::page(state, query.clone())
+        .await
+        .map_err(|e| e.detail)?;
+    Ok(vec![
+        ("trial-tabs", tabs(query, &counts)),
+        ("trial-listing", listing(query, &page)),
+    ])
+}
+
+/// `GET /ui/trials`: the listing (`status`, `q`, `limit`, `cursor` as in `GET /trials`).
+pub async fn page(
+    signed: Signed,
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let query = match query(raw) {
+        Ok(query) => query,
+        Err(detail) => return layout::error_page(Some(&signed), StatusCode::BAD_REQUEST, &detail),
+    };
+    let parts = match parts(&state, &query.parsed).await {
+        Ok(parts) => parts,
+        Err(e) => {
+            return layout::error_page(Some(&signed), StatusCode::SERVICE_UNAVAILABLE, &e);
+        }
+    };
+    let live = if query.raw.is_empty() {
+        "/ui/trials/live".to_owned()
+    } else {
+        format!("/ui/trials/live?{}", query.raw)
+    };
+    let body = html! {
+        h1 { "Trials" }
+        nav #trial-tabs aria-label="Trials by status" { (parts[0].1) }
+        form.search method="get" action="/ui/trials" role="search" {
+            @if !query.parsed.statuses.is_empty() {
+                input type="hidden" name="status" value=(query.parsed.statuses.join(","));
+            }
+            label for="q" { "Search by id" }
+            input #q type="search" name="q" value=[query.parsed.id_contains.as_deref()]
+                pattern="[A-Za-z0-9._\\-]*" maxlength="128";
+            button type="submit" { "Search" }
+        }
+        section #trial-listing aria-live="polite" { (parts[1].1) }
+    };
+    layout::respond(
+        StatusCode::OK,
+        layout::shell(
+            "Trials",
+            Some(&signed),
+            Some(Section::Trials),
+            Some(&live),
+            body,
+        ),
+    )
+}
+
+/// What the trials in memory and the jobs look like now, in one number: when it changes,
+/// the listing has changed.
+fn fingerprint(state: &AppState) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    for job in state.scheduler.jobs() {
+        job.id.hash(&mut hasher);
+        job.start_time.to_string().hash(&mut hasher);
+    }
+    for engine in state.scheduler.engines().handles() {
+        engine.id().hash(&mut hasher);
+        let snapshot = engine.snapshot();
+        snapshot.updated_at.hash(&mut hasher);
+        snapshot.paused.hash(&mut hasher);
+        format!("{:?}", snapshot.lifecycle).hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+/// `GET /ui/trials/live`: the listing's parts, again whenever they change.
+pub async fn live(_: Signed, State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+    let query = match query(raw) {
+        Ok(query) => query.parsed,
+        Err(detail) => return layout::error_page(None, StatusCode::BAD_REQUEST, &detail),
+    };
+    let shutdown = state.shutdown.clone();
+    live::stream(&shutdown, move |tx| async move {
+        let mut last = None;
+        let mut sent_at = tokio::time::Instant::now();
+        loop {
+            let now = fingerprint(&state);
+            if last != Some(now) || sent_at.elapsed() >= REFRESH {
+                last = Some(now);
+                sent_at = tokio::time::Instant::now();
+                let Ok(parts) = parts(&state, &query).await else {
+                    // The store did not answer; the next check tries again.
+                    tokio::time::sleep(CHECK).await;
+                    continue;
+                };
+                if tx.send(live::patch(&parts)).await.is_err() {
+                    return;
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(CHECK) => {}
+                () = tx.closed() => return,
+            }
+        }
+    })
+}

@@ -1,0 +1,415 @@
+//! The operator console over plain HTTP: sign-in and its cookie, the failed-sign-in limit,
+//! what guards every console POST (session, CSRF token, origin), the role of each action as
+//! the API decides it, the audit of console actions, and the live stream. What a browser
+//! shows and does is in the browser tests (`--features browser`).
+
+use lcm::config::Role;
+use lcm::console::actions::TrialAction;
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
+
+use crate::helpers::*;
+
+/// An HTTP client that shows redirects instead of following them.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// A signed-in session: its cookie header and its CSRF token.
+struct Session {
+    cookie: String,
+    csrf: String,
+}
+
+async fn sign_in_with(app: &TestApp, key: &str) -> reqwest::Response {
+    client()
+        .post(format!("{}/ui/sign-in", app.address))
+        .header("Origin", &app.address)
+        .form(&[("key", key)])
+        .send()
+        .await
+        .expect("an answer")
+}
+
+fn set_cookie(headers: &HeaderMap) -> String {
+    headers
+        .get(SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn sign_in(app: &TestApp, role: Role) -> Session {
+    let answer = sign_in_with(app, key_of(role)).await;
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    let cookie = set_cookie(answer.headers())
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let page = get_page(app, &cookie, "/ui/schedule").await;
+    let marker = "name=\"csrf\" value=\"";
+    let start = page.find(marker).expect("a CSRF field") + marker.len();
+    let csrf = page[start..]
+        .split('"')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    Session { cookie, csrf }
+}
+
+async fn get_page(app: &TestApp, cookie: &str, path: &str) -> String {
+    let answer = client()
+        .get(format!("{}{path}", app.address))
+        .header("Cookie", cookie)
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(answer.status(), StatusCode::OK, "{path}");
+    answer.text().await.expect("a page")
+}
+
+/// A console POST with the session's cookie, from the service's own origin.
+async fn post(
+    app: &TestApp,
+    session: &Session,
+    path: &str,
+    fields: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut form = vec![("csrf", session.csrf.as_str())];
+    form.extend_from_slice(fields);
+    client()
+        .post(format!("{}{path}", app.address))
+        .header("Cookie", &session.cookie)
+        .header("Origin", &app.address)
+        .form(&form)
+        .send()
+        .await
+        .expect("an answer")
+}
+
+#[tokio::test]
+async fn a_sign_in_gives_a_strict_http_only_session_cookie_never_the_key() {
+    let app = spawn_app().await;
+    let page = client()
+        .get(format!("{}/ui/", app.address))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(page.status(), StatusCode::OK);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(page.text().await.unwrap().contains("API key"));
+
+    let answer = sign_in_with(&app, key_of(Role::Operator)).await;
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    assert_eq!(answer.headers()[LOCATION], "/ui/trials");
+    let cookie = set_cookie(answer.headers());
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
+        assert!(cookie.contains(flag), "{flag}: {cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "http: {cookie}");
+    assert!(!cookie.contains(key_of(Role::Operator)), "{cookie}");
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let page = get_page(&app, &session, "/ui/trials").await;
+    assert!(
+        page.contains("Signed in as <strong>operator</strong>"),
+        "{page}"
+    );
+
+    // Pages need a session; the API's `Authorization` cookie is not one.
+    for cookie in [
+        "",
+        "lcm_session=forged",
+        &format!("Authorization={API_KEY}"),
+    ] {
+        let answer = client()
+            .get(format!("{}/ui/trials", app.address))
+            .header("Cookie", cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::SEE_OTHER, "{cookie}");
+        assert_eq!(answer.headers()[LOCATION], "/ui/");
+    }
+
+    // Signing out ends the session.
+    let session = sign_in(&app, Role::Viewer).await;
+    let answer = post(&app, &session, "/ui/sign-out", &[]).await;
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    assert!(set_cookie(answer.headers()).contains("Max-Age=0"));
+    let answer = client()
+        .get(format!("{}/ui/trials", app.address))
+        .header("Cookie", &session.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn failed_sign_ins_count_toward_the_failed_authentication_limit() {
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(|s| s.auth.max_failures_per_minute = 2),
+        ..AppOptions::default()
+    })
+    .await;
+    for _ in 0..2 {
+        let answer = sign_in_with(&app, "a-guess").await;
+        assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+    }
+    let answer = sign_in_with(&app, "another-guess").await;
+    assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(answer.headers().contains_key("retry-after"));
+    // The same count as the API's.
+    let answer = app
+        .call_as(reqwest::Method::GET, "/status", None, Some("a-third-guess"))
+        .await;
+    assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS, "{answer:?}");
+    eventually("three failed sign-ins audited", || async {
+        let audit = app.get("/audit?actor=anonymous").await.body;
+        let sign_ins = audit["entries"].as_array().map_or(0, |entries| {
+            entries
+                .iter()
+                .filter(|e| e["action"] == "POST /ui/sign-in")
+                .count()
+        });
+        if sign_ins == 3 {
+            Ok(())
+        } else {
+            Err(audit.to_string())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_console_post_needs_a_session_its_token_and_this_origin() {
+    let app = spawn_app().await;
+    let session = sign_in(&app, Role::Operator).await;
+    let path = format!("{}/ui/trials/t1/actions/pause", app.address);
+    let cases: [(&str, Option<&str>, &str, StatusCode); 4] = [
+        ("no session", None, &session.csrf, StatusCode::UNAUTHORIZED),
+        ("no token", Some(&app.address), "", StatusCode::FORBIDDEN),
+        (
+            "another site",
+            Some("http://evil.example"),
+            &session.csrf,
+            StatusCode::FORBIDDEN,
+        ),
+        ("no origin", None, &session.csrf, StatusCode::FORBIDDEN),
+    ];
+    for (what, origin, csrf, expected) in cases {
+        let mut request = client().post(&path).form(&[("csrf", csrf)]);
+        if what != "no session" {
+            request = request.header("Cookie", &session.cookie);
+        }
+        if let Some(origin) = origin {
+            request = request.header("Origin", origin);
+        }
+        let answer = request.send().await.unwrap();
+        assert_eq!(answer.status(), expected, "{what}");
+        assert!(
+            answer.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html"),
+            "{what}: the console answers HTML"
+        );
+    }
+    // The refusals are audited, under the session's key where there is one.
+    let audit = eventually("four audit entries", || async {
+        let audit = app.get("/audit?trial_id=t1").await.body;
+        match audit["entries"].as_array().map(Vec::len) {
+            Some(4) => Ok(audit),
+            _ => Err(audit.to_string()),
+        }
+    })
+    .await;
+    let entries = audit["entries"].as_array().unwrap();
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["action"] == "POST /ui/trials/{trial_id}/actions/{action}"),
+        "{audit}"
+    );
+    assert_eq!(
+        entries.iter().filter(|e| e["actor"] == "operator").count(),
+        3,
+        "{audit}"
+    );
+}
+
+/// The role just below `role`.
+fn below(role: Role) -> Option<Role> {
+    match role {
+        Role::Viewer => None,
+        Role::Operator => Some(Role::Viewer),
+        Role::Admin => Some(Role::Operator),
+    }
+}
+
+#[tokio::test]
+async fn each_console_action_takes_the_role_its_api_route_takes() {
+    let app = spawn_app().await;
+    let mut sessions = Vec::new();
+    for role in [Role::Viewer, Role::Operator, Role::Admin] {
+        sessions.push((role, sign_in(&app, role).await));
+    }
+    let session = |role| &sessions.iter().find(|(r, _)| *r == role).unwrap().1;
+    for action in TrialAction::ALL {
+        let path = format!("/ui/trials/no-such-trial/actions/{}", action.segment());
+        let fields = [("reason", "checking roles")];
+        // The role the console shows the button to gets past the API's role check...
+        let answer = post(&app, session(action.role()), &path, &fields).await;
+        assert_eq!(answer.status(), StatusCode::SEE_OTHER, "{action:?}");
+        // ...and the role below is refused by it.
+        if let Some(smaller) = below(action.role()) {
+            let answer = post(&app, session(smaller), &path, &fields).await;
+            assert_eq!(answer.status(), StatusCode::FORBIDDEN, "{action:?}");
+            let page = answer.text().await.unwrap();
+            assert!(
+                page.contains(&format!("needs the {} role", action.role())),
+                "{page}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_console_action_is_the_apis_audited_once_under_the_keys_name() {
+    let app = spawn_app().await;
+    app.schedule_in("t-console", 3_600_000).await;
+    let session = sign_in(&app, Role::Operator).await;
+    let answer = post(
+        &app,
+        &session,
+        "/ui/trials/t-console/actions/unschedule",
+        &[],
+    )
+    .await;
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    assert_eq!(answer.headers()[LOCATION], "/ui/trials");
+    let page = get_page(&app, &session.cookie, "/ui/trials").await;
+    assert!(
+        page.contains("Scheduled job of trial t-console removed"),
+        "the API's answer is shown: {page}"
+    );
+    let page = get_page(&app, &session.cookie, "/ui/trials").await;
+    assert!(!page.contains("removed"), "once only");
+    let audit = eventually("the unschedule audited", || async {
+        let audit = app.get("/audit?trial_id=t-console").await.body;
+        let found = audit["entries"].as_array().is_some_and(|entries| {
+            entries
+                .iter()
+                .any(|e| e["action"] == "DELETE /debug/trial/{trial_id}/schedule")
+        });
+        if found {
+            Ok(audit)
+        } else {
+            Err(audit.to_string())
+        }
+    })
+    .await;
+    let entries = audit["entries"].as_array().unwrap();
+    let unscheduled: Vec<_> = entries
+        .iter()
+        .filter(|e| e["action"] == "DELETE /debug/trial/{trial_id}/schedule")
+        .collect();
+    assert_eq!(unscheduled.len(), 1, "{audit}");
+    assert_eq!(unscheduled[0]["actor"], "operator");
+    assert_eq!(unscheduled[0]["role"], "operator");
+    assert_eq!(unscheduled[0]["outcome"], 200);
+    assert!(
+        !entries
+            .iter()
+            .any(|e| e["action"].as_str().unwrap().starts_with("POST /ui/")),
+        "{audit}"
+    );
+}
+
+#[tokio::test]
+async fn the_console_is_not_in_the_api_document_and_serves_its_assets() {
+    let document = serde_json::to_value(lcm::api::openapi()).unwrap();
+    let paths = document["paths"].as_object().unwrap();
+    assert!(
+        paths.keys().all(|p| !p.starts_with("/ui")),
+        "{:?}",
+        paths.keys()
+    );
+
+    let app = spawn_app().await;
+    for (asset, kind) in [
+        ("console.js", "text/javascript"),
+        ("console.css", "text/css"),
+        ("favicon.svg", "image/svg+xml"),
+    ] {
+        let answer = client()
+            .get(format!("{}/ui/assets/{asset}", app.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK, "{asset}");
+        assert!(
+            answer.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with(kind),
+            "{asset}"
+        );
+        assert!(
+            answer.headers()["cache-control"]
+                .to_str()
+                .unwrap()
+                .contains("max-age"),
+            "{asset}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_live_stream_needs_a_session_and_starts_with_the_pages_parts() {
+    let app = spawn_app().await;
+    let answer = client()
+        .get(format!("{}/ui/trials/live", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+
+    app.schedule_in("t-live", 3_600_000).await;
+    let session = sign_in(&app, Role::Viewer).await;
+    let mut answer = client()
+        .get(format!("{}/ui/trials/t-live/live", app.address))
+        .header("Cookie", &session.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert!(
+        answer.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let mut seen = String::new();
+    while !seen.contains("\n\n") {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), answer.chunk())
+            .await
+            .expect("the first event comes at once")
+            .unwrap()
+            .expect("more of the stream");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.starts_with("event: patch"), "{seen}");
+    assert!(
+        seen.contains("trial-summary") && seen.contains("Scheduled"),
+        "{seen}"
+    );
+}

@@ -1,0 +1,450 @@
+//! Browser tests of the operator console (SPEC §16): headless Chromium, driven through
+//! chromedriver, against the real `lcm` binary and the simulated trial components. Built only
+//! with `--features browser` (they need Debian's `chromium` and `chromium-driver`):
+//!
+//! ```sh
+//! cargo test --features browser --test browser
+//! LCM_SCREENSHOTS=docs cargo test --features browser --test browser   # and the README's pictures
+//! ```
+
+mod support;
+
+use lcm::sim::{Component, Fault, FaultAction, Platform};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use support::{Browser, Service, eventually, key};
+
+/// The `engine_status` data attribute of a trial's row on the trials page.
+async fn row_status(browser: &Browser, id: &str) -> Result<String, String> {
+    let status = browser
+        .run(&format!(
+            "return document.querySelector(\"tr[data-trial='{id}']\")?.dataset.status ?? null;"
+        ))
+        .await;
+    status
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| status.to_string())
+}
+
+fn no_errors(errors: &[String]) {
+    assert!(
+        errors.is_empty(),
+        "the browser console has errors: {errors:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_schedules_a_trial_and_steers_it_to_finished_without_reloading() {
+    let service = Service::start().await;
+    let browser = Browser::start().await;
+    let base = &service.base;
+
+    // A key that is not one is refused on the sign-in page.
+    browser.goto(&format!("{base}/ui/")).await;
+    let field = browser
+        .client
+        .find(fantoccini::Locator::Css("#key"))
+        .await
+        .expect("key field");
+    field.send_keys("not-a-key").await.expect("typed");
+    browser
+        .click("form[action='/ui/sign-in'] button[type=submit]")
+        .await;
+    browser.wait_text("main", "not a key of this service").await;
+    // That refusal (401) is the one error the browser may log.
+    let errors = browser.console_errors().await;
+    assert!(
+        errors.len() == 1 && errors[0].contains("/ui/sign-in") && errors[0].contains("401"),
+        "{errors:#?}"
+    );
+    browser.sign_in(base, key("operator")).await;
+
+    // Scheduled through the form, three seconds ahead, written in UTC+02:00: the offset is
+    // honoured (dropped, the trial would start two hours off).
+    let id = "browser-flow";
+    service.platform.add_trial(Platform::trial(id, None));
+    browser.goto(&format!("{base}/ui/schedule")).await;
+    let start = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let local = (start + chrono::Duration::hours(2)).format("%Y-%m-%dT%H:%M:%S");
+    browser
+        .client
+        .find(fantoccini::Locator::Css("#trial_id"))
+        .await
+        .expect("id field")
+        .send_keys(id)
+        .await
+        .expect("typed");
+    browser
+        .run(&format!(
+            "document.getElementById('local').value = '{local}'; return true;"
+        ))
+        .await;
+    browser
+        .client
+        .find(fantoccini::Locator::Css("#offset"))
+        .await
+        .expect("offset field")
+        .select_by_value("+02:00")
+        .await
+        .expect("offset chosen");
+    browser
+        .click("form[action='/ui/schedule'] button[type=submit]")
+        .await;
+    let flash = browser.wait_text("main .flash", "scheduled at").await;
+    assert!(flash.contains("+02:00"), "{flash}");
+    let url = browser.client.current_url().await.expect("url");
+    assert_eq!(url.path(), format!("/ui/trials/{id}"));
+
+    // The trial page follows the trial from its start to IDLE by itself.
+    browser.mark_page().await;
+    browser
+        .wait_text("#trial-summary", "the operator (active or finish)")
+        .await;
+    assert!(browser.not_reloaded().await, "the page reloaded");
+    assert_eq!(service.platform.trial_status(id).as_deref(), Some("IDLE"));
+    browser
+        .wait_text(
+            "#trial-position tr[aria-current]",
+            "the operator (active or finish)",
+        )
+        .await;
+    assert!(
+        browser.count("#trial-progress ol.progress-list li").await > 0,
+        "the slice deployment's progress reports are listed"
+    );
+    assert!(
+        browser.count("#trial-history svg.timeline g.bar").await >= 9,
+        "a bar per step and wait so far"
+    );
+
+    browser.confirm("active", None).await;
+    browser.wait_text("main .flash", "active accepted").await;
+    browser
+        .wait_text("#trial-summary", "the operator (finish)")
+        .await;
+    browser.confirm("finish", None).await;
+    browser.wait_text("main .flash", "finish accepted").await;
+    browser.wait_text("#trial-summary", "Finished").await;
+    browser.wait_text("#live-state", "Up to date").await;
+    assert_eq!(
+        service.platform.status_history(id),
+        [
+            "ACTIVATING_1",
+            "ACTIVATING_2",
+            "IDLE",
+            "ACTIVE",
+            "STOPPING",
+            "FINISHED"
+        ]
+    );
+    browser.screenshot("console-trial.png", 1700).await;
+
+    // The console's actions are the API's, audited once under the key's name.
+    let by_operator = |audit: &Value, action: &str| {
+        audit["entries"].as_array().is_some_and(|entries| {
+            entries
+                .iter()
+                .any(|e| e["action"] == action && e["actor"] == "operator" && e["outcome"] == 200)
+        })
+    };
+    let audit = eventually("the console's actions in the audit log", || async {
+        let (_, audit) = service
+            .api(Method::GET, &format!("/audit?trial_id={id}"), None)
+            .await;
+        let all = [
+            "POST /debug/trial/schedule",
+            "POST /trial/{trial_id}/active",
+            "POST /trial/{trial_id}/finish",
+        ]
+        .iter()
+        .all(|action| by_operator(&audit, action));
+        if all {
+            Ok(audit)
+        } else {
+            Err(audit.to_string())
+        }
+    })
+    .await;
+    let entries = audit["entries"].as_array().expect("entries");
+    assert!(
+        !entries
+            .iter()
+            .any(|e| e["action"].as_str().is_some_and(|a| a.contains("/ui/"))),
+        "an action is audited once: {audit:#}"
+    );
+
+    // The trials page updates itself: a trial scheduled elsewhere appears and starts.
+    browser.goto(&format!("{base}/ui/trials")).await;
+    assert_eq!(row_status(&browser, id).await.as_deref(), Ok("Finished"));
+    browser.mark_page().await;
+    service.schedule_in("browser-second", 1500).await;
+    eventually("the new trial listed as scheduled", || async {
+        row_status(&browser, "browser-second")
+            .await
+            .and_then(|s| if s == "Scheduled" { Ok(()) } else { Err(s) })
+    })
+    .await;
+    eventually("the new trial listed as active", || async {
+        row_status(&browser, "browser-second")
+            .await
+            .and_then(|s| if s == "Active" { Ok(()) } else { Err(s) })
+    })
+    .await;
+    assert!(browser.not_reloaded().await, "the page reloaded");
+    browser.wait_text("#trial-tabs", "Ended 1").await;
+    // Two more, for the picture: one that fails, one due in an hour.
+    service.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "POST",
+            "flightplan",
+            FaultAction::Status(503),
+        )
+        .for_trial("browser-third"),
+    );
+    service.schedule_in("browser-third", 200).await;
+    service.schedule_in("browser-later", 3_600_000).await;
+    browser.wait_text("#trial-tabs", "Failed 1").await;
+    browser.wait_text("#trial-tabs", "Scheduled 1").await;
+    browser
+        .wait_text(
+            "tr[data-trial='browser-second']",
+            "waiting for the operator",
+        )
+        .await;
+    browser.screenshot("console-trials.png", 760).await;
+
+    no_errors(&browser.console_errors().await);
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_trial_shows_its_reason_and_restore_brings_it_to_idle() {
+    let service = Service::start().await;
+    let id = "browser-fails";
+    service.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "POST",
+            "flightplan",
+            FaultAction::Status(500),
+        )
+        .for_trial(id)
+        .times(1),
+    );
+    let browser = Browser::start().await;
+    let base = &service.base;
+    browser.sign_in(base, key("admin")).await;
+    service.schedule_in(id, 1000).await;
+    browser.goto(&format!("{base}/ui/trials/{id}")).await;
+    browser.mark_page().await;
+
+    let reason = browser
+        .wait_text("#trial-failure .failure-reason", "EnforceUavPlan failed")
+        .await;
+    assert!(reason.contains("500"), "{reason}");
+    browser
+        .wait_text("#trial-position tr.failed", "EnforceUavPlan")
+        .await;
+    // The failure file, folded, once the failure is reported.
+    eventually("the failure file on the page", || async {
+        let shown = browser
+            .run("return document.querySelector('#failure-file pre') !== null;")
+            .await;
+        if shown == json!(true) {
+            Ok(())
+        } else {
+            Err(shown.to_string())
+        }
+    })
+    .await;
+    browser.click("#failure-file summary").await;
+    let file = browser
+        .text("#failure-file pre")
+        .await
+        .expect("the file shown");
+    assert!(file.contains("EnforceUavPlan"), "{file}");
+    assert!(browser.not_reloaded().await, "the page reloaded");
+
+    eventually("the Restore button", || async {
+        match browser.count("a[data-action='restore']").await {
+            1 => Ok(()),
+            n => Err(format!("{n} buttons")),
+        }
+    })
+    .await;
+    browser.confirm("restore", None).await;
+    browser.wait_text("main .flash", "restored").await;
+    browser
+        .wait_text("#trial-summary", "the operator (active or finish)")
+        .await;
+    assert_eq!(service.platform.trial_status(id).as_deref(), Some("IDLE"));
+    // An admin sees the trial's audit entries, the restore among them, by the key's name.
+    let audit = browser
+        .wait_text("#trial-audit", "/debug/engine/{trial_id}/restore")
+        .await;
+    assert!(audit.contains("admin (admin)"), "{audit}");
+
+    no_errors(&browser.console_errors().await);
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_sees_no_action_and_a_forged_post_with_its_session_is_refused() {
+    let service = Service::start().await;
+    let id = "browser-viewed";
+    service.schedule_in(id, 300).await;
+    let browser = Browser::start().await;
+    let base = &service.base;
+    browser.sign_in(base, key("viewer")).await;
+    browser.goto(&format!("{base}/ui/trials/{id}")).await;
+    browser
+        .wait_text("#trial-summary", "the operator (active or finish)")
+        .await;
+    browser
+        .wait_text("#trial-actions", "can look but not act")
+        .await;
+    assert_eq!(
+        browser.count("a[data-action], dialog, form.confirm").await,
+        0
+    );
+    assert_eq!(
+        browser.count("#trial-audit table").await,
+        0,
+        "the audit log is for admins"
+    );
+
+    // A forged POST with the viewer's session and a valid CSRF token: the API's role rule
+    // refuses it, and the trial does not move.
+    let cookie = format!("lcm_session={}", browser.session_cookie().await);
+    let csrf = browser
+        .run("return document.querySelector('input[name=csrf]').value;")
+        .await;
+    let csrf = csrf.as_str().expect("a CSRF token").to_owned();
+    let forge = |origin: &str, csrf: &str| {
+        service
+            .http
+            .post(format!("{base}/ui/trials/{id}/actions/active"))
+            .header("Cookie", &cookie)
+            .header("Origin", origin)
+            .form(&[("csrf", csrf)])
+            .send()
+    };
+    let refused = forge(base, &csrf).await.expect("an answer");
+    assert_eq!(refused.status(), 403);
+    let page = refused.text().await.expect("a page");
+    assert!(page.contains("needs the operator role"), "{page}");
+    // Without its token, or from another site, the form is not even sent on.
+    for (origin, token) in [
+        (base.as_str(), "forged"),
+        ("http://evil.example", csrf.as_str()),
+    ] {
+        let refused = forge(origin, token).await.expect("an answer");
+        assert_eq!(refused.status(), 403, "{origin} {token}");
+    }
+    let (_, status) = service
+        .api(Method::GET, &format!("/trial/{id}/status"), None)
+        .await;
+    assert_eq!(status["waiting_for"], "the operator (active or finish)");
+    let audit = eventually("the three refusals in the audit log", || async {
+        let (_, audit) = service.api(Method::GET, "/audit?actor=viewer", None).await;
+        let refused = audit["entries"].as_array().map_or(0, |entries| {
+            entries.iter().filter(|e| e["outcome"] == 403).count()
+        });
+        if refused == 3 {
+            Ok(audit)
+        } else {
+            Err(audit.to_string())
+        }
+    })
+    .await;
+    let refusals: Vec<&Value> = audit["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["outcome"] == 403)
+        .collect();
+    assert!(
+        refusals
+            .iter()
+            .any(|e| e["action"] == "POST /trial/{trial_id}/active"),
+        "{audit:#}"
+    );
+
+    // A reload of the keys that removes the viewer's key ends its session.
+    let keys: String = support::KEYS
+        .iter()
+        .filter(|(name, _, _)| *name != "viewer")
+        .map(|(name, key, role)| {
+            format!("[[keys]]\nname = \"{name}\"\nkey = \"{key}\"\nrole = \"{role}\"\n\n")
+        })
+        .collect();
+    std::fs::write(service.dir.path().join("keys.toml"), keys).expect("keys written");
+    service.hangup();
+    eventually("the viewer's session to end", || async {
+        let answer = service
+            .http
+            .get(format!("{base}/ui/trials"))
+            .header("Cookie", &cookie)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let to = answer
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        if answer.status() == 303 && to == "/ui/" {
+            Ok(())
+        } else {
+            Err(format!("{} {to}", answer.status()))
+        }
+    })
+    .await;
+    browser.goto(&format!("{base}/ui/trials")).await;
+    assert_eq!(browser.count("#key").await, 1, "back at the sign-in page");
+
+    no_errors(&browser.console_errors().await);
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_stream_reconnects_and_shows_what_happened_meanwhile_once() {
+    let service = Service::start().await;
+    let id = "browser-reconnects";
+    service.schedule_in(id, 300).await;
+    let browser = Browser::start().await;
+    let base = &service.base;
+    browser.sign_in(base, key("operator")).await;
+    browser.goto(&format!("{base}/ui/trials/{id}")).await;
+    browser
+        .wait_text("#trial-summary", "the operator (active or finish)")
+        .await;
+    browser.wait_text("#live-state", "Live").await;
+    browser.mark_page().await;
+    let errors_before = browser.console_errors().await;
+    no_errors(&errors_before);
+
+    // The network drops; meanwhile the trial moves on through the API.
+    service.proxy.cut();
+    let (status, body) = service
+        .api(Method::POST, &format!("/trial/{id}/active"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    browser
+        .wait_text("#trial-summary", "the operator (finish)")
+        .await;
+    browser.wait_text("#live-state", "Live").await;
+    assert!(browser.not_reloaded().await, "the page reloaded");
+
+    // Nothing shown twice: the page lists exactly the trial's history.
+    let (_, history) = service
+        .api(Method::GET, &format!("/trial/{id}/history"), None)
+        .await;
+    let events = history["history"].as_array().expect("history").len();
+    assert_eq!(browser.count("#history-table tbody tr").await, events);
+    browser.close().await;
+}
