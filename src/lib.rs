@@ -5,26 +5,33 @@
 //! ## Architecture
 //!
 //! - [`api`] is the REST surface: one router per area, extractors that validate at the edge
-//!   ([`domain::TrialId::parse`], [`domain::StartTime::parse`], API key, callback tokens), and a
-//!   single error type answered as `{"detail": …}`.
-//! - [`scheduler`] owns the scheduled jobs (one timer task each) and the registry of engines
-//!   (one per trial id). At a job's start time it starts the trial's engine.
+//!   ([`domain::TrialId::parse`], [`domain::StartTime::parse`], the caller's role, callback
+//!   tokens), a single error type answered as `{"detail": …}`, a view of a trial that reads
+//!   the same from memory or the store ([`api::view`]), and the audit layer ([`api::audit`]).
+//! - [`scheduler`] owns the scheduled jobs (one timer task each, armed once the job is saved)
+//!   and the registry of engines in memory (one per trial id). At a job's start time it starts
+//!   the trial's engine.
 //! - [`engine`] is the heart. An engine is a cheap handle to two tokio tasks: the
-//!   **executor**, which walks the fixed sequence of [`engine::sequence`] and pauses at
-//!   waiting points for callbacks or operator signals, and the **watchdog**, which keeps the
-//!   executor's latest backup (a checkpoint after every completed step and at every waiting
-//!   point), runs the failure procedure when the executor fails or dies, and restores it from
-//!   the backup on request. The
-//!   API talks to an engine only through channels: signals go to the executor (which answers
-//!   at once, even while a request is in flight), restores to the watchdog, and the state is
-//!   read from a `watch` channel. No handler waits on a running step.
+//!   **executor**, which walks the fixed sequence of [`engine::sequence`] (or, after an abort,
+//!   its clean-up path), pauses at waiting points for callbacks or operator signals and holds
+//!   before a step while the operator has paused the trial; and the **watchdog**, which keeps
+//!   the executor's latest checkpoint (after every completed step and at every waiting point),
+//!   runs the failure procedure when the executor fails or dies, and starts every executor:
+//!   the first, a restored one, one that skips a failed step, one that cleans up a failed
+//!   trial. Stopping an engine (a delete, the service shutting down) goes through the
+//!   watchdog and never reports a failure. Every change of an engine's state goes through
+//!   [`engine::EngineShared::move_to`]; its events and recorded responses through its
+//!   [`engine::journal::Journal`]. The API talks to an engine only through channels and reads
+//!   its state from a `watch` channel; no handler waits on a running step.
 //! - [`services`] is the one outbound HTTP client: per-service auth (API key, Basic, OAuth2
-//!   client credentials), TLS, timeouts and connection retries. Every answer is recorded for
-//!   the trial, with its callback token redacted.
-//! - [`store`] makes the state durable (scheduled jobs, engine checkpoints, revocations, the
-//!   automatic-scheduling switch) in an embedded SQLite file, written by one thread; a
-//!   checkpoint is committed before the executor sends its next request. At start-up,
-//!   [`scheduler::Scheduler::recover`] brings jobs and engines back.
+//!   client credentials), TLS, timeouts and each service's retry policy
+//!   ([`services::retry`]). Every attempt is recorded for the trial, its secrets redacted.
+//! - [`store`] keeps the records (SPEC §12) in an embedded SQLite file with a schema of its
+//!   own ([`store::codec`]): a small checkpoint per trial, its events and responses appended as
+//!   rows, jobs, revocations, the audit log. One thread writes; a checkpoint is committed
+//!   before the executor sends its next request. At start-up only live trials are read, and
+//!   [`scheduler::Scheduler::recover`] brings them back; ended ones leave memory after
+//!   `engine.keep_finished_secs` and the store after `store.retention_days`.
 //! - [`tokens`] mints, verifies and revokes the per-trial callback tokens (HS256 JWT).
 //! - [`access`] holds the API keys and their roles (reloaded on SIGHUP) and limits failed
 //!   authentications per client address; each handler declares the role it needs by its
