@@ -17,6 +17,7 @@ mod load;
 mod observe;
 mod openapi;
 mod races;
+mod readme;
 mod records;
 mod resilience;
 mod roles;
