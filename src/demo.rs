@@ -224,6 +224,8 @@ async fn drive(platform: &Platform, operator: &Operator, abort: bool) -> Result<
     ));
 
     let mut cleaning_up = false;
+    // What the trial waits for: its progress reports are shown against it.
+    let mut waiting_for = String::new();
     loop {
         let Some((kind, event)) = events.next().await? else {
             return Err("the trial's event stream ended before the trial did".to_owned());
@@ -234,8 +236,14 @@ async fn drive(platform: &Platform, operator: &Operator, abort: bool) -> Result<
             "scheduled" | "step_completed" => {}
             "step_started" if cleaning_up => say(&format!("{step} (clean-up)")),
             "step_started" => say(step),
-            "waiting" => say(&format!("waiting for {detail}")),
-            "progress" => say(&format!("progress {detail}")),
+            "waiting" => {
+                waiting_for = detail.to_owned();
+                say(&format!("waiting for {detail}"));
+            }
+            "progress" => say(&format!(
+                "waiting for {waiting_for}: {}",
+                detail.replacen("%: ", "% ", 1)
+            )),
             "signal_accepted" => say(&format!("signal accepted: {detail}")),
             "abort_requested" => say(&format!("abort requested: {detail}")),
             "cleanup_completed" => say("clean-up completed"),
