@@ -53,7 +53,7 @@ configuration: the built-in defaults are used, and its store and logs live in a 
 directory, which it prints (--keep keeps it). While it serves, the simulated registry takes \
 any other trial id for an approved trial starting a few seconds ahead, so every example of the \
 README can be tried against it.",
-        after_help = "Examples:\n  lcm demo --port 5050 --exit\n  lcm demo --abort --exit --keep"
+        after_help = "Example:\n  lcm demo --port 5050 --exit"
     )]
     Demo {
         /// Port of the Lifecycle Manager on 127.0.0.1.

@@ -24,6 +24,7 @@ use chrono::Utc;
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use crate::engine::state::EventKind;
 use crate::sim::local::{self, LOCAL_API_KEY, LocalLcm, Scratch};
 use crate::sim::operator::{Operator, OperatorSignal};
 use crate::sim::{Component, Fault, FaultAction, Platform, SimOptions};
@@ -227,43 +228,47 @@ async fn drive(platform: &Platform, operator: &Operator, abort: bool) -> Result<
     // What the trial waits for: its progress reports are shown against it.
     let mut waiting_for = String::new();
     loop {
-        let Some((kind, event)) = events.next().await? else {
+        let Some((name, event)) = events.next().await? else {
             return Err("the trial's event stream ended before the trial did".to_owned());
+        };
+        // `scheduled` is the stream's own, said already.
+        let Some(kind) = EventKind::parse(&name) else {
+            continue;
         };
         let step = event["step"].as_str().unwrap_or("?");
         let detail = event["detail"].as_str().unwrap_or_default();
-        match kind.as_str() {
-            "scheduled" | "step_completed" => {}
-            "step_started" if cleaning_up => say(&format!("{step} (clean-up)")),
-            "step_started" => say(step),
-            "waiting" => {
+        match kind {
+            EventKind::StepCompleted => {}
+            EventKind::StepStarted if cleaning_up => say(&format!("{step} (clean-up)")),
+            EventKind::StepStarted => say(step),
+            EventKind::Waiting => {
                 waiting_for = detail.to_owned();
                 say(&format!("waiting for {detail}"));
             }
-            "progress" => say(&format!(
+            EventKind::Progress => say(&format!(
                 "waiting for {waiting_for}: {}",
                 detail.replacen("%: ", "% ", 1)
             )),
-            "signal_accepted" => say(&format!("signal accepted: {detail}")),
-            "abort_requested" => say(&format!("abort requested: {detail}")),
-            "cleanup_completed" => say("clean-up completed"),
-            "cleanup_started" => {
+            EventKind::SignalAccepted => say(&format!("signal accepted: {detail}")),
+            EventKind::AbortRequested => say(&format!("abort requested: {detail}")),
+            EventKind::CleanupStarted => {
                 cleaning_up = true;
                 say(&format!("clean-up started: {detail}"));
             }
-            "trial_finished" => {
+            EventKind::CleanupCompleted => say("clean-up completed"),
+            EventKind::TrialFinished => {
                 say("Finished");
                 return Ok(());
             }
-            "trial_aborted" => {
+            EventKind::TrialAborted => {
                 say("Aborted");
                 return Ok(());
             }
-            "trial_failed" => return Err(format!("the trial failed: {detail}")),
-            other if detail.is_empty() => say(other),
-            other => say(&format!("{other}: {detail}")),
+            EventKind::TrialFailed => return Err(format!("the trial failed: {detail}")),
+            other if detail.is_empty() => say(other.name()),
+            other => say(&format!("{}: {detail}", other.name())),
         }
-        if kind != "waiting" {
+        if kind != EventKind::Waiting {
             continue;
         }
         let action = if detail.contains("active or finish") {
