@@ -50,16 +50,26 @@ pub enum Command {
 components on 127.0.0.1, printing each step as it happens, then keeps serving the API (with \
 its docs at http://127.0.0.1:<port>/) until Ctrl-C. It needs no platform and no \
 configuration: the built-in defaults are used, and its store and logs live in a temporary \
-directory.",
+directory, which it prints (--keep keeps it). While it serves, the simulated registry takes \
+any other trial id for an approved trial starting a few seconds ahead, so every example of the \
+README can be tried against it.",
         after_help = "Example:\n  lcm demo --port 5050 --exit"
     )]
     Demo {
         /// Port of the Lifecycle Manager on 127.0.0.1.
         #[arg(long, default_value_t = 5000)]
         port: u16,
-        /// Exit once the trial is FINISHED instead of serving.
+        /// Exit once the trial has ended instead of serving.
         #[arg(long)]
         exit: bool,
+        /// Keep the temporary directory of the store and logs (and its failure files) when
+        /// the demo exits; its path is printed again then.
+        #[arg(long)]
+        keep: bool,
+        /// Abort the trial once it is ACTIVE instead of finishing it, to show the clean-up
+        /// that undoes what it deployed.
+        #[arg(long)]
+        abort: bool,
     },
     /// Measure the Lifecycle Manager under load against simulated trial components on
     /// 127.0.0.1 and print a table.
@@ -139,7 +149,17 @@ pub fn main() -> ExitCode {
         }
     };
     match command {
-        Command::Demo { port, exit } => runtime.block_on(demo::run(DemoOptions { port, exit })),
+        Command::Demo {
+            port,
+            exit,
+            keep,
+            abort,
+        } => runtime.block_on(demo::run(DemoOptions {
+            port,
+            exit,
+            keep,
+            abort,
+        })),
         Command::Serve | Command::Bench(_) => runtime.block_on(serve(config)),
     }
 }

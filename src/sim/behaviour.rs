@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -11,9 +12,10 @@ use chrono::Utc;
 use serde_json::{Value, json};
 
 use super::{
-    Component, FaultAction, KPI_CLIENT_ID, KPI_CLIENT_SECRET, RecordedCallback, RecordedRequest,
-    SimState, lock,
+    Component, FaultAction, KPI_CLIENT_ID, KPI_CLIENT_SECRET, PLANNED_TRIALS, Platform,
+    RecordedCallback, RecordedRequest, SimState, lock,
 };
+use crate::domain::TrialId;
 
 /// The usual answer to a request, and the callback it triggers.
 struct Answer {
@@ -107,7 +109,7 @@ pub async fn handle(
 
     let usual = match component {
         Component::Repository => repository(&sim, &method, &path, json_body.as_ref()),
-        Component::Enforcement => enforcement(&method, &path, &query, json_body.as_ref()),
+        Component::Enforcement => enforcement(&sim, &method, &path, &query, json_body.as_ref()),
         Component::Kpi => kpi(&sim, &method, &path, &form_body, authorization.as_deref()),
     };
     if let Some(callback) = usual.callback {
@@ -259,16 +261,25 @@ fn repository(sim: &SimState, method: &Method, path: &str, body: Option<&Value>)
     match (method.as_str(), segments(path).as_slice()) {
         ("GET", []) => answer(200, Some(json!({"service": "trial repository"}))),
         ("GET", ["trial"]) => {
-            let mut trials: Vec<Value> = lock(&sim.trials).values().cloned().collect();
+            let mut trials = lock(&sim.trials);
+            for (id, lead) in PLANNED_TRIALS {
+                make_up(sim, &mut trials, id, lead);
+            }
+            let mut trials: Vec<Value> = trials.values().cloned().collect();
             trials.sort_by_key(|t| t.get("id").and_then(Value::as_str).map(str::to_owned));
             answer(200, Some(Value::Array(trials)))
         }
-        ("GET", ["trial", id]) => match lock(&sim.trials).get(*id) {
-            Some(trial) => answer(200, Some(trial.clone())),
-            None => answer(404, Some(json!({"detail": "Not found."}))),
-        },
+        ("GET", ["trial", id]) => {
+            let mut trials = lock(&sim.trials);
+            make_up(sim, &mut trials, id, Duration::ZERO);
+            match trials.get(*id) {
+                Some(trial) => answer(200, Some(trial.clone())),
+                None => answer(404, Some(json!({"detail": "Not found."}))),
+            }
+        }
         ("PUT", ["trial", id]) => {
             let mut trials = lock(&sim.trials);
+            make_up(sim, &mut trials, id, Duration::ZERO);
             let Some(trial) = trials.get_mut(*id) else {
                 return answer(404, Some(json!({"detail": "Not found."})));
             };
@@ -290,7 +301,30 @@ fn repository(sim: &SimState, method: &Method, path: &str, body: Option<&Value>)
     }
 }
 
+/// With an open registry ([`super::SimOptions::open_registry`]), makes up trial `id` if it is
+/// valid and unknown: approved, starting the registry's lead plus `later` from now.
+fn make_up(sim: &SimState, trials: &mut HashMap<String, Value>, id: &str, later: Duration) {
+    let Some(lead) = sim.options.open_registry else {
+        return;
+    };
+    if trials.contains_key(id) || TrialId::parse(id).is_err() {
+        return;
+    }
+    let start = Utc::now() + chrono::Duration::from_std(lead + later).unwrap_or_default();
+    trials.insert(id.to_owned(), Platform::trial(id, Some(start)));
+    lock(&sim.made_up).insert(id.to_owned());
+}
+
+/// The trial a callback URL (`…/trial/{id}/callback/{kind}`) is for.
+fn callback_trial(url: &str) -> Option<String> {
+    let url = url::Url::parse(url).ok()?;
+    let mut segments = url.path_segments()?;
+    segments.find(|s| *s == "trial")?;
+    segments.next().map(str::to_owned)
+}
+
 fn enforcement(
+    sim: &SimState,
     method: &Method,
     path: &str,
     query: &HashMap<String, String>,
@@ -312,6 +346,13 @@ fn enforcement(
         })
     };
     let with_callback = |status: u16, body: Option<Value>, activity| match callback(activity) {
+        // A made-up trial's callbacks are sent by hand.
+        Some(callback)
+            if callback_trial(&callback.url)
+                .is_some_and(|trial| lock(&sim.made_up).contains(&trial)) =>
+        {
+            answer(status, body)
+        }
         Some(callback) => Answer {
             callback: Some(callback),
             ..answer(status, body)

@@ -43,6 +43,11 @@ impl Scratch {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Keeps the directory and what is in it: it is no longer removed. Returns its path.
+    pub fn keep(self) -> PathBuf {
+        std::mem::ManuallyDrop::new(self).path.clone()
+    }
 }
 
 impl Drop for Scratch {

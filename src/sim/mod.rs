@@ -11,7 +11,7 @@ mod behaviour;
 pub mod local;
 pub mod operator;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -192,6 +192,13 @@ pub struct SimOptions {
     /// progress this often with `POST .../callback/progress` (a percentage and what it is
     /// doing); `None` for never.
     pub progress_interval: Option<Duration>,
+    /// When set, the repository takes any valid trial id it does not know for an approved
+    /// trial starting this long after it is first asked about (created then and remembered,
+    /// so later status writes stick), and its trial list also holds [`PLANNED_TRIALS`]. Trial
+    /// enforcement leaves the callbacks of such trials to whoever plays it by hand. `lcm demo`
+    /// sets it so that every example of the README can be tried; `None` (the tests) knows only
+    /// the trials given with [`Platform::add_trial`].
+    pub open_registry: Option<Duration>,
 }
 
 impl Default for SimOptions {
@@ -200,14 +207,25 @@ impl Default for SimOptions {
             callback_delay: Duration::from_millis(20),
             kpi_oauth2: true,
             progress_interval: None,
+            open_registry: None,
         }
     }
 }
+
+/// The future trials an open registry (see [`SimOptions::open_registry`]) lists besides the
+/// ones it was asked about, with how long after its first listing each starts: something for
+/// `schedule-all` to schedule.
+pub const PLANNED_TRIALS: [(&str, Duration); 2] = [
+    ("planned-1", Duration::from_secs(10 * 60)),
+    ("planned-2", Duration::from_secs(20 * 60)),
+];
 
 /// The state the three components share.
 pub struct SimState {
     options: SimOptions,
     trials: Mutex<HashMap<String, Value>>,
+    /// The trials an open registry made up; trial enforcement does not call back for them.
+    made_up: Mutex<HashSet<String>>,
     requests: Mutex<Vec<RecordedRequest>>,
     callbacks: Mutex<Vec<RecordedCallback>>,
     faults: Mutex<Vec<Fault>>,
@@ -314,6 +332,7 @@ impl Platform {
         let state = Arc::new(SimState {
             options,
             trials: Mutex::new(HashMap::new()),
+            made_up: Mutex::new(HashSet::new()),
             requests: Mutex::new(Vec::new()),
             callbacks: Mutex::new(Vec::new()),
             faults: Mutex::new(Vec::new()),

@@ -1,7 +1,9 @@
-//! The real `lcm` binary: `lcm demo --exit` runs a trial to FINISHED and shows its steps in
-//! order; `lcm bench` runs a few trials and prints its table.
+//! The real `lcm` binary: `lcm demo --exit` runs a trial to FINISHED and shows each of its
+//! steps once, in order (`--keep` keeps its store, `--abort` shows an abort's clean-up);
+//! `lcm bench` runs a few trials and prints its table.
 
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
@@ -30,41 +32,141 @@ fn assert_in_order(text: &str, wanted: &[&str]) {
     }
 }
 
-#[tokio::test]
-async fn the_demo_runs_a_trial_to_finished_and_shows_each_step() {
+/// The steps of the trial up to the operator's last waiting point, in order.
+const TO_ACTIVE: [&str; 15] = [
+    "GetCallbackToken",
+    "GetTrialInfo",
+    "SliceDeployment",
+    "waiting for the slice callback (slice created)",
+    "waiting for the slice callback (slice created): ",
+    "signal accepted: slice callback",
+    "UpdateDeploymentSlice",
+    "EnforceUavPlan",
+    "UpdateUavPlanStatus",
+    "CreateMeasurementJob",
+    "SendKpiIdle",
+    "UpdateStatusIdle",
+    "waiting for the operator (active or finish)",
+    "operator: POST /trial/demo-trial/active",
+    "SendKpiActive",
+];
+
+/// Runs `lcm demo --exit <extra>` on a free port; panics unless it succeeds. Returns its
+/// output and port.
+async fn demo(extra: &[&str]) -> (String, String) {
     let port = free_port().to_string();
-    let output = lcm(
-        &["demo", "--exit", "--port", &port],
-        Duration::from_secs(60),
-    )
-    .await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let mut args = vec!["demo", "--exit", "--port", &port];
+    args.extend_from_slice(extra);
+    let output = lcm(&args, Duration::from_secs(60)).await;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
         "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
         output.status
     );
-    assert_in_order(
-        &stdout,
-        &[
-            &format!("http://127.0.0.1:{port}"),
-            "demo-api-key",
-            "POST /debug/trial/schedule",
-            "SliceDeployment",
-            "waiting for the slice callback (slice created)",
-            "waiting for the operator (active or finish)",
-            "operator: POST /trial/demo-trial/active",
-            "waiting for the operator (finish)",
-            "operator: POST /trial/demo-trial/finish",
-            "waiting for the slice callback (slice closed)",
-            "FINISHED",
-            "ACTIVATING_1 -> ACTIVATING_2 -> IDLE -> ACTIVE -> STOPPING -> FINISHED",
-        ],
-    );
-    // Each step is printed once, with its elapsed time.
-    assert_eq!(stdout.matches("  SliceDeployment").count(), 1, "{stdout}");
-    assert!(stdout.contains("s  SliceDeployment"), "{stdout}");
+    (stdout, port)
+}
+
+/// The directory the demo says its store and logs are in.
+fn scratch_of(stdout: &str) -> PathBuf {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("store and logs:"))
+        .unwrap_or_else(|| panic!("no store directory printed:\n{stdout}"));
+    let path = line.trim_start().split(" (").next().unwrap_or_default();
+    PathBuf::from(path)
+}
+
+/// Panics unless each step is printed exactly once, as a line of its own after its time.
+fn assert_once(stdout: &str, steps: &[&str]) {
+    for step in steps {
+        let line = format!("s  {step}\n");
+        assert_eq!(stdout.matches(&line).count(), 1, "{step}:\n{stdout}");
+    }
+}
+
+#[tokio::test]
+async fn the_demo_runs_a_trial_to_finished_and_shows_each_step() {
+    let (stdout, port) = demo(&[]).await;
+    let url = format!("http://127.0.0.1:{port}");
+    let mut wanted = vec![
+        url.as_str(),
+        "demo-api-key",
+        "POST /debug/trial/schedule",
+        "GET /trial/demo-trial/events",
+    ];
+    wanted.extend(TO_ACTIVE);
+    wanted.extend([
+        "UpdateStatusActive",
+        "waiting for the operator (finish)",
+        "operator: POST /trial/demo-trial/finish",
+        "UpdateStatusStopping",
+        "SendKpiFinish",
+        "DeleteMeasurementJob",
+        "CloseService",
+        "waiting for the slice callback (slice closed)",
+        "UpdateStatusFinish",
+        "RemoveCallbackToken",
+        "Finish\n",
+        "Finished\n",
+        "ACTIVATING_1 -> ACTIVATING_2 -> IDLE -> ACTIVE -> STOPPING -> FINISHED",
+    ]);
+    assert_in_order(&stdout, &wanted);
+    // Every step once, the first one included: it used to be missed between two polls.
+    assert_once(&stdout, &TO_ACTIVE[..3]);
+    assert_once(&stdout, &["CloseService", "RemoveCallbackToken", "Finish"]);
+    // Without --keep, the directory it printed is gone once it has exited.
+    let scratch = scratch_of(&stdout);
+    assert!(scratch.starts_with(std::env::temp_dir()), "{stdout}");
+    assert!(!scratch.exists(), "{} is left behind", scratch.display());
+    assert!(!stdout.contains("Kept"), "{stdout}");
+}
+
+#[tokio::test]
+async fn the_demo_keeps_its_store_and_logs_with_keep() {
+    let (stdout, _) = demo(&["--keep"]).await;
+    let scratch = scratch_of(&stdout);
+    let kept = format!("Kept the store and logs in {}\n", scratch.display());
+    assert!(stdout.ends_with(&kept), "{stdout}");
+    let store = scratch.join("data").join("lcm.sqlite3");
+    let finished: String = rusqlite::Connection::open(&store)
+        .expect("the store opens")
+        .query_row(
+            "SELECT engine_status FROM trials WHERE trial_id = 'demo-trial'",
+            [],
+            |row| row.get(0),
+        )
+        .expect("the demo's trial is in the store");
+    assert_eq!(finished, "Finished");
+    assert!(scratch.join("logs").is_dir());
+    std::fs::remove_dir_all(&scratch).expect("remove the kept directory");
+}
+
+#[tokio::test]
+async fn the_demo_aborts_its_trial_with_abort_and_shows_the_clean_up() {
+    let (stdout, _) = demo(&["--abort"]).await;
+    let mut wanted = vec!["POST /debug/trial/schedule"];
+    wanted.extend(TO_ACTIVE);
+    wanted.extend([
+        "UpdateStatusActive",
+        "waiting for the operator (finish)",
+        "operator: POST /trial/demo-trial/abort: trial demo-trial: abort accepted",
+        "abort requested: lcm demo --abort",
+        "clean-up started",
+        "SendKpiFinish (clean-up)",
+        "DeleteMeasurementJob (clean-up)",
+        "CloseService (clean-up)",
+        "waiting for the slice callback (slice closed)",
+        "UpdateStatusAborted (clean-up)",
+        "RemoveCallbackToken (clean-up)",
+        "clean-up completed",
+        "Aborted\n",
+        "ACTIVATING_1 -> ACTIVATING_2 -> IDLE -> ACTIVE -> ABORTED",
+    ]);
+    assert_in_order(&stdout, &wanted);
+    assert!(!stdout.contains("UpdateStatusStopping"), "{stdout}");
+    assert!(!stdout.contains("Finished\n"), "{stdout}");
 }
 
 #[tokio::test]

@@ -18,6 +18,7 @@ mod load;
 mod observe;
 mod openapi;
 mod races;
+mod readme;
 mod records;
 mod resilience;
 mod roles;
