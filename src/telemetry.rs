@@ -141,8 +141,9 @@ const SIGNALS: [&str; 13] = [
 ];
 
 /// The outcomes of `lcm_signals_total` (`SignalOutcome::label`).
-const SIGNAL_OUTCOMES: [&str; 5] = [
+const SIGNAL_OUTCOMES: [&str; 6] = [
     "accepted",
+    "not_saved",
     "held",
     "already_registered",
     "refused_wrong_phase",

@@ -48,7 +48,7 @@ fn restore_error(e: RestoreError) -> ApiError {
         | RestoreError::CleanupFailed
         | RestoreError::NotSkippable(_) => ApiError::conflict(e.to_string()),
         RestoreError::Gone => ApiError::not_found(e.to_string()),
-        RestoreError::NotSaved(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        RestoreError::NotSaved(_) => ApiError::unavailable(e.to_string()),
     }
 }
 

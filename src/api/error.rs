@@ -67,6 +67,10 @@ impl ApiError {
     pub fn bad_gateway(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_GATEWAY, detail)
     }
+
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, detail)
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -131,10 +135,12 @@ impl From<ScheduleError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the change was not saved, so it was not made: {e}"),
-        )
+        Self::unavailable(match e {
+            StoreError::Unreadable(_) => format!("the store could not be read; retry: {e}"),
+            StoreError::Backend(_) | StoreError::Closed => {
+                format!("the change was not saved, so it was not made: {e}")
+            }
+        })
     }
 }
 

@@ -15,7 +15,9 @@ use super::extract::{CallbackToken, Operator, OptionalJson, TrialIdParam, TrialP
 use super::view::{self, Found};
 use super::{AppState, Message};
 use crate::domain::TrialId;
-use crate::engine::executor::{Control, ControlOutcome, ProgressReport, SignalOutcome};
+use crate::engine::executor::{
+    Control, ControlError, ControlOutcome, ProgressReport, SignalOutcome,
+};
 use crate::engine::sequence::Signal;
 
 /// The callback kinds, as path segments.
@@ -193,11 +195,13 @@ async fn callback(
     signal_answer(&id, signal, outcome)
 }
 
-/// Turns the answer to an action into the API's: 200 with what was done, or 409 with why not.
+/// Turns the answer to an action into the API's: 200 with what was done, 409 with why it does
+/// not fit now, or 503 when it could not be saved.
 fn control_answer(outcome: ControlOutcome) -> Result<Json<Message>, ApiError> {
-    outcome
-        .map(|m| Json(Message::new(m)))
-        .map_err(ApiError::conflict)
+    outcome.map(|m| Json(Message::new(m))).map_err(|e| match e {
+        ControlError::Refused(why) => ApiError::conflict(why),
+        ControlError::NotSaved(_) => ApiError::unavailable(e.to_string()),
+    })
 }
 
 /// A component's progress report
@@ -283,6 +287,7 @@ async fn steerable(
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "The trial has no engine", body = ErrorBody),
         (status = 409, description = "The trial has finished or was aborted", body = ErrorBody),
+        (status = 503, description = "The change could not be saved; nothing was changed", body = ErrorBody),
         (status = 422, description = "An unknown field, or a reason that is too long", body = ErrorBody),
     ),
 )]
@@ -315,6 +320,7 @@ async fn abort(
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "The trial has no engine", body = ErrorBody),
         (status = 409, description = "The trial is not running (ended, failed, or cleaning up)", body = ErrorBody),
+        (status = 503, description = "The change could not be saved; nothing was changed", body = ErrorBody),
         (status = 422, description = "An unknown field, or a reason that is too long", body = ErrorBody),
     ),
 )]
@@ -343,6 +349,7 @@ async fn pause(
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "The trial has no engine", body = ErrorBody),
         (status = 409, description = "The trial is not running", body = ErrorBody),
+        (status = 503, description = "The change could not be saved; nothing was changed", body = ErrorBody),
         (status = 422, description = "An unknown field, or a reason that is too long", body = ErrorBody),
     ),
 )]

@@ -15,11 +15,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant as Deadline;
 use tracing::{error, info, warn};
 
-use super::sequence::{self, Next, Signal, Step, WAITS, Wait, Waiter};
+use super::sequence::{self, Signal, Step, WAITS, Wait, Waiter};
 use super::state;
-use super::state::{
-    Checkpoint, EventKind, Failure, Lifecycle, Mode, Position, Progress, SliceState,
-};
+use super::state::{Checkpoint, EventKind, Lifecycle, Mode, Position, Progress, SliceState};
 use super::steps::{self, StepCx, StepError};
 use super::{EngineDeps, EngineShared};
 use crate::domain::TrialId;
@@ -74,9 +72,34 @@ impl Control {
     }
 }
 
-/// How an action, or a progress report, was taken: `Ok` with what was done, or `Err` with
-/// why it does not fit now (the API's 409).
-pub type ControlOutcome = Result<String, String>;
+/// Why an operator's action, or a component's progress report, was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// It does not fit where the trial is now (the API's 409).
+    #[error("{0}")]
+    Refused(String),
+    /// It fits, but could not be saved, so it was not made (the API's 503).
+    #[error("the change was not saved, so it was not made: {0}")]
+    NotSaved(String),
+}
+
+impl ControlError {
+    /// The outcome as a metrics label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ControlError::Refused(_) => "refused_wrong_phase",
+            ControlError::NotSaved(_) => "not_saved",
+        }
+    }
+}
+
+/// How an action, or a progress report, was taken: `Ok` with what was done.
+pub type ControlOutcome = Result<String, ControlError>;
+
+/// An action that does not fit now, with why.
+fn refused(reason: String) -> ControlOutcome {
+    Err(ControlError::Refused(reason))
+}
 
 /// A component's progress report (SPEC §13).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,10 +230,7 @@ impl Executor {
                 Outcome::Finished => return self.end(Lifecycle::Finished).await,
                 Outcome::Aborted => return self.end(Lifecycle::Aborted).await,
                 Outcome::Failed(reason) => return self.fail(reason).await,
-                Outcome::Abort(reason) => match self.begin_cleanup(reason) {
-                    Some(position) => position,
-                    None => return self.end(Lifecycle::Aborted).await,
-                },
+                Outcome::Abort(reason) => self.begin_cleanup(reason),
             };
             self.checkpoint.position = position;
             if let Err(e) = self.save(self.lifecycle()).await {
@@ -277,7 +297,7 @@ impl Executor {
                             let _ = reply.send(during_step(step, signal, accepted, held));
                         }
                         Command::Progress(_, reply) => {
-                            let _ = reply.send(Err(format!(
+                            let _ = reply.send(refused(format!(
                                 "no component callback is awaited: the executor is running {}",
                                 step.name()
                             )));
@@ -342,14 +362,9 @@ impl Executor {
 
     /// Where the path goes after `step` completed.
     fn after(&self, step: Step) -> Outcome {
-        let to = |next: Next| match next {
-            Next::Step(next) => Some(Position::Run(next)),
-            Next::Wait(wait) => Some(Position::Wait(wait)),
-            Next::End => None,
-        };
         match &self.checkpoint.mode {
             Mode::Normal => match sequence::after(step, !self.deps.settings.executor.disable_vnf) {
-                Some(next) => to(next).map_or(Outcome::Finished, Outcome::To),
+                Some(next) => next.position().map_or(Outcome::Finished, Outcome::To),
                 None => Outcome::Failed(format!(
                     "{} is not a step of the trial sequence",
                     step.name()
@@ -357,12 +372,9 @@ impl Executor {
             },
             Mode::Cleanup { .. } => {
                 let data = &self.checkpoint.data;
-                to(sequence::cleanup_after(
-                    Some(step),
-                    data.kpi_status,
-                    &data.ledger,
-                ))
-                .map_or(Outcome::Aborted, Outcome::To)
+                sequence::cleanup_after(Some(step), data.kpi_status, &data.ledger)
+                    .position()
+                    .map_or(Outcome::Aborted, Outcome::To)
             }
         }
     }
@@ -383,7 +395,7 @@ impl Executor {
                     let _ = reply.send(during_step(step, signal, accepted, held));
                 }
                 Command::Progress(_, reply) => {
-                    let _ = reply.send(Err(format!(
+                    let _ = reply.send(refused(format!(
                         "no component callback is awaited: the trial is paused before {}",
                         step.name()
                     )));
@@ -521,7 +533,7 @@ impl Executor {
                 }
                 Command::Progress(report, reply) => {
                     if spec.waiter != Waiter::Component {
-                        let _ = reply.send(Err(format!(
+                        let _ = reply.send(refused(format!(
                             "no component callback is awaited: the executor is waiting for {}",
                             spec.waiting_for
                         )));
@@ -538,7 +550,7 @@ impl Executor {
                     }
                 }
                 Command::Control(Control::Step { .. }, reply) => {
-                    let _ = reply.send(Err(if self.checkpoint.paused {
+                    let _ = reply.send(refused(if self.checkpoint.paused {
                         format!(
                             "the trial is waiting for {}: nothing to step yet",
                             spec.waiting_for
@@ -605,18 +617,10 @@ impl Executor {
         }));
     }
 
-    /// Switches to the clean-up path (SPEC §14); returns where it starts, or `None` when
-    /// there is nothing at all to do.
-    fn begin_cleanup(&mut self, reason: String) -> Option<Position> {
-        let checkpoint = &mut self.checkpoint;
-        checkpoint.data.ledger = sequence::ledger_at(checkpoint.position, &checkpoint.data.ledger);
-        checkpoint.mode = Mode::Cleanup {
-            reason: reason.clone(),
-        };
-        checkpoint.paused = false;
+    /// Switches to the clean-up path (SPEC §14); returns where it starts.
+    fn begin_cleanup(&mut self, reason: String) -> Position {
+        sequence::start_cleanup(&mut self.checkpoint, &reason);
         self.stepping = false;
-        let first =
-            sequence::cleanup_after(None, checkpoint.data.kpi_status, &checkpoint.data.ledger);
         info!(reason = %reason, "aborting: the clean-up starts");
         self.shared
             .journal
@@ -627,11 +631,7 @@ impl Executor {
             Some(format!("{reason}; undoing what the trial deployed")),
             None,
         );
-        match first {
-            Next::Step(step) => Some(Position::Run(step)),
-            Next::Wait(wait) => Some(Position::Wait(wait)),
-            Next::End => None,
-        }
+        self.checkpoint.position
     }
 
     /// Hands the checkpoint to the watchdog and waits until it is kept.
@@ -685,20 +685,7 @@ impl Executor {
         self.shared
             .journal
             .event(EventKind::TrialFailed, None, Some(reason.clone()), None);
-        let cleanup_failed = self.cleaning_up();
-        let data = &self.checkpoint.data;
-        self.checkpoint.failure = Some(Failure {
-            reason: reason.clone(),
-            at: state::now(),
-            reported: false,
-            cleanup_failed,
-            leftovers: if cleanup_failed {
-                data.ledger
-                    .leftovers(self.id.as_str(), data.info.as_deref())
-            } else {
-                Vec::new()
-            },
-        });
+        self.checkpoint.failure = Some(self.checkpoint.failure(self.id.as_str(), reason.clone()));
         self.shared.move_to(Lifecycle::Failed, &self.checkpoint);
         if let Err(e) = self.save(Lifecycle::Failed).await {
             warn!(error = %e, "the failure checkpoint was not saved");
@@ -767,15 +754,15 @@ async fn set_pause(
     cleanup: bool,
 ) -> ControlOutcome {
     if cleanup {
-        return Err(format!(
+        return refused(format!(
             "trial {id} is being aborted: its clean-up cannot be paused or stepped"
         ));
     }
     let (want, reason, kind) = match control {
         Control::Pause { reason } => (true, reason, EventKind::Paused),
         Control::Resume { reason } => (false, reason, EventKind::Resumed),
-        Control::Step { .. } => return Err(format!("trial {id} is not paused")),
-        Control::Abort { .. } => return Err(format!("trial {id}: abort is not a pause")),
+        Control::Step { .. } => return refused(format!("trial {id} is not paused")),
+        Control::Abort { .. } => return refused(format!("trial {id}: abort is not a pause")),
     };
     if *paused == want {
         return Ok(format!(
@@ -791,7 +778,7 @@ async fn set_pause(
             paused: want,
         })
         .await
-        .map_err(|e| format!("the change was not saved, so it was not made: {e}"))?;
+        .map_err(|e| ControlError::NotSaved(e.to_string()))?;
     *paused = want;
     shared.journal.event(kind, None, reason, None);
     shared.set_paused(want);

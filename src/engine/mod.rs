@@ -30,7 +30,7 @@ use crate::domain::TrialId;
 use crate::services::ServiceClient;
 use crate::store::{RecoveredTrial, Store, TrialRecord};
 use crate::tokens::TokenManager;
-use executor::{Command, Control, ControlOutcome, ProgressReport, SignalOutcome};
+use executor::{Command, Control, ControlError, ControlOutcome, ProgressReport, SignalOutcome};
 use journal::Journal;
 use redact::Redactor;
 use sequence::{Signal, Step};
@@ -229,21 +229,19 @@ impl EngineHandle {
 
     async fn deliver(&self, signal: Signal) -> SignalOutcome {
         let not_live = || SignalOutcome::NotLive(self.shared.state.borrow().lifecycle);
-        if !self.shared.state.borrow().lifecycle.is_live() {
-            return not_live();
-        }
-        let sender = self.shared.commands().clone();
-        let (reply, answer) = oneshot::channel();
-        if sender.send(Command::Signal(signal, reply)).await.is_err() {
-            return not_live();
-        }
-        answer.await.unwrap_or_else(|_| not_live())
+        self.ask(|reply| Command::Signal(signal, reply), not_live)
+            .await
     }
 
     /// A component's progress report; refused unless the executor waits for a component.
     pub async fn progress(&self, report: ProgressReport) -> ControlOutcome {
-        let outcome = self.ask(|reply| Command::Progress(report, reply)).await;
-        count_signal("progress", &outcome);
+        let outcome = self
+            .ask(
+                |reply| Command::Progress(report, reply),
+                || Err(self.not_live()),
+            )
+            .await;
+        count_signal("progress", control_label(&outcome));
         outcome
     }
 
@@ -252,44 +250,61 @@ impl EngineHandle {
     pub async fn control(&self, control: Control) -> ControlOutcome {
         let name = control.name();
         let outcome = match control {
-            Control::Abort { reason } => {
-                let (reply, answer) = oneshot::channel();
-                let request = ControlRequest::Abort { reason, reply };
-                if self.shared.controls.send(request).await.is_err() {
-                    Err(self.not_live())
-                } else {
-                    answer.await.unwrap_or_else(|_| Err(self.not_live()))
-                }
+            Control::Abort { reason } => self.abort(reason).await,
+            control => {
+                self.ask(
+                    |reply| Command::Control(control, reply),
+                    || Err(self.not_live()),
+                )
+                .await
             }
-            control => self.ask(|reply| Command::Control(control, reply)).await,
         };
-        count_signal(name, &outcome);
+        count_signal(name, control_label(&outcome));
         outcome
     }
 
-    /// Sends a command to the executor and waits for its answer.
-    async fn ask(
-        &self,
-        command: impl FnOnce(oneshot::Sender<ControlOutcome>) -> Command,
-    ) -> ControlOutcome {
-        if !self.shared.state.borrow().lifecycle.is_live() {
-            return Err(self.not_live());
+    async fn abort(&self, reason: String) -> ControlOutcome {
+        {
+            let shown = self.shared.state.borrow();
+            // An ended trial has nothing to abort; a failed one is cleaned up only once its
+            // failure procedure is done (the watchdog is busy with it until then).
+            if let Some(refusal) = RestoreError::shown(shown.lifecycle, shown.failure.as_ref()) {
+                return Err(refusal.refusing_abort(self.shared.id.as_str()));
+            }
         }
-        let sender = self.shared.commands().clone();
         let (reply, answer) = oneshot::channel();
-        if sender.send(command(reply)).await.is_err() {
+        let request = ControlRequest::Abort { reason, reply };
+        if self.shared.controls.send(request).await.is_err() {
             return Err(self.not_live());
         }
         answer.await.unwrap_or_else(|_| Err(self.not_live()))
     }
 
-    fn not_live(&self) -> String {
+    /// Sends a command to a live executor and waits for its answer; `not_live` answers when
+    /// there is no live executor to ask.
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+        not_live: impl Fn() -> T,
+    ) -> T {
+        if !self.shared.state.borrow().lifecycle.is_live() {
+            return not_live();
+        }
+        let sender = self.shared.commands().clone();
+        let (reply, answer) = oneshot::channel();
+        if sender.send(command(reply)).await.is_err() {
+            return not_live();
+        }
+        answer.await.unwrap_or_else(|_| not_live())
+    }
+
+    fn not_live(&self) -> ControlError {
         let lifecycle = self.shared.state.borrow().lifecycle;
-        format!(
+        ControlError::Refused(format!(
             "trial '{}' does not take this now: its engine is {}",
             self.shared.id,
             lifecycle.engine_status().name()
-        )
+        ))
     }
 
     /// The trial's callback token, once minted.
@@ -307,7 +322,12 @@ impl EngineHandle {
         let outcome = self
             .to_watchdog(|reply| ControlRequest::Skip { reason, reply })
             .await;
-        count_signal("skip", &outcome);
+        count_signal(
+            "skip",
+            outcome
+                .as_ref()
+                .map_or_else(RestoreError::label, |_| "accepted"),
+        );
         outcome
     }
 
@@ -316,18 +336,10 @@ impl EngineHandle {
         request: impl FnOnce(oneshot::Sender<Result<String, RestoreError>>) -> ControlRequest,
     ) -> Result<String, RestoreError> {
         {
+            // The watchdog answers once the failure procedure is done; say so at once.
             let shown = self.shared.state.borrow();
-            match shown.lifecycle {
-                Lifecycle::Finished => return Err(RestoreError::Ended("finished")),
-                Lifecycle::Aborted => return Err(RestoreError::Ended("been aborted")),
-                // The watchdog answers once the failure procedure is done; say so at once.
-                Lifecycle::Failed if shown.failure.as_ref().is_some_and(|f| !f.reported) => {
-                    return Err(RestoreError::Reporting);
-                }
-                Lifecycle::Failed
-                | Lifecycle::Running
-                | Lifecycle::Waiting
-                | Lifecycle::Stopped => {}
+            if let Some(refusal) = RestoreError::shown(shown.lifecycle, shown.failure.as_ref()) {
+                return Err(refusal);
             }
         }
         let (reply, answer) = oneshot::channel();
@@ -376,12 +388,13 @@ impl EngineHandle {
     }
 }
 
-fn count_signal<T, E>(signal: &'static str, outcome: &Result<T, E>) {
-    let label = if outcome.is_ok() {
-        "accepted"
-    } else {
-        "refused_wrong_phase"
-    };
+fn control_label(outcome: &ControlOutcome) -> &'static str {
+    outcome
+        .as_ref()
+        .map_or_else(ControlError::label, |_| "accepted")
+}
+
+fn count_signal(signal: &'static str, label: &'static str) {
     metrics::counter!("lcm_signals_total", "signal" => signal, "outcome" => label).increment(1);
 }
 

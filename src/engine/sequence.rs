@@ -10,7 +10,7 @@
 //! Every name here (`Step::name`, `Wait::name`, `Signal::name`) is also how the store writes
 //! it: renaming a variant changes nothing on disk, renaming a name needs a migration.
 
-use super::state::{KpiStatus, Ledger, Position, SliceState};
+use super::state::{Checkpoint, KpiStatus, Ledger, Mode, Position, SliceState};
 
 /// A step of the executor, named as in the spec and the diagrams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -74,6 +74,17 @@ pub enum Next {
     Wait(Wait),
     /// The path is done: the trial finished (or, cleaning up, was aborted).
     End,
+}
+
+impl Next {
+    /// Where the executor stands to go there; `None` at the end of the path.
+    pub fn position(self) -> Option<Position> {
+        match self {
+            Next::Step(step) => Some(Position::Run(step)),
+            Next::Wait(wait) => Some(Position::Wait(wait)),
+            Next::End => None,
+        }
+    }
 }
 
 /// What comes after a step, as the table declares it.
@@ -294,6 +305,24 @@ pub fn cleanup_after(done: Option<Step>, kpi_status: Option<KpiStatus>, ledger: 
         .iter()
         .find(|(_, undoes)| needed(*undoes, kpi_status, ledger))
         .map_or(Next::End, |(step, _)| Next::Step(*step))
+}
+
+/// Turns `checkpoint` to the clean-up path of an abort for `reason` (a clean-up that failed
+/// keeps its first reason): what the trial deployed is counted from where it stands, the pause
+/// is lifted, and the position is the first clean-up step whose work exists. The path always
+/// ends with the repository status and the token, so there is always a first step.
+pub fn start_cleanup(checkpoint: &mut Checkpoint, reason: &str) {
+    checkpoint.data.ledger = ledger_at(checkpoint.position, &checkpoint.data.ledger);
+    if !matches!(checkpoint.mode, Mode::Cleanup { .. }) {
+        checkpoint.mode = Mode::Cleanup {
+            reason: reason.to_owned(),
+        };
+    }
+    checkpoint.paused = false;
+    let data = &checkpoint.data;
+    checkpoint.position = cleanup_after(None, data.kpi_status, &data.ledger)
+        .position()
+        .unwrap_or(Position::Run(UpdateStatusAborted));
 }
 
 /// What the trial may have deployed, counting the step in flight at `position`: a slice

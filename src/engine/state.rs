@@ -332,6 +332,25 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// The failure of trial `trial` at this checkpoint: a failure while cleaning up names what
+    /// is still deployed, counting a slice deployment that was in flight.
+    pub fn failure(&self, trial: &str, reason: String) -> Failure {
+        let cleanup_failed = matches!(self.mode, Mode::Cleanup { .. });
+        let leftovers = if cleanup_failed {
+            super::sequence::ledger_at(self.position, &self.data.ledger)
+                .leftovers(trial, self.data.info.as_deref())
+        } else {
+            Vec::new()
+        };
+        Failure {
+            reason,
+            at: now(),
+            reported: false,
+            cleanup_failed,
+            leftovers,
+        }
+    }
+
     /// The checkpoint of a new engine, before its first step.
     pub fn new(started_at: DateTime<Utc>) -> Self {
         Self {
@@ -473,6 +492,28 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// What the API shows of an engine at `checkpoint`.
+    pub fn at(
+        lifecycle: Lifecycle,
+        checkpoint: &Checkpoint,
+        created_at: DateTime<Utc>,
+        updated_at: DateTime<Utc>,
+        ended_at: Option<DateTime<Utc>>,
+    ) -> Self {
+        Self {
+            lifecycle,
+            position: checkpoint.position,
+            mode: checkpoint.mode.clone(),
+            kpi_status: checkpoint.data.kpi_status,
+            failure: checkpoint.failure.clone(),
+            paused: checkpoint.paused,
+            progress: None,
+            created_at,
+            updated_at,
+            ended_at,
+        }
+    }
+
     /// The engine status of the list view.
     pub fn engine_status(&self) -> EngineStatus {
         self.lifecycle.engine_status()

@@ -16,10 +16,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant as Deadline;
 use tracing::{Instrument, error, info, warn};
 
-use super::executor::{Checkpointed, Command, Control, ControlOutcome, Executor, ExecutorExit};
+use super::executor::{
+    Checkpointed, Command, Control, ControlError, ControlOutcome, Executor, ExecutorExit,
+};
 use super::failure;
 use super::sequence::{self, Next, Waiter};
-use super::state;
 use super::state::{Checkpoint, EventKind, Failure, Lifecycle, Mode, Position};
 use super::{EngineShared, SIGNAL_QUEUE};
 use crate::store::{Op, TrialRecord};
@@ -30,7 +31,7 @@ pub enum RestoreError {
     #[error("the engine is running; only a failed engine can be restored")]
     Running,
     #[error("the trial has {0}; there is nothing to restore")]
-    Ended(&'static str),
+    Ended(Ended),
     #[error("the engine is gone")]
     Gone,
     #[error(
@@ -43,6 +44,62 @@ pub enum RestoreError {
     NotSkippable(String),
     #[error("the change was not saved, so it was not made: {0}")]
     NotSaved(String),
+}
+
+/// How a trial ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Finished,
+    Aborted,
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Ended::Finished => "finished",
+            Ended::Aborted => "been aborted",
+        })
+    }
+}
+
+impl RestoreError {
+    /// Why an engine in `lifecycle`, with `failure`, cannot be restored, skipped or aborted
+    /// by the watchdog, as far as its shown state tells: it ended, or its failure procedure
+    /// still runs. The watchdog checks more (a live executor, a stopped engine).
+    pub(super) fn shown(lifecycle: Lifecycle, failure: Option<&Failure>) -> Option<Self> {
+        match lifecycle {
+            Lifecycle::Finished => Some(RestoreError::Ended(Ended::Finished)),
+            Lifecycle::Aborted => Some(RestoreError::Ended(Ended::Aborted)),
+            Lifecycle::Failed if failure.is_some_and(|f| !f.reported) => {
+                Some(RestoreError::Reporting)
+            }
+            Lifecycle::Failed | Lifecycle::Running | Lifecycle::Waiting | Lifecycle::Stopped => {
+                None
+            }
+        }
+    }
+
+    /// The outcome as a metrics label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RestoreError::NotSaved(_) => "not_saved",
+            RestoreError::Running
+            | RestoreError::Ended(_)
+            | RestoreError::Gone
+            | RestoreError::Reporting
+            | RestoreError::CleanupFailed
+            | RestoreError::NotSkippable(_) => "refused_wrong_phase",
+        }
+    }
+
+    /// The refusal of an abort: said of the trial `id`.
+    pub(super) fn refusing_abort(self, id: &str) -> ControlError {
+        match self {
+            RestoreError::Ended(ended) => ControlError::Refused(format!("trial {id} has {ended}")),
+            RestoreError::NotSaved(e) => ControlError::NotSaved(e),
+            other => ControlError::Refused(other.to_string()),
+        }
+    }
 }
 
 /// What only the watchdog does.
@@ -235,13 +292,7 @@ impl Watchdog {
         self.shared
             .journal
             .event(EventKind::TrialFailed, None, Some(reason.clone()), None);
-        self.checkpoint.failure = Some(Failure {
-            reason,
-            at: state::now(),
-            reported: false,
-            cleanup_failed: matches!(self.checkpoint.mode, Mode::Cleanup { .. }),
-            leftovers: Vec::new(),
-        });
+        self.checkpoint.failure = Some(self.checkpoint.failure(self.shared.id.as_str(), reason));
         self.lifecycle = Lifecycle::Failed;
         self.shared.move_to(Lifecycle::Failed, &self.checkpoint);
         if let Err(e) = self.save().await {
@@ -267,19 +318,15 @@ impl Watchdog {
 
     /// Why a failed engine cannot be restored, skipped or aborted right now.
     fn refuse_unless_failed(&self) -> Result<(), RestoreError> {
+        if let Some(refusal) = RestoreError::shown(self.lifecycle, self.checkpoint.failure.as_ref())
+        {
+            return Err(refusal);
+        }
         match self.lifecycle {
-            Lifecycle::Finished => return Err(RestoreError::Ended("finished")),
-            Lifecycle::Aborted => return Err(RestoreError::Ended("been aborted")),
-            Lifecycle::Stopped => return Err(RestoreError::Gone),
-            Lifecycle::Running | Lifecycle::Waiting => return Err(RestoreError::Running),
-            Lifecycle::Failed => {}
-        }
-        if self.executor.is_some() {
-            return Err(RestoreError::Running);
-        }
-        match &self.checkpoint.failure {
-            Some(f) if !f.reported => Err(RestoreError::Reporting),
-            _ => Ok(()),
+            Lifecycle::Stopped => Err(RestoreError::Gone),
+            Lifecycle::Running | Lifecycle::Waiting => Err(RestoreError::Running),
+            Lifecycle::Failed if self.executor.is_some() => Err(RestoreError::Running),
+            Lifecycle::Failed | Lifecycle::Finished | Lifecycle::Aborted => Ok(()),
         }
     }
 
@@ -331,10 +378,9 @@ impl Watchdog {
                 if let Some(refusal) = sequence::skip_refusal(step) {
                     return Err(RestoreError::NotSkippable(refusal));
                 }
-                let next = match sequence::after(step, vnf) {
-                    Some(Next::Step(next)) => Position::Run(next),
-                    Some(Next::Wait(wait)) => Position::Wait(wait),
-                    Some(Next::End) | None => {
+                let next = match sequence::after(step, vnf).and_then(Next::position) {
+                    Some(next) => next,
+                    None => {
                         return Err(RestoreError::NotSkippable(format!(
                             "{} is the last step: restore the trial instead",
                             step.name()
@@ -411,42 +457,24 @@ impl Watchdog {
 
     fn answer_pending_abort(&mut self) {
         if let Some((_, reply)) = self.pending_abort.take() {
-            let _ = reply.send(Err(format!(
-                "trial {} has {}",
-                self.shared.id,
-                if self.lifecycle == Lifecycle::Aborted {
-                    "been aborted"
-                } else {
-                    "finished"
-                }
-            )));
+            let ended = if self.lifecycle == Lifecycle::Aborted {
+                Ended::Aborted
+            } else {
+                Ended::Finished
+            };
+            let _ = reply.send(Err(
+                RestoreError::Ended(ended).refusing_abort(self.shared.id.as_str())
+            ));
         }
     }
 
     /// Starts (or, after a failed clean-up, retries) the clean-up of a failed engine.
     async fn abort(&mut self, reason: String) -> ControlOutcome {
-        self.refuse_unless_failed().map_err(|e| match e {
-            RestoreError::Ended(what) => format!("trial {} has {what}", self.shared.id),
-            other => other.to_string(),
-        })?;
+        self.refuse_unless_failed()
+            .map_err(|e| e.refusing_abort(self.shared.id.as_str()))?;
         let retry = matches!(self.checkpoint.mode, Mode::Cleanup { .. });
         // Planned from what is still deployed, so a retry redoes only what was not undone.
-        self.checkpoint.data.ledger =
-            sequence::ledger_at(self.checkpoint.position, &self.checkpoint.data.ledger);
-        if !retry {
-            self.checkpoint.mode = Mode::Cleanup {
-                reason: reason.clone(),
-            };
-        }
-        self.checkpoint.paused = false;
-        let data = &self.checkpoint.data;
-        self.checkpoint.position =
-            match sequence::cleanup_after(None, data.kpi_status, &data.ledger) {
-                Next::Step(step) => Position::Run(step),
-                Next::Wait(wait) => Position::Wait(wait),
-                // Never: the repository status is always written.
-                Next::End => Position::Run(sequence::Step::UpdateStatusAborted),
-            };
+        sequence::start_cleanup(&mut self.checkpoint, &reason);
         self.shared
             .journal
             .event(EventKind::AbortRequested, None, Some(reason.clone()), None);
@@ -457,7 +485,7 @@ impl Watchdog {
         };
         self.resume((EventKind::CleanupStarted, Some(detail)))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.refusing_abort(self.shared.id.as_str()))?;
         Ok(format!(
             "trial {}: abort accepted; the clean-up starts",
             self.shared.id

@@ -35,6 +35,9 @@ pub enum StoreError {
     Backend(String),
     #[error("store: the writer thread has stopped")]
     Closed,
+    /// A query failed: nothing was changed, the answer is just not known.
+    #[error("store: {0}")]
+    Unreadable(String),
 }
 
 /// A trial as the store keeps it: its checkpoint and where it stands.
@@ -309,12 +312,16 @@ impl Store {
         query: impl FnOnce(&mut dyn Reader) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || {
+        let read = tokio::task::spawn_blocking(move || {
             let mut reader = reader.lock().unwrap_or_else(|p| p.into_inner());
             query(reader.as_mut())
         })
         .await
-        .map_err(|e| StoreError::Backend(format!("the read did not run: {e}")))?
+        .map_err(|e| StoreError::Unreadable(format!("the read did not run: {e}")))?;
+        read.map_err(|e| match e {
+            StoreError::Backend(e) => StoreError::Unreadable(e),
+            other => other,
+        })
     }
 }
 

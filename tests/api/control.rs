@@ -344,6 +344,60 @@ async fn a_second_abort_while_cleaning_up_is_already_aborting_and_a_finished_tri
 }
 
 #[tokio::test]
+async fn an_abort_waits_until_the_failure_procedure_is_done() {
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(single_attempt),
+        ..AppOptions::default()
+    })
+    .await;
+    let id = "abort-reporting";
+    app.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "POST",
+            "/sliceDeployment",
+            FaultAction::Status(400),
+        )
+        .for_trial(id),
+    );
+    // The failure report is the trial's first repository status write: it takes a while.
+    app.platform.inject(
+        Fault::new(
+            Component::Repository,
+            "PUT",
+            "/trial/",
+            FaultAction::Delay(Duration::from_millis(1500)),
+        )
+        .for_trial(id)
+        .times(1),
+    );
+    app.start_trial(id).await;
+    app.wait_for(id, "failed, still reporting", |s| {
+        s["failed"] == true && s["restorable"] == false
+    })
+    .await;
+    let early = app.post(&format!("/trial/{id}/abort"), None).await;
+    assert_eq!(early.status, StatusCode::CONFLICT, "{early:?}");
+    assert!(early.detail().contains("failure procedure"), "{early:?}");
+    app.wait_failed(id).await;
+    assert!(
+        !event_kinds(&app, id)
+            .await
+            .contains(&"abort_requested".to_owned()),
+        "the refused abort left no trace"
+    );
+    abort(&app, id, "aborted by the operator").await;
+    assert!(
+        app.platform
+            .status_history(id)
+            .iter()
+            .any(|s| s == "ABORTED"),
+        "the clean-up told the repository: {:?}",
+        app.platform.status_history(id)
+    );
+}
+
+#[tokio::test]
 async fn a_clean_up_that_fails_for_good_names_its_leftovers_and_abort_again_retries_it() {
     let app = spawn_app().await;
     let id = "leaky";
