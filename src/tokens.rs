@@ -65,6 +65,23 @@ impl TokenError {
     }
 }
 
+/// A token's revocation, to save and then to apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    jti: String,
+    exp: i64,
+}
+
+impl Revocation {
+    /// The store's operation that saves it.
+    pub fn op(&self) -> Op {
+        Op::Revoke {
+            jti: self.jti.clone(),
+            exp: self.exp,
+        }
+    }
+}
+
 /// Mints, verifies and revokes callback tokens.
 pub struct TokenManager {
     encoding: EncodingKey,
@@ -166,28 +183,38 @@ impl TokenManager {
         exp: i64,
         audit: Option<AuditEntry>,
     ) -> Result<(), StoreError> {
+        let revocation = Revocation {
+            jti: jti.to_owned(),
+            exp,
+        };
         if let Some(store) = &self.store {
-            store
-                .write_audited(
-                    Op::Revoke {
-                        jti: jti.to_owned(),
-                        exp,
-                    },
-                    audit,
-                )
-                .await?;
+            store.write_audited(revocation.op(), audit).await?;
         }
-        self.forget_until_expiry(jti, exp);
+        self.revoked(revocation);
         Ok(())
     }
 
     /// Revokes a token the LCM handed out. One that no longer verifies (expired, or signed
     /// with another secret) opens nothing, so there is nothing to revoke.
     pub async fn revoke(&self, token: &str) -> Result<(), StoreError> {
-        match self.decode(token) {
-            Ok(claims) => self.revoke_id(&claims.jti, claims.exp, None).await,
-            Err(_) => Ok(()),
+        match self.revocation(token) {
+            Some(r) => self.revoke_id(&r.jti, r.exp, None).await,
+            None => Ok(()),
         }
+    }
+
+    /// The revocation of a token the LCM handed out, to save with other changes and then
+    /// apply with [`TokenManager::revoked`]; `None` for a token that opens nothing anyway.
+    pub fn revocation(&self, token: &str) -> Option<Revocation> {
+        self.decode(token).ok().map(|claims| Revocation {
+            jti: claims.jti,
+            exp: claims.exp,
+        })
+    }
+
+    /// Refuses the revoked token from now on; call once its revocation is saved.
+    pub fn revoked(&self, revocation: Revocation) {
+        self.forget_until_expiry(&revocation.jti, revocation.exp);
     }
 
     fn forget_until_expiry(&self, jti: &str, exp: i64) {

@@ -164,18 +164,7 @@ async fn remove(
 ) -> Result<Response, ApiError> {
     let message = format!("Engine of trial {id} stopped and removed");
     let entry = audit.entry(StatusCode::OK, Some(message.clone()));
-    let deleted = state
-        .scheduler
-        .delete_engine(&id, Some(entry))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "the engine is stopped, but its removal was not saved ({e}); delete it again"
-                ),
-            )
-        })?;
+    let deleted = state.scheduler.delete_engine(&id, Some(entry)).await?;
     info!(trial = %id, ?deleted, "delete");
     let answer = Json(Message::new(message));
     match deleted {

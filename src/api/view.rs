@@ -102,19 +102,13 @@ impl AppState {
 
 /// What the API shows of a stored trial: the snapshot its engine had when it was saved.
 pub fn snapshot_of(record: &TrialRecord) -> Snapshot {
-    let checkpoint = &record.checkpoint;
-    Snapshot {
-        lifecycle: record.lifecycle,
-        position: checkpoint.position,
-        mode: checkpoint.mode.clone(),
-        kpi_status: checkpoint.data.kpi_status,
-        failure: checkpoint.failure.clone(),
-        paused: checkpoint.paused,
-        progress: None,
-        created_at: record.created_at,
-        updated_at: record.updated_at,
-        ended_at: record.ended_at,
-    }
+    Snapshot::at(
+        record.lifecycle,
+        &record.checkpoint,
+        record.created_at,
+        record.updated_at,
+        record.ended_at,
+    )
 }
 
 /// What the executor waits for, in words: a waiting point, or the operator's resume.

@@ -35,7 +35,7 @@ use journal::Journal;
 use redact::Redactor;
 use sequence::{Signal, Step};
 use state::{Checkpoint, Lifecycle, Position, Progress, ResponseRecord, Snapshot, TrialEvent};
-use watchdog::{ControlRequest, RestoreError, Watchdog};
+use watchdog::{ControlRequest, Origin, RestoreError, Watchdog};
 
 /// A function called before every step (fault injection for tests and drills).
 pub type StepHook = Arc<dyn Fn(&TrialId, Step) + Send + Sync>;
@@ -71,7 +71,10 @@ pub struct EngineShared {
     controls: mpsc::Sender<ControlRequest>,
     /// Cancelled to stop the engine: the watchdog aborts the executor and ends.
     stop: CancellationToken,
-    watchdog: Mutex<Option<JoinHandle<()>>>,
+    watchdog: Mutex<Option<JoinHandle<TrialRecord>>>,
+    /// The record of an engine built ended (it has no watchdog to keep one), so that a
+    /// delete that was not saved can bring it back.
+    ended: Option<TrialRecord>,
     /// The trial's callback token once minted, so deleting the engine can revoke it.
     token: Mutex<Option<String>>,
     /// A delete has claimed this engine: exactly one delete removes it.
@@ -110,7 +113,7 @@ impl EngineHandle {
                 events: Vec::new(),
                 responses: Vec::new(),
             },
-            false,
+            Origin::New,
         )
     }
 
@@ -120,10 +123,15 @@ impl EngineHandle {
     pub fn recover(deps: Arc<EngineDeps>, trial: RecoveredTrial) -> Self {
         // A step it stands at has run before, unless the engine had not begun at all.
         let rerun = !trial.events.is_empty();
-        Self::build(deps, trial, rerun)
+        Self::build(deps, trial, Origin::Recovered { rerun })
     }
 
-    fn build(deps: Arc<EngineDeps>, trial: RecoveredTrial, rerun: bool) -> Self {
+    fn build(deps: Arc<EngineDeps>, trial: RecoveredTrial, origin: Origin) -> Self {
+        let ended = trial
+            .record
+            .lifecycle
+            .is_ended()
+            .then(|| trial.record.clone());
         let RecoveredTrial {
             record,
             events,
@@ -138,18 +146,13 @@ impl EngineHandle {
             ended_at,
         } = record;
         let live = lifecycle.is_live();
-        let (state, _) = watch::channel(Snapshot {
+        let (state, _) = watch::channel(Snapshot::at(
             lifecycle,
-            position: checkpoint.position,
-            mode: checkpoint.mode.clone(),
-            kpi_status: checkpoint.data.kpi_status,
-            failure: checkpoint.failure.clone(),
-            paused: checkpoint.paused,
-            progress: None,
+            &checkpoint,
             created_at,
             updated_at,
             ended_at,
-        });
+        ));
         let (commands, _) = mpsc::channel(1);
         let (controls, controls_rx) = mpsc::channel(4);
         let (checkpoint_tx, checkpoints) = mpsc::channel(4);
@@ -164,6 +167,7 @@ impl EngineHandle {
             watchdog: Mutex::new(None),
             token: Mutex::new(checkpoint.data.token.clone()),
             deleting: AtomicBool::new(false),
+            ended,
             deps,
         });
         if !lifecycle.is_ended() {
@@ -172,7 +176,7 @@ impl EngineHandle {
                 checkpoint,
                 lifecycle,
                 start_executor: live,
-                rerun,
+                origin,
                 executor: None,
                 checkpoints,
                 checkpoint_tx,
@@ -363,18 +367,30 @@ impl EngineHandle {
 
     /// Stops both tasks (a request in flight is cancelled) and waits until they have ended,
     /// so nothing of this engine reaches a service or the store afterwards. Stopping is not
-    /// failing: nothing is reported anywhere.
-    pub async fn stop(&self) {
+    /// failing: nothing is reported anywhere. Answers the engine's record as it stood (what a
+    /// restart would bring back); `None` if another stop took it, or the watchdog panicked.
+    pub async fn stop(&self) -> Option<TrialRecord> {
         self.shared.stop.cancel();
         let watchdog = lock(&self.shared.watchdog).take();
-        if let Some(watchdog) = watchdog {
+        let last = match watchdog {
             // The watchdog ends once its executor has; a panic there is already logged.
-            let _ = watchdog.await;
-        }
+            Some(watchdog) => watchdog.await.ok(),
+            None => self.shared.ended.clone(),
+        };
         self.shared.journal.close();
         self.shared
             .state
             .send_modify(|s| s.lifecycle = Lifecycle::Stopped);
+        last
+    }
+
+    /// What a restart would bring back of this engine, stopped with `last` as its record.
+    pub fn recovered(&self, last: TrialRecord) -> RecoveredTrial {
+        RecoveredTrial {
+            record: last,
+            events: self.history().iter().map(|e| (**e).clone()).collect(),
+            responses: self.responses().iter().map(|r| (**r).clone()).collect(),
+        }
     }
 
     /// A reference to this engine that does not keep it in memory.
@@ -415,16 +431,15 @@ impl EngineShared {
                 return false;
             }
             let now = state::now();
-            s.lifecycle = lifecycle;
-            s.position = checkpoint.position;
-            s.mode = checkpoint.mode.clone();
-            s.kpi_status = checkpoint.data.kpi_status;
-            s.failure = checkpoint.failure.clone();
-            s.paused = checkpoint.paused;
-            s.updated_at = now;
-            if lifecycle.is_ended() {
-                s.ended_at = Some(now);
-            }
+            let ended_at = if lifecycle.is_ended() {
+                Some(now)
+            } else {
+                s.ended_at
+            };
+            *s = Snapshot {
+                progress: s.progress.take(),
+                ..Snapshot::at(lifecycle, checkpoint, s.created_at, now, ended_at)
+            };
             true
         });
     }

@@ -115,15 +115,23 @@ pub enum ControlRequest {
     },
 }
 
+/// How an engine came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Made now: its first record is not saved yet.
+    New,
+    /// Brought back from its record; `rerun`: the step it stands at has run before.
+    Recovered { rerun: bool },
+}
+
 /// The watchdog's state.
 pub struct Watchdog {
     pub shared: Arc<EngineShared>,
     pub checkpoint: Checkpoint,
     pub lifecycle: Lifecycle,
-    /// Start an executor once the record is saved (a new or recovered live engine).
+    /// Start an executor (a new or recovered live engine).
     pub start_executor: bool,
-    /// The first step runs again (a recovered engine that had started).
-    pub rerun: bool,
+    pub origin: Origin,
     pub executor: Option<JoinHandle<ExecutorExit>>,
     pub checkpoints: mpsc::Receiver<Checkpointed>,
     pub checkpoint_tx: mpsc::Sender<Checkpointed>,
@@ -134,7 +142,9 @@ pub struct Watchdog {
 
 impl Watchdog {
     /// Supervises until the trial ends or the engine is stopped.
-    pub async fn run(mut self) {
+    /// Supervises until the engine is stopped; returns the engine's record as it stands then
+    /// (what a restart would bring back).
+    pub async fn run(mut self) -> TrialRecord {
         let stop = self.shared.stop.clone();
         tokio::select! {
             biased;
@@ -146,18 +156,23 @@ impl Watchdog {
             // A cancelled task ends with a cancellation error: that is the point.
             let _ = executor.await;
         }
+        self.record()
     }
 
     async fn supervise(&mut self) {
         if self.start_executor {
-            // The engine's first record is saved before its first request goes out, so a
-            // trial whose job has fired can never be lost.
-            match self.save().await {
-                Ok(()) => self.spawn_executor(self.rerun),
-                Err(e) => {
-                    self.died(format!("cannot save the engine's state: {e}"))
-                        .await
-                }
+            match self.origin {
+                // The engine's first record is saved before its first request goes out, so
+                // a trial whose job has fired can never be lost.
+                Origin::New => match self.save().await {
+                    Ok(()) => self.spawn_executor(false),
+                    Err(e) => {
+                        self.died(format!("cannot save the engine's state: {e}"))
+                            .await
+                    }
+                },
+                // Its record is the one it was brought back from.
+                Origin::Recovered { rerun } => self.spawn_executor(rerun),
             }
         } else if self.lifecycle == Lifecycle::Failed
             && self
@@ -243,12 +258,23 @@ impl Watchdog {
     /// Saves the latest checkpoint with where the engine stands; the executor waits for this
     /// before it sends its next request.
     async fn save(&self) -> Result<(), String> {
+        self.shared
+            .deps
+            .store
+            .write(Op::PutTrial(Box::new(self.record())))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// The engine's record as it stands.
+    fn record(&self) -> TrialRecord {
         // The times the API shows, so the record reads the same once the engine is gone.
         let (updated_at, ended_at) = {
             let shown = self.shared.state.borrow();
             (shown.updated_at, shown.ended_at)
         };
-        let record = TrialRecord {
+        TrialRecord {
             id: self.shared.id.clone(),
             lifecycle: self.lifecycle,
             checkpoint: self.checkpoint.clone(),
@@ -259,14 +285,7 @@ impl Watchdog {
             } else {
                 None
             },
-        };
-        self.shared
-            .deps
-            .store
-            .write(Op::PutTrial(Box::new(record)))
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        }
     }
 
     fn spawn_executor(&mut self, rerun: bool) {
@@ -521,6 +540,6 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// Runs a watchdog in its own task, inside the engine's span.
-pub fn spawn(watchdog: Watchdog, span: tracing::Span) -> JoinHandle<()> {
+pub fn spawn(watchdog: Watchdog, span: tracing::Span) -> JoinHandle<TrialRecord> {
     tokio::spawn(watchdog.run().instrument(span))
 }

@@ -58,6 +58,25 @@ impl EngineRegistry {
         true
     }
 
+    /// Brings the engine of `id` back from `trial` in place of `engine`, if that is still
+    /// the one in memory; `false` if not.
+    pub fn bring_back(
+        &self,
+        id: &TrialId,
+        engine: &Weak<EngineShared>,
+        deps: &Arc<EngineDeps>,
+        trial: RecoveredTrial,
+    ) -> bool {
+        let mut engines = self.map();
+        match engines.get_mut(id) {
+            Some(handle) if handle.same(engine) => {
+                *handle = EngineHandle::recover(deps.clone(), trial);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Whether `id` has an engine in memory.
     pub fn contains(&self, id: &TrialId) -> bool {
         self.map().contains_key(id)

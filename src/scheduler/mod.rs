@@ -190,14 +190,14 @@ impl Scheduler {
                     timer: None,
                 },
             );
-            let saved = self.store().write_audited(
-                Op::PutJob {
-                    id: id.clone(),
-                    start,
-                    created_at: Utc::now(),
-                },
-                audit,
-            );
+            let mut ops = vec![Op::PutJob {
+                id: id.clone(),
+                start,
+                created_at: Utc::now(),
+            }];
+            // A trial that has run already is refused: its entry is the refusal's.
+            ops.extend(audit.map(|entry| Op::AuditIfChanged(Box::new(entry))));
+            let saved = self.store().write_all(ops);
             (generation, saved)
         };
         match saved.await {
@@ -315,8 +315,8 @@ impl Scheduler {
     }
 
     /// Stops and forgets a trial's engine (or, for an ended trial no longer in memory, its
-    /// record). If the removal cannot be saved the engine stays listed (stopped), so the
-    /// delete can be tried again.
+    /// record), revoking its token. If the removal cannot be saved, nothing of it is made: the
+    /// engine is brought back from where it stood, as a restart would, and its token stays.
     pub async fn delete_engine(
         &self,
         id: &TrialId,
@@ -339,19 +339,37 @@ impl Scheduler {
             return Ok(Deleted::Nothing);
         }
         // Once the tasks have ended, nothing of this engine reaches a service or the store.
-        engine.stop().await;
-        let forgotten = async {
-            // Its token must not let callbacks into a later engine of the same trial.
-            if let Some(token) = engine.token() {
-                self.inner.deps.tokens.revoke(&token).await?;
+        let last = engine.stop().await;
+        // Its token must not let callbacks into a later engine of the same trial: revoked
+        // with the removal, both or neither.
+        let tokens = &self.inner.deps.tokens;
+        let revocation = engine.token().and_then(|token| tokens.revocation(&token));
+        let mut ops: Vec<Op> = revocation.iter().map(|r| r.op()).collect();
+        ops.push(Op::DeleteTrial { id: id.clone() });
+        ops.extend(audit.map(|entry| Op::Audit(Box::new(entry))));
+        if let Err(e) = self.store().write_all(ops).await {
+            // Not removed, so not stopped either: the engine goes on from where it stood.
+            match last {
+                Some(last) => {
+                    let trial = engine.recovered(last);
+                    let deps = &self.inner.deps;
+                    if self
+                        .inner
+                        .engines
+                        .bring_back(id, &engine.weak(), deps, trial)
+                    {
+                        warn!(trial = %id, error = %e, "the removal was not saved: the engine goes on");
+                    }
+                }
+                None => {
+                    engine.release_delete();
+                    error!(trial = %id, error = %e, "the removal was not saved, and the engine's record is lost: it stays stopped");
+                }
             }
-            self.store()
-                .write_audited(Op::DeleteTrial { id: id.clone() }, audit)
-                .await
-        };
-        if let Err(e) = forgotten.await {
-            engine.release_delete();
             return Err(e);
+        }
+        if let Some(revocation) = revocation {
+            tokens.revoked(revocation);
         }
         self.inner.engines.remove(id, &engine.weak());
         Ok(Deleted::Engine)

@@ -112,6 +112,9 @@ pub enum Op {
     },
     SetAutomatic(bool),
     Audit(Box<AuditEntry>),
+    /// The audit entry of the operation just before it in the same write, written only if
+    /// that operation changed something (a refused change leaves the refusal's entry).
+    AuditIfChanged(Box<AuditEntry>),
 }
 
 impl Op {
@@ -128,7 +131,7 @@ impl Op {
             Op::Purge { .. } => "purge ended trials",
             Op::Revoke { .. } => "revoke token",
             Op::SetAutomatic(_) => "set automatic scheduling",
-            Op::Audit(_) => "append audit entry",
+            Op::Audit(_) | Op::AuditIfChanged(_) => "append audit entry",
         }
     }
 }
@@ -290,6 +293,15 @@ impl Store {
     ) -> impl Future<Output = Result<usize, StoreError>> + Send + 'static + use<> {
         let mut ops = vec![op];
         ops.extend(audit.map(|entry| Op::Audit(Box::new(entry))));
+        self.write_all(ops)
+    }
+
+    /// Applies `ops` in one transaction, all or nothing; returns a future of how many records
+    /// the first one changed, ready once it is committed.
+    pub fn write_all(
+        &self,
+        ops: Vec<Op>,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send + 'static + use<> {
         let (reply, done) = oneshot::channel();
         let queued = self.requests.send((ops, Some(reply)));
         async move {
@@ -325,6 +337,17 @@ impl Store {
     }
 }
 
+/// The count of the operation at `index`; a backend that answers fewer counts than it was
+/// given operations is broken.
+fn count_at(counts: &[usize], index: usize) -> Result<usize, StoreError> {
+    counts.get(index).copied().ok_or_else(|| {
+        StoreError::Backend(format!(
+            "the store answered {} counts for more operations",
+            counts.len()
+        ))
+    })
+}
+
 fn write_loop(mut backend: impl Backend, queue: mpsc::Receiver<Request>) {
     while let Ok(first) = queue.recv() {
         // The queued requests' operations in one list, each request's as a range of it.
@@ -346,7 +369,7 @@ fn write_loop(mut backend: impl Backend, queue: mpsc::Receiver<Request>) {
             Ok(counts) => {
                 for (range, reply) in requests {
                     if let Some(reply) = reply {
-                        let _ = reply.send(Ok(counts.get(range.start).copied().unwrap_or(0)));
+                        let _ = reply.send(count_at(&counts, range.start));
                     }
                 }
             }
@@ -356,7 +379,7 @@ fn write_loop(mut backend: impl Backend, queue: mpsc::Receiver<Request>) {
                 for (range, reply) in requests {
                     let result = backend
                         .apply(&ops[range.clone()])
-                        .map(|counts| counts.first().copied().unwrap_or(0));
+                        .and_then(|counts| count_at(&counts, 0));
                     if let Err(e) = &result {
                         error!(error = %e, op = ops[range.start].kind(), "store write failed");
                     }

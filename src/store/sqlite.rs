@@ -425,7 +425,7 @@ fn apply_op(tx: &Transaction, op: &Op) -> rusqlite::Result<usize> {
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             params![if *on { "true" } else { "false" }],
         ),
-        Op::Audit(entry) => exec(
+        Op::Audit(entry) | Op::AuditIfChanged(entry) => exec(
             tx,
             "INSERT INTO audit (at, actor, role, action, trial_id, outcome, detail, remote_addr)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -451,7 +451,11 @@ impl Backend for SqliteBackend {
             .map_err(|e| backend_error("begin", e))?;
         let mut counts = Vec::with_capacity(ops.len());
         for op in ops {
-            counts.push(apply_op(&tx, op).map_err(|e| backend_error(op.kind(), e))?);
+            let count = match op {
+                Op::AuditIfChanged(_) if counts.last() == Some(&0) => 0,
+                op => apply_op(&tx, op).map_err(|e| backend_error(op.kind(), e))?,
+            };
+            counts.push(count);
         }
         tx.commit().map_err(|e| backend_error("commit", e))?;
         Ok(counts)

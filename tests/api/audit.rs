@@ -306,3 +306,31 @@ async fn a_change_that_was_not_saved_leaves_no_entry_saying_it_was_made() {
         200
     );
 }
+
+#[tokio::test]
+async fn a_refused_schedule_is_recorded_as_refused_only() {
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(|s| s.engine.keep_finished_secs = 0),
+        ..AppOptions::default()
+    })
+    .await;
+    let id = "ran-once";
+    app.start_trial(id).await;
+    app.drive_to_finished(id).await;
+    eventually("the engine to leave memory", || async {
+        let engines = app.engines().await;
+        match engines.is_empty() {
+            true => Ok(()),
+            false => Err(format!("{engines:?}")),
+        }
+    })
+    .await;
+    let again = app.schedule(id, &in_ms(3_600_000)).await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{again:?}");
+    let outcomes: Vec<Value> = entries(&audit(&app, &format!("?trial_id={id}")).await)
+        .iter()
+        .filter(|e| e["action"] == "POST /debug/trial/schedule")
+        .map(|e| e["outcome"].clone())
+        .collect();
+    assert_eq!(outcomes, [409, 200], "newest first");
+}

@@ -77,6 +77,54 @@ async fn once_a_delete_answers_no_request_of_the_trial_leaves() {
 }
 
 #[tokio::test]
+async fn a_delete_that_was_not_saved_changes_nothing_and_the_trial_goes_on() {
+    let broken = Arc::new(AtomicBool::new(false));
+    let switch = broken.clone();
+    let app = spawn_app_with(AppOptions {
+        backend: Some(Box::new(move || FlakyBackend {
+            inner: SqliteBackend::in_memory().expect("in-memory store"),
+            broken: switch,
+        })),
+        ..AppOptions::default()
+    })
+    .await;
+    let id = "undeleted";
+    app.start_trial(id).await;
+    app.wait_waiting(id, "operator (active or finish)").await;
+    let token = app.token_of(id);
+
+    broken.store(true, Ordering::SeqCst);
+    let refused = app.delete(&format!("/debug/engine/{id}")).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{refused:?}"
+    );
+    assert!(refused.detail().contains("not saved"), "{refused:?}");
+    broken.store(false, Ordering::SeqCst);
+
+    let status = app.trial_status(id).await;
+    assert_eq!(status["status"], "Waiting", "{status}");
+    let engines = app.engines().await;
+    assert!(engines.iter().any(|(e, _)| e == id), "{engines:?}");
+    // The token was not revoked: it still opens the trial's callbacks.
+    let again = app.callback(id, "slice", Some(&token)).await;
+    assert_eq!(again.status, StatusCode::OK, "{again:?}");
+    assert!(
+        again.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("already registered")),
+        "{again:?}"
+    );
+    app.drive_to_finished(id).await;
+
+    let deleted = app.delete(&format!("/debug/engine/{id}")).await;
+    assert_eq!(deleted.status, StatusCode::OK, "{deleted:?}");
+    let revoked = app.callback(id, "slice", Some(&token)).await;
+    assert_eq!(revoked.status, StatusCode::UNAUTHORIZED, "{revoked:?}");
+}
+
+#[tokio::test]
 async fn a_schedule_that_was_not_saved_never_starts() {
     let broken = Arc::new(AtomicBool::new(false));
     let switch = broken.clone();
