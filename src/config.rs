@@ -602,7 +602,8 @@ pub struct SchedulerSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct StoreSettings {
     pub data_dir: PathBuf,
-    /// Ended trials are purged this many days after they ended; 0 keeps them forever.
+    /// Ended trials are purged this many days after they ended, audit entries this many days
+    /// after they were written; 0 keeps them forever.
     pub retention_days: u64,
 }
 

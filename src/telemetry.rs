@@ -250,6 +250,12 @@ fn register_families() {
     for outcome in TokenError::OUTCOMES {
         counter!("lcm_token_validations_total", "outcome" => outcome).increment(0);
     }
+
+    describe_counter!(
+        "lcm_requests_throttled_total",
+        "Requests answered 429 because their address failed to authenticate too often (counted here, not written to the audit log)"
+    );
+    counter!("lcm_requests_throttled_total").increment(0);
 }
 
 #[cfg(test)]
@@ -278,6 +284,8 @@ mod tests {
             ("lcm_outbound_request_errors_total", "counter"),
             ("lcm_signals_total", "counter"),
             ("lcm_token_validations_total", "counter"),
+            ("lcm_outbound_retries_total", "counter"),
+            ("lcm_requests_throttled_total", "counter"),
         ] {
             assert!(
                 text.contains(&format!("# TYPE {family} {kind}\n")),

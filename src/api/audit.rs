@@ -173,25 +173,37 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         cx = cx.about(&trial);
     }
     let status = response.status();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        // A client guessing keys would fill the log: its refusals are only counted (in
+        // `lcm_requests_throttled_total`).
+        return response;
+    }
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    let (response, detail) = if is_json {
-        let (head, body) = response.into_parts();
-        match to_bytes(body, READ_LIMIT).await {
-            Ok(bytes) => {
-                let detail = said(&bytes);
-                (Response::from_parts(head, Body::from(bytes)), detail)
+    // Only an answer of known, small size is read: the client gets every answer whole.
+    let small = http_body::Body::size_hint(response.body())
+        .exact()
+        .and_then(|size| usize::try_from(size).ok())
+        .is_some_and(|size| size <= READ_LIMIT);
+    let (response, detail) = match (is_json, small) {
+        (true, true) => {
+            let (head, body) = response.into_parts();
+            match to_bytes(body, READ_LIMIT).await {
+                Ok(bytes) => {
+                    let detail = said(&bytes);
+                    (Response::from_parts(head, Body::from(bytes)), detail)
+                }
+                Err(e) => (
+                    Response::from_parts(head, Body::empty()),
+                    Some(format!("the answer could not be read: {e}")),
+                ),
             }
-            Err(_) => (
-                Response::from_parts(head, Body::empty()),
-                Some("answer too large to show".to_owned()),
-            ),
         }
-    } else {
-        (response, None)
+        (true, false) => (response, Some("answer too large to show".to_owned())),
+        (false, _) => (response, None),
     };
     state
         .scheduler

@@ -131,6 +131,7 @@ impl IntoResponse for AuthError {
         match self {
             AuthError::Refused(e) => e.into_response(),
             AuthError::TooManyFailures(TooManyFailures { retry_after }) => {
+                metrics::counter!("lcm_requests_throttled_total").increment(1);
                 // Whole seconds, rounded up: a client that waits that long is let through.
                 let secs = retry_after
                     .as_secs()

@@ -102,7 +102,8 @@ pub enum Op {
     DeleteTrial {
         id: TrialId,
     },
-    /// Removes finished and aborted trials that ended before this instant (counts them).
+    /// Removes finished and aborted trials that ended before this instant (counts them), and
+    /// the audit entries written before it.
     Purge {
         ended_before: DateTime<Utc>,
     },

@@ -407,11 +407,13 @@ fn apply_op(tx: &Transaction, op: &Op) -> rusqlite::Result<usize> {
                 &format!("DELETE FROM trial_responses WHERE trial_id IN ({PURGED})"),
                 params![cutoff],
             )?;
-            exec(
+            let trials = exec(
                 tx,
                 &format!("DELETE FROM trials WHERE trial_id IN ({PURGED})"),
                 params![cutoff],
-            )
+            )?;
+            exec(tx, "DELETE FROM audit WHERE at < ?1", params![cutoff])?;
+            Ok(trials)
         }
         Op::Revoke { jti, exp } => exec(
             tx,

@@ -328,6 +328,42 @@ async fn failed_authentication_beyond_the_limit_is_429_and_a_right_key_still_pas
     assert_detail(&answer, StatusCode::TOO_MANY_REQUESTS);
     let (answer, _) = status_from(&app, &client, "/token/t1", Some("not.a.token")).await;
     assert_detail(&answer, StatusCode::TOO_MANY_REQUESTS);
+
+    // A guesser's refused changes are counted, not written to the audit log one by one.
+    let guess = |client: &reqwest::Client| {
+        client
+            .post(format!("{}/debug/trial/schedule", app.address))
+            .header("Authorization", "guess")
+            .json(&serde_json::json!({"trial_id": "guessed", "start_time": in_ms(3_600_000)}))
+            .send()
+    };
+    let throttled = guess(&client).await.expect("request reaches the service");
+    assert_eq!(throttled.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Another address's refusal is written after it: once that is there, so would it be.
+    let other = guess(&client_from("127.0.0.9"))
+        .await
+        .expect("request reaches the service");
+    assert_eq!(other.status(), StatusCode::UNAUTHORIZED);
+    let entries = eventually("the other address's refusal in the log", || async {
+        let audit = app.get("/audit?actor=anonymous&limit=500").await;
+        let entries = audit.body["entries"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        match entries.iter().any(|e| e["outcome"] == 401) {
+            true => Ok(entries),
+            false => Err(format!("{audit:?}")),
+        }
+    })
+    .await;
+    assert!(entries.iter().all(|e| e["outcome"] != 429), "{entries:#?}");
+    let metrics = app.get("/metrics").await;
+    let counted = metrics.body.as_str().and_then(|text| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("lcm_requests_throttled_total "))
+            .and_then(|n| n.parse::<u64>().ok())
+    });
+    assert!(counted.is_some_and(|n| n >= 4), "{counted:?}");
 }
 
 #[tokio::test]

@@ -26,6 +26,34 @@ fn record(
     }
 }
 
+fn audit(action: &str, at: chrono::DateTime<chrono::Utc>) -> Box<AuditEntry> {
+    Box::new(AuditEntry {
+        seq: 0,
+        at,
+        actor: "operator".into(),
+        role: Some("operator".into()),
+        action: action.into(),
+        trial_id: None,
+        outcome: 200,
+        detail: None,
+        remote_addr: None,
+    })
+}
+
+fn actions(store: &SqliteBackend) -> Vec<String> {
+    let mut reader = store.reader().unwrap();
+    let query = AuditQuery {
+        limit: 10,
+        ..AuditQuery::default()
+    };
+    reader
+        .audit(&query)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect()
+}
+
 fn put(store: &mut SqliteBackend, ops: Vec<Op>) -> Vec<usize> {
     store.apply(&ops).unwrap()
 }
@@ -234,6 +262,8 @@ fn a_purge_removes_old_ended_trials_and_keeps_the_rest() {
                 id: id("new-finished"),
                 event: event(0),
             },
+            Op::Audit(audit("old", old)),
+            Op::Audit(audit("new", now)),
         ],
     );
     let counts = put(
@@ -256,6 +286,41 @@ fn a_purge_removes_old_ended_trials_and_keeps_the_rest() {
     assert_eq!(left, ["new-finished", "old-failed"]);
     assert!(reader.events(&id("old-finished")).unwrap().is_empty());
     assert_eq!(reader.events(&id("new-finished")).unwrap().len(), 1);
+    assert_eq!(
+        actions(&store),
+        ["new"],
+        "audit entries past retention go too"
+    );
+}
+
+#[test]
+fn an_audit_entry_of_a_change_is_written_only_if_the_change_was_made() {
+    let mut store = SqliteBackend::in_memory().unwrap();
+    let now = Utc::now();
+    let job = |name: &str| Op::PutJob {
+        id: id(name),
+        start: StartTime::parse("2999-01-01T10:00:00Z").unwrap(),
+        created_at: now,
+    };
+    put(
+        &mut store,
+        vec![Op::PutTrial(Box::new(record(
+            "ran",
+            Lifecycle::Finished,
+            now,
+        )))],
+    );
+    let counts = put(
+        &mut store,
+        vec![
+            job("ran"),
+            Op::AuditIfChanged(audit("refused", now)),
+            job("fresh"),
+            Op::AuditIfChanged(audit("made", now)),
+        ],
+    );
+    assert_eq!(counts, [0, 0, 1, 1]);
+    assert_eq!(actions(&store), ["made"]);
 }
 
 #[test]
