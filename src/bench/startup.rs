@@ -182,10 +182,9 @@ fn fill(data: &Path, ended: usize) -> Result<(), String> {
                     }),
                 });
             }
-            for seq in 0..17 {
+            for _ in 0..17 {
                 ops.push(Op::AppendResponse {
                     id: id.clone(),
-                    seq,
                     record: Arc::new(ResponseRecord {
                         step: "GetTrialInfo".to_owned(),
                         service: "trial_repository".to_owned(),

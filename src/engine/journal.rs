@@ -29,6 +29,8 @@ pub struct Journal {
 
 struct Inner {
     events: Vec<Arc<TrialEvent>>,
+    /// The next event's number: after the last one kept, whatever came before it.
+    next_event: u64,
     responses: Vec<Arc<ResponseRecord>>,
     /// Made on the first subscription, so a journal nobody watches carries no buffer.
     live: Option<broadcast::Sender<Arc<TrialEvent>>>,
@@ -46,6 +48,7 @@ impl Journal {
             id,
             store,
             inner: Mutex::new(Inner {
+                next_event: events.last().map_or(0, |last| last.seq + 1),
                 events: events.into_iter().map(Arc::new).collect(),
                 responses: responses.into_iter().map(Arc::new).collect(),
                 live: None,
@@ -66,8 +69,10 @@ impl Journal {
         duration_ms: Option<u64>,
     ) {
         let mut inner = self.inner();
+        let seq = inner.next_event;
+        inner.next_event += 1;
         let event = Arc::new(TrialEvent {
-            seq: inner.events.len() as u64,
+            seq,
             at: state::now(),
             event: kind,
             step: step.map(|s| s.name().to_owned()),
@@ -88,11 +93,9 @@ impl Journal {
     /// Records a response: numbers it, keeps it and appends it to the store.
     pub fn response(&self, record: ResponseRecord) {
         let mut inner = self.inner();
-        let seq = inner.responses.len() as u64;
         let record = Arc::new(record);
         self.store.submit(Op::AppendResponse {
             id: self.id.clone(),
-            seq,
             record: record.clone(),
         });
         inner.responses.push(record);

@@ -93,9 +93,9 @@ pub enum Op {
         id: TrialId,
         event: Arc<TrialEvent>,
     },
+    /// Appends a response after the trial's last one.
     AppendResponse {
         id: TrialId,
-        seq: u64,
         record: Arc<ResponseRecord>,
     },
     /// Forgets a trial: its record, events and responses (counts the records removed).

@@ -123,8 +123,8 @@ fn migrate_engines(tx: &Transaction) -> Result<(), HookError> {
                 for event in &converted.events {
                     append_event(tx, converted.record.id.as_str(), event)?;
                 }
-                for (seq, response) in converted.responses.iter().enumerate() {
-                    append_response(tx, converted.record.id.as_str(), seq as u64, response)?;
+                for response in &converted.responses {
+                    append_response(tx, converted.record.id.as_str(), response)?;
                 }
             }
             Err(reason) => {
@@ -318,21 +318,17 @@ fn append_event(tx: &Connection, id: &str, event: &TrialEvent) -> rusqlite::Resu
     )
 }
 
-fn append_response(
-    tx: &Connection,
-    id: &str,
-    seq: u64,
-    record: &ResponseRecord,
-) -> rusqlite::Result<usize> {
+/// Appends a response after the trial's last one (numbered by the store, so a row that was
+/// never written leaves no hole for a later one to fall into).
+fn append_response(tx: &Connection, id: &str, record: &ResponseRecord) -> rusqlite::Result<usize> {
     exec(
         tx,
         "INSERT INTO trial_responses (trial_id, seq, step, service, method, path, status, body,
              error, duration_ms, attempt, at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-         ON CONFLICT (trial_id, seq) DO NOTHING",
+         VALUES (?1, (SELECT COALESCE(MAX(seq) + 1, 0) FROM trial_responses WHERE trial_id = ?1),
+             ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             id,
-            seq as i64,
             record.step,
             record.service,
             record.method,
@@ -377,7 +373,7 @@ fn apply_op(tx: &Transaction, op: &Op) -> rusqlite::Result<usize> {
             params![id.as_str(), i64::from(*paused)],
         ),
         Op::AppendEvent { id, event } => append_event(tx, id.as_str(), event),
-        Op::AppendResponse { id, seq, record } => append_response(tx, id.as_str(), *seq, record),
+        Op::AppendResponse { id, record } => append_response(tx, id.as_str(), record),
         Op::DeleteTrial { id } => {
             exec(
                 tx,
