@@ -226,6 +226,15 @@ impl Scheduler {
         }
     }
 
+    /// Gives a job whose new start time was not saved its saved one back, and its timer.
+    fn put_back(&self, id: &TrialId, generation: u64, start: StartTime) {
+        match self.jobs_map().get_mut(id) {
+            Some(job) if job.generation == generation => job.start = start,
+            _ => return,
+        }
+        self.arm(id, generation);
+    }
+
     /// Waits until the scheduled trial `id` has its engine; `None` if its job goes away
     /// without one.
     pub async fn wait_for_engine(&self, id: &TrialId) -> Option<crate::engine::EngineHandle> {
@@ -464,13 +473,14 @@ impl Scheduler {
                 skip(&mut report, e.to_string());
                 continue;
             }
-            let rescheduled = match jobs.get(&id) {
+            // The start time the job had, if it is rescheduled.
+            let previous = match jobs.get(&id) {
                 Some(job) if job.start.utc() == start.utc() => {
                     report.already_scheduled.push(trial.id);
                     continue;
                 }
-                Some(_) => true,
-                None => false,
+                Some(job) => Some(job.start),
+                None => None,
             };
             let generation = self.next_generation();
             if let Some(old) = jobs.insert(
@@ -489,9 +499,9 @@ impl Scheduler {
                 start,
                 created_at: now,
             });
-            saves.push((id, start, generation, rescheduled, saved));
+            saves.push((id, start, generation, previous, saved));
         }
-        for (id, start, generation, rescheduled, saved) in saves {
+        for (id, start, generation, previous, saved) in saves {
             match saved.await {
                 Ok(0) => {
                     self.drop_reservation(&id, generation);
@@ -499,7 +509,7 @@ impl Scheduler {
                 }
                 Ok(_) => {
                     self.arm(&id, generation);
-                    if rescheduled {
+                    if previous.is_some() {
                         info!(trial = %id, start = %start, "start time changed: trial rescheduled");
                         report.rescheduled.push(id.to_string());
                     } else {
@@ -508,7 +518,11 @@ impl Scheduler {
                     }
                 }
                 Err(e) => {
-                    self.drop_reservation(&id, generation);
+                    match previous {
+                        // The saved job stands: it keeps its time and its timer.
+                        Some(previous) => self.put_back(&id, generation, previous),
+                        None => self.drop_reservation(&id, generation),
+                    }
                     report.skipped.push(Skipped {
                         id: id.to_string(),
                         reason: e.to_string(),

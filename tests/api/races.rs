@@ -125,6 +125,52 @@ async fn a_delete_that_was_not_saved_changes_nothing_and_the_trial_goes_on() {
 }
 
 #[tokio::test]
+async fn a_reschedule_that_was_not_saved_keeps_the_saved_start_time() {
+    let broken = Arc::new(AtomicBool::new(false));
+    let switch = broken.clone();
+    let app = spawn_app_with(AppOptions {
+        backend: Some(Box::new(move || FlakyBackend {
+            inner: SqliteBackend::in_memory().expect("in-memory store"),
+            broken: switch,
+        })),
+        ..AppOptions::default()
+    })
+    .await;
+    let id = "moved";
+    let hour = Utc::now() + chrono::Duration::hours(1);
+    let job = || async {
+        let body = app.get("/status").await.body;
+        body["scheduled_trials"]
+            .as_array()
+            .and_then(|jobs| jobs.iter().find(|job| job["id"] == id).cloned())
+    };
+    app.platform.add_trial(Platform::trial(id, Some(hour)));
+    let first = app.post("/debug/trial/schedule-all", None).await;
+    assert_eq!(
+        first.body["scheduled"],
+        serde_json::json!([id]),
+        "{first:?}"
+    );
+    let saved = job().await.expect("the job is listed");
+
+    app.platform
+        .add_trial(Platform::trial(id, Some(hour + chrono::Duration::hours(1))));
+    broken.store(true, Ordering::SeqCst);
+    let refused = app.post("/debug/trial/schedule-all", None).await;
+    broken.store(false, Ordering::SeqCst);
+    assert_eq!(refused.status, StatusCode::OK, "{refused:?}");
+    assert_eq!(refused.body["skipped"][0]["id"], id, "{refused:?}");
+    assert_eq!(job().await, Some(saved), "the saved job stands");
+
+    let moved = app.post("/debug/trial/schedule-all", None).await;
+    assert_eq!(
+        moved.body["rescheduled"],
+        serde_json::json!([id]),
+        "{moved:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_schedule_that_was_not_saved_never_starts() {
     let broken = Arc::new(AtomicBool::new(false));
     let switch = broken.clone();
