@@ -58,6 +58,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod console;
+mod deadline;
 pub mod demo;
 pub mod domain;
 pub mod engine;

@@ -50,6 +50,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::api::error::ErrorBody;
 use crate::config::ServerSettings;
+use crate::deadline::sleep_until;
 
 /// The largest request head (request line and header fields) the service reads; a larger one
 /// is answered 431 and the connection closed.
@@ -247,13 +248,6 @@ async fn serve_connection(
             refuse(stream, status, detail).await;
         }
         return;
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -20,6 +20,7 @@ use super::state;
 use super::state::{Checkpoint, EventKind, Lifecycle, Mode, Position, Progress, SliceState};
 use super::steps::{self, StepCx, StepError};
 use super::{EngineDeps, EngineShared};
+use crate::deadline::sleep_until;
 use crate::domain::TrialId;
 use crate::store::Op;
 
@@ -691,14 +692,6 @@ impl Executor {
             warn!(error = %e, "the failure checkpoint was not saved");
         }
         ExecutorExit::Failed(reason)
-    }
-}
-
-/// Waits until `deadline`, or forever when there is none.
-async fn sleep_until(deadline: Option<Deadline>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
 

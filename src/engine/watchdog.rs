@@ -23,6 +23,7 @@ use super::failure;
 use super::sequence::{self, Next, Waiter};
 use super::state::{Checkpoint, EventKind, Failure, Lifecycle, Mode, Position};
 use super::{EngineShared, SIGNAL_QUEUE};
+use crate::deadline::sleep_until;
 use crate::store::{Op, TrialRecord};
 
 /// Why a restore or a skip was refused.
@@ -518,13 +519,6 @@ async fn join(
 ) -> Result<ExecutorExit, tokio::task::JoinError> {
     match executor {
         Some(handle) => handle.await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(deadline: Option<Deadline>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
 }
