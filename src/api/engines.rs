@@ -16,10 +16,7 @@ use super::audit::{AuditCx, Audited};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Admin, ApiJson, TrialIdParam, TrialPath};
 use super::trials::checked_text;
-use super::view::Found;
 use super::{AppState, Message};
-use crate::domain::TrialId;
-use crate::engine::EngineHandle;
 use crate::engine::watchdog::RestoreError;
 use crate::scheduler::Deleted;
 
@@ -52,20 +49,6 @@ fn restore_error(e: RestoreError) -> ApiError {
     }
 }
 
-/// The engine of a failed trial, in memory, or a clear refusal.
-async fn failed_engine(state: &AppState, id: &TrialId) -> Result<EngineHandle, ApiError> {
-    match state.find_trial(id).await? {
-        Found::Engine(engine) => Ok(engine),
-        Found::Stored(record) => Err(ApiError::conflict(format!(
-            "trial '{id}' has ended ({}); there is nothing to restore",
-            record.lifecycle.engine_status().name()
-        ))),
-        Found::Corrupt(reason) => Err(ApiError::conflict(format!(
-            "trial '{id}' has a record that cannot be read: {reason}"
-        ))),
-    }
-}
-
 /// Restore a failed engine from its backup
 ///
 /// The executor resumes from its last checkpoint. The answer has a `message` and the trial's
@@ -90,7 +73,7 @@ async fn restore(
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Value>, ApiError> {
-    let engine = failed_engine(&state, &id).await?;
+    let engine = state.engine_to_act_on(&id).await?;
     let at = engine.restore().await.map_err(restore_error)?;
     info!(trial = %id, state = %at, "engine restored");
     Ok(Json(json!({
@@ -135,7 +118,7 @@ async fn skip(
             "'reason' must say why the step may be left out",
         )
     })?;
-    let engine = failed_engine(&state, &id).await?;
+    let engine = state.engine_to_act_on(&id).await?;
     let done = engine.skip(reason).await.map_err(restore_error)?;
     info!(trial = %id, "{done}");
     Ok(Json(Message::new(done)))

@@ -250,23 +250,6 @@ async fn callback_progress(
     control_answer(engine.progress(ProgressReport { progress, message }).await)
 }
 
-/// The engine of a trial that can take an operator's action: in memory, or a clear refusal.
-async fn steerable(
-    state: &AppState,
-    id: &TrialId,
-) -> Result<crate::engine::EngineHandle, ApiError> {
-    match state.find_trial(id).await? {
-        Found::Engine(engine) => Ok(engine),
-        Found::Stored(record) => Err(ApiError::conflict(format!(
-            "trial '{id}' has ended ({})",
-            record.lifecycle.engine_status().name()
-        ))),
-        Found::Corrupt(reason) => Err(ApiError::conflict(format!(
-            "trial '{id}' has a record that cannot be read: {reason}"
-        ))),
-    }
-}
-
 /// Abort the trial and clean up
 ///
 /// From any live or failed state: a request in flight is cancelled, then the clean-up path
@@ -299,7 +282,7 @@ async fn abort(
 ) -> Result<Json<Message>, ApiError> {
     let reason = checked_text("reason", body.unwrap_or_default().reason)?
         .unwrap_or_else(|| "aborted by the operator".to_owned());
-    let engine = steerable(&state, &id).await?;
+    let engine = state.engine_to_act_on(&id).await?;
     control_answer(engine.control(Control::Abort { reason }).await)
 }
 
@@ -331,7 +314,7 @@ async fn pause(
     OptionalJson(body): OptionalJson<Reason>,
 ) -> Result<Json<Message>, ApiError> {
     let reason = checked_text("reason", body.unwrap_or_default().reason)?;
-    let engine = steerable(&state, &id).await?;
+    let engine = state.engine_to_act_on(&id).await?;
     control_answer(engine.control(Control::Pause { reason }).await)
 }
 
@@ -360,7 +343,7 @@ async fn resume(
     OptionalJson(body): OptionalJson<Reason>,
 ) -> Result<Json<Message>, ApiError> {
     let reason = checked_text("reason", body.unwrap_or_default().reason)?;
-    let engine = steerable(&state, &id).await?;
+    let engine = state.engine_to_act_on(&id).await?;
     control_answer(engine.control(Control::Resume { reason }).await)
 }
 
@@ -390,7 +373,7 @@ async fn step(
     OptionalJson(body): OptionalJson<Reason>,
 ) -> Result<Json<Message>, ApiError> {
     let reason = checked_text("reason", body.unwrap_or_default().reason)?;
-    let engine = steerable(&state, &id).await?;
+    let engine = state.engine_to_act_on(&id).await?;
     control_answer(engine.control(Control::Step { reason }).await)
 }
 
@@ -414,7 +397,11 @@ async fn active(
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Message>, ApiError> {
-    let outcome = steerable(&state, &id).await?.signal(Signal::Active).await;
+    let outcome = state
+        .engine_to_act_on(&id)
+        .await?
+        .signal(Signal::Active)
+        .await;
     signal_answer(&id, Signal::Active, outcome)
 }
 
@@ -438,7 +425,11 @@ async fn finish(
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Message>, ApiError> {
-    let outcome = steerable(&state, &id).await?.signal(Signal::Finish).await;
+    let outcome = state
+        .engine_to_act_on(&id)
+        .await?
+        .signal(Signal::Finish)
+        .await;
     signal_answer(&id, Signal::Finish, outcome)
 }
 

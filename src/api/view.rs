@@ -46,8 +46,23 @@ impl AppState {
         }
     }
 
+    /// The engine of a trial, to act on: in memory, or a clear refusal (404 for an unknown
+    /// trial, 409 for one whose engine has ended and left memory, or whose record is corrupt).
+    pub async fn engine_to_act_on(&self, id: &TrialId) -> Result<EngineHandle, ApiError> {
+        match self.find_trial(id).await? {
+            Found::Engine(engine) => Ok(engine),
+            Found::Stored(record) => Err(ApiError::conflict(format!(
+                "trial '{id}' has ended ({})",
+                record.lifecycle.engine_status().name()
+            ))),
+            Found::Corrupt(reason) => Err(ApiError::conflict(format!(
+                "trial '{id}' has a record that cannot be read: {reason}"
+            ))),
+        }
+    }
+
     /// The 404 of a trial with no engine and no record, saying if it is scheduled.
-    pub fn no_trial(&self, id: &TrialId) -> ApiError {
+    fn no_trial(&self, id: &TrialId) -> ApiError {
         match self.scheduler.jobs().into_iter().find(|job| job.id == *id) {
             Some(job) => ApiError::not_found(format!(
                 "trial '{id}' has no engine yet: it is scheduled to start at {}",
