@@ -19,15 +19,13 @@ use axum::http::request::Parts;
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::Admin;
+use super::{AppState, paging};
 use crate::access::Actor;
 use crate::engine::state;
 use crate::store::{AuditEntry, AuditQuery, Op};
@@ -213,13 +211,9 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
     response
 }
 
-/// Rows per page when `limit` is not given, and the most a page may have.
-const DEFAULT_LIMIT: usize = 50;
-const MAX_LIMIT: usize = 500;
-
 fn parse_query(pairs: Vec<(String, String)>) -> Result<AuditQuery, ApiError> {
     let mut query = AuditQuery {
-        limit: DEFAULT_LIMIT,
+        limit: paging::DEFAULT_LIMIT,
         ..AuditQuery::default()
     };
     for (key, value) in pairs {
@@ -236,29 +230,10 @@ fn parse_query(pairs: Vec<(String, String)>) -> Result<AuditQuery, ApiError> {
                 }
                 query.actor = Some(value);
             }
-            "limit" => {
-                query.limit = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|l| (1..=MAX_LIMIT).contains(l))
-                    .ok_or_else(|| {
-                        ApiError::bad_request(format!(
-                            "limit must be a whole number from 1 to {MAX_LIMIT}, not '{value}'"
-                        ))
-                    })?;
-            }
+            "limit" => query.limit = paging::limit(&value)?,
             "cursor" => {
-                let before = URL_SAFE_NO_PAD
-                    .decode(&value)
-                    .ok()
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .and_then(|t| t.strip_prefix("seq:").and_then(|n| n.parse().ok()))
-                    .ok_or_else(|| {
-                        ApiError::bad_request(
-                            "cursor is not one this service gave: use next_cursor as it came",
-                        )
-                    })?;
-                query.before = Some(before);
+                let seq = |text: &str| text.strip_prefix("seq:")?.parse().ok();
+                query.before = Some(paging::position(&value, seq)?);
             }
             other => {
                 return Err(ApiError::bad_request(format!(
@@ -311,7 +286,7 @@ async fn list(
         entries.truncate(limit);
         entries
             .last()
-            .map(|e| URL_SAFE_NO_PAD.encode(format!("seq:{}", e.seq)))
+            .map(|e| paging::cursor(&format!("seq:{}", e.seq)))
     });
     Ok(Json(json!({
         "entries": entries,

@@ -4,9 +4,6 @@
 
 use axum::Json;
 use axum::extract::{Query, State};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::Serialize;
 use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -14,7 +11,7 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::Viewer;
-use super::view;
+use super::{paging, view};
 use crate::store::codec::time;
 use crate::store::{ListedTrial, TrialQuery};
 
@@ -23,66 +20,26 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list))
 }
 
-/// The engine statuses a listing can filter on.
-pub const STATUSES: [&str; 7] = [
+/// The engine statuses a listing can filter on: those a record or a job has in the store.
+pub const STATUSES: [&str; 6] = [
     "Active",
     "Failed",
     "Finished",
     "Aborted",
-    "Stopped",
     "Scheduled",
     "Corrupt",
 ];
 
-/// Rows per page when `limit` is not given, and the most a page may have.
-const DEFAULT_LIMIT: usize = 50;
-const MAX_LIMIT: usize = 500;
-
-/// One row of the listing (also what the console's trials page shows).
-#[derive(Debug, Serialize)]
-pub struct Row {
-    pub trial_id: String,
-    pub engine_status: String,
-    pub status: Option<String>,
-    pub state: Option<String>,
-    pub step: Option<String>,
-    pub waiting_for: Option<String>,
-    pub created_at: String,
-    pub updated_at: String,
-    pub ended_at: Option<String>,
-    pub failure: Option<String>,
-    /// A scheduled job's start time, as given.
-    pub start_time: Option<String>,
-}
-
 /// One page of the listing: its rows, and the cursor of the next page if there is one.
 pub struct Page {
-    pub trials: Vec<Row>,
+    pub trials: Vec<ListedTrial>,
     pub next_cursor: Option<String>,
-}
-
-impl From<ListedTrial> for Row {
-    fn from(t: ListedTrial) -> Self {
-        Self {
-            trial_id: t.trial_id,
-            engine_status: t.engine_status,
-            status: t.status,
-            state: t.state,
-            step: t.step,
-            waiting_for: t.waiting_for,
-            created_at: t.created_at,
-            updated_at: t.updated_at,
-            ended_at: t.ended_at,
-            failure: t.failure,
-            start_time: t.start_time,
-        }
-    }
 }
 
 /// The page's query (`status`, `q`, `limit`, `cursor`), checked.
 pub fn parse_query(pairs: Vec<(String, String)>) -> Result<TrialQuery, ApiError> {
     let mut query = TrialQuery {
-        limit: DEFAULT_LIMIT,
+        limit: paging::DEFAULT_LIMIT,
         ..TrialQuery::default()
     };
     for (key, value) in pairs {
@@ -113,17 +70,7 @@ pub fn parse_query(pairs: Vec<(String, String)>) -> Result<TrialQuery, ApiError>
                 }
                 query.id_contains = (!value.is_empty()).then_some(value);
             }
-            "limit" => {
-                query.limit = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|l| (1..=MAX_LIMIT).contains(l))
-                    .ok_or_else(|| {
-                        ApiError::bad_request(format!(
-                            "limit must be a whole number from 1 to {MAX_LIMIT}, not '{value}'"
-                        ))
-                    })?;
-            }
+            "limit" => query.limit = paging::limit(&value)?,
             "cursor" => query.after = Some(decode_cursor(&value)?),
             other => {
                 return Err(ApiError::bad_request(format!(
@@ -136,19 +83,14 @@ pub fn parse_query(pairs: Vec<(String, String)>) -> Result<TrialQuery, ApiError>
 }
 
 fn encode_cursor(row: &ListedTrial) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}\n{}", row.created_at, row.trial_id))
+    paging::cursor(&format!("{}\n{}", row.created_at, row.trial_id))
 }
 
 fn decode_cursor(cursor: &str) -> Result<(String, String), ApiError> {
-    let bad =
-        || ApiError::bad_request("cursor is not one this service gave: use next_cursor as it came");
-    let text = URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .ok_or_else(bad)?;
-    let (created_at, trial_id) = text.split_once('\n').ok_or_else(bad)?;
-    Ok((created_at.to_owned(), trial_id.to_owned()))
+    paging::position(cursor, |text| {
+        let (created_at, trial_id) = text.split_once('\n')?;
+        Some((created_at.to_owned(), trial_id.to_owned()))
+    })
 }
 
 /// The page of trials
@@ -203,14 +145,13 @@ pub async fn page(state: &AppState, query: TrialQuery) -> Result<Page, ApiError>
         rows.last().map(encode_cursor)
     });
     let engines = state.scheduler.engines();
-    let trials: Vec<Row> = rows
+    let trials: Vec<ListedTrial> = rows
         .into_iter()
-        .map(|stored| {
-            let id = crate::domain::TrialId::parse(&stored.trial_id).ok();
+        .map(|mut row| {
+            let id = crate::domain::TrialId::parse(&row.trial_id).ok();
             let live = id
                 .and_then(|id| engines.get(&id))
-                .filter(|_| stored.engine_status != "Scheduled");
-            let mut row = Row::from(stored);
+                .filter(|_| row.engine_status != "Scheduled");
             if let Some(engine) = live {
                 // The store saves at every step; memory knows the moment.
                 let snapshot = engine.snapshot();
@@ -260,7 +201,7 @@ mod tests {
             ("2026-01-01T00:00:00.000000Z".to_owned(), "t_1".to_owned())
         );
         assert!(decode_cursor("%%%").is_err());
-        assert!(decode_cursor(&URL_SAFE_NO_PAD.encode("no newline")).is_err());
+        assert!(decode_cursor(&paging::cursor("no newline")).is_err());
     }
 
     #[test]
@@ -277,8 +218,8 @@ mod tests {
         .unwrap();
         assert_eq!(query.statuses, ["Active", "Failed", "Scheduled"]);
         assert!(parse_query(pairs(&[("status", "Bogus")])).is_err());
+        assert!(parse_query(pairs(&[("status", "Stopped")])).is_err());
         assert!(parse_query(pairs(&[("limit", "0")])).is_err());
-        assert!(parse_query(pairs(&[("limit", "501")])).is_err());
         assert_eq!(parse_query(pairs(&[("limit", "500")])).unwrap().limit, 500);
         assert!(parse_query(pairs(&[("q", "a b")])).is_err());
         assert!(parse_query(pairs(&[("page", "2")])).is_err());

@@ -13,6 +13,7 @@ pub mod error;
 pub mod extract;
 pub mod listing;
 pub mod observe;
+mod paging;
 pub mod scheduling;
 pub mod status;
 pub mod tokens;

@@ -15,7 +15,8 @@ use super::layout::{self, Section};
 use super::live;
 use super::session::Signed;
 use crate::api::AppState;
-use crate::api::listing::{self, Page, Row};
+use crate::api::listing::{self, Page};
+use crate::store::ListedTrial;
 use crate::store::TrialQuery;
 
 /// The status tabs: a label and the engine statuses it shows (none: all).
@@ -104,7 +105,7 @@ fn tabs(query: &TrialQuery, counts: &[(String, u64)]) -> Markup {
 }
 
 /// Where a row's trial stands, in a few words.
-fn whereabouts(row: &Row) -> Markup {
+fn whereabouts(row: &ListedTrial) -> Markup {
     html! {
         @match row.engine_status.as_str() {
             "Scheduled" => {

@@ -177,8 +177,9 @@ pub struct TrialQuery {
     pub limit: usize,
 }
 
-/// One row of the trial listing, as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One row of the trial listing, as stored (and, with an engine's live state laid over it,
+/// as `GET /trials` answers it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ListedTrial {
     pub trial_id: String,
     pub engine_status: String,
