@@ -25,9 +25,9 @@ use url::Url;
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
 
 /// Placeholder values shipped in the defaults; running with them logs a loud warning.
-pub const PLACEHOLDER_API_KEY: &str = "Please_change_this";
+const PLACEHOLDER_API_KEY: &str = "Please_change_this";
 /// See [`PLACEHOLDER_API_KEY`].
-pub const PLACEHOLDER_TOKEN_SECRET: &str = "CHANGE_THIS";
+const PLACEHOLDER_TOKEN_SECRET: &str = "CHANGE_THIS";
 
 /// The longest duration a setting may give (ten years): beyond it timers overflow.
 const MAX_DURATION_SECS: u64 = 10 * 366 * 24 * 3600;

@@ -32,10 +32,10 @@ use crate::startup::shutdown_signal;
 use crate::telemetry;
 
 /// The demo's trial.
-pub const TRIAL_ID: &str = "demo-trial";
+const TRIAL_ID: &str = "demo-trial";
 /// The trial whose flight plan the simulated trial enforcement refuses (500) the first two
 /// times: a failure to read, restore and skip.
-pub const FAILING_TRIAL: &str = "bad-plan";
+const FAILING_TRIAL: &str = "bad-plan";
 /// How many times it refuses it.
 const FAILING_TIMES: usize = 2;
 /// How long each simulated component takes to answer a request.

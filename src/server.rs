@@ -54,7 +54,7 @@ use crate::deadline::sleep_until;
 
 /// The largest request head (request line and header fields) the service reads; a larger one
 /// is answered 431 and the connection closed.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// How long a refused connection gets to take its error answer before it is closed.
 const REFUSAL_LINGER: Duration = Duration::from_secs(2);

@@ -29,7 +29,7 @@ use super::error::{ApiError, ErrorBody};
 use crate::domain::TrialId;
 
 /// Where the document is served (and where Swagger UI fetches it).
-pub const OPENAPI_PATH: &str = "/openapi.json";
+const OPENAPI_PATH: &str = "/openapi.json";
 
 /// The document's frame; the paths come from the routers.
 #[derive(OpenApi)]

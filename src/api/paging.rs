@@ -9,7 +9,7 @@ use super::error::ApiError;
 /// Rows per page when `limit` is not given.
 pub const DEFAULT_LIMIT: usize = 50;
 /// The most rows a page may have.
-pub const MAX_LIMIT: usize = 500;
+const MAX_LIMIT: usize = 500;
 
 /// The `limit` parameter, checked.
 pub fn limit(value: &str) -> Result<usize, ApiError> {

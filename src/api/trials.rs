@@ -20,15 +20,6 @@ use crate::engine::executor::{
 };
 use crate::engine::sequence::Signal;
 
-/// The callback kinds, as path segments.
-pub const CALLBACK_KINDS: [&str; 5] = [
-    "slice",
-    "cloudvnfboarding",
-    "cloudvnfdeployment",
-    "edgevnfonboarding",
-    "edgevnfdeployment",
-];
-
 /// The routes of this area.
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -49,7 +40,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// The longest reason or progress message taken, in characters.
-pub const MAX_TEXT: usize = 500;
+const MAX_TEXT: usize = 500;
 
 /// Optional body of the operator's actions: why.
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -498,6 +489,15 @@ async fn responses(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The callback kinds of SPEC §5, as path segments.
+    const CALLBACK_KINDS: [&str; 5] = [
+        "slice",
+        "cloudvnfboarding",
+        "cloudvnfdeployment",
+        "edgevnfonboarding",
+        "edgevnfdeployment",
+    ];
 
     #[test]
     fn every_callback_kind_is_routed_and_has_a_signal() {

@@ -36,11 +36,11 @@ use crate::sim::{Platform, SimOptions};
 use crate::telemetry;
 
 /// Name of the LCM runtime's threads (the store's writer thread is `lcm-store`).
-pub const LCM_THREADS: &str = "lcm-rt";
+const LCM_THREADS: &str = "lcm-rt";
 /// Prefix of every LCM thread.
 pub const LCM_PREFIX: &str = "lcm-";
 /// Name of the simulator's and driver's threads.
-pub const BENCH_THREADS: &str = "bench-rt";
+const BENCH_THREADS: &str = "bench-rt";
 
 /// Options of `lcm bench`.
 #[derive(Debug, Clone)]

@@ -36,7 +36,7 @@ pub struct ThreadCpu {
 
 /// Every live thread of the process. A thread that has exited is no longer listed (its time
 /// still counts in [`process_cpu`]).
-pub fn thread_cpu() -> Vec<ThreadCpu> {
+fn thread_cpu() -> Vec<ThreadCpu> {
     let Ok(tasks) = fs::read_dir("/proc/self/task") else {
         return Vec::new();
     };

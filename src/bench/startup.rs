@@ -25,7 +25,7 @@ use crate::store::sqlite::SqliteBackend;
 use crate::store::{Backend, Op, TrialRecord};
 
 /// Live trials in the store besides the ended ones: these are recovered.
-pub const LIVE: usize = 100;
+const LIVE: usize = 100;
 /// Trials written per transaction while filling.
 const BATCH: usize = 500;
 

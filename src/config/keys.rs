@@ -77,9 +77,9 @@ impl Accepts {
 }
 
 /// The roles a key of `auth.keys` may have.
-pub const ROLES: &[&str] = &["viewer", "operator", "admin"];
+const ROLES: &[&str] = &["viewer", "operator", "admin"];
 /// The values of `logging.format`.
-pub const LOG_FORMATS: &[&str] = &["text", "json"];
+const LOG_FORMATS: &[&str] = &["text", "json"];
 
 const SECS: Accepts = Accepts::Whole(u64::MAX);
 const U64: Accepts = Accepts::Whole(u64::MAX);

@@ -134,7 +134,7 @@ pub enum ExecutorExit {
 
 /// What the executor does with a signal, decided from where it is (SPEC §4's signal rules).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+enum Decision {
     Take(Step),
     Hold(Wait),
     Duplicate,
@@ -142,7 +142,7 @@ pub enum Decision {
 }
 
 /// Decides a signal's fate. `accepted` and `held` are the signals taken or kept so far.
-pub fn decide(
+fn decide(
     position: Position,
     signal: Signal,
     accepted: &[(Wait, Signal)],
@@ -203,16 +203,16 @@ enum Outcome {
 
 /// The executor: owns the trial's checkpoint while it runs.
 pub struct Executor {
-    pub id: TrialId,
-    pub deps: Arc<EngineDeps>,
-    pub shared: Arc<EngineShared>,
-    pub checkpoint: Checkpoint,
+    pub(super) id: TrialId,
+    pub(super) deps: Arc<EngineDeps>,
+    pub(super) shared: Arc<EngineShared>,
+    pub(super) checkpoint: Checkpoint,
     /// The first step runs again (the executor was restored, or recovered after a crash).
-    pub rerun: bool,
-    pub commands: mpsc::Receiver<Command>,
-    pub checkpoints: mpsc::Sender<Checkpointed>,
+    pub(super) rerun: bool,
+    pub(super) commands: mpsc::Receiver<Command>,
+    pub(super) checkpoints: mpsc::Sender<Checkpointed>,
     /// The operator stepped a paused trial: the next step may run.
-    pub stepping: bool,
+    pub(super) stepping: bool,
 }
 
 impl Executor {

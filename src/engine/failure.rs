@@ -19,7 +19,7 @@ use crate::domain::TrialId;
 use crate::services::{Outbound, Service};
 
 /// The label under which the `FAILED` report's answer is recorded.
-pub const REPORT_LABEL: &str = "ReportFailure";
+const REPORT_LABEL: &str = "ReportFailure";
 
 /// The path of a trial's failure file.
 pub fn failure_file(settings: &Settings, id: &TrialId) -> PathBuf {

@@ -425,7 +425,7 @@ impl EngineShared {
 
     /// Moves the engine to `lifecycle` at the checkpoint's position: the one place where what
     /// the API shows of an engine changes. A stopped engine stays stopped.
-    pub fn move_to(&self, lifecycle: Lifecycle, checkpoint: &Checkpoint) {
+    pub(super) fn move_to(&self, lifecycle: Lifecycle, checkpoint: &Checkpoint) {
         self.state.send_if_modified(|s| {
             if s.lifecycle == Lifecycle::Stopped {
                 return false;
@@ -445,12 +445,12 @@ impl EngineShared {
     }
 
     /// Shows a component's latest progress (or clears it when its wait ends).
-    pub fn set_progress(&self, progress: Option<Progress>) {
+    pub(super) fn set_progress(&self, progress: Option<Progress>) {
         self.state.send_modify(|s| s.progress = progress);
     }
 
     /// Shows the operator's pause.
-    pub fn set_paused(&self, paused: bool) {
+    pub(super) fn set_paused(&self, paused: bool) {
         self.state.send_modify(|s| {
             s.paused = paused;
             if let Position::Run(_) = s.position

@@ -8,7 +8,7 @@ use serde_json::Value;
 pub const REDACTED: &str = "[redacted]";
 
 /// The shortest value treated as a secret to hide.
-pub const MIN_SECRET_LEN: usize = 4;
+const MIN_SECRET_LEN: usize = 4;
 
 /// The secrets to hide.
 #[derive(Debug, Default, Clone)]

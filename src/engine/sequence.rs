@@ -103,7 +103,7 @@ pub enum Then {
 use Step::*;
 
 /// Each step and what follows it.
-pub const SEQUENCE: &[(Step, Then)] = &[
+const SEQUENCE: &[(Step, Then)] = &[
     (GetCallbackToken, Then::Step(GetTrialInfo)),
     (GetTrialInfo, Then::Step(SliceDeployment)),
     (SliceDeployment, Then::Wait(Wait::SliceCreated)),
@@ -247,7 +247,7 @@ pub const CLEANUP: &[(Step, Undoes)] = &[
 
 /// Steps whose output later steps need, with what that output is: a failed one cannot be
 /// skipped (SPEC §14).
-pub const NOT_SKIPPABLE: &[(Step, &str)] = &[
+const NOT_SKIPPABLE: &[(Step, &str)] = &[
     (GetCallbackToken, "the trial's callback token"),
     (GetTrialInfo, "the trial information (facility, KPIs, name)"),
     (SliceDeployment, "the deployed slice and its id"),

@@ -443,13 +443,13 @@ impl StepCx<'_> {
 
     /// Sends a request, records the answer under the step, and requires `expected`. Returns
     /// the JSON body (`null` when there was none).
-    pub async fn call(&mut self, request: Outbound, expected: u16) -> Result<Value, StepError> {
+    async fn call(&mut self, request: Outbound, expected: u16) -> Result<Value, StepError> {
         Ok(self.call_expecting(request, &[expected]).await?.1)
     }
 
     /// Like [`Self::call`], for a request whose success may be one of several statuses;
     /// returns the status too.
-    pub async fn call_expecting(
+    async fn call_expecting(
         &mut self,
         request: Outbound,
         expected: &[u16],

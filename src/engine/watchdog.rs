@@ -127,18 +127,18 @@ pub enum Origin {
 
 /// The watchdog's state.
 pub struct Watchdog {
-    pub shared: Arc<EngineShared>,
-    pub checkpoint: Checkpoint,
-    pub lifecycle: Lifecycle,
+    pub(super) shared: Arc<EngineShared>,
+    pub(super) checkpoint: Checkpoint,
+    pub(super) lifecycle: Lifecycle,
     /// Start an executor (a new or recovered live engine).
-    pub start_executor: bool,
-    pub origin: Origin,
-    pub executor: Option<JoinHandle<ExecutorExit>>,
-    pub checkpoints: mpsc::Receiver<Checkpointed>,
-    pub checkpoint_tx: mpsc::Sender<Checkpointed>,
-    pub controls: mpsc::Receiver<ControlRequest>,
+    pub(super) start_executor: bool,
+    pub(super) origin: Origin,
+    pub(super) executor: Option<JoinHandle<ExecutorExit>>,
+    pub(super) checkpoints: mpsc::Receiver<Checkpointed>,
+    pub(super) checkpoint_tx: mpsc::Sender<Checkpointed>,
+    pub(super) controls: mpsc::Receiver<ControlRequest>,
     /// An abort that arrived while the executor was ending, answered once it has.
-    pub pending_abort: Option<(String, oneshot::Sender<ControlOutcome>)>,
+    pub(super) pending_abort: Option<(String, oneshot::Sender<ControlOutcome>)>,
 }
 
 impl Watchdog {

@@ -189,7 +189,7 @@ struct ClientInner {
 }
 
 /// The largest answer body kept (1 MiB).
-pub const MAX_REPLY_BYTES: usize = 1024 * 1024;
+const MAX_REPLY_BYTES: usize = 1024 * 1024;
 
 /// Installs the process-wide rustls crypto provider (ring) once; later calls do nothing.
 pub fn install_crypto_provider() {
@@ -243,11 +243,6 @@ impl ServiceClient {
                 policies: Service::ALL.map(|service| settings.retry_policy(service)),
             }),
         })
-    }
-
-    /// The base URL of a service.
-    pub fn base_url(&self, service: Service) -> &Url {
-        &self.endpoint(service).base
     }
 
     fn endpoint(&self, service: Service) -> &Endpoint {

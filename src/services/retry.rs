@@ -16,7 +16,7 @@ use super::{Reply, SendError};
 use crate::config::RetrySettings;
 
 /// The answers worth trying again.
-pub const RETRIED_STATUSES: [u16; 6] = [408, 429, 500, 502, 503, 504];
+const RETRIED_STATUSES: [u16; 6] = [408, 429, 500, 502, 503, 504];
 
 /// Why an attempt is tried again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use crate::engine::state::{
 };
 
 /// The version of the checkpoint document this release writes.
-pub const FORMAT: u32 = 1;
+const FORMAT: u32 = 1;
 
 /// A time as the store writes it.
 pub fn time(at: DateTime<Utc>) -> String {
