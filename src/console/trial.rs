@@ -133,10 +133,8 @@ impl Following {
         }
     }
 
-    /// Takes every event delivered since the last look, without waiting, and counts the
-    /// engine's state as seen: the page is about to be read.
+    /// Takes every event delivered since the last look, without waiting.
     fn catch_up(&mut self) {
-        self.snapshots.mark_unchanged();
         while !self.lagged && !self.ended {
             match self.events.try_recv() {
                 Ok(event) => self.take(Ok(event)),
@@ -154,7 +152,7 @@ async fn load<'h>(
     state: &AppState,
     signed: &Signed,
     id: &TrialId,
-    following: Option<&'h Following>,
+    following: Option<&'h mut Following>,
 ) -> Result<TrialView<'h>, Unshown> {
     let found = match state.find_trial(id).await {
         Ok(found) => found,
@@ -184,7 +182,12 @@ async fn load<'h>(
     };
     let history = match (&found, following) {
         (Found::Engine(engine), Some(following)) if following.follows(engine) => {
-            Cow::Borrowed(following.history.as_slice())
+            // Taken after the snapshot, as a copy would be: every event up to it is in.
+            following.catch_up();
+            match following.lagged {
+                true => Cow::Owned(engine.history()),
+                false => Cow::Borrowed(following.history.as_slice()),
+            }
         }
         _ => Cow::Owned(
             state
@@ -854,11 +857,7 @@ pub async fn live(
     live::stream(&shutdown, move |tx| async move {
         let mut following: Option<Following> = None;
         loop {
-            // Follow the trial's engine (a scheduled trial gets one; a deleted trial loses it),
-            // listening before reading, so no change between the two is missed.
-            if let Some(following) = &mut following {
-                following.catch_up();
-            }
+            // Follow the trial's engine (a scheduled trial gets one; a deleted trial loses it).
             following = match state.scheduler.engines().get(&id) {
                 Some(engine) => match following.take() {
                     Some(kept) if kept.follows(&engine) && !kept.lagged => Some(kept),
@@ -866,7 +865,11 @@ pub async fn live(
                 },
                 None => None,
             };
-            let view = match load(&state, &signed, &id, following.as_ref()).await {
+            if let Some(following) = &mut following {
+                // Listen before reading, so no change between the two is missed.
+                following.snapshots.mark_unchanged();
+            }
+            let view = match load(&state, &signed, &id, following.as_mut()).await {
                 Ok(view) => Some(view),
                 Err(Unshown::Unknown) => {
                     let gone = html! { p.flash.error role="alert" { "The service no longer knows this trial (it was deleted or unscheduled)." } };
