@@ -2,6 +2,8 @@
 //! components, and a client that speaks to it like a user would.
 
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -25,6 +27,8 @@ pub struct AppOptions {
     pub backend: Option<Box<dyn FnOnce() -> FlakyBackend>>,
     /// Trials and faults the simulated platform has before the service starts.
     pub platform: Box<dyn FnOnce(&Platform)>,
+    /// An in-memory store whose reads fail while this is on (instead of `backend`).
+    pub busy_reads: Option<BusyReads>,
 }
 
 impl Default for AppOptions {
@@ -35,6 +39,7 @@ impl Default for AppOptions {
             hooks: EngineHooks::default(),
             backend: None,
             platform: Box::new(|_| {}),
+            busy_reads: None,
         }
     }
 }
@@ -61,6 +66,106 @@ impl lcm::store::Backend for FlakyBackend {
 
     fn reader(&self) -> Result<Box<dyn lcm::store::Reader>, lcm::store::StoreError> {
         self.inner.reader()
+    }
+}
+
+/// A switch that fails every read of the store while it is on (a store that does not
+/// answer), and the count of the reads it failed.
+#[derive(Clone, Default)]
+pub struct BusyReads {
+    pub on: Arc<AtomicBool>,
+    pub refused: Arc<AtomicUsize>,
+}
+
+/// An in-memory SQLite store whose reads fail while its switch is on.
+struct BusyBackend {
+    inner: lcm::store::sqlite::SqliteBackend,
+    reads: BusyReads,
+}
+
+impl lcm::store::Backend for BusyBackend {
+    fn apply(&mut self, ops: &[lcm::store::Op]) -> Result<Vec<usize>, lcm::store::StoreError> {
+        self.inner.apply(ops)
+    }
+
+    fn load(&mut self) -> Result<lcm::store::Loaded, lcm::store::StoreError> {
+        self.inner.load()
+    }
+
+    fn reader(&self) -> Result<Box<dyn lcm::store::Reader>, lcm::store::StoreError> {
+        Ok(Box::new(BusyReader {
+            inner: self.inner.reader()?,
+            reads: self.reads.clone(),
+        }))
+    }
+}
+
+/// The reader of a [`BusyBackend`].
+struct BusyReader {
+    inner: Box<dyn lcm::store::Reader>,
+    reads: BusyReads,
+}
+
+impl BusyReader {
+    /// Fails the read while the store is busy.
+    fn answering(&self) -> Result<(), lcm::store::StoreError> {
+        if !self.reads.on.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.reads.refused.fetch_add(1, Ordering::SeqCst);
+        Err(lcm::store::StoreError::Backend(
+            "database is locked (simulated)".into(),
+        ))
+    }
+}
+
+impl lcm::store::Reader for BusyReader {
+    fn trials(
+        &mut self,
+        query: &lcm::store::TrialQuery,
+    ) -> Result<Vec<lcm::store::ListedTrial>, lcm::store::StoreError> {
+        self.answering()?;
+        self.inner.trials(query)
+    }
+
+    fn counts(
+        &mut self,
+        id_contains: Option<&str>,
+    ) -> Result<Vec<(String, u64)>, lcm::store::StoreError> {
+        self.answering()?;
+        self.inner.counts(id_contains)
+    }
+
+    fn trial(
+        &mut self,
+        id: &lcm::domain::TrialId,
+    ) -> Result<Option<lcm::store::StoredTrial>, lcm::store::StoreError> {
+        self.answering()?;
+        self.inner.trial(id)
+    }
+
+    fn events(
+        &mut self,
+        id: &lcm::domain::TrialId,
+    ) -> Result<Vec<lcm::engine::state::TrialEvent>, lcm::store::StoreError> {
+        self.answering()?;
+        self.inner.events(id)
+    }
+
+    fn responses(
+        &mut self,
+        id: &lcm::domain::TrialId,
+    ) -> Result<Vec<lcm::engine::state::ResponseRecord>, lcm::store::StoreError> {
+        self.answering()?;
+        self.inner.responses(id)
+    }
+
+    fn audit(
+        &mut self,
+        query: &lcm::store::AuditQuery,
+    ) -> Result<Vec<lcm::store::AuditEntry>, lcm::store::StoreError> {
+        self.answering()?;
+        self.inner.audit(query)
     }
 }
 
@@ -152,11 +257,19 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     platform.configure(&mut settings);
     (options.settings)(&mut settings);
     (options.platform)(&platform);
-    let app = match options.backend {
-        Some(backend) => {
+    let app = match (options.backend, options.busy_reads) {
+        (Some(backend), None) => {
             Application::with_backend(settings, listener, options.hooks, backend()).await
         }
-        None => Application::with_listener(settings, listener, options.hooks).await,
+        (None, Some(reads)) => {
+            let backend = BusyBackend {
+                inner: lcm::store::sqlite::SqliteBackend::in_memory().expect("in-memory store"),
+                reads,
+            };
+            Application::with_backend(settings, listener, options.hooks, backend).await
+        }
+        (None, None) => Application::with_listener(settings, listener, options.hooks).await,
+        (Some(_), Some(_)) => panic!("busy reads come with a store of their own"),
     }
     .expect("app builds");
     let server = tokio::spawn(async move {
