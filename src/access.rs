@@ -178,8 +178,11 @@ impl Access {
         self.purge_now_and_then();
         self.failures
             .check_key(&client_key(addr))
-            .map_err(|not_until| TooManyFailures {
-                retry_after: not_until.wait_time_from(self.failures.clock().now()),
+            .map_err(|not_until| {
+                metrics::counter!("lcm_requests_throttled_total").increment(1);
+                TooManyFailures {
+                    retry_after: not_until.wait_time_from(self.failures.clock().now()),
+                }
             })
     }
 

@@ -123,7 +123,7 @@ fn trial_in_path(template: &str, path: &str) -> Option<String> {
 }
 
 /// A `message` or `detail` of a JSON body, if it has one.
-fn said(body: &[u8]) -> Option<String> {
+pub(crate) fn said(body: &[u8]) -> Option<String> {
     let value: Value = serde_json::from_slice(body).ok()?;
     ["message", "detail"]
         .iter()

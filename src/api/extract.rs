@@ -9,11 +9,12 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
@@ -42,15 +43,39 @@ fn presented_credential(headers: &HeaderMap) -> Option<String> {
         };
         return (!value.is_empty()).then(|| value.to_owned());
     }
+    cookie_value(headers, "Authorization")
+}
+
+/// The value of the request's cookie `name`, if it sent a non-empty one (the API's
+/// `Authorization` cookie, the console's session).
+pub(crate) fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(cookie::Cookie::split_parse)
         .filter_map(Result::ok)
-        .find(|c| c.name() == "Authorization")
+        .find(|c| c.name() == name)
         .map(|c| c.value().to_owned())
         .filter(|v| !v.is_empty())
+}
+
+/// The address failed authentications are counted against: the client's, from the
+/// connection. Served without connection info (a router driven in-process) every client is
+/// one.
+pub(crate) fn client_ip(extensions: &Extensions) -> IpAddr {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip())
+}
+
+/// How long a client refused with 429 should wait, as `Retry-After` says it: whole seconds,
+/// rounded up (a client that waits that long is let through), at least one.
+pub(crate) fn retry_after_secs(retry_after: Duration) -> u64 {
+    retry_after
+        .as_secs()
+        .saturating_add(u64::from(retry_after.subsec_nanos() > 0))
+        .max(1)
 }
 
 const MISSING: &str = "missing credentials: send them in the Authorization header (raw or 'Bearer <value>') or in an Authorization cookie";
@@ -131,12 +156,7 @@ impl IntoResponse for AuthError {
         match self {
             AuthError::Refused(e) => e.into_response(),
             AuthError::TooManyFailures(TooManyFailures { retry_after }) => {
-                metrics::counter!("lcm_requests_throttled_total").increment(1);
-                // Whole seconds, rounded up: a client that waits that long is let through.
-                let secs = retry_after
-                    .as_secs()
-                    .saturating_add(u64::from(retry_after.subsec_nanos() > 0))
-                    .max(1);
+                let secs = retry_after_secs(retry_after);
                 let mut response = ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     format!(
@@ -156,12 +176,7 @@ impl IntoResponse for AuthError {
 /// A failed authentication: 401 with `detail`, or 429 once the client's address has failed too
 /// often. Counted per address, so one client cannot guess keys online.
 fn failed(parts: &Parts, state: &AppState, detail: impl Into<String>) -> AuthError {
-    // Served without connection info (a router driven in-process) every client is one.
-    let addr = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
-    match state.access.note_failure(addr) {
+    match state.access.note_failure(client_ip(&parts.extensions)) {
         Ok(()) => AuthError::Refused(ApiError::unauthorized(detail)),
         Err(limited) => AuthError::TooManyFailures(limited),
     }

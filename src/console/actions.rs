@@ -20,7 +20,7 @@ use tower::ServiceExt as _;
 use super::layout::{self, Section};
 use super::session::{Post, Signed};
 use crate::api::AppState;
-use crate::api::audit::Audited;
+use crate::api::audit::{Audited, said};
 use crate::api::extract::{Admin, Operator};
 use crate::config::Role;
 use crate::domain::TrialId;
@@ -226,14 +226,8 @@ pub async fn call_api(
     let bytes = axum::body::to_bytes(response.into_body(), ANSWER_LIMIT)
         .await
         .unwrap_or_default();
-    let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    let text = ["message", "detail"]
-        .iter()
-        .find_map(|k| value.get(*k).and_then(Value::as_str))
-        .map_or_else(
-            || status.canonical_reason().unwrap_or("done").to_owned(),
-            str::to_owned,
-        );
+    let text =
+        said(&bytes).unwrap_or_else(|| status.canonical_reason().unwrap_or("done").to_owned());
     ApiAnswer { status, text }
 }
 
@@ -252,23 +246,35 @@ pub fn answer(signed: &Signed, answer: ApiAnswer, back: &str) -> Response {
     response
 }
 
-/// A page saying the request names no valid trial or action.
-fn bad_target(signed: Option<&Signed>, raw_id: &str, action: &str) -> Option<Response> {
-    if TrialId::parse(raw_id).is_err() {
-        return Some(layout::error_page(
-            signed,
-            StatusCode::BAD_REQUEST,
-            "That is not a valid trial id.",
-        ));
+/// Why a request names no trial or action the console knows.
+enum BadTarget {
+    TrialId,
+    Action,
+}
+
+impl BadTarget {
+    /// The page that says so.
+    fn page(self, signed: &Signed) -> Response {
+        match self {
+            BadTarget::TrialId => layout::error_page(
+                Some(signed),
+                StatusCode::BAD_REQUEST,
+                "That is not a valid trial id.",
+            ),
+            BadTarget::Action => layout::error_page(
+                Some(signed),
+                StatusCode::NOT_FOUND,
+                "There is no such action.",
+            ),
+        }
     }
-    if TrialAction::parse(action).is_none() {
-        return Some(layout::error_page(
-            signed,
-            StatusCode::NOT_FOUND,
-            "There is no such action.",
-        ));
-    }
-    None
+}
+
+/// The trial and the action a request names.
+fn target(raw_id: &str, action: &str) -> Result<(TrialId, TrialAction), BadTarget> {
+    let id = TrialId::parse(raw_id).map_err(|_| BadTarget::TrialId)?;
+    let action = TrialAction::parse(action).ok_or(BadTarget::Action)?;
+    Ok((id, action))
 }
 
 /// The form that confirms `action` on trial `id`: the question, a reason if it takes one, and
@@ -307,11 +313,9 @@ pub async fn confirm_page(
     signed: Signed,
     Path((raw_id, action)): Path<(String, String)>,
 ) -> Response {
-    if let Some(refused) = bad_target(Some(&signed), &raw_id, &action) {
-        return refused;
-    }
-    let (Ok(id), Some(action)) = (TrialId::parse(&raw_id), TrialAction::parse(&action)) else {
-        return layout::error_page(Some(&signed), StatusCode::NOT_FOUND, "No such action.");
+    let (id, action) = match target(&raw_id, &action) {
+        Ok(target) => target,
+        Err(bad) => return bad.page(&signed),
     };
     if !signed.may(action.role()) {
         return layout::error_page(
@@ -348,12 +352,13 @@ pub async fn trial_action(
     Path((raw_id, action)): Path<(String, String)>,
     post: Post,
 ) -> Response {
-    if let Some(mut refused) = bad_target(Some(&post.signed), &raw_id, &action) {
-        refused.extensions_mut().insert(post.signed.actor());
-        return refused;
-    }
-    let (Ok(id), Some(action)) = (TrialId::parse(&raw_id), TrialAction::parse(&action)) else {
-        return layout::error_page(Some(&post.signed), StatusCode::NOT_FOUND, "No such action.");
+    let (id, action) = match target(&raw_id, &action) {
+        Ok(target) => target,
+        Err(bad) => {
+            let mut refused = bad.page(&post.signed);
+            refused.extensions_mut().insert(post.signed.actor());
+            return refused;
+        }
     };
     let reason = post.form.get("reason").map(str::to_owned);
     let body = match (action.reason(), reason) {

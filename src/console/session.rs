@@ -9,7 +9,7 @@
 //! The key itself is kept nowhere.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,7 @@ use super::Console;
 use super::layout;
 use crate::access::{Actor, KeyHolder, TooManyFailures};
 use crate::api::AppState;
+use crate::api::extract::{client_ip, cookie_value, retry_after_secs};
 use crate::config::{NamedKey, Role};
 
 /// The session cookie's name.
@@ -186,22 +187,10 @@ fn console_of(parts: &Parts) -> Option<Arc<Console>> {
     parts.extensions.get::<Arc<Console>>().cloned()
 }
 
-fn session_cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(Cookie::split_parse)
-        .filter_map(Result::ok)
-        .find(|c| c.name() == COOKIE)
-        .map(|c| c.value().to_owned())
-        .filter(|v| !v.is_empty())
-}
-
 /// The session of this request, if it has a live one whose key is still in force.
 fn signed(parts: &Parts, state: &AppState) -> Option<Signed> {
     let console = console_of(parts)?;
-    let id = session_cookie(&parts.headers)?;
+    let id = cookie_value(&parts.headers, COOKIE)?;
     let now = Instant::now();
     let (holder, csrf) = {
         let mut map = console.sessions.map();
@@ -445,21 +434,14 @@ pub async fn sign_in(
         .then(|| state.access.key_holder(&key))
         .flatten();
     let Some(holder) = holder else {
-        let addr = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
-        return match state.access.note_failure(addr) {
+        return match state.access.note_failure(client_ip(&parts.extensions)) {
             Ok(()) => sign_in_page(
                 StatusCode::UNAUTHORIZED,
                 Some("That is not a key of this service."),
             ),
             Err(TooManyFailures { retry_after }) => {
-                // Whole seconds, rounded up, as the API says it.
-                let secs = retry_after
-                    .as_secs()
-                    .saturating_add(u64::from(retry_after.subsec_nanos() > 0))
-                    .max(1);
+                // As the API says it.
+                let secs = retry_after_secs(retry_after);
                 let mut response = sign_in_page(
                     StatusCode::TOO_MANY_REQUESTS,
                     Some(&format!(

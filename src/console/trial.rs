@@ -5,8 +5,9 @@
 //! its state and the key's role allow, each behind a confirmation. It updates itself as the
 //! trial moves: its stream follows the engine's events and state.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -14,6 +15,8 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::Utc;
 use maud::{Markup, html};
+use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+use tokio::sync::watch;
 
 use super::actions::{self, TrialAction};
 use super::layout::{self, Section};
@@ -30,6 +33,7 @@ use crate::engine::sequence::{self, Next, Step, Wait};
 use crate::engine::state::{
     EventKind, Lifecycle, Mode, Position, ResponseRecord, Snapshot, TrialEvent,
 };
+use crate::engine::{EngineHandle, EngineShared};
 use crate::store::{AuditEntry, AuditQuery};
 
 /// How many audit entries the page shows.
@@ -52,19 +56,20 @@ enum Kind {
     Corrupt(String),
 }
 
-/// Everything the page shows of a trial, read at one moment.
-struct TrialView {
+/// Everything the page shows of a trial, read at one moment. Its history is borrowed when a
+/// live page keeps it up to date itself ([`Following`]).
+struct TrialView<'h> {
     id: TrialId,
     kind: Kind,
     snapshot: Option<Snapshot>,
-    history: Vec<Arc<TrialEvent>>,
+    history: Cow<'h, [Arc<TrialEvent>]>,
     responses: Vec<Arc<ResponseRecord>>,
     failure_file: Option<String>,
     /// `None` when the key's role may not read the audit log.
     audit: Option<Vec<AuditEntry>>,
 }
 
-impl TrialView {
+impl TrialView<'_> {
     /// Nothing more will happen to the trial (or to its page).
     fn settled(&self) -> bool {
         match self.kind {
@@ -78,79 +83,161 @@ impl TrialView {
     }
 }
 
-/// Reads the trial `id` as the page shows it; `None` if the service does not know it.
-async fn load(state: &AppState, signed: &Signed, id: &TrialId) -> Option<TrialView> {
-    let (kind, snapshot, history, responses) = match state.find_trial(id).await {
-        Ok(Found::Engine(engine)) => {
-            let snapshot = engine.snapshot().clone();
-            (
-                Kind::Engine,
-                Some(snapshot),
-                engine.history(),
-                engine.responses(),
-            )
+/// Why a trial's page cannot be shown.
+enum Unshown {
+    /// The service knows no such trial: no job, no engine, no record.
+    Unknown,
+    /// The store did not answer (busy or failing), with the API's status for that. A later
+    /// read may work.
+    Unreadable(StatusCode),
+}
+
+/// A live page's hold on the trial's engine: the history, kept up to date from the engine's
+/// event stream instead of copied again at every update, and the engine's state changes.
+struct Following {
+    engine: Weak<EngineShared>,
+    history: Vec<Arc<TrialEvent>>,
+    events: broadcast::Receiver<Arc<TrialEvent>>,
+    /// Events were missed: the history must be read again, whole.
+    lagged: bool,
+    /// The event stream has ended (the engine is going): only its state is listened to.
+    ended: bool,
+    snapshots: watch::Receiver<Snapshot>,
+}
+
+impl Following {
+    /// Starts following `engine`: its history so far, and a stream of what comes after.
+    fn new(engine: &EngineHandle) -> Self {
+        let (history, events) = engine.events();
+        Self {
+            engine: engine.weak(),
+            history,
+            events,
+            lagged: false,
+            ended: false,
+            snapshots: engine.subscribe(),
         }
-        Ok(found @ Found::Stored(_)) => {
-            let Found::Stored(record) = &found else {
-                return None;
-            };
-            let snapshot = view::snapshot_of(record);
-            let history = state.history(&found, id).await.unwrap_or_default();
-            let responses = state.responses(&found, id).await.unwrap_or_default();
-            (Kind::Stored, Some(snapshot), history, responses)
+    }
+
+    /// Whether this follows `engine` (and not an earlier engine of the same trial).
+    fn follows(&self, engine: &EngineHandle) -> bool {
+        engine.same(&self.engine)
+    }
+
+    /// Takes what the event stream delivered.
+    fn take(&mut self, received: Result<Arc<TrialEvent>, RecvError>) {
+        match received {
+            Ok(event) => self.history.push(event),
+            Err(RecvError::Lagged(_)) => self.lagged = true,
+            Err(RecvError::Closed) => self.ended = true,
         }
-        Ok(found @ Found::Corrupt(_)) => {
-            let Found::Corrupt(reason) = &found else {
-                return None;
-            };
-            let history = state.history(&found, id).await.unwrap_or_default();
-            (Kind::Corrupt(reason.clone()), None, history, Vec::new())
+    }
+
+    /// Takes every event delivered since the last look, without waiting.
+    fn catch_up(&mut self) {
+        while !self.lagged && !self.ended {
+            match self.events.try_recv() {
+                Ok(event) => self.take(Ok(event)),
+                Err(TryRecvError::Lagged(missed)) => self.take(Err(RecvError::Lagged(missed))),
+                Err(TryRecvError::Closed) => self.take(Err(RecvError::Closed)),
+                Err(TryRecvError::Empty) => return,
+            }
         }
-        Err(_) => {
+    }
+}
+
+/// Reads the trial `id` as the page shows it. A live page passes the engine it follows, whose
+/// history it keeps itself.
+async fn load<'h>(
+    state: &AppState,
+    signed: &Signed,
+    id: &TrialId,
+    following: Option<&'h mut Following>,
+) -> Result<TrialView<'h>, Unshown> {
+    let found = match state.find_trial(id).await {
+        Ok(found) => found,
+        Err(e) if e.status == StatusCode::NOT_FOUND => {
             let job = state
                 .scheduler
                 .jobs()
                 .into_iter()
-                .find(|job| job.id == *id)?;
-            (
-                Kind::Scheduled(job.start_time),
-                None,
-                Vec::new(),
-                Vec::new(),
-            )
+                .find(|job| job.id == *id)
+                .ok_or(Unshown::Unknown)?;
+            return Ok(TrialView {
+                id: id.clone(),
+                kind: Kind::Scheduled(job.start_time),
+                snapshot: None,
+                history: Cow::Owned(Vec::new()),
+                responses: Vec::new(),
+                failure_file: None,
+                audit: audit_of(state, signed, id).await,
+            });
         }
+        Err(e) => return Err(Unshown::Unreadable(e.status)),
+    };
+    let (kind, snapshot) = match &found {
+        Found::Engine(engine) => (Kind::Engine, Some(engine.snapshot().clone())),
+        Found::Stored(record) => (Kind::Stored, Some(view::snapshot_of(record))),
+        Found::Corrupt(reason) => (Kind::Corrupt(reason.clone()), None),
+    };
+    let history = match (&found, following) {
+        (Found::Engine(engine), Some(following)) if following.follows(engine) => {
+            // Taken after the snapshot, as a copy would be: every event up to it is in.
+            following.catch_up();
+            match following.lagged {
+                true => Cow::Owned(engine.history()),
+                false => Cow::Borrowed(following.history.as_slice()),
+            }
+        }
+        _ => Cow::Owned(
+            state
+                .history(&found, id)
+                .await
+                .map_err(|e| Unshown::Unreadable(e.status))?,
+        ),
+    };
+    let responses = match &found {
+        // A corrupt record's responses are not read.
+        Found::Corrupt(_) => Vec::new(),
+        Found::Engine(_) | Found::Stored(_) => state
+            .responses(&found, id)
+            .await
+            .map_err(|e| Unshown::Unreadable(e.status))?,
     };
     let failure_file = match snapshot.as_ref().and_then(|s| s.failure.as_ref()) {
         Some(_) => read_failure_file(state, id).await,
         None => None,
     };
-    let audit = if signed.may(Admin::ROLE) {
-        let query = AuditQuery {
-            trial_id: Some(id.to_string()),
-            limit: AUDIT_ROWS,
-            ..AuditQuery::default()
-        };
-        let mut entries = state
-            .scheduler
-            .deps()
-            .store
-            .read(move |reader| reader.audit(&query))
-            .await
-            .unwrap_or_default();
-        entries.truncate(AUDIT_ROWS);
-        Some(entries)
-    } else {
-        None
-    };
-    Some(TrialView {
+    Ok(TrialView {
         id: id.clone(),
         kind,
         snapshot,
         history,
         responses,
         failure_file,
-        audit,
+        audit: audit_of(state, signed, id).await,
     })
+}
+
+/// The trial's audit entries, for a key that may read the audit log.
+async fn audit_of(state: &AppState, signed: &Signed, id: &TrialId) -> Option<Vec<AuditEntry>> {
+    if !signed.may(Admin::ROLE) {
+        return None;
+    }
+    let query = AuditQuery {
+        trial_id: Some(id.to_string()),
+        limit: AUDIT_ROWS,
+        ..AuditQuery::default()
+    };
+    let mut entries = state
+        .scheduler
+        .deps()
+        .store
+        .read(move |reader| reader.audit(&query))
+        .await
+        .unwrap_or_default();
+    entries.truncate(AUDIT_ROWS);
+    Some(entries)
 }
 
 async fn read_failure_file(state: &AppState, id: &TrialId) -> Option<String> {
@@ -578,7 +665,7 @@ fn history(view: &TrialView) -> Markup {
                 table.events {
                     thead { tr { th scope="col" { "#" } th scope="col" { "At" } th scope="col" { "Event" } th scope="col" { "Took" } } }
                     tbody {
-                        @for e in &view.history {
+                        @for e in view.history.iter() {
                             tr {
                                 td { (e.seq) }
                                 td { (layout::time(e.at)) }
@@ -683,6 +770,15 @@ fn unknown(signed: &Signed, raw: &str) -> Response {
     }
 }
 
+/// The page of a trial the store could not read now.
+fn unreadable(signed: &Signed, status: StatusCode) -> Response {
+    layout::error_page(
+        Some(signed),
+        status,
+        "The trial could not be read: the store did not answer just now. Try again in a moment.",
+    )
+}
+
 /// `GET /ui/trials/{trial_id}`.
 pub async fn page(
     signed: Signed,
@@ -692,8 +788,10 @@ pub async fn page(
     let Ok(id) = TrialId::parse(&raw) else {
         return unknown(&signed, &raw);
     };
-    let Some(view) = load(&state, &signed, &id).await else {
-        return unknown(&signed, &raw);
+    let view = match load(&state, &signed, &id, None).await {
+        Ok(view) => view,
+        Err(Unshown::Unknown) => return unknown(&signed, &raw),
+        Err(Unshown::Unreadable(status)) => return unreadable(&signed, status),
     };
     let parts = parts(&view, &signed, vnf(&state));
     let part = |name: &str| {
@@ -757,31 +855,51 @@ pub async fn live(
     };
     let shutdown = state.shutdown.clone();
     live::stream(&shutdown, move |tx| async move {
+        let mut following: Option<Following> = None;
         loop {
-            // Listen before reading, so no change between the two is missed.
-            let engine = state.scheduler.engines().get(&id);
-            let mut listeners = engine.as_ref().map(|e| (e.events().1, e.subscribe()));
-            let view = load(&state, &signed, &id).await;
-            let patch = match &view {
-                Some(view) => live::patch(&parts(view, &signed, vnf(&state))),
-                None => live::patch(&[(
-                    "trial-summary",
-                    html! { p.flash.error role="alert" { "The service no longer knows this trial (it was deleted or unscheduled)." } },
-                )]),
+            // Follow the trial's engine (a scheduled trial gets one; a deleted trial loses it).
+            following = match state.scheduler.engines().get(&id) {
+                Some(engine) => match following.take() {
+                    Some(kept) if kept.follows(&engine) && !kept.lagged => Some(kept),
+                    _ => Some(Following::new(&engine)),
+                },
+                None => None,
             };
-            if tx.send(patch).await.is_err() {
-                return;
+            if let Some(following) = &mut following {
+                // Listen before reading, so no change between the two is missed.
+                following.snapshots.mark_unchanged();
             }
-            match &view {
-                Some(view) if !view.settled() => {}
-                _ => {
+            let view = match load(&state, &signed, &id, following.as_mut()).await {
+                Ok(view) => Some(view),
+                Err(Unshown::Unknown) => {
+                    let gone = html! { p.flash.error role="alert" { "The service no longer knows this trial (it was deleted or unscheduled)." } };
+                    let _ = tx.send(live::patch(&[("trial-summary", gone)])).await;
+                    let _ = tx.send(live::done()).await;
+                    return;
+                }
+                // The store did not answer (busy): the page stays as it is, and the next
+                // update reads it again.
+                Err(Unshown::Unreadable(_)) => None,
+            };
+            if let Some(view) = &view {
+                if tx
+                    .send(live::patch(&parts(view, &signed, vnf(&state))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                if view.settled() {
                     let _ = tx.send(live::done()).await;
                     return;
                 }
             }
-            if let Some(view) = &view
-                && let Kind::Scheduled(_) = view.kind
-            {
+            let scheduled = view
+                .as_ref()
+                .is_some_and(|view| matches!(view.kind, Kind::Scheduled(_)));
+            // The view may borrow the followed history, which the wait below extends.
+            drop(view);
+            if scheduled {
                 // The job's engine starts (or the job goes): either changes the page.
                 tokio::select! {
                     _ = state.scheduler.wait_for_engine(&id) => {}
@@ -789,13 +907,19 @@ pub async fn live(
                 }
                 continue;
             }
-            match &mut listeners {
-                Some((events, snapshots)) => tokio::select! {
-                    _ = events.recv() => {}
-                    _ = snapshots.changed() => {}
-                    () = tokio::time::sleep(REDRAW) => {}
-                    () = tx.closed() => return,
-                },
+            match &mut following {
+                Some(following) => {
+                    let listening = !following.lagged && !following.ended;
+                    let received = tokio::select! {
+                        received = following.events.recv(), if listening => Some(received),
+                        _ = following.snapshots.changed() => None,
+                        () = tokio::time::sleep(REDRAW) => None,
+                        () = tx.closed() => return,
+                    };
+                    if let Some(received) = received {
+                        following.take(received);
+                    }
+                }
                 None => tokio::select! {
                     () = tokio::time::sleep(REDRAW) => {}
                     () = tx.closed() => return,

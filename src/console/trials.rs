@@ -254,7 +254,12 @@ fn fingerprint(state: &AppState) -> u64 {
         let snapshot = engine.snapshot();
         snapshot.updated_at.hash(&mut hasher);
         snapshot.paused.hash(&mut hasher);
-        format!("{:?}", snapshot.lifecycle).hash(&mut hasher);
+        // The executor status names every lifecycle apart (the engine status folds two).
+        snapshot
+            .lifecycle
+            .executor_status()
+            .name()
+            .hash(&mut hasher);
     }
     hasher.finish()
 }

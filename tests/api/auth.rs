@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use lcm::config::Role;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -18,16 +19,6 @@ async fn status_with_cookie(app: &TestApp, cookie: &str) -> Answer {
         .await
         .expect("request reaches the service");
     read(response).await
-}
-
-fn assert_detail(answer: &Answer, status: StatusCode) {
-    assert_eq!(answer.status, status, "{answer:?}");
-    assert!(
-        answer.body["detail"]
-            .as_str()
-            .is_some_and(|d| !d.is_empty()),
-        "an error answer has a JSON detail string: {answer:?}"
-    );
 }
 
 #[tokio::test]
@@ -319,7 +310,7 @@ async fn failed_authentication_beyond_the_limit_is_429_and_a_right_key_still_pas
     );
 
     // The limited address is still served when its credentials are right.
-    for key in [API_KEY, key_of(lcm::config::Role::Viewer)] {
+    for key in [API_KEY, key_of(Role::Viewer)] {
         let (answer, _) = status_from(&app, &client, "/status", Some(key)).await;
         assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
     }
@@ -395,10 +386,7 @@ impl Binary {
     /// Writes the configuration (`auth` is the body of its `[auth]` table, which may go on with
     /// `[[auth.keys]]` tables), starts the binary and waits until `ready_key` is let in.
     async fn start(dir: tempfile::TempDir, auth: &str, ready_key: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         std::fs::write(
             dir.path().join("lcm.toml"),
             format!(
@@ -413,13 +401,8 @@ impl Binary {
         let platform = lcm::sim::Platform::start(Default::default())
             .await
             .expect("simulators");
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lcm"))
+        let child = lcm_command(dir.path())
             .args(["serve", "--config", "lcm.toml"])
-            .current_dir(dir.path())
-            .env_remove("LCM_CONFIG")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
             .spawn()
             .expect("the binary starts");
         let app = TestApp {
@@ -473,15 +456,6 @@ impl Binary {
         std::fs::write(self.dir.path().join(name), content).expect("file written");
     }
 
-    fn hangup(&self) {
-        let pid = self.child.id().expect("the binary runs");
-        let status = std::process::Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "SIGHUP sent");
-    }
-
     /// Everything the binary logged to its file so far.
     fn log(&self) -> String {
         let Ok(entries) = std::fs::read_dir(self.dir.path().join("logs")) else {
@@ -495,25 +469,6 @@ impl Binary {
     }
 }
 
-fn keys_file(keys: &[(&str, &str, &str)]) -> String {
-    keys.iter()
-        .map(|(name, key, role)| {
-            format!("[[keys]]\nname = \"{name}\"\nkey = \"{key}\"\nrole = \"{role}\"\n\n")
-        })
-        .collect()
-}
-
-/// A callback token for `trial` signed with `secret`, valid for an hour.
-fn token_signed_with(secret: &str, trial: &str) -> String {
-    let now = chrono::Utc::now().timestamp();
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &serde_json::json!({"trial_id": trial, "iat": now, "exp": now + 3600, "jti": "j1"}),
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("a token")
-}
-
 #[tokio::test]
 async fn the_binary_takes_its_keys_and_token_secret_from_files() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -521,7 +476,7 @@ async fn the_binary_takes_its_keys_and_token_secret_from_files() {
     std::fs::write(dir.path().join("token_secret"), "file-token-secret\n").unwrap();
     std::fs::write(
         dir.path().join("keys.toml"),
-        keys_file(&[("watcher", "file-viewer-key", "viewer")]),
+        keys_file(&[("watcher", "file-viewer-key", Role::Viewer)]),
     )
     .unwrap();
     let auth = "api_key = \"config-admin-key\"\n\
@@ -562,12 +517,12 @@ async fn the_binary_takes_its_keys_and_token_secret_from_files() {
     assert_detail(&answer, StatusCode::NOT_FOUND);
 
     // Tokens are signed with the file's secret.
-    let token = token_signed_with("file-token-secret", "t1");
+    let token = signed_token("file-token-secret", "t1", 3600);
     let answer = app
         .call_as(Method::GET, "/token/t1", None, Some(&token))
         .await;
     assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
-    let token = token_signed_with("config-token-secret", "t1");
+    let token = signed_token("config-token-secret", "t1", 3600);
     let answer = app
         .call_as(Method::GET, "/token/t1", None, Some(&token))
         .await;
@@ -579,7 +534,7 @@ async fn sighup_reloads_the_keys_and_a_bad_reload_keeps_the_old_ones() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(
         dir.path().join("keys.toml"),
-        keys_file(&[("old", "old-key", "viewer")]),
+        keys_file(&[("old", "old-key", Role::Viewer)]),
     )
     .unwrap();
     let auth = |extra: &str, secret: &str| {
@@ -592,7 +547,10 @@ async fn sighup_reloads_the_keys_and_a_bad_reload_keeps_the_old_ones() {
 
     // A key added to the keys file and one added to the configuration work, a removed one
     // stops working; a changed token secret is not taken (tokens handed out keep working).
-    binary.write("keys.toml", &keys_file(&[("new", "new-key", "operator")]));
+    binary.write(
+        "keys.toml",
+        &keys_file(&[("new", "new-key", Role::Operator)]),
+    );
     binary.write(
         "lcm.toml",
         &std::fs::read_to_string(binary.dir.path().join("lcm.toml"))
@@ -605,7 +563,7 @@ async fn sighup_reloads_the_keys_and_a_bad_reload_keeps_the_old_ones() {
                 ),
             ),
     );
-    binary.hangup();
+    hang_up(&binary.child);
     binary.wait_for_key("new-key", StatusCode::OK).await;
     binary
         .wait_for_log("API keys reloaded: 3 key(s) in force; added: cfg, new; removed: old")
@@ -631,7 +589,7 @@ async fn sighup_reloads_the_keys_and_a_bad_reload_keeps_the_old_ones() {
         "keys.toml",
         "[[keys]]\nname = \"half\"\nrole = \"viewer\"\n",
     );
-    binary.hangup();
+    hang_up(&binary.child);
     let log = binary.wait_for_log("API keys not reloaded").await;
     assert!(log.contains("keys.toml"), "{log}");
     assert!(

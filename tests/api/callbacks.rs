@@ -3,45 +3,24 @@
 
 use std::time::Duration;
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use lcm::sim::{Component, Fault, FaultAction};
 use reqwest::{Method, StatusCode};
-use serde_json::json;
 
 use crate::helpers::*;
 
 const WAITING_SLICE: &str = "slice callback (slice created)";
 const WAITING_OPERATOR: &str = "operator (active or finish)";
 
-fn drop_slice_callback() -> Fault {
-    Fault::new(
-        Component::Enforcement,
-        "POST",
-        "/sliceDeployment",
-        FaultAction::DropCallback,
-    )
-}
-
-fn sign(secret: &str, trial: &str, exp_offset: i64) -> String {
-    let now = chrono::Utc::now().timestamp();
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"trial_id": trial, "iat": now - 10, "exp": now + exp_offset, "jti": "test-jti"}),
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("signs")
-}
-
 #[tokio::test]
 async fn callbacks_with_bad_tokens_are_refused_and_change_nothing() {
     let app = spawn_app().await;
     let id = "tokens-cb";
-    app.platform.inject(drop_slice_callback());
+    app.platform.inject(drop_slice_callback(id));
     app.start_trial(id).await;
     app.wait_waiting(id, WAITING_SLICE).await;
 
-    let forged = sign("another-secret", id, 600);
-    let expired = sign(TOKEN_SECRET, id, -5);
+    let forged = signed_token("another-secret", id, 600);
+    let expired = signed_token(TOKEN_SECRET, id, -5);
     let other = app.post("/token/other-trial", None).await.body["Authorization"]
         .as_str()
         .expect("token")
@@ -104,7 +83,7 @@ async fn a_callback_for_a_trial_without_engine_is_not_found() {
 async fn signals_that_do_not_fit_are_refused_with_409() {
     let app = spawn_app().await;
     let id = "wrong-time";
-    app.platform.inject(drop_slice_callback());
+    app.platform.inject(drop_slice_callback(id));
     app.start_trial(id).await;
     app.wait_waiting(id, WAITING_SLICE).await;
     let token = app.token_of(id);
@@ -302,7 +281,7 @@ async fn a_missing_callback_times_out_and_the_trial_can_be_restored() {
     })
     .await;
     let id = "timeout";
-    app.platform.inject(drop_slice_callback());
+    app.platform.inject(drop_slice_callback(id));
     app.start_trial(id).await;
     let failed = app.wait_failed(id).await;
     assert_eq!(

@@ -3,6 +3,8 @@
 //! the API decides it, the audit of console actions, and the live stream. What a browser
 //! shows and does is in the browser tests (`--features browser`).
 
+use std::sync::atomic::Ordering;
+
 use lcm::config::Role;
 use lcm::console::actions::TrialAction;
 use reqwest::StatusCode;
@@ -412,4 +414,150 @@ async fn a_live_stream_needs_a_session_and_starts_with_the_pages_parts() {
         seen.contains("trial-summary") && seen.contains("Scheduled"),
         "{seen}"
     );
+}
+
+#[tokio::test]
+async fn a_request_naming_no_valid_trial_or_action_gets_a_page_saying_which() {
+    let app = spawn_app().await;
+    let session = sign_in(&app, Role::Admin).await;
+    for (path, status, says) in [
+        (
+            "/ui/trials/no%20id/confirm/pause",
+            StatusCode::BAD_REQUEST,
+            "not a valid trial id",
+        ),
+        (
+            "/ui/trials/t1/confirm/explode",
+            StatusCode::NOT_FOUND,
+            "no such action",
+        ),
+    ] {
+        let answer = client()
+            .get(format!("{}{path}", app.address))
+            .header("Cookie", &session.cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), status, "{path}");
+        let page = answer.text().await.unwrap();
+        assert!(page.contains(says), "{path}: {page}");
+
+        let action = path.replace("/confirm/", "/actions/");
+        let answer = post(&app, &session, &action, &[]).await;
+        assert_eq!(answer.status(), status, "{action}");
+        let page = answer.text().await.unwrap();
+        assert!(page.contains(says), "{action}: {page}");
+    }
+}
+
+/// What the last `patch` event of a stream put in the part `name` (an element id).
+fn last_part(seen: &str, name: &str) -> String {
+    seen.lines()
+        .rev()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .filter_map(|data| serde_json::from_str::<serde_json::Value>(data.trim()).ok())
+        .find_map(|parts| parts[name].as_str().map(str::to_owned))
+        .unwrap_or_else(|| panic!("no {name} in the stream: {seen}"))
+}
+
+/// Reads a console stream until its `done` event; returns all it sent.
+async fn read_to_done(mut stream: reqwest::Response) -> String {
+    let mut seen = String::new();
+    while !seen.contains("event: done") {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(20), stream.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no done event in 20 s; so far: {seen}"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("the stream ended before done: {seen}"));
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    seen
+}
+
+#[tokio::test]
+async fn a_trial_the_store_cannot_read_now_is_not_called_unknown_and_its_live_page_tries_again() {
+    let reads = BusyReads::default();
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(|s| s.engine.keep_finished_secs = 1),
+        busy_reads: Some(reads.clone()),
+        ..AppOptions::default()
+    })
+    .await;
+    let id = "unreadable";
+    app.start_trial(id).await;
+    app.drive_to_finished(id).await;
+    eventually("the finished engine to leave memory", || async {
+        let engines = app.engines().await;
+        match engines.iter().any(|(e, _)| e == id) {
+            false => Ok(()),
+            true => Err(format!("{engines:?}")),
+        }
+    })
+    .await;
+    let session = sign_in(&app, Role::Viewer).await;
+    let page = format!("{}/ui/trials/{id}", app.address);
+
+    // While the store does not answer, the page says so instead of "no such trial".
+    reads.on.store(true, Ordering::SeqCst);
+    let answer = client()
+        .get(&page)
+        .header("Cookie", &session.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let text = answer.text().await.unwrap();
+    assert!(text.contains("the store did not answer"), "{text}");
+    assert!(!text.contains("knows no trial"), "{text}");
+
+    // Its live stream is kept open past a refused read...
+    let before = reads.refused.load(Ordering::SeqCst);
+    let stream = client()
+        .get(format!("{page}/live"))
+        .header("Cookie", &session.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    eventually("the live page's read refused", || async {
+        match reads.refused.load(Ordering::SeqCst) {
+            now if now > before => Ok(()),
+            now => Err(format!("{now} refused reads")),
+        }
+    })
+    .await;
+    // ...and shows the trial once the store answers again.
+    reads.on.store(false, Ordering::SeqCst);
+    let seen = read_to_done(stream).await;
+    assert!(!seen.contains("no longer knows"), "{seen}");
+    let summary = last_part(&seen, "trial-summary");
+    assert!(summary.contains("Finished"), "{summary}");
+}
+
+#[tokio::test]
+async fn a_live_trial_page_ends_showing_every_event_of_the_trial_once() {
+    let app = spawn_app().await;
+    let id = "t-followed";
+    app.platform.add_trial(lcm::sim::Platform::trial(id, None));
+    app.schedule_in(id, 300).await;
+    let session = sign_in(&app, Role::Viewer).await;
+    let stream = client()
+        .get(format!("{}/ui/trials/{id}/live", app.address))
+        .header("Cookie", &session.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    app.drive_to_finished(id).await;
+
+    let seen = read_to_done(stream).await;
+    let history = app.get(&format!("/trial/{id}/history")).await.body;
+    let events = history["history"].as_array().expect("a history").len();
+    let last = last_part(&seen, "trial-history");
+    assert!(
+        last.contains(&format!("Every event ({events})")),
+        "{events} events: {last}"
+    );
+    let rows = last.matches("<tr><td>").count();
+    assert_eq!(rows, events, "{last}");
 }

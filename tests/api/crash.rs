@@ -3,103 +3,11 @@
 
 use std::time::Duration;
 
-use lcm::sim::{Component, Fault, FaultAction, Platform, SimOptions};
+use lcm::sim::{Component, Fault, FaultAction, Platform};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use crate::helpers::*;
-
-/// Starts the `lcm` binary on `port`, configured by a file in `dir`, and waits until it answers.
-async fn start_binary(app_dir: &std::path::Path, port: u16) -> tokio::process::Child {
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lcm"))
-        .arg("--config")
-        .arg(app_dir.join("lcm.toml"))
-        .current_dir(app_dir)
-        .env_remove("LCM_CONFIG")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the binary starts");
-    let client = reqwest::Client::new();
-    eventually("the binary answering", || async {
-        let up = client
-            .get(format!("http://127.0.0.1:{port}/status"))
-            .header("Authorization", API_KEY)
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == StatusCode::OK);
-        match up {
-            true => Ok(()),
-            false => Err("not yet".to_owned()),
-        }
-    })
-    .await;
-    child
-}
-
-fn write_config(dir: &std::path::Path, port: u16, platform: &Platform) {
-    let config = format!(
-        r#"
-[server]
-bind = "127.0.0.1:{port}"
-public_url = "http://127.0.0.1:{port}"
-
-[auth]
-api_key = "{API_KEY}"
-token_secret = "{TOKEN_SECRET}"
-
-[executor]
-request_timeout_secs = 30
-
-[store]
-data_dir = "data"
-
-[logging]
-dir = "logs"
-level = "info"
-format = "json"
-
-[services.trial_repository]
-url = "http://{}"
-
-[services.trial_enforcement]
-url = "http://{}"
-
-[services.kpi_monitoring]
-url = "http://{}"
-"#,
-        platform.repository, platform.enforcement, platform.kpi
-    );
-    std::fs::write(dir.join("lcm.toml"), config).expect("config written");
-}
-
-/// Simulated components, then the real binary on a free port configured against them;
-/// `prepare` adds trials and faults before the binary starts.
-async fn spawn_binary(prepare: impl FnOnce(&Platform)) -> (TestApp, tempfile::TempDir, u16) {
-    let platform = Platform::start(SimOptions {
-        kpi_oauth2: false,
-        ..SimOptions::default()
-    })
-    .await
-    .expect("simulators");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    write_config(dir.path(), port, &platform);
-    prepare(&platform);
-    let child = start_binary(dir.path(), port).await;
-    let app = TestApp {
-        address: format!("http://127.0.0.1:{port}"),
-        client: reqwest::Client::new(),
-        platform,
-        logs: tempfile::tempdir().expect("tempdir"),
-        server: Server::Process(child),
-    };
-    (app, dir, port)
-}
 
 async fn status_of(app: &TestApp, id: &str) -> Value {
     app.get(&format!("/trial/{id}/status")).await.body
@@ -117,38 +25,41 @@ async fn trials_survive_a_sigkill_and_complete_after_restart() {
         "crash-late",
     );
     let (cleanup, paused) = ("crash-cleanup", "crash-paused");
-    let (mut app, dir, port) = spawn_binary(|platform| {
-        for id in [
-            mid, slice, idle, active, failed, future, late, cleanup, paused,
-        ] {
-            platform.add_trial(Platform::trial(id, None));
-        }
-        // One fault each, for one trial, once.
-        for (trial, path, action) in [
-            (
-                mid,
-                "/flightplan",
-                FaultAction::Delay(Duration::from_secs(60)),
-            ),
-            (slice, "/sliceDeployment", FaultAction::DropCallback),
-            (failed, "/sliceDeployment", FaultAction::Status(500)),
-        ] {
+    let mut app = spawn_binary_with(BinaryOptions {
+        platform: Box::new(move |platform| {
+            for id in [
+                mid, slice, idle, active, failed, future, late, cleanup, paused,
+            ] {
+                platform.add_trial(Platform::trial(id, None));
+            }
+            // One fault each, for one trial, once.
+            for (trial, path, action) in [
+                (
+                    mid,
+                    "/flightplan",
+                    FaultAction::Delay(Duration::from_secs(60)),
+                ),
+                (slice, "/sliceDeployment", FaultAction::DropCallback),
+                (failed, "/sliceDeployment", FaultAction::Status(500)),
+            ] {
+                platform.inject(
+                    Fault::new(Component::Enforcement, "POST", path, action)
+                        .for_trial(trial)
+                        .times(1),
+                );
+            }
             platform.inject(
-                Fault::new(Component::Enforcement, "POST", path, action)
-                    .for_trial(trial)
-                    .times(1),
+                Fault::new(
+                    Component::Enforcement,
+                    "DELETE",
+                    "/measurementjobs/",
+                    FaultAction::Delay(Duration::from_secs(60)),
+                )
+                .for_trial(cleanup)
+                .times(1),
             );
-        }
-        platform.inject(
-            Fault::new(
-                Component::Enforcement,
-                "DELETE",
-                "/measurementjobs/",
-                FaultAction::Delay(Duration::from_secs(60)),
-            )
-            .for_trial(cleanup)
-            .times(1),
-        );
+        }),
+        ..BinaryOptions::default()
     })
     .await;
 
@@ -234,7 +145,7 @@ async fn trials_survive_a_sigkill_and_complete_after_restart() {
         }
     })
     .await;
-    app.server = Server::Process(start_binary(dir.path(), port).await);
+    app.restart_binary().await;
 
     // Every trial is back where it was.
     let engines = app.engines().await;
@@ -449,8 +360,11 @@ async fn a_store_that_is_not_a_database_stops_start_up() {
 #[tokio::test]
 async fn sigterm_stops_the_service_even_with_an_event_stream_open() {
     let id = "streamed";
-    let (app, _dir, _) =
-        spawn_binary(|platform| platform.add_trial(Platform::trial(id, None))).await;
+    let app = spawn_binary_with(BinaryOptions {
+        platform: Box::new(|platform| platform.add_trial(Platform::trial(id, None))),
+        ..BinaryOptions::default()
+    })
+    .await;
     let Server::Process(child) = &app.server else {
         unreachable!("the binary runs as a process");
     };
@@ -485,25 +399,6 @@ async fn sigterm_stops_the_service_even_with_an_event_stream_open() {
     assert!(rest.is_ok(), "the event stream ended");
 }
 
-/// Sends SIGTERM to the binary and waits for it to exit successfully.
-async fn terminate(app: &mut TestApp) {
-    let Server::Process(child) = &mut app.server else {
-        unreachable!("the binary runs as a process");
-    };
-    let pid = child.id().expect("pid").to_string();
-    let sent = tokio::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .expect("kill runs");
-    assert!(sent.success());
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("the service stops")
-        .expect("exit status");
-    assert!(status.success(), "{status}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_the_service_reports_no_failure_and_every_trial_carries_on() {
     let (slice, idle, active, mid, paused) = (
@@ -514,30 +409,24 @@ async fn stopping_the_service_reports_no_failure_and_every_trial_carries_on() {
         "stop-paused",
     );
     let all = [slice, idle, active, mid, paused];
-    let (mut app, dir, port) = spawn_binary(|platform| {
-        for id in all {
-            platform.add_trial(Platform::trial(id, None));
-        }
-        platform.inject(
-            Fault::new(
-                Component::Enforcement,
-                "POST",
-                "/sliceDeployment",
-                FaultAction::DropCallback,
-            )
-            .for_trial(slice)
-            .times(1),
-        );
-        platform.inject(
-            Fault::new(
-                Component::Enforcement,
-                "POST",
-                "/flightplan",
-                FaultAction::Delay(Duration::from_secs(600)),
-            )
-            .for_trial(mid)
-            .times(1),
-        );
+    let mut app = spawn_binary_with(BinaryOptions {
+        platform: Box::new(move |platform| {
+            for id in all {
+                platform.add_trial(Platform::trial(id, None));
+            }
+            platform.inject(drop_slice_callback(slice));
+            platform.inject(
+                Fault::new(
+                    Component::Enforcement,
+                    "POST",
+                    "/flightplan",
+                    FaultAction::Delay(Duration::from_secs(600)),
+                )
+                .for_trial(mid)
+                .times(1),
+            );
+        }),
+        ..BinaryOptions::default()
     })
     .await;
     for id in all {
@@ -579,7 +468,8 @@ async fn stopping_the_service_reports_no_failure_and_every_trial_carries_on() {
 
     // Twice over: stopping the service while trials wait is never a failure.
     for _ in 0..2 {
-        terminate(&mut app).await;
+        let (status, _) = terminate(&mut app, Duration::from_secs(20)).await;
+        assert!(status.success(), "{status}");
         for id in all {
             assert!(
                 !app.platform
@@ -589,14 +479,14 @@ async fn stopping_the_service_reports_no_failure_and_every_trial_carries_on() {
                 app.platform.status_history(id)
             );
             assert!(
-                !dir.path()
-                    .join("logs")
+                !app.logs
+                    .path()
                     .join(format!("executor_{id}_fail.log"))
                     .exists(),
                 "{id} has a failure file"
             );
         }
-        app.server = Server::Process(start_binary(dir.path(), port).await);
+        app.restart_binary().await;
         let engines = app.engines().await;
         for id in all {
             assert!(

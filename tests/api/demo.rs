@@ -7,18 +7,12 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
-use crate::helpers::run_lcm;
+use crate::helpers::{free_port, run_lcm};
 
 /// Runs `lcm <args>` from a directory with no configuration (the demo and the benchmark must
 /// not depend on the working directory).
 async fn lcm(args: &[&str], limit: Duration) -> Output {
     run_lcm(args, &[], &std::env::temp_dir(), limit).await
-}
-
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
 }
 
 /// Panics unless `wanted` appear in `text` in this order.

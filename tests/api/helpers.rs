@@ -1,36 +1,22 @@
 //! `spawn_app()`: the real service on 127.0.0.1 (random port) against simulated trial
 //! components, and a client that speaks to it like a user would.
 
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use lcm::config::{KeySettings, Role, Secret, Settings};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use lcm::config::{KeySettings, Secret, Settings};
 use lcm::engine::EngineHooks;
-use lcm::sim::{Component, Platform, SimOptions};
+use lcm::sim::{Component, Fault, FaultAction, Platform, SimOptions};
 use lcm::startup::Application;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-/// `auth.api_key`: the `admin` key named `default`.
-pub const API_KEY: &str = "test-api-key";
-pub const TOKEN_SECRET: &str = "test-token-secret";
-
-/// A named key of each role, in `auth.keys` of every test app: (name, key, role).
-pub const ROLE_KEYS: [(&str, &str, Role); 3] = [
-    ("viewer", "test-viewer-key", Role::Viewer),
-    ("operator", "test-operator-key", Role::Operator),
-    ("admin", "test-admin-key", Role::Admin),
-];
-
-/// The key of `role` in [`ROLE_KEYS`].
-pub fn key_of(role: Role) -> &'static str {
-    ROLE_KEYS
-        .iter()
-        .find(|(_, _, r)| *r == role)
-        .map(|(_, key, _)| *key)
-        .expect("every role has a test key")
-}
+pub use crate::common::*;
 
 /// How a test wants its app.
 pub struct AppOptions {
@@ -41,6 +27,8 @@ pub struct AppOptions {
     pub backend: Option<Box<dyn FnOnce() -> FlakyBackend>>,
     /// Trials and faults the simulated platform has before the service starts.
     pub platform: Box<dyn FnOnce(&Platform)>,
+    /// An in-memory store whose reads fail while this is on (instead of `backend`).
+    pub busy_reads: Option<BusyReads>,
 }
 
 impl Default for AppOptions {
@@ -51,6 +39,7 @@ impl Default for AppOptions {
             hooks: EngineHooks::default(),
             backend: None,
             platform: Box::new(|_| {}),
+            busy_reads: None,
         }
     }
 }
@@ -77,6 +66,106 @@ impl lcm::store::Backend for FlakyBackend {
 
     fn reader(&self) -> Result<Box<dyn lcm::store::Reader>, lcm::store::StoreError> {
         self.inner.reader()
+    }
+}
+
+/// A switch that fails every read of the store while it is on (a store that does not
+/// answer), and the count of the reads it failed.
+#[derive(Clone, Default)]
+pub struct BusyReads {
+    pub on: Arc<AtomicBool>,
+    pub refused: Arc<AtomicUsize>,
+}
+
+/// An in-memory SQLite store whose reads fail while its switch is on.
+struct BusyBackend {
+    inner: lcm::store::sqlite::SqliteBackend,
+    reads: BusyReads,
+}
+
+impl lcm::store::Backend for BusyBackend {
+    fn apply(&mut self, ops: &[lcm::store::Op]) -> Result<Vec<usize>, lcm::store::StoreError> {
+        self.inner.apply(ops)
+    }
+
+    fn load(&mut self) -> Result<lcm::store::Loaded, lcm::store::StoreError> {
+        self.inner.load()
+    }
+
+    fn reader(&self) -> Result<Box<dyn lcm::store::Reader>, lcm::store::StoreError> {
+        Ok(Box::new(BusyReader {
+            inner: self.inner.reader()?,
+            reads: self.reads.clone(),
+        }))
+    }
+}
+
+/// The reader of a [`BusyBackend`].
+struct BusyReader {
+    inner: Box<dyn lcm::store::Reader>,
+    reads: BusyReads,
+}
+
+impl BusyReader {
+    /// Fails the read while the store is busy.
+    fn answering(&self) -> Result<(), lcm::store::StoreError> {
+        if !self.reads.on.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.reads.refused.fetch_add(1, Ordering::SeqCst);
+        Err(lcm::store::StoreError::Backend(
+            "database is locked (simulated)".into(),
+        ))
+    }
+}
+
+impl lcm::store::Reader for BusyReader {
+    fn trials(
+        &mut self,
+        query: &lcm::store::TrialQuery,
+    ) -> Result<Vec<lcm::store::ListedTrial>, lcm::store::StoreError> {
+        self.answering()?;
+        self.inner.trials(query)
+    }
+
+    fn counts(
+        &mut self,
+        id_contains: Option<&str>,
+    ) -> Result<Vec<(String, u64)>, lcm::store::StoreError> {
+        self.answering()?;
+        self.inner.counts(id_contains)
+    }
+
+    fn trial(
+        &mut self,
+        id: &lcm::domain::TrialId,
+    ) -> Result<Option<lcm::store::StoredTrial>, lcm::store::StoreError> {
+        self.answering()?;
+        self.inner.trial(id)
+    }
+
+    fn events(
+        &mut self,
+        id: &lcm::domain::TrialId,
+    ) -> Result<Vec<lcm::engine::state::TrialEvent>, lcm::store::StoreError> {
+        self.answering()?;
+        self.inner.events(id)
+    }
+
+    fn responses(
+        &mut self,
+        id: &lcm::domain::TrialId,
+    ) -> Result<Vec<lcm::engine::state::ResponseRecord>, lcm::store::StoreError> {
+        self.answering()?;
+        self.inner.responses(id)
+    }
+
+    fn audit(
+        &mut self,
+        query: &lcm::store::AuditQuery,
+    ) -> Result<Vec<lcm::store::AuditEntry>, lcm::store::StoreError> {
+        self.answering()?;
+        self.inner.audit(query)
     }
 }
 
@@ -168,11 +257,19 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     platform.configure(&mut settings);
     (options.settings)(&mut settings);
     (options.platform)(&platform);
-    let app = match options.backend {
-        Some(backend) => {
+    let app = match (options.backend, options.busy_reads) {
+        (Some(backend), None) => {
             Application::with_backend(settings, listener, options.hooks, backend()).await
         }
-        None => Application::with_listener(settings, listener, options.hooks).await,
+        (None, Some(reads)) => {
+            let backend = BusyBackend {
+                inner: lcm::store::sqlite::SqliteBackend::in_memory().expect("in-memory store"),
+                reads,
+            };
+            Application::with_backend(settings, listener, options.hooks, backend).await
+        }
+        (None, None) => Application::with_listener(settings, listener, options.hooks).await,
+        (Some(_), Some(_)) => panic!("busy reads come with a store of their own"),
     }
     .expect("app builds");
     let server = tokio::spawn(async move {
@@ -459,48 +556,6 @@ impl TestApp {
     }
 }
 
-/// Polls `check` until it gives a value; panics after 20 s naming `what` and the last state
-/// `check` described. The one way the tests wait for something to happen.
-pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    eventually_within(
-        what,
-        Duration::from_secs(20),
-        Duration::from_millis(15),
-        check,
-    )
-    .await
-}
-
-/// [`eventually`] with its own limit and pause between checks (many trials at once share
-/// the machine: they are polled gently).
-pub async fn eventually_within<T, F, Fut>(
-    what: &str,
-    limit: Duration,
-    pause: Duration,
-    mut check: F,
-) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let last = match check().await {
-            Ok(value) => return value,
-            Err(last) => last,
-        };
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never reached {what}; last seen: {last}"
-        );
-        tokio::time::sleep(pause).await;
-    }
-}
-
 /// Runs the `lcm` binary with `args` and extra environment in `dir` until it exits; panics if
 /// it runs longer than `limit`.
 pub async fn run_lcm(
@@ -509,15 +564,12 @@ pub async fn run_lcm(
     dir: &std::path::Path,
     limit: Duration,
 ) -> std::process::Output {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_lcm"));
+    let mut command = lcm_command(dir);
     command
         .args(args)
-        .current_dir(dir)
-        .env_remove("LCM_CONFIG")
-        .kill_on_drop(true);
-    for (key, value) in env {
-        command.env(key, value);
-    }
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     tokio::time::timeout(limit, command.output())
         .await
         .unwrap_or_else(|_| panic!("lcm {args:?} did not end within {limit:?}"))
@@ -541,56 +593,160 @@ pub fn lines(app: &TestApp, id: &str) -> Vec<String> {
         .collect()
 }
 
-/// Starts the `lcm` binary with `args` and extra environment in `dir`, serving on
-/// 127.0.0.1:`port` with the test API key, and waits until it answers; it is killed when the
-/// child is dropped.
-pub async fn start_lcm(
-    args: &[&str],
-    env: &[(&str, &str)],
-    dir: &std::path::Path,
-    port: u16,
-) -> tokio::process::Child {
-    let bind = format!("127.0.0.1:{port}");
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_lcm"));
-    command
-        .args(args)
-        .current_dir(dir)
-        .env_remove("LCM_CONFIG")
-        .env("LCM__SERVER__BIND", &bind)
-        .env("LCM__AUTH__API_KEY", API_KEY)
-        .env("LCM__AUTH__TOKEN_SECRET", TOKEN_SECRET)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true);
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let child = command.spawn().expect("the binary starts");
-    let client = reqwest::Client::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let mut poll = tokio::time::interval(Duration::from_millis(50));
-    loop {
-        poll.tick().await;
-        let up = client
-            .get(format!("http://{bind}/status"))
-            .header("Authorization", API_KEY)
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == StatusCode::OK);
-        if up {
-            return child;
+/// How a test wants the real binary (see [`spawn_binary_with`]).
+pub struct BinaryOptions<'a> {
+    /// `LCM__…` variables over the tests' own (and those over the built-in defaults).
+    pub env: &'a [(&'a str, &'a str)],
+    /// Where its stdout goes.
+    pub stdout: Stdio,
+    /// Trials and faults the simulated platform has before the binary starts.
+    pub platform: Box<dyn FnOnce(&Platform) + 'a>,
+}
+
+impl Default for BinaryOptions<'_> {
+    fn default() -> Self {
+        Self {
+            env: &[],
+            stdout: Stdio::null(),
+            platform: Box::new(|_| {}),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the binary did not come up"
-        );
     }
 }
 
-/// A port on 127.0.0.1 that nothing listens on (bound, then let go).
-pub fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
+pub async fn spawn_binary() -> TestApp {
+    spawn_binary_with(BinaryOptions::default()).await
+}
+
+/// Simulated components (KPI monitoring without OAuth2), then the real `lcm` binary on a free
+/// port against them, configured by environment: the test keys, its store and logs in
+/// `app.logs`, `options.env` over that. Returns once it answers; it is killed when the app is
+/// dropped.
+pub async fn spawn_binary_with(options: BinaryOptions<'_>) -> TestApp {
+    let platform = Platform::start(SimOptions {
+        kpi_oauth2: false,
+        ..SimOptions::default()
+    })
+    .await
+    .expect("simulators");
+    (options.platform)(&platform);
+    let mut app = TestApp {
+        address: format!("http://127.0.0.1:{}", free_port()),
+        client: reqwest::Client::new(),
+        platform,
+        logs: tempfile::tempdir().expect("tempdir"),
+        server: Server::Task(tokio::spawn(async {})),
+    };
+    let mut command = binary_command(&app);
+    command
+        .envs(options.env.iter().copied())
+        .stdout(options.stdout);
+    app.server = Server::Process(start_lcm(&mut command, app.port()).await);
+    app
+}
+
+/// The binary of an app from [`spawn_binary_with`], with the tests' configuration only.
+fn binary_command(app: &TestApp) -> tokio::process::Command {
+    let dir = app.logs.path();
+    let service = |address: &std::net::SocketAddr| format!("http://{address}");
+    let mut command = lcm_command(dir);
+    command
+        .env("LCM__SERVER__BIND", format!("127.0.0.1:{}", app.port()))
+        .env("LCM__SERVER__PUBLIC_URL", &app.address)
+        .env("LCM__AUTH__API_KEY", API_KEY)
+        .env("LCM__AUTH__TOKEN_SECRET", TOKEN_SECRET)
+        .env("LCM__LOGGING__DIR", dir)
+        .env("LCM__STORE__DATA_DIR", dir.join("data"))
+        .env(
+            "LCM__SERVICES__TRIAL_REPOSITORY__URL",
+            service(&app.platform.repository),
+        )
+        .env(
+            "LCM__SERVICES__TRIAL_ENFORCEMENT__URL",
+            service(&app.platform.enforcement),
+        )
+        .env(
+            "LCM__SERVICES__KPI_MONITORING__URL",
+            service(&app.platform.kpi),
+        );
+    command
+}
+
+impl TestApp {
+    /// The port the service listens on.
+    pub fn port(&self) -> u16 {
+        self.address
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse().ok())
+            .expect("the address ends in a port")
+    }
+
+    /// Starts the binary of an app from [`spawn_binary_with`] again, once it was killed or
+    /// stopped: the same store, logs and port, with the tests' configuration (not the extra
+    /// environment of its first start).
+    pub async fn restart_binary(&mut self) {
+        let mut command = binary_command(self);
+        self.server = Server::Process(start_lcm(&mut command, self.port()).await);
+    }
+}
+
+/// Sends SIGTERM to the binary and waits for it to exit; returns its exit status and how long
+/// it took. Panics if it runs on longer than `limit`.
+pub async fn terminate(app: &mut TestApp, limit: Duration) -> (std::process::ExitStatus, Duration) {
+    let Server::Process(child) = &mut app.server else {
+        unreachable!("the binary runs as a process");
+    };
+    let pid = child.id().expect("pid");
+    let sent = tokio::time::Instant::now();
+    let killed = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await
+        .expect("kill runs");
+    assert!(killed.success());
+    let status = tokio::time::timeout(limit, child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("the service did not stop within {limit:?}"))
+        .expect("exit status");
+    (status, sent.elapsed())
+}
+
+/// A callback token for `trial` signed with `secret` (a forged one, unless it is
+/// [`TOKEN_SECRET`]), expiring `exp_in_secs` from now (in the past, if negative).
+pub fn signed_token(secret: &str, trial: &str, exp_in_secs: i64) -> String {
+    let now = Utc::now().timestamp();
+    let claims = json!({
+        "trial_id": trial,
+        "iat": now.min(now + exp_in_secs) - 60,
+        "exp": now + exp_in_secs,
+        "jti": uuid::Uuid::new_v4().to_string(),
+    });
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("the test token encodes")
+}
+
+/// Asserts an error answer: `status`, and a JSON `detail` that says something.
+pub fn assert_detail(answer: &Answer, status: StatusCode) {
+    assert_eq!(answer.status, status, "{answer:?}");
+    assert!(
+        !answer.detail().is_empty(),
+        "an error answer has a JSON detail string: {answer:?}"
+    );
+}
+
+/// Trial enforcement takes trial `id`'s slice once and never calls back: the trial waits for
+/// the slice callback until the test sends it.
+pub fn drop_slice_callback(id: &str) -> Fault {
+    Fault::new(
+        Component::Enforcement,
+        "POST",
+        "/sliceDeployment",
+        FaultAction::DropCallback,
+    )
+    .for_trial(id)
+    .times(1)
 }

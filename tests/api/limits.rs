@@ -2,14 +2,13 @@
 //! completes, idle keep-alive connections, more connections than allowed, an oversized head,
 //! and a shutdown that open connections cannot hold up.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use lcm::sim::{Platform, SimOptions};
+use lcm::sim::Platform;
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,110 +17,10 @@ use tokio::time::Instant;
 
 use crate::helpers::*;
 
-/// The real `lcm` binary on a free port of 127.0.0.1, in a temporary directory, against
-/// simulated components, with `env` (`LCM__…` variables) over its built-in defaults; `stdout`
-/// is where its stdout goes. Returns once it answers `/status`.
-pub async fn spawn_binary_with(env: &[(&str, &str)], stdout: Stdio) -> TestApp {
-    let platform = Platform::start(SimOptions {
-        kpi_oauth2: false,
-        ..SimOptions::default()
-    })
-    .await
-    .expect("simulators");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let address = format!("http://127.0.0.1:{port}");
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_lcm"));
-    command
-        .current_dir(dir.path())
-        .env_remove("LCM_CONFIG")
-        .env("LCM__SERVER__BIND", format!("127.0.0.1:{port}"))
-        .env("LCM__SERVER__PUBLIC_URL", &address)
-        .env("LCM__AUTH__API_KEY", API_KEY)
-        .env("LCM__AUTH__TOKEN_SECRET", TOKEN_SECRET)
-        .env("LCM__LOGGING__DIR", dir.path())
-        .env("LCM__STORE__DATA_DIR", dir.path().join("data"))
-        .env(
-            "LCM__SERVICES__TRIAL_REPOSITORY__URL",
-            format!("http://{}", platform.repository),
-        )
-        .env(
-            "LCM__SERVICES__TRIAL_ENFORCEMENT__URL",
-            format!("http://{}", platform.enforcement),
-        )
-        .env(
-            "LCM__SERVICES__KPI_MONITORING__URL",
-            format!("http://{}", platform.kpi),
-        )
-        .stdout(stdout)
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let child = command.spawn().expect("the binary starts");
-
-    // A client of its own, dropped here, so its connection does not stay open afterwards.
-    let probe = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut polls = tokio::time::interval(Duration::from_millis(50));
-    loop {
-        polls.tick().await;
-        let up = probe
-            .get(format!("{address}/status"))
-            .header("Authorization", API_KEY)
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == StatusCode::OK);
-        if up {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the binary did not come up");
-    }
-    TestApp {
-        address,
-        client: reqwest::Client::new(),
-        platform,
-        logs: dir,
-        server: Server::Process(child),
-    }
-}
-
-/// Sends SIGTERM to the binary and waits for it to exit; returns how long that took.
-pub async fn terminate(app: &mut TestApp, limit: Duration) -> (std::process::ExitStatus, Duration) {
-    let Server::Process(child) = &mut app.server else {
-        unreachable!("the binary runs as a process");
-    };
-    let pid = child.id().expect("pid");
-    let sent = Instant::now();
-    let killed = tokio::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .await
-        .expect("kill runs");
-    assert!(killed.success());
-    let status = tokio::time::timeout(limit, child.wait())
-        .await
-        .unwrap_or_else(|_| panic!("the service did not stop within {limit:?}"))
-        .expect("exit status");
-    (status, sent.elapsed())
-}
-
-fn port_of(app: &TestApp) -> u16 {
-    app.address
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("a port")
-}
-
 /// A keep-alive connection of its own to the app, and the task that drives it (it ends when
 /// the connection closes).
 async fn connect(app: &TestApp) -> (SendRequest<Empty<Bytes>>, tokio::task::JoinHandle<()>) {
-    let stream = TcpStream::connect(("127.0.0.1", port_of(app)))
+    let stream = TcpStream::connect(("127.0.0.1", app.port()))
         .await
         .expect("connects");
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -209,15 +108,15 @@ const HALF_HEAD: &[u8] = b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorizat
 
 #[tokio::test]
 async fn a_request_head_that_does_not_arrive_in_time_gets_408_and_the_connection_closes() {
-    let app = spawn_binary_with(
-        &[
+    let app = spawn_binary_with(BinaryOptions {
+        env: &[
             ("LCM__SERVER__HEADER_READ_TIMEOUT_SECS", "1"),
             ("LCM__SERVER__IDLE_TIMEOUT_SECS", "60"),
         ],
-        Stdio::null(),
-    )
+        ..BinaryOptions::default()
+    })
     .await;
-    let port = port_of(&app);
+    let port = app.port();
 
     // A new connection that sends half a head (slowloris).
     let mut slow = TcpStream::connect(("127.0.0.1", port))
@@ -273,13 +172,13 @@ async fn a_request_head_that_does_not_arrive_in_time_gets_408_and_the_connection
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
-    let app = spawn_binary_with(
-        &[
+    let app = spawn_binary_with(BinaryOptions {
+        env: &[
             ("LCM__SERVER__HEADER_READ_TIMEOUT_SECS", "1"),
             ("LCM__SERVER__IDLE_TIMEOUT_SECS", "3"),
         ],
-        Stdio::null(),
-    )
+        ..BinaryOptions::default()
+    })
     .await;
     let (mut sender, closed) = connect(&app).await;
     assert_eq!(get_status(&mut sender).await, StatusCode::OK);
@@ -299,7 +198,11 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
 
 #[tokio::test]
 async fn beyond_max_connections_a_new_connection_waits_for_a_free_slot() {
-    let app = spawn_binary_with(&[("LCM__SERVER__MAX_CONNECTIONS", "5")], Stdio::null()).await;
+    let app = spawn_binary_with(BinaryOptions {
+        env: &[("LCM__SERVER__MAX_CONNECTIONS", "5")],
+        ..BinaryOptions::default()
+    })
+    .await;
     let mut open = Vec::new();
     for _ in 0..5 {
         let (mut sender, driver) = connect(&app).await;
@@ -329,7 +232,7 @@ async fn beyond_max_connections_a_new_connection_waits_for_a_free_slot() {
 
 #[tokio::test]
 async fn an_oversized_request_head_gets_431_json() {
-    let app = spawn_binary_with(&[], Stdio::null()).await;
+    let app = spawn_binary().await;
     let answer = app
         .client
         .get(format!("{}/status", app.address))
@@ -365,15 +268,15 @@ async fn an_oversized_request_head_gets_431_json() {
 
 #[tokio::test]
 async fn sigterm_ends_the_process_within_the_grace_whatever_the_clients_do() {
-    let mut app = spawn_binary_with(
-        &[
+    let mut app = spawn_binary_with(BinaryOptions {
+        env: &[
             ("LCM__SERVER__HEADER_READ_TIMEOUT_SECS", "120"),
             ("LCM__SERVER__SHUTDOWN_GRACE_SECS", "6"),
         ],
-        Stdio::null(),
-    )
+        ..BinaryOptions::default()
+    })
     .await;
-    let port = port_of(&app);
+    let port = app.port();
     let id = "after-shutdown";
     app.platform.add_trial(Platform::trial(id, None));
     let due = Instant::now() + Duration::from_secs(3);

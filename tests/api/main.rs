@@ -4,6 +4,8 @@
 mod audit;
 mod auth;
 mod callbacks;
+#[path = "../common/mod.rs"]
+mod common;
 mod config;
 mod console;
 mod control;

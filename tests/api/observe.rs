@@ -11,7 +11,6 @@ use serde_json::Value;
 use tokio::io::AsyncReadExt;
 
 use crate::helpers::*;
-use crate::limits::{spawn_binary_with, terminate};
 
 /// The value of one series (name and labels, exactly as rendered), if it is listed.
 fn metric(text: &str, series: &str) -> Option<f64> {
@@ -41,7 +40,7 @@ async fn scrape(app: &TestApp) -> String {
 #[tokio::test]
 async fn the_first_scrape_of_a_fresh_service_lists_every_family() {
     // Its own process, so its own recorder: nothing else has counted anything in it.
-    let app = spawn_binary_with(&[], Stdio::null()).await;
+    let app = spawn_binary().await;
     let text = scrape(&app).await;
     for (family, kind) in [
         ("lcm_engines", "gauge"),
@@ -80,7 +79,7 @@ async fn the_first_scrape_of_a_fresh_service_lists_every_family() {
 
 #[tokio::test]
 async fn metrics_count_exactly_what_one_trial_did() {
-    let app = spawn_binary_with(&[], Stdio::null()).await;
+    let app = spawn_binary().await;
     let id = "metered";
     app.start_trial(id).await;
     let scheduled = scrape(&app).await;
@@ -168,7 +167,12 @@ async fn metrics_count_exactly_what_one_trial_did() {
 
 #[tokio::test]
 async fn logs_piped_from_stdout_carry_no_colour_codes() {
-    let mut app = spawn_binary_with(&[("LCM__LOGGING__FORMAT", "text")], Stdio::piped()).await;
+    let mut app = spawn_binary_with(BinaryOptions {
+        env: &[("LCM__LOGGING__FORMAT", "text")],
+        stdout: Stdio::piped(),
+        ..BinaryOptions::default()
+    })
+    .await;
     let Server::Process(child) = &mut app.server else {
         unreachable!("the binary runs as a process");
     };

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::helpers::closed_port;
+use crate::helpers::{free_port, lcm_command};
 
 const README: &str = include_str!("../../README.md");
 /// Where the README's session expects the demo; the test's demo listens on another port.
@@ -130,7 +130,7 @@ async fn the_readme_examples_run_in_order_against_the_demo() {
         "the README's session must start with `export LCM={README_URL}`"
     );
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = closed_port();
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let (script, checks) = script(README, &url, dir.path()).unwrap_or_else(|e| panic!("{e}"));
     assert!(checks > 40, "only {checks} checked commands in the README");
@@ -138,13 +138,9 @@ async fn the_readme_examples_run_in_order_against_the_demo() {
     std::fs::write(&script_path, &script).expect("write the script");
 
     // The demo as a newcomer starts it; the session begins once its own trial has ended.
-    let mut demo = tokio::process::Command::new(env!("CARGO_BIN_EXE_lcm"))
+    let mut demo = lcm_command(dir.path())
         .args(["demo", "--port", &port.to_string()])
-        .current_dir(dir.path())
-        .env_remove("LCM_CONFIG")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("the binary starts");
     let mut demo_out = BufReader::new(demo.stdout.take().expect("stdout")).lines();

@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use lcm::config::RetryOverride;
 use lcm::sim::{Component, Fault, FaultAction, Platform, RecordedRequest, RetryAfter, SimOptions};
 use reqwest::{Method, StatusCode};
@@ -91,17 +90,6 @@ async fn metric(app: &TestApp, series: &str) -> f64 {
 
 fn repository_put(id: &str, action: FaultAction) -> Fault {
     Fault::new(Component::Repository, "PUT", "/trial/", action).for_trial(id)
-}
-
-fn drop_slice_callback(id: &str) -> Fault {
-    Fault::new(
-        Component::Enforcement,
-        "POST",
-        "/sliceDeployment",
-        FaultAction::DropCallback,
-    )
-    .for_trial(id)
-    .times(1)
 }
 
 #[tokio::test]
@@ -549,58 +537,34 @@ async fn a_token_endpoint_failing_once_does_not_fail_a_kpi_marking() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_post_carries_an_idempotency_key_kept_across_a_crash_and_renewed_by_a_restore() {
     let id = "keyed";
-    let platform = Platform::start(SimOptions {
-        kpi_oauth2: false,
-        ..SimOptions::default()
+    let mut app = spawn_binary_with(BinaryOptions {
+        platform: Box::new(|platform| {
+            platform.add_trial(Platform::trial(id, None));
+            // The flight plan hangs while the LCM is killed; the measurement job fails once.
+            platform.inject(
+                Fault::new(
+                    Component::Enforcement,
+                    "POST",
+                    "/flightplan",
+                    FaultAction::Delay(Duration::from_secs(60)),
+                )
+                .for_trial(id)
+                .times(1),
+            );
+            platform.inject(
+                Fault::new(
+                    Component::Enforcement,
+                    "POST",
+                    "/measurementjobs",
+                    FaultAction::Status(500),
+                )
+                .for_trial(id)
+                .times(1),
+            );
+        }),
+        ..BinaryOptions::default()
     })
-    .await
-    .expect("simulators");
-    platform.add_trial(Platform::trial(id, None));
-    // The flight plan hangs while the LCM is killed; the measurement job fails once.
-    platform.inject(
-        Fault::new(
-            Component::Enforcement,
-            "POST",
-            "/flightplan",
-            FaultAction::Delay(Duration::from_secs(60)),
-        )
-        .for_trial(id)
-        .times(1),
-    );
-    platform.inject(
-        Fault::new(
-            Component::Enforcement,
-            "POST",
-            "/measurementjobs",
-            FaultAction::Status(500),
-        )
-        .for_trial(id)
-        .times(1),
-    );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = closed_port();
-    let public_url = format!("http://127.0.0.1:{port}");
-    let urls = [
-        format!("http://{}", platform.repository),
-        format!("http://{}", platform.enforcement),
-        format!("http://{}", platform.kpi),
-    ];
-    let env = [
-        ("LCM__SERVER__PUBLIC_URL", public_url.as_str()),
-        ("LCM__SERVICES__TRIAL_REPOSITORY__URL", urls[0].as_str()),
-        ("LCM__SERVICES__TRIAL_ENFORCEMENT__URL", urls[1].as_str()),
-        ("LCM__SERVICES__KPI_MONITORING__URL", urls[2].as_str()),
-        ("LCM__STORE__DATA_DIR", "data"),
-        ("LCM__LOGGING__DIR", "logs"),
-    ];
-    let child = start_lcm(&[], &env, dir.path(), port).await;
-    let mut app = TestApp {
-        address: public_url.clone(),
-        client: reqwest::Client::new(),
-        platform,
-        logs: tempfile::tempdir().expect("tempdir"),
-        server: Server::Process(child),
-    };
+    .await;
 
     app.schedule_in(id, 300).await;
     eventually("the flight plan in flight", || async {
@@ -613,7 +577,7 @@ async fn every_post_carries_an_idempotency_key_kept_across_a_crash_and_renewed_b
     if let Server::Process(child) = &mut app.server {
         child.kill().await.expect("SIGKILL");
     }
-    app.server = Server::Process(start_lcm(&[], &env, dir.path(), port).await);
+    app.restart_binary().await;
 
     // The flight plan is sent again; the measurement job fails; a restore sends it again.
     app.wait_failed(id).await;
@@ -661,16 +625,6 @@ async fn every_post_carries_an_idempotency_key_kept_across_a_crash_and_renewed_b
     assert_eq!(marks.len(), 6);
     assert_eq!(marks[0], format!("{id}-SendKpiIdle-r1-1"));
     assert_eq!(marks[1], format!("{id}-SendKpiIdle-r1-2"));
-}
-
-fn sign(secret: &str, trial: &str) -> String {
-    let now = Utc::now().timestamp();
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"trial_id": trial, "iat": now - 10, "exp": now + 600, "jti": "forged"}),
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("signs")
 }
 
 #[tokio::test]
@@ -736,7 +690,7 @@ async fn progress_callbacks_are_checked_shown_and_taken_only_at_a_component_wait
     for (token, status, what) in [
         (None, StatusCode::UNAUTHORIZED, "missing"),
         (
-            Some(sign("another-secret", id)),
+            Some(signed_token("another-secret", id, 600)),
             StatusCode::UNAUTHORIZED,
             "forged",
         ),
@@ -983,7 +937,7 @@ async fn simulated_enforcement_reports_progress_while_it_deploys_and_closes() {
 
 #[tokio::test]
 async fn the_demo_shows_progress_as_it_comes() {
-    let port = closed_port().to_string();
+    let port = free_port().to_string();
     let output = run_lcm(
         &["demo", "--exit", "--port", &port],
         &[],

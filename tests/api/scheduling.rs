@@ -41,11 +41,6 @@ async fn assert_nothing_scheduled(app: &TestApp) {
     assert_eq!(body["Executor_Engine_instances"], json!([]), "{body}");
 }
 
-fn assert_detail(answer: &Answer, status: StatusCode) {
-    assert_eq!(answer.status, status, "{answer:?}");
-    assert!(!answer.detail().is_empty(), "a JSON detail: {answer:?}");
-}
-
 /// Sends `body` as-is to `POST /debug/trial/schedule`, with the given content type.
 async fn post_raw(app: &TestApp, body: impl Into<String>, content_type: Option<&str>) -> Answer {
     let mut request = app

@@ -1,7 +1,6 @@
 //! Tests: minting, checking and revoking callback tokens over `/token/{id}`, and every kind of
 //! token that must be refused.
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -21,28 +20,6 @@ async fn mint(app: &TestApp, id: &str) -> String {
 async fn check(app: &TestApp, id: &str, token: Option<&str>) -> Answer {
     app.call_as(Method::GET, &format!("/token/{id}"), None, token)
         .await
-}
-
-/// A token for `trial_id` signed with `secret`, expiring `exp_in_secs` from now.
-fn signed_token(secret: &str, trial_id: &str, exp_in_secs: i64) -> String {
-    let now = chrono::Utc::now().timestamp();
-    let claims = json!({
-        "trial_id": trial_id,
-        "iat": now.min(now + exp_in_secs) - 60,
-        "exp": now + exp_in_secs,
-        "jti": uuid::Uuid::new_v4().to_string(),
-    });
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("the test token encodes")
-}
-
-fn assert_detail(answer: &Answer, status: StatusCode) {
-    assert_eq!(answer.status, status, "{answer:?}");
-    assert!(!answer.detail().is_empty(), "a JSON detail: {answer:?}");
 }
 
 #[tokio::test]

@@ -208,12 +208,7 @@ async fn the_vnf_branch_runs_end_to_end() {
 async fn the_status_endpoint_describes_each_waiting_point() {
     let app = spawn_app().await;
     let id = "status-1";
-    app.platform.inject(Fault::new(
-        Component::Enforcement,
-        "POST",
-        "/sliceDeployment",
-        FaultAction::DropCallback,
-    ));
+    app.platform.inject(drop_slice_callback(id));
     app.start_trial(id).await;
     let status = app.wait_waiting(id, "slice callback (slice created)").await;
     assert_eq!(status["state"], "Waiting");

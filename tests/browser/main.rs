@@ -7,13 +7,17 @@
 //! LCM_SCREENSHOTS=docs cargo test --features browser --test browser   # and the README's pictures
 //! ```
 
+#[path = "../common/mod.rs"]
+mod common;
 mod support;
 
+use common::{ROLE_KEYS, key_of, keys_file};
+use lcm::config::Role;
 use lcm::sim::{Component, Fault, FaultAction, Platform};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use support::{Browser, Service, eventually, key};
+use support::{Browser, Service, eventually};
 
 /// The `engine_status` data attribute of a trial's row on the trials page.
 async fn row_status(browser: &Browser, id: &str) -> Result<String, String> {
@@ -59,7 +63,7 @@ async fn an_operator_schedules_a_trial_and_steers_it_to_finished_without_reloadi
         errors.len() == 1 && errors[0].contains("/ui/sign-in") && errors[0].contains("401"),
         "{errors:#?}"
     );
-    browser.sign_in(base, key("operator")).await;
+    browser.sign_in(base, key_of(Role::Operator)).await;
 
     // Scheduled through the form, three seconds ahead, written in UTC+02:00: the offset is
     // honoured (dropped, the trial would start two hours off).
@@ -236,7 +240,7 @@ async fn a_failed_trial_shows_its_reason_and_restore_brings_it_to_idle() {
     );
     let browser = Browser::start().await;
     let base = &service.base;
-    browser.sign_in(base, key("admin")).await;
+    browser.sign_in(base, key_of(Role::Admin)).await;
     service.schedule_in(id, 1000).await;
     browser.goto(&format!("{base}/ui/trials/{id}")).await;
     browser.mark_page().await;
@@ -298,7 +302,7 @@ async fn a_viewer_sees_no_action_and_a_forged_post_with_its_session_is_refused()
     service.schedule_in(id, 300).await;
     let browser = Browser::start().await;
     let base = &service.base;
-    browser.sign_in(base, key("viewer")).await;
+    browser.sign_in(base, key_of(Role::Viewer)).await;
     browser.goto(&format!("{base}/ui/trials/{id}")).await;
     browser
         .wait_text("#trial-summary", "the operator (active or finish)")
@@ -374,14 +378,11 @@ async fn a_viewer_sees_no_action_and_a_forged_post_with_its_session_is_refused()
     );
 
     // A reload of the keys that removes the viewer's key ends its session.
-    let keys: String = support::KEYS
-        .iter()
-        .filter(|(name, _, _)| *name != "viewer")
-        .map(|(name, key, role)| {
-            format!("[[keys]]\nname = \"{name}\"\nkey = \"{key}\"\nrole = \"{role}\"\n\n")
-        })
+    let kept: Vec<_> = ROLE_KEYS
+        .into_iter()
+        .filter(|(_, _, role)| *role != Role::Viewer)
         .collect();
-    std::fs::write(service.dir.path().join("keys.toml"), keys).expect("keys written");
+    std::fs::write(service.dir.path().join("keys.toml"), keys_file(&kept)).expect("keys written");
     service.hangup();
     eventually("the viewer's session to end", || async {
         let answer = service
@@ -418,7 +419,7 @@ async fn a_dropped_stream_reconnects_and_shows_what_happened_meanwhile_once() {
     service.schedule_in(id, 300).await;
     let browser = Browser::start().await;
     let base = &service.base;
-    browser.sign_in(base, key("operator")).await;
+    browser.sign_in(base, key_of(Role::Operator)).await;
     browser.goto(&format!("{base}/ui/trials/{id}")).await;
     browser
         .wait_text("#trial-summary", "the operator (active or finish)")

@@ -15,55 +15,24 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio::task::{AbortHandle, JoinHandle};
 
-/// `auth.api_key`: the admin key named `default`, used by the tests' own REST calls.
-pub const API_KEY: &str = "browser-api-key";
-/// A named key of each role: (name, key, role).
-pub const KEYS: [(&str, &str, &str); 3] = [
-    ("viewer", "browser-viewer-key", "viewer"),
-    ("operator", "browser-operator-key", "operator"),
-    ("admin", "browser-admin-key", "admin"),
-];
+use crate::common::{
+    API_KEY, ROLE_KEYS, TOKEN_SECRET, eventually_within, free_port, hang_up, keys_file,
+    lcm_command, start_lcm,
+};
 
-/// The key of the role named `role`.
-pub fn key(role: &str) -> &'static str {
-    KEYS.iter()
-        .find(|(_, _, r)| *r == role)
-        .map(|(_, key, _)| *key)
-        .expect("every role has a key")
-}
-
-/// How long anything the tests wait for may take.
+/// How long anything the browser tests wait for may take: Chromium shares a busy machine.
 const PATIENCE: Duration = Duration::from_secs(30);
-/// How often a condition is checked meanwhile.
+/// How often a condition is checked meanwhile: a page is read through chromedriver, so gently.
 const POLL: Duration = Duration::from_millis(100);
 
-/// Checks `check` every [`POLL`] until it gives a value; panics after [`PATIENCE`] naming
-/// `what` and the last thing seen.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+/// [`eventually_within`] at the browser tests' pace: checks `check` every [`POLL`] until it
+/// gives a value; panics after [`PATIENCE`] naming `what` and the last thing seen.
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
 {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let mut ticks = tokio::time::interval(POLL);
-    loop {
-        ticks.tick().await;
-        let last = match check().await {
-            Ok(value) => return value,
-            Err(last) => last,
-        };
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never saw {what}; last seen: {last}"
-        );
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    eventually_within(what, PATIENCE, POLL, check).await
 }
 
 /// A TCP proxy in front of the service; [`Proxy::cut`] drops every open connection.
@@ -132,18 +101,13 @@ impl Service {
             kpi_oauth2: false,
             callback_delay: Duration::from_millis(400),
             progress_interval: Some(Duration::from_millis(150)),
+            ..SimOptions::default()
         })
         .await
         .expect("simulators start");
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
-        let keys: String = KEYS
-            .iter()
-            .map(|(name, key, role)| {
-                format!("[[keys]]\nname = \"{name}\"\nkey = \"{key}\"\nrole = \"{role}\"\n\n")
-            })
-            .collect();
-        std::fs::write(dir.path().join("keys.toml"), keys).expect("keys written");
+        std::fs::write(dir.path().join("keys.toml"), keys_file(&ROLE_KEYS)).expect("keys written");
         let config = format!(
             r#"
 [server]
@@ -152,7 +116,7 @@ public_url = "http://127.0.0.1:{port}"
 
 [auth]
 api_key = "{API_KEY}"
-token_secret = "browser-token-secret"
+token_secret = "{TOKEN_SECRET}"
 keys_file = "keys.toml"
 
 [executor.retry]
@@ -177,34 +141,18 @@ url = "http://{}"
             platform.repository, platform.enforcement, platform.kpi
         );
         std::fs::write(dir.path().join("lcm.toml"), config).expect("config written");
-        let child = Command::new(env!("CARGO_BIN_EXE_lcm"))
-            .arg("--config")
-            .arg(dir.path().join("lcm.toml"))
-            .current_dir(dir.path())
-            .env_remove("LCM_CONFIG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the binary starts");
+        let child = start_lcm(
+            lcm_command(dir.path())
+                .arg("--config")
+                .arg(dir.path().join("lcm.toml")),
+            port,
+        )
+        .await;
         let direct = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("client");
-        eventually("the service answering", || {
-            let request = http
-                .get(format!("{direct}/status"))
-                .header("Authorization", API_KEY);
-            async move {
-                match request.send().await {
-                    Ok(r) if r.status().is_success() => Ok(()),
-                    Ok(r) => Err(r.status().to_string()),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-        })
-        .await;
         let proxy = Proxy::start(([127, 0, 0, 1], port).into()).await;
         let base = format!("http://127.0.0.1:{}", proxy.port);
         Self {
@@ -254,12 +202,7 @@ url = "http://{}"
 
     /// Sends SIGHUP: the binary loads its keys again.
     pub fn hangup(&self) {
-        let pid = self.child.id().expect("the binary runs");
-        let status = std::process::Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "SIGHUP sent");
+        hang_up(&self.child);
     }
 }
 

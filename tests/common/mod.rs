@@ -1,0 +1,137 @@
+//! What both test targets stand on (the API tests and the browser tests): the keys every test
+//! service takes, waiting for a condition, a free port, and starting the real `lcm` binary.
+//! Each target uses part of it.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use lcm::config::Role;
+use tokio::process::{Child, Command};
+
+/// `auth.api_key`: the `admin` key named `default`.
+pub const API_KEY: &str = "test-api-key";
+/// `auth.token_secret`: what callback tokens are signed with.
+pub const TOKEN_SECRET: &str = "test-token-secret";
+
+/// A named key of each role, in `auth.keys` of every test service: (name, key, role).
+pub const ROLE_KEYS: [(&str, &str, Role); 3] = [
+    ("viewer", "test-viewer-key", Role::Viewer),
+    ("operator", "test-operator-key", Role::Operator),
+    ("admin", "test-admin-key", Role::Admin),
+];
+
+/// The key of `role` in [`ROLE_KEYS`].
+pub fn key_of(role: Role) -> &'static str {
+    ROLE_KEYS
+        .iter()
+        .find(|(_, _, r)| *r == role)
+        .map(|(_, key, _)| *key)
+        .expect("every role has a test key")
+}
+
+/// A keys file (`auth.keys_file`) holding `keys`: (name, key, role).
+pub fn keys_file(keys: &[(&str, &str, Role)]) -> String {
+    keys.iter()
+        .map(|(name, key, role)| {
+            format!("[[keys]]\nname = \"{name}\"\nkey = \"{key}\"\nrole = \"{role}\"\n\n")
+        })
+        .collect()
+}
+
+/// Polls `check` until it gives a value; panics after 20 s naming `what` and the last state
+/// `check` described. The one way the tests wait for something to happen.
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    eventually_within(
+        what,
+        Duration::from_secs(20),
+        Duration::from_millis(15),
+        check,
+    )
+    .await
+}
+
+/// [`eventually`] with its own limit and pause between checks (many trials at once share
+/// the machine, and a browser is read through chromedriver: those are polled gently).
+pub async fn eventually_within<T, F, Fut>(
+    what: &str,
+    limit: Duration,
+    pause: Duration,
+    mut check: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let last = match check().await {
+            Ok(value) => return value,
+            Err(last) => last,
+        };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never reached {what}; last seen: {last}"
+        );
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// A port on 127.0.0.1 that nothing listens on (bound, then let go): for a server to take, or
+/// to find closed.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The `lcm` binary, to run in `dir`: no configuration file but one it is given, its output
+/// dropped, killed when its child is dropped. Arguments and environment are the caller's.
+pub fn lcm_command(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lcm"));
+    command
+        .current_dir(dir)
+        .env_remove("LCM_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// Starts `command` (see [`lcm_command`]), configured to serve 127.0.0.1:`port` with
+/// [`API_KEY`], and waits until `GET /status` answers 200.
+pub async fn start_lcm(command: &mut Command, port: u16) -> Child {
+    let child = command.spawn().expect("the binary starts");
+    // A client of its own, dropped here, so no connection of it stays open afterwards.
+    let probe = reqwest::Client::new();
+    eventually("the binary answering", || async {
+        let answer = probe
+            .get(format!("http://127.0.0.1:{port}/status"))
+            .header("Authorization", API_KEY)
+            .send()
+            .await;
+        match answer {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(r.status().to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+    child
+}
+
+/// Sends SIGHUP to the binary: it loads its keys again.
+pub fn hang_up(child: &Child) {
+    let pid = child.id().expect("the binary runs");
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "SIGHUP sent");
+}
