@@ -18,7 +18,7 @@ use crate::domain::TrialId;
 use crate::engine::executor::{
     Control, ControlError, ControlOutcome, ProgressReport, SignalOutcome,
 };
-use crate::engine::sequence::Signal;
+use crate::engine::sequence::{self, Next, Signal};
 
 /// The routes of this area.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -144,11 +144,15 @@ fn signal_answer(
 ) -> Result<Json<Message>, ApiError> {
     let message = match outcome {
         SignalOutcome::Accepted(next) => {
-            format!(
-                "{} accepted for trial {id}; next step {}",
-                signal.name(),
-                next.name()
-            )
+            let next = match next {
+                Next::Step(step) => format!("next step {}", step.name()),
+                Next::Wait(wait) => format!(
+                    "next it waits for {}",
+                    sequence::wait_spec(wait).waiting_for
+                ),
+                Next::End => "the trial's path ends".to_owned(),
+            };
+            format!("{} accepted for trial {id}; {next}", signal.name())
         }
         SignalOutcome::Held(step) => format!(
             "{} accepted for trial {id}; it takes effect when {} completes",

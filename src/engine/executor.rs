@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant as Deadline;
 use tracing::{error, info, warn};
 
-use super::sequence::{self, Signal, Step, WAITS, Wait, Waiter};
+use super::sequence::{self, Next, Signal, Step, WAITS, Wait, Waiter};
 use super::state;
 use super::state::{Checkpoint, EventKind, Lifecycle, Mode, Position, Progress, SliceState};
 use super::steps::{self, StepCx, StepError};
@@ -27,8 +27,8 @@ use crate::store::Op;
 /// How the executor took a signal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SignalOutcome {
-    /// Taken: the executor moves on to this step.
-    Accepted(Step),
+    /// Taken: the executor moves on to this.
+    Accepted(Next),
     /// Arrived while the step that asked for it is still running: kept, applied when it ends.
     Held(Step),
     /// The same signal was accepted before; nothing changes.
@@ -526,9 +526,19 @@ impl Executor {
                     );
                     if let Decision::Take(next) = decision {
                         info!(signal = signal.name(), "signal accepted");
-                        let _ = reply.send(SignalOutcome::Accepted(next));
                         let waited = elapsed_ms(waiting_since);
-                        break self.take(wait, signal, next, signal.name().to_owned(), waited);
+                        let outcome =
+                            self.take(wait, signal, next, signal.name().to_owned(), waited);
+                        // Where the executor goes from here: on the clean-up path, not the table's.
+                        let _ = reply.send(SignalOutcome::Accepted(match &outcome {
+                            Outcome::To(Position::Run(step)) => Next::Step(*step),
+                            Outcome::To(Position::Wait(wait)) => Next::Wait(*wait),
+                            Outcome::Finished
+                            | Outcome::Aborted
+                            | Outcome::Failed(_)
+                            | Outcome::Abort(_) => Next::End,
+                        }));
+                        break outcome;
                     }
                     let _ = reply.send(answer(decision));
                 }
@@ -723,7 +733,7 @@ fn during_step(
 
 fn answer(decision: Decision) -> SignalOutcome {
     match decision {
-        Decision::Take(step) => SignalOutcome::Accepted(step),
+        Decision::Take(step) => SignalOutcome::Accepted(Next::Step(step)),
         Decision::Hold(_) | Decision::Duplicate => SignalOutcome::AlreadyRegistered,
         Decision::Refuse(reason) => SignalOutcome::Refused(reason),
     }

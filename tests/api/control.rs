@@ -344,6 +344,38 @@ async fn a_second_abort_while_cleaning_up_is_already_aborting_and_a_finished_tri
 }
 
 #[tokio::test]
+async fn the_slice_callback_during_a_clean_up_says_where_the_clean_up_goes() {
+    let app = spawn_app().await;
+    let id = "abort-closing";
+    app.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "DELETE",
+            "/sliceDeployment/",
+            FaultAction::DropCallback,
+        )
+        .for_trial(id),
+    );
+    app.start_trial(id).await;
+    app.wait_waiting(id, WAITING_OPERATOR).await;
+    let token = app.token_of(id);
+    assert_eq!(
+        app.post(&format!("/trial/{id}/abort"), None).await.status,
+        StatusCode::OK
+    );
+    app.wait_waiting(id, "slice closed").await;
+    let closed = app.callback(id, "slice", Some(&token)).await;
+    assert_eq!(closed.status, StatusCode::OK, "{closed:?}");
+    let message = closed.body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("next step UpdateStatusAborted"),
+        "{closed:?}"
+    );
+    app.wait_for(id, "Aborted", |s| s["engine_status"] == "Aborted")
+        .await;
+}
+
+#[tokio::test]
 async fn an_abort_waits_until_the_failure_procedure_is_done() {
     let app = spawn_app_with(AppOptions {
         settings: Box::new(single_attempt),
