@@ -293,28 +293,19 @@ impl Executor {
             loop {
                 tokio::select! {
                     result = &mut work => break Ok(result),
-                    Some(command) = self.commands.recv() => match command {
-                        Command::Signal(signal, reply) => {
-                            let _ = reply.send(during_step(step, signal, accepted, held));
-                        }
-                        Command::Progress(_, reply) => {
-                            let _ = reply.send(refused(format!(
-                                "no component callback is awaited: the executor is running {}",
-                                step.name()
-                            )));
-                        }
-                        Command::Control(Control::Abort { reason }, reply) => {
-                            let _ = reply.send(Ok(abort_accepted(&self.id, cleanup)));
-                            if !cleanup {
-                                break Err(reason);
+                    Some(command) = self.commands.recv() => {
+                        let doing = "the executor is running";
+                        match at_step(step, doing, command, accepted, held, &self.id, cleanup) {
+                            AtStep::Answered => {}
+                            AtStep::Abort(reason) => break Err(reason),
+                            AtStep::Control(control, reply) => {
+                                let outcome =
+                                    set_pause(&self.shared, &self.id, paused, control, cleanup)
+                                        .await;
+                                let _ = reply.send(outcome);
                             }
                         }
-                        Command::Control(control, reply) => {
-                            let outcome =
-                                set_pause(&self.shared, &self.id, paused, control, cleanup).await;
-                            let _ = reply.send(outcome);
-                        }
-                    },
+                    }
                 }
             }
         };
@@ -390,24 +381,12 @@ impl Executor {
             let Some(command) = self.commands.recv().await else {
                 return Outcome::Failed("the engine's command channel closed".to_owned());
             };
-            match command {
-                Command::Signal(signal, reply) => {
-                    let Checkpoint { accepted, held, .. } = &mut self.checkpoint;
-                    let _ = reply.send(during_step(step, signal, accepted, held));
-                }
-                Command::Progress(_, reply) => {
-                    let _ = reply.send(refused(format!(
-                        "no component callback is awaited: the trial is paused before {}",
-                        step.name()
-                    )));
-                }
-                Command::Control(Control::Abort { reason }, reply) => {
-                    let _ = reply.send(Ok(abort_accepted(&self.id, cleanup)));
-                    if !cleanup {
-                        return Outcome::Abort(reason);
-                    }
-                }
-                Command::Control(Control::Step { reason }, reply) => {
+            let Checkpoint { accepted, held, .. } = &mut self.checkpoint;
+            let doing = "the trial is paused before";
+            match at_step(step, doing, command, accepted, held, &self.id, cleanup) {
+                AtStep::Answered => {}
+                AtStep::Abort(reason) => return Outcome::Abort(reason),
+                AtStep::Control(Control::Step { reason }, reply) => {
                     self.shared
                         .journal
                         .event(EventKind::Stepped, Some(step), reason, None);
@@ -419,7 +398,7 @@ impl Executor {
                     )));
                     return Outcome::To(Position::Run(step));
                 }
-                Command::Control(control, reply) => {
+                AtStep::Control(control, reply) => {
                     let outcome = set_pause(
                         &self.shared,
                         &self.id,
@@ -707,6 +686,52 @@ impl Executor {
 
 fn elapsed_ms(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A command while `step` runs, or is held at the operator's gate before it.
+enum AtStep {
+    /// Answered already.
+    Answered,
+    /// The operator's abort, answered: the step is dropped for the clean-up.
+    Abort(String),
+    /// Pause, resume or step: for the caller to take.
+    Control(Control, oneshot::Sender<ControlOutcome>),
+}
+
+/// Answers what a step answers the same way running or held (`doing` says which, before the
+/// step's name): signals, progress reports (none is awaited) and an abort (taken, unless the
+/// clean-up already runs).
+fn at_step(
+    step: Step,
+    doing: &str,
+    command: Command,
+    accepted: &[(Wait, Signal)],
+    held: &mut Vec<(Wait, Signal)>,
+    id: &TrialId,
+    cleanup: bool,
+) -> AtStep {
+    match command {
+        Command::Signal(signal, reply) => {
+            let _ = reply.send(during_step(step, signal, accepted, held));
+            AtStep::Answered
+        }
+        Command::Progress(_, reply) => {
+            let _ = reply.send(refused(format!(
+                "no component callback is awaited: {doing} {}",
+                step.name()
+            )));
+            AtStep::Answered
+        }
+        Command::Control(Control::Abort { reason }, reply) => {
+            let _ = reply.send(Ok(abort_accepted(id, cleanup)));
+            if cleanup {
+                AtStep::Answered
+            } else {
+                AtStep::Abort(reason)
+            }
+        }
+        Command::Control(control, reply) => AtStep::Control(control, reply),
+    }
 }
 
 /// A signal that arrives while `step` runs (or waits at the gate to run): an early signal for

@@ -1,11 +1,9 @@
 //! The audit log (SPEC §15): who did what, to which trial, with what outcome — refusals
 //! included — read back with filters and pages, never holding a secret.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use lcm::config::Role;
-use lcm::store::sqlite::SqliteBackend;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -279,16 +277,7 @@ async fn no_secret_and_no_token_is_ever_written_in_the_log() {
 
 #[tokio::test]
 async fn a_change_that_was_not_saved_leaves_no_entry_saying_it_was_made() {
-    let broken = Arc::new(AtomicBool::new(false));
-    let switch = broken.clone();
-    let app = spawn_app_with(AppOptions {
-        backend: Some(Box::new(move || FlakyBackend {
-            inner: SqliteBackend::in_memory().expect("in-memory store"),
-            broken: switch,
-        })),
-        ..AppOptions::default()
-    })
-    .await;
+    let (app, broken) = spawn_app_with_flaky_store().await;
     broken.store(true, Ordering::SeqCst);
     let refused = app.schedule("not-made", &in_ms(3_600_000)).await;
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -317,14 +306,7 @@ async fn a_refused_schedule_is_recorded_as_refused_only() {
     let id = "ran-once";
     app.start_trial(id).await;
     app.drive_to_finished(id).await;
-    eventually("the engine to leave memory", || async {
-        let engines = app.engines().await;
-        match engines.is_empty() {
-            true => Ok(()),
-            false => Err(format!("{engines:?}")),
-        }
-    })
-    .await;
+    app.wait_engine_gone(id).await;
     let again = app.schedule(id, &in_ms(3_600_000)).await;
     assert_eq!(again.status, StatusCode::CONFLICT, "{again:?}");
     let outcomes: Vec<Value> = entries(&audit(&app, &format!("?trial_id={id}")).await)

@@ -185,7 +185,7 @@ async fn app_with_registry_at(url: String) -> TestApp {
 
 #[tokio::test]
 async fn an_unreachable_registry_is_named_with_its_url_and_the_cause() {
-    let port = free_port();
+    let port = closed_port();
     let app = app_with_registry_at(format!("http://127.0.0.1:{port}")).await;
 
     let answer = app.post("/debug/trial/t1/schedule", None).await;
@@ -222,7 +222,7 @@ async fn a_registry_host_that_does_not_resolve_is_named_with_the_dns_failure() {
 
 #[tokio::test]
 async fn a_trial_failing_on_an_unreachable_component_names_its_url_and_the_cause() {
-    let port = free_port();
+    let port = closed_port();
     let app = spawn_app_with(AppOptions {
         settings: Box::new(move |s| {
             s.services.trial_enforcement.url = format!("http://127.0.0.1:{port}/api");
@@ -243,7 +243,7 @@ async fn a_trial_failing_on_an_unreachable_component_names_its_url_and_the_cause
 
 #[tokio::test]
 async fn the_log_names_the_url_and_the_cause_of_an_unreachable_service() {
-    let repository = format!("http://127.0.0.1:{}", free_port());
+    let repository = format!("http://127.0.0.1:{}", closed_port());
     let app = spawn_binary_with(BinaryOptions {
         env: &[("LCM__SERVICES__TRIAL_REPOSITORY__URL", &repository)],
         ..BinaryOptions::default()

@@ -487,14 +487,7 @@ async fn a_trial_the_store_cannot_read_now_is_not_called_unknown_and_its_live_pa
     let id = "unreadable";
     app.start_trial(id).await;
     app.drive_to_finished(id).await;
-    eventually("the finished engine to leave memory", || async {
-        let engines = app.engines().await;
-        match engines.iter().any(|(e, _)| e == id) {
-            false => Ok(()),
-            true => Err(format!("{engines:?}")),
-        }
-    })
-    .await;
+    app.wait_engine_gone(id).await;
     let session = sign_in(&app, Role::Viewer).await;
     let page = format!("{}/ui/trials/{id}", app.address);
 

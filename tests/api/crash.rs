@@ -250,19 +250,9 @@ async fn trials_survive_a_sigkill_and_complete_after_restart() {
 
 #[tokio::test]
 async fn a_store_that_stops_writing_fails_the_trial_and_refuses_new_jobs() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::Ordering;
 
-    let broken = Arc::new(AtomicBool::new(false));
-    let switch = broken.clone();
-    let app = spawn_app_with(AppOptions {
-        backend: Some(Box::new(move || FlakyBackend {
-            inner: lcm::store::sqlite::SqliteBackend::in_memory().expect("in-memory store"),
-            broken: switch,
-        })),
-        ..AppOptions::default()
-    })
-    .await;
+    let (app, broken) = spawn_app_with_flaky_store().await;
     let id = "unsaved";
     app.start_trial(id).await;
     app.wait_waiting(id, "operator (active or finish)").await;

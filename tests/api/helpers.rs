@@ -50,6 +50,21 @@ pub struct FlakyBackend {
     pub broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// The service on an in-memory store whose writes fail while the returned switch is on.
+pub async fn spawn_app_with_flaky_store() -> (TestApp, Arc<AtomicBool>) {
+    let broken = Arc::new(AtomicBool::new(false));
+    let switch = broken.clone();
+    let app = spawn_app_with(AppOptions {
+        backend: Some(Box::new(move || FlakyBackend {
+            inner: lcm::store::sqlite::SqliteBackend::in_memory().expect("in-memory store"),
+            broken: switch,
+        })),
+        ..AppOptions::default()
+    })
+    .await;
+    (app, broken)
+}
+
 impl lcm::store::Backend for FlakyBackend {
     fn apply(&mut self, ops: &[lcm::store::Op]) -> Result<Vec<usize>, lcm::store::StoreError> {
         if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
@@ -541,6 +556,18 @@ impl TestApp {
                 )
             })
             .collect()
+    }
+
+    /// Polls until the engine of `id` has left memory.
+    pub async fn wait_engine_gone(&self, id: &str) {
+        eventually(&format!("the engine of {id} to leave memory"), || async {
+            let engines = self.engines().await;
+            match engines.iter().any(|(e, _)| e == id) {
+                false => Ok(()),
+                true => Err(format!("{engines:?}")),
+            }
+        })
+        .await
     }
 
     /// Polls until the engine of `id` exists; returns when it was first seen.

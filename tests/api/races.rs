@@ -2,8 +2,7 @@
 //! trial recovered before its failure procedure was done. Each refused or finished change
 //! must leave nothing behind.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -78,16 +77,7 @@ async fn once_a_delete_answers_no_request_of_the_trial_leaves() {
 
 #[tokio::test]
 async fn a_delete_that_was_not_saved_changes_nothing_and_the_trial_goes_on() {
-    let broken = Arc::new(AtomicBool::new(false));
-    let switch = broken.clone();
-    let app = spawn_app_with(AppOptions {
-        backend: Some(Box::new(move || FlakyBackend {
-            inner: SqliteBackend::in_memory().expect("in-memory store"),
-            broken: switch,
-        })),
-        ..AppOptions::default()
-    })
-    .await;
+    let (app, broken) = spawn_app_with_flaky_store().await;
     let id = "undeleted";
     app.start_trial(id).await;
     app.wait_waiting(id, "operator (active or finish)").await;
@@ -126,16 +116,7 @@ async fn a_delete_that_was_not_saved_changes_nothing_and_the_trial_goes_on() {
 
 #[tokio::test]
 async fn a_reschedule_that_was_not_saved_keeps_the_saved_start_time() {
-    let broken = Arc::new(AtomicBool::new(false));
-    let switch = broken.clone();
-    let app = spawn_app_with(AppOptions {
-        backend: Some(Box::new(move || FlakyBackend {
-            inner: SqliteBackend::in_memory().expect("in-memory store"),
-            broken: switch,
-        })),
-        ..AppOptions::default()
-    })
-    .await;
+    let (app, broken) = spawn_app_with_flaky_store().await;
     let id = "moved";
     let hour = Utc::now() + chrono::Duration::hours(1);
     let job = || async {
@@ -172,16 +153,7 @@ async fn a_reschedule_that_was_not_saved_keeps_the_saved_start_time() {
 
 #[tokio::test]
 async fn a_schedule_that_was_not_saved_never_starts() {
-    let broken = Arc::new(AtomicBool::new(false));
-    let switch = broken.clone();
-    let app = spawn_app_with(AppOptions {
-        backend: Some(Box::new(move || FlakyBackend {
-            inner: SqliteBackend::in_memory().expect("in-memory store"),
-            broken: switch,
-        })),
-        ..AppOptions::default()
-    })
-    .await;
+    let (app, broken) = spawn_app_with_flaky_store().await;
     let (unsaved, sentinel) = ("unsaved", "after-unsaved");
     for id in [unsaved, sentinel] {
         app.platform.add_trial(Platform::trial(id, None));

@@ -322,14 +322,7 @@ async fn an_ended_engine_leaves_memory_and_reads_the_same_from_the_store() {
         app.engines().await.iter().any(|(e, _)| e == id),
         "the first reads came from memory"
     );
-    eventually("the finished engine to leave memory", || async {
-        let engines = app.engines().await;
-        match engines.iter().any(|(e, _)| e == id) {
-            false => Ok(()),
-            true => Err(format!("{engines:?}")),
-        }
-    })
-    .await;
+    app.wait_engine_gone(id).await;
     assert_eq!(read("status").await, status);
     assert_eq!(read("history").await, history);
     assert_eq!(read("responses").await, responses);

@@ -657,14 +657,7 @@ async fn schedule_all_reports_a_trial_that_ran_as_already_ended() {
         app.start_trial(id).await;
         app.drive_to_finished(id).await;
         if keep_finished_secs == 0 {
-            eventually("the engine to leave memory", || async {
-                let engines = app.engines().await;
-                match engines.is_empty() {
-                    true => Ok(()),
-                    false => Err(format!("{engines:?}")),
-                }
-            })
-            .await;
+            app.wait_engine_gone(id).await;
         }
         app.platform
             .add_trial(Platform::trial(id, Some(in_secs(3600))));

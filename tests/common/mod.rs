@@ -91,6 +91,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A port on 127.0.0.1 that refuses connections, and that no server of the tests can take
+/// meanwhile: below 1024, where ports are never handed out for binding port 0.
+pub fn closed_port() -> u16 {
+    (1..1024)
+        .find(|port| {
+            std::net::TcpStream::connect(("127.0.0.1", *port))
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+        })
+        .expect("a closed port below 1024")
+}
+
 /// The `lcm` binary, to run in `dir`: no configuration file but one it is given, its output
 /// dropped, killed when its child is dropped. Arguments and environment are the caller's.
 pub fn lcm_command(dir: &Path) -> Command {
