@@ -309,10 +309,18 @@ async fn a_refused_schedule_is_recorded_as_refused_only() {
     app.wait_engine_gone(id).await;
     let again = app.schedule(id, &in_ms(3_600_000)).await;
     assert_eq!(again.status, StatusCode::CONFLICT, "{again:?}");
-    let outcomes: Vec<Value> = entries(&audit(&app, &format!("?trial_id={id}")).await)
-        .iter()
-        .filter(|e| e["action"] == "POST /debug/trial/schedule")
-        .map(|e| e["outcome"].clone())
-        .collect();
+    // The refusal's entry is written once the answer is known: wait until it is there.
+    let outcomes = eventually("the refusal in the log", || async {
+        let outcomes: Vec<Value> = entries(&audit(&app, &format!("?trial_id={id}")).await)
+            .iter()
+            .filter(|e| e["action"] == "POST /debug/trial/schedule")
+            .map(|e| e["outcome"].clone())
+            .collect();
+        match outcomes.first() {
+            Some(latest) if *latest == 409 => Ok(outcomes),
+            _ => Err(format!("{outcomes:?}")),
+        }
+    })
+    .await;
     assert_eq!(outcomes, [409, 200], "newest first");
 }
