@@ -133,28 +133,25 @@ pub(crate) fn said(body: &[u8]) -> Option<String> {
 
 /// Layer: writes the audit entry of every request that changes something, unless its handler
 /// wrote it with the change. Runs outside the caller's identification, so it sees who it was.
+///
+/// Not written, because nothing was tried on anything and nobody was identified yet: requests
+/// that reach no route, bodies too large to read, and answers 429 (counted instead, in
+/// `lcm_requests_throttled_total`). So a client that is not let in cannot fill the log.
 pub async fn record(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
-    ) {
+    ) || request.extensions().get::<MatchedPath>().is_none()
+    {
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();
     // A trial named in the body (`POST /debug/trial/schedule`); the body goes on unchanged.
-    let bytes = match to_bytes(body, state.settings.server.max_body_bytes).await {
-        Ok(bytes) => bytes,
-        Err(_) => {
-            let cx = AuditCx::of(&parts, None);
-            let detail = "request body is too large";
-            state.scheduler.deps().store.submit(Op::Audit(Box::new(
-                cx.entry(StatusCode::PAYLOAD_TOO_LARGE, Some(detail.to_owned())),
-            )));
-            return axum::response::IntoResponse::into_response(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                detail,
-            ));
-        }
+    let Ok(bytes) = to_bytes(body, state.settings.server.max_body_bytes).await else {
+        return axum::response::IntoResponse::into_response(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body is too large",
+        ));
     };
     let body_trial = serde_json::from_slice::<Value>(&bytes)
         .ok()
@@ -172,8 +169,6 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
     }
     let status = response.status();
     if status == StatusCode::TOO_MANY_REQUESTS {
-        // A client guessing keys would fill the log: its refusals are only counted (in
-        // `lcm_requests_throttled_total`).
         return response;
     }
     let is_json = response
@@ -194,10 +189,14 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
                     let detail = said(&bytes);
                     (Response::from_parts(head, Body::from(bytes)), detail)
                 }
-                Err(e) => (
-                    Response::from_parts(head, Body::empty()),
-                    Some(format!("the answer could not be read: {e}")),
-                ),
+                Err(e) => {
+                    let mut head = head;
+                    head.headers.remove(header::CONTENT_LENGTH);
+                    (
+                        Response::from_parts(head, Body::empty()),
+                        Some(format!("the answer could not be read: {e}")),
+                    )
+                }
             }
         }
         (true, false) => (response, Some("answer too large to show".to_owned())),

@@ -277,7 +277,7 @@ async fn no_secret_and_no_token_is_ever_written_in_the_log() {
 
 #[tokio::test]
 async fn a_change_that_was_not_saved_leaves_no_entry_saying_it_was_made() {
-    let (app, broken) = spawn_app_with_flaky_store().await;
+    let (app, broken) = spawn_app_with_flaky_store(AppOptions::default()).await;
     broken.store(true, Ordering::SeqCst);
     let refused = app.schedule("not-made", &in_ms(3_600_000)).await;
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -323,4 +323,42 @@ async fn a_refused_schedule_is_recorded_as_refused_only() {
     })
     .await;
     assert_eq!(outcomes, [409, 200], "newest first");
+}
+
+#[tokio::test]
+async fn requests_that_reach_no_route_or_are_too_large_to_read_are_not_written() {
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(|s| s.server.max_body_bytes = 1024),
+        ..AppOptions::default()
+    })
+    .await;
+    for _ in 0..3 {
+        let nowhere = app.post("/no/such/route", None).await;
+        assert_eq!(nowhere.status, StatusCode::NOT_FOUND, "{nowhere:?}");
+        let huge = app
+            .post(
+                "/debug/trial/schedule",
+                Some(json!({"trial_id": "huge", "start_time": "x".repeat(4096)})),
+            )
+            .await;
+        assert_eq!(huge.status, StatusCode::PAYLOAD_TOO_LARGE, "{huge:?}");
+    }
+    // A change written after them: once it is there, they would be too.
+    assert_eq!(
+        app.schedule("after", &in_ms(3_600_000)).await.status,
+        StatusCode::OK
+    );
+    let all = eventually("the schedule in the log", || async {
+        let all = entries(&audit(&app, "?limit=500").await);
+        match all.iter().any(|e| e["trial_id"] == "after") {
+            true => Ok(all),
+            false => Err(format!("{all:?}")),
+        }
+    })
+    .await;
+    assert!(
+        all.iter()
+            .all(|e| e["outcome"] != 404 && e["outcome"] != 413),
+        "{all:#?}"
+    );
 }
