@@ -79,7 +79,8 @@ type EventStream = Pin<Box<dyn Stream<Item = Event> + Send>>;
 /// The trial's live events (Server-Sent Events)
 ///
 /// The trial's history so far, then each event as it happens; the stream ends after the
-/// trial finishes or is aborted (or when its engine is deleted). A trial that is scheduled
+/// trial finishes or is aborted, or when its engine is stopped by a delete (a delete that
+/// could not be saved brings the engine back: subscribe again to follow it). A trial that is scheduled
 /// but not started yet streams a `scheduled` event first, then its engine's events from the
 /// start time on (or `unscheduled` if its job is removed). An ended trial's history is sent,
 /// then the stream ends.
@@ -142,7 +143,8 @@ async fn events(
 fn engine_stream(engine: &EngineHandle) -> EventStream {
     let (history, receiver) = engine.events();
     let ended = history.iter().any(|e| e.event.ends_trial());
-    let next = history.len() as u64;
+    // Numbers go on from the last event, whatever came before it.
+    let next = history.last().map_or(0, |e| e.seq + 1);
     let replay = stream::iter(history.iter().map(|e| to_sse(e)).collect::<Vec<_>>());
     let live = stream::unfold(
         (receiver, next, ended),

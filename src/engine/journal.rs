@@ -1,5 +1,5 @@
-//! A trial's journal: its events (the history) and the responses its services gave, each
-//! numbered, kept in memory while the engine is, streamed to `/events` subscribers, and
+//! A trial's journal: its events (the history, each numbered here) and the responses its
+//! services gave (numbered by the store as it appends them), kept in memory while the engine is, streamed to `/events` subscribers, and
 //! appended to the store once, as its own row, when it happens (SPEC §12).
 //!
 //! Whoever records something (executor, watchdog, an operator's action) goes through here,
@@ -90,7 +90,7 @@ impl Journal {
         inner.events.push(event);
     }
 
-    /// Records a response: numbers it, keeps it and appends it to the store.
+    /// Records a response: keeps it and appends it to the store (which numbers it).
     pub fn response(&self, record: ResponseRecord) {
         let mut inner = self.inner();
         let record = Arc::new(record);

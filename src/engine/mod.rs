@@ -35,7 +35,7 @@ use journal::Journal;
 use redact::Redactor;
 use sequence::{Signal, Step};
 use state::{Checkpoint, Lifecycle, Position, Progress, ResponseRecord, Snapshot, TrialEvent};
-use watchdog::{ControlRequest, Origin, RestoreError, Watchdog};
+use watchdog::{ControlRequest, LastRecord, Origin, RestoreError, Watchdog};
 
 /// A function called before every step (fault injection for tests and drills).
 pub type StepHook = Arc<dyn Fn(&TrialId, Step) + Send + Sync>;
@@ -71,10 +71,10 @@ pub struct EngineShared {
     controls: mpsc::Sender<ControlRequest>,
     /// Cancelled to stop the engine: the watchdog aborts the executor and ends.
     stop: CancellationToken,
-    watchdog: Mutex<Option<JoinHandle<TrialRecord>>>,
+    watchdog: Mutex<Option<JoinHandle<LastRecord>>>,
     /// The record of an engine built ended (it has no watchdog to keep one), so that a
     /// delete that was not saved can bring it back.
-    ended: Option<TrialRecord>,
+    ended: Option<LastRecord>,
     /// The trial's callback token once minted, so deleting the engine can revoke it.
     token: Mutex<Option<String>>,
     /// A delete has claimed this engine: exactly one delete removes it.
@@ -126,12 +126,28 @@ impl EngineHandle {
         Self::build(deps, trial, Origin::Recovered { rerun })
     }
 
+    /// Brings back this engine, stopped by a delete that could not be saved, from the record
+    /// it had then: it goes on as after a restart (saving that record first if the store does
+    /// not hold it).
+    pub fn bring_back(&self, last: LastRecord) -> Self {
+        let trial = RecoveredTrial {
+            record: last.record,
+            events: self.history().iter().map(|e| (**e).clone()).collect(),
+            responses: self.responses().iter().map(|r| (**r).clone()).collect(),
+        };
+        let rerun = !trial.events.is_empty();
+        let origin = Origin::BroughtBack {
+            rerun,
+            saved: last.saved,
+        };
+        Self::build(self.shared.deps.clone(), trial, origin)
+    }
+
     fn build(deps: Arc<EngineDeps>, trial: RecoveredTrial, origin: Origin) -> Self {
-        let ended = trial
-            .record
-            .lifecycle
-            .is_ended()
-            .then(|| trial.record.clone());
+        let ended = trial.record.lifecycle.is_ended().then(|| LastRecord {
+            record: trial.record.clone(),
+            saved: true,
+        });
         let RecoveredTrial {
             record,
             events,
@@ -182,9 +198,18 @@ impl EngineHandle {
                 checkpoint_tx,
                 controls: controls_rx,
                 pending_abort: None,
+                auto_abort_not_before: None,
+                saved: !matches!(
+                    origin,
+                    Origin::New | Origin::BroughtBack { saved: false, .. }
+                ),
             };
             let handle = watchdog::spawn(watchdog, shared.span());
             *lock(&shared.watchdog) = Some(handle);
+        } else {
+            // Ended already (brought back after a delete that was not saved): it leaves
+            // memory in its time like any engine that ends.
+            let _ = shared.deps.ended.send(Arc::downgrade(&shared));
         }
         Self { shared }
     }
@@ -369,7 +394,7 @@ impl EngineHandle {
     /// so nothing of this engine reaches a service or the store afterwards. Stopping is not
     /// failing: nothing is reported anywhere. Answers the engine's record as it stood (what a
     /// restart would bring back); `None` if another stop took it, or the watchdog panicked.
-    pub async fn stop(&self) -> Option<TrialRecord> {
+    pub async fn stop(&self) -> Option<LastRecord> {
         self.shared.stop.cancel();
         let watchdog = lock(&self.shared.watchdog).take();
         let last = match watchdog {
@@ -382,15 +407,6 @@ impl EngineHandle {
             .state
             .send_modify(|s| s.lifecycle = Lifecycle::Stopped);
         last
-    }
-
-    /// What a restart would bring back of this engine, stopped with `last` as its record.
-    pub fn recovered(&self, last: TrialRecord) -> RecoveredTrial {
-        RecoveredTrial {
-            record: last,
-            events: self.history().iter().map(|e| (**e).clone()).collect(),
-            responses: self.responses().iter().map(|r| (**r).clone()).collect(),
-        }
     }
 
     /// A reference to this engine that does not keep it in memory.

@@ -98,7 +98,11 @@ impl RestoreError {
         match self {
             RestoreError::Ended(ended) => ControlError::Refused(format!("trial {id} has {ended}")),
             RestoreError::NotSaved(e) => ControlError::NotSaved(e),
-            other => ControlError::Refused(other.to_string()),
+            other @ (RestoreError::Running
+            | RestoreError::Gone
+            | RestoreError::Reporting
+            | RestoreError::CleanupFailed
+            | RestoreError::NotSkippable(_)) => ControlError::Refused(other.to_string()),
         }
     }
 }
@@ -121,8 +125,20 @@ pub enum ControlRequest {
 pub enum Origin {
     /// Made now: its first record is not saved yet.
     New,
-    /// Brought back from its record; `rerun`: the step it stands at has run before.
+    /// Brought back from its record at start-up; `rerun`: the step it stands at has run before.
     Recovered { rerun: bool },
+    /// Brought back after a delete that was not saved, from the record it had when it was
+    /// stopped; `saved`: that record is the store's (else it is saved first, like a new one).
+    BroughtBack { rerun: bool, saved: bool },
+}
+
+/// What a watchdog leaves when its engine is stopped.
+#[derive(Debug, Clone)]
+pub struct LastRecord {
+    /// The engine's record as it stood (what a restart would bring back).
+    pub record: TrialRecord,
+    /// Whether the store holds that record (its last save went through).
+    pub saved: bool,
 }
 
 /// The watchdog's state.
@@ -139,13 +155,18 @@ pub struct Watchdog {
     pub(super) controls: mpsc::Receiver<ControlRequest>,
     /// An abort that arrived while the executor was ending, answered once it has.
     pub(super) pending_abort: Option<(String, oneshot::Sender<ControlOutcome>)>,
+    /// An automatic abort that could not start is not tried again before this.
+    pub(super) auto_abort_not_before: Option<Deadline>,
+    /// The store holds the record as it stands (the last save went through).
+    pub(super) saved: bool,
 }
 
+/// How long an automatic abort that could not start (its save failed) waits to try again.
+const AUTO_ABORT_RETRY: Duration = Duration::from_secs(60);
+
 impl Watchdog {
-    /// Supervises until the trial ends or the engine is stopped.
-    /// Supervises until the engine is stopped; returns the engine's record as it stands then
-    /// (what a restart would bring back).
-    pub async fn run(mut self) -> TrialRecord {
+    /// Supervises until the engine is stopped; returns the engine's record as it stands then.
+    pub async fn run(mut self) -> LastRecord {
         let stop = self.shared.stop.clone();
         tokio::select! {
             biased;
@@ -157,7 +178,13 @@ impl Watchdog {
             // A cancelled task ends with a cancellation error: that is the point.
             let _ = executor.await;
         }
-        self.record()
+        let mut record = self.record();
+        // A pause is saved on its own, at once, and shown: the checkpoint here may not have it.
+        record.checkpoint.paused = self.shared.state.borrow().paused;
+        LastRecord {
+            record,
+            saved: self.saved,
+        }
     }
 
     async fn supervise(&mut self) {
@@ -165,15 +192,20 @@ impl Watchdog {
             match self.origin {
                 // The engine's first record is saved before its first request goes out, so
                 // a trial whose job has fired can never be lost.
-                Origin::New => match self.save().await {
-                    Ok(()) => self.spawn_executor(false),
+                Origin::New | Origin::BroughtBack { saved: false, .. } => match self.save().await {
+                    Ok(()) => self.spawn_executor(matches!(
+                        self.origin,
+                        Origin::BroughtBack { rerun: true, .. }
+                    )),
                     Err(e) => {
                         self.died(format!("cannot save the engine's state: {e}"))
                             .await
                     }
                 },
-                // Its record is the one it was brought back from.
-                Origin::Recovered { rerun } => self.spawn_executor(rerun),
+                // Its record is the store's.
+                Origin::Recovered { rerun } | Origin::BroughtBack { rerun, saved: true } => {
+                    self.spawn_executor(rerun)
+                }
             }
         } else if self.lifecycle == Lifecycle::Failed
             && self
@@ -231,7 +263,8 @@ impl Watchdog {
                     let reason = format!("not restored within {after} s");
                     warn!(reason = %reason, "a failed trial was left alone: aborting it");
                     if let Err(e) = self.abort(reason).await {
-                        warn!(error = %e, "the automatic abort did not start");
+                        warn!(error = %e, "the automatic abort did not start; it is tried again in a minute");
+                        self.auto_abort_not_before = Some(Deadline::now() + AUTO_ABORT_RETRY);
                     }
                 }
             }
@@ -253,19 +286,26 @@ impl Watchdog {
         let due =
             failure.at + chrono::Duration::seconds(i64::try_from(after).unwrap_or(i64::MAX / 2));
         let left = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-        Some(Deadline::now() + left)
+        let due = Deadline::now() + left;
+        Some(
+            self.auto_abort_not_before
+                .map_or(due, |not_before| due.max(not_before)),
+        )
     }
 
     /// Saves the latest checkpoint with where the engine stands; the executor waits for this
     /// before it sends its next request.
-    async fn save(&self) -> Result<(), String> {
-        self.shared
+    async fn save(&mut self) -> Result<(), String> {
+        let saved = self
+            .shared
             .deps
             .store
             .write(Op::PutTrial(Box::new(self.record())))
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string());
+        self.saved = saved.is_ok();
+        saved
     }
 
     /// The engine's record as it stands.
@@ -351,9 +391,13 @@ impl Watchdog {
     }
 
     /// Starts a new executor from the checkpoint after a failure: the trial's next run, noted
-    /// in the history by `event`.
-    async fn resume(&mut self, event: (EventKind, Option<String>)) -> Result<(), RestoreError> {
-        let saved = (self.checkpoint.clone(), self.lifecycle);
+    /// in the history by `events` once it is saved. `before` is the state before the caller
+    /// changed the checkpoint: if the save fails, the engine is left exactly as it was.
+    async fn resume(
+        &mut self,
+        before: (Checkpoint, Lifecycle),
+        events: &[(EventKind, Option<String>)],
+    ) -> Result<(), RestoreError> {
         self.checkpoint.failure = None;
         self.checkpoint.run += 1;
         self.lifecycle = match self.checkpoint.position {
@@ -361,10 +405,12 @@ impl Watchdog {
             Position::Wait(_) => Lifecycle::Waiting,
         };
         if let Err(e) = self.save().await {
-            (self.checkpoint, self.lifecycle) = saved;
+            (self.checkpoint, self.lifecycle) = before;
             return Err(RestoreError::NotSaved(e));
         }
-        self.shared.journal.event(event.0, None, event.1, None);
+        for (kind, detail) in events {
+            self.shared.journal.event(*kind, None, detail.clone(), None);
+        }
         self.shared.move_to(self.lifecycle, &self.checkpoint);
         let rerun = matches!(self.checkpoint.position, Position::Run(_));
         self.spawn_executor(rerun);
@@ -382,7 +428,8 @@ impl Watchdog {
             return Err(RestoreError::CleanupFailed);
         }
         info!(position = ?self.checkpoint.position, "restoring the executor from the checkpoint");
-        self.resume((EventKind::Restored, None)).await?;
+        let before = (self.checkpoint.clone(), self.lifecycle);
+        self.resume(before, &[(EventKind::Restored, None)]).await?;
         Ok(self.checkpoint.position.state().to_owned())
     }
 
@@ -393,6 +440,7 @@ impl Watchdog {
             return Err(RestoreError::CleanupFailed);
         }
         let vnf = !self.shared.deps.settings.executor.disable_vnf;
+        let before = (self.checkpoint.clone(), self.lifecycle);
         let (skipped, next) = match self.checkpoint.position {
             Position::Run(step) => {
                 if let Some(refusal) = sequence::skip_refusal(step) {
@@ -427,8 +475,8 @@ impl Watchdog {
         };
         info!(skipped = %skipped, reason = %reason, "skipping the failed step");
         self.checkpoint.position = next;
-        self.resume((EventKind::Skipped, Some(format!("{skipped}: {reason}"))))
-            .await?;
+        let event = (EventKind::Skipped, Some(format!("{skipped}: {reason}")));
+        self.resume(before, &[event]).await?;
         Ok(format!(
             "{skipped} skipped; the trial goes on at {}",
             next.state()
@@ -493,17 +541,19 @@ impl Watchdog {
         self.refuse_unless_failed()
             .map_err(|e| e.refusing_abort(self.shared.id.as_str()))?;
         let retry = matches!(self.checkpoint.mode, Mode::Cleanup { .. });
+        let before = (self.checkpoint.clone(), self.lifecycle);
         // Planned from what is still deployed, so a retry redoes only what was not undone.
         sequence::start_cleanup(&mut self.checkpoint, &reason);
-        self.shared
-            .journal
-            .event(EventKind::AbortRequested, None, Some(reason.clone()), None);
         let detail = if retry {
             format!("{reason}; retrying the clean-up that failed")
         } else {
             format!("{reason}; undoing what the trial deployed")
         };
-        self.resume((EventKind::CleanupStarted, Some(detail)))
+        let events = [
+            (EventKind::AbortRequested, Some(reason)),
+            (EventKind::CleanupStarted, Some(detail)),
+        ];
+        self.resume(before, &events)
             .await
             .map_err(|e| e.refusing_abort(self.shared.id.as_str()))?;
         Ok(format!(
@@ -534,6 +584,6 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// Runs a watchdog in its own task, inside the engine's span.
-pub fn spawn(watchdog: Watchdog, span: tracing::Span) -> JoinHandle<TrialRecord> {
+pub fn spawn(watchdog: Watchdog, span: tracing::Span) -> JoinHandle<LastRecord> {
     tokio::spawn(watchdog.run().instrument(span))
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use crate::domain::TrialId;
 use crate::engine::state::EngineStatus;
+use crate::engine::watchdog::LastRecord;
 use crate::engine::{EngineDeps, EngineHandle, EngineShared};
 use crate::store::RecoveredTrial;
 
@@ -58,19 +59,17 @@ impl EngineRegistry {
         true
     }
 
-    /// Brings the engine of `id` back from `trial` in place of `engine`, if that is still
-    /// the one in memory; `false` if not.
-    pub fn bring_back(
-        &self,
-        id: &TrialId,
-        engine: &Weak<EngineShared>,
-        deps: &Arc<EngineDeps>,
-        trial: RecoveredTrial,
-    ) -> bool {
+    /// Brings `engine`, stopped, back from `last` in place of itself, if it is still the one
+    /// of its trial in memory and the service is not stopping (then its record is what the next
+    /// start-up recovers); `false` if not.
+    pub fn bring_back(&self, engine: &EngineHandle, last: LastRecord) -> bool {
         let mut engines = self.map();
-        match engines.get_mut(id) {
-            Some(handle) if handle.same(engine) => {
-                *handle = EngineHandle::recover(deps.clone(), trial);
+        if self.closed.load(Ordering::SeqCst) {
+            return false;
+        }
+        match engines.get_mut(engine.id()) {
+            Some(handle) if handle.same(&engine.weak()) => {
+                *handle = engine.bring_back(last);
                 true
             }
             _ => false,

@@ -358,22 +358,14 @@ impl Scheduler {
         ops.extend(audit.map(|entry| Op::Audit(Box::new(entry))));
         if let Err(e) = self.store().write_all(ops).await {
             // Not removed, so not stopped either: the engine goes on from where it stood.
-            match last {
-                Some(last) => {
-                    let trial = engine.recovered(last);
-                    let deps = &self.inner.deps;
-                    if self
-                        .inner
-                        .engines
-                        .bring_back(id, &engine.weak(), deps, trial)
-                    {
-                        warn!(trial = %id, error = %e, "the removal was not saved: the engine goes on");
-                    }
-                }
-                None => {
-                    engine.release_delete();
-                    error!(trial = %id, error = %e, "the removal was not saved, and the engine's record is lost: it stays stopped");
-                }
+            let back = last.is_some_and(|last| self.inner.engines.bring_back(&engine, last));
+            if back {
+                warn!(trial = %id, error = %e, "the removal was not saved: the engine goes on");
+            } else {
+                // Stopping, or its stop was taken by the shutdown: the next start-up recovers
+                // the trial from its record.
+                engine.release_delete();
+                error!(trial = %id, error = %e, "the removal was not saved; the engine stays stopped until the next start");
             }
             return Err(e);
         }

@@ -252,7 +252,7 @@ async fn trials_survive_a_sigkill_and_complete_after_restart() {
 async fn a_store_that_stops_writing_fails_the_trial_and_refuses_new_jobs() {
     use std::sync::atomic::Ordering;
 
-    let (app, broken) = spawn_app_with_flaky_store().await;
+    let (app, broken) = spawn_app_with_flaky_store(AppOptions::default()).await;
     let id = "unsaved";
     app.start_trial(id).await;
     app.wait_waiting(id, "operator (active or finish)").await;

@@ -50,8 +50,9 @@ pub struct FlakyBackend {
     pub broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// The service on an in-memory store whose writes fail while the returned switch is on.
-pub async fn spawn_app_with_flaky_store() -> (TestApp, Arc<AtomicBool>) {
+/// The service with `options` on an in-memory store whose writes fail while the returned
+/// switch is on.
+pub async fn spawn_app_with_flaky_store(options: AppOptions) -> (TestApp, Arc<AtomicBool>) {
     let broken = Arc::new(AtomicBool::new(false));
     let switch = broken.clone();
     let app = spawn_app_with(AppOptions {
@@ -59,7 +60,7 @@ pub async fn spawn_app_with_flaky_store() -> (TestApp, Arc<AtomicBool>) {
             inner: lcm::store::sqlite::SqliteBackend::in_memory().expect("in-memory store"),
             broken: switch,
         })),
-        ..AppOptions::default()
+        ..options
     })
     .await;
     (app, broken)

@@ -14,6 +14,7 @@ use lcm::sim::{Component, Fault, FaultAction, Platform};
 use lcm::store::sqlite::SqliteBackend;
 use lcm::store::{Backend, Op, TrialRecord};
 use reqwest::StatusCode;
+use serde_json::Value;
 
 use crate::helpers::*;
 
@@ -77,11 +78,13 @@ async fn once_a_delete_answers_no_request_of_the_trial_leaves() {
 
 #[tokio::test]
 async fn a_delete_that_was_not_saved_changes_nothing_and_the_trial_goes_on() {
-    let (app, broken) = spawn_app_with_flaky_store().await;
+    let (app, broken) = spawn_app_with_flaky_store(AppOptions::default()).await;
     let id = "undeleted";
     app.start_trial(id).await;
     app.wait_waiting(id, "operator (active or finish)").await;
     let token = app.token_of(id);
+    let paused = app.post(&format!("/trial/{id}/pause"), None).await;
+    assert_eq!(paused.status, StatusCode::OK, "{paused:?}");
 
     broken.store(true, Ordering::SeqCst);
     let refused = app.delete(&format!("/debug/engine/{id}")).await;
@@ -95,6 +98,10 @@ async fn a_delete_that_was_not_saved_changes_nothing_and_the_trial_goes_on() {
 
     let status = app.trial_status(id).await;
     assert_eq!(status["status"], "Waiting", "{status}");
+    assert_eq!(
+        status["paused"], true,
+        "the pause came back with the engine: {status}"
+    );
     let engines = app.engines().await;
     assert!(engines.iter().any(|(e, _)| e == id), "{engines:?}");
     // The token was not revoked: it still opens the trial's callbacks.
@@ -106,6 +113,8 @@ async fn a_delete_that_was_not_saved_changes_nothing_and_the_trial_goes_on() {
             .is_some_and(|m| m.contains("already registered")),
         "{again:?}"
     );
+    let resumed = app.post(&format!("/trial/{id}/resume"), None).await;
+    assert_eq!(resumed.status, StatusCode::OK, "{resumed:?}");
     app.drive_to_finished(id).await;
 
     let deleted = app.delete(&format!("/debug/engine/{id}")).await;
@@ -115,8 +124,103 @@ async fn a_delete_that_was_not_saved_changes_nothing_and_the_trial_goes_on() {
 }
 
 #[tokio::test]
+async fn an_ended_engine_whose_delete_was_not_saved_still_leaves_memory() {
+    let (app, broken) = spawn_app_with_flaky_store(AppOptions {
+        settings: Box::new(|s| s.engine.keep_finished_secs = 2),
+        ..AppOptions::default()
+    })
+    .await;
+    let id = "ended-undeleted";
+    app.start_trial(id).await;
+    app.drive_to_finished(id).await;
+    broken.store(true, Ordering::SeqCst);
+    let refused = app.delete(&format!("/debug/engine/{id}")).await;
+    broken.store(false, Ordering::SeqCst);
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{refused:?}"
+    );
+    assert_eq!(app.trial_status(id).await["engine_status"], "Finished");
+    app.wait_engine_gone(id).await;
+    assert_eq!(
+        app.trial_status(id).await["engine_status"],
+        "Finished",
+        "read from the store once it left memory"
+    );
+}
+
+#[tokio::test]
+async fn an_abort_or_a_skip_that_was_not_saved_is_not_made() {
+    let (app, broken) = spawn_app_with_flaky_store(AppOptions {
+        settings: Box::new(single_attempt),
+        ..AppOptions::default()
+    })
+    .await;
+    let id = "unaborted";
+    app.platform.add_trial(Platform::trial(id, None));
+    app.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "POST",
+            "/flightplan",
+            FaultAction::Status(400),
+        )
+        .for_trial(id)
+        .times(1),
+    );
+    app.schedule_in(id, 300).await;
+    app.wait_failed(id).await;
+
+    broken.store(true, Ordering::SeqCst);
+    for action in ["abort", "skip"] {
+        let path = match action {
+            "abort" => format!("/trial/{id}/abort"),
+            _ => format!("/debug/engine/{id}/skip"),
+        };
+        let refused = app
+            .post(&path, Some(serde_json::json!({"reason": "test"})))
+            .await;
+        assert_eq!(
+            refused.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{action}: {refused:?}"
+        );
+    }
+    broken.store(false, Ordering::SeqCst);
+    let status = app.trial_status(id).await;
+    assert_eq!(
+        (
+            status["engine_status"].as_str(),
+            status["aborting"].as_bool()
+        ),
+        (Some("Failed"), Some(false)),
+        "{status}"
+    );
+    let kinds: Vec<Value> = app.get(&format!("/trial/{id}/history")).await.body["history"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|e| e["event"].clone())
+        .collect();
+    for kind in ["abort_requested", "cleanup_started", "skipped"] {
+        assert!(!kinds.contains(&Value::from(kind)), "{kind} in {kinds:?}");
+    }
+    // The restore runs the failed step again, not a clean-up or the step after it.
+    let restored = app.post(&format!("/debug/engine/{id}/restore"), None).await;
+    assert_eq!(restored.status, StatusCode::OK, "{restored:?}");
+    app.wait_waiting(id, "operator (active or finish)").await;
+    let plans = lines(&app, id)
+        .iter()
+        .filter(|l| *l == "POST /flightplan")
+        .count();
+    assert_eq!(plans, 2, "the flight plan was sent again");
+}
+
+#[tokio::test]
 async fn a_reschedule_that_was_not_saved_keeps_the_saved_start_time() {
-    let (app, broken) = spawn_app_with_flaky_store().await;
+    let (app, broken) = spawn_app_with_flaky_store(AppOptions::default()).await;
     let id = "moved";
     let hour = Utc::now() + chrono::Duration::hours(1);
     let job = || async {
@@ -153,7 +257,7 @@ async fn a_reschedule_that_was_not_saved_keeps_the_saved_start_time() {
 
 #[tokio::test]
 async fn a_schedule_that_was_not_saved_never_starts() {
-    let (app, broken) = spawn_app_with_flaky_store().await;
+    let (app, broken) = spawn_app_with_flaky_store(AppOptions::default()).await;
     let (unsaved, sentinel) = ("unsaved", "after-unsaved");
     for id in [unsaved, sentinel] {
         app.platform.add_trial(Platform::trial(id, None));
