@@ -121,6 +121,21 @@ pub fn spawn_metrics_upkeep() -> tokio::task::JoinHandle<()> {
 }
 
 /// The outcomes of `lcm_steps_total`.
+/// Every metric family the service exports, with its Prometheus type: all of them are there
+/// from the first scrape.
+pub const FAMILIES: [(&str, &str); 10] = [
+    ("lcm_engines", "gauge"),
+    ("lcm_scheduled_jobs", "gauge"),
+    ("lcm_missed_jobs", "gauge"),
+    ("lcm_steps_total", "counter"),
+    ("lcm_outbound_request_duration_seconds", "histogram"),
+    ("lcm_outbound_request_errors_total", "counter"),
+    ("lcm_signals_total", "counter"),
+    ("lcm_token_validations_total", "counter"),
+    ("lcm_outbound_retries_total", "counter"),
+    ("lcm_requests_throttled_total", "counter"),
+];
+
 const STEP_OUTCOMES: [&str; 2] = ["completed", "failed"];
 
 /// The signals of `lcm_signals_total` (`Signal::name`).
@@ -275,18 +290,12 @@ mod tests {
         let handle = recorder.handle();
         metrics::with_local_recorder(&recorder, register_families);
         let text = handle.render();
-        for (family, kind) in [
-            ("lcm_engines", "gauge"),
-            ("lcm_scheduled_jobs", "gauge"),
-            ("lcm_missed_jobs", "gauge"),
-            ("lcm_steps_total", "counter"),
-            ("lcm_outbound_request_duration_seconds", "histogram"),
-            ("lcm_outbound_request_errors_total", "counter"),
-            ("lcm_signals_total", "counter"),
-            ("lcm_token_validations_total", "counter"),
-            ("lcm_outbound_retries_total", "counter"),
-            ("lcm_requests_throttled_total", "counter"),
-        ] {
+        assert_eq!(
+            text.matches("# TYPE ").count(),
+            FAMILIES.len(),
+            "every registered family is in FAMILIES: {text}"
+        );
+        for (family, kind) in FAMILIES {
             assert!(
                 text.contains(&format!("# TYPE {family} {kind}\n")),
                 "{family} is not a {kind}: {text}"

@@ -742,6 +742,18 @@ fn audit(view: &TrialView) -> Markup {
 }
 
 /// Every live part of the page, by element id.
+/// A titled section of the trial page around the part `trial-{name}` (the live updates
+/// replace that part by its id).
+fn panel(name: &str, title: &str, content: Markup) -> Markup {
+    let title_id = format!("{name}-title");
+    html! {
+        section aria-labelledby=(title_id) {
+            h2 id=(title_id) { (title) }
+            div id=(format!("trial-{name}")) { (content) }
+        }
+    }
+}
+
 fn parts(view: &TrialView, signed: &Signed, vnf: bool) -> Vec<(&'static str, Markup)> {
     vec![
         ("trial-summary", summary(view)),
@@ -806,31 +818,13 @@ pub async fn page(
         p.crumbs { a href="/ui/trials" { "← Trials" } }
         h1 { "Trial " code { (id) } }
         section #trial-summary aria-label="Status" aria-live="polite" { (part("trial-summary")) }
-        section aria-labelledby="actions-title" {
-            h2 #actions-title { "Actions" }
-            div #trial-actions { (part("trial-actions")) }
-        }
+        (panel("actions", "Actions", part("trial-actions")))
         section #trial-failure { (part("trial-failure")) }
-        section aria-labelledby="progress-title" {
-            h2 #progress-title { "Progress" }
-            div #trial-progress { (part("trial-progress")) }
-        }
-        section aria-labelledby="timeline-title" {
-            h2 #timeline-title { "Timeline" }
-            div #trial-history { (part("trial-history")) }
-        }
-        section aria-labelledby="position-title" {
-            h2 #position-title { "Where it is in the sequence" }
-            div #trial-position { (part("trial-position")) }
-        }
-        section aria-labelledby="responses-title" {
-            h2 #responses-title { "Recorded responses" }
-            div #trial-responses { (part("trial-responses")) }
-        }
-        section aria-labelledby="audit-title" {
-            h2 #audit-title { "Audit entries" }
-            div #trial-audit { (part("trial-audit")) }
-        }
+        (panel("progress", "Progress", part("trial-progress")))
+        (panel("history", "Timeline", part("trial-history")))
+        (panel("position", "Where it is in the sequence", part("trial-position")))
+        (panel("responses", "Recorded responses", part("trial-responses")))
+        (panel("audit", "Audit entries", part("trial-audit")))
     };
     layout::respond(
         StatusCode::OK,

@@ -318,6 +318,16 @@ fn append_event(tx: &Connection, id: &str, event: &TrialEvent) -> rusqlite::Resu
     )
 }
 
+/// Every row `sql` (without parameters) selects, each read by `read`.
+fn all_rows<T>(
+    conn: &Connection,
+    sql: &str,
+    read: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
+    let mut stmt = conn.prepare(sql)?;
+    stmt.query_map([], read)?.collect()
+}
+
 /// Appends a response after the trial's last one (numbered by the store, so a row that was
 /// never written leaves no hole for a later one to fall into).
 fn append_response(tx: &Connection, id: &str, record: &ResponseRecord) -> rusqlite::Result<usize> {
@@ -463,16 +473,12 @@ impl Backend for SqliteBackend {
         let read = |e| backend_error("read", e);
         let mut loaded = Loaded::default();
 
-        let jobs: Vec<(String, String)> = {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT trial_id, start_time FROM jobs ORDER BY start_time")
-                .map_err(read)?;
-            stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-                .map_err(read)?
-                .collect::<Result<_, _>>()
-                .map_err(read)?
-        };
+        let jobs: Vec<(String, String)> = all_rows(
+            &self.conn,
+            "SELECT trial_id, start_time FROM jobs ORDER BY start_time",
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .map_err(read)?;
         for (id, start) in jobs {
             match (TrialId::parse(&id), StartTime::parse(&start)) {
                 (Ok(id), Ok(start)) => loaded.jobs.push(StoredJob { id, start }),
@@ -486,20 +492,13 @@ impl Backend for SqliteBackend {
         }
 
         // Live trials only: start-up does not grow with the trials that have ended.
-        let live: Vec<LiveRow> = {
-            let mut stmt = self
-                .conn
-                .prepare(
-                    "SELECT trial_id, lifecycle, checkpoint, paused, created_at, updated_at,
-                         ended_at
-                     FROM trials WHERE live = 1 ORDER BY created_at",
-                )
-                .map_err(read)?;
-            stmt.query_map([], LiveRow::from_row)
-                .map_err(read)?
-                .collect::<Result<_, _>>()
-                .map_err(read)?
-        };
+        let live: Vec<LiveRow> = all_rows(
+            &self.conn,
+            "SELECT trial_id, lifecycle, checkpoint, paused, created_at, updated_at, ended_at
+             FROM trials WHERE live = 1 ORDER BY created_at",
+            LiveRow::from_row,
+        )
+        .map_err(read)?;
         for row in live {
             let id = row.trial_id.clone();
             let recovered = row.record().and_then(|record| {
@@ -534,16 +533,12 @@ impl Backend for SqliteBackend {
                 params![now],
             )
             .map_err(read)?;
-        loaded.revoked = {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT jti, expires_at FROM revoked_tokens")
-                .map_err(read)?;
-            stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-                .map_err(read)?
-                .collect::<Result<_, _>>()
-                .map_err(read)?
-        };
+        loaded.revoked = all_rows(
+            &self.conn,
+            "SELECT jti, expires_at FROM revoked_tokens",
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .map_err(read)?;
 
         loaded.automatic = self
             .conn

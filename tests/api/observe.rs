@@ -42,16 +42,7 @@ async fn the_first_scrape_of_a_fresh_service_lists_every_family() {
     // Its own process, so its own recorder: nothing else has counted anything in it.
     let app = spawn_binary().await;
     let text = scrape(&app).await;
-    for (family, kind) in [
-        ("lcm_engines", "gauge"),
-        ("lcm_scheduled_jobs", "gauge"),
-        ("lcm_missed_jobs", "gauge"),
-        ("lcm_steps_total", "counter"),
-        ("lcm_outbound_request_duration_seconds", "histogram"),
-        ("lcm_outbound_request_errors_total", "counter"),
-        ("lcm_signals_total", "counter"),
-        ("lcm_token_validations_total", "counter"),
-    ] {
+    for (family, kind) in lcm::telemetry::FAMILIES {
         assert!(
             text.contains(&format!("# TYPE {family} {kind}\n")),
             "{family} is not listed as a {kind}: {text}"
