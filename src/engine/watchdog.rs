@@ -178,6 +178,19 @@ impl Watchdog {
             // A cancelled task ends with a cancellation error: that is the point.
             let _ = executor.await;
         }
+        // A checkpoint the executor handed over just before the stop is kept, like any other:
+        // an observer who saw the trial end and stopped the service finds it saved ended.
+        let mut handed_over = None;
+        while let Ok(message) = self.checkpoints.try_recv() {
+            handed_over = Some(message);
+        }
+        if let Some(message) = handed_over {
+            self.checkpoint = *message.checkpoint;
+            self.lifecycle = message.lifecycle;
+            if let Err(e) = self.save().await {
+                warn!(error = %e, "the last checkpoint before the stop was not saved");
+            }
+        }
         let mut record = self.record();
         // A pause is saved on its own, at once, and shown: the checkpoint here may not have it.
         record.checkpoint.paused = self.shared.state.borrow().paused;
