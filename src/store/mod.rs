@@ -5,10 +5,11 @@
 //! A [`Backend`] is what a database implements: apply a batch of [`Op`]s in one transaction,
 //! load what start-up needs (live trials only), and open a [`Reader`] for queries. [`Store`]
 //! runs one backend on a dedicated writer thread: callers `await` their write (or
-//! [`Store::submit`] it when nothing waits on it), writes are applied in the order they were
-//! submitted, and writes that queue up meanwhile are committed together (group commit). One
-//! thread whatever the number of trials, and no blocking on the async threads. Reads go to a
-//! separate connection on the blocking pool.
+//! [`Store::submit`] it when nothing waits on it: a journal row, handed over with the next
+//! awaited write or taken by the writer on its next turn), writes are applied in the order
+//! they were submitted, and writes that queue up meanwhile are committed together (group
+//! commit). One thread whatever the number of trials, and no blocking on the async threads.
+//! Reads go to a separate connection on the blocking pool.
 //!
 //! The records are plain data with the store's own names (`codec.rs`): renaming a Rust type
 //! or variant changes nothing on disk.
@@ -246,15 +247,23 @@ pub trait Reader: Send + 'static {
 
 type Reply = oneshot::Sender<Result<usize, StoreError>>;
 /// Operations applied together, all or nothing, and who waits for the first one's count.
-type Request = (Vec<Op>, Option<Reply>);
+type Request = (Vec<Op>, Reply);
 
-/// At most this many queued writes are committed in one transaction.
-const MAX_BATCH: usize = 512;
+/// What the writer thread is handed at once: the rows submitted since it was last handed any
+/// (each its own write, nobody waiting), then at most one request.
+struct Handover {
+    rows: Vec<Op>,
+    request: Option<Request>,
+}
 
 /// The handle to the writer thread and the reader (cheap to clone).
 #[derive(Clone)]
 pub struct Store {
-    requests: mpsc::Sender<Request>,
+    writer: mpsc::Sender<Handover>,
+    /// Rows submitted and not handed over yet, in order. They go with the next request, or
+    /// the writer takes them itself: a trial's rows ride with its checkpoint instead of
+    /// waking the writer one by one.
+    rows: Arc<Mutex<Vec<Op>>>,
     reader: Arc<Mutex<Box<dyn Reader>>>,
 }
 
@@ -263,14 +272,17 @@ impl Store {
     pub fn start(mut backend: impl Backend) -> Result<(Self, Loaded), StoreError> {
         let loaded = backend.load()?;
         let reader = backend.reader()?;
-        let (requests, queue) = mpsc::channel::<Request>();
+        let (writer, queue) = mpsc::channel::<Handover>();
+        let rows = Arc::new(Mutex::new(Vec::new()));
+        let pending = rows.clone();
         thread::Builder::new()
             .name("lcm-store".to_owned())
-            .spawn(move || write_loop(backend, queue))
+            .spawn(move || write_loop(backend, &queue, &pending))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         Ok((
             Self {
-                requests,
+                writer,
+                rows,
                 reader: Arc::new(Mutex::new(reader)),
             },
             loaded,
@@ -305,7 +317,13 @@ impl Store {
         ops: Vec<Op>,
     ) -> impl Future<Output = Result<usize, StoreError>> + Send + 'static + use<> {
         let (reply, done) = oneshot::channel();
-        let queued = self.requests.send((ops, Some(reply)));
+        let queued = {
+            let mut rows = lock(&self.rows);
+            self.writer.send(Handover {
+                rows: std::mem::take(&mut *rows),
+                request: Some((ops, reply)),
+            })
+        };
         async move {
             queued.map_err(|_| StoreError::Closed)?;
             done.await.unwrap_or(Err(StoreError::Closed))
@@ -315,7 +333,18 @@ impl Store {
     /// Queues a change nobody waits for (a journal row): it is committed in order with the
     /// others, so a later awaited write finds it committed; a failure is logged.
     pub fn submit(&self, op: Op) {
-        if self.requests.send((vec![op], None)).is_err() {
+        let mut rows = lock(&self.rows);
+        rows.push(op);
+        // The first row since the writer last took them: make sure it comes for them.
+        if rows.len() == 1
+            && self
+                .writer
+                .send(Handover {
+                    rows: Vec::new(),
+                    request: None,
+                })
+                .is_err()
+        {
             error!("store: the writer thread has stopped; a journal row is lost");
         }
     }
@@ -350,54 +379,212 @@ fn count_at(counts: &[usize], index: usize) -> Result<usize, StoreError> {
     })
 }
 
-fn write_loop(mut backend: impl Backend, queue: mpsc::Receiver<Request>) {
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The writes committed together: their operations in one list, each write's as a range of
+/// it, with who waits for it.
+#[derive(Default)]
+struct Batch {
+    ops: Vec<Op>,
+    writes: Vec<(std::ops::Range<usize>, Option<Reply>)>,
+}
+
+impl Batch {
+    fn rows(&mut self, rows: Vec<Op>) {
+        for row in rows {
+            self.writes.push((self.ops.len()..self.ops.len() + 1, None));
+            self.ops.push(row);
+        }
+    }
+
+    fn take(&mut self, handover: Handover) {
+        self.rows(handover.rows);
+        if let Some((request, reply)) = handover.request {
+            let start = self.ops.len();
+            self.ops.extend(request);
+            self.writes.push((start..self.ops.len(), Some(reply)));
+        }
+    }
+}
+
+/// Applies what it is handed, in order, committing whatever queued up meanwhile together
+/// (group commit).
+fn write_loop(mut backend: impl Backend, queue: &mpsc::Receiver<Handover>, rows: &Mutex<Vec<Op>>) {
     while let Ok(first) = queue.recv() {
-        // The queued requests' operations in one list, each request's as a range of it.
-        let mut ops: Vec<Op> = Vec::new();
-        let mut requests: Vec<(std::ops::Range<usize>, Option<Reply>)> = Vec::new();
-        let mut take = |(request_ops, reply): Request, ops: &mut Vec<Op>| {
-            let start = ops.len();
-            ops.extend(request_ops);
-            requests.push((start..ops.len(), reply));
+        let mut batch = Batch::default();
+        batch.take(first);
+        {
+            // Everything handed over before this lock is in the queue now, and the rows
+            // submitted since come after it.
+            let mut rows = lock(rows);
+            while let Ok(handover) = queue.try_recv() {
+                batch.take(handover);
+            }
+            batch.rows(std::mem::take(&mut *rows));
+        }
+        if !batch.ops.is_empty() {
+            commit(&mut backend, batch);
+        }
+    }
+}
+
+/// Commits the batch in one transaction and answers each write.
+fn commit(backend: &mut impl Backend, Batch { ops, writes }: Batch) {
+    match backend.apply(&ops) {
+        Ok(counts) => {
+            for (range, reply) in writes {
+                if let Some(reply) = reply {
+                    let _ = reply.send(count_at(&counts, range.start));
+                }
+            }
+        }
+        // One bad write must not fail the others: retry each alone to find it (a request's
+        // operations stay together).
+        Err(_) if writes.len() > 1 => {
+            for (range, reply) in writes {
+                let result = backend
+                    .apply(&ops[range.clone()])
+                    .and_then(|counts| count_at(&counts, 0));
+                if let Err(e) = &result {
+                    error!(error = %e, op = ops[range.start].kind(), "store write failed");
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+        }
+        Err(e) => {
+            error!(error = %e, op = ops.first().map_or("", Op::kind), "store write failed");
+            for (_, reply) in writes {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::{Receiver, Sender};
+    use std::time::Duration;
+
+    use super::sqlite::SqliteBackend;
+    use super::*;
+
+    /// The actions of the audit entries of one transaction: committed, or refused.
+    type Applied = Result<Vec<String>, Vec<String>>;
+
+    /// An in-memory SQLite store that reports each transaction it applies, and refuses any
+    /// transaction holding the action `refuse`.
+    struct Watched {
+        inner: SqliteBackend,
+        applied: Sender<Applied>,
+    }
+
+    impl Backend for Watched {
+        fn apply(&mut self, ops: &[Op]) -> Result<Vec<usize>, StoreError> {
+            let actions: Vec<String> = ops
+                .iter()
+                .filter_map(|op| match op {
+                    Op::Audit(entry) => Some(entry.action.clone()),
+                    _ => None,
+                })
+                .collect();
+            if actions.iter().any(|a| a == "refuse") {
+                let _ = self.applied.send(Err(actions));
+                return Err(StoreError::Backend("refused".into()));
+            }
+            let counts = self.inner.apply(ops)?;
+            let _ = self.applied.send(Ok(actions));
+            Ok(counts)
+        }
+
+        fn load(&mut self) -> Result<Loaded, StoreError> {
+            self.inner.load()
+        }
+
+        fn reader(&self) -> Result<Box<dyn Reader>, StoreError> {
+            self.inner.reader()
+        }
+    }
+
+    fn start() -> (Store, Receiver<Applied>) {
+        let (applied, seen) = mpsc::channel();
+        let backend = Watched {
+            inner: SqliteBackend::in_memory().unwrap(),
+            applied,
         };
-        take(first, &mut ops);
-        while ops.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(request) => take(request, &mut ops),
-                Err(_) => break,
+        (Store::start(backend).unwrap().0, seen)
+    }
+
+    fn entry(action: &str) -> Op {
+        Op::Audit(Box::new(AuditEntry {
+            seq: 0,
+            at: Utc::now(),
+            actor: "operator".into(),
+            role: None,
+            action: action.into(),
+            trial_id: None,
+            outcome: 200,
+            detail: None,
+            remote_addr: None,
+        }))
+    }
+
+    /// Every action committed, oldest first.
+    async fn committed(store: &Store) -> Vec<String> {
+        let query = AuditQuery {
+            limit: 100,
+            ..AuditQuery::default()
+        };
+        let mut entries = store.read(move |r| r.audit(&query)).await.unwrap();
+        entries.reverse();
+        entries.into_iter().map(|e| e.action).collect()
+    }
+
+    #[tokio::test]
+    async fn rows_submitted_before_a_write_are_committed_with_it_in_order() {
+        let (store, _seen) = start();
+        store.submit(entry("row 1"));
+        store.submit(entry("row 2"));
+        store.write(entry("write")).await.unwrap();
+        store.submit(entry("row 3"));
+        store.write(entry("second write")).await.unwrap();
+        assert_eq!(
+            committed(&store).await,
+            ["row 1", "row 2", "write", "row 3", "second write"]
+        );
+    }
+
+    #[tokio::test]
+    async fn rows_submitted_with_no_write_after_them_are_committed() {
+        let (store, seen) = start();
+        store.submit(entry("alone"));
+        let applied = seen.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(applied, Ok(vec!["alone".to_owned()]));
+        store.submit(entry("alone again"));
+        let applied = seen.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(applied, Ok(vec!["alone again".to_owned()]));
+        assert_eq!(committed(&store).await, ["alone", "alone again"]);
+    }
+
+    #[tokio::test]
+    async fn a_row_that_cannot_be_written_fails_alone() {
+        let (store, seen) = start();
+        store.submit(entry("refuse"));
+        store.submit(entry("kept"));
+        store.write(entry("write")).await.unwrap();
+        assert_eq!(committed(&store).await, ["kept", "write"]);
+        let mut refused = Vec::new();
+        while let Ok(applied) = seen.try_recv() {
+            if let Err(actions) = applied {
+                refused.push(actions);
             }
         }
-        match backend.apply(&ops) {
-            Ok(counts) => {
-                for (range, reply) in requests {
-                    if let Some(reply) = reply {
-                        let _ = reply.send(count_at(&counts, range.start));
-                    }
-                }
-            }
-            // One bad write must not fail the others: retry each request alone to find it
-            // (a request's operations stay together).
-            Err(_) if requests.len() > 1 => {
-                for (range, reply) in requests {
-                    let result = backend
-                        .apply(&ops[range.clone()])
-                        .and_then(|counts| count_at(&counts, 0));
-                    if let Err(e) = &result {
-                        error!(error = %e, op = ops[range.start].kind(), "store write failed");
-                    }
-                    if let Some(reply) = reply {
-                        let _ = reply.send(result);
-                    }
-                }
-            }
-            Err(e) => {
-                error!(error = %e, op = ops.first().map_or("", Op::kind), "store write failed");
-                for (_, reply) in requests {
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Err(e.clone()));
-                    }
-                }
-            }
-        }
+        // The whole batch first, then the row on its own.
+        assert_eq!(refused.last(), Some(&vec!["refuse".to_owned()]));
     }
 }
