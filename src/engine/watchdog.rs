@@ -200,6 +200,9 @@ impl Watchdog {
         }
     }
 
+    /// Backs the executor up and answers the operator until the trial ends. The rare, large
+    /// things (the failure procedure, abort, restore, skip) are boxed while they run, so the
+    /// task of a watchdog that waits stays small.
     async fn supervise(&mut self) {
         if self.start_executor {
             match self.origin {
@@ -211,8 +214,7 @@ impl Watchdog {
                         Origin::BroughtBack { rerun: true, .. }
                     )),
                     Err(e) => {
-                        self.died(format!("cannot save the engine's state: {e}"))
-                            .await
+                        Box::pin(self.died(format!("cannot save the engine's state: {e}"))).await
                     }
                 },
                 // Its record is the store's.
@@ -228,7 +230,7 @@ impl Watchdog {
                 .is_some_and(|f| !f.reported)
         {
             // The service stopped before the failure procedure was done: finish it now.
-            self.run_failure_procedure().await;
+            Box::pin(self.run_failure_procedure()).await;
         }
         loop {
             let cleanup_timer = self.cleanup_timer();
@@ -249,33 +251,33 @@ impl Watchdog {
                             info!("trial ended; watchdog ends");
                             return;
                         }
-                        Ok(ExecutorExit::Failed(_)) => self.run_failure_procedure().await,
+                        Ok(ExecutorExit::Failed(_)) => Box::pin(self.run_failure_procedure()).await,
                         Err(e) if e.is_cancelled() => {
-                            self.died("the executor task was aborted".to_owned()).await;
+                            Box::pin(self.died("the executor task was aborted".to_owned())).await;
                         }
                         Err(e) => {
                             let message = panic_message(e.into_panic());
-                            self.died(format!("the executor task panicked: {message}")).await;
+                            Box::pin(self.died(format!("the executor task panicked: {message}"))).await;
                         }
                     }
                     if let Some((reason, reply)) = self.pending_abort.take() {
-                        let _ = reply.send(self.abort(reason).await);
+                        let _ = reply.send(Box::pin(self.abort(reason)).await);
                     }
                 }
                 Some(request) = self.controls.recv() => match request {
                     ControlRequest::Restore(reply) => {
-                        let _ = reply.send(self.restore().await);
+                        let _ = reply.send(Box::pin(self.restore()).await);
                     }
                     ControlRequest::Skip { reason, reply } => {
-                        let _ = reply.send(self.skip(reason).await);
+                        let _ = reply.send(Box::pin(self.skip(reason)).await);
                     }
-                    ControlRequest::Abort { reason, reply } => self.route_abort(reason, reply).await,
+                    ControlRequest::Abort { reason, reply } => Box::pin(self.route_abort(reason, reply)).await,
                 },
                 () = sleep_until(cleanup_timer) => {
                     let after = self.shared.deps.settings.executor.cleanup_failed_after_secs.unwrap_or_default();
                     let reason = format!("not restored within {after} s");
                     warn!(reason = %reason, "a failed trial was left alone: aborting it");
-                    if let Err(e) = self.abort(reason).await {
+                    if let Err(e) = Box::pin(self.abort(reason)).await {
                         warn!(error = %e, "the automatic abort did not start; it is tried again in a minute");
                         self.auto_abort_not_before = Some(Deadline::now() + AUTO_ABORT_RETRY);
                     }
