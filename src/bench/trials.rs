@@ -279,6 +279,11 @@ async fn drive(
             "every thread: LCM + simulated components + driver".to_owned(),
         ),
         (
+            "components + driver CPU per trial".to_owned(),
+            per_trial(cpu.saturating_sub(lcm_cpu)),
+            "the other end of the same HTTP exchanges (no store, no engine): process − LCM".to_owned(),
+        ),
+        (
             "peak RSS".to_owned(),
             bytes(hwm as f64),
             "VmHWM of the whole process (LCM + simulator + driver)".to_owned(),

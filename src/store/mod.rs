@@ -468,8 +468,9 @@ fn commit(backend: &mut impl Backend, Batch { ops, writes }: Batch) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::mpsc::{Receiver, Sender};
     use std::time::Duration;
+
+    use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
     use super::sqlite::SqliteBackend;
     use super::*;
@@ -481,7 +482,7 @@ mod tests {
     /// transaction holding the action `refuse`.
     struct Watched {
         inner: SqliteBackend,
-        applied: Sender<Applied>,
+        applied: UnboundedSender<Applied>,
     }
 
     impl Backend for Watched {
@@ -511,8 +512,8 @@ mod tests {
         }
     }
 
-    fn start() -> (Store, Receiver<Applied>) {
-        let (applied, seen) = mpsc::channel();
+    fn start() -> (Store, UnboundedReceiver<Applied>) {
+        let (applied, seen) = unbounded_channel();
         let backend = Watched {
             inner: SqliteBackend::in_memory().unwrap(),
             applied,
@@ -559,21 +560,30 @@ mod tests {
         );
     }
 
+    /// The next transaction the store applies.
+    async fn next_applied(seen: &mut UnboundedReceiver<Applied>) -> Applied {
+        tokio::time::timeout(Duration::from_secs(10), seen.recv())
+            .await
+            .expect("a transaction within 10 s")
+            .expect("the store is running")
+    }
+
     #[tokio::test]
     async fn rows_submitted_with_no_write_after_them_are_committed() {
-        let (store, seen) = start();
+        let (store, mut seen) = start();
         store.submit(entry("alone"));
-        let applied = seen.recv_timeout(Duration::from_secs(10)).unwrap();
-        assert_eq!(applied, Ok(vec!["alone".to_owned()]));
+        assert_eq!(next_applied(&mut seen).await, Ok(vec!["alone".to_owned()]));
         store.submit(entry("alone again"));
-        let applied = seen.recv_timeout(Duration::from_secs(10)).unwrap();
-        assert_eq!(applied, Ok(vec!["alone again".to_owned()]));
+        assert_eq!(
+            next_applied(&mut seen).await,
+            Ok(vec!["alone again".to_owned()])
+        );
         assert_eq!(committed(&store).await, ["alone", "alone again"]);
     }
 
     #[tokio::test]
     async fn a_row_that_cannot_be_written_fails_alone() {
-        let (store, seen) = start();
+        let (store, mut seen) = start();
         store.submit(entry("refuse"));
         store.submit(entry("kept"));
         store.write(entry("write")).await.unwrap();

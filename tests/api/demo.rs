@@ -200,6 +200,7 @@ async fn a_small_benchmark_finishes_and_prints_its_table() {
             "| trials per second |",
             "| LCM overhead per step p50 / p99 / max |",
             "| LCM CPU per trial |",
+            "| components + driver CPU per trial |",
             "| peak RSS |",
             "| OS threads at peak |",
             "| time to schedule |",
