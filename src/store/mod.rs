@@ -345,6 +345,7 @@ impl Store {
                 })
                 .is_err()
         {
+            rows.clear();
             error!("store: the writer thread has stopped; a journal row is lost");
         }
     }
