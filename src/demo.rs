@@ -115,7 +115,8 @@ async fn demo(options: DemoOptions) -> Result<(), String> {
         .times(FAILING_TIMES),
     );
     pace(&platform);
-    let settings = local::settings(&platform, port, scratch.path()).map_err(|e| e.to_string())?;
+    let settings =
+        local::settings(Some(&platform), port, scratch.path()).map_err(|e| e.to_string())?;
     let _log_guard =
         telemetry::init(&settings.logging).map_err(|e| format!("cannot set up logging: {e}"))?;
     let lcm = LocalLcm::start(settings, listener, &tokio::runtime::Handle::current())

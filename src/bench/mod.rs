@@ -140,7 +140,8 @@ impl Harness {
             .local_addr()
             .map_err(|e| format!("cannot read the listening address: {e}"))?
             .port();
-        let mut settings = local::settings(&platform, port, dir).map_err(|e| e.to_string())?;
+        let mut settings =
+            local::settings(Some(&platform), port, dir).map_err(|e| e.to_string())?;
         settings.executor.retry.max_attempts = options.max_attempts;
         let log = telemetry::init(&settings.logging)
             .map_err(|e| format!("cannot set up logging: {e}"))?;

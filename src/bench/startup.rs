@@ -12,14 +12,13 @@ use serde_json::json;
 use tokio::runtime::Handle;
 
 use super::{bytes, machine, print_table};
-use crate::config::{Secret, Settings};
 use crate::domain::TrialId;
 use crate::engine::sequence::{self, Step, Wait};
 use crate::engine::state::{
     Checkpoint, EventKind, JobState, KpiStatus, Ledger, Lifecycle, Position, ResponseRecord,
     SliceState, TrialData, TrialEvent, TrialInfo,
 };
-use crate::sim::local::{self, LOCAL_API_KEY, LOCAL_TOKEN_SECRET, LocalLcm};
+use crate::sim::local::{self, LOCAL_API_KEY, LocalLcm};
 use crate::sim::operator::Operator;
 use crate::store::sqlite::SqliteBackend;
 use crate::store::{Backend, Op, TrialRecord};
@@ -52,7 +51,7 @@ pub async fn run(ended: usize, lcm_runtime: &Handle, dir: &Path) -> Result<(), S
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?
         .port();
-    let settings = settings(port, dir).map_err(|e| e.to_string())?;
+    let settings = local::settings(None, port, dir).map_err(|e| e.to_string())?;
     let started = Instant::now();
     let lcm = LocalLcm::start(settings, listener, lcm_runtime)
         .await
@@ -134,19 +133,6 @@ pub async fn run(ended: usize, lcm_runtime: &Handle, dir: &Path) -> Result<(), S
         ));
     }
     Ok(())
-}
-
-fn settings(port: u16, dir: &Path) -> Result<Settings, crate::config::ConfigError> {
-    let mut settings = Settings::defaults()?;
-    settings.server.bind = format!("127.0.0.1:{port}");
-    settings.server.public_url = format!("http://127.0.0.1:{port}");
-    settings.auth.api_key = Secret::new(LOCAL_API_KEY);
-    settings.auth.token_secret = Secret::new(LOCAL_TOKEN_SECRET);
-    settings.logging.level = "warn".to_owned();
-    settings.logging.dir = dir.join("logs");
-    settings.store.data_dir = dir.join("data");
-    settings.validate()?;
-    Ok(settings)
 }
 
 /// Writes `ended` finished trials with their journals, and [`LIVE`] trials at IDLE.

@@ -42,15 +42,22 @@ fn start_time(local: &str, offset: &str) -> Option<String> {
     })
 }
 
+/// The labelled trial id input of a form, checked in the browser as `TrialId::parse` checks it.
+fn trial_id_field(input_id: &str) -> Markup {
+    html! {
+        label for=(input_id) { "Trial id" }
+        input id=(input_id) name="trial_id" required maxlength="128"
+            pattern="[A-Za-z0-9][A-Za-z0-9._\\-]{0,127}" autocomplete="off";
+    }
+}
+
 fn form(signed: &Signed) -> Markup {
     html! {
         section aria-labelledby="at-time-title" {
             h2 #at-time-title { "At a time" }
             form.schedule method="post" action="/ui/schedule" {
                 (layout::csrf(signed))
-                label for="trial_id" { "Trial id" }
-                input #trial_id name="trial_id" required maxlength="128"
-                    pattern="[A-Za-z0-9][A-Za-z0-9._\\-]{0,127}" autocomplete="off";
+                (trial_id_field("trial_id"))
                 label for="local" { "Start (date and time)" }
                 input #local type="datetime-local" name="local" step="1" required;
                 label for="offset" { "Time zone (UTC offset)" }
@@ -71,9 +78,7 @@ fn form(signed: &Signed) -> Markup {
             h2 #registry-title { "At the registry's start time" }
             form.schedule method="post" action="/ui/schedule/registry" {
                 (layout::csrf(signed))
-                label for="registry_trial_id" { "Trial id" }
-                input #registry_trial_id name="trial_id" required maxlength="128"
-                    pattern="[A-Za-z0-9][A-Za-z0-9._\\-]{0,127}" autocomplete="off";
+                (trial_id_field("registry_trial_id"))
                 button type="submit" { "Schedule from the registry" }
             }
         }

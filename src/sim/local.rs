@@ -56,9 +56,14 @@ impl Drop for Scratch {
     }
 }
 
-/// Settings for an LCM on `127.0.0.1:port` that talks to `platform`, logs at `warn` (so a
-/// terminal stays readable) and keeps its store and logs under `scratch`.
-pub fn settings(platform: &Platform, port: u16, scratch: &Path) -> Result<Settings, ConfigError> {
+/// Settings for an LCM on `127.0.0.1:port` that talks to `platform` (or to the default
+/// service URLs, for one that runs no trial), logs at `warn` (so a terminal stays readable)
+/// and keeps its store and logs under `scratch`.
+pub fn settings(
+    platform: Option<&Platform>,
+    port: u16,
+    scratch: &Path,
+) -> Result<Settings, ConfigError> {
     let mut settings = Settings::defaults()?;
     settings.server.bind = format!("127.0.0.1:{port}");
     settings.server.public_url = format!("http://127.0.0.1:{port}");
@@ -67,7 +72,9 @@ pub fn settings(platform: &Platform, port: u16, scratch: &Path) -> Result<Settin
     settings.logging.level = "warn".to_owned();
     settings.logging.dir = scratch.join("logs");
     settings.store.data_dir = scratch.join("data");
-    platform.configure(&mut settings);
+    if let Some(platform) = platform {
+        platform.configure(&mut settings);
+    }
     settings.validate()?;
     Ok(settings)
 }

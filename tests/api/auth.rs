@@ -563,7 +563,7 @@ async fn sighup_reloads_the_keys_and_a_bad_reload_keeps_the_old_ones() {
                 ),
             ),
     );
-    hang_up(&binary.child);
+    hang_up(&binary.child).await;
     binary.wait_for_key("new-key", StatusCode::OK).await;
     binary
         .wait_for_log("API keys reloaded: 3 key(s) in force; added: cfg, new; removed: old")
@@ -589,7 +589,7 @@ async fn sighup_reloads_the_keys_and_a_bad_reload_keeps_the_old_ones() {
         "keys.toml",
         "[[keys]]\nname = \"half\"\nrole = \"viewer\"\n",
     );
-    hang_up(&binary.child);
+    hang_up(&binary.child).await;
     let log = binary.wait_for_log("API keys not reloaded").await;
     assert!(log.contains("keys.toml"), "{log}");
     assert!(

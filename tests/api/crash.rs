@@ -350,15 +350,11 @@ async fn a_store_that_is_not_a_database_stops_start_up() {
 #[tokio::test]
 async fn sigterm_stops_the_service_even_with_an_event_stream_open() {
     let id = "streamed";
-    let app = spawn_binary_with(BinaryOptions {
+    let mut app = spawn_binary_with(BinaryOptions {
         platform: Box::new(|platform| platform.add_trial(Platform::trial(id, None))),
         ..BinaryOptions::default()
     })
     .await;
-    let Server::Process(child) = &app.server else {
-        unreachable!("the binary runs as a process");
-    };
-    let pid = child.id().expect("pid");
     app.start_trial(id).await;
     app.wait_waiting(id, "operator (active or finish)").await;
     let mut stream = app.open_events(id).await;
@@ -368,19 +364,7 @@ async fn sigterm_stops_the_service_even_with_an_event_stream_open() {
         "the history arrives"
     );
 
-    let killed = tokio::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .await
-        .expect("kill runs");
-    assert!(killed.success());
-    let Server::Process(mut child) = app.server_taken() else {
-        unreachable!("the binary runs as a process");
-    };
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("the service stops within 10 s")
-        .expect("exit status");
+    let (status, _) = terminate(&mut app, Duration::from_secs(10)).await;
     assert!(status.success(), "{status}");
     let rest = tokio::time::timeout(Duration::from_secs(5), async {
         while let Ok(Some(_)) = stream.chunk().await {}
@@ -529,15 +513,7 @@ async fn stopping_the_service_reports_no_failure_and_every_trial_carries_on() {
         );
     }
     // This process resumed one trial: the binary's own metrics say so exactly.
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = scrape(&app).await;
     assert!(
         metrics
             .lines()

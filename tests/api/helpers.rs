@@ -202,13 +202,6 @@ pub struct TestApp {
     pub server: Server,
 }
 
-impl TestApp {
-    /// Takes the server out (the app keeps a finished placeholder in its place).
-    pub fn server_taken(mut self) -> Server {
-        std::mem::replace(&mut self.server, Server::Task(tokio::spawn(async {})))
-    }
-}
-
 impl Drop for TestApp {
     fn drop(&mut self) {
         match &mut self.server {
@@ -718,20 +711,26 @@ impl TestApp {
     }
 }
 
+/// The service's `GET /metrics` text.
+pub async fn scrape(app: &TestApp) -> String {
+    let response = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    response.text().await.expect("text")
+}
+
 /// Sends SIGTERM to the binary and waits for it to exit; returns its exit status and how long
 /// it took. Panics if it runs on longer than `limit`.
 pub async fn terminate(app: &mut TestApp, limit: Duration) -> (std::process::ExitStatus, Duration) {
     let Server::Process(child) = &mut app.server else {
         unreachable!("the binary runs as a process");
     };
-    let pid = child.id().expect("pid");
     let sent = tokio::time::Instant::now();
-    let killed = tokio::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .await
-        .expect("kill runs");
-    assert!(killed.success());
+    send_signal(child, "-TERM").await;
     let status = tokio::time::timeout(limit, child.wait())
         .await
         .unwrap_or_else(|_| panic!("the service did not stop within {limit:?}"))

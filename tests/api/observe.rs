@@ -26,17 +26,6 @@ fn sum_of(text: &str, family: &str, label: &str) -> f64 {
         .sum()
 }
 
-async fn scrape(app: &TestApp) -> String {
-    let response = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .expect("metrics");
-    assert_eq!(response.status(), StatusCode::OK);
-    response.text().await.expect("text")
-}
-
 #[tokio::test]
 async fn the_first_scrape_of_a_fresh_service_lists_every_family() {
     // Its own process, so its own recorder: nothing else has counted anything in it.

@@ -73,16 +73,9 @@ fn gap(first: &RecordedRequest, second: &RecordedRequest) -> Duration {
 
 /// The sum of the metric lines starting with `series` (name and labels), or 0.
 async fn metric(app: &TestApp, series: &str) -> f64 {
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
+    scrape(app)
         .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
+        .lines()
         .filter(|l| l.starts_with(series))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()

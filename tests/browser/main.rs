@@ -383,7 +383,7 @@ async fn a_viewer_sees_no_action_and_a_forged_post_with_its_session_is_refused()
         .filter(|(_, _, role)| *role != Role::Viewer)
         .collect();
     std::fs::write(service.dir.path().join("keys.toml"), keys_file(&kept)).expect("keys written");
-    service.hangup();
+    service.hangup().await;
     eventually("the viewer's session to end", || async {
         let answer = service
             .http

@@ -201,8 +201,8 @@ url = "http://{}"
     }
 
     /// Sends SIGHUP: the binary loads its keys again.
-    pub fn hangup(&self) {
-        hang_up(&self.child);
+    pub async fn hangup(&self) {
+        hang_up(&self.child).await;
     }
 }
 

@@ -137,12 +137,18 @@ pub async fn start_lcm(command: &mut Command, port: u16) -> Child {
     child
 }
 
-/// Sends SIGHUP to the binary: it loads its keys again.
-pub fn hang_up(child: &Child) {
+/// Sends `signal` (`-HUP`, `-TERM`, …) to the binary.
+pub async fn send_signal(child: &Child, signal: &str) {
     let pid = child.id().expect("the binary runs");
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
         .status()
+        .await
         .expect("kill runs");
-    assert!(status.success(), "SIGHUP sent");
+    assert!(status.success(), "{signal} sent");
+}
+
+/// Sends SIGHUP to the binary: it loads its keys again.
+pub async fn hang_up(child: &Child) {
+    send_signal(child, "-HUP").await;
 }
