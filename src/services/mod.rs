@@ -345,7 +345,8 @@ impl ServiceClient {
             url: endpoint.base.to_string(),
             reason: format!("bad path {path}: {e}"),
         })?;
-        let shown = shown_url(&url);
+        // Cleaned for an error message only when there is one: most requests get an answer.
+        let requested = url.clone();
         let mut builder = self.inner.http.request(request.method.clone(), url);
         if !request.query.is_empty() {
             builder = builder.query(&request.query);
@@ -377,7 +378,7 @@ impl ServiceClient {
         builder
             .send()
             .await
-            .map_err(|e| self.classify(service, shown, &e))
+            .map_err(|e| self.classify(service, shown_url(&requested), &e))
     }
 
     async fn read_reply(
