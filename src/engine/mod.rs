@@ -186,7 +186,11 @@ impl EngineHandle {
             ended,
             deps,
         });
-        if !lifecycle.is_ended() {
+        // Brought back after a delete that was not saved, ended or failed, with a record the
+        // store does not hold either: its watchdog saves it (an ended one before it may leave
+        // memory).
+        let resave = !live && matches!(origin, Origin::BroughtBack { saved: false, .. });
+        if !lifecycle.is_ended() || resave {
             let watchdog = Watchdog {
                 shared: shared.clone(),
                 checkpoint,
@@ -199,6 +203,7 @@ impl EngineHandle {
                 controls: controls_rx,
                 pending_abort: None,
                 auto_abort_not_before: None,
+                resave: resave.then(watchdog::resave_now),
                 saved: !matches!(
                     origin,
                     Origin::New | Origin::BroughtBack { saved: false, .. }

@@ -159,10 +159,22 @@ pub struct Watchdog {
     pub(super) auto_abort_not_before: Option<Deadline>,
     /// The store holds the record as it stands (the last save went through).
     pub(super) saved: bool,
+    /// The store holds an older record than the engine's, which runs no executor (its end or
+    /// its failure was not saved): when to save it again, and the wait before the next try
+    /// should that one fail too.
+    pub(super) resave: Option<(Deadline, Duration)>,
 }
 
 /// How long an automatic abort that could not start (its save failed) waits to try again.
 const AUTO_ABORT_RETRY: Duration = Duration::from_secs(60);
+/// The first and the longest wait before saving again a record that was not saved.
+const RESAVE_FIRST: Duration = Duration::from_secs(1);
+const RESAVE_MAX: Duration = Duration::from_secs(60);
+
+/// A save due at once (an engine brought back with a record the store does not hold).
+pub(super) fn resave_now() -> (Deadline, Duration) {
+    (Deadline::now(), RESAVE_FIRST)
+}
 
 impl Watchdog {
     /// Supervises until the engine is stopped; returns the engine's record as it stands then.
@@ -247,9 +259,12 @@ impl Watchdog {
                     match result {
                         Ok(ExecutorExit::Finished | ExecutorExit::Aborted) => {
                             self.answer_pending_abort();
-                            let _ = self.shared.deps.ended.send(Arc::downgrade(&self.shared));
-                            info!("trial ended; watchdog ends");
-                            return;
+                            if self.saved {
+                                return self.leave();
+                            }
+                            // Leaving memory now would leave the store saying the trial still
+                            // runs, and a restart would run it again.
+                            self.not_saved("the end of the trial");
                         }
                         Ok(ExecutorExit::Failed(_)) => Box::pin(self.run_failure_procedure()).await,
                         Err(e) if e.is_cancelled() => {
@@ -273,6 +288,11 @@ impl Watchdog {
                     }
                     ControlRequest::Abort { reason, reply } => Box::pin(self.route_abort(reason, reply)).await,
                 },
+                () = sleep_until(self.resave.map(|(at, _)| at)) => {
+                    if self.save_again().await && self.lifecycle.is_ended() {
+                        return self.leave();
+                    }
+                }
                 () = sleep_until(cleanup_timer) => {
                     let after = self.shared.deps.settings.executor.cleanup_failed_after_secs.unwrap_or_default();
                     let reason = format!("not restored within {after} s");
@@ -282,6 +302,43 @@ impl Watchdog {
                         self.auto_abort_not_before = Some(Deadline::now() + AUTO_ABORT_RETRY);
                     }
                 }
+            }
+        }
+    }
+
+    /// The trial has ended and the store holds its end: the engine may leave memory.
+    fn leave(&self) {
+        let _ = self.shared.deps.ended.send(Arc::downgrade(&self.shared));
+        info!("trial ended; watchdog ends");
+    }
+
+    /// The store does not hold `what` (the end or the failure of a trial, whose executor has
+    /// stopped): the engine stays in memory and saves it again later.
+    fn not_saved(&mut self, what: &str) {
+        warn!(
+            "{what} is not saved: the engine stays in memory and saves it again in {} s",
+            RESAVE_FIRST.as_secs()
+        );
+        self.resave = Some((Deadline::now() + RESAVE_FIRST, RESAVE_FIRST * 2));
+    }
+
+    /// Saves the engine's record again; answers whether the store holds it now. If not,
+    /// another try is due, each wait twice the last, up to a minute.
+    async fn save_again(&mut self) -> bool {
+        let wait = self.resave.map_or(RESAVE_FIRST, |(_, wait)| wait);
+        match self.save().await {
+            Ok(()) => {
+                info!("the record that was not saved is saved now");
+                true
+            }
+            Err(e) => {
+                warn!(
+                    error = %e,
+                    "the record is still not saved: trying again in {} s",
+                    wait.as_secs()
+                );
+                self.resave = Some((Deadline::now() + wait, (wait * 2).min(RESAVE_MAX)));
+                false
             }
         }
     }
@@ -311,6 +368,8 @@ impl Watchdog {
     /// Saves the latest checkpoint with where the engine stands; the executor waits for this
     /// before it sends its next request.
     async fn save(&mut self) -> Result<(), String> {
+        // A save cut short by a stop may or may not have gone through: count it as not.
+        self.saved = false;
         let saved = self
             .shared
             .deps
@@ -320,6 +379,9 @@ impl Watchdog {
             .map(|_| ())
             .map_err(|e| e.to_string());
         self.saved = saved.is_ok();
+        if self.saved {
+            self.resave = None;
+        }
         saved
     }
 
@@ -387,6 +449,8 @@ impl Watchdog {
         self.shared.move_to(Lifecycle::Failed, &self.checkpoint);
         if let Err(e) = self.save().await {
             error!(error = %e, "the failed status was not saved");
+            // A restart would otherwise run the failed step again on the older record.
+            self.not_saved("the failure of the trial");
         }
         info!("failure procedure done; checkpoint kept for a restore");
     }

@@ -44,31 +44,87 @@ impl Default for AppOptions {
     }
 }
 
-/// An in-memory SQLite store that fails every write while `broken` is set.
+/// An in-memory SQLite store that fails every write while `broken` is set, and the saves that
+/// `refused` picks while it is on.
 pub struct FlakyBackend {
     pub inner: lcm::store::sqlite::SqliteBackend,
     pub broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub refused: RefusedSaves,
+}
+
+/// A switch that fails every save of a trial in the states `of` picks while it is on, and the
+/// counts of those saves it failed and let through (of the backend's transactions: the store
+/// tries a refused write that was batched with others again alone).
+#[derive(Clone)]
+pub struct RefusedSaves {
+    pub of: fn(lcm::engine::state::Lifecycle) -> bool,
+    pub refusing: Arc<AtomicBool>,
+    pub refused: Arc<AtomicUsize>,
+    pub passed: Arc<AtomicUsize>,
+}
+
+impl RefusedSaves {
+    fn of(states: fn(lcm::engine::state::Lifecycle) -> bool) -> Self {
+        Self {
+            of: states,
+            refusing: Arc::default(),
+            refused: Arc::default(),
+            passed: Arc::default(),
+        }
+    }
+
+    fn refuses(&self, ops: &[lcm::store::Op]) -> bool {
+        let picked = ops.iter().any(
+            |op| matches!(op, lcm::store::Op::PutTrial(record) if (self.of)(record.lifecycle)),
+        );
+        if !picked {
+            return false;
+        }
+        let refuses = self.refusing.load(Ordering::SeqCst);
+        let count = if refuses { &self.refused } else { &self.passed };
+        count.fetch_add(1, Ordering::SeqCst);
+        refuses
+    }
 }
 
 /// The service with `options` on an in-memory store whose writes fail while the returned
 /// switch is on.
 pub async fn spawn_app_with_flaky_store(options: AppOptions) -> (TestApp, Arc<AtomicBool>) {
     let broken = Arc::new(AtomicBool::new(false));
-    let switch = broken.clone();
-    let app = spawn_app_with(AppOptions {
+    let app = spawn_app_on_flaky_store(options, broken.clone(), RefusedSaves::of(|_| false)).await;
+    (app, broken)
+}
+
+/// The service with `options` on an in-memory store that fails the saves of a trial in the
+/// states `of` picks while the returned switch is on.
+pub async fn spawn_app_refusing_saves(
+    options: AppOptions,
+    of: fn(lcm::engine::state::Lifecycle) -> bool,
+) -> (TestApp, RefusedSaves) {
+    let refused = RefusedSaves::of(of);
+    let app = spawn_app_on_flaky_store(options, Arc::default(), refused.clone()).await;
+    (app, refused)
+}
+
+async fn spawn_app_on_flaky_store(
+    options: AppOptions,
+    broken: Arc<AtomicBool>,
+    refused: RefusedSaves,
+) -> TestApp {
+    spawn_app_with(AppOptions {
         backend: Some(Box::new(move || FlakyBackend {
             inner: lcm::store::sqlite::SqliteBackend::in_memory().expect("in-memory store"),
-            broken: switch,
+            broken,
+            refused,
         })),
         ..options
     })
-    .await;
-    (app, broken)
+    .await
 }
 
 impl lcm::store::Backend for FlakyBackend {
     fn apply(&mut self, ops: &[lcm::store::Op]) -> Result<Vec<usize>, lcm::store::StoreError> {
-        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.broken.load(Ordering::SeqCst) || self.refused.refuses(ops) {
             return Err(lcm::store::StoreError::Backend(
                 "disk I/O error (simulated)".into(),
             ));

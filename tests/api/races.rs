@@ -2,7 +2,7 @@
 //! trial recovered before its failure procedure was done. Each refused or finished change
 //! must leave nothing behind.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -148,6 +148,86 @@ async fn an_ended_engine_whose_delete_was_not_saved_still_leaves_memory() {
         "Finished",
         "read from the store once it left memory"
     );
+}
+
+/// Polls until `count` reaches `at_least`.
+async fn counted(what: &str, count: &AtomicUsize, at_least: usize) {
+    eventually(what, || async {
+        match count.load(Ordering::SeqCst) {
+            n if n >= at_least => Ok(()),
+            n => Err(format!("{n} so far")),
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_ended_engine_whose_end_was_not_saved_stays_in_memory_until_it_is() {
+    let (app, saves) = spawn_app_refusing_saves(
+        AppOptions {
+            settings: Box::new(|s| s.engine.keep_finished_secs = 1),
+            ..AppOptions::default()
+        },
+        Lifecycle::is_ended,
+    )
+    .await;
+    let id = "end-unsaved";
+    saves.refusing.store(true, Ordering::SeqCst);
+    app.start_trial(id).await;
+    app.drive_to_finished(id).await;
+    // The end is saved again and again; the engine does not leave memory meanwhile, although
+    // it ended more than `keep_finished_secs` ago by the first save again. (A refused save
+    // counts once or twice: the store tries a write batched with others again alone.)
+    counted("the end to be saved again", &saves.refused, 3).await;
+    assert!(
+        app.engines().await.iter().any(|(e, _)| e == id),
+        "an engine whose end the store does not hold left memory"
+    );
+    assert_eq!(app.trial_status(id).await["engine_status"], "Finished");
+
+    saves.refusing.store(false, Ordering::SeqCst);
+    app.wait_engine_gone(id).await;
+    assert_eq!(saves.passed.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        app.trial_status(id).await["engine_status"],
+        "Finished",
+        "read from the store once it left memory"
+    );
+}
+
+#[tokio::test]
+async fn a_failure_that_was_not_saved_is_saved_once_the_store_takes_it() {
+    let (app, saves) = spawn_app_refusing_saves(
+        AppOptions {
+            settings: Box::new(single_attempt),
+            ..AppOptions::default()
+        },
+        |lifecycle| lifecycle == Lifecycle::Failed,
+    )
+    .await;
+    let id = "failure-unsaved";
+    app.platform.add_trial(Platform::trial(id, None));
+    app.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "POST",
+            "/flightplan",
+            FaultAction::Status(400),
+        )
+        .for_trial(id),
+    );
+    saves.refusing.store(true, Ordering::SeqCst);
+    app.schedule_in(id, 300).await;
+    app.wait_failed(id).await;
+    // The executor's save and the failure procedure's are refused, then the failure is saved
+    // again. (A refused save counts once or twice, see above.)
+    counted("the failure to be saved again", &saves.refused, 5).await;
+
+    saves.refusing.store(false, Ordering::SeqCst);
+    counted("the failure to be saved", &saves.passed, 1).await;
+    let status = app.trial_status(id).await;
+    assert_eq!(status["engine_status"], "Failed", "{status}");
+    assert_eq!(status["restorable"], true, "{status}");
 }
 
 #[tokio::test]
