@@ -150,6 +150,22 @@ async fn an_ended_engine_whose_delete_was_not_saved_still_leaves_memory() {
     );
 }
 
+/// Adds trial `id` to the platform, whose trial enforcement refuses its flight plan once (a
+/// failure of the step `EnforceUavPlan`, with one attempt).
+fn add_trial_refused_at_flightplan(app: &TestApp, id: &str) {
+    app.platform.add_trial(Platform::trial(id, None));
+    app.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "POST",
+            "/flightplan",
+            FaultAction::Status(400),
+        )
+        .for_trial(id)
+        .times(1),
+    );
+}
+
 /// Polls until `count` reaches `at_least`.
 async fn counted(what: &str, count: &AtomicUsize, at_least: usize) {
     eventually(what, || async {
@@ -206,16 +222,7 @@ async fn a_failure_that_was_not_saved_is_saved_once_the_store_takes_it() {
     )
     .await;
     let id = "failure-unsaved";
-    app.platform.add_trial(Platform::trial(id, None));
-    app.platform.inject(
-        Fault::new(
-            Component::Enforcement,
-            "POST",
-            "/flightplan",
-            FaultAction::Status(400),
-        )
-        .for_trial(id),
-    );
+    add_trial_refused_at_flightplan(&app, id);
     saves.refusing.store(true, Ordering::SeqCst);
     app.schedule_in(id, 300).await;
     app.wait_failed(id).await;
@@ -238,17 +245,7 @@ async fn an_abort_or_a_skip_that_was_not_saved_is_not_made() {
     })
     .await;
     let id = "unaborted";
-    app.platform.add_trial(Platform::trial(id, None));
-    app.platform.inject(
-        Fault::new(
-            Component::Enforcement,
-            "POST",
-            "/flightplan",
-            FaultAction::Status(400),
-        )
-        .for_trial(id)
-        .times(1),
-    );
+    add_trial_refused_at_flightplan(&app, id);
     app.schedule_in(id, 300).await;
     app.wait_failed(id).await;
 
