@@ -227,30 +227,43 @@ async fn call_back(sim: &SimState, callback: &Callback) {
     .await;
 }
 
-/// Posts to the LCM with the trial's token and records what it answered.
+/// Attempts of a callback that gets no answer (like a component that retries): the LCM may
+/// have closed the pooled connection it went out on just then.
+const CALLBACK_ATTEMPTS: usize = 3;
+/// The pause before a callback that got no answer is sent again.
+const CALLBACK_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Posts to the LCM with the trial's token and records what it answered, each attempt: one
+/// that gets no answer at all is sent again (a repeated callback is taken once).
 async fn post_callback(sim: &SimState, url: String, token: &str, body: Value) {
-    let sent_at = Utc::now();
-    let result = sim
-        .http
-        .post(&url)
-        .header(header::AUTHORIZATION, token)
-        .json(&body)
-        .send()
-        .await;
-    let (status, body) = match result {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            (Some(status), response.json::<Value>().await.ok())
+    for attempt in 1..=CALLBACK_ATTEMPTS {
+        let sent_at = Utc::now();
+        let result = sim
+            .http
+            .post(&url)
+            .header(header::AUTHORIZATION, token)
+            .json(&body)
+            .send()
+            .await;
+        let (status, answer) = match result {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                (Some(status), response.json::<Value>().await.ok())
+            }
+            Err(_) => (None, None),
+        };
+        sim.record_callback(RecordedCallback {
+            url: url.clone(),
+            status,
+            body: answer,
+            sent_at,
+            at: Utc::now(),
+        });
+        if status.is_some() || attempt == CALLBACK_ATTEMPTS {
+            return;
         }
-        Err(_) => (None, None),
-    };
-    sim.record_callback(RecordedCallback {
-        url,
-        status,
-        body,
-        sent_at,
-        at: Utc::now(),
-    });
+        tokio::time::sleep(CALLBACK_RETRY_PAUSE).await;
+    }
 }
 
 fn segments(path: &str) -> Vec<&str> {
@@ -444,4 +457,41 @@ pub fn concerns(request: &RecordedRequest, trial: &str) -> bool {
         })
     });
     in_path || in_query || in_body
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::sim::{Platform, SimOptions};
+
+    #[tokio::test]
+    async fn a_callback_that_gets_no_answer_is_sent_again() {
+        let platform = Platform::start(SimOptions::default()).await.expect("sim");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let url = format!(
+            "http://{}/trial/t1/callback/slice",
+            listener.local_addr().expect("addr")
+        );
+        let lcm = tokio::spawn(async move {
+            // The first connection is closed unanswered, the second gets its answer.
+            let (first, _) = listener.accept().await.expect("first");
+            drop(first);
+            let (mut second, _) = listener.accept().await.expect("second");
+            let mut head = vec![0; 4096];
+            let _ = second.read(&mut head).await.expect("reads");
+            let body = r#"{"message":"taken"}"#;
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            second.write_all(answer.as_bytes()).await.expect("answers");
+        });
+        post_callback(&platform.state, url, "token", json!({"status": "ok"})).await;
+        lcm.abort();
+        let made: Vec<Option<u16>> = platform.callbacks().iter().map(|c| c.status).collect();
+        assert_eq!(made, [None, Some(200)]);
+    }
 }
