@@ -176,6 +176,11 @@ pub(super) fn resave_now() -> (Deadline, Duration) {
     (Deadline::now(), RESAVE_FIRST)
 }
 
+/// A save due after `wait`, and the wait before the next should it fail too.
+fn resave_in(wait: Duration) -> (Deadline, Duration) {
+    (Deadline::now() + wait, (wait * 2).min(RESAVE_MAX))
+}
+
 impl Watchdog {
     /// Supervises until the engine is stopped; returns the engine's record as it stands then.
     pub async fn run(mut self) -> LastRecord {
@@ -319,7 +324,7 @@ impl Watchdog {
             "{what} is not saved: the engine stays in memory and saves it again in {} s",
             RESAVE_FIRST.as_secs()
         );
-        self.resave = Some((Deadline::now() + RESAVE_FIRST, RESAVE_FIRST * 2));
+        self.resave = Some(resave_in(RESAVE_FIRST));
     }
 
     /// Saves the engine's record again; answers whether the store holds it now. If not,
@@ -337,7 +342,7 @@ impl Watchdog {
                     "the record is still not saved: trying again in {} s",
                     wait.as_secs()
                 );
-                self.resave = Some((Deadline::now() + wait, (wait * 2).min(RESAVE_MAX)));
+                self.resave = Some(resave_in(wait));
                 false
             }
         }
