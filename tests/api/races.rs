@@ -2,7 +2,7 @@
 //! trial recovered before its failure procedure was done. Each refused or finished change
 //! must leave nothing behind.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -166,17 +166,6 @@ fn add_trial_refused_at_flightplan(app: &TestApp, id: &str) {
     );
 }
 
-/// Polls until `count` reaches `at_least`.
-async fn counted(what: &str, count: &AtomicUsize, at_least: usize) {
-    eventually(what, || async {
-        match count.load(Ordering::SeqCst) {
-            n if n >= at_least => Ok(()),
-            n => Err(format!("{n} so far")),
-        }
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn an_ended_engine_whose_end_was_not_saved_stays_in_memory_until_it_is() {
     let (app, saves) = spawn_app_refusing_saves(
@@ -194,7 +183,10 @@ async fn an_ended_engine_whose_end_was_not_saved_stays_in_memory_until_it_is() {
     // The end is saved again and again; the engine does not leave memory meanwhile, although
     // it ended more than `keep_finished_secs` ago by the first save again. (A refused save
     // counts once or twice: the store tries a write batched with others again alone.)
-    counted("the end to be saved again", &saves.refused, 3).await;
+    eventually_at_least("the end to be saved again", 3, || {
+        saves.refused.load(Ordering::SeqCst)
+    })
+    .await;
     assert!(
         app.engines().await.iter().any(|(e, _)| e == id),
         "an engine whose end the store does not hold left memory"
@@ -228,10 +220,16 @@ async fn a_failure_that_was_not_saved_is_saved_once_the_store_takes_it() {
     app.wait_failed(id).await;
     // The executor's save and the failure procedure's are refused, then the failure is saved
     // again. (A refused save counts once or twice, see above.)
-    counted("the failure to be saved again", &saves.refused, 5).await;
+    eventually_at_least("the failure to be saved again", 5, || {
+        saves.refused.load(Ordering::SeqCst)
+    })
+    .await;
 
     saves.refusing.store(false, Ordering::SeqCst);
-    counted("the failure to be saved", &saves.passed, 1).await;
+    eventually_at_least("the failure to be saved", 1, || {
+        saves.passed.load(Ordering::SeqCst)
+    })
+    .await;
     let status = app.trial_status(id).await;
     assert_eq!(status["engine_status"], "Failed", "{status}");
     assert_eq!(status["restorable"], true, "{status}");

@@ -623,13 +623,7 @@ async fn automatic_scheduling_off_leaves_new_trials_alone() {
             .filter(|r| r.component == Component::Repository && r.path == "/")
             .count()
     };
-    eventually("two heartbeat checks, a second apart", || async {
-        match repository_checks() {
-            n if n >= 2 => Ok(()),
-            n => Err(format!("{n} checks")),
-        }
-    })
-    .await;
+    eventually_at_least("two heartbeat checks, a second apart", 2, repository_checks).await;
     assert!(
         job_of(&app, "manual").await.is_none(),
         "scheduled while off"

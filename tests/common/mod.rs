@@ -56,6 +56,18 @@ where
     .await
 }
 
+/// Polls until `count` reaches `at_least` (a counter a test watches: refused writes, requests
+/// a component saw, …); panics after 20 s naming `what` and the last count.
+pub async fn eventually_at_least(what: &str, at_least: usize, count: impl Fn() -> usize) {
+    eventually(what, || async {
+        match count() {
+            n if n >= at_least => Ok(()),
+            n => Err(format!("{n} so far")),
+        }
+    })
+    .await;
+}
+
 /// [`eventually`] with its own limit and pause between checks (many trials at once share
 /// the machine, and a browser is read through chromedriver: those are polled gently).
 pub async fn eventually_within<T, F, Fut>(
