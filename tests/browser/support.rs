@@ -289,17 +289,23 @@ impl Browser {
         self.wait_text("header .holder", "Signed in as").await;
     }
 
-    /// Clicks the element `css`.
+    /// Clicks the element `css`. A live part of the page may be put in place between finding
+    /// the element and clicking it: the element found is then stale, and the one shown now is
+    /// found and clicked instead.
     pub async fn click(&self, css: &str) {
-        let element = self
-            .client
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("{css}: {e}"));
-        element
-            .click()
-            .await
-            .unwrap_or_else(|e| panic!("click {css}: {e}"));
+        eventually(&format!("a click on {css}"), || async {
+            let element = self
+                .client
+                .find(Locator::Css(css))
+                .await
+                .map_err(|e| format!("{css}: {e}"))?;
+            match element.click().await {
+                Ok(()) => Ok(()),
+                Err(e) if e.is_stale_element_reference() => Err(format!("{css} replaced: {e}")),
+                Err(e) => panic!("click {css}: {e}"),
+            }
+        })
+        .await
     }
 
     /// The text of the element `css`, if there is one.
