@@ -156,6 +156,8 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// How long open connections get on SIGTERM/SIGINT before the process exits.
     pub shutdown_grace_secs: u64,
+    /// A request not answered within this long gets 408; its handling goes on to its end.
+    pub handler_timeout_secs: u64,
 }
 
 fn list_or_commas<'de, D: serde::Deserializer<'de>>(
@@ -766,6 +768,10 @@ impl Settings {
                 Some(self.server.shutdown_grace_secs),
             ),
             (
+                "server.handler_timeout_secs",
+                Some(self.server.handler_timeout_secs),
+            ),
+            (
                 "engine.keep_finished_secs",
                 Some(self.engine.keep_finished_secs),
             ),
@@ -823,6 +829,10 @@ impl Settings {
                 self.server.header_read_timeout_secs,
             ),
             ("server.idle_timeout_secs", self.server.idle_timeout_secs),
+            (
+                "server.handler_timeout_secs",
+                self.server.handler_timeout_secs,
+            ),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be greater than 0"));

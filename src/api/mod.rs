@@ -24,13 +24,15 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+use tracing::{Instrument as _, error};
 use utoipa::OpenApi as _;
 use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -40,6 +42,7 @@ use crate::config::Settings;
 use crate::heartbeat::Heartbeats;
 use crate::scheduler::Scheduler;
 use crate::tokens::TokenManager;
+use error::ApiError;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -89,8 +92,37 @@ impl Message {
     }
 }
 
-/// No handler waits on a step, but a few wait on the trial registry; none should take longer.
-const HANDLER_TIMEOUT: Duration = Duration::from_secs(90);
+/// Handles each request to its end in a task of its own, and answers 408 if that takes longer
+/// than `server.handler_timeout_secs` (no handler waits on a step, but a few wait on the trial
+/// registry). A request whose caller goes away (the client hung up, the answer came too late,
+/// the server is shutting down) thus never leaves a change half made: a job saved but never
+/// armed, an engine stopped but never removed.
+async fn handle_to_the_end(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let limit = state.settings.server.handler_timeout_secs;
+    let handler = tokio::spawn(next.run(request).in_current_span());
+    match tokio::time::timeout(Duration::from_secs(limit), handler).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => {
+            error!(error = %e, "a request's handler panicked");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the request could not be handled (an internal error, logged)",
+            )
+            .into_response()
+        }
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "no answer within {limit} s (server.handler_timeout_secs); the request goes on, so look at its effect before sending it again"
+            ),
+        )
+        .into_response(),
+    }
+}
 
 /// Every route of the API, each with its description, before the middleware.
 pub fn api() -> OpenApiRouter<AppState> {
@@ -135,9 +167,9 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::map_response(error::json_errors))
         // The console answers HTML, its errors too, and audits through its own layer.
         .merge(crate::console::routes(&state))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            HANDLER_TIMEOUT,
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            handle_to_the_end,
         ))
         .layer(cors(&settings.server.cors_origins))
         .layer(TraceLayer::new_for_http())

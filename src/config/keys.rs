@@ -97,6 +97,7 @@ const KEYS: &[(&str, Accepts)] = &[
     ("server.idle_timeout_secs", SECS),
     ("server.max_connections", USIZE),
     ("server.shutdown_grace_secs", SECS),
+    ("server.handler_timeout_secs", SECS),
     ("auth.api_key", Accepts::Text),
     ("auth.token_secret", Accepts::Text),
     ("auth.token_ttl_secs", SECS),

@@ -44,12 +44,74 @@ impl Default for AppOptions {
     }
 }
 
-/// An in-memory SQLite store that fails every write while `broken` is set, and the saves that
-/// `refused` picks while it is on.
+/// An in-memory SQLite store with `faults`.
 pub struct FlakyBackend {
     pub inner: lcm::store::sqlite::SqliteBackend,
-    pub broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub faults: StoreFaults,
+}
+
+/// What a [`FlakyBackend`] does wrong: it fails every write while `broken` is set and the saves
+/// that `refused` picks while it is on, and holds the writes `held` picks while it is held.
+#[derive(Clone, Default)]
+pub struct StoreFaults {
+    pub broken: Arc<AtomicBool>,
     pub refused: RefusedSaves,
+    pub held: HeldWrites,
+}
+
+/// A gate that holds the store's writes that `of` picks while it is held (a store slow to
+/// commit them), and counts the writes waiting at it.
+#[derive(Clone)]
+pub struct HeldWrites {
+    of: fn(&lcm::store::Op) -> bool,
+    held: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    pub waiting: Arc<AtomicUsize>,
+}
+
+impl Default for HeldWrites {
+    fn default() -> Self {
+        Self::of(|_| false)
+    }
+}
+
+impl HeldWrites {
+    fn of(ops: fn(&lcm::store::Op) -> bool) -> Self {
+        Self {
+            of: ops,
+            held: Arc::default(),
+            waiting: Arc::default(),
+        }
+    }
+
+    fn set(&self, held: bool) {
+        let (lock, changed) = &*self.held;
+        *lock.lock().unwrap() = held;
+        changed.notify_all();
+    }
+
+    pub fn hold(&self) {
+        self.set(true);
+    }
+
+    pub fn release(&self) {
+        self.set(false);
+    }
+
+    /// Blocks the store's writer thread while `ops` are picked and the gate is held.
+    fn pass(&self, ops: &[lcm::store::Op]) {
+        if !ops.iter().any(self.of) {
+            return;
+        }
+        let (lock, changed) = &*self.held;
+        let mut held = lock.lock().unwrap();
+        if *held {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            while *held {
+                held = changed.wait(held).unwrap();
+            }
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 /// A switch that fails every save of a trial in the states `of` picks while it is on, and the
@@ -61,6 +123,12 @@ pub struct RefusedSaves {
     pub refusing: Arc<AtomicBool>,
     pub refused: Arc<AtomicUsize>,
     pub passed: Arc<AtomicUsize>,
+}
+
+impl Default for RefusedSaves {
+    fn default() -> Self {
+        Self::of(|_| false)
+    }
 }
 
 impl RefusedSaves {
@@ -90,9 +158,9 @@ impl RefusedSaves {
 /// The service with `options` on an in-memory store whose writes fail while the returned
 /// switch is on.
 pub async fn spawn_app_with_flaky_store(options: AppOptions) -> (TestApp, Arc<AtomicBool>) {
-    let broken = Arc::new(AtomicBool::new(false));
-    let app = spawn_app_on_flaky_store(options, broken.clone(), RefusedSaves::of(|_| false)).await;
-    (app, broken)
+    let faults = StoreFaults::default();
+    let broken = faults.broken.clone();
+    (spawn_app_on_flaky_store(options, faults).await, broken)
 }
 
 /// The service with `options` on an in-memory store that fails the saves of a trial in the
@@ -102,20 +170,32 @@ pub async fn spawn_app_refusing_saves(
     of: fn(lcm::engine::state::Lifecycle) -> bool,
 ) -> (TestApp, RefusedSaves) {
     let refused = RefusedSaves::of(of);
-    let app = spawn_app_on_flaky_store(options, Arc::default(), refused.clone()).await;
-    (app, refused)
+    let faults = StoreFaults {
+        refused: refused.clone(),
+        ..StoreFaults::default()
+    };
+    (spawn_app_on_flaky_store(options, faults).await, refused)
 }
 
-async fn spawn_app_on_flaky_store(
+/// The service with `options` on an in-memory store that holds the writes `of` picks while the
+/// returned gate is held.
+pub async fn spawn_app_holding_writes(
     options: AppOptions,
-    broken: Arc<AtomicBool>,
-    refused: RefusedSaves,
-) -> TestApp {
+    of: fn(&lcm::store::Op) -> bool,
+) -> (TestApp, HeldWrites) {
+    let held = HeldWrites::of(of);
+    let faults = StoreFaults {
+        held: held.clone(),
+        ..StoreFaults::default()
+    };
+    (spawn_app_on_flaky_store(options, faults).await, held)
+}
+
+async fn spawn_app_on_flaky_store(options: AppOptions, faults: StoreFaults) -> TestApp {
     spawn_app_with(AppOptions {
         backend: Some(Box::new(move || FlakyBackend {
             inner: lcm::store::sqlite::SqliteBackend::in_memory().expect("in-memory store"),
-            broken,
-            refused,
+            faults,
         })),
         ..options
     })
@@ -124,7 +204,9 @@ async fn spawn_app_on_flaky_store(
 
 impl lcm::store::Backend for FlakyBackend {
     fn apply(&mut self, ops: &[lcm::store::Op]) -> Result<Vec<usize>, lcm::store::StoreError> {
-        if self.broken.load(Ordering::SeqCst) || self.refused.refuses(ops) {
+        let faults = &self.faults;
+        faults.held.pass(ops);
+        if faults.broken.load(Ordering::SeqCst) || faults.refused.refuses(ops) {
             return Err(lcm::store::StoreError::Backend(
                 "disk I/O error (simulated)".into(),
             ));

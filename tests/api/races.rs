@@ -421,3 +421,62 @@ async fn a_failed_trial_recovered_mid_report_finishes_its_report_before_a_restor
     );
     app.drive_to_finished(id).await;
 }
+
+/// The service with handlers answered after 1 s at most, on a store that holds the writes `of`
+/// picks while the returned gate is held.
+async fn spawn_app_answering_late(of: fn(&Op) -> bool) -> (TestApp, HeldWrites) {
+    spawn_app_holding_writes(
+        AppOptions {
+            settings: Box::new(|s| s.server.handler_timeout_secs = 1),
+            ..AppOptions::default()
+        },
+        of,
+    )
+    .await
+}
+
+/// Sends `DELETE path` while the store holds its write: the answer comes too late (408, in
+/// the `{"detail"}` shape), and the delete is still under way when it does.
+async fn delete_answered_late(app: &TestApp, held: &HeldWrites, path: &str) {
+    held.hold();
+    let late = app.delete(path).await;
+    assert_eq!(late.status, StatusCode::REQUEST_TIMEOUT, "{late:?}");
+    assert!(
+        late.detail().contains("server.handler_timeout_secs"),
+        "{late:?}"
+    );
+    assert_eq!(held.waiting.load(Ordering::SeqCst), 1, "the delete waits");
+    held.release();
+}
+
+#[tokio::test]
+async fn a_delete_answered_too_late_still_removes_the_engine() {
+    let (app, held) = spawn_app_answering_late(|op| matches!(op, Op::DeleteTrial { .. })).await;
+    let id = "late-delete";
+    app.start_trial(id).await;
+    app.wait_waiting(id, "operator (active or finish)").await;
+    delete_answered_late(&app, &held, &format!("/debug/engine/{id}")).await;
+    // Half made, it would leave a stopped engine that no delete removes and that blocks the id.
+    app.wait_engine_gone(id).await;
+    app.schedule_in(id, 300).await;
+    app.wait_engine(id).await;
+}
+
+#[tokio::test]
+async fn an_unschedule_answered_too_late_still_removes_the_job() {
+    let (app, held) = spawn_app_answering_late(|op| matches!(op, Op::DeleteJob { .. })).await;
+    let id = "late-unschedule";
+    app.platform.add_trial(Platform::trial(id, None));
+    app.schedule_in(id, 3_600_000).await;
+    delete_answered_late(&app, &held, &format!("/debug/trial/{id}/schedule")).await;
+    // Half made, it would leave a job without a timer, listed forever and blocking the id.
+    eventually(&format!("the job of {id} to go"), || async {
+        let status = app.get("/status").await.body;
+        match status["scheduled_trials"].as_array() {
+            Some(jobs) if jobs.is_empty() => Ok(()),
+            _ => Err(status.to_string()),
+        }
+    })
+    .await;
+    app.schedule_in(id, 3_600_000).await;
+}
