@@ -113,6 +113,8 @@ struct Inner {
     engines: EngineRegistry,
     deps: Arc<EngineDeps>,
     automatic: watch::Sender<bool>,
+    /// One toggle of `automatic` at a time, so each turns what the one before it saved.
+    toggling: tokio::sync::Mutex<()>,
     generation: AtomicU64,
     /// Bumped whenever a job goes away or an engine starts, for those waiting on either.
     changes: watch::Sender<()>,
@@ -133,6 +135,7 @@ impl Scheduler {
                 engines: EngineRegistry::default(),
                 deps,
                 automatic: watch::Sender::new(automatic),
+                toggling: tokio::sync::Mutex::new(()),
                 generation: AtomicU64::new(0),
                 changes: watch::Sender::new(()),
             }),
@@ -273,8 +276,13 @@ impl Scheduler {
     /// The start time has come: the job gives way to the engine.
     fn fire(&self, id: &TrialId, generation: u64) {
         let mut jobs = self.jobs_map();
-        // A job that was removed or replaced since this timer was set does nothing.
-        if jobs.get(id).is_none_or(|job| job.generation != generation) {
+        // A job that was removed or replaced since this timer was set does nothing, nor does
+        // one whose removal is being saved: its timer was taken, but a timer that had already
+        // woken up could not be stopped and waited here for the lock.
+        if jobs
+            .get(id)
+            .is_none_or(|job| job.generation != generation || job.timer.is_none())
+        {
             return;
         }
         match self.inner.engines.start(id, &self.inner.deps) {
@@ -536,6 +544,7 @@ impl Scheduler {
         &self,
         audit: impl FnOnce(bool) -> Option<AuditEntry>,
     ) -> Result<bool, StoreError> {
+        let _turn = self.inner.toggling.lock().await;
         let now_on = !self.automatic();
         self.store()
             .write_audited(Op::SetAutomatic(now_on), audit(now_on))

@@ -480,3 +480,24 @@ async fn an_unschedule_answered_too_late_still_removes_the_job() {
     .await;
     app.schedule_in(id, 3_600_000).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toggles_of_automatic_scheduling_at_once_each_count() {
+    let app = spawn_app().await;
+    let before = app.get("/status").await.body["Automatic_scheduling"].clone();
+    let toggles = join_all((0..10).map(|_| app.post("/trial/scheduling", None))).await;
+    let mut shown: Vec<bool> = toggles
+        .iter()
+        .map(|t| {
+            assert_eq!(t.status, StatusCode::OK, "{t:?}");
+            t.body["Automatic_scheduling"] == true
+        })
+        .collect();
+    shown.sort_unstable();
+    // Ten toggles: five answered on, five off, and the switch is back where it was.
+    assert_eq!(shown, [[false; 5], [true; 5]].concat(), "{toggles:?}");
+    assert_eq!(
+        app.get("/status").await.body["Automatic_scheduling"],
+        before
+    );
+}
