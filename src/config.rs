@@ -17,6 +17,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use url::Url;
@@ -924,8 +926,10 @@ impl Settings {
         })
     }
 
-    /// Every secret value of the configuration, to keep out of what is recorded.
-    pub fn secret_values(&self) -> Vec<&str> {
+    /// Every secret value of the configuration, to keep out of what is recorded: each as
+    /// written, and a service's HTTP Basic credentials also as its `Authorization` header
+    /// carries them (a service that echoes the header must not have them recorded).
+    pub fn secret_values(&self) -> Vec<String> {
         let services = &self.services;
         let mut secrets = vec![
             self.auth.api_key.expose(),
@@ -939,6 +943,7 @@ impl Settings {
                 .chain(&self.auth.keys_from_file)
                 .filter_map(|k| k.key.as_ref().map(Secret::expose)),
         );
+        let mut basic = Vec::new();
         for service in [
             &services.trial_repository,
             &services.trial_enforcement,
@@ -947,8 +952,11 @@ impl Settings {
             secrets.extend(service.apikey.as_ref().map(Secret::expose));
             secrets.extend(service.password.as_ref().map(Secret::expose));
             secrets.extend(service.oauth2.as_ref().map(|o| o.client_secret.expose()));
+            if let (Some(username), Some(password)) = (&service.username, &service.password) {
+                basic.push(STANDARD.encode(format!("{username}:{}", password.expose())));
+            }
         }
-        secrets
+        secrets.into_iter().map(str::to_owned).chain(basic).collect()
     }
 
     /// Warnings about settings that work but should not reach production.
@@ -1245,7 +1253,7 @@ mod tests {
             .map(|k| k.name)
             .collect();
         assert_eq!(names, ["default", "ci", "ops"]);
-        assert!(settings.secret_values().contains(&"ci-key"));
+        assert!(settings.secret_values().contains(&"ci-key".to_owned()));
     }
 
     #[test]
@@ -1323,6 +1331,18 @@ mod tests {
         assert!(err.contains("line 2"), "{err}");
         assert!(err.contains(&file.display().to_string()), "{err}");
         assert!(!err.contains("271828182845"), "the secret leaked: {err}");
+    }
+
+    #[test]
+    fn basic_credentials_are_secret_also_as_the_header_carries_them() {
+        let mut settings = Settings::defaults().unwrap();
+        let repository = &mut settings.services.trial_repository;
+        repository.username = Some("lcm".into());
+        repository.password = Some(Secret::new("s3cret-pass"));
+        let secrets = settings.secret_values();
+        assert!(secrets.contains(&"s3cret-pass".to_owned()));
+        // What `Authorization: Basic …` carries for lcm:s3cret-pass.
+        assert!(secrets.contains(&"bGNtOnMzY3JldC1wYXNz".to_owned()), "{secrets:?}");
     }
 
     #[test]
