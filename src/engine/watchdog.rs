@@ -208,11 +208,9 @@ impl Watchdog {
                 warn!(error = %e, "the last checkpoint before the stop was not saved");
             }
         }
-        let mut record = self.record();
-        // A pause is saved on its own, at once, and shown: the checkpoint here may not have it.
-        record.checkpoint.paused = self.shared.state.borrow().paused;
+        self.catch_up_pause();
         LastRecord {
-            record,
+            record: self.record(),
             saved: self.saved,
         }
     }
@@ -428,9 +426,17 @@ impl Watchdog {
         self.executor = Some(tokio::spawn(executor.run().instrument(self.shared.span())));
     }
 
-    /// The executor died without a word: mark the engine failed from the last checkpoint.
+    /// A pause is saved on its own, at once, and shown: the checkpoint the executor last handed
+    /// over may not have it yet.
+    fn catch_up_pause(&mut self) {
+        self.checkpoint.paused = self.shared.state.borrow().paused;
+    }
+
+    /// The executor died without a word: mark the engine failed from the last checkpoint (with
+    /// the operator's pause, which a restore keeps).
     async fn died(&mut self, reason: String) {
         error!(reason = %reason, "executor died; engine marked Failed");
+        self.catch_up_pause();
         self.shared
             .journal
             .event(EventKind::TrialFailed, None, Some(reason.clone()), None);
