@@ -137,7 +137,11 @@ impl TrialAction {
                 Reason::Optional
             }
             TrialAction::Skip => Reason::Required,
-            _ => Reason::None,
+            TrialAction::Active
+            | TrialAction::Finish
+            | TrialAction::Restore
+            | TrialAction::Delete
+            | TrialAction::Unschedule => Reason::None,
         }
     }
 
@@ -150,7 +154,7 @@ impl TrialAction {
     }
 
     /// What confirming it does, in words.
-    pub fn question(self, id: &TrialId) -> String {
+    fn question(self, id: &TrialId) -> String {
         match self {
             TrialAction::Active => format!(
                 "Mark trial {id}'s KPIs active? The trial goes on to SendKpiActive and UpdateStatusActive."

@@ -106,7 +106,7 @@ pub fn shell(
 }
 
 /// A message shown once: what an action did, or why it was refused.
-pub fn flash_message(flash: &Flash) -> Markup {
+fn flash_message(flash: &Flash) -> Markup {
     html! {
         @if flash.ok {
             p.flash.ok role="status" { span aria-hidden="true" { "✓ " } (flash.text) }
@@ -144,7 +144,7 @@ pub fn error_page(signed: Option<&Signed>, status: StatusCode, text: &str) -> Re
 }
 
 /// The symbol and word of an engine status (or `Scheduled`, `Corrupt`), and its CSS class.
-pub fn status_parts(status: &str) -> (&'static str, &'static str) {
+fn status_parts(status: &str) -> (&'static str, &'static str) {
     match status {
         "Active" => ("▶", "active"),
         "Running" => ("▶", "active"),

@@ -19,7 +19,7 @@ use crate::startup::{Application, StartupError};
 /// The API key of a local LCM (printed by the demo: it protects nothing of value).
 pub const LOCAL_API_KEY: &str = "demo-api-key";
 /// The callback-token secret of a local LCM.
-pub const LOCAL_TOKEN_SECRET: &str = "demo-token-secret";
+const LOCAL_TOKEN_SECRET: &str = "demo-token-secret";
 
 /// A directory under the system's temporary directory, removed with everything in it when
 /// dropped.
