@@ -956,7 +956,11 @@ impl Settings {
                 basic.push(STANDARD.encode(format!("{username}:{}", password.expose())));
             }
         }
-        secrets.into_iter().map(str::to_owned).chain(basic).collect()
+        secrets
+            .into_iter()
+            .map(str::to_owned)
+            .chain(basic)
+            .collect()
     }
 
     /// Warnings about settings that work but should not reach production.
@@ -1342,7 +1346,10 @@ mod tests {
         let secrets = settings.secret_values();
         assert!(secrets.contains(&"s3cret-pass".to_owned()));
         // What `Authorization: Basic …` carries for lcm:s3cret-pass.
-        assert!(secrets.contains(&"bGNtOnMzY3JldC1wYXNz".to_owned()), "{secrets:?}");
+        assert!(
+            secrets.contains(&"bGNtOnMzY3JldC1wYXNz".to_owned()),
+            "{secrets:?}"
+        );
     }
 
     #[test]

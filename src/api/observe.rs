@@ -10,7 +10,6 @@ use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::{Value, json};
-use tokio::sync::broadcast::error::RecvError;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -19,6 +18,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{TrialIdParam, TrialPath, Viewer};
 use super::view::Found;
 use crate::engine::EngineHandle;
+use crate::engine::journal::Follower;
 use crate::engine::state::{EngineStatus, TrialEvent};
 use crate::telemetry;
 
@@ -139,34 +139,19 @@ async fn events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-/// An engine's history, then its live events until the trial ends.
+/// An engine's history, then its live events until the trial ends (a stream that falls behind
+/// takes what it missed from the history: no gap, no repeat).
 fn engine_stream(engine: &EngineHandle) -> EventStream {
     let (history, receiver) = engine.events();
-    let ended = history.iter().any(|e| e.event.ends_trial());
-    // Numbers go on from the last event, whatever came before it.
-    let next = history.last().map_or(0, |e| e.seq + 1);
     let replay = stream::iter(history.iter().map(|e| to_sse(e)).collect::<Vec<_>>());
-    let live = stream::unfold(
-        (receiver, next, ended),
-        |(mut receiver, next, done)| async move {
-            if done {
-                return None;
-            }
-            loop {
-                match receiver.recv().await {
-                    // Already sent from the history.
-                    Ok(event) if event.seq < next => {}
-                    Ok(event) => {
-                        let done = event.event.ends_trial();
-                        let next = event.seq + 1;
-                        return Some((to_sse(&event), (receiver, next, done)));
-                    }
-                    Err(RecvError::Lagged(_)) => {}
-                    Err(RecvError::Closed) => return None,
-                }
-            }
-        },
-    );
+    let follower = Follower::after(&history, receiver, {
+        let engine = engine.clone();
+        move || engine.events()
+    });
+    let live = stream::unfold(follower, |mut follower| async move {
+        let event = follower.next().await?;
+        Some((to_sse(&event), follower))
+    });
     Box::pin(replay.chain(live))
 }
 

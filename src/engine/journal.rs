@@ -7,9 +7,11 @@
 //! submitted, and an entry is submitted under the journal's lock: rows land in `seq` order,
 //! and a checkpoint committed after them finds them committed too.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::RecvError;
 
 use super::sequence::Step;
 use super::state;
@@ -17,7 +19,8 @@ use super::state::{EventKind, ResponseRecord, TrialEvent};
 use crate::domain::TrialId;
 use crate::store::{Op, Store};
 
-/// How many events a slow `/events` subscriber may fall behind before it skips some.
+/// How many events a slow `/events` subscriber may fall behind before it takes the ones it
+/// missed from the history instead (see [`Follower`]).
 const EVENT_BUFFER: usize = 64;
 
 /// The journal of one trial.
@@ -125,5 +128,98 @@ impl Journal {
     /// Ends every live stream (the engine is gone).
     pub fn close(&self) {
         self.inner().live = None;
+    }
+}
+
+/// The history so far and a receiver of every later event (what [`Journal::subscribe`] gives).
+pub type Subscription = (Vec<Arc<TrialEvent>>, broadcast::Receiver<Arc<TrialEvent>>);
+
+/// Follows a journal's live events from a number on: each event once, in order, until the one
+/// that ends the trial or the journal closes. A follower that falls more than the buffer behind
+/// takes the events it missed from the history (`subscribe` subscribes again), so a slow
+/// reader sees no gap.
+pub struct Follower<S> {
+    subscribe: S,
+    receiver: broadcast::Receiver<Arc<TrialEvent>>,
+    next: u64,
+    done: bool,
+    missed: VecDeque<Arc<TrialEvent>>,
+}
+
+impl<S: FnMut() -> Subscription> Follower<S> {
+    /// Follows from the event after `history` (taken with `receiver`), or ends at once if
+    /// `history` already holds the trial's end.
+    pub fn after(
+        history: &[Arc<TrialEvent>],
+        receiver: broadcast::Receiver<Arc<TrialEvent>>,
+        subscribe: S,
+    ) -> Self {
+        Self {
+            subscribe,
+            receiver,
+            // Numbers go on from the last event, whatever came before it.
+            next: history.last().map_or(0, |e| e.seq + 1),
+            done: history.iter().any(|e| e.event.ends_trial()),
+            missed: VecDeque::new(),
+        }
+    }
+
+    /// The next event; `None` once the trial has ended or the journal is closed.
+    pub async fn next(&mut self) -> Option<Arc<TrialEvent>> {
+        while !self.done {
+            let event = match self.missed.pop_front() {
+                Some(event) => event,
+                None => match self.receiver.recv().await {
+                    Ok(event) => event,
+                    Err(RecvError::Lagged(_)) => {
+                        let (history, receiver) = (self.subscribe)();
+                        self.receiver = receiver;
+                        self.missed = history.into_iter().filter(|e| e.seq >= self.next).collect();
+                        continue;
+                    }
+                    Err(RecvError::Closed) => return None,
+                },
+            };
+            // Already seen: in the history it started from, or taken again after a lag.
+            if event.seq < self.next {
+                continue;
+            }
+            self.next = event.seq + 1;
+            self.done = event.event.ends_trial();
+            return Some(event);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteBackend;
+
+    #[tokio::test]
+    async fn a_follower_that_falls_behind_takes_what_it_missed_from_the_history() {
+        let (store, _) = Store::start(SqliteBackend::in_memory().unwrap()).unwrap();
+        let journal = Arc::new(Journal::new(
+            TrialId::parse("lagging").unwrap(),
+            store,
+            Vec::new(),
+            Vec::new(),
+        ));
+        let (history, receiver) = journal.subscribe();
+        let again = journal.clone();
+        let mut follower = Follower::after(&history, receiver, move || again.subscribe());
+        // Four buffers' worth before the follower reads one: the receiver lags.
+        let sent = EVENT_BUFFER * 4;
+        for _ in 0..sent {
+            journal.event(EventKind::Progress, None, None, None);
+        }
+        journal.event(EventKind::TrialFinished, None, None, None);
+        let mut seen = Vec::new();
+        while let Some(event) = follower.next().await {
+            seen.push(event.seq);
+        }
+        let all: Vec<u64> = (0..=sent as u64).collect();
+        assert_eq!(seen, all, "each event once, in order, up to the end");
     }
 }
