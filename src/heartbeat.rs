@@ -78,8 +78,7 @@ impl Heartbeats {
                 ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     ticker.tick().await;
-                    let results = check(&services).await;
-                    let healthy = results.values().all(|r| r.starts_with("reachable"));
+                    let (results, healthy) = check(&services).await;
                     if !healthy {
                         warn!(?results, "heartbeat: a service is not reachable");
                     }
@@ -133,18 +132,23 @@ impl Heartbeats {
     }
 }
 
-/// Any HTTP answer from a service's base URL counts as reachable.
-async fn check(services: &ServiceClient) -> BTreeMap<&'static str, String> {
+/// Checks every service: what each gave, in words, and whether all were reachable. Any HTTP
+/// answer from a service's base URL counts as reachable.
+async fn check(services: &ServiceClient) -> (BTreeMap<&'static str, String>, bool) {
     let mut results = BTreeMap::new();
+    let mut healthy = true;
     for service in Service::ALL {
         let outcome = match services
             .attempt(&Outbound::new(service, Method::GET, ""))
             .await
         {
             Ok(reply) => format!("reachable (HTTP {})", reply.status),
-            Err(e) => format!("unreachable: {e}"),
+            Err(e) => {
+                healthy = false;
+                format!("unreachable: {e}")
+            }
         };
         results.insert(service.name(), outcome);
     }
-    results
+    (results, healthy)
 }

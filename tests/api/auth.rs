@@ -170,13 +170,7 @@ async fn added_heartbeat_reports_reachable_services_in_status() {
         "listed right after being added"
     );
 
-    let heartbeat = eventually("the heartbeat's first check", || async {
-        match heartbeat_of(&app, "t1").await {
-            Some(h) if !h["last_check"].is_null() => Ok(h),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    let heartbeat = first_check(&app, "t1").await;
     let services = heartbeat["services"].as_object().expect("services object");
     assert_eq!(services.len(), 3, "{heartbeat}");
     for (name, result) in services {
@@ -186,6 +180,35 @@ async fn added_heartbeat_reports_reachable_services_in_status() {
         );
     }
     assert_eq!(heartbeat["healthy"], true, "{heartbeat}");
+}
+
+/// Waits for the first check of the heartbeat of `id`; returns its report.
+async fn first_check(app: &TestApp, id: &str) -> Value {
+    eventually("the heartbeat's first check", || async {
+        match heartbeat_of(app, id).await {
+            Some(h) if !h["last_check"].is_null() => Ok(h),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_heartbeat_names_the_service_it_cannot_reach() {
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(|s| s.services.kpi_monitoring.url = "http://127.0.0.1:1".into()),
+        ..AppOptions::default()
+    })
+    .await;
+    let answer = app.post("/debug/add-heartbeat?trial_id=t1", None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    let heartbeat = first_check(&app, "t1").await;
+    assert_eq!(heartbeat["healthy"], false, "{heartbeat}");
+    let services = &heartbeat["services"];
+    let kpi = services["kpi_monitoring"].as_str().unwrap_or_default();
+    assert!(kpi.starts_with("unreachable: "), "{heartbeat}");
+    let repository = services["trial_repository"].as_str().unwrap_or_default();
+    assert!(repository.starts_with("reachable"), "{heartbeat}");
 }
 
 #[tokio::test]
