@@ -410,6 +410,10 @@ impl Executor {
                     )
                     .await;
                     let resumed = !self.checkpoint.paused;
+                    if resumed {
+                        // Shown running before the operator hears it resumed.
+                        self.shared.move_to(Lifecycle::Running, &self.checkpoint);
+                    }
                     let _ = reply.send(outcome);
                     if resumed {
                         return Outcome::To(Position::Run(step));

@@ -34,7 +34,7 @@ use executor::{Command, Control, ControlError, ControlOutcome, ProgressReport, S
 use journal::Journal;
 use redact::Redactor;
 use sequence::{Signal, Step};
-use state::{Checkpoint, Lifecycle, Position, Progress, ResponseRecord, Snapshot, TrialEvent};
+use state::{Checkpoint, Lifecycle, Progress, ResponseRecord, Snapshot, TrialEvent};
 use watchdog::{ControlRequest, LastRecord, Origin, RestoreError, Watchdog};
 
 /// A function called before every step (fault injection for tests and drills).
@@ -408,9 +408,7 @@ impl EngineHandle {
             None => self.shared.ended.clone(),
         };
         self.shared.journal.close();
-        self.shared
-            .state
-            .send_modify(|s| s.lifecycle = Lifecycle::Stopped);
+        self.shared.stopped();
         last
     }
 
@@ -444,8 +442,9 @@ impl EngineShared {
         lock(&self.token)
     }
 
-    /// Moves the engine to `lifecycle` at the checkpoint's position: the one place where what
-    /// the API shows of an engine changes. A stopped engine stays stopped.
+    /// Moves the engine to `lifecycle` at the checkpoint's position: the one place where the
+    /// state the API shows of a live engine changes. A stopped engine (see
+    /// [`EngineShared::stopped`]) stays stopped.
     pub(super) fn move_to(&self, lifecycle: Lifecycle, checkpoint: &Checkpoint) {
         self.state.send_if_modified(|s| {
             if s.lifecycle == Lifecycle::Stopped {
@@ -472,15 +471,13 @@ impl EngineShared {
 
     /// Shows the operator's pause.
     pub(super) fn set_paused(&self, paused: bool) {
-        self.state.send_modify(|s| {
-            s.paused = paused;
-            if let Position::Run(_) = s.position
-                && s.lifecycle == Lifecycle::Waiting
-                && !paused
-            {
-                s.lifecycle = Lifecycle::Running;
-            }
-        });
+        self.state.send_modify(|s| s.paused = paused);
+    }
+
+    /// Shows the engine stopped for good: its tasks have ended, nothing moves it any more.
+    fn stopped(&self) {
+        self.state
+            .send_modify(|s| s.lifecycle = Lifecycle::Stopped);
     }
 
     /// The span every log line of this engine is written in. Made without a parent, so a

@@ -426,6 +426,12 @@ impl Watchdog {
         self.executor = Some(tokio::spawn(executor.run().instrument(self.shared.span())));
     }
 
+    /// Moves the engine to `lifecycle` at the checkpoint, in the record to save and as shown.
+    fn move_to(&mut self, lifecycle: Lifecycle) {
+        self.lifecycle = lifecycle;
+        self.shared.move_to(lifecycle, &self.checkpoint);
+    }
+
     /// A pause is saved on its own, at once, and shown: the checkpoint the executor last handed
     /// over may not have it yet.
     fn catch_up_pause(&mut self) {
@@ -441,8 +447,7 @@ impl Watchdog {
             .journal
             .event(EventKind::TrialFailed, None, Some(reason.clone()), None);
         self.checkpoint.failure = Some(self.checkpoint.failure(self.shared.id.as_str(), reason));
-        self.lifecycle = Lifecycle::Failed;
-        self.shared.move_to(Lifecycle::Failed, &self.checkpoint);
+        self.move_to(Lifecycle::Failed);
         if let Err(e) = self.save().await {
             error!(error = %e, "the failure was not saved");
         }
@@ -456,8 +461,7 @@ impl Watchdog {
         if let Some(failure) = &mut self.checkpoint.failure {
             failure.reported = true;
         }
-        self.lifecycle = Lifecycle::Failed;
-        self.shared.move_to(Lifecycle::Failed, &self.checkpoint);
+        self.move_to(Lifecycle::Failed);
         if let Err(e) = self.save().await {
             error!(error = %e, "the failed status was not saved");
             // A restart would otherwise run the failed step again on the older record.
