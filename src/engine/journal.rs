@@ -116,7 +116,7 @@ impl Journal {
 
     /// The history so far and a receiver of every later event, taken together so there is
     /// no gap between them and no repeat.
-    pub fn subscribe(&self) -> (Vec<Arc<TrialEvent>>, broadcast::Receiver<Arc<TrialEvent>>) {
+    pub fn subscribe(&self) -> Subscription {
         let mut inner = self.inner();
         let receiver = inner
             .live

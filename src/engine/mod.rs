@@ -21,7 +21,7 @@ pub mod watchdog;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -245,7 +245,7 @@ impl EngineHandle {
     }
 
     /// The history so far and a receiver of every later event (no gap, no repeat).
-    pub fn events(&self) -> (Vec<Arc<TrialEvent>>, broadcast::Receiver<Arc<TrialEvent>>) {
+    pub fn events(&self) -> journal::Subscription {
         self.shared.journal.subscribe()
     }
 
