@@ -476,8 +476,7 @@ impl EngineShared {
 
     /// Shows the engine stopped for good: its tasks have ended, nothing moves it any more.
     fn stopped(&self) {
-        self.state
-            .send_modify(|s| s.lifecycle = Lifecycle::Stopped);
+        self.state.send_modify(|s| s.lifecycle = Lifecycle::Stopped);
     }
 
     /// The span every log line of this engine is written in. Made without a parent, so a

@@ -16,7 +16,8 @@ use serde_json::Value;
 use tracing::warn;
 use url::Url;
 
-use crate::config::{RetrySettings, Settings};
+use crate::config::{RetrySettings, Secret, Settings};
+use crate::engine::redact::REDACTED;
 use auth::ServiceAuth;
 use retry::RetryReason;
 
@@ -323,7 +324,7 @@ impl ServiceClient {
     async fn attempt_once(&self, request: &Outbound, started: Instant) -> Result<Reply, SendError> {
         let mut refreshed = false;
         loop {
-            let response = self.send_once(request).await?;
+            let (response, bearer) = self.send_once(request).await?;
             if response.status() == reqwest::StatusCode::UNAUTHORIZED
                 && !refreshed
                 && let ServiceAuth::OAuth2(oauth2) = &self.endpoint(request.service).auth
@@ -332,11 +333,17 @@ impl ServiceClient {
                 refreshed = true;
                 continue;
             }
-            return Ok(self.read_reply(request.service, response, started).await);
+            return Ok(self
+                .read_reply(request.service, response, started, bearer.as_ref())
+                .await);
         }
     }
 
-    async fn send_once(&self, request: &Outbound) -> Result<reqwest::Response, SendError> {
+    /// Sends the request once; answers the response and the OAuth2 access token it carried.
+    async fn send_once(
+        &self,
+        request: &Outbound,
+    ) -> Result<(reqwest::Response, Option<Secret>), SendError> {
         let service = request.service.name();
         let endpoint = self.endpoint(request.service);
         let path = request.path.trim_start_matches('/');
@@ -357,6 +364,7 @@ impl ServiceClient {
         if let Some(key) = &request.idempotency_key {
             builder = builder.header("Idempotency-Key", key);
         }
+        let mut bearer = None;
         builder = match &endpoint.auth {
             ServiceAuth::None => builder,
             ServiceAuth::ApiKey(key) => builder.header("Authorization", key.expose()),
@@ -372,20 +380,26 @@ impl ServiceClient {
                         retryable: e.retryable(),
                         reason: e.to_string(),
                     })?;
-                builder.bearer_auth(token.expose())
+                let builder = builder.bearer_auth(token.expose());
+                bearer = Some(token);
+                builder
             }
         };
-        builder
+        let response = builder
             .send()
             .await
-            .map_err(|e| self.classify(service, shown_url(&requested), &e))
+            .map_err(|e| self.classify(service, shown_url(&requested), &e))?;
+        Ok((response, bearer))
     }
 
+    /// Reads the answer; an access token it echoes (`bearer`, fetched at run time, so not
+    /// among the configuration's secrets the recorder hides) is hidden here.
     async fn read_reply(
         &self,
         service: Service,
         mut response: reqwest::Response,
         started: Instant,
+        bearer: Option<&Secret>,
     ) -> Reply {
         let status = response.status().as_u16();
         let retry_after = response
@@ -413,6 +427,9 @@ impl ServiceClient {
                     return unreadable(format!("could not be read: {}", e.without_url()));
                 }
             }
+        }
+        if let Some(token) = bearer {
+            hide(&mut bytes, token.expose());
         }
         let json = serde_json::from_slice::<Value>(&bytes).ok();
         let text = match (&json, bytes.is_empty()) {
@@ -451,6 +468,16 @@ impl ServiceClient {
                 reason: Cause::of(error).to_string(),
             }
         }
+    }
+}
+
+/// Replaces `secret` wherever it appears in a UTF-8 body.
+fn hide(body: &mut Vec<u8>, secret: &str) {
+    if let Ok(text) = std::str::from_utf8(body)
+        && !secret.is_empty()
+        && text.contains(secret)
+    {
+        *body = text.replace(secret, REDACTED).into_bytes();
     }
 }
 

@@ -147,10 +147,16 @@ pub async fn handle(
         sim.notify_status(trial, status);
     }
     let mut body = usual.body;
-    if matches!(fault, Some(FaultAction::EchoRequest))
-        && let Some(Value::Object(map)) = &mut body
-    {
-        map.insert("echo".to_owned(), json_body.clone().unwrap_or(Value::Null));
+    if let Some(Value::Object(map)) = &mut body {
+        match fault {
+            Some(FaultAction::EchoRequest) => {
+                map.insert("echo".to_owned(), json_body.clone().unwrap_or(Value::Null));
+            }
+            Some(FaultAction::EchoAuthorization) => {
+                map.insert("authorization".to_owned(), json!(authorization));
+            }
+            _ => {}
+        }
     }
     answered(reply(usual.status, body))
 }

@@ -104,6 +104,9 @@ pub enum FaultAction {
     /// Answer as usual, with the request's JSON body echoed under `"echo"` (a component
     /// that repeats what it was sent, secrets included).
     EchoRequest,
+    /// Answer as usual, with the request's `Authorization` header echoed under
+    /// `"authorization"` (a component that shows the credentials it was sent).
+    EchoAuthorization,
 }
 
 /// The `Retry-After` value a fault answers with.

@@ -463,6 +463,69 @@ async fn secrets_a_service_echoes_back_are_redacted_everywhere() {
 }
 
 #[tokio::test]
+async fn credentials_a_service_echoes_back_are_not_recorded() {
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(|s| {
+            s.services.trial_repository.apikey = Some(lcm::config::Secret::new("repo-key"));
+            s.services.trial_enforcement.username = Some("lcm".into());
+            s.services.trial_enforcement.password = Some(lcm::config::Secret::new("enforce-pw"));
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    let id = "echo-credentials";
+    // An API key, HTTP Basic, and an OAuth2 access token fetched at run time.
+    for (component, method, path) in [
+        (Component::Repository, "GET", "/trial/"),
+        (Component::Enforcement, "POST", "/sliceDeployment"),
+        (Component::Kpi, "POST", "/markKPIData"),
+    ] {
+        app.platform.inject(
+            Fault::new(component, method, path, FaultAction::EchoAuthorization)
+                .for_trial(id)
+                .times(1),
+        );
+    }
+    app.start_trial(id).await;
+    app.wait_waiting(id, "operator (active or finish)").await;
+    let sent: Vec<String> = app
+        .platform
+        .requests_for(id)
+        .into_iter()
+        .filter_map(|r| r.authorization)
+        .collect();
+    for credential in [
+        "repo-key",
+        "Basic bGNtOmVuZm9yY2UtcHc=",
+        "Bearer kpi-access-1",
+    ] {
+        assert!(
+            sent.iter().any(|a| a == credential),
+            "{credential} sent: {sent:?}"
+        );
+    }
+
+    let responses = app.get(&format!("/trial/{id}/responses")).await.body;
+    let echoed: Vec<&Value> = responses["responses"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|r| r["body"].get("authorization"))
+        .collect();
+    assert_eq!(echoed.len(), 3, "each echo is kept: {responses}");
+    for echo in echoed {
+        assert!(
+            echo.as_str().is_some_and(|e| e.contains("[redacted]")),
+            "{echo}"
+        );
+    }
+    let shown = responses.to_string();
+    for secret in ["repo-key", "bGNtOmVuZm9yY2UtcHc=", "kpi-access-1"] {
+        assert!(!shown.contains(secret), "{secret} was recorded: {shown}");
+    }
+}
+
+#[tokio::test]
 async fn a_password_echoed_in_the_measurement_job_is_not_kept() {
     let app = spawn_app_with(AppOptions {
         settings: Box::new(|s| {
