@@ -61,15 +61,7 @@ async fn every_change_and_every_refusal_is_recorded_with_who_and_how_it_ended() 
         )
         .await;
     assert_eq!(nobody.status, StatusCode::UNAUTHORIZED);
-    let scheduled = app
-        .call_as(
-            Method::POST,
-            "/debug/trial/schedule",
-            Some(json!({"trial_id": id, "start_time": in_ms(400)})),
-            as_role(Role::Operator),
-        )
-        .await;
-    assert_eq!(scheduled.status, StatusCode::OK, "{scheduled:?}");
+    app.schedule_in_as(id, 400, key_of(Role::Operator)).await;
     app.wait_waiting(id, "operator (active or finish)").await;
     let token = app.token_of(id);
     let early = app.callback(id, "cloudvnfboarding", Some(&token)).await;

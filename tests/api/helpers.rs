@@ -553,23 +553,44 @@ impl TestApp {
     /// machine the request can arrive after the start time it carries: then a new one is
     /// chosen, as a client would.
     pub async fn schedule_in(&self, id: &str, ms: i64) -> DateTime<Utc> {
-        eventually(&format!("trial {id} scheduled"), || async {
-            let start = Utc::now() + chrono::Duration::milliseconds(ms);
-            let answer = self
-                .schedule(
-                    id,
-                    &start.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                )
-                .await;
-            match answer.status {
-                StatusCode::OK => Ok(start),
-                StatusCode::BAD_REQUEST if answer.detail().contains("in the past") => {
-                    Err(answer.detail().to_owned())
-                }
-                _ => panic!("scheduling {id}: {answer:?}"),
+        self.schedule_in_as(id, ms, API_KEY).await
+    }
+
+    /// [`TestApp::schedule_in`] with the API key `key`.
+    pub async fn schedule_in_as(&self, id: &str, ms: i64, key: &str) -> DateTime<Utc> {
+        self.schedule_written(id, ms, key, |start| {
+            start.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        })
+        .await
+    }
+
+    /// [`TestApp::schedule_in_as`] with the start time sent as `write` writes it.
+    pub async fn schedule_written(
+        &self,
+        id: &str,
+        ms: i64,
+        key: &str,
+        write: impl Fn(DateTime<Utc>) -> String,
+    ) -> DateTime<Utc> {
+        schedule_ahead(id, ms, |start| {
+            let body = json!({"trial_id": id, "start_time": write(start)});
+            async move {
+                let answer = self
+                    .call_as(Method::POST, "/debug/trial/schedule", Some(body), Some(key))
+                    .await;
+                (answer.status.as_u16(), answer.body)
             }
         })
         .await
+    }
+
+    /// Starts trial `id` 300 ms after `instant` (or after now, if that is later) and waits for
+    /// its engine: once it is there, `instant` has passed, whatever was due then.
+    pub async fn start_after(&self, id: &str, instant: DateTime<Utc>) {
+        self.platform.add_trial(Platform::trial(id, None));
+        let wait = (instant - Utc::now()).num_milliseconds().max(0);
+        self.schedule_in(id, wait + 300).await;
+        self.wait_engine(id).await;
     }
 
     /// `GET /trial/{id}/status`.
@@ -914,4 +935,14 @@ pub fn drop_slice_callback(id: &str) -> Fault {
     )
     .for_trial(id)
     .times(1)
+}
+
+/// A client whose connections come from `ip` (any 127.x.y.z is this machine), that follows no
+/// redirect.
+pub fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<std::net::IpAddr>().expect("an address"))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("a client")
 }

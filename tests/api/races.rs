@@ -334,23 +334,23 @@ async fn a_reschedule_that_was_not_saved_keeps_the_saved_start_time() {
 async fn a_schedule_that_was_not_saved_never_starts() {
     let (app, broken) = spawn_app_with_flaky_store(AppOptions::default()).await;
     let (unsaved, sentinel) = ("unsaved", "after-unsaved");
-    for id in [unsaved, sentinel] {
-        app.platform.add_trial(Platform::trial(id, None));
-    }
+    app.platform.add_trial(Platform::trial(unsaved, None));
     broken.store(true, Ordering::SeqCst);
-    let refused = app.schedule(unsaved, &in_ms(2000)).await;
+    let due = Utc::now() + chrono::Duration::milliseconds(2000);
+    let refused = app
+        .schedule(
+            unsaved,
+            &due.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        )
+        .await;
     assert_eq!(
         refused.status,
         StatusCode::SERVICE_UNAVAILABLE,
         "{refused:?}"
     );
     broken.store(false, Ordering::SeqCst);
-    // Once a trial scheduled after it has started, the refused one's time has passed.
-    assert_eq!(
-        app.schedule(sentinel, &in_ms(600)).await.status,
-        StatusCode::OK
-    );
-    app.wait_engine(sentinel).await;
+    // Once a trial due after it has started, the refused one's time has passed.
+    app.start_after(sentinel, due).await;
     let engines = app.engines().await;
     assert!(!engines.iter().any(|(e, _)| e == unsaved), "{engines:?}");
     assert!(app.platform.requests_for(unsaved).is_empty());
@@ -458,6 +458,16 @@ async fn a_delete_answered_too_late_still_removes_the_engine() {
     delete_answered_late(&app, &held, &format!("/debug/engine/{id}")).await;
     // Half made, it would leave a stopped engine that no delete removes and that blocks the id.
     app.wait_engine_gone(id).await;
+    // Audited with the status its handling ended with, saved with the removal.
+    let audit = app.get(&format!("/audit?trial_id={id}")).await.body;
+    let deletes: Vec<&Value> = audit["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["action"] == "DELETE /debug/engine/{trial_id}")
+        .collect();
+    assert_eq!(deletes.len(), 1, "{audit}");
+    assert_eq!(deletes[0]["outcome"], 200, "{audit}");
     app.schedule_in(id, 300).await;
     app.wait_engine(id).await;
 }

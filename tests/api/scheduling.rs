@@ -118,11 +118,7 @@ async fn scheduling_a_trial_that_has_an_engine_is_409() {
 async fn unscheduling_removes_the_job_and_it_never_fires() {
     let app = spawn_app().await;
     app.platform.add_trial(Platform::trial("t1", None));
-    let start = Utc::now() + chrono::Duration::milliseconds(2_500);
-    let answer = app
-        .schedule("t1", &start.to_rfc3339_opts(SecondsFormat::Millis, true))
-        .await;
-    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    let start = app.schedule_in("t1", 2_500).await;
 
     let answer = app.delete("/debug/trial/t1/schedule").await;
     assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
@@ -130,17 +126,8 @@ async fn unscheduling_removes_the_job_and_it_never_fires() {
     let answer = app.delete("/debug/trial/t1/schedule").await;
     assert_detail(&answer, StatusCode::NOT_FOUND);
 
-    // A trial scheduled after t1's start time: once it has started, t1's time has passed.
-    app.platform.add_trial(Platform::trial("after-t1", None));
-    let after = start + chrono::Duration::milliseconds(300);
-    let answer = app
-        .schedule(
-            "after-t1",
-            &after.to_rfc3339_opts(SecondsFormat::Millis, true),
-        )
-        .await;
-    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
-    app.wait_engine("after-t1").await;
+    // A trial due after t1's start time: once it has started, t1's time has passed.
+    app.start_after("after-t1", start).await;
     let engines = app.engines().await;
     assert!(
         engines.iter().all(|(id, _)| id != "t1"),
@@ -160,19 +147,15 @@ async fn unscheduling_a_trial_without_job_is_404() {
 async fn a_start_time_with_an_offset_fires_at_that_instant() {
     let app = spawn_app().await;
     app.platform.add_trial(Platform::trial("tz1", None));
-    let instant = Utc::now() + chrono::Duration::milliseconds(1_500);
     let plus_two = FixedOffset::east_opt(2 * 3600).expect("a valid offset");
-    let written = instant
-        .with_timezone(&plus_two)
-        .to_rfc3339_opts(SecondsFormat::Millis, false);
+    let write = |instant: DateTime<Utc>| {
+        instant
+            .with_timezone(&plus_two)
+            .to_rfc3339_opts(SecondsFormat::Millis, false)
+    };
+    let instant = app.schedule_written("tz1", 1_500, API_KEY, write).await;
+    let written = write(instant);
     assert!(written.ends_with("+02:00"), "{written}");
-
-    let answer = app.schedule("tz1", &written).await;
-    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
-    assert!(
-        app.engines().await.iter().all(|(id, _)| id != "tz1"),
-        "no engine before the start time"
-    );
 
     let seen = app.wait_engine("tz1").await;
     assert!(

@@ -207,7 +207,7 @@ async fn an_operator_schedules_a_trial_and_steers_it_to_finished_without_reloadi
     browser.goto(&format!("{base}/ui/trials")).await;
     assert_eq!(row_status(&browser, id).await.as_deref(), Ok("Finished"));
     browser.mark_page().await;
-    service.schedule_in("browser-second", 1500).await;
+    service.schedule_in("browser-second", 3000).await;
     eventually("the new trial listed as scheduled", || async {
         row_status(&browser, "browser-second")
             .await

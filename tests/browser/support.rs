@@ -17,7 +17,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::common::{
     API_KEY, ROLE_KEYS, TOKEN_SECRET, eventually_within, free_port, hang_up, keys_file,
-    lcm_command, start_lcm,
+    lcm_command, schedule_ahead, start_lcm,
 };
 
 /// How long anything the browser tests wait for may take: Chromium shares a busy machine.
@@ -191,23 +191,11 @@ url = "http://{}"
     /// chosen, as a client would.
     pub async fn schedule_in(&self, id: &str, ms: i64) {
         self.platform.add_trial(Platform::trial(id, None));
-        eventually(&format!("trial {id} scheduled"), || async {
-            let start = chrono::Utc::now() + chrono::Duration::milliseconds(ms);
-            let (status, body) = self
-                .api(
-                    reqwest::Method::POST,
-                    "/debug/trial/schedule",
-                    Some(json!({"trial_id": id, "start_time": start.to_rfc3339()})),
-                )
-                .await;
-            let detail = body["detail"].as_str().unwrap_or_default();
-            match status {
-                200 => Ok(()),
-                400 if detail.contains("in the past") => Err(detail.to_owned()),
-                _ => panic!("scheduling {id}: {status} {body}"),
-            }
+        schedule_ahead(id, ms, |start| {
+            let body = json!({"trial_id": id, "start_time": start.to_rfc3339()});
+            self.api(reqwest::Method::POST, "/debug/trial/schedule", Some(body))
         })
-        .await
+        .await;
     }
 
     /// Sends SIGHUP: the binary loads its keys again.

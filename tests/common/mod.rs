@@ -56,6 +56,28 @@ where
     .await
 }
 
+/// Schedules trial `id` to start `ms` from now through `send`, which sends the start time it
+/// is given and answers the status and body; returns the start time. On a busy machine the
+/// request can arrive after the start time it carries: then a new one is chosen, as a client
+/// would.
+pub async fn schedule_ahead<F, Fut>(id: &str, ms: i64, send: F) -> chrono::DateTime<chrono::Utc>
+where
+    F: Fn(chrono::DateTime<chrono::Utc>) -> Fut,
+    Fut: Future<Output = (u16, serde_json::Value)>,
+{
+    eventually(&format!("trial {id} scheduled"), || async {
+        let start = chrono::Utc::now() + chrono::Duration::milliseconds(ms);
+        let (status, body) = send(start).await;
+        let detail = body["detail"].as_str().unwrap_or_default();
+        match status {
+            200 => Ok(start),
+            400 if detail.contains("in the past") => Err(detail.to_owned()),
+            _ => panic!("scheduling {id}: {status} {body}"),
+        }
+    })
+    .await
+}
+
 /// Polls until `count` reaches `at_least` (a counter a test watches: refused writes, requests
 /// a component saw, …); panics after 20 s naming `what` and the last count.
 pub async fn eventually_at_least(what: &str, at_least: usize, count: impl Fn() -> usize) {
