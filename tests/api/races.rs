@@ -236,7 +236,7 @@ async fn a_failure_that_was_not_saved_is_saved_once_the_store_takes_it() {
 }
 
 #[tokio::test]
-async fn an_abort_or_a_skip_that_was_not_saved_is_not_made() {
+async fn an_abort_a_skip_or_a_restore_that_was_not_saved_is_not_made() {
     let (app, broken) = spawn_app_with_flaky_store(AppOptions {
         settings: Box::new(single_attempt),
         ..AppOptions::default()
@@ -248,10 +248,10 @@ async fn an_abort_or_a_skip_that_was_not_saved_is_not_made() {
     app.wait_failed(id).await;
 
     broken.store(true, Ordering::SeqCst);
-    for action in ["abort", "skip"] {
+    for action in ["abort", "skip", "restore"] {
         let path = match action {
             "abort" => format!("/trial/{id}/abort"),
-            _ => format!("/debug/engine/{id}/skip"),
+            _ => format!("/debug/engine/{id}/{action}"),
         };
         let refused = app
             .post(&path, Some(serde_json::json!({"reason": "test"})))
@@ -328,6 +328,42 @@ async fn a_reschedule_that_was_not_saved_keeps_the_saved_start_time() {
         serde_json::json!([id]),
         "{moved:?}"
     );
+}
+
+#[tokio::test]
+async fn a_pause_an_unschedule_or_a_toggle_that_was_not_saved_is_not_made() {
+    let (app, broken) = spawn_app_with_flaky_store(AppOptions::default()).await;
+    let (id, job) = ("unpaused", "unremoved");
+    app.start_trial(id).await;
+    app.wait_waiting(id, "operator (active or finish)").await;
+    app.platform.add_trial(Platform::trial(job, None));
+    app.schedule_in(job, 3_600_000).await;
+    let automatic = app.get("/status").await.body["Automatic_scheduling"].clone();
+
+    broken.store(true, Ordering::SeqCst);
+    let refusals = [
+        app.post(&format!("/trial/{id}/pause"), None).await,
+        app.delete(&format!("/debug/trial/{job}/schedule")).await,
+        app.post("/trial/scheduling", None).await,
+    ];
+    broken.store(false, Ordering::SeqCst);
+    for refused in &refusals {
+        assert_eq!(
+            refused.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{refused:?}"
+        );
+    }
+    assert_eq!(app.trial_status(id).await["paused"], false);
+    let status = app.get("/status").await.body;
+    assert_eq!(status["Automatic_scheduling"], automatic, "{status}");
+    let jobs = status["scheduled_trials"].as_array().expect("a list");
+    assert!(jobs.iter().any(|j| j["id"] == job), "{status}");
+    // What was refused can be done once the store takes writes.
+    let paused = app.post(&format!("/trial/{id}/pause"), None).await;
+    assert_eq!(paused.status, StatusCode::OK, "{paused:?}");
+    let removed = app.delete(&format!("/debug/trial/{job}/schedule")).await;
+    assert_eq!(removed.status, StatusCode::OK, "{removed:?}");
 }
 
 #[tokio::test]

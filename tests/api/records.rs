@@ -3,8 +3,10 @@
 //! pages; ended engines leave memory and read the same from the store; old trials are purged;
 //! a corrupt record is set aside without stopping start-up.
 
+use std::sync::atomic::Ordering;
+
 use chrono::{Duration as Span, Utc};
-use lcm::domain::TrialId;
+use lcm::domain::{StartTime, TrialId};
 use lcm::engine::sequence::Step;
 use lcm::engine::state::{Checkpoint, Lifecycle, Position};
 use lcm::sim::{Component, Fault, FaultAction, Platform};
@@ -414,6 +416,130 @@ async fn a_corrupt_record_is_set_aside_and_start_up_goes_on() {
     );
     let status = app.trial_status("garbled").await;
     assert_eq!(status["engine_status"], "Corrupt", "{status}");
+    // Nothing acts on it; the refusal says why.
+    let refused = app.post("/trial/garbled/pause", None).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{refused:?}");
+    assert!(
+        refused
+            .detail()
+            .contains("has a record that cannot be read"),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_job_whose_start_passed_beyond_the_grace_while_down_is_reported_not_run() {
+    let hour_ago = Utc::now() - Span::hours(1);
+    let job = |id: &str| Op::PutJob {
+        id: TrialId::parse(id).expect("an id"),
+        start: StartTime::parse(&hour_ago.to_rfc3339()).expect("a time"),
+        created_at: hour_ago - Span::hours(1),
+    };
+    let data = prepared_store(vec![job("missed")], None);
+    let path = data.path().to_path_buf();
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(move |s| s.store.data_dir = path),
+        platform: Box::new(|platform| platform.add_trial(Platform::trial("missed", None))),
+        ..AppOptions::default()
+    })
+    .await;
+    let status = app.get("/status").await.body;
+    let missed = status["missed_trials"].as_array().expect("a list");
+    assert_eq!(missed.len(), 1, "{status}");
+    assert_eq!(missed[0]["id"], "missed", "{status}");
+    assert!(
+        status["scheduled_trials"]
+            .as_array()
+            .is_some_and(Vec::is_empty),
+        "{status}"
+    );
+    assert!(app.engines().await.is_empty(), "{status}");
+    assert!(app.platform.requests_for("missed").is_empty());
+    // Its job is gone from the store too: the operator can schedule it again.
+    app.schedule_in("missed", 3_600_000).await;
+}
+
+#[tokio::test]
+async fn reads_the_store_cannot_answer_are_503_and_answer_again_once_it_does() {
+    let reads = BusyReads::default();
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(|s| s.engine.keep_finished_secs = 1),
+        busy_reads: Some(reads.clone()),
+        ..AppOptions::default()
+    })
+    .await;
+    let id = "unread";
+    app.start_trial(id).await;
+    app.drive_to_finished(id).await;
+    app.wait_engine_gone(id).await;
+    let paths = [
+        format!("/trial/{id}/status"),
+        format!("/trial/{id}/history"),
+        format!("/trial/{id}/responses"),
+        "/trials".to_owned(),
+        "/audit".to_owned(),
+    ];
+    reads.on.store(true, Ordering::SeqCst);
+    for path in &paths {
+        let answer = app.get(path).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{path}: {answer:?}"
+        );
+        assert!(
+            answer.detail().contains("store could not be read"),
+            "{path}: {answer:?}"
+        );
+    }
+    reads.on.store(false, Ordering::SeqCst);
+    for path in &paths {
+        let answer = app.get(path).await;
+        assert_eq!(answer.status, StatusCode::OK, "{path}: {answer:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_action_on_a_trial_without_a_live_engine_says_why_it_is_refused() {
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(|s| s.engine.keep_finished_secs = 1),
+        ..AppOptions::default()
+    })
+    .await;
+    let id = "ended";
+    app.start_trial(id).await;
+    app.drive_to_finished(id).await;
+    // In memory, finished: it takes no signal.
+    let refused = app.post(&format!("/trial/{id}/active"), None).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{refused:?}");
+    assert!(
+        refused
+            .detail()
+            .contains("does not take signals: its engine is Finished"),
+        "{refused:?}"
+    );
+    // Gone from memory: read from the store, and still refused for what it is.
+    app.wait_engine_gone(id).await;
+    for action in ["active", "pause"] {
+        let refused = app.post(&format!("/trial/{id}/{action}"), None).await;
+        assert_eq!(refused.status, StatusCode::CONFLICT, "{refused:?}");
+        assert!(
+            refused.detail().contains("has ended (Finished)"),
+            "{refused:?}"
+        );
+    }
+    // Scheduled, not started: no engine yet, and when it will have one.
+    let later = "later";
+    app.platform.add_trial(Platform::trial(later, None));
+    app.schedule_in(later, 3_600_000).await;
+    let early = app.post(&format!("/trial/{later}/active"), None).await;
+    assert_eq!(early.status, StatusCode::NOT_FOUND, "{early:?}");
+    assert!(
+        early
+            .detail()
+            .contains("has no engine yet: it is scheduled to start at"),
+        "{early:?}"
+    );
 }
 
 #[tokio::test]
