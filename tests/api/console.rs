@@ -492,17 +492,8 @@ async fn read_to_done(mut stream: reqwest::Response) -> String {
 
 #[tokio::test]
 async fn a_trial_the_store_cannot_read_now_is_not_called_unknown_and_its_live_page_tries_again() {
-    let reads = BusyReads::default();
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(|s| s.engine.keep_finished_secs = 1),
-        busy_reads: Some(reads.clone()),
-        ..AppOptions::default()
-    })
-    .await;
     let id = "unreadable";
-    app.start_trial(id).await;
-    app.drive_to_finished(id).await;
-    app.wait_engine_gone(id).await;
+    let (app, reads) = spawn_app_with_an_ended_trial_on_busy_reads(id).await;
     let session = sign_in(&app, Role::Viewer).await;
     let page = format!("{}/ui/trials/{id}", app.address);
 

@@ -464,15 +464,7 @@ async fn secrets_a_service_echoes_back_are_redacted_everywhere() {
 
 #[tokio::test]
 async fn credentials_a_service_echoes_back_are_not_recorded() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(|s| {
-            s.services.trial_repository.apikey = Some(lcm::config::Secret::new("repo-key"));
-            s.services.trial_enforcement.username = Some("lcm".into());
-            s.services.trial_enforcement.password = Some(lcm::config::Secret::new("enforce-pw"));
-        }),
-        ..AppOptions::default()
-    })
-    .await;
+    let app = spawn_app_with_service_credentials().await;
     let id = "echo-credentials";
     // An API key, HTTP Basic, and an OAuth2 access token fetched at run time.
     for (component, method, path) in [

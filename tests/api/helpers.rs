@@ -946,3 +946,34 @@ pub fn client_from(ip: &str) -> reqwest::Client {
         .build()
         .expect("a client")
 }
+
+/// The service on a store whose reads fail while the returned switch is on, with trial `id` run
+/// to its end and gone from memory (so what is asked of it is read from the store).
+pub async fn spawn_app_with_an_ended_trial_on_busy_reads(id: &str) -> (TestApp, BusyReads) {
+    let reads = BusyReads::default();
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(|s| s.engine.keep_finished_secs = 1),
+        busy_reads: Some(reads.clone()),
+        ..AppOptions::default()
+    })
+    .await;
+    app.start_trial(id).await;
+    app.drive_to_finished(id).await;
+    app.wait_engine_gone(id).await;
+    (app, reads)
+}
+
+/// The service with credentials for each service: an API key for the trial repository
+/// (`repo-key`), HTTP Basic for trial enforcement (`lcm` / `enforce-pw`), and the simulated
+/// KPI monitoring's OAuth2.
+pub async fn spawn_app_with_service_credentials() -> TestApp {
+    spawn_app_with(AppOptions {
+        settings: Box::new(|s| {
+            s.services.trial_repository.apikey = Some(Secret::new("repo-key"));
+            s.services.trial_enforcement.username = Some("lcm".into());
+            s.services.trial_enforcement.password = Some(Secret::new("enforce-pw"));
+        }),
+        ..AppOptions::default()
+    })
+    .await
+}

@@ -461,17 +461,8 @@ async fn a_job_whose_start_passed_beyond_the_grace_while_down_is_reported_not_ru
 
 #[tokio::test]
 async fn reads_the_store_cannot_answer_are_503_and_answer_again_once_it_does() {
-    let reads = BusyReads::default();
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(|s| s.engine.keep_finished_secs = 1),
-        busy_reads: Some(reads.clone()),
-        ..AppOptions::default()
-    })
-    .await;
     let id = "unread";
-    app.start_trial(id).await;
-    app.drive_to_finished(id).await;
-    app.wait_engine_gone(id).await;
+    let (app, reads) = spawn_app_with_an_ended_trial_on_busy_reads(id).await;
     let paths = [
         format!("/trial/{id}/status"),
         format!("/trial/{id}/history"),

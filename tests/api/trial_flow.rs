@@ -225,15 +225,7 @@ async fn the_status_endpoint_describes_each_waiting_point() {
 
 #[tokio::test]
 async fn each_service_gets_its_own_credentials_and_a_401_refreshes_the_oauth2_token() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(|s| {
-            s.services.trial_repository.apikey = Some(lcm::config::Secret::new("repo-key"));
-            s.services.trial_enforcement.username = Some("lcm".into());
-            s.services.trial_enforcement.password = Some(lcm::config::Secret::new("enforce-pw"));
-        }),
-        ..AppOptions::default()
-    })
-    .await;
+    let app = spawn_app_with_service_credentials().await;
     app.platform.inject(
         Fault::new(
             Component::Kpi,
