@@ -12,24 +12,12 @@ use crate::helpers::*;
 
 const WAITING_OPERATOR: &str = "operator (active or finish)";
 
-/// The kinds of a trial's history, in order.
-async fn event_kinds(app: &TestApp, id: &str) -> Vec<String> {
-    app.get(&format!("/trial/{id}/history")).await.body["history"]
-        .as_array()
-        .expect("a history")
-        .iter()
-        .map(|e| e["event"].as_str().unwrap_or_default().to_owned())
-        .collect()
-}
-
 /// The first event of a kind in a trial's history.
 async fn first_event(app: &TestApp, id: &str, kind: &str) -> Value {
-    app.get(&format!("/trial/{id}/history")).await.body["history"]
-        .as_array()
-        .expect("a history")
-        .iter()
+    app.history(id)
+        .await
+        .into_iter()
         .find(|e| e["event"] == kind)
-        .cloned()
         .unwrap_or_else(|| panic!("{id} has no {kind} event"))
 }
 
@@ -48,7 +36,7 @@ async fn abort(app: &TestApp, id: &str, reason: &str) -> Value {
     assert_eq!(status["aborted"], true);
     assert_eq!(status["finished"], false);
     assert_eq!(status["abort_reason"], reason);
-    let kinds = event_kinds(app, id).await;
+    let kinds = app.event_kinds(id).await;
     for kind in [
         "abort_requested",
         "cleanup_started",
@@ -413,7 +401,7 @@ async fn an_abort_waits_until_the_failure_procedure_is_done() {
     assert!(early.detail().contains("failure procedure"), "{early:?}");
     app.wait_failed(id).await;
     assert!(
-        !event_kinds(&app, id)
+        !app.event_kinds(id)
             .await
             .contains(&"abort_requested".to_owned()),
         "the refused abort left no trace"
@@ -607,7 +595,7 @@ async fn pause_holds_every_request_until_resume_and_step_runs_exactly_one() {
         StatusCode::OK
     );
     app.wait_finished(id).await;
-    let kinds = event_kinds(&app, id).await;
+    let kinds = app.event_kinds(id).await;
     for kind in ["paused", "stepped", "resumed"] {
         assert!(kinds.iter().any(|k| k == kind), "no {kind} in {kinds:?}");
     }

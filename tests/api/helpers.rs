@@ -593,6 +593,24 @@ impl TestApp {
         self.wait_engine(id).await;
     }
 
+    /// The trial's history (`GET /trial/{id}/history`).
+    pub async fn history(&self, id: &str) -> Vec<Value> {
+        let answer = self.get(&format!("/trial/{id}/history")).await;
+        match answer.body["history"].as_array() {
+            Some(history) => history.clone(),
+            None => panic!("no history for {id}: {answer:?}"),
+        }
+    }
+
+    /// The kinds of a trial's history, in order.
+    pub async fn event_kinds(&self, id: &str) -> Vec<String> {
+        self.history(id)
+            .await
+            .iter()
+            .map(|e| e["event"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
     /// `GET /trial/{id}/status`.
     pub async fn trial_status(&self, id: &str) -> Value {
         let answer = self.get(&format!("/trial/{id}/status")).await;

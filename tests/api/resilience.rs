@@ -26,11 +26,6 @@ async fn trial_list(app: &TestApp, id: &str, what: &str) -> Result<Vec<Value>, S
     }
 }
 
-/// The trial's history (`GET /trial/{id}/history`).
-async fn history(app: &TestApp, id: &str) -> Vec<Value> {
-    trial_list(app, id, "history").await.expect("a history")
-}
-
 /// The events of one kind in a history.
 fn events<'a>(history: &'a [Value], kind: &str) -> Vec<&'a Value> {
     history.iter().filter(|e| e["event"] == kind).collect()
@@ -102,7 +97,7 @@ async fn a_put_answered_503_twice_is_retried_and_the_trial_finishes() {
     expected.extend(FULL_HISTORY);
     assert_eq!(app.platform.status_history(id), expected);
 
-    let history = history(&app, id).await;
+    let history = app.history(id).await;
     let retries = events(&history, "step_retry");
     assert_eq!(retries.len(), 2, "{history:#?}");
     for (n, retry) in retries.iter().enumerate() {
@@ -175,7 +170,7 @@ async fn retry_after_sets_the_wait_up_to_the_cap() {
             "{id}: the retry came {waited:?} after the 429"
         );
     }
-    let retry = history(&app, seconds).await;
+    let retry = app.history(seconds).await;
     let retry = events(&retry, "step_retry");
     assert_eq!(retry.len(), 1);
     assert_eq!(retry[0]["duration_ms"], 2000);
@@ -194,7 +189,7 @@ async fn retry_after_sets_the_wait_up_to_the_cap() {
         waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
         "the capped retry came {waited:?} after the 429"
     );
-    let retry = history(&app, capped).await;
+    let retry = app.history(capped).await;
     assert_eq!(events(&retry, "step_retry")[0]["duration_ms"], 300);
 }
 
@@ -252,7 +247,7 @@ async fn a_400_and_a_503_to_a_slice_deployment_are_not_retried() {
 
     for id in [wrong, create] {
         assert!(
-            events(&history(&app, id).await, "step_retry").is_empty(),
+            events(&app.history(id).await, "step_retry").is_empty(),
             "{id}"
         );
     }
@@ -316,7 +311,7 @@ async fn a_refused_connection_to_slice_deployment_is_retried_until_it_comes_back
         1,
         "only the attempt that connected reached trial enforcement"
     );
-    let history = history(&app, id).await;
+    let history = app.history(id).await;
     let retries = events(&history, "step_retry");
     assert_eq!(retries.len(), refused.len());
     assert!(
@@ -353,7 +348,7 @@ async fn when_attempts_run_out_the_reason_names_them_and_the_last_answer() {
         failed["failure"],
         "SendKpiIdle failed: kpi_monitoring POST markKPIData answered 502 (expected 200) after 4 attempts"
     );
-    assert_eq!(events(&history(&app, id).await, "step_retry").len(), 3);
+    assert_eq!(events(&app.history(id).await, "step_retry").len(), 3);
 
     let file = app.failure_file(id).expect("a failure file");
     assert_eq!(file["reason"], failed["failure"]);
@@ -515,7 +510,7 @@ async fn a_token_endpoint_failing_once_does_not_fail_a_kpi_marking() {
             .is_some_and(|e| e.contains("token endpoint answered 500")),
         "{marks:#?}"
     );
-    let history = history(&app, id).await;
+    let history = app.history(id).await;
     let retries = events(&history, "step_retry");
     assert_eq!(retries.len(), 1, "{retries:#?}");
     assert_eq!(retries[0]["step"], "SendKpiIdle");
@@ -703,7 +698,7 @@ async fn progress_callbacks_are_checked_shown_and_taken_only_at_a_component_wait
         status["progress"].is_null(),
         "refusals changed nothing: {status}"
     );
-    assert!(events(&history(&app, id).await, "progress").is_empty());
+    assert!(events(&app.history(id).await, "progress").is_empty());
 
     let answer = progress(None, Some(token.clone())).await;
     assert_eq!(
@@ -726,7 +721,7 @@ async fn progress_callbacks_are_checked_shown_and_taken_only_at_a_component_wait
     )
     .await;
     assert_eq!(answer.status, StatusCode::OK, "500 characters are fine");
-    let history = history(&app, id).await;
+    let history = app.history(id).await;
     let reports = events(&history, "progress");
     assert_eq!(reports.len(), 3, "{reports:#?}");
     assert_eq!(
@@ -794,7 +789,7 @@ async fn heartbeats_keep_a_component_wait_alive_and_without_them_it_fails() {
     let answer = app.callback(beating, "slice", Some(&token)).await;
     assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
     app.wait_waiting(beating, WAITING_OPERATOR).await;
-    let history = history(&app, beating).await;
+    let history = app.history(beating).await;
     assert_eq!(events(&history, "progress").len(), 10);
     assert!(events(&history, "trial_failed").is_empty(), "{history:#?}");
 }
@@ -808,7 +803,7 @@ async fn finished_by_its_deadline(app: &TestApp, id: &str, statuses: &[&str]) {
         app.platform.kpi_markings(id).last().map(String::as_str),
         Some("Finished")
     );
-    let history = history(app, id).await;
+    let history = app.history(id).await;
     let at = history
         .iter()
         .position(|e| e["event"] == "trial_deadline")
@@ -892,7 +887,7 @@ async fn simulated_enforcement_reports_progress_while_it_deploys_and_closes() {
     app.start_trial(id).await;
     app.drive_to_finished(id).await;
 
-    let history = history(&app, id).await;
+    let history = app.history(id).await;
     let slice_callbacks: Vec<usize> = history
         .iter()
         .enumerate()
