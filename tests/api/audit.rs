@@ -302,19 +302,19 @@ async fn a_refused_schedule_is_recorded_as_refused_only() {
     let again = app.schedule(id, &in_ms(3_600_000)).await;
     assert_eq!(again.status, StatusCode::CONFLICT, "{again:?}");
     // The refusal's entry is written once the answer is known: wait until it is there.
-    let outcomes = eventually("the refusal in the log", || async {
-        let outcomes: Vec<Value> = entries(&audit(&app, &format!("?trial_id={id}")).await)
+    let outcomes = |entries: &[Value]| -> Vec<Value> {
+        entries
             .iter()
             .filter(|e| e["action"] == "POST /debug/trial/schedule")
             .map(|e| e["outcome"].clone())
-            .collect();
-        match outcomes.first() {
-            Some(latest) if *latest == 409 => Ok(outcomes),
-            _ => Err(format!("{outcomes:?}")),
-        }
-    })
-    .await;
-    assert_eq!(outcomes, [409, 200], "newest first");
+            .collect()
+    };
+    let entries = app
+        .audited(&format!("?trial_id={id}"), "the refusal in the log", |e| {
+            outcomes(e).first().is_some_and(|latest| *latest == 409)
+        })
+        .await;
+    assert_eq!(outcomes(&entries), [409, 200], "newest first");
 }
 
 #[tokio::test]
@@ -340,14 +340,11 @@ async fn requests_that_reach_no_route_or_are_too_large_to_read_are_not_written()
         app.schedule("after", &in_ms(3_600_000)).await.status,
         StatusCode::OK
     );
-    let all = eventually("the schedule in the log", || async {
-        let all = entries(&audit(&app, "?limit=500").await);
-        match all.iter().any(|e| e["trial_id"] == "after") {
-            true => Ok(all),
-            false => Err(format!("{all:?}")),
-        }
-    })
-    .await;
+    let all = app
+        .audited("?limit=500", "the schedule in the log", |all| {
+            all.iter().any(|e| e["trial_id"] == "after")
+        })
+        .await;
     assert!(
         all.iter()
             .all(|e| e["outcome"] != 404 && e["outcome"] != 413),

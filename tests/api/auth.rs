@@ -362,18 +362,13 @@ async fn failed_authentication_beyond_the_limit_is_429_and_a_right_key_still_pas
         .await
         .expect("request reaches the service");
     assert_eq!(other.status(), StatusCode::UNAUTHORIZED);
-    let entries = eventually("the other address's refusal in the log", || async {
-        let audit = app.get("/audit?actor=anonymous&limit=500").await;
-        let entries = audit.body["entries"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        match entries.iter().any(|e| e["outcome"] == 401) {
-            true => Ok(entries),
-            false => Err(format!("{audit:?}")),
-        }
-    })
-    .await;
+    let entries = app
+        .audited(
+            "?actor=anonymous&limit=500",
+            "the other address's refusal in the log",
+            |entries| entries.iter().any(|e| e["outcome"] == 401),
+        )
+        .await;
     assert!(entries.iter().all(|e| e["outcome"] != 429), "{entries:#?}");
     let metrics = app.get("/metrics").await;
     let counted = metrics.body.as_str().and_then(|text| {

@@ -188,21 +188,17 @@ async fn failed_sign_ins_count_toward_the_failed_authentication_limit() {
             .as_str()
             .is_some_and(|a| a.starts_with(&format!("{ip}:")))
     };
-    let sign_ins = eventually("the other address's failed sign-in audited", || async {
-        let audit = app.get("/audit?actor=anonymous").await.body;
-        let sign_ins: Vec<Value> = audit["entries"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|e| e["action"] == "POST /ui/sign-in")
-            .cloned()
-            .collect();
-        match sign_ins.iter().any(|e| from(e, "127.0.0.7")) {
-            true => Ok(sign_ins),
-            false => Err(audit.to_string()),
-        }
-    })
-    .await;
+    let entries = app
+        .audited(
+            "?actor=anonymous",
+            "the other address's failed sign-in audited",
+            |entries| entries.iter().any(|e| from(e, "127.0.0.7")),
+        )
+        .await;
+    let sign_ins: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["action"] == "POST /ui/sign-in")
+        .collect();
     let here = sign_ins.iter().filter(|e| from(e, "127.0.0.1")).count();
     assert_eq!(here, 2, "{sign_ins:#?}");
 }
@@ -242,15 +238,10 @@ async fn a_console_post_needs_a_session_its_token_and_this_origin() {
         );
     }
     // The refusals are audited, under the session's key where there is one.
-    let audit = eventually("four audit entries", || async {
-        let audit = app.get("/audit?trial_id=t1").await.body;
-        match audit["entries"].as_array().map(Vec::len) {
-            Some(4) => Ok(audit),
-            _ => Err(audit.to_string()),
-        }
-    })
-    .await;
-    let entries = audit["entries"].as_array().unwrap();
+    let entries = app
+        .audited("?trial_id=t1", "four audit entries", |e| e.len() == 4)
+        .await;
+    let audit = format!("{entries:#?}");
     assert!(
         entries
             .iter()
@@ -321,26 +312,18 @@ async fn a_console_action_is_the_apis_audited_once_under_the_keys_name() {
     );
     let page = get_page(&app, &session.cookie, "/ui/trials").await;
     assert!(!page.contains("removed"), "once only");
-    let audit = eventually("the unschedule audited", || async {
-        let audit = app.get("/audit?trial_id=t-console").await.body;
-        let found = audit["entries"].as_array().is_some_and(|entries| {
+    let entries = app
+        .audited("?trial_id=t-console", "the unschedule audited", |entries| {
             entries
                 .iter()
                 .any(|e| e["action"] == "DELETE /debug/trial/{trial_id}/schedule")
-        });
-        if found {
-            Ok(audit)
-        } else {
-            Err(audit.to_string())
-        }
-    })
-    .await;
-    let entries = audit["entries"].as_array().unwrap();
+        })
+        .await;
     let unscheduled: Vec<_> = entries
         .iter()
         .filter(|e| e["action"] == "DELETE /debug/trial/{trial_id}/schedule")
         .collect();
-    assert_eq!(unscheduled.len(), 1, "{audit}");
+    assert_eq!(unscheduled.len(), 1, "{entries:#?}");
     assert_eq!(unscheduled[0]["actor"], "operator");
     assert_eq!(unscheduled[0]["role"], "operator");
     assert_eq!(unscheduled[0]["outcome"], 200);
@@ -348,7 +331,7 @@ async fn a_console_action_is_the_apis_audited_once_under_the_keys_name() {
         !entries
             .iter()
             .any(|e| e["action"].as_str().unwrap().starts_with("POST /ui/")),
-        "{audit}"
+        "{entries:#?}"
     );
 }
 

@@ -593,6 +593,24 @@ impl TestApp {
         self.wait_engine(id).await;
     }
 
+    /// Polls `GET /audit{query}` (as the admin) until its entries satisfy `done`; returns them.
+    /// An entry is written once its answer is known, so a test waits for the one it expects.
+    pub async fn audited(
+        &self,
+        query: &str,
+        what: &str,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        eventually(what, || async {
+            let audit = self.get(&format!("/audit{query}")).await;
+            match audit.body["entries"].as_array() {
+                Some(entries) if done(entries) => Ok(entries.clone()),
+                _ => Err(format!("{audit:?}")),
+            }
+        })
+        .await
+    }
+
     /// The trial's history (`GET /trial/{id}/history`).
     pub async fn history(&self, id: &str) -> Vec<Value> {
         let answer = self.get(&format!("/trial/{id}/history")).await;
