@@ -24,6 +24,7 @@ mod readme;
 mod records;
 mod resilience;
 mod roles;
+mod routes;
 mod scheduling;
 mod tokens;
 mod trial_flow;

@@ -7,99 +7,13 @@ use reqwest::{Method, StatusCode, header};
 use serde_json::Value;
 
 use crate::helpers::{API_KEY, AppOptions, spawn_app, spawn_app_with};
-
-/// Every route of the service and the credential it takes. The tests prove each one is served
-/// and that the document lists exactly these, so a route added without its description (or
-/// a description without its route) fails here.
-const ROUTES: &[(&str, &str, Option<&str>)] = &[
-    ("GET", "/status", Some("api_key")),
-    ("GET", "/metrics", None),
-    ("GET", "/trial/{trial_id}/history", Some("api_key")),
-    ("GET", "/trial/{trial_id}/events", Some("api_key")),
-    ("POST", "/trial/scheduling", Some("api_key")),
-    (
-        "POST",
-        "/trial/{trial_id}/callback/slice",
-        Some("callback_token"),
-    ),
-    (
-        "POST",
-        "/trial/{trial_id}/callback/cloudvnfboarding",
-        Some("callback_token"),
-    ),
-    (
-        "POST",
-        "/trial/{trial_id}/callback/cloudvnfdeployment",
-        Some("callback_token"),
-    ),
-    (
-        "POST",
-        "/trial/{trial_id}/callback/edgevnfonboarding",
-        Some("callback_token"),
-    ),
-    (
-        "POST",
-        "/trial/{trial_id}/callback/edgevnfdeployment",
-        Some("callback_token"),
-    ),
-    (
-        "POST",
-        "/trial/{trial_id}/callback/progress",
-        Some("callback_token"),
-    ),
-    ("POST", "/trial/{trial_id}/active", Some("api_key")),
-    ("POST", "/trial/{trial_id}/abort", Some("api_key")),
-    ("POST", "/trial/{trial_id}/pause", Some("api_key")),
-    ("POST", "/trial/{trial_id}/resume", Some("api_key")),
-    ("POST", "/trial/{trial_id}/step", Some("api_key")),
-    ("GET", "/trials", Some("api_key")),
-    ("GET", "/audit", Some("api_key")),
-    ("POST", "/debug/engine/{trial_id}/skip", Some("api_key")),
-    ("POST", "/trial/{trial_id}/finish", Some("api_key")),
-    ("GET", "/trial/{trial_id}/status", Some("api_key")),
-    ("GET", "/trial/{trial_id}/responses", Some("api_key")),
-    ("POST", "/debug/trial/schedule", Some("api_key")),
-    ("POST", "/debug/trial/schedule-all", Some("api_key")),
-    ("POST", "/debug/trial/{trial_id}/schedule", Some("api_key")),
-    (
-        "DELETE",
-        "/debug/trial/{trial_id}/schedule",
-        Some("api_key"),
-    ),
-    ("POST", "/debug/engine/{trial_id}/restore", Some("api_key")),
-    ("DELETE", "/debug/engine/{trial_id}", Some("api_key")),
-    ("POST", "/debug/add-heartbeat", Some("api_key")),
-    ("DELETE", "/debug/heartbeat/{trial_id}", Some("api_key")),
-    ("POST", "/token/{trial_id}", Some("api_key")),
-    ("GET", "/token/{trial_id}", Some("callback_token")),
-    ("DELETE", "/token/{trial_id}", Some("callback_token")),
-    ("GET", "/openapi.json", None),
-    ("GET", "/", None),
-];
-
-const METHODS: [&str; 8] = [
-    "get", "put", "post", "delete", "options", "head", "patch", "trace",
-];
+use crate::routes::{ROUTES, operations};
 
 /// The document, fetched without credentials.
 async fn document(app: &crate::helpers::TestApp) -> Value {
     let answer = app.call_as(Method::GET, "/openapi.json", None, None).await;
     assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
     answer.body
-}
-
-/// Every operation of the document as (METHOD, path, operation).
-fn operations(doc: &Value) -> Vec<(String, String, Value)> {
-    let paths = doc["paths"].as_object().expect("paths is an object");
-    let mut found = Vec::new();
-    for (path, item) in paths {
-        for method in METHODS {
-            if let Some(operation) = item.get(method) {
-                found.push((method.to_uppercase(), path.clone(), operation.clone()));
-            }
-        }
-    }
-    found
 }
 
 #[tokio::test]
@@ -133,7 +47,7 @@ async fn the_document_lists_exactly_the_served_routes_with_their_credentials() {
         "in ROUTES but not documented"
     );
 
-    for (method, path, scheme) in ROUTES {
+    for (method, path, needs) in ROUTES {
         let operation = &doc["paths"][*path][method.to_lowercase()];
         let security: Vec<String> = operation["security"]
             .as_array()
@@ -144,7 +58,7 @@ async fn the_document_lists_exactly_the_served_routes_with_their_credentials() {
                     .collect()
             })
             .unwrap_or_default();
-        let expected: Vec<String> = scheme.iter().map(|s| s.to_string()).collect();
+        let expected: Vec<String> = needs.scheme().iter().map(|s| s.to_string()).collect();
         assert_eq!(security, expected, "security of {method} {path}");
     }
 }
@@ -333,7 +247,7 @@ async fn every_route_is_served_with_its_credential() {
     assert_eq!(unknown_kind.status, StatusCode::NOT_FOUND);
     assert_eq!(unknown_kind.detail(), "no such route");
 
-    for (method, path, scheme) in ROUTES {
+    for (method, path, needs) in ROUTES {
         let url = path.replace("{trial_id}", "probe-1");
         let method = Method::from_bytes(method.as_bytes()).expect("a method");
         let answer = app.call_as(method.clone(), &url, None, None).await;
@@ -341,7 +255,7 @@ async fn every_route_is_served_with_its_credential() {
             !(answer.status == StatusCode::NOT_FOUND && answer.detail() == "no such route"),
             "{method} {path} is not routed"
         );
-        if scheme.is_some() {
+        if needs.scheme().is_some() {
             // Without credentials a secured route refuses, which also proves it is routed.
             assert_eq!(
                 answer.status,

@@ -12,101 +12,7 @@ use serde_json::json;
 use tower::ServiceExt;
 
 use crate::helpers::*;
-
-/// What a route takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Needs {
-    /// No credentials.
-    Nothing,
-    /// The trial's callback token, never an API key.
-    Token,
-    /// An API key of at least this role.
-    Key(Role),
-}
-
-use Needs::{Key, Nothing, Token};
-
-const VIEWER: Needs = Key(Role::Viewer);
-const OPERATOR: Needs = Key(Role::Operator);
-const ADMIN: Needs = Key(Role::Admin);
-
-/// Every route and what it takes, including routes still to come (they are checked once they
-/// are served).
-const TABLE: &[(&str, &str, Needs)] = &[
-    ("GET", "/", Nothing),
-    ("GET", "/openapi.json", Nothing),
-    ("GET", "/metrics", Nothing),
-    ("GET", "/status", VIEWER),
-    ("GET", "/trials", VIEWER),
-    ("GET", "/trial/{trial_id}/status", VIEWER),
-    ("GET", "/trial/{trial_id}/responses", VIEWER),
-    ("GET", "/trial/{trial_id}/history", VIEWER),
-    ("GET", "/trial/{trial_id}/events", VIEWER),
-    ("POST", "/trial/{trial_id}/active", OPERATOR),
-    ("POST", "/trial/{trial_id}/finish", OPERATOR),
-    ("POST", "/trial/{trial_id}/pause", OPERATOR),
-    ("POST", "/trial/{trial_id}/resume", OPERATOR),
-    ("POST", "/trial/{trial_id}/step", OPERATOR),
-    ("POST", "/trial/{trial_id}/abort", OPERATOR),
-    ("POST", "/debug/trial/schedule", OPERATOR),
-    ("POST", "/debug/trial/{trial_id}/schedule", OPERATOR),
-    ("POST", "/debug/trial/schedule-all", OPERATOR),
-    ("DELETE", "/debug/trial/{trial_id}/schedule", OPERATOR),
-    ("POST", "/trial/scheduling", ADMIN),
-    ("POST", "/token/{trial_id}", ADMIN),
-    ("POST", "/debug/engine/{trial_id}/restore", ADMIN),
-    ("POST", "/debug/engine/{trial_id}/skip", ADMIN),
-    ("DELETE", "/debug/engine/{trial_id}", ADMIN),
-    ("POST", "/debug/add-heartbeat", ADMIN),
-    ("DELETE", "/debug/heartbeat/{trial_id}", ADMIN),
-    ("GET", "/audit", ADMIN),
-    ("GET", "/token/{trial_id}", Token),
-    ("DELETE", "/token/{trial_id}", Token),
-    ("POST", "/trial/{trial_id}/callback/slice", Token),
-    ("POST", "/trial/{trial_id}/callback/cloudvnfboarding", Token),
-    (
-        "POST",
-        "/trial/{trial_id}/callback/cloudvnfdeployment",
-        Token,
-    ),
-    (
-        "POST",
-        "/trial/{trial_id}/callback/edgevnfonboarding",
-        Token,
-    ),
-    (
-        "POST",
-        "/trial/{trial_id}/callback/edgevnfdeployment",
-        Token,
-    ),
-    ("POST", "/trial/{trial_id}/callback/progress", Token),
-];
-
-const METHODS: [&str; 8] = [
-    "get", "put", "post", "delete", "options", "head", "patch", "trace",
-];
-
-/// Every operation the service documents (and so serves) as (METHOD, path).
-fn documented_routes() -> Vec<(String, String)> {
-    let doc = serde_json::to_value(lcm::api::openapi()).expect("the document is JSON");
-    let paths = doc["paths"].as_object().expect("paths");
-    let mut routes = Vec::new();
-    for (path, item) in paths {
-        for method in METHODS {
-            if item.get(method).is_some() {
-                routes.push((method.to_uppercase(), path.clone()));
-            }
-        }
-    }
-    routes
-}
-
-fn needs_of(method: &str, path: &str) -> Option<Needs> {
-    TABLE
-        .iter()
-        .find(|(m, p, _)| *m == method && *p == path)
-        .map(|(_, _, needs)| *needs)
-}
+use crate::routes::*;
 
 #[tokio::test]
 async fn every_route_answers_each_role_as_the_table_says() {
@@ -124,7 +30,7 @@ async fn every_route_answers_each_role_as_the_table_says() {
         .collect();
     assert!(
         missing.is_empty(),
-        "routes without a role in TABLE (and in the README's Access table): {missing:?}"
+        "routes without a role in ROUTES (and in the README's Access table): {missing:?}"
     );
     assert!(
         routes.len() >= 25,
@@ -209,7 +115,7 @@ fn the_readme_access_table_says_what_the_test_table_says() {
             listed.insert((method.to_owned(), path.to_owned(), needs.to_owned()));
         }
     }
-    let expected: BTreeSet<(String, String, String)> = TABLE
+    let expected: BTreeSet<(String, String, String)> = ROUTES
         .iter()
         .map(|(method, path, needs)| {
             let needs = match needs {
@@ -223,7 +129,7 @@ fn the_readme_access_table_says_what_the_test_table_says() {
     assert_eq!(
         listed.symmetric_difference(&expected).collect::<Vec<_>>(),
         Vec::<&(String, String, String)>::new(),
-        "the README's Access table and TABLE differ"
+        "the README's Access table and ROUTES differ"
     );
 }
 
@@ -427,7 +333,7 @@ fn the_document_describes_the_refusals_of_every_route_with_credentials() {
     let doc = serde_json::to_value(lcm::api::openapi()).expect("the document is JSON");
     for (method, path) in documented_routes() {
         let operation = &doc["paths"][&path][method.to_lowercase()];
-        let needs = needs_of(&method, &path).expect("in TABLE");
+        let needs = needs_of(&method, &path).expect("in ROUTES");
         let responses = operation["responses"].as_object().expect("responses");
         if needs == Nothing {
             assert!(!responses.contains_key("429"), "{method} {path}");
