@@ -24,7 +24,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -93,18 +93,13 @@ impl Message {
 }
 
 /// Handles each request to its end in a task of its own, and answers 408 if that takes longer
-/// than `server.handler_timeout_secs` (no handler waits on a step, but a few wait on the trial
-/// registry). A request whose caller goes away (the client hung up, the answer came too late,
-/// the server is shutting down) thus never leaves a change half made: a job saved but never
-/// armed, an engine stopped but never removed.
-async fn handle_to_the_end(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let limit = state.settings.server.handler_timeout_secs;
+/// than `limit` (`server.handler_timeout_secs`: no handler waits on a step, but a few wait on
+/// the trial registry). A request whose caller goes away (the client hung up, the answer came
+/// too late, the server is shutting down) thus never leaves a change half made: a job saved but
+/// never armed, an engine stopped but never removed.
+async fn handle_to_the_end(limit: Duration, request: Request, next: Next) -> Response {
     let handler = tokio::spawn(next.run(request).in_current_span());
-    match tokio::time::timeout(Duration::from_secs(limit), handler).await {
+    match tokio::time::timeout(limit, handler).await {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => {
             error!(error = %e, "a request's handler panicked");
@@ -117,7 +112,8 @@ async fn handle_to_the_end(
         Err(_) => ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             format!(
-                "no answer within {limit} s (server.handler_timeout_secs); the request goes on, so look at its effect before sending it again"
+                "no answer within {} s (server.handler_timeout_secs); the request goes on, so look at its effect before sending it again",
+                limit.as_secs()
             ),
         )
         .into_response(),
@@ -149,6 +145,7 @@ pub fn openapi() -> OpenApi {
 pub fn router(state: AppState) -> Router {
     let settings = &state.settings;
     let max_body = settings.server.max_body_bytes;
+    let handler_timeout = Duration::from_secs(settings.server.handler_timeout_secs);
     let (routes, openapi) = api().split_for_parts();
     routes
         .layer(Extension(Arc::new(docs::describe_inputs(openapi))))
@@ -167,10 +164,9 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::map_response(error::json_errors))
         // The console answers HTML, its errors too, and audits through its own layer.
         .merge(crate::console::routes(&state))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            handle_to_the_end,
-        ))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            handle_to_the_end(handler_timeout, request, next)
+        }))
         .layer(cors(&settings.server.cors_origins))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -186,4 +182,67 @@ fn cors(origins: &[String]) -> CorsLayer {
         .filter_map(|o| HeaderValue::from_str(o).ok())
         .collect();
     layer.allow_origin(AllowOrigin::list(origins))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::{Body, to_bytes};
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    /// A router with one route, `handler`, handled to its end within `limit`.
+    async fn answer_of<H, T>(handler: H, limit: Duration) -> (StatusCode, String)
+    where
+        H: axum::handler::Handler<T, ()>,
+        T: 'static,
+    {
+        let router = Router::new()
+            .route("/", get(handler))
+            .layer(axum::middleware::from_fn(move |request, next| {
+                handle_to_the_end(limit, request, next)
+            }));
+        let request = axum::http::Request::new(Body::empty());
+        let Ok(response) = router.oneshot(request).await;
+        let status = response.status();
+        let body = to_bytes(response.into_body(), 4096).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_panics_is_answered_500_with_a_detail() {
+        async fn faulty() -> StatusCode {
+            panic!("a fault in a handler")
+        }
+        let (status, body) = answer_of(faulty, Duration::from_secs(5)).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            body.contains(r#""detail":"the request could not be handled"#),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_handler_answered_too_late_gets_408_and_still_runs_to_its_end() {
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let waits = Arc::new(std::sync::Mutex::new(Some((released, done))));
+        // Held until the test has its answer, then done.
+        let held = move || {
+            let waits = waits.lock().unwrap().take();
+            async move {
+                if let Some((released, done)) = waits {
+                    let _ = released.await;
+                    let _ = done.send(());
+                }
+            }
+        };
+        let (status, body) = answer_of(held, Duration::from_millis(50)).await;
+        assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+        assert!(body.contains("server.handler_timeout_secs"), "{body}");
+        release.send(()).unwrap();
+        finished
+            .await
+            .expect("the handler ran to its end after the 408");
+    }
 }

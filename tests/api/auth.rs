@@ -429,7 +429,7 @@ impl Binary {
             .expect("the binary starts");
         let app = TestApp {
             address: format!("http://127.0.0.1:{port}"),
-            client: reqwest::Client::new(),
+            client: client(),
             platform,
             logs: tempfile::tempdir().expect("tempdir"),
             server: Server::Task(tokio::spawn(async {})),

@@ -14,9 +14,11 @@ use serde_json::Value;
 use crate::helpers::*;
 
 /// An HTTP client that shows redirects instead of following them.
-fn client() -> reqwest::Client {
+/// A client that follows no redirect, so each answer is seen as the console gives it.
+fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .pool_idle_timeout(std::time::Duration::from_secs(5))
         .build()
         .expect("client")
 }
@@ -28,7 +30,7 @@ struct Session {
 }
 
 async fn sign_in_with(app: &TestApp, key: &str) -> reqwest::Response {
-    sign_in_from(&client(), app, key).await
+    sign_in_from(&no_redirects(), app, key).await
 }
 
 async fn sign_in_from(client: &reqwest::Client, app: &TestApp, key: &str) -> reqwest::Response {
@@ -69,7 +71,7 @@ async fn sign_in(app: &TestApp, role: Role) -> Session {
 }
 
 async fn get_page(app: &TestApp, cookie: &str, path: &str) -> String {
-    let answer = client()
+    let answer = no_redirects()
         .get(format!("{}{path}", app.address))
         .header("Cookie", cookie)
         .send()
@@ -88,7 +90,7 @@ async fn post(
 ) -> reqwest::Response {
     let mut form = vec![("csrf", session.csrf.as_str())];
     form.extend_from_slice(fields);
-    client()
+    no_redirects()
         .post(format!("{}{path}", app.address))
         .header("Cookie", &session.cookie)
         .header("Origin", &app.address)
@@ -101,7 +103,7 @@ async fn post(
 #[tokio::test]
 async fn a_sign_in_gives_a_strict_http_only_session_cookie_never_the_key() {
     let app = spawn_app().await;
-    let page = client()
+    let page = no_redirects()
         .get(format!("{}/ui/", app.address))
         .send()
         .await
@@ -136,7 +138,7 @@ async fn a_sign_in_gives_a_strict_http_only_session_cookie_never_the_key() {
         "lcm_session=forged",
         &format!("Authorization={API_KEY}"),
     ] {
-        let answer = client()
+        let answer = no_redirects()
             .get(format!("{}/ui/trials", app.address))
             .header("Cookie", cookie)
             .send()
@@ -151,7 +153,7 @@ async fn a_sign_in_gives_a_strict_http_only_session_cookie_never_the_key() {
     let answer = post(&app, &session, "/ui/sign-out", &[]).await;
     assert_eq!(answer.status(), StatusCode::SEE_OTHER);
     assert!(set_cookie(answer.headers()).contains("Max-Age=0"));
-    let answer = client()
+    let answer = no_redirects()
         .get(format!("{}/ui/trials", app.address))
         .header("Cookie", &session.cookie)
         .send()
@@ -220,7 +222,7 @@ async fn a_console_post_needs_a_session_its_token_and_this_origin() {
         ("no origin", None, &session.csrf, StatusCode::FORBIDDEN),
     ];
     for (what, origin, csrf, expected) in cases {
-        let mut request = client().post(&path).form(&[("csrf", csrf)]);
+        let mut request = no_redirects().post(&path).form(&[("csrf", csrf)]);
         if what != "no session" {
             request = request.header("Cookie", &session.cookie);
         }
@@ -351,7 +353,7 @@ async fn the_console_is_not_in_the_api_document_and_serves_its_assets() {
         ("console.css", "text/css"),
         ("favicon.svg", "image/svg+xml"),
     ] {
-        let answer = client()
+        let answer = no_redirects()
             .get(format!("{}/ui/assets/{asset}", app.address))
             .send()
             .await
@@ -377,7 +379,7 @@ async fn the_console_is_not_in_the_api_document_and_serves_its_assets() {
 #[tokio::test]
 async fn a_live_stream_needs_a_session_and_starts_with_the_pages_parts() {
     let app = spawn_app().await;
-    let answer = client()
+    let answer = no_redirects()
         .get(format!("{}/ui/trials/live", app.address))
         .send()
         .await
@@ -386,7 +388,7 @@ async fn a_live_stream_needs_a_session_and_starts_with_the_pages_parts() {
 
     app.schedule_in("t-live", 3_600_000).await;
     let session = sign_in(&app, Role::Viewer).await;
-    let mut answer = client()
+    let mut answer = no_redirects()
         .get(format!("{}/ui/trials/t-live/live", app.address))
         .header("Cookie", &session.cookie)
         .send()
@@ -431,7 +433,7 @@ async fn a_request_naming_no_valid_trial_or_action_gets_a_page_saying_which() {
             "no such action",
         ),
     ] {
-        let answer = client()
+        let answer = no_redirects()
             .get(format!("{}{path}", app.address))
             .header("Cookie", &session.cookie)
             .send()
@@ -482,7 +484,7 @@ async fn a_trial_the_store_cannot_read_now_is_not_called_unknown_and_its_live_pa
 
     // While the store does not answer, the page says so instead of "no such trial".
     reads.on.store(true, Ordering::SeqCst);
-    let answer = client()
+    let answer = no_redirects()
         .get(&page)
         .header("Cookie", &session.cookie)
         .send()
@@ -495,7 +497,7 @@ async fn a_trial_the_store_cannot_read_now_is_not_called_unknown_and_its_live_pa
 
     // Its live stream is kept open past a refused read...
     let before = reads.refused.load(Ordering::SeqCst);
-    let stream = client()
+    let stream = no_redirects()
         .get(format!("{page}/live"))
         .header("Cookie", &session.cookie)
         .send()
@@ -521,7 +523,7 @@ async fn a_live_trial_page_ends_showing_every_event_of_the_trial_once() {
     app.platform.add_trial(lcm::sim::Platform::trial(id, None));
     app.schedule_in(id, 300).await;
     let session = sign_in(&app, Role::Viewer).await;
-    let stream = client()
+    let stream = no_redirects()
         .get(format!("{}/ui/trials/{id}/live", app.address))
         .header("Cookie", &session.cookie)
         .send()

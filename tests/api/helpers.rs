@@ -424,7 +424,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     });
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
-        client: reqwest::Client::new(),
+        client: client(),
         platform,
         logs,
         server: Server::Task(server),
@@ -847,7 +847,7 @@ pub async fn spawn_binary_with(options: BinaryOptions<'_>) -> TestApp {
     (options.platform)(&platform);
     let mut app = TestApp {
         address: format!("http://127.0.0.1:{}", free_port()),
-        client: reqwest::Client::new(),
+        client: client(),
         platform,
         logs: tempfile::tempdir().expect("tempdir"),
         server: Server::Task(tokio::spawn(async {})),
@@ -979,6 +979,7 @@ pub fn client_from(ip: &str) -> reqwest::Client {
     reqwest::Client::builder()
         .local_address(ip.parse::<std::net::IpAddr>().expect("an address"))
         .redirect(reqwest::redirect::Policy::none())
+        .pool_idle_timeout(Duration::from_secs(5))
         .build()
         .expect("a client")
 }

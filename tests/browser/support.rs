@@ -151,6 +151,7 @@ url = "http://{}"
         let direct = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .expect("client");
         let proxy = Proxy::start(([127, 0, 0, 1], port).into()).await;
@@ -273,14 +274,20 @@ impl Browser {
         self.client.goto(url).await.expect("navigation");
     }
 
-    /// Signs in on the console at `base` with `key`.
+    /// Signs in on the console at `base` with `key`. A sign-in page that did not come (the
+    /// browser shows an error page instead) is loaded again, as a user would.
     pub async fn sign_in(&self, base: &str, key: &str) {
-        self.goto(&format!("{base}/ui/")).await;
-        let field = self
-            .client
-            .find(Locator::Css("#key"))
-            .await
-            .expect("key field");
+        let field = eventually("the sign-in form", || async {
+            self.goto(&format!("{base}/ui/")).await;
+            match self.client.find(Locator::Css("#key")).await {
+                Ok(field) => Ok(field),
+                Err(e) => Err(format!(
+                    "{e}; the page shows: {:?}",
+                    self.text("body").await
+                )),
+            }
+        })
+        .await;
         field.send_keys(key).await.expect("typed");
         self.click("form[action='/ui/sign-in'] button[type=submit]")
             .await;
