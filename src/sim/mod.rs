@@ -330,6 +330,8 @@ impl Platform {
         crate::services::install_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
+            // Under the LCM's `server.header_read_timeout_secs`, as its clients should be.
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .map_err(std::io::Error::other)?;
         let state = Arc::new(SimState {

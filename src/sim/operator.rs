@@ -64,6 +64,8 @@ impl Operator {
         crate::services::install_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
+            // Under the LCM's `server.header_read_timeout_secs`, as its clients should be.
+            .pool_idle_timeout(Duration::from_secs(5))
             // Loopback only: an HTTP(S)_PROXY in the environment must not catch these calls.
             .no_proxy()
             .build()?;
