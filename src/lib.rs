@@ -8,6 +8,8 @@
 //!   ([`domain::TrialId::parse`], [`domain::StartTime::parse`], the caller's role, callback
 //!   tokens), a single error type answered as `{"detail": …}`, a view of a trial that reads
 //!   the same from memory or the store ([`api::view`]), and the audit layer ([`api::audit`]).
+//!   Each request is handled to its end in a task of its own, so a caller that goes away never
+//!   leaves a change half made.
 //! - [`scheduler`] owns the scheduled jobs (one timer task each, armed once the job is saved)
 //!   and the registry of engines in memory (one per trial id). At a job's start time it starts
 //!   the trial's engine.
