@@ -704,3 +704,50 @@ impl Scheduler {
         futures_util::future::join_all(engines.iter().map(|engine| engine.stop())).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::engine::EngineHooks;
+    use crate::engine::redact::Redactor;
+    use crate::services::ServiceClient;
+    use crate::store::sqlite::SqliteBackend;
+    use crate::tokens::TokenManager;
+
+    /// A scheduler on an in-memory store, with the built-in settings.
+    fn scheduler() -> Scheduler {
+        let settings = Arc::new(Settings::defaults().unwrap());
+        let (store, _) = Store::start(SqliteBackend::in_memory().unwrap()).unwrap();
+        let (ended, ended_rx) = mpsc::unbounded_channel();
+        let deps = Arc::new(EngineDeps {
+            services: ServiceClient::new(&settings).unwrap(),
+            tokens: Arc::new(TokenManager::new(&settings.auth.token_secret, 60)),
+            store,
+            redactor: Redactor::new([]),
+            hooks: EngineHooks::default(),
+            ended,
+            settings,
+        });
+        Scheduler::new(deps, ended_rx)
+    }
+
+    #[tokio::test]
+    async fn a_timer_that_woke_up_while_its_job_was_being_removed_starts_nothing() {
+        let scheduler = scheduler();
+        let id = TrialId::parse("raced").unwrap();
+        let start = StartTime::parse(&(Utc::now() + chrono::Duration::hours(1)).to_rfc3339());
+        scheduler.schedule(&id, start.unwrap(), None).await.unwrap();
+        // What an unschedule does first, under the lock: it takes the timer and stops it. A
+        // timer already past its sleep cannot be stopped, and fires once it gets the lock.
+        let generation = {
+            let mut jobs = scheduler.jobs_map();
+            let job = jobs.get_mut(&id).unwrap();
+            job.timer.take().unwrap().abort();
+            job.generation
+        };
+        scheduler.fire(&id, generation);
+        assert!(!scheduler.engines().contains(&id), "the trial started");
+        assert_eq!(scheduler.jobs().len(), 1, "the removal decides");
+    }
+}
