@@ -35,8 +35,16 @@ struct Inner {
     /// The next event's number: after the last one kept, whatever came before it.
     next_event: u64,
     responses: Vec<Arc<ResponseRecord>>,
-    /// Made on the first subscription, so a journal nobody watches carries no buffer.
-    live: Option<broadcast::Sender<Arc<TrialEvent>>>,
+    live: Live,
+}
+
+/// Where live events go.
+enum Live {
+    /// Nobody has subscribed yet: a journal nobody watches carries no buffer.
+    Unwatched,
+    Open(broadcast::Sender<Arc<TrialEvent>>),
+    /// The engine is gone: a subscriber gets the history and the end of the stream.
+    Closed,
 }
 
 impl Journal {
@@ -54,7 +62,7 @@ impl Journal {
                 next_event: events.last().map_or(0, |last| last.seq + 1),
                 events: events.into_iter().map(Arc::new).collect(),
                 responses: responses.into_iter().map(Arc::new).collect(),
-                live: None,
+                live: Live::Unwatched,
             }),
         }
     }
@@ -86,7 +94,7 @@ impl Journal {
             id: self.id.clone(),
             event: event.clone(),
         });
-        if let Some(live) = &inner.live {
+        if let Live::Open(live) = &inner.live {
             // No subscriber left is fine.
             let _ = live.send(event.clone());
         }
@@ -118,16 +126,22 @@ impl Journal {
     /// no gap between them and no repeat.
     pub fn subscribe(&self) -> Subscription {
         let mut inner = self.inner();
-        let receiver = inner
-            .live
-            .get_or_insert_with(|| broadcast::channel(EVENT_BUFFER).0)
-            .subscribe();
+        let receiver = match &mut inner.live {
+            Live::Open(sender) => sender.subscribe(),
+            live @ Live::Unwatched => {
+                let (sender, receiver) = broadcast::channel(EVENT_BUFFER);
+                *live = Live::Open(sender);
+                receiver
+            }
+            // A receiver whose sender is gone already: it ends after the history.
+            Live::Closed => broadcast::channel(1).1,
+        };
         (inner.events.clone(), receiver)
     }
 
-    /// Ends every live stream (the engine is gone).
+    /// Ends every live stream, and those subscribed later (the engine is gone).
     pub fn close(&self) {
-        self.inner().live = None;
+        self.inner().live = Live::Closed;
     }
 }
 
@@ -194,6 +208,8 @@ impl<S: FnMut() -> Subscription> Follower<S> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::store::sqlite::SqliteBackend;
 
@@ -221,5 +237,43 @@ mod tests {
         }
         let all: Vec<u64> = (0..=sent as u64).collect();
         assert_eq!(seen, all, "each event once, in order, up to the end");
+    }
+
+    #[tokio::test]
+    async fn a_follower_behind_a_journal_that_closes_ends_after_what_it_missed() {
+        let (store, _) = Store::start(SqliteBackend::in_memory().unwrap()).unwrap();
+        let journal = Arc::new(Journal::new(
+            TrialId::parse("closing").unwrap(),
+            store,
+            Vec::new(),
+            Vec::new(),
+        ));
+        let (history, receiver) = journal.subscribe();
+        let again = journal.clone();
+        let mut follower = Follower::after(&history, receiver, move || again.subscribe());
+        // Behind by more than the buffer when the engine goes, with no end event.
+        let sent = EVENT_BUFFER * 2;
+        for _ in 0..sent {
+            journal.event(EventKind::Progress, None, None, None);
+        }
+        journal.close();
+        let mut seen = Vec::new();
+        // Bounded so that a follower that never ends fails the test instead of hanging it.
+        let followed = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(event) = follower.next().await {
+                seen.push(event.seq);
+            }
+        });
+        followed
+            .await
+            .expect("the follower ends once the journal is closed");
+        let all: Vec<u64> = (0..sent as u64).collect();
+        assert_eq!(seen, all);
+        // Subscribed after the close: the history, then the end at once.
+        let (history, receiver) = journal.subscribe();
+        let again = journal.clone();
+        let mut late = Follower::after(&history, receiver, move || again.subscribe());
+        assert_eq!(history.len(), sent);
+        assert!(late.next().await.is_none());
     }
 }
