@@ -17,7 +17,7 @@ use tracing::warn;
 use url::Url;
 
 use crate::config::{RetrySettings, Secret, Settings};
-use crate::engine::redact::REDACTED;
+use crate::engine::redact::Redactor;
 use auth::ServiceAuth;
 use retry::RetryReason;
 
@@ -428,14 +428,19 @@ impl ServiceClient {
                 }
             }
         }
-        if let Some(token) = bearer {
-            hide(&mut bytes, token.expose());
-        }
-        let json = serde_json::from_slice::<Value>(&bytes).ok();
-        let text = match (&json, bytes.is_empty()) {
+        let mut json = serde_json::from_slice::<Value>(&bytes).ok();
+        let mut text: Option<String> = match (&json, bytes.is_empty()) {
             (None, false) => Some(String::from_utf8_lossy(&bytes).chars().take(200).collect()),
             _ => None,
         };
+        // In what was read, not in the bytes: a JSON string may write the token escaped.
+        if let Some(token) = bearer {
+            let hidden = Redactor::new([token.expose()]);
+            if let Some(json) = &mut json {
+                hidden.value(json);
+            }
+            text = text.map(|text| hidden.text(&text));
+        }
         Reply {
             status,
             json,
@@ -468,16 +473,6 @@ impl ServiceClient {
                 reason: Cause::of(error).to_string(),
             }
         }
-    }
-}
-
-/// Replaces `secret` wherever it appears in a UTF-8 body.
-fn hide(body: &mut Vec<u8>, secret: &str) {
-    if let Ok(text) = std::str::from_utf8(body)
-        && !secret.is_empty()
-        && text.contains(secret)
-    {
-        *body = text.replace(secret, REDACTED).into_bytes();
     }
 }
 
