@@ -92,11 +92,12 @@ impl Message {
     }
 }
 
-/// Handles each request to its end in a task of its own, and answers 408 if that takes longer
+/// Handles each request to its end in a task of its own, and answers 504 if that takes longer
 /// than `limit` (`server.handler_timeout_secs`: no handler waits on a step, but a few wait on
 /// the trial registry). A request whose caller goes away (the client hung up, the answer came
 /// too late, the server is shutting down) thus never leaves a change half made: a job saved but
-/// never armed, an engine stopped but never removed.
+/// never armed, an engine stopped but never removed. Not 408: a client may send a request again
+/// on 408 by itself, and this one goes on.
 async fn handle_to_the_end(limit: Duration, request: Request, next: Next) -> Response {
     let handler = tokio::spawn(next.run(request).in_current_span());
     match tokio::time::timeout(limit, handler).await {
@@ -110,7 +111,7 @@ async fn handle_to_the_end(limit: Duration, request: Request, next: Next) -> Res
             .into_response()
         }
         Err(_) => ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
+            StatusCode::GATEWAY_TIMEOUT,
             format!(
                 "no answer within {} s (server.handler_timeout_secs); the request goes on, so look at its effect before sending it again",
                 limit.as_secs()
@@ -223,7 +224,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_handler_answered_too_late_gets_408_and_still_runs_to_its_end() {
+    async fn a_handler_answered_too_late_gets_504_and_still_runs_to_its_end() {
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let (done, finished) = tokio::sync::oneshot::channel::<()>();
         let waits = Arc::new(std::sync::Mutex::new(Some((released, done))));
@@ -238,11 +239,11 @@ mod tests {
             }
         };
         let (status, body) = answer_of(held, Duration::from_millis(50)).await;
-        assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
         assert!(body.contains("server.handler_timeout_secs"), "{body}");
         release.send(()).unwrap();
         finished
             .await
-            .expect("the handler ran to its end after the 408");
+            .expect("the handler ran to its end after the 504");
     }
 }
