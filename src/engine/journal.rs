@@ -213,67 +213,74 @@ mod tests {
     use super::*;
     use crate::store::sqlite::SqliteBackend;
 
-    #[tokio::test]
-    async fn a_follower_that_falls_behind_takes_what_it_missed_from_the_history() {
+    /// An empty journal on an in-memory store.
+    fn journal(id: &str) -> Arc<Journal> {
         let (store, _) = Store::start(SqliteBackend::in_memory().unwrap()).unwrap();
-        let journal = Arc::new(Journal::new(
-            TrialId::parse("lagging").unwrap(),
-            store,
-            Vec::new(),
-            Vec::new(),
-        ));
+        let id = TrialId::parse(id).unwrap();
+        Arc::new(Journal::new(id, store, Vec::new(), Vec::new()))
+    }
+
+    /// A follower of `journal` from now on, and the history it starts after.
+    fn follow(
+        journal: &Arc<Journal>,
+    ) -> (Vec<Arc<TrialEvent>>, Follower<impl FnMut() -> Subscription>) {
         let (history, receiver) = journal.subscribe();
         let again = journal.clone();
-        let mut follower = Follower::after(&history, receiver, move || again.subscribe());
-        // Four buffers' worth before the follower reads one: the receiver lags.
-        let sent = EVENT_BUFFER * 4;
-        for _ in 0..sent {
+        let follower = Follower::after(&history, receiver, move || again.subscribe());
+        (history, follower)
+    }
+
+    /// `n` progress events.
+    fn progress(journal: &Journal, n: usize) {
+        for _ in 0..n {
             journal.event(EventKind::Progress, None, None, None);
         }
-        journal.event(EventKind::TrialFinished, None, None, None);
+    }
+
+    /// The numbers of the events `follower` gives until it ends; a follower that never ends
+    /// fails the test after 10 s instead of hanging it.
+    async fn followed<S: FnMut() -> Subscription>(follower: &mut Follower<S>) -> Vec<u64> {
         let mut seen = Vec::new();
-        while let Some(event) = follower.next().await {
-            seen.push(event.seq);
-        }
+        let all = async {
+            while let Some(event) = follower.next().await {
+                seen.push(event.seq);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), all)
+            .await
+            .expect("the follower ends");
+        seen
+    }
+
+    #[tokio::test]
+    async fn a_follower_that_falls_behind_takes_what_it_missed_from_the_history() {
+        let journal = journal("lagging");
+        let (_, mut follower) = follow(&journal);
+        // Four buffers' worth before the follower reads one: the receiver lags.
+        let sent = EVENT_BUFFER * 4;
+        progress(&journal, sent);
+        journal.event(EventKind::TrialFinished, None, None, None);
         let all: Vec<u64> = (0..=sent as u64).collect();
-        assert_eq!(seen, all, "each event once, in order, up to the end");
+        assert_eq!(
+            followed(&mut follower).await,
+            all,
+            "each event once, in order, up to the end"
+        );
     }
 
     #[tokio::test]
     async fn a_follower_behind_a_journal_that_closes_ends_after_what_it_missed() {
-        let (store, _) = Store::start(SqliteBackend::in_memory().unwrap()).unwrap();
-        let journal = Arc::new(Journal::new(
-            TrialId::parse("closing").unwrap(),
-            store,
-            Vec::new(),
-            Vec::new(),
-        ));
-        let (history, receiver) = journal.subscribe();
-        let again = journal.clone();
-        let mut follower = Follower::after(&history, receiver, move || again.subscribe());
+        let journal = journal("closing");
+        let (_, mut follower) = follow(&journal);
         // Behind by more than the buffer when the engine goes, with no end event.
         let sent = EVENT_BUFFER * 2;
-        for _ in 0..sent {
-            journal.event(EventKind::Progress, None, None, None);
-        }
+        progress(&journal, sent);
         journal.close();
-        let mut seen = Vec::new();
-        // Bounded so that a follower that never ends fails the test instead of hanging it.
-        let followed = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(event) = follower.next().await {
-                seen.push(event.seq);
-            }
-        });
-        followed
-            .await
-            .expect("the follower ends once the journal is closed");
         let all: Vec<u64> = (0..sent as u64).collect();
-        assert_eq!(seen, all);
+        assert_eq!(followed(&mut follower).await, all);
         // Subscribed after the close: the history, then the end at once.
-        let (history, receiver) = journal.subscribe();
-        let again = journal.clone();
-        let mut late = Follower::after(&history, receiver, move || again.subscribe());
+        let (history, mut late) = follow(&journal);
         assert_eq!(history.len(), sent);
-        assert!(late.next().await.is_none());
+        assert!(followed(&mut late).await.is_empty());
     }
 }
