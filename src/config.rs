@@ -158,7 +158,7 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// How long open connections get on SIGTERM/SIGINT before the process exits.
     pub shutdown_grace_secs: u64,
-    /// A request not answered within this long gets 408; its handling goes on to its end.
+    /// A request not answered within this long gets 504; its handling goes on to its end.
     pub handler_timeout_secs: u64,
 }
 
