@@ -142,11 +142,27 @@ pub fn openapi() -> OpenApi {
     docs::describe_inputs(api().into_openapi())
 }
 
-/// The whole router with its middleware.
+/// The whole router with its middleware: the API's, the console, and around both the handling
+/// of each request to its end, CORS and tracing.
 pub fn router(state: AppState) -> Router {
     let settings = &state.settings;
-    let max_body = settings.server.max_body_bytes;
     let handler_timeout = Duration::from_secs(settings.server.handler_timeout_secs);
+    layered_api(&state)
+        // The console answers HTML, its errors too, and audits through its own layer.
+        .merge(crate::console::routes(&state))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            handle_to_the_end(handler_timeout, request, next)
+        }))
+        .layer(cors(&settings.server.cors_origins))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// The API's routes with what every API request goes through: the caller's identification,
+/// the audit, the body limits and the `{"detail"}` errors. The console sends its actions
+/// through this, from within its own request's handling.
+pub fn layered_api(state: &AppState) -> Router<AppState> {
+    let max_body = state.settings.server.max_body_bytes;
     let (routes, openapi) = api().split_for_parts();
     routes
         .layer(Extension(Arc::new(docs::describe_inputs(openapi))))
@@ -163,14 +179,6 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(max_body))
         .layer(RequestBodyLimitLayer::new(max_body))
         .layer(axum::middleware::map_response(error::json_errors))
-        // The console answers HTML, its errors too, and audits through its own layer.
-        .merge(crate::console::routes(&state))
-        .layer(axum::middleware::from_fn(move |request, next| {
-            handle_to_the_end(handler_timeout, request, next)
-        }))
-        .layer(cors(&settings.server.cors_origins))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

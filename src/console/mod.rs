@@ -96,10 +96,11 @@ pub fn routes(state: &AppState) -> Router<AppState> {
 }
 
 impl Console {
-    /// The service's router, to send an action through the API's handler.
+    /// The API with its layers ([`crate::api::layered_api`]), to send an action through the
+    /// API's handler.
     fn api(&self, state: &AppState) -> Router {
         self.api
-            .get_or_init(|| crate::api::router(state.clone()))
+            .get_or_init(|| crate::api::layered_api(state).with_state(state.clone()))
             .clone()
     }
 }
