@@ -319,6 +319,14 @@ fn serve(state: &Arc<SimState>, component: Component, listener: TcpListener) -> 
 /// How long a stopping component gives the requests in flight to be answered.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// An HTTP client of the LCM as every client should be: it keeps an idle connection for less
+/// than the LCM's `server.header_read_timeout_secs` (10 s by default). An HTTP client may open
+/// a connection ahead and leave it unused; the LCM closes such a connection once that time has
+/// passed, and a request sent on it just then would get no answer.
+pub fn lcm_client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(5))
+}
+
 /// The OAuth2 client the simulated KPI monitoring accepts.
 pub const KPI_CLIENT_ID: &str = "lcm";
 /// See [`KPI_CLIENT_ID`].
@@ -328,10 +336,8 @@ impl Platform {
     /// Starts the three components on random loopback ports.
     pub async fn start(options: SimOptions) -> std::io::Result<Self> {
         crate::services::install_crypto_provider();
-        let http = reqwest::Client::builder()
+        let http = lcm_client()
             .timeout(Duration::from_secs(30))
-            // Under the LCM's `server.header_read_timeout_secs`, as its clients should be.
-            .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .map_err(std::io::Error::other)?;
         let state = Arc::new(SimState {

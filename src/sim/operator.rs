@@ -62,10 +62,8 @@ impl Operator {
     /// A client for the LCM at `base` (e.g. `http://127.0.0.1:5000`).
     pub fn new(base: impl Into<String>, api_key: impl Into<String>) -> reqwest::Result<Self> {
         crate::services::install_crypto_provider();
-        let http = reqwest::Client::builder()
+        let http = super::lcm_client()
             .timeout(Duration::from_secs(30))
-            // Under the LCM's `server.header_read_timeout_secs`, as its clients should be.
-            .pool_idle_timeout(Duration::from_secs(5))
             // Loopback only: an HTTP(S)_PROXY in the environment must not catch these calls.
             .no_proxy()
             .build()?;

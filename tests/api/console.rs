@@ -16,9 +16,8 @@ use crate::helpers::*;
 /// An HTTP client that shows redirects instead of following them.
 /// A client that follows no redirect, so each answer is seen as the console gives it.
 fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
+    lcm::sim::lcm_client()
         .redirect(reqwest::redirect::Policy::none())
-        .pool_idle_timeout(std::time::Duration::from_secs(5))
         .build()
         .expect("client")
 }

@@ -976,10 +976,9 @@ pub fn drop_slice_callback(id: &str) -> Fault {
 /// A client whose connections come from `ip` (any 127.x.y.z is this machine), that follows no
 /// redirect.
 pub fn client_from(ip: &str) -> reqwest::Client {
-    reqwest::Client::builder()
+    lcm::sim::lcm_client()
         .local_address(ip.parse::<std::net::IpAddr>().expect("an address"))
         .redirect(reqwest::redirect::Policy::none())
-        .pool_idle_timeout(Duration::from_secs(5))
         .build()
         .expect("a client")
 }

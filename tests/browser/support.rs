@@ -149,9 +149,8 @@ url = "http://{}"
         )
         .await;
         let direct = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::builder()
+        let http = lcm::sim::lcm_client()
             .redirect(reqwest::redirect::Policy::none())
-            .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .expect("client");
         let proxy = Proxy::start(([127, 0, 0, 1], port).into()).await;

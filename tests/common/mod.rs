@@ -149,16 +149,9 @@ pub fn lcm_command(dir: &Path) -> Command {
     command
 }
 
-/// A client as the service's own clients should be: it keeps an idle connection for less than
-/// `server.header_read_timeout_secs` (10 s), after which the service closes a connection on
-/// which no request has started. An HTTP client may open a connection ahead and leave it idle;
-/// kept longer, it could be picked just as the service closes it, and the request would get no
-/// answer.
+/// A client of the service as every client should be ([`lcm::sim::lcm_client`]).
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .pool_idle_timeout(Duration::from_secs(5))
-        .build()
-        .expect("a client")
+    lcm::sim::lcm_client().build().expect("a client")
 }
 
 /// Starts `command` (see [`lcm_command`]), configured to serve 127.0.0.1:`port` with
