@@ -75,7 +75,8 @@ impl Default for HeldWrites {
 }
 
 impl HeldWrites {
-    fn of(ops: fn(&lcm::store::Op) -> bool) -> Self {
+    /// Holds the writes `ops` picks (while held).
+    pub fn of(ops: fn(&lcm::store::Op) -> bool) -> Self {
         Self {
             of: ops,
             held: Arc::default(),
@@ -132,7 +133,8 @@ impl Default for RefusedSaves {
 }
 
 impl RefusedSaves {
-    fn of(states: fn(lcm::engine::state::Lifecycle) -> bool) -> Self {
+    /// Refuses the saves of a trial in the states `states` picks (while switched on).
+    pub fn of(states: fn(lcm::engine::state::Lifecycle) -> bool) -> Self {
         Self {
             of: states,
             refusing: Arc::default(),
@@ -158,48 +160,25 @@ impl RefusedSaves {
 /// The service with `options` on an in-memory store whose writes fail while the returned
 /// switch is on.
 pub async fn spawn_app_with_flaky_store(options: AppOptions) -> (TestApp, Arc<AtomicBool>) {
-    let faults = StoreFaults::default();
-    let broken = faults.broken.clone();
-    (spawn_app_on_flaky_store(options, faults).await, broken)
+    let (app, faults) = spawn_app_with_store_faults(options, StoreFaults::default()).await;
+    (app, faults.broken)
 }
 
-/// The service with `options` on an in-memory store that fails the saves of a trial in the
-/// states `of` picks while the returned switch is on.
-pub async fn spawn_app_refusing_saves(
+/// The service with `options` on an in-memory store with `faults`; returns them, to switch.
+pub async fn spawn_app_with_store_faults(
     options: AppOptions,
-    of: fn(lcm::engine::state::Lifecycle) -> bool,
-) -> (TestApp, RefusedSaves) {
-    let refused = RefusedSaves::of(of);
-    let faults = StoreFaults {
-        refused: refused.clone(),
-        ..StoreFaults::default()
-    };
-    (spawn_app_on_flaky_store(options, faults).await, refused)
-}
-
-/// The service with `options` on an in-memory store that holds the writes `of` picks while the
-/// returned gate is held.
-pub async fn spawn_app_holding_writes(
-    options: AppOptions,
-    of: fn(&lcm::store::Op) -> bool,
-) -> (TestApp, HeldWrites) {
-    let held = HeldWrites::of(of);
-    let faults = StoreFaults {
-        held: held.clone(),
-        ..StoreFaults::default()
-    };
-    (spawn_app_on_flaky_store(options, faults).await, held)
-}
-
-async fn spawn_app_on_flaky_store(options: AppOptions, faults: StoreFaults) -> TestApp {
-    spawn_app_with(AppOptions {
+    faults: StoreFaults,
+) -> (TestApp, StoreFaults) {
+    let switches = faults.clone();
+    let app = spawn_app_with(AppOptions {
         backend: Some(Box::new(move || FlakyBackend {
             inner: lcm::store::sqlite::SqliteBackend::in_memory().expect("in-memory store"),
             faults,
         })),
         ..options
     })
-    .await
+    .await;
+    (app, switches)
 }
 
 impl lcm::store::Backend for FlakyBackend {

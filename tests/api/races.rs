@@ -168,14 +168,18 @@ fn add_trial_refused_at_flightplan(app: &TestApp, id: &str) {
 
 #[tokio::test]
 async fn an_ended_engine_whose_end_was_not_saved_stays_in_memory_until_it_is() {
-    let (app, saves) = spawn_app_refusing_saves(
+    let (app, faults) = spawn_app_with_store_faults(
         AppOptions {
             settings: Box::new(|s| s.engine.keep_finished_secs = 1),
             ..AppOptions::default()
         },
-        Lifecycle::is_ended,
+        StoreFaults {
+            refused: RefusedSaves::of(Lifecycle::is_ended),
+            ..StoreFaults::default()
+        },
     )
     .await;
+    let saves = faults.refused;
     let id = "end-unsaved";
     saves.refusing.store(true, Ordering::SeqCst);
     app.start_trial(id).await;
@@ -205,14 +209,18 @@ async fn an_ended_engine_whose_end_was_not_saved_stays_in_memory_until_it_is() {
 
 #[tokio::test]
 async fn a_failure_that_was_not_saved_is_saved_once_the_store_takes_it() {
-    let (app, saves) = spawn_app_refusing_saves(
+    let (app, faults) = spawn_app_with_store_faults(
         AppOptions {
             settings: Box::new(single_attempt),
             ..AppOptions::default()
         },
-        |lifecycle| lifecycle == Lifecycle::Failed,
+        StoreFaults {
+            refused: RefusedSaves::of(|lifecycle| lifecycle == Lifecycle::Failed),
+            ..StoreFaults::default()
+        },
     )
     .await;
+    let saves = faults.refused;
     let id = "failure-unsaved";
     add_trial_refused_at_flightplan(&app, id);
     saves.refusing.store(true, Ordering::SeqCst);
@@ -455,14 +463,18 @@ async fn a_failed_trial_recovered_mid_report_finishes_its_report_before_a_restor
 /// The service with handlers answered after 1 s at most, on a store that holds the writes `of`
 /// picks while the returned gate is held.
 async fn spawn_app_answering_late(of: fn(&Op) -> bool) -> (TestApp, HeldWrites) {
-    spawn_app_holding_writes(
+    let (app, faults) = spawn_app_with_store_faults(
         AppOptions {
             settings: Box::new(|s| s.server.handler_timeout_secs = 1),
             ..AppOptions::default()
         },
-        of,
+        StoreFaults {
+            held: HeldWrites::of(of),
+            ..StoreFaults::default()
+        },
     )
-    .await
+    .await;
+    (app, faults.held)
 }
 
 /// Sends `DELETE path` while the store holds its write: the answer comes too late (504, in
