@@ -11,7 +11,7 @@
 mod common;
 mod support;
 
-use common::{ROLE_KEYS, key_of, keys_file};
+use common::{ROLE_KEYS, key_of, keys_file, schedule_ahead};
 use lcm::config::Role;
 use lcm::sim::{Component, Fault, FaultAction, Platform};
 use reqwest::Method;
@@ -39,55 +39,52 @@ fn no_errors(errors: &[String]) {
     );
 }
 
-/// Fills the schedule form for `id`, three seconds ahead written in UTC+02:00, and sends it;
-/// returns the message shown. On a busy machine the form can arrive after the time it carries:
-/// then a new time is chosen and the form sent again, as an operator would.
+/// Fills the schedule form for `id`, three seconds ahead written in UTC+02:00, and sends it
+/// (again with a new time if it arrived after that one, see [`schedule_ahead`]); returns the
+/// message shown.
 async fn schedule_through_form(browser: &Browser, base: &str, id: &str) -> String {
-    eventually(
-        &format!("trial {id} scheduled through the form"),
-        || async {
-            browser.goto(&format!("{base}/ui/schedule")).await;
-            let start = chrono::Utc::now() + chrono::Duration::seconds(3);
-            let local = (start + chrono::Duration::hours(2)).format("%Y-%m-%dT%H:%M:%S");
-            browser
-                .client
-                .find(fantoccini::Locator::Css("#trial_id"))
-                .await
-                .expect("id field")
-                .send_keys(id)
-                .await
-                .expect("typed");
-            browser
-                .run(&format!(
-                    "document.getElementById('local').value = '{local}'; return true;"
-                ))
-                .await;
-            browser
-                .client
-                .find(fantoccini::Locator::Css("#offset"))
-                .await
-                .expect("offset field")
-                .select_by_value("+02:00")
-                .await
-                .expect("offset chosen");
-            browser
-                .click("form[action='/ui/schedule'] button[type=submit]")
-                .await;
-            let flash = eventually("the schedule form's answer", || async {
-                let shown = browser.text("main .flash").await?;
-                match shown.contains("scheduled at") || shown.contains("in the past") {
-                    true => Ok(shown),
-                    false => Err(shown),
-                }
-            })
+    schedule_ahead(id, 3000, |start| async move {
+        browser.goto(&format!("{base}/ui/schedule")).await;
+        let local = (start + chrono::Duration::hours(2)).format("%Y-%m-%dT%H:%M:%S");
+        browser
+            .client
+            .find(fantoccini::Locator::Css("#trial_id"))
+            .await
+            .expect("id field")
+            .send_keys(id)
+            .await
+            .expect("typed");
+        browser
+            .run(&format!(
+                "document.getElementById('local').value = '{local}'; return true;"
+            ))
             .await;
-            match flash.contains("scheduled at") {
-                true => Ok(flash),
-                false => Err(flash),
+        browser
+            .client
+            .find(fantoccini::Locator::Css("#offset"))
+            .await
+            .expect("offset field")
+            .select_by_value("+02:00")
+            .await
+            .expect("offset chosen");
+        browser
+            .click("form[action='/ui/schedule'] button[type=submit]")
+            .await;
+        // The page shows the API's answer: said again as the API's status and detail.
+        eventually("the schedule form's answer", || async {
+            let shown = browser.text("main .flash").await?;
+            if shown.contains("scheduled at") {
+                Ok((200, Value::Null))
+            } else if shown.contains("in the past") {
+                Ok((400, json!({ "detail": shown })))
+            } else {
+                Err(shown)
             }
-        },
-    )
-    .await
+        })
+        .await
+    })
+    .await;
+    browser.text("main .flash").await.expect("the answer shown")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
