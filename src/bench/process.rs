@@ -56,6 +56,54 @@ fn thread_cpu() -> Vec<ThreadCpu> {
         .collect()
 }
 
+/// What threads passed to the kernel's write calls (`/proc/self/task/*/io`): bytes and calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    pub bytes: u64,
+    pub calls: u64,
+}
+
+impl Written {
+    pub fn since(self, before: Written) -> Written {
+        Written {
+            bytes: self.bytes.saturating_sub(before.bytes),
+            calls: self.calls.saturating_sub(before.calls),
+        }
+    }
+}
+
+/// The writes of the live threads named `name` (`wchar` and `syscw`).
+pub fn written_by(name: &str) -> Written {
+    let Ok(tasks) = fs::read_dir("/proc/self/task") else {
+        return Written::default();
+    };
+    tasks
+        .flatten()
+        .filter(|task| {
+            fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim_end() == name)
+        })
+        .filter_map(|task| fs::read_to_string(task.path().join("io")).ok())
+        .map(|io| io_written(&io))
+        .fold(Written::default(), |sum, w| Written {
+            bytes: sum.bytes + w.bytes,
+            calls: sum.calls + w.calls,
+        })
+}
+
+/// `wchar` and `syscw` of an `io` file.
+fn io_written(io: &str) -> Written {
+    let field = |name: &str| {
+        io.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    Written {
+        bytes: field("wchar"),
+        calls: field("syscw"),
+    }
+}
+
 /// CPU time (user + system) of the live threads whose name starts with `prefix`.
 pub fn cpu_of_threads(prefix: &str) -> Duration {
     thread_cpu()
@@ -124,6 +172,29 @@ mod tests {
         assert!(status_bytes("VmHWM").unwrap_or(0) > 0);
         assert!(threads().unwrap_or(0) >= 1);
         assert!(!thread_cpu().is_empty());
+    }
+
+    #[test]
+    fn counts_what_a_named_thread_writes() {
+        let name = "bench-io-test";
+        let file = tempfile::tempfile().unwrap();
+        let written = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                use std::io::Write;
+                let before = written_by(name);
+                (&file).write_all(&[0; 4096]).unwrap();
+                (&file).write_all(&[0; 100]).unwrap();
+                written_by(name).since(before)
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let expected = Written {
+            bytes: 4196,
+            calls: 2,
+        };
+        assert_eq!(written, expected);
     }
 
     #[test]

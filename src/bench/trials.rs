@@ -20,6 +20,7 @@ use super::{
 };
 use crate::sim::Platform;
 use crate::sim::operator::{Operator, OperatorSignal};
+use crate::store::WRITER_THREAD;
 
 /// Schedule calls in flight at once while the first wave is scheduled.
 const SCHEDULE_PARALLEL: usize = 16;
@@ -48,10 +49,9 @@ pub async fn run(options: &BenchOptions, lcm_runtime: &Handle, dir: &Path) -> Re
     let harness = Harness::start(options, lcm_runtime, dir).await?;
     let result = drive(&harness, n, wave).await;
     harness.stop().await;
-    let rows = result?;
+    let (mut rows, written) = result?;
     let sizes = super::store::sizes(&dir.join("data"))?;
-    let mut rows = rows;
-    rows.extend(store_rows(&sizes));
+    rows.extend(store_rows(&sizes, written));
     print_table(
         &format!(
             "lcm bench: {n} trials, {wave} at once, callbacks after {} ms, retries up to {} attempts, on {}",
@@ -65,8 +65,12 @@ pub async fn run(options: &BenchOptions, lcm_runtime: &Handle, dir: &Path) -> Re
 }
 
 /// What the store holds per trial and per step.
-fn store_rows(sizes: &super::store::StoreSizes) -> Vec<(String, String, String)> {
+fn store_rows(
+    sizes: &super::store::StoreSizes,
+    written: process::Written,
+) -> Vec<(String, String, String)> {
     let trials = sizes.trials.max(1) as f64;
+    let steps = sizes.steps.max(1) as f64;
     vec![
         (
             "checkpoint size".to_owned(),
@@ -96,6 +100,20 @@ fn store_rows(sizes: &super::store::StoreSizes) -> Vec<(String, String, String)>
             ),
         ),
         (
+            "written to disk per step".to_owned(),
+            format!(
+                "{} in {:.1} write calls ({} and {:.0} calls a trial)",
+                bytes(written.bytes as f64 / steps),
+                written.calls as f64 / steps,
+                bytes(written.bytes as f64 / trials),
+                written.calls as f64 / trials
+            ),
+            format!(
+                "what the store's writer thread `{WRITER_THREAD}` handed to the kernel (wchar, syscw of /proc/self/task/*/io) during the run / {} steps: SQLite writes whole 4 KiB pages to its write-ahead log, each page a commit changed once per commit",
+                sizes.steps
+            ),
+        ),
+        (
             "outbound retries".to_owned(),
             sizes.retries.to_string(),
             "answers recorded with attempt > 1: the happy path needs none, so the retry policy costs one check per answer".to_owned(),
@@ -116,7 +134,7 @@ async fn drive(
     harness: &Harness,
     n: usize,
     wave: usize,
-) -> Result<Vec<(String, String, String)>, String> {
+) -> Result<(Vec<(String, String, String)>, process::Written), String> {
     let platform = &harness.platform;
     let operator = &harness.operator;
     let ids: Vec<String> = (0..n).map(|i| format!("bench-{i:05}")).collect();
@@ -128,6 +146,7 @@ async fn drive(
     let rss_before = process::status_bytes("VmRSS").unwrap_or(0);
     let lcm_cpu_before = process::cpu_of_threads(LCM_PREFIX);
     let cpu_before = process::process_cpu();
+    let written_before = process::written_by(WRITER_THREAD);
     let deadline = Instant::now() + Duration::from_secs(60) + Duration::from_millis(30) * n as u32;
 
     // The first wave: all at the same start time, far enough ahead to schedule them all.
@@ -220,6 +239,7 @@ async fn drive(
     let listed = all_finished(operator, n, deadline).await?;
     let lcm_cpu = process::cpu_of_threads(LCM_PREFIX).saturating_sub(lcm_cpu_before);
     let cpu = process::process_cpu().saturating_sub(cpu_before);
+    let written = process::written_by(WRITER_THREAD).since(written_before);
     let peak = sampler.stop().await;
     let hwm = process::status_bytes("VmHWM").unwrap_or(0);
 
@@ -317,7 +337,7 @@ async fn drive(
     if listed < n {
         return Err(format!("only {listed} of {n} engines are listed Finished"));
     }
-    Ok(rows)
+    Ok((rows, written))
 }
 
 /// Sends `active` or `finish` once the executor takes it, retrying a 409 with a short backoff

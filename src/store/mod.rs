@@ -29,6 +29,9 @@ use tracing::error;
 use crate::domain::{StartTime, TrialId};
 use crate::engine::state::{Checkpoint, Lifecycle, ResponseRecord, TrialEvent};
 
+/// The name of the writer thread.
+pub const WRITER_THREAD: &str = "lcm-store";
+
 /// Why the store could not do something.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -276,7 +279,7 @@ impl Store {
         let rows = Arc::new(Mutex::new(Vec::new()));
         let pending = rows.clone();
         thread::Builder::new()
-            .name("lcm-store".to_owned())
+            .name(WRITER_THREAD.to_owned())
             .spawn(move || write_loop(backend, &queue, &pending))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         Ok((
