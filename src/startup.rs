@@ -179,6 +179,9 @@ impl Application {
         })
         .await;
         upkeep.abort();
+        if let Err(e) = state.scheduler.deps().store.flush().await {
+            warn!(error = %e, "shutting down: the last journal and audit rows were not saved");
+        }
         info!("Lifecycle Manager stopped");
         Ok(())
     }

@@ -6,8 +6,8 @@
 //! load what start-up needs (live trials only), and open a [`Reader`] for queries. [`Store`]
 //! runs one backend on a dedicated writer thread: callers `await` their write (or
 //! [`Store::submit`] it when nothing waits on it: a journal row, handed over with the next
-//! awaited write or taken by the writer on its next turn), writes are applied in the order
-//! they were submitted, and writes that queue up meanwhile are committed together (group
+//! awaited write, or committed alone when none comes within 20 ms), writes are applied in the
+//! order they were submitted, and writes that queue up meanwhile are committed together (group
 //! commit). One thread whatever the number of trials, and no blocking on the async threads.
 //! Reads go to a separate connection on the blocking pool.
 //!
@@ -20,6 +20,7 @@ pub mod sqlite;
 
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -264,15 +265,23 @@ struct Handover {
 pub struct Store {
     writer: mpsc::Sender<Handover>,
     /// Rows submitted and not handed over yet, in order. They go with the next request, or
-    /// the writer takes them itself: a trial's rows ride with its checkpoint instead of
-    /// waking the writer one by one.
+    /// the writer takes them itself when none comes within [`ROWS_LINGER`]: a trial's rows
+    /// ride with its checkpoint instead of waking the writer one by one.
     rows: Arc<Mutex<Vec<Op>>>,
     reader: Arc<Mutex<Box<dyn Reader>>>,
 }
 
 impl Store {
     /// Loads the backend's state and starts its writer thread.
-    pub fn start(mut backend: impl Backend) -> Result<(Self, Loaded), StoreError> {
+    pub fn start(backend: impl Backend) -> Result<(Self, Loaded), StoreError> {
+        Self::start_lingering(backend, ROWS_LINGER)
+    }
+
+    /// [`Store::start`], with rows handed over alone waiting up to `linger` for a request.
+    fn start_lingering(
+        mut backend: impl Backend,
+        linger: Duration,
+    ) -> Result<(Self, Loaded), StoreError> {
         let loaded = backend.load()?;
         let reader = backend.reader()?;
         let (writer, queue) = mpsc::channel::<Handover>();
@@ -280,7 +289,7 @@ impl Store {
         let pending = rows.clone();
         thread::Builder::new()
             .name(WRITER_THREAD.to_owned())
-            .spawn(move || write_loop(backend, &queue, &pending))
+            .spawn(move || write_loop(backend, &queue, &pending, linger))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         Ok((
             Self {
@@ -333,6 +342,12 @@ impl Store {
         }
     }
 
+    /// Commits every row submitted so far: at shutdown, so that no journal or audit row is
+    /// left waiting.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.write_all(Vec::new()).await.map(|_| ())
+    }
+
     /// Queues a change nobody waits for (a journal row): it is committed in order with the
     /// others, so a later awaited write finds it committed; a failure is logged.
     pub fn submit(&self, op: Op) {
@@ -372,10 +387,13 @@ impl Store {
     }
 }
 
-/// The count of the operation at `index`; a backend that answers fewer counts than it was
-/// given operations is broken.
-fn count_at(counts: &[usize], index: usize) -> Result<usize, StoreError> {
-    counts.get(index).copied().ok_or_else(|| {
+/// The count of the first operation of a write (0 for a write of none, a flush); a backend
+/// that answers fewer counts than it was given operations is broken.
+fn count_of(counts: &[usize], write: std::ops::Range<usize>) -> Result<usize, StoreError> {
+    if write.is_empty() {
+        return Ok(0);
+    }
+    counts.get(write.start).copied().ok_or_else(|| {
         StoreError::Backend(format!(
             "the store answered {} counts for more operations",
             counts.len()
@@ -415,10 +433,16 @@ impl Batch {
 
 /// Applies what it is handed, in order, committing whatever queued up meanwhile together
 /// (group commit).
-fn write_loop(mut backend: impl Backend, queue: &mpsc::Receiver<Handover>, rows: &Mutex<Vec<Op>>) {
+fn write_loop(
+    mut backend: impl Backend,
+    queue: &mpsc::Receiver<Handover>,
+    rows: &Mutex<Vec<Op>>,
+    linger: Duration,
+) {
     while let Ok(first) = queue.recv() {
         let mut batch = Batch::default();
         batch.take(first);
+        wait_for_request(&mut batch, queue, linger);
         {
             // Everything handed over before this lock is in the queue now, and the rows
             // submitted since come after it.
@@ -428,8 +452,24 @@ fn write_loop(mut backend: impl Backend, queue: &mpsc::Receiver<Handover>, rows:
             }
             batch.rows(std::mem::take(&mut *rows));
         }
-        if !batch.ops.is_empty() {
+        if !batch.writes.is_empty() {
             commit(&mut backend, batch);
+        }
+    }
+}
+
+/// How long rows that nobody waits for may wait for an awaited write to ride with.
+const ROWS_LINGER: Duration = Duration::from_millis(20);
+
+/// Rows handed over alone wait up to `linger` for a request, so that a step's journal rows
+/// are committed with its checkpoint: one transaction, each page written once, instead of a
+/// transaction per row. A request is never held back.
+fn wait_for_request(batch: &mut Batch, queue: &mpsc::Receiver<Handover>, linger: Duration) {
+    let deadline = Instant::now() + linger;
+    while !batch.writes.iter().any(|(_, reply)| reply.is_some()) {
+        match queue.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(handover) => batch.take(handover),
+            Err(_) => return,
         }
     }
 }
@@ -440,7 +480,7 @@ fn commit(backend: &mut impl Backend, Batch { ops, writes }: Batch) {
         Ok(counts) => {
             for (range, reply) in writes {
                 if let Some(reply) = reply {
-                    let _ = reply.send(count_at(&counts, range.start));
+                    let _ = reply.send(count_of(&counts, range));
                 }
             }
         }
@@ -448,9 +488,12 @@ fn commit(backend: &mut impl Backend, Batch { ops, writes }: Batch) {
         // operations stay together).
         Err(_) if writes.len() > 1 => {
             for (range, reply) in writes {
-                let result = backend
-                    .apply(&ops[range.clone()])
-                    .and_then(|counts| count_at(&counts, 0));
+                let result = match ops.get(range.clone()) {
+                    Some(alone) if !alone.is_empty() => backend
+                        .apply(alone)
+                        .and_then(|counts| count_of(&counts, 0..alone.len())),
+                    _ => Ok(0),
+                };
                 if let Err(e) = &result {
                     error!(error = %e, op = ops[range.start].kind(), "store write failed");
                 }
@@ -472,7 +515,6 @@ fn commit(backend: &mut impl Backend, Batch { ops, writes }: Batch) {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
@@ -517,12 +559,16 @@ mod tests {
     }
 
     fn start() -> (Store, UnboundedReceiver<Applied>) {
+        start_lingering(ROWS_LINGER)
+    }
+
+    fn start_lingering(linger: Duration) -> (Store, UnboundedReceiver<Applied>) {
         let (applied, seen) = unbounded_channel();
         let backend = Watched {
             inner: SqliteBackend::in_memory().unwrap(),
             applied,
         };
-        (Store::start(backend).unwrap().0, seen)
+        (Store::start_lingering(backend, linger).unwrap().0, seen)
     }
 
     fn entry(action: &str) -> Op {
@@ -570,6 +616,36 @@ mod tests {
             .await
             .expect("a transaction within 10 s")
             .expect("the store is running")
+    }
+
+    #[tokio::test]
+    async fn rows_submitted_alone_wait_for_the_next_write_and_are_committed_with_it() {
+        let (store, mut seen) = start_lingering(Duration::from_secs(60));
+        store.submit(entry("row 1"));
+        // A query's round trip is ample time for a writer that does not wait to commit it.
+        assert!(committed(&store).await.is_empty());
+        store.submit(entry("row 2"));
+        store.write(entry("write")).await.unwrap();
+        assert_eq!(
+            next_applied(&mut seen).await,
+            Ok(vec![
+                "row 1".to_owned(),
+                "row 2".to_owned(),
+                "write".to_owned()
+            ])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_flush_commits_the_rows_waiting_for_a_write() {
+        let (store, _seen) = start_lingering(Duration::from_secs(60));
+        store.flush().await.unwrap();
+        store.submit(entry("waiting"));
+        store.flush().await.unwrap();
+        // A row that cannot be written fails alone; the flush still answers.
+        store.submit(entry("refuse"));
+        store.flush().await.unwrap();
+        assert_eq!(committed(&store).await, ["waiting"]);
     }
 
     #[tokio::test]

@@ -373,6 +373,23 @@ async fn sigterm_stops_the_service_even_with_an_event_stream_open() {
     assert!(rest.is_ok(), "the event stream ended");
 }
 
+#[tokio::test]
+async fn the_audit_entry_of_a_request_answered_just_before_sigterm_is_kept() {
+    let mut app = spawn_binary().await;
+    // Refused, so its entry is a row written after the answer, with no change to ride with.
+    let refused = app.post("/trial/never-scheduled/active", None).await;
+    assert_eq!(refused.status, StatusCode::NOT_FOUND, "{refused:?}");
+    let (status, _) = terminate(&mut app, Duration::from_secs(10)).await;
+    assert!(status.success(), "{status}");
+    app.restart_binary().await;
+    let entries = app.get("/audit?trial_id=never-scheduled").await.body["entries"].clone();
+    assert_eq!(
+        entries[0]["action"], "POST /trial/{trial_id}/active",
+        "{entries}"
+    );
+    assert_eq!(entries[0]["outcome"], 404, "{entries}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_the_service_reports_no_failure_and_every_trial_carries_on() {
     let (slice, idle, active, mid, paused) = (
