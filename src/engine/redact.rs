@@ -75,4 +75,15 @@ mod tests {
         );
         assert_eq!(Redactor::new(["", "lcm"]).text("lcm kept"), "lcm kept");
     }
+
+    /// A service may escape characters JSON allows to escape (`\/`, `\u002b`): the secret is
+    /// found in the string as read, not in the bytes.
+    #[test]
+    fn a_secret_written_escaped_in_json_is_redacted_once_parsed() {
+        let body = r#"{"echo": "Bearer a\/b\u002bc", "ok": "a/b"}"#;
+        assert!(!body.contains("a/b+c"));
+        let mut value: Value = serde_json::from_str(body).unwrap();
+        Redactor::new(["a/b+c"]).value(&mut value);
+        assert_eq!(value, json!({"echo": format!("Bearer {REDACTED}"), "ok": "a/b"}));
+    }
 }
