@@ -84,6 +84,9 @@ mod tests {
         assert!(!body.contains("a/b+c"));
         let mut value: Value = serde_json::from_str(body).unwrap();
         Redactor::new(["a/b+c"]).value(&mut value);
-        assert_eq!(value, json!({"echo": format!("Bearer {REDACTED}"), "ok": "a/b"}));
+        assert_eq!(
+            value,
+            json!({"echo": format!("Bearer {REDACTED}"), "ok": "a/b"})
+        );
     }
 }

@@ -25,6 +25,7 @@ use super::state::{Checkpoint, EventKind, Failure, Lifecycle, Mode, Position};
 use super::{EngineShared, SIGNAL_QUEUE};
 use crate::deadline::sleep_until;
 use crate::store::{Op, TrialRecord};
+use crate::telemetry::panic_message;
 
 /// Why a restore or a skip was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -664,16 +665,6 @@ async fn join(
     match executor {
         Some(handle) => handle.await,
         None => std::future::pending().await,
-    }
-}
-
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".to_owned()
     }
 }
 

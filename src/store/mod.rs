@@ -18,6 +18,7 @@ pub mod codec;
 mod legacy;
 pub mod sqlite;
 
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -29,6 +30,7 @@ use tracing::error;
 
 use crate::domain::{StartTime, TrialId};
 use crate::engine::state::{Checkpoint, Lifecycle, ResponseRecord, TrialEvent};
+use crate::telemetry::panic_message;
 
 /// The name of the writer thread.
 pub const WRITER_THREAD: &str = "lcm-store";
@@ -474,9 +476,20 @@ fn wait_for_request(batch: &mut Batch, queue: &mpsc::Receiver<Handover>, linger:
     }
 }
 
+/// Applies `ops` in one transaction. A backend that panics fails the batch (its transaction
+/// rolled back), not the writer thread: the writes after it go on being made.
+fn apply(backend: &mut impl Backend, ops: &[Op]) -> Result<Vec<usize>, StoreError> {
+    panic::catch_unwind(AssertUnwindSafe(|| backend.apply(ops))).unwrap_or_else(|payload| {
+        Err(StoreError::Backend(format!(
+            "the write panicked: {}",
+            panic_message(payload)
+        )))
+    })
+}
+
 /// Commits the batch in one transaction and answers each write.
 fn commit(backend: &mut impl Backend, Batch { ops, writes }: Batch) {
-    match backend.apply(&ops) {
+    match apply(backend, &ops) {
         Ok(counts) => {
             for (range, reply) in writes {
                 if let Some(reply) = reply {
@@ -489,9 +502,9 @@ fn commit(backend: &mut impl Backend, Batch { ops, writes }: Batch) {
         Err(_) if writes.len() > 1 => {
             for (range, reply) in writes {
                 let result = match ops.get(range.clone()) {
-                    Some(alone) if !alone.is_empty() => backend
-                        .apply(alone)
-                        .and_then(|counts| count_of(&counts, 0..alone.len())),
+                    Some(alone) if !alone.is_empty() => {
+                        apply(backend, alone).and_then(|counts| count_of(&counts, 0..alone.len()))
+                    }
                     _ => Ok(0),
                 };
                 if let Err(e) = &result {
@@ -540,6 +553,9 @@ mod tests {
                     _ => None,
                 })
                 .collect();
+            if actions.iter().any(|a| a == "panic") {
+                panic!("a backend fault");
+            }
             if actions.iter().any(|a| a == "refuse") {
                 let _ = self.applied.send(Err(actions));
                 return Err(StoreError::Backend("refused".into()));
@@ -659,6 +675,23 @@ mod tests {
             Ok(vec!["alone again".to_owned()])
         );
         assert_eq!(committed(&store).await, ["alone", "alone again"]);
+    }
+
+    #[tokio::test]
+    async fn a_backend_that_panics_fails_its_writes_and_the_writer_goes_on() {
+        let (store, _seen) = start();
+        let failed = store.write(entry("panic")).await;
+        assert!(
+            matches!(&failed, Err(StoreError::Backend(e)) if e.contains("panicked: a backend fault")),
+            "{failed:?}"
+        );
+        store.submit(entry("panic"));
+        store.write(entry("after a row that panics")).await.unwrap();
+        store.write(entry("after")).await.unwrap();
+        assert_eq!(
+            committed(&store).await,
+            ["after a row that panics", "after"]
+        );
     }
 
     #[tokio::test]
