@@ -64,8 +64,6 @@ pub fn init(settings: &LoggingSettings) -> io::Result<WorkerGuard> {
     Ok(guard)
 }
 
-/// Colour codes on stdout only for a person at a terminal: logs piped to a file or read with
-/// `docker logs` stay plain text. `NO_COLOR` (set and not empty) turns colour off there too.
 /// What a panic said, for the log and the failure it is reported as.
 pub fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
@@ -77,6 +75,8 @@ pub fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
+/// Colour codes on stdout only for a person at a terminal: logs piped to a file or read with
+/// `docker logs` stay plain text. `NO_COLOR` (set and not empty) turns colour off there too.
 fn use_colour(stdout_is_terminal: bool, no_color: Option<&str>) -> bool {
     stdout_is_terminal && no_color.is_none_or(str::is_empty)
 }
