@@ -34,6 +34,8 @@ use crate::telemetry::panic_message;
 
 /// The name of the writer thread.
 pub const WRITER_THREAD: &str = "lcm-store";
+// Linux keeps 15 bytes of a thread's name: a longer one would be cut where it is looked up.
+const _: () = assert!(WRITER_THREAD.len() <= 15);
 
 /// Why the store could not do something.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -500,18 +502,24 @@ fn commit(backend: &mut impl Backend, Batch { ops, writes }: Batch) {
         // One bad write must not fail the others: retry each alone to find it (a request's
         // operations stay together).
         Err(_) if writes.len() > 1 => {
+            // The first row that failed: a flush after it answers with it.
+            let mut lost_row: Option<StoreError> = None;
             for (range, reply) in writes {
                 let result = match ops.get(range.clone()) {
                     Some(alone) if !alone.is_empty() => {
                         apply(backend, alone).and_then(|counts| count_of(&counts, 0..alone.len()))
                     }
-                    _ => Ok(0),
+                    _ => lost_row.clone().map_or(Ok(0), Err),
                 };
-                if let Err(e) = &result {
-                    error!(error = %e, op = ops[range.start].kind(), "store write failed");
-                }
-                if let Some(reply) = reply {
-                    let _ = reply.send(result);
+                match (&result, reply) {
+                    (Ok(_), None) => {}
+                    (Err(e), None) => {
+                        error!(error = %e, op = ops[range.start].kind(), "store write failed");
+                        lost_row.get_or_insert_with(|| e.clone());
+                    }
+                    (_, Some(reply)) => {
+                        let _ = reply.send(result);
+                    }
                 }
             }
         }
@@ -658,10 +666,12 @@ mod tests {
         store.flush().await.unwrap();
         store.submit(entry("waiting"));
         store.flush().await.unwrap();
-        // A row that cannot be written fails alone; the flush still answers.
+        // A row that cannot be written fails alone, and the flush says a row was lost.
         store.submit(entry("refuse"));
+        store.submit(entry("kept"));
+        assert!(store.flush().await.is_err());
         store.flush().await.unwrap();
-        assert_eq!(committed(&store).await, ["waiting"]);
+        assert_eq!(committed(&store).await, ["waiting", "kept"]);
     }
 
     #[tokio::test]
