@@ -72,36 +72,36 @@ impl Written {
     }
 }
 
-/// The writes of the live threads named `name` (`wchar` and `syscw`).
-pub fn written_by(name: &str) -> Written {
-    let Ok(tasks) = fs::read_dir("/proc/self/task") else {
-        return Written::default();
-    };
+/// The writes of the live threads named `name` (`wchar` and `syscw`); `None` if there is no
+/// such thread or the kernel does not tell (no per-task I/O accounting).
+pub fn written_by(name: &str) -> Option<Written> {
+    let tasks = fs::read_dir("/proc/self/task").ok()?;
     tasks
         .flatten()
         .filter(|task| {
             fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim_end() == name)
         })
-        .filter_map(|task| fs::read_to_string(task.path().join("io")).ok())
-        .map(|io| io_written(&io))
-        .fold(Written::default(), |sum, w| Written {
-            bytes: sum.bytes + w.bytes,
-            calls: sum.calls + w.calls,
-        })
+        .map(|task| io_written(&fs::read_to_string(task.path().join("io")).ok()?))
+        .reduce(|sum, w| {
+            let (sum, w) = (sum?, w?);
+            Some(Written {
+                bytes: sum.bytes + w.bytes,
+                calls: sum.calls + w.calls,
+            })
+        })?
 }
 
 /// `wchar` and `syscw` of an `io` file.
-fn io_written(io: &str) -> Written {
+fn io_written(io: &str) -> Option<Written> {
     let field = |name: &str| {
         io.lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
             .and_then(|value| value.trim().parse().ok())
-            .unwrap_or(0)
     };
-    Written {
-        bytes: field("wchar"),
-        calls: field("syscw"),
-    }
+    Some(Written {
+        bytes: field("wchar")?,
+        calls: field("syscw")?,
+    })
 }
 
 /// CPU time (user + system) of the live threads whose name starts with `prefix`.
@@ -182,10 +182,10 @@ mod tests {
             .name(name.to_owned())
             .spawn(move || {
                 use std::io::Write;
-                let before = written_by(name);
+                let before = written_by(name).unwrap();
                 (&file).write_all(&[0; 4096]).unwrap();
                 (&file).write_all(&[0; 100]).unwrap();
-                written_by(name).since(before)
+                written_by(name).unwrap().since(before)
             })
             .unwrap()
             .join()
@@ -195,6 +195,7 @@ mod tests {
             calls: 2,
         };
         assert_eq!(written, expected);
+        assert_eq!(written_by("no such thread"), None);
     }
 
     #[test]

@@ -67,7 +67,7 @@ pub async fn run(options: &BenchOptions, lcm_runtime: &Handle, dir: &Path) -> Re
 /// What the store holds per trial and per step.
 fn store_rows(
     sizes: &super::store::StoreSizes,
-    written: process::Written,
+    written: Option<process::Written>,
 ) -> Vec<(String, String, String)> {
     let trials = sizes.trials.max(1) as f64;
     let steps = sizes.steps.max(1) as f64;
@@ -101,12 +101,17 @@ fn store_rows(
         ),
         (
             "written to disk per step".to_owned(),
-            format!(
-                "{} in {:.1} write calls ({} and {:.0} calls a trial)",
-                bytes(written.bytes as f64 / steps),
-                written.calls as f64 / steps,
-                bytes(written.bytes as f64 / trials),
-                written.calls as f64 / trials
+            written.map_or_else(
+                || "not known: this kernel does not account I/O per thread".to_owned(),
+                |written| {
+                    format!(
+                        "{} in {:.1} write calls ({} and {:.0} calls a trial)",
+                        bytes(written.bytes as f64 / steps),
+                        written.calls as f64 / steps,
+                        bytes(written.bytes as f64 / trials),
+                        written.calls as f64 / trials
+                    )
+                },
             ),
             format!(
                 "what the store's writer thread `{WRITER_THREAD}` handed to the kernel (wchar, syscw of /proc/self/task/*/io) during the run / {} steps: SQLite writes whole 4 KiB pages to its write-ahead log, each page a commit changed once per commit",
@@ -134,7 +139,7 @@ async fn drive(
     harness: &Harness,
     n: usize,
     wave: usize,
-) -> Result<(Vec<(String, String, String)>, process::Written), String> {
+) -> Result<(Vec<(String, String, String)>, Option<process::Written>), String> {
     let platform = &harness.platform;
     let operator = &harness.operator;
     let ids: Vec<String> = (0..n).map(|i| format!("bench-{i:05}")).collect();
@@ -239,7 +244,9 @@ async fn drive(
     let listed = all_finished(operator, n, deadline).await?;
     let lcm_cpu = process::cpu_of_threads(LCM_PREFIX).saturating_sub(lcm_cpu_before);
     let cpu = process::process_cpu().saturating_sub(cpu_before);
-    let written = process::written_by(WRITER_THREAD).since(written_before);
+    let written = process::written_by(WRITER_THREAD)
+        .zip(written_before)
+        .map(|(after, before)| after.since(before));
     let peak = sampler.stop().await;
     let hwm = process::status_bytes("VmHWM").unwrap_or(0);
 
