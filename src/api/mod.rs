@@ -29,6 +29,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
+use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
@@ -60,6 +61,9 @@ pub struct AppInner {
     /// Cancelled when the service begins to shut down: long-lived answers (event streams)
     /// end then, so the graceful shutdown does not wait on them.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Every request's handling, which goes on after its connection is gone: shutdown waits
+    /// for them before the store's last rows are committed.
+    pub handlers: TaskTracker,
 }
 
 impl AppState {
@@ -98,8 +102,13 @@ impl Message {
 /// too late, the server is shutting down) thus never leaves a change half made: a job saved but
 /// never armed, an engine stopped but never removed. Not 408: a client may send a request again
 /// on 408 by itself, and this one goes on.
-async fn handle_to_the_end(limit: Duration, request: Request, next: Next) -> Response {
-    let handler = tokio::spawn(next.run(request).in_current_span());
+async fn handle_to_the_end(
+    limit: Duration,
+    handlers: TaskTracker,
+    request: Request,
+    next: Next,
+) -> Response {
+    let handler = handlers.spawn(next.run(request).in_current_span());
     match tokio::time::timeout(limit, handler).await {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => {
@@ -147,11 +156,12 @@ pub fn openapi() -> OpenApi {
 pub fn router(state: AppState) -> Router {
     let settings = &state.settings;
     let handler_timeout = Duration::from_secs(settings.server.handler_timeout_secs);
+    let handlers = state.handlers.clone();
     layered_api(&state)
         // The console answers HTML, its errors too, and audits through its own layer.
         .merge(crate::console::routes(&state))
         .layer(axum::middleware::from_fn(move |request, next| {
-            handle_to_the_end(handler_timeout, request, next)
+            handle_to_the_end(handler_timeout, handlers.clone(), request, next)
         }))
         .layer(cors(&settings.server.cors_origins))
         .layer(TraceLayer::new_for_http())
@@ -209,7 +219,7 @@ mod tests {
         let router = Router::new()
             .route("/", get(handler))
             .layer(axum::middleware::from_fn(move |request, next| {
-                handle_to_the_end(limit, request, next)
+                handle_to_the_end(limit, TaskTracker::new(), request, next)
             }));
         let request = axum::http::Request::new(Body::empty());
         let Ok(response) = router.oneshot(request).await;

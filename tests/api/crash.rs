@@ -373,21 +373,76 @@ async fn sigterm_stops_the_service_even_with_an_event_stream_open() {
     assert!(rest.is_ok(), "the event stream ended");
 }
 
+/// Audit entries of refused requests are rows written after the answer, with no change to
+/// ride with: stopping the service must not lose them, nor those of a request still being
+/// handled when SIGTERM comes.
 #[tokio::test]
-async fn the_audit_entry_of_a_request_answered_just_before_sigterm_is_kept() {
-    let mut app = spawn_binary().await;
-    // Refused, so its entry is a row written after the answer, with no change to ride with.
+async fn requests_answered_before_or_during_sigterm_keep_their_audit_entries() {
+    let slow = "slow-to-fetch";
+    let mut app = spawn_binary_with(BinaryOptions {
+        platform: Box::new(move |platform| {
+            platform.add_trial(Platform::trial(
+                slow,
+                Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+            ));
+            platform.inject(
+                Fault::new(
+                    Component::Repository,
+                    "GET",
+                    "/trial/",
+                    FaultAction::Delay(Duration::from_secs(1)),
+                )
+                .for_trial(slow),
+            );
+        }),
+        ..BinaryOptions::default()
+    })
+    .await;
     let refused = app.post("/trial/never-scheduled/active", None).await;
     assert_eq!(refused.status, StatusCode::NOT_FOUND, "{refused:?}");
-    let (status, _) = terminate(&mut app, Duration::from_secs(10)).await;
+    let in_flight = app
+        .client
+        .post(format!("{}/debug/trial/{slow}/schedule", app.address))
+        .header("Authorization", API_KEY)
+        .send();
+    let in_flight = tokio::spawn(in_flight);
+    eventually("the schedule waits on the registry", || async {
+        let asked = lines(&app, slow)
+            .iter()
+            .any(|l| l.starts_with("GET /trial/"));
+        asked
+            .then_some(())
+            .ok_or_else(|| format!("{:?}", lines(&app, slow)))
+    })
+    .await;
+    let (status, _) = terminate(&mut app, Duration::from_secs(20)).await;
     assert!(status.success(), "{status}");
+    let answered = in_flight
+        .await
+        .expect("the request task")
+        .expect("the request in flight is answered")
+        .status();
+
     app.restart_binary().await;
-    let entries = app.get("/audit?trial_id=never-scheduled").await.body["entries"].clone();
-    assert_eq!(
-        entries[0]["action"], "POST /trial/{trial_id}/active",
-        "{entries}"
-    );
-    assert_eq!(entries[0]["outcome"], 404, "{entries}");
+    for (id, action, outcome) in [
+        ("never-scheduled", "POST /trial/{trial_id}/active", 404),
+        (
+            slow,
+            "POST /debug/trial/{trial_id}/schedule",
+            answered.as_u16(),
+        ),
+    ] {
+        let entries = app.get(&format!("/audit?trial_id={id}")).await.body["entries"].clone();
+        assert_eq!(entries[0]["action"], action, "{entries}");
+        assert_eq!(entries[0]["outcome"], outcome, "{entries}");
+    }
+    // And the answer held: a schedule answered 200 was kept, one refused was not made.
+    let listed = app.get(&format!("/trials?q={slow}")).await.body["trials"].clone();
+    match answered {
+        StatusCode::OK => assert_eq!(listed[0]["engine_status"], "Scheduled", "{listed}"),
+        StatusCode::SERVICE_UNAVAILABLE => assert_eq!(listed, serde_json::json!([]), "{listed}"),
+        other => panic!("the schedule in flight was answered {other}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
