@@ -536,7 +536,6 @@ fn commit(backend: &mut impl Backend, Batch { ops, writes }: Batch) {
 
 #[cfg(test)]
 mod tests {
-
     use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
     use super::sqlite::SqliteBackend;
