@@ -45,6 +45,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tracing::{debug, error, info, warn};
 
@@ -89,12 +90,14 @@ impl From<&ServerSettings> for Limits {
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then drains the open connections
-/// for at most `limits.shutdown_grace`. Handlers see the client's address as
-/// [`ConnectInfo<SocketAddr>`].
+/// and waits for the requests still being handled (`handlers`: a request's handling may
+/// outlive its connection), both within `limits.shutdown_grace`. Handlers see the client's
+/// address as [`ConnectInfo<SocketAddr>`].
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    handlers: TaskTracker,
     shutdown: impl Future<Output = ()>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -139,7 +142,8 @@ pub async fn serve(
     // New connections are refused from here on.
     drop(listener);
     draining.cancel();
-    let drained = tokio::time::timeout(limits.shutdown_grace, async {
+    let deadline = Instant::now() + limits.shutdown_grace;
+    let drained = tokio::time::timeout_at(deadline, async {
         while connections.join_next().await.is_some() {}
     })
     .await;
@@ -152,6 +156,16 @@ pub async fn serve(
         connections.shutdown().await;
     }
     info!("every connection closed");
+    handlers.close();
+    if tokio::time::timeout_at(deadline, handlers.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            requests = handlers.len(),
+            "requests still being handled after server.shutdown_grace_secs: what they change or audit from now on may not be saved"
+        );
+    }
 }
 
 async fn accept_failed(e: io::Error) {
@@ -656,6 +670,7 @@ mod tests {
             listener,
             router,
             limits(),
+            TaskTracker::new(),
             stop.clone().cancelled_owned(),
         ));
 

@@ -166,12 +166,9 @@ impl Application {
         let router = api::router(state.clone());
         let limits = server::Limits::from(&state.settings.server);
         let stopping = state.clone();
-        let grace = limits.shutdown_grace;
-        let began = Arc::new(std::sync::OnceLock::new());
-        let began_at = began.clone();
-        server::serve(listener, router, limits, async move {
+        let handlers = state.handlers.clone();
+        server::serve(listener, router, limits, handlers, async move {
             shutdown.await;
-            began_at.get_or_init(Instant::now);
             for task in tasks {
                 task.abort();
             }
@@ -184,21 +181,7 @@ impl Application {
         })
         .await;
         upkeep.abort();
-        // A request's handling outlives its connection (a 504, a connection closed at the end
-        // of the grace): what is left of the grace is theirs, then their rows are committed.
-        state.handlers.close();
-        let left = began
-            .get()
-            .map_or(grace, |began| grace.saturating_sub(began.elapsed()));
-        if tokio::time::timeout(left, state.handlers.wait())
-            .await
-            .is_err()
-        {
-            warn!(
-                requests = state.handlers.len(),
-                "requests still being handled after server.shutdown_grace_secs: what they change or audit from now on may not be saved"
-            );
-        }
+        // Every request has been handled (or the grace is over): commit the rows they queued.
         if let Err(e) = state.scheduler.deps().store.flush().await {
             warn!(error = %e, "shutting down: the last journal and audit rows were not saved");
         }
