@@ -2,6 +2,7 @@
 //! CPU time per thread, so the LCM's share can be told from the simulator's by thread name.
 
 use std::fs;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// `/proc` counts CPU time in clock ticks of `USER_HZ`, which Linux fixes at 100 per second.
@@ -27,30 +28,33 @@ fn status_value(field: &str) -> Option<String> {
     })
 }
 
-/// One live thread: its name and the CPU time it has used.
+/// One live thread: its name, the CPU time it has used, and its `/proc` directory.
 #[derive(Debug, Clone)]
-pub struct ThreadCpu {
-    pub name: String,
-    pub cpu: Duration,
+struct Thread {
+    name: String,
+    cpu: Duration,
+    dir: PathBuf,
 }
 
 /// Every live thread of the process. A thread that has exited is no longer listed (its time
 /// still counts in [`process_cpu`]).
-fn thread_cpu() -> Vec<ThreadCpu> {
+fn threads_now() -> Vec<Thread> {
     let Ok(tasks) = fs::read_dir("/proc/self/task") else {
         return Vec::new();
     };
     tasks
         .flatten()
         .filter_map(|task| {
-            let stat = fs::read_to_string(task.path().join("stat")).ok()?;
+            let dir = task.path();
+            let stat = fs::read_to_string(dir.join("stat")).ok()?;
             // The name sits in parentheses and may hold spaces: split after the last ')'.
             let open = stat.find('(')?;
             let close = stat.rfind(')')?;
             let name = stat.get(open + 1..close)?.to_owned();
-            Some(ThreadCpu {
+            Some(Thread {
                 name,
                 cpu: cpu_after_name(stat.get(close + 1..)?)?,
+                dir,
             })
         })
         .collect()
@@ -75,20 +79,20 @@ impl Written {
 /// The writes of the live threads named `name` (`wchar` and `syscw`); `None` if there is no
 /// such thread or the kernel does not tell (no per-task I/O accounting).
 pub fn written_by(name: &str) -> Option<Written> {
-    let tasks = fs::read_dir("/proc/self/task").ok()?;
-    tasks
-        .flatten()
-        .filter(|task| {
-            fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim_end() == name)
+    let named: Vec<Thread> = threads_now()
+        .into_iter()
+        .filter(|t| t.name == name)
+        .collect();
+    if named.is_empty() {
+        return None;
+    }
+    named.iter().try_fold(Written::default(), |sum, thread| {
+        let written = io_written(&fs::read_to_string(thread.dir.join("io")).ok()?)?;
+        Some(Written {
+            bytes: sum.bytes + written.bytes,
+            calls: sum.calls + written.calls,
         })
-        .map(|task| io_written(&fs::read_to_string(task.path().join("io")).ok()?))
-        .reduce(|sum, w| {
-            let (sum, w) = (sum?, w?);
-            Some(Written {
-                bytes: sum.bytes + w.bytes,
-                calls: sum.calls + w.calls,
-            })
-        })?
+    })
 }
 
 /// `wchar` and `syscw` of an `io` file.
@@ -106,7 +110,7 @@ fn io_written(io: &str) -> Option<Written> {
 
 /// CPU time (user + system) of the live threads whose name starts with `prefix`.
 pub fn cpu_of_threads(prefix: &str) -> Duration {
-    thread_cpu()
+    threads_now()
         .into_iter()
         .filter(|t| t.name.starts_with(prefix))
         .map(|t| t.cpu)
@@ -116,7 +120,7 @@ pub fn cpu_of_threads(prefix: &str) -> Duration {
 /// How many live threads have a name starting with `prefix`, by name.
 pub fn threads_named(prefix: &str) -> Vec<(String, usize)> {
     let mut counts: Vec<(String, usize)> = Vec::new();
-    for thread in thread_cpu() {
+    for thread in threads_now() {
         if !thread.name.starts_with(prefix) {
             continue;
         }
@@ -171,7 +175,7 @@ mod tests {
         assert!(status_bytes("VmRSS").unwrap_or(0) > 0);
         assert!(status_bytes("VmHWM").unwrap_or(0) > 0);
         assert!(threads().unwrap_or(0) >= 1);
-        assert!(!thread_cpu().is_empty());
+        assert!(!threads_now().is_empty());
     }
 
     #[test]
