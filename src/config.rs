@@ -931,36 +931,37 @@ impl Settings {
     /// carries them (a service that echoes the header must not have them recorded).
     pub fn secret_values(&self) -> Vec<String> {
         let services = &self.services;
-        let mut secrets = vec![
-            self.auth.api_key.expose(),
-            self.auth.token_secret.expose(),
-            services.abstraction_layer.password.expose(),
-        ];
-        secrets.extend(
+        let mut secrets: Vec<String> = [
+            &self.auth.api_key,
+            &self.auth.token_secret,
+            &services.abstraction_layer.password,
+        ]
+        .into_iter()
+        .chain(
             self.auth
                 .keys
                 .iter()
                 .chain(&self.auth.keys_from_file)
-                .filter_map(|k| k.key.as_ref().map(Secret::expose)),
-        );
-        let mut basic = Vec::new();
+                .filter_map(|k| k.key.as_ref()),
+        )
+        .map(|secret| secret.expose().to_owned())
+        .collect();
         for service in [
             &services.trial_repository,
             &services.trial_enforcement,
             &services.kpi_monitoring,
         ] {
-            secrets.extend(service.apikey.as_ref().map(Secret::expose));
-            secrets.extend(service.password.as_ref().map(Secret::expose));
-            secrets.extend(service.oauth2.as_ref().map(|o| o.client_secret.expose()));
+            let own = [
+                service.apikey.as_ref(),
+                service.password.as_ref(),
+                service.oauth2.as_ref().map(|o| &o.client_secret),
+            ];
+            secrets.extend(own.into_iter().flatten().map(|s| s.expose().to_owned()));
             if let (Some(username), Some(password)) = (&service.username, &service.password) {
-                basic.push(STANDARD.encode(format!("{username}:{}", password.expose())));
+                secrets.push(STANDARD.encode(format!("{username}:{}", password.expose())));
             }
         }
         secrets
-            .into_iter()
-            .map(str::to_owned)
-            .chain(basic)
-            .collect()
     }
 
     /// Warnings about settings that work but should not reach production.

@@ -107,7 +107,7 @@ impl Application {
             services: services.clone(),
             tokens: tokens.clone(),
             store,
-            redactor: Redactor::new(settings.secret_values().iter().map(String::as_str)),
+            redactor: Redactor::new(settings.secret_values()),
             hooks,
             ended,
         });

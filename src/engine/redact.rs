@@ -19,11 +19,11 @@ pub struct Redactor {
 impl Redactor {
     /// Hides each of `secrets`. Values shorter than [`MIN_SECRET_LEN`] are left alone: hiding
     /// a two-letter word everywhere would mangle every record and protect nothing.
-    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Self {
+    pub fn new<S: AsRef<str>>(secrets: impl IntoIterator<Item = S>) -> Self {
         let mut secrets: Vec<String> = secrets
             .into_iter()
+            .map(|s| s.as_ref().to_owned())
             .filter(|s| s.len() >= MIN_SECRET_LEN)
-            .map(str::to_owned)
             .collect();
         // Longest first, so a secret that contains another is hidden whole.
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));

@@ -724,7 +724,7 @@ mod tests {
             services: ServiceClient::new(&settings).unwrap(),
             tokens: Arc::new(TokenManager::new(&settings.auth.token_secret, 60)),
             store,
-            redactor: Redactor::new([]),
+            redactor: Redactor::default(),
             hooks: EngineHooks::default(),
             ended,
             settings,
