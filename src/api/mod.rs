@@ -112,7 +112,7 @@ async fn handle_to_the_end(
     match tokio::time::timeout(limit, handler).await {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => {
-            error!(error = %e, "a request's handler panicked");
+            error!(error = %e, "a request's handler did not complete");
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the request could not be handled (an internal error, logged)",
