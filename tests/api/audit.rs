@@ -296,8 +296,7 @@ async fn a_refused_schedule_is_recorded_as_refused_only() {
     })
     .await;
     let id = "ran-once";
-    app.start_trial(id).await;
-    app.drive_to_finished(id).await;
+    app.run_to_finished(id).await;
     app.wait_engine_gone(id).await;
     let again = app.schedule(id, &in_ms(3_600_000)).await;
     assert_eq!(again.status, StatusCode::CONFLICT, "{again:?}");

@@ -652,6 +652,13 @@ impl TestApp {
         .await
     }
 
+    /// Starts trial `id` and drives it to FINISHED ([`TestApp::start_trial`], then
+    /// [`TestApp::drive_to_finished`]).
+    pub async fn run_to_finished(&self, id: &str) {
+        self.start_trial(id).await;
+        self.drive_to_finished(id).await;
+    }
+
     /// Runs a started trial through IDLE, active, finish to FINISHED.
     pub async fn drive_to_finished(&self, id: &str) {
         self.wait_waiting(id, "operator (active or finish)").await;
@@ -972,8 +979,7 @@ pub async fn spawn_app_with_an_ended_trial_on_busy_reads(id: &str) -> (TestApp, 
         ..AppOptions::default()
     })
     .await;
-    app.start_trial(id).await;
-    app.drive_to_finished(id).await;
+    app.run_to_finished(id).await;
     app.wait_engine_gone(id).await;
     (app, reads)
 }

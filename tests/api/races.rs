@@ -131,8 +131,7 @@ async fn an_ended_engine_whose_delete_was_not_saved_still_leaves_memory() {
     })
     .await;
     let id = "ended-undeleted";
-    app.start_trial(id).await;
-    app.drive_to_finished(id).await;
+    app.run_to_finished(id).await;
     broken.store(true, Ordering::SeqCst);
     let refused = app.delete(&format!("/debug/engine/{id}")).await;
     broken.store(false, Ordering::SeqCst);
@@ -182,8 +181,7 @@ async fn an_ended_engine_whose_end_was_not_saved_stays_in_memory_until_it_is() {
     let saves = faults.refused;
     let id = "end-unsaved";
     saves.refusing.store(true, Ordering::SeqCst);
-    app.start_trial(id).await;
-    app.drive_to_finished(id).await;
+    app.run_to_finished(id).await;
     // The end is saved again and again; the engine does not leave memory meanwhile, although
     // it ended more than `keep_finished_secs` ago by the first save again. (A refused save
     // counts once or twice: the store tries a write batched with others again alone.)

@@ -309,8 +309,7 @@ async fn an_ended_engine_leaves_memory_and_reads_the_same_from_the_store() {
     })
     .await;
     let id = "evicted";
-    app.start_trial(id).await;
-    app.drive_to_finished(id).await;
+    app.run_to_finished(id).await;
     let read = |what: &'static str| {
         let app = &app;
         async move { app.get(&format!("/trial/{id}/{what}")).await.body }
@@ -498,8 +497,7 @@ async fn an_action_on_a_trial_without_a_live_engine_says_why_it_is_refused() {
     })
     .await;
     let id = "ended";
-    app.start_trial(id).await;
-    app.drive_to_finished(id).await;
+    app.run_to_finished(id).await;
     // In memory, finished: it takes no signal.
     let refused = app.post(&format!("/trial/{id}/active"), None).await;
     assert_eq!(refused.status, StatusCode::CONFLICT, "{refused:?}");

@@ -89,8 +89,7 @@ async fn a_put_answered_503_twice_is_retried_and_the_trial_finishes() {
     app.platform
         .inject(repository_put(id, FaultAction::Status(503)).times(2));
 
-    app.start_trial(id).await;
-    app.drive_to_finished(id).await;
+    app.run_to_finished(id).await;
 
     // Three PUTs of ACTIVATING_1 reached the repository: two refused, the third taken.
     let mut expected = vec!["ACTIVATING_1", "ACTIVATING_1"];
@@ -495,8 +494,7 @@ async fn a_token_endpoint_failing_once_does_not_fail_a_kpi_marking() {
     let id = "token-500";
     app.platform
         .inject(Fault::new(Component::Kpi, "POST", "/token", FaultAction::Status(500)).times(1));
-    app.start_trial(id).await;
-    app.drive_to_finished(id).await;
+    app.run_to_finished(id).await;
 
     assert_eq!(
         app.platform.kpi_markings(id),
@@ -884,8 +882,7 @@ async fn simulated_enforcement_reports_progress_while_it_deploys_and_closes() {
     })
     .await;
     let id = "reported";
-    app.start_trial(id).await;
-    app.drive_to_finished(id).await;
+    app.run_to_finished(id).await;
 
     let history = app.history(id).await;
     let slice_callbacks: Vec<usize> = history

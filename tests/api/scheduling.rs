@@ -631,8 +631,7 @@ async fn schedule_all_reports_a_trial_that_ran_as_already_ended() {
         })
         .await;
         let id = "ran";
-        app.start_trial(id).await;
-        app.drive_to_finished(id).await;
+        app.run_to_finished(id).await;
         if keep_finished_secs == 0 {
             app.wait_engine_gone(id).await;
         }

@@ -18,8 +18,7 @@ fn body_of<'a>(requests: &'a [lcm::sim::RecordedRequest], line: &str) -> &'a Val
 async fn a_trial_runs_from_schedule_to_finished_with_the_exact_requests() {
     let app = spawn_app().await;
     let id = "happy-1";
-    app.start_trial(id).await;
-    app.drive_to_finished(id).await;
+    app.run_to_finished(id).await;
 
     let expected = full_sequence(id, true);
     assert_eq!(lines(&app, id), expected);
@@ -152,8 +151,7 @@ async fn the_vnf_branch_runs_end_to_end() {
     })
     .await;
     let id = "vnf-1";
-    app.start_trial(id).await;
-    app.drive_to_finished(id).await;
+    app.run_to_finished(id).await;
 
     let all = lines(&app, id);
     let vnf: Vec<&str> = all
