@@ -290,11 +290,7 @@ async fn a_change_that_was_not_saved_leaves_no_entry_saying_it_was_made() {
 
 #[tokio::test]
 async fn a_refused_schedule_is_recorded_as_refused_only() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(|s| s.engine.keep_finished_secs = 0),
-        ..AppOptions::default()
-    })
-    .await;
+    let app = spawn_app_with_settings(|s| s.engine.keep_finished_secs = 0).await;
     let id = "ran-once";
     app.run_to_finished(id).await;
     app.wait_engine_gone(id).await;
@@ -318,11 +314,7 @@ async fn a_refused_schedule_is_recorded_as_refused_only() {
 
 #[tokio::test]
 async fn requests_that_reach_no_route_or_are_too_large_to_read_are_not_written() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(|s| s.server.max_body_bytes = 1024),
-        ..AppOptions::default()
-    })
-    .await;
+    let app = spawn_app_with_settings(|s| s.server.max_body_bytes = 1024).await;
     for _ in 0..3 {
         let nowhere = app.post("/no/such/route", None).await;
         assert_eq!(nowhere.status, StatusCode::NOT_FOUND, "{nowhere:?}");

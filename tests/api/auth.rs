@@ -195,11 +195,9 @@ async fn first_check(app: &TestApp, id: &str) -> Value {
 
 #[tokio::test]
 async fn a_heartbeat_names_the_service_it_cannot_reach() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(|s| s.services.kpi_monitoring.url = "http://127.0.0.1:1".into()),
-        ..AppOptions::default()
-    })
-    .await;
+    let app =
+        spawn_app_with_settings(|s| s.services.kpi_monitoring.url = "http://127.0.0.1:1".into())
+            .await;
     let answer = app.post("/debug/add-heartbeat?trial_id=t1", None).await;
     assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
     let heartbeat = first_check(&app, "t1").await;
@@ -296,11 +294,7 @@ async fn status_from(
 }
 
 async fn spawn_app_allowing_failures(per_minute: u32) -> TestApp {
-    spawn_app_with(AppOptions {
-        settings: Box::new(move |s| s.auth.max_failures_per_minute = per_minute),
-        ..AppOptions::default()
-    })
-    .await
+    spawn_app_with_settings(move |s| s.auth.max_failures_per_minute = per_minute).await
 }
 
 #[tokio::test]

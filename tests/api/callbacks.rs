@@ -275,11 +275,7 @@ async fn early_callbacks_are_kept_until_their_step_completes() {
 
 #[tokio::test]
 async fn a_missing_callback_times_out_and_the_trial_can_be_restored() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(|s| s.executor.callback_timeout_secs = 1),
-        ..AppOptions::default()
-    })
-    .await;
+    let app = spawn_app_with_settings(|s| s.executor.callback_timeout_secs = 1).await;
     let id = "timeout";
     app.platform.inject(drop_slice_callback(id));
     app.start_trial(id).await;
@@ -325,11 +321,7 @@ async fn a_missing_callback_times_out_and_the_trial_can_be_restored() {
 
 #[tokio::test]
 async fn the_operator_wait_has_a_deadline_only_when_configured() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(|s| s.executor.operator_timeout_secs = Some(1)),
-        ..AppOptions::default()
-    })
-    .await;
+    let app = spawn_app_with_settings(|s| s.executor.operator_timeout_secs = Some(1)).await;
     let id = "operator-timeout";
     app.start_trial(id).await;
     let failed = app.wait_failed(id).await;

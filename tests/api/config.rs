@@ -176,11 +176,7 @@ async fn each_command_says_what_it_does_with_an_example() {
 
 /// An app whose trial repository is at `url`.
 async fn app_with_registry_at(url: String) -> TestApp {
-    spawn_app_with(AppOptions {
-        settings: Box::new(move |s| s.services.trial_repository.url = url),
-        ..AppOptions::default()
-    })
-    .await
+    spawn_app_with_settings(move |s| s.services.trial_repository.url = url).await
 }
 
 #[tokio::test]
@@ -223,11 +219,8 @@ async fn a_registry_host_that_does_not_resolve_is_named_with_the_dns_failure() {
 #[tokio::test]
 async fn a_trial_failing_on_an_unreachable_component_names_its_url_and_the_cause() {
     let port = closed_port();
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(move |s| {
-            s.services.trial_enforcement.url = format!("http://127.0.0.1:{port}/api");
-        }),
-        ..AppOptions::default()
+    let app = spawn_app_with_settings(move |s| {
+        s.services.trial_enforcement.url = format!("http://127.0.0.1:{port}/api");
     })
     .await;
     app.start_trial("gone").await;

@@ -163,11 +163,7 @@ async fn a_sign_in_gives_a_strict_http_only_session_cookie_never_the_key() {
 
 #[tokio::test]
 async fn failed_sign_ins_count_toward_the_failed_authentication_limit() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(|s| s.auth.max_failures_per_minute = 2),
-        ..AppOptions::default()
-    })
-    .await;
+    let app = spawn_app_with_settings(|s| s.auth.max_failures_per_minute = 2).await;
     for _ in 0..2 {
         let answer = sign_in_with(&app, "a-guess").await;
         assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);

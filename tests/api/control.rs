@@ -78,11 +78,7 @@ const FULL_CLEANUP: [&str; 5] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abort_undoes_exactly_what_the_trial_deployed_at_every_point() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(single_attempt),
-        ..AppOptions::default()
-    })
-    .await;
+    let app = spawn_app_with_settings(single_attempt).await;
     let long = FaultAction::Delay(Duration::from_secs(600));
     let (early, deploying, idle, active, closing, failed) = (
         "abort-early",
@@ -365,11 +361,7 @@ async fn the_slice_callback_during_a_clean_up_says_where_the_clean_up_goes() {
 
 #[tokio::test]
 async fn an_abort_waits_until_the_failure_procedure_is_done() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(single_attempt),
-        ..AppOptions::default()
-    })
-    .await;
+    let app = spawn_app_with_settings(single_attempt).await;
     let id = "abort-reporting";
     app.platform.inject(
         Fault::new(
@@ -481,12 +473,9 @@ async fn a_clean_up_that_fails_for_good_names_its_leftovers_and_abort_again_retr
 
 #[tokio::test]
 async fn a_failed_trial_left_alone_is_cleaned_up_on_its_own() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(|s| {
-            single_attempt(s);
-            s.executor.cleanup_failed_after_secs = Some(1);
-        }),
-        ..AppOptions::default()
+    let app = spawn_app_with_settings(|s| {
+        single_attempt(s);
+        s.executor.cleanup_failed_after_secs = Some(1);
     })
     .await;
     let (restored, left) = ("restored-in-time", "left-alone");
@@ -650,11 +639,7 @@ async fn a_pause_lets_the_request_in_flight_complete_and_starts_nothing_more() {
 
 #[tokio::test]
 async fn skip_goes_past_a_failed_step_with_a_reason_unless_later_steps_need_it() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(single_attempt),
-        ..AppOptions::default()
-    })
-    .await;
+    let app = spawn_app_with_settings(single_attempt).await;
     let (skipped, needed) = ("skip-put", "skip-slice");
     app.platform.inject(
         Fault::new(
@@ -744,12 +729,9 @@ async fn skip_goes_past_a_failed_step_with_a_reason_unless_later_steps_need_it()
 
 #[tokio::test]
 async fn a_failed_component_wait_can_be_skipped_and_an_operator_wait_cannot() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(|s| {
-            s.executor.callback_timeout_secs = 1;
-            s.executor.operator_timeout_secs = Some(1);
-        }),
-        ..AppOptions::default()
+    let app = spawn_app_with_settings(|s| {
+        s.executor.callback_timeout_secs = 1;
+        s.executor.operator_timeout_secs = Some(1);
     })
     .await;
     let (slice, operator) = ("skip-wait", "skip-operator");

@@ -42,11 +42,7 @@ async fn drive_until(app: &TestApp, id: &str, what: &str, stop: impl Fn(&Value) 
 
 /// Fails one trial at `step` with `fault`, checks the failure, restores it and finishes it.
 async fn fail_and_restore(step: Step, fault: Fault) {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(single_attempt),
-        ..AppOptions::default()
-    })
-    .await;
+    let app = spawn_app_with_settings(single_attempt).await;
     let id = format!("fail-{}", step.name());
     app.platform.inject(fault.times(1));
     app.start_trial(&id).await;
@@ -242,11 +238,7 @@ async fn garbage_from_services_fails_the_step_naming_what_is_missing() {
 #[tokio::test]
 async fn a_service_that_times_out_or_vanishes_fails_the_trial() {
     let slow = async {
-        let app = spawn_app_with(AppOptions {
-            settings: Box::new(|s| s.executor.request_timeout_secs = 1),
-            ..AppOptions::default()
-        })
-        .await;
+        let app = spawn_app_with_settings(|s| s.executor.request_timeout_secs = 1).await;
         app.platform.inject(Fault::new(
             Component::Enforcement,
             "POST",
@@ -259,9 +251,8 @@ async fn a_service_that_times_out_or_vanishes_fails_the_trial() {
         assert!(reason.contains("did not answer within 1 s"), "{reason}");
     };
     let gone = async {
-        let app = spawn_app_with(AppOptions {
-            settings: Box::new(|s| s.services.trial_enforcement.url = "http://127.0.0.1:1".into()),
-            ..AppOptions::default()
+        let app = spawn_app_with_settings(|s| {
+            s.services.trial_enforcement.url = "http://127.0.0.1:1".into()
         })
         .await;
         app.start_trial("gone").await;
@@ -379,11 +370,7 @@ async fn deleting_an_engine_cancels_the_request_in_flight() {
 
 #[tokio::test]
 async fn a_rerun_delete_that_finds_the_job_gone_counts_as_done() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(single_attempt),
-        ..AppOptions::default()
-    })
-    .await;
+    let app = spawn_app_with_settings(single_attempt).await;
     let id = "gone-job";
     for action in [
         FaultAction::Status(500),
@@ -414,11 +401,8 @@ async fn a_rerun_delete_that_finds_the_job_gone_counts_as_done() {
 
 #[tokio::test]
 async fn secrets_a_service_echoes_back_are_redacted_everywhere() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(|s| {
-            s.services.abstraction_layer.password = lcm::config::Secret::new("al-secret-pw");
-        }),
-        ..AppOptions::default()
+    let app = spawn_app_with_settings(|s| {
+        s.services.abstraction_layer.password = lcm::config::Secret::new("al-secret-pw");
     })
     .await;
     let id = "echo";
@@ -519,11 +503,8 @@ async fn credentials_a_service_echoes_back_are_not_recorded() {
 
 #[tokio::test]
 async fn a_password_echoed_in_the_measurement_job_is_not_kept() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(|s| {
-            s.services.abstraction_layer.password = lcm::config::Secret::new("al-secret-pw");
-        }),
-        ..AppOptions::default()
+    let app = spawn_app_with_settings(|s| {
+        s.services.abstraction_layer.password = lcm::config::Secret::new("al-secret-pw");
     })
     .await;
     let id = "echo-job";

@@ -157,6 +157,15 @@ impl RefusedSaves {
     }
 }
 
+/// The service with its settings changed by `settings` (the rest as [`spawn_app`]).
+pub async fn spawn_app_with_settings(settings: impl FnOnce(&mut Settings) + 'static) -> TestApp {
+    spawn_app_with(AppOptions {
+        settings: Box::new(settings),
+        ..AppOptions::default()
+    })
+    .await
+}
+
 /// The service with `options` on an in-memory store whose writes fail while the returned
 /// switch is on.
 pub async fn spawn_app_with_flaky_store(options: AppOptions) -> (TestApp, Arc<AtomicBool>) {
@@ -988,13 +997,10 @@ pub async fn spawn_app_with_an_ended_trial_on_busy_reads(id: &str) -> (TestApp, 
 /// (`repo-key`), HTTP Basic for trial enforcement (`lcm` / `enforce-pw`), and the simulated
 /// KPI monitoring's OAuth2.
 pub async fn spawn_app_with_service_credentials() -> TestApp {
-    spawn_app_with(AppOptions {
-        settings: Box::new(|s| {
-            s.services.trial_repository.apikey = Some(Secret::new("repo-key"));
-            s.services.trial_enforcement.username = Some("lcm".into());
-            s.services.trial_enforcement.password = Some(Secret::new("enforce-pw"));
-        }),
-        ..AppOptions::default()
+    spawn_app_with_settings(|s| {
+        s.services.trial_repository.apikey = Some(Secret::new("repo-key"));
+        s.services.trial_enforcement.username = Some("lcm".into());
+        s.services.trial_enforcement.password = Some(Secret::new("enforce-pw"));
     })
     .await
 }

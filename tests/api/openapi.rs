@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use reqwest::{Method, StatusCode, header};
 use serde_json::Value;
 
-use crate::helpers::{API_KEY, AppOptions, spawn_app, spawn_app_with};
+use crate::helpers::{API_KEY, spawn_app, spawn_app_with_settings};
 use crate::routes::{ROUTES, operations};
 
 /// The document, fetched without credentials.
@@ -231,11 +231,7 @@ async fn every_trial_id_states_its_pattern_and_every_start_time_its_format() {
 async fn every_route_is_served_with_its_credential() {
     // Every secured route is probed without credentials: more than the default limit of
     // failed authentications a minute.
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(|s| s.auth.max_failures_per_minute = 1000),
-        ..AppOptions::default()
-    })
-    .await;
+    let app = spawn_app_with_settings(|s| s.auth.max_failures_per_minute = 1000).await;
 
     // What the router's fallback answers, so a probe can tell "not routed" apart.
     let fallback = app.call_as(Method::GET, "/no/such/route", None, None).await;

@@ -20,11 +20,7 @@ use crate::helpers::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_a_delete_answers_no_request_of_the_trial_leaves() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(single_attempt),
-        ..AppOptions::default()
-    })
-    .await;
+    let app = spawn_app_with_settings(single_attempt).await;
     let raced: Vec<String> = (0..8).map(|i| format!("raced-{i}")).collect();
     for id in &raced {
         app.platform.inject(

@@ -167,11 +167,7 @@ async fn a_database_of_the_previous_release_is_migrated_and_its_trials_finish() 
 
 #[tokio::test]
 async fn a_checkpoint_stays_the_same_size_however_long_the_trial_runs() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(single_attempt),
-        ..AppOptions::default()
-    })
-    .await;
+    let app = spawn_app_with_settings(single_attempt).await;
     let id = "long-lived";
     // The repository refuses the status of UpdateUavPlanStatus (and the FAILED report after
     // it) ten times over.
@@ -210,11 +206,7 @@ async fn a_checkpoint_stays_the_same_size_however_long_the_trial_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_listing_pages_newest_first_with_every_filter() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(single_attempt),
-        ..AppOptions::default()
-    })
-    .await;
+    let app = spawn_app_with_settings(single_attempt).await;
     app.platform.inject(
         Fault::new(
             Component::Enforcement,
@@ -303,11 +295,7 @@ async fn the_listing_pages_newest_first_with_every_filter() {
 
 #[tokio::test]
 async fn an_ended_engine_leaves_memory_and_reads_the_same_from_the_store() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(|s| s.engine.keep_finished_secs = 3),
-        ..AppOptions::default()
-    })
-    .await;
+    let app = spawn_app_with_settings(|s| s.engine.keep_finished_secs = 3).await;
     let id = "evicted";
     app.run_to_finished(id).await;
     let read = |what: &'static str| {
@@ -359,12 +347,9 @@ async fn trials_past_their_retention_are_purged_and_failed_ones_kept() {
         None,
     );
     let path = data.path().to_path_buf();
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(move |s| {
-            s.store.data_dir = path;
-            s.store.retention_days = 7;
-        }),
-        ..AppOptions::default()
+    let app = spawn_app_with_settings(move |s| {
+        s.store.data_dir = path;
+        s.store.retention_days = 7;
     })
     .await;
     eventually("the purge of old trials", || async {
@@ -491,11 +476,7 @@ async fn reads_the_store_cannot_answer_are_503_and_answer_again_once_it_does() {
 
 #[tokio::test]
 async fn an_action_on_a_trial_without_a_live_engine_says_why_it_is_refused() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(|s| s.engine.keep_finished_secs = 1),
-        ..AppOptions::default()
-    })
-    .await;
+    let app = spawn_app_with_settings(|s| s.engine.keep_finished_secs = 1).await;
     let id = "ended";
     app.run_to_finished(id).await;
     // In memory, finished: it takes no signal.

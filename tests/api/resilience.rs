@@ -125,16 +125,13 @@ async fn a_put_answered_503_twice_is_retried_and_the_trial_finishes() {
 
 #[tokio::test]
 async fn retry_after_sets_the_wait_up_to_the_cap() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(|s| {
-            // Without Retry-After the first retry waits at most 10 ms (initial_backoff_ms).
-            s.executor.retry.max_backoff_ms = 10_000;
-            s.services.kpi_monitoring.retry = Some(RetryOverride {
-                max_backoff_ms: Some(300),
-                ..RetryOverride::default()
-            });
-        }),
-        ..AppOptions::default()
+    let app = spawn_app_with_settings(|s| {
+        // Without Retry-After the first retry waits at most 10 ms (initial_backoff_ms).
+        s.executor.retry.max_backoff_ms = 10_000;
+        s.services.kpi_monitoring.retry = Some(RetryOverride {
+            max_backoff_ms: Some(300),
+            ..RetryOverride::default()
+        });
     })
     .await;
     let (seconds, date, capped) = ("after-seconds", "after-date", "after-capped");
@@ -254,17 +251,14 @@ async fn a_400_and_a_503_to_a_slice_deployment_are_not_retried() {
 
 #[tokio::test]
 async fn a_refused_connection_to_slice_deployment_is_retried_until_it_comes_back() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(|s| {
-            // Plenty of short tries: the component comes back within them.
-            s.services.trial_enforcement.retry = Some(RetryOverride {
-                max_attempts: Some(100),
-                initial_backoff_ms: Some(100),
-                max_backoff_ms: Some(100),
-                multiplier: Some(1.0),
-            });
-        }),
-        ..AppOptions::default()
+    let app = spawn_app_with_settings(|s| {
+        // Plenty of short tries: the component comes back within them.
+        s.services.trial_enforcement.retry = Some(RetryOverride {
+            max_attempts: Some(100),
+            initial_backoff_ms: Some(100),
+            max_backoff_ms: Some(100),
+            multiplier: Some(1.0),
+        });
     })
     .await;
     let id = "refused-then-back";
@@ -374,11 +368,7 @@ async fn when_attempts_run_out_the_reason_names_them_and_the_last_answer() {
     app.drive_to_finished(id).await;
 
     // No answer at all: the reason names the last error.
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(|s| s.executor.retry.max_attempts = 3),
-        ..AppOptions::default()
-    })
-    .await;
+    let app = spawn_app_with_settings(|s| s.executor.retry.max_attempts = 3).await;
     let id = "exhausted-refused";
     app.platform.stop(Component::Enforcement).await;
     app.start_trial(id).await;
@@ -413,11 +403,7 @@ async fn when_attempts_run_out_the_reason_names_them_and_the_last_answer() {
 
 #[tokio::test]
 async fn deleting_an_engine_during_a_retry_wait_cancels_the_retry() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(|s| s.executor.retry.max_backoff_ms = 10_000),
-        ..AppOptions::default()
-    })
-    .await;
+    let app = spawn_app_with_settings(|s| s.executor.retry.max_backoff_ms = 10_000).await;
     let (deleted, later) = ("deleted-in-wait", "later-trial");
     let wait = Duration::from_secs(4);
     let busy = || FaultAction::RetryAfter(504, RetryAfter::Seconds(wait.as_secs()));
@@ -742,11 +728,7 @@ async fn progress_callbacks_are_checked_shown_and_taken_only_at_a_component_wait
 
 #[tokio::test]
 async fn heartbeats_keep_a_component_wait_alive_and_without_them_it_fails() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(|s| s.executor.callback_heartbeat_secs = Some(1)),
-        ..AppOptions::default()
-    })
-    .await;
+    let app = spawn_app_with_settings(|s| s.executor.callback_heartbeat_secs = Some(1)).await;
     let (silent, beating) = ("silent", "beating");
     app.platform.inject(drop_slice_callback(silent));
     app.platform.inject(drop_slice_callback(beating));
@@ -824,11 +806,7 @@ async fn start_and_leave(app: &TestApp, id: &str, active: bool) {
 
 #[tokio::test]
 async fn max_trial_secs_finishes_a_trial_from_idle_and_from_active() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(|s| s.executor.max_trial_secs = Some(3)),
-        ..AppOptions::default()
-    })
-    .await;
+    let app = spawn_app_with_settings(|s| s.executor.max_trial_secs = Some(3)).await;
     let (idle, active) = ("bounded-idle", "bounded-active");
     start_and_leave(&app, idle, false).await;
     start_and_leave(&app, active, true).await;

@@ -219,20 +219,17 @@ async fn a_token_route_given_a_wrong_credential_says_what_is_wrong_with_it() {
 
 #[tokio::test]
 async fn a_key_given_by_its_sha256_works_and_an_empty_api_key_means_no_default_key() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(|s| {
-            s.auth.api_key = Secret::new("");
-            s.auth.keys.push(KeySettings {
-                name: "hashed".into(),
-                key: None,
-                // SHA-256 of "hello".
-                key_sha256: Some(
-                    "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824".into(),
-                ),
-                role: Role::Operator,
-            });
-        }),
-        ..AppOptions::default()
+    let app = spawn_app_with_settings(|s| {
+        s.auth.api_key = Secret::new("");
+        s.auth.keys.push(KeySettings {
+            name: "hashed".into(),
+            key: None,
+            // SHA-256 of "hello".
+            key_sha256: Some(
+                "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824".into(),
+            ),
+            role: Role::Operator,
+        });
     })
     .await;
     let answer = app

@@ -253,11 +253,7 @@ async fn a_body_without_json_content_type_is_415() {
 
 #[tokio::test]
 async fn an_oversized_body_is_413() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(|s| s.server.max_body_bytes = 256),
-        ..AppOptions::default()
-    })
-    .await;
+    let app = spawn_app_with_settings(|s| s.server.max_body_bytes = 256).await;
     let body = json!({
         "trial_id": "t1",
         "start_time": "2999-01-01T00:00:00Z",
@@ -492,11 +488,8 @@ async fn schedule_all_reports_a_trial_with_an_engine_as_already_executing() {
 
 #[tokio::test]
 async fn schedule_all_with_the_repository_down_is_502() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(|s| {
-            s.services.trial_repository.url = "http://127.0.0.1:1".to_owned();
-        }),
-        ..AppOptions::default()
+    let app = spawn_app_with_settings(|s| {
+        s.services.trial_repository.url = "http://127.0.0.1:1".to_owned();
     })
     .await;
     let answer = app.post("/debug/trial/schedule-all", None).await;
@@ -563,11 +556,7 @@ async fn toggling_automatic_scheduling_turns_it_on_then_off() {
 
 #[tokio::test]
 async fn automatic_scheduling_picks_up_a_new_trial_from_the_repository() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(|s| s.scheduler.poll_interval_secs = 1),
-        ..AppOptions::default()
-    })
-    .await;
+    let app = spawn_app_with_settings(|s| s.scheduler.poll_interval_secs = 1).await;
     let answer = app.post("/trial/scheduling", None).await;
     assert_eq!(answer.body["Automatic_scheduling"], true, "{answer:?}");
 
@@ -585,12 +574,9 @@ async fn automatic_scheduling_picks_up_a_new_trial_from_the_repository() {
 
 #[tokio::test]
 async fn automatic_scheduling_off_leaves_new_trials_alone() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(|s| {
-            s.scheduler.poll_interval_secs = 1;
-            s.heartbeat.interval_secs = 1;
-        }),
-        ..AppOptions::default()
+    let app = spawn_app_with_settings(|s| {
+        s.scheduler.poll_interval_secs = 1;
+        s.heartbeat.interval_secs = 1;
     })
     .await;
     app.platform
@@ -625,11 +611,9 @@ async fn automatic_scheduling_off_leaves_new_trials_alone() {
 #[tokio::test]
 async fn schedule_all_reports_a_trial_that_ran_as_already_ended() {
     for keep_finished_secs in [300, 0] {
-        let app = spawn_app_with(AppOptions {
-            settings: Box::new(move |s| s.engine.keep_finished_secs = keep_finished_secs),
-            ..AppOptions::default()
-        })
-        .await;
+        let app =
+            spawn_app_with_settings(move |s| s.engine.keep_finished_secs = keep_finished_secs)
+                .await;
         let id = "ran";
         app.run_to_finished(id).await;
         if keep_finished_secs == 0 {

@@ -145,11 +145,7 @@ async fn finishing_from_idle_skips_active() {
 
 #[tokio::test]
 async fn the_vnf_branch_runs_end_to_end() {
-    let app = spawn_app_with(AppOptions {
-        settings: Box::new(|s| s.executor.disable_vnf = false),
-        ..AppOptions::default()
-    })
-    .await;
+    let app = spawn_app_with_settings(|s| s.executor.disable_vnf = false).await;
     let id = "vnf-1";
     app.run_to_finished(id).await;
 
