@@ -210,7 +210,9 @@ async fn poll_cost(operator: &Operator, ids: &[String]) -> Result<PollCost, Stri
             .into_iter()
             .collect::<Result<_, _>>()?;
         latencies.sort_by(f64::total_cmp);
-        let cpu = process::cpu_of_threads(super::LCM_PREFIX).saturating_sub(cpu_before);
+        let cpu = process::cpu_of_threads(super::LCM_PREFIX)
+            .since(cpu_before)
+            .total();
         Ok::<_, String>((cpu, latencies))
     };
     let status = measure(vec!["/status".to_owned(); POLLS]).await?;

@@ -28,11 +28,41 @@ fn status_value(field: &str) -> Option<String> {
     })
 }
 
+/// CPU time used, split as the kernel accounts it: in the program (`utime`) and in the
+/// kernel on its behalf (`stime`: system calls, the loopback TCP, the file system).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cpu {
+    pub user: Duration,
+    pub kernel: Duration,
+}
+
+impl Cpu {
+    pub fn total(self) -> Duration {
+        self.user + self.kernel
+    }
+
+    pub fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            user: self.user.saturating_sub(before.user),
+            kernel: self.kernel.saturating_sub(before.kernel),
+        }
+    }
+}
+
+impl std::iter::Sum for Cpu {
+    fn sum<I: Iterator<Item = Cpu>>(iter: I) -> Cpu {
+        iter.fold(Cpu::default(), |sum, cpu| Cpu {
+            user: sum.user + cpu.user,
+            kernel: sum.kernel + cpu.kernel,
+        })
+    }
+}
+
 /// One live thread: its name, the CPU time it has used, and its `/proc` directory.
 #[derive(Debug, Clone)]
 struct Thread {
     name: String,
-    cpu: Duration,
+    cpu: Cpu,
     dir: PathBuf,
 }
 
@@ -108,8 +138,8 @@ fn io_written(io: &str) -> Option<Written> {
     })
 }
 
-/// CPU time (user + system) of the live threads whose name starts with `prefix`.
-pub fn cpu_of_threads(prefix: &str) -> Duration {
+/// CPU time of the live threads whose name starts with `prefix`.
+pub fn cpu_of_threads(prefix: &str) -> Cpu {
     threads_now()
         .into_iter()
         .filter(|t| t.name.starts_with(prefix))
@@ -133,8 +163,8 @@ pub fn threads_named(prefix: &str) -> Vec<(String, usize)> {
     counts
 }
 
-/// CPU time (user + system) of the whole process, every thread included.
-pub fn process_cpu() -> Duration {
+/// CPU time of the whole process, every thread included.
+pub fn process_cpu() -> Cpu {
     fs::read_to_string("/proc/self/stat")
         .ok()
         .and_then(|stat| {
@@ -146,13 +176,16 @@ pub fn process_cpu() -> Duration {
 
 /// `utime` and `stime` are fields 14 and 15 of a `stat` line; after the name, field 3 (the
 /// state) comes first, so they are the 12th and 13th words.
-fn cpu_after_name(rest: &str) -> Option<Duration> {
+fn cpu_after_name(rest: &str) -> Option<Cpu> {
     let mut words = rest.split_whitespace().skip(11);
-    let utime: u64 = words.next()?.parse().ok()?;
-    let stime: u64 = words.next()?.parse().ok()?;
-    Some(Duration::from_millis(
-        (utime + stime) * 1000 / TICKS_PER_SECOND,
-    ))
+    let mut ticks = || -> Option<Duration> {
+        let ticks: u64 = words.next()?.parse().ok()?;
+        Some(Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND))
+    };
+    Some(Cpu {
+        user: ticks()?,
+        kernel: ticks()?,
+    })
 }
 
 /// The soft limit on open files (`ulimit -n`).
@@ -205,6 +238,11 @@ mod tests {
     #[test]
     fn parses_a_stat_line() {
         let rest = " R 1 2 3 4 5 6 7 8 9 10 250 50 0 0";
-        assert_eq!(cpu_after_name(rest), Some(Duration::from_millis(3000)));
+        let cpu = Cpu {
+            user: Duration::from_millis(2500),
+            kernel: Duration::from_millis(500),
+        };
+        assert_eq!(cpu_after_name(rest), Some(cpu));
+        assert_eq!(cpu.total(), Duration::from_millis(3000));
     }
 }

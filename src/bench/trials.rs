@@ -150,6 +150,7 @@ async fn drive(
     let sampler = Sampler::start();
     let rss_before = process::status_bytes("VmRSS").unwrap_or(0);
     let lcm_cpu_before = process::cpu_of_threads(LCM_PREFIX);
+    let writer_cpu_before = process::cpu_of_threads(WRITER_THREAD);
     let cpu_before = process::process_cpu();
     let written_before = process::written_by(WRITER_THREAD);
     let deadline = Instant::now() + Duration::from_secs(60) + Duration::from_millis(30) * n as u32;
@@ -242,8 +243,11 @@ async fn drive(
         .unwrap_or_default()
         .max(Duration::from_micros(1));
     let listed = all_finished(operator, n, deadline).await?;
-    let lcm_cpu = process::cpu_of_threads(LCM_PREFIX).saturating_sub(lcm_cpu_before);
-    let cpu = process::process_cpu().saturating_sub(cpu_before);
+    let writer_cpu = process::cpu_of_threads(WRITER_THREAD).since(writer_cpu_before);
+    let lcm_cpu = process::cpu_of_threads(LCM_PREFIX).since(lcm_cpu_before);
+    let cpu = process::process_cpu().since(cpu_before);
+    let others_cpu = cpu.since(lcm_cpu);
+    let runtime_cpu = lcm_cpu.since(writer_cpu);
     let written = process::written_by(WRITER_THREAD)
         .zip(written_before)
         .map(|(after, before)| after.since(before));
@@ -253,6 +257,13 @@ async fn drive(
     let gaps = overhead::measure(&platform.requests(), &platform.callbacks(), &starts);
     latencies.sort_by(f64::total_cmp);
     let per_trial = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0 / n as f64);
+    let split = |cpu: process::Cpu| {
+        format!(
+            "{} (in the kernel {})",
+            per_trial(cpu.total()),
+            per_trial(cpu.kernel)
+        )
+    };
     let spread = |values: &[f64]| {
         format!(
             "{:.2} / {:.2} / {:.2} ms ({} gaps)",
@@ -295,19 +306,26 @@ async fn drive(
         ),
         (
             "LCM CPU per trial".to_owned(),
-            per_trial(lcm_cpu),
+            split(lcm_cpu),
             format!(
-                "utime+stime of threads named {LCM_PREFIX}* (runtime workers and blocking threads, store writer) / trials; includes answering the driver's calls; 10 ms tick resolution"
+                "utime+stime of threads named {LCM_PREFIX}* (runtime workers and blocking threads, store writer) / trials; includes answering the driver's calls; 10 ms tick resolution; in the kernel: stime"
+            ),
+        ),
+        (
+            "… runtime threads / store writer".to_owned(),
+            format!("{} / {}", split(runtime_cpu), split(writer_cpu)),
+            format!(
+                "the runtime threads send and answer the HTTP exchanges and run the engines; the writer `{WRITER_THREAD}` commits to SQLite"
             ),
         ),
         (
             "process CPU per trial".to_owned(),
-            per_trial(cpu),
+            split(cpu),
             "every thread: LCM + simulated components + driver".to_owned(),
         ),
         (
             "components + driver CPU per trial".to_owned(),
-            per_trial(cpu.saturating_sub(lcm_cpu)),
+            split(others_cpu),
             "the other end of the same HTTP exchanges (no store, no engine): process − LCM".to_owned(),
         ),
         (
