@@ -1,6 +1,6 @@
-//! Hostile or broken clients (SPEC §15), against the real binary: a request head that never
-//! completes, idle keep-alive connections, more connections than allowed, an oversized head,
-//! and a shutdown that open connections cannot hold up.
+//! Hostile or broken clients (SPEC §15): a request head that never completes, idle keep-alive
+//! connections, more connections than allowed, callers that hang up before their answer, an
+//! oversized head, and a shutdown that open connections cannot hold up.
 
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use lcm::sim::Platform;
+use lcm::sim::{Component, Fault, FaultAction, Platform};
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -228,6 +228,72 @@ async fn beyond_max_connections_a_new_connection_waits_for_a_free_slot() {
         .await
         .expect("served once a slot is free");
     assert_eq!(answer, StatusCode::OK);
+}
+
+/// A client that sends a request and hangs up before the answer leaves its handler running
+/// (so a change is never left half made) and frees its connection. Those handlers are bounded
+/// too: with `server.max_connections` of them running, a new request is refused with 503
+/// before anything is done, and served again once they end.
+#[tokio::test]
+async fn callers_that_hang_up_cannot_pile_up_handlers_beyond_max_connections() {
+    let app = spawn_app_with_settings(|s| {
+        s.server.max_connections = 2;
+        s.executor.request_timeout_secs = 3;
+        s.executor.retry.max_attempts = 1;
+    })
+    .await;
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    app.platform.inject(Fault::new(
+        Component::Repository,
+        "GET",
+        "/trial/",
+        FaultAction::Hang,
+    ));
+    for id in ["hung-up-1", "hung-up-2"] {
+        app.platform.add_trial(Platform::trial(id, Some(later)));
+        let (mut sender, driver) = connect(&app).await;
+        let request = hyper::Request::post(format!("/debug/trial/{id}/schedule"))
+            .header("host", "127.0.0.1")
+            .header("authorization", API_KEY)
+            .body(Empty::new())
+            .expect("request");
+        let answer = sender.send_request(request);
+        let waiting = format!("the schedule of {id} waits on the registry");
+        tokio::select! {
+            answer = answer => panic!("{id} was answered while the registry hangs: {answer:?}"),
+            () = eventually_at_least(&waiting, 1, || app.platform.requests_for(id).len()) => {}
+        }
+        driver.abort();
+    }
+
+    let refused = app
+        .client
+        .post(format!(
+            "{}/debug/trial/refused-while-busy/schedule",
+            app.address
+        ))
+        .header("Authorization", API_KEY)
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body: Value = refused.json().await.expect("a JSON body");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("server.max_connections"), "{detail}");
+    assert!(detail.contains("nothing was done"), "{detail}");
+    assert!(app.platform.requests_for("refused-while-busy").is_empty());
+
+    // The hung-up schedules end when the registry request times out; then requests are served.
+    eventually("requests are served again", || async {
+        let status = app.get("/status").await;
+        (status.status == StatusCode::OK)
+            .then_some(())
+            .ok_or_else(|| format!("{status:?}"))
+    })
+    .await;
+    let listed = app.get("/trials?q=refused-while-busy").await;
+    assert_eq!(listed.body["trials"], serde_json::json!([]), "{listed:?}");
 }
 
 #[tokio::test]
