@@ -57,6 +57,10 @@ pub enum ConfigError {
     Refused(load::Problems),
 }
 
+/// The most `server.max_connections` can be: far above what one process can hold open (each
+/// connection is a file descriptor), and below what counting them with a semaphore allows.
+const MAX_CONNECTIONS_LIMIT: usize = 10_000_000;
+
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -841,8 +845,11 @@ impl Settings {
                 return Err(invalid(key, "must be greater than 0"));
             }
         }
-        if self.server.max_connections == 0 {
-            return Err(invalid("server.max_connections", "must be greater than 0"));
+        if !(1..=MAX_CONNECTIONS_LIMIT).contains(&self.server.max_connections) {
+            return Err(invalid(
+                "server.max_connections",
+                format!("must be between 1 and {MAX_CONNECTIONS_LIMIT}"),
+            ));
         }
         if self.auth.max_failures_per_minute == 0 {
             return Err(invalid(
@@ -1081,6 +1088,18 @@ mod tests {
         settings
             .validate()
             .expect("a filter with directives is fine");
+
+        let mut settings = Settings::defaults().unwrap();
+        for connections in [0, MAX_CONNECTIONS_LIMIT + 1, usize::MAX] {
+            settings.server.max_connections = connections;
+            let err = settings.validate().unwrap_err().to_string();
+            assert!(
+                err.contains("server.max_connections") && err.contains("between 1 and 10000000"),
+                "{err}"
+            );
+        }
+        settings.server.max_connections = MAX_CONNECTIONS_LIMIT;
+        settings.validate().expect("the largest allowed");
 
         let mut settings = Settings::defaults().unwrap();
         settings.services.trial_repository.url = "ftp://x".into();
