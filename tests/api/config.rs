@@ -246,21 +246,16 @@ async fn the_log_names_the_url_and_the_cause_of_an_unreachable_service() {
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{answer:?}");
 
     let wanted = format!("{repository}/trial/t1/: connection refused");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut poll = tokio::time::interval(Duration::from_millis(50));
-    let mut log = String::new();
-    while tokio::time::Instant::now() < deadline && !log.contains(&wanted) {
-        poll.tick().await;
-        log = std::fs::read_dir(app.logs.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
-            .collect();
-    }
-    let line = log.lines().find(|line| line.contains(&wanted));
+    let line = eventually(&format!("{wanted} in the log"), || async {
+        let log = log_text(&app);
+        log.lines()
+            .find(|line| line.contains(&wanted))
+            .map(str::to_owned)
+            .ok_or(log)
+    })
+    .await;
     assert!(
-        line.is_some_and(|l| l.contains("WARN") && l.contains("GET trial/t1/")),
-        "{wanted} in the log: {log}"
+        line.contains("WARN") && line.contains("GET trial/t1/"),
+        "{line}"
     );
 }

@@ -804,6 +804,17 @@ pub fn lines(app: &TestApp, id: &str) -> Vec<String> {
         .collect()
 }
 
+/// Everything the service has logged so far to its log directory (the real binary logs
+/// there; the in-process service logs to the test's output).
+pub fn log_text(app: &TestApp) -> String {
+    std::fs::read_dir(app.logs.path())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+        .collect()
+}
+
 /// How a test wants the real binary (see [`spawn_binary_with`]).
 pub struct BinaryOptions<'a> {
     /// `LCM__…` variables over the tests' own (and those over the built-in defaults).
