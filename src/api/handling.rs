@@ -80,6 +80,7 @@ impl Refusals {
 pub(super) async fn to_the_end(handling: Handling, request: Request, next: Next) -> Response {
     let Ok(slot) = handling.slots.clone().try_acquire_owned() else {
         let in_handling = handling.tracker.len();
+        metrics::counter!("lcm_requests_refused_busy_total").increment(1);
         if let Some(refused) = handling.refusals.note() {
             warn!(
                 refused,
@@ -96,32 +97,50 @@ pub(super) async fn to_the_end(handling: Handling, request: Request, next: Next)
             .insert(RETRY_AFTER, HeaderValue::from(BUSY_RETRY_AFTER_SECS));
         return refused;
     };
+    // For the log only; both are cheap to clone (a method is an enum, a path shared bytes).
+    let (method, uri) = (request.method().clone(), request.uri().clone());
+    let (handler_method, handler_uri) = (method.clone(), uri.clone());
     let handler = handling.tracker.spawn(
         async move {
             let response = next.run(request).await;
             drop(slot);
+            // Here rather than where the answer is sent: its caller may be gone.
+            let status = response.status();
+            if status.is_server_error() {
+                warn!(
+                    status = status.as_u16(),
+                    "{handler_method} {} answered with a server error",
+                    handler_uri.path()
+                );
+            }
             response
         }
         .in_current_span(),
     );
+    let path = uri.path();
     match tokio::time::timeout(handling.limit, handler).await {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => {
-            error!(error = %e, "a request's handler did not complete");
+            error!(error = %e, "{method} {path}: its handler did not complete");
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the request could not be handled (an internal error, logged)",
             )
             .into_response()
         }
-        Err(_) => ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!(
-                "no answer within {} s (server.handler_timeout_secs); the request goes on, so look at its effect before sending it again",
-                handling.limit.as_secs()
-            ),
-        )
-        .into_response(),
+        Err(_) => {
+            let limit = handling.limit.as_secs();
+            warn!(
+                "{method} {path} answered 504 after {limit} s (server.handler_timeout_secs); its handling goes on"
+            );
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "no answer within {limit} s (server.handler_timeout_secs); the request goes on, so look at its effect before sending it again"
+                ),
+            )
+            .into_response()
+        }
     }
 }
 

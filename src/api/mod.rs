@@ -32,7 +32,8 @@ use handling::Handling;
 use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use tracing::Level;
 use utoipa::OpenApi as _;
 use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -132,7 +133,9 @@ pub fn router(state: AppState) -> Router {
             handling::to_the_end(handling.clone(), request, next)
         }))
         .layer(cors(&settings.server.cors_origins))
-        .layer(TraceLayer::new_for_http())
+        // Its spans and events are at DEBUG; so are its failures, which the handling above
+        // logs with the request's method and path.
+        .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)))
         .with_state(state)
 }
 

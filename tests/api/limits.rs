@@ -236,21 +236,29 @@ async fn beyond_max_connections_a_new_connection_waits_for_a_free_slot() {
 /// before anything is done, and served again once they end.
 #[tokio::test]
 async fn callers_that_hang_up_cannot_pile_up_handlers_beyond_max_connections() {
-    let app = spawn_app_with_settings(|s| {
-        s.server.max_connections = 2;
-        s.executor.request_timeout_secs = 3;
-        s.executor.retry.max_attempts = 1;
+    let hung_up = ["hung-up-1", "hung-up-2"];
+    let app = spawn_binary_with(BinaryOptions {
+        env: &[
+            ("LCM__SERVER__MAX_CONNECTIONS", "2"),
+            ("LCM__EXECUTOR__REQUEST_TIMEOUT_SECS", "3"),
+            ("LCM__EXECUTOR__RETRY__MAX_ATTEMPTS", "1"),
+        ],
+        platform: Box::new(move |platform| {
+            let later = chrono::Utc::now() + chrono::Duration::hours(1);
+            for id in hung_up {
+                platform.add_trial(Platform::trial(id, Some(later)));
+            }
+            platform.inject(Fault::new(
+                Component::Repository,
+                "GET",
+                "/trial/",
+                FaultAction::Hang,
+            ));
+        }),
+        ..BinaryOptions::default()
     })
     .await;
-    let later = chrono::Utc::now() + chrono::Duration::hours(1);
-    app.platform.inject(Fault::new(
-        Component::Repository,
-        "GET",
-        "/trial/",
-        FaultAction::Hang,
-    ));
-    for id in ["hung-up-1", "hung-up-2"] {
-        app.platform.add_trial(Platform::trial(id, Some(later)));
+    for id in hung_up {
         let (mut sender, driver) = connect(&app).await;
         let request = hyper::Request::post(format!("/debug/trial/{id}/schedule"))
             .header("host", "127.0.0.1")
@@ -283,17 +291,55 @@ async fn callers_that_hang_up_cannot_pile_up_handlers_beyond_max_connections() {
     assert!(detail.contains("server.max_connections"), "{detail}");
     assert!(detail.contains("nothing was done"), "{detail}");
     assert!(app.platform.requests_for("refused-while-busy").is_empty());
+    eventually("the refusal in the log", || async {
+        let log = log_text(&app);
+        log.lines()
+            .any(|l| {
+                l.contains("WARN requests refused with 503")
+                    && l.contains("refused=1 in_handling=2")
+            })
+            .then_some(())
+            .ok_or(log)
+    })
+    .await;
 
     // The hung-up schedules end when the registry request times out; then requests are served.
+    let refused_meanwhile = std::sync::atomic::AtomicU64::new(0);
     eventually("requests are served again", || async {
         let status = app.get("/status").await;
+        if status.status == StatusCode::SERVICE_UNAVAILABLE {
+            refused_meanwhile.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         (status.status == StatusCode::OK)
             .then_some(())
             .ok_or_else(|| format!("{status:?}"))
     })
     .await;
+    let metrics = app.get("/metrics").await;
+    let counted = metrics.body.as_str().and_then(|text| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("lcm_requests_refused_busy_total "))
+            .and_then(|n| n.parse::<u64>().ok())
+    });
+    let refused_meanwhile = refused_meanwhile.into_inner();
+    assert_eq!(
+        counted,
+        Some(1 + refused_meanwhile),
+        "the 503 above and the {refused_meanwhile} while waiting"
+    );
     let listed = app.get("/trials?q=refused-while-busy").await;
     assert_eq!(listed.body["trials"], serde_json::json!([]), "{listed:?}");
+    // Each hung-up schedule's end is logged with its request, as a warning.
+    for id in hung_up {
+        let wanted = format!("WARN POST /debug/trial/{id}/schedule answered with a server error");
+        eventually(&format!("{wanted} in the log"), || async {
+            let log = log_text(&app);
+            log.contains(&wanted).then_some(()).ok_or(log)
+        })
+        .await;
+    }
+    let log = log_text(&app);
+    assert!(!log.contains("ERROR"), "{log}");
 }
 
 #[tokio::test]
