@@ -139,15 +139,24 @@ pub fn closed_port() -> u16 {
 /// The `lcm` binary, to run in `dir`: no configuration file but one it is given, its output
 /// dropped, killed when its child is dropped. Arguments and environment are the caller's.
 pub fn lcm_command(dir: &Path) -> Command {
+    // What it says before its log exists (a setting refused, a port in use), kept in `dir`.
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(STDERR_FILE))
+        .map_or_else(|_| Stdio::null(), Stdio::from);
     let mut command = Command::new(env!("CARGO_BIN_EXE_lcm"));
     command
         .current_dir(dir)
         .env_remove("LCM_CONFIG")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .kill_on_drop(true);
     command
 }
+
+/// The file in the binary's directory that its standard error goes to.
+const STDERR_FILE: &str = "stderr.txt";
 
 /// A client of the service as every client should be ([`lcm::sim::lcm_client`]).
 pub fn client() -> reqwest::Client {
@@ -157,10 +166,22 @@ pub fn client() -> reqwest::Client {
 /// Starts `command` (see [`lcm_command`]), configured to serve 127.0.0.1:`port` with
 /// [`API_KEY`], and waits until `GET /status` answers 200.
 pub async fn start_lcm(command: &mut Command, port: u16) -> Child {
-    let child = command.spawn().expect("the binary starts");
+    let child = std::sync::Mutex::new(command.spawn().expect("the binary starts"));
+    let stderr = command
+        .as_std()
+        .get_current_dir()
+        .map(|dir| dir.join(STDERR_FILE));
     // A client of its own, dropped here, so no connection of it stays open afterwards.
     let probe = reqwest::Client::new();
     eventually("the binary answering", || async {
+        let exited = child.lock().expect("not poisoned").try_wait();
+        if let Ok(Some(status)) = exited {
+            let said = stderr
+                .as_ref()
+                .and_then(|file| std::fs::read_to_string(file).ok())
+                .unwrap_or_default();
+            panic!("the binary exited before answering ({status}); its stderr: {said}");
+        }
         let answer = probe
             .get(format!("http://127.0.0.1:{port}/status"))
             .header("Authorization", API_KEY)
@@ -173,7 +194,7 @@ pub async fn start_lcm(command: &mut Command, port: u16) -> Child {
         }
     })
     .await;
-    child
+    child.into_inner().expect("not poisoned")
 }
 
 /// Sends `signal` (`-HUP`, `-TERM`, …) to the binary.
