@@ -30,6 +30,8 @@ pub(super) struct Handling {
     /// `server.max_connections` permits: a caller that hangs up leaves its handler running and
     /// frees its connection, so the connection limit alone does not bound the handlers.
     slots: Arc<Semaphore>,
+    /// How many permits there are.
+    most: usize,
     refusals: Arc<Refusals>,
 }
 
@@ -40,6 +42,7 @@ impl Handling {
             limit,
             tracker,
             slots: Arc::new(Semaphore::new(slots)),
+            most: slots,
             refusals: Arc::new(Refusals::new()),
         }
     }
@@ -85,11 +88,12 @@ pub(super) async fn to_the_end(handling: Handling, request: Request, next: Next)
             warn!(
                 refused,
                 in_handling,
-                "requests refused with 503: as many are being handled as server.max_connections (callers that hung up leave theirs running); told at most once a minute"
+                "requests refused with 503 since the last such warning (one a minute at most; lcm_requests_refused_busy_total counts them all): as many are being handled as server.max_connections, and callers that hung up leave theirs running"
             );
         }
         let mut refused = ApiError::unavailable(format!(
-            "too many requests are being handled ({in_handling}: server.max_connections); nothing was done, try again in {BUSY_RETRY_AFTER_SECS} s"
+            "too many requests are being handled (server.max_connections = {}); nothing was done, try again in {BUSY_RETRY_AFTER_SECS} s",
+            handling.most
         ))
         .into_response();
         refused
@@ -109,7 +113,7 @@ pub(super) async fn to_the_end(handling: Handling, request: Request, next: Next)
             if status.is_server_error() {
                 warn!(
                     status = status.as_u16(),
-                    "{handler_method} {} answered with a server error",
+                    "{handler_method} {} ended with a server error",
                     handler_uri.path()
                 );
             }
@@ -216,7 +220,7 @@ mod tests {
         let (status, body) = answer_of(held, &handling).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(
-            body.contains("too many requests are being handled (1: server.max_connections)"),
+            body.contains("too many requests are being handled (server.max_connections = 1)"),
             "{body}"
         );
         release.send(()).unwrap();

@@ -104,6 +104,7 @@ pub async fn handle(
         }
         Some(FaultAction::Delay(pause)) => tokio::time::sleep(*pause).await,
         Some(FaultAction::Hang) => std::future::pending::<()>().await,
+        Some(FaultAction::HoldUntil(gate)) => gate.passed().await,
         _ => {}
     }
 

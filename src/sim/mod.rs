@@ -80,6 +80,34 @@ pub struct StatusChange {
     pub at: DateTime<Utc>,
 }
 
+/// What requests held by [`FaultAction::HoldUntil`] wait for: closed until [`Gate::open`], then
+/// open for good, for the requests held and those still to come.
+#[derive(Debug, Clone)]
+pub struct Gate(Arc<tokio::sync::Semaphore>);
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(0)))
+    }
+}
+
+impl Gate {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Lets every held request go on, and every later one pass.
+    pub fn open(&self) {
+        self.0.close();
+    }
+
+    /// Ready once the gate is open.
+    async fn passed(&self) {
+        // A semaphore without permits: acquiring fails exactly when it is closed.
+        let _ = self.0.acquire().await;
+    }
+}
+
 /// What an injected fault does.
 #[derive(Debug, Clone)]
 pub enum FaultAction {
@@ -95,6 +123,8 @@ pub enum FaultAction {
     Delay(Duration),
     /// Never answer.
     Hang,
+    /// Wait until the gate is opened, then answer as usual.
+    HoldUntil(Gate),
     /// Answer as usual but never make the callback.
     DropCallback,
     /// Make the callback (and wait for its answer) before answering the request.
