@@ -58,14 +58,18 @@ where
 
 /// Schedules trial `id` to start `ms` from now through `send`, which sends the start time it
 /// is given and answers the status and body; returns the start time. On a busy machine the
-/// request can arrive after the start time it carries: then a new one is chosen, as a client
-/// would.
+/// request can arrive after the start time it carries: then a new one is chosen twice as far
+/// ahead, as a client would.
 pub async fn schedule_ahead<F, Fut>(id: &str, ms: i64, send: F) -> chrono::DateTime<chrono::Utc>
 where
     F: Fn(chrono::DateTime<chrono::Utc>) -> Fut,
     Fut: Future<Output = (u16, serde_json::Value)>,
 {
+    use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+    let ahead = AtomicI64::new(ms);
     eventually(&format!("trial {id} scheduled"), || async {
+        let ms = ahead.load(Relaxed);
+        ahead.store(ms.saturating_mul(2), Relaxed);
         let start = chrono::Utc::now() + chrono::Duration::milliseconds(ms);
         let (status, body) = send(start).await;
         let detail = body["detail"].as_str().unwrap_or_default();
@@ -117,12 +121,26 @@ where
 }
 
 /// A port on 127.0.0.1 that nothing listens on (bound, then let go): for a server to take, or
-/// to find closed.
+/// to find closed. It is below the kernel's ephemeral range, so no connection made meanwhile
+/// (the tests make thousands) can take it as its own port before the server binds it, nor
+/// while a killed binary is started again on it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
+    use std::hash::{BuildHasher, Hasher};
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000, ephemeral.max(10_001));
+    (0..1000)
+        .map(|_| {
+            // A random start, so that test processes running at once pick apart.
+            let random = std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish();
+            low + (random % u64::from(high - low)) as u16
+        })
+        .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .expect("a free port below the ephemeral range")
 }
 
 /// A port on 127.0.0.1 that refuses connections, and that no server of the tests can take
