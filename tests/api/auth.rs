@@ -364,13 +364,8 @@ async fn failed_authentication_beyond_the_limit_is_429_and_a_right_key_still_pas
         )
         .await;
     assert!(entries.iter().all(|e| e["outcome"] != 429), "{entries:#?}");
-    let metrics = app.get("/metrics").await;
-    let counted = metrics.body.as_str().and_then(|text| {
-        text.lines()
-            .find_map(|l| l.strip_prefix("lcm_requests_throttled_total "))
-            .and_then(|n| n.parse::<u64>().ok())
-    });
-    assert_eq!(counted, Some(4), "the four 429 answers above");
+    let counted = series_value(&scrape(&app).await, "lcm_requests_throttled_total");
+    assert_eq!(counted, Some(4.0), "the four 429 answers above");
 }
 
 #[tokio::test]

@@ -912,6 +912,13 @@ impl TestApp {
     }
 }
 
+/// The value of one series (name and labels, exactly as rendered) in a `GET /metrics` text,
+/// if it is listed.
+pub fn series_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// The service's `GET /metrics` text.
 pub async fn scrape(app: &TestApp) -> String {
     let response = app

@@ -315,16 +315,11 @@ async fn callers_that_hang_up_cannot_pile_up_handlers_beyond_max_connections() {
             .ok_or_else(|| format!("{status:?}"))
     })
     .await;
-    let metrics = app.get("/metrics").await;
-    let counted = metrics.body.as_str().and_then(|text| {
-        text.lines()
-            .find_map(|l| l.strip_prefix("lcm_requests_refused_busy_total "))
-            .and_then(|n| n.parse::<u64>().ok())
-    });
+    let counted = series_value(&scrape(&app).await, "lcm_requests_refused_busy_total");
     let refused_meanwhile = refused_meanwhile.into_inner();
     assert_eq!(
         counted,
-        Some(1 + refused_meanwhile),
+        Some(1.0 + refused_meanwhile as f64),
         "the 503 above and the {refused_meanwhile} while waiting"
     );
     let listed = app.get("/trials?q=refused-while-busy").await;

@@ -12,12 +12,6 @@ use tokio::io::AsyncReadExt;
 
 use crate::helpers::*;
 
-/// The value of one series (name and labels, exactly as rendered), if it is listed.
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 /// Every series of a family whose labels include `label`, summed.
 fn sum_of(text: &str, family: &str, label: &str) -> f64 {
     text.lines()
@@ -53,7 +47,7 @@ async fn the_first_scrape_of_a_fresh_service_lists_every_family() {
         r#"lcm_signals_total{signal="slice callback",outcome="accepted"}"#,
         r#"lcm_token_validations_total{outcome="valid"}"#,
     ] {
-        assert_eq!(metric(&text, series), Some(0.0), "{series}: {text}");
+        assert_eq!(series_value(&text, series), Some(0.0), "{series}: {text}");
     }
 }
 
@@ -72,20 +66,23 @@ async fn metrics_count_exactly_what_one_trial_did() {
             r#"lcm_steps_total{{step="{}",outcome="completed"}}"#,
             step.name()
         );
-        assert_eq!(metric(&text, &series), Some(1.0), "{series}: {text}");
+        assert_eq!(series_value(&text, &series), Some(1.0), "{series}: {text}");
     }
     assert_eq!(sum_of(&text, "lcm_steps_total", r#"outcome="failed""#), 0.0);
     assert_eq!(
-        metric(&text, r#"lcm_engines{status="Finished"}"#),
+        series_value(&text, r#"lcm_engines{status="Finished"}"#),
         Some(1.0)
     );
-    assert_eq!(metric(&text, r#"lcm_engines{status="Active"}"#), Some(0.0));
+    assert_eq!(
+        series_value(&text, r#"lcm_engines{status="Active"}"#),
+        Some(0.0)
+    );
     assert!(
-        metric(&scheduled, "lcm_scheduled_jobs") == Some(1.0)
-            || metric(&scheduled, r#"lcm_engines{status="Active"}"#) == Some(1.0),
+        series_value(&scheduled, "lcm_scheduled_jobs") == Some(1.0)
+            || series_value(&scheduled, r#"lcm_engines{status="Active"}"#) == Some(1.0),
         "the trial is a job or an engine: {scheduled}"
     );
-    assert_eq!(metric(&text, "lcm_scheduled_jobs"), Some(0.0));
+    assert_eq!(series_value(&text, "lcm_scheduled_jobs"), Some(0.0));
     for (service, status, count) in [
         ("trial_repository", "200", 4.0),
         ("trial_repository", "204", 6.0),
@@ -99,7 +96,11 @@ async fn metrics_count_exactly_what_one_trial_did() {
                 r#"lcm_outbound_request_duration_seconds_bucket{{service="{service}",status="{status}",le="+Inf"}}"#
             ),
         ] {
-            assert_eq!(metric(&text, &series), Some(count), "{series}: {text}");
+            assert_eq!(
+                series_value(&text, &series),
+                Some(count),
+                "{series}: {text}"
+            );
         }
     }
     assert_eq!(
@@ -114,12 +115,12 @@ async fn metrics_count_exactly_what_one_trial_did() {
         "{text}"
     );
     assert_eq!(
-        metric(
+        series_value(
             &text,
             r#"lcm_signals_total{signal="slice callback",outcome="accepted"}"#
         )
         .unwrap_or_default()
-            + metric(
+            + series_value(
                 &text,
                 r#"lcm_signals_total{signal="slice callback",outcome="held"}"#
             )
@@ -128,14 +129,14 @@ async fn metrics_count_exactly_what_one_trial_did() {
     );
     for signal in ["active", "finish"] {
         let series = format!(r#"lcm_signals_total{{signal="{signal}",outcome="accepted"}}"#);
-        assert_eq!(metric(&text, &series), Some(1.0), "{series}: {text}");
+        assert_eq!(series_value(&text, &series), Some(1.0), "{series}: {text}");
         assert_eq!(
             sum_of(&text, "lcm_signals_total", &format!(r#"signal="{signal}""#)),
             1.0
         );
     }
     assert_eq!(
-        metric(&text, r#"lcm_token_validations_total{outcome="valid"}"#),
+        series_value(&text, r#"lcm_token_validations_total{outcome="valid"}"#),
         Some(2.0),
         "{text}"
     );
