@@ -309,7 +309,14 @@ async fn a_refused_schedule_is_recorded_as_refused_only() {
             outcomes(e).first().is_some_and(|latest| *latest == 409)
         })
         .await;
-    assert_eq!(outcomes(&entries), [409, 200], "newest first");
+    // Newest first. Older 400s, if any, are schedules that arrived after the start time they
+    // carried on a busy machine, sent again by the helper.
+    let outcomes = outcomes(&entries);
+    assert!(
+        outcomes.get(..2).is_some_and(|newest| newest == [409, 200])
+            && outcomes[2..].iter().all(|o| *o == 400),
+        "{outcomes:?}"
+    );
 }
 
 #[tokio::test]
