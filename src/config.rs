@@ -158,8 +158,8 @@ pub struct ServerSettings {
     pub header_read_timeout_secs: u64,
     /// An idle keep-alive connection is closed after this long.
     pub idle_timeout_secs: u64,
-    /// Open connections at most; beyond it new ones wait. Also the most requests handled at
-    /// once, counting those whose callers hung up; beyond it a request gets 503.
+    /// Open connections at most; beyond it new ones wait. A request whose caller hung up
+    /// keeps its connection's place until its handling ends.
     pub max_connections: usize,
     /// How long open connections get on SIGTERM/SIGINT before the process exits.
     pub shutdown_grace_secs: u64,

@@ -18,7 +18,9 @@
 //! reading) also closes the connection.
 //!
 //! At most `server.max_connections` connections are open: beyond that the loop stops
-//! accepting, so new connections wait in the listen backlog while open ones carry on. At
+//! accepting, so new connections wait in the listen backlog while open ones carry on. A
+//! request whose handling outlives its connection keeps the connection's place
+//! ([`ConnectionSlot`]) until it ends. At
 //! shutdown the listener closes, connections between requests close at once, those with a
 //! request in flight finish it (without keep-alive), and whatever is still open after
 //! `server.shutdown_grace_secs` is dropped.
@@ -182,22 +184,42 @@ async fn accept_failed(e: io::Error) {
     tokio::time::sleep(ACCEPT_BACKOFF).await;
 }
 
+/// A connection's place among the `server.max_connections`, in each of its requests'
+/// extensions: a request's handling that goes on after its connection closed (its caller hung
+/// up) keeps the place until it ends, so such requests count against the cap too and cannot
+/// pile up.
+#[derive(Clone)]
+pub struct ConnectionSlot {
+    _permit: Arc<OwnedSemaphorePermit>,
+}
+
+impl ConnectionSlot {
+    /// The place `permit` holds, shared by the connection and its requests.
+    pub fn new(permit: OwnedSemaphorePermit) -> Self {
+        Self {
+            _permit: Arc::new(permit),
+        }
+    }
+}
+
 /// Serves one connection until it ends, a limit closes it, or shutdown drains it. Holds its
-/// slot (`_permit`) until then.
+/// slot until then, and each request's handling holds it too.
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     router: Router,
     limits: Limits,
     draining: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) {
+    let slot = ConnectionSlot::new(permit);
     let watch = Arc::new(Watch::new(limits));
     let service = {
         let watch = watch.clone();
         hyper::service::service_fn(move |mut request: Request<Incoming>| {
             let busy = watch.request_started();
             request.extensions_mut().insert(ConnectInfo(peer));
+            request.extensions_mut().insert(slot.clone());
             let response = router.clone().oneshot(request);
             async move {
                 let Ok(response) = response.await;

@@ -134,7 +134,7 @@ pub fn spawn_metrics_upkeep() -> tokio::task::JoinHandle<()> {
 /// The outcomes of `lcm_steps_total`.
 /// Every metric family the service exports, with its Prometheus type: all of them are there
 /// from the first scrape.
-pub const FAMILIES: [(&str, &str); 11] = [
+pub const FAMILIES: [(&str, &str); 10] = [
     ("lcm_engines", "gauge"),
     ("lcm_scheduled_jobs", "gauge"),
     ("lcm_missed_jobs", "gauge"),
@@ -145,7 +145,6 @@ pub const FAMILIES: [(&str, &str); 11] = [
     ("lcm_token_validations_total", "counter"),
     ("lcm_outbound_retries_total", "counter"),
     ("lcm_requests_throttled_total", "counter"),
-    ("lcm_requests_refused_busy_total", "counter"),
 ];
 
 const STEP_OUTCOMES: [&str; 2] = ["completed", "failed"];
@@ -283,12 +282,6 @@ fn register_families() {
         "Requests answered 429 because their address failed to authenticate too often (counted here, not written to the audit log)"
     );
     counter!("lcm_requests_throttled_total").increment(0);
-
-    describe_counter!(
-        "lcm_requests_refused_busy_total",
-        "Requests answered 503 because server.max_connections requests were already being handled (counted here, not written to the audit log)"
-    );
-    counter!("lcm_requests_refused_busy_total").increment(0);
 }
 
 #[cfg(test)]

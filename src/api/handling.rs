@@ -1,75 +1,30 @@
-//! Each request handled to its end in a task of its own, a bounded number at once.
+//! Each request handled to its end in a task of its own.
 
-use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::Request;
-use axum::http::header::RETRY_AFTER;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, error, warn};
 
 use super::ApiError;
+use crate::server::ConnectionSlot;
 
-/// When a client refused for too many requests in handling may try again.
-const BUSY_RETRY_AFTER_SECS: u64 = 1;
-
-/// How requests are handled: each to its end in a task of its own, at most `slots` at once.
+/// How requests are handled: each to its end in a task of its own.
 #[derive(Clone)]
 pub(super) struct Handling {
     /// `server.handler_timeout_secs`: a handler still running then is answered 504.
     limit: Duration,
     /// Every handler, so that shutdown waits for them.
     tracker: TaskTracker,
-    /// `server.max_connections` permits: a caller that hangs up leaves its handler running and
-    /// frees its connection, so the connection limit alone does not bound the handlers.
-    slots: Arc<Semaphore>,
-    /// How many permits there are.
-    most: usize,
-    refusals: Arc<Refusals>,
 }
 
 impl Handling {
-    /// Handlers answered 504 after `limit`, tracked by `tracker`, `slots` at once.
-    pub(super) fn new(limit: Duration, tracker: TaskTracker, slots: usize) -> Self {
-        Self {
-            limit,
-            tracker,
-            slots: Arc::new(Semaphore::new(slots)),
-            most: slots,
-            refusals: Arc::new(Refusals::new()),
-        }
-    }
-}
-
-/// The requests refused for want of a slot, told in the log at most once a minute: a client
-/// that keeps sending then cannot fill the disk with the same warning.
-struct Refusals {
-    since_warned: AtomicU64,
-    warnings: DefaultDirectRateLimiter,
-}
-
-impl Refusals {
-    fn new() -> Self {
-        Self {
-            since_warned: AtomicU64::new(0),
-            warnings: RateLimiter::direct(Quota::per_minute(NonZeroU32::MIN)),
-        }
-    }
-
-    /// Counts a refusal; the refusals since the last warning when one is due now.
-    fn note(&self) -> Option<u64> {
-        self.since_warned.fetch_add(1, Ordering::Relaxed);
-        self.warnings
-            .check()
-            .is_ok()
-            .then(|| self.since_warned.swap(0, Ordering::Relaxed))
+    /// Handlers answered 504 after `limit`, tracked by `tracker`.
+    pub(super) fn new(limit: Duration, tracker: TaskTracker) -> Self {
+        Self { limit, tracker }
     }
 }
 
@@ -78,29 +33,11 @@ impl Refusals {
 /// the trial registry). A request whose caller goes away (the client hung up, the answer came
 /// too late, the server is shutting down) thus never leaves a change half made: a job saved but
 /// never armed, an engine stopped but never removed. Not 408: a client may send a request again
-/// on 408 by itself, and this one goes on. With as many requests already in handling as
-/// connections may be open, the request is refused before anything is done (503).
+/// on 408 by itself, and this one goes on. The handling keeps its connection's place among
+/// `server.max_connections` ([`ConnectionSlot`]) until it ends, so requests whose callers hung
+/// up cannot pile up.
 pub(super) async fn to_the_end(handling: Handling, request: Request, next: Next) -> Response {
-    let Ok(slot) = handling.slots.clone().try_acquire_owned() else {
-        let in_handling = handling.tracker.len();
-        metrics::counter!("lcm_requests_refused_busy_total").increment(1);
-        if let Some(refused) = handling.refusals.note() {
-            warn!(
-                refused,
-                in_handling,
-                "requests refused with 503 since the last such warning (one a minute at most; lcm_requests_refused_busy_total counts them all): as many are being handled as server.max_connections, and callers that hung up leave theirs running"
-            );
-        }
-        let mut refused = ApiError::unavailable(format!(
-            "too many requests are being handled (server.max_connections = {}); nothing was done, try again in {BUSY_RETRY_AFTER_SECS} s",
-            handling.most
-        ))
-        .into_response();
-        refused
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from(BUSY_RETRY_AFTER_SECS));
-        return refused;
-    };
+    let slot = request.extensions().get::<ConnectionSlot>().cloned();
     // For the log only; both are cheap to clone (a method is an enum, a path shared bytes).
     let (method, uri) = (request.method().clone(), request.uri().clone());
     let (handler_method, handler_uri) = (method.clone(), uri.clone());
@@ -150,19 +87,22 @@ pub(super) async fn to_the_end(handling: Handling, request: Request, next: Next)
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use axum::Router;
     use axum::body::{Body, to_bytes};
     use axum::routing::get;
+    use tokio::sync::Semaphore;
     use tower::ServiceExt;
 
-    /// Handlers within `limit`, `slots` at once.
-    fn handling(limit: Duration, slots: usize) -> Handling {
-        Handling::new(limit, TaskTracker::new(), slots)
-    }
-
-    /// A router with one route, `handler`, handled to its end as `handling` says.
-    async fn answer_of<H, T>(handler: H, handling: &Handling) -> (StatusCode, String)
+    /// A request's answer from a router with one route, `handler`, handled as `handling`
+    /// says, the request holding the only place of `places`.
+    async fn answer_of<H, T>(
+        handler: H,
+        handling: &Handling,
+        places: &Arc<Semaphore>,
+    ) -> (StatusCode, String)
     where
         H: axum::handler::Handler<T, ()>,
         T: 'static,
@@ -173,7 +113,9 @@ mod tests {
             .layer(axum::middleware::from_fn(move |request, next| {
                 to_the_end(handling.clone(), request, next)
             }));
-        let request = axum::http::Request::new(Body::empty());
+        let mut request = axum::http::Request::new(Body::empty());
+        let permit = places.clone().try_acquire_owned().expect("a free place");
+        request.extensions_mut().insert(ConnectionSlot::new(permit));
         let Ok(response) = router.oneshot(request).await;
         let status = response.status();
         let body = to_bytes(response.into_body(), 4096).await.unwrap();
@@ -181,60 +123,44 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_handler_that_panics_is_answered_500_with_a_detail() {
+    async fn a_handler_that_panics_is_answered_500_with_a_detail_and_frees_its_place() {
         async fn faulty() -> StatusCode {
             panic!("a fault in a handler")
         }
-        // One slot: the second request is handled only if the first one's panic freed it.
-        let handling = handling(Duration::from_secs(5), 1);
-        for _ in 0..2 {
-            let (status, body) = answer_of(faulty, &handling).await;
-            assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-            assert!(
-                body.contains(r#""detail":"the request could not be handled"#),
-                "{body}"
-            );
-        }
+        let handling = Handling::new(Duration::from_secs(5), TaskTracker::new());
+        let places = Arc::new(Semaphore::new(1));
+        let (status, body) = answer_of(faulty, &handling, &places).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            body.contains(r#""detail":"the request could not be handled"#),
+            "{body}"
+        );
+        assert_eq!(places.available_permits(), 1);
     }
 
     #[tokio::test]
-    async fn a_handler_answered_too_late_gets_504_and_still_runs_to_its_end_holding_its_slot() {
+    async fn a_handler_answered_too_late_gets_504_and_runs_to_its_end_holding_its_place() {
         let (release, released) = tokio::sync::oneshot::channel::<()>();
-        let (done, finished) = tokio::sync::oneshot::channel::<()>();
-        let waits = Arc::new(std::sync::Mutex::new(Some((released, done))));
-        // Held until the test has its answer, then done.
+        // Handlers are cloned: the one the request reaches takes the receiver.
+        let released = Arc::new(std::sync::Mutex::new(Some(released)));
         let held = move || {
-            let waits = waits.lock().unwrap().take();
+            let released = released.lock().unwrap().take();
             async move {
-                if let Some((released, done)) = waits {
+                if let Some(released) = released {
                     let _ = released.await;
-                    let _ = done.send(());
                 }
             }
         };
-        let handling = handling(Duration::from_millis(50), 1);
-        let (status, body) = answer_of(held.clone(), &handling).await;
+        let handling = Handling::new(Duration::from_millis(50), TaskTracker::new());
+        let places = Arc::new(Semaphore::new(1));
+        let (status, body) = answer_of(held, &handling, &places).await;
         assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
         assert!(body.contains("server.handler_timeout_secs"), "{body}");
-        // Its slot is still taken: the next request is refused before it is handled.
-        let (status, body) = answer_of(held, &handling).await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(
-            body.contains("too many requests are being handled (server.max_connections = 1)"),
-            "{body}"
-        );
+        // The answer is sent and the request dropped; its handling still holds the place.
+        assert_eq!(places.available_permits(), 0);
         release.send(()).unwrap();
-        finished
-            .await
-            .expect("the handler ran to its end after the 504");
-    }
-
-    #[test]
-    fn refusals_are_told_once_a_minute_with_their_count() {
-        let refusals = Refusals::new();
-        assert_eq!(refusals.note(), Some(1));
-        assert_eq!(refusals.note(), None);
-        assert_eq!(refusals.note(), None);
-        assert_eq!(refusals.since_warned.load(Ordering::Relaxed), 2);
+        handling.tracker.close();
+        handling.tracker.wait().await;
+        assert_eq!(places.available_permits(), 1, "given back at the end");
     }
 }

@@ -124,7 +124,6 @@ pub fn router(state: AppState) -> Router {
     let handling = Handling::new(
         Duration::from_secs(settings.server.handler_timeout_secs),
         state.handlers.clone(),
-        settings.server.max_connections,
     );
     layered_api(&state)
         // The console answers HTML, its errors too, and audits through its own layer.
