@@ -131,7 +131,6 @@ pub fn spawn_metrics_upkeep() -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// The outcomes of `lcm_steps_total`.
 /// Every metric family the service exports, with its Prometheus type: all of them are there
 /// from the first scrape.
 pub const FAMILIES: [(&str, &str); 10] = [
@@ -147,6 +146,7 @@ pub const FAMILIES: [(&str, &str); 10] = [
     ("lcm_requests_throttled_total", "counter"),
 ];
 
+/// The outcomes of `lcm_steps_total`.
 const STEP_OUTCOMES: [&str; 2] = ["completed", "failed"];
 
 /// The signals of `lcm_signals_total` (`Signal::name`).
