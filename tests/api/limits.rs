@@ -2,6 +2,8 @@
 //! connections, more connections than allowed, callers that hang up before their answer, an
 //! oversized head, and a shutdown that open connections cannot hold up.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -73,6 +75,30 @@ fn parse_answer(raw: &str) -> (u16, Value) {
         "{head}"
     );
     (status, serde_json::from_str(body).expect("a JSON body"))
+}
+
+/// A `GET /status` on a new connection, checked to wait (not served within 1.5 s) while every
+/// place among `server.max_connections` is taken (`taken` says by what); see [`served`].
+async fn waiting_for_a_place(
+    app: &TestApp,
+    taken: &str,
+) -> Pin<Box<dyn Future<Output = StatusCode> + Send>> {
+    let (mut sender, _driver) = connect(app).await;
+    let mut waiting = Box::pin(async move { get_status(&mut sender).await });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), &mut waiting)
+            .await
+            .is_err(),
+        "a new connection was served while {taken}"
+    );
+    waiting
+}
+
+/// The answer of a connection from [`waiting_for_a_place`], once a place is free.
+async fn served(waiting: Pin<Box<dyn Future<Output = StatusCode> + Send>>) -> StatusCode {
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("served once a place is free")
 }
 
 /// Reads one answer on a keep-alive connection: its head, then `content-length` bytes.
@@ -210,24 +236,14 @@ async fn beyond_max_connections_a_new_connection_waits_for_a_free_slot() {
         open.push((sender, driver));
     }
 
-    let (mut sixth, _sixth_driver) = connect(&app).await;
-    let mut waiting = Box::pin(async move { get_status(&mut sixth).await });
-    assert!(
-        tokio::time::timeout(Duration::from_millis(1500), &mut waiting)
-            .await
-            .is_err(),
-        "the sixth connection was served while five were open"
-    );
+    let sixth = waiting_for_a_place(&app, "five were open").await;
     // The open ones keep working meanwhile.
     assert_eq!(get_status(&mut open[0].0).await, StatusCode::OK);
 
     let (sender, driver) = open.remove(1);
     drop(sender);
     driver.await.expect("the client closes its connection");
-    let answer = tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .expect("served once a slot is free");
-    assert_eq!(answer, StatusCode::OK);
+    assert_eq!(served(sixth).await, StatusCode::OK);
 }
 
 /// A client that sends a request and hangs up before the answer leaves its handler running
@@ -274,20 +290,10 @@ async fn callers_that_hang_up_keep_their_place_until_their_request_is_handled() 
     }
 
     // Both places are held by the hung-up requests: a new connection waits.
-    let (mut third, _third_driver) = connect(&app).await;
-    let mut waiting = Box::pin(async move { get_status(&mut third).await });
-    assert!(
-        tokio::time::timeout(Duration::from_millis(1500), &mut waiting)
-            .await
-            .is_err(),
-        "a third connection was served while two requests were in handling"
-    );
+    let third = waiting_for_a_place(&app, "two requests were in handling").await;
     // The registry answers the two held schedules; their places are given back.
     registry.open();
-    let answer = tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .expect("served once a place is free");
-    assert_eq!(answer, StatusCode::OK);
+    assert_eq!(served(third).await, StatusCode::OK);
 
     // Each hung-up schedule's end is logged with its request, as a warning, and nothing as
     // an error.

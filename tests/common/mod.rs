@@ -133,7 +133,7 @@ pub fn free_port() -> u16 {
     let (low, high) = (10_000, ephemeral.max(10_001));
     (0..1000)
         .map(|_| {
-            // A random start, so that test processes running at once pick apart.
+            // A random pick, so that test processes running at once pick apart.
             let random = std::collections::hash_map::RandomState::new()
                 .build_hasher()
                 .finish();
@@ -154,8 +154,8 @@ pub fn closed_port() -> u16 {
         .expect("a closed port below 1024")
 }
 
-/// The `lcm` binary, to run in `dir`: no configuration file but one it is given, its output
-/// dropped, killed when its child is dropped. Arguments and environment are the caller's.
+/// The `lcm` binary, to run in `dir`: no configuration file but one it is given, its stdout
+/// dropped and its stderr kept in `dir`, killed when its child is dropped. Arguments and environment are the caller's.
 pub fn lcm_command(dir: &Path) -> Command {
     // What it says before its log exists (a setting refused, a port in use), kept in `dir`.
     let stderr = std::fs::OpenOptions::new()
