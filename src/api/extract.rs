@@ -244,11 +244,12 @@ role_extractor!(
 );
 
 /// A callback token valid for the trial in the path (SPEC §6): signature, expiry, trial,
-/// revocation, and an engine (if the trial has one) that is neither finished nor failed.
+/// revocation, and an engine (if the trial has one, in memory or in the store) that is
+/// neither finished nor failed.
 pub struct CallbackToken {
     pub trial: TrialId,
     pub claims: Claims,
-    /// The trial's engine, if it has one.
+    /// The trial's engine, if it is live; `None` if the trial has no engine.
     pub engine: Option<EngineHandle>,
 }
 
@@ -263,7 +264,7 @@ impl FromRequestParts<AppState> for CallbackToken {
         if let Some(Actor::Key(_)) = caller(parts, state) {
             return Err(ApiError::unauthorized(WANTS_TOKEN).into());
         }
-        match check_token(state, &trial, &token) {
+        match check_token(state, &trial, &token).await {
             Ok((claims, engine)) => Ok(CallbackToken {
                 trial,
                 claims,

@@ -12,6 +12,7 @@ use utoipa_axum::routes;
 use super::audit::{AuditCx, Audited};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Admin, CallbackToken, TrialIdParam, TrialPath};
+use super::view::Found;
 use super::{AppState, Message};
 use crate::domain::TrialId;
 use crate::engine::EngineHandle;
@@ -32,36 +33,47 @@ struct Minted {
 }
 
 /// Verifies a presented token for `id`: signature, expiry, trial, revocation, and that the
-/// trial's engine (if it has one) is neither finished nor failed.
-pub fn check_token(
+/// trial's engine, in memory or only in the store once it has left memory, is neither finished
+/// nor failed. A trial with no engine at all gives `None`: the caller decides (a callback or a
+/// check answers 404, a revocation goes ahead).
+pub async fn check_token(
     state: &AppState,
     id: &TrialId,
     token: &str,
 ) -> Result<(Claims, Option<EngineHandle>), ApiError> {
     let claims = state.tokens.verify(token, id)?;
-    let engine = state.scheduler.engines().get(id);
-    if let Some(engine) = &engine {
-        let status = engine.snapshot().engine_status();
-        match status {
-            EngineStatus::Finished | EngineStatus::Aborted => {
-                return Err(ApiError::forbidden(format!(
-                    "trial '{id}' has {}; its token is no longer accepted",
-                    if status == EngineStatus::Aborted {
-                        "been aborted"
-                    } else {
-                        "finished"
-                    }
-                )));
-            }
-            EngineStatus::Failed => {
-                return Err(ApiError::forbidden(format!(
-                    "trial '{id}' has failed; its token is not accepted until the engine is restored"
-                )));
-            }
-            EngineStatus::Active | EngineStatus::Stopped => {}
+    match state.find_trial(id).await {
+        Ok(Found::Engine(engine)) => {
+            accepting(id, engine.snapshot().engine_status())?;
+            Ok((claims, Some(engine)))
         }
+        Ok(Found::Stored(record)) => {
+            accepting(id, record.lifecycle.engine_status())?;
+            Ok((claims, None))
+        }
+        Ok(Found::Corrupt(reason)) => Err(ApiError::forbidden(format!(
+            "trial '{id}' has a record that cannot be read ({reason}); its token is not accepted"
+        ))),
+        Err(e) if e.status == StatusCode::NOT_FOUND => Ok((claims, None)),
+        Err(e) => Err(e),
     }
-    Ok((claims, engine))
+}
+
+/// Refuses the token of a trial whose engine has ended (403), the same whether the engine is
+/// in memory or its record is all that is left.
+fn accepting(id: &TrialId, status: EngineStatus) -> Result<(), ApiError> {
+    match status {
+        EngineStatus::Finished => Err(ApiError::forbidden(format!(
+            "trial '{id}' has finished; its token is no longer accepted"
+        ))),
+        EngineStatus::Aborted => Err(ApiError::forbidden(format!(
+            "trial '{id}' has been aborted; its token is no longer accepted"
+        ))),
+        EngineStatus::Failed => Err(ApiError::forbidden(format!(
+            "trial '{id}' has failed; its token is not accepted until the engine is restored"
+        ))),
+        EngineStatus::Active | EngineStatus::Stopped => Ok(()),
+    }
 }
 
 /// Mint a callback token for a trial
@@ -106,10 +118,17 @@ async fn mint(
         (status = 400, description = "Invalid trial id", body = ErrorBody),
         (status = 401, description = "Missing, invalid, expired or revoked token", body = ErrorBody),
         (status = 403, description = "A token of another trial, or of a finished or failed trial", body = ErrorBody),
+        (status = 404, description = "The trial has no engine", body = ErrorBody),
     ),
 )]
-async fn verify(_: CallbackToken) -> Result<Json<Message>, ApiError> {
-    Ok(Json(Message::new("Success")))
+async fn verify(
+    State(state): State<AppState>,
+    CallbackToken { trial, engine, .. }: CallbackToken,
+) -> Result<Json<Message>, ApiError> {
+    match engine {
+        Some(_) => Ok(Json(Message::new("Success"))),
+        None => Err(state.no_trial(&trial)),
+    }
 }
 
 /// Revoke a callback token

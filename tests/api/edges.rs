@@ -36,6 +36,7 @@ async fn start_times_show_as_given_and_read_back_up_to_the_last_four_digit_year(
 #[tokio::test]
 async fn a_token_signed_with_the_secret_but_claiming_what_the_service_never_issues_is_refused() {
     let app = spawn_app().await;
+    app.start_to_idle("t1").await;
     let now = chrono::Utc::now().timestamp();
     let ttl = 604_800;
     let forge = |iat: i64, exp: i64, nbf: Option<i64>| {

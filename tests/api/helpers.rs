@@ -537,6 +537,13 @@ impl TestApp {
         self.schedule_in(id, 300).await;
     }
 
+    /// Starts trial `id` and waits until its engine waits at IDLE for the operator: a live
+    /// engine that stays put.
+    pub async fn start_to_idle(&self, id: &str) {
+        self.start_trial(id).await;
+        self.wait_waiting(id, "operator (active or finish)").await;
+    }
+
     /// Schedules `id` to start `ms` milliseconds from now; returns the start time. On a busy
     /// machine the request can arrive after the start time it carries: then a new one is
     /// chosen, as a client would.

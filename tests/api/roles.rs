@@ -178,6 +178,7 @@ async fn a_key_with_too_small_a_role_changes_nothing() {
 #[tokio::test]
 async fn an_api_route_given_a_callback_token_says_it_wants_an_api_key() {
     let app = spawn_app().await;
+    app.start_to_idle("t1").await;
     let token = app.post("/token/t1", None).await.body["Authorization"]
         .as_str()
         .expect("a token")

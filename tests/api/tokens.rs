@@ -46,6 +46,7 @@ async fn minting_a_token_without_the_api_key_is_401() {
 #[tokio::test]
 async fn checking_a_minted_token_succeeds() {
     let app = spawn_app().await;
+    app.start_to_idle("t1").await;
     let token = mint(&app, "t1").await;
     let answer = check(&app, "t1", Some(&token)).await;
     assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
@@ -59,6 +60,7 @@ async fn checking_a_minted_token_succeeds() {
 #[tokio::test]
 async fn checking_a_token_in_a_cookie_succeeds() {
     let app = spawn_app().await;
+    app.start_to_idle("t1").await;
     let token = mint(&app, "t1").await;
     let response = app
         .client
@@ -75,6 +77,7 @@ async fn checking_a_token_in_a_cookie_succeeds() {
 #[tokio::test]
 async fn a_token_for_another_trial_is_403() {
     let app = spawn_app().await;
+    app.start_to_idle("t1").await;
     let token = mint(&app, "t1").await;
     let answer = check(&app, "t2", Some(&token)).await;
     assert_detail(&answer, StatusCode::FORBIDDEN);
@@ -108,6 +111,7 @@ async fn a_token_whose_signature_was_tampered_with_is_401() {
 #[tokio::test]
 async fn an_expired_token_is_401() {
     let app = spawn_app().await;
+    app.start_to_idle("t1").await;
     let expired = signed_token(TOKEN_SECRET, "t1", -3600);
     let answer = check(&app, "t1", Some(&expired)).await;
     assert_detail(&answer, StatusCode::UNAUTHORIZED);
@@ -138,6 +142,7 @@ async fn a_missing_token_is_401() {
 #[tokio::test]
 async fn revoking_a_token_refuses_it_afterwards() {
     let app = spawn_app().await;
+    app.start_to_idle("t1").await;
     let token = mint(&app, "t1").await;
     let other = mint(&app, "t1").await;
 
@@ -160,6 +165,7 @@ async fn revoking_a_token_refuses_it_afterwards() {
 #[tokio::test]
 async fn a_bad_trial_id_in_the_token_path_is_400() {
     let app = spawn_app().await;
+    app.start_to_idle("t1").await;
     let token = mint(&app, "t1").await;
     let long = "a".repeat(200);
     for bad in ["..%2Fetc", "a%20b", long.as_str()] {
@@ -174,4 +180,55 @@ async fn a_bad_trial_id_in_the_token_path_is_400() {
     }
     // Nothing was revoked on the way.
     assert_eq!(check(&app, "t1", Some(&token)).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_token_of_a_trial_without_an_engine_is_refused_with_404_and_can_be_revoked() {
+    let app = spawn_app().await;
+    let token = mint(&app, "t1").await;
+    let answer = check(&app, "t1", Some(&token)).await;
+    assert_detail(&answer, StatusCode::NOT_FOUND);
+    assert!(answer.detail().contains("has no engine"), "{answer:?}");
+    let answer = app.callback("t1", "slice", Some(&token)).await;
+    assert_detail(&answer, StatusCode::NOT_FOUND);
+
+    // Revoking it still works, and keeps it out of a later engine of the trial.
+    let answer = app
+        .call_as(Method::DELETE, "/token/t1", None, Some(&token))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    app.start_to_idle("t1").await;
+    assert_detail(
+        &check(&app, "t1", Some(&token)).await,
+        StatusCode::UNAUTHORIZED,
+    );
+}
+
+#[tokio::test]
+async fn a_token_of_an_ended_trial_is_refused_the_same_once_it_has_left_memory() {
+    let app = spawn_app_with_settings(|s| s.engine.keep_finished_secs = 1).await;
+    let id = "ends";
+    app.start_to_idle(id).await;
+    let token = mint(&app, id).await;
+    assert_eq!(check(&app, id, Some(&token)).await.status, StatusCode::OK);
+    app.drive_to_finished(id).await;
+    let refusals = || async {
+        (
+            check(&app, id, Some(&token)).await,
+            app.callback(id, "slice", Some(&token)).await,
+        )
+    };
+    let in_memory = refusals().await;
+    assert!(app.engines().await.iter().any(|(e, _)| e == id));
+    app.wait_engine_gone(id).await;
+    let from_the_store = refusals().await;
+    for (before, after) in [
+        (&in_memory.0, &from_the_store.0),
+        (&in_memory.1, &from_the_store.1),
+    ] {
+        assert_detail(before, StatusCode::FORBIDDEN);
+        assert!(before.detail().contains("has finished"), "{before:?}");
+        assert_eq!(after.status, before.status, "{after:?}");
+        assert_eq!(after.detail(), before.detail());
+    }
 }
