@@ -163,6 +163,12 @@ fn signal_answer(
             format!("{} already registered for trial {id}", signal.name())
         }
         SignalOutcome::Refused(reason) => return Err(ApiError::conflict(reason)),
+        SignalOutcome::NotSaved(why) => {
+            return Err(ApiError::unavailable(format!(
+                "{} for trial {id} could not be saved, so it was not taken: {why}",
+                signal.name()
+            )));
+        }
         SignalOutcome::NotLive(lifecycle) => {
             return Err(ApiError::conflict(format!(
                 "trial '{id}' does not take signals: its engine is {}",

@@ -37,6 +37,8 @@ pub enum SignalOutcome {
     Refused(String),
     /// The engine no longer takes signals.
     NotLive(Lifecycle),
+    /// It would be kept, but keeping it could not be saved; nothing changes.
+    NotSaved(String),
 }
 
 impl SignalOutcome {
@@ -48,6 +50,7 @@ impl SignalOutcome {
             SignalOutcome::AlreadyRegistered => "already_registered",
             SignalOutcome::Refused(_) => "refused_wrong_phase",
             SignalOutcome::NotLive(_) => "refused_not_live",
+            SignalOutcome::NotSaved(_) => "not_saved",
         }
     }
 }
@@ -299,6 +302,9 @@ impl Executor {
                         let doing = "the executor is running";
                         match at_step(step, doing, command, accepted, held, &self.id, cleanup) {
                             AtStep::Answered => {}
+                            AtStep::Kept(signal, reply) => {
+                                let _ = reply.send(keep(&self.shared, step, signal, held).await);
+                            }
                             AtStep::Abort(reason) => break Err(reason),
                             AtStep::Control(control, reply) => {
                                 let outcome =
@@ -387,6 +393,9 @@ impl Executor {
             let doing = "the trial is paused before";
             match at_step(step, doing, command, accepted, held, &self.id, cleanup) {
                 AtStep::Answered => {}
+                AtStep::Kept(signal, reply) => {
+                    let _ = reply.send(keep(&self.shared, step, signal, held).await);
+                }
                 AtStep::Abort(reason) => return Outcome::Abort(reason),
                 AtStep::Control(Control::Step { reason }, reply) => {
                     self.shared
@@ -698,6 +707,8 @@ fn elapsed_ms(since: Instant) -> u64 {
 enum AtStep {
     /// Answered already.
     Answered,
+    /// An early signal, kept in `held`: for the caller to save, then answer.
+    Kept(Signal, oneshot::Sender<SignalOutcome>),
     /// The operator's abort, answered: the step is dropped for the clean-up.
     Abort(String),
     /// Pause, resume or step: for the caller to take.
@@ -717,10 +728,13 @@ fn at_step(
     cleanup: bool,
 ) -> AtStep {
     match command {
-        Command::Signal(signal, reply) => {
-            let _ = reply.send(during_step(step, signal, accepted, held));
-            AtStep::Answered
-        }
+        Command::Signal(signal, reply) => match during_step(step, signal, accepted, held) {
+            SignalOutcome::Held(_) => AtStep::Kept(signal, reply),
+            outcome => {
+                let _ = reply.send(outcome);
+                AtStep::Answered
+            }
+        },
         Command::Progress(_, reply) => {
             let _ = reply.send(refused(format!(
                 "no component callback is awaited: {doing} {}",
@@ -759,6 +773,31 @@ fn during_step(
             SignalOutcome::Held(step)
         }
         other => answer(other),
+    }
+}
+
+/// Saves the early signals with the one just kept in `held`, before the caller hears it is
+/// kept: a restart in the middle of the step finds it. Unsaved, it is dropped again.
+async fn keep(
+    shared: &EngineShared,
+    step: Step,
+    signal: Signal,
+    held: &mut Vec<(Wait, Signal)>,
+) -> SignalOutcome {
+    let saved = shared
+        .deps
+        .store
+        .write(Op::SetHeld {
+            id: shared.id.clone(),
+            held: held.clone(),
+        })
+        .await;
+    match saved {
+        Ok(_) => SignalOutcome::Held(step),
+        Err(e) => {
+            held.retain(|(_, kept)| *kept != signal);
+            SignalOutcome::NotSaved(e.to_string())
+        }
     }
 }
 

@@ -196,6 +196,17 @@ fn parse_signals(list: Vec<(String, String)>) -> Result<Vec<(Wait, Signal)>, Str
         .collect()
 }
 
+/// A saved checkpoint document with its early signals replaced by `held`, the rest as written.
+pub fn with_held(text: &str, held: &[(Wait, Signal)]) -> Result<String, String> {
+    let mut doc: Value =
+        serde_json::from_str(text).map_err(|e| format!("unreadable checkpoint: {e}"))?;
+    let Some(fields) = doc.as_object_mut() else {
+        return Err("unreadable checkpoint: not a JSON object".to_owned());
+    };
+    fields.insert("held".to_owned(), serde_json::json!(signals_doc(held)));
+    Ok(doc.to_string())
+}
+
 /// Writes a checkpoint as the store keeps it.
 pub fn encode_checkpoint(checkpoint: &Checkpoint) -> String {
     let data = &checkpoint.data;
@@ -389,6 +400,26 @@ mod tests {
     fn the_document_on_disk_is_stable() {
         assert_eq!(encode_checkpoint(&golden()), GOLDEN);
         assert_eq!(decode_checkpoint(GOLDEN).unwrap(), golden());
+    }
+
+    #[test]
+    fn early_signals_are_replaced_and_the_rest_kept() {
+        let held = [(Wait::Idle, Signal::Finish)];
+        let patched = decode_checkpoint(&with_held(GOLDEN, &held).unwrap()).unwrap();
+        assert_eq!(patched.held, held);
+        assert_eq!(
+            Checkpoint {
+                held: vec![],
+                ..patched
+            },
+            golden()
+        );
+        assert!(
+            with_held("[1]", &held)
+                .unwrap_err()
+                .contains("not a JSON object")
+        );
+        assert!(with_held("{", &held).is_err());
     }
 
     #[test]

@@ -29,6 +29,7 @@ use tokio::sync::oneshot;
 use tracing::error;
 
 use crate::domain::{StartTime, TrialId};
+use crate::engine::sequence::{Signal, Wait};
 use crate::engine::state::{Checkpoint, Lifecycle, ResponseRecord, TrialEvent};
 use crate::telemetry::panic_message;
 
@@ -98,6 +99,12 @@ pub enum Op {
         id: TrialId,
         paused: bool,
     },
+    /// Saves the early signals kept while a step runs, at once, before they are answered: an
+    /// accepted callback outlives a restart in the middle of the step.
+    SetHeld {
+        id: TrialId,
+        held: Vec<(Wait, Signal)>,
+    },
     AppendEvent {
         id: TrialId,
         event: Arc<TrialEvent>,
@@ -135,6 +142,7 @@ impl Op {
             Op::DeleteJob { .. } => "delete job",
             Op::PutTrial(_) => "put trial",
             Op::SetPaused { .. } => "set paused",
+            Op::SetHeld { .. } => "set held signals",
             Op::AppendEvent { .. } => "append event",
             Op::AppendResponse { .. } => "append response",
             Op::DeleteTrial { .. } => "delete trial",

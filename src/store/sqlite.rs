@@ -382,6 +382,25 @@ fn apply_op(tx: &Transaction, op: &Op) -> rusqlite::Result<usize> {
             "UPDATE trials SET paused = ?2 WHERE trial_id = ?1",
             params![id.as_str(), i64::from(*paused)],
         ),
+        Op::SetHeld { id, held } => {
+            let saved: Option<String> = tx
+                .query_row(
+                    "SELECT checkpoint FROM trials WHERE trial_id = ?1",
+                    params![id.as_str()],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let Some(saved) = saved else {
+                return Err(rusqlite::Error::QueryReturnedNoRows);
+            };
+            let patched = codec::with_held(&saved, held)
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
+            exec(
+                tx,
+                "UPDATE trials SET checkpoint = ?2 WHERE trial_id = ?1",
+                params![id.as_str(), patched],
+            )
+        }
         Op::AppendEvent { id, event } => append_event(tx, id.as_str(), event),
         Op::AppendResponse { id, record } => append_response(tx, id.as_str(), record),
         Op::DeleteTrial { id } => {

@@ -330,3 +330,44 @@ async fn the_operator_wait_has_a_deadline_only_when_configured() {
         "timed out waiting for the operator (active or finish)"
     );
 }
+
+#[tokio::test]
+async fn an_early_callback_that_cannot_be_saved_is_refused_with_503_and_not_kept() {
+    let (app, broken) = spawn_app_with_flaky_store(AppOptions::default()).await;
+    let id = "early-unsaved";
+    let gate = lcm::sim::Gate::default();
+    app.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "POST",
+            "/sliceDeployment",
+            FaultAction::HoldUntil(gate.clone()),
+        )
+        .for_trial(id)
+        .times(1),
+    );
+    app.start_trial(id).await;
+    app.wait_for(id, "SliceDeployment in flight", |s| {
+        s["step"] == "SliceDeployment"
+    })
+    .await;
+    let token = app.post_as(&format!("/token/{id}"), API_KEY).await;
+
+    broken.store(true, std::sync::atomic::Ordering::SeqCst);
+    let refused = app.callback(id, "slice", Some(&token)).await;
+    broken.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_detail(&refused, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.detail().contains("not taken"), "{refused:?}");
+
+    // Not kept: the same callback sent again is kept now, not "already registered".
+    let kept = app.callback(id, "slice", Some(&token)).await;
+    assert_eq!(kept.status, StatusCode::OK, "{kept:?}");
+    assert!(
+        kept.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("when SliceDeployment completes")),
+        "{kept:?}"
+    );
+    gate.open();
+    app.wait_waiting(id, WAITING_OPERATOR).await;
+}

@@ -593,3 +593,70 @@ async fn stopping_the_service_reports_no_failure_and_every_trial_carries_on() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn an_early_callback_outlives_a_kill_in_the_middle_of_its_step() {
+    let id = "early-kept";
+    let mut app = spawn_binary_with(BinaryOptions {
+        platform: Box::new(move |platform| {
+            platform.add_trial(Platform::trial(id, None));
+            // The deployment's first request is never answered; the one sent again after the
+            // restart is taken, and its component does not call back twice for one deployment.
+            platform.inject(
+                Fault::new(
+                    Component::Enforcement,
+                    "POST",
+                    "/sliceDeployment",
+                    FaultAction::Hang,
+                )
+                .for_trial(id)
+                .times(1),
+            );
+            platform.inject(drop_slice_callback(id));
+        }),
+        ..BinaryOptions::default()
+    })
+    .await;
+    app.start_trial(id).await;
+    eventually(
+        "the slice deployment to reach trial enforcement",
+        || async {
+            match app.platform.requests_for(id).iter().any(|r| {
+                r.component == Component::Enforcement && r.path.contains("/sliceDeployment")
+            }) {
+                true => Ok(()),
+                false => Err("not yet".to_owned()),
+            }
+        },
+    )
+    .await;
+    let early = app.callback(id, "slice", Some(&app.token_of(id))).await;
+    assert_eq!(early.status, StatusCode::OK, "{early:?}");
+    assert!(
+        early.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("when SliceDeployment completes")),
+        "{early:?}"
+    );
+
+    if let Server::Process(child) = &mut app.server {
+        child.kill().await.expect("SIGKILL");
+    }
+    app.restart_binary().await;
+
+    // The step runs again, and the callback kept before the kill takes the trial on.
+    app.wait_waiting(id, "operator (active or finish)").await;
+    let history = app.history(id).await;
+    assert!(
+        history.iter().any(|e| e["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("arrived early"))),
+        "{history:?}"
+    );
+    app.drive_to_finished(id).await;
+    assert!(
+        !app.platform
+            .status_history(id)
+            .contains(&"FAILED".to_owned())
+    );
+}
