@@ -193,7 +193,7 @@ async fn schedule_all(_: Operator, State(state): State<AppState>) -> Result<Json
         (status = 200, description = "Job removed", body = Message),
         (status = 400, description = "Invalid trial id", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 404, description = "The trial has no scheduled job", body = ErrorBody),
+        (status = 404, description = "The trial has no scheduled job (or another removal of it is under way)", body = ErrorBody),
         (status = 503, description = "The removal could not be saved, so it was not made", body = ErrorBody),
     ),
 )]

@@ -99,6 +99,20 @@ struct Job {
     generation: u64,
     /// The timer, once the job is saved; `None` while its save is under way.
     timer: Option<AbortHandle>,
+    /// Its removal is being saved: a second removal finds no job.
+    removing: bool,
+}
+
+impl Job {
+    /// A job not armed yet.
+    fn new(start: StartTime, generation: u64) -> Self {
+        Self {
+            start,
+            generation,
+            timer: None,
+            removing: false,
+        }
+    }
 }
 
 /// The scheduler handle (cheap to clone).
@@ -185,14 +199,7 @@ impl Scheduler {
                 return Err(ScheduleError::EngineExists(id.clone()));
             }
             let generation = self.next_generation();
-            jobs.insert(
-                id.clone(),
-                Job {
-                    start,
-                    generation,
-                    timer: None,
-                },
-            );
+            jobs.insert(id.clone(), Job::new(start, generation));
             let mut ops = vec![Op::PutJob {
                 id: id.clone(),
                 start,
@@ -277,11 +284,11 @@ impl Scheduler {
     fn fire(&self, id: &TrialId, generation: u64) {
         let mut jobs = self.jobs_map();
         // A job that was removed or replaced since this timer was set does nothing, nor does
-        // one whose removal is being saved: its timer was taken, but a timer that had already
-        // woken up could not be stopped and waited here for the lock.
+        // one whose removal is being saved: its timer was stopped, but a timer that had
+        // already woken up could not be, and waited here for the lock.
         if jobs
             .get(id)
-            .is_none_or(|job| job.generation != generation || job.timer.is_none())
+            .is_none_or(|job| job.generation != generation || job.removing)
         {
             return;
         }
@@ -307,9 +314,10 @@ impl Scheduler {
     ) -> Result<bool, StoreError> {
         let (generation, saved) = {
             let mut jobs = self.jobs_map();
-            let Some(job) = jobs.get_mut(id) else {
+            let Some(job) = jobs.get_mut(id).filter(|job| !job.removing) else {
                 return Ok(false);
             };
+            job.removing = true;
             if let Some(timer) = job.timer.take() {
                 timer.abort();
             }
@@ -325,6 +333,13 @@ impl Scheduler {
                 Ok(true)
             }
             Err(e) => {
+                if let Some(job) = self
+                    .jobs_map()
+                    .get_mut(id)
+                    .filter(|job| job.generation == generation)
+                {
+                    job.removing = false;
+                }
                 self.arm(id, generation);
                 Err(e)
             }
@@ -483,14 +498,8 @@ impl Scheduler {
                 None => None,
             };
             let generation = self.next_generation();
-            if let Some(old) = jobs.insert(
-                id.clone(),
-                Job {
-                    start,
-                    generation,
-                    timer: None,
-                },
-            ) && let Some(timer) = old.timer
+            if let Some(old) = jobs.insert(id.clone(), Job::new(start, generation))
+                && let Some(timer) = old.timer
             {
                 timer.abort();
             }
@@ -579,14 +588,8 @@ impl Scheduler {
                 self.store().write(Op::DeleteJob { id }).await?;
             } else if start.utc() > now {
                 let generation = self.next_generation();
-                self.jobs_map().insert(
-                    id.clone(),
-                    Job {
-                        start,
-                        generation,
-                        timer: None,
-                    },
-                );
+                self.jobs_map()
+                    .insert(id.clone(), Job::new(start, generation));
                 self.arm(&id, generation);
                 info!(trial = %id, start = %start, "scheduled job recovered");
             } else if now - start.utc() <= grace {
@@ -738,11 +741,13 @@ mod tests {
         let id = TrialId::parse("raced").unwrap();
         let start = StartTime::parse(&(Utc::now() + chrono::Duration::hours(1)).to_rfc3339());
         scheduler.schedule(&id, start.unwrap(), None).await.unwrap();
-        // What an unschedule does first, under the lock: it takes the timer and stops it. A
-        // timer already past its sleep cannot be stopped, and fires once it gets the lock.
+        // What an unschedule does first, under the lock: it marks the job as being removed,
+        // takes the timer and stops it. A timer already past its sleep cannot be stopped, and
+        // fires once it gets the lock.
         let generation = {
             let mut jobs = scheduler.jobs_map();
             let job = jobs.get_mut(&id).unwrap();
+            job.removing = true;
             job.timer.take().unwrap().abort();
             job.generation
         };

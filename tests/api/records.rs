@@ -513,20 +513,32 @@ async fn an_action_on_a_trial_without_a_live_engine_says_why_it_is_refused() {
 }
 
 #[tokio::test]
-async fn concurrent_deletes_remove_an_engine_exactly_once() {
+async fn concurrent_removals_remove_an_engine_or_a_job_exactly_once() {
     let app = spawn_app().await;
-    let id = "deleted-once";
-    app.start_trial(id).await;
-    app.wait_waiting(id, "operator (active or finish)").await;
-    let path = format!("/debug/engine/{id}");
-    let answers = futures_util::future::join_all((0..10).map(|_| app.delete(&path))).await;
-    let ok = answers
-        .iter()
-        .filter(|a| a.status == StatusCode::OK)
+    let (engine, job) = ("deleted-once", "unscheduled-once");
+    app.start_to_idle(engine).await;
+    app.schedule_in(job, 3_600_000).await;
+    for path in [
+        format!("/debug/engine/{engine}"),
+        format!("/debug/trial/{job}/schedule"),
+    ] {
+        let answers = futures_util::future::join_all((0..10).map(|_| app.delete(&path))).await;
+        let ok = answers
+            .iter()
+            .filter(|a| a.status == StatusCode::OK)
+            .count();
+        let gone = answers
+            .iter()
+            .filter(|a| a.status == StatusCode::NOT_FOUND)
+            .count();
+        assert_eq!((ok, gone), (1, 9), "{path}: {answers:?}");
+    }
+    let audit = app.get(&format!("/audit?trial_id={job}")).await.body;
+    let removed = audit["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["outcome"] == 200 && e["action"] == "DELETE /debug/trial/{trial_id}/schedule")
         .count();
-    let gone = answers
-        .iter()
-        .filter(|a| a.status == StatusCode::NOT_FOUND)
-        .count();
-    assert_eq!((ok, gone), (1, 9), "{answers:?}");
+    assert_eq!(removed, 1, "{audit}");
 }
