@@ -292,6 +292,7 @@ impl Executor {
                 run: *run,
                 started_at: *started_at,
                 posts: 0,
+                reached: false,
             };
             let work = steps::run(&mut cx);
             tokio::pin!(work);

@@ -156,12 +156,16 @@ impl EngineHandle {
         let TrialRecord {
             id,
             lifecycle,
-            checkpoint,
+            mut checkpoint,
             created_at,
             updated_at,
             ended_at,
         } = record;
         let live = lifecycle.is_live();
+        if live {
+            checkpoint.data.ledger =
+                sequence::ledger_at(checkpoint.position, &checkpoint.data.ledger);
+        }
         let (state, _) = watch::channel(Snapshot::at(
             lifecycle,
             &checkpoint,

@@ -308,11 +308,9 @@ pub fn cleanup_after(done: Option<Step>, kpi_status: Option<KpiStatus>, ledger: 
 }
 
 /// Turns `checkpoint` to the clean-up path of an abort for `reason` (a clean-up that failed
-/// keeps its first reason): what the trial deployed is counted from where it stands, the pause
-/// is lifted, and the position is the first clean-up step whose work exists. The path always
+/// keeps its first reason): what the trial deployed is its ledger, the pause is lifted, and the position is the first clean-up step whose work exists. The path always
 /// ends with the repository status and the token, so there is always a first step.
 pub fn start_cleanup(checkpoint: &mut Checkpoint, reason: &str) {
-    checkpoint.data.ledger = ledger_at(checkpoint.position, &checkpoint.data.ledger);
     if !matches!(checkpoint.mode, Mode::Cleanup { .. }) {
         checkpoint.mode = Mode::Cleanup {
             reason: reason.to_owned(),
@@ -325,9 +323,10 @@ pub fn start_cleanup(checkpoint: &mut Checkpoint, reason: &str) {
         .unwrap_or(Position::Run(UpdateStatusAborted));
 }
 
-/// What the trial may have deployed, counting the step in flight at `position`: a slice
-/// deployment that was sent (or is about to be, after a restart) may have created the slice
-/// even though its answer never came.
+/// What a trial read back from its saved record may have deployed, counting the step it
+/// stood at: a slice deployment that was sent before the record was saved may have created
+/// the slice even though its answer never came. (A running executor's own ledger is exact: the
+/// step marks the slice requested just before the request leaves.)
 pub fn ledger_at(position: Position, ledger: &Ledger) -> Ledger {
     let mut ledger = ledger.clone();
     if position == Position::Run(SliceDeployment) && ledger.slice == SliceState::None {

@@ -333,12 +333,11 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// The failure of trial `trial` at this checkpoint: a failure while cleaning up names what
-    /// is still deployed, counting a slice deployment that was in flight.
+    /// is still deployed.
     pub fn failure(&self, trial: &str, reason: String) -> Failure {
         let cleanup_failed = matches!(self.mode, Mode::Cleanup { .. });
         let leftovers = if cleanup_failed {
-            super::sequence::ledger_at(self.position, &self.data.ledger)
-                .leftovers(trial, self.data.info.as_deref())
+            self.data.ledger.leftovers(trial, self.data.info.as_deref())
         } else {
             Vec::new()
         };

@@ -46,6 +46,8 @@ pub struct StepCx<'a> {
     pub started_at: DateTime<Utc>,
     /// `POST`s sent by this step so far, for idempotency keys.
     pub posts: u32,
+    /// Whether the last request reached its service: an attempt got past connecting.
+    pub reached: bool,
 }
 
 /// Runs one step.
@@ -200,9 +202,18 @@ async fn slice_deployment(cx: &mut StepCx<'_>) -> Result<(), StepError> {
         .creating()
         .query("callback_url", cx.callback_url("slice"))
         .json(body);
-    // From here on the slice may exist, whatever the answer (or its absence) says.
-    cx.data.ledger.slice = SliceState::Requested;
-    let reply = cx.call(request, 201).await?;
+    // From here on the slice may exist, whatever the answer (or its absence) says, unless no
+    // attempt got past connecting to trial enforcement.
+    let before = std::mem::replace(&mut cx.data.ledger.slice, SliceState::Requested);
+    let reply = match cx.call(request, 201).await {
+        Ok(reply) => reply,
+        Err(e) => {
+            if !cx.reached {
+                cx.data.ledger.slice = before;
+            }
+            return Err(e);
+        }
+    };
     if slice_id(&reply).is_none() {
         return fail("trial enforcement's slice deployment answer has no 'Slice.id'");
     }
@@ -456,6 +467,7 @@ impl StepCx<'_> {
     ) -> Result<(u16, Value), StepError> {
         let redactor = self.deps.redactor.with(self.data.token.as_deref());
         let mut attempts = 0;
+        let mut reached = false;
         let reply = {
             let mut record = recorder(
                 self.journal,
@@ -468,10 +480,12 @@ impl StepCx<'_> {
                 .services
                 .send(&request, |attempt| {
                     attempts = attempt.number;
+                    reached |= !matches!(attempt.outcome, Err(SendError::Connect { .. }));
                     record(attempt);
                 })
                 .await
         };
+        self.reached = reached;
         let after = if attempts > 1 {
             format!(" after {attempts} attempts")
         } else {

@@ -444,6 +444,9 @@ impl Watchdog {
     async fn died(&mut self, reason: String) {
         error!(reason = %reason, "executor died; engine marked Failed");
         self.catch_up_pause();
+        // The last checkpoint was handed over before the step the executor died in.
+        self.checkpoint.data.ledger =
+            sequence::ledger_at(self.checkpoint.position, &self.checkpoint.data.ledger);
         self.shared
             .journal
             .event(EventKind::TrialFailed, None, Some(reason.clone()), None);

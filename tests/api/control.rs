@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use lcm::sim::{Component, Fault, FaultAction};
+use lcm::sim::{Component, Fault, FaultAction, Platform};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -779,4 +779,42 @@ async fn a_failed_component_wait_can_be_skipped_and_an_operator_wait_cannot() {
         )
         .await;
     assert_eq!(refused.status, StatusCode::CONFLICT, "{refused:?}");
+}
+
+#[tokio::test]
+async fn an_abort_closes_no_slice_that_was_never_requested() {
+    // Trial enforcement refuses every connection: no slice deployment reaches it.
+    let app = spawn_app_with_settings(|s| {
+        single_attempt(s);
+        s.services.trial_enforcement.url = "http://127.0.0.1:1".to_owned();
+    })
+    .await;
+    let (pending, unreachable) = ("abort-pending", "abort-unreachable");
+    // The repository does not approve this one: its deployment step fails before it asks.
+    let mut trial = Platform::trial(pending, None);
+    trial["status"] = json!("PENDING");
+    app.platform.add_trial(trial);
+    app.start_trial(pending).await;
+    app.start_trial(unreachable).await;
+    for id in [pending, unreachable] {
+        let failed = app.wait_failed(id).await;
+        assert_eq!(failed["state"], "SliceDeployment", "{failed}");
+        let status = abort(&app, id, "aborted by the operator").await;
+        assert_eq!(status["leftovers"], json!([]), "{status}");
+        assert_eq!(status["cleanup_failed"], false, "{status}");
+        // Only the repository heard of the clean-up: there was no slice to close.
+        let sent = lines(&app, id);
+        assert!(
+            !sent
+                .iter()
+                .any(|l| l.starts_with("DELETE /sliceDeployment")),
+            "{id}: {sent:?}"
+        );
+    }
+    assert!(
+        app.platform
+            .status_history(pending)
+            .iter()
+            .any(|s| s == "ABORTED")
+    );
 }
