@@ -129,13 +129,7 @@ fn migrate_engines(tx: &Transaction) -> Result<(), HookError> {
             }
             Err(reason) => {
                 warn!(trial = %id, reason = %reason, "a version-1 engine record cannot be read: kept as Corrupt");
-                exec(
-                    tx,
-                    "INSERT INTO trials (trial_id, engine_status, failure, live, lifecycle,
-                         checkpoint, created_at, updated_at)
-                     VALUES (?1, 'Corrupt', ?2, 0, 'Failed', ?3, ?4, ?4)",
-                    params![id, reason, backup, now],
-                )?;
+                set_aside(tx, &id, &reason, &backup, &now)?;
             }
         }
     }
@@ -146,6 +140,26 @@ fn migrate_engines(tx: &Transaction) -> Result<(), HookError> {
         params![now],
     )?;
     Ok(())
+}
+
+/// Keeps a record that cannot be read as a trial row `Corrupt` with the reason, listed and
+/// never run; `content` is what was read, kept for whoever mends it. A trial row already there
+/// is left as it is.
+fn set_aside(
+    conn: &Connection,
+    id: &str,
+    reason: &str,
+    content: &str,
+    now: &str,
+) -> rusqlite::Result<usize> {
+    exec(
+        conn,
+        "INSERT INTO trials (trial_id, engine_status, failure, live, lifecycle, checkpoint,
+             created_at, updated_at)
+         VALUES (?1, 'Corrupt', ?2, 0, 'Failed', ?3, ?4, ?4)
+         ON CONFLICT (trial_id) DO NOTHING",
+        params![id, reason, content, now],
+    )
 }
 
 /// The file name of the database inside the data directory.
@@ -499,15 +513,20 @@ impl Backend for SqliteBackend {
         )
         .map_err(read)?;
         for (id, start) in jobs {
-            match (TrialId::parse(&id), StartTime::parse(&start)) {
-                (Ok(id), Ok(start)) => loaded.jobs.push(StoredJob { id, start }),
-                _ => {
-                    error!(trial = %id, start = %start, "a saved job cannot be read: dropped");
-                    self.conn
-                        .execute("DELETE FROM jobs WHERE trial_id = ?1", params![id])
-                        .map_err(read)?;
+            let reason = match (TrialId::parse(&id), StartTime::parse(&start)) {
+                (Ok(id), Ok(start)) => {
+                    loaded.jobs.push(StoredJob { id, start });
+                    continue;
                 }
-            }
+                (Err(e), _) => format!("unreadable scheduled job: {e}"),
+                (_, Err(e)) => format!("unreadable scheduled job: start time '{start}': {e}"),
+            };
+            error!(trial = %id, reason = %reason, "a saved job cannot be read: set aside as Corrupt");
+            let tx = self.conn.transaction().map_err(read)?;
+            set_aside(&tx, &id, &reason, &start, &time(chrono::Utc::now())).map_err(read)?;
+            exec(&tx, "DELETE FROM jobs WHERE trial_id = ?1", params![id]).map_err(read)?;
+            tx.commit().map_err(read)?;
+            loaded.quarantined.push((id, reason));
         }
 
         // Live trials only: start-up does not grow with the trials that have ended.

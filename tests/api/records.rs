@@ -367,7 +367,7 @@ async fn trials_past_their_retention_are_purged_and_failed_ones_kept() {
 }
 
 #[tokio::test]
-async fn a_corrupt_record_is_set_aside_and_start_up_goes_on() {
+async fn corrupt_records_and_jobs_are_set_aside_and_start_up_goes_on() {
     let now = Utc::now();
     let data = prepared_store(
         vec![
@@ -377,8 +377,16 @@ async fn a_corrupt_record_is_set_aside_and_start_up_goes_on() {
                 Lifecycle::Running,
                 now + Span::seconds(1),
             ))),
+            Op::PutJob {
+                id: TrialId::parse("garbled-job").expect("an id"),
+                start: StartTime::parse(&(now + Span::hours(1)).to_rfc3339()).expect("a time"),
+                created_at: now,
+            },
         ],
-        Some("UPDATE trials SET checkpoint = 'not json' WHERE trial_id = 'garbled'"),
+        Some(
+            "UPDATE trials SET checkpoint = 'not json' WHERE trial_id = 'garbled';
+             UPDATE jobs SET start_time = 'garbage' WHERE trial_id = 'garbled-job';",
+        ),
     );
     let path = data.path().to_path_buf();
     let app = spawn_app_with(AppOptions {
@@ -391,12 +399,24 @@ async fn a_corrupt_record_is_set_aside_and_start_up_goes_on() {
     assert!(engines.iter().any(|(e, _)| e == "healthy"), "{engines:?}");
     assert!(!engines.iter().any(|(e, _)| e == "garbled"), "{engines:?}");
     let corrupt = listed(&app, "?status=Corrupt").await;
-    assert_eq!(ids(&corrupt), ["garbled"]);
+    assert_eq!(ids(&corrupt), ["garbled-job", "garbled"]);
+    for (i, why) in [
+        (0, "unreadable scheduled job"),
+        (1, "unreadable checkpoint"),
+    ] {
+        assert!(
+            corrupt["trials"][i]["failure"]
+                .as_str()
+                .is_some_and(|f| f.contains(why)),
+            "{corrupt}"
+        );
+    }
+    let status = app.trial_status("garbled-job").await;
+    assert_eq!(status["engine_status"], "Corrupt", "{status}");
     assert!(
-        corrupt["trials"][0]["failure"]
-            .as_str()
-            .is_some_and(|f| f.contains("unreadable checkpoint")),
-        "{corrupt}"
+        app.get("/status").await.body["scheduled_trials"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
     );
     let status = app.trial_status("garbled").await;
     assert_eq!(status["engine_status"], "Corrupt", "{status}");
