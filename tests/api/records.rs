@@ -418,6 +418,12 @@ async fn corrupt_records_and_jobs_are_set_aside_and_start_up_goes_on() {
             .as_array()
             .is_some_and(Vec::is_empty)
     );
+    let forgotten = app.delete("/debug/engine/garbled-job").await;
+    assert_eq!(forgotten.status, StatusCode::OK, "{forgotten:?}");
+    assert_eq!(
+        app.get("/trial/garbled-job/status").await.status,
+        StatusCode::NOT_FOUND
+    );
     let status = app.trial_status("garbled").await;
     assert_eq!(status["engine_status"], "Corrupt", "{status}");
     // Nothing acts on it; the refusal says why.
