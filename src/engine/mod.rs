@@ -21,6 +21,7 @@ pub mod watchdog;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
+use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -95,14 +96,15 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl EngineHandle {
-    /// Creates the engine and starts it at the first step.
-    pub fn start(id: TrialId, deps: Arc<EngineDeps>) -> Self {
+    /// Creates the engine of a trial scheduled at `created_at` and starts it at the first
+    /// step.
+    pub fn start(id: TrialId, deps: Arc<EngineDeps>, created_at: DateTime<Utc>) -> Self {
         let now = state::now();
         let record = TrialRecord {
             id,
             lifecycle: Lifecycle::Running,
             checkpoint: Checkpoint::new(now),
-            created_at: now,
+            created_at,
             updated_at: now,
             ended_at: None,
         };

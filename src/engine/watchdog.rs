@@ -392,15 +392,15 @@ impl Watchdog {
     /// The engine's record as it stands.
     fn record(&self) -> TrialRecord {
         // The times the API shows, so the record reads the same once the engine is gone.
-        let (updated_at, ended_at) = {
+        let (created_at, updated_at, ended_at) = {
             let shown = self.shared.state.borrow();
-            (shown.updated_at, shown.ended_at)
+            (shown.created_at, shown.updated_at, shown.ended_at)
         };
         TrialRecord {
             id: self.shared.id.clone(),
             lifecycle: self.lifecycle,
             checkpoint: self.checkpoint.clone(),
-            created_at: self.checkpoint.started_at,
+            created_at,
             updated_at,
             ended_at: if self.lifecycle.is_ended() {
                 ended_at.or(Some(updated_at))

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
+use chrono::{DateTime, Utc};
+
 use crate::domain::TrialId;
 use crate::engine::state::EngineStatus;
 use crate::engine::watchdog::LastRecord;
@@ -33,9 +35,14 @@ impl EngineRegistry {
         self.engines.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Creates and starts the engine of `id`; refused if it has one, or once the service
-    /// is stopping.
-    pub fn start(&self, id: &TrialId, deps: &Arc<EngineDeps>) -> Result<EngineHandle, StartError> {
+    /// Creates and starts the engine of `id`, scheduled at `created_at`; refused if it has
+    /// one, or once the service is stopping.
+    pub fn start(
+        &self,
+        id: &TrialId,
+        deps: &Arc<EngineDeps>,
+        created_at: DateTime<Utc>,
+    ) -> Result<EngineHandle, StartError> {
         let mut engines = self.map();
         if self.closed.load(Ordering::SeqCst) {
             return Err(StartError::ShuttingDown(id.clone()));
@@ -43,7 +50,7 @@ impl EngineRegistry {
         if engines.contains_key(id) {
             return Err(StartError::Exists(id.clone()));
         }
-        let handle = EngineHandle::start(id.clone(), deps.clone());
+        let handle = EngineHandle::start(id.clone(), deps.clone(), created_at);
         engines.insert(id.clone(), handle.clone());
         Ok(handle)
     }

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinHandle};
@@ -101,16 +101,20 @@ struct Job {
     timer: Option<AbortHandle>,
     /// Its removal is being saved: a second removal finds no job.
     removing: bool,
+    /// When the trial was scheduled: its engine keeps it, so the trial keeps its place in
+    /// `GET /trials` when it starts.
+    created_at: DateTime<Utc>,
 }
 
 impl Job {
     /// A job not armed yet.
-    fn new(start: StartTime, generation: u64) -> Self {
+    fn new(start: StartTime, generation: u64, created_at: DateTime<Utc>) -> Self {
         Self {
             start,
             generation,
             timer: None,
             removing: false,
+            created_at,
         }
     }
 }
@@ -199,11 +203,12 @@ impl Scheduler {
                 return Err(ScheduleError::EngineExists(id.clone()));
             }
             let generation = self.next_generation();
-            jobs.insert(id.clone(), Job::new(start, generation));
+            let created_at = crate::engine::state::now();
+            jobs.insert(id.clone(), Job::new(start, generation, created_at));
             let mut ops = vec![Op::PutJob {
                 id: id.clone(),
                 start,
-                created_at: Utc::now(),
+                created_at,
             }];
             // A trial that has run already is refused: its entry is the refusal's.
             ops.extend(audit.map(|entry| Op::AuditIfChanged(Box::new(entry))));
@@ -292,7 +297,10 @@ impl Scheduler {
         {
             return;
         }
-        match self.inner.engines.start(id, &self.inner.deps) {
+        let created_at = jobs
+            .get(id)
+            .map_or_else(crate::engine::state::now, |job| job.created_at);
+        match self.inner.engines.start(id, &self.inner.deps, created_at) {
             Ok(_) => {
                 jobs.remove(id);
                 self.inner.changes.send_replace(());
@@ -498,7 +506,11 @@ impl Scheduler {
                 None => None,
             };
             let generation = self.next_generation();
-            if let Some(old) = jobs.insert(id.clone(), Job::new(start, generation))
+            // A rescheduled job keeps when it was first scheduled (the store keeps it too).
+            let created_at = jobs
+                .get(&id)
+                .map_or_else(crate::engine::state::now, |job| job.created_at);
+            if let Some(old) = jobs.insert(id.clone(), Job::new(start, generation, created_at))
                 && let Some(timer) = old.timer
             {
                 timer.abort();
@@ -506,7 +518,7 @@ impl Scheduler {
             let saved = self.store().write(Op::PutJob {
                 id: id.clone(),
                 start,
-                created_at: now,
+                created_at,
             });
             saves.push((id, start, generation, previous, saved));
         }
@@ -583,19 +595,19 @@ impl Scheduler {
                 .unwrap_or(i64::MAX),
         );
         for job in loaded.jobs {
-            let (id, start) = (job.id, job.start);
+            let (id, start, created_at) = (job.id, job.start, job.created_at);
             if self.inner.engines.contains(&id) {
                 self.store().write(Op::DeleteJob { id }).await?;
             } else if start.utc() > now {
                 let generation = self.next_generation();
                 self.jobs_map()
-                    .insert(id.clone(), Job::new(start, generation));
+                    .insert(id.clone(), Job::new(start, generation, created_at));
                 self.arm(&id, generation);
                 info!(trial = %id, start = %start, "scheduled job recovered");
             } else if now - start.utc() <= grace {
                 warn!(trial = %id, start = %start, "start time passed while the service was down: starting now");
                 // The engine's first saved record replaces the job's.
-                if let Err(e) = self.inner.engines.start(&id, &self.inner.deps) {
+                if let Err(e) = self.inner.engines.start(&id, &self.inner.deps, created_at) {
                     error!(trial = %id, error = %e, "the late job was not started");
                 }
             } else {

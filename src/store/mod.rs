@@ -159,6 +159,8 @@ impl Op {
 pub struct StoredJob {
     pub id: TrialId,
     pub start: StartTime,
+    /// When it was scheduled.
+    pub created_at: DateTime<Utc>,
 }
 
 /// A live trial brought back at start-up, with its journal so far.

@@ -506,20 +506,29 @@ impl Backend for SqliteBackend {
         let read = |e| backend_error("read", e);
         let mut loaded = Loaded::default();
 
-        let jobs: Vec<(String, String)> = all_rows(
+        let jobs: Vec<(String, String, String)> = all_rows(
             &self.conn,
-            "SELECT trial_id, start_time FROM jobs ORDER BY start_time",
-            |row| Ok((row.get(0)?, row.get(1)?)),
+            "SELECT trial_id, start_time, created_at FROM jobs ORDER BY start_time",
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
         )
         .map_err(read)?;
-        for (id, start) in jobs {
-            let reason = match (TrialId::parse(&id), StartTime::parse(&start)) {
-                (Ok(id), Ok(start)) => {
-                    loaded.jobs.push(StoredJob { id, start });
+        for (id, start, created_at) in jobs {
+            let reason = match (
+                TrialId::parse(&id),
+                StartTime::parse(&start),
+                parse_time(&created_at),
+            ) {
+                (Ok(id), Ok(start), Ok(created_at)) => {
+                    loaded.jobs.push(StoredJob {
+                        id,
+                        start,
+                        created_at,
+                    });
                     continue;
                 }
-                (Err(e), _) => format!("unreadable scheduled job: {e}"),
-                (_, Err(e)) => format!("unreadable scheduled job: start time '{start}': {e}"),
+                (Err(e), _, _) => format!("unreadable scheduled job: {e}"),
+                (_, Err(e), _) => format!("unreadable scheduled job: start time '{start}': {e}"),
+                (_, _, Err(e)) => format!("unreadable scheduled job: created_at {e}"),
             };
             error!(trial = %id, reason = %reason, "a saved job cannot be read: set aside as Corrupt");
             let tx = self.conn.transaction().map_err(read)?;

@@ -568,3 +568,27 @@ async fn concurrent_removals_remove_an_engine_or_a_job_exactly_once() {
         .count();
     assert_eq!(removed, 1, "{audit}");
 }
+
+#[tokio::test]
+async fn a_trial_keeps_its_place_in_the_listing_when_its_job_starts() {
+    let app = spawn_app().await;
+    let (starting, later) = ("starts-soon", "starts-later");
+    app.platform.add_trial(Platform::trial(starting, None));
+    app.schedule_in(starting, 2_000).await;
+    app.schedule_in(later, 3_600_000).await;
+    let first = listed(&app, "?limit=1").await;
+    assert_eq!(ids(&first), [later]);
+    let cursor = first["next_cursor"].as_str().expect("a cursor").to_owned();
+    let scheduled = listed(&app, &format!("?q={starting}")).await["trials"][0].clone();
+    assert_eq!(scheduled["engine_status"], "Scheduled", "{scheduled}");
+
+    app.wait_waiting(starting, "operator (active or finish)")
+        .await;
+    // The page after the cursor still holds it: it was scheduled before `later`.
+    let next = listed(&app, &format!("?limit=1&cursor={cursor}")).await;
+    assert_eq!(ids(&next), [starting], "{next}");
+    assert_eq!(next["trials"][0]["engine_status"], "Active", "{next}");
+    assert_eq!(next["trials"][0]["created_at"], scheduled["created_at"]);
+    let status = app.trial_status(starting).await;
+    assert_eq!(status["created_at"], scheduled["created_at"], "{status}");
+}

@@ -124,7 +124,8 @@ fn migrates_an_empty_file_and_round_trips_everything() {
         loaded.jobs,
         vec![StoredJob {
             id: id("t1"),
-            start
+            start,
+            created_at: chrono::SubsecRound::trunc_subsecs(now, 6),
         }],
         "a trial supersedes its job"
     );
