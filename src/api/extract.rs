@@ -29,14 +29,13 @@ use crate::engine::EngineHandle;
 use crate::tokens::Claims;
 
 /// The credential presented: the `Authorization` header (raw or `Bearer <x>`), else the
-/// `Authorization` cookie.
+/// `Authorization` cookie. A header that is not text is presented as it is, to be refused as
+/// wrong rather than as missing.
 fn presented_credential(headers: &HeaderMap) -> Option<String> {
     let header = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty());
-    if let Some(value) = header {
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    if let Some(value) = header.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
         let value = match value.split_once(' ') {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
             _ => value,

@@ -30,7 +30,7 @@ use crate::telemetry::panic_message;
 /// Why a restore or a skip was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RestoreError {
-    #[error("the engine is running; only a failed engine can be restored")]
+    #[error("the engine is running; only a failed engine can be restored or skipped")]
     Running,
     #[error("the trial has {0}; there is nothing to restore")]
     Ended(Ended),

@@ -41,6 +41,20 @@ async fn status_with_wrong_api_key_is_401_with_detail() {
         let answer = app.call_as(Method::GET, "/status", None, Some(wrong)).await;
         assert_detail(&answer, StatusCode::UNAUTHORIZED);
     }
+    // A header that is not text is a wrong key, not a missing one.
+    let response = app
+        .client
+        .get(format!("{}/status", app.address))
+        .header(
+            "Authorization",
+            reqwest::header::HeaderValue::from_bytes(b"key-\xff").expect("a header value"),
+        )
+        .send()
+        .await
+        .expect("request reaches the service");
+    let answer = read(response).await;
+    assert_detail(&answer, StatusCode::UNAUTHORIZED);
+    assert_eq!(answer.detail(), "wrong API key");
 }
 
 #[tokio::test]
