@@ -306,9 +306,11 @@ impl EngineHandle {
     async fn abort(&self, reason: String) -> ControlOutcome {
         {
             let shown = self.shared.state.borrow();
-            // An ended trial has nothing to abort; a failed one is cleaned up only once its
-            // failure procedure is done (the watchdog is busy with it until then).
-            if let Some(refusal) = RestoreError::shown(shown.lifecycle, shown.failure.as_ref()) {
+            // An ended trial has nothing to abort. A failed one whose failure procedure still
+            // runs is cleaned up right after it: the watchdog takes the abort once it is done.
+            if let Some(refusal) = RestoreError::shown(shown.lifecycle, shown.failure.as_ref())
+                && refusal != RestoreError::Reporting
+            {
                 return Err(refusal.refusing_abort(self.shared.id.as_str()));
             }
         }
