@@ -631,13 +631,7 @@ async fn an_early_callback_outlives_a_kill_in_the_middle_of_its_step() {
     )
     .await;
     let early = app.callback(id, "slice", Some(&app.token_of(id))).await;
-    assert_eq!(early.status, StatusCode::OK, "{early:?}");
-    assert!(
-        early.body["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("when SliceDeployment completes")),
-        "{early:?}"
-    );
+    assert_ok_saying(&early, "when SliceDeployment completes");
 
     if let Server::Process(child) = &mut app.server {
         child.kill().await.expect("SIGKILL");

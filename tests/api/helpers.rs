@@ -980,6 +980,17 @@ pub fn assert_detail(answer: &Answer, status: StatusCode) {
     );
 }
 
+/// Asserts a 200 whose `message` says `part`.
+pub fn assert_ok_saying(answer: &Answer, part: &str) {
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    assert!(
+        answer.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(part)),
+        "a message saying '{part}': {answer:?}"
+    );
+}
+
 /// Trial enforcement takes trial `id`'s slice once and never calls back: the trial waits for
 /// the slice callback until the test sends it.
 pub fn drop_slice_callback(id: &str) -> Fault {
