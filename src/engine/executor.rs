@@ -651,6 +651,8 @@ impl Executor {
         if self.checkpoints.send(message).await.is_err() {
             return Err("the watchdog is gone".to_owned());
         }
+        // The watchdog has the early signals now, with the rest.
+        self.shared.kept().take();
         acked
             .await
             .unwrap_or_else(|_| Err("the watchdog is gone".to_owned()))
@@ -765,11 +767,6 @@ fn during_step(
 ) -> SignalOutcome {
     match decide(Position::Run(step), signal, accepted, held) {
         Decision::Hold(wait) => {
-            info!(
-                signal = signal.name(),
-                step = step.name(),
-                "early signal kept until the step completes"
-            );
             held.push((wait, signal));
             SignalOutcome::Held(step)
         }
@@ -794,7 +791,15 @@ async fn keep(
         })
         .await;
     match saved {
-        Ok(_) => SignalOutcome::Held(step),
+        Ok(_) => {
+            info!(
+                signal = signal.name(),
+                step = step.name(),
+                "early signal kept until the step completes"
+            );
+            *shared.kept() = Some(held.clone());
+            SignalOutcome::Held(step)
+        }
         Err(e) => {
             held.retain(|(_, kept)| *kept != signal);
             SignalOutcome::NotSaved(e.to_string())

@@ -34,7 +34,7 @@ use crate::tokens::TokenManager;
 use executor::{Command, Control, ControlError, ControlOutcome, ProgressReport, SignalOutcome};
 use journal::Journal;
 use redact::Redactor;
-use sequence::{Signal, Step};
+use sequence::{Signal, Step, Wait};
 use state::{Checkpoint, Lifecycle, Progress, ResponseRecord, Snapshot, TrialEvent};
 use watchdog::{ControlRequest, LastRecord, Origin, RestoreError, Watchdog};
 
@@ -80,6 +80,9 @@ pub struct EngineShared {
     token: Mutex<Option<String>>,
     /// A delete has claimed this engine: exactly one delete removes it.
     deleting: AtomicBool,
+    /// The early signals as last saved by the executor while a step ran, if it has not
+    /// handed a checkpoint over since: the watchdog's copy lacks them.
+    kept: Mutex<Option<Vec<(Wait, Signal)>>>,
 }
 
 /// How many commands may queue for an executor; it answers them at once, so few ever wait.
@@ -189,6 +192,7 @@ impl EngineHandle {
             watchdog: Mutex::new(None),
             token: Mutex::new(checkpoint.data.token.clone()),
             deleting: AtomicBool::new(false),
+            kept: Mutex::new(None),
             ended,
             deps,
         });
@@ -448,6 +452,11 @@ impl EngineShared {
 
     pub(crate) fn token(&self) -> MutexGuard<'_, Option<String>> {
         lock(&self.token)
+    }
+
+    /// The early signals the executor saved while a step ran, and not yet handed over.
+    pub(super) fn kept(&self) -> MutexGuard<'_, Option<Vec<(Wait, Signal)>>> {
+        lock(&self.kept)
     }
 
     /// Moves the engine to `lifecycle` at the checkpoint's position: the one place where the

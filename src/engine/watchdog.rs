@@ -209,7 +209,7 @@ impl Watchdog {
                 warn!(error = %e, "the last checkpoint before the stop was not saved");
             }
         }
-        self.catch_up_pause();
+        self.catch_up();
         LastRecord {
             record: self.record(),
             saved: self.saved,
@@ -433,17 +433,20 @@ impl Watchdog {
         self.shared.move_to(lifecycle, &self.checkpoint);
     }
 
-    /// A pause is saved on its own, at once, and shown: the checkpoint the executor last handed
-    /// over may not have it yet.
-    fn catch_up_pause(&mut self) {
+    /// A pause and the early signals kept while a step ran are saved on their own, at once:
+    /// the checkpoint the executor last handed over may not have them yet.
+    fn catch_up(&mut self) {
         self.checkpoint.paused = self.shared.state.borrow().paused;
+        if let Some(held) = self.shared.kept().take() {
+            self.checkpoint.held = held;
+        }
     }
 
     /// The executor died without a word: mark the engine failed from the last checkpoint (with
-    /// the operator's pause, which a restore keeps).
+    /// the operator's pause and the early signals kept since, which a restore keeps).
     async fn died(&mut self, reason: String) {
         error!(reason = %reason, "executor died; engine marked Failed");
-        self.catch_up_pause();
+        self.catch_up();
         // The last checkpoint was handed over before the step the executor died in.
         self.checkpoint.data.ledger =
             sequence::ledger_at(self.checkpoint.position, &self.checkpoint.data.ledger);

@@ -545,3 +545,38 @@ async fn toggles_of_automatic_scheduling_at_once_each_count() {
         before
     );
 }
+
+#[tokio::test]
+async fn an_early_callback_outlives_a_delete_that_was_not_saved() {
+    let (app, broken) = spawn_app_with_flaky_store(AppOptions::default()).await;
+    let id = "kept-undeleted";
+    // The deployment's first request is held until the delete stops it; the one sent again by
+    // the engine brought back is taken, and its component does not call back twice.
+    app.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "POST",
+            "/sliceDeployment",
+            FaultAction::Hang,
+        )
+        .for_trial(id)
+        .times(1),
+    );
+    app.platform.inject(drop_slice_callback(id));
+    app.start_trial(id).await;
+    app.wait_for(id, "SliceDeployment in flight", |s| {
+        s["step"] == "SliceDeployment"
+    })
+    .await;
+    let token = app.post_as(&format!("/token/{id}"), API_KEY).await;
+    let early = app.callback(id, "slice", Some(&token)).await;
+    assert_ok_saying(&early, "when SliceDeployment completes");
+
+    broken.store(true, Ordering::SeqCst);
+    let refused = app.delete(&format!("/debug/engine/{id}")).await;
+    broken.store(false, Ordering::SeqCst);
+    assert_detail(&refused, StatusCode::SERVICE_UNAVAILABLE);
+
+    // The engine brought back runs the step again and takes the callback kept before.
+    app.wait_waiting(id, "operator (active or finish)").await;
+}
