@@ -46,7 +46,8 @@ pub struct StepCx<'a> {
     pub started_at: DateTime<Utc>,
     /// `POST`s sent by this step so far, for idempotency keys.
     pub posts: u32,
-    /// Whether the last request reached its service: an attempt got past connecting.
+    /// Whether the last request may have reached its service: an attempt got an answer, or
+    /// failed after it could have been sent.
     pub reached: bool,
 }
 
@@ -203,7 +204,7 @@ async fn slice_deployment(cx: &mut StepCx<'_>) -> Result<(), StepError> {
         .query("callback_url", cx.callback_url("slice"))
         .json(body);
     // From here on the slice may exist, whatever the answer (or its absence) says, unless no
-    // attempt got past connecting to trial enforcement.
+    // attempt could have reached trial enforcement.
     let before = std::mem::replace(&mut cx.data.ledger.slice, SliceState::Requested);
     let reply = match cx.call(request, 201).await {
         Ok(reply) => reply,
@@ -480,7 +481,11 @@ impl StepCx<'_> {
                 .services
                 .send(&request, |attempt| {
                     attempts = attempt.number;
-                    reached |= !matches!(attempt.outcome, Err(SendError::Connect { .. }));
+                    reached |= attempt
+                        .outcome
+                        .as_ref()
+                        .err()
+                        .is_none_or(SendError::may_have_reached);
                     record(attempt);
                 })
                 .await

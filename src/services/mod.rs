@@ -159,6 +159,17 @@ pub enum SendError {
     },
 }
 
+impl SendError {
+    /// Whether the request may have reached the service: not when no connection was made, nor
+    /// when its credentials could not be had (it never left). A timeout counts as reached.
+    pub fn may_have_reached(&self) -> bool {
+        match self {
+            SendError::Connect { .. } | SendError::Auth { .. } => false,
+            SendError::Timeout { .. } | SendError::Transport { .. } => true,
+        }
+    }
+}
+
 /// Why the client could not be built from the settings.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -171,6 +171,18 @@ mod tests {
         });
         assert_eq!(retry_reason(false, &timeout), Some(RetryReason::Timeout));
         assert_eq!(retry_reason(true, &timeout), None, "it may have arrived");
+        let no_credentials = SendError::Auth {
+            service: "trial_enforcement",
+            reason: "the token endpoint answered 503".into(),
+            retryable: true,
+        };
+        for (outcome, reached) in [
+            (refused, false),
+            (Err(no_credentials), false),
+            (timeout, true),
+        ] {
+            assert_eq!(outcome.err().is_some_and(|e| e.may_have_reached()), reached);
+        }
     }
 
     #[test]

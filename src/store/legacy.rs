@@ -173,6 +173,9 @@ pub fn convert(
             SliceState::Closing
         } else if slice_created {
             SliceState::Created
+        } else if position == Position::Run(Step::SliceDeployment) {
+            // The deployment may have been sent before the record was saved.
+            SliceState::Requested
         } else {
             SliceState::None
         },
@@ -275,4 +278,30 @@ pub fn convert(
         events,
         responses,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn converted_at(position: &str, status: &str) -> Converted {
+        let backup = format!(
+            r#"{{"position": {position}, "data": {{"token": null, "info": null, "kpi_status": null}}, "failure": null}}"#
+        );
+        convert("v1", status, &backup, "2026-01-02T03:04:05Z").unwrap()
+    }
+
+    #[test]
+    fn a_slice_deployment_it_stood_at_may_have_created_the_slice() {
+        for status in ["Active", "Failed"] {
+            let at_deployment = converted_at(r#"{"Run": "SliceDeployment"}"#, status);
+            assert_eq!(
+                at_deployment.record.checkpoint.data.ledger.slice,
+                SliceState::Requested,
+                "{status}"
+            );
+        }
+        let before = converted_at(r#"{"Run": "GetTrialInfo"}"#, "Failed");
+        assert_eq!(before.record.checkpoint.data.ledger.slice, SliceState::None);
+    }
 }
