@@ -122,12 +122,11 @@ async fn mint(
     ),
 )]
 async fn verify(
-    State(state): State<AppState>,
     CallbackToken { trial, engine, .. }: CallbackToken,
 ) -> Result<Json<Message>, ApiError> {
     match engine {
         Some(_) => Ok(Json(Message::new("Success"))),
-        None => Err(state.no_trial(&trial)),
+        None => Err(ApiError::no_engine(&trial)),
     }
 }
 

@@ -62,7 +62,7 @@ impl AppState {
     }
 
     /// The 404 of a trial with no engine and no record, saying if it is scheduled.
-    pub fn no_trial(&self, id: &TrialId) -> ApiError {
+    fn no_trial(&self, id: &TrialId) -> ApiError {
         match self.scheduler.jobs().into_iter().find(|job| job.id == *id) {
             Some(job) => ApiError::not_found(format!(
                 "trial '{id}' has no engine yet: it is scheduled to start at {}",

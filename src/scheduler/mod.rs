@@ -97,7 +97,8 @@ pub struct Skipped {
 struct Job {
     start: StartTime,
     generation: u64,
-    /// The timer, once the job is saved; `None` while its save is under way.
+    /// The timer, once the job is saved; `None` while its save is under way, and once its
+    /// removal has stopped it.
     timer: Option<AbortHandle>,
     /// Its removal is being saved: a second removal finds no job.
     removing: bool,
@@ -291,15 +292,13 @@ impl Scheduler {
         // A job that was removed or replaced since this timer was set does nothing, nor does
         // one whose removal is being saved: its timer was stopped, but a timer that had
         // already woken up could not be, and waited here for the lock.
-        if jobs
+        let Some(created_at) = jobs
             .get(id)
-            .is_none_or(|job| job.generation != generation || job.removing)
-        {
+            .filter(|job| job.generation == generation && !job.removing)
+            .map(|job| job.created_at)
+        else {
             return;
-        }
-        let created_at = jobs
-            .get(id)
-            .map_or_else(crate::engine::state::now, |job| job.created_at);
+        };
         match self.inner.engines.start(id, &self.inner.deps, created_at) {
             Ok(_) => {
                 jobs.remove(id);
@@ -496,20 +495,18 @@ impl Scheduler {
                 skip(&mut report, e.to_string());
                 continue;
             }
-            // The start time the job had, if it is rescheduled.
-            let previous = match jobs.get(&id) {
+            // The start time the job had, if it is rescheduled; one whose removal is being
+            // saved is gone. A rescheduled job keeps when it was first scheduled (the store
+            // keeps it too).
+            let (previous, created_at) = match jobs.get(&id).filter(|job| !job.removing) {
                 Some(job) if job.start.utc() == start.utc() => {
                     report.already_scheduled.push(trial.id);
                     continue;
                 }
-                Some(job) => Some(job.start),
-                None => None,
+                Some(job) => (Some(job.start), job.created_at),
+                None => (None, crate::engine::state::now()),
             };
             let generation = self.next_generation();
-            // A rescheduled job keeps when it was first scheduled (the store keeps it too).
-            let created_at = jobs
-                .get(&id)
-                .map_or_else(crate::engine::state::now, |job| job.created_at);
             if let Some(old) = jobs.insert(id.clone(), Job::new(start, generation, created_at))
                 && let Some(timer) = old.timer
             {

@@ -399,8 +399,6 @@ async fn failed_token_checks_count_and_the_limit_is_per_client_address() {
     assert_detail(&answer, StatusCode::UNAUTHORIZED);
 }
 
-/// The real `lcm` binary, run from its own directory with `lcm.toml` (its logs go to `logs/`
-/// there), killed when the test ends.
 /// The token passed every check of its own: `GET /token/t1` answers about the trial, which
 /// has no engine in these tests (404), not about the token (401).
 fn assert_token_taken(answer: &Answer) {
@@ -408,6 +406,8 @@ fn assert_token_taken(answer: &Answer) {
     assert!(answer.detail().contains("has no engine"), "{answer:?}");
 }
 
+/// The real `lcm` binary, run from its own directory with `lcm.toml` (its logs go to `logs/`
+/// there), killed when the test ends.
 struct Binary {
     dir: tempfile::TempDir,
     child: tokio::process::Child,

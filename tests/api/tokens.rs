@@ -206,7 +206,7 @@ async fn a_token_of_a_trial_without_an_engine_is_refused_with_404_and_can_be_rev
 
 #[tokio::test]
 async fn a_token_of_an_ended_trial_is_refused_the_same_once_it_has_left_memory() {
-    let app = spawn_app_with_settings(|s| s.engine.keep_finished_secs = 1).await;
+    let app = spawn_app_with_settings(|s| s.engine.keep_finished_secs = 5).await;
     let id = "ends";
     app.start_to_idle(id).await;
     let token = mint(&app, id).await;
