@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How soon a browser reconnects a dropped stream.
 const RECONNECT: Duration = Duration::from_secs(1);
+/// How often an open stream checks that its session still holds.
+const SESSION_CHECK: Duration = Duration::from_secs(1);
 /// After a change, more changes are awaited this long so a burst is sent as one patch.
 pub const SETTLE: Duration = Duration::from_millis(100);
 
@@ -38,9 +40,12 @@ pub fn done() -> Event {
 }
 
 /// A stream fed by a task: `produce` gets the sending end and runs until it returns, the
-/// page goes away (sending fails) or the service stops.
+/// page goes away (sending fails), the service stops, or the session that opened it ends
+/// (signed out, expired, or its key taken away: `holds` is asked every [`SESSION_CHECK`]).
+/// The page's reconnection is then refused, and it says it is not live.
 pub fn stream<F>(
     shutdown: &CancellationToken,
+    holds: impl Fn() -> bool + Send + 'static,
     produce: impl FnOnce(mpsc::Sender<Event>) -> F,
 ) -> Response
 where
@@ -50,9 +55,15 @@ where
     let stop = shutdown.clone();
     let task = produce(tx);
     tokio::spawn(async move {
+        let session_ends = async move {
+            while holds() {
+                tokio::time::sleep(SESSION_CHECK).await;
+            }
+        };
         tokio::select! {
             () = task => {}
             () = stop.cancelled() => {}
+            () = session_ends => {}
         }
     });
     let events = futures_util::stream::unfold(rx, |mut rx| async move {

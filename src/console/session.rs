@@ -181,6 +181,11 @@ impl Signed {
     pub fn take_flash(&self) -> Option<Flash> {
         self.console.sessions.take_flash(&self.id)
     }
+
+    /// Whether the session still holds: not signed out, not expired, its key still in force.
+    pub fn holds(&self, state: &AppState) -> bool {
+        in_force(&self.console, &self.id, state).is_some()
+    }
 }
 
 fn console_of(parts: &Parts) -> Option<Arc<Console>> {
@@ -191,26 +196,29 @@ fn console_of(parts: &Parts) -> Option<Arc<Console>> {
 fn signed(parts: &Parts, state: &AppState) -> Option<Signed> {
     let console = console_of(parts)?;
     let id = cookie_value(&parts.headers, COOKIE)?;
-    let now = Instant::now();
-    let (holder, csrf) = {
-        let mut map = console.sessions.map();
-        let session = map.get(&id)?;
-        let in_force = state
-            .access
-            .key_holder_by_digest(&session.key_sha256)
-            .is_some_and(|holder| holder == session.holder);
-        if session.expires <= now || !in_force {
-            map.remove(&id);
-            return None;
-        }
-        (session.holder.clone(), session.csrf.clone())
-    };
+    let (holder, csrf) = in_force(&console, &id, state)?;
     Some(Signed {
         id,
         holder,
         csrf,
         console,
     })
+}
+
+/// The key holder and CSRF token of session `id`, if it has not ended, expired or lost its
+/// key (an ended one is forgotten).
+fn in_force(console: &Console, id: &str, state: &AppState) -> Option<(KeyHolder, String)> {
+    let mut map = console.sessions.map();
+    let session = map.get(id)?;
+    let key_in_force = state
+        .access
+        .key_holder_by_digest(&session.key_sha256)
+        .is_some_and(|holder| holder == session.holder);
+    if session.expires <= Instant::now() || !key_in_force {
+        map.remove(id);
+        return None;
+    }
+    Some((session.holder.clone(), session.csrf.clone()))
 }
 
 /// Without a session: pages send the person to sign in; anything else is refused.

@@ -848,7 +848,9 @@ pub async fn live(
         return unknown(&signed, &raw);
     };
     let shutdown = state.shutdown.clone();
-    live::stream(&shutdown, move |tx| async move {
+    let (session, signed_in) = (state.clone(), signed.clone());
+    let holds = move || signed_in.holds(&session);
+    live::stream(&shutdown, holds, move |tx| async move {
         let mut following: Option<Following> = None;
         loop {
             // Follow the trial's engine (a scheduled trial gets one; a deleted trial loses it).

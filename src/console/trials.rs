@@ -265,13 +265,19 @@ fn fingerprint(state: &AppState) -> u64 {
 }
 
 /// `GET /ui/trials/live`: the listing's parts, again whenever they change.
-pub async fn live(_: Signed, State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+pub async fn live(
+    signed: Signed,
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Response {
     let query = match query(raw) {
         Ok(query) => query.parsed,
         Err(detail) => return layout::error_page(None, StatusCode::BAD_REQUEST, &detail),
     };
     let shutdown = state.shutdown.clone();
-    live::stream(&shutdown, move |tx| async move {
+    let session = state.clone();
+    let holds = move || signed.holds(&session);
+    live::stream(&shutdown, holds, move |tx| async move {
         let mut last = None;
         let mut sent_at = tokio::time::Instant::now();
         loop {

@@ -13,7 +13,6 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-/// An HTTP client that shows redirects instead of following them.
 /// A client that follows no redirect, so each answer is seen as the console gives it.
 fn no_redirects() -> reqwest::Client {
     lcm::sim::lcm_client()
@@ -537,4 +536,31 @@ async fn a_live_trial_page_ends_showing_every_event_of_the_trial_once() {
     );
     let rows = last.matches("<tr><td>").count();
     assert_eq!(rows, events, "{last}");
+}
+
+#[tokio::test]
+async fn a_live_stream_ends_with_its_session() {
+    let app = spawn_app().await;
+    let id = "t-watched";
+    app.schedule_in(id, 3_600_000).await;
+    for page in ["/ui/trials".to_owned(), format!("/ui/trials/{id}")] {
+        let session = sign_in(&app, Role::Viewer).await;
+        let live = || {
+            no_redirects()
+                .get(format!("{}{page}/live", app.address))
+                .header("Cookie", &session.cookie)
+                .send()
+        };
+        let stream = live().await.expect("an answer");
+        assert_eq!(stream.status(), StatusCode::OK, "{page}");
+        let answer = post(&app, &session, "/ui/sign-out", &[]).await;
+        assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+        // The open stream ends, and opening it again is refused.
+        tokio::time::timeout(std::time::Duration::from_secs(30), stream.text())
+            .await
+            .unwrap_or_else(|_| panic!("{page}: the stream outlived its session"))
+            .expect("the stream's body");
+        let again = live().await.expect("an answer");
+        assert_eq!(again.status(), StatusCode::UNAUTHORIZED, "{page}");
+    }
 }
