@@ -438,7 +438,7 @@ fn failure(view: &TrialView) -> Markup {
 }
 
 /// The mark of a row of the sequence.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RowMark {
     Done,
     Skipped,
@@ -472,10 +472,12 @@ impl RowMark {
     }
 }
 
-/// What the history says of the steps of one path (the sequence, or the clean-up).
+/// What the history says of the steps and waits of one path (the sequence, or the clean-up).
 struct Seen {
     completed: HashSet<String>,
     started: HashSet<String>,
+    /// The waiting points waited at, by what they wait for.
+    waited: HashSet<String>,
     skipped: Vec<String>,
 }
 
@@ -483,6 +485,7 @@ fn seen<'a>(events: impl Iterator<Item = &'a Arc<TrialEvent>>) -> Seen {
     let mut seen = Seen {
         completed: HashSet::new(),
         started: HashSet::new(),
+        waited: HashSet::new(),
         skipped: Vec::new(),
     };
     for event in events {
@@ -494,6 +497,7 @@ fn seen<'a>(events: impl Iterator<Item = &'a Arc<TrialEvent>>) -> Seen {
             EventKind::StepStarted => {
                 seen.started.insert(step);
             }
+            EventKind::Waiting => seen.waited.extend(event.detail.clone()),
             EventKind::Skipped => seen
                 .skipped
                 .extend(event.detail.as_deref().map(str::to_owned)),
@@ -510,55 +514,62 @@ enum PathRow {
     Wait(Wait),
 }
 
+/// How a row of a path is marked: where the engine stands (while it lives or has failed),
+/// else what the history says. An ended engine's last position is history like the rest.
 fn mark(row: PathRow, seen: &Seen, current: Option<(Position, Lifecycle)>, over: bool) -> RowMark {
-    match row {
+    let here = |lifecycle: Lifecycle, standing: RowMark| match lifecycle {
+        Lifecycle::Failed => Some(RowMark::Failed),
+        Lifecycle::Running | Lifecycle::Waiting => Some(standing),
+        Lifecycle::Finished | Lifecycle::Aborted | Lifecycle::Stopped => None,
+    };
+    let (at_row, done, skipped_as) = match row {
         PathRow::Step(step) => {
-            if let Some((Position::Run(at), lifecycle)) = current
-                && at == step
-            {
-                return match lifecycle {
-                    Lifecycle::Failed => RowMark::Failed,
-                    Lifecycle::Waiting => RowMark::Paused,
-                    _ => RowMark::Running,
-                };
-            }
-            if seen.completed.contains(step.name()) {
-                RowMark::Done
-            } else if seen
-                .skipped
-                .iter()
-                .any(|s| s.starts_with(&format!("{}:", step.name())))
-            {
-                RowMark::Skipped
-            } else if over {
-                RowMark::NotRun
-            } else {
-                RowMark::Pending
-            }
+            let at_row = match current {
+                Some((Position::Run(at), lifecycle)) if at == step => here(
+                    lifecycle,
+                    if lifecycle == Lifecycle::Waiting {
+                        RowMark::Paused
+                    } else {
+                        RowMark::Running
+                    },
+                ),
+                _ => None,
+            };
+            (
+                at_row,
+                seen.completed.contains(step.name()),
+                format!("{}:", step.name()),
+            )
         }
         PathRow::Wait(wait) => {
-            if let Some((Position::Wait(at), lifecycle)) = current
-                && at == wait
-            {
-                return if lifecycle == Lifecycle::Failed {
-                    RowMark::Failed
-                } else {
-                    RowMark::Waiting
-                };
-            }
             let spec = sequence::wait_spec(wait);
-            if spec
+            let at_row = match current {
+                Some((Position::Wait(at), lifecycle)) if at == wait => {
+                    here(lifecycle, RowMark::Waiting)
+                }
+                _ => None,
+            };
+            let left = spec
                 .exits
                 .iter()
-                .any(|(_, next)| seen.started.contains(next.name()))
-            {
-                RowMark::Done
-            } else if over {
-                RowMark::NotRun
-            } else {
-                RowMark::Pending
-            }
+                .any(|(_, next)| seen.started.contains(next.name()));
+            (
+                at_row,
+                left || seen.waited.contains(spec.waiting_for),
+                format!("the wait for {}:", spec.waiting_for),
+            )
         }
+    };
+    if let Some(mark) = at_row {
+        mark
+    } else if seen.skipped.iter().any(|s| s.starts_with(&skipped_as)) {
+        RowMark::Skipped
+    } else if done {
+        RowMark::Done
+    } else if over {
+        RowMark::NotRun
+    } else {
+        RowMark::Pending
     }
 }
 
@@ -924,4 +935,65 @@ pub async fn live(
             tokio::time::sleep(live::SETTLE).await;
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen_of(completed: &[Step], waited: &[Wait], skipped: &[&str]) -> Seen {
+        Seen {
+            completed: completed.iter().map(|s| s.name().to_owned()).collect(),
+            started: completed.iter().map(|s| s.name().to_owned()).collect(),
+            waited: waited
+                .iter()
+                .map(|w| sequence::wait_spec(*w).waiting_for.to_owned())
+                .collect(),
+            skipped: skipped.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn where_an_engine_stands_is_marked_only_while_it_lives_or_has_failed() {
+        let seen = seen_of(&[Step::Finish], &[], &[]);
+        let at_finish = Position::Run(Step::Finish);
+        for (lifecycle, expected) in [
+            (Lifecycle::Running, RowMark::Running),
+            (Lifecycle::Waiting, RowMark::Paused),
+            (Lifecycle::Failed, RowMark::Failed),
+            (Lifecycle::Finished, RowMark::Done),
+            (Lifecycle::Aborted, RowMark::Done),
+        ] {
+            let mark = mark(
+                PathRow::Step(Step::Finish),
+                &seen,
+                Some((at_finish, lifecycle)),
+                !lifecycle.is_live(),
+            );
+            assert_eq!(mark, expected, "{lifecycle:?}");
+        }
+    }
+
+    #[test]
+    fn a_wait_waited_at_is_done_and_a_skipped_one_is_skipped() {
+        let slice = PathRow::Wait(Wait::SliceCreated);
+        // Taken, and the next step paused before it starts.
+        let paused_after = Some((
+            Position::Run(Step::UpdateDeploymentSlice),
+            Lifecycle::Waiting,
+        ));
+        let waited = seen_of(&[], &[Wait::SliceCreated], &[]);
+        assert_eq!(mark(slice, &waited, paused_after, false), RowMark::Done);
+        let skipped = seen_of(
+            &[],
+            &[Wait::SliceCreated],
+            &["the wait for the slice callback (slice created): it came by mail"],
+        );
+        assert_eq!(mark(slice, &skipped, paused_after, false), RowMark::Skipped);
+        let nothing = seen_of(&[], &[], &[]);
+        assert_eq!(mark(slice, &nothing, None, false), RowMark::Pending);
+        assert_eq!(mark(slice, &nothing, None, true), RowMark::NotRun);
+        let waiting = Some((Position::Wait(Wait::SliceCreated), Lifecycle::Waiting));
+        assert_eq!(mark(slice, &nothing, waiting, false), RowMark::Waiting);
+    }
 }

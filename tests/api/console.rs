@@ -536,6 +536,19 @@ async fn a_live_trial_page_ends_showing_every_event_of_the_trial_once() {
     );
     let rows = last.matches("<tr><td>").count();
     assert_eq!(rows, events, "{last}");
+
+    // The finished trial's sequence marks every step done, none running.
+    let page = no_redirects()
+        .get(format!("{}/ui/trials/{id}", app.address))
+        .header("Cookie", &session.cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains("running now"), "{page}");
+    assert!(!page.contains("not run"), "{page}");
 }
 
 #[tokio::test]
