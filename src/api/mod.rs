@@ -14,7 +14,7 @@ pub mod extract;
 mod handling;
 pub mod listing;
 pub mod observe;
-mod paging;
+pub(crate) mod paging;
 pub mod scheduling;
 pub mod status;
 pub mod tokens;

@@ -184,7 +184,10 @@ pub async fn action(
     post: Post,
 ) -> Response {
     let Some(action) = ServiceAction::parse(&segment) else {
-        return layout::error_page(Some(&post.signed), StatusCode::NOT_FOUND, "No such action.");
+        let mut refused =
+            layout::error_page(Some(&post.signed), StatusCode::NOT_FOUND, "No such action.");
+        refused.extensions_mut().insert(post.signed.actor());
+        return refused;
     };
     let trial = post.form.get("trial_id").unwrap_or_default();
     let encoded: String = url::form_urlencoded::byte_serialize(trial.as_bytes()).collect();

@@ -431,9 +431,12 @@ pub async fn sign_in(
             Some("This sign-in did not come from the console's own page."),
         );
     }
-    let bytes = axum::body::to_bytes(body, super::MAX_FORM_BYTES)
-        .await
-        .unwrap_or_default();
+    let Ok(bytes) = axum::body::to_bytes(body, super::MAX_FORM_BYTES).await else {
+        return sign_in_page(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Some("The form is too large."),
+        );
+    };
     let key = url::form_urlencoded::parse(&bytes)
         .find(|(k, _)| k == "key")
         .map(|(_, v)| v.trim().to_owned())

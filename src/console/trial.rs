@@ -359,7 +359,7 @@ fn action_bar(view: &TrialView, signed: &Signed) -> Markup {
                 @for action in &allowed {
                     @let dialog = format!("confirm-{}", action.segment());
                     li {
-                        a.button class=[action.dangerous().then_some("danger")]
+                        a.button.danger[action.dangerous()]
                             href={ "/ui/trials/" (view.id) "/confirm/" (action.segment()) }
                             data-dialog=(dialog) data-action=(action.segment()) {
                             (action.label())

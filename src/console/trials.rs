@@ -16,6 +16,7 @@ use super::live;
 use super::session::Signed;
 use crate::api::AppState;
 use crate::api::listing::{self, Page};
+use crate::api::paging;
 use crate::store::ListedTrial;
 use crate::store::TrialQuery;
 
@@ -54,22 +55,25 @@ fn query(raw: Option<String>) -> Result<Query, String> {
 }
 
 /// A link to the listing with these statuses, keeping the search.
-fn href(statuses: &[&str], q: Option<&str>, cursor: Option<&str>) -> String {
-    let mut query = url::form_urlencoded::Serializer::new(String::new());
+fn href(statuses: &[&str], query: &TrialQuery, cursor: Option<&str>) -> String {
+    let mut pairs = url::form_urlencoded::Serializer::new(String::new());
     if !statuses.is_empty() {
-        query.append_pair("status", &statuses.join(","));
+        pairs.append_pair("status", &statuses.join(","));
     }
-    if let Some(q) = q {
-        query.append_pair("q", q);
+    if let Some(q) = &query.id_contains {
+        pairs.append_pair("q", q);
+    }
+    if query.limit != paging::DEFAULT_LIMIT {
+        pairs.append_pair("limit", &query.limit.to_string());
     }
     if let Some(cursor) = cursor {
-        query.append_pair("cursor", cursor);
+        pairs.append_pair("cursor", cursor);
     }
-    let query = query.finish();
-    if query.is_empty() {
+    let pairs = pairs.finish();
+    if pairs.is_empty() {
         "/ui/trials".to_owned()
     } else {
-        format!("/ui/trials?{query}")
+        format!("/ui/trials?{pairs}")
     }
 }
 
@@ -93,7 +97,7 @@ fn tabs(query: &TrialQuery, counts: &[(String, u64)]) -> Markup {
                 @let current = same_statuses(&query.statuses, statuses);
                 @if n > 0 || current || !RARE.contains(label) {
                     li {
-                        a href=(href(statuses, query.id_contains.as_deref(), None))
+                        a href=(href(statuses, query, None))
                             aria-current=[current.then_some("page")] {
                             (label) " " span.count { (n) }
                         }
@@ -163,10 +167,10 @@ fn listing(query: &TrialQuery, page: &Page) -> Markup {
         }
         nav.pager aria-label="Pages" {
             @if query.after.is_some() {
-                a href=(href(&statuses, query.id_contains.as_deref(), None)) { "← Newest" }
+                a href=(href(&statuses, query, None)) { "← Newest" }
             }
             @if let Some(cursor) = &page.next_cursor {
-                a href=(href(&statuses, query.id_contains.as_deref(), Some(cursor))) rel="next" { "Older →" }
+                a href=(href(&statuses, query, Some(cursor))) rel="next" { "Older →" }
             }
         }
     }

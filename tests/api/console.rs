@@ -443,6 +443,62 @@ async fn a_request_naming_no_valid_trial_or_action_gets_a_page_saying_which() {
         let page = answer.text().await.unwrap();
         assert!(page.contains(says), "{action}: {page}");
     }
+    let answer = post(&app, &session, "/ui/service/explode", &[]).await;
+    assert_eq!(answer.status(), StatusCode::NOT_FOUND);
+    // Refused, and audited under the session's key.
+    app.audited(
+        "?actor=admin",
+        "the unknown service action audited under its key",
+        |entries| {
+            entries
+                .iter()
+                .any(|e| e["action"] == "POST /ui/service/{action}" && e["outcome"] == 404)
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_sign_in_form_too_large_is_refused_as_such_and_not_counted_as_a_guess() {
+    let app = spawn_app_with_settings(|s| s.auth.max_failures_per_minute = 1).await;
+    let padding = "x".repeat(64 * 1024);
+    let answer = no_redirects()
+        .post(format!("{}/ui/sign-in", app.address))
+        .header("Origin", &app.address)
+        .form(&[("key", key_of(Role::Viewer)), ("padding", &padding)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(answer.text().await.unwrap().contains("too large"));
+    // Not a failed authentication: the one allowed is still there.
+    let wrong = sign_in_with(&app, "a-guess").await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn the_trials_pages_keep_their_size_and_dangerous_actions_look_so() {
+    let app = spawn_app().await;
+    for id in ["p1", "p2", "p3"] {
+        app.schedule_in(id, 3_600_000).await;
+    }
+    let session = sign_in(&app, Role::Admin).await;
+    let page = get_page(&app, &session.cookie, "/ui/trials?limit=1").await;
+    let older = page
+        .split("href=\"")
+        .find(|part| part.contains("rel=\"next\""))
+        .and_then(|part| part.split('"').next())
+        .unwrap_or_else(|| panic!("an older page: {page}"))
+        .replace("&amp;", "&");
+    assert!(older.contains("limit=1"), "{older}");
+    let next = get_page(&app, &session.cookie, &older).await;
+    assert_eq!(next.matches("data-trial=").count(), 1, "{next}");
+
+    let trial = get_page(&app, &session.cookie, "/ui/trials/p1").await;
+    assert!(
+        trial.contains(r#"class="button danger" href="/ui/trials/p1/confirm/unschedule""#),
+        "{trial}"
+    );
 }
 
 /// What the last `patch` event of a stream put in the part `name` (an element id).
