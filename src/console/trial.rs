@@ -196,14 +196,11 @@ async fn load<'h>(
                 .map_err(|e| Unshown::Unreadable(e.status))?,
         ),
     };
-    let responses = match &found {
-        // A corrupt record's responses are not read.
-        Found::Corrupt(_) => Vec::new(),
-        Found::Engine(_) | Found::Stored(_) => state
-            .responses(&found, id)
-            .await
-            .map_err(|e| Unshown::Unreadable(e.status))?,
-    };
+    // A corrupt record's own rows (history, responses) are read like any other's.
+    let responses = state
+        .responses(&found, id)
+        .await
+        .map_err(|e| Unshown::Unreadable(e.status))?;
     let failure_file = match snapshot.as_ref().and_then(|s| s.failure.as_ref()) {
         Some(_) => read_failure_file(state, id).await,
         None => None,
@@ -619,7 +616,14 @@ fn path_table(
 /// Where the trial is in the sequence (and in the clean-up path, once it is aborting).
 fn position(view: &TrialView, vnf: bool) -> Markup {
     let Some(snapshot) = &view.snapshot else {
-        return html! { p.hint { "The trial has not started: nothing has run yet." } };
+        return match view.kind {
+            Kind::Corrupt(_) => html! {
+                p.hint { "Its record cannot be read, so where it stands is not known: its timeline and responses are below." }
+            },
+            Kind::Engine | Kind::Stored | Kind::Scheduled(_) => {
+                html! { p.hint { "The trial has not started: nothing has run yet." } }
+            }
+        };
     };
     let cleanup_at = view
         .history

@@ -633,3 +633,34 @@ async fn a_live_stream_ends_with_its_session() {
         assert_eq!(again.status(), StatusCode::UNAUTHORIZED, "{page}");
     }
 }
+
+#[tokio::test]
+async fn a_trial_whose_record_cannot_be_read_still_shows_its_timeline_and_responses() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let path = data.path().to_path_buf();
+    let app = spawn_app_with_settings(move |s| {
+        s.store.data_dir = path;
+        s.engine.keep_finished_secs = 0;
+    })
+    .await;
+    let id = "t-damaged";
+    app.run_to_finished(id).await;
+    app.wait_engine_gone(id).await;
+    let mut store = lcm::store::sqlite::SqliteBackend::open(data.path()).expect("the store");
+    store
+        .connection()
+        .execute_batch(
+            "UPDATE trials SET engine_status = 'Corrupt', failure = 'damaged by hand'
+             WHERE trial_id = 't-damaged'",
+        )
+        .expect("damaged");
+    let session = sign_in(&app, Role::Viewer).await;
+    let page = get_page(&app, &session.cookie, &format!("/ui/trials/{id}")).await;
+    assert!(
+        page.contains("Its record cannot be read: damaged by hand"),
+        "{page}"
+    );
+    assert!(!page.contains("has not started"), "{page}");
+    assert!(!page.contains("No responses recorded"), "{page}");
+    assert!(page.contains("sliceDeployment"), "{page}");
+}

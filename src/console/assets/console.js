@@ -75,7 +75,7 @@
     });
     source.addEventListener("done", function () {
       source.close();
-      setState("done", "Up to date (the trial has ended)", "■");
+      setState("done", "Up to date (nothing more will change)", "■");
     });
     source.addEventListener("error", function () {
       if (source.readyState === EventSource.CLOSED) {
