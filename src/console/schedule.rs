@@ -151,6 +151,9 @@ fn refuse(post: &Post, text: &str) -> Response {
 /// `POST /ui/schedule`: `POST /debug/trial/schedule` with the id and the start time.
 pub async fn at_time(State(state): State<AppState>, post: Post) -> Response {
     let id = post.form.get("trial_id").unwrap_or_default().to_owned();
+    if post.form.get("local").unwrap_or_default().trim().is_empty() {
+        return refuse(&post, "Choose a date and a time to start the trial at.");
+    }
     let Some(start) = start_time(
         post.form.get("local").unwrap_or_default(),
         post.form.get("offset").unwrap_or("+00:00"),

@@ -14,6 +14,7 @@ use crate::api::AppState;
 use crate::api::extract::{Admin, Operator};
 use crate::api::status::VERSION;
 use crate::config::Role;
+use crate::domain::TrialId;
 
 /// What the service page's forms do, and the API route each goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +178,13 @@ pub async fn page(signed: Signed, State(state): State<AppState>) -> Response {
     )
 }
 
+/// A refusal page, audited under the session's key.
+fn refused(post: &Post, status: StatusCode, text: &str) -> Response {
+    let mut page = layout::error_page(Some(&post.signed), status, text);
+    page.extensions_mut().insert(post.signed.actor());
+    page
+}
+
 /// `POST /ui/service/{action}`: the switch, schedule-all, heartbeats.
 pub async fn action(
     State(state): State<AppState>,
@@ -184,13 +192,20 @@ pub async fn action(
     post: Post,
 ) -> Response {
     let Some(action) = ServiceAction::parse(&segment) else {
-        let mut refused =
-            layout::error_page(Some(&post.signed), StatusCode::NOT_FOUND, "No such action.");
-        refused.extensions_mut().insert(post.signed.actor());
-        return refused;
+        return refused(&post, StatusCode::NOT_FOUND, "No such action.");
     };
     let trial = post.form.get("trial_id").unwrap_or_default();
-    let encoded: String = url::form_urlencoded::byte_serialize(trial.as_bytes()).collect();
+    // A valid trial id needs no escaping in a path or a query; an invalid one is refused as
+    // typed, not as the form encoded it.
+    let encoded = match action {
+        ServiceAction::AddHeartbeat | ServiceAction::RemoveHeartbeat => {
+            match TrialId::parse(trial) {
+                Ok(id) => id.to_string(),
+                Err(e) => return refused(&post, StatusCode::BAD_REQUEST, &e.to_string()),
+            }
+        }
+        ServiceAction::ToggleAutomatic | ServiceAction::ScheduleAll => String::new(),
+    };
     let (method, path) = match action {
         ServiceAction::ToggleAutomatic => (Method::POST, "/trial/scheduling".to_owned()),
         ServiceAction::ScheduleAll => (Method::POST, "/debug/trial/schedule-all".to_owned()),

@@ -664,3 +664,34 @@ async fn a_trial_whose_record_cannot_be_read_still_shows_its_timeline_and_respon
     assert!(!page.contains("No responses recorded"), "{page}");
     assert!(page.contains("sliceDeployment"), "{page}");
 }
+
+#[tokio::test]
+async fn console_forms_say_what_was_wrong_as_it_was_typed() {
+    let app = spawn_app().await;
+    let session = sign_in(&app, Role::Admin).await;
+    let answer = post(
+        &app,
+        &session,
+        "/ui/service/remove-heartbeat",
+        &[("trial_id", "bad id")],
+    )
+    .await;
+    assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+    let page = answer.text().await.unwrap();
+    assert!(page.contains("'bad id'"), "{page}");
+
+    let answer = post(
+        &app,
+        &session,
+        "/ui/schedule",
+        &[
+            ("trial_id", "t-undated"),
+            ("local", ""),
+            ("offset", "+00:00"),
+        ],
+    )
+    .await;
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    let page = get_page(&app, &session.cookie, "/ui/schedule").await;
+    assert!(page.contains("Choose a date and a time"), "{page}");
+}
