@@ -32,7 +32,7 @@ use crate::telemetry::panic_message;
 pub enum RestoreError {
     #[error("the engine is running; only a failed engine can be restored or skipped")]
     Running,
-    #[error("the trial has {0}; there is nothing to restore")]
+    #[error("the trial has {0}; there is nothing to restore or skip")]
     Ended(Ended),
     #[error("the engine is gone")]
     Gone,
