@@ -114,7 +114,10 @@ impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         match e {
             RegistryError::NotFound(_) => Self::not_found(e.to_string()),
-            _ => Self::bad_gateway(e.to_string()),
+            RegistryError::Unreachable(_)
+            | RegistryError::Status(_)
+            | RegistryError::Garbage(_)
+            | RegistryError::OtherTrial { .. } => Self::bad_gateway(e.to_string()),
         }
     }
 }

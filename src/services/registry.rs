@@ -17,6 +17,8 @@ pub enum RegistryError {
     Status(u16),
     #[error("trial repository answered something that is not {0}")]
     Garbage(&'static str),
+    #[error("trial repository answered trial '{answered}' when asked for trial '{asked}'")]
+    OtherTrial { asked: String, answered: String },
 }
 
 /// A trial as listed by the registry: its id and, if it has one, its start time as written.
@@ -59,12 +61,19 @@ impl ServiceClient {
             404 => return Err(RegistryError::NotFound(id.to_string())),
             other => return Err(RegistryError::Status(other)),
         }
-        reply
+        let trial = reply
             .json
             .as_ref()
             .filter(|v| v.is_object())
             .and_then(RegistryTrial::from_value)
-            .ok_or(RegistryError::Garbage("a trial object with an id"))
+            .ok_or(RegistryError::Garbage("a trial object with an id"))?;
+        if trial.id != id.as_str() {
+            return Err(RegistryError::OtherTrial {
+                asked: id.to_string(),
+                answered: trial.id,
+            });
+        }
+        Ok(trial)
     }
 
     /// `GET /trial/`: every trial. Accepts a JSON array or a paginated `{"results": [...]}`.

@@ -369,6 +369,24 @@ async fn scheduling_from_a_repository_answering_garbage_is_502() {
 }
 
 #[tokio::test]
+async fn scheduling_from_a_repository_answering_another_trial_is_502() {
+    let app = spawn_app().await;
+    app.platform.inject(Fault::new(
+        Component::Repository,
+        "GET",
+        "/trial/t1/",
+        FaultAction::Json(
+            200,
+            serde_json::json!({"id": "someone-else", "start_time": in_secs(3600)}),
+        ),
+    ));
+    let answer = app.post("/debug/trial/t1/schedule", None).await;
+    assert_detail(&answer, StatusCode::BAD_GATEWAY);
+    assert!(answer.detail().contains("'someone-else'"), "{answer:?}");
+    assert_nothing_scheduled(&app).await;
+}
+
+#[tokio::test]
 async fn scheduling_from_the_repository_twice_is_409() {
     let app = spawn_app().await;
     app.platform
