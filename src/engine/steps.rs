@@ -542,6 +542,17 @@ impl StepCx<'_> {
         if !trial.is_object() {
             return fail("trial repository answered something that is not a trial object");
         }
+        let answered = match trial.get("id") {
+            Some(Value::String(id)) => Some(id.clone()),
+            Some(Value::Number(id)) => Some(id.to_string()),
+            _ => None,
+        };
+        if let Some(answered) = answered.filter(|answered| answered != self.id.as_str()) {
+            return fail(format!(
+                "trial repository answered trial '{answered}' when asked for trial '{}'",
+                self.id
+            ));
+        }
         Ok(trial)
     }
 

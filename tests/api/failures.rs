@@ -227,6 +227,16 @@ async fn garbage_from_services_fails_the_step_naming_what_is_missing() {
             )],
             "Slice.id",
         ),
+        fails_with(
+            ok("asked-for"),
+            vec![Fault::new(
+                Repository,
+                "GET",
+                "/trial/",
+                FaultAction::Json(200, Platform::trial("someone-else", None)),
+            )],
+            "answered trial 'someone-else' when asked for trial 'asked-for'",
+        ),
         fails_with(pending, vec![], "trial status is 'PENDING', not APPROVED"),
         fails_with(unknown_facility, vec![], "unknown facility 'MARS'"),
         fails_with(bad_nst, vec![], "'nst'"),
