@@ -42,7 +42,17 @@ pub fn parse_query(pairs: Vec<(String, String)>) -> Result<TrialQuery, ApiError>
         limit: paging::DEFAULT_LIMIT,
         ..TrialQuery::default()
     };
+    let mut seen = Vec::new();
     for (key, value) in pairs {
+        // Only `status` may be repeated: two of any other would leave one unheeded.
+        if key != "status" {
+            if seen.contains(&key) {
+                return Err(ApiError::bad_request(format!(
+                    "query parameter '{key}' is given more than once"
+                )));
+            }
+            seen.push(key.clone());
+        }
         match key.as_str() {
             "status" => {
                 for status in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -220,6 +230,14 @@ mod tests {
         assert!(parse_query(pairs(&[("status", "Bogus")])).is_err());
         assert!(parse_query(pairs(&[("status", "Stopped")])).is_err());
         assert!(parse_query(pairs(&[("limit", "0")])).is_err());
+        assert!(parse_query(pairs(&[("limit", "1"), ("limit", "2")])).is_err());
+        assert!(parse_query(pairs(&[("q", "a"), ("q", "b")])).is_err());
+        assert_eq!(
+            parse_query(pairs(&[("status", "Active"), ("status", "Failed")]))
+                .unwrap()
+                .statuses,
+            ["Active", "Failed"]
+        );
         assert_eq!(parse_query(pairs(&[("limit", "500")])).unwrap().limit, 500);
         assert!(parse_query(pairs(&[("q", "a b")])).is_err());
         assert!(parse_query(pairs(&[("page", "2")])).is_err());
