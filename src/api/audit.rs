@@ -215,6 +215,7 @@ fn parse_query(pairs: Vec<(String, String)>) -> Result<AuditQuery, ApiError> {
         limit: paging::DEFAULT_LIMIT,
         ..AuditQuery::default()
     };
+    paging::once_each(&pairs, &[])?;
     for (key, value) in pairs {
         match key.as_str() {
             "trial_id" => {

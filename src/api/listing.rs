@@ -42,17 +42,8 @@ pub fn parse_query(pairs: Vec<(String, String)>) -> Result<TrialQuery, ApiError>
         limit: paging::DEFAULT_LIMIT,
         ..TrialQuery::default()
     };
-    let mut seen = Vec::new();
+    paging::once_each(&pairs, &["status"])?;
     for (key, value) in pairs {
-        // Only `status` may be repeated: two of any other would leave one unheeded.
-        if key != "status" {
-            if seen.contains(&key) {
-                return Err(ApiError::bad_request(format!(
-                    "query parameter '{key}' is given more than once"
-                )));
-            }
-            seen.push(key.clone());
-        }
         match key.as_str() {
             "status" => {
                 for status in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {

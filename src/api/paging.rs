@@ -11,6 +11,19 @@ pub const DEFAULT_LIMIT: usize = 50;
 /// The most rows a page may have.
 const MAX_LIMIT: usize = 500;
 
+/// Refuses a query parameter given twice, unless it is one of `repeatable`: two of any other
+/// would leave one unheeded.
+pub fn once_each(pairs: &[(String, String)], repeatable: &[&str]) -> Result<(), ApiError> {
+    for (i, (key, _)) in pairs.iter().enumerate() {
+        if !repeatable.contains(&key.as_str()) && pairs[..i].iter().any(|(k, _)| k == key) {
+            return Err(ApiError::bad_request(format!(
+                "query parameter '{key}' is given more than once"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The `limit` parameter, checked.
 pub fn limit(value: &str) -> Result<usize, ApiError> {
     value
@@ -45,6 +58,18 @@ pub fn position<T>(cursor: &str, read: impl FnOnce(&str) -> Option<T>) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parameter_given_twice_is_refused_unless_it_may_be_repeated() {
+        let pairs = |keys: &[&str]| -> Vec<(String, String)> {
+            keys.iter()
+                .map(|k| ((*k).to_owned(), "1".to_owned()))
+                .collect()
+        };
+        assert!(once_each(&pairs(&["limit", "cursor"]), &[]).is_ok());
+        assert!(once_each(&pairs(&["limit", "cursor", "limit"]), &[]).is_err());
+        assert!(once_each(&pairs(&["status", "status"]), &["status"]).is_ok());
+    }
 
     #[test]
     fn limits_and_cursors_are_checked() {
