@@ -113,13 +113,17 @@ impl FromRequestParts<AppState> for AuditCx {
     }
 }
 
-/// The `{trial_id}` segment of a path, by its route template.
+/// The `{trial_id}` segment of a path, by its route template, decoded as a query's is.
 fn trial_in_path(template: &str, path: &str) -> Option<String> {
     template
         .split('/')
         .zip(path.split('/'))
         .find(|(t, _)| *t == "{trial_id}")
-        .map(|(_, value)| value.to_owned())
+        .map(|(_, value)| {
+            percent_encoding::percent_decode_str(value)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
 }
 
 /// A `message` or `detail` of a JSON body, if it has one.
@@ -307,6 +311,10 @@ mod tests {
         assert_eq!(
             trial_in_path("/trial/scheduling", "/trial/scheduling"),
             None
+        );
+        assert_eq!(
+            trial_in_path("/trial/{trial_id}/abort", "/trial/a%2Fb%20c/abort").as_deref(),
+            Some("a/b c")
         );
     }
 
