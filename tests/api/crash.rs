@@ -600,19 +600,9 @@ async fn an_early_callback_outlives_a_kill_in_the_middle_of_its_step() {
     let mut app = spawn_binary_with(BinaryOptions {
         platform: Box::new(move |platform| {
             platform.add_trial(Platform::trial(id, None));
-            // The deployment's first request is never answered; the one sent again after the
-            // restart is taken, and its component does not call back twice for one deployment.
-            platform.inject(
-                Fault::new(
-                    Component::Enforcement,
-                    "POST",
-                    "/sliceDeployment",
-                    FaultAction::Hang,
-                )
-                .for_trial(id)
-                .times(1),
-            );
-            platform.inject(drop_slice_callback(id));
+            for fault in first_deployment_hangs(id) {
+                platform.inject(fault);
+            }
         }),
         ..BinaryOptions::default()
     })

@@ -991,6 +991,23 @@ pub fn assert_ok_saying(answer: &Answer, part: &str) {
     );
 }
 
+/// Trial enforcement never answers trial `id`'s first slice deployment; the one sent again
+/// (after a restart, or by an engine brought back) is taken without a second callback, as a
+/// component that honours the `Idempotency-Key` would.
+pub fn first_deployment_hangs(id: &str) -> [Fault; 2] {
+    [
+        Fault::new(
+            Component::Enforcement,
+            "POST",
+            "/sliceDeployment",
+            FaultAction::Hang,
+        )
+        .for_trial(id)
+        .times(1),
+        drop_slice_callback(id),
+    ]
+}
+
 /// Trial enforcement takes trial `id`'s slice once and never calls back: the trial waits for
 /// the slice callback until the test sends it.
 pub fn drop_slice_callback(id: &str) -> Fault {

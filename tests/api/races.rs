@@ -553,19 +553,9 @@ async fn toggles_of_automatic_scheduling_at_once_each_count() {
 async fn an_early_callback_outlives_a_delete_that_was_not_saved() {
     let (app, broken) = spawn_app_with_flaky_store(AppOptions::default()).await;
     let id = "kept-undeleted";
-    // The deployment's first request is held until the delete stops it; the one sent again by
-    // the engine brought back is taken, and its component does not call back twice.
-    app.platform.inject(
-        Fault::new(
-            Component::Enforcement,
-            "POST",
-            "/sliceDeployment",
-            FaultAction::Hang,
-        )
-        .for_trial(id)
-        .times(1),
-    );
-    app.platform.inject(drop_slice_callback(id));
+    for fault in first_deployment_hangs(id) {
+        app.platform.inject(fault);
+    }
     app.start_trial(id).await;
     app.wait_for(id, "SliceDeployment in flight", |s| {
         s["step"] == "SliceDeployment"
