@@ -690,6 +690,17 @@ impl Executor {
     async fn fail(mut self, reason: String) -> ExecutorExit {
         self.commands.close();
         error!(reason = %reason, "trial failed");
+        // A component's early callback answered the request of the step that failed; a restore
+        // sends a new request and awaits its own callback. The operator's early signals stand.
+        let before = self.checkpoint.held.len();
+        self.checkpoint
+            .held
+            .retain(|(wait, _)| sequence::wait_spec(*wait).waiter == Waiter::Operator);
+        if self.checkpoint.held.len() < before {
+            info!(
+                "an early callback was dropped with the step that failed: a restore awaits a new one"
+            );
+        }
         self.shared
             .journal
             .event(EventKind::TrialFailed, None, Some(reason.clone()), None);

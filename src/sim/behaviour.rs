@@ -92,6 +92,10 @@ pub async fn handle(
         Some(FaultAction::Status(code)) => {
             return answered(reply(*code, Some(json!({"detail": "injected failure"}))));
         }
+        Some(FaultAction::HoldThenStatus(gate, code)) => {
+            gate.passed().await;
+            return answered(reply(*code, Some(json!({"detail": "injected failure"}))));
+        }
         Some(FaultAction::Json(code, value)) => {
             return answered(reply(*code, Some(value.clone())));
         }

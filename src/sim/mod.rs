@@ -125,6 +125,8 @@ pub enum FaultAction {
     Hang,
     /// Wait until the gate is opened, then answer as usual.
     HoldUntil(Gate),
+    /// Wait until the gate is opened, then answer this status with a JSON error body.
+    HoldThenStatus(Gate, u16),
     /// Answer as usual but never make the callback.
     DropCallback,
     /// Make the callback (and wait for its answer) before answering the request.

@@ -365,3 +365,38 @@ async fn an_early_callback_that_cannot_be_saved_is_refused_with_503_and_not_kept
     gate.open();
     app.wait_waiting(id, WAITING_OPERATOR).await;
 }
+
+#[tokio::test]
+async fn an_early_callback_is_dropped_with_its_failed_step_and_a_restore_awaits_its_own() {
+    let app = spawn_app_with_settings(single_attempt).await;
+    let id = "early-failed";
+    let gate = lcm::sim::Gate::default();
+    app.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "POST",
+            "/sliceDeployment",
+            FaultAction::HoldThenStatus(gate.clone(), 500),
+        )
+        .for_trial(id)
+        .times(1),
+    );
+    app.platform.inject(drop_slice_callback(id));
+    app.start_trial(id).await;
+    app.wait_for(id, "SliceDeployment in flight", |s| {
+        s["step"] == "SliceDeployment"
+    })
+    .await;
+    let token = app.post_as(&format!("/token/{id}"), API_KEY).await;
+    let early = app.callback(id, "slice", Some(&token)).await;
+    assert_ok_saying(&early, "when SliceDeployment completes");
+    gate.open();
+    app.wait_failed(id).await;
+
+    // The restored run deploys again and waits for that deployment's callback.
+    let restored = app.post(&format!("/debug/engine/{id}/restore"), None).await;
+    assert_eq!(restored.status, StatusCode::OK, "{restored:?}");
+    app.wait_waiting(id, WAITING_SLICE).await;
+    assert_ok_saying(&app.callback(id, "slice", Some(&token)).await, "accepted");
+    app.wait_waiting(id, WAITING_OPERATOR).await;
+}
