@@ -97,6 +97,7 @@ macro_rules! callback_handler {
                 (status = 403, description = "A token of another trial, or of a finished or failed trial", body = ErrorBody),
                 (status = 404, description = "The trial has no engine", body = ErrorBody),
                 (status = 409, description = "The trial is not waiting for this callback", body = ErrorBody),
+                (status = 503, description = "The callback could not be saved, so it was not taken", body = ErrorBody),
             ),
         )]
         async fn $handler(token: CallbackToken) -> Result<Json<Message>, ApiError> {
@@ -391,6 +392,7 @@ async fn step(
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "The trial has no engine", body = ErrorBody),
         (status = 409, description = "The trial is not at a point where it can go active", body = ErrorBody),
+        (status = 503, description = "The signal could not be saved, so it was not taken", body = ErrorBody),
     ),
 )]
 async fn active(
@@ -419,6 +421,7 @@ async fn active(
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "The trial has no engine", body = ErrorBody),
         (status = 409, description = "The trial is not at a point where it can finish", body = ErrorBody),
+        (status = 503, description = "The signal could not be saved, so it was not taken", body = ErrorBody),
     ),
 )]
 async fn finish(

@@ -216,6 +216,17 @@ pub struct Executor {
     pub(super) checkpoints: mpsc::Sender<Checkpointed>,
     /// The operator stepped a paused trial: the next step may run.
     pub(super) stepping: bool,
+    /// The answer to a signal taken at a waiting point, sent once the checkpoint that takes
+    /// it is saved: a caller told it was accepted finds it accepted after a crash.
+    pub(super) answer: Option<PendingAnswer>,
+}
+
+/// A signal taken at a waiting point, not answered yet.
+pub(super) struct PendingAnswer {
+    reply: oneshot::Sender<SignalOutcome>,
+    outcome: SignalOutcome,
+    /// The checkpoint before the signal was taken: the trial is back there if it is not saved.
+    before: Box<Checkpoint>,
 }
 
 impl Executor {
@@ -522,17 +533,24 @@ impl Executor {
                     if let Decision::Take(next) = decision {
                         info!(signal = signal.name(), "signal accepted");
                         let waited = elapsed_ms(waiting_since);
+                        let before = Box::new(self.checkpoint.clone());
                         let outcome =
                             self.take(wait, signal, next, signal.name().to_owned(), waited);
                         // Where the executor goes from here: on the clean-up path, not the table's.
-                        let _ = reply.send(SignalOutcome::Accepted(match &outcome {
+                        // Answered once the checkpoint that takes it is saved.
+                        let accepted = SignalOutcome::Accepted(match &outcome {
                             Outcome::To(Position::Run(step)) => Next::Step(*step),
                             Outcome::To(Position::Wait(wait)) => Next::Wait(*wait),
                             Outcome::Finished
                             | Outcome::Aborted
                             | Outcome::Failed(_)
                             | Outcome::Abort(_) => Next::End,
-                        }));
+                        });
+                        self.answer = Some(PendingAnswer {
+                            reply,
+                            outcome: accepted,
+                            before,
+                        });
                         break outcome;
                     }
                     let _ = reply.send(answer(decision));
@@ -640,22 +658,37 @@ impl Executor {
         self.checkpoint.position
     }
 
-    /// Hands the checkpoint to the watchdog and waits until it is kept.
-    async fn save(&self, lifecycle: Lifecycle) -> Result<(), String> {
+    /// Hands the checkpoint to the watchdog and waits until it is kept; then answers the
+    /// signal it takes, if one waits for its answer.
+    async fn save(&mut self, lifecycle: Lifecycle) -> Result<(), String> {
         let (ack, acked) = oneshot::channel();
         let message = Checkpointed {
             checkpoint: Box::new(self.checkpoint.clone()),
             lifecycle,
             ack,
         };
-        if self.checkpoints.send(message).await.is_err() {
-            return Err("the watchdog is gone".to_owned());
+        let saved = match self.checkpoints.send(message).await {
+            Ok(()) => {
+                // The watchdog has the early signals now, with the rest.
+                self.shared.kept().take();
+                acked
+                    .await
+                    .unwrap_or_else(|_| Err("the watchdog is gone".to_owned()))
+            }
+            Err(_) => Err("the watchdog is gone".to_owned()),
+        };
+        if let Some(pending) = self.answer.take() {
+            let outcome = match &saved {
+                Ok(()) => pending.outcome,
+                Err(e) => {
+                    // Not taken: the trial stays where the signal found it.
+                    self.checkpoint = *pending.before;
+                    SignalOutcome::NotSaved(e.clone())
+                }
+            };
+            let _ = pending.reply.send(outcome);
         }
-        // The watchdog has the early signals now, with the rest.
-        self.shared.kept().take();
-        acked
-            .await
-            .unwrap_or_else(|_| Err("the watchdog is gone".to_owned()))
+        saved
     }
 
     /// The trial is over: finished, or aborted with its clean-up done.
@@ -871,6 +904,10 @@ async fn set_pause(
         .map_err(|e| ControlError::NotSaved(e.to_string()))?;
     *paused = want;
     shared.journal.event(kind, None, reason, None);
+    // Its event is committed before the operator hears of the change.
+    if let Err(e) = shared.deps.store.flush().await {
+        warn!(error = %e, "the pause's history event was not saved");
+    }
     shared.set_paused(want);
     info!(
         paused = want,

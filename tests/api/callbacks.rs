@@ -400,3 +400,28 @@ async fn an_early_callback_is_dropped_with_its_failed_step_and_a_restore_awaits_
     assert_ok_saying(&app.callback(id, "slice", Some(&token)).await, "accepted");
     app.wait_waiting(id, WAITING_OPERATOR).await;
 }
+
+#[tokio::test]
+async fn a_signal_is_answered_once_the_checkpoint_that_takes_it_is_saved() {
+    let (app, broken) = spawn_app_with_flaky_store(AppOptions::default()).await;
+    let id = "answered-saved";
+    app.start_to_idle(id).await;
+    broken.store(true, std::sync::atomic::Ordering::SeqCst);
+    let refused = app.post(&format!("/trial/{id}/active"), None).await;
+    broken.store(false, std::sync::atomic::Ordering::SeqCst);
+    // Not told it was accepted: the change was not saved, and the trial stops there.
+    assert_detail(&refused, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.detail().contains("not taken"), "{refused:?}");
+    let failed = app.wait_failed(id).await;
+    assert!(
+        failed["failure"]
+            .as_str()
+            .is_some_and(|f| f.contains("checkpoint not saved")),
+        "{failed}"
+    );
+    // A restore finds the trial where the signal found it: `active` was not taken.
+    let restored = app.post(&format!("/debug/engine/{id}/restore"), None).await;
+    assert_eq!(restored.status, StatusCode::OK, "{restored:?}");
+    app.wait_waiting(id, WAITING_OPERATOR).await;
+    app.drive_to_finished(id).await;
+}

@@ -272,9 +272,10 @@ async fn a_store_that_stops_writing_fails_the_trial_and_refuses_new_jobs() {
         "nothing unsaved is promised"
     );
 
+    // The signal is not taken: its checkpoint could not be saved.
     assert_eq!(
         app.post(&format!("/trial/{id}/active"), None).await.status,
-        StatusCode::OK
+        StatusCode::SERVICE_UNAVAILABLE
     );
     let failed = app.wait_failed(id).await;
     let reason = failed["failure"].as_str().unwrap_or_default();
