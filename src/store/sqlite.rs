@@ -170,6 +170,35 @@ pub struct SqliteBackend {
     conn: Connection,
     /// How a reader opens the same database.
     location: Location,
+    /// The data directory's lock, held while the backend lives: one service per store.
+    _lock: Option<std::fs::File>,
+}
+
+/// The lock file in the data directory, next to the database.
+const LOCK_FILE: &str = "lcm.lock";
+
+/// Takes the data directory's lock: a second service on the same store would run the same
+/// trials twice. Released by the system when the process ends, however it ends.
+fn lock_data_dir(data_dir: &Path) -> Result<Option<std::fs::File>, StoreError> {
+    let path = data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| backend_error(&format!("cannot open {}", path.display()), e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Backend(format!(
+            "the store in {} is in use by another process ({} is locked): one service per store",
+            data_dir.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            warn!(path = %path.display(), error = %e, "the data directory cannot be locked: make sure no other service uses this store");
+            Ok(None)
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -195,6 +224,7 @@ impl SqliteBackend {
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| backend_error(&format!("cannot create {}", data_dir.display()), e))?;
+        let lock = lock_data_dir(data_dir)?;
         let path: PathBuf = data_dir.join(FILE_NAME);
         let shown = path.display().to_string();
         let mut conn = Connection::open(&path)
@@ -224,6 +254,7 @@ impl SqliteBackend {
         Ok(Self {
             conn,
             location: Location::File(path),
+            _lock: lock,
         })
     }
 
@@ -246,6 +277,7 @@ impl SqliteBackend {
         Ok(Self {
             conn,
             location: Location::Memory(name),
+            _lock: None,
         })
     }
 

@@ -646,9 +646,9 @@ async fn a_trial_whose_record_cannot_be_read_still_shows_its_timeline_and_respon
     let id = "t-damaged";
     app.run_to_finished(id).await;
     app.wait_engine_gone(id).await;
-    let mut store = lcm::store::sqlite::SqliteBackend::open(data.path()).expect("the store");
-    store
-        .connection()
+    // By hand, beside the running service (which holds the store's lock).
+    rusqlite::Connection::open(data.path().join("lcm.sqlite3"))
+        .expect("the store")
         .execute_batch(
             "UPDATE trials SET engine_status = 'Corrupt', failure = 'damaged by hand'
              WHERE trial_id = 't-damaged'",

@@ -335,6 +335,20 @@ async fn a_configuration_that_cannot_work_stops_start_up_naming_the_key() {
 }
 
 #[tokio::test]
+async fn a_store_in_use_by_another_service_stops_start_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let in_use = lcm::store::sqlite::SqliteBackend::open(&data).expect("the store");
+    let (ok, text) = run_to_exit(dir.path(), &[("LCM__STORE__DATA_DIR", "data")]).await;
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("in use by another process") && text.contains("store.data_dir"),
+        "{text}"
+    );
+    drop(in_use);
+}
+
+#[tokio::test]
 async fn a_store_that_is_not_a_database_stops_start_up() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");

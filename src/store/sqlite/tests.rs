@@ -177,6 +177,21 @@ fn a_file_that_is_not_a_database_is_refused_with_its_path() {
 }
 
 #[test]
+fn one_service_per_store_a_second_open_is_refused_until_the_first_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = SqliteBackend::open(dir.path()).unwrap();
+    let Err(refused) = SqliteBackend::open(dir.path()) else {
+        panic!("a second backend opened the same store");
+    };
+    assert!(
+        refused.to_string().contains("in use by another process"),
+        "{refused}"
+    );
+    drop(first);
+    assert!(SqliteBackend::open(dir.path()).is_ok());
+}
+
+#[test]
 fn migrations_are_valid() {
     migrations().validate().unwrap();
 }
