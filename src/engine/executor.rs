@@ -85,6 +85,12 @@ pub enum ControlError {
     /// It fits, but could not be saved, so it was not made (the API's 503).
     #[error("the change was not saved, so it was not made: {0}")]
     NotSaved(String),
+    /// The engine stopped before it took it: the service is stopping, or the engine was
+    /// deleted (the API's 503).
+    #[error(
+        "the engine stopped before it took this (the service is stopping, or the engine was deleted): nothing was changed"
+    )]
+    Stopped,
 }
 
 impl ControlError {
@@ -93,6 +99,7 @@ impl ControlError {
         match self {
             ControlError::Refused(_) => "refused_wrong_phase",
             ControlError::NotSaved(_) => "not_saved",
+            ControlError::Stopped => "refused_not_live",
         }
     }
 }

@@ -321,9 +321,9 @@ impl EngineHandle {
         let (reply, answer) = oneshot::channel();
         let request = ControlRequest::Abort { reason, reply };
         if self.shared.controls.send(request).await.is_err() {
-            return Err(self.not_live());
+            return Err(ControlError::Stopped);
         }
-        answer.await.unwrap_or_else(|_| Err(self.not_live()))
+        answer.await.unwrap_or(Err(ControlError::Stopped))
     }
 
     /// Sends a command to a live executor and waits for its answer; `not_live` answers when

@@ -804,3 +804,47 @@ async fn an_abort_closes_no_slice_that_was_never_requested() {
             .any(|s| s == "ABORTED")
     );
 }
+
+#[tokio::test]
+async fn an_abort_waiting_for_a_failure_procedure_whose_engine_is_deleted_is_503() {
+    let app = spawn_app_with_settings(single_attempt).await;
+    let id = "abort-outrun";
+    let report = lcm::sim::Gate::default();
+    app.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "POST",
+            "/sliceDeployment",
+            FaultAction::Status(400),
+        )
+        .for_trial(id),
+    );
+    // The failure report never comes back while the test runs.
+    app.platform.inject(
+        Fault::new(
+            Component::Repository,
+            "PUT",
+            "/trial/",
+            FaultAction::HoldUntil(report.clone()),
+        )
+        .for_trial(id)
+        .times(1),
+    );
+    app.start_trial(id).await;
+    app.wait_for(id, "failed, still reporting", |s| {
+        s["failed"] == true && s["restorable"] == false
+    })
+    .await;
+    let (abort, delete) = (format!("/trial/{id}/abort"), format!("/debug/engine/{id}"));
+    let (aborted, deleted) = tokio::join!(app.post(&abort, None), app.delete(&delete));
+    assert_eq!(deleted.status, StatusCode::OK, "{deleted:?}");
+    // An abort that was waiting when the engine went is 503, one that came after it 404:
+    // never a 409 saying a failed trial cannot be aborted.
+    match aborted.status {
+        StatusCode::SERVICE_UNAVAILABLE => {
+            assert!(aborted.detail().contains("engine stopped"), "{aborted:?}");
+        }
+        StatusCode::NOT_FOUND => assert!(aborted.detail().contains("has no engine")),
+        _ => panic!("{aborted:?}"),
+    }
+}
