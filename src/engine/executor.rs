@@ -891,6 +891,11 @@ async fn set_pause(
     let (want, reason, kind) = match control {
         Control::Pause { reason } => (true, reason, EventKind::Paused),
         Control::Resume { reason } => (false, reason, EventKind::Resumed),
+        Control::Step { .. } if *paused => {
+            return refused(format!(
+                "trial {id} is running the step it was stepped to: step again once it holds before the next"
+            ));
+        }
         Control::Step { .. } => return refused(format!("trial {id} is not paused")),
         Control::Abort { .. } => return refused(format!("trial {id}: abort is not a pause")),
     };

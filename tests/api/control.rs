@@ -501,8 +501,23 @@ async fn a_failed_trial_left_alone_is_cleaned_up_on_its_own() {
 
 #[tokio::test]
 async fn pause_holds_every_request_until_resume_and_step_runs_exactly_one() {
-    let app = spawn_app().await;
+    // A held request is not given up on while the test looks at it.
+    let app = spawn_app_with_settings(|s| s.executor.request_timeout_secs = 300).await;
     let id = "stepped";
+    // The stepped step's first KPI marking (after the two of `SendKpiIdle`) is held until the
+    // test has tried a second step.
+    let marking = lcm::sim::Gate::default();
+    app.platform.inject(
+        Fault::new(
+            Component::Kpi,
+            "POST",
+            "/markKPIData",
+            FaultAction::HoldUntil(marking.clone()),
+        )
+        .for_trial(id)
+        .after(2)
+        .times(1),
+    );
     app.start_trial(id).await;
     app.wait_waiting(id, WAITING_OPERATOR).await;
     let step = format!("/trial/{id}/step");
@@ -545,8 +560,17 @@ async fn pause_holds_every_request_until_resume_and_step_runs_exactly_one() {
     );
     assert_eq!(lines(&app, id).len(), sent, "nothing was sent while paused");
 
-    // One step: both KPI markings, then held before the next step.
+    // One step: both KPI markings, then held before the next step. A second step while it
+    // runs is refused, saying why.
     assert_eq!(app.post(&step, None).await.status, StatusCode::OK);
+    app.wait_for(id, "SendKpiActive running", |s| {
+        s["step"] == "SendKpiActive" && s["status"] == "Running"
+    })
+    .await;
+    let again = app.post(&step, None).await;
+    assert_detail(&again, StatusCode::CONFLICT);
+    assert!(again.detail().contains("running the step"), "{again:?}");
+    marking.open();
     app.wait_for(id, "held before UpdateStatusActive", |s| {
         s["step"] == "UpdateStatusActive" && s["status"] == "Waiting"
     })
