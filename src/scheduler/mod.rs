@@ -455,6 +455,7 @@ impl Scheduler {
         let now = Utc::now();
         let mut report = ScheduleAllReport::default();
         let mut saves = Vec::new();
+        let mut listed = std::collections::HashSet::new();
         for trial in trials {
             let skip = |report: &mut ScheduleAllReport, reason: String| {
                 report.skipped.push(Skipped {
@@ -469,6 +470,13 @@ impl Scheduler {
                     continue;
                 }
             };
+            if !listed.insert(id.clone()) {
+                skip(
+                    &mut report,
+                    "listed more than once by the registry: the first is taken".to_owned(),
+                );
+                continue;
+            }
             // The jobs lock is held from the engine check to the queued save, as in
             // `schedule`, so a job firing meanwhile cannot leave a job beside its engine.
             let mut jobs = self.jobs_map();

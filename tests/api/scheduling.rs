@@ -554,6 +554,39 @@ async fn schedule_all_with_a_repository_answering_an_object_is_502() {
     assert_nothing_scheduled(&app).await;
 }
 
+#[tokio::test]
+async fn schedule_all_takes_a_trial_listed_twice_once() {
+    let app = spawn_app().await;
+    let first = in_secs(3600);
+    app.platform.inject(Fault::new(
+        Component::Repository,
+        "GET",
+        "/trial/",
+        FaultAction::Json(
+            200,
+            json!([
+                Platform::trial("twice", Some(first)),
+                Platform::trial("twice", Some(in_secs(7200))),
+            ]),
+        ),
+    ));
+    let answer = app.post("/debug/trial/schedule-all", None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    let report = &answer.body;
+    assert_eq!(ids(report, "scheduled"), ["twice"], "{report}");
+    assert!(ids(report, "rescheduled").is_empty(), "{report}");
+    assert_eq!(report["skipped"][0]["id"], "twice", "{report}");
+    let jobs = scheduled_trials(&app).await;
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(
+        jobs[0]["trigger"]
+            .as_str()
+            .map(|t| t.contains(&first.format("%H:%M:%S").to_string())),
+        Some(true),
+        "the first listing is taken: {jobs:?}"
+    );
+}
+
 // --- POST /trial/scheduling -------------------------------------------------------------------
 
 #[tokio::test]
