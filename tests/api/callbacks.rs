@@ -346,12 +346,7 @@ async fn an_early_callback_that_cannot_be_saved_is_refused_with_503_and_not_kept
         .for_trial(id)
         .times(1),
     );
-    app.start_trial(id).await;
-    app.wait_for(id, "SliceDeployment in flight", |s| {
-        s["step"] == "SliceDeployment"
-    })
-    .await;
-    let token = app.post_as(&format!("/token/{id}"), API_KEY).await;
+    let token = app.slice_deployment_in_flight(id).await;
 
     broken.store(true, std::sync::atomic::Ordering::SeqCst);
     let refused = app.callback(id, "slice", Some(&token)).await;
@@ -382,12 +377,7 @@ async fn an_early_callback_is_dropped_with_its_failed_step_and_a_restore_awaits_
         .times(1),
     );
     app.platform.inject(drop_slice_callback(id));
-    app.start_trial(id).await;
-    app.wait_for(id, "SliceDeployment in flight", |s| {
-        s["step"] == "SliceDeployment"
-    })
-    .await;
-    let token = app.post_as(&format!("/token/{id}"), API_KEY).await;
+    let token = app.slice_deployment_in_flight(id).await;
     let early = app.callback(id, "slice", Some(&token)).await;
     assert_ok_saying(&early, "when SliceDeployment completes");
     gate.open();

@@ -353,10 +353,9 @@ async fn the_slice_callback_during_a_clean_up_says_where_the_clean_up_goes() {
         .await;
 }
 
-#[tokio::test]
-async fn an_abort_waits_until_the_failure_procedure_is_done() {
-    let app = spawn_app_with_settings(single_attempt).await;
-    let id = "abort-reporting";
+/// Starts trial `id`, whose slice deployment is refused, and waits until it has failed while its
+/// failure report (the trial's first repository status write) meets `report`.
+async fn failed_and_reporting(app: &TestApp, id: &str, report: FaultAction) {
     app.platform.inject(
         Fault::new(
             Component::Enforcement,
@@ -366,22 +365,24 @@ async fn an_abort_waits_until_the_failure_procedure_is_done() {
         )
         .for_trial(id),
     );
-    // The failure report is the trial's first repository status write: it takes a while.
     app.platform.inject(
-        Fault::new(
-            Component::Repository,
-            "PUT",
-            "/trial/",
-            FaultAction::Delay(Duration::from_millis(1500)),
-        )
-        .for_trial(id)
-        .times(1),
+        Fault::new(Component::Repository, "PUT", "/trial/", report)
+            .for_trial(id)
+            .times(1),
     );
     app.start_trial(id).await;
     app.wait_for(id, "failed, still reporting", |s| {
         s["failed"] == true && s["restorable"] == false
     })
     .await;
+}
+
+#[tokio::test]
+async fn an_abort_waits_until_the_failure_procedure_is_done() {
+    let app = spawn_app_with_settings(single_attempt).await;
+    let id = "abort-reporting";
+    // The failure report takes a while.
+    failed_and_reporting(&app, id, FaultAction::Delay(Duration::from_millis(1500))).await;
     // The abort is answered once the failure procedure is done, and the clean-up follows it.
     abort(&app, id, "aborted by the operator").await;
     assert_eq!(
@@ -833,32 +834,9 @@ async fn an_abort_closes_no_slice_that_was_never_requested() {
 async fn an_abort_waiting_for_a_failure_procedure_whose_engine_is_deleted_is_503() {
     let app = spawn_app_with_settings(single_attempt).await;
     let id = "abort-outrun";
-    let report = lcm::sim::Gate::default();
-    app.platform.inject(
-        Fault::new(
-            Component::Enforcement,
-            "POST",
-            "/sliceDeployment",
-            FaultAction::Status(400),
-        )
-        .for_trial(id),
-    );
     // The failure report never comes back while the test runs.
-    app.platform.inject(
-        Fault::new(
-            Component::Repository,
-            "PUT",
-            "/trial/",
-            FaultAction::HoldUntil(report.clone()),
-        )
-        .for_trial(id)
-        .times(1),
-    );
-    app.start_trial(id).await;
-    app.wait_for(id, "failed, still reporting", |s| {
-        s["failed"] == true && s["restorable"] == false
-    })
-    .await;
+    let report = lcm::sim::Gate::default();
+    failed_and_reporting(&app, id, FaultAction::HoldUntil(report.clone())).await;
     let (abort, delete) = (format!("/trial/{id}/abort"), format!("/debug/engine/{id}"));
     let (aborted, deleted) = tokio::join!(app.post(&abort, None), app.delete(&delete));
     assert_eq!(deleted.status, StatusCode::OK, "{deleted:?}");

@@ -544,6 +544,17 @@ impl TestApp {
         self.wait_waiting(id, "operator (active or finish)").await;
     }
 
+    /// Starts trial `id` and waits until its slice deployment is in flight; returns a token
+    /// of the trial, to send the slice callback early with.
+    pub async fn slice_deployment_in_flight(&self, id: &str) -> String {
+        self.start_trial(id).await;
+        self.wait_for(id, "SliceDeployment in flight", |s| {
+            s["step"] == "SliceDeployment"
+        })
+        .await;
+        self.post_as(&format!("/token/{id}"), API_KEY).await
+    }
+
     /// Schedules `id` to start `ms` milliseconds from now; returns the start time. On a busy
     /// machine the request can arrive after the start time it carries: then a new one is
     /// chosen, as a client would.

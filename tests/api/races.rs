@@ -556,12 +556,7 @@ async fn an_early_callback_outlives_a_delete_that_was_not_saved() {
     for fault in first_deployment_hangs(id) {
         app.platform.inject(fault);
     }
-    app.start_trial(id).await;
-    app.wait_for(id, "SliceDeployment in flight", |s| {
-        s["step"] == "SliceDeployment"
-    })
-    .await;
-    let token = app.post_as(&format!("/token/{id}"), API_KEY).await;
+    let token = app.slice_deployment_in_flight(id).await;
     let early = app.callback(id, "slice", Some(&token)).await;
     assert_ok_saying(&early, "when SliceDeployment completes");
 
