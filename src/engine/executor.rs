@@ -19,6 +19,7 @@ use super::sequence::{self, Next, Signal, Step, WAITS, Wait, Waiter};
 use super::state;
 use super::state::{Checkpoint, EventKind, Lifecycle, Mode, Position, Progress, SliceState};
 use super::steps::{self, StepCx, StepError};
+use super::watchdog::{ControlRequest, Ended, RestoreError};
 use super::{EngineDeps, EngineShared};
 use crate::deadline::sleep_until;
 use crate::domain::TrialId;
@@ -701,6 +702,7 @@ impl Executor {
     /// The trial is over: finished, or aborted with its clean-up done.
     async fn end(mut self, lifecycle: Lifecycle) -> ExecutorExit {
         self.commands.close();
+        self.answer_queued(lifecycle);
         let exit = if lifecycle == Lifecycle::Aborted {
             info!("clean-up completed: trial aborted");
             self.shared
@@ -724,18 +726,70 @@ impl Executor {
         exit
     }
 
+    /// Answers the commands that were queued when the executor stopped reading them, ending as
+    /// `lifecycle`: an abort of a failed trial goes to the watchdog, which cleans up once the
+    /// failure procedure is done; anything else is told the trial no longer takes it.
+    fn answer_queued(&mut self, lifecycle: Lifecycle) {
+        let id = self.id.as_str();
+        let not_live = || {
+            ControlError::Refused(format!(
+                "trial '{id}' does not take this now: its engine is {}",
+                lifecycle.engine_status().name()
+            ))
+        };
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                Command::Signal(_, reply) => {
+                    let _ = reply.send(SignalOutcome::NotLive(lifecycle));
+                }
+                Command::Progress(_, reply) => {
+                    let _ = reply.send(Err(not_live()));
+                }
+                Command::Control(Control::Abort { reason }, reply) => match lifecycle {
+                    Lifecycle::Failed => {
+                        let request = ControlRequest::Abort { reason, reply };
+                        if let Err(e) = self.shared.controls.try_send(request)
+                            && let ControlRequest::Abort { reply, .. } = e.into_inner()
+                        {
+                            let _ = reply.send(Err(ControlError::Stopped));
+                        }
+                    }
+                    Lifecycle::Finished | Lifecycle::Aborted => {
+                        let ended = if lifecycle == Lifecycle::Aborted {
+                            Ended::Aborted
+                        } else {
+                            Ended::Finished
+                        };
+                        let _ = reply.send(Err(RestoreError::Ended(ended).refusing_abort(id)));
+                    }
+                    Lifecycle::Running | Lifecycle::Waiting | Lifecycle::Stopped => {
+                        let _ = reply.send(Err(ControlError::Stopped));
+                    }
+                },
+                Command::Control(_, reply) => {
+                    let _ = reply.send(Err(not_live()));
+                }
+            }
+        }
+    }
+
     /// Stops at a failure: commands are refused from this moment on, and the checkpoint (its
     /// position still the step that failed, or the waiting point that timed out) goes to the
     /// watchdog, which runs the failure procedure.
     async fn fail(mut self, reason: String) -> ExecutorExit {
         self.commands.close();
+        self.answer_queued(Lifecycle::Failed);
         error!(reason = %reason, "trial failed");
         // A component's early callback answered the request of the step that failed; a restore
-        // sends a new request and awaits its own callback. The operator's early signals stand.
+        // sends a new request and awaits its own callback. One whose step completed stands,
+        // like the operator's early signals.
         let before = self.checkpoint.held.len();
-        self.checkpoint
-            .held
-            .retain(|(wait, _)| sequence::wait_spec(*wait).waiter == Waiter::Operator);
+        if let Position::Run(step) = self.checkpoint.position {
+            self.checkpoint.held.retain(|(wait, _)| {
+                let spec = sequence::wait_spec(*wait);
+                spec.waiter == Waiter::Operator || !spec.early_during.contains(&step)
+            });
+        }
         if self.checkpoint.held.len() < before {
             info!(
                 "an early callback was dropped with the step that failed: a restore awaits a new one"

@@ -1,6 +1,7 @@
 //! Callbacks and operator signals: tokens checked on every callback, signals that do not fit,
 //! duplicates, early callbacks and callback deadlines.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use lcm::sim::{Component, Fault, FaultAction};
@@ -414,4 +415,39 @@ async fn a_signal_is_answered_once_the_checkpoint_that_takes_it_is_saved() {
     assert_eq!(restored.status, StatusCode::OK, "{restored:?}");
     app.wait_waiting(id, WAITING_OPERATOR).await;
     app.drive_to_finished(id).await;
+}
+
+#[tokio::test]
+async fn an_early_callback_its_step_took_outlives_a_failure_to_save_the_next_checkpoint() {
+    use lcm::engine::state::Lifecycle;
+    let (app, faults) = spawn_app_with_store_faults(
+        AppOptions::default(),
+        StoreFaults {
+            refused: RefusedSaves::of(|lifecycle| lifecycle == Lifecycle::Waiting),
+            ..StoreFaults::default()
+        },
+    )
+    .await;
+    let id = "early-then-unsaved";
+    // Trial enforcement calls back before it answers the deployment, and never again.
+    app.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "POST",
+            "/sliceDeployment",
+            FaultAction::EarlyCallback,
+        )
+        .for_trial(id)
+        .times(1),
+    );
+    // The step completes, and the checkpoint at the slice wait is not saved: the trial fails
+    // there, keeping the callback its completed step was answered with.
+    faults.refused.refusing.store(true, Ordering::SeqCst);
+    app.start_trial(id).await;
+    let failed = app.wait_failed(id).await;
+    faults.refused.refusing.store(false, Ordering::SeqCst);
+    assert_eq!(failed["state"], "Waiting", "{failed}");
+    let restored = app.post(&format!("/debug/engine/{id}/restore"), None).await;
+    assert_eq!(restored.status, StatusCode::OK, "{restored:?}");
+    app.wait_waiting(id, WAITING_OPERATOR).await;
 }
