@@ -16,7 +16,7 @@ use super::view::{self, Found};
 use super::{AppState, Message};
 use crate::domain::TrialId;
 use crate::engine::executor::{
-    Control, ControlError, ControlOutcome, ProgressReport, SignalOutcome,
+    Control, ControlError, ControlOutcome, ProgressReport, STOPPED, SignalOutcome,
 };
 use crate::engine::sequence::{self, Next, Signal};
 
@@ -164,6 +164,7 @@ fn signal_answer(
             format!("{} already registered for trial {id}", signal.name())
         }
         SignalOutcome::Refused(reason) => return Err(ApiError::conflict(reason)),
+        SignalOutcome::Stopped => return Err(ApiError::unavailable(STOPPED)),
         SignalOutcome::NotSaved(why) => {
             return Err(ApiError::unavailable(format!(
                 "{} for trial {id} could not be saved, so it was not taken: {why}",

@@ -40,7 +40,13 @@ pub enum SignalOutcome {
     NotLive(Lifecycle),
     /// It would be kept, but keeping it could not be saved; nothing changes.
     NotSaved(String),
+    /// The engine stopped before it answered (the service is stopping, or the engine was
+    /// deleted): whether it was taken is told by the trial's status.
+    Stopped,
 }
+
+/// Why an engine did not answer what it was asked.
+pub const STOPPED: &str = "the engine stopped before it answered (the service is stopping, or the engine was deleted): the trial's status says where it stands";
 
 impl SignalOutcome {
     /// The outcome as a metrics label.
@@ -52,6 +58,7 @@ impl SignalOutcome {
             SignalOutcome::Refused(_) => "refused_wrong_phase",
             SignalOutcome::NotLive(_) => "refused_not_live",
             SignalOutcome::NotSaved(_) => "not_saved",
+            SignalOutcome::Stopped => "refused_not_live",
         }
     }
 }
@@ -86,11 +93,9 @@ pub enum ControlError {
     /// It fits, but could not be saved, so it was not made (the API's 503).
     #[error("the change was not saved, so it was not made: {0}")]
     NotSaved(String),
-    /// The engine stopped before it took it: the service is stopping, or the engine was
+    /// The engine stopped before it answered: the service is stopping, or the engine was
     /// deleted (the API's 503).
-    #[error(
-        "the engine stopped before it took this (the service is stopping, or the engine was deleted): nothing was changed"
-    )]
+    #[error("{STOPPED}")]
     Stopped,
 }
 

@@ -273,8 +273,12 @@ impl EngineHandle {
 
     async fn deliver(&self, signal: Signal) -> SignalOutcome {
         let not_live = || SignalOutcome::NotLive(self.shared.state.borrow().lifecycle);
-        self.ask(|reply| Command::Signal(signal, reply), not_live)
-            .await
+        self.ask(
+            |reply| Command::Signal(signal, reply),
+            not_live,
+            || SignalOutcome::Stopped,
+        )
+        .await
     }
 
     /// A component's progress report; refused unless the executor waits for a component.
@@ -283,6 +287,7 @@ impl EngineHandle {
             .ask(
                 |reply| Command::Progress(report, reply),
                 || Err(self.not_live()),
+                || Err(ControlError::Stopped),
             )
             .await;
         count_signal("progress", control_label(&outcome));
@@ -299,6 +304,7 @@ impl EngineHandle {
                 self.ask(
                     |reply| Command::Control(control, reply),
                     || Err(self.not_live()),
+                    || Err(ControlError::Stopped),
                 )
                 .await
             }
@@ -327,11 +333,12 @@ impl EngineHandle {
     }
 
     /// Sends a command to a live executor and waits for its answer; `not_live` answers when
-    /// there is no live executor to ask.
+    /// there is no live executor to ask, `stopped` when it stopped before it answered.
     async fn ask<T>(
         &self,
         command: impl FnOnce(oneshot::Sender<T>) -> Command,
         not_live: impl Fn() -> T,
+        stopped: impl FnOnce() -> T,
     ) -> T {
         if !self.shared.state.borrow().lifecycle.is_live() {
             return not_live();
@@ -341,7 +348,7 @@ impl EngineHandle {
         if sender.send(command(reply)).await.is_err() {
             return not_live();
         }
-        answer.await.unwrap_or_else(|_| not_live())
+        answer.await.unwrap_or_else(|_| stopped())
     }
 
     fn not_live(&self) -> ControlError {

@@ -451,3 +451,44 @@ async fn an_early_callback_its_step_took_outlives_a_failure_to_save_the_next_che
     assert_eq!(restored.status, StatusCode::OK, "{restored:?}");
     app.wait_waiting(id, WAITING_OPERATOR).await;
 }
+
+#[tokio::test]
+async fn a_signal_whose_engine_is_deleted_before_it_answers_is_503() {
+    let (app, faults) = spawn_app_with_store_faults(
+        AppOptions::default(),
+        StoreFaults {
+            held: HeldWrites::of(|op| matches!(op, lcm::store::Op::PutTrial(_))),
+            ..StoreFaults::default()
+        },
+    )
+    .await;
+    let id = "answer-outrun";
+    app.start_to_idle(id).await;
+    // `active` is taken, and its checkpoint waits at a store slow to commit it; the engine is
+    // deleted meanwhile.
+    faults.held.hold();
+    let (answered, done) = tokio::sync::oneshot::channel();
+    let signal = async {
+        let answer = app.post(&format!("/trial/{id}/active"), None).await;
+        let _ = answered.send(());
+        answer
+    };
+    let delete = async {
+        eventually("the checkpoint to wait for the store", || async {
+            match faults.held.waiting.load(Ordering::SeqCst) {
+                0 => Err("not yet".to_owned()),
+                _ => Ok(()),
+            }
+        })
+        .await;
+        let release = async {
+            let _ = done.await;
+            faults.held.release();
+        };
+        let path = format!("/debug/engine/{id}");
+        tokio::join!(app.delete(&path), release).0
+    };
+    let (signalled, deleted) = tokio::join!(signal, delete);
+    assert_detail(&signalled, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(deleted.status, StatusCode::OK, "{deleted:?}");
+}
