@@ -14,8 +14,9 @@ const MAX_LIMIT: usize = 500;
 /// Refuses a query parameter given twice, unless it is one of `repeatable`: two of any other
 /// would leave one unheeded.
 pub fn once_each(pairs: &[(String, String)], repeatable: &[&str]) -> Result<(), ApiError> {
-    for (i, (key, _)) in pairs.iter().enumerate() {
-        if !repeatable.contains(&key.as_str()) && pairs[..i].iter().any(|(k, _)| k == key) {
+    let mut seen = std::collections::HashSet::new();
+    for (key, _) in pairs {
+        if !repeatable.contains(&key.as_str()) && !seen.insert(key) {
             return Err(ApiError::bad_request(format!(
                 "query parameter '{key}' is given more than once"
             )));

@@ -473,8 +473,8 @@ impl RowMark {
 struct Seen {
     completed: HashSet<String>,
     started: HashSet<String>,
-    /// The waiting points waited at, by what they wait for.
-    waited: HashSet<String>,
+    /// The waiting points left through a signal, by what they wait for.
+    left: HashSet<String>,
     skipped: Vec<String>,
 }
 
@@ -482,9 +482,10 @@ fn seen<'a>(events: impl Iterator<Item = &'a Arc<TrialEvent>>) -> Seen {
     let mut seen = Seen {
         completed: HashSet::new(),
         started: HashSet::new(),
-        waited: HashSet::new(),
+        left: HashSet::new(),
         skipped: Vec::new(),
     };
+    let mut waiting_at = None;
     for event in events {
         let step = event.step.clone().unwrap_or_default();
         match event.event {
@@ -494,7 +495,8 @@ fn seen<'a>(events: impl Iterator<Item = &'a Arc<TrialEvent>>) -> Seen {
             EventKind::StepStarted => {
                 seen.started.insert(step);
             }
-            EventKind::Waiting => seen.waited.extend(event.detail.clone()),
+            EventKind::Waiting => waiting_at = event.detail.clone(),
+            EventKind::SignalAccepted => seen.left.extend(waiting_at.take()),
             EventKind::Skipped => seen
                 .skipped
                 .extend(event.detail.as_deref().map(str::to_owned)),
@@ -546,13 +548,13 @@ fn mark(row: PathRow, seen: &Seen, current: Option<(Position, Lifecycle)>, over:
                 }
                 _ => None,
             };
-            let left = spec
+            let exited = spec
                 .exits
                 .iter()
                 .any(|(_, next)| seen.started.contains(next.name()));
             (
                 at_row,
-                left || seen.waited.contains(spec.waiting_for),
+                exited || seen.left.contains(spec.waiting_for),
                 format!("the wait for {}:", spec.waiting_for),
             )
         }
@@ -945,11 +947,11 @@ pub async fn live(
 mod tests {
     use super::*;
 
-    fn seen_of(completed: &[Step], waited: &[Wait], skipped: &[&str]) -> Seen {
+    fn seen_of(completed: &[Step], left: &[Wait], skipped: &[&str]) -> Seen {
         Seen {
             completed: completed.iter().map(|s| s.name().to_owned()).collect(),
             started: completed.iter().map(|s| s.name().to_owned()).collect(),
-            waited: waited
+            left: left
                 .iter()
                 .map(|w| sequence::wait_spec(*w).waiting_for.to_owned())
                 .collect(),
@@ -979,15 +981,15 @@ mod tests {
     }
 
     #[test]
-    fn a_wait_waited_at_is_done_and_a_skipped_one_is_skipped() {
+    fn a_wait_left_through_a_signal_is_done_and_a_skipped_one_is_skipped() {
         let slice = PathRow::Wait(Wait::SliceCreated);
         // Taken, and the next step paused before it starts.
         let paused_after = Some((
             Position::Run(Step::UpdateDeploymentSlice),
             Lifecycle::Waiting,
         ));
-        let waited = seen_of(&[], &[Wait::SliceCreated], &[]);
-        assert_eq!(mark(slice, &waited, paused_after, false), RowMark::Done);
+        let left = seen_of(&[], &[Wait::SliceCreated], &[]);
+        assert_eq!(mark(slice, &left, paused_after, false), RowMark::Done);
         let skipped = seen_of(
             &[],
             &[Wait::SliceCreated],

@@ -295,6 +295,7 @@ impl Executor {
         }
         let started = Instant::now();
         let cleanup = self.cleaning_up();
+        let stepping = self.stepping;
         let result = {
             let Checkpoint {
                 data,
@@ -331,6 +332,13 @@ impl Executor {
                                 let _ = reply.send(keep(&self.shared, step, signal, held).await);
                             }
                             AtStep::Abort(reason) => break Err(reason),
+                            AtStep::Control(Control::Step { .. }, reply) if *paused => {
+                                let _ = reply.send(refused(format!(
+                                    "trial {} is paused and completes {} first: step once it holds before the next",
+                                    self.id,
+                                    if stepping { "the step it was stepped to" } else { "the step in flight" }
+                                )));
+                            }
                             AtStep::Control(control, reply) => {
                                 let outcome =
                                     set_pause(&self.shared, &self.id, paused, control, cleanup)
@@ -785,17 +793,7 @@ impl Executor {
         self.commands.close();
         self.answer_queued(Lifecycle::Failed);
         error!(reason = %reason, "trial failed");
-        // A component's early callback answered the request of the step that failed; a restore
-        // sends a new request and awaits its own callback. One whose step completed stands,
-        // like the operator's early signals.
-        let before = self.checkpoint.held.len();
-        if let Position::Run(step) = self.checkpoint.position {
-            self.checkpoint.held.retain(|(wait, _)| {
-                let spec = sequence::wait_spec(*wait);
-                spec.waiter == Waiter::Operator || !spec.early_during.contains(&step)
-            });
-        }
-        if self.checkpoint.held.len() < before {
+        if self.checkpoint.drop_early_callbacks() {
             info!(
                 "an early callback was dropped with the step that failed: a restore awaits a new one"
             );
@@ -950,11 +948,6 @@ async fn set_pause(
     let (want, reason, kind) = match control {
         Control::Pause { reason } => (true, reason, EventKind::Paused),
         Control::Resume { reason } => (false, reason, EventKind::Resumed),
-        Control::Step { .. } if *paused => {
-            return refused(format!(
-                "trial {id} is running the step it was stepped to: step again once it holds before the next"
-            ));
-        }
         Control::Step { .. } => return refused(format!("trial {id} is not paused")),
         Control::Abort { .. } => return refused(format!("trial {id}: abort is not a pause")),
     };

@@ -332,6 +332,21 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// Drops the early callbacks of the step it stands at, which failed or died: a restore
+    /// sends the step's request again and awaits that request's own callback. Those of a step
+    /// that completed stand, like the operator's early signals. Says whether any went.
+    pub fn drop_early_callbacks(&mut self) -> bool {
+        let Position::Run(step) = self.position else {
+            return false;
+        };
+        let before = self.held.len();
+        self.held.retain(|(wait, _)| {
+            let spec = super::sequence::wait_spec(*wait);
+            spec.waiter == super::sequence::Waiter::Operator || !spec.early_during.contains(&step)
+        });
+        self.held.len() < before
+    }
+
     /// The failure of trial `trial` at this checkpoint: a failure while cleaning up names what
     /// is still deployed.
     pub fn failure(&self, trial: &str, reason: String) -> Failure {

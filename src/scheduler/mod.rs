@@ -470,10 +470,11 @@ impl Scheduler {
                     continue;
                 }
             };
-            if !listed.insert(id.clone()) {
+            if listed.contains(&id) {
                 skip(
                     &mut report,
-                    "listed more than once by the registry: the first is taken".to_owned(),
+                    "listed more than once by the registry: its first usable listing is taken"
+                        .to_owned(),
                 );
                 continue;
             }
@@ -481,6 +482,7 @@ impl Scheduler {
             // `schedule`, so a job firing meanwhile cannot leave a job beside its engine.
             let mut jobs = self.jobs_map();
             if let Some(engine) = self.inner.engines.get(&id) {
+                listed.insert(id);
                 if engine.snapshot().lifecycle.is_ended() {
                     report.already_ended.push(trial.id);
                 } else {
@@ -503,6 +505,7 @@ impl Scheduler {
                 skip(&mut report, e.to_string());
                 continue;
             }
+            listed.insert(id.clone());
             // The start time the job had, if it is rescheduled; one whose removal is being
             // saved is gone. A rescheduled job keeps when it was first scheduled (the store
             // keeps it too).

@@ -570,7 +570,12 @@ async fn pause_holds_every_request_until_resume_and_step_runs_exactly_one() {
     .await;
     let again = app.post(&step, None).await;
     assert_detail(&again, StatusCode::CONFLICT);
-    assert!(again.detail().contains("running the step"), "{again:?}");
+    assert!(
+        again
+            .detail()
+            .contains("completes the step it was stepped to"),
+        "{again:?}"
+    );
     marking.open();
     app.wait_for(id, "held before UpdateStatusActive", |s| {
         s["step"] == "UpdateStatusActive" && s["status"] == "Waiting"
