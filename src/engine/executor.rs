@@ -19,7 +19,7 @@ use super::sequence::{self, Next, Signal, Step, WAITS, Wait, Waiter};
 use super::state;
 use super::state::{Checkpoint, EventKind, Lifecycle, Mode, Position, Progress, SliceState};
 use super::steps::{self, StepCx, StepError};
-use super::watchdog::{ControlRequest, Ended, RestoreError};
+use super::watchdog::{ControlRequest, RestoreError};
 use super::{EngineDeps, EngineShared};
 use crate::deadline::sleep_until;
 use crate::domain::TrialId;
@@ -43,6 +43,14 @@ pub enum SignalOutcome {
     /// The engine stopped before it answered (the service is stopping, or the engine was
     /// deleted): whether it was taken is told by the trial's status.
     Stopped,
+}
+
+/// The refusal of what only a live engine takes.
+pub(super) fn not_live(id: &TrialId, lifecycle: Lifecycle) -> ControlError {
+    ControlError::Refused(format!(
+        "trial '{id}' does not take this now: its engine is {}",
+        lifecycle.engine_status().name()
+    ))
 }
 
 /// Why an engine did not answer what it was asked.
@@ -743,44 +751,31 @@ impl Executor {
     /// `lifecycle`: an abort of a failed trial goes to the watchdog, which cleans up once the
     /// failure procedure is done; anything else is told the trial no longer takes it.
     fn answer_queued(&mut self, lifecycle: Lifecycle) {
-        let id = self.id.as_str();
-        let not_live = || {
-            ControlError::Refused(format!(
-                "trial '{id}' does not take this now: its engine is {}",
-                lifecycle.engine_status().name()
-            ))
-        };
         while let Ok(command) = self.commands.try_recv() {
             match command {
                 Command::Signal(_, reply) => {
                     let _ = reply.send(SignalOutcome::NotLive(lifecycle));
                 }
-                Command::Progress(_, reply) => {
-                    let _ = reply.send(Err(not_live()));
-                }
-                Command::Control(Control::Abort { reason }, reply) => match lifecycle {
-                    Lifecycle::Failed => {
-                        let request = ControlRequest::Abort { reason, reply };
-                        if let Err(e) = self.shared.controls.try_send(request)
-                            && let ControlRequest::Abort { reply, .. } = e.into_inner()
-                        {
-                            let _ = reply.send(Err(ControlError::Stopped));
-                        }
-                    }
-                    Lifecycle::Finished | Lifecycle::Aborted => {
-                        let ended = if lifecycle == Lifecycle::Aborted {
-                            Ended::Aborted
-                        } else {
-                            Ended::Finished
-                        };
-                        let _ = reply.send(Err(RestoreError::Ended(ended).refusing_abort(id)));
-                    }
-                    Lifecycle::Running | Lifecycle::Waiting | Lifecycle::Stopped => {
+                Command::Control(Control::Abort { reason }, reply)
+                    if lifecycle == Lifecycle::Failed =>
+                {
+                    let request = ControlRequest::Abort { reason, reply };
+                    if let Err(e) = self.shared.controls.try_send(request)
+                        && let ControlRequest::Abort { reply, .. } = e.into_inner()
+                    {
                         let _ = reply.send(Err(ControlError::Stopped));
                     }
-                },
-                Command::Control(_, reply) => {
-                    let _ = reply.send(Err(not_live()));
+                }
+                Command::Control(Control::Abort { .. }, reply) => {
+                    // Finished or aborted: refused as the watchdog refuses it.
+                    let refusal = RestoreError::shown(lifecycle, None)
+                        .map_or(ControlError::Stopped, |r| {
+                            r.refusing_abort(self.id.as_str())
+                        });
+                    let _ = reply.send(Err(refusal));
+                }
+                Command::Control(_, reply) | Command::Progress(_, reply) => {
+                    let _ = reply.send(Err(not_live(&self.id, lifecycle)));
                 }
             }
         }

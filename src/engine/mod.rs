@@ -352,12 +352,7 @@ impl EngineHandle {
     }
 
     fn not_live(&self) -> ControlError {
-        let lifecycle = self.shared.state.borrow().lifecycle;
-        ControlError::Refused(format!(
-            "trial '{}' does not take this now: its engine is {}",
-            self.shared.id,
-            lifecycle.engine_status().name()
-        ))
+        executor::not_live(&self.shared.id, self.shared.state.borrow().lifecycle)
     }
 
     /// The trial's callback token, once minted.
