@@ -308,8 +308,9 @@ pub fn cleanup_after(done: Option<Step>, kpi_status: Option<KpiStatus>, ledger: 
 }
 
 /// Turns `checkpoint` to the clean-up path of an abort for `reason` (a clean-up that failed
-/// keeps its first reason): what the trial deployed is its ledger, the pause is lifted, and the position is the first clean-up step whose work exists. The path always
-/// ends with the repository status and the token, so there is always a first step.
+/// keeps its first reason): what the trial deployed is its ledger, the pause is lifted, and
+/// the position is the first clean-up step whose work exists. The path always ends with the
+/// repository status and the token, so there is always a first step.
 pub fn start_cleanup(checkpoint: &mut Checkpoint, reason: &str) {
     if !matches!(checkpoint.mode, Mode::Cleanup { .. }) {
         checkpoint.mode = Mode::Cleanup {

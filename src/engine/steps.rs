@@ -17,7 +17,7 @@ use super::state::{
     EventKind, JobState, KpiStatus, ResponseRecord, SliceState, TrialData, TrialInfo, slice_id,
 };
 use crate::domain::TrialId;
-use crate::services::{Attempt, Outbound, Reply, SendError, Service};
+use crate::services::{Attempt, Outbound, Reply, SendError, Service, registry};
 
 /// Why a step failed, in words for the operator.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -542,12 +542,9 @@ impl StepCx<'_> {
         if !trial.is_object() {
             return fail("trial repository answered something that is not a trial object");
         }
-        let answered = match trial.get("id") {
-            Some(Value::String(id)) => Some(id.clone()),
-            Some(Value::Number(id)) => Some(id.to_string()),
-            _ => None,
-        };
-        if let Some(answered) = answered.filter(|answered| answered != self.id.as_str()) {
+        if let Some(answered) =
+            registry::trial_id_of(&trial).filter(|answered| answered != self.id.as_str())
+        {
             return fail(format!(
                 "trial repository answered trial '{answered}' when asked for trial '{}'",
                 self.id

@@ -28,13 +28,18 @@ pub struct RegistryTrial {
     pub start_time: Option<String>,
 }
 
+/// The `id` of a trial object as the registry writes it: a string, or a number.
+pub fn trial_id_of(trial: &Value) -> Option<String> {
+    match trial.get("id")? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
 impl RegistryTrial {
     fn from_value(value: &Value) -> Option<Self> {
-        let id = match value.get("id")? {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
-            _ => return None,
-        };
+        let id = trial_id_of(value)?;
         let start_time = value
             .get("start_time")
             .and_then(Value::as_str)

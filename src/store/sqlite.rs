@@ -429,16 +429,11 @@ fn apply_op(tx: &Transaction, op: &Op) -> rusqlite::Result<usize> {
             params![id.as_str(), i64::from(*paused)],
         ),
         Op::SetHeld { id, held } => {
-            let saved: Option<String> = tx
-                .query_row(
-                    "SELECT checkpoint FROM trials WHERE trial_id = ?1",
-                    params![id.as_str()],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            let Some(saved) = saved else {
-                return Err(rusqlite::Error::QueryReturnedNoRows);
-            };
+            let saved: String = tx.query_row(
+                "SELECT checkpoint FROM trials WHERE trial_id = ?1",
+                params![id.as_str()],
+                |row| row.get(0),
+            )?;
             let patched = codec::with_held(&saved, held)
                 .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
             exec(
