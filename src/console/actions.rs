@@ -358,11 +358,7 @@ pub async fn trial_action(
 ) -> Response {
     let (id, action) = match target(&raw_id, &action) {
         Ok(target) => target,
-        Err(bad) => {
-            let mut refused = bad.page(&post.signed);
-            refused.extensions_mut().insert(post.signed.actor());
-            return refused;
-        }
+        Err(bad) => return post.audited(bad.page(&post.signed)),
     };
     let reason = post.form.get("reason").map(str::to_owned);
     let body = match (action.reason(), reason) {

@@ -143,9 +143,7 @@ pub async fn page(signed: Signed, State(state): State<AppState>) -> Response {
 /// Back to the form with what was wrong.
 fn refuse(post: &Post, text: &str) -> Response {
     post.signed.flash(false, text);
-    let mut response = Redirect::to("/ui/schedule").into_response();
-    response.extensions_mut().insert(post.signed.actor());
-    response
+    post.audited(Redirect::to("/ui/schedule").into_response())
 }
 
 /// `POST /ui/schedule`: `POST /debug/trial/schedule` with the id and the start time.

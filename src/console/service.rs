@@ -178,13 +178,6 @@ pub async fn page(signed: Signed, State(state): State<AppState>) -> Response {
     )
 }
 
-/// A refusal page, audited under the session's key.
-fn refused(post: &Post, status: StatusCode, text: &str) -> Response {
-    let mut page = layout::error_page(Some(&post.signed), status, text);
-    page.extensions_mut().insert(post.signed.actor());
-    page
-}
-
 /// `POST /ui/service/{action}`: the switch, schedule-all, heartbeats.
 pub async fn action(
     State(state): State<AppState>,
@@ -192,28 +185,21 @@ pub async fn action(
     post: Post,
 ) -> Response {
     let Some(action) = ServiceAction::parse(&segment) else {
-        return refused(&post, StatusCode::NOT_FOUND, "No such action.");
+        return post.refused(StatusCode::NOT_FOUND, "No such action.");
     };
-    let trial = post.form.get("trial_id").unwrap_or_default();
     // A valid trial id needs no escaping in a path or a query; an invalid one is refused as
-    // typed, not as the form encoded it.
-    let encoded = match action {
-        ServiceAction::AddHeartbeat | ServiceAction::RemoveHeartbeat => {
-            match TrialId::parse(trial) {
-                Ok(id) => id.to_string(),
-                Err(e) => return refused(&post, StatusCode::BAD_REQUEST, &e.to_string()),
-            }
-        }
-        ServiceAction::ToggleAutomatic | ServiceAction::ScheduleAll => String::new(),
-    };
+    // typed, not as the form would encode it.
+    let heartbeat = || TrialId::parse(post.form.get("trial_id").unwrap_or_default());
     let (method, path) = match action {
         ServiceAction::ToggleAutomatic => (Method::POST, "/trial/scheduling".to_owned()),
         ServiceAction::ScheduleAll => (Method::POST, "/debug/trial/schedule-all".to_owned()),
-        ServiceAction::AddHeartbeat => (
-            Method::POST,
-            format!("/debug/add-heartbeat?trial_id={encoded}"),
-        ),
-        ServiceAction::RemoveHeartbeat => (Method::DELETE, format!("/debug/heartbeat/{encoded}")),
+        ServiceAction::AddHeartbeat | ServiceAction::RemoveHeartbeat => match heartbeat() {
+            Ok(id) if action == ServiceAction::AddHeartbeat => {
+                (Method::POST, format!("/debug/add-heartbeat?trial_id={id}"))
+            }
+            Ok(id) => (Method::DELETE, format!("/debug/heartbeat/{id}")),
+            Err(e) => return post.refused(StatusCode::BAD_REQUEST, &e.to_string()),
+        },
     };
     let answered = actions::call_api(&state, &post, method, &path, None).await;
     actions::answer(&post.signed, answered, "/ui/service")

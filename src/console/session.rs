@@ -329,6 +329,20 @@ pub struct Post {
     pub client: Option<ConnectInfo<SocketAddr>>,
 }
 
+impl Post {
+    /// `response`, audited under the session's key (a refusal or a redirect the handler gives
+    /// itself, with no API call to audit it).
+    pub fn audited(&self, mut response: Response) -> Response {
+        response.extensions_mut().insert(self.signed.actor());
+        response
+    }
+
+    /// The console's error page saying `text`, audited under the session's key.
+    pub fn refused(&self, status: StatusCode, text: &str) -> Response {
+        self.audited(layout::error_page(Some(&self.signed), status, text))
+    }
+}
+
 impl FromRequest<AppState> for Post {
     type Rejection = Refused;
 
@@ -494,8 +508,7 @@ pub async fn sign_out(post: Post) -> Response {
     if let Ok(value) = HeaderValue::from_str(&sessions.removal().to_string()) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
-    response.extensions_mut().insert(post.signed.actor());
-    response
+    post.audited(response)
 }
 
 #[cfg(test)]
