@@ -337,16 +337,10 @@ async fn an_early_callback_that_cannot_be_saved_is_refused_with_503_and_not_kept
     let (app, broken) = spawn_app_with_flaky_store(AppOptions::default()).await;
     let id = "early-unsaved";
     let gate = lcm::sim::Gate::default();
-    app.platform.inject(
-        Fault::new(
-            Component::Enforcement,
-            "POST",
-            "/sliceDeployment",
-            FaultAction::HoldUntil(gate.clone()),
-        )
-        .for_trial(id)
-        .times(1),
-    );
+    app.platform.inject(slice_deployment_fault(
+        id,
+        FaultAction::HoldUntil(gate.clone()),
+    ));
     let token = app.slice_deployment_in_flight(id).await;
 
     broken.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -367,16 +361,10 @@ async fn an_early_callback_is_dropped_with_its_failed_step_and_a_restore_awaits_
     let app = spawn_app_with_settings(single_attempt).await;
     let id = "early-failed";
     let gate = lcm::sim::Gate::default();
-    app.platform.inject(
-        Fault::new(
-            Component::Enforcement,
-            "POST",
-            "/sliceDeployment",
-            FaultAction::HoldThenStatus(gate.clone(), 500),
-        )
-        .for_trial(id)
-        .times(1),
-    );
+    app.platform.inject(slice_deployment_fault(
+        id,
+        FaultAction::HoldThenStatus(gate.clone(), 500),
+    ));
     app.platform.inject(drop_slice_callback(id));
     let token = app.slice_deployment_in_flight(id).await;
     let early = app.callback(id, "slice", Some(&token)).await;
@@ -430,16 +418,8 @@ async fn an_early_callback_its_step_took_outlives_a_failure_to_save_the_next_che
     .await;
     let id = "early-then-unsaved";
     // Trial enforcement calls back before it answers the deployment, and never again.
-    app.platform.inject(
-        Fault::new(
-            Component::Enforcement,
-            "POST",
-            "/sliceDeployment",
-            FaultAction::EarlyCallback,
-        )
-        .for_trial(id)
-        .times(1),
-    );
+    app.platform
+        .inject(slice_deployment_fault(id, FaultAction::EarlyCallback));
     // The step completes, and the checkpoint at the slice wait is not saved: the trial fails
     // there, keeping the callback its completed step was answered with.
     faults.refused.refusing.store(true, Ordering::SeqCst);

@@ -668,16 +668,8 @@ async fn skip_goes_past_a_failed_step_with_a_reason_unless_later_steps_need_it()
         .after(1)
         .times(1),
     );
-    app.platform.inject(
-        Fault::new(
-            Component::Enforcement,
-            "POST",
-            "/sliceDeployment",
-            FaultAction::Status(500),
-        )
-        .for_trial(needed)
-        .times(1),
-    );
+    app.platform
+        .inject(slice_deployment_fault(needed, FaultAction::Status(500)));
     app.start_trial(skipped).await;
     app.start_trial(needed).await;
 
@@ -751,16 +743,7 @@ async fn a_failed_component_wait_can_be_skipped_and_an_operator_wait_cannot() {
     })
     .await;
     let (slice, operator) = ("skip-wait", "skip-operator");
-    app.platform.inject(
-        Fault::new(
-            Component::Enforcement,
-            "POST",
-            "/sliceDeployment",
-            FaultAction::DropCallback,
-        )
-        .for_trial(slice)
-        .times(1),
-    );
+    app.platform.inject(drop_slice_callback(slice));
     app.start_trial(slice).await;
     app.start_trial(operator).await;
     let failed = app.wait_failed(slice).await;

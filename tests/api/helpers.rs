@@ -1007,29 +1007,22 @@ pub fn assert_ok_saying(answer: &Answer, part: &str) {
 /// component that honours the `Idempotency-Key` would.
 pub fn first_deployment_hangs(id: &str) -> [Fault; 2] {
     [
-        Fault::new(
-            Component::Enforcement,
-            "POST",
-            "/sliceDeployment",
-            FaultAction::Hang,
-        )
-        .for_trial(id)
-        .times(1),
+        slice_deployment_fault(id, FaultAction::Hang),
         drop_slice_callback(id),
     ]
+}
+
+/// Trial enforcement meets trial `id`'s next slice deployment with `action`, once.
+pub fn slice_deployment_fault(id: &str, action: FaultAction) -> Fault {
+    Fault::new(Component::Enforcement, "POST", "/sliceDeployment", action)
+        .for_trial(id)
+        .times(1)
 }
 
 /// Trial enforcement takes trial `id`'s slice once and never calls back: the trial waits for
 /// the slice callback until the test sends it.
 pub fn drop_slice_callback(id: &str) -> Fault {
-    Fault::new(
-        Component::Enforcement,
-        "POST",
-        "/sliceDeployment",
-        FaultAction::DropCallback,
-    )
-    .for_trial(id)
-    .times(1)
+    slice_deployment_fault(id, FaultAction::DropCallback)
 }
 
 /// A client whose connections come from `ip` (any 127.x.y.z is this machine), that follows no

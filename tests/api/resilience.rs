@@ -195,16 +195,8 @@ async fn a_400_and_a_503_to_a_slice_deployment_are_not_retried() {
     let (wrong, create) = ("not-retried-400", "not-retried-create");
     app.platform
         .inject(repository_put(wrong, FaultAction::Status(400)).times(1));
-    app.platform.inject(
-        Fault::new(
-            Component::Enforcement,
-            "POST",
-            "/sliceDeployment",
-            FaultAction::Status(503),
-        )
-        .for_trial(create)
-        .times(1),
-    );
+    app.platform
+        .inject(slice_deployment_fault(create, FaultAction::Status(503)));
     app.start_trial(wrong).await;
     app.start_trial(create).await;
 

@@ -15,6 +15,16 @@ fn in_secs(secs: i64) -> DateTime<Utc> {
     Utc::now() + chrono::Duration::seconds(secs)
 }
 
+/// The trial repository answers every `GET` of a path containing `path` with `body`.
+fn registry_answers(app: &TestApp, path: &str, body: Value) {
+    app.platform.inject(Fault::new(
+        Component::Repository,
+        "GET",
+        path,
+        FaultAction::Json(200, body),
+    ));
+}
+
 /// The scheduled jobs listed in `/status`.
 async fn scheduled_trials(app: &TestApp) -> Vec<Value> {
     let answer = app.get("/status").await;
@@ -371,15 +381,11 @@ async fn scheduling_from_a_repository_answering_garbage_is_502() {
 #[tokio::test]
 async fn scheduling_from_a_repository_answering_another_trial_is_502() {
     let app = spawn_app().await;
-    app.platform.inject(Fault::new(
-        Component::Repository,
-        "GET",
+    registry_answers(
+        &app,
         "/trial/t1/",
-        FaultAction::Json(
-            200,
-            serde_json::json!({"id": "someone-else", "start_time": in_secs(3600)}),
-        ),
-    ));
+        json!({"id": "someone-else", "start_time": in_secs(3600)}),
+    );
     let answer = app.post("/debug/trial/t1/schedule", None).await;
     assert_detail(&answer, StatusCode::BAD_GATEWAY);
     assert!(answer.detail().contains("'someone-else'"), "{answer:?}");
@@ -540,15 +546,11 @@ async fn schedule_all_with_a_repository_answering_an_object_is_502() {
     let app = spawn_app().await;
     app.platform
         .add_trial(Platform::trial("t1", Some(in_secs(3600))));
-    app.platform.inject(Fault::new(
-        Component::Repository,
-        "GET",
+    registry_answers(
+        &app,
         "/trial/",
-        FaultAction::Json(
-            200,
-            json!({"id": "t1", "start_time": "2999-01-01T00:00:00Z"}),
-        ),
-    ));
+        json!({"id": "t1", "start_time": "2999-01-01T00:00:00Z"}),
+    );
     let answer = app.post("/debug/trial/schedule-all", None).await;
     assert_detail(&answer, StatusCode::BAD_GATEWAY);
     assert_nothing_scheduled(&app).await;
@@ -558,18 +560,14 @@ async fn schedule_all_with_a_repository_answering_an_object_is_502() {
 async fn schedule_all_takes_a_trial_listed_twice_once() {
     let app = spawn_app().await;
     let first = in_secs(3600);
-    app.platform.inject(Fault::new(
-        Component::Repository,
-        "GET",
+    registry_answers(
+        &app,
         "/trial/",
-        FaultAction::Json(
-            200,
-            json!([
-                Platform::trial("twice", Some(first)),
-                Platform::trial("twice", Some(in_secs(7200))),
-            ]),
-        ),
-    ));
+        json!([
+            Platform::trial("twice", Some(first)),
+            Platform::trial("twice", Some(in_secs(7200))),
+        ]),
+    );
     let answer = app.post("/debug/trial/schedule-all", None).await;
     assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
     let report = &answer.body;
