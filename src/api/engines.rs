@@ -44,8 +44,7 @@ fn restore_error(e: RestoreError) -> ApiError {
         | RestoreError::Reporting
         | RestoreError::CleanupFailed
         | RestoreError::NotSkippable(_) => ApiError::conflict(e.to_string()),
-        RestoreError::Gone => ApiError::not_found(e.to_string()),
-        RestoreError::NotSaved(_) => ApiError::unavailable(e.to_string()),
+        RestoreError::Stopped | RestoreError::NotSaved(_) => ApiError::unavailable(e.to_string()),
     }
 }
 

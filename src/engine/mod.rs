@@ -340,13 +340,22 @@ impl EngineHandle {
         not_live: impl Fn() -> T,
         stopped: impl FnOnce() -> T,
     ) -> T {
+        if self.shared.stop.is_cancelled() {
+            return stopped();
+        }
         if !self.shared.state.borrow().lifecycle.is_live() {
             return not_live();
         }
         let sender = self.shared.commands().clone();
         let (reply, answer) = oneshot::channel();
         if sender.send(command(reply)).await.is_err() {
-            return not_live();
+            // The executor's queue is closed: it ended on its own (the lifecycle says how),
+            // or a stop took it before the lifecycle moved.
+            return if self.shared.stop.is_cancelled() {
+                stopped()
+            } else {
+                not_live()
+            };
         }
         answer.await.unwrap_or_else(|_| stopped())
     }
@@ -395,8 +404,8 @@ impl EngineHandle {
             .controls
             .send(request(reply))
             .await
-            .map_err(|_| RestoreError::Gone)?;
-        answer.await.unwrap_or(Err(RestoreError::Gone))
+            .map_err(|_| RestoreError::Stopped)?;
+        answer.await.unwrap_or(Err(RestoreError::Stopped))
     }
 
     /// Claims the engine for a delete; only the first of concurrent deletes gets it.

@@ -17,7 +17,7 @@ use tokio::time::Instant as Deadline;
 use tracing::{Instrument, error, info, warn};
 
 use super::executor::{
-    Checkpointed, Command, Control, ControlError, ControlOutcome, Executor, ExecutorExit,
+    Checkpointed, Command, Control, ControlError, ControlOutcome, Executor, ExecutorExit, STOPPED,
 };
 use super::failure;
 use super::sequence::{self, Next, Waiter};
@@ -34,8 +34,8 @@ pub enum RestoreError {
     Running,
     #[error("the trial has {0}; there is nothing to restore or skip")]
     Ended(Ended),
-    #[error("the engine is gone")]
-    Gone,
+    #[error("{STOPPED}")]
+    Stopped,
     #[error(
         "the failure procedure is still running (repository report, failure file); retry in a moment"
     )]
@@ -75,9 +75,8 @@ impl RestoreError {
             Lifecycle::Failed if failure.is_some_and(|f| !f.reported) => {
                 Some(RestoreError::Reporting)
             }
-            Lifecycle::Failed | Lifecycle::Running | Lifecycle::Waiting | Lifecycle::Stopped => {
-                None
-            }
+            Lifecycle::Stopped => Some(RestoreError::Stopped),
+            Lifecycle::Failed | Lifecycle::Running | Lifecycle::Waiting => None,
         }
     }
 
@@ -85,9 +84,9 @@ impl RestoreError {
     pub fn label(&self) -> &'static str {
         match self {
             RestoreError::NotSaved(_) => "not_saved",
+            RestoreError::Stopped => "refused_not_live",
             RestoreError::Running
             | RestoreError::Ended(_)
-            | RestoreError::Gone
             | RestoreError::Reporting
             | RestoreError::CleanupFailed
             | RestoreError::NotSkippable(_) => "refused_wrong_phase",
@@ -99,8 +98,8 @@ impl RestoreError {
         match self {
             RestoreError::Ended(ended) => ControlError::Refused(format!("trial {id} has {ended}")),
             RestoreError::NotSaved(e) => ControlError::NotSaved(e),
+            RestoreError::Stopped => ControlError::Stopped,
             other @ (RestoreError::Running
-            | RestoreError::Gone
             | RestoreError::Reporting
             | RestoreError::CleanupFailed
             | RestoreError::NotSkippable(_)) => ControlError::Refused(other.to_string()),
@@ -490,7 +489,7 @@ impl Watchdog {
             return Err(refusal);
         }
         match self.lifecycle {
-            Lifecycle::Stopped => Err(RestoreError::Gone),
+            Lifecycle::Stopped => Err(RestoreError::Stopped),
             Lifecycle::Running | Lifecycle::Waiting => Err(RestoreError::Running),
             Lifecycle::Failed if self.executor.is_some() => Err(RestoreError::Running),
             Lifecycle::Failed | Lifecycle::Finished | Lifecycle::Aborted => Ok(()),

@@ -45,12 +45,13 @@ async fn once_a_delete_answers_no_request_of_the_trial_leaves() {
             format!("/debug/engine/{id}/restore"),
             format!("/debug/engine/{id}"),
         );
-        let (_, deleted) = tokio::join!(app.post(&restore, None), app.delete(&delete));
-        (Utc::now(), deleted)
+        let (restored, deleted) = tokio::join!(app.post(&restore, None), app.delete(&delete));
+        (Utc::now(), restored, deleted)
     }))
     .await;
-    for (_, deleted) in &answers {
+    for (_, restored, deleted) in &answers {
         assert_eq!(deleted.status, StatusCode::OK, "{deleted:?}");
+        assert_stopped_or_gone(restored, StatusCode::OK);
     }
     // A trial run to IDLE meanwhile: long enough for a stray executor to send something.
     app.start_trial("sentinel").await;
@@ -59,7 +60,7 @@ async fn once_a_delete_answers_no_request_of_the_trial_leaves() {
     // The simulators note a request when they read it, which a loaded machine can put off:
     // the one request in flight when the delete came (and was cancelled) may be read after
     // its answer. An executor left running would send the rest of the trial.
-    for (id, (deleted_at, _)) in raced.iter().zip(&answers) {
+    for (id, (deleted_at, _, _)) in raced.iter().zip(&answers) {
         let late: Vec<String> = app
             .platform
             .requests_for(id)
@@ -72,6 +73,40 @@ async fn once_a_delete_answers_no_request_of_the_trial_leaves() {
             app.get(&format!("/trial/{id}/status")).await.status,
             StatusCode::NOT_FOUND
         );
+    }
+}
+
+/// A call that raced a delete: taken before it (`taken`), or refused because the engine
+/// stopped before it answered (503) or was already removed (404); never a refusal that
+/// blames the trial's phase.
+fn assert_stopped_or_gone(answer: &Answer, taken: StatusCode) {
+    match answer.status {
+        StatusCode::SERVICE_UNAVAILABLE => assert_eq!(
+            answer.body["detail"],
+            lcm::engine::executor::STOPPED,
+            "{answer:?}"
+        ),
+        status => assert!(
+            status == taken || status == StatusCode::NOT_FOUND,
+            "{answer:?}"
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_racing_a_delete_is_taken_or_told_the_engine_stopped() {
+    let app = spawn_app().await;
+    let raced: Vec<String> = (0..20).map(|i| format!("signalled-{i}")).collect();
+    join_all(raced.iter().map(|id| app.start_to_idle(id))).await;
+    let app = &app;
+    let answers = join_all(raced.iter().map(|id| async move {
+        let (active, delete) = (format!("/trial/{id}/active"), format!("/debug/engine/{id}"));
+        tokio::join!(app.post(&active, None), app.delete(&delete))
+    }))
+    .await;
+    for (signalled, deleted) in &answers {
+        assert_eq!(deleted.status, StatusCode::OK, "{deleted:?}");
+        assert_stopped_or_gone(signalled, StatusCode::OK);
     }
 }
 
