@@ -12,6 +12,7 @@ mod load;
 
 pub use load::{ConfigFile, FileOrigin};
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
@@ -482,21 +483,48 @@ fn read_keys_file(path: &Path) -> Result<Vec<KeySettings>, ConfigError> {
     const KEY: &str = "auth.keys_file";
     let text = std::fs::read_to_string(path)
         .map_err(|e| invalid(KEY, format!("cannot read {}: {e}", path.display())))?;
-    let file: KeysFile = toml::from_str(&text).map_err(|e| {
-        // The message only: the error's own display quotes the file's line, secret and all.
-        let at = toml_line(&e, Some(&text))
-            .map(|l| format!(" (line {l})"))
+    let mut ignored = Vec::new();
+    let file: KeysFile = toml::Deserializer::parse(&text)
+        .and_then(|toml| serde_ignored::deserialize(toml, |p| ignored.push(load::render(&p))))
+        .map_err(|e| {
+            // The message only, its quoted values left out: the error's own display quotes the
+            // file's line, and its message the value, secret and all.
+            let at = toml_line(&e, Some(&text))
+                .map(|l| format!(" (line {l})"))
+                .unwrap_or_default();
+            invalid(
+                KEY,
+                format!(
+                    "{} is not a TOML file of [[keys]] tables{at}: {}",
+                    path.display(),
+                    without_quotes(e.message())
+                ),
+            )
+        })?;
+    if let Some(unknown) = ignored.first() {
+        let nearest = keys::nearest(&format!("auth.{unknown}"))
+            .and_then(|key| {
+                key.strip_prefix("auth.")
+                    .map(|key| format!("; did you mean `{key}`?"))
+            })
             .unwrap_or_default();
-        invalid(
+        return Err(invalid(
             KEY,
-            format!(
-                "{} is not a TOML file of [[keys]] tables{at}: {}",
-                path.display(),
-                e.message()
-            ),
-        )
-    })?;
+            format!("{}: `{unknown}` is not a setting{nearest}", path.display()),
+        ));
+    }
     Ok(file.keys)
+}
+
+/// An error message with each double-quoted value in it left out, as it may be a secret.
+fn without_quotes(message: &str) -> String {
+    let mut parts = message.split('"');
+    let mut out = parts.next().unwrap_or_default().to_owned();
+    while let (Some(_quoted), Some(after)) = (parts.next(), parts.next()) {
+        out.push_str("(value not shown)");
+        out.push_str(after);
+    }
+    out
 }
 
 /// `[executor]`
@@ -783,6 +811,10 @@ impl Settings {
                 Some(self.engine.keep_finished_secs),
             ),
             (
+                "scheduler.misfire_grace_secs",
+                Some(self.scheduler.misfire_grace_secs),
+            ),
+            (
                 "store.retention_days",
                 Some(self.store.retention_days.saturating_mul(86_400)),
             ),
@@ -902,6 +934,12 @@ impl Settings {
             "services.abstraction_layer.url",
             &services.abstraction_layer.url,
         )?;
+        if services.abstraction_layer.interval == 0 {
+            return Err(invalid(
+                "services.abstraction_layer.interval",
+                "must be greater than 0",
+            ));
+        }
         Ok(())
     }
 
@@ -1047,12 +1085,34 @@ fn validate_service(name: &str, service: &ServiceSettings) -> Result<(), ConfigE
 }
 
 fn parse_http_url(key: &str, value: &str) -> Result<Url, ConfigError> {
+    let shown = without_credentials(value);
     let url =
-        Url::parse(value).map_err(|e| invalid(key, format!("'{value}' is not a URL ({e})")))?;
+        Url::parse(value).map_err(|e| invalid(key, format!("'{shown}' is not a URL ({e})")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(invalid(key, format!("'{value}' is not an http(s) URL")));
+        return Err(invalid(key, format!("'{shown}' is not an http(s) URL")));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(
+            key,
+            format!(
+                "'{shown}' carries credentials, which would show wherever the URL does: give them as the service's `username` and `password`"
+            ),
+        ));
     }
     Ok(url)
+}
+
+/// A URL as an error message shows it: its `user:password@`, if any, left out (read as text,
+/// since a URL that does not parse is shown too).
+fn without_credentials(value: &str) -> Cow<'_, str> {
+    let Some((scheme, rest)) = value.split_once("://") else {
+        return value.into();
+    };
+    let authority = rest.find(['/', '?', '#']).map_or(rest, |end| &rest[..end]);
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}://…@{}", &rest[at + 1..]).into(),
+        None => value.into(),
+    }
 }
 
 #[cfg(test)]
@@ -1105,6 +1165,42 @@ mod tests {
         settings.services.trial_repository.url = "ftp://x".into();
         let err = settings.validate().unwrap_err().to_string();
         assert!(err.contains("services.trial_repository.url"), "{err}");
+
+        let mut settings = Settings::defaults().unwrap();
+        settings.scheduler.misfire_grace_secs = 9_300_000_000_000_000;
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("scheduler.misfire_grace_secs") && err.contains("ten years"),
+            "{err}"
+        );
+
+        let mut settings = Settings::defaults().unwrap();
+        settings.services.abstraction_layer.interval = 0;
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("services.abstraction_layer.interval") && err.contains("greater than 0"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_bad_url_is_shown_without_its_credentials() {
+        for (url, shown) in [
+            ("http://user:s3cret@host:99999/x", "'http://…@host:99999/x'"),
+            ("ftp://user:s3cret@host/", "'ftp://…@host/'"),
+            ("http://u:s3cret@@host:x?q=@", "'http://…@host:x?q=@'"),
+            (
+                "http://user:s3cret@host/",
+                "'http://…@host/' carries credentials",
+            ),
+        ] {
+            let mut settings = Settings::defaults().unwrap();
+            settings.services.kpi_monitoring.url = url.into();
+            let err = settings.validate().unwrap_err().to_string();
+            assert!(err.contains(shown) && !err.contains("s3cret"), "{err}");
+        }
+        assert_eq!(without_credentials("http://host/a@b"), "http://host/a@b");
+        assert_eq!(without_credentials("not a url"), "not a url");
     }
 
     #[test]
@@ -1316,6 +1412,14 @@ mod tests {
             (
                 "[[keys]]\nname = \"ci\"\nkey = \"907153224\"\nrole = \"root\"\n",
                 "unknown variant",
+            ),
+            (
+                "keys = \"907153224\"\n",
+                "invalid type: string (value not shown), expected a sequence",
+            ),
+            (
+                "[[keys]]\nname = \"ci\"\nkey = \"907153224\"\nrole = \"viewer\"\nrol = \"admin\"\n",
+                "`keys[0].rol` is not a setting; did you mean `keys[0].role`?",
             ),
             (
                 "[[keys]]\nname = \"ci\"\nkey = \"907153224\"\nrole = \"viewer\"\n\

@@ -301,6 +301,26 @@ impl Layers {
         // A refused value is replaced by its default (or by nothing) and the settings are read
         // again, so one start tells every problem; each key is replaced at most once.
         let mut stand_ins: Vec<(String, Value)> = Vec::new();
+        let mut mistyped = Vec::new();
+        if let ValueKind::Table(top) = &self.merged(&[])?.cache.kind {
+            for (key, value) in top {
+                mistyped_below(key, value, &mut mistyped);
+            }
+        }
+        for (key, value, accepts) in mistyped {
+            // The environment's values are text, which typed keys parse when they are read.
+            let source = self.source_of(&key);
+            if matches!(source, Source::Env(_)) {
+                continue;
+            }
+            let kind = ProblemKind::Refused(format!(
+                "{} is not {}",
+                shown(&value, accepts),
+                takes(&key, accepts)
+            ));
+            stand_ins.push((key.clone(), self.stand_in(&key)));
+            problems.push(Problem { source, kind, key });
+        }
         loop {
             let merged = self.merged(&stand_ins)?;
             let mut ignored = Vec::new();
@@ -335,14 +355,17 @@ impl Layers {
                 kind,
                 key: key.clone(),
             });
-            let stand_in = self.0[0].config.get::<Value>(&key).unwrap_or_else(|_| {
-                keys::accepts(&key)
-                    .map_or_else(|| Value::new(None, ValueKind::Nil), Accepts::sample)
-            });
-            stand_ins.push((key, stand_in));
+            stand_ins.push((key.clone(), self.stand_in(&key)));
         }
         problems.sort_by(|a, b| a.key.cmp(&b.key));
         Err(ConfigError::Refused(Problems(problems)))
+    }
+
+    /// What stands in for a refused value at `key`: its default, or a value it accepts.
+    fn stand_in(&self, key: &str) -> Value {
+        self.0[0].config.get::<Value>(key).unwrap_or_else(|_| {
+            keys::accepts(key).map_or_else(|| Value::new(None, ValueKind::Nil), Accepts::sample)
+        })
     }
 
     fn unknown(&self, key: String) -> Problem {
@@ -369,7 +392,7 @@ impl Layers {
 }
 
 /// A path as the `config` crate writes one: `auth.keys[0].role`.
-fn render(path: &serde_ignored::Path) -> String {
+pub(super) fn render(path: &serde_ignored::Path) -> String {
     use serde_ignored::Path;
     match path {
         Path::Root => String::new(),
@@ -406,6 +429,72 @@ fn key_of(error: &config::ConfigError) -> Option<String> {
     Some(fixed)
 }
 
+/// Every value at or below `key` whose type its key does not take, though the `config` crate
+/// would convert it (`1.5` or `true` to a whole number, `"yes"` to a boolean, a number to a
+/// word), with what the key accepts. Unknown keys are left to the settings' reading.
+fn mistyped_below(key: &str, value: &Value, out: &mut Vec<(String, Value, Accepts)>) {
+    let Some(accepts) = keys::accepts(key) else {
+        return;
+    };
+    let fits = match (accepts, &value.kind) {
+        (_, ValueKind::Nil) | (Accepts::Text, _) => true,
+        (
+            Accepts::Whole(_),
+            ValueKind::I64(_) | ValueKind::I128(_) | ValueKind::U64(_) | ValueKind::U128(_),
+        )
+        | (
+            Accepts::Number,
+            ValueKind::I64(_)
+            | ValueKind::I128(_)
+            | ValueKind::U64(_)
+            | ValueKind::U128(_)
+            | ValueKind::Float(_),
+        )
+        | (Accepts::Boolean, ValueKind::Boolean(_))
+        | (Accepts::OneOf(_), ValueKind::String(_))
+        | (Accepts::TextList, ValueKind::String(_) | ValueKind::Array(_))
+        | (Accepts::AnyKeys, ValueKind::Table(_)) => true,
+        (Accepts::Table, ValueKind::Table(table)) => {
+            for (child, value) in table {
+                mistyped_below(&format!("{key}.{child}"), value, out);
+            }
+            true
+        }
+        (Accepts::ListOfTables, ValueKind::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                mistyped_below(&format!("{key}[{i}]"), item, out);
+            }
+            true
+        }
+        (
+            Accepts::Whole(_)
+            | Accepts::Number
+            | Accepts::Boolean
+            | Accepts::OneOf(_)
+            | Accepts::TextList
+            | Accepts::AnyKeys
+            | Accepts::Table
+            | Accepts::ListOfTables,
+            _,
+        ) => false,
+    };
+    if !fits {
+        out.push((key.to_owned(), value.clone(), accepts));
+    }
+}
+
+/// What the key at `key` accepts, told: the keys a table takes are listed.
+fn takes(key: &str, accepts: Accepts) -> String {
+    match accepts {
+        Accepts::Table => format!("a table of: {}", keys::children(key).join(", ")),
+        Accepts::ListOfTables => format!(
+            "a list of tables of: {}",
+            keys::children(&format!("{key}[]")).join(", ")
+        ),
+        other => other.to_string(),
+    }
+}
+
 /// Why the value at `key` was refused, and what the key accepts.
 fn refusal(key: &str, error: &config::ConfigError, merged: &Config) -> ProblemKind {
     let value = merged.get::<Value>(key).ok();
@@ -416,14 +505,7 @@ fn refusal(key: &str, error: &config::ConfigError, merged: &Config) -> ProblemKi
     let Some(accepts) = keys::accepts(key) else {
         return ProblemKind::Refused(error.to_string());
     };
-    let what = match accepts {
-        Accepts::Table => format!("a table of: {}", keys::children(key).join(", ")),
-        Accepts::ListOfTables => format!(
-            "a list of tables of: {}",
-            keys::children(&format!("{key}[]")).join(", ")
-        ),
-        other => other.to_string(),
-    };
+    let what = takes(key, accepts);
     match value {
         _ if missing => ProblemKind::Missing { takes: what },
         Some(value) => ProblemKind::Refused(format!("{} is not {what}", shown(&value, accepts))),
@@ -431,14 +513,25 @@ fn refusal(key: &str, error: &config::ConfigError, merged: &Config) -> ProblemKi
     }
 }
 
-/// A refused value as it can be shown: text keys may hold secrets, so theirs is not repeated.
+/// A refused value as it can be shown. Only the values of number, boolean and word keys are
+/// repeated: any other may be a secret, or one put under the wrong key.
 fn shown(value: &Value, accepts: Accepts) -> String {
-    match &value.kind {
-        ValueKind::Table(_) => "a table".to_owned(),
-        ValueKind::Array(_) => "a list".to_owned(),
-        ValueKind::Nil => "nothing".to_owned(),
-        _ if accepts == Accepts::Text => "the value".to_owned(),
-        other => format!("'{other}'"),
+    match (&value.kind, accepts) {
+        (ValueKind::Table(_), _) => "a table".to_owned(),
+        (ValueKind::Array(_), _) => "a list".to_owned(),
+        (ValueKind::Nil, _) => "nothing".to_owned(),
+        (other, Accepts::Whole(_) | Accepts::Number | Accepts::Boolean | Accepts::OneOf(_)) => {
+            format!("'{other}'")
+        }
+        (ValueKind::String(_), _) => "a text".to_owned(),
+        (
+            _,
+            Accepts::Text
+            | Accepts::TextList
+            | Accepts::AnyKeys
+            | Accepts::ListOfTables
+            | Accepts::Table,
+        ) => "the value".to_owned(),
     }
 }
 
@@ -582,7 +675,7 @@ scope = "all"
             ),
             (
                 ("LCM__EXECUTOR__RETRY", "3"),
-                "'3' is not a table of: max_attempts, initial_backoff_ms, max_backoff_ms, multiplier",
+                "a text is not a table of: max_attempts, initial_backoff_ms, max_backoff_ms, multiplier",
             ),
         ] {
             let text = refused(None, &[pairs]);
@@ -620,6 +713,72 @@ key = "k2"
         ] {
             assert!(text.lines().any(|l| l == expected), "{expected}\n{text}");
         }
+    }
+
+    #[test]
+    fn a_file_value_the_crate_would_convert_is_refused_as_the_wrong_type() {
+        let (_dir, f) = file(
+            r#"
+[executor]
+request_timeout_secs = 1.5
+callback_timeout_secs = true
+disable_vnf = "yes"
+
+[executor.retry]
+multiplier = "2"
+
+[logging]
+format = 1
+
+[[auth.keys]]
+name = "ops"
+key = "k"
+role = true
+"#,
+        );
+        let text = refused(Some(&f), &[]);
+        let at = format!("(in {})", f.path.display());
+        for expected in [
+            format!(
+                "configuration key `executor.request_timeout_secs` {at}: '1.5' is not a whole number (0 or more)"
+            ),
+            format!(
+                "configuration key `executor.callback_timeout_secs` {at}: 'true' is not a whole number (0 or more)"
+            ),
+            format!(
+                "configuration key `executor.disable_vnf` {at}: 'yes' is not a boolean (true or false)"
+            ),
+            format!("configuration key `executor.retry.multiplier` {at}: '2' is not a number"),
+            format!("configuration key `logging.format` {at}: '1' is not one of: text, json"),
+            format!(
+                "configuration key `auth.keys[0].role` {at}: 'true' is not one of: viewer, operator, admin"
+            ),
+        ] {
+            assert!(text.lines().any(|l| l == expected), "{expected}\n{text}");
+        }
+        assert_eq!(text.lines().count(), 6, "one line each: {text}");
+        // The same values as text from the environment are read as the keys' types.
+        let settings = Settings::load_with_env(
+            None,
+            env(&[
+                ("LCM__EXECUTOR__REQUEST_TIMEOUT_SECS", "7"),
+                ("LCM__EXECUTOR__DISABLE_VNF", "false"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(settings.executor.request_timeout_secs, 7);
+    }
+
+    #[test]
+    fn a_secret_under_a_list_or_table_key_is_not_repeated() {
+        let (_dir, f) = file("[auth]\nkeys = \"hunter2-list\"\n");
+        let text = refused(
+            Some(&f),
+            &[("LCM__SERVICES__KPI_MONITORING__OAUTH2", "hunter2-table")],
+        );
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("`auth.keys`"), "{text}");
+        assert!(text.contains("`services.kpi_monitoring.oauth2`"), "{text}");
     }
 
     #[test]

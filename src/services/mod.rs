@@ -360,7 +360,7 @@ impl ServiceClient {
         let path = request.path.trim_start_matches('/');
         let url = endpoint.base.join(path).map_err(|e| SendError::Transport {
             service,
-            url: endpoint.base.to_string(),
+            url: shown_url(&endpoint.base),
             reason: format!("bad path {path}: {e}"),
         })?;
         // Cleaned for an error message only when there is one: most requests get an answer.
