@@ -243,7 +243,7 @@ async fn toggle_automatic(
     };
     let on = state
         .scheduler
-        .toggle_automatic(|on| Some(audit.entry(StatusCode::OK, Some(message(on).to_owned()))))
+        .toggle_automatic(move |on| Some(audit.entry(StatusCode::OK, Some(message(on).to_owned()))))
         .await?;
     Ok((
         Extension(Audited),

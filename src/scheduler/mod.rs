@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{error, info, warn};
 
@@ -131,12 +131,40 @@ struct Inner {
     missed: Mutex<Vec<MissedJob>>,
     engines: EngineRegistry,
     deps: Arc<EngineDeps>,
-    automatic: watch::Sender<bool>,
-    /// One toggle of `automatic` at a time, so each turns what the one before it saved.
-    toggling: tokio::sync::Mutex<()>,
+    automatic: Arc<watch::Sender<bool>>,
+    /// The task that owns the switch: it takes one toggle at a time, so each turns what the
+    /// one before it saved.
+    toggles: mpsc::Sender<Toggle>,
     generation: AtomicU64,
     /// Bumped whenever a job goes away or an engine starts, for those waiting on either.
     changes: watch::Sender<()>,
+}
+
+/// A toggle of automatic scheduling: the audit entry for the new value, and where to answer.
+struct Toggle {
+    audit: Box<dyn FnOnce(bool) -> Option<AuditEntry> + Send>,
+    reply: oneshot::Sender<Result<bool, StoreError>>,
+}
+
+/// Starts the task that owns the switch of automatic scheduling: each toggle turns what the
+/// one before it saved, and is shown once it is saved. It ends with the scheduler.
+fn spawn_switch(store: Store, automatic: Arc<watch::Sender<bool>>) -> mpsc::Sender<Toggle> {
+    let (toggles, mut taken) = mpsc::channel::<Toggle>(16);
+    tokio::spawn(async move {
+        while let Some(Toggle { audit, reply }) = taken.recv().await {
+            let now_on = !*automatic.borrow();
+            let saved = store
+                .write_audited(Op::SetAutomatic(now_on), audit(now_on))
+                .await;
+            if saved.is_ok() {
+                automatic.send_replace(now_on);
+                info!(automatic = now_on, "automatic scheduling toggled");
+            }
+            // A caller that went away meanwhile finds the switch as it was saved.
+            let _ = reply.send(saved.map(|_| now_on));
+        }
+    });
+    toggles
 }
 
 /// How often ended trials older than `store.retention_days` are purged.
@@ -146,15 +174,16 @@ impl Scheduler {
     /// A scheduler with no jobs and no engines; `ended` receives the engines whose trial ended
     /// (the `ended` sender of `deps`).
     pub fn new(deps: Arc<EngineDeps>, ended: mpsc::UnboundedReceiver<Weak<EngineShared>>) -> Self {
-        let automatic = deps.settings.scheduler.automatic;
+        let automatic = Arc::new(watch::Sender::new(deps.settings.scheduler.automatic));
+        let toggles = spawn_switch(deps.store.clone(), automatic.clone());
         let scheduler = Self {
             inner: Arc::new(Inner {
                 jobs: Mutex::new(HashMap::new()),
                 missed: Mutex::new(Vec::new()),
                 engines: EngineRegistry::default(),
                 deps,
-                automatic: watch::Sender::new(automatic),
-                toggling: tokio::sync::Mutex::new(()),
+                automatic,
+                toggles,
                 generation: AtomicU64::new(0),
                 changes: watch::Sender::new(()),
             }),
@@ -571,16 +600,17 @@ impl Scheduler {
     /// audit entry `audit` makes for it.
     pub async fn toggle_automatic(
         &self,
-        audit: impl FnOnce(bool) -> Option<AuditEntry>,
+        audit: impl FnOnce(bool) -> Option<AuditEntry> + Send + 'static,
     ) -> Result<bool, StoreError> {
-        let _turn = self.inner.toggling.lock().await;
-        let now_on = !self.automatic();
-        self.store()
-            .write_audited(Op::SetAutomatic(now_on), audit(now_on))
-            .await?;
-        self.inner.automatic.send_replace(now_on);
-        info!(automatic = now_on, "automatic scheduling toggled");
-        Ok(now_on)
+        let (reply, answer) = oneshot::channel();
+        let toggle = Toggle {
+            audit: Box::new(audit),
+            reply,
+        };
+        if self.inner.toggles.send(toggle).await.is_err() {
+            return Err(StoreError::Closed);
+        }
+        answer.await.unwrap_or(Err(StoreError::Closed))
     }
 
     /// Brings back what the store held at start-up: engines resume (or wait for the
