@@ -89,9 +89,18 @@ async fn write_file(shared: &EngineShared, checkpoint: &Checkpoint, redactor: &R
         },
         "responses": responses,
     });
-    redactor.value(&mut content);
     let path = failure_file(settings, &shared.id);
-    let text = match serde_json::to_string_pretty(&content) {
+    // Every response recorded (each up to the size of a body) is redacted and written out:
+    // work for a blocking thread, not for the runtime's.
+    let redactor = redactor.clone();
+    let text = tokio::task::spawn_blocking(move || {
+        redactor.value(&mut content);
+        serde_json::to_string_pretty(&content).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|text| text);
+    let text = match text {
         Ok(text) => text,
         Err(e) => {
             error!(error = %e, "cannot serialise the failure file");
