@@ -2,9 +2,8 @@
 //! duplicates, early callbacks and callback deadlines.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use lcm::sim::{Component, Fault, FaultAction};
+use lcm::sim::{Component, Fault, FaultAction, Gate};
 use reqwest::{Method, StatusCode};
 
 use crate::helpers::*;
@@ -114,11 +113,13 @@ async fn signals_that_do_not_fit_are_refused_with_409() {
 async fn finish_while_a_step_before_idle_runs_is_refused() {
     let app = spawn_app().await;
     let id = "early-finish";
+    // The flight plan is held until the test has sent its finish.
+    let plan = Gate::default();
     app.platform.inject(Fault::new(
         Component::Enforcement,
         "POST",
         "/flightplan",
-        FaultAction::Delay(Duration::from_millis(1500)),
+        FaultAction::HoldUntil(plan.clone()),
     ));
     app.start_trial(id).await;
     app.wait_for(id, "EnforceUavPlan", |s| s["state"] == "EnforceUavPlan")
@@ -129,6 +130,7 @@ async fn finish_while_a_step_before_idle_runs_is_refused() {
         answer.detail().contains("running EnforceUavPlan"),
         "{answer:?}"
     );
+    plan.open();
     app.drive_to_finished(id).await;
 }
 
@@ -138,12 +140,14 @@ async fn finish_while_going_active_is_kept_and_applied() {
     let id = "finish-held";
     app.start_trial(id).await;
     app.wait_waiting(id, WAITING_OPERATOR).await;
+    // The marking that `active` starts is held until the test has sent its finish.
+    let marking = Gate::default();
     app.platform.inject(
         Fault::new(
             Component::Kpi,
             "POST",
             "/markKPIData",
-            FaultAction::Delay(Duration::from_millis(800)),
+            FaultAction::HoldUntil(marking.clone()),
         )
         .times(1),
     );
@@ -160,6 +164,7 @@ async fn finish_while_going_active_is_kept_and_applied() {
             .contains("takes effect"),
         "{finish:?}"
     );
+    marking.open();
     app.wait_finished(id).await;
     assert_eq!(app.platform.status_history(id), FULL_HISTORY);
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use lcm::sim::{Component, Fault, FaultAction, Platform};
+use lcm::sim::{Component, Fault, FaultAction, Gate, Platform};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -282,12 +282,14 @@ async fn an_abort_undoes_exactly_what_the_trial_deployed_at_every_point() {
 async fn a_second_abort_while_cleaning_up_is_already_aborting_and_a_finished_trial_is_refused() {
     let app = spawn_app().await;
     let (id, done) = ("abort-twice", "abort-done");
+    // The clean-up's first request is held until the test has sent its second abort.
+    let deletion = Gate::default();
     app.platform.inject(
         Fault::new(
             Component::Enforcement,
             "DELETE",
             "/measurementjobs/",
-            FaultAction::Delay(Duration::from_millis(1500)),
+            FaultAction::HoldUntil(deletion.clone()),
         )
         .for_trial(id)
         .times(1),
@@ -306,6 +308,7 @@ async fn a_second_abort_while_cleaning_up_is_already_aborting_and_a_finished_tri
     let status = app.trial_status(id).await;
     assert_eq!(status["aborting"], true);
     assert_eq!(status["abort_reason"], "aborted by the operator");
+    deletion.open();
     app.wait_for(id, "Aborted", |s| s["engine_status"] == "Aborted")
         .await;
     app.drive_to_finished(done).await;
@@ -507,7 +510,7 @@ async fn pause_holds_every_request_until_resume_and_step_runs_exactly_one() {
     let id = "stepped";
     // The stepped step's first KPI marking (after the two of `SendKpiIdle`) is held until the
     // test has tried a second step.
-    let marking = lcm::sim::Gate::default();
+    let marking = Gate::default();
     app.platform.inject(
         Fault::new(
             Component::Kpi,
@@ -616,12 +619,14 @@ async fn pause_holds_every_request_until_resume_and_step_runs_exactly_one() {
 async fn a_pause_lets_the_request_in_flight_complete_and_starts_nothing_more() {
     let app = spawn_app().await;
     let id = "paused-mid-step";
+    // The flight plan is held until the pause has been taken.
+    let plan = Gate::default();
     app.platform.inject(
         Fault::new(
             Component::Enforcement,
             "POST",
             "/flightplan",
-            FaultAction::Delay(Duration::from_millis(800)),
+            FaultAction::HoldUntil(plan.clone()),
         )
         .for_trial(id)
         .times(1),
@@ -635,6 +640,7 @@ async fn a_pause_lets_the_request_in_flight_complete_and_starts_nothing_more() {
         app.post(&format!("/trial/{id}/pause"), None).await.status,
         StatusCode::OK
     );
+    plan.open();
     app.wait_for(id, "held before UpdateUavPlanStatus", |s| {
         s["step"] == "UpdateUavPlanStatus" && s["status"] == "Waiting"
     })
@@ -823,7 +829,7 @@ async fn an_abort_waiting_for_a_failure_procedure_whose_engine_is_deleted_is_503
     let app = spawn_app_with_settings(single_attempt).await;
     let id = "abort-outrun";
     // The failure report never comes back while the test runs.
-    let report = lcm::sim::Gate::default();
+    let report = Gate::default();
     failed_and_reporting(&app, id, FaultAction::HoldUntil(report.clone())).await;
     let (abort, delete) = (format!("/trial/{id}/abort"), format!("/debug/engine/{id}"));
     let (aborted, deleted) = tokio::join!(app.post(&abort, None), app.delete(&delete));
