@@ -523,11 +523,10 @@ impl StepCx<'_> {
                     .join(" or "),
             ))));
         }
-        // What a step keeps of an answer (the deployed slice, the measurement job) is kept
-        // without secrets too.
-        let mut json = reply.json.unwrap_or(Value::Null);
-        redactor.value(&mut json);
-        Ok((reply.status, json))
+        // The step uses the answer as it came: what it passes on (the trial's flights, its
+        // KPIs) must reach the components unchanged, even where a text holds a configured
+        // secret. Only what is shown (the recorded answers, the failure file) is redacted.
+        Ok((reply.status, reply.json.unwrap_or(Value::Null)))
     }
 
     /// `GET trial_repository /trial/{id}/`, which must answer a JSON object.

@@ -512,6 +512,43 @@ async fn credentials_a_service_echoes_back_are_not_recorded() {
 }
 
 #[tokio::test]
+async fn the_trials_data_is_passed_on_unchanged_where_it_holds_a_secrets_text() {
+    let app = spawn_app_with_settings(|s| {
+        s.services.abstraction_layer.password = lcm::config::Secret::new("ridge");
+    })
+    .await;
+    let id = "ridge-survey";
+    let mut trial = Platform::trial(id, None);
+    trial["kpis"] = json!(["ridge_latency"]);
+    trial["flights"] = json!([{"id": 1, "waypoint": "north ridge"}]);
+    app.platform.add_trial(trial);
+    app.schedule_in(id, 300).await;
+    app.wait_waiting(id, "operator (active or finish)").await;
+    let requests = app.platform.requests_for(id);
+    let body_of = |path: &str| {
+        requests
+            .iter()
+            .find(|r| r.path == path)
+            .and_then(|r| r.body.clone())
+            .unwrap_or_else(|| panic!("{path} sent: {requests:?}"))
+    };
+    assert_eq!(
+        body_of("/flightplan")["flight_plan"]["flights"],
+        json!([{"id": 1, "waypoint": "north ridge"}])
+    );
+    assert_eq!(
+        body_of("/measurementjobs")["measurement_job"]["kpis"],
+        json!(["ridge_latency"])
+    );
+    // What is shown is redacted as before.
+    let responses = app.get(&format!("/trial/{id}/responses")).await.body;
+    assert!(
+        !responses.to_string().contains("north ridge"),
+        "{responses}"
+    );
+}
+
+#[tokio::test]
 async fn a_password_echoed_in_the_measurement_job_is_not_kept() {
     let app = spawn_app_with_settings(|s| {
         s.services.abstraction_layer.password = lcm::config::Secret::new("al-secret-pw");
