@@ -568,6 +568,13 @@ impl StepCx<'_> {
     /// `markKPIData` for the trial id, then for the slice id.
     async fn mark_kpis(&mut self, marking: KpiStatus) -> Result<(), StepError> {
         let slice_id = self.slice_id()?;
+        // A marking that opens (Idle, Active) counts from the moment it may reach KPI
+        // monitoring, so that an abort's clean-up closes it even when the step fails, or is
+        // cut off, between the trial's marking and the slice's; unless nothing could have
+        // reached KPI monitoring.
+        let before = self.data.kpi_status;
+        let opens = marking != KpiStatus::Finished;
+        let mut reached = false;
         for marked in [self.id.to_string(), slice_id] {
             let body = json!({
                 "TrialID": marked,
@@ -576,7 +583,17 @@ impl StepCx<'_> {
                 "Marking": marking.marking(),
             });
             let request = self.post(Service::KpiMonitoring, "markKPIData").json(body);
-            self.call(request, 200).await?;
+            if opens {
+                self.data.kpi_status = Some(marking);
+            }
+            let outcome = self.call(request, 200).await;
+            reached |= self.reached;
+            if let Err(e) = outcome {
+                if !reached {
+                    self.data.kpi_status = before;
+                }
+                return Err(e);
+            }
         }
         self.data.kpi_status = Some(marking);
         Ok(())

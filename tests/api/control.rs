@@ -825,6 +825,48 @@ async fn an_abort_closes_no_slice_that_was_never_requested() {
 }
 
 #[tokio::test]
+async fn an_abort_closes_a_kpi_marking_its_step_began_before_it_failed() {
+    let app = spawn_app_with_settings(single_attempt).await;
+    let id = "half-marked";
+    // The trial's Idle marking is taken, the slice's refused: the step fails between them.
+    app.platform.inject(
+        Fault::new(
+            Component::Kpi,
+            "POST",
+            "/markKPIData",
+            FaultAction::Status(400),
+        )
+        .after(1)
+        .times(1),
+    );
+    app.start_trial(id).await;
+    let failed = app.wait_failed(id).await;
+    assert_eq!(failed["state"], "SendKpiIdle", "{failed}");
+    assert_eq!(failed["kpi_status"], "Idle", "{failed}");
+    let status = abort(&app, id, "aborted by the operator").await;
+    assert_eq!(status["leftovers"], json!([]), "{status}");
+    let markings: Vec<(String, String)> = app
+        .platform
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/markKPIData")
+        .filter_map(|r| {
+            let body = r.body.as_ref()?;
+            Some((
+                body["TrialID"].as_str()?.to_owned(),
+                body["Marking"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    let finished: Vec<&str> = markings
+        .iter()
+        .filter(|(_, marking)| marking == "Finished")
+        .map(|(marked, _)| marked.as_str())
+        .collect();
+    assert_eq!(finished.first(), Some(&id), "{markings:?}");
+}
+
+#[tokio::test]
 async fn an_abort_waiting_for_a_failure_procedure_whose_engine_is_deleted_is_503() {
     let app = spawn_app_with_settings(single_attempt).await;
     let id = "abort-outrun";
