@@ -116,7 +116,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::NotFound(_) => Self::not_found(e.to_string()),
             RegistryError::Unreachable(_)
             | RegistryError::Status(_)
-            | RegistryError::Garbage(_)
+            | RegistryError::Garbage { .. }
             | RegistryError::OtherTrial { .. } => Self::bad_gateway(e.to_string()),
         }
     }

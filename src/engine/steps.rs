@@ -359,6 +359,9 @@ async fn remove_callback_token(cx: &mut StepCx<'_>) -> Result<(), StepError> {
         .map_err(|e| StepError(format!("the revocation was not saved: {e}")))
 }
 
+/// The largest answer body kept with the trial (1 MiB).
+const MAX_RECORDED_BYTES: usize = 1024 * 1024;
+
 /// The record of one attempt's answer (or of its absence), with every secret redacted.
 pub fn record(
     label: &str,
@@ -380,6 +383,16 @@ pub fn record(
         at: state::now(),
     };
     match reply {
+        // Every answer is kept with the trial: a large one only as a note of its size.
+        Ok(reply) if reply.bytes > MAX_RECORDED_BYTES => {
+            record.status = Some(reply.status);
+            record.error = Some(format!(
+                "{} body of {} bytes: larger than {MAX_RECORDED_BYTES} bytes, not kept",
+                request.service.name(),
+                reply.bytes
+            ));
+            record.duration_ms = u64::try_from(reply.duration.as_millis()).unwrap_or(u64::MAX);
+        }
         Ok(reply) => {
             record.status = Some(reply.status);
             record.body = reply.json.clone();
@@ -521,6 +534,15 @@ impl StepCx<'_> {
                     .map(u16::to_string)
                     .collect::<Vec<_>>()
                     .join(" or "),
+            ))));
+        }
+        if let Some(why) = reply.unread {
+            return Err(StepError(redactor.text(&format!(
+                "{} {} {} answered {}, but {why}{after}",
+                request.service.name(),
+                request.method,
+                request.path,
+                reply.status
             ))));
         }
         // The step uses the answer as it came: what it passes on (the trial's flights, its

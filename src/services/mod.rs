@@ -110,6 +110,10 @@ pub struct Reply {
     pub json: Option<Value>,
     /// The start of a body that is not JSON, for error messages.
     pub text: Option<String>,
+    /// The size of the body in bytes.
+    pub bytes: usize,
+    /// Why the body could not be read (too large, cut off), if it could not.
+    pub unread: Option<String>,
     pub duration: Duration,
     /// How long the service asked to wait before trying again (`Retry-After`).
     pub retry_after: Option<Duration>,
@@ -200,8 +204,9 @@ struct ClientInner {
     policies: [RetrySettings; 3],
 }
 
-/// The largest answer body kept (1 MiB).
-const MAX_REPLY_BYTES: usize = 1024 * 1024;
+/// The largest answer body read (16 MiB): a registry listing thousands of trials, or a trial
+/// with a long flight plan, fits; a runaway body does not.
+const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
 
 /// Installs the process-wide rustls crypto provider (ring) once; later calls do nothing.
 pub fn install_crypto_provider() {
@@ -418,24 +423,34 @@ impl ServiceClient {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| retry::parse_retry_after(v, std::time::SystemTime::now()));
-        let unreadable = |reason: String| Reply {
-            status,
-            json: None,
-            text: Some(format!("{} body {reason}", service.name())),
-            duration: started.elapsed(),
-            retry_after,
+        let unreadable = |reason: String, bytes: usize| {
+            let reason = format!("{} body {reason}", service.name());
+            Reply {
+                status,
+                json: None,
+                text: Some(reason.clone()),
+                bytes,
+                unread: Some(reason),
+                duration: started.elapsed(),
+                retry_after,
+            }
         };
-        // Every answer is kept with the trial (and in each checkpoint): a runaway body is not.
         let mut bytes = Vec::new();
         loop {
             match response.chunk().await {
                 Ok(Some(chunk)) if bytes.len() + chunk.len() > MAX_REPLY_BYTES => {
-                    return unreadable(format!("is larger than {MAX_REPLY_BYTES} bytes: not kept"));
+                    return unreadable(
+                        format!("is larger than {MAX_REPLY_BYTES} bytes: not read"),
+                        bytes.len() + chunk.len(),
+                    );
                 }
                 Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
                 Ok(None) => break,
                 Err(e) => {
-                    return unreadable(format!("could not be read: {}", e.without_url()));
+                    return unreadable(
+                        format!("could not be read: {}", e.without_url()),
+                        bytes.len(),
+                    );
                 }
             }
         }
@@ -456,6 +471,8 @@ impl ServiceClient {
             status,
             json,
             text,
+            bytes: bytes.len(),
+            unread: None,
             duration: started.elapsed(),
             retry_after,
         }

@@ -3,7 +3,7 @@
 use reqwest::Method;
 use serde_json::Value;
 
-use super::{Outbound, SendError, Service, ServiceClient};
+use super::{Outbound, Reply, SendError, Service, ServiceClient};
 use crate::domain::TrialId;
 
 /// Why the registry's answer could not be used.
@@ -15,8 +15,15 @@ pub enum RegistryError {
     NotFound(String),
     #[error("trial repository answered HTTP {0}")]
     Status(u16),
-    #[error("trial repository answered something that is not {0}")]
-    Garbage(&'static str),
+    #[error(
+        "trial repository answered something that is not {expected}{}",
+        unread.as_deref().map(|why| format!(" ({why})")).unwrap_or_default()
+    )]
+    Garbage {
+        expected: &'static str,
+        /// Why the answer could not be read, if it could not.
+        unread: Option<String>,
+    },
     #[error("trial repository answered trial '{answered}' when asked for trial '{asked}'")]
     OtherTrial { asked: String, answered: String },
 }
@@ -48,6 +55,14 @@ impl RegistryTrial {
     }
 }
 
+/// An answer that is not `expected`, with why it could not be read, if it could not.
+fn garbage(expected: &'static str, reply: &Reply) -> RegistryError {
+    RegistryError::Garbage {
+        expected,
+        unread: reply.unread.clone(),
+    }
+}
+
 impl ServiceClient {
     /// `GET /trial/{id}/`: the trial object.
     pub async fn fetch_trial(&self, id: &TrialId) -> Result<RegistryTrial, RegistryError> {
@@ -71,7 +86,7 @@ impl ServiceClient {
             .as_ref()
             .filter(|v| v.is_object())
             .and_then(RegistryTrial::from_value)
-            .ok_or(RegistryError::Garbage("a trial object with an id"))?;
+            .ok_or_else(|| garbage("a trial object with an id", &reply))?;
         if trial.id != id.as_str() {
             return Err(RegistryError::OtherTrial {
                 asked: id.to_string(),
@@ -97,9 +112,9 @@ impl ServiceClient {
             Some(Value::Array(items)) => items,
             Some(Value::Object(map)) => match map.get("results") {
                 Some(Value::Array(items)) => items,
-                _ => return Err(RegistryError::Garbage("a list of trials")),
+                _ => return Err(garbage("a list of trials", &reply)),
             },
-            _ => return Err(RegistryError::Garbage("a list of trials")),
+            _ => return Err(garbage("a list of trials", &reply)),
         };
         Ok(list.iter().filter_map(RegistryTrial::from_value).collect())
     }

@@ -137,6 +137,8 @@ mod tests {
             status,
             json: None,
             text: None,
+            bytes: 0,
+            unread: None,
             duration: Duration::ZERO,
             retry_after: None,
         })

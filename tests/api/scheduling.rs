@@ -449,6 +449,57 @@ async fn schedule_all_schedules_future_trials_and_skips_past_ones() {
 }
 
 #[tokio::test]
+async fn answers_over_a_mebibyte_are_used_and_recorded_as_a_note() {
+    let app = spawn_app().await;
+    // A listing of 1.5 MiB: its trials carry long descriptions.
+    for i in 0..3 {
+        let mut trial = Platform::trial(&format!("described-{i}"), Some(in_secs(3600)));
+        trial["description"] = json!("d".repeat(512 * 1024));
+        app.platform.add_trial(trial);
+    }
+    let answer = app.post("/debug/trial/schedule-all", None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    assert_eq!(ids(&answer.body, "scheduled").len(), 3, "{answer:?}");
+
+    // A trial whose flight plan alone is over 1 MiB runs, and its plan reaches enforcement.
+    let id = "long-flight";
+    let mut trial = Platform::trial(id, None);
+    let flights = json!([{"id": 1, "waypoints": vec![[43.61, 7.05]; 120_000]}]);
+    trial["flights"] = flights.clone();
+    app.platform.add_trial(trial);
+    app.schedule_in(id, 300).await;
+    app.wait_waiting(id, "operator (active or finish)").await;
+    let plan = app
+        .platform
+        .requests_for(id)
+        .into_iter()
+        .find(|r| r.path == "/flightplan")
+        .and_then(|r| r.body)
+        .expect("the flight plan was sent");
+    assert!(
+        plan["flight_plan"]["flights"] == flights,
+        "the plan was changed"
+    );
+    let responses = app.get(&format!("/trial/{id}/responses")).await.body;
+    let info = responses["responses"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|r| r["step"] == "GetTrialInfo")
+        .expect("the trial's answer")
+        .clone();
+    assert_eq!(info["status"], 200, "{}", info["error"]);
+    assert!(info["body"].is_null(), "the body is kept");
+    assert!(
+        info["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("larger than 1048576 bytes, not kept")),
+        "{}",
+        info["error"]
+    );
+}
+
+#[tokio::test]
 async fn schedule_all_twice_reports_already_scheduled() {
     let app = spawn_app().await;
     app.platform
