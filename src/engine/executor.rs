@@ -240,6 +240,9 @@ pub struct Executor {
     /// The answer to a signal taken at a waiting point, sent once the checkpoint that takes
     /// it is saved: a caller told it was accepted finds it accepted after a crash.
     pub(super) answer: Option<PendingAnswer>,
+    /// Aborts that came while a deploying step ran, answered once the clean-up they start is
+    /// saved (its `abort_requested` event is in the history already).
+    pub(super) aborts: Vec<oneshot::Sender<ControlOutcome>>,
 }
 
 /// A signal taken at a waiting point, not answered yet.
@@ -271,7 +274,14 @@ impl Executor {
                 Outcome::Abort(reason) => self.begin_cleanup(reason),
             };
             self.checkpoint.position = position;
-            if let Err(e) = self.save(self.lifecycle()).await {
+            let saved = self.save(self.lifecycle()).await;
+            for (i, reply) in self.aborts.drain(..).enumerate() {
+                let _ = reply.send(match &saved {
+                    Ok(()) => Ok(abort_accepted(&self.id, i > 0)),
+                    Err(e) => Err(ControlError::NotSaved(e.clone())),
+                });
+            }
+            if let Err(e) = saved {
                 return Box::pin(self.fail(format!("checkpoint not saved: {e}"))).await;
             }
         }
@@ -291,7 +301,8 @@ impl Executor {
     }
 
     /// Runs one step while still answering commands: a request in flight never blocks the
-    /// API. An abort drops the step (its request is cancelled).
+    /// API. An abort drops the step (its request is cancelled), unless the step deploys what
+    /// the clean-up undoes: then the clean-up begins once the step has its answer.
     async fn run_step(&mut self, step: Step) -> Outcome {
         self.shared.move_to(Lifecycle::Running, &self.checkpoint);
         info!(step = step.name(), "step started");
@@ -304,6 +315,8 @@ impl Executor {
         let started = Instant::now();
         let cleanup = self.cleaning_up();
         let stepping = self.stepping;
+        let waits_for_answer = !cleanup && sequence::deploys(step);
+        let mut abort_after: Option<String> = None;
         let result = {
             let Checkpoint {
                 data,
@@ -333,6 +346,23 @@ impl Executor {
                 tokio::select! {
                     result = &mut work => break Ok(result),
                     Some(command) = self.commands.recv() => {
+                        let command = match command {
+                            Command::Control(Control::Abort { reason }, reply) if waits_for_answer => {
+                                if abort_after.is_none() {
+                                    info!(step = step.name(), "abort: the clean-up begins once the step has its answer");
+                                    self.shared.journal.event(
+                                        EventKind::AbortRequested,
+                                        Some(step),
+                                        Some(reason.clone()),
+                                        None,
+                                    );
+                                    abort_after = Some(reason);
+                                }
+                                self.aborts.push(reply);
+                                continue;
+                            }
+                            command => command,
+                        };
                         let doing = "the executor is running";
                         match at_step(step, doing, command, accepted, held, &self.id, cleanup) {
                             AtStep::Answered => {}
@@ -374,7 +404,7 @@ impl Executor {
         };
         metrics::counter!("lcm_steps_total", "step" => step.name(), "outcome" => label)
             .increment(1);
-        match result {
+        let outcome = match result {
             Ok(()) => {
                 info!(step = step.name(), elapsed_ms, "step completed");
                 if step == Step::GetCallbackToken {
@@ -398,7 +428,8 @@ impl Executor {
                 );
                 Outcome::Failed(reason)
             }
-        }
+        };
+        abort_after.map_or(outcome, Outcome::Abort)
     }
 
     /// Where the path goes after `step` completed.
@@ -675,9 +706,12 @@ impl Executor {
         sequence::start_cleanup(&mut self.checkpoint, &reason);
         self.stepping = false;
         info!(reason = %reason, "aborting: the clean-up starts");
-        self.shared
-            .journal
-            .event(EventKind::AbortRequested, None, Some(reason.clone()), None);
+        // An abort that waited for a deploying step was recorded when it came.
+        if self.aborts.is_empty() {
+            self.shared
+                .journal
+                .event(EventKind::AbortRequested, None, Some(reason.clone()), None);
+        }
         self.shared.journal.event(
             EventKind::CleanupStarted,
             None,

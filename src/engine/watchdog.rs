@@ -421,6 +421,7 @@ impl Watchdog {
             checkpoints: self.checkpoint_tx.clone(),
             stepping: false,
             answer: None,
+            aborts: Vec::new(),
         };
         *self.shared.commands() = commands_tx;
         // The engine's span, not nested in the watchdog's: each line names the trial once.

@@ -96,18 +96,12 @@ async fn an_abort_undoes_exactly_what_the_trial_deployed_at_every_point() {
         );
     };
     fault(Component::Repository, "GET", "/trial/", long.clone(), early);
+    let deployment = Gate::default();
     fault(
         Component::Enforcement,
         "POST",
         "/sliceDeployment",
-        long.clone(),
-        deploying,
-    );
-    fault(
-        Component::Enforcement,
-        "DELETE",
-        "/sliceDeployment/",
-        FaultAction::Json(404, json!({"detail": "no such slice"})),
+        FaultAction::HoldUntil(deployment.clone()),
         deploying,
     );
     fault(
@@ -143,8 +137,8 @@ async fn an_abort_undoes_exactly_what_the_trial_deployed_at_every_point() {
     );
     assert_eq!(app.platform.status_history(early), ["ABORTED"]);
 
-    // While the slice is being deployed: the request is cancelled and the slice closed (a
-    // 404, the slice never made, counts as done).
+    // While the slice is being deployed: the abort lets the deployment have its answer, so
+    // the slice it made is known and closed, not left on the facility.
     eventually("the slice deployment to be sent", || async {
         let sent = lines(&app, deploying);
         match sent.iter().any(|l| l == "POST /sliceDeployment") {
@@ -153,7 +147,39 @@ async fn an_abort_undoes_exactly_what_the_trial_deployed_at_every_point() {
         }
     })
     .await;
-    abort(&app, deploying, "facility closed").await;
+    let answered = async {
+        eventually("the abort to be taken", || async {
+            let kinds = app.event_kinds(deploying).await;
+            match kinds.iter().any(|k| k == "abort_requested") {
+                true => Ok(()),
+                false => Err(format!("{kinds:?}")),
+            }
+        })
+        .await;
+        deployment.open();
+    };
+    tokio::join!(abort(&app, deploying, "facility closed"), answered);
+    let answered: Vec<(String, Value)> =
+        app.get(&format!("/trial/{deploying}/responses")).await.body["responses"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter(|r| r["service"] == "trial_enforcement")
+            .map(|r| {
+                (
+                    r["step"].as_str().unwrap_or_default().to_owned(),
+                    r["status"].clone(),
+                )
+            })
+            .collect();
+    assert_eq!(
+        answered,
+        [
+            ("SliceDeployment".to_owned(), json!(201)),
+            ("CloseService".to_owned(), json!(200))
+        ],
+        "the slice was made, then closed"
+    );
     assert_eq!(
         lines(&app, deploying),
         with(
