@@ -243,6 +243,9 @@ pub struct Executor {
     /// Aborts that came while a deploying step ran, answered once the clean-up they start is
     /// saved (its `abort_requested` event is in the history already).
     pub(super) aborts: Vec<oneshot::Sender<ControlOutcome>>,
+    /// Why the first clean-up step to fail failed: the clean-up undoes the rest, then fails
+    /// with it.
+    pub(super) cleanup_failure: Option<String>,
 }
 
 /// A signal taken at a waiting point, not answered yet.
@@ -426,10 +429,32 @@ impl Executor {
                     Some(reason.clone()),
                     Some(elapsed_ms),
                 );
-                Outcome::Failed(reason)
+                if cleanup {
+                    self.after_cleanup_failure(step, reason)
+                } else {
+                    Outcome::Failed(reason)
+                }
             }
         };
         abort_after.map_or(outcome, Outcome::Abort)
+    }
+
+    /// A clean-up step failed for good: the clean-up goes on with what it can still undo, then
+    /// fails with the first reason.
+    fn after_cleanup_failure(&mut self, step: Step, reason: String) -> Outcome {
+        let first = self.cleanup_failure.get_or_insert(reason).clone();
+        let data = &self.checkpoint.data;
+        match sequence::undo_after_failure(step, data.kpi_status, &data.ledger) {
+            Some(next) => {
+                info!(
+                    step = step.name(),
+                    next = next.name(),
+                    "clean-up step failed: undoing the rest first"
+                );
+                Outcome::To(Position::Run(next))
+            }
+            None => Outcome::Failed(first),
+        }
     }
 
     /// Where the path goes after `step` completed.
@@ -444,9 +469,17 @@ impl Executor {
             },
             Mode::Cleanup { .. } => {
                 let data = &self.checkpoint.data;
-                sequence::cleanup_after(Some(step), data.kpi_status, &data.ledger)
-                    .position()
-                    .map_or(Outcome::Aborted, Outcome::To)
+                match sequence::cleanup_after(Some(step), data.kpi_status, &data.ledger) {
+                    // The repository hears ABORTED only once everything is undone.
+                    Next::Step(Step::UpdateStatusAborted)
+                        if sequence::left_deployed(data.kpi_status, &data.ledger) =>
+                    {
+                        Outcome::Failed(self.cleanup_failure.clone().unwrap_or_else(|| {
+                            "the clean-up could not undo everything: a step of it failed (the history says which)".to_owned()
+                        }))
+                    }
+                    next => next.position().map_or(Outcome::Aborted, Outcome::To),
+                }
             }
         }
     }

@@ -317,6 +317,29 @@ pub fn cleanup_after(done: Option<Step>, kpi_status: Option<KpiStatus>, ledger: 
         .map_or(Next::End, |(step, _)| Next::Step(*step))
 }
 
+/// The clean-up step to go on with after `failed` failed for good: the next one that undoes
+/// something still deployed. A step that fails does not keep the later ones from undoing what
+/// they can (KPI monitoring down must not leave the slice on the facility); the repository
+/// status and the token are left for a clean-up that undid everything.
+pub fn undo_after_failure(
+    failed: Step,
+    kpi_status: Option<KpiStatus>,
+    ledger: &Ledger,
+) -> Option<Step> {
+    let from = CLEANUP.iter().position(|(step, _)| *step == failed)? + 1;
+    CLEANUP[from..]
+        .iter()
+        .find(|(_, undoes)| *undoes != Undoes::Always && needed(*undoes, kpi_status, ledger))
+        .map(|(step, _)| *step)
+}
+
+/// Whether something the clean-up undoes is still deployed: a clean-up step failed for good.
+pub fn left_deployed(kpi_status: Option<KpiStatus>, ledger: &Ledger) -> bool {
+    CLEANUP
+        .iter()
+        .any(|(_, undoes)| *undoes != Undoes::Always && needed(*undoes, kpi_status, ledger))
+}
+
 /// Turns `checkpoint` to the clean-up path of an abort for `reason` (a clean-up that failed
 /// keeps its first reason): what the trial deployed is its ledger, the pause is lifted, and
 /// the position is the first clean-up step whose work exists. The path always ends with the
@@ -524,6 +547,7 @@ impl Signal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::state::JobState;
 
     #[test]
     fn every_step_has_one_row_and_every_wait_one_spec() {
@@ -557,7 +581,6 @@ mod tests {
 
     #[test]
     fn the_cleanup_undoes_only_what_exists() {
-        use crate::engine::state::JobState;
         let nothing = Ledger::default();
         assert_eq!(
             cleanup_after(None, None, &nothing),
@@ -598,6 +621,43 @@ mod tests {
             Next::Step(CloseService),
             "a slice already closing is closed again"
         );
+    }
+
+    #[test]
+    fn a_failed_clean_up_step_lets_the_rest_undo_what_is_left() {
+        let everything = Ledger {
+            slice: SliceState::Created,
+            measurement_job: JobState::Created("mj".into()),
+        };
+        let marked = Some(KpiStatus::Idle);
+        assert_eq!(
+            undo_after_failure(SendKpiFinish, marked, &everything),
+            Some(DeleteMeasurementJob)
+        );
+        let job_gone = Ledger {
+            measurement_job: JobState::Deleted,
+            ..everything.clone()
+        };
+        assert_eq!(
+            undo_after_failure(SendKpiFinish, marked, &job_gone),
+            Some(CloseService)
+        );
+        // Nothing more to undo: the repository status and the token wait for a clean-up
+        // that undid everything.
+        assert_eq!(undo_after_failure(CloseService, marked, &everything), None);
+        assert_eq!(
+            undo_after_failure(UpdateStatusAborted, None, &everything),
+            None
+        );
+        assert!(left_deployed(marked, &Ledger::default()));
+        assert!(left_deployed(None, &job_gone));
+        assert!(!left_deployed(
+            Some(KpiStatus::Finished),
+            &Ledger {
+                slice: SliceState::Closed,
+                measurement_job: JobState::Deleted,
+            }
+        ));
     }
 
     #[test]

@@ -422,6 +422,7 @@ impl Watchdog {
             stepping: false,
             answer: None,
             aborts: Vec::new(),
+            cleanup_failure: None,
         };
         *self.shared.commands() = commands_tx;
         // The engine's span, not nested in the watchdog's: each line names the trial once.

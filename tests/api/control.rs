@@ -426,7 +426,8 @@ async fn an_abort_waits_until_the_failure_procedure_is_done() {
 }
 
 #[tokio::test]
-async fn a_clean_up_that_fails_for_good_names_its_leftovers_and_abort_again_retries_it() {
+async fn a_clean_up_step_that_fails_for_good_lets_the_rest_undo_what_they_can_and_abort_again_retries_it()
+ {
     let app = spawn_app().await;
     let id = "leaky";
     app.start_trial(id).await;
@@ -449,11 +450,24 @@ async fn a_clean_up_that_fails_for_good_names_its_leftovers_and_abort_again_retr
         .await;
     assert_eq!(failed["aborting"], false, "{failed}");
     assert_eq!(failed["restorable"], false, "{failed}");
-    let expected = json!([
-        {"kind": "slice", "id": format!("slice-{id}")},
-        {"kind": "measurement_job", "id": format!("mj-{id}")},
-    ]);
+    assert!(
+        failed["failure"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("DeleteMeasurementJob failed")),
+        "{failed}"
+    );
+    // The slice was closed all the same: only the job is left on the facility, and the
+    // repository was not told ABORTED.
+    let expected = json!([{"kind": "measurement_job", "id": format!("mj-{id}")}]);
     assert_eq!(failed["leftovers"], expected);
+    assert!(
+        !app.platform
+            .status_history(id)
+            .iter()
+            .any(|s| s == "ABORTED"),
+        "{:?}",
+        app.platform.status_history(id)
+    );
     // The failure procedure writes the file once the failure is shown.
     let file = eventually("the failure file", || async {
         app.failure_file(id)
@@ -485,6 +499,63 @@ async fn a_clean_up_that_fails_for_good_names_its_leftovers_and_abort_again_retr
         1,
         "{sent:?}"
     );
+}
+
+#[tokio::test]
+async fn kpi_monitoring_down_for_good_keeps_no_slice_deployed() {
+    let app = spawn_app_with_settings(single_attempt).await;
+    let id = "kpi-down";
+    app.start_to_idle(id).await;
+    app.platform.inject(Fault::new(
+        Component::Kpi,
+        "POST",
+        "/markKPIData",
+        FaultAction::Status(503),
+    ));
+    assert_eq!(
+        app.post(&format!("/trial/{id}/abort"), None).await.status,
+        StatusCode::OK
+    );
+    let failed = app
+        .wait_for(id, "a failed clean-up", |s| s["cleanup_failed"] == true)
+        .await;
+    assert!(
+        failed["failure"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("SendKpiFinish failed")),
+        "{failed}"
+    );
+    // Only the KPI marking is left: the job and the slice were undone after it failed.
+    assert_eq!(failed["leftovers"], json!([]), "{failed}");
+    let sent = lines(&app, id);
+    let refused = sent
+        .iter()
+        .rposition(|l| l == "POST /markKPIData")
+        .expect("the refused marking");
+    assert_eq!(
+        sent[refused + 1..],
+        [
+            format!("DELETE /measurementjobs/mj-{id}"),
+            format!("DELETE /sliceDeployment/{id}"),
+            format!("PUT /trial/{id}/"),
+        ],
+        "the job and the slice undone, then FAILED reported: {sent:?}"
+    );
+    assert_eq!(app.platform.trial_status(id).as_deref(), Some("FAILED"));
+
+    // KPI monitoring back: abort again finishes the marking and ends the trial.
+    app.platform.clear_faults();
+    let status = abort(&app, id, "aborted by the operator").await;
+    assert_eq!(status["leftovers"], json!([]));
+    for marked in [id.to_owned(), format!("slice-{id}")] {
+        let markings = app.platform.kpi_markings(&marked);
+        assert_eq!(
+            markings.last().map(String::as_str),
+            Some("Finished"),
+            "{marked}: {markings:?}"
+        );
+    }
+    assert_eq!(app.platform.trial_status(id).as_deref(), Some("ABORTED"));
 }
 
 #[tokio::test]
