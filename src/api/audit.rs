@@ -206,11 +206,24 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         (true, false) => (response, Some("answer too large to show".to_owned())),
         (false, _) => (response, None),
     };
+    let entry = cx.entry(status, detail);
+    if status.is_client_error() {
+        // A refused change (a component's callback with a bad token, a signal out of place)
+        // is in the log too, for whoever looks there first.
+        tracing::warn!(
+            action = %entry.action,
+            trial = %entry.trial_id.as_deref().unwrap_or("-"),
+            actor = %entry.actor,
+            status = entry.outcome,
+            detail = entry.detail.as_deref().unwrap_or("-"),
+            "request refused"
+        );
+    }
     state
         .scheduler
         .deps()
         .store
-        .submit(Op::Audit(Box::new(cx.entry(status, detail))));
+        .submit(Op::Audit(Box::new(entry)));
     response
 }
 

@@ -647,6 +647,32 @@ async fn sighup_reloads_the_keys_and_a_bad_reload_keeps_the_old_ones() {
 }
 
 #[tokio::test]
+async fn a_refused_callback_is_in_the_log_with_its_trial_and_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let binary = Binary::start(
+        dir,
+        "api_key = \"admin-key\"\ntoken_secret = \"the-secret\"\n",
+        "admin-key",
+    )
+    .await;
+    let forged = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ0OSJ9.c2lnbmF0dXJl";
+    let answer = binary
+        .app
+        .call_as(Method::POST, "/trial/t9/callback/slice", None, Some(forged))
+        .await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{answer:?}");
+    let log = binary.wait_for_log("request refused").await;
+    let line = log
+        .lines()
+        .find(|l| l.contains("request refused"))
+        .unwrap_or_default();
+    for part in ["trial=t9", "status=401", "/callback/slice"] {
+        assert!(line.contains(part), "{part}: {line}");
+    }
+    assert!(!log.contains(forged), "the token is not logged");
+}
+
+#[tokio::test]
 async fn a_bad_secret_file_stops_start_up_naming_the_key_and_the_path() {
     let dir = tempfile::tempdir().expect("tempdir");
     let keys = dir.path().join("keys.toml");
