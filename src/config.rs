@@ -750,6 +750,16 @@ impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.bind_addr()?;
         parse_http_url("server.public_url", &self.server.public_url)?;
+        for origin in &self.server.cors_origins {
+            if origin != "*" && !is_origin(origin) {
+                return Err(invalid(
+                    "server.cors_origins",
+                    format!(
+                        "'{origin}' is not an origin like https://console.example (scheme, host and port only), nor *"
+                    ),
+                ));
+            }
+        }
         if self.server.max_body_bytes == 0 {
             return Err(invalid("server.max_body_bytes", "must be greater than 0"));
         }
@@ -1102,6 +1112,14 @@ fn parse_http_url(key: &str, value: &str) -> Result<Url, ConfigError> {
     Ok(url)
 }
 
+/// Whether `value` is a web origin as a browser sends it: `scheme://host[:port]`, nothing more.
+fn is_origin(value: &str) -> bool {
+    Url::parse(value).is_ok_and(|url| {
+        matches!(url.scheme(), "http" | "https")
+            && url.origin().ascii_serialization() == value.trim_end_matches('/')
+    })
+}
+
 /// A URL as an error message shows it: its `user:password@`, if any, left out (read as text,
 /// since a URL that does not parse is shown too).
 fn without_credentials(value: &str) -> Cow<'_, str> {
@@ -1181,6 +1199,28 @@ mod tests {
             err.contains("services.abstraction_layer.interval") && err.contains("greater than 0"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn cors_origins_are_origins() {
+        for origin in ["https://console.example", "http://127.0.0.1:8080", "*"] {
+            let mut settings = Settings::defaults().unwrap();
+            settings.server.cors_origins = vec![origin.to_owned()];
+            settings.validate().expect(origin);
+        }
+        for origin in [
+            "not an origin",
+            "https://console.example/ui",
+            "console.example",
+        ] {
+            let mut settings = Settings::defaults().unwrap();
+            settings.server.cors_origins = vec![origin.to_owned()];
+            let err = settings.validate().unwrap_err().to_string();
+            assert!(
+                err.contains("server.cors_origins") && err.contains(origin),
+                "{err}"
+            );
+        }
     }
 
     #[test]
