@@ -441,6 +441,7 @@ pub fn recorder<'a>(
                 request.path,
                 wait.as_secs_f64()
             );
+            tracing::info!(step = label, "{detail}");
             journal.event(
                 EventKind::StepRetry,
                 step,

@@ -325,7 +325,16 @@ impl ServiceClient {
             .record(reply.duration.as_secs_f64());
         } else {
             if let Err(e) = &result {
-                warn!(error = %e, "{} {} got no answer", request.method, request.path);
+                let path = match request.path.as_str() {
+                    "" => "/",
+                    path => path,
+                };
+                warn!(
+                    service = request.service.name(),
+                    error = %e,
+                    "{} {path}: no usable answer",
+                    request.method
+                );
             }
             metrics::counter!(
                 "lcm_outbound_request_errors_total",
