@@ -13,22 +13,12 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::Viewer;
 use super::{paging, view};
 use crate::store::codec::time;
-use crate::store::{ListedTrial, TrialQuery};
+use crate::store::{ListedStatus, ListedTrial, TrialQuery};
 
 /// The routes of this area.
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list))
 }
-
-/// The engine statuses a listing can filter on: those a record or a job has in the store.
-pub const STATUSES: [&str; 6] = [
-    "Active",
-    "Failed",
-    "Finished",
-    "Aborted",
-    "Scheduled",
-    "Corrupt",
-];
 
 /// One page of the listing: its rows, and the cursor of the next page if there is one.
 pub struct Page {
@@ -47,16 +37,17 @@ pub fn parse_query(pairs: Vec<(String, String)>) -> Result<TrialQuery, ApiError>
         match key.as_str() {
             "status" => {
                 for status in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                    let known = STATUSES
-                        .iter()
-                        .find(|s| s.eq_ignore_ascii_case(status))
+                    let known = ListedStatus::parse(status)
+                        .filter(|known| ListedStatus::FILTERS.contains(known))
                         .ok_or_else(|| {
+                            let names: Vec<&str> =
+                                ListedStatus::FILTERS.iter().map(|s| s.name()).collect();
                             ApiError::bad_request(format!(
                                 "status '{status}' is not one of: {}",
-                                STATUSES.join(", ")
+                                names.join(", ")
                             ))
                         })?;
-                    query.statuses.push((*known).to_owned());
+                    query.statuses.push(known);
                 }
             }
             "q" => {
@@ -152,11 +143,11 @@ pub async fn page(state: &AppState, query: TrialQuery) -> Result<Page, ApiError>
             let id = crate::domain::TrialId::parse(&row.trial_id).ok();
             let live = id
                 .and_then(|id| engines.get(&id))
-                .filter(|_| row.engine_status != "Scheduled");
+                .filter(|_| row.engine_status != ListedStatus::Scheduled);
             if let Some(engine) = live {
                 // The store saves at every step; memory knows the moment.
                 let snapshot = engine.snapshot();
-                row.engine_status = snapshot.engine_status().name().to_owned();
+                row.engine_status = snapshot.engine_status().into();
                 row.status = Some(snapshot.lifecycle.executor_status().name().to_owned());
                 row.state = Some(view::state(&snapshot).to_owned());
                 row.step = match snapshot.position {
@@ -186,7 +177,7 @@ mod tests {
     fn cursors_round_trip_and_garbage_is_refused() {
         let row = ListedTrial {
             trial_id: "t_1".into(),
-            engine_status: "Finished".into(),
+            engine_status: ListedStatus::Finished,
             status: None,
             state: None,
             step: None,
@@ -217,7 +208,14 @@ mod tests {
             ("status", "scheduled"),
         ]))
         .unwrap();
-        assert_eq!(query.statuses, ["Active", "Failed", "Scheduled"]);
+        assert_eq!(
+            query.statuses,
+            [
+                ListedStatus::Active,
+                ListedStatus::Failed,
+                ListedStatus::Scheduled
+            ]
+        );
         assert!(parse_query(pairs(&[("status", "Bogus")])).is_err());
         assert!(parse_query(pairs(&[("status", "Stopped")])).is_err());
         assert!(parse_query(pairs(&[("limit", "0")])).is_err());
@@ -227,7 +225,7 @@ mod tests {
             parse_query(pairs(&[("status", "Active"), ("status", "Failed")]))
                 .unwrap()
                 .statuses,
-            ["Active", "Failed"]
+            [ListedStatus::Active, ListedStatus::Failed]
         );
         assert_eq!(parse_query(pairs(&[("limit", "500")])).unwrap().limit, 500);
         assert!(parse_query(pairs(&[("q", "a b")])).is_err());

@@ -14,7 +14,7 @@ use crate::engine::sequence;
 use crate::engine::state::{
     ExecutorStatus, Lifecycle, Mode, Position, ResponseRecord, Snapshot, TrialEvent,
 };
-use crate::store::{StoredTrial, TrialRecord};
+use crate::store::{ListedStatus, StoredTrial, TrialRecord};
 
 /// Where a trial was found.
 pub enum Found {
@@ -192,7 +192,7 @@ pub fn status(snapshot: &Snapshot) -> Value {
 pub fn corrupt_status(reason: &str) -> Value {
     json!({
         "message": "Status: Corrupt State: unknown",
-        "engine_status": "Corrupt",
+        "engine_status": ListedStatus::Corrupt,
         "failure": reason,
         "failed": true,
         "finished": false,

@@ -34,7 +34,7 @@ use crate::engine::state::{
     EventKind, Lifecycle, Mode, Position, ResponseRecord, Snapshot, TrialEvent,
 };
 use crate::engine::{EngineHandle, EngineShared};
-use crate::store::{AuditEntry, AuditQuery};
+use crate::store::{AuditEntry, AuditQuery, ListedStatus};
 
 /// How many audit entries the page shows.
 const AUDIT_ROWS: usize = 50;
@@ -295,11 +295,11 @@ fn summary(view: &TrialView) -> Markup {
     html! {
         @match (&view.kind, &view.snapshot) {
             (Kind::Scheduled(start), _) => {
-                p.status-line { (layout::badge("Scheduled")) " starts at "
+                p.status-line { (layout::badge(ListedStatus::Scheduled.name())) " starts at "
                     strong { (start.to_string()) } " (" (layout::time(start.utc())) ")" }
             },
             (Kind::Corrupt(reason), _) => {
-                p.status-line { (layout::badge("Corrupt")) }
+                p.status-line { (layout::badge(ListedStatus::Corrupt.name())) }
                 p.flash.error { "Its record cannot be read: " (reason) }
             },
             (_, Some(s)) => {

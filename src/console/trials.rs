@@ -17,22 +17,20 @@ use super::session::Signed;
 use crate::api::AppState;
 use crate::api::listing::{self, Page};
 use crate::api::paging;
-use crate::store::ListedTrial;
-use crate::store::TrialQuery;
+use crate::store::{ListedStatus, ListedTrial, TrialQuery};
 
-/// The status tabs: a label and the engine statuses it shows (none: all).
-const TABS: &[(&str, &[&str])] = &[
+/// The status tabs: a label and the statuses it shows (none: all).
+const TABS: &[(&str, &[ListedStatus])] = &[
     ("All", &[]),
-    ("Active", &["Active"]),
-    ("Scheduled", &["Scheduled"]),
-    ("Failed", &["Failed"]),
-    ("Ended", &["Finished", "Aborted"]),
-    ("Stopped", &["Stopped"]),
-    ("Corrupt", &["Corrupt"]),
+    ("Active", &[ListedStatus::Active]),
+    ("Scheduled", &[ListedStatus::Scheduled]),
+    ("Failed", &[ListedStatus::Failed]),
+    ("Ended", &[ListedStatus::Finished, ListedStatus::Aborted]),
+    ("Corrupt", &[ListedStatus::Corrupt]),
 ];
 
 /// Tabs shown only when they have trials (or are chosen).
-const RARE: [&str; 2] = ["Stopped", "Corrupt"];
+const RARE: [&str; 1] = ["Corrupt"];
 
 /// How often an open page checks whether the trials in memory changed.
 const CHECK: Duration = Duration::from_millis(500);
@@ -55,10 +53,10 @@ fn query(raw: Option<String>) -> Result<Query, String> {
 }
 
 /// A link to the listing with these statuses, keeping the search.
-fn href(statuses: &[&str], query: &TrialQuery, cursor: Option<&str>) -> String {
+fn href(statuses: &[ListedStatus], query: &TrialQuery, cursor: Option<&str>) -> String {
     let mut pairs = url::form_urlencoded::Serializer::new(String::new());
     if !statuses.is_empty() {
-        pairs.append_pair("status", &statuses.join(","));
+        pairs.append_pair("status", &names(statuses));
     }
     if let Some(q) = &query.id_contains {
         pairs.append_pair("q", q);
@@ -77,16 +75,22 @@ fn href(statuses: &[&str], query: &TrialQuery, cursor: Option<&str>) -> String {
     }
 }
 
-fn same_statuses(a: &[String], b: &[&str]) -> bool {
-    a.len() == b.len() && b.iter().all(|s| a.iter().any(|t| t == s))
+/// Statuses as a query writes them: `Finished,Aborted`.
+fn names(statuses: &[ListedStatus]) -> String {
+    let names: Vec<&str> = statuses.iter().map(|s| s.name()).collect();
+    names.join(",")
+}
+
+fn same_statuses(a: &[ListedStatus], b: &[ListedStatus]) -> bool {
+    a.len() == b.len() && b.iter().all(|s| a.contains(s))
 }
 
 /// The status tabs with their counts.
-fn tabs(query: &TrialQuery, counts: &[(String, u64)]) -> Markup {
-    let count = |statuses: &[&str]| -> u64 {
+fn tabs(query: &TrialQuery, counts: &[(ListedStatus, u64)]) -> Markup {
+    let count = |statuses: &[ListedStatus]| -> u64 {
         counts
             .iter()
-            .filter(|(s, _)| statuses.is_empty() || statuses.contains(&s.as_str()))
+            .filter(|(s, _)| statuses.is_empty() || statuses.contains(s))
             .map(|(_, n)| n)
             .sum()
     };
@@ -111,17 +115,17 @@ fn tabs(query: &TrialQuery, counts: &[(String, u64)]) -> Markup {
 /// Where a row's trial stands, in a few words.
 fn whereabouts(row: &ListedTrial) -> Markup {
     html! {
-        @match row.engine_status.as_str() {
-            "Scheduled" => {
+        @match row.engine_status {
+            ListedStatus::Scheduled => {
                 "starts at " @if let Some(start) = &row.start_time { (layout::time_text(start)) }
             },
-            "Failed" | "Corrupt" => {
+            ListedStatus::Failed | ListedStatus::Corrupt => {
                 span.reason { (row.failure.as_deref().unwrap_or("")) }
             },
-            "Finished" | "Aborted" | "Stopped" => {
+            ListedStatus::Finished | ListedStatus::Aborted | ListedStatus::Stopped => {
                 "ended " @if let Some(ended) = &row.ended_at { (layout::time_text(ended)) }
             },
-            _ => {
+            ListedStatus::Active => {
                 @if let Some(waiting) = &row.waiting_for {
                     span aria-hidden="true" { "‖ " } "waiting for " (waiting)
                 } @else if let Some(step) = &row.step {
@@ -136,7 +140,7 @@ fn whereabouts(row: &ListedTrial) -> Markup {
 
 /// The table of one page, and the link to the next.
 fn listing(query: &TrialQuery, page: &Page) -> Markup {
-    let statuses: Vec<&str> = query.statuses.iter().map(String::as_str).collect();
+    let statuses = &query.statuses;
     html! {
         @if page.trials.is_empty() {
             p.empty { "No trials here yet. " a href="/ui/schedule" { "Schedule one" } "." }
@@ -153,9 +157,9 @@ fn listing(query: &TrialQuery, page: &Page) -> Markup {
                     } }
                     tbody {
                         @for row in &page.trials {
-                            tr data-trial=(row.trial_id) data-status=(row.engine_status) {
+                            tr data-trial=(row.trial_id) data-status=(row.engine_status.name()) {
                                 th scope="row" { a href={ "/ui/trials/" (row.trial_id) } { (row.trial_id) } }
-                                td { (layout::badge(&row.engine_status)) }
+                                td { (layout::badge(row.engine_status.name())) }
                                 td { (whereabouts(row)) }
                                 td { (layout::time_text(&row.created_at)) }
                                 td { (layout::time_text(&row.updated_at)) }
@@ -167,10 +171,10 @@ fn listing(query: &TrialQuery, page: &Page) -> Markup {
         }
         nav.pager aria-label="Pages" {
             @if query.after.is_some() {
-                a href=(href(&statuses, query, None)) { "← Newest" }
+                a href=(href(statuses, query, None)) { "← Newest" }
             }
             @if let Some(cursor) = &page.next_cursor {
-                a href=(href(&statuses, query, Some(cursor))) rel="next" { "Older →" }
+                a href=(href(statuses, query, Some(cursor))) rel="next" { "Older →" }
             }
         }
     }
@@ -224,7 +228,7 @@ pub async fn page(
         nav #trial-tabs aria-label="Trials by status" { (parts[0].1) }
         form.search method="get" action="/ui/trials" role="search" {
             @if !query.parsed.statuses.is_empty() {
-                input type="hidden" name="status" value=(query.parsed.statuses.join(","));
+                input type="hidden" name="status" value=(names(&query.parsed.statuses));
             }
             label for="q" { "Search by id" }
             input #q type="search" name="q" value=[query.parsed.id_contains.as_deref()]

@@ -30,7 +30,7 @@ use tracing::error;
 
 use crate::domain::{StartTime, TrialId};
 use crate::engine::sequence::{Signal, Wait};
-use crate::engine::state::{Checkpoint, Lifecycle, ResponseRecord, TrialEvent};
+use crate::engine::state::{Checkpoint, EngineStatus, Lifecycle, ResponseRecord, TrialEvent};
 use crate::telemetry::panic_message;
 
 /// The name of the writer thread.
@@ -183,12 +183,84 @@ pub struct Loaded {
     pub quarantined: Vec<(String, String)>,
 }
 
+/// The status a trial is listed with (SPEC §12): its engine's, `Scheduled` for a job that has
+/// not started, `Corrupt` for a record set aside. Its name is how the store and the API write
+/// it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListedStatus {
+    Active,
+    Failed,
+    Finished,
+    Aborted,
+    Stopped,
+    Scheduled,
+    Corrupt,
+}
+
+impl ListedStatus {
+    const ALL: [ListedStatus; 7] = [
+        ListedStatus::Active,
+        ListedStatus::Failed,
+        ListedStatus::Finished,
+        ListedStatus::Aborted,
+        ListedStatus::Stopped,
+        ListedStatus::Scheduled,
+        ListedStatus::Corrupt,
+    ];
+
+    /// The statuses a listing can filter on: those a stored record or a job has.
+    pub const FILTERS: [ListedStatus; 6] = [
+        ListedStatus::Active,
+        ListedStatus::Failed,
+        ListedStatus::Finished,
+        ListedStatus::Aborted,
+        ListedStatus::Scheduled,
+        ListedStatus::Corrupt,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ListedStatus::Active => "Active",
+            ListedStatus::Failed => "Failed",
+            ListedStatus::Finished => "Finished",
+            ListedStatus::Aborted => "Aborted",
+            ListedStatus::Stopped => "Stopped",
+            ListedStatus::Scheduled => "Scheduled",
+            ListedStatus::Corrupt => "Corrupt",
+        }
+    }
+
+    /// The status named `name`, in any case.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|status| status.name().eq_ignore_ascii_case(name))
+    }
+}
+
+impl From<EngineStatus> for ListedStatus {
+    fn from(status: EngineStatus) -> Self {
+        match status {
+            EngineStatus::Active => ListedStatus::Active,
+            EngineStatus::Failed => ListedStatus::Failed,
+            EngineStatus::Finished => ListedStatus::Finished,
+            EngineStatus::Aborted => ListedStatus::Aborted,
+            EngineStatus::Stopped => ListedStatus::Stopped,
+        }
+    }
+}
+
+impl Serialize for ListedStatus {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
 /// Which trials `GET /trials` wants.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrialQuery {
-    /// Engine statuses to keep (`Active`, `Failed`, `Finished`, `Aborted`, `Scheduled`,
-    /// `Corrupt`); empty keeps all.
-    pub statuses: Vec<String>,
+    /// The statuses to keep; empty keeps all.
+    pub statuses: Vec<ListedStatus>,
     /// Keep ids containing this (validated: only trial-id characters).
     pub id_contains: Option<String>,
     /// Rows strictly after this `(created_at, trial_id)` in newest-first order.
@@ -201,7 +273,7 @@ pub struct TrialQuery {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ListedTrial {
     pub trial_id: String,
-    pub engine_status: String,
+    pub engine_status: ListedStatus,
     /// The executor status (none for a scheduled job or a corrupt record).
     pub status: Option<String>,
     pub state: Option<String>,
@@ -252,7 +324,8 @@ pub trait Reader: Send + 'static {
     fn trials(&mut self, query: &TrialQuery) -> Result<Vec<ListedTrial>, StoreError>;
     /// How many trials have each engine status (scheduled jobs as `Scheduled`), among those
     /// whose id contains `id_contains` if given.
-    fn counts(&mut self, id_contains: Option<&str>) -> Result<Vec<(String, u64)>, StoreError>;
+    fn counts(&mut self, id_contains: Option<&str>)
+    -> Result<Vec<(ListedStatus, u64)>, StoreError>;
     /// One trial's record.
     fn trial(&mut self, id: &TrialId) -> Result<Option<StoredTrial>, StoreError>;
     /// A trial's events, in order.

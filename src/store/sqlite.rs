@@ -10,8 +10,8 @@ use tracing::{error, warn};
 
 use super::codec::{self, decode_checkpoint, encode_checkpoint, parse_time, time};
 use super::{
-    AuditEntry, AuditQuery, Backend, ListedTrial, Loaded, Op, Reader, RecoveredTrial, StoreError,
-    StoredJob, StoredTrial, TrialQuery, TrialRecord, legacy,
+    AuditEntry, AuditQuery, Backend, ListedStatus, ListedTrial, Loaded, Op, Reader, RecoveredTrial,
+    StoreError, StoredJob, StoredTrial, TrialQuery, TrialRecord, legacy,
 };
 use crate::domain::{StartTime, TrialId};
 use crate::engine::sequence;
@@ -764,10 +764,15 @@ struct SqliteReader {
 
 const LISTED: &str = "trial_id, engine_status, status, state, step, waiting_for, created_at, updated_at, ended_at, failure";
 
+/// A listed status as the store wrote it; one it does not know is read as `Corrupt`.
+fn listed_status(name: &str) -> ListedStatus {
+    ListedStatus::parse(name).unwrap_or(ListedStatus::Corrupt)
+}
+
 fn listed(row: &rusqlite::Row<'_>, start_time: Option<String>) -> rusqlite::Result<ListedTrial> {
     Ok(ListedTrial {
         trial_id: row.get(0)?,
-        engine_status: row.get(1)?,
+        engine_status: listed_status(&row.get::<_, String>(1)?),
         status: row.get(2)?,
         state: row.get(3)?,
         step: row.get(4)?,
@@ -781,13 +786,13 @@ fn listed(row: &rusqlite::Row<'_>, start_time: Option<String>) -> rusqlite::Resu
 }
 
 /// The `WHERE` of a listing query over one table, with its parameters.
-fn listing_filter(query: &TrialQuery, statuses: &[String]) -> (String, Vec<String>) {
+fn listing_filter(query: &TrialQuery, statuses: &[ListedStatus]) -> (String, Vec<String>) {
     let mut clauses = Vec::new();
     let mut values = Vec::new();
     if !statuses.is_empty() {
         let marks = vec!["?"; statuses.len()].join(", ");
         clauses.push(format!("engine_status IN ({marks})"));
-        values.extend(statuses.iter().cloned());
+        values.extend(statuses.iter().map(|s| s.name().to_owned()));
     }
     if let Some(part) = &query.id_contains {
         // Trial ids may hold '_', a LIKE wildcard: escape it.
@@ -813,14 +818,15 @@ impl Reader for SqliteReader {
     fn trials(&mut self, query: &TrialQuery) -> Result<Vec<ListedTrial>, StoreError> {
         let read = |e| backend_error("list trials", e);
         let want =
-            |status: &str| query.statuses.is_empty() || query.statuses.iter().any(|s| s == status);
+            |status: ListedStatus| query.statuses.is_empty() || query.statuses.contains(&status);
         let limit = (query.limit + 1) as i64;
         let mut rows = Vec::new();
-        let trial_statuses: Vec<String> = query
+        // Jobs are listed from their own table.
+        let trial_statuses: Vec<ListedStatus> = query
             .statuses
             .iter()
-            .filter(|s| *s != "Scheduled")
-            .cloned()
+            .copied()
+            .filter(|s| *s != ListedStatus::Scheduled)
             .collect();
         if query.statuses.is_empty() || !trial_statuses.is_empty() {
             let (filter, mut values) = listing_filter(query, &trial_statuses);
@@ -837,7 +843,7 @@ impl Reader for SqliteReader {
                 rows.push(row.map_err(read)?);
             }
         }
-        if want("Scheduled") {
+        if want(ListedStatus::Scheduled) {
             let (filter, mut values) = listing_filter(query, &[]);
             values.push(limit.to_string());
             let sql = format!(
@@ -862,7 +868,10 @@ impl Reader for SqliteReader {
         Ok(rows)
     }
 
-    fn counts(&mut self, id_contains: Option<&str>) -> Result<Vec<(String, u64)>, StoreError> {
+    fn counts(
+        &mut self,
+        id_contains: Option<&str>,
+    ) -> Result<Vec<(ListedStatus, u64)>, StoreError> {
         let read = |e| backend_error("count trials", e);
         let query = TrialQuery {
             id_contains: id_contains.map(str::to_owned),
@@ -884,7 +893,7 @@ impl Reader for SqliteReader {
         for row in rows {
             let (status, count) = row.map_err(read)?;
             if count > 0 {
-                counts.push((status, u64::try_from(count).unwrap_or(0)));
+                counts.push((listed_status(&status), u64::try_from(count).unwrap_or(0)));
             }
         }
         Ok(counts)
@@ -910,7 +919,7 @@ impl Reader for SqliteReader {
             .optional()
             .map_err(read)?;
         Ok(row.map(|(row, engine_status, failure)| {
-            if engine_status == "Corrupt" {
+            if listed_status(&engine_status) == ListedStatus::Corrupt {
                 return StoredTrial::Corrupt {
                     reason: failure.unwrap_or_default(),
                 };

@@ -273,7 +273,7 @@ impl lcm::store::Reader for BusyReader {
     fn counts(
         &mut self,
         id_contains: Option<&str>,
-    ) -> Result<Vec<(String, u64)>, lcm::store::StoreError> {
+    ) -> Result<Vec<(lcm::store::ListedStatus, u64)>, lcm::store::StoreError> {
         self.answering()?;
         self.inner.counts(id_contains)
     }

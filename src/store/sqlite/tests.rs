@@ -225,7 +225,7 @@ fn start_up_reads_live_trials_only_and_sets_a_corrupt_one_aside() {
     let mut reader = store.reader().unwrap();
     let corrupt = reader
         .trials(&TrialQuery {
-            statuses: vec!["Corrupt".into()],
+            statuses: vec![ListedStatus::Corrupt],
             limit: 10,
             ..TrialQuery::default()
         })
@@ -392,13 +392,13 @@ fn the_listing_pages_newest_first_with_filters() {
         ["t_6", "t_5", "t_4", "t_3", "job", "t_2", "t_1", "t_0"]
     );
     let scheduled = TrialQuery {
-        statuses: vec!["Scheduled".into()],
+        statuses: vec![ListedStatus::Scheduled],
         limit: 10,
         ..TrialQuery::default()
     };
     assert_eq!(page(&scheduled, &mut reader), ["job"]);
     let finished = TrialQuery {
-        statuses: vec!["Finished".into(), "Scheduled".into()],
+        statuses: vec![ListedStatus::Finished, ListedStatus::Scheduled],
         limit: 10,
         ..TrialQuery::default()
     };
@@ -413,18 +413,18 @@ fn the_listing_pages_newest_first_with_filters() {
     };
     assert_eq!(page(&search, &mut reader), ["t_5"], "'_' is not a wildcard");
     let mut counts = reader.counts(None).unwrap();
-    counts.sort();
+    counts.sort_by_key(|(status, _)| status.name());
     assert_eq!(
         counts,
         [
-            ("Active".to_owned(), 3),
-            ("Finished".to_owned(), 4),
-            ("Scheduled".to_owned(), 1)
+            (ListedStatus::Active, 3),
+            (ListedStatus::Finished, 4),
+            (ListedStatus::Scheduled, 1)
         ]
     );
     assert_eq!(
         reader.counts(Some("_5")).unwrap(),
-        [("Active".to_owned(), 1)],
+        [(ListedStatus::Active, 1)],
         "counted among the ids searched for"
     );
 }
