@@ -516,13 +516,29 @@ fn read_keys_file(path: &Path) -> Result<Vec<KeySettings>, ConfigError> {
     Ok(file.keys)
 }
 
-/// An error message with each double-quoted value in it left out, as it may be a secret.
+/// An error message with the values it quotes (`"…"` or `` `…` ``) left out, as one may be a
+/// secret; what was expected, after `, expected`, is kept.
 fn without_quotes(message: &str) -> String {
-    let mut parts = message.split('"');
-    let mut out = parts.next().unwrap_or_default().to_owned();
-    while let (Some(_quoted), Some(after)) = (parts.next(), parts.next()) {
-        out.push_str("(value not shown)");
-        out.push_str(after);
+    let (told, expected) = match message.split_once(", expected") {
+        Some((told, expected)) => (told, Some(expected)),
+        None => (message, None),
+    };
+    let mut out = String::with_capacity(message.len());
+    let mut quote = None;
+    for c in told.chars() {
+        match quote {
+            Some(open) if c == open => {
+                quote = None;
+                out.push_str("(value not shown)");
+            }
+            Some(_) => {}
+            None if matches!(c, '"' | '`') => quote = Some(c),
+            None => out.push(c),
+        }
+    }
+    if let Some(expected) = expected {
+        out.push_str(", expected");
+        out.push_str(expected);
     }
     out
 }
@@ -1450,8 +1466,8 @@ mod tests {
                 "line 3",
             ),
             (
-                "[[keys]]\nname = \"ci\"\nkey = \"907153224\"\nrole = \"root\"\n",
-                "unknown variant",
+                "[[keys]]\nname = \"ci\"\nkey = \"k\"\nrole = \"907153224\"\n",
+                "unknown variant (value not shown), expected one of `viewer`",
             ),
             (
                 "keys = \"907153224\"\n",

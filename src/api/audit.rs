@@ -210,10 +210,12 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
     if status.is_client_error() {
         // A refused change (a component's callback with a bad token, a signal out of place)
         // is in the log too, for whoever looks there first.
+        // What the client wrote (the trial id, the actor's name) is quoted and escaped: a line
+        // break in it cannot make a line of its own.
         tracing::warn!(
             action = %entry.action,
-            trial = %entry.trial_id.as_deref().unwrap_or("-"),
-            actor = %entry.actor,
+            trial = entry.trial_id.as_deref().unwrap_or("-"),
+            actor = entry.actor.as_str(),
             status = entry.outcome,
             detail = entry.detail.as_deref().unwrap_or("-"),
             "request refused"

@@ -8,6 +8,7 @@
 //! trial's own deadline, which finishes it the way the operator's finish would.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -243,9 +244,9 @@ pub struct Executor {
     /// Aborts that came while a deploying step ran, answered once the clean-up they start is
     /// saved (its `abort_requested` event is in the history already).
     pub(super) aborts: Vec<oneshot::Sender<ControlOutcome>>,
-    /// Why the first clean-up step to fail failed: the clean-up undoes the rest, then fails
-    /// with it.
-    pub(super) cleanup_failure: Option<String>,
+    /// The first clean-up step to fail, and why: the clean-up undoes the rest, then fails
+    /// there.
+    pub(super) cleanup_failure: Option<(Step, String)>,
 }
 
 /// A signal taken at a waiting point, not answered yet.
@@ -273,16 +274,25 @@ impl Executor {
                 Outcome::To(position) => position,
                 Outcome::Finished => return Box::pin(self.end(Lifecycle::Finished)).await,
                 Outcome::Aborted => return Box::pin(self.end(Lifecycle::Aborted)).await,
-                Outcome::Failed(reason) => return Box::pin(self.fail(reason)).await,
+                Outcome::Failed(reason) => {
+                    let reason = match self.cleanup_failure.take() {
+                        // A clean-up fails where it first failed, whatever failed last.
+                        Some((step, first)) => {
+                            self.checkpoint.position = Position::Run(step);
+                            first
+                        }
+                        None => reason,
+                    };
+                    return Box::pin(self.fail(reason)).await;
+                }
                 Outcome::Abort(reason) => self.begin_cleanup(reason),
             };
             self.checkpoint.position = position;
             let saved = self.save(self.lifecycle()).await;
+            // Taken either way: a clean-up whose first checkpoint was not saved fails, and an
+            // abort again retries it.
             for (i, reply) in self.aborts.drain(..).enumerate() {
-                let _ = reply.send(match &saved {
-                    Ok(()) => Ok(abort_accepted(&self.id, i > 0)),
-                    Err(e) => Err(ControlError::NotSaved(e.clone())),
-                });
+                let _ = reply.send(Ok(abort_accepted(&self.id, i > 0)));
             }
             if let Err(e) = saved {
                 return Box::pin(self.fail(format!("checkpoint not saved: {e}"))).await;
@@ -304,8 +314,8 @@ impl Executor {
     }
 
     /// Runs one step while still answering commands: a request in flight never blocks the
-    /// API. An abort drops the step (its request is cancelled), unless the step deploys what
-    /// the clean-up undoes: then the clean-up begins once the step has its answer.
+    /// API. An abort drops the step (its request is cancelled), unless the request in flight
+    /// makes what the clean-up undoes: then the clean-up begins once it has its answer.
     async fn run_step(&mut self, step: Step) -> Outcome {
         self.shared.move_to(Lifecycle::Running, &self.checkpoint);
         info!(step = step.name(), "step started");
@@ -318,7 +328,7 @@ impl Executor {
         let started = Instant::now();
         let cleanup = self.cleaning_up();
         let stepping = self.stepping;
-        let waits_for_answer = !cleanup && sequence::deploys(step);
+        let deploying = AtomicBool::new(false);
         let mut abort_after: Option<String> = None;
         let result = {
             let Checkpoint {
@@ -342,6 +352,7 @@ impl Executor {
                 started_at: *started_at,
                 posts: 0,
                 reached: false,
+                deploying: &deploying,
             };
             let work = steps::run(&mut cx);
             tokio::pin!(work);
@@ -350,7 +361,9 @@ impl Executor {
                     result = &mut work => break Ok(result),
                     Some(command) = self.commands.recv() => {
                         let command = match command {
-                            Command::Control(Control::Abort { reason }, reply) if waits_for_answer => {
+                            Command::Control(Control::Abort { reason }, reply)
+                                if !cleanup && (abort_after.is_some() || deploying.load(Ordering::SeqCst)) =>
+                            {
                                 if abort_after.is_none() {
                                     info!(step = step.name(), "abort: the clean-up begins once the step has its answer");
                                     self.shared.journal.event(
@@ -367,6 +380,8 @@ impl Executor {
                             command => command,
                         };
                         let doing = "the executor is running";
+                        // Once an abort waits for the answer, the trial is as good as cleaning up.
+                        let cleanup = cleanup || abort_after.is_some();
                         match at_step(step, doing, command, accepted, held, &self.id, cleanup) {
                             AtStep::Answered => {}
                             AtStep::Kept(signal, reply) => {
@@ -422,7 +437,12 @@ impl Executor {
                 self.after(step)
             }
             Err(StepError(e)) => {
-                let reason = format!("{} failed: {e}", step.name());
+                // A step's reason may quote what a component answered: shown, it is redacted.
+                let redactor = self
+                    .deps
+                    .redactor
+                    .with(self.checkpoint.data.token.as_deref());
+                let reason = redactor.text(&format!("{} failed: {e}", step.name()));
                 self.shared.journal.event(
                     EventKind::StepFailed,
                     Some(step),
@@ -442,7 +462,7 @@ impl Executor {
     /// A clean-up step failed for good: the clean-up goes on with what it can still undo, then
     /// fails with the first reason.
     fn after_cleanup_failure(&mut self, step: Step, reason: String) -> Outcome {
-        let first = self.cleanup_failure.get_or_insert(reason).clone();
+        self.cleanup_failure.get_or_insert((step, reason.clone()));
         let data = &self.checkpoint.data;
         match sequence::undo_after_failure(step, data.kpi_status, &data.ledger) {
             Some(next) => {
@@ -453,7 +473,7 @@ impl Executor {
                 );
                 Outcome::To(Position::Run(next))
             }
-            None => Outcome::Failed(first),
+            None => Outcome::Failed(reason),
         }
     }
 
@@ -474,9 +494,10 @@ impl Executor {
                     Next::Step(Step::UpdateStatusAborted)
                         if sequence::left_deployed(data.kpi_status, &data.ledger) =>
                     {
-                        Outcome::Failed(self.cleanup_failure.clone().unwrap_or_else(|| {
-                            "the clean-up could not undo everything: a step of it failed (the history says which)".to_owned()
-                        }))
+                        // `run` puts the first failure's reason here, if this executor saw it.
+                        Outcome::Failed(
+                            "the clean-up could not undo everything: a step of it failed (the history says which)".to_owned(),
+                        )
                     }
                     next => next.position().map_or(Outcome::Aborted, Outcome::To),
                 }

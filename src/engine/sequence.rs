@@ -254,16 +254,6 @@ const NOT_SKIPPABLE: &[(Step, &str)] = &[
     (CreateMeasurementJob, "the measurement job and its id"),
 ];
 
-/// Steps that make what the clean-up undoes and needs the id of (the slice, the measurement
-/// job): an abort lets such a step's request get its answer rather than cancel it, so what it
-/// made is known and undone, never left on the facility.
-const DEPLOYING: &[Step] = &[SliceDeployment, CreateMeasurementJob];
-
-/// Whether an abort waits for `step` to end before the clean-up begins (see [`DEPLOYING`]).
-pub fn deploys(step: Step) -> bool {
-    DEPLOYING.contains(&step)
-}
-
 /// The first step of every trial.
 pub const FIRST: Step = GetCallbackToken;
 

@@ -2,6 +2,7 @@
 //! §14's clean-up), and what it records of what the trial deployed.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
 use reqwest::Method;
@@ -49,6 +50,9 @@ pub struct StepCx<'a> {
     /// Whether the last request may have reached its service: an attempt got an answer, or
     /// failed after it could have been sent.
     pub reached: bool,
+    /// Set while a request that makes what the clean-up undoes (the slice, the measurement
+    /// job) is in flight: an abort then waits for its answer instead of cancelling it.
+    pub deploying: &'a AtomicBool,
 }
 
 /// Runs one step.
@@ -206,7 +210,7 @@ async fn slice_deployment(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     // From here on the slice may exist, whatever the answer (or its absence) says, unless no
     // attempt could have reached trial enforcement.
     let before = std::mem::replace(&mut cx.data.ledger.slice, SliceState::Requested);
-    let reply = match cx.call(request, 201).await {
+    let reply = match cx.call_deploying(request).await {
         Ok(reply) => reply,
         Err(e) => {
             if !cx.reached {
@@ -215,10 +219,12 @@ async fn slice_deployment(cx: &mut StepCx<'_>) -> Result<(), StepError> {
             return Err(e);
         }
     };
-    if slice_id(&reply).is_none() {
+    let Some(id) = slice_id(&reply) else {
         return fail("trial enforcement's slice deployment answer has no 'Slice.id'");
-    }
-    cx.info_mut()?.deployed_slice = reply;
+    };
+    // The checkpoint keeps what later steps use, the id; the whole answer is in the trial's
+    // recorded responses.
+    cx.info_mut()?.deployed_slice = json!({"Slice": {"id": id}});
     cx.data.ledger.slice = SliceState::Created;
     Ok(())
 }
@@ -276,11 +282,11 @@ async fn create_measurement_job(cx: &mut StepCx<'_>) -> Result<(), StepError> {
         .post(Service::TrialEnforcement, "measurementjobs")
         .creating()
         .json(body);
-    let reply = cx.call(request, 201).await?;
+    let reply = cx.call_deploying(request).await?;
     let Some(measurement_id) = measurement_id(&reply) else {
         return fail("trial enforcement's measurement job answer has no 'MeasurementID'");
     };
-    cx.info_mut()?.measurement_job = reply;
+    cx.info_mut()?.measurement_job = json!({"MeasurementID": measurement_id});
     cx.data.ledger.measurement_job = JobState::Created(measurement_id);
     Ok(())
 }
@@ -384,7 +390,7 @@ pub fn record(
     };
     match reply {
         // Every answer is kept with the trial: a large one only as a note of its size.
-        Ok(reply) if reply.bytes > MAX_RECORDED_BYTES => {
+        Ok(reply) if reply.unread.is_none() && reply.bytes > MAX_RECORDED_BYTES => {
             record.status = Some(reply.status);
             record.error = Some(format!(
                 "{} body of {} bytes: larger than {MAX_RECORDED_BYTES} bytes, not kept",
@@ -465,6 +471,15 @@ impl StepCx<'_> {
             self.posts
         );
         Outbound::new(service, Method::POST, path).idempotency_key(key)
+    }
+
+    /// Like [`Self::call`] for a `POST` that makes what the clean-up undoes, answered 201: an
+    /// abort meanwhile lets it have its answer, so what it made is known and undone.
+    async fn call_deploying(&mut self, request: Outbound) -> Result<Value, StepError> {
+        self.deploying.store(true, Ordering::SeqCst);
+        let answer = self.call(request, 201).await;
+        self.deploying.store(false, Ordering::SeqCst);
+        answer
     }
 
     /// Sends a request, records the answer under the step, and requires `expected`. Returns
@@ -591,13 +606,6 @@ impl StepCx<'_> {
     /// `markKPIData` for the trial id, then for the slice id.
     async fn mark_kpis(&mut self, marking: KpiStatus) -> Result<(), StepError> {
         let slice_id = self.slice_id()?;
-        // A marking that opens (Idle, Active) counts from the moment it may reach KPI
-        // monitoring, so that an abort's clean-up closes it even when the step fails, or is
-        // cut off, between the trial's marking and the slice's; unless nothing could have
-        // reached KPI monitoring.
-        let before = self.data.kpi_status;
-        let opens = marking != KpiStatus::Finished;
-        let mut reached = false;
         for marked in [self.id.to_string(), slice_id] {
             let body = json!({
                 "TrialID": marked,
@@ -606,16 +614,12 @@ impl StepCx<'_> {
                 "Marking": marking.marking(),
             });
             let request = self.post(Service::KpiMonitoring, "markKPIData").json(body);
-            if opens {
+            self.call(request, 200).await?;
+            // A marking that opens (Idle, Active) counts once KPI monitoring took the first
+            // of its two, so that an abort's clean-up closes it even when the step fails
+            // before the second.
+            if marking != KpiStatus::Finished {
                 self.data.kpi_status = Some(marking);
-            }
-            let outcome = self.call(request, 200).await;
-            reached |= self.reached;
-            if let Err(e) = outcome {
-                if !reached {
-                    self.data.kpi_status = before;
-                }
-                return Err(e);
             }
         }
         self.data.kpi_status = Some(marking);

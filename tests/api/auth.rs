@@ -661,14 +661,29 @@ async fn a_refused_callback_is_in_the_log_with_its_trial_and_why() {
         .call_as(Method::POST, "/trial/t9/callback/slice", None, Some(forged))
         .await;
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{answer:?}");
-    let log = binary.wait_for_log("request refused").await;
+    // A line break in what the client wrote stays inside the line.
+    let answer = binary
+        .app
+        .call_as(
+            Method::POST,
+            "/trial/t8%0AERROR%20forged/callback/slice",
+            None,
+            Some(forged),
+        )
+        .await;
+    assert!(answer.status.is_client_error(), "{answer:?}");
+    let log = binary.wait_for_log("t8\\nERROR forged").await;
     let line = log
         .lines()
-        .find(|l| l.contains("request refused"))
+        .find(|l| l.contains("request refused") && l.contains("t9"))
         .unwrap_or_default();
-    for part in ["trial=t9", "status=401", "/callback/slice"] {
+    for part in ["trial=\"t9\"", "status=401", "/callback/slice"] {
         assert!(line.contains(part), "{part}: {line}");
     }
+    assert!(
+        !log.lines().any(|l| l.starts_with("ERROR forged")),
+        "a line of the client's own: {log}"
+    );
     assert!(!log.contains(forged), "the token is not logged");
 }
 

@@ -156,6 +156,9 @@ async fn an_abort_undoes_exactly_what_the_trial_deployed_at_every_point() {
             }
         })
         .await;
+        // As good as cleaning up: the trial takes no pause meanwhile.
+        let pause = app.post(&format!("/trial/{deploying}/pause"), None).await;
+        assert_eq!(pause.status, StatusCode::CONFLICT, "{pause:?}");
         deployment.open();
     };
     tokio::join!(abort(&app, deploying, "facility closed"), answered);
@@ -524,6 +527,10 @@ async fn kpi_monitoring_down_for_good_keeps_no_slice_deployed() {
             .as_str()
             .is_some_and(|f| f.starts_with("SendKpiFinish failed")),
         "{failed}"
+    );
+    assert_eq!(
+        failed["state"], "SendKpiFinish",
+        "where it failed: {failed}"
     );
     // Only the KPI marking is left: the job and the slice were undone after it failed.
     assert_eq!(failed["leftovers"], json!([]), "{failed}");

@@ -489,7 +489,7 @@ async fn answers_over_a_mebibyte_are_used_and_recorded_as_a_note() {
         .expect("the trial's answer")
         .clone();
     assert_eq!(info["status"], 200, "{}", info["error"]);
-    assert!(info["body"].is_null(), "the body is kept");
+    assert!(info["body"].is_null(), "the body is not kept whole");
     assert!(
         info["error"]
             .as_str()
