@@ -56,6 +56,25 @@ async fn abort(app: &TestApp, id: &str, reason: &str) -> Value {
     status
 }
 
+/// Aborts a trial whose clean-up fails for good, first at `step`; its status then.
+async fn abort_until_cleanup_fails(app: &TestApp, id: &str, step: &str) -> Value {
+    assert_eq!(
+        app.post(&format!("/trial/{id}/abort"), None).await.status,
+        StatusCode::OK
+    );
+    let failed = app
+        .wait_for(id, "a failed clean-up", |s| s["cleanup_failed"] == true)
+        .await;
+    assert!(
+        failed["failure"]
+            .as_str()
+            .is_some_and(|f| f.starts_with(&format!("{step} failed"))),
+        "{failed}"
+    );
+    assert_eq!(failed["state"], step, "where it failed: {failed}");
+    failed
+}
+
 /// The request lines a trial sends up to its IDLE waiting point.
 fn to_idle(id: &str) -> Vec<String> {
     full_sequence(id, false)[..12].to_vec()
@@ -444,21 +463,9 @@ async fn a_clean_up_step_that_fails_for_good_lets_the_rest_undo_what_they_can_an
         )
         .for_trial(id),
     );
-    assert_eq!(
-        app.post(&format!("/trial/{id}/abort"), None).await.status,
-        StatusCode::OK
-    );
-    let failed = app
-        .wait_for(id, "a failed clean-up", |s| s["cleanup_failed"] == true)
-        .await;
+    let failed = abort_until_cleanup_fails(&app, id, "DeleteMeasurementJob").await;
     assert_eq!(failed["aborting"], false, "{failed}");
     assert_eq!(failed["restorable"], false, "{failed}");
-    assert!(
-        failed["failure"]
-            .as_str()
-            .is_some_and(|f| f.starts_with("DeleteMeasurementJob failed")),
-        "{failed}"
-    );
     // The slice was closed all the same: only the job is left on the facility, and the
     // repository was not told ABORTED.
     let expected = json!([{"kind": "measurement_job", "id": format!("mj-{id}")}]);
@@ -515,23 +522,7 @@ async fn kpi_monitoring_down_for_good_keeps_no_slice_deployed() {
         "/markKPIData",
         FaultAction::Status(503),
     ));
-    assert_eq!(
-        app.post(&format!("/trial/{id}/abort"), None).await.status,
-        StatusCode::OK
-    );
-    let failed = app
-        .wait_for(id, "a failed clean-up", |s| s["cleanup_failed"] == true)
-        .await;
-    assert!(
-        failed["failure"]
-            .as_str()
-            .is_some_and(|f| f.starts_with("SendKpiFinish failed")),
-        "{failed}"
-    );
-    assert_eq!(
-        failed["state"], "SendKpiFinish",
-        "where it failed: {failed}"
-    );
+    let failed = abort_until_cleanup_fails(&app, id, "SendKpiFinish").await;
     // Only the KPI marking is left: the job and the slice were undone after it failed.
     assert_eq!(failed["leftovers"], json!([]), "{failed}");
     let sent = lines(&app, id);
