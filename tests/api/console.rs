@@ -382,7 +382,7 @@ async fn a_live_stream_needs_a_session_and_starts_with_the_pages_parts() {
 
     app.schedule_in("t-live", 3_600_000).await;
     let session = sign_in(&app, Role::Viewer).await;
-    let mut answer = no_redirects()
+    let answer = no_redirects()
         .get(format!("{}/ui/trials/t-live/live", app.address))
         .header("Cookie", &session.cookie)
         .send()
@@ -395,15 +395,12 @@ async fn a_live_stream_needs_a_session_and_starts_with_the_pages_parts() {
             .unwrap()
             .starts_with("text/event-stream")
     );
-    let mut seen = String::new();
-    while !seen.contains("\n\n") {
-        let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), answer.chunk())
-            .await
-            .expect("the first event comes at once")
-            .unwrap()
-            .expect("more of the stream");
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    let seen = read_sse(
+        answer,
+        |seen| seen.contains("\n\n"),
+        std::time::Duration::from_secs(10),
+    )
+    .await;
     assert!(seen.starts_with("event: patch"), "{seen}");
     assert!(
         seen.contains("trial-summary") && seen.contains("Scheduled"),
@@ -512,16 +509,10 @@ fn last_part(seen: &str, name: &str) -> String {
 }
 
 /// Reads a console stream until its `done` event; returns all it sent.
-async fn read_to_done(mut stream: reqwest::Response) -> String {
-    let mut seen = String::new();
-    while !seen.contains("event: done") {
-        let chunk = tokio::time::timeout(std::time::Duration::from_secs(20), stream.chunk())
-            .await
-            .unwrap_or_else(|_| panic!("no done event in 20 s; so far: {seen}"))
-            .unwrap()
-            .unwrap_or_else(|| panic!("the stream ended before done: {seen}"));
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
+async fn read_to_done(stream: reqwest::Response) -> String {
+    let done = |seen: &str| seen.contains("event: done");
+    let seen = read_sse(stream, done, std::time::Duration::from_secs(20)).await;
+    assert!(done(&seen), "the stream ended before done: {seen}");
     seen
 }
 

@@ -853,6 +853,27 @@ impl Default for BinaryOptions<'_> {
     }
 }
 
+/// Reads a Server-Sent Events stream until what it sent so far satisfies `until`, or it ends;
+/// returns all it sent. Each chunk must come within `limit`.
+pub async fn read_sse(
+    mut stream: reqwest::Response,
+    until: impl Fn(&str) -> bool,
+    limit: Duration,
+) -> String {
+    let mut seen = String::new();
+    while !until(&seen) {
+        let chunk = tokio::time::timeout(limit, stream.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("nothing more within {limit:?}; so far: {seen}"))
+            .unwrap_or_else(|e| panic!("the stream broke ({e}); so far: {seen}"));
+        match chunk {
+            Some(bytes) => seen.push_str(&String::from_utf8_lossy(&bytes)),
+            None => break,
+        }
+    }
+    seen
+}
+
 pub async fn spawn_binary() -> TestApp {
     spawn_binary_with(BinaryOptions::default()).await
 }

@@ -173,20 +173,10 @@ async fn logs_piped_from_stdout_carry_no_colour_codes() {
 }
 
 /// Reads an SSE stream to its end and returns the JSON of every `data:` line.
-async fn read_events(mut response: reqwest::Response) -> Vec<Value> {
-    let mut text = String::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let chunk = tokio::time::timeout_at(deadline, response.chunk())
-            .await
-            .expect("the stream ends when the trial finishes")
-            .expect("stream reads");
-        match chunk {
-            Some(bytes) => text.push_str(&String::from_utf8_lossy(&bytes)),
-            None => break,
-        }
-    }
-    text.lines()
+async fn read_events(response: reqwest::Response) -> Vec<Value> {
+    read_sse(response, |_| false, Duration::from_secs(30))
+        .await
+        .lines()
         .filter_map(|l| l.strip_prefix("data:"))
         .map(|data| serde_json::from_str(data.trim()).expect("event JSON"))
         .collect()
