@@ -29,18 +29,18 @@ environment variables, in that order; an unknown key or a bad value stops start-
     after_help = "Example:\n  LCM__AUTH__API_KEY=a-long-random-key lcm --config /etc/lcm/lcm.toml\n\n\
 To try it without a platform: lcm demo"
 )]
-pub struct Cli {
+struct Cli {
     /// Configuration file layered over the built-in defaults (`serve` only; the demo and the
     /// benchmark use the built-in defaults).
     #[arg(long, global = true, env = "LCM_CONFIG")]
-    pub config: Option<PathBuf>,
+    config: Option<PathBuf>,
     #[command(subcommand)]
-    pub command: Option<Command>,
+    command: Option<Command>,
 }
 
 /// What to run.
 #[derive(Subcommand)]
-pub enum Command {
+enum Command {
     /// Run the service (the default).
     Serve,
     /// Run one trial from schedule to FINISHED against simulated trial components on
@@ -88,7 +88,7 @@ defaults, not a configuration file.",
 
 /// Options of `lcm bench`.
 #[derive(clap::Args)]
-pub struct BenchArgs {
+struct BenchArgs {
     /// Complete trials to run.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     trials: u64,
