@@ -18,7 +18,9 @@ use tracing::{error, info, warn};
 
 use super::sequence::{self, Next, Signal, Step, WAITS, Wait, Waiter};
 use super::state;
-use super::state::{Checkpoint, EventKind, Lifecycle, Mode, Position, Progress, SliceState};
+use super::state::{
+    Checkpoint, EventKind, Lifecycle, Mode, Position, Progress, SliceState, slice_id,
+};
 use super::steps::{self, StepCx, StepError};
 use super::watchdog::{ControlRequest, RestoreError};
 use super::{EngineDeps, EngineShared};
@@ -53,6 +55,9 @@ pub(super) fn not_live(id: &TrialId, lifecycle: Lifecycle) -> ControlError {
         lifecycle.engine_status().name()
     ))
 }
+
+/// The slice-created callback, as the waits record it.
+const SLICE_CREATED: (Wait, Signal) = (Wait::SliceCreated, Signal::SliceCallback);
 
 /// Why an engine did not answer what it was asked.
 pub const STOPPED: &str = "the engine stopped before it answered (the service is stopping, or the engine was deleted): the trial's status says where it stands";
@@ -561,6 +566,20 @@ impl Executor {
     /// Waits at a waiting point for a signal that leaves it, answering every command.
     async fn wait(&mut self, wait: Wait) -> Outcome {
         let spec = sequence::wait_spec(wait);
+        let awaits_creation = self.awaits_slice_creation(wait);
+        if awaits_creation
+            && let Some(i) = self
+                .checkpoint
+                .held
+                .iter()
+                .position(|(_, signal)| *signal == Signal::SliceCallback)
+        {
+            // Kept early, during the slice deployment the abort let finish or the clean-up's
+            // close: the first slice callback is the creation's all the same.
+            self.checkpoint.held.remove(i);
+            self.checkpoint.accepted.push(SLICE_CREATED);
+            return self.wait_again(wait, "slice callback (slice created, arrived early)", 0);
+        }
         if let Some(i) = self.checkpoint.held.iter().position(|(w, _)| *w == wait) {
             let (_, signal) = self.checkpoint.held.remove(i);
             if let Decision::Take(next) =
@@ -637,6 +656,18 @@ impl Executor {
                 break Outcome::Failed("the engine's command channel closed".to_owned());
             };
             match command {
+                Command::Signal(Signal::SliceCallback, reply) if awaits_creation => {
+                    info!("slice callback: the slice-created one, come after the abort");
+                    let before = Box::new(self.checkpoint.clone());
+                    self.checkpoint.accepted.push(SLICE_CREATED);
+                    let waited = elapsed_ms(waiting_since);
+                    self.answer = Some(PendingAnswer {
+                        reply,
+                        outcome: SignalOutcome::Accepted(Next::Wait(wait)),
+                        before,
+                    });
+                    break self.wait_again(wait, "slice callback (slice created)", waited);
+                }
                 Command::Signal(signal, reply) => {
                     let decision = decide(
                         Position::Wait(wait),
@@ -735,6 +766,34 @@ impl Executor {
             return self.after(Step::CloseService);
         }
         Outcome::To(Position::Run(next))
+    }
+
+    /// Whether `wait` is the clean-up's wait for the slice-closed callback while the
+    /// slice-created one, due since trial enforcement answered the deployment, has not come:
+    /// the trial was aborted before it. The first slice callback is then the creation's (SPEC
+    /// §4: the first time created, the second closed).
+    fn awaits_slice_creation(&self, wait: Wait) -> bool {
+        let answered = self
+            .checkpoint
+            .data
+            .info
+            .as_ref()
+            .is_some_and(|info| slice_id(&info.deployed_slice).is_some());
+        wait == Wait::SliceClosed
+            && self.cleaning_up()
+            && answered
+            && !self.checkpoint.accepted.contains(&SLICE_CREATED)
+    }
+
+    /// Records the slice-created callback taken at `wait`, which goes on waiting.
+    fn wait_again(&mut self, wait: Wait, detail: &str, waited: u64) -> Outcome {
+        self.shared.journal.event(
+            EventKind::SignalAccepted,
+            None,
+            Some(detail.to_owned()),
+            Some(waited),
+        );
+        Outcome::To(Position::Wait(wait))
     }
 
     /// A component's progress report: shown in the status and the history.

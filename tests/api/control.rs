@@ -167,14 +167,7 @@ async fn an_abort_undoes_exactly_what_the_trial_deployed_at_every_point() {
     })
     .await;
     let answered = async {
-        eventually("the abort to be taken", || async {
-            let kinds = app.event_kinds(deploying).await;
-            match kinds.iter().any(|k| k == "abort_requested") {
-                true => Ok(()),
-                false => Err(format!("{kinds:?}")),
-            }
-        })
-        .await;
+        app.wait_event(deploying, "abort_requested", "").await;
         // As good as cleaning up: the trial takes no pause meanwhile.
         let pause = app.post(&format!("/trial/{deploying}/pause"), None).await;
         assert_eq!(pause.status, StatusCode::CONFLICT, "{pause:?}");
@@ -509,6 +502,54 @@ async fn a_clean_up_step_that_fails_for_good_lets_the_rest_undo_what_they_can_an
         1,
         "{sent:?}"
     );
+}
+
+#[tokio::test]
+async fn a_slice_created_callback_after_an_abort_is_not_taken_for_the_closing() {
+    let app = spawn_app().await;
+    let id = "created-late";
+    let deployment = Gate::default();
+    app.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "POST",
+            "/sliceDeployment",
+            FaultAction::HoldUntil(deployment.clone()),
+        )
+        .for_trial(id)
+        .times(1),
+    );
+    // Trial enforcement closes the slice but does not call back: the test does.
+    app.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "DELETE",
+            "/sliceDeployment/",
+            FaultAction::DropCallback,
+        )
+        .for_trial(id)
+        .times(1),
+    );
+    let token = app.slice_deployment_in_flight(id).await;
+    let open = async {
+        app.wait_event(id, "abort_requested", "").await;
+        deployment.open();
+    };
+    let abort = format!("/trial/{id}/abort");
+    let (aborted, ()) = tokio::join!(app.post(&abort, None), open);
+    assert_eq!(aborted.status, StatusCode::OK, "{aborted:?}");
+    // The creation's callback, sent after the deployment's answer, is taken as such: the
+    // clean-up still waits for the closing's.
+    app.wait_event(id, "signal_accepted", "slice callback (slice created)")
+        .await;
+    app.wait_waiting(id, "the slice callback (slice closed)")
+        .await;
+    let closed = app.callback(id, "slice", Some(&token)).await;
+    assert_eq!(closed.status, StatusCode::OK, "{closed:?}");
+    let status = app
+        .wait_for(id, "Aborted", |s| s["engine_status"] == "Aborted")
+        .await;
+    assert_eq!(status["leftovers"], json!([]), "{status}");
 }
 
 #[tokio::test]

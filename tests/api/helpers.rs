@@ -626,6 +626,22 @@ impl TestApp {
         }
     }
 
+    /// Waits until the trial's history holds a `kind` event whose detail contains `detail`;
+    /// returns that event.
+    pub async fn wait_event(&self, id: &str, kind: &str, detail: &str) -> Value {
+        eventually(&format!("{id}: a {kind} event with {detail:?}"), || async {
+            let history = self.history(id).await;
+            history
+                .iter()
+                .find(|e| {
+                    e["event"] == kind && e["detail"].as_str().unwrap_or_default().contains(detail)
+                })
+                .cloned()
+                .ok_or_else(|| format!("{history:?}"))
+        })
+        .await
+    }
+
     /// The kinds of a trial's history, in order.
     pub async fn event_kinds(&self, id: &str) -> Vec<String> {
         self.history(id)
