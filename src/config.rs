@@ -234,9 +234,8 @@ impl fmt::Debug for Sources {
     }
 }
 
-/// The shape of `auth.keys_file`.
+/// The shape of `auth.keys_file` (a key it does not take is told with the nearest one).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct KeysFile {
     #[serde(default)]
     keys: Vec<KeySettings>,
@@ -501,6 +500,12 @@ fn read_keys_file(path: &Path) -> Result<Vec<KeySettings>, ConfigError> {
                 ),
             )
         })?;
+    if file.keys.is_empty() && ignored.is_empty() {
+        return Err(invalid(
+            KEY,
+            format!("{} is empty: it has no [[keys]] table", path.display()),
+        ));
+    }
     if let Some(unknown) = ignored.first() {
         let nearest = keys::nearest(&format!("auth.{unknown}"))
             .and_then(|key| {
@@ -771,7 +776,8 @@ impl Settings {
                 return Err(invalid(
                     "server.cors_origins",
                     format!(
-                        "'{origin}' is not an origin like https://console.example (scheme, host and port only), nor *"
+                        "'{}' is not an origin like https://console.example (scheme, host and port only), nor *",
+                        without_credentials(origin)
                     ),
                 ));
             }
@@ -840,6 +846,7 @@ impl Settings {
                 "scheduler.misfire_grace_secs",
                 Some(self.scheduler.misfire_grace_secs),
             ),
+            ("auth.token_ttl_secs", Some(self.auth.token_ttl_secs)),
             (
                 "store.retention_days",
                 Some(self.store.retention_days.saturating_mul(86_400)),
@@ -960,6 +967,12 @@ impl Settings {
             "services.abstraction_layer.url",
             &services.abstraction_layer.url,
         )?;
+        if services.abstraction_layer.port == 0 {
+            return Err(invalid(
+                "services.abstraction_layer.port",
+                "must be a port from 1 to 65535",
+            ));
+        }
         if services.abstraction_layer.interval == 0 {
             return Err(invalid(
                 "services.abstraction_layer.interval",
@@ -1117,6 +1130,14 @@ fn parse_http_url(key: &str, value: &str) -> Result<Url, ConfigError> {
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
         return Err(invalid(key, format!("'{shown}' is not an http(s) URL")));
     }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid(
+            key,
+            format!(
+                "'{shown}' has a query or a fragment: it is a base URL, which paths are added to"
+            ),
+        ));
+    }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(invalid(
             key,
@@ -1139,13 +1160,15 @@ fn is_origin(value: &str) -> bool {
 /// A URL as an error message shows it: its `user:password@`, if any, left out (read as text,
 /// since a URL that does not parse is shown too).
 fn without_credentials(value: &str) -> Cow<'_, str> {
-    let Some((scheme, rest)) = value.split_once("://") else {
-        return value.into();
+    let (scheme, rest) = match value.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, value),
     };
     let authority = rest.find(['/', '?', '#']).map_or(rest, |end| &rest[..end]);
-    match authority.rfind('@') {
-        Some(at) => format!("{scheme}://…@{}", &rest[at + 1..]).into(),
-        None => value.into(),
+    match (authority.rfind('@'), scheme) {
+        (Some(at), Some(scheme)) => format!("{scheme}://…@{}", &rest[at + 1..]).into(),
+        (Some(at), None) => format!("…@{}", &rest[at + 1..]).into(),
+        (None, _) => value.into(),
     }
 }
 
@@ -1209,6 +1232,19 @@ mod tests {
         );
 
         let mut settings = Settings::defaults().unwrap();
+        settings.auth.token_ttl_secs = 9_300_000_000_000_000;
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("auth.token_ttl_secs") && err.contains("ten years"),
+            "{err}"
+        );
+
+        let mut settings = Settings::defaults().unwrap();
+        settings.services.abstraction_layer.port = 0;
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("services.abstraction_layer.port"), "{err}");
+
+        let mut settings = Settings::defaults().unwrap();
         settings.services.abstraction_layer.interval = 0;
         let err = settings.validate().unwrap_err().to_string();
         assert!(
@@ -1256,6 +1292,29 @@ mod tests {
             assert!(err.contains(shown) && !err.contains("s3cret"), "{err}");
         }
         assert_eq!(without_credentials("http://host/a@b"), "http://host/a@b");
+        assert_eq!(
+            without_credentials("bob:s3cret@127.0.0.1:47101"),
+            "…@127.0.0.1:47101"
+        );
+        for (key, url) in [
+            ("server.public_url", "http://lcm.example/base/?x=1"),
+            (
+                "services.trial_repository.url",
+                "http://repo.example/api/#x",
+            ),
+        ] {
+            let mut settings = Settings::defaults().unwrap();
+            if key == "server.public_url" {
+                settings.server.public_url = url.into();
+            } else {
+                settings.services.trial_repository.url = url.into();
+            }
+            let err = settings.validate().unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains("query or a fragment"),
+                "{err}"
+            );
+        }
         assert_eq!(without_credentials("not a url"), "not a url");
     }
 
@@ -1472,6 +1531,11 @@ mod tests {
             (
                 "keys = \"907153224\"\n",
                 "invalid type: string (value not shown), expected a sequence",
+            ),
+            ("# no keys yet\n", "is empty: it has no [[keys]] table"),
+            (
+                "[[kyes]]\nname = \"ci\"\nkey = \"907153224\"\nrole = \"viewer\"\n",
+                "`kyes` is not a setting; did you mean `keys`?",
             ),
             (
                 "[[keys]]\nname = \"ci\"\nkey = \"907153224\"\nrole = \"viewer\"\nrol = \"admin\"\n",

@@ -18,9 +18,7 @@ use tracing::{error, info, warn};
 
 use super::sequence::{self, Next, Signal, Step, WAITS, Wait, Waiter};
 use super::state;
-use super::state::{
-    Checkpoint, EventKind, Lifecycle, Mode, Position, Progress, SliceState, slice_id,
-};
+use super::state::{Checkpoint, EventKind, Lifecycle, Mode, Position, Progress, SliceState};
 use super::steps::{self, StepCx, StepError};
 use super::watchdog::{ControlRequest, RestoreError};
 use super::{EngineDeps, EngineShared};
@@ -252,6 +250,9 @@ pub struct Executor {
     /// The first clean-up step to fail, and why: the clean-up undoes the rest, then fails
     /// there.
     pub(super) cleanup_failure: Option<(Step, String)>,
+    /// An abort let the slice deployment have its answer: its slice-created callback is yet to
+    /// come.
+    pub(super) creation_due: bool,
 }
 
 /// A signal taken at a waiting point, not answered yet.
@@ -461,6 +462,9 @@ impl Executor {
                 }
             }
         };
+        if abort_after.is_some() && step == Step::SliceDeployment {
+            self.creation_due = self.checkpoint.data.ledger.slice == SliceState::Created;
+        }
         abort_after.map_or(outcome, Outcome::Abort)
     }
 
@@ -769,19 +773,14 @@ impl Executor {
     }
 
     /// Whether `wait` is the clean-up's wait for the slice-closed callback while the
-    /// slice-created one, due since trial enforcement answered the deployment, has not come:
-    /// the trial was aborted before it. The first slice callback is then the creation's (SPEC
-    /// §4: the first time created, the second closed).
+    /// slice-created one has not come though it is due: the abort let the slice deployment
+    /// have its answer, just before. The first slice callback is then the creation's (SPEC §4:
+    /// the first time created, the second closed). A trial aborted later, at the wait for it,
+    /// takes the first callback as the closing's: that creation's callback may never come.
     fn awaits_slice_creation(&self, wait: Wait) -> bool {
-        let answered = self
-            .checkpoint
-            .data
-            .info
-            .as_ref()
-            .is_some_and(|info| slice_id(&info.deployed_slice).is_some());
         wait == Wait::SliceClosed
+            && self.creation_due
             && self.cleaning_up()
-            && answered
             && !self.checkpoint.accepted.contains(&SLICE_CREATED)
     }
 

@@ -423,6 +423,7 @@ impl Watchdog {
             answer: None,
             aborts: Vec::new(),
             cleanup_failure: None,
+            creation_due: false,
         };
         *self.shared.commands() = commands_tx;
         // The engine's span, not nested in the watchdog's: each line names the trial once.

@@ -225,8 +225,24 @@ impl ServiceClient {
         if let Some(path) = &settings.tls.ca_bundle_path {
             let pem = std::fs::read(path)
                 .map_err(|e| ClientError::CaBundle(format!("{}: {e}", path.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| ClientError::CaBundle(format!("{}: {e}", path.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                let mut why = e.to_string();
+                let mut cause = std::error::Error::source(&e);
+                while let Some(inner) = cause {
+                    why = format!("{why}: {inner}");
+                    cause = inner.source();
+                }
+                ClientError::CaBundle(format!(
+                    "{} is not a bundle of PEM certificates ({why})",
+                    path.display()
+                ))
+            })?;
+            if certs.is_empty() {
+                return Err(ClientError::CaBundle(format!(
+                    "{} holds no PEM certificate",
+                    path.display()
+                )));
+            }
             builder = builder.tls_certs_merge(certs);
         }
         if settings.tls.disable_cert_verification {
@@ -604,6 +620,32 @@ mod tests {
             .await
             .expect_err("no answer");
         Cause::of(&error)
+    }
+
+    #[test]
+    fn a_ca_bundle_without_certificates_is_refused_saying_why() {
+        let dir = tempfile::tempdir().unwrap();
+        for (content, says) in [
+            ("hello\n", "holds no PEM certificate"),
+            ("", "holds no PEM certificate"),
+            (
+                "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+                "is not a bundle of PEM certificates (",
+            ),
+        ] {
+            let path = dir.path().join("ca.pem");
+            std::fs::write(&path, content).unwrap();
+            let mut settings = Settings::defaults().unwrap();
+            settings.tls.ca_bundle_path = Some(path);
+            let err = ServiceClient::new(&settings)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.contains("tls.ca_bundle_path") && err.contains(says),
+                "{says}: {err}"
+            );
+        }
     }
 
     #[tokio::test]
