@@ -566,6 +566,14 @@ async fn kpi_monitoring_down_for_good_keeps_no_slice_deployed() {
     let failed = abort_until_cleanup_fails(&app, id, "SendKpiFinish").await;
     // Only the KPI marking is left: the job and the slice were undone after it failed.
     assert_eq!(failed["leftovers"], json!([]), "{failed}");
+    // The failure procedure tells the repository once the failure is shown.
+    eventually("FAILED reported", || async {
+        match app.platform.trial_status(id).as_deref() {
+            Some("FAILED") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
     let sent = lines(&app, id);
     let refused = sent
         .iter()
@@ -580,7 +588,6 @@ async fn kpi_monitoring_down_for_good_keeps_no_slice_deployed() {
         ],
         "the job and the slice undone, then FAILED reported: {sent:?}"
     );
-    assert_eq!(app.platform.trial_status(id).as_deref(), Some("FAILED"));
 
     // KPI monitoring back: abort again finishes the marking and ends the trial.
     app.platform.clear_faults();

@@ -268,9 +268,14 @@ impl Browser {
         }
     }
 
-    /// Goes to `url` and waits until the page has loaded.
+    /// Goes to `url` and waits until the page has loaded. A navigation the network broke (a
+    /// connection the browser had opened ahead, closed meanwhile by the service's header
+    /// timeout on a busy machine) is tried again, as a user would reload.
     pub async fn goto(&self, url: &str) {
-        self.client.goto(url).await.expect("navigation");
+        eventually(&format!("navigation to {url}"), || async {
+            self.client.goto(url).await.map_err(|e| e.to_string())
+        })
+        .await;
     }
 
     /// Signs in on the console at `base` with `key`. A sign-in page that did not come (the
