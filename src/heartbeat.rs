@@ -2,6 +2,7 @@
 //! and keeps the last result for `/status`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -35,12 +36,18 @@ pub struct Heartbeats {
     services: ServiceClient,
     interval: Duration,
     instances: Mutex<HashMap<TrialId, Heartbeat>>,
+    /// Set once [`Heartbeats::stop_all`] ran: a request still being handled starts none.
+    closed: AtomicBool,
 }
 
-/// That trial has a heartbeat already.
+/// Why a heartbeat was not added.
 #[derive(Debug, thiserror::Error)]
-#[error("trial '{0}' has a heartbeat already")]
-pub struct HeartbeatExists(pub TrialId);
+pub enum HeartbeatRefused {
+    #[error("trial '{0}' has a heartbeat already")]
+    Exists(TrialId),
+    #[error("the service is stopping: no heartbeat starts now")]
+    Stopping,
+}
 
 impl Heartbeats {
     /// No heartbeats yet; each will check every `interval`.
@@ -49,6 +56,7 @@ impl Heartbeats {
             services,
             interval,
             instances: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -57,10 +65,15 @@ impl Heartbeats {
     }
 
     /// Starts a heartbeat for `id`; its first check runs at once.
-    pub fn add(&self, id: &TrialId) -> Result<(), HeartbeatExists> {
+    pub fn add(&self, id: &TrialId) -> Result<(), HeartbeatRefused> {
         let mut instances = self.map();
+        // Read under the lock `stop_all` drains with: a heartbeat is either refused or
+        // stopped with the others.
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(HeartbeatRefused::Stopping);
+        }
         if instances.contains_key(id) {
-            return Err(HeartbeatExists(id.clone()));
+            return Err(HeartbeatRefused::Exists(id.clone()));
         }
         let report = Arc::new(Mutex::new(HeartbeatReport {
             id: id.to_string(),
@@ -126,6 +139,7 @@ impl Heartbeats {
 
     /// Stops every heartbeat.
     pub fn stop_all(&self) {
+        self.closed.store(true, Ordering::SeqCst);
         for (_, heartbeat) in self.map().drain() {
             heartbeat.task.abort();
         }
@@ -151,4 +165,28 @@ async fn check(services: &ServiceClient) -> (BTreeMap<&'static str, String>, boo
         results.insert(service.name(), outcome);
     }
     (results, healthy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn once_stopped_no_heartbeat_starts() {
+        let settings = crate::config::Settings::defaults().expect("defaults");
+        let services = ServiceClient::new(&settings).expect("client");
+        let heartbeats = Heartbeats::new(services, Duration::from_secs(3600));
+        let id = TrialId::parse("t1").expect("id");
+        heartbeats.add(&id).expect("added");
+        assert!(matches!(
+            heartbeats.add(&id),
+            Err(HeartbeatRefused::Exists(_))
+        ));
+        heartbeats.stop_all();
+        assert!(!heartbeats.remove(&id), "stopped with the others");
+        assert!(matches!(
+            heartbeats.add(&id),
+            Err(HeartbeatRefused::Stopping)
+        ));
+    }
 }

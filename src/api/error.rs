@@ -9,7 +9,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::domain::{InvalidStartTime, InvalidTrialId};
-use crate::heartbeat::HeartbeatExists;
+use crate::heartbeat::HeartbeatRefused;
 use crate::scheduler::ScheduleError;
 use crate::services::registry::RegistryError;
 use crate::store::StoreError;
@@ -147,9 +147,12 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl From<HeartbeatExists> for ApiError {
-    fn from(e: HeartbeatExists) -> Self {
-        Self::conflict(e.to_string())
+impl From<HeartbeatRefused> for ApiError {
+    fn from(e: HeartbeatRefused) -> Self {
+        match e {
+            HeartbeatRefused::Exists(_) => Self::conflict(e.to_string()),
+            HeartbeatRefused::Stopping => Self::unavailable(e.to_string()),
+        }
     }
 }
 

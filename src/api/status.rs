@@ -88,6 +88,7 @@ async fn status(_: Viewer, State(state): State<AppState>) -> Json<Value> {
         (status = 400, description = "No or invalid `trial_id`", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 409, description = "The trial already has a heartbeat", body = ErrorBody),
+        (status = 503, description = "The service is stopping", body = ErrorBody),
     ),
 )]
 async fn add_heartbeat(
