@@ -378,6 +378,7 @@ impl Executor {
                                         Some(reason.clone()),
                                         None,
                                     );
+                                    self.shared.show_aborting(&reason);
                                     abort_after = Some(reason);
                                 }
                                 self.aborts.push(reply);

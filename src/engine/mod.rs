@@ -35,7 +35,7 @@ use executor::{Command, Control, ControlError, ControlOutcome, ProgressReport, S
 use journal::Journal;
 use redact::Redactor;
 use sequence::{Signal, Step, Wait};
-use state::{Checkpoint, Lifecycle, Progress, ResponseRecord, Snapshot, TrialEvent};
+use state::{Checkpoint, Lifecycle, Mode, Progress, ResponseRecord, Snapshot, TrialEvent};
 use watchdog::{ControlRequest, LastRecord, Origin, RestoreError, Watchdog};
 
 /// A function called before every step (fault injection for tests and drills).
@@ -473,6 +473,16 @@ impl EngineShared {
     /// Moves the engine to `lifecycle` at the checkpoint's position: the one place where the
     /// state the API shows of a live engine changes. A stopped engine (see
     /// [`EngineShared::stopped`]) stays stopped.
+    /// Shows the trial aborting for `reason` while its clean-up waits to begin (an abort that
+    /// lets a deployment have its answer first).
+    pub(super) fn show_aborting(&self, reason: &str) {
+        self.state.send_modify(|s| {
+            s.mode = Mode::Cleanup {
+                reason: reason.to_owned(),
+            };
+        });
+    }
+
     pub(super) fn move_to(&self, lifecycle: Lifecycle, checkpoint: &Checkpoint) {
         self.state.send_if_modified(|s| {
             if s.lifecycle == Lifecycle::Stopped {

@@ -168,7 +168,10 @@ async fn an_abort_undoes_exactly_what_the_trial_deployed_at_every_point() {
     .await;
     let answered = async {
         app.wait_event(deploying, "abort_requested", "").await;
-        // As good as cleaning up: the trial takes no pause meanwhile.
+        // As good as cleaning up: the trial shows it, and takes no pause meanwhile.
+        let status = app.trial_status(deploying).await;
+        assert_eq!(status["aborting"], true, "{status}");
+        assert_eq!(status["abort_reason"], "facility closed", "{status}");
         let pause = app.post(&format!("/trial/{deploying}/pause"), None).await;
         assert_eq!(pause.status, StatusCode::CONFLICT, "{pause:?}");
         deployment.open();
