@@ -158,7 +158,7 @@ pub fn status(snapshot: &Snapshot) -> Value {
     };
     let failure = snapshot.failure.as_ref();
     let abort_reason = match &snapshot.mode {
-        Mode::Cleanup { reason } => Some(reason.as_str()),
+        Mode::Cleanup { reason, .. } => Some(reason.as_str()),
         Mode::Normal => None,
     };
     let state = state(snapshot);

@@ -318,7 +318,7 @@ fn summary(view: &TrialView) -> Markup {
                     @if let Position::Run(step) = s.position { dt { "Step" } dd { (step.name()) } }
                     @if let Some(waiting) = view::waiting_for(s) { dt { "Waiting for" } dd { (waiting) } }
                     dt { "KPI marking" } dd { (s.kpi_status.map_or("none yet", |k| k.marking())) }
-                    @if let Mode::Cleanup { reason } = &s.mode { dt { "Abort reason" } dd { (reason) } }
+                    @if let Mode::Cleanup { reason, .. } = &s.mode { dt { "Abort reason" } dd { (reason) } }
                     dt { "Created" } dd { (layout::time(s.created_at)) }
                     dt { "Updated" } dd { (layout::time(s.updated_at)) }
                     @if let Some(ended) = s.ended_at { dt { "Ended" } dd { (layout::time(ended)) } }

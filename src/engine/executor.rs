@@ -247,9 +247,6 @@ pub struct Executor {
     /// Aborts that came while a deploying step ran, answered once the clean-up they start is
     /// saved (its `abort_requested` event is in the history already).
     pub(super) aborts: Vec<oneshot::Sender<ControlOutcome>>,
-    /// The first clean-up step to fail, and why: the clean-up undoes the rest, then fails
-    /// there.
-    pub(super) cleanup_failure: Option<(Step, String)>,
     /// An abort let the slice deployment have its answer: its slice-created callback is yet to
     /// come.
     pub(super) creation_due: bool,
@@ -281,7 +278,11 @@ impl Executor {
                 Outcome::Finished => return Box::pin(self.end(Lifecycle::Finished)).await,
                 Outcome::Aborted => return Box::pin(self.end(Lifecycle::Aborted)).await,
                 Outcome::Failed(reason) => {
-                    let reason = match self.cleanup_failure.take() {
+                    let first = match &mut self.checkpoint.mode {
+                        Mode::Cleanup { failed, .. } => failed.take(),
+                        Mode::Normal => None,
+                    };
+                    let reason = match first {
                         // A clean-up fails where it first failed, whatever failed last.
                         Some((step, first)) => {
                             self.checkpoint.position = Position::Run(step);
@@ -472,7 +473,10 @@ impl Executor {
     /// A clean-up step failed for good: the clean-up goes on with what it can still undo, then
     /// fails with the first reason.
     fn after_cleanup_failure(&mut self, step: Step, reason: String) -> Outcome {
-        self.cleanup_failure.get_or_insert((step, reason.clone()));
+        // Saved with the checkpoint: the first failure outlives a restart.
+        if let Mode::Cleanup { failed, .. } = &mut self.checkpoint.mode {
+            failed.get_or_insert((step, reason.clone()));
+        }
         let data = &self.checkpoint.data;
         match sequence::undo_after_failure(step, data.kpi_status, &data.ledger) {
             Some(next) => {
@@ -504,7 +508,7 @@ impl Executor {
                     Next::Step(Step::UpdateStatusAborted)
                         if sequence::left_deployed(data.kpi_status, &data.ledger) =>
                     {
-                        // `run` puts the first failure's reason here, if this executor saw it.
+                        // `run` puts the first failure's reason and step here.
                         Outcome::Failed(
                             "the clean-up could not undo everything: a step of it failed (the history says which)".to_owned(),
                         )

@@ -479,6 +479,7 @@ impl EngineShared {
         self.state.send_modify(|s| {
             s.mode = Mode::Cleanup {
                 reason: reason.to_owned(),
+                failed: None,
             };
         });
     }

@@ -335,10 +335,14 @@ pub fn left_deployed(kpi_status: Option<KpiStatus>, ledger: &Ledger) -> bool {
 /// the position is the first clean-up step whose work exists. The path always ends with the
 /// repository status and the token, so there is always a first step.
 pub fn start_cleanup(checkpoint: &mut Checkpoint, reason: &str) {
-    if !matches!(checkpoint.mode, Mode::Cleanup { .. }) {
-        checkpoint.mode = Mode::Cleanup {
-            reason: reason.to_owned(),
-        };
+    match &mut checkpoint.mode {
+        Mode::Cleanup { failed, .. } => *failed = None,
+        Mode::Normal => {
+            checkpoint.mode = Mode::Cleanup {
+                reason: reason.to_owned(),
+                failed: None,
+            };
+        }
     }
     checkpoint.paused = false;
     let data = &checkpoint.data;

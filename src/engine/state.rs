@@ -171,6 +171,9 @@ pub enum Mode {
     /// Undoing what the trial deployed (SPEC §14), for this reason.
     Cleanup {
         reason: String,
+        /// The first step of this clean-up that failed for good, and why: the clean-up undoes
+        /// the rest, then fails there.
+        failed: Option<(Step, String)>,
     },
 }
 

@@ -422,7 +422,6 @@ impl Watchdog {
             stepping: false,
             answer: None,
             aborts: Vec::new(),
-            cleanup_failure: None,
             creation_due: false,
         };
         *self.shared.commands() = commands_tx;

@@ -124,6 +124,9 @@ struct CheckpointDoc<S, V> {
     format: u32,
     position: PositionDoc<S>,
     mode: ModeDoc<S>,
+    /// The first step of a clean-up that failed for good, and why (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cleanup_failed_at: Option<(S, S)>,
     token: Option<S>,
     info: Option<InfoDoc<S, V>>,
     kpi_status: Option<S>,
@@ -218,7 +221,14 @@ pub fn encode_checkpoint(checkpoint: &Checkpoint) -> String {
         },
         mode: match &checkpoint.mode {
             Mode::Normal => ModeDoc::Normal,
-            Mode::Cleanup { reason } => ModeDoc::Cleanup(reason.as_str()),
+            Mode::Cleanup { reason, .. } => ModeDoc::Cleanup(reason.as_str()),
+        },
+        cleanup_failed_at: match &checkpoint.mode {
+            Mode::Cleanup {
+                failed: Some((step, why)),
+                ..
+            } => Some((step.name(), why.as_str())),
+            Mode::Cleanup { failed: None, .. } | Mode::Normal => None,
         },
         token: data.token.as_deref(),
         info: data.info.as_deref().map(|i| InfoDoc {
@@ -282,7 +292,13 @@ pub fn decode_checkpoint(text: &str) -> Result<Checkpoint, String> {
         },
         mode: match doc.mode {
             ModeDoc::Normal => Mode::Normal,
-            ModeDoc::Cleanup(reason) => Mode::Cleanup { reason },
+            ModeDoc::Cleanup(reason) => Mode::Cleanup {
+                reason,
+                failed: match doc.cleanup_failed_at {
+                    Some((failed, why)) => Some((step(&failed)?, why)),
+                    None => None,
+                },
+            },
         },
         data: TrialData {
             token: doc.token,
@@ -355,6 +371,7 @@ mod tests {
             position: Position::Wait(Wait::SliceClosed),
             mode: Mode::Cleanup {
                 reason: "operator: wrong facility".into(),
+                failed: None,
             },
             data: TrialData {
                 token: Some("tok".into()),
@@ -400,6 +417,21 @@ mod tests {
     fn the_document_on_disk_is_stable() {
         assert_eq!(encode_checkpoint(&golden()), GOLDEN);
         assert_eq!(decode_checkpoint(GOLDEN).unwrap(), golden());
+    }
+
+    #[test]
+    fn a_failed_clean_ups_first_failure_outlives_a_restart() {
+        let mut checkpoint = golden();
+        checkpoint.mode = Mode::Cleanup {
+            reason: "operator: wrong facility".into(),
+            failed: Some((Step::SendKpiFinish, "SendKpiFinish failed: 503".into())),
+        };
+        let text = encode_checkpoint(&checkpoint);
+        assert!(
+            text.contains(r#""cleanup_failed_at":["SendKpiFinish","SendKpiFinish failed: 503"]"#),
+            "{text}"
+        );
+        assert_eq!(decode_checkpoint(&text).unwrap(), checkpoint);
     }
 
     #[test]

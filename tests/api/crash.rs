@@ -659,3 +659,56 @@ async fn an_early_callback_outlives_a_kill_in_the_middle_of_its_step() {
             .contains(&"FAILED".to_owned())
     );
 }
+
+#[tokio::test]
+async fn a_failed_clean_up_fails_at_its_first_failure_across_a_restart() {
+    let mut app = spawn_binary().await;
+    let id = "cleanup-restarted";
+    app.start_to_idle(id).await;
+    let token = app.post_as(&format!("/token/{id}"), API_KEY).await;
+    // KPI monitoring refuses the Finished marking; trial enforcement closes the slice without
+    // calling back, so the clean-up waits there when the service stops.
+    app.platform.inject(
+        Fault::new(
+            Component::Kpi,
+            "POST",
+            "/markKPIData",
+            FaultAction::Status(400),
+        )
+        .times(1),
+    );
+    app.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "DELETE",
+            "/sliceDeployment/",
+            FaultAction::DropCallback,
+        )
+        .for_trial(id)
+        .times(1),
+    );
+    let aborted = app.post(&format!("/trial/{id}/abort"), None).await;
+    assert_eq!(aborted.status, StatusCode::OK, "{aborted:?}");
+    app.wait_waiting(id, "the slice callback (slice closed)")
+        .await;
+    let (status, _) = terminate(&mut app, Duration::from_secs(20)).await;
+    assert!(status.success(), "{status:?}");
+    app.restart_binary().await;
+
+    // The slice-closed callback ends the undoing; the clean-up then fails where it first did.
+    app.wait_waiting(id, "the slice callback (slice closed)")
+        .await;
+    let closed = app.callback(id, "slice", Some(&token)).await;
+    assert_eq!(closed.status, StatusCode::OK, "{closed:?}");
+    let failed = app
+        .wait_for(id, "a failed clean-up", |s| s["cleanup_failed"] == true)
+        .await;
+    assert_eq!(failed["state"], "SendKpiFinish", "{failed}");
+    assert!(
+        failed["failure"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("SendKpiFinish failed")),
+        "{failed}"
+    );
+    assert_eq!(failed["leftovers"], serde_json::json!([]), "{failed}");
+}
