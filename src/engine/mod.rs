@@ -213,6 +213,7 @@ impl EngineHandle {
                 controls: controls_rx,
                 pending_abort: None,
                 auto_abort_not_before: None,
+                auto_abort_rounds: 0,
                 resave: resave.then(watchdog::resave_now),
                 saved: !matches!(
                     origin,

@@ -157,6 +157,9 @@ pub struct Watchdog {
     pub(super) pending_abort: Option<(String, oneshot::Sender<ControlOutcome>)>,
     /// An automatic abort that could not start is not tried again before this.
     pub(super) auto_abort_not_before: Option<Deadline>,
+    /// Automatic aborts of this trial whose clean-up had failed before: each waits twice as
+    /// long as the one before.
+    pub(super) auto_abort_rounds: u32,
     /// The store holds the record as it stands (the last save went through).
     pub(super) saved: bool,
     /// The store holds an older record than the engine's, which runs no executor (its end or
@@ -299,6 +302,9 @@ impl Watchdog {
                 () = sleep_until(cleanup_timer) => {
                     let after = self.shared.deps.settings.executor.cleanup_failed_after_secs.unwrap_or_default();
                     let reason = format!("not restored within {after} s");
+                    if self.checkpoint.failure.as_ref().is_some_and(|f| f.cleanup_failed) {
+                        self.auto_abort_rounds = self.auto_abort_rounds.saturating_add(1);
+                    }
                     warn!(reason = %reason, "a failed trial was left alone: aborting it");
                     if let Err(e) = Box::pin(self.abort(reason)).await {
                         warn!(error = %e, "the automatic abort did not start; it is tried again in a minute");
@@ -358,6 +364,7 @@ impl Watchdog {
         if self.executor.is_some() || self.lifecycle != Lifecycle::Failed || !failure.reported {
             return None;
         }
+        let after = auto_abort_delay(after, failure.cleanup_failed, self.auto_abort_rounds);
         let due =
             failure.at + chrono::Duration::seconds(i64::try_from(after).unwrap_or(i64::MAX / 2));
         let left = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
@@ -671,6 +678,19 @@ impl Watchdog {
     }
 }
 
+/// How long after a failure its automatic abort comes: `after` seconds, doubled for each
+/// automatic abort whose clean-up failed again before (up to 64 times, at most a day), so that
+/// a component down for good is not asked, nor the repository told `FAILED`, every few
+/// seconds.
+fn auto_abort_delay(after: u64, cleanup_failed: bool, rounds: u32) -> u64 {
+    const MOST: u64 = 24 * 3600;
+    if !cleanup_failed || rounds == 0 {
+        return after;
+    }
+    let doubled = after.saturating_mul(1 << rounds.min(6));
+    doubled.min(MOST.max(after))
+}
+
 /// Waits for the executor task, or forever when there is none.
 async fn join(
     executor: &mut Option<JoinHandle<ExecutorExit>>,
@@ -684,4 +704,28 @@ async fn join(
 /// Runs a watchdog in its own task, inside the engine's span.
 pub fn spawn(watchdog: Watchdog, span: tracing::Span) -> JoinHandle<LastRecord> {
     tokio::spawn(watchdog.run().instrument(span))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::auto_abort_delay;
+
+    #[test]
+    fn automatic_aborts_of_a_failing_clean_up_back_off() {
+        assert_eq!(
+            auto_abort_delay(60, false, 3),
+            60,
+            "a first failure waits `after`"
+        );
+        let waits: Vec<u64> = (0..9)
+            .map(|round| auto_abort_delay(60, true, round))
+            .collect();
+        assert_eq!(waits, [60, 120, 240, 480, 960, 1920, 3840, 3840, 3840]);
+        assert_eq!(auto_abort_delay(7200, true, 6), 86_400, "at most a day");
+        assert_eq!(
+            auto_abort_delay(100_000, true, 6),
+            100_000,
+            "never below `after`"
+        );
+    }
 }
