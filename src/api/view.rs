@@ -131,6 +131,9 @@ pub fn waiting_for(snapshot: &Snapshot) -> Option<String> {
     if snapshot.lifecycle != Lifecycle::Waiting {
         return None;
     }
+    if let Some(waiting_for) = snapshot.waiting_for {
+        return Some(waiting_for.to_owned());
+    }
     Some(match snapshot.position {
         Position::Wait(wait) => sequence::wait_spec(wait).waiting_for.to_owned(),
         Position::Run(step) => format!(

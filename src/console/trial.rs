@@ -443,6 +443,8 @@ enum RowMark {
     Paused,
     Waiting,
     Failed,
+    /// Begun, then left by an abort before it ended.
+    CutShort,
     Pending,
     NotRun,
 }
@@ -456,6 +458,7 @@ impl RowMark {
             RowMark::Paused => ("‖", "paused", "paused before it"),
             RowMark::Waiting => ("◔", "waiting", "waiting now"),
             RowMark::Failed => ("✕", "failed", "failed"),
+            RowMark::CutShort => ("⊘", "cut-short", "cut short by the abort"),
             RowMark::Pending => ("·", "pending", "to come"),
             RowMark::NotRun => ("–", "not-run", "not run"),
         }
@@ -473,7 +476,10 @@ impl RowMark {
 struct Seen {
     completed: HashSet<String>,
     started: HashSet<String>,
-    /// The waiting points left through a signal, by what they wait for.
+    /// Steps whose last run failed.
+    failed: HashSet<String>,
+    /// The waiting points waited at, and those left through a signal, by what they wait for.
+    waited: HashSet<String>,
     left: HashSet<String>,
     skipped: Vec<String>,
 }
@@ -482,6 +488,8 @@ fn seen<'a>(events: impl Iterator<Item = &'a Arc<TrialEvent>>) -> Seen {
     let mut seen = Seen {
         completed: HashSet::new(),
         started: HashSet::new(),
+        failed: HashSet::new(),
+        waited: HashSet::new(),
         left: HashSet::new(),
         skipped: Vec::new(),
     };
@@ -490,12 +498,19 @@ fn seen<'a>(events: impl Iterator<Item = &'a Arc<TrialEvent>>) -> Seen {
         let step = event.step.clone().unwrap_or_default();
         match event.event {
             EventKind::StepCompleted => {
+                seen.failed.remove(&step);
                 seen.completed.insert(step);
+            }
+            EventKind::StepFailed => {
+                seen.failed.insert(step);
             }
             EventKind::StepStarted => {
                 seen.started.insert(step);
             }
-            EventKind::Waiting => waiting_at = event.detail.clone(),
+            EventKind::Waiting => {
+                seen.waited.extend(event.detail.clone());
+                waiting_at = event.detail.clone();
+            }
             EventKind::SignalAccepted => seen.left.extend(waiting_at.take()),
             EventKind::Skipped => seen
                 .skipped
@@ -521,7 +536,7 @@ fn mark(row: PathRow, seen: &Seen, current: Option<(Position, Lifecycle)>, over:
         Lifecycle::Running | Lifecycle::Waiting => Some(standing),
         Lifecycle::Finished | Lifecycle::Aborted | Lifecycle::Stopped => None,
     };
-    let (at_row, done, skipped_as) = match row {
+    let (at_row, done, failed, begun, skipped_as) = match row {
         PathRow::Step(step) => {
             let at_row = match current {
                 Some((Position::Run(at), lifecycle)) if at == step => here(
@@ -537,6 +552,8 @@ fn mark(row: PathRow, seen: &Seen, current: Option<(Position, Lifecycle)>, over:
             (
                 at_row,
                 seen.completed.contains(step.name()),
+                seen.failed.contains(step.name()),
+                seen.started.contains(step.name()),
                 format!("{}:", step.name()),
             )
         }
@@ -555,6 +572,8 @@ fn mark(row: PathRow, seen: &Seen, current: Option<(Position, Lifecycle)>, over:
             (
                 at_row,
                 exited || seen.left.contains(spec.waiting_for),
+                false,
+                seen.waited.contains(spec.waiting_for),
                 format!("the wait for {}:", spec.waiting_for),
             )
         }
@@ -565,11 +584,37 @@ fn mark(row: PathRow, seen: &Seen, current: Option<(Position, Lifecycle)>, over:
         RowMark::Skipped
     } else if done {
         RowMark::Done
+    } else if failed {
+        RowMark::Failed
+    } else if over && begun {
+        RowMark::CutShort
     } else if over {
         RowMark::NotRun
     } else {
         RowMark::Pending
     }
+}
+
+/// The marks of a path's rows: those before where the engine stands that are still to come
+/// were passed over (a clean-up step with nothing to undo), so they are not run.
+fn marks(
+    rows: &[PathRow],
+    seen: &Seen,
+    current: Option<(Position, Lifecycle)>,
+    over: bool,
+) -> Vec<RowMark> {
+    let mut marks: Vec<RowMark> = rows
+        .iter()
+        .map(|row| mark(*row, seen, current, over))
+        .collect();
+    if let Some(here) = marks.iter().rposition(|m| m.current()) {
+        for mark in &mut marks[..here] {
+            if *mark == RowMark::Pending {
+                *mark = RowMark::NotRun;
+            }
+        }
+    }
+    marks
 }
 
 fn path_table(
@@ -580,20 +625,22 @@ fn path_table(
     over: bool,
 ) -> Markup {
     // Steps are numbered in the order they run; waits are not.
-    let numbered = rows.iter().scan(0, |n, row| {
-        if let PathRow::Step(_) = row {
-            *n += 1;
-        }
-        Some((*n, *row))
-    });
+    let numbered = rows
+        .iter()
+        .scan(0, |n, row| {
+            if let PathRow::Step(_) = row {
+                *n += 1;
+            }
+            Some((*n, *row))
+        })
+        .zip(marks(rows, seen, current, over));
     html! {
         div.table-wrap {
             table.sequence {
                 caption { (caption) }
                 thead { tr { th scope="col" { "#" } th scope="col" { "Step or wait" } th scope="col" { "Where" } } }
                 tbody {
-                    @for (number, row) in numbered {
-                        @let row_mark = mark(row, seen, current, over);
+                    @for ((number, row), row_mark) in numbered {
                         @let (symbol, class, words) = row_mark.parts();
                         tr class=(class) aria-current=[row_mark.current().then_some("step")] {
                             @match row {
@@ -951,12 +998,56 @@ mod tests {
         Seen {
             completed: completed.iter().map(|s| s.name().to_owned()).collect(),
             started: completed.iter().map(|s| s.name().to_owned()).collect(),
+            failed: HashSet::new(),
+            waited: left
+                .iter()
+                .map(|w| sequence::wait_spec(*w).waiting_for.to_owned())
+                .collect(),
             left: left
                 .iter()
                 .map(|w| sequence::wait_spec(*w).waiting_for.to_owned())
                 .collect(),
             skipped: skipped.iter().map(|s| (*s).to_owned()).collect(),
         }
+    }
+
+    #[test]
+    fn a_failed_clean_up_step_passed_steps_and_an_abort_mid_wait_are_marked_as_they_went() {
+        let cleanup = [
+            PathRow::Step(Step::SendKpiFinish),
+            PathRow::Step(Step::DeleteMeasurementJob),
+            PathRow::Step(Step::CloseService),
+            PathRow::Wait(Wait::SliceClosed),
+            PathRow::Step(Step::UpdateStatusAborted),
+        ];
+        // The job's delete failed; the clean-up went on and now waits for the slice to close.
+        let mut seen = seen_of(&[], &[], &[]);
+        seen.started.insert("DeleteMeasurementJob".into());
+        seen.failed.insert("DeleteMeasurementJob".into());
+        seen.started.insert("CloseService".into());
+        seen.completed.insert("CloseService".into());
+        let waiting = Some((Position::Wait(Wait::SliceClosed), Lifecycle::Waiting));
+        assert_eq!(
+            marks(&cleanup, &seen, waiting, false),
+            [
+                RowMark::NotRun,
+                RowMark::Failed,
+                RowMark::Done,
+                RowMark::Waiting,
+                RowMark::Pending
+            ]
+        );
+        // The trial sequence of a trial aborted at its wait for the operator.
+        let active = PathRow::Wait(Wait::Active);
+        let mut waited = seen_of(&[], &[], &[]);
+        waited
+            .waited
+            .insert(sequence::wait_spec(Wait::Active).waiting_for.to_owned());
+        assert_eq!(mark(active, &waited, None, true), RowMark::CutShort);
+        assert_eq!(
+            mark(active, &seen_of(&[], &[], &[]), None, true),
+            RowMark::NotRun
+        );
     }
 
     #[test]

@@ -57,6 +57,10 @@ pub(super) fn not_live(id: &TrialId, lifecycle: Lifecycle) -> ControlError {
 /// The slice-created callback, as the waits record it.
 const SLICE_CREATED: (Wait, Signal) = (Wait::SliceCreated, Signal::SliceCallback);
 
+/// What a clean-up that awaits the slice-created callback before the slice-closed one waits
+/// for.
+const BOTH_SLICE_CALLBACKS: &str = "the slice callbacks (slice created, then slice closed)";
+
 /// Why an engine did not answer what it was asked.
 pub const STOPPED: &str = "the engine stopped before it answered (the service is stopping, or the engine was deleted): the trial's status says where it stands";
 
@@ -599,14 +603,19 @@ impl Executor {
                 return self.take(wait, signal, next, detail, 0);
             }
         }
-        info!(waiting_for = spec.waiting_for, "waiting");
-        self.shared.journal.event(
-            EventKind::Waiting,
-            None,
-            Some(spec.waiting_for.to_owned()),
-            None,
-        );
+        let waiting_for = if awaits_creation {
+            BOTH_SLICE_CALLBACKS
+        } else {
+            spec.waiting_for
+        };
+        info!(waiting_for, "waiting");
+        self.shared
+            .journal
+            .event(EventKind::Waiting, None, Some(waiting_for.to_owned()), None);
         self.shared.move_to(Lifecycle::Waiting, &self.checkpoint);
+        if awaits_creation {
+            self.shared.show_waiting_for(BOTH_SLICE_CALLBACKS);
+        }
         let waiting_since = Instant::now();
         let executor = &self.deps.settings.executor;
         let at = |secs: u64| Deadline::now() + Duration::from_secs(secs);

@@ -504,6 +504,12 @@ impl EngineShared {
         });
     }
 
+    /// Shows what the engine waits for, where its position does not say it all.
+    pub(super) fn show_waiting_for(&self, waiting_for: &'static str) {
+        self.state
+            .send_modify(|s| s.waiting_for = Some(waiting_for));
+    }
+
     /// Shows a component's latest progress (or clears it when its wait ends).
     pub(super) fn set_progress(&self, progress: Option<Progress>) {
         self.state.send_modify(|s| s.progress = progress);

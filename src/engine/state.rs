@@ -503,6 +503,8 @@ pub struct Snapshot {
     pub failure: Option<Failure>,
     pub paused: bool,
     pub progress: Option<Progress>,
+    /// What the engine waits for, where its position does not say it all.
+    pub waiting_for: Option<&'static str>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
@@ -525,6 +527,7 @@ impl Snapshot {
             failure: checkpoint.failure.clone(),
             paused: checkpoint.paused,
             progress: None,
+            waiting_for: None,
             created_at,
             updated_at,
             ended_at,
