@@ -216,9 +216,18 @@ fn tick_label(secs: f64) -> String {
     } else if secs < 120.0 {
         format!("+{secs:.0} s")
     } else if secs < 7200.0 {
-        format!("+{:.0} min", secs / 60.0)
+        // Whole seconds from here on: each tick is a whole multiple of its step.
+        let whole = secs.round() as u64;
+        match whole % 60 {
+            0 => format!("+{} min", whole / 60),
+            s => format!("+{} min {s} s", whole / 60),
+        }
     } else {
-        format!("+{:.0} h", secs / 3600.0)
+        let whole = secs.round() as u64;
+        match (whole % 3600) / 60 {
+            0 => format!("+{} h", whole / 3600),
+            m => format!("+{} h {m} min", whole / 3600),
+        }
     }
 }
 
@@ -431,5 +440,9 @@ mod tests {
         assert_eq!(tick_step(25.0), 5.0);
         assert_eq!(tick_step(3000.0), 600.0);
         assert_eq!(tick_label(120.0), "+2 min");
+        // Ticks 30 s apart past two minutes are told apart.
+        assert_eq!(tick_label(150.0), "+2 min 30 s");
+        assert_eq!(tick_label(9000.0), "+2 h 30 min");
+        assert_eq!(tick_label(10_800.0), "+3 h");
     }
 }
