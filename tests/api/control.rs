@@ -327,17 +327,7 @@ async fn a_second_abort_while_cleaning_up_is_already_aborting_and_a_finished_tri
     let app = spawn_app().await;
     let (id, done) = ("abort-twice", "abort-done");
     // The clean-up's first request is held until the test has sent its second abort.
-    let deletion = Gate::default();
-    app.platform.inject(
-        Fault::new(
-            Component::Enforcement,
-            "DELETE",
-            "/measurementjobs/",
-            FaultAction::HoldUntil(deletion.clone()),
-        )
-        .for_trial(id)
-        .times(1),
-    );
+    let deletion = app.hold_next(Component::Enforcement, "DELETE", "/measurementjobs/", id);
     app.start_trial(id).await;
     app.start_trial(done).await;
     app.wait_waiting(id, WAITING_OPERATOR).await;
@@ -511,28 +501,8 @@ async fn a_clean_up_step_that_fails_for_good_lets_the_rest_undo_what_they_can_an
 async fn a_slice_created_callback_after_an_abort_is_not_taken_for_the_closing() {
     let app = spawn_app().await;
     let id = "created-late";
-    let deployment = Gate::default();
-    app.platform.inject(
-        Fault::new(
-            Component::Enforcement,
-            "POST",
-            "/sliceDeployment",
-            FaultAction::HoldUntil(deployment.clone()),
-        )
-        .for_trial(id)
-        .times(1),
-    );
-    // Trial enforcement closes the slice but does not call back: the test does.
-    app.platform.inject(
-        Fault::new(
-            Component::Enforcement,
-            "DELETE",
-            "/sliceDeployment/",
-            FaultAction::DropCallback,
-        )
-        .for_trial(id)
-        .times(1),
-    );
+    let deployment = app.hold_next(Component::Enforcement, "POST", "/sliceDeployment", id);
+    app.slice_closes_without_callback(id);
     let token = app.slice_deployment_in_flight(id).await;
     let open = async {
         app.wait_event(id, "abort_requested", "").await;
@@ -766,17 +736,7 @@ async fn a_pause_lets_the_request_in_flight_complete_and_starts_nothing_more() {
     let app = spawn_app().await;
     let id = "paused-mid-step";
     // The flight plan is held until the pause has been taken.
-    let plan = Gate::default();
-    app.platform.inject(
-        Fault::new(
-            Component::Enforcement,
-            "POST",
-            "/flightplan",
-            FaultAction::HoldUntil(plan.clone()),
-        )
-        .for_trial(id)
-        .times(1),
-    );
+    let plan = app.hold_next(Component::Enforcement, "POST", "/flightplan", id);
     app.start_trial(id).await;
     app.wait_for(id, "EnforceUavPlan in flight", |s| {
         s["step"] == "EnforceUavPlan"

@@ -677,16 +677,7 @@ async fn a_failed_clean_up_fails_at_its_first_failure_across_a_restart() {
         )
         .times(1),
     );
-    app.platform.inject(
-        Fault::new(
-            Component::Enforcement,
-            "DELETE",
-            "/sliceDeployment/",
-            FaultAction::DropCallback,
-        )
-        .for_trial(id)
-        .times(1),
-    );
+    app.slice_closes_without_callback(id);
     let aborted = app.post(&format!("/trial/{id}/abort"), None).await;
     assert_eq!(aborted.status, StatusCode::OK, "{aborted:?}");
     app.wait_waiting(id, "the slice callback (slice closed)")

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use lcm::config::{KeySettings, Secret, Settings};
 use lcm::engine::EngineHooks;
-use lcm::sim::{Component, Fault, FaultAction, Platform, SimOptions};
+use lcm::sim::{Component, Fault, FaultAction, Gate, Platform, SimOptions};
 use lcm::startup::Application;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -624,6 +624,44 @@ impl TestApp {
             Some(history) => history.clone(),
             None => panic!("no history for {id}: {answer:?}"),
         }
+    }
+
+    /// Holds the next `method path` request of trial `id` to `component` until the returned
+    /// gate opens.
+    pub fn hold_next(
+        &self,
+        component: Component,
+        method: &'static str,
+        path: &'static str,
+        id: &str,
+    ) -> Gate {
+        let gate = Gate::default();
+        self.platform.inject(
+            Fault::new(
+                component,
+                method,
+                path,
+                FaultAction::HoldUntil(gate.clone()),
+            )
+            .for_trial(id)
+            .times(1),
+        );
+        gate
+    }
+
+    /// Trial enforcement closes trial `id`'s slice once without calling back: the test sends
+    /// the slice-closed callback itself.
+    pub fn slice_closes_without_callback(&self, id: &str) {
+        self.platform.inject(
+            Fault::new(
+                Component::Enforcement,
+                "DELETE",
+                "/sliceDeployment/",
+                FaultAction::DropCallback,
+            )
+            .for_trial(id)
+            .times(1),
+        );
     }
 
     /// Waits until the trial's history holds a `kind` event whose detail contains `detail`;
