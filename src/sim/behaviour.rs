@@ -479,6 +479,27 @@ mod tests {
     use crate::sim::{Platform, SimOptions};
 
     #[tokio::test]
+    async fn a_stopped_component_refuses_connections_and_keeps_its_port() {
+        let platform = Platform::start(SimOptions::default()).await.expect("sim");
+        let address = platform.address(Component::Enforcement);
+        platform.stop(Component::Enforcement).await;
+        let refused = tokio::net::TcpStream::connect(address).await;
+        assert!(
+            refused.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused),
+            "connections are refused"
+        );
+        assert!(
+            TcpListener::bind(address).await.is_err(),
+            "no other server takes the port meanwhile"
+        );
+        platform
+            .start_again(Component::Enforcement)
+            .await
+            .expect("serves again on its port");
+        assert!(tokio::net::TcpStream::connect(address).await.is_ok());
+    }
+
+    #[tokio::test]
     async fn a_callback_that_gets_no_answer_is_sent_again() {
         let platform = Platform::start(SimOptions::default()).await.expect("sim");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");

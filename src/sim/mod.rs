@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 use axum::Router;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -323,6 +323,9 @@ pub struct Platform {
     pub kpi: SocketAddr,
     /// The components that are serving (a stopped one is not in it).
     servers: Mutex<HashMap<Component, Serving>>,
+    /// The ports of stopped components, bound without listening: a connection is refused,
+    /// and no other server (of another test running at once) can take the port meanwhile.
+    held: Mutex<HashMap<Component, TcpSocket>>,
 }
 
 /// One component's server.
@@ -401,6 +404,7 @@ impl Platform {
             enforcement: addrs[1],
             kpi: addrs[2],
             servers: Mutex::new(servers),
+            held: Mutex::new(HashMap::new()),
         })
     }
 
@@ -425,6 +429,18 @@ impl Platform {
         if tokio::time::timeout(STOP_GRACE, &mut task).await.is_err() {
             task.abort();
         }
+        // Without SO_REUSEADDR, so that no listener can share the port. Should the port be
+        // taken already, it is left to chance, as it would be without this.
+        let address = self.address(component);
+        let socket = match address {
+            SocketAddr::V4(_) => TcpSocket::new_v4(),
+            SocketAddr::V6(_) => TcpSocket::new_v6(),
+        };
+        if let Ok(socket) = socket
+            && socket.bind(address).is_ok()
+        {
+            lock(&self.held).insert(component, socket);
+        }
     }
 
     /// Starts a stopped component again on its port; does nothing if it is serving.
@@ -432,6 +448,7 @@ impl Platform {
         if lock(&self.servers).contains_key(&component) {
             return Ok(());
         }
+        lock(&self.held).remove(&component);
         let listener = TcpListener::bind(self.address(component)).await?;
         let serving = serve(&self.state, component, listener);
         if let Some(raced) = lock(&self.servers).insert(component, serving) {
