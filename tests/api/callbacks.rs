@@ -114,13 +114,7 @@ async fn finish_while_a_step_before_idle_runs_is_refused() {
     let app = spawn_app().await;
     let id = "early-finish";
     // The flight plan is held until the test has sent its finish.
-    let plan = Gate::default();
-    app.platform.inject(Fault::new(
-        Component::Enforcement,
-        "POST",
-        "/flightplan",
-        FaultAction::HoldUntil(plan.clone()),
-    ));
+    let plan = app.hold_next(Component::Enforcement, "POST", "/flightplan", id);
     app.start_trial(id).await;
     app.wait_for(id, "EnforceUavPlan", |s| s["state"] == "EnforceUavPlan")
         .await;
@@ -141,16 +135,7 @@ async fn finish_while_going_active_is_kept_and_applied() {
     app.start_trial(id).await;
     app.wait_waiting(id, WAITING_OPERATOR).await;
     // The marking that `active` starts is held until the test has sent its finish.
-    let marking = Gate::default();
-    app.platform.inject(
-        Fault::new(
-            Component::Kpi,
-            "POST",
-            "/markKPIData",
-            FaultAction::HoldUntil(marking.clone()),
-        )
-        .times(1),
-    );
+    let marking = app.hold_next(Component::Kpi, "POST", "/markKPIData", id);
     assert_eq!(
         app.post(&format!("/trial/{id}/active"), None).await.status,
         StatusCode::OK
@@ -341,7 +326,7 @@ async fn the_operator_wait_has_a_deadline_only_when_configured() {
 async fn an_early_callback_that_cannot_be_saved_is_refused_with_503_and_not_kept() {
     let (app, broken) = spawn_app_with_flaky_store(AppOptions::default()).await;
     let id = "early-unsaved";
-    let gate = lcm::sim::Gate::default();
+    let gate = Gate::default();
     app.platform.inject(slice_deployment_fault(
         id,
         FaultAction::HoldUntil(gate.clone()),
@@ -365,7 +350,7 @@ async fn an_early_callback_that_cannot_be_saved_is_refused_with_503_and_not_kept
 async fn an_early_callback_is_dropped_with_its_failed_step_and_a_restore_awaits_its_own() {
     let app = spawn_app_with_settings(single_attempt).await;
     let id = "early-failed";
-    let gate = lcm::sim::Gate::default();
+    let gate = Gate::default();
     app.platform.inject(slice_deployment_fault(
         id,
         FaultAction::HoldThenStatus(gate.clone(), 500),
@@ -397,12 +382,7 @@ async fn a_signal_is_answered_once_the_checkpoint_that_takes_it_is_saved() {
     assert_detail(&refused, StatusCode::SERVICE_UNAVAILABLE);
     assert!(refused.detail().contains("not taken"), "{refused:?}");
     let failed = app.wait_failed(id).await;
-    assert!(
-        failed["failure"]
-            .as_str()
-            .is_some_and(|f| f.contains("checkpoint not saved")),
-        "{failed}"
-    );
+    assert_failure_says(&failed, "checkpoint not saved");
     // A restore finds the trial where the signal found it: `active` was not taken.
     let restored = app.post(&format!("/debug/engine/{id}/restore"), None).await;
     assert_eq!(restored.status, StatusCode::OK, "{restored:?}");

@@ -65,12 +65,7 @@ async fn abort_until_cleanup_fails(app: &TestApp, id: &str, step: &str) -> Value
     let failed = app
         .wait_for(id, "a failed clean-up", |s| s["cleanup_failed"] == true)
         .await;
-    assert!(
-        failed["failure"]
-            .as_str()
-            .is_some_and(|f| f.starts_with(&format!("{step} failed"))),
-        "{failed}"
-    );
+    assert_failure_says(&failed, &format!("{step} failed"));
     assert_eq!(failed["state"], step, "where it failed: {failed}");
     failed
 }
@@ -859,12 +854,7 @@ async fn a_failed_component_wait_can_be_skipped_and_an_operator_wait_cannot() {
     app.start_trial(slice).await;
     app.start_trial(operator).await;
     let failed = app.wait_failed(slice).await;
-    assert!(
-        failed["failure"]
-            .as_str()
-            .is_some_and(|f| f.contains("timed out waiting for the slice callback")),
-        "{failed}"
-    );
+    assert_failure_says(&failed, "timed out waiting for the slice callback");
     let answer = app
         .post(
             &format!("/debug/engine/{slice}/skip"),

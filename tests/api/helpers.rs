@@ -1077,6 +1077,14 @@ pub fn assert_ok_saying(answer: &Answer, part: &str) {
     );
 }
 
+/// Asserts that a trial's status (or listed row) has a `failure` saying `part`.
+pub fn assert_failure_says(status: &Value, part: &str) {
+    assert!(
+        status["failure"].as_str().is_some_and(|f| f.contains(part)),
+        "a failure saying '{part}': {status}"
+    );
+}
+
 /// Trial enforcement never answers trial `id`'s first slice deployment; the one sent again
 /// (after a restart, or by an engine brought back) is taken without a second callback, as a
 /// component that honours the `Idempotency-Key` would.

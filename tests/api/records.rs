@@ -272,12 +272,7 @@ async fn the_listing_pages_newest_first_with_every_filter() {
     assert_eq!(idle["status"], "Waiting");
     assert_eq!(idle["waiting_for"], "the operator (active or finish)");
     let failed = &listed(&app, "?status=Failed").await["trials"][0];
-    assert!(
-        failed["failure"]
-            .as_str()
-            .is_some_and(|f| f.starts_with("EnforceUavPlan failed")),
-        "{failed}"
-    );
+    assert_failure_says(failed, "EnforceUavPlan failed");
     for bad in [
         "?status=Running",
         "?limit=0",
