@@ -782,15 +782,9 @@ impl Settings {
                 ));
             }
         }
-        if self.server.max_body_bytes == 0 {
-            return Err(invalid("server.max_body_bytes", "must be greater than 0"));
-        }
         self.auth.api_keys()?;
         if self.auth.token_secret.expose().is_empty() {
             return Err(invalid("auth.token_secret", "must not be empty"));
-        }
-        if self.auth.token_ttl_secs == 0 {
-            return Err(invalid("auth.token_ttl_secs", "must be greater than 0"));
         }
         for (key, value) in [
             (
@@ -859,17 +853,45 @@ impl Settings {
                 ));
             }
         }
-        if self.executor.request_timeout_secs == 0 {
-            return Err(invalid(
+        let positive = [
+            (
+                "server.max_body_bytes",
+                u64::try_from(self.server.max_body_bytes).unwrap_or(u64::MAX),
+            ),
+            ("auth.token_ttl_secs", self.auth.token_ttl_secs),
+            (
                 "executor.request_timeout_secs",
-                "must be greater than 0",
-            ));
-        }
-        if self.executor.callback_timeout_secs == 0 {
-            return Err(invalid(
+                self.executor.request_timeout_secs,
+            ),
+            (
                 "executor.callback_timeout_secs",
-                "must be greater than 0",
-            ));
+                self.executor.callback_timeout_secs,
+            ),
+            (
+                "server.header_read_timeout_secs",
+                self.server.header_read_timeout_secs,
+            ),
+            ("server.idle_timeout_secs", self.server.idle_timeout_secs),
+            (
+                "server.handler_timeout_secs",
+                self.server.handler_timeout_secs,
+            ),
+            (
+                "auth.max_failures_per_minute",
+                u64::from(self.auth.max_failures_per_minute),
+            ),
+            (
+                "scheduler.poll_interval_secs",
+                self.scheduler.poll_interval_secs,
+            ),
+            ("heartbeat.interval_secs", self.heartbeat.interval_secs),
+            (
+                "services.abstraction_layer.interval",
+                self.services.abstraction_layer.interval,
+            ),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(invalid(*key, "must be greater than 0"));
         }
         if self.executor.operator_timeout_secs == Some(0) {
             return Err(invalid(
@@ -895,31 +917,10 @@ impl Settings {
                 ));
             }
         }
-        for (key, value) in [
-            (
-                "server.header_read_timeout_secs",
-                self.server.header_read_timeout_secs,
-            ),
-            ("server.idle_timeout_secs", self.server.idle_timeout_secs),
-            (
-                "server.handler_timeout_secs",
-                self.server.handler_timeout_secs,
-            ),
-        ] {
-            if value == 0 {
-                return Err(invalid(key, "must be greater than 0"));
-            }
-        }
         if !(1..=MAX_CONNECTIONS_LIMIT).contains(&self.server.max_connections) {
             return Err(invalid(
                 "server.max_connections",
                 format!("must be between 1 and {MAX_CONNECTIONS_LIMIT}"),
-            ));
-        }
-        if self.auth.max_failures_per_minute == 0 {
-            return Err(invalid(
-                "auth.max_failures_per_minute",
-                "must be greater than 0",
             ));
         }
         if self.executor.aborted_repository_status.trim().is_empty() {
@@ -932,15 +933,6 @@ impl Settings {
         for service in crate::services::Service::ALL {
             self.retry_policy(service)
                 .validate(&format!("services.{}.retry", service.name()))?;
-        }
-        if self.scheduler.poll_interval_secs == 0 {
-            return Err(invalid(
-                "scheduler.poll_interval_secs",
-                "must be greater than 0",
-            ));
-        }
-        if self.heartbeat.interval_secs == 0 {
-            return Err(invalid("heartbeat.interval_secs", "must be greater than 0"));
         }
         if !valid_log_filter(&self.logging.level) {
             return Err(invalid(
@@ -971,12 +963,6 @@ impl Settings {
             return Err(invalid(
                 "services.abstraction_layer.port",
                 "must be a port from 1 to 65535",
-            ));
-        }
-        if services.abstraction_layer.interval == 0 {
-            return Err(invalid(
-                "services.abstraction_layer.interval",
-                "must be greater than 0",
             ));
         }
         Ok(())
