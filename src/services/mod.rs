@@ -533,7 +533,7 @@ impl ServiceClient {
 const CONNECT_TIMEOUT_SECS: u64 = 10;
 
 /// A URL as it may be shown: without query, fragment or credentials.
-fn shown_url(url: &Url) -> String {
+pub(crate) fn shown_url(url: &Url) -> String {
     let mut url = url.clone();
     url.set_query(None);
     url.set_fragment(None);
