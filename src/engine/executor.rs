@@ -251,9 +251,6 @@ pub struct Executor {
     /// Aborts that came while a deploying step ran, answered once the clean-up they start is
     /// saved (its `abort_requested` event is in the history already).
     pub(super) aborts: Vec<oneshot::Sender<ControlOutcome>>,
-    /// An abort let the slice deployment have its answer: its slice-created callback is yet to
-    /// come.
-    pub(super) creation_due: bool,
 }
 
 /// A signal taken at a waiting point, not answered yet.
@@ -468,9 +465,6 @@ impl Executor {
                 }
             }
         };
-        if abort_after.is_some() && step == Step::SliceDeployment {
-            self.creation_due = self.checkpoint.data.ledger.slice == SliceState::Created;
-        }
         abort_after.map_or(outcome, Outcome::Abort)
     }
 
@@ -505,19 +499,18 @@ impl Executor {
                     step.name()
                 )),
             },
-            Mode::Cleanup { .. } => {
+            Mode::Cleanup { failed, .. } => {
                 let data = &self.checkpoint.data;
-                match sequence::cleanup_after(Some(step), data.kpi_status, &data.ledger) {
-                    // The repository hears ABORTED only once everything is undone.
-                    Next::Step(Step::UpdateStatusAborted)
-                        if sequence::left_deployed(data.kpi_status, &data.ledger) =>
-                    {
-                        // `run` puts the first failure's reason and step here.
-                        Outcome::Failed(
-                            "the clean-up could not undo everything: a step of it failed (the history says which)".to_owned(),
-                        )
+                match (
+                    sequence::cleanup_after(Some(step), data.kpi_status, &data.ledger),
+                    failed,
+                ) {
+                    // The repository hears ABORTED only once everything is undone: else the
+                    // clean-up fails with its first failure (`run` puts it where it was).
+                    (Next::Step(Step::UpdateStatusAborted), Some((_, first))) => {
+                        Outcome::Failed(first.clone())
                     }
-                    next => next.position().map_or(Outcome::Aborted, Outcome::To),
+                    (next, _) => next.position().map_or(Outcome::Aborted, Outcome::To),
                 }
             }
         }
@@ -792,9 +785,15 @@ impl Executor {
     /// the first time created, the second closed). A trial aborted later, at the wait for it,
     /// takes the first callback as the closing's: that creation's callback may never come.
     fn awaits_slice_creation(&self, wait: Wait) -> bool {
+        let creation_due = matches!(
+            self.checkpoint.mode,
+            Mode::Cleanup {
+                creation_due: true,
+                ..
+            }
+        );
         wait == Wait::SliceClosed
-            && self.creation_due
-            && self.cleaning_up()
+            && creation_due
             && !self.checkpoint.accepted.contains(&SLICE_CREATED)
     }
 

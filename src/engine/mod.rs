@@ -481,6 +481,7 @@ impl EngineShared {
             s.mode = Mode::Cleanup {
                 reason: reason.to_owned(),
                 failed: None,
+                creation_due: false,
             };
         });
     }

@@ -323,13 +323,6 @@ pub fn undo_after_failure(
         .map(|(step, _)| *step)
 }
 
-/// Whether something the clean-up undoes is still deployed: a clean-up step failed for good.
-pub fn left_deployed(kpi_status: Option<KpiStatus>, ledger: &Ledger) -> bool {
-    CLEANUP
-        .iter()
-        .any(|(_, undoes)| *undoes != Undoes::Always && needed(*undoes, kpi_status, ledger))
-}
-
 /// Turns `checkpoint` to the clean-up path of an abort for `reason` (a clean-up that failed
 /// keeps its first reason): what the trial deployed is its ledger, the pause is lifted, and
 /// the position is the first clean-up step whose work exists. The path always ends with the
@@ -338,9 +331,14 @@ pub fn start_cleanup(checkpoint: &mut Checkpoint, reason: &str) {
     match &mut checkpoint.mode {
         Mode::Cleanup { failed, .. } => *failed = None,
         Mode::Normal => {
+            // Aborted as the slice deployment was answered (an abort waits for that answer):
+            // the slice-created callback has not come yet.
+            let creation_due = checkpoint.position == Position::Run(SliceDeployment)
+                && checkpoint.data.ledger.slice == SliceState::Created;
             checkpoint.mode = Mode::Cleanup {
                 reason: reason.to_owned(),
                 failed: None,
+                creation_due,
             };
         }
     }
@@ -643,15 +641,6 @@ mod tests {
             undo_after_failure(UpdateStatusAborted, None, &everything),
             None
         );
-        assert!(left_deployed(marked, &Ledger::default()));
-        assert!(left_deployed(None, &job_gone));
-        assert!(!left_deployed(
-            Some(KpiStatus::Finished),
-            &Ledger {
-                slice: SliceState::Closed,
-                measurement_job: JobState::Deleted,
-            }
-        ));
     }
 
     #[test]

@@ -174,6 +174,9 @@ pub enum Mode {
         /// The first step of this clean-up that failed for good, and why: the clean-up undoes
         /// the rest, then fails there.
         failed: Option<(Step, String)>,
+        /// The abort let the slice deployment have its answer: the slice-created callback is
+        /// still to come, and the first slice callback is that one.
+        creation_due: bool,
     },
 }
 

@@ -429,7 +429,6 @@ impl Watchdog {
             stepping: false,
             answer: None,
             aborts: Vec::new(),
-            creation_due: false,
         };
         *self.shared.commands() = commands_tx;
         // The engine's span, not nested in the watchdog's: each line names the trial once.

@@ -127,6 +127,9 @@ struct CheckpointDoc<S, V> {
     /// The first step of a clean-up that failed for good, and why (absent otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cleanup_failed_at: Option<(S, S)>,
+    /// A clean-up awaits the slice-created callback before the slice-closed one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    slice_created_due: bool,
     token: Option<S>,
     info: Option<InfoDoc<S, V>>,
     kpi_status: Option<S>,
@@ -230,6 +233,13 @@ pub fn encode_checkpoint(checkpoint: &Checkpoint) -> String {
             } => Some((step.name(), why.as_str())),
             Mode::Cleanup { failed: None, .. } | Mode::Normal => None,
         },
+        slice_created_due: matches!(
+            checkpoint.mode,
+            Mode::Cleanup {
+                creation_due: true,
+                ..
+            }
+        ),
         token: data.token.as_deref(),
         info: data.info.as_deref().map(|i| InfoDoc {
             trial_id: i.trial_id.as_str(),
@@ -298,6 +308,7 @@ pub fn decode_checkpoint(text: &str) -> Result<Checkpoint, String> {
                     Some((failed, why)) => Some((step(&failed)?, why)),
                     None => None,
                 },
+                creation_due: doc.slice_created_due,
             },
         },
         data: TrialData {
@@ -372,6 +383,7 @@ mod tests {
             mode: Mode::Cleanup {
                 reason: "operator: wrong facility".into(),
                 failed: None,
+                creation_due: false,
             },
             data: TrialData {
                 token: Some("tok".into()),
@@ -425,10 +437,13 @@ mod tests {
         checkpoint.mode = Mode::Cleanup {
             reason: "operator: wrong facility".into(),
             failed: Some((Step::SendKpiFinish, "SendKpiFinish failed: 503".into())),
+            creation_due: true,
         };
         let text = encode_checkpoint(&checkpoint);
         assert!(
-            text.contains(r#""cleanup_failed_at":["SendKpiFinish","SendKpiFinish failed: 503"]"#),
+            text.contains(
+                r#""cleanup_failed_at":["SendKpiFinish","SendKpiFinish failed: 503"],"slice_created_due":true"#
+            ),
             "{text}"
         );
         assert_eq!(decode_checkpoint(&text).unwrap(), checkpoint);
