@@ -4,15 +4,16 @@
 //! redacted.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use chrono::Utc;
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 use tracing::{error, info, warn};
 
 use super::EngineShared;
 use super::redact::{REDACTED, Redactor};
-use super::state::{Checkpoint, Position};
+use super::state::{Checkpoint, Position, ResponseRecord};
 use super::steps::recorder;
 use crate::config::Settings;
 use crate::domain::TrialId;
@@ -58,8 +59,8 @@ pub async fn report(shared: &EngineShared, checkpoint: &mut Checkpoint) {
     write_file(shared, checkpoint, &redactor).await;
 }
 
-async fn write_file(shared: &EngineShared, checkpoint: &Checkpoint, redactor: &Redactor) {
-    let settings = &shared.deps.settings;
+/// The failure file's document, before redaction.
+fn document(id: &str, checkpoint: &Checkpoint, responses: &[Arc<ResponseRecord>]) -> Value {
     let state = match checkpoint.position {
         Position::Run(step) => step.name().to_owned(),
         Position::Wait(wait) => format!("Waiting ({})", wait.name()),
@@ -71,9 +72,8 @@ async fn write_file(shared: &EngineShared, checkpoint: &Checkpoint, redactor: &R
         .iter()
         .map(|(w, s)| [w.name(), s.name()])
         .collect();
-    let responses: Vec<_> = shared.journal.responses();
-    let mut content = json!({
-        "trial_id": shared.id.as_str(),
+    json!({
+        "trial_id": id,
         "failed_at": Utc::now(),
         "reason": failure.map(|f| f.reason.as_str()),
         "cleanup_failed": failure.is_some_and(|f| f.cleanup_failed),
@@ -88,12 +88,22 @@ async fn write_file(shared: &EngineShared, checkpoint: &Checkpoint, redactor: &R
             "run": checkpoint.run,
         },
         "responses": responses,
-    });
+    })
+}
+
+async fn write_file(shared: &EngineShared, checkpoint: &Checkpoint, redactor: &Redactor) {
+    let settings = &shared.deps.settings;
     let path = failure_file(settings, &shared.id);
-    // Every response recorded (each up to the size of a body) is redacted and written out:
-    // work for a blocking thread, not for the runtime's.
+    // Every response recorded (each up to the size of a body) is copied, redacted and written
+    // out: work for a blocking thread, not for the runtime's.
+    let (id, checkpoint, responses) = (
+        shared.id.to_string(),
+        checkpoint.clone(),
+        shared.journal.responses(),
+    );
     let redactor = redactor.clone();
     let text = tokio::task::spawn_blocking(move || {
+        let mut content = document(&id, &checkpoint, &responses);
         redactor.value(&mut content);
         serde_json::to_string_pretty(&content).map_err(|e| e.to_string())
     })

@@ -471,9 +471,6 @@ impl EngineShared {
         lock(&self.kept)
     }
 
-    /// Moves the engine to `lifecycle` at the checkpoint's position: the one place where the
-    /// state the API shows of a live engine changes. A stopped engine (see
-    /// [`EngineShared::stopped`]) stays stopped.
     /// Shows the trial aborting for `reason` while its clean-up waits to begin (an abort that
     /// lets a deployment have its answer first).
     pub(super) fn show_aborting(&self, reason: &str) {
@@ -486,6 +483,9 @@ impl EngineShared {
         });
     }
 
+    /// Moves the engine to `lifecycle` at the checkpoint's position: the one place where the
+    /// state the API shows of a live engine changes. A stopped engine (see
+    /// [`EngineShared::stopped`]) stays stopped.
     pub(super) fn move_to(&self, lifecycle: Lifecycle, checkpoint: &Checkpoint) {
         self.state.send_if_modified(|s| {
             if s.lifecycle == Lifecycle::Stopped {
