@@ -402,7 +402,7 @@ pub fn record(
         Ok(reply) => {
             record.status = Some(reply.status);
             record.body = reply.json.clone();
-            record.error = reply.text.clone();
+            record.error = reply.unread.clone().or_else(|| reply.text.clone());
             record.duration_ms = u64::try_from(reply.duration.as_millis()).unwrap_or(u64::MAX);
         }
         Err(e) => record.error = Some(e.to_string()),
@@ -535,8 +535,9 @@ impl StepCx<'_> {
         })?;
         if !expected.contains(&reply.status) {
             let detail = reply
-                .text
+                .unread
                 .as_deref()
+                .or(reply.text.as_deref())
                 .map(|t| format!(": {t}"))
                 .unwrap_or_default();
             return Err(StepError(redactor.text(&format!(

@@ -226,12 +226,12 @@ impl ServiceClient {
             let pem = std::fs::read(path)
                 .map_err(|e| ClientError::CaBundle(format!("{}: {e}", path.display())))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                let mut why = e.to_string();
-                let mut cause = std::error::Error::source(&e);
-                while let Some(inner) = cause {
-                    why = format!("{why}: {inner}");
-                    cause = inner.source();
-                }
+                // reqwest's own words ("builder error") say nothing: its sources do.
+                let why: Vec<String> =
+                    std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+                        .map(ToString::to_string)
+                        .collect();
+                let why = why.join(": ");
                 ClientError::CaBundle(format!(
                     "{} is not a bundle of PEM certificates ({why})",
                     path.display()
@@ -453,7 +453,7 @@ impl ServiceClient {
             Reply {
                 status,
                 json: None,
-                text: Some(reason.clone()),
+                text: None,
                 bytes,
                 unread: Some(reason),
                 duration: started.elapsed(),

@@ -79,11 +79,12 @@ impl std::fmt::Display for RetryReason {
 /// something twice if it is repeated after it reached the service.
 pub fn retry_reason(creates: bool, outcome: &Result<Reply, SendError>) -> Option<RetryReason> {
     match outcome {
+        Err(e) if creates && e.may_have_reached() => None,
         Err(SendError::Connect { .. }) => Some(RetryReason::Connect),
         Err(SendError::Auth { retryable, .. }) => retryable.then_some(RetryReason::Auth),
-        _ if creates => None,
         Err(SendError::Timeout { .. }) => Some(RetryReason::Timeout),
         Err(SendError::Transport { .. }) => Some(RetryReason::Transport),
+        Ok(_) if creates => None,
         Ok(reply) if RETRIED_STATUSES.contains(&reply.status) => {
             Some(RetryReason::Status(reply.status))
         }
