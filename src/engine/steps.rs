@@ -580,15 +580,10 @@ impl StepCx<'_> {
         if !trial.is_object() {
             return fail("trial repository answered something that is not a trial object");
         }
-        if let Some(answered) =
-            registry::trial_id_of(&trial).filter(|answered| answered != self.id.as_str())
-        {
-            return fail(format!(
-                "trial repository answered trial '{answered}' when asked for trial '{}'",
-                self.id
-            ));
+        match registry::other_trial(self.id, &trial) {
+            Some(other) => fail(other.to_string()),
+            None => Ok(trial),
         }
-        Ok(trial)
     }
 
     /// `PUT trial_repository /trial/{id}/ {"status": status}`, answered 204.

@@ -36,7 +36,7 @@ pub struct RegistryTrial {
 }
 
 /// The `id` of a trial object as the registry writes it: a string, or a number.
-pub fn trial_id_of(trial: &Value) -> Option<String> {
+fn trial_id_of(trial: &Value) -> Option<String> {
     match trial.get("id")? {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
@@ -63,6 +63,17 @@ fn garbage(expected: &'static str, reply: &Reply) -> RegistryError {
     }
 }
 
+/// The refusal of a trial object that names another trial than `asked` (one without an id
+/// names none).
+pub fn other_trial(asked: &TrialId, trial: &Value) -> Option<RegistryError> {
+    trial_id_of(trial)
+        .filter(|answered| answered != asked.as_str())
+        .map(|answered| RegistryError::OtherTrial {
+            asked: asked.to_string(),
+            answered,
+        })
+}
+
 impl ServiceClient {
     /// `GET /trial/{id}/`: the trial object.
     pub async fn fetch_trial(&self, id: &TrialId) -> Result<RegistryTrial, RegistryError> {
@@ -81,19 +92,14 @@ impl ServiceClient {
             404 => return Err(RegistryError::NotFound(id.to_string())),
             other => return Err(RegistryError::Status(other)),
         }
-        let trial = reply
-            .json
-            .as_ref()
-            .filter(|v| v.is_object())
+        let json = reply.json.as_ref().filter(|v| v.is_object());
+        let trial = json
             .and_then(RegistryTrial::from_value)
             .ok_or_else(|| garbage("a trial object with an id", &reply))?;
-        if trial.id != id.as_str() {
-            return Err(RegistryError::OtherTrial {
-                asked: id.to_string(),
-                answered: trial.id,
-            });
+        match json.and_then(|json| other_trial(id, json)) {
+            Some(other) => Err(other),
+            None => Ok(trial),
         }
-        Ok(trial)
     }
 
     /// `GET /trial/`: every trial. Accepts a JSON array or a paginated `{"results": [...]}`.
