@@ -38,10 +38,10 @@ pub fn parse_query(pairs: Vec<(String, String)>) -> Result<TrialQuery, ApiError>
             "status" => {
                 for status in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                     let known = ListedStatus::parse(status)
-                        .filter(|known| ListedStatus::FILTERS.contains(known))
+                        .filter(|known| ListedStatus::filters().any(|s| s == *known))
                         .ok_or_else(|| {
                             let names: Vec<&str> =
-                                ListedStatus::FILTERS.iter().map(|s| s.name()).collect();
+                                ListedStatus::filters().map(ListedStatus::name).collect();
                             ApiError::bad_request(format!(
                                 "status '{status}' is not one of: {}",
                                 names.join(", ")

@@ -221,7 +221,7 @@ mod tests {
 
     #[test]
     fn every_status_has_a_symbol_besides_its_colour() {
-        for status in crate::store::ListedStatus::FILTERS.map(|s| s.name()) {
+        for status in crate::store::ListedStatus::filters().map(|s| s.name()) {
             let (symbol, class) = status_parts(status);
             assert_ne!(symbol, "•", "{status}");
             assert_ne!(class, "other", "{status}");

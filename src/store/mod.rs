@@ -186,7 +186,7 @@ pub struct Loaded {
 /// The status a trial is listed with (SPEC §12): its engine's, `Scheduled` for a job that has
 /// not started, `Corrupt` for a record set aside. Its name is how the store and the API write
 /// it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum ListedStatus {
     Active,
     Failed,
@@ -208,15 +208,13 @@ impl ListedStatus {
         ListedStatus::Corrupt,
     ];
 
-    /// The statuses a listing can filter on: those a stored record or a job has.
-    pub const FILTERS: [ListedStatus; 6] = [
-        ListedStatus::Active,
-        ListedStatus::Failed,
-        ListedStatus::Finished,
-        ListedStatus::Aborted,
-        ListedStatus::Scheduled,
-        ListedStatus::Corrupt,
-    ];
+    /// The statuses a listing can filter on: those a stored record or a job has (an engine
+    /// is `Stopped` only in memory, while the service stops).
+    pub fn filters() -> impl Iterator<Item = ListedStatus> {
+        Self::ALL
+            .into_iter()
+            .filter(|status| *status != ListedStatus::Stopped)
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -247,12 +245,6 @@ impl From<EngineStatus> for ListedStatus {
             EngineStatus::Aborted => ListedStatus::Aborted,
             EngineStatus::Stopped => ListedStatus::Stopped,
         }
-    }
-}
-
-impl Serialize for ListedStatus {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.name())
     }
 }
 
