@@ -448,14 +448,20 @@ fn without_quoted_text(e: config::ConfigError) -> config::ConfigError {
     let cause = match cause.downcast::<toml::de::Error>() {
         Ok(toml) => {
             let text = uri.as_deref().and_then(|p| std::fs::read_to_string(p).ok());
-            let at = toml_line(&toml, text.as_deref())
-                .map(|l| format!(" at line {l}"))
-                .unwrap_or_default();
-            format!("TOML parse error{at}: {}", toml.message()).into()
+            toml_error(&toml, text.as_deref()).into()
         }
         Err(other) => other,
     };
     config::ConfigError::FileParse { uri, cause }
+}
+
+/// A TOML error as it may be shown: where it is, and its message without the values it
+/// quotes (the error's own display quotes the file's line, secret and all).
+fn toml_error(e: &toml::de::Error, text: Option<&str>) -> String {
+    let at = toml_line(e, text)
+        .map(|l| format!(" at line {l}"))
+        .unwrap_or_default();
+    format!("TOML parse error{at}: {}", without_quotes(e.message()))
 }
 
 /// The line of `text` a TOML error points at.
@@ -485,17 +491,12 @@ fn read_keys_file(path: &Path) -> Result<Vec<KeySettings>, ConfigError> {
     let file: KeysFile = toml::Deserializer::parse(&text)
         .and_then(|toml| serde_ignored::deserialize(toml, |p| ignored.push(load::render(&p))))
         .map_err(|e| {
-            // The message only, its quoted values left out: the error's own display quotes the
-            // file's line, and its message the value, secret and all.
-            let at = toml_line(&e, Some(&text))
-                .map(|l| format!(" (line {l})"))
-                .unwrap_or_default();
             invalid(
                 KEY,
                 format!(
-                    "{} is not a TOML file of [[keys]] tables{at}: {}",
+                    "{} is not a TOML file of [[keys]] tables: {}",
                     path.display(),
-                    without_quotes(e.message())
+                    toml_error(&e, Some(&text))
                 ),
             )
         })?;
