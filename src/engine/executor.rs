@@ -947,15 +947,10 @@ impl Executor {
         self.commands.close();
         self.answer_queued(Lifecycle::Failed);
         error!(reason = %reason, "trial failed");
-        if self.checkpoint.drop_early_callbacks() {
-            info!(
-                "an early callback was dropped with the step that failed: a restore awaits a new one"
-            );
-        }
         self.shared
             .journal
             .event(EventKind::TrialFailed, None, Some(reason.clone()), None);
-        self.checkpoint.failure = Some(self.checkpoint.failure(self.id.as_str(), reason.clone()));
+        self.checkpoint.fail(self.id.as_str(), reason.clone());
         self.shared.move_to(Lifecycle::Failed, &self.checkpoint);
         if let Err(e) = self.save(Lifecycle::Failed).await {
             warn!(error = %e, "the failure checkpoint was not saved");

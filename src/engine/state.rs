@@ -338,37 +338,39 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Drops the early callbacks of the step it stands at, which failed or died: a restore
-    /// sends the step's request again and awaits that request's own callback. Those of a step
-    /// that completed stand, like the operator's early signals. Says whether any went.
-    pub fn drop_early_callbacks(&mut self) -> bool {
-        let Position::Run(step) = self.position else {
-            return false;
-        };
-        let before = self.held.len();
-        self.held.retain(|(wait, _)| {
-            let spec = super::sequence::wait_spec(*wait);
-            spec.waiter == super::sequence::Waiter::Operator || !spec.early_during.contains(&step)
-        });
-        self.held.len() < before
-    }
-
-    /// The failure of trial `trial` at this checkpoint: a failure while cleaning up names what
-    /// is still deployed.
-    pub fn failure(&self, trial: &str, reason: String) -> Failure {
+    /// Fails trial `trial` at this checkpoint for `reason`. The early callbacks of the step
+    /// it stands at, which failed or died, go with it: a restore sends the step's request
+    /// again and awaits that request's own callback (those of a step that completed stand,
+    /// like the operator's early signals). A failure while cleaning up names what is still
+    /// deployed.
+    pub fn fail(&mut self, trial: &str, reason: String) {
+        if let Position::Run(step) = self.position {
+            let before = self.held.len();
+            self.held.retain(|(wait, _)| {
+                let spec = super::sequence::wait_spec(*wait);
+                spec.waiter == super::sequence::Waiter::Operator
+                    || !spec.early_during.contains(&step)
+            });
+            if self.held.len() < before {
+                tracing::info!(
+                    step = step.name(),
+                    "an early callback was dropped with the step: a restore awaits a new one"
+                );
+            }
+        }
         let cleanup_failed = matches!(self.mode, Mode::Cleanup { .. });
         let leftovers = if cleanup_failed {
             self.data.ledger.leftovers(trial, self.data.info.as_deref())
         } else {
             Vec::new()
         };
-        Failure {
+        self.failure = Some(Failure {
             reason,
             at: now(),
             reported: false,
             cleanup_failed,
             leftovers,
-        }
+        });
     }
 
     /// The checkpoint of a new engine, before its first step.

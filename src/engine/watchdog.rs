@@ -455,18 +455,13 @@ impl Watchdog {
     async fn died(&mut self, reason: String) {
         error!(reason = %reason, "executor died; engine marked Failed");
         self.catch_up();
-        if self.checkpoint.drop_early_callbacks() {
-            info!(
-                "an early callback was dropped with the step the executor died in: a restore awaits a new one"
-            );
-        }
         // The last checkpoint was handed over before the step the executor died in.
         self.checkpoint.data.ledger =
             sequence::ledger_at(self.checkpoint.position, &self.checkpoint.data.ledger);
         self.shared
             .journal
             .event(EventKind::TrialFailed, None, Some(reason.clone()), None);
-        self.checkpoint.failure = Some(self.checkpoint.failure(self.shared.id.as_str(), reason));
+        self.checkpoint.fail(self.shared.id.as_str(), reason);
         self.move_to(Lifecycle::Failed);
         if let Err(e) = self.save().await {
             error!(error = %e, "the failure was not saved");
