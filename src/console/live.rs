@@ -7,12 +7,13 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use super::session::Signed;
+use crate::api::AppState;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt as _;
 use maud::Markup;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 /// How soon a browser reconnects a dropped stream.
 const RECONNECT: Duration = Duration::from_secs(1);
@@ -41,18 +42,20 @@ pub fn done() -> Event {
 
 /// A stream fed by a task: `produce` gets the sending end and runs until it returns, the
 /// page goes away (sending fails), the service stops, or the session that opened it ends
-/// (signed out, expired, or its key taken away: `holds` is asked every [`SESSION_CHECK`]).
-/// The page's reconnection is then refused, and it says it is not live.
+/// (signed out, expired, or its key taken away: checked every [`SESSION_CHECK`]). The page's
+/// reconnection is then refused, and it says it is not live.
 pub fn stream<F>(
-    shutdown: &CancellationToken,
-    holds: impl Fn() -> bool + Send + 'static,
+    state: &AppState,
+    signed: Signed,
     produce: impl FnOnce(mpsc::Sender<Event>) -> F,
 ) -> Response
 where
     F: Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(4);
-    let stop = shutdown.clone();
+    let stop = state.shutdown.clone();
+    let session = state.clone();
+    let holds = move || signed.holds(&session);
     let task = produce(tx);
     tokio::spawn(async move {
         let session_ends = async move {
@@ -71,7 +74,7 @@ where
             .await
             .map(|event| (Ok::<_, Infallible>(event), rx))
     })
-    .take_until(shutdown.clone().cancelled_owned());
+    .take_until(state.shutdown.clone().cancelled_owned());
     Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()

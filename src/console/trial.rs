@@ -911,10 +911,7 @@ pub async fn live(
     let Ok(id) = TrialId::parse(&raw) else {
         return unknown(&signed, &raw);
     };
-    let shutdown = state.shutdown.clone();
-    let (session, signed_in) = (state.clone(), signed.clone());
-    let holds = move || signed_in.holds(&session);
-    live::stream(&shutdown, holds, move |tx| async move {
+    live::stream(&state.clone(), signed.clone(), move |tx| async move {
         let mut following: Option<Following> = None;
         loop {
             // Follow the trial's engine (a scheduled trial gets one; a deleted trial loses it).

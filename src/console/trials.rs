@@ -282,10 +282,7 @@ pub async fn live(
         Ok(query) => query.parsed,
         Err(detail) => return layout::error_page(None, StatusCode::BAD_REQUEST, &detail),
     };
-    let shutdown = state.shutdown.clone();
-    let session = state.clone();
-    let holds = move || signed.holds(&session);
-    live::stream(&shutdown, holds, move |tx| async move {
+    live::stream(&state.clone(), signed, move |tx| async move {
         let mut last = None;
         let mut sent_at = tokio::time::Instant::now();
         loop {
