@@ -189,17 +189,19 @@ pub async fn action(
     };
     // A valid trial id needs no escaping in a path or a query; an invalid one is refused as
     // typed, not as the form would encode it.
-    let heartbeat = || TrialId::parse(post.form.get("trial_id").unwrap_or_default());
-    let (method, path) = match action {
-        ServiceAction::ToggleAutomatic => (Method::POST, "/trial/scheduling".to_owned()),
-        ServiceAction::ScheduleAll => (Method::POST, "/debug/trial/schedule-all".to_owned()),
-        ServiceAction::AddHeartbeat | ServiceAction::RemoveHeartbeat => match heartbeat() {
-            Ok(id) if action == ServiceAction::AddHeartbeat => {
-                (Method::POST, format!("/debug/add-heartbeat?trial_id={id}"))
-            }
-            Ok(id) => (Method::DELETE, format!("/debug/heartbeat/{id}")),
-            Err(e) => return post.refused(StatusCode::BAD_REQUEST, &e.to_string()),
-        },
+    let heartbeat = TrialId::parse(post.form.get("trial_id").unwrap_or_default());
+    let (method, path) = match (action, heartbeat) {
+        (ServiceAction::ToggleAutomatic, _) => (Method::POST, "/trial/scheduling".to_owned()),
+        (ServiceAction::ScheduleAll, _) => (Method::POST, "/debug/trial/schedule-all".to_owned()),
+        (ServiceAction::AddHeartbeat, Ok(id)) => {
+            (Method::POST, format!("/debug/add-heartbeat?trial_id={id}"))
+        }
+        (ServiceAction::RemoveHeartbeat, Ok(id)) => {
+            (Method::DELETE, format!("/debug/heartbeat/{id}"))
+        }
+        (ServiceAction::AddHeartbeat | ServiceAction::RemoveHeartbeat, Err(e)) => {
+            return post.refused(StatusCode::BAD_REQUEST, &e.to_string());
+        }
     };
     let answered = actions::call_api(&state, &post, method, &path, None).await;
     actions::answer(&post.signed, answered, "/ui/service")
