@@ -97,11 +97,7 @@ pub struct Skipped {
 struct Job {
     start: StartTime,
     generation: u64,
-    /// The timer, once the job is saved; `None` while its save is under way, and once its
-    /// removal has stopped it.
-    timer: Option<AbortHandle>,
-    /// Its removal is being saved: a second removal finds no job.
-    removing: bool,
+    timer: Timer,
     /// When the trial was scheduled: its engine keeps it, so the trial keeps its place in
     /// `GET /trials` when it starts.
     created_at: DateTime<Utc>,
@@ -113,9 +109,33 @@ impl Job {
         Self {
             start,
             generation,
-            timer: None,
-            removing: false,
+            timer: Timer::Unarmed,
             created_at,
+        }
+    }
+
+    /// Its removal is being saved: a second removal finds no job, and its timer starts
+    /// nothing.
+    fn removing(&self) -> bool {
+        matches!(self.timer, Timer::Removing)
+    }
+}
+
+/// Where a job's timer stands.
+enum Timer {
+    /// Not started: the job's save is under way, or the service is stopping.
+    Unarmed,
+    /// Running: it starts the engine at the job's start time.
+    Armed(AbortHandle),
+    /// Stopped because the job's removal is being saved.
+    Removing,
+}
+
+impl Timer {
+    /// Stops the timer if it runs, leaving it `next`.
+    fn stop(&mut self, next: Timer) {
+        if let Timer::Armed(handle) = std::mem::replace(self, next) {
+            handle.abort();
         }
     }
 }
@@ -298,7 +318,10 @@ impl Scheduler {
     /// Starts the timer of a saved job (unless it was removed or replaced meanwhile).
     fn arm(&self, id: &TrialId, generation: u64) {
         let mut jobs = self.jobs_map();
-        let Some(job) = jobs.get_mut(id).filter(|job| job.generation == generation) else {
+        let Some(job) = jobs
+            .get_mut(id)
+            .filter(|job| job.generation == generation && !job.removing())
+        else {
             return;
         };
         let delay = (job.start.utc() - Utc::now())
@@ -310,9 +333,7 @@ impl Scheduler {
             tokio::time::sleep(delay).await;
             scheduler.fire(&job_id, generation);
         });
-        if let Some(old) = job.timer.replace(timer.abort_handle()) {
-            old.abort();
-        }
+        job.timer.stop(Timer::Armed(timer.abort_handle()));
     }
 
     /// The start time has come: the job gives way to the engine.
@@ -323,7 +344,7 @@ impl Scheduler {
         // already woken up could not be, and waited here for the lock.
         let Some(created_at) = jobs
             .get(id)
-            .filter(|job| job.generation == generation && !job.removing)
+            .filter(|job| job.generation == generation && !job.removing())
             .map(|job| job.created_at)
         else {
             return;
@@ -350,13 +371,10 @@ impl Scheduler {
     ) -> Result<bool, StoreError> {
         let (generation, saved) = {
             let mut jobs = self.jobs_map();
-            let Some(job) = jobs.get_mut(id).filter(|job| !job.removing) else {
+            let Some(job) = jobs.get_mut(id).filter(|job| !job.removing()) else {
                 return Ok(false);
             };
-            job.removing = true;
-            if let Some(timer) = job.timer.take() {
-                timer.abort();
-            }
+            job.timer.stop(Timer::Removing);
             let saved = self
                 .store()
                 .write_audited(Op::DeleteJob { id: id.clone() }, audit);
@@ -374,7 +392,7 @@ impl Scheduler {
                     .get_mut(id)
                     .filter(|job| job.generation == generation)
                 {
-                    job.removing = false;
+                    job.timer = Timer::Unarmed;
                 }
                 self.arm(id, generation);
                 Err(e)
@@ -538,7 +556,7 @@ impl Scheduler {
             // The start time the job had, if it is rescheduled; one whose removal is being
             // saved is gone. A rescheduled job keeps when it was first scheduled (the store
             // keeps it too).
-            let (previous, created_at) = match jobs.get(&id).filter(|job| !job.removing) {
+            let (previous, created_at) = match jobs.get(&id).filter(|job| !job.removing()) {
                 Some(job) if job.start.utc() == start.utc() => {
                     report.already_scheduled.push(trial.id);
                     continue;
@@ -547,10 +565,9 @@ impl Scheduler {
                 None => (None, crate::engine::state::now()),
             };
             let generation = self.next_generation();
-            if let Some(old) = jobs.insert(id.clone(), Job::new(start, generation, created_at))
-                && let Some(timer) = old.timer
+            if let Some(mut old) = jobs.insert(id.clone(), Job::new(start, generation, created_at))
             {
-                timer.abort();
+                old.timer.stop(Timer::Unarmed);
             }
             let saved = self.store().write(Op::PutJob {
                 id: id.clone(),
@@ -749,8 +766,8 @@ impl Scheduler {
     /// the next start.
     pub async fn shutdown(&self) {
         for job in self.jobs_map().values_mut() {
-            if let Some(timer) = job.timer.take() {
-                timer.abort();
+            if let Timer::Armed(_) = job.timer {
+                job.timer.stop(Timer::Unarmed);
             }
         }
         let engines = self.inner.engines.close();
@@ -797,8 +814,11 @@ mod tests {
         let generation = {
             let mut jobs = scheduler.jobs_map();
             let job = jobs.get_mut(&id).unwrap();
-            job.removing = true;
-            job.timer.take().unwrap().abort();
+            assert!(
+                matches!(job.timer, Timer::Armed(_)),
+                "the saved job is armed"
+            );
+            job.timer.stop(Timer::Removing);
             job.generation
         };
         scheduler.fire(&id, generation);
