@@ -846,10 +846,6 @@ impl Settings {
                 Some(self.scheduler.misfire_grace_secs),
             ),
             ("auth.token_ttl_secs", Some(self.auth.token_ttl_secs)),
-            (
-                "store.retention_days",
-                Some(self.store.retention_days.saturating_mul(86_400)),
-            ),
         ] {
             if value.is_some_and(|v| v > MAX_DURATION_SECS) {
                 return Err(invalid(
@@ -857,6 +853,13 @@ impl Settings {
                     format!("at most {MAX_DURATION_SECS} (ten years)"),
                 ));
             }
+        }
+        let max_days = MAX_DURATION_SECS / 86_400;
+        if self.store.retention_days > max_days {
+            return Err(invalid(
+                "store.retention_days",
+                format!("at most {max_days} (ten years)"),
+            ));
         }
         let positive = [
             (
@@ -1220,6 +1223,16 @@ mod tests {
         let err = settings.validate().unwrap_err().to_string();
         assert!(
             err.contains("auth.token_ttl_secs") && err.contains("ten years"),
+            "{err}"
+        );
+
+        let mut settings = Settings::defaults().unwrap();
+        settings.store.retention_days = 3_660;
+        settings.validate().expect("ten years of days");
+        settings.store.retention_days = 3_661;
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("store.retention_days") && err.contains("at most 3660 (ten years)"),
             "{err}"
         );
 

@@ -12,7 +12,7 @@ use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::Viewer;
 use super::{paging, view};
-use crate::store::codec::time;
+use crate::store::codec::{parse_time, time};
 use crate::store::{ListedStatus, ListedTrial, TrialQuery};
 
 /// The routes of this area.
@@ -78,10 +78,13 @@ fn encode_cursor(row: &ListedTrial) -> String {
     paging::cursor(&format!("{}\n{}", row.created_at, row.trial_id))
 }
 
+/// The position a cursor carries: a time as the store writes it, and a trial id.
 fn decode_cursor(cursor: &str) -> Result<(String, String), ApiError> {
     paging::position(cursor, |text| {
         let (created_at, trial_id) = text.split_once('\n')?;
-        Some((created_at.to_owned(), trial_id.to_owned()))
+        let written = parse_time(created_at).ok().map(time);
+        (written.as_deref() == Some(created_at))
+            .then(|| (created_at.to_owned(), trial_id.to_owned()))
     })
 }
 

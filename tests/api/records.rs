@@ -281,11 +281,29 @@ async fn the_listing_pages_newest_first_with_every_filter() {
         "?q=a%20b",
         "?cursor=not-a-cursor",
         "?page=2",
-    ] {
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain(hand_made_cursors().map(|cursor| format!("?cursor={cursor}")))
+    {
         let answer = app.get(&format!("/trials{bad}")).await;
         assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{bad}: {answer:?}");
         assert!(!answer.detail().is_empty());
     }
+}
+
+/// Cursors shaped like the service's (a time and a trial id) that it did not give.
+fn hand_made_cursors() -> impl Iterator<Item = String> {
+    use base64::Engine;
+    [
+        "x\ny",
+        "0\ny",
+        "9999-99-99T99:99:99Z\nzz",
+        "2026-11-30T15:41:26+00:00\nlist-later-1",
+        "2026-11-30 15:41:26\nlist-later-1",
+    ]
+    .into_iter()
+    .map(|text| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text))
 }
 
 #[tokio::test]
