@@ -139,8 +139,9 @@ pub(crate) fn said(body: &[u8]) -> Option<String> {
 /// wrote it with the change. Runs outside the caller's identification, so it sees who it was.
 ///
 /// Not written, because nothing was tried on anything and nobody was identified yet: requests
-/// that reach no route, bodies too large to read, and answers 429 (counted instead, in
-/// `lcm_requests_throttled_total`). So a client that is not let in cannot fill the log.
+/// that reach no route or a route with another method (405), bodies too large to read, and
+/// answers 429 (counted instead, in `lcm_requests_throttled_total`). So a client that is not
+/// let in cannot fill the log.
 pub async fn record(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if matches!(
         *request.method(),
@@ -172,7 +173,10 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         cx = cx.about(&trial);
     }
     let status = response.status();
-    if status == StatusCode::TOO_MANY_REQUESTS {
+    if matches!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::METHOD_NOT_ALLOWED
+    ) {
         return response;
     }
     let is_json = response
@@ -295,6 +299,9 @@ async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let query = parse_query(pairs)?;
     let limit = query.limit;
+    // The entries of answers already given may still wait to ride with a write: committed
+    // first, so that a client reads the entry of the request it has just been answered.
+    state.scheduler.deps().store.flush().await?;
     let mut entries = state
         .scheduler
         .deps()

@@ -325,6 +325,14 @@ async fn requests_that_reach_no_route_or_are_too_large_to_read_are_not_written()
     for _ in 0..3 {
         let nowhere = app.post("/no/such/route", None).await;
         assert_eq!(nowhere.status, StatusCode::NOT_FOUND, "{nowhere:?}");
+        for (method, path) in [
+            (Method::PUT, "/status"),
+            (Method::PATCH, "/trials"),
+            (Method::PUT, "/trial/wrong-method/active"),
+        ] {
+            let wrong = app.call_as(method, path, None, None).await;
+            assert_eq!(wrong.status, StatusCode::METHOD_NOT_ALLOWED, "{wrong:?}");
+        }
         let huge = app
             .post(
                 "/debug/trial/schedule",
@@ -345,7 +353,29 @@ async fn requests_that_reach_no_route_or_are_too_large_to_read_are_not_written()
         .await;
     assert!(
         all.iter()
-            .all(|e| e["outcome"] != 404 && e["outcome"] != 413),
+            .all(|e| ![404, 405, 413].contains(&e["outcome"].as_u64().unwrap_or(0))),
         "{all:#?}"
     );
+}
+
+#[tokio::test]
+async fn a_refused_requests_entry_is_there_as_soon_as_it_is_answered() {
+    let app = spawn_app().await;
+    for round in 0..5 {
+        let id = format!("refused-{round}");
+        let refused = app
+            .call_as(
+                Method::POST,
+                &format!("/trial/{id}/active"),
+                None,
+                Some("not-a-key"),
+            )
+            .await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{refused:?}");
+        let paused = app.post(&format!("/trial/{id}/pause"), None).await;
+        assert_eq!(paused.status, StatusCode::NOT_FOUND, "{paused:?}");
+        let logged = entries(&audit(&app, &format!("?trial_id={id}")).await);
+        let outcomes: Vec<_> = logged.iter().map(|e| e["outcome"].clone()).collect();
+        assert_eq!(outcomes, [json!(404), json!(401)], "{logged:#?}");
+    }
 }
