@@ -48,18 +48,22 @@ enum Live {
 }
 
 impl Journal {
-    /// A journal that goes on from what the store holds of the trial.
+    /// A journal that goes on from what the store holds of the trial, numbering its next
+    /// event `next_event`.
     pub fn new(
         id: TrialId,
         store: Store,
         events: Vec<TrialEvent>,
         responses: Vec<ResponseRecord>,
+        next_event: u64,
     ) -> Self {
         Self {
             id,
             store,
             inner: Mutex::new(Inner {
-                next_event: events.last().map_or(0, |last| last.seq + 1),
+                next_event: events
+                    .last()
+                    .map_or(next_event, |last| next_event.max(last.seq + 1)),
                 events: events.into_iter().map(Arc::new).collect(),
                 responses: responses.into_iter().map(Arc::new).collect(),
                 live: Live::Unwatched,
@@ -120,6 +124,11 @@ impl Journal {
     /// Every response so far.
     pub fn responses(&self) -> Vec<Arc<ResponseRecord>> {
         self.inner().responses.clone()
+    }
+
+    /// The number the next event takes.
+    pub fn next_event(&self) -> u64 {
+        self.inner().next_event
     }
 
     /// The history so far and a receiver of every later event, taken together so there is
@@ -217,7 +226,7 @@ mod tests {
     fn journal(id: &str) -> Arc<Journal> {
         let (store, _) = Store::start(SqliteBackend::in_memory().unwrap()).unwrap();
         let id = TrialId::parse(id).unwrap();
-        Arc::new(Journal::new(id, store, Vec::new(), Vec::new()))
+        Arc::new(Journal::new(id, store, Vec::new(), Vec::new(), 0))
     }
 
     /// A follower of `journal` from now on, and the history it starts after.

@@ -117,6 +117,7 @@ impl EngineHandle {
                 record,
                 events: Vec::new(),
                 responses: Vec::new(),
+                next_event: 0,
             },
             Origin::New,
         )
@@ -127,7 +128,7 @@ impl EngineHandle {
     /// restore, a skip or an abort.
     pub fn recover(deps: Arc<EngineDeps>, trial: RecoveredTrial) -> Self {
         // A step it stands at has run before, unless the engine had not begun at all.
-        let rerun = !trial.events.is_empty();
+        let rerun = trial.next_event > 0;
         Self::build(deps, trial, Origin::Recovered { rerun })
     }
 
@@ -139,8 +140,9 @@ impl EngineHandle {
             record: last.record,
             events: self.history().iter().map(|e| (**e).clone()).collect(),
             responses: self.responses().iter().map(|r| (**r).clone()).collect(),
+            next_event: self.shared.journal.next_event(),
         };
-        let rerun = !trial.events.is_empty();
+        let rerun = trial.next_event > 0;
         let origin = Origin::BroughtBack {
             rerun,
             saved: last.saved,
@@ -157,6 +159,7 @@ impl EngineHandle {
             record,
             events,
             responses,
+            next_event,
         } = trial;
         let TrialRecord {
             id,
@@ -181,7 +184,13 @@ impl EngineHandle {
         let (commands, _) = mpsc::channel(1);
         let (controls, controls_rx) = mpsc::channel(4);
         let (checkpoint_tx, checkpoints) = mpsc::channel(4);
-        let journal = Journal::new(id.clone(), deps.store.clone(), events, responses);
+        let journal = Journal::new(
+            id.clone(),
+            deps.store.clone(),
+            events,
+            responses,
+            next_event,
+        );
         let shared = Arc::new(EngineShared {
             id,
             state,

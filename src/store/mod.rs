@@ -169,6 +169,9 @@ pub struct RecoveredTrial {
     pub record: TrialRecord,
     pub events: Vec<TrialEvent>,
     pub responses: Vec<ResponseRecord>,
+    /// The number the trial's next event takes: one past the last saved, also when that one
+    /// could not be read.
+    pub next_event: u64,
 }
 
 /// What start-up reads: live trials only, however many have ended.

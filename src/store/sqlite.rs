@@ -578,10 +578,19 @@ impl Backend for SqliteBackend {
             let recovered = row.record().and_then(|record| {
                 let events = events_of(&self.conn, &record.id).map_err(|e| e.to_string())?;
                 let responses = responses_of(&self.conn, &record.id).map_err(|e| e.to_string())?;
+                let next_event = self
+                    .conn
+                    .query_row(
+                        "SELECT COALESCE(MAX(seq) + 1, 0) FROM trial_events WHERE trial_id = ?1",
+                        params![record.id.as_str()],
+                        |row| row.get::<_, i64>(0),
+                    )
+                    .map_err(|e| e.to_string())?;
                 Ok(RecoveredTrial {
                     record,
                     events,
                     responses,
+                    next_event: u64::try_from(next_event).unwrap_or(0),
                 })
             });
             match recovered {
@@ -701,15 +710,20 @@ fn events_of(conn: &Connection, id: &TrialId) -> Result<Vec<TrialEvent>, StoreEr
         .map_err(read)?;
     let mut events = Vec::new();
     for row in rows {
-        let (seq, at, kind, step, detail, duration_ms) = row.map_err(read)?;
+        let Some((seq, at, kind, step, detail, duration_ms)) = readable(id, "event", row)? else {
+            continue;
+        };
         let Some(event) = EventKind::parse(&kind) else {
             // Written by a later release: this one cannot show it.
             warn!(trial = %id, kind = %kind, "an event of an unknown kind is left out");
             continue;
         };
+        let Some(at) = readable_time(id, "event", &at) else {
+            continue;
+        };
         events.push(TrialEvent {
             seq: seq as u64,
-            at: parse_time(&at).map_err(StoreError::Backend)?,
+            at,
             event,
             step,
             detail,
@@ -749,12 +763,46 @@ fn responses_of(conn: &Connection, id: &TrialId) -> Result<Vec<ResponseRecord>, 
         .map_err(read)?;
     let mut responses = Vec::new();
     for row in rows {
-        let (mut record, body, at) = row.map_err(read)?;
+        let Some((mut record, body, at)) = readable(id, "response", row)? else {
+            continue;
+        };
+        let Some(at) = readable_time(id, "response", &at) else {
+            continue;
+        };
         record.body = body.and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok());
-        record.at = parse_time(&at).map_err(StoreError::Backend)?;
+        record.at = at;
         responses.push(record);
     }
     Ok(responses)
+}
+
+/// A journal row as read; `None` for one holding a value this release cannot read (a text
+/// where a number belongs), which is left out with a warning rather than making the trial's
+/// whole history unreadable. A failure of the database itself fails the read.
+fn readable<T>(
+    id: &TrialId,
+    what: &str,
+    row: rusqlite::Result<T>,
+) -> Result<Option<T>, StoreError> {
+    match row {
+        Ok(row) => Ok(Some(row)),
+        Err(
+            e @ (rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..)),
+        ) => {
+            warn!(trial = %id, error = %e, "an unreadable {what} is left out");
+            Ok(None)
+        }
+        Err(e) => Err(backend_error(&format!("read {what}s"), e)),
+    }
+}
+
+/// A journal row's time; `None` (left out, with a warning) if it is not one.
+fn readable_time(id: &TrialId, what: &str, at: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    parse_time(at)
+        .inspect_err(|e| warn!(trial = %id, error = %e, "an unreadable {what} is left out"))
+        .ok()
 }
 
 /// A read-only connection for the API's queries.

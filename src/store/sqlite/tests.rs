@@ -249,6 +249,73 @@ fn start_up_reads_live_trials_only_and_sets_a_corrupt_one_aside() {
 }
 
 #[test]
+fn an_unreadable_journal_row_is_left_out_and_the_trial_goes_on_numbering_after_it() {
+    let mut store = SqliteBackend::in_memory().unwrap();
+    let now = Utc::now();
+    let trial = id("damaged");
+    let mut ops = vec![Op::PutTrial(Box::new(record(
+        "damaged",
+        Lifecycle::Waiting,
+        now,
+    )))];
+    for seq in 0..4 {
+        ops.push(Op::AppendEvent {
+            id: trial.clone(),
+            event: std::sync::Arc::new(TrialEvent {
+                seq,
+                at: now,
+                event: EventKind::StepCompleted,
+                step: Some(format!("step {seq}")),
+                detail: None,
+                duration_ms: Some(5),
+            }),
+        });
+    }
+    for attempt in 1..=3 {
+        ops.push(Op::AppendResponse {
+            id: trial.clone(),
+            record: std::sync::Arc::new(ResponseRecord {
+                step: "GetTrialInfo".into(),
+                service: "trial_repository".into(),
+                method: "GET".into(),
+                path: "trial/damaged/".into(),
+                status: Some(503),
+                body: None,
+                error: None,
+                duration_ms: 3,
+                attempt,
+                at: now,
+            }),
+        });
+    }
+    put(&mut store, ops);
+    for damage in [
+        "UPDATE trial_events SET duration_ms = 'abc' WHERE seq = 1",
+        "UPDATE trial_events SET at = 'bad' WHERE seq = 3",
+        "UPDATE trial_responses SET attempt = 'x' WHERE seq = 0",
+        "UPDATE trial_responses SET at = '2026-13-01' WHERE seq = 2",
+    ] {
+        store.conn.execute(damage, []).unwrap();
+    }
+    let loaded = store.load().unwrap();
+    assert!(loaded.quarantined.is_empty(), "{:?}", loaded.quarantined);
+    let [recovered] = loaded.trials.as_slice() else {
+        panic!("{:?}", loaded.trials);
+    };
+    let seqs = |events: &[TrialEvent]| events.iter().map(|e| e.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(&recovered.events), [0, 2]);
+    assert_eq!(
+        recovered.next_event, 4,
+        "after the last one saved, read or not"
+    );
+    let attempts: Vec<u32> = recovered.responses.iter().map(|r| r.attempt).collect();
+    assert_eq!(attempts, [2]);
+    let mut reader = store.reader().unwrap();
+    assert_eq!(seqs(&reader.events(&trial).unwrap()), [0, 2]);
+    assert_eq!(reader.responses(&trial).unwrap().len(), 1);
+}
+
+#[test]
 fn a_purge_removes_old_ended_trials_and_keeps_the_rest() {
     let mut store = SqliteBackend::in_memory().unwrap();
     let now = Utc::now();
