@@ -429,14 +429,17 @@ impl Platform {
         if tokio::time::timeout(STOP_GRACE, &mut task).await.is_err() {
             task.abort();
         }
-        // Without SO_REUSEADDR, so that no listener can share the port. Should the port be
-        // taken already, it is left to chance, as it would be without this.
+        // Bound without listening, so connecting is refused and no other server nor outgoing
+        // connection is given the port meanwhile; SO_REUSEADDR lets the bind succeed while
+        // the connections just closed linger in TIME_WAIT. Should the port be taken already,
+        // it is left to chance, as it would be without this.
         let address = self.address(component);
         let socket = match address {
             SocketAddr::V4(_) => TcpSocket::new_v4(),
             SocketAddr::V6(_) => TcpSocket::new_v6(),
         };
         if let Ok(socket) = socket
+            && socket.set_reuseaddr(true).is_ok()
             && socket.bind(address).is_ok()
         {
             lock(&self.held).insert(component, socket);
@@ -448,8 +451,12 @@ impl Platform {
         if lock(&self.servers).contains_key(&component) {
             return Ok(());
         }
-        lock(&self.held).remove(&component);
-        let listener = TcpListener::bind(self.address(component)).await?;
+        // The port held since the stop starts listening: there is no moment it is free.
+        let held = lock(&self.held).remove(&component);
+        let listener = match held {
+            Some(socket) => socket.listen(1024)?,
+            None => TcpListener::bind(self.address(component)).await?,
+        };
         let serving = serve(&self.state, component, listener);
         if let Some(raced) = lock(&self.servers).insert(component, serving) {
             raced.task.abort();
