@@ -112,7 +112,7 @@ pub struct Reply {
     pub text: Option<String>,
     /// The size of the body in bytes.
     pub bytes: usize,
-    /// Why the body could not be read (too large, cut off), if it could not.
+    /// Why the body was not read (larger than the client reads), if it was not.
     pub unread: Option<String>,
     pub duration: Duration,
     /// How long the service asked to wait before trying again (`Retry-After`).
@@ -374,9 +374,9 @@ impl ServiceClient {
                 refreshed = true;
                 continue;
             }
-            return Ok(self
+            return self
                 .read_reply(request.service, response, started, bearer.as_ref())
-                .await);
+                .await;
         }
     }
 
@@ -434,14 +434,16 @@ impl ServiceClient {
     }
 
     /// Reads the answer; an access token it echoes (`bearer`, fetched at run time, so not
-    /// among the configuration's secrets the recorder hides) is hidden here.
+    /// among the configuration's secrets the recorder hides) is hidden here. A body cut off
+    /// (the connection broke, or the request's time ran out while it came) is no answer: it
+    /// fails like a broken connection or a timeout, and is retried as they are.
     async fn read_reply(
         &self,
         service: Service,
         mut response: reqwest::Response,
         started: Instant,
         bearer: Option<&Secret>,
-    ) -> Reply {
+    ) -> Result<Reply, SendError> {
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -464,18 +466,30 @@ impl ServiceClient {
         loop {
             match response.chunk().await {
                 Ok(Some(chunk)) if bytes.len() + chunk.len() > MAX_REPLY_BYTES => {
-                    return unreadable(
+                    return Ok(unreadable(
                         format!("is larger than {MAX_REPLY_BYTES} bytes: not read"),
                         bytes.len() + chunk.len(),
-                    );
+                    ));
                 }
                 Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
                 Ok(None) => break,
                 Err(e) => {
-                    return unreadable(
-                        format!("could not be read: {}", e.without_url()),
-                        bytes.len(),
-                    );
+                    let url = shown_url(response.url());
+                    return Err(match self.classify(service.name(), url, &e) {
+                        SendError::Transport {
+                            service,
+                            url,
+                            reason,
+                        } => SendError::Transport {
+                            service,
+                            url,
+                            reason: format!(
+                                "answered {status}, then the body was cut off after {} bytes ({reason})",
+                                bytes.len()
+                            ),
+                        },
+                        other => other,
+                    });
                 }
             }
         }
@@ -492,7 +506,7 @@ impl ServiceClient {
             }
             text = text.map(|text| hidden.text(&text));
         }
-        Reply {
+        Ok(Reply {
             status,
             json,
             text,
@@ -500,7 +514,7 @@ impl ServiceClient {
             unread: None,
             duration: started.elapsed(),
             retry_after,
-        }
+        })
     }
 
     /// Which kind of failure (this decides what is retried) and why, told with the URL.

@@ -108,6 +108,27 @@ pub async fn handle(
         }
         Some(FaultAction::Delay(pause)) => tokio::time::sleep(*pause).await,
         Some(FaultAction::Hang) => std::future::pending::<()>().await,
+        Some(FaultAction::CutOff) => {
+            // The head and the start go out while the body waits (hyper writes what it has
+            // when the body is pending), then the body fails and the connection is dropped.
+            let start = futures_util::stream::iter([Ok(Bytes::from_static(b"{\"id\": \""))]);
+            let crash = futures_util::stream::once(async {
+                tokio::task::yield_now().await;
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "the component crashed while answering",
+                ))
+            });
+            let body = futures_util::StreamExt::chain(start, crash);
+            return answered(
+                (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    axum::body::Body::from_stream(body),
+                )
+                    .into_response(),
+            );
+        }
         Some(FaultAction::HoldUntil(gate)) => gate.passed().await,
         _ => {}
     }

@@ -123,6 +123,9 @@ pub enum FaultAction {
     Delay(Duration),
     /// Never answer.
     Hang,
+    /// Answer 200, then break the connection partway through the body (a component that
+    /// crashes while answering).
+    CutOff,
     /// Wait until the gate is opened, then answer as usual.
     HoldUntil(Gate),
     /// Wait until the gate is opened, then answer this status with a JSON error body.

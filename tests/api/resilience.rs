@@ -194,6 +194,32 @@ async fn retry_after_sets_the_wait_up_to_the_cap() {
 }
 
 #[tokio::test]
+async fn an_answer_cut_off_midway_is_retried_like_a_broken_connection() {
+    let app = spawn_app().await;
+    let id = "cut-off";
+    app.platform.inject(
+        Fault::new(Component::Repository, "GET", "/trial/", FaultAction::CutOff)
+            .for_trial(id)
+            .times(1),
+    );
+    app.start_to_idle(id).await;
+
+    let gets = responses_of(&app, id, "GetTrialInfo").await;
+    assert_eq!(attempts(&gets), [1, 2], "{gets:#?}");
+    assert_eq!(gets[0]["status"], Value::Null, "{gets:#?}");
+    let error = gets[0]["error"].as_str().expect("why");
+    assert!(
+        error.contains("answered 200, then the body was cut off"),
+        "{error}"
+    );
+    assert_eq!(gets[1]["status"], 200);
+    let history = app.history(id).await;
+    let retries = events(&history, "step_retry");
+    assert_eq!(retries.len(), 1, "{history:#?}");
+    assert_eq!(retries[0]["step"], "GetTrialInfo");
+}
+
+#[tokio::test]
 async fn a_400_and_a_503_to_a_slice_deployment_are_not_retried() {
     let app = spawn_app().await;
     let (wrong, create) = ("not-retried-400", "not-retried-create");
