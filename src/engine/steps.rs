@@ -459,13 +459,15 @@ pub fn recorder<'a>(
 }
 
 impl StepCx<'_> {
-    /// A `POST` to a service, carrying an `Idempotency-Key` stable for this trial, step, run
-    /// and request (the same after a crash re-runs the step, new after a restore).
+    /// A `POST` to a service, carrying an `Idempotency-Key` stable for this trial's engine
+    /// (the instant it started, so a trial deleted and scheduled again is a new one), step,
+    /// run and request: the same after a crash re-runs the step, new after a restore.
     fn post(&mut self, service: Service, path: &str) -> Outbound {
         self.posts += 1;
         let key = format!(
-            "{}-{}-r{}-{}",
+            "{}-{}-{}-r{}-{}",
             self.id,
+            self.started_at.timestamp_millis(),
             self.step.name(),
             self.run,
             self.posts

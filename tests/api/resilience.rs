@@ -591,6 +591,21 @@ async fn every_post_carries_an_idempotency_key_kept_across_a_crash_and_renewed_b
             .unwrap_or_else(|| panic!("{} has no Idempotency-Key", r.line()))
     };
     let keys: Vec<String> = posts.iter().map(key).collect();
+    // `<trial>-<when its engine started>-<step>-r<run>-<n>`: one engine, one start.
+    let started = |key: &str| {
+        let rest = key
+            .strip_prefix(&format!("{id}-"))
+            .expect("the trial first");
+        let (started, step) = rest.split_once('-').expect("then when it started");
+        assert!(started.parse::<u64>().is_ok(), "{key}");
+        (started.to_owned(), step.to_owned())
+    };
+    let (engine, _) = started(&keys[0]);
+    let step_of = |request: &RecordedRequest| {
+        let (when, step) = started(&key(request));
+        assert_eq!(when, engine, "one engine: {}", key(request));
+        step
+    };
     let plans = sent(&app, id, "POST", "/flightplan");
     assert_eq!(plans.len(), 2);
     assert_eq!(
@@ -598,13 +613,13 @@ async fn every_post_carries_an_idempotency_key_kept_across_a_crash_and_renewed_b
         key(&plans[1]),
         "the step re-run after the crash sends the same key"
     );
-    assert_eq!(key(&plans[0]), format!("{id}-EnforceUavPlan-r0-1"));
+    assert_eq!(step_of(&plans[0]), "EnforceUavPlan-r0-1");
     let jobs = sent(&app, id, "POST", "/measurementjobs");
     assert_eq!(jobs.len(), 2);
-    assert_eq!(key(&jobs[0]), format!("{id}-CreateMeasurementJob-r0-1"));
+    assert_eq!(step_of(&jobs[0]), "CreateMeasurementJob-r0-1");
     assert_eq!(
-        key(&jobs[1]),
-        format!("{id}-CreateMeasurementJob-r1-1"),
+        step_of(&jobs[1]),
+        "CreateMeasurementJob-r1-1",
         "a restore is a new run"
     );
     // Apart from the flight plan sent twice, every POST has its own key.
@@ -614,11 +629,28 @@ async fn every_post_carries_an_idempotency_key_kept_across_a_crash_and_renewed_b
     assert_eq!(distinct.len(), keys.len() - 1, "{keys:#?}");
     let marks: Vec<String> = sent(&app, id, "POST", "/markKPIData")
         .iter()
-        .map(key)
+        .map(step_of)
         .collect();
     assert_eq!(marks.len(), 6);
-    assert_eq!(marks[0], format!("{id}-SendKpiIdle-r1-1"));
-    assert_eq!(marks[1], format!("{id}-SendKpiIdle-r1-2"));
+    assert_eq!(marks[0], "SendKpiIdle-r1-1");
+    assert_eq!(marks[1], "SendKpiIdle-r1-2");
+
+    // Deleted and scheduled again, the trial is a new one: no key of the first is sent again.
+    let deleted = app.delete(&format!("/debug/engine/{id}")).await;
+    assert_eq!(deleted.status, StatusCode::OK, "{deleted:?}");
+    app.start_to_idle(id).await;
+    let again: Vec<String> = app
+        .platform
+        .requests_for(id)
+        .iter()
+        .filter(|r| r.method == "POST")
+        .skip(posts.len())
+        .map(key)
+        .collect();
+    assert!(!again.is_empty());
+    for key in &again {
+        assert!(!keys.contains(key), "{key} was the first trial's");
+    }
 }
 
 #[tokio::test]
