@@ -17,8 +17,7 @@ use tokio::time::Instant as Deadline;
 use tracing::{error, info, warn};
 
 use super::sequence::{self, Next, Signal, Step, WAITS, Wait, Waiter};
-use super::state;
-use super::state::{Checkpoint, EventKind, Lifecycle, Mode, Position, Progress, SliceState};
+use super::state::{Checkpoint, EventKind, Lifecycle, Mode, Position, SliceState};
 use super::steps::{self, StepCx, StepError};
 use super::watchdog::{ControlRequest, RestoreError};
 use super::{EngineDeps, EngineShared};
@@ -752,7 +751,7 @@ impl Executor {
                 }
             }
         };
-        self.shared.set_progress(None);
+        self.shared.clear_progress();
         outcome
     }
 
@@ -819,11 +818,7 @@ impl Executor {
         self.shared
             .journal
             .event(EventKind::Progress, None, detail, None);
-        self.shared.set_progress(Some(Progress {
-            progress: report.progress,
-            message: report.message,
-            at: state::now(),
-        }));
+        self.shared.report_progress(report);
     }
 
     /// Switches to the clean-up path (SPEC §14); returns where it starts.

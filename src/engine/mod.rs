@@ -521,8 +521,29 @@ impl EngineShared {
     }
 
     /// Shows a component's latest progress (or clears it when its wait ends).
-    pub(super) fn set_progress(&self, progress: Option<Progress>) {
-        self.state.send_modify(|s| s.progress = progress);
+    /// Forgets the progress shown: the wait it was reported in has ended.
+    pub(super) fn clear_progress(&self) {
+        self.state.send_modify(|s| s.progress = None);
+    }
+
+    /// Shows a progress report. A field it leaves out keeps the value an earlier report of
+    /// the same wait gave: a bare heartbeat wipes nothing.
+    pub(super) fn report_progress(&self, report: ProgressReport) {
+        self.state.send_modify(|s| {
+            let last = s.progress.take();
+            let (progress, message) = match last {
+                Some(last) => (
+                    report.progress.or(last.progress),
+                    report.message.or(last.message),
+                ),
+                None => (report.progress, report.message),
+            };
+            s.progress = Some(Progress {
+                progress,
+                message,
+                at: state::now(),
+            });
+        });
     }
 
     /// Shows the operator's pause.

@@ -753,15 +753,36 @@ async fn progress_callbacks_are_checked_shown_and_taken_only_at_a_component_wait
         "deploying the core network functions"
     );
     assert_eq!(status["status"], "Waiting");
-    let answer = progress(
-        Some(json!({"message": "y".repeat(500)})),
-        Some(token.clone()),
-    )
-    .await;
-    assert_eq!(answer.status, StatusCode::OK, "500 characters are fine");
+    // A later report's missing field keeps what the last one said; a heartbeat wipes nothing.
+    for (body, shown) in [
+        (
+            None,
+            (json!(40), json!("deploying the core network functions")),
+        ),
+        (
+            Some(json!({"progress": 55})),
+            (json!(55), json!("deploying the core network functions")),
+        ),
+        (
+            Some(json!({"message": "y".repeat(500)})),
+            (json!(55), json!("y".repeat(500))),
+        ),
+    ] {
+        let answer = progress(body.clone(), Some(token.clone())).await;
+        assert_eq!(answer.status, StatusCode::OK, "{body:?}: {answer:?}");
+        let status = app.trial_status(id).await;
+        assert_eq!(
+            (
+                status["progress"].clone(),
+                status["progress_message"].clone()
+            ),
+            shown,
+            "after {body:?}"
+        );
+    }
     let history = app.history(id).await;
     let reports = events(&history, "progress");
-    assert_eq!(reports.len(), 3, "{reports:#?}");
+    assert_eq!(reports.len(), 5, "{reports:#?}");
     assert_eq!(
         reports[1]["detail"],
         "40%: deploying the core network functions"
