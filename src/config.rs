@@ -624,12 +624,6 @@ impl RetrySettings {
         if self.max_backoff_ms > MAX_DURATION_SECS * 1000 {
             return Err(invalid(key("max_backoff_ms"), "at most ten years"));
         }
-        if self.initial_backoff_ms > self.max_backoff_ms {
-            return Err(invalid(
-                key("initial_backoff_ms"),
-                format!("must not exceed max_backoff_ms ({})", self.max_backoff_ms),
-            ));
-        }
         if !(self.multiplier.is_finite() && self.multiplier >= 1.0) {
             return Err(invalid(
                 key("multiplier"),
@@ -1224,6 +1218,19 @@ mod tests {
         assert!(
             err.contains("auth.token_ttl_secs") && err.contains("ten years"),
             "{err}"
+        );
+
+        // A ceiling below the first wait caps it: a service's own low ceiling is meaningful.
+        let mut settings = Settings::defaults().unwrap();
+        settings.services.kpi_monitoring.retry = Some(RetryOverride {
+            max_backoff_ms: Some(50),
+            ..RetryOverride::default()
+        });
+        settings.validate().expect("a low ceiling of one service");
+        let policy = settings.retry_policy(crate::services::Service::KpiMonitoring);
+        assert_eq!(
+            crate::services::retry::backoff(&policy, 1, None, 1.0),
+            std::time::Duration::from_millis(50)
         );
 
         let mut settings = Settings::defaults().unwrap();
