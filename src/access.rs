@@ -134,6 +134,8 @@ pub struct Access {
     auth: AuthSettings,
     failures: DefaultKeyedRateLimiter<IpAddr>,
     last_purge: Mutex<Instant>,
+    /// Told of every reload that put keys in force.
+    reloaded: tokio::sync::watch::Sender<()>,
 }
 
 impl Access {
@@ -147,6 +149,7 @@ impl Access {
             auth: auth.clone(),
             failures: RateLimiter::keyed(Quota::per_minute(per_minute)),
             last_purge: Mutex::new(Instant::now()),
+            reloaded: tokio::sync::watch::Sender::new(()),
         })
     }
 
@@ -170,6 +173,18 @@ impl Access {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
         keys.find_digest(digest)
+    }
+
+    /// Resolves once the key whose secret has this SHA-256 is no longer in force as `holder`
+    /// (a reload removed it or changed its name or role): what a stream opened with the key
+    /// ends on.
+    pub async fn withdrawn(self: Arc<Self>, digest: [u8; 32], holder: KeyHolder) {
+        let mut reloads = self.reloaded.subscribe();
+        while self.key_holder_by_digest(&digest).as_ref() == Some(&holder) {
+            if reloads.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Counts a failed authentication from `addr`; past the limit, says how long to wait.
@@ -221,6 +236,8 @@ impl Access {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let changes = changes(&keys, &fresh);
         *keys = fresh;
+        drop(keys);
+        self.reloaded.send_replace(());
         Ok(changes)
     }
 }

@@ -23,7 +23,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::tokens::check_token;
 use crate::access::{Actor, KeyHolder, TooManyFailures};
-use crate::config::Role;
+use crate::config::{NamedKey, Role};
 use crate::domain::TrialId;
 use crate::engine::EngineHandle;
 use crate::tokens::Claims;
@@ -178,6 +178,23 @@ fn failed(parts: &Parts, state: &AppState, detail: impl Into<String>) -> AuthErr
     match state.access.note_failure(client_ip(&parts.extensions)) {
         Ok(()) => AuthError::Refused(ApiError::unauthorized(detail)),
         Err(limited) => AuthError::TooManyFailures(limited),
+    }
+}
+
+/// Resolves once the API key this request presented is no longer in force as `holder` (a
+/// reload removed it or changed its role): what a stream opened with it ends on. Without a
+/// key it resolves at once.
+pub fn key_withdrawn(
+    headers: &HeaderMap,
+    state: &AppState,
+    holder: KeyHolder,
+) -> impl Future<Output = ()> + Send + use<> {
+    let digest = presented_credential(headers).map(|key| NamedKey::digest(&key));
+    let access = state.access.clone();
+    async move {
+        if let Some(digest) = digest {
+            access.withdrawn(digest, holder).await;
+        }
     }
 }
 

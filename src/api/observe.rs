@@ -5,7 +5,7 @@ use std::pin::Pin;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::stream::{self, Stream, StreamExt};
@@ -15,7 +15,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{TrialIdParam, TrialPath, Viewer};
+use super::extract::{TrialIdParam, TrialPath, Viewer, key_withdrawn};
 use super::view::Found;
 use crate::engine::EngineHandle;
 use crate::engine::journal::Follower;
@@ -91,10 +91,12 @@ type EventStream = Pin<Box<dyn Stream<Item = Event> + Send>>;
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "The trial has no engine and is not scheduled", body = ErrorBody)))]
 async fn events(
-    _: Viewer,
+    Viewer(holder): Viewer,
     State(state): State<AppState>,
+    headers: HeaderMap,
     TrialPath(id): TrialPath,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let withdrawn = key_withdrawn(&headers, &state, holder);
     let stream: EventStream = if let Some(job) = state
         .scheduler
         .jobs()
@@ -135,7 +137,8 @@ async fn events(
     };
     let stream = stream
         .map(Ok)
-        .take_until(state.shutdown.clone().cancelled_owned());
+        .take_until(state.shutdown.clone().cancelled_owned())
+        .take_until(withdrawn);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 

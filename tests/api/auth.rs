@@ -576,6 +576,27 @@ async fn sighup_reloads_the_keys_and_a_bad_reload_keeps_the_old_ones() {
     };
     let mut binary = Binary::start(dir, &auth("", "first-secret"), "old-key").await;
     let token = binary.app.post_as("/token/t1", "admin-key").await;
+    // An event stream opened with a key ends when the key is taken away.
+    let scheduled = binary
+        .app
+        .call_as(
+            Method::POST,
+            "/debug/trial/schedule",
+            Some(serde_json::json!({"trial_id": "watched", "start_time": in_ms(3_600_000)})),
+            Some("admin-key"),
+        )
+        .await;
+    assert_eq!(scheduled.status, StatusCode::OK, "{scheduled:?}");
+    let stream = binary
+        .app
+        .client
+        .get(format!("{}/trial/watched/events", binary.app.address))
+        .header("Authorization", "old-key")
+        .send()
+        .await
+        .expect("the stream opens");
+    assert_eq!(stream.status(), StatusCode::OK);
+    let watching = tokio::spawn(read_sse(stream, |_| false, Duration::from_secs(30)));
 
     // A key added to the keys file and one added to the configuration work, a removed one
     // stops working; a changed token secret is not taken (tokens handed out keep working).
@@ -604,6 +625,12 @@ async fn sighup_reloads_the_keys_and_a_bad_reload_keeps_the_old_ones() {
         binary.status_with("old-key").await,
         Some(StatusCode::UNAUTHORIZED)
     );
+    // Its keep-alive comments would go on for ever: a bound on the whole, not on each chunk.
+    let seen = tokio::time::timeout(Duration::from_secs(60), watching)
+        .await
+        .expect("the stream ended with its key")
+        .expect("the stream was read to its end");
+    assert!(seen.contains("event: scheduled"), "{seen}");
     assert_eq!(binary.status_with("cfg-key").await, Some(StatusCode::OK));
     assert_eq!(binary.status_with("admin-key").await, Some(StatusCode::OK));
     let answer = binary
