@@ -433,18 +433,22 @@ impl Platform {
             task.abort();
         }
         // Bound without listening, so connecting is refused and no other server nor outgoing
-        // connection is given the port meanwhile; SO_REUSEADDR lets the bind succeed while
-        // the connections just closed linger in TIME_WAIT. Should the port be taken already,
-        // it is left to chance, as it would be without this.
+        // connection is given the port meanwhile. Without SO_REUSEADDR no listener at all can
+        // share it; while the connections just closed linger in TIME_WAIT only a bind with it
+        // succeeds (then a server binding that very port could share it; servers bind port 0).
+        // Should the port be taken already, it is left to chance, as it would be without this.
         let address = self.address(component);
-        let socket = match address {
-            SocketAddr::V4(_) => TcpSocket::new_v4(),
-            SocketAddr::V6(_) => TcpSocket::new_v6(),
-        };
-        if let Ok(socket) = socket
-            && socket.set_reuseaddr(true).is_ok()
-            && socket.bind(address).is_ok()
-        {
+        let held = [false, true].into_iter().find_map(|reuse| {
+            let socket = match address {
+                SocketAddr::V4(_) => TcpSocket::new_v4(),
+                SocketAddr::V6(_) => TcpSocket::new_v6(),
+            }
+            .ok()?;
+            socket.set_reuseaddr(reuse).ok()?;
+            socket.bind(address).ok()?;
+            Some(socket)
+        });
+        if let Some(socket) = held {
             lock(&self.held).insert(component, socket);
         }
     }
