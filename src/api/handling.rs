@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use axum::body::{Body, to_bytes};
 use axum::extract::Request;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio_util::task::TaskTracker;
@@ -83,6 +84,64 @@ pub(super) async fn to_the_end(handling: Handling, request: Request, next: Next)
             .into_response()
         }
     }
+}
+
+/// How long a request's body may take to arrive after its head, and how large it may be.
+#[derive(Clone, Copy)]
+pub(super) struct Arrival {
+    /// `server.header_read_timeout_secs`.
+    pub(super) time: Duration,
+    /// `server.max_body_bytes`.
+    pub(super) max_bytes: usize,
+}
+
+/// Reads a request's body whole before it is handled. A body that has not arrived within
+/// `server.header_read_timeout_secs` of its head is answered 408 and the connection closed,
+/// like a head that stalls: nothing was done, so the client may send it again. (Read by the
+/// handler, a stalled body held it until `server.handler_timeout_secs`, then got a 504 saying
+/// the request went on.) A body larger than `server.max_body_bytes` gets 413, as the API's own
+/// limit answers.
+pub(super) async fn body_in_time(arrival: Arrival, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(arrival.time, to_bytes(body, arrival.max_bytes)).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Ok(Err(e)) if too_large(&e) => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body is too large")
+                .into_response()
+        }
+        // The client went away while sending it: nobody reads this.
+        Ok(Err(e)) => ApiError::bad_request(format!("the request body could not be read: {e}"))
+            .into_response(),
+        Err(_) => {
+            let secs = arrival.time.as_secs();
+            let mut response = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {secs} s of its head (server.header_read_timeout_secs); nothing was done"
+                ),
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+    }
+}
+
+/// Whether reading a body failed on its size.
+fn too_large(error: &axum::Error) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = next {
+        if current.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        next = current.source();
+    }
+    false
 }
 
 #[cfg(test)]

@@ -125,11 +125,19 @@ pub fn router(state: AppState) -> Router {
         Duration::from_secs(settings.server.handler_timeout_secs),
         state.handlers.clone(),
     );
+    let arrival = handling::Arrival {
+        time: Duration::from_secs(settings.server.header_read_timeout_secs),
+        max_bytes: settings.server.max_body_bytes,
+    };
     layered_api(&state)
         // The console answers HTML, its errors too, and audits through its own layer.
         .merge(crate::console::routes(&state))
         .layer(axum::middleware::from_fn(move |request, next| {
             handling::to_the_end(handling.clone(), request, next)
+        }))
+        // Outside the handling: its time starts once the body is there.
+        .layer(axum::middleware::from_fn(move |request, next| {
+            handling::body_in_time(arrival, request, next)
         }))
         .layer(cors(&settings.server.cors_origins))
         // Its spans and events are at DEBUG; so are its failures, which the handling above

@@ -185,6 +185,34 @@ async fn a_request_head_that_does_not_arrive_in_time_gets_408_and_the_connection
     assert!(started.elapsed() >= Duration::from_millis(900));
     assert_eq!(parse_answer(&answer).0, 408, "{answer}");
 
+    // A whole head whose body stalls halfway: 408 too, before any handling began.
+    let mut dripping = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connects");
+    dripping
+        .write_all(
+            format!(
+                "POST /trial/scheduling HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: 900\r\n\r\n{{\"trial"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("writes");
+    let answer = read_to_close(&mut dripping, Duration::from_secs(10)).await;
+    let (status, body) = parse_answer(&answer);
+    assert_eq!(status, 408, "{answer}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("body did not arrive") && d.contains("nothing was done")),
+        "{body}"
+    );
+    assert_eq!(
+        app.get("/status").await.body["Automatic_scheduling"],
+        false,
+        "the switch was not touched"
+    );
+
     // A connection that never sends anything is closed as quietly.
     let mut silent = TcpStream::connect(("127.0.0.1", port))
         .await
