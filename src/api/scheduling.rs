@@ -15,7 +15,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{Admin, ApiJson, Operator, TrialIdParam, TrialPath};
 use super::{AppState, Message};
 use crate::domain::{InvalidStartTime, StartTime, TrialId};
-use crate::scheduler::ScheduleError;
+use crate::scheduler::{ScheduleError, Switched};
 
 /// The routes of this area.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -214,6 +214,13 @@ async fn unschedule(
     }
 }
 
+/// The state an in-process request sets automatic scheduling to, instead of toggling it: the
+/// console's switch, whose buttons say which state they want, so that a change made since
+/// the page was drawn is not undone. Extensions never come from the wire: to an HTTP client
+/// `POST /trial/scheduling` stays a toggle.
+#[derive(Debug, Clone, Copy)]
+pub struct SetAutomatic(pub bool);
+
 /// Toggle automatic scheduling
 ///
 /// While on, the trial repository is polled every `scheduler.poll_interval_secs` and every
@@ -233,23 +240,25 @@ async fn toggle_automatic(
     _: Admin,
     audit: AuditCx,
     State(state): State<AppState>,
+    wanted: Option<Extension<SetAutomatic>>,
 ) -> Result<(Extension<Audited>, Json<AutomaticScheduling>), ApiError> {
-    let message = |on| {
-        if on {
-            "Automatic scheduling enabled"
-        } else {
-            "Automatic scheduling disabled"
-        }
+    let message = |switched: Switched| match (switched.on, switched.changed) {
+        (true, true) => "Automatic scheduling enabled",
+        (false, true) => "Automatic scheduling disabled",
+        (true, false) => "Automatic scheduling is already on",
+        (false, false) => "Automatic scheduling is already off",
     };
-    let on = state
-        .scheduler
-        .toggle_automatic(move |on| Some(audit.entry(StatusCode::OK, Some(message(on).to_owned()))))
-        .await?;
+    let entry =
+        move |switched| Some(audit.entry(StatusCode::OK, Some(message(switched).to_owned())));
+    let switched = match wanted {
+        Some(Extension(SetAutomatic(on))) => state.scheduler.set_automatic(on, entry).await?,
+        None => state.scheduler.toggle_automatic(entry).await?,
+    };
     Ok((
         Extension(Audited),
         Json(AutomaticScheduling {
-            message: message(on).to_owned(),
-            automatic_scheduling: on,
+            message: message(switched).to_owned(),
+            automatic_scheduling: switched.on,
         }),
     ))
 }

@@ -1,9 +1,13 @@
 //! The service page: version and uptime, the scheduler (automatic scheduling and its switch,
 //! schedule-all, missed jobs), the engines in memory, and the heartbeat instances (add and
 //! remove them).
+//!
+//! The switch's button says which state it wants and the form sends it: pressing "Turn
+//! automatic scheduling on" turns it on, or leaves it on if someone else did so since the
+//! page was drawn (the API's `POST /trial/scheduling`, which it goes through, would toggle).
 
 use axum::extract::{Path, State};
-use axum::http::{Method, StatusCode};
+use axum::http::{Extensions, Method, StatusCode};
 use axum::response::Response;
 use maud::html;
 
@@ -12,6 +16,7 @@ use super::layout::{self, Section};
 use super::session::{Post, Signed};
 use crate::api::AppState;
 use crate::api::extract::{Admin, Operator};
+use crate::api::scheduling::SetAutomatic;
 use crate::api::status::VERSION;
 use crate::config::Role;
 use crate::domain::TrialId;
@@ -19,7 +24,7 @@ use crate::domain::TrialId;
 /// What the service page's forms do, and the API route each goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ServiceAction {
-    ToggleAutomatic,
+    Automatic,
     ScheduleAll,
     AddHeartbeat,
     RemoveHeartbeat,
@@ -28,7 +33,7 @@ enum ServiceAction {
 impl ServiceAction {
     fn parse(segment: &str) -> Option<Self> {
         Some(match segment {
-            "automatic" => ServiceAction::ToggleAutomatic,
+            "automatic" => ServiceAction::Automatic,
             "schedule-all" => ServiceAction::ScheduleAll,
             "add-heartbeat" => ServiceAction::AddHeartbeat,
             "remove-heartbeat" => ServiceAction::RemoveHeartbeat,
@@ -40,7 +45,7 @@ impl ServiceAction {
     fn role(self) -> Role {
         match self {
             ServiceAction::ScheduleAll => Operator::ROLE,
-            ServiceAction::ToggleAutomatic
+            ServiceAction::Automatic
             | ServiceAction::AddHeartbeat
             | ServiceAction::RemoveHeartbeat => Admin::ROLE,
         }
@@ -70,7 +75,7 @@ pub async fn page(signed: Signed, State(state): State<AppState>) -> Response {
     let missed = state.scheduler.missed();
     let engines = state.scheduler.engines().list();
     let heartbeats = state.heartbeats.reports();
-    let admin = signed.may(ServiceAction::ToggleAutomatic.role());
+    let admin = signed.may(ServiceAction::Automatic.role());
     let body = html! {
         h1 { "Service" }
         dl.facts {
@@ -94,6 +99,8 @@ pub async fn page(signed: Signed, State(state): State<AppState>) -> Response {
                 @if admin {
                     form method="post" action="/ui/service/automatic" {
                         (layout::csrf(&signed))
+                        // The state wanted, not "the other one": see the module's comment.
+                        input type="hidden" name="automatic" value=(if automatic { "off" } else { "on" });
                         button type="submit" { @if automatic { "Turn automatic scheduling off" } @else { "Turn automatic scheduling on" } }
                     }
                 }
@@ -190,8 +197,22 @@ pub async fn action(
     // A valid trial id needs no escaping in a path or a query; an invalid one is refused as
     // typed, not as the form would encode it.
     let heartbeat = TrialId::parse(post.form.get("trial_id").unwrap_or_default());
+    let mut extra = Extensions::new();
     let (method, path) = match (action, heartbeat) {
-        (ServiceAction::ToggleAutomatic, _) => (Method::POST, "/trial/scheduling".to_owned()),
+        (ServiceAction::Automatic, _) => {
+            let on = match post.form.get("automatic") {
+                Some("on") => true,
+                Some("off") => false,
+                _ => {
+                    return post.refused(
+                        StatusCode::BAD_REQUEST,
+                        "Say whether to turn automatic scheduling on or off (the form's automatic field is on or off).",
+                    );
+                }
+            };
+            extra.insert(SetAutomatic(on));
+            (Method::POST, "/trial/scheduling".to_owned())
+        }
         (ServiceAction::ScheduleAll, _) => (Method::POST, "/debug/trial/schedule-all".to_owned()),
         (ServiceAction::AddHeartbeat, Ok(id)) => {
             (Method::POST, format!("/debug/add-heartbeat?trial_id={id}"))
@@ -203,6 +224,6 @@ pub async fn action(
             return post.refused(StatusCode::BAD_REQUEST, &e.to_string());
         }
     };
-    let answered = actions::call_api(&state, &post, method, &path, None).await;
+    let answered = actions::call_api_with(&state, &post, method, &path, None, extra).await;
     actions::answer(&post.signed, answered, "/ui/service")
 }

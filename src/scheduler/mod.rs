@@ -152,39 +152,74 @@ struct Inner {
     engines: EngineRegistry,
     deps: Arc<EngineDeps>,
     automatic: Arc<watch::Sender<bool>>,
-    /// The task that owns the switch: it takes one toggle at a time, so each turns what the
+    /// The task that owns the switch: it takes one turn at a time, so each turns what the
     /// one before it saved.
-    toggles: mpsc::Sender<Toggle>,
+    turns: mpsc::Sender<SwitchTurn>,
     generation: AtomicU64,
     /// Bumped whenever a job goes away or an engine starts, for those waiting on either.
     changes: watch::Sender<()>,
 }
 
-/// A toggle of automatic scheduling: the audit entry for the new value, and where to answer.
-struct Toggle {
-    audit: Box<dyn FnOnce(bool) -> Option<AuditEntry> + Send>,
-    reply: oneshot::Sender<Result<bool, StoreError>>,
+/// What a turn of the automatic-scheduling switch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Switched {
+    /// Whether automatic scheduling is on now.
+    pub on: bool,
+    /// Whether the turn changed it (setting it to the state it is in changes nothing).
+    pub changed: bool,
 }
 
-/// Starts the task that owns the switch of automatic scheduling: each toggle turns what the
-/// one before it saved, and is shown once it is saved. It ends with the scheduler.
-fn spawn_switch(store: Store, automatic: Arc<watch::Sender<bool>>) -> mpsc::Sender<Toggle> {
-    let (toggles, mut taken) = mpsc::channel::<Toggle>(16);
+/// How a turn moves the switch.
+#[derive(Debug, Clone, Copy)]
+enum Turn {
+    /// To the other state (`POST /trial/scheduling`).
+    Toggle,
+    /// To this state, whatever it is now (the console's buttons say which they want).
+    To(bool),
+}
+
+/// A turn of the switch: how, the audit entry for what it did, and where to answer.
+struct SwitchTurn {
+    turn: Turn,
+    audit: Box<dyn FnOnce(Switched) -> Option<AuditEntry> + Send>,
+    reply: oneshot::Sender<Result<Switched, StoreError>>,
+}
+
+/// Starts the task that owns the switch of automatic scheduling: each turn moves it from
+/// what the one before it saved, so a toggle and a set never race on a state read before
+/// another turn; a change is shown once it is saved. It ends with the scheduler.
+fn spawn_switch(store: Store, automatic: Arc<watch::Sender<bool>>) -> mpsc::Sender<SwitchTurn> {
+    let (turns, mut taken) = mpsc::channel::<SwitchTurn>(16);
     tokio::spawn(async move {
-        while let Some(Toggle { audit, reply }) = taken.recv().await {
-            let now_on = !*automatic.borrow();
-            let saved = store
-                .write_audited(Op::SetAutomatic(now_on), audit(now_on))
-                .await;
-            if saved.is_ok() {
-                automatic.send_replace(now_on);
-                info!(automatic = now_on, "automatic scheduling toggled");
+        while let Some(SwitchTurn { turn, audit, reply }) = taken.recv().await {
+            let was = *automatic.borrow();
+            let on = match turn {
+                Turn::Toggle => !was,
+                Turn::To(on) => on,
+            };
+            let switched = Switched {
+                on,
+                changed: on != was,
+            };
+            let entry = audit(switched);
+            let saved = if switched.changed {
+                store.write_audited(Op::SetAutomatic(on), entry).await
+            } else if let Some(entry) = entry {
+                // Nothing to change (the saved setting is left as it is, or unset): the
+                // request is in the log all the same.
+                store.write(Op::Audit(Box::new(entry))).await
+            } else {
+                Ok(0)
+            };
+            if saved.is_ok() && switched.changed {
+                automatic.send_replace(on);
+                info!(automatic = on, "automatic scheduling switched");
             }
             // A caller that went away meanwhile finds the switch as it was saved.
-            let _ = reply.send(saved.map(|_| now_on));
+            let _ = reply.send(saved.map(|_| switched));
         }
     });
-    toggles
+    turns
 }
 
 /// How often ended trials older than `store.retention_days` are purged.
@@ -195,7 +230,7 @@ impl Scheduler {
     /// (the `ended` sender of `deps`).
     pub fn new(deps: Arc<EngineDeps>, ended: mpsc::UnboundedReceiver<Weak<EngineShared>>) -> Self {
         let automatic = Arc::new(watch::Sender::new(deps.settings.scheduler.automatic));
-        let toggles = spawn_switch(deps.store.clone(), automatic.clone());
+        let turns = spawn_switch(deps.store.clone(), automatic.clone());
         let scheduler = Self {
             inner: Arc::new(Inner {
                 jobs: Mutex::new(HashMap::new()),
@@ -203,7 +238,7 @@ impl Scheduler {
                 engines: EngineRegistry::default(),
                 deps,
                 automatic,
-                toggles,
+                turns,
                 generation: AtomicU64::new(0),
                 changes: watch::Sender::new(()),
             }),
@@ -613,18 +648,38 @@ impl Scheduler {
         *self.inner.automatic.borrow()
     }
 
-    /// Turns automatic scheduling on or off; returns the new value once it is saved, with the
-    /// audit entry `audit` makes for it.
+    /// Turns automatic scheduling on if it is off, off if it is on; returns what it did once
+    /// it is saved, with the audit entry `audit` makes for it.
     pub async fn toggle_automatic(
         &self,
-        audit: impl FnOnce(bool) -> Option<AuditEntry> + Send + 'static,
-    ) -> Result<bool, StoreError> {
+        audit: impl FnOnce(Switched) -> Option<AuditEntry> + Send + 'static,
+    ) -> Result<Switched, StoreError> {
+        self.turn_automatic(Turn::Toggle, audit).await
+    }
+
+    /// Sets automatic scheduling to `on`, whatever it is now (nothing changes if it is so
+    /// already); returns what it did once it is saved, with the audit entry `audit` makes for
+    /// it (written in either case).
+    pub async fn set_automatic(
+        &self,
+        on: bool,
+        audit: impl FnOnce(Switched) -> Option<AuditEntry> + Send + 'static,
+    ) -> Result<Switched, StoreError> {
+        self.turn_automatic(Turn::To(on), audit).await
+    }
+
+    async fn turn_automatic(
+        &self,
+        turn: Turn,
+        audit: impl FnOnce(Switched) -> Option<AuditEntry> + Send + 'static,
+    ) -> Result<Switched, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let toggle = Toggle {
+        let request = SwitchTurn {
+            turn,
             audit: Box::new(audit),
             reply,
         };
-        if self.inner.toggles.send(toggle).await.is_err() {
+        if self.inner.turns.send(request).await.is_err() {
             return Err(StoreError::Closed);
         }
         answer.await.unwrap_or(Err(StoreError::Closed))

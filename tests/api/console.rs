@@ -686,3 +686,85 @@ async fn console_forms_say_what_was_wrong_as_it_was_typed() {
     let page = get_page(&app, &session.cookie, "/ui/schedule").await;
     assert!(page.contains("Choose a date and a time"), "{page}");
 }
+
+#[tokio::test]
+async fn the_scheduling_switch_is_set_to_what_its_button_says_whatever_happened_meanwhile() {
+    let app = spawn_app().await;
+    let automatic = || async { app.get("/status").await.body["Automatic_scheduling"].clone() };
+    assert_eq!(automatic().await, false);
+    let session = sign_in(&app, Role::Admin).await;
+    let page = get_page(&app, &session.cookie, "/ui/service").await;
+    assert!(page.contains("Turn automatic scheduling on"), "{page}");
+    // Another admin turns it on through the API after the page was drawn...
+    let toggled = app.post("/trial/scheduling", None).await;
+    assert_eq!(toggled.body["Automatic_scheduling"], true, "{toggled:?}");
+    // ...so the page's "on" finds it on: it stays on, and the page says so.
+    let answer = post(
+        &app,
+        &session,
+        "/ui/service/automatic",
+        &[("automatic", "on")],
+    )
+    .await;
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    assert_eq!(automatic().await, true);
+    let page = get_page(&app, &session.cookie, "/ui/service").await;
+    assert!(
+        page.contains("Automatic scheduling is already on"),
+        "{page}"
+    );
+    // "Off" turns it off, and a second "off" (a second tab) leaves it off.
+    for expected in [
+        "Automatic scheduling disabled",
+        "Automatic scheduling is already off",
+    ] {
+        let answer = post(
+            &app,
+            &session,
+            "/ui/service/automatic",
+            &[("automatic", "off")],
+        )
+        .await;
+        assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+        assert_eq!(automatic().await, false);
+        let page = get_page(&app, &session.cookie, "/ui/service").await;
+        assert!(page.contains(expected), "{page}");
+    }
+    // A form that does not say which is refused, and changes nothing.
+    let answer = post(
+        &app,
+        &session,
+        "/ui/service/automatic",
+        &[("automatic", "maybe")],
+    )
+    .await;
+    assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(automatic().await, false);
+    // The API's switch is still a toggle.
+    let toggled = app.post("/trial/scheduling", None).await;
+    assert_eq!(toggled.body["Automatic_scheduling"], true, "{toggled:?}");
+    // Each press is audited once, under the key's name, saying what it did.
+    let entries = app
+        .audited("?actor=admin", "the three presses audited", |entries| {
+            entries
+                .iter()
+                .filter(|e| e["action"] == "POST /trial/scheduling")
+                .count()
+                == 3
+        })
+        .await;
+    let details: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["action"] == "POST /trial/scheduling")
+        .map(|e| &e["detail"])
+        .collect();
+    assert_eq!(
+        details,
+        [
+            "Automatic scheduling is already off",
+            "Automatic scheduling disabled",
+            "Automatic scheduling is already on"
+        ],
+        "{entries:#?}"
+    );
+}
