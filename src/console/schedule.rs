@@ -1,6 +1,6 @@
 //! The schedule page: schedule a trial at a date and time in a chosen UTC offset (the offset
 //! is kept, as the API keeps it), or at the start time the trial registry gives it; and the
-//! scheduled jobs, soonest first.
+//! scheduled jobs, soonest first. A refused form comes back as it was typed, with the reason.
 
 use axum::extract::State;
 use axum::http::{Method, StatusCode};
@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::actions::{self, TrialAction};
 use super::layout::{self, Section};
-use super::session::{Post, Signed};
+use super::session::{Post, Signed, Typed};
 use crate::api::AppState;
 use crate::api::extract::Operator;
 use crate::domain::TrialId;
@@ -42,28 +42,43 @@ fn start_time(local: &str, offset: &str) -> Option<String> {
     })
 }
 
-/// The labelled trial id input of a form, checked in the browser as `TrialId::parse` checks it.
-fn trial_id_field(input_id: &str) -> Markup {
+/// The forms of the page, by their `action`.
+const AT_TIME: &str = "/ui/schedule";
+const FROM_REGISTRY: &str = "/ui/schedule/registry";
+
+/// The labelled trial id input of a form, checked in the browser as `TrialId::parse` checks it,
+/// holding `typed` if the form comes back.
+fn trial_id_field(input_id: &str, typed: Option<&str>) -> Markup {
     html! {
         label for=(input_id) { "Trial id" }
-        input id=(input_id) name="trial_id" required maxlength="128"
+        input id=(input_id) name="trial_id" value=[typed] required maxlength="128"
             pattern="[A-Za-z0-9][A-Za-z0-9._\\-]{0,127}" autocomplete="off";
     }
 }
 
-fn form(signed: &Signed) -> Markup {
+/// The two forms, filled in with what was typed in the one refused just before (if any).
+fn form(signed: &Signed, typed: Option<&Typed>) -> Markup {
+    let at_time = typed.filter(|t| t.form == AT_TIME);
+    let from_registry = typed.filter(|t| t.form == FROM_REGISTRY);
+    let all = offsets();
+    let kept_offset = at_time
+        .and_then(|t| t.get("offset"))
+        .filter(|o| all.iter().any(|offset| offset == o));
+    let chosen = kept_offset.unwrap_or("+00:00");
     html! {
         section aria-labelledby="at-time-title" {
             h2 #at-time-title { "At a time" }
-            form.schedule method="post" action="/ui/schedule" {
+            form.schedule method="post" action=(AT_TIME) {
                 (layout::csrf(signed))
-                (trial_id_field("trial_id"))
+                (trial_id_field("trial_id", at_time.and_then(|t| t.get("trial_id"))))
                 label for="local" { "Start (date and time)" }
-                input #local type="datetime-local" name="local" step="1" required;
+                input #local type="datetime-local" name="local" step="1" required
+                    value=[at_time.and_then(|t| t.get("local"))];
                 label for="offset" { "Time zone (UTC offset)" }
-                select #offset name="offset" {
-                    @for offset in offsets() {
-                        option value=(offset) selected[offset == "+00:00"] {
+                // A kept offset was chosen: the script proposes none in its place.
+                select #offset name="offset" data-chosen[kept_offset.is_some()] {
+                    @for offset in &all {
+                        option value=(offset) selected[offset == chosen] {
                             "UTC" (offset)
                         }
                     }
@@ -76,9 +91,9 @@ fn form(signed: &Signed) -> Markup {
         }
         section aria-labelledby="registry-title" {
             h2 #registry-title { "At the registry's start time" }
-            form.schedule method="post" action="/ui/schedule/registry" {
+            form.schedule method="post" action=(FROM_REGISTRY) {
                 (layout::csrf(signed))
-                (trial_id_field("registry_trial_id"))
+                (trial_id_field("registry_trial_id", from_registry.and_then(|t| t.get("trial_id"))))
                 button type="submit" { "Schedule from the registry" }
             }
         }
@@ -119,10 +134,11 @@ fn jobs(state: &AppState, signed: &Signed) -> Markup {
 
 /// `GET /ui/schedule`.
 pub async fn page(signed: Signed, State(state): State<AppState>) -> Response {
+    let typed = signed.take_typed();
     let body = html! {
         h1 { "Schedule a trial" }
         @if signed.may(Operator::ROLE) {
-            (form(&signed))
+            (form(&signed, typed.as_ref()))
         } @else {
             p.hint { "Your key's role (" (signed.holder.role) ") can look but not schedule." }
         }
@@ -140,23 +156,34 @@ pub async fn page(signed: Signed, State(state): State<AppState>) -> Response {
     )
 }
 
-/// Back to the form with what was wrong.
-fn refuse(post: &Post, text: &str) -> Response {
+/// The fields of each form that come back when it is refused.
+const AT_TIME_FIELDS: [&str; 3] = ["trial_id", "local", "offset"];
+const FROM_REGISTRY_FIELDS: [&str; 1] = ["trial_id"];
+
+/// Keeps what was typed in `form` for the page the refusal goes back to.
+fn keep_typed(post: &Post, form: &'static str, fields: &[&str]) {
+    post.signed.keep_typed(Typed::of(form, &post.form, fields));
+}
+
+/// Back to the form, as it was typed, with what was wrong.
+fn refuse(post: &Post, form: &'static str, fields: &[&str], text: &str) -> Response {
     post.signed.flash(false, text);
+    keep_typed(post, form, fields);
     post.audited(Redirect::to("/ui/schedule").into_response())
 }
 
 /// `POST /ui/schedule`: `POST /debug/trial/schedule` with the id and the start time.
 pub async fn at_time(State(state): State<AppState>, post: Post) -> Response {
+    let refused = |text| refuse(&post, AT_TIME, &AT_TIME_FIELDS, text);
     let id = post.form.get("trial_id").unwrap_or_default().to_owned();
     if post.form.get("local").unwrap_or_default().trim().is_empty() {
-        return refuse(&post, "Choose a date and a time to start the trial at.");
+        return refused("Choose a date and a time to start the trial at.");
     }
     let Some(start) = start_time(
         post.form.get("local").unwrap_or_default(),
         post.form.get("offset").unwrap_or("+00:00"),
     ) else {
-        return refuse(&post, "Choose a time zone from the list.");
+        return refused("Choose a time zone from the list.");
     };
     let body = json!({"trial_id": id, "start_time": start});
     let answered = actions::call_api(
@@ -169,7 +196,10 @@ pub async fn at_time(State(state): State<AppState>, post: Post) -> Response {
     .await;
     let back = match TrialId::parse(&id) {
         Ok(id) if answered.status.is_success() => format!("/ui/trials/{id}"),
-        _ => "/ui/schedule".to_owned(),
+        _ => {
+            keep_typed(&post, AT_TIME, &AT_TIME_FIELDS);
+            "/ui/schedule".to_owned()
+        }
     };
     actions::answer(&post.signed, answered, &back)
 }
@@ -179,13 +209,16 @@ pub async fn from_registry(State(state): State<AppState>, post: Post) -> Respons
     let raw = post.form.get("trial_id").unwrap_or_default();
     let id = match TrialId::parse(raw) {
         Ok(id) => id,
-        Err(e) => return refuse(&post, &e.to_string()),
+        Err(e) => {
+            return refuse(&post, FROM_REGISTRY, &FROM_REGISTRY_FIELDS, &e.to_string());
+        }
     };
     let path = format!("/debug/trial/{id}/schedule");
     let answered = actions::call_api(&state, &post, Method::POST, &path, None).await;
     let back = if answered.status.is_success() {
         format!("/ui/trials/{id}")
     } else {
+        keep_typed(&post, FROM_REGISTRY, &FROM_REGISTRY_FIELDS);
         "/ui/schedule".to_owned()
     };
     actions::answer(&post.signed, answered, &back)

@@ -47,12 +47,47 @@ pub struct Flash {
     pub text: String,
 }
 
+/// What was typed in a form the console refused, given back to fill the form in again on the
+/// next page (only that one), so nothing has to be typed twice.
+#[derive(Debug, Clone)]
+pub struct Typed {
+    /// Which form: its `action`.
+    pub form: &'static str,
+    fields: Vec<(String, String)>,
+}
+
+impl Typed {
+    /// The longest value kept of a field: more than any valid one, and a bound on memory.
+    const MAX_VALUE: usize = 256;
+
+    /// The fields `names` of `form` (those that were filled in), each cut to a bounded length.
+    pub fn of(form: &'static str, fields: &FormFields, names: &[&str]) -> Self {
+        let fields = names
+            .iter()
+            .filter_map(|name| {
+                let value: String = fields.get(name)?.chars().take(Self::MAX_VALUE).collect();
+                Some(((*name).to_owned(), value))
+            })
+            .collect();
+        Self { form, fields }
+    }
+
+    /// The value typed in field `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 struct Session {
     holder: KeyHolder,
     key_sha256: [u8; 32],
     csrf: String,
     expires: Instant,
     flash: Option<Flash>,
+    typed: Option<Typed>,
 }
 
 /// Every open session, by id.
@@ -106,6 +141,7 @@ impl Sessions {
                 csrf,
                 expires: now + LIFETIME,
                 flash: None,
+                typed: None,
             },
         );
         Some(id)
@@ -122,9 +158,25 @@ impl Sessions {
         }
     }
 
-    /// Takes the session's message, if it has one.
+    /// Takes the session's message, if it has one. What was typed, kept with it, is for the
+    /// page that shows the message: it goes too.
     pub fn take_flash(&self, id: &str) -> Option<Flash> {
-        self.map().get_mut(id).and_then(|s| s.flash.take())
+        let mut map = self.map();
+        let session = map.get_mut(id)?;
+        session.typed = None;
+        session.flash.take()
+    }
+
+    /// Keeps what was typed in a refused form for the session's next page.
+    pub fn keep_typed(&self, id: &str, typed: Typed) {
+        if let Some(session) = self.map().get_mut(id) {
+            session.typed = Some(typed);
+        }
+    }
+
+    /// Takes what was typed in a refused form, if the session kept it.
+    pub fn take_typed(&self, id: &str) -> Option<Typed> {
+        self.map().get_mut(id).and_then(|s| s.typed.take())
     }
 
     /// The cookie that carries session `id`.
@@ -180,6 +232,18 @@ impl Signed {
     /// Takes the message kept for this page.
     pub fn take_flash(&self) -> Option<Flash> {
         self.console.sessions.take_flash(&self.id)
+    }
+
+    /// Keeps what was typed in a refused form for the next page (with its message, see
+    /// [`Signed::flash`]).
+    pub fn keep_typed(&self, typed: Typed) {
+        self.console.sessions.keep_typed(&self.id, typed);
+    }
+
+    /// Takes what was typed in a refused form, kept for this page (before the page's shell
+    /// takes its message, which ends it).
+    pub fn take_typed(&self) -> Option<Typed> {
+        self.console.sessions.take_typed(&self.id)
     }
 
     /// Whether the session still holds: not signed out, not expired, its key still in force.

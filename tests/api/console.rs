@@ -768,3 +768,85 @@ async fn the_scheduling_switch_is_set_to_what_its_button_says_whatever_happened_
         "{entries:#?}"
     );
 }
+
+/// The `value` of the input `id` on `page`, if it has one.
+fn value_of(page: &str, id: &str) -> Option<String> {
+    let start = page.find(&format!("id=\"{id}\""))?;
+    let tag = &page[start..start + page[start..].find('>')?];
+    let value = tag.split(" value=\"").nth(1)?;
+    value.split('"').next().map(str::to_owned)
+}
+
+#[tokio::test]
+async fn a_refused_schedule_gives_the_form_back_as_it_was_typed() {
+    let app = spawn_app().await;
+    let session = sign_in(&app, Role::Operator).await;
+    let typed = [
+        ("trial_id", "t-late"),
+        ("local", "2001-02-03T04:05"),
+        ("offset", "+05:30"),
+    ];
+    let answer = post(&app, &session, "/ui/schedule", &typed).await;
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    assert_eq!(answer.headers()[LOCATION], "/ui/schedule");
+    let page = get_page(&app, &session.cookie, "/ui/schedule").await;
+    assert!(page.contains("is in the past"), "{page}");
+    assert_eq!(
+        value_of(&page, "trial_id").as_deref(),
+        Some("t-late"),
+        "{page}"
+    );
+    assert_eq!(
+        value_of(&page, "local").as_deref(),
+        Some("2001-02-03T04:05"),
+        "{page}"
+    );
+    assert!(
+        page.contains(r#"<option value="+05:30" selected>"#),
+        "{page}"
+    );
+    // Given back once: the next visit has a blank form.
+    let page = get_page(&app, &session.cookie, "/ui/schedule").await;
+    assert_eq!(value_of(&page, "trial_id"), None, "{page}");
+    assert!(
+        page.contains(r#"<option value="+00:00" selected>"#),
+        "{page}"
+    );
+
+    // A trial that is already scheduled: the API's refusal, and the form as typed.
+    app.schedule_in("t-taken", 3_600_000).await;
+    let later = (chrono::Utc::now() + chrono::Duration::hours(3))
+        .format("%Y-%m-%dT%H:%M")
+        .to_string();
+    let typed = [
+        ("trial_id", "t-taken"),
+        ("local", later.as_str()),
+        ("offset", "-03:00"),
+    ];
+    let answer = post(&app, &session, "/ui/schedule", &typed).await;
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    let page = get_page(&app, &session.cookie, "/ui/schedule").await;
+    assert!(page.contains("already scheduled"), "{page}");
+    assert_eq!(value_of(&page, "trial_id").as_deref(), Some("t-taken"));
+    assert_eq!(value_of(&page, "local").as_deref(), Some(later.as_str()));
+    assert!(
+        page.contains(r#"<option value="-03:00" selected>"#),
+        "{page}"
+    );
+
+    // The registry's form keeps its own id, and the other form stays blank.
+    let answer = post(
+        &app,
+        &session,
+        "/ui/schedule/registry",
+        &[("trial_id", "bad id")],
+    )
+    .await;
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    let page = get_page(&app, &session.cookie, "/ui/schedule").await;
+    assert_eq!(
+        value_of(&page, "registry_trial_id").as_deref(),
+        Some("bad id")
+    );
+    assert_eq!(value_of(&page, "trial_id"), None, "{page}");
+}

@@ -113,6 +113,41 @@ async fn an_operator_schedules_a_trial_and_steers_it_to_finished_without_reloadi
     );
     browser.sign_in(base, key_of(Role::Operator)).await;
 
+    // A start in the past is refused, and the form keeps what was typed (the offset too,
+    // which the script would otherwise propose anew).
+    browser.goto(&format!("{base}/ui/schedule")).await;
+    browser
+        .client
+        .find(fantoccini::Locator::Css("#trial_id"))
+        .await
+        .expect("id field")
+        .send_keys("browser-late")
+        .await
+        .expect("typed");
+    browser
+        .run("document.getElementById('local').value = '2001-02-03T04:05'; return true;")
+        .await;
+    browser
+        .client
+        .find(fantoccini::Locator::Css("#offset"))
+        .await
+        .expect("offset field")
+        .select_by_value("+05:30")
+        .await
+        .expect("offset chosen");
+    browser
+        .click("form[action='/ui/schedule'] button[type=submit]")
+        .await;
+    browser.wait_text("main .flash", "in the past").await;
+    let kept = browser
+        .run(
+            "return ['trial_id', 'local', 'offset']
+                .map(id => document.getElementById(id).value);",
+        )
+        .await;
+    assert_eq!(kept, json!(["browser-late", "2001-02-03T04:05", "+05:30"]));
+    no_errors(&browser.console_errors().await);
+
     // Scheduled through the form, three seconds ahead, written in UTC+02:00: the offset is
     // honoured (dropped, the trial would start two hours off).
     let id = "browser-flow";

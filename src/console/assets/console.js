@@ -123,7 +123,8 @@
     var offset = document.getElementById("offset");
     var preview = document.getElementById("start-preview");
     if (!local || !offset) return;
-    var touched = false;
+    // An offset the page came back with (a refused form, as typed) was chosen already.
+    var touched = offset.hasAttribute("data-chosen");
     offset.addEventListener("change", function () { touched = true; show(); });
     function show() {
       if (!local.value || !preview) return;
