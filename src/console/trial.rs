@@ -157,21 +157,24 @@ async fn load<'h>(
     let found = match state.find_trial(id).await {
         Ok(found) => found,
         Err(e) if e.status == StatusCode::NOT_FOUND => {
-            let job = state
-                .scheduler
-                .jobs()
-                .into_iter()
-                .find(|job| job.id == *id)
-                .ok_or(Unshown::Unknown)?;
-            return Ok(TrialView {
-                id: id.clone(),
-                kind: Kind::Scheduled(job.start_time),
-                snapshot: None,
-                history: Cow::Owned(Vec::new()),
-                responses: Vec::new(),
-                failure_file: None,
-                audit: audit_of(state, signed, id).await,
-            });
+            let job = state.scheduler.jobs().into_iter().find(|job| job.id == *id);
+            match (job, state.scheduler.engines().get(id)) {
+                (Some(job), _) => {
+                    return Ok(TrialView {
+                        id: id.clone(),
+                        kind: Kind::Scheduled(job.start_time),
+                        snapshot: None,
+                        history: Cow::Owned(Vec::new()),
+                        responses: Vec::new(),
+                        failure_file: None,
+                        audit: audit_of(state, signed, id).await,
+                    });
+                }
+                // The job gave way to its engine while the store was read (a job leaves
+                // only once its engine is in): the trial has just started.
+                (None, Some(engine)) => Found::Engine(engine),
+                (None, None) => return Err(Unshown::Unknown),
+            }
         }
         Err(e) => return Err(Unshown::Unreadable(e.status)),
     };

@@ -850,3 +850,41 @@ async fn a_refused_schedule_gives_the_form_back_as_it_was_typed() {
     );
     assert_eq!(value_of(&page, "trial_id"), None, "{page}");
 }
+
+#[tokio::test]
+async fn a_trial_that_starts_while_its_page_is_read_is_shown_started_not_unknown() {
+    let reads = BusyReads::default();
+    let app = spawn_app_with(AppOptions {
+        busy_reads: Some(reads.clone()),
+        ..AppOptions::default()
+    })
+    .await;
+    let id = "t-starting";
+    let session = sign_in(&app, Role::Viewer).await;
+    app.platform.add_trial(lcm::sim::Platform::trial(id, None));
+    app.schedule_in(id, 2000).await;
+    // The page looks for an engine (none yet), then for a record: the store reads none, and
+    // its answer comes late...
+    reads.slow.hold();
+    let page = tokio::spawn(
+        no_redirects()
+            .get(format!("{}/ui/trials/{id}", app.address))
+            .header("Cookie", &session.cookie)
+            .send(),
+    );
+    eventually_at_least("the page's read of the record", 1, || reads.slow.waiting()).await;
+    // ...after the job's time came: the engine started and the job is gone.
+    eventually("the trial started", || async {
+        match app.platform.status_history(id).len() {
+            0 => Err("not yet".to_owned()),
+            _ => Ok(()),
+        }
+    })
+    .await;
+    reads.slow.release();
+    let answer = page.await.expect("the request ran").expect("an answer");
+    assert_eq!(answer.status(), StatusCode::OK);
+    let page = answer.text().await.unwrap();
+    assert!(!page.contains("knows no trial"), "{page}");
+    assert!(page.contains("trial-summary"), "{page}");
+}

@@ -212,11 +212,50 @@ impl lcm::store::Backend for FlakyBackend {
 }
 
 /// A switch that fails every read of the store while it is on (a store that does not
-/// answer), and the count of the reads it failed.
+/// answer), and the count of the reads it failed; and a gate that holds the answers of reads
+/// of a trial's record (a slow store).
 #[derive(Clone, Default)]
 pub struct BusyReads {
     pub on: Arc<AtomicBool>,
     pub refused: Arc<AtomicUsize>,
+    pub slow: SlowReads,
+}
+
+/// While held, a read of a trial's record is made but its answer waits (what it read may be
+/// stale by the time it arrives); counts the answers waiting.
+#[derive(Clone, Default)]
+pub struct SlowReads {
+    held: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    waiting: Arc<AtomicUsize>,
+}
+
+impl SlowReads {
+    pub fn hold(&self) {
+        *self.held.0.lock().unwrap() = true;
+    }
+
+    pub fn release(&self) {
+        *self.held.0.lock().unwrap() = false;
+        self.held.1.notify_all();
+    }
+
+    /// How many answers wait at the gate.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Waits while the gate is held (on the store's blocking reader thread).
+    fn pass(&self) {
+        let (held, released) = &*self.held;
+        let mut now = held.lock().unwrap();
+        if *now {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            while *now {
+                now = released.wait(now).unwrap();
+            }
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 /// An in-memory SQLite store whose reads fail while its switch is on.
@@ -283,7 +322,9 @@ impl lcm::store::Reader for BusyReader {
         id: &lcm::domain::TrialId,
     ) -> Result<Option<lcm::store::StoredTrial>, lcm::store::StoreError> {
         self.answering()?;
-        self.inner.trial(id)
+        let read = self.inner.trial(id);
+        self.reads.slow.pass();
+        read
     }
 
     fn events(
