@@ -80,8 +80,10 @@ pub fn shell(
                         }
                         div.who {
                             @if live.is_some() {
-                                span #live-state .live-state role="status" data-state="connecting" {
-                                    span aria-hidden="true" { "◌ " } "Connecting…"
+                                // True without scripts; the script says "Connecting…" when it
+                                // opens the stream, then how the stream goes.
+                                span #live-state .live-state role="status" data-state="static" {
+                                    span aria-hidden="true" { "○ " } "Not live: reload for the latest"
                                 }
                             }
                             span.holder {

@@ -888,3 +888,33 @@ async fn a_trial_that_starts_while_its_page_is_read_is_shown_started_not_unknown
     assert!(!page.contains("knows no trial"), "{page}");
     assert!(page.contains("trial-summary"), "{page}");
 }
+
+#[tokio::test]
+async fn a_live_page_says_it_is_not_live_until_its_script_connects() {
+    let app = spawn_app().await;
+    let session = sign_in(&app, Role::Viewer).await;
+    let page = get_page(&app, &session.cookie, "/ui/trials").await;
+    let start = page.find("id=\"live-state\"").expect("a live indicator");
+    let end = page[start..]
+        .find("class=\"holder\"")
+        .expect("who is signed in");
+    let indicator = &page[start..start + end];
+    assert!(
+        indicator.contains("Not live: reload for the latest"),
+        "{indicator}"
+    );
+    assert!(!indicator.contains("Connecting"), "{indicator}");
+    // The script says it connects when it starts.
+    let script = no_redirects()
+        .get(format!("{}/ui/assets/console.js", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        script.contains(r#"setState("connecting", "Connecting…""#),
+        "{script}"
+    );
+}

@@ -65,6 +65,8 @@
   }
 
   function live(url) {
+    // The page says it is not live until here: without scripts, that stays true.
+    setState("connecting", "Connecting…", "◌");
     var source = new EventSource(url);
     source.addEventListener("open", function () { setState("live", "Live", "●"); });
     source.addEventListener("patch", function (event) {
