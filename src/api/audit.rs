@@ -39,6 +39,12 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[derive(Debug, Clone, Copy)]
 pub struct Audited;
 
+/// The reason an answer gives, for its audit entry's `detail` when the answer is not JSON (the
+/// console's pages): [`record`] takes it rather than reading the answer. It is what the client
+/// is told, so it is never secret.
+#[derive(Debug, Clone)]
+pub struct AuditDetail(pub String);
+
 /// The largest body read to find a trial id or an answer's message.
 const READ_LIMIT: usize = 64 * 1024;
 
@@ -179,6 +185,10 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
     ) {
         return response;
     }
+    let told = response
+        .extensions()
+        .get::<AuditDetail>()
+        .map(|d| d.0.clone());
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
@@ -210,7 +220,7 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         (true, false) => (response, Some("answer too large to show".to_owned())),
         (false, _) => (response, None),
     };
-    let entry = cx.entry(status, detail);
+    let entry = cx.entry(status, told.or(detail));
     if status.is_client_error() {
         // A refused change (a component's callback with a bad token, a signal out of place)
         // is in the log too, for whoever looks there first.

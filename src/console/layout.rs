@@ -9,6 +9,7 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use super::assets;
 use super::session::{Flash, Signed};
+use crate::api::audit::AuditDetail;
 use crate::api::status::VERSION;
 
 /// Which part of the console a page belongs to (marked in the navigation).
@@ -128,7 +129,8 @@ pub fn respond(status: StatusCode, page: Markup) -> Response {
     (status, Html(page.into_string())).into_response()
 }
 
-/// An error page with `status` and what went wrong.
+/// An error page with `status` and what went wrong (also the `detail` of its audit entry, if
+/// the request is audited: nothing secret is ever put in `text`).
 pub fn error_page(signed: Option<&Signed>, status: StatusCode, text: &str) -> Response {
     let reason = status.canonical_reason().unwrap_or("Error");
     let body = html! {
@@ -142,7 +144,11 @@ pub fn error_page(signed: Option<&Signed>, status: StatusCode, text: &str) -> Re
             }
         }
     };
-    respond(status, shell(reason, signed, None, None, body))
+    let mut response = respond(status, shell(reason, signed, None, None, body));
+    response
+        .extensions_mut()
+        .insert(AuditDetail(text.to_owned()));
+    response
 }
 
 /// The symbol and word of an engine status (or `Scheduled`, `Corrupt`), and its CSS class.

@@ -12,6 +12,7 @@ use super::actions::{self, TrialAction};
 use super::layout::{self, Section};
 use super::session::{Post, Signed, Typed};
 use crate::api::AppState;
+use crate::api::audit::AuditDetail;
 use crate::api::extract::Operator;
 use crate::domain::TrialId;
 
@@ -165,11 +166,15 @@ fn keep_typed(post: &Post, form: &'static str, fields: &[&str]) {
     post.signed.keep_typed(Typed::of(form, &post.form, fields));
 }
 
-/// Back to the form, as it was typed, with what was wrong.
+/// Back to the form, as it was typed, with what was wrong (its audit entry says it too).
 fn refuse(post: &Post, form: &'static str, fields: &[&str], text: &str) -> Response {
     post.signed.flash(false, text);
     keep_typed(post, form, fields);
-    post.audited(Redirect::to("/ui/schedule").into_response())
+    let mut response = Redirect::to("/ui/schedule").into_response();
+    response
+        .extensions_mut()
+        .insert(AuditDetail(text.to_owned()));
+    post.audited(response)
 }
 
 /// `POST /ui/schedule`: `POST /debug/trial/schedule` with the id and the start time.

@@ -30,6 +30,7 @@ use super::Console;
 use super::layout;
 use crate::access::{Actor, KeyHolder, TooManyFailures};
 use crate::api::AppState;
+use crate::api::audit::AuditDetail;
 use crate::api::extract::{client_ip, cookie_value, retry_after_secs};
 use crate::config::{NamedKey, Role};
 
@@ -492,7 +493,14 @@ fn sign_in_page(status: StatusCode, problem: Option<&str>) -> Response {
                 (LIFETIME.as_secs() / 3600) " hours or until you sign out." }
         }
     };
-    layout::respond(status, layout::shell("Sign in", None, None, None, body))
+    let mut response = layout::respond(status, layout::shell("Sign in", None, None, None, body));
+    // The audit entry of a refused sign-in says why (never the key).
+    if let Some(problem) = problem {
+        response
+            .extensions_mut()
+            .insert(AuditDetail(problem.to_owned()));
+    }
+    response
 }
 
 /// `POST /ui/sign-in`: a key opens a session. A wrong key counts as a failed authentication

@@ -918,3 +918,85 @@ async fn a_live_page_says_it_is_not_live_until_its_script_connects() {
         "{script}"
     );
 }
+
+#[tokio::test]
+async fn console_refusals_are_audited_with_their_reason() {
+    let app = spawn_app().await;
+    let session = sign_in(&app, Role::Admin).await;
+    let path = format!("{}/ui/trials/t-refused/actions/pause", app.address);
+    // No session, a stale token, another site.
+    let no_session = no_redirects()
+        .post(&path)
+        .header("Origin", &app.address)
+        .form(&[("csrf", session.csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_session.status(), StatusCode::UNAUTHORIZED);
+    let stale = no_redirects()
+        .post(&path)
+        .header("Cookie", &session.cookie)
+        .header("Origin", &app.address)
+        .form(&[("csrf", "stale")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), StatusCode::FORBIDDEN);
+    let cross_site = no_redirects()
+        .post(&path)
+        .header("Cookie", &session.cookie)
+        .header("Origin", "http://evil.example")
+        .form(&[("csrf", session.csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross_site.status(), StatusCode::FORBIDDEN);
+    // A bad id, an unknown action.
+    let bad_id = post(&app, &session, "/ui/trials/no%20id/actions/pause", &[]).await;
+    assert_eq!(bad_id.status(), StatusCode::BAD_REQUEST);
+    let unknown = post(&app, &session, "/ui/trials/t-refused/actions/explode", &[]).await;
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+
+    let entries = app
+        .audited("", "the five refusals audited", |entries| {
+            entries
+                .iter()
+                .filter(|e| {
+                    e["action"]
+                        .as_str()
+                        .is_some_and(|a| a.starts_with("POST /ui/trials/"))
+                })
+                .count()
+                == 5
+        })
+        .await;
+    let detail = |outcome: u16, actor: &str, trial: &str| -> String {
+        entries
+            .iter()
+            .find(|e| e["outcome"] == outcome && e["actor"] == actor && e["trial_id"] == trial)
+            .and_then(|e| e["detail"].as_str())
+            .unwrap_or_else(|| panic!("{outcome} {actor} {trial}: {entries:#?}"))
+            .to_owned()
+    };
+    assert!(detail(401, "anonymous", "t-refused").contains("not signed in"));
+    let forbidden: Vec<&str> = entries
+        .iter()
+        .filter(|e| e["outcome"] == 403)
+        .filter_map(|e| e["detail"].as_str())
+        .collect();
+    assert!(
+        forbidden.iter().any(|d| d.contains("security token")),
+        "{entries:#?}"
+    );
+    assert!(
+        forbidden.iter().any(|d| d.contains("Origin")),
+        "{entries:#?}"
+    );
+    assert!(detail(400, "admin", "no id").contains("not a valid trial id"));
+    assert!(detail(404, "admin", "t-refused").contains("no such action"));
+    // Nothing secret: no session id, no token.
+    let audit = format!("{entries:?}");
+    let session_id = session.cookie.trim_start_matches("lcm_session=");
+    assert!(!audit.contains(session_id), "{audit}");
+    assert!(!audit.contains(&session.csrf), "{audit}");
+}
