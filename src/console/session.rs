@@ -7,6 +7,10 @@
 //! the key holder (name and role), the SHA-256 of the key (so a reload that removes or
 //! changes the key ends the session), a CSRF token, the expiry, and a message to show once.
 //! The key itself is kept nowhere.
+//!
+//! A page asked for without a session sends to the sign-in with its address (`?next=`), and
+//! the sign-in lands there; only a page of the console is taken (`return_to`), so the
+//! sign-in cannot be used to send anyone elsewhere.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use axum::extract::{
-    ConnectInfo, FromRequest, FromRequestParts, OptionalFromRequestParts, Request,
+    ConnectInfo, FromRequest, FromRequestParts, OptionalFromRequestParts, RawQuery, Request,
 };
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -286,15 +290,49 @@ fn in_force(console: &Console, id: &str, state: &AppState) -> Option<(KeyHolder,
     Some((session.holder.clone(), session.csrf.clone()))
 }
 
-/// Without a session: pages send the person to sign in; anything else is refused.
+/// Where a sign-in lands when no other page was asked for.
+const LANDING: &str = "/ui/trials";
+/// The longest page address carried through a sign-in.
+const MAX_RETURN: usize = 2048;
+
+/// `next`, if it is a page of the console to go to after signing in: a path under `/ui/`
+/// (with its query), in printable ASCII, with no backslash, no `//` and no dot segment, so
+/// that it names no other site or scheme, leaves `/ui/` by no route, and splits no header.
+fn return_to(next: &str) -> Option<&str> {
+    let path = next.split('?').next().unwrap_or_default();
+    // Browsers take `%2e` for a dot in a path's segments as well.
+    let dot_segment = path.split('/').any(|segment| {
+        let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
+        decoded == "." || decoded == ".."
+    });
+    let page = path.starts_with("/ui/")
+        && next.len() <= MAX_RETURN
+        && next.bytes().all(|b| b.is_ascii_graphic() && b != b'\\')
+        && !next.contains("//")
+        && !dot_segment;
+    page.then_some(next)
+}
+
+/// Without a session: pages send the person to sign in (and back to the page asked for
+/// after); anything else is refused.
 pub struct SignInFirst {
-    page: bool,
+    /// The page asked for (path and query), if the request was for a page.
+    page: Option<String>,
 }
 
 impl IntoResponse for SignInFirst {
     fn into_response(self) -> Response {
-        if self.page {
-            return Redirect::to("/ui/").into_response();
+        if let Some(page) = self.page {
+            let asked = return_to(&page).filter(|page| *page != LANDING);
+            return match asked {
+                Some(page) => {
+                    let query = url::form_urlencoded::Serializer::new(String::new())
+                        .append_pair("next", page)
+                        .finish();
+                    Redirect::to(&format!("/ui/?{query}")).into_response()
+                }
+                None => Redirect::to("/ui/").into_response(),
+            };
         }
         layout::error_page(
             None,
@@ -309,8 +347,17 @@ impl FromRequestParts<AppState> for Signed {
     type Rejection = SignInFirst;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, SignInFirst> {
-        signed(parts, state).ok_or(SignInFirst {
-            page: parts.method == axum::http::Method::GET && !parts.uri.path().ends_with("/live"),
+        signed(parts, state).ok_or_else(|| {
+            let page =
+                parts.method == axum::http::Method::GET && !parts.uri.path().ends_with("/live");
+            SignInFirst {
+                page: page.then(|| {
+                    parts
+                        .uri
+                        .path_and_query()
+                        .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned())
+                }),
+            }
         })
     }
 }
@@ -466,15 +513,26 @@ impl FromRequest<AppState> for Post {
     }
 }
 
-/// `GET /ui/`: the sign-in page, or the trials page for a signed-in person.
-pub async fn front(signed: Option<Signed>) -> Response {
-    if signed.is_some() {
-        return Redirect::to("/ui/trials").into_response();
-    }
-    sign_in_page(StatusCode::OK, None)
+/// The `next` field of a query or a form: the page to land on after signing in.
+fn next_of(pairs: &[u8]) -> Option<String> {
+    url::form_urlencoded::parse(pairs)
+        .find(|(k, _)| k == "next")
+        .map(|(_, v)| v.into_owned())
 }
 
-fn sign_in_page(status: StatusCode, problem: Option<&str>) -> Response {
+/// `GET /ui/` (`?next=` the page asked for): the sign-in page, or, for a signed-in person, the
+/// page asked for (the trials page if none).
+pub async fn front(signed: Option<Signed>, RawQuery(query): RawQuery) -> Response {
+    let next = query.and_then(|q| next_of(q.as_bytes()));
+    let next = next.as_deref().and_then(return_to);
+    if signed.is_some() {
+        return Redirect::to(next.unwrap_or(LANDING)).into_response();
+    }
+    sign_in_page(StatusCode::OK, None, next)
+}
+
+/// The sign-in page, saying `problem` if there is one, and carrying the page to land on.
+fn sign_in_page(status: StatusCode, problem: Option<&str>, next: Option<&str>) -> Response {
     let body = html! {
         section.sign-in aria-labelledby="sign-in-title" {
             h1 #sign-in-title { "Sign in" }
@@ -485,6 +543,9 @@ fn sign_in_page(status: StatusCode, problem: Option<&str>) -> Response {
                 p.flash.error role="alert" { span aria-hidden="true" { "✕ " } (problem) }
             }
             form method="post" action="/ui/sign-in" {
+                @if let Some(next) = next.and_then(return_to) {
+                    input type="hidden" name="next" value=(next);
+                }
                 label for="key" { "API key" }
                 input #key type="password" name="key" autocomplete="current-password" required autofocus;
                 button type="submit" { "Sign in" }
@@ -515,18 +576,22 @@ pub async fn sign_in(
         return sign_in_page(
             StatusCode::FORBIDDEN,
             Some("This sign-in did not come from the console's own page."),
+            None,
         );
     }
     let Ok(bytes) = axum::body::to_bytes(body, super::MAX_FORM_BYTES).await else {
         return sign_in_page(
             StatusCode::PAYLOAD_TOO_LARGE,
             Some("The form is too large."),
+            None,
         );
     };
     let key = url::form_urlencoded::parse(&bytes)
         .find(|(k, _)| k == "key")
         .map(|(_, v)| v.trim().to_owned())
         .unwrap_or_default();
+    let next = next_of(&bytes);
+    let next = next.as_deref().and_then(return_to);
     let holder = (!key.is_empty())
         .then(|| state.access.key_holder(&key))
         .flatten();
@@ -535,6 +600,7 @@ pub async fn sign_in(
             Ok(()) => sign_in_page(
                 StatusCode::UNAUTHORIZED,
                 Some("That is not a key of this service."),
+                next,
             ),
             Err(TooManyFailures { retry_after }) => {
                 // As the API says it.
@@ -544,6 +610,7 @@ pub async fn sign_in(
                     Some(&format!(
                         "Too many failed sign-ins from this address: try again in {secs} s."
                     )),
+                    next,
                 );
                 response
                     .headers_mut()
@@ -564,7 +631,7 @@ pub async fn sign_in(
         .into_response();
     };
     let cookie = console.sessions.cookie(id);
-    let mut response = Redirect::to("/ui/trials").into_response();
+    let mut response = Redirect::to(next.unwrap_or(LANDING)).into_response();
     if let Ok(value) = HeaderValue::from_str(&cookie.to_string()) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
@@ -632,6 +699,38 @@ mod tests {
         assert!(!plain.contains("Secure"), "{plain}");
         let secure = Sessions::new(true).cookie("abc".into()).to_string();
         assert!(secure.contains("Secure"), "{secure}");
+    }
+
+    #[test]
+    fn a_sign_in_returns_only_to_a_page_of_the_console() {
+        for page in [
+            "/ui/trials/t1",
+            "/ui/trials?status=Failed&q=t",
+            "/ui/schedule",
+        ] {
+            assert_eq!(return_to(page), Some(page), "{page}");
+        }
+        for elsewhere in [
+            "",
+            "/",
+            "/ui",
+            "/uix/trials",
+            "/status",
+            "https://evil.example/ui/",
+            "//evil.example/ui/",
+            "/ui//evil.example",
+            "/\\evil.example/ui/",
+            "/ui/\\..\\status",
+            "/ui/../status",
+            "/ui/%2e%2e/status",
+            "/ui/%2E./status",
+            "/ui/trials\r\nSet-Cookie: x=1",
+            "/ui/trials t1",
+            "/ui/trials/é",
+        ] {
+            assert_eq!(return_to(elsewhere), None, "{elsewhere:?}");
+        }
+        assert_eq!(return_to(&format!("/ui/{}", "a".repeat(MAX_RETURN))), None);
     }
 
     #[test]

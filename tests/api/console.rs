@@ -1000,3 +1000,74 @@ async fn console_refusals_are_audited_with_their_reason() {
     assert!(!audit.contains(session_id), "{audit}");
     assert!(!audit.contains(&session.csrf), "{audit}");
 }
+
+#[tokio::test]
+async fn a_deep_link_survives_the_sign_in_and_cannot_lead_elsewhere() {
+    let app = spawn_app().await;
+    let asked = no_redirects()
+        .get(format!("{}/ui/trials/t-deep?x=1", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asked.status(), StatusCode::SEE_OTHER);
+    let to = asked.headers()[LOCATION].to_str().unwrap().to_owned();
+    assert_eq!(to, "/ui/?next=%2Fui%2Ftrials%2Ft-deep%3Fx%3D1");
+    let page = no_redirects()
+        .get(format!("{}{to}", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(r#"name="next" value="/ui/trials/t-deep?x=1""#),
+        "{page}"
+    );
+    let sign_in_to = |next: &'static str, key: &'static str| {
+        no_redirects()
+            .post(format!("{}/ui/sign-in", app.address))
+            .header("Origin", &app.address)
+            .form(&[("key", key), ("next", next)])
+            .send()
+    };
+    // A wrong key keeps where to go in the form it shows again.
+    let wrong = sign_in_to("/ui/trials/t-deep?x=1", "a-guess")
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let page = wrong.text().await.unwrap();
+    assert!(
+        page.contains(r#"name="next" value="/ui/trials/t-deep?x=1""#),
+        "{page}"
+    );
+    let key = key_of(Role::Viewer);
+    let answer = sign_in_to("/ui/trials/t-deep?x=1", key).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    assert_eq!(answer.headers()[LOCATION], "/ui/trials/t-deep?x=1");
+    // Anywhere but a page of the console is refused: the trials page instead.
+    for elsewhere in [
+        "https://evil.example/ui/",
+        "//evil.example/ui/",
+        "/\\evil.example/ui/",
+        "/ui\\..\\..\\x",
+        "/uix",
+        "/status",
+        "javascript:alert(1)",
+        "/ui/trials\r\nSet-Cookie: x=1",
+        "",
+    ] {
+        let answer = sign_in_to(elsewhere, key).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::SEE_OTHER, "{elsewhere:?}");
+        assert_eq!(answer.headers()[LOCATION], "/ui/trials", "{elsewhere:?}");
+    }
+    let front = no_redirects()
+        .get(format!("{}/ui/?next=%2F%2Fevil.example", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!front.contains("evil.example"), "{front}");
+}

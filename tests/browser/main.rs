@@ -358,8 +358,11 @@ async fn a_viewer_sees_no_action_and_a_forged_post_with_its_session_is_refused()
     service.schedule_in(id, 300).await;
     let browser = Browser::start().await;
     let base = &service.base;
-    browser.sign_in(base, key_of(Role::Viewer)).await;
+    // A link to the trial, followed before signing in: the sign-in lands on it.
     browser.goto(&format!("{base}/ui/trials/{id}")).await;
+    browser.sign_in_here(key_of(Role::Viewer)).await;
+    let url = browser.client.current_url().await.expect("url");
+    assert_eq!(url.path(), format!("/ui/trials/{id}"));
     browser
         .wait_text("#trial-summary", "the operator (active or finish)")
         .await;

@@ -298,6 +298,22 @@ impl Browser {
         self.wait_text("header .holder", "Signed in as").await;
     }
 
+    /// Signs in with `key` on the sign-in page the browser shows now (where a page asked for
+    /// without a session sent it).
+    pub async fn sign_in_here(&self, key: &str) {
+        let field = eventually("the sign-in form", || async {
+            self.client
+                .find(Locator::Css("#key"))
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        field.send_keys(key).await.expect("typed");
+        self.click("form[action='/ui/sign-in'] button[type=submit]")
+            .await;
+        self.wait_text("header .holder", "Signed in as").await;
+    }
+
     /// Clicks the element `css`. A live part of the page may be put in place between finding
     /// the element and clicking it: the element found is then stale, and the one shown now is
     /// found and clicked instead.
