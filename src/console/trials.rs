@@ -161,8 +161,10 @@ fn listing(query: &TrialQuery, page: &Page) -> Markup {
                                 th scope="row" { a href={ "/ui/trials/" (row.trial_id) } { (row.trial_id) } }
                                 td { (layout::badge(row.engine_status.name())) }
                                 td { (whereabouts(row)) }
-                                td { (layout::time_text(&row.created_at)) }
-                                td { (layout::time_text(&row.updated_at)) }
+                                // Labelled in the cell too: on a phone a row is a card, without
+                                // the table's head.
+                                td { span.cell-label { "Created " } (layout::time_text(&row.created_at)) }
+                                td { span.cell-label { "Updated " } (layout::time_text(&row.updated_at)) }
                             }
                         }
                     }

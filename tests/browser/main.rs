@@ -508,3 +508,44 @@ async fn a_dropped_stream_reconnects_and_shows_what_happened_meanwhile_once() {
     assert_eq!(browser.count("#history-table tbody tr").await, events);
     browser.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_phone_the_trials_list_labels_its_times_and_the_timeline_stays_legible() {
+    let service = Service::start().await;
+    let id = "browser-narrow";
+    service.schedule_in(id, 300).await;
+    let browser = Browser::start().await;
+    let base = &service.base;
+    browser.sign_in(base, key_of(Role::Viewer)).await;
+    let width = browser.resize(360, 800).await;
+    assert!(width <= 400, "a phone's width: {width}");
+
+    browser.goto(&format!("{base}/ui/trials")).await;
+    let row = browser
+        .wait_text(&format!("tr[data-trial='{id}']"), "Created")
+        .await;
+    assert!(row.contains("Updated"), "{row}");
+
+    // The timeline scrolls sideways rather than shrinking its words out of reach.
+    browser.goto(&format!("{base}/ui/trials/{id}")).await;
+    browser
+        .wait_text("#trial-summary", "the operator (active or finish)")
+        .await;
+    let drawn = browser
+        .run("return document.querySelector('svg.timeline').getBoundingClientRect().width;")
+        .await;
+    let drawn = drawn.as_f64().expect("a width");
+    // Its words are 12 units of 1000: at least 10 px.
+    assert!(drawn >= 830.0, "the timeline is drawn {drawn} px wide");
+
+    // On a laptop, the table's head names the columns instead.
+    browser.resize(1280, 900).await;
+    browser.goto(&format!("{base}/ui/trials")).await;
+    let row = browser
+        .wait_text(&format!("tr[data-trial='{id}']"), id)
+        .await;
+    assert!(!row.contains("Created"), "{row}");
+
+    no_errors(&browser.console_errors().await);
+    browser.close().await;
+}

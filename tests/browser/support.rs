@@ -314,6 +314,18 @@ impl Browser {
         self.wait_text("header .holder", "Signed in as").await;
     }
 
+    /// Sets the size of the browser's window; returns the width of the page's viewport.
+    pub async fn resize(&self, width: u32, height: u32) -> u64 {
+        self.client
+            .set_window_size(width, height)
+            .await
+            .expect("window resized");
+        self.run("return window.innerWidth;")
+            .await
+            .as_u64()
+            .expect("a width")
+    }
+
     /// Clicks the element `css`. A live part of the page may be put in place between finding
     /// the element and clicking it: the element found is then stale, and the one shown now is
     /// found and clicked instead.
