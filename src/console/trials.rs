@@ -138,12 +138,34 @@ fn whereabouts(row: &ListedTrial) -> Markup {
     }
 }
 
+/// What an empty page says: no trial matches the search or the filter, if one is chosen;
+/// otherwise there are none (yet, or older).
+fn nothing_listed(query: &TrialQuery) -> Markup {
+    let search = query.id_contains.as_deref();
+    let filter = (!query.statuses.is_empty()).then(|| names(&query.statuses));
+    html! {
+        @if search.is_some() || filter.is_some() {
+            p.empty {
+                "No trial matches "
+                @if let Some(q) = search { "the search “" (q) "”" }
+                @if search.is_some() && filter.is_some() { " and " }
+                @if let Some(filter) = &filter { "the filter " strong { (filter) } }
+                ". " a href="/ui/trials" { "Show every trial" } "."
+            }
+        } @else if query.after.is_some() {
+            p.empty { "No older trials." }
+        } @else {
+            p.empty { "No trials here yet. " a href="/ui/schedule" { "Schedule one" } "." }
+        }
+    }
+}
+
 /// The table of one page, and the link to the next.
 fn listing(query: &TrialQuery, page: &Page) -> Markup {
     let statuses = &query.statuses;
     html! {
         @if page.trials.is_empty() {
-            p.empty { "No trials here yet. " a href="/ui/schedule" { "Schedule one" } "." }
+            (nothing_listed(query))
         } @else {
             div.table-wrap {
                 table.trials {
@@ -234,7 +256,8 @@ pub async fn page(
             }
             label for="q" { "Search by id" }
             input #q type="search" name="q" value=[query.parsed.id_contains.as_deref()]
-                pattern="[A-Za-z0-9._\\-]*" maxlength="128";
+                pattern="[A-Za-z0-9._\\-]*" maxlength="128"
+                title="Letters, digits, '.', '_' or '-' (a trial id or a part of one), at most 128";
             button type="submit" { "Search" }
         }
         section #trial-listing aria-live="polite" { (parts[1].1) }

@@ -1071,3 +1071,19 @@ async fn a_deep_link_survives_the_sign_in_and_cannot_lead_elsewhere() {
         .unwrap();
     assert!(!front.contains("evil.example"), "{front}");
 }
+
+#[tokio::test]
+async fn the_search_says_what_it_takes_and_an_empty_result_says_nothing_matches() {
+    let app = spawn_app().await;
+    let session = sign_in(&app, Role::Viewer).await;
+    let page = get_page(&app, &session.cookie, "/ui/trials").await;
+    let start = page.find("id=\"q\"").expect("a search box");
+    let input = &page[start..start + page[start..].find('>').unwrap()];
+    assert!(input.contains("title=\"Letters, digits"), "{input}");
+    assert!(page.contains("No trials here yet"), "{page}");
+    for query in ["?q=nothing-like-it", "?status=Failed"] {
+        let page = get_page(&app, &session.cookie, &format!("/ui/trials{query}")).await;
+        assert!(page.contains("No trial matches"), "{query}: {page}");
+        assert!(!page.contains("No trials here yet"), "{query}: {page}");
+    }
+}
