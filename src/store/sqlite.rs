@@ -594,7 +594,18 @@ impl Backend for SqliteBackend {
                 })
             });
             match recovered {
-                Ok(trial) => loaded.trials.push(trial),
+                Ok(trial) => {
+                    // The listing's column follows the record read, whatever it holds.
+                    let status = trial.record.lifecycle.engine_status().name();
+                    self.conn
+                        .execute(
+                            "UPDATE trials SET engine_status = ?2
+                             WHERE trial_id = ?1 AND engine_status IS NOT ?2",
+                            params![id, status],
+                        )
+                        .map_err(read)?;
+                    loaded.trials.push(trial);
+                }
                 Err(reason) => {
                     error!(trial = %id, reason = %reason, "a trial's record cannot be read: set aside as Corrupt");
                     self.conn
@@ -812,15 +823,23 @@ struct SqliteReader {
 
 const LISTED: &str = "trial_id, engine_status, status, state, step, waiting_for, created_at, updated_at, ended_at, failure";
 
-/// A listed status as the store wrote it; one it does not know is read as `Corrupt`.
-fn listed_status(name: &str) -> ListedStatus {
-    ListedStatus::parse(name).unwrap_or(ListedStatus::Corrupt)
+/// A listed status as the store wrote it; one it does not know (written by hand, or by a
+/// later release) is read as `Corrupt`, with the reason, and the `Corrupt` filter finds it.
+fn listed_status(name: &str) -> Result<ListedStatus, String> {
+    ListedStatus::ALL
+        .into_iter()
+        .find(|status| status.name() == name)
+        .ok_or_else(|| format!("unreadable record: unknown engine status '{name}'"))
 }
 
 fn listed(row: &rusqlite::Row<'_>, start_time: Option<String>) -> rusqlite::Result<ListedTrial> {
+    let (engine_status, unknown) = match listed_status(&row.get::<_, String>(1)?) {
+        Ok(status) => (status, None),
+        Err(reason) => (ListedStatus::Corrupt, Some(reason)),
+    };
     Ok(ListedTrial {
         trial_id: row.get(0)?,
-        engine_status: listed_status(&row.get::<_, String>(1)?),
+        engine_status,
         status: row.get(2)?,
         state: row.get(3)?,
         step: row.get(4)?,
@@ -828,7 +847,7 @@ fn listed(row: &rusqlite::Row<'_>, start_time: Option<String>) -> rusqlite::Resu
         created_at: row.get(6)?,
         updated_at: row.get(7)?,
         ended_at: row.get(8)?,
-        failure: row.get(9)?,
+        failure: unknown.map_or_else(|| row.get(9), |reason| Ok(Some(reason)))?,
         start_time,
     })
 }
@@ -839,8 +858,15 @@ fn listing_filter(query: &TrialQuery, statuses: &[ListedStatus]) -> (String, Vec
     let mut values = Vec::new();
     if !statuses.is_empty() {
         let marks = vec!["?"; statuses.len()].join(", ");
-        clauses.push(format!("engine_status IN ({marks})"));
+        let mut clause = format!("engine_status IN ({marks})");
         values.extend(statuses.iter().map(|s| s.name().to_owned()));
+        // A status the store does not know is listed as `Corrupt` (see `listed_status`).
+        if statuses.contains(&ListedStatus::Corrupt) {
+            let known = vec!["?"; ListedStatus::ALL.len()].join(", ");
+            clause = format!("({clause} OR engine_status NOT IN ({known}))");
+            values.extend(ListedStatus::ALL.iter().map(|s| s.name().to_owned()));
+        }
+        clauses.push(clause);
     }
     if let Some(part) = &query.id_contains {
         // Trial ids may hold '_', a LIKE wildcard: escape it.
@@ -937,11 +963,15 @@ impl Reader for SqliteReader {
                 Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
             })
             .map_err(read)?;
-        let mut counts = Vec::new();
+        let mut counts: Vec<(ListedStatus, u64)> = Vec::new();
         for row in rows {
             let (status, count) = row.map_err(read)?;
-            if count > 0 {
-                counts.push((listed_status(&status), u64::try_from(count).unwrap_or(0)));
+            let status = listed_status(&status).unwrap_or(ListedStatus::Corrupt);
+            let count = u64::try_from(count).unwrap_or(0);
+            match counts.iter_mut().find(|(counted, _)| *counted == status) {
+                Some((_, total)) => *total += count,
+                None if count > 0 => counts.push((status, count)),
+                None => {}
             }
         }
         Ok(counts)
@@ -967,10 +997,14 @@ impl Reader for SqliteReader {
             .optional()
             .map_err(read)?;
         Ok(row.map(|(row, engine_status, failure)| {
-            if listed_status(&engine_status) == ListedStatus::Corrupt {
-                return StoredTrial::Corrupt {
-                    reason: failure.unwrap_or_default(),
-                };
+            match listed_status(&engine_status) {
+                Ok(ListedStatus::Corrupt) => {
+                    return StoredTrial::Corrupt {
+                        reason: failure.unwrap_or_default(),
+                    };
+                }
+                Err(reason) => return StoredTrial::Corrupt { reason },
+                Ok(_) => {}
             }
             match row.record() {
                 Ok(record) => StoredTrial::Readable(Box::new(record)),

@@ -316,6 +316,70 @@ fn an_unreadable_journal_row_is_left_out_and_the_trial_goes_on_numbering_after_i
 }
 
 #[test]
+fn an_engine_status_the_store_does_not_know_is_corrupt_everywhere_and_a_live_ones_is_mended() {
+    let mut store = SqliteBackend::in_memory().unwrap();
+    let now = Utc::now();
+    put(
+        &mut store,
+        vec![
+            Op::PutTrial(Box::new(record("done", Lifecycle::Finished, now))),
+            Op::PutTrial(Box::new(record("fine", Lifecycle::Finished, now))),
+            Op::PutTrial(Box::new(record("live", Lifecycle::Waiting, now))),
+        ],
+    );
+    for (id, status) in [("done", "Finishd"), ("live", "Activ")] {
+        store
+            .conn
+            .execute(
+                "UPDATE trials SET engine_status = ?2 WHERE trial_id = ?1",
+                params![id, status],
+            )
+            .unwrap();
+    }
+    let loaded = store.load().unwrap();
+    assert_eq!(
+        loaded.trials.len(),
+        1,
+        "the live one is read from its record"
+    );
+    let mut reader = store.reader().unwrap();
+    let listed = |reader: &mut Box<dyn Reader>, status| {
+        reader
+            .trials(&TrialQuery {
+                statuses: vec![status],
+                limit: 10,
+                ..TrialQuery::default()
+            })
+            .unwrap()
+    };
+    let corrupt = listed(&mut reader, ListedStatus::Corrupt);
+    assert_eq!(corrupt.len(), 1, "{corrupt:?}");
+    assert_eq!(corrupt[0].trial_id, "done");
+    assert_eq!(corrupt[0].engine_status, ListedStatus::Corrupt);
+    assert_eq!(
+        corrupt[0].failure.as_deref(),
+        Some("unreadable record: unknown engine status 'Finishd'")
+    );
+    let active = listed(&mut reader, ListedStatus::Active);
+    assert_eq!(active.len(), 1, "mended at start-up: {active:?}");
+    assert_eq!(active[0].trial_id, "live");
+    assert!(matches!(
+        reader.trial(&id("done")).unwrap(),
+        Some(StoredTrial::Corrupt { reason }) if reason.contains("'Finishd'")
+    ));
+    let mut counts = reader.counts(None).unwrap();
+    counts.sort_by_key(|(status, _)| status.name());
+    assert_eq!(
+        counts,
+        [
+            (ListedStatus::Active, 1),
+            (ListedStatus::Corrupt, 1),
+            (ListedStatus::Finished, 1)
+        ]
+    );
+}
+
+#[test]
 fn a_purge_removes_old_ended_trials_and_keeps_the_rest() {
     let mut store = SqliteBackend::in_memory().unwrap();
     let now = Utc::now();
