@@ -35,7 +35,7 @@ pub enum ScheduleError {
     #[error("trial '{0}' already has an engine")]
     EngineExists(TrialId),
     #[error(
-        "trial '{0}' has run already and its record is kept; DELETE /debug/engine/{0} forgets it"
+        "trial '{0}' has run already (or its record was set aside as Corrupt) and its record is kept; DELETE /debug/engine/{0} forgets it"
     )]
     Ran(TrialId),
     #[error(transparent)]

@@ -129,7 +129,7 @@ fn migrate_engines(tx: &Transaction) -> Result<(), HookError> {
             }
             Err(reason) => {
                 warn!(trial = %id, reason = %reason, "a version-1 engine record cannot be read: kept as Corrupt");
-                set_aside(tx, &id, &reason, &backup, &now)?;
+                set_aside(tx, &id, &reason, &backup, &now, &now)?;
             }
         }
     }
@@ -150,15 +150,16 @@ fn set_aside(
     id: &str,
     reason: &str,
     content: &str,
+    created_at: &str,
     now: &str,
 ) -> rusqlite::Result<usize> {
     exec(
         conn,
         "INSERT INTO trials (trial_id, engine_status, failure, live, lifecycle, checkpoint,
              created_at, updated_at)
-         VALUES (?1, 'Corrupt', ?2, 0, 'Failed', ?3, ?4, ?4)
+         VALUES (?1, 'Corrupt', ?2, 0, 'Failed', ?3, ?4, ?5)
          ON CONFLICT (trial_id) DO NOTHING",
-        params![id, reason, content, now],
+        params![id, reason, content, created_at, now],
     )
 }
 
@@ -559,7 +560,14 @@ impl Backend for SqliteBackend {
             };
             error!(trial = %id, reason = %reason, "a saved job cannot be read: set aside as Corrupt");
             let tx = self.conn.transaction().map_err(read)?;
-            set_aside(&tx, &id, &reason, &start, &time(chrono::Utc::now())).map_err(read)?;
+            // It keeps its place in the listing, when it was scheduled, if that can be read.
+            let now = time(chrono::Utc::now());
+            let scheduled = if parse_time(&created_at).is_ok() {
+                &created_at
+            } else {
+                &now
+            };
+            set_aside(&tx, &id, &reason, &start, scheduled, &now).map_err(read)?;
             exec(&tx, "DELETE FROM jobs WHERE trial_id = ?1", params![id]).map_err(read)?;
             tx.commit().map_err(read)?;
             loaded.quarantined.push((id, reason));

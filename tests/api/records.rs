@@ -424,8 +424,16 @@ async fn corrupt_records_and_jobs_are_set_aside_and_start_up_goes_on() {
             "{corrupt}"
         );
     }
+    assert_eq!(
+        corrupt["trials"][0]["created_at"],
+        lcm::store::codec::time(now),
+        "a job set aside keeps when it was scheduled, and its place in the listing"
+    );
     let status = app.trial_status("garbled-job").await;
     assert_eq!(status["engine_status"], "Corrupt", "{status}");
+    let again = app.schedule("garbled-job", &in_ms(3_600_000)).await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{again:?}");
+    assert!(again.detail().contains("set aside as Corrupt"), "{again:?}");
     assert!(
         app.get("/status").await.body["scheduled_trials"]
             .as_array()
