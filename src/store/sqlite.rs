@@ -249,7 +249,16 @@ impl SqliteBackend {
         migrations()
             .to_latest(&mut conn)
             .map_err(|e| backend_error(&format!("cannot migrate {shown}"), e))?;
-        // Prove the file is writable now rather than at the first checkpoint.
+        // Prove the file is writable now rather than at the first checkpoint. SQLite opens a
+        // file it may not write read-only, without an error.
+        let read_only = conn
+            .is_readonly(rusqlite::MAIN_DB)
+            .map_err(|e| backend_error(&format!("{shown} is not writable"), e))?;
+        if read_only {
+            return Err(StoreError::Backend(format!(
+                "{shown} is not writable: it could be opened for reading only (its owner or mode)"
+            )));
+        }
         conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
             .map_err(|e| backend_error(&format!("{shown} is not writable"), e))?;
         Ok(Self {
