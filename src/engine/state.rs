@@ -265,7 +265,7 @@ impl Ledger {
 /// The slice id in trial enforcement's answer (`{"Slice": {"id": …}}`).
 pub fn slice_id(deployed_slice: &Value) -> Option<String> {
     match deployed_slice.pointer("/Slice/id") {
-        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
         Some(Value::Number(n)) => Some(n.to_string()),
         _ => None,
     }

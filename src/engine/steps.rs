@@ -140,7 +140,10 @@ async fn get_trial_info(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     cx.data.info = Some(Arc::new(TrialInfo {
         trial_id: cx.id.to_string(),
         facility: facility.clone(),
-        kpis: field("kpis")?,
+        kpis: match field("kpis")? {
+            kpis @ Value::Array(_) => kpis,
+            _ => return fail("trial object's 'kpis' is not a list"),
+        },
         name: field("name")?,
         target: "dummy".to_owned(),
         deployed_slice: json!({}),
@@ -220,7 +223,9 @@ async fn slice_deployment(cx: &mut StepCx<'_>) -> Result<(), StepError> {
         }
     };
     let Some(id) = slice_id(&reply) else {
-        return fail("trial enforcement's slice deployment answer has no 'Slice.id'");
+        return fail(
+            "trial enforcement's slice deployment answer has no 'Slice.id' (a non-empty string or a number)",
+        );
     };
     // The checkpoint keeps what later steps use, the id; the whole answer is in the trial's
     // recorded responses.
@@ -284,7 +289,9 @@ async fn create_measurement_job(cx: &mut StepCx<'_>) -> Result<(), StepError> {
         .json(body);
     let reply = cx.call_deploying(request).await?;
     let Some(measurement_id) = measurement_id(&reply) else {
-        return fail("trial enforcement's measurement job answer has no 'MeasurementID'");
+        return fail(
+            "trial enforcement's measurement job answer has no 'MeasurementID' (a non-empty string or a number)",
+        );
     };
     cx.info_mut()?.measurement_job = json!({"MeasurementID": measurement_id});
     cx.data.ledger.measurement_job = JobState::Created(measurement_id);
@@ -293,7 +300,7 @@ async fn create_measurement_job(cx: &mut StepCx<'_>) -> Result<(), StepError> {
 
 fn measurement_id(job: &Value) -> Option<String> {
     match job.get("MeasurementID") {
-        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
         Some(Value::Number(n)) => Some(n.to_string()),
         _ => None,
     }

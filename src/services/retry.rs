@@ -113,8 +113,9 @@ pub fn backoff(
 /// A `Retry-After` value: delay-seconds, or an HTTP date (a date in the past means now).
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // More seconds than a u64 holds is still a wait, the longest there is (then capped).
+        return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
@@ -224,5 +225,10 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(
+            parse_retry_after("18446744073709551616", now),
+            Some(Duration::from_secs(u64::MAX)),
+            "beyond a u64: the longest wait, which the policy caps"
+        );
     }
 }

@@ -186,6 +186,8 @@ async fn garbage_from_services_fails_the_step_naming_what_is_missing() {
         .as_object_mut()
         .expect("object")
         .remove("flights");
+    let mut kpis_not_a_list = ok("kpis-not-a-list");
+    kpis_not_a_list["kpis"] = json!("latency");
     join_all([
         fails_with(
             ok("garbage-trial"),
@@ -207,6 +209,27 @@ async fn garbage_from_services_fails_the_step_naming_what_is_missing() {
             )],
             "Slice.id",
         ),
+        fails_with(
+            ok("empty-slice-id"),
+            vec![Fault::new(
+                Enforcement,
+                "POST",
+                "/sliceDeployment",
+                FaultAction::Json(201, json!({"Slice": {"id": ""}})),
+            )],
+            "no 'Slice.id' (a non-empty string or a number)",
+        ),
+        fails_with(
+            ok("empty-measurement-id"),
+            vec![Fault::new(
+                Enforcement,
+                "POST",
+                "/measurementjobs",
+                FaultAction::Json(201, json!({"MeasurementID": ""})),
+            )],
+            "no 'MeasurementID' (a non-empty string or a number)",
+        ),
+        fails_with(kpis_not_a_list, vec![], "'kpis' is not a list"),
         fails_with(
             ok("no-measurement"),
             vec![Fault::new(
