@@ -39,6 +39,35 @@ fn no_errors(errors: &[String]) {
     );
 }
 
+/// Fills the schedule form on the page shown: trial `id`, the start `local` (as the form's
+/// date-and-time field takes it) at UTC `offset`; then sends it.
+async fn fill_schedule_form(browser: &Browser, id: &str, local: &str, offset: &str) {
+    browser
+        .client
+        .find(fantoccini::Locator::Css("#trial_id"))
+        .await
+        .expect("id field")
+        .send_keys(id)
+        .await
+        .expect("typed");
+    browser
+        .run(&format!(
+            "document.getElementById('local').value = '{local}'; return true;"
+        ))
+        .await;
+    browser
+        .client
+        .find(fantoccini::Locator::Css("#offset"))
+        .await
+        .expect("offset field")
+        .select_by_value(offset)
+        .await
+        .expect("offset chosen");
+    browser
+        .click("form[action='/ui/schedule'] button[type=submit]")
+        .await;
+}
+
 /// Fills the schedule form for `id`, three seconds ahead written in UTC+02:00, and sends it
 /// (again with a new time if it arrived after that one, see [`schedule_ahead`]); returns the
 /// message shown.
@@ -46,30 +75,7 @@ async fn schedule_through_form(browser: &Browser, base: &str, id: &str) -> Strin
     schedule_ahead(id, 3000, |start| async move {
         browser.goto(&format!("{base}/ui/schedule")).await;
         let local = (start + chrono::Duration::hours(2)).format("%Y-%m-%dT%H:%M:%S");
-        browser
-            .client
-            .find(fantoccini::Locator::Css("#trial_id"))
-            .await
-            .expect("id field")
-            .send_keys(id)
-            .await
-            .expect("typed");
-        browser
-            .run(&format!(
-                "document.getElementById('local').value = '{local}'; return true;"
-            ))
-            .await;
-        browser
-            .client
-            .find(fantoccini::Locator::Css("#offset"))
-            .await
-            .expect("offset field")
-            .select_by_value("+02:00")
-            .await
-            .expect("offset chosen");
-        browser
-            .click("form[action='/ui/schedule'] button[type=submit]")
-            .await;
+        fill_schedule_form(browser, id, &local.to_string(), "+02:00").await;
         // The page shows the API's answer: said again as the API's status and detail.
         eventually("the schedule form's answer", || async {
             let shown = browser.text("main .flash").await?;
@@ -116,28 +122,7 @@ async fn an_operator_schedules_a_trial_and_steers_it_to_finished_without_reloadi
     // A start in the past is refused, and the form keeps what was typed (the offset too,
     // which the script would otherwise propose anew).
     browser.goto(&format!("{base}/ui/schedule")).await;
-    browser
-        .client
-        .find(fantoccini::Locator::Css("#trial_id"))
-        .await
-        .expect("id field")
-        .send_keys("browser-late")
-        .await
-        .expect("typed");
-    browser
-        .run("document.getElementById('local').value = '2001-02-03T04:05'; return true;")
-        .await;
-    browser
-        .client
-        .find(fantoccini::Locator::Css("#offset"))
-        .await
-        .expect("offset field")
-        .select_by_value("+05:30")
-        .await
-        .expect("offset chosen");
-    browser
-        .click("form[action='/ui/schedule'] button[type=submit]")
-        .await;
+    fill_schedule_form(&browser, "browser-late", "2001-02-03T04:05", "+05:30").await;
     browser.wait_text("main .flash", "in the past").await;
     let kept = browser
         .run(
