@@ -68,6 +68,7 @@ async fn sign_in(app: &TestApp, role: Role) -> Session {
     Session { cookie, csrf }
 }
 
+/// A page (or asset) answered 200, asked for with `cookie` (empty: none).
 async fn get_page(app: &TestApp, cookie: &str, path: &str) -> String {
     let answer = no_redirects()
         .get(format!("{}{path}", app.address))
@@ -892,14 +893,7 @@ async fn a_live_page_says_it_is_not_live_until_its_script_connects() {
     );
     assert!(!indicator.contains("Connecting"), "{indicator}");
     // The script says it connects when it starts.
-    let script = no_redirects()
-        .get(format!("{}/ui/assets/console.js", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let script = get_page(&app, "", "/ui/assets/console.js").await;
     assert!(
         script.contains(r#"setState("connecting", "Connecting…""#),
         "{script}"
@@ -999,14 +993,7 @@ async fn a_deep_link_survives_the_sign_in_and_cannot_lead_elsewhere() {
     assert_eq!(asked.status(), StatusCode::SEE_OTHER);
     let to = asked.headers()[LOCATION].to_str().unwrap().to_owned();
     assert_eq!(to, "/ui/?next=%2Fui%2Ftrials%2Ft-deep%3Fx%3D1");
-    let page = no_redirects()
-        .get(format!("{}{to}", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get_page(&app, "", &to).await;
     assert!(
         page.contains(r#"name="next" value="/ui/trials/t-deep?x=1""#),
         "{page}"
