@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::body::{Body, to_bytes};
 use axum::extract::Request;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio_util::task::TaskTracker;
@@ -99,9 +99,22 @@ pub(super) struct Arrival {
 /// `server.header_read_timeout_secs` of its head is answered 408 and the connection closed,
 /// like a head that stalls: nothing was done, so the client may send it again. (Read by the
 /// handler, a stalled body held it until `server.handler_timeout_secs`, then got a 504 saying
-/// the request went on.) A body larger than `server.max_body_bytes` gets 413, as the API's own
-/// limit answers.
+/// the request went on.) Left as they are: requests without a body, `GET`s (no route reads
+/// theirs), and a body declared larger than `server.max_body_bytes`, which the API's limit
+/// refuses from its head at once. One without a declared length that grows past the limit
+/// gets 413 here.
 pub(super) async fn body_in_time(arrival: Arrival, request: Request, next: Next) -> Response {
+    let declared = http_body::Body::size_hint(request.body());
+    let max_bytes = u64::try_from(arrival.max_bytes).unwrap_or(u64::MAX);
+    if declared.exact() == Some(0)
+        || declared.lower() > max_bytes
+        || matches!(
+            *request.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS
+        )
+    {
+        return next.run(request).await;
+    }
     let (parts, body) = request.into_parts();
     match tokio::time::timeout(arrival.time, to_bytes(body, arrival.max_bytes)).await {
         Ok(Ok(bytes)) => {

@@ -213,6 +213,21 @@ async fn a_request_head_that_does_not_arrive_in_time_gets_408_and_the_connection
         "the switch was not touched"
     );
 
+    // A body declared too large is refused from its head, not waited for.
+    let mut huge = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connects");
+    huge.write_all(
+        format!(
+            "POST /trial/scheduling HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {API_KEY}\r\nContent-Length: 5000000\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("writes");
+    let answer = read_to_close(&mut huge, Duration::from_secs(10)).await;
+    assert_eq!(parse_answer(&answer).0, 413, "{answer}");
+
     // A connection that never sends anything is closed as quietly.
     let mut silent = TcpStream::connect(("127.0.0.1", port))
         .await
