@@ -182,8 +182,9 @@ fn failed(parts: &Parts, state: &AppState, detail: impl Into<String>) -> AuthErr
 }
 
 /// Resolves once the API key this request presented is no longer in force as `holder` (a
-/// reload removed it or changed its role): what a stream opened with it ends on. Without a
-/// key it resolves at once.
+/// reload removed it or changed its role): what a stream opened with it ends on. A request
+/// that presented none (the console's, made in-process for a session that checks its key
+/// itself) is not ended by this.
 pub fn key_withdrawn(
     headers: &HeaderMap,
     state: &AppState,
@@ -192,8 +193,9 @@ pub fn key_withdrawn(
     let digest = presented_credential(headers).map(|key| NamedKey::digest(&key));
     let access = state.access.clone();
     async move {
-        if let Some(digest) = digest {
-            access.withdrawn(digest, holder).await;
+        match digest {
+            Some(digest) => access.withdrawn(digest, holder).await,
+            None => std::future::pending().await,
         }
     }
 }

@@ -473,22 +473,24 @@ impl ServiceClient {
                 }
                 Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
                 Ok(None) => break,
+                // What the answer said so far is kept: for a request that made something (its
+                // status 201), that is how an operator learns it did.
                 Err(e) => {
-                    let url = shown_url(response.url());
-                    return Err(match self.classify(service.name(), url, &e) {
-                        SendError::Transport {
-                            service,
-                            url,
-                            reason,
-                        } => SendError::Transport {
-                            service,
-                            url,
-                            reason: format!(
-                                "answered {status}, then the body was cut off after {} bytes ({reason})",
-                                bytes.len()
-                            ),
-                        },
-                        other => other,
+                    let why = if e.is_timeout() {
+                        format!(
+                            "its body did not come whole within {} s",
+                            self.inner.timeout_secs
+                        )
+                    } else {
+                        format!("its body was cut off ({})", Cause::of(&e))
+                    };
+                    return Err(SendError::Transport {
+                        service: service.name(),
+                        url: shown_url(response.url()),
+                        reason: format!(
+                            "answered {status}, then {why} after {} bytes",
+                            bytes.len()
+                        ),
                     });
                 }
             }

@@ -595,19 +595,21 @@ impl Backend for SqliteBackend {
             let recovered = row.record().and_then(|record| {
                 let events = events_of(&self.conn, &record.id).map_err(|e| e.to_string())?;
                 let responses = responses_of(&self.conn, &record.id).map_err(|e| e.to_string())?;
-                let next_event = self
+                // Only whole numbers: a damaged one is no number to go on from.
+                let last_event = self
                     .conn
                     .query_row(
-                        "SELECT COALESCE(MAX(seq) + 1, 0) FROM trial_events WHERE trial_id = ?1",
+                        "SELECT MAX(seq) FROM trial_events
+                         WHERE trial_id = ?1 AND typeof(seq) = 'integer' AND seq >= 0",
                         params![record.id.as_str()],
-                        |row| row.get::<_, i64>(0),
+                        |row| row.get::<_, Option<i64>>(0),
                     )
                     .map_err(|e| e.to_string())?;
                 Ok(RecoveredTrial {
                     record,
                     events,
                     responses,
-                    next_event: u64::try_from(next_event).unwrap_or(0),
+                    next_event: last_event.map_or(0, |seq| seq.unsigned_abs() + 1),
                 })
             });
             match recovered {

@@ -209,7 +209,7 @@ async fn an_answer_cut_off_midway_is_retried_like_a_broken_connection() {
     assert_eq!(gets[0]["status"], Value::Null, "{gets:#?}");
     let error = gets[0]["error"].as_str().expect("why");
     assert!(
-        error.contains("answered 200, then the body was cut off"),
+        error.contains("answered 200, then its body was cut off"),
         "{error}"
     );
     assert_eq!(gets[1]["status"], 200);
