@@ -359,6 +359,7 @@ impl Executor {
                 started_at: *started_at,
                 posts: 0,
                 reached: false,
+                refused: false,
                 deploying: &deploying,
             };
             let work = steps::run(&mut cx);

@@ -172,7 +172,9 @@ impl EngineHandle {
         let live = lifecycle.is_live();
         if live {
             checkpoint.data.ledger =
-                sequence::ledger_at(checkpoint.position, &checkpoint.data.ledger);
+                sequence::ledger_at(checkpoint.position, &checkpoint.data.ledger, || {
+                    steps::measurement_job_key(&id, checkpoint.started_at, checkpoint.run)
+                });
         }
         let (state, _) = watch::channel(Snapshot::at(
             lifecycle,

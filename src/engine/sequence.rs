@@ -10,7 +10,7 @@
 //! Every name here (`Step::name`, `Wait::name`, `Signal::name`) is also how the store writes
 //! it: renaming a variant changes nothing on disk, renaming a name needs a migration.
 
-use super::state::{Checkpoint, KpiStatus, Ledger, Mode, Position, SliceState};
+use super::state::{Checkpoint, JobState, KpiStatus, Ledger, Mode, Position, SliceState};
 
 /// A step of the executor, named as in the spec and the diagrams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -279,9 +279,10 @@ pub fn wait_spec(wait: Wait) -> &'static WaitSpec {
 pub fn needed(undoes: Undoes, kpi_status: Option<KpiStatus>, ledger: &Ledger) -> bool {
     match undoes {
         Undoes::KpiMarking => matches!(kpi_status, Some(KpiStatus::Idle | KpiStatus::Active)),
-        Undoes::MeasurementJob => {
-            matches!(ledger.measurement_job, super::state::JobState::Created(_))
-        }
+        Undoes::MeasurementJob => matches!(
+            ledger.measurement_job,
+            JobState::Created(_) | JobState::Requested(_)
+        ),
         Undoes::Slice => ledger.slice.may_exist(),
         Undoes::Always => true,
     }
@@ -350,13 +351,20 @@ pub fn start_cleanup(checkpoint: &mut Checkpoint, reason: &str) {
 }
 
 /// What a trial read back from its saved record may have deployed, counting the step it
-/// stood at: a slice deployment that was sent before the record was saved may have created
-/// the slice even though its answer never came. (A running executor's own ledger is exact: the
-/// step marks the slice requested just before the request leaves.)
-pub fn ledger_at(position: Position, ledger: &Ledger) -> Ledger {
+/// stood at: a slice deployment or a measurement job's creation (sent with `job_key`) that
+/// was sent before the record was saved may have made what it asked for even though its
+/// answer never came. (A running executor's own ledger is exact: the step marks it requested
+/// just before the request leaves.)
+pub fn ledger_at(position: Position, ledger: &Ledger, job_key: impl FnOnce() -> String) -> Ledger {
     let mut ledger = ledger.clone();
-    if position == Position::Run(SliceDeployment) && ledger.slice == SliceState::None {
-        ledger.slice = SliceState::Requested;
+    match position {
+        Position::Run(SliceDeployment) if ledger.slice == SliceState::None => {
+            ledger.slice = SliceState::Requested;
+        }
+        Position::Run(CreateMeasurementJob) if ledger.measurement_job == JobState::None => {
+            ledger.measurement_job = JobState::Requested(job_key());
+        }
+        _ => {}
     }
     ledger
 }
@@ -539,7 +547,6 @@ impl Signal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::state::JobState;
 
     #[test]
     fn every_step_has_one_row_and_every_wait_one_spec() {
@@ -598,11 +605,23 @@ mod tests {
             done = Some(step);
         }
         assert_eq!(walked, full_cleanup());
-        let in_flight = ledger_at(Position::Run(SliceDeployment), &nothing);
+        let in_flight = ledger_at(Position::Run(SliceDeployment), &nothing, String::new);
         assert_eq!(
             cleanup_after(None, None, &in_flight),
             Next::Step(CloseService),
             "a slice deployment in flight may have created the slice"
+        );
+        let job_in_flight = ledger_at(Position::Run(CreateMeasurementJob), &nothing, || {
+            "t-1-CreateMeasurementJob-r0-1".to_owned()
+        });
+        assert_eq!(
+            job_in_flight.measurement_job,
+            JobState::Requested("t-1-CreateMeasurementJob-r0-1".into())
+        );
+        assert_eq!(
+            cleanup_after(None, None, &job_in_flight),
+            Next::Step(DeleteMeasurementJob),
+            "a measurement job's creation in flight may have made it"
         );
         let closing = Ledger {
             slice: SliceState::Closing,

@@ -211,6 +211,10 @@ impl SliceState {
 pub enum JobState {
     #[default]
     None,
+    /// `POST /measurementjobs` was sent with this `Idempotency-Key` and no answer said what
+    /// became of it: the job may exist, its id unknown. Sent again with the same key, a
+    /// component that honours it answers with that job.
+    Requested(String),
     /// Created, with this id.
     Created(String),
     /// Deleted.
@@ -252,10 +256,17 @@ impl Ledger {
                 id,
             });
         }
-        if let JobState::Created(id) = &self.measurement_job {
+        let job = match &self.measurement_job {
+            JobState::Created(id) => Some(id.clone()),
+            JobState::Requested(key) => Some(format!(
+                "unknown: its creation (Idempotency-Key {key}) was never answered"
+            )),
+            JobState::None | JobState::Deleted => None,
+        };
+        if let Some(id) = job {
             leftovers.push(Leftover {
                 kind: LeftoverKind::MeasurementJob,
-                id: id.clone(),
+                id,
             });
         }
         leftovers

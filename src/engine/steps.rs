@@ -50,6 +50,8 @@ pub struct StepCx<'a> {
     /// Whether the last request may have reached its service: an attempt got an answer, or
     /// failed after it could have been sent.
     pub reached: bool,
+    /// Whether the last request was refused with a 4xx answer: it made nothing.
+    pub refused: bool,
     /// Set while a request that makes what the clean-up undoes (the slice, the measurement
     /// job) is in flight: an abort then waits for its answer instead of cancelling it.
     pub deploying: &'a AtomicBool,
@@ -264,8 +266,55 @@ async fn enforce_uav_plan(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     Ok(())
 }
 
+/// The `Idempotency-Key` of a trial's `n`th `POST` in `step`, in run `run` of an engine started
+/// at `started`.
+fn idempotency_key(id: &TrialId, started: DateTime<Utc>, step: Step, run: u32, n: u32) -> String {
+    format!(
+        "{id}-{}-{}-r{run}-{n}",
+        started.timestamp_millis(),
+        step.name()
+    )
+}
+
+/// The `Idempotency-Key` of the measurement job's creation (the step's one `POST`) in run
+/// `run` of an engine started at `started`.
+pub fn measurement_job_key(id: &TrialId, started: DateTime<Utc>, run: u32) -> String {
+    idempotency_key(id, started, Step::CreateMeasurementJob, run, 1)
+}
+
 async fn create_measurement_job(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     cx.fetch_trial().await?;
+    let request = measurement_job_request(cx)?;
+    // From here on the job may exist, whatever the answer (or its absence) says, unless no
+    // attempt could have reached trial enforcement or it refused the request.
+    let key = request.idempotency_key.clone().unwrap_or_default();
+    let before = std::mem::replace(
+        &mut cx.data.ledger.measurement_job,
+        JobState::Requested(key),
+    );
+    let reply = match cx.call_deploying(request).await {
+        Ok(reply) => reply,
+        Err(e) => {
+            if !cx.reached || cx.refused {
+                cx.data.ledger.measurement_job = before;
+            }
+            return Err(e);
+        }
+    };
+    let Some(measurement_id) = measurement_id(&reply) else {
+        return fail(
+            "trial enforcement's measurement job answer has no 'MeasurementID' (a non-empty string or a number)",
+        );
+    };
+    cx.info_mut()?.measurement_job = json!({"MeasurementID": measurement_id});
+    cx.data.ledger.measurement_job = JobState::Created(measurement_id);
+    Ok(())
+}
+
+/// `POST /measurementjobs` for the trial. A creation sent before and never answered goes
+/// again as itself, with its key: a component that honours it answers with the job it made
+/// then instead of making a second (also after a restore, which is otherwise a new run).
+fn measurement_job_request(cx: &mut StepCx<'_>) -> Result<Outbound, StepError> {
     let layer = &cx.deps.settings.services.abstraction_layer;
     let info = cx.info()?;
     let body = json!({
@@ -283,19 +332,14 @@ async fn create_measurement_job(cx: &mut StepCx<'_>) -> Result<(), StepError> {
             "ns": cx.slice_id()?,
         },
     });
-    let request = cx
+    let mut request = cx
         .post(Service::TrialEnforcement, "measurementjobs")
         .creating()
         .json(body);
-    let reply = cx.call_deploying(request).await?;
-    let Some(measurement_id) = measurement_id(&reply) else {
-        return fail(
-            "trial enforcement's measurement job answer has no 'MeasurementID' (a non-empty string or a number)",
-        );
-    };
-    cx.info_mut()?.measurement_job = json!({"MeasurementID": measurement_id});
-    cx.data.ledger.measurement_job = JobState::Created(measurement_id);
-    Ok(())
+    if let JobState::Requested(key) = &cx.data.ledger.measurement_job {
+        request = request.idempotency_key(key.clone());
+    }
+    Ok(request)
 }
 
 fn measurement_id(job: &Value) -> Option<String> {
@@ -306,11 +350,39 @@ fn measurement_id(job: &Value) -> Option<String> {
     }
 }
 
+/// The id of a measurement job whose creation was sent but never answered, learnt by sending
+/// the creation again with its key: a component that honours it answers with that job (one
+/// that does not makes another, which the clean-up then deletes in its place). `None` when
+/// trial enforcement refuses it (4xx): nothing was made.
+async fn recover_measurement_job(cx: &mut StepCx<'_>) -> Result<Option<String>, StepError> {
+    let request = measurement_job_request(cx)?;
+    let reply = match cx.call(request, 201).await {
+        Ok(reply) => reply,
+        Err(_) if cx.refused => {
+            cx.data.ledger.measurement_job = JobState::None;
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let Some(measurement_id) = measurement_id(&reply) else {
+        return fail(
+            "trial enforcement's measurement job answer has no 'MeasurementID' (a non-empty string or a number)",
+        );
+    };
+    cx.info_mut()?.measurement_job = json!({"MeasurementID": measurement_id});
+    cx.data.ledger.measurement_job = JobState::Created(measurement_id.clone());
+    Ok(Some(measurement_id))
+}
+
 async fn delete_measurement_job(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     let info = cx.info()?;
     let measurement_id = match &cx.data.ledger.measurement_job {
         JobState::Created(id) => id.clone(),
         JobState::Deleted => return Ok(()),
+        JobState::Requested(_) => match recover_measurement_job(cx).await? {
+            Some(id) => id,
+            None => return Ok(()),
+        },
         JobState::None => match measurement_id(&info.measurement_job) {
             Some(id) => id,
             None => return fail("no MeasurementID was kept from CreateMeasurementJob"),
@@ -471,14 +543,7 @@ impl StepCx<'_> {
     /// run and request: the same after a crash re-runs the step, new after a restore.
     fn post(&mut self, service: Service, path: &str) -> Outbound {
         self.posts += 1;
-        let key = format!(
-            "{}-{}-{}-r{}-{}",
-            self.id,
-            self.started_at.timestamp_millis(),
-            self.step.name(),
-            self.run,
-            self.posts
-        );
+        let key = idempotency_key(self.id, self.started_at, self.step, self.run, self.posts);
         Outbound::new(service, Method::POST, path).idempotency_key(key)
     }
 
@@ -529,6 +594,9 @@ impl StepCx<'_> {
                 .await
         };
         self.reached = reached;
+        self.refused = reply
+            .as_ref()
+            .is_ok_and(|reply| (400..500).contains(&reply.status));
         let after = if attempts > 1 {
             format!(" after {attempts} attempts")
         } else {

@@ -456,8 +456,15 @@ impl Watchdog {
         error!(reason = %reason, "executor died; engine marked Failed");
         self.catch_up();
         // The last checkpoint was handed over before the step the executor died in.
+        let checkpoint = &self.checkpoint;
         self.checkpoint.data.ledger =
-            sequence::ledger_at(self.checkpoint.position, &self.checkpoint.data.ledger);
+            sequence::ledger_at(checkpoint.position, &checkpoint.data.ledger, || {
+                super::steps::measurement_job_key(
+                    &self.shared.id,
+                    checkpoint.started_at,
+                    checkpoint.run,
+                )
+            });
         self.shared
             .journal
             .event(EventKind::TrialFailed, None, Some(reason.clone()), None);

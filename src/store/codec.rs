@@ -89,6 +89,8 @@ struct InfoDoc<S, V> {
 #[serde(rename_all = "snake_case")]
 enum JobDoc<S> {
     None,
+    /// Its creation's idempotency key.
+    Requested(S),
     Created(S),
     Deleted,
 }
@@ -258,6 +260,7 @@ pub fn encode_checkpoint(checkpoint: &Checkpoint) -> String {
             slice: slice_name(data.ledger.slice),
             measurement_job: match &data.ledger.measurement_job {
                 JobState::None => JobDoc::None,
+                JobState::Requested(key) => JobDoc::Requested(key.as_str()),
                 JobState::Created(id) => JobDoc::Created(id.as_str()),
                 JobState::Deleted => JobDoc::Deleted,
             },
@@ -333,6 +336,7 @@ pub fn decode_checkpoint(text: &str) -> Result<Checkpoint, String> {
                 slice: parse_slice(&doc.ledger.slice)?,
                 measurement_job: match doc.ledger.measurement_job {
                     JobDoc::None => JobState::None,
+                    JobDoc::Requested(key) => JobState::Requested(key),
                     JobDoc::Created(id) => JobState::Created(id),
                     JobDoc::Deleted => JobState::Deleted,
                 },
@@ -429,6 +433,19 @@ mod tests {
     fn the_document_on_disk_is_stable() {
         assert_eq!(encode_checkpoint(&golden()), GOLDEN);
         assert_eq!(decode_checkpoint(GOLDEN).unwrap(), golden());
+    }
+
+    #[test]
+    fn a_measurement_job_in_doubt_keeps_its_creations_key() {
+        let mut checkpoint = golden();
+        checkpoint.data.ledger.measurement_job =
+            JobState::Requested("t1-7-CreateMeasurementJob-r0-1".into());
+        let written = encode_checkpoint(&checkpoint);
+        assert!(
+            written.contains(r#""measurement_job":{"requested":"t1-7-CreateMeasurementJob-r0-1"}"#),
+            "{written}"
+        );
+        assert_eq!(decode_checkpoint(&written).unwrap(), checkpoint);
     }
 
     #[test]

@@ -982,3 +982,131 @@ async fn an_abort_waiting_for_a_failure_procedure_whose_engine_is_deleted_is_503
         _ => panic!("{aborted:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_measurement_job_whose_creation_went_unanswered_is_found_by_its_key_and_deleted() {
+    let app = spawn_app_with_settings(single_attempt).await;
+    let (in_doubt, refused) = ("job-in-doubt", "job-refused");
+    // One creation answered 500 (the job may exist), one refused with 400 (it does not).
+    for (id, status) in [(in_doubt, 500), (refused, 400)] {
+        app.platform.inject(
+            Fault::new(
+                Component::Enforcement,
+                "POST",
+                "/measurementjobs",
+                FaultAction::Status(status),
+            )
+            .for_trial(id)
+            .times(1),
+        );
+        app.start_trial(id).await;
+    }
+    let creations = |id: &str| -> Vec<Option<String>> {
+        app.platform
+            .requests_for(id)
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.path == "/measurementjobs")
+            .map(|r| r.idempotency_key)
+            .collect()
+    };
+    for id in [in_doubt, refused] {
+        let failed = app.wait_failed(id).await;
+        assert_eq!(failed["state"], "CreateMeasurementJob", "{failed}");
+    }
+
+    // The clean-up sends the creation again as itself, learns the job's id and deletes it.
+    let status = abort(&app, in_doubt, "aborted by the operator").await;
+    assert_eq!(status["leftovers"], json!([]), "{status}");
+    let keys = creations(in_doubt);
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys[0].is_some() && keys[0] == keys[1], "{keys:?}");
+    let sent = lines(&app, in_doubt);
+    assert!(
+        sent.contains(&format!("DELETE /measurementjobs/mj-{in_doubt}")),
+        "{sent:?}"
+    );
+
+    // A refused creation made nothing: nothing is asked again, nothing deleted.
+    let status = abort(&app, refused, "aborted by the operator").await;
+    assert_eq!(status["leftovers"], json!([]), "{status}");
+    assert_eq!(creations(refused).len(), 1);
+    assert!(
+        !lines(&app, refused)
+            .iter()
+            .any(|l| l.starts_with("DELETE /measurementjobs")),
+        "{:?}",
+        lines(&app, refused)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_after_a_restart_deletes_the_job_whose_creation_the_stop_cut_short() {
+    let id = "job-cut-short";
+    let mut app = spawn_binary_with(BinaryOptions {
+        platform: Box::new(|platform| {
+            platform.add_trial(Platform::trial(id, None));
+            // The job is asked for, and the LCM is killed before the answer comes.
+            platform.inject(
+                Fault::new(
+                    Component::Enforcement,
+                    "POST",
+                    "/measurementjobs",
+                    FaultAction::Hang,
+                )
+                .for_trial(id)
+                .times(1),
+            );
+        }),
+        ..BinaryOptions::default()
+    })
+    .await;
+    app.schedule_in(id, 300).await;
+    let first_key = eventually("the measurement job asked for", || async {
+        app.platform
+            .requests_for(id)
+            .into_iter()
+            .find(|r| r.method == "POST" && r.path == "/measurementjobs")
+            .and_then(|r| r.idempotency_key)
+            .ok_or_else(|| "not yet".to_owned())
+    })
+    .await;
+    // After the restart the step runs again; the abort comes before it asks again.
+    let fetch = app.hold_next(Component::Repository, "GET", "/trial/", id);
+    if let Server::Process(child) = &mut app.server {
+        child.kill().await.expect("SIGKILL");
+    }
+    app.restart_binary().await;
+    eventually("the step running again", || async {
+        match app.trial_status(id).await["state"].as_str() {
+            Some("CreateMeasurementJob") => Ok(()),
+            state => Err(format!("{state:?}")),
+        }
+    })
+    .await;
+    let aborted = app
+        .post(
+            &format!("/trial/{id}/abort"),
+            Some(json!({"reason": "wrong facility"})),
+        )
+        .await;
+    assert_eq!(aborted.status, StatusCode::OK, "{aborted:?}");
+    fetch.open();
+    let status = app
+        .wait_for(id, "Aborted", |s| s["engine_status"] == "Aborted")
+        .await;
+    assert_eq!(status["leftovers"], json!([]), "{status}");
+    // The creation went again as itself, and the job it named was deleted.
+    let keys: Vec<Option<String>> = app
+        .platform
+        .requests_for(id)
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == "/measurementjobs")
+        .map(|r| r.idempotency_key)
+        .collect();
+    assert_eq!(keys, [Some(first_key.clone()), Some(first_key)]);
+    let sent = lines(&app, id);
+    assert!(
+        sent.contains(&format!("DELETE /measurementjobs/mj-{id}")),
+        "{sent:?}"
+    );
+}
