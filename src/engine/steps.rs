@@ -351,19 +351,13 @@ fn measurement_id(job: &Value) -> Option<String> {
 }
 
 /// The id of a measurement job whose creation was sent but never answered, learnt by sending
-/// the creation again with its key: a component that honours it answers with that job (one
-/// that does not makes another, which the clean-up then deletes in its place). `None` when
-/// trial enforcement refuses it (4xx): nothing was made.
-async fn recover_measurement_job(cx: &mut StepCx<'_>) -> Result<Option<String>, StepError> {
+/// the creation again with its key: a component that honours it answers with that job (201,
+/// or 200 for a replay; one that does not makes another, which the clean-up then deletes in
+/// its place). Any other answer proves nothing about the first creation (a 409 may say it is
+/// still being processed): the step fails and the job stays a leftover, for a later abort.
+async fn recover_measurement_job(cx: &mut StepCx<'_>) -> Result<String, StepError> {
     let request = measurement_job_request(cx)?;
-    let reply = match cx.call(request, 201).await {
-        Ok(reply) => reply,
-        Err(_) if cx.refused => {
-            cx.data.ledger.measurement_job = JobState::None;
-            return Ok(None);
-        }
-        Err(e) => return Err(e),
-    };
+    let (_, reply) = cx.call_expecting(request, &[201, 200]).await?;
     let Some(measurement_id) = measurement_id(&reply) else {
         return fail(
             "trial enforcement's measurement job answer has no 'MeasurementID' (a non-empty string or a number)",
@@ -371,7 +365,7 @@ async fn recover_measurement_job(cx: &mut StepCx<'_>) -> Result<Option<String>, 
     };
     cx.info_mut()?.measurement_job = json!({"MeasurementID": measurement_id});
     cx.data.ledger.measurement_job = JobState::Created(measurement_id.clone());
-    Ok(Some(measurement_id))
+    Ok(measurement_id)
 }
 
 async fn delete_measurement_job(cx: &mut StepCx<'_>) -> Result<(), StepError> {
@@ -379,10 +373,7 @@ async fn delete_measurement_job(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     let measurement_id = match &cx.data.ledger.measurement_job {
         JobState::Created(id) => id.clone(),
         JobState::Deleted => return Ok(()),
-        JobState::Requested(_) => match recover_measurement_job(cx).await? {
-            Some(id) => id,
-            None => return Ok(()),
-        },
+        JobState::Requested(_) => recover_measurement_job(cx).await?,
         JobState::None => match measurement_id(&info.measurement_job) {
             Some(id) => id,
             None => return fail("no MeasurementID was kept from CreateMeasurementJob"),

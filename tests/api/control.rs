@@ -1026,6 +1026,54 @@ async fn a_measurement_job_whose_creation_went_unanswered_is_found_by_its_key_an
         "{sent:?}"
     );
 
+    // A re-sent creation refused (here 409, "still being processed") proves nothing about
+    // the first: the job stays a leftover, and the next abort finds and deletes it.
+    let replayed = "job-replay-refused";
+    app.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "POST",
+            "/measurementjobs",
+            FaultAction::Status(500),
+        )
+        .for_trial(replayed)
+        .times(1),
+    );
+    app.start_trial(replayed).await;
+    app.wait_failed(replayed).await;
+    app.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "POST",
+            "/measurementjobs",
+            FaultAction::Status(409),
+        )
+        .for_trial(replayed)
+        .times(1),
+    );
+    let failed = abort_until_cleanup_fails(&app, replayed, "DeleteMeasurementJob").await;
+    let leftovers = failed["leftovers"].as_array().expect("leftovers");
+    assert!(
+        leftovers.iter().any(|l| l["kind"] == "measurement_job"
+            && l["id"]
+                .as_str()
+                .is_some_and(|id| id.contains("never answered"))),
+        "{failed}"
+    );
+    let status = abort(&app, replayed, "aborted by the operator").await;
+    assert_eq!(status["leftovers"], json!([]), "{status}");
+    let keys = creations(replayed);
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert!(
+        keys.iter().all(|key| key.is_some() && *key == keys[0]),
+        "{keys:?}"
+    );
+    assert!(
+        lines(&app, replayed).contains(&format!("DELETE /measurementjobs/mj-{replayed}")),
+        "{:?}",
+        lines(&app, replayed)
+    );
+
     // A refused creation made nothing: nothing is asked again, nothing deleted.
     let status = abort(&app, refused, "aborted by the operator").await;
     assert_eq!(status["leftovers"], json!([]), "{status}");
