@@ -989,16 +989,8 @@ async fn a_measurement_job_whose_creation_went_unanswered_is_found_by_its_key_an
     let (in_doubt, refused) = ("job-in-doubt", "job-refused");
     // One creation answered 500 (the job may exist), one refused with 400 (it does not).
     for (id, status) in [(in_doubt, 500), (refused, 400)] {
-        app.platform.inject(
-            Fault::new(
-                Component::Enforcement,
-                "POST",
-                "/measurementjobs",
-                FaultAction::Status(status),
-            )
-            .for_trial(id)
-            .times(1),
-        );
+        app.platform
+            .inject(measurement_job_fault(id, FaultAction::Status(status)));
         app.start_trial(id).await;
     }
     let creations = |id: &str| -> Vec<Option<String>> {
@@ -1029,28 +1021,12 @@ async fn a_measurement_job_whose_creation_went_unanswered_is_found_by_its_key_an
     // A re-sent creation refused (here 409, "still being processed") proves nothing about
     // the first: the job stays a leftover, and the next abort finds and deletes it.
     let replayed = "job-replay-refused";
-    app.platform.inject(
-        Fault::new(
-            Component::Enforcement,
-            "POST",
-            "/measurementjobs",
-            FaultAction::Status(500),
-        )
-        .for_trial(replayed)
-        .times(1),
-    );
+    app.platform
+        .inject(measurement_job_fault(replayed, FaultAction::Status(500)));
     app.start_trial(replayed).await;
     app.wait_failed(replayed).await;
-    app.platform.inject(
-        Fault::new(
-            Component::Enforcement,
-            "POST",
-            "/measurementjobs",
-            FaultAction::Status(409),
-        )
-        .for_trial(replayed)
-        .times(1),
-    );
+    app.platform
+        .inject(measurement_job_fault(replayed, FaultAction::Status(409)));
     let failed = abort_until_cleanup_fails(&app, replayed, "DeleteMeasurementJob").await;
     let leftovers = failed["leftovers"].as_array().expect("leftovers");
     assert!(
@@ -1094,16 +1070,7 @@ async fn an_abort_after_a_restart_deletes_the_job_whose_creation_the_stop_cut_sh
         platform: Box::new(|platform| {
             platform.add_trial(Platform::trial(id, None));
             // The job is asked for, and the LCM is killed before the answer comes.
-            platform.inject(
-                Fault::new(
-                    Component::Enforcement,
-                    "POST",
-                    "/measurementjobs",
-                    FaultAction::Hang,
-                )
-                .for_trial(id)
-                .times(1),
-            );
+            platform.inject(measurement_job_fault(id, FaultAction::Hang));
         }),
         ..BinaryOptions::default()
     })

@@ -1143,6 +1143,13 @@ pub fn slice_deployment_fault(id: &str, action: FaultAction) -> Fault {
         .times(1)
 }
 
+/// Trial enforcement meets trial `id`'s next measurement job creation with `action`, once.
+pub fn measurement_job_fault(id: &str, action: FaultAction) -> Fault {
+    Fault::new(Component::Enforcement, "POST", "/measurementjobs", action)
+        .for_trial(id)
+        .times(1)
+}
+
 /// Trial enforcement takes trial `id`'s slice once and never calls back: the trial waits for
 /// the slice callback until the test sends it.
 pub fn drop_slice_callback(id: &str) -> Fault {

@@ -545,16 +545,7 @@ async fn every_post_carries_an_idempotency_key_kept_across_a_crash_and_renewed_b
                 .for_trial(id)
                 .times(1),
             );
-            platform.inject(
-                Fault::new(
-                    Component::Enforcement,
-                    "POST",
-                    "/measurementjobs",
-                    FaultAction::Status(500),
-                )
-                .for_trial(id)
-                .times(1),
-            );
+            platform.inject(measurement_job_fault(id, FaultAction::Status(500)));
         }),
         ..BinaryOptions::default()
     })
