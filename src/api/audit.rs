@@ -161,7 +161,7 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
     let Ok(bytes) = to_bytes(body, state.settings.server.max_body_bytes).await else {
         return axum::response::IntoResponse::into_response(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "request body is too large",
+            super::error::TOO_LARGE,
         ));
     };
     let body_trial = serde_json::from_slice::<Value>(&bytes)

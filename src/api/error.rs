@@ -156,6 +156,9 @@ impl From<HeartbeatRefused> for ApiError {
     }
 }
 
+/// The detail of every 413, whichever layer refuses the body.
+pub const TOO_LARGE: &str = "request body is too large (server.max_body_bytes)";
+
 /// Gives every error answer the `{"detail"}` shape, including those made by the framework
 /// and the middleware (unknown route, wrong method, body too large, timeout, …).
 pub async fn json_errors(response: Response) -> Response {
@@ -173,7 +176,9 @@ pub async fn json_errors(response: Response) -> Response {
         .await
         .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
         .unwrap_or_default();
-    let detail = if text.is_empty() {
+    let detail = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        TOO_LARGE.to_owned()
+    } else if text.is_empty() {
         status
             .canonical_reason()
             .unwrap_or("request failed")

@@ -359,7 +359,7 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
             "request body must be JSON with 'Content-Type: application/json'".to_owned()
         }
         _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            "request body is too large".to_owned()
+            super::error::TOO_LARGE.to_owned()
         }
         other => other.body_text(),
     };
@@ -376,9 +376,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let (parts, body) = req.into_parts();
         // The body limit layer bounds what is read here.
-        let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|_| {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body is too large")
-        })?;
+        let bytes = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, super::error::TOO_LARGE))?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(None));
         }

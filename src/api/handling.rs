@@ -122,8 +122,7 @@ pub(super) async fn body_in_time(arrival: Arrival, request: Request, next: Next)
                 .await
         }
         Ok(Err(e)) if too_large(&e) => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body is too large")
-                .into_response()
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, super::error::TOO_LARGE).into_response()
         }
         // The client went away while sending it: nobody reads this.
         Ok(Err(e)) => ApiError::bad_request(format!("the request body could not be read: {e}"))

@@ -259,7 +259,7 @@ impl Ledger {
         let job = match &self.measurement_job {
             JobState::Created(id) => Some(id.clone()),
             JobState::Requested(key) => Some(format!(
-                "unknown: its creation (Idempotency-Key {key}) was never answered"
+                "unknown: no answer to its creation (Idempotency-Key {key}) named it"
             )),
             JobState::None | JobState::Deleted => None,
         };
@@ -276,7 +276,7 @@ impl Ledger {
 /// The slice id in trial enforcement's answer (`{"Slice": {"id": …}}`).
 pub fn slice_id(deployed_slice: &Value) -> Option<String> {
     match deployed_slice.pointer("/Slice/id") {
-        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
         Some(Value::Number(n)) => Some(n.to_string()),
         _ => None,
     }

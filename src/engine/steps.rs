@@ -226,7 +226,7 @@ async fn slice_deployment(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     };
     let Some(id) = slice_id(&reply) else {
         return fail(
-            "trial enforcement's slice deployment answer has no 'Slice.id' (a non-empty string or a number)",
+            "trial enforcement's slice deployment answer has no 'Slice.id' (a string that is not blank, or a number)",
         );
     };
     // The checkpoint keeps what later steps use, the id; the whole answer is in the trial's
@@ -303,7 +303,7 @@ async fn create_measurement_job(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     };
     let Some(measurement_id) = measurement_id(&reply) else {
         return fail(
-            "trial enforcement's measurement job answer has no 'MeasurementID' (a non-empty string or a number)",
+            "trial enforcement's measurement job answer has no 'MeasurementID' (a string that is not blank, or a number)",
         );
     };
     cx.info_mut()?.measurement_job = json!({"MeasurementID": measurement_id});
@@ -344,7 +344,7 @@ fn measurement_job_request(cx: &mut StepCx<'_>) -> Result<Outbound, StepError> {
 
 fn measurement_id(job: &Value) -> Option<String> {
     match job.get("MeasurementID") {
-        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
         Some(Value::Number(n)) => Some(n.to_string()),
         _ => None,
     }
@@ -360,7 +360,7 @@ async fn recover_measurement_job(cx: &mut StepCx<'_>) -> Result<String, StepErro
     let (_, reply) = cx.call_expecting(request, &[201, 200]).await?;
     let Some(measurement_id) = measurement_id(&reply) else {
         return fail(
-            "trial enforcement's measurement job answer has no 'MeasurementID' (a non-empty string or a number)",
+            "trial enforcement's measurement job answer has no 'MeasurementID' (a string that is not blank, or a number)",
         );
     };
     cx.info_mut()?.measurement_job = json!({"MeasurementID": measurement_id});

@@ -391,7 +391,8 @@ fn append_response(tx: &Connection, id: &str, record: &ResponseRecord) -> rusqli
         tx,
         "INSERT INTO trial_responses (trial_id, seq, step, service, method, path, status, body,
              error, duration_ms, attempt, at)
-         VALUES (?1, (SELECT COALESCE(MAX(seq) + 1, 0) FROM trial_responses WHERE trial_id = ?1),
+         VALUES (?1, (SELECT COALESCE(MAX(seq) + 1, 0) FROM trial_responses
+                 WHERE trial_id = ?1 AND typeof(seq) = 'integer'),
              ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             id,
@@ -767,7 +768,8 @@ fn responses_of(conn: &Connection, id: &TrialId) -> Result<Vec<ResponseRecord>, 
     let read = |e| backend_error("read responses", e);
     let mut stmt = conn
         .prepare_cached(
-            "SELECT step, service, method, path, status, body, error, duration_ms, attempt, at
+            "SELECT step, service, method, path, status, body, error, duration_ms, attempt, at,
+                 seq
              FROM trial_responses WHERE trial_id = ?1 ORDER BY seq",
         )
         .map_err(read)?;
@@ -788,12 +790,14 @@ fn responses_of(conn: &Connection, id: &TrialId) -> Result<Vec<ResponseRecord>, 
                 },
                 row.get::<_, Option<String>>(5)?,
                 row.get::<_, String>(9)?,
+                // Read to be sure it is a whole number: a damaged one leaves the row out.
+                row.get::<_, i64>(10)?,
             ))
         })
         .map_err(read)?;
     let mut responses = Vec::new();
     for row in rows {
-        let Some((mut record, body, at)) = readable(id, "response", row)? else {
+        let Some((mut record, body, at, _)) = readable(id, "response", row)? else {
             continue;
         };
         let Some(at) = readable_time(id, "response", &at) else {

@@ -1033,7 +1033,7 @@ async fn a_measurement_job_whose_creation_went_unanswered_is_found_by_its_key_an
         leftovers.iter().any(|l| l["kind"] == "measurement_job"
             && l["id"]
                 .as_str()
-                .is_some_and(|id| id.contains("never answered"))),
+                .is_some_and(|id| id.contains("no answer to its creation"))),
         "{failed}"
     );
     let status = abort(&app, replayed, "aborted by the operator").await;

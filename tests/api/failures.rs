@@ -217,7 +217,7 @@ async fn garbage_from_services_fails_the_step_naming_what_is_missing() {
                 "/sliceDeployment",
                 FaultAction::Json(201, json!({"Slice": {"id": ""}})),
             )],
-            "no 'Slice.id' (a non-empty string or a number)",
+            "no 'Slice.id' (a string that is not blank, or a number)",
         ),
         fails_with(
             ok("empty-measurement-id"),
@@ -225,9 +225,9 @@ async fn garbage_from_services_fails_the_step_naming_what_is_missing() {
                 Enforcement,
                 "POST",
                 "/measurementjobs",
-                FaultAction::Json(201, json!({"MeasurementID": ""})),
+                FaultAction::Json(201, json!({"MeasurementID": "  "})),
             )],
-            "no 'MeasurementID' (a non-empty string or a number)",
+            "no 'MeasurementID' (a string that is not blank, or a number)",
         ),
         fails_with(kpis_not_a_list, vec![], "'kpis' is not a list"),
         fails_with(

@@ -271,23 +271,22 @@ fn an_unreadable_journal_row_is_left_out_and_the_trial_goes_on_numbering_after_i
             }),
         });
     }
-    for attempt in 1..=3 {
-        ops.push(Op::AppendResponse {
-            id: trial.clone(),
-            record: std::sync::Arc::new(ResponseRecord {
-                step: "GetTrialInfo".into(),
-                service: "trial_repository".into(),
-                method: "GET".into(),
-                path: "trial/damaged/".into(),
-                status: Some(503),
-                body: None,
-                error: None,
-                duration_ms: 3,
-                attempt,
-                at: now,
-            }),
-        });
-    }
+    let response = |attempt| Op::AppendResponse {
+        id: trial.clone(),
+        record: std::sync::Arc::new(ResponseRecord {
+            step: "GetTrialInfo".into(),
+            service: "trial_repository".into(),
+            method: "GET".into(),
+            path: "trial/damaged/".into(),
+            status: Some(503),
+            body: None,
+            error: None,
+            duration_ms: 3,
+            attempt,
+            at: now,
+        }),
+    };
+    ops.extend((1..=4).map(response));
     put(&mut store, ops);
     for damage in [
         "UPDATE trial_events SET duration_ms = 'abc' WHERE seq = 1",
@@ -295,6 +294,7 @@ fn an_unreadable_journal_row_is_left_out_and_the_trial_goes_on_numbering_after_i
         "UPDATE trial_events SET seq = 4.5 WHERE seq = 2",
         "UPDATE trial_responses SET attempt = 'x' WHERE seq = 0",
         "UPDATE trial_responses SET at = '2026-13-01' WHERE seq = 2",
+        "UPDATE trial_responses SET seq = 'q' WHERE seq = 1",
     ] {
         store.conn.execute(damage, []).unwrap();
     }
@@ -309,11 +309,14 @@ fn an_unreadable_journal_row_is_left_out_and_the_trial_goes_on_numbering_after_i
         recovered.next_event, 4,
         "after the last one saved and numbered, read or not"
     );
-    let attempts: Vec<u32> = recovered.responses.iter().map(|r| r.attempt).collect();
-    assert_eq!(attempts, [2]);
+    let attempts =
+        |responses: &[ResponseRecord]| responses.iter().map(|r| r.attempt).collect::<Vec<_>>();
+    assert_eq!(attempts(&recovered.responses), [4]);
+    // The next response is numbered after the last whole-numbered one: it is written.
+    put(&mut store, vec![response(5)]);
     let mut reader = store.reader().unwrap();
     assert_eq!(seqs(&reader.events(&trial).unwrap()), [0]);
-    assert_eq!(reader.responses(&trial).unwrap().len(), 1);
+    assert_eq!(attempts(&reader.responses(&trial).unwrap()), [4, 5]);
 }
 
 #[test]
