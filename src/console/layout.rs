@@ -132,6 +132,17 @@ pub fn respond(status: StatusCode, page: Markup) -> Response {
 /// An error page with `status` and what went wrong (also the `detail` of its audit entry, if
 /// the request is audited: nothing secret is ever put in `text`).
 pub fn error_page(signed: Option<&Signed>, status: StatusCode, text: &str) -> Response {
+    error_page_signing_in_to(signed, status, text, "/ui/")
+}
+
+/// Like [`error_page`]; without a session its "Sign in" link goes to `sign_in` (which may
+/// carry the page to come back to).
+pub fn error_page_signing_in_to(
+    signed: Option<&Signed>,
+    status: StatusCode,
+    text: &str,
+    sign_in: &str,
+) -> Response {
     let reason = status.canonical_reason().unwrap_or("Error");
     let body = html! {
         h1 { (status.as_u16()) " " (reason) }
@@ -140,7 +151,7 @@ pub fn error_page(signed: Option<&Signed>, status: StatusCode, text: &str) -> Re
             @if signed.is_some() {
                 a href="/ui/trials" { "Back to the trials" }
             } @else {
-                a href="/ui/" { "Sign in" }
+                a href=(sign_in) { "Sign in" }
             }
         }
     };

@@ -314,30 +314,49 @@ fn return_to(next: &str) -> Option<&str> {
 }
 
 /// Without a session: pages send the person to sign in (and back to the page asked for
-/// after); anything else is refused.
+/// after); anything else is refused, with a sign-in link back to the page it was sent from
+/// (a form sent from a page left open while the session ended, by a restart say).
 pub struct SignInFirst {
     /// The page asked for (path and query), if the request was for a page.
     page: Option<String>,
+    /// The page the request was sent from (its `Referer`'s path and query), if not a page.
+    sent_from: Option<String>,
+}
+
+/// The page a request was sent from: its `Referer`'s path and query.
+fn sent_from(parts: &Parts) -> Option<String> {
+    let referer = parts.headers.get(axum::http::header::REFERER)?;
+    let url = url::Url::parse(referer.to_str().ok()?).ok()?;
+    Some(match url.query() {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_owned(),
+    })
+}
+
+/// The sign-in page's address, coming back to `page` once signed in if it is a page of the
+/// console other than the landing one.
+fn sign_in_to(page: Option<&str>) -> String {
+    match page.and_then(return_to).filter(|page| *page != LANDING) {
+        Some(page) => {
+            let query = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("next", page)
+                .finish();
+            format!("/ui/?{query}")
+        }
+        None => "/ui/".to_owned(),
+    }
 }
 
 impl IntoResponse for SignInFirst {
     fn into_response(self) -> Response {
         if let Some(page) = self.page {
-            let asked = return_to(&page).filter(|page| *page != LANDING);
-            return match asked {
-                Some(page) => {
-                    let query = url::form_urlencoded::Serializer::new(String::new())
-                        .append_pair("next", page)
-                        .finish();
-                    Redirect::to(&format!("/ui/?{query}")).into_response()
-                }
-                None => Redirect::to("/ui/").into_response(),
-            };
+            return Redirect::to(&sign_in_to(Some(&page))).into_response();
         }
-        layout::error_page(
+        layout::error_page_signing_in_to(
             None,
             StatusCode::UNAUTHORIZED,
             "You are not signed in (or your session ended): sign in again.",
+            &sign_in_to(self.sent_from.as_deref()),
         )
         .into_response()
     }
@@ -357,6 +376,7 @@ impl FromRequestParts<AppState> for Signed {
                         .path_and_query()
                         .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned())
                 }),
+                sent_from: sent_from(parts),
             }
         })
     }
@@ -418,12 +438,19 @@ pub struct Refused {
     signed: Option<Signed>,
     status: StatusCode,
     text: &'static str,
+    /// Where its "Sign in" link goes, without a session.
+    sign_in: String,
 }
 
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
-        let mut response =
-            layout::error_page(self.signed.as_ref(), self.status, self.text).into_response();
+        let mut response = layout::error_page_signing_in_to(
+            self.signed.as_ref(),
+            self.status,
+            self.text,
+            &self.sign_in,
+        )
+        .into_response();
         // The audit log names who was refused, when the session says.
         if let Some(signed) = self.signed {
             response.extensions_mut().insert(signed.actor());
@@ -460,10 +487,13 @@ impl FromRequest<AppState> for Post {
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Refused> {
         let (parts, body) = request.into_parts();
+        // Without a session, the sign-in comes back to the page the form was sent from.
+        let sign_in = sign_in_to(sent_from(&parts).as_deref());
         let refuse = |signed: Option<Signed>, status, text| Refused {
             signed,
             status,
             text,
+            sign_in: sign_in.clone(),
         };
         let signed = signed(&parts, state);
         let Some(signed) = signed else {

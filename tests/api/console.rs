@@ -1044,6 +1044,29 @@ async fn a_deep_link_survives_the_sign_in_and_cannot_lead_elsewhere() {
         .await
         .unwrap();
     assert!(!front.contains("evil.example"), "{front}");
+    // A form sent from a page left open after the session ended (a restart): its sign-in
+    // link comes back to that page; one sent from elsewhere, to the sign-in alone.
+    for (sent_from, link) in [
+        (
+            format!("{}/ui/trials/t-deep?tab=x", app.address),
+            r#"href="/ui/?next=%2Fui%2Ftrials%2Ft-deep%3Ftab%3Dx""#,
+        ),
+        (
+            "https://evil.example//evil".to_owned(),
+            r#"href="/ui/">Sign in"#,
+        ),
+    ] {
+        let answer = no_redirects()
+            .post(format!("{}/ui/trials/t-deep/actions/pause", app.address))
+            .header("Referer", sent_from)
+            .form(&[("csrf", "stale")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+        let page = answer.text().await.unwrap();
+        assert!(page.contains(link), "{link}: {page}");
+    }
 }
 
 #[tokio::test]
