@@ -138,13 +138,16 @@ fn whereabouts(row: &ListedTrial) -> Markup {
     }
 }
 
-/// What an empty page says: no trial matches the search or the filter, if one is chosen;
-/// otherwise there are none (yet, or older).
+/// What an empty page says: a later page, that there are no older trials (with a search or
+/// a filter too: the first page had some); else no trial matches the search or the filter,
+/// if one is chosen; otherwise there are none yet.
 fn nothing_listed(query: &TrialQuery) -> Markup {
     let search = query.id_contains.as_deref();
     let filter = (!query.statuses.is_empty()).then(|| names(&query.statuses));
     html! {
-        @if search.is_some() || filter.is_some() {
+        @if query.after.is_some() {
+            p.empty { "No older trials." }
+        } @else if search.is_some() || filter.is_some() {
             p.empty {
                 "No trial matches "
                 @if let Some(q) = search { "the search “" (q) "”" }
@@ -152,8 +155,6 @@ fn nothing_listed(query: &TrialQuery) -> Markup {
                 @if let Some(filter) = &filter { "the filter " strong { (filter) } }
                 ". " a href="/ui/trials" { "Show every trial" } "."
             }
-        } @else if query.after.is_some() {
-            p.empty { "No older trials." }
         } @else {
             p.empty { "No trials here yet. " a href="/ui/schedule" { "Schedule one" } "." }
         }

@@ -1083,4 +1083,15 @@ async fn the_search_says_what_it_takes_and_an_empty_result_says_nothing_matches(
         assert!(page.contains("No trial matches"), "{query}: {page}");
         assert!(!page.contains("No trials here yet"), "{query}: {page}");
     }
+    // A later page that is empty has no older trials, filtered or not.
+    let cursor = {
+        use base64::Engine;
+        let position = format!("{}\nzz", lcm::store::codec::time(chrono::Utc::now()));
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(position)
+    };
+    for filter in ["", "&status=Failed", "&q=x"] {
+        let path = format!("/ui/trials?cursor={cursor}{filter}");
+        let page = get_page(&app, &session.cookie, &path).await;
+        assert!(page.contains("No older trials."), "{path}: {page}");
+    }
 }
