@@ -64,13 +64,15 @@ impl AuditCx {
             .extensions
             .get::<MatchedPath>()
             .map_or_else(|| parts.uri.path().to_owned(), |m| m.as_str().to_owned());
-        let trial_id = trial_in_path(&template, parts.uri.path()).or_else(|| {
-            parts.uri.query().and_then(|q| {
-                url::form_urlencoded::parse(q.as_bytes())
-                    .find(|(k, _)| k == "trial_id")
-                    .map(|(_, v)| v.into_owned())
+        let trial_id = trial_in_path(&template, parts.uri.path())
+            .or_else(|| {
+                parts.uri.query().and_then(|q| {
+                    url::form_urlencoded::parse(q.as_bytes())
+                        .find(|(k, _)| k == "trial_id")
+                        .map(|(_, v)| v.into_owned())
+                })
             })
-        });
+            .map(at_most_written);
         let (actor, role) = match actor {
             Some(Actor::Key(holder)) => (holder.name.to_string(), Some(holder.role.to_string())),
             Some(actor @ Actor::Callback(_)) => (actor.to_string(), None),
@@ -116,6 +118,18 @@ impl FromRequestParts<AppState> for AuditCx {
     async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
         let actor = parts.extensions.get::<Actor>().cloned();
         Ok(Self::of(parts, actor.as_ref()))
+    }
+}
+
+/// The most of a client's trial id an entry keeps (a valid one is at most 128 characters):
+/// a refused request cannot make the log hold whatever the client sent.
+const MAX_WRITTEN_ID: usize = 200;
+
+/// `id` as an entry keeps it: cut after [`MAX_WRITTEN_ID`] characters, marked with `…`.
+fn at_most_written(id: String) -> String {
+    match id.char_indices().nth(MAX_WRITTEN_ID) {
+        Some((cut, _)) => format!("{}…", &id[..cut]),
+        None => id,
     }
 }
 
@@ -351,6 +365,15 @@ mod tests {
             trial_in_path("/trial/{trial_id}/abort", "/trial/a%2Fb%20c/abort").as_deref(),
             Some("a/b c")
         );
+    }
+
+    #[test]
+    fn a_clients_trial_id_is_kept_up_to_two_hundred_characters() {
+        assert_eq!(at_most_written("t-1".into()), "t-1");
+        let long = "é".repeat(20_000);
+        let kept = at_most_written(long);
+        assert_eq!(kept.chars().count(), MAX_WRITTEN_ID + 1);
+        assert!(kept.ends_with('…'));
     }
 
     #[test]
