@@ -120,6 +120,11 @@ impl EngineRegistry {
         self.map().values().cloned().collect()
     }
 
+    /// Whether the registry is closed: the service is stopping.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
     /// Closes the registry (no engine starts any more) and returns every engine, to stop.
     pub fn close(&self) -> Vec<EngineHandle> {
         let engines = self.map();

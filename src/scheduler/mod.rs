@@ -353,6 +353,11 @@ impl Scheduler {
     /// Starts the timer of a saved job (unless it was removed or replaced meanwhile).
     fn arm(&self, id: &TrialId, generation: u64) {
         let mut jobs = self.jobs_map();
+        // Once the service stops (checked under the jobs' lock, which its stop takes after
+        // closing), no timer starts: the saved job starts the trial at the next start-up.
+        if self.inner.engines.is_closed() {
+            return;
+        }
         let Some(job) = jobs
             .get_mut(id)
             .filter(|job| job.generation == generation && !job.removing())
@@ -820,12 +825,13 @@ impl Scheduler {
     /// this begins. Nothing is reported as failed; each trial resumes from its checkpoint at
     /// the next start.
     pub async fn shutdown(&self) {
+        // Closed first: a job saved meanwhile is not armed after its timer was stopped here.
+        let engines = self.inner.engines.close();
         for job in self.jobs_map().values_mut() {
             if let Timer::Armed(_) = job.timer {
                 job.timer.stop(Timer::Unarmed);
             }
         }
-        let engines = self.inner.engines.close();
         futures_util::future::join_all(engines.iter().map(|engine| engine.stop())).await;
     }
 }
@@ -879,5 +885,26 @@ mod tests {
         scheduler.fire(&id, generation);
         assert!(!scheduler.engines().contains(&id), "the trial started");
         assert_eq!(scheduler.jobs().len(), 1, "the removal decides");
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_save_ends_after_the_service_began_to_stop_is_not_armed() {
+        let scheduler = scheduler();
+        let id = TrialId::parse("late-save").unwrap();
+        let start = StartTime::parse(&(Utc::now() + chrono::Duration::hours(1)).to_rfc3339());
+        scheduler.schedule(&id, start.unwrap(), None).await.unwrap();
+        scheduler.shutdown().await;
+        let generation = {
+            let jobs = scheduler.jobs_map();
+            let job = jobs.get(&id).unwrap();
+            assert!(matches!(job.timer, Timer::Unarmed), "stopped by the stop");
+            job.generation
+        };
+        // What a schedule whose save ends now does: it arms its job.
+        scheduler.arm(&id, generation);
+        assert!(
+            matches!(scheduler.jobs_map()[&id].timer, Timer::Unarmed),
+            "no timer starts once the service stops"
+        );
     }
 }
