@@ -68,6 +68,15 @@ async fn sign_in(app: &TestApp, role: Role) -> Session {
     Session { cookie, csrf }
 }
 
+/// The answer to `GET path` without a session, redirects not followed.
+async fn ask(app: &TestApp, path: &str) -> reqwest::Response {
+    no_redirects()
+        .get(format!("{}{path}", app.address))
+        .send()
+        .await
+        .expect("an answer")
+}
+
 /// A page (or asset) answered 200, asked for with `cookie` (empty: none).
 async fn get_page(app: &TestApp, cookie: &str, path: &str) -> String {
     let answer = no_redirects()
@@ -348,11 +357,7 @@ async fn the_console_is_not_in_the_api_document_and_serves_its_assets() {
         ("console.css", "text/css"),
         ("favicon.svg", "image/svg+xml"),
     ] {
-        let answer = no_redirects()
-            .get(format!("{}/ui/assets/{asset}", app.address))
-            .send()
-            .await
-            .unwrap();
+        let answer = ask(&app, &format!("/ui/assets/{asset}")).await;
         assert_eq!(answer.status(), StatusCode::OK, "{asset}");
         assert!(
             answer.headers()["content-type"]
@@ -374,11 +379,7 @@ async fn the_console_is_not_in_the_api_document_and_serves_its_assets() {
 #[tokio::test]
 async fn a_live_stream_needs_a_session_and_starts_with_the_pages_parts() {
     let app = spawn_app().await;
-    let answer = no_redirects()
-        .get(format!("{}/ui/trials/live", app.address))
-        .send()
-        .await
-        .unwrap();
+    let answer = ask(&app, "/ui/trials/live").await;
     assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
 
     app.schedule_in("t-live", 3_600_000).await;
@@ -985,11 +986,7 @@ async fn console_refusals_are_audited_with_their_reason() {
 #[tokio::test]
 async fn a_deep_link_survives_the_sign_in_and_cannot_lead_elsewhere() {
     let app = spawn_app().await;
-    let asked = no_redirects()
-        .get(format!("{}/ui/trials/t-deep?x=1", app.address))
-        .send()
-        .await
-        .unwrap();
+    let asked = ask(&app, "/ui/trials/t-deep?x=1").await;
     assert_eq!(asked.status(), StatusCode::SEE_OTHER);
     let to = asked.headers()[LOCATION].to_str().unwrap().to_owned();
     assert_eq!(to, "/ui/?next=%2Fui%2Ftrials%2Ft-deep%3Fx%3D1");
@@ -1035,11 +1032,8 @@ async fn a_deep_link_survives_the_sign_in_and_cannot_lead_elsewhere() {
         assert_eq!(answer.status(), StatusCode::SEE_OTHER, "{elsewhere:?}");
         assert_eq!(answer.headers()[LOCATION], "/ui/trials", "{elsewhere:?}");
     }
-    let front = no_redirects()
-        .get(format!("{}/ui/?next=%2F%2Fevil.example", app.address))
-        .send()
+    let front = ask(&app, "/ui/?next=%2F%2Fevil.example")
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();

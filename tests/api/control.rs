@@ -525,12 +525,8 @@ async fn kpi_monitoring_down_for_good_keeps_no_slice_deployed() {
     let app = spawn_app_with_settings(single_attempt).await;
     let id = "kpi-down";
     app.start_to_idle(id).await;
-    app.platform.inject(Fault::new(
-        Component::Kpi,
-        "POST",
-        "/markKPIData",
-        FaultAction::Status(503),
-    ));
+    app.platform
+        .inject(kpi_marking_fault(FaultAction::Status(503)));
     let failed = abort_until_cleanup_fails(&app, id, "SendKpiFinish").await;
     // Only the KPI marking is left: the job and the slice were undone after it failed.
     assert_eq!(failed["leftovers"], json!([]), "{failed}");
@@ -926,14 +922,9 @@ async fn an_abort_closes_a_kpi_marking_its_step_began_before_it_failed() {
     let id = "half-marked";
     // The trial's Idle marking is taken, the slice's refused: the step fails between them.
     app.platform.inject(
-        Fault::new(
-            Component::Kpi,
-            "POST",
-            "/markKPIData",
-            FaultAction::Status(400),
-        )
-        .after(1)
-        .times(1),
+        kpi_marking_fault(FaultAction::Status(400))
+            .after(1)
+            .times(1),
     );
     app.start_trial(id).await;
     let failed = app.wait_failed(id).await;

@@ -585,12 +585,8 @@ async fn a_password_echoed_in_the_measurement_job_is_not_kept() {
         "/measurementjobs",
         FaultAction::EchoRequest,
     ));
-    app.platform.inject(Fault::new(
-        Component::Kpi,
-        "POST",
-        "/markKPIData",
-        FaultAction::Status(500),
-    ));
+    app.platform
+        .inject(kpi_marking_fault(FaultAction::Status(500)));
     app.start_trial(id).await;
     app.wait_failed(id).await;
     let sent = app

@@ -1143,6 +1143,12 @@ pub fn slice_deployment_fault(id: &str, action: FaultAction) -> Fault {
         .times(1)
 }
 
+/// KPI monitoring meets a marking (`POST /markKPIData`) with `action`, as often as the fault
+/// says (every time, unless limited).
+pub fn kpi_marking_fault(action: FaultAction) -> Fault {
+    Fault::new(Component::Kpi, "POST", "/markKPIData", action)
+}
+
 /// Trial enforcement meets trial `id`'s next measurement job creation with `action`, once.
 pub fn measurement_job_fault(id: &str, action: FaultAction) -> Fault {
     Fault::new(Component::Enforcement, "POST", "/measurementjobs", action)

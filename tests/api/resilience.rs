@@ -348,14 +348,9 @@ async fn when_attempts_run_out_the_reason_names_them_and_the_last_answer() {
     let app = spawn_app().await;
     let id = "exhausted";
     app.platform.inject(
-        Fault::new(
-            Component::Kpi,
-            "POST",
-            "/markKPIData",
-            FaultAction::Status(502),
-        )
-        .for_trial(id)
-        .times(4),
+        kpi_marking_fault(FaultAction::Status(502))
+            .for_trial(id)
+            .times(4),
     );
     app.start_trial(id).await;
     let failed = app.wait_failed(id).await;

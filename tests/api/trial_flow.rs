@@ -1,6 +1,6 @@
 //! Whole trials, as the platform runs them: the happy path, finishing from IDLE, the VNF branch.
 
-use lcm::sim::{Component, Fault, FaultAction};
+use lcm::sim::{Component, FaultAction};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -220,15 +220,8 @@ async fn the_status_endpoint_describes_each_waiting_point() {
 #[tokio::test]
 async fn each_service_gets_its_own_credentials_and_a_401_refreshes_the_oauth2_token() {
     let app = spawn_app_with_service_credentials().await;
-    app.platform.inject(
-        Fault::new(
-            Component::Kpi,
-            "POST",
-            "/markKPIData",
-            FaultAction::Status(401),
-        )
-        .times(1),
-    );
+    app.platform
+        .inject(kpi_marking_fault(FaultAction::Status(401)).times(1));
     let id = "creds";
     app.start_trial(id).await;
     app.wait_waiting(id, "operator (active or finish)").await;
