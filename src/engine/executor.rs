@@ -358,8 +358,7 @@ impl Executor {
                 run: *run,
                 started_at: *started_at,
                 posts: 0,
-                reached: false,
-                refused: false,
+                may_have_made: false,
                 deploying: &deploying,
             };
             let work = steps::run(&mut cx);

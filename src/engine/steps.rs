@@ -47,11 +47,10 @@ pub struct StepCx<'a> {
     pub started_at: DateTime<Utc>,
     /// `POST`s sent by this step so far, for idempotency keys.
     pub posts: u32,
-    /// Whether the last request may have reached its service: an attempt got an answer, or
-    /// failed after it could have been sent.
-    pub reached: bool,
-    /// Whether the last request was refused with a 4xx answer: it made nothing.
-    pub refused: bool,
+    /// Whether the last request may have made what it asked for: an attempt may have reached
+    /// its service (it got an answer, or failed after it could have been sent), and the last
+    /// answer was no refusal (a 4xx makes nothing).
+    pub may_have_made: bool,
     /// Set while a request that makes what the clean-up undoes (the slice, the measurement
     /// job) is in flight: an abort then waits for its answer instead of cancelling it.
     pub deploying: &'a AtomicBool,
@@ -213,12 +212,12 @@ async fn slice_deployment(cx: &mut StepCx<'_>) -> Result<(), StepError> {
         .query("callback_url", cx.callback_url("slice"))
         .json(body);
     // From here on the slice may exist, whatever the answer (or its absence) says, unless no
-    // attempt could have reached trial enforcement.
+    // attempt could have reached trial enforcement or it refused the request.
     let before = std::mem::replace(&mut cx.data.ledger.slice, SliceState::Requested);
     let reply = match cx.call_deploying(request).await {
         Ok(reply) => reply,
         Err(e) => {
-            if !cx.reached {
+            if !cx.may_have_made {
                 cx.data.ledger.slice = before;
             }
             return Err(e);
@@ -295,7 +294,7 @@ async fn create_measurement_job(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     let reply = match cx.call_deploying(request).await {
         Ok(reply) => reply,
         Err(e) => {
-            if !cx.reached || cx.refused {
+            if !cx.may_have_made {
                 cx.data.ledger.measurement_job = before;
             }
             return Err(e);
@@ -584,10 +583,10 @@ impl StepCx<'_> {
                 })
                 .await
         };
-        self.reached = reached;
-        self.refused = reply
-            .as_ref()
-            .is_ok_and(|reply| (400..500).contains(&reply.status));
+        self.may_have_made = reached
+            && !reply
+                .as_ref()
+                .is_ok_and(|reply| (400..500).contains(&reply.status));
         let after = if attempts > 1 {
             format!(" after {attempts} attempts")
         } else {

@@ -917,6 +917,26 @@ async fn an_abort_closes_no_slice_that_was_never_requested() {
 }
 
 #[tokio::test]
+async fn an_abort_closes_no_slice_whose_deployment_was_refused() {
+    let app = spawn_app_with_settings(single_attempt).await;
+    let id = "slice-refused";
+    app.platform
+        .inject(slice_deployment_fault(id, FaultAction::Status(400)));
+    app.start_trial(id).await;
+    let failed = app.wait_failed(id).await;
+    assert_eq!(failed["state"], "SliceDeployment", "{failed}");
+    let status = abort(&app, id, "aborted by the operator").await;
+    assert_eq!(status["leftovers"], json!([]), "{status}");
+    let sent = lines(&app, id);
+    assert!(
+        !sent
+            .iter()
+            .any(|l| l.starts_with("DELETE /sliceDeployment")),
+        "a refused deployment made no slice to close: {sent:?}"
+    );
+}
+
+#[tokio::test]
 async fn an_abort_closes_a_kpi_marking_its_step_began_before_it_failed() {
     let app = spawn_app_with_settings(single_attempt).await;
     let id = "half-marked";
