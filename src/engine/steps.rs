@@ -300,14 +300,19 @@ async fn create_measurement_job(cx: &mut StepCx<'_>) -> Result<(), StepError> {
             return Err(e);
         }
     };
-    let Some(measurement_id) = measurement_id(&reply) else {
+    keep_measurement_job(cx, &reply).map(drop)
+}
+
+/// Keeps the job trial enforcement's answer names: in the trial info and the ledger.
+fn keep_measurement_job(cx: &mut StepCx<'_>, reply: &Value) -> Result<String, StepError> {
+    let Some(measurement_id) = measurement_id(reply) else {
         return fail(
             "trial enforcement's measurement job answer has no 'MeasurementID' (a string that is not blank, or a number)",
         );
     };
     cx.info_mut()?.measurement_job = json!({"MeasurementID": measurement_id});
-    cx.data.ledger.measurement_job = JobState::Created(measurement_id);
-    Ok(())
+    cx.data.ledger.measurement_job = JobState::Created(measurement_id.clone());
+    Ok(measurement_id)
 }
 
 /// `POST /measurementjobs` for the trial. A creation sent before and never answered goes
@@ -357,14 +362,7 @@ fn measurement_id(job: &Value) -> Option<String> {
 async fn recover_measurement_job(cx: &mut StepCx<'_>) -> Result<String, StepError> {
     let request = measurement_job_request(cx)?;
     let (_, reply) = cx.call_expecting(request, &[201, 200]).await?;
-    let Some(measurement_id) = measurement_id(&reply) else {
-        return fail(
-            "trial enforcement's measurement job answer has no 'MeasurementID' (a string that is not blank, or a number)",
-        );
-    };
-    cx.info_mut()?.measurement_job = json!({"MeasurementID": measurement_id});
-    cx.data.ledger.measurement_job = JobState::Created(measurement_id.clone());
-    Ok(measurement_id)
+    keep_measurement_job(cx, &reply)
 }
 
 async fn delete_measurement_job(cx: &mut StepCx<'_>) -> Result<(), StepError> {

@@ -138,6 +138,13 @@ impl Timer {
             handle.abort();
         }
     }
+
+    /// Stops the timer if it runs; a job being removed stays so.
+    fn disarm(&mut self) {
+        if let Timer::Armed(_) = self {
+            self.stop(Timer::Unarmed);
+        }
+    }
 }
 
 /// The scheduler handle (cheap to clone).
@@ -828,9 +835,7 @@ impl Scheduler {
         // Closed first: a job saved meanwhile is not armed after its timer was stopped here.
         let engines = self.inner.engines.close();
         for job in self.jobs_map().values_mut() {
-            if let Timer::Armed(_) = job.timer {
-                job.timer.stop(Timer::Unarmed);
-            }
+            job.timer.disarm();
         }
         futures_util::future::join_all(engines.iter().map(|engine| engine.stop())).await;
     }

@@ -610,7 +610,9 @@ impl Backend for SqliteBackend {
                     record,
                     events,
                     responses,
-                    next_event: last_event.map_or(0, |seq| seq.unsigned_abs() + 1),
+                    next_event: last_event
+                        .and_then(|seq| u64::try_from(seq).ok())
+                        .map_or(0, |seq| seq + 1),
                 })
             });
             match recovered {
