@@ -590,14 +590,14 @@ impl StepCx<'_> {
         } else {
             String::new()
         };
-        let reply = reply.map_err(|e| {
-            StepError(redactor.text(&format!(
-                "{} {} {}: {e}{after}",
-                request.service.name(),
-                request.method,
-                request.path
-            )))
-        })?;
+        // Said as it is: the executor redacts a step's reason where it is shown.
+        let what = format!(
+            "{} {} {}",
+            request.service.name(),
+            request.method,
+            request.path
+        );
+        let reply = reply.map_err(|e| StepError(format!("{what}: {e}{after}")))?;
         if !expected.contains(&reply.status) {
             let detail = reply
                 .unread
@@ -605,27 +605,18 @@ impl StepCx<'_> {
                 .or(reply.text.as_deref())
                 .map(|t| format!(": {t}"))
                 .unwrap_or_default();
-            return Err(StepError(redactor.text(&format!(
-                "{} {} {} answered {} (expected {}){after}{detail}",
-                request.service.name(),
-                request.method,
-                request.path,
+            let expected: Vec<String> = expected.iter().map(u16::to_string).collect();
+            return Err(StepError(format!(
+                "{what} answered {} (expected {}){after}{detail}",
                 reply.status,
-                expected
-                    .iter()
-                    .map(u16::to_string)
-                    .collect::<Vec<_>>()
-                    .join(" or "),
-            ))));
+                expected.join(" or "),
+            )));
         }
         if let Some(why) = reply.unread {
-            return Err(StepError(redactor.text(&format!(
-                "{} {} {} answered {}, but {why}{after}",
-                request.service.name(),
-                request.method,
-                request.path,
+            return Err(StepError(format!(
+                "{what} answered {}, but {why}{after}",
                 reply.status
-            ))));
+            )));
         }
         // The step uses the answer as it came: what it passes on (the trial's flights, its
         // KPIs) must reach the components unchanged, even where a text holds a configured
