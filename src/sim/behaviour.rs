@@ -99,6 +99,10 @@ pub async fn handle(
         Some(FaultAction::Json(code, value)) => {
             return answered(reply(*code, Some(value.clone())));
         }
+        Some(FaultAction::Text(code, text)) => {
+            let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return answered((status, text.clone()).into_response());
+        }
         Some(FaultAction::RetryAfter(code, after)) => {
             let mut response = reply(*code, Some(json!({"detail": "busy: try again later"})));
             if let Ok(value) = HeaderValue::from_str(&after.header_value()) {

@@ -115,6 +115,8 @@ pub enum FaultAction {
     Status(u16),
     /// Answer the usual status with a body that is not JSON.
     Garbage,
+    /// Answer this status with this text (not JSON) as the body.
+    Text(u16, String),
     /// Answer this status and JSON body.
     Json(u16, Value),
     /// Answer this status with a `Retry-After` header (a service asking to be left alone).

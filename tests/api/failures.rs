@@ -614,3 +614,22 @@ async fn a_password_echoed_in_the_measurement_job_is_not_kept() {
         assert!(shown.contains("[redacted]"));
     }
 }
+
+#[tokio::test]
+async fn a_secret_quoted_in_a_failure_reason_is_redacted_where_it_is_shown() {
+    let app = spawn_app_with_settings(|s| {
+        s.services.abstraction_layer.password = lcm::config::Secret::new("al-secret-pw");
+    })
+    .await;
+    let id = "quoted-secret";
+    app.platform.inject(measurement_job_fault(
+        id,
+        FaultAction::Text(400, "password al-secret-pw refused".into()),
+    ));
+    app.start_trial(id).await;
+    let failed = app.wait_failed(id).await;
+    assert_failure_says(&failed, "password [redacted] refused");
+    let history = app.history(id).await;
+    let shown = format!("{failed} {history:?}");
+    assert!(!shown.contains("al-secret-pw"), "{shown}");
+}
