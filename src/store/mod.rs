@@ -231,6 +231,11 @@ impl ListedStatus {
         }
     }
 
+    /// The status named exactly `name`, as the store writes it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.name() == name)
+    }
+
     /// The status named `name`, in any case.
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL

@@ -851,9 +851,7 @@ const LISTED: &str = "trial_id, engine_status, status, state, step, waiting_for,
 /// A listed status as the store wrote it; one it does not know (written by hand, or by a
 /// later release) is read as `Corrupt`, with the reason, and the `Corrupt` filter finds it.
 fn listed_status(name: &str) -> Result<ListedStatus, String> {
-    ListedStatus::ALL
-        .into_iter()
-        .find(|status| status.name() == name)
+    ListedStatus::from_name(name)
         .ok_or_else(|| format!("unreadable record: unknown engine status '{name}'"))
 }
 
