@@ -146,14 +146,9 @@ pub(super) async fn body_in_time(arrival: Arrival, request: Request, next: Next)
 
 /// Whether reading a body failed on its size.
 fn too_large(error: &axum::Error) -> bool {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(current) = next {
-        if current.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        next = current.source();
-    }
-    false
+    let first: &(dyn std::error::Error + 'static) = error;
+    std::iter::successors(Some(first), |e| e.source())
+        .any(|e| e.is::<http_body_util::LengthLimitError>())
 }
 
 #[cfg(test)]
