@@ -1199,26 +1199,49 @@ mod tests {
         settings.server.max_connections = MAX_CONNECTIONS_LIMIT;
         settings.validate().expect("the largest allowed");
 
+        // Each change alone is refused, naming its key and why.
+        type Change = fn(&mut Settings);
+        let refused: [(Change, &str, &str); 6] = [
+            (
+                |s| s.services.trial_repository.url = "ftp://x".into(),
+                "services.trial_repository.url",
+                "",
+            ),
+            (
+                |s| s.scheduler.misfire_grace_secs = 9_300_000_000_000_000,
+                "scheduler.misfire_grace_secs",
+                "ten years",
+            ),
+            (
+                |s| s.auth.token_ttl_secs = 9_300_000_000_000_000,
+                "auth.token_ttl_secs",
+                "ten years",
+            ),
+            (
+                |s| s.store.retention_days = 3_661,
+                "store.retention_days",
+                "at most 3660 (ten years)",
+            ),
+            (
+                |s| s.services.abstraction_layer.port = 0,
+                "services.abstraction_layer.port",
+                "",
+            ),
+            (
+                |s| s.services.abstraction_layer.interval = 0,
+                "services.abstraction_layer.interval",
+                "greater than 0",
+            ),
+        ];
+        for (change, key, why) in refused {
+            let mut settings = Settings::defaults().unwrap();
+            change(&mut settings);
+            let err = settings.validate().unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(why), "{err}");
+        }
         let mut settings = Settings::defaults().unwrap();
-        settings.services.trial_repository.url = "ftp://x".into();
-        let err = settings.validate().unwrap_err().to_string();
-        assert!(err.contains("services.trial_repository.url"), "{err}");
-
-        let mut settings = Settings::defaults().unwrap();
-        settings.scheduler.misfire_grace_secs = 9_300_000_000_000_000;
-        let err = settings.validate().unwrap_err().to_string();
-        assert!(
-            err.contains("scheduler.misfire_grace_secs") && err.contains("ten years"),
-            "{err}"
-        );
-
-        let mut settings = Settings::defaults().unwrap();
-        settings.auth.token_ttl_secs = 9_300_000_000_000_000;
-        let err = settings.validate().unwrap_err().to_string();
-        assert!(
-            err.contains("auth.token_ttl_secs") && err.contains("ten years"),
-            "{err}"
-        );
+        settings.store.retention_days = 3_660;
+        settings.validate().expect("ten years of days");
 
         // A ceiling below the first wait caps it: a service's own low ceiling is meaningful.
         let mut settings = Settings::defaults().unwrap();
@@ -1231,29 +1254,6 @@ mod tests {
         assert_eq!(
             crate::services::retry::backoff(&policy, 1, None, 1.0),
             std::time::Duration::from_millis(50)
-        );
-
-        let mut settings = Settings::defaults().unwrap();
-        settings.store.retention_days = 3_660;
-        settings.validate().expect("ten years of days");
-        settings.store.retention_days = 3_661;
-        let err = settings.validate().unwrap_err().to_string();
-        assert!(
-            err.contains("store.retention_days") && err.contains("at most 3660 (ten years)"),
-            "{err}"
-        );
-
-        let mut settings = Settings::defaults().unwrap();
-        settings.services.abstraction_layer.port = 0;
-        let err = settings.validate().unwrap_err().to_string();
-        assert!(err.contains("services.abstraction_layer.port"), "{err}");
-
-        let mut settings = Settings::defaults().unwrap();
-        settings.services.abstraction_layer.interval = 0;
-        let err = settings.validate().unwrap_err().to_string();
-        assert!(
-            err.contains("services.abstraction_layer.interval") && err.contains("greater than 0"),
-            "{err}"
         );
     }
 
