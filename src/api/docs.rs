@@ -83,15 +83,23 @@ impl Modify for SecuritySchemes {
     }
 }
 
-/// Adds to every operation that takes credentials the refusals the extractors answer for all
-/// of them: 429 once the client's address failed to authenticate too often, and 403 for a key
-/// whose role is too small (where the operation does not describe a 403 of its own, as the
-/// token routes do).
-pub fn describe_access_refusals(openapi: &mut utoipa::openapi::OpenApi) {
+/// Adds to every operation the refusals the extractors and layers answer for all of them,
+/// where the operation does not describe its own: to one that takes credentials, 429 once the
+/// client's address failed to authenticate too often and 403 for a key whose role is too small
+/// (the token routes describe a 403 of their own); to one that takes a JSON body, 413 for a
+/// body over `server.max_body_bytes` and 415 for one that is not `application/json`.
+pub fn describe_common_refusals(openapi: &mut utoipa::openapi::OpenApi) {
     let error_body = || {
         ContentBuilder::new()
             .schema(Some(Ref::from_schema_name("ErrorBody")))
             .build()
+    };
+    let refusal = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content("application/json", error_body())
+            .build()
+            .into()
     };
     for item in openapi.paths.paths.values_mut() {
         let operations = [
@@ -102,19 +110,24 @@ pub fn describe_access_refusals(openapi: &mut utoipa::openapi::OpenApi) {
             &mut item.patch,
         ];
         for operation in operations.into_iter().flatten() {
+            let takes_body = operation.request_body.is_some();
+            let responses = &mut operation.responses.responses;
+            if takes_body {
+                responses
+                    .entry("413".to_owned())
+                    .or_insert_with(|| refusal("The body is larger than `server.max_body_bytes`"));
+                responses
+                    .entry("415".to_owned())
+                    .or_insert_with(|| refusal("The body is not `application/json`"));
+            }
             if operation.security.is_none() {
                 continue;
             }
-            let responses = &mut operation.responses.responses;
             responses.entry("403".to_owned()).or_insert_with(|| {
-                ResponseBuilder::new()
-                    .description(
-                        "The key's role is too small for this route (the detail names the role \
-                         needed)",
-                    )
-                    .content("application/json", error_body())
-                    .build()
-                    .into()
+                refusal(
+                    "The key's role is too small for this route (the detail names the role \
+                     needed)",
+                )
             });
             responses.entry("429".to_owned()).or_insert_with(|| {
                 ResponseBuilder::new()

@@ -100,7 +100,6 @@ async fn restore(
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "The trial has no engine", body = ErrorBody),
         (status = 409, description = "Not failed, or the step cannot be skipped (the detail says what later steps need)", body = ErrorBody),
-        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
         (status = 422, description = "No reason, an empty or too long one, or an unknown field", body = ErrorBody),
         (status = 503, description = "The skip could not be saved, so it was not made", body = ErrorBody),
     ),

@@ -108,7 +108,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(engines::routes())
         .merge(observe::routes())
         .merge(docs::routes());
-    docs::describe_access_refusals(api.get_openapi_mut());
+    docs::describe_common_refusals(api.get_openapi_mut());
     api
 }
 

@@ -75,7 +75,6 @@ struct AutomaticScheduling {
         (status = 400, description = "Invalid trial id, or a start time that is malformed or not in the future", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 409, description = "The trial already has a job or an engine", body = ErrorBody),
-        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
         (status = 422, description = "The body is not an object of this shape", body = ErrorBody),
         (status = 503, description = "The job could not be saved, so it was not made", body = ErrorBody),
     ),

@@ -347,3 +347,51 @@ async fn swagger_ui_is_served_from_the_binary_without_credentials() {
     assert_eq!(answer.status, StatusCode::NOT_FOUND, "{answer:?}");
     assert_eq!(answer.detail(), "no such route");
 }
+
+#[tokio::test]
+async fn every_route_that_takes_a_json_body_documents_and_answers_its_refusals() {
+    let app = spawn_app().await;
+    let doc = document(&app).await;
+    let mut probed = 0;
+    for (method, path, operation) in operations(&doc) {
+        if !operation["requestBody"].is_object() {
+            continue;
+        }
+        let what = format!("{method} {path}");
+        let responses = &operation["responses"];
+        for status in ["413", "415"] {
+            assert!(
+                responses[status].is_object(),
+                "{what} does not list {status}"
+            );
+        }
+        // What the document lists is what the route answers (a route with a key; the token
+        // routes check the token before the body).
+        if operation["security"][0].get("api_key").is_none() {
+            continue;
+        }
+        let url = format!("{}{}", app.address, path.replace("{trial_id}", "probe-1"));
+        let method = Method::from_bytes(method.as_bytes()).expect("a method");
+        let answer = crate::helpers::read(
+            app.client
+                .request(method, url)
+                .header(header::AUTHORIZATION, API_KEY)
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body(r#"{"reason": "x"}"#)
+                .send()
+                .await
+                .expect("the service answers"),
+        )
+        .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{what}: {answer:?}"
+        );
+        probed += 1;
+    }
+    assert!(
+        probed >= 6,
+        "only {probed} routes with a JSON body were probed"
+    );
+}
