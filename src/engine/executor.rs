@@ -941,7 +941,11 @@ impl Executor {
     async fn fail(mut self, reason: String) -> ExecutorExit {
         self.commands.close();
         self.answer_queued(Lifecycle::Failed);
-        error!(reason = %reason, "trial failed");
+        if self.cleaning_up() {
+            error!(reason = %reason, "the clean-up after an abort failed");
+        } else {
+            error!(reason = %reason, "trial failed");
+        }
         self.shared
             .journal
             .event(EventKind::TrialFailed, None, Some(reason.clone()), None);

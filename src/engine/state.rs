@@ -243,6 +243,16 @@ pub enum LeftoverKind {
     MeasurementJob,
 }
 
+impl LeftoverKind {
+    /// As said in a log line, the same words as `kind` in the status.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Slice => "slice",
+            Self::MeasurementJob => "measurement_job",
+        }
+    }
+}
+
 impl Ledger {
     /// What is still deployed, as `leftovers`.
     pub fn leftovers(&self, trial: &str, info: Option<&TrialInfo>) -> Vec<Leftover> {

@@ -489,7 +489,25 @@ impl Watchdog {
             // A restart would otherwise run the failed step again on the older record.
             self.not_saved("the failure of the trial");
         }
-        info!("failure procedure done; checkpoint kept for a restore");
+        match self
+            .checkpoint
+            .failure
+            .as_ref()
+            .filter(|f| f.cleanup_failed)
+        {
+            Some(failure) => {
+                let leftovers = failure
+                    .leftovers
+                    .iter()
+                    .map(|l| format!("{} {}", l.kind.name(), l.id))
+                    .collect::<Vec<_>>();
+                warn!(
+                    leftovers = %leftovers.join(", "),
+                    "the clean-up after an abort failed: what it names is still deployed; POST /trial/{{id}}/abort retries it (a restore is refused)"
+                );
+            }
+            None => info!("failure procedure done; checkpoint kept for a restore"),
+        }
     }
 
     /// Why a failed engine cannot be restored, skipped or aborted right now.
@@ -665,6 +683,7 @@ impl Watchdog {
         } else {
             format!("{reason}; undoing what the trial deployed")
         };
+        info!(reason = %detail, "aborting the failed trial: the clean-up starts");
         let events = [
             (EventKind::AbortRequested, Some(reason)),
             (EventKind::CleanupStarted, Some(detail)),

@@ -428,6 +428,58 @@ async fn an_abort_waits_until_the_failure_procedure_is_done() {
     );
 }
 
+/// The first line of the log that has every one of `words`, once it is written.
+async fn logged(app: &TestApp, words: &[&str]) -> String {
+    eventually(&format!("a log line with {words:?}"), || async {
+        let log = log_text(app);
+        log.lines()
+            .find(|line| words.iter().all(|word| line.contains(word)))
+            .map(str::to_owned)
+            .ok_or(log)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_log_says_a_clean_up_failed_what_it_left_and_that_abort_retries_it() {
+    let app = spawn_binary().await;
+    let id = "leaky-log";
+    app.start_trial(id).await;
+    app.wait_waiting(id, WAITING_OPERATOR).await;
+    app.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "DELETE",
+            "/measurementjobs/",
+            FaultAction::Status(500),
+        )
+        .for_trial(id),
+    );
+    abort_until_cleanup_fails(&app, id, "DeleteMeasurementJob").await;
+    let failed = logged(&app, &[id, "the clean-up after an abort failed"]).await;
+    assert!(failed.contains("ERROR"), "{failed}");
+    let left = logged(&app, &[id, "still deployed", "abort retries it"]).await;
+    assert!(
+        left.contains("WARN") && left.contains(&format!("measurement_job mj-{id}")),
+        "{left}"
+    );
+    assert!(
+        !log_text(&app).contains("checkpoint kept for a restore"),
+        "a failed clean-up cannot be restored"
+    );
+
+    app.platform.clear_faults();
+    let again = app.post(&format!("/trial/{id}/abort"), None).await;
+    assert_eq!(again.status, StatusCode::OK, "{again:?}");
+    let retried = logged(&app, &[id, "aborting the failed trial"]).await;
+    assert!(
+        retried.contains("retrying the clean-up that failed"),
+        "{retried}"
+    );
+    app.wait_for(id, "Aborted", |s| s["engine_status"] == "Aborted")
+        .await;
+}
+
 #[tokio::test]
 async fn a_clean_up_step_that_fails_for_good_lets_the_rest_undo_what_they_can_and_abort_again_retries_it()
  {
