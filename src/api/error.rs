@@ -73,15 +73,28 @@ impl ApiError {
     }
 }
 
+/// The detail of a server error (5xx), kept beside the answer so the line that logs it says
+/// why. It is what the client is told, so it is never secret.
+#[derive(Debug, Clone)]
+pub struct ServerErrorDetail(pub String);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let logged = self
+            .status
+            .is_server_error()
+            .then(|| ServerErrorDetail(self.detail.clone()));
+        let mut response = (
             self.status,
             Json(ErrorBody {
                 detail: self.detail,
             }),
         )
-            .into_response()
+            .into_response();
+        if let Some(detail) = logged {
+            response.extensions_mut().insert(detail);
+        }
+        response
     }
 }
 

@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, error, warn};
 
 use super::ApiError;
+use super::error::ServerErrorDetail;
 use crate::server::ConnectionSlot;
 
 /// How requests are handled: each to its end in a task of its own.
@@ -49,8 +50,10 @@ pub(super) async fn to_the_end(handling: Handling, request: Request, next: Next)
             // Here rather than where the answer is sent: its caller may be gone.
             let status = response.status();
             if status.is_server_error() {
+                let detail = response.extensions().get::<ServerErrorDetail>();
                 warn!(
                     status = status.as_u16(),
+                    detail = detail.map_or("-", |d| d.0.as_str()),
                     "{handler_method} {} ended with a server error",
                     handler_uri.path()
                 );

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use lcm::sim::{Component, Fault, FaultAction};
 use reqwest::StatusCode;
 
 use crate::helpers::*;
@@ -231,6 +232,32 @@ async fn a_trial_failing_on_an_unreachable_component_names_its_url_and_the_cause
             "trial_enforcement unreachable at http://127.0.0.1:{port}/api/sliceDeployment: connection refused"
         )),
         "{reason}"
+    );
+}
+
+#[tokio::test]
+async fn the_log_says_why_a_request_ended_with_a_server_error() {
+    let app = spawn_binary().await;
+    app.platform.inject(Fault::new(
+        Component::Repository,
+        "GET",
+        "/trial/t1/",
+        FaultAction::Status(500),
+    ));
+    let answer = app.post("/debug/trial/t1/schedule", None).await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{answer:?}");
+    let line = eventually("the server error in the log", || async {
+        let log = log_text(&app);
+        log.lines()
+            .find(|line| line.contains("ended with a server error"))
+            .map(str::to_owned)
+            .ok_or(log)
+    })
+    .await;
+    assert!(
+        line.contains("/debug/trial/t1/schedule") && line.contains(answer.detail()),
+        "the line says what the client was told ({}): {line}",
+        answer.detail()
     );
 }
 
