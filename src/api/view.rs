@@ -61,12 +61,24 @@ impl AppState {
         }
     }
 
-    /// The 404 of a trial with no engine and no record, saying if it is scheduled.
+    /// The 404 of a trial with no engine and no record, saying if it is scheduled, or was
+    /// missed while the service was down.
     fn no_trial(&self, id: &TrialId) -> ApiError {
-        match self.scheduler.jobs().into_iter().find(|job| job.id == *id) {
-            Some(job) => ApiError::not_found(format!(
+        if let Some(job) = self.scheduler.jobs().into_iter().find(|job| job.id == *id) {
+            return ApiError::not_found(format!(
                 "trial '{id}' has no engine yet: it is scheduled to start at {}",
                 job.start_time
+            ));
+        }
+        match self
+            .scheduler
+            .missed()
+            .into_iter()
+            .find(|job| job.id == *id)
+        {
+            Some(missed) => ApiError::not_found(format!(
+                "trial '{id}' has no engine: its start time {} passed while the service was down, beyond scheduler.misfire_grace_secs, so it was missed; schedule it again",
+                missed.start_time
             )),
             None => ApiError::no_engine(id),
         }

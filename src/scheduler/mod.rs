@@ -381,6 +381,13 @@ impl Scheduler {
             scheduler.fire(&job_id, generation);
         });
         job.timer.stop(Timer::Armed(timer.abort_handle()));
+        drop(jobs);
+        // Scheduled again, a trial missed at start-up is missed no more.
+        self.inner
+            .missed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|missed| missed.id != *id);
     }
 
     /// The start time has come: the job gives way to the engine.

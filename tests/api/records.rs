@@ -486,8 +486,18 @@ async fn a_job_whose_start_passed_beyond_the_grace_while_down_is_reported_not_ru
     );
     assert!(app.engines().await.is_empty(), "{status}");
     assert!(app.platform.requests_for("missed").is_empty());
-    // Its job is gone from the store too: the operator can schedule it again.
+    let asked = app.get("/trial/missed/status").await;
+    assert_eq!(asked.status, StatusCode::NOT_FOUND, "{asked:?}");
+    assert!(
+        asked.detail().contains("missed") && asked.detail().contains("schedule it again"),
+        "{asked:?}"
+    );
+    // Its job is gone from the store too: the operator can schedule it again, and then it is
+    // no longer missed.
     app.schedule_in("missed", 3_600_000).await;
+    // (`lcm_missed_jobs` is the length of this list when scraped.)
+    let status = app.get("/status").await.body;
+    assert_eq!(status["missed_trials"], Value::Array(vec![]), "{status}");
 }
 
 #[tokio::test]
