@@ -202,7 +202,7 @@ async fn callback(
 /// not fit now, or 503 when it could not be saved.
 fn control_answer(outcome: ControlOutcome) -> Result<Json<Message>, ApiError> {
     outcome.map(|m| Json(Message::new(m))).map_err(|e| match e {
-        ControlError::Refused(why) => ApiError::conflict(why),
+        ControlError::Refused(why) | ControlError::NotLive(why) => ApiError::conflict(why),
         ControlError::NotSaved(_) | ControlError::Stopped => ApiError::unavailable(e.to_string()),
     })
 }

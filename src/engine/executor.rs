@@ -47,7 +47,7 @@ pub enum SignalOutcome {
 
 /// The refusal of what only a live engine takes.
 pub(super) fn not_live(id: &TrialId, lifecycle: Lifecycle) -> ControlError {
-    ControlError::Refused(format!(
+    ControlError::NotLive(format!(
         "trial '{id}' does not take this now: its engine is {}",
         lifecycle.engine_status().name()
     ))
@@ -105,6 +105,9 @@ pub enum ControlError {
     /// It does not fit where the trial is now (the API's 409).
     #[error("{0}")]
     Refused(String),
+    /// The trial has no live executor: it ended, or failed (the API's 409).
+    #[error("{0}")]
+    NotLive(String),
     /// It fits, but could not be saved, so it was not made (the API's 503).
     #[error("the change was not saved, so it was not made: {0}")]
     NotSaved(String),
@@ -119,6 +122,7 @@ impl ControlError {
     pub fn label(&self) -> &'static str {
         match self {
             ControlError::Refused(_) => "refused_wrong_phase",
+            ControlError::NotLive(_) => "refused_not_live",
             ControlError::NotSaved(_) => "not_saved",
             ControlError::Stopped => "refused_not_live",
         }

@@ -85,8 +85,8 @@ impl RestoreError {
         match self {
             RestoreError::NotSaved(_) => "not_saved",
             RestoreError::Stopped => "refused_not_live",
+            RestoreError::Ended(_) => "refused_not_live",
             RestoreError::Running
-            | RestoreError::Ended(_)
             | RestoreError::Reporting
             | RestoreError::CleanupFailed
             | RestoreError::NotSkippable(_) => "refused_wrong_phase",
@@ -96,7 +96,7 @@ impl RestoreError {
     /// The refusal of an abort: said of the trial `id`.
     pub(super) fn refusing_abort(self, id: &str) -> ControlError {
         match self {
-            RestoreError::Ended(ended) => ControlError::Refused(format!("trial {id} has {ended}")),
+            RestoreError::Ended(ended) => ControlError::NotLive(format!("trial {id} has {ended}")),
             RestoreError::NotSaved(e) => ControlError::NotSaved(e),
             RestoreError::Stopped => ControlError::Stopped,
             other @ (RestoreError::Running

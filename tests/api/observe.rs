@@ -6,6 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use lcm::engine::sequence::{Step, happy_path};
+use lcm::sim::{Component, Fault, FaultAction};
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
@@ -144,6 +145,53 @@ async fn metrics_count_exactly_what_one_trial_did() {
         sum_of(&text, "lcm_token_validations_total", "outcome="),
         2.0
     );
+}
+
+#[tokio::test]
+async fn what_an_engine_no_longer_live_refuses_is_counted_alike() {
+    let app = spawn_binary().await;
+    let (failed, finished) = ("counted-failed", "counted-finished");
+    app.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "POST",
+            "/sliceDeployment",
+            FaultAction::Status(400),
+        )
+        .for_trial(failed),
+    );
+    app.start_trial(failed).await;
+    app.wait_failed(failed).await;
+    app.run_to_finished(finished).await;
+    for id in [failed, finished] {
+        for action in ["active", "finish", "pause", "resume", "step"] {
+            let answer = app.post(&format!("/trial/{id}/{action}"), None).await;
+            assert_eq!(
+                answer.status,
+                StatusCode::CONFLICT,
+                "{id} {action}: {answer:?}"
+            );
+        }
+    }
+    let answer = app.post(&format!("/trial/{finished}/abort"), None).await;
+    assert_eq!(answer.status, StatusCode::CONFLICT, "{answer:?}");
+    let text = scrape(&app).await;
+    for (action, times) in [
+        ("active", 2.0),
+        ("finish", 2.0),
+        ("pause", 2.0),
+        ("resume", 2.0),
+        ("step", 2.0),
+        ("abort", 1.0),
+    ] {
+        let series =
+            format!(r#"lcm_signals_total{{signal="{action}",outcome="refused_not_live"}}"#);
+        assert_eq!(
+            series_value(&text, &series),
+            Some(times),
+            "{series}: {text}"
+        );
+    }
 }
 
 #[tokio::test]
