@@ -171,10 +171,10 @@ impl EngineHandle {
         } = record;
         let live = lifecycle.is_live();
         if live {
-            checkpoint.data.ledger =
-                sequence::ledger_at(checkpoint.position, &checkpoint.data.ledger, || {
-                    steps::measurement_job_key(&id, checkpoint.started_at, checkpoint.run)
-                });
+            let (started_at, run) = (checkpoint.started_at, checkpoint.run);
+            sequence::count_in_flight(checkpoint.position, &mut checkpoint.data, || {
+                steps::measurement_job_key(&id, started_at, run)
+            });
         }
         let (state, _) = watch::channel(Snapshot::at(
             lifecycle,

@@ -10,7 +10,9 @@
 //! Every name here (`Step::name`, `Wait::name`, `Signal::name`) is also how the store writes
 //! it: renaming a variant changes nothing on disk, renaming a name needs a migration.
 
-use super::state::{Checkpoint, JobState, KpiStatus, Ledger, Mode, Position, SliceState};
+use super::state::{
+    Checkpoint, JobState, KpiStatus, Ledger, Mode, Position, SliceState, TrialData,
+};
 
 /// A step of the executor, named as in the spec and the diagrams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -350,13 +352,13 @@ pub fn start_cleanup(checkpoint: &mut Checkpoint, reason: &str) {
         .unwrap_or(Position::Run(UpdateStatusAborted));
 }
 
-/// What a trial read back from its saved record may have deployed, counting the step it
-/// stood at: a slice deployment or a measurement job's creation (sent with `job_key`) that
-/// was sent before the record was saved may have made what it asked for even though its
-/// answer never came. (A running executor's own ledger is exact: the step marks it requested
-/// just before the request leaves.)
-pub fn ledger_at(position: Position, ledger: &Ledger, job_key: impl FnOnce() -> String) -> Ledger {
-    let mut ledger = ledger.clone();
+/// Counts what a trial read back from its saved record may have deployed at the step it
+/// stood at: a slice deployment, a measurement job's creation (sent with `job_key`) or a KPI
+/// marking that opens (Idle, Active) that was sent before the record was saved may have made
+/// what it asked for even though its answer never came. (A running executor's own data is
+/// exact: the step counts it just before the request leaves.)
+pub fn count_in_flight(position: Position, data: &mut TrialData, job_key: impl FnOnce() -> String) {
+    let ledger = &mut data.ledger;
     match position {
         Position::Run(SliceDeployment) if ledger.slice == SliceState::None => {
             ledger.slice = SliceState::Requested;
@@ -364,9 +366,14 @@ pub fn ledger_at(position: Position, ledger: &Ledger, job_key: impl FnOnce() -> 
         Position::Run(CreateMeasurementJob) if ledger.measurement_job == JobState::None => {
             ledger.measurement_job = JobState::Requested(job_key());
         }
+        Position::Run(SendKpiIdle) if data.kpi_status.is_none() => {
+            data.kpi_status = Some(KpiStatus::Idle);
+        }
+        Position::Run(SendKpiActive) if data.kpi_status != Some(KpiStatus::Idle) => {
+            data.kpi_status = Some(KpiStatus::Active);
+        }
         _ => {}
     }
-    ledger
 }
 
 /// Why a failed step cannot be skipped, if it cannot.
@@ -605,24 +612,38 @@ mod tests {
             done = Some(step);
         }
         assert_eq!(walked, full_cleanup());
-        let in_flight = ledger_at(Position::Run(SliceDeployment), &nothing, String::new);
+        let in_flight = |step: Step| {
+            let mut data = TrialData::default();
+            count_in_flight(Position::Run(step), &mut data, || {
+                format!("t-1-{}-r0-1", step.name())
+            });
+            data
+        };
+        let slice = in_flight(SliceDeployment);
         assert_eq!(
-            cleanup_after(None, None, &in_flight),
+            cleanup_after(None, None, &slice.ledger),
             Next::Step(CloseService),
             "a slice deployment in flight may have created the slice"
         );
-        let job_in_flight = ledger_at(Position::Run(CreateMeasurementJob), &nothing, || {
-            "t-1-CreateMeasurementJob-r0-1".to_owned()
-        });
+        let job = in_flight(CreateMeasurementJob);
         assert_eq!(
-            job_in_flight.measurement_job,
+            job.ledger.measurement_job,
             JobState::Requested("t-1-CreateMeasurementJob-r0-1".into())
         );
         assert_eq!(
-            cleanup_after(None, None, &job_in_flight),
+            cleanup_after(None, None, &job.ledger),
             Next::Step(DeleteMeasurementJob),
             "a measurement job's creation in flight may have made it"
         );
+        for step in [SendKpiIdle, SendKpiActive] {
+            let marking = in_flight(step);
+            assert_eq!(
+                cleanup_after(None, marking.kpi_status, &marking.ledger),
+                Next::Step(SendKpiFinish),
+                "{step:?} in flight may have opened a marking"
+            );
+        }
+        assert_eq!(in_flight(UpdateStatusActive), TrialData::default());
         let closing = Ledger {
             slice: SliceState::Closing,
             ..Ledger::default()

@@ -658,7 +658,8 @@ impl StepCx<'_> {
     /// `markKPIData` for the trial id, then for the slice id.
     async fn mark_kpis(&mut self, marking: KpiStatus) -> Result<(), StepError> {
         let slice_id = self.slice_id()?;
-        for marked in [self.id.to_string(), slice_id] {
+        let before = self.data.kpi_status;
+        for (i, marked) in [self.id.to_string(), slice_id].into_iter().enumerate() {
             let body = json!({
                 "TrialID": marked,
                 "MarkingID": marked,
@@ -666,12 +667,18 @@ impl StepCx<'_> {
                 "Marking": marking.marking(),
             });
             let request = self.post(Service::KpiMonitoring, "markKPIData").json(body);
-            self.call(request, 200).await?;
-            // A marking that opens (Idle, Active) counts once KPI monitoring took the first
-            // of its two, so that an abort's clean-up closes it even when the step fails
-            // before the second.
+            // A marking that opens (Idle, Active) counts from the moment its first request
+            // leaves, so that an abort's clean-up closes it: an abort that cancels the
+            // request, or an answer that never comes, cannot tell whether KPI monitoring took
+            // it. Only a first request refused (a 4xx) opened nothing.
             if marking != KpiStatus::Finished {
                 self.data.kpi_status = Some(marking);
+            }
+            if let Err(e) = self.call(request, 200).await {
+                if i == 0 && !self.may_have_made {
+                    self.data.kpi_status = before;
+                }
+                return Err(e);
             }
         }
         self.data.kpi_status = Some(marking);

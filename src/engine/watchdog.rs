@@ -456,15 +456,11 @@ impl Watchdog {
         error!(reason = %reason, "executor died; engine marked Failed");
         self.catch_up();
         // The last checkpoint was handed over before the step the executor died in.
-        let checkpoint = &self.checkpoint;
-        self.checkpoint.data.ledger =
-            sequence::ledger_at(checkpoint.position, &checkpoint.data.ledger, || {
-                super::steps::measurement_job_key(
-                    &self.shared.id,
-                    checkpoint.started_at,
-                    checkpoint.run,
-                )
-            });
+        let checkpoint = &mut self.checkpoint;
+        let (started_at, run) = (checkpoint.started_at, checkpoint.run);
+        sequence::count_in_flight(checkpoint.position, &mut checkpoint.data, || {
+            super::steps::measurement_job_key(&self.shared.id, started_at, run)
+        });
         self.shared
             .journal
             .event(EventKind::TrialFailed, None, Some(reason.clone()), None);

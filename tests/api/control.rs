@@ -573,6 +573,63 @@ async fn a_slice_created_callback_after_an_abort_is_not_taken_for_the_closing() 
 }
 
 #[tokio::test]
+async fn an_abort_that_cancels_a_kpi_marking_in_flight_closes_the_marking() {
+    let app = spawn_app().await;
+    let id = "marking-cut";
+    let marking = app.hold_next(Component::Kpi, "POST", "/markKPIData", id);
+    app.start_trial(id).await;
+    let markings = || {
+        app.platform
+            .requests_for(id)
+            .into_iter()
+            .filter(|r| r.path == "/markKPIData")
+            .filter_map(|r| Some(r.body?["Marking"].as_str()?.to_owned()))
+            .collect::<Vec<_>>()
+    };
+    eventually("the Idle marking held at KPI monitoring", || async {
+        if markings().is_empty() {
+            Err("no marking yet".to_owned())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    // KPI monitoring has the marking; the abort cancels the request before its answer.
+    let aborted = app.post(&format!("/trial/{id}/abort"), None).await;
+    assert_eq!(aborted.status, StatusCode::OK, "{aborted:?}");
+    marking.open();
+    let status = app
+        .wait_for(id, "Aborted", |s| s["engine_status"] == "Aborted")
+        .await;
+    assert_eq!(status["kpi_status"], "Finished", "{status}");
+    assert_eq!(markings(), ["Idle", "Finished", "Finished"]);
+}
+
+#[tokio::test]
+async fn a_kpi_marking_refused_at_once_opened_nothing_to_close() {
+    let app = spawn_app().await;
+    let id = "marking-refused";
+    app.platform.inject(
+        kpi_marking_fault(FaultAction::Status(400))
+            .for_trial(id)
+            .times(1),
+    );
+    app.start_trial(id).await;
+    let failed = app.wait_failed(id).await;
+    assert_failure_says(&failed, "SendKpiIdle failed");
+    let aborted = app.post(&format!("/trial/{id}/abort"), None).await;
+    assert_eq!(aborted.status, StatusCode::OK, "{aborted:?}");
+    app.wait_for(id, "Aborted", |s| s["engine_status"] == "Aborted")
+        .await;
+    let sent = lines(&app, id);
+    assert_eq!(
+        sent.iter().filter(|l| *l == "POST /markKPIData").count(),
+        1,
+        "only the refused marking: {sent:?}"
+    );
+}
+
+#[tokio::test]
 async fn kpi_monitoring_down_for_good_keeps_no_slice_deployed() {
     let app = spawn_app_with_settings(single_attempt).await;
     let id = "kpi-down";
