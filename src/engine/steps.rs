@@ -214,7 +214,7 @@ async fn slice_deployment(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     // From here on the slice may exist, whatever the answer (or its absence) says, unless no
     // attempt could have reached trial enforcement or it refused the request.
     let before = std::mem::replace(&mut cx.data.ledger.slice, SliceState::Requested);
-    let reply = match cx.call_deploying(request).await {
+    let reply = match cx.call_deploying(request, &[201]).await {
         Ok(reply) => reply,
         Err(e) => {
             if !cx.may_have_made {
@@ -291,7 +291,13 @@ async fn create_measurement_job(cx: &mut StepCx<'_>) -> Result<(), StepError> {
         &mut cx.data.ledger.measurement_job,
         JobState::Requested(key),
     );
-    let reply = match cx.call_deploying(request).await {
+    // A creation sent again with its key may be answered as a replay, 200 with the job made
+    // the first time (a restore, or a restart, runs the step again).
+    let expected: &[u16] = match before {
+        JobState::Requested(_) => &[201, 200],
+        JobState::None | JobState::Created(_) | JobState::Deleted => &[201],
+    };
+    let reply = match cx.call_deploying(request, expected).await {
         Ok(reply) => reply,
         Err(e) => {
             if !cx.may_have_made {
@@ -537,11 +543,15 @@ impl StepCx<'_> {
 
     /// Like [`Self::call`] for a `POST` that makes what the clean-up undoes, answered 201: an
     /// abort meanwhile lets it have its answer, so what it made is known and undone.
-    async fn call_deploying(&mut self, request: Outbound) -> Result<Value, StepError> {
+    async fn call_deploying(
+        &mut self,
+        request: Outbound,
+        expected: &[u16],
+    ) -> Result<Value, StepError> {
         self.deploying.store(true, Ordering::SeqCst);
-        let answer = self.call(request, 201).await;
+        let answer = self.call_expecting(request, expected).await;
         self.deploying.store(false, Ordering::SeqCst);
-        answer
+        answer.map(|(_, reply)| reply)
     }
 
     /// Sends a request, records the answer under the step, and requires `expected`. Returns

@@ -1104,6 +1104,32 @@ async fn an_abort_waiting_for_a_failure_procedure_whose_engine_is_deleted_is_503
 }
 
 #[tokio::test]
+async fn a_restore_takes_a_replayed_measurement_job_creation_answered_200() {
+    let app = spawn_app_with_settings(single_attempt).await;
+    let id = "job-replayed";
+    app.platform
+        .inject(measurement_job_fault(id, FaultAction::Status(500)));
+    app.start_trial(id).await;
+    app.wait_failed(id).await;
+    // A component that honours the key answers the creation sent again as a replay: 200,
+    // with the job it made the first time.
+    app.platform.inject(measurement_job_fault(
+        id,
+        FaultAction::Json(200, json!({"MeasurementID": "mj-first"})),
+    ));
+    let restored = app.post(&format!("/debug/engine/{id}/restore"), None).await;
+    assert_eq!(restored.status, StatusCode::OK, "{restored:?}");
+    app.wait_waiting(id, WAITING_OPERATOR).await;
+    let status = abort(&app, id, "aborted by the operator").await;
+    assert_eq!(status["leftovers"], json!([]), "{status}");
+    let sent = lines(&app, id);
+    assert!(
+        sent.contains(&"DELETE /measurementjobs/mj-first".to_owned()),
+        "the job the replay named is the one deleted: {sent:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_measurement_job_whose_creation_went_unanswered_is_found_by_its_key_and_deleted() {
     let app = spawn_app_with_settings(single_attempt).await;
     let (in_doubt, refused) = ("job-in-doubt", "job-refused");
