@@ -101,7 +101,7 @@ impl Heartbeats {
                     report.healthy = Some(healthy);
                 }
             }
-            .instrument(tracing::info_span!("heartbeat", trial = %id)),
+            .instrument(tracing::error_span!("heartbeat", trial = %id)),
         );
         instances.insert(
             id.clone(),

@@ -559,8 +559,10 @@ impl EngineShared {
     }
 
     /// The span every log line of this engine is written in. Made without a parent, so a
-    /// task spawned from another engine task does not name the trial twice.
+    /// task spawned from another engine task does not name the trial twice, and at the error
+    /// level, so that it names the trial at every `logging.level` (a span below the level is
+    /// left out, and its lines with it lose the trial).
     fn span(&self) -> tracing::Span {
-        tracing::info_span!(parent: None, "engine", trial = %self.id)
+        tracing::error_span!(parent: None, "engine", trial = %self.id)
     }
 }

@@ -236,6 +236,36 @@ async fn a_trial_failing_on_an_unreachable_component_names_its_url_and_the_cause
 }
 
 #[tokio::test]
+async fn an_engine_s_lines_name_its_trial_at_every_log_level() {
+    let app = spawn_binary_with(BinaryOptions {
+        env: &[("LCM__LOGGING__LEVEL", "warn")],
+        ..BinaryOptions::default()
+    })
+    .await;
+    let id = "quiet-failure";
+    app.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "POST",
+            "/sliceDeployment",
+            FaultAction::Status(400),
+        )
+        .for_trial(id),
+    );
+    app.start_trial(id).await;
+    app.wait_failed(id).await;
+    let line = eventually("the failure in the log", || async {
+        let log = log_text(&app);
+        log.lines()
+            .find(|line| line.contains("trial failed"))
+            .map(str::to_owned)
+            .ok_or(log)
+    })
+    .await;
+    assert!(line.contains(&format!("trial={id}")), "{line}");
+}
+
+#[tokio::test]
 async fn the_log_says_why_a_request_ended_with_a_server_error() {
     let app = spawn_binary().await;
     app.platform.inject(Fault::new(
