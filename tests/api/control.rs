@@ -948,6 +948,48 @@ async fn skip_goes_past_a_failed_step_with_a_reason_unless_later_steps_need_it()
 }
 
 #[tokio::test]
+async fn skipping_a_request_skips_the_wait_for_its_callback_too() {
+    let app = spawn_app_with_settings(|s| {
+        single_attempt(s);
+        s.executor.disable_vnf = false;
+    })
+    .await;
+    let id = "skip-onboarding";
+    app.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "POST",
+            "/vnf/cloud/boarding",
+            FaultAction::Status(500),
+        )
+        .for_trial(id),
+    );
+    app.start_trial(id).await;
+    let failed = app.wait_failed(id).await;
+    assert_eq!(failed["state"], "CloudVnfOnboarding", "{failed}");
+    let answer = app
+        .post(
+            &format!("/debug/engine/{id}/skip"),
+            Some(json!({"reason": "cloud VNF onboarded by hand"})),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    assert_eq!(
+        answer.body["message"],
+        "CloudVnfOnboarding and the wait for the cloudvnfboarding callback skipped; the trial goes on at CloudVnfDeployment",
+        "{answer:?}"
+    );
+    // No callback for a request never sent is awaited: the trial goes on to the next request.
+    app.wait_waiting(id, WAITING_OPERATOR).await;
+    let sent = lines(&app, id);
+    assert!(
+        sent.iter()
+            .any(|l| l.starts_with("POST /vnf/cloud/deployment")),
+        "{sent:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_failed_component_wait_can_be_skipped_and_an_operator_wait_cannot() {
     let app = spawn_app_with_settings(|s| {
         s.executor.callback_timeout_secs = 1;
