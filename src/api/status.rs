@@ -1,7 +1,5 @@
 //! `GET /status` and the heartbeat debug endpoints.
 
-use std::collections::HashMap;
-
 use axum::Json;
 use axum::extract::{Query, State};
 use serde_json::{Value, json};
@@ -94,10 +92,12 @@ async fn status(_: Viewer, State(state): State<AppState>) -> Json<Value> {
 async fn add_heartbeat(
     _: Admin,
     State(state): State<AppState>,
-    Query(query): Query<HashMap<String, String>>,
+    Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Json<Message>, ApiError> {
-    let raw = query
-        .get("trial_id")
+    super::paging::once_each(&pairs, &[])?;
+    let raw = pairs
+        .iter()
+        .find_map(|(key, value)| (key == "trial_id").then_some(value))
         .ok_or_else(|| ApiError::bad_request("query parameter 'trial_id' is required"))?;
     let id = TrialId::parse(raw)?;
     state.heartbeats.add(&id)?;

@@ -241,7 +241,12 @@ async fn adding_a_heartbeat_twice_is_409() {
 #[tokio::test]
 async fn adding_a_heartbeat_with_a_bad_trial_id_is_400() {
     let app = spawn_app().await;
-    for query in ["trial_id=..%2Fetc", "trial_id=a%20b", "trial_id="] {
+    for query in [
+        "trial_id=..%2Fetc",
+        "trial_id=a%20b",
+        "trial_id=",
+        "trial_id=t1&trial_id=t2",
+    ] {
         let answer = app
             .post(&format!("/debug/add-heartbeat?{query}"), None)
             .await;
