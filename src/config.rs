@@ -522,8 +522,12 @@ fn read_keys_file(path: &Path) -> Result<Vec<KeySettings>, ConfigError> {
 }
 
 /// An error message with the values it quotes (`"…"` or `` `…` ``) left out, as one may be a
-/// secret; what was expected, after `, expected`, is kept.
+/// secret; what was expected, after `, expected`, is kept, and so is the name a "missing
+/// field" message quotes (a setting's name, not a value).
 fn without_quotes(message: &str) -> String {
+    if message.starts_with("missing field `") {
+        return message.to_owned();
+    }
     let (told, expected) = match message.split_once(", expected") {
         Some((told, expected)) => (told, Some(expected)),
         None => (message, None),
@@ -1531,6 +1535,10 @@ mod tests {
                 "invalid type: string (value not shown), expected a sequence",
             ),
             ("# no keys yet\n", "is empty: it has no [[keys]] table"),
+            (
+                "[[keys]]\nname = \"ci\"\nkey = \"907153224\"\nrolle = \"viewer\"\n",
+                "missing field `role`",
+            ),
             (
                 "[[kyes]]\nname = \"ci\"\nkey = \"907153224\"\nrole = \"viewer\"\n",
                 "`kyes` is not a setting; did you mean `keys`?",

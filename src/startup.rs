@@ -212,8 +212,14 @@ fn reload_keys_on_sighup(access: &Arc<Access>) {
             };
             // The reload reads the configuration's files.
             match tokio::task::spawn_blocking(move || access.reload()).await {
-                Ok(Ok(changes)) => info!("SIGHUP: API keys reloaded: {changes}"),
-                Ok(Err(e)) => error!("SIGHUP: API keys not reloaded, the previous keys stay: {e}"),
+                Ok(Ok(changes)) => info!(
+                    "SIGHUP: API keys reloaded: {changes} (only the keys: other settings take effect at the next start)"
+                ),
+                Ok(Err(e)) => {
+                    // One line, each problem after the other: a log line is one line.
+                    let problems = e.to_string().lines().collect::<Vec<_>>().join("; ");
+                    error!("SIGHUP: API keys not reloaded, the previous keys stay: {problems}");
+                }
                 Err(e) => {
                     error!("SIGHUP: the key reload did not complete ({e}); the previous keys stay")
                 }

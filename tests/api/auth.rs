@@ -660,6 +660,34 @@ async fn sighup_reloads_the_keys_and_a_bad_reload_keeps_the_old_ones() {
         log.contains("exactly one of `key` and `key_sha256`"),
         "{log}"
     );
+    // A configuration with several problems says them all, on the one line, so a log
+    // shipper that reads lines keeps them.
+    binary.write(
+        "keys.toml",
+        &keys_file(&[("new", "new-key", Role::Operator)]),
+    );
+    let config = std::fs::read_to_string(binary.dir.path().join("lcm.toml")).unwrap();
+    binary.write(
+        "lcm.toml",
+        &config.replace(
+            "role = \"viewer\"",
+            "role = \"root\"\n[[auth.keys]]\nname = \"two\"\nkey = \"two-key\"\nrole = \"boss\"",
+        ),
+    );
+    hang_up(&binary.child).await;
+    let line = eventually("the second refusal in the log", || async {
+        let log = binary.log();
+        log.lines()
+            .filter(|line| line.contains("API keys not reloaded"))
+            .nth(1)
+            .map(str::to_owned)
+            .ok_or(log)
+    })
+    .await;
+    assert!(
+        line.contains("auth.keys[0].role") && line.contains("auth.keys[1].role"),
+        "{line}"
+    );
     assert_eq!(binary.status_with("new-key").await, Some(StatusCode::OK));
     assert_eq!(binary.status_with("cfg-key").await, Some(StatusCode::OK));
     assert!(
