@@ -55,6 +55,9 @@ pub enum ConfigError {
     /// Unknown keys and refused values, each with where it was set; one a line.
     #[error("{0}")]
     Refused(load::Problems),
+    /// Values that cannot work, one a line.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ConfigError>),
 }
 
 /// The most `server.max_connections` can be: far above what one process can hold open (each
@@ -765,13 +768,26 @@ impl Settings {
         load::defaults()
     }
 
-    /// Refuses a configuration that cannot work, naming the key.
+    /// Refuses a configuration that cannot work, naming the key: every problem at once, so
+    /// that mending them takes one start, not one each.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.bind_addr()?;
-        parse_http_url("server.public_url", &self.server.public_url)?;
+        let mut problems = self.problems();
+        match problems.len() {
+            0 => Ok(()),
+            1 => Err(problems.remove(0)),
+            _ => Err(ConfigError::Several(problems)),
+        }
+    }
+
+    /// Every value of these settings that cannot work, each naming its key.
+    fn problems(&self) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
+        let mut check = |result: Result<(), ConfigError>| problems.extend(result.err());
+        check(self.bind_addr().map(drop));
+        check(parse_http_url("server.public_url", &self.server.public_url).map(drop));
         for origin in &self.server.cors_origins {
             if origin != "*" && !is_origin(origin) {
-                return Err(invalid(
+                check(Err(invalid(
                     "server.cors_origins",
                     match Url::parse(origin) {
                         Ok(url) => format!(
@@ -782,12 +798,13 @@ impl Settings {
                             "an entry is not an origin like https://console.example, nor * ({e}; the value is not shown)"
                         ),
                     },
-                ));
+                )));
+                break;
             }
         }
-        self.auth.api_keys()?;
+        check(self.auth.api_keys().map(drop));
         if self.auth.token_secret.expose().is_empty() {
-            return Err(invalid("auth.token_secret", "must not be empty"));
+            check(Err(invalid("auth.token_secret", "must not be empty")));
         }
         for (key, value) in [
             (
@@ -846,18 +863,18 @@ impl Settings {
             ("auth.token_ttl_secs", Some(self.auth.token_ttl_secs)),
         ] {
             if value.is_some_and(|v| v > MAX_DURATION_SECS) {
-                return Err(invalid(
+                check(Err(invalid(
                     key,
                     format!("at most {MAX_DURATION_SECS} (ten years)"),
-                ));
+                )));
             }
         }
         let max_days = MAX_DURATION_SECS / 86_400;
         if self.store.retention_days > max_days {
-            return Err(invalid(
+            check(Err(invalid(
                 "store.retention_days",
                 format!("at most {max_days} (ten years)"),
-            ));
+            )));
         }
         let positive = [
             (
@@ -896,14 +913,14 @@ impl Settings {
                 self.services.abstraction_layer.interval,
             ),
         ];
-        if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
-            return Err(invalid(*key, "must be greater than 0"));
+        for (key, _) in positive.iter().filter(|(_, value)| *value == 0) {
+            check(Err(invalid(*key, "must be greater than 0")));
         }
         if self.executor.operator_timeout_secs == Some(0) {
-            return Err(invalid(
+            check(Err(invalid(
                 "executor.operator_timeout_secs",
                 "must be greater than 0 (leave it unset for no deadline)",
-            ));
+            )));
         }
         for (key, value) in [
             (
@@ -917,61 +934,74 @@ impl Settings {
             ),
         ] {
             if value == Some(0) {
-                return Err(invalid(
+                check(Err(invalid(
                     key,
                     "must be greater than 0 (leave it unset for none)",
-                ));
+                )));
             }
         }
         if !(1..=MAX_CONNECTIONS_LIMIT).contains(&self.server.max_connections) {
-            return Err(invalid(
+            check(Err(invalid(
                 "server.max_connections",
                 format!("must be between 1 and {MAX_CONNECTIONS_LIMIT}"),
-            ));
+            )));
         }
         if self.executor.aborted_repository_status.trim().is_empty() {
-            return Err(invalid(
+            check(Err(invalid(
                 "executor.aborted_repository_status",
                 "must not be empty",
-            ));
+            )));
         }
-        self.executor.retry.validate("executor.retry")?;
-        for service in crate::services::Service::ALL {
-            self.retry_policy(service)
-                .validate(&format!("services.{}.retry", service.name()))?;
+        // A service's policy inherits executor.retry: one wrong there is told once.
+        let retry = self.executor.retry.validate("executor.retry");
+        let inherited_ok = retry.is_ok();
+        check(retry);
+        if inherited_ok {
+            for service in crate::services::Service::ALL {
+                check(
+                    self.retry_policy(service)
+                        .validate(&format!("services.{}.retry", service.name())),
+                );
+            }
         }
         if !valid_log_filter(&self.logging.level) {
-            return Err(invalid(
+            check(Err(invalid(
                 "logging.level",
                 format!("'{}' is not a log level or filter", self.logging.level),
-            ));
+            )));
         }
         if self.facilities.is_empty() {
-            return Err(invalid("facilities", "at least one facility is needed"));
+            check(Err(invalid(
+                "facilities",
+                "at least one facility is needed",
+            )));
         }
         if let Some(path) = &self.tls.ca_bundle_path
             && !path.is_file()
         {
-            return Err(invalid(
+            check(Err(invalid(
                 "tls.ca_bundle_path",
                 format!("no file at {}", path.display()),
-            ));
+            )));
         }
         for service in crate::services::Service::ALL {
-            validate_service(service.name(), self.service(service))?;
+            check(validate_service(service.name(), self.service(service)));
         }
         let services = &self.services;
-        parse_http_url(
-            "services.abstraction_layer.url",
-            &services.abstraction_layer.url,
-        )?;
+        check(
+            parse_http_url(
+                "services.abstraction_layer.url",
+                &services.abstraction_layer.url,
+            )
+            .map(drop),
+        );
         if services.abstraction_layer.port == 0 {
-            return Err(invalid(
+            check(Err(invalid(
                 "services.abstraction_layer.port",
                 "must be a port from 1 to 65535",
-            ));
+            )));
         }
-        Ok(())
+        problems
     }
 
     /// The retry policy of a service: `executor.retry` with the service's overrides.
@@ -1094,6 +1124,29 @@ fn valid_log_filter(filter: &str) -> bool {
 fn validate_service(name: &str, service: &ServiceSettings) -> Result<(), ConfigError> {
     let key = |field: &str| format!("services.{name}.{field}");
     parse_http_url(&key("url"), &service.url)?;
+    // A credential given empty would be sent empty: one left out is not sent at all.
+    let given = [
+        ("apikey", service.apikey.as_ref().map(Secret::expose)),
+        ("username", service.username.as_deref()),
+        ("password", service.password.as_ref().map(Secret::expose)),
+        (
+            "oauth2.client_id",
+            service.oauth2.as_ref().map(|o| o.client_id.as_str()),
+        ),
+        (
+            "oauth2.client_secret",
+            service.oauth2.as_ref().map(|o| o.client_secret.expose()),
+        ),
+    ];
+    if let Some((field, _)) = given
+        .iter()
+        .find(|(_, value)| value.is_some_and(|v| v.trim().is_empty()))
+    {
+        return Err(invalid(
+            key(field),
+            "must not be empty: leave it out to send no credential",
+        ));
+    }
     // Name the half that is missing, not the half that was set.
     let (set, missing) = match (&service.username, &service.password) {
         (Some(_), None) => ("username", "password"),
@@ -1205,7 +1258,7 @@ mod tests {
 
         // Each change alone is refused, naming its key and why.
         type Change = fn(&mut Settings);
-        let refused: [(Change, &str, &str); 6] = [
+        let refused: [(Change, &str, &str); 9] = [
             (
                 |s| s.services.trial_repository.url = "ftp://x".into(),
                 "services.trial_repository.url",
@@ -1235,6 +1288,30 @@ mod tests {
                 |s| s.services.abstraction_layer.interval = 0,
                 "services.abstraction_layer.interval",
                 "greater than 0",
+            ),
+            (
+                |s| s.services.kpi_monitoring.apikey = Some(Secret::new("")),
+                "services.kpi_monitoring.apikey",
+                "must not be empty",
+            ),
+            (
+                |s| {
+                    s.services.trial_repository.username = Some(" ".into());
+                    s.services.trial_repository.password = Some(Secret::new("p"));
+                },
+                "services.trial_repository.username",
+                "must not be empty",
+            ),
+            (
+                |s| {
+                    s.services.trial_enforcement.oauth2 = Some(OAuth2Settings {
+                        auth_url: "http://127.0.0.1:1/token".into(),
+                        client_id: "lcm".into(),
+                        client_secret: Secret::new(""),
+                    });
+                },
+                "services.trial_enforcement.oauth2.client_secret",
+                "must not be empty",
             ),
         ];
         for (change, key, why) in refused {

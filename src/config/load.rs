@@ -386,6 +386,22 @@ impl Layers {
                 kind: ProblemKind::Refused(reason),
                 key,
             }])),
+            ConfigError::Several(errors) => {
+                let (mut problems, mut others) = (Vec::new(), Vec::new());
+                for error in errors {
+                    match self.locate(error) {
+                        ConfigError::Refused(Problems(more)) => problems.extend(more),
+                        other => others.push(other),
+                    }
+                }
+                if !problems.is_empty() {
+                    others.insert(0, ConfigError::Refused(Problems(problems)));
+                }
+                match others.len() {
+                    1 => others.remove(0),
+                    _ => ConfigError::Several(others),
+                }
+            }
             other => other,
         }
     }

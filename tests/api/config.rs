@@ -121,6 +121,27 @@ async fn a_value_of_the_wrong_type_names_the_key_where_it_was_set_and_what_it_ac
             "configuration key `services.kpi_monitoring.password`: missing: `services.kpi_monitoring.username` is set, and username and password go together"
         ]
     );
+
+    // Values that cannot work are told all at once too.
+    let stderr = refused(
+        dir.path(),
+        &[],
+        &[
+            ("LCM__SERVER__MAX_CONNECTIONS", "0"),
+            ("LCM__LOGGING__LEVEL", "loud"),
+            ("LCM__SERVICES__KPI_MONITORING__APIKEY", ""),
+        ],
+    )
+    .await;
+    assert_eq!(
+        lines(&stderr),
+        [
+            "configuration key `server.max_connections` (from environment variable LCM__SERVER__MAX_CONNECTIONS): must be between 1 and 10000000",
+            "configuration key `logging.level` (from environment variable LCM__LOGGING__LEVEL): 'loud' is not a log level or filter",
+            "configuration key `services.kpi_monitoring.apikey` (from environment variable LCM__SERVICES__KPI_MONITORING__APIKEY): must not be empty: leave it out to send no credential",
+        ],
+        "every value that cannot work at once"
+    );
 }
 
 #[tokio::test]
