@@ -109,6 +109,17 @@ struct BenchArgs {
     callback_delay_ms: u64,
 }
 
+impl Command {
+    /// The name of a command that runs on the built-in defaults, reading no configuration.
+    fn own_defaults(&self) -> Option<&'static str> {
+        match self {
+            Command::Demo { .. } => Some("demo"),
+            Command::Bench(_) => Some("bench"),
+            Command::Serve => None,
+        }
+    }
+}
+
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
@@ -124,7 +135,21 @@ pub fn main() -> ExitCode {
             _ => FileOrigin::Flag,
         },
     });
-    let command = match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let (
+        Some(name),
+        Some(ConfigFile {
+            path,
+            origin: FileOrigin::Flag,
+        }),
+    ) = (command.own_defaults(), &config)
+    {
+        eprintln!(
+            "lcm {name}: {} is not read: --config (like the LCM__… variables) is for `serve`; the {name} runs on the built-in defaults",
+            path.display()
+        );
+    }
+    let command = match command {
         // The benchmark builds its own runtimes, to tell the LCM's threads from its own.
         Command::Bench(args) => {
             return bench::run(BenchOptions {

@@ -118,6 +118,30 @@ async fn the_demo_runs_a_trial_to_finished_and_shows_each_step() {
 }
 
 #[tokio::test]
+async fn the_demo_says_it_does_not_read_a_configuration_file_it_was_given() {
+    let port = free_port().to_string();
+    let output = lcm(
+        &[
+            "--config",
+            "/nowhere/lcm.toml",
+            "demo",
+            "--exit",
+            "--port",
+            &port,
+        ],
+        Duration::from_secs(60),
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("lcm demo: /nowhere/lcm.toml is not read")
+            && stderr.contains("the demo runs on the built-in defaults"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
 async fn the_demo_keeps_its_store_and_logs_with_keep() {
     let (stdout, _) = demo(&["--keep"]).await;
     let scratch = scratch_of(&stdout);
