@@ -429,21 +429,19 @@ pub struct ResponseRecord {
     pub at: DateTime<Utc>,
 }
 
-/// What happened to a trial, as listed by `/history` and streamed by `/events`.
+/// What happened to a trial, as listed by `/history` and streamed by `/events`. Every field
+/// is in every entry, `null` when the event has none, as in the other answers.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TrialEvent {
     /// Position in the trial's history, from 0.
     pub seq: u64,
     pub at: DateTime<Utc>,
     pub event: EventKind,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
     /// What the executor waits for, which signal it took, why it failed, or the reason an
     /// operator gave.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     /// How long the step ran or the wait lasted.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
 }
 

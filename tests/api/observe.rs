@@ -291,6 +291,21 @@ async fn the_event_stream_tells_a_whole_trial_in_order() {
             .all(|e| e["duration_ms"].is_u64()),
         "transitions carry durations"
     );
+    // Every entry has every field, null where the event has none.
+    for entry in &history {
+        let mut keys: Vec<&str> = entry
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            ["at", "detail", "duration_ms", "event", "seq", "step"],
+            "{entry}"
+        );
+    }
     let late = app.open_events(id).await;
     assert_eq!(
         read_events(late).await,
