@@ -22,6 +22,9 @@ use crate::services::{Outbound, Service};
 /// The label under which the `FAILED` report's answer is recorded.
 const REPORT_LABEL: &str = "ReportFailure";
 
+/// The status the repository is told of a failed trial.
+pub const REPORTED: &str = "FAILED";
+
 /// The path of a trial's failure file.
 pub fn failure_file(settings: &Settings, id: &TrialId) -> PathBuf {
     settings.logging.dir.join(format!("executor_{id}_fail.log"))
@@ -36,7 +39,7 @@ pub async fn report(shared: &EngineShared, checkpoint: &mut Checkpoint) {
         Method::PUT,
         format!("trial/{id}/"),
     )
-    .json(json!({"status": "FAILED"}));
+    .json(json!({"status": REPORTED}));
     let redactor = deps.redactor.with(checkpoint.data.token.as_deref());
     let reply = deps
         .services
@@ -48,7 +51,7 @@ pub async fn report(shared: &EngineShared, checkpoint: &mut Checkpoint) {
     match &reply {
         Ok(r) if r.status == 204 => {
             info!("trial repository told FAILED");
-            checkpoint.data.repository_status = Some("FAILED".to_owned());
+            checkpoint.data.repository_status = Some(REPORTED.to_owned());
         }
         Ok(r) => warn!(
             status = r.status,

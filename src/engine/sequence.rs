@@ -271,6 +271,20 @@ pub fn after(step: Step, vnf_enabled: bool) -> Option<Next> {
     })
 }
 
+/// The step that leads into the operator's waiting point `wait`: the one that writes the
+/// status the repository shows while the trial waits there (`IDLE`, `ACTIVE`). A restore at
+/// that wait, once the repository was told `FAILED`, runs it again, so that the repository
+/// shows the trial waiting again. `None` for a component's wait.
+pub fn announced_by(wait: Wait) -> Option<Step> {
+    if wait_spec(wait).waiter != Waiter::Operator {
+        return None;
+    }
+    SEQUENCE
+        .iter()
+        .find(|(_, then)| matches!(then, Then::Wait(w) if *w == wait))
+        .map(|(step, _)| *step)
+}
+
 /// The spec of a waiting point.
 pub fn wait_spec(wait: Wait) -> &'static WaitSpec {
     // WAITS lists every waiting point in the order of the enum (checked by a test).
@@ -583,6 +597,15 @@ mod tests {
         assert_eq!(Step::UpdateDeploymentSlice.name(), "UpdateDeploymentSlice");
         assert_eq!(Wait::SliceClosed.name(), "SliceClosed");
         assert_eq!(Signal::SliceCallback.name(), "slice callback");
+    }
+
+    #[test]
+    fn the_operator_s_waits_are_announced_by_a_status_step() {
+        assert_eq!(announced_by(Wait::Idle), Some(UpdateStatusIdle));
+        assert_eq!(announced_by(Wait::Active), Some(UpdateStatusActive));
+        for wait in [Wait::SliceCreated, Wait::CloudVnfBoarded, Wait::SliceClosed] {
+            assert_eq!(announced_by(wait), None, "{wait:?}");
+        }
     }
 
     #[test]

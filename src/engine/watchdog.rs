@@ -557,8 +557,17 @@ impl Watchdog {
         {
             return Err(RestoreError::CleanupFailed);
         }
-        info!(position = ?self.checkpoint.position, "restoring the executor from the checkpoint");
         let before = (self.checkpoint.clone(), self.lifecycle);
+        // The repository shows FAILED: at the operator's wait, where nothing else would
+        // write a status for as long as the trial waits, the status that announces the wait
+        // is written again.
+        if let Position::Wait(wait) = self.checkpoint.position
+            && self.checkpoint.data.repository_status.as_deref() == Some(failure::REPORTED)
+            && let Some(step) = sequence::announced_by(wait)
+        {
+            self.checkpoint.position = Position::Run(step);
+        }
+        info!(position = ?self.checkpoint.position, "restoring the executor from the checkpoint");
         self.resume(before, &[(EventKind::Restored, None)]).await?;
         Ok(self.checkpoint.position.state().to_owned())
     }

@@ -9,7 +9,6 @@ use reqwest::{Method, StatusCode};
 use crate::helpers::*;
 
 const WAITING_SLICE: &str = "slice callback (slice created)";
-const WAITING_OPERATOR: &str = "operator (active or finish)";
 
 #[tokio::test]
 async fn callbacks_with_bad_tokens_are_refused_and_change_nothing() {

@@ -10,8 +10,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-const WAITING_OPERATOR: &str = "operator (active or finish)";
-
 /// The first event of a kind in a trial's history.
 async fn first_event(app: &TestApp, id: &str, kind: &str) -> Value {
     app.history(id)

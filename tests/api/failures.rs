@@ -633,3 +633,31 @@ async fn a_secret_quoted_in_a_failure_reason_is_redacted_where_it_is_shown() {
     let shown = format!("{failed} {history:?}");
     assert!(!shown.contains("al-secret-pw"), "{shown}");
 }
+
+#[tokio::test]
+async fn a_restore_at_the_operator_s_wait_tells_the_repository_the_trial_waits_again() {
+    let app = spawn_app_with_settings(|s| s.executor.operator_timeout_secs = Some(1)).await;
+    let id = "restored-at-idle";
+    app.start_trial(id).await;
+    let failed = app.wait_failed(id).await;
+    assert_failure_says(&failed, "timed out waiting for the operator");
+    eventually("FAILED reported", || async {
+        match app.platform.trial_status(id).as_deref() {
+            Some("FAILED") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let restored = app.post(&format!("/debug/engine/{id}/restore"), None).await;
+    assert_eq!(restored.status, StatusCode::OK, "{restored:?}");
+    app.wait_waiting(id, WAITING_OPERATOR).await;
+    // The repository shows the trial waiting at IDLE again, not FAILED.
+    let statuses = app.platform.status_history(id);
+    assert_eq!(
+        statuses[statuses.len() - 2..],
+        ["FAILED", "IDLE"],
+        "{statuses:?}"
+    );
+    let active = app.post(&format!("/trial/{id}/active"), None).await;
+    assert_eq!(active.status, StatusCode::OK, "{active:?}");
+}

@@ -479,6 +479,9 @@ pub const SHORT_HISTORY: [&str; 5] = [
     "FINISHED",
 ];
 
+/// What `waiting_for` says while a trial waits at IDLE for the operator.
+pub const WAITING_OPERATOR: &str = "operator (active or finish)";
+
 /// The requests a whole trial sends, in order (with or without going active).
 pub fn full_sequence(id: &str, with_active: bool) -> Vec<String> {
     let mut lines = vec![

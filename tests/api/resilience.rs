@@ -14,7 +14,6 @@ use serde_json::{Value, json};
 use crate::helpers::*;
 
 const WAITING_SLICE: &str = "slice callback (slice created)";
-const WAITING_OPERATOR: &str = "operator (active or finish)";
 
 /// A list in a trial's answer (`GET /trial/{id}/<what>`, its field `what`), or why not (the
 /// trial has no engine yet).
