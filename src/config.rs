@@ -1591,6 +1591,10 @@ mod tests {
             let err = load(env, &missing);
             assert!(err.contains(&format!("`{key}`")), "{err}");
             assert!(err.contains(&missing.display().to_string()), "{err}");
+            assert!(
+                err.contains(&format!("(from environment variable {env})")),
+                "where it was set: {err}"
+            );
         }
 
         let keys = dir.path().join("keys.toml");

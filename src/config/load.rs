@@ -558,7 +558,7 @@ pub(super) fn load(
 ) -> Result<Settings, ConfigError> {
     let layers = Layers::all(file, env)?;
     let mut settings = layers.settings()?;
-    settings.auth.read_files()?;
+    settings.auth.read_files().map_err(|e| layers.locate(e))?;
     settings.validate().map_err(|e| layers.locate(e))?;
     Ok(settings)
 }
