@@ -34,7 +34,7 @@ pub enum StartupError {
     Client(#[from] ClientError),
     #[error("{0} (configuration key `store.data_dir`)")]
     Store(#[from] crate::store::StoreError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("configuration key `server.bind`: cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
         source: std::io::Error,

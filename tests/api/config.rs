@@ -145,6 +145,20 @@ async fn a_value_of_the_wrong_type_names_the_key_where_it_was_set_and_what_it_ac
 }
 
 #[tokio::test]
+async fn a_port_already_taken_names_the_key_that_chose_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let addr = taken.local_addr().expect("its address").to_string();
+    let stderr = refused(dir.path(), &[], &[("LCM__SERVER__BIND", &addr)]).await;
+    assert!(
+        stderr.contains(&format!(
+            "configuration key `server.bind`: cannot listen on {addr}"
+        )),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
 async fn a_missing_configuration_file_says_whether_the_flag_or_the_variable_named_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let missing = dir.path().join("nowhere.toml");
