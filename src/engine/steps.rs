@@ -214,7 +214,8 @@ async fn slice_deployment(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     // From here on the slice may exist, whatever the answer (or its absence) says, unless no
     // attempt could have reached trial enforcement or it refused the request.
     let before = std::mem::replace(&mut cx.data.ledger.slice, SliceState::Requested);
-    let reply = match cx.call_deploying(request, &[201]).await {
+    let expected = creation_answers(before == SliceState::Requested);
+    let reply = match cx.call_deploying(request, expected).await {
         Ok(reply) => reply,
         Err(e) => {
             if !cx.may_have_made {
@@ -261,8 +262,17 @@ async fn enforce_uav_plan(cx: &mut StepCx<'_>) -> Result<(), StepError> {
         .post(Service::TrialEnforcement, "flightplan")
         .creating()
         .json(body);
-    cx.call(request, 201).await?;
+    cx.call_expecting(request, creation_answers(cx.rerun))
+        .await?;
     Ok(())
+}
+
+/// What a creating `POST` may be answered: 201, or also 200 when the same creation may have
+/// been sent before (the step runs again after a restart, or its first sending went
+/// unanswered): a component that honours the `Idempotency-Key` answers a replay with what it
+/// made the first time.
+fn creation_answers(sent_before: bool) -> &'static [u16] {
+    if sent_before { &[201, 200] } else { &[201] }
 }
 
 /// The `Idempotency-Key` of a trial's `n`th `POST` in `step`, in run `run` of an engine started
@@ -291,12 +301,7 @@ async fn create_measurement_job(cx: &mut StepCx<'_>) -> Result<(), StepError> {
         &mut cx.data.ledger.measurement_job,
         JobState::Requested(key),
     );
-    // A creation sent again with its key may be answered as a replay, 200 with the job made
-    // the first time (a restore, or a restart, runs the step again).
-    let expected: &[u16] = match before {
-        JobState::Requested(_) => &[201, 200],
-        JobState::None | JobState::Created(_) | JobState::Deleted => &[201],
-    };
+    let expected = creation_answers(matches!(before, JobState::Requested(_)));
     let reply = match cx.call_deploying(request, expected).await {
         Ok(reply) => reply,
         Err(e) => {
@@ -541,7 +546,7 @@ impl StepCx<'_> {
         Outbound::new(service, Method::POST, path).idempotency_key(key)
     }
 
-    /// Like [`Self::call`] for a `POST` that makes what the clean-up undoes, answered 201: an
+    /// Like [`Self::call_expecting`] for a `POST` that makes what the clean-up undoes: an
     /// abort meanwhile lets it have its answer, so what it made is known and undone.
     async fn call_deploying(
         &mut self,
@@ -703,7 +708,8 @@ impl StepCx<'_> {
             .query("trialID", self.id.to_string())
             .query("callback_url", self.callback_url(callback))
             .json(json!({"Authorization": self.token()?}));
-        self.call(request, 201).await?;
+        self.call_expecting(request, creation_answers(self.rerun))
+            .await?;
         Ok(())
     }
 

@@ -8,8 +8,6 @@ use reqwest::{Method, StatusCode};
 
 use crate::helpers::*;
 
-const WAITING_SLICE: &str = "slice callback (slice created)";
-
 #[tokio::test]
 async fn callbacks_with_bad_tokens_are_refused_and_change_nothing() {
     let app = spawn_app().await;

@@ -1250,6 +1250,50 @@ async fn a_measurement_job_whose_creation_went_unanswered_is_found_by_its_key_an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slice_deployment_sent_again_after_a_restart_takes_a_replay_answered_200() {
+    let id = "slice-replayed";
+    let mut app = spawn_binary_with(BinaryOptions {
+        platform: Box::new(|platform| {
+            platform.add_trial(Platform::trial(id, None));
+            // The slice is asked for, and the LCM is killed before the answer comes.
+            platform.inject(slice_deployment_fault(id, FaultAction::Hang));
+        }),
+        ..BinaryOptions::default()
+    })
+    .await;
+    app.schedule_in(id, 300).await;
+    eventually("the slice asked for", || async {
+        app.platform
+            .requests_for(id)
+            .iter()
+            .any(|r| r.path == "/sliceDeployment")
+            .then_some(())
+            .ok_or_else(|| "not yet".to_owned())
+    })
+    .await;
+    // A component that honours the key answers the creation sent again as a replay.
+    app.platform.inject(slice_deployment_fault(
+        id,
+        FaultAction::Json(200, json!({"Slice": {"id": format!("slice-{id}")}})),
+    ));
+    if let Server::Process(child) = &mut app.server {
+        child.kill().await.expect("SIGKILL");
+    }
+    app.restart_binary().await;
+    let status = app.wait_waiting(id, WAITING_SLICE).await;
+    assert_eq!(status["failed"], false, "{status}");
+    let keys: Vec<Option<String>> = app
+        .platform
+        .requests_for(id)
+        .into_iter()
+        .filter(|r| r.path == "/sliceDeployment")
+        .map(|r| r.idempotency_key)
+        .collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_eq!(keys[0], keys[1], "sent again as itself");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abort_after_a_restart_deletes_the_job_whose_creation_the_stop_cut_short() {
     let id = "job-cut-short";
     let mut app = spawn_binary_with(BinaryOptions {

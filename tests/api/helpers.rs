@@ -482,6 +482,9 @@ pub const SHORT_HISTORY: [&str; 5] = [
 /// What `waiting_for` says while a trial waits at IDLE for the operator.
 pub const WAITING_OPERATOR: &str = "operator (active or finish)";
 
+/// What `waiting_for` says while a trial waits for its slice to be created.
+pub const WAITING_SLICE: &str = "slice callback (slice created)";
+
 /// The requests a whole trial sends, in order (with or without going active).
 pub fn full_sequence(id: &str, with_active: bool) -> Vec<String> {
     let mut lines = vec![

@@ -13,8 +13,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-const WAITING_SLICE: &str = "slice callback (slice created)";
-
 /// A list in a trial's answer (`GET /trial/{id}/<what>`, its field `what`), or why not (the
 /// trial has no engine yet).
 async fn trial_list(app: &TestApp, id: &str, what: &str) -> Result<Vec<Value>, String> {
