@@ -34,7 +34,7 @@ pub enum StartupError {
     Client(#[from] ClientError),
     #[error("{0} (configuration key `store.data_dir`)")]
     Store(#[from] crate::store::StoreError),
-    #[error("configuration key `server.bind`: cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
         source: std::io::Error,
@@ -53,12 +53,13 @@ impl Application {
     /// Binds `server.bind` and builds the service.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let addr = settings.bind_addr()?;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartupError::Bind {
-                addr: addr.to_string(),
-                source,
-            })?;
+        // The address is the configuration's: the refusal names its key.
+        let listener = TcpListener::bind(addr).await.map_err(|source| {
+            crate::config::ConfigError::Invalid {
+                key: "server.bind".to_owned(),
+                reason: format!("cannot listen on {addr}: {source}"),
+            }
+        })?;
         Self::with_listener(settings, listener, EngineHooks::default()).await
     }
 

@@ -236,20 +236,25 @@ pub struct Leftover {
 }
 
 /// What kind of thing was left deployed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeftoverKind {
     Slice,
     MeasurementJob,
 }
 
 impl LeftoverKind {
-    /// As said in a log line, the same words as `kind` in the status.
+    /// Its `kind` in the status and the failure file, and in the log.
     pub fn name(self) -> &'static str {
         match self {
             Self::Slice => "slice",
             Self::MeasurementJob => "measurement_job",
         }
+    }
+}
+
+impl Serialize for LeftoverKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
     }
 }
 

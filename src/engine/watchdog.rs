@@ -84,8 +84,7 @@ impl RestoreError {
     pub fn label(&self) -> &'static str {
         match self {
             RestoreError::NotSaved(_) => "not_saved",
-            RestoreError::Stopped => "refused_not_live",
-            RestoreError::Ended(_) => "refused_not_live",
+            RestoreError::Stopped | RestoreError::Ended(_) => "refused_not_live",
             RestoreError::Running
             | RestoreError::Reporting
             | RestoreError::CleanupFailed
@@ -227,17 +226,17 @@ impl Watchdog {
                 // The engine's first record is saved before its first request goes out, so
                 // a trial whose job has fired can never be lost.
                 Origin::New | Origin::BroughtBack { saved: false, .. } => match self.save().await {
-                    Ok(()) => self.spawn_executor(matches!(
-                        self.origin,
-                        Origin::BroughtBack { rerun: true, .. }
-                    )),
+                    Ok(()) => self.spawn_executor(
+                        matches!(self.origin, Origin::BroughtBack { rerun: true, .. }),
+                        false,
+                    ),
                     Err(e) => {
                         Box::pin(self.died(format!("cannot save the engine's state: {e}"))).await
                     }
                 },
                 // Its record is the store's.
                 Origin::Recovered { rerun } | Origin::BroughtBack { rerun, saved: true } => {
-                    self.spawn_executor(rerun)
+                    self.spawn_executor(rerun, false)
                 }
             }
         } else if self.lifecycle == Lifecycle::Failed
@@ -416,7 +415,9 @@ impl Watchdog {
         }
     }
 
-    fn spawn_executor(&mut self, rerun: bool) {
+    /// Starts an executor at the checkpoint: `rerun` when its step ran before, `stepping` to
+    /// run that step even while the trial is paused.
+    fn spawn_executor(&mut self, rerun: bool, stepping: bool) {
         let (commands_tx, commands) = mpsc::channel::<Command>(SIGNAL_QUEUE);
         let executor = Executor {
             id: self.shared.id.clone(),
@@ -426,7 +427,7 @@ impl Watchdog {
             rerun,
             commands,
             checkpoints: self.checkpoint_tx.clone(),
-            stepping: false,
+            stepping,
             answer: None,
             aborts: Vec::new(),
         };
@@ -527,6 +528,7 @@ impl Watchdog {
         &mut self,
         before: (Checkpoint, Lifecycle),
         events: &[(EventKind, Option<String>)],
+        stepping: bool,
     ) -> Result<(), RestoreError> {
         self.checkpoint.failure = None;
         self.checkpoint.run += 1;
@@ -543,7 +545,7 @@ impl Watchdog {
         }
         self.shared.move_to(self.lifecycle, &self.checkpoint);
         let rerun = matches!(self.checkpoint.position, Position::Run(_));
-        self.spawn_executor(rerun);
+        self.spawn_executor(rerun, stepping);
         Ok(())
     }
 
@@ -561,14 +563,20 @@ impl Watchdog {
         // The repository shows FAILED: at the operator's wait, where nothing else would
         // write a status for as long as the trial waits, the status that announces the wait
         // is written again.
-        if let Position::Wait(wait) = self.checkpoint.position
+        // It runs even while the trial is paused: the wait it leads to takes the operator's
+        // signals while paused, as it did before the failure.
+        let announcing = if let Position::Wait(wait) = self.checkpoint.position
             && self.checkpoint.data.repository_status.as_deref() == Some(failure::REPORTED)
             && let Some(step) = sequence::announced_by(wait)
         {
             self.checkpoint.position = Position::Run(step);
-        }
+            true
+        } else {
+            false
+        };
         info!(position = ?self.checkpoint.position, "restoring the executor from the checkpoint");
-        self.resume(before, &[(EventKind::Restored, None)]).await?;
+        self.resume(before, &[(EventKind::Restored, None)], announcing)
+            .await?;
         Ok(self.checkpoint.position.state().to_owned())
     }
 
@@ -630,7 +638,7 @@ impl Watchdog {
         info!(skipped = %skipped, reason = %reason, "skipping the failed step");
         self.checkpoint.position = next;
         let event = (EventKind::Skipped, Some(format!("{skipped}: {reason}")));
-        self.resume(before, &[event]).await?;
+        self.resume(before, &[event], false).await?;
         Ok(format!(
             "{skipped} skipped; the trial goes on at {}",
             next.state()
@@ -708,7 +716,7 @@ impl Watchdog {
             (EventKind::AbortRequested, Some(reason)),
             (EventKind::CleanupStarted, Some(detail)),
         ];
-        self.resume(before, &events)
+        self.resume(before, &events, false)
             .await
             .map_err(|e| e.refusing_abort(self.shared.id.as_str()))?;
         Ok(format!(

@@ -314,6 +314,7 @@ impl Scheduler {
             }
             Ok(_) => {
                 self.arm(id, generation);
+                self.scheduled_again(id);
                 info!(trial = %id, start = %start, "trial scheduled");
                 Ok(())
             }
@@ -381,8 +382,10 @@ impl Scheduler {
             scheduler.fire(&job_id, generation);
         });
         job.timer.stop(Timer::Armed(timer.abort_handle()));
-        drop(jobs);
-        // Scheduled again, a trial missed at start-up is missed no more.
+    }
+
+    /// A trial missed at start-up whose job is saved again is missed no more.
+    fn scheduled_again(&self, id: &TrialId) {
         self.inner
             .missed
             .lock()
@@ -638,6 +641,7 @@ impl Scheduler {
                 }
                 Ok(_) => {
                     self.arm(&id, generation);
+                    self.scheduled_again(&id);
                     if previous.is_some() {
                         info!(trial = %id, start = %start, "start time changed: trial rescheduled");
                         report.rescheduled.push(id.to_string());

@@ -289,14 +289,7 @@ async fn an_engine_s_lines_name_its_trial_at_every_log_level() {
     );
     app.start_trial(id).await;
     app.wait_failed(id).await;
-    let line = eventually("the failure in the log", || async {
-        let log = log_text(&app);
-        log.lines()
-            .find(|line| line.contains("trial failed"))
-            .map(str::to_owned)
-            .ok_or(log)
-    })
-    .await;
+    let line = logged(&app, &["trial failed"]).await;
     assert!(line.contains(&format!("trial={id}")), "{line}");
 }
 
@@ -311,14 +304,7 @@ async fn the_log_says_why_a_request_ended_with_a_server_error() {
     ));
     let answer = app.post("/debug/trial/t1/schedule", None).await;
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{answer:?}");
-    let line = eventually("the server error in the log", || async {
-        let log = log_text(&app);
-        log.lines()
-            .find(|line| line.contains("ended with a server error"))
-            .map(str::to_owned)
-            .ok_or(log)
-    })
-    .await;
+    let line = logged(&app, &["ended with a server error"]).await;
     assert!(
         line.contains("/debug/trial/t1/schedule") && line.contains(answer.detail()),
         "the line says what the client was told ({}): {line}",
@@ -338,14 +324,7 @@ async fn the_log_names_the_url_and_the_cause_of_an_unreachable_service() {
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{answer:?}");
 
     let wanted = format!("{repository}/trial/t1/: connection refused");
-    let line = eventually(&format!("{wanted} in the log"), || async {
-        let log = log_text(&app);
-        log.lines()
-            .find(|line| line.contains(&wanted))
-            .map(str::to_owned)
-            .ok_or(log)
-    })
-    .await;
+    let line = logged(&app, &[&wanted]).await;
     assert!(
         line.contains("WARN") && line.contains("GET trial/t1/"),
         "{line}"

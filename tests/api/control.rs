@@ -426,18 +426,6 @@ async fn an_abort_waits_until_the_failure_procedure_is_done() {
     );
 }
 
-/// The first line of the log that has every one of `words`, once it is written.
-async fn logged(app: &TestApp, words: &[&str]) -> String {
-    eventually(&format!("a log line with {words:?}"), || async {
-        let log = log_text(app);
-        log.lines()
-            .find(|line| words.iter().all(|word| line.contains(word)))
-            .map(str::to_owned)
-            .ok_or(log)
-    })
-    .await
-}
-
 #[tokio::test]
 async fn the_log_says_a_clean_up_failed_what_it_left_and_that_abort_retries_it() {
     let app = spawn_binary().await;

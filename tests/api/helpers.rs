@@ -934,6 +934,18 @@ pub fn log_text(app: &TestApp) -> String {
         .collect()
 }
 
+/// The first line of the service's log that has every one of `words`, once it is written.
+pub async fn logged(app: &TestApp, words: &[&str]) -> String {
+    eventually(&format!("a log line with {words:?}"), || async {
+        let log = log_text(app);
+        log.lines()
+            .find(|line| words.iter().all(|word| line.contains(word)))
+            .map(str::to_owned)
+            .ok_or(log)
+    })
+    .await
+}
+
 /// How a test wants the real binary (see [`spawn_binary_with`]).
 pub struct BinaryOptions<'a> {
     /// `LCM__…` variables over the tests' own (and those over the built-in defaults).
