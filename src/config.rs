@@ -614,30 +614,60 @@ impl RetrySettings {
         }
     }
 
-    fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
-        let key = |field: &str| format!("{prefix}.{field}");
+    /// Every problem of this policy: the field, and why.
+    fn problems(&self) -> Vec<(RetryField, &'static str)> {
+        let mut problems = Vec::new();
         if self.max_attempts == 0 {
-            return Err(invalid(key("max_attempts"), "must be at least 1"));
+            problems.push((RetryField::MaxAttempts, "must be at least 1"));
         }
         if self.max_attempts > 100 {
-            return Err(invalid(key("max_attempts"), "at most 100"));
+            problems.push((RetryField::MaxAttempts, "at most 100"));
         }
         if self.initial_backoff_ms == 0 {
-            return Err(invalid(key("initial_backoff_ms"), "must be greater than 0"));
+            problems.push((RetryField::InitialBackoffMs, "must be greater than 0"));
         }
         if self.max_backoff_ms == 0 {
-            return Err(invalid(key("max_backoff_ms"), "must be greater than 0"));
+            problems.push((RetryField::MaxBackoffMs, "must be greater than 0"));
         }
         if self.max_backoff_ms > MAX_DURATION_SECS * 1000 {
-            return Err(invalid(key("max_backoff_ms"), "at most ten years"));
+            problems.push((RetryField::MaxBackoffMs, "at most ten years"));
         }
         if !(self.multiplier.is_finite() && self.multiplier >= 1.0) {
-            return Err(invalid(
-                key("multiplier"),
-                "must be a number of at least 1.0",
-            ));
+            problems.push((RetryField::Multiplier, "must be a number of at least 1.0"));
         }
-        Ok(())
+        problems
+    }
+}
+
+/// A key of a retry policy (`executor.retry`, `services.<service>.retry`).
+#[derive(Debug, Clone, Copy)]
+enum RetryField {
+    MaxAttempts,
+    InitialBackoffMs,
+    MaxBackoffMs,
+    Multiplier,
+}
+
+impl RetryField {
+    fn name(self) -> &'static str {
+        match self {
+            Self::MaxAttempts => "max_attempts",
+            Self::InitialBackoffMs => "initial_backoff_ms",
+            Self::MaxBackoffMs => "max_backoff_ms",
+            Self::Multiplier => "multiplier",
+        }
+    }
+}
+
+impl RetryOverride {
+    /// Whether the service sets `field` itself, rather than taking `executor.retry`'s.
+    fn sets(&self, field: RetryField) -> bool {
+        match field {
+            RetryField::MaxAttempts => self.max_attempts.is_some(),
+            RetryField::InitialBackoffMs => self.initial_backoff_ms.is_some(),
+            RetryField::MaxBackoffMs => self.max_backoff_ms.is_some(),
+            RetryField::Multiplier => self.multiplier.is_some(),
+        }
     }
 }
 
@@ -799,7 +829,6 @@ impl Settings {
                         ),
                     },
                 )));
-                break;
             }
         }
         check(self.auth.api_keys().map(drop));
@@ -952,16 +981,21 @@ impl Settings {
                 "must not be empty",
             )));
         }
-        // A service's policy inherits executor.retry: one wrong there is told once.
-        let retry = self.executor.retry.validate("executor.retry");
-        let inherited_ok = retry.is_ok();
-        check(retry);
-        if inherited_ok {
-            for service in crate::services::Service::ALL {
-                check(
-                    self.retry_policy(service)
-                        .validate(&format!("services.{}.retry", service.name())),
-                );
+        // A service's policy inherits executor.retry: a value wrong there is told once, under
+        // executor.retry, and a service's own wrong value under its own key.
+        for (field, why) in self.executor.retry.problems() {
+            check(Err(invalid(
+                format!("executor.retry.{}", field.name()),
+                why,
+            )));
+        }
+        for service in crate::services::Service::ALL {
+            let overrides = self.service(service).retry.as_ref();
+            for (field, why) in self.retry_policy(service).problems() {
+                if overrides.is_some_and(|o| o.sets(field)) {
+                    let key = format!("services.{}.retry.{}", service.name(), field.name());
+                    check(Err(invalid(key, why)));
+                }
             }
         }
         if !valid_log_filter(&self.logging.level) {
@@ -985,7 +1019,9 @@ impl Settings {
             )));
         }
         for service in crate::services::Service::ALL {
-            check(validate_service(service.name(), self.service(service)));
+            service_problems(service.name(), self.service(service))
+                .into_iter()
+                .for_each(|p| check(Err(p)));
         }
         let services = &self.services;
         check(
@@ -1121,9 +1157,13 @@ fn valid_log_filter(filter: &str) -> bool {
         })
 }
 
-fn validate_service(name: &str, service: &ServiceSettings) -> Result<(), ConfigError> {
+/// Every problem of one outbound service's settings.
+fn service_problems(name: &str, service: &ServiceSettings) -> Vec<ConfigError> {
     let key = |field: &str| format!("services.{name}.{field}");
-    parse_http_url(&key("url"), &service.url)?;
+    let mut problems: Vec<ConfigError> = parse_http_url(&key("url"), &service.url)
+        .err()
+        .into_iter()
+        .collect();
     // A credential given empty would be sent empty: one left out is not sent at all.
     let given = [
         ("apikey", service.apikey.as_ref().map(Secret::expose)),
@@ -1138,11 +1178,11 @@ fn validate_service(name: &str, service: &ServiceSettings) -> Result<(), ConfigE
             service.oauth2.as_ref().map(|o| o.client_secret.expose()),
         ),
     ];
-    if let Some((field, _)) = given
+    for (field, _) in given
         .iter()
-        .find(|(_, value)| value.is_some_and(|v| v.trim().is_empty()))
+        .filter(|(_, value)| value.is_some_and(|v| v.trim().is_empty()))
     {
-        return Err(invalid(
+        problems.push(invalid(
             key(field),
             "must not be empty: leave it out to send no credential",
         ));
@@ -1154,7 +1194,7 @@ fn validate_service(name: &str, service: &ServiceSettings) -> Result<(), ConfigE
         _ => ("", ""),
     };
     if !missing.is_empty() {
-        return Err(invalid(
+        problems.push(invalid(
             key(missing),
             format!(
                 "missing: `{}` is set, and username and password go together",
@@ -1163,9 +1203,9 @@ fn validate_service(name: &str, service: &ServiceSettings) -> Result<(), ConfigE
         ));
     }
     if let Some(oauth2) = &service.oauth2 {
-        parse_http_url(&key("oauth2.auth_url"), &oauth2.auth_url)?;
+        problems.extend(parse_http_url(&key("oauth2.auth_url"), &oauth2.auth_url).err());
     }
-    Ok(())
+    problems
 }
 
 fn parse_http_url(key: &str, value: &str) -> Result<Url, ConfigError> {
@@ -1323,6 +1363,44 @@ mod tests {
         let mut settings = Settings::defaults().unwrap();
         settings.store.retention_days = 3_660;
         settings.validate().expect("ten years of days");
+
+        // Every value that cannot work is told at once, also several of one service or one
+        // retry policy; a value a service inherits is told once, where it was set.
+        let mut settings = Settings::defaults().unwrap();
+        let repository = &mut settings.services.trial_repository;
+        repository.url = "ftp://x".into();
+        repository.apikey = Some(Secret::new(""));
+        repository.username = Some(String::new());
+        settings.executor.retry.max_attempts = 0;
+        settings.services.kpi_monitoring.retry = Some(RetryOverride {
+            max_attempts: Some(0),
+            multiplier: Some(0.5),
+            ..RetryOverride::default()
+        });
+        settings.server.cors_origins = vec![
+            "nope".into(),
+            "https://ok.example".into(),
+            "also/bad".into(),
+        ];
+        let err = settings.validate().unwrap_err().to_string();
+        for key in [
+            "`services.trial_repository.url`",
+            "`services.trial_repository.apikey`",
+            "`services.trial_repository.username`",
+            "`services.trial_repository.password`",
+            "`executor.retry.max_attempts`",
+            "`services.kpi_monitoring.retry.max_attempts`",
+            "`services.kpi_monitoring.retry.multiplier`",
+        ] {
+            let told = format!("configuration key {key}:");
+            assert_eq!(err.matches(&told).count(), 1, "{key}: {err}");
+        }
+        let origins = "configuration key `server.cors_origins`:";
+        assert_eq!(err.matches(origins).count(), 2, "{err}");
+        assert!(
+            !err.contains("trial_enforcement.retry"),
+            "inherited, told once: {err}"
+        );
 
         // A ceiling below the first wait caps it: a service's own low ceiling is meaningful.
         let mut settings = Settings::defaults().unwrap();
