@@ -95,6 +95,11 @@ async fn add_heartbeat(
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Json<Message>, ApiError> {
     super::paging::once_each(&pairs, &[])?;
+    if let Some((other, _)) = pairs.iter().find(|(key, _)| key != "trial_id") {
+        return Err(ApiError::bad_request(format!(
+            "unknown query parameter '{other}': use trial_id"
+        )));
+    }
     let raw = pairs
         .iter()
         .find_map(|(key, value)| (key == "trial_id").then_some(value))

@@ -246,6 +246,7 @@ async fn adding_a_heartbeat_with_a_bad_trial_id_is_400() {
         "trial_id=a%20b",
         "trial_id=",
         "trial_id=t1&trial_id=t2",
+        "trial_id=t1&foo=1",
     ] {
         let answer = app
             .post(&format!("/debug/add-heartbeat?{query}"), None)

@@ -349,49 +349,55 @@ async fn swagger_ui_is_served_from_the_binary_without_credentials() {
 }
 
 #[tokio::test]
-async fn every_route_that_takes_a_json_body_documents_and_answers_its_refusals() {
-    let app = spawn_app().await;
+async fn every_route_that_reads_a_body_documents_and_answers_its_refusals() {
+    let app = spawn_app_with_settings(|s| s.server.max_body_bytes = 64).await;
     let doc = document(&app).await;
-    let mut probed = 0;
+    let send = |method: &str, path: &str, content_type: &str, body: String| {
+        let url = format!("{}{}", app.address, path.replace("{trial_id}", "probe-1"));
+        let method = Method::from_bytes(method.as_bytes()).expect("a method");
+        let request = app
+            .client
+            .request(method, url)
+            .header(header::AUTHORIZATION, API_KEY)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(body);
+        async move { crate::helpers::read(request.send().await.expect("the service answers")).await }
+    };
+    let (mut too_large, mut not_json) = (0, 0);
     for (method, path, operation) in operations(&doc) {
-        if !operation["requestBody"].is_object() {
-            continue;
-        }
         let what = format!("{method} {path}");
         let responses = &operation["responses"];
-        for status in ["413", "415"] {
-            assert!(
-                responses[status].is_object(),
-                "{what} does not list {status}"
-            );
-        }
+        let takes_json = operation["requestBody"].is_object();
+        let reads_body = method != "GET";
+        assert_eq!(responses["413"].is_object(), reads_body, "{what}: 413");
+        assert_eq!(responses["415"].is_object(), takes_json, "{what}: 415");
         // What the document lists is what the route answers (a route with a key; the token
         // routes check the token before the body).
         if operation["security"][0].get("api_key").is_none() {
             continue;
         }
-        let url = format!("{}{}", app.address, path.replace("{trial_id}", "probe-1"));
-        let method = Method::from_bytes(method.as_bytes()).expect("a method");
-        let answer = crate::helpers::read(
-            app.client
-                .request(method, url)
-                .header(header::AUTHORIZATION, API_KEY)
-                .header(header::CONTENT_TYPE, "text/plain")
-                .body(r#"{"reason": "x"}"#)
-                .send()
-                .await
-                .expect("the service answers"),
-        )
-        .await;
-        assert_eq!(
-            answer.status,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "{what}: {answer:?}"
-        );
-        probed += 1;
+        if reads_body {
+            let answer = send(&method, &path, "application/json", "x".repeat(65)).await;
+            assert_eq!(
+                answer.status,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "{what}: {answer:?}"
+            );
+            too_large += 1;
+        }
+        if takes_json {
+            let body = r#"{"reason": "x"}"#.to_owned();
+            let answer = send(&method, &path, "text/plain", body).await;
+            assert_eq!(
+                answer.status,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "{what}: {answer:?}"
+            );
+            not_json += 1;
+        }
     }
     assert!(
-        probed >= 6,
-        "only {probed} routes with a JSON body were probed"
+        too_large >= 15 && not_json >= 6,
+        "only {too_large} and {not_json} probed"
     );
 }
