@@ -60,6 +60,17 @@ pub enum ConfigError {
     Several(Vec<ConfigError>),
 }
 
+impl ConfigError {
+    /// The one error that tells `problems`: none, one, or several.
+    fn of(mut problems: Vec<ConfigError>) -> Option<ConfigError> {
+        match problems.len() {
+            0 => None,
+            1 => Some(problems.remove(0)),
+            _ => Some(Self::Several(problems)),
+        }
+    }
+}
+
 /// The most `server.max_connections` can be: far above what one process can hold open (each
 /// connection is a file descriptor), and below what counting them with a semaphore allows.
 const MAX_CONNECTIONS_LIMIT: usize = 10_000_000;
@@ -314,6 +325,8 @@ impl AuthSettings {
     pub fn api_keys(&self) -> Result<Vec<NamedKey>, ConfigError> {
         // Each key with the configuration key to name when it is wrong, and where under it.
         let mut keys: Vec<(String, String, NamedKey)> = Vec::new();
+        // Every problem is told, not only the first.
+        let mut problems = Vec::new();
         if !self.api_key.expose().is_empty() {
             keys.push((
                 "auth.api_key".to_owned(),
@@ -327,27 +340,31 @@ impl AuthSettings {
         }
         for (i, key) in self.keys.iter().enumerate() {
             let at = format!("auth.keys[{i}]");
-            let key = key.validate().map_err(|reason| invalid(&at, reason))?;
-            keys.push((at, String::new(), key));
+            match key.validate() {
+                Ok(key) => keys.push((at, String::new(), key)),
+                Err(reason) => problems.push(invalid(&at, reason)),
+            }
         }
         if let Some(path) = &self.keys_file {
             for (i, key) in self.keys_from_file.iter().enumerate() {
                 let at = format!("{}: keys[{i}]: ", path.display());
-                let key = key
-                    .validate()
-                    .map_err(|reason| invalid("auth.keys_file", format!("{at}{reason}")))?;
-                keys.push(("auth.keys_file".to_owned(), at, key));
+                match key.validate() {
+                    Ok(key) => keys.push(("auth.keys_file".to_owned(), at, key)),
+                    Err(reason) => {
+                        problems.push(invalid("auth.keys_file", format!("{at}{reason}")));
+                    }
+                }
             }
         }
-        if keys.is_empty() {
-            return Err(invalid(
+        if keys.is_empty() && problems.is_empty() {
+            problems.push(invalid(
                 "auth.api_key",
                 "must not be empty unless auth.keys or auth.keys_file give other keys",
             ));
         }
         for (i, (config_key, at, key)) in keys.iter().enumerate() {
             if let Some((_, _, first)) = keys[..i].iter().find(|(_, _, k)| k.name == key.name) {
-                return Err(invalid(
+                problems.push(invalid(
                     config_key,
                     format!(
                         "{at}the name '{}' is already taken by another key",
@@ -356,7 +373,7 @@ impl AuthSettings {
                 ));
             }
             if let Some((_, _, first)) = keys[..i].iter().find(|(_, _, k)| k.sha256 == key.sha256) {
-                return Err(invalid(
+                problems.push(invalid(
                     config_key,
                     format!(
                         "{at}key '{}' has the same secret as key '{}': give each key its own",
@@ -365,7 +382,10 @@ impl AuthSettings {
                 ));
             }
         }
-        Ok(keys.into_iter().map(|(_, _, key)| key).collect())
+        match ConfigError::of(problems) {
+            None => Ok(keys.into_iter().map(|(_, _, key)| key).collect()),
+            Some(e) => Err(e),
+        }
     }
 
     /// These settings loaded again from the sources they came from (with their files read
@@ -801,12 +821,7 @@ impl Settings {
     /// Refuses a configuration that cannot work, naming the key: every problem at once, so
     /// that mending them takes one start, not one each.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let mut problems = self.problems();
-        match problems.len() {
-            0 => Ok(()),
-            1 => Err(problems.remove(0)),
-            _ => Err(ConfigError::Several(problems)),
-        }
+        ConfigError::of(self.problems()).map_or(Ok(()), Err)
     }
 
     /// Every value of these settings that cannot work, each naming its key.
@@ -1710,6 +1725,16 @@ mod tests {
                 "[[keys]]\nname = \"ci\"\nkey = \"907153224\"\nrole = \"viewer\"\n\
                  [[keys]]\nname = \"ci2\"\nkey = \"907153224\"\nrole = \"admin\"\n",
                 "same secret",
+            ),
+            (
+                "[[keys]]\nname = \"half\"\nrole = \"viewer\"\n\
+                 [[keys]]\nname = \"no name\"\nkey = \"907153224\"\nrole = \"admin\"\n",
+                "keys[0]: key 'half': give exactly one of `key` and `key_sha256`",
+            ),
+            (
+                "[[keys]]\nname = \"half\"\nrole = \"viewer\"\n\
+                 [[keys]]\nname = \"no name\"\nkey = \"907153224\"\nrole = \"admin\"\n",
+                "keys[1]: the name 'no name' is not",
             ),
         ] {
             std::fs::write(&keys, content).unwrap();
