@@ -278,15 +278,8 @@ async fn an_engine_s_lines_name_its_trial_at_every_log_level() {
     })
     .await;
     let id = "quiet-failure";
-    app.platform.inject(
-        Fault::new(
-            Component::Enforcement,
-            "POST",
-            "/sliceDeployment",
-            FaultAction::Status(400),
-        )
-        .for_trial(id),
-    );
+    app.platform
+        .inject(slice_deployment_fault(id, FaultAction::Status(400)));
     app.start_trial(id).await;
     app.wait_failed(id).await;
     let line = logged(&app, &["trial failed"]).await;

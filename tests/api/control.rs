@@ -1237,36 +1237,43 @@ async fn a_measurement_job_whose_creation_went_unanswered_is_found_by_its_key_an
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slice_deployment_sent_again_after_a_restart_takes_a_replay_answered_200() {
-    let id = "slice-replayed";
+/// The real binary, killed (SIGKILL) while trial `id`'s `POST path` waited for the answer
+/// `hang` never gives; with the `Idempotency-Key` that request carried. The test restarts it.
+async fn killed_while_creating(id: &str, hang: Fault, path: &'static str) -> (TestApp, String) {
     let mut app = spawn_binary_with(BinaryOptions {
         platform: Box::new(|platform| {
             platform.add_trial(Platform::trial(id, None));
-            // The slice is asked for, and the LCM is killed before the answer comes.
-            platform.inject(slice_deployment_fault(id, FaultAction::Hang));
+            platform.inject(hang);
         }),
         ..BinaryOptions::default()
     })
     .await;
     app.schedule_in(id, 300).await;
-    eventually("the slice asked for", || async {
+    let key = eventually(&format!("POST {path} sent"), || async {
         app.platform
             .requests_for(id)
-            .iter()
-            .any(|r| r.path == "/sliceDeployment")
-            .then_some(())
+            .into_iter()
+            .find(|r| r.method == "POST" && r.path == path)
+            .and_then(|r| r.idempotency_key)
             .ok_or_else(|| "not yet".to_owned())
     })
     .await;
+    if let Server::Process(child) = &mut app.server {
+        child.kill().await.expect("SIGKILL");
+    }
+    (app, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slice_deployment_sent_again_after_a_restart_takes_a_replay_answered_200() {
+    let id = "slice-replayed";
+    let hang = slice_deployment_fault(id, FaultAction::Hang);
+    let (mut app, first_key) = killed_while_creating(id, hang, "/sliceDeployment").await;
     // A component that honours the key answers the creation sent again as a replay.
     app.platform.inject(slice_deployment_fault(
         id,
         FaultAction::Json(200, json!({"Slice": {"id": format!("slice-{id}")}})),
     ));
-    if let Server::Process(child) = &mut app.server {
-        child.kill().await.expect("SIGKILL");
-    }
     app.restart_binary().await;
     let status = app.wait_waiting(id, WAITING_SLICE).await;
     assert_eq!(status["failed"], false, "{status}");
@@ -1277,37 +1284,20 @@ async fn a_slice_deployment_sent_again_after_a_restart_takes_a_replay_answered_2
         .filter(|r| r.path == "/sliceDeployment")
         .map(|r| r.idempotency_key)
         .collect();
-    assert_eq!(keys.len(), 2, "{keys:?}");
-    assert_eq!(keys[0], keys[1], "sent again as itself");
+    assert_eq!(
+        keys,
+        [Some(first_key.clone()), Some(first_key)],
+        "sent again as itself"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abort_after_a_restart_deletes_the_job_whose_creation_the_stop_cut_short() {
     let id = "job-cut-short";
-    let mut app = spawn_binary_with(BinaryOptions {
-        platform: Box::new(|platform| {
-            platform.add_trial(Platform::trial(id, None));
-            // The job is asked for, and the LCM is killed before the answer comes.
-            platform.inject(measurement_job_fault(id, FaultAction::Hang));
-        }),
-        ..BinaryOptions::default()
-    })
-    .await;
-    app.schedule_in(id, 300).await;
-    let first_key = eventually("the measurement job asked for", || async {
-        app.platform
-            .requests_for(id)
-            .into_iter()
-            .find(|r| r.method == "POST" && r.path == "/measurementjobs")
-            .and_then(|r| r.idempotency_key)
-            .ok_or_else(|| "not yet".to_owned())
-    })
-    .await;
+    let hang = measurement_job_fault(id, FaultAction::Hang);
+    let (mut app, first_key) = killed_while_creating(id, hang, "/measurementjobs").await;
     // After the restart the step runs again; the abort comes before it asks again.
     let fetch = app.hold_next(Component::Repository, "GET", "/trial/", id);
-    if let Server::Process(child) = &mut app.server {
-        child.kill().await.expect("SIGKILL");
-    }
     app.restart_binary().await;
     eventually("the step running again", || async {
         match app.trial_status(id).await["state"].as_str() {

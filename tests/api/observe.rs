@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use lcm::engine::sequence::{Step, happy_path};
-use lcm::sim::{Component, Fault, FaultAction};
+use lcm::sim::FaultAction;
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
@@ -151,15 +151,8 @@ async fn metrics_count_exactly_what_one_trial_did() {
 async fn what_an_engine_no_longer_live_refuses_is_counted_alike() {
     let app = spawn_binary().await;
     let (failed, finished) = ("counted-failed", "counted-finished");
-    app.platform.inject(
-        Fault::new(
-            Component::Enforcement,
-            "POST",
-            "/sliceDeployment",
-            FaultAction::Status(400),
-        )
-        .for_trial(failed),
-    );
+    app.platform
+        .inject(slice_deployment_fault(failed, FaultAction::Status(400)));
     app.start_trial(failed).await;
     app.wait_failed(failed).await;
     app.run_to_finished(finished).await;
