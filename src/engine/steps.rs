@@ -389,15 +389,12 @@ async fn delete_measurement_job(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     };
     let body = json!({"trialID": info.trial_id, "facility": info.facility});
     let path = format!("measurementjobs/{}", urlencode_segment(&measurement_id));
-    // Run again, or cleaning up, the job may be gone already: 404 then means done.
-    let ok: &[u16] = if cx.rerun || cx.cleanup {
-        &[204, 404]
-    } else {
-        &[204]
-    };
+    // A job that is not there is deleted: 404 means done. It is what a retry finds once the
+    // first attempt deleted the job and its answer was lost, and what a step run again or a
+    // clean-up finds after an earlier delete.
     cx.call_expecting(
         Outbound::new(Service::TrialEnforcement, Method::DELETE, path).json(body),
-        ok,
+        &[204, 404],
     )
     .await?;
     cx.data.ledger.measurement_job = JobState::Deleted;
@@ -413,15 +410,11 @@ async fn close_service(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     )
     .query("callback_url", cx.callback_url("slice"))
     .json(body);
-    // Run again, or cleaning up, the slice may be closed already (or never made): 404 then
-    // means done. On the trial's own path its callback may still come, or the wait times out
-    // and the trial is restorable.
-    let ok: &[u16] = if cx.rerun || cx.cleanup {
-        &[200, 404]
-    } else {
-        &[200]
-    };
-    let (status, _) = cx.call_expecting(request, ok).await?;
+    // A slice that is not there is closed: 404 means done. It is what a retry finds once the
+    // first attempt closed the slice and its answer was lost, and what a step run again or a
+    // clean-up finds (or one whose slice was never made). On the trial's own path the closing's
+    // callback may still come, or the wait times out and the trial is restorable.
+    let (status, _) = cx.call_expecting(request, &[200, 404]).await?;
     cx.data.ledger.slice = if status == 404 && cx.cleanup {
         SliceState::Closed
     } else {

@@ -433,6 +433,43 @@ async fn a_rerun_delete_that_finds_the_job_gone_counts_as_done() {
 }
 
 #[tokio::test]
+async fn a_delete_whose_answer_was_lost_finds_it_done_on_its_retry() {
+    let app = spawn_app().await;
+    let id = "answer-lost";
+    // Trial enforcement deletes the job and closes the slice, but the first answer of each
+    // is lost (a 503 here); the retry finds nothing left to delete or close.
+    for path in ["/measurementjobs/", "/sliceDeployment/"] {
+        for action in [
+            FaultAction::Status(503),
+            FaultAction::Json(404, json!({"detail": "Not found."})),
+        ] {
+            app.platform.inject(
+                Fault::new(Component::Enforcement, "DELETE", path, action)
+                    .for_trial(id)
+                    .times(1),
+            );
+        }
+    }
+    app.start_trial(id).await;
+    app.wait_waiting(id, WAITING_OPERATOR).await;
+    for signal in ["active", "finish"] {
+        let answer = app.post(&format!("/trial/{id}/{signal}"), None).await;
+        assert_eq!(answer.status, StatusCode::OK, "{signal}: {answer:?}");
+    }
+    // The slice closed, the trial waits for the closing's callback (the simulated component
+    // makes none after a 404: the test sends it).
+    app.wait_waiting(id, "slice callback (slice closed)").await;
+    let closed = app.callback(id, "slice", Some(&app.token_of(id))).await;
+    assert_eq!(closed.status, StatusCode::OK, "{closed:?}");
+    app.wait_finished(id).await;
+    let deletes = lines(&app, id)
+        .iter()
+        .filter(|l| l.starts_with("DELETE "))
+        .count();
+    assert_eq!(deletes, 4, "each delete sent twice");
+}
+
+#[tokio::test]
 async fn secrets_a_service_echoes_back_are_redacted_everywhere() {
     let app = spawn_app_with_settings(|s| {
         s.services.abstraction_layer.password = lcm::config::Secret::new("al-secret-pw");
