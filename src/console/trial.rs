@@ -183,8 +183,13 @@ async fn load<'h>(
         Found::Stored(record) => (Kind::Stored, Some(view::snapshot_of(record))),
         Found::Corrupt(reason) => (Kind::Corrupt(reason.clone()), None),
     };
+    // The last view of an engine that has ended is read whole from it: the page it ends on
+    // shows every event, whatever the stream it followed delivered.
+    let ended = snapshot
+        .as_ref()
+        .is_some_and(|s| s.lifecycle.is_ended() || s.lifecycle == Lifecycle::Stopped);
     let history = match (&found, following) {
-        (Found::Engine(engine), Some(following)) if following.follows(engine) => {
+        (Found::Engine(engine), Some(following)) if following.follows(engine) && !ended => {
             // Taken after the snapshot, as a copy would be: every event up to it is in.
             following.catch_up();
             match following.lagged {
