@@ -581,7 +581,9 @@ async fn a_live_trial_page_ends_showing_every_event_of_the_trial_once() {
     let last = last_part(&seen, "trial-history");
     assert!(
         last.contains(&format!("Every event ({events})")),
-        "{events} events: {last}"
+        "{events} events, {} patches, ending on summary {}: {last}",
+        seen.matches("event: patch").count(),
+        last_part(&seen, "trial-summary")
     );
     let rows = last.matches("<tr><td>").count();
     assert_eq!(rows, events, "{last}");
