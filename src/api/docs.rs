@@ -86,9 +86,9 @@ impl Modify for SecuritySchemes {
 /// Adds to every operation the refusals the extractors and layers answer for all of them,
 /// where the operation does not describe its own: to one that takes credentials, 429 once the
 /// client's address failed to authenticate too often and 403 for a key whose role is too small
-/// (the token routes describe a 403 of their own); to one that reads a body (all but `GET`),
-/// 413 for a body over `server.max_body_bytes`; to one that takes a JSON body, 415 for one
-/// that is not `application/json`.
+/// (the token routes describe a 403 of their own); to every one, 413 for a body over
+/// `server.max_body_bytes`; to one that takes a JSON body, 415 for one that is not
+/// `application/json`.
 pub fn describe_common_refusals(openapi: &mut utoipa::openapi::OpenApi) {
     let error_body = || {
         ContentBuilder::new()
@@ -104,24 +104,20 @@ pub fn describe_common_refusals(openapi: &mut utoipa::openapi::OpenApi) {
     };
     for item in openapi.paths.paths.values_mut() {
         let operations = [
-            (false, &mut item.get),
-            (true, &mut item.put),
-            (true, &mut item.post),
-            (true, &mut item.delete),
-            (true, &mut item.patch),
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
         ];
-        for (reads_body, operation) in operations {
-            let Some(operation) = operation else {
-                continue;
-            };
+        for operation in operations.into_iter().flatten() {
             let takes_json = operation.request_body.is_some();
             let responses = &mut operation.responses.responses;
-            // Any body sent is read (and left unused where none is taken), up to its limit.
-            if reads_body {
-                responses
-                    .entry("413".to_owned())
-                    .or_insert_with(|| refusal("The body is larger than `server.max_body_bytes`"));
-            }
+            // A body sent to any route is refused beyond its limit (and left unused where
+            // none is taken).
+            responses
+                .entry("413".to_owned())
+                .or_insert_with(|| refusal("The body is larger than `server.max_body_bytes`"));
             if takes_json {
                 responses
                     .entry("415".to_owned())

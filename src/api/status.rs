@@ -83,7 +83,7 @@ async fn status(_: Viewer, State(state): State<AppState>) -> Json<Value> {
     params(("trial_id" = String, Query, description = "The trial's id", example = "trial-42")),
     responses(
         (status = 200, description = "Heartbeat added", body = Message),
-        (status = 400, description = "No or invalid `trial_id`", body = ErrorBody),
+        (status = 400, description = "No, an invalid or a repeated `trial_id`, or another query parameter", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 409, description = "The trial already has a heartbeat", body = ErrorBody),
         (status = 503, description = "The service is stopping", body = ErrorBody),
