@@ -399,18 +399,28 @@ impl AuthSettings {
     }
 
     /// Reads `api_key_file` and `token_secret_file` into `api_key` and `token_secret`, and the
-    /// keys of `keys_file` into `keys_from_file`.
-    fn read_files(&mut self) -> Result<(), ConfigError> {
+    /// keys of `keys_file` into `keys_from_file`; answers every file that could not be read.
+    fn read_files(&mut self) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
         if let Some(path) = &self.api_key_file {
-            self.api_key = read_secret("auth.api_key_file", path)?;
+            match read_secret("auth.api_key_file", path) {
+                Ok(key) => self.api_key = key,
+                Err(e) => problems.push(e),
+            }
         }
         if let Some(path) = &self.token_secret_file {
-            self.token_secret = read_secret("auth.token_secret_file", path)?;
+            match read_secret("auth.token_secret_file", path) {
+                Ok(secret) => self.token_secret = secret,
+                Err(e) => problems.push(e),
+            }
         }
         if let Some(path) = &self.keys_file {
-            self.keys_from_file = read_keys_file(path)?;
+            match read_keys_file(path) {
+                Ok(keys) => self.keys_from_file = keys,
+                Err(e) => problems.push(e),
+            }
         }
-        Ok(())
+        problems
     }
 }
 
@@ -1676,6 +1686,25 @@ mod tests {
                 .unwrap_err()
                 .to_string()
         };
+        // Files that cannot be read are told with every other problem, not instead of them.
+        let env = [
+            ("LCM__AUTH__API_KEY_FILE", missing.display().to_string()),
+            ("LCM__AUTH__KEYS_FILE", missing.display().to_string()),
+            ("LCM__EXECUTOR__REQUEST_TIMEOUT_SECS", "0".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let err = Settings::load_with_env(None, Some(env))
+            .unwrap_err()
+            .to_string();
+        for key in [
+            "auth.api_key_file",
+            "auth.keys_file",
+            "executor.request_timeout_secs",
+        ] {
+            assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
+        }
         for (env, key) in [
             ("LCM__AUTH__API_KEY_FILE", "auth.api_key_file"),
             ("LCM__AUTH__TOKEN_SECRET_FILE", "auth.token_secret_file"),

@@ -558,9 +558,13 @@ pub(super) fn load(
 ) -> Result<Settings, ConfigError> {
     let layers = Layers::all(file, env)?;
     let mut settings = layers.settings()?;
-    settings.auth.read_files().map_err(|e| layers.locate(e))?;
-    settings.validate().map_err(|e| layers.locate(e))?;
-    Ok(settings)
+    // Every problem at once: the files that could not be read, and the values.
+    let mut problems = settings.auth.read_files();
+    problems.extend(settings.problems());
+    match ConfigError::of(problems) {
+        None => Ok(settings),
+        Some(e) => Err(layers.locate(e)),
+    }
 }
 
 /// The built-in defaults alone.
