@@ -304,6 +304,13 @@ pub fn needed(undoes: Undoes, kpi_status: Option<KpiStatus>, ledger: &Ledger) ->
     }
 }
 
+/// Whether the callback awaited at `wait` can no longer come, because what it announces is
+/// known done already: a close run again that found the slice gone (a 404) waits for no
+/// slice-closed callback (the first close's was sent while the trial had failed, or lost).
+pub fn needs_no_callback(wait: Wait, ledger: &Ledger) -> bool {
+    wait == Wait::SliceClosed && ledger.slice == SliceState::Closed
+}
+
 /// What the clean-up does after `done` (or first, for `None`): the slice-closed wait after a
 /// `CloseService` that left the slice closing, else the next step whose work exists. A slice
 /// that was closing already is closed again (the component may have lost the request; a 404

@@ -415,7 +415,9 @@ async fn close_service(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     // clean-up finds (or one whose slice was never made). On the trial's own path the closing's
     // callback may still come, or the wait times out and the trial is restorable.
     let (status, _) = cx.call_expecting(request, &[200, 404]).await?;
-    cx.data.ledger.slice = if status == 404 && cx.cleanup {
+    // Cleaning up, or run again, a 404 finds the slice closed by an earlier close: no
+    // callback is due. The first close's 404 (its own retry) leaves its callback to come.
+    cx.data.ledger.slice = if status == 404 && (cx.cleanup || cx.rerun) {
         SliceState::Closed
     } else {
         SliceState::Closing

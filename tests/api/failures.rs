@@ -702,3 +702,35 @@ async fn a_restore_at_the_operator_s_wait_tells_the_repository_the_trial_waits_a
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_close_run_again_that_finds_the_slice_gone_waits_for_no_callback() {
+    let app = spawn_app_with_settings(single_attempt).await;
+    let id = "closed-before";
+    // The close is done but its answer is lost (here a 502): the trial fails there, and the
+    // closing's callback, sent meanwhile, is refused. Run again, the close finds no slice.
+    for action in [
+        FaultAction::Status(502),
+        FaultAction::Json(404, json!({"detail": "Not found."})),
+    ] {
+        app.platform.inject(
+            Fault::new(
+                Component::Enforcement,
+                "DELETE",
+                "/sliceDeployment/",
+                action,
+            )
+            .for_trial(id)
+            .times(1),
+        );
+    }
+    app.start_trial(id).await;
+    app.wait_waiting(id, WAITING_OPERATOR).await;
+    let finish = app.post(&format!("/trial/{id}/finish"), None).await;
+    assert_eq!(finish.status, StatusCode::OK, "{finish:?}");
+    let failed = app.wait_failed(id).await;
+    assert_eq!(failed["state"], "CloseService", "{failed}");
+    let restored = app.post(&format!("/debug/engine/{id}/restore"), None).await;
+    assert_eq!(restored.status, StatusCode::OK, "{restored:?}");
+    app.wait_finished(id).await;
+}
