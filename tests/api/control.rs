@@ -426,10 +426,8 @@ async fn an_abort_waits_until_the_failure_procedure_is_done() {
     );
 }
 
-#[tokio::test]
-async fn the_log_says_a_clean_up_failed_what_it_left_and_that_abort_retries_it() {
-    let app = spawn_binary().await;
-    let id = "leaky-log";
+/// Trial `id` at IDLE, whose measurement job trial enforcement will not delete (500).
+async fn at_idle_with_the_job_deletion_failing(app: &TestApp, id: &str) {
     app.start_trial(id).await;
     app.wait_waiting(id, WAITING_OPERATOR).await;
     app.platform.inject(
@@ -441,6 +439,13 @@ async fn the_log_says_a_clean_up_failed_what_it_left_and_that_abort_retries_it()
         )
         .for_trial(id),
     );
+}
+
+#[tokio::test]
+async fn the_log_says_a_clean_up_failed_what_it_left_and_that_abort_retries_it() {
+    let app = spawn_binary().await;
+    let id = "leaky-log";
+    at_idle_with_the_job_deletion_failing(&app, id).await;
     abort_until_cleanup_fails(&app, id, "DeleteMeasurementJob").await;
     let failed = logged(&app, &[id, "the clean-up after an abort failed"]).await;
     assert!(failed.contains("ERROR"), "{failed}");
@@ -471,17 +476,7 @@ async fn a_clean_up_step_that_fails_for_good_lets_the_rest_undo_what_they_can_an
  {
     let app = spawn_app().await;
     let id = "leaky";
-    app.start_trial(id).await;
-    app.wait_waiting(id, WAITING_OPERATOR).await;
-    app.platform.inject(
-        Fault::new(
-            Component::Enforcement,
-            "DELETE",
-            "/measurementjobs/",
-            FaultAction::Status(500),
-        )
-        .for_trial(id),
-    );
+    at_idle_with_the_job_deletion_failing(&app, id).await;
     let failed = abort_until_cleanup_fails(&app, id, "DeleteMeasurementJob").await;
     assert_eq!(failed["aborting"], false, "{failed}");
     assert_eq!(failed["restorable"], false, "{failed}");
