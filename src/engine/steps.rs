@@ -15,7 +15,8 @@ use super::redact::Redactor;
 use super::sequence::Step;
 use super::state;
 use super::state::{
-    EventKind, JobState, KpiStatus, ResponseRecord, SliceState, TrialData, TrialInfo, slice_id,
+    EventKind, JobState, KpiStatus, Ledger, ResponseRecord, SliceState, TrialData, TrialInfo,
+    slice_id,
 };
 use crate::domain::TrialId;
 use crate::services::{Attempt, Outbound, Reply, SendError, Service, registry};
@@ -211,19 +212,7 @@ async fn slice_deployment(cx: &mut StepCx<'_>) -> Result<(), StepError> {
         .creating()
         .query("callback_url", cx.callback_url("slice"))
         .json(body);
-    // From here on the slice may exist, whatever the answer (or its absence) says, unless no
-    // attempt could have reached trial enforcement or it refused the request.
-    let before = std::mem::replace(&mut cx.data.ledger.slice, SliceState::Requested);
-    let expected = creation_answers(before == SliceState::Requested);
-    let reply = match cx.call_deploying(request, expected).await {
-        Ok(reply) => reply,
-        Err(e) => {
-            if !cx.may_have_made {
-                cx.data.ledger.slice = before;
-            }
-            return Err(e);
-        }
-    };
+    let reply = call_creating(cx, request, |l| &mut l.slice, SliceState::Requested).await?;
     let Some(id) = slice_id(&reply) else {
         return fail(
             "trial enforcement's slice deployment answer has no 'Slice.id' (a string that is not blank, or a number)",
@@ -294,24 +283,29 @@ pub fn measurement_job_key(id: &TrialId, started: DateTime<Utc>, run: u32) -> St
 async fn create_measurement_job(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     cx.fetch_trial().await?;
     let request = measurement_job_request(cx)?;
-    // From here on the job may exist, whatever the answer (or its absence) says, unless no
-    // attempt could have reached trial enforcement or it refused the request.
-    let key = request.idempotency_key.clone().unwrap_or_default();
-    let before = std::mem::replace(
-        &mut cx.data.ledger.measurement_job,
-        JobState::Requested(key),
-    );
-    let expected = creation_answers(matches!(before, JobState::Requested(_)));
-    let reply = match cx.call_deploying(request, expected).await {
-        Ok(reply) => reply,
-        Err(e) => {
-            if !cx.may_have_made {
-                cx.data.ledger.measurement_job = before;
-            }
-            return Err(e);
-        }
-    };
+    let requested = JobState::Requested(request.idempotency_key.clone().unwrap_or_default());
+    let reply = call_creating(cx, request, |l| &mut l.measurement_job, requested).await?;
     keep_measurement_job(cx, &reply).map(drop)
+}
+
+/// Sends a creation whose result the clean-up undoes (the slice, the measurement job). From
+/// the moment it leaves, what it asks for may exist, whatever the answer (or its absence)
+/// says: its place in the ledger is `requested` until the step keeps what the answer names,
+/// unless no attempt could have reached the service or it refused the request (a 4xx). One
+/// requested before (sent and never answered, with the same key) may be answered as a replay.
+async fn call_creating<S: Clone + PartialEq>(
+    cx: &mut StepCx<'_>,
+    request: Outbound,
+    place: fn(&mut Ledger) -> &mut S,
+    requested: S,
+) -> Result<Value, StepError> {
+    let before = std::mem::replace(place(&mut cx.data.ledger), requested.clone());
+    let expected = creation_answers(before == requested);
+    let answer = cx.call_deploying(request, expected).await;
+    if answer.is_err() && !cx.may_have_made {
+        *place(&mut cx.data.ledger) = before;
+    }
+    answer
 }
 
 /// Keeps the job trial enforcement's answer names: in the trial info and the ledger.
