@@ -42,7 +42,12 @@ impl AppState {
         match stored {
             Some(StoredTrial::Readable(record)) => Ok(Found::Stored(record)),
             Some(StoredTrial::Corrupt { reason }) => Ok(Found::Corrupt(reason)),
-            None => Err(self.no_trial(id)),
+            // A job gives way to its engine (a job leaves only once its engine is in): one that
+            // did so while the store was read has just started.
+            None => match self.scheduler.engines().get(id) {
+                Some(engine) => Ok(Found::Engine(engine)),
+                None => Err(self.no_trial(id)),
+            },
         }
     }
 

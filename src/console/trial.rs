@@ -76,7 +76,7 @@ impl TrialView<'_> {
             Kind::Engine => self
                 .snapshot
                 .as_ref()
-                .is_none_or(|s| s.lifecycle.is_ended() || s.lifecycle == Lifecycle::Stopped),
+                .is_none_or(|s| s.lifecycle.is_final()),
             Kind::Scheduled(_) => false,
             Kind::Stored | Kind::Corrupt(_) => true,
         }
@@ -157,24 +157,18 @@ async fn load<'h>(
     let found = match state.find_trial(id).await {
         Ok(found) => found,
         Err(e) if e.status == StatusCode::NOT_FOUND => {
-            let job = state.scheduler.jobs().into_iter().find(|job| job.id == *id);
-            match (job, state.scheduler.engines().get(id)) {
-                (Some(job), _) => {
-                    return Ok(TrialView {
-                        id: id.clone(),
-                        kind: Kind::Scheduled(job.start_time),
-                        snapshot: None,
-                        history: Cow::Owned(Vec::new()),
-                        responses: Vec::new(),
-                        failure_file: None,
-                        audit: audit_of(state, signed, id).await,
-                    });
-                }
-                // The job gave way to its engine while the store was read (a job leaves
-                // only once its engine is in): the trial has just started.
-                (None, Some(engine)) => Found::Engine(engine),
-                (None, None) => return Err(Unshown::Unknown),
-            }
+            let Some(job) = state.scheduler.jobs().into_iter().find(|job| job.id == *id) else {
+                return Err(Unshown::Unknown);
+            };
+            return Ok(TrialView {
+                id: id.clone(),
+                kind: Kind::Scheduled(job.start_time),
+                snapshot: None,
+                history: Cow::Owned(Vec::new()),
+                responses: Vec::new(),
+                failure_file: None,
+                audit: audit_of(state, signed, id).await,
+            });
         }
         Err(e) => return Err(Unshown::Unreadable(e.status)),
     };
@@ -185,9 +179,7 @@ async fn load<'h>(
     };
     // The last view of an engine that has ended is read whole from it: the page it ends on
     // shows every event, whatever the stream it followed delivered.
-    let ended = snapshot
-        .as_ref()
-        .is_some_and(|s| s.lifecycle.is_ended() || s.lifecycle == Lifecycle::Stopped);
+    let ended = snapshot.as_ref().is_some_and(|s| s.lifecycle.is_final());
     let history = match (&found, following) {
         (Found::Engine(engine), Some(following)) if following.follows(engine) && !ended => {
             // Taken after the snapshot, as a copy would be: every event up to it is in.

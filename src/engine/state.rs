@@ -67,6 +67,11 @@ impl Lifecycle {
         matches!(self, Lifecycle::Finished | Lifecycle::Aborted)
     }
 
+    /// Nothing moves the engine any more: it ended, or was stopped.
+    pub fn is_final(self) -> bool {
+        self.is_ended() || self == Lifecycle::Stopped
+    }
+
     /// Still takes callbacks and operator signals.
     pub fn is_live(self) -> bool {
         matches!(self, Lifecycle::Running | Lifecycle::Waiting)
