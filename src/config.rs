@@ -323,6 +323,15 @@ impl AuthSettings {
     /// `key` and `key_sha256`; names are unique; no two keys share a secret; at least one key
     /// exists.
     pub fn api_keys(&self) -> Result<Vec<NamedKey>, ConfigError> {
+        let (keys, problems) = self.key_problems();
+        match ConfigError::of(problems) {
+            None => Ok(keys),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// The valid keys these settings give, and every problem of the others.
+    fn key_problems(&self) -> (Vec<NamedKey>, Vec<ConfigError>) {
         // Each key with the configuration key to name when it is wrong, and where under it.
         let mut keys: Vec<(String, String, NamedKey)> = Vec::new();
         // Every problem is told, not only the first.
@@ -382,10 +391,7 @@ impl AuthSettings {
                 ));
             }
         }
-        match ConfigError::of(problems) {
-            None => Ok(keys.into_iter().map(|(_, _, key)| key).collect()),
-            Some(e) => Err(e),
-        }
+        (keys.into_iter().map(|(_, _, key)| key).collect(), problems)
     }
 
     /// These settings loaded again from the sources they came from (with their files read
@@ -402,23 +408,26 @@ impl AuthSettings {
     /// keys of `keys_file` into `keys_from_file`; answers every file that could not be read.
     fn read_files(&mut self) -> Vec<ConfigError> {
         let mut problems = Vec::new();
-        if let Some(path) = &self.api_key_file {
-            match read_secret("auth.api_key_file", path) {
-                Ok(key) => self.api_key = key,
+        fn put<T>(read: Result<T, ConfigError>, into: &mut T, problems: &mut Vec<ConfigError>) {
+            match read {
+                Ok(value) => *into = value,
                 Err(e) => problems.push(e),
             }
+        }
+        if let Some(path) = &self.api_key_file {
+            let read = read_secret("auth.api_key_file", path);
+            put(read, &mut self.api_key, &mut problems);
         }
         if let Some(path) = &self.token_secret_file {
-            match read_secret("auth.token_secret_file", path) {
-                Ok(secret) => self.token_secret = secret,
-                Err(e) => problems.push(e),
-            }
+            let read = read_secret("auth.token_secret_file", path);
+            put(read, &mut self.token_secret, &mut problems);
         }
         if let Some(path) = &self.keys_file {
-            match read_keys_file(path) {
-                Ok(keys) => self.keys_from_file = keys,
-                Err(e) => problems.push(e),
-            }
+            put(
+                read_keys_file(path),
+                &mut self.keys_from_file,
+                &mut problems,
+            );
         }
         problems
     }
@@ -837,12 +846,11 @@ impl Settings {
     /// Every value of these settings that cannot work, each naming its key.
     fn problems(&self) -> Vec<ConfigError> {
         let mut problems = Vec::new();
-        let mut check = |result: Result<(), ConfigError>| problems.extend(result.err());
-        check(self.bind_addr().map(drop));
-        check(parse_http_url("server.public_url", &self.server.public_url).map(drop));
+        problems.extend(self.bind_addr().err());
+        problems.extend(parse_http_url("server.public_url", &self.server.public_url).err());
         for origin in &self.server.cors_origins {
             if origin != "*" && !is_origin(origin) {
-                check(Err(invalid(
+                problems.push(invalid(
                     "server.cors_origins",
                     match Url::parse(origin) {
                         Ok(url) => format!(
@@ -853,12 +861,12 @@ impl Settings {
                             "an entry is not an origin like https://console.example, nor * ({e}; the value is not shown)"
                         ),
                     },
-                )));
+                ));
             }
         }
-        check(self.auth.api_keys().map(drop));
+        problems.extend(self.auth.key_problems().1);
         if self.auth.token_secret.expose().is_empty() {
-            check(Err(invalid("auth.token_secret", "must not be empty")));
+            problems.push(invalid("auth.token_secret", "must not be empty"));
         }
         for (key, value) in [
             (
@@ -917,18 +925,18 @@ impl Settings {
             ("auth.token_ttl_secs", Some(self.auth.token_ttl_secs)),
         ] {
             if value.is_some_and(|v| v > MAX_DURATION_SECS) {
-                check(Err(invalid(
+                problems.push(invalid(
                     key,
                     format!("at most {MAX_DURATION_SECS} (ten years)"),
-                )));
+                ));
             }
         }
         let max_days = MAX_DURATION_SECS / 86_400;
         if self.store.retention_days > max_days {
-            check(Err(invalid(
+            problems.push(invalid(
                 "store.retention_days",
                 format!("at most {max_days} (ten years)"),
-            )));
+            ));
         }
         let positive = [
             (
@@ -968,13 +976,13 @@ impl Settings {
             ),
         ];
         for (key, _) in positive.iter().filter(|(_, value)| *value == 0) {
-            check(Err(invalid(*key, "must be greater than 0")));
+            problems.push(invalid(*key, "must be greater than 0"));
         }
         if self.executor.operator_timeout_secs == Some(0) {
-            check(Err(invalid(
+            problems.push(invalid(
                 "executor.operator_timeout_secs",
                 "must be greater than 0 (leave it unset for no deadline)",
-            )));
+            ));
         }
         for (key, value) in [
             (
@@ -988,79 +996,73 @@ impl Settings {
             ),
         ] {
             if value == Some(0) {
-                check(Err(invalid(
+                problems.push(invalid(
                     key,
                     "must be greater than 0 (leave it unset for none)",
-                )));
+                ));
             }
         }
         if !(1..=MAX_CONNECTIONS_LIMIT).contains(&self.server.max_connections) {
-            check(Err(invalid(
+            problems.push(invalid(
                 "server.max_connections",
                 format!("must be between 1 and {MAX_CONNECTIONS_LIMIT}"),
-            )));
+            ));
         }
         if self.executor.aborted_repository_status.trim().is_empty() {
-            check(Err(invalid(
+            problems.push(invalid(
                 "executor.aborted_repository_status",
                 "must not be empty",
-            )));
+            ));
         }
         // A service's policy inherits executor.retry: a value wrong there is told once, under
         // executor.retry, and a service's own wrong value under its own key.
         for (field, why) in self.executor.retry.problems() {
-            check(Err(invalid(
-                format!("executor.retry.{}", field.name()),
-                why,
-            )));
+            problems.push(invalid(format!("executor.retry.{}", field.name()), why));
         }
         for service in crate::services::Service::ALL {
             let overrides = self.service(service).retry.as_ref();
             for (field, why) in self.retry_policy(service).problems() {
                 if overrides.is_some_and(|o| o.sets(field)) {
                     let key = format!("services.{}.retry.{}", service.name(), field.name());
-                    check(Err(invalid(key, why)));
+                    problems.push(invalid(key, why));
                 }
             }
         }
         if !valid_log_filter(&self.logging.level) {
-            check(Err(invalid(
+            problems.push(invalid(
                 "logging.level",
                 format!("'{}' is not a log level or filter", self.logging.level),
-            )));
+            ));
         }
         if self.facilities.is_empty() {
-            check(Err(invalid(
-                "facilities",
-                "at least one facility is needed",
-            )));
+            problems.push(invalid("facilities", "at least one facility is needed"));
         }
         if let Some(path) = &self.tls.ca_bundle_path
             && !path.is_file()
         {
-            check(Err(invalid(
+            problems.push(invalid(
                 "tls.ca_bundle_path",
                 format!("no file at {}", path.display()),
-            )));
+            ));
         }
         for service in crate::services::Service::ALL {
             service_problems(service.name(), self.service(service))
                 .into_iter()
-                .for_each(|p| check(Err(p)));
+                .for_each(|p| problems.push(p));
         }
         let services = &self.services;
-        check(
+        problems.extend(
             parse_http_url(
                 "services.abstraction_layer.url",
                 &services.abstraction_layer.url,
             )
-            .map(drop),
+            .err(),
         );
         if services.abstraction_layer.port == 0 {
-            check(Err(invalid(
+            problems.push(invalid(
                 "services.abstraction_layer.port",
                 "must be a port from 1 to 65535",
-            )));
+            ));
         }
         problems
     }
