@@ -495,17 +495,11 @@ impl Executor {
     /// Where the path goes after `step` completed.
     fn after(&self, step: Step) -> Outcome {
         match &self.checkpoint.mode {
-            Mode::Normal => match sequence::after(step, !self.deps.settings.executor.disable_vnf) {
-                Some(Next::Wait(wait))
-                    if sequence::needs_no_callback(wait, &self.checkpoint.data.ledger) =>
-                {
-                    let (_, next) = sequence::wait_spec(wait).exits[0];
-                    info!(
-                        waiting_for = sequence::wait_spec(wait).waiting_for,
-                        "no callback is due: what it would announce is done already"
-                    );
-                    Outcome::To(Position::Run(next))
-                }
+            Mode::Normal => match sequence::after_deployed(
+                step,
+                !self.deps.settings.executor.disable_vnf,
+                &self.checkpoint.data.ledger,
+            ) {
                 Some(next) => next.position().map_or(Outcome::Finished, Outcome::To),
                 None => Outcome::Failed(format!(
                     "{} is not a step of the trial sequence",

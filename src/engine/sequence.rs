@@ -304,11 +304,17 @@ pub fn needed(undoes: Undoes, kpi_status: Option<KpiStatus>, ledger: &Ledger) ->
     }
 }
 
-/// Whether the callback awaited at `wait` can no longer come, because what it announces is
-/// known done already: a close run again that found the slice gone (a 404) waits for no
+/// Where the trial's own path goes after `step`, given what the trial has deployed: as
+/// [`after`], except past a wait whose callback can no longer come because what it announces
+/// is known done already. A close run again that found the slice gone (a 404) waits for no
 /// slice-closed callback (the first close's was sent while the trial had failed, or lost).
-pub fn needs_no_callback(wait: Wait, ledger: &Ledger) -> bool {
-    wait == Wait::SliceClosed && ledger.slice == SliceState::Closed
+pub fn after_deployed(step: Step, vnf_enabled: bool, ledger: &Ledger) -> Option<Next> {
+    match after(step, vnf_enabled)? {
+        Next::Wait(Wait::SliceClosed) if ledger.slice == SliceState::Closed => {
+            Some(Next::Step(wait_spec(Wait::SliceClosed).exits[0].1))
+        }
+        next => Some(next),
+    }
 }
 
 /// What the clean-up does after `done` (or first, for `None`): the slice-closed wait after a
@@ -604,6 +610,22 @@ mod tests {
         assert_eq!(Step::UpdateDeploymentSlice.name(), "UpdateDeploymentSlice");
         assert_eq!(Wait::SliceClosed.name(), "SliceClosed");
         assert_eq!(Signal::SliceCallback.name(), "slice callback");
+    }
+
+    #[test]
+    fn a_close_that_found_the_slice_gone_awaits_no_callback() {
+        let ledger = |slice| Ledger {
+            slice,
+            ..Ledger::default()
+        };
+        assert_eq!(
+            after_deployed(CloseService, false, &ledger(SliceState::Closing)),
+            Some(Next::Wait(Wait::SliceClosed))
+        );
+        assert_eq!(
+            after_deployed(CloseService, false, &ledger(SliceState::Closed)),
+            Some(Next::Step(UpdateStatusFinish))
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use super::executor::{
     Checkpointed, Command, Control, ControlError, ControlOutcome, Executor, ExecutorExit, STOPPED,
 };
 use super::failure;
-use super::sequence::{self, Next, Waiter};
+use super::sequence::{self, Next, Wait, Waiter};
 use super::state::{Checkpoint, EventKind, Failure, Lifecycle, Mode, Position};
 use super::{EngineShared, SIGNAL_QUEUE};
 use crate::deadline::sleep_until;
@@ -580,6 +580,18 @@ impl Watchdog {
         Ok(self.checkpoint.position.state().to_owned())
     }
 
+    /// Takes a component's wait as if its callback had come: the wait, in words, and where
+    /// its callback leads.
+    fn past(&mut self, wait: Wait) -> (String, Position) {
+        let spec = sequence::wait_spec(wait);
+        let (signal, next) = spec.exits[0];
+        self.checkpoint.accepted.push((wait, signal));
+        (
+            format!("the wait for {}", spec.waiting_for),
+            Position::Run(next),
+        )
+    }
+
     /// Marks the failed step done without running it and goes on with the next (SPEC §14).
     async fn skip(&mut self, reason: String) -> Result<String, RestoreError> {
         self.refuse_unless_failed()?;
@@ -608,13 +620,8 @@ impl Watchdog {
                     Position::Wait(wait)
                         if sequence::wait_spec(wait).waiter == Waiter::Component =>
                     {
-                        let spec = sequence::wait_spec(wait);
-                        let (signal, next) = spec.exits[0];
-                        self.checkpoint.accepted.push((wait, signal));
-                        (
-                            format!("{} and the wait for {}", step.name(), spec.waiting_for),
-                            Position::Run(next),
-                        )
+                        let (wait, next) = self.past(wait);
+                        (format!("{} and {wait}", step.name()), next)
                     }
                     Position::Wait(_) | Position::Run(_) => (step.name().to_owned(), next),
                 }
@@ -627,12 +634,7 @@ impl Watchdog {
                         spec.waiting_for
                     )));
                 }
-                let (signal, next) = spec.exits[0];
-                self.checkpoint.accepted.push((wait, signal));
-                (
-                    format!("the wait for {}", spec.waiting_for),
-                    Position::Run(next),
-                )
+                self.past(wait)
             }
         };
         info!(skipped = %skipped, reason = %reason, "skipping the failed step");
