@@ -39,9 +39,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[derive(Debug, Clone, Copy)]
 pub struct Audited;
 
-/// The reason an answer gives, for its audit entry's `detail` when the answer is not JSON (the
-/// console's pages): [`record`] takes it rather than reading the answer. It is what the client
-/// is told, so it is never secret.
+/// The reason an answer gives, kept beside it: for its audit entry's `detail` ([`record`]
+/// takes it rather than reading the answer, which a console page could not give) and for the
+/// line that logs a server error. Every [`ApiError`](super::ApiError) answer carries it. It
+/// is what the client is told, so it is never secret.
 #[derive(Debug, Clone)]
 pub struct AuditDetail(pub String);
 
@@ -214,6 +215,8 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         .and_then(|size| usize::try_from(size).ok())
         .is_some_and(|size| size <= READ_LIMIT);
     let (response, detail) = match (is_json, small) {
+        // Told already: the answer need not be read back.
+        _ if told.is_some() => (response, None),
         (true, true) => {
             let (head, body) = response.into_parts();
             match to_bytes(body, READ_LIMIT).await {

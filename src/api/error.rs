@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::audit::AuditDetail;
 use crate::domain::{InvalidStartTime, InvalidTrialId};
 use crate::heartbeat::HeartbeatRefused;
 use crate::scheduler::ScheduleError;
@@ -73,17 +74,9 @@ impl ApiError {
     }
 }
 
-/// The detail of a server error (5xx), kept beside the answer so the line that logs it says
-/// why. It is what the client is told, so it is never secret.
-#[derive(Debug, Clone)]
-pub struct ServerErrorDetail(pub String);
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let logged = self
-            .status
-            .is_server_error()
-            .then(|| ServerErrorDetail(self.detail.clone()));
+        let told = AuditDetail(self.detail.clone());
         let mut response = (
             self.status,
             Json(ErrorBody {
@@ -91,9 +84,7 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
-        if let Some(detail) = logged {
-            response.extensions_mut().insert(detail);
-        }
+        response.extensions_mut().insert(told);
         response
     }
 }

@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, error, warn};
 
 use super::ApiError;
-use super::error::ServerErrorDetail;
+use super::audit::AuditDetail;
 use crate::server::ConnectionSlot;
 
 /// How requests are handled: each to its end in a task of its own.
@@ -50,7 +50,7 @@ pub(super) async fn to_the_end(handling: Handling, request: Request, next: Next)
             // Here rather than where the answer is sent: its caller may be gone.
             let status = response.status();
             if status.is_server_error() {
-                let detail = response.extensions().get::<ServerErrorDetail>();
+                let detail = response.extensions().get::<AuditDetail>();
                 warn!(
                     status = status.as_u16(),
                     detail = detail.map_or("-", |d| d.0.as_str()),
