@@ -95,15 +95,18 @@ async fn add_heartbeat(
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Json<Message>, ApiError> {
     super::paging::once_each(&pairs, &[])?;
-    if let Some((other, _)) = pairs.iter().find(|(key, _)| key != "trial_id") {
-        return Err(ApiError::bad_request(format!(
-            "unknown query parameter '{other}': use trial_id"
-        )));
+    let mut raw = None;
+    for (key, value) in &pairs {
+        match key.as_str() {
+            "trial_id" => raw = Some(value),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter '{other}': use trial_id"
+                )));
+            }
+        }
     }
-    let raw = pairs
-        .iter()
-        .find_map(|(key, value)| (key == "trial_id").then_some(value))
-        .ok_or_else(|| ApiError::bad_request("query parameter 'trial_id' is required"))?;
+    let raw = raw.ok_or_else(|| ApiError::bad_request("query parameter 'trial_id' is required"))?;
     let id = TrialId::parse(raw)?;
     state.heartbeats.add(&id)?;
     Ok(Json(Message::new(format!(
