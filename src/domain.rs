@@ -126,6 +126,15 @@ impl StartTime {
 }
 
 /// The latest instant RFC 3339 can write: 9999-12-31T23:59:59Z.
+/// The first `max` characters of `text`, marked with `…` where it was cut: what is kept or
+/// shown of a text that comes from outside, so it cannot make a record as large as itself.
+pub fn at_most(text: String, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
+}
+
 fn latest() -> DateTime<Utc> {
     NaiveDate::from_ymd_opt(9999, 12, 31)
         .and_then(|day| day.and_hms_opt(23, 59, 59))

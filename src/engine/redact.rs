@@ -4,11 +4,16 @@
 
 use serde_json::Value;
 
+use crate::domain::at_most;
+
 /// What stands in for a redacted secret.
 pub const REDACTED: &str = "[redacted]";
 
 /// The shortest value treated as a secret to hide.
 const MIN_SECRET_LEN: usize = 4;
+
+/// How much of an answer that is not JSON is shown (a failure's reason, a recorded error).
+const EXCERPT_CHARS: usize = 200;
 
 /// The secrets to hide.
 #[derive(Debug, Default, Clone)]
@@ -42,14 +47,30 @@ impl Redactor {
         })
     }
 
-    /// Replaces every secret in the strings of a JSON value.
+    /// The start of an answer's text, its secrets replaced first: a secret the cut would
+    /// split is hidden whole, not shown in part.
+    pub fn excerpt(&self, text: &str) -> String {
+        at_most(self.text(text), EXCERPT_CHARS)
+    }
+
+    fn hides_in(&self, text: &str) -> bool {
+        self.secrets.iter().any(|secret| text.contains(secret))
+    }
+
+    /// Replaces every secret in the strings of a JSON value, its objects' keys too.
     pub fn value(&self, value: &mut Value) {
         match value {
-            Value::String(s) if self.secrets.iter().any(|secret| s.contains(secret)) => {
-                *s = self.text(s);
-            }
+            Value::String(s) if self.hides_in(s) => *s = self.text(s),
             Value::Array(items) => items.iter_mut().for_each(|v| self.value(v)),
-            Value::Object(map) => map.values_mut().for_each(|v| self.value(v)),
+            Value::Object(map) => {
+                if map.keys().any(|key| self.hides_in(key)) {
+                    *map = std::mem::take(map)
+                        .into_iter()
+                        .map(|(key, v)| (self.text(&key), v))
+                        .collect();
+                }
+                map.values_mut().for_each(|v| self.value(v));
+            }
             _ => {}
         }
     }
@@ -74,6 +95,27 @@ mod tests {
             "Bearer [redacted] [redacted]"
         );
         assert_eq!(Redactor::new(["", "lcm"]).text("lcm kept"), "lcm kept");
+    }
+
+    #[test]
+    fn a_key_that_holds_a_secret_is_redacted_too() {
+        let mut value = json!({"key_token": 1, "ok": {"pw_pass": "pass"}});
+        Redactor::new(["pass", "token"]).value(&mut value);
+        assert_eq!(
+            value,
+            json!({format!("key_{REDACTED}"): 1, "ok": {format!("pw_{REDACTED}"): REDACTED}})
+        );
+    }
+
+    /// A secret that the excerpt's end would cut is hidden whole: no part of it is shown.
+    #[test]
+    fn an_excerpt_never_shows_part_of_a_secret() {
+        let secret = "SECRETenfPASS777";
+        let text = format!("{}{secret}", "y".repeat(EXCERPT_CHARS - 5));
+        let shown = Redactor::new([secret]).excerpt(&text);
+        assert!(!shown.contains("SECRETenf"), "{shown}");
+        assert!(shown.ends_with('…'), "{shown}");
+        assert_eq!(Redactor::new([secret]).excerpt("short"), "short");
     }
 
     /// A service may escape characters JSON allows to escape (`\/`, `\u002b`): the secret is

@@ -469,7 +469,10 @@ pub fn record(
         Ok(reply) => {
             record.status = Some(reply.status);
             record.body = reply.json.clone();
-            record.error = reply.unread.clone().or_else(|| reply.text.clone());
+            record.error = reply
+                .unread
+                .clone()
+                .or_else(|| reply.text.as_deref().map(|text| redactor.excerpt(text)));
             record.duration_ms = u64::try_from(reply.duration.as_millis()).unwrap_or(u64::MAX);
         }
         Err(e) => record.error = Some(e.to_string()),
@@ -603,12 +606,11 @@ impl StepCx<'_> {
         );
         let reply = reply.map_err(|e| StepError(format!("{what}: {e}{after}")))?;
         if !expected.contains(&reply.status) {
-            let detail = reply
-                .unread
-                .as_deref()
-                .or(reply.text.as_deref())
-                .map(|t| format!(": {t}"))
-                .unwrap_or_default();
+            let detail = match (&reply.unread, &reply.text) {
+                (Some(why), _) => format!(": {why}"),
+                (None, Some(text)) => format!(": {}", redactor.excerpt(text)),
+                (None, None) => String::new(),
+            };
             let expected: Vec<String> = expected.iter().map(u16::to_string).collect();
             return Err(StepError(format!(
                 "{what} answered {} (expected {}){after}{detail}",

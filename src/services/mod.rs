@@ -108,7 +108,7 @@ pub struct Reply {
     pub status: u16,
     /// The body, when it is JSON.
     pub json: Option<Value>,
-    /// The start of a body that is not JSON, for error messages.
+    /// A body that is not JSON, whole: shown only as a redacted excerpt.
     pub text: Option<String>,
     /// The size of the body in bytes.
     pub bytes: usize,
@@ -497,7 +497,8 @@ impl ServiceClient {
         }
         let mut json = serde_json::from_slice::<Value>(&bytes).ok();
         let mut text: Option<String> = match (&json, bytes.is_empty()) {
-            (None, false) => Some(String::from_utf8_lossy(&bytes).chars().take(200).collect()),
+            // Whole: it is cut where it is shown, once its secrets are hidden.
+            (None, false) => Some(String::from_utf8_lossy(&bytes).into_owned()),
             _ => None,
         };
         // In what was read, not in the bytes: a JSON string may write the token escaped.

@@ -671,6 +671,47 @@ async fn a_secret_quoted_in_a_failure_reason_is_redacted_where_it_is_shown() {
     assert!(!shown.contains("al-secret-pw"), "{shown}");
 }
 
+/// A text answer is shown cut after 200 characters: a secret that the cut would split is
+/// hidden whole first, so no part of it is shown. A JSON answer's keys are redacted like its
+/// values.
+#[tokio::test]
+async fn no_part_of_a_secret_is_shown_where_an_answer_is_cut_or_names_it_in_a_key() {
+    let secret = "al-secret-pw";
+    let app = spawn_app_with_settings(move |s| {
+        s.services.abstraction_layer.password = lcm::config::Secret::new(secret);
+    })
+    .await;
+    let (cut, keyed) = ("cut-secret", "keyed-secret");
+    app.platform.inject(measurement_job_fault(
+        cut,
+        FaultAction::Text(400, format!("{}{secret}", "y".repeat(195))),
+    ));
+    app.platform.inject(measurement_job_fault(
+        keyed,
+        FaultAction::Json(400, json!({format!("pw_{secret}"): 1, "token": "none"})),
+    ));
+    app.start_trial(cut).await;
+    app.start_trial(keyed).await;
+    for id in [cut, keyed] {
+        let failed = app.wait_failed(id).await;
+        let responses = app.get(&format!("/trial/{id}/responses")).await.body;
+        let file = app.failure_file(id).expect("failure file");
+        let shown = format!("{failed} {:?} {responses} {file}", app.history(id).await);
+        assert!(
+            !shown.contains("al-se"),
+            "part of the secret is shown: {shown}"
+        );
+    }
+    let responses = app.get(&format!("/trial/{keyed}/responses")).await.body;
+    let job = responses["responses"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|r| r["status"] == 400)
+        .expect("the job's answer");
+    assert_eq!(job["body"]["pw_[redacted]"], 1, "{job}");
+}
+
 #[tokio::test]
 async fn a_restore_at_the_operator_s_wait_tells_the_repository_the_trial_waits_again() {
     let app = spawn_app_with_settings(|s| s.executor.operator_timeout_secs = Some(1)).await;
