@@ -27,6 +27,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::Admin;
 use super::{AppState, paging};
 use crate::access::Actor;
+use crate::domain::at_most;
 use crate::engine::state;
 use crate::store::{AuditEntry, AuditQuery, Op};
 
@@ -101,14 +102,14 @@ impl AuditCx {
             action: self.action.clone(),
             trial_id: self.trial_id.clone(),
             outcome: outcome.as_u16(),
-            detail,
+            detail: detail.map(|d| at_most(d, MAX_WRITTEN_DETAIL)),
             remote_addr: self.remote_addr.clone(),
         }
     }
 
     /// The same request, about `trial` (named in its body rather than its path).
     pub fn about(mut self, trial: &str) -> Self {
-        self.trial_id = Some(trial.to_owned());
+        self.trial_id = Some(at_most_written(trial.to_owned()));
         self
     }
 }
@@ -122,16 +123,18 @@ impl FromRequestParts<AppState> for AuditCx {
     }
 }
 
-/// The most of a client's trial id an entry keeps (a valid one is at most 128 characters):
-/// a refused request cannot make the log hold whatever the client sent.
+/// The most of a client's trial id an entry keeps (a valid one is at most 128 characters),
+/// from the path, the query or the body: a refused request cannot make the log hold whatever
+/// the client sent.
 const MAX_WRITTEN_ID: usize = 200;
+
+/// The most of a detail an entry keeps (an answer's detail is already at most
+/// [`super::error::MAX_DETAIL_CHARS`]; a message read from an answer may be longer).
+const MAX_WRITTEN_DETAIL: usize = super::error::MAX_DETAIL_CHARS;
 
 /// `id` as an entry keeps it: cut after [`MAX_WRITTEN_ID`] characters, marked with `…`.
 fn at_most_written(id: String) -> String {
-    match id.char_indices().nth(MAX_WRITTEN_ID) {
-        Some((cut, _)) => format!("{}…", &id[..cut]),
-        None => id,
-    }
+    at_most(id, MAX_WRITTEN_ID)
 }
 
 /// The `{trial_id}` segment of a path, by its route template, decoded as a query's is.

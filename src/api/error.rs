@@ -9,7 +9,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::audit::AuditDetail;
-use crate::domain::{InvalidStartTime, InvalidTrialId};
+use crate::domain::{InvalidStartTime, InvalidTrialId, at_most};
 use crate::heartbeat::HeartbeatRefused;
 use crate::scheduler::ScheduleError;
 use crate::services::registry::RegistryError;
@@ -24,6 +24,11 @@ pub struct ErrorBody {
     pub detail: String,
 }
 
+/// The most of a detail an answer carries: one that quotes what the client sent (an unknown
+/// field's name, a value) cannot make the answer, its audit entry and its log line as large
+/// as the request.
+pub const MAX_DETAIL_CHARS: usize = 1000;
+
 /// An error answer.
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -32,11 +37,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    /// An error with this status and detail.
+    /// An error with this status and detail (cut after [`MAX_DETAIL_CHARS`]).
     pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
         Self {
             status,
-            detail: detail.into(),
+            detail: at_most(detail.into(), MAX_DETAIL_CHARS),
         }
     }
 
@@ -188,7 +193,7 @@ pub async fn json_errors(response: Response) -> Response {
             .unwrap_or("request failed")
             .to_owned()
     } else {
-        text
+        at_most(text, MAX_DETAIL_CHARS)
     };
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(

@@ -379,3 +379,57 @@ async fn a_refused_requests_entry_is_there_as_soon_as_it_is_answered() {
         assert_eq!(outcomes, [json!(404), json!(401)], "{logged:#?}");
     }
 }
+
+/// What a client writes is kept short wherever it lands: a trial id in a body (even one sent
+/// without a key) in the entry, an unknown field's name in the answer's detail, the entry and the log.
+#[tokio::test]
+async fn a_client_s_long_text_is_cut_in_the_answer_the_entry_and_the_log() {
+    let app = spawn_binary_with(BinaryOptions::default()).await;
+    let long_id = format!("long-{}", "z".repeat(100_000));
+    let refused = app
+        .call_as(
+            Method::POST,
+            "/debug/trial/schedule",
+            Some(json!({"trial_id": long_id, "start_time": in_ms(3_600_000)})),
+            Some("not-a-key"),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{refused:?}");
+    let field = format!("unknown-{}", "k".repeat(100_000));
+    let unknown = app
+        .post("/trial/anything/abort", Some(json!({field: 1})))
+        .await;
+    assert_eq!(unknown.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        unknown.detail().chars().count() <= 1001,
+        "{}",
+        unknown.detail().len()
+    );
+    assert!(unknown.detail().ends_with('…'), "{}", unknown.detail());
+
+    let all = app
+        .audited("?limit=500", "both requests in the log", |all| {
+            all.iter()
+                .any(|e| e["action"] == "POST /trial/{trial_id}/abort")
+                && all.iter().any(|e| e["outcome"] == 401)
+        })
+        .await;
+    let kept = |e: &Value, field: &str| e[field].as_str().map_or(0, |s| s.chars().count());
+    let scheduled = all
+        .iter()
+        .find(|e| e["outcome"] == 401)
+        .expect("the refusal");
+    assert!(
+        kept(scheduled, "trial_id") <= 201,
+        "{}",
+        kept(scheduled, "trial_id")
+    );
+    let aborted = all.iter().find(|e| e["outcome"] == 422).expect("the 422");
+    assert!(
+        kept(aborted, "detail") <= 1001,
+        "{}",
+        kept(aborted, "detail")
+    );
+    let line = logged(&app, &["request refused", "/trial/{trial_id}/abort"]).await;
+    assert!(line.len() < 2_000, "a log line of {} bytes", line.len());
+}
