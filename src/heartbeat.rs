@@ -16,13 +16,18 @@ use crate::domain::TrialId;
 use crate::services::{Outbound, Service, ServiceClient};
 
 /// The last check of one heartbeat, as shown in `/status`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct HeartbeatReport {
+    /// The trial's id.
     #[serde(rename = "ID")]
     pub id: String,
+    /// When the services were last checked; none before the first check.
+    #[schema(required = true)]
     pub last_check: Option<DateTime<Utc>>,
     /// Per service: `"reachable (HTTP 200)"` or why not.
     pub services: BTreeMap<&'static str, String>,
+    /// Whether every service was reachable at the last check; none before the first check.
+    #[schema(required = true)]
     pub healthy: Option<bool>,
 }
 

@@ -19,7 +19,9 @@ use axum::http::request::Parts;
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -263,6 +265,16 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
     response
 }
 
+/// The answer of `GET /audit`: one page of the log, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+struct AuditPage {
+    /// The page's entries, newest first.
+    entries: Vec<AuditEntry>,
+    /// The `cursor` of the next page; none on the last page.
+    #[schema(required = true)]
+    next_cursor: Option<String>,
+}
+
 fn parse_query(pairs: Vec<(String, String)>) -> Result<AuditQuery, ApiError> {
     let mut query = AuditQuery {
         limit: paging::DEFAULT_LIMIT,
@@ -316,7 +328,7 @@ fn parse_query(pairs: Vec<(String, String)>) -> Result<AuditQuery, ApiError> {
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
     ),
     responses(
-        (status = 200, description = "A page of the audit log", body = Object),
+        (status = 200, description = "A page of the audit log", body = AuditPage),
         (status = 400, description = "An unknown parameter, a bad trial id, limit or cursor", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 403, description = "The key's role is too small: the audit log is for admin keys", body = ErrorBody),
@@ -326,7 +338,7 @@ async fn list(
     _: Admin,
     State(state): State<AppState>,
     Query(pairs): Query<Vec<(String, String)>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuditPage>, ApiError> {
     let query = parse_query(pairs)?;
     let limit = query.limit;
     // The entries of answers already given may still wait to ride with a write: committed
@@ -347,10 +359,10 @@ async fn list(
             .last()
             .map(|e| paging::cursor(&format!("seq:{}", e.seq)))
     });
-    Ok(Json(json!({
-        "entries": entries,
-        "next_cursor": next_cursor.flatten(),
-    })))
+    Ok(Json(AuditPage {
+        entries,
+        next_cursor: next_cursor.flatten(),
+    }))
 }
 
 #[cfg(test)]

@@ -164,11 +164,15 @@ impl Modify for NoLicense {
     }
 }
 
+/// The schemas whose fields keep what a client wrote, valid or not: an audit entry records
+/// the trial id of a refused request too, so its `trial_id` states no pattern.
+const AS_CLIENTS_WROTE: [&str; 1] = ["AuditEntry"];
+
 /// States what a trial id and a start time must look like wherever the document takes or
 /// gives one — a path or query parameter, a body field, an answer's field — so generated
 /// clients and contract testers know what is valid: a `trial_id` gets its `pattern`, a
-/// `start_time` `format: date-time`. Applied to the whole document once the routers have added
-/// their paths, so a route added later is covered too.
+/// `start_time` `format: date-time` (except in [`AS_CLIENTS_WROTE`]). Applied to the whole
+/// document once the routers have added their paths, so a route added later is covered too.
 pub fn describe_inputs(mut openapi: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     for item in openapi.paths.paths.values_mut() {
         for parameter in item.parameters.iter_mut().flatten() {
@@ -189,8 +193,10 @@ pub fn describe_inputs(mut openapi: utoipa::openapi::OpenApi) -> utoipa::openapi
         }
     }
     if let Some(components) = &mut openapi.components {
-        for schema in components.schemas.values_mut() {
-            describe_fields(schema);
+        for (name, schema) in &mut components.schemas {
+            if !AS_CLIENTS_WROTE.contains(&name.as_str()) {
+                describe_fields(schema);
+            }
         }
     }
     openapi

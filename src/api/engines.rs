@@ -5,8 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use tracing::info;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -37,6 +36,18 @@ struct SkipBody {
     reason: String,
 }
 
+/// The answer of a restore.
+#[derive(Debug, Serialize, ToSchema)]
+struct Restored {
+    /// What was done, in words.
+    #[schema(example = "Engine of trial trial-42 restored from its backup")]
+    message: String,
+    /// Where the new executor starts: the step it runs again, or `Waiting` at the wait it
+    /// resumes.
+    #[schema(example = "SliceDeployment")]
+    state: String,
+}
+
 fn restore_error(e: RestoreError) -> ApiError {
     match e {
         RestoreError::Running
@@ -59,7 +70,7 @@ fn restore_error(e: RestoreError) -> ApiError {
     security(("api_key" = [])),
     params(TrialIdParam),
     responses(
-        (status = 200, description = "Restored", body = Object),
+        (status = 200, description = "Restored", body = Restored),
         (status = 400, description = "Invalid trial id", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "The trial has no engine", body = ErrorBody),
@@ -71,14 +82,14 @@ async fn restore(
     _: Admin,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Restored>, ApiError> {
     let engine = state.engine_to_act_on(&id).await?;
     let at = engine.restore().await.map_err(restore_error)?;
     info!(trial = %id, state = %at, "engine restored");
-    Ok(Json(json!({
-        "message": format!("Engine of trial {id} restored from its backup"),
-        "state": at,
-    })))
+    Ok(Json(Restored {
+        message: format!("Engine of trial {id} restored from its backup"),
+        state: at,
+    }))
 }
 
 /// Skip the step a failed trial stopped at

@@ -4,7 +4,8 @@
 
 use axum::Json;
 use axum::extract::{Query, State};
-use serde_json::Value;
+use serde::Serialize;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -20,9 +21,15 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list))
 }
 
-/// One page of the listing: its rows, and the cursor of the next page if there is one.
+/// One page of the listing: its rows, and the cursor of the next page if there is one. The
+/// answer of `GET /trials`, and what the console's list shows.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = TrialPage)]
 pub struct Page {
+    /// The page's trials, newest first.
     pub trials: Vec<ListedTrial>,
+    /// The `cursor` of the next page; none on the last page.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 
@@ -107,7 +114,7 @@ fn decode_cursor(cursor: &str) -> Result<(String, String), ApiError> {
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
     ),
     responses(
-        (status = 200, description = "A page of trials", body = Object),
+        (status = 200, description = "A page of trials", body = Page),
         (status = 400, description = "An unknown status or parameter, a bad limit or cursor", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
     ),
@@ -116,12 +123,8 @@ async fn list(
     _: Viewer,
     State(state): State<AppState>,
     Query(pairs): Query<Vec<(String, String)>>,
-) -> Result<Json<Value>, ApiError> {
-    let page = page(&state, parse_query(pairs)?).await?;
-    Ok(Json(serde_json::json!({
-        "trials": page.trials,
-        "next_cursor": page.next_cursor,
-    })))
+) -> Result<Json<Page>, ApiError> {
+    Ok(Json(page(&state, parse_query(pairs)?).await?))
 }
 
 /// The page of trials `query` asks for, newest first; rows of engines in memory show their

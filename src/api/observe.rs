@@ -2,6 +2,7 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
@@ -9,7 +10,9 @@ use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::stream::{self, Stream, StreamExt};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::json;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -17,10 +20,21 @@ use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{TrialIdParam, TrialPath, Viewer, key_withdrawn};
 use super::view::Found;
+use crate::domain::TrialId;
 use crate::engine::EngineHandle;
 use crate::engine::journal::Follower;
 use crate::engine::state::{EngineStatus, TrialEvent};
 use crate::telemetry;
+
+/// The answer of `GET /trial/{id}/history`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TrialHistory {
+    /// The trial's id.
+    #[schema(value_type = String)]
+    pub trial_id: TrialId,
+    /// Every transition of the trial so far, in order.
+    pub history: Vec<Arc<TrialEvent>>,
+}
 
 /// The routes of this area.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -60,7 +74,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 /// once the engine has left memory: the store answers then.
 #[utoipa::path(get, path = "/trial/{trial_id}/history", tag = "trials", security(("api_key" = [])), params(TrialIdParam),
     responses(
-        (status = 200, description = "The trial's history", body = Object),
+        (status = 200, description = "The trial's history", body = TrialHistory),
         (status = 400, description = "Invalid trial id", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "The trial has no engine", body = ErrorBody)))]
@@ -68,10 +82,13 @@ async fn history(
     _: Viewer,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TrialHistory>, ApiError> {
     let found = state.find_trial(&id).await?;
     let history = state.history(&found, &id).await?;
-    Ok(Json(json!({"trial_id": id, "history": history})))
+    Ok(Json(TrialHistory {
+        trial_id: id,
+        history,
+    }))
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Event> + Send>>;

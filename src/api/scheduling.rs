@@ -5,7 +5,6 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -15,7 +14,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{Admin, ApiJson, Operator, TrialIdParam, TrialPath};
 use super::{AppState, Message};
 use crate::domain::{InvalidStartTime, StartTime, TrialId};
-use crate::scheduler::{ScheduleError, Switched};
+use crate::scheduler::{ScheduleAllReport, ScheduleError, Skipped, Switched};
 
 /// The routes of this area.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -59,6 +58,50 @@ struct AutomaticScheduling {
     /// Whether the registry is now polled for trials to schedule.
     #[serde(rename = "Automatic_scheduling")]
     automatic_scheduling: bool,
+}
+
+/// The answer of `schedule-all`: what became of each trial of the registry, by id.
+#[derive(Serialize, ToSchema)]
+struct ScheduledAll {
+    /// How many trials went each way, in words.
+    #[schema(
+        example = "1 scheduled, 0 rescheduled, 0 already scheduled, 0 already executing, 0 already ended, 0 skipped"
+    )]
+    message: String,
+    /// Trials scheduled now.
+    scheduled: Vec<String>,
+    /// Trials whose job was moved to their changed start time.
+    rescheduled: Vec<String>,
+    /// Trials already scheduled at their start time.
+    already_scheduled: Vec<String>,
+    /// Trials whose engine is running, or failed and waiting for the operator.
+    already_executing: Vec<String>,
+    /// Trials that ran to their end (finished or aborted).
+    already_ended: Vec<String>,
+    /// Trials not scheduled, and why.
+    skipped: Vec<Skipped>,
+}
+
+impl From<ScheduleAllReport> for ScheduledAll {
+    fn from(report: ScheduleAllReport) -> Self {
+        Self {
+            message: format!(
+                "{} scheduled, {} rescheduled, {} already scheduled, {} already executing, {} already ended, {} skipped",
+                report.scheduled.len(),
+                report.rescheduled.len(),
+                report.already_scheduled.len(),
+                report.already_executing.len(),
+                report.already_ended.len(),
+                report.skipped.len()
+            ),
+            scheduled: report.scheduled,
+            rescheduled: report.rescheduled,
+            already_scheduled: report.already_scheduled,
+            already_executing: report.already_executing,
+            already_ended: report.already_ended,
+            skipped: report.skipped,
+        }
+    }
 }
 
 /// Schedule a trial at a given time
@@ -154,31 +197,18 @@ async fn schedule_from_registry(
     tag = "scheduling",
     security(("api_key" = [])),
     responses(
-        (status = 200, description = "What was scheduled and what was not", body = Object),
+        (status = 200, description = "What was scheduled and what was not", body = ScheduledAll),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 502, description = "The trial repository failed", body = ErrorBody),
         (status = 503, description = "A job could not be saved", body = ErrorBody),
     ),
 )]
-async fn schedule_all(_: Operator, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn schedule_all(
+    _: Operator,
+    State(state): State<AppState>,
+) -> Result<Json<ScheduledAll>, ApiError> {
     let report = state.scheduler.schedule_all().await?;
-    Ok(Json(json!({
-        "message": format!(
-            "{} scheduled, {} rescheduled, {} already scheduled, {} already executing, {} already ended, {} skipped",
-            report.scheduled.len(),
-            report.rescheduled.len(),
-            report.already_scheduled.len(),
-            report.already_executing.len(),
-            report.already_ended.len(),
-            report.skipped.len()
-        ),
-        "scheduled": report.scheduled,
-        "rescheduled": report.rescheduled,
-        "already_scheduled": report.already_scheduled,
-        "already_executing": report.already_executing,
-        "already_ended": report.already_ended,
-        "skipped": report.skipped,
-    })))
+    Ok(Json(report.into()))
 }
 
 /// Remove a scheduled job

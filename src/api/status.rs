@@ -2,14 +2,18 @@
 
 use axum::Json;
 use axum::extract::{Query, State};
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Admin, TrialIdParam, TrialPath, Viewer};
 use super::{AppState, Message};
-use crate::domain::TrialId;
+use crate::domain::{StartTime, TrialId};
+use crate::engine::state::EngineStatus;
+use crate::heartbeat::HeartbeatReport;
+use crate::scheduler::MissedJob;
 
 /// The routes of this area.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -21,6 +25,72 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// The service version, as shown in `/status`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The answer of `GET /status`. The capitalised names are those of the service this one
+/// replaces, kept for its clients.
+#[derive(Debug, Serialize, ToSchema)]
+struct ServiceStatus {
+    /// `This is Lifecycle Manager <version>!`.
+    #[schema(example = "This is Lifecycle Manager 0.1.0!")]
+    message: String,
+    /// The service's version.
+    #[schema(example = "0.1.0")]
+    version: &'static str,
+    /// Seconds since the service started.
+    uptime_secs: u64,
+    /// Whether any trial is scheduled.
+    #[serde(rename = "Scheduler_status")]
+    scheduler_status: SchedulerStatus,
+    /// Whether the trial repository is polled for trials to schedule.
+    #[serde(rename = "Automatic_scheduling")]
+    automatic_scheduling: bool,
+    /// The jobs waiting for their start time.
+    scheduled_trials: Vec<ScheduledTrial>,
+    /// The jobs whose start passed while the service was down, beyond
+    /// `scheduler.misfire_grace_secs`: not run; schedule them again.
+    missed_trials: Vec<MissedJob>,
+    /// The engines in memory.
+    #[serde(rename = "Executor_Engine_instances")]
+    engines: Vec<EngineInstance>,
+    /// The heartbeat instances, with their last check.
+    #[serde(rename = "Heartbeat_instances")]
+    heartbeats: Vec<HeartbeatReport>,
+}
+
+/// Whether any trial is scheduled.
+#[derive(Debug, Serialize, ToSchema)]
+enum SchedulerStatus {
+    /// No job.
+    Idle,
+    /// At least one job waits for its start time.
+    #[serde(rename = "Scheduled job(s) initiated")]
+    Scheduled,
+}
+
+/// A job waiting for its start time.
+#[derive(Debug, Serialize, ToSchema)]
+struct ScheduledTrial {
+    /// The trial's id.
+    #[schema(value_type = String)]
+    id: TrialId,
+    /// When the job fires: `date[<start_time>]`.
+    #[schema(example = "date[2031-02-23T07:17:15+02:00]")]
+    trigger: String,
+    /// When the trial starts, with the offset it was given.
+    #[schema(value_type = String)]
+    start_time: StartTime,
+}
+
+/// An engine in memory.
+#[derive(Debug, Serialize, ToSchema)]
+struct EngineInstance {
+    /// The trial's id.
+    #[serde(rename = "ID")]
+    #[schema(value_type = String)]
+    id: TrialId,
+    /// The engine's status.
+    status: EngineStatus,
+}
 
 /// The service's state
 ///
@@ -34,41 +104,40 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
     tag = "status",
     security(("api_key" = [])),
     responses(
-        (status = 200, description = "The service's state", body = Object),
+        (status = 200, description = "The service's state", body = ServiceStatus),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
     ),
 )]
-async fn status(_: Viewer, State(state): State<AppState>) -> Json<Value> {
+async fn status(_: Viewer, State(state): State<AppState>) -> Json<ServiceStatus> {
     let jobs = state.scheduler.jobs();
-    let scheduled: Vec<Value> = jobs
-        .iter()
-        .map(|job| {
-            json!({
-                "id": job.id,
-                "trigger": format!("date[{}]", job.start_time),
+    Json(ServiceStatus {
+        message: format!("This is Lifecycle Manager {VERSION}!"),
+        version: VERSION,
+        uptime_secs: state.started.elapsed().as_secs(),
+        scheduler_status: match jobs.is_empty() {
+            true => SchedulerStatus::Idle,
+            false => SchedulerStatus::Scheduled,
+        },
+        automatic_scheduling: state.scheduler.automatic(),
+        scheduled_trials: jobs
+            .into_iter()
+            .map(|job| ScheduledTrial {
+                trigger: format!("date[{}]", job.start_time),
+                id: job.id,
                 // As the operator gave it, offset included: it reads back as written.
-                "start_time": job.start_time,
+                start_time: job.start_time,
             })
-        })
-        .collect();
-    let engines: Vec<Value> = state
-        .scheduler
-        .engines()
-        .list()
-        .into_iter()
-        .map(|(id, status)| json!({"ID": id, "status": status}))
-        .collect();
-    Json(json!({
-        "message": format!("This is Lifecycle Manager {VERSION}!"),
-        "version": VERSION,
-        "uptime_secs": state.started.elapsed().as_secs(),
-        "Scheduler_status": if jobs.is_empty() { "Idle" } else { "Scheduled job(s) initiated" },
-        "Automatic_scheduling": state.scheduler.automatic(),
-        "scheduled_trials": scheduled,
-        "missed_trials": state.scheduler.missed(),
-        "Executor_Engine_instances": engines,
-        "Heartbeat_instances": state.heartbeats.reports(),
-    }))
+            .collect(),
+        missed_trials: state.scheduler.missed(),
+        engines: state
+            .scheduler
+            .engines()
+            .list()
+            .into_iter()
+            .map(|(id, status)| EngineInstance { id, status })
+            .collect(),
+        heartbeats: state.heartbeats.reports(),
+    })
 }
 
 /// Start a heartbeat

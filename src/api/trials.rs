@@ -4,21 +4,23 @@
 
 use axum::Json;
 use axum::extract::State;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{CallbackToken, Operator, OptionalJson, TrialIdParam, TrialPath, Viewer};
-use super::view::{self, Found};
+use super::view::{self, Found, StatusAnswer};
 use super::{AppState, Message};
 use crate::domain::TrialId;
 use crate::engine::executor::{
     Control, ControlError, ControlOutcome, ProgressReport, STOPPED, SignalOutcome,
 };
 use crate::engine::sequence::{self, Next, Signal};
+use crate::engine::state::ResponseRecord;
 
 /// The routes of this area.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -37,6 +39,17 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(pause))
         .routes(routes!(resume))
         .routes(routes!(step))
+}
+
+/// The answer of `GET /trial/{id}/responses`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TrialResponses {
+    /// The trial's id.
+    #[schema(value_type = String)]
+    pub trial_id: TrialId,
+    /// Every answer the trial's requests got (or their absence), every attempt, in the order
+    /// received; a token in a body is redacted.
+    pub responses: Vec<Arc<ResponseRecord>>,
 }
 
 /// The longest reason or progress message taken, in characters.
@@ -452,7 +465,7 @@ async fn finish(
     security(("api_key" = [])),
     params(TrialIdParam),
     responses(
-        (status = 200, description = "The trial's status", body = Object),
+        (status = 200, description = "The trial's status", body = StatusAnswer),
         (status = 400, description = "Invalid trial id", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "The trial has no engine", body = ErrorBody),
@@ -462,11 +475,11 @@ async fn status(
     _: Viewer,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StatusAnswer>, ApiError> {
     Ok(Json(match state.find_trial(&id).await? {
-        Found::Engine(engine) => view::status(&engine.snapshot()),
-        Found::Stored(record) => view::status(&view::snapshot_of(&record)),
-        Found::Corrupt(reason) => view::corrupt_status(&reason),
+        Found::Engine(engine) => StatusAnswer::Trial(view::status(&engine.snapshot())),
+        Found::Stored(record) => StatusAnswer::Trial(view::status(&view::snapshot_of(&record))),
+        Found::Corrupt(reason) => StatusAnswer::Corrupt(view::corrupt_status(&reason)),
     }))
 }
 
@@ -481,7 +494,7 @@ async fn status(
     security(("api_key" = [])),
     params(TrialIdParam),
     responses(
-        (status = 200, description = "The recorded responses", body = Object),
+        (status = 200, description = "The recorded responses", body = TrialResponses),
         (status = 400, description = "Invalid trial id", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "The trial has no engine", body = ErrorBody),
@@ -491,13 +504,13 @@ async fn responses(
     _: Viewer,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TrialResponses>, ApiError> {
     let found = state.find_trial(&id).await?;
     let responses = state.responses(&found, &id).await?;
-    Ok(Json(json!({
-        "trial_id": id,
-        "responses": responses,
-    })))
+    Ok(Json(TrialResponses {
+        trial_id: id,
+        responses,
+    }))
 }
 
 #[cfg(test)]

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use serde_json::{Value, json};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::ApiError;
@@ -12,9 +14,10 @@ use crate::domain::TrialId;
 use crate::engine::EngineHandle;
 use crate::engine::sequence;
 use crate::engine::state::{
-    ExecutorStatus, Lifecycle, Mode, Position, ResponseRecord, Snapshot, TrialEvent,
+    EngineStatus, ExecutorStatus, KpiStatus, Leftover, Lifecycle, Mode, Position, ResponseRecord,
+    Snapshot, TrialEvent,
 };
-use crate::store::{ListedStatus, StoredTrial, TrialRecord};
+use crate::store::{StoredTrial, TrialRecord};
 
 /// Where a trial was found.
 pub enum Found {
@@ -169,8 +172,103 @@ pub fn state(snapshot: &Snapshot) -> &'static str {
     }
 }
 
-/// `GET /trial/{id}/status`, from a snapshot (SPEC §5 plus §13's progress and §14's control).
-pub fn status(snapshot: &Snapshot) -> Value {
+/// The answer of `GET /trial/{id}/status`: the trial's status, or what is known of a record
+/// that could not be read.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum StatusAnswer {
+    /// A trial in memory, or one whose record was read from the store.
+    Trial(TrialStatus),
+    /// A trial whose record could not be read.
+    Corrupt(CorruptStatus),
+}
+
+/// A trial's status: where its executor is, what it waits for, how it failed or is being
+/// aborted, and the last progress a component reported. The same from memory and from the
+/// store.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TrialStatus {
+    /// `Status: <status> State: <state>`.
+    #[schema(example = "Status: Waiting State: Waiting")]
+    pub message: String,
+    /// The executor status.
+    pub status: ExecutorStatus,
+    /// The current step, or `Waiting` at a waiting point or held by a pause.
+    #[schema(example = "SliceDeployment")]
+    pub state: &'static str,
+    /// The step the executor is at; none at a waiting point.
+    #[schema(required = true)]
+    pub step: Option<&'static str>,
+    /// What the engine waits for, while it waits: a callback, the operator, or a resume.
+    #[schema(required = true, example = "operator (active or finish)")]
+    pub waiting_for: Option<String>,
+    /// The last KPI marking sent; none before the first.
+    #[schema(required = true)]
+    pub kpi_status: Option<KpiStatus>,
+    /// The trial failed (a restore, a skip or an abort may follow).
+    pub failed: bool,
+    /// The trial ran to its end.
+    pub finished: bool,
+    /// The trial was aborted and its clean-up completed.
+    pub aborted: bool,
+    /// The list view's status: `Active` while it runs or waits.
+    pub engine_status: EngineStatus,
+    /// Why the trial failed.
+    #[schema(required = true)]
+    pub failure: Option<String>,
+    /// Failed, with the failure reported: `POST /debug/engine/{id}/restore` may start.
+    pub restorable: bool,
+    /// The failure happened while cleaning up after an abort; abort again retries it.
+    pub cleanup_failed: bool,
+    /// What a failed clean-up left deployed on the facility.
+    pub leftovers: Vec<Leftover>,
+    /// An abort's clean-up is under way.
+    pub aborting: bool,
+    /// The reason of the abort, once aborted or aborting.
+    #[schema(required = true)]
+    pub abort_reason: Option<String>,
+    /// The operator paused the trial: no new request starts until resumed.
+    pub paused: bool,
+    /// The last progress a component reported during the current wait, 0 to 100.
+    #[schema(required = true, maximum = 100)]
+    pub progress: Option<u8>,
+    /// The message of that report.
+    #[schema(required = true)]
+    pub progress_message: Option<String>,
+    /// When the engine was created.
+    pub created_at: DateTime<Utc>,
+    /// When its status last changed.
+    pub updated_at: DateTime<Utc>,
+    /// When the trial ended (finished or aborted).
+    #[schema(required = true)]
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// The status of a trial whose record could not be read and was set aside.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CorruptStatus {
+    /// `Status: Corrupt State: unknown`.
+    pub message: &'static str,
+    /// Always `Corrupt`.
+    pub engine_status: SetAside,
+    /// Why the record could not be read.
+    pub failure: String,
+    /// Always `true`.
+    pub failed: bool,
+    /// Always `false`.
+    pub finished: bool,
+    /// Always `false`: a record that cannot be read cannot be restored.
+    pub restorable: bool,
+}
+
+/// The engine status of a record set aside.
+#[derive(Debug, Serialize, ToSchema)]
+pub enum SetAside {
+    Corrupt,
+}
+
+/// `GET /trial/{id}/status`, from a snapshot.
+pub fn status(snapshot: &Snapshot) -> TrialStatus {
     let status = snapshot.lifecycle.executor_status();
     let step = match snapshot.position {
         Position::Run(step) => Some(step.name()),
@@ -178,44 +276,44 @@ pub fn status(snapshot: &Snapshot) -> Value {
     };
     let failure = snapshot.failure.as_ref();
     let abort_reason = match &snapshot.mode {
-        Mode::Cleanup { reason, .. } => Some(reason.as_str()),
+        Mode::Cleanup { reason, .. } => Some(reason.clone()),
         Mode::Normal => None,
     };
     let state = state(snapshot);
-    json!({
-        "message": format!("Status: {} State: {state}", status.name()),
-        "status": status,
-        "state": state,
-        "step": step,
-        "waiting_for": waiting_for(snapshot),
-        "kpi_status": snapshot.kpi_status,
-        "failed": status == ExecutorStatus::Failed,
-        "finished": status == ExecutorStatus::Finished,
-        "aborted": snapshot.lifecycle == Lifecycle::Aborted,
-        "engine_status": snapshot.engine_status(),
-        "failure": failure.map(|f| f.reason.as_str()),
-        "restorable": snapshot.restorable(),
-        "cleanup_failed": failure.is_some_and(|f| f.cleanup_failed),
-        "leftovers": failure.map(|f| f.leftovers.as_slice()).unwrap_or_default(),
-        "aborting": abort_reason.is_some() && snapshot.lifecycle.is_live(),
-        "abort_reason": abort_reason,
-        "paused": snapshot.paused,
-        "progress": snapshot.progress.as_ref().and_then(|p| p.progress),
-        "progress_message": snapshot.progress.as_ref().and_then(|p| p.message.as_deref()),
-        "created_at": snapshot.created_at,
-        "updated_at": snapshot.updated_at,
-        "ended_at": snapshot.ended_at,
-    })
+    TrialStatus {
+        message: format!("Status: {} State: {state}", status.name()),
+        status,
+        state,
+        step,
+        waiting_for: waiting_for(snapshot),
+        kpi_status: snapshot.kpi_status,
+        failed: status == ExecutorStatus::Failed,
+        finished: status == ExecutorStatus::Finished,
+        aborted: snapshot.lifecycle == Lifecycle::Aborted,
+        engine_status: snapshot.engine_status(),
+        failure: failure.map(|f| f.reason.clone()),
+        restorable: snapshot.restorable(),
+        cleanup_failed: failure.is_some_and(|f| f.cleanup_failed),
+        leftovers: failure.map(|f| f.leftovers.clone()).unwrap_or_default(),
+        aborting: abort_reason.is_some() && snapshot.lifecycle.is_live(),
+        abort_reason,
+        paused: snapshot.paused,
+        progress: snapshot.progress.as_ref().and_then(|p| p.progress),
+        progress_message: snapshot.progress.as_ref().and_then(|p| p.message.clone()),
+        created_at: snapshot.created_at,
+        updated_at: snapshot.updated_at,
+        ended_at: snapshot.ended_at,
+    }
 }
 
 /// The status of a record that could not be read.
-pub fn corrupt_status(reason: &str) -> Value {
-    json!({
-        "message": "Status: Corrupt State: unknown",
-        "engine_status": ListedStatus::Corrupt,
-        "failure": reason,
-        "failed": true,
-        "finished": false,
-        "restorable": false,
-    })
+pub fn corrupt_status(reason: &str) -> CorruptStatus {
+    CorruptStatus {
+        message: "Status: Corrupt State: unknown",
+        engine_status: SetAside::Corrupt,
+        failure: reason.to_owned(),
+        failed: true,
+        finished: false,
+        restorable: false,
+    }
 }

@@ -11,6 +11,9 @@ use std::sync::Arc;
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 
 use super::sequence::{Signal, Step, Wait};
 
@@ -79,7 +82,7 @@ impl Lifecycle {
 }
 
 /// Engine status in the list view (SPEC §3, §14).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]
 pub enum EngineStatus {
     Active,
     Failed,
@@ -102,7 +105,7 @@ impl EngineStatus {
 }
 
 /// Executor status (SPEC §3; `Aborted` from §14).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 pub enum ExecutorStatus {
     Stopped,
     Running,
@@ -127,7 +130,7 @@ impl ExecutorStatus {
 }
 
 /// The last KPI marking sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 pub enum KpiStatus {
     Idle,
     Active,
@@ -234,9 +237,12 @@ pub struct Ledger {
 }
 
 /// Something a failed clean-up left deployed (`leftovers` in the status and failure file).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Leftover {
+    /// What was left: the slice or the measurement job.
     pub kind: LeftoverKind,
+    /// Its id on the facility (for a measurement job whose creation got no answer, why it is
+    /// unknown).
     pub id: String,
 }
 
@@ -261,6 +267,25 @@ impl Serialize for LeftoverKind {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.name())
     }
+}
+
+impl utoipa::PartialSchema for LeftoverKind {
+    fn schema() -> RefOr<Schema> {
+        let kinds = [LeftoverKind::Slice, LeftoverKind::MeasurementJob];
+        names_schema("What was left deployed", kinds.map(LeftoverKind::name))
+    }
+}
+
+impl ToSchema for LeftoverKind {}
+
+/// The schema of a kind written as one of `names`, for the kinds that serialize by their
+/// name: the document lists the very strings the API writes.
+fn names_schema(description: &str, names: impl IntoIterator<Item = &'static str>) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(description))
+        .enum_values(Some(names))
+        .into()
 }
 
 impl Ledger {
@@ -421,37 +446,52 @@ impl Checkpoint {
 }
 
 /// One answer from a service (or its absence), recorded under the step that asked.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct ResponseRecord {
+    /// The step that sent the request.
     pub step: String,
+    /// The service asked: `trial_repository`, `trial_enforcement` or `kpi_monitoring`.
     pub service: String,
+    /// The request's HTTP method.
     pub method: String,
+    /// The request's path, below the service's base URL.
     pub path: String,
-    /// HTTP status, or `None` when no answer came (the error says why).
+    /// The answer's HTTP status; null when no answer came (the error says why).
+    #[schema(required = true)]
     pub status: Option<u16>,
-    /// The JSON body, if the answer had one.
+    /// The JSON body, if the answer had one (a token in it is redacted).
+    #[schema(required = true)]
     pub body: Option<Value>,
     /// The start of a body that is not JSON, or the transport error.
+    #[schema(required = true)]
     pub error: Option<String>,
+    /// How long the request took, in milliseconds.
     pub duration_ms: u64,
     /// Which try of the request this was, from 1 (SPEC §13).
     pub attempt: u32,
+    /// When the answer (or its absence) was recorded.
     pub at: DateTime<Utc>,
 }
 
 /// What happened to a trial, as listed by `/history` and streamed by `/events`. Every field
 /// is in every entry, `null` when the event has none, as in the other answers.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct TrialEvent {
     /// Position in the trial's history, from 0.
     pub seq: u64,
+    /// When it happened.
     pub at: DateTime<Utc>,
+    /// What happened.
     pub event: EventKind,
+    /// The step it happened at, if any.
+    #[schema(required = true)]
     pub step: Option<String>,
     /// What the executor waits for, which signal it took, why it failed, or the reason an
     /// operator gave.
+    #[schema(required = true)]
     pub detail: Option<String>,
-    /// How long the step ran or the wait lasted.
+    /// How long the step ran or the wait lasted, in milliseconds.
+    #[schema(required = true)]
     pub duration_ms: Option<u64>,
 }
 
@@ -516,6 +556,17 @@ impl Serialize for EventKind {
         serializer.serialize_str(self.name())
     }
 }
+
+impl utoipa::PartialSchema for EventKind {
+    fn schema() -> RefOr<Schema> {
+        names_schema(
+            "What happened to the trial",
+            EventKind::ALL.iter().map(|kind| kind.name()),
+        )
+    }
+}
+
+impl ToSchema for EventKind {}
 
 /// The last progress callback of a component wait (SPEC §13).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

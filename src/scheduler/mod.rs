@@ -60,10 +60,15 @@ pub enum Deleted {
 }
 
 /// A job whose start passed while the service was down, longer ago than the misfire grace.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct MissedJob {
+    /// The trial's id.
+    #[schema(value_type = String)]
     pub id: TrialId,
+    /// When it was to start, with the offset it was given.
+    #[schema(value_type = String)]
     pub start_time: StartTime,
+    /// When the service, starting again, found it missed.
     pub noticed_at: chrono::DateTime<Utc>,
 }
 
@@ -88,9 +93,11 @@ pub struct ScheduleAllReport {
 }
 
 /// A registry trial that was not scheduled, and why.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Skipped {
+    /// The trial's id, as the registry wrote it.
     pub id: String,
+    /// Why it was not scheduled: its start is past, unreadable, or it was listed again.
     pub reason: String,
 }
 

@@ -27,6 +27,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::oneshot;
 use tracing::error;
+use utoipa::ToSchema;
 
 use crate::domain::{StartTime, TrialId};
 use crate::engine::sequence::{Signal, Wait};
@@ -63,20 +64,33 @@ pub struct TrialRecord {
 }
 
 /// One entry of the audit log (SPEC §15).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct AuditEntry {
-    /// Assigned by the store; 0 before it is written.
+    /// Its place in the log, assigned by the store (0 before it is written): later entries
+    /// have larger numbers.
     pub seq: i64,
+    /// When the request was answered.
     pub at: DateTime<Utc>,
-    /// The key's name, or `callback:<trial id>` for a callback token.
+    /// Who asked: the key's name, `callback:<trial id>` for a callback token, or `anonymous`
+    /// when no credential was recognised.
     pub actor: String,
+    /// The key's role (`viewer`, `operator`, `admin`); none for a callback token or an
+    /// unrecognised caller.
+    #[schema(required = true)]
     pub role: Option<String>,
     /// What was asked, e.g. `POST /trial/{trial_id}/abort`.
     pub action: String,
+    /// The trial the request named, in its path, query or body, as the client wrote it
+    /// (valid or not, cut after 200 characters); none if it named none.
+    #[schema(required = true)]
     pub trial_id: Option<String>,
     /// The HTTP status of the answer.
     pub outcome: u16,
+    /// The answer's `message` or `detail`, if it had one.
+    #[schema(required = true)]
     pub detail: Option<String>,
+    /// The client's address and port.
+    #[schema(required = true)]
     pub remote_addr: Option<String>,
 }
 
@@ -189,7 +203,7 @@ pub struct Loaded {
 /// The status a trial is listed with (SPEC §12): its engine's, `Scheduled` for a job that has
 /// not started, `Corrupt` for a record set aside. Its name is how the store and the API write
 /// it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]
 pub enum ListedStatus {
     Active,
     Failed,
@@ -270,21 +284,40 @@ pub struct TrialQuery {
 
 /// One row of the trial listing, as stored (and, with an engine's live state laid over it,
 /// as `GET /trials` answers it).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct ListedTrial {
+    /// The trial's id.
     pub trial_id: String,
+    /// The engine's status; `Scheduled` for a job not started yet, `Corrupt` for a record
+    /// set aside because it cannot be read.
     pub engine_status: ListedStatus,
     /// The executor status (none for a scheduled job or a corrupt record).
+    #[schema(required = true)]
     pub status: Option<String>,
+    /// The current step, or `Waiting` at a waiting point or held by a pause.
+    #[schema(required = true)]
     pub state: Option<String>,
+    /// The step the executor is at; none at a waiting point.
+    #[schema(required = true)]
     pub step: Option<String>,
+    /// What the engine waits for, while it waits.
+    #[schema(required = true)]
     pub waiting_for: Option<String>,
-    /// RFC 3339, UTC, fixed width: sorts as text.
+    /// When the trial was scheduled or its engine created (RFC 3339, UTC, fixed width: sorts
+    /// as text).
+    #[schema(format = DateTime)]
     pub created_at: String,
+    /// When its record last changed.
+    #[schema(format = DateTime)]
     pub updated_at: String,
+    /// When the trial ended (finished or aborted).
+    #[schema(required = true, format = DateTime)]
     pub ended_at: Option<String>,
+    /// Why the trial failed, or why its record was set aside.
+    #[schema(required = true)]
     pub failure: Option<String>,
     /// A scheduled job's start time, as given.
+    #[schema(required = true)]
     pub start_time: Option<String>,
 }
 

@@ -9,9 +9,14 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use lcm::config::{KeySettings, Secret, Settings};
+use lcm::domain::TrialId;
 use lcm::engine::EngineHooks;
+use lcm::engine::sequence::Step;
+use lcm::engine::state::{Checkpoint, Lifecycle, Position};
 use lcm::sim::{Component, Fault, FaultAction, Gate, Platform, SimOptions};
 use lcm::startup::Application;
+use lcm::store::sqlite::SqliteBackend;
+use lcm::store::{Backend, Op, TrialRecord};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -1215,4 +1220,29 @@ pub async fn spawn_app_with_service_credentials() -> TestApp {
         s.services.trial_enforcement.password = Some(Secret::new("enforce-pw"));
     })
     .await
+}
+
+/// The record of trial `id`, stopped at `EnforceUavPlan`, created and last saved at `at`.
+pub fn record(id: &str, lifecycle: Lifecycle, at: DateTime<Utc>) -> TrialRecord {
+    let mut checkpoint = Checkpoint::new(at);
+    checkpoint.position = Position::Run(Step::EnforceUavPlan);
+    TrialRecord {
+        id: TrialId::parse(id).expect("id"),
+        lifecycle,
+        checkpoint,
+        created_at: at,
+        updated_at: at,
+        ended_at: lifecycle.is_ended().then_some(at),
+    }
+}
+
+/// A data directory holding a store made of `ops`, for an app to start on.
+pub fn prepared_store(ops: Vec<Op>, damage: Option<&str>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = SqliteBackend::open(dir.path()).expect("store");
+    store.apply(&ops).expect("prepared");
+    if let Some(sql) = damage {
+        store.connection().execute_batch(sql).expect("damaged");
+    }
+    dir
 }

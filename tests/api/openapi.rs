@@ -6,7 +6,15 @@ use std::collections::BTreeSet;
 use reqwest::{Method, StatusCode, header};
 use serde_json::Value;
 
-use crate::helpers::{API_KEY, spawn_app, spawn_app_with_settings};
+use lcm::domain::{StartTime, TrialId};
+use lcm::engine::state::Lifecycle;
+use lcm::sim::{FaultAction, Platform};
+use lcm::store::Op;
+
+use crate::helpers::{
+    API_KEY, AppOptions, eventually, prepared_store, record, single_attempt,
+    slice_deployment_fault, spawn_app, spawn_app_with, spawn_app_with_settings,
+};
 use crate::routes::{ROUTES, operations};
 
 /// The document, fetched without credentials.
@@ -207,7 +215,14 @@ async fn every_trial_id_states_its_pattern_and_every_start_time_its_format() {
         .expect("the body is a named schema");
     let body_field = format!("/components/schemas/{body_name}/properties/trial_id");
     assert!(at.contains(&body_field.as_str()), "{body_field}: {at:?}");
+    // An audit entry keeps the trial id a refused request named, valid or not.
+    let as_written = "/components/schemas/AuditEntry/properties/trial_id";
+    assert!(at.contains(&as_written), "{as_written}: {at:?}");
     for (at, schema) in &trial_ids {
+        if at == as_written {
+            assert!(schema["pattern"].is_null(), "trial_id at {at}: {schema}");
+            continue;
+        }
         assert_eq!(
             schema["pattern"],
             lcm::domain::TrialId::PATTERN,
@@ -397,4 +412,265 @@ async fn every_route_documents_and_answers_the_refusals_of_a_body() {
         too_large >= 20 && not_json >= 6,
         "only {too_large} and {not_json} probed"
     );
+}
+
+/// The schema a `$ref` names, or the schema itself.
+fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema["$ref"].as_str() {
+        Some(reference) => {
+            let name = reference
+                .strip_prefix("#/components/schemas/")
+                .unwrap_or_else(|| panic!("not a reference to a component: {reference}"));
+            let named = &doc["components"]["schemas"][name];
+            assert!(named.is_object(), "{reference} is not in the components");
+            resolve(doc, named)
+        }
+        None => schema,
+    }
+}
+
+/// The JSON type of a value, as a schema names it.
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// How `value`, found at `at`, does not fit `schema` (its `$ref`s resolved in `doc`): a field
+/// the schema does not list or a required one missing, an object whose schema lists no
+/// fields, a value of another type or outside its `enum`. Looks into every field and into the
+/// first element of every list. A value fits `oneOf` or `anyOf` if it fits one of them.
+fn misfits(doc: &Value, schema: &Value, value: &Value, at: &str) -> Vec<String> {
+    let schema = resolve(doc, schema);
+    for alternatives in ["oneOf", "anyOf"] {
+        if let Some(alternatives) = schema[alternatives].as_array() {
+            let tried: Vec<Vec<String>> = alternatives
+                .iter()
+                .map(|alternative| misfits(doc, alternative, value, at))
+                .collect();
+            return match tried.iter().any(Vec::is_empty) {
+                true => Vec::new(),
+                false => tried.concat(),
+            };
+        }
+    }
+    assert!(
+        schema.get("allOf").is_none(),
+        "{at}: allOf is not read here"
+    );
+    let mut found = Vec::new();
+    let kind = json_type(value);
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(one) => vec![one.as_str()],
+        Value::Array(many) => many.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    if !types.is_empty()
+        && !types
+            .iter()
+            .any(|t| *t == kind || (*t, kind) == ("number", "integer"))
+    {
+        found.push(format!("{at}: a {kind}, the schema says {types:?}"));
+    }
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(value)
+    {
+        found.push(format!("{at}: {value} is not one of {allowed:?}"));
+    }
+    match value {
+        Value::Object(fields) => match schema["properties"].as_object() {
+            Some(properties) => {
+                let keys: BTreeSet<&String> = fields.keys().collect();
+                let listed: BTreeSet<&String> = properties.keys().collect();
+                if keys != listed {
+                    found.push(format!(
+                        "{at}: the answer has {:?} the schema does not list, the schema lists {:?} the answer lacks",
+                        keys.difference(&listed).collect::<Vec<_>>(),
+                        listed.difference(&keys).collect::<Vec<_>>()
+                    ));
+                }
+                for required in schema["required"].as_array().into_iter().flatten() {
+                    let name = required.as_str().unwrap_or_default();
+                    if !fields.contains_key(name) {
+                        found.push(format!("{at}: required {name} is missing"));
+                    }
+                }
+                for (name, field) in fields {
+                    if let Some(property) = properties.get(name) {
+                        found.extend(misfits(doc, property, field, &format!("{at}.{name}")));
+                    }
+                }
+            }
+            // A map: each value fits the one schema.
+            None => match schema.get("additionalProperties") {
+                Some(each) if each.as_object().is_some_and(|each| !each.is_empty()) => {
+                    for (name, field) in fields {
+                        found.extend(misfits(doc, each, field, &format!("{at}.{name}")));
+                    }
+                }
+                // Any JSON value, as the schema says (a component's answer kept as it came).
+                _ if types.is_empty() => {}
+                _ => found.push(format!("{at}: the schema lists no fields: {schema}")),
+            },
+        },
+        Value::Array(items) => {
+            if let Some(first) = items.first() {
+                found.extend(misfits(doc, &schema["items"], first, &format!("{at}[0]")));
+            }
+        }
+        _ => {}
+    }
+    found
+}
+
+#[tokio::test]
+async fn every_typed_answer_has_exactly_the_fields_its_schema_lists() {
+    // A store with a record that cannot be read and a job whose start passed while the service
+    // was down: a corrupt trial's status and a missed trial in `/status`.
+    let hour = chrono::Duration::hours(1);
+    let hour_ago = chrono::Utc::now() - hour;
+    let data = prepared_store(
+        vec![
+            Op::PutTrial(Box::new(record(
+                "typed-garbled",
+                Lifecycle::Running,
+                hour_ago,
+            ))),
+            Op::PutJob {
+                id: TrialId::parse("typed-missed").expect("an id"),
+                start: StartTime::parse(&hour_ago.to_rfc3339()).expect("a time"),
+                created_at: hour_ago - hour,
+            },
+        ],
+        Some("UPDATE trials SET checkpoint = 'not json' WHERE trial_id = 'typed-garbled';"),
+    );
+    let path = data.path().to_path_buf();
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(move |s| {
+            s.store.data_dir = path;
+            single_attempt(s);
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    let doc = document(&app).await;
+
+    // A trial that failed at its slice deployment (so it has a failure and an error answer
+    // among its responses), then restored; a heartbeat of it.
+    let id = "typed-1";
+    app.platform
+        .inject(slice_deployment_fault(id, FaultAction::Status(500)));
+    app.start_trial(id).await;
+    app.wait_failed(id).await;
+    let mut answers = vec![
+        (
+            "get",
+            "/trial/{trial_id}/status",
+            app.get(&format!("/trial/{id}/status")).await,
+        ),
+        (
+            "get",
+            "/trial/{trial_id}/responses",
+            app.get(&format!("/trial/{id}/responses")).await,
+        ),
+        (
+            "get",
+            "/trial/{trial_id}/history",
+            app.get(&format!("/trial/{id}/history")).await,
+        ),
+        (
+            "get",
+            "/trial/{trial_id}/status",
+            app.get("/trial/typed-garbled/status").await,
+        ),
+        (
+            "post",
+            "/debug/engine/{trial_id}/restore",
+            app.post(&format!("/debug/engine/{id}/restore"), None).await,
+        ),
+    ];
+    let added = app
+        .post(&format!("/debug/add-heartbeat?trial_id={id}"), None)
+        .await;
+    assert_eq!(added.status, StatusCode::OK, "{added:?}");
+    eventually("a heartbeat's first check", || async {
+        let status = app.get("/status").await.body;
+        match status["Heartbeat_instances"][0]["last_check"].is_string() {
+            true => Ok(()),
+            false => Err(status.to_string()),
+        }
+    })
+    .await;
+
+    // The registry holds a trial ahead (scheduled) and one in the past (skipped).
+    let now = chrono::Utc::now();
+    app.platform
+        .add_trial(Platform::trial("typed-later", Some(now + hour)));
+    app.platform
+        .add_trial(Platform::trial("typed-past", Some(now - hour)));
+    answers.push((
+        "post",
+        "/debug/trial/schedule-all",
+        app.post("/debug/trial/schedule-all", None).await,
+    ));
+    answers.push(("get", "/status", app.get("/status").await));
+    answers.push(("get", "/trials", app.get("/trials").await));
+    app.audited(
+        &format!("?trial_id={id}"),
+        "the restore's entry",
+        |entries| {
+            entries
+                .iter()
+                .any(|e| e["action"] == "POST /debug/engine/{trial_id}/restore")
+        },
+    )
+    .await;
+    answers.push(("get", "/audit", app.get("/audit").await));
+
+    for (method, path, answer) in &answers {
+        let what = format!("{method} {path}");
+        assert_eq!(answer.status, StatusCode::OK, "{what}: {answer:?}");
+        let schema = &doc["paths"][*path][*method]["responses"]["200"]["content"]["application/json"]
+            ["schema"];
+        assert!(schema.is_object(), "{what}: no schema of its answer");
+        let found = misfits(&doc, schema, &answer.body, &what);
+        assert!(found.is_empty(), "{}\n{}", found.join("\n"), answer.body);
+    }
+    // The lists looked into had an element, and the corrupt trial's status was looked at.
+    let body = |path: &str| {
+        let (_, _, answer) = answers
+            .iter()
+            .rev()
+            .find(|(_, p, _)| *p == path)
+            .expect("asked");
+        &answer.body
+    };
+    let status = body("/status");
+    for list in [
+        "scheduled_trials",
+        "missed_trials",
+        "Executor_Engine_instances",
+        "Heartbeat_instances",
+    ] {
+        assert!(status[list][0].is_object(), "{list}: {status}");
+    }
+    let all = body("/debug/trial/schedule-all");
+    assert!(all["skipped"][0].is_object(), "{all}");
+    for path in ["/trials", "/audit"] {
+        let page = body(path);
+        assert!(
+            page.as_object()
+                .and_then(|p| p.values().find_map(|v| v.get(0)))
+                .is_some(),
+            "{path}: {page}"
+        );
+    }
+    let corrupt = &answers[3].2.body;
+    assert_eq!(corrupt["engine_status"], "Corrupt", "{corrupt}");
 }

@@ -7,11 +7,9 @@ use std::sync::atomic::Ordering;
 
 use chrono::{Duration as Span, Utc};
 use lcm::domain::{StartTime, TrialId};
-use lcm::engine::sequence::Step;
-use lcm::engine::state::{Checkpoint, Lifecycle, Position};
+use lcm::engine::state::Lifecycle;
 use lcm::sim::{Component, Fault, FaultAction, Platform};
-use lcm::store::sqlite::SqliteBackend;
-use lcm::store::{Backend, Op, TrialRecord};
+use lcm::store::Op;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -29,30 +27,6 @@ fn stored_checkpoint(app: &TestApp, id: &str) -> String {
         |row| row.get(0),
     )
     .expect("the trial has a record")
-}
-
-fn record(id: &str, lifecycle: Lifecycle, at: chrono::DateTime<Utc>) -> TrialRecord {
-    let mut checkpoint = Checkpoint::new(at);
-    checkpoint.position = Position::Run(Step::EnforceUavPlan);
-    TrialRecord {
-        id: TrialId::parse(id).expect("id"),
-        lifecycle,
-        checkpoint,
-        created_at: at,
-        updated_at: at,
-        ended_at: lifecycle.is_ended().then_some(at),
-    }
-}
-
-/// A data directory holding a store made of `ops`, for an app to start on.
-fn prepared_store(ops: Vec<Op>, damage: Option<&str>) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut store = SqliteBackend::open(dir.path()).expect("store");
-    store.apply(&ops).expect("prepared");
-    if let Some(sql) = damage {
-        store.connection().execute_batch(sql).expect("damaged");
-    }
-    dir
 }
 
 async fn listed(app: &TestApp, query: &str) -> Value {
