@@ -221,7 +221,10 @@ impl ServiceClient {
         let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(timeout_secs))
             .connect_timeout(Duration::from_secs(timeout_secs.min(CONNECT_TIMEOUT_SECS)))
-            .pool_idle_timeout(Duration::from_secs(30));
+            .pool_idle_timeout(Duration::from_secs(30))
+            // A redirect is answered as it came (a status the step does not expect): followed,
+            // it would send the trial's token in a body, or a credential, to another host.
+            .redirect(reqwest::redirect::Policy::none());
         if let Some(path) = &settings.tls.ca_bundle_path {
             let pem = std::fs::read(path)
                 .map_err(|e| ClientError::CaBundle(format!("{}: {e}", path.display())))?;

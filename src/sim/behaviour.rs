@@ -99,6 +99,13 @@ pub async fn handle(
         Some(FaultAction::Json(code, value)) => {
             return answered(reply(*code, Some(value.clone())));
         }
+        Some(FaultAction::Redirect(to)) => {
+            let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
+            if let Ok(value) = HeaderValue::from_str(to) {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
+            return answered(response);
+        }
         Some(FaultAction::Text(code, text)) => {
             let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             return answered((status, text.clone()).into_response());

@@ -119,6 +119,8 @@ pub enum FaultAction {
     Text(u16, String),
     /// Answer this status and JSON body.
     Json(u16, Value),
+    /// Answer `307 Temporary Redirect` to this URL (a component sending the request elsewhere).
+    Redirect(String),
     /// Answer this status with a `Retry-After` header (a service asking to be left alone).
     RetryAfter(u16, RetryAfter),
     /// Wait, then answer as usual.

@@ -775,3 +775,22 @@ async fn a_close_run_again_that_finds_the_slice_gone_waits_for_no_callback() {
     assert_eq!(restored.status, StatusCode::OK, "{restored:?}");
     app.wait_finished(id).await;
 }
+
+/// A component that answers with a redirect is not followed: the slice deployment's body
+/// holds the trial's token, and it must reach the configured component only.
+#[tokio::test]
+async fn a_redirect_is_not_followed_and_fails_the_step() {
+    let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a listener");
+    let to = format!("http://{}/stolen", elsewhere.local_addr().expect("address"));
+    let app = spawn_app_with_settings(single_attempt).await;
+    let id = "redirected";
+    app.platform
+        .inject(slice_deployment_fault(id, FaultAction::Redirect(to)));
+    app.start_trial(id).await;
+    let failed = app.wait_failed(id).await;
+    assert_failure_says(&failed, "answered 307 (expected 201)");
+    let reached = tokio::time::timeout(std::time::Duration::ZERO, elsewhere.accept()).await;
+    assert!(reached.is_err(), "the redirect was followed");
+}
