@@ -142,7 +142,18 @@ pub fn router(state: AppState) -> Router {
         .layer(cors(&settings.server.cors_origins))
         // Its spans and events are at DEBUG; so are its failures, which the handling above
         // logs with the request's method and path.
-        .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)))
+        .layer(
+            TraceLayer::new_for_http()
+                // The path only: a query may hold what must not be logged (a token sent there).
+                .make_span_with(|request: &axum::extract::Request| {
+                    tracing::debug_span!(
+                        "request",
+                        method = %request.method(),
+                        path = request.uri().path(),
+                    )
+                })
+                .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+        )
         .with_state(state)
 }
 

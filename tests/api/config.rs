@@ -323,3 +323,22 @@ async fn the_log_names_the_url_and_the_cause_of_an_unreachable_service() {
         "{line}"
     );
 }
+
+/// At `debug`, each request's line names its path, not its query: a token a client put there
+/// is not written.
+#[tokio::test]
+async fn a_token_sent_in_a_query_is_not_written_in_the_log() {
+    let app = spawn_binary_with(BinaryOptions {
+        env: &[("LCM__LOGGING__LEVEL", "debug")],
+        ..BinaryOptions::default()
+    })
+    .await;
+    let id = "queried-token";
+    app.start_trial(id).await;
+    app.wait_waiting(id, "the slice callback (slice created)").await;
+    let token = app.token_of(id);
+    let answer = app.get(&format!("/token/{id}?token={token}")).await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{answer:?}");
+    logged(&app, &["/token/queried-token"]).await;
+    assert!(!log_text(&app).contains(&token), "the token is in the log");
+}
