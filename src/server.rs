@@ -59,6 +59,10 @@ use crate::deadline::sleep_until;
 /// is answered 431 and the connection closed.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 
+/// The most header fields a request head may have (hyper's own limit, which it would answer
+/// with a bare 431): one with more is answered 431 here, as JSON, before hyper reads it.
+const MAX_HEADER_FIELDS: usize = 100;
+
 /// How long a refused connection gets to take its error answer before it is closed.
 const REFUSAL_LINGER: Duration = Duration::from_secs(2);
 
@@ -266,6 +270,10 @@ async fn serve_connection(
                     "the request head (request line and header fields) is larger than {MAX_HEAD_BYTES} bytes"
                 ),
             )),
+            Verdict::TooManyFields => Some((
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                format!("the request head has more than {MAX_HEADER_FIELDS} header fields"),
+            )),
             Verdict::HeadTimeout { started: true } => Some((
                 StatusCode::REQUEST_TIMEOUT,
                 format!(
@@ -314,6 +322,8 @@ async fn refuse(mut stream: TcpStream, status: StatusCode, detail: String) {
 enum Verdict {
     /// The head outgrew [`MAX_HEAD_BYTES`].
     HeadTooLarge,
+    /// The head has more than [`MAX_HEADER_FIELDS`] header fields.
+    TooManyFields,
     /// The head was not complete in time; `started` if any of it had arrived.
     HeadTimeout { started: bool },
     /// No request came within the idle timeout.
@@ -325,19 +335,67 @@ enum Verdict {
 /// Where a connection stands.
 #[derive(Debug, Clone, Copy)]
 enum Stage {
-    /// Waiting for a request head since `since`; `bytes` of it read so far.
-    Head { since: Instant, bytes: usize },
+    /// Waiting for a request head since `since`; `bytes` of it read so far, in `lines`.
+    Head {
+        since: Instant,
+        bytes: usize,
+        lines: HeadLines,
+    },
     /// Requests in the router, or responses not yet taken whole by hyper.
     Busy { requests: usize },
     /// Between requests since `since`.
     Idle { since: Instant },
 }
 
+/// The lines of a request head, counted as its bytes arrive, up to the empty line that ends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HeadLines {
+    /// Lines ended so far: the request line, then one for each header field.
+    lines: usize,
+    /// The line being read has nothing in it yet (but a `\r`).
+    blank: bool,
+    /// The empty line has come: what follows is a body.
+    ended: bool,
+}
+
+impl HeadLines {
+    fn new() -> Self {
+        Self {
+            lines: 0,
+            blank: true,
+            ended: false,
+        }
+    }
+
+    fn read(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            if self.ended {
+                return;
+            }
+            match byte {
+                // An empty line before the request line is skipped, as HTTP allows.
+                b'\n' if self.blank && self.lines > 0 => self.ended = true,
+                b'\n' if self.blank => {}
+                b'\n' => {
+                    self.lines += 1;
+                    self.blank = true;
+                }
+                b'\r' => {}
+                _ => self.blank = false,
+            }
+        }
+    }
+
+    fn too_many_fields(&self) -> bool {
+        self.lines.saturating_sub(1) > MAX_HEADER_FIELDS
+    }
+}
+
 #[derive(Debug)]
 struct State {
     stage: Stage,
     write_blocked_since: Option<Instant>,
-    head_too_large: bool,
+    refused: Option<Verdict>,
 }
 
 /// A connection's stage, shared by its socket wrapper, its service and its task (all polled
@@ -357,9 +415,10 @@ impl Watch {
                 stage: Stage::Head {
                     since: Instant::now(),
                     bytes: 0,
+                    lines: HeadLines::new(),
                 },
                 write_blocked_since: None,
-                head_too_large: false,
+                refused: None,
             }),
             changed: Notify::new(),
         }
@@ -378,28 +437,39 @@ impl Watch {
         }
     }
 
-    fn read(&self, n: usize) {
-        if n == 0 {
-            return;
+    /// Takes `read` into account; answers whether the head it belongs to has too many
+    /// header fields (then it must not reach hyper).
+    fn read(&self, read: &[u8]) -> bool {
+        if read.is_empty() {
+            return false;
         }
         let mut state = self.state();
         match &mut state.stage {
             Stage::Idle { .. } => {
+                let mut lines = HeadLines::new();
+                lines.read(read);
                 state.stage = Stage::Head {
                     since: Instant::now(),
-                    bytes: n,
+                    bytes: read.len(),
+                    lines,
                 };
                 drop(state);
                 self.changed.notify_one();
+                lines.too_many_fields()
             }
-            Stage::Head { bytes, .. } => *bytes += n,
+            Stage::Head { bytes, lines, .. } => {
+                *bytes += read.len();
+                lines.read(read);
+                lines.too_many_fields()
+            }
             // A body, or the start of a pipelined request: counted once this one is done.
-            Stage::Busy { .. } => {}
+            Stage::Busy { .. } => false,
         }
     }
 
-    fn head_too_large(&self) {
-        self.state().head_too_large = true;
+    /// The head is refused (`verdict`): the connection's task answers so and closes.
+    fn refuse(&self, verdict: Verdict) {
+        self.state().refused = Some(verdict);
         self.changed.notify_one();
     }
 
@@ -469,11 +539,11 @@ impl Watch {
     /// Whether the connection must close now, and why.
     fn verdict(&self, now: Instant) -> Option<Verdict> {
         let state = self.state();
-        if state.head_too_large {
-            return Some(Verdict::HeadTooLarge);
+        if let Some(verdict) = state.refused {
+            return Some(verdict);
         }
         match state.stage {
-            Stage::Head { since, bytes } if now >= since + self.limits.header_read_timeout => {
+            Stage::Head { since, bytes, .. } if now >= since + self.limits.header_read_timeout => {
                 return Some(Verdict::HeadTimeout { started: bytes > 0 });
             }
             Stage::Idle { since } if now >= since + self.limits.idle_timeout => {
@@ -544,22 +614,25 @@ impl AsyncRead for Guarded {
         if budget == 0 {
             // hyper wants more of a head that already fills the limit. The connection's task,
             // woken by the watch, answers 431 and closes; hyper is not polled again.
-            this.watch.head_too_large();
+            this.watch.refuse(Verdict::HeadTooLarge);
             return Poll::Pending;
         }
-        let n = if buf.remaining() <= budget {
-            let before = buf.filled().len();
+        let before = buf.filled().len();
+        if buf.remaining() <= budget {
             ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?;
-            buf.filled().len() - before
         } else {
             // Read no further than the limit, so hyper never buffers more of a head than that.
             let mut limited = ReadBuf::new(buf.initialize_unfilled_to(budget));
             ready!(Pin::new(&mut this.stream).poll_read(cx, &mut limited))?;
             let n = limited.filled().len();
             buf.advance(n);
-            n
-        };
-        this.watch.read(n);
+        }
+        if this.watch.read(&buf.filled()[before..]) {
+            // Taken back: hyper would answer a bare 431. The connection's task answers it.
+            buf.set_filled(before);
+            this.watch.refuse(Verdict::TooManyFields);
+            return Poll::Pending;
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -631,7 +704,7 @@ mod tests {
             Some(opened + Duration::from_secs(10)),
             "a fresh connection must send its head in time"
         );
-        watch.read(10);
+        watch.read(b"GET / HTTP");
         let busy = watch.request_started();
         assert_eq!(watch.deadline(), None, "no timer while a request runs");
         tokio::time::advance(Duration::from_secs(100)).await;
@@ -647,7 +720,7 @@ mod tests {
             "idle, within the timeout"
         );
 
-        watch.read(5);
+        watch.read(b"GET /");
         let head = Instant::now();
         assert_eq!(watch.deadline(), Some(head + Duration::from_secs(10)));
         tokio::time::advance(Duration::from_secs(10)).await;
@@ -660,7 +733,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn idle_connections_and_stalled_writes_close() {
         let watch = Arc::new(Watch::new(limits()));
-        watch.read(1);
+        watch.read(b"G");
         drop(watch.request_started());
         tokio::time::advance(Duration::from_secs(60)).await;
         assert_eq!(watch.verdict(Instant::now()), Some(Verdict::Idle));
@@ -715,17 +788,45 @@ mod tests {
     async fn the_head_budget_counts_only_head_bytes() {
         let watch = Arc::new(Watch::new(limits()));
         assert_eq!(watch.head_budget(), Some(MAX_HEAD_BYTES));
-        watch.read(1000);
+        assert!(!watch.read(&[b'a'; 1000]));
         assert_eq!(watch.head_budget(), Some(MAX_HEAD_BYTES - 1000));
         let busy = watch.request_started();
-        watch.read(10 * MAX_HEAD_BYTES);
+        assert!(
+            !watch.read(&vec![b'\n'; 10 * MAX_HEAD_BYTES]),
+            "a body is not a head"
+        );
         assert_eq!(watch.head_budget(), None, "a body is not a head");
         drop(busy);
         assert_eq!(watch.head_budget(), Some(MAX_HEAD_BYTES));
-        watch.read(MAX_HEAD_BYTES);
+        assert!(!watch.read(&vec![b'a'; MAX_HEAD_BYTES]));
         assert_eq!(watch.head_budget(), Some(0));
         assert_eq!(watch.verdict(Instant::now()), None);
-        watch.head_too_large();
+        watch.refuse(Verdict::HeadTooLarge);
         assert_eq!(watch.verdict(Instant::now()), Some(Verdict::HeadTooLarge));
+    }
+
+    /// A head's header fields are its lines after the request line, up to the empty line that
+    /// ends it, however its bytes arrive; what follows (a body) is not counted.
+    #[test]
+    fn a_head_s_header_fields_are_counted_up_to_its_end() {
+        let head = |fields: usize| {
+            let mut head = String::from("\r\nPOST / HTTP/1.1\r\n");
+            for i in 0..fields {
+                head.push_str(&format!("x-{i}: y\r\n"));
+            }
+            head + "\r\n" + &"\n".repeat(500)
+        };
+        for (fields, too_many) in [(MAX_HEADER_FIELDS, false), (MAX_HEADER_FIELDS + 1, true)] {
+            let text = head(fields);
+            let mut whole = HeadLines::new();
+            whole.read(text.as_bytes());
+            assert_eq!(whole.too_many_fields(), too_many, "{fields} fields");
+            let mut bytewise = HeadLines::new();
+            text.as_bytes().chunks(1).for_each(|b| bytewise.read(b));
+            assert_eq!(bytewise, whole, "{fields} fields, a byte at a time");
+        }
+        let mut bare = HeadLines::new();
+        bare.read(b"GET / HTTP/1.1\nHost: x\n\nbody\n\n\n");
+        assert_eq!((bare.lines, bare.ended), (2, true));
     }
 }

@@ -392,6 +392,32 @@ async fn an_oversized_request_head_gets_431_json() {
     assert_eq!(app.get("/status").await.status, StatusCode::OK);
 }
 
+/// hyper reads at most 100 header fields; a head with more is answered 431 with a detail, like
+/// every error, and one with 100 is served.
+#[tokio::test]
+async fn a_head_with_too_many_header_fields_gets_431_json() {
+    let app = spawn_binary().await;
+    let with_fields = |fields: usize| {
+        let mut request = app
+            .client
+            .get(format!("{}/status", app.address))
+            .header("Authorization", API_KEY);
+        // reqwest adds `accept` and `host`: the head has `fields` header fields in all.
+        for i in 0..fields - 3 {
+            request = request.header(format!("x-field-{i}"), "y");
+        }
+        request.send()
+    };
+    let answer = read(with_fields(101).await.expect("an answer")).await;
+    assert_eq!(answer.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert!(
+        answer.detail().contains("more than 100 header fields"),
+        "{answer:?}"
+    );
+    let served = with_fields(100).await.expect("an answer");
+    assert_eq!(served.status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn sigterm_ends_the_process_within_the_grace_whatever_the_clients_do() {
     let mut app = spawn_binary_with(BinaryOptions {
