@@ -11,7 +11,10 @@
 mod common;
 mod support;
 
+use std::time::Duration;
+
 use common::{ROLE_KEYS, key_of, keys_file, schedule_ahead};
+use fantoccini::wd::TimeoutConfiguration;
 use lcm::config::Role;
 use lcm::sim::{Component, Fault, FaultAction, Platform};
 use reqwest::Method;
@@ -531,6 +534,52 @@ async fn on_a_phone_the_trials_list_labels_its_times_and_the_timeline_stays_legi
         .await;
     assert!(!row.contains("Created"), "{row}");
 
+    no_errors(&browser.console_errors().await);
+    browser.close().await;
+}
+
+/// A browser keeps six connections to one host, and a live page's stream holds one: pages left
+/// for the Back button and tabs out of sight give theirs back, so going from page to page and
+/// opening many tabs never leaves a page waiting for a connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_out_of_sight_give_their_streams_back_so_the_console_never_freezes() {
+    let service = Service::start().await;
+    let browser = Browser::start().await;
+    let base = &service.base;
+    // A page that waits for a connection fails here rather than after five minutes.
+    let timeouts = TimeoutConfiguration::new(None, Some(Duration::from_secs(15)), None);
+    browser
+        .client
+        .update_timeouts(timeouts)
+        .await
+        .expect("timeouts set");
+    browser.sign_in(base, key_of(Role::Viewer)).await;
+    for round in 0..10 {
+        let filter = if round % 2 == 0 {
+            "?status=Scheduled"
+        } else {
+            ""
+        };
+        browser.goto(&format!("{base}/ui/trials{filter}")).await;
+        browser.wait_text("#live-state", "Live").await;
+    }
+    let first = browser.client.window().await.expect("the first tab");
+    for _ in 0..8 {
+        let tab = browser.client.new_window(true).await.expect("a new tab");
+        browser
+            .client
+            .switch_to_window(tab.handle)
+            .await
+            .expect("switched");
+        browser.goto(&format!("{base}/ui/trials")).await;
+        browser.wait_text("#live-state", "Live").await;
+    }
+    browser
+        .client
+        .switch_to_window(first)
+        .await
+        .expect("switched back");
+    browser.wait_text("#live-state", "Live").await;
     no_errors(&browser.console_errors().await);
     browser.close().await;
 }

@@ -64,28 +64,66 @@
     });
   }
 
+  // A browser keeps few connections to one host (six over HTTP/1.1), and a stream holds one
+  // for as long as it is open: a page out of sight (another tab in front, or kept for the Back
+  // button) gives its stream back, and opens it again when it shows. A stream that opens
+  // starts with the current parts, so the page is up to date at once.
   function live(url) {
-    // The page says it is not live until here: without scripts, that stays true.
-    setState("connecting", "Connecting…", "◌");
-    var source = new EventSource(url);
-    source.addEventListener("open", function () { setState("live", "Live", "●"); });
-    source.addEventListener("patch", function (event) {
-      var parts;
-      try { parts = JSON.parse(event.data); } catch (e) { return; }
-      Object.keys(parts).forEach(function (id) { apply(id, parts[id]); });
-      setState("live", "Live", "●");
+    var source = null;
+    var done = false;
+
+    function open() {
+      if (source || done) return;
+      // The page says it is not live until here: without scripts, that stays true.
+      setState("connecting", "Connecting…", "◌");
+      var own = new EventSource(url);
+      source = own;
+      own.addEventListener("open", function () { setState("live", "Live", "●"); });
+      own.addEventListener("patch", function (event) {
+        var parts;
+        try { parts = JSON.parse(event.data); } catch (e) { return; }
+        Object.keys(parts).forEach(function (id) { apply(id, parts[id]); });
+        setState("live", "Live", "●");
+      });
+      own.addEventListener("done", function () {
+        done = true;
+        close();
+        setState("done", "Up to date (nothing more will change)", "■");
+      });
+      own.addEventListener("error", function () {
+        if (own !== source) return;
+        if (own.readyState === EventSource.CLOSED) {
+          source = null;
+          setState("closed", "Not live: reload the page (or sign in again)", "✕");
+        } else {
+          setState("reconnecting", "Reconnecting…", "◌");
+        }
+      });
+    }
+
+    function close() {
+      if (source) source.close();
+      source = null;
+    }
+
+    function outOfSight() {
+      if (!source) return;
+      close();
+      setState("paused", "Paused while out of sight", "◌");
+    }
+
+    document.addEventListener("visibilitychange", function () {
+      if (document.visibilityState === "hidden") outOfSight(); else open();
     });
-    source.addEventListener("done", function () {
-      source.close();
-      setState("done", "Up to date (nothing more will change)", "■");
+    window.addEventListener("pagehide", outOfSight);
+    window.addEventListener("pageshow", function (event) {
+      if (event.persisted && document.visibilityState !== "hidden") open();
     });
-    source.addEventListener("error", function () {
-      if (source.readyState === EventSource.CLOSED) {
-        setState("closed", "Not live: reload the page (or sign in again)", "✕");
-      } else {
-        setState("reconnecting", "Reconnecting…", "◌");
-      }
-    });
+    if (document.visibilityState === "hidden") {
+      setState("paused", "Paused while out of sight", "◌");
+    } else {
+      open();
+    }
   }
 
   // --- Confirmation dialogs ---------------------------------------------------------------
