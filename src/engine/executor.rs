@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant as Deadline;
 use tracing::{error, info, warn};
@@ -289,7 +289,7 @@ impl Executor {
                     let reason = match first {
                         // A clean-up fails where it first failed, whatever failed last.
                         Some((step, first)) => {
-                            self.checkpoint.position = Position::Run(step);
+                            self.checkpoint.go_to(Position::Run(step));
                             first
                         }
                         None => reason,
@@ -298,7 +298,7 @@ impl Executor {
                 }
                 Outcome::Abort(reason) => self.begin_cleanup(reason),
             };
-            self.checkpoint.position = position;
+            self.checkpoint.go_to(position);
             let saved = self.save(self.lifecycle()).await;
             // Taken either way: a clean-up whose first checkpoint was not saved fails, and an
             // abort again retries it.
@@ -619,23 +619,23 @@ impl Executor {
         let waiting_since = Instant::now();
         let executor = &self.deps.settings.executor;
         let at = |secs: u64| Deadline::now() + Duration::from_secs(secs);
+        // The wait's time counts from when the trial reached it, across restarts.
+        let since = *self.checkpoint.waiting_since.get_or_insert_with(Utc::now);
+        let after = |secs: u64| when(since + chrono::Duration::seconds(secs as i64));
         let (limit, heartbeat_secs, trial_deadline) = match spec.waiter {
             Waiter::Component => (
-                Some(at(executor.callback_timeout_secs)),
+                Some(after(executor.callback_timeout_secs)),
                 executor.callback_heartbeat_secs,
                 None,
             ),
             Waiter::Operator => (
-                executor.operator_timeout_secs.map(at),
+                executor.operator_timeout_secs.map(after),
                 None,
                 self.checkpoint
                     .data
                     .deadline
                     .filter(|_| !self.cleaning_up())
-                    .map(|deadline| {
-                        let left = (deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-                        Deadline::now() + left
-                    }),
+                    .map(when),
             ),
         };
         let mut heartbeat = heartbeat_secs.map(at);
@@ -964,6 +964,11 @@ impl Executor {
         }
         ExecutorExit::Failed(reason)
     }
+}
+
+/// The deadline of the instant `at` (now, if it has passed).
+fn when(at: DateTime<Utc>) -> Deadline {
+    Deadline::now() + (at - Utc::now()).to_std().unwrap_or(Duration::ZERO)
 }
 
 fn elapsed_ms(since: Instant) -> u64 {

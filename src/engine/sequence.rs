@@ -374,9 +374,10 @@ pub fn start_cleanup(checkpoint: &mut Checkpoint, reason: &str) {
     }
     checkpoint.paused = false;
     let data = &checkpoint.data;
-    checkpoint.position = cleanup_after(None, data.kpi_status, &data.ledger)
+    let first = cleanup_after(None, data.kpi_status, &data.ledger)
         .position()
         .unwrap_or(Position::Run(UpdateStatusAborted));
+    checkpoint.go_to(first);
 }
 
 /// Counts what a trial read back from its saved record may have deployed at the step it

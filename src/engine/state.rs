@@ -391,9 +391,22 @@ pub struct Checkpoint {
     pub run: u32,
     /// When the engine was created.
     pub started_at: DateTime<Utc>,
+    /// When the trial reached the waiting point it stands at: the wait's deadline counts from
+    /// here, across restarts (none at a step, or in a checkpoint written before it was kept).
+    pub waiting_since: Option<DateTime<Utc>>,
 }
 
 impl Checkpoint {
+    /// Moves to `position`; a waiting point's deadline counts from now (a restore at a wait
+    /// gives it its whole time again).
+    pub fn go_to(&mut self, position: Position) {
+        self.position = position;
+        self.waiting_since = match position {
+            Position::Wait(_) => Some(Utc::now()),
+            Position::Run(_) => None,
+        };
+    }
+
     /// Fails trial `trial` at this checkpoint for `reason`. The early callbacks of the step
     /// it stands at, which failed or died, go with it: a restore sends the step's request
     /// again and awaits that request's own callback (those of a step that completed stand,
@@ -441,6 +454,7 @@ impl Checkpoint {
             paused: false,
             run: 0,
             started_at,
+            waiting_since: None,
         }
     }
 }

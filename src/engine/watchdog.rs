@@ -532,6 +532,8 @@ impl Watchdog {
     ) -> Result<(), RestoreError> {
         self.checkpoint.failure = None;
         self.checkpoint.run += 1;
+        // A wait resumed by a restore or a skip has its whole time again.
+        self.checkpoint.go_to(self.checkpoint.position);
         self.lifecycle = match self.checkpoint.position {
             Position::Run(_) => Lifecycle::Running,
             Position::Wait(_) => Lifecycle::Waiting,
@@ -569,7 +571,7 @@ impl Watchdog {
             && self.checkpoint.data.repository_status.as_deref() == Some(failure::REPORTED)
             && let Some(step) = sequence::announced_by(wait)
         {
-            self.checkpoint.position = Position::Run(step);
+            self.checkpoint.go_to(Position::Run(step));
             true
         } else {
             false
@@ -638,7 +640,7 @@ impl Watchdog {
             }
         };
         info!(skipped = %skipped, reason = %reason, "skipping the failed step");
-        self.checkpoint.position = next;
+        self.checkpoint.go_to(next);
         let event = (EventKind::Skipped, Some(format!("{skipped}: {reason}")));
         self.resume(before, &[event], false).await?;
         Ok(format!(

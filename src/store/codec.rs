@@ -144,6 +144,9 @@ struct CheckpointDoc<S, V> {
     run: u32,
     started_at: String,
     deadline: Option<String>,
+    /// When the trial reached its waiting point (absent at a step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    waiting_since: Option<String>,
 }
 
 fn slice_name(state: SliceState) -> &'static str {
@@ -283,6 +286,7 @@ pub fn encode_checkpoint(checkpoint: &Checkpoint) -> String {
         run: checkpoint.run,
         started_at: time(checkpoint.started_at),
         deadline: data.deadline.map(time),
+        waiting_since: checkpoint.waiting_since.map(time),
     };
     // Plain data of strings, numbers and JSON values: serialising cannot fail.
     serde_json::to_string(&doc).unwrap_or_default()
@@ -369,6 +373,7 @@ pub fn decode_checkpoint(text: &str) -> Result<Checkpoint, String> {
         paused: doc.paused,
         run: doc.run,
         started_at: parse_time(&doc.started_at)?,
+        waiting_since: doc.waiting_since.as_deref().map(parse_time).transpose()?,
     })
 }
 
@@ -426,7 +431,22 @@ mod tests {
             paused: true,
             run: 2,
             started_at: parse_time("2026-01-02T03:00:00Z").unwrap(),
+            waiting_since: None,
         }
+    }
+
+    /// A wait's start is kept (a document written before it was, like [`GOLDEN`], reads as
+    /// none: that wait has its whole time again after the restart).
+    #[test]
+    fn a_wait_s_start_outlives_a_restart() {
+        let mut checkpoint = golden();
+        checkpoint.waiting_since = Some(parse_time("2026-01-02T03:05:00Z").unwrap());
+        let text = encode_checkpoint(&checkpoint);
+        assert!(
+            text.ends_with(r#""waiting_since":"2026-01-02T03:05:00.000000Z"}"#),
+            "{text}"
+        );
+        assert_eq!(decode_checkpoint(&text).unwrap(), checkpoint);
     }
 
     #[test]

@@ -265,6 +265,7 @@ pub fn convert(
         paused: false,
         run,
         started_at: created_at,
+        waiting_since: None,
     };
     Ok(Converted {
         record: TrialRecord {

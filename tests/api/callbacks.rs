@@ -2,6 +2,9 @@
 //! duplicates, early callbacks and callback deadlines.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use lcm::sim::{Component, Fault, FaultAction, Gate};
 use reqwest::{Method, StatusCode};
@@ -453,4 +456,51 @@ async fn a_signal_whose_engine_is_deleted_before_it_answers_is_503() {
     let (signalled, deleted) = tokio::join!(signal, delete);
     assert_detail(&signalled, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(deleted.status, StatusCode::OK, "{deleted:?}");
+}
+
+/// A wait's deadline counts from when the trial reached it, across restarts: a service
+/// restarted more often than `executor.callback_timeout_secs` still times a lost callback out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_does_not_give_a_wait_its_whole_time_again() {
+    let id = "timed-across-restarts";
+    let timeout = [("LCM__EXECUTOR__CALLBACK_TIMEOUT_SECS", "3")];
+    let mut app = spawn_binary_with(BinaryOptions {
+        env: &timeout,
+        platform: Box::new(|platform| platform.inject(drop_slice_callback(id))),
+        ..BinaryOptions::default()
+    })
+    .await;
+    app.start_trial(id).await;
+    app.wait_waiting(id, WAITING_SLICE).await;
+    let reached = event_time(&app.history(id).await, "waiting", 0);
+    terminate(&mut app, Duration::from_secs(10)).await;
+    // The wait's whole time passes while the service is down.
+    let left = (reached + chrono::Duration::seconds(3) - Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    tokio::time::sleep(left).await;
+    app.restart_binary_with(&timeout).await;
+
+    let failed = app.wait_failed(id).await;
+    assert_failure_says(&failed, "timed out waiting for the slice callback");
+    let history = app.history(id).await;
+    let resumed = event_time(&history, "waiting", 1);
+    let ended = event_time(&history, "trial_failed", 0);
+    assert!(
+        ended - resumed < chrono::Duration::seconds(2),
+        "it waited again after the restart ({resumed} to {ended}): {history:#?}"
+    );
+}
+
+/// When the `n`-th event of `kind` in `history` happened.
+fn event_time(history: &[serde_json::Value], kind: &str, n: usize) -> DateTime<Utc> {
+    let event = history
+        .iter()
+        .filter(|e| e["event"] == kind)
+        .nth(n)
+        .unwrap_or_else(|| panic!("no {kind} event number {n}: {history:#?}"));
+    event["at"]
+        .as_str()
+        .and_then(|at| at.parse().ok())
+        .unwrap_or_else(|| panic!("no time in {event}"))
 }

@@ -1064,7 +1064,13 @@ impl TestApp {
     /// stopped: the same store, logs and port, with the tests' configuration (not the extra
     /// environment of its first start).
     pub async fn restart_binary(&mut self) {
+        self.restart_binary_with(&[]).await;
+    }
+
+    /// [`Self::restart_binary`], with `LCM__…` variables over the tests' configuration.
+    pub async fn restart_binary_with(&mut self, env: &[(&str, &str)]) {
         let mut command = binary_command(self);
+        command.envs(env.iter().copied());
         self.server = Server::Process(start_lcm(&mut command, self.port()).await);
     }
 }
