@@ -36,13 +36,14 @@ pub mod trials;
 
 use std::sync::{Arc, OnceLock};
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Path};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 
 use crate::api::AppState;
+use crate::domain::TrialId;
 use session::Sessions;
 
 /// The console's shared parts: its sessions, and the API it sends actions to.
@@ -66,8 +67,8 @@ pub fn routes(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
         .route("/ui/", get(session::front))
-        .route("/ui/sign-in", post(session::sign_in))
-        .route("/ui/sign-out", post(session::sign_out))
+        .route("/ui/sign-in", post(session::sign_in).get(to_front))
+        .route("/ui/sign-out", post(session::sign_out).get(to_front))
         .route("/ui/assets/{file}", get(assets::serve))
         .route("/ui/trials", get(trials::page))
         .route("/ui/trials/live", get(trials::live))
@@ -79,12 +80,18 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         )
         .route(
             "/ui/trials/{trial_id}/actions/{action}",
-            post(actions::trial_action),
+            post(actions::trial_action).get(to_trial),
         )
         .route("/ui/schedule", get(schedule::page).post(schedule::at_time))
-        .route("/ui/schedule/registry", post(schedule::from_registry))
+        .route(
+            "/ui/schedule/registry",
+            post(schedule::from_registry).get(|| async { Redirect::to("/ui/schedule") }),
+        )
         .route("/ui/service", get(service::page))
-        .route("/ui/service/{action}", post(service::action))
+        .route(
+            "/ui/service/{action}",
+            post(service::action).get(|| async { Redirect::to("/ui/service") }),
+        )
         .route("/ui/{*rest}", get(not_found).post(not_found))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -125,6 +132,20 @@ async fn console_headers(mut response: Response) -> Response {
             .or_insert(HeaderValue::from_static(value));
     }
     response
+}
+
+/// An address a form posts to, opened as a page (the address bar, a tab opened again): the page
+/// the form is on, rather than a bare 405.
+async fn to_front() -> Redirect {
+    Redirect::to("/ui/")
+}
+
+/// A trial's action address opened as a page: the trial's page.
+async fn to_trial(Path((trial_id, _)): Path<(String, String)>) -> Redirect {
+    match TrialId::parse(&trial_id) {
+        Ok(id) => Redirect::to(&format!("/ui/trials/{id}")),
+        Err(_) => Redirect::to("/ui/trials"),
+    }
 }
 
 async fn not_found(session: Option<session::Signed>) -> Response {

@@ -263,7 +263,11 @@ fn available(view: &TrialView) -> Vec<TrialAction> {
                 _ => {}
             }
             if snapshot.paused {
-                actions.extend([Resume, Step]);
+                actions.push(Resume);
+                // At a wait there is nothing to step: the signal or callback that ends it does.
+                if let Position::Run(_) = snapshot.position {
+                    actions.push(Step);
+                }
             } else {
                 actions.push(Pause);
             }
@@ -352,6 +356,14 @@ fn action_bar(view: &TrialView, signed: &Signed) -> Markup {
                     ") needs a role above yours (" (signed.holder.role) ")." }
             }
         } @else {
+            // What a higher role could do instead (restore, skip); not Delete, which fits always.
+            @let above: Vec<&str> = all.iter()
+                .filter(|a| !signed.may(a.role()) && **a != TrialAction::Delete)
+                .map(|a| a.label()).collect();
+            @if !above.is_empty() {
+                p.hint { (above.join(", ")) " also fit" @if above.len() == 1 { "s" } " the trial's state, but need"
+                    @if above.len() == 1 { "s" } " a role above yours (" (signed.holder.role) ")." }
+            }
             ul.actions {
                 @for action in &allowed {
                     @let dialog = format!("confirm-{}", action.segment());

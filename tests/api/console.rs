@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use lcm::config::Role;
 use lcm::console::actions::TrialAction;
+use lcm::sim::{Component, Fault, FaultAction};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
 use serde_json::Value;
@@ -1090,4 +1091,63 @@ async fn the_search_says_what_it_takes_and_an_empty_result_says_nothing_matches(
         let page = get_page(&app, &session.cookie, &path).await;
         assert!(page.contains("No older trials."), "{path}: {page}");
     }
+}
+
+/// An address a form posts to, opened as a page (typed in the address bar, a tab opened again
+/// after a refusal drawn there), leads to the page the form is on, not to a bare 405.
+#[tokio::test]
+async fn an_address_a_form_posts_to_opened_as_a_page_leads_to_the_form_s_page() {
+    let app = spawn_app().await;
+    for (path, to) in [
+        ("/ui/trials/t1/actions/active", "/ui/trials/t1"),
+        ("/ui/trials/no%20id/actions/active", "/ui/trials"),
+        ("/ui/sign-in", "/ui/"),
+        ("/ui/sign-out", "/ui/"),
+        ("/ui/schedule/registry", "/ui/schedule"),
+        ("/ui/service/toggle", "/ui/service"),
+    ] {
+        let answer = ask(&app, path).await;
+        assert_eq!(answer.status(), StatusCode::SEE_OTHER, "{path}");
+        let location = answer
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok());
+        assert_eq!(location, Some(to), "{path}");
+    }
+}
+
+/// A trial's page offers what its state allows: an operator looking at a failed trial is told a
+/// higher role could restore or skip it; a trial paused at a wait offers Resume, not Step (the
+/// signal or callback that ends the wait does that).
+#[tokio::test]
+async fn a_trial_s_page_offers_what_fits_and_says_what_a_higher_role_could_do() {
+    let app = spawn_app_with_settings(single_attempt).await;
+    let (failed, paused) = ("console-failed", "console-paused");
+    app.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "POST",
+            "/flightplan",
+            FaultAction::Status(500),
+        )
+        .for_trial(failed),
+    );
+    app.start_trial(failed).await;
+    app.wait_failed(failed).await;
+    app.start_to_idle(paused).await;
+    let answer = app.post(&format!("/trial/{paused}/pause"), None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+
+    let operator = sign_in(&app, Role::Operator).await;
+    let page = get_page(&app, &operator.cookie, &format!("/ui/trials/{failed}")).await;
+    assert!(
+        page.contains(
+            "Restore, Skip step also fit the trial's state, but need a role above yours (operator)"
+        ),
+        "{page}"
+    );
+    assert!(page.contains("/confirm/abort"), "{page}");
+    let page = get_page(&app, &operator.cookie, &format!("/ui/trials/{paused}")).await;
+    assert!(page.contains("/confirm/resume"), "{page}");
+    assert!(!page.contains("/confirm/step"), "{page}");
 }
