@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use chrono::{DateTime, Utc};
 use reqwest::Method;
 use serde_json::{Value, json};
+use tracing::warn;
 
 use super::EngineDeps;
 use super::journal::Journal;
@@ -95,11 +96,27 @@ pub async fn run(cx: &mut StepCx<'_>) -> Result<(), StepError> {
         Step::UpdateStatusFinish => cx.update_status("FINISHED").await,
         Step::RemoveCallbackToken => remove_callback_token(cx).await,
         Step::Finish => Ok(()),
-        Step::UpdateStatusAborted => {
-            let status = cx.deps.settings.executor.aborted_repository_status.clone();
-            cx.update_status(&status).await
-        }
+        Step::UpdateStatusAborted => report_aborted(cx).await,
     }
+}
+
+/// The repository told the trial is aborted, once everything is undone. Its refusal for good
+/// (404: it no longer has the trial; 409 or 422: it takes no such status now) is not a failure
+/// of the clean-up: nothing is left to undo, and asking again would be answered the same. It is
+/// logged, recorded with the answers, and the trial ends aborted.
+async fn report_aborted(cx: &mut StepCx<'_>) -> Result<(), StepError> {
+    let status = cx.deps.settings.executor.aborted_repository_status.clone();
+    let path = format!("trial/{}/", cx.id);
+    let request =
+        Outbound::new(Service::TrialRepository, Method::PUT, path).json(json!({"status": status}));
+    match cx.call_expecting(request, &[204, 404, 409, 422]).await? {
+        (204, _) => cx.data.repository_status = Some(status),
+        (refused, _) => warn!(
+            status = refused,
+            "the trial repository refused the {status} status for good: the trial is aborted all the same, with nothing left to undo"
+        ),
+    }
+    Ok(())
 }
 
 fn get_callback_token(cx: &mut StepCx<'_>) -> Result<(), StepError> {

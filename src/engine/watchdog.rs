@@ -498,9 +498,20 @@ impl Watchdog {
                     .iter()
                     .map(|l| format!("{} {}", l.kind.name(), l.id))
                     .collect::<Vec<_>>();
+                let left = match leftovers.is_empty() {
+                    true => "no slice or measurement job is left (the reason says what failed)",
+                    false => "what it names is still deployed",
+                };
+                let retry = match self.shared.deps.settings.executor.cleanup_failed_after_secs {
+                    Some(after) => format!(
+                        "it is tried again on its own in {} s (executor.cleanup_failed_after_secs), or at once with POST /trial/{{id}}/abort",
+                        auto_abort_delay(after, true, self.auto_abort_rounds)
+                    ),
+                    None => "POST /trial/{id}/abort retries it".to_owned(),
+                };
                 warn!(
                     leftovers = %leftovers.join(", "),
-                    "the clean-up after an abort failed: what it names is still deployed; POST /trial/{{id}}/abort retries it (a restore is refused)"
+                    "the clean-up after an abort failed: {left}; {retry} (a restore is refused)"
                 );
             }
             None => info!("failure procedure done; checkpoint kept for a restore"),

@@ -441,6 +441,22 @@ async fn at_idle_with_the_job_deletion_failing(app: &TestApp, id: &str) {
     );
 }
 
+/// With `executor.cleanup_failed_after_secs` set, the log says the failed clean-up is tried
+/// again on its own, and when.
+#[tokio::test]
+async fn the_log_says_when_a_failed_clean_up_is_tried_again_on_its_own() {
+    let app = spawn_binary_with(BinaryOptions {
+        env: &[("LCM__EXECUTOR__CLEANUP_FAILED_AFTER_SECS", "3600")],
+        ..BinaryOptions::default()
+    })
+    .await;
+    let id = "retried-on-its-own";
+    at_idle_with_the_job_deletion_failing(&app, id).await;
+    abort_until_cleanup_fails(&app, id, "DeleteMeasurementJob").await;
+    let left = logged(&app, &[id, "still deployed"]).await;
+    assert!(left.contains("tried again on its own in 3600 s"), "{left}");
+}
+
 #[tokio::test]
 async fn the_log_says_a_clean_up_failed_what_it_left_and_that_abort_retries_it() {
     let app = spawn_binary().await;
@@ -1327,4 +1343,43 @@ async fn an_abort_after_a_restart_deletes_the_job_whose_creation_the_stop_cut_sh
         sent.contains(&format!("DELETE /measurementjobs/mj-{id}")),
         "{sent:?}"
     );
+}
+
+/// Once everything is undone, the repository's refusal of the ABORTED status for good (it no
+/// longer has the trial, or takes no such status now) does not keep the trial failed: there is
+/// nothing left to undo, and asking again would be answered the same.
+#[tokio::test]
+async fn a_repository_that_refuses_aborted_for_good_does_not_keep_the_trial_failed() {
+    let app = spawn_app_with_settings(single_attempt).await;
+    for (id, refusal) in [("aborted-unknown", 404), ("aborted-conflict", 409)] {
+        app.start_to_idle(id).await;
+        app.platform.inject(
+            Fault::new(
+                Component::Repository,
+                "PUT",
+                "/trial/",
+                FaultAction::Json(refusal, json!({"detail": "refused"})),
+            )
+            .for_trial(id),
+        );
+        let aborted = app.post(&format!("/trial/{id}/abort"), None).await;
+        assert_eq!(aborted.status, StatusCode::OK, "{aborted:?}");
+        let status = app
+            .wait_for(id, "Aborted", |s| {
+                s["engine_status"] == "Aborted" || s["engine_status"] == "Failed"
+            })
+            .await;
+        assert_eq!(status["engine_status"], "Aborted", "{status}");
+        let answers = app.get(&format!("/trial/{id}/responses")).await.body;
+        let last = answers["responses"]
+            .as_array()
+            .and_then(|all| {
+                all.iter()
+                    .rev()
+                    .find(|r| r["step"] == "UpdateStatusAborted")
+            })
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(last["status"], refusal, "{answers}");
+    }
 }
