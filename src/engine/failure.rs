@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 
 use super::EngineShared;
 use super::redact::{REDACTED, Redactor};
-use super::state::{Checkpoint, Position, ResponseRecord};
+use super::state::{Checkpoint, Lifecycle, Position, ResponseRecord};
 use super::steps::recorder;
 use crate::config::Settings;
 use crate::domain::TrialId;
@@ -126,5 +126,34 @@ async fn write_file(shared: &EngineShared, checkpoint: &Checkpoint, redactor: &R
     match tokio::fs::write(&path, text).await {
         Ok(()) => info!(file = %path.display(), "failure file written"),
         Err(e) => error!(error = %e, file = %path.display(), "cannot write the failure file"),
+    }
+}
+
+/// Notes in the trial's failure file, if it has one, that the trial ended after that failure
+/// (`lifecycle`: restored and finished, or cleaned up by an abort): what the file says was left
+/// deployed is not any more, and a reader at the file alone learns it.
+pub async fn resolve_file(shared: &EngineShared, lifecycle: Lifecycle) {
+    let path = failure_file(&shared.deps.settings, &shared.id);
+    let Ok(text) = tokio::fs::read(&path).await else {
+        return;
+    };
+    let Ok(Value::Object(mut content)) = serde_json::from_slice::<Value>(&text) else {
+        warn!(file = %path.display(), "the failure file is not the JSON it was written as: left as it is");
+        return;
+    };
+    let how = match lifecycle {
+        Lifecycle::Aborted => "aborted: its clean-up undid everything it had deployed",
+        _ => "restored, and finished",
+    };
+    content.insert(
+        "resolved".to_owned(),
+        json!({"at": Utc::now(), "engine_status": lifecycle.engine_status(), "how": how}),
+    );
+    let text = serde_json::to_string_pretty(&content).unwrap_or_default();
+    match tokio::fs::write(&path, text).await {
+        Ok(()) => info!(file = %path.display(), "failure file marked resolved"),
+        Err(e) => {
+            warn!(error = %e, file = %path.display(), "cannot mark the failure file resolved")
+        }
     }
 }

@@ -383,7 +383,14 @@ fn measurement_id(job: &Value) -> Option<String> {
 /// still being processed): the step fails and the job stays a leftover, for a later abort.
 async fn recover_measurement_job(cx: &mut StepCx<'_>) -> Result<String, StepError> {
     let request = measurement_job_request(cx)?;
-    let (_, reply) = cx.call_expecting(request, &[201, 200]).await?;
+    let (_, reply) = cx
+        .call_expecting(request, &[201, 200])
+        .await
+        .map_err(|StepError(why)| {
+            StepError(format!(
+                "the job's creation was never answered, so it was sent again (same Idempotency-Key) to learn the job's id: {why}"
+            ))
+        })?;
     keep_measurement_job(cx, &reply)
 }
 

@@ -264,6 +264,10 @@ impl Watchdog {
                     match result {
                         Ok(ExecutorExit::Finished | ExecutorExit::Aborted) => {
                             self.answer_pending_abort();
+                            // Restored or cleaned up after a failure: its file says it ended.
+                            if self.checkpoint.run > 0 {
+                                failure::resolve_file(&self.shared, self.lifecycle).await;
+                            }
                             if self.saved {
                                 return self.leave();
                             }

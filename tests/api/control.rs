@@ -485,6 +485,19 @@ async fn the_log_says_a_clean_up_failed_what_it_left_and_that_abort_retries_it()
     );
     app.wait_for(id, "Aborted", |s| s["engine_status"] == "Aborted")
         .await;
+    // The failure file, which names the job left, says the trial ended since.
+    let file = eventually("the failure file marked resolved", || async {
+        match app.failure_file(id) {
+            Some(file) if file["resolved"].is_object() => Ok(file),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(file["resolved"]["engine_status"], "Aborted", "{file}");
+    assert_eq!(
+        file["cleanup_failed"], true,
+        "the failure itself is kept: {file}"
+    );
 }
 
 #[tokio::test]
@@ -1382,4 +1395,23 @@ async fn a_repository_that_refuses_aborted_for_good_does_not_keep_the_trial_fail
             .unwrap_or_default();
         assert_eq!(last["status"], refusal, "{answers}");
     }
+}
+
+/// A clean-up that must send a job's creation again to learn its id, and is refused, says so:
+/// the reason names the delete's step and why it sent a creation.
+#[tokio::test]
+async fn a_clean_up_that_cannot_learn_the_job_s_id_says_why_it_sent_a_creation() {
+    let app = spawn_app_with_settings(single_attempt).await;
+    let id = "job-never-answered";
+    app.platform
+        .inject(measurement_job_fault(id, FaultAction::Status(500)));
+    app.start_trial(id).await;
+    app.wait_failed(id).await;
+    app.platform
+        .inject(measurement_job_fault(id, FaultAction::Status(500)));
+    let failed = abort_until_cleanup_fails(&app, id, "DeleteMeasurementJob").await;
+    assert_failure_says(
+        &failed,
+        "the job's creation was never answered, so it was sent again (same Idempotency-Key) to learn the job's id",
+    );
 }
