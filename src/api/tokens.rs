@@ -34,7 +34,7 @@ struct Minted {
 
 /// Verifies a presented token for `id`: signature, expiry, trial, revocation, and that the
 /// trial's engine, in memory or only in the store once it has left memory, is neither finished
-/// nor failed. A trial with no engine at all gives `None`: the caller decides (a callback or a
+/// nor failed, and started before the token was minted. A trial with no engine at all gives `None`: the caller decides (a callback or a
 /// check answers 404, a revocation goes ahead).
 pub async fn check_token(
     state: &AppState,
@@ -44,7 +44,18 @@ pub async fn check_token(
     let claims = state.tokens.verify(token, id)?;
     match state.find_trial(id).await {
         Ok(Found::Engine(engine)) => {
-            accepting(id, engine.snapshot().engine_status())?;
+            let (status, started) = {
+                let shown = engine.snapshot();
+                (shown.engine_status(), shown.created_at)
+            };
+            accepting(id, status)?;
+            // A token minted for an earlier run of the trial (deleted, then scheduled again)
+            // does not speak for this one: this run's tokens were all minted after it started.
+            if claims.iat < started.timestamp() {
+                return Err(ApiError::forbidden(format!(
+                    "the token was issued before this run of trial '{id}' started ({started}): a token of an earlier run is not accepted"
+                )));
+            }
             Ok((claims, Some(engine)))
         }
         Ok(Found::Stored(record)) => {

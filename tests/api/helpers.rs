@@ -1115,7 +1115,7 @@ pub fn signed_token(secret: &str, trial: &str, exp_in_secs: i64) -> String {
     let now = Utc::now().timestamp();
     let claims = json!({
         "trial_id": trial,
-        "iat": now.min(now + exp_in_secs) - 60,
+        "iat": now.min(now + exp_in_secs),
         "exp": now + exp_in_secs,
         "jti": uuid::Uuid::new_v4().to_string(),
     });

@@ -232,3 +232,34 @@ async fn a_token_of_an_ended_trial_is_refused_the_same_once_it_has_left_memory()
         assert_eq!(after.detail(), before.detail());
     }
 }
+
+/// A token minted during one run of a trial does not speak for a later run of the same trial
+/// id (deleted, then scheduled again); the later run's own tokens do.
+#[tokio::test]
+async fn a_token_of_an_earlier_run_of_the_trial_is_403() {
+    let app = spawn_app().await;
+    let id = "run-twice";
+    app.start_to_idle(id).await;
+    let earlier = mint(&app, id).await;
+    assert_eq!(check(&app, id, Some(&earlier)).await.status, StatusCode::OK);
+    let deleted = app.delete(&format!("/debug/engine/{id}")).await;
+    assert_eq!(deleted.status, StatusCode::OK, "{deleted:?}");
+    // Tokens carry their time in whole seconds: the next run starts in a later one.
+    let minted_in = chrono::Utc::now().timestamp();
+    eventually("the next second", || async {
+        match chrono::Utc::now().timestamp() > minted_in {
+            true => Ok(()),
+            false => Err("the same second".to_owned()),
+        }
+    })
+    .await;
+    app.start_to_idle(id).await;
+
+    let refused = check(&app, id, Some(&earlier)).await;
+    assert_detail(&refused, StatusCode::FORBIDDEN);
+    assert!(refused.detail().contains("earlier run"), "{refused:?}");
+    let callback = app.callback(id, "slice", Some(&earlier)).await;
+    assert_eq!(callback.status, StatusCode::FORBIDDEN, "{callback:?}");
+    let current = mint(&app, id).await;
+    assert_eq!(check(&app, id, Some(&current)).await.status, StatusCode::OK);
+}
