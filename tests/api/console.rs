@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use lcm::config::Role;
 use lcm::console::actions::TrialAction;
-use lcm::sim::{Component, Fault, FaultAction};
+use lcm::sim::FaultAction;
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
 use serde_json::Value;
@@ -1123,15 +1123,8 @@ async fn an_address_a_form_posts_to_opened_as_a_page_leads_to_the_form_s_page() 
 async fn a_trial_s_page_offers_what_fits_and_says_what_a_higher_role_could_do() {
     let app = spawn_app_with_settings(single_attempt).await;
     let (failed, paused) = ("console-failed", "console-paused");
-    app.platform.inject(
-        Fault::new(
-            Component::Enforcement,
-            "POST",
-            "/flightplan",
-            FaultAction::Status(500),
-        )
-        .for_trial(failed),
-    );
+    app.platform
+        .inject(flight_plan_fault(failed, FaultAction::Status(500)));
     app.start_trial(failed).await;
     app.wait_failed(failed).await;
     app.start_to_idle(paused).await;

@@ -696,16 +696,8 @@ async fn a_failed_trial_left_alone_is_cleaned_up_on_its_own() {
     .await;
     let (restored, left) = ("restored-in-time", "left-alone");
     for id in [restored, left] {
-        app.platform.inject(
-            Fault::new(
-                Component::Enforcement,
-                "POST",
-                "/flightplan",
-                FaultAction::Status(500),
-            )
-            .for_trial(id)
-            .times(1),
-        );
+        app.platform
+            .inject(flight_plan_fault(id, FaultAction::Status(500)));
     }
     app.start_trial(restored).await;
     app.wait_failed(restored).await;

@@ -1172,6 +1172,13 @@ pub fn slice_deployment_fault(id: &str, action: FaultAction) -> Fault {
         .times(1)
 }
 
+/// Trial enforcement meets trial `id`'s next flight plan with `action`, once.
+pub fn flight_plan_fault(id: &str, action: FaultAction) -> Fault {
+    Fault::new(Component::Enforcement, "POST", "/flightplan", action)
+        .for_trial(id)
+        .times(1)
+}
+
 /// KPI monitoring meets a marking (`POST /markKPIData`) with `action`, as often as the fault
 /// says (every time, unless limited).
 pub fn kpi_marking_fault(action: FaultAction) -> Fault {

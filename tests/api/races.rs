@@ -23,16 +23,8 @@ async fn once_a_delete_answers_no_request_of_the_trial_leaves() {
     let app = spawn_app_with_settings(single_attempt).await;
     let raced: Vec<String> = (0..8).map(|i| format!("raced-{i}")).collect();
     for id in &raced {
-        app.platform.inject(
-            Fault::new(
-                Component::Enforcement,
-                "POST",
-                "/flightplan",
-                FaultAction::Status(500),
-            )
-            .for_trial(id)
-            .times(1),
-        );
+        app.platform
+            .inject(flight_plan_fault(id, FaultAction::Status(500)));
         app.start_trial(id).await;
     }
     for id in &raced {

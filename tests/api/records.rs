@@ -181,15 +181,8 @@ async fn a_checkpoint_stays_the_same_size_however_long_the_trial_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_listing_pages_newest_first_with_every_filter() {
     let app = spawn_app_with_settings(single_attempt).await;
-    app.platform.inject(
-        Fault::new(
-            Component::Enforcement,
-            "POST",
-            "/flightplan",
-            FaultAction::Status(500),
-        )
-        .for_trial("list-failed"),
-    );
+    app.platform
+        .inject(flight_plan_fault("list-failed", FaultAction::Status(500)));
     for id in ["list-idle", "list-failed", "list-done"] {
         app.start_trial(id).await;
         app.wait_engine(id).await;
