@@ -621,7 +621,10 @@ impl Executor {
         let at = |secs: u64| Deadline::now() + Duration::from_secs(secs);
         // The wait's time counts from when the trial reached it, across restarts.
         let since = *self.checkpoint.waiting_since.get_or_insert_with(Utc::now);
-        let after = |secs: u64| when(since + chrono::Duration::seconds(secs as i64));
+        // (Settings hold at most ten years.)
+        let after = |secs: u64| {
+            when(since + chrono::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 1000)))
+        };
         let (limit, heartbeat_secs, trial_deadline) = match spec.waiter {
             Waiter::Component => (
                 Some(after(executor.callback_timeout_secs)),
