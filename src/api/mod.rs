@@ -149,7 +149,7 @@ pub fn router(state: AppState) -> Router {
                     tracing::debug_span!(
                         "request",
                         method = %request.method(),
-                        path = request.uri().path(),
+                        path = at_most_chars(request.uri().path(), 200),
                     )
                 })
                 .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
@@ -178,6 +178,14 @@ pub fn layered_api(state: &AppState) -> Router<AppState> {
         .layer(DefaultBodyLimit::max(max_body))
         .layer(RequestBodyLimitLayer::new(max_body))
         .layer(axum::middleware::map_response(error::json_errors))
+}
+
+/// The first `max` characters of `text`, borrowed: what a log line keeps of a path, which the
+/// client chose.
+fn at_most_chars(text: &str, max: usize) -> &str {
+    text.char_indices()
+        .nth(max)
+        .map_or(text, |(cut, _)| &text[..cut])
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

@@ -325,7 +325,7 @@ async fn the_log_names_the_url_and_the_cause_of_an_unreachable_service() {
 }
 
 /// At `debug`, each request's line names its path, not its query: a token a client put there
-/// is not written.
+/// is not written; and no more than the path's first 200 characters.
 #[tokio::test]
 async fn a_token_sent_in_a_query_is_not_written_in_the_log() {
     let app = spawn_binary_with(BinaryOptions {
@@ -342,4 +342,10 @@ async fn a_token_sent_in_a_query_is_not_written_in_the_log() {
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{answer:?}");
     logged(&app, &["/token/queried-token"]).await;
     assert!(!log_text(&app).contains(&token), "the token is in the log");
+    // A path is the client's too: a line keeps its first 200 characters.
+    let long = format!("/trial/{}/active", "k".repeat(60_000));
+    assert_eq!(app.post(&long, None).await.status, StatusCode::BAD_REQUEST);
+    logged(&app, &["request refused", "/trial/{trial_id}/active"]).await;
+    let longest = log_text(&app).lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 5_000, "a log line of {longest} bytes");
 }
