@@ -51,7 +51,7 @@ pub async fn check_token(
             accepting(id, status)?;
             // A token minted for an earlier run of the trial (deleted, then scheduled again)
             // does not speak for this one: this run's tokens were all minted after it started.
-            if claims.iat < started.timestamp() {
+            if claims.issued_before(started) {
                 return Err(ApiError::forbidden(format!(
                     "the token was issued before this run of trial '{id}' started ({started}): a token of an earlier run is not accepted"
                 )));
