@@ -819,7 +819,16 @@ impl Executor {
     }
 
     /// A component's progress report: shown in the status and the history.
-    fn progress(&self, report: ProgressReport) {
+    fn progress(&self, mut report: ProgressReport) {
+        // A component may quote a secret (its credentials, the trial's token): what is kept
+        // and shown of its report is redacted, as its answers are.
+        if let Some(message) = &mut report.message {
+            let redactor = self
+                .deps
+                .redactor
+                .with(self.checkpoint.data.token.as_deref());
+            *message = redactor.text(message);
+        }
         let detail = match (&report.progress, &report.message) {
             (Some(p), Some(m)) => Some(format!("{p}%: {m}")),
             (Some(p), None) => Some(format!("{p}%")),

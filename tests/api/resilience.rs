@@ -985,3 +985,38 @@ async fn the_demo_shows_progress_as_it_comes() {
         "{stdout}"
     );
 }
+
+/// A component's progress message that quotes a secret (the trial's token, a configured
+/// credential) is kept and shown redacted, as its answers are.
+#[tokio::test]
+async fn a_secret_in_a_progress_message_is_redacted_where_it_is_shown() {
+    let app = spawn_app_with_settings(|s| {
+        s.services.abstraction_layer.password = lcm::config::Secret::new("al-secret-pw");
+    })
+    .await;
+    let id = "progress-secret";
+    app.platform.inject(drop_slice_callback(id));
+    app.start_trial(id).await;
+    app.wait_waiting(id, WAITING_SLICE).await;
+    let token = app.token_of(id);
+    let report = json!({"progress": 10, "message": format!("using {token} and al-secret-pw")});
+    let answer = app
+        .call_as(
+            Method::POST,
+            &format!("/trial/{id}/callback/progress"),
+            Some(report),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    let status = app.trial_status(id).await;
+    assert_eq!(
+        status["progress_message"], "using [redacted] and [redacted]",
+        "{status}"
+    );
+    let history = format!("{:?}", app.history(id).await);
+    assert!(
+        !history.contains(&token) && !history.contains("al-secret-pw"),
+        "{history}"
+    );
+}
