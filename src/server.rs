@@ -274,6 +274,10 @@ async fn serve_connection(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 format!("the request head has more than {MAX_HEADER_FIELDS} header fields"),
             )),
+            Verdict::Malformed(why) => Some((
+                StatusCode::BAD_REQUEST,
+                format!("the request head is not valid HTTP/1.1: {why}"),
+            )),
             Verdict::HeadTimeout { started: true } => Some((
                 StatusCode::REQUEST_TIMEOUT,
                 format!(
@@ -324,6 +328,8 @@ enum Verdict {
     HeadTooLarge,
     /// The head has more than [`MAX_HEADER_FIELDS`] header fields.
     TooManyFields,
+    /// The head is not HTTP/1.1 (what is wrong with it).
+    Malformed(Malformed),
     /// The head was not complete in time; `started` if any of it had arrived.
     HeadTimeout { started: bool },
     /// No request came within the idle timeout.
@@ -335,65 +341,99 @@ enum Verdict {
 /// Where a connection stands.
 #[derive(Debug, Clone, Copy)]
 enum Stage {
-    /// Waiting for a request head since `since`; `bytes` of it read so far, in `lines`.
-    Head {
-        since: Instant,
-        bytes: usize,
-        lines: HeadLines,
-    },
+    /// Waiting for a request head since `since`; `bytes` of it read so far.
+    Head { since: Instant, bytes: usize },
     /// Requests in the router, or responses not yet taken whole by hyper.
     Busy { requests: usize },
     /// Between requests since `since`.
     Idle { since: Instant },
 }
 
-/// The lines of a request head, counted as its bytes arrive, up to the empty line that ends it.
+/// What is wrong with a head that is not HTTP/1.1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct HeadLines {
-    /// Lines ended so far: the request line, then one for each header field.
-    lines: usize,
-    /// The line being read has nothing in it yet (but a `\r`).
-    blank: bool,
-    /// The empty line has come: what follows is a body.
-    ended: bool,
+enum Malformed {
+    /// It does not parse.
+    Parse(httparse::Error),
+    /// Its request target is not a URI.
+    Target,
+    /// Its `Content-Length` is not one number.
+    ContentLength,
 }
 
-impl HeadLines {
-    fn new() -> Self {
-        Self {
-            lines: 0,
-            blank: true,
-            ended: false,
+impl std::fmt::Display for Malformed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Parse(e) => e.fmt(f),
+            Self::Target => f.write_str("invalid request target"),
+            Self::ContentLength => f.write_str("invalid Content-Length"),
         }
     }
+}
 
-    fn read(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            if self.ended {
-                return;
+/// A request head as it arrives, parsed each time more of it comes (with `httparse`, as hyper
+/// parses it), so that a head hyper would refuse with a bare 400 or 431 is refused here first,
+/// with a detail.
+#[derive(Debug, Default)]
+struct HeadCheck {
+    /// What has come of the head so far (its bytes are also hyper's).
+    read: Vec<u8>,
+    /// The head is whole and valid: what follows is a body.
+    complete: bool,
+}
+
+impl HeadCheck {
+    /// Takes `more` of the head; answers why the head must be refused, if it must.
+    fn read(&mut self, more: &[u8]) -> Option<Verdict> {
+        if self.complete {
+            return None;
+        }
+        self.read.extend_from_slice(more);
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADER_FIELDS];
+        let mut request = httparse::Request::new(&mut fields);
+        match request.parse(&self.read) {
+            Ok(httparse::Status::Partial) => None,
+            Ok(httparse::Status::Complete(_)) => {
+                let refusal = refusal_of(&request);
+                self.complete = true;
+                self.read = Vec::new();
+                refusal
             }
-            match byte {
-                // An empty line before the request line is skipped, as HTTP allows.
-                b'\n' if self.blank && self.lines > 0 => self.ended = true,
-                b'\n' if self.blank => {}
-                b'\n' => {
-                    self.lines += 1;
-                    self.blank = true;
-                }
-                b'\r' => {}
-                _ => self.blank = false,
-            }
+            Err(httparse::Error::TooManyHeaders) => Some(Verdict::TooManyFields),
+            Err(e) => Some(Verdict::Malformed(Malformed::Parse(e))),
         }
     }
+}
 
-    fn too_many_fields(&self) -> bool {
-        self.lines.saturating_sub(1) > MAX_HEADER_FIELDS
+/// What hyper refuses in a head that parses: a request target that is not a URI, a
+/// `Content-Length` that is not one number.
+fn refusal_of(request: &httparse::Request<'_, '_>) -> Option<Verdict> {
+    if request
+        .path
+        .is_some_and(|path| path.parse::<axum::http::Uri>().is_err())
+    {
+        return Some(Verdict::Malformed(Malformed::Target));
     }
+    let mut lengths = request
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .map(|h| {
+            std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        });
+    let first = lengths.next();
+    if matches!(first, Some(None)) || lengths.any(|length| length != first.flatten()) {
+        return Some(Verdict::Malformed(Malformed::ContentLength));
+    }
+    None
 }
 
 #[derive(Debug)]
 struct State {
     stage: Stage,
+    /// The head being read (while `stage` is `Head`).
+    head: HeadCheck,
     write_blocked_since: Option<Instant>,
     refused: Option<Verdict>,
 }
@@ -415,8 +455,8 @@ impl Watch {
                 stage: Stage::Head {
                     since: Instant::now(),
                     bytes: 0,
-                    lines: HeadLines::new(),
                 },
+                head: HeadCheck::default(),
                 write_blocked_since: None,
                 refused: None,
             }),
@@ -437,33 +477,31 @@ impl Watch {
         }
     }
 
-    /// Takes `read` into account; answers whether the head it belongs to has too many
-    /// header fields (then it must not reach hyper).
-    fn read(&self, read: &[u8]) -> bool {
+    /// Takes `read` into account; answers why the head it belongs to must be refused, if it
+    /// must (then it must not reach hyper).
+    fn read(&self, read: &[u8]) -> Option<Verdict> {
         if read.is_empty() {
-            return false;
+            return None;
         }
         let mut state = self.state();
         match &mut state.stage {
             Stage::Idle { .. } => {
-                let mut lines = HeadLines::new();
-                lines.read(read);
                 state.stage = Stage::Head {
                     since: Instant::now(),
                     bytes: read.len(),
-                    lines,
                 };
+                state.head = HeadCheck::default();
+                let refusal = state.head.read(read);
                 drop(state);
                 self.changed.notify_one();
-                lines.too_many_fields()
+                refusal
             }
-            Stage::Head { bytes, lines, .. } => {
+            Stage::Head { bytes, .. } => {
                 *bytes += read.len();
-                lines.read(read);
-                lines.too_many_fields()
+                state.head.read(read)
             }
             // A body, or the start of a pipelined request: counted once this one is done.
-            Stage::Busy { .. } => false,
+            Stage::Busy { .. } => None,
         }
     }
 
@@ -627,10 +665,10 @@ impl AsyncRead for Guarded {
             let n = limited.filled().len();
             buf.advance(n);
         }
-        if this.watch.read(&buf.filled()[before..]) {
-            // Taken back: hyper would answer a bare 431. The connection's task answers it.
+        if let Some(refusal) = this.watch.read(&buf.filled()[before..]) {
+            // Taken back: hyper would answer a bare 400 or 431. The connection's task answers.
             buf.set_filled(before);
-            this.watch.refuse(Verdict::TooManyFields);
+            this.watch.refuse(refusal);
             return Poll::Pending;
         }
         Poll::Ready(Ok(()))
@@ -788,27 +826,27 @@ mod tests {
     async fn the_head_budget_counts_only_head_bytes() {
         let watch = Arc::new(Watch::new(limits()));
         assert_eq!(watch.head_budget(), Some(MAX_HEAD_BYTES));
-        assert!(!watch.read(&[b'a'; 1000]));
+        assert!(watch.read(&[b'a'; 1000]).is_none());
         assert_eq!(watch.head_budget(), Some(MAX_HEAD_BYTES - 1000));
         let busy = watch.request_started();
         assert!(
-            !watch.read(&vec![b'\n'; 10 * MAX_HEAD_BYTES]),
+            watch.read(&vec![b'\n'; 10 * MAX_HEAD_BYTES]).is_none(),
             "a body is not a head"
         );
         assert_eq!(watch.head_budget(), None, "a body is not a head");
         drop(busy);
         assert_eq!(watch.head_budget(), Some(MAX_HEAD_BYTES));
-        assert!(!watch.read(&vec![b'a'; MAX_HEAD_BYTES]));
+        assert!(watch.read(&vec![b'a'; MAX_HEAD_BYTES]).is_none());
         assert_eq!(watch.head_budget(), Some(0));
         assert_eq!(watch.verdict(Instant::now()), None);
         watch.refuse(Verdict::HeadTooLarge);
         assert_eq!(watch.verdict(Instant::now()), Some(Verdict::HeadTooLarge));
     }
 
-    /// A head's header fields are its lines after the request line, up to the empty line that
-    /// ends it, however its bytes arrive; what follows (a body) is not counted.
+    /// A head is parsed as it arrives, however its bytes come: one hyper would refuse with a
+    /// bare answer is refused here first; what follows a whole head (a body) is not looked at.
     #[test]
-    fn a_head_s_header_fields_are_counted_up_to_its_end() {
+    fn a_head_is_checked_as_it_arrives() {
         let head = |fields: usize| {
             let mut head = String::from("\r\nPOST / HTTP/1.1\r\n");
             for i in 0..fields {
@@ -816,17 +854,33 @@ mod tests {
             }
             head + "\r\n" + &"\n".repeat(500)
         };
-        for (fields, too_many) in [(MAX_HEADER_FIELDS, false), (MAX_HEADER_FIELDS + 1, true)] {
-            let text = head(fields);
-            let mut whole = HeadLines::new();
-            whole.read(text.as_bytes());
-            assert_eq!(whole.too_many_fields(), too_many, "{fields} fields");
-            let mut bytewise = HeadLines::new();
-            text.as_bytes().chunks(1).for_each(|b| bytewise.read(b));
-            assert_eq!(bytewise, whole, "{fields} fields, a byte at a time");
+        let check = |text: &str, bytewise: bool| {
+            let mut check = HeadCheck::default();
+            match bytewise {
+                true => text.as_bytes().chunks(1).find_map(|b| check.read(b)),
+                false => check.read(text.as_bytes()),
+            }
+        };
+        for bytewise in [false, true] {
+            assert_eq!(check(&head(MAX_HEADER_FIELDS), bytewise), None);
+            assert_eq!(
+                check(&head(MAX_HEADER_FIELDS + 1), bytewise),
+                Some(Verdict::TooManyFields)
+            );
+            for bad in [
+                "GARBAGE\r\n\r\n",
+                "GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+                "GET http://[::1/ HTTP/1.1\r\n\r\n",
+                "POST / HTTP/1.1\r\nContent-Length: ten\r\n\r\n",
+                "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            ] {
+                assert!(
+                    matches!(check(bad, bytewise), Some(Verdict::Malformed(_))),
+                    "{bad:?}"
+                );
+            }
+            let fine = "POST /x HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc";
+            assert_eq!(check(fine, bytewise), None);
         }
-        let mut bare = HeadLines::new();
-        bare.read(b"GET / HTTP/1.1\nHost: x\n\nbody\n\n\n");
-        assert_eq!((bare.lines, bare.ended), (2, true));
     }
 }

@@ -418,6 +418,35 @@ async fn a_head_with_too_many_header_fields_gets_431_json() {
     assert_eq!(served.status(), StatusCode::OK);
 }
 
+/// A request head that is not HTTP/1.1 (a bad request line, header field, target or
+/// `Content-Length`) is answered 400 with a detail, like every error, and the connection closed.
+#[tokio::test]
+async fn a_head_that_is_not_http_gets_400_json() {
+    let app = spawn_binary().await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    for head in [
+        "GARBAGE\r\n\r\n",
+        "GET /status HTTP/1.1\r\nBad Header: x\r\n\r\n",
+        "GET http://[::1/ HTTP/1.1\r\nHost: x\r\n\r\n",
+        "POST /trial/t1/abort HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n",
+    ] {
+        let mut stream = TcpStream::connect(&address).await.expect("connected");
+        stream.write_all(head.as_bytes()).await.expect("sent");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.expect("read");
+        assert!(answer.starts_with("HTTP/1.1 400"), "{head:?}: {answer}");
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let detail: Value = serde_json::from_str(body).unwrap_or_default();
+        assert!(
+            detail["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("not valid HTTP/1.1")),
+            "{head:?}: {answer}"
+        );
+    }
+    assert_eq!(app.get("/status").await.status, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn sigterm_ends_the_process_within_the_grace_whatever_the_clients_do() {
     let mut app = spawn_binary_with(BinaryOptions {
