@@ -418,9 +418,10 @@ fn refusal_of(request: &httparse::Request<'_, '_>) -> Option<Verdict> {
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
         .map(|h| {
-            std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
+            // Digits only, as hyper reads it (`parse` alone would take a sign).
+            let value = std::str::from_utf8(h.value).ok()?.trim();
+            let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+            digits.then(|| value.parse::<u64>().ok()).flatten()
         });
     let first = lengths.next();
     if matches!(first, Some(None)) || lengths.any(|length| length != first.flatten()) {
@@ -872,6 +873,7 @@ mod tests {
                 "GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
                 "GET http://[::1/ HTTP/1.1\r\n\r\n",
                 "POST / HTTP/1.1\r\nContent-Length: ten\r\n\r\n",
+                "POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\nabc",
                 "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             ] {
                 assert!(
