@@ -101,15 +101,21 @@ pub async fn run(cx: &mut StepCx<'_>) -> Result<(), StepError> {
 }
 
 /// The repository told the trial is aborted, once everything is undone. Its refusal for good
-/// (404: it no longer has the trial; 409 or 422: it takes no such status now) is not a failure
-/// of the clean-up: nothing is left to undo, and asking again would be answered the same. It is
-/// logged, recorded with the answers, and the trial ends aborted.
+/// (a 4xx: 404 or 410, it no longer has the trial; 409 or 422, it takes no such status now; …)
+/// is not a failure of the clean-up: nothing is left to undo, and asking again would be
+/// answered the same. It is logged, recorded with the answers, and the trial ends aborted. Not
+/// so a 401 or 403 (the LCM's credentials, which can be mended), nor a 408 or 429 (asking
+/// again later may be answered): those, and a 5xx, fail the clean-up, which is retried.
 async fn report_aborted(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     let status = cx.deps.settings.executor.aborted_repository_status.clone();
     let path = format!("trial/{}/", cx.id);
     let request =
         Outbound::new(Service::TrialRepository, Method::PUT, path).json(json!({"status": status}));
-    match cx.call_expecting(request, &[204, 404, 409, 422]).await? {
+    let takes = |answer: u16| {
+        answer == 204 || ((400..500).contains(&answer) && ![401, 403, 408, 429].contains(&answer))
+    };
+    let expected = "204, or a refusal for good (a 4xx but 401, 403, 408, 429)";
+    match cx.call_accepting(request, &takes, expected).await? {
         (204, _) => cx.data.repository_status = Some(status),
         (refused, _) => warn!(
             status = refused,
@@ -588,6 +594,23 @@ impl StepCx<'_> {
         request: Outbound,
         expected: &[u16],
     ) -> Result<(u16, Value), StepError> {
+        let said: Vec<String> = expected.iter().map(u16::to_string).collect();
+        self.call_accepting(
+            request,
+            &|status| expected.contains(&status),
+            &said.join(" or "),
+        )
+        .await
+    }
+
+    /// Like [`Self::call_expecting`], for a step that takes the answers `accepts` takes
+    /// (`expected` says which, in the reason of a failure).
+    async fn call_accepting(
+        &mut self,
+        request: Outbound,
+        accepts: &(dyn Fn(u16) -> bool + Sync),
+        expected: &str,
+    ) -> Result<(u16, Value), StepError> {
         let redactor = self.deps.redactor.with(self.data.token.as_deref());
         let mut attempts = 0;
         let mut reached = false;
@@ -629,17 +652,15 @@ impl StepCx<'_> {
             request.path
         );
         let reply = reply.map_err(|e| StepError(format!("{what}: {e}{after}")))?;
-        if !expected.contains(&reply.status) {
+        if !accepts(reply.status) {
             let detail = match (&reply.unread, &reply.text) {
                 (Some(why), _) => format!(": {why}"),
                 (None, Some(text)) => format!(": {}", redactor.excerpt(text)),
                 (None, None) => String::new(),
             };
-            let expected: Vec<String> = expected.iter().map(u16::to_string).collect();
             return Err(StepError(format!(
-                "{what} answered {} (expected {}){after}{detail}",
+                "{what} answered {} (expected {expected}){after}{detail}",
                 reply.status,
-                expected.join(" or "),
             )));
         }
         if let Some(why) = reply.unread {

@@ -1356,7 +1356,12 @@ async fn an_abort_after_a_restart_deletes_the_job_whose_creation_the_stop_cut_sh
 #[tokio::test]
 async fn a_repository_that_refuses_aborted_for_good_does_not_keep_the_trial_failed() {
     let app = spawn_app_with_settings(single_attempt).await;
-    for (id, refusal) in [("aborted-unknown", 404), ("aborted-conflict", 409)] {
+    for (id, refusal) in [
+        ("aborted-unknown", 404),
+        ("aborted-conflict", 409),
+        ("aborted-gone", 410),
+        ("aborted-refused", 400),
+    ] {
         app.start_to_idle(id).await;
         app.platform.inject(
             Fault::new(
@@ -1387,6 +1392,20 @@ async fn a_repository_that_refuses_aborted_for_good_does_not_keep_the_trial_fail
             .unwrap_or_default();
         assert_eq!(last["status"], refusal, "{answers}");
     }
+    // Refused for the LCM's credentials, which can be mended: the clean-up fails, to be retried.
+    let id = "aborted-forbidden";
+    app.start_to_idle(id).await;
+    app.platform.inject(
+        Fault::new(
+            Component::Repository,
+            "PUT",
+            "/trial/",
+            FaultAction::Json(403, json!({"detail": "forbidden"})),
+        )
+        .for_trial(id),
+    );
+    let failed = abort_until_cleanup_fails(&app, id, "UpdateStatusAborted").await;
+    assert_eq!(failed["leftovers"], json!([]), "{failed}");
 }
 
 /// A clean-up that must send a job's creation again to learn its id, and is refused, says so:
