@@ -105,9 +105,16 @@ async fn write_file(shared: &EngineShared, checkpoint: &Checkpoint, redactor: &R
         shared.journal.responses(),
     );
     let redactor = redactor.clone();
+    let before = tokio::fs::read(&path).await.ok();
     let text = tokio::task::spawn_blocking(move || {
         let mut content = document(&id, &checkpoint, &responses);
         redactor.value(&mut content);
+        if let (Some(before), Value::Object(content)) = (before, &mut content) {
+            let earlier = earlier_failures(&before, content.get("reason"));
+            if !earlier.is_empty() {
+                content.insert("earlier".to_owned(), Value::Array(earlier));
+            }
+        }
         serde_json::to_string_pretty(&content).map_err(|e| e.to_string())
     })
     .await
@@ -127,6 +134,36 @@ async fn write_file(shared: &EngineShared, checkpoint: &Checkpoint, redactor: &R
         Ok(()) => info!(file = %path.display(), "failure file written"),
         Err(e) => error!(error = %e, file = %path.display(), "cannot write the failure file"),
     }
+}
+
+/// The most earlier failures a failure file lists.
+const EARLIER_KEPT: usize = 20;
+
+/// The failures a trial's failure file named before this one (`before`, its text), oldest
+/// first, each `{"reason", "failed_at"}`: a failed clean-up's file still says why the trial
+/// failed in the first place. The same reason twice in a row (a clean-up retried) is kept once.
+fn earlier_failures(before: &[u8], reason: Option<&Value>) -> Vec<Value> {
+    let Ok(Value::Object(mut before)) = serde_json::from_slice::<Value>(before) else {
+        return Vec::new();
+    };
+    let mut earlier = match before.remove("earlier") {
+        Some(Value::Array(earlier)) => earlier,
+        _ => Vec::new(),
+    };
+    let last = json!({
+        "reason": before.remove("reason").unwrap_or(Value::Null),
+        "failed_at": before.remove("failed_at").unwrap_or(Value::Null),
+    });
+    let repeated = |other: &Value| other.get("reason") == last.get("reason");
+    if last["reason"] != Value::Null
+        && Some(&last["reason"]) != reason
+        && !earlier.last().is_some_and(repeated)
+    {
+        earlier.push(last);
+    }
+    let extra = earlier.len().saturating_sub(EARLIER_KEPT);
+    earlier.drain(..extra);
+    earlier
 }
 
 /// Notes in the trial's failure file, if it has one, that the trial ended after that failure
@@ -155,5 +192,33 @@ pub async fn resolve_file(shared: &EngineShared, lifecycle: Lifecycle) {
         Err(e) => {
             warn!(error = %e, file = %path.display(), "cannot mark the failure file resolved")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(reason: &str, earlier: Value) -> Vec<u8> {
+        json!({"reason": reason, "failed_at": "t", "earlier": earlier})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn a_failure_file_keeps_the_failures_before_it_once_each() {
+        let first = file("a failed", json!([]));
+        let listed = earlier_failures(&first, Some(&json!("b failed")));
+        assert_eq!(listed, [json!({"reason": "a failed", "failed_at": "t"})]);
+        // The same failure again (a clean-up retried) adds nothing.
+        assert!(earlier_failures(&first, Some(&json!("a failed"))).is_empty());
+        let second = file("b failed", Value::Array(listed));
+        let listed = earlier_failures(&second, Some(&json!("b failed")));
+        assert_eq!(listed.len(), 1);
+        let many: Vec<Value> = (0..30).map(|i| json!({"reason": i})).collect();
+        let kept = earlier_failures(&file("c", Value::Array(many)), Some(&json!("d")));
+        assert_eq!(kept.len(), EARLIER_KEPT);
+        assert_eq!(kept.last().map(|e| e["reason"].clone()), Some(json!("c")));
+        assert!(earlier_failures(b"not json", None).is_empty());
     }
 }

@@ -1425,4 +1425,20 @@ async fn a_clean_up_that_cannot_learn_the_job_s_id_says_why_it_sent_a_creation()
         &failed,
         "the job's creation was never answered, so it was sent again (same Idempotency-Key) to learn the job's id",
     );
+    // Its failure file says why the clean-up failed, and still why the trial failed first.
+    let file = eventually("the clean-up's failure file", || async {
+        match app.failure_file(id) {
+            Some(file) if file["cleanup_failed"] == true => Ok(file),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let earlier = file["earlier"].as_array().cloned().unwrap_or_default();
+    assert_eq!(earlier.len(), 1, "{file}");
+    assert!(
+        earlier[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("CreateMeasurementJob failed")),
+        "{file}"
+    );
 }
