@@ -358,6 +358,8 @@ enum Malformed {
     Target,
     /// Its `Content-Length` is not one number.
     ContentLength,
+    /// Its `Transfer-Encoding` cannot frame a body.
+    TransferEncoding,
 }
 
 impl std::fmt::Display for Malformed {
@@ -366,25 +368,40 @@ impl std::fmt::Display for Malformed {
             Self::Parse(e) => e.fmt(f),
             Self::Target => f.write_str("invalid request target"),
             Self::ContentLength => f.write_str("invalid Content-Length"),
+            Self::TransferEncoding => f.write_str("invalid Transfer-Encoding"),
         }
     }
 }
 
-/// A request head as it arrives, parsed each time more of it comes (with `httparse`, as hyper
-/// parses it), so that a head hyper would refuse with a bare 400 or 431 is refused here first,
-/// with a detail.
+/// A connection's request heads as they arrive, each parsed each time more of it comes (with
+/// `httparse`, as hyper parses it), so that a head hyper would refuse with a bare 400 or 431 is
+/// refused here first, with a detail.
+///
+/// The bytes read while a head is awaited start a head only as long as nothing else can be in
+/// them: once a request carried a body, or came with bytes after its head (pipelined), where
+/// the next head starts is hyper's to know, and the heads after it are left to hyper.
 #[derive(Debug, Default)]
 struct HeadCheck {
     /// What has come of the head so far (its bytes are also hyper's).
     read: Vec<u8>,
     /// The head is whole and valid: what follows is a body.
     complete: bool,
+    /// Where the next head starts is no longer known: no more heads are checked.
+    lost: bool,
 }
 
 impl HeadCheck {
+    /// A new head is awaited.
+    fn next(&mut self) {
+        self.read.clear();
+        self.complete = false;
+    }
+
     /// Takes `more` of the head; answers why the head must be refused, if it must.
     fn read(&mut self, more: &[u8]) -> Option<Verdict> {
-        if self.complete {
+        // Bytes after a whole head: a body, or the next request.
+        self.lost |= self.complete;
+        if self.lost {
             return None;
         }
         self.read.extend_from_slice(more);
@@ -392,9 +409,10 @@ impl HeadCheck {
         let mut request = httparse::Request::new(&mut fields);
         match request.parse(&self.read) {
             Ok(httparse::Status::Partial) => None,
-            Ok(httparse::Status::Complete(_)) => {
+            Ok(httparse::Status::Complete(length)) => {
                 let refusal = refusal_of(&request);
                 self.complete = true;
+                self.lost = length < self.read.len() || has_body(&request);
                 self.read = Vec::new();
                 refusal
             }
@@ -404,9 +422,30 @@ impl HeadCheck {
     }
 }
 
+/// Whether a request says a body follows its head.
+fn has_body(request: &httparse::Request<'_, '_>) -> bool {
+    request.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("transfer-encoding")
+            || (h.name.eq_ignore_ascii_case("content-length") && h.value.trim_ascii() != b"0")
+    })
+}
+
 /// What hyper refuses in a head that parses: a request target that is not a URI, a
-/// `Content-Length` that is not one number.
+/// `Content-Length` that is not one number, a `Transfer-Encoding` on HTTP/1.0 or whose last
+/// coding is not `chunked`.
 fn refusal_of(request: &httparse::Request<'_, '_>) -> Option<Verdict> {
+    let codings: Vec<&[u8]> = request
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+        .flat_map(|h| h.value.split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .collect();
+    if let Some(last) = codings.last()
+        && (request.version == Some(0) || !last.eq_ignore_ascii_case(b"chunked"))
+    {
+        return Some(Verdict::Malformed(Malformed::TransferEncoding));
+    }
     if request
         .path
         .is_some_and(|path| path.parse::<axum::http::Uri>().is_err())
@@ -491,7 +530,7 @@ impl Watch {
                     since: Instant::now(),
                     bytes: read.len(),
                 };
-                state.head = HeadCheck::default();
+                state.head.next();
                 let refusal = state.head.read(read);
                 drop(state);
                 self.changed.notify_one();
@@ -501,8 +540,12 @@ impl Watch {
                 *bytes += read.len();
                 state.head.read(read)
             }
-            // A body, or the start of a pipelined request: counted once this one is done.
-            Stage::Busy { .. } => None,
+            // A body, or the start of a pipelined request: counted once this one is done, and
+            // where the next head starts is hyper's to know.
+            Stage::Busy { .. } => {
+                state.head.lost = true;
+                None
+            }
         }
     }
 
@@ -874,6 +917,8 @@ mod tests {
                 "GET http://[::1/ HTTP/1.1\r\n\r\n",
                 "POST / HTTP/1.1\r\nContent-Length: ten\r\n\r\n",
                 "POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\nabc",
+                "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+                "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
                 "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             ] {
                 assert!(
@@ -883,6 +928,30 @@ mod tests {
             }
             let fine = "POST /x HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc";
             assert_eq!(check(fine, bytewise), None);
+            let chunked = "POST /x HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+            assert_eq!(check(chunked, bytewise), None);
         }
+        // Bytes after a head (a body, the next request), or a body said to follow: where the
+        // next head starts is hyper's to know, and it is not checked.
+        for first in [
+            "GET / HTTP/1.1\r\n\r\nGET /next",
+            "POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\n",
+        ] {
+            let mut check = HeadCheck::default();
+            assert_eq!(check.read(first.as_bytes()), None);
+            check.next();
+            assert_eq!(
+                check.read(b"middle of something\r\n\r\n"),
+                None,
+                "{first:?}"
+            );
+        }
+        let mut check = HeadCheck::default();
+        assert_eq!(check.read(b"GET / HTTP/1.1\r\n\r\n"), None);
+        check.next();
+        assert!(
+            check.read(b"GARBAGE\r\n\r\n").is_some(),
+            "a clean second head is checked"
+        );
     }
 }

@@ -145,10 +145,11 @@ pub fn router(state: AppState) -> Router {
         .layer(
             TraceLayer::new_for_http()
                 // The path only: a query may hold what must not be logged (a token sent there).
+                // Both are the client's: a line keeps their start.
                 .make_span_with(|request: &axum::extract::Request| {
                     tracing::debug_span!(
                         "request",
-                        method = %request.method(),
+                        method = at_most_chars(request.method().as_str(), 20),
                         path = at_most_chars(request.uri().path(), 200),
                     )
                 })

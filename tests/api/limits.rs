@@ -447,6 +447,47 @@ async fn a_head_that_is_not_http_gets_400_json() {
     assert_eq!(app.get("/status").await.status, StatusCode::OK);
 }
 
+/// Pipelined requests (many in one write, past any read buffer, some with bodies) are each
+/// answered: the head check never takes the middle of a request for a head.
+#[tokio::test]
+async fn pipelined_requests_are_each_answered() {
+    let app = spawn_binary().await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let count = 300;
+    let mut requests = String::new();
+    for i in 0..count {
+        let close = if i + 1 == count {
+            "Connection: close\r\n"
+        } else {
+            ""
+        };
+        if i % 3 == 0 {
+            let body = r#"{"reason": "pipelined"}"#;
+            requests.push_str(&format!(
+                "POST /trial/piped-{i}/pause HTTP/1.1\r\nHost: x\r\nAuthorization: {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{close}\r\n{body}",
+                body.len()
+            ));
+        } else {
+            requests.push_str(&format!(
+                "GET /status HTTP/1.1\r\nHost: x\r\nAuthorization: {API_KEY}\r\n{close}\r\n"
+            ));
+        }
+    }
+    let mut stream = TcpStream::connect(&address).await.expect("connected");
+    stream.write_all(requests.as_bytes()).await.expect("sent");
+    let mut answers = String::new();
+    stream.read_to_string(&mut answers).await.expect("read");
+    let statuses: Vec<&str> = answers
+        .match_indices("HTTP/1.1 ")
+        .map(|(at, _)| &answers[at + 9..at + 12])
+        .collect();
+    assert_eq!(statuses.len(), count, "{:?}", &statuses);
+    assert!(
+        statuses.iter().all(|s| *s == "200" || *s == "404"),
+        "{statuses:?}"
+    );
+}
+
 #[tokio::test]
 async fn sigterm_ends_the_process_within_the_grace_whatever_the_clients_do() {
     let mut app = spawn_binary_with(BinaryOptions {
