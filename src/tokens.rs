@@ -21,18 +21,18 @@ pub struct Claims {
     pub iat: i64,
     pub exp: i64,
     pub jti: String,
-    /// When it was issued, in milliseconds (`iat` counts whole seconds): a token of an earlier
-    /// run of the trial is told from one of this run even within a second. Absent from tokens
-    /// issued before it was added.
+    /// When it was issued, in microseconds (`iat` counts whole seconds), as exact as the times
+    /// the service keeps: a token of an earlier run of the trial is told from one of this run
+    /// however soon the run was scheduled again. Absent from tokens issued before it was added.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iat_ms: Option<i64>,
+    pub iat_us: Option<i64>,
 }
 
 impl Claims {
-    /// Whether the token was issued before `instant` (to the millisecond when it says so).
+    /// Whether the token was issued before `instant` (to the microsecond when it says so).
     pub fn issued_before(&self, instant: chrono::DateTime<chrono::Utc>) -> bool {
-        match self.iat_ms {
-            Some(ms) => ms < instant.timestamp_millis(),
+        match self.iat_us {
+            Some(us) => us < instant.timestamp_micros(),
             None => self.iat < instant.timestamp(),
         }
     }
@@ -144,7 +144,7 @@ impl TokenManager {
             iat,
             exp: iat.saturating_add(self.ttl_secs),
             jti: uuid::Uuid::new_v4().to_string(),
-            iat_ms: Some(now.timestamp_millis()),
+            iat_us: Some(now.timestamp_micros()),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|_| TokenError::Invalid)
@@ -270,7 +270,7 @@ mod tests {
         assert_eq!(tokens.verify(&token, &t1), Err(TokenError::Revoked));
     }
 
-    /// To the millisecond when the token says it, else to the second.
+    /// To the microsecond when the token says it, else to the second.
     #[test]
     fn a_token_tells_if_it_was_issued_before_an_instant() {
         let at = |text: &str| text.parse::<chrono::DateTime<chrono::Utc>>().unwrap();
@@ -279,12 +279,12 @@ mod tests {
             iat: at("2026-01-01T00:00:05Z").timestamp(),
             exp: at("2026-01-01T01:00:05Z").timestamp(),
             jti: "x".into(),
-            iat_ms: Some(at("2026-01-01T00:00:05.100Z").timestamp_millis()),
+            iat_us: Some(at("2026-01-01T00:00:05.100100Z").timestamp_micros()),
         };
-        assert!(claims.issued_before(at("2026-01-01T00:00:05.300Z")));
-        assert!(!claims.issued_before(at("2026-01-01T00:00:05.050Z")));
+        assert!(claims.issued_before(at("2026-01-01T00:00:05.100200Z")));
+        assert!(!claims.issued_before(at("2026-01-01T00:00:05.100050Z")));
         let older = Claims {
-            iat_ms: None,
+            iat_us: None,
             ..claims
         };
         assert!(!older.issued_before(at("2026-01-01T00:00:05.300Z")));
@@ -309,7 +309,7 @@ mod tests {
             iat: past - 60,
             exp: past,
             jti: "x".into(),
-            iat_ms: None,
+            iat_us: None,
         };
         let expired = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),

@@ -820,14 +820,14 @@ impl Executor {
 
     /// A component's progress report: shown in the status and the history.
     fn progress(&self, mut report: ProgressReport) {
-        // A component may quote a secret (its credentials, the trial's token): what is kept
-        // and shown of its report is redacted, as its answers are.
+        // A component may quote a secret (its credentials, a token of the trial): what is kept
+        // and shown of its report is redacted, as its answers are, and any token in it.
         if let Some(message) = &mut report.message {
             let redactor = self
                 .deps
                 .redactor
                 .with(self.checkpoint.data.token.as_deref());
-            *message = redactor.text(message);
+            *message = redactor.text_and_tokens(message);
         }
         let detail = match (&report.progress, &report.message) {
             (Some(p), Some(m)) => Some(format!("{p}%: {m}")),

@@ -53,6 +53,29 @@ impl Redactor {
         at_most(self.text(text), EXCERPT_CHARS)
     }
 
+    /// [`Self::text`], and every JSON Web Token in it (three base64url parts, the first a
+    /// JSON header: `eyJ…`): a component's free text may quote a token of the trial minted by
+    /// hand, or one of its own, which no list of secrets holds.
+    pub fn text_and_tokens(&self, text: &str) -> String {
+        let text = self.text(text);
+        let mut shown = String::with_capacity(text.len());
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("eyJ") {
+            let (before, candidate) = rest.split_at(at);
+            shown.push_str(before);
+            let length = jwt_length(candidate);
+            if length > 0 {
+                shown.push_str(REDACTED);
+                rest = &candidate[length..];
+            } else {
+                shown.push_str("eyJ");
+                rest = &candidate[3..];
+            }
+        }
+        shown.push_str(rest);
+        shown
+    }
+
     fn hides_in(&self, text: &str) -> bool {
         self.secrets.iter().any(|secret| text.contains(secret))
     }
@@ -74,6 +97,28 @@ impl Redactor {
             _ => {}
         }
     }
+}
+
+/// The length of the JSON Web Token `text` starts with (three non-empty base64url parts joined
+/// by dots), or 0.
+fn jwt_length(text: &str) -> usize {
+    let base64url = |b: &u8| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_';
+    let bytes = text.as_bytes();
+    let mut at = 0;
+    for part in 0..3 {
+        let length = bytes[at..].iter().take_while(|b| base64url(b)).count();
+        if length == 0 {
+            return 0;
+        }
+        at += length;
+        if part < 2 {
+            if bytes.get(at) != Some(&b'.') {
+                return 0;
+            }
+            at += 1;
+        }
+    }
+    at
 }
 
 #[cfg(test)]
@@ -105,6 +150,16 @@ mod tests {
             value,
             json!({format!("key_{REDACTED}"): 1, "ok": {format!("pw_{REDACTED}"): REDACTED}})
         );
+    }
+
+    #[test]
+    fn a_json_web_token_in_a_text_is_redacted_whatever_its_secret() {
+        let redactor = Redactor::new(["pass"]);
+        assert_eq!(
+            redactor.text_and_tokens("use eyJhbGci.eyJzdWIi.c2ln-_x, pass, eyJ alone, eyJa.b"),
+            "use [redacted], [redacted], eyJ alone, eyJa.b"
+        );
+        assert_eq!(redactor.text_and_tokens("é eyJa.b.c é"), "é [redacted] é");
     }
 
     /// A secret that the excerpt's end would cut is hidden whole: no part of it is shown.

@@ -986,8 +986,8 @@ async fn the_demo_shows_progress_as_it_comes() {
     );
 }
 
-/// A component's progress message that quotes a secret (the trial's token, a configured
-/// credential) is kept and shown redacted, as its answers are.
+/// A component's progress message that quotes a secret (the trial's token, one minted by hand,
+/// a configured credential) is kept and shown redacted, as its answers are.
 #[tokio::test]
 async fn a_secret_in_a_progress_message_is_redacted_where_it_is_shown() {
     let app = spawn_app_with_settings(|s| {
@@ -999,24 +999,29 @@ async fn a_secret_in_a_progress_message_is_redacted_where_it_is_shown() {
     app.start_trial(id).await;
     app.wait_waiting(id, WAITING_SLICE).await;
     let token = app.token_of(id);
-    let report = json!({"progress": 10, "message": format!("using {token} and al-secret-pw")});
-    let answer = app
-        .call_as(
-            Method::POST,
-            &format!("/trial/{id}/callback/progress"),
-            Some(report),
-            Some(&token),
-        )
-        .await;
-    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
-    let status = app.trial_status(id).await;
+    let minted = app.post(&format!("/token/{id}"), None).await.body["Authorization"]
+        .as_str()
+        .expect("a minted token")
+        .to_owned();
+    let path = format!("/trial/{id}/callback/progress");
+    let mut shown = Vec::new();
+    for quoted in [&token, &minted] {
+        let report = json!({"progress": 10, "message": format!("using {quoted} and al-secret-pw")});
+        let answer = app
+            .call_as(Method::POST, &path, Some(report), Some(&token))
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+        shown.push(app.trial_status(id).await["progress_message"].clone());
+    }
     assert_eq!(
-        status["progress_message"], "using [redacted] and [redacted]",
-        "{status}"
+        shown,
+        [
+            json!("using [redacted] and [redacted]"),
+            json!("using [redacted] and [redacted]")
+        ]
     );
     let history = format!("{:?}", app.history(id).await);
-    assert!(
-        !history.contains(&token) && !history.contains("al-secret-pw"),
-        "{history}"
-    );
+    for secret in [token.as_str(), minted.as_str(), "al-secret-pw"] {
+        assert!(!history.contains(secret), "{history}");
+    }
 }
