@@ -41,8 +41,10 @@ struct ScheduleBody {
 /// The answer of a scheduling.
 #[derive(Serialize, ToSchema)]
 struct Scheduled {
+    /// What was done, in words.
     #[schema(example = "Trial trial-42 scheduled at 2031-02-23T07:17:15+02:00")]
     message: String,
+    /// The trial scheduled.
     #[schema(value_type = String, example = "trial-42")]
     trial_id: TrialId,
     /// The start time, with the offset it was given.
@@ -53,6 +55,7 @@ struct Scheduled {
 /// The answer of the automatic-scheduling switch.
 #[derive(Serialize, ToSchema)]
 struct AutomaticScheduling {
+    /// What was done, in words.
     #[schema(example = "Automatic scheduling enabled")]
     message: String,
     /// Whether the registry is now polled for trials to schedule.

@@ -674,3 +674,34 @@ async fn every_typed_answer_has_exactly_the_fields_its_schema_lists() {
     let corrupt = &answers[3].2.body;
     assert_eq!(corrupt["engine_status"], "Corrupt", "{corrupt}");
 }
+
+/// Every field of every schema says what it is: a generated client's documentation is the
+/// document's.
+#[tokio::test]
+async fn every_field_of_every_schema_is_described() {
+    let app = spawn_app().await;
+    let doc = document(&app).await;
+    let schemas = doc["components"]["schemas"]
+        .as_object()
+        .expect("schemas")
+        .clone();
+    let mut bare = Vec::new();
+    for (name, schema) in &schemas {
+        for (field, property) in schema["properties"].as_object().into_iter().flatten() {
+            // An optional reference carries it on the reference, inside its `oneOf`.
+            let said = |p: &Value| {
+                p["description"]
+                    .as_str()
+                    .is_some_and(|d| !d.trim().is_empty())
+            };
+            let described = said(property)
+                || property["oneOf"]
+                    .as_array()
+                    .is_some_and(|choices| choices.iter().any(said));
+            if !described {
+                bare.push(format!("{name}.{field}"));
+            }
+        }
+    }
+    assert!(bare.is_empty(), "fields without a description: {bare:?}");
+}
