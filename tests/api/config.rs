@@ -334,9 +334,7 @@ async fn a_token_sent_in_a_query_is_not_written_in_the_log() {
     })
     .await;
     let id = "queried-token";
-    app.start_trial(id).await;
-    app.wait_waiting(id, "the slice callback (slice created)")
-        .await;
+    app.start_to_idle(id).await;
     let token = app.token_of(id);
     let answer = app.get(&format!("/token/{id}?token={token}")).await;
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{answer:?}");
