@@ -1147,14 +1147,21 @@ async fn an_abort_waiting_for_a_failure_procedure_whose_engine_is_deleted_is_503
     }
 }
 
-#[tokio::test]
-async fn a_restore_takes_a_replayed_measurement_job_creation_answered_200() {
+/// A service that tries each request once, with trial `id` failed at its measurement job's
+/// creation, answered 500 (so the job may exist).
+async fn failed_creating_the_job(id: &str) -> TestApp {
     let app = spawn_app_with_settings(single_attempt).await;
-    let id = "job-replayed";
     app.platform
         .inject(measurement_job_fault(id, FaultAction::Status(500)));
     app.start_trial(id).await;
     app.wait_failed(id).await;
+    app
+}
+
+#[tokio::test]
+async fn a_restore_takes_a_replayed_measurement_job_creation_answered_200() {
+    let id = "job-replayed";
+    let app = failed_creating_the_job(id).await;
     // A component that honours the key answers the creation sent again as a replay: 200,
     // with the job it made the first time.
     app.platform.inject(measurement_job_fault(
@@ -1412,12 +1419,8 @@ async fn a_repository_that_refuses_aborted_for_good_does_not_keep_the_trial_fail
 /// the reason names the delete's step and why it sent a creation.
 #[tokio::test]
 async fn a_clean_up_that_cannot_learn_the_job_s_id_says_why_it_sent_a_creation() {
-    let app = spawn_app_with_settings(single_attempt).await;
     let id = "job-never-answered";
-    app.platform
-        .inject(measurement_job_fault(id, FaultAction::Status(500)));
-    app.start_trial(id).await;
-    app.wait_failed(id).await;
+    let app = failed_creating_the_job(id).await;
     app.platform
         .inject(measurement_job_fault(id, FaultAction::Status(500)));
     let failed = abort_until_cleanup_fails(&app, id, "DeleteMeasurementJob").await;
