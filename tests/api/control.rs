@@ -1357,6 +1357,20 @@ async fn an_abort_after_a_restart_deletes_the_job_whose_creation_the_stop_cut_sh
     );
 }
 
+/// Trial `id` at IDLE, whose repository answers `refusal` to every status written from now on.
+async fn at_idle_with_the_status_refused(app: &TestApp, id: &str, refusal: u16) {
+    app.start_to_idle(id).await;
+    app.platform.inject(
+        Fault::new(
+            Component::Repository,
+            "PUT",
+            "/trial/",
+            FaultAction::Json(refusal, json!({"detail": "refused"})),
+        )
+        .for_trial(id),
+    );
+}
+
 /// Once everything is undone, the repository's refusal of the ABORTED status for good (it no
 /// longer has the trial, or takes no such status now) does not keep the trial failed: there is
 /// nothing left to undo, and asking again would be answered the same.
@@ -1369,16 +1383,7 @@ async fn a_repository_that_refuses_aborted_for_good_does_not_keep_the_trial_fail
         ("aborted-gone", 410),
         ("aborted-refused", 400),
     ] {
-        app.start_to_idle(id).await;
-        app.platform.inject(
-            Fault::new(
-                Component::Repository,
-                "PUT",
-                "/trial/",
-                FaultAction::Json(refusal, json!({"detail": "refused"})),
-            )
-            .for_trial(id),
-        );
+        at_idle_with_the_status_refused(&app, id, refusal).await;
         let aborted = app.post(&format!("/trial/{id}/abort"), None).await;
         assert_eq!(aborted.status, StatusCode::OK, "{aborted:?}");
         let status = app
@@ -1401,16 +1406,7 @@ async fn a_repository_that_refuses_aborted_for_good_does_not_keep_the_trial_fail
     }
     // Refused for the LCM's credentials, which can be mended: the clean-up fails, to be retried.
     let id = "aborted-forbidden";
-    app.start_to_idle(id).await;
-    app.platform.inject(
-        Fault::new(
-            Component::Repository,
-            "PUT",
-            "/trial/",
-            FaultAction::Json(403, json!({"detail": "forbidden"})),
-        )
-        .for_trial(id),
-    );
+    at_idle_with_the_status_refused(&app, id, 403).await;
     let failed = abort_until_cleanup_fails(&app, id, "UpdateStatusAborted").await;
     assert_eq!(failed["leftovers"], json!([]), "{failed}");
 }
