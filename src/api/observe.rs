@@ -97,8 +97,8 @@ type EventStream = Pin<Box<dyn Stream<Item = Event> + Send>>;
 ///
 /// The trial's history so far, then each event as it happens; the stream ends after the
 /// trial finishes or is aborted, or when its engine is stopped by a delete (a delete that
-/// could not be saved brings the engine back: subscribe again to follow it). A trial that is scheduled
-/// but not started yet streams a `scheduled` event first, then its engine's events from the
+/// could not be saved brings the engine back: subscribe again to follow it). A trial that is
+/// scheduled but not started yet streams a `scheduled` event first, then its engine's events from the
 /// start time on (or `unscheduled` if its job is removed). An ended trial's history is sent,
 /// then the stream ends.
 #[utoipa::path(get, path = "/trial/{trial_id}/events", tag = "trials", security(("api_key" = [])), params(TrialIdParam),

@@ -34,8 +34,9 @@ struct Minted {
 
 /// Verifies a presented token for `id`: signature, expiry, trial, revocation, and that the
 /// trial's engine, in memory or only in the store once it has left memory, is neither finished
-/// nor failed, and started before the token was minted. A trial with no engine at all gives `None`: the caller decides (a callback or a
-/// check answers 404, a revocation goes ahead).
+/// nor failed, and began (was scheduled) before the token was minted. A trial with no engine
+/// at all gives `None`: the caller decides (a callback or a check answers 404, a revocation
+/// goes ahead).
 pub async fn check_token(
     state: &AppState,
     id: &TrialId,
@@ -50,10 +51,10 @@ pub async fn check_token(
             };
             accepting(id, status)?;
             // A token minted for an earlier run of the trial (deleted, then scheduled again)
-            // does not speak for this one: this run's tokens were all minted after it started.
+            // does not speak for this one: this run's tokens were all minted after it began.
             if claims.issued_before(started) {
                 return Err(ApiError::forbidden(format!(
-                    "the token was issued before this run of trial '{id}' started ({started}): a token of an earlier run is not accepted"
+                    "the token was issued before this run of trial '{id}' began ({started}): a token of an earlier run is not accepted"
                 )));
             }
             Ok((claims, Some(engine)))
