@@ -288,7 +288,14 @@ async fn serve_connection(
             // Nothing was asked: there is no one to answer.
             Verdict::HeadTimeout { started: false } | Verdict::Idle | Verdict::WriteStalled => None,
         };
-        debug!(%peer, ?verdict, "closing the connection");
+        match &refusal {
+            Some((status, detail)) => debug!(
+                %peer,
+                status = status.as_u16(),
+                "closing the connection, the request refused before it reached the service: {detail}"
+            ),
+            None => debug!(%peer, ?verdict, "closing the connection"),
+        }
         if let Some((status, detail)) = refusal {
             // No request is in flight (the head never completed), so hyper has nothing left to
             // write and the socket can be taken back to answer on it.
@@ -691,7 +698,12 @@ impl AsyncRead for Guarded {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let Some(budget) = this.watch.head_budget() else {
-            return Pin::new(&mut this.stream).poll_read(cx, buf);
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?;
+            // A body, or the next request sent without waiting: the watch learns where the
+            // next head starts is hyper's to know.
+            this.watch.read(&buf.filled()[before..]);
+            return Poll::Ready(Ok(()));
         };
         if budget == 0 {
             // hyper wants more of a head that already fills the limit. The connection's task,

@@ -99,26 +99,27 @@ impl Redactor {
     }
 }
 
-/// The length of the JSON Web Token `text` starts with (three non-empty base64url parts joined
-/// by dots), or 0.
+/// The length of the JSON Web Token `text` starts with, or 0: base64url parts joined by dots,
+/// the first two JSON objects (`eyJ…`), the signature possibly empty or missing (an unsigned
+/// token is a token all the same).
 fn jwt_length(text: &str) -> usize {
     let base64url = |b: &u8| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_';
-    let bytes = text.as_bytes();
-    let mut at = 0;
-    for part in 0..3 {
-        let length = bytes[at..].iter().take_while(|b| base64url(b)).count();
-        if length == 0 {
-            return 0;
-        }
-        at += length;
-        if part < 2 {
-            if bytes.get(at) != Some(&b'.') {
-                return 0;
-            }
-            at += 1;
-        }
+    let part = |at: usize| {
+        text.as_bytes()[at..]
+            .iter()
+            .take_while(|b| base64url(b))
+            .count()
+    };
+    let header = part(0);
+    let payload_at = header + 1;
+    if text.as_bytes().get(header) != Some(&b'.') || !text[payload_at..].starts_with("eyJ") {
+        return 0;
     }
-    at
+    let end = payload_at + part(payload_at);
+    match text.as_bytes().get(end) {
+        Some(b'.') => end + 1 + part(end + 1),
+        _ => end,
+    }
 }
 
 #[cfg(test)]
@@ -159,7 +160,15 @@ mod tests {
             redactor.text_and_tokens("use eyJhbGci.eyJzdWIi.c2ln-_x, pass, eyJ alone, eyJa.b"),
             "use [redacted], [redacted], eyJ alone, eyJa.b"
         );
-        assert_eq!(redactor.text_and_tokens("é eyJa.b.c é"), "é [redacted] é");
+        // Unsigned: an empty signature, or none.
+        assert_eq!(
+            redactor.text_and_tokens("eyJhbGci.eyJzdWIi. end, eyJhbGci.eyJzdWIi"),
+            "[redacted] end, [redacted]"
+        );
+        assert_eq!(
+            redactor.text_and_tokens("é eyJa.eyJb.c é"),
+            "é [redacted] é"
+        );
     }
 
     /// A secret that the excerpt's end would cut is hidden whole: no part of it is shown.

@@ -488,6 +488,34 @@ async fn pipelined_requests_are_each_answered() {
     );
 }
 
+/// Requests sent one byte at a time, each behind the other without waiting for answers, are
+/// each answered: bytes hyper reads while a request is handled are the next request's, and the
+/// head check does not take what follows for a head of its own.
+#[tokio::test]
+async fn requests_written_a_byte_at_a_time_without_waiting_are_each_answered() {
+    let app = spawn_binary().await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let request = format!("GET /status HTTP/1.1\r\nHost: x\r\nAuthorization: {API_KEY}\r\n\r\n");
+    let last = format!(
+        "GET /status HTTP/1.1\r\nHost: x\r\nAuthorization: {API_KEY}\r\nConnection: close\r\n\r\n"
+    );
+    let requests = format!("{request}{request}{last}");
+    for round in 0..60 {
+        let mut stream = TcpStream::connect(&address).await.expect("connected");
+        stream.set_nodelay(true).expect("no delay");
+        for byte in requests.as_bytes() {
+            stream.write_all(&[*byte]).await.expect("sent");
+        }
+        let mut answers = String::new();
+        stream.read_to_string(&mut answers).await.expect("read");
+        let statuses: Vec<&str> = answers
+            .match_indices("HTTP/1.1 ")
+            .map(|(at, _)| &answers[at + 9..at + 12])
+            .collect();
+        assert_eq!(statuses, ["200", "200", "200"], "round {round}: {answers}");
+    }
+}
+
 #[tokio::test]
 async fn sigterm_ends_the_process_within_the_grace_whatever_the_clients_do() {
     let mut app = spawn_binary_with(BinaryOptions {
