@@ -61,6 +61,26 @@ async fn read_to_close(stream: &mut TcpStream, limit: Duration) -> String {
     String::from_utf8_lossy(&received).into_owned()
 }
 
+/// Sends `bytes` to the service on a new connection, `chunk` bytes per write, and reads what it
+/// answers until it closes the connection.
+async fn exchange(app: &TestApp, bytes: &[u8], chunk: usize) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", app.port()))
+        .await
+        .expect("connected");
+    stream.set_nodelay(true).expect("no delay");
+    for part in bytes.chunks(chunk) {
+        stream.write_all(part).await.expect("sent");
+    }
+    read_to_close(&mut stream, Duration::from_secs(30)).await
+}
+
+/// The status codes of the answers in `raw`, in order.
+fn statuses(raw: &str) -> Vec<&str> {
+    raw.match_indices("HTTP/1.1 ")
+        .map(|(at, _)| &raw[at + 9..at + 12])
+        .collect()
+}
+
 /// The status code and JSON body of a raw `Connection: close` answer.
 fn parse_answer(raw: &str) -> (u16, Value) {
     let (head, body) = raw.split_once("\r\n\r\n").expect("a head and a body");
@@ -423,22 +443,17 @@ async fn a_head_with_too_many_header_fields_gets_431_json() {
 #[tokio::test]
 async fn a_head_that_is_not_http_gets_400_json() {
     let app = spawn_binary().await;
-    let address = app.address.trim_start_matches("http://").to_owned();
     for head in [
         "GARBAGE\r\n\r\n",
         "GET /status HTTP/1.1\r\nBad Header: x\r\n\r\n",
         "GET http://[::1/ HTTP/1.1\r\nHost: x\r\n\r\n",
         "POST /trial/t1/abort HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n",
     ] {
-        let mut stream = TcpStream::connect(&address).await.expect("connected");
-        stream.write_all(head.as_bytes()).await.expect("sent");
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).await.expect("read");
-        assert!(answer.starts_with("HTTP/1.1 400"), "{head:?}: {answer}");
-        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
-        let detail: Value = serde_json::from_str(body).unwrap_or_default();
+        let answer = exchange(&app, head.as_bytes(), head.len()).await;
+        let (status, body) = parse_answer(&answer);
+        assert_eq!(status, 400, "{head:?}: {answer}");
         assert!(
-            detail["detail"]
+            body["detail"]
                 .as_str()
                 .is_some_and(|d| d.contains("not valid HTTP/1.1")),
             "{head:?}: {answer}"
@@ -452,7 +467,6 @@ async fn a_head_that_is_not_http_gets_400_json() {
 #[tokio::test]
 async fn pipelined_requests_are_each_answered() {
     let app = spawn_binary().await;
-    let address = app.address.trim_start_matches("http://").to_owned();
     let count = 300;
     let mut requests = String::new();
     for i in 0..count {
@@ -473,15 +487,9 @@ async fn pipelined_requests_are_each_answered() {
             ));
         }
     }
-    let mut stream = TcpStream::connect(&address).await.expect("connected");
-    stream.write_all(requests.as_bytes()).await.expect("sent");
-    let mut answers = String::new();
-    stream.read_to_string(&mut answers).await.expect("read");
-    let statuses: Vec<&str> = answers
-        .match_indices("HTTP/1.1 ")
-        .map(|(at, _)| &answers[at + 9..at + 12])
-        .collect();
-    assert_eq!(statuses.len(), count, "{:?}", &statuses);
+    let answers = exchange(&app, requests.as_bytes(), requests.len()).await;
+    let statuses = statuses(&answers);
+    assert_eq!(statuses.len(), count, "{statuses:?}");
     assert!(
         statuses.iter().all(|s| *s == "200" || *s == "404"),
         "{statuses:?}"
@@ -494,25 +502,18 @@ async fn pipelined_requests_are_each_answered() {
 #[tokio::test]
 async fn requests_written_a_byte_at_a_time_without_waiting_are_each_answered() {
     let app = spawn_binary().await;
-    let address = app.address.trim_start_matches("http://").to_owned();
     let request = format!("GET /status HTTP/1.1\r\nHost: x\r\nAuthorization: {API_KEY}\r\n\r\n");
     let last = format!(
         "GET /status HTTP/1.1\r\nHost: x\r\nAuthorization: {API_KEY}\r\nConnection: close\r\n\r\n"
     );
     let requests = format!("{request}{request}{last}");
     for round in 0..60 {
-        let mut stream = TcpStream::connect(&address).await.expect("connected");
-        stream.set_nodelay(true).expect("no delay");
-        for byte in requests.as_bytes() {
-            stream.write_all(&[*byte]).await.expect("sent");
-        }
-        let mut answers = String::new();
-        stream.read_to_string(&mut answers).await.expect("read");
-        let statuses: Vec<&str> = answers
-            .match_indices("HTTP/1.1 ")
-            .map(|(at, _)| &answers[at + 9..at + 12])
-            .collect();
-        assert_eq!(statuses, ["200", "200", "200"], "round {round}: {answers}");
+        let answers = exchange(&app, requests.as_bytes(), 1).await;
+        assert_eq!(
+            statuses(&answers),
+            ["200", "200", "200"],
+            "round {round}: {answers}"
+        );
     }
 }
 
