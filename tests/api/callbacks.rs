@@ -475,10 +475,17 @@ async fn a_restart_does_not_give_a_wait_its_whole_time_again() {
     let reached = event_time(&app.history(id).await, "waiting", 0);
     terminate(&mut app, Duration::from_secs(10)).await;
     // The wait's whole time passes while the service is down.
-    let left = (reached + chrono::Duration::seconds(3) - Utc::now())
-        .to_std()
-        .unwrap_or_default();
-    tokio::time::sleep(left).await;
+    let due = reached + chrono::Duration::seconds(3);
+    eventually(
+        "the wait's time passed while the service is down",
+        || async {
+            match Utc::now() >= due {
+                true => Ok(()),
+                false => Err(format!("due at {due}")),
+            }
+        },
+    )
+    .await;
     app.restart_binary_with(&timeout).await;
 
     let failed = app.wait_failed(id).await;
