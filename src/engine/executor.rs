@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant as Deadline;
 use tracing::{error, info, warn};
@@ -21,7 +21,7 @@ use super::state::{Checkpoint, EventKind, Lifecycle, Mode, Position, SliceState}
 use super::steps::{self, StepCx, StepError};
 use super::watchdog::{ControlRequest, RestoreError};
 use super::{EngineDeps, EngineShared};
-use crate::deadline::sleep_until;
+use crate::deadline::{self, sleep_until};
 use crate::domain::TrialId;
 use crate::store::Op;
 
@@ -623,7 +623,9 @@ impl Executor {
         let since = *self.checkpoint.waiting_since.get_or_insert_with(Utc::now);
         // (Settings hold at most ten years.)
         let after = |secs: u64| {
-            when(since + chrono::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 1000)))
+            deadline::at(
+                since + chrono::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 1000)),
+            )
         };
         let (limit, heartbeat_secs, trial_deadline) = match spec.waiter {
             Waiter::Component => (
@@ -638,7 +640,7 @@ impl Executor {
                     .data
                     .deadline
                     .filter(|_| !self.cleaning_up())
-                    .map(when),
+                    .map(deadline::at),
             ),
         };
         let mut heartbeat = heartbeat_secs.map(at);
@@ -976,11 +978,6 @@ impl Executor {
         }
         ExecutorExit::Failed(reason)
     }
-}
-
-/// The deadline of the instant `at` (now, if it has passed).
-fn when(at: DateTime<Utc>) -> Deadline {
-    Deadline::now() + (at - Utc::now()).to_std().unwrap_or(Duration::ZERO)
 }
 
 fn elapsed_ms(since: Instant) -> u64 {

@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant as Deadline;
@@ -23,7 +22,7 @@ use super::failure;
 use super::sequence::{self, Next, Wait, Waiter};
 use super::state::{Checkpoint, EventKind, Failure, Lifecycle, Mode, Position};
 use super::{EngineShared, SIGNAL_QUEUE};
-use crate::deadline::sleep_until;
+use crate::deadline::{self, sleep_until};
 use crate::store::{Op, TrialRecord};
 use crate::telemetry::panic_message;
 
@@ -368,10 +367,9 @@ impl Watchdog {
             return None;
         }
         let after = auto_abort_delay(after, failure.cleanup_failed, self.auto_abort_rounds);
-        let due =
-            failure.at + chrono::Duration::seconds(i64::try_from(after).unwrap_or(i64::MAX / 2));
-        let left = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-        let due = Deadline::now() + left;
+        // (A chrono duration holds at most i64::MAX / 1000 seconds.)
+        let after = chrono::Duration::seconds(i64::try_from(after).unwrap_or(i64::MAX / 1000));
+        let due = deadline::at(failure.at + after);
         Some(
             self.auto_abort_not_before
                 .map_or(due, |not_before| due.max(not_before)),
