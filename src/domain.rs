@@ -92,7 +92,7 @@ impl StartTime {
     /// so is one whose instant in UTC has a five-digit year (it could not be shown in a form
     /// that reads back).
     pub fn parse(raw: &str) -> Result<Self, InvalidStartTime> {
-        let shown = || raw.chars().take(64).collect();
+        let shown = || start_of(raw, 64).to_owned();
         let time = DateTime::parse_from_rfc3339(raw.trim())
             .map_err(|_| InvalidStartTime::Malformed(shown()))?;
         if time.with_timezone(&Utc) > latest() {
@@ -129,10 +129,17 @@ impl StartTime {
 /// The first `max` characters of `text`, marked with `…` where it was cut: what is kept or
 /// shown of a text that comes from outside, so it cannot make a record as large as itself.
 pub fn at_most(text: String, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text,
+    match start_of(&text, max) {
+        start if start.len() < text.len() => format!("{start}…"),
+        _ => text,
     }
+}
+
+/// The first `max` characters of `text`, borrowed.
+pub fn start_of(text: &str, max: usize) -> &str {
+    text.char_indices()
+        .nth(max)
+        .map_or(text, |(cut, _)| &text[..cut])
 }
 
 fn latest() -> DateTime<Utc> {

@@ -40,6 +40,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::access::Access;
 use crate::config::Settings;
+use crate::domain::start_of;
 use crate::heartbeat::Heartbeats;
 use crate::scheduler::Scheduler;
 use crate::tokens::TokenManager;
@@ -149,8 +150,8 @@ pub fn router(state: AppState) -> Router {
                 .make_span_with(|request: &axum::extract::Request| {
                     tracing::debug_span!(
                         "request",
-                        method = at_most_chars(request.method().as_str(), 20),
-                        path = at_most_chars(request.uri().path(), 200),
+                        method = start_of(request.method().as_str(), 20),
+                        path = start_of(request.uri().path(), 200),
                     )
                 })
                 .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
@@ -179,14 +180,6 @@ pub fn layered_api(state: &AppState) -> Router<AppState> {
         .layer(DefaultBodyLimit::max(max_body))
         .layer(RequestBodyLimitLayer::new(max_body))
         .layer(axum::middleware::map_response(error::json_errors))
-}
-
-/// The first `max` characters of `text`, borrowed: what a log line keeps of a path, which the
-/// client chose.
-fn at_most_chars(text: &str, max: usize) -> &str {
-    text.char_indices()
-        .nth(max)
-        .map_or(text, |(cut, _)| &text[..cut])
 }
 
 fn cors(origins: &[String]) -> CorsLayer {
