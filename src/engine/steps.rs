@@ -114,8 +114,8 @@ async fn report_aborted(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     let takes = |answer: u16| {
         answer == 204 || ((400..500).contains(&answer) && ![401, 403, 408, 429].contains(&answer))
     };
-    let expected = "204, or a refusal for good (a 4xx but 401, 403, 408, 429)";
-    match cx.call_accepting(request, &takes, expected).await? {
+    let expected = || "204, or a refusal for good (a 4xx but 401, 403, 408, 429)".to_owned();
+    match cx.call_accepting(request, &takes, &expected).await? {
         (204, _) => cx.data.repository_status = Some(status),
         (refused, _) => warn!(
             status = refused,
@@ -594,22 +594,21 @@ impl StepCx<'_> {
         request: Outbound,
         expected: &[u16],
     ) -> Result<(u16, Value), StepError> {
-        let said: Vec<String> = expected.iter().map(u16::to_string).collect();
-        self.call_accepting(
-            request,
-            &|status| expected.contains(&status),
-            &said.join(" or "),
-        )
-        .await
+        let said = || {
+            let said: Vec<String> = expected.iter().map(u16::to_string).collect();
+            said.join(" or ")
+        };
+        self.call_accepting(request, &|status| expected.contains(&status), &said)
+            .await
     }
 
     /// Like [`Self::call_expecting`], for a step that takes the answers `accepts` takes
-    /// (`expected` says which, in the reason of a failure).
+    /// (`expected` says which, in the reason of a failure: only then is it written).
     async fn call_accepting(
         &mut self,
         request: Outbound,
         accepts: &(dyn Fn(u16) -> bool + Sync),
-        expected: &str,
+        expected: &(dyn Fn() -> String + Sync),
     ) -> Result<(u16, Value), StepError> {
         let redactor = self.deps.redactor.with(self.data.token.as_deref());
         let mut attempts = 0;
@@ -659,8 +658,9 @@ impl StepCx<'_> {
                 (None, None) => String::new(),
             };
             return Err(StepError(format!(
-                "{what} answered {} (expected {expected}){after}{detail}",
+                "{what} answered {} (expected {}){after}{detail}",
                 reply.status,
+                expected(),
             )));
         }
         if let Some(why) = reply.unread {
