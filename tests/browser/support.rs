@@ -208,8 +208,20 @@ url = "http://{}"
 pub struct Browser {
     pub client: Client,
     driver_port: u16,
-    _driver: Child,
+    driver: Child,
     _profile: tempfile::TempDir,
+}
+
+impl Drop for Browser {
+    /// Kills chromedriver and the Chromium it started (they share a process group of their
+    /// own), also when a test panics: killing chromedriver alone would leave the browser.
+    fn drop(&mut self) {
+        if let Some(pid) = self.driver.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .status();
+        }
+    }
 }
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -229,6 +241,7 @@ impl Browser {
             .arg(format!("--port={driver_port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .expect("chromedriver starts");
@@ -263,7 +276,7 @@ impl Browser {
         Self {
             client,
             driver_port,
-            _driver: driver,
+            driver,
             _profile: profile,
         }
     }
@@ -480,8 +493,8 @@ impl Browser {
             .expect("window resized");
     }
 
-    /// Ends the browser session.
+    /// Ends the browser session (then the drop ends chromedriver and Chromium).
     pub async fn close(self) {
-        let _ = self.client.close().await;
+        let _ = self.client.clone().close().await;
     }
 }
