@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 use super::sequence::{self, Next, Signal, Step, WAITS, Wait, Waiter};
 use super::state::{Checkpoint, EventKind, Lifecycle, Mode, Position, SliceState};
 use super::steps::{self, StepCx, StepError};
-use super::watchdog::{ControlRequest, RestoreError};
+use super::watchdog::{ControlRequest, RESAVE_FIRST, RESAVE_MAX, RestoreError};
 use super::{EngineDeps, EngineShared};
 use crate::deadline::{self, sleep_until};
 use crate::domain::TrialId;
@@ -232,8 +232,12 @@ enum Outcome {
     /// The clean-up path is done.
     Aborted,
     Failed(String),
-    /// The operator asked for an abort; whatever was in flight is dropped.
-    Abort(String),
+    /// The operator asked for an abort; whatever was in flight is dropped. `recorded`: its
+    /// `abort_requested` event is in the history already (it waited for a deploying step).
+    Abort {
+        reason: String,
+        recorded: bool,
+    },
 }
 
 /// The executor: owns the trial's checkpoint while it runs.
@@ -251,8 +255,8 @@ pub struct Executor {
     /// The answer to a signal taken at a waiting point, sent once the checkpoint that takes
     /// it is saved: a caller told it was accepted finds it accepted after a crash.
     pub(super) answer: Option<PendingAnswer>,
-    /// Aborts that came while a deploying step ran, answered once the clean-up they start is
-    /// saved (its `abort_requested` event is in the history already).
+    /// Aborts not answered yet: each is answered once the clean-up it starts is saved, so an
+    /// operator told it is accepted finds the trial aborting after a restart.
     pub(super) aborts: Vec<oneshot::Sender<ControlOutcome>>,
 }
 
@@ -296,17 +300,78 @@ impl Executor {
                     };
                     return Box::pin(self.fail(reason)).await;
                 }
-                Outcome::Abort(reason) => self.begin_cleanup(reason),
+                Outcome::Abort { reason, recorded } => self.begin_cleanup(reason, recorded),
             };
             self.checkpoint.go_to(position);
-            let saved = self.save(self.lifecycle()).await;
-            // Taken either way: a clean-up whose first checkpoint was not saved fails, and an
-            // abort again retries it.
+            if !self.save_until_kept(self.lifecycle()).await {
+                // The signal it took was not saved: the trial is back where the signal found it.
+                continue;
+            }
             for (i, reply) in self.aborts.drain(..).enumerate() {
                 let _ = reply.send(Ok(abort_accepted(&self.id, i > 0)));
             }
-            if let Err(e) = saved {
-                return Box::pin(self.fail(format!("checkpoint not saved: {e}"))).await;
+        }
+    }
+
+    /// Saves the checkpoint, again and again while the store cannot (a full disk, say): a
+    /// store's fault is waited out, never a reason to fail the trial. The trial stays where it
+    /// stands, its next request not sent, and each command meanwhile is told the store cannot
+    /// save it now. Answers `false` if the checkpoint took a signal: that signal's caller is
+    /// told it was not taken, and the trial is back where the signal found it.
+    async fn save_until_kept(&mut self, lifecycle: Lifecycle) -> bool {
+        let mut wait = RESAVE_FIRST;
+        let mut retried = false;
+        loop {
+            let took_signal = self.answer.is_some();
+            match self.save(lifecycle).await {
+                Ok(()) => {
+                    if retried {
+                        info!("the checkpoint is saved now: the trial goes on");
+                    }
+                    return true;
+                }
+                Err(e) if took_signal => {
+                    warn!(error = %e, "the checkpoint that took a signal was not saved: the signal is not taken");
+                    return false;
+                }
+                Err(e) => {
+                    warn!(
+                        error = %e,
+                        "checkpoint not saved: the trial waits here, its next request not sent, and saves it again in {} s",
+                        wait.as_secs()
+                    );
+                    self.answer_unsaved_until(Deadline::now() + wait, &e).await;
+                    wait = (wait * 2).min(RESAVE_MAX);
+                    retried = true;
+                }
+            }
+        }
+    }
+
+    /// Until `until`, while the checkpoint is not saved, tells each command that the store
+    /// cannot save it now (503, not taken); an abort of a trial already aborting waits with
+    /// the others for the save.
+    async fn answer_unsaved_until(&mut self, until: Deadline, error: &str) {
+        let not_saved = || ControlError::NotSaved(error.to_owned());
+        loop {
+            let command = tokio::select! {
+                command = self.commands.recv() => command,
+                () = tokio::time::sleep_until(until) => return,
+            };
+            match command {
+                Some(Command::Signal(_, reply)) => {
+                    let _ = reply.send(SignalOutcome::NotSaved(error.to_owned()));
+                }
+                Some(Command::Control(Control::Abort { .. }, reply)) if self.cleaning_up() => {
+                    self.aborts.push(reply);
+                }
+                Some(Command::Control(_, reply) | Command::Progress(_, reply)) => {
+                    let _ = reply.send(Err(not_saved()));
+                }
+                None => {
+                    tokio::time::sleep_until(until).await;
+                    return;
+                }
             }
         }
     }
@@ -399,7 +464,10 @@ impl Executor {
                             AtStep::Kept(signal, reply) => {
                                 let _ = reply.send(keep(&self.shared, step, signal, held).await);
                             }
-                            AtStep::Abort(reason) => break Err(reason),
+                            AtStep::Abort(reason, reply) => {
+                                self.aborts.push(reply);
+                                break Err(reason);
+                            }
                             AtStep::Control(Control::Step { .. }, reply) if *paused => {
                                 let _ = reply.send(refused(format!(
                                     "trial {} is paused and completes {} first: step once it holds before the next",
@@ -424,7 +492,10 @@ impl Executor {
             Ok(result) => result,
             Err(reason) => {
                 info!(step = step.name(), "step cancelled by an abort");
-                return Outcome::Abort(reason);
+                return Outcome::Abort {
+                    reason,
+                    recorded: false,
+                };
             }
         };
         let label = if result.is_ok() {
@@ -468,7 +539,10 @@ impl Executor {
                 }
             }
         };
-        abort_after.map_or(outcome, Outcome::Abort)
+        abort_after.map_or(outcome, |reason| Outcome::Abort {
+            reason,
+            recorded: true,
+        })
     }
 
     /// A clean-up step failed for good: the clean-up goes on with what it can still undo, then
@@ -540,7 +614,13 @@ impl Executor {
                 AtStep::Kept(signal, reply) => {
                     let _ = reply.send(keep(&self.shared, step, signal, held).await);
                 }
-                AtStep::Abort(reason) => return Outcome::Abort(reason),
+                AtStep::Abort(reason, reply) => {
+                    self.aborts.push(reply);
+                    return Outcome::Abort {
+                        reason,
+                        recorded: false,
+                    };
+                }
                 AtStep::Control(Control::Step { reason }, reply) => {
                     self.shared
                         .journal
@@ -712,7 +792,7 @@ impl Executor {
                             Outcome::Finished
                             | Outcome::Aborted
                             | Outcome::Failed(_)
-                            | Outcome::Abort(_) => Next::End,
+                            | Outcome::Abort { .. } => Next::End,
                         });
                         self.answer = Some(PendingAnswer {
                             reply,
@@ -736,9 +816,14 @@ impl Executor {
                     let _ = reply.send(Ok(format!("progress recorded for trial {}", self.id)));
                 }
                 Command::Control(Control::Abort { reason }, reply) => {
-                    let _ = reply.send(Ok(abort_accepted(&self.id, cleanup)));
-                    if !cleanup {
-                        break Outcome::Abort(reason);
+                    if cleanup {
+                        let _ = reply.send(Ok(abort_accepted(&self.id, true)));
+                    } else {
+                        self.aborts.push(reply);
+                        break Outcome::Abort {
+                            reason,
+                            recorded: false,
+                        };
                     }
                 }
                 Command::Control(Control::Step { .. }, reply) => {
@@ -843,13 +928,13 @@ impl Executor {
         self.shared.report_progress(report);
     }
 
-    /// Switches to the clean-up path (SPEC §14); returns where it starts.
-    fn begin_cleanup(&mut self, reason: String) -> Position {
+    /// Switches to the clean-up path (SPEC §14); returns where it starts. `recorded`: the
+    /// abort's event is in the history already (it waited for a deploying step).
+    fn begin_cleanup(&mut self, reason: String, recorded: bool) -> Position {
         sequence::start_cleanup(&mut self.checkpoint, &reason);
         self.stepping = false;
         info!(reason = %reason, "aborting: the clean-up starts");
-        // An abort that waited for a deploying step was recorded when it came.
-        if self.aborts.is_empty() {
+        if !recorded {
             self.shared
                 .journal
                 .event(EventKind::AbortRequested, None, Some(reason.clone()), None);
@@ -990,8 +1075,8 @@ enum AtStep {
     Answered,
     /// An early signal, kept in `held`: for the caller to save, then answer.
     Kept(Signal, oneshot::Sender<SignalOutcome>),
-    /// The operator's abort, answered: the step is dropped for the clean-up.
-    Abort(String),
+    /// The operator's abort, answered once its clean-up is saved: the step is dropped for it.
+    Abort(String, oneshot::Sender<ControlOutcome>),
     /// Pause, resume or step: for the caller to take.
     Control(Control, oneshot::Sender<ControlOutcome>),
 }
@@ -1024,11 +1109,11 @@ fn at_step(
             AtStep::Answered
         }
         Command::Control(Control::Abort { reason }, reply) => {
-            let _ = reply.send(Ok(abort_accepted(id, cleanup)));
             if cleanup {
+                let _ = reply.send(Ok(abort_accepted(id, true)));
                 AtStep::Answered
             } else {
-                AtStep::Abort(reason)
+                AtStep::Abort(reason, reply)
             }
         }
         Command::Control(control, reply) => AtStep::Control(control, reply),

@@ -168,9 +168,10 @@ pub struct Watchdog {
 
 /// How long an automatic abort that could not start (its save failed) waits to try again.
 const AUTO_ABORT_RETRY: Duration = Duration::from_secs(60);
-/// The first and the longest wait before saving again a record that was not saved.
-const RESAVE_FIRST: Duration = Duration::from_secs(1);
-const RESAVE_MAX: Duration = Duration::from_secs(60);
+/// The first and the longest wait before saving again a record or a checkpoint that was not
+/// saved.
+pub(super) const RESAVE_FIRST: Duration = Duration::from_secs(1);
+pub(super) const RESAVE_MAX: Duration = Duration::from_secs(60);
 
 /// A save due at once (an engine brought back with a record the store does not hold).
 pub(super) fn resave_now() -> (Deadline, Duration) {
@@ -224,15 +225,13 @@ impl Watchdog {
             match self.origin {
                 // The engine's first record is saved before its first request goes out, so
                 // a trial whose job has fired can never be lost.
-                Origin::New | Origin::BroughtBack { saved: false, .. } => match self.save().await {
-                    Ok(()) => self.spawn_executor(
+                Origin::New | Origin::BroughtBack { saved: false, .. } => {
+                    self.save_first().await;
+                    self.spawn_executor(
                         matches!(self.origin, Origin::BroughtBack { rerun: true, .. }),
                         false,
-                    ),
-                    Err(e) => {
-                        Box::pin(self.died(format!("cannot save the engine's state: {e}"))).await
-                    }
-                },
+                    );
+                }
                 // Its record is the store's.
                 Origin::Recovered { rerun } | Origin::BroughtBack { rerun, saved: true } => {
                     self.spawn_executor(rerun, false)
@@ -314,6 +313,22 @@ impl Watchdog {
                     }
                 }
             }
+        }
+    }
+
+    /// Saves the engine's first record, again and again while the store cannot: nothing is
+    /// sent for the trial before, and its job stays in the store until then, so a stop
+    /// meanwhile loses nothing.
+    async fn save_first(&mut self) {
+        let mut wait = RESAVE_FIRST;
+        while let Err(e) = self.save().await {
+            warn!(
+                error = %e,
+                "the engine's first record is not saved: its first request waits, and it is saved again in {} s",
+                wait.as_secs()
+            );
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(RESAVE_MAX);
         }
     }
 

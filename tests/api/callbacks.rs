@@ -371,27 +371,26 @@ async fn an_early_callback_is_dropped_with_its_failed_step_and_a_restore_awaits_
 }
 
 #[tokio::test]
-async fn a_signal_is_answered_once_the_checkpoint_that_takes_it_is_saved() {
+async fn a_signal_whose_checkpoint_is_not_saved_is_not_taken_and_the_trial_waits_for_it_again() {
     let (app, broken) = spawn_app_with_flaky_store(AppOptions::default()).await;
     let id = "answered-saved";
     app.start_to_idle(id).await;
-    broken.store(true, std::sync::atomic::Ordering::SeqCst);
+    broken.store(true, Ordering::SeqCst);
     let refused = app.post(&format!("/trial/{id}/active"), None).await;
-    broken.store(false, std::sync::atomic::Ordering::SeqCst);
-    // Not told it was accepted: the change was not saved, and the trial stops there.
+    broken.store(false, Ordering::SeqCst);
+    // Not told it was accepted: the change was not saved, so it was not made.
     assert_detail(&refused, StatusCode::SERVICE_UNAVAILABLE);
     assert!(refused.detail().contains("not taken"), "{refused:?}");
-    let failed = app.wait_failed(id).await;
-    assert_failure_says(&failed, "checkpoint not saved");
-    // A restore finds the trial where the signal found it: `active` was not taken.
-    let restored = app.post(&format!("/debug/engine/{id}/restore"), None).await;
-    assert_eq!(restored.status, StatusCode::OK, "{restored:?}");
-    app.wait_waiting(id, WAITING_OPERATOR).await;
+    // The trial is where the signal found it, not failed: `active` sent again is taken.
+    let waiting = app.wait_waiting(id, WAITING_OPERATOR).await;
+    assert_eq!(waiting["failed"], false, "{waiting}");
     app.drive_to_finished(id).await;
+    assert_never_reported_failed(&app, id);
 }
 
 #[tokio::test]
-async fn an_early_callback_its_step_took_outlives_a_failure_to_save_the_next_checkpoint() {
+async fn a_checkpoint_the_store_refuses_is_saved_again_and_the_trial_goes_on_with_its_early_callback()
+ {
     use lcm::engine::state::Lifecycle;
     let (app, faults) = spawn_app_with_store_faults(
         AppOptions::default(),
@@ -405,16 +404,23 @@ async fn an_early_callback_its_step_took_outlives_a_failure_to_save_the_next_che
     // Trial enforcement calls back before it answers the deployment, and never again.
     app.platform
         .inject(slice_deployment_fault(id, FaultAction::EarlyCallback));
-    // The step completes, and the checkpoint at the slice wait is not saved: the trial fails
-    // there, keeping the callback its completed step was answered with.
+    // The step completes, and the checkpoint at the slice wait is refused: the trial waits
+    // there, its next request not sent, until the store takes it.
     faults.refused.refusing.store(true, Ordering::SeqCst);
     app.start_trial(id).await;
-    let failed = app.wait_failed(id).await;
+    faults
+        .refused
+        .wait_refused("the checkpoint at the slice wait")
+        .await;
+    let held = app.trial_status(id).await;
+    assert_eq!(held["failed"], false, "{held}");
+    let sent = lines(&app, id);
     faults.refused.refusing.store(false, Ordering::SeqCst);
-    assert_eq!(failed["state"], "Waiting", "{failed}");
-    let restored = app.post(&format!("/debug/engine/{id}/restore"), None).await;
-    assert_eq!(restored.status, StatusCode::OK, "{restored:?}");
+    // Saved on its next try, with the callback its completed step was answered with.
     app.wait_waiting(id, WAITING_OPERATOR).await;
+    let after = lines(&app, id);
+    assert_eq!(after[..sent.len()], sent[..], "nothing sent twice");
+    assert_never_reported_failed(&app, id);
 }
 
 #[tokio::test]

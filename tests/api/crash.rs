@@ -249,7 +249,7 @@ async fn trials_survive_a_sigkill_and_complete_after_restart() {
 }
 
 #[tokio::test]
-async fn a_store_that_stops_writing_fails_the_trial_and_refuses_new_jobs() {
+async fn a_store_that_stops_writing_holds_its_trials_and_refuses_changes_until_it_writes_again() {
     use std::sync::atomic::Ordering;
 
     let (app, broken) = spawn_app_with_flaky_store(AppOptions::default()).await;
@@ -272,22 +272,52 @@ async fn a_store_that_stops_writing_fails_the_trial_and_refuses_new_jobs() {
         "nothing unsaved is promised"
     );
 
-    // The signal is not taken: its checkpoint could not be saved.
-    assert_eq!(
-        app.post(&format!("/trial/{id}/active"), None).await.status,
-        StatusCode::SERVICE_UNAVAILABLE
+    // The signal is not taken: its checkpoint could not be saved. The trial is not failed
+    // for it: it waits where it was, and nothing is reported anywhere.
+    let sent_before = lines(&app, id);
+    for _ in 0..3 {
+        let refused = app.post(&format!("/trial/{id}/active"), None).await;
+        assert_eq!(
+            refused.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{refused:?}"
+        );
+        assert!(refused.detail().contains("not taken"), "{refused:?}");
+    }
+    let waiting = app.trial_status(id).await;
+    assert_eq!(waiting["status"], "Waiting", "{waiting}");
+    assert_eq!(lines(&app, id), sent_before, "no request while not saved");
+
+    // Once the store writes again, the same signal is taken and the trial ends on its own.
+    broken.store(false, Ordering::SeqCst);
+    app.drive_to_finished(id).await;
+    assert_never_reported_failed(&app, id);
+}
+
+#[tokio::test]
+async fn a_job_that_fires_while_the_store_refuses_sends_nothing_until_its_first_record_is_saved() {
+    use lcm::engine::state::Lifecycle;
+    use std::sync::atomic::Ordering;
+
+    let (app, faults) = spawn_app_with_store_faults(
+        AppOptions::default(),
+        StoreFaults {
+            refused: RefusedSaves::of(|lifecycle| lifecycle == Lifecycle::Running),
+            ..StoreFaults::default()
+        },
+    )
+    .await;
+    let id = "first-unsaved";
+    faults.refused.refusing.store(true, Ordering::SeqCst);
+    app.start_trial(id).await;
+    faults.refused.wait_refused("the first record").await;
+    assert!(
+        app.platform.requests_for(id).is_empty(),
+        "nothing is sent before the first record is saved"
     );
-    let failed = app.wait_failed(id).await;
-    let reason = failed["failure"].as_str().unwrap_or_default();
-    assert!(reason.contains("checkpoint not saved"), "{reason}");
-    let sent_after = lines(&app, id);
-    assert_eq!(
-        sent_after.last().map(String::as_str),
-        Some(format!("PUT /trial/{id}/").as_str()),
-        "the FAILED report is the last request"
-    );
-    assert_eq!(app.platform.trial_status(id).as_deref(), Some("FAILED"));
-    assert!(!sent_after.iter().any(|l| l.contains("STOPPING")));
+    faults.refused.refusing.store(false, Ordering::SeqCst);
+    app.drive_to_finished(id).await;
+    assert_never_reported_failed(&app, id);
 }
 
 /// Runs the binary to its exit with extra environment, in a fresh directory.

@@ -148,6 +148,17 @@ impl RefusedSaves {
         }
     }
 
+    /// Waits until a save of `what` has been refused.
+    pub async fn wait_refused(&self, what: &str) {
+        eventually(&format!("{what} refused"), || async {
+            match self.refused.load(Ordering::SeqCst) {
+                0 => Err("none refused yet".to_owned()),
+                _ => Ok(()),
+            }
+        })
+        .await;
+    }
+
     fn refuses(&self, ops: &[lcm::store::Op]) -> bool {
         let picked = ops.iter().any(
             |op| matches!(op, lcm::store::Op::PutTrial(record) if (self.of)(record.lifecycle)),
@@ -1144,6 +1155,15 @@ pub fn assert_ok_saying(answer: &Answer, part: &str) {
             .as_str()
             .is_some_and(|m| m.contains(part)),
         "a message saying '{part}': {answer:?}"
+    );
+}
+
+/// Asserts that the repository was never told that trial `id` failed.
+pub fn assert_never_reported_failed(app: &TestApp, id: &str) {
+    let history = app.platform.status_history(id);
+    assert!(
+        !history.iter().any(|s| s == "FAILED"),
+        "{id} was reported FAILED: {history:?}"
     );
 }
 

@@ -422,7 +422,7 @@ async fn a_failed_trial_recovered_mid_report_finishes_its_report_before_a_restor
         let mut checkpoint = Checkpoint::new(now);
         checkpoint.position = Position::Run(Step::GetCallbackToken);
         checkpoint.failure = Some(Failure {
-            reason: "GetCallbackToken failed: checkpoint not saved".to_owned(),
+            reason: "GetCallbackToken failed: trial enforcement answered 500".to_owned(),
             at: now,
             reported: false,
             cleanup_failed: false,
