@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params, params_from_iter};
 use rusqlite_migration::{HookError, M, Migrations};
 use tracing::{error, warn};
@@ -108,16 +109,29 @@ fn migrations() -> Migrations<'static> {
 /// Moves every version-1 engine into the version-2 tables. A record that cannot be read is
 /// kept, set aside as `Corrupt` with the reason, rather than stopping the upgrade.
 fn migrate_engines(tx: &Transaction) -> Result<(), HookError> {
-    let rows: Vec<(String, String, String, String)> = {
+    // (id and backup as they can be shown, and the columns as text or why they are not)
+    type EngineRow = (String, String, Result<[String; 4], String>);
+    let rows: Vec<EngineRow> = {
         let mut stmt = tx.prepare("SELECT trial_id, status, backup, updated_at FROM engines")?;
         stmt.query_map([], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            let read = || {
+                Ok([
+                    text_of(row, 0, "trial_id")?,
+                    text_of(row, 1, "status")?,
+                    text_of(row, 2, "backup")?,
+                    text_of(row, 3, "updated_at")?,
+                ])
+            };
+            Ok((shown_of(row, 0)?, shown_of(row, 2)?, read()))
         })?
         .collect::<Result<_, _>>()?
     };
     let now = time(chrono::Utc::now());
-    for (id, status, backup, updated_at) in rows {
-        match legacy::convert(&id, &status, &backup, &updated_at) {
+    for (id, backup, read) in rows {
+        let converted = read.and_then(|[id, status, backup, updated_at]| {
+            legacy::convert(&id, &status, &backup, &updated_at)
+        });
+        match converted {
             Ok(converted) => {
                 put_trial(tx, &converted.record)?;
                 for event in &converted.events {
@@ -161,6 +175,34 @@ fn set_aside(
          ON CONFLICT (trial_id) DO NOTHING",
         params![id, reason, content, created_at, now],
     )
+}
+
+/// Column `i` (`name`) of a row as text, or why it is not: SQLite keeps whatever a hand or a
+/// bug wrote into a column, and one such value must set its record aside, not stop start-up.
+fn text_of(row: &rusqlite::Row<'_>, i: usize, name: &str) -> Result<String, String> {
+    match row.get_ref(i) {
+        Ok(ValueRef::Text(bytes)) => {
+            String::from_utf8(bytes.to_vec()).map_err(|_| format!("{name} is not UTF-8 text"))
+        }
+        Ok(ValueRef::Integer(n)) => Ok(n.to_string()),
+        Ok(ValueRef::Real(x)) => Ok(x.to_string()),
+        Ok(ValueRef::Null) => Err(format!("{name} is empty (NULL)")),
+        Ok(ValueRef::Blob(_)) => Err(format!("{name} is binary data (a BLOB), not text")),
+        Err(e) => Err(format!("{name}: {e}")),
+    }
+}
+
+/// Column `i` of a row as text, whatever it holds: to name or keep a record that cannot be
+/// read.
+fn shown_of(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<String> {
+    Ok(match row.get_ref(i)? {
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => {
+            String::from_utf8_lossy(bytes).into_owned()
+        }
+        ValueRef::Integer(n) => n.to_string(),
+        ValueRef::Real(x) => x.to_string(),
+        ValueRef::Null => String::new(),
+    })
 }
 
 /// The file name of the database inside the data directory.
@@ -544,29 +586,47 @@ impl Backend for SqliteBackend {
         let read = |e| backend_error("read", e);
         let mut loaded = Loaded::default();
 
-        let jobs: Vec<(String, String, String)> = all_rows(
+        // (rowid; trial id, start time and created_at as they can be shown; then as text)
+        type JobRow = (i64, [String; 3], Result<[String; 3], String>);
+        let jobs: Vec<JobRow> = all_rows(
             &self.conn,
-            "SELECT trial_id, start_time, created_at FROM jobs ORDER BY start_time",
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            "SELECT rowid, trial_id, start_time, created_at FROM jobs ORDER BY start_time",
+            |row| {
+                let read = || {
+                    Ok([
+                        text_of(row, 1, "trial_id")?,
+                        text_of(row, 2, "start_time")?,
+                        text_of(row, 3, "created_at")?,
+                    ])
+                };
+                let shown = [shown_of(row, 1)?, shown_of(row, 2)?, shown_of(row, 3)?];
+                Ok((row.get(0)?, shown, read()))
+            },
         )
         .map_err(read)?;
-        for (id, start, created_at) in jobs {
-            let reason = match (
-                TrialId::parse(&id),
-                StartTime::parse(&start),
-                parse_time(&created_at),
-            ) {
-                (Ok(id), Ok(start), Ok(created_at)) => {
-                    loaded.jobs.push(StoredJob {
+        for (rowid, [id, start, created_at], columns) in jobs {
+            let parsed = columns.and_then(|[id, start, created_at]| {
+                match (
+                    TrialId::parse(&id),
+                    StartTime::parse(&start),
+                    parse_time(&created_at),
+                ) {
+                    (Ok(id), Ok(start), Ok(created_at)) => Ok(StoredJob {
                         id,
                         start,
                         created_at,
-                    });
+                    }),
+                    (Err(e), _, _) => Err(e.to_string()),
+                    (_, Err(e), _) => Err(format!("start time '{start}': {e}")),
+                    (_, _, Err(e)) => Err(format!("created_at {e}")),
+                }
+            });
+            let reason = match parsed {
+                Ok(job) => {
+                    loaded.jobs.push(job);
                     continue;
                 }
-                (Err(e), _, _) => format!("unreadable scheduled job: {e}"),
-                (_, Err(e), _) => format!("unreadable scheduled job: start time '{start}': {e}"),
-                (_, _, Err(e)) => format!("unreadable scheduled job: created_at {e}"),
+                Err(e) => format!("unreadable scheduled job: {e}"),
             };
             error!(trial = %id, reason = %reason, "a saved job cannot be read: set aside as Corrupt");
             let tx = self.conn.transaction().map_err(read)?;
@@ -578,22 +638,22 @@ impl Backend for SqliteBackend {
                 &now
             };
             set_aside(&tx, &id, &reason, &start, scheduled, &now).map_err(read)?;
-            exec(&tx, "DELETE FROM jobs WHERE trial_id = ?1", params![id]).map_err(read)?;
+            exec(&tx, "DELETE FROM jobs WHERE rowid = ?1", params![rowid]).map_err(read)?;
             tx.commit().map_err(read)?;
             loaded.quarantined.push((id, reason));
         }
 
         // Live trials only: start-up does not grow with the trials that have ended.
-        let live: Vec<LiveRow> = all_rows(
+        let live = all_rows(
             &self.conn,
-            "SELECT trial_id, lifecycle, checkpoint, paused, created_at, updated_at, ended_at
+            "SELECT rowid, trial_id, lifecycle, checkpoint, paused, created_at, updated_at,
+                 ended_at
              FROM trials WHERE live = 1 ORDER BY created_at",
             LiveRow::from_row,
         )
         .map_err(read)?;
-        for row in live {
-            let id = row.trial_id.clone();
-            let recovered = row.record().and_then(|record| {
+        for (rowid, id, row) in live {
+            let recovered = row.and_then(|row| row.record()).and_then(|record| {
                 let events = events_of(&self.conn, &record.id).map_err(|e| e.to_string())?;
                 let responses = responses_of(&self.conn, &record.id).map_err(|e| e.to_string())?;
                 // Only whole numbers: a damaged one is no number to go on from.
@@ -633,8 +693,8 @@ impl Backend for SqliteBackend {
                     self.conn
                         .execute(
                             "UPDATE trials SET engine_status = 'Corrupt', live = 0, status = NULL,
-                                 failure = ?2 WHERE trial_id = ?1",
-                            params![id, reason],
+                                 failure = ?2 WHERE rowid = ?1",
+                            params![rowid, reason],
                         )
                         .map_err(read)?;
                     loaded.quarantined.push((id, reason));
@@ -649,23 +709,48 @@ impl Backend for SqliteBackend {
                 params![now],
             )
             .map_err(read)?;
-        loaded.revoked = all_rows(
+        let revoked = all_rows(
             &self.conn,
             "SELECT jti, expires_at FROM revoked_tokens",
-            |row| Ok((row.get(0)?, row.get(1)?)),
+            |row| {
+                let expires_at = match row.get_ref(1)? {
+                    ValueRef::Integer(at) => Some(at),
+                    _ => None,
+                };
+                Ok((text_of(row, 0, "jti"), expires_at))
+            },
         )
         .map_err(read)?;
+        for (jti, expires_at) in revoked {
+            match (jti, expires_at) {
+                (Ok(jti), Some(at)) => loaded.revoked.push((jti, at)),
+                (Ok(jti), None) => {
+                    warn!("a revoked token's expiry cannot be read: it stays revoked for good");
+                    loaded.revoked.push((jti, i64::MAX));
+                }
+                // No token has an id that is not text: nothing it could match.
+                (Err(e), _) => warn!(error = %e, "a revocation that cannot be read is left out"),
+            }
+        }
 
-        loaded.automatic = self
+        let automatic = self
             .conn
             .query_row(
                 "SELECT value FROM settings WHERE key = 'automatic'",
                 [],
-                |row| row.get::<_, String>(0),
+                |row| Ok(text_of(row, 0, "automatic")),
             )
             .optional()
-            .map_err(read)?
-            .map(|v| v == "true");
+            .map_err(read)?;
+        loaded.automatic = match automatic.as_ref().map(|v| v.as_deref()) {
+            None => None,
+            Some(Ok("true")) => Some(true),
+            Some(Ok("false")) => Some(false),
+            Some(value) => {
+                warn!(value = ?value, "the saved automatic scheduling switch cannot be read: the configured one is used");
+                None
+            }
+        };
         Ok(loaded)
     }
 
@@ -694,16 +779,28 @@ struct LiveRow {
 }
 
 impl LiveRow {
-    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
-        Ok(Self {
-            trial_id: row.get(0)?,
-            lifecycle: row.get(1)?,
-            checkpoint: row.get(2)?,
-            paused: row.get::<_, i64>(3)? != 0,
-            created_at: row.get(4)?,
-            updated_at: row.get(5)?,
-            ended_at: row.get(6)?,
-        })
+    /// The row's rowid, its trial id as it can be shown, and the row, or why a column of it
+    /// cannot be read.
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String, Result<Self, String>)> {
+        let read = || {
+            Ok(Self {
+                trial_id: text_of(row, 1, "trial_id")?,
+                lifecycle: text_of(row, 2, "lifecycle")?,
+                checkpoint: text_of(row, 3, "checkpoint")?,
+                paused: match row.get_ref(4) {
+                    Ok(ValueRef::Integer(paused)) => paused != 0,
+                    _ => return Err("paused is not a number".to_owned()),
+                },
+                created_at: text_of(row, 5, "created_at")?,
+                updated_at: text_of(row, 6, "updated_at")?,
+                ended_at: match row.get_ref(7) {
+                    Ok(ValueRef::Null) => None,
+                    _ => Some(text_of(row, 7, "ended_at")?),
+                },
+            })
+        };
+        let read = read().map_err(|e| format!("unreadable record: {e}"));
+        Ok((row.get(0)?, shown_of(row, 1)?, read))
     }
 
     fn record(&self) -> Result<TrialRecord, String> {
@@ -825,7 +922,8 @@ fn readable<T>(
         Err(
             e @ (rusqlite::Error::InvalidColumnType(..)
             | rusqlite::Error::FromSqlConversionFailure(..)
-            | rusqlite::Error::IntegralValueOutOfRange(..)),
+            | rusqlite::Error::IntegralValueOutOfRange(..)
+            | rusqlite::Error::Utf8Error(..)),
         ) => {
             warn!(trial = %id, error = %e, "an unreadable {what} is left out");
             Ok(None)
@@ -1005,31 +1103,24 @@ impl Reader for SqliteReader {
         let row = self
             .conn
             .query_row(
-                "SELECT trial_id, lifecycle, checkpoint, paused, created_at, updated_at,
+                "SELECT rowid, trial_id, lifecycle, checkpoint, paused, created_at, updated_at,
                      ended_at, engine_status, failure
                  FROM trials WHERE trial_id = ?1",
                 params![id.as_str()],
                 |row| {
-                    Ok((
-                        LiveRow::from_row(row)?,
-                        row.get::<_, String>(7)?,
-                        row.get::<_, Option<String>>(8)?,
-                    ))
+                    let (_, _, read) = LiveRow::from_row(row)?;
+                    Ok((read, shown_of(row, 8)?, shown_of(row, 9)?))
                 },
             )
             .optional()
             .map_err(read)?;
         Ok(row.map(|(row, engine_status, failure)| {
             match listed_status(&engine_status) {
-                Ok(ListedStatus::Corrupt) => {
-                    return StoredTrial::Corrupt {
-                        reason: failure.unwrap_or_default(),
-                    };
-                }
+                Ok(ListedStatus::Corrupt) => return StoredTrial::Corrupt { reason: failure },
                 Err(reason) => return StoredTrial::Corrupt { reason },
                 Ok(_) => {}
             }
-            match row.record() {
+            match row.and_then(|row| row.record()) {
                 Ok(record) => StoredTrial::Readable(Box::new(record)),
                 Err(reason) => StoredTrial::Corrupt { reason },
             }

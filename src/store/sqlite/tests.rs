@@ -625,3 +625,143 @@ fn a_store_written_by_the_previous_release_is_migrated() {
     }
     assert!(reader.events(&id("v1-finished")).unwrap().len() > 10);
 }
+
+#[test]
+fn a_value_of_the_wrong_type_sets_its_record_aside_and_start_up_goes_on() {
+    let mut store = SqliteBackend::in_memory().unwrap();
+    let now = Utc::now();
+    let healthy = id("healthy");
+    put(
+        &mut store,
+        vec![
+            Op::PutTrial(Box::new(record("healthy", Lifecycle::Waiting, now))),
+            Op::PutTrial(Box::new(record("blob", Lifecycle::Waiting, now))),
+            Op::PutTrial(Box::new(record("not-utf8", Lifecycle::Waiting, now))),
+            Op::PutTrial(Box::new(record("paused-text", Lifecycle::Waiting, now))),
+            Op::AppendEvent {
+                id: healthy.clone(),
+                event: std::sync::Arc::new(TrialEvent {
+                    seq: 0,
+                    at: now,
+                    event: EventKind::Waiting,
+                    step: None,
+                    detail: Some("fine".into()),
+                    duration_ms: None,
+                }),
+            },
+        ],
+    );
+    for damage in [
+        "UPDATE trials SET checkpoint = X'00FF' WHERE trial_id = 'blob'",
+        "UPDATE trials SET checkpoint = CAST(X'7BFF7D' AS TEXT) WHERE trial_id = 'not-utf8'",
+        "UPDATE trials SET paused = 'yes' WHERE trial_id = 'paused-text'",
+        "INSERT INTO trial_events (trial_id, seq, at, kind, detail)
+             SELECT trial_id, 1, at, kind, CAST(X'FF' AS TEXT) FROM trial_events",
+        "INSERT INTO jobs (trial_id, start_time, created_at) VALUES ('job-blob', X'01', '')",
+        "INSERT INTO jobs (trial_id, start_time, created_at) VALUES (X'FF', '2099-01-01T00:00:00Z', '')",
+        "INSERT INTO revoked_tokens (jti, expires_at) VALUES ('kept', 'soon')",
+        "INSERT INTO revoked_tokens (jti, expires_at) VALUES (X'00', 9999999999)",
+        "INSERT INTO settings (key, value) VALUES ('automatic', 'maybe')",
+    ] {
+        store.conn.execute(damage, []).unwrap();
+    }
+    let loaded = store.load().unwrap();
+    let mut set_aside: Vec<&str> = loaded
+        .quarantined
+        .iter()
+        .map(|(id, _)| id.as_str())
+        .collect();
+    set_aside.sort_unstable();
+    assert_eq!(
+        set_aside,
+        ["blob", "job-blob", "not-utf8", "paused-text", "\u{FFFD}"],
+        "{:?}",
+        loaded.quarantined
+    );
+    let reasons: Vec<&str> = loaded.quarantined.iter().map(|(_, r)| r.as_str()).collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("checkpoint is binary data")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("checkpoint is not UTF-8")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("start_time is binary data")),
+        "{reasons:?}"
+    );
+    let [recovered] = loaded.trials.as_slice() else {
+        panic!("{:?}", loaded.trials);
+    };
+    assert_eq!(recovered.record.id, healthy);
+    assert_eq!(
+        recovered.events.len(),
+        1,
+        "the unreadable event is left out"
+    );
+    assert_eq!(recovered.next_event, 2);
+    assert_eq!(
+        loaded.revoked,
+        [("kept".to_owned(), i64::MAX)],
+        "still revoked"
+    );
+    assert_eq!(loaded.automatic, None, "the configured switch is used");
+    assert!(loaded.jobs.is_empty());
+    let mut reader = store.reader().unwrap();
+    assert_eq!(reader.events(&healthy).unwrap().len(), 1);
+    assert!(matches!(
+        reader.trial(&id("blob")).unwrap(),
+        Some(StoredTrial::Corrupt { .. })
+    ));
+    assert!(
+        store.load().unwrap().quarantined.is_empty(),
+        "set aside once, not read again"
+    );
+}
+
+#[test]
+fn a_version_1_record_of_the_wrong_type_is_set_aside_and_the_upgrade_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let conn = Connection::open(dir.path().join(FILE_NAME)).unwrap();
+        conn.execute_batch(V1).unwrap();
+        conn.execute_batch(
+            "PRAGMA user_version = 1;
+             INSERT INTO engines VALUES ('v1-blob', 'Active', X'7B7D', '2026-01-01T00:00:00Z');
+             INSERT INTO engines VALUES (X'FFFE', 'Active', '{}', '2026-01-01T00:00:00Z');",
+        )
+        .unwrap();
+    }
+    let mut store = SqliteBackend::open(dir.path()).unwrap();
+    let loaded = store.load().unwrap();
+    assert!(loaded.trials.is_empty(), "{:?}", loaded.trials);
+    let mut reader = store.reader().unwrap();
+    let corrupt = reader
+        .trials(&TrialQuery {
+            statuses: vec![ListedStatus::Corrupt],
+            limit: 10,
+            ..TrialQuery::default()
+        })
+        .unwrap();
+    let mut failures: Vec<String> = corrupt
+        .iter()
+        .map(|t| t.failure.clone().unwrap_or_default())
+        .collect();
+    failures.sort_unstable();
+    assert_eq!(corrupt.len(), 2, "{failures:?}");
+    assert!(
+        failures[0].contains("backup is binary data"),
+        "{failures:?}"
+    );
+    assert!(
+        failures[1].contains("trial_id is binary data"),
+        "{failures:?}"
+    );
+}
