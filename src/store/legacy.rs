@@ -62,10 +62,26 @@ struct V1Data {
     kpi_status: Option<String>,
     #[serde(default)]
     repository_status: Option<String>,
+    /// Read one by one: an entry that cannot be read is left out, not the whole trial.
     #[serde(default)]
-    responses: Vec<V1Response>,
+    responses: Vec<Value>,
     #[serde(default)]
-    history: Vec<V1Event>,
+    history: Vec<Value>,
+}
+
+/// The entries of a version-1 list that can be read as `T`; each other one is left out with
+/// a warning naming the trial `id` and `what` it was.
+fn readable<T: serde::de::DeserializeOwned>(id: &str, what: &str, entries: Vec<Value>) -> Vec<T> {
+    entries
+        .into_iter()
+        .filter_map(|entry| {
+            serde_json::from_value(entry)
+                .inspect_err(|e| {
+                    tracing::warn!(trial = %id, error = %e, "an unreadable version-1 {what} is left out");
+                })
+                .ok()
+        })
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -193,27 +209,26 @@ pub fn convert(
             _ => JobState::None,
         },
     };
-    let responses: Vec<ResponseRecord> = data
-        .responses
-        .into_iter()
-        .map(|r| ResponseRecord {
-            step: r.step,
-            service: r.service,
-            method: r.method,
-            path: r.path,
-            status: r.status,
-            body: r.body,
-            error: r.error,
-            duration_ms: r.duration_ms,
-            attempt: 1,
-            at: r.at,
-        })
-        .collect();
+    let responses: Vec<ResponseRecord> =
+        readable::<V1Response>(id.as_str(), "response", data.responses)
+            .into_iter()
+            .map(|r| ResponseRecord {
+                step: r.step,
+                service: r.service,
+                method: r.method,
+                path: r.path,
+                status: r.status,
+                body: r.body,
+                error: r.error,
+                duration_ms: r.duration_ms,
+                attempt: 1,
+                at: r.at,
+            })
+            .collect();
     // Version 1 ran the failure procedure after saving the failure; its report is recorded
     // among the responses once it ran.
     let reported = responses.iter().any(|r| r.step == "ReportFailure");
-    let events: Vec<TrialEvent> = data
-        .history
+    let events: Vec<TrialEvent> = readable::<V1Event>(id.as_str(), "event", data.history)
         .into_iter()
         .filter_map(|e| {
             Some(TrialEvent {
@@ -304,5 +319,34 @@ mod tests {
         }
         let before = converted_at(r#"{"Run": "GetTrialInfo"}"#, "Failed");
         assert_eq!(before.record.checkpoint.data.ledger.slice, SliceState::None);
+    }
+
+    #[test]
+    fn an_unreadable_response_or_event_is_left_out_and_the_trial_is_kept() {
+        let response = |status: &str| {
+            format!(
+                r#"{{"step": "GetTrialInfo", "service": "trial_repository", "method": "GET", "path": "trial/v1/", "status": {status}, "body": null, "error": null, "duration_ms": 3, "at": "2026-01-02T03:04:05Z"}}"#
+            )
+        };
+        let event = |at: &str| {
+            format!(
+                r#"{{"at": {at}, "event": "step_started", "step": "GetTrialInfo", "detail": null, "duration_ms": null}}"#
+            )
+        };
+        let backup = format!(
+            r#"{{"position": {{"Wait": "Idle"}}, "data": {{"token": "t", "info": null, "kpi_status": null, "responses": [{}, {}], "history": [{}, {}, {}]}}, "failure": null}}"#,
+            response("200"),
+            response(r#""two hundred""#),
+            event(r#""2026-01-02T03:04:05Z""#),
+            event(r#""yesterday""#),
+            event(r#""2026-01-02T03:04:06Z""#),
+        );
+        let converted = convert("v1", "Active", &backup, "2026-01-02T03:04:07Z").unwrap();
+        assert_eq!(converted.responses.len(), 1);
+        assert_eq!(converted.events.len(), 2);
+        assert_eq!(
+            converted.record.checkpoint.position,
+            Position::Wait(Wait::Idle)
+        );
     }
 }
