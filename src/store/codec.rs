@@ -11,7 +11,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::engine::sequence::{Signal, Step, Wait};
+use crate::engine::sequence::{self, Signal, Step, Wait};
 use crate::engine::state::{
     Checkpoint, Failure, JobState, KpiStatus, Ledger, Leftover, LeftoverKind, Lifecycle, Mode,
     Position, SliceState, TrialData, TrialInfo,
@@ -302,7 +302,7 @@ pub fn decode_checkpoint(text: &str) -> Result<Checkpoint, String> {
             doc.format
         ));
     }
-    Ok(Checkpoint {
+    let checkpoint = Checkpoint {
         position: match doc.position {
             PositionDoc::Run(s) => Position::Run(step(&s)?),
             PositionDoc::Wait(w) => Position::Wait(wait(&w)?),
@@ -374,7 +374,20 @@ pub fn decode_checkpoint(text: &str) -> Result<Checkpoint, String> {
         run: doc.run,
         started_at: parse_time(&doc.started_at)?,
         waiting_since: doc.waiting_since.as_deref().map(parse_time).transpose()?,
-    })
+    };
+    // Every step after the first needs the token the first one mints (it cannot be skipped):
+    // a checkpoint past it without one is damaged, and would fail the trial later, far from
+    // the cause.
+    if matches!(checkpoint.mode, Mode::Normal)
+        && checkpoint.position != Position::Run(sequence::FIRST)
+        && checkpoint.data.token.is_none()
+    {
+        return Err(format!(
+            "damaged checkpoint: past {} without the trial's callback token",
+            sequence::FIRST.name()
+        ));
+    }
+    Ok(checkpoint)
 }
 
 #[cfg(test)]
@@ -522,5 +535,23 @@ mod tests {
         let late = early + chrono::Duration::microseconds(1);
         assert!(time(early) < time(late));
         assert_eq!(time(early).len(), time(late).len());
+    }
+
+    #[test]
+    fn a_checkpoint_past_the_first_step_without_a_token_is_damaged() {
+        let mut checkpoint = golden();
+        checkpoint.mode = Mode::Normal;
+        checkpoint.data.token = None;
+        let reason = decode_checkpoint(&encode_checkpoint(&checkpoint)).unwrap_err();
+        assert!(
+            reason.contains("without the trial's callback token"),
+            "{reason}"
+        );
+        checkpoint.position = Position::Run(sequence::FIRST);
+        assert!(decode_checkpoint(&encode_checkpoint(&checkpoint)).is_ok());
+        // A clean-up may start before the first step has minted it.
+        checkpoint.position = Position::Wait(Wait::SliceClosed);
+        checkpoint.mode = golden().mode;
+        assert!(decode_checkpoint(&encode_checkpoint(&checkpoint)).is_ok());
     }
 }
