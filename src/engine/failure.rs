@@ -195,6 +195,39 @@ pub async fn resolve_file(shared: &EngineShared, lifecycle: Lifecycle) {
     }
 }
 
+/// Removes the failure file of a trial the service has forgotten (deleted, or purged after
+/// its retention): what it says is of no trial any more.
+pub async fn remove_file(settings: &Settings, id: &TrialId) {
+    let path = failure_file(settings, id);
+    match tokio::fs::remove_file(&path).await {
+        Ok(()) => {
+            info!(trial = %id, file = %path.display(), "failure file of a forgotten trial removed")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            warn!(trial = %id, error = %e, file = %path.display(), "cannot remove the failure file of a forgotten trial")
+        }
+    }
+}
+
+/// The trials that have a failure file in the log directory.
+pub async fn trials_with_files(settings: &Settings) -> Vec<TrialId> {
+    let Ok(mut dir) = tokio::fs::read_dir(&settings.logging.dir).await else {
+        return Vec::new();
+    };
+    let mut ids = Vec::new();
+    while let Ok(Some(entry)) = dir.next_entry().await {
+        let name = entry.file_name();
+        let id = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("executor_"))
+            .and_then(|n| n.strip_suffix("_fail.log"))
+            .and_then(|id| TrialId::parse(id).ok());
+        ids.extend(id);
+    }
+    ids
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{error, info, warn};
 
 use crate::domain::{InvalidStartTime, StartTime, TrialId};
-use crate::engine::{EngineDeps, EngineShared};
+use crate::engine::{EngineDeps, EngineShared, failure};
 use crate::services::registry::RegistryError;
 use crate::store::{AuditEntry, Loaded, Op, Store, StoreError};
 use engines::EngineRegistry;
@@ -479,11 +479,11 @@ impl Scheduler {
                 .store()
                 .write(Op::DeleteTrial { id: id.clone() })
                 .await?;
-            return Ok(if removed > 0 {
-                Deleted::Record
-            } else {
-                Deleted::Nothing
-            });
+            if removed == 0 {
+                return Ok(Deleted::Nothing);
+            }
+            failure::remove_file(&self.inner.deps.settings, id).await;
+            return Ok(Deleted::Record);
         };
         if !engine.claim_delete() {
             return Ok(Deleted::Nothing);
@@ -514,6 +514,7 @@ impl Scheduler {
             tokens.revoked(revocation);
         }
         self.inner.engines.remove(id, &engine.weak());
+        failure::remove_file(&self.inner.deps.settings, id).await;
         Ok(Deleted::Engine)
     }
 
@@ -824,12 +825,13 @@ impl Scheduler {
         if days == 0 {
             return None;
         }
-        let store = self.store().clone();
+        let scheduler = self.clone();
         Some(tokio::spawn(async move {
             loop {
                 let cutoff = Utc::now()
                     - chrono::Duration::days(i64::try_from(days).unwrap_or(i64::MAX / 86_400));
-                match store
+                match scheduler
+                    .store()
                     .write(Op::Purge {
                         ended_before: cutoff,
                     })
@@ -841,9 +843,29 @@ impl Scheduler {
                         warn!(error = %e, "the purge of old trials failed; it runs again later")
                     }
                 }
+                scheduler.remove_forgotten_failure_files().await;
                 tokio::time::sleep(PURGE_INTERVAL).await;
             }
         }))
+    }
+
+    /// Removes the failure files of trials neither in memory nor in the store (purged).
+    async fn remove_forgotten_failure_files(&self) {
+        let settings = &self.inner.deps.settings;
+        for id in failure::trials_with_files(settings).await {
+            if self.inner.engines.get(&id).is_some() {
+                continue;
+            }
+            let query = id.clone();
+            match self.store().read(move |reader| reader.trial(&query)).await {
+                Ok(None) => failure::remove_file(settings, &id).await,
+                Ok(Some(_)) => {}
+                Err(e) => {
+                    warn!(error = %e, "cannot tell which failure files are of purged trials; tried again at the next purge");
+                    return;
+                }
+            }
+        }
     }
 
     /// Stops every job and engine (service shutdown): no job fires and no step starts once

@@ -794,3 +794,18 @@ async fn a_redirect_is_not_followed_and_fails_the_step() {
     let reached = tokio::time::timeout(std::time::Duration::ZERO, elsewhere.accept()).await;
     assert!(reached.is_err(), "the redirect was followed");
 }
+
+#[tokio::test]
+async fn deleting_a_failed_trial_removes_its_failure_file() {
+    let app = spawn_app().await;
+    let id = "deleted-failed";
+    let mut pending = Platform::trial(id, None);
+    pending["status"] = json!("PENDING");
+    app.platform.add_trial(pending);
+    app.schedule_in(id, 300).await;
+    app.wait_failed(id).await;
+    assert!(app.failure_file(id).is_some());
+    let deleted = app.delete(&format!("/debug/engine/{id}")).await;
+    assert_eq!(deleted.status, StatusCode::OK, "{deleted:?}");
+    assert!(app.failure_file(id).is_none(), "forgotten with the trial");
+}

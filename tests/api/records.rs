@@ -327,9 +327,17 @@ async fn trials_past_their_retention_are_purged_and_failed_ones_kept() {
         None,
     );
     let path = data.path().to_path_buf();
+    // Failure files left by earlier runs: a purged trial's goes with it.
+    let logs = tempfile::tempdir().expect("tempdir");
+    let file = |id: &str| logs.path().join(format!("executor_{id}_fail.log"));
+    for id in ["old-finished", "old-failed", "recent-finished"] {
+        std::fs::write(file(id), "{}").expect("a failure file");
+    }
+    let logs_dir = logs.path().to_path_buf();
     let app = spawn_app_with_settings(move |s| {
         s.store.data_dir = path;
         s.store.retention_days = 7;
+        s.logging.dir = logs_dir;
     })
     .await;
     eventually("the purge of old trials", || async {
@@ -344,6 +352,14 @@ async fn trials_past_their_retention_are_purged_and_failed_ones_kept() {
         app.get("/trial/old-finished/history").await.status,
         StatusCode::NOT_FOUND
     );
+    eventually("the purged trial's failure file removed", || async {
+        match file("old-finished").exists() {
+            false => Ok(()),
+            true => Err("still there".to_owned()),
+        }
+    })
+    .await;
+    assert!(file("old-failed").exists() && file("recent-finished").exists());
 }
 
 #[tokio::test]
