@@ -101,9 +101,34 @@ const V2: &str = "CREATE TABLE trials (
      CREATE INDEX audit_trial ON audit (trial_id, seq);
      CREATE INDEX audit_actor ON audit (actor, seq);";
 
+/// Version 3: the audit log's numbers are never used twice. Without `AUTOINCREMENT` SQLite
+/// numbers a row after the highest one left, so a purge that removed every entry started the
+/// log again at 1, under the cursor a reader kept.
+const V3: &str = "CREATE TABLE audit_v3 (
+         seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+         at          TEXT NOT NULL,
+         actor       TEXT NOT NULL,
+         role        TEXT,
+         action      TEXT NOT NULL,
+         trial_id    TEXT,
+         outcome     INTEGER NOT NULL,
+         detail      TEXT,
+         remote_addr TEXT
+     );
+     INSERT INTO audit_v3 (seq, at, actor, role, action, trial_id, outcome, detail, remote_addr)
+         SELECT seq, at, actor, role, action, trial_id, outcome, detail, remote_addr FROM audit;
+     DROP TABLE audit;
+     ALTER TABLE audit_v3 RENAME TO audit;
+     CREATE INDEX audit_trial ON audit (trial_id, seq);
+     CREATE INDEX audit_actor ON audit (actor, seq);";
+
 /// The schema, one migration per version.
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1), M::up_with_hook(V2, migrate_engines)])
+    Migrations::new(vec![
+        M::up(V1),
+        M::up_with_hook(V2, migrate_engines),
+        M::up(V3),
+    ])
 }
 
 /// Moves every version-1 engine into the version-2 tables. A record that cannot be read is

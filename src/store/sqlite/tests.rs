@@ -765,3 +765,34 @@ fn a_version_1_record_of_the_wrong_type_is_set_aside_and_the_upgrade_goes_on() {
         "{failures:?}"
     );
 }
+
+#[test]
+fn an_audit_number_is_never_used_again_even_after_a_purge_took_every_entry() {
+    let mut store = SqliteBackend::in_memory().unwrap();
+    let now = Utc::now();
+    let old = now - Duration::days(100);
+    put(
+        &mut store,
+        vec![
+            Op::Audit(audit("first", old)),
+            Op::Audit(audit("second", old)),
+        ],
+    );
+    put(
+        &mut store,
+        vec![Op::Purge {
+            ended_before: now - Duration::days(90),
+        }],
+    );
+    assert!(actions(&store).is_empty());
+    put(&mut store, vec![Op::Audit(audit("after", now))]);
+    let mut reader = store.reader().unwrap();
+    let entries = reader
+        .audit(&AuditQuery {
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .unwrap();
+    let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [3], "after the two purged");
+}
