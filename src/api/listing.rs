@@ -13,7 +13,7 @@ use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::Viewer;
 use super::{paging, view};
-use crate::store::codec::{parse_time, time};
+use crate::store::codec::{self, parse_time, time};
 use crate::store::{ListedStatus, ListedTrial, TrialQuery};
 
 /// The routes of this area.
@@ -165,6 +165,11 @@ pub async fn page(state: &AppState, query: TrialQuery) -> Result<Page, ApiError>
                 row.ended_at = snapshot.ended_at.map(time);
                 row.failure = snapshot.failure.as_ref().map(|f| f.reason.clone());
             }
+            // Written as the trial's status writes them (the store's have a fixed width, to
+            // sort as text).
+            row.created_at = codec::shown(&row.created_at);
+            row.updated_at = codec::shown(&row.updated_at);
+            row.ended_at = row.ended_at.as_deref().map(codec::shown);
             row
         })
         .filter(|row| wanted.is_empty() || wanted.contains(&row.engine_status))

@@ -25,6 +25,15 @@ pub fn time(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// A time the store wrote, as every answer of the API writes a time (RFC 3339 in UTC, with as
+/// many digits of the second as it needs); one that is not a time is kept as it is.
+pub fn shown(text: &str) -> String {
+    parse_time(text).map_or_else(
+        |_| text.to_owned(),
+        |at| at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+    )
+}
+
 /// A time the store wrote.
 pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(text)

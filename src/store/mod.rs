@@ -303,8 +303,7 @@ pub struct ListedTrial {
     /// What the engine waits for, while it waits.
     #[schema(required = true)]
     pub waiting_for: Option<String>,
-    /// When the trial was scheduled or its engine created (RFC 3339, UTC, fixed width: sorts
-    /// as text).
+    /// When the trial was scheduled or its engine created (RFC 3339, UTC).
     #[schema(format = DateTime)]
     pub created_at: String,
     /// When its record last changed.

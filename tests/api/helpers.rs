@@ -1259,6 +1259,7 @@ pub async fn spawn_app_with_service_credentials() -> TestApp {
 pub fn record(id: &str, lifecycle: Lifecycle, at: DateTime<Utc>) -> TrialRecord {
     let mut checkpoint = Checkpoint::new(at);
     checkpoint.position = Position::Run(Step::EnforceUavPlan);
+    checkpoint.data.token = Some("a-token".to_owned());
     TrialRecord {
         id: TrialId::parse(id).expect("id"),
         lifecycle,

@@ -606,3 +606,33 @@ async fn a_trial_keeps_its_place_in_the_listing_when_its_job_starts() {
     let status = app.trial_status(starting).await;
     assert_eq!(status["created_at"], scheduled["created_at"], "{status}");
 }
+
+#[tokio::test]
+async fn the_listing_and_the_status_write_a_trial_s_times_alike() {
+    use chrono::Timelike;
+    // A time on a whole millisecond: the store writes it with six digits of the second.
+    let at = (Utc::now() - Span::hours(1))
+        .with_nanosecond(123_000_000)
+        .expect("a time");
+    let data = prepared_store(
+        vec![Op::PutTrial(Box::new(record(
+            "ended",
+            Lifecycle::Finished,
+            at,
+        )))],
+        None,
+    );
+    let path = data.path().to_path_buf();
+    let app = spawn_app_with_settings(move |s| s.store.data_dir = path).await;
+    let row = listed(&app, "").await["trials"][0].clone();
+    let status = app.trial_status("ended").await;
+    for field in ["created_at", "updated_at", "ended_at"] {
+        assert_eq!(row[field], status[field], "{field}: {row} / {status}");
+    }
+    assert!(
+        row["ended_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with(".123Z")),
+        "{row}"
+    );
+}
