@@ -238,21 +238,24 @@ pub struct SqliteBackend {
     conn: Connection,
     /// How a reader opens the same database.
     location: Location,
-    /// The data directory's lock, held while the backend lives: one service per store.
-    _lock: Option<std::fs::File>,
+    /// The locks of the data directory and of the database file, held while the backend
+    /// lives: one service per store.
+    _locks: [Option<std::fs::File>; 2],
 }
 
 /// The lock file in the data directory, next to the database.
 const LOCK_FILE: &str = "lcm.lock";
 
-/// Takes the data directory's lock: a second service on the same store would run the same
-/// trials twice. Released by the system when the process ends, however it ends.
-fn lock_data_dir(data_dir: &Path) -> Result<Option<std::fs::File>, StoreError> {
-    let path = data_dir.join(LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
+/// Takes the lock of `path` in `data_dir` (the lock file, or the database file itself, so that
+/// a lock file removed by hand lets no second service in): a second service on the same
+/// store would run the same trials twice. Released by the system when the process ends,
+/// however it ends.
+fn lock_data_dir(
+    data_dir: &Path,
+    path: PathBuf,
+    open: &std::fs::OpenOptions,
+) -> Result<Option<std::fs::File>, StoreError> {
+    let file = open
         .open(&path)
         .map_err(|e| backend_error(&format!("cannot open {}", path.display()), e))?;
     match file.try_lock() {
@@ -292,11 +295,21 @@ impl SqliteBackend {
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| backend_error(&format!("cannot create {}", data_dir.display()), e))?;
-        let lock = lock_data_dir(data_dir)?;
+        let mut create = std::fs::OpenOptions::new();
+        create.create(true).truncate(false).write(true);
+        let lock = lock_data_dir(data_dir, data_dir.join(LOCK_FILE), &create)?;
         let path: PathBuf = data_dir.join(FILE_NAME);
         let shown = path.display().to_string();
         let mut conn = Connection::open(&path)
             .map_err(|e| backend_error(&format!("cannot open {shown}"), e))?;
+        let locks = [
+            lock,
+            lock_data_dir(
+                data_dir,
+                path.clone(),
+                std::fs::OpenOptions::new().read(true),
+            )?,
+        ];
         restrict_to_owner(&path);
         let setup = |conn: &mut Connection| -> rusqlite::Result<()> {
             conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -331,7 +344,7 @@ impl SqliteBackend {
         Ok(Self {
             conn,
             location: Location::File(path),
-            _lock: lock,
+            _locks: locks,
         })
     }
 
@@ -354,7 +367,7 @@ impl SqliteBackend {
         Ok(Self {
             conn,
             location: Location::Memory(name),
-            _lock: None,
+            _locks: [None, None],
         })
     }
 

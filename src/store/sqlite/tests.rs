@@ -796,3 +796,17 @@ fn an_audit_number_is_never_used_again_even_after_a_purge_took_every_entry() {
     let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, [3], "after the two purged");
 }
+
+#[test]
+fn a_lock_file_removed_by_hand_lets_no_second_service_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = SqliteBackend::open(dir.path()).unwrap();
+    std::fs::remove_file(dir.path().join(LOCK_FILE)).unwrap();
+    let Err(refused) = SqliteBackend::open(dir.path()) else {
+        panic!("a second backend opened the same store");
+    };
+    assert!(
+        refused.to_string().contains("in use by another process"),
+        "{refused}"
+    );
+}
