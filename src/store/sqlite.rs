@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params, params_from_iter};
 use rusqlite_migration::{HookError, M, Migrations};
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use super::codec::{self, decode_checkpoint, encode_checkpoint, parse_time, time};
 use super::{
@@ -241,6 +241,66 @@ pub struct SqliteBackend {
     /// The locks of the data directory and of the database file, held while the backend
     /// lives: one service per store.
     _locks: [Option<std::fs::File>; 2],
+    /// The database file as opened (none in memory).
+    file: Option<OpenedFile>,
+}
+
+/// The database file as opened, to notice it removed or replaced under the service: SQLite
+/// would go on writing to a file no path leads to any more, and every change would be lost.
+struct OpenedFile {
+    path: PathBuf,
+    /// Device and inode of the file opened.
+    identity: (u64, u64),
+    checked: std::time::Instant,
+    gone: bool,
+}
+
+/// How often a write checks that the database file is still there (a `stat`).
+const FILE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl OpenedFile {
+    fn new(path: PathBuf) -> Option<Self> {
+        let identity = identity(&path)?;
+        Some(Self {
+            path,
+            identity,
+            checked: std::time::Instant::now(),
+            gone: false,
+        })
+    }
+
+    /// Whether the path still leads to the file opened: checked at most every second while
+    /// it does, at every write once it did not.
+    fn check(&mut self) -> Result<(), StoreError> {
+        if !self.gone && self.checked.elapsed() < FILE_CHECK_EVERY {
+            return Ok(());
+        }
+        self.checked = std::time::Instant::now();
+        let shown = self.path.display();
+        if identity(&self.path) == Some(self.identity) {
+            if self.gone {
+                info!(path = %shown, "the database file is back: writes go on");
+                self.gone = false;
+            }
+            return Ok(());
+        }
+        if !self.gone {
+            error!(
+                path = %shown,
+                "the database file was removed or replaced while the service runs: nothing is written until it is back at its path (trials wait, changes are refused); the service still has it open: /proc/<pid>/fd lists it to copy back"
+            );
+            self.gone = true;
+        }
+        Err(StoreError::Backend(format!(
+            "the database file {shown} was removed or replaced while the service runs: nothing more is written to it"
+        )))
+    }
+}
+
+/// The device and inode of the file at `path`, if there is one.
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// The lock file in the data directory, next to the database.
@@ -343,6 +403,7 @@ impl SqliteBackend {
             .map_err(|e| backend_error(&format!("{shown} is not writable"), e))?;
         Ok(Self {
             conn,
+            file: OpenedFile::new(path.clone()),
             location: Location::File(path),
             _locks: locks,
         })
@@ -368,6 +429,7 @@ impl SqliteBackend {
             conn,
             location: Location::Memory(name),
             _locks: [None, None],
+            file: None,
         })
     }
 
@@ -604,6 +666,9 @@ fn apply_op(tx: &Transaction, op: &Op) -> rusqlite::Result<usize> {
 
 impl Backend for SqliteBackend {
     fn apply(&mut self, ops: &[Op]) -> Result<Vec<usize>, StoreError> {
+        if let Some(file) = &mut self.file {
+            file.check()?;
+        }
         let tx = self
             .conn
             .transaction()

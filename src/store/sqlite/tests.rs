@@ -810,3 +810,48 @@ fn a_lock_file_removed_by_hand_lets_no_second_service_in() {
         "{refused}"
     );
 }
+
+#[test]
+fn a_database_file_removed_under_the_service_refuses_writes_until_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SqliteBackend::open(dir.path()).unwrap();
+    let now = Utc::now();
+    let write = |name| {
+        vec![Op::PutTrial(Box::new(record(
+            name,
+            Lifecycle::Waiting,
+            now,
+        )))]
+    };
+    put(&mut store, write("before"));
+    let path = dir.path().join(FILE_NAME);
+    let moved = dir.path().join("moved-away");
+    std::fs::rename(&path, &moved).unwrap();
+    // (The check runs at most every second: as if that had passed.)
+    let due = std::time::Instant::now()
+        .checked_sub(FILE_CHECK_EVERY)
+        .unwrap();
+    store.file.as_mut().unwrap().checked = due;
+    let refused = store.apply(&write("while-gone")).unwrap_err();
+    assert!(
+        refused.to_string().contains("removed or replaced"),
+        "{refused}"
+    );
+    assert!(
+        store.apply(&write("still-gone")).is_err(),
+        "checked at every write while it is gone"
+    );
+    std::fs::rename(&moved, &path).unwrap();
+    put(&mut store, write("back"));
+    let mut reader = store.reader().unwrap();
+    let listed: Vec<String> = reader
+        .trials(&TrialQuery {
+            limit: 10,
+            ..TrialQuery::default()
+        })
+        .unwrap()
+        .into_iter()
+        .map(|t| t.trial_id)
+        .collect();
+    assert!(listed.contains(&"back".to_owned()) && !listed.contains(&"while-gone".to_owned()));
+}
