@@ -287,7 +287,7 @@ impl OpenedFile {
         if !self.gone {
             error!(
                 path = %shown,
-                "the database file was removed or replaced while the service runs: nothing is written until it is back at its path (trials wait, changes are refused); the service still has it open: /proc/<pid>/fd lists it to copy back"
+                "the database file was removed or replaced while the service runs: nothing is written until it is back at its path (trials wait, changes are refused); copy the file the service still has open (ls -l /proc/<pid>/fd, and its -wal) back to its path, then restart the service"
             );
             self.gone = true;
         }
