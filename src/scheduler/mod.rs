@@ -738,6 +738,7 @@ impl Scheduler {
         for job in loaded.jobs {
             let (id, start, created_at) = (job.id, job.start, job.created_at);
             if self.inner.engines.contains(&id) {
+                warn!(trial = %id, start = %start, "a saved job of a trial that has an engine already is dropped: the engine runs the trial");
                 self.store().write(Op::DeleteJob { id }).await?;
             } else if start.utc() > now {
                 let generation = self.next_generation();
