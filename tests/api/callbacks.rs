@@ -392,30 +392,23 @@ async fn a_signal_whose_checkpoint_is_not_saved_is_not_taken_and_the_trial_waits
 async fn a_checkpoint_the_store_refuses_is_saved_again_and_the_trial_goes_on_with_its_early_callback()
  {
     use lcm::engine::state::Lifecycle;
-    let (app, faults) = spawn_app_with_store_faults(
-        AppOptions::default(),
-        StoreFaults {
-            refused: RefusedSaves::of(|lifecycle| lifecycle == Lifecycle::Waiting),
-            ..StoreFaults::default()
-        },
-    )
-    .await;
+    let (app, refused) =
+        spawn_app_refusing_saves(|lifecycle| lifecycle == Lifecycle::Waiting).await;
     let id = "early-then-unsaved";
     // Trial enforcement calls back before it answers the deployment, and never again.
     app.platform
         .inject(slice_deployment_fault(id, FaultAction::EarlyCallback));
     // The step completes, and the checkpoint at the slice wait is refused: the trial waits
     // there, its next request not sent, until the store takes it.
-    faults.refused.refusing.store(true, Ordering::SeqCst);
+    refused.refuse(true);
     app.start_trial(id).await;
-    faults
-        .refused
+    refused
         .wait_refused("the checkpoint at the slice wait")
         .await;
     let held = app.trial_status(id).await;
     assert_eq!(held["failed"], false, "{held}");
     let sent = lines(&app, id);
-    faults.refused.refusing.store(false, Ordering::SeqCst);
+    refused.refuse(false);
     // Saved on its next try, with the callback its completed step was answered with.
     app.wait_waiting(id, WAITING_OPERATOR).await;
     let after = lines(&app, id);

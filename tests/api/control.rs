@@ -1445,24 +1445,16 @@ async fn a_clean_up_that_cannot_learn_the_job_s_id_says_why_it_sent_a_creation()
 #[tokio::test]
 async fn an_abort_whose_clean_up_cannot_be_saved_yet_is_answered_once_it_is_and_carried_out() {
     use lcm::engine::state::Lifecycle;
-    use std::sync::atomic::Ordering;
 
-    let (app, faults) = spawn_app_with_store_faults(
-        AppOptions::default(),
-        StoreFaults {
-            refused: RefusedSaves::of(|lifecycle| lifecycle == Lifecycle::Running),
-            ..StoreFaults::default()
-        },
-    )
-    .await;
+    let (app, refused) =
+        spawn_app_refusing_saves(|lifecycle| lifecycle == Lifecycle::Running).await;
     let id = "abort-unsaved";
     app.start_to_idle(id).await;
     let sent = lines(&app, id);
-    faults.refused.refusing.store(true, Ordering::SeqCst);
+    refused.refuse(true);
     let path = format!("/trial/{id}/abort");
     let (answer, ()) = tokio::join!(app.post(&path, Some(json!({"reason": "storm"}))), async {
-        faults
-            .refused
+        refused
             .wait_refused("the clean-up's first checkpoint")
             .await;
         assert_eq!(
@@ -1470,7 +1462,7 @@ async fn an_abort_whose_clean_up_cannot_be_saved_yet_is_answered_once_it_is_and_
             sent,
             "no clean-up request before its checkpoint is saved"
         );
-        faults.refused.refusing.store(false, Ordering::SeqCst);
+        refused.refuse(false);
     });
     // Told it is accepted only once a restart would find the trial aborting.
     assert_ok_saying(&answer, "abort accepted");

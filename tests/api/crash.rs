@@ -297,25 +297,18 @@ async fn a_store_that_stops_writing_holds_its_trials_and_refuses_changes_until_i
 #[tokio::test]
 async fn a_job_that_fires_while_the_store_refuses_sends_nothing_until_its_first_record_is_saved() {
     use lcm::engine::state::Lifecycle;
-    use std::sync::atomic::Ordering;
 
-    let (app, faults) = spawn_app_with_store_faults(
-        AppOptions::default(),
-        StoreFaults {
-            refused: RefusedSaves::of(|lifecycle| lifecycle == Lifecycle::Running),
-            ..StoreFaults::default()
-        },
-    )
-    .await;
+    let (app, refused) =
+        spawn_app_refusing_saves(|lifecycle| lifecycle == Lifecycle::Running).await;
     let id = "first-unsaved";
-    faults.refused.refusing.store(true, Ordering::SeqCst);
+    refused.refuse(true);
     app.start_trial(id).await;
-    faults.refused.wait_refused("the first record").await;
+    refused.wait_refused("the first record").await;
     assert!(
         app.platform.requests_for(id).is_empty(),
         "nothing is sent before the first record is saved"
     );
-    faults.refused.refusing.store(false, Ordering::SeqCst);
+    refused.refuse(false);
     app.drive_to_finished(id).await;
     assert_never_reported_failed(&app, id);
 }

@@ -148,6 +148,11 @@ impl RefusedSaves {
         }
     }
 
+    /// Switches the refusal on or off.
+    pub fn refuse(&self, on: bool) {
+        self.refusing.store(on, Ordering::SeqCst);
+    }
+
     /// Waits until a save of `what` has been refused.
     pub async fn wait_refused(&self, what: &str) {
         eventually(&format!("{what} refused"), || async {
@@ -187,6 +192,19 @@ pub async fn spawn_app_with_settings(settings: impl FnOnce(&mut Settings) + 'sta
 pub async fn spawn_app_with_flaky_store(options: AppOptions) -> (TestApp, Arc<AtomicBool>) {
     let (app, faults) = spawn_app_with_store_faults(options, StoreFaults::default()).await;
     (app, faults.broken)
+}
+
+/// The service on an in-memory store that refuses the saves of trials in the states `states`
+/// picks while it is switched on; returns the switch and its counts.
+pub async fn spawn_app_refusing_saves(
+    states: fn(lcm::engine::state::Lifecycle) -> bool,
+) -> (TestApp, RefusedSaves) {
+    let faults = StoreFaults {
+        refused: RefusedSaves::of(states),
+        ..StoreFaults::default()
+    };
+    let (app, faults) = spawn_app_with_store_faults(AppOptions::default(), faults).await;
+    (app, faults.refused)
 }
 
 /// The service with `options` on an in-memory store with `faults`; returns them, to switch.
