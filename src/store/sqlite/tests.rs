@@ -58,6 +58,31 @@ fn put(store: &mut SqliteBackend, ops: Vec<Op>) -> Vec<usize> {
     store.apply(&ops).unwrap()
 }
 
+/// The rows the listing shows as `Corrupt`.
+fn corrupt(store: &SqliteBackend) -> Vec<ListedTrial> {
+    store
+        .reader()
+        .unwrap()
+        .trials(&TrialQuery {
+            statuses: vec![ListedStatus::Corrupt],
+            limit: 10,
+            ..TrialQuery::default()
+        })
+        .unwrap()
+}
+
+/// Asserts that `name` reads as `Corrupt`, and that the next start-up sets nothing aside again.
+fn assert_set_aside_for_good(store: &mut SqliteBackend, name: &str) {
+    assert!(matches!(
+        store.reader().unwrap().trial(&id(name)).unwrap(),
+        Some(StoredTrial::Corrupt { .. })
+    ));
+    assert!(
+        store.load().unwrap().quarantined.is_empty(),
+        "set aside once, not read again"
+    );
+}
+
 #[test]
 fn migrates_an_empty_file_and_round_trips_everything() {
     let dir = tempfile::tempdir().unwrap();
@@ -222,14 +247,7 @@ fn start_up_reads_live_trials_only_and_sets_a_corrupt_one_aside() {
     assert_eq!(ids, ["failed", "live"]);
     assert_eq!(loaded.quarantined.len(), 1);
     assert_eq!(loaded.quarantined[0].0, "broken");
-    let mut reader = store.reader().unwrap();
-    let corrupt = reader
-        .trials(&TrialQuery {
-            statuses: vec![ListedStatus::Corrupt],
-            limit: 10,
-            ..TrialQuery::default()
-        })
-        .unwrap();
+    let corrupt = corrupt(&store);
     assert_eq!(corrupt.len(), 1);
     assert!(
         corrupt[0]
@@ -238,14 +256,7 @@ fn start_up_reads_live_trials_only_and_sets_a_corrupt_one_aside() {
             .unwrap_or_default()
             .contains("unreadable")
     );
-    assert!(matches!(
-        reader.trial(&id("broken")).unwrap(),
-        Some(StoredTrial::Corrupt { .. })
-    ));
-    assert!(
-        store.load().unwrap().quarantined.is_empty(),
-        "set aside once, not read again"
-    );
+    assert_set_aside_for_good(&mut store, "broken");
 }
 
 #[test]
@@ -714,16 +725,8 @@ fn a_value_of_the_wrong_type_sets_its_record_aside_and_start_up_goes_on() {
     );
     assert_eq!(loaded.automatic, None, "the configured switch is used");
     assert!(loaded.jobs.is_empty());
-    let mut reader = store.reader().unwrap();
-    assert_eq!(reader.events(&healthy).unwrap().len(), 1);
-    assert!(matches!(
-        reader.trial(&id("blob")).unwrap(),
-        Some(StoredTrial::Corrupt { .. })
-    ));
-    assert!(
-        store.load().unwrap().quarantined.is_empty(),
-        "set aside once, not read again"
-    );
+    assert_eq!(store.reader().unwrap().events(&healthy).unwrap().len(), 1);
+    assert_set_aside_for_good(&mut store, "blob");
 }
 
 #[test]
@@ -742,14 +745,7 @@ fn a_version_1_record_of_the_wrong_type_is_set_aside_and_the_upgrade_goes_on() {
     let mut store = SqliteBackend::open(dir.path()).unwrap();
     let loaded = store.load().unwrap();
     assert!(loaded.trials.is_empty(), "{:?}", loaded.trials);
-    let mut reader = store.reader().unwrap();
-    let corrupt = reader
-        .trials(&TrialQuery {
-            statuses: vec![ListedStatus::Corrupt],
-            limit: 10,
-            ..TrialQuery::default()
-        })
-        .unwrap();
+    let corrupt = corrupt(&store);
     let mut failures: Vec<String> = corrupt
         .iter()
         .map(|t| t.failure.clone().unwrap_or_default())
