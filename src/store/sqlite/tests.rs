@@ -58,17 +58,27 @@ fn put(store: &mut SqliteBackend, ops: Vec<Op>) -> Vec<usize> {
     store.apply(&ops).unwrap()
 }
 
-/// The rows the listing shows as `Corrupt`.
-fn corrupt(store: &SqliteBackend) -> Vec<ListedTrial> {
+/// The first rows of the listing, of the `statuses` given (all if none).
+fn listed(store: &SqliteBackend, statuses: &[ListedStatus]) -> Vec<ListedTrial> {
     store
         .reader()
         .unwrap()
         .trials(&TrialQuery {
-            statuses: vec![ListedStatus::Corrupt],
+            statuses: statuses.to_vec(),
             limit: 10,
             ..TrialQuery::default()
         })
         .unwrap()
+}
+
+/// The ids of the first rows of the listing.
+fn listed_ids(store: &SqliteBackend) -> Vec<String> {
+    listed(store, &[]).into_iter().map(|t| t.trial_id).collect()
+}
+
+/// The rows the listing shows as `Corrupt`.
+fn corrupt(store: &SqliteBackend) -> Vec<ListedTrial> {
+    listed(store, &[ListedStatus::Corrupt])
 }
 
 /// Asserts that `name` reads as `Corrupt`, and that the next start-up sets nothing aside again.
@@ -358,16 +368,7 @@ fn an_engine_status_the_store_does_not_know_is_corrupt_everywhere_and_a_live_one
         "the live one is read from its record"
     );
     let mut reader = store.reader().unwrap();
-    let listed = |reader: &mut Box<dyn Reader>, status| {
-        reader
-            .trials(&TrialQuery {
-                statuses: vec![status],
-                limit: 10,
-                ..TrialQuery::default()
-            })
-            .unwrap()
-    };
-    let corrupt = listed(&mut reader, ListedStatus::Corrupt);
+    let corrupt = corrupt(&store);
     assert_eq!(corrupt.len(), 1, "{corrupt:?}");
     assert_eq!(corrupt[0].trial_id, "done");
     assert_eq!(corrupt[0].engine_status, ListedStatus::Corrupt);
@@ -375,7 +376,7 @@ fn an_engine_status_the_store_does_not_know_is_corrupt_everywhere_and_a_live_one
         corrupt[0].failure.as_deref(),
         Some("unreadable record: unknown engine status 'Finishd'")
     );
-    let active = listed(&mut reader, ListedStatus::Active);
+    let active = listed(&store, &[ListedStatus::Active]);
     assert_eq!(active.len(), 1, "mended at start-up: {active:?}");
     assert_eq!(active[0].trial_id, "live");
     assert!(matches!(
@@ -435,17 +436,8 @@ fn a_purge_removes_old_ended_trials_and_keeps_the_rest() {
         }],
     );
     assert_eq!(counts, [2]);
+    assert_eq!(listed_ids(&store), ["new-finished", "old-failed"]);
     let mut reader = store.reader().unwrap();
-    let left: Vec<String> = reader
-        .trials(&TrialQuery {
-            limit: 10,
-            ..TrialQuery::default()
-        })
-        .unwrap()
-        .into_iter()
-        .map(|t| t.trial_id)
-        .collect();
-    assert_eq!(left, ["new-finished", "old-failed"]);
     assert!(reader.events(&id("old-finished")).unwrap().is_empty());
     assert_eq!(reader.events(&id("new-finished")).unwrap().len(), 1);
     assert_eq!(
@@ -839,15 +831,6 @@ fn a_database_file_removed_under_the_service_refuses_writes_until_it_is_back() {
     );
     std::fs::rename(&moved, &path).unwrap();
     put(&mut store, write("back"));
-    let mut reader = store.reader().unwrap();
-    let listed: Vec<String> = reader
-        .trials(&TrialQuery {
-            limit: 10,
-            ..TrialQuery::default()
-        })
-        .unwrap()
-        .into_iter()
-        .map(|t| t.trial_id)
-        .collect();
+    let listed = listed_ids(&store);
     assert!(listed.contains(&"back".to_owned()) && !listed.contains(&"while-gone".to_owned()));
 }
