@@ -389,7 +389,7 @@ pub fn decode_checkpoint(text: &str) -> Result<Checkpoint, String> {
     // the cause.
     if matches!(checkpoint.mode, Mode::Normal)
         && checkpoint.position != Position::Run(sequence::FIRST)
-        && checkpoint.data.token.is_none()
+        && checkpoint.data.token.as_deref().is_none_or(str::is_empty)
     {
         return Err(format!(
             "damaged checkpoint: past {} without the trial's callback token",
@@ -550,12 +550,15 @@ mod tests {
     fn a_checkpoint_past_the_first_step_without_a_token_is_damaged() {
         let mut checkpoint = golden();
         checkpoint.mode = Mode::Normal;
+        for token in [None, Some(String::new())] {
+            checkpoint.data.token = token;
+            let reason = decode_checkpoint(&encode_checkpoint(&checkpoint)).unwrap_err();
+            assert!(
+                reason.contains("without the trial's callback token"),
+                "{reason}"
+            );
+        }
         checkpoint.data.token = None;
-        let reason = decode_checkpoint(&encode_checkpoint(&checkpoint)).unwrap_err();
-        assert!(
-            reason.contains("without the trial's callback token"),
-            "{reason}"
-        );
         checkpoint.position = Position::Run(sequence::FIRST);
         assert!(decode_checkpoint(&encode_checkpoint(&checkpoint)).is_ok());
         // A clean-up may start before the first step has minted it.

@@ -153,6 +153,7 @@ fn migrate_engines(tx: &Transaction) -> Result<(), HookError> {
     };
     let now = time(chrono::Utc::now());
     for (id, backup, read) in rows {
+        let id = set_aside_id(&id);
         let converted = read.and_then(|[id, status, backup, updated_at]| {
             legacy::convert(&id, &status, &backup, &updated_at)
         });
@@ -228,6 +229,16 @@ fn shown_of(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<String> {
         ValueRef::Real(x) => x.to_string(),
         ValueRef::Null => String::new(),
     })
+}
+
+/// The id a record set aside is kept under: its own if it is one, else one made of its bytes
+/// (`unreadable-<hex>`), so that an operator can read and delete it through the API.
+fn set_aside_id(shown: &str) -> String {
+    if TrialId::parse(shown).is_ok() {
+        return shown.to_owned();
+    }
+    let hex: String = shown.bytes().take(50).map(|b| format!("{b:02x}")).collect();
+    format!("unreadable-{hex}")
 }
 
 /// The file name of the database inside the data directory.
@@ -708,6 +719,7 @@ impl Backend for SqliteBackend {
         )
         .map_err(read)?;
         for (rowid, [id, start, created_at], columns) in jobs {
+            let id = set_aside_id(&id);
             let parsed = columns.and_then(|[id, start, created_at]| {
                 match (
                     TrialId::parse(&id),
@@ -792,12 +804,13 @@ impl Backend for SqliteBackend {
                     loaded.trials.push(trial);
                 }
                 Err(reason) => {
+                    let id = set_aside_id(&id);
                     error!(trial = %id, reason = %reason, "a trial's record cannot be read: set aside as Corrupt");
                     self.conn
                         .execute(
-                            "UPDATE trials SET engine_status = 'Corrupt', live = 0, status = NULL,
-                                 failure = ?2 WHERE rowid = ?1",
-                            params![rowid, reason],
+                            "UPDATE OR IGNORE trials SET engine_status = 'Corrupt', live = 0,
+                                 status = NULL, failure = ?2, trial_id = ?3 WHERE rowid = ?1",
+                            params![rowid, reason, id],
                         )
                         .map_err(read)?;
                     loaded.quarantined.push((id, reason));
@@ -1022,17 +1035,24 @@ fn readable<T>(
 ) -> Result<Option<T>, StoreError> {
     match row {
         Ok(row) => Ok(Some(row)),
-        Err(
-            e @ (rusqlite::Error::InvalidColumnType(..)
-            | rusqlite::Error::FromSqlConversionFailure(..)
-            | rusqlite::Error::IntegralValueOutOfRange(..)
-            | rusqlite::Error::Utf8Error(..)),
-        ) => {
+        Err(e) if unreadable(&e) => {
             warn!(trial = %id, error = %e, "an unreadable {what} is left out");
             Ok(None)
         }
         Err(e) => Err(backend_error(&format!("read {what}s"), e)),
     }
+}
+
+/// Whether a row could not be read for what one of its columns holds (the row is left out),
+/// rather than for the store (the read fails).
+fn unreadable(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..)
+            | rusqlite::Error::Utf8Error(..)
+    )
 }
 
 /// A journal row's time; `None` (left out, with a warning) if it is not one.
@@ -1057,23 +1077,41 @@ fn listed_status(name: &str) -> Result<ListedStatus, String> {
 }
 
 fn listed(row: &rusqlite::Row<'_>, start_time: Option<String>) -> rusqlite::Result<ListedTrial> {
-    let (engine_status, unknown) = match listed_status(&row.get::<_, String>(1)?) {
-        Ok(status) => (status, None),
-        Err(reason) => (ListedStatus::Corrupt, Some(reason)),
+    // A column that is not text lists the row as `Corrupt`, saying which, rather than failing
+    // the whole listing; what it holds is shown as far as it can be.
+    let mut unreadable = None;
+    let mut text = |i: usize, name: &str| -> rusqlite::Result<Option<String>> {
+        if matches!(row.get_ref(i)?, ValueRef::Null) {
+            return Ok(None);
+        }
+        match text_of(row, i, name) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) => {
+                unreadable.get_or_insert(e);
+                shown_of(row, i).map(Some)
+            }
+        }
     };
-    Ok(ListedTrial {
-        trial_id: row.get(0)?,
-        engine_status,
-        status: row.get(2)?,
-        state: row.get(3)?,
-        step: row.get(4)?,
-        waiting_for: row.get(5)?,
-        created_at: row.get(6)?,
-        updated_at: row.get(7)?,
-        ended_at: row.get(8)?,
-        failure: unknown.map_or_else(|| row.get(9), |reason| Ok(Some(reason)))?,
+    let mut listed = ListedTrial {
+        trial_id: text(0, "trial_id")?.unwrap_or_default(),
+        engine_status: ListedStatus::Corrupt,
+        status: text(2, "status")?,
+        state: text(3, "state")?,
+        step: text(4, "step")?,
+        waiting_for: text(5, "waiting_for")?,
+        created_at: text(6, "created_at")?.unwrap_or_default(),
+        updated_at: text(7, "updated_at")?.unwrap_or_default(),
+        ended_at: text(8, "ended_at")?,
+        failure: text(9, "failure")?,
         start_time,
-    })
+    };
+    let engine_status = text(1, "engine_status")?.unwrap_or_default();
+    match (unreadable, listed_status(&engine_status)) {
+        (Some(e), _) => listed.failure = Some(format!("unreadable record: {e}")),
+        (None, Err(reason)) => listed.failure = Some(reason),
+        (None, Ok(status)) => listed.engine_status = status,
+    }
+    Ok(listed)
 }
 
 /// The `WHERE` of a listing query over one table, with its parameters.
@@ -1285,8 +1323,20 @@ impl Reader for SqliteReader {
             .map_err(read)?;
         let mut entries = Vec::new();
         for row in rows {
-            let (mut entry, at) = row.map_err(read)?;
-            entry.at = parse_time(&at).map_err(StoreError::Backend)?;
+            let (mut entry, at) = match row {
+                Ok(row) => row,
+                Err(e) if unreadable(&e) => {
+                    warn!(error = %e, "an unreadable audit entry is left out");
+                    continue;
+                }
+                Err(e) => return Err(read(e)),
+            };
+            let Ok(at) = parse_time(&at).inspect_err(|e| {
+                warn!(seq = entry.seq, error = %e, "an unreadable audit entry is left out");
+            }) else {
+                continue;
+            };
+            entry.at = at;
             entries.push(entry);
         }
         Ok(entries)

@@ -677,7 +677,13 @@ fn a_value_of_the_wrong_type_sets_its_record_aside_and_start_up_goes_on() {
     set_aside.sort_unstable();
     assert_eq!(
         set_aside,
-        ["blob", "job-blob", "not-utf8", "paused-text", "\u{FFFD}"],
+        [
+            "blob",
+            "job-blob",
+            "not-utf8",
+            "paused-text",
+            "unreadable-efbfbd"
+        ],
         "{:?}",
         loaded.quarantined
     );
@@ -833,4 +839,73 @@ fn a_database_file_removed_under_the_service_refuses_writes_until_it_is_back() {
     put(&mut store, write("back"));
     let listed = listed_ids(&store);
     assert!(listed.contains(&"back".to_owned()) && !listed.contains(&"while-gone".to_owned()));
+}
+
+#[test]
+fn a_row_of_the_wrong_type_is_listed_corrupt_and_an_unreadable_audit_entry_left_out() {
+    let mut store = SqliteBackend::in_memory().unwrap();
+    let now = Utc::now();
+    put(
+        &mut store,
+        vec![
+            Op::PutTrial(Box::new(record("fine", Lifecycle::Finished, now))),
+            Op::PutTrial(Box::new(record("damaged", Lifecycle::Finished, now))),
+            Op::Audit(audit("kept", now)),
+            Op::Audit(audit("damaged", now)),
+        ],
+    );
+    for damage in [
+        "UPDATE trials SET created_at = X'00FF' WHERE trial_id = 'damaged'",
+        "UPDATE trials SET failure = CAST(X'FF' AS TEXT) WHERE trial_id = 'fine'",
+        "UPDATE audit SET detail = CAST(X'FF' AS TEXT) WHERE action = 'damaged'",
+    ] {
+        store.conn.execute(damage, []).unwrap();
+    }
+    let rows = listed(&store, &[]);
+    let damaged = rows.iter().find(|r| r.trial_id == "damaged").unwrap();
+    assert_eq!(damaged.engine_status, ListedStatus::Corrupt);
+    assert!(
+        damaged
+            .failure
+            .as_deref()
+            .is_some_and(|f| f.contains("created_at is binary data")),
+        "{damaged:?}"
+    );
+    let fine = rows.iter().find(|r| r.trial_id == "fine").unwrap();
+    assert_eq!(
+        fine.engine_status,
+        ListedStatus::Corrupt,
+        "its failure is not text"
+    );
+    assert_eq!(actions(&store), ["kept"]);
+}
+
+#[test]
+fn a_live_record_without_a_usable_id_is_set_aside_under_one() {
+    let mut store = SqliteBackend::in_memory().unwrap();
+    put(
+        &mut store,
+        vec![Op::PutTrial(Box::new(record(
+            "nameless",
+            Lifecycle::Waiting,
+            Utc::now(),
+        )))],
+    );
+    store
+        .conn
+        .execute(
+            "UPDATE trials SET trial_id = X'6269FF00' WHERE trial_id = 'nameless'",
+            [],
+        )
+        .unwrap();
+    let loaded = store.load().unwrap();
+    assert_eq!(loaded.quarantined.len(), 1, "{:?}", loaded.quarantined);
+    let name = &loaded.quarantined[0].0;
+    assert!(TrialId::parse(name).is_ok(), "{name}");
+    assert_set_aside_for_good(&mut store, name);
+    assert_eq!(
+        put(&mut store, vec![Op::DeleteTrial { id: id(name) }]),
+        [1],
+        "deleted by that name"
+    );
 }
