@@ -331,7 +331,11 @@ impl Executor {
                     return true;
                 }
                 Err(e) if took_signal => {
-                    warn!(error = %e, "the checkpoint that took a signal was not saved: the signal is not taken");
+                    info!(error = %e, "the checkpoint that took a signal was not saved: the signal is not taken");
+                    // It came, and its sender was told to send it again: the wait's time
+                    // counts again from now, so a store that cannot write does not time the
+                    // wait out while the signal is being sent again.
+                    self.checkpoint.waiting_since = Some(Utc::now());
                     return false;
                 }
                 Err(e) => {

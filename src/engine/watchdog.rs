@@ -226,7 +226,8 @@ impl Watchdog {
                 // The engine's first record is saved before its first request goes out, so
                 // a trial whose job has fired can never be lost.
                 Origin::New | Origin::BroughtBack { saved: false, .. } => {
-                    self.save_first().await;
+                    self.save_until_kept("the engine's first record (its first request waits)")
+                        .await;
                     self.spawn_executor(
                         matches!(self.origin, Origin::BroughtBack { rerun: true, .. }),
                         false,
@@ -316,15 +317,16 @@ impl Watchdog {
         }
     }
 
-    /// Saves the engine's first record, again and again while the store cannot: nothing is
-    /// sent for the trial before, and its job stays in the store until then, so a stop
-    /// meanwhile loses nothing.
-    async fn save_first(&mut self) {
+    /// Saves the engine's record, again and again while the store cannot, before what depends
+    /// on it: the first request of a new engine (its job stays in the store until then), the
+    /// `FAILED` report of a failure. A stop meanwhile loses nothing and reports nothing: the
+    /// trial goes on from the record the store holds.
+    async fn save_until_kept(&mut self, what: &str) {
         let mut wait = RESAVE_FIRST;
         while let Err(e) = self.save().await {
             warn!(
                 error = %e,
-                "the engine's first record is not saved: its first request waits, and it is saved again in {} s",
+                "{what} is not saved: it is saved again in {} s",
                 wait.as_secs()
             );
             tokio::time::sleep(wait).await;
@@ -493,6 +495,12 @@ impl Watchdog {
     /// SPEC §4.3, for a failed step and a dead executor alike: tell the repository, write the
     /// failure file, save the failed state; then the engine is restorable.
     async fn run_failure_procedure(&mut self) {
+        // The store says the trial failed before anyone is told: a stop before that loses
+        // nothing, and a restart does not run on a trial the repository holds FAILED.
+        if !self.saved {
+            self.save_until_kept("the failure (it is reported once saved)")
+                .await;
+        }
         failure::report(&self.shared, &mut self.checkpoint).await;
         if let Some(failure) = &mut self.checkpoint.failure {
             failure.reported = true;

@@ -393,7 +393,7 @@ async fn a_checkpoint_the_store_refuses_is_saved_again_and_the_trial_goes_on_wit
  {
     use lcm::engine::state::Lifecycle;
     let (app, refused) =
-        spawn_app_refusing_saves(|lifecycle| lifecycle == Lifecycle::Waiting).await;
+        spawn_app_refusing_saves(|lifecycle| lifecycle == Lifecycle::Waiting, |_| {}).await;
     let id = "early-then-unsaved";
     // Trial enforcement calls back before it answers the deployment, and never again.
     app.platform
@@ -403,7 +403,7 @@ async fn a_checkpoint_the_store_refuses_is_saved_again_and_the_trial_goes_on_wit
     refused.refuse(true);
     app.start_trial(id).await;
     refused
-        .wait_refused("the checkpoint at the slice wait")
+        .wait_refused("the checkpoint at the slice wait", 1)
         .await;
     let held = app.trial_status(id).await;
     assert_eq!(held["failed"], false, "{held}");
@@ -509,4 +509,39 @@ fn event_time(history: &[serde_json::Value], kind: &str, n: usize) -> DateTime<U
         .as_str()
         .and_then(|at| at.parse().ok())
         .unwrap_or_else(|| panic!("no time in {event}"))
+}
+
+#[tokio::test]
+async fn a_callback_refused_because_the_store_cannot_write_does_not_time_its_wait_out() {
+    use lcm::engine::state::Lifecycle;
+    let (app, refused) = spawn_app_refusing_saves(
+        |lifecycle| lifecycle == Lifecycle::Running,
+        |s| s.executor.callback_timeout_secs = 1,
+    )
+    .await;
+    let id = "refused-callback";
+    app.platform.inject(drop_slice_callback(id));
+    app.start_trial(id).await;
+    app.wait_waiting(id, WAITING_SLICE).await;
+    let token = app.token_of(id);
+    refused.refuse(true);
+    // Trial enforcement calls back, and sends it again while it is refused, for longer than
+    // the wait's time.
+    let since = std::time::Instant::now();
+    eventually(
+        "the wait's time passing while its callback is refused",
+        || async {
+            let answer = app.callback(id, "slice", Some(&token)).await;
+            assert_detail(&answer, StatusCode::SERVICE_UNAVAILABLE);
+            match since.elapsed() > Duration::from_millis(1500) {
+                true => Ok(()),
+                false => Err("the wait's time has not passed yet".to_owned()),
+            }
+        },
+    )
+    .await;
+    refused.refuse(false);
+    assert_ok_saying(&app.callback(id, "slice", Some(&token)).await, "accepted");
+    app.wait_waiting(id, WAITING_OPERATOR).await;
+    assert_never_reported_failed(&app, id);
 }

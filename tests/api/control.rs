@@ -1447,7 +1447,7 @@ async fn an_abort_whose_clean_up_cannot_be_saved_yet_is_answered_once_it_is_and_
     use lcm::engine::state::Lifecycle;
 
     let (app, refused) =
-        spawn_app_refusing_saves(|lifecycle| lifecycle == Lifecycle::Running).await;
+        spawn_app_refusing_saves(|lifecycle| lifecycle == Lifecycle::Running, |_| {}).await;
     let id = "abort-unsaved";
     app.start_to_idle(id).await;
     let sent = lines(&app, id);
@@ -1455,7 +1455,7 @@ async fn an_abort_whose_clean_up_cannot_be_saved_yet_is_answered_once_it_is_and_
     let path = format!("/trial/{id}/abort");
     let (answer, ()) = tokio::join!(app.post(&path, Some(json!({"reason": "storm"}))), async {
         refused
-            .wait_refused("the clean-up's first checkpoint")
+            .wait_refused("the clean-up's first checkpoint", 1)
             .await;
         assert_eq!(
             lines(&app, id),

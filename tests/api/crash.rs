@@ -299,11 +299,11 @@ async fn a_job_that_fires_while_the_store_refuses_sends_nothing_until_its_first_
     use lcm::engine::state::Lifecycle;
 
     let (app, refused) =
-        spawn_app_refusing_saves(|lifecycle| lifecycle == Lifecycle::Running).await;
+        spawn_app_refusing_saves(|lifecycle| lifecycle == Lifecycle::Running, |_| {}).await;
     let id = "first-unsaved";
     refused.refuse(true);
     app.start_trial(id).await;
-    refused.wait_refused("the first record").await;
+    refused.wait_refused("the first record", 1).await;
     assert!(
         app.platform.requests_for(id).is_empty(),
         "nothing is sent before the first record is saved"

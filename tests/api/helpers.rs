@@ -153,12 +153,13 @@ impl RefusedSaves {
         self.refusing.store(on, Ordering::SeqCst);
     }
 
-    /// Waits until a save of `what` has been refused.
-    pub async fn wait_refused(&self, what: &str) {
-        eventually(&format!("{what} refused"), || async {
+    /// Waits until saves of `what` have been refused `times` times (a refused write that
+    /// shared a commit with others is tried alone again, and counts twice).
+    pub async fn wait_refused(&self, what: &str, times: usize) {
+        eventually(&format!("{what} refused {times} times"), || async {
             match self.refused.load(Ordering::SeqCst) {
-                0 => Err("none refused yet".to_owned()),
-                _ => Ok(()),
+                n if n >= times => Ok(()),
+                n => Err(format!("{n} refused")),
             }
         })
         .await;
@@ -198,12 +199,17 @@ pub async fn spawn_app_with_flaky_store(options: AppOptions) -> (TestApp, Arc<At
 /// picks while it is switched on; returns the switch and its counts.
 pub async fn spawn_app_refusing_saves(
     states: fn(lcm::engine::state::Lifecycle) -> bool,
+    settings: impl FnOnce(&mut Settings) + 'static,
 ) -> (TestApp, RefusedSaves) {
     let faults = StoreFaults {
         refused: RefusedSaves::of(states),
         ..StoreFaults::default()
     };
-    let (app, faults) = spawn_app_with_store_faults(AppOptions::default(), faults).await;
+    let options = AppOptions {
+        settings: Box::new(settings),
+        ..AppOptions::default()
+    };
+    let (app, faults) = spawn_app_with_store_faults(options, faults).await;
     (app, faults.refused)
 }
 
