@@ -262,6 +262,10 @@ struct OpenedFile {
     path: PathBuf,
     /// Device and inode of the file opened.
     identity: (u64, u64),
+    /// Its write-ahead log (`<path>-wal`), which holds the changes not yet copied into it,
+    /// and the device and inode of the log SQLite keeps open, once seen.
+    wal_path: PathBuf,
+    wal: Option<(u64, u64)>,
     checked: std::time::Instant,
     gone: bool,
 }
@@ -271,8 +275,13 @@ const FILE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl OpenedFile {
     fn new(path: PathBuf) -> Option<Self> {
-        let identity = identity(&path)?;
+        let identity = identity_of(&path)?;
+        let mut wal_path = path.clone().into_os_string();
+        wal_path.push("-wal");
+        let wal_path = PathBuf::from(wal_path);
         Some(Self {
+            wal: identity_of(&wal_path),
+            wal_path,
             path,
             identity,
             checked: std::time::Instant::now(),
@@ -288,7 +297,11 @@ impl OpenedFile {
         }
         self.checked = std::time::Instant::now();
         let shown = self.path.display();
-        if identity(&self.path) == Some(self.identity) {
+        let wal = identity_of(&self.wal_path);
+        if self.wal.is_none() {
+            self.wal = wal;
+        }
+        if identity_of(&self.path) == Some(self.identity) && wal == self.wal {
             if self.gone {
                 info!(path = %shown, "the database file is back: writes go on");
                 self.gone = false;
@@ -298,18 +311,18 @@ impl OpenedFile {
         if !self.gone {
             error!(
                 path = %shown,
-                "the database file was removed or replaced while the service runs: nothing is written until it is back at its path (trials wait, changes are refused); copy the file the service still has open (ls -l /proc/<pid>/fd, and its -wal) back to its path, then restart the service"
+                "the database file or its -wal was removed or replaced while the service runs: nothing is written until it is back at its path (trials wait, changes are refused); copy the file the service still has open (ls -l /proc/<pid>/fd, and its -wal) back to its path, then restart the service"
             );
             self.gone = true;
         }
         Err(StoreError::Backend(format!(
-            "the database file {shown} was removed or replaced while the service runs: nothing more is written to it"
+            "the database file {shown} or its -wal was removed or replaced while the service runs: nothing more is written to it"
         )))
     }
 }
 
 /// The device and inode of the file at `path`, if there is one.
-fn identity(path: &Path) -> Option<(u64, u64)> {
+fn identity_of(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }

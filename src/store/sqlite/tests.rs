@@ -839,6 +839,15 @@ fn a_database_file_removed_under_the_service_refuses_writes_until_it_is_back() {
     put(&mut store, write("back"));
     let listed = listed_ids(&store);
     assert!(listed.contains(&"back".to_owned()) && !listed.contains(&"while-gone".to_owned()));
+
+    // Its write-ahead log too: it holds the changes not yet copied into the file.
+    let wal = dir.path().join(format!("{FILE_NAME}-wal"));
+    std::fs::rename(&wal, &moved).unwrap();
+    store.file.as_mut().unwrap().checked = due;
+    let refused = store.apply(&write("wal-gone")).unwrap_err();
+    assert!(refused.to_string().contains("-wal"), "{refused}");
+    std::fs::rename(&moved, &wal).unwrap();
+    put(&mut store, write("wal-back"));
 }
 
 #[test]
