@@ -809,22 +809,3 @@ async fn deleting_a_failed_trial_removes_its_failure_file() {
     assert_eq!(deleted.status, StatusCode::OK, "{deleted:?}");
     assert!(app.failure_file(id).is_none(), "forgotten with the trial");
 }
-
-#[tokio::test]
-async fn a_failure_is_reported_only_once_the_store_holds_it() {
-    use lcm::engine::state::Lifecycle;
-    let (app, refused) =
-        spawn_app_refusing_saves(|lifecycle| lifecycle == Lifecycle::Failed, |_| {}).await;
-    let id = "failed-unsaved";
-    let mut pending = Platform::trial(id, None);
-    pending["status"] = json!("PENDING");
-    app.platform.add_trial(pending);
-    refused.refuse(true);
-    app.schedule_in(id, 300).await;
-    // Refused at least twice: tried again after a second, long after a report would have gone.
-    refused.wait_refused("the failure", 3).await;
-    assert_never_reported_failed(&app, id);
-    refused.refuse(false);
-    app.wait_failed(id).await;
-    assert_eq!(app.platform.status_history(id), ["FAILED"]);
-}
