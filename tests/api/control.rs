@@ -529,7 +529,16 @@ async fn a_clean_up_step_that_fails_for_good_lets_the_rest_undo_what_they_can_an
     .await;
     assert_eq!(file["cleanup_failed"], true);
     assert_eq!(file["leftovers"], expected);
-    let restore = app.post(&format!("/debug/engine/{id}/restore"), None).await;
+    // (The file is written a moment before the procedure is shown done: until then a restore
+    // is told to retry in a moment.)
+    let restore = eventually("a restore refused for the failed clean-up", || async {
+        let answer = app.post(&format!("/debug/engine/{id}/restore"), None).await;
+        match answer.detail().contains("still running") {
+            true => Err(format!("{answer:?}")),
+            false => Ok(answer),
+        }
+    })
+    .await;
     assert_eq!(restore.status, StatusCode::CONFLICT, "{restore:?}");
     assert!(restore.detail().contains("abort"), "{restore:?}");
 
