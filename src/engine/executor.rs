@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 use super::sequence::{self, Next, Signal, Step, WAITS, Wait, Waiter};
 use super::state::{Checkpoint, EventKind, Lifecycle, Mode, Position, SliceState};
 use super::steps::{self, StepCx, StepError};
-use super::watchdog::{ControlRequest, RESAVE_FIRST, RESAVE_MAX, RestoreError};
+use super::watchdog::{ControlRequest, RESAVE_FIRST, RestoreError, resave_after};
 use super::{EngineDeps, EngineShared};
 use crate::deadline::{self, sleep_until};
 use crate::domain::TrialId;
@@ -345,7 +345,7 @@ impl Executor {
                         wait.as_secs()
                     );
                     self.answer_unsaved_until(Deadline::now() + wait, &e).await;
-                    wait = (wait * 2).min(RESAVE_MAX);
+                    wait = resave_after(wait);
                     retried = true;
                 }
             }

@@ -171,7 +171,7 @@ const AUTO_ABORT_RETRY: Duration = Duration::from_secs(60);
 /// The first and the longest wait before saving again a record or a checkpoint that was not
 /// saved.
 pub(super) const RESAVE_FIRST: Duration = Duration::from_secs(1);
-pub(super) const RESAVE_MAX: Duration = Duration::from_secs(60);
+const RESAVE_MAX: Duration = Duration::from_secs(60);
 
 /// A save due at once (an engine brought back with a record the store does not hold).
 pub(super) fn resave_now() -> (Deadline, Duration) {
@@ -180,7 +180,13 @@ pub(super) fn resave_now() -> (Deadline, Duration) {
 
 /// A save due after `wait`, and the wait before the next should it fail too.
 fn resave_in(wait: Duration) -> (Deadline, Duration) {
-    (Deadline::now() + wait, (wait * 2).min(RESAVE_MAX))
+    (Deadline::now() + wait, resave_after(wait))
+}
+
+/// The wait before the next try of a save that failed again after `wait`: twice as long, up
+/// to [`RESAVE_MAX`].
+pub(super) fn resave_after(wait: Duration) -> Duration {
+    (wait * 2).min(RESAVE_MAX)
 }
 
 impl Watchdog {
@@ -330,7 +336,7 @@ impl Watchdog {
                 wait.as_secs()
             );
             tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(RESAVE_MAX);
+            wait = resave_after(wait);
         }
     }
 
