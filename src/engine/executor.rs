@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant as Deadline;
 use tracing::{error, info, warn};
 
+use super::queue::Inbox;
 use super::sequence::{self, Next, Signal, Step, WAITS, Wait, Waiter};
 use super::state::{Checkpoint, EventKind, Lifecycle, Mode, Position, SliceState};
 use super::steps::{self, StepCx, StepError};
@@ -248,7 +249,7 @@ pub struct Executor {
     pub(super) checkpoint: Checkpoint,
     /// The first step runs again (the executor was restored, or recovered after a crash).
     pub(super) rerun: bool,
-    pub(super) commands: mpsc::Receiver<Command>,
+    pub(super) commands: Inbox<Command>,
     pub(super) checkpoints: mpsc::Sender<Checkpointed>,
     /// The operator stepped a paused trial: the next step may run.
     pub(super) stepping: bool,
@@ -1025,7 +1026,7 @@ impl Executor {
                     if lifecycle == Lifecycle::Failed =>
                 {
                     let request = ControlRequest::Abort { reason, reply };
-                    if let Err(e) = self.shared.controls.try_send(request)
+                    if let Err(e) = self.shared.controls.sender().try_send(request)
                         && let ControlRequest::Abort { reply, .. } = e.into_inner()
                     {
                         let _ = reply.send(Err(ControlError::Stopped));

@@ -12,6 +12,7 @@ pub mod executor;
 pub mod failure;
 pub mod journal;
 pub mod nst;
+mod queue;
 pub mod redact;
 pub mod sequence;
 pub mod state;
@@ -33,6 +34,7 @@ use crate::store::{RecoveredTrial, Store, TrialRecord};
 use crate::tokens::TokenManager;
 use executor::{Command, Control, ControlError, ControlOutcome, ProgressReport, SignalOutcome};
 use journal::Journal;
+use queue::Queue;
 use redact::Redactor;
 use sequence::{Signal, Step, Wait};
 use state::{Checkpoint, Lifecycle, Mode, Progress, ResponseRecord, Snapshot, TrialEvent};
@@ -67,9 +69,10 @@ pub struct EngineShared {
     state: watch::Sender<Snapshot>,
     /// The trial's events and responses.
     pub journal: Journal,
-    /// The current executor's command channel; a new executor replaces it.
-    commands: Mutex<mpsc::Sender<Command>>,
-    controls: mpsc::Sender<ControlRequest>,
+    /// The current executor's command queue; a new executor renews it.
+    commands: Queue<Command>,
+    /// The watchdog's queue (restore, skip, abort).
+    controls: Queue<ControlRequest>,
     /// Cancelled to stop the engine: the watchdog aborts the executor and ends.
     stop: CancellationToken,
     watchdog: Mutex<Option<JoinHandle<LastRecord>>>,
@@ -183,8 +186,8 @@ impl EngineHandle {
             updated_at,
             ended_at,
         ));
-        let (commands, _) = mpsc::channel(1);
-        let (controls, controls_rx) = mpsc::channel(4);
+        let commands = Queue::closed(SIGNAL_QUEUE);
+        let (controls, controls_rx) = Queue::new(4);
         let (checkpoint_tx, checkpoints) = mpsc::channel(4);
         let journal = Journal::new(
             id.clone(),
@@ -197,7 +200,7 @@ impl EngineHandle {
             id,
             state,
             journal,
-            commands: Mutex::new(commands),
+            commands,
             controls,
             stop: CancellationToken::new(),
             watchdog: Mutex::new(None),
@@ -338,7 +341,7 @@ impl EngineHandle {
         }
         let (reply, answer) = oneshot::channel();
         let request = ControlRequest::Abort { reason, reply };
-        if self.shared.controls.send(request).await.is_err() {
+        if self.shared.controls.sender().send(request).await.is_err() {
             return Err(ControlError::Stopped);
         }
         answer.await.unwrap_or(Err(ControlError::Stopped))
@@ -358,9 +361,15 @@ impl EngineHandle {
         if !self.shared.state.borrow().lifecycle.is_live() {
             return not_live();
         }
-        let sender = self.shared.commands().clone();
         let (reply, answer) = oneshot::channel();
-        if sender.send(command(reply)).await.is_err() {
+        if self
+            .shared
+            .commands
+            .sender()
+            .send(command(reply))
+            .await
+            .is_err()
+        {
             // The executor's queue is closed: it ended on its own (the lifecycle says how),
             // or a stop took it before the lifecycle moved.
             return if self.shared.stop.is_cancelled() {
@@ -414,6 +423,7 @@ impl EngineHandle {
         let (reply, answer) = oneshot::channel();
         self.shared
             .controls
+            .sender()
             .send(request(reply))
             .await
             .map_err(|_| RestoreError::Stopped)?;
@@ -469,10 +479,6 @@ fn count_signal(signal: &'static str, label: &'static str) {
 }
 
 impl EngineShared {
-    fn commands(&self) -> MutexGuard<'_, mpsc::Sender<Command>> {
-        lock(&self.commands)
-    }
-
     pub(crate) fn token(&self) -> MutexGuard<'_, Option<String>> {
         lock(&self.token)
     }

@@ -15,13 +15,14 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant as Deadline;
 use tracing::{Instrument, error, info, warn};
 
+use super::EngineShared;
 use super::executor::{
     Checkpointed, Command, Control, ControlError, ControlOutcome, Executor, ExecutorExit, STOPPED,
 };
 use super::failure;
+use super::queue::Inbox;
 use super::sequence::{self, Next, Wait, Waiter};
 use super::state::{Checkpoint, EventKind, Failure, Lifecycle, Mode, Position};
-use super::{EngineShared, SIGNAL_QUEUE};
 use crate::deadline::{self, sleep_until};
 use crate::store::{Op, TrialRecord};
 use crate::telemetry::panic_message;
@@ -150,7 +151,7 @@ pub struct Watchdog {
     pub(super) executor: Option<JoinHandle<ExecutorExit>>,
     pub(super) checkpoints: mpsc::Receiver<Checkpointed>,
     pub(super) checkpoint_tx: mpsc::Sender<Checkpointed>,
-    pub(super) controls: mpsc::Receiver<ControlRequest>,
+    pub(super) controls: Inbox<ControlRequest>,
     /// An abort that arrived while the executor was ending, answered once it has.
     pub(super) pending_abort: Option<(String, oneshot::Sender<ControlOutcome>)>,
     /// An automatic abort that could not start is not tried again before this.
@@ -443,20 +444,18 @@ impl Watchdog {
     /// Starts an executor at the checkpoint: `rerun` when its step ran before, `stepping` to
     /// run that step even while the trial is paused.
     fn spawn_executor(&mut self, rerun: bool, stepping: bool) {
-        let (commands_tx, commands) = mpsc::channel::<Command>(SIGNAL_QUEUE);
         let executor = Executor {
             id: self.shared.id.clone(),
             deps: self.shared.deps.clone(),
             shared: self.shared.clone(),
             checkpoint: self.checkpoint.clone(),
             rerun,
-            commands,
+            commands: self.shared.commands.renew(),
             checkpoints: self.checkpoint_tx.clone(),
             stepping,
             answer: None,
             aborts: Vec::new(),
         };
-        *self.shared.commands() = commands_tx;
         // The engine's span, not nested in the watchdog's: each line names the trial once.
         self.executor = Some(tokio::spawn(executor.run().instrument(self.shared.span())));
     }
@@ -696,7 +695,7 @@ impl Watchdog {
     async fn route_abort(&mut self, reason: String, reply: oneshot::Sender<ControlOutcome>) {
         if self.executor.is_some() {
             // Never wait for the executor here: it may be waiting for this task to save.
-            let sender = self.shared.commands().clone();
+            let sender = self.shared.commands.sender();
             match sender.try_send(Command::Control(Control::Abort { reason }, reply)) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(command)) => {
@@ -711,6 +710,7 @@ impl Watchdog {
                             // The executor ended meanwhile: ask again, to be answered from here.
                             let _ = shared
                                 .controls
+                                .sender()
                                 .send(ControlRequest::Abort { reason, reply })
                                 .await;
                         }
