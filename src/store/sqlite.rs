@@ -373,6 +373,27 @@ fn backend_error(context: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("{context}: {e}"))
 }
 
+/// Why the database at `shown` could not be set up, in words an operator acts on.
+fn setup_failed(shown: &str, e: &rusqlite::Error) -> StoreError {
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) {
+        return backend_error(&format!("{shown} is not a SQLite database"), e);
+    }
+    write_failed(&format!("{shown} cannot be set up"), e)
+}
+
+/// A write that failed, saying so when the disk is to blame: SQLite's own message for a full
+/// disk is often a bare "disk I/O error".
+fn write_failed(context: &str, e: &rusqlite::Error) -> StoreError {
+    let disk = match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => ": its disk is full",
+        Some(rusqlite::ErrorCode::SystemIoFailure) => {
+            ": its disk could not be written (is it full, or read-only?)"
+        }
+        _ => "",
+    };
+    backend_error(&format!("{context}{disk}"), e)
+}
+
 impl SqliteBackend {
     /// Opens (creating on first start) `<data_dir>/lcm.sqlite3` and migrates it. A file that
     /// is not a database, or a directory that is not writable, is an error naming the path.
@@ -408,8 +429,7 @@ impl SqliteBackend {
             conn.busy_timeout(std::time::Duration::from_secs(5))?;
             Ok(())
         };
-        setup(&mut conn)
-            .map_err(|e| backend_error(&format!("{shown} is not a usable SQLite database"), e))?;
+        setup(&mut conn).map_err(|e| setup_failed(&shown, &e))?;
         migrations()
             .to_latest(&mut conn)
             .map_err(|e| backend_error(&format!("cannot migrate {shown}"), e))?;
@@ -696,16 +716,16 @@ impl Backend for SqliteBackend {
         let tx = self
             .conn
             .transaction()
-            .map_err(|e| backend_error("begin", e))?;
+            .map_err(|e| write_failed("begin", &e))?;
         let mut counts = Vec::with_capacity(ops.len());
         for op in ops {
             let count = match op {
                 Op::AuditIfChanged(_) if counts.last() == Some(&0) => 0,
-                op => apply_op(&tx, op).map_err(|e| backend_error(op.kind(), e))?,
+                op => apply_op(&tx, op).map_err(|e| write_failed(op.kind(), &e))?,
             };
             counts.push(count);
         }
-        tx.commit().map_err(|e| backend_error("commit", e))?;
+        tx.commit().map_err(|e| write_failed("commit", &e))?;
         Ok(counts)
     }
 

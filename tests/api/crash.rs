@@ -380,7 +380,7 @@ async fn a_store_that_is_not_a_database_stops_start_up() {
     let (ok, text) = run_to_exit(dir.path(), &[("LCM__STORE__DATA_DIR", "data")]).await;
     assert!(!ok, "{text}");
     assert!(
-        text.contains("lcm.sqlite3") && text.contains("store.data_dir"),
+        text.contains("lcm.sqlite3 is not a SQLite database") && text.contains("store.data_dir"),
         "{text}"
     );
 }
