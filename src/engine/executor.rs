@@ -332,7 +332,7 @@ impl Executor {
                     return true;
                 }
                 Err(e) if took_signal => {
-                    info!(error = %e, "the checkpoint that took a signal was not saved: the signal is not taken");
+                    warn!(error = %e, "the checkpoint that took a signal was not saved: the signal is not taken, and its sender is told to send it again");
                     // It came, and its sender was told to send it again: the wait's time
                     // counts again from now, so a store that cannot write does not time the
                     // wait out while the signal is being sent again.
@@ -784,7 +784,10 @@ impl Executor {
                         &self.checkpoint.held,
                     );
                     if let Decision::Take(next) = decision {
-                        info!(signal = signal.name(), "signal accepted");
+                        info!(
+                            signal = signal.name(),
+                            "signal taken: answered once its checkpoint is saved"
+                        );
                         let waited = elapsed_ms(waiting_since);
                         let before = Box::new(self.checkpoint.clone());
                         let outcome =
