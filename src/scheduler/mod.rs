@@ -355,11 +355,13 @@ impl Scheduler {
     pub async fn wait_for_engine(&self, id: &TrialId) -> Option<crate::engine::EngineHandle> {
         let mut changes = self.inner.changes.subscribe();
         loop {
+            // The job first: it leaves only once its engine is in, so a job gone means the
+            // engine is there, or there will be none.
+            if !self.jobs_map().contains_key(id) {
+                return self.inner.engines.get(id);
+            }
             if let Some(engine) = self.inner.engines.get(id) {
                 return Some(engine);
-            }
-            if !self.jobs_map().contains_key(id) {
-                return None;
             }
             changes.changed().await.ok()?;
         }
