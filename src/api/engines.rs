@@ -54,6 +54,7 @@ fn restore_error(e: RestoreError) -> ApiError {
         | RestoreError::Ended(_)
         | RestoreError::Reporting
         | RestoreError::CleanupFailed
+        | RestoreError::AbortAsked
         | RestoreError::NotSkippable(_) => ApiError::conflict(e.to_string()),
         RestoreError::Stopped | RestoreError::NotSaved(_) => ApiError::unavailable(e.to_string()),
     }

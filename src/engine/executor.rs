@@ -234,7 +234,7 @@ enum Outcome {
     Aborted,
     Failed(String),
     /// The operator asked for an abort; whatever was in flight is dropped. `recorded`: its
-    /// `abort_requested` event is in the history already (it waited for a deploying step).
+    /// `abort_requested` event is in the history already (it waited for a request's answer).
     Abort {
         reason: String,
         recorded: bool,
@@ -409,7 +409,7 @@ impl Executor {
         let started = Instant::now();
         let cleanup = self.cleaning_up();
         let stepping = self.stepping;
-        let deploying = AtomicBool::new(false);
+        let uncut = AtomicBool::new(false);
         let mut abort_after: Option<String> = None;
         let result = {
             let Checkpoint {
@@ -433,7 +433,7 @@ impl Executor {
                 started_at: *started_at,
                 posts: 0,
                 may_have_made: false,
-                deploying: &deploying,
+                uncut: &uncut,
             };
             let work = steps::run(&mut cx);
             tokio::pin!(work);
@@ -443,7 +443,7 @@ impl Executor {
                     Some(command) = self.commands.recv() => {
                         let command = match command {
                             Command::Control(Control::Abort { reason }, reply)
-                                if !cleanup && (abort_after.is_some() || deploying.load(Ordering::SeqCst)) =>
+                                if !cleanup && (abort_after.is_some() || uncut.load(Ordering::SeqCst)) =>
                             {
                                 if abort_after.is_none() {
                                     info!(step = step.name(), "abort: the clean-up begins once the step has its answer");
@@ -937,7 +937,7 @@ impl Executor {
     }
 
     /// Switches to the clean-up path (SPEC §14); returns where it starts. `recorded`: the
-    /// abort's event is in the history already (it waited for a deploying step).
+    /// abort's event is in the history already (it waited for a request's answer).
     fn begin_cleanup(&mut self, reason: String, recorded: bool) -> Position {
         sequence::start_cleanup(&mut self.checkpoint, &reason);
         self.stepping = false;
@@ -993,6 +993,8 @@ impl Executor {
     async fn end(mut self, lifecycle: Lifecycle) -> ExecutorExit {
         self.commands.close();
         self.answer_queued(lifecycle);
+        // An ended trial is not paused: nothing is left to resume.
+        self.checkpoint.paused = false;
         let exit = if lifecycle == Lifecycle::Aborted {
             info!("clean-up completed: trial aborted");
             self.shared

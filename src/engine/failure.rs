@@ -30,8 +30,9 @@ pub fn failure_file(settings: &Settings, id: &TrialId) -> PathBuf {
     settings.logging.dir.join(format!("executor_{id}_fail.log"))
 }
 
-/// Tells the repository and writes the failure file; the report's answers are recorded.
-pub async fn report(shared: &EngineShared, checkpoint: &mut Checkpoint) {
+/// Tells the repository and writes the failure file of the trial failed at `checkpoint`; the
+/// report's answers are recorded. Answers whether the repository took `FAILED`.
+pub async fn report(shared: &EngineShared, checkpoint: &Checkpoint) -> bool {
     let deps = &shared.deps;
     let id = &shared.id;
     let request = Outbound::new(
@@ -48,18 +49,25 @@ pub async fn report(shared: &EngineShared, checkpoint: &mut Checkpoint) {
             recorder(&shared.journal, REPORT_LABEL, None, &request, &redactor),
         )
         .await;
-    match &reply {
+    let told = match &reply {
         Ok(r) if r.status == 204 => {
             info!("trial repository told FAILED");
-            checkpoint.data.repository_status = Some(REPORTED.to_owned());
+            true
         }
-        Ok(r) => warn!(
-            status = r.status,
-            "trial repository refused the FAILED status"
-        ),
-        Err(e) => warn!(error = %e, "could not tell the trial repository FAILED"),
-    }
+        Ok(r) => {
+            warn!(
+                status = r.status,
+                "trial repository refused the FAILED status"
+            );
+            false
+        }
+        Err(e) => {
+            warn!(error = %e, "could not tell the trial repository FAILED");
+            false
+        }
+    };
     write_file(shared, checkpoint, &redactor).await;
+    told
 }
 
 /// The failure file's document, before redaction.

@@ -76,6 +76,8 @@ pub struct EngineShared {
     /// Cancelled to stop the engine: the watchdog aborts the executor and ends.
     stop: CancellationToken,
     watchdog: Mutex<Option<JoinHandle<LastRecord>>>,
+    /// Cancelled once the engine's tasks have ended (at once for an engine built ended).
+    tasks_ended: CancellationToken,
     /// The record of an engine built ended (it has no watchdog to keep one), so that a
     /// delete that was not saved can bring it back.
     ended: Option<LastRecord>,
@@ -204,6 +206,7 @@ impl EngineHandle {
             controls,
             stop: CancellationToken::new(),
             watchdog: Mutex::new(None),
+            tasks_ended: CancellationToken::new(),
             token: Mutex::new(checkpoint.data.token.clone()),
             deleting: AtomicBool::new(false),
             kept: Mutex::new(None),
@@ -225,7 +228,7 @@ impl EngineHandle {
                 checkpoints,
                 checkpoint_tx,
                 controls: controls_rx,
-                pending_abort: None,
+                pending_aborts: Vec::new(),
                 auto_abort_not_before: None,
                 auto_abort_rounds: 0,
                 resave: resave.then(watchdog::resave_now),
@@ -239,6 +242,7 @@ impl EngineHandle {
         } else {
             // Ended already (brought back after a delete that was not saved): it leaves
             // memory in its time like any engine that ends.
+            shared.tasks_ended.cancel();
             let _ = shared.deps.ended.send(Arc::downgrade(&shared));
         }
         Self { shared }
@@ -450,7 +454,11 @@ impl EngineHandle {
         let last = match watchdog {
             // The watchdog ends once its executor has; a panic there is already logged.
             Some(watchdog) => watchdog.await.ok(),
-            None => self.shared.ended.clone(),
+            // Another stop took the watchdog: its tasks may still be ending.
+            None => {
+                self.shared.tasks_ended.cancelled().await;
+                self.shared.ended.clone()
+            }
         };
         self.shared.journal.close();
         self.shared.stopped();
@@ -570,5 +578,46 @@ impl EngineShared {
     /// left out, and its lines with it lose the trial).
     fn span(&self) -> tracing::Span {
         tracing::error_span!(parent: None, "engine", trial = %self.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteBackend;
+
+    #[tokio::test]
+    async fn a_second_stop_returns_once_the_engine_s_tasks_have_ended() {
+        let settings = Arc::new(Settings::defaults().expect("defaults"));
+        let (store, _) = Store::start(SqliteBackend::in_memory().expect("store")).expect("store");
+        let (ended, _ended) = mpsc::unbounded_channel();
+        let deps = Arc::new(EngineDeps {
+            services: ServiceClient::new(&settings).expect("client"),
+            tokens: Arc::new(TokenManager::new(&settings.auth.token_secret, 60)),
+            store,
+            redactor: Redactor::default(),
+            hooks: EngineHooks::default(),
+            ended,
+            settings,
+        });
+        let id = TrialId::parse("stopped-twice").expect("id");
+        let engine = EngineHandle::start(id, deps, Utc::now());
+        // The first stop (a shutdown, say) takes the watchdog and waits for it.
+        let other = engine.clone();
+        let mut first = Box::pin(other.stop());
+        tokio::select! {
+            biased;
+            _ = &mut first => panic!("the first stop ended at once"),
+            () = std::future::ready(()) => {}
+        }
+        assert!(
+            engine.stop().await.is_none(),
+            "the first stop has the record"
+        );
+        assert!(
+            engine.shared.controls.sender().is_closed(),
+            "the watchdog still runs after the second stop returned"
+        );
+        assert!(first.await.is_some());
     }
 }

@@ -339,6 +339,9 @@ pub struct Failure {
     pub cleanup_failed: bool,
     /// What a failed clean-up left deployed.
     pub leftovers: Vec<Leftover>,
+    /// An abort the operator asked for while the failure procedure ran, with its reason: its
+    /// clean-up starts once the procedure is done.
+    pub abort: Option<String>,
 }
 
 /// The trial information gathered by `GetTrialInfo` and completed by later steps. Field names
@@ -439,6 +442,7 @@ impl Checkpoint {
             reported: false,
             cleanup_failed,
             leftovers,
+            abort: None,
         });
     }
 

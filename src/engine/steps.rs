@@ -53,9 +53,9 @@ pub struct StepCx<'a> {
     /// its service (it got an answer, or failed after it could have been sent), and the last
     /// answer was no refusal (a 4xx makes nothing).
     pub may_have_made: bool,
-    /// Set while a request that makes what the clean-up undoes (the slice, the measurement
-    /// job) is in flight: an abort then waits for its answer instead of cancelling it.
-    pub deploying: &'a AtomicBool,
+    /// Set while a request an abort does not cut short is in flight (see
+    /// [`StepCx::call_uncut`]): an abort then waits for its answer instead of cancelling it.
+    pub uncut: &'a AtomicBool,
 }
 
 /// Runs one step.
@@ -324,7 +324,10 @@ async fn call_creating<S: Clone + PartialEq>(
 ) -> Result<Value, StepError> {
     let before = std::mem::replace(place(&mut cx.data.ledger), requested.clone());
     let expected = creation_answers(before == requested);
-    let answer = cx.call_deploying(request, expected).await;
+    let answer = cx
+        .call_uncut(request, expected)
+        .await
+        .map(|(_, reply)| reply);
     if answer.is_err() && !cx.may_have_made {
         *place(&mut cx.data.ledger) = before;
     }
@@ -568,17 +571,19 @@ impl StepCx<'_> {
         Outbound::new(service, Method::POST, path).idempotency_key(key)
     }
 
-    /// Like [`Self::call_expecting`] for a `POST` that makes what the clean-up undoes: an
-    /// abort meanwhile lets it have its answer, so what it made is known and undone.
-    async fn call_deploying(
+    /// Like [`Self::call_expecting`] for a request an abort meanwhile lets have its answer: a
+    /// `POST` that makes what the clean-up undoes, so what it made is known and undone; a
+    /// status written to the repository, so that the status the clean-up writes after it is
+    /// the last the repository takes.
+    async fn call_uncut(
         &mut self,
         request: Outbound,
         expected: &[u16],
-    ) -> Result<Value, StepError> {
-        self.deploying.store(true, Ordering::SeqCst);
+    ) -> Result<(u16, Value), StepError> {
+        self.uncut.store(true, Ordering::SeqCst);
         let answer = self.call_expecting(request, expected).await;
-        self.deploying.store(false, Ordering::SeqCst);
-        answer.map(|(_, reply)| reply)
+        self.uncut.store(false, Ordering::SeqCst);
+        answer
     }
 
     /// Sends a request, records the answer under the step, and requires `expected`. Returns
@@ -696,10 +701,10 @@ impl StepCx<'_> {
     /// `PUT trial_repository /trial/{id}/ {"status": status}`, answered 204.
     async fn update_status(&mut self, status: &str) -> Result<(), StepError> {
         let path = format!("trial/{}/", self.id);
-        self.call(
+        self.call_uncut(
             Outbound::new(Service::TrialRepository, Method::PUT, path)
                 .json(json!({"status": status})),
-            204,
+            &[204],
         )
         .await?;
         self.data.repository_status = Some(status.to_owned());

@@ -24,6 +24,7 @@ use super::queue::Inbox;
 use super::sequence::{self, Next, Wait, Waiter};
 use super::state::{Checkpoint, EventKind, Failure, Lifecycle, Mode, Position};
 use crate::deadline::{self, sleep_until};
+use crate::domain::TrialId;
 use crate::store::{Op, TrialRecord};
 use crate::telemetry::panic_message;
 
@@ -42,6 +43,8 @@ pub enum RestoreError {
     Reporting,
     #[error("the clean-up after an abort failed; POST /trial/{{id}}/abort retries it")]
     CleanupFailed,
+    #[error("an abort was asked for while the failure was reported: its clean-up starts now")]
+    AbortAsked,
     #[error("{0}")]
     NotSkippable(String),
     #[error("the change was not saved, so it was not made: {0}")]
@@ -88,6 +91,7 @@ impl RestoreError {
             RestoreError::Running
             | RestoreError::Reporting
             | RestoreError::CleanupFailed
+            | RestoreError::AbortAsked
             | RestoreError::NotSkippable(_) => "refused_wrong_phase",
         }
     }
@@ -101,6 +105,7 @@ impl RestoreError {
             other @ (RestoreError::Running
             | RestoreError::Reporting
             | RestoreError::CleanupFailed
+            | RestoreError::AbortAsked
             | RestoreError::NotSkippable(_)) => ControlError::Refused(other.to_string()),
         }
     }
@@ -117,6 +122,20 @@ pub enum ControlRequest {
         reason: String,
         reply: oneshot::Sender<ControlOutcome>,
     },
+}
+
+impl ControlRequest {
+    /// Answers the request with `refusal`, as said of trial `id`.
+    fn refuse(self, refusal: RestoreError, id: &TrialId) {
+        match self {
+            ControlRequest::Restore(reply) | ControlRequest::Skip { reply, .. } => {
+                let _ = reply.send(Err(refusal));
+            }
+            ControlRequest::Abort { reply, .. } => {
+                let _ = reply.send(Err(refusal.refusing_abort(id.as_str())));
+            }
+        }
+    }
 }
 
 /// How an engine came to be.
@@ -152,8 +171,8 @@ pub struct Watchdog {
     pub(super) checkpoints: mpsc::Receiver<Checkpointed>,
     pub(super) checkpoint_tx: mpsc::Sender<Checkpointed>,
     pub(super) controls: Inbox<ControlRequest>,
-    /// An abort that arrived while the executor was ending, answered once it has.
-    pub(super) pending_abort: Option<(String, oneshot::Sender<ControlOutcome>)>,
+    /// The aborts that arrived while the executor was ending, answered once it has.
+    pub(super) pending_aborts: Vec<(String, oneshot::Sender<ControlOutcome>)>,
     /// An automatic abort that could not start is not tried again before this.
     pub(super) auto_abort_not_before: Option<Deadline>,
     /// Automatic aborts of this trial whose clean-up had failed before: each waits twice as
@@ -269,7 +288,7 @@ impl Watchdog {
                     self.executor = None;
                     match result {
                         Ok(ExecutorExit::Finished | ExecutorExit::Aborted) => {
-                            self.answer_pending_abort();
+                            self.answer_pending_aborts();
                             // Restored or cleaned up after a failure: its file says it ended.
                             if self.checkpoint.run > 0 {
                                 failure::resolve_file(&self.shared, self.lifecycle).await;
@@ -290,9 +309,7 @@ impl Watchdog {
                             Box::pin(self.died(format!("the executor task panicked: {message}"))).await;
                         }
                     }
-                    if let Some((reason, reply)) = self.pending_abort.take() {
-                        let _ = reply.send(Box::pin(self.abort(reason)).await);
-                    }
+                    Box::pin(self.carry_out_pending_aborts()).await;
                 }
                 Some(request) = self.controls.recv() => match request {
                     ControlRequest::Restore(reply) => {
@@ -309,14 +326,24 @@ impl Watchdog {
                     }
                 }
                 () = sleep_until(cleanup_timer) => {
-                    let after = self.shared.deps.settings.executor.cleanup_failed_after_secs.unwrap_or_default();
-                    let reason = format!("not restored within {after} s");
-                    if self.checkpoint.failure.as_ref().is_some_and(|f| f.cleanup_failed) {
-                        self.auto_abort_rounds = self.auto_abort_rounds.saturating_add(1);
-                    }
-                    warn!(reason = %reason, "a failed trial was left alone: aborting it");
+                    let asked = self.checkpoint.failure.as_ref().and_then(|f| f.abort.clone());
+                    let reason = match asked {
+                        Some(reason) => {
+                            info!(reason = %reason, "the failure is reported: the abort asked for meanwhile starts");
+                            reason
+                        }
+                        None => {
+                            let after = self.shared.deps.settings.executor.cleanup_failed_after_secs.unwrap_or_default();
+                            if self.checkpoint.failure.as_ref().is_some_and(|f| f.cleanup_failed) {
+                                self.auto_abort_rounds = self.auto_abort_rounds.saturating_add(1);
+                            }
+                            let reason = format!("not restored within {after} s");
+                            warn!(reason = %reason, "a failed trial was left alone: aborting it");
+                            reason
+                        }
+                    };
                     if let Err(e) = Box::pin(self.abort(reason)).await {
-                        warn!(error = %e, "the automatic abort did not start; it is tried again in a minute");
+                        warn!(error = %e, "the clean-up did not start; it is tried again in a minute");
                         self.auto_abort_not_before = Some(Deadline::now() + AUTO_ABORT_RETRY);
                     }
                 }
@@ -326,8 +353,9 @@ impl Watchdog {
 
     /// Saves the engine's record, again and again while the store cannot, before what depends
     /// on it: the first request of a new engine (its job stays in the store until then), the
-    /// `FAILED` report of a failure. A stop meanwhile loses nothing and reports nothing: the
-    /// trial goes on from the record the store holds.
+    /// `FAILED` report of a failure. The operator's requests meanwhile are told the store
+    /// cannot save them now. A stop meanwhile loses nothing and reports nothing: the trial
+    /// goes on from the record the store holds.
     async fn save_until_kept(&mut self, what: &str) {
         let mut wait = RESAVE_FIRST;
         while let Err(e) = self.save().await {
@@ -336,7 +364,15 @@ impl Watchdog {
                 "{what} is not saved: it is saved again in {} s",
                 wait.as_secs()
             );
-            tokio::time::sleep(wait).await;
+            let refusal = RestoreError::NotSaved(e);
+            let again = tokio::time::sleep(wait);
+            tokio::pin!(again);
+            loop {
+                tokio::select! {
+                    () = &mut again => break,
+                    Some(request) = self.controls.recv() => request.refuse(refusal.clone(), &self.shared.id),
+                }
+            }
             wait = resave_after(wait);
         }
     }
@@ -378,22 +414,28 @@ impl Watchdog {
         }
     }
 
-    /// When a failed trial left alone is aborted on its own (`executor.cleanup_failed_after_secs`).
+    /// When a failed trial's clean-up starts on its own: at once if the operator asked for it
+    /// while the failure was reported, else once it was left alone for
+    /// `executor.cleanup_failed_after_secs`.
     fn cleanup_timer(&self) -> Option<Deadline> {
-        let after = self
-            .shared
-            .deps
-            .settings
-            .executor
-            .cleanup_failed_after_secs?;
         let failure = self.checkpoint.failure.as_ref()?;
         if self.executor.is_some() || self.lifecycle != Lifecycle::Failed || !failure.reported {
             return None;
         }
-        let after = auto_abort_delay(after, failure.cleanup_failed, self.auto_abort_rounds);
-        // (A chrono duration holds at most i64::MAX / 1000 seconds.)
-        let after = chrono::Duration::seconds(i64::try_from(after).unwrap_or(i64::MAX / 1000));
-        let due = deadline::at(failure.at + after);
+        let due = if failure.abort.is_some() {
+            Deadline::now()
+        } else {
+            let after = self
+                .shared
+                .deps
+                .settings
+                .executor
+                .cleanup_failed_after_secs?;
+            let after = auto_abort_delay(after, failure.cleanup_failed, self.auto_abort_rounds);
+            // (A chrono duration holds at most i64::MAX / 1000 seconds.)
+            let after = chrono::Duration::seconds(i64::try_from(after).unwrap_or(i64::MAX / 1000));
+            deadline::at(failure.at + after)
+        };
         Some(
             self.auto_abort_not_before
                 .map_or(due, |not_before| due.max(not_before)),
@@ -506,7 +548,20 @@ impl Watchdog {
             self.save_until_kept("the failure (it is reported once saved)")
                 .await;
         }
-        failure::report(&self.shared, &mut self.checkpoint).await;
+        // The report may take minutes (a repository that does not answer is asked again):
+        // the operator is answered meanwhile.
+        let (shared, failed) = (self.shared.clone(), self.checkpoint.clone());
+        let report = failure::report(&shared, &failed);
+        tokio::pin!(report);
+        let told = loop {
+            tokio::select! {
+                told = &mut report => break told,
+                Some(request) = self.controls.recv() => self.while_reporting(request).await,
+            }
+        };
+        if told {
+            self.checkpoint.data.repository_status = Some(failure::REPORTED.to_owned());
+        }
         if let Some(failure) = &mut self.checkpoint.failure {
             failure.reported = true;
         }
@@ -545,6 +600,20 @@ impl Watchdog {
                 );
             }
             None => info!("failure procedure done; checkpoint kept for a restore"),
+        }
+    }
+
+    /// A restore or a skip would undo the abort the operator asked for while the failure was
+    /// reported: refused, the clean-up starts instead.
+    fn refuse_if_aborting(&self) -> Result<(), RestoreError> {
+        match self
+            .checkpoint
+            .failure
+            .as_ref()
+            .and_then(|f| f.abort.as_ref())
+        {
+            Some(_) => Err(RestoreError::AbortAsked),
+            None => Ok(()),
         }
     }
 
@@ -594,6 +663,7 @@ impl Watchdog {
 
     async fn restore(&mut self) -> Result<String, RestoreError> {
         self.refuse_unless_failed()?;
+        self.refuse_if_aborting()?;
         if self
             .checkpoint
             .failure
@@ -638,6 +708,7 @@ impl Watchdog {
     /// Marks the failed step done without running it and goes on with the next (SPEC §14).
     async fn skip(&mut self, reason: String) -> Result<String, RestoreError> {
         self.refuse_unless_failed()?;
+        self.refuse_if_aborting()?;
         if !matches!(self.checkpoint.mode, Mode::Normal) {
             return Err(RestoreError::CleanupFailed);
         }
@@ -721,7 +792,7 @@ impl Watchdog {
                     reply,
                 ))) => {
                     // The executor is ending: answer once its end is known.
-                    self.pending_abort = Some((reason, reply));
+                    self.pending_aborts.push((reason, reply));
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
@@ -731,17 +802,73 @@ impl Watchdog {
         let _ = reply.send(outcome);
     }
 
-    fn answer_pending_abort(&mut self) {
-        if let Some((_, reply)) = self.pending_abort.take() {
-            let ended = if self.lifecycle == Lifecycle::Aborted {
-                Ended::Aborted
-            } else {
-                Ended::Finished
-            };
-            let _ = reply.send(Err(
-                RestoreError::Ended(ended).refusing_abort(self.shared.id.as_str())
-            ));
+    /// The aborts that waited for the executor to end, now that it has ended the trial.
+    fn answer_pending_aborts(&mut self) {
+        let ended = if self.lifecycle == Lifecycle::Aborted {
+            Ended::Aborted
+        } else {
+            Ended::Finished
+        };
+        let refusal = RestoreError::Ended(ended).refusing_abort(self.shared.id.as_str());
+        for (_, reply) in self.pending_aborts.drain(..) {
+            let _ = reply.send(Err(refusal.clone()));
         }
+    }
+
+    /// The aborts that waited for the executor to end, now that it has failed (or died): the
+    /// first starts the clean-up, the others are told it is under way (or why it did not
+    /// start).
+    async fn carry_out_pending_aborts(&mut self) {
+        let mut pending = std::mem::take(&mut self.pending_aborts).into_iter();
+        let Some((reason, reply)) = pending.next() else {
+            return;
+        };
+        let outcome = self.abort(reason).await;
+        let id = self.shared.id.as_str();
+        for (_, reply) in pending {
+            let _ = reply.send(match &outcome {
+                Ok(_) => Ok(format!("trial {id} is already aborting")),
+                Err(e) => Err(e.clone()),
+            });
+        }
+        let _ = reply.send(outcome);
+    }
+
+    /// Answers the operator while the failure is being reported: a restore or a skip waits
+    /// for the report's end, an abort is kept with the failure and carried out after it.
+    async fn while_reporting(&mut self, request: ControlRequest) {
+        match request {
+            ControlRequest::Abort { reason, reply } => {
+                let _ = reply.send(self.abort_after_report(reason).await);
+            }
+            request @ (ControlRequest::Restore(_) | ControlRequest::Skip { .. }) => {
+                request.refuse(RestoreError::Reporting, &self.shared.id);
+            }
+        }
+    }
+
+    /// An abort asked for while the failure is being reported: saved with the failure, so it
+    /// outlives a restart, and carried out once the report is done.
+    async fn abort_after_report(&mut self, reason: String) -> ControlOutcome {
+        let shared = self.shared.clone();
+        let id = shared.id.as_str();
+        let Some(failure) = &mut self.checkpoint.failure else {
+            return Err(RestoreError::Running.refusing_abort(id));
+        };
+        if failure.abort.is_some() {
+            return Ok(format!("trial {id} is already aborting"));
+        }
+        failure.abort = Some(reason);
+        if let Err(e) = self.save().await {
+            if let Some(failure) = &mut self.checkpoint.failure {
+                failure.abort = None;
+            }
+            return Err(ControlError::NotSaved(e));
+        }
+        info!("abort asked for while the failure is reported: the clean-up starts once it is");
+        Ok(format!(
+            "trial {id}: abort accepted; the clean-up starts once the failure is reported"
+        ))
     }
 
     /// Starts (or, after a failed clean-up, retries) the clean-up of a failed engine.
@@ -797,7 +924,25 @@ async fn join(
 
 /// Runs a watchdog in its own task, inside the engine's span.
 pub fn spawn(watchdog: Watchdog, span: tracing::Span) -> JoinHandle<LastRecord> {
-    tokio::spawn(watchdog.run().instrument(span))
+    // Dropped once the watchdog has ended (its executor with it), or panicked.
+    let ended = watchdog.shared.tasks_ended.clone().drop_guard();
+    tokio::spawn(
+        async move {
+            let _ended = ended;
+            watchdog.run().await
+        }
+        .instrument(span),
+    )
+}
+
+impl Drop for Watchdog {
+    /// A watchdog that panicked takes its executor with it: an executor left alone would go on
+    /// sending requests with nobody to save its checkpoints.
+    fn drop(&mut self) {
+        if let Some(executor) = &self.executor {
+            executor.abort();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -125,6 +125,8 @@ struct FailureDoc<S> {
     cleanup_failed: bool,
     #[serde(default = "Vec::new")]
     leftovers: Vec<LeftoverDoc<S>>,
+    #[serde(default = "Option::default", skip_serializing_if = "Option::is_none")]
+    abort: Option<S>,
 }
 
 /// The checkpoint document, format 1: owned text and values when read (`S = String`,
@@ -290,6 +292,7 @@ pub fn encode_checkpoint(checkpoint: &Checkpoint) -> String {
                     id: l.id.as_str(),
                 })
                 .collect(),
+            abort: f.abort.as_deref(),
         }),
         paused: checkpoint.paused,
         run: checkpoint.run,
@@ -376,6 +379,7 @@ pub fn decode_checkpoint(text: &str) -> Result<Checkpoint, String> {
                             })
                         })
                         .collect::<Result<_, String>>()?,
+                    abort: f.abort,
                 })
             })
             .transpose()?,
@@ -449,6 +453,7 @@ mod tests {
                     kind: LeftoverKind::Slice,
                     id: "s1".into(),
                 }],
+                abort: None,
             }),
             paused: true,
             run: 2,

@@ -259,6 +259,7 @@ pub fn convert(
         reported,
         cleanup_failed: false,
         leftovers: Vec::new(),
+        abort: None,
     });
     let checkpoint = Checkpoint {
         position,

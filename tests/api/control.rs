@@ -408,13 +408,34 @@ async fn failed_and_reporting(app: &TestApp, id: &str, report: FaultAction) {
 }
 
 #[tokio::test]
-async fn an_abort_waits_until_the_failure_procedure_is_done() {
+async fn an_abort_during_the_failure_report_is_answered_at_once_and_carried_out_after_it() {
     let app = spawn_app_with_settings(single_attempt).await;
     let id = "abort-reporting";
-    // The failure report takes a while.
-    failed_and_reporting(&app, id, FaultAction::Delay(Duration::from_millis(1500))).await;
-    // The abort is answered once the failure procedure is done, and the clean-up follows it.
-    abort(&app, id, "aborted by the operator").await;
+    // The repository holds the failure report's answer until the test lets it go.
+    let report = Gate::new();
+    failed_and_reporting(&app, id, FaultAction::HoldUntil(report.clone())).await;
+    let answer = app
+        .post(
+            &format!("/trial/{id}/abort"),
+            Some(json!({"reason": "aborted by the operator"})),
+        )
+        .await;
+    assert_ok_saying(&answer, "the clean-up starts once the failure is reported");
+    let again = app.post(&format!("/trial/{id}/abort"), None).await;
+    assert_ok_saying(&again, "already aborting");
+    // A restore would undo the abort: refused, before and after the report.
+    let restore = format!("/debug/engine/{id}/restore");
+    let refused = app.post(&restore, None).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{refused:?}");
+    assert_eq!(app.platform.status_history(id), ["FAILED"]);
+    report.open();
+    let status = app
+        .wait_for(id, "Aborted", |s| s["engine_status"] == "Aborted")
+        .await;
+    assert_eq!(
+        status["abort_reason"], "aborted by the operator",
+        "{status}"
+    );
     assert_eq!(
         app.platform.status_history(id),
         ["FAILED", "ABORTED"],
@@ -843,6 +864,88 @@ async fn pause_holds_every_request_until_resume_and_step_runs_exactly_one() {
 }
 
 #[tokio::test]
+async fn an_abort_lets_a_status_write_in_flight_have_its_answer_before_the_clean_up_writes_its_own()
+{
+    let app = spawn_app_with_settings(|s| s.executor.request_timeout_secs = 300).await;
+    let id = "abort-mid-status";
+    app.start_to_idle(id).await;
+    // The repository holds its answer to the next status write (ACTIVE).
+    let written = Gate::new();
+    app.platform.inject(
+        Fault::new(
+            Component::Repository,
+            "PUT",
+            "/trial/",
+            FaultAction::HoldUntil(written.clone()),
+        )
+        .for_trial(id)
+        .times(1),
+    );
+    let active = app.post(&format!("/trial/{id}/active"), None).await;
+    assert_eq!(active.status, StatusCode::OK, "{active:?}");
+    eventually("ACTIVE to reach the repository", || async {
+        let history = app.platform.status_history(id);
+        match history.last().map(String::as_str) {
+            Some("ACTIVE") => Ok(()),
+            _ => Err(format!("{history:?}")),
+        }
+    })
+    .await;
+    let answered = async {
+        app.wait_event(id, "abort_requested", "").await;
+        // The clean-up waits for the answer: it has not started (an abort that cut the write
+        // short would have started it with the request of the abort).
+        let kinds = app.event_kinds(id).await;
+        assert!(!kinds.iter().any(|k| k == "cleanup_started"), "{kinds:?}");
+        let status = app.trial_status(id).await;
+        assert_eq!(status["step"], "UpdateStatusActive", "{status}");
+        written.open();
+    };
+    tokio::join!(abort(&app, id, "storm"), answered);
+    let history = app.platform.status_history(id);
+    assert!(
+        history.ends_with(&["ACTIVE".to_owned(), "ABORTED".to_owned()]),
+        "{history:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_trial_stepped_to_its_end_while_paused_is_not_shown_paused() {
+    let app = spawn_app().await;
+    let id = "stepped-to-the-end";
+    app.start_to_idle(id).await;
+    let paused = app.post(&format!("/trial/{id}/pause"), None).await;
+    assert_eq!(paused.status, StatusCode::OK, "{paused:?}");
+    let finish = app.post(&format!("/trial/{id}/finish"), None).await;
+    assert_eq!(finish.status, StatusCode::OK, "{finish:?}");
+    let step = format!("/trial/{id}/step");
+    let ended = loop {
+        let status = app
+            .wait_for(id, "held before a step, or finished", |s| {
+                s["finished"] == true
+                    || s["waiting_for"]
+                        .as_str()
+                        .is_some_and(|w| w.contains("resume"))
+            })
+            .await;
+        if status["finished"] == true {
+            break status;
+        }
+        // Refused while the step it was stepped to still runs.
+        let stepped = app.post(&step, None).await;
+        assert!(
+            [StatusCode::OK, StatusCode::CONFLICT].contains(&stepped.status),
+            "{stepped:?}"
+        );
+    };
+    assert_eq!(
+        ended["paused"], false,
+        "an ended trial is not paused: {ended}"
+    );
+    assert_eq!(app.trial_status(id).await["paused"], false);
+}
+
+#[tokio::test]
 async fn a_pause_lets_the_request_in_flight_complete_and_starts_nothing_more() {
     let app = spawn_app().await;
     let id = "paused-mid-step";
@@ -1136,7 +1239,7 @@ async fn an_abort_closes_a_kpi_marking_its_step_began_before_it_failed() {
 }
 
 #[tokio::test]
-async fn an_abort_waiting_for_a_failure_procedure_whose_engine_is_deleted_is_503() {
+async fn an_abort_racing_the_delete_of_a_trial_whose_failure_is_reported_is_never_409() {
     let app = spawn_app_with_settings(single_attempt).await;
     let id = "abort-outrun";
     // The failure report never comes back while the test runs.
@@ -1145,9 +1248,11 @@ async fn an_abort_waiting_for_a_failure_procedure_whose_engine_is_deleted_is_503
     let (abort, delete) = (format!("/trial/{id}/abort"), format!("/debug/engine/{id}"));
     let (aborted, deleted) = tokio::join!(app.post(&abort, None), app.delete(&delete));
     assert_eq!(deleted.status, StatusCode::OK, "{deleted:?}");
-    // An abort that was waiting when the engine went is 503, one that came after it 404:
+    // An abort taken before the delete is 200 (the delete then removes the trial all the
+    // same), one that was waiting when the engine went is 503, one that came after it 404:
     // never a 409 saying a failed trial cannot be aborted.
     match aborted.status {
+        StatusCode::OK => assert_ok_saying(&aborted, "abort accepted"),
         StatusCode::SERVICE_UNAVAILABLE => {
             assert!(aborted.detail().contains("engine stopped"), "{aborted:?}");
         }

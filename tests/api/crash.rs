@@ -308,6 +308,10 @@ async fn a_job_that_fires_while_the_store_refuses_sends_nothing_until_its_first_
         app.platform.requests_for(id).is_empty(),
         "nothing is sent before the first record is saved"
     );
+    // An abort meanwhile is told at once that it cannot be saved now, and changes nothing.
+    let abort = app.post(&format!("/trial/{id}/abort"), None).await;
+    assert_eq!(abort.status, StatusCode::SERVICE_UNAVAILABLE, "{abort:?}");
+    assert!(abort.detail().contains("not saved"), "{abort:?}");
     refused.refuse(false);
     app.drive_to_finished(id).await;
     assert_never_reported_failed(&app, id);

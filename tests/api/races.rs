@@ -410,33 +410,39 @@ async fn a_schedule_that_was_not_saved_never_starts() {
     assert!(app.platform.requests_for(unsaved).is_empty());
 }
 
+/// A store holding trial `id` failed at its first step, its failure procedure not done when
+/// the service stopped, and with `abort` if the operator asked for one meanwhile.
+fn failed_mid_report(id: &str, abort: Option<&str>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = SqliteBackend::open(dir.path()).expect("store");
+    let now = Utc::now();
+    let mut checkpoint = Checkpoint::new(now);
+    checkpoint.position = Position::Run(Step::GetCallbackToken);
+    checkpoint.failure = Some(Failure {
+        reason: "GetCallbackToken failed: trial enforcement answered 500".to_owned(),
+        at: now,
+        reported: false,
+        cleanup_failed: false,
+        leftovers: Vec::new(),
+        abort: abort.map(str::to_owned),
+    });
+    store
+        .apply(&[Op::PutTrial(Box::new(TrialRecord {
+            id: TrialId::parse(id).expect("id"),
+            lifecycle: Lifecycle::Failed,
+            checkpoint,
+            created_at: now,
+            updated_at: now,
+            ended_at: None,
+        }))])
+        .expect("saved");
+    dir
+}
+
 #[tokio::test]
 async fn a_failed_trial_recovered_mid_report_finishes_its_report_before_a_restore() {
     let id = "half-reported";
-    let dir = tempfile::tempdir().expect("tempdir");
-    {
-        let mut store = SqliteBackend::open(dir.path()).expect("store");
-        let now = Utc::now();
-        let mut checkpoint = Checkpoint::new(now);
-        checkpoint.position = Position::Run(Step::GetCallbackToken);
-        checkpoint.failure = Some(Failure {
-            reason: "GetCallbackToken failed: trial enforcement answered 500".to_owned(),
-            at: now,
-            reported: false,
-            cleanup_failed: false,
-            leftovers: Vec::new(),
-        });
-        store
-            .apply(&[Op::PutTrial(Box::new(TrialRecord {
-                id: TrialId::parse(id).expect("id"),
-                lifecycle: Lifecycle::Failed,
-                checkpoint,
-                created_at: now,
-                updated_at: now,
-                ended_at: None,
-            }))])
-            .expect("saved");
-    }
+    let dir = failed_mid_report(id, None);
     let path = dir.path().to_path_buf();
     let app = spawn_app_with(AppOptions {
         settings: Box::new(move |s| s.store.data_dir = path),
@@ -474,6 +480,28 @@ async fn a_failed_trial_recovered_mid_report_finishes_its_report_before_a_restor
         StatusCode::OK
     );
     app.drive_to_finished(id).await;
+}
+
+#[tokio::test]
+async fn an_abort_asked_for_mid_report_is_carried_out_after_a_restart() {
+    let id = "abort-outlived";
+    let dir = failed_mid_report(id, Some("operator: wrong facility"));
+    let path = dir.path().to_path_buf();
+    let app = spawn_app_with(AppOptions {
+        settings: Box::new(move |s| s.store.data_dir = path),
+        platform: Box::new(move |platform| platform.add_trial(Platform::trial(id, None))),
+        ..AppOptions::default()
+    })
+    .await;
+    let status = app
+        .wait_for(id, "Aborted", |s| s["engine_status"] == "Aborted")
+        .await;
+    assert_eq!(
+        status["abort_reason"], "operator: wrong facility",
+        "{status}"
+    );
+    assert_eq!(app.platform.status_history(id), ["FAILED", "ABORTED"]);
+    assert!(app.failure_file(id).is_some());
 }
 
 /// The service with handlers answered after 1 s at most, on a store that holds the writes `of`
