@@ -582,15 +582,13 @@ impl EngineShared {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::sqlite::SqliteBackend;
-
-    #[tokio::test]
-    async fn a_second_stop_returns_once_the_engine_s_tasks_have_ended() {
+impl EngineDeps {
+    /// The built-in settings and an in-memory store, and the receiver of ended engines.
+    pub(crate) fn for_tests() -> (Arc<Self>, mpsc::UnboundedReceiver<Weak<EngineShared>>) {
         let settings = Arc::new(Settings::defaults().expect("defaults"));
-        let (store, _) = Store::start(SqliteBackend::in_memory().expect("store")).expect("store");
-        let (ended, _ended) = mpsc::unbounded_channel();
+        let backend = crate::store::sqlite::SqliteBackend::in_memory().expect("store");
+        let (store, _) = Store::start(backend).expect("store");
+        let (ended, ended_rx) = mpsc::unbounded_channel();
         let deps = Arc::new(EngineDeps {
             services: ServiceClient::new(&settings).expect("client"),
             tokens: Arc::new(TokenManager::new(&settings.auth.token_secret, 60)),
@@ -600,6 +598,17 @@ mod tests {
             ended,
             settings,
         });
+        (deps, ended_rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_second_stop_returns_once_the_engine_s_tasks_have_ended() {
+        let (deps, _ended) = EngineDeps::for_tests();
         let id = TrialId::parse("stopped-twice").expect("id");
         let engine = EngineHandle::start(id, deps, Utc::now());
         // The first stop (a shutdown, say) takes the watchdog and waits for it.

@@ -887,27 +887,10 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Settings;
-    use crate::engine::EngineHooks;
-    use crate::engine::redact::Redactor;
-    use crate::services::ServiceClient;
-    use crate::store::sqlite::SqliteBackend;
-    use crate::tokens::TokenManager;
 
     /// A scheduler on an in-memory store, with the built-in settings.
     fn scheduler() -> Scheduler {
-        let settings = Arc::new(Settings::defaults().unwrap());
-        let (store, _) = Store::start(SqliteBackend::in_memory().unwrap()).unwrap();
-        let (ended, ended_rx) = mpsc::unbounded_channel();
-        let deps = Arc::new(EngineDeps {
-            services: ServiceClient::new(&settings).unwrap(),
-            tokens: Arc::new(TokenManager::new(&settings.auth.token_secret, 60)),
-            store,
-            redactor: Redactor::default(),
-            hooks: EngineHooks::default(),
-            ended,
-            settings,
-        });
+        let (deps, ended_rx) = EngineDeps::for_tests();
         Scheduler::new(deps, ended_rx)
     }
 
