@@ -309,7 +309,6 @@ impl Watchdog {
                             Box::pin(self.died(format!("the executor task panicked: {message}"))).await;
                         }
                     }
-                    Box::pin(self.carry_out_pending_aborts()).await;
                 }
                 Some(request) = self.controls.recv() => match request {
                     ControlRequest::Restore(reply) => {
@@ -549,7 +548,11 @@ impl Watchdog {
                 .await;
         }
         // The report may take minutes (a repository that does not answer is asked again):
-        // the operator is answered meanwhile.
+        // the operator is answered meanwhile, and the aborts that came as the executor ended
+        // are answered now.
+        for (reason, reply) in std::mem::take(&mut self.pending_aborts) {
+            let _ = reply.send(self.abort_after_report(reason).await);
+        }
         let (shared, failed) = (self.shared.clone(), self.checkpoint.clone());
         let report = failure::report(&shared, &failed);
         tokio::pin!(report);
@@ -813,25 +816,6 @@ impl Watchdog {
         for (_, reply) in self.pending_aborts.drain(..) {
             let _ = reply.send(Err(refusal.clone()));
         }
-    }
-
-    /// The aborts that waited for the executor to end, now that it has failed (or died): the
-    /// first starts the clean-up, the others are told it is under way (or why it did not
-    /// start).
-    async fn carry_out_pending_aborts(&mut self) {
-        let mut pending = std::mem::take(&mut self.pending_aborts).into_iter();
-        let Some((reason, reply)) = pending.next() else {
-            return;
-        };
-        let outcome = self.abort(reason).await;
-        let id = self.shared.id.as_str();
-        for (_, reply) in pending {
-            let _ = reply.send(match &outcome {
-                Ok(_) => Ok(format!("trial {id} is already aborting")),
-                Err(e) => Err(e.clone()),
-            });
-        }
-        let _ = reply.send(outcome);
     }
 
     /// Answers the operator while the failure is being reported: a restore or a skip waits
