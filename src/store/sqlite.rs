@@ -1109,7 +1109,8 @@ fn listed_status(name: &str) -> Result<ListedStatus, String> {
         .ok_or_else(|| format!("unreadable record: unknown engine status '{name}'"))
 }
 
-fn listed(row: &rusqlite::Row<'_>, start_time: Option<String>) -> rusqlite::Result<ListedTrial> {
+/// A listed row; `job`: a scheduled job's, with its start time in column 10.
+fn listed(row: &rusqlite::Row<'_>, job: bool) -> rusqlite::Result<ListedTrial> {
     // A column that is not text lists the row as `Corrupt`, saying which, rather than failing
     // the whole listing; what it holds is shown as far as it can be.
     let mut unreadable = None;
@@ -1136,7 +1137,7 @@ fn listed(row: &rusqlite::Row<'_>, start_time: Option<String>) -> rusqlite::Resu
         updated_at: text(7, "updated_at")?.unwrap_or_default(),
         ended_at: text(8, "ended_at")?,
         failure: text(9, "failure")?,
-        start_time,
+        start_time: if job { text(10, "start_time")? } else { None },
     };
     let engine_status = text(1, "engine_status")?.unwrap_or_default();
     match (unreadable, listed_status(&engine_status)) {
@@ -1206,7 +1207,7 @@ impl Reader for SqliteReader {
             );
             let mut stmt = self.conn.prepare(&sql).map_err(read)?;
             let found = stmt
-                .query_map(params_from_iter(values), |row| listed(row, None))
+                .query_map(params_from_iter(values), |row| listed(row, false))
                 .map_err(read)?;
             for row in found {
                 rows.push(row.map_err(read)?);
@@ -1223,10 +1224,7 @@ impl Reader for SqliteReader {
             );
             let mut stmt = self.conn.prepare(&sql).map_err(read)?;
             let found = stmt
-                .query_map(params_from_iter(values), |row| {
-                    let start_time = row.get(10)?;
-                    listed(row, start_time)
-                })
+                .query_map(params_from_iter(values), |row| listed(row, true))
                 .map_err(read)?;
             for row in found {
                 rows.push(row.map_err(read)?);
@@ -1255,13 +1253,16 @@ impl Reader for SqliteReader {
         let both = values.iter().chain(values.iter());
         let rows = stmt
             .query_map(params_from_iter(both), |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                // A status that is not text is counted as it is listed: `Corrupt`.
+                let status = text_of(row, 0, "engine_status")
+                    .and_then(|name| listed_status(&name))
+                    .unwrap_or(ListedStatus::Corrupt);
+                Ok((status, row.get::<_, i64>(1)?))
             })
             .map_err(read)?;
         let mut counts: Vec<(ListedStatus, u64)> = Vec::new();
         for row in rows {
             let (status, count) = row.map_err(read)?;
-            let status = listed_status(&status).unwrap_or(ListedStatus::Corrupt);
             let count = u64::try_from(count).unwrap_or(0);
             match counts.iter_mut().find(|(counted, _)| *counted == status) {
                 Some((_, total)) => *total += count,

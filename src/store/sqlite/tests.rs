@@ -863,7 +863,20 @@ fn a_row_of_the_wrong_type_is_listed_corrupt_and_an_unreadable_audit_entry_left_
             Op::Audit(audit("damaged", now)),
         ],
     );
+    put(
+        &mut store,
+        vec![
+            Op::PutTrial(Box::new(record("status-damaged", Lifecycle::Finished, now))),
+            Op::PutJob {
+                id: id("job-damaged"),
+                start: StartTime::parse("2999-01-01T10:00:00Z").unwrap(),
+                created_at: now,
+            },
+        ],
+    );
     for damage in [
+        "UPDATE trials SET engine_status = X'00FF' WHERE trial_id = 'status-damaged'",
+        "UPDATE jobs SET start_time = X'00FF' WHERE trial_id = 'job-damaged'",
         "UPDATE trials SET created_at = X'00FF' WHERE trial_id = 'damaged'",
         "UPDATE trials SET failure = CAST(X'FF' AS TEXT) WHERE trial_id = 'fine'",
         "UPDATE audit SET detail = CAST(X'FF' AS TEXT) WHERE action = 'damaged'",
@@ -880,6 +893,8 @@ fn a_row_of_the_wrong_type_is_listed_corrupt_and_an_unreadable_audit_entry_left_
             .is_some_and(|f| f.contains("created_at is binary data")),
         "{damaged:?}"
     );
+    let job = rows.iter().find(|r| r.trial_id == "job-damaged").unwrap();
+    assert_eq!(job.engine_status, ListedStatus::Corrupt, "{job:?}");
     let fine = rows.iter().find(|r| r.trial_id == "fine").unwrap();
     assert_eq!(
         fine.engine_status,
@@ -887,6 +902,18 @@ fn a_row_of_the_wrong_type_is_listed_corrupt_and_an_unreadable_audit_entry_left_
         "its failure is not text"
     );
     assert_eq!(actions(&store), ["kept"]);
+    // Counted by the status each row holds: the one whose status is not text as `Corrupt`, as
+    // it is listed.
+    let mut counts = store.reader().unwrap().counts(None).unwrap();
+    counts.sort_by_key(|(status, _)| status.name());
+    assert_eq!(
+        counts,
+        [
+            (ListedStatus::Corrupt, 1),
+            (ListedStatus::Finished, 2),
+            (ListedStatus::Scheduled, 1)
+        ]
+    );
 }
 
 #[test]
