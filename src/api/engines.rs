@@ -75,8 +75,8 @@ fn restore_error(e: RestoreError) -> ApiError {
         (status = 400, description = "Invalid trial id", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "The trial has no engine", body = ErrorBody),
-        (status = 409, description = "The engine is running, ended, or its clean-up failed (abort retries it)", body = ErrorBody),
-        (status = 503, description = "The restore could not be saved, so it was not made", body = ErrorBody),
+        (status = 409, description = "The engine is running, ended, still reporting its failure, aborting (an abort was asked for while it reported), or its clean-up failed (abort retries it)", body = ErrorBody),
+        (status = 503, description = "The restore could not be saved, so it was not made, or the engine stopped before it answered", body = ErrorBody),
     ),
 )]
 async fn restore(

@@ -268,11 +268,14 @@ async fn callback_progress(
 
 /// Abort the trial and clean up
 ///
-/// From any live or failed state: a request in flight is cancelled, then the clean-up path
-/// undoes exactly what the trial deployed (KPI marking, measurement job, slice), writes
+/// From any live or failed state: a request in flight is cancelled (a deployment or a status
+/// write to the repository has its answer first), then the clean-up path undoes exactly what
+/// the trial deployed (KPI marking, measurement job, slice), writes
 /// `executor.aborted_repository_status` to the trial repository and revokes the token; the
 /// engine ends `Aborted`. A second abort while cleaning up answers "already aborting"; after
-/// a clean-up that failed for good, abort again retries it. Optional body `{"reason"}`.
+/// a clean-up that failed for good, abort again retries it. While a failed trial's failure is
+/// reported, the abort is saved with it and answered at once; its clean-up starts once the
+/// report is done. Optional body `{"reason"}`.
 #[utoipa::path(
     post,
     path = "/trial/{trial_id}/abort",

@@ -275,9 +275,11 @@ pub fn status(snapshot: &Snapshot) -> TrialStatus {
         Position::Wait(_) => None,
     };
     let failure = snapshot.failure.as_ref();
+    // An abort asked for while the failure was reported is shown from the moment it is saved.
+    let asked = failure.and_then(|f| f.abort.clone());
     let abort_reason = match &snapshot.mode {
-        Mode::Cleanup { reason, .. } => Some(reason.clone()),
-        Mode::Normal => None,
+        Mode::Cleanup { reason, .. } => asked.clone().or_else(|| Some(reason.clone())),
+        Mode::Normal => asked.clone(),
     };
     let state = state(snapshot);
     TrialStatus {
@@ -295,7 +297,7 @@ pub fn status(snapshot: &Snapshot) -> TrialStatus {
         restorable: snapshot.restorable(),
         cleanup_failed: failure.is_some_and(|f| f.cleanup_failed),
         leftovers: failure.map(|f| f.leftovers.clone()).unwrap_or_default(),
-        aborting: abort_reason.is_some() && snapshot.lifecycle.is_live(),
+        aborting: asked.is_some() || (abort_reason.is_some() && snapshot.lifecycle.is_live()),
         abort_reason,
         paused: snapshot.paused,
         progress: snapshot.progress.as_ref().and_then(|p| p.progress),

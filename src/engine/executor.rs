@@ -396,7 +396,8 @@ impl Executor {
 
     /// Runs one step while still answering commands: a request in flight never blocks the
     /// API. An abort drops the step (its request is cancelled), unless the request in flight
-    /// makes what the clean-up undoes: then the clean-up begins once it has its answer.
+    /// makes what the clean-up undoes, or writes the repository's status: then the clean-up
+    /// begins once that attempt has its answer (no further attempt is made).
     async fn run_step(&mut self, step: Step) -> Outcome {
         self.shared.move_to(Lifecycle::Running, &self.checkpoint);
         info!(step = step.name(), "step started");
@@ -410,6 +411,7 @@ impl Executor {
         let cleanup = self.cleaning_up();
         let stepping = self.stepping;
         let uncut = AtomicBool::new(false);
+        let abort_waits = AtomicBool::new(false);
         let mut abort_after: Option<String> = None;
         let result = {
             let Checkpoint {
@@ -434,6 +436,7 @@ impl Executor {
                 posts: 0,
                 may_have_made: false,
                 uncut: &uncut,
+                abort_waits: &abort_waits,
             };
             let work = steps::run(&mut cx);
             tokio::pin!(work);
@@ -454,6 +457,7 @@ impl Executor {
                                         None,
                                     );
                                     self.shared.show_aborting(&reason);
+                                    abort_waits.store(true, Ordering::SeqCst);
                                     abort_after = Some(reason);
                                 }
                                 self.aborts.push(reply);
@@ -1188,7 +1192,7 @@ fn answer(decision: Decision) -> SignalOutcome {
     }
 }
 
-fn abort_accepted(id: &TrialId, already: bool) -> String {
+pub(super) fn abort_accepted(id: &TrialId, already: bool) -> String {
     if already {
         format!("trial {id} is already aborting")
     } else {

@@ -336,7 +336,8 @@ impl EngineHandle {
         {
             let shown = self.shared.state.borrow();
             // An ended trial has nothing to abort. A failed one whose failure procedure still
-            // runs is cleaned up right after it: the watchdog takes the abort once it is done.
+            // runs is cleaned up right after it: the watchdog saves the abort with the failure
+            // and answers at once.
             if let Some(refusal) = RestoreError::shown(shown.lifecycle, shown.failure.as_ref())
                 && refusal != RestoreError::Reporting
             {
@@ -348,7 +349,13 @@ impl EngineHandle {
         if self.shared.controls.sender().send(request).await.is_err() {
             return Err(ControlError::Stopped);
         }
-        answer.await.unwrap_or(Err(ControlError::Stopped))
+        // Not answered: the engine was stopped, or its watchdog ended with the trial.
+        answer
+            .await
+            .unwrap_or_else(|_| match self.shared.stop.is_cancelled() {
+                true => Err(ControlError::Stopped),
+                false => Err(self.not_live()),
+            })
     }
 
     /// Sends a command to a live executor and waits for its answer; `not_live` answers when
@@ -382,7 +389,13 @@ impl EngineHandle {
                 not_live()
             };
         }
-        answer.await.unwrap_or_else(|_| stopped())
+        // Not answered: the engine was stopped, or the executor ended (the lifecycle says
+        // how) as the command came.
+        match answer.await {
+            Ok(answer) => answer,
+            Err(_) if self.shared.stop.is_cancelled() => stopped(),
+            Err(_) => not_live(),
+        }
     }
 
     fn not_live(&self) -> ControlError {

@@ -642,12 +642,12 @@ impl Snapshot {
         self.lifecycle.engine_status()
     }
 
-    /// Failed, with the failure procedure done: a restore may start.
+    /// Failed, with the failure procedure done and no abort asked for: a restore may start.
     pub fn restorable(&self) -> bool {
         self.lifecycle == Lifecycle::Failed
             && self
                 .failure
                 .as_ref()
-                .is_some_and(|f| f.reported && !f.cleanup_failed)
+                .is_some_and(|f| f.reported && !f.cleanup_failed && f.abort.is_none())
     }
 }

@@ -56,6 +56,8 @@ pub struct StepCx<'a> {
     /// Set while a request an abort does not cut short is in flight (see
     /// [`StepCx::call_uncut`]): an abort then waits for its answer instead of cancelling it.
     pub uncut: &'a AtomicBool,
+    /// Set once an abort waits for the request in flight: no further attempt is made.
+    pub abort_waits: &'a AtomicBool,
 }
 
 /// Runs one step.
@@ -626,17 +628,22 @@ impl StepCx<'_> {
                 &request,
                 &redactor,
             );
+            let abort_waits = self.abort_waits;
             self.deps
                 .services
-                .send(&request, |attempt| {
-                    attempts = attempt.number;
-                    reached |= attempt
-                        .outcome
-                        .as_ref()
-                        .err()
-                        .is_none_or(SendError::may_have_reached);
-                    record(attempt);
-                })
+                .send_until(
+                    &request,
+                    |attempt| {
+                        attempts = attempt.number;
+                        reached |= attempt
+                            .outcome
+                            .as_ref()
+                            .err()
+                            .is_none_or(SendError::may_have_reached);
+                        record(attempt);
+                    },
+                    || abort_waits.load(Ordering::SeqCst),
+                )
                 .await
         };
         self.may_have_made = reached

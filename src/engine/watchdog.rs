@@ -18,6 +18,7 @@ use tracing::{Instrument, error, info, warn};
 use super::EngineShared;
 use super::executor::{
     Checkpointed, Command, Control, ControlError, ControlOutcome, Executor, ExecutorExit, STOPPED,
+    abort_accepted,
 };
 use super::failure;
 use super::queue::Inbox;
@@ -363,13 +364,26 @@ impl Watchdog {
                 "{what} is not saved: it is saved again in {} s",
                 wait.as_secs()
             );
-            let refusal = RestoreError::NotSaved(e);
+            // A live trial (a new engine) is running; a failed one reports its failure.
+            let phase = match self.lifecycle.is_live() {
+                true => RestoreError::Running,
+                false => RestoreError::Reporting,
+            };
+            let not_saved = RestoreError::NotSaved(e);
+            for (_, reply) in self.pending_aborts.drain(..) {
+                let _ = reply.send(Err(not_saved
+                    .clone()
+                    .refusing_abort(self.shared.id.as_str())));
+            }
             let again = tokio::time::sleep(wait);
             tokio::pin!(again);
             loop {
                 tokio::select! {
                     () = &mut again => break,
-                    Some(request) = self.controls.recv() => request.refuse(refusal.clone(), &self.shared.id),
+                    Some(request) = self.controls.recv() => match request {
+                        abort @ ControlRequest::Abort { .. } => abort.refuse(not_saved.clone(), &self.shared.id),
+                        other => other.refuse(phase.clone(), &self.shared.id),
+                    },
                 }
             }
             wait = resave_after(wait);
@@ -645,6 +659,8 @@ impl Watchdog {
     ) -> Result<(), RestoreError> {
         self.checkpoint.failure = None;
         self.checkpoint.run += 1;
+        // An earlier automatic abort's wait is over: a later failure has its own.
+        self.auto_abort_not_before = None;
         // A wait resumed by a restore or a skip has its whole time again.
         self.checkpoint.go_to(self.checkpoint.position);
         self.lifecycle = match self.checkpoint.position {
@@ -818,8 +834,9 @@ impl Watchdog {
         }
     }
 
-    /// Answers the operator while the failure is being reported: a restore or a skip waits
-    /// for the report's end, an abort is kept with the failure and carried out after it.
+    /// Answers the operator while the failure is being reported: a restore or a skip is
+    /// refused until the report's end, an abort is kept with the failure and carried out after
+    /// it.
     async fn while_reporting(&mut self, request: ControlRequest) {
         match request {
             ControlRequest::Abort { reason, reply } => {
@@ -835,12 +852,11 @@ impl Watchdog {
     /// outlives a restart, and carried out once the report is done.
     async fn abort_after_report(&mut self, reason: String) -> ControlOutcome {
         let shared = self.shared.clone();
-        let id = shared.id.as_str();
         let Some(failure) = &mut self.checkpoint.failure else {
-            return Err(RestoreError::Running.refusing_abort(id));
+            return Err(RestoreError::Running.refusing_abort(shared.id.as_str()));
         };
         if failure.abort.is_some() {
-            return Ok(format!("trial {id} is already aborting"));
+            return Ok(abort_accepted(&shared.id, true));
         }
         failure.abort = Some(reason);
         if let Err(e) = self.save().await {
@@ -849,9 +865,12 @@ impl Watchdog {
             }
             return Err(ControlError::NotSaved(e));
         }
+        // Shown at once: the trial is aborting, and no longer restorable.
+        self.shared.move_to(self.lifecycle, &self.checkpoint);
         info!("abort asked for while the failure is reported: the clean-up starts once it is");
         Ok(format!(
-            "trial {id}: abort accepted; the clean-up starts once the failure is reported"
+            "{} once the failure is reported",
+            abort_accepted(&shared.id, false)
         ))
     }
 
@@ -876,10 +895,7 @@ impl Watchdog {
         self.resume(before, &events, false)
             .await
             .map_err(|e| e.refusing_abort(self.shared.id.as_str()))?;
-        Ok(format!(
-            "trial {}: abort accepted; the clean-up starts",
-            self.shared.id
-        ))
+        Ok(abort_accepted(&self.shared.id, false))
     }
 }
 

@@ -292,13 +292,24 @@ impl ServiceClient {
     pub async fn send(
         &self,
         request: &Outbound,
+        observe: impl FnMut(Attempt<'_>),
+    ) -> Result<Reply, SendError> {
+        self.send_until(request, observe, || false).await
+    }
+
+    /// Like [`Self::send`], with no attempt after the one in flight once `enough` says so (an
+    /// abort waits for this request's answer).
+    pub async fn send_until(
+        &self,
+        request: &Outbound,
         mut observe: impl FnMut(Attempt<'_>),
+        enough: impl Fn() -> bool,
     ) -> Result<Reply, SendError> {
         let policy = self.inner.policies[request.service as usize];
         let mut number = 1;
         loop {
             let outcome = self.attempt(request).await;
-            let retry = (number < policy.max_attempts)
+            let retry = (number < policy.max_attempts && !enough())
                 .then(|| retry::retry_reason(request.creates, &outcome))
                 .flatten()
                 .map(|reason| {
@@ -322,6 +333,9 @@ impl ServiceClient {
             )
             .increment(1);
             tokio::time::sleep(wait).await;
+            if enough() {
+                return outcome;
+            }
             number += 1;
         }
     }

@@ -421,6 +421,10 @@ async fn an_abort_during_the_failure_report_is_answered_at_once_and_carried_out_
         )
         .await;
     assert_ok_saying(&answer, "the clean-up starts once the failure is reported");
+    let shown = app.trial_status(id).await;
+    assert_eq!(shown["aborting"], true, "{shown}");
+    assert_eq!(shown["abort_reason"], "aborted by the operator", "{shown}");
+    assert_eq!(shown["restorable"], false, "{shown}");
     let again = app.post(&format!("/trial/{id}/abort"), None).await;
     assert_ok_saying(&again, "already aborting");
     // A restore would undo the abort: refused, before and after the report.
@@ -867,46 +871,49 @@ async fn pause_holds_every_request_until_resume_and_step_runs_exactly_one() {
 async fn an_abort_lets_a_status_write_in_flight_have_its_answer_before_the_clean_up_writes_its_own()
 {
     let app = spawn_app_with_settings(|s| s.executor.request_timeout_secs = 300).await;
-    let id = "abort-mid-status";
-    app.start_to_idle(id).await;
-    // The repository holds its answer to the next status write (ACTIVE).
-    let written = Gate::new();
-    app.platform.inject(
-        Fault::new(
-            Component::Repository,
-            "PUT",
-            "/trial/",
-            FaultAction::HoldUntil(written.clone()),
-        )
-        .for_trial(id)
-        .times(1),
-    );
-    let active = app.post(&format!("/trial/{id}/active"), None).await;
-    assert_eq!(active.status, StatusCode::OK, "{active:?}");
-    eventually("ACTIVE to reach the repository", || async {
+    // The write answered 204; answered 500, which is not tried again once an abort waits.
+    for (id, answer) in [("abort-mid-status", None), ("abort-mid-refusal", Some(500))] {
+        app.start_to_idle(id).await;
+        // The repository holds its answer to the next status write (ACTIVE).
+        let written = Gate::new();
+        let held = match answer {
+            None => FaultAction::HoldUntil(written.clone()),
+            Some(status) => FaultAction::HoldThenStatus(written.clone(), status),
+        };
+        app.platform.inject(
+            Fault::new(Component::Repository, "PUT", "/trial/", held)
+                .for_trial(id)
+                .times(1),
+        );
+        let active = app.post(&format!("/trial/{id}/active"), None).await;
+        assert_eq!(active.status, StatusCode::OK, "{active:?}");
+        eventually("ACTIVE to reach the repository", || async {
+            let history = app.platform.status_history(id);
+            match history.last().map(String::as_str) {
+                Some("ACTIVE") => Ok(()),
+                _ => Err(format!("{history:?}")),
+            }
+        })
+        .await;
+        let answered = async {
+            app.wait_event(id, "abort_requested", "").await;
+            // The clean-up waits for the answer: it has not started (an abort that cut the
+            // write short would have started it with the request of the abort).
+            let kinds = app.event_kinds(id).await;
+            assert!(!kinds.iter().any(|k| k == "cleanup_started"), "{kinds:?}");
+            let status = app.trial_status(id).await;
+            assert_eq!(status["step"], "UpdateStatusActive", "{status}");
+            written.open();
+        };
+        tokio::join!(abort(&app, id, "storm"), answered);
         let history = app.platform.status_history(id);
-        match history.last().map(String::as_str) {
-            Some("ACTIVE") => Ok(()),
-            _ => Err(format!("{history:?}")),
-        }
-    })
-    .await;
-    let answered = async {
-        app.wait_event(id, "abort_requested", "").await;
-        // The clean-up waits for the answer: it has not started (an abort that cut the write
-        // short would have started it with the request of the abort).
-        let kinds = app.event_kinds(id).await;
-        assert!(!kinds.iter().any(|k| k == "cleanup_started"), "{kinds:?}");
-        let status = app.trial_status(id).await;
-        assert_eq!(status["step"], "UpdateStatusActive", "{status}");
-        written.open();
-    };
-    tokio::join!(abort(&app, id, "storm"), answered);
-    let history = app.platform.status_history(id);
-    assert!(
-        history.ends_with(&["ACTIVE".to_owned(), "ABORTED".to_owned()]),
-        "{history:?}"
-    );
+        let written: Vec<&str> = history
+            .iter()
+            .map(String::as_str)
+            .skip_while(|s| *s != "ACTIVE")
+            .collect();
+        assert_eq!(written, ["ACTIVE", "ABORTED"], "{history:?}");
+    }
 }
 
 #[tokio::test]

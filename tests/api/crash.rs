@@ -312,6 +312,8 @@ async fn a_job_that_fires_while_the_store_refuses_sends_nothing_until_its_first_
     let abort = app.post(&format!("/trial/{id}/abort"), None).await;
     assert_eq!(abort.status, StatusCode::SERVICE_UNAVAILABLE, "{abort:?}");
     assert!(abort.detail().contains("not saved"), "{abort:?}");
+    let restore = app.post(&format!("/debug/engine/{id}/restore"), None).await;
+    assert_eq!(restore.status, StatusCode::CONFLICT, "{restore:?}");
     refused.refuse(false);
     app.drive_to_finished(id).await;
     assert_never_reported_failed(&app, id);
