@@ -147,9 +147,13 @@ pub async fn page(state: &AppState, query: TrialQuery) -> Result<Page, ApiError>
         .into_iter()
         .map(|mut row| {
             let id = crate::domain::TrialId::parse(&row.trial_id).ok();
-            let live = id
-                .and_then(|id| engines.get(&id))
-                .filter(|_| row.engine_status != ListedStatus::Scheduled);
+            // A job row is the trial's until its job fires: the store keeps the row until the
+            // engine's first record is saved.
+            let live = id.and_then(|id| {
+                let fired = row.engine_status != ListedStatus::Scheduled
+                    || !state.scheduler.is_scheduled(&id);
+                engines.get(&id).filter(|_| fired)
+            });
             if let Some(engine) = live {
                 // The store saves at every step; memory knows the moment.
                 let snapshot = engine.snapshot();

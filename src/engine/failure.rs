@@ -85,7 +85,8 @@ fn document(id: &str, checkpoint: &Checkpoint, responses: &[Arc<ResponseRecord>]
         .collect();
     json!({
         "trial_id": id,
-        "failed_at": Utc::now(),
+        // When the trial failed, not when the report of it ended.
+        "failed_at": failure.map_or_else(Utc::now, |f| f.at),
         "reason": failure.map(|f| f.reason.as_str()),
         "cleanup_failed": failure.is_some_and(|f| f.cleanup_failed),
         "leftovers": failure.map(|f| f.leftovers.as_slice()).unwrap_or_default(),

@@ -230,6 +230,7 @@ impl EngineHandle {
                 controls: controls_rx,
                 pending_aborts: Vec::new(),
                 auto_abort_not_before: None,
+                asked_abort_retry: watchdog::RESAVE_FIRST,
                 auto_abort_rounds: 0,
                 resave: resave.then(watchdog::resave_now),
                 saved: !matches!(
@@ -339,7 +340,7 @@ impl EngineHandle {
             // runs is cleaned up right after it: the watchdog saves the abort with the failure
             // and answers at once.
             if let Some(refusal) = RestoreError::shown(shown.lifecycle, shown.failure.as_ref())
-                && refusal != RestoreError::Reporting
+                && !matches!(refusal, RestoreError::Reporting | RestoreError::AbortAsked)
             {
                 return Err(refusal.refusing_abort(self.shared.id.as_str()));
             }

@@ -44,7 +44,7 @@ pub enum RestoreError {
     Reporting,
     #[error("the clean-up after an abort failed; POST /trial/{{id}}/abort retries it")]
     CleanupFailed,
-    #[error("an abort was asked for while the failure was reported: its clean-up starts now")]
+    #[error("an abort was asked for while the failure was reported: its clean-up follows")]
     AbortAsked,
     #[error("{0}")]
     NotSkippable(String),
@@ -76,6 +76,9 @@ impl RestoreError {
         match lifecycle {
             Lifecycle::Finished => Some(RestoreError::Ended(Ended::Finished)),
             Lifecycle::Aborted => Some(RestoreError::Ended(Ended::Aborted)),
+            Lifecycle::Failed if failure.is_some_and(|f| f.abort.is_some()) => {
+                Some(RestoreError::AbortAsked)
+            }
             Lifecycle::Failed if failure.is_some_and(|f| !f.reported) => {
                 Some(RestoreError::Reporting)
             }
@@ -174,6 +177,9 @@ pub struct Watchdog {
     pub(super) controls: Inbox<ControlRequest>,
     /// The aborts that arrived while the executor was ending, answered once it has.
     pub(super) pending_aborts: Vec<(String, oneshot::Sender<ControlOutcome>)>,
+    /// The wait before an abort asked for during the failure report, which could not start,
+    /// is tried again.
+    pub(super) asked_abort_retry: Duration,
     /// An automatic abort that could not start is not tried again before this.
     pub(super) auto_abort_not_before: Option<Deadline>,
     /// Automatic aborts of this trial whose clean-up had failed before: each waits twice as
@@ -342,9 +348,20 @@ impl Watchdog {
                             reason
                         }
                     };
-                    if let Err(e) = Box::pin(self.abort(reason)).await {
-                        warn!(error = %e, "the clean-up did not start; it is tried again in a minute");
-                        self.auto_abort_not_before = Some(Deadline::now() + AUTO_ABORT_RETRY);
+                    let asked = self.checkpoint.failure.as_ref().is_some_and(|f| f.abort.is_some());
+                    match Box::pin(self.abort(reason)).await {
+                        Ok(_) => self.asked_abort_retry = RESAVE_FIRST,
+                        // The operator's abort is tried again soon, like a checkpoint.
+                        Err(e) if asked => {
+                            let wait = self.asked_abort_retry;
+                            warn!(error = %e, "the clean-up did not start; it is tried again in {} s", wait.as_secs());
+                            self.auto_abort_not_before = Some(Deadline::now() + wait);
+                            self.asked_abort_retry = resave_after(wait);
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "the clean-up did not start; it is tried again in a minute");
+                            self.auto_abort_not_before = Some(Deadline::now() + AUTO_ABORT_RETRY);
+                        }
                     }
                 }
             }
@@ -620,20 +637,6 @@ impl Watchdog {
         }
     }
 
-    /// A restore or a skip would undo the abort the operator asked for while the failure was
-    /// reported: refused, the clean-up starts instead.
-    fn refuse_if_aborting(&self) -> Result<(), RestoreError> {
-        match self
-            .checkpoint
-            .failure
-            .as_ref()
-            .and_then(|f| f.abort.as_ref())
-        {
-            Some(_) => Err(RestoreError::AbortAsked),
-            None => Ok(()),
-        }
-    }
-
     /// Why a failed engine cannot be restored, skipped or aborted right now.
     fn refuse_unless_failed(&self) -> Result<(), RestoreError> {
         if let Some(refusal) = RestoreError::shown(self.lifecycle, self.checkpoint.failure.as_ref())
@@ -682,7 +685,6 @@ impl Watchdog {
 
     async fn restore(&mut self) -> Result<String, RestoreError> {
         self.refuse_unless_failed()?;
-        self.refuse_if_aborting()?;
         if self
             .checkpoint
             .failure
@@ -727,7 +729,6 @@ impl Watchdog {
     /// Marks the failed step done without running it and goes on with the next (SPEC §14).
     async fn skip(&mut self, reason: String) -> Result<String, RestoreError> {
         self.refuse_unless_failed()?;
-        self.refuse_if_aborting()?;
         if !matches!(self.checkpoint.mode, Mode::Normal) {
             return Err(RestoreError::CleanupFailed);
         }
@@ -843,7 +844,8 @@ impl Watchdog {
                 let _ = reply.send(self.abort_after_report(reason).await);
             }
             request @ (ControlRequest::Restore(_) | ControlRequest::Skip { .. }) => {
-                request.refuse(RestoreError::Reporting, &self.shared.id);
+                let refusal = RestoreError::shown(self.lifecycle, self.checkpoint.failure.as_ref());
+                request.refuse(refusal.unwrap_or(RestoreError::Reporting), &self.shared.id);
             }
         }
     }
@@ -876,7 +878,12 @@ impl Watchdog {
 
     /// Starts (or, after a failed clean-up, retries) the clean-up of a failed engine.
     async fn abort(&mut self, reason: String) -> ControlOutcome {
+        // The abort asked for during the failure report is this one, or one that replaces it.
         self.refuse_unless_failed()
+            .or_else(|e| match e {
+                RestoreError::AbortAsked => Ok(()),
+                other => Err(other),
+            })
             .map_err(|e| e.refusing_abort(self.shared.id.as_str()))?;
         let retry = matches!(self.checkpoint.mode, Mode::Cleanup { .. });
         let before = (self.checkpoint.clone(), self.lifecycle);

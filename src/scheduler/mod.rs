@@ -265,6 +265,11 @@ impl Scheduler {
         self.inner.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether `id` has a job that has not fired yet.
+    pub fn is_scheduled(&self, id: &TrialId) -> bool {
+        self.jobs_map().contains_key(id)
+    }
+
     /// The engines in memory.
     pub fn engines(&self) -> &EngineRegistry {
         &self.inner.engines

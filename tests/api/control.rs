@@ -431,7 +431,12 @@ async fn an_abort_during_the_failure_report_is_answered_at_once_and_carried_out_
     let restore = format!("/debug/engine/{id}/restore");
     let refused = app.post(&restore, None).await;
     assert_eq!(refused.status, StatusCode::CONFLICT, "{refused:?}");
+    assert!(
+        refused.detail().contains("an abort was asked for"),
+        "{refused:?}"
+    );
     assert_eq!(app.platform.status_history(id), ["FAILED"]);
+    let reported_at = chrono::Utc::now();
     report.open();
     let status = app
         .wait_for(id, "Aborted", |s| s["engine_status"] == "Aborted")
@@ -445,10 +450,40 @@ async fn an_abort_during_the_failure_report_is_answered_at_once_and_carried_out_
         ["FAILED", "ABORTED"],
         "the failure was reported before the clean-up told the repository"
     );
+    let file = app.failure_file(id).expect("the failure file was written");
+    let failed_at: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(file["failed_at"].clone()).expect("a time");
     assert!(
-        app.failure_file(id).is_some(),
-        "the failure file was written"
+        failed_at < reported_at,
+        "when the trial failed, not when its report ended: {file}"
     );
+}
+
+#[tokio::test]
+async fn an_abort_saved_during_the_report_starts_soon_after_a_store_that_refused_it_writes_again() {
+    use lcm::engine::state::Lifecycle;
+
+    let (app, refused) = spawn_app_refusing_saves(
+        |lifecycle| matches!(lifecycle, Lifecycle::Failed | Lifecycle::Running),
+        single_attempt,
+    )
+    .await;
+    let id = "abort-outwaits-store";
+    let report = Gate::new();
+    failed_and_reporting(&app, id, FaultAction::HoldUntil(report.clone())).await;
+    let answer = app.post(&format!("/trial/{id}/abort"), None).await;
+    assert_ok_saying(&answer, "once the failure is reported");
+    // The report ends while the store cannot write: the clean-up cannot start yet.
+    refused.refuse(true);
+    report.open();
+    refused
+        .wait_refused("the failure and the clean-up's start", 4)
+        .await;
+    refused.refuse(false);
+    // Tried again within seconds (a minute would outlast this wait).
+    app.wait_for(id, "Aborted", |s| s["engine_status"] == "Aborted")
+        .await;
+    assert_eq!(app.platform.status_history(id), ["FAILED", "ABORTED"]);
 }
 
 /// Trial `id` at IDLE, whose measurement job trial enforcement will not delete (500).

@@ -314,6 +314,14 @@ async fn a_job_that_fires_while_the_store_refuses_sends_nothing_until_its_first_
     assert!(abort.detail().contains("not saved"), "{abort:?}");
     let restore = app.post(&format!("/debug/engine/{id}/restore"), None).await;
     assert_eq!(restore.status, StatusCode::CONFLICT, "{restore:?}");
+    // Its job has fired: it is listed as it stands, not as scheduled.
+    let listed = app.get("/trials").await;
+    let row = listed.body["trials"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|row| row["trial_id"] == id))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(row["engine_status"], "Active", "{listed:?}");
     refused.refuse(false);
     app.drive_to_finished(id).await;
     assert_never_reported_failed(&app, id);
