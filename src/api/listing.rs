@@ -129,9 +129,14 @@ async fn list(
 
 /// The page of trials `query` asks for, newest first; rows of engines in memory show their
 /// live state.
-pub async fn page(state: &AppState, query: TrialQuery) -> Result<Page, ApiError> {
+pub async fn page(state: &AppState, mut query: TrialQuery) -> Result<Page, ApiError> {
     let limit = query.limit;
     let wanted = query.statuses.clone();
+    // A trial whose job fired while its first record could not be saved is stored as its job
+    // until it is: it is found as `Active`, as it is shown (a page may then hold fewer rows).
+    if wanted.contains(&ListedStatus::Active) && !wanted.contains(&ListedStatus::Scheduled) {
+        query.statuses.push(ListedStatus::Scheduled);
+    }
     let mut rows = state
         .scheduler
         .deps()

@@ -42,11 +42,13 @@ pub async fn report(shared: &EngineShared, checkpoint: &Checkpoint) -> bool {
     )
     .json(json!({"status": REPORTED}));
     let redactor = deps.redactor.with(checkpoint.data.token.as_deref());
+    // Once an abort is asked for, the attempt in flight is the last: the clean-up waits.
     let reply = deps
         .services
-        .send(
+        .send_until(
             &request,
             recorder(&shared.journal, REPORT_LABEL, None, &request, &redactor),
+            || shared.abort_asked(),
         )
         .await;
     let told = match &reply {
@@ -119,7 +121,7 @@ async fn write_file(shared: &EngineShared, checkpoint: &Checkpoint, redactor: &R
         let mut content = document(&id, &checkpoint, &responses);
         redactor.value(&mut content);
         if let (Some(before), Value::Object(content)) = (before, &mut content) {
-            let earlier = earlier_failures(&before, content.get("reason"));
+            let earlier = earlier_failures(&before, content.get("failed_at"));
             if !earlier.is_empty() {
                 content.insert("earlier".to_owned(), Value::Array(earlier));
             }
@@ -151,7 +153,9 @@ const EARLIER_KEPT: usize = 20;
 /// The failures a trial's failure file named before this one (`before`, its text), oldest
 /// first, each `{"reason", "failed_at"}`: a failed clean-up's file still says why the trial
 /// failed in the first place. The same reason twice in a row (a clean-up retried) is kept once.
-fn earlier_failures(before: &[u8], reason: Option<&Value>) -> Vec<Value> {
+/// The failures listed before the one failed at `failed_at`: those of the file `before`, with
+/// the failure it described unless it is this one (written again: after a restart, say).
+fn earlier_failures(before: &[u8], failed_at: Option<&Value>) -> Vec<Value> {
     let Ok(Value::Object(mut before)) = serde_json::from_slice::<Value>(before) else {
         return Vec::new();
     };
@@ -163,10 +167,9 @@ fn earlier_failures(before: &[u8], reason: Option<&Value>) -> Vec<Value> {
         "reason": before.remove("reason").unwrap_or(Value::Null),
         "failed_at": before.remove("failed_at").unwrap_or(Value::Null),
     });
-    let repeated = |other: &Value| other.get("reason") == last.get("reason");
     if last["reason"] != Value::Null
-        && Some(&last["reason"]) != reason
-        && !earlier.last().is_some_and(repeated)
+        && Some(&last["failed_at"]) != failed_at
+        && earlier.last() != Some(&last)
     {
         earlier.push(last);
     }
@@ -241,24 +244,25 @@ pub async fn trials_with_files(settings: &Settings) -> Vec<TrialId> {
 mod tests {
     use super::*;
 
-    fn file(reason: &str, earlier: Value) -> Vec<u8> {
-        json!({"reason": reason, "failed_at": "t", "earlier": earlier})
+    fn file(reason: &str, failed_at: &str, earlier: Value) -> Vec<u8> {
+        json!({"reason": reason, "failed_at": failed_at, "earlier": earlier})
             .to_string()
             .into_bytes()
     }
 
     #[test]
     fn a_failure_file_keeps_the_failures_before_it_once_each() {
-        let first = file("a failed", json!([]));
-        let listed = earlier_failures(&first, Some(&json!("b failed")));
-        assert_eq!(listed, [json!({"reason": "a failed", "failed_at": "t"})]);
-        // The same failure again (a clean-up retried) adds nothing.
-        assert!(earlier_failures(&first, Some(&json!("a failed"))).is_empty());
-        let second = file("b failed", Value::Array(listed));
-        let listed = earlier_failures(&second, Some(&json!("b failed")));
-        assert_eq!(listed.len(), 1);
+        let first = file("a failed", "t1", json!([]));
+        let listed = earlier_failures(&first, Some(&json!("t2")));
+        assert_eq!(listed, [json!({"reason": "a failed", "failed_at": "t1"})]);
+        // The same failure written again (after a restart) adds nothing.
+        assert!(earlier_failures(&first, Some(&json!("t1"))).is_empty());
+        // The same reason again, a later failure: both are listed.
+        let second = file("a failed", "t2", Value::Array(listed));
+        let listed = earlier_failures(&second, Some(&json!("t3")));
+        assert_eq!(listed.len(), 2, "{listed:?}");
         let many: Vec<Value> = (0..30).map(|i| json!({"reason": i})).collect();
-        let kept = earlier_failures(&file("c", Value::Array(many)), Some(&json!("d")));
+        let kept = earlier_failures(&file("c", "t", Value::Array(many)), Some(&json!("u")));
         assert_eq!(kept.len(), EARLIER_KEPT);
         assert_eq!(kept.last().map(|e| e["reason"].clone()), Some(json!("c")));
         assert!(earlier_failures(b"not json", None).is_empty());

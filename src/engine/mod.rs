@@ -576,6 +576,15 @@ impl EngineShared {
         });
     }
 
+    /// Whether an abort was asked for while the failure is reported (shown once it is saved).
+    pub(super) fn abort_asked(&self) -> bool {
+        self.state
+            .borrow()
+            .failure
+            .as_ref()
+            .is_some_and(|f| f.abort.is_some())
+    }
+
     /// Shows the operator's pause.
     pub(super) fn set_paused(&self, paused: bool) {
         self.state.send_modify(|s| s.paused = paused);

@@ -348,8 +348,9 @@ impl Watchdog {
                             reason
                         }
                     };
+                    // The asked abort's request is in the history since it was saved.
                     let asked = self.checkpoint.failure.as_ref().is_some_and(|f| f.abort.is_some());
-                    match Box::pin(self.abort(reason)).await {
+                    match Box::pin(self.abort(reason, asked)).await {
                         Ok(_) => self.asked_abort_retry = RESAVE_FIRST,
                         // The operator's abort is tried again soon, like a checkpoint.
                         Err(e) if asked => {
@@ -818,7 +819,7 @@ impl Watchdog {
             }
             return;
         }
-        let outcome = self.abort(reason).await;
+        let outcome = self.abort(reason, false).await;
         let _ = reply.send(outcome);
     }
 
@@ -869,6 +870,14 @@ impl Watchdog {
         }
         // Shown at once: the trial is aborting, and no longer restorable.
         self.shared.move_to(self.lifecycle, &self.checkpoint);
+        let reason = self
+            .checkpoint
+            .failure
+            .as_ref()
+            .and_then(|f| f.abort.clone());
+        self.shared
+            .journal
+            .event(EventKind::AbortRequested, None, reason, None);
         info!("abort asked for while the failure is reported: the clean-up starts once it is");
         Ok(format!(
             "{} once the failure is reported",
@@ -877,7 +886,8 @@ impl Watchdog {
     }
 
     /// Starts (or, after a failed clean-up, retries) the clean-up of a failed engine.
-    async fn abort(&mut self, reason: String) -> ControlOutcome {
+    /// `recorded`: the abort's request is in the history already.
+    async fn abort(&mut self, reason: String, recorded: bool) -> ControlOutcome {
         // The abort asked for during the failure report is this one, or one that replaces it.
         self.refuse_unless_failed()
             .or_else(|e| match e {
@@ -895,10 +905,12 @@ impl Watchdog {
             format!("{reason}; undoing what the trial deployed")
         };
         info!(reason = %detail, "aborting the failed trial: the clean-up starts");
-        let events = [
-            (EventKind::AbortRequested, Some(reason)),
-            (EventKind::CleanupStarted, Some(detail)),
-        ];
+        let requested = (EventKind::AbortRequested, Some(reason));
+        let started = (EventKind::CleanupStarted, Some(detail));
+        let events = match recorded {
+            true => vec![started],
+            false => vec![requested, started],
+        };
         self.resume(before, &events, false)
             .await
             .map_err(|e| e.refusing_abort(self.shared.id.as_str()))?;

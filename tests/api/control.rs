@@ -425,6 +425,12 @@ async fn an_abort_during_the_failure_report_is_answered_at_once_and_carried_out_
     assert_eq!(shown["aborting"], true, "{shown}");
     assert_eq!(shown["abort_reason"], "aborted by the operator", "{shown}");
     assert_eq!(shown["restorable"], false, "{shown}");
+    let asked = |kinds: &[String]| kinds.iter().filter(|k| *k == "abort_requested").count();
+    assert_eq!(
+        asked(&app.event_kinds(id).await),
+        1,
+        "in the history when asked"
+    );
     let again = app.post(&format!("/trial/{id}/abort"), None).await;
     assert_ok_saying(&again, "already aborting");
     // A restore would undo the abort: refused, before and after the report.
@@ -450,6 +456,7 @@ async fn an_abort_during_the_failure_report_is_answered_at_once_and_carried_out_
         ["FAILED", "ABORTED"],
         "the failure was reported before the clean-up told the repository"
     );
+    assert_eq!(asked(&app.event_kinds(id).await), 1, "once");
     let file = app.failure_file(id).expect("the failure file was written");
     let failed_at: chrono::DateTime<chrono::Utc> =
         serde_json::from_value(file["failed_at"].clone()).expect("a time");
@@ -457,6 +464,21 @@ async fn an_abort_during_the_failure_report_is_answered_at_once_and_carried_out_
         failed_at < reported_at,
         "when the trial failed, not when its report ended: {file}"
     );
+}
+
+#[tokio::test]
+async fn an_abort_during_the_failure_report_lets_no_attempt_follow_the_one_in_flight() {
+    // Requests are tried again (the defaults): the failed step's fault is answered for good.
+    let app = spawn_app().await;
+    let id = "abort-cuts-retries";
+    let report = Gate::new();
+    failed_and_reporting(&app, id, FaultAction::HoldThenStatus(report.clone(), 503)).await;
+    let answer = app.post(&format!("/trial/{id}/abort"), None).await;
+    assert_ok_saying(&answer, "once the failure is reported");
+    report.open();
+    app.wait_for(id, "Aborted", |s| s["engine_status"] == "Aborted")
+        .await;
+    assert_eq!(app.platform.status_history(id), ["FAILED", "ABORTED"]);
 }
 
 #[tokio::test]

@@ -322,6 +322,14 @@ async fn a_job_that_fires_while_the_store_refuses_sends_nothing_until_its_first_
         .cloned()
         .unwrap_or_default();
     assert_eq!(row["engine_status"], "Active", "{listed:?}");
+    let active = app.get("/trials?status=Active").await;
+    assert_eq!(active.body["trials"][0]["trial_id"], id, "{active:?}");
+    let scheduled = app.get("/trials?status=Scheduled").await;
+    assert_eq!(
+        scheduled.body["trials"],
+        serde_json::json!([]),
+        "{scheduled:?}"
+    );
     refused.refuse(false);
     app.drive_to_finished(id).await;
     assert_never_reported_failed(&app, id);
