@@ -70,8 +70,9 @@ impl std::fmt::Display for Ended {
 
 impl RestoreError {
     /// Why an engine in `lifecycle`, with `failure`, cannot be restored, skipped or aborted
-    /// by the watchdog, as far as its shown state tells: it ended, or its failure procedure
-    /// still runs, or it stopped. The watchdog checks more (a live executor).
+    /// by the watchdog, as far as its shown state tells: it ended, or an abort was asked for
+    /// while its failure was reported, or its failure procedure still runs, or it stopped.
+    /// The watchdog checks more (a live executor).
     pub(super) fn shown(lifecycle: Lifecycle, failure: Option<&Failure>) -> Option<Self> {
         match lifecycle {
             Lifecycle::Finished => Some(RestoreError::Ended(Ended::Finished)),
