@@ -85,10 +85,25 @@ pub struct EngineShared {
     token: Mutex<Option<String>>,
     /// A delete has claimed this engine: exactly one delete removes it.
     deleting: AtomicBool,
+    /// Its first executor has started (a new engine's waits for its first record to be saved).
+    started: AtomicBool,
     /// The early signals as last saved by the executor while a step ran, if it has not
     /// handed a checkpoint over since: the watchdog's copy lacks them.
     kept: Mutex<Option<Vec<(Wait, Signal)>>>,
 }
+
+/// Why an executor did not answer a command.
+enum Unanswered {
+    /// The trial is not live (the lifecycle says how it ended or failed).
+    NotLive,
+    /// The engine was stopped.
+    Stopped,
+    /// The engine's first record is not saved yet: its executor has not started.
+    NotStarted,
+}
+
+/// Why a new engine takes nothing yet.
+const NOT_STARTED: &str = "the trial's first record is not saved yet (the store cannot write): nothing is taken until it is";
 
 /// How many commands may queue for an executor; it answers them at once, so few ever wait.
 const SIGNAL_QUEUE: usize = 16;
@@ -209,6 +224,7 @@ impl EngineHandle {
             tasks_ended: CancellationToken::new(),
             token: Mutex::new(checkpoint.data.token.clone()),
             deleting: AtomicBool::new(false),
+            started: AtomicBool::new(false),
             kept: Mutex::new(None),
             ended,
             deps,
@@ -292,11 +308,13 @@ impl EngineHandle {
     }
 
     async fn deliver(&self, signal: Signal) -> SignalOutcome {
-        let not_live = || SignalOutcome::NotLive(self.shared.state.borrow().lifecycle);
         self.ask(
             |reply| Command::Signal(signal, reply),
-            not_live,
-            || SignalOutcome::Stopped,
+            |why| match why {
+                Unanswered::NotLive => SignalOutcome::NotLive(self.shared.state.borrow().lifecycle),
+                Unanswered::Stopped => SignalOutcome::Stopped,
+                Unanswered::NotStarted => SignalOutcome::NotSaved(NOT_STARTED.to_owned()),
+            },
         )
         .await
     }
@@ -306,8 +324,7 @@ impl EngineHandle {
         let outcome = self
             .ask(
                 |reply| Command::Progress(report, reply),
-                || Err(self.not_live()),
-                || Err(ControlError::Stopped),
+                |why| Err(self.unanswered(why)),
             )
             .await;
         count_signal("progress", control_label(&outcome));
@@ -323,8 +340,7 @@ impl EngineHandle {
             control => {
                 self.ask(
                     |reply| Command::Control(control, reply),
-                    || Err(self.not_live()),
-                    || Err(ControlError::Stopped),
+                    |why| Err(self.unanswered(why)),
                 )
                 .await
             }
@@ -364,14 +380,13 @@ impl EngineHandle {
     async fn ask<T>(
         &self,
         command: impl FnOnce(oneshot::Sender<T>) -> Command,
-        not_live: impl Fn() -> T,
-        stopped: impl FnOnce() -> T,
+        unanswered: impl Fn(Unanswered) -> T,
     ) -> T {
         if self.shared.stop.is_cancelled() {
-            return stopped();
+            return unanswered(Unanswered::Stopped);
         }
         if !self.shared.state.borrow().lifecycle.is_live() {
-            return not_live();
+            return unanswered(Unanswered::NotLive);
         }
         let (reply, answer) = oneshot::channel();
         if self
@@ -382,25 +397,35 @@ impl EngineHandle {
             .await
             .is_err()
         {
-            // The executor's queue is closed: it ended on its own (the lifecycle says how),
-            // or a stop took it before the lifecycle moved.
-            return if self.shared.stop.is_cancelled() {
-                stopped()
+            // The executor's queue is closed: a stop took it, its first record is not saved
+            // yet, or it ended on its own (the lifecycle says how).
+            return unanswered(if self.shared.stop.is_cancelled() {
+                Unanswered::Stopped
+            } else if !self.shared.started.load(Ordering::SeqCst) {
+                Unanswered::NotStarted
             } else {
-                not_live()
-            };
+                Unanswered::NotLive
+            });
         }
         // Not answered: the engine was stopped, or the executor ended (the lifecycle says
         // how) as the command came.
         match answer.await {
             Ok(answer) => answer,
-            Err(_) if self.shared.stop.is_cancelled() => stopped(),
-            Err(_) => not_live(),
+            Err(_) if self.shared.stop.is_cancelled() => unanswered(Unanswered::Stopped),
+            Err(_) => unanswered(Unanswered::NotLive),
         }
     }
 
     fn not_live(&self) -> ControlError {
         executor::not_live(&self.shared.id, self.shared.state.borrow().lifecycle)
+    }
+
+    fn unanswered(&self, why: Unanswered) -> ControlError {
+        match why {
+            Unanswered::NotLive => self.not_live(),
+            Unanswered::Stopped => ControlError::Stopped,
+            Unanswered::NotStarted => ControlError::NotSaved(NOT_STARTED.to_owned()),
+        }
     }
 
     /// The trial's callback token, once minted.

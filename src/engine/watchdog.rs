@@ -8,6 +8,7 @@
 //! and ends without running the failure procedure. Stopping is never a failure.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -532,6 +533,7 @@ impl Watchdog {
         };
         // The engine's span, not nested in the watchdog's: each line names the trial once.
         self.executor = Some(tokio::spawn(executor.run().instrument(self.shared.span())));
+        self.shared.started.store(true, Ordering::SeqCst);
     }
 
     /// Moves the engine to `lifecycle` at the checkpoint, in the record to save and as shown.

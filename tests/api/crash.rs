@@ -314,6 +314,9 @@ async fn a_job_that_fires_while_the_store_refuses_sends_nothing_until_its_first_
     assert!(abort.detail().contains("not saved"), "{abort:?}");
     let restore = app.post(&format!("/debug/engine/{id}/restore"), None).await;
     assert_eq!(restore.status, StatusCode::CONFLICT, "{restore:?}");
+    let pause = app.post(&format!("/trial/{id}/pause"), None).await;
+    assert_eq!(pause.status, StatusCode::SERVICE_UNAVAILABLE, "{pause:?}");
+    assert!(pause.detail().contains("first record"), "{pause:?}");
     // Its job has fired: it is listed as it stands, not as scheduled.
     let listed = app.get("/trials").await;
     let row = listed.body["trials"]
