@@ -150,11 +150,10 @@ async fn write_file(shared: &EngineShared, checkpoint: &Checkpoint, redactor: &R
 /// The most earlier failures a failure file lists.
 const EARLIER_KEPT: usize = 20;
 
-/// The failures a trial's failure file named before this one (`before`, its text), oldest
-/// first, each `{"reason", "failed_at"}`: a failed clean-up's file still says why the trial
-/// failed in the first place. The same reason twice in a row (a clean-up retried) is kept once.
-/// The failures listed before the one failed at `failed_at`: those of the file `before`, with
-/// the failure it described unless it is this one (written again: after a restart, say).
+/// The failures a trial's failure file named before the one failed at `failed_at` (`before`,
+/// its text), oldest first, each `{"reason", "failed_at"}`, so a failed clean-up's file still
+/// says why the trial failed in the first place: the file's own failure is added unless it is
+/// this one written again (after a restart, say).
 fn earlier_failures(before: &[u8], failed_at: Option<&Value>) -> Vec<Value> {
     let Ok(Value::Object(mut before)) = serde_json::from_slice::<Value>(before) else {
         return Vec::new();
