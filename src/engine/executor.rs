@@ -357,28 +357,21 @@ impl Executor {
     /// cannot save it now (503, not taken); an abort of a trial already aborting waits with
     /// the others for the save.
     async fn answer_unsaved_until(&mut self, until: Deadline, error: &str) {
-        let not_saved = || ControlError::NotSaved(error.to_owned());
-        loop {
-            let command = tokio::select! {
-                command = self.commands.recv() => command,
-                () = tokio::time::sleep_until(until) => return,
-            };
-            match command {
-                Some(Command::Signal(_, reply)) => {
+        let cleaning_up = self.cleaning_up();
+        let aborts = &mut self.aborts;
+        self.commands
+            .answer_until(until, |command| match command {
+                Command::Signal(_, reply) => {
                     let _ = reply.send(SignalOutcome::NotSaved(error.to_owned()));
                 }
-                Some(Command::Control(Control::Abort { .. }, reply)) if self.cleaning_up() => {
-                    self.aborts.push(reply);
+                Command::Control(Control::Abort { .. }, reply) if cleaning_up => {
+                    aborts.push(reply);
                 }
-                Some(Command::Control(_, reply) | Command::Progress(_, reply)) => {
-                    let _ = reply.send(Err(not_saved()));
+                Command::Control(_, reply) | Command::Progress(_, reply) => {
+                    let _ = reply.send(Err(ControlError::NotSaved(error.to_owned())));
                 }
-                None => {
-                    tokio::time::sleep_until(until).await;
-                    return;
-                }
-            }
-        }
+            })
+            .await;
     }
 
     fn cleaning_up(&self) -> bool {

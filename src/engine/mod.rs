@@ -85,8 +85,6 @@ pub struct EngineShared {
     token: Mutex<Option<String>>,
     /// A delete has claimed this engine: exactly one delete removes it.
     deleting: AtomicBool,
-    /// Its first executor has started (a new engine's waits for its first record to be saved).
-    started: AtomicBool,
     /// The early signals as last saved by the executor while a step ran, if it has not
     /// handed a checkpoint over since: the watchdog's copy lacks them.
     kept: Mutex<Option<Vec<(Wait, Signal)>>>,
@@ -224,7 +222,6 @@ impl EngineHandle {
             tasks_ended: CancellationToken::new(),
             token: Mutex::new(checkpoint.data.token.clone()),
             deleting: AtomicBool::new(false),
-            started: AtomicBool::new(false),
             kept: Mutex::new(None),
             ended,
             deps,
@@ -369,14 +366,11 @@ impl EngineHandle {
         // Not answered: the engine was stopped, or its watchdog ended with the trial.
         answer
             .await
-            .unwrap_or_else(|_| match self.shared.stop.is_cancelled() {
-                true => Err(ControlError::Stopped),
-                false => Err(self.not_live()),
-            })
+            .unwrap_or_else(|_| Err(self.unanswered(self.dropped())))
     }
 
-    /// Sends a command to a live executor and waits for its answer; `not_live` answers when
-    /// there is no live executor to ask, `stopped` when it stopped before it answered.
+    /// Sends a command to a live executor and waits for its answer; `unanswered` answers for
+    /// it when it cannot (why it did not is the argument).
     async fn ask<T>(
         &self,
         command: impl FnOnce(oneshot::Sender<T>) -> Command,
@@ -401,7 +395,7 @@ impl EngineHandle {
             // yet, or it ended on its own (the lifecycle says how).
             return unanswered(if self.shared.stop.is_cancelled() {
                 Unanswered::Stopped
-            } else if !self.shared.started.load(Ordering::SeqCst) {
+            } else if !self.shared.commands.renewed() {
                 Unanswered::NotStarted
             } else {
                 Unanswered::NotLive
@@ -409,10 +403,14 @@ impl EngineHandle {
         }
         // Not answered: the engine was stopped, or the executor ended (the lifecycle says
         // how) as the command came.
-        match answer.await {
-            Ok(answer) => answer,
-            Err(_) if self.shared.stop.is_cancelled() => unanswered(Unanswered::Stopped),
-            Err(_) => unanswered(Unanswered::NotLive),
+        answer.await.unwrap_or_else(|_| unanswered(self.dropped()))
+    }
+
+    /// Why a request taken by one of the engine's tasks was dropped unanswered.
+    fn dropped(&self) -> Unanswered {
+        match self.shared.stop.is_cancelled() {
+            true => Unanswered::Stopped,
+            false => Unanswered::NotLive,
         }
     }
 

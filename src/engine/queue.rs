@@ -13,6 +13,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::mpsc;
+use tokio::time::Instant as Deadline;
 
 /// The sending end of a task's queue; a new task (an executor after a restore) gets a new
 /// channel.
@@ -69,10 +70,31 @@ impl<T> Queue<T> {
         }
     }
 
+    /// Whether a task ever took the queue over with [`Self::renew`] (a new engine's executor
+    /// starts once its first record is saved).
+    pub fn renewed(&self) -> bool {
+        lock(&self.current).generation > 0
+    }
+
     /// Where to send a request now. Keep it only for the send: a copy kept longer would keep
     /// a request that slipped in as the task ended, and its caller waiting.
     pub fn sender(&self) -> mpsc::Sender<T> {
         lock(&self.current).sender.clone()
+    }
+}
+
+impl<T> Inbox<T> {
+    /// Until `until`, hands each request that comes to `answer`: a task that cannot act on
+    /// them yet (its store cannot save) still answers at once.
+    pub async fn answer_until(&mut self, until: Deadline, mut answer: impl FnMut(T)) {
+        let deadline = tokio::time::sleep_until(until);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                () = &mut deadline => return,
+                Some(request) = self.receiver.recv() => answer(request),
+            }
+        }
     }
 }
 

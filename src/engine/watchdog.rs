@@ -8,7 +8,6 @@
 //! and ends without running the failure procedure. Stopping is never a failure.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -395,17 +394,13 @@ impl Watchdog {
                     .clone()
                     .refusing_abort(self.shared.id.as_str())));
             }
-            let again = tokio::time::sleep(wait);
-            tokio::pin!(again);
-            loop {
-                tokio::select! {
-                    () = &mut again => break,
-                    Some(request) = self.controls.recv() => match request {
-                        abort @ ControlRequest::Abort { .. } => abort.refuse(not_saved.clone(), &self.shared.id),
-                        other => other.refuse(phase.clone(), &self.shared.id),
-                    },
-                }
-            }
+            let id = &self.shared.id;
+            self.controls
+                .answer_until(Deadline::now() + wait, |request| match request {
+                    abort @ ControlRequest::Abort { .. } => abort.refuse(not_saved.clone(), id),
+                    other => other.refuse(phase.clone(), id),
+                })
+                .await;
             wait = resave_after(wait);
         }
     }
@@ -533,7 +528,6 @@ impl Watchdog {
         };
         // The engine's span, not nested in the watchdog's: each line names the trial once.
         self.executor = Some(tokio::spawn(executor.run().instrument(self.shared.span())));
-        self.shared.started.store(true, Ordering::SeqCst);
     }
 
     /// Moves the engine to `lifecycle` at the checkpoint, in the record to save and as shown.
