@@ -277,10 +277,10 @@ pub fn status(snapshot: &Snapshot) -> TrialStatus {
     let failure = snapshot.failure.as_ref();
     // An abort asked for while the failure was reported is shown from the moment it is saved.
     let asked = failure.and_then(|f| f.abort.clone());
-    let abort_reason = match &snapshot.mode {
-        Mode::Cleanup { reason, .. } => asked.clone().or_else(|| Some(reason.clone())),
-        Mode::Normal => asked.clone(),
-    };
+    let abort_reason = asked.clone().or_else(|| match &snapshot.mode {
+        Mode::Cleanup { reason, .. } => Some(reason.clone()),
+        Mode::Normal => None,
+    });
     let state = state(snapshot);
     TrialStatus {
         message: format!("Status: {} State: {state}", status.name()),
