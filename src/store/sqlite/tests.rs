@@ -76,6 +76,13 @@ fn listed_ids(store: &SqliteBackend) -> Vec<String> {
     listed(store, &[]).into_iter().map(|t| t.trial_id).collect()
 }
 
+/// Every status's count, by status name.
+fn counts(reader: &mut dyn Reader) -> Vec<(ListedStatus, u64)> {
+    let mut counts = reader.counts(None).unwrap();
+    counts.sort_by_key(|(status, _)| status.name());
+    counts
+}
+
 /// The rows the listing shows as `Corrupt`.
 fn corrupt(store: &SqliteBackend) -> Vec<ListedTrial> {
     listed(store, &[ListedStatus::Corrupt])
@@ -383,10 +390,8 @@ fn an_engine_status_the_store_does_not_know_is_corrupt_everywhere_and_a_live_one
         reader.trial(&id("done")).unwrap(),
         Some(StoredTrial::Corrupt { reason }) if reason.contains("'Finishd'")
     ));
-    let mut counts = reader.counts(None).unwrap();
-    counts.sort_by_key(|(status, _)| status.name());
     assert_eq!(
-        counts,
+        counts(reader.as_mut()),
         [
             (ListedStatus::Active, 1),
             (ListedStatus::Corrupt, 1),
@@ -550,10 +555,8 @@ fn the_listing_pages_newest_first_with_filters() {
         ..TrialQuery::default()
     };
     assert_eq!(page(&search, &mut reader), ["t_5"], "'_' is not a wildcard");
-    let mut counts = reader.counts(None).unwrap();
-    counts.sort_by_key(|(status, _)| status.name());
     assert_eq!(
-        counts,
+        counts(reader.as_mut()),
         [
             (ListedStatus::Active, 3),
             (ListedStatus::Finished, 4),
@@ -904,10 +907,8 @@ fn a_row_of_the_wrong_type_is_listed_corrupt_and_an_unreadable_audit_entry_left_
     assert_eq!(actions(&store), ["kept"]);
     // Counted by the status each row holds: the one whose status is not text as `Corrupt`, as
     // it is listed.
-    let mut counts = store.reader().unwrap().counts(None).unwrap();
-    counts.sort_by_key(|(status, _)| status.name());
     assert_eq!(
-        counts,
+        counts(store.reader().unwrap().as_mut()),
         [
             (ListedStatus::Corrupt, 1),
             (ListedStatus::Finished, 2),
