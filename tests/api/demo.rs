@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
-use crate::helpers::{free_port, run_lcm};
+use crate::helpers::{free_port, run_lcm, scratch_of};
 
 /// Runs `lcm <args>` from a directory with no configuration (the demo and the benchmark must
 /// not depend on the working directory).
@@ -60,16 +60,6 @@ async fn demo(extra: &[&str]) -> (String, String) {
         output.status
     );
     (stdout, port)
-}
-
-/// The directory the demo says its store and logs are in.
-fn scratch_of(stdout: &str) -> PathBuf {
-    let line = stdout
-        .lines()
-        .find_map(|l| l.trim_start().strip_prefix("store and logs:"))
-        .unwrap_or_else(|| panic!("no store directory printed:\n{stdout}"));
-    let path = line.trim_start().split(" (").next().unwrap_or_default();
-    PathBuf::from(path)
 }
 
 /// Panics unless each step is printed exactly once, as a line of its own after its time.

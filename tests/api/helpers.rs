@@ -1304,3 +1304,13 @@ pub fn prepared_store(ops: Vec<Op>, damage: Option<&str>) -> tempfile::TempDir {
     }
     dir
 }
+
+/// The directory `lcm demo` says its store and logs are in.
+pub fn scratch_of(stdout: &str) -> std::path::PathBuf {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("store and logs:"))
+        .unwrap_or_else(|| panic!("no store directory printed:\n{stdout}"));
+    let path = line.trim_start().split(" (").next().unwrap_or_default();
+    std::path::PathBuf::from(path)
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::helpers::{free_port, lcm_command};
+use crate::helpers::{free_port, lcm_command, scratch_of, send_signal};
 
 const README: &str = include_str!("../../README.md");
 /// Where the README's session expects the demo; the test's demo listens on another port.
@@ -190,6 +190,21 @@ async fn the_readme_examples_run_in_order_against_the_demo() {
         status.expect("bash waited for").success() && stdout.contains(SESSION_END),
         "the README session failed\nstderr:\n{stderr}\nstdout (end):\n{tail}"
     );
+
+    // Ctrl-C, as the demo says: it stops and takes its store and logs with it.
+    let scratch = scratch_of(&printed);
+    assert!(
+        scratch.is_dir(),
+        "{} while the demo serves",
+        scratch.display()
+    );
+    send_signal(&demo, "-INT").await;
+    let stopped = tokio::time::timeout(Duration::from_secs(30), demo.wait())
+        .await
+        .expect("the demo stops within 30 s of Ctrl-C")
+        .expect("exit status");
+    assert!(stopped.success(), "{stopped}");
+    assert!(!scratch.exists(), "{} left behind", scratch.display());
 }
 
 #[test]
