@@ -324,6 +324,9 @@ async fn call_creating<S: Clone + PartialEq>(
     place: fn(&mut Ledger) -> &mut S,
     requested: S,
 ) -> Result<Value, StepError> {
+    // An abort that comes while the access token is fetched cuts the step short: nothing
+    // was asked for then, and nothing is to be undone.
+    cx.deps.services.authorize(request.service).await;
     let before = std::mem::replace(place(&mut cx.data.ledger), requested.clone());
     let expected = creation_answers(before == requested);
     let answer = cx
@@ -576,12 +579,14 @@ impl StepCx<'_> {
     /// Like [`Self::call_expecting`] for a request an abort meanwhile lets have its answer: a
     /// `POST` that makes what the clean-up undoes, so what it made is known and undone; a
     /// status written to the repository, so that the status the clean-up writes after it is
-    /// the last the repository takes.
+    /// the last the repository takes. Until its access token is at hand nothing has left, and
+    /// an abort cuts the step short.
     async fn call_uncut(
         &mut self,
         request: Outbound,
         expected: &[u16],
     ) -> Result<(u16, Value), StepError> {
+        self.deps.services.authorize(request.service).await;
         self.uncut.store(true, Ordering::SeqCst);
         let answer = self.call_expecting(request, expected).await;
         self.uncut.store(false, Ordering::SeqCst);

@@ -285,6 +285,15 @@ impl ServiceClient {
         &self.inner.endpoints[service as usize]
     }
 
+    /// Fetches `service`'s OAuth2 access token now, if it takes one and none is kept, so that
+    /// the first attempt of a request sent next does not wait for it. A fetch that fails is
+    /// left for that attempt to make again and report.
+    pub async fn authorize(&self, service: Service) {
+        if let ServiceAuth::OAuth2(oauth2) = &self.endpoint(service).auth {
+            let _ = oauth2.token(&self.inner.http).await;
+        }
+    }
+
     /// Sends a request under its service's retry policy (an OAuth2 401 also refreshes the
     /// token once per attempt), telling `observe` about every attempt, and returns the last
     /// outcome. The waits between attempts are plain sleeps: dropping the future (an abort, a

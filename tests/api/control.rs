@@ -1650,3 +1650,53 @@ async fn an_abort_whose_clean_up_cannot_be_saved_yet_is_answered_once_it_is_and_
     assert_eq!(aborted["abort_reason"], "storm", "{aborted}");
     assert_never_reported_failed(&app, id);
 }
+
+#[tokio::test]
+async fn an_abort_while_a_creation_waits_for_its_access_token_cuts_it_before_it_leaves() {
+    // Trial enforcement takes OAuth2 access tokens, from the simulated token endpoint; no
+    // request times out while the test holds it.
+    let app = spawn_app_with_settings(|s| {
+        s.services.trial_enforcement.oauth2 = s.services.kpi_monitoring.oauth2.clone();
+        s.executor.request_timeout_secs = 300;
+    })
+    .await;
+    let id = "abort-at-token";
+    // The endpoint holds the first fetch: the one the slice deployment needs (the trial's
+    // first request to trial enforcement).
+    let fetched = Gate::new();
+    app.platform.inject(
+        Fault::new(
+            Component::Kpi,
+            "POST",
+            "/token",
+            FaultAction::HoldUntil(fetched.clone()),
+        )
+        .times(1),
+    );
+    app.start_trial(id).await;
+    eventually("the access token to be asked for", || async {
+        let asked = app.platform.requests().iter().any(|r| r.path == "/token");
+        asked.then_some(()).ok_or_else(|| "not yet".to_owned())
+    })
+    .await;
+    let status = app.trial_status(id).await;
+    assert_eq!(status["step"], "SliceDeployment", "{status}");
+    // Nothing has left for the slice yet: the abort cuts the step short and cleans up at
+    // once, without waiting for the token.
+    let cleaned_up = async {
+        app.wait_event(id, "cleanup_started", "").await;
+        fetched.open();
+    };
+    tokio::join!(abort(&app, id, "before the slice"), cleaned_up);
+    let enforcement: Vec<String> = app
+        .platform
+        .requests_for(id)
+        .iter()
+        .filter(|r| r.component == Component::Enforcement)
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(
+        enforcement.is_empty(),
+        "trial enforcement was asked for: {enforcement:?}"
+    );
+}

@@ -3,7 +3,6 @@
 //! `lcm bench` runs a few trials and prints its table.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
