@@ -946,3 +946,98 @@ fn a_live_record_without_a_usable_id_is_set_aside_under_one() {
         "deleted by that name"
     );
 }
+
+#[test]
+fn a_version_3_journal_is_moved_into_the_order_it_happened_in_and_reads_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Utc::now();
+    let trial = id("v3-trial");
+    let event = |seq| Op::AppendEvent {
+        id: trial.clone(),
+        event: std::sync::Arc::new(TrialEvent {
+            seq,
+            at: now,
+            event: EventKind::StepCompleted,
+            step: Some(format!("step {seq}")),
+            detail: Some("done".into()),
+            duration_ms: Some(seq * 10),
+        }),
+    };
+    let response = |attempt| Op::AppendResponse {
+        id: trial.clone(),
+        record: std::sync::Arc::new(ResponseRecord {
+            step: "GetTrialInfo".into(),
+            service: "trial_repository".into(),
+            method: "GET".into(),
+            path: "trial/v3-trial/".into(),
+            status: Some(200),
+            body: Some(serde_json::json!({"attempt": attempt})),
+            error: None,
+            duration_ms: 3,
+            attempt,
+            at: now,
+        }),
+    };
+    let (events, responses) = {
+        let mut conn = Connection::open(dir.path().join(FILE_NAME)).unwrap();
+        migrations().to_version(&mut conn, 3).unwrap();
+        let tx = conn.transaction().unwrap();
+        let mut ops = vec![Op::PutTrial(Box::new(record(
+            "v3-trial",
+            Lifecycle::Waiting,
+            now,
+        )))];
+        ops.extend((0..3).map(event));
+        ops.extend((1..=2).map(response));
+        for op in &ops {
+            apply_op(&tx, op).unwrap();
+        }
+        tx.commit().unwrap();
+        (
+            events_of(&conn, &trial).unwrap(),
+            responses_of(&conn, &trial).unwrap(),
+        )
+    };
+    assert_eq!((events.len(), responses.len()), (3, 2));
+
+    let mut store = SqliteBackend::open(dir.path()).unwrap();
+    let version: i64 = store
+        .conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, 4);
+    let schema: String = store
+        .conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'trial_events'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert!(!schema.contains("WITHOUT ROWID"), "{schema}");
+    let loaded = store.load().unwrap();
+    let [recovered] = loaded.trials.as_slice() else {
+        panic!("{:?}", loaded.trials);
+    };
+    assert_eq!(recovered.next_event, 3);
+    let mut reader = store.reader().unwrap();
+    assert_eq!(reader.events(&trial).unwrap(), events);
+    assert_eq!(reader.responses(&trial).unwrap(), responses);
+
+    // After the move: an event written again is kept once, and both go on numbering.
+    put(&mut store, vec![event(2), event(3), response(3)]);
+    let seqs: Vec<u64> = reader
+        .events(&trial)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, [0, 1, 2, 3]);
+    let attempts: Vec<u32> = reader
+        .responses(&trial)
+        .unwrap()
+        .iter()
+        .map(|r| r.attempt)
+        .collect();
+    assert_eq!(attempts, [1, 2, 3]);
+}
