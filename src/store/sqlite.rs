@@ -666,10 +666,23 @@ fn append_response(tx: &Connection, id: &str, record: &ResponseRecord) -> rusqli
     )
 }
 
+/// A time as the store writes it (fixed width, so that times sort as text): only such a time
+/// is compared with a purge's cutoff. A damaged one (a number, another format) would sort
+/// before any cutoff, and what holds it would be purged instead of listed as it is.
+macro_rules! stored_time {
+    () => {
+        "GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9][0-9][0-9][0-9]Z'"
+    };
+}
+
 /// The trials a purge removes: ended (finished or aborted) before the cutoff. Failed trials
-/// stay until they are restored, aborted or deleted.
-const PURGED: &str = "SELECT trial_id FROM trials
-     WHERE engine_status IN ('Finished', 'Aborted') AND ended_at < ?1";
+/// stay until they are restored, aborted or deleted, and so does a trial whose end is not a
+/// time as the store writes it.
+const PURGED: &str = concat!(
+    "SELECT trial_id FROM trials WHERE engine_status IN ('Finished', 'Aborted') AND ended_at < ?1
+         AND ended_at ",
+    stored_time!()
+);
 
 fn apply_op(tx: &Transaction, op: &Op) -> rusqlite::Result<usize> {
     match op {
@@ -745,7 +758,11 @@ fn apply_op(tx: &Transaction, op: &Op) -> rusqlite::Result<usize> {
                 &format!("DELETE FROM trials WHERE trial_id IN ({PURGED})"),
                 params![cutoff],
             )?;
-            exec(tx, "DELETE FROM audit WHERE at < ?1", params![cutoff])?;
+            exec(
+                tx,
+                concat!("DELETE FROM audit WHERE at < ?1 AND at ", stored_time!()),
+                params![cutoff],
+            )?;
             Ok(trials)
         }
         Op::Revoke { jti, exp } => exec(

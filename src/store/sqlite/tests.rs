@@ -422,6 +422,8 @@ fn a_purge_removes_old_ended_trials_and_keeps_the_rest() {
             Op::PutTrial(Box::new(record("old-aborted", Lifecycle::Aborted, old))),
             Op::PutTrial(Box::new(record("old-failed", Lifecycle::Failed, old))),
             Op::PutTrial(Box::new(record("new-finished", Lifecycle::Finished, now))),
+            Op::PutTrial(Box::new(record("end-a-number", Lifecycle::Finished, now))),
+            Op::PutTrial(Box::new(record("end-in-words", Lifecycle::Aborted, now))),
             Op::AppendEvent {
                 id: id("old-finished"),
                 event: event(0),
@@ -434,6 +436,15 @@ fn a_purge_removes_old_ended_trials_and_keeps_the_rest() {
             Op::Audit(audit("new", now)),
         ],
     );
+    // Ends damaged by hand, which would sort before any cutoff: they are not purged, but
+    // kept as they are.
+    for damage in [
+        "UPDATE trials SET ended_at = 1796097000 WHERE trial_id = 'end-a-number'",
+        "UPDATE trials SET ended_at = '01/12/2026 03:52' WHERE trial_id = 'end-in-words'",
+        "UPDATE audit SET at = 0 WHERE action = 'new'",
+    ] {
+        store.conn.execute(damage, []).unwrap();
+    }
     let counts = put(
         &mut store,
         vec![Op::Purge {
@@ -441,14 +452,21 @@ fn a_purge_removes_old_ended_trials_and_keeps_the_rest() {
         }],
     );
     assert_eq!(counts, [2]);
-    assert_eq!(listed_ids(&store), ["new-finished", "old-failed"]);
+    let mut kept = listed_ids(&store);
+    kept.sort_unstable();
+    assert_eq!(
+        kept,
+        ["end-a-number", "end-in-words", "new-finished", "old-failed"]
+    );
     let mut reader = store.reader().unwrap();
     assert!(reader.events(&id("old-finished")).unwrap().is_empty());
     assert_eq!(reader.events(&id("new-finished")).unwrap().len(), 1);
+    let audit: Vec<String> =
+        all_rows(&store.conn, "SELECT action FROM audit", |row| row.get(0)).unwrap();
     assert_eq!(
-        actions(&store),
+        audit,
         ["new"],
-        "audit entries past retention go too"
+        "audit entries past retention go too, not one whose time is damaged"
     );
 }
 
