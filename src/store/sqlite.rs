@@ -126,7 +126,9 @@ const V3: &str = "CREATE TABLE audit_v3 (
 /// index on the trial and its number. Kept in order of the trial instead, each step's rows
 /// landed on that trial's own pages, so a commit carrying the steps of many trials wrote a
 /// page (and split one, as it filled) for each of them; in the order they happen, the rows of
-/// one commit share pages, and only the small index entries go where their trial's are.
+/// one commit share pages, and only the small index entries go where their trial's are. The
+/// index start-up reads live trials by also holds their status, so that a row whose status
+/// says it runs is found whatever its `live` column says.
 const V4: &str = "CREATE TABLE trial_events_v4 (
          trial_id    TEXT NOT NULL,
          seq         INTEGER NOT NULL,
@@ -161,7 +163,9 @@ const V4: &str = "CREATE TABLE trial_events_v4 (
              attempt, at FROM trial_responses;
      DROP TABLE trial_responses;
      ALTER TABLE trial_responses_v4 RENAME TO trial_responses;
-     CREATE UNIQUE INDEX trial_responses_seq ON trial_responses (trial_id, seq);";
+     CREATE UNIQUE INDEX trial_responses_seq ON trial_responses (trial_id, seq);
+     DROP INDEX trials_live;
+     CREATE INDEX trials_live ON trials (live, engine_status);";
 
 /// The schema, one migration per version.
 fn migrations() -> Migrations<'static> {
@@ -878,13 +882,25 @@ impl Backend for SqliteBackend {
             loaded.quarantined.push((id, reason));
         }
 
-        // Live trials only: start-up does not grow with the trials that have ended.
+        // Live trials only: start-up does not grow with the trials that have ended. Found by
+        // the index, with those whose `live` was damaged by hand: one that is not a number
+        // (text and binary data sort above numbers) is read to be set aside, and a row whose
+        // status says it runs is recovered whatever its `live` says.
         let live = all_rows(
             &self.conn,
             "SELECT rowid, trial_id, lifecycle, checkpoint, paused, created_at, updated_at,
-                 ended_at
-             FROM trials WHERE live = 1 ORDER BY created_at",
-            LiveRow::from_row,
+                 ended_at, live
+             FROM trials
+             WHERE live > 0 OR live < 0 OR (live = 0 AND engine_status IN ('Active', 'Failed'))
+             ORDER BY created_at",
+            |row| {
+                let (rowid, id, read) = LiveRow::from_row(row)?;
+                let read = match row.get_ref(8)? {
+                    ValueRef::Integer(0 | 1) => read,
+                    _ => Err("unreadable record: live is neither 0 nor 1".to_owned()),
+                };
+                Ok((rowid, id, read))
+            },
         )
         .map_err(read)?;
         for (rowid, id, row) in live {

@@ -1059,3 +1059,46 @@ fn a_version_3_journal_is_moved_into_the_order_it_happened_in_and_reads_the_same
         .collect();
     assert_eq!(attempts, [1, 2, 3]);
 }
+
+#[test]
+fn a_live_trial_whose_live_column_was_damaged_is_recovered_or_set_aside_never_left_out() {
+    let mut store = SqliteBackend::in_memory().unwrap();
+    let now = Utc::now();
+    let names = ["healthy", "live-zero", "live-text", "live-two"];
+    put(
+        &mut store,
+        names
+            .iter()
+            .map(|name| Op::PutTrial(Box::new(record(name, Lifecycle::Waiting, now))))
+            .collect(),
+    );
+    for damage in [
+        "UPDATE trials SET live = 0 WHERE trial_id = 'live-zero'",
+        "UPDATE trials SET live = 'yes' WHERE trial_id = 'live-text'",
+        "UPDATE trials SET live = 2 WHERE trial_id = 'live-two'",
+    ] {
+        store.conn.execute(damage, []).unwrap();
+    }
+    let loaded = store.load().unwrap();
+    let mut recovered: Vec<&str> = loaded.trials.iter().map(|t| t.record.id.as_str()).collect();
+    recovered.sort_unstable();
+    assert_eq!(
+        recovered,
+        ["healthy", "live-zero"],
+        "its status says it runs"
+    );
+    let mut set_aside: Vec<(&str, &str)> = loaded
+        .quarantined
+        .iter()
+        .map(|(id, reason)| (id.as_str(), reason.as_str()))
+        .collect();
+    set_aside.sort_unstable();
+    assert_eq!(
+        set_aside,
+        [
+            ("live-text", "unreadable record: live is neither 0 nor 1"),
+            ("live-two", "unreadable record: live is neither 0 nor 1"),
+        ]
+    );
+    assert_set_aside_for_good(&mut store, "live-text");
+}
