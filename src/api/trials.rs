@@ -240,6 +240,7 @@ fn control_answer(outcome: ControlOutcome) -> Result<Json<Message>, ApiError> {
         (status = 404, description = "The trial has no engine", body = ErrorBody),
         (status = 409, description = "The trial is not waiting for a component", body = ErrorBody),
         (status = 422, description = "A field out of range, too long, or unknown", body = ErrorBody),
+        (status = 503, description = "Not saved: the store cannot write (send it again)", body = ErrorBody),
     ),
 )]
 async fn callback_progress(

@@ -18,7 +18,9 @@ use tracing::{error, info, warn};
 
 use super::queue::Inbox;
 use super::sequence::{self, Next, Signal, Step, WAITS, Wait, Waiter};
-use super::state::{Checkpoint, EventKind, Lifecycle, Mode, Position, SliceState};
+use super::state::{
+    self as state, Checkpoint, EventKind, Lifecycle, Mode, Position, Progress, SliceState,
+};
 use super::steps::{self, StepCx, StepError};
 use super::watchdog::{ControlRequest, RESAVE_FIRST, RestoreError, resave_after};
 use super::{EngineDeps, EngineShared};
@@ -817,8 +819,22 @@ impl Executor {
                         continue;
                     }
                     heartbeat = heartbeat_secs.map(at);
-                    self.progress(report);
-                    let _ = reply.send(Ok(format!("progress recorded for trial {}", self.id)));
+                    let progress = self.progress(report);
+                    // Saved before it is answered, with its history event: a report answered
+                    // is shown after a restart too.
+                    let saved = self
+                        .shared
+                        .deps
+                        .store
+                        .write(Op::SetProgress {
+                            id: self.id.clone(),
+                            progress,
+                        })
+                        .await;
+                    let _ = reply.send(match saved {
+                        Ok(_) => Ok(format!("progress recorded for trial {}", self.id)),
+                        Err(e) => Err(ControlError::NotSaved(e.to_string())),
+                    });
                 }
                 Command::Control(Control::Abort { reason }, reply) => {
                     if cleanup {
@@ -854,6 +870,7 @@ impl Executor {
                 }
             }
         };
+        self.checkpoint.progress = None;
         self.shared.clear_progress();
         outcome
     }
@@ -910,8 +927,10 @@ impl Executor {
         Outcome::To(Position::Wait(wait))
     }
 
-    /// A component's progress report: shown in the status and the history.
-    fn progress(&self, mut report: ProgressReport) {
+    /// A component's progress report: in the history, and shown in the status until the wait
+    /// ends (a field it leaves out keeps the value an earlier report of the same wait gave: a
+    /// bare heartbeat wipes nothing). Returns what is shown.
+    fn progress(&mut self, mut report: ProgressReport) -> Progress {
         // A component may quote a secret (its credentials, a token of the trial): what is kept
         // and shown of its report is redacted, as its answers are, and any token in it.
         if let Some(message) = &mut report.message {
@@ -930,7 +949,17 @@ impl Executor {
         self.shared
             .journal
             .event(EventKind::Progress, None, detail, None);
-        self.shared.report_progress(report);
+        let last = self.checkpoint.progress.take();
+        let (earlier_progress, earlier_message) =
+            last.map_or((None, None), |l| (l.progress, l.message));
+        let progress = Progress {
+            progress: report.progress.or(earlier_progress),
+            message: report.message.or(earlier_message),
+            at: state::now(),
+        };
+        self.checkpoint.progress = Some(progress.clone());
+        self.shared.show_progress(progress.clone());
+        progress
     }
 
     /// Switches to the clean-up path (SPEC §14); returns where it starts. `recorded`: the

@@ -573,30 +573,14 @@ impl EngineShared {
             .send_modify(|s| s.waiting_for = Some(waiting_for));
     }
 
-    /// Shows a component's latest progress (or clears it when its wait ends).
     /// Forgets the progress shown: the wait it was reported in has ended.
     pub(super) fn clear_progress(&self) {
         self.state.send_modify(|s| s.progress = None);
     }
 
-    /// Shows a progress report. A field it leaves out keeps the value an earlier report of
-    /// the same wait gave: a bare heartbeat wipes nothing.
-    pub(super) fn report_progress(&self, report: ProgressReport) {
-        self.state.send_modify(|s| {
-            let last = s.progress.take();
-            let (progress, message) = match last {
-                Some(last) => (
-                    report.progress.or(last.progress),
-                    report.message.or(last.message),
-                ),
-                None => (report.progress, report.message),
-            };
-            s.progress = Some(Progress {
-                progress,
-                message,
-                at: state::now(),
-            });
-        });
+    /// Shows a component's latest progress.
+    pub(super) fn show_progress(&self, progress: Progress) {
+        self.state.send_modify(|s| s.progress = Some(progress));
     }
 
     /// Whether an abort was asked for while the failure is reported (shown once it is saved).

@@ -397,6 +397,9 @@ pub struct Checkpoint {
     /// When the trial reached the waiting point it stands at: the wait's deadline counts from
     /// here, across restarts (none at a step, or in a checkpoint written before it was kept).
     pub waiting_since: Option<DateTime<Utc>>,
+    /// The last progress a component reported at the waiting point it stands at (SPEC §13):
+    /// shown in the status until the wait ends, across restarts.
+    pub progress: Option<Progress>,
 }
 
 impl Checkpoint {
@@ -459,6 +462,7 @@ impl Checkpoint {
             run: 0,
             started_at,
             waiting_since: None,
+            progress: None,
         }
     }
 }
@@ -629,7 +633,7 @@ impl Snapshot {
             kpi_status: checkpoint.data.kpi_status,
             failure: checkpoint.failure.clone(),
             paused: checkpoint.paused,
-            progress: None,
+            progress: checkpoint.progress.clone(),
             waiting_for: None,
             created_at,
             updated_at,

@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::engine::sequence::{self, Signal, Step, Wait};
 use crate::engine::state::{
     Checkpoint, Failure, JobState, KpiStatus, Ledger, Leftover, LeftoverKind, Lifecycle, Mode,
-    Position, SliceState, TrialData, TrialInfo,
+    Position, Progress, SliceState, TrialData, TrialInfo,
 };
 
 /// The version of the checkpoint document this release writes.
@@ -117,6 +117,15 @@ struct LeftoverDoc<S> {
 }
 
 #[derive(Serialize, Deserialize)]
+struct ProgressDoc<S> {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    progress: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    message: Option<S>,
+    at: String,
+}
+
+#[derive(Serialize, Deserialize)]
 struct FailureDoc<S> {
     reason: S,
     at: String,
@@ -158,6 +167,9 @@ struct CheckpointDoc<S, V> {
     /// When the trial reached its waiting point (absent at a step).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     waiting_since: Option<String>,
+    /// The last progress reported at the waiting point (absent if none was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    progress: Option<ProgressDoc<S>>,
 }
 
 fn slice_name(state: SliceState) -> &'static str {
@@ -220,13 +232,32 @@ fn parse_signals(list: Vec<(String, String)>) -> Result<Vec<(Wait, Signal)>, Str
 
 /// A saved checkpoint document with its early signals replaced by `held`, the rest as written.
 pub fn with_held(text: &str, held: &[(Wait, Signal)]) -> Result<String, String> {
+    with_field(text, "held", serde_json::json!(signals_doc(held)))
+}
+
+/// A saved checkpoint document with the progress shown at its waiting point replaced by
+/// `progress`, the rest as written.
+pub fn with_progress(text: &str, progress: &Progress) -> Result<String, String> {
+    with_field(text, "progress", serde_json::json!(progress_doc(progress)))
+}
+
+/// A saved checkpoint document with its field `name` replaced by `value`.
+fn with_field(text: &str, name: &str, value: Value) -> Result<String, String> {
     let mut doc: Value =
         serde_json::from_str(text).map_err(|e| format!("unreadable checkpoint: {e}"))?;
     let Some(fields) = doc.as_object_mut() else {
         return Err("unreadable checkpoint: not a JSON object".to_owned());
     };
-    fields.insert("held".to_owned(), serde_json::json!(signals_doc(held)));
+    fields.insert(name.to_owned(), value);
     Ok(doc.to_string())
+}
+
+fn progress_doc(progress: &Progress) -> ProgressDoc<&str> {
+    ProgressDoc {
+        progress: progress.progress,
+        message: progress.message.as_deref(),
+        at: time(progress.at),
+    }
 }
 
 /// Writes a checkpoint as the store keeps it.
@@ -299,6 +330,7 @@ pub fn encode_checkpoint(checkpoint: &Checkpoint) -> String {
         started_at: time(checkpoint.started_at),
         deadline: data.deadline.map(time),
         waiting_since: checkpoint.waiting_since.map(time),
+        progress: checkpoint.progress.as_ref().map(progress_doc),
     };
     // Plain data of strings, numbers and JSON values: serialising cannot fail.
     serde_json::to_string(&doc).unwrap_or_default()
@@ -387,6 +419,16 @@ pub fn decode_checkpoint(text: &str) -> Result<Checkpoint, String> {
         run: doc.run,
         started_at: parse_time(&doc.started_at)?,
         waiting_since: doc.waiting_since.as_deref().map(parse_time).transpose()?,
+        progress: doc
+            .progress
+            .map(|p| {
+                Ok::<_, String>(Progress {
+                    progress: p.progress,
+                    message: p.message,
+                    at: parse_time(&p.at)?,
+                })
+            })
+            .transpose()?,
     };
     // Every step after the first needs the token the first one mints (it cannot be skipped):
     // a checkpoint past it without one is damaged, and would fail the trial later, far from
@@ -459,6 +501,7 @@ mod tests {
             run: 2,
             started_at: parse_time("2026-01-02T03:00:00Z").unwrap(),
             waiting_since: None,
+            progress: None,
         }
     }
 
@@ -474,6 +517,33 @@ mod tests {
             "{text}"
         );
         assert_eq!(decode_checkpoint(&text).unwrap(), checkpoint);
+    }
+
+    /// The progress shown at a wait is kept, whole or in part, and patched in on its own as
+    /// it comes.
+    #[test]
+    fn a_wait_s_progress_outlives_a_restart() {
+        let mut checkpoint = golden();
+        let at = parse_time("2026-01-02T03:06:00Z").unwrap();
+        for (progress, message) in [
+            (Some(40), Some("deploying")),
+            (None, Some("x")),
+            (Some(5), None),
+        ] {
+            checkpoint.progress = Some(Progress {
+                progress,
+                message: message.map(str::to_owned),
+                at,
+            });
+            let text = encode_checkpoint(&checkpoint);
+            assert_eq!(decode_checkpoint(&text).unwrap(), checkpoint, "{text}");
+            let patched = with_progress(GOLDEN, checkpoint.progress.as_ref().unwrap()).unwrap();
+            assert_eq!(
+                decode_checkpoint(&patched).unwrap(),
+                checkpoint,
+                "{patched}"
+            );
+        }
     }
 
     #[test]

@@ -282,6 +282,7 @@ pub fn convert(
         run,
         started_at: created_at,
         waiting_since: None,
+        progress: None,
     };
     Ok(Converted {
         record: TrialRecord {

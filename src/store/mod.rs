@@ -31,7 +31,9 @@ use utoipa::ToSchema;
 
 use crate::domain::{StartTime, TrialId};
 use crate::engine::sequence::{Signal, Wait};
-use crate::engine::state::{Checkpoint, EngineStatus, Lifecycle, ResponseRecord, TrialEvent};
+use crate::engine::state::{
+    Checkpoint, EngineStatus, Lifecycle, Progress, ResponseRecord, TrialEvent,
+};
 use crate::telemetry::panic_message;
 
 /// The name of the writer thread.
@@ -119,6 +121,12 @@ pub enum Op {
         id: TrialId,
         held: Vec<(Wait, Signal)>,
     },
+    /// Saves the progress a component reported at the trial's waiting point, at once: it is
+    /// shown until the wait ends, across restarts.
+    SetProgress {
+        id: TrialId,
+        progress: Progress,
+    },
     AppendEvent {
         id: TrialId,
         event: Arc<TrialEvent>,
@@ -157,6 +165,7 @@ impl Op {
             Op::PutTrial(_) => "put trial",
             Op::SetPaused { .. } => "set paused",
             Op::SetHeld { .. } => "set held signals",
+            Op::SetProgress { .. } => "set progress",
             Op::AppendEvent { .. } => "append event",
             Op::AppendResponse { .. } => "append response",
             Op::DeleteTrial { .. } => "delete trial",

@@ -688,6 +688,25 @@ const PURGED: &str = concat!(
     stored_time!()
 );
 
+/// Rewrites one part of a trial's saved checkpoint, the rest as written.
+fn patch_checkpoint(
+    tx: &Transaction,
+    id: &TrialId,
+    patch: impl FnOnce(&str) -> Result<String, String>,
+) -> rusqlite::Result<usize> {
+    let saved: String = tx.query_row(
+        "SELECT checkpoint FROM trials WHERE trial_id = ?1",
+        params![id.as_str()],
+        |row| row.get(0),
+    )?;
+    let patched = patch(&saved).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
+    exec(
+        tx,
+        "UPDATE trials SET checkpoint = ?2 WHERE trial_id = ?1",
+        params![id.as_str(), patched],
+    )
+}
+
 fn apply_op(tx: &Transaction, op: &Op) -> rusqlite::Result<usize> {
     match op {
         Op::PutJob {
@@ -712,19 +731,9 @@ fn apply_op(tx: &Transaction, op: &Op) -> rusqlite::Result<usize> {
             "UPDATE trials SET paused = ?2 WHERE trial_id = ?1",
             params![id.as_str(), i64::from(*paused)],
         ),
-        Op::SetHeld { id, held } => {
-            let saved: String = tx.query_row(
-                "SELECT checkpoint FROM trials WHERE trial_id = ?1",
-                params![id.as_str()],
-                |row| row.get(0),
-            )?;
-            let patched = codec::with_held(&saved, held)
-                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
-            exec(
-                tx,
-                "UPDATE trials SET checkpoint = ?2 WHERE trial_id = ?1",
-                params![id.as_str(), patched],
-            )
+        Op::SetHeld { id, held } => patch_checkpoint(tx, id, |saved| codec::with_held(saved, held)),
+        Op::SetProgress { id, progress } => {
+            patch_checkpoint(tx, id, |saved| codec::with_progress(saved, progress))
         }
         Op::AppendEvent { id, event } => append_event(tx, id.as_str(), event),
         Op::AppendResponse { id, record } => append_response(tx, id.as_str(), record),

@@ -545,3 +545,28 @@ async fn a_callback_refused_because_the_store_cannot_write_does_not_time_its_wai
     app.wait_waiting(id, WAITING_OPERATOR).await;
     assert_never_reported_failed(&app, id);
 }
+
+#[tokio::test]
+async fn a_progress_report_that_cannot_be_saved_is_refused_with_503() {
+    let (app, broken) = spawn_app_with_flaky_store(AppOptions::default()).await;
+    let id = "progress-unsaved";
+    app.platform.inject(drop_slice_callback(id));
+    app.start_trial(id).await;
+    app.wait_waiting(id, WAITING_SLICE).await;
+    let token = app.token_of(id);
+    let path = format!("/trial/{id}/callback/progress");
+    let report = Some(serde_json::json!({"progress": 30}));
+
+    broken.store(true, std::sync::atomic::Ordering::SeqCst);
+    let refused = app
+        .call_as(Method::POST, &path, report.clone(), Some(&token))
+        .await;
+    broken.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_detail(&refused, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.detail().contains("not saved"), "{refused:?}");
+
+    // Sent again once the store writes: recorded.
+    let recorded = app.call_as(Method::POST, &path, report, Some(&token)).await;
+    assert_eq!(recorded.status, StatusCode::OK, "{recorded:?}");
+    assert_eq!(app.trial_status(id).await["progress"], 30);
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use lcm::sim::{Component, Fault, FaultAction, Platform};
 use reqwest::{Method, StatusCode};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::helpers::*;
 
@@ -738,4 +738,63 @@ async fn a_failed_clean_up_fails_at_its_first_failure_across_a_restart() {
     assert_eq!(failed["state"], "SendKpiFinish", "{failed}");
     assert_failure_says(&failed, "SendKpiFinish failed");
     assert_eq!(failed["leftovers"], serde_json::json!([]), "{failed}");
+}
+
+#[tokio::test]
+async fn a_progress_report_answered_outlives_a_kill_and_is_shown_until_its_wait_ends() {
+    let id = "progress-kept";
+    let mut app = spawn_binary_with(BinaryOptions {
+        platform: Box::new(move |platform| {
+            platform.add_trial(Platform::trial(id, None));
+            platform.inject(drop_slice_callback(id));
+        }),
+        ..BinaryOptions::default()
+    })
+    .await;
+    app.start_trial(id).await;
+    app.wait_waiting(id, WAITING_SLICE).await;
+    let token = app.token_of(id);
+    let path = format!("/trial/{id}/callback/progress");
+    for body in [
+        json!({"progress": 40, "message": "deploying the core"}),
+        json!({"progress": 60}),
+    ] {
+        let answer = app
+            .call_as(Method::POST, &path, Some(body), Some(&token))
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    }
+    // Killed the moment the last report is answered: what it said was saved before.
+    if let Server::Process(child) = &mut app.server {
+        child.kill().await.expect("SIGKILL");
+    }
+    app.restart_binary().await;
+
+    let status = app.trial_status(id).await;
+    assert!(
+        status["waiting_for"]
+            .as_str()
+            .is_some_and(|w| w.ends_with(WAITING_SLICE)),
+        "{status}"
+    );
+    assert_eq!(status["progress"], 60, "{status}");
+    assert_eq!(status["progress_message"], "deploying the core", "{status}");
+    let reported: Vec<Value> = app
+        .history(id)
+        .await
+        .into_iter()
+        .filter(|e| e["event"] == "progress")
+        .map(|e| e["detail"].clone())
+        .collect();
+    assert_eq!(reported, ["40%: deploying the core", "60%"]);
+
+    // The wait ends: the progress goes with it.
+    assert_eq!(
+        app.callback(id, "slice", Some(&token)).await.status,
+        StatusCode::OK
+    );
+    app.wait_waiting(id, "operator (active or finish)").await;
+    let status = app.trial_status(id).await;
+    assert!(status["progress"].is_null(), "{status}");
+    assert!(status["progress_message"].is_null(), "{status}");
 }
