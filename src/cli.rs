@@ -190,6 +190,11 @@ pub fn main() -> ExitCode {
 }
 
 async fn serve(config: Option<ConfigFile>) -> ExitCode {
+    // SIGHUP ends a process by default, and the keys are reloaded on it only once they are
+    // loaded, after the store's recovery: caught from here on (tokio keeps its handler for the
+    // process's life), a reload sent while the service starts is not its end.
+    #[cfg(unix)]
+    let _ = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let settings = match Settings::load(config.as_ref()) {
         Ok(settings) => settings,
         Err(e) => {
