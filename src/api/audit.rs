@@ -242,7 +242,13 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         (true, false) => (response, Some("answer too large to show".to_owned())),
         (false, _) => (response, None),
     };
-    let entry = cx.entry(status, told.or(detail));
+    let mut entry = cx.entry(status, told.or(detail));
+    // A refusal may quote what the client sent, and a client may paste a secret into the
+    // wrong field: the log and the audit hide the configured secrets and any token in it, as
+    // they do in a component's answers.
+    let redactor = &state.scheduler.deps().redactor;
+    entry.detail = entry.detail.map(|d| redactor.text_and_tokens(&d));
+    entry.trial_id = entry.trial_id.map(|t| redactor.text_and_tokens(&t));
     if status.is_client_error() {
         // A refused change (a component's callback with a bad token, a signal out of place)
         // is in the log too, for whoever looks there first.

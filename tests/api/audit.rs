@@ -247,6 +247,11 @@ async fn no_secret_and_no_token_is_ever_written_in_the_log() {
     app.call_as(Method::POST, "/trial/scheduling", None, Some(guess))
         .await;
     let sent = app.token_of(id);
+    // Secrets pasted into the wrong fields: refused, quoting what was sent.
+    for start_time in [API_KEY, TOKEN_SECRET, sent.as_str()] {
+        let refused = app.schedule("pasted", start_time).await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{refused:?}");
+    }
     app.callback(id, "slice", Some(&sent)).await;
     app.post(&format!("/trial/{id}/finish"), None).await;
     app.wait_finished(id).await;
