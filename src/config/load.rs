@@ -447,13 +447,14 @@ fn key_of(error: &config::ConfigError) -> Option<String> {
 
 /// Every value at or below `key` whose type its key does not take, though the `config` crate
 /// would convert it (`1.5` or `true` to a whole number, `"yes"` to a boolean, a number to a
-/// word), with what the key accepts. Unknown keys are left to the settings' reading.
+/// word, `true` or a number to a text: `api_key = true` would make the key the word "true"),
+/// with what the key accepts. Unknown keys are left to the settings' reading.
 fn mistyped_below(key: &str, value: &Value, out: &mut Vec<(String, Value, Accepts)>) {
     let Some(accepts) = keys::accepts(key) else {
         return;
     };
     let fits = match (accepts, &value.kind) {
-        (_, ValueKind::Nil) | (Accepts::Text, _) => true,
+        (_, ValueKind::Nil) | (Accepts::Text, ValueKind::String(_)) => true,
         (
             Accepts::Whole(_),
             ValueKind::I64(_) | ValueKind::I128(_) | ValueKind::U64(_) | ValueKind::U128(_),
@@ -483,7 +484,8 @@ fn mistyped_below(key: &str, value: &Value, out: &mut Vec<(String, Value, Accept
             true
         }
         (
-            Accepts::Whole(_)
+            Accepts::Text
+            | Accepts::Whole(_)
             | Accepts::Number
             | Accepts::Boolean
             | Accepts::OneOf(_)
@@ -540,14 +542,15 @@ fn shown(value: &Value, accepts: Accepts) -> String {
             format!("'{other}'")
         }
         (ValueKind::String(_), _) => "a text".to_owned(),
+        (ValueKind::Boolean(_), _) => "a boolean".to_owned(),
         (
+            ValueKind::I64(_)
+            | ValueKind::I128(_)
+            | ValueKind::U64(_)
+            | ValueKind::U128(_)
+            | ValueKind::Float(_),
             _,
-            Accepts::Text
-            | Accepts::TextList
-            | Accepts::AnyKeys
-            | Accepts::ListOfTables
-            | Accepts::Table,
-        ) => "the value".to_owned(),
+        ) => "a number".to_owned(),
     }
 }
 
@@ -754,6 +757,10 @@ format = 1
 name = "ops"
 key = "k"
 role = true
+
+[auth]
+api_key = true
+token_secret = 12345
 "#,
         );
         let text = refused(Some(&f), &[]);
@@ -773,10 +780,13 @@ role = true
             format!(
                 "configuration key `auth.keys[0].role` {at}: 'true' is not one of: viewer, operator, admin"
             ),
+            format!("configuration key `auth.api_key` {at}: a boolean is not text"),
+            format!("configuration key `auth.token_secret` {at}: a number is not text"),
         ] {
             assert!(text.lines().any(|l| l == expected), "{expected}\n{text}");
         }
-        assert_eq!(text.lines().count(), 6, "one line each: {text}");
+        assert!(!text.contains("12345"), "a secret is not repeated: {text}");
+        assert_eq!(text.lines().count(), 8, "one line each: {text}");
         // The same values as text from the environment are read as the keys' types.
         let settings = Settings::load_with_env(
             None,
