@@ -141,10 +141,27 @@ async fn write_file(shared: &EngineShared, checkpoint: &Checkpoint, redactor: &R
     if let Err(e) = tokio::fs::create_dir_all(&settings.logging.dir).await {
         error!(error = %e, dir = %settings.logging.dir.display(), "cannot create the log directory");
     }
-    match tokio::fs::write(&path, text).await {
+    match replace_file(&path, text).await {
         Ok(()) => info!(file = %path.display(), "failure file written"),
         Err(e) => error!(error = %e, file = %path.display(), "cannot write the failure file"),
     }
+}
+
+/// Writes `text` to `path` whole or not at all: into a file beside it first, then renamed over
+/// it. A disk that fills up meanwhile leaves the file as it was, not cut short or empty.
+async fn replace_file(path: &std::path::Path, text: String) -> std::io::Result<()> {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(".tmp");
+    let written = path.with_file_name(name);
+    let result = match tokio::fs::write(&written, text).await {
+        Ok(()) => tokio::fs::rename(&written, path).await,
+        Err(e) => Err(e),
+    };
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&written).await;
+    }
+    result
 }
 
 /// The most earlier failures a failure file lists.
@@ -198,7 +215,7 @@ pub async fn resolve_file(shared: &EngineShared, lifecycle: Lifecycle) {
         json!({"at": Utc::now(), "engine_status": lifecycle.engine_status(), "how": how}),
     );
     let text = serde_json::to_string_pretty(&content).unwrap_or_default();
-    match tokio::fs::write(&path, text).await {
+    match replace_file(&path, text).await {
         Ok(()) => info!(file = %path.display(), "failure file marked resolved"),
         Err(e) => {
             warn!(error = %e, file = %path.display(), "cannot mark the failure file resolved")
@@ -247,6 +264,27 @@ mod tests {
         json!({"reason": reason, "failed_at": failed_at, "earlier": earlier})
             .to_string()
             .into_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_failure_file_is_replaced_whole_or_left_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("executor_t_fail.log");
+        std::fs::write(&path, "first").unwrap();
+        replace_file(&path, "second".to_owned()).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "second");
+        let names = |dir: &std::path::Path| -> Vec<String> {
+            std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(names(dir.path()), ["executor_t_fail.log"]);
+        // The write fails (here: where it writes first is a directory, as a full disk would
+        // fail it): the file keeps what it held.
+        std::fs::create_dir(dir.path().join(".executor_t_fail.log.tmp")).unwrap();
+        assert!(replace_file(&path, "third".to_owned()).await.is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "second");
     }
 
     #[test]
