@@ -10,7 +10,7 @@
 
 pub mod engines;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -197,6 +197,23 @@ struct SwitchTurn {
     turn: Turn,
     audit: Box<dyn FnOnce(Switched) -> Option<AuditEntry> + Send>,
     reply: oneshot::Sender<Result<Switched, StoreError>>,
+}
+
+/// Logs each registry trial that automatic scheduling skipped, with why, unless `told` holds
+/// it (it was skipped at the poll before too); returns the trials skipped now. One that is
+/// scheduled, or leaves the registry, is told again if it is skipped again later.
+fn tell_skips(skipped: Vec<Skipped>, told: &HashSet<String>) -> HashSet<String> {
+    skipped
+        .into_iter()
+        .map(|Skipped { id, reason }| {
+            if !told.contains(&id) {
+                // The id is the registry's text: kept to what a trial id can be, and more.
+                let shown: String = id.chars().take(200).collect();
+                warn!(trial = %shown, reason = %reason, "automatic scheduling skipped a registry trial");
+            }
+            id
+        })
+        .collect()
 }
 
 /// Starts the task that owns the switch of automatic scheduling: each turn moves it from
@@ -782,17 +799,22 @@ impl Scheduler {
         let mut switch = self.inner.automatic.subscribe();
         let interval = Duration::from_secs(self.inner.deps.settings.scheduler.poll_interval_secs);
         tokio::spawn(async move {
+            // The skips told already: each is told once, not at every poll.
+            let mut told = HashSet::new();
             loop {
                 if switch.wait_for(|on| *on).await.is_err() {
                     return;
                 }
                 match scheduler.schedule_all().await {
-                    Ok(report) => info!(
-                        scheduled = report.scheduled.len(),
-                        rescheduled = report.rescheduled.len(),
-                        skipped = report.skipped.len(),
-                        "automatic scheduling polled the registry"
-                    ),
+                    Ok(report) => {
+                        info!(
+                            scheduled = report.scheduled.len(),
+                            rescheduled = report.rescheduled.len(),
+                            skipped = report.skipped.len(),
+                            "automatic scheduling polled the registry"
+                        );
+                        told = tell_skips(report.skipped, &told);
+                    }
                     Err(e) => warn!(error = %e, "automatic scheduling could not poll the registry"),
                 }
                 tokio::select! {

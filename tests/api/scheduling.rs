@@ -731,3 +731,33 @@ async fn schedule_all_reports_a_trial_that_ran_as_already_ended() {
         assert!(job_of(&app, id).await.is_none(), "no job was added");
     }
 }
+
+#[tokio::test]
+async fn automatic_scheduling_logs_each_trial_it_skips_once_with_why() {
+    let app = spawn_binary_with(BinaryOptions {
+        env: &[("LCM__SCHEDULER__POLL_INTERVAL_SECS", "1")],
+        platform: Box::new(|platform| {
+            platform.add_trial(Platform::trial("auto-past", Some(in_secs(-3600))));
+        }),
+        ..BinaryOptions::default()
+    })
+    .await;
+    let answer = app.post("/trial/scheduling", None).await;
+    assert_eq!(answer.body["Automatic_scheduling"], true, "{answer:?}");
+    let line = logged(&app, &["automatic scheduling skipped", "auto-past"]).await;
+    assert!(line.contains("past"), "says why: {line}");
+    // Polled twice more: the same skip is not told again.
+    eventually("two more polls", || async {
+        let polls = log_text(&app)
+            .lines()
+            .filter(|l| l.contains("automatic scheduling polled the registry"))
+            .count();
+        (polls >= 3).then_some(()).ok_or(format!("{polls} polls"))
+    })
+    .await;
+    let told = log_text(&app)
+        .lines()
+        .filter(|l| l.contains("automatic scheduling skipped") && l.contains("auto-past"))
+        .count();
+    assert_eq!(told, 1);
+}
