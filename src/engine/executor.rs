@@ -405,7 +405,8 @@ impl Executor {
         let started = Instant::now();
         let cleanup = self.cleaning_up();
         let stepping = self.stepping;
-        let uncut = AtomicBool::new(false);
+        let uncut = &self.shared.uncut;
+        uncut.store(false, Ordering::SeqCst);
         let abort_waits = AtomicBool::new(false);
         let mut abort_after: Option<String> = None;
         let result = {
@@ -430,7 +431,7 @@ impl Executor {
                 started_at: *started_at,
                 posts: 0,
                 may_have_made: false,
-                uncut: &uncut,
+                uncut,
                 abort_waits: &abort_waits,
             };
             let work = steps::run(&mut cx);

@@ -21,6 +21,7 @@ pub mod watchdog;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -88,6 +89,12 @@ pub struct EngineShared {
     /// The early signals as last saved by the executor while a step ran, if it has not
     /// handed a checkpoint over since: the watchdog's copy lacks them.
     kept: Mutex<Option<Vec<(Wait, Signal)>>>,
+    /// A request that an abort, or a shutdown, lets have its answer is in flight (see
+    /// `StepCx::call_uncut`).
+    uncut: AtomicBool,
+    /// At a shutdown, how long such a request may take to have its answer before the engine
+    /// stops; none for any other stop (a delete forgets the trial).
+    answer_grace: Mutex<Option<Duration>>,
 }
 
 /// Why an executor did not answer a command.
@@ -223,6 +230,8 @@ impl EngineHandle {
             token: Mutex::new(checkpoint.data.token.clone()),
             deleting: AtomicBool::new(false),
             kept: Mutex::new(None),
+            uncut: AtomicBool::new(false),
+            answer_grace: Mutex::new(None),
             ended,
             deps,
         });
@@ -500,6 +509,15 @@ impl EngineHandle {
         self.shared.journal.close();
         self.shared.stopped();
         last
+    }
+
+    /// Stops the engine as the service stops: like [`Engine::stop`], except that a deployment
+    /// or a status write in flight has its answer first, for up to `grace`, and the checkpoint
+    /// its step ends with is saved. Restarted, the step would send it again, and a component
+    /// that ignores `Idempotency-Key` would make a second slice or job that nobody undoes.
+    pub async fn shut_down(&self, grace: Duration) -> Option<LastRecord> {
+        *lock(&self.shared.answer_grace) = Some(grace);
+        self.stop().await
     }
 
     /// A reference to this engine that does not keep it in memory.

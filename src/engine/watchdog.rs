@@ -8,6 +8,7 @@
 //! and ends without running the failure procedure. Stopping is never a failure.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -226,6 +227,7 @@ impl Watchdog {
             () = stop.cancelled() => {}
             () = self.supervise() => {}
         }
+        let mut handed_over = self.answer_in_flight().await;
         if let Some(executor) = self.executor.take() {
             executor.abort();
             // A cancelled task ends with a cancellation error: that is the point.
@@ -233,7 +235,6 @@ impl Watchdog {
         }
         // A checkpoint the executor handed over just before the stop is kept, like any other:
         // an observer who saw the trial end and stopped the service finds it saved ended.
-        let mut handed_over = None;
         while let Ok(message) = self.checkpoints.try_recv() {
             handed_over = Some(message);
         }
@@ -248,6 +249,30 @@ impl Watchdog {
         LastRecord {
             record: self.record(),
             saved: self.saved,
+        }
+    }
+
+    /// At a shutdown, waits (up to its grace) for a deployment or status write in flight to
+    /// have its answer and its step to hand its checkpoint over, which is answered, like
+    /// every checkpoint from now on, never: the executor sends nothing more, and is aborted.
+    /// None if no such request is in flight, or the step ended the trial's run (it failed:
+    /// the failure is not reported at a stop, and the step runs again after the restart).
+    async fn answer_in_flight(&mut self) -> Option<Checkpointed> {
+        let grace = (*super::lock(&self.shared.answer_grace))?;
+        if self.executor.is_none() || !self.shared.uncut.load(Ordering::SeqCst) {
+            return None;
+        }
+        info!("stopping: the deployment or status write in flight has its answer first");
+        tokio::select! {
+            message = self.checkpoints.recv() => message,
+            _ = join(&mut self.executor) => {
+                self.executor = None;
+                None
+            }
+            () = tokio::time::sleep(grace) => {
+                warn!(grace_secs = grace.as_secs(), "stopping: no answer within the grace; the step runs again after the restart");
+                None
+            }
         }
     }
 

@@ -907,7 +907,9 @@ impl Scheduler {
         for job in self.jobs_map().values_mut() {
             job.timer.disarm();
         }
-        futures_util::future::join_all(engines.iter().map(|engine| engine.stop())).await;
+        // A deployment or status write in flight has its answer within the shutdown's grace.
+        let grace = Duration::from_secs(self.inner.deps.settings.server.shutdown_grace_secs);
+        futures_util::future::join_all(engines.iter().map(|engine| engine.shut_down(grace))).await;
     }
 }
 

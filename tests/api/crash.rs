@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use lcm::sim::{Component, Fault, FaultAction, Platform};
+use lcm::sim::{Component, Fault, FaultAction, Gate, Platform};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -797,4 +797,62 @@ async fn a_progress_report_answered_outlives_a_kill_and_is_shown_until_its_wait_
     let status = app.trial_status(id).await;
     assert!(status["progress"].is_null(), "{status}");
     assert!(status["progress_message"].is_null(), "{status}");
+}
+
+#[tokio::test]
+async fn a_stop_lets_a_slice_deployment_in_flight_have_its_answer_and_it_is_never_sent_twice() {
+    let id = "stop-mid-deploy";
+    let answered = Gate::new();
+    let held = answered.clone();
+    let mut app = spawn_binary_with(BinaryOptions {
+        platform: Box::new(move |platform| {
+            platform.add_trial(Platform::trial(id, None));
+            platform.inject(slice_deployment_fault(id, FaultAction::HoldUntil(held)));
+        }),
+        ..BinaryOptions::default()
+    })
+    .await;
+    let deployments = |app: &TestApp| {
+        app.platform
+            .requests_for(id)
+            .iter()
+            .filter(|r| r.method == "POST" && r.path.contains("/sliceDeployment"))
+            .count()
+    };
+    app.start_trial(id).await;
+    eventually_at_least("the slice deployment to be sent", 1, || deployments(&app)).await;
+
+    // Stopped while trial enforcement holds its answer: the stop waits for it, so the slice
+    // it made is known, instead of asking for another one after the restart.
+    let Server::Process(child) = &mut app.server else {
+        unreachable!("the binary runs as a process");
+    };
+    send_signal(child, "-TERM").await;
+    logged(&app, &["stopping", "has its answer first"]).await;
+    answered.open();
+    let Server::Process(child) = &mut app.server else {
+        unreachable!("the binary runs as a process");
+    };
+    let exited = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the service stops")
+        .expect("exit status");
+    assert!(exited.success(), "{exited}");
+
+    // Its callback came while the service stopped, or comes now: sent again, it is taken once.
+    app.restart_binary().await;
+    app.wait_for(id, "the deployment's step done", |s| {
+        s["step"] != "SliceDeployment"
+    })
+    .await;
+    let token = app.token_of(id);
+    let callback = app.callback(id, "slice", Some(&token)).await;
+    assert_eq!(callback.status, StatusCode::OK, "{callback:?}");
+    app.drive_to_finished(id).await;
+    assert_eq!(deployments(&app), 1, "the slice was asked for once");
+    assert!(
+        !app.platform
+            .status_history(id)
+            .contains(&"FAILED".to_owned())
+    );
 }
