@@ -184,8 +184,8 @@ const EXPECTED_STATUSES: [(Service, &[&str]); 3] = [
     (Service::KpiMonitoring, &["200"]),
 ];
 
-/// The errors of `lcm_outbound_request_errors_total`.
-const OUTBOUND_ERRORS: [&str; 2] = ["timeout", "error"];
+/// The errors of `lcm_outbound_request_errors_total` (`SendError::label`).
+const OUTBOUND_ERRORS: [&str; 4] = ["timeout", "connect", "transport", "auth"];
 
 /// Every metric family the service exports, in one place: each is described (its `# HELP`)
 /// and present from the first scrape, gauges at 0 and counters and histograms with every
@@ -235,7 +235,7 @@ fn register_families() {
     }
     describe_counter!(
         "lcm_outbound_request_errors_total",
-        "Requests to the trial components that got no answer, by service and error (timeout, error)"
+        "Requests to the trial components that got no answer, by service and error (timeout, connect, transport, auth)"
     );
     for service in Service::ALL {
         for error in OUTBOUND_ERRORS {

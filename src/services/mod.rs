@@ -164,6 +164,16 @@ pub enum SendError {
 }
 
 impl SendError {
+    /// What went wrong, as a metrics label (the retries' reasons say the same words).
+    pub fn label(&self) -> &'static str {
+        match self {
+            SendError::Timeout { .. } => "timeout",
+            SendError::Connect { .. } => "connect",
+            SendError::Transport { .. } => "transport",
+            SendError::Auth { .. } => "auth",
+        }
+    }
+
     /// Whether the request may have reached the service: not when no connection was made, nor
     /// when its credentials could not be had (it never left). A timeout counts as reached.
     pub fn may_have_reached(&self) -> bool {
@@ -353,20 +363,14 @@ impl ServiceClient {
     pub async fn attempt(&self, request: &Outbound) -> Result<Reply, SendError> {
         let started = Instant::now();
         let result = self.attempt_once(request, started).await;
-        let status = match &result {
-            Ok(reply) => reply.status.to_string(),
-            Err(SendError::Timeout { .. }) => "timeout".to_owned(),
-            Err(_) => "error".to_owned(),
-        };
-        if let Ok(reply) = &result {
-            metrics::histogram!(
+        match &result {
+            Ok(reply) => metrics::histogram!(
                 "lcm_outbound_request_duration_seconds",
                 "service" => request.service.name(),
-                "status" => status
+                "status" => reply.status.to_string()
             )
-            .record(reply.duration.as_secs_f64());
-        } else {
-            if let Err(e) = &result {
+            .record(reply.duration.as_secs_f64()),
+            Err(e) => {
                 let path = match request.path.as_str() {
                     "" => "/",
                     path => path,
@@ -377,13 +381,13 @@ impl ServiceClient {
                     "{} {path}: no usable answer",
                     request.method
                 );
+                metrics::counter!(
+                    "lcm_outbound_request_errors_total",
+                    "service" => request.service.name(),
+                    "error" => e.label()
+                )
+                .increment(1);
             }
-            metrics::counter!(
-                "lcm_outbound_request_errors_total",
-                "service" => request.service.name(),
-                "error" => status
-            )
-            .increment(1);
         }
         result
     }

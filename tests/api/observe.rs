@@ -310,3 +310,39 @@ async fn the_event_stream_tells_a_whole_trial_in_order() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn a_request_that_found_no_service_is_counted_as_a_connect_error() {
+    // Nothing listens where trial enforcement should be.
+    let app = spawn_binary_with(BinaryOptions {
+        env: &[(
+            "LCM__SERVICES__TRIAL_ENFORCEMENT__URL",
+            "http://127.0.0.1:1",
+        )],
+        ..BinaryOptions::default()
+    })
+    .await;
+    let id = "nowhere";
+    app.start_trial(id).await;
+    app.wait_failed(id).await;
+    let attempts = app.get(&format!("/trial/{id}/responses")).await.body["responses"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|r| r["step"] == "SliceDeployment" && r["service"] == "trial_enforcement")
+        .count();
+    assert!(attempts > 0);
+    let text = scrape(&app).await;
+    let series = |error: &str| {
+        series_value(
+            &text,
+            &format!(
+                r#"lcm_outbound_request_errors_total{{service="trial_enforcement",error="{error}"}}"#
+            ),
+        )
+    };
+    assert_eq!(series("connect"), Some(attempts as f64), "{text}");
+    for other in ["timeout", "transport", "auth"] {
+        assert_eq!(series(other), Some(0.0), "{other}: {text}");
+    }
+}
