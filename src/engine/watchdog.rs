@@ -366,10 +366,14 @@ impl Watchdog {
                         }
                         None => {
                             let after = self.shared.deps.settings.executor.cleanup_failed_after_secs.unwrap_or_default();
-                            if self.checkpoint.failure.as_ref().is_some_and(|f| f.cleanup_failed) {
+                            let reason = if self.checkpoint.failure.as_ref().is_some_and(|f| f.cleanup_failed) {
+                                // Said with the wait it came after, which doubles each time.
+                                let waited = auto_abort_delay(after, true, self.auto_abort_rounds);
                                 self.auto_abort_rounds = self.auto_abort_rounds.saturating_add(1);
-                            }
-                            let reason = format!("not restored within {after} s");
+                                format!("its clean-up failed: tried again after {waited} s")
+                            } else {
+                                format!("not restored within {after} s")
+                            };
                             warn!(reason = %reason, "a failed trial was left alone: aborting it");
                             reason
                         }

@@ -1700,3 +1700,35 @@ async fn an_abort_while_a_creation_waits_for_its_access_token_cuts_it_before_it_
         "trial enforcement was asked for: {enforcement:?}"
     );
 }
+
+#[tokio::test]
+async fn a_failed_clean_up_tried_again_on_its_own_says_after_how_long() {
+    let app = spawn_app_with_settings(|s| s.executor.cleanup_failed_after_secs = Some(1)).await;
+    let id = "retried-and-told";
+    at_idle_with_the_job_deletion_failing(&app, id).await;
+    abort_until_cleanup_fails(&app, id, "DeleteMeasurementJob").await;
+    // Tried again a second after the clean-up failed, then two seconds after that one failed.
+    app.wait_event(
+        id,
+        "abort_requested",
+        "its clean-up failed: tried again after 1 s",
+    )
+    .await;
+    app.wait_event(
+        id,
+        "abort_requested",
+        "its clean-up failed: tried again after 2 s",
+    )
+    .await;
+    let told: Vec<Value> = app
+        .history(id)
+        .await
+        .into_iter()
+        .filter(|e| e["event"] == "abort_requested")
+        .map(|e| e["detail"].clone())
+        .collect();
+    assert!(
+        !told.iter().any(|d| d == "not restored within 1 s"),
+        "{told:?}"
+    );
+}
