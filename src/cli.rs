@@ -10,7 +10,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tracing::{error, warn};
 
 use crate::bench::{self, BenchOptions};
-use crate::config::{ConfigFile, FileOrigin, Settings};
+use crate::config::{self, ConfigFile, FileOrigin, Settings};
 use crate::demo::{self, DemoOptions};
 use crate::startup::{Application, shutdown_signal};
 use crate::telemetry;
@@ -215,7 +215,11 @@ async fn serve(config: Option<ConfigFile>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    for warning in settings.warnings() {
+    for warning in settings
+        .warnings()
+        .into_iter()
+        .chain(config::stray_variables())
+    {
         warn!("{}", warning);
     }
     let app = match Application::build(settings).await {

@@ -1156,6 +1156,26 @@ impl Settings {
     }
 }
 
+/// Warnings about the process's variables that look meant for the service but are not read:
+/// `LCM_SECTION__KEY` (one underscore after the prefix) and the like. Only their names are
+/// said: a value may be a secret.
+pub fn stray_variables() -> Vec<String> {
+    let mut stray: Vec<String> = std::env::vars_os()
+        .filter_map(|(key, _)| key.into_string().ok())
+        .filter(|key| {
+            let upper = key.to_uppercase();
+            upper.starts_with("LCM_") && !upper.starts_with("LCM__") && upper != "LCM_CONFIG"
+        })
+        .map(|key| {
+            format!(
+                "environment variable {key} is not read: a setting is LCM__<SECTION>__<KEY>, with two underscores after LCM"
+            )
+        })
+        .collect();
+    stray.sort();
+    stray
+}
+
 /// The process's `LCM__…` variables; one whose value is not UTF-8 text is refused rather than
 /// read as something else.
 fn process_env() -> Result<std::collections::HashMap<String, String>, ConfigError> {

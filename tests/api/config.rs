@@ -347,3 +347,18 @@ async fn a_token_sent_in_a_query_is_not_written_in_the_log() {
     let longest = log_text(&app).lines().map(str::len).max().unwrap_or(0);
     assert!(longest < 5_000, "a log line of {longest} bytes");
 }
+
+#[tokio::test]
+async fn a_variable_with_one_underscore_after_the_prefix_is_said_to_be_unread() {
+    let app = spawn_binary_with(BinaryOptions {
+        env: &[("LCM_AUTH__API_KEY", "typed-with-one-underscore")],
+        ..BinaryOptions::default()
+    })
+    .await;
+    let line = logged(&app, &["LCM_AUTH__API_KEY", "is not read"]).await;
+    assert!(line.contains("WARN"), "{line}");
+    assert!(
+        !log_text(&app).contains("typed-with-one-underscore"),
+        "its value is not repeated"
+    );
+}
