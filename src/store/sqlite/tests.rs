@@ -58,6 +58,45 @@ fn put(store: &mut SqliteBackend, ops: Vec<Op>) -> Vec<usize> {
     store.apply(&ops).unwrap()
 }
 
+/// Event `seq` of `trial`: step `seq` completed.
+fn event_op(trial: &TrialId, seq: u64, at: chrono::DateTime<chrono::Utc>) -> Op {
+    Op::AppendEvent {
+        id: trial.clone(),
+        event: std::sync::Arc::new(TrialEvent {
+            seq,
+            at,
+            event: EventKind::StepCompleted,
+            step: Some(format!("step {seq}")),
+            detail: None,
+            duration_ms: Some(5),
+        }),
+    }
+}
+
+/// Attempt `attempt` of `trial`'s `GET` of its trial, answered `status`.
+fn response_op(
+    trial: &TrialId,
+    attempt: u32,
+    status: u16,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Op {
+    Op::AppendResponse {
+        id: trial.clone(),
+        record: std::sync::Arc::new(ResponseRecord {
+            step: "GetTrialInfo".into(),
+            service: "trial_repository".into(),
+            method: "GET".into(),
+            path: format!("trial/{trial}/"),
+            status: Some(status),
+            body: None,
+            error: None,
+            duration_ms: 3,
+            attempt,
+            at,
+        }),
+    }
+}
+
 /// The first rows of the listing, of the `statuses` given (all if none).
 fn listed(store: &SqliteBackend, statuses: &[ListedStatus]) -> Vec<ListedTrial> {
     store
@@ -286,35 +325,8 @@ fn an_unreadable_journal_row_is_left_out_and_the_trial_goes_on_numbering_after_i
         Lifecycle::Waiting,
         now,
     )))];
-    for seq in 0..4 {
-        ops.push(Op::AppendEvent {
-            id: trial.clone(),
-            event: std::sync::Arc::new(TrialEvent {
-                seq,
-                at: now,
-                event: EventKind::StepCompleted,
-                step: Some(format!("step {seq}")),
-                detail: None,
-                duration_ms: Some(5),
-            }),
-        });
-    }
-    let response = |attempt| Op::AppendResponse {
-        id: trial.clone(),
-        record: std::sync::Arc::new(ResponseRecord {
-            step: "GetTrialInfo".into(),
-            service: "trial_repository".into(),
-            method: "GET".into(),
-            path: "trial/damaged/".into(),
-            status: Some(503),
-            body: None,
-            error: None,
-            duration_ms: 3,
-            attempt,
-            at: now,
-        }),
-    };
-    ops.extend((1..=4).map(response));
+    ops.extend((0..4).map(|seq| event_op(&trial, seq, now)));
+    ops.extend((1..=4).map(|attempt| response_op(&trial, attempt, 503, now)));
     put(&mut store, ops);
     for damage in [
         "UPDATE trial_events SET duration_ms = 'abc' WHERE seq = 1",
@@ -341,7 +353,7 @@ fn an_unreadable_journal_row_is_left_out_and_the_trial_goes_on_numbering_after_i
         |responses: &[ResponseRecord]| responses.iter().map(|r| r.attempt).collect::<Vec<_>>();
     assert_eq!(attempts(&recovered.responses), [4]);
     // The next response is numbered after the last whole-numbered one: it is written.
-    put(&mut store, vec![response(5)]);
+    put(&mut store, vec![response_op(&trial, 5, 503, now)]);
     let mut reader = store.reader().unwrap();
     assert_eq!(seqs(&reader.events(&trial).unwrap()), [0]);
     assert_eq!(attempts(&reader.responses(&trial).unwrap()), [4, 5]);
@@ -970,32 +982,8 @@ fn a_version_3_journal_is_moved_into_the_order_it_happened_in_and_reads_the_same
     let dir = tempfile::tempdir().unwrap();
     let now = Utc::now();
     let trial = id("v3-trial");
-    let event = |seq| Op::AppendEvent {
-        id: trial.clone(),
-        event: std::sync::Arc::new(TrialEvent {
-            seq,
-            at: now,
-            event: EventKind::StepCompleted,
-            step: Some(format!("step {seq}")),
-            detail: Some("done".into()),
-            duration_ms: Some(seq * 10),
-        }),
-    };
-    let response = |attempt| Op::AppendResponse {
-        id: trial.clone(),
-        record: std::sync::Arc::new(ResponseRecord {
-            step: "GetTrialInfo".into(),
-            service: "trial_repository".into(),
-            method: "GET".into(),
-            path: "trial/v3-trial/".into(),
-            status: Some(200),
-            body: Some(serde_json::json!({"attempt": attempt})),
-            error: None,
-            duration_ms: 3,
-            attempt,
-            at: now,
-        }),
-    };
+    let event = |seq| event_op(&trial, seq, now);
+    let response = |attempt| response_op(&trial, attempt, 200, now);
     let (events, responses) = {
         let mut conn = Connection::open(dir.path().join(FILE_NAME)).unwrap();
         migrations().to_version(&mut conn, 3).unwrap();
