@@ -91,6 +91,23 @@ pub enum Control {
 }
 
 impl Control {
+    /// The same action, its reason as `f` writes it.
+    pub fn map_reason(self, f: impl Fn(&str) -> String) -> Self {
+        let each = |reason: Option<String>| reason.map(|r| f(&r));
+        match self {
+            Control::Pause { reason } => Control::Pause {
+                reason: each(reason),
+            },
+            Control::Resume { reason } => Control::Resume {
+                reason: each(reason),
+            },
+            Control::Step { reason } => Control::Step {
+                reason: each(reason),
+            },
+            Control::Abort { reason } => Control::Abort { reason: f(&reason) },
+        }
+    }
+
     /// The action as the API, the metrics and the history name it.
     pub fn name(&self) -> &'static str {
         match self {

@@ -341,6 +341,7 @@ impl EngineHandle {
     /// watchdog (which hands it to a live executor, or cleans up a failed trial itself).
     pub async fn control(&self, control: Control) -> ControlOutcome {
         let name = control.name();
+        let control = control.map_reason(|reason| self.hidden(reason));
         let outcome = match control {
             Control::Abort { reason } => self.abort(reason).await,
             control => {
@@ -447,6 +448,7 @@ impl EngineHandle {
 
     /// Skips the step a failed engine stopped at, with the operator's reason.
     pub async fn skip(&self, reason: String) -> Result<String, RestoreError> {
+        let reason = self.hidden(&reason);
         let outcome = self
             .to_watchdog(|reply| ControlRequest::Skip { reason, reply })
             .await;
@@ -518,6 +520,17 @@ impl EngineHandle {
     pub async fn shut_down(&self, grace: Duration) -> Option<LastRecord> {
         *lock(&self.shared.answer_grace) = Some(grace);
         self.stop().await
+    }
+
+    /// An operator's reason as it is kept, logged and shown: a configured secret or a token
+    /// pasted into it is `[redacted]`, as in a component's answers.
+    fn hidden(&self, reason: &str) -> String {
+        let token = lock(&self.shared.token).clone();
+        self.shared
+            .deps
+            .redactor
+            .with(token.as_deref())
+            .text_and_tokens(reason)
     }
 
     /// A reference to this engine that does not keep it in memory.

@@ -1732,3 +1732,47 @@ async fn a_failed_clean_up_tried_again_on_its_own_says_after_how_long() {
         "{told:?}"
     );
 }
+
+#[tokio::test]
+async fn a_secret_or_token_pasted_into_a_reason_is_kept_redacted() {
+    let app = spawn_app().await;
+    let id = "pasted-reason";
+    app.start_to_idle(id).await;
+    let token = app.token_of(id);
+    let reason = format!("token was {token} key {API_KEY}");
+    for action in ["pause", "resume"] {
+        let answer = app
+            .post(
+                &format!("/trial/{id}/{action}"),
+                Some(json!({"reason": reason})),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{action}: {answer:?}");
+    }
+    let answer = app
+        .post(
+            &format!("/trial/{id}/abort"),
+            Some(json!({"reason": reason})),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    let status = app
+        .wait_for(id, "Aborted", |s| s["engine_status"] == "Aborted")
+        .await;
+    assert_eq!(
+        status["abort_reason"],
+        "token was [redacted] key [redacted]"
+    );
+    let history = app
+        .get(&format!("/trial/{id}/history"))
+        .await
+        .body
+        .to_string();
+    for secret in [token.as_str(), API_KEY] {
+        assert!(!history.contains(secret), "{secret} in {history}");
+    }
+    assert!(
+        history.contains("token was [redacted] key [redacted]"),
+        "{history}"
+    );
+}
