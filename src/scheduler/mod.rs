@@ -599,6 +599,10 @@ impl Scheduler {
                     reason,
                 });
             };
+            if let Some(why) = &trial.unusable {
+                skip(&mut report, why.clone());
+                continue;
+            }
             let id = match TrialId::parse(&trial.id) {
                 Ok(id) => id,
                 Err(e) => {

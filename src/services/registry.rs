@@ -33,6 +33,9 @@ pub enum RegistryError {
 pub struct RegistryTrial {
     pub id: String,
     pub start_time: Option<String>,
+    /// Why a listed entry cannot be scheduled as it is written (then `id` says which entry it
+    /// is, if it has no id of its own).
+    pub unusable: Option<String>,
 }
 
 /// The `id` of a trial object as the registry writes it: a string, or a number.
@@ -51,7 +54,36 @@ impl RegistryTrial {
             .get("start_time")
             .and_then(Value::as_str)
             .map(str::to_owned);
-        Some(Self { id, start_time })
+        Some(Self {
+            id,
+            start_time,
+            unusable: None,
+        })
+    }
+
+    /// Entry `n` (from 1) of the registry's list, usable or not.
+    fn listed(n: usize, value: &Value) -> Self {
+        let unusable = |id: String, why: &str| Self {
+            id,
+            start_time: None,
+            unusable: Some(why.to_owned()),
+        };
+        if !value.is_object() {
+            return unusable(
+                format!("entry {n}"),
+                "the registry listed something that is not a trial object",
+            );
+        }
+        let Some(trial) = Self::from_value(value) else {
+            return unusable(
+                format!("entry {n}"),
+                "a trial object without an id (text or a number)",
+            );
+        };
+        match value.get("start_time") {
+            Some(Value::String(_) | Value::Null) | None => trial,
+            Some(_) => unusable(trial.id, "start_time is not text"),
+        }
     }
 }
 
@@ -103,7 +135,7 @@ impl ServiceClient {
     }
 
     /// `GET /trial/`: every trial. Accepts a JSON array or a paginated `{"results": [...]}`.
-    /// Entries without an id are left out.
+    /// An entry that cannot be scheduled as it is written is listed too, saying why.
     pub async fn list_trials(&self) -> Result<Vec<RegistryTrial>, RegistryError> {
         let reply = self
             .send(
@@ -122,6 +154,10 @@ impl ServiceClient {
             },
             _ => return Err(garbage("a list of trials", &reply)),
         };
-        Ok(list.iter().filter_map(RegistryTrial::from_value).collect())
+        Ok(list
+            .iter()
+            .enumerate()
+            .map(|(i, value)| RegistryTrial::listed(i + 1, value))
+            .collect())
     }
 }

@@ -449,6 +449,57 @@ async fn schedule_all_schedules_future_trials_and_skips_past_ones() {
 }
 
 #[tokio::test]
+async fn schedule_all_skips_what_is_not_a_usable_trial_saying_which_entry_and_why() {
+    let app = spawn_app().await;
+    let good = in_secs(3600).to_rfc3339();
+    registry_answers(
+        &app,
+        "/trial/",
+        json!([
+            "junk",
+            17,
+            null,
+            {},
+            {"id": null, "start_time": good},
+            {"id": true},
+            {"id": "number-start", "start_time": 1_800_000_000},
+            {"id": "listed-well", "start_time": good},
+        ]),
+    );
+    let answer = app.post("/debug/trial/schedule-all", None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    let report = &answer.body;
+    assert_eq!(ids(report, "scheduled"), ["listed-well"], "{report}");
+    let skipped: Vec<(String, String)> = report["skipped"]
+        .as_array()
+        .expect("skipped is an array")
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap_or_default().to_owned(),
+                s["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let not_a_trial = "the registry listed something that is not a trial object";
+    let no_id = "a trial object without an id (text or a number)";
+    let expected = [
+        ("entry 1", not_a_trial),
+        ("entry 2", not_a_trial),
+        ("entry 3", not_a_trial),
+        ("entry 4", no_id),
+        ("entry 5", no_id),
+        ("entry 6", no_id),
+        ("number-start", "start_time is not text"),
+    ];
+    assert_eq!(
+        skipped,
+        expected.map(|(id, why)| (id.to_owned(), why.to_owned())),
+        "{report}"
+    );
+}
+
+#[tokio::test]
 async fn answers_over_a_mebibyte_are_used_and_recorded_as_a_note() {
     let app = spawn_app().await;
     // A listing of 1.5 MiB: its trials carry long descriptions.
