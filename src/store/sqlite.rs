@@ -670,12 +670,23 @@ fn append_response(tx: &Connection, id: &str, record: &ResponseRecord) -> rusqli
     )
 }
 
+/// Live trials only: start-up does not grow with the trials that have ended. Found by the
+/// index, with those whose `live` was damaged by hand: one that is not a number (text and
+/// binary data sort above numbers) is read to be set aside, and a row whose status says it
+/// runs is recovered whatever its `live` says. (`+created_at` keeps the order from choosing
+/// the index by creation, which would read every row.)
+const LIVE_TRIALS: &str = "SELECT rowid, trial_id, lifecycle, checkpoint, paused, created_at,
+         updated_at, ended_at, live
+     FROM trials
+     WHERE live > 0 OR live < 0 OR (live = 0 AND engine_status IN ('Active', 'Failed'))
+     ORDER BY +created_at";
+
 /// A time as the store writes it (fixed width, so that times sort as text): only such a time
 /// is compared with a purge's cutoff. A damaged one (a number, another format) would sort
 /// before any cutoff, and what holds it would be purged instead of listed as it is.
 macro_rules! stored_time {
     () => {
-        "GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9][0-9][0-9][0-9]Z'"
+        "LIKE '____-__-__T__:__:__.______Z'"
     };
 }
 
@@ -891,26 +902,14 @@ impl Backend for SqliteBackend {
             loaded.quarantined.push((id, reason));
         }
 
-        // Live trials only: start-up does not grow with the trials that have ended. Found by
-        // the index, with those whose `live` was damaged by hand: one that is not a number
-        // (text and binary data sort above numbers) is read to be set aside, and a row whose
-        // status says it runs is recovered whatever its `live` says.
-        let live = all_rows(
-            &self.conn,
-            "SELECT rowid, trial_id, lifecycle, checkpoint, paused, created_at, updated_at,
-                 ended_at, live
-             FROM trials
-             WHERE live > 0 OR live < 0 OR (live = 0 AND engine_status IN ('Active', 'Failed'))
-             ORDER BY created_at",
-            |row| {
-                let (rowid, id, read) = LiveRow::from_row(row)?;
-                let read = match row.get_ref(8)? {
-                    ValueRef::Integer(0 | 1) => read,
-                    _ => Err("unreadable record: live is neither 0 nor 1".to_owned()),
-                };
-                Ok((rowid, id, read))
-            },
-        )
+        let live = all_rows(&self.conn, LIVE_TRIALS, |row| {
+            let (rowid, id, read) = LiveRow::from_row(row)?;
+            let read = match row.get_ref(8)? {
+                ValueRef::Integer(0 | 1) => read,
+                _ => Err("unreadable record: live is neither 0 nor 1".to_owned()),
+            };
+            Ok((rowid, id, read))
+        })
         .map_err(read)?;
         for (rowid, id, row) in live {
             let recovered = row.and_then(|row| row.record()).and_then(|record| {

@@ -1090,3 +1090,29 @@ fn a_live_trial_whose_live_column_was_damaged_is_recovered_or_set_aside_never_le
     );
     assert_set_aside_for_good(&mut store, "live-text");
 }
+
+#[test]
+fn start_up_finds_the_live_trials_by_the_index_not_by_reading_every_row() {
+    let mut store = SqliteBackend::in_memory().unwrap();
+    let now = Utc::now();
+    put(
+        &mut store,
+        (0..2000)
+            .map(|i| Op::PutTrial(Box::new(record(&format!("t{i}"), Lifecycle::Finished, now))))
+            .collect(),
+    );
+    let plan: Vec<String> = all_rows(
+        &store.conn,
+        &format!("EXPLAIN QUERY PLAN {LIVE_TRIALS}"),
+        |row| row.get(3),
+    )
+    .unwrap();
+    assert!(
+        plan.iter().all(|step| !step.starts_with("SCAN trials")),
+        "{plan:?}"
+    );
+    assert!(
+        plan.iter().any(|step| step.contains("trials_live")),
+        "{plan:?}"
+    );
+}
