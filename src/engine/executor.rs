@@ -450,6 +450,7 @@ impl Executor {
                 may_have_made: false,
                 uncut,
                 abort_waits: &abort_waits,
+                stop: &self.shared.stop,
             };
             let work = steps::run(&mut cx);
             tokio::pin!(work);

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use chrono::{DateTime, Utc};
 use reqwest::Method;
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::EngineDeps;
@@ -54,10 +55,13 @@ pub struct StepCx<'a> {
     /// answer was no refusal (a 4xx makes nothing).
     pub may_have_made: bool,
     /// Set while a request an abort does not cut short is in flight (see
-    /// [`StepCx::call_uncut`]): an abort then waits for its answer instead of cancelling it.
+    /// [`StepCx::call_uncut`]): an abort, or a stop, then waits for its answer instead of
+    /// cancelling it.
     pub uncut: &'a AtomicBool,
     /// Set once an abort waits for the request in flight: no further attempt is made.
     pub abort_waits: &'a AtomicBool,
+    /// Cancelled once the engine is stopped: no further attempt is made either.
+    pub stop: &'a CancellationToken,
 }
 
 /// Runs one step.
@@ -633,7 +637,7 @@ impl StepCx<'_> {
                 &request,
                 &redactor,
             );
-            let abort_waits = self.abort_waits;
+            let (abort_waits, stop) = (self.abort_waits, self.stop);
             self.deps
                 .services
                 .send_until(
@@ -647,7 +651,7 @@ impl StepCx<'_> {
                             .is_none_or(SendError::may_have_reached);
                         record(attempt);
                     },
-                    || abort_waits.load(Ordering::SeqCst),
+                    || abort_waits.load(Ordering::SeqCst) || stop.is_cancelled(),
                 )
                 .await
         };

@@ -264,7 +264,13 @@ impl Watchdog {
         }
         info!("stopping: the deployment or status write in flight has its answer first");
         tokio::select! {
-            message = self.checkpoints.recv() => message,
+            message = self.checkpoints.recv() => message.filter(|m| {
+                let failed = m.lifecycle == Lifecycle::Failed;
+                if failed {
+                    info!("stopping: the step failed on that answer; it runs again after the restart");
+                }
+                !failed
+            }),
             _ = join(&mut self.executor) => {
                 self.executor = None;
                 None
@@ -543,6 +549,8 @@ impl Watchdog {
     /// Starts an executor at the checkpoint: `rerun` when its step ran before, `stepping` to
     /// run that step even while the trial is paused.
     fn spawn_executor(&mut self, rerun: bool, stepping: bool) {
+        // An executor that died in the middle of such a request left it set.
+        self.shared.uncut.store(false, Ordering::SeqCst);
         let executor = Executor {
             id: self.shared.id.clone(),
             deps: self.shared.deps.clone(),

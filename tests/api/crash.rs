@@ -856,3 +856,67 @@ async fn a_stop_lets_a_slice_deployment_in_flight_have_its_answer_and_it_is_neve
             .contains(&"FAILED".to_owned())
     );
 }
+
+#[tokio::test]
+async fn a_status_write_refused_while_the_service_stops_is_not_tried_again_nor_a_failure() {
+    let id = "stop-mid-refusal";
+    let answered = Gate::new();
+    let held = answered.clone();
+    let mut app = spawn_binary().await;
+    app.start_to_idle(id).await;
+    // The repository holds its answer to the next status write (ACTIVE), then refuses it.
+    app.platform.inject(
+        Fault::new(
+            Component::Repository,
+            "PUT",
+            "/trial/",
+            FaultAction::HoldThenStatus(held, 500),
+        )
+        .for_trial(id)
+        .times(1),
+    );
+    let active = app.post(&format!("/trial/{id}/active"), None).await;
+    assert_eq!(active.status, StatusCode::OK, "{active:?}");
+    let writes = |app: &TestApp| {
+        app.platform
+            .requests_for(id)
+            .iter()
+            .filter(|r| {
+                r.method == "PUT" && r.body.as_ref().is_some_and(|b| b["status"] == "ACTIVE")
+            })
+            .count()
+    };
+    eventually_at_least("ACTIVE to be written", 1, || writes(&app)).await;
+
+    let Server::Process(child) = &mut app.server else {
+        unreachable!("the binary runs as a process");
+    };
+    send_signal(child, "-TERM").await;
+    logged(&app, &["stopping", "has its answer first"]).await;
+    answered.open();
+    let Server::Process(child) = &mut app.server else {
+        unreachable!("the binary runs as a process");
+    };
+    let exited = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the service stops")
+        .expect("exit status");
+    assert!(exited.success(), "{exited}");
+    assert_eq!(writes(&app), 1, "no attempt after the stop began");
+
+    // The step runs again after the restart, and the trial goes on: nothing failed.
+    app.restart_binary().await;
+    app.wait_waiting(id, "operator (finish)").await;
+    assert_eq!(writes(&app), 2);
+    assert_eq!(
+        app.post(&format!("/trial/{id}/finish"), None).await.status,
+        StatusCode::OK
+    );
+    app.wait_finished(id).await;
+    assert!(
+        !app.platform
+            .status_history(id)
+            .contains(&"FAILED".to_owned())
+    );
+    assert!(app.failure_file(id).is_none(), "no failure file");
+}
