@@ -839,19 +839,23 @@ impl Executor {
                     }
                     heartbeat = heartbeat_secs.map(at);
                     let progress = self.progress(report);
-                    // Saved before it is answered, with its history event: a report answered
-                    // is shown after a restart too.
+                    // Saved before it is shown and answered, with its history event: a report
+                    // answered is shown after a restart too, and one refused is not shown.
                     let saved = self
                         .shared
                         .deps
                         .store
                         .write(Op::SetProgress {
                             id: self.id.clone(),
-                            progress,
+                            progress: progress.clone(),
                         })
                         .await;
                     let _ = reply.send(match saved {
-                        Ok(_) => Ok(format!("progress recorded for trial {}", self.id)),
+                        Ok(_) => {
+                            self.checkpoint.progress = Some(progress.clone());
+                            self.shared.show_progress(progress);
+                            Ok(format!("progress recorded for trial {}", self.id))
+                        }
                         Err(e) => Err(ControlError::NotSaved(e.to_string())),
                     });
                 }
@@ -946,10 +950,10 @@ impl Executor {
         Outcome::To(Position::Wait(wait))
     }
 
-    /// A component's progress report: in the history, and shown in the status until the wait
-    /// ends (a field it leaves out keeps the value an earlier report of the same wait gave: a
-    /// bare heartbeat wipes nothing). Returns what is shown.
-    fn progress(&mut self, mut report: ProgressReport) -> Progress {
+    /// A component's progress report: in the history, and what the status is to show until
+    /// the wait ends (a field it leaves out keeps the value an earlier report of the same wait
+    /// gave: a bare heartbeat wipes nothing).
+    fn progress(&self, mut report: ProgressReport) -> Progress {
         // A component may quote a secret (its credentials, a token of the trial): what is kept
         // and shown of its report is redacted, as its answers are, and any token in it.
         if let Some(message) = &mut report.message {
@@ -968,17 +972,14 @@ impl Executor {
         self.shared
             .journal
             .event(EventKind::Progress, None, detail, None);
-        let last = self.checkpoint.progress.take();
-        let (earlier_progress, earlier_message) =
-            last.map_or((None, None), |l| (l.progress, l.message));
-        let progress = Progress {
-            progress: report.progress.or(earlier_progress),
-            message: report.message.or(earlier_message),
+        let last = self.checkpoint.progress.as_ref();
+        Progress {
+            progress: report.progress.or(last.and_then(|l| l.progress)),
+            message: report
+                .message
+                .or_else(|| last.and_then(|l| l.message.clone())),
             at: state::now(),
-        };
-        self.checkpoint.progress = Some(progress.clone());
-        self.shared.show_progress(progress.clone());
-        progress
+        }
     }
 
     /// Switches to the clean-up path (SPEC §14); returns where it starts. `recorded`: the

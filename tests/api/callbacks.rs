@@ -564,6 +564,10 @@ async fn a_progress_report_that_cannot_be_saved_is_refused_with_503() {
     broken.store(false, std::sync::atomic::Ordering::SeqCst);
     assert_detail(&refused, StatusCode::SERVICE_UNAVAILABLE);
     assert!(refused.detail().contains("not saved"), "{refused:?}");
+    assert!(
+        app.trial_status(id).await["progress"].is_null(),
+        "a report not saved is not shown"
+    );
 
     // Sent again once the store writes: recorded.
     let recorded = app.call_as(Method::POST, &path, report, Some(&token)).await;
