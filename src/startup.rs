@@ -173,11 +173,12 @@ impl Application {
             for task in tasks {
                 task.abort();
             }
-            // At once: no job fires and no step starts once shutdown began. Nothing is
-            // reported as failed; every trial resumes from its checkpoint at the next start.
-            stopping.scheduler.shutdown().await;
+            // At once: no job fires and no step starts once shutdown began, heartbeats stop
+            // and event streams end. Nothing is reported as failed; every trial resumes from
+            // its checkpoint at the next start (a deployment in flight has its answer first).
             stopping.heartbeats.stop_all();
             stopping.shutdown.cancel();
+            stopping.scheduler.shutdown().await;
             info!("shutting down: jobs and engines stopped, draining connections");
         })
         .await;

@@ -513,7 +513,7 @@ impl EngineHandle {
         last
     }
 
-    /// Stops the engine as the service stops: like [`Engine::stop`], except that a deployment
+    /// Stops the engine as the service stops: like [`EngineHandle::stop`], except that a deployment
     /// or a status write in flight has its answer first, for up to `grace`, and the checkpoint
     /// its step ends with is saved. Restarted, the step would send it again, and a component
     /// that ignores `Idempotency-Key` would make a second slice or job that nobody undoes.

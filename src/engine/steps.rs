@@ -583,14 +583,14 @@ impl StepCx<'_> {
     /// Like [`Self::call_expecting`] for a request an abort meanwhile lets have its answer: a
     /// `POST` that makes what the clean-up undoes, so what it made is known and undone; a
     /// status written to the repository, so that the status the clean-up writes after it is
-    /// the last the repository takes. Until its access token is at hand nothing has left, and
-    /// an abort cuts the step short.
+    /// the last the repository takes. Its caller fetches its access token first
+    /// (`ServiceClient::authorize`): until then nothing has left, and an abort cuts the step
+    /// short.
     async fn call_uncut(
         &mut self,
         request: Outbound,
         expected: &[u16],
     ) -> Result<(u16, Value), StepError> {
-        self.deps.services.authorize(request.service).await;
         self.uncut.store(true, Ordering::SeqCst);
         let answer = self.call_expecting(request, expected).await;
         self.uncut.store(false, Ordering::SeqCst);
@@ -717,6 +717,7 @@ impl StepCx<'_> {
     /// `PUT trial_repository /trial/{id}/ {"status": status}`, answered 204.
     async fn update_status(&mut self, status: &str) -> Result<(), StepError> {
         let path = format!("trial/{}/", self.id);
+        self.deps.services.authorize(Service::TrialRepository).await;
         self.call_uncut(
             Outbound::new(Service::TrialRepository, Method::PUT, path)
                 .json(json!({"status": status})),

@@ -4,8 +4,9 @@
 //! continues after a skip, and one that cleans up a failed trial after an abort.
 //!
 //! It is the only task that spawns executors, and stopping the engine (a delete, the service
-//! shutting down) goes through it: it aborts the executor, waits until that task is gone,
-//! and ends without running the failure procedure. Stopping is never a failure.
+//! shutting down) goes through it: it aborts the executor (at a shutdown, once a deployment or
+//! status write in flight has its answer), waits until that task is gone, and ends without
+//! running the failure procedure. Stopping is never a failure.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

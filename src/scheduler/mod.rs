@@ -207,9 +207,10 @@ fn tell_skips(skipped: Vec<Skipped>, told: &HashSet<String>) -> HashSet<String> 
         .into_iter()
         .map(|Skipped { id, reason }| {
             if !told.contains(&id) {
-                // The id is the registry's text: kept to what a trial id can be, and more.
+                // The id is the registry's text: kept to what a trial id can be, and more, and
+                // quoted, so that a line break in it cannot start a line of its own.
                 let shown: String = id.chars().take(200).collect();
-                warn!(trial = %shown, reason = %reason, "automatic scheduling skipped a registry trial");
+                warn!(trial = ?shown, reason = %reason, "automatic scheduling skipped a registry trial");
             }
             id
         })

@@ -167,9 +167,10 @@ struct CheckpointDoc<S, V> {
     /// When the trial reached its waiting point (absent at a step).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     waiting_since: Option<String>,
-    /// The last progress reported at the waiting point (absent if none was).
+    /// The last progress reported at the waiting point (absent if none was): a
+    /// [`ProgressDoc`], read leniently, since it is only shown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    progress: Option<ProgressDoc<S>>,
+    progress: Option<V>,
 }
 
 fn slice_name(state: SliceState) -> &'static str {
@@ -262,6 +263,10 @@ fn progress_doc(progress: &Progress) -> ProgressDoc<&str> {
 
 /// Writes a checkpoint as the store keeps it.
 pub fn encode_checkpoint(checkpoint: &Checkpoint) -> String {
+    let progress = checkpoint
+        .progress
+        .as_ref()
+        .map(|p| serde_json::json!(progress_doc(p)));
     let data = &checkpoint.data;
     let doc: CheckpointDoc<&str, &Value> = CheckpointDoc {
         format: FORMAT,
@@ -330,7 +335,7 @@ pub fn encode_checkpoint(checkpoint: &Checkpoint) -> String {
         started_at: time(checkpoint.started_at),
         deadline: data.deadline.map(time),
         waiting_since: checkpoint.waiting_since.map(time),
-        progress: checkpoint.progress.as_ref().map(progress_doc),
+        progress: progress.as_ref(),
     };
     // Plain data of strings, numbers and JSON values: serialising cannot fail.
     serde_json::to_string(&doc).unwrap_or_default()
@@ -419,16 +424,17 @@ pub fn decode_checkpoint(text: &str) -> Result<Checkpoint, String> {
         run: doc.run,
         started_at: parse_time(&doc.started_at)?,
         waiting_since: doc.waiting_since.as_deref().map(parse_time).transpose()?,
+        // Only shown: one damaged by hand is left out, not a reason to set the trial aside.
         progress: doc
             .progress
-            .map(|p| {
-                Ok::<_, String>(Progress {
+            .and_then(|p| serde_json::from_value::<ProgressDoc<String>>(p).ok())
+            .and_then(|p| {
+                Some(Progress {
                     progress: p.progress,
                     message: p.message,
-                    at: parse_time(&p.at)?,
+                    at: parse_time(&p.at).ok()?,
                 })
-            })
-            .transpose()?,
+            }),
     };
     // Every step after the first needs the token the first one mints (it cannot be skipped):
     // a checkpoint past it without one is damaged, and would fail the trial later, far from
@@ -543,6 +549,15 @@ mod tests {
                 checkpoint,
                 "{patched}"
             );
+        }
+        // Damaged by hand: left out, the rest read.
+        for damaged in [
+            json!({"progress": 999, "at": "2026-01-02T03:06:00Z"}),
+            json!({"progress": 5, "at": "yesterday"}),
+            json!("40%"),
+        ] {
+            let text = with_field(GOLDEN, "progress", damaged).unwrap();
+            assert_eq!(decode_checkpoint(&text).unwrap(), golden(), "{text}");
         }
     }
 
