@@ -513,10 +513,11 @@ impl EngineHandle {
         last
     }
 
-    /// Stops the engine as the service stops: like [`EngineHandle::stop`], except that a deployment
-    /// or a status write in flight has its answer first, for up to `grace`, and the checkpoint
-    /// its step ends with is saved. Restarted, the step would send it again, and a component
-    /// that ignores `Idempotency-Key` would make a second slice or job that nobody undoes.
+    /// Stops the engine as the service stops: like [`EngineHandle::stop`], except that a
+    /// deployment or a status write in flight has its answer first, for up to `grace`, and the
+    /// checkpoint its step ends with is saved. Restarted, the step would send it again, and a
+    /// component that ignores `Idempotency-Key` would make a second slice or job that nobody
+    /// undoes.
     pub async fn shut_down(&self, grace: Duration) -> Option<LastRecord> {
         *lock(&self.shared.answer_grace) = Some(grace);
         self.stop().await
