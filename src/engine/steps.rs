@@ -112,6 +112,12 @@ pub async fn run(cx: &mut StepCx<'_>) -> Result<(), StepError> {
 /// answered the same. It is logged, recorded with the answers, and the trial ends aborted. Not
 /// so a 401 or 403 (the LCM's credentials, which can be mended), nor a 408 or 429 (asking
 /// again later may be answered): those, and a 5xx, fail the clean-up, which is retried.
+/// The statuses a step expects, as a failure's reason says them: `201 or 200`.
+fn said(expected: &[u16]) -> String {
+    let said: Vec<String> = expected.iter().map(u16::to_string).collect();
+    said.join(" or ")
+}
+
 async fn report_aborted(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     let status = cx.deps.settings.executor.aborted_repository_status.clone();
     let path = format!("trial/{}/", cx.id);
@@ -121,7 +127,9 @@ async fn report_aborted(cx: &mut StepCx<'_>) -> Result<(), StepError> {
         answer == 204 || ((400..500).contains(&answer) && ![401, 403, 408, 429].contains(&answer))
     };
     let expected = || "204, or a refusal for good (a 4xx but 401, 403, 408, 429)".to_owned();
-    match cx.call_accepting(request, &takes, &expected).await? {
+    // Like every status write, it has its answer before a stop.
+    cx.deps.services.authorize(Service::TrialRepository).await;
+    match cx.call_uncut_accepting(request, &takes, &expected).await? {
         (204, _) => cx.data.repository_status = Some(status),
         (refused, _) => warn!(
             status = refused,
@@ -401,8 +409,10 @@ fn measurement_id(job: &Value) -> Option<String> {
 /// still being processed): the step fails and the job stays a leftover, for a later abort.
 async fn recover_measurement_job(cx: &mut StepCx<'_>) -> Result<String, StepError> {
     let request = measurement_job_request(cx)?;
+    // A creation sent again: like the first, it has its answer before a stop (or an abort).
+    cx.deps.services.authorize(request.service).await;
     let (_, reply) = cx
-        .call_expecting(request, &[201, 200])
+        .call_uncut(request, &[201, 200])
         .await
         .map_err(|StepError(why)| {
             StepError(format!(
@@ -583,16 +593,28 @@ impl StepCx<'_> {
     /// Like [`Self::call_expecting`] for a request an abort meanwhile lets have its answer: a
     /// `POST` that makes what the clean-up undoes, so what it made is known and undone; a
     /// status written to the repository, so that the status the clean-up writes after it is
-    /// the last the repository takes. Its caller fetches its access token first
-    /// (`ServiceClient::authorize`): until then nothing has left, and an abort cuts the step
-    /// short.
+    /// the last the repository takes. A stop lets it have its answer too. Its caller fetches
+    /// its access token first (`ServiceClient::authorize`): until then nothing has left, and
+    /// an abort cuts the step short.
     async fn call_uncut(
         &mut self,
         request: Outbound,
         expected: &[u16],
     ) -> Result<(u16, Value), StepError> {
+        let said = || said(expected);
+        self.call_uncut_accepting(request, &|status| expected.contains(&status), &said)
+            .await
+    }
+
+    /// [`Self::call_uncut`] for a request that takes the answers `accepts` takes.
+    async fn call_uncut_accepting(
+        &mut self,
+        request: Outbound,
+        accepts: &(dyn Fn(u16) -> bool + Sync),
+        expected: &(dyn Fn() -> String + Sync),
+    ) -> Result<(u16, Value), StepError> {
         self.uncut.store(true, Ordering::SeqCst);
-        let answer = self.call_expecting(request, expected).await;
+        let answer = self.call_accepting(request, accepts, expected).await;
         self.uncut.store(false, Ordering::SeqCst);
         answer
     }
@@ -610,10 +632,7 @@ impl StepCx<'_> {
         request: Outbound,
         expected: &[u16],
     ) -> Result<(u16, Value), StepError> {
-        let said = || {
-            let said: Vec<String> = expected.iter().map(u16::to_string).collect();
-            said.join(" or ")
-        };
+        let said = || said(expected);
         self.call_accepting(request, &|status| expected.contains(&status), &said)
             .await
     }

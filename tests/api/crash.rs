@@ -920,3 +920,60 @@ async fn a_status_write_refused_while_the_service_stops_is_not_tried_again_nor_a
     );
     assert!(app.failure_file(id).is_none(), "no failure file");
 }
+
+#[tokio::test]
+async fn a_stop_lets_the_clean_up_s_status_write_have_its_answer_and_it_is_written_once() {
+    let id = "stop-mid-aborted";
+    let answered = Gate::new();
+    let held = answered.clone();
+    let mut app = spawn_binary().await;
+    app.start_to_idle(id).await;
+    // The clean-up's one status write (ABORTED) is held.
+    app.platform.inject(
+        Fault::new(
+            Component::Repository,
+            "PUT",
+            "/trial/",
+            FaultAction::HoldUntil(held),
+        )
+        .for_trial(id)
+        .times(1),
+    );
+    let aborted = app
+        .post(
+            &format!("/trial/{id}/abort"),
+            Some(json!({"reason": "stop mid clean-up"})),
+        )
+        .await;
+    assert_eq!(aborted.status, StatusCode::OK, "{aborted:?}");
+    let writes = |app: &TestApp| {
+        app.platform
+            .requests_for(id)
+            .iter()
+            .filter(|r| {
+                r.method == "PUT" && r.body.as_ref().is_some_and(|b| b["status"] == "ABORTED")
+            })
+            .count()
+    };
+    eventually_at_least("ABORTED to be written", 1, || writes(&app)).await;
+
+    let Server::Process(child) = &mut app.server else {
+        unreachable!("the binary runs as a process");
+    };
+    send_signal(child, "-TERM").await;
+    logged(&app, &["stopping", "has its answer first"]).await;
+    answered.open();
+    let Server::Process(child) = &mut app.server else {
+        unreachable!("the binary runs as a process");
+    };
+    let exited = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the service stops")
+        .expect("exit status");
+    assert!(exited.success(), "{exited}");
+
+    app.restart_binary().await;
+    app.wait_for(id, "Aborted", |s| s["engine_status"] == "Aborted")
+        .await;
+    assert_eq!(writes(&app), 1, "ABORTED written once");
+}
