@@ -562,10 +562,23 @@ impl Executor {
                 }
             }
         };
-        abort_after.map_or(outcome, |reason| Outcome::Abort {
-            reason,
-            recorded: true,
-        })
+        match abort_after {
+            // The service stops while the abort waited for this answer: the step's own outcome
+            // is what is saved, and the abort is not carried out; its caller is told the engine
+            // stopped before it was saved (503), so the answer and what happens agree.
+            Some(_) if self.shared.stop.is_cancelled() => {
+                info!(
+                    step = step.name(),
+                    "the service stops: the abort that waited for this answer is not carried out"
+                );
+                outcome
+            }
+            Some(reason) => Outcome::Abort {
+                reason,
+                recorded: true,
+            },
+            None => outcome,
+        }
     }
 
     /// A clean-up step failed for good: the clean-up goes on with what it can still undo, then

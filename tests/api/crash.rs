@@ -977,3 +977,86 @@ async fn a_stop_lets_the_clean_up_s_status_write_have_its_answer_and_it_is_writt
         .await;
     assert_eq!(writes(&app), 1, "ABORTED written once");
 }
+
+#[tokio::test]
+async fn an_abort_waiting_for_a_deployment_when_the_service_stops_is_told_503_and_not_carried_out()
+{
+    let id = "abort-then-stop";
+    let answered = Gate::new();
+    let held = answered.clone();
+    let mut app = spawn_binary_with(BinaryOptions {
+        platform: Box::new(move |platform| {
+            platform.add_trial(Platform::trial(id, None));
+            platform.inject(slice_deployment_fault(id, FaultAction::HoldUntil(held)));
+        }),
+        ..BinaryOptions::default()
+    })
+    .await;
+    app.start_trial(id).await;
+    app.wait_for(id, "SliceDeployment in flight", |s| {
+        s["step"] == "SliceDeployment"
+    })
+    .await;
+    // The abort waits for the deployment's answer; the service is stopped meanwhile.
+    let abort = {
+        let (client, url) = (
+            app.client.clone(),
+            format!("{}/trial/{id}/abort", app.address),
+        );
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .header("Authorization", API_KEY)
+                .json(&json!({"reason": "abort then stop"}))
+                .send()
+                .await
+                .map(|r| r.status())
+        })
+    };
+    app.wait_event(id, "abort_requested", "abort then stop")
+        .await;
+    let Server::Process(child) = &mut app.server else {
+        unreachable!("the binary runs as a process");
+    };
+    send_signal(child, "-TERM").await;
+    logged(&app, &["stopping", "has its answer first"]).await;
+    answered.open();
+    let told = abort.await.expect("the abort's task");
+    assert_eq!(
+        told.expect("an answer"),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the engine stopped before the abort was saved"
+    );
+    let Server::Process(child) = &mut app.server else {
+        unreachable!("the binary runs as a process");
+    };
+    let exited = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the service stops")
+        .expect("exit status");
+    assert!(exited.success(), "{exited}");
+
+    // Told 503, not carried out: the trial goes on from the deployment's answer, to the wait
+    // for its slice (or past it, if the callback came in time), not to a clean-up.
+    app.restart_binary().await;
+    let status = app
+        .wait_for(id, "a wait of the trial's own path", |s| {
+            s["waiting_for"]
+                .as_str()
+                .is_some_and(|w| w.ends_with(WAITING_SLICE) || w.contains("operator"))
+        })
+        .await;
+    assert_eq!(status["aborting"], false, "{status}");
+    assert!(
+        !app.platform
+            .status_history(id)
+            .contains(&"ABORTED".to_owned())
+    );
+    let deployments = app
+        .platform
+        .requests_for(id)
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.contains("/sliceDeployment"))
+        .count();
+    assert_eq!(deployments, 1);
+}
