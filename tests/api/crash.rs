@@ -799,12 +799,32 @@ async fn a_progress_report_answered_outlives_a_kill_and_is_shown_until_its_wait_
     assert!(status["progress_message"].is_null(), "{status}");
 }
 
-#[tokio::test]
-async fn a_stop_lets_a_slice_deployment_in_flight_have_its_answer_and_it_is_never_sent_twice() {
-    let id = "stop-mid-deploy";
+/// Sends SIGTERM to the binary while a component holds its answer to a deployment or status
+/// write, waits until the service says the stop waits for it, lets the answer go, and waits
+/// for the service to exit: with status 0.
+async fn stop_once_it_waits_for_the_answer(app: &mut TestApp, answered: &Gate) {
+    let Server::Process(child) = &mut app.server else {
+        unreachable!("the binary runs as a process");
+    };
+    send_signal(child, "-TERM").await;
+    logged(app, &["stopping", "has its answer first"]).await;
+    answered.open();
+    let Server::Process(child) = &mut app.server else {
+        unreachable!("the binary runs as a process");
+    };
+    let exited = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the service stops")
+        .expect("exit status");
+    assert!(exited.success(), "{exited}");
+}
+
+/// The binary with trial `id` in its repository, whose first slice deployment trial
+/// enforcement holds until the returned gate opens.
+async fn with_its_slice_deployment_held(id: &'static str) -> (TestApp, Gate) {
     let answered = Gate::new();
     let held = answered.clone();
-    let mut app = spawn_binary_with(BinaryOptions {
+    let app = spawn_binary_with(BinaryOptions {
         platform: Box::new(move |platform| {
             platform.add_trial(Platform::trial(id, None));
             platform.inject(slice_deployment_fault(id, FaultAction::HoldUntil(held)));
@@ -812,6 +832,44 @@ async fn a_stop_lets_a_slice_deployment_in_flight_have_its_answer_and_it_is_neve
         ..BinaryOptions::default()
     })
     .await;
+    (app, answered)
+}
+
+/// The binary with trial `id` at IDLE, whose next status write the repository meets with
+/// `held` of the returned gate.
+async fn at_idle_with_the_next_status_write_held(
+    id: &str,
+    held: impl FnOnce(Gate) -> FaultAction,
+) -> (TestApp, Gate) {
+    let answered = Gate::new();
+    let app = spawn_binary().await;
+    app.start_to_idle(id).await;
+    app.platform.inject(
+        Fault::new(
+            Component::Repository,
+            "PUT",
+            "/trial/",
+            held(answered.clone()),
+        )
+        .for_trial(id)
+        .times(1),
+    );
+    (app, answered)
+}
+
+/// How many times trial `id` wrote `status` to the repository.
+fn status_writes(app: &TestApp, id: &str, status: &str) -> usize {
+    app.platform
+        .requests_for(id)
+        .iter()
+        .filter(|r| r.method == "PUT" && r.body.as_ref().is_some_and(|b| b["status"] == status))
+        .count()
+}
+
+#[tokio::test]
+async fn a_stop_lets_a_slice_deployment_in_flight_have_its_answer_and_it_is_never_sent_twice() {
+    let id = "stop-mid-deploy";
+    let (mut app, answered) = with_its_slice_deployment_held(id).await;
     let deployments = |app: &TestApp| {
         app.platform
             .requests_for(id)
@@ -824,20 +882,7 @@ async fn a_stop_lets_a_slice_deployment_in_flight_have_its_answer_and_it_is_neve
 
     // Stopped while trial enforcement holds its answer: the stop waits for it, so the slice
     // it made is known, instead of asking for another one after the restart.
-    let Server::Process(child) = &mut app.server else {
-        unreachable!("the binary runs as a process");
-    };
-    send_signal(child, "-TERM").await;
-    logged(&app, &["stopping", "has its answer first"]).await;
-    answered.open();
-    let Server::Process(child) = &mut app.server else {
-        unreachable!("the binary runs as a process");
-    };
-    let exited = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("the service stops")
-        .expect("exit status");
-    assert!(exited.success(), "{exited}");
+    stop_once_it_waits_for_the_answer(&mut app, &answered).await;
 
     // Its callback came while the service stopped, or comes now: sent again, it is taken once.
     app.restart_binary().await;
@@ -860,48 +905,16 @@ async fn a_stop_lets_a_slice_deployment_in_flight_have_its_answer_and_it_is_neve
 #[tokio::test]
 async fn a_status_write_refused_while_the_service_stops_is_not_tried_again_nor_a_failure() {
     let id = "stop-mid-refusal";
-    let answered = Gate::new();
-    let held = answered.clone();
-    let mut app = spawn_binary().await;
-    app.start_to_idle(id).await;
     // The repository holds its answer to the next status write (ACTIVE), then refuses it.
-    app.platform.inject(
-        Fault::new(
-            Component::Repository,
-            "PUT",
-            "/trial/",
-            FaultAction::HoldThenStatus(held, 500),
-        )
-        .for_trial(id)
-        .times(1),
-    );
+    let (mut app, answered) =
+        at_idle_with_the_next_status_write_held(id, |held| FaultAction::HoldThenStatus(held, 500))
+            .await;
     let active = app.post(&format!("/trial/{id}/active"), None).await;
     assert_eq!(active.status, StatusCode::OK, "{active:?}");
-    let writes = |app: &TestApp| {
-        app.platform
-            .requests_for(id)
-            .iter()
-            .filter(|r| {
-                r.method == "PUT" && r.body.as_ref().is_some_and(|b| b["status"] == "ACTIVE")
-            })
-            .count()
-    };
+    let writes = |app: &TestApp| status_writes(app, id, "ACTIVE");
     eventually_at_least("ACTIVE to be written", 1, || writes(&app)).await;
 
-    let Server::Process(child) = &mut app.server else {
-        unreachable!("the binary runs as a process");
-    };
-    send_signal(child, "-TERM").await;
-    logged(&app, &["stopping", "has its answer first"]).await;
-    answered.open();
-    let Server::Process(child) = &mut app.server else {
-        unreachable!("the binary runs as a process");
-    };
-    let exited = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("the service stops")
-        .expect("exit status");
-    assert!(exited.success(), "{exited}");
+    stop_once_it_waits_for_the_answer(&mut app, &answered).await;
     assert_eq!(writes(&app), 1, "no attempt after the stop began");
 
     // The step runs again after the restart, and the trial goes on: nothing failed.
@@ -924,21 +937,9 @@ async fn a_status_write_refused_while_the_service_stops_is_not_tried_again_nor_a
 #[tokio::test]
 async fn a_stop_lets_the_clean_up_s_status_write_have_its_answer_and_it_is_written_once() {
     let id = "stop-mid-aborted";
-    let answered = Gate::new();
-    let held = answered.clone();
-    let mut app = spawn_binary().await;
-    app.start_to_idle(id).await;
     // The clean-up's one status write (ABORTED) is held.
-    app.platform.inject(
-        Fault::new(
-            Component::Repository,
-            "PUT",
-            "/trial/",
-            FaultAction::HoldUntil(held),
-        )
-        .for_trial(id)
-        .times(1),
-    );
+    let (mut app, answered) =
+        at_idle_with_the_next_status_write_held(id, FaultAction::HoldUntil).await;
     let aborted = app
         .post(
             &format!("/trial/{id}/abort"),
@@ -946,31 +947,10 @@ async fn a_stop_lets_the_clean_up_s_status_write_have_its_answer_and_it_is_writt
         )
         .await;
     assert_eq!(aborted.status, StatusCode::OK, "{aborted:?}");
-    let writes = |app: &TestApp| {
-        app.platform
-            .requests_for(id)
-            .iter()
-            .filter(|r| {
-                r.method == "PUT" && r.body.as_ref().is_some_and(|b| b["status"] == "ABORTED")
-            })
-            .count()
-    };
+    let writes = |app: &TestApp| status_writes(app, id, "ABORTED");
     eventually_at_least("ABORTED to be written", 1, || writes(&app)).await;
 
-    let Server::Process(child) = &mut app.server else {
-        unreachable!("the binary runs as a process");
-    };
-    send_signal(child, "-TERM").await;
-    logged(&app, &["stopping", "has its answer first"]).await;
-    answered.open();
-    let Server::Process(child) = &mut app.server else {
-        unreachable!("the binary runs as a process");
-    };
-    let exited = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("the service stops")
-        .expect("exit status");
-    assert!(exited.success(), "{exited}");
+    stop_once_it_waits_for_the_answer(&mut app, &answered).await;
 
     app.restart_binary().await;
     app.wait_for(id, "Aborted", |s| s["engine_status"] == "Aborted")
@@ -982,16 +962,7 @@ async fn a_stop_lets_the_clean_up_s_status_write_have_its_answer_and_it_is_writt
 async fn an_abort_waiting_for_a_deployment_when_the_service_stops_is_told_503_and_not_carried_out()
 {
     let id = "abort-then-stop";
-    let answered = Gate::new();
-    let held = answered.clone();
-    let mut app = spawn_binary_with(BinaryOptions {
-        platform: Box::new(move |platform| {
-            platform.add_trial(Platform::trial(id, None));
-            platform.inject(slice_deployment_fault(id, FaultAction::HoldUntil(held)));
-        }),
-        ..BinaryOptions::default()
-    })
-    .await;
+    let (mut app, answered) = with_its_slice_deployment_held(id).await;
     app.start_trial(id).await;
     app.wait_for(id, "SliceDeployment in flight", |s| {
         s["step"] == "SliceDeployment"
@@ -1015,26 +986,13 @@ async fn an_abort_waiting_for_a_deployment_when_the_service_stops_is_told_503_an
     };
     app.wait_event(id, "abort_requested", "abort then stop")
         .await;
-    let Server::Process(child) = &mut app.server else {
-        unreachable!("the binary runs as a process");
-    };
-    send_signal(child, "-TERM").await;
-    logged(&app, &["stopping", "has its answer first"]).await;
-    answered.open();
+    stop_once_it_waits_for_the_answer(&mut app, &answered).await;
     let told = abort.await.expect("the abort's task");
     assert_eq!(
         told.expect("an answer"),
         StatusCode::SERVICE_UNAVAILABLE,
         "the engine stopped before the abort was saved"
     );
-    let Server::Process(child) = &mut app.server else {
-        unreachable!("the binary runs as a process");
-    };
-    let exited = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("the service stops")
-        .expect("exit status");
-    assert!(exited.success(), "{exited}");
 
     // Told 503, not carried out: the trial goes on from the deployment's answer, to the wait
     // for its slice (or past it, if the callback came in time), not to a clean-up.
