@@ -803,11 +803,21 @@ async fn a_progress_report_answered_outlives_a_kill_and_is_shown_until_its_wait_
 /// write, waits until the service says the stop waits for it, lets the answer go, and waits
 /// for the service to exit: with status 0.
 async fn stop_once_it_waits_for_the_answer(app: &mut TestApp, answered: &Gate) {
+    stop_while_an_answer_is_held(app).await;
+    let_the_answer_go_and_exit(app, answered).await;
+}
+
+/// Sends SIGTERM to the binary, and waits until it says the stop waits for an answer.
+async fn stop_while_an_answer_is_held(app: &mut TestApp) {
     let Server::Process(child) = &mut app.server else {
         unreachable!("the binary runs as a process");
     };
     send_signal(child, "-TERM").await;
     logged(app, &["stopping", "has its answer first"]).await;
+}
+
+/// Lets the held answer go, and waits for the binary to exit: with status 0.
+async fn let_the_answer_go_and_exit(app: &mut TestApp, answered: &Gate) {
     answered.open();
     let Server::Process(child) = &mut app.server else {
         unreachable!("the binary runs as a process");
@@ -822,9 +832,18 @@ async fn stop_once_it_waits_for_the_answer(app: &mut TestApp, answered: &Gate) {
 /// The binary with trial `id` in its repository, whose first slice deployment trial
 /// enforcement holds until the returned gate opens.
 async fn with_its_slice_deployment_held(id: &'static str) -> (TestApp, Gate) {
+    with_its_slice_deployment_held_and(id, &[]).await
+}
+
+/// [`with_its_slice_deployment_held`], with `LCM__…` variables `env`.
+async fn with_its_slice_deployment_held_and(
+    id: &'static str,
+    env: &[(&str, &str)],
+) -> (TestApp, Gate) {
     let answered = Gate::new();
     let held = answered.clone();
     let app = spawn_binary_with(BinaryOptions {
+        env,
         platform: Box::new(move |platform| {
             platform.add_trial(Platform::trial(id, None));
             platform.inject(slice_deployment_fault(id, FaultAction::HoldUntil(held)));
@@ -1017,4 +1036,35 @@ async fn an_abort_waiting_for_a_deployment_when_the_service_stops_is_told_503_an
         .filter(|r| r.method == "POST" && r.path.contains("/sliceDeployment"))
         .count();
     assert_eq!(deployments, 1);
+}
+
+#[tokio::test]
+async fn an_event_stream_ends_as_the_stop_begins_not_once_a_held_answer_comes() {
+    let id = "streamed-mid-deploy";
+    // A grace far longer than the test waits for the stream to end.
+    let (mut app, answered) =
+        with_its_slice_deployment_held_and(id, &[("LCM__SERVER__SHUTDOWN_GRACE_SECS", "120")])
+            .await;
+    app.start_trial(id).await;
+    app.wait_for(id, "SliceDeployment in flight", |s| {
+        s["step"] == "SliceDeployment"
+    })
+    .await;
+    let mut stream = app.open_events(id).await;
+    assert_eq!(stream.status(), StatusCode::OK);
+    assert!(
+        stream.chunk().await.expect("reads").is_some(),
+        "the history arrives"
+    );
+    stop_while_an_answer_is_held(&mut app).await;
+    // The stop waits for the deployment's answer; the stream has ended already.
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the event stream ended while the stop waited"
+    );
+    let_the_answer_go_and_exit(&mut app, &answered).await;
 }
