@@ -423,7 +423,6 @@ impl Executor {
         let cleanup = self.cleaning_up();
         let stepping = self.stepping;
         let uncut = &self.shared.uncut;
-        uncut.store(false, Ordering::SeqCst);
         let abort_waits = AtomicBool::new(false);
         let mut abort_after: Option<String> = None;
         let result = {

@@ -112,6 +112,24 @@ pub async fn run(cx: &mut StepCx<'_>) -> Result<(), StepError> {
 /// answered the same. It is logged, recorded with the answers, and the trial ends aborted. Not
 /// so a 401 or 403 (the LCM's credentials, which can be mended), nor a 408 or 429 (asking
 /// again later may be answered): those, and a 5xx, fail the clean-up, which is retried.
+/// The mark of a request an abort or a stop lets have its answer ([`StepCx::uncut`]), for as
+/// long as the call lasts: taken away when it returns, and when its step is dropped (the
+/// executor aborted, or panicking).
+struct Uncut<'a>(&'a AtomicBool);
+
+impl<'a> Uncut<'a> {
+    fn set(flag: &'a AtomicBool) -> Self {
+        flag.store(true, Ordering::SeqCst);
+        Self(flag)
+    }
+}
+
+impl Drop for Uncut<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
 /// The statuses a step expects, as a failure's reason says them: `201 or 200`.
 fn said(expected: &[u16]) -> String {
     let said: Vec<String> = expected.iter().map(u16::to_string).collect();
@@ -128,7 +146,6 @@ async fn report_aborted(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     };
     let expected = || "204, or a refusal for good (a 4xx but 401, 403, 408, 429)".to_owned();
     // Like every status write, it has its answer before a stop.
-    cx.deps.services.authorize(Service::TrialRepository).await;
     match cx.call_uncut_accepting(request, &takes, &expected).await? {
         (204, _) => cx.data.repository_status = Some(status),
         (refused, _) => warn!(
@@ -325,28 +342,26 @@ async fn create_measurement_job(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     keep_measurement_job(cx, &reply).map(drop)
 }
 
-/// Sends a creation whose result the clean-up undoes (the slice, the measurement job). From
-/// the moment it leaves, what it asks for may exist, whatever the answer (or its absence)
-/// says: its place in the ledger is `requested` until the step keeps what the answer names,
-/// unless no attempt could have reached the service or it refused the request (a 4xx). One
-/// requested before (sent and never answered, with the same key) may be answered as a replay.
-async fn call_creating<S: Clone + PartialEq>(
+/// Sends a creation whose result the clean-up undoes (the slice, the measurement job). Once
+/// it has left, what it asks for may exist, whatever the answer (or its absence) says: its
+/// place in the ledger is `requested` until the step keeps what the answer names, unless no
+/// attempt could have reached the service or it refused the request (a 4xx). The place is
+/// marked when the call returns (an abort or a stop lets it return, and a step cut short
+/// before it left has asked for nothing). One requested before (sent and never answered,
+/// with the same key) may be answered as a replay.
+async fn call_creating<S: PartialEq>(
     cx: &mut StepCx<'_>,
     request: Outbound,
     place: fn(&mut Ledger) -> &mut S,
     requested: S,
 ) -> Result<Value, StepError> {
-    // An abort that comes while the access token is fetched cuts the step short: nothing
-    // was asked for then, and nothing is to be undone.
-    cx.deps.services.authorize(request.service).await;
-    let before = std::mem::replace(place(&mut cx.data.ledger), requested.clone());
-    let expected = creation_answers(before == requested);
+    let expected = creation_answers(*place(&mut cx.data.ledger) == requested);
     let answer = cx
         .call_uncut(request, expected)
         .await
         .map(|(_, reply)| reply);
-    if answer.is_err() && !cx.may_have_made {
-        *place(&mut cx.data.ledger) = before;
+    if answer.is_ok() || cx.may_have_made {
+        *place(&mut cx.data.ledger) = requested;
     }
     answer
 }
@@ -410,7 +425,6 @@ fn measurement_id(job: &Value) -> Option<String> {
 async fn recover_measurement_job(cx: &mut StepCx<'_>) -> Result<String, StepError> {
     let request = measurement_job_request(cx)?;
     // A creation sent again: like the first, it has its answer before a stop (or an abort).
-    cx.deps.services.authorize(request.service).await;
     let (_, reply) = cx
         .call_uncut(request, &[201, 200])
         .await
@@ -593,9 +607,9 @@ impl StepCx<'_> {
     /// Like [`Self::call_expecting`] for a request an abort meanwhile lets have its answer: a
     /// `POST` that makes what the clean-up undoes, so what it made is known and undone; a
     /// status written to the repository, so that the status the clean-up writes after it is
-    /// the last the repository takes. A stop lets it have its answer too. Its caller fetches
-    /// its access token first (`ServiceClient::authorize`): until then nothing has left, and
-    /// an abort cuts the step short.
+    /// the last the repository takes. A stop lets it have its answer too. Its access token is
+    /// fetched first (`ServiceClient::authorize`): until then nothing has left, and an abort
+    /// cuts the step short.
     async fn call_uncut(
         &mut self,
         request: Outbound,
@@ -613,10 +627,9 @@ impl StepCx<'_> {
         accepts: &(dyn Fn(u16) -> bool + Sync),
         expected: &(dyn Fn() -> String + Sync),
     ) -> Result<(u16, Value), StepError> {
-        self.uncut.store(true, Ordering::SeqCst);
-        let answer = self.call_accepting(request, accepts, expected).await;
-        self.uncut.store(false, Ordering::SeqCst);
-        answer
+        self.deps.services.authorize(request.service).await;
+        let _in_flight = Uncut::set(self.uncut);
+        self.call_accepting(request, accepts, expected).await
     }
 
     /// Sends a request, records the answer under the step, and requires `expected`. Returns
@@ -736,7 +749,6 @@ impl StepCx<'_> {
     /// `PUT trial_repository /trial/{id}/ {"status": status}`, answered 204.
     async fn update_status(&mut self, status: &str) -> Result<(), StepError> {
         let path = format!("trial/{}/", self.id);
-        self.deps.services.authorize(Service::TrialRepository).await;
         self.call_uncut(
             Outbound::new(Service::TrialRepository, Method::PUT, path)
                 .json(json!({"status": status})),

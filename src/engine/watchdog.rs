@@ -550,8 +550,6 @@ impl Watchdog {
     /// Starts an executor at the checkpoint: `rerun` when its step ran before, `stepping` to
     /// run that step even while the trial is paused.
     fn spawn_executor(&mut self, rerun: bool, stepping: bool) {
-        // An executor that died in the middle of such a request left it set.
-        self.shared.uncut.store(false, Ordering::SeqCst);
         let executor = Executor {
             id: self.shared.id.clone(),
             deps: self.shared.deps.clone(),
