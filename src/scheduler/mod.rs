@@ -23,7 +23,7 @@ use tracing::{error, info, warn};
 
 use crate::domain::{InvalidStartTime, StartTime, TrialId};
 use crate::engine::{EngineDeps, EngineShared, failure};
-use crate::services::registry::RegistryError;
+use crate::services::registry::{RegistryError, Unusable};
 use crate::store::{AuditEntry, Loaded, Op, Store, StoreError};
 use engines::EngineRegistry;
 
@@ -593,17 +593,23 @@ impl Scheduler {
         let mut report = ScheduleAllReport::default();
         let mut saves = Vec::new();
         let mut listed = std::collections::HashSet::new();
-        for trial in trials {
+        for listing in trials {
+            let trial = match listing {
+                Ok(trial) => trial,
+                Err(Unusable { entry, reason }) => {
+                    report.skipped.push(Skipped {
+                        id: entry,
+                        reason: reason.to_owned(),
+                    });
+                    continue;
+                }
+            };
             let skip = |report: &mut ScheduleAllReport, reason: String| {
                 report.skipped.push(Skipped {
                     id: trial.id.clone(),
                     reason,
                 });
             };
-            if let Some(why) = &trial.unusable {
-                skip(&mut report, why.clone());
-                continue;
-            }
             let id = match TrialId::parse(&trial.id) {
                 Ok(id) => id,
                 Err(e) => {

@@ -33,9 +33,14 @@ pub enum RegistryError {
 pub struct RegistryTrial {
     pub id: String,
     pub start_time: Option<String>,
-    /// Why a listed entry cannot be scheduled as it is written (then `id` says which entry it
-    /// is, if it has no id of its own).
-    pub unusable: Option<String>,
+}
+
+/// An entry of the registry's list that cannot be scheduled as it is written: which (its id,
+/// or its place in the list when it has none), and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unusable {
+    pub entry: String,
+    pub reason: &'static str,
 }
 
 /// The `id` of a trial object as the registry writes it: a string, or a number.
@@ -54,35 +59,27 @@ impl RegistryTrial {
             .get("start_time")
             .and_then(Value::as_str)
             .map(str::to_owned);
-        Some(Self {
-            id,
-            start_time,
-            unusable: None,
-        })
+        Some(Self { id, start_time })
     }
 
-    /// Entry `n` (from 1) of the registry's list, usable or not.
-    fn listed(n: usize, value: &Value) -> Self {
-        let unusable = |id: String, why: &str| Self {
-            id,
-            start_time: None,
-            unusable: Some(why.to_owned()),
-        };
+    /// Entry `n` (from 1) of the registry's list.
+    fn listed(n: usize, value: &Value) -> Result<Self, Unusable> {
+        let unusable = |entry: String, reason| Unusable { entry, reason };
         if !value.is_object() {
-            return unusable(
+            return Err(unusable(
                 format!("entry {n}"),
                 "the registry listed something that is not a trial object",
-            );
+            ));
         }
         let Some(trial) = Self::from_value(value) else {
-            return unusable(
+            return Err(unusable(
                 format!("entry {n}"),
                 "a trial object without an id (text or a number)",
-            );
+            ));
         };
         match value.get("start_time") {
-            Some(Value::String(_) | Value::Null) | None => trial,
-            Some(_) => unusable(trial.id, "start_time is not text"),
+            Some(Value::String(_) | Value::Null) | None => Ok(trial),
+            Some(_) => Err(unusable(trial.id, "start_time is not text")),
         }
     }
 }
@@ -136,7 +133,7 @@ impl ServiceClient {
 
     /// `GET /trial/`: every trial. Accepts a JSON array or a paginated `{"results": [...]}`.
     /// An entry that cannot be scheduled as it is written is listed too, saying why.
-    pub async fn list_trials(&self) -> Result<Vec<RegistryTrial>, RegistryError> {
+    pub async fn list_trials(&self) -> Result<Vec<Result<RegistryTrial, Unusable>>, RegistryError> {
         let reply = self
             .send(
                 &Outbound::new(Service::TrialRepository, Method::GET, "trial/"),
