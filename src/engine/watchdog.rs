@@ -364,44 +364,64 @@ impl Watchdog {
                         return self.leave();
                     }
                 }
-                () = sleep_until(cleanup_timer) => {
-                    let asked = self.checkpoint.failure.as_ref().and_then(|f| f.abort.clone());
-                    let reason = match asked {
-                        Some(reason) => {
-                            info!(reason = %reason, "the failure is reported: the abort asked for meanwhile starts");
-                            reason
-                        }
-                        None => {
-                            let after = self.shared.deps.settings.executor.cleanup_failed_after_secs.unwrap_or_default();
-                            let reason = if self.checkpoint.failure.as_ref().is_some_and(|f| f.cleanup_failed) {
-                                // Said with the wait it came after, which doubles each time.
-                                let waited = auto_abort_delay(after, true, self.auto_abort_rounds);
-                                self.auto_abort_rounds = self.auto_abort_rounds.saturating_add(1);
-                                format!("its clean-up failed: tried again after {waited} s")
-                            } else {
-                                format!("not restored within {after} s")
-                            };
-                            warn!(reason = %reason, "a failed trial was left alone: aborting it");
-                            reason
-                        }
-                    };
-                    // The asked abort's request is in the history since it was saved.
-                    let asked = self.checkpoint.failure.as_ref().is_some_and(|f| f.abort.is_some());
-                    match Box::pin(self.abort(reason, asked)).await {
-                        Ok(_) => self.asked_abort_retry = RESAVE_FIRST,
-                        // The operator's abort is tried again soon, like a checkpoint.
-                        Err(e) if asked => {
-                            let wait = self.asked_abort_retry;
-                            warn!(error = %e, "the clean-up did not start; it is tried again in {} s", wait.as_secs());
-                            self.auto_abort_not_before = Some(Deadline::now() + wait);
-                            self.asked_abort_retry = resave_after(wait);
-                        }
-                        Err(e) => {
-                            warn!(error = %e, "the clean-up did not start; it is tried again in a minute");
-                            self.auto_abort_not_before = Some(Deadline::now() + AUTO_ABORT_RETRY);
-                        }
-                    }
-                }
+                () = sleep_until(cleanup_timer) => Box::pin(self.clean_up_when_due()).await,
+            }
+        }
+    }
+
+    /// The clean-up of a failed trial, when [`Self::cleanup_timer`] says it is due: the abort
+    /// asked for while its failure was reported, or an automatic one. One that cannot start
+    /// is tried again later.
+    async fn clean_up_when_due(&mut self) {
+        let asked = self
+            .checkpoint
+            .failure
+            .as_ref()
+            .and_then(|f| f.abort.clone());
+        // The asked abort's request is in the history since it was saved.
+        let recorded = asked.is_some();
+        let reason = match asked {
+            Some(reason) => {
+                info!(reason = %reason, "the failure is reported: the abort asked for meanwhile starts");
+                reason
+            }
+            None => {
+                let after = self
+                    .shared
+                    .deps
+                    .settings
+                    .executor
+                    .cleanup_failed_after_secs
+                    .unwrap_or_default();
+                let reason = if self
+                    .checkpoint
+                    .failure
+                    .as_ref()
+                    .is_some_and(|f| f.cleanup_failed)
+                {
+                    // Said with the wait it came after, which doubles each time.
+                    let waited = auto_abort_delay(after, true, self.auto_abort_rounds);
+                    self.auto_abort_rounds = self.auto_abort_rounds.saturating_add(1);
+                    format!("its clean-up failed: tried again after {waited} s")
+                } else {
+                    format!("not restored within {after} s")
+                };
+                warn!(reason = %reason, "a failed trial was left alone: aborting it");
+                reason
+            }
+        };
+        match self.abort(reason, recorded).await {
+            Ok(_) => self.asked_abort_retry = RESAVE_FIRST,
+            // The operator's abort is tried again soon, like a checkpoint.
+            Err(e) if recorded => {
+                let wait = self.asked_abort_retry;
+                warn!(error = %e, "the clean-up did not start; it is tried again in {} s", wait.as_secs());
+                self.auto_abort_not_before = Some(Deadline::now() + wait);
+                self.asked_abort_retry = resave_after(wait);
+            }
+            Err(e) => {
+                warn!(error = %e, "the clean-up did not start; it is tried again in a minute");
+                self.auto_abort_not_before = Some(Deadline::now() + AUTO_ABORT_RETRY);
             }
         }
     }
@@ -894,7 +914,7 @@ impl Watchdog {
         if failure.abort.is_some() {
             return Ok(abort_accepted(&shared.id, true));
         }
-        failure.abort = Some(reason);
+        failure.abort = Some(reason.clone());
         if let Err(e) = self.save().await {
             if let Some(failure) = &mut self.checkpoint.failure {
                 failure.abort = None;
@@ -903,14 +923,9 @@ impl Watchdog {
         }
         // Shown at once: the trial is aborting, and no longer restorable.
         self.shared.move_to(self.lifecycle, &self.checkpoint);
-        let reason = self
-            .checkpoint
-            .failure
-            .as_ref()
-            .and_then(|f| f.abort.clone());
         self.shared
             .journal
-            .event(EventKind::AbortRequested, None, reason, None);
+            .event(EventKind::AbortRequested, None, Some(reason), None);
         info!("abort asked for while the failure is reported: the clean-up starts once it is");
         Ok(format!(
             "{} once the failure is reported",
