@@ -914,11 +914,7 @@ async fn a_stop_lets_a_slice_deployment_in_flight_have_its_answer_and_it_is_neve
     assert_eq!(callback.status, StatusCode::OK, "{callback:?}");
     app.drive_to_finished(id).await;
     assert_eq!(deployments(&app), 1, "the slice was asked for once");
-    assert!(
-        !app.platform
-            .status_history(id)
-            .contains(&"FAILED".to_owned())
-    );
+    assert_never_reported_failed(&app, id);
 }
 
 #[tokio::test]
@@ -945,11 +941,7 @@ async fn a_status_write_refused_while_the_service_stops_is_not_tried_again_nor_a
         StatusCode::OK
     );
     app.wait_finished(id).await;
-    assert!(
-        !app.platform
-            .status_history(id)
-            .contains(&"FAILED".to_owned())
-    );
+    assert_never_reported_failed(&app, id);
     assert!(app.failure_file(id).is_none(), "no failure file");
 }
 
