@@ -22,8 +22,8 @@
 //! request whose handling outlives its connection keeps the connection's place
 //! ([`ConnectionSlot`]) until it ends. At
 //! shutdown the listener closes, connections between requests close at once, those with a
-//! request in flight finish it (without keep-alive), and whatever is still open after
-//! `server.shutdown_grace_secs` is dropped.
+//! request in flight finish it (without keep-alive), and whatever is still open
+//! `server.shutdown_grace_secs` after the stop began is dropped.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -95,33 +95,40 @@ impl From<&ServerSettings> for Limits {
     }
 }
 
+/// How long requests still have once the stop's own work ended, however late it did.
+const LAST_ANSWERS: Duration = Duration::from_secs(1);
+
 /// Serves `router` on `listener` until `shutdown` completes, then drains the open connections
 /// and waits for the requests still being handled (`handlers`: a request's handling may
-/// outlive its connection), both within `limits.shutdown_grace`. Handlers see the client's
-/// address as [`ConnectInfo<SocketAddr>`].
+/// outlive its connection), both within `limits.shutdown_grace` of the instant `shutdown`
+/// returns: when the stop began, so the whole stop, `shutdown`'s own work included, takes
+/// one grace (or [`LAST_ANSWERS`] after that work, if it took longer). Handlers see the
+/// client's address as [`ConnectInfo<SocketAddr>`].
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
     handlers: TaskTracker,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = Instant>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let draining = CancellationToken::new();
     let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
-    loop {
+    let stop_began = loop {
         // Beyond the cap nothing is accepted: a new connection waits in the listen backlog
         // until an open one closes, and the open ones are served meanwhile.
         let permit = tokio::select! {
             biased;
-            () = &mut shutdown => break,
+            began = &mut shutdown => break began,
             permit = slots.clone().acquire_owned() => permit,
         };
-        let Ok(permit) = permit else { break };
+        let Ok(permit) = permit else {
+            break shutdown.await;
+        };
         let (stream, peer) = tokio::select! {
             biased;
-            () = &mut shutdown => break,
+            began = &mut shutdown => break began,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -144,11 +151,14 @@ pub async fn serve(
         ));
         // Finished connections leave the set here, so it holds only open ones.
         while connections.try_join_next().is_some() {}
-    }
+    };
     // New connections are refused from here on.
     drop(listener);
     draining.cancel();
-    let deadline = Instant::now() + limits.shutdown_grace;
+    // A request the stop's own work held (an abort waiting for an answer in flight, told 503
+    // once it ends) gets a moment to be answered even when that work took the whole grace.
+    let last_answers = LAST_ANSWERS.min(limits.shutdown_grace);
+    let deadline = (stop_began + limits.shutdown_grace).max(Instant::now() + last_answers);
     let drained = tokio::time::timeout_at(deadline, async {
         while connections.join_next().await.is_some() {}
     })
@@ -778,6 +788,8 @@ impl AsyncWrite for Guarded {
 
 #[cfg(test)]
 mod tests {
+    use futures_util::FutureExt;
+
     use super::*;
 
     fn limits() -> Limits {
@@ -860,7 +872,7 @@ mod tests {
             router,
             limits(),
             TaskTracker::new(),
-            stop.clone().cancelled_owned(),
+            stop.clone().cancelled_owned().map(|()| Instant::now()),
         ));
 
         let mut stream = TcpStream::connect(address).await.unwrap();
@@ -876,6 +888,70 @@ mod tests {
 
         stop.cancel();
         server.await.unwrap();
+    }
+
+    /// How long after the stop began a request that never ends is dropped, when the stop's own
+    /// work (engines waiting for an answer in flight) takes `own_work`.
+    async fn a_running_request_dropped_after(own_work: Duration) -> Duration {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let handling = Arc::new(Notify::new());
+        let started = handling.clone();
+        let router = Router::new().route(
+            "/",
+            axum::routing::get(move || async move {
+                started.notify_one();
+                std::future::pending::<()>().await;
+            }),
+        );
+        let stop = CancellationToken::new();
+        let stopping = stop.clone();
+        let began = Arc::new(Mutex::new(None));
+        let began_at = began.clone();
+        let server = tokio::spawn(serve(
+            listener,
+            router,
+            limits(),
+            TaskTracker::new(),
+            async move {
+                stopping.cancelled().await;
+                let began = Instant::now();
+                *began_at.lock().unwrap() = Some(began);
+                tokio::time::sleep(own_work).await;
+                began
+            },
+        ));
+
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        handling.notified().await;
+        // From here on only timers run: the clock moves on to each as soon as nothing else can.
+        tokio::time::pause();
+        stop.cancel();
+        server.await.unwrap();
+        let took = began.lock().unwrap().unwrap().elapsed();
+        tokio::time::resume();
+        took
+    }
+
+    #[tokio::test]
+    async fn the_whole_stop_takes_one_grace_whatever_the_stop_s_own_work_took_of_it() {
+        let grace = limits().shutdown_grace;
+        // Timers fire on the millisecond after their deadline.
+        let about = |expected: Duration| expected..expected + Duration::from_millis(10);
+        let took = a_running_request_dropped_after(grace - Duration::from_secs(2)).await;
+        assert!(
+            about(grace).contains(&took),
+            "dropped one grace after the stop began, not a grace after the stop's own work: {took:?}"
+        );
+        let took = a_running_request_dropped_after(grace * 2).await;
+        assert!(
+            about(grace * 2 + LAST_ANSWERS).contains(&took),
+            "work that overran the grace leaves the requests it held a moment to be answered: {took:?}"
+        );
     }
 
     #[tokio::test]

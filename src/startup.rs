@@ -151,8 +151,9 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes. Then, at once, every job, engine and heartbeat stops
-    /// (no job fires and no step starts after that) and event streams end; open connections
-    /// get `server.shutdown_grace_secs` to finish before this returns.
+    /// (no job fires and no step starts after that) and event streams end; an answer in flight
+    /// and the open connections get what is left of `server.shutdown_grace_secs`, counted from
+    /// then, to finish before this returns.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -170,6 +171,7 @@ impl Application {
         let handlers = state.handlers.clone();
         server::serve(listener, router, limits, handlers, async move {
             shutdown.await;
+            let began = tokio::time::Instant::now();
             for task in tasks {
                 task.abort();
             }
@@ -180,6 +182,7 @@ impl Application {
             stopping.shutdown.cancel();
             stopping.scheduler.shutdown().await;
             info!("shutting down: jobs and engines stopped, draining connections");
+            began
         })
         .await;
         upkeep.abort();
