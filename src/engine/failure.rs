@@ -150,10 +150,7 @@ async fn write_file(shared: &EngineShared, checkpoint: &Checkpoint, redactor: &R
 /// Writes `text` to `path` whole or not at all: into a file beside it first, then renamed over
 /// it. A disk that fills up meanwhile leaves the file as it was, not cut short or empty.
 async fn replace_file(path: &std::path::Path, text: String) -> std::io::Result<()> {
-    let mut name = std::ffi::OsString::from(".");
-    name.push(path.file_name().unwrap_or_default());
-    name.push(".tmp");
-    let written = path.with_file_name(name);
+    let written = beside(path);
     let result = match tokio::fs::write(&written, text).await {
         Ok(()) => tokio::fs::rename(&written, path).await,
         Err(e) => Err(e),
@@ -162,6 +159,15 @@ async fn replace_file(path: &std::path::Path, text: String) -> std::io::Result<(
         let _ = tokio::fs::remove_file(&written).await;
     }
     result
+}
+
+/// The file a new version of `path` is written to before it is renamed over it; a kill in
+/// between leaves it there.
+fn beside(path: &std::path::Path) -> PathBuf {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(".tmp");
+    path.with_file_name(name)
 }
 
 /// The most earlier failures a failure file lists.
@@ -225,20 +231,24 @@ pub async fn resolve_file(shared: &EngineShared, lifecycle: Lifecycle) {
 
 /// Removes the failure file of a trial the service has forgotten (deleted, or purged after
 /// its retention): what it says is of no trial any more.
+/// A new version's leftover beside it goes too.
 pub async fn remove_file(settings: &Settings, id: &TrialId) {
     let path = failure_file(settings, id);
-    match tokio::fs::remove_file(&path).await {
-        Ok(()) => {
-            info!(trial = %id, file = %path.display(), "failure file of a forgotten trial removed")
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            warn!(trial = %id, error = %e, file = %path.display(), "cannot remove the failure file of a forgotten trial")
+    for path in [beside(&path), path] {
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => {
+                info!(trial = %id, file = %path.display(), "failure file of a forgotten trial removed")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                warn!(trial = %id, error = %e, file = %path.display(), "cannot remove the failure file of a forgotten trial")
+            }
         }
     }
 }
 
-/// The trials that have a failure file in the log directory.
+/// The trials that have a failure file in the log directory, or the leftover of one's new
+/// version.
 pub async fn trials_with_files(settings: &Settings) -> Vec<TrialId> {
     let Ok(mut dir) = tokio::fs::read_dir(&settings.logging.dir).await else {
         return Vec::new();
@@ -248,11 +258,18 @@ pub async fn trials_with_files(settings: &Settings) -> Vec<TrialId> {
         let name = entry.file_name();
         let id = name
             .to_str()
+            .map(|n| {
+                n.strip_prefix('.')
+                    .and_then(|n| n.strip_suffix(".tmp"))
+                    .unwrap_or(n)
+            })
             .and_then(|n| n.strip_prefix("executor_"))
             .and_then(|n| n.strip_suffix("_fail.log"))
             .and_then(|id| TrialId::parse(id).ok());
         ids.extend(id);
     }
+    ids.sort_unstable();
+    ids.dedup();
     ids
 }
 

@@ -333,6 +333,11 @@ async fn trials_past_their_retention_are_purged_and_failed_ones_kept() {
     for id in ["old-finished", "old-failed", "recent-finished"] {
         std::fs::write(file(id), "{}").expect("a failure file");
     }
+    // And what a kill left of a new version of one, written beside it before a rename.
+    let leftover = |id: &str| logs.path().join(format!(".executor_{id}_fail.log.tmp"));
+    for id in ["old-aborted", "recent-finished"] {
+        std::fs::write(leftover(id), "{").expect("a leftover");
+    }
     let logs_dir = logs.path().to_path_buf();
     let app = spawn_app_with_settings(move |s| {
         s.store.data_dir = path;
@@ -352,14 +357,21 @@ async fn trials_past_their_retention_are_purged_and_failed_ones_kept() {
         app.get("/trial/old-finished/history").await.status,
         StatusCode::NOT_FOUND
     );
-    eventually("the purged trial's failure file removed", || async {
-        match file("old-finished").exists() {
-            false => Ok(()),
-            true => Err("still there".to_owned()),
+    eventually("the purged trials' failure files removed", || async {
+        match (
+            file("old-finished").exists(),
+            leftover("old-aborted").exists(),
+        ) {
+            (false, false) => Ok(()),
+            there => Err(format!("still there (file, leftover): {there:?}")),
         }
     })
     .await;
     assert!(file("old-failed").exists() && file("recent-finished").exists());
+    assert!(
+        leftover("recent-finished").exists(),
+        "a kept trial's is kept"
+    );
 }
 
 #[tokio::test]
