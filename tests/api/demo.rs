@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use crate::helpers::{free_port, run_lcm, scratch_of};
 
-/// Runs `lcm <args>` from a directory with no configuration (the demo and the benchmark must
-/// not depend on the working directory).
+/// Runs `lcm <args>` from an empty directory of its own (the demo and the benchmark must not
+/// depend on the working directory).
 async fn lcm(args: &[&str], limit: Duration) -> Output {
-    run_lcm(args, &[], &std::env::temp_dir(), limit).await
+    let dir = tempfile::tempdir().expect("tempdir");
+    run_lcm(args, &[], dir.path(), limit).await
 }
 
 /// Panics unless `wanted` appear in `text` in this order.

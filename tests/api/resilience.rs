@@ -960,10 +960,11 @@ async fn simulated_enforcement_reports_progress_while_it_deploys_and_closes() {
 #[tokio::test]
 async fn the_demo_shows_progress_as_it_comes() {
     let port = free_port().to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
     let output = run_lcm(
         &["demo", "--exit", "--port", &port],
         &[],
-        &std::env::temp_dir(),
+        dir.path(),
         Duration::from_secs(60),
     )
     .await;

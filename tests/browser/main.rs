@@ -227,13 +227,19 @@ async fn an_operator_schedules_a_trial_and_steers_it_to_finished_without_reloadi
     browser.goto(&format!("{base}/ui/trials")).await;
     assert_eq!(row_status(&browser, id).await.as_deref(), Ok("Finished"));
     browser.mark_page().await;
-    service.schedule_in("browser-second", 3000).await;
+    // Due in an hour while the page is looked at, however slow the browser; then soon.
+    service.schedule_in("browser-second", 3_600_000).await;
     eventually("the new trial listed as scheduled", || async {
         row_status(&browser, "browser-second")
             .await
             .and_then(|s| if s == "Scheduled" { Ok(()) } else { Err(s) })
     })
     .await;
+    let (removed, body) = service
+        .api(Method::DELETE, "/debug/trial/browser-second/schedule", None)
+        .await;
+    assert_eq!(removed, 200, "{body}");
+    service.schedule_in("browser-second", 300).await;
     eventually("the new trial listed as active", || async {
         row_status(&browser, "browser-second")
             .await

@@ -154,8 +154,9 @@ pub fn closed_port() -> u16 {
         .expect("a closed port below 1024")
 }
 
-/// The `lcm` binary, to run in `dir`: no configuration file but one it is given, its stdout
-/// dropped and its stderr kept in `dir`, killed when its child is dropped. Arguments and environment are the caller's.
+/// The `lcm` binary, to run in `dir`: no configuration file nor `LCM_…` variable but those it
+/// is given, its stdout dropped and its stderr kept in `dir`, killed when its child is
+/// dropped. Arguments and environment are the caller's.
 pub fn lcm_command(dir: &Path) -> Command {
     // What it says before its log exists (a setting refused, a port in use), kept in `dir`.
     let stderr = std::fs::OpenOptions::new()
@@ -164,9 +165,15 @@ pub fn lcm_command(dir: &Path) -> Command {
         .open(dir.join(STDERR_FILE))
         .map_or_else(|_| Stdio::null(), Stdio::from);
     let mut command = Command::new(env!("CARGO_BIN_EXE_lcm"));
+    // Settings from the environment the tests run in (`LCM__LOGGING__LEVEL`, say) would reach
+    // every binary: only a test's own are given.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("LCM_") {
+            command.env_remove(name);
+        }
+    }
     command
         .current_dir(dir)
-        .env_remove("LCM_CONFIG")
         .stdout(Stdio::null())
         .stderr(stderr)
         .kill_on_drop(true);
