@@ -133,9 +133,15 @@ pub async fn page(state: &AppState, mut query: TrialQuery) -> Result<Page, ApiEr
     let limit = query.limit;
     let wanted = query.statuses.clone();
     // A trial whose job fired while its first record could not be saved is stored as its job
-    // until it is: it is found as `Active`, as it is shown (a page may then hold fewer rows).
+    // until it is: it is found as `Active`, as it is shown.
     if wanted.contains(&ListedStatus::Active) && !wanted.contains(&ListedStatus::Scheduled) {
-        query.statuses.push(ListedStatus::Scheduled);
+        query.fired_jobs = state
+            .scheduler
+            .engines()
+            .not_yet_saved()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
     }
     let mut rows = state
         .scheduler

@@ -276,6 +276,11 @@ impl EngineHandle {
         &self.shared.id
     }
 
+    /// Whether the engine's first record is saved: its executor starts then.
+    pub fn first_record_saved(&self) -> bool {
+        self.shared.commands.renewed()
+    }
+
     /// The engine's current state, borrowed: read what you need and let go.
     pub fn snapshot(&self) -> watch::Ref<'_, Snapshot> {
         self.shared.state.borrow()

@@ -115,6 +115,16 @@ impl EngineRegistry {
         list
     }
 
+    /// The trials whose engine's first record is not saved yet (the store could not write
+    /// when their job fired): each is still stored as its job.
+    pub fn not_yet_saved(&self) -> Vec<TrialId> {
+        self.map()
+            .iter()
+            .filter(|(_, handle)| !handle.first_record_saved())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     /// Every engine in memory.
     pub fn handles(&self) -> Vec<EngineHandle> {
         self.map().values().cloned().collect()

@@ -288,6 +288,9 @@ pub struct TrialQuery {
     pub id_contains: Option<String>,
     /// Rows strictly after this `(created_at, trial_id)` in newest-first order.
     pub after: Option<(String, String)>,
+    /// Jobs to list even when `Scheduled` is not asked for: those that fired while their
+    /// trial's first record could not be saved (the caller shows them as they run).
+    pub fired_jobs: Vec<String>,
     pub limit: usize,
 }
 

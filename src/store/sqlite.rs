@@ -1324,8 +1324,15 @@ impl Reader for SqliteReader {
                 rows.push(row.map_err(read)?);
             }
         }
-        if want(ListedStatus::Scheduled) {
-            let (filter, mut values) = listing_filter(query, &[]);
+        let fired_only = !want(ListedStatus::Scheduled);
+        if !fired_only || !query.fired_jobs.is_empty() {
+            let (mut filter, mut values) = listing_filter(query, &[]);
+            if fired_only {
+                let marks = vec!["?"; query.fired_jobs.len()].join(", ");
+                let joint = if filter.is_empty() { "WHERE" } else { " AND" };
+                filter.push_str(&format!("{joint} trial_id IN ({marks})"));
+                values.extend(query.fired_jobs.iter().cloned());
+            }
             values.push(limit.to_string());
             let sql = format!(
                 "SELECT trial_id, 'Scheduled', NULL, NULL, NULL, NULL, created_at, created_at,

@@ -235,6 +235,9 @@ async fn the_listing_pages_newest_first_with_every_filter() {
     ] {
         assert_eq!(ids(&listed(&app, query).await), expected, "{query}");
     }
+    // Jobs newer than the active trial take no room on its page.
+    let first = listed(&app, "?status=Active&limit=1").await;
+    assert_eq!(ids(&first), ["list-idle"], "{first}");
     let idle = &listed(&app, "?status=Active").await["trials"][0];
     assert_eq!(idle["status"], "Waiting");
     assert_eq!(idle["waiting_for"], "the operator (active or finish)");
