@@ -257,6 +257,28 @@ fn spawn_switch(store: Store, automatic: Arc<watch::Sender<bool>>) -> mpsc::Send
 /// How often ended trials older than `store.retention_days` are purged.
 const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
 
+/// How many trials, and audit entries, one write of a purge removes: the writes of running
+/// trials go in between, so a purge of a large backlog (a retention shortened on a store of
+/// years) holds none of them up for long, and the write-ahead log stays small.
+const PURGE_TRIALS: usize = 50;
+const PURGE_AUDIT: usize = 5_000;
+
+/// Writes `step(at_most)` until a write removes fewer than `at_most`; counts what they removed.
+async fn purge_in_steps(
+    store: &Store,
+    at_most: usize,
+    step: impl Fn(usize) -> Op,
+) -> Result<usize, StoreError> {
+    let mut removed = 0;
+    loop {
+        let now = store.write(step(at_most)).await?;
+        removed += now;
+        if now < at_most {
+            return Ok(removed);
+        }
+    }
+}
+
 impl Scheduler {
     /// A scheduler with no jobs and no engines; `ended` receives the engines whose trial ended
     /// (the `ended` sender of `deps`).
@@ -871,17 +893,27 @@ impl Scheduler {
             loop {
                 let cutoff = Utc::now()
                     - chrono::Duration::days(i64::try_from(days).unwrap_or(i64::MAX / 86_400));
-                match scheduler
-                    .store()
-                    .write(Op::Purge {
-                        ended_before: cutoff,
-                    })
-                    .await
-                {
+                let store = scheduler.store();
+                let trials = purge_in_steps(store, PURGE_TRIALS, |at_most| Op::Purge {
+                    ended_before: cutoff,
+                    at_most,
+                });
+                match trials.await {
                     Ok(0) => {}
                     Ok(purged) => info!(purged, days, "ended trials past their retention purged"),
                     Err(e) => {
                         warn!(error = %e, "the purge of old trials failed; it runs again later")
+                    }
+                }
+                let audit = purge_in_steps(store, PURGE_AUDIT, |at_most| Op::PurgeAudit {
+                    before: cutoff,
+                    at_most,
+                });
+                match audit.await {
+                    Ok(0) => {}
+                    Ok(purged) => info!(purged, days, "audit entries past their retention purged"),
+                    Err(e) => {
+                        warn!(error = %e, "the purge of old audit entries failed; it runs again later")
                     }
                 }
                 scheduler.remove_forgotten_failure_files().await;

@@ -140,10 +140,19 @@ pub enum Op {
     DeleteTrial {
         id: TrialId,
     },
-    /// Removes finished and aborted trials that ended before this instant (counts them), and
-    /// the audit entries written before it.
+    /// Removes up to `at_most` finished and aborted trials that ended before this instant,
+    /// the earliest ended first (counts them). A purge goes in such bounded steps, so that
+    /// the writes of running trials are never held up long and the write-ahead log stays
+    /// small.
     Purge {
         ended_before: DateTime<Utc>,
+        at_most: usize,
+    },
+    /// Removes up to `at_most` audit entries written before this instant, the oldest first
+    /// (counts them).
+    PurgeAudit {
+        before: DateTime<Utc>,
+        at_most: usize,
     },
     Revoke {
         jti: String,
@@ -170,6 +179,7 @@ impl Op {
             Op::AppendResponse { .. } => "append response",
             Op::DeleteTrial { .. } => "delete trial",
             Op::Purge { .. } => "purge ended trials",
+            Op::PurgeAudit { .. } => "purge audit entries",
             Op::Revoke { .. } => "revoke token",
             Op::SetAutomatic(_) => "set automatic scheduling",
             Op::Audit(_) | Op::AuditIfChanged(_) => "append audit entry",

@@ -167,6 +167,9 @@ const V4: &str = "CREATE TABLE trial_events_v4 (
      DROP INDEX trials_live;
      CREATE INDEX trials_live ON trials (live, engine_status);";
 
+/// Version 5: ended trials found by their end, so that a purge reads only what it removes.
+const V5: &str = "CREATE INDEX trials_ended ON trials (ended_at);";
+
 /// The schema, one migration per version.
 fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
@@ -174,6 +177,7 @@ fn migrations() -> Migrations<'static> {
         M::up_with_hook(V2, migrate_engines),
         M::up(V3),
         M::up(V4),
+        M::up(V5),
     ])
 }
 
@@ -690,13 +694,15 @@ macro_rules! stored_time {
     };
 }
 
-/// The trials a purge removes: ended (finished or aborted) before the cutoff. Failed trials
-/// stay until they are restored, aborted or deleted, and so does a trial whose end is not a
-/// time as the store writes it.
+/// The trials a purge removes (`?2` at most): ended (finished or aborted) before the cutoff,
+/// the earliest ended first, found by their end (in the index's order, so no sort: trials
+/// that ended at the same instant come in the order they were stored). Failed trials stay until they are restored,
+/// aborted or deleted, and so does a trial whose end is not a time as the store writes it.
 const PURGED: &str = concat!(
-    "SELECT trial_id FROM trials WHERE engine_status IN ('Finished', 'Aborted') AND ended_at < ?1
-         AND ended_at ",
-    stored_time!()
+    "SELECT trial_id FROM trials WHERE ended_at < ?1 AND ended_at ",
+    stored_time!(),
+    " AND engine_status IN ('Finished', 'Aborted')
+     ORDER BY ended_at LIMIT CAST(?2 AS INTEGER)"
 );
 
 /// Rewrites one part of a trial's saved checkpoint, the rest as written.
@@ -765,30 +771,33 @@ fn apply_op(tx: &Transaction, op: &Op) -> rusqlite::Result<usize> {
                 params![id.as_str()],
             )
         }
-        Op::Purge { ended_before } => {
+        Op::Purge {
+            ended_before,
+            at_most,
+        } => {
             let cutoff = time(*ended_before);
-            exec(
-                tx,
-                &format!("DELETE FROM trial_events WHERE trial_id IN ({PURGED})"),
-                params![cutoff],
-            )?;
-            exec(
-                tx,
-                &format!("DELETE FROM trial_responses WHERE trial_id IN ({PURGED})"),
-                params![cutoff],
-            )?;
-            let trials = exec(
-                tx,
-                &format!("DELETE FROM trials WHERE trial_id IN ({PURGED})"),
-                params![cutoff],
-            )?;
-            exec(
-                tx,
-                concat!("DELETE FROM audit WHERE at < ?1 AND at ", stored_time!()),
-                params![cutoff],
-            )?;
-            Ok(trials)
+            let at_most = at_most.to_string();
+            // The same trials each time, until the last statement removes them.
+            let delete = |table: &str| {
+                exec(
+                    tx,
+                    &format!("DELETE FROM {table} WHERE trial_id IN ({PURGED})"),
+                    params![cutoff, at_most],
+                )
+            };
+            delete("trial_events")?;
+            delete("trial_responses")?;
+            delete("trials")
         }
+        Op::PurgeAudit { before, at_most } => exec(
+            tx,
+            concat!(
+                "DELETE FROM audit WHERE seq IN (SELECT seq FROM audit WHERE at < ?1 AND at ",
+                stored_time!(),
+                " ORDER BY seq LIMIT CAST(?2 AS INTEGER))"
+            ),
+            params![time(*before), at_most.to_string()],
+        ),
         Op::Revoke { jti, exp } => exec(
             tx,
             "INSERT INTO revoked_tokens (jti, expires_at) VALUES (?1, ?2)

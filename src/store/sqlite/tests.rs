@@ -457,13 +457,21 @@ fn a_purge_removes_old_ended_trials_and_keeps_the_rest() {
     ] {
         store.conn.execute(damage, []).unwrap();
     }
-    let counts = put(
-        &mut store,
-        vec![Op::Purge {
-            ended_before: now - Duration::days(90),
-        }],
-    );
-    assert_eq!(counts, [2]);
+    let cutoff = now - Duration::days(90);
+    let purge = || Op::Purge {
+        ended_before: cutoff,
+        at_most: 1,
+    };
+    // In steps of at most one, the earliest ended first (then as stored).
+    assert_eq!(put(&mut store, vec![purge()]), [1]);
+    assert!(!listed_ids(&store).contains(&"old-finished".to_owned()));
+    assert!(listed_ids(&store).contains(&"old-aborted".to_owned()));
+    assert_eq!(put(&mut store, vec![purge(), purge()]), [1, 0]);
+    let audit_purge = Op::PurgeAudit {
+        before: cutoff,
+        at_most: 10,
+    };
+    assert_eq!(put(&mut store, vec![audit_purge]), [1]);
     let mut kept = listed_ids(&store);
     kept.sort_unstable();
     assert_eq!(
@@ -807,8 +815,21 @@ fn an_audit_number_is_never_used_again_even_after_a_purge_took_every_entry() {
     );
     put(
         &mut store,
-        vec![Op::Purge {
-            ended_before: now - Duration::days(90),
+        vec![Op::PurgeAudit {
+            before: now - Duration::days(90),
+            at_most: 1,
+        }],
+    );
+    assert_eq!(
+        actions(&store),
+        ["second"],
+        "at most one a write, the oldest first"
+    );
+    put(
+        &mut store,
+        vec![Op::PurgeAudit {
+            before: now - Duration::days(90),
+            at_most: 1,
         }],
     );
     assert!(actions(&store).is_empty());
@@ -1011,7 +1032,7 @@ fn a_version_3_journal_is_moved_into_the_order_it_happened_in_and_reads_the_same
         .conn
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     let schema: String = store
         .conn
         .query_row(
@@ -1114,5 +1135,37 @@ fn start_up_finds_the_live_trials_by_the_index_not_by_reading_every_row() {
     assert!(
         plan.iter().any(|step| step.contains("trials_live")),
         "{plan:?}"
+    );
+}
+
+#[test]
+fn a_purge_finds_the_trials_it_removes_by_their_end_not_by_reading_every_row() {
+    let mut store = SqliteBackend::in_memory().unwrap();
+    let now = Utc::now();
+    put(
+        &mut store,
+        (0..2000)
+            .map(|i| Op::PutTrial(Box::new(record(&format!("t{i}"), Lifecycle::Finished, now))))
+            .collect(),
+    );
+    let plan: Vec<String> = store
+        .conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {PURGED}"))
+        .unwrap()
+        .query_map(params![time(now), 200], |row| row.get(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        plan.iter().all(|step| !step.starts_with("SCAN trials")),
+        "{plan:?}"
+    );
+    assert!(
+        plan.iter().any(|step| step.contains("trials_ended")),
+        "{plan:?}"
+    );
+    assert!(
+        plan.iter().all(|step| !step.contains("TEMP B-TREE")),
+        "no sort of every old trial at each step: {plan:?}"
     );
 }
