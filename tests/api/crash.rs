@@ -66,8 +66,9 @@ async fn trials_survive_a_sigkill_and_complete_after_restart() {
     for id in [mid, slice, idle, active, failed, cleanup, paused] {
         app.schedule_in(id, 300).await;
     }
+    // Due in an hour: however slow the steps up to the restart, it is still a job there.
     assert_eq!(
-        app.schedule(future, &in_ms(12_000)).await.status,
+        app.schedule(future, &in_ms(3_600_000)).await.status,
         StatusCode::OK
     );
 
@@ -126,8 +127,9 @@ async fn trials_survive_a_sigkill_and_complete_after_restart() {
         .await;
     assert_eq!(revoked.status, StatusCode::OK);
 
-    // A job whose start passes while the service is down, within the misfire grace.
-    let late_start = app.schedule_in(late, 800).await;
+    // A job whose start passes while the service is down, within the misfire grace: due
+    // far enough ahead that a slow test still kills the service before it fires.
+    let late_start = app.schedule_in(late, 5_000).await;
     let flightplans_before = lines(&app, mid)
         .iter()
         .filter(|l| *l == "POST /flightplan")
@@ -171,6 +173,11 @@ async fn trials_survive_a_sigkill_and_complete_after_restart() {
         .filter_map(|j| j["id"].as_str())
         .collect();
     assert_eq!(scheduled, [future]);
+    // The future trial is run now rather than in an hour: its job is taken off and set again
+    // soon.
+    let unscheduled = app.delete(&format!("/debug/trial/{future}/schedule")).await;
+    assert_eq!(unscheduled.status, StatusCode::OK, "{unscheduled:?}");
+    app.schedule_in(future, 300).await;
 
     // The revoked token stays refused.
     let verify = app
