@@ -531,11 +531,11 @@ async fn reads_the_store_cannot_answer_are_503_and_answer_again_once_it_does() {
 
 #[tokio::test]
 async fn an_action_on_a_trial_without_a_live_engine_says_why_it_is_refused() {
-    let app = spawn_app_with_settings(|s| s.engine.keep_finished_secs = 1).await;
+    // In memory, finished (kept there for the default five minutes): it takes no signal.
+    let kept = spawn_app().await;
     let id = "ended";
-    app.run_to_finished(id).await;
-    // In memory, finished: it takes no signal.
-    let refused = app.post(&format!("/trial/{id}/active"), None).await;
+    kept.run_to_finished(id).await;
+    let refused = kept.post(&format!("/trial/{id}/active"), None).await;
     assert_eq!(refused.status, StatusCode::CONFLICT, "{refused:?}");
     assert!(
         refused
@@ -543,8 +543,9 @@ async fn an_action_on_a_trial_without_a_live_engine_says_why_it_is_refused() {
             .contains("does not take signals: its engine is Finished"),
         "{refused:?}"
     );
-    // Gone from memory: read from the store, and still refused for what it is.
-    app.wait_engine_gone(id).await;
+    // Gone from memory (in a service that keeps it a second): read from the store, and still
+    // refused for what it is.
+    let (app, _) = spawn_app_with_an_ended_trial_on_busy_reads(id).await;
     for action in ["active", "pause"] {
         let refused = app.post(&format!("/trial/{id}/{action}"), None).await;
         assert_eq!(refused.status, StatusCode::CONFLICT, "{refused:?}");
