@@ -278,7 +278,8 @@ fn hand_made_cursors() -> impl Iterator<Item = String> {
 
 #[tokio::test]
 async fn an_ended_engine_leaves_memory_and_reads_the_same_from_the_store() {
-    let app = spawn_app_with_settings(|s| s.engine.keep_finished_secs = 3).await;
+    // Kept long enough that the first reads, however slow, come from memory.
+    let app = spawn_app_with_settings(|s| s.engine.keep_finished_secs = 8).await;
     let id = "evicted";
     app.run_to_finished(id).await;
     let read = |what: &'static str| {
