@@ -714,7 +714,8 @@ async fn no_part_of_a_secret_is_shown_where_an_answer_is_cut_or_names_it_in_a_ke
 
 #[tokio::test]
 async fn a_restore_at_the_operator_s_wait_tells_the_repository_the_trial_waits_again() {
-    let app = spawn_app_with_settings(|s| s.executor.operator_timeout_secs = Some(1)).await;
+    // Long enough for the pause to come before it, however slow the test.
+    let app = spawn_app_with_settings(|s| s.executor.operator_timeout_secs = Some(5)).await;
     let id = "restored-at-idle";
     app.start_to_idle(id).await;
     // Paused, it times out all the same (deadlines keep running); restored, it is still paused.
@@ -731,8 +732,8 @@ async fn a_restore_at_the_operator_s_wait_tells_the_repository_the_trial_waits_a
     .await;
     let restored = app.post(&format!("/debug/engine/{id}/restore"), None).await;
     assert_eq!(restored.status, StatusCode::OK, "{restored:?}");
-    // The repository hears the trial waits at IDLE again. (Its wait has a one-second deadline
-    // again, so what follows is not asserted.)
+    // The repository hears the trial waits at IDLE again. (Its wait has a deadline again, so
+    // what follows is not asserted.)
     eventually("IDLE written after FAILED", || async {
         let statuses = app.platform.status_history(id);
         if statuses.windows(2).any(|w| w == ["FAILED", "IDLE"]) {
