@@ -787,7 +787,8 @@ async fn kpi_monitoring_down_for_good_keeps_no_slice_deployed() {
 async fn a_failed_trial_left_alone_is_cleaned_up_on_its_own() {
     let app = spawn_app_with_settings(|s| {
         single_attempt(s);
-        s.executor.cleanup_failed_after_secs = Some(1);
+        // Long enough for the restore to come first, however slow the test.
+        s.executor.cleanup_failed_after_secs = Some(5);
     })
     .await;
     let (restored, left) = ("restored-in-time", "left-alone");
@@ -809,7 +810,7 @@ async fn a_failed_trial_left_alone_is_cleaned_up_on_its_own() {
         .await;
     assert_eq!(
         first_event(&app, left, "abort_requested").await["detail"],
-        "not restored within 1 s"
+        "not restored within 5 s"
     );
     // The restored trial failed first: its time has passed too, and it carries on.
     let status = app.trial_status(restored).await;
