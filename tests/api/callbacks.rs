@@ -266,7 +266,9 @@ async fn early_callbacks_are_kept_until_their_step_completes() {
 
 #[tokio::test]
 async fn a_missing_callback_times_out_and_the_trial_can_be_restored() {
-    let app = spawn_app_with_settings(|s| s.executor.callback_timeout_secs = 1).await;
+    // Long enough that the callback sent after the restore comes within the wait's time
+    // again, however slow the test.
+    let app = spawn_app_with_settings(|s| s.executor.callback_timeout_secs = 5).await;
     let id = "timeout";
     app.platform.inject(drop_slice_callback(id));
     app.start_trial(id).await;
