@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 
 use lcm::sim::{Component, Fault, FaultAction, Gate};
 use reqwest::{Method, StatusCode};
@@ -500,19 +500,6 @@ async fn a_restart_does_not_give_a_wait_its_whole_time_again() {
         ended - resumed < whole,
         "it waited its whole time again after the restart ({resumed} to {ended}): {history:#?}"
     );
-}
-
-/// When the `n`-th event of `kind` in `history` happened.
-fn event_time(history: &[serde_json::Value], kind: &str, n: usize) -> DateTime<Utc> {
-    let event = history
-        .iter()
-        .filter(|e| e["event"] == kind)
-        .nth(n)
-        .unwrap_or_else(|| panic!("no {kind} event number {n}: {history:#?}"));
-    event["at"]
-        .as_str()
-        .and_then(|at| at.parse().ok())
-        .unwrap_or_else(|| panic!("no time in {event}"))
 }
 
 #[tokio::test]

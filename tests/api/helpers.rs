@@ -1162,6 +1162,19 @@ pub fn signed_token(secret: &str, trial: &str, exp_in_secs: i64) -> String {
     .expect("the test token encodes")
 }
 
+/// When the `n`-th event of `kind` in `history` happened.
+pub fn event_time(history: &[Value], kind: &str, n: usize) -> DateTime<Utc> {
+    let event = history
+        .iter()
+        .filter(|e| e["event"] == kind)
+        .nth(n)
+        .unwrap_or_else(|| panic!("no {kind} event number {n}: {history:#?}"));
+    event["at"]
+        .as_str()
+        .and_then(|at| at.parse().ok())
+        .unwrap_or_else(|| panic!("no time in {event}"))
+}
+
 /// Asserts an error answer: `status`, and a JSON `detail` that says something.
 pub fn assert_detail(answer: &Answer, status: StatusCode) {
     assert_eq!(answer.status, status, "{answer:?}");
