@@ -159,14 +159,24 @@ async fn retry_after_sets_the_wait_up_to_the_cap() {
         app.wait_waiting(id, WAITING_OPERATOR).await;
     }
 
+    // At least what was asked was waited; how much more a busy machine took is not asked: the
+    // wait the service chose is in the history.
     for id in [seconds, date] {
         let puts = sent(&app, id, "PUT", "/trial/");
         let waited = gap(&puts[0], &puts[1]);
         assert!(
-            waited >= Duration::from_millis(1900) && waited < Duration::from_secs(5),
+            waited >= Duration::from_millis(1900),
             "{id}: the retry came {waited:?} after the 429"
         );
     }
+    let retry = app.history(date).await;
+    let chosen = events(&retry, "step_retry")[0]["duration_ms"]
+        .as_u64()
+        .expect("the wait");
+    assert!(
+        chosen <= 3000,
+        "the date asked at most 3 s, {chosen} ms waited"
+    );
     let retry = app.history(seconds).await;
     let retry = events(&retry, "step_retry");
     assert_eq!(retry.len(), 1);
@@ -183,7 +193,7 @@ async fn retry_after_sets_the_wait_up_to_the_cap() {
     let marks = sent(&app, capped, "POST", "/markKPIData");
     let waited = gap(&marks[0], &marks[1]);
     assert!(
-        waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
+        waited >= Duration::from_millis(250),
         "the capped retry came {waited:?} after the 429"
     );
     let retry = app.history(capped).await;
