@@ -798,49 +798,64 @@ async fn progress_callbacks_are_checked_shown_and_taken_only_at_a_component_wait
 
 #[tokio::test]
 async fn heartbeats_keep_a_component_wait_alive_and_without_them_it_fails() {
-    let app = spawn_app_with_settings(|s| s.executor.callback_heartbeat_secs = Some(1)).await;
+    // Long enough that a slow test still beats (and calls back after a restore) in time; the
+    // two trials run side by side, so the silent one's wait passes while the other beats.
+    let limit = 5;
+    let app =
+        spawn_app_with_settings(move |s| s.executor.callback_heartbeat_secs = Some(limit)).await;
     let (silent, beating) = ("silent", "beating");
     app.platform.inject(drop_slice_callback(silent));
     app.platform.inject(drop_slice_callback(beating));
-
     app.start_trial(silent).await;
-    let failed = app.wait_failed(silent).await;
-    assert_eq!(
-        failed["failure"],
-        "timed out waiting for the slice callback (slice created): no progress for 1 s"
-    );
-    let restore = app
-        .post(&format!("/debug/engine/{silent}/restore"), None)
-        .await;
-    assert_eq!(restore.status, StatusCode::OK, "{restore:?}");
-    let token = app.token_of(silent);
-    let answer = app.callback(silent, "slice", Some(&token)).await;
-    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
-    app.wait_waiting(silent, WAITING_OPERATOR).await;
-
     app.start_trial(beating).await;
-    app.wait_waiting(beating, WAITING_SLICE).await;
-    let since = tokio::time::Instant::now();
-    let token = app.token_of(beating);
-    let path = format!("/trial/{beating}/callback/progress");
-    let mut every = tokio::time::interval(Duration::from_millis(200));
-    for n in 1..=10u64 {
-        every.tick().await;
-        let body = json!({"progress": n * 9, "message": format!("step {n} of 11")});
-        let answer = app
-            .call_as(Method::POST, &path, Some(body), Some(&token))
+
+    let fails = async {
+        let failed = app.wait_failed(silent).await;
+        assert_eq!(
+            failed["failure"],
+            format!(
+                "timed out waiting for the slice callback (slice created): no progress for {limit} s"
+            )
+        );
+        let restore = app
+            .post(&format!("/debug/engine/{silent}/restore"), None)
             .await;
-        assert_eq!(answer.status, StatusCode::OK, "heartbeat {n}: {answer:?}");
-    }
-    assert!(
-        since.elapsed() > Duration::from_millis(1500),
-        "the heartbeats outlasted the heartbeat deadline"
-    );
+        assert_eq!(restore.status, StatusCode::OK, "{restore:?}");
+        let token = app.token_of(silent);
+        let answer = app.callback(silent, "slice", Some(&token)).await;
+        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+        app.wait_waiting(silent, WAITING_OPERATOR).await;
+    };
+    let beats = async {
+        app.wait_waiting(beating, WAITING_SLICE).await;
+        // Beats until the wait has lasted half as long again as its limit, by the service's
+        // own clock.
+        let began = event_time(&app.history(beating).await, "waiting", 0);
+        let outlasted =
+            began + chrono::Duration::milliseconds(1500 * i64::try_from(limit).unwrap());
+        let token = app.token_of(beating);
+        let path = format!("/trial/{beating}/callback/progress");
+        let mut every = tokio::time::interval(Duration::from_millis(500));
+        let mut n = 0;
+        while Utc::now() <= outlasted {
+            every.tick().await;
+            n += 1;
+            let body = json!({"progress": n, "message": format!("heartbeat {n}")});
+            let answer = app
+                .call_as(Method::POST, &path, Some(body), Some(&token))
+                .await;
+            assert_eq!(answer.status, StatusCode::OK, "heartbeat {n}: {answer:?}");
+        }
+        n
+    };
+    let ((), beats) = tokio::join!(fails, beats);
+
+    let token = app.token_of(beating);
     let answer = app.callback(beating, "slice", Some(&token)).await;
     assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
     app.wait_waiting(beating, WAITING_OPERATOR).await;
     let history = app.history(beating).await;
-    assert_eq!(events(&history, "progress").len(), 10);
+    assert_eq!(events(&history, "progress").len(), beats);
     assert!(events(&history, "trial_failed").is_empty(), "{history:#?}");
 }
 
