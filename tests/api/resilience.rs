@@ -878,20 +878,22 @@ async fn finished_by_its_deadline(app: &TestApp, id: &str, statuses: &[&str]) {
     assert_eq!(history[at + 2]["step"], "UpdateStatusStopping");
 }
 
-/// Starts `id` and, with `active`, marks it active at IDLE.
+/// Starts `id` and, with `active`, marks it active at IDLE. (Where each waits once it is left
+/// is not looked at: its deadline may end the wait first; [`finished_by_its_deadline`] checks
+/// the way it went.)
 async fn start_and_leave(app: &TestApp, id: &str, active: bool) {
     app.start_trial(id).await;
-    app.wait_waiting(id, WAITING_OPERATOR).await;
     if active {
+        app.wait_waiting(id, WAITING_OPERATOR).await;
         let answer = app.post(&format!("/trial/{id}/active"), None).await;
         assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
-        app.wait_waiting(id, "operator (finish)").await;
     }
 }
 
 #[tokio::test]
 async fn max_trial_secs_finishes_a_trial_from_idle_and_from_active() {
-    let app = spawn_app_with_settings(|s| s.executor.max_trial_secs = Some(3)).await;
+    // Long enough for the active one to be marked active first, however slow the test.
+    let app = spawn_app_with_settings(|s| s.executor.max_trial_secs = Some(6)).await;
     let (idle, active) = ("bounded-idle", "bounded-active");
     start_and_leave(&app, idle, false).await;
     start_and_leave(&app, active, true).await;
@@ -908,13 +910,18 @@ async fn the_registry_end_time_finishes_a_trial_and_one_already_past_fails_it() 
         app.platform.add_trial(trial);
     };
     let (idle, active, past) = ("ends-idle", "ends-active", "ended-already");
-    let soon = Utc::now() + chrono::Duration::seconds(3);
+    // Far enough ahead for the active one to be marked active first, however slow the test.
+    let soon = Utc::now() + chrono::Duration::seconds(8);
     ends(idle, soon);
     ends(active, soon);
     ends(past, Utc::now() - chrono::Duration::minutes(1));
     for id in [idle, active, past] {
         app.schedule_in(id, 300).await;
     }
+
+    app.wait_waiting(active, WAITING_OPERATOR).await;
+    let answer = app.post(&format!("/trial/{active}/active"), None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
 
     let failed = app.wait_failed(past).await;
     assert_eq!(failed["state"], "GetTrialInfo");
@@ -925,10 +932,6 @@ async fn the_registry_end_time_finishes_a_trial_and_one_already_past_fails_it() 
         "{reason}"
     );
 
-    app.wait_waiting(idle, WAITING_OPERATOR).await;
-    app.wait_waiting(active, WAITING_OPERATOR).await;
-    let answer = app.post(&format!("/trial/{active}/active"), None).await;
-    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
     finished_by_its_deadline(&app, idle, &SHORT_HISTORY).await;
     finished_by_its_deadline(&app, active, &FULL_HISTORY).await;
 }
