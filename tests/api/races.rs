@@ -3,14 +3,13 @@
 //! must leave nothing behind.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use chrono::Utc;
 use futures_util::future::join_all;
 use lcm::domain::TrialId;
 use lcm::engine::sequence::Step;
 use lcm::engine::state::{Checkpoint, Failure, Lifecycle, Position};
-use lcm::sim::{Component, Fault, FaultAction, Platform};
+use lcm::sim::{Component, Fault, FaultAction, Gate, Platform};
 use lcm::store::sqlite::SqliteBackend;
 use lcm::store::{Backend, Op, TrialRecord};
 use reqwest::StatusCode;
@@ -444,17 +443,19 @@ async fn a_failed_trial_recovered_mid_report_finishes_its_report_before_a_restor
     let id = "half-reported";
     let dir = failed_mid_report(id, None);
     let path = dir.path().to_path_buf();
+    // The report waits until a restore has been tried meanwhile.
+    let report = Gate::default();
+    let held = report.clone();
     let app = spawn_app_with(AppOptions {
         settings: Box::new(move |s| s.store.data_dir = path),
         platform: Box::new(move |platform| {
             platform.add_trial(Platform::trial(id, None));
-            // The report takes a while: long enough to try a restore meanwhile.
             platform.inject(
                 Fault::new(
                     Component::Repository,
                     "PUT",
                     "/trial/",
-                    FaultAction::Delay(Duration::from_millis(1500)),
+                    FaultAction::HoldUntil(held),
                 )
                 .times(1),
             );
@@ -470,6 +471,7 @@ async fn a_failed_trial_recovered_mid_report_finishes_its_report_before_a_restor
         refused.detail().contains("failure procedure"),
         "{refused:?}"
     );
+    report.open();
     app.wait_failed(id).await;
     assert_eq!(app.platform.status_history(id), ["FAILED"]);
     assert!(app.failure_file(id).is_some());
