@@ -389,13 +389,29 @@ async fn a_schedule_that_was_not_saved_never_starts() {
     let (unsaved, sentinel) = ("unsaved", "after-unsaved");
     app.platform.add_trial(Platform::trial(unsaved, None));
     broken.store(true, Ordering::SeqCst);
-    let due = Utc::now() + chrono::Duration::milliseconds(2000);
-    let refused = app
-        .schedule(
-            unsaved,
-            &due.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        )
-        .await;
+    // Two seconds ahead; on a busy machine the request can come after that time (a 400, "in
+    // the past"): then a later one is sent, as `schedule_in` does. Any other answer ends it.
+    let answered = std::sync::Mutex::new(None);
+    let due = schedule_ahead(unsaved, 2000, |due| {
+        let (app, answered) = (&app, &answered);
+        async move {
+            let answer = app
+                .schedule(
+                    unsaved,
+                    &due.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                )
+                .await;
+            let body = answer.body.clone();
+            let status = match answer.status {
+                StatusCode::BAD_REQUEST => 400,
+                _ => 200,
+            };
+            *answered.lock().unwrap() = Some(answer);
+            (status, body)
+        }
+    })
+    .await;
+    let refused = answered.into_inner().unwrap().expect("an answer");
     assert_eq!(
         refused.status,
         StatusCode::SERVICE_UNAVAILABLE,
