@@ -543,7 +543,14 @@ async fn spawn_app_answering_late(of: fn(&Op) -> bool) -> (TestApp, HeldWrites) 
 /// the `{"detail"}` shape), and the delete is still under way when it does.
 async fn delete_answered_late(app: &TestApp, held: &HeldWrites, path: &str) {
     held.hold();
-    let late = app.delete(path).await;
+    // The write stays held until the answer is read, however long the delete takes to get to
+    // it.
+    let (late, ()) = tokio::join!(
+        app.delete(path),
+        eventually_at_least("the delete's write held by the store", 1, || {
+            held.waiting.load(Ordering::SeqCst)
+        })
+    );
     let waiting = held.waiting.load(Ordering::SeqCst);
     held.release();
     assert_eq!(late.status, StatusCode::GATEWAY_TIMEOUT, "{late:?}");
