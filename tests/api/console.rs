@@ -854,7 +854,8 @@ async fn a_trial_that_starts_while_its_page_is_read_is_shown_started_not_unknown
     let id = "t-starting";
     let session = sign_in(&app, Role::Viewer).await;
     app.platform.add_trial(lcm::sim::Platform::trial(id, None));
-    app.schedule_in(id, 2000).await;
+    // Due in an hour: no engine, however slow the test is to ask for the page.
+    app.schedule_in(id, 3_600_000).await;
     // The page looks for an engine (none yet), then for a record: the store reads none, and
     // its answer comes late...
     reads.slow.hold();
@@ -865,7 +866,11 @@ async fn a_trial_that_starts_while_its_page_is_read_is_shown_started_not_unknown
             .send(),
     );
     eventually_at_least("the page's read of the record", 1, || reads.slow.waiting()).await;
-    // ...after the job's time came: the engine started and the job is gone.
+    // ...after the job's time came (moved to now meanwhile): the engine started and the job is
+    // gone.
+    let unscheduled = app.delete(&format!("/debug/trial/{id}/schedule")).await;
+    assert_eq!(unscheduled.status, StatusCode::OK, "{unscheduled:?}");
+    app.schedule_in(id, 300).await;
     eventually("the trial started", || async {
         match app.platform.status_history(id).len() {
             0 => Err("not yet".to_owned()),
