@@ -128,7 +128,8 @@ async fn scheduling_a_trial_that_has_an_engine_is_409() {
 async fn unscheduling_removes_the_job_and_it_never_fires() {
     let app = spawn_app().await;
     app.platform.add_trial(Platform::trial("t1", None));
-    let start = app.schedule_in("t1", 2_500).await;
+    // Far enough ahead that the job is still there to unschedule, however slow the test.
+    let start = app.schedule_in("t1", 5_000).await;
 
     let answer = app.delete("/debug/trial/t1/schedule").await;
     assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
