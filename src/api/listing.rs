@@ -81,17 +81,33 @@ pub fn parse_query(pairs: Vec<(String, String)>) -> Result<TrialQuery, ApiError>
     Ok(query)
 }
 
+/// What marks a position whose `created_at` is not a time as the store writes it (an ended
+/// trial's row damaged by hand, which start-up does not read): that text is carried encoded
+/// after it, so the listing pages on past such a row too.
+const NOT_A_TIME: char = '~';
+
 fn encode_cursor(row: &ListedTrial) -> String {
-    paging::cursor(&format!("{}\n{}", row.created_at, row.trial_id))
+    let created_at = match is_written_time(&row.created_at) {
+        true => row.created_at.clone(),
+        false => format!("{NOT_A_TIME}{}", paging::cursor(&row.created_at)),
+    };
+    paging::cursor(&format!("{created_at}\n{}", row.trial_id))
 }
 
-/// The position a cursor carries: a time as the store writes it, and a trial id.
+fn is_written_time(text: &str) -> bool {
+    parse_time(text).ok().map(time).as_deref() == Some(text)
+}
+
+/// The position a cursor carries: a `created_at` (a time as the store writes it, or the text
+/// of one that is not, marked) and a trial id.
 fn decode_cursor(cursor: &str) -> Result<(String, String), ApiError> {
     paging::position(cursor, |text| {
-        let (created_at, trial_id) = text.split_once('\n')?;
-        let written = parse_time(created_at).ok().map(time);
-        (written.as_deref() == Some(created_at))
-            .then(|| (created_at.to_owned(), trial_id.to_owned()))
+        let (created_at, trial_id) = text.rsplit_once('\n')?;
+        let created_at = match created_at.strip_prefix(NOT_A_TIME) {
+            Some(marked) => paging::position(marked, |text| Some(text.to_owned())).ok()?,
+            None => is_written_time(created_at).then(|| created_at.to_owned())?,
+        };
+        Some((created_at, trial_id.to_owned()))
     })
 }
 
@@ -220,6 +236,16 @@ mod tests {
         );
         assert!(decode_cursor("%%%").is_err());
         assert!(decode_cursor(&paging::cursor("no newline")).is_err());
+        for not_a_time in ["", "garbage", "2026-01-01 00:00:00", "a\nb"] {
+            let row = ListedTrial {
+                created_at: not_a_time.into(),
+                ..row.clone()
+            };
+            assert_eq!(
+                decode_cursor(&encode_cursor(&row)).unwrap(),
+                (not_a_time.to_owned(), "t_1".to_owned())
+            );
+        }
     }
 
     #[test]
