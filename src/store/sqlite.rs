@@ -1285,12 +1285,10 @@ fn listing_filter(query: &TrialQuery, statuses: &[ListedStatus]) -> (String, Vec
         clauses.push(clause);
     }
     if let Some(part) = &query.id_contains {
-        // Trial ids may hold '_', a LIKE wildcard: escape it.
-        clauses.push("trial_id LIKE ? ESCAPE '\\'".to_owned());
-        values.push(format!(
-            "%{}%",
-            part.replace('\\', "\\\\").replace('_', "\\_")
-        ));
+        // GLOB, not LIKE: trial ids are case-sensitive. The part holds only trial-id
+        // characters, none of them a GLOB wildcard.
+        clauses.push("trial_id GLOB ?".to_owned());
+        values.push(format!("*{part}*"));
     }
     if let Some((created_at, trial_id)) = &query.after {
         clauses.push("(created_at < ? OR (created_at = ? AND trial_id < ?))".to_owned());

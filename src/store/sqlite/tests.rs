@@ -593,6 +593,15 @@ fn the_listing_pages_newest_first_with_filters() {
         ..TrialQuery::default()
     };
     assert_eq!(page(&search, &mut reader), ["t_5"], "'_' is not a wildcard");
+    let other_case = TrialQuery {
+        id_contains: Some("T_5".into()),
+        limit: 10,
+        ..TrialQuery::default()
+    };
+    assert!(
+        page(&other_case, &mut reader).is_empty(),
+        "trial ids are case-sensitive"
+    );
     assert_eq!(
         counts(reader.as_mut()),
         [
