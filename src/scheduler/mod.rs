@@ -263,19 +263,33 @@ const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
 const PURGE_TRIALS: usize = 50;
 const PURGE_AUDIT: usize = 5_000;
 
-/// Writes `step(at_most)` until a write removes fewer than `at_most`; counts what they removed.
+/// Removes `what` past a retention of `days`, writing `step(at_most)` until a write removes
+/// fewer than `at_most`, and says how many went (or why the rest did not: the next purge
+/// removes them).
 async fn purge_in_steps(
     store: &Store,
+    what: &str,
+    days: u64,
     at_most: usize,
     step: impl Fn(usize) -> Op,
-) -> Result<usize, StoreError> {
-    let mut removed = 0;
+) {
+    let mut purged = 0;
     loop {
-        let now = store.write(step(at_most)).await?;
-        removed += now;
-        if now < at_most {
-            return Ok(removed);
+        match store.write(step(at_most)).await {
+            Ok(removed) => {
+                purged += removed;
+                if removed < at_most {
+                    break;
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, purged, "the purge of old {what} failed; it runs again later");
+                return;
+            }
         }
+    }
+    if purged > 0 {
+        info!(purged, days, "{what} past their retention purged");
     }
 }
 
@@ -894,28 +908,20 @@ impl Scheduler {
                 let cutoff = Utc::now()
                     - chrono::Duration::days(i64::try_from(days).unwrap_or(i64::MAX / 86_400));
                 let store = scheduler.store();
-                let trials = purge_in_steps(store, PURGE_TRIALS, |at_most| Op::Purge {
-                    ended_before: cutoff,
-                    at_most,
-                });
-                match trials.await {
-                    Ok(0) => {}
-                    Ok(purged) => info!(purged, days, "ended trials past their retention purged"),
-                    Err(e) => {
-                        warn!(error = %e, "the purge of old trials failed; it runs again later")
+                purge_in_steps(store, "ended trials", days, PURGE_TRIALS, |at_most| {
+                    Op::Purge {
+                        ended_before: cutoff,
+                        at_most,
                     }
-                }
-                let audit = purge_in_steps(store, PURGE_AUDIT, |at_most| Op::PurgeAudit {
-                    before: cutoff,
-                    at_most,
-                });
-                match audit.await {
-                    Ok(0) => {}
-                    Ok(purged) => info!(purged, days, "audit entries past their retention purged"),
-                    Err(e) => {
-                        warn!(error = %e, "the purge of old audit entries failed; it runs again later")
+                })
+                .await;
+                purge_in_steps(store, "audit entries", days, PURGE_AUDIT, |at_most| {
+                    Op::PurgeAudit {
+                        before: cutoff,
+                        at_most,
                     }
-                }
+                })
+                .await;
                 scheduler.remove_forgotten_failure_files().await;
                 tokio::time::sleep(PURGE_INTERVAL).await;
             }

@@ -1121,8 +1121,8 @@ fn a_live_trial_whose_live_column_was_damaged_is_recovered_or_set_aside_never_le
     assert_set_aside_for_good(&mut store, "live-text");
 }
 
-#[test]
-fn start_up_finds_the_live_trials_by_the_index_not_by_reading_every_row() {
+/// How SQLite runs `sql` (with `params`) on a store of 2,000 ended trials, a step a line.
+fn plan_among_ended_trials(sql: &str, params: impl rusqlite::Params) -> Vec<String> {
     let mut store = SqliteBackend::in_memory().unwrap();
     let now = Utc::now();
     put(
@@ -1131,48 +1131,35 @@ fn start_up_finds_the_live_trials_by_the_index_not_by_reading_every_row() {
             .map(|i| Op::PutTrial(Box::new(record(&format!("t{i}"), Lifecycle::Finished, now))))
             .collect(),
     );
-    let plan: Vec<String> = all_rows(
-        &store.conn,
-        &format!("EXPLAIN QUERY PLAN {LIVE_TRIALS}"),
-        |row| row.get(3),
-    )
-    .unwrap();
+    store
+        .conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+        .unwrap()
+        .query_map(params, |row| row.get(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// Panics unless `plan` finds its trials by `index`, not by reading every row.
+fn assert_found_by(plan: &[String], index: &str) {
     assert!(
         plan.iter().all(|step| !step.starts_with("SCAN trials")),
         "{plan:?}"
     );
-    assert!(
-        plan.iter().any(|step| step.contains("trials_live")),
-        "{plan:?}"
-    );
+    assert!(plan.iter().any(|step| step.contains(index)), "{plan:?}");
+}
+
+#[test]
+fn start_up_finds_the_live_trials_by_the_index_not_by_reading_every_row() {
+    let plan = plan_among_ended_trials(LIVE_TRIALS, []);
+    assert_found_by(&plan, "trials_live");
 }
 
 #[test]
 fn a_purge_finds_the_trials_it_removes_by_their_end_not_by_reading_every_row() {
-    let mut store = SqliteBackend::in_memory().unwrap();
-    let now = Utc::now();
-    put(
-        &mut store,
-        (0..2000)
-            .map(|i| Op::PutTrial(Box::new(record(&format!("t{i}"), Lifecycle::Finished, now))))
-            .collect(),
-    );
-    let plan: Vec<String> = store
-        .conn
-        .prepare(&format!("EXPLAIN QUERY PLAN {PURGED}"))
-        .unwrap()
-        .query_map(params![time(now), 200], |row| row.get(3))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert!(
-        plan.iter().all(|step| !step.starts_with("SCAN trials")),
-        "{plan:?}"
-    );
-    assert!(
-        plan.iter().any(|step| step.contains("trials_ended")),
-        "{plan:?}"
-    );
+    let plan = plan_among_ended_trials(PURGED, params![time(Utc::now()), 200]);
+    assert_found_by(&plan, "trials_ended");
     assert!(
         plan.iter().all(|step| !step.contains("TEMP B-TREE")),
         "no sort of every old trial at each step: {plan:?}"
