@@ -222,14 +222,15 @@ impl Access {
     }
 
     /// Loads the keys again from the configuration's sources (`auth.api_key`, `auth.keys`,
-    /// `auth.api_key_file`, `auth.keys_file`) and puts them in force. Keys that fail
+    /// `auth.api_key_file`, `auth.keys_file`) and puts them in force; answers what changed,
+    /// and the section's secret values now (to hide wherever they are pasted). Keys that fail
     /// validation change nothing. Reads files: call it off the async threads.
-    pub fn reload(&self) -> Result<KeyChanges, ConfigError> {
-        let fresh = match self.auth.reload() {
+    pub fn reload(&self) -> Result<(KeyChanges, Vec<String>), ConfigError> {
+        let loaded = match self.auth.reload() {
             Some(loaded) => loaded?,
             None => self.auth.clone(),
         };
-        let fresh = Arc::new(KeySet::new(fresh.api_keys()?));
+        let fresh = Arc::new(KeySet::new(loaded.api_keys()?));
         let mut keys = self
             .keys
             .write()
@@ -238,7 +239,7 @@ impl Access {
         *keys = fresh;
         drop(keys);
         self.reloaded.send_replace(());
-        Ok(changes)
+        Ok((changes, loaded.secret_values()))
     }
 }
 

@@ -318,6 +318,21 @@ impl NamedKey {
 }
 
 impl AuthSettings {
+    /// The secret values of this section: the API keys given as they are (not those given
+    /// by digest) and the token secret.
+    pub fn secret_values(&self) -> Vec<String> {
+        [&self.api_key, &self.token_secret]
+            .into_iter()
+            .chain(
+                self.keys
+                    .iter()
+                    .chain(&self.keys_from_file)
+                    .filter_map(|k| k.key.as_ref()),
+            )
+            .map(|secret| secret.expose().to_owned())
+            .collect()
+    }
+
     /// Every API key these settings give, validated: `api_key` (unless empty) as the `admin` key
     /// named `default`, then `keys`, then the keys of `keys_file`. Each key has exactly one of
     /// `key` and `key_sha256`; names are unique; no two keys share a secret; at least one key
@@ -1101,21 +1116,8 @@ impl Settings {
     /// carries them (a service that echoes the header must not have them recorded).
     pub fn secret_values(&self) -> Vec<String> {
         let services = &self.services;
-        let mut secrets: Vec<String> = [
-            &self.auth.api_key,
-            &self.auth.token_secret,
-            &services.abstraction_layer.password,
-        ]
-        .into_iter()
-        .chain(
-            self.auth
-                .keys
-                .iter()
-                .chain(&self.auth.keys_from_file)
-                .filter_map(|k| k.key.as_ref()),
-        )
-        .map(|secret| secret.expose().to_owned())
-        .collect();
+        let mut secrets = self.auth.secret_values();
+        secrets.push(services.abstraction_layer.password.expose().to_owned());
         for service in [
             &services.trial_repository,
             &services.trial_enforcement,

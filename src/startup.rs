@@ -14,7 +14,7 @@ use tracing::{error, info, warn};
 use crate::access::Access;
 use crate::api::{self, AppInner, AppState};
 use crate::config::Settings;
-use crate::engine::redact::Redactor;
+use crate::engine::redact::Secrets;
 use crate::engine::{EngineDeps, EngineHooks};
 use crate::heartbeat::Heartbeats;
 use crate::scheduler::Scheduler;
@@ -88,9 +88,10 @@ impl Application {
         // Before anything is counted (recovered engines run steps right away).
         telemetry::install_metrics();
         let access = Arc::new(Access::new(&settings.auth)?);
+        let secrets = Arc::new(Secrets::new(settings.secret_values()));
         #[cfg(unix)]
         if access.reloads() {
-            reload_keys_on_sighup(&access);
+            reload_keys_on_sighup(&access, &secrets);
         }
         let settings = Arc::new(settings);
         let services = ServiceClient::new(&settings)?;
@@ -108,7 +109,7 @@ impl Application {
             services: services.clone(),
             tokens: tokens.clone(),
             store,
-            redactor: Redactor::new(settings.secret_values()),
+            secrets,
             hooks,
             ended,
         });
@@ -196,9 +197,10 @@ impl Application {
 }
 
 /// Loads the API keys again on every SIGHUP, for as long as the service runs (SIGHUP would
-/// otherwise end the process). Keys that fail validation leave the old ones in force.
+/// otherwise end the process), and hides the new ones in what is recorded, as the first
+/// ones are. Keys that fail validation leave the old ones in force.
 #[cfg(unix)]
-fn reload_keys_on_sighup(access: &Arc<Access>) {
+fn reload_keys_on_sighup(access: &Arc<Access>, secrets: &Arc<Secrets>) {
     use tokio::signal::unix::{SignalKind, signal};
     // Installed before the service answers, so a SIGHUP sent once it does is never lost.
     let mut hangups = match signal(SignalKind::hangup()) {
@@ -210,6 +212,7 @@ fn reload_keys_on_sighup(access: &Arc<Access>) {
     };
     // Weak: the task must not keep the service's state alive once it has stopped.
     let access = Arc::downgrade(access);
+    let secrets = Arc::downgrade(secrets);
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
             let Some(access) = access.upgrade() else {
@@ -217,9 +220,14 @@ fn reload_keys_on_sighup(access: &Arc<Access>) {
             };
             // The reload reads the configuration's files.
             match tokio::task::spawn_blocking(move || access.reload()).await {
-                Ok(Ok(changes)) => info!(
-                    "SIGHUP: API keys reloaded: {changes} (only the keys: other settings take effect at the next start)"
-                ),
+                Ok(Ok((changes, fresh))) => {
+                    if let Some(secrets) = secrets.upgrade() {
+                        secrets.add(fresh);
+                    }
+                    info!(
+                        "SIGHUP: API keys reloaded: {changes} (only the keys: other settings take effect at the next start)"
+                    )
+                }
                 Ok(Err(e)) => {
                     // One line, each problem after the other: a log line is one line.
                     let problems = e.to_string().lines().collect::<Vec<_>>().join("; ");

@@ -246,7 +246,7 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
     // A refusal may quote what the client sent, and a client may paste a secret into the
     // wrong field: the log and the audit hide the configured secrets and any token in it, as
     // they do in a component's answers. A trial id is kept as it is (`?trial_id=` finds it).
-    let redactor = &state.scheduler.deps().redactor;
+    let redactor = state.scheduler.deps().secrets.redactor();
     entry.detail = entry.detail.map(|d| redactor.text_and_tokens(&d));
     entry.trial_id = entry.trial_id.map(|t| match TrialId::parse(&t) {
         Ok(_) => t,

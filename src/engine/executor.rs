@@ -545,7 +545,7 @@ impl Executor {
                 // A step's reason may quote what a component answered: shown, it is redacted.
                 let redactor = self
                     .deps
-                    .redactor
+                    .secrets
                     .with(self.checkpoint.data.token.as_deref());
                 let reason = redactor.text(&format!("{} failed: {e}", step.name()));
                 self.shared.journal.event(
@@ -971,7 +971,7 @@ impl Executor {
         if let Some(message) = &mut report.message {
             let redactor = self
                 .deps
-                .redactor
+                .secrets
                 .with(self.checkpoint.data.token.as_deref());
             *message = redactor.text_and_tokens(message);
         }

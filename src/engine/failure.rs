@@ -41,7 +41,7 @@ pub async fn report(shared: &EngineShared, checkpoint: &Checkpoint) -> bool {
         format!("trial/{id}/"),
     )
     .json(json!({"status": REPORTED}));
-    let redactor = deps.redactor.with(checkpoint.data.token.as_deref());
+    let redactor = deps.secrets.with(checkpoint.data.token.as_deref());
     // Once an abort is asked for, the attempt in flight is the last: the clean-up waits.
     let reply = deps
         .services

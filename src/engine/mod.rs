@@ -36,7 +36,7 @@ use crate::tokens::TokenManager;
 use executor::{Command, Control, ControlError, ControlOutcome, ProgressReport, SignalOutcome};
 use journal::Journal;
 use queue::Queue;
-use redact::Redactor;
+use redact::Secrets;
 use sequence::{Signal, Step, Wait};
 use state::{Checkpoint, Lifecycle, Mode, Progress, ResponseRecord, Snapshot, TrialEvent};
 use watchdog::{ControlRequest, LastRecord, Origin, RestoreError, Watchdog};
@@ -56,8 +56,9 @@ pub struct EngineDeps {
     pub services: ServiceClient,
     pub tokens: Arc<TokenManager>,
     pub store: Store,
-    /// Hides the configuration's secrets in whatever is recorded.
-    pub redactor: Redactor,
+    /// Hides the configuration's secrets, and the API keys reloads bring, in whatever is
+    /// recorded.
+    pub secrets: Arc<Secrets>,
     pub hooks: EngineHooks,
     /// Told when an engine's trial has ended, so it can leave memory later.
     pub ended: mpsc::UnboundedSender<Weak<EngineShared>>,
@@ -534,7 +535,7 @@ impl EngineHandle {
         let token = lock(&self.shared.token).clone();
         self.shared
             .deps
-            .redactor
+            .secrets
             .with(token.as_deref())
             .text_and_tokens(reason)
     }
@@ -660,7 +661,7 @@ impl EngineDeps {
             services: ServiceClient::new(&settings).expect("client"),
             tokens: Arc::new(TokenManager::new(&settings.auth.token_secret, 60)),
             store,
-            redactor: Redactor::default(),
+            secrets: Arc::default(),
             hooks: EngineHooks::default(),
             ended,
             settings,

@@ -2,6 +2,8 @@
 //! every secret of the configuration (service API keys and passwords, the OAuth2 client
 //! secret, the abstraction layer's password), wherever a service echoes them back.
 
+use std::sync::{Arc, RwLock};
+
 use serde_json::Value;
 
 use crate::domain::at_most;
@@ -14,6 +16,46 @@ const MIN_SECRET_LEN: usize = 4;
 
 /// How much of an answer that is not JSON is shown (a failure's reason, a recorded error).
 const EXCERPT_CHARS: usize = 200;
+
+/// The secrets to hide, shared by everything that records or shows: the configuration's,
+/// and the API keys each reload of them puts in force (still hidden once out of force: they
+/// were secrets).
+#[derive(Debug, Default)]
+pub struct Secrets {
+    current: RwLock<Arc<Redactor>>,
+}
+
+impl Secrets {
+    pub fn new<S: AsRef<str>>(secrets: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            current: RwLock::new(Arc::new(Redactor::new(secrets))),
+        }
+    }
+
+    /// What hides them as they stand.
+    pub fn redactor(&self) -> Arc<Redactor> {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// These secrets and one more (the trial's token).
+    pub fn with(&self, extra: Option<&str>) -> Redactor {
+        self.redactor().with(extra)
+    }
+
+    /// Hides `more` too, from now on.
+    pub fn add<S: AsRef<str>>(&self, more: impl IntoIterator<Item = S>) {
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let secrets = current.secrets.iter().map(String::to_owned);
+        let grown = Redactor::new(secrets.chain(more.into_iter().map(|s| s.as_ref().to_owned())));
+        *current = Arc::new(grown);
+    }
+}
 
 /// The secrets to hide.
 #[derive(Debug, Default, Clone)]
@@ -31,7 +73,8 @@ impl Redactor {
             .filter(|s| s.len() >= MIN_SECRET_LEN)
             .collect();
         // Longest first, so a secret that contains another is hidden whole.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        secrets.dedup();
         Self { secrets }
     }
 
@@ -125,6 +168,18 @@ fn jwt_length(text: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_added_later_are_hidden_too_and_each_once() {
+        let secrets = Secrets::new(["first"]);
+        secrets.add(["second", "first"]);
+        secrets.add(["second"]);
+        assert_eq!(secrets.redactor().secrets, ["second", "first"]);
+        assert_eq!(
+            secrets.with(Some("token")).text("first second token"),
+            "[redacted] [redacted] [redacted]"
+        );
+    }
     use serde_json::json;
 
     #[test]

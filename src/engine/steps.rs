@@ -658,7 +658,7 @@ impl StepCx<'_> {
         accepts: &(dyn Fn(u16) -> bool + Sync),
         expected: &(dyn Fn() -> String + Sync),
     ) -> Result<(u16, Value), StepError> {
-        let redactor = self.deps.redactor.with(self.data.token.as_deref());
+        let redactor = self.deps.secrets.with(self.data.token.as_deref());
         let mut attempts = 0;
         let mut reached = false;
         let reply = {

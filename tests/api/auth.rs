@@ -639,6 +639,34 @@ async fn sighup_reloads_the_keys_and_a_bad_reload_keeps_the_old_ones() {
     assert!(seen.contains("event: scheduled"), "{seen}");
     assert_eq!(binary.status_with("cfg-key").await, Some(StatusCode::OK));
     assert_eq!(binary.status_with("admin-key").await, Some(StatusCode::OK));
+    // The keys a reload brought are hidden where they are pasted, as the first ones are.
+    let pasted = binary
+        .app
+        .call_as(
+            Method::POST,
+            "/debug/trial/schedule",
+            Some(serde_json::json!({"trial_id": "pasted", "start_time": "new-key cfg-key"})),
+            Some("admin-key"),
+        )
+        .await;
+    assert_eq!(pasted.status, StatusCode::BAD_REQUEST, "{pasted:?}");
+    let audit = binary
+        .app
+        .call_as(
+            Method::GET,
+            "/audit?trial_id=pasted",
+            None,
+            Some("admin-key"),
+        )
+        .await;
+    let detail = audit.body["entries"][0]["detail"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(detail.contains("[redacted] [redacted]"), "{audit:?}");
+    let refused = binary.wait_for_log("trial=\"pasted\"").await;
+    for secret in ["new-key", "cfg-key"] {
+        assert!(!refused.contains(secret), "{secret} in the log: {refused}");
+    }
     let answer = binary
         .app
         .call_as(Method::GET, "/token/t1", None, Some(&token))
