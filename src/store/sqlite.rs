@@ -167,8 +167,10 @@ const V4: &str = "CREATE TABLE trial_events_v4 (
      DROP INDEX trials_live;
      CREATE INDEX trials_live ON trials (live, engine_status);";
 
-/// Version 5: ended trials found by their end, so that a purge reads only what it removes.
-const V5: &str = "CREATE INDEX trials_ended ON trials (ended_at);";
+/// Version 5: ended trials and audit entries found by their time, so that a purge reads only
+/// what it removes.
+const V5: &str = "CREATE INDEX trials_ended ON trials (ended_at);
+     CREATE INDEX audit_at ON audit (at);";
 
 /// The schema, one migration per version.
 fn migrations() -> Migrations<'static> {
@@ -188,10 +190,13 @@ fn migrate(conn: &mut Connection, shown: &str) -> Result<(), StoreError> {
     let migrations = migrations();
     let failed =
         |e: rusqlite_migration::Error| backend_error(&format!("cannot migrate {shown}"), e);
-    let created = matches!(
-        migrations.current_version(conn).map_err(failed)?,
-        rusqlite_migration::SchemaVersion::NoneSet
-    );
+    let current = migrations.current_version(conn).map_err(failed)?;
+    if let rusqlite_migration::SchemaVersion::Outside(version) = current {
+        return Err(StoreError::Backend(format!(
+            "{shown} has version {version} of the schema, newer than this release knows: a later release wrote it; run that release, or this one on a backup made before the upgrade"
+        )));
+    }
+    let created = matches!(current, rusqlite_migration::SchemaVersion::NoneSet);
     let pending = migrations.pending_migrations(conn).map_err(failed)?;
     if created || pending == 0 {
         return migrations.to_latest(conn).map_err(failed);
@@ -694,6 +699,18 @@ macro_rules! stored_time {
     };
 }
 
+/// The audit entries a purge removes (`?2` at most): written before the cutoff, the oldest
+/// first, found by their time; one whose time is damaged is kept.
+macro_rules! purged_audit {
+    () => {
+        concat!(
+            "SELECT seq FROM audit WHERE at < ?1 AND at ",
+            stored_time!(),
+            " ORDER BY at LIMIT CAST(?2 AS INTEGER)"
+        )
+    };
+}
+
 /// The trials a purge removes (`?2` at most): ended (finished or aborted) before the cutoff,
 /// the earliest ended first, found by their end (in the index's order, so no sort: trials
 /// that ended at the same instant come in the order they were stored). Failed trials stay until they are restored,
@@ -791,11 +808,7 @@ fn apply_op(tx: &Transaction, op: &Op) -> rusqlite::Result<usize> {
         }
         Op::PurgeAudit { before, at_most } => exec(
             tx,
-            concat!(
-                "DELETE FROM audit WHERE seq IN (SELECT seq FROM audit WHERE at < ?1 AND at ",
-                stored_time!(),
-                " ORDER BY seq LIMIT CAST(?2 AS INTEGER))"
-            ),
+            concat!("DELETE FROM audit WHERE seq IN (", purged_audit!(), ")"),
             params![time(*before), at_most.to_string()],
         ),
         Op::Revoke { jti, exp } => exec(

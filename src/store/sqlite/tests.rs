@@ -855,6 +855,23 @@ fn an_audit_number_is_never_used_again_even_after_a_purge_took_every_entry() {
 }
 
 #[test]
+fn a_store_written_by_a_later_release_is_refused_saying_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteBackend::open(dir.path()).unwrap();
+    store.conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(store);
+    let Err(refused) = SqliteBackend::open(dir.path()) else {
+        panic!("opened");
+    };
+    assert!(
+        refused
+            .to_string()
+            .contains("version 99 of the schema, newer than this release knows"),
+        "{refused}"
+    );
+}
+
+#[test]
 fn a_lock_file_removed_by_hand_lets_no_second_service_in() {
     let dir = tempfile::tempdir().unwrap();
     let _first = SqliteBackend::open(dir.path()).unwrap();
@@ -1141,10 +1158,11 @@ fn plan_among_ended_trials(sql: &str, params: impl rusqlite::Params) -> Vec<Stri
         .unwrap()
 }
 
-/// Panics unless `plan` finds its trials by `index`, not by reading every row.
-fn assert_found_by(plan: &[String], index: &str) {
+/// Panics unless `plan` finds its rows of `table` by `index`, not by reading every row.
+fn assert_found_by(plan: &[String], table: &str, index: &str) {
     assert!(
-        plan.iter().all(|step| !step.starts_with("SCAN trials")),
+        plan.iter()
+            .all(|step| !step.starts_with(&format!("SCAN {table}"))),
         "{plan:?}"
     );
     assert!(plan.iter().any(|step| step.contains(index)), "{plan:?}");
@@ -1153,15 +1171,21 @@ fn assert_found_by(plan: &[String], index: &str) {
 #[test]
 fn start_up_finds_the_live_trials_by_the_index_not_by_reading_every_row() {
     let plan = plan_among_ended_trials(LIVE_TRIALS, []);
-    assert_found_by(&plan, "trials_live");
+    assert_found_by(&plan, "trials", "trials_live");
 }
 
 #[test]
 fn a_purge_finds_the_trials_it_removes_by_their_end_not_by_reading_every_row() {
     let plan = plan_among_ended_trials(PURGED, params![time(Utc::now()), 200]);
-    assert_found_by(&plan, "trials_ended");
+    assert_found_by(&plan, "trials", "trials_ended");
     assert!(
         plan.iter().all(|step| !step.contains("TEMP B-TREE")),
         "no sort of every old trial at each step: {plan:?}"
+    );
+    let plan = plan_among_ended_trials(purged_audit!(), params![time(Utc::now()), 5000]);
+    assert_found_by(&plan, "audit", "audit_at");
+    assert!(
+        plan.iter().all(|step| !step.contains("TEMP B-TREE")),
+        "{plan:?}"
     );
 }
