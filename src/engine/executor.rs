@@ -59,6 +59,9 @@ pub(super) fn not_live(id: &TrialId, lifecycle: Lifecycle) -> ControlError {
 /// The slice-created callback, as the waits record it.
 const SLICE_CREATED: (Wait, Signal) = (Wait::SliceCreated, Signal::SliceCallback);
 
+/// Why an abort that waited for an answer in flight when the service stopped was not done.
+const ABORT_NOT_CARRIED_OUT: &str = "the service stopped while the abort waited for the answer in flight: its caller was told 503, and the trial goes on from that answer";
+
 /// What a clean-up that awaits the slice-created callback before the slice-closed one waits
 /// for.
 const BOTH_SLICE_CALLBACKS: &str = "the slice callbacks (slice created, then slice closed)";
@@ -569,6 +572,13 @@ impl Executor {
                 info!(
                     step = step.name(),
                     "the service stops: the abort that waited for this answer is not carried out"
+                );
+                // Saved with the step's outcome: the history says why the trial goes on.
+                self.shared.journal.event(
+                    EventKind::AbortNotCarriedOut,
+                    None,
+                    Some(ABORT_NOT_CARRIED_OUT.to_owned()),
+                    None,
                 );
                 outcome
             }

@@ -553,6 +553,7 @@ event_kinds! {
     Skipped => "skipped",
     TrialDeadline => "trial_deadline",
     AbortRequested => "abort_requested",
+    AbortNotCarriedOut => "abort_not_carried_out",
     CleanupStarted => "cleanup_started",
     CleanupCompleted => "cleanup_completed",
     TrialFinished => "trial_finished",

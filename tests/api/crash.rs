@@ -1028,6 +1028,9 @@ async fn an_abort_waiting_for_a_deployment_when_the_service_stops_is_told_503_an
             .status_history(id)
             .contains(&"ABORTED".to_owned())
     );
+    // Its history says so, after the abort's request.
+    app.wait_event(id, "abort_not_carried_out", "its caller was told 503")
+        .await;
     let deployments = app
         .platform
         .requests_for(id)
