@@ -109,7 +109,7 @@ enum Unanswered {
 }
 
 /// Why a new engine takes nothing yet.
-const NOT_STARTED: &str = "the trial's first record is not saved yet (the store cannot write): nothing is taken until it is";
+const NOT_STARTED: &str = "the trial's first record is not saved yet (it is being saved, or the store cannot write): nothing is taken until it is, try again";
 
 /// How many commands may queue for an executor; it answers them at once, so few ever wait.
 const SIGNAL_QUEUE: usize = 16;
