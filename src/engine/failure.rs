@@ -230,8 +230,8 @@ pub async fn resolve_file(shared: &EngineShared, lifecycle: Lifecycle) {
 }
 
 /// Removes the failure file of a trial the service has forgotten (deleted, or purged after
-/// its retention): what it says is of no trial any more.
-/// A new version's leftover beside it goes too.
+/// its retention): what it says is of no trial any more. A new version's leftover beside it
+/// goes too.
 pub async fn remove_file(settings: &Settings, id: &TrialId) {
     let path = failure_file(settings, id);
     for path in [beside(&path), path] {

@@ -167,6 +167,8 @@ fn jwt_length(text: &str) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -180,7 +182,6 @@ mod tests {
             "[redacted] [redacted] [redacted]"
         );
     }
-    use serde_json::json;
 
     #[test]
     fn every_secret_is_redacted_everywhere() {
