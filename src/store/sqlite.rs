@@ -713,8 +713,9 @@ macro_rules! purged_audit {
 
 /// The trials a purge removes (`?2` at most): ended (finished or aborted) before the cutoff,
 /// the earliest ended first, found by their end (in the index's order, so no sort: trials
-/// that ended at the same instant come in the order they were stored). Failed trials stay until they are restored,
-/// aborted or deleted, and so does a trial whose end is not a time as the store writes it.
+/// that ended at the same instant come in the order they were stored). Failed trials stay
+/// until they are restored, aborted or deleted, and so does a trial whose end is not a time
+/// as the store writes it.
 const PURGED: &str = concat!(
     "SELECT trial_id FROM trials WHERE ended_at < ?1 AND ended_at ",
     stored_time!(),
