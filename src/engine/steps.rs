@@ -112,30 +112,6 @@ pub async fn run(cx: &mut StepCx<'_>) -> Result<(), StepError> {
 /// answered the same. It is logged, recorded with the answers, and the trial ends aborted. Not
 /// so a 401 or 403 (the LCM's credentials, which can be mended), nor a 408 or 429 (asking
 /// again later may be answered): those, and a 5xx, fail the clean-up, which is retried.
-/// The mark of a request an abort or a stop lets have its answer ([`StepCx::uncut`]), for as
-/// long as the call lasts: taken away when it returns, and when its step is dropped (the
-/// executor aborted, or panicking).
-struct Uncut<'a>(&'a AtomicBool);
-
-impl<'a> Uncut<'a> {
-    fn set(flag: &'a AtomicBool) -> Self {
-        flag.store(true, Ordering::SeqCst);
-        Self(flag)
-    }
-}
-
-impl Drop for Uncut<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::SeqCst);
-    }
-}
-
-/// The statuses a step expects, as a failure's reason says them: `201 or 200`.
-fn said(expected: &[u16]) -> String {
-    let said: Vec<String> = expected.iter().map(u16::to_string).collect();
-    said.join(" or ")
-}
-
 async fn report_aborted(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     let status = cx.deps.settings.executor.aborted_repository_status.clone();
     let path = format!("trial/{}/", cx.id);
@@ -594,6 +570,30 @@ pub fn recorder<'a>(
     }
 }
 
+/// The mark of a request an abort or a stop lets have its answer ([`StepCx::uncut`]), for as
+/// long as the call lasts: taken away when it returns, and when its step is dropped (the
+/// executor aborted, or panicking).
+struct Uncut<'a>(&'a AtomicBool);
+
+impl<'a> Uncut<'a> {
+    fn set(flag: &'a AtomicBool) -> Self {
+        flag.store(true, Ordering::SeqCst);
+        Self(flag)
+    }
+}
+
+impl Drop for Uncut<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// The statuses a step expects, as a failure's reason says them: `201 or 200`.
+fn statuses_said(expected: &[u16]) -> String {
+    let said: Vec<String> = expected.iter().map(u16::to_string).collect();
+    said.join(" or ")
+}
+
 impl StepCx<'_> {
     /// A `POST` to a service, carrying an `Idempotency-Key` stable for this trial's engine
     /// (the instant it started, so a trial deleted and scheduled again is a new one), step,
@@ -615,7 +615,7 @@ impl StepCx<'_> {
         request: Outbound,
         expected: &[u16],
     ) -> Result<(u16, Value), StepError> {
-        let said = || said(expected);
+        let said = || statuses_said(expected);
         self.call_uncut_accepting(request, &|status| expected.contains(&status), &said)
             .await
     }
@@ -645,7 +645,7 @@ impl StepCx<'_> {
         request: Outbound,
         expected: &[u16],
     ) -> Result<(u16, Value), StepError> {
-        let said = || said(expected);
+        let said = || statuses_said(expected);
         self.call_accepting(request, &|status| expected.contains(&status), &said)
             .await
     }
