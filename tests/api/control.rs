@@ -26,12 +26,7 @@ async fn abort(app: &TestApp, id: &str, reason: &str) -> Value {
 
 /// [`abort`], with the reason kept and shown as `shown`.
 async fn abort_shown(app: &TestApp, id: &str, reason: &str, shown: &str) -> Value {
-    let answer = app
-        .post(
-            &format!("/trial/{id}/abort"),
-            Some(json!({"reason": reason})),
-        )
-        .await;
+    let answer = app.ask_abort(id, reason).await;
     assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
     let status = app
         .wait_for(id, "Aborted", |s| s["engine_status"] == "Aborted")
@@ -419,12 +414,7 @@ async fn an_abort_during_the_failure_report_is_answered_at_once_and_carried_out_
     // The repository holds the failure report's answer until the test lets it go.
     let report = Gate::new();
     failed_and_reporting(&app, id, FaultAction::HoldUntil(report.clone())).await;
-    let answer = app
-        .post(
-            &format!("/trial/{id}/abort"),
-            Some(json!({"reason": "aborted by the operator"})),
-        )
-        .await;
+    let answer = app.ask_abort(id, "aborted by the operator").await;
     assert_ok_saying(&answer, "the clean-up starts once the failure is reported");
     let shown = app.trial_status(id).await;
     assert_eq!(shown["aborting"], true, "{shown}");
@@ -1507,12 +1497,7 @@ async fn an_abort_after_a_restart_deletes_the_job_whose_creation_the_stop_cut_sh
         }
     })
     .await;
-    let aborted = app
-        .post(
-            &format!("/trial/{id}/abort"),
-            Some(json!({"reason": "wrong facility"})),
-        )
-        .await;
+    let aborted = app.ask_abort(id, "wrong facility").await;
     assert_eq!(aborted.status, StatusCode::OK, "{aborted:?}");
     fetch.open();
     let status = app

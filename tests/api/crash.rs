@@ -958,12 +958,7 @@ async fn a_stop_lets_the_clean_up_s_status_write_have_its_answer_and_it_is_writt
     // The clean-up's one status write (ABORTED) is held.
     let (mut app, answered) =
         at_idle_with_the_next_status_write_held(id, FaultAction::HoldUntil).await;
-    let aborted = app
-        .post(
-            &format!("/trial/{id}/abort"),
-            Some(json!({"reason": "stop mid clean-up"})),
-        )
-        .await;
+    let aborted = app.ask_abort(id, "stop mid clean-up").await;
     assert_eq!(aborted.status, StatusCode::OK, "{aborted:?}");
     let writes = |app: &TestApp| status_writes(app, id, "ABORTED");
     eventually_at_least("ABORTED to be written", 1, || writes(&app)).await;

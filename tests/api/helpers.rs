@@ -605,6 +605,15 @@ impl TestApp {
         self.call(Method::POST, path, body).await
     }
 
+    /// `POST /trial/{id}/abort` with `reason`.
+    pub async fn ask_abort(&self, id: &str, reason: &str) -> Answer {
+        self.post(
+            &format!("/trial/{id}/abort"),
+            Some(serde_json::json!({"reason": reason})),
+        )
+        .await
+    }
+
     pub async fn delete(&self, path: &str) -> Answer {
         self.call(Method::DELETE, path, None).await
     }
