@@ -14,8 +14,8 @@ use tracing_subscriber::{EnvFilter, Layer, fmt, layer::SubscriberExt, util::Subs
 
 use crate::config::{LogFormat, LoggingSettings};
 use crate::engine::sequence::Step;
-use crate::services::Service;
 use crate::services::retry::RetryReason;
+use crate::services::{SendError, Service};
 use crate::tokens::TokenError;
 
 /// Installs the global subscriber. Keep the returned guard alive for the life of the process:
@@ -184,9 +184,6 @@ const EXPECTED_STATUSES: [(Service, &[&str]); 3] = [
     (Service::KpiMonitoring, &["200"]),
 ];
 
-/// The errors of `lcm_outbound_request_errors_total` (`SendError::label`).
-const OUTBOUND_ERRORS: [&str; 4] = ["timeout", "connect", "transport", "auth"];
-
 /// Every metric family the service exports, in one place: each is described (its `# HELP`)
 /// and present from the first scrape, gauges at 0 and counters and histograms with every
 /// label set known in advance at 0. A new family, or a new label value, is added here.
@@ -238,7 +235,7 @@ fn register_families() {
         "Requests to the trial components that got no answer, by service and error (timeout, connect, transport, auth)"
     );
     for service in Service::ALL {
-        for error in OUTBOUND_ERRORS {
+        for error in SendError::LABELS {
             counter!(
                 "lcm_outbound_request_errors_total",
                 "service" => service.name(),

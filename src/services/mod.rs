@@ -164,14 +164,17 @@ pub enum SendError {
 }
 
 impl SendError {
+    /// Every [`Self::label`], for the metrics to show from the first scrape.
+    pub const LABELS: [&'static str; 4] = ["timeout", "connect", "transport", "auth"];
+
     /// What went wrong, as a metrics label (the retries' reasons say the same words).
     pub fn label(&self) -> &'static str {
-        match self {
-            SendError::Timeout { .. } => "timeout",
-            SendError::Connect { .. } => "connect",
-            SendError::Transport { .. } => "transport",
-            SendError::Auth { .. } => "auth",
-        }
+        Self::LABELS[match self {
+            SendError::Timeout { .. } => 0,
+            SendError::Connect { .. } => 1,
+            SendError::Transport { .. } => 2,
+            SendError::Auth { .. } => 3,
+        }]
     }
 
     /// Whether the request may have reached the service: not when no connection was made, nor
