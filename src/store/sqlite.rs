@@ -701,15 +701,11 @@ macro_rules! stored_time {
 
 /// The audit entries a purge removes (`?2` at most): written before the cutoff, the oldest
 /// first, found by their time; one whose time is damaged is kept.
-macro_rules! purged_audit {
-    () => {
-        concat!(
-            "SELECT seq FROM audit WHERE at < ?1 AND at ",
-            stored_time!(),
-            " ORDER BY at LIMIT CAST(?2 AS INTEGER)"
-        )
-    };
-}
+const PURGED_AUDIT: &str = concat!(
+    "SELECT seq FROM audit WHERE at < ?1 AND at ",
+    stored_time!(),
+    " ORDER BY at LIMIT CAST(?2 AS INTEGER)"
+);
 
 /// The trials a purge removes (`?2` at most): ended (finished or aborted) before the cutoff,
 /// the earliest ended first, found by their end (in the index's order, so no sort: trials
@@ -809,7 +805,7 @@ fn apply_op(tx: &Transaction, op: &Op) -> rusqlite::Result<usize> {
         }
         Op::PurgeAudit { before, at_most } => exec(
             tx,
-            concat!("DELETE FROM audit WHERE seq IN (", purged_audit!(), ")"),
+            &format!("DELETE FROM audit WHERE seq IN ({PURGED_AUDIT})"),
             params![time(*before), at_most.to_string()],
         ),
         Op::Revoke { jti, exp } => exec(

@@ -1182,7 +1182,7 @@ fn a_purge_finds_the_trials_it_removes_by_their_end_not_by_reading_every_row() {
         plan.iter().all(|step| !step.contains("TEMP B-TREE")),
         "no sort of every old trial at each step: {plan:?}"
     );
-    let plan = plan_among_ended_trials(purged_audit!(), params![time(Utc::now()), 5000]);
+    let plan = plan_among_ended_trials(PURGED_AUDIT, params![time(Utc::now()), 5000]);
     assert_found_by(&plan, "audit", "audit_at");
     assert!(
         plan.iter().all(|step| !step.contains("TEMP B-TREE")),
