@@ -257,31 +257,22 @@ fn spawn_switch(store: Store, automatic: Arc<watch::Sender<bool>>) -> mpsc::Send
 /// How often ended trials older than `store.retention_days` are purged.
 const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
 
-/// How many trials, and audit entries, one write of a purge removes: the writes of running
-/// trials go in between, so a purge of a large backlog (a retention shortened on a store of
-/// years) holds none of them up for long, and the write-ahead log stays small.
+/// How many trials (with at most how many events and responses in all), and audit entries,
+/// one write of a purge removes: the writes of running trials go in between, so a purge of a
+/// large backlog (a retention shortened on a store of years) holds none of them up for long,
+/// and the write-ahead log stays small.
 const PURGE_TRIALS: usize = 50;
+const PURGE_ROWS: usize = 5_000;
 const PURGE_AUDIT: usize = 5_000;
 
-/// Removes `what` past a retention of `days`, writing `step(at_most)` until a write removes
-/// fewer than `at_most`, and says how many went (or why the rest did not: the next purge
-/// removes them).
-async fn purge_in_steps(
-    store: &Store,
-    what: &str,
-    days: u64,
-    at_most: usize,
-    step: impl Fn(usize) -> Op,
-) {
+/// Removes `what` past a retention of `days`, writing `step` until a write removes nothing,
+/// and says how many went (or why the rest did not: the next purge removes them).
+async fn purge_in_steps(store: &Store, what: &str, days: u64, step: impl Fn() -> Op) {
     let mut purged = 0;
     loop {
-        match store.write(step(at_most)).await {
-            Ok(removed) => {
-                purged += removed;
-                if removed < at_most {
-                    break;
-                }
-            }
+        match store.write(step()).await {
+            Ok(0) => break,
+            Ok(removed) => purged += removed,
             Err(e) => {
                 warn!(error = %e, purged, "the purge of old {what} failed; it runs again later");
                 return;
@@ -908,18 +899,15 @@ impl Scheduler {
                 let cutoff = Utc::now()
                     - chrono::Duration::days(i64::try_from(days).unwrap_or(i64::MAX / 86_400));
                 let store = scheduler.store();
-                purge_in_steps(store, "ended trials", days, PURGE_TRIALS, |at_most| {
-                    Op::Purge {
-                        ended_before: cutoff,
-                        at_most,
-                    }
+                purge_in_steps(store, "ended trials", days, || Op::Purge {
+                    ended_before: cutoff,
+                    at_most: PURGE_TRIALS,
+                    rows_at_most: PURGE_ROWS,
                 })
                 .await;
-                purge_in_steps(store, "audit entries", days, PURGE_AUDIT, |at_most| {
-                    Op::PurgeAudit {
-                        before: cutoff,
-                        at_most,
-                    }
+                purge_in_steps(store, "audit entries", days, || Op::PurgeAudit {
+                    before: cutoff,
+                    at_most: PURGE_AUDIT,
                 })
                 .await;
                 scheduler.remove_forgotten_failure_files().await;

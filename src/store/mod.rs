@@ -141,12 +141,14 @@ pub enum Op {
         id: TrialId,
     },
     /// Removes up to `at_most` finished and aborted trials that ended before this instant,
-    /// the earliest ended first (counts them). A purge goes in such bounded steps, so that
-    /// the writes of running trials are never held up long and the write-ahead log stays
-    /// small.
+    /// the earliest ended first, and no more than fit in `rows_at_most` events and responses
+    /// (but at least one, whatever it holds); counts them. A purge goes in such bounded
+    /// steps, so that the writes of running trials are never held up long and the write-ahead
+    /// log stays small, however long the purged trials' histories are.
     Purge {
         ended_before: DateTime<Utc>,
         at_most: usize,
+        rows_at_most: usize,
     },
     /// Removes up to `at_most` audit entries written before this instant, the oldest first
     /// (counts them).

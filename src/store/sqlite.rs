@@ -707,13 +707,16 @@ const PURGED_AUDIT: &str = concat!(
     " ORDER BY at LIMIT CAST(?2 AS INTEGER)"
 );
 
-/// The trials a purge removes (`?2` at most): ended (finished or aborted) before the cutoff,
-/// the earliest ended first, found by their end (in the index's order, so no sort: trials
-/// that ended at the same instant come in the order they were stored). Failed trials stay
-/// until they are restored, aborted or deleted, and so does a trial whose end is not a time
-/// as the store writes it.
+/// The trials a purge removes (`?2` at most), each with the number of its events and
+/// responses: ended (finished or aborted) before the cutoff, the earliest ended first, found
+/// by their end (in the index's order, so no sort: trials that ended at the same instant come
+/// in the order they were stored). Failed trials stay until they are restored, aborted or
+/// deleted, and so does a trial whose end is not a time as the store writes it.
 const PURGED: &str = concat!(
-    "SELECT trial_id FROM trials WHERE ended_at < ?1 AND ended_at ",
+    "SELECT trial_id,
+         (SELECT count(*) FROM trial_events e WHERE e.trial_id = trials.trial_id)
+         + (SELECT count(*) FROM trial_responses r WHERE r.trial_id = trials.trial_id)
+     FROM trials WHERE ended_at < ?1 AND ended_at ",
     stored_time!(),
     " AND engine_status IN ('Finished', 'Aborted')
      ORDER BY ended_at LIMIT CAST(?2 AS INTEGER)"
@@ -736,6 +739,17 @@ fn patch_checkpoint(
         "UPDATE trials SET checkpoint = ?2 WHERE trial_id = ?1",
         params![id.as_str(), patched],
     )
+}
+
+/// Removes a trial's record, events and responses (counts the records removed).
+fn delete_trial(tx: &Transaction, id: &str) -> rusqlite::Result<usize> {
+    for sql in [
+        "DELETE FROM trial_events WHERE trial_id = ?1",
+        "DELETE FROM trial_responses WHERE trial_id = ?1",
+    ] {
+        exec(tx, sql, params![id])?;
+    }
+    exec(tx, "DELETE FROM trials WHERE trial_id = ?1", params![id])
 }
 
 fn apply_op(tx: &Transaction, op: &Op) -> rusqlite::Result<usize> {
@@ -768,40 +782,29 @@ fn apply_op(tx: &Transaction, op: &Op) -> rusqlite::Result<usize> {
         }
         Op::AppendEvent { id, event } => append_event(tx, id.as_str(), event),
         Op::AppendResponse { id, record } => append_response(tx, id.as_str(), record),
-        Op::DeleteTrial { id } => {
-            exec(
-                tx,
-                "DELETE FROM trial_events WHERE trial_id = ?1",
-                params![id.as_str()],
-            )?;
-            exec(
-                tx,
-                "DELETE FROM trial_responses WHERE trial_id = ?1",
-                params![id.as_str()],
-            )?;
-            exec(
-                tx,
-                "DELETE FROM trials WHERE trial_id = ?1",
-                params![id.as_str()],
-            )
-        }
+        Op::DeleteTrial { id } => delete_trial(tx, id.as_str()),
         Op::Purge {
             ended_before,
             at_most,
+            rows_at_most,
         } => {
-            let cutoff = time(*ended_before);
-            let at_most = at_most.to_string();
-            // The same trials each time, until the last statement removes them.
-            let delete = |table: &str| {
-                exec(
-                    tx,
-                    &format!("DELETE FROM {table} WHERE trial_id IN ({PURGED})"),
-                    params![cutoff, at_most],
-                )
-            };
-            delete("trial_events")?;
-            delete("trial_responses")?;
-            delete("trials")
+            let candidates: Vec<(String, i64)> = tx
+                .prepare_cached(PURGED)?
+                .query_map(params![time(*ended_before), at_most.to_string()], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let (mut removed, mut rows) = (0, 0_usize);
+            for (id, held) in candidates {
+                let held = usize::try_from(held).unwrap_or(usize::MAX);
+                if removed > 0 && rows.saturating_add(held) > *rows_at_most {
+                    break;
+                }
+                delete_trial(tx, &id)?;
+                removed += 1;
+                rows += held;
+            }
+            Ok(removed)
         }
         Op::PurgeAudit { before, at_most } => exec(
             tx,

@@ -461,6 +461,7 @@ fn a_purge_removes_old_ended_trials_and_keeps_the_rest() {
     let purge = || Op::Purge {
         ended_before: cutoff,
         at_most: 1,
+        rows_at_most: 1_000,
     };
     // In steps of at most one, the earliest ended first (then as stored).
     assert_eq!(put(&mut store, vec![purge()]), [1]);
@@ -1138,6 +1139,39 @@ fn a_live_trial_whose_live_column_was_damaged_is_recovered_or_set_aside_never_le
     assert_set_aside_for_good(&mut store, "live-text");
 }
 
+#[test]
+fn a_purge_step_takes_whole_trials_up_to_a_number_of_history_rows() {
+    let mut store = SqliteBackend::in_memory().unwrap();
+    let old = Utc::now() - Duration::days(100);
+    let names = ["first", "second", "third", "fourth"];
+    let mut ops: Vec<Op> = names
+        .iter()
+        .map(|name| Op::PutTrial(Box::new(record(name, Lifecycle::Finished, old))))
+        .collect();
+    // 300 rows for the first two, 30 for the others.
+    for (name, rows) in names.iter().zip([300, 300, 30, 30]) {
+        ops.extend((0..rows).map(|seq| event_op(&id(name), seq, old)));
+    }
+    put(&mut store, ops);
+    let purge = Op::Purge {
+        ended_before: Utc::now() - Duration::days(90),
+        at_most: 50,
+        rows_at_most: 100,
+    };
+    // A trial with more rows than a step takes goes alone; the next ones as many as fit.
+    let steps = put(
+        &mut store,
+        vec![purge.clone(), purge.clone(), purge.clone(), purge],
+    );
+    assert_eq!(steps, [1, 1, 2, 0]);
+    assert!(listed_ids(&store).is_empty());
+    let left: i64 = store
+        .conn
+        .query_row("SELECT count(*) FROM trial_events", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(left, 0, "no history row outlives its trial");
+}
+
 /// How SQLite runs `sql` (with `params`) on a store of 2,000 ended trials, a step a line.
 fn plan_among_ended_trials(sql: &str, params: impl rusqlite::Params) -> Vec<String> {
     let mut store = SqliteBackend::in_memory().unwrap();
@@ -1178,6 +1212,8 @@ fn start_up_finds_the_live_trials_by_the_index_not_by_reading_every_row() {
 fn a_purge_finds_the_trials_it_removes_by_their_end_not_by_reading_every_row() {
     let plan = plan_among_ended_trials(PURGED, params![time(Utc::now()), 200]);
     assert_found_by(&plan, "trials", "trials_ended");
+    assert_found_by(&plan, "e", "trial_events_seq");
+    assert_found_by(&plan, "r", "trial_responses_seq");
     assert!(
         plan.iter().all(|step| !step.contains("TEMP B-TREE")),
         "no sort of every old trial at each step: {plan:?}"
