@@ -60,7 +60,7 @@ pub(super) fn not_live(id: &TrialId, lifecycle: Lifecycle) -> ControlError {
 const SLICE_CREATED: (Wait, Signal) = (Wait::SliceCreated, Signal::SliceCallback);
 
 /// Why an abort that waited for an answer in flight when the service stopped was not done.
-const ABORT_NOT_CARRIED_OUT: &str = "the service stopped while the abort waited for the answer in flight: its caller was told 503, and the trial goes on from that answer";
+const ABORT_NOT_CARRIED_OUT: &str = "the service stopped while the abort waited for the answer in flight: its caller was told 503, and the trial goes on after the restart";
 
 /// What a clean-up that awaits the slice-created callback before the slice-closed one waits
 /// for.
@@ -174,12 +174,62 @@ pub enum Command {
     Control(Control, oneshot::Sender<ControlOutcome>),
 }
 
-/// A checkpoint for the watchdog, acknowledged once it is kept (and, with a store, saved).
+/// A checkpoint for the watchdog, acknowledged once it is kept (and, with a store, saved),
+/// with the callers whose answer waits for that save.
 pub struct Checkpointed {
     /// Boxed: every engine's channel keeps a block of slots, which stays small this way.
     pub checkpoint: Box<Checkpoint>,
     pub lifecycle: Lifecycle,
-    pub ack: oneshot::Sender<Result<(), String>>,
+    pub ack: Ack,
+    /// Boxed like the checkpoint.
+    pub answers: Box<Answers>,
+}
+
+/// Where the watchdog says whether it saved a checkpoint the executor handed over.
+pub type Ack = oneshot::Sender<Result<(), Unsaved>>;
+
+/// The callers answered once a checkpoint is saved, by whoever saves it: when the service
+/// stops, the executor may be gone by then, and a caller told that its change was not made
+/// must not find it made after the restart.
+pub struct Answers {
+    /// The signal the checkpoint takes, and its answer once saved.
+    signal: Option<(oneshot::Sender<SignalOutcome>, SignalOutcome)>,
+    /// The aborts whose clean-up the checkpoint begins, or goes on with.
+    aborts: Vec<oneshot::Sender<ControlOutcome>>,
+}
+
+/// A checkpoint not saved: why, and the aborts that wait for the next save of it.
+pub struct Unsaved {
+    pub error: String,
+    aborts: Vec<oneshot::Sender<ControlOutcome>>,
+}
+
+impl Answers {
+    /// Answers the callers after the save of their checkpoint: a signal is taken, or told it
+    /// was not (and to send it again); aborts are accepted, or handed back to wait for the
+    /// next save.
+    pub fn settle(self, id: &TrialId, saved: Result<(), String>) -> Result<(), Unsaved> {
+        match saved {
+            Ok(()) => {
+                if let Some((reply, outcome)) = self.signal {
+                    let _ = reply.send(outcome);
+                }
+                for (i, reply) in self.aborts.into_iter().enumerate() {
+                    let _ = reply.send(Ok(abort_accepted(id, i > 0)));
+                }
+                Ok(())
+            }
+            Err(error) => {
+                if let Some((reply, _)) = self.signal {
+                    let _ = reply.send(SignalOutcome::NotSaved(error.clone()));
+                }
+                Err(Unsaved {
+                    error,
+                    aborts: self.aborts,
+                })
+            }
+        }
+    }
 }
 
 /// How the executor task ended.
@@ -188,6 +238,9 @@ pub enum ExecutorExit {
     Finished,
     Aborted,
     Failed(String),
+    /// The service stops, and the step in flight failed on the answer it had meanwhile: the
+    /// failure is not acted on, and the step runs again after the restart.
+    Stopped,
 }
 
 /// What the executor does with a signal, decided from where it is (SPEC §4's signal rules).
@@ -255,6 +308,8 @@ enum Outcome {
     /// The clean-up path is done.
     Aborted,
     Failed(String),
+    /// The service stops: see [`ExecutorExit::Stopped`].
+    Stopped,
     /// The operator asked for an abort; whatever was in flight is dropped. `recorded`: its
     /// `abort_requested` event is in the history already (it waited for a request's answer).
     Abort {
@@ -323,35 +378,31 @@ impl Executor {
                     };
                     return Box::pin(self.fail(reason)).await;
                 }
+                Outcome::Stopped => return ExecutorExit::Stopped,
                 Outcome::Abort { reason, recorded } => self.begin_cleanup(reason, recorded),
             };
             self.checkpoint.go_to(position);
-            if !self.save_until_kept(self.lifecycle()).await {
-                // The signal it took was not saved: the trial is back where the signal found it.
-                continue;
-            }
-            for (i, reply) in self.aborts.drain(..).enumerate() {
-                let _ = reply.send(Ok(abort_accepted(&self.id, i > 0)));
-            }
+            self.save_until_kept(self.lifecycle()).await;
         }
     }
 
     /// Saves the checkpoint, again and again while the store cannot (a full disk, say): a
     /// store's fault is waited out, never a reason to fail the trial. The trial stays where it
     /// stands, its next request not sent, and each command meanwhile is told the store cannot
-    /// save it now. Answers `false` if the checkpoint took a signal: that signal's caller is
-    /// told it was not taken, and the trial is back where the signal found it.
-    async fn save_until_kept(&mut self, lifecycle: Lifecycle) -> bool {
+    /// save it now. A checkpoint that took a signal is not saved again: that signal's caller
+    /// is told it was not taken, and the trial is back where the signal found it.
+    async fn save_until_kept(&mut self, lifecycle: Lifecycle) {
         let mut wait = RESAVE_FIRST;
         let mut retried = false;
         loop {
             let took_signal = self.answer.is_some();
-            match self.save(lifecycle).await {
+            let aborts = std::mem::take(&mut self.aborts);
+            match self.save(lifecycle, aborts).await {
                 Ok(()) => {
                     if retried {
                         info!("the checkpoint is saved now: the trial goes on");
                     }
-                    return true;
+                    return;
                 }
                 Err(e) if took_signal => {
                     warn!(error = %e, "the checkpoint that took a signal was not saved: the signal is not taken, and its sender is told to send it again");
@@ -359,7 +410,7 @@ impl Executor {
                     // counts again from now, so a store that cannot write does not time the
                     // wait out while the signal is being sent again.
                     self.checkpoint.waiting_since = Some(Utc::now());
-                    return false;
+                    return;
                 }
                 Err(e) => {
                     warn!(
@@ -428,6 +479,8 @@ impl Executor {
         let uncut = &self.shared.uncut;
         let abort_waits = AtomicBool::new(false);
         let mut abort_after: Option<String> = None;
+        // The service began to stop while the abort waited: it is not carried out.
+        let mut abort_dropped = false;
         let result = {
             let Checkpoint {
                 data,
@@ -459,6 +512,11 @@ impl Executor {
             loop {
                 tokio::select! {
                     result = &mut work => break Ok(result),
+                    // Said as the stop begins, whether the answer comes within the grace or not.
+                    () = self.shared.stop.cancelled(), if abort_after.is_some() && !abort_dropped => {
+                        abort_dropped = true;
+                        abort_not_carried_out(&self.shared, step);
+                    }
                     Some(command) = self.commands.recv() => {
                         let command = match command {
                             Command::Control(Control::Abort { reason }, reply)
@@ -557,7 +615,14 @@ impl Executor {
                     Some(reason.clone()),
                     Some(elapsed_ms),
                 );
-                if cleanup {
+                if self.shared.stop.is_cancelled() {
+                    info!(
+                        step = step.name(),
+                        reason = %reason,
+                        "the service stops: the step failed on the answer it waited for, and runs again after the restart; nothing is reported as failed"
+                    );
+                    Outcome::Stopped
+                } else if cleanup {
                     self.after_cleanup_failure(step, reason)
                 } else {
                     Outcome::Failed(reason)
@@ -569,17 +634,11 @@ impl Executor {
             // is what is saved, and the abort is not carried out; its caller is told the engine
             // stopped before it was saved (503), so the answer and what happens agree.
             Some(_) if self.shared.stop.is_cancelled() => {
-                info!(
-                    step = step.name(),
-                    "the service stops: the abort that waited for this answer is not carried out"
-                );
-                // Saved with the step's outcome: the history says why the trial goes on.
-                self.shared.journal.event(
-                    EventKind::AbortNotCarriedOut,
-                    None,
-                    Some(ABORT_NOT_CARRIED_OUT.to_owned()),
-                    None,
-                );
+                if !abort_dropped {
+                    abort_not_carried_out(&self.shared, step);
+                }
+                // Not answered with the step's checkpoint, which does not take them.
+                self.aborts.clear();
                 outcome
             }
             Some(reason) => Outcome::Abort {
@@ -840,6 +899,7 @@ impl Executor {
                             Outcome::Finished
                             | Outcome::Aborted
                             | Outcome::Failed(_)
+                            | Outcome::Stopped
                             | Outcome::Abort { .. } => Next::End,
                         });
                         self.answer = Some(PendingAnswer {
@@ -1024,35 +1084,53 @@ impl Executor {
         self.checkpoint.position
     }
 
-    /// Hands the checkpoint to the watchdog and waits until it is kept; then answers the
-    /// signal it takes, if one waits for its answer.
-    async fn save(&mut self, lifecycle: Lifecycle) -> Result<(), String> {
+    /// Hands the checkpoint to the watchdog, with the signal it takes and the `aborts` it
+    /// begins the clean-up of, and waits until it is kept. The watchdog answers them once it is
+    /// saved; if it is not, the trial is back where the signal found it, and the aborts wait
+    /// for the next save.
+    async fn save(
+        &mut self,
+        lifecycle: Lifecycle,
+        aborts: Vec<oneshot::Sender<ControlOutcome>>,
+    ) -> Result<(), String> {
+        let (signal, before) = match self.answer.take() {
+            Some(PendingAnswer {
+                reply,
+                outcome,
+                before,
+            }) => (Some((reply, outcome)), Some(before)),
+            None => (None, None),
+        };
         let (ack, acked) = oneshot::channel();
         let message = Checkpointed {
             checkpoint: Box::new(self.checkpoint.clone()),
             lifecycle,
             ack,
+            answers: Box::new(Answers { signal, aborts }),
         };
+        let gone = || "the watchdog is gone".to_owned();
         let saved = match self.checkpoints.send(message).await {
             Ok(()) => {
                 // The watchdog has the early signals now, with the rest.
                 self.shared.kept().take();
-                acked
-                    .await
-                    .unwrap_or_else(|_| Err("the watchdog is gone".to_owned()))
+                // Dropped unanswered: the callers are told the engine stopped.
+                acked.await.map_err(|_| gone()).and_then(|saved| {
+                    saved.map_err(|Unsaved { error, aborts }| {
+                        self.aborts = aborts;
+                        error
+                    })
+                })
             }
-            Err(_) => Err("the watchdog is gone".to_owned()),
+            Err(mpsc::error::SendError(message)) => message
+                .answers
+                .settle(&self.id, Err(gone()))
+                .map_err(|unsaved| unsaved.error),
         };
-        if let Some(pending) = self.answer.take() {
-            let outcome = match &saved {
-                Ok(()) => pending.outcome,
-                Err(e) => {
-                    // Not taken: the trial stays where the signal found it.
-                    self.checkpoint = *pending.before;
-                    SignalOutcome::NotSaved(e.clone())
-                }
-            };
-            let _ = pending.reply.send(outcome);
+        if saved.is_err()
+            && let Some(before) = before
+        {
+            // Not taken: the trial stays where the signal found it.
+            self.checkpoint = *before;
         }
         saved
     }
@@ -1080,7 +1158,7 @@ impl Executor {
             ExecutorExit::Finished
         };
         self.shared.move_to(lifecycle, &self.checkpoint);
-        if let Err(e) = self.save(lifecycle).await {
+        if let Err(e) = self.save(lifecycle, Vec::new()).await {
             error!(error = %e, "the end of the trial was not saved");
         }
         exit
@@ -1136,11 +1214,26 @@ impl Executor {
             .event(EventKind::TrialFailed, None, Some(reason.clone()), None);
         self.checkpoint.fail(self.id.as_str(), reason.clone());
         self.shared.move_to(Lifecycle::Failed, &self.checkpoint);
-        if let Err(e) = self.save(Lifecycle::Failed).await {
+        if let Err(e) = self.save(Lifecycle::Failed, Vec::new()).await {
             warn!(error = %e, "the failure checkpoint was not saved");
         }
         ExecutorExit::Failed(reason)
     }
+}
+
+/// Says, in the log and the trial's history, that the abort waiting for the answer to `step`
+/// is not carried out, the service stopping: the history says why the trial goes on.
+fn abort_not_carried_out(shared: &EngineShared, step: Step) {
+    info!(
+        step = step.name(),
+        "the service stops: the abort that waits for this answer is not carried out"
+    );
+    shared.journal.event(
+        EventKind::AbortNotCarriedOut,
+        None,
+        Some(ABORT_NOT_CARRIED_OUT.to_owned()),
+        None,
+    );
 }
 
 fn elapsed_ms(since: Instant) -> u64 {

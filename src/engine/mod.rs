@@ -252,6 +252,7 @@ impl EngineHandle {
                 checkpoint_tx,
                 controls: controls_rx,
                 pending_aborts: Vec::new(),
+                unanswered: None,
                 auto_abort_not_before: None,
                 asked_abort_retry: watchdog::RESAVE_FIRST,
                 auto_abort_rounds: 0,

@@ -19,8 +19,8 @@ use tracing::{Instrument, error, info, warn};
 
 use super::EngineShared;
 use super::executor::{
-    Checkpointed, Command, Control, ControlError, ControlOutcome, Executor, ExecutorExit, STOPPED,
-    abort_accepted,
+    Ack, Answers, Checkpointed, Command, Control, ControlError, ControlOutcome, Executor,
+    ExecutorExit, STOPPED, abort_accepted,
 };
 use super::failure;
 use super::queue::Inbox;
@@ -183,6 +183,9 @@ pub struct Watchdog {
     /// The wait before an abort asked for during the failure report, which could not start,
     /// is tried again.
     pub(super) asked_abort_retry: Duration,
+    /// The checkpoint being saved was handed over by the executor, which waits for this, with
+    /// the callers whose answer waits for the save: answered once it is done.
+    pub(super) unanswered: Option<(Ack, Box<Answers>)>,
     /// An automatic abort that could not start is not tried again before this.
     pub(super) auto_abort_not_before: Option<Deadline>,
     /// Automatic aborts of this trial whose clean-up had failed before: each waits twice as
@@ -228,21 +231,35 @@ impl Watchdog {
             () = stop.cancelled() => {}
             () = self.supervise() => {}
         }
-        let mut handed_over = self.answer_in_flight().await;
+        let answered = self.answer_in_flight().await;
         if let Some(executor) = self.executor.take() {
             executor.abort();
             // A cancelled task ends with a cancellation error: that is the point.
             let _ = executor.await;
         }
+        if self.unanswered.is_some() {
+            if super::lock(&self.shared.answer_grace).is_some() {
+                // The service stops, and cut the save of a checkpoint short, which may or may
+                // not have gone through: saved again, so that what its callers are told is
+                // what the store holds after the restart.
+                info!(
+                    "stopping: the checkpoint whose save the stop cut short is saved again, and what waited for it answered"
+                );
+                let saved = self.save().await;
+                self.answer_kept(saved);
+            } else {
+                // Deleted: its callers are told the engine stopped before it answered.
+                self.unanswered = None;
+            }
+        }
         // A checkpoint the executor handed over just before the stop is kept, like any other:
         // an observer who saw the trial end and stopped the service finds it saved ended.
+        let mut handed_over: Vec<Checkpointed> = answered.into_iter().collect();
         while let Ok(message) = self.checkpoints.try_recv() {
-            handed_over = Some(message);
+            handed_over.push(message);
         }
-        if let Some(message) = handed_over {
-            self.checkpoint = *message.checkpoint;
-            self.lifecycle = message.lifecycle;
-            if let Err(e) = self.save().await {
+        for message in handed_over {
+            if let Err(e) = self.keep(message).await {
                 warn!(error = %e, "the last checkpoint before the stop was not saved");
             }
         }
@@ -320,9 +337,7 @@ impl Watchdog {
                 // Checkpoints first: one sent just before the executor ended must be kept.
                 biased;
                 Some(message) = self.checkpoints.recv() => {
-                    self.checkpoint = *message.checkpoint;
-                    self.lifecycle = message.lifecycle;
-                    let _ = message.ack.send(self.save().await);
+                    let _ = self.keep(message).await;
                 }
                 result = join(&mut self.executor) => {
                     self.executor = None;
@@ -341,6 +356,8 @@ impl Watchdog {
                             self.not_saved("the end of the trial");
                         }
                         Ok(ExecutorExit::Failed(_)) => Box::pin(self.run_failure_procedure()).await,
+                        // The stop is under way: the rest is `run`'s.
+                        Ok(ExecutorExit::Stopped) => return,
                         Err(e) if e.is_cancelled() => {
                             Box::pin(self.died("the executor task was aborted".to_owned())).await;
                         }
@@ -544,6 +561,33 @@ impl Watchdog {
             self.resave = None;
         }
         saved
+    }
+
+    /// Takes the checkpoint the executor handed over and saves it; then answers the executor,
+    /// and the callers whose answer waited for that save.
+    async fn keep(&mut self, message: Checkpointed) -> Result<(), String> {
+        let Checkpointed {
+            checkpoint,
+            lifecycle,
+            ack,
+            answers,
+        } = message;
+        self.checkpoint = *checkpoint;
+        self.lifecycle = lifecycle;
+        // Held here until answered: a stop that cuts the save short saves it again and
+        // answers them then (see `run`).
+        self.unanswered = Some((ack, answers));
+        let saved = self.save().await;
+        self.answer_kept(saved.clone());
+        saved
+    }
+
+    /// Answers the executor, and the callers whose answer waited for the save of the checkpoint
+    /// it handed over, with that save's outcome.
+    fn answer_kept(&mut self, saved: Result<(), String>) {
+        if let Some((ack, answers)) = self.unanswered.take() {
+            let _ = ack.send(answers.settle(&self.shared.id, saved));
+        }
     }
 
     /// The engine's record as it stands.

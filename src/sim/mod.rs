@@ -102,7 +102,7 @@ impl Gate {
     }
 
     /// Ready once the gate is open.
-    async fn passed(&self) {
+    pub async fn passed(&self) {
         // A semaphore without permits: acquiring fails exactly when it is closed.
         let _ = self.0.acquire().await;
     }

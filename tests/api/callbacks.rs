@@ -459,6 +459,91 @@ async fn a_signal_whose_engine_is_deleted_before_it_answers_is_503() {
     assert_eq!(deleted.status, StatusCode::OK, "{deleted:?}");
 }
 
+#[tokio::test]
+async fn a_signal_whose_checkpoint_is_saved_as_the_service_stops_is_answered_as_taken() {
+    let (answer, checkpoint) = ask_as_the_service_stops("taken-as-it-stops", "active", None).await;
+    // Told it was taken: the store holds it taken.
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    assert!(
+        checkpoint
+            .accepted
+            .iter()
+            .any(|(_, signal)| *signal == lcm::engine::sequence::Signal::Active),
+        "{checkpoint:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_abort_whose_clean_up_is_saved_as_the_service_stops_is_answered_as_accepted() {
+    let body = serde_json::json!({"reason": "as it stops"});
+    let (answer, checkpoint) =
+        ask_as_the_service_stops("aborted-as-it-stops", "abort", Some(body)).await;
+    // Told it was accepted: the store holds the clean-up begun.
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    assert!(
+        matches!(checkpoint.mode, lcm::engine::state::Mode::Cleanup { .. }),
+        "{checkpoint:?}"
+    );
+}
+
+/// Brings trial `id` to IDLE and sends `POST /trial/{id}/{action}` (with `body`); the
+/// checkpoint that takes it waits at a store slow to commit it, the service begins to stop
+/// meanwhile, and the store commits it then. Answers the request's answer, and the trial's
+/// checkpoint as the store holds it once the service has stopped.
+async fn ask_as_the_service_stops(
+    id: &str,
+    action: &str,
+    body: Option<serde_json::Value>,
+) -> (Answer, lcm::engine::state::Checkpoint) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, stop) = (dir.path().to_path_buf(), Gate::new());
+    let faults = StoreFaults {
+        held: HeldWrites::of(|op| matches!(op, lcm::store::Op::PutTrial(_))),
+        ..StoreFaults::default()
+    };
+    let held = faults.held.clone();
+    let mut app = spawn_app_with(AppOptions {
+        backend: Some(Box::new(move || FlakyBackend {
+            inner: lcm::store::sqlite::SqliteBackend::open(&data).expect("the store opens"),
+            faults,
+        })),
+        stop: Some(stop.clone()),
+        ..AppOptions::default()
+    })
+    .await;
+    app.start_to_idle(id).await;
+    let mut stream = app.open_events(id).await;
+    held.hold();
+    let path = format!("/trial/{id}/{action}");
+    let asked = app.post(&path, body);
+    let stopping = async {
+        eventually("the checkpoint to wait for the store", || async {
+            match held.waiting.load(Ordering::SeqCst) {
+                0 => Err("not yet".to_owned()),
+                _ => Ok(()),
+            }
+        })
+        .await;
+        stop.open();
+        // Event streams end as the stop begins, with the engines told to stop.
+        while let Ok(Some(_)) = stream.chunk().await {}
+        held.release();
+    };
+    let (answer, _) = tokio::join!(asked, stopping);
+    let Server::Task(server) = &mut app.server else {
+        unreachable!("the service runs in this process");
+    };
+    server.await.expect("the service stops");
+    let mut store = lcm::store::sqlite::SqliteBackend::open(dir.path()).expect("the store opens");
+    let loaded = lcm::store::Backend::load(&mut store).expect("the store loads");
+    let trial = loaded
+        .trials
+        .into_iter()
+        .find(|t| t.record.id.as_str() == id)
+        .expect("the trial's record");
+    (answer, trial.record.checkpoint)
+}
+
 /// A wait's deadline counts from when the trial reached it, across restarts: a service
 /// restarted more often than `executor.callback_timeout_secs` still times a lost callback out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

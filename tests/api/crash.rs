@@ -896,15 +896,11 @@ fn status_writes(app: &TestApp, id: &str, status: &str) -> usize {
 async fn a_stop_lets_a_slice_deployment_in_flight_have_its_answer_and_it_is_never_sent_twice() {
     let id = "stop-mid-deploy";
     let (mut app, answered) = with_its_slice_deployment_held(id).await;
-    let deployments = |app: &TestApp| {
-        app.platform
-            .requests_for(id)
-            .iter()
-            .filter(|r| r.method == "POST" && r.path.contains("/sliceDeployment"))
-            .count()
-    };
     app.start_trial(id).await;
-    eventually_at_least("the slice deployment to be sent", 1, || deployments(&app)).await;
+    eventually_at_least("the slice deployment to be sent", 1, || {
+        slice_deployments(&app, id)
+    })
+    .await;
 
     // Stopped while trial enforcement holds its answer: the stop waits for it, so the slice
     // it made is known, instead of asking for another one after the restart.
@@ -920,7 +916,11 @@ async fn a_stop_lets_a_slice_deployment_in_flight_have_its_answer_and_it_is_neve
     let callback = app.callback(id, "slice", Some(&token)).await;
     assert_eq!(callback.status, StatusCode::OK, "{callback:?}");
     app.drive_to_finished(id).await;
-    assert_eq!(deployments(&app), 1, "the slice was asked for once");
+    assert_eq!(
+        slice_deployments(&app, id),
+        1,
+        "the slice was asked for once"
+    );
     assert_never_reported_failed(&app, id);
 }
 
@@ -950,6 +950,41 @@ async fn a_status_write_refused_while_the_service_stops_is_not_tried_again_nor_a
     app.wait_finished(id).await;
     assert_never_reported_failed(&app, id);
     assert!(app.failure_file(id).is_none(), "no failure file");
+    assert_no_failure_said(&app, id).await;
+}
+
+#[tokio::test]
+async fn a_clean_up_status_write_refused_while_the_service_stops_runs_again_and_is_not_a_failure() {
+    let id = "stop-mid-aborted-refused";
+    // The clean-up's one status write (ABORTED) is held, then refused.
+    let (mut app, answered) =
+        at_idle_with_the_next_status_write_held(id, |held| FaultAction::HoldThenStatus(held, 500))
+            .await;
+    let aborted = app.ask_abort(id, "stop mid clean-up").await;
+    assert_eq!(aborted.status, StatusCode::OK, "{aborted:?}");
+    let writes = |app: &TestApp| status_writes(app, id, "ABORTED");
+    eventually_at_least("ABORTED to be written", 1, || writes(&app)).await;
+
+    stop_once_it_waits_for_the_answer(&mut app, &answered).await;
+
+    // The step runs again after the restart, and the clean-up ends.
+    app.restart_binary().await;
+    app.wait_for(id, "Aborted", |s| s["engine_status"] == "Aborted")
+        .await;
+    assert_eq!(writes(&app), 2);
+    assert_no_failure_said(&app, id).await;
+}
+
+/// Panics if trial `id`'s history or the service's log says the trial failed.
+async fn assert_no_failure_said(app: &TestApp, id: &str) {
+    let kinds = app.event_kinds(id).await;
+    assert!(!kinds.contains(&"trial_failed".to_owned()), "{kinds:?}");
+    let log = log_text(app);
+    assert!(
+        !log.lines()
+            .any(|line| line.contains("ERROR") && line.contains(id)),
+        "{log}"
+    );
 }
 
 #[tokio::test]
@@ -982,34 +1017,81 @@ async fn an_abort_waiting_for_a_deployment_when_the_service_stops_is_told_503_an
     })
     .await;
     // The abort waits for the deployment's answer; the service is stopped meanwhile.
-    let abort = {
-        let (client, url) = (
-            app.client.clone(),
-            format!("{}/trial/{id}/abort", app.address),
-        );
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .header("Authorization", API_KEY)
-                .json(&json!({"reason": "abort then stop"}))
-                .send()
-                .await
-                .map(|r| r.status())
-        })
-    };
+    let abort = abort_waiting_for_the_deployment(&app, id).await;
+    stop_once_it_waits_for_the_answer(&mut app, &answered).await;
+    assert_told_503(abort).await;
+
+    // Told 503, not carried out: the trial goes on from the deployment's answer, to the wait
+    // for its slice (or past it, if the callback came in time), not to a clean-up.
+    app.restart_binary().await;
+    assert_goes_on_saying_the_abort_was_not_carried_out(&app, id).await;
+    assert_eq!(slice_deployments(&app, id), 1);
+}
+
+#[tokio::test]
+async fn an_abort_waiting_for_a_deployment_unanswered_within_the_grace_is_not_carried_out_either() {
+    let id = "abort-then-stop-unanswered";
+    let (mut app, answered) =
+        with_its_slice_deployment_held_and(id, &[("LCM__SERVER__SHUTDOWN_GRACE_SECS", "1")]).await;
+    app.start_trial(id).await;
+    let abort = abort_waiting_for_the_deployment(&app, id).await;
+    // No answer within the grace: the service stops without it.
+    let (exited, _) = terminate(&mut app, Duration::from_secs(30)).await;
+    assert!(exited.success(), "{exited}");
+    assert_told_503(abort).await;
+
+    // The deployment, sent again after the restart, is answered.
+    answered.open();
+    app.restart_binary().await;
+    assert_goes_on_saying_the_abort_was_not_carried_out(&app, id).await;
+    assert_eq!(
+        slice_deployments(&app, id),
+        2,
+        "sent again after the restart"
+    );
+}
+
+/// Asks for trial `id`'s abort once its slice deployment is in flight, and waits until the
+/// abort waits for the deployment's answer; the abort's answer comes from the returned task.
+async fn abort_waiting_for_the_deployment(
+    app: &TestApp,
+    id: &str,
+) -> tokio::task::JoinHandle<reqwest::Result<StatusCode>> {
+    app.wait_for(id, "SliceDeployment in flight", |s| {
+        s["step"] == "SliceDeployment"
+    })
+    .await;
+    let (client, url) = (
+        app.client.clone(),
+        format!("{}/trial/{id}/abort", app.address),
+    );
+    let abort = tokio::spawn(async move {
+        client
+            .post(url)
+            .header("Authorization", API_KEY)
+            .json(&json!({"reason": "abort then stop"}))
+            .send()
+            .await
+            .map(|r| r.status())
+    });
     app.wait_event(id, "abort_requested", "abort then stop")
         .await;
-    stop_once_it_waits_for_the_answer(&mut app, &answered).await;
+    abort
+}
+
+/// Panics unless the abort `abort` asked for was told the engine stopped before it was saved.
+async fn assert_told_503(abort: tokio::task::JoinHandle<reqwest::Result<StatusCode>>) {
     let told = abort.await.expect("the abort's task");
     assert_eq!(
         told.expect("an answer"),
         StatusCode::SERVICE_UNAVAILABLE,
         "the engine stopped before the abort was saved"
     );
+}
 
-    // Told 503, not carried out: the trial goes on from the deployment's answer, to the wait
-    // for its slice (or past it, if the callback came in time), not to a clean-up.
-    app.restart_binary().await;
+/// Waits until trial `id`, restarted after an abort that was not carried out, waits on its
+/// own path, not cleaning up, and panics unless its history says why.
+async fn assert_goes_on_saying_the_abort_was_not_carried_out(app: &TestApp, id: &str) {
     let status = app
         .wait_for(id, "a wait of the trial's own path", |s| {
             s["waiting_for"]
@@ -1026,13 +1108,15 @@ async fn an_abort_waiting_for_a_deployment_when_the_service_stops_is_told_503_an
     // Its history says so, after the abort's request.
     app.wait_event(id, "abort_not_carried_out", "its caller was told 503")
         .await;
-    let deployments = app
-        .platform
+}
+
+/// How many slice deployments trial `id` asked for.
+fn slice_deployments(app: &TestApp, id: &str) -> usize {
+    app.platform
         .requests_for(id)
         .iter()
         .filter(|r| r.method == "POST" && r.path.contains("/sliceDeployment"))
-        .count();
-    assert_eq!(deployments, 1);
+        .count()
 }
 
 #[tokio::test]

@@ -34,6 +34,9 @@ pub struct AppOptions {
     pub platform: Box<dyn FnOnce(&Platform)>,
     /// An in-memory store whose reads fail while this is on (instead of `backend`).
     pub busy_reads: Option<BusyReads>,
+    /// The service stops (as on SIGTERM) once this opens; it serves until the test ends if
+    /// none.
+    pub stop: Option<Gate>,
 }
 
 impl Default for AppOptions {
@@ -45,6 +48,7 @@ impl Default for AppOptions {
             backend: None,
             platform: Box::new(|_| {}),
             busy_reads: None,
+            stop: None,
         }
     }
 }
@@ -488,8 +492,15 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         (Some(_), Some(_)) => panic!("busy reads come with a store of their own"),
     }
     .expect("app builds");
+    let stop = options.stop;
     let server = tokio::spawn(async move {
-        let _ = app.run_until(std::future::pending()).await;
+        let stopped = async move {
+            match stop {
+                Some(gate) => gate.passed().await,
+                None => std::future::pending().await,
+            }
+        };
+        let _ = app.run_until(stopped).await;
     });
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
