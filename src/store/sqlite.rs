@@ -219,7 +219,8 @@ fn migrate(conn: &mut Connection, shown: &str) -> Result<(), StoreError> {
 /// Moves every version-1 engine into the version-2 tables. A record that cannot be read is
 /// kept, set aside as `Corrupt` with the reason, rather than stopping the upgrade.
 fn migrate_engines(tx: &Transaction) -> Result<(), HookError> {
-    // (id and backup as they can be shown, and the columns as text or why they are not)
+    // (the id it is kept under and the backup as it can be shown, and the columns as text or
+    // why they are not)
     type EngineRow = (String, String, Result<[String; 4], String>);
     let rows: Vec<EngineRow> = {
         let mut stmt = tx.prepare("SELECT trial_id, status, backup, updated_at FROM engines")?;
@@ -232,13 +233,12 @@ fn migrate_engines(tx: &Transaction) -> Result<(), HookError> {
                     text_of(row, 3, "updated_at")?,
                 ])
             };
-            Ok((shown_of(row, 0)?, shown_of(row, 2)?, read()))
+            Ok((set_aside_id(row, 0)?, shown_of(row, 2)?, read()))
         })?
         .collect::<Result<_, _>>()?
     };
     let now = time(chrono::Utc::now());
     for (id, backup, read) in rows {
-        let id = set_aside_id(&id);
         let converted = read.and_then(|[id, status, backup, updated_at]| {
             legacy::convert(&id, &status, &backup, &updated_at)
         });
@@ -316,14 +316,23 @@ fn shown_of(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<String> {
     })
 }
 
-/// The id a record set aside is kept under: its own if it is one, else one made of its bytes
-/// (`unreadable-<hex>`), so that an operator can read and delete it through the API.
-fn set_aside_id(shown: &str) -> String {
-    if TrialId::parse(shown).is_ok() {
-        return shown.to_owned();
+/// The id the record in column `i` of a row is kept under, should it be set aside: its own if
+/// it is one, else one made of its bytes as stored (`unreadable-<hex>`, two ids alike once
+/// shown kept apart), so that an operator can read and delete it through the API.
+fn set_aside_id(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<String> {
+    let stored = match row.get_ref(i)? {
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => bytes.to_vec(),
+        ValueRef::Integer(n) => n.to_string().into_bytes(),
+        ValueRef::Real(x) => x.to_string().into_bytes(),
+        ValueRef::Null => Vec::new(),
+    };
+    if let Ok(text) = std::str::from_utf8(&stored)
+        && TrialId::parse(text).is_ok()
+    {
+        return Ok(text.to_owned());
     }
-    let hex: String = shown.bytes().take(50).map(|b| format!("{b:02x}")).collect();
-    format!("unreadable-{hex}")
+    let hex: String = stored.iter().take(50).map(|b| format!("{b:02x}")).collect();
+    Ok(format!("unreadable-{hex}"))
 }
 
 /// The file name of the database inside the data directory.
@@ -866,7 +875,8 @@ impl Backend for SqliteBackend {
         let read = |e| backend_error("read", e);
         let mut loaded = Loaded::default();
 
-        // (rowid; trial id, start time and created_at as they can be shown; then as text)
+        // (rowid; the id it is kept under, start time and created_at as they can be shown;
+        // then as text)
         type JobRow = (i64, [String; 3], Result<[String; 3], String>);
         let jobs: Vec<JobRow> = all_rows(
             &self.conn,
@@ -879,13 +889,12 @@ impl Backend for SqliteBackend {
                         text_of(row, 3, "created_at")?,
                     ])
                 };
-                let shown = [shown_of(row, 1)?, shown_of(row, 2)?, shown_of(row, 3)?];
+                let shown = [set_aside_id(row, 1)?, shown_of(row, 2)?, shown_of(row, 3)?];
                 Ok((row.get(0)?, shown, read()))
             },
         )
         .map_err(read)?;
         for (rowid, [id, start, created_at], columns) in jobs {
-            let id = set_aside_id(&id);
             let parsed = columns.and_then(|[id, start, created_at]| {
                 match (
                     TrialId::parse(&id),
@@ -970,7 +979,6 @@ impl Backend for SqliteBackend {
                     loaded.trials.push(trial);
                 }
                 Err(reason) => {
-                    let id = set_aside_id(&id);
                     error!(trial = %id, reason = %reason, "a trial's record cannot be read: set aside as Corrupt");
                     self.conn
                         .execute(
@@ -1082,7 +1090,7 @@ impl LiveRow {
             })
         };
         let read = read().map_err(|e| format!("unreadable record: {e}"));
-        Ok((row.get(0)?, shown_of(row, 1)?, read))
+        Ok((row.get(0)?, set_aside_id(row, 1)?, read))
     }
 
     fn record(&self) -> Result<TrialRecord, String> {

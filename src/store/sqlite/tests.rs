@@ -713,6 +713,13 @@ fn a_value_of_the_wrong_type_sets_its_record_aside_and_start_up_goes_on() {
              SELECT trial_id, 1, at, kind, CAST(X'FF' AS TEXT) FROM trial_events",
         "INSERT INTO jobs (trial_id, start_time, created_at) VALUES ('job-blob', X'01', '')",
         "INSERT INTO jobs (trial_id, start_time, created_at) VALUES (X'FF', '2099-01-01T00:00:00Z', '')",
+        // Two ids that are not UTF-8, alike once shown: each kept under its own bytes.
+        "INSERT INTO trials (trial_id, engine_status, live, paused, lifecycle, checkpoint, created_at, updated_at)
+             SELECT X'FF00', engine_status, live, paused, lifecycle, checkpoint, created_at, updated_at
+             FROM trials WHERE trial_id = 'healthy'",
+        "INSERT INTO trials (trial_id, engine_status, live, paused, lifecycle, checkpoint, created_at, updated_at)
+             SELECT X'FE00', engine_status, live, paused, lifecycle, checkpoint, created_at, updated_at
+             FROM trials WHERE trial_id = 'healthy'",
         "INSERT INTO revoked_tokens (jti, expires_at) VALUES ('kept', 'soon')",
         "INSERT INTO revoked_tokens (jti, expires_at) VALUES (X'00', 9999999999)",
         "INSERT INTO settings (key, value) VALUES ('automatic', 'maybe')",
@@ -733,7 +740,9 @@ fn a_value_of_the_wrong_type_sets_its_record_aside_and_start_up_goes_on() {
             "job-blob",
             "not-utf8",
             "paused-text",
-            "unreadable-efbfbd"
+            "unreadable-fe00",
+            "unreadable-ff",
+            "unreadable-ff00"
         ],
         "{:?}",
         loaded.quarantined
