@@ -534,7 +534,11 @@ async fn ask_as_the_service_stops(
         unreachable!("the service runs in this process");
     };
     server.await.expect("the service stops");
-    let mut store = lcm::store::sqlite::SqliteBackend::open(dir.path()).expect("the store opens");
+    // Its writer thread lets go of the store as it ends.
+    let mut store = eventually("the store to be free", || async {
+        lcm::store::sqlite::SqliteBackend::open(dir.path()).map_err(|e| e.to_string())
+    })
+    .await;
     let loaded = lcm::store::Backend::load(&mut store).expect("the store loads");
     let trial = loaded
         .trials
