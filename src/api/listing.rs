@@ -181,6 +181,11 @@ pub async fn page(state: &AppState, mut query: TrialQuery) -> Result<Page, ApiEr
                     || !state.scheduler.is_scheduled(&id);
                 engines.get(&id).filter(|_| fired)
             });
+            // A trial's row the store listed is listed as it found it (the store's filter goes
+            // by the status the row holds, also when a damaged column lists it `Corrupt`); one
+            // that memory knows better is filtered by what memory says, and so is a job (the
+            // store lists fired ones whatever is asked).
+            let known_better = live.is_some() || row.engine_status == ListedStatus::Scheduled;
             if let Some(engine) = live {
                 // The store saves at every step; memory knows the moment.
                 let snapshot = engine.snapshot();
@@ -201,9 +206,12 @@ pub async fn page(state: &AppState, mut query: TrialQuery) -> Result<Page, ApiEr
             row.created_at = codec::shown(&row.created_at);
             row.updated_at = codec::shown(&row.updated_at);
             row.ended_at = row.ended_at.as_deref().map(codec::shown);
-            row
+            (known_better, row)
         })
-        .filter(|row| wanted.is_empty() || wanted.contains(&row.engine_status))
+        .filter(|(known_better, row)| {
+            !known_better || wanted.is_empty() || wanted.contains(&row.engine_status)
+        })
+        .map(|(_, row)| row)
         .collect();
     Ok(Page {
         trials,

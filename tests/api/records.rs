@@ -386,6 +386,40 @@ async fn trials_past_their_retention_are_purged_and_failed_ones_kept() {
 }
 
 #[tokio::test]
+async fn the_status_filter_finds_an_ended_row_by_its_status_also_when_a_column_lists_it_corrupt() {
+    let now = Utc::now();
+    let data = prepared_store(
+        vec![
+            Op::PutTrial(Box::new(record("ended-damaged", Lifecycle::Finished, now))),
+            Op::PutTrial(Box::new(record("ended-fine", Lifecycle::Finished, now))),
+        ],
+        Some(
+            "UPDATE trials SET ended_at = CAST(ended_at AS BLOB) WHERE trial_id = 'ended-damaged'",
+        ),
+    );
+    let path = data.path().to_path_buf();
+    let app = spawn_app_with_settings(move |s| s.store.data_dir = path).await;
+    let all = listed(&app, "").await;
+    let damaged = all["trials"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|t| t["trial_id"] == "ended-damaged"))
+        .cloned()
+        .expect("listed");
+    assert_eq!(damaged["engine_status"], "Corrupt", "{damaged}");
+    assert!(
+        damaged["failure"]
+            .as_str()
+            .is_some_and(|f| f.contains("ended_at")),
+        "{damaged}"
+    );
+    // Found by the status the row holds, and listed as it is.
+    let mut finished = ids(&listed(&app, "?status=Finished").await);
+    finished.sort_unstable();
+    assert_eq!(finished, ["ended-damaged", "ended-fine"]);
+    assert!(ids(&listed(&app, "?status=Corrupt").await).is_empty());
+}
+
+#[tokio::test]
 async fn corrupt_records_and_jobs_are_set_aside_and_start_up_goes_on() {
     let now = Utc::now();
     let data = prepared_store(
