@@ -267,6 +267,36 @@ fn migrate_engines(tx: &Transaction) -> Result<(), HookError> {
     Ok(())
 }
 
+/// The statements of [`mend_binary_creation_times`], by table.
+const MEND_CREATION_TIMES: [(&str, &str); 2] = [
+    (
+        "trials",
+        "UPDATE trials SET created_at = 'x' || hex(created_at) WHERE created_at >= X''",
+    ),
+    (
+        "jobs",
+        "UPDATE jobs SET created_at = 'x' || hex(created_at) WHERE created_at >= X''",
+    ),
+];
+
+/// Rewrites a `created_at` that is binary data (written by hand) as text, `x` and its bytes in
+/// hex: binary data sorts after every time, and a listing's cursor, which carries text, could
+/// not page past it. Found by the index the listing reads (binary data sorts after any text in
+/// it), so a store of healthy rows costs nothing.
+fn mend_binary_creation_times(conn: &Connection) -> rusqlite::Result<()> {
+    for (table, mend) in MEND_CREATION_TIMES {
+        let mended = conn.execute(mend, [])?;
+        if mended > 0 {
+            warn!(
+                table,
+                mended,
+                "rows whose created_at was binary data, not a time: rewritten as 'x' and its bytes in hex, so that the listing pages past them"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Keeps a record that cannot be read as a trial row `Corrupt` with the reason, listed and
 /// never run; `content` is what was read, kept for whoever mends it. A trial row already there
 /// is left as it is.
@@ -874,6 +904,7 @@ impl Backend for SqliteBackend {
     fn load(&mut self) -> Result<Loaded, StoreError> {
         let read = |e| backend_error("read", e);
         let mut loaded = Loaded::default();
+        mend_binary_creation_times(&self.conn).map_err(read)?;
 
         // (rowid; the id it is kept under, start time and created_at as they can be shown;
         // then as text)

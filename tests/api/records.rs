@@ -420,6 +420,43 @@ async fn the_status_filter_finds_an_ended_row_by_its_status_also_when_a_column_l
 }
 
 #[tokio::test]
+async fn a_walk_through_the_listing_pages_past_rows_whose_created_at_is_binary_data() {
+    let now = Utc::now();
+    let data = prepared_store(
+        vec![
+            Op::PutTrial(Box::new(record("walk-live", Lifecycle::Waiting, now))),
+            Op::PutTrial(Box::new(record("walk-blob", Lifecycle::Waiting, now))),
+            Op::PutTrial(Box::new(record("walk-ended-blob", Lifecycle::Finished, now))),
+            Op::PutTrial(Box::new(record("walk-ended", Lifecycle::Finished, now))),
+        ],
+        Some(
+            "UPDATE trials SET created_at = X'00' WHERE trial_id IN ('walk-blob', 'walk-ended-blob');
+             INSERT INTO jobs (trial_id, start_time, created_at)
+                 VALUES ('walk-job', '2099-01-01T00:00:00Z', X'0001');",
+        ),
+    );
+    let path = data.path().to_path_buf();
+    let app = spawn_app_with_settings(move |s| s.store.data_dir = path).await;
+    let mut whole = ids(&listed(&app, "?limit=500").await);
+    whole.sort_unstable();
+    assert_eq!(
+        whole,
+        [
+            "walk-blob",
+            "walk-ended",
+            "walk-ended-blob",
+            "walk-job",
+            "walk-live"
+        ]
+    );
+    for limit in 1..=3 {
+        let mut walk = walked(&app, &format!("?limit={limit}")).await;
+        walk.sort_unstable();
+        assert_eq!(walk, whole, "limit {limit}: each once");
+    }
+}
+
+#[tokio::test]
 async fn corrupt_records_and_jobs_are_set_aside_and_start_up_goes_on() {
     let now = Utc::now();
     let data = prepared_store(

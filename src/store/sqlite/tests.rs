@@ -1212,6 +1212,14 @@ fn assert_found_by(plan: &[String], table: &str, index: &str) {
 }
 
 #[test]
+fn start_up_finds_binary_creation_times_by_the_index_not_by_reading_every_row() {
+    for (table, mend) in MEND_CREATION_TIMES {
+        let plan = plan_among_ended_trials(mend, []);
+        assert_found_by(&plan, table, &format!("{table}_newest"));
+    }
+}
+
+#[test]
 fn start_up_finds_the_live_trials_by_the_index_not_by_reading_every_row() {
     let plan = plan_among_ended_trials(LIVE_TRIALS, []);
     assert_found_by(&plan, "trials", "trials_live");
