@@ -956,10 +956,23 @@ async fn a_status_write_refused_while_the_service_stops_is_not_tried_again_nor_a
 #[tokio::test]
 async fn a_clean_up_status_write_refused_while_the_service_stops_runs_again_and_is_not_a_failure() {
     let id = "stop-mid-aborted-refused";
-    // The clean-up's one status write (ABORTED) is held, then refused.
-    let (mut app, answered) =
-        at_idle_with_the_next_status_write_held(id, |held| FaultAction::HoldThenStatus(held, 500))
+    // The clean-up's one status write (ABORTED) is held, then refused: it runs again after
+    // the restart, and the clean-up ends.
+    let (app, writes) =
+        abort_across_a_stop_mid_status_write(id, |held| FaultAction::HoldThenStatus(held, 500))
             .await;
+    assert_eq!(writes, 2);
+    assert_no_failure_said(&app, id).await;
+}
+
+/// Brings trial `id` to IDLE and aborts it; stops the service while the repository holds its
+/// answer to the clean-up's status write (`ABORTED`) with `held`, and waits until the
+/// restarted service has the trial `Aborted`. Answers how many times `ABORTED` was written.
+async fn abort_across_a_stop_mid_status_write(
+    id: &str,
+    held: impl FnOnce(Gate) -> FaultAction,
+) -> (TestApp, usize) {
+    let (mut app, answered) = at_idle_with_the_next_status_write_held(id, held).await;
     let aborted = app.ask_abort(id, "stop mid clean-up").await;
     assert_eq!(aborted.status, StatusCode::OK, "{aborted:?}");
     let writes = |app: &TestApp| status_writes(app, id, "ABORTED");
@@ -967,12 +980,11 @@ async fn a_clean_up_status_write_refused_while_the_service_stops_runs_again_and_
 
     stop_once_it_waits_for_the_answer(&mut app, &answered).await;
 
-    // The step runs again after the restart, and the clean-up ends.
     app.restart_binary().await;
     app.wait_for(id, "Aborted", |s| s["engine_status"] == "Aborted")
         .await;
-    assert_eq!(writes(&app), 2);
-    assert_no_failure_said(&app, id).await;
+    let written = writes(&app);
+    (app, written)
 }
 
 /// Panics if trial `id`'s history or the service's log says the trial failed.
@@ -991,19 +1003,8 @@ async fn assert_no_failure_said(app: &TestApp, id: &str) {
 async fn a_stop_lets_the_clean_up_s_status_write_have_its_answer_and_it_is_written_once() {
     let id = "stop-mid-aborted";
     // The clean-up's one status write (ABORTED) is held.
-    let (mut app, answered) =
-        at_idle_with_the_next_status_write_held(id, FaultAction::HoldUntil).await;
-    let aborted = app.ask_abort(id, "stop mid clean-up").await;
-    assert_eq!(aborted.status, StatusCode::OK, "{aborted:?}");
-    let writes = |app: &TestApp| status_writes(app, id, "ABORTED");
-    eventually_at_least("ABORTED to be written", 1, || writes(&app)).await;
-
-    stop_once_it_waits_for_the_answer(&mut app, &answered).await;
-
-    app.restart_binary().await;
-    app.wait_for(id, "Aborted", |s| s["engine_status"] == "Aborted")
-        .await;
-    assert_eq!(writes(&app), 1, "ABORTED written once");
+    let (_, writes) = abort_across_a_stop_mid_status_write(id, FaultAction::HoldUntil).await;
+    assert_eq!(writes, 1, "ABORTED written once");
 }
 
 #[tokio::test]

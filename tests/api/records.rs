@@ -385,20 +385,33 @@ async fn trials_past_their_retention_are_purged_and_failed_ones_kept() {
     );
 }
 
-#[tokio::test]
-async fn the_status_filter_finds_an_ended_row_by_its_status_also_when_a_column_lists_it_corrupt() {
+/// The service on a store of `trials` (id and lifecycle, made now), damaged by `damage`;
+/// with the store's directory, kept while the service runs.
+async fn on_damaged_store(
+    trials: &[(&str, Lifecycle)],
+    damage: &str,
+) -> (TestApp, tempfile::TempDir) {
     let now = Utc::now();
-    let data = prepared_store(
-        vec![
-            Op::PutTrial(Box::new(record("ended-damaged", Lifecycle::Finished, now))),
-            Op::PutTrial(Box::new(record("ended-fine", Lifecycle::Finished, now))),
-        ],
-        Some(
-            "UPDATE trials SET ended_at = CAST(ended_at AS BLOB) WHERE trial_id = 'ended-damaged'",
-        ),
-    );
+    let ops = trials
+        .iter()
+        .map(|(id, lifecycle)| Op::PutTrial(Box::new(record(id, *lifecycle, now))))
+        .collect();
+    let data = prepared_store(ops, Some(damage));
     let path = data.path().to_path_buf();
     let app = spawn_app_with_settings(move |s| s.store.data_dir = path).await;
+    (app, data)
+}
+
+#[tokio::test]
+async fn the_status_filter_finds_an_ended_row_by_its_status_also_when_a_column_lists_it_corrupt() {
+    let (app, _data) = on_damaged_store(
+        &[
+            ("ended-damaged", Lifecycle::Finished),
+            ("ended-fine", Lifecycle::Finished),
+        ],
+        "UPDATE trials SET ended_at = CAST(ended_at AS BLOB) WHERE trial_id = 'ended-damaged'",
+    )
+    .await;
     let all = listed(&app, "").await;
     let damaged = all["trials"]
         .as_array()
@@ -421,22 +434,18 @@ async fn the_status_filter_finds_an_ended_row_by_its_status_also_when_a_column_l
 
 #[tokio::test]
 async fn a_walk_through_the_listing_pages_past_rows_whose_created_at_is_binary_data() {
-    let now = Utc::now();
-    let data = prepared_store(
-        vec![
-            Op::PutTrial(Box::new(record("walk-live", Lifecycle::Waiting, now))),
-            Op::PutTrial(Box::new(record("walk-blob", Lifecycle::Waiting, now))),
-            Op::PutTrial(Box::new(record("walk-ended-blob", Lifecycle::Finished, now))),
-            Op::PutTrial(Box::new(record("walk-ended", Lifecycle::Finished, now))),
+    let (app, _data) = on_damaged_store(
+        &[
+            ("walk-live", Lifecycle::Waiting),
+            ("walk-blob", Lifecycle::Waiting),
+            ("walk-ended-blob", Lifecycle::Finished),
+            ("walk-ended", Lifecycle::Finished),
         ],
-        Some(
-            "UPDATE trials SET created_at = X'00' WHERE trial_id IN ('walk-blob', 'walk-ended-blob');
-             INSERT INTO jobs (trial_id, start_time, created_at)
-                 VALUES ('walk-job', '2099-01-01T00:00:00Z', X'0001');",
-        ),
-    );
-    let path = data.path().to_path_buf();
-    let app = spawn_app_with_settings(move |s| s.store.data_dir = path).await;
+        "UPDATE trials SET created_at = X'00' WHERE trial_id IN ('walk-blob', 'walk-ended-blob');
+         INSERT INTO jobs (trial_id, start_time, created_at)
+             VALUES ('walk-job', '2099-01-01T00:00:00Z', X'0001');",
+    )
+    .await;
     let mut whole = ids(&listed(&app, "?limit=500").await);
     whole.sort_unstable();
     assert_eq!(
