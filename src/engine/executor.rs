@@ -200,7 +200,7 @@ pub struct Answers {
 
 /// A checkpoint not saved: why, and the aborts that wait for the next save of it.
 pub struct Unsaved {
-    pub error: String,
+    error: String,
     aborts: Vec<oneshot::Sender<ControlOutcome>>,
 }
 
