@@ -671,6 +671,29 @@ async fn a_secret_quoted_in_a_failure_reason_is_redacted_where_it_is_shown() {
     assert!(!shown.contains("al-secret-pw"), "{shown}");
 }
 
+/// A component's answer quoted in a failure reason is one line in the log: its line break,
+/// escaped, cannot start a line of the service's own.
+#[tokio::test]
+async fn a_line_break_in_a_quoted_answer_cannot_start_a_log_line() {
+    let app = spawn_binary().await;
+    let id = "forged-line";
+    let forged = "INFO lcm: trial finished";
+    app.platform.inject(measurement_job_fault(
+        id,
+        FaultAction::Text(400, format!("refused\n{forged}")),
+    ));
+    app.start_trial(id).await;
+    let failed = app.wait_failed(id).await;
+    assert_failure_says(&failed, &format!("refused\\n{forged}"));
+    let line = logged(&app, &["trial failed", forged]).await;
+    assert!(line.contains("refused\\n"), "{line}");
+    assert!(
+        !log_text(&app).lines().any(|l| l.starts_with(forged)),
+        "a line of the answer's own: {}",
+        log_text(&app)
+    );
+}
+
 /// A text answer is shown cut after 200 characters: a secret that the cut would split is
 /// hidden whole first, so no part of it is shown. A JSON answer's keys are redacted like its
 /// values.
