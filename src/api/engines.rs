@@ -31,7 +31,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SkipBody {
-    /// Why the failed step may be left out (at most 500 characters); kept in the history.
+    /// Why the failed step may be left out (one line, at most 500 characters); kept in the history.
     #[schema(example = "flight plan enforced by hand on the facility")]
     reason: String,
 }
@@ -112,7 +112,7 @@ async fn restore(
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "The trial has no engine", body = ErrorBody),
         (status = 409, description = "Not failed, or the step cannot be skipped (the detail says what later steps need)", body = ErrorBody),
-        (status = 422, description = "No reason, an empty or too long one, or an unknown field", body = ErrorBody),
+        (status = 422, description = "No reason, an empty one, one too long or not one line, or an unknown field or one given twice", body = ErrorBody),
         (status = 503, description = "The skip could not be saved, so it was not made", body = ErrorBody),
     ),
 )]

@@ -18,6 +18,7 @@ use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 
 use super::AppState;
 use super::error::ApiError;
@@ -323,24 +324,26 @@ pub struct TrialIdParam {
 }
 
 /// A JSON body whose rejections are `{"detail"}` errors with the right status (400 malformed,
-/// 413 too large, 415 not JSON, 422 wrong shape).
+/// 413 too large, 415 not JSON, 422 wrong shape, a field given twice included).
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(req, state)
+        // Read as written, not through a map, so that a field given twice is refused rather
+        // than the last one quietly taken.
+        let axum::Json(raw) = axum::Json::<Box<RawValue>>::from_request(req, state)
             .await
             .map_err(json_rejection)?;
         // Serde would also take a list of the fields' values in order; only an object is a body.
-        if !value.is_object() {
+        if !raw.get().trim_start().starts_with('{') {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "request body must be a JSON object",
             ));
         }
-        serde_json::from_value(value).map(ApiJson).map_err(|e| {
+        serde_json::from_str(raw.get()).map(ApiJson).map_err(|e| {
             ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!("request body has the wrong shape: {e}"),

@@ -59,7 +59,7 @@ const MAX_TEXT: usize = 500;
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Reason {
-    /// Why, in words (at most 500 characters); kept in the trial's history.
+    /// Why, in words (one line, at most 500 characters); kept in the trial's history.
     #[schema(example = "wrong facility booked")]
     pub reason: Option<String>,
 }
@@ -71,19 +71,30 @@ pub struct ProgressBody {
     /// How far along, 0 to 100.
     #[schema(minimum = 0, maximum = 100, example = 40)]
     pub progress: Option<i64>,
-    /// What the component is doing (at most 500 characters).
+    /// What the component is doing (one line, at most 500 characters).
     #[schema(example = "deploying the core network functions")]
     pub message: Option<String>,
 }
 
-/// A reason or message of at most [`MAX_TEXT`] characters, trimmed; empty means none.
+/// A reason or message of at most [`MAX_TEXT`] characters on one line, trimmed; empty means
+/// none. Control characters (a line break, a tab, NUL…) are refused: the text goes into the
+/// logs as it is, where a line break would start a line the service never wrote.
 pub fn checked_text(field: &str, text: Option<String>) -> Result<Option<String>, ApiError> {
     let Some(text) = text else { return Ok(None) };
     let text = text.trim();
-    if text.chars().count() > MAX_TEXT {
-        return Err(ApiError::new(
+    let refused = |why: String| {
+        Err(ApiError::new(
             axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-            format!("'{field}' is longer than {MAX_TEXT} characters"),
+            why,
+        ))
+    };
+    if text.chars().count() > MAX_TEXT {
+        return refused(format!("'{field}' is longer than {MAX_TEXT} characters"));
+    }
+    if let Some(c) = text.chars().find(|c| c.is_control()) {
+        return refused(format!(
+            "'{field}' holds a control character ({}): it must be one line of text",
+            c.escape_unicode()
         ));
     }
     Ok((!text.is_empty()).then(|| text.to_owned()))
@@ -239,7 +250,7 @@ fn control_answer(outcome: ControlOutcome) -> Result<Json<Message>, ApiError> {
         (status = 403, description = "A token of another trial, or of a finished or failed trial", body = ErrorBody),
         (status = 404, description = "The trial has no engine", body = ErrorBody),
         (status = 409, description = "The trial is not waiting for a component", body = ErrorBody),
-        (status = 422, description = "A field out of range, too long, or unknown", body = ErrorBody),
+        (status = 422, description = "A field out of range, too long, not one line, unknown or given twice", body = ErrorBody),
         (status = 503, description = "Not saved: the store cannot write (send it again)", body = ErrorBody),
     ),
 )]
@@ -291,7 +302,7 @@ async fn callback_progress(
         (status = 404, description = "The trial has no engine", body = ErrorBody),
         (status = 409, description = "The trial has finished or was aborted", body = ErrorBody),
         (status = 503, description = "The change could not be saved; nothing was changed", body = ErrorBody),
-        (status = 422, description = "An unknown field, or a reason that is too long", body = ErrorBody),
+        (status = 422, description = "An unknown field or one given twice, or a reason too long or not one line", body = ErrorBody),
     ),
 )]
 async fn abort(
@@ -324,7 +335,7 @@ async fn abort(
         (status = 404, description = "The trial has no engine", body = ErrorBody),
         (status = 409, description = "The trial is not running (ended, failed, or cleaning up)", body = ErrorBody),
         (status = 503, description = "The change could not be saved; nothing was changed", body = ErrorBody),
-        (status = 422, description = "An unknown field, or a reason that is too long", body = ErrorBody),
+        (status = 422, description = "An unknown field or one given twice, or a reason too long or not one line", body = ErrorBody),
     ),
 )]
 async fn pause(
@@ -353,7 +364,7 @@ async fn pause(
         (status = 404, description = "The trial has no engine", body = ErrorBody),
         (status = 409, description = "The trial is not running", body = ErrorBody),
         (status = 503, description = "The change could not be saved; nothing was changed", body = ErrorBody),
-        (status = 422, description = "An unknown field, or a reason that is too long", body = ErrorBody),
+        (status = 422, description = "An unknown field or one given twice, or a reason too long or not one line", body = ErrorBody),
     ),
 )]
 async fn resume(
@@ -383,7 +394,7 @@ async fn resume(
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "The trial has no engine", body = ErrorBody),
         (status = 409, description = "Not paused, or waiting for a signal", body = ErrorBody),
-        (status = 422, description = "An unknown field, or a reason that is too long", body = ErrorBody),
+        (status = 422, description = "An unknown field or one given twice, or a reason too long or not one line", body = ErrorBody),
     ),
 )]
 async fn step(

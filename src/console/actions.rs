@@ -375,7 +375,11 @@ pub async fn trial_action(
         Ok(target) => target,
         Err(bad) => return post.audited(bad.page(&post.signed)),
     };
-    let reason = post.form.get("reason").map(str::to_owned);
+    // The reason's box wraps, and a line typed in it is one reason: its lines are joined.
+    let reason = post
+        .form
+        .get("reason")
+        .map(|reason| reason.split_whitespace().collect::<Vec<_>>().join(" "));
     let body = match (action.reason(), reason) {
         (Reason::None, _) => None,
         (Reason::Optional, None) => None,

@@ -910,6 +910,25 @@ async fn a_live_page_says_it_is_not_live_until_its_script_connects() {
 }
 
 #[tokio::test]
+async fn a_reason_typed_on_several_lines_is_taken_as_one_line() {
+    let app = spawn_app().await;
+    let id = "t-lines";
+    app.start_trial(id).await;
+    app.wait_waiting(id, WAITING_OPERATOR).await;
+    let session = sign_in(&app, Role::Operator).await;
+    let answer = post(
+        &app,
+        &session,
+        &format!("/ui/trials/{id}/actions/pause"),
+        &[("reason", "  wrong facility\r\n\tbooked  ")],
+    )
+    .await;
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    let paused = app.wait_event(id, "paused", "wrong facility booked").await;
+    assert_eq!(paused["detail"], "wrong facility booked");
+}
+
+#[tokio::test]
 async fn console_refusals_are_audited_with_their_reason() {
     let app = spawn_app().await;
     let session = sign_in(&app, Role::Admin).await;

@@ -921,6 +921,47 @@ async fn pause_holds_every_request_until_resume_and_step_runs_exactly_one() {
 }
 
 #[tokio::test]
+async fn a_reason_with_a_line_break_or_given_twice_is_refused_and_changes_nothing() {
+    let app = spawn_app().await;
+    let id = "bad-reasons";
+    app.start_trial(id).await;
+    app.wait_waiting(id, WAITING_OPERATOR).await;
+    let history = app.history(id).await;
+    // A line break would start a log line the service never wrote.
+    let forged = "typo\n2026-12-02T02:00:00Z ERROR trial failed";
+    for action in ["abort", "pause", "resume", "step"] {
+        let path = format!("/trial/{id}/{action}");
+        for (reason, character) in [
+            (forged, "\\u{a}"),
+            ("a\u{0}b", "\\u{0}"),
+            ("a\tb", "\\u{9}"),
+        ] {
+            let answer = app.post(&path, Some(json!({ "reason": reason }))).await;
+            assert_detail(&answer, StatusCode::UNPROCESSABLE_ENTITY);
+            assert!(
+                answer
+                    .detail()
+                    .contains(&format!("'reason' holds a control character ({character})")),
+                "{action} {reason:?}: {answer:?}"
+            );
+        }
+        let twice = app
+            .post_text(&path, r#"{"reason": "wrong facility", "reason": "typo"}"#)
+            .await;
+        assert_detail(&twice, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(
+            twice.detail().contains("duplicate field `reason`"),
+            "{action}: {twice:?}"
+        );
+    }
+    let status = app.trial_status(id).await;
+    assert_eq!(status["paused"], false, "{status}");
+    assert_eq!(status["aborting"], false, "{status}");
+    assert_eq!(app.history(id).await, history, "nothing was recorded");
+    app.drive_to_finished(id).await;
+}
+
+#[tokio::test]
 async fn an_abort_lets_a_status_write_in_flight_have_its_answer_before_the_clean_up_writes_its_own()
 {
     let app = spawn_app_with_settings(|s| s.executor.request_timeout_secs = 300).await;

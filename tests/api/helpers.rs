@@ -616,6 +616,17 @@ impl TestApp {
         self.call(Method::POST, path, body).await
     }
 
+    /// `POST path` with `body` sent as written, as JSON, with the API key.
+    pub async fn post_text(&self, path: &str, body: &str) -> Answer {
+        let request = self
+            .client
+            .post(format!("{}{path}", self.address))
+            .header("Authorization", API_KEY)
+            .header("Content-Type", "application/json")
+            .body(body.to_owned());
+        read(request.send().await.expect("request reaches the service")).await
+    }
+
     /// `POST /trial/{id}/abort` with `reason`.
     pub async fn ask_abort(&self, id: &str, reason: &str) -> Answer {
         self.post(

@@ -681,6 +681,10 @@ async fn progress_callbacks_are_checked_shown_and_taken_only_at_a_component_wait
             json!({"message": long}),
             "'message' is longer than 500 characters",
         ),
+        (
+            json!({"message": "deploying\nERROR trial failed"}),
+            "'message' holds a control character",
+        ),
         (json!({"progress": 5, "eta": 10}), "unknown field `eta`"),
         (json!([40, "deploying"]), "must be a JSON object"),
     ] {
