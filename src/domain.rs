@@ -34,12 +34,9 @@ impl TrialId {
             Ok(Self(raw.to_owned()))
         } else {
             // Echo at most a short, printable prefix so a hostile id cannot flood the answer.
-            let shown: String = raw
-                .chars()
-                .take(40)
-                .map(|c| if c.is_control() { '?' } else { c })
-                .collect();
-            Err(InvalidTrialId { shown })
+            Err(InvalidTrialId {
+                shown: printable_start(raw, 40),
+            })
         }
     }
 
@@ -92,7 +89,7 @@ impl StartTime {
     /// so is one whose instant in UTC has a five-digit year (it could not be shown in a form
     /// that reads back).
     pub fn parse(raw: &str) -> Result<Self, InvalidStartTime> {
-        let shown = || start_of(raw, 64).to_owned();
+        let shown = || printable_start(raw, 64);
         let time = DateTime::parse_from_rfc3339(raw.trim())
             .map_err(|_| InvalidStartTime::Malformed(shown()))?;
         if time.with_timezone(&Utc) > latest() {
@@ -133,6 +130,15 @@ pub fn at_most(text: String, max: usize) -> String {
         start if start.len() < text.len() => format!("{start}…"),
         _ => text,
     }
+}
+
+/// The first `max` characters of `text`, each control character (a line break, NUL…) shown
+/// as `?`: an invalid value quoted in an error, which may go into the log, stays one line.
+fn printable_start(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// The first `max` characters of `text`, borrowed.
@@ -182,6 +188,17 @@ mod tests {
         ] {
             assert!(TrialId::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn an_invalid_value_is_quoted_on_one_line() {
+        let id = TrialId::parse("a\nINFO forged").unwrap_err().to_string();
+        assert!(id.starts_with("invalid trial id 'a?INFO forged'"), "{id}");
+        let time = StartTime::parse("2026-12-02\r\nINFO forged").unwrap_err();
+        assert_eq!(
+            time,
+            InvalidStartTime::Malformed("2026-12-02??INFO forged".into())
+        );
     }
 
     #[test]
