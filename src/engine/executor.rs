@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant as Deadline;
-use tracing::{error, info, warn};
+use tracing::{Instrument, error, info, warn};
 
 use super::queue::Inbox;
 use super::sequence::{self, Next, Signal, Step, WAITS, Wait, Waiter};
@@ -559,10 +559,9 @@ impl Executor {
                                 )));
                             }
                             AtStep::Control(control, reply) => {
-                                let outcome =
-                                    set_pause(&self.shared, &self.id, paused, control, cleanup)
-                                        .await;
-                                let _ = reply.send(outcome);
+                                let asked = (control, reply);
+                                set_pause(&self.shared, &self.id, paused, asked, cleanup, None)
+                                    .await;
                             }
                         }
                     }
@@ -738,21 +737,17 @@ impl Executor {
                     return Outcome::To(Position::Run(step));
                 }
                 AtStep::Control(control, reply) => {
-                    let outcome = set_pause(
+                    let held = Some(self.checkpoint.clone());
+                    set_pause(
                         &self.shared,
                         &self.id,
                         &mut self.checkpoint.paused,
-                        control,
+                        (control, reply),
                         cleanup,
+                        held,
                     )
                     .await;
-                    let resumed = !self.checkpoint.paused;
-                    if resumed {
-                        // Shown running before the operator hears it resumed.
-                        self.shared.move_to(Lifecycle::Running, &self.checkpoint);
-                    }
-                    let _ = reply.send(outcome);
-                    if resumed {
+                    if !self.checkpoint.paused {
                         return Outcome::To(Position::Run(step));
                     }
                 }
@@ -963,15 +958,15 @@ impl Executor {
                     }));
                 }
                 Command::Control(control, reply) => {
-                    let outcome = set_pause(
+                    set_pause(
                         &self.shared,
                         &self.id,
                         &mut self.checkpoint.paused,
-                        control,
+                        (control, reply),
                         cleanup,
+                        None,
                     )
                     .await;
-                    let _ = reply.send(outcome);
                 }
             }
         };
@@ -1358,47 +1353,92 @@ pub(super) fn abort_accepted(id: &TrialId, already: bool) -> String {
 }
 
 /// Pauses or resumes (SPEC §14); the pause is saved at once, on its own, so it outlives a
-/// restart whatever the executor is doing. `Step` here (not paused) is refused.
+/// restart whatever the executor is doing. `Step` here (not paused) is refused. A trial held
+/// before a step, resumed, is shown running (from `held`, the executor's checkpoint) before
+/// the caller hears of it.
+///
+/// The save runs as a task of its own, which answers the caller: a stop that ends the
+/// executor meanwhile does not cut it short (the watchdog waits for it), so the caller hears
+/// 200 exactly when the store holds the change, and the history has its event.
 async fn set_pause(
-    shared: &EngineShared,
+    shared: &Arc<EngineShared>,
     id: &TrialId,
     paused: &mut bool,
-    control: Control,
+    (control, reply): (Control, oneshot::Sender<ControlOutcome>),
     cleanup: bool,
-) -> ControlOutcome {
+    held: Option<Checkpoint>,
+) {
     if cleanup {
-        return refused(format!(
+        let _ = reply.send(refused(format!(
             "trial {id} is being aborted: its clean-up cannot be paused or stepped"
-        ));
+        )));
+        return;
     }
     let (want, reason, kind) = match control {
         Control::Pause { reason } => (true, reason, EventKind::Paused),
         Control::Resume { reason } => (false, reason, EventKind::Resumed),
-        Control::Step { .. } => return refused(format!("trial {id} is not paused")),
-        Control::Abort { .. } => return refused(format!("trial {id}: abort is not a pause")),
+        Control::Step { .. } => {
+            let _ = reply.send(refused(format!("trial {id} is not paused")));
+            return;
+        }
+        Control::Abort { .. } => {
+            let _ = reply.send(refused(format!("trial {id}: abort is not a pause")));
+            return;
+        }
     };
     if *paused == want {
-        return Ok(format!(
+        let _ = reply.send(Ok(format!(
             "trial {id} is already {}",
             if want { "paused" } else { "running" }
-        ));
+        )));
+        return;
     }
-    shared
-        .deps
-        .store
-        .write(Op::SetPaused {
-            id: id.clone(),
-            paused: want,
-        })
-        .await
-        .map_err(|e| ControlError::NotSaved(e.to_string()))?;
-    *paused = want;
+    let save = save_pause(
+        shared.clone(),
+        id.clone(),
+        want,
+        (kind, reason),
+        held,
+        reply,
+    );
+    let saving = shared.pause_saves.spawn(save.in_current_span());
+    if saving.await.unwrap_or(false) {
+        *paused = want;
+    }
+}
+
+/// Saves a pause or resume, records its event, shows it and answers its caller.
+async fn save_pause(
+    shared: Arc<EngineShared>,
+    id: TrialId,
+    want: bool,
+    (kind, reason): (EventKind, Option<String>),
+    held: Option<Checkpoint>,
+    reply: oneshot::Sender<ControlOutcome>,
+) -> bool {
+    let op = Op::SetPaused {
+        id: id.clone(),
+        paused: want,
+    };
+    if let Err(e) = shared.deps.store.write(op).await {
+        let _ = reply.send(Err(ControlError::NotSaved(e.to_string())));
+        return false;
+    }
     shared.journal.event(kind, None, reason, None);
     // Its event is committed before the operator hears of the change.
     if let Err(e) = shared.deps.store.flush().await {
         warn!(error = %e, "the pause's history event was not saved");
     }
     shared.set_paused(want);
+    if let Some(checkpoint) = held.filter(|_| !want) {
+        shared.move_to(
+            Lifecycle::Running,
+            &Checkpoint {
+                paused: false,
+                ..checkpoint
+            },
+        );
+    }
     info!(
         paused = want,
         "operator {}",
@@ -1408,14 +1448,15 @@ async fn set_pause(
             "resumed the trial"
         }
     );
-    Ok(format!(
+    let _ = reply.send(Ok(format!(
         "trial {id} {}",
         if want {
             "paused: no new request starts until it is resumed"
         } else {
             "resumed"
         }
-    ))
+    )));
+    true
 }
 
 #[cfg(test)]

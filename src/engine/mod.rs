@@ -27,6 +27,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::domain::TrialId;
@@ -96,6 +97,9 @@ pub struct EngineShared {
     /// At a shutdown, how long such a request may take to have its answer before the engine
     /// stops; none for any other stop (a delete forgets the trial).
     answer_grace: Mutex<Option<Duration>>,
+    /// The saves of an operator's pause or resume, each a task of its own that answers its
+    /// caller: a stop waits for them, so that what a caller heard is what the store holds.
+    pause_saves: TaskTracker,
 }
 
 /// Why an executor did not answer a command.
@@ -228,6 +232,7 @@ impl EngineHandle {
             stop: CancellationToken::new(),
             watchdog: Mutex::new(None),
             tasks_ended: CancellationToken::new(),
+            pause_saves: TaskTracker::new(),
             token: Mutex::new(checkpoint.data.token.clone()),
             deleting: AtomicBool::new(false),
             kept: Mutex::new(None),

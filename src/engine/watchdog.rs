@@ -237,6 +237,9 @@ impl Watchdog {
             // A cancelled task ends with a cancellation error: that is the point.
             let _ = executor.await;
         }
+        // A pause or resume the executor was saving goes on to its answer.
+        self.shared.pause_saves.close();
+        self.shared.pause_saves.wait().await;
         if self.unanswered.is_some() {
             if super::lock(&self.shared.answer_grace).is_some() {
                 // The service stops, and cut the save of a checkpoint short, which may or may

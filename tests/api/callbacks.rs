@@ -461,7 +461,9 @@ async fn a_signal_whose_engine_is_deleted_before_it_answers_is_503() {
 
 #[tokio::test]
 async fn a_signal_whose_checkpoint_is_saved_as_the_service_stops_is_answered_as_taken() {
-    let (answer, checkpoint) = ask_as_the_service_stops("taken-as-it-stops", "active", None).await;
+    let (answer, trial) =
+        ask_as_the_service_stops("taken-as-it-stops", "active", None, PUT_TRIAL).await;
+    let checkpoint = trial.record.checkpoint;
     // Told it was taken: the store holds it taken.
     assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
     assert!(
@@ -476,8 +478,9 @@ async fn a_signal_whose_checkpoint_is_saved_as_the_service_stops_is_answered_as_
 #[tokio::test]
 async fn an_abort_whose_clean_up_is_saved_as_the_service_stops_is_answered_as_accepted() {
     let body = serde_json::json!({"reason": "as it stops"});
-    let (answer, checkpoint) =
-        ask_as_the_service_stops("aborted-as-it-stops", "abort", Some(body)).await;
+    let (answer, trial) =
+        ask_as_the_service_stops("aborted-as-it-stops", "abort", Some(body), PUT_TRIAL).await;
+    let checkpoint = trial.record.checkpoint;
     // Told it was accepted: the store holds the clean-up begun.
     assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
     assert!(
@@ -486,19 +489,41 @@ async fn an_abort_whose_clean_up_is_saved_as_the_service_stops_is_answered_as_ac
     );
 }
 
+#[tokio::test]
+async fn a_pause_saved_as_the_service_stops_is_answered_as_done_and_recorded() {
+    let set_paused = |op: &lcm::store::Op| matches!(op, lcm::store::Op::SetPaused { .. });
+    let (answer, trial) =
+        ask_as_the_service_stops("paused-as-it-stops", "pause", None, set_paused).await;
+    // Told it was paused: the store holds it paused, and its history says so.
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    assert!(trial.record.checkpoint.paused, "{:?}", trial.record);
+    assert!(
+        trial
+            .events
+            .iter()
+            .any(|e| e.event == lcm::engine::state::EventKind::Paused),
+        "{:?}",
+        trial.events
+    );
+}
+
+/// The store's write of every checkpoint.
+const PUT_TRIAL: fn(&lcm::store::Op) -> bool = |op| matches!(op, lcm::store::Op::PutTrial(_));
+
 /// Brings trial `id` to IDLE and sends `POST /trial/{id}/{action}` (with `body`); the
-/// checkpoint that takes it waits at a store slow to commit it, the service begins to stop
-/// meanwhile, and the store commits it then. Answers the request's answer, and the trial's
-/// checkpoint as the store holds it once the service has stopped.
+/// write that takes it (`held` tells which) waits at a store slow to commit it, the service
+/// begins to stop meanwhile, and the store commits it then. Answers the request's answer,
+/// and the trial as the store holds it once the service has stopped.
 async fn ask_as_the_service_stops(
     id: &str,
     action: &str,
     body: Option<serde_json::Value>,
-) -> (Answer, lcm::engine::state::Checkpoint) {
+    held: fn(&lcm::store::Op) -> bool,
+) -> (Answer, lcm::store::RecoveredTrial) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (data, stop) = (dir.path().to_path_buf(), Gate::new());
     let faults = StoreFaults {
-        held: HeldWrites::of(|op| matches!(op, lcm::store::Op::PutTrial(_))),
+        held: HeldWrites::of(held),
         ..StoreFaults::default()
     };
     let held = faults.held.clone();
@@ -545,7 +570,7 @@ async fn ask_as_the_service_stops(
         .into_iter()
         .find(|t| t.record.id.as_str() == id)
         .expect("the trial's record");
-    (answer, trial.record.checkpoint)
+    (answer, trial)
 }
 
 /// A wait's deadline counts from when the trial reached it, across restarts: a service
