@@ -8,7 +8,7 @@
 //! trial's own deadline, which finishes it the way the operator's finish would.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -477,7 +477,7 @@ impl Executor {
         let cleanup = self.cleaning_up();
         let stepping = self.stepping;
         let uncut = &self.shared.uncut;
-        let abort_waits = AtomicBool::new(false);
+        let last_attempt = self.shared.stop.child_token();
         let mut abort_after: Option<String> = None;
         // The service began to stop while the abort waited: it is not carried out.
         let mut abort_dropped = false;
@@ -504,8 +504,7 @@ impl Executor {
                 posts: 0,
                 may_have_made: false,
                 uncut,
-                abort_waits: &abort_waits,
-                stop: &self.shared.stop,
+                last_attempt: &last_attempt,
             };
             let work = steps::run(&mut cx);
             tokio::pin!(work);
@@ -531,7 +530,7 @@ impl Executor {
                                         None,
                                     );
                                     self.shared.show_aborting(&reason);
-                                    abort_waits.store(true, Ordering::SeqCst);
+                                    last_attempt.cancel();
                                     abort_after = Some(reason);
                                 }
                                 self.aborts.push(reply);

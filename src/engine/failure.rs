@@ -49,6 +49,7 @@ pub async fn report(shared: &EngineShared, checkpoint: &Checkpoint) -> bool {
             &request,
             recorder(&shared.journal, REPORT_LABEL, None, &request, &redactor),
             || shared.abort_asked(),
+            std::future::pending(),
         )
         .await;
     let told = match &reply {

@@ -58,10 +58,9 @@ pub struct StepCx<'a> {
     /// [`StepCx::call_uncut`]): an abort, or a stop, then waits for its answer instead of
     /// cancelling it.
     pub uncut: &'a AtomicBool,
-    /// Set once an abort waits for the request in flight: no further attempt is made.
-    pub abort_waits: &'a AtomicBool,
-    /// Cancelled once the engine is stopped: no further attempt is made either.
-    pub stop: &'a CancellationToken,
+    /// Cancelled once an abort waits for the request in flight, or the engine is stopped: no
+    /// further attempt is made, and a wait for one ends at once.
+    pub last_attempt: &'a CancellationToken,
 }
 
 /// Runs one step.
@@ -669,7 +668,7 @@ impl StepCx<'_> {
                 &request,
                 &redactor,
             );
-            let (abort_waits, stop) = (self.abort_waits, self.stop);
+            let last_attempt = self.last_attempt;
             self.deps
                 .services
                 .send_until(
@@ -683,7 +682,8 @@ impl StepCx<'_> {
                             .is_none_or(SendError::may_have_reached);
                         record(attempt);
                     },
-                    || abort_waits.load(Ordering::SeqCst) || stop.is_cancelled(),
+                    || last_attempt.is_cancelled(),
+                    last_attempt.cancelled(),
                 )
                 .await
         };

@@ -309,25 +309,30 @@ impl ServiceClient {
 
     /// Sends a request under its service's retry policy (an OAuth2 401 also refreshes the
     /// token once per attempt), telling `observe` about every attempt, and returns the last
-    /// outcome. The waits between attempts are plain sleeps: dropping the future (an abort, a
-    /// deleted engine) cancels them.
+    /// outcome. Dropping the future (an abort, a deleted engine) cancels the attempt in flight
+    /// or the wait for the next.
     pub async fn send(
         &self,
         request: &Outbound,
         observe: impl FnMut(Attempt<'_>),
     ) -> Result<Reply, SendError> {
-        self.send_until(request, observe, || false).await
+        self.send_until(request, observe, || false, std::future::pending())
+            .await
     }
 
     /// Like [`Self::send`], with no attempt after the one in flight once `enough` says so (an
-    /// abort waits for this request's answer).
+    /// abort waits for this request's answer, or the service stops). A wait for the next
+    /// attempt ends early once `woken` completes (then `enough` says whether to make it).
     pub async fn send_until(
         &self,
         request: &Outbound,
         mut observe: impl FnMut(Attempt<'_>),
         enough: impl Fn() -> bool,
+        woken: impl Future<Output = ()>,
     ) -> Result<Reply, SendError> {
         let policy = self.inner.policies[request.service as usize];
+        let mut woken = std::pin::pin!(woken);
+        let mut woke = false;
         let mut number = 1;
         loop {
             let outcome = self.attempt(request).await;
@@ -354,7 +359,10 @@ impl ServiceClient {
                 "reason" => reason.label()
             )
             .increment(1);
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = woken.as_mut(), if !woke => woke = true,
+            }
             if enough() {
                 return outcome;
             }

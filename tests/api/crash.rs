@@ -999,6 +999,52 @@ async fn assert_no_failure_said(app: &TestApp, id: &str) {
     );
 }
 
+/// A status write waiting to be tried again (the repository asked for ten minutes) has
+/// nothing in flight: the stop does not wait for it, nor its grace, and the write is made
+/// after the restart.
+#[tokio::test]
+async fn a_stop_while_a_status_write_waits_to_be_tried_again_does_not_wait_for_it() {
+    let id = "stop-mid-backoff";
+    let ten_minutes = [
+        ("LCM__SERVER__SHUTDOWN_GRACE_SECS", "600"),
+        ("LCM__EXECUTOR__RETRY__MAX_BACKOFF_MS", "600000"),
+    ];
+    let mut app = spawn_binary_with(BinaryOptions {
+        env: &ten_minutes,
+        ..BinaryOptions::default()
+    })
+    .await;
+    app.start_to_idle(id).await;
+    let busy = FaultAction::RetryAfter(503, lcm::sim::RetryAfter::Seconds(600));
+    app.platform.inject(
+        Fault::new(Component::Repository, "PUT", "/trial/", busy)
+            .for_trial(id)
+            .times(1),
+    );
+    let active = app.post(&format!("/trial/{id}/active"), None).await;
+    assert_eq!(active.status, StatusCode::OK, "{active:?}");
+    app.wait_event(id, "step_retry", "trying again in 600")
+        .await;
+
+    // Far less than the grace or the wait: the stop is not held by either.
+    let (status, _) = terminate(&mut app, Duration::from_secs(60)).await;
+    assert!(status.success(), "{status}");
+    assert_eq!(
+        status_writes(&app, id, "ACTIVE"),
+        1,
+        "no attempt at the stop"
+    );
+
+    app.restart_binary().await;
+    app.wait_waiting(id, "operator (finish)").await;
+    assert_eq!(status_writes(&app, id, "ACTIVE"), 2);
+    let finish = app.post(&format!("/trial/{id}/finish"), None).await;
+    assert_eq!(finish.status, StatusCode::OK, "{finish:?}");
+    app.wait_finished(id).await;
+    assert_never_reported_failed(&app, id);
+    assert_no_failure_said(&app, id).await;
+}
+
 #[tokio::test]
 async fn a_stop_lets_the_clean_up_s_status_write_have_its_answer_and_it_is_written_once() {
     let id = "stop-mid-aborted";
