@@ -926,17 +926,7 @@ async fn pause_holds_every_request_until_resume_and_step_runs_exactly_one() {
 async fn an_abort_while_a_status_write_waits_to_be_tried_again_cleans_up_at_once() {
     let app = spawn_app_with_settings(|s| s.executor.retry.max_backoff_ms = 600_000).await;
     let id = "abort-mid-backoff";
-    app.start_to_idle(id).await;
-    let busy = FaultAction::RetryAfter(503, lcm::sim::RetryAfter::Seconds(600));
-    app.platform.inject(
-        Fault::new(Component::Repository, "PUT", "/trial/", busy)
-            .for_trial(id)
-            .times(1),
-    );
-    let active = app.post(&format!("/trial/{id}/active"), None).await;
-    assert_eq!(active.status, StatusCode::OK, "{active:?}");
-    app.wait_event(id, "step_retry", "trying again in 600")
-        .await;
+    app.status_write_waiting_ten_minutes(id).await;
     abort(&app, id, "wrong facility").await;
     let written = app.platform.status_history(id);
     assert!(

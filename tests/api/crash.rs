@@ -1014,17 +1014,7 @@ async fn a_stop_while_a_status_write_waits_to_be_tried_again_does_not_wait_for_i
         ..BinaryOptions::default()
     })
     .await;
-    app.start_to_idle(id).await;
-    let busy = FaultAction::RetryAfter(503, lcm::sim::RetryAfter::Seconds(600));
-    app.platform.inject(
-        Fault::new(Component::Repository, "PUT", "/trial/", busy)
-            .for_trial(id)
-            .times(1),
-    );
-    let active = app.post(&format!("/trial/{id}/active"), None).await;
-    assert_eq!(active.status, StatusCode::OK, "{active:?}");
-    app.wait_event(id, "step_retry", "trying again in 600")
-        .await;
+    app.status_write_waiting_ten_minutes(id).await;
 
     // Far less than the grace or the wait: the stop is not held by either.
     let (status, _) = terminate(&mut app, Duration::from_secs(60)).await;

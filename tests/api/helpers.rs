@@ -627,6 +627,23 @@ impl TestApp {
         read(request.send().await.expect("request reaches the service")).await
     }
 
+    /// Brings trial `id` to IDLE and sends `active`; the repository answers its status write
+    /// 503 asking to be tried again in ten minutes (a wait the settings must allow). Returns
+    /// once the write waits.
+    pub async fn status_write_waiting_ten_minutes(&self, id: &str) {
+        self.start_to_idle(id).await;
+        let busy = FaultAction::RetryAfter(503, lcm::sim::RetryAfter::Seconds(600));
+        self.platform.inject(
+            Fault::new(Component::Repository, "PUT", "/trial/", busy)
+                .for_trial(id)
+                .times(1),
+        );
+        let active = self.post(&format!("/trial/{id}/active"), None).await;
+        assert_eq!(active.status, StatusCode::OK, "{active:?}");
+        self.wait_event(id, "step_retry", "trying again in 600")
+            .await;
+    }
+
     /// `POST /trial/{id}/abort` with `reason`.
     pub async fn ask_abort(&self, id: &str, reason: &str) -> Answer {
         self.post(
