@@ -1,6 +1,7 @@
 //! Validated types that guard the edge: once inside the core, a [`TrialId`] is always valid and
 //! a [`StartTime`] always carries its instant exactly.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
@@ -132,12 +133,34 @@ pub fn at_most(text: String, max: usize) -> String {
     }
 }
 
-/// The first `max` characters of `text`, each control character (a line break, NUL…) shown
-/// as `?`: an invalid value quoted in an error, which may go into the log, stays one line.
+/// Whether `c` could start a line of its own where text is shown: a control character (a
+/// line break, a tab, NUL, ESC…) or a Unicode line or paragraph separator.
+pub fn breaks_line(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+/// `text` on one line: each character that [`breaks_line`] written escaped (`\n`,
+/// `\u{2028}`). What is quoted from outside into the log goes through here.
+pub fn one_line(text: &str) -> Cow<'_, str> {
+    if !text.contains(breaks_line) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(text.chars().fold(String::new(), |mut line, c| {
+        if breaks_line(c) {
+            line.extend(c.escape_default());
+        } else {
+            line.push(c);
+        }
+        line
+    }))
+}
+
+/// The first `max` characters of `text`, each that [`breaks_line`] shown as `?`: an invalid
+/// value quoted in an error, which may go into the log, stays one line.
 fn printable_start(text: &str, max: usize) -> String {
     text.chars()
         .take(max)
-        .map(|c| if c.is_control() { '?' } else { c })
+        .map(|c| if breaks_line(c) { '?' } else { c })
         .collect()
 }
 
@@ -188,6 +211,15 @@ mod tests {
         ] {
             assert!(TrialId::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn one_line_escapes_what_would_break_the_line_and_nothing_else() {
+        assert!(matches!(one_line("plain – ünïcode"), Cow::Borrowed(_)));
+        assert_eq!(
+            one_line("a\r\nb\tc\u{0}d\u{1b}[31me\u{85}f\u{2028}g\u{2029}"),
+            "a\\r\\nb\\tc\\u{0}d\\u{1b}[31me\\u{85}f\\u{2028}g\\u{2029}"
+        );
     }
 
     #[test]

@@ -10,9 +10,11 @@ use std::time::Duration;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_appender::non_blocking::WorkerGuard;
+use tracing_subscriber::field::MakeExt;
 use tracing_subscriber::{EnvFilter, Layer, fmt, layer::SubscriberExt, util::SubscriberInitExt};
 
 use crate::config::{LogFormat, LoggingSettings};
+use crate::domain::one_line;
 use crate::engine::sequence::Step;
 use crate::services::retry::RetryReason;
 use crate::services::{SendError, Service};
@@ -35,6 +37,7 @@ pub fn init(settings: &LoggingSettings) -> io::Result<WorkerGuard> {
         LogFormat::Text => (
             fmt::layer()
                 .with_target(false)
+                .fmt_fields(one_line_fields())
                 .with_ansi(use_colour(
                     io::stdout().is_terminal(),
                     std::env::var("NO_COLOR").ok().as_deref(),
@@ -42,6 +45,7 @@ pub fn init(settings: &LoggingSettings) -> io::Result<WorkerGuard> {
                 .boxed(),
             fmt::layer()
                 .with_target(false)
+                .fmt_fields(one_line_fields())
                 .with_ansi(false)
                 .with_writer(file_writer)
                 .boxed(),
@@ -62,6 +66,22 @@ pub fn init(settings: &LoggingSettings) -> io::Result<WorkerGuard> {
         .try_init()
         .map_err(io::Error::other)?;
     Ok(guard)
+}
+
+/// The text log's fields as tracing writes them (the message, then `name=value`), each on
+/// one line: a line break or other control character in a value is written escaped (`\n`),
+/// so that nothing a field quotes from outside (a component's answer, a registry's field, an
+/// operator's reason) can start a line of the log, or pose as one.
+fn one_line_fields() -> impl for<'w> fmt::FormatFields<'w> + Send + Sync + 'static {
+    fmt::format::debug_fn(|writer, field, value| {
+        let text = format!("{value:?}");
+        let text = one_line(&text);
+        match field.name() {
+            "message" => writer.write_str(&text),
+            name => write!(writer, "{}={text}", name.trim_start_matches("r#")),
+        }
+    })
+    .delimited(" ")
 }
 
 /// What a panic said, for the log and the failure it is reported as.

@@ -77,8 +77,8 @@ pub struct ProgressBody {
 }
 
 /// A reason or message of at most [`MAX_TEXT`] characters on one line, trimmed; empty means
-/// none. Control characters (a line break, a tab, NUL…) are refused: the text goes into the
-/// logs as it is, where a line break would start a line the service never wrote.
+/// none. Control characters (a line break, a tab, NUL…) and line separators are refused: the
+/// text is kept and shown as one line.
 pub fn checked_text(field: &str, text: Option<String>) -> Result<Option<String>, ApiError> {
     let Some(text) = text else { return Ok(None) };
     let text = text.trim();
@@ -91,9 +91,9 @@ pub fn checked_text(field: &str, text: Option<String>) -> Result<Option<String>,
     if text.chars().count() > MAX_TEXT {
         return refused(format!("'{field}' is longer than {MAX_TEXT} characters"));
     }
-    if let Some(c) = text.chars().find(|c| c.is_control()) {
+    if let Some(c) = text.chars().find(|&c| crate::domain::breaks_line(c)) {
         return refused(format!(
-            "'{field}' holds a control character ({}): it must be one line of text",
+            "'{field}' holds a control character or line separator ({}): it must be one line of text",
             c.escape_unicode()
         ));
     }

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use serde_json::Value;
 
-use crate::domain::at_most;
+use crate::domain::{at_most, one_line};
 
 /// What stands in for a redacted secret.
 pub const REDACTED: &str = "[redacted]";
@@ -95,18 +95,7 @@ impl Redactor {
     /// escaped (`\n`), since the excerpt goes into failure reasons and from there into the
     /// log, where an answer's line break would start a line the service never wrote.
     pub fn excerpt(&self, text: &str) -> String {
-        let shown = at_most(self.text(text), EXCERPT_CHARS);
-        if !shown.contains(char::is_control) {
-            return shown;
-        }
-        shown.chars().fold(String::new(), |mut line, c| {
-            if c.is_control() {
-                line.extend(c.escape_default());
-            } else {
-                line.push(c);
-            }
-            line
-        })
+        one_line(&at_most(self.text(text), EXCERPT_CHARS)).into_owned()
     }
 
     /// [`Self::text`], and every JSON Web Token in it (three base64url parts, the first a

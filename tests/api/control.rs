@@ -942,7 +942,7 @@ async fn a_reason_with_a_line_break_or_given_twice_is_refused_and_changes_nothin
     app.start_trial(id).await;
     app.wait_waiting(id, WAITING_OPERATOR).await;
     let history = app.history(id).await;
-    // A line break would start a log line the service never wrote.
+    // A reason is one line of text, in the history as in the log.
     let forged = "typo\n2026-12-02T02:00:00Z ERROR trial failed";
     for action in ["abort", "pause", "resume", "step"] {
         let path = format!("/trial/{id}/{action}");
@@ -950,13 +950,14 @@ async fn a_reason_with_a_line_break_or_given_twice_is_refused_and_changes_nothin
             (forged, "\\u{a}"),
             ("a\u{0}b", "\\u{0}"),
             ("a\tb", "\\u{9}"),
+            ("a\u{2028}b", "\\u{2028}"),
         ] {
             let answer = app.post(&path, Some(json!({ "reason": reason }))).await;
             assert_detail(&answer, StatusCode::UNPROCESSABLE_ENTITY);
             assert!(
-                answer
-                    .detail()
-                    .contains(&format!("'reason' holds a control character ({character})")),
+                answer.detail().contains(&format!(
+                    "'reason' holds a control character or line separator ({character})"
+                )),
                 "{action} {reason:?}: {answer:?}"
             );
         }

@@ -671,26 +671,34 @@ async fn a_secret_quoted_in_a_failure_reason_is_redacted_where_it_is_shown() {
     assert!(!shown.contains("al-secret-pw"), "{shown}");
 }
 
-/// A component's answer quoted in a failure reason is one line in the log: its line break,
-/// escaped, cannot start a line of the service's own.
+/// A component's answer and a registry's field quoted in a failure reason are one line in
+/// the log: their line breaks, escaped, cannot start a line of the service's own.
 #[tokio::test]
-async fn a_line_break_in_a_quoted_answer_cannot_start_a_log_line() {
+async fn a_line_break_in_what_a_component_or_the_registry_says_cannot_start_a_log_line() {
     let app = spawn_binary().await;
-    let id = "forged-line";
+    let (answered, registered) = ("forged-by-answer", "forged-by-registry");
     let forged = "INFO lcm: trial finished";
     app.platform.inject(measurement_job_fault(
-        id,
+        answered,
         FaultAction::Text(400, format!("refused\n{forged}")),
     ));
-    app.start_trial(id).await;
-    let failed = app.wait_failed(id).await;
+    let mut trial = Platform::trial(registered, None);
+    trial["end_time"] = json!(format!("2031\u{2028}{forged}\r\n{forged}"));
+    app.platform.add_trial(trial);
+    app.start_trial(answered).await;
+    app.schedule_in(registered, 300).await;
+    let failed = app.wait_failed(answered).await;
     assert_failure_says(&failed, &format!("refused\\n{forged}"));
-    let line = logged(&app, &["trial failed", forged]).await;
+    app.wait_failed(registered).await;
+    let line = logged(&app, &["trial failed", answered, forged]).await;
     assert!(line.contains("refused\\n"), "{line}");
+    let line = logged(&app, &["trial failed", registered, forged]).await;
+    assert!(line.contains("2031\\u{2028}"), "{line}");
+    assert!(line.contains("\\r\\n"), "{line}");
+    let log = log_text(&app);
     assert!(
-        !log_text(&app).lines().any(|l| l.starts_with(forged)),
-        "a line of the answer's own: {}",
-        log_text(&app)
+        !log.lines().any(|l| l.starts_with(forged)),
+        "a line of the answer's own: {log}"
     );
 }
 
