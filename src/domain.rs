@@ -1,7 +1,6 @@
 //! Validated types that guard the edge: once inside the core, a [`TrialId`] is always valid and
 //! a [`StartTime`] always carries its instant exactly.
 
-use std::borrow::Cow;
 use std::fmt;
 
 use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
@@ -35,9 +34,12 @@ impl TrialId {
             Ok(Self(raw.to_owned()))
         } else {
             // Echo at most a short, printable prefix so a hostile id cannot flood the answer.
-            Err(InvalidTrialId {
-                shown: printable_start(raw, 40),
-            })
+            let shown: String = raw
+                .chars()
+                .take(40)
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect();
+            Err(InvalidTrialId { shown })
         }
     }
 
@@ -90,7 +92,7 @@ impl StartTime {
     /// so is one whose instant in UTC has a five-digit year (it could not be shown in a form
     /// that reads back).
     pub fn parse(raw: &str) -> Result<Self, InvalidStartTime> {
-        let shown = || printable_start(raw, 64);
+        let shown = || start_of(raw, 64).to_owned();
         let time = DateTime::parse_from_rfc3339(raw.trim())
             .map_err(|_| InvalidStartTime::Malformed(shown()))?;
         if time.with_timezone(&Utc) > latest() {
@@ -137,31 +139,6 @@ pub fn at_most(text: String, max: usize) -> String {
 /// line break, a tab, NUL, ESC…) or a Unicode line or paragraph separator.
 pub fn breaks_line(c: char) -> bool {
     c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
-}
-
-/// `text` on one line: each character that [`breaks_line`] written escaped (`\n`,
-/// `\u{2028}`). What is quoted from outside into the log goes through here.
-pub fn one_line(text: &str) -> Cow<'_, str> {
-    if !text.contains(breaks_line) {
-        return Cow::Borrowed(text);
-    }
-    Cow::Owned(text.chars().fold(String::new(), |mut line, c| {
-        if breaks_line(c) {
-            line.extend(c.escape_default());
-        } else {
-            line.push(c);
-        }
-        line
-    }))
-}
-
-/// The first `max` characters of `text`, each that [`breaks_line`] shown as `?`: an invalid
-/// value quoted in an error, which may go into the log, stays one line.
-fn printable_start(text: &str, max: usize) -> String {
-    text.chars()
-        .take(max)
-        .map(|c| if breaks_line(c) { '?' } else { c })
-        .collect()
 }
 
 /// The first `max` characters of `text`, borrowed.
@@ -211,26 +188,6 @@ mod tests {
         ] {
             assert!(TrialId::parse(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn one_line_escapes_what_would_break_the_line_and_nothing_else() {
-        assert!(matches!(one_line("plain – ünïcode"), Cow::Borrowed(_)));
-        assert_eq!(
-            one_line("a\r\nb\tc\u{0}d\u{1b}[31me\u{85}f\u{2028}g\u{2029}"),
-            "a\\r\\nb\\tc\\u{0}d\\u{1b}[31me\\u{85}f\\u{2028}g\\u{2029}"
-        );
-    }
-
-    #[test]
-    fn an_invalid_value_is_quoted_on_one_line() {
-        let id = TrialId::parse("a\nINFO forged").unwrap_err().to_string();
-        assert!(id.starts_with("invalid trial id 'a?INFO forged'"), "{id}");
-        let time = StartTime::parse("2026-12-02\r\nINFO forged").unwrap_err();
-        assert_eq!(
-            time,
-            InvalidStartTime::Malformed("2026-12-02??INFO forged".into())
-        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tracing_subscriber::field::MakeExt;
 use tracing_subscriber::{EnvFilter, Layer, fmt, layer::SubscriberExt, util::SubscriberInitExt};
 
 use crate::config::{LogFormat, LoggingSettings};
-use crate::domain::one_line;
+use crate::domain::breaks_line;
 use crate::engine::sequence::Step;
 use crate::services::retry::RetryReason;
 use crate::services::{SendError, Service};
@@ -69,19 +69,36 @@ pub fn init(settings: &LoggingSettings) -> io::Result<WorkerGuard> {
 }
 
 /// The text log's fields as tracing writes them (the message, then `name=value`), each on
-/// one line: a line break or other control character in a value is written escaped (`\n`),
-/// so that nothing a field quotes from outside (a component's answer, a registry's field, an
+/// one line: a character that [`breaks_line`] is written escaped (`\n`, `\u{2028}`), so that
+/// nothing a field quotes from outside (a component's answer, a registry's field, an
 /// operator's reason) can start a line of the log, or pose as one.
 fn one_line_fields() -> impl for<'w> fmt::FormatFields<'w> + Send + Sync + 'static {
     fmt::format::debug_fn(|writer, field, value| {
-        let text = format!("{value:?}");
-        let text = one_line(&text);
+        use std::fmt::Write as _;
+        let mut line = OneLine(writer);
         match field.name() {
-            "message" => writer.write_str(&text),
-            name => write!(writer, "{}={text}", name.trim_start_matches("r#")),
+            "message" => write!(line, "{value:?}"),
+            name => write!(line, "{}={value:?}", name.trim_start_matches("r#")),
         }
     })
     .delimited(" ")
+}
+
+/// Writes what it is given with each character that [`breaks_line`] escaped.
+struct OneLine<W>(W);
+
+impl<W: std::fmt::Write> std::fmt::Write for OneLine<W> {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        let mut from = 0;
+        for (at, breaking) in text.match_indices(breaks_line) {
+            self.0.write_str(&text[from..at])?;
+            for escaped in breaking.chars().flat_map(char::escape_default) {
+                self.0.write_char(escaped)?;
+            }
+            from = at + breaking.len();
+        }
+        self.0.write_str(&text[from..])
+    }
 }
 
 /// What a panic said, for the log and the failure it is reported as.
@@ -304,6 +321,21 @@ fn register_families() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_line_escapes_what_would_break_the_line_and_nothing_else() {
+        use std::fmt::Write as _;
+        let mut line = OneLine(String::new());
+        write!(
+            line,
+            "plain – ünïcode a\r\nb\tc\u{0}d\u{1b}[31me\u{85}f\u{2028}g\u{2029}"
+        )
+        .unwrap();
+        assert_eq!(
+            line.0,
+            "plain – ünïcode a\\r\\nb\\tc\\u{0}d\\u{1b}[31me\\u{85}f\\u{2028}g\\u{2029}"
+        );
+    }
     use crate::engine::sequence::WAITS;
 
     #[test]

@@ -672,7 +672,8 @@ async fn a_secret_quoted_in_a_failure_reason_is_redacted_where_it_is_shown() {
 }
 
 /// A component's answer and a registry's field quoted in a failure reason are one line in
-/// the log: their line breaks, escaped, cannot start a line of the service's own.
+/// the log (the reason itself keeps them as they were): their line breaks, escaped, cannot
+/// start a line of the service's own.
 #[tokio::test]
 async fn a_line_break_in_what_a_component_or_the_registry_says_cannot_start_a_log_line() {
     let app = spawn_binary().await;
@@ -688,7 +689,7 @@ async fn a_line_break_in_what_a_component_or_the_registry_says_cannot_start_a_lo
     app.start_trial(answered).await;
     app.schedule_in(registered, 300).await;
     let failed = app.wait_failed(answered).await;
-    assert_failure_says(&failed, &format!("refused\\n{forged}"));
+    assert_failure_says(&failed, &format!("refused\n{forged}"));
     app.wait_failed(registered).await;
     let line = logged(&app, &["trial failed", answered, forged]).await;
     assert!(line.contains("refused\\n"), "{line}");
