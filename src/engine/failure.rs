@@ -48,8 +48,7 @@ pub async fn report(shared: &EngineShared, checkpoint: &Checkpoint) -> bool {
         .send_until(
             &request,
             recorder(&shared.journal, REPORT_LABEL, None, &request, &redactor),
-            || shared.abort_asked(),
-            std::future::pending(),
+            shared.abort_asked(),
         )
         .await;
     let told = match &reply {

@@ -627,13 +627,12 @@ impl EngineShared {
         self.state.send_modify(|s| s.progress = Some(progress));
     }
 
-    /// Whether an abort was asked for while the failure is reported (shown once it is saved).
-    pub(super) fn abort_asked(&self) -> bool {
-        self.state
-            .borrow()
-            .failure
-            .as_ref()
-            .is_some_and(|f| f.abort.is_some())
+    /// Completes once an abort is asked for while the failure is reported (shown once it is
+    /// saved).
+    pub(super) async fn abort_asked(&self) {
+        let asked = |s: &Snapshot| s.failure.as_ref().is_some_and(|f| f.abort.is_some());
+        // `self` holds the sender: the wait ends only once an abort is asked for.
+        let _ = self.state.subscribe().wait_for(asked).await;
     }
 
     /// Shows the operator's pause.

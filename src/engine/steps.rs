@@ -682,7 +682,6 @@ impl StepCx<'_> {
                             .is_none_or(SendError::may_have_reached);
                         record(attempt);
                     },
-                    || last_attempt.is_cancelled(),
                     last_attempt.cancelled(),
                 )
                 .await

@@ -10,6 +10,7 @@ pub mod retry;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -316,27 +317,26 @@ impl ServiceClient {
         request: &Outbound,
         observe: impl FnMut(Attempt<'_>),
     ) -> Result<Reply, SendError> {
-        self.send_until(request, observe, || false, std::future::pending())
+        self.send_until(request, observe, std::future::pending())
             .await
     }
 
-    /// Like [`Self::send`], with no attempt after the one in flight once `enough` says so (an
-    /// abort waits for this request's answer, or the service stops). A wait for the next
-    /// attempt ends early once `woken` completes (then `enough` says whether to make it).
+    /// Like [`Self::send`], with no attempt after the one in flight once `last_attempt`
+    /// completes (an abort waits for this request's answer, or the service stops): a wait for
+    /// the next attempt then ends at once, with the answer the request had.
     pub async fn send_until(
         &self,
         request: &Outbound,
         mut observe: impl FnMut(Attempt<'_>),
-        enough: impl Fn() -> bool,
-        woken: impl Future<Output = ()>,
+        last_attempt: impl Future<Output = ()>,
     ) -> Result<Reply, SendError> {
         let policy = self.inner.policies[request.service as usize];
-        let mut woken = std::pin::pin!(woken);
-        let mut woke = false;
+        let mut last_attempt = std::pin::pin!(last_attempt);
         let mut number = 1;
         loop {
             let outcome = self.attempt(request).await;
-            let retry = (number < policy.max_attempts && !enough())
+            let last = last_attempt.as_mut().now_or_never().is_some();
+            let retry = (number < policy.max_attempts && !last)
                 .then(|| retry::retry_reason(request.creates, &outcome))
                 .flatten()
                 .map(|reason| {
@@ -360,11 +360,9 @@ impl ServiceClient {
             )
             .increment(1);
             tokio::select! {
+                biased;
+                () = last_attempt.as_mut() => return outcome,
                 () = tokio::time::sleep(wait) => {}
-                () = woken.as_mut(), if !woke => woke = true,
-            }
-            if enough() {
-                return outcome;
             }
             number += 1;
         }

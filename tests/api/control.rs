@@ -477,6 +477,21 @@ async fn an_abort_during_the_failure_report_lets_no_attempt_follow_the_one_in_fl
 }
 
 #[tokio::test]
+async fn an_abort_while_the_failure_report_waits_to_be_tried_again_cleans_up_at_once() {
+    let app = spawn_app_with_settings(|s| s.executor.retry.max_backoff_ms = 600_000).await;
+    let id = "abort-report-backoff";
+    let busy = FaultAction::RetryAfter(503, lcm::sim::RetryAfter::Seconds(600));
+    failed_and_reporting(&app, id, busy).await;
+    app.wait_event(id, "step_retry", "trying again in 600")
+        .await;
+    let answer = app.ask_abort(id, "wrong facility").await;
+    assert_ok_saying(&answer, "once the failure is reported");
+    app.wait_for(id, "Aborted", |s| s["engine_status"] == "Aborted")
+        .await;
+    assert_eq!(app.platform.status_history(id), ["FAILED", "ABORTED"]);
+}
+
+#[tokio::test]
 async fn an_abort_saved_during_the_report_starts_soon_after_a_store_that_refused_it_writes_again() {
     use lcm::engine::state::Lifecycle;
 
