@@ -558,8 +558,7 @@ impl Executor {
                                 )));
                             }
                             AtStep::Control(control, reply) => {
-                                let asked = (control, reply);
-                                set_pause(&self.shared, &self.id, paused, asked, cleanup, None)
+                                set_pause(&self.shared, paused, control, reply, cleanup, None)
                                     .await;
                             }
                         }
@@ -739,9 +738,9 @@ impl Executor {
                     let held = Some(self.checkpoint.clone());
                     set_pause(
                         &self.shared,
-                        &self.id,
                         &mut self.checkpoint.paused,
-                        (control, reply),
+                        control,
+                        reply,
                         cleanup,
                         held,
                     )
@@ -959,9 +958,9 @@ impl Executor {
                 Command::Control(control, reply) => {
                     set_pause(
                         &self.shared,
-                        &self.id,
                         &mut self.checkpoint.paused,
-                        (control, reply),
+                        control,
+                        reply,
                         cleanup,
                         None,
                     )
@@ -1361,60 +1360,68 @@ pub(super) fn abort_accepted(id: &TrialId, already: bool) -> String {
 /// 200 exactly when the store holds the change, and the history has its event.
 async fn set_pause(
     shared: &Arc<EngineShared>,
-    id: &TrialId,
     paused: &mut bool,
-    (control, reply): (Control, oneshot::Sender<ControlOutcome>),
+    control: Control,
+    reply: oneshot::Sender<ControlOutcome>,
     cleanup: bool,
     held: Option<Checkpoint>,
 ) {
-    if cleanup {
-        let _ = reply.send(refused(format!(
-            "trial {id} is being aborted: its clean-up cannot be paused or stepped"
-        )));
-        return;
-    }
-    let (want, reason, kind) = match control {
-        Control::Pause { reason } => (true, reason, EventKind::Paused),
-        Control::Resume { reason } => (false, reason, EventKind::Resumed),
-        Control::Step { .. } => {
-            let _ = reply.send(refused(format!("trial {id} is not paused")));
-            return;
-        }
-        Control::Abort { .. } => {
-            let _ = reply.send(refused(format!("trial {id}: abort is not a pause")));
+    let id = &shared.id;
+    let (want, reason) = match pause_change(id, *paused, control, cleanup) {
+        Ok(change) => change,
+        Err(answer) => {
+            let _ = reply.send(answer);
             return;
         }
     };
-    if *paused == want {
-        let _ = reply.send(Ok(format!(
+    let save = save_pause(shared.clone(), want, reason, held, reply);
+    if shared
+        .pause_saves
+        .spawn(save.in_current_span())
+        .await
+        .unwrap_or(false)
+    {
+        *paused = want;
+    }
+}
+
+/// What a pause, resume or step asked of an engine `paused` (or not) changes: whether it is
+/// paused, and why; or the answer, if nothing changes.
+fn pause_change(
+    id: &TrialId,
+    paused: bool,
+    control: Control,
+    cleanup: bool,
+) -> Result<(bool, Option<String>), ControlOutcome> {
+    if cleanup {
+        return Err(refused(format!(
+            "trial {id} is being aborted: its clean-up cannot be paused or stepped"
+        )));
+    }
+    let (want, reason) = match control {
+        Control::Pause { reason } => (true, reason),
+        Control::Resume { reason } => (false, reason),
+        Control::Step { .. } => return Err(refused(format!("trial {id} is not paused"))),
+        Control::Abort { .. } => return Err(refused(format!("trial {id}: abort is not a pause"))),
+    };
+    if paused == want {
+        return Err(Ok(format!(
             "trial {id} is already {}",
             if want { "paused" } else { "running" }
         )));
-        return;
     }
-    let save = save_pause(
-        shared.clone(),
-        id.clone(),
-        want,
-        (kind, reason),
-        held,
-        reply,
-    );
-    let saving = shared.pause_saves.spawn(save.in_current_span());
-    if saving.await.unwrap_or(false) {
-        *paused = want;
-    }
+    Ok((want, reason))
 }
 
 /// Saves a pause or resume, records its event, shows it and answers its caller.
 async fn save_pause(
     shared: Arc<EngineShared>,
-    id: TrialId,
     want: bool,
-    (kind, reason): (EventKind, Option<String>),
+    reason: Option<String>,
     held: Option<Checkpoint>,
     reply: oneshot::Sender<ControlOutcome>,
 ) -> bool {
+    let id = &shared.id;
     let op = Op::SetPaused {
         id: id.clone(),
         paused: want,
@@ -1423,6 +1430,11 @@ async fn save_pause(
         let _ = reply.send(Err(ControlError::NotSaved(e.to_string())));
         return false;
     }
+    let kind = if want {
+        EventKind::Paused
+    } else {
+        EventKind::Resumed
+    };
     shared.journal.event(kind, None, reason, None);
     // Its event is committed before the operator hears of the change.
     if let Err(e) = shared.deps.store.flush().await {
@@ -1463,6 +1475,34 @@ mod tests {
     use super::*;
     use Signal::{Active, SliceCallback};
     use Step::*;
+
+    #[test]
+    fn a_pause_changes_only_a_running_trial_and_a_resume_only_a_paused_one() {
+        let id = TrialId::parse("t1").unwrap();
+        let pause = || Control::Pause {
+            reason: Some("new facility".into()),
+        };
+        let resume = || Control::Resume { reason: None };
+        assert_eq!(
+            pause_change(&id, false, pause(), false),
+            Ok((true, Some("new facility".into())))
+        );
+        assert_eq!(pause_change(&id, true, resume(), false), Ok((false, None)));
+        assert_eq!(
+            pause_change(&id, true, pause(), false),
+            Err(Ok("trial t1 is already paused".into()))
+        );
+        assert_eq!(
+            pause_change(&id, false, resume(), false),
+            Err(Ok("trial t1 is already running".into()))
+        );
+        for control in [pause(), resume(), Control::Step { reason: None }] {
+            assert!(matches!(
+                pause_change(&id, false, control, true),
+                Err(Err(ControlError::Refused(_)))
+            ));
+        }
+    }
 
     #[test]
     fn a_repeated_slice_callback_at_idle_is_a_duplicate_not_slice_closed() {
