@@ -161,7 +161,7 @@ fn scheduled(id: &TrialId, start: StartTime) -> Scheduled {
         (status = 400, description = "Invalid trial id, or a start time in the past", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "The trial repository does not know the trial", body = ErrorBody),
-        (status = 409, description = "The trial already has a job or an engine", body = ErrorBody),
+        (status = 409, description = "The trial already has a job or an engine, or has run already", body = ErrorBody),
         (status = 502, description = "The trial repository failed or gave no usable start time", body = ErrorBody),
         (status = 503, description = "The job could not be saved, so it was not made", body = ErrorBody),
     ),

@@ -342,15 +342,20 @@ impl Scheduler {
         start: StartTime,
         audit: Option<AuditEntry>,
     ) -> Result<(), ScheduleError> {
-        start.ensure_future(Utc::now())?;
+        // What the trial already has is the first answer: a trial that ran, scheduled again
+        // at its own (past) start time, is told so rather than that the time has passed.
+        self.ensure_free(&self.jobs_map(), id)?;
+        if let Err(past) = start.ensure_future(Utc::now()) {
+            let key = id.clone();
+            let stored = self.store().read(move |r| r.trial(&key)).await?;
+            return Err(match stored {
+                Some(_) => ScheduleError::Ran(id.clone()),
+                None => past.into(),
+            });
+        }
         let (generation, saved) = {
             let mut jobs = self.jobs_map();
-            if jobs.contains_key(id) {
-                return Err(ScheduleError::JobExists(id.clone()));
-            }
-            if self.inner.engines.contains(id) {
-                return Err(ScheduleError::EngineExists(id.clone()));
-            }
+            self.ensure_free(&jobs, id)?;
             let generation = self.next_generation();
             let created_at = crate::engine::state::now();
             jobs.insert(id.clone(), Job::new(start, generation, created_at));
@@ -381,6 +386,17 @@ impl Scheduler {
                 Err(e.into())
             }
         }
+    }
+
+    /// Refuses a trial that has a job or an engine.
+    fn ensure_free(&self, jobs: &HashMap<TrialId, Job>, id: &TrialId) -> Result<(), ScheduleError> {
+        if jobs.contains_key(id) {
+            return Err(ScheduleError::JobExists(id.clone()));
+        }
+        if self.inner.engines.contains(id) {
+            return Err(ScheduleError::EngineExists(id.clone()));
+        }
+        Ok(())
     }
 
     fn drop_reservation(&self, id: &TrialId, generation: u64) {

@@ -813,3 +813,21 @@ async fn automatic_scheduling_logs_each_trial_it_skips_once_with_why() {
         .count();
     assert_eq!(told, 1);
 }
+
+#[tokio::test]
+async fn scheduling_a_trial_that_ran_at_its_past_start_time_says_it_ran() {
+    let app = spawn_app_with_settings(|s| s.engine.keep_finished_secs = 1).await;
+    app.run_to_finished("ran").await;
+    app.platform
+        .add_trial(Platform::trial("ran", Some(in_secs(-60))));
+
+    // Whether its engine is still in memory or has left, the answer is what the trial has,
+    // not that its start time is in the past.
+    let answer = app.post("/debug/trial/ran/schedule", None).await;
+    assert_detail(&answer, StatusCode::CONFLICT);
+    app.wait_engine_gone("ran").await;
+    let answer = app.post("/debug/trial/ran/schedule", None).await;
+    assert_detail(&answer, StatusCode::CONFLICT);
+    assert!(answer.detail().contains("has run already"), "{answer:?}");
+    assert_nothing_scheduled(&app).await;
+}
