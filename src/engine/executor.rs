@@ -25,7 +25,7 @@ use super::steps::{self, StepCx, StepError};
 use super::watchdog::{ControlRequest, RESAVE_FIRST, RestoreError, resave_after};
 use super::{EngineDeps, EngineShared};
 use crate::deadline::{self, sleep_until};
-use crate::domain::TrialId;
+use crate::domain::{TrialId, at_most};
 use crate::store::Op;
 
 /// How the executor took a signal.
@@ -55,6 +55,10 @@ pub(super) fn not_live(id: &TrialId, lifecycle: Lifecycle) -> ControlError {
         lifecycle.engine_status().name()
     ))
 }
+
+/// The longest failure reason a step's failure records: one quotes what components said,
+/// each part cut already; this bounds the whole whatever a step quotes.
+const MAX_REASON_CHARS: usize = 1_000;
 
 /// The slice-created callback, as the waits record it.
 const SLICE_CREATED: (Wait, Signal) = (Wait::SliceCreated, Signal::SliceCallback);
@@ -605,7 +609,10 @@ impl Executor {
                     .deps
                     .secrets
                     .with(self.checkpoint.data.token.as_deref());
-                let reason = redactor.text(&format!("{} failed: {e}", step.name()));
+                let reason = at_most(
+                    redactor.text(&format!("{} failed: {e}", step.name())),
+                    MAX_REASON_CHARS,
+                );
                 self.shared.journal.event(
                     EventKind::StepFailed,
                     Some(step),

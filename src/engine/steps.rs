@@ -162,7 +162,8 @@ async fn get_trial_info(cx: &mut StepCx<'_>) -> Result<(), StepError> {
             .map(String::as_str)
             .collect();
         return fail(format!(
-            "unknown facility '{facility_key}' (known: {})",
+            "unknown facility '{}' (known: {})",
+            cx.quote(facility_key),
             known.join(", ")
         ));
     };
@@ -195,13 +196,15 @@ fn deadline(cx: &StepCx<'_>, trial: &Value) -> Result<Option<DateTime<Utc>>, Ste
             let end = DateTime::parse_from_rfc3339(raw)
                 .map_err(|_| {
                     StepError(format!(
-                        "trial object's end_time '{raw}' is not an RFC 3339 time with an offset"
+                        "trial object's end_time '{}' is not an RFC 3339 time with an offset",
+                        cx.quote(raw)
                     ))
                 })?
                 .with_timezone(&Utc);
             if end <= Utc::now() {
                 return fail(format!(
-                    "trial object's end_time {raw} is in the past: the trial would end before it starts"
+                    "trial object's end_time {} is in the past: the trial would end before it starts",
+                    cx.quote(raw)
                 ));
             }
             Some(end)
@@ -221,7 +224,12 @@ async fn slice_deployment(cx: &mut StepCx<'_>) -> Result<(), StepError> {
         // A restored trial finds the status this LCM wrote when it failed: nobody else has
         // changed the trial since, so it is still ours to run.
         Some(ours) if cx.data.repository_status.as_deref() == Some(ours) => {}
-        Some(other) => return fail(format!("trial status is '{other}', not APPROVED")),
+        Some(other) => {
+            return fail(format!(
+                "trial status is '{}', not APPROVED",
+                cx.quote(other)
+            ));
+        }
         None => return fail("trial object has no 'status'"),
     }
     let Some(raw_nst) = trial.get("nst") else {
@@ -728,6 +736,15 @@ impl StepCx<'_> {
     }
 
     /// `GET trial_repository /trial/{id}/`, which must answer a JSON object.
+    /// The start of a value a component gave, as a reason quotes it, its secrets hidden: a
+    /// value as large as the component likes makes no reason, row or log line as large.
+    fn quote(&self, raw: &str) -> String {
+        self.deps
+            .secrets
+            .with(self.data.token.as_deref())
+            .excerpt(raw)
+    }
+
     async fn fetch_trial(&mut self) -> Result<Value, StepError> {
         let path = format!("trial/{}/", self.id);
         let trial = self

@@ -168,6 +168,11 @@ async fn fails_with(trial: Value, faults: Vec<Fault>, expected: &str) {
         reason.contains(expected),
         "expected '{expected}' in '{reason}'"
     );
+    assert!(
+        reason.chars().count() <= 1_000,
+        "{} characters",
+        reason.len()
+    );
     assert!(app.failure_file(&id).is_some());
 }
 
@@ -179,6 +184,9 @@ async fn garbage_from_services_fails_the_step_naming_what_is_missing() {
     pending["status"] = json!("PENDING");
     let mut unknown_facility = ok("facility");
     unknown_facility["facility"] = json!("MARS");
+    // A value as large as the registry likes is quoted cut short.
+    let mut huge_status = ok("huge-status");
+    huge_status["status"] = json!(format!("PENDING{}", "x".repeat(100_000)));
     let mut bad_nst = ok("bad-nst");
     bad_nst["nst"] = json!("{'unterminated");
     let mut no_flights = ok("no-flights");
@@ -262,6 +270,7 @@ async fn garbage_from_services_fails_the_step_naming_what_is_missing() {
         ),
         fails_with(pending, vec![], "trial status is 'PENDING', not APPROVED"),
         fails_with(unknown_facility, vec![], "unknown facility 'MARS'"),
+        fails_with(huge_status, vec![], "trial status is 'PENDINGxxx"),
         fails_with(bad_nst, vec![], "'nst'"),
         fails_with(no_flights, vec![], "no 'flights'"),
     ])
