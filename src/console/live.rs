@@ -4,7 +4,9 @@
 //! parts, and nothing is shown twice. A `done` event says nothing more will change (the
 //! trial ended): the page closes its stream.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
 
 use super::session::Signed;
@@ -33,6 +35,29 @@ pub fn patch(parts: &[(&str, Markup)]) -> Event {
         .retry(RECONNECT)
         .json_data(parts)
         .unwrap_or_default()
+}
+
+/// What a stream has sent of each part, so that it sends a part again only when it changed: a
+/// page left open on a trial whose recorded responses are large costs nothing while the trial
+/// stands still.
+#[derive(Default)]
+pub struct Sent(HashMap<&'static str, u64>);
+
+impl Sent {
+    /// A `patch` event of the parts that differ from what this stream sent of them last;
+    /// `None` when none does.
+    pub fn patch(&mut self, parts: Vec<(&'static str, Markup)>) -> Option<Event> {
+        let changed: Vec<_> = parts
+            .into_iter()
+            .filter(|(id, markup)| {
+                let mut hasher = DefaultHasher::new();
+                markup.0.hash(&mut hasher);
+                let digest = hasher.finish();
+                self.0.insert(id, digest) != Some(digest)
+            })
+            .collect();
+        (!changed.is_empty()).then(|| patch(&changed))
+    }
 }
 
 /// The `done` event: nothing more will change.

@@ -40,8 +40,8 @@ use crate::store::{AuditEntry, AuditQuery, ListedStatus};
 const AUDIT_ROWS: usize = 50;
 /// The largest part of a failure file shown.
 const FAILURE_FILE_LIMIT: usize = 256 * 1024;
-/// While a trial is live its page is redrawn at least this often (the timeline's running bar
-/// grows).
+/// While a trial is live its page is drawn again at least this often (the timeline's running
+/// bar grows); what is sent is only the parts that changed.
 const REDRAW: Duration = Duration::from_secs(5);
 
 /// Where the trial was found.
@@ -241,8 +241,23 @@ async fn read_failure_file(state: &AppState, id: &TrialId) -> Option<String> {
     let bytes = tokio::fs::read(failure_file(&state.settings, id))
         .await
         .ok()?;
-    let shown = &bytes[..bytes.len().min(FAILURE_FILE_LIMIT)];
-    Some(String::from_utf8_lossy(shown).into_owned())
+    Some(shown_file(&bytes))
+}
+
+/// A failure file as the page shows it: whole, or its first [`FAILURE_FILE_LIMIT`] bytes (cut
+/// between characters) and a line that says it was cut.
+fn shown_file(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    if text.len() <= FAILURE_FILE_LIMIT {
+        return text.into_owned();
+    }
+    let cut = text.floor_char_boundary(FAILURE_FILE_LIMIT);
+    format!(
+        "{}\n… cut here: the file holds {} bytes and the page shows the first {} KiB; read it whole in the service's log directory",
+        &text[..cut],
+        bytes.len(),
+        FAILURE_FILE_LIMIT / 1024
+    )
 }
 
 /// The actions the trial's state allows now (whatever the role).
@@ -433,7 +448,7 @@ fn failure(view: &TrialView) -> Markup {
         @if !failure.leftovers.is_empty() {
             p { "Left deployed:" }
             ul { @for left in &failure.leftovers {
-                li { (format!("{:?}", left.kind)) " " code { (left.id) } }
+                li { (left.kind.name()) " " code { (left.id) } }
             } }
         }
         details #failure-file {
@@ -925,6 +940,7 @@ pub async fn live(
     };
     live::stream(&state.clone(), signed.clone(), move |tx| async move {
         let mut following: Option<Following> = None;
+        let mut sent = live::Sent::default();
         loop {
             // Follow the trial's engine (a scheduled trial gets one; a deleted trial loses it).
             following = match state.scheduler.engines().get(&id) {
@@ -951,10 +967,8 @@ pub async fn live(
                 Err(Unshown::Unreadable(_)) => None,
             };
             if let Some(view) = &view {
-                if tx
-                    .send(live::patch(&parts(view, &signed, vnf(&state))))
-                    .await
-                    .is_err()
+                if let Some(patch) = sent.patch(parts(view, &signed, vnf(&state)))
+                    && tx.send(patch).await.is_err()
                 {
                     return;
                 }
@@ -966,6 +980,12 @@ pub async fn live(
             let scheduled = view
                 .as_ref()
                 .is_some_and(|view| matches!(view.kind, Kind::Scheduled(_)));
+            // Only a live trial's timeline grows while nothing happens (its running bar).
+            let growing = view.as_ref().is_none_or(|view| {
+                view.snapshot
+                    .as_ref()
+                    .is_some_and(|snapshot| snapshot.lifecycle.is_live())
+            });
             // The view may borrow the followed history, which the wait below extends.
             drop(view);
             if scheduled {
@@ -982,7 +1002,7 @@ pub async fn live(
                     let received = tokio::select! {
                         received = following.events.recv(), if listening => Some(received),
                         _ = following.snapshots.changed() => None,
-                        () = tokio::time::sleep(REDRAW) => None,
+                        () = tokio::time::sleep(REDRAW), if growing => None,
                         () = tx.closed() => return,
                     };
                     if let Some(received) = received {
@@ -1056,6 +1076,25 @@ mod tests {
         assert_eq!(
             mark(active, &seen_of(&[], &[], &[]), None, true),
             RowMark::NotRun
+        );
+    }
+
+    #[test]
+    fn a_large_failure_file_is_cut_between_characters_and_says_so() {
+        assert_eq!(
+            shown_file(b"{\"reason\": \"short\"}"),
+            "{\"reason\": \"short\"}"
+        );
+        // A two-byte character across the limit is left out whole.
+        let mut bytes = vec![b'a'; FAILURE_FILE_LIMIT - 1];
+        bytes.extend_from_slice("é and more".as_bytes());
+        let shown = shown_file(&bytes);
+        let (kept, note) = shown.split_once('\n').expect("a note after the cut");
+        assert_eq!(kept.len(), FAILURE_FILE_LIMIT - 1);
+        assert!(!kept.contains('\u{FFFD}'));
+        assert!(
+            note.starts_with(&format!("… cut here: the file holds {} bytes", bytes.len())),
+            "{note}"
         );
     }
 

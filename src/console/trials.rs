@@ -310,6 +310,7 @@ pub async fn live(
     };
     live::stream(&state.clone(), signed, move |tx| async move {
         let mut last = None;
+        let mut sent = live::Sent::default();
         let mut sent_at = tokio::time::Instant::now();
         loop {
             let now = fingerprint(&state);
@@ -321,7 +322,9 @@ pub async fn live(
                     tokio::time::sleep(CHECK).await;
                     continue;
                 };
-                if tx.send(live::patch(&parts)).await.is_err() {
+                if let Some(patch) = sent.patch(parts)
+                    && tx.send(patch).await.is_err()
+                {
                     return;
                 }
             }

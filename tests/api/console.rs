@@ -588,6 +588,23 @@ async fn a_live_trial_page_ends_showing_every_event_of_the_trial_once() {
     );
     let rows = last.matches("<tr><td>").count();
     assert_eq!(rows, events, "{last}");
+    // A part is sent again only when it changed: the recorded responses, say, are not resent
+    // with every event.
+    let mut last_sent = std::collections::HashMap::new();
+    for patch in seen
+        .lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .filter_map(|data| serde_json::from_str::<serde_json::Value>(data.trim()).ok())
+    {
+        for (part, content) in patch.as_object().expect("a patch of parts") {
+            let before = last_sent.insert(part.clone(), content.clone());
+            assert_ne!(
+                before.as_ref(),
+                Some(content),
+                "{part} sent again unchanged"
+            );
+        }
+    }
 
     // The finished trial's sequence marks every step done, none running.
     let page = no_redirects()
