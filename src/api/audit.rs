@@ -266,11 +266,16 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
             "request refused"
         );
     }
-    state
-        .scheduler
-        .deps()
-        .store
-        .submit(Op::Audit(Box::new(entry)));
+    let store = &state.scheduler.deps().store;
+    let op = Op::Audit(Box::new(entry));
+    if status.is_success() {
+        // A change answered as made has its entry committed first: it outlives a crash.
+        if let Err(e) = store.write(op).await {
+            tracing::warn!(error = %e, "the request's audit entry was not saved");
+        }
+    } else {
+        store.submit(op);
+    }
     response
 }
 

@@ -202,8 +202,8 @@ impl EngineHandle {
         let live = lifecycle.is_live();
         if live {
             let (started_at, run) = (checkpoint.started_at, checkpoint.run);
-            sequence::count_in_flight(checkpoint.position, &mut checkpoint.data, || {
-                steps::measurement_job_key(&id, started_at, run)
+            sequence::count_in_flight(checkpoint.position, &mut checkpoint.data, |step| {
+                steps::first_post_key(&id, started_at, step, run)
             });
         }
         let (state, _) = watch::channel(Snapshot::at(

@@ -381,18 +381,24 @@ pub fn start_cleanup(checkpoint: &mut Checkpoint, reason: &str) {
 }
 
 /// Counts what a trial read back from its saved record may have deployed at the step it
-/// stood at: a slice deployment, a measurement job's creation (sent with `job_key`) or a KPI
-/// marking that opens (Idle, Active) that was sent before the record was saved may have made
-/// what it asked for even though its answer never came. (A running executor's own data is
-/// exact: the step counts it just before the request leaves.)
-pub fn count_in_flight(position: Position, data: &mut TrialData, job_key: impl FnOnce() -> String) {
+/// stood at: a slice deployment or a measurement job's creation (sent with the key
+/// `first_key` gives for its step) or a KPI marking that opens (Idle, Active) that was sent
+/// before the record was saved may have made what it asked for even though its answer never
+/// came. (A running executor's own data is exact: the step counts it just before the request
+/// leaves.)
+pub fn count_in_flight(
+    position: Position,
+    data: &mut TrialData,
+    first_key: impl FnOnce(Step) -> String,
+) {
     let ledger = &mut data.ledger;
     match position {
         Position::Run(SliceDeployment) if ledger.slice == SliceState::None => {
             ledger.slice = SliceState::Requested;
+            ledger.slice_key = Some(first_key(SliceDeployment));
         }
         Position::Run(CreateMeasurementJob) if ledger.measurement_job == JobState::None => {
-            ledger.measurement_job = JobState::Requested(job_key());
+            ledger.measurement_job = JobState::Requested(first_key(CreateMeasurementJob));
         }
         Position::Run(SendKpiIdle) if data.kpi_status.is_none() => {
             data.kpi_status = Some(KpiStatus::Idle);
@@ -647,6 +653,7 @@ mod tests {
         );
         let everything = Ledger {
             slice: SliceState::Created,
+            slice_key: None,
             measurement_job: JobState::Created("mj".into()),
         };
         let mut walked = Vec::new();
@@ -667,7 +674,7 @@ mod tests {
         assert_eq!(walked, full_cleanup());
         let in_flight = |step: Step| {
             let mut data = TrialData::default();
-            count_in_flight(Position::Run(step), &mut data, || {
+            count_in_flight(Position::Run(step), &mut data, |step| {
                 format!("t-1-{}-r0-1", step.name())
             });
             data
@@ -677,6 +684,10 @@ mod tests {
             cleanup_after(None, None, &slice.ledger),
             Next::Step(CloseService),
             "a slice deployment in flight may have created the slice"
+        );
+        assert_eq!(
+            slice.ledger.slice_key.as_deref(),
+            Some("t-1-SliceDeployment-r0-1")
         );
         let job = in_flight(CreateMeasurementJob);
         assert_eq!(
@@ -712,6 +723,7 @@ mod tests {
     fn a_failed_clean_up_step_lets_the_rest_undo_what_is_left() {
         let everything = Ledger {
             slice: SliceState::Created,
+            slice_key: None,
             measurement_job: JobState::Created("mj".into()),
         };
         let marked = Some(KpiStatus::Idle);

@@ -233,6 +233,10 @@ pub enum JobState {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Ledger {
     pub slice: SliceState,
+    /// While `slice` is `Requested`: the `Idempotency-Key` of the deployment sent and never
+    /// answered. Sent again with it (after a restore too, which is otherwise a new run), a
+    /// component that honours it answers with the slice it made instead of making a second.
+    pub slice_key: Option<String>,
     pub measurement_job: JobState,
 }
 

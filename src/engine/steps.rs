@@ -244,11 +244,17 @@ async fn slice_deployment(cx: &mut StepCx<'_>) -> Result<(), StepError> {
         "facility": cx.info()?.facility,
         "Authorization": cx.token()?,
     });
-    let request = cx
+    let mut request = cx
         .post(Service::TrialEnforcement, "sliceDeployment")
         .creating()
         .query("callback_url", cx.callback_url("slice"))
         .json(body);
+    // A deployment sent before and never answered goes again as itself, with its key.
+    let ledger = &mut cx.data.ledger;
+    match (&ledger.slice, &ledger.slice_key) {
+        (SliceState::Requested, Some(key)) => request = request.idempotency_key(key.clone()),
+        _ => ledger.slice_key = request.idempotency_key.clone(),
+    }
     let reply = call_creating(cx, request, |l| &mut l.slice, SliceState::Requested).await?;
     let Some(id) = slice_id(&reply) else {
         return fail(
@@ -259,6 +265,7 @@ async fn slice_deployment(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     // recorded responses.
     cx.info_mut()?.deployed_slice = json!({"Slice": {"id": id}});
     cx.data.ledger.slice = SliceState::Created;
+    cx.data.ledger.slice_key = None;
     Ok(())
 }
 
@@ -311,10 +318,10 @@ fn idempotency_key(id: &TrialId, started: DateTime<Utc>, step: Step, run: u32, n
     )
 }
 
-/// The `Idempotency-Key` of the measurement job's creation (the step's one `POST`) in run
-/// `run` of an engine started at `started`.
-pub fn measurement_job_key(id: &TrialId, started: DateTime<Utc>, run: u32) -> String {
-    idempotency_key(id, started, Step::CreateMeasurementJob, run, 1)
+/// The `Idempotency-Key` of `step`'s first `POST` (a slice deployment's or a measurement
+/// job's creation) in run `run` of an engine started at `started`.
+pub fn first_post_key(id: &TrialId, started: DateTime<Utc>, step: Step, run: u32) -> String {
+    idempotency_key(id, started, step, run, 1)
 }
 
 async fn create_measurement_job(cx: &mut StepCx<'_>) -> Result<(), StepError> {
@@ -604,7 +611,8 @@ fn statuses_said(expected: &[u16]) -> String {
 impl StepCx<'_> {
     /// A `POST` to a service, carrying an `Idempotency-Key` stable for this trial's engine
     /// (the instant it started, so a trial deleted and scheduled again is a new one), step,
-    /// run and request: the same after a crash re-runs the step, new after a restore.
+    /// run and request: the same after a crash re-runs the step, new after a restore (but for
+    /// a creation that may have made what it asked for, which goes again with its own key).
     fn post(&mut self, service: Service, path: &str) -> Outbound {
         self.posts += 1;
         let key = idempotency_key(self.id, self.started_at, self.step, self.run, self.posts);

@@ -656,8 +656,8 @@ impl Watchdog {
         // The last checkpoint was handed over before the step the executor died in.
         let checkpoint = &mut self.checkpoint;
         let (started_at, run) = (checkpoint.started_at, checkpoint.run);
-        sequence::count_in_flight(checkpoint.position, &mut checkpoint.data, || {
-            super::steps::measurement_job_key(&self.shared.id, started_at, run)
+        sequence::count_in_flight(checkpoint.position, &mut checkpoint.data, |step| {
+            super::steps::first_post_key(&self.shared.id, started_at, step, run)
         });
         self.shared
             .journal
@@ -775,13 +775,22 @@ impl Watchdog {
             (self.checkpoint, self.lifecycle) = before;
             return Err(RestoreError::NotSaved(e));
         }
-        for (kind, detail) in events {
-            self.shared.journal.event(*kind, None, detail.clone(), None);
-        }
+        self.record_committed(events).await;
         self.shared.move_to(self.lifecycle, &self.checkpoint);
         let rerun = matches!(self.checkpoint.position, Position::Run(_));
         self.spawn_executor(rerun, stepping);
         Ok(())
+    }
+
+    /// Records the events of an operator's change just saved, and has them committed before
+    /// the operator is answered: a 200 outlives a crash with its history.
+    async fn record_committed(&self, events: &[(EventKind, Option<String>)]) {
+        for (kind, detail) in events {
+            self.shared.journal.event(*kind, None, detail.clone(), None);
+        }
+        if let Err(e) = self.shared.deps.store.flush().await {
+            warn!(error = %e, "the change's history events were not saved");
+        }
     }
 
     async fn restore(&mut self) -> Result<String, RestoreError> {
@@ -968,11 +977,10 @@ impl Watchdog {
             }
             return Err(ControlError::NotSaved(e));
         }
+        self.record_committed(&[(EventKind::AbortRequested, Some(reason))])
+            .await;
         // Shown at once: the trial is aborting, and no longer restorable.
         self.shared.move_to(self.lifecycle, &self.checkpoint);
-        self.shared
-            .journal
-            .event(EventKind::AbortRequested, None, Some(reason), None);
         info!("abort asked for while the failure is reported: the clean-up starts once it is");
         Ok(format!(
             "{} once the failure is reported",

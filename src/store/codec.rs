@@ -107,6 +107,9 @@ enum JobDoc<S> {
 #[derive(Serialize, Deserialize)]
 struct LedgerDoc<S> {
     slice: S,
+    /// The key of a slice deployment sent and never answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    slice_key: Option<S>,
     measurement_job: JobDoc<S>,
 }
 
@@ -308,6 +311,7 @@ pub fn encode_checkpoint(checkpoint: &Checkpoint) -> String {
         held: signals_doc(&checkpoint.held),
         ledger: LedgerDoc {
             slice: slice_name(data.ledger.slice),
+            slice_key: data.ledger.slice_key.as_deref(),
             measurement_job: match &data.ledger.measurement_job {
                 JobState::None => JobDoc::None,
                 JobState::Requested(key) => JobDoc::Requested(key.as_str()),
@@ -387,6 +391,7 @@ pub fn decode_checkpoint(text: &str) -> Result<Checkpoint, String> {
             repository_status: doc.repository_status,
             ledger: Ledger {
                 slice: parse_slice(&doc.ledger.slice)?,
+                slice_key: doc.ledger.slice_key,
                 measurement_job: match doc.ledger.measurement_job {
                     JobDoc::None => JobState::None,
                     JobDoc::Requested(key) => JobState::Requested(key),
@@ -483,6 +488,7 @@ mod tests {
                 repository_status: Some("ACTIVE".into()),
                 ledger: Ledger {
                     slice: SliceState::Closing,
+                    slice_key: None,
                     measurement_job: JobState::Deleted,
                 },
                 deadline: None,
@@ -575,6 +581,19 @@ mod tests {
         let written = encode_checkpoint(&checkpoint);
         assert!(
             written.contains(r#""measurement_job":{"requested":"t1-7-CreateMeasurementJob-r0-1"}"#),
+            "{written}"
+        );
+        assert_eq!(decode_checkpoint(&written).unwrap(), checkpoint);
+    }
+
+    #[test]
+    fn a_slice_in_doubt_keeps_its_deployments_key() {
+        let mut checkpoint = golden();
+        checkpoint.data.ledger.slice = SliceState::Requested;
+        checkpoint.data.ledger.slice_key = Some("t1-7-SliceDeployment-r0-1".into());
+        let written = encode_checkpoint(&checkpoint);
+        assert!(
+            written.contains(r#""slice":"requested","slice_key":"t1-7-SliceDeployment-r0-1""#),
             "{written}"
         );
         assert_eq!(decode_checkpoint(&written).unwrap(), checkpoint);

@@ -195,6 +195,8 @@ pub fn convert(
         } else {
             SliceState::None
         },
+        // A record of the first format kept no key: a deployment sent again gets a new one.
+        slice_key: None,
         measurement_job: match info
             .as_ref()
             .and_then(|i| i.measurement_job.get("MeasurementID"))

@@ -1186,3 +1186,92 @@ async fn an_event_stream_ends_as_the_stop_begins_not_once_a_held_answer_comes() 
     );
     let_the_answer_go_and_exit(&mut app, &answered).await;
 }
+
+#[tokio::test]
+async fn operator_changes_answered_outlive_a_kill_with_their_history_and_audit_entries() {
+    let (restored, aborted, signalled) = ("kept-restore", "kept-abort", "kept-active");
+    let mut app = spawn_binary_with(BinaryOptions {
+        env: &[("LCM__EXECUTOR__RETRY__MAX_ATTEMPTS", "1")],
+        platform: Box::new(move |platform| {
+            for id in [restored, aborted, signalled] {
+                platform.add_trial(Platform::trial(id, None));
+            }
+            for id in [restored, aborted] {
+                platform.inject(
+                    Fault::new(
+                        Component::Enforcement,
+                        "POST",
+                        "/flightplan",
+                        FaultAction::Status(500),
+                    )
+                    .for_trial(id),
+                );
+            }
+        }),
+        ..BinaryOptions::default()
+    })
+    .await;
+    for id in [restored, aborted, signalled] {
+        app.start_trial(id).await;
+    }
+    app.wait_failed(restored).await;
+    app.wait_failed(aborted).await;
+    app.wait_waiting(signalled, "operator (active or finish)")
+        .await;
+
+    let paths = [
+        format!("/debug/engine/{restored}/restore"),
+        format!("/trial/{aborted}/abort"),
+        format!("/trial/{signalled}/active"),
+    ];
+    let (restore, abort, active) = tokio::join!(
+        app.post(&paths[0], None),
+        app.post(&paths[1], None),
+        app.post(&paths[2], None),
+    );
+    for answer in [&restore, &abort, &active] {
+        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    }
+    // Killed the moment the last is answered: each change was committed with its history
+    // and its audit entry before its answer left.
+    if let Server::Process(child) = &mut app.server {
+        child.kill().await.expect("SIGKILL");
+    }
+    app.restart_binary().await;
+
+    let kinds = |history: Vec<Value>| -> Vec<String> {
+        history
+            .into_iter()
+            .filter_map(|e| e["event"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let restored_kinds = kinds(app.history(restored).await);
+    assert!(
+        restored_kinds.iter().any(|k| k == "restored"),
+        "{restored_kinds:?}"
+    );
+    let aborted_kinds = kinds(app.history(aborted).await);
+    for kind in ["abort_requested", "cleanup_started"] {
+        assert!(
+            aborted_kinds.iter().any(|k| k == kind),
+            "{kind}: {aborted_kinds:?}"
+        );
+    }
+    for (id, action) in [
+        (restored, "POST /debug/engine/{trial_id}/restore"),
+        (aborted, "POST /trial/{trial_id}/abort"),
+        (signalled, "POST /trial/{trial_id}/active"),
+    ] {
+        let audit = app.get(&format!("/audit?trial_id={id}")).await;
+        let entries = audit.body["entries"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            entries
+                .iter()
+                .any(|e| e["action"] == action && e["outcome"] == 200),
+            "{id}: {audit:?}"
+        );
+    }
+}

@@ -1061,3 +1061,51 @@ async fn a_secret_in_a_progress_message_is_redacted_where_it_is_shown() {
         assert!(!history.contains(secret), "{history}");
     }
 }
+
+#[tokio::test]
+async fn a_slice_deployment_that_may_have_made_a_slice_goes_again_as_itself_after_a_restore() {
+    let app = spawn_app_with_settings(single_attempt).await;
+    // Answered 500, the deployment may have made the slice; refused 400, it made nothing.
+    let (doubtful, refused) = ("slice-in-doubt", "slice-refused");
+    for (id, status) in [(doubtful, 500), (refused, 400)] {
+        app.platform.inject(
+            Fault::new(
+                Component::Enforcement,
+                "POST",
+                "/sliceDeployment",
+                FaultAction::Status(status),
+            )
+            .for_trial(id)
+            .times(1),
+        );
+    }
+    for id in [doubtful, refused] {
+        app.start_trial(id).await;
+        app.wait_failed(id).await;
+        let restore = app.post(&format!("/debug/engine/{id}/restore"), None).await;
+        assert_eq!(restore.status, StatusCode::OK, "{restore:?}");
+        app.drive_to_finished(id).await;
+    }
+    let keys = |id: &str| -> Vec<String> {
+        sent(&app, id, "POST", "/sliceDeployment")
+            .into_iter()
+            .map(|r| r.idempotency_key.unwrap_or_default())
+            .collect()
+    };
+    let doubtful_keys = keys(doubtful);
+    assert_eq!(doubtful_keys.len(), 2, "{doubtful_keys:?}");
+    assert_eq!(
+        doubtful_keys[0], doubtful_keys[1],
+        "a component that honours the key answers with the slice it made, instead of a second"
+    );
+    assert!(
+        doubtful_keys[0].ends_with("-SliceDeployment-r0-1"),
+        "{doubtful_keys:?}"
+    );
+    let refused_keys = keys(refused);
+    assert_eq!(refused_keys.len(), 2, "{refused_keys:?}");
+    assert!(
+        refused_keys[1].ends_with("-SliceDeployment-r1-1"),
+        "{refused_keys:?}"
+    );
+}
