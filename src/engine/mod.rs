@@ -39,7 +39,9 @@ use journal::Journal;
 use queue::Queue;
 use redact::Secrets;
 use sequence::{Signal, Step, Wait};
-use state::{Checkpoint, Lifecycle, Mode, Progress, ResponseRecord, Snapshot, TrialEvent};
+use state::{
+    Checkpoint, EventKind, Lifecycle, Mode, Progress, ResponseRecord, Snapshot, TrialEvent,
+};
 use watchdog::{ControlRequest, LastRecord, Origin, RestoreError, Watchdog};
 
 /// A function called before every step (fault injection for tests and drills).
@@ -114,6 +116,24 @@ enum Unanswered {
 
 /// Why a new engine takes nothing yet.
 const NOT_STARTED: &str = "the trial's first record is not saved yet (it is being saved, or the store cannot write): nothing is taken until it is, try again";
+
+/// Why a recovered trial's history says an abort it shows asked for was not carried out.
+const ABORT_LOST: &str = "the service stopped (killed, or it crashed) while an abort waited for the answer in flight, before the abort was saved: the trial goes on where its last record left it; ask for the abort again";
+
+/// Whether the last abort `events` ask for was left unsaved: neither its clean-up started nor
+/// a word that it was not carried out followed it. The service stopped hard while the abort
+/// waited for an answer in flight; its caller never had an answer.
+fn abort_left_unsaved(events: &[TrialEvent]) -> bool {
+    events
+        .iter()
+        .rev()
+        .find_map(|e| match e.event {
+            EventKind::AbortRequested => Some(true),
+            EventKind::CleanupStarted | EventKind::AbortNotCarriedOut => Some(false),
+            _ => None,
+        })
+        .unwrap_or(false)
+}
 
 /// How many commands may queue for an executor; it answers them at once, so few ever wait.
 const SIGNAL_QUEUE: usize = 16;
@@ -200,6 +220,7 @@ impl EngineHandle {
             ended_at,
         } = record;
         let live = lifecycle.is_live();
+        let abort_lost = live && checkpoint.mode == Mode::Normal && abort_left_unsaved(&events);
         if live {
             let (started_at, run) = (checkpoint.started_at, checkpoint.run);
             sequence::count_in_flight(checkpoint.position, &mut checkpoint.data, |step| {
@@ -241,6 +262,15 @@ impl EngineHandle {
             ended,
             deps,
         });
+        if abort_lost {
+            tracing::info!(trial = %shared.id, "{ABORT_LOST}");
+            shared.journal.event(
+                EventKind::AbortNotCarriedOut,
+                None,
+                Some(ABORT_LOST.to_owned()),
+                None,
+            );
+        }
         // Brought back after a delete that was not saved, ended or failed, with a record the
         // store does not hold either: its watchdog saves it (an ended one before it may leave
         // memory).

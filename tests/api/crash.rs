@@ -1088,6 +1088,45 @@ async fn an_abort_waiting_for_a_deployment_unanswered_within_the_grace_is_not_ca
     );
 }
 
+#[tokio::test]
+async fn an_abort_waiting_for_a_deployment_when_the_service_is_killed_is_said_not_carried_out() {
+    let id = "abort-then-kill";
+    let (mut app, answered) = with_its_slice_deployment_held(id).await;
+    app.start_trial(id).await;
+    let abort = abort_waiting_for_the_deployment(&app, id).await;
+    // The abort's request is in the store (reading the audit log commits what waits), its
+    // clean-up not: the service is killed while the abort waits for the deployment's answer.
+    assert_eq!(app.get("/audit").await.status, StatusCode::OK);
+    if let Server::Process(child) = &mut app.server {
+        child.kill().await.expect("SIGKILL");
+    }
+    assert!(
+        abort.await.expect("the abort's task").is_err(),
+        "never answered"
+    );
+
+    answered.open();
+    app.restart_binary().await;
+    let status = app
+        .wait_for(id, "a wait of the trial's own path", |s| {
+            s["waiting_for"]
+                .as_str()
+                .is_some_and(|w| w.ends_with(WAITING_SLICE) || w.contains("operator"))
+        })
+        .await;
+    assert_eq!(status["aborting"], false, "{status}");
+    // Its history says the abort it shows asked for was not carried out, once.
+    app.wait_event(id, "abort_not_carried_out", "killed, or it crashed")
+        .await;
+    let said = app
+        .history(id)
+        .await
+        .iter()
+        .filter(|e| e["event"] == "abort_not_carried_out")
+        .count();
+    assert_eq!(said, 1);
+}
+
 /// Asks for trial `id`'s abort once its slice deployment is in flight, and waits until the
 /// abort waits for the deployment's answer; the abort's answer comes from the returned task.
 async fn abort_waiting_for_the_deployment(
