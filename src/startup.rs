@@ -71,9 +71,14 @@ impl Application {
         hooks: EngineHooks,
     ) -> Result<Self, StartupError> {
         let data_dir = settings.store.data_dir.clone();
+        // Opening may take seconds after a crash (SQLite reads its write-ahead log back), while
+        // the port already takes connections: the log says what the service is doing.
+        info!(data_dir = %data_dir.display(), "opening the store");
+        let opening = Instant::now();
         let backend = tokio::task::spawn_blocking(move || SqliteBackend::open(&data_dir))
             .await
             .map_err(|e| StoreError::Backend(format!("the store did not open: {e}")))??;
+        info!(elapsed_ms = millis(opening), "store opened");
         Self::with_backend(settings, listener, hooks, backend).await
     }
 
@@ -95,9 +100,16 @@ impl Application {
         }
         let settings = Arc::new(settings);
         let services = ServiceClient::new(&settings)?;
+        let reading = Instant::now();
         let (store, mut loaded) = tokio::task::spawn_blocking(move || Store::start(backend))
             .await
             .map_err(|e| StoreError::Backend(format!("the store did not start: {e}")))??;
+        info!(
+            elapsed_ms = millis(reading),
+            live_trials = loaded.trials.len(),
+            jobs = loaded.jobs.len(),
+            "store read: recovering its live trials and jobs"
+        );
         let revoked = std::mem::take(&mut loaded.revoked);
         let tokens = Arc::new(
             TokenManager::new(&settings.auth.token_secret, settings.auth.token_ttl_secs)
@@ -263,4 +275,9 @@ pub async fn shutdown_signal() {
         () = ctrl_c => info!("SIGINT received: shutting down"),
         () = terminate => info!("SIGTERM received: shutting down"),
     }
+}
+
+/// Milliseconds since `since`, for the log.
+fn millis(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
