@@ -443,7 +443,10 @@ fn failure(view: &TrialView) -> Markup {
         p { "Failed at " (layout::time(failure.at)) "."
             @if !failure.reported { " Reporting the failure (repository, failure file)…" } }
         @if failure.cleanup_failed {
-            p { "The clean-up after an abort failed; Abort again retries it." }
+            p { "The clean-up after an abort failed; Abort again retries it."
+                @if failure.leftovers.is_empty() {
+                    " Nothing is left deployed on the facility: the step named above is what failed."
+                } }
         }
         @if !failure.leftovers.is_empty() {
             p { "Left deployed:" }

@@ -1185,3 +1185,34 @@ async fn a_trial_s_page_offers_what_fits_and_says_what_a_higher_role_could_do() 
     assert!(page.contains("/confirm/resume"), "{page}");
     assert!(!page.contains("/confirm/step"), "{page}");
 }
+
+#[tokio::test]
+async fn a_clean_up_that_failed_with_nothing_left_deployed_says_so() {
+    let app = spawn_app_with_settings(single_attempt).await;
+    let id = "kpi-left-open";
+    app.start_to_idle(id).await;
+    // The KPI marking that closes the trial's KPIs is refused; the slice and the job go.
+    app.platform.inject(
+        lcm::sim::Fault::new(
+            lcm::sim::Component::Kpi,
+            "POST",
+            "/markKPIData",
+            FaultAction::Status(500),
+        )
+        .for_trial(id),
+    );
+    let abort = app.post(&format!("/trial/{id}/abort"), None).await;
+    assert_eq!(abort.status, StatusCode::OK, "{abort:?}");
+    let failed = app
+        .wait_for(id, "its clean-up failed", |s| s["cleanup_failed"] == true)
+        .await;
+    assert_eq!(failed["leftovers"], serde_json::json!([]), "{failed}");
+
+    let session = sign_in(&app, Role::Viewer).await;
+    let page = get_page(&app, &session.cookie, &format!("/ui/trials/{id}")).await;
+    assert!(page.contains("SendKpiFinish failed"), "{page}");
+    assert!(
+        page.contains("Nothing is left deployed on the facility"),
+        "{page}"
+    );
+}
