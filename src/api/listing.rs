@@ -114,10 +114,10 @@ fn decode_cursor(cursor: &str) -> Result<(String, String), ApiError> {
 /// The page of trials
 ///
 /// `{"trials": [{"trial_id", "engine_status", "status", "state", "step", "waiting_for",
-/// "created_at", "updated_at", "ended_at", "failure", "start_time"}], "next_cursor"}`, newest
-/// first. Query: `status` (engine status: Active, Failed, Finished, Aborted, Scheduled,
-/// Corrupt; repeatable or comma-separated), `q` (part of the id), `limit` (1–500, default
-/// 50), `cursor` (the `next_cursor` of the previous page).
+/// "created_at", "updated_at", "ended_at", "failure", "start_time", "paused", "aborting"}],
+/// "next_cursor"}`, newest first. Query: `status` (engine status: Active, Failed, Finished,
+/// Aborted, Scheduled, Corrupt; repeatable or comma-separated), `q` (part of the id), `limit`
+/// (1–500, default 50), `cursor` (the `next_cursor` of the previous page).
 #[utoipa::path(
     get,
     path = "/trials",
@@ -200,6 +200,8 @@ pub async fn page(state: &AppState, mut query: TrialQuery) -> Result<Page, ApiEr
                 row.updated_at = time(snapshot.updated_at);
                 row.ended_at = snapshot.ended_at.map(time);
                 row.failure = snapshot.failure.as_ref().map(|f| f.reason.clone());
+                row.paused = snapshot.paused;
+                row.aborting = view::aborting(&snapshot);
             }
             // Written as the trial's status writes them (the store's have a fixed width, to
             // sort as text).
@@ -237,6 +239,8 @@ mod tests {
             ended_at: None,
             failure: None,
             start_time: None,
+            paused: false,
+            aborting: false,
         };
         assert_eq!(
             decode_cursor(&encode_cursor(&row)).unwrap(),

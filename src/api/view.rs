@@ -267,6 +267,13 @@ pub enum SetAside {
     Corrupt,
 }
 
+/// Whether the trial is being aborted: its clean-up runs, or an abort asked for while its
+/// failure was reported waits for the report's end.
+pub fn aborting(snapshot: &Snapshot) -> bool {
+    snapshot.failure.as_ref().is_some_and(|f| f.abort.is_some())
+        || (matches!(snapshot.mode, Mode::Cleanup { .. }) && snapshot.lifecycle.is_live())
+}
+
 /// `GET /trial/{id}/status`, from a snapshot.
 pub fn status(snapshot: &Snapshot) -> TrialStatus {
     let status = snapshot.lifecycle.executor_status();
@@ -297,7 +304,7 @@ pub fn status(snapshot: &Snapshot) -> TrialStatus {
         restorable: snapshot.restorable(),
         cleanup_failed: failure.is_some_and(|f| f.cleanup_failed),
         leftovers: failure.map(|f| f.leftovers.clone()).unwrap_or_default(),
-        aborting: asked.is_some() || (abort_reason.is_some() && snapshot.lifecycle.is_live()),
+        aborting: aborting(snapshot),
         abort_reason,
         paused: snapshot.paused,
         progress: snapshot.progress.as_ref().and_then(|p| p.progress),

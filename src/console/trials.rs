@@ -112,9 +112,11 @@ fn tabs(query: &TrialQuery, counts: &[(ListedStatus, u64)]) -> Markup {
     }
 }
 
-/// Where a row's trial stands, in a few words.
+/// Where a row's trial stands, in a few words: held by the operator or being aborted first.
 fn whereabouts(row: &ListedTrial) -> Markup {
     html! {
+        @if row.aborting { span.badge.aborted { span aria-hidden="true" { "⊘ " } "Aborting" } " " }
+        @if row.paused { span.badge.paused { span aria-hidden="true" { "‖ " } "Paused" } " " }
         @match row.engine_status {
             ListedStatus::Scheduled => {
                 "starts at " @if let Some(start) = &row.start_time { (layout::time_text(start)) }

@@ -342,6 +342,11 @@ pub struct ListedTrial {
     /// A scheduled job's start time, as given.
     #[schema(required = true)]
     pub start_time: Option<String>,
+    /// The operator has paused the trial (live trials only).
+    pub paused: bool,
+    /// The trial is being aborted: its clean-up runs, or waits for its failure's report
+    /// (live and failed trials only).
+    pub aborting: bool,
 }
 
 /// A trial read back from the store: readable, or set aside as corrupt.

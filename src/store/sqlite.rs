@@ -1310,6 +1310,9 @@ fn listed(row: &rusqlite::Row<'_>, job: bool) -> rusqlite::Result<ListedTrial> {
         ended_at: text(8, "ended_at")?,
         failure: text(9, "failure")?,
         start_time: if job { text(10, "start_time")? } else { None },
+        // Known of the engines in memory, which the listing asks (every live trial is one).
+        paused: false,
+        aborting: false,
     };
     let engine_status = text(1, "engine_status")?.unwrap_or_default();
     match (unreadable, listed_status(&engine_status)) {

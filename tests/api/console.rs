@@ -1216,3 +1216,18 @@ async fn a_clean_up_that_failed_with_nothing_left_deployed_says_so() {
         "{page}"
     );
 }
+
+#[tokio::test]
+async fn the_trials_page_marks_a_paused_trial() {
+    let app = spawn_app().await;
+    let id = "marked-paused";
+    app.start_to_idle(id).await;
+    let session = sign_in(&app, Role::Viewer).await;
+    let listed = |page: &str| page.matches("badge paused").count();
+    let before = get_page(&app, &session.cookie, "/ui/trials").await;
+    assert_eq!(listed(&before), 0, "{before}");
+    let pause = app.post(&format!("/trial/{id}/pause"), None).await;
+    assert_eq!(pause.status, StatusCode::OK, "{pause:?}");
+    let after = get_page(&app, &session.cookie, "/ui/trials").await;
+    assert_eq!(listed(&after), 1, "{after}");
+}

@@ -11,7 +11,7 @@ use lcm::engine::state::Lifecycle;
 use lcm::sim::{Component, Fault, FaultAction, Platform};
 use lcm::store::Op;
 use reqwest::{Method, StatusCode};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::helpers::*;
 
@@ -766,4 +766,49 @@ async fn the_listing_and_the_status_write_a_trial_s_times_alike() {
             .is_some_and(|t| t.ends_with(".123Z")),
         "{row}"
     );
+}
+
+#[tokio::test]
+async fn the_listing_says_which_trials_are_paused_or_being_aborted() {
+    let app = spawn_app().await;
+    let (paused, aborting, plain) = ("held-paused", "held-aborting", "held-plain");
+    // The slice is closed, but trial enforcement never says so: the clean-up waits.
+    app.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "DELETE",
+            "/sliceDeployment/",
+            FaultAction::DropCallback,
+        )
+        .for_trial(aborting),
+    );
+    for id in [paused, aborting, plain] {
+        app.start_to_idle(id).await;
+    }
+    let pause = app.post(&format!("/trial/{paused}/pause"), None).await;
+    assert_eq!(pause.status, StatusCode::OK, "{pause:?}");
+    let abort = app.post(&format!("/trial/{aborting}/abort"), None).await;
+    assert_eq!(abort.status, StatusCode::OK, "{abort:?}");
+    app.wait_for(
+        aborting,
+        "the clean-up's wait for the slice to close",
+        |s| {
+            s["waiting_for"]
+                .as_str()
+                .is_some_and(|w| w.contains("slice closed"))
+        },
+    )
+    .await;
+
+    let page = listed(&app, "?q=held-").await;
+    let marks = |id: &str| {
+        let row = page["trials"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["trial_id"] == id))
+            .unwrap_or_else(|| panic!("{id} listed: {page}"));
+        (row["paused"].clone(), row["aborting"].clone())
+    };
+    assert_eq!(marks(paused), (json!(true), json!(false)));
+    assert_eq!(marks(aborting), (json!(false), json!(true)));
+    assert_eq!(marks(plain), (json!(false), json!(false)));
 }
