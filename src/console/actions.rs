@@ -330,6 +330,7 @@ pub fn confirm_form(signed: &Signed, id: &TrialId, action: TrialAction, cancel: 
 /// browsers without scripts (with scripts, the same form opens in a dialog).
 pub async fn confirm_page(
     signed: Signed,
+    State(state): State<AppState>,
     Path((raw_id, action)): Path<(String, String)>,
 ) -> Response {
     let (id, action) = match target(&raw_id, &action) {
@@ -347,6 +348,13 @@ pub async fn confirm_page(
                 signed.holder.role
             ),
         );
+    }
+    // A trial the service does not know is said so here, not once the action is confirmed.
+    if !state.scheduler.is_scheduled(&id)
+        && let Err(e) = state.find_trial(&id).await
+        && e.status == StatusCode::NOT_FOUND
+    {
+        return layout::error_page(Some(&signed), e.status, &e.detail);
     }
     let back = format!("/ui/trials/{id}");
     let body = html! {

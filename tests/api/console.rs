@@ -443,6 +443,16 @@ async fn a_request_naming_no_valid_trial_or_action_gets_a_page_saying_which() {
         let page = answer.text().await.unwrap();
         assert!(page.contains(says), "{action}: {page}");
     }
+    // A trial the service does not know is said so before anything is confirmed.
+    let confirm = no_redirects()
+        .get(format!("{}/ui/trials/nosuch/confirm/abort", app.address))
+        .header("Cookie", &session.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirm.status(), StatusCode::NOT_FOUND);
+    let page = confirm.text().await.unwrap();
+    assert!(page.contains("trial 'nosuch' has no engine"), "{page}");
     let answer = post(&app, &session, "/ui/service/explode", &[]).await;
     assert_eq!(answer.status(), StatusCode::NOT_FOUND);
     // Refused, and audited under the session's key.
