@@ -1107,14 +1107,7 @@ async fn an_abort_waiting_for_a_deployment_when_the_service_is_killed_is_said_no
 
     answered.open();
     app.restart_binary().await;
-    let status = app
-        .wait_for(id, "a wait of the trial's own path", |s| {
-            s["waiting_for"]
-                .as_str()
-                .is_some_and(|w| w.ends_with(WAITING_SLICE) || w.contains("operator"))
-        })
-        .await;
-    assert_eq!(status["aborting"], false, "{status}");
+    goes_on_not_aborting(&app, id).await;
     // Its history says the abort it shows asked for was not carried out, once.
     app.wait_event(id, "abort_not_carried_out", "killed, or it crashed")
         .await;
@@ -1165,9 +1158,9 @@ async fn assert_told_503(abort: tokio::task::JoinHandle<reqwest::Result<StatusCo
     );
 }
 
-/// Waits until trial `id`, restarted after an abort that was not carried out, waits on its
-/// own path, not cleaning up, and panics unless its history says why.
-async fn assert_goes_on_saying_the_abort_was_not_carried_out(app: &TestApp, id: &str) {
+/// Waits until trial `id` waits on its own path (for its slice or the operator), and panics if
+/// it is aborting.
+async fn goes_on_not_aborting(app: &TestApp, id: &str) {
     let status = app
         .wait_for(id, "a wait of the trial's own path", |s| {
             s["waiting_for"]
@@ -1176,6 +1169,12 @@ async fn assert_goes_on_saying_the_abort_was_not_carried_out(app: &TestApp, id: 
         })
         .await;
     assert_eq!(status["aborting"], false, "{status}");
+}
+
+/// Waits until trial `id`, restarted after an abort that was not carried out, waits on its
+/// own path, not cleaning up, and panics unless its history says why.
+async fn assert_goes_on_saying_the_abort_was_not_carried_out(app: &TestApp, id: &str) {
+    goes_on_not_aborting(app, id).await;
     assert!(
         !app.platform
             .status_history(id)
@@ -1236,15 +1235,7 @@ async fn operator_changes_answered_outlive_a_kill_with_their_history_and_audit_e
                 platform.add_trial(Platform::trial(id, None));
             }
             for id in [restored, aborted] {
-                platform.inject(
-                    Fault::new(
-                        Component::Enforcement,
-                        "POST",
-                        "/flightplan",
-                        FaultAction::Status(500),
-                    )
-                    .for_trial(id),
-                );
+                platform.inject(flight_plan_fault(id, FaultAction::Status(500)));
             }
         }),
         ..BinaryOptions::default()

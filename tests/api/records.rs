@@ -773,15 +773,7 @@ async fn the_listing_says_which_trials_are_paused_or_being_aborted() {
     let app = spawn_app().await;
     let (paused, aborting, plain) = ("held-paused", "held-aborting", "held-plain");
     // The slice is closed, but trial enforcement never says so: the clean-up waits.
-    app.platform.inject(
-        Fault::new(
-            Component::Enforcement,
-            "DELETE",
-            "/sliceDeployment/",
-            FaultAction::DropCallback,
-        )
-        .for_trial(aborting),
-    );
+    app.slice_closes_without_callback(aborting);
     for id in [paused, aborting, plain] {
         app.start_to_idle(id).await;
     }
