@@ -276,6 +276,31 @@ impl FromRequestParts<AppState> for CallbackToken {
     type Rejection = AuthError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AuthError> {
+        CallbackToken::extract(parts, state, false).await
+    }
+}
+
+/// The token of a component's callback (slice, VNF): a [`CallbackToken`] also taken while
+/// the trial has failed, so that the callback is kept for its restore.
+pub struct ComponentCallback(pub CallbackToken);
+
+impl FromRequestParts<AppState> for ComponentCallback {
+    type Rejection = AuthError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AuthError> {
+        CallbackToken::extract(parts, state, true)
+            .await
+            .map(ComponentCallback)
+    }
+}
+
+impl CallbackToken {
+    /// The token of the request, for a trial whose engine has failed too if `of_failed`.
+    async fn extract(
+        parts: &mut Parts,
+        state: &AppState,
+        of_failed: bool,
+    ) -> Result<Self, AuthError> {
         let TrialPath(trial) = TrialPath::from_request_parts(parts, state).await?;
         let Some(token) = presented_credential(&parts.headers) else {
             return Err(failed(parts, state, MISSING));
@@ -283,7 +308,7 @@ impl FromRequestParts<AppState> for CallbackToken {
         if let Some(Actor::Key(_)) = caller(parts, state) {
             return Err(ApiError::unauthorized(WANTS_TOKEN).into());
         }
-        match check_token(state, &trial, &token).await {
+        match check_token(state, &trial, &token, of_failed).await {
             Ok((claims, engine)) => Ok(CallbackToken {
                 trial,
                 claims,

@@ -33,14 +33,15 @@ struct Minted {
 }
 
 /// Verifies a presented token for `id`: signature, expiry, trial, revocation, and that the
-/// trial's engine, in memory or only in the store once it has left memory, is neither finished
-/// nor failed, and began (was scheduled) before the token was minted. A trial with no engine
+/// trial's engine, in memory or only in the store once it has left memory, has not ended nor
+/// (unless `failed` is taken) failed, and began (was scheduled) before the token was minted. A trial with no engine
 /// at all gives `None`: the caller decides (a callback or a check answers 404, a revocation
 /// goes ahead).
 pub async fn check_token(
     state: &AppState,
     id: &TrialId,
     token: &str,
+    failed: bool,
 ) -> Result<(Claims, Option<EngineHandle>), ApiError> {
     let claims = state.tokens.verify(token, id)?;
     match state.find_trial(id).await {
@@ -49,7 +50,9 @@ pub async fn check_token(
                 let shown = engine.snapshot();
                 (shown.engine_status(), shown.created_at)
             };
-            accepting(id, status)?;
+            if !(failed && status == EngineStatus::Failed) {
+                accepting(id, status)?;
+            }
             // A token minted for an earlier run of the trial (deleted, then scheduled again)
             // does not speak for this one: this run's tokens were all minted after it began.
             if claims.issued_before(started) {

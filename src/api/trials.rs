@@ -12,7 +12,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{CallbackToken, Operator, OptionalJson, TrialIdParam, TrialPath, Viewer};
+use super::extract::{
+    CallbackToken, ComponentCallback, Operator, OptionalJson, TrialIdParam, TrialPath, Viewer,
+};
 use super::view::{self, Found, StatusAnswer};
 use super::{AppState, Message};
 use crate::domain::TrialId;
@@ -118,13 +120,15 @@ macro_rules! callback_handler {
                 (status = 200, description = "Accepted, held until the running step completes, or already registered", body = Message),
                 (status = 400, description = "Invalid trial id", body = ErrorBody),
                 (status = 401, description = "Missing, invalid, expired or revoked token", body = ErrorBody),
-                (status = 403, description = "A token of another trial, or of a finished or failed trial", body = ErrorBody),
+                (status = 403, description = "A token of another trial, or of a finished trial", body = ErrorBody),
                 (status = 404, description = "The trial has no engine", body = ErrorBody),
                 (status = 409, description = "The trial is not waiting for this callback", body = ErrorBody),
                 (status = 503, description = "The callback could not be saved, so it was not taken", body = ErrorBody),
             ),
         )]
-        async fn $handler(token: CallbackToken) -> Result<Json<Message>, ApiError> {
+        async fn $handler(
+            ComponentCallback(token): ComponentCallback,
+        ) -> Result<Json<Message>, ApiError> {
             callback(token, $kind).await
         }
     };
@@ -184,6 +188,10 @@ fn signal_answer(
             signal.name(),
             step.name()
         ),
+        SignalOutcome::KeptForRestore => format!(
+            "{} kept for trial {id}: the trial has failed, and a restore takes it at its wait",
+            signal.name()
+        ),
         SignalOutcome::AlreadyRegistered => {
             format!("{} already registered for trial {id}", signal.name())
         }
@@ -218,7 +226,7 @@ async fn callback(
         )
     })?;
     let engine = engine.ok_or_else(|| ApiError::no_engine(&id))?;
-    let outcome = engine.signal(signal).await;
+    let outcome = engine.callback(signal).await;
     signal_answer(&id, signal, outcome)
 }
 

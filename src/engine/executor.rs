@@ -35,6 +35,9 @@ pub enum SignalOutcome {
     Accepted(Next),
     /// Arrived while the step that asked for it is still running: kept, applied when it ends.
     Held(Step),
+    /// A component's callback that arrived while the trial had failed: kept, taken at its wait
+    /// once the trial is restored.
+    KeptForRestore,
     /// The same signal was accepted before; nothing changes.
     AlreadyRegistered,
     /// It does not fit where the executor is; nothing changes.
@@ -79,6 +82,7 @@ impl SignalOutcome {
         match self {
             SignalOutcome::Accepted(_) => "accepted",
             SignalOutcome::Held(_) => "held",
+            SignalOutcome::KeptForRestore => "kept_for_restore",
             SignalOutcome::AlreadyRegistered => "already_registered",
             SignalOutcome::Refused(_) => "refused_wrong_phase",
             SignalOutcome::NotLive(_) => "refused_not_live",
@@ -1305,6 +1309,28 @@ fn during_step(
             SignalOutcome::Held(step)
         }
         other => answer(other),
+    }
+}
+
+/// A component's callback that arrives while the trial has failed at `position`: kept in
+/// `held` for the wait it ends (the wait the trial failed at, or the one after the step it
+/// failed in), since the component does not send it again; the wait is returned. Anything else
+/// is answered as it would be while the trial ran.
+pub(super) fn keep_while_failed(
+    position: Position,
+    signal: Signal,
+    accepted: &[(Wait, Signal)],
+    held: &mut Vec<(Wait, Signal)>,
+) -> Result<Wait, SignalOutcome> {
+    match (decide(position, signal, accepted, held), position) {
+        (Decision::Hold(wait), _) | (Decision::Take(_), Position::Wait(wait)) => {
+            if held.contains(&(wait, signal)) {
+                return Err(SignalOutcome::AlreadyRegistered);
+            }
+            held.push((wait, signal));
+            Ok(wait)
+        }
+        (decision, _) => Err(answer(decision)),
     }
 }
 

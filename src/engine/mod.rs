@@ -144,6 +144,17 @@ pub struct EngineHandle {
     shared: Arc<EngineShared>,
 }
 
+/// Counts a signal's outcome in `lcm_signals_total`.
+fn counted(signal: Signal, outcome: SignalOutcome) -> SignalOutcome {
+    metrics::counter!(
+        "lcm_signals_total",
+        "signal" => signal.name(),
+        "outcome" => outcome.label()
+    )
+    .increment(1);
+    outcome
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -345,14 +356,29 @@ impl EngineHandle {
 
     /// Delivers a signal; the executor answers at once, whatever it is doing.
     pub async fn signal(&self, signal: Signal) -> SignalOutcome {
-        let outcome = self.deliver(signal).await;
-        metrics::counter!(
-            "lcm_signals_total",
-            "signal" => signal.name(),
-            "outcome" => outcome.label()
-        )
-        .increment(1);
-        outcome
+        counted(signal, self.deliver(signal).await)
+    }
+
+    /// A component's callback: taken like any signal; while the trial has failed, kept for its
+    /// restore (the component does not send it again).
+    pub async fn callback(&self, signal: Signal) -> SignalOutcome {
+        let outcome = match self.deliver(signal).await {
+            SignalOutcome::NotLive(Lifecycle::Failed) => self.keep_for_restore(signal).await,
+            outcome => outcome,
+        };
+        counted(signal, outcome)
+    }
+
+    async fn keep_for_restore(&self, signal: Signal) -> SignalOutcome {
+        let (reply, answer) = oneshot::channel();
+        let request = ControlRequest::Keep { signal, reply };
+        if self.shared.controls.sender().send(request).await.is_err() {
+            return SignalOutcome::Stopped;
+        }
+        answer.await.unwrap_or_else(|_| match self.dropped() {
+            Unanswered::NotLive => SignalOutcome::NotLive(self.shared.state.borrow().lifecycle),
+            Unanswered::Stopped | Unanswered::NotStarted => SignalOutcome::Stopped,
+        })
     }
 
     async fn deliver(&self, signal: Signal) -> SignalOutcome {

@@ -19,12 +19,12 @@ use tracing::{Instrument, error, info, warn};
 
 use super::EngineShared;
 use super::executor::{
-    Ack, Answers, Checkpointed, Command, Control, ControlError, ControlOutcome, Executor,
-    ExecutorExit, STOPPED, abort_accepted,
+    self, Ack, Answers, Checkpointed, Command, Control, ControlError, ControlOutcome, Executor,
+    ExecutorExit, STOPPED, SignalOutcome, abort_accepted,
 };
 use super::failure;
 use super::queue::Inbox;
-use super::sequence::{self, Next, Wait, Waiter};
+use super::sequence::{self, Next, Signal, Wait, Waiter};
 use super::state::{Checkpoint, EventKind, Failure, Lifecycle, Mode, Position};
 use crate::deadline::{self, sleep_until};
 use crate::domain::TrialId;
@@ -129,6 +129,11 @@ pub enum ControlRequest {
         reason: String,
         reply: oneshot::Sender<ControlOutcome>,
     },
+    /// A component's callback while the trial has failed, to keep for its restore.
+    Keep {
+        signal: Signal,
+        reply: oneshot::Sender<SignalOutcome>,
+    },
 }
 
 impl ControlRequest {
@@ -140,6 +145,13 @@ impl ControlRequest {
             }
             ControlRequest::Abort { reply, .. } => {
                 let _ = reply.send(Err(refusal.refusing_abort(id.as_str())));
+            }
+            ControlRequest::Keep { reply, .. } => {
+                let _ = reply.send(match refusal {
+                    RestoreError::NotSaved(e) => SignalOutcome::NotSaved(e),
+                    RestoreError::Stopped => SignalOutcome::Stopped,
+                    other => SignalOutcome::Refused(other.to_string()),
+                });
             }
         }
     }
@@ -378,6 +390,9 @@ impl Watchdog {
                         let _ = reply.send(Box::pin(self.skip(reason)).await);
                     }
                     ControlRequest::Abort { reason, reply } => Box::pin(self.route_abort(reason, reply)).await,
+                    ControlRequest::Keep { signal, reply } => {
+                        let _ = reply.send(self.keep_for_restore(signal).await);
+                    }
                 },
                 () = sleep_until(self.resave.map(|(at, _)| at)) => {
                     if self.save_again().await && self.lifecycle.is_ended() {
@@ -782,6 +797,43 @@ impl Watchdog {
         Ok(())
     }
 
+    /// Keeps a component's callback that came while the trial has failed, for the wait it ends,
+    /// saved before the component is answered: a restore takes it there. A trial being
+    /// aborted, or no longer failed, takes none.
+    async fn keep_for_restore(&mut self, signal: Signal) -> SignalOutcome {
+        let aborting = self
+            .checkpoint
+            .failure
+            .as_ref()
+            .is_some_and(|f| f.abort.is_some());
+        if self.lifecycle != Lifecycle::Failed
+            || self.executor.is_some()
+            || aborting
+            || !matches!(self.checkpoint.mode, Mode::Normal)
+        {
+            return SignalOutcome::NotLive(self.lifecycle);
+        }
+        let Checkpoint {
+            position,
+            accepted,
+            held,
+            ..
+        } = &mut self.checkpoint;
+        let wait = match executor::keep_while_failed(*position, signal, accepted, held) {
+            Ok(wait) => wait,
+            Err(outcome) => return outcome,
+        };
+        if let Err(e) = self.save().await {
+            self.checkpoint.held.retain(|kept| *kept != (wait, signal));
+            return SignalOutcome::NotSaved(e);
+        }
+        info!(
+            signal = signal.name(),
+            "a callback came while the trial has failed: kept, a restore takes it at its wait"
+        );
+        SignalOutcome::KeptForRestore
+    }
+
     /// Records the events of an operator's change just saved, and has them committed before
     /// the operator is answered: a 200 outlives a crash with its history.
     async fn record_committed(&self, events: &[(EventKind, Option<String>)]) {
@@ -952,6 +1004,9 @@ impl Watchdog {
         match request {
             ControlRequest::Abort { reason, reply } => {
                 let _ = reply.send(self.abort_after_report(reason).await);
+            }
+            ControlRequest::Keep { signal, reply } => {
+                let _ = reply.send(self.keep_for_restore(signal).await);
             }
             request @ (ControlRequest::Restore(_) | ControlRequest::Skip { .. }) => {
                 let refusal = RestoreError::shown(self.lifecycle, self.checkpoint.failure.as_ref());

@@ -286,17 +286,37 @@ async fn a_missing_callback_times_out_and_the_trial_can_be_restored() {
             .contains("timed out")
     );
 
+    // The callback comes late, once the trial has failed: it is kept for the restore (the
+    // component does not send it again); a progress report is not.
     let token = app.token_of(id);
-    let refused = app.callback(id, "slice", Some(&token)).await;
-    assert_eq!(
-        refused.status,
-        StatusCode::FORBIDDEN,
-        "a failed trial takes no callbacks"
+    let kept = app.callback(id, "slice", Some(&token)).await;
+    assert_eq!(kept.status, StatusCode::OK, "{kept:?}");
+    assert!(
+        kept.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("kept for trial timeout")),
+        "{kept:?}"
     );
+    let again = app.callback(id, "slice", Some(&token)).await;
+    assert!(
+        again.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("already registered")),
+        "{again:?}"
+    );
+    let progress = app
+        .call_as(
+            Method::POST,
+            &format!("/trial/{id}/callback/progress"),
+            None,
+            Some(&token),
+        )
+        .await;
+    assert_eq!(progress.status, StatusCode::FORBIDDEN, "{progress:?}");
 
     let restore = app.post(&format!("/debug/engine/{id}/restore"), None).await;
     assert_eq!(restore.status, StatusCode::OK, "{restore:?}");
-    app.wait_waiting(id, WAITING_SLICE).await;
+    app.wait_waiting(id, WAITING_OPERATOR).await;
     assert_eq!(
         lines(&app, id)
             .iter()
@@ -305,11 +325,31 @@ async fn a_missing_callback_times_out_and_the_trial_can_be_restored() {
         1,
         "a restore at a waiting point waits again instead of re-sending"
     );
-    assert_eq!(
-        app.callback(id, "slice", Some(&token)).await.status,
-        StatusCode::OK
-    );
+    app.wait_event(id, "signal_accepted", "arrived early").await;
+}
+
+#[tokio::test]
+async fn a_slice_callback_that_comes_while_its_deployment_failed_is_taken_after_the_restore() {
+    let app = spawn_app_with_settings(single_attempt).await;
+    let id = "made-then-failed";
+    // The deployment is answered 500 (the slice may have been made); sent again after the
+    // restore with its key, it is answered as a replay, and no second callback comes.
+    app.platform
+        .inject(slice_deployment_fault(id, FaultAction::Status(500)));
+    app.platform.inject(drop_slice_callback(id));
+    app.start_trial(id).await;
+    app.wait_failed(id).await;
+    let token = app.token_of(id);
+    let kept = app.callback(id, "slice", Some(&token)).await;
+    assert_eq!(kept.status, StatusCode::OK, "{kept:?}");
+    // An operator's signal still does not fit a failed trial.
+    let active = app.post(&format!("/trial/{id}/active"), None).await;
+    assert_eq!(active.status, StatusCode::CONFLICT, "{active:?}");
+
+    let restore = app.post(&format!("/debug/engine/{id}/restore"), None).await;
+    assert_eq!(restore.status, StatusCode::OK, "{restore:?}");
     app.wait_waiting(id, WAITING_OPERATOR).await;
+    app.wait_event(id, "signal_accepted", "arrived early").await;
 }
 
 #[tokio::test]
