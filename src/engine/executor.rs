@@ -1569,6 +1569,41 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_trial_keeps_a_callback_for_the_wait_it_ends_once() {
+        // Failed at the wait (the callback came late), or in the step before it (its answer
+        // was lost): kept for that wait.
+        for failed_at in [
+            Position::Wait(Wait::SliceCreated),
+            Position::Run(SliceDeployment),
+        ] {
+            let mut held = Vec::new();
+            let kept = keep_while_failed(failed_at, SliceCallback, &[], &mut held);
+            assert_eq!(kept.ok(), Some(Wait::SliceCreated), "{failed_at:?}");
+            assert_eq!(held, [(Wait::SliceCreated, SliceCallback)]);
+            let again = keep_while_failed(failed_at, SliceCallback, &[], &mut held);
+            assert!(
+                matches!(again, Err(SignalOutcome::AlreadyRegistered)),
+                "{failed_at:?}"
+            );
+            assert_eq!(held.len(), 1);
+        }
+        // Failed later: a slice callback taken already is a duplicate, and one that fits no
+        // wait is refused as while the trial ran.
+        let mut held = Vec::new();
+        let accepted = [(Wait::SliceCreated, SliceCallback)];
+        let duplicate = keep_while_failed(
+            Position::Run(EnforceUavPlan),
+            SliceCallback,
+            &accepted,
+            &mut held,
+        );
+        assert!(matches!(duplicate, Err(SignalOutcome::AlreadyRegistered)));
+        let stray = keep_while_failed(Position::Run(EnforceUavPlan), SliceCallback, &[], &mut held);
+        assert!(matches!(stray, Err(SignalOutcome::Refused(_))));
+        assert!(held.is_empty());
+    }
+
+    #[test]
     fn operator_signals_follow_the_waiting_points() {
         assert_eq!(
             decide(Position::Wait(Wait::Idle), Active, &[], &[]),
