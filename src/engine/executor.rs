@@ -1330,6 +1330,10 @@ pub(super) fn keep_while_failed(
             held.push((wait, signal));
             Ok(wait)
         }
+        (Decision::Refuse(_), _) => Err(SignalOutcome::Refused(format!(
+            "{} does not fit now: the trial has failed, and keeps only a callback of the wait it failed at or of the one after the step it failed in",
+            signal.name()
+        ))),
         (decision, _) => Err(answer(decision)),
     }
 }

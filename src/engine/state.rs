@@ -420,10 +420,15 @@ impl Checkpoint {
     /// Fails trial `trial` at this checkpoint for `reason`. The early callbacks of the step
     /// it stands at, which failed or died, go with it: a restore sends the step's request
     /// again and awaits that request's own callback (those of a step that completed stand,
-    /// like the operator's early signals). A failure while cleaning up names what is still
-    /// deployed.
+    /// like the operator's early signals). Not so for a slice deployment that may have made
+    /// the slice: it goes again under its own key, and a replay brings no new callback, so
+    /// the one that came is kept. A failure while cleaning up names what is still deployed.
     pub fn fail(&mut self, trial: &str, reason: String) {
-        if let Position::Run(step) = self.position {
+        let replayed = self.position == Position::Run(super::sequence::Step::SliceDeployment)
+            && self.data.ledger.slice == SliceState::Requested;
+        if let Position::Run(step) = self.position
+            && !replayed
+        {
             let before = self.held.len();
             self.held.retain(|(wait, _)| {
                 let spec = super::sequence::wait_spec(*wait);

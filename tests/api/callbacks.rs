@@ -389,13 +389,14 @@ async fn an_early_callback_that_cannot_be_saved_is_refused_with_503_and_not_kept
 }
 
 #[tokio::test]
-async fn an_early_callback_is_dropped_with_its_failed_step_and_a_restore_awaits_its_own() {
+async fn an_early_callback_is_dropped_with_its_refused_step_and_a_restore_awaits_its_own() {
     let app = spawn_app_with_settings(single_attempt).await;
     let id = "early-failed";
+    // Refused (400), the deployment made nothing: a restore deploys anew under a new key.
     let gate = Gate::default();
     app.platform.inject(slice_deployment_fault(
         id,
-        FaultAction::HoldThenStatus(gate.clone(), 500),
+        FaultAction::HoldThenStatus(gate.clone(), 400),
     ));
     app.platform.inject(drop_slice_callback(id));
     let token = app.slice_deployment_in_flight(id).await;
@@ -719,4 +720,28 @@ async fn a_progress_report_that_cannot_be_saved_is_refused_with_503() {
     let recorded = app.call_as(Method::POST, &path, report, Some(&token)).await;
     assert_eq!(recorded.status, StatusCode::OK, "{recorded:?}");
     assert_eq!(app.trial_status(id).await["progress"], 30);
+}
+
+#[tokio::test]
+async fn a_slice_callback_held_by_a_deployment_that_then_failed_is_taken_after_the_restore() {
+    let app = spawn_app_with_settings(single_attempt).await;
+    let id = "held-then-failed";
+    // Trial enforcement makes the slice and calls back before it answers, then answers 500;
+    // sent again after the restore with its key, the deployment is replayed without a callback.
+    let answer = Gate::default();
+    app.platform.inject(slice_deployment_fault(
+        id,
+        FaultAction::HoldThenStatus(answer.clone(), 500),
+    ));
+    app.platform.inject(drop_slice_callback(id));
+    let token = app.slice_deployment_in_flight(id).await;
+    let early = app.callback(id, "slice", Some(&token)).await;
+    assert_ok_saying(&early, "when SliceDeployment completes");
+    answer.open();
+    app.wait_failed(id).await;
+
+    let restore = app.post(&format!("/debug/engine/{id}/restore"), None).await;
+    assert_eq!(restore.status, StatusCode::OK, "{restore:?}");
+    app.wait_waiting(id, WAITING_OPERATOR).await;
+    app.wait_event(id, "signal_accepted", "arrived early").await;
 }
