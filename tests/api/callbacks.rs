@@ -393,21 +393,9 @@ async fn an_early_callback_is_dropped_with_its_refused_step_and_a_restore_awaits
     let app = spawn_app_with_settings(single_attempt).await;
     let id = "early-failed";
     // Refused (400), the deployment made nothing: a restore deploys anew under a new key.
-    let gate = Gate::default();
-    app.platform.inject(slice_deployment_fault(
-        id,
-        FaultAction::HoldThenStatus(gate.clone(), 400),
-    ));
-    app.platform.inject(drop_slice_callback(id));
-    let token = app.slice_deployment_in_flight(id).await;
-    let early = app.callback(id, "slice", Some(&token)).await;
-    assert_ok_saying(&early, "when SliceDeployment completes");
-    gate.open();
-    app.wait_failed(id).await;
+    let token = fail_after_an_early_slice_callback(&app, id, 400).await;
 
     // The restored run deploys again and waits for that deployment's callback.
-    let restored = app.post(&format!("/debug/engine/{id}/restore"), None).await;
-    assert_eq!(restored.status, StatusCode::OK, "{restored:?}");
     app.wait_waiting(id, WAITING_SLICE).await;
     assert_ok_saying(&app.callback(id, "slice", Some(&token)).await, "accepted");
     app.wait_waiting(id, WAITING_OPERATOR).await;
@@ -726,12 +714,21 @@ async fn a_progress_report_that_cannot_be_saved_is_refused_with_503() {
 async fn a_slice_callback_held_by_a_deployment_that_then_failed_is_taken_after_the_restore() {
     let app = spawn_app_with_settings(single_attempt).await;
     let id = "held-then-failed";
-    // Trial enforcement makes the slice and calls back before it answers, then answers 500;
-    // sent again after the restore with its key, the deployment is replayed without a callback.
+    // Answered 500, the deployment may have made the slice: sent again after the restore with
+    // its key, it is replayed without a callback, and the one that came is taken.
+    fail_after_an_early_slice_callback(&app, id, 500).await;
+    app.wait_waiting(id, WAITING_OPERATOR).await;
+    app.wait_event(id, "signal_accepted", "arrived early").await;
+}
+
+/// Trial `id`'s slice deployment: trial enforcement calls back before it answers, then
+/// answers `status`, and the trial fails; it is restored, and enforcement's next deployment
+/// sends no callback. Returns the trial's token.
+async fn fail_after_an_early_slice_callback(app: &TestApp, id: &str, status: u16) -> String {
     let answer = Gate::default();
     app.platform.inject(slice_deployment_fault(
         id,
-        FaultAction::HoldThenStatus(answer.clone(), 500),
+        FaultAction::HoldThenStatus(answer.clone(), status),
     ));
     app.platform.inject(drop_slice_callback(id));
     let token = app.slice_deployment_in_flight(id).await;
@@ -739,9 +736,7 @@ async fn a_slice_callback_held_by_a_deployment_that_then_failed_is_taken_after_t
     assert_ok_saying(&early, "when SliceDeployment completes");
     answer.open();
     app.wait_failed(id).await;
-
-    let restore = app.post(&format!("/debug/engine/{id}/restore"), None).await;
-    assert_eq!(restore.status, StatusCode::OK, "{restore:?}");
-    app.wait_waiting(id, WAITING_OPERATOR).await;
-    app.wait_event(id, "signal_accepted", "arrived early").await;
+    let restored = app.post(&format!("/debug/engine/{id}/restore"), None).await;
+    assert_eq!(restored.status, StatusCode::OK, "{restored:?}");
+    token
 }
