@@ -1,4 +1,4 @@
-//! Waiting for a deadline that may not be set.
+//! Waiting for a deadline that may not be set, and how long something took.
 
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
@@ -16,4 +16,10 @@ pub async fn sleep_until(deadline: Option<Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
+}
+
+/// Milliseconds since `since` (a step's run, a wait, opening the store), as the history and
+/// the log write them.
+pub fn elapsed_ms(since: std::time::Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }

@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 use crate::access::Access;
 use crate::api::{self, AppInner, AppState};
 use crate::config::Settings;
+use crate::deadline::elapsed_ms;
 use crate::engine::redact::Secrets;
 use crate::engine::{EngineDeps, EngineHooks};
 use crate::heartbeat::Heartbeats;
@@ -78,7 +79,7 @@ impl Application {
         let backend = tokio::task::spawn_blocking(move || SqliteBackend::open(&data_dir))
             .await
             .map_err(|e| StoreError::Backend(format!("the store did not open: {e}")))??;
-        info!(elapsed_ms = millis(opening), "store opened");
+        info!(elapsed_ms = elapsed_ms(opening), "store opened");
         Self::with_backend(settings, listener, hooks, backend).await
     }
 
@@ -105,7 +106,7 @@ impl Application {
             .await
             .map_err(|e| StoreError::Backend(format!("the store did not start: {e}")))??;
         info!(
-            elapsed_ms = millis(reading),
+            elapsed_ms = elapsed_ms(reading),
             live_trials = loaded.trials.len(),
             jobs = loaded.jobs.len(),
             "store read: recovering its live trials and jobs"
@@ -275,9 +276,4 @@ pub async fn shutdown_signal() {
         () = ctrl_c => info!("SIGINT received: shutting down"),
         () = terminate => info!("SIGTERM received: shutting down"),
     }
-}
-
-/// Milliseconds since `since`, for the log.
-fn millis(since: Instant) -> u64 {
-    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }

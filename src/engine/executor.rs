@@ -24,7 +24,7 @@ use super::state::{
 use super::steps::{self, StepCx, StepError};
 use super::watchdog::{ControlRequest, RESAVE_FIRST, RestoreError, resave_after};
 use super::{EngineDeps, EngineShared};
-use crate::deadline::{self, sleep_until};
+use crate::deadline::{self, elapsed_ms, sleep_until};
 use crate::domain::{TrialId, at_most};
 use crate::store::Op;
 
@@ -574,7 +574,7 @@ impl Executor {
                 }
             }
         };
-        let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let elapsed_ms = elapsed_ms(started);
         self.stepping = false;
         let result = match result {
             Ok(result) => result,
@@ -1240,10 +1240,6 @@ fn abort_not_carried_out(shared: &EngineShared, step: Step) {
     );
 }
 
-fn elapsed_ms(since: Instant) -> u64 {
-    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
-}
-
 /// A command while `step` runs, or is held at the operator's gate before it.
 enum AtStep {
     /// Answered already.
@@ -1314,8 +1310,8 @@ fn during_step(
 
 /// A component's callback that arrives while the trial has failed at `position`: kept in
 /// `held` for the wait it ends (the wait the trial failed at, or the one after the step it
-/// failed in), since the component does not send it again; the wait is returned. Anything else
-/// is answered as it would be while the trial ran.
+/// failed in), since the component does not send it again; the wait is returned. A repeat of
+/// one taken or kept is a duplicate; any other is refused, saying what a failed trial keeps.
 pub(super) fn keep_while_failed(
     position: Position,
     signal: Signal,
@@ -1592,7 +1588,7 @@ mod tests {
             assert_eq!(held.len(), 1);
         }
         // Failed later: a slice callback taken already is a duplicate, and one that fits no
-        // wait is refused as while the trial ran.
+        // wait is refused.
         let mut held = Vec::new();
         let accepted = [(Wait::SliceCreated, SliceCallback)];
         let duplicate = keep_while_failed(

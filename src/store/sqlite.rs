@@ -210,7 +210,7 @@ fn migrate(conn: &mut Connection, shown: &str) -> Result<(), StoreError> {
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
         .map_err(|e| backend_error(&format!("cannot empty the log of {shown}"), e))?;
     info!(
-        elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        elapsed_ms = crate::deadline::elapsed_ms(started),
         "store: {shown} migrated"
     );
     Ok(())
