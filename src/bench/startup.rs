@@ -216,7 +216,6 @@ fn record(id: &TrialId, at: chrono::DateTime<Utc>, live: bool) -> TrialRecord {
             } else {
                 SliceState::Closed
             },
-            slice_key: None,
             measurement_job: if live {
                 JobState::Created(format!("mj-{id}"))
             } else {

@@ -394,8 +394,7 @@ pub fn count_in_flight(
     let ledger = &mut data.ledger;
     match position {
         Position::Run(SliceDeployment) if ledger.slice == SliceState::None => {
-            ledger.slice = SliceState::Requested;
-            ledger.slice_key = Some(first_key(SliceDeployment));
+            ledger.slice = SliceState::Requested(Some(first_key(SliceDeployment)));
         }
         Position::Run(CreateMeasurementJob) if ledger.measurement_job == JobState::None => {
             ledger.measurement_job = JobState::Requested(first_key(CreateMeasurementJob));
@@ -653,7 +652,6 @@ mod tests {
         );
         let everything = Ledger {
             slice: SliceState::Created,
-            slice_key: None,
             measurement_job: JobState::Created("mj".into()),
         };
         let mut walked = Vec::new();
@@ -686,8 +684,8 @@ mod tests {
             "a slice deployment in flight may have created the slice"
         );
         assert_eq!(
-            slice.ledger.slice_key.as_deref(),
-            Some("t-1-SliceDeployment-r0-1")
+            slice.ledger.slice,
+            SliceState::Requested(Some("t-1-SliceDeployment-r0-1".into()))
         );
         let job = in_flight(CreateMeasurementJob);
         assert_eq!(
@@ -723,7 +721,6 @@ mod tests {
     fn a_failed_clean_up_step_lets_the_rest_undo_what_is_left() {
         let everything = Ledger {
             slice: SliceState::Created,
-            slice_key: None,
             measurement_job: JobState::Created("mj".into()),
         };
         let marked = Some(KpiStatus::Idle);

@@ -189,13 +189,16 @@ pub enum Mode {
 }
 
 /// What happened to the trial's network slice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum SliceState {
     /// Never asked for.
     #[default]
     None,
-    /// `POST /sliceDeployment` was sent: the slice may exist.
-    Requested,
+    /// `POST /sliceDeployment` was sent with this `Idempotency-Key` (none in a record of the
+    /// first format) and no answer said what became of it: the slice may exist. Sent again
+    /// with the same key (after a restore too, which is otherwise a new run), a component that
+    /// honours it answers with the slice it made instead of making a second.
+    Requested(Option<String>),
     /// Trial enforcement answered with the slice's id.
     Created,
     /// `DELETE /sliceDeployment` was accepted; the slice-closed callback is due.
@@ -206,10 +209,10 @@ pub enum SliceState {
 
 impl SliceState {
     /// The slice may still exist on the facility.
-    pub fn may_exist(self) -> bool {
+    pub fn may_exist(&self) -> bool {
         matches!(
             self,
-            SliceState::Requested | SliceState::Created | SliceState::Closing
+            SliceState::Requested(_) | SliceState::Created | SliceState::Closing
         )
     }
 }
@@ -233,10 +236,6 @@ pub enum JobState {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Ledger {
     pub slice: SliceState,
-    /// While `slice` is `Requested`: the `Idempotency-Key` of the deployment sent and never
-    /// answered. Sent again with it (after a restore too, which is otherwise a new run), a
-    /// component that honours it answers with the slice it made instead of making a second.
-    pub slice_key: Option<String>,
     pub measurement_job: JobState,
 }
 
@@ -425,7 +424,7 @@ impl Checkpoint {
     /// the one that came is kept. A failure while cleaning up names what is still deployed.
     pub fn fail(&mut self, trial: &str, reason: String) {
         let replayed = self.position == Position::Run(super::sequence::Step::SliceDeployment)
-            && self.data.ledger.slice == SliceState::Requested;
+            && matches!(self.data.ledger.slice, SliceState::Requested(_));
         if let Position::Run(step) = self.position
             && !replayed
         {

@@ -250,12 +250,11 @@ async fn slice_deployment(cx: &mut StepCx<'_>) -> Result<(), StepError> {
         .query("callback_url", cx.callback_url("slice"))
         .json(body);
     // A deployment sent before and never answered goes again as itself, with its key.
-    let ledger = &mut cx.data.ledger;
-    match (&ledger.slice, &ledger.slice_key) {
-        (SliceState::Requested, Some(key)) => request = request.idempotency_key(key.clone()),
-        _ => ledger.slice_key = request.idempotency_key.clone(),
+    if let SliceState::Requested(Some(key)) = &cx.data.ledger.slice {
+        request = request.idempotency_key(key.clone());
     }
-    let reply = call_creating(cx, request, |l| &mut l.slice, SliceState::Requested).await?;
+    let requested = SliceState::Requested(request.idempotency_key.clone());
+    let reply = call_creating(cx, request, |l| &mut l.slice, requested).await?;
     let Some(id) = slice_id(&reply) else {
         return fail(
             "trial enforcement's slice deployment answer has no 'Slice.id' (a string that is not blank, or a number)",
@@ -265,7 +264,6 @@ async fn slice_deployment(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     // recorded responses.
     cx.info_mut()?.deployed_slice = json!({"Slice": {"id": id}});
     cx.data.ledger.slice = SliceState::Created;
-    cx.data.ledger.slice_key = None;
     Ok(())
 }
 

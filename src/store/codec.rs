@@ -107,7 +107,7 @@ enum JobDoc<S> {
 #[derive(Serialize, Deserialize)]
 struct LedgerDoc<S> {
     slice: S,
-    /// The key of a slice deployment sent and never answered.
+    /// The key of a slice deployment sent and never answered (`slice` is "requested").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     slice_key: Option<S>,
     measurement_job: JobDoc<S>,
@@ -176,20 +176,21 @@ struct CheckpointDoc<S, V> {
     progress: Option<V>,
 }
 
-fn slice_name(state: SliceState) -> &'static str {
+fn slice_name(state: &SliceState) -> &'static str {
     match state {
         SliceState::None => "none",
-        SliceState::Requested => "requested",
+        SliceState::Requested(_) => "requested",
         SliceState::Created => "created",
         SliceState::Closing => "closing",
         SliceState::Closed => "closed",
     }
 }
 
-fn parse_slice(name: &str) -> Result<SliceState, String> {
+/// The slice state named `name`; a requested one has the key `key` was written with.
+fn parse_slice(name: &str, key: Option<String>) -> Result<SliceState, String> {
     Ok(match name {
         "none" => SliceState::None,
-        "requested" => SliceState::Requested,
+        "requested" => SliceState::Requested(key),
         "created" => SliceState::Created,
         "closing" => SliceState::Closing,
         "closed" => SliceState::Closed,
@@ -310,8 +311,11 @@ pub fn encode_checkpoint(checkpoint: &Checkpoint) -> String {
         accepted: signals_doc(&checkpoint.accepted),
         held: signals_doc(&checkpoint.held),
         ledger: LedgerDoc {
-            slice: slice_name(data.ledger.slice),
-            slice_key: data.ledger.slice_key.as_deref(),
+            slice: slice_name(&data.ledger.slice),
+            slice_key: match &data.ledger.slice {
+                SliceState::Requested(key) => key.as_deref(),
+                _ => None,
+            },
             measurement_job: match &data.ledger.measurement_job {
                 JobState::None => JobDoc::None,
                 JobState::Requested(key) => JobDoc::Requested(key.as_str()),
@@ -390,8 +394,7 @@ pub fn decode_checkpoint(text: &str) -> Result<Checkpoint, String> {
                 .transpose()?,
             repository_status: doc.repository_status,
             ledger: Ledger {
-                slice: parse_slice(&doc.ledger.slice)?,
-                slice_key: doc.ledger.slice_key,
+                slice: parse_slice(&doc.ledger.slice, doc.ledger.slice_key)?,
                 measurement_job: match doc.ledger.measurement_job {
                     JobDoc::None => JobState::None,
                     JobDoc::Requested(key) => JobState::Requested(key),
@@ -488,7 +491,6 @@ mod tests {
                 repository_status: Some("ACTIVE".into()),
                 ledger: Ledger {
                     slice: SliceState::Closing,
-                    slice_key: None,
                     measurement_job: JobState::Deleted,
                 },
                 deadline: None,
@@ -589,8 +591,8 @@ mod tests {
     #[test]
     fn a_slice_in_doubt_keeps_its_deployments_key() {
         let mut checkpoint = golden();
-        checkpoint.data.ledger.slice = SliceState::Requested;
-        checkpoint.data.ledger.slice_key = Some("t1-7-SliceDeployment-r0-1".into());
+        checkpoint.data.ledger.slice =
+            SliceState::Requested(Some("t1-7-SliceDeployment-r0-1".into()));
         let written = encode_checkpoint(&checkpoint);
         assert!(
             written.contains(r#""slice":"requested","slice_key":"t1-7-SliceDeployment-r0-1""#),

@@ -191,12 +191,11 @@ pub fn convert(
             SliceState::Created
         } else if position == Position::Run(Step::SliceDeployment) {
             // The deployment may have been sent before the record was saved.
-            SliceState::Requested
+            // A record of the first format kept no key: sent again, it gets a new one.
+            SliceState::Requested(None)
         } else {
             SliceState::None
         },
-        // A record of the first format kept no key: a deployment sent again gets a new one.
-        slice_key: None,
         measurement_job: match info
             .as_ref()
             .and_then(|i| i.measurement_job.get("MeasurementID"))
@@ -317,7 +316,7 @@ mod tests {
             let at_deployment = converted_at(r#"{"Run": "SliceDeployment"}"#, status);
             assert_eq!(
                 at_deployment.record.checkpoint.data.ledger.slice,
-                SliceState::Requested,
+                SliceState::Requested(None),
                 "{status}"
             );
         }
