@@ -204,6 +204,12 @@ fn earlier_failures(before: &[u8], failed_at: Option<&Value>) -> Vec<Value> {
 /// (`lifecycle`: restored and finished, or cleaned up by an abort): what the file says was left
 /// deployed is not any more, and a reader at the file alone learns it.
 pub async fn resolve_file(shared: &EngineShared, lifecycle: Lifecycle) {
+    let how = match lifecycle {
+        Lifecycle::Aborted => "aborted: its clean-up undid everything it had deployed",
+        Lifecycle::Finished => "restored, and finished",
+        // Not ended: the file still says what holds.
+        Lifecycle::Running | Lifecycle::Waiting | Lifecycle::Failed | Lifecycle::Stopped => return,
+    };
     let path = failure_file(&shared.deps.settings, &shared.id);
     let Ok(text) = tokio::fs::read(&path).await else {
         return;
@@ -211,10 +217,6 @@ pub async fn resolve_file(shared: &EngineShared, lifecycle: Lifecycle) {
     let Ok(Value::Object(mut content)) = serde_json::from_slice::<Value>(&text) else {
         warn!(file = %path.display(), "the failure file is not the JSON it was written as: left as it is");
         return;
-    };
-    let how = match lifecycle {
-        Lifecycle::Aborted => "aborted: its clean-up undid everything it had deployed",
-        _ => "restored, and finished",
     };
     content.insert(
         "resolved".to_owned(),
