@@ -27,7 +27,7 @@ use crate::access::{Actor, KeyHolder, TooManyFailures};
 use crate::config::{NamedKey, Role};
 use crate::domain::TrialId;
 use crate::engine::EngineHandle;
-use crate::tokens::Claims;
+use crate::tokens::{Claims, TokenError};
 
 /// The credential presented: the `Authorization` header (raw or `Bearer <x>`), else the
 /// `Authorization` cookie. A header that is not text is presented as it is, to be refused as
@@ -301,13 +301,25 @@ impl CallbackToken {
         state: &AppState,
         of_failed: bool,
     ) -> Result<Self, AuthError> {
-        let TrialPath(trial) = TrialPath::from_request_parts(parts, state).await?;
         let Some(token) = presented_credential(&parts.headers) else {
             return Err(failed(parts, state, MISSING));
         };
-        if let Some(Actor::Key(_)) = caller(parts, state) {
+        let identified = caller(parts, state);
+        if let Some(Actor::Key(_)) = identified {
             return Err(ApiError::unauthorized(WANTS_TOKEN).into());
         }
+        let trial = match TrialPath::from_request_parts(parts, state).await {
+            Ok(TrialPath(trial)) => trial,
+            // A token this service signed: the path is the caller's mistake.
+            Err(e) if identified.is_some() => return Err(e.into()),
+            // No token of this service: refused as a failed authentication before the path
+            // counts, so a client not let in cannot have its requests written down unthrottled.
+            Err(_) => {
+                let why = state.tokens.decode(&token).err();
+                let detail = why.unwrap_or(TokenError::Invalid).to_string();
+                return Err(failed(parts, state, detail));
+            }
+        };
         match check_token(state, &trial, &token, of_failed).await {
             Ok((claims, engine)) => Ok(CallbackToken {
                 trial,

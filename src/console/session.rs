@@ -440,6 +440,8 @@ pub struct Refused {
     text: &'static str,
     /// Where its "Sign in" link goes, without a session.
     sign_in: String,
+    /// Seconds to wait before trying again (a 429's `Retry-After`).
+    retry_after: Option<u64>,
 }
 
 impl IntoResponse for Refused {
@@ -451,6 +453,11 @@ impl IntoResponse for Refused {
             &self.sign_in,
         )
         .into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         // The audit log names who was refused, when the session says.
         if let Some(signed) = self.signed {
             response.extensions_mut().insert(signed.actor());
@@ -494,14 +501,30 @@ impl FromRequest<AppState> for Post {
             status,
             text,
             sign_in: sign_in.clone(),
+            retry_after: None,
         };
         let signed = signed(&parts, state);
         let Some(signed) = signed else {
-            return Err(refuse(
-                None,
-                StatusCode::UNAUTHORIZED,
-                "You are not signed in (or your session ended): sign in again.",
-            ));
+            // A form without a session is a failed authentication of its sender's address, as
+            // a request without a key is at the API: counted, so that a client not let in
+            // cannot write to the audit log unthrottled.
+            return Err(
+                match state.access.note_failure(client_ip(&parts.extensions)) {
+                    Ok(()) => refuse(
+                        None,
+                        StatusCode::UNAUTHORIZED,
+                        "You are not signed in (or your session ended): sign in again.",
+                    ),
+                    Err(TooManyFailures { retry_after }) => Refused {
+                        retry_after: Some(retry_after_secs(retry_after)),
+                        ..refuse(
+                            None,
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "Too many failed authentications from this address: wait a minute, then sign in again.",
+                        )
+                    },
+                },
+            );
         };
         if !same_origin(&parts.headers, &state.settings.server.public_url) {
             return Err(refuse(

@@ -810,3 +810,69 @@ async fn a_bad_secret_file_stops_start_up_naming_the_key_and_the_path() {
         assert!(!stderr.contains("31415926"), "the secret leaked: {stderr}");
     }
 }
+
+/// `POST {path}` with `credential` from `client`.
+async fn post_from(
+    app: &TestApp,
+    client: &reqwest::Client,
+    path: &str,
+    credential: Option<&str>,
+) -> Answer {
+    let mut request = client
+        .post(format!("{}{path}", app.address))
+        .header("Origin", &app.address);
+    if let Some(credential) = credential {
+        request = request.header("Authorization", credential);
+    }
+    read(request.send().await.expect("request reaches the service")).await
+}
+
+#[tokio::test]
+async fn a_client_not_let_in_is_counted_whatever_it_asks_for_and_fills_no_log() {
+    let app = spawn_app_allowing_failures(3).await;
+    let client = client_from("127.0.0.5");
+    let bad_path = "/trial/not%20an%20id/callback/slice";
+    // A token route whose trial id is malformed, without a token and with a forged one, and
+    // a console form without a session: each a failed authentication, not a 400 or a page.
+    let answer = post_from(&app, &client, bad_path, None).await;
+    assert_detail(&answer, StatusCode::UNAUTHORIZED);
+    let answer = post_from(&app, &client, bad_path, Some("forged")).await;
+    assert_detail(&answer, StatusCode::UNAUTHORIZED);
+    assert!(answer.detail().contains("token"), "{answer:?}");
+    let answer = post_from(&app, &client, "/ui/trials/t1/actions/abort", None).await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{answer:?}");
+    for path in [bad_path, "/ui/trials/t1/actions/abort", "/ui/sign-out"] {
+        let answer = post_from(&app, &client, path, None).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{path}: {answer:?}"
+        );
+    }
+
+    // A token this service signed names its caller: the malformed path is the mistake (400),
+    // written down under the trial it speaks for.
+    let token = signed_token(TOKEN_SECRET, "t9", 600);
+    let answer = post_from(&app, &client_from("127.0.0.6"), bad_path, Some(&token)).await;
+    assert_detail(&answer, StatusCode::BAD_REQUEST);
+    app.audited(
+        "?actor=callback:t9",
+        "the signed caller's refusal in the log",
+        |entries| entries.iter().any(|e| e["outcome"] == 400),
+    )
+    .await;
+    let anonymous = app
+        .audited("?actor=anonymous", "the refusals written before it", |_| {
+            true
+        })
+        .await;
+    assert_eq!(
+        anonymous.len(),
+        3,
+        "only the refusals before the limit: {anonymous:#?}"
+    );
+    assert!(
+        anonymous.iter().all(|e| e["outcome"] == 401),
+        "{anonymous:#?}"
+    );
+}
