@@ -16,7 +16,7 @@ use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use subtle::ConstantTimeEq;
 
-use crate::config::{AuthSettings, ConfigError, NamedKey, Role};
+use crate::config::{AuthSettings, ConfigError, NamedKey, PLACEHOLDER_API_KEY, Role};
 use crate::domain::TrialId;
 
 /// The holder of an API key: the key's name and role (never the key).
@@ -222,10 +222,11 @@ impl Access {
     }
 
     /// Loads the keys again from the configuration's sources (`auth.api_key`, `auth.keys`,
-    /// `auth.api_key_file`, `auth.keys_file`) and puts them in force; answers what changed,
-    /// and the section's secret values now (to hide wherever they are pasted). Keys that fail
-    /// validation change nothing. Reads files: call it off the async threads.
-    pub fn reload(&self) -> Result<(KeyChanges, Vec<String>), ConfigError> {
+    /// `auth.api_key_file`, `auth.keys_file`) and puts them in force. Keys that fail
+    /// validation change nothing, and so does a reload that would let the built-in placeholder
+    /// in where it was not (its file or variable went missing, most likely). Reads files: call
+    /// it off the async threads.
+    pub fn reload(&self) -> Result<Reloaded, ConfigError> {
         let loaded = match self.auth.reload() {
             Some(loaded) => loaded?,
             None => self.auth.clone(),
@@ -235,12 +236,31 @@ impl Access {
             .keys
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if loaded.uses_placeholder_key() && keys.find(PLACEHOLDER_API_KEY).is_none() {
+            return Err(ConfigError::Invalid {
+                key: "auth.api_key".to_owned(),
+                reason: "it would become the built-in placeholder, which anyone who read the defaults knows (is its file or LCM__AUTH__API_KEY missing?)".to_owned(),
+            });
+        }
         let changes = changes(&keys, &fresh);
         *keys = fresh;
         drop(keys);
         self.reloaded.send_replace(());
-        Ok((changes, loaded.secret_values()))
+        Ok(Reloaded {
+            changes,
+            secrets: loaded.secret_values(),
+            warnings: loaded.key_warnings(),
+        })
     }
+}
+
+/// What a reload put in force.
+pub struct Reloaded {
+    pub changes: KeyChanges,
+    /// The section's secret values now, to hide wherever they are pasted.
+    pub secrets: Vec<String>,
+    /// What the keys in force still warn about (the placeholder, keys short enough to guess).
+    pub warnings: Vec<String>,
 }
 
 fn changes(old: &KeySet, new: &KeySet) -> KeyChanges {

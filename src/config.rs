@@ -27,7 +27,7 @@ use url::Url;
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
 
 /// Placeholder values shipped in the defaults; running with them logs a loud warning.
-const PLACEHOLDER_API_KEY: &str = "Please_change_this";
+pub const PLACEHOLDER_API_KEY: &str = "Please_change_this";
 /// See [`PLACEHOLDER_API_KEY`].
 const PLACEHOLDER_TOKEN_SECRET: &str = "CHANGE_THIS";
 
@@ -290,6 +290,18 @@ impl fmt::Display for Role {
 
 /// The name `auth.api_key` goes by among the keys.
 const DEFAULT_KEY_NAME: &str = "default";
+/// The actor the audit log names when no credential was recognised: no key may be named so.
+pub const ANONYMOUS_ACTOR: &str = "anonymous";
+/// A key shorter than this is warned about: it could be guessed.
+const SHORT_KEY_CHARS: usize = 16;
+
+/// Why `key` could never be presented as given: HTTP drops the blanks around a header's value
+/// (and a cookie's), so a key that starts or ends with one is never matched.
+fn unpresentable(key: &str) -> Option<&'static str> {
+    (key.trim() != key).then_some(
+        "starts or ends with a blank, which HTTP drops from a header: it could never be presented",
+    )
+}
 
 /// A validated API key: its name, the SHA-256 of its secret, and its role. Requests are
 /// checked against the digest, so the key itself need not be kept.
@@ -333,6 +345,40 @@ impl AuthSettings {
             .collect()
     }
 
+    /// Whether `auth.api_key` is the built-in placeholder, which anyone who read the defaults
+    /// knows.
+    pub fn uses_placeholder_key(&self) -> bool {
+        self.api_key.expose() == PLACEHOLDER_API_KEY
+    }
+
+    /// Warnings about keys that work but should not: the placeholder, and keys short enough
+    /// to guess (by name, never the key). Told at start and at every reload.
+    pub fn key_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.uses_placeholder_key() {
+            warnings.push(
+                "auth.api_key is still the built-in placeholder: anyone who read the defaults can call this API; set LCM__AUTH__API_KEY".to_owned(),
+            );
+        }
+        let api_key = (!self.uses_placeholder_key())
+            .then(|| (DEFAULT_KEY_NAME, self.api_key.expose()))
+            .filter(|(_, key)| !key.is_empty());
+        let named = self
+            .keys
+            .iter()
+            .chain(&self.keys_from_file)
+            .filter_map(|k| k.key.as_ref().map(|key| (k.name.as_str(), key.expose())));
+        for (name, key) in api_key.into_iter().chain(named) {
+            let chars = key.chars().count();
+            if chars < SHORT_KEY_CHARS {
+                warnings.push(format!(
+                    "key '{name}' is {chars} character(s) long: a key shorter than {SHORT_KEY_CHARS} can be guessed; use a long random one"
+                ));
+            }
+        }
+        warnings
+    }
+
     /// Every API key these settings give, validated: `api_key` (unless empty) as the `admin` key
     /// named `default`, then `keys`, then the keys of `keys_file`. Each key has exactly one of
     /// `key` and `key_sha256`; names are unique; no two keys share a secret; at least one key
@@ -351,7 +397,9 @@ impl AuthSettings {
         let mut keys: Vec<(String, String, NamedKey)> = Vec::new();
         // Every problem is told, not only the first.
         let mut problems = Vec::new();
-        if !self.api_key.expose().is_empty() {
+        if let Some(why) = unpresentable(self.api_key.expose()) {
+            problems.push(invalid("auth.api_key", why));
+        } else if !self.api_key.expose().is_empty() {
             keys.push((
                 "auth.api_key".to_owned(),
                 String::new(),
@@ -460,9 +508,17 @@ impl KeySettings {
                 "the name '{name}' is not 1 to 64 letters, digits, '.', '_', '-' or '@'"
             ));
         }
+        if name == ANONYMOUS_ACTOR {
+            return Err(format!(
+                "the name '{name}' is reserved: the audit log names callers with no recognised credential so"
+            ));
+        }
         let sha256 = match (&self.key, &self.key_sha256) {
             (Some(key), None) if key.expose().is_empty() => {
                 return Err(format!("key '{name}': `key` must not be empty"));
+            }
+            (Some(key), None) if let Some(why) = unpresentable(key.expose()) => {
+                return Err(format!("key '{name}': `key` {why}"));
             }
             (Some(key), None) => NamedKey::digest(key.expose()),
             (None, Some(hex)) => parse_sha256(hex).ok_or_else(|| {
@@ -1138,12 +1194,7 @@ impl Settings {
 
     /// Warnings about settings that work but should not reach production.
     pub fn warnings(&self) -> Vec<String> {
-        let mut warnings = Vec::new();
-        if self.auth.api_key.expose() == PLACEHOLDER_API_KEY {
-            warnings.push(
-                "auth.api_key is still the built-in placeholder: anyone who read the defaults can call this API; set LCM__AUTH__API_KEY".to_owned(),
-            );
-        }
+        let mut warnings = self.auth.key_warnings();
         if self.auth.token_secret.expose() == PLACEHOLDER_TOKEN_SECRET {
             warnings.push(
                 "auth.token_secret is still the built-in placeholder: callback tokens can be forged; set LCM__AUTH__TOKEN_SECRET".to_owned(),
@@ -1593,7 +1644,7 @@ mod tests {
         assert_eq!(keys[0].role, Role::Admin);
         assert_eq!(keys[2].sha256, NamedKey::digest("hello"));
 
-        let cases: [(Vec<KeySettings>, &str, &str); 7] = [
+        let cases: [(Vec<KeySettings>, &str, &str); 9] = [
             (
                 vec![key("a", Some("x"), Some(HELLO_SHA256), Role::Viewer)],
                 "auth.keys[0]",
@@ -1635,6 +1686,16 @@ mod tests {
                 "auth.keys[0]",
                 "name 'default' is already taken",
             ),
+            (
+                vec![key("anonymous", Some("other"), None, Role::Admin)],
+                "auth.keys[0]",
+                "the name 'anonymous' is reserved",
+            ),
+            (
+                vec![key("spacey", Some(" k-with-blanks "), None, Role::Viewer)],
+                "auth.keys[0]",
+                "starts or ends with a blank",
+            ),
         ];
         for (keys, at, reason) in cases {
             auth.keys = keys;
@@ -1646,6 +1707,30 @@ mod tests {
         auth.keys = vec![key("a b", Some("k"), None, Role::Viewer)];
         let err = auth.api_keys().unwrap_err().to_string();
         assert!(err.contains("the name 'a b'"), "{err}");
+
+        auth.keys = Vec::new();
+        auth.api_key = Secret::new("admin-key-with-a-tab\t");
+        let err = auth.api_keys().unwrap_err().to_string();
+        assert!(err.contains("`auth.api_key`: starts or ends"), "{err}");
+    }
+
+    #[test]
+    fn keys_short_enough_to_guess_are_warned_of_by_name() {
+        let mut auth = Settings::defaults().unwrap().auth;
+        assert_eq!(auth.key_warnings().len(), 1, "the placeholder alone");
+        auth.api_key = Secret::new("a-long-random-admin-key");
+        auth.keys = vec![
+            key("short", Some("abc"), None, Role::Viewer),
+            key("digest", None, Some(HELLO_SHA256), Role::Viewer),
+            key("long", Some("another-long-random-key"), None, Role::Viewer),
+        ];
+        let warnings = auth.key_warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("key 'short' is 3 character(s)"),
+            "{warnings:?}"
+        );
+        assert!(!warnings[0].contains("abc"), "{warnings:?}");
     }
 
     #[test]

@@ -233,13 +233,17 @@ fn reload_keys_on_sighup(access: &Arc<Access>, secrets: &Arc<Secrets>) {
             };
             // The reload reads the configuration's files.
             match tokio::task::spawn_blocking(move || access.reload()).await {
-                Ok(Ok((changes, fresh))) => {
+                Ok(Ok(reloaded)) => {
                     if let Some(secrets) = secrets.upgrade() {
-                        secrets.add(fresh);
+                        secrets.add(reloaded.secrets);
                     }
                     info!(
-                        "SIGHUP: API keys reloaded: {changes} (only the keys: other settings take effect at the next start)"
-                    )
+                        "SIGHUP: API keys reloaded: {} (only the keys: other settings take effect at the next start)",
+                        reloaded.changes
+                    );
+                    for warning in reloaded.warnings {
+                        warn!("SIGHUP: {warning}");
+                    }
                 }
                 Ok(Err(e)) => {
                     // One line, each problem after the other: a log line is one line.

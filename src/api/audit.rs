@@ -29,6 +29,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::Admin;
 use super::{AppState, paging};
 use crate::access::Actor;
+use crate::config::ANONYMOUS_ACTOR;
 use crate::domain::{TrialId, at_most};
 use crate::engine::state;
 use crate::store::{AuditEntry, AuditQuery, Op};
@@ -80,7 +81,7 @@ impl AuditCx {
         let (actor, role) = match actor {
             Some(Actor::Key(holder)) => (holder.name.to_string(), Some(holder.role.to_string())),
             Some(actor @ Actor::Callback(_)) => (actor.to_string(), None),
-            None => ("anonymous".to_owned(), None),
+            None => (ANONYMOUS_ACTOR.to_owned(), None),
         };
         Self {
             actor,

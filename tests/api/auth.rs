@@ -736,6 +736,50 @@ async fn sighup_reloads_the_keys_and_a_bad_reload_keeps_the_old_ones() {
 }
 
 #[tokio::test]
+async fn a_reload_that_would_let_the_placeholder_in_keeps_the_keys_and_short_keys_are_warned_of() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("api_key"), "admin-key-from-a-file\n").unwrap();
+    std::fs::write(
+        dir.path().join("keys.toml"),
+        keys_file(&[("watcher", "watcher-key-long-enough", Role::Viewer)]),
+    )
+    .unwrap();
+    let auth = "api_key_file = \"api_key\"\nkeys_file = \"keys.toml\"\ntoken_secret = \"s3\"";
+    let binary = Binary::start(dir, auth, "admin-key-from-a-file").await;
+    let placeholder = "Please_change_this";
+
+    // The key file's line lost: the reload would make the built-in placeholder the admin key.
+    let config = std::fs::read_to_string(binary.dir.path().join("lcm.toml")).unwrap();
+    binary.write(
+        "lcm.toml",
+        &config.replace("api_key_file = \"api_key\"\n", ""),
+    );
+    hang_up(&binary.child).await;
+    let log = binary.wait_for_log("API keys not reloaded").await;
+    assert!(
+        log.contains("auth.api_key") && log.contains("placeholder"),
+        "{log}"
+    );
+    assert_eq!(
+        binary.status_with(placeholder).await,
+        Some(StatusCode::UNAUTHORIZED)
+    );
+    assert_eq!(
+        binary.status_with("admin-key-from-a-file").await,
+        Some(StatusCode::OK)
+    );
+
+    // A key short enough to guess is taken, and warned of by name.
+    binary.write("lcm.toml", &config);
+    binary.write("keys.toml", &keys_file(&[("tiny", "abc", Role::Viewer)]));
+    hang_up(&binary.child).await;
+    let log = binary.wait_for_log("SIGHUP: key 'tiny'").await;
+    assert!(log.contains("3 character(s) long"), "{log}");
+    assert_eq!(binary.status_with("abc").await, Some(StatusCode::OK));
+    assert!(!log.contains("admin-key-from-a-file"), "{log}");
+}
+
+#[tokio::test]
 async fn a_refused_callback_is_in_the_log_with_its_trial_and_why() {
     let dir = tempfile::tempdir().expect("tempdir");
     let binary = Binary::start(
