@@ -31,6 +31,7 @@ use super::{AppState, paging};
 use crate::access::Actor;
 use crate::config::ANONYMOUS_ACTOR;
 use crate::domain::{TrialId, at_most};
+use crate::engine::redact::REDACTED;
 use crate::engine::state;
 use crate::store::{AuditEntry, AuditQuery, Op};
 
@@ -246,12 +247,18 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
     let mut entry = cx.entry(status, told.or(detail));
     // A refusal may quote what the client sent, and a client may paste a secret into the
     // wrong field: the log and the audit hide the configured secrets and any token in it, as
-    // they do in a component's answers. A trial id is kept as it is (`?trial_id=` finds it).
+    // they do in a component's answers. A trial id is kept as it is (`?trial_id=` finds it),
+    // unless it is an API key (the schedule refuses such an id).
     let redactor = state.scheduler.deps().secrets.redactor();
     entry.detail = entry.detail.map(|d| redactor.text_and_tokens(&d));
-    entry.trial_id = entry.trial_id.map(|t| match TrialId::parse(&t) {
-        Ok(_) => t,
-        Err(_) => redactor.text_and_tokens(&t),
+    entry.trial_id = entry.trial_id.map(|t| {
+        if state.access.key_holder(&t).is_some() {
+            REDACTED.to_owned()
+        } else if TrialId::parse(&t).is_ok() {
+            t
+        } else {
+            redactor.text_and_tokens(&t)
+        }
     });
     if status.is_client_error() {
         // A refused change (a component's callback with a bad token, a signal out of place)

@@ -132,6 +132,7 @@ async fn schedule(
     ApiJson(body): ApiJson<ScheduleBody>,
 ) -> Result<(Extension<Audited>, Json<Scheduled>), ApiError> {
     let id = TrialId::parse(&body.trial_id)?;
+    not_a_key(&state, &id)?;
     let start = StartTime::parse_future(&body.start_time, Utc::now())?;
     let answer = scheduled(&id, start);
     let entry = audit
@@ -139,6 +140,17 @@ async fn schedule(
         .entry(StatusCode::OK, Some(answer.message.clone()));
     state.scheduler.schedule(&id, start, Some(entry)).await?;
     Ok((Extension(Audited), Json(answer)))
+}
+
+/// Refuses (400) a trial id that is one of the API keys (pasted into the wrong field, most
+/// likely): every viewer would see it in `/status`, `/trials` and the log as a trial's name.
+fn not_a_key(state: &AppState, id: &TrialId) -> Result<(), ApiError> {
+    match state.access.key_holder(id.as_str()) {
+        Some(_) => Err(ApiError::bad_request(
+            "the trial id is one of this service's API keys: not taken, since trial ids are shown to every viewer; change that key now, and give the trial's own id",
+        )),
+        None => Ok(()),
+    }
 }
 
 fn scheduled(id: &TrialId, start: StartTime) -> Scheduled {
@@ -172,6 +184,7 @@ async fn schedule_from_registry(
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<(Extension<Audited>, Json<Scheduled>), ApiError> {
+    not_a_key(&state, &id)?;
     let entry = audit.entry(StatusCode::OK, None);
     match state
         .scheduler

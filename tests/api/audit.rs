@@ -252,6 +252,17 @@ async fn no_secret_and_no_token_is_ever_written_in_the_log() {
         let refused = app.schedule("pasted", start_time).await;
         assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{refused:?}");
     }
+    // A key pasted as a trial id (a valid one) is refused, not made a trial every viewer sees.
+    let key_as_id = key_of(Role::Operator);
+    let refused = app.schedule(key_as_id, &in_ms(3_600_000)).await;
+    assert_detail(&refused, StatusCode::BAD_REQUEST);
+    assert!(refused.detail().contains("API keys"), "{refused:?}");
+    let refused = app
+        .post(&format!("/debug/trial/{key_as_id}/schedule"), None)
+        .await;
+    assert_detail(&refused, StatusCode::BAD_REQUEST);
+    let listed = app.get("/trials").await;
+    assert!(!listed.body.to_string().contains(key_as_id), "{listed:?}");
     app.callback(id, "slice", Some(&sent)).await;
     app.post(&format!("/trial/{id}/finish"), None).await;
     app.wait_finished(id).await;
