@@ -319,7 +319,11 @@ fn parse_query(pairs: Vec<(String, String)>) -> Result<AuditQuery, ApiError> {
             }
             "limit" => query.limit = paging::limit(&value)?,
             "cursor" => {
-                let seq = |text: &str| text.strip_prefix("seq:")?.parse().ok();
+                // Entries are numbered from 1: no cursor this service gave is below that.
+                let seq = |text: &str| {
+                    let seq = text.strip_prefix("seq:")?.parse::<i64>().ok();
+                    seq.filter(|seq| *seq > 0)
+                };
                 query.before = Some(paging::position(&value, seq)?);
             }
             other => {

@@ -200,6 +200,9 @@ async fn the_log_filters_pages_and_is_for_admins_only() {
         "?limit=501",
         "?trial_id=a%20b",
         "?cursor=bogus",
+        // seq:-5 and seq:0, numbers no entry has
+        "?cursor=c2VxOi01",
+        "?cursor=c2VxOjA",
         "?who=me",
         "?actor=",
     ] {
