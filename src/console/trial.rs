@@ -722,10 +722,16 @@ fn position(view: &TrialView, vnf: bool) -> Markup {
         }
     }
     let main_seen = seen(main.iter());
+    // The clean-up waits for a late slice-created callback only after a close that found no
+    // slice of a deployment never answered: shown while it does.
+    let late_slice = cleaning && snapshot.position == Position::Wait(Wait::SliceCreated);
     let mut cleanup_rows = Vec::new();
     for (step, _) in sequence::CLEANUP {
         cleanup_rows.push(PathRow::Step(*step));
         if *step == Step::CloseService {
+            if late_slice {
+                cleanup_rows.push(PathRow::Wait(Wait::SliceCreated));
+            }
             cleanup_rows.push(PathRow::Wait(Wait::SliceClosed));
         }
     }

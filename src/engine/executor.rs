@@ -72,6 +72,9 @@ const ABORT_NOT_CARRIED_OUT: &str = "the service stopped while the abort waited 
 /// What a clean-up that awaits the slice-created callback before the slice-closed one waits
 /// for.
 const BOTH_SLICE_CALLBACKS: &str = "the slice callbacks (slice created, then slice closed)";
+/// What the clean-up waits for after trial enforcement had no slice of a deployment it never
+/// answered.
+const LATE_SLICE_CREATION: &str = "a late slice callback (slice created): the slice deployment was never answered and trial enforcement has no slice yet; a slice it makes is closed";
 
 /// Why an engine did not answer what it was asked.
 pub const STOPPED: &str = "the engine stopped before it answered (the service is stopping, or the engine was deleted): the trial's status says where it stands";
@@ -781,6 +784,20 @@ impl Executor {
             self.checkpoint.accepted.push(SLICE_CREATED);
             return self.wait_again(wait, "slice callback (slice created, arrived early)", 0);
         }
+        // Cleaning up, a deployment never answered may still make its slice: any slice callback
+        // kept meanwhile is that slice's creation.
+        let late_creation = self.cleaning_up() && wait == Wait::SliceCreated;
+        if late_creation
+            && let Some(i) = self
+                .checkpoint
+                .held
+                .iter()
+                .position(|(_, signal)| *signal == Signal::SliceCallback)
+        {
+            let (_, signal) = self.checkpoint.held.remove(i);
+            let detail = "slice callback (slice created, late; arrived early)".to_owned();
+            return self.take(wait, signal, Step::CloseService, detail, 0);
+        }
         if let Some(i) = self.checkpoint.held.iter().position(|(w, _)| *w == wait) {
             let (_, signal) = self.checkpoint.held.remove(i);
             if let Decision::Take(next) =
@@ -793,6 +810,8 @@ impl Executor {
         }
         let waiting_for = if awaits_creation {
             BOTH_SLICE_CALLBACKS
+        } else if late_creation {
+            LATE_SLICE_CREATION
         } else {
             spec.waiting_for
         };
@@ -801,8 +820,8 @@ impl Executor {
             .journal
             .event(EventKind::Waiting, None, Some(waiting_for.to_owned()), None);
         self.shared.move_to(Lifecycle::Waiting, &self.checkpoint);
-        if awaits_creation {
-            self.shared.show_waiting_for(BOTH_SLICE_CALLBACKS);
+        if awaits_creation || late_creation {
+            self.shared.show_waiting_for(waiting_for);
         }
         let waiting_since = Instant::now();
         let executor = &self.deps.settings.executor;
@@ -818,7 +837,8 @@ impl Executor {
         let (limit, heartbeat_secs, trial_deadline) = match spec.waiter {
             Waiter::Component => (
                 Some(after(executor.callback_timeout_secs)),
-                executor.callback_heartbeat_secs,
+                // A slice not made sends no progress.
+                executor.callback_heartbeat_secs.filter(|_| !late_creation),
                 None,
             ),
             Waiter::Operator => (
@@ -832,11 +852,15 @@ impl Executor {
             ),
         };
         let mut heartbeat = heartbeat_secs.map(at);
+        let executor_timeout = executor.callback_timeout_secs;
         let cleanup = self.cleaning_up();
         let outcome = loop {
             let command = tokio::select! {
                 command = self.commands.recv() => command,
                 () = sleep_until(limit) => {
+                    if late_creation {
+                        break self.no_slice_made(executor_timeout);
+                    }
                     break Outcome::Failed(format!("timed out waiting for {}", spec.waiting_for));
                 }
                 () = sleep_until(heartbeat) => {
@@ -893,8 +917,11 @@ impl Executor {
                         );
                         let waited = elapsed_ms(waiting_since);
                         let before = Box::new(self.checkpoint.clone());
-                        let outcome =
-                            self.take(wait, signal, next, signal.name().to_owned(), waited);
+                        let detail = match late_creation {
+                            true => "slice callback (slice created, late)".to_owned(),
+                            false => signal.name().to_owned(),
+                        };
+                        let outcome = self.take(wait, signal, next, detail, waited);
                         // Where the executor goes from here: on the clean-up path, not the table's.
                         // Answered once the checkpoint that takes it is saved.
                         let accepted = SignalOutcome::Accepted(match &outcome {
@@ -997,14 +1024,35 @@ impl Executor {
         self.shared
             .journal
             .event(EventKind::SignalAccepted, None, Some(detail), Some(waited));
-        if wait == Wait::SliceClosed {
-            self.checkpoint.data.ledger.slice = SliceState::Closed;
+        match wait {
+            Wait::SliceClosed => self.checkpoint.data.ledger.slice = SliceState::Closed,
+            // A slice made late by a deployment never answered: the clean-up closes it now.
+            Wait::SliceCreated if self.cleaning_up() => {
+                self.checkpoint.data.ledger.slice = SliceState::Created;
+                return Outcome::To(Position::Run(Step::CloseService));
+            }
+            _ => {}
         }
         if self.cleaning_up() {
             // The clean-up's own path goes on after the slice is closed.
             return self.after(Step::CloseService);
         }
         Outcome::To(Position::Run(next))
+    }
+
+    /// The clean-up's wait for a late slice-created callback ended without one, the
+    /// `callback_timeout_secs` a component is given to call back: the deployment made no
+    /// slice, and nothing is left to close.
+    fn no_slice_made(&mut self, timeout_secs: u64) -> Outcome {
+        let detail = format!(
+            "no slice-created callback came within {timeout_secs} s (executor.callback_timeout_secs) of a slice deployment that was never answered, and trial enforcement had no slice: it made none, and nothing is left to close"
+        );
+        info!("{detail}");
+        self.shared
+            .journal
+            .event(EventKind::NoSliceMade, None, Some(detail), None);
+        self.checkpoint.data.ledger.slice = SliceState::Closed;
+        self.after(Step::CloseService)
     }
 
     /// Whether `wait` is the clean-up's wait for the slice-closed callback while the

@@ -318,12 +318,15 @@ pub fn after_deployed(step: Step, vnf_enabled: bool, ledger: &Ledger) -> Option<
 }
 
 /// What the clean-up does after `done` (or first, for `None`): the slice-closed wait after a
-/// `CloseService` that left the slice closing, else the next step whose work exists. A slice
-/// that was closing already is closed again (the component may have lost the request; a 404
-/// counts as done), so the clean-up never waits on a callback nobody will send.
+/// `CloseService` that left the slice closing, the slice-created wait after one that found no
+/// slice of a deployment never answered (it may make one yet), else the next step whose work
+/// exists. A slice that was closing already is closed again (the component may have lost the
+/// request; a 404 counts as done), so the clean-up never waits on a callback nobody will send.
 pub fn cleanup_after(done: Option<Step>, kpi_status: Option<KpiStatus>, ledger: &Ledger) -> Next {
-    if done == Some(CloseService) && ledger.slice == SliceState::Closing {
-        return Next::Wait(Wait::SliceClosed);
+    match (done, &ledger.slice) {
+        (Some(CloseService), SliceState::Closing) => return Next::Wait(Wait::SliceClosed),
+        (Some(CloseService), SliceState::Requested(_)) => return Next::Wait(Wait::SliceCreated),
+        _ => {}
     }
     let from = done.map_or(0, |done| {
         CLEANUP
@@ -686,6 +689,11 @@ mod tests {
         assert_eq!(
             slice.ledger.slice,
             SliceState::Requested(Some("t-1-SliceDeployment-r0-1".into()))
+        );
+        assert_eq!(
+            cleanup_after(Some(CloseService), None, &slice.ledger),
+            Next::Wait(Wait::SliceCreated),
+            "a close that found no slice of a deployment never answered waits for it to come"
         );
         let job = in_flight(CreateMeasurementJob);
         assert_eq!(

@@ -560,6 +560,7 @@ event_kinds! {
     Stepped => "stepped",
     Skipped => "skipped",
     TrialDeadline => "trial_deadline",
+    NoSliceMade => "no_slice_made",
     AbortRequested => "abort_requested",
     AbortNotCarriedOut => "abort_not_carried_out",
     CleanupStarted => "cleanup_started",

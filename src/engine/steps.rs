@@ -463,12 +463,15 @@ async fn close_service(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     // clean-up finds (or one whose slice was never made). On the trial's own path the closing's
     // callback may still come, or the wait times out and the trial is restorable.
     let (status, _) = cx.call_expecting(request, &[200, 404]).await?;
-    // Cleaning up, or run again, a 404 finds the slice closed by an earlier close: no
-    // callback is due. The first close's 404 (its own retry) leaves its callback to come.
-    cx.data.ledger.slice = if status == 404 && (cx.cleanup || cx.rerun) {
-        SliceState::Closed
-    } else {
-        SliceState::Closing
+    cx.data.ledger.slice = match (status, &cx.data.ledger.slice) {
+        // A deployment never answered may still make its slice after this 404: it stays in
+        // doubt, and the clean-up waits for its slice-created callback (then closes it) or
+        // for that callback's deadline (then nothing was made).
+        (404, SliceState::Requested(_)) if cx.cleanup => cx.data.ledger.slice.clone(),
+        // Cleaning up, or run again, a 404 finds the slice closed by an earlier close: no
+        // callback is due. The first close's 404 (its own retry) leaves its callback to come.
+        (404, _) if cx.cleanup || cx.rerun => SliceState::Closed,
+        _ => SliceState::Closing,
     };
     Ok(())
 }

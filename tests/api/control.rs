@@ -1327,6 +1327,118 @@ async fn an_abort_closes_no_slice_whose_deployment_was_refused() {
     );
 }
 
+/// Closing the slice of trial `id`, answered 404 once: trial enforcement has no slice (yet).
+fn no_slice_yet(id: &str) -> Fault {
+    Fault::new(
+        Component::Enforcement,
+        "DELETE",
+        "/sliceDeployment",
+        FaultAction::Status(404),
+    )
+    .for_trial(id)
+    .times(1)
+}
+
+#[tokio::test]
+async fn a_slice_made_after_its_deployment_went_unanswered_is_closed_by_the_clean_up() {
+    let app = spawn_app_with_settings(|s| {
+        single_attempt(s);
+        s.executor.request_timeout_secs = 1;
+    })
+    .await;
+    let id = "slice-late";
+    // Trial enforcement makes the slice only after the LCM stopped waiting for its answer,
+    // and the abort's close comes before it has: 404.
+    app.platform
+        .inject(slice_deployment_fault(id, FaultAction::Hang).times(1));
+    app.platform.inject(no_slice_yet(id));
+    app.start_trial(id).await;
+    let failed = app.wait_failed(id).await;
+    assert_eq!(failed["state"], "SliceDeployment", "{failed}");
+    let answer = app.ask_abort(id, "drone down").await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    let waiting = app
+        .wait_for(id, "the wait for a late slice", |s| {
+            s["waiting_for"]
+                .as_str()
+                .is_some_and(|w| w.starts_with("a late slice callback"))
+        })
+        .await;
+    assert_eq!(waiting["aborting"], true, "{waiting}");
+    assert_eq!(waiting["engine_status"], "Active", "{waiting}");
+
+    // The slice is made now, and trial enforcement calls back: the clean-up closes it.
+    let created = app.callback(id, "slice", Some(&app.token_of(id))).await;
+    assert_eq!(created.status, StatusCode::OK, "{created:?}");
+    let status = app
+        .wait_for(id, "Aborted", |s| s["engine_status"] == "Aborted")
+        .await;
+    assert_eq!(status["leftovers"], json!([]), "{status}");
+    let sent = lines(&app, id);
+    let closes = sent
+        .iter()
+        .filter(|l| l.starts_with("DELETE /sliceDeployment"))
+        .count();
+    assert_eq!(
+        closes, 2,
+        "the 404, then the close of the slice made: {sent:?}"
+    );
+    let closed: Vec<Option<u16>> = app
+        .platform
+        .callbacks()
+        .iter()
+        .filter(|c| c.url.contains(&format!("/trial/{id}/callback/slice")))
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(closed, [Some(200)], "the closing's callback, taken");
+    let history = app.history(id).await;
+    assert!(
+        history.iter().any(|e| e["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("slice created, late"))),
+        "{history:#?}"
+    );
+    assert_eq!(
+        app.platform.status_history(id).last().map(String::as_str),
+        Some("ABORTED")
+    );
+}
+
+#[tokio::test]
+async fn a_slice_deployment_unanswered_that_made_nothing_ends_the_clean_up_at_its_callback_deadline()
+ {
+    let app = spawn_app_with_settings(|s| {
+        single_attempt(s);
+        s.executor.callback_timeout_secs = 1;
+    })
+    .await;
+    let id = "slice-never";
+    // Answered 503, the deployment may have made a slice; it made none, and none comes.
+    app.platform
+        .inject(slice_deployment_fault(id, FaultAction::Status(503)).times(1));
+    app.platform.inject(no_slice_yet(id));
+    app.start_trial(id).await;
+    app.wait_failed(id).await;
+    let status = abort(&app, id, "drone down").await;
+    assert_eq!(status["leftovers"], json!([]), "{status}");
+    let made_none = first_event(&app, id, "no_slice_made").await;
+    assert!(
+        made_none["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("within 1 s")),
+        "{made_none}"
+    );
+    let closes = lines(&app, id)
+        .into_iter()
+        .filter(|l| l.starts_with("DELETE /sliceDeployment"))
+        .count();
+    assert_eq!(closes, 1);
+    assert_eq!(
+        app.platform.status_history(id).last().map(String::as_str),
+        Some("ABORTED")
+    );
+}
+
 #[tokio::test]
 async fn an_abort_closes_a_kpi_marking_its_step_began_before_it_failed() {
     let app = spawn_app_with_settings(single_attempt).await;
