@@ -408,10 +408,15 @@ fn measurement_id(job: &Value) -> Option<String> {
 /// The id of a measurement job whose creation was sent but never answered, learnt by sending
 /// the creation again with its key: a component that honours it answers with that job (201,
 /// or 200 for a replay; one that does not makes another, which the clean-up then deletes in
-/// its place). Any other answer proves nothing about the first creation (a 409 may say it is
-/// still being processed): the step fails and the job stays a leftover, for a later abort.
+/// its place). Any other answer, once the retry policy is spent, proves nothing about the first
+/// creation (a 409 may say it is still being processed): the step fails and the job stays a
+/// leftover, for a later abort.
 async fn recover_measurement_job(cx: &mut StepCx<'_>) -> Result<String, StepError> {
-    let request = measurement_job_request(cx)?;
+    let mut request = measurement_job_request(cx)?;
+    // Sent again under the first creation's key, which a component that honours it makes no
+    // second job of however often it comes: retried like a request safe to repeat (408, 429,
+    // 5xx, no answer), so a component's bad minute does not fail the clean-up.
+    request.creates = false;
     // A creation sent again: like the first, it has its answer before a stop (or an abort).
     let (_, reply) = cx
         .call_uncut(request, &[201, 200])

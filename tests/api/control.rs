@@ -1761,6 +1761,43 @@ async fn a_repository_that_refuses_aborted_for_good_does_not_keep_the_trial_fail
 /// A clean-up that must send a job's creation again to learn its id, and is refused, says so:
 /// the reason names the delete's step and why it sent a creation.
 #[tokio::test]
+async fn a_job_creation_sent_again_by_the_clean_up_is_retried_under_its_key() {
+    let app = spawn_app().await;
+    let id = "job-busy";
+    // The creation fails the trial (never sent twice: it may have made the job); sent again
+    // under its key by the clean-up, its second 503 is tried again, and the third is taken.
+    app.platform
+        .inject(measurement_job_fault(id, FaultAction::Status(503)).times(2));
+    app.start_trial(id).await;
+    let failed = app.wait_failed(id).await;
+    assert_eq!(failed["state"], "CreateMeasurementJob", "{failed}");
+    let status = abort(&app, id, "drone down").await;
+    assert_eq!(status["leftovers"], json!([]), "{status}");
+    let keys: Vec<Option<String>> = sent(&app, id, "POST", "/measurementjobs")
+        .into_iter()
+        .map(|r| r.idempotency_key)
+        .collect();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert!(
+        keys.iter().all(|k| k.is_some() && *k == keys[0]),
+        "{keys:?}"
+    );
+    assert!(
+        lines(&app, id)
+            .iter()
+            .any(|l| l.starts_with(&format!("DELETE /measurementjobs/mj-{id}"))),
+        "the job made is deleted"
+    );
+    let statuses = app.platform.status_history(id);
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "FAILED").count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(statuses.last().map(String::as_str), Some("ABORTED"));
+}
+
+#[tokio::test]
 async fn a_clean_up_that_cannot_learn_the_job_s_id_says_why_it_sent_a_creation() {
     let id = "job-never-answered";
     let app = failed_creating_the_job(id).await;

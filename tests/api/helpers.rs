@@ -13,7 +13,7 @@ use lcm::domain::TrialId;
 use lcm::engine::EngineHooks;
 use lcm::engine::sequence::Step;
 use lcm::engine::state::{Checkpoint, Lifecycle, Position};
-use lcm::sim::{Component, Fault, FaultAction, Gate, Platform, SimOptions};
+use lcm::sim::{Component, Fault, FaultAction, Gate, Platform, RecordedRequest, SimOptions};
 use lcm::startup::Application;
 use lcm::store::sqlite::SqliteBackend;
 use lcm::store::{Backend, Op, TrialRecord};
@@ -1000,6 +1000,15 @@ pub async fn read(response: reqwest::Response) -> Answer {
     let text = response.text().await.expect("body");
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
     Answer { status, body }
+}
+
+/// The requests `id` caused that match `method` and contain `path`, in order.
+pub fn sent(app: &TestApp, id: &str, method: &str, path: &str) -> Vec<RecordedRequest> {
+    app.platform
+        .requests_for(id)
+        .into_iter()
+        .filter(|r| r.method == method && r.path.contains(path))
+        .collect()
 }
 
 /// The request lines (`METHOD /path`) a trial caused, in order.

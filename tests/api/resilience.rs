@@ -45,15 +45,6 @@ fn attempts(responses: &[Value]) -> Vec<u64> {
         .collect()
 }
 
-/// The requests `id` caused that match `method` and contain `path`, in order.
-fn sent(app: &TestApp, id: &str, method: &str, path: &str) -> Vec<RecordedRequest> {
-    app.platform
-        .requests_for(id)
-        .into_iter()
-        .filter(|r| r.method == method && r.path.contains(path))
-        .collect()
-}
-
 /// How long the LCM waited between a first request and its retry, as the component saw it:
 /// from its answer to the first to the arrival of the second.
 fn gap(first: &RecordedRequest, second: &RecordedRequest) -> Duration {
