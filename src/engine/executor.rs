@@ -771,32 +771,18 @@ impl Executor {
     async fn wait(&mut self, wait: Wait) -> Outcome {
         let spec = sequence::wait_spec(wait);
         let awaits_creation = self.awaits_slice_creation(wait);
-        if awaits_creation
-            && let Some(i) = self
-                .checkpoint
-                .held
-                .iter()
-                .position(|(_, signal)| *signal == Signal::SliceCallback)
-        {
+        if awaits_creation && self.take_held_slice_callback() {
             // Kept early, during the slice deployment the abort let finish or the clean-up's
             // close: the first slice callback is the creation's all the same.
-            self.checkpoint.held.remove(i);
             self.checkpoint.accepted.push(SLICE_CREATED);
             return self.wait_again(wait, "slice callback (slice created, arrived early)", 0);
         }
         // Cleaning up, a deployment never answered may still make its slice: any slice callback
         // kept meanwhile is that slice's creation.
         let late_creation = self.cleaning_up() && wait == Wait::SliceCreated;
-        if late_creation
-            && let Some(i) = self
-                .checkpoint
-                .held
-                .iter()
-                .position(|(_, signal)| *signal == Signal::SliceCallback)
-        {
-            let (_, signal) = self.checkpoint.held.remove(i);
+        if late_creation && self.take_held_slice_callback() {
             let detail = "slice callback (slice created, late; arrived early)".to_owned();
-            return self.take(wait, signal, Step::CloseService, detail, 0);
+            return self.take(wait, Signal::SliceCallback, Step::CloseService, detail, 0);
         }
         if let Some(i) = self.checkpoint.held.iter().position(|(w, _)| *w == wait) {
             let (_, signal) = self.checkpoint.held.remove(i);
@@ -1071,6 +1057,18 @@ impl Executor {
         wait == Wait::SliceClosed
             && creation_due
             && !self.checkpoint.accepted.contains(&SLICE_CREATED)
+    }
+
+    /// Removes a slice callback kept early, for whichever wait it was kept: whether there was.
+    fn take_held_slice_callback(&mut self) -> bool {
+        let held = &mut self.checkpoint.held;
+        match held.iter().position(|(_, s)| *s == Signal::SliceCallback) {
+            Some(i) => {
+                held.remove(i);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Records the slice-created callback taken at `wait`, which goes on waiting.

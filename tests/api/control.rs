@@ -1350,7 +1350,7 @@ async fn a_slice_made_after_its_deployment_went_unanswered_is_closed_by_the_clea
     // Trial enforcement makes the slice only after the LCM stopped waiting for its answer,
     // and the abort's close comes before it has: 404.
     app.platform
-        .inject(slice_deployment_fault(id, FaultAction::Hang).times(1));
+        .inject(slice_deployment_fault(id, FaultAction::Hang));
     app.platform.inject(no_slice_yet(id));
     app.start_trial(id).await;
     let failed = app.wait_failed(id).await;
@@ -1415,7 +1415,7 @@ async fn a_slice_deployment_unanswered_that_made_nothing_ends_the_clean_up_at_it
     let id = "slice-never";
     // Answered 503, the deployment may have made a slice; it made none, and none comes.
     app.platform
-        .inject(slice_deployment_fault(id, FaultAction::Status(503)).times(1));
+        .inject(slice_deployment_fault(id, FaultAction::Status(503)));
     app.platform.inject(no_slice_yet(id));
     app.start_trial(id).await;
     app.wait_failed(id).await;
