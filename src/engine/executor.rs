@@ -1014,7 +1014,7 @@ impl Executor {
             Wait::SliceClosed => self.checkpoint.data.ledger.slice = SliceState::Closed,
             // A slice made late by a deployment never answered: the clean-up closes it now.
             Wait::SliceCreated if self.cleaning_up() => {
-                self.checkpoint.data.ledger.slice = SliceState::Created;
+                self.checkpoint.data.ledger.slice = SliceState::Announced;
                 return Outcome::To(Position::Run(Step::CloseService));
             }
             _ => {}

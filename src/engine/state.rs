@@ -201,6 +201,10 @@ pub enum SliceState {
     Requested(Option<String>),
     /// Trial enforcement answered with the slice's id.
     Created,
+    /// A deployment never answered was followed by its slice-created callback (the clean-up
+    /// waited for it): the slice exists, though trial enforcement may not list it yet, so a
+    /// close answered 404 has not closed it.
+    Announced,
     /// `DELETE /sliceDeployment` was accepted; the slice-closed callback is due.
     Closing,
     /// The slice is gone.
@@ -212,7 +216,10 @@ impl SliceState {
     pub fn may_exist(&self) -> bool {
         matches!(
             self,
-            SliceState::Requested(_) | SliceState::Created | SliceState::Closing
+            SliceState::Requested(_)
+                | SliceState::Created
+                | SliceState::Announced
+                | SliceState::Closing
         )
     }
 }

@@ -181,6 +181,7 @@ fn slice_name(state: &SliceState) -> &'static str {
         SliceState::None => "none",
         SliceState::Requested(_) => "requested",
         SliceState::Created => "created",
+        SliceState::Announced => "announced",
         SliceState::Closing => "closing",
         SliceState::Closed => "closed",
     }
@@ -192,6 +193,7 @@ fn parse_slice(name: &str, key: Option<String>) -> Result<SliceState, String> {
         "none" => SliceState::None,
         "requested" => SliceState::Requested(key),
         "created" => SliceState::Created,
+        "announced" => SliceState::Announced,
         "closing" => SliceState::Closing,
         "closed" => SliceState::Closed,
         other => return Err(format!("unknown slice state '{other}'")),
@@ -598,6 +600,12 @@ mod tests {
             written.contains(r#""slice":"requested","slice_key":"t1-7-SliceDeployment-r0-1""#),
             "{written}"
         );
+        assert_eq!(decode_checkpoint(&written).unwrap(), checkpoint);
+
+        // Its late slice-created callback came: the slice exists, whatever a close answers.
+        checkpoint.data.ledger.slice = SliceState::Announced;
+        let written = encode_checkpoint(&checkpoint);
+        assert!(written.contains(r#""slice":"announced""#), "{written}");
         assert_eq!(decode_checkpoint(&written).unwrap(), checkpoint);
     }
 

@@ -1405,6 +1405,46 @@ async fn a_slice_made_after_its_deployment_went_unanswered_is_closed_by_the_clea
 }
 
 #[tokio::test]
+async fn a_late_slice_that_its_close_does_not_find_is_a_leftover_until_an_abort_closes_it() {
+    let app = spawn_app_with_settings(|s| {
+        single_attempt(s);
+        s.executor.request_timeout_secs = 1;
+    })
+    .await;
+    let id = "slice-late-unlisted";
+    // The late slice-created callback comes, but trial enforcement does not list the slice
+    // yet: the close after it answers 404 too.
+    app.platform
+        .inject(slice_deployment_fault(id, FaultAction::Hang));
+    app.platform.inject(no_slice_yet(id).times(2));
+    app.start_trial(id).await;
+    app.wait_failed(id).await;
+    assert_eq!(app.ask_abort(id, "drone down").await.status, StatusCode::OK);
+    app.wait_for(id, "the wait for a late slice", |s| {
+        s["waiting_for"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("a late slice callback"))
+    })
+    .await;
+    let created = app.callback(id, "slice", Some(&app.token_of(id))).await;
+    assert_eq!(created.status, StatusCode::OK, "{created:?}");
+    let failed = app
+        .wait_for(id, "a failed clean-up", |s| s["cleanup_failed"] == true)
+        .await;
+    assert_eq!(failed["leftovers"][0]["kind"], "slice", "{failed}");
+    assert_failure_says(&failed, "although its slice-created callback came");
+
+    // Listed now: the abort asked again closes it.
+    let status = abort(&app, id, "drone down").await;
+    assert_eq!(status["leftovers"], json!([]), "{status}");
+    let closes = lines(&app, id)
+        .into_iter()
+        .filter(|l| l.starts_with("DELETE /sliceDeployment"))
+        .count();
+    assert_eq!(closes, 3, "two 404s, then the close");
+}
+
+#[tokio::test]
 async fn a_slice_deployment_unanswered_that_made_nothing_ends_the_clean_up_at_its_callback_deadline()
  {
     let app = spawn_app_with_settings(|s| {
