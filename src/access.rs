@@ -236,10 +236,22 @@ impl Access {
             .keys
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if loaded.uses_placeholder_key() && keys.find(PLACEHOLDER_API_KEY).is_none() {
+        if let Some(holder) = fresh.find(PLACEHOLDER_API_KEY)
+            && keys.find(PLACEHOLDER_API_KEY).is_none()
+        {
+            let key = if loaded.uses_placeholder_key() {
+                "auth.api_key"
+            } else if loaded.keys.iter().any(|k| *k.name == *holder.name) {
+                "auth.keys"
+            } else {
+                "auth.keys_file"
+            };
             return Err(ConfigError::Invalid {
-                key: "auth.api_key".to_owned(),
-                reason: "it would become the built-in placeholder, which anyone who read the defaults knows (is its file or LCM__AUTH__API_KEY missing?)".to_owned(),
+                key: key.to_owned(),
+                reason: format!(
+                    "key '{}' would be the built-in placeholder, which anyone who read the defaults knows (for auth.api_key: is its file or LCM__AUTH__API_KEY missing?)",
+                    holder.name
+                ),
             });
         }
         let changes = changes(&keys, &fresh);

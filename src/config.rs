@@ -360,6 +360,20 @@ impl AuthSettings {
                 "auth.api_key is still the built-in placeholder: anyone who read the defaults can call this API; set LCM__AUTH__API_KEY".to_owned(),
             );
         }
+        let placeholder = NamedKey::digest(PLACEHOLDER_API_KEY);
+        for key in self.keys.iter().chain(&self.keys_from_file) {
+            let is_placeholder = match (&key.key, &key.key_sha256) {
+                (Some(secret), _) => secret.expose() == PLACEHOLDER_API_KEY,
+                (None, Some(hex)) => parse_sha256(hex) == Some(placeholder),
+                (None, None) => false,
+            };
+            if is_placeholder {
+                warnings.push(format!(
+                    "key '{}' is the built-in placeholder: anyone who read the defaults can call this API with its role",
+                    key.name
+                ));
+            }
+        }
         let api_key = (!self.uses_placeholder_key())
             .then(|| (DEFAULT_KEY_NAME, self.api_key.expose()))
             .filter(|(_, key)| !key.is_empty());
@@ -367,7 +381,8 @@ impl AuthSettings {
             .keys
             .iter()
             .chain(&self.keys_from_file)
-            .filter_map(|k| k.key.as_ref().map(|key| (k.name.as_str(), key.expose())));
+            .filter_map(|k| k.key.as_ref().map(|key| (k.name.as_str(), key.expose())))
+            .filter(|(_, key)| *key != PLACEHOLDER_API_KEY);
         for (name, key) in api_key.into_iter().chain(named) {
             let chars = key.chars().count();
             if chars < SHORT_KEY_CHARS {
@@ -508,7 +523,7 @@ impl KeySettings {
                 "the name '{name}' is not 1 to 64 letters, digits, '.', '_', '-' or '@'"
             ));
         }
-        if name == ANONYMOUS_ACTOR {
+        if name.eq_ignore_ascii_case(ANONYMOUS_ACTOR) {
             return Err(format!(
                 "the name '{name}' is reserved: the audit log names callers with no recognised credential so"
             ));
@@ -1687,9 +1702,9 @@ mod tests {
                 "name 'default' is already taken",
             ),
             (
-                vec![key("anonymous", Some("other"), None, Role::Admin)],
+                vec![key("Anonymous", Some("other"), None, Role::Admin)],
                 "auth.keys[0]",
-                "the name 'anonymous' is reserved",
+                "the name 'Anonymous' is reserved",
             ),
             (
                 vec![key("spacey", Some(" k-with-blanks "), None, Role::Viewer)],
@@ -1731,6 +1746,23 @@ mod tests {
             "{warnings:?}"
         );
         assert!(!warnings[0].contains("abc"), "{warnings:?}");
+
+        // The placeholder as a named key, written out or by digest.
+        let digest: String = NamedKey::digest(PLACEHOLDER_API_KEY)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        auth.keys = vec![
+            key("ph", Some(PLACEHOLDER_API_KEY), None, Role::Admin),
+            key("ph-digest", None, Some(&digest), Role::Viewer),
+        ];
+        let warnings = auth.key_warnings();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("key 'ph' is the built-in placeholder"),
+            "{warnings:?}"
+        );
+        assert!(warnings[1].starts_with("key 'ph-digest' is the built-in placeholder"));
     }
 
     #[test]

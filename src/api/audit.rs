@@ -44,6 +44,11 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[derive(Debug, Clone, Copy)]
 pub struct Audited;
 
+/// Marks an answer to a path that names nothing (the console's own not-found page): not
+/// written, as a request that reaches no route is not.
+#[derive(Debug, Clone, Copy)]
+pub struct Unrouted;
+
 /// The reason an answer gives, kept beside it: for its audit entry's `detail` ([`record`]
 /// takes it rather than reading the answer, which a console page could not give) and for the
 /// line that logs a server error. Every [`ApiError`](super::ApiError) answer carries it. It
@@ -193,7 +198,9 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
     let response = next
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await;
-    if response.extensions().get::<Audited>().is_some() {
+    if response.extensions().get::<Audited>().is_some()
+        || response.extensions().get::<Unrouted>().is_some()
+    {
         return response;
     }
     let mut cx = AuditCx::of(&describe, response.extensions().get::<Actor>());
@@ -253,6 +260,8 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
     entry.detail = entry.detail.map(|d| redactor.text_and_tokens(&d));
     entry.trial_id = entry.trial_id.map(|t| {
         if state.access.key_holder(&t).is_some() {
+            // The refusal may quote it, as any answer about a trial names the trial.
+            entry.detail = entry.detail.take().map(|d| d.replace(&t, REDACTED));
             REDACTED.to_owned()
         } else if TrialId::parse(&t).is_ok() {
             t

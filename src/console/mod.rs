@@ -43,6 +43,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 
 use crate::api::AppState;
+use crate::api::audit::Unrouted;
 use crate::domain::TrialId;
 use session::Sessions;
 
@@ -149,10 +150,14 @@ async fn to_trial(Path((trial_id, _)): Path<(String, String)>) -> Redirect {
 }
 
 async fn not_found(session: Option<session::Signed>) -> Response {
-    layout::error_page(
+    let mut response = layout::error_page(
         session.as_ref(),
         StatusCode::NOT_FOUND,
         "There is no such page in the console.",
     )
-    .into_response()
+    .into_response();
+    // A path that names nothing is not written to the audit log, as one that reaches no
+    // route is not: nothing was tried.
+    response.extensions_mut().insert(Unrouted);
+    response
 }

@@ -266,6 +266,9 @@ async fn no_secret_and_no_token_is_ever_written_in_the_log() {
     assert_detail(&refused, StatusCode::BAD_REQUEST);
     let listed = app.get("/trials").await;
     assert!(!listed.body.to_string().contains(key_as_id), "{listed:?}");
+    // Any other route's answer names the trial it was asked about: not in the log either.
+    let refused = app.post(&format!("/trial/{key_as_id}/abort"), None).await;
+    assert_detail(&refused, StatusCode::NOT_FOUND);
     app.callback(id, "slice", Some(&sent)).await;
     app.post(&format!("/trial/{id}/finish"), None).await;
     app.wait_finished(id).await;

@@ -769,8 +769,30 @@ async fn a_reload_that_would_let_the_placeholder_in_keeps_the_keys_and_short_key
         Some(StatusCode::OK)
     );
 
-    // A key short enough to guess is taken, and warned of by name.
+    // Nor may a named key be the placeholder.
     binary.write("lcm.toml", &config);
+    binary.write("keys.toml", &keys_file(&[("ph", placeholder, Role::Admin)]));
+    hang_up(&binary.child).await;
+    let line = eventually("the second refusal in the log", || async {
+        let log = binary.log();
+        log.lines()
+            .filter(|line| line.contains("API keys not reloaded"))
+            .nth(1)
+            .map(str::to_owned)
+            .ok_or(log)
+    })
+    .await;
+    assert!(
+        line.contains("auth.keys_file")
+            && line.contains("key 'ph' would be the built-in placeholder"),
+        "{line}"
+    );
+    assert_eq!(
+        binary.status_with(placeholder).await,
+        Some(StatusCode::UNAUTHORIZED)
+    );
+
+    // A key short enough to guess is taken, and warned of by name.
     binary.write("keys.toml", &keys_file(&[("tiny", "abc", Role::Viewer)]));
     hang_up(&binary.child).await;
     let log = binary.wait_for_log("SIGHUP: key 'tiny'").await;
@@ -876,6 +898,9 @@ async fn a_client_not_let_in_is_counted_whatever_it_asks_for_and_fills_no_log() 
     let app = spawn_app_allowing_failures(3).await;
     let client = client_from("127.0.0.5");
     let bad_path = "/trial/not%20an%20id/callback/slice";
+    // A console path that names nothing: its own 404 page, not written down.
+    let answer = post_from(&app, &client, "/ui/no/such/page", None).await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND, "{answer:?}");
     // A token route whose trial id is malformed, without a token and with a forged one, and
     // a console form without a session: each a failed authentication, not a 400 or a page.
     let answer = post_from(&app, &client, bad_path, None).await;
