@@ -320,7 +320,11 @@ impl CallbackToken {
                 return Err(failed(parts, state, detail));
             }
         };
-        match check_token(state, &trial, &token, of_failed).await {
+        let checked = check_token(state, &trial, &token, of_failed).await;
+        if checked.is_err() && parts.uri.path().ends_with("/callback/slice") {
+            state.slice_after_none_made(&trial).await;
+        }
+        match checked {
             Ok((claims, engine)) => Ok(CallbackToken {
                 trial,
                 claims,

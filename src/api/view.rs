@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use tracing::error;
 use utoipa::ToSchema;
 
 use super::AppState;
@@ -14,8 +15,8 @@ use crate::domain::TrialId;
 use crate::engine::EngineHandle;
 use crate::engine::sequence;
 use crate::engine::state::{
-    EngineStatus, ExecutorStatus, KpiStatus, Leftover, Lifecycle, Mode, Position, ResponseRecord,
-    Snapshot, TrialEvent,
+    EngineStatus, EventKind, ExecutorStatus, KpiStatus, Leftover, Lifecycle, Mode, Position,
+    ResponseRecord, Snapshot, TrialEvent,
 };
 use crate::store::{StoredTrial, TrialRecord};
 
@@ -110,6 +111,24 @@ impl AppState {
                     .await?;
                 Ok(events.into_iter().map(Arc::new).collect())
             }
+        }
+    }
+
+    /// Logs an error when a slice callback refused for trial `id` comes after its clean-up
+    /// concluded that its slice deployment, never answered, made no slice (`no_slice_made`):
+    /// trial enforcement made it late after all, and nothing of this service will close it.
+    pub async fn slice_after_none_made(&self, id: &TrialId) {
+        let Ok(found) = self.find_trial(id).await else {
+            return;
+        };
+        let Ok(history) = self.history(&found, id).await else {
+            return;
+        };
+        if history.iter().any(|e| e.event == EventKind::NoSliceMade) {
+            error!(
+                trial = %id,
+                "a slice callback came after the trial's clean-up concluded that its slice deployment made no slice (no_slice_made): trial enforcement made one late; this service no longer closes it: close it on the facility by hand"
+            );
         }
     }
 

@@ -1447,9 +1447,13 @@ async fn a_late_slice_that_its_close_does_not_find_is_a_leftover_until_an_abort_
 #[tokio::test]
 async fn a_slice_deployment_unanswered_that_made_nothing_ends_the_clean_up_at_its_callback_deadline()
  {
-    let app = spawn_app_with_settings(|s| {
-        single_attempt(s);
-        s.executor.callback_timeout_secs = 1;
+    // The binary, whose log the test reads.
+    let app = spawn_binary_with(BinaryOptions {
+        env: &[
+            ("LCM__EXECUTOR__RETRY__MAX_ATTEMPTS", "1"),
+            ("LCM__EXECUTOR__CALLBACK_TIMEOUT_SECS", "1"),
+        ],
+        ..BinaryOptions::default()
     })
     .await;
     let id = "slice-never";
@@ -1477,6 +1481,11 @@ async fn a_slice_deployment_unanswered_that_made_nothing_ends_the_clean_up_at_it
         app.platform.status_history(id).last().map(String::as_str),
         Some("ABORTED")
     );
+    // Made after all, later still: its callback is refused, and the log says what to do.
+    let late = app.callback(id, "slice", Some(&app.token_of(id))).await;
+    assert_detail(&late, StatusCode::UNAUTHORIZED);
+    let line = logged(&app, &[id, "ERROR", "close it on the facility by hand"]).await;
+    assert!(line.contains("no_slice_made"), "{line}");
 }
 
 #[tokio::test]
