@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant as Deadline;
 use tracing::{Instrument, error, info, warn};
@@ -784,6 +784,19 @@ impl Executor {
             let detail = "slice callback (slice created, late; arrived early)".to_owned();
             return self.take(wait, Signal::SliceCallback, Step::CloseService, detail, 0);
         }
+        if late_creation && let Some(sent) = self.slice_deployment_sent_at() {
+            // A late slice's callback is due within the time a component is given to call
+            // back, counted from the deployment it answers, not from the clean-up: a clean-up
+            // long after has nothing to wait for.
+            let reached = self.checkpoint.waiting_since.get_or_insert(sent);
+            *reached = (*reached).min(sent);
+            let timeout = self.deps.settings.executor.callback_timeout_secs;
+            let secs = i64::try_from(timeout).unwrap_or(i64::MAX);
+            let due = chrono::Duration::try_seconds(secs).and_then(|t| sent.checked_add_signed(t));
+            if due.is_some_and(|due| due <= Utc::now()) {
+                return self.no_slice_made(timeout);
+            }
+        }
         if let Some(i) = self.checkpoint.held.iter().position(|(w, _)| *w == wait) {
             let (_, signal) = self.checkpoint.held.remove(i);
             if let Decision::Take(next) =
@@ -1031,7 +1044,7 @@ impl Executor {
     /// slice, and nothing is left to close.
     fn no_slice_made(&mut self, timeout_secs: u64) -> Outcome {
         let detail = format!(
-            "no slice-created callback came within {timeout_secs} s (executor.callback_timeout_secs) of a slice deployment that was never answered, and trial enforcement had no slice: it made none, and nothing is left to close"
+            "no slice-created callback came within {timeout_secs} s (executor.callback_timeout_secs) of a slice deployment that was never answered (counted from when it was sent), and trial enforcement had no slice: it made none, and nothing is left to close"
         );
         info!("{detail}");
         self.shared
@@ -1057,6 +1070,23 @@ impl Executor {
         wait == Wait::SliceClosed
             && creation_due
             && !self.checkpoint.accepted.contains(&SLICE_CREATED)
+    }
+
+    /// When the slice deployment was last sent, as its last recorded attempt says (none if no
+    /// attempt was recorded: one in flight when the service was killed).
+    fn slice_deployment_sent_at(&self) -> Option<DateTime<Utc>> {
+        self.shared
+            .journal
+            .responses()
+            .iter()
+            .rev()
+            .find(|r| r.step == Step::SliceDeployment.name() && r.method == "POST")
+            .map(|r| {
+                let took = i64::try_from(r.duration_ms).ok();
+                let took = took.and_then(chrono::Duration::try_milliseconds);
+                took.and_then(|took| r.at.checked_sub_signed(took))
+                    .unwrap_or(r.at)
+            })
     }
 
     /// Removes a slice callback kept early, for whichever wait it was kept: whether there was.

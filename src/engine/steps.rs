@@ -21,7 +21,7 @@ use super::state::{
     slice_id,
 };
 use crate::domain::TrialId;
-use crate::services::{Attempt, Outbound, Reply, SendError, Service, registry};
+use crate::services::{Attempt, Outbound, SendError, Service, registry};
 
 /// Why a step failed, in words for the operator.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -507,10 +507,10 @@ const MAX_RECORDED_BYTES: usize = 1024 * 1024;
 pub fn record(
     label: &str,
     request: &Outbound,
-    attempt: u32,
-    reply: &Result<Reply, SendError>,
+    attempt: &Attempt<'_>,
     redactor: &Redactor,
 ) -> ResponseRecord {
+    let reply = attempt.outcome;
     let mut record = ResponseRecord {
         step: label.to_owned(),
         service: request.service.name().to_owned(),
@@ -519,8 +519,9 @@ pub fn record(
         status: None,
         body: None,
         error: None,
-        duration_ms: 0,
-        attempt,
+        // Answered or not (a timeout took its whole time).
+        duration_ms: u64::try_from(attempt.took.as_millis()).unwrap_or(u64::MAX),
+        attempt: attempt.number,
         at: state::now(),
     };
     match reply {
@@ -532,7 +533,6 @@ pub fn record(
                 request.service.name(),
                 reply.bytes
             ));
-            record.duration_ms = u64::try_from(reply.duration.as_millis()).unwrap_or(u64::MAX);
         }
         Ok(reply) => {
             record.status = Some(reply.status);
@@ -541,7 +541,6 @@ pub fn record(
                 .unread
                 .clone()
                 .or_else(|| reply.text.as_deref().map(|text| redactor.excerpt(text)));
-            record.duration_ms = u64::try_from(reply.duration.as_millis()).unwrap_or(u64::MAX);
         }
         Err(e) => record.error = Some(e.to_string()),
     }
@@ -569,13 +568,7 @@ pub fn recorder<'a>(
     redactor: &'a Redactor,
 ) -> impl FnMut(Attempt<'_>) + 'a {
     move |attempt: Attempt<'_>| {
-        journal.response(record(
-            label,
-            request,
-            attempt.number,
-            attempt.outcome,
-            redactor,
-        ));
+        journal.response(record(label, request, &attempt, redactor));
         if let Some((wait, reason)) = attempt.retry {
             let detail = format!(
                 "attempt {} of {}: {} {} {reason}; trying again in {:.1} s",

@@ -125,6 +125,8 @@ pub struct Attempt<'a> {
     /// From 1.
     pub number: u32,
     pub outcome: &'a Result<Reply, SendError>,
+    /// How long the attempt took, answered or not.
+    pub took: Duration,
     /// The attempt is tried again after this wait, for this reason.
     pub retry: Option<(Duration, RetryReason)>,
     /// How many attempts the policy allows.
@@ -334,7 +336,9 @@ impl ServiceClient {
         let mut last_attempt = std::pin::pin!(last_attempt);
         let mut number = 1;
         loop {
+            let started = Instant::now();
             let outcome = self.attempt(request).await;
+            let took = started.elapsed();
             let last = last_attempt.as_mut().now_or_never().is_some();
             let retry = (number < policy.max_attempts && !last)
                 .then(|| retry::retry_reason(request.creates, &outcome))
@@ -347,6 +351,7 @@ impl ServiceClient {
             observe(Attempt {
                 number,
                 outcome: &outcome,
+                took,
                 retry,
                 max_attempts: policy.max_attempts,
             });

@@ -1445,6 +1445,37 @@ async fn a_late_slice_that_its_close_does_not_find_is_a_leftover_until_an_abort_
 }
 
 #[tokio::test]
+async fn a_late_slice_s_time_counts_from_its_deployment_so_a_later_clean_up_does_not_wait() {
+    // The deployment gets no answer within 2 s: its slice's callback was due within 1 s.
+    let app = spawn_app_with_settings(|s| {
+        single_attempt(s);
+        s.executor.request_timeout_secs = 2;
+        s.executor.callback_timeout_secs = 1;
+    })
+    .await;
+    let id = "slice-long-ago";
+    app.platform
+        .inject(slice_deployment_fault(id, FaultAction::Hang));
+    app.platform.inject(no_slice_yet(id));
+    app.start_trial(id).await;
+    app.wait_failed(id).await;
+    abort(&app, id, "drone down").await;
+    first_event(&app, id, "no_slice_made").await;
+    let waits: Vec<Value> = app
+        .history(id)
+        .await
+        .into_iter()
+        .filter(|e| e["event"] == "waiting")
+        .collect();
+    assert!(
+        waits.iter().all(|e| !e["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("a late slice callback"))),
+        "nothing left to wait for: {waits:#?}"
+    );
+}
+
+#[tokio::test]
 async fn a_slice_deployment_unanswered_that_made_nothing_ends_the_clean_up_at_its_callback_deadline()
  {
     // The binary, whose log the test reads.
