@@ -490,6 +490,19 @@ impl Binary {
         .await
     }
 
+    /// The second line that says a reload was refused, once it is written.
+    async fn second_refused_reload(&self) -> String {
+        eventually("the second refusal in the log", || async {
+            let log = self.log();
+            log.lines()
+                .filter(|line| line.contains("API keys not reloaded"))
+                .nth(1)
+                .map(str::to_owned)
+                .ok_or(log)
+        })
+        .await
+    }
+
     fn write(&self, name: &str, content: &str) {
         std::fs::write(self.dir.path().join(name), content).expect("file written");
     }
@@ -704,15 +717,7 @@ async fn sighup_reloads_the_keys_and_a_bad_reload_keeps_the_old_ones() {
         ),
     );
     hang_up(&binary.child).await;
-    let line = eventually("the second refusal in the log", || async {
-        let log = binary.log();
-        log.lines()
-            .filter(|line| line.contains("API keys not reloaded"))
-            .nth(1)
-            .map(str::to_owned)
-            .ok_or(log)
-    })
-    .await;
+    let line = binary.second_refused_reload().await;
     assert!(
         line.contains("auth.keys[0].role") && line.contains("auth.keys[1].role"),
         "{line}"
@@ -773,15 +778,7 @@ async fn a_reload_that_would_let_the_placeholder_in_keeps_the_keys_and_short_key
     binary.write("lcm.toml", &config);
     binary.write("keys.toml", &keys_file(&[("ph", placeholder, Role::Admin)]));
     hang_up(&binary.child).await;
-    let line = eventually("the second refusal in the log", || async {
-        let log = binary.log();
-        log.lines()
-            .filter(|line| line.contains("API keys not reloaded"))
-            .nth(1)
-            .map(str::to_owned)
-            .ok_or(log)
-    })
-    .await;
+    let line = binary.second_refused_reload().await;
     assert!(
         line.contains("auth.keys_file")
             && line.contains("key 'ph' would be the built-in placeholder"),
