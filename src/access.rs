@@ -236,8 +236,12 @@ impl Access {
             .keys
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Nor may it gain a role it did not have: the placeholder already in force (warned of
+        // at start) may stay as it is, no more.
         if let Some(holder) = fresh.find(PLACEHOLDER_API_KEY)
-            && keys.find(PLACEHOLDER_API_KEY).is_none()
+            && keys
+                .find(PLACEHOLDER_API_KEY)
+                .is_none_or(|before| holder.role > before.role)
         {
             let key = if loaded.uses_placeholder_key() {
                 "auth.api_key"
@@ -249,8 +253,8 @@ impl Access {
             return Err(ConfigError::Invalid {
                 key: key.to_owned(),
                 reason: format!(
-                    "key '{}' would be the built-in placeholder, which anyone who read the defaults knows (for auth.api_key: is its file or LCM__AUTH__API_KEY missing?)",
-                    holder.name
+                    "key '{}' would be the built-in placeholder with the {} role, which it does not have now, and anyone who read the defaults knows it (for auth.api_key: is its file or LCM__AUTH__API_KEY missing?)",
+                    holder.name, holder.role
                 ),
             });
         }

@@ -781,7 +781,7 @@ async fn a_reload_that_would_let_the_placeholder_in_keeps_the_keys_and_short_key
     let line = binary.second_refused_reload().await;
     assert!(
         line.contains("auth.keys_file")
-            && line.contains("key 'ph' would be the built-in placeholder"),
+            && line.contains("key 'ph' would be the built-in placeholder with the admin role"),
         "{line}"
     );
     assert_eq!(
@@ -796,6 +796,36 @@ async fn a_reload_that_would_let_the_placeholder_in_keeps_the_keys_and_short_key
     assert!(log.contains("3 character(s) long"), "{log}");
     assert_eq!(binary.status_with("abc").await, Some(StatusCode::OK));
     assert!(!log.contains("admin-key-from-a-file"), "{log}");
+}
+
+#[tokio::test]
+async fn a_placeholder_key_already_in_force_gains_no_role_by_a_reload() {
+    let placeholder = "Please_change_this";
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("keys.toml"),
+        keys_file(&[("ph", placeholder, Role::Viewer)]),
+    )
+    .unwrap();
+    let auth =
+        "api_key = \"admin-key-long-enough\"\nkeys_file = \"keys.toml\"\ntoken_secret = \"s3\"";
+    let binary = Binary::start(dir, auth, placeholder).await;
+    binary
+        .wait_for_log("key 'ph' is the built-in placeholder")
+        .await;
+    binary.write("keys.toml", &keys_file(&[("ph", placeholder, Role::Admin)]));
+    hang_up(&binary.child).await;
+    let log = binary.wait_for_log("API keys not reloaded").await;
+    assert!(log.contains("with the admin role"), "{log}");
+    let audit = binary
+        .app
+        .call_as(Method::GET, "/audit", None, Some(placeholder))
+        .await;
+    assert_eq!(
+        audit.status,
+        StatusCode::FORBIDDEN,
+        "still a viewer: {audit:?}"
+    );
 }
 
 #[tokio::test]
