@@ -224,8 +224,8 @@ impl Access {
     /// Loads the keys again from the configuration's sources (`auth.api_key`, `auth.keys`,
     /// `auth.api_key_file`, `auth.keys_file`) and puts them in force. Keys that fail
     /// validation change nothing, and so does a reload that would let the built-in placeholder
-    /// in where it was not (its file or variable went missing, most likely). Reads files: call
-    /// it off the async threads.
+    /// in where it was not (its file or variable went missing, most likely) or give it a role
+    /// it did not have. Reads files: call it off the async threads.
     pub fn reload(&self) -> Result<Reloaded, ConfigError> {
         let loaded = match self.auth.reload() {
             Some(loaded) => loaded?,

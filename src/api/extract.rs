@@ -321,7 +321,10 @@ impl CallbackToken {
             }
         };
         let checked = check_token(state, &trial, &token, of_failed).await;
-        if checked.is_err() && parts.uri.path().ends_with("/callback/slice") {
+        // Refused with a token this service signed (revoked, or of an ended trial): it may be
+        // the callback of a slice made after its trial's clean-up concluded none was.
+        if checked.is_err() && identified.is_some() && parts.uri.path().ends_with("/callback/slice")
+        {
             state.slice_after_none_made(&trial).await;
         }
         match checked {
