@@ -916,9 +916,10 @@ impl Executor {
                         );
                         let waited = elapsed_ms(waiting_since);
                         let before = Box::new(self.checkpoint.clone());
-                        let detail = match late_creation {
-                            true => "slice callback (slice created, late)".to_owned(),
-                            false => signal.name().to_owned(),
+                        let detail = if late_creation {
+                            "slice callback (slice created, late)".to_owned()
+                        } else {
+                            signal.name().to_owned()
                         };
                         let outcome = self.take(wait, signal, next, detail, waited);
                         // Where the executor goes from here: on the clean-up path, not the table's.
