@@ -786,16 +786,9 @@ impl Executor {
         }
         if late_creation && let Some(sent) = self.slice_deployment_sent_at() {
             // A late slice's callback is due within the time a component is given to call
-            // back, counted from the deployment it answers, not from the clean-up: a clean-up
-            // long after has nothing to wait for.
+            // back, counted from the deployment it answers, not from the clean-up.
             let reached = self.checkpoint.waiting_since.get_or_insert(sent);
             *reached = (*reached).min(sent);
-            let timeout = self.deps.settings.executor.callback_timeout_secs;
-            let secs = i64::try_from(timeout).unwrap_or(i64::MAX);
-            let due = chrono::Duration::try_seconds(secs).and_then(|t| sent.checked_add_signed(t));
-            if due.is_some_and(|due| due <= Utc::now()) {
-                return self.no_slice_made(timeout);
-            }
         }
         if let Some(i) = self.checkpoint.held.iter().position(|(w, _)| *w == wait) {
             let (_, signal) = self.checkpoint.held.remove(i);
@@ -807,22 +800,6 @@ impl Executor {
                 return self.take(wait, signal, next, detail, 0);
             }
         }
-        let waiting_for = if awaits_creation {
-            BOTH_SLICE_CALLBACKS
-        } else if late_creation {
-            LATE_SLICE_CREATION
-        } else {
-            spec.waiting_for
-        };
-        info!(waiting_for, "waiting");
-        self.shared
-            .journal
-            .event(EventKind::Waiting, None, Some(waiting_for.to_owned()), None);
-        self.shared.move_to(Lifecycle::Waiting, &self.checkpoint);
-        if awaits_creation || late_creation {
-            self.shared.show_waiting_for(waiting_for);
-        }
-        let waiting_since = Instant::now();
         let executor = &self.deps.settings.executor;
         let at = |secs: u64| Deadline::now() + Duration::from_secs(secs);
         // The wait's time counts from when the trial reached it, across restarts.
@@ -850,15 +827,34 @@ impl Executor {
                     .map(deadline::at),
             ),
         };
+        if late_creation && limit.is_some_and(|limit| limit <= Deadline::now()) {
+            // The clean-up came after the late slice's callback was due: nothing to wait for.
+            return self.no_slice_made();
+        }
+        let waiting_for = if awaits_creation {
+            BOTH_SLICE_CALLBACKS
+        } else if late_creation {
+            LATE_SLICE_CREATION
+        } else {
+            spec.waiting_for
+        };
+        info!(waiting_for, "waiting");
+        self.shared
+            .journal
+            .event(EventKind::Waiting, None, Some(waiting_for.to_owned()), None);
+        self.shared.move_to(Lifecycle::Waiting, &self.checkpoint);
+        if awaits_creation || late_creation {
+            self.shared.show_waiting_for(waiting_for);
+        }
+        let waiting_since = Instant::now();
         let mut heartbeat = heartbeat_secs.map(at);
-        let executor_timeout = executor.callback_timeout_secs;
         let cleanup = self.cleaning_up();
         let outcome = loop {
             let command = tokio::select! {
                 command = self.commands.recv() => command,
                 () = sleep_until(limit) => {
                     if late_creation {
-                        break self.no_slice_made(executor_timeout);
+                        break self.no_slice_made();
                     }
                     break Outcome::Failed(format!("timed out waiting for {}", spec.waiting_for));
                 }
@@ -1026,10 +1022,9 @@ impl Executor {
             .event(EventKind::SignalAccepted, None, Some(detail), Some(waited));
         match wait {
             Wait::SliceClosed => self.checkpoint.data.ledger.slice = SliceState::Closed,
-            // A slice made late by a deployment never answered: the clean-up closes it now.
+            // A slice made late by a deployment never answered: the clean-up closes it next.
             Wait::SliceCreated if self.cleaning_up() => {
                 self.checkpoint.data.ledger.slice = SliceState::Announced;
-                return Outcome::To(Position::Run(Step::CloseService));
             }
             _ => {}
         }
@@ -1043,7 +1038,8 @@ impl Executor {
     /// The clean-up's wait for a late slice-created callback ended without one, the
     /// `callback_timeout_secs` a component is given to call back: the deployment made no
     /// slice, and nothing is left to close.
-    fn no_slice_made(&mut self, timeout_secs: u64) -> Outcome {
+    fn no_slice_made(&mut self) -> Outcome {
+        let timeout_secs = self.deps.settings.executor.callback_timeout_secs;
         let detail = format!(
             "no slice-created callback came within {timeout_secs} s (executor.callback_timeout_secs) of a slice deployment that was never answered (counted from when it was sent), and trial enforcement had no slice: it made none, and nothing is left to close"
         );

@@ -319,13 +319,14 @@ pub fn after_deployed(step: Step, vnf_enabled: bool, ledger: &Ledger) -> Option<
 
 /// What the clean-up does after `done` (or first, for `None`): the slice-closed wait after a
 /// `CloseService` that left the slice closing, the slice-created wait after one that found no
-/// slice of a deployment never answered (it may make one yet), else the next step whose work
-/// exists. A slice that was closing already is closed again (the component may have lost the
+/// slice of a deployment never answered (it may make one yet), `CloseService` again once that
+/// slice is announced by its callback, else the next step whose work exists. A slice that was closing already is closed again (the component may have lost the
 /// request; a 404 counts as done), so the clean-up never waits on a callback nobody will send.
 pub fn cleanup_after(done: Option<Step>, kpi_status: Option<KpiStatus>, ledger: &Ledger) -> Next {
     match (done, &ledger.slice) {
         (Some(CloseService), SliceState::Closing) => return Next::Wait(Wait::SliceClosed),
         (Some(CloseService), SliceState::Requested(_)) => return Next::Wait(Wait::SliceCreated),
+        (Some(CloseService), SliceState::Announced) => return Next::Step(CloseService),
         _ => {}
     }
     let from = done.map_or(0, |done| {
@@ -694,6 +695,15 @@ mod tests {
             cleanup_after(Some(CloseService), None, &slice.ledger),
             Next::Wait(Wait::SliceCreated),
             "a close that found no slice of a deployment never answered waits for it to come"
+        );
+        let announced = Ledger {
+            slice: SliceState::Announced,
+            ..slice.ledger.clone()
+        };
+        assert_eq!(
+            cleanup_after(Some(CloseService), None, &announced),
+            Next::Step(CloseService),
+            "the slice its callback announced is closed next"
         );
         let job = in_flight(CreateMeasurementJob);
         assert_eq!(

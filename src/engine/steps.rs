@@ -468,13 +468,13 @@ async fn close_service(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     // clean-up finds (or one whose slice was never made). On the trial's own path the closing's
     // callback may still come, or the wait times out and the trial is restorable.
     let (status, _) = cx.call_expecting(request, &[200, 404]).await?;
-    if status == 404 && cx.data.ledger.slice == SliceState::Announced {
-        return fail(format!(
-            "trial enforcement has no slice of trial {} although its slice-created callback came (its deployment was never answered): it may still be making it, so the slice is left to close; abort again to close it",
-            cx.id
-        ));
-    }
     cx.data.ledger.slice = match (status, &cx.data.ledger.slice) {
+        (404, SliceState::Announced) => {
+            return fail(format!(
+                "trial enforcement has no slice of trial {} although its slice-created callback came (its deployment was never answered): it may still be making it, so the slice is left to close; abort again to close it",
+                cx.id
+            ));
+        }
         // A deployment never answered may still make its slice after this 404: it stays in
         // doubt, and the clean-up waits for its slice-created callback (then closes it) or
         // for that callback's deadline (then nothing was made).
