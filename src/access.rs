@@ -243,15 +243,8 @@ impl Access {
                 .find(PLACEHOLDER_API_KEY)
                 .is_none_or(|before| holder.role > before.role)
         {
-            let key = if loaded.uses_placeholder_key() {
-                "auth.api_key"
-            } else if loaded.keys.iter().any(|k| *k.name == *holder.name) {
-                "auth.keys"
-            } else {
-                "auth.keys_file"
-            };
             return Err(ConfigError::Invalid {
-                key: key.to_owned(),
+                key: loaded.source_of(&holder.name).to_owned(),
                 reason: format!(
                     "key '{}' would be the built-in placeholder with the {} role, which it does not have now, and anyone who read the defaults knows it (for auth.api_key: is its file or LCM__AUTH__API_KEY missing?)",
                     holder.name, holder.role

@@ -345,53 +345,50 @@ impl AuthSettings {
             .collect()
     }
 
-    /// Whether `auth.api_key` is the built-in placeholder, which anyone who read the defaults
-    /// knows.
-    pub fn uses_placeholder_key(&self) -> bool {
-        self.api_key.expose() == PLACEHOLDER_API_KEY
-    }
-
     /// Warnings about keys that work but should not: the placeholder, and keys short enough
     /// to guess (by name, never the key). Told at start and at every reload.
     pub fn key_warnings(&self) -> Vec<String> {
-        let mut warnings = Vec::new();
-        if self.uses_placeholder_key() {
-            warnings.push(
-                "auth.api_key is still the built-in placeholder: anyone who read the defaults can call this API; set LCM__AUTH__API_KEY".to_owned(),
-            );
-        }
         let placeholder = NamedKey::digest(PLACEHOLDER_API_KEY);
-        for key in self.keys.iter().chain(&self.keys_from_file) {
-            let is_placeholder = match (&key.key, &key.key_sha256) {
-                (Some(secret), _) => secret.expose() == PLACEHOLDER_API_KEY,
-                (None, Some(hex)) => parse_sha256(hex) == Some(placeholder),
-                (None, None) => false,
-            };
-            if is_placeholder {
-                warnings.push(format!(
-                    "key '{}' is the built-in placeholder: anyone who read the defaults can call this API with its role",
-                    key.name
-                ));
-            }
-        }
-        let api_key = (!self.uses_placeholder_key())
-            .then(|| (DEFAULT_KEY_NAME, self.api_key.expose()))
-            .filter(|(_, key)| !key.is_empty());
-        let named = self
-            .keys
-            .iter()
-            .chain(&self.keys_from_file)
-            .filter_map(|k| k.key.as_ref().map(|key| (k.name.as_str(), key.expose())))
-            .filter(|(_, key)| *key != PLACEHOLDER_API_KEY);
-        for (name, key) in api_key.into_iter().chain(named) {
-            let chars = key.chars().count();
-            if chars < SHORT_KEY_CHARS {
+        let default = (!self.api_key.expose().is_empty())
+            .then(|| (DEFAULT_KEY_NAME, Some(self.api_key.expose()), None));
+        let named = self.keys.iter().chain(&self.keys_from_file).map(|k| {
+            let secret = k.key.as_ref().map(Secret::expose);
+            (k.name.as_str(), secret, k.key_sha256.as_deref())
+        });
+        let mut warnings = Vec::new();
+        for (name, secret, hex) in default.into_iter().chain(named) {
+            let digest = secret
+                .map(NamedKey::digest)
+                .or_else(|| hex.and_then(parse_sha256));
+            if digest == Some(placeholder) {
+                warnings.push(if name == DEFAULT_KEY_NAME {
+                    "auth.api_key is still the built-in placeholder: anyone who read the defaults can call this API; set LCM__AUTH__API_KEY".to_owned()
+                } else {
+                    format!(
+                        "key '{name}' is the built-in placeholder: anyone who read the defaults can call this API with its role"
+                    )
+                });
+            } else if let Some(chars) = secret.map(|key| key.chars().count())
+                && chars < SHORT_KEY_CHARS
+            {
                 warnings.push(format!(
                     "key '{name}' is {chars} character(s) long: a key shorter than {SHORT_KEY_CHARS} can be guessed; use a long random one"
                 ));
             }
         }
         warnings
+    }
+
+    /// The configuration key that gives the key named `name`: `auth.api_key`, `auth.keys` or
+    /// `auth.keys_file`.
+    pub fn source_of(&self, name: &str) -> &'static str {
+        if name == DEFAULT_KEY_NAME && !self.api_key.expose().is_empty() {
+            "auth.api_key"
+        } else if self.keys.iter().any(|k| k.name == name) {
+            "auth.keys"
+        } else {
+            "auth.keys_file"
+        }
     }
 
     /// Every API key these settings give, validated: `api_key` (unless empty) as the `admin` key
