@@ -258,16 +258,17 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
     // unless it is an API key (the schedule refuses such an id).
     let redactor = state.scheduler.deps().secrets.redactor();
     entry.detail = entry.detail.map(|d| redactor.text_and_tokens(&d));
-    entry.trial_id = entry.trial_id.map(|t| {
-        if state.access.key_holder(&t).is_some() {
-            // The refusal may quote it, as any answer about a trial names the trial.
-            entry.detail = entry.detail.take().map(|d| d.replace(&t, REDACTED));
-            REDACTED.to_owned()
-        } else if TrialId::parse(&t).is_ok() {
-            t
-        } else {
-            redactor.text_and_tokens(&t)
-        }
+    if let Some(key) = entry
+        .trial_id
+        .take_if(|t| state.access.key_holder(t).is_some())
+    {
+        // Hidden wherever the entry names it: an answer about a trial quotes its id.
+        entry.detail = entry.detail.map(|d| d.replace(&key, REDACTED));
+        entry.trial_id = Some(REDACTED.to_owned());
+    }
+    entry.trial_id = entry.trial_id.map(|t| match TrialId::parse(&t) {
+        Ok(_) => t,
+        Err(_) => redactor.text_and_tokens(&t),
     });
     if status.is_client_error() {
         // A refused change (a component's callback with a bad token, a signal out of place)
