@@ -1339,19 +1339,19 @@ fn no_slice_yet(id: &str) -> Fault {
     .times(1)
 }
 
-#[tokio::test]
-async fn a_slice_made_after_its_deployment_went_unanswered_is_closed_by_the_clean_up() {
+/// A service with trial `id` aborted after its slice deployment got no answer within 1 s,
+/// its clean-up's first `closes_not_found` closes answered 404 (trial enforcement makes the
+/// slice only later), now waiting for the late slice's callback; its status then.
+async fn waiting_for_a_late_slice(id: &str, closes_not_found: usize) -> (TestApp, Value) {
     let app = spawn_app_with_settings(|s| {
         single_attempt(s);
         s.executor.request_timeout_secs = 1;
     })
     .await;
-    let id = "slice-late";
-    // Trial enforcement makes the slice only after the LCM stopped waiting for its answer,
-    // and the abort's close comes before it has: 404.
     app.platform
         .inject(slice_deployment_fault(id, FaultAction::Hang));
-    app.platform.inject(no_slice_yet(id));
+    app.platform
+        .inject(no_slice_yet(id).times(closes_not_found));
     app.start_trial(id).await;
     let failed = app.wait_failed(id).await;
     assert_eq!(failed["state"], "SliceDeployment", "{failed}");
@@ -1364,6 +1364,18 @@ async fn a_slice_made_after_its_deployment_went_unanswered_is_closed_by_the_clea
                 .is_some_and(|w| w.starts_with("a late slice callback"))
         })
         .await;
+    (app, waiting)
+}
+
+/// How many times trial `id`'s slice was closed (`DELETE /sliceDeployment`).
+fn closes(app: &TestApp, id: &str) -> usize {
+    sent(app, id, "DELETE", "/sliceDeployment").len()
+}
+
+#[tokio::test]
+async fn a_slice_made_after_its_deployment_went_unanswered_is_closed_by_the_clean_up() {
+    let id = "slice-late";
+    let (app, waiting) = waiting_for_a_late_slice(id, 1).await;
     assert_eq!(waiting["aborting"], true, "{waiting}");
     assert_eq!(waiting["engine_status"], "Active", "{waiting}");
 
@@ -1374,14 +1386,10 @@ async fn a_slice_made_after_its_deployment_went_unanswered_is_closed_by_the_clea
         .wait_for(id, "Aborted", |s| s["engine_status"] == "Aborted")
         .await;
     assert_eq!(status["leftovers"], json!([]), "{status}");
-    let sent = lines(&app, id);
-    let closes = sent
-        .iter()
-        .filter(|l| l.starts_with("DELETE /sliceDeployment"))
-        .count();
     assert_eq!(
-        closes, 2,
-        "the 404, then the close of the slice made: {sent:?}"
+        closes(&app, id),
+        2,
+        "the 404, then the close of the slice made"
     );
     let closed: Vec<Option<u16>> = app
         .platform
@@ -1406,26 +1414,10 @@ async fn a_slice_made_after_its_deployment_went_unanswered_is_closed_by_the_clea
 
 #[tokio::test]
 async fn a_late_slice_that_its_close_does_not_find_is_a_leftover_until_an_abort_closes_it() {
-    let app = spawn_app_with_settings(|s| {
-        single_attempt(s);
-        s.executor.request_timeout_secs = 1;
-    })
-    .await;
     let id = "slice-late-unlisted";
     // The late slice-created callback comes, but trial enforcement does not list the slice
     // yet: the close after it answers 404 too.
-    app.platform
-        .inject(slice_deployment_fault(id, FaultAction::Hang));
-    app.platform.inject(no_slice_yet(id).times(2));
-    app.start_trial(id).await;
-    app.wait_failed(id).await;
-    assert_eq!(app.ask_abort(id, "drone down").await.status, StatusCode::OK);
-    app.wait_for(id, "the wait for a late slice", |s| {
-        s["waiting_for"]
-            .as_str()
-            .is_some_and(|w| w.starts_with("a late slice callback"))
-    })
-    .await;
+    let (app, _) = waiting_for_a_late_slice(id, 2).await;
     let created = app.callback(id, "slice", Some(&app.token_of(id))).await;
     assert_eq!(created.status, StatusCode::OK, "{created:?}");
     let failed = app
@@ -1437,11 +1429,7 @@ async fn a_late_slice_that_its_close_does_not_find_is_a_leftover_until_an_abort_
     // Listed now: the abort asked again closes it.
     let status = abort(&app, id, "drone down").await;
     assert_eq!(status["leftovers"], json!([]), "{status}");
-    let closes = lines(&app, id)
-        .into_iter()
-        .filter(|l| l.starts_with("DELETE /sliceDeployment"))
-        .count();
-    assert_eq!(closes, 3, "two 404s, then the close");
+    assert_eq!(closes(&app, id), 3, "two 404s, then the close");
 }
 
 #[tokio::test]
@@ -1503,11 +1491,7 @@ async fn a_slice_deployment_unanswered_that_made_nothing_ends_the_clean_up_at_it
             .is_some_and(|d| d.contains("within 1 s")),
         "{made_none}"
     );
-    let closes = lines(&app, id)
-        .into_iter()
-        .filter(|l| l.starts_with("DELETE /sliceDeployment"))
-        .count();
-    assert_eq!(closes, 1);
+    assert_eq!(closes(&app, id), 1);
     assert_eq!(
         app.platform.status_history(id).last().map(String::as_str),
         Some("ABORTED")
