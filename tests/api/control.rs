@@ -1399,13 +1399,8 @@ async fn a_slice_made_after_its_deployment_went_unanswered_is_closed_by_the_clea
         .map(|c| c.status)
         .collect();
     assert_eq!(closed, [Some(200)], "the closing's callback, taken");
-    let history = app.history(id).await;
-    assert!(
-        history.iter().any(|e| e["detail"]
-            .as_str()
-            .is_some_and(|d| d.contains("slice created, late"))),
-        "{history:#?}"
-    );
+    app.wait_event(id, "signal_accepted", "slice created, late")
+        .await;
     assert_eq!(
         app.platform.status_history(id).last().map(String::as_str),
         Some("ABORTED")
