@@ -1128,8 +1128,10 @@ async fn abort_waiting_for_the_deployment(
     app: &TestApp,
     id: &str,
 ) -> tokio::task::JoinHandle<reqwest::Result<StatusCode>> {
-    app.wait_for(id, "SliceDeployment in flight", |s| {
-        s["step"] == "SliceDeployment"
+    // The deployment itself, not its step: an abort while the step still reads the trial from
+    // the repository cancels that read and starts the clean-up at once.
+    eventually_at_least("the slice deployment to be sent", 1, || {
+        slice_deployments(app, id)
     })
     .await;
     let (client, url) = (
@@ -1189,11 +1191,7 @@ async fn assert_goes_on_saying_the_abort_was_not_carried_out(app: &TestApp, id: 
 
 /// How many slice deployments trial `id` asked for.
 fn slice_deployments(app: &TestApp, id: &str) -> usize {
-    app.platform
-        .requests_for(id)
-        .iter()
-        .filter(|r| r.method == "POST" && r.path.contains("/sliceDeployment"))
-        .count()
+    sent(app, id, "POST", "/sliceDeployment").len()
 }
 
 #[tokio::test]
