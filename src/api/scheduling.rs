@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 
 use super::audit::{AuditCx, Audited};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{Admin, ApiJson, Operator, TrialIdParam, TrialPath};
+use super::extract::{Admin, ApiJson, Operator, OptionalJson, TrialIdParam, TrialPath};
 use super::{AppState, Message};
 use crate::domain::{InvalidStartTime, StartTime, TrialId};
 use crate::scheduler::{ScheduleAllReport, ScheduleError, Skipped, Switched};
@@ -259,25 +259,33 @@ async fn unschedule(
     }
 }
 
-/// The state an in-process request sets automatic scheduling to, instead of toggling it: the
-/// console's switch, whose buttons say which state they want, so that a change made since
-/// the page was drawn is not undone. Extensions never come from the wire: to an HTTP client
-/// `POST /trial/scheduling` stays a toggle.
-#[derive(Debug, Clone, Copy)]
-pub struct SetAutomatic(pub bool);
+/// Optional body of `POST /trial/scheduling`: the state to set automatic scheduling to,
+/// whatever it is now (a client that says which state it wants does not undo a change made
+/// since it looked). Without a body the request toggles it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetAutomatic {
+    /// On (`true`) or off (`false`).
+    pub automatic: bool,
+}
 
-/// Toggle automatic scheduling
+/// Toggle automatic scheduling, or set it
 ///
 /// While on, the trial repository is polled every `scheduler.poll_interval_secs` and every
-/// future trial is scheduled.
+/// future trial is scheduled. Without a body the switch is toggled; with
+/// `{"automatic": true|false}` it is set to that state.
 #[utoipa::path(
     post,
     path = "/trial/scheduling",
     tag = "scheduling",
     security(("api_key" = [])),
+    request_body(content = Option<SetAutomatic>, description = "Optional: the state wanted"),
     responses(
         (status = 200, description = "The new setting", body = AutomaticScheduling),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 415, description = "A body that is not JSON", body = ErrorBody),
+        (status = 422, description = "A body that is not `{\"automatic\": bool}`", body = ErrorBody),
         (status = 503, description = "The setting could not be saved, so it was not changed", body = ErrorBody),
     ),
 )]
@@ -285,7 +293,7 @@ async fn toggle_automatic(
     _: Admin,
     audit: AuditCx,
     State(state): State<AppState>,
-    wanted: Option<Extension<SetAutomatic>>,
+    OptionalJson(wanted): OptionalJson<SetAutomatic>,
 ) -> Result<(Extension<Audited>, Json<AutomaticScheduling>), ApiError> {
     let message = |switched: Switched| match (switched.on, switched.changed) {
         (true, true) => "Automatic scheduling enabled",
@@ -296,7 +304,7 @@ async fn toggle_automatic(
     let entry =
         move |switched| Some(audit.entry(StatusCode::OK, Some(message(switched).to_owned())));
     let switched = match wanted {
-        Some(Extension(SetAutomatic(on))) => state.scheduler.set_automatic(on, entry).await?,
+        Some(SetAutomatic { automatic }) => state.scheduler.set_automatic(automatic, entry).await?,
         None => state.scheduler.toggle_automatic(entry).await?,
     };
     Ok((

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
-use axum::http::{Extensions, Method, StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde_json::{Value, json};
@@ -204,20 +204,6 @@ pub async fn call_api(
     path: &str,
     body: Option<Value>,
 ) -> ApiAnswer {
-    call_api_with(state, post, method, path, body, Extensions::new()).await
-}
-
-/// [`call_api`] with `extra` in the request's extensions: what an in-process request can tell
-/// the handler and no HTTP client can (the state the console's switch wants,
-/// [`crate::api::scheduling::SetAutomatic`]).
-pub async fn call_api_with(
-    state: &AppState,
-    post: &Post,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-    extra: Extensions,
-) -> ApiAnswer {
     let mut builder = Request::builder().method(method).uri(path);
     if body.is_some() {
         builder = builder.header(header::CONTENT_TYPE, "application/json");
@@ -232,7 +218,6 @@ pub async fn call_api_with(
             };
         }
     };
-    request.extensions_mut().extend(extra);
     request.extensions_mut().insert(post.signed.actor());
     if let Some(ConnectInfo(addr)) = post.client {
         request

@@ -7,7 +7,7 @@
 //! page was drawn (the API's `POST /trial/scheduling`, which it goes through, would toggle).
 
 use axum::extract::{Path, State};
-use axum::http::{Extensions, Method, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use maud::html;
 
@@ -16,7 +16,6 @@ use super::layout::{self, Section};
 use super::session::{Post, Signed};
 use crate::api::AppState;
 use crate::api::extract::{Admin, Operator};
-use crate::api::scheduling::SetAutomatic;
 use crate::api::status::VERSION;
 use crate::config::Role;
 use crate::domain::TrialId;
@@ -197,7 +196,7 @@ pub async fn action(
     // A valid trial id needs no escaping in a path or a query; an invalid one is refused as
     // typed, not as the form would encode it.
     let heartbeat = TrialId::parse(post.form.get("trial_id").unwrap_or_default());
-    let mut extra = Extensions::new();
+    let mut body = None;
     let (method, path) = match (action, heartbeat) {
         (ServiceAction::Automatic, _) => {
             let on = match post.form.get("automatic") {
@@ -210,7 +209,8 @@ pub async fn action(
                     );
                 }
             };
-            extra.insert(SetAutomatic(on));
+            // The state its button wants: a change made since the page was drawn stands.
+            body = Some(serde_json::json!({"automatic": on}));
             (Method::POST, "/trial/scheduling".to_owned())
         }
         (ServiceAction::ScheduleAll, _) => (Method::POST, "/debug/trial/schedule-all".to_owned()),
@@ -224,6 +224,6 @@ pub async fn action(
             return post.refused(StatusCode::BAD_REQUEST, &e.to_string());
         }
     };
-    let answered = actions::call_api_with(&state, &post, method, &path, None, extra).await;
+    let answered = actions::call_api(&state, &post, method, &path, body).await;
     actions::answer(&post.signed, answered, "/ui/service")
 }

@@ -162,6 +162,9 @@ pub struct Scheduler {
 
 struct Inner {
     jobs: Mutex<HashMap<TrialId, Job>>,
+    /// The trials an operator unscheduled, with the start time each had: polling the
+    /// registry does not schedule them at that time again. Taken after `jobs`, never before.
+    unscheduled: Mutex<HashMap<TrialId, DateTime<Utc>>>,
     missed: Mutex<Vec<MissedJob>>,
     engines: EngineRegistry,
     deps: Arc<EngineDeps>,
@@ -293,6 +296,7 @@ impl Scheduler {
         let scheduler = Self {
             inner: Arc::new(Inner {
                 jobs: Mutex::new(HashMap::new()),
+                unscheduled: Mutex::new(HashMap::new()),
                 missed: Mutex::new(Vec::new()),
                 engines: EngineRegistry::default(),
                 deps,
@@ -308,6 +312,13 @@ impl Scheduler {
 
     fn jobs_map(&self) -> MutexGuard<'_, HashMap<TrialId, Job>> {
         self.inner.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn unscheduled(&self) -> MutexGuard<'_, HashMap<TrialId, DateTime<Utc>>> {
+        self.inner
+            .unscheduled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether `id` has a job that has not fired yet.
@@ -459,8 +470,10 @@ impl Scheduler {
         job.timer.stop(Timer::Armed(timer.abort_handle()));
     }
 
-    /// A trial missed at start-up whose job is saved again is missed no more.
+    /// A trial missed at start-up, or unscheduled, whose job is saved again is missed or
+    /// unscheduled no more (the store forgets it with the job's save).
     fn scheduled_again(&self, id: &TrialId) {
+        self.unscheduled().remove(id);
         self.inner
             .missed
             .lock()
@@ -501,21 +514,25 @@ impl Scheduler {
         id: &TrialId,
         audit: Option<AuditEntry>,
     ) -> Result<bool, StoreError> {
-        let (generation, saved) = {
+        let (generation, start, saved) = {
             let mut jobs = self.jobs_map();
             let Some(job) = jobs.get_mut(id).filter(|job| !job.removing()) else {
                 return Ok(false);
             };
             job.timer.stop(Timer::Removing);
-            let saved = self
-                .store()
-                .write_audited(Op::DeleteJob { id: id.clone() }, audit);
-            (job.generation, saved)
+            let unschedule = Op::Unschedule {
+                id: id.clone(),
+                start: job.start.utc(),
+                at: Utc::now(),
+            };
+            let saved = self.store().write_audited(unschedule, audit);
+            (job.generation, job.start.utc(), saved)
         };
         match saved.await {
             Ok(_) => {
+                self.unscheduled().insert(id.clone(), start);
                 self.drop_reservation(id, generation);
-                info!(trial = %id, "scheduled job removed");
+                info!(trial = %id, "scheduled job removed: polling the registry does not schedule it at that start time again");
                 Ok(true)
             }
             Err(e) => {
@@ -692,19 +709,37 @@ impl Scheduler {
                 }
             };
             if let Err(e) = start.ensure_future(now) {
-                skip(&mut report, e.to_string());
+                // A job at another time is the operator's or an earlier poll's: it stands.
+                let reason = match jobs.get(&id).filter(|job| !job.removing()) {
+                    Some(job) if job.start.utc() != start.utc() => format!(
+                        "{e}; its job at {} stays: unschedule it if it should not run",
+                        job.start
+                    ),
+                    _ => e.to_string(),
+                };
+                skip(&mut report, reason);
                 continue;
             }
             listed.insert(id.clone());
-            // The start time the job had, if it is rescheduled; one whose removal is being
-            // saved is gone. A rescheduled job keeps when it was first scheduled (the store
-            // keeps it too).
-            let (previous, created_at) = match jobs.get(&id).filter(|job| !job.removing()) {
+            // The start time the job had, if it is rescheduled. A rescheduled job keeps when
+            // it was first scheduled (the store keeps it too).
+            let (previous, created_at) = match jobs.get(&id) {
+                Some(job) if job.removing() => {
+                    skip(&mut report, "an operator is unscheduling it".to_owned());
+                    continue;
+                }
                 Some(job) if job.start.utc() == start.utc() => {
                     report.already_scheduled.push(trial.id);
                     continue;
                 }
                 Some(job) => (Some(job.start), job.created_at),
+                None if self.unscheduled().get(&id) == Some(&start.utc()) => {
+                    skip(
+                        &mut report,
+                        "an operator unscheduled it at this start time: schedule it by hand to run it then, or give it another start time in the registry".to_owned(),
+                    );
+                    continue;
+                }
                 None => (None, crate::engine::state::now()),
             };
             let generation = self.next_generation();
@@ -802,6 +837,7 @@ impl Scheduler {
         if let Some(on) = loaded.automatic {
             self.inner.automatic.send_replace(on);
         }
+        self.unscheduled().extend(loaded.unscheduled);
         for trial in loaded.trials {
             let (id, lifecycle) = (trial.record.id.clone(), trial.record.lifecycle);
             if self.inner.engines.recover(&self.inner.deps, trial) {

@@ -108,6 +108,14 @@ pub enum Op {
     DeleteJob {
         id: TrialId,
     },
+    /// Removes the job an operator unscheduled and remembers its start time, so that polling
+    /// the registry does not schedule the trial at that time again (a later job of the trial
+    /// forgets it); counts the jobs removed. Marks of start times passed at `at` go.
+    Unschedule {
+        id: TrialId,
+        start: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
     /// Saves a trial's checkpoint and where it stands; a trial supersedes its job.
     PutTrial(Box<TrialRecord>),
     /// Saves the operator's pause on its own, at once, whatever the executor is doing.
@@ -173,6 +181,7 @@ impl Op {
         match self {
             Op::PutJob { .. } => "put job",
             Op::DeleteJob { .. } => "delete job",
+            Op::Unschedule { .. } => "unschedule job",
             Op::PutTrial(_) => "put trial",
             Op::SetPaused { .. } => "set paused",
             Op::SetHeld { .. } => "set held signals",
@@ -217,6 +226,8 @@ pub struct Loaded {
     /// Revoked token ids that have not expired, with their expiry.
     pub revoked: Vec<(String, i64)>,
     pub automatic: Option<bool>,
+    /// The trials an operator unscheduled, with the start time each had.
+    pub unscheduled: Vec<(TrialId, DateTime<Utc>)>,
     /// Records that could not be read, set aside as `Corrupt`: `(trial id, reason)`.
     pub quarantined: Vec<(String, String)>,
 }

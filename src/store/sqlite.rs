@@ -172,6 +172,14 @@ const V4: &str = "CREATE TABLE trial_events_v4 (
 const V5: &str = "CREATE INDEX trials_ended ON trials (ended_at);
      CREATE INDEX audit_at ON audit (at);";
 
+/// Version 6: the start times an operator unscheduled, which polling the registry does not
+/// schedule again.
+const V6: &str = "CREATE TABLE unscheduled (
+         trial_id TEXT PRIMARY KEY,
+         start_at TEXT NOT NULL,
+         unscheduled_at TEXT NOT NULL
+     );";
+
 /// The schema, one migration per version.
 fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
@@ -180,6 +188,7 @@ fn migrations() -> Migrations<'static> {
         M::up(V3),
         M::up(V4),
         M::up(V5),
+        M::up(V6),
     ])
 }
 
@@ -803,12 +812,41 @@ fn apply_op(tx: &Transaction, op: &Op) -> rusqlite::Result<usize> {
              SELECT ?1, ?2, ?3 WHERE NOT EXISTS (SELECT 1 FROM trials WHERE trial_id = ?1)
              ON CONFLICT (trial_id) DO UPDATE SET start_time = excluded.start_time",
             params![id.as_str(), start.to_string(), time(*created_at)],
-        ),
+        )
+        .and_then(|count| {
+            exec(
+                tx,
+                "DELETE FROM unscheduled WHERE trial_id = ?1",
+                params![id.as_str()],
+            )
+            .map(|_| count)
+        }),
         Op::DeleteJob { id } => exec(
             tx,
             "DELETE FROM jobs WHERE trial_id = ?1",
             params![id.as_str()],
         ),
+        Op::Unschedule { id, start, at } => {
+            let count = exec(
+                tx,
+                "DELETE FROM jobs WHERE trial_id = ?1",
+                params![id.as_str()],
+            )?;
+            // A start time that has passed cannot be scheduled again: its mark goes.
+            exec(
+                tx,
+                "DELETE FROM unscheduled WHERE start_at < ?1",
+                params![time(*at)],
+            )?;
+            exec(
+                tx,
+                "INSERT INTO unscheduled (trial_id, start_at, unscheduled_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (trial_id) DO UPDATE
+                 SET start_at = excluded.start_at, unscheduled_at = excluded.unscheduled_at",
+                params![id.as_str(), time(*start), time(*at)],
+            )?;
+            Ok(count)
+        }
         Op::PutTrial(record) => put_trial(tx, record),
         Op::SetPaused { id, paused } => exec(
             tx,
@@ -1051,6 +1089,25 @@ impl Backend for SqliteBackend {
                 }
                 // No token has an id that is not text: nothing it could match.
                 (Err(e), _) => warn!(error = %e, "a revocation that cannot be read is left out"),
+            }
+        }
+
+        let unscheduled = all_rows(
+            &self.conn,
+            "SELECT trial_id, start_at FROM unscheduled",
+            |row| Ok((text_of(row, 0, "trial_id"), text_of(row, 1, "start_at"))),
+        )
+        .map_err(read)?;
+        for mark in unscheduled {
+            match mark {
+                (Ok(id), Ok(start)) => match (TrialId::parse(&id), parse_time(&start)) {
+                    (Ok(id), Ok(start)) => loaded.unscheduled.push((id, start)),
+                    // The registry's polling may schedule that trial again; nothing else is lost.
+                    _ => {
+                        warn!(trial = %id, "an unscheduled start time cannot be read: it is left out")
+                    }
+                },
+                _ => warn!("an unscheduled start time cannot be read: it is left out"),
             }
         }
 

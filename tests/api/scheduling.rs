@@ -707,6 +707,38 @@ async fn toggling_automatic_scheduling_turns_it_on_then_off() {
 }
 
 #[tokio::test]
+async fn a_body_sets_automatic_scheduling_to_the_state_it_names() {
+    let app = spawn_app().await;
+    let switch = |body: Value| app.post("/trial/scheduling", Some(body));
+    let answer = switch(json!({"automatic": false})).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    assert_eq!(answer.body["Automatic_scheduling"], false, "{answer:?}");
+    let message = answer.body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("already off"), "{answer:?}");
+    for _ in 0..2 {
+        let answer = switch(json!({"automatic": true})).await;
+        assert_eq!(answer.body["Automatic_scheduling"], true, "{answer:?}");
+    }
+    for bad in [
+        json!({"automatic": "off"}),
+        json!({"on": false}),
+        json!([false]),
+    ] {
+        let answer = switch(bad).await;
+        assert_detail(&answer, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    let answer = app
+        .post_text("/trial/scheduling", "{\"automatic\": fal")
+        .await;
+    assert_detail(&answer, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        app.get("/status").await.body["Automatic_scheduling"],
+        true,
+        "unchanged by the refusals"
+    );
+}
+
+#[tokio::test]
 async fn automatic_scheduling_picks_up_a_new_trial_from_the_repository() {
     let app = spawn_app_with_settings(|s| s.scheduler.poll_interval_secs = 1).await;
     let answer = app.post("/trial/scheduling", None).await;
@@ -830,4 +862,94 @@ async fn scheduling_a_trial_that_ran_at_its_past_start_time_says_it_ran() {
     assert_detail(&answer, StatusCode::CONFLICT);
     assert!(answer.detail().contains("has run already"), "{answer:?}");
     assert_nothing_scheduled(&app).await;
+}
+
+/// How many times the service has listed the registry's trials (each poll, each schedule-all).
+fn registry_listings(app: &TestApp) -> usize {
+    app.platform
+        .requests()
+        .iter()
+        .filter(|r| r.component == Component::Repository && r.path == "/trial/")
+        .count()
+}
+
+#[tokio::test]
+async fn a_trial_an_operator_unscheduled_stays_unscheduled_while_the_registry_is_polled() {
+    let start = in_secs(3600);
+    let every_second = [("LCM__SCHEDULER__POLL_INTERVAL_SECS", "1")];
+    let mut app = spawn_binary_with(BinaryOptions {
+        env: &every_second,
+        platform: Box::new(move |platform| {
+            platform.add_trial(Platform::trial("held", Some(start)));
+        }),
+        ..BinaryOptions::default()
+    })
+    .await;
+    let answer = app.post("/trial/scheduling", None).await;
+    assert_eq!(answer.body["Automatic_scheduling"], true, "{answer:?}");
+    wait_job(&app, "held", 10).await;
+
+    let answer = app.delete("/debug/trial/held/schedule").await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    // Two more polls, across a restart: the job stays away.
+    for restart in [false, true] {
+        if restart {
+            let (status, _) = terminate(&mut app, Duration::from_secs(30)).await;
+            assert!(status.success(), "stopped cleanly: {status}");
+            app.restart_binary_with(&every_second).await;
+        }
+        let polled = registry_listings(&app);
+        eventually_at_least("two more polls", polled + 2, || registry_listings(&app)).await;
+        assert!(job_of(&app, "held").await.is_none(), "scheduled again");
+    }
+    let answer = app.post("/debug/trial/schedule-all", None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    assert!(ids(&answer.body, "scheduled").is_empty(), "{answer:?}");
+    let skipped = &answer.body["skipped"][0];
+    assert_eq!(skipped["id"], "held", "{answer:?}");
+    let reason = skipped["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("unscheduled"), "says why: {reason}");
+
+    // Scheduled by hand, it runs at its time; unscheduled again and given another start time
+    // by the registry, polling takes the new plan.
+    let answer = app.post("/debug/trial/held/schedule", None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    let answer = app.post("/debug/trial/schedule-all", None).await;
+    assert_eq!(
+        ids(&answer.body, "already_scheduled"),
+        ["held"],
+        "{answer:?}"
+    );
+    let answer = app.delete("/debug/trial/held/schedule").await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    let later = in_secs(7200);
+    app.platform.add_trial(Platform::trial("held", Some(later)));
+    let job = wait_job(&app, "held", 10).await;
+    let listed = job["start_time"]
+        .as_str()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .expect("the job has an RFC 3339 start_time");
+    assert_eq!(listed.timestamp(), later.timestamp(), "{job}");
+}
+
+#[tokio::test]
+async fn schedule_all_says_a_job_stays_when_the_registry_moves_its_start_into_the_past() {
+    let app = spawn_app().await;
+    app.platform
+        .add_trial(Platform::trial("moved", Some(in_secs(3600))));
+    let answer = app.post("/debug/trial/schedule-all", None).await;
+    assert_eq!(ids(&answer.body, "scheduled"), ["moved"], "{answer:?}");
+
+    app.platform
+        .add_trial(Platform::trial("moved", Some(in_secs(-60))));
+    let answer = app.post("/debug/trial/schedule-all", None).await;
+    assert_eq!(answer.body["skipped"][0]["id"], "moved", "{answer:?}");
+    let reason = answer.body["skipped"][0]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        reason.contains("past") && reason.contains("its job at") && reason.contains("stays"),
+        "says the job stays: {reason}"
+    );
+    assert!(job_of(&app, "moved").await.is_some(), "the job stands");
 }
