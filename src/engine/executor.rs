@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant as Deadline;
 use tracing::{Instrument, error, info, warn};
 
+use super::failure;
 use super::queue::Inbox;
 use super::sequence::{self, Next, Signal, Step, WAITS, Wait, Waiter};
 use super::state::{
@@ -363,12 +364,13 @@ impl Executor {
     /// the time) keeps only what waiting needs, a third of the size.
     pub async fn run(mut self) -> ExecutorExit {
         loop {
-            let outcome = match self.checkpoint.position {
-                Position::Run(step) if self.checkpoint.paused && !self.stepping => {
+            let outcome = match (self.status_again(), self.checkpoint.position) {
+                (Some(step), _) => self.write_status_again(step).await,
+                (None, Position::Run(step)) if self.checkpoint.paused && !self.stepping => {
                     self.hold(step).await
                 }
-                Position::Run(step) => Box::pin(self.run_step(step)).await,
-                Position::Wait(wait) => self.wait(wait).await,
+                (None, Position::Run(step)) => Box::pin(self.run_step(step)).await,
+                (None, Position::Wait(wait)) => self.wait(wait).await,
             };
             let position = match outcome {
                 Outcome::To(position) => position,
@@ -456,6 +458,38 @@ impl Executor {
                 }
             })
             .await;
+    }
+
+    /// The status step to run again before the trial goes on from where it stands, while the
+    /// repository shows the `FAILED` of a failure it was restored from
+    /// ([`sequence::status_again_before`]).
+    fn status_again(&self) -> Option<Step> {
+        if self.cleaning_up()
+            || self.checkpoint.data.repository_status.as_deref() != Some(failure::REPORTED)
+        {
+            return None;
+        }
+        sequence::status_again_before(
+            self.checkpoint.position,
+            !self.deps.settings.executor.disable_vnf,
+        )
+    }
+
+    /// Runs status `step` again, even while the trial is paused, like the status step a
+    /// restore runs before the operator's wait; the trial stays where it stands.
+    async fn write_status_again(&mut self, step: Step) -> Outcome {
+        info!(
+            step = step.name(),
+            "the repository shows FAILED since the trial failed: the status it had is written again first"
+        );
+        // The step where the trial stands keeps what it was to be told.
+        let (rerun, stepping) = (self.rerun, self.stepping);
+        let outcome = Box::pin(self.run_step(step)).await;
+        (self.rerun, self.stepping) = (rerun, stepping);
+        match outcome {
+            Outcome::To(_) => Outcome::To(self.checkpoint.position),
+            other => other,
+        }
     }
 
     fn cleaning_up(&self) -> bool {

@@ -285,6 +285,76 @@ pub fn announced_by(wait: Wait) -> Option<Step> {
         .map(|(step, _)| *step)
 }
 
+/// The status `step` writes to the trial repository, for a step of the sequence that writes
+/// one (`UpdateStatusAborted` writes the configured one of the clean-up).
+pub fn status_written(step: Step) -> Option<&'static str> {
+    match step {
+        UpdateDeploymentSlice => Some("ACTIVATING_1"),
+        UpdateUavPlanStatus => Some("ACTIVATING_2"),
+        UpdateStatusIdle => Some("IDLE"),
+        UpdateStatusActive => Some("ACTIVE"),
+        UpdateStatusStopping => Some("STOPPING"),
+        UpdateStatusFinish => Some("FINISHED"),
+        GetCallbackToken
+        | GetTrialInfo
+        | SliceDeployment
+        | CloudVnfOnboarding
+        | CloudVnfDeployment
+        | EdgeVnfOnboarding
+        | EdgeVnfDeployment
+        | Start5GresourceTesting
+        | EnforceUavPlan
+        | CreateMeasurementJob
+        | SendKpiIdle
+        | SendKpiActive
+        | SendKpiFinish
+        | DeleteMeasurementJob
+        | CloseService
+        | RemoveCallbackToken
+        | Finish
+        | UpdateStatusAborted => None,
+    }
+}
+
+/// The status step to run again before a trial restored at `position` goes on, once the
+/// repository was told `FAILED`: the last status step before `position`, when a component's
+/// wait comes before the next one (in the VNF branch, and from `SendKpiFinish` to the
+/// slice-closed wait). Else the repository would show `FAILED` while the trial waits for a
+/// component. `None` where a status step comes first, before the trial's first status, and at
+/// the operator's waits (see [`announced_by`]).
+pub fn status_again_before(position: Position, vnf_enabled: bool) -> Option<Step> {
+    let path = main_path(vnf_enabled);
+    let at = path.iter().position(|p| *p == position)?;
+    let waits_first = path[at..]
+        .iter()
+        .find_map(|p| match p {
+            Position::Run(step) => status_written(*step).map(|_| false),
+            Position::Wait(wait) => Some(wait_spec(*wait).waiter == Waiter::Component),
+        })
+        .unwrap_or(false);
+    if !waits_first {
+        return None;
+    }
+    path[..at].iter().rev().find_map(|p| match p {
+        Position::Run(step) => status_written(*step).map(|_| *step),
+        Position::Wait(_) => None,
+    })
+}
+
+/// Every position of the trial sequence in order, each waiting point left by its first exit.
+fn main_path(vnf_enabled: bool) -> Vec<Position> {
+    let mut path = Vec::new();
+    let mut next = Some(Next::Step(FIRST));
+    while let Some(position) = next.and_then(Next::position) {
+        path.push(position);
+        next = match position {
+            Position::Run(step) => after(step, vnf_enabled),
+            Position::Wait(wait) => Some(Next::Step(wait_spec(wait).exits[0].1)),
+        };
+    }
+    path
+}
+
 /// The spec of a waiting point.
 pub fn wait_spec(wait: Wait) -> &'static WaitSpec {
     // WAITS lists every waiting point in the order of the enum (checked by a test).
@@ -644,6 +714,37 @@ mod tests {
         assert_eq!(announced_by(Wait::Active), Some(UpdateStatusActive));
         for wait in [Wait::SliceCreated, Wait::CloudVnfBoarded, Wait::SliceClosed] {
             assert_eq!(announced_by(wait), None, "{wait:?}");
+        }
+    }
+
+    #[test]
+    fn a_restore_writes_the_status_again_where_a_component_s_wait_comes_before_the_next() {
+        let run = Position::Run;
+        let wait = Position::Wait;
+        for (position, vnf, again) in [
+            (
+                wait(Wait::CloudVnfDeployed),
+                true,
+                Some(UpdateDeploymentSlice),
+            ),
+            (run(CloudVnfOnboarding), true, Some(UpdateDeploymentSlice)),
+            (run(EdgeVnfDeployment), true, Some(UpdateDeploymentSlice)),
+            (run(Start5GresourceTesting), true, None),
+            (run(EnforceUavPlan), false, None),
+            (run(SendKpiFinish), false, Some(UpdateStatusStopping)),
+            (wait(Wait::SliceClosed), true, Some(UpdateStatusStopping)),
+            (run(RemoveCallbackToken), false, None),
+            (run(SliceDeployment), false, None),
+            (wait(Wait::SliceCreated), false, None),
+            (wait(Wait::Idle), false, None),
+            (run(UpdateDeploymentSlice), true, None),
+            (run(CloudVnfOnboarding), false, None),
+        ] {
+            assert_eq!(
+                status_again_before(position, vnf),
+                again,
+                "{position:?} (vnf {vnf})"
+            );
         }
     }
 

@@ -14,7 +14,7 @@ use super::EngineDeps;
 use super::journal::Journal;
 use super::nst;
 use super::redact::Redactor;
-use super::sequence::Step;
+use super::sequence::{self, Step};
 use super::state;
 use super::state::{
     EventKind, JobState, KpiStatus, Ledger, ResponseRecord, SliceState, TrialData, TrialInfo,
@@ -69,7 +69,6 @@ pub async fn run(cx: &mut StepCx<'_>) -> Result<(), StepError> {
         Step::GetCallbackToken => get_callback_token(cx),
         Step::GetTrialInfo => get_trial_info(cx).await,
         Step::SliceDeployment => slice_deployment(cx).await,
-        Step::UpdateDeploymentSlice => cx.update_status("ACTIVATING_1").await,
         Step::CloudVnfOnboarding => {
             cx.vnf_request("vnf/cloud/boarding", "cloudvnfboarding")
                 .await
@@ -88,19 +87,23 @@ pub async fn run(cx: &mut StepCx<'_>) -> Result<(), StepError> {
         }
         Step::Start5GresourceTesting => start_5g_resource_testing(cx).await,
         Step::EnforceUavPlan => enforce_uav_plan(cx).await,
-        Step::UpdateUavPlanStatus => cx.update_status("ACTIVATING_2").await,
         Step::CreateMeasurementJob => create_measurement_job(cx).await,
         Step::SendKpiIdle => cx.mark_kpis(KpiStatus::Idle).await,
-        Step::UpdateStatusIdle => cx.update_status("IDLE").await,
         Step::SendKpiActive => cx.mark_kpis(KpiStatus::Active).await,
-        Step::UpdateStatusActive => cx.update_status("ACTIVE").await,
-        Step::UpdateStatusStopping => cx.update_status("STOPPING").await,
         Step::SendKpiFinish => cx.mark_kpis(KpiStatus::Finished).await,
         Step::DeleteMeasurementJob => delete_measurement_job(cx).await,
         Step::CloseService => close_service(cx).await,
-        Step::UpdateStatusFinish => cx.update_status("FINISHED").await,
         Step::RemoveCallbackToken => remove_callback_token(cx).await,
         Step::Finish => Ok(()),
+        Step::UpdateDeploymentSlice
+        | Step::UpdateUavPlanStatus
+        | Step::UpdateStatusIdle
+        | Step::UpdateStatusActive
+        | Step::UpdateStatusStopping
+        | Step::UpdateStatusFinish => match sequence::status_written(cx.step) {
+            Some(status) => cx.update_status(status).await,
+            None => fail(format!("{} writes no status", cx.step.name())),
+        },
         Step::UpdateStatusAborted => report_aborted(cx).await,
     }
 }

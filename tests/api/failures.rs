@@ -786,6 +786,85 @@ async fn a_restore_at_the_operator_s_wait_tells_the_repository_the_trial_waits_a
     .await;
 }
 
+/// Waits until the repository's statuses for `id` end with `last`.
+async fn wait_statuses_end_with(app: &TestApp, id: &str, last: &[&str]) {
+    eventually(&format!("{last:?} written last"), || async {
+        let statuses = app.platform.status_history(id);
+        if statuses
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .ends_with(last)
+        {
+            Ok(())
+        } else {
+            Err(format!("{statuses:?}"))
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_restore_in_the_vnf_branch_tells_the_repository_the_trial_runs_again() {
+    let app = spawn_app_with_settings(|s| {
+        s.executor.disable_vnf = false;
+        s.executor.callback_timeout_secs = 2;
+        single_attempt(s);
+    })
+    .await;
+    let id = "vnf-restored";
+    let fault = |path: &str, action| {
+        Fault::new(Component::Enforcement, "POST", path, action)
+            .for_trial(id)
+            .times(1)
+    };
+    // A VNF request refused once, then a VNF callback that never comes: each fails the trial.
+    app.platform
+        .inject(fault("/vnf/cloud/deployment", FaultAction::Status(500)));
+    app.platform
+        .inject(fault("/vnf/edge/boarding", FaultAction::DropCallback));
+    app.start_trial(id).await;
+    for failed_at in [
+        "CloudVnfDeployment failed",
+        "timed out waiting for the edgevnfonboarding",
+    ] {
+        let failed = app.wait_failed(id).await;
+        assert_failure_says(&failed, failed_at);
+        wait_statuses_end_with(&app, id, &["ACTIVATING_1", "FAILED"]).await;
+        let restored = app.post(&format!("/debug/engine/{id}/restore"), None).await;
+        assert_eq!(restored.status, StatusCode::OK, "{restored:?}");
+        // Told at once, before the step runs again or the callback comes.
+        wait_statuses_end_with(&app, id, &["FAILED", "ACTIVATING_1"]).await;
+    }
+    let token = app.token_of(id);
+    let called = app.callback(id, "edgevnfonboarding", Some(&token)).await;
+    assert_eq!(called.status, StatusCode::OK, "{called:?}");
+    app.drive_to_finished(id).await;
+    let all = lines(&app, id);
+    let put = format!("PUT /trial/{id}/");
+    let deployments: Vec<usize> = (0..all.len())
+        .filter(|i| all[*i] == "POST /vnf/cloud/deployment")
+        .collect();
+    let [refused, sent_again] = deployments[..] else {
+        panic!("the deployment is sent twice: {all:?}");
+    };
+    let puts = all[refused..sent_again]
+        .iter()
+        .filter(|l| **l == put)
+        .count();
+    assert_eq!(
+        puts, 2,
+        "FAILED, then the status again, before the deployment is sent again: {all:?}"
+    );
+    let history = app.platform.status_history(id);
+    assert!(
+        history.ends_with(
+            &["ACTIVATING_2", "IDLE", "ACTIVE", "STOPPING", "FINISHED"].map(String::from)
+        ),
+        "{history:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_close_run_again_that_finds_the_slice_gone_waits_for_no_callback() {
     let app = spawn_app_with_settings(single_attempt).await;

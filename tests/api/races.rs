@@ -589,7 +589,7 @@ async fn a_delete_answered_too_late_still_removes_the_engine() {
 
 #[tokio::test]
 async fn an_unschedule_answered_too_late_still_removes_the_job() {
-    let (app, held) = spawn_app_answering_late(|op| matches!(op, Op::DeleteJob { .. })).await;
+    let (app, held) = spawn_app_answering_late(|op| matches!(op, Op::Unschedule { .. })).await;
     let id = "late-unschedule";
     app.platform.add_trial(Platform::trial(id, None));
     app.schedule_in(id, 3_600_000).await;

@@ -1068,7 +1068,7 @@ fn a_version_3_journal_is_moved_into_the_order_it_happened_in_and_reads_the_same
         .conn
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .unwrap();
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
     let schema: String = store
         .conn
         .query_row(
