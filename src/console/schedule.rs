@@ -186,7 +186,8 @@ pub async fn at_time(State(state): State<AppState>, post: Post) -> Response {
     }
     let Some(start) = start_time(
         post.form.get("local").unwrap_or_default(),
-        post.form.get("offset").unwrap_or("+00:00"),
+        // Without one the wall-clock time means nothing: none is assumed.
+        post.form.get("offset").unwrap_or_default(),
     ) else {
         return refused("Choose a time zone from the list.");
     };

@@ -853,6 +853,23 @@ async fn a_refused_schedule_gives_the_form_back_as_it_was_typed() {
         "{page}"
     );
 
+    // Without a time zone the time means nothing: none is assumed, nothing is scheduled.
+    for offset in [None, Some("")] {
+        let mut typed = vec![("trial_id", "t-zoneless"), ("local", later.as_str())];
+        typed.extend(offset.map(|o| ("offset", o)));
+        let answer = post(&app, &session, "/ui/schedule", &typed).await;
+        assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+        let page = get_page(&app, &session.cookie, "/ui/schedule").await;
+        assert!(page.contains("Choose a time zone"), "{page}");
+    }
+    let status = app.get("/status").await.body;
+    assert!(
+        !status["scheduled_trials"]
+            .to_string()
+            .contains("t-zoneless"),
+        "{status}"
+    );
+
     // The registry's form keeps its own id, and the other form stays blank.
     let answer = post(
         &app,
