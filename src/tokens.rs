@@ -102,6 +102,8 @@ pub struct TokenManager {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    /// [`Self::validation`] without the expiry: for a token its live trial's engine holds.
+    past_expiry: Validation,
     ttl_secs: i64,
     /// Revoked token ids with their expiry; an entry may go once the token has expired anyway.
     revoked: Mutex<HashMap<String, i64>>,
@@ -118,10 +120,13 @@ impl TokenManager {
         validation.leeway = 0;
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp"]);
+        let mut past_expiry = validation.clone();
+        past_expiry.validate_exp = false;
         Self {
             encoding: EncodingKey::from_secret(secret.expose().as_bytes()),
             decoding: DecodingKey::from_secret(secret.expose().as_bytes()),
             validation,
+            past_expiry,
             ttl_secs: i64::try_from(ttl_secs).unwrap_or(i64::MAX / 2),
             revoked: Mutex::new(HashMap::new()),
             store: None,
@@ -150,9 +155,16 @@ impl TokenManager {
             .map_err(|_| TokenError::Invalid)
     }
 
-    /// Verifies signature, expiry, revocation and that the token speaks for `trial`.
-    pub fn verify(&self, token: &str, trial: &TrialId) -> Result<Claims, TokenError> {
-        let result = self.check(token, trial);
+    /// Verifies signature, expiry, revocation and that the token speaks for `trial`; an
+    /// expired token is taken if `held` says its live trial's engine holds it (see
+    /// [`Self::decode_held`]).
+    pub fn verify(
+        &self,
+        token: &str,
+        trial: &TrialId,
+        held: impl Fn(&Claims) -> bool,
+    ) -> Result<Claims, TokenError> {
+        let result = self.check(token, trial, held);
         let outcome = match &result {
             Ok(_) => "valid",
             Err(e) => e.label(),
@@ -161,8 +173,13 @@ impl TokenManager {
         result
     }
 
-    fn check(&self, token: &str, trial: &TrialId) -> Result<Claims, TokenError> {
-        let claims = self.decode(token)?;
+    fn check(
+        &self,
+        token: &str,
+        trial: &TrialId,
+        held: impl Fn(&Claims) -> bool,
+    ) -> Result<Claims, TokenError> {
+        let claims = self.decode_held(token, held)?;
         if claims.trial_id != trial.as_str() {
             return Err(TokenError::OtherTrial);
         }
@@ -176,13 +193,32 @@ impl TokenManager {
     /// in the future, and not living longer than `auth.token_ttl_secs` (the service never
     /// issues such a token, so it was not made here as issued).
     pub fn decode(&self, token: &str) -> Result<Claims, TokenError> {
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map(|data| data.claims)
-            .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => TokenError::Expired,
-                ErrorKind::ImmatureSignature => TokenError::NotYetValid,
-                _ => TokenError::Invalid,
-            })?;
+        self.decode_held(token, |_| false)
+    }
+
+    /// [`Self::decode`], but an expired token is taken when `held` says the engine of its
+    /// trial, live, holds it: the token it handed out speaks for the trial for as long as the
+    /// trial lives (SPEC §6), however long the trial waits for its operator or for a restore.
+    pub fn decode_held(
+        &self,
+        token: &str,
+        held: impl Fn(&Claims) -> bool,
+    ) -> Result<Claims, TokenError> {
+        let decoded = |validation| {
+            jsonwebtoken::decode::<Claims>(token, &self.decoding, validation)
+                .map(|data| data.claims)
+                .map_err(|e| match e.kind() {
+                    ErrorKind::ExpiredSignature => TokenError::Expired,
+                    ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+                    _ => TokenError::Invalid,
+                })
+        };
+        let claims = match decoded(&self.validation) {
+            Err(TokenError::Expired) => Some(decoded(&self.past_expiry)?)
+                .filter(|c| held(c))
+                .ok_or(TokenError::Expired)?,
+            other => other?,
+        };
         if claims.iat > chrono::Utc::now().timestamp() {
             return Err(TokenError::NotYetValid);
         }
@@ -211,8 +247,8 @@ impl TokenManager {
         Ok(())
     }
 
-    /// Revokes a token the LCM handed out. One that no longer verifies (expired, or signed
-    /// with another secret) opens nothing, so there is nothing to revoke.
+    /// Revokes a token the LCM handed out. One signed with another secret opens nothing, so
+    /// there is nothing to revoke.
     pub async fn revoke(&self, token: &str) -> Result<(), StoreError> {
         match self.revocation(token) {
             Some(r) => self.revoke_id(&r.jti, r.exp, None).await,
@@ -221,12 +257,17 @@ impl TokenManager {
     }
 
     /// The revocation of a token the LCM handed out, to save with other changes and then
-    /// apply with [`TokenManager::revoked`]; `None` for a token that opens nothing anyway.
+    /// apply with [`TokenManager::revoked`]; `None` for a token that opens nothing anyway
+    /// (signed with another secret). An expired one is revoked too, for a whole lifetime from
+    /// now: its live trial's engine may hold it, and take it ([`Self::decode_held`]).
     pub fn revocation(&self, token: &str) -> Option<Revocation> {
-        self.decode(token).ok().map(|claims| Revocation {
-            jti: claims.jti,
-            exp: claims.exp,
-        })
+        let now = chrono::Utc::now().timestamp();
+        self.decode_held(token, |_| true)
+            .ok()
+            .map(|claims| Revocation {
+                jti: claims.jti,
+                exp: claims.exp.max(now.saturating_add(self.ttl_secs)),
+            })
     }
 
     /// Refuses the revoked token from now on; call once its revocation is saved.
@@ -260,14 +301,17 @@ mod tests {
         let tokens = manager(60);
         let t1 = TrialId::parse("t1").unwrap();
         let token = tokens.mint(&t1).unwrap();
-        let claims = tokens.verify(&token, &t1).unwrap();
+        let claims = tokens.verify(&token, &t1, |_| false).unwrap();
         assert_eq!(claims.trial_id, "t1");
         assert_eq!(
-            tokens.verify(&token, &TrialId::parse("t2").unwrap()),
+            tokens.verify(&token, &TrialId::parse("t2").unwrap(), |_| false),
             Err(TokenError::OtherTrial)
         );
         tokens.revoke(&token).await.unwrap();
-        assert_eq!(tokens.verify(&token, &t1), Err(TokenError::Revoked));
+        assert_eq!(
+            tokens.verify(&token, &t1, |_| false),
+            Err(TokenError::Revoked)
+        );
     }
 
     /// To the microsecond when the token says it, else to the second.
@@ -296,9 +340,12 @@ mod tests {
         let t1 = TrialId::parse("t1").unwrap();
         let other = TokenManager::new(&Secret::new("another-secret"), 60);
         let forged = other.mint(&t1).unwrap();
-        assert_eq!(manager(60).verify(&forged, &t1), Err(TokenError::Invalid));
         assert_eq!(
-            manager(60).verify("not.a.jwt", &t1),
+            manager(60).verify(&forged, &t1, |_| false),
+            Err(TokenError::Invalid)
+        );
+        assert_eq!(
+            manager(60).verify("not.a.jwt", &t1, |_| false),
             Err(TokenError::Invalid)
         );
 
@@ -317,7 +364,23 @@ mod tests {
             &EncodingKey::from_secret(b"test-secret"),
         )
         .unwrap();
-        assert_eq!(tokens.verify(&expired, &t1), Err(TokenError::Expired));
+        assert_eq!(
+            tokens.verify(&expired, &t1, |_| false),
+            Err(TokenError::Expired)
+        );
+        // Held by its live trial's engine, it is taken; signed with another secret, never.
+        let held = tokens.verify(&expired, &t1, |c| c.jti == "x");
+        assert_eq!(held.map(|c| c.exp), Ok(past));
+        let other_secret = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"another-secret"),
+        )
+        .unwrap();
+        assert_eq!(
+            tokens.verify(&other_secret, &t1, |_| true),
+            Err(TokenError::Invalid)
+        );
     }
 
     /// A token signed with the right secret, with these claims.
@@ -339,23 +402,30 @@ mod tests {
 
         let issued_later = forge(&claims(now + 600, now + 1200));
         assert_eq!(
-            tokens.verify(&issued_later, &t1),
+            tokens.verify(&issued_later, &t1, |_| false),
             Err(TokenError::NotYetValid)
         );
         let mut not_before = claims(now, now + 1200);
         not_before["nbf"] = (now + 600).into();
         assert_eq!(
-            tokens.verify(&forge(&not_before), &t1),
+            tokens.verify(&forge(&not_before), &t1, |_| false),
             Err(TokenError::NotYetValid)
         );
         let too_long = forge(&claims(now - 10, now - 10 + 3601));
-        assert_eq!(tokens.verify(&too_long, &t1), Err(TokenError::TooLong));
+        assert_eq!(
+            tokens.verify(&too_long, &t1, |_| false),
+            Err(TokenError::TooLong)
+        );
 
         // At the limits, a token is fine.
         let full_life = forge(&claims(now, now + 3600));
-        assert!(tokens.verify(&full_life, &t1).is_ok());
+        assert!(tokens.verify(&full_life, &t1, |_| false).is_ok());
         not_before["nbf"] = now.into();
-        assert!(tokens.verify(&forge(&not_before), &t1).is_ok());
-        assert!(tokens.verify(&tokens.mint(&t1).unwrap(), &t1).is_ok());
+        assert!(tokens.verify(&forge(&not_before), &t1, |_| false).is_ok());
+        assert!(
+            tokens
+                .verify(&tokens.mint(&t1).unwrap(), &t1, |_| false)
+                .is_ok()
+        );
     }
 }

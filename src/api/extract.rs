@@ -89,7 +89,12 @@ fn identify(state: &AppState, headers: &HeaderMap) -> Option<Actor> {
     if let Some(holder) = state.access.key_holder(&credential) {
         return Some(Actor::Key(holder));
     }
-    let claims = state.tokens.decode(&credential).ok()?;
+    let claims = state
+        .tokens
+        .decode_held(&credential, |claims| {
+            super::tokens::held_by_live_engine(state, claims, &credential)
+        })
+        .ok()?;
     TrialId::parse(&claims.trial_id).ok().map(Actor::Callback)
 }
 

@@ -43,7 +43,9 @@ pub async fn check_token(
     token: &str,
     failed: bool,
 ) -> Result<(Claims, Option<EngineHandle>), ApiError> {
-    let claims = state.tokens.verify(token, id)?;
+    let claims = state.tokens.verify(token, id, |claims| {
+        held_by_live_engine(state, claims, token)
+    })?;
     match state.find_trial(id).await {
         Ok(Found::Engine(engine)) => {
             let (status, started) = {
@@ -72,6 +74,18 @@ pub async fn check_token(
         Err(e) if e.status == StatusCode::NOT_FOUND => Ok((claims, None)),
         Err(e) => Err(e),
     }
+}
+
+/// Whether `token`, expired, is the one the engine of its trial handed out and holds, the
+/// trial not ended: a token speaks for its trial for as long as the trial lives, so a trial
+/// kept at a wait longer than `auth.token_ttl_secs` still hears its components.
+pub fn held_by_live_engine(state: &AppState, claims: &Claims, token: &str) -> bool {
+    TrialId::parse(&claims.trial_id)
+        .ok()
+        .and_then(|id| state.scheduler.engines().get(&id))
+        .is_some_and(|engine| {
+            !engine.snapshot().lifecycle.is_ended() && engine.token().as_deref() == Some(token)
+        })
 }
 
 /// Refuses the token of a trial whose engine has ended (403), the same whether the engine is

@@ -255,3 +255,53 @@ async fn a_token_of_an_earlier_run_of_the_trial_is_403() {
     let current = mint(&app, id).await;
     assert_eq!(check(&app, id, Some(&current)).await.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_trial_kept_waiting_past_its_token_s_lifetime_still_hears_its_components() {
+    let app = spawn_app_with_settings(|s| {
+        s.auth.token_ttl_secs = 1;
+        s.auth.max_failures_per_minute = 10_000;
+    })
+    .await;
+    let held = "kept-waiting";
+    let revoked = "kept-and-revoked";
+    for id in [held, revoked] {
+        app.start_to_idle(id).await;
+    }
+    // Minted after the trials' own tokens, a token by hand expires after them: once it is
+    // refused as expired, theirs have expired too.
+    let minted = mint(&app, held).await;
+    eventually_within(
+        "the tokens' lifetime to pass",
+        std::time::Duration::from_secs(20),
+        std::time::Duration::from_millis(200),
+        || async {
+            let answer = check(&app, held, Some(&minted)).await;
+            match answer.status {
+                StatusCode::UNAUTHORIZED if answer.detail().contains("expired") => Ok(()),
+                _ => Err(format!("{answer:?}")),
+            }
+        },
+    )
+    .await;
+
+    // The token its engine handed out still speaks for the trial: the slice-closed callback
+    // is taken and the trial finishes.
+    let token = app.token_of(held);
+    let answer = check(&app, held, Some(&token)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    app.drive_to_finished(held).await;
+    // Ended, the trial holds it no more: refused as the expired token it is.
+    let answer = check(&app, held, Some(&token)).await;
+    assert_detail(&answer, StatusCode::UNAUTHORIZED);
+    assert!(answer.detail().contains("expired"), "{answer:?}");
+
+    // Revoked by its component once expired, it is refused from then on.
+    let token = app.token_of(revoked);
+    let path = format!("/token/{revoked}");
+    let answer = app.call_as(Method::DELETE, &path, None, Some(&token)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    let answer = check(&app, revoked, Some(&token)).await;
+    assert_detail(&answer, StatusCode::UNAUTHORIZED);
+    assert!(answer.detail().contains("revoked"), "{answer:?}");
+}
