@@ -5,6 +5,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+use tracing::warn;
 
 use crate::config::{OAuth2Settings, Secret, ServiceSettings};
 
@@ -46,8 +47,38 @@ pub struct OAuth2Client {
 #[derive(Deserialize)]
 struct TokenResponse {
     access_token: String,
+    /// Seconds, as a number or (some identity providers) a string of digits.
     #[serde(default)]
-    expires_in: Option<u64>,
+    expires_in: Option<serde_json::Value>,
+}
+
+/// How long a token is used for when its endpoint does not say, or says it in a way that is
+/// not a number of seconds.
+const DEFAULT_LIFETIME_SECS: u64 = 300;
+/// The longest a token is used before it is fetched again, whatever its endpoint says.
+const MAX_LIFETIME_SECS: u64 = 24 * 3600;
+
+/// How long to use a token whose endpoint said `expires_in`: a little less than that (so a
+/// token never expires on its way), at most a day; a value that is not a number of seconds
+/// counts as none.
+fn lifetime(expires_in: Option<&serde_json::Value>) -> Duration {
+    use serde_json::Value;
+    let secs = match expires_in {
+        Some(Value::Number(n)) => n.as_u64().or_else(|| n.as_i64().map(|_| 0)).or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite())
+                .map(|f| f.max(0.0) as u64)
+        }),
+        Some(Value::String(text)) => text.trim().parse().ok(),
+        _ => None,
+    };
+    let secs = secs.unwrap_or_else(|| {
+        if expires_in.is_some() {
+            warn!("the token endpoint's expires_in is not a number of seconds: the token is used for {DEFAULT_LIFETIME_SECS} s");
+        }
+        DEFAULT_LIFETIME_SECS
+    });
+    Duration::from_secs(secs.min(MAX_LIFETIME_SECS).saturating_sub(5))
 }
 
 /// Why no access token could be had.
@@ -101,10 +132,8 @@ impl OAuth2Client {
         }
         let body: TokenResponse = response.json().await.map_err(|_| OAuth2Error::Malformed)?;
         let token = Secret::new(body.access_token);
-        // Refresh a little early so a token never expires on its way.
-        let lifetime = Duration::from_secs(body.expires_in.unwrap_or(300).saturating_sub(5));
-        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((token.clone(), Instant::now() + lifetime));
+        let until = Instant::now() + lifetime(body.expires_in.as_ref());
+        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some((token.clone(), until));
         Ok(token)
     }
 
@@ -119,5 +148,29 @@ impl OAuth2Client {
             Some((token, until)) if Instant::now() < *until => Some(token.clone()),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_token_s_lifetime_is_read_from_any_number_of_seconds_and_bounded() {
+        let secs = |v: serde_json::Value| lifetime(Some(&v)).as_secs();
+        assert_eq!(secs(json!(3600)), 3595);
+        assert_eq!(secs(json!("3600")), 3595);
+        assert_eq!(secs(json!(3600.7)), 3595);
+        assert_eq!(secs(json!(u64::MAX)), MAX_LIFETIME_SECS - 5);
+        assert_eq!(secs(json!(i64::MAX)), MAX_LIFETIME_SECS - 5);
+        assert_eq!(secs(json!(1e300)), MAX_LIFETIME_SECS - 5);
+        assert_eq!(secs(json!(-5)), 0);
+        assert_eq!(secs(json!(3)), 0);
+        for unreadable in [json!("soon"), json!(null), json!([1])] {
+            assert_eq!(secs(unreadable), DEFAULT_LIFETIME_SECS - 5);
+        }
+        assert_eq!(lifetime(None).as_secs(), DEFAULT_LIFETIME_SECS - 5);
     }
 }

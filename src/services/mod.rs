@@ -414,6 +414,12 @@ impl ServiceClient {
                 && !refreshed
                 && let ServiceAuth::OAuth2(oauth2) = &self.endpoint(request.service).auth
             {
+                warn!(
+                    service = request.service.name(),
+                    "{} {}: answered 401 to the OAuth2 access token: a fresh token is fetched and the request sent again, in the same attempt",
+                    request.method,
+                    request.path
+                );
                 oauth2.invalidate();
                 refreshed = true;
                 continue;
