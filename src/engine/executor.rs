@@ -550,6 +550,8 @@ impl Executor {
                 may_have_made: false,
                 uncut,
                 last_attempt: &last_attempt,
+                shown: self.shared.state.subscribe(),
+                stepping,
             };
             let work = steps::run(&mut cx);
             tokio::pin!(work);
@@ -596,11 +598,18 @@ impl Executor {
                                 break Err(reason);
                             }
                             AtStep::Control(Control::Step { .. }, reply) if *paused => {
-                                let _ = reply.send(refused(format!(
-                                    "trial {} is paused and completes {} first: step once it holds before the next",
-                                    self.id,
-                                    if stepping { "the step it was stepped to" } else { "the step in flight" }
-                                )));
+                                let _ = reply.send(refused(if stepping {
+                                    format!(
+                                        "trial {} is paused and completes the step it was stepped to first: step once it holds before the next",
+                                        self.id
+                                    )
+                                } else {
+                                    format!(
+                                        "trial {} was paused while {} ran: a request in flight completes, and the step's next request waits for resume (step moves a trial held between steps)",
+                                        self.id,
+                                        step.name()
+                                    )
+                                }));
                             }
                             AtStep::Control(control, reply) => {
                                 set_pause(&self.shared, paused, control, reply, cleanup, None)

@@ -49,6 +49,8 @@ pub async fn report(shared: &EngineShared, checkpoint: &Checkpoint) -> bool {
             &request,
             recorder(&shared.journal, REPORT_LABEL, None, &request, &redactor),
             shared.abort_asked(),
+            // The operator's pause holds the executor's requests, not the report.
+            || async {},
         )
         .await;
     let told = match &reply {

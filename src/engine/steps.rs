@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use chrono::{DateTime, Utc};
 use reqwest::Method;
 use serde_json::{Value, json};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::EngineDeps;
 use super::journal::Journal;
 use super::nst;
 use super::redact::Redactor;
@@ -20,6 +20,7 @@ use super::state::{
     EventKind, JobState, KpiStatus, Ledger, ResponseRecord, SliceState, TrialData, TrialInfo,
     slice_id,
 };
+use super::{EngineDeps, Snapshot};
 use crate::domain::TrialId;
 use crate::services::{Attempt, Outbound, SendError, Service, registry};
 
@@ -61,6 +62,11 @@ pub struct StepCx<'a> {
     /// Cancelled once an abort waits for the request in flight, or the engine is stopped: no
     /// further attempt is made, and a wait for one ends at once.
     pub last_attempt: &'a CancellationToken,
+    /// The engine as shown, whose `paused` holds every request the step has not started yet
+    /// (SPEC §14: no new request starts until resume) unless the operator stepped to it.
+    pub shown: watch::Receiver<Snapshot>,
+    /// The operator stepped the paused trial to this step: its requests go.
+    pub stepping: bool,
 }
 
 /// Runs one step.
@@ -650,9 +656,23 @@ impl StepCx<'_> {
         accepts: &(dyn Fn(u16) -> bool + Sync),
         expected: &(dyn Fn() -> String + Sync),
     ) -> Result<(u16, Value), StepError> {
+        // Held before it is in flight: an abort meanwhile cuts the step, as it would before.
+        self.while_paused().await;
         self.deps.services.authorize(request.service).await;
         let _in_flight = Uncut::set(self.uncut);
-        self.call_accepting(request, accepts, expected).await
+        self.send_recorded(request, accepts, expected).await
+    }
+
+    /// Returns once the operator's pause lets a new request start: at once unless the trial
+    /// is paused, or when it was stepped here or is being cleaned up.
+    fn while_paused(&self) -> impl Future<Output = ()> + use<> {
+        let mut shown = (!self.stepping && !self.cleanup).then(|| self.shown.clone());
+        async move {
+            if let Some(shown) = &mut shown {
+                // The engine gone, nothing waits.
+                let _ = shown.wait_for(|s| !s.paused).await;
+            }
+        }
     }
 
     /// Sends a request, records the answer under the step, and requires `expected`. Returns
@@ -676,6 +696,18 @@ impl StepCx<'_> {
     /// Like [`Self::call_expecting`], for a step that takes the answers `accepts` takes
     /// (`expected` says which, in the reason of a failure: only then is it written).
     async fn call_accepting(
+        &mut self,
+        request: Outbound,
+        accepts: &(dyn Fn(u16) -> bool + Sync),
+        expected: &(dyn Fn() -> String + Sync),
+    ) -> Result<(u16, Value), StepError> {
+        self.while_paused().await;
+        self.send_recorded(request, accepts, expected).await
+    }
+
+    /// Sends a request (each attempt after the first held while the trial is paused), records
+    /// its answers under the step, and requires an answer `accepts` takes.
+    async fn send_recorded(
         &mut self,
         request: Outbound,
         accepts: &(dyn Fn(u16) -> bool + Sync),
@@ -707,6 +739,7 @@ impl StepCx<'_> {
                         record(attempt);
                     },
                     last_attempt.cancelled(),
+                    || self.while_paused(),
                 )
                 .await
         };

@@ -319,18 +319,20 @@ impl ServiceClient {
         request: &Outbound,
         observe: impl FnMut(Attempt<'_>),
     ) -> Result<Reply, SendError> {
-        self.send_until(request, observe, std::future::pending())
+        self.send_until(request, observe, std::future::pending(), || async {})
             .await
     }
 
     /// Like [`Self::send`], with no attempt after the one in flight once `last_attempt`
     /// completes (an abort waits for this request's answer, or the service stops): a wait for
-    /// the next attempt then ends at once, with the answer the request had.
-    pub async fn send_until(
+    /// the next attempt then ends at once, with the answer the request had. Each attempt after
+    /// the first also waits for what `held` returns (the operator's pause), or `last_attempt`.
+    pub async fn send_until<H: Future<Output = ()>>(
         &self,
         request: &Outbound,
         mut observe: impl FnMut(Attempt<'_>),
         last_attempt: impl Future<Output = ()>,
+        held: impl Fn() -> H,
     ) -> Result<Reply, SendError> {
         let policy = self.inner.policies[request.service as usize];
         let mut last_attempt = std::pin::pin!(last_attempt);
@@ -368,6 +370,11 @@ impl ServiceClient {
                 biased;
                 () = last_attempt.as_mut() => return outcome,
                 () = tokio::time::sleep(wait) => {}
+            }
+            tokio::select! {
+                biased;
+                () = last_attempt.as_mut() => return outcome,
+                () = held() => {}
             }
             number += 1;
         }

@@ -1112,6 +1112,70 @@ async fn a_pause_lets_the_request_in_flight_complete_and_starts_nothing_more() {
 }
 
 #[tokio::test]
+async fn a_pause_holds_a_step_s_next_request_and_its_next_attempt_until_resume() {
+    // The tests' retry waits are 10 ms at most: a retry unheld would go at once.
+    let app = spawn_app().await;
+    let (second, retried) = ("paused-before-the-job", "paused-before-the-retry");
+
+    // A step's second request: the measurement job's creation, after the step's read of the
+    // trial, which is held until the pause has been taken.
+    let plan = app.hold_next(Component::Enforcement, "POST", "/flightplan", second);
+    app.start_trial(second).await;
+    app.wait_for(second, "EnforceUavPlan in flight", |s| {
+        s["step"] == "EnforceUavPlan"
+    })
+    .await;
+    let read = app.hold_next(Component::Repository, "GET", "/trial/", second);
+    plan.open();
+    app.wait_for(second, "CreateMeasurementJob reading the trial", |s| {
+        s["step"] == "CreateMeasurementJob"
+    })
+    .await;
+    // A retry: KPI monitoring's first marking is held, then refused with a 503.
+    let marking = Gate::default();
+    app.platform.inject(
+        kpi_marking_fault(FaultAction::HoldThenStatus(marking.clone(), 503))
+            .for_trial(retried)
+            .times(1),
+    );
+    app.start_trial(retried).await;
+    app.wait_for(retried, "SendKpiIdle in flight", |s| {
+        s["step"] == "SendKpiIdle"
+    })
+    .await;
+
+    for id in [second, retried] {
+        let answer = app.post(&format!("/trial/{id}/pause"), None).await;
+        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    }
+    read.open();
+    marking.open();
+    app.wait_event(retried, "step_retry", "503").await;
+    // Stepping a trial paused in the middle of a step says why not.
+    let answer = app.post(&format!("/trial/{second}/step"), None).await;
+    assert_detail(&answer, StatusCode::CONFLICT);
+    assert!(answer.detail().contains("waits for resume"), "{answer:?}");
+    // A trial run to IDLE meanwhile: long enough for a request let through to be sent.
+    app.start_to_idle("clock").await;
+    assert!(
+        sent(&app, second, "POST", "/measurementjobs").is_empty(),
+        "the job was created while paused: {:?}",
+        lines(&app, second)
+    );
+    assert_eq!(
+        sent(&app, retried, "POST", "/markKPIData").len(),
+        1,
+        "retried while paused: {:?}",
+        lines(&app, retried)
+    );
+    for id in [second, retried] {
+        let answer = app.post(&format!("/trial/{id}/resume"), None).await;
+        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+        app.drive_to_finished(id).await;
+    }
+}
+
+#[tokio::test]
 async fn skip_goes_past_a_failed_step_with_a_reason_unless_later_steps_need_it() {
     let app = spawn_app_with_settings(single_attempt).await;
     let (skipped, needed) = ("skip-put", "skip-slice");
