@@ -126,6 +126,12 @@ impl Application {
             hooks,
             ended,
         });
+        for trial in &loaded.trials {
+            let handed_out = trial.record.checkpoint.data.token.as_deref();
+            if let Some(Err(why)) = handed_out.map(|token| tokens.decode_held(token, |_| true)) {
+                warn!(trial = %trial.record.id, reason = %why, "the callback token this live trial handed to its components no longer verifies (auth.token_secret, or a lower auth.token_ttl_secs, since it was minted): its components' callbacks will be refused until the setting is put back; abort the trial if it cannot be");
+            }
+        }
         for (id, reason) in &loaded.quarantined {
             tracing::error!(trial = %id, reason = %reason, "a trial's record could not be read: listed as Corrupt in /trials");
         }

@@ -305,3 +305,18 @@ async fn a_trial_kept_waiting_past_its_token_s_lifetime_still_hears_its_componen
     assert_detail(&answer, StatusCode::UNAUTHORIZED);
     assert!(answer.detail().contains("revoked"), "{answer:?}");
 }
+
+#[tokio::test]
+async fn a_restart_with_another_token_secret_names_the_live_trials_whose_tokens_it_refuses() {
+    let mut app = spawn_binary().await;
+    let id = "signed-before";
+    app.start_to_idle(id).await;
+    let (status, _) = terminate(&mut app, std::time::Duration::from_secs(30)).await;
+    assert!(status.success(), "stopped cleanly: {status}");
+    app.restart_binary_with(&[("LCM__AUTH__TOKEN_SECRET", "another-secret-of-the-service")])
+        .await;
+    let line = logged(&app, &["no longer verifies", id]).await;
+    assert!(line.contains("WARN"), "{line}");
+    let answer = check(&app, id, Some(&app.token_of(id))).await;
+    assert_detail(&answer, StatusCode::UNAUTHORIZED);
+}
