@@ -162,7 +162,8 @@ pub fn error_page_signing_in_to(
     response
 }
 
-/// The symbol and word of an engine status (or `Scheduled`, `Corrupt`), and its CSS class.
+/// The symbol and word of an engine status (or `Scheduled`, `Missed`, `Corrupt`), and its CSS
+/// class.
 fn status_parts(status: &str) -> (&'static str, &'static str) {
     match status {
         "Active" => ("▶", "active"),
@@ -173,6 +174,7 @@ fn status_parts(status: &str) -> (&'static str, &'static str) {
         "Aborted" => ("⊘", "aborted"),
         "Stopped" => ("■", "stopped"),
         "Scheduled" => ("◷", "scheduled"),
+        "Missed" => ("⌛", "missed"),
         "Corrupt" => ("⚠", "corrupt"),
         _ => ("•", "other"),
     }

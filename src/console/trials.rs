@@ -24,13 +24,14 @@ const TABS: &[(&str, &[ListedStatus])] = &[
     ("All", &[]),
     ("Active", &[ListedStatus::Active]),
     ("Scheduled", &[ListedStatus::Scheduled]),
+    ("Missed", &[ListedStatus::Missed]),
     ("Failed", &[ListedStatus::Failed]),
     ("Ended", &[ListedStatus::Finished, ListedStatus::Aborted]),
     ("Corrupt", &[ListedStatus::Corrupt]),
 ];
 
 /// Tabs shown only when they have trials (or are chosen).
-const RARE: [&str; 1] = ["Corrupt"];
+const RARE: [&str; 2] = ["Missed", "Corrupt"];
 
 /// How often an open page checks whether the trials in memory changed.
 const CHECK: Duration = Duration::from_millis(500);
@@ -120,6 +121,10 @@ fn whereabouts(row: &ListedTrial) -> Markup {
         @match row.engine_status {
             ListedStatus::Scheduled => {
                 "starts at " @if let Some(start) = &row.start_time { (layout::time_text(start)) }
+            },
+            ListedStatus::Missed => {
+                "was to start at " @if let Some(start) = &row.start_time { (layout::time_text(start)) }
+                ", while the service was down: schedule it again, or unschedule it"
             },
             ListedStatus::Failed | ListedStatus::Corrupt => {
                 span.reason { (row.failure.as_deref().unwrap_or("")) }

@@ -314,6 +314,10 @@ impl Scheduler {
         self.inner.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn missed_list(&self) -> MutexGuard<'_, Vec<MissedJob>> {
+        self.inner.missed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn unscheduled(&self) -> MutexGuard<'_, HashMap<TrialId, DateTime<Utc>>> {
         self.inner
             .unscheduled
@@ -474,11 +478,7 @@ impl Scheduler {
     /// unscheduled no more (the store forgets it with the job's save).
     fn scheduled_again(&self, id: &TrialId) {
         self.unscheduled().remove(id);
-        self.inner
-            .missed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|missed| missed.id != *id);
+        self.missed_list().retain(|missed| missed.id != *id);
     }
 
     /// The start time has come: the job gives way to the engine.
@@ -514,20 +514,22 @@ impl Scheduler {
         id: &TrialId,
         audit: Option<AuditEntry>,
     ) -> Result<bool, StoreError> {
-        let (generation, start, saved) = {
+        let found = {
             let mut jobs = self.jobs_map();
-            let Some(job) = jobs.get_mut(id).filter(|job| !job.removing()) else {
-                return Ok(false);
-            };
-            job.timer.stop(Timer::Removing);
-            let unschedule = Op::Unschedule {
-                id: id.clone(),
-                start: job.start.utc(),
-                at: Utc::now(),
-            };
-            let saved = self.store().write_audited(unschedule, audit);
-            (job.generation, job.start.utc(), saved)
+            jobs.get_mut(id).filter(|job| !job.removing()).map(|job| {
+                job.timer.stop(Timer::Removing);
+                (job.generation, job.start.utc())
+            })
         };
+        let Some((generation, start)) = found else {
+            return self.remove_missed(id, audit).await;
+        };
+        let unschedule = Op::Unschedule {
+            id: id.clone(),
+            start,
+            at: Utc::now(),
+        };
+        let saved = self.store().write_audited(unschedule, audit);
         match saved.await {
             Ok(_) => {
                 self.unscheduled().insert(id.clone(), start);
@@ -547,6 +549,28 @@ impl Scheduler {
                 Err(e)
             }
         }
+    }
+
+    /// Removes the job of `id` missed while the service was down; `false` if there was none.
+    async fn remove_missed(
+        &self,
+        id: &TrialId,
+        audit: Option<AuditEntry>,
+    ) -> Result<bool, StoreError> {
+        if !self.missed_list().iter().any(|missed| missed.id == *id) {
+            return Ok(false);
+        }
+        let removed = self
+            .store()
+            .write_audited(Op::DeleteJob { id: id.clone() }, audit)
+            .await?;
+        let mut missed = self.missed_list();
+        let had = missed.iter().any(|missed| missed.id == *id);
+        missed.retain(|missed| missed.id != *id);
+        if had {
+            info!(trial = %id, "missed job removed");
+        }
+        Ok(had && removed > 0)
     }
 
     /// Stops and forgets a trial's engine (or, for an ended trial no longer in memory, its
@@ -605,11 +629,7 @@ impl Scheduler {
 
     /// Jobs that were missed while the service was down.
     pub fn missed(&self) -> Vec<MissedJob> {
-        self.inner
-            .missed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.missed_list().clone()
     }
 
     /// Every scheduled job, soonest first.
@@ -851,7 +871,14 @@ impl Scheduler {
         );
         for job in loaded.jobs {
             let (id, start, created_at) = (job.id, job.start, job.created_at);
-            if self.inner.engines.contains(&id) {
+            if let Some(noticed_at) = job.missed_at {
+                // Found missed at an earlier start: it stays so until an operator acts.
+                self.missed_list().push(MissedJob {
+                    id,
+                    start_time: start,
+                    noticed_at,
+                });
+            } else if self.inner.engines.contains(&id) {
                 warn!(trial = %id, start = %start, "a saved job of a trial that has an engine already is dropped: the engine runs the trial");
                 self.store().write(Op::DeleteJob { id }).await?;
             } else if start.utc() > now {
@@ -867,17 +894,18 @@ impl Scheduler {
                     error!(trial = %id, error = %e, "the late job was not started");
                 }
             } else {
-                warn!(trial = %id, start = %start, "start time passed while the service was down, beyond the misfire grace: missed");
-                self.inner
-                    .missed
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(MissedJob {
+                warn!(trial = %id, start = %start, "start time passed while the service was down, beyond the misfire grace: missed; it is listed Missed until it is scheduled again or unscheduled");
+                self.store()
+                    .write(Op::MarkMissed {
                         id: id.clone(),
-                        start_time: start,
-                        noticed_at: now,
-                    });
-                self.store().write(Op::DeleteJob { id }).await?;
+                        at: now,
+                    })
+                    .await?;
+                self.missed_list().push(MissedJob {
+                    id,
+                    start_time: start,
+                    noticed_at: now,
+                });
             }
         }
         Ok(())

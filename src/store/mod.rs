@@ -108,6 +108,12 @@ pub enum Op {
     DeleteJob {
         id: TrialId,
     },
+    /// Keeps a job whose start time passed while the service was down, beyond the misfire
+    /// grace, as missed: listed until it is scheduled again (a `PutJob`) or removed.
+    MarkMissed {
+        id: TrialId,
+        at: DateTime<Utc>,
+    },
     /// Removes the job an operator unscheduled and remembers its start time, so that polling
     /// the registry does not schedule the trial at that time again (a later job of the trial
     /// forgets it); counts the jobs removed. Marks of start times passed at `at` go.
@@ -182,6 +188,7 @@ impl Op {
             Op::PutJob { .. } => "put job",
             Op::DeleteJob { .. } => "delete job",
             Op::Unschedule { .. } => "unschedule job",
+            Op::MarkMissed { .. } => "mark job missed",
             Op::PutTrial(_) => "put trial",
             Op::SetPaused { .. } => "set paused",
             Op::SetHeld { .. } => "set held signals",
@@ -205,6 +212,8 @@ pub struct StoredJob {
     pub start: StartTime,
     /// When it was scheduled.
     pub created_at: DateTime<Utc>,
+    /// When a start found it missed (see [`Op::MarkMissed`]).
+    pub missed_at: Option<DateTime<Utc>>,
 }
 
 /// A live trial brought back at start-up, with its journal so far.
@@ -243,17 +252,21 @@ pub enum ListedStatus {
     Aborted,
     Stopped,
     Scheduled,
+    /// A job whose start time passed while the service was down, beyond
+    /// `scheduler.misfire_grace_secs`: kept until it is scheduled again or removed.
+    Missed,
     Corrupt,
 }
 
 impl ListedStatus {
-    const ALL: [ListedStatus; 7] = [
+    const ALL: [ListedStatus; 8] = [
         ListedStatus::Active,
         ListedStatus::Failed,
         ListedStatus::Finished,
         ListedStatus::Aborted,
         ListedStatus::Stopped,
         ListedStatus::Scheduled,
+        ListedStatus::Missed,
         ListedStatus::Corrupt,
     ];
 
@@ -273,6 +286,7 @@ impl ListedStatus {
             ListedStatus::Aborted => "Aborted",
             ListedStatus::Stopped => "Stopped",
             ListedStatus::Scheduled => "Scheduled",
+            ListedStatus::Missed => "Missed",
             ListedStatus::Corrupt => "Corrupt",
         }
     }

@@ -173,12 +173,13 @@ const V5: &str = "CREATE INDEX trials_ended ON trials (ended_at);
      CREATE INDEX audit_at ON audit (at);";
 
 /// Version 6: the start times an operator unscheduled, which polling the registry does not
-/// schedule again.
+/// schedule again; when a job was found missed at a start (kept, listed `Missed`).
 const V6: &str = "CREATE TABLE unscheduled (
          trial_id TEXT PRIMARY KEY,
          start_at TEXT NOT NULL,
          unscheduled_at TEXT NOT NULL
-     );";
+     );
+     ALTER TABLE jobs ADD COLUMN missed_at TEXT;";
 
 /// The schema, one migration per version.
 fn migrations() -> Migrations<'static> {
@@ -810,7 +811,8 @@ fn apply_op(tx: &Transaction, op: &Op) -> rusqlite::Result<usize> {
             tx,
             "INSERT INTO jobs (trial_id, start_time, created_at)
              SELECT ?1, ?2, ?3 WHERE NOT EXISTS (SELECT 1 FROM trials WHERE trial_id = ?1)
-             ON CONFLICT (trial_id) DO UPDATE SET start_time = excluded.start_time",
+             ON CONFLICT (trial_id) DO UPDATE
+             SET start_time = excluded.start_time, missed_at = NULL",
             params![id.as_str(), start.to_string(), time(*created_at)],
         )
         .and_then(|count| {
@@ -825,6 +827,11 @@ fn apply_op(tx: &Transaction, op: &Op) -> rusqlite::Result<usize> {
             tx,
             "DELETE FROM jobs WHERE trial_id = ?1",
             params![id.as_str()],
+        ),
+        Op::MarkMissed { id, at } => exec(
+            tx,
+            "UPDATE jobs SET missed_at = ?2 WHERE trial_id = ?1",
+            params![id.as_str(), time(*at)],
         ),
         Op::Unschedule { id, start, at } => {
             let count = exec(
@@ -945,11 +952,17 @@ impl Backend for SqliteBackend {
         mend_binary_creation_times(&self.conn).map_err(read)?;
 
         // (rowid; the id it is kept under, start time and created_at as they can be shown;
-        // then as text)
-        type JobRow = (i64, [String; 3], Result<[String; 3], String>);
+        // then as text; when it was found missed, if it was)
+        type JobRow = (
+            i64,
+            [String; 3],
+            Result<[String; 3], String>,
+            Option<chrono::DateTime<chrono::Utc>>,
+        );
         let jobs: Vec<JobRow> = all_rows(
             &self.conn,
-            "SELECT rowid, trial_id, start_time, created_at FROM jobs ORDER BY start_time",
+            "SELECT rowid, trial_id, start_time, created_at, missed_at FROM jobs
+             ORDER BY start_time",
             |row| {
                 let read = || {
                     Ok([
@@ -959,11 +972,22 @@ impl Backend for SqliteBackend {
                     ])
                 };
                 let shown = [set_aside_id(row, 1)?, shown_of(row, 2)?, shown_of(row, 3)?];
-                Ok((row.get(0)?, shown, read()))
+                // Found missed at a time that cannot be read: missed all the same.
+                let missed_at = match row.get_ref(4)? {
+                    ValueRef::Null => None,
+                    ValueRef::Text(at) => Some(
+                        std::str::from_utf8(at)
+                            .ok()
+                            .and_then(|at| parse_time(at).ok())
+                            .unwrap_or_else(chrono::Utc::now),
+                    ),
+                    _ => Some(chrono::Utc::now()),
+                };
+                Ok((row.get(0)?, shown, read(), missed_at))
             },
         )
         .map_err(read)?;
-        for (rowid, [id, start, created_at], columns) in jobs {
+        for (rowid, [id, start, created_at], columns, missed_at) in jobs {
             let parsed = columns.and_then(|[id, start, created_at]| {
                 match (
                     TrialId::parse(&id),
@@ -974,6 +998,7 @@ impl Backend for SqliteBackend {
                         id,
                         start,
                         created_at,
+                        missed_at,
                     }),
                     (Err(e), _, _) => Err(e.to_string()),
                     (_, Err(e), _) => Err(format!("start time '{start}': {e}")),
@@ -1414,6 +1439,9 @@ fn listing_filter(query: &TrialQuery, statuses: &[ListedStatus]) -> (String, Vec
     (filter, values)
 }
 
+/// The status a job is listed with.
+const JOB_STATUS: &str = "CASE WHEN missed_at IS NULL THEN 'Scheduled' ELSE 'Missed' END";
+
 impl Reader for SqliteReader {
     fn trials(&mut self, query: &TrialQuery) -> Result<Vec<ListedTrial>, StoreError> {
         let read = |e| backend_error("list trials", e);
@@ -1426,7 +1454,7 @@ impl Reader for SqliteReader {
             .statuses
             .iter()
             .copied()
-            .filter(|s| *s != ListedStatus::Scheduled)
+            .filter(|s| !matches!(s, ListedStatus::Scheduled | ListedStatus::Missed))
             .collect();
         if query.statuses.is_empty() || !trial_statuses.is_empty() {
             let (filter, mut values) = listing_filter(query, &trial_statuses);
@@ -1443,18 +1471,28 @@ impl Reader for SqliteReader {
                 rows.push(row.map_err(read)?);
             }
         }
-        let fired_only = !want(ListedStatus::Scheduled);
-        if !fired_only || !query.fired_jobs.is_empty() {
+        let (scheduled, missed) = (want(ListedStatus::Scheduled), want(ListedStatus::Missed));
+        if scheduled || missed || !query.fired_jobs.is_empty() {
             let (mut filter, mut values) = listing_filter(query, &[]);
-            if fired_only {
-                let marks = vec!["?"; query.fired_jobs.len()].join(", ");
+            if !(scheduled && missed) {
+                let mut kept = Vec::new();
+                if scheduled {
+                    kept.push("missed_at IS NULL".to_owned());
+                }
+                if missed {
+                    kept.push("missed_at IS NOT NULL".to_owned());
+                }
+                if !scheduled && !query.fired_jobs.is_empty() {
+                    let marks = vec!["?"; query.fired_jobs.len()].join(", ");
+                    kept.push(format!("(missed_at IS NULL AND trial_id IN ({marks}))"));
+                    values.extend(query.fired_jobs.iter().cloned());
+                }
                 let joint = if filter.is_empty() { "WHERE" } else { " AND" };
-                filter.push_str(&format!("{joint} trial_id IN ({marks})"));
-                values.extend(query.fired_jobs.iter().cloned());
+                filter.push_str(&format!("{joint} ({})", kept.join(" OR ")));
             }
             values.push(limit.to_string());
             let sql = format!(
-                "SELECT trial_id, 'Scheduled', NULL, NULL, NULL, NULL, created_at, created_at,
+                "SELECT trial_id, {JOB_STATUS}, NULL, NULL, NULL, NULL, created_at, created_at,
                      NULL, NULL, start_time
                  FROM jobs {filter}
                  ORDER BY created_at DESC, trial_id DESC LIMIT CAST(? AS INTEGER)"
@@ -1484,7 +1522,7 @@ impl Reader for SqliteReader {
         let (filter, values) = listing_filter(&query, &[]);
         let sql = format!(
             "SELECT engine_status, COUNT(*) FROM trials {filter} GROUP BY engine_status
-             UNION ALL SELECT 'Scheduled', COUNT(*) FROM jobs {filter}"
+             UNION ALL SELECT {JOB_STATUS}, COUNT(*) FROM jobs {filter} GROUP BY 1"
         );
         let mut stmt = self.conn.prepare(&sql).map_err(read)?;
         let both = values.iter().chain(values.iter());

@@ -571,15 +571,19 @@ async fn the_listing_pages_on_past_a_row_whose_creation_is_not_a_time() {
     assert_eq!(walked(&app, "?limit=1").await, everything, "page by page");
 }
 
-#[tokio::test]
-async fn a_job_whose_start_passed_beyond_the_grace_while_down_is_reported_not_run() {
+/// The saved job of trial `id`, due an hour ago: missed at the next start.
+fn job_an_hour_ago(id: &str) -> Op {
     let hour_ago = Utc::now() - Span::hours(1);
-    let job = |id: &str| Op::PutJob {
+    Op::PutJob {
         id: TrialId::parse(id).expect("an id"),
         start: StartTime::parse(&hour_ago.to_rfc3339()).expect("a time"),
         created_at: hour_ago - Span::hours(1),
-    };
-    let data = prepared_store(vec![job("missed")], None);
+    }
+}
+
+#[tokio::test]
+async fn a_job_whose_start_passed_beyond_the_grace_while_down_is_reported_not_run() {
+    let data = prepared_store(vec![job_an_hour_ago("missed")], None);
     let path = data.path().to_path_buf();
     let app = spawn_app_with(AppOptions {
         settings: Box::new(move |s| s.store.data_dir = path),
@@ -605,10 +609,56 @@ async fn a_job_whose_start_passed_beyond_the_grace_while_down_is_reported_not_ru
         asked.detail().contains("missed") && asked.detail().contains("schedule it again"),
         "{asked:?}"
     );
-    // Its job is gone from the store too: the operator can schedule it again, and then it is
-    // no longer missed.
+    // The operator can schedule it again, and then it is no longer missed.
     app.schedule_in("missed", 3_600_000).await;
     // (`lcm_missed_jobs` is the length of this list when scraped.)
+    let status = app.get("/status").await.body;
+    assert_eq!(status["missed_trials"], Value::Array(vec![]), "{status}");
+}
+
+#[tokio::test]
+async fn a_missed_job_stays_listed_across_restarts_until_it_is_scheduled_again_or_removed() {
+    let (kept, removed) = ("missed-kept", "missed-removed");
+    let data = prepared_store(vec![job_an_hour_ago(kept), job_an_hour_ago(removed)], None);
+    let dir = data.path().to_str().expect("a UTF-8 path").to_owned();
+    let env = [("LCM__STORE__DATA_DIR", dir.as_str())];
+    let mut app = spawn_binary_with(BinaryOptions {
+        env: &env,
+        ..BinaryOptions::default()
+    })
+    .await;
+    async fn restart(app: &mut TestApp, env: &[(&str, &str)]) {
+        let (status, _) = terminate(app, std::time::Duration::from_secs(30)).await;
+        assert!(status.success(), "stopped cleanly: {status}");
+        app.restart_binary_with(env).await;
+    }
+    for restarted in [false, true] {
+        if restarted {
+            restart(&mut app, &env).await;
+        }
+        let page = listed(&app, "?status=Missed").await;
+        assert_eq!(ids(&page), [removed, kept], "{page}");
+        assert_eq!(page["trials"][0]["engine_status"], "Missed", "{page}");
+        assert!(ids(&listed(&app, "?status=Scheduled").await).is_empty());
+        let status = app.get("/status").await.body;
+        assert_eq!(
+            status["missed_trials"].as_array().map(Vec::len),
+            Some(2),
+            "{status}"
+        );
+    }
+    let answer = app
+        .delete(&format!("/debug/trial/{removed}/schedule"))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    let answer = app
+        .delete(&format!("/debug/trial/{removed}/schedule"))
+        .await;
+    assert_detail(&answer, StatusCode::NOT_FOUND);
+    app.schedule_in(kept, 3_600_000).await;
+    restart(&mut app, &env).await;
+    assert!(ids(&listed(&app, "?status=Missed").await).is_empty());
+    assert_eq!(ids(&listed(&app, "").await), [kept]);
     let status = app.get("/status").await.body;
     assert_eq!(status["missed_trials"], Value::Array(vec![]), "{status}");
 }

@@ -207,6 +207,7 @@ fn migrates_an_empty_file_and_round_trips_everything() {
             id: id("t1"),
             start,
             created_at: chrono::SubsecRound::trunc_subsecs(now, 6),
+            missed_at: None,
         }],
         "a trial supersedes its job"
     );
