@@ -482,8 +482,10 @@ impl Executor {
             step = step.name(),
             "the repository shows FAILED since the trial failed: the status it had is written again first"
         );
-        // The step where the trial stands keeps what it was to be told.
+        // The step where the trial stands keeps what it was to be told; this one goes as if
+        // stepped to, so the operator's pause does not hold it.
         let (rerun, stepping) = (self.rerun, self.stepping);
+        self.stepping = true;
         let outcome = Box::pin(self.run_step(step)).await;
         (self.rerun, self.stepping) = (rerun, stepping);
         match outcome {

@@ -824,18 +824,26 @@ async fn a_restore_in_the_vnf_branch_tells_the_repository_the_trial_runs_again()
     app.platform
         .inject(fault("/vnf/edge/boarding", FaultAction::DropCallback));
     app.start_trial(id).await;
-    for failed_at in [
-        "CloudVnfDeployment failed",
-        "timed out waiting for the edgevnfonboarding",
+    for (failed_at, paused) in [
+        ("CloudVnfDeployment failed", false),
+        ("timed out waiting for the edgevnfonboarding", true),
     ] {
+        if paused {
+            // Paused at the wait, it times out all the same, and is restored paused.
+            app.wait_waiting(id, "edgevnfonboarding").await;
+            let answer = app.post(&format!("/trial/{id}/pause"), None).await;
+            assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+        }
         let failed = app.wait_failed(id).await;
         assert_failure_says(&failed, failed_at);
         wait_statuses_end_with(&app, id, &["ACTIVATING_1", "FAILED"]).await;
         let restored = app.post(&format!("/debug/engine/{id}/restore"), None).await;
         assert_eq!(restored.status, StatusCode::OK, "{restored:?}");
-        // Told at once, before the step runs again or the callback comes.
+        // Told at once, before the step runs again or the callback comes, paused or not.
         wait_statuses_end_with(&app, id, &["FAILED", "ACTIVATING_1"]).await;
     }
+    let answer = app.post(&format!("/trial/{id}/resume"), None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
     let token = app.token_of(id);
     let called = app.callback(id, "edgevnfonboarding", Some(&token)).await;
     assert_eq!(called.status, StatusCode::OK, "{called:?}");
