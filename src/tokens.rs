@@ -358,12 +358,15 @@ mod tests {
             jti: "x".into(),
             iat_us: None,
         };
-        let expired = jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &EncodingKey::from_secret(b"test-secret"),
-        )
-        .unwrap();
+        let signed = |secret: &[u8]| {
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(secret),
+            )
+            .unwrap()
+        };
+        let expired = signed(b"test-secret");
         assert_eq!(
             tokens.verify(&expired, &t1, |_| false),
             Err(TokenError::Expired)
@@ -371,14 +374,8 @@ mod tests {
         // Held by its live trial's engine, it is taken; signed with another secret, never.
         let held = tokens.verify(&expired, &t1, |c| c.jti == "x");
         assert_eq!(held.map(|c| c.exp), Ok(past));
-        let other_secret = jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &EncodingKey::from_secret(b"another-secret"),
-        )
-        .unwrap();
         assert_eq!(
-            tokens.verify(&other_secret, &t1, |_| true),
+            tokens.verify(&signed(b"another-secret"), &t1, |_| true),
             Err(TokenError::Invalid)
         );
     }

@@ -64,6 +64,15 @@ async fn post_raw(app: &TestApp, body: impl Into<String>, content_type: Option<&
     read(request.send().await.expect("request reaches the service")).await
 }
 
+/// Asserts that the job `job`, as `/status` lists it, starts at `start` (to the second).
+fn assert_starts_at(job: &Value, start: DateTime<Utc>) {
+    let listed = job["start_time"]
+        .as_str()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .expect("the job has an RFC 3339 start_time");
+    assert_eq!(listed.timestamp(), start.timestamp(), "{job}");
+}
+
 /// Polls `/status` until `id` has a job, or panics after `secs`.
 async fn wait_job(app: &TestApp, id: &str, secs: u64) -> Value {
     let limit = Duration::from_secs(secs);
@@ -338,11 +347,7 @@ async fn scheduling_from_the_repository_uses_its_start_time() {
     assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
 
     let job = job_of(&app, "t1").await.expect("t1 scheduled");
-    let listed = job["start_time"]
-        .as_str()
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .expect("the job has an RFC 3339 start_time");
-    assert_eq!(listed.timestamp(), start.timestamp(), "{job}");
+    assert_starts_at(&job, start);
 }
 
 #[tokio::test]
@@ -749,11 +754,7 @@ async fn automatic_scheduling_picks_up_a_new_trial_from_the_repository() {
     app.platform
         .add_trial(Platform::trial("auto1", Some(start)));
     let job = wait_job(&app, "auto1", 10).await;
-    let listed = job["start_time"]
-        .as_str()
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .expect("the job has an RFC 3339 start_time");
-    assert_eq!(listed.timestamp(), start.timestamp(), "{job}");
+    assert_starts_at(&job, start);
 }
 
 #[tokio::test]
@@ -925,11 +926,7 @@ async fn a_trial_an_operator_unscheduled_stays_unscheduled_while_the_registry_is
     let later = in_secs(7200);
     app.platform.add_trial(Platform::trial("held", Some(later)));
     let job = wait_job(&app, "held", 10).await;
-    let listed = job["start_time"]
-        .as_str()
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .expect("the job has an RFC 3339 start_time");
-    assert_eq!(listed.timestamp(), later.timestamp(), "{job}");
+    assert_starts_at(&job, later);
 }
 
 #[tokio::test]
