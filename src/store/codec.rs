@@ -41,6 +41,43 @@ pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|e| format!("'{text}' is not a time: {e}"))
 }
 
+/// What the checkpoint `raw`, which cannot be read as a whole, says its trial may have left
+/// deployed, as far as its JSON can be read (`None` if nothing, or if it cannot tell): the
+/// reason its record is set aside with names it, so it is undone on the facility before the
+/// record is deleted.
+pub fn deployed_in(raw: &str) -> Option<String> {
+    let doc: Value = serde_json::from_str(raw).ok()?;
+    let ledger = doc.get("ledger")?;
+    let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    let mut left = Vec::new();
+    match ledger.get("slice").and_then(Value::as_str) {
+        Some("none" | "closed") => {}
+        state => {
+            let id = doc.pointer("/info/DeployedSlice/Slice/id").map(text);
+            left.push(format!(
+                "slice {} ({})",
+                id.as_deref().unwrap_or("of unknown id"),
+                state.unwrap_or("state unreadable")
+            ));
+        }
+    }
+    match ledger.get("measurement_job") {
+        Some(Value::String(state)) if state == "none" || state == "deleted" => {}
+        None => {}
+        Some(job) => {
+            let id = job
+                .get("created")
+                .or_else(|| doc.pointer("/info/MeasurementJob/MeasurementID"))
+                .map(text);
+            left.push(format!(
+                "measurement job {}",
+                id.as_deref().unwrap_or("of unknown id")
+            ));
+        }
+    }
+    (!left.is_empty()).then(|| left.join(", "))
+}
+
 /// The lifecycle as the store writes it.
 pub fn lifecycle_name(lifecycle: Lifecycle) -> &'static str {
     match lifecycle {
@@ -465,6 +502,24 @@ pub fn decode_checkpoint(text: &str) -> Result<Checkpoint, String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_checkpoint_that_cannot_be_read_still_names_what_its_trial_deployed() {
+        let mut doc: Value = serde_json::from_str(GOLDEN).unwrap();
+        doc["position"] = json!({"wait": "NoSuchWait"});
+        assert_eq!(
+            deployed_in(&doc.to_string()).as_deref(),
+            Some("slice s1 (closing)")
+        );
+        doc["ledger"] = json!({"slice": "created", "measurement_job": {"created": "mj-1"}});
+        assert_eq!(
+            deployed_in(&doc.to_string()).as_deref(),
+            Some("slice s1 (created), measurement job mj-1")
+        );
+        doc["ledger"] = json!({"slice": "closed", "measurement_job": "deleted"});
+        assert_eq!(deployed_in(&doc.to_string()), None);
+        assert_eq!(deployed_in("not json"), None);
+    }
 
     /// A checkpoint as this release writes it, byte for byte: if this test has to change, a
     /// migration is needed for the databases already written.

@@ -1073,6 +1073,23 @@ impl Backend for SqliteBackend {
                     loaded.trials.push(trial);
                 }
                 Err(reason) => {
+                    // Read as far as it can be: not UTF-8, it names nothing.
+                    let raw: Option<String> = self
+                        .conn
+                        .query_row(
+                            "SELECT checkpoint FROM trials WHERE rowid = ?1",
+                            params![rowid],
+                            |row| Ok(text_of(row, 0, "checkpoint").ok()),
+                        )
+                        .optional()
+                        .map_err(read)?
+                        .flatten();
+                    let reason = match raw.as_deref().and_then(codec::deployed_in) {
+                        Some(left) => format!(
+                            "{reason}; it may have left deployed {left}: undo that on the facility before deleting the record"
+                        ),
+                        None => reason,
+                    };
                     error!(trial = %id, reason = %reason, "a trial's record cannot be read: set aside as Corrupt");
                     self.conn
                         .execute(

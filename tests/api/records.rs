@@ -471,6 +471,7 @@ async fn corrupt_records_and_jobs_are_set_aside_and_start_up_goes_on() {
     let data = prepared_store(
         vec![
             Op::PutTrial(Box::new(record("garbled", Lifecycle::Running, now))),
+            Op::PutTrial(Box::new(record("deployed", Lifecycle::Waiting, now))),
             Op::PutTrial(Box::new(record(
                 "healthy",
                 Lifecycle::Running,
@@ -484,7 +485,12 @@ async fn corrupt_records_and_jobs_are_set_aside_and_start_up_goes_on() {
         ],
         Some(
             "UPDATE trials SET checkpoint = 'not json' WHERE trial_id = 'garbled';
-             UPDATE jobs SET start_time = 'garbage' WHERE trial_id = 'garbled-job';",
+             UPDATE jobs SET start_time = 'garbage' WHERE trial_id = 'garbled-job';
+             UPDATE trials SET checkpoint = json_set(checkpoint,
+                 '$.position', json('{\"wait\": \"NoSuchWait\"}'),
+                 '$.ledger', json('{\"slice\": \"created\", \"measurement_job\": {\"created\": \"mj-x\"}}'),
+                 '$.info', json('{\"DeployedSlice\": {\"Slice\": {\"id\": \"slice-x\"}}}'))
+                 WHERE trial_id = 'deployed';",
         ),
     );
     let path = data.path().to_path_buf();
@@ -498,7 +504,13 @@ async fn corrupt_records_and_jobs_are_set_aside_and_start_up_goes_on() {
     assert!(engines.iter().any(|(e, _)| e == "healthy"), "{engines:?}");
     assert!(!engines.iter().any(|(e, _)| e == "garbled"), "{engines:?}");
     let corrupt = listed(&app, "?status=Corrupt").await;
-    assert_eq!(ids(&corrupt), ["garbled-job", "garbled"]);
+    assert_eq!(ids(&corrupt), ["garbled-job", "garbled", "deployed"]);
+    // What a live trial set aside had deployed is named, as far as its record can be read.
+    let failure = corrupt["trials"][2]["failure"].as_str().unwrap_or_default();
+    assert!(
+        failure.contains("slice slice-x (created), measurement job mj-x"),
+        "{failure}"
+    );
     for (i, why) in [
         (0, "unreadable scheduled job"),
         (1, "unreadable checkpoint"),
