@@ -180,14 +180,22 @@ async fn revoke(
     State(state): State<AppState>,
     audit: AuditCx,
     CallbackToken {
-        trial: id, claims, ..
+        trial: id,
+        claims,
+        engine,
     }: CallbackToken,
 ) -> Result<(Extension<Audited>, Json<Message>), ApiError> {
     let message = "Token revoked";
     let entry = audit.entry(StatusCode::OK, Some(message.to_owned()));
+    // The trial lives: its engine may hold the token, which outlives its expiry while the
+    // trial lives, so it is revoked for good.
+    let until = match engine {
+        Some(_) => i64::MAX,
+        None => claims.exp,
+    };
     state
         .tokens
-        .revoke_id(&claims.jti, claims.exp, Some(entry))
+        .revoke_id(&claims.jti, until, Some(entry))
         .await
         .map_err(ApiError::from)?;
     info!(trial = %id, jti = %claims.jti, "callback token revoked");
