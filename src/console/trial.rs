@@ -52,6 +52,8 @@ enum Kind {
     Stored,
     /// It has a job and no engine yet.
     Scheduled(StartTime),
+    /// Its job's start passed while the service was down: it waits for the operator.
+    Missed(StartTime),
     /// Its record could not be read.
     Corrupt(String),
 }
@@ -77,7 +79,7 @@ impl TrialView<'_> {
                 .snapshot
                 .as_ref()
                 .is_none_or(|s| s.lifecycle.is_final()),
-            Kind::Scheduled(_) => false,
+            Kind::Scheduled(_) | Kind::Missed(_) => false,
             Kind::Stored | Kind::Corrupt(_) => true,
         }
     }
@@ -157,12 +159,17 @@ async fn load<'h>(
     let found = match state.find_trial(id).await {
         Ok(found) => found,
         Err(e) if e.status == StatusCode::NOT_FOUND => {
-            let Some(job) = state.scheduler.jobs().into_iter().find(|job| job.id == *id) else {
-                return Err(Unshown::Unknown);
+            let scheduled = state.scheduler.jobs().into_iter().find(|job| job.id == *id);
+            let kind = match scheduled {
+                Some(job) => Kind::Scheduled(job.start_time),
+                None => match state.scheduler.missed().into_iter().find(|m| m.id == *id) {
+                    Some(missed) => Kind::Missed(missed.start_time),
+                    None => return Err(Unshown::Unknown),
+                },
             };
             return Ok(TrialView {
                 id: id.clone(),
-                kind: Kind::Scheduled(job.start_time),
+                kind,
                 snapshot: None,
                 history: Cow::Owned(Vec::new()),
                 responses: Vec::new(),
@@ -264,7 +271,7 @@ fn shown_file(bytes: &[u8]) -> String {
 fn available(view: &TrialView) -> Vec<TrialAction> {
     use TrialAction::*;
     let snapshot = match (&view.kind, &view.snapshot) {
-        (Kind::Scheduled(_), _) => return vec![Unschedule],
+        (Kind::Scheduled(_) | Kind::Missed(_), _) => return vec![Unschedule],
         (Kind::Stored | Kind::Corrupt(_), _) | (Kind::Engine, None) => return vec![Delete],
         (Kind::Engine, Some(snapshot)) => snapshot,
     };
@@ -316,6 +323,11 @@ fn summary(view: &TrialView) -> Markup {
             (Kind::Scheduled(start), _) => {
                 p.status-line { (layout::badge(ListedStatus::Scheduled.name())) " starts at "
                     strong { (start.to_string()) } " (" (layout::time(start.utc())) ")" }
+            },
+            (Kind::Missed(start), _) => {
+                p.status-line { (layout::badge(ListedStatus::Missed.name())) " was to start at "
+                    strong { (start.to_string()) } " (" (layout::time(start.utc())) ")" }
+                p.hint { "Its start time passed while the service was down. Schedule it again from the Schedule page, or unschedule it." }
             },
             (Kind::Corrupt(reason), _) => {
                 p.status-line { (layout::badge(ListedStatus::Corrupt.name())) }
@@ -699,7 +711,7 @@ fn position(view: &TrialView, vnf: bool) -> Markup {
             Kind::Corrupt(_) => html! {
                 p.hint { "Its record cannot be read, so where it stands is not known: its timeline and responses are below." }
             },
-            Kind::Engine | Kind::Stored | Kind::Scheduled(_) => {
+            Kind::Engine | Kind::Stored | Kind::Scheduled(_) | Kind::Missed(_) => {
                 html! { p.hint { "The trial has not started: nothing has run yet." } }
             }
         };
@@ -989,6 +1001,10 @@ pub async fn live(
             let scheduled = view
                 .as_ref()
                 .is_some_and(|view| matches!(view.kind, Kind::Scheduled(_)));
+            // A missed trial changes only when an operator schedules or removes it.
+            let missed = view
+                .as_ref()
+                .is_some_and(|view| matches!(view.kind, Kind::Missed(_)));
             // Only a live trial's timeline grows while nothing happens (its running bar).
             let growing = view.as_ref().is_none_or(|view| {
                 view.snapshot
@@ -997,6 +1013,13 @@ pub async fn live(
             });
             // The view may borrow the followed history, which the wait below extends.
             drop(view);
+            if missed {
+                tokio::select! {
+                    () = tokio::time::sleep(REDRAW) => {}
+                    () = tx.closed() => return,
+                }
+                continue;
+            }
             if scheduled {
                 // The job's engine starts (or the job goes): either changes the page.
                 tokio::select! {

@@ -552,7 +552,7 @@ impl Executor {
                 may_have_made: false,
                 uncut,
                 last_attempt: &last_attempt,
-                shown: self.shared.state.subscribe(),
+                shared: &self.shared,
                 stepping,
             };
             let work = steps::run(&mut cx);

@@ -114,6 +114,10 @@ enum Unanswered {
     NotStarted,
 }
 
+/// What a step held by the operator's pause in its middle waits for.
+const HELD_MIDWAY: &str =
+    "the operator to resume (paused in the middle of the step: its next request waits)";
+
 /// Why a new engine takes nothing yet.
 const NOT_STARTED: &str = "the trial's first record is not saved yet (it is being saved, or the store cannot write): nothing is taken until it is, try again";
 
@@ -663,6 +667,25 @@ impl EngineShared {
                 progress: s.progress.take(),
                 ..Snapshot::at(lifecycle, checkpoint, s.created_at, now, ended_at)
             };
+            true
+        });
+    }
+
+    /// Shows a step that the operator's pause holds before its next request as waiting for
+    /// resume (`held`), or running again once it goes on.
+    pub(super) fn show_held(&self, held: bool) {
+        self.state.send_if_modified(|s| {
+            let (from, to, waiting_for) = if held {
+                (Lifecycle::Running, Lifecycle::Waiting, Some(HELD_MIDWAY))
+            } else {
+                (Lifecycle::Waiting, Lifecycle::Running, None)
+            };
+            if s.lifecycle != from || (!held && s.waiting_for != Some(HELD_MIDWAY)) {
+                return false;
+            }
+            s.lifecycle = to;
+            s.waiting_for = waiting_for;
+            s.updated_at = state::now();
             true
         });
     }

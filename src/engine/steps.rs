@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use chrono::{DateTime, Utc};
 use reqwest::Method;
 use serde_json::{Value, json};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -20,7 +19,7 @@ use super::state::{
     EventKind, JobState, KpiStatus, Ledger, ResponseRecord, SliceState, TrialData, TrialInfo,
     slice_id,
 };
-use super::{EngineDeps, Snapshot};
+use super::{EngineDeps, EngineShared};
 use crate::domain::TrialId;
 use crate::services::{Attempt, Outbound, SendError, Service, registry};
 
@@ -62,9 +61,9 @@ pub struct StepCx<'a> {
     /// Cancelled once an abort waits for the request in flight, or the engine is stopped: no
     /// further attempt is made, and a wait for one ends at once.
     pub last_attempt: &'a CancellationToken,
-    /// The engine as shown, whose `paused` holds every request the step has not started yet
+    /// The engine, whose shown `paused` holds every request the step has not started yet
     /// (SPEC §14: no new request starts until resume) unless the operator stepped to it.
-    pub shown: watch::Receiver<Snapshot>,
+    pub shared: &'a EngineShared,
     /// The operator stepped the paused trial to this step: its requests go.
     pub stepping: bool,
 }
@@ -665,14 +664,19 @@ impl StepCx<'_> {
 
     /// Returns once the operator's pause lets a new request start: at once unless the trial
     /// is paused, or when it was stepped here or is being cleaned up.
-    fn while_paused(&self) -> impl Future<Output = ()> + use<> {
-        let mut shown = (!self.stepping && !self.cleanup).then(|| self.shown.clone());
-        async move {
-            if let Some(shown) = &mut shown {
-                // The engine gone, nothing waits.
-                let _ = shown.wait_for(|s| !s.paused).await;
-            }
+    async fn while_paused(&self) {
+        if self.stepping || self.cleanup {
+            return;
         }
+        let mut shown = self.shared.state.subscribe();
+        if !shown.borrow().paused {
+            return;
+        }
+        // Shown waiting meanwhile, for what.
+        self.shared.show_held(true);
+        // The engine gone, nothing waits.
+        let _ = shown.wait_for(|s| !s.paused).await;
+        self.shared.show_held(false);
     }
 
     /// Sends a request, records the answer under the step, and requires `expected`. Returns

@@ -63,13 +63,19 @@ const MAX_LIFETIME_SECS: u64 = 24 * 3600;
 /// counts as none.
 fn lifetime(expires_in: Option<&serde_json::Value>) -> Duration {
     use serde_json::Value;
+    // A whole number of seconds, or any other number (cut to whole seconds, from 0).
+    let seconds = |f: f64| f.is_finite().then(|| f.max(0.0) as u64);
     let secs = match expires_in {
-        Some(Value::Number(n)) => n.as_u64().or_else(|| n.as_i64().map(|_| 0)).or_else(|| {
-            n.as_f64()
-                .filter(|f| f.is_finite())
-                .map(|f| f.max(0.0) as u64)
-        }),
-        Some(Value::String(text)) => text.trim().parse().ok(),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .or_else(|| n.as_i64().map(|_| 0))
+            .or_else(|| n.as_f64().and_then(seconds)),
+        Some(Value::String(text)) => {
+            let text = text.trim();
+            text.parse()
+                .ok()
+                .or_else(|| text.parse().ok().and_then(seconds))
+        }
         _ => None,
     };
     let secs = secs.unwrap_or_else(|| {
@@ -162,6 +168,8 @@ mod tests {
         let secs = |v: serde_json::Value| lifetime(Some(&v)).as_secs();
         assert_eq!(secs(json!(3600)), 3595);
         assert_eq!(secs(json!("3600")), 3595);
+        assert_eq!(secs(json!("3600.5")), 3595);
+        assert_eq!(secs(json!("18446744073709551616")), MAX_LIFETIME_SECS - 5);
         assert_eq!(secs(json!(3600.7)), 3595);
         assert_eq!(secs(json!(u64::MAX)), MAX_LIFETIME_SECS - 5);
         assert_eq!(secs(json!(i64::MAX)), MAX_LIFETIME_SECS - 5);

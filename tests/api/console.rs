@@ -1258,3 +1258,28 @@ async fn the_trials_page_marks_a_paused_trial() {
     let after = get_page(&app, &session.cookie, "/ui/trials").await;
     assert_eq!(listed(&after), 1, "{after}");
 }
+
+#[tokio::test]
+async fn a_missed_trial_has_a_page_that_offers_to_unschedule_it() {
+    let data = prepared_store(vec![job_an_hour_ago("missed-page")], None);
+    let path = data.path().to_path_buf();
+    let app = spawn_app_with_settings(move |s| s.store.data_dir = path).await;
+    let session = sign_in(&app, Role::Operator).await;
+    let page = get_page(&app, &session.cookie, "/ui/trials/missed-page").await;
+    assert!(page.contains("was to start at"), "{page}");
+    assert!(
+        page.contains(r#"href="/ui/trials/missed-page/confirm/unschedule""#),
+        "{page}"
+    );
+    let answer = post(
+        &app,
+        &session,
+        "/ui/trials/missed-page/actions/unschedule",
+        &[],
+    )
+    .await;
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    assert_eq!(answer.headers()[LOCATION], "/ui/trials");
+    let status = app.get("/status").await.body;
+    assert_eq!(status["missed_trials"], Value::Array(vec![]), "{status}");
+}

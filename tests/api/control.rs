@@ -1151,6 +1151,14 @@ async fn a_pause_holds_a_step_s_next_request_and_its_next_attempt_until_resume()
     read.open();
     marking.open();
     app.wait_event(retried, "step_retry", "503").await;
+    // Each is shown waiting for the operator, in the middle of its step.
+    for (id, step) in [(second, "CreateMeasurementJob"), (retried, "SendKpiIdle")] {
+        let held = app.wait_waiting(id, "the operator to resume").await;
+        assert_eq!(held["state"], "Waiting", "{held}");
+        assert_eq!(held["step"], step, "{held}");
+        let says = held["waiting_for"].as_str().unwrap_or_default();
+        assert!(says.contains("middle of the step"), "{held}");
+    }
     // Stepping a trial paused in the middle of a step says why not.
     let answer = app.post(&format!("/trial/{second}/step"), None).await;
     assert_detail(&answer, StatusCode::CONFLICT);

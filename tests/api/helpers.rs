@@ -1364,6 +1364,16 @@ pub fn record(id: &str, lifecycle: Lifecycle, at: DateTime<Utc>) -> TrialRecord 
     }
 }
 
+/// The saved job of trial `id`, due an hour ago: missed at the next start.
+pub fn job_an_hour_ago(id: &str) -> Op {
+    let hour_ago = Utc::now() - chrono::Duration::hours(1);
+    Op::PutJob {
+        id: TrialId::parse(id).expect("an id"),
+        start: lcm::domain::StartTime::parse(&hour_ago.to_rfc3339()).expect("a time"),
+        created_at: hour_ago - chrono::Duration::hours(1),
+    }
+}
+
 /// A data directory holding a store made of `ops`, for an app to start on.
 pub fn prepared_store(ops: Vec<Op>, damage: Option<&str>) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");

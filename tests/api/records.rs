@@ -583,16 +583,6 @@ async fn the_listing_pages_on_past_a_row_whose_creation_is_not_a_time() {
     assert_eq!(walked(&app, "?limit=1").await, everything, "page by page");
 }
 
-/// The saved job of trial `id`, due an hour ago: missed at the next start.
-fn job_an_hour_ago(id: &str) -> Op {
-    let hour_ago = Utc::now() - Span::hours(1);
-    Op::PutJob {
-        id: TrialId::parse(id).expect("an id"),
-        start: StartTime::parse(&hour_ago.to_rfc3339()).expect("a time"),
-        created_at: hour_ago - Span::hours(1),
-    }
-}
-
 #[tokio::test]
 async fn a_job_whose_start_passed_beyond_the_grace_while_down_is_reported_not_run() {
     let data = prepared_store(vec![job_an_hour_ago("missed")], None);
