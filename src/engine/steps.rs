@@ -665,13 +665,11 @@ impl StepCx<'_> {
     /// Returns once the operator's pause lets a new request start: at once unless the trial
     /// is paused, or when it was stepped here or is being cleaned up.
     async fn while_paused(&self) {
-        if self.stepping || self.cleanup {
+        if self.stepping || self.cleanup || !self.shared.state.borrow().paused {
             return;
         }
+        // Paused since, resumed before this: `wait_for` sees either at once.
         let mut shown = self.shared.state.subscribe();
-        if !shown.borrow().paused {
-            return;
-        }
         // Shown waiting meanwhile, for what.
         self.shared.show_held(true);
         // The engine gone, nothing waits.
