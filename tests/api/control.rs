@@ -134,9 +134,10 @@ async fn an_abort_undoes_exactly_what_the_trial_deployed_at_every_point() {
         app.start_trial(id).await;
     }
 
-    // Before the slice exists: only the repository is told.
-    app.wait_for(early, "GetTrialInfo in flight", |s| {
-        s["step"] == "GetTrialInfo"
+    // Before the slice exists: only the repository is told. (The abort is sent once the
+    // repository has the step's read: the step is shown before its request leaves.)
+    eventually_at_least("GetTrialInfo's read in flight", 1, || {
+        sent(&app, early, "GET", "/trial/").len()
     })
     .await;
     abort(&app, early, "wrong trial").await;
@@ -1084,8 +1085,9 @@ async fn a_pause_lets_the_request_in_flight_complete_and_starts_nothing_more() {
     // The flight plan is held until the pause has been taken.
     let plan = app.hold_next(Component::Enforcement, "POST", "/flightplan", id);
     app.start_trial(id).await;
-    app.wait_for(id, "EnforceUavPlan in flight", |s| {
-        s["step"] == "EnforceUavPlan"
+    // The step is shown before its requests leave: the pause comes once the plan has.
+    eventually_at_least("the flight plan in flight", 1, || {
+        sent(&app, id, "POST", "/flightplan").len()
     })
     .await;
     assert_eq!(
@@ -1121,8 +1123,10 @@ async fn a_pause_holds_a_step_s_next_request_and_its_next_attempt_until_resume()
     // trial, which is held until the pause has been taken.
     let plan = app.hold_next(Component::Enforcement, "POST", "/flightplan", second);
     app.start_trial(second).await;
-    app.wait_for(second, "EnforceUavPlan in flight", |s| {
-        s["step"] == "EnforceUavPlan"
+    // The step is shown before its requests leave: the next read is the job step's once the
+    // plan is in flight.
+    eventually_at_least("the flight plan in flight", 1, || {
+        sent(&app, second, "POST", "/flightplan").len()
     })
     .await;
     let read = app.hold_next(Component::Repository, "GET", "/trial/", second);
@@ -1139,8 +1143,8 @@ async fn a_pause_holds_a_step_s_next_request_and_its_next_attempt_until_resume()
             .times(1),
     );
     app.start_trial(retried).await;
-    app.wait_for(retried, "SendKpiIdle in flight", |s| {
-        s["step"] == "SendKpiIdle"
+    eventually_at_least("the first marking in flight", 1, || {
+        sent(&app, retried, "POST", "/markKPIData").len()
     })
     .await;
 
