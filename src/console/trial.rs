@@ -286,8 +286,11 @@ fn available(view: &TrialView) -> Vec<TrialAction> {
             }
             if snapshot.paused {
                 actions.push(Resume);
-                // At a wait there is nothing to step: the signal or callback that ends it does.
-                if let Position::Run(_) = snapshot.position {
+                // At a wait there is nothing to step: the signal or callback that ends it does;
+                // nor in the middle of a step, which resume lets finish.
+                if let Position::Run(_) = snapshot.position
+                    && !snapshot.held_midway()
+                {
                     actions.push(Step);
                 }
             } else {

@@ -114,10 +114,6 @@ enum Unanswered {
     NotStarted,
 }
 
-/// What a step held by the operator's pause in its middle waits for.
-const HELD_MIDWAY: &str =
-    "the operator to resume (paused in the middle of the step: its next request waits)";
-
 /// Why a new engine takes nothing yet.
 const NOT_STARTED: &str = "the trial's first record is not saved yet (it is being saved, or the store cannot write): nothing is taken until it is, try again";
 
@@ -676,11 +672,15 @@ impl EngineShared {
     pub(super) fn show_held(&self, held: bool) {
         self.state.send_if_modified(|s| {
             let (from, to, waiting_for) = if held {
-                (Lifecycle::Running, Lifecycle::Waiting, Some(HELD_MIDWAY))
+                (
+                    Lifecycle::Running,
+                    Lifecycle::Waiting,
+                    Some(state::HELD_MIDWAY),
+                )
             } else {
                 (Lifecycle::Waiting, Lifecycle::Running, None)
             };
-            if s.lifecycle != from || (!held && s.waiting_for != Some(HELD_MIDWAY)) {
+            if s.lifecycle != from || (!held && !s.held_midway()) {
                 return false;
             }
             s.lifecycle = to;

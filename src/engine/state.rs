@@ -634,7 +634,17 @@ pub struct Snapshot {
     pub ended_at: Option<DateTime<Utc>>,
 }
 
+/// What a step held by the operator's pause in its middle waits for.
+pub(super) const HELD_MIDWAY: &str =
+    "the operator to resume (paused in the middle of the step: its next request waits)";
+
 impl Snapshot {
+    /// Whether the operator's pause holds the step in its middle (before its next request):
+    /// only resume moves it on, not step.
+    pub fn held_midway(&self) -> bool {
+        self.waiting_for == Some(HELD_MIDWAY)
+    }
+
     /// What the API shows of an engine at `checkpoint`.
     pub fn at(
         lifecycle: Lifecycle,

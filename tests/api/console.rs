@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use lcm::config::Role;
 use lcm::console::actions::TrialAction;
-use lcm::sim::FaultAction;
+use lcm::sim::{Component, FaultAction};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
 use serde_json::Value;
@@ -1282,4 +1282,31 @@ async fn a_missed_trial_has_a_page_that_offers_to_unschedule_it() {
     assert_eq!(answer.headers()[LOCATION], "/ui/trials");
     let status = app.get("/status").await.body;
     assert_eq!(status["missed_trials"], Value::Array(vec![]), "{status}");
+}
+
+#[tokio::test]
+async fn a_trial_paused_in_the_middle_of_a_step_is_offered_resume_not_step() {
+    let app = spawn_app().await;
+    let id = "held-midway";
+    // The step's first marking is held until the pause is taken: its second then waits.
+    let marking = app.hold_next(Component::Kpi, "POST", "/markKPIData", id);
+    app.start_trial(id).await;
+    eventually_at_least("the first marking in flight", 1, || {
+        sent(&app, id, "POST", "/markKPIData").len()
+    })
+    .await;
+    let answer = app.post(&format!("/trial/{id}/pause"), None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    marking.open();
+    app.wait_waiting(id, "in the middle of the step").await;
+    let session = sign_in(&app, Role::Operator).await;
+    let page = get_page(&app, &session.cookie, &format!("/ui/trials/{id}")).await;
+    assert!(
+        page.contains(&format!("/ui/trials/{id}/confirm/resume")),
+        "{page}"
+    );
+    assert!(
+        !page.contains(&format!("/ui/trials/{id}/confirm/step")),
+        "{page}"
+    );
 }
