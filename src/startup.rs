@@ -152,6 +152,7 @@ impl Application {
             started: Instant::now(),
             shutdown: tokio_util::sync::CancellationToken::new(),
             handlers: tokio_util::task::TaskTracker::new(),
+            late_slices: std::sync::Mutex::default(),
         });
         Ok(Self {
             listener,

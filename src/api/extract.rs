@@ -330,7 +330,7 @@ impl CallbackToken {
         // the callback of a slice made after its trial's clean-up concluded none was.
         if checked.is_err() && identified.is_some() && parts.uri.path().ends_with("/callback/slice")
         {
-            state.slice_after_none_made(&trial).await;
+            state.slice_after_none_made(&trial, &token).await;
         }
         match checked {
             Ok((claims, engine)) => Ok(CallbackToken {

@@ -65,6 +65,10 @@ pub struct AppInner {
     /// Every request's handling, which goes on after its connection is gone: shutdown waits
     /// for them before the store's last rows are committed.
     pub handlers: TaskTracker,
+    /// The trials whose slice, made after their clean-up concluded none was, this process
+    /// has asked trial enforcement to close: once each (the close's own callback comes back
+    /// refused too).
+    pub late_slices: std::sync::Mutex<std::collections::HashSet<crate::domain::TrialId>>,
 }
 
 impl AppState {

@@ -5,8 +5,10 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use reqwest::Method;
 use serde::Serialize;
-use tracing::error;
+use serde_json::json;
+use tracing::{error, info, warn};
 use utoipa::ToSchema;
 
 use super::AppState;
@@ -18,6 +20,7 @@ use crate::engine::state::{
     EngineStatus, EventKind, ExecutorStatus, KpiStatus, Leftover, Lifecycle, Mode, Position,
     ResponseRecord, Snapshot, TrialEvent,
 };
+use crate::services::{Outbound, Service};
 use crate::store::{StoredTrial, TrialRecord};
 
 /// Where a trial was found.
@@ -114,22 +117,60 @@ impl AppState {
         }
     }
 
-    /// Logs an error when a slice callback refused for trial `id` comes after its clean-up
-    /// concluded that its slice deployment, never answered, made no slice (`no_slice_made`):
-    /// trial enforcement made it late after all, and nothing of this service will close it.
-    pub async fn slice_after_none_made(&self, id: &TrialId) {
+    /// A slice callback refused for trial `id`, with `token` (signed by this service), that
+    /// comes after its clean-up concluded that its slice deployment, never answered, made no
+    /// slice (`no_slice_made`): trial enforcement made it late after all. It is closed as the
+    /// clean-up would have, `DELETE /sliceDeployment/{id}`, once (the close's own callback
+    /// comes back here too); the log says what came of it.
+    pub async fn slice_after_none_made(&self, id: &TrialId, token: &str) {
         let Ok(found) = self.find_trial(id).await else {
             return;
         };
         let Ok(history) = self.history(&found, id).await else {
             return;
         };
-        if history.iter().any(|e| e.event == EventKind::NoSliceMade) {
-            error!(
-                trial = %id,
-                "a slice callback came after the trial's clean-up concluded that its slice deployment made no slice (no_slice_made): trial enforcement made one late; this service no longer closes it: close it on the facility by hand"
-            );
+        if !history.iter().any(|e| e.event == EventKind::NoSliceMade) {
+            return;
         }
+        let first = self
+            .late_slices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone());
+        if !first {
+            return;
+        }
+        warn!(
+            trial = %id,
+            "a slice callback came after the trial's clean-up concluded that its slice deployment made no slice (no_slice_made): trial enforcement made one late; closing it"
+        );
+        let base = self.settings.server.public_url.trim_end_matches('/');
+        let request = Outbound::new(
+            Service::TrialEnforcement,
+            Method::DELETE,
+            format!("sliceDeployment/{id}"),
+        )
+        .query("callback_url", format!("{base}/trial/{id}/callback/slice"))
+        .json(json!({"Authorization": token}));
+        let services = self.scheduler.deps().services.clone();
+        let id = id.clone();
+        self.handlers.spawn(async move {
+            match services.send(&request, |_| {}).await {
+                Ok(reply) if reply.status == 200 => {
+                    warn!(trial = %id, "the slice made after its trial's clean-up is closed (trial enforcement answered 200)");
+                }
+                Ok(reply) if reply.status == 404 => {
+                    info!(trial = %id, "the slice made after its trial's clean-up is gone already (trial enforcement answered 404)");
+                }
+                answer => {
+                    let said = match answer {
+                        Ok(reply) => format!("answered {}", reply.status),
+                        Err(e) => e.to_string(),
+                    };
+                    error!(trial = %id, answer = %said, "the slice made after its trial's clean-up could not be closed: close it on the facility by hand");
+                }
+            }
+        });
     }
 
     /// A trial's recorded responses, from memory or the store.

@@ -1567,11 +1567,27 @@ async fn a_slice_deployment_unanswered_that_made_nothing_ends_the_clean_up_at_it
         app.platform.status_history(id).last().map(String::as_str),
         Some("ABORTED")
     );
-    // Made after all, later still: its callback is refused, and the log says what to do.
+    // Made after all, later still: its callback is refused, and the slice is closed as the
+    // clean-up would have, once: the close's own callback comes back refused too.
     let late = app.callback(id, "slice", Some(&app.token_of(id))).await;
     assert_detail(&late, StatusCode::UNAUTHORIZED);
-    let line = logged(&app, &[id, "ERROR", "close it on the facility by hand"]).await;
+    let line = logged(&app, &[id, "WARN", "made one late; closing it"]).await;
     assert!(line.contains("no_slice_made"), "{line}");
+    logged(
+        &app,
+        &[id, "the slice made after its trial's clean-up is closed"],
+    )
+    .await;
+    let slice_callback = format!("/trial/{id}/callback/slice");
+    eventually_at_least("the close's callback, refused", 1, || {
+        app.platform
+            .callbacks()
+            .iter()
+            .filter(|c| c.url.ends_with(&slice_callback) && c.status == Some(401))
+            .count()
+    })
+    .await;
+    assert_eq!(closes(&app, id), 2, "{:?}", lines(&app, id));
 }
 
 #[tokio::test]
