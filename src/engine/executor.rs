@@ -541,7 +541,6 @@ impl Executor {
             let mut cx = StepCx {
                 deps: &self.deps,
                 id: &self.id,
-                journal: &self.shared.journal,
                 data,
                 step,
                 rerun: std::mem::take(&mut self.rerun),
@@ -550,7 +549,6 @@ impl Executor {
                 started_at: *started_at,
                 posts: 0,
                 may_have_made: false,
-                uncut,
                 last_attempt: &last_attempt,
                 shared: &self.shared,
                 stepping,

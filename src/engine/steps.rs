@@ -36,7 +36,6 @@ fn fail<T>(message: impl Into<String>) -> Result<T, StepError> {
 pub struct StepCx<'a> {
     pub deps: &'a EngineDeps,
     pub id: &'a TrialId,
-    pub journal: &'a Journal,
     pub data: &'a mut TrialData,
     pub step: Step,
     /// The step runs again after a failure or a crash: what it did the first time may
@@ -54,15 +53,13 @@ pub struct StepCx<'a> {
     /// its service (it got an answer, or failed after it could have been sent), and the last
     /// answer was no refusal (a 4xx makes nothing).
     pub may_have_made: bool,
-    /// Set while a request an abort does not cut short is in flight (see
-    /// [`StepCx::call_uncut`]): an abort, or a stop, then waits for its answer instead of
-    /// cancelling it.
-    pub uncut: &'a AtomicBool,
     /// Cancelled once an abort waits for the request in flight, or the engine is stopped: no
     /// further attempt is made, and a wait for one ends at once.
     pub last_attempt: &'a CancellationToken,
-    /// The engine, whose shown `paused` holds every request the step has not started yet
-    /// (SPEC §14: no new request starts until resume) unless the operator stepped to it.
+    /// The engine: its journal records the step's answers; its `uncut` is set while a request
+    /// an abort does not cut short is in flight (see [`StepCx::call_uncut`]); its shown
+    /// `paused` holds every request the step has not started yet (SPEC §14: no new request
+    /// starts until resume) unless the operator stepped to it.
     pub shared: &'a EngineShared,
     /// The operator stepped the paused trial to this step: its requests go.
     pub stepping: bool,
@@ -658,7 +655,7 @@ impl StepCx<'_> {
         // Held before it is in flight: an abort meanwhile cuts the step, as it would before.
         self.while_paused().await;
         self.deps.services.authorize(request.service).await;
-        let _in_flight = Uncut::set(self.uncut);
+        let _in_flight = Uncut::set(&self.shared.uncut);
         self.send_recorded(request, accepts, expected).await
     }
 
@@ -720,7 +717,7 @@ impl StepCx<'_> {
         let mut reached = false;
         let reply = {
             let mut record = recorder(
-                self.journal,
+                &self.shared.journal,
                 self.step.name(),
                 Some(self.step),
                 &request,
