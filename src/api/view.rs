@@ -5,9 +5,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use reqwest::Method;
 use serde::Serialize;
-use serde_json::json;
 use tracing::{error, info, warn};
 use utoipa::ToSchema;
 
@@ -20,7 +18,6 @@ use crate::engine::state::{
     EngineStatus, EventKind, ExecutorStatus, KpiStatus, Leftover, Lifecycle, Mode, Position,
     ResponseRecord, Snapshot, TrialEvent,
 };
-use crate::services::{Outbound, Service};
 use crate::store::{StoredTrial, TrialRecord};
 
 /// Where a trial was found.
@@ -144,14 +141,7 @@ impl AppState {
             trial = %id,
             "a slice callback came after the trial's clean-up concluded that its slice deployment made no slice (no_slice_made): trial enforcement made one late; closing it"
         );
-        let base = self.settings.server.public_url.trim_end_matches('/');
-        let request = Outbound::new(
-            Service::TrialEnforcement,
-            Method::DELETE,
-            format!("sliceDeployment/{id}"),
-        )
-        .query("callback_url", format!("{base}/trial/{id}/callback/slice"))
-        .json(json!({"Authorization": token}));
+        let request = crate::engine::steps::close_request(&self.settings, id, token);
         let services = self.scheduler.deps().services.clone();
         let id = id.clone();
         self.handlers.spawn(async move {

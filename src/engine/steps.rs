@@ -20,6 +20,7 @@ use super::state::{
     slice_id,
 };
 use super::{EngineDeps, EngineShared};
+use crate::config::Settings;
 use crate::domain::TrialId;
 use crate::services::{Attempt, Outbound, SendError, Service, registry};
 
@@ -459,15 +460,26 @@ async fn delete_measurement_job(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     Ok(())
 }
 
-async fn close_service(cx: &mut StepCx<'_>) -> Result<(), StepError> {
-    let body = json!({"Authorization": cx.token()?});
-    let request = Outbound::new(
+/// `CloseService`'s request: `DELETE trial_enforcement /sliceDeployment/{id}`, carrying the
+/// trial's `token` and the slice callback's URL.
+pub fn close_request(settings: &Settings, id: &TrialId, token: &str) -> Outbound {
+    Outbound::new(
         Service::TrialEnforcement,
         Method::DELETE,
-        format!("sliceDeployment/{}", cx.id),
+        format!("sliceDeployment/{id}"),
     )
-    .query("callback_url", cx.callback_url("slice"))
-    .json(body);
+    .query("callback_url", callback_url(settings, id, "slice"))
+    .json(json!({"Authorization": token}))
+}
+
+/// Where a component calls back trial `id` with a callback of `kind`.
+fn callback_url(settings: &Settings, id: &TrialId, kind: &str) -> String {
+    let base = settings.server.public_url.trim_end_matches('/');
+    format!("{base}/trial/{id}/callback/{kind}")
+}
+
+async fn close_service(cx: &mut StepCx<'_>) -> Result<(), StepError> {
+    let request = close_request(&cx.deps.settings, cx.id, &cx.token()?);
     // A slice that is not there is closed: 404 means done. It is what a retry finds once the
     // first attempt closed the slice and its answer was lost, and what a step run again or a
     // clean-up finds (or one whose slice was never made). On the trial's own path the closing's
@@ -867,8 +879,7 @@ impl StepCx<'_> {
     }
 
     fn callback_url(&self, kind: &str) -> String {
-        let base = self.deps.settings.server.public_url.trim_end_matches('/');
-        format!("{base}/trial/{}/callback/{kind}", self.id)
+        callback_url(&self.deps.settings, self.id, kind)
     }
 
     fn token(&self) -> Result<String, StepError> {

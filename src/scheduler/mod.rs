@@ -560,17 +560,17 @@ impl Scheduler {
         if !self.missed_list().iter().any(|missed| missed.id == *id) {
             return Ok(false);
         }
+        // Of removals at once, the one whose write removed the row answers that it did.
         let removed = self
             .store()
             .write_audited(Op::DeleteJob { id: id.clone() }, audit)
-            .await?;
-        let mut missed = self.missed_list();
-        let had = missed.iter().any(|missed| missed.id == *id);
-        missed.retain(|missed| missed.id != *id);
-        if had {
+            .await?
+            > 0;
+        self.missed_list().retain(|missed| missed.id != *id);
+        if removed {
             info!(trial = %id, "missed job removed");
         }
-        Ok(had && removed > 0)
+        Ok(removed)
     }
 
     /// Stops and forgets a trial's engine (or, for an ended trial no longer in memory, its
