@@ -1291,10 +1291,7 @@ async fn a_trial_paused_in_the_middle_of_a_step_is_offered_resume_not_step() {
     // The step's first marking is held until the pause is taken: its second then waits.
     let marking = app.hold_next(Component::Kpi, "POST", "/markKPIData", id);
     app.start_trial(id).await;
-    eventually_at_least("the first marking in flight", 1, || {
-        sent(&app, id, "POST", "/markKPIData").len()
-    })
-    .await;
+    app.wait_sent(id, "POST", "/markKPIData").await;
     let answer = app.post(&format!("/trial/{id}/pause"), None).await;
     assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
     marking.open();

@@ -136,10 +136,7 @@ async fn an_abort_undoes_exactly_what_the_trial_deployed_at_every_point() {
 
     // Before the slice exists: only the repository is told. (The abort is sent once the
     // repository has the step's read: the step is shown before its request leaves.)
-    eventually_at_least("GetTrialInfo's read in flight", 1, || {
-        sent(&app, early, "GET", "/trial/").len()
-    })
-    .await;
+    app.wait_sent(early, "GET", "/trial/").await;
     abort(&app, early, "wrong trial").await;
     assert_eq!(
         lines(&app, early),
@@ -1086,10 +1083,7 @@ async fn a_pause_lets_the_request_in_flight_complete_and_starts_nothing_more() {
     let plan = app.hold_next(Component::Enforcement, "POST", "/flightplan", id);
     app.start_trial(id).await;
     // The step is shown before its requests leave: the pause comes once the plan has.
-    eventually_at_least("the flight plan in flight", 1, || {
-        sent(&app, id, "POST", "/flightplan").len()
-    })
-    .await;
+    app.wait_sent(id, "POST", "/flightplan").await;
     assert_eq!(
         app.post(&format!("/trial/{id}/pause"), None).await.status,
         StatusCode::OK
@@ -1125,10 +1119,7 @@ async fn a_pause_holds_a_step_s_next_request_and_its_next_attempt_until_resume()
     app.start_trial(second).await;
     // The step is shown before its requests leave: the next read is the job step's once the
     // plan is in flight.
-    eventually_at_least("the flight plan in flight", 1, || {
-        sent(&app, second, "POST", "/flightplan").len()
-    })
-    .await;
+    app.wait_sent(second, "POST", "/flightplan").await;
     let read = app.hold_next(Component::Repository, "GET", "/trial/", second);
     plan.open();
     app.wait_for(second, "CreateMeasurementJob reading the trial", |s| {
@@ -1143,10 +1134,7 @@ async fn a_pause_holds_a_step_s_next_request_and_its_next_attempt_until_resume()
             .times(1),
     );
     app.start_trial(retried).await;
-    eventually_at_least("the first marking in flight", 1, || {
-        sent(&app, retried, "POST", "/markKPIData").len()
-    })
-    .await;
+    app.wait_sent(retried, "POST", "/markKPIData").await;
 
     for id in [second, retried] {
         let answer = app.post(&format!("/trial/{id}/pause"), None).await;

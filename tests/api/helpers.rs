@@ -784,6 +784,16 @@ impl TestApp {
         gate
     }
 
+    /// Waits until the components have had trial `id`'s `method path` request: a step is
+    /// shown before its request leaves, so an abort or pause meant for a request in flight
+    /// waits for this instead.
+    pub async fn wait_sent(&self, id: &str, method: &str, path: &str) {
+        eventually_at_least(&format!("{method} {path} of {id} sent"), 1, || {
+            sent(self, id, method, path).len()
+        })
+        .await;
+    }
+
     /// Trial enforcement closes trial `id`'s slice once without calling back: the test sends
     /// the slice-closed callback itself.
     pub fn slice_closes_without_callback(&self, id: &str) {
