@@ -560,10 +560,11 @@ impl Scheduler {
         if !self.missed_list().iter().any(|missed| missed.id == *id) {
             return Ok(false);
         }
-        // Of removals at once, the one whose write removed the row answers that it did.
+        // Of removals at once, the one whose write removed the row answers that it did; a job
+        // scheduled again meanwhile stays.
         let removed = self
             .store()
-            .write_audited(Op::DeleteJob { id: id.clone() }, audit)
+            .write_audited(Op::DeleteMissedJob { id: id.clone() }, audit)
             .await?
             > 0;
         self.missed_list().retain(|missed| missed.id != *id);

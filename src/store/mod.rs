@@ -114,6 +114,11 @@ pub enum Op {
         id: TrialId,
         at: DateTime<Utc>,
     },
+    /// Removes a job kept as missed (counts 0, and changes nothing, if the trial's job has been
+    /// scheduled again meanwhile).
+    DeleteMissedJob {
+        id: TrialId,
+    },
     /// Removes the job an operator unscheduled and remembers its start time, so that polling
     /// the registry does not schedule the trial at that time again (a later job of the trial
     /// forgets it); counts the jobs removed. Marks of start times passed at `at` go.
@@ -189,6 +194,7 @@ impl Op {
             Op::DeleteJob { .. } => "delete job",
             Op::Unschedule { .. } => "unschedule job",
             Op::MarkMissed { .. } => "mark job missed",
+            Op::DeleteMissedJob { .. } => "delete missed job",
             Op::PutTrial(_) => "put trial",
             Op::SetPaused { .. } => "set paused",
             Op::SetHeld { .. } => "set held signals",

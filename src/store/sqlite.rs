@@ -828,6 +828,11 @@ fn apply_op(tx: &Transaction, op: &Op) -> rusqlite::Result<usize> {
             "DELETE FROM jobs WHERE trial_id = ?1",
             params![id.as_str()],
         ),
+        Op::DeleteMissedJob { id } => exec(
+            tx,
+            "DELETE FROM jobs WHERE trial_id = ?1 AND missed_at IS NOT NULL",
+            params![id.as_str()],
+        ),
         Op::MarkMissed { id, at } => exec(
             tx,
             "UPDATE jobs SET missed_at = ?2 WHERE trial_id = ?1",

@@ -1243,3 +1243,47 @@ fn a_purge_finds_the_trials_it_removes_by_their_end_not_by_reading_every_row() {
         "{plan:?}"
     );
 }
+
+#[test]
+fn a_missed_job_is_removed_as_missed_only_and_scheduling_it_again_makes_it_a_job() {
+    let mut store = SqliteBackend::in_memory().unwrap();
+    let now = Utc::now();
+    let job = |name: &str| Op::PutJob {
+        id: id(name),
+        start: StartTime::parse("2999-01-01T10:00:00Z").unwrap(),
+        created_at: now,
+    };
+    let missed = |name: &str| Op::MarkMissed {
+        id: id(name),
+        at: now,
+    };
+    let delete = |name: &str| Op::DeleteMissedJob { id: id(name) };
+    let counts = put(
+        &mut store,
+        vec![
+            job("missed"),
+            job("again"),
+            job("scheduled"),
+            missed("missed"),
+            missed("again"),
+            // Scheduled again, it is a job, not a missed one.
+            job("again"),
+            delete("missed"),
+            delete("again"),
+            delete("scheduled"),
+        ],
+    );
+    assert_eq!(counts[6..], [1, 0, 0]);
+    let mut kept: Vec<(String, bool)> = store
+        .load()
+        .unwrap()
+        .jobs
+        .into_iter()
+        .map(|job| (job.id.to_string(), job.missed_at.is_some()))
+        .collect();
+    kept.sort();
+    assert_eq!(
+        kept,
+        [("again".to_owned(), false), ("scheduled".to_owned(), false)]
+    );
+}
