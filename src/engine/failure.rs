@@ -50,7 +50,7 @@ pub async fn report(shared: &EngineShared, checkpoint: &Checkpoint) -> bool {
             recorder(&shared.journal, REPORT_LABEL, None, &request, &redactor),
             shared.abort_asked(),
             // The operator's pause holds the executor's requests, not the report.
-            || async {},
+            tokio::time::sleep,
         )
         .await;
     let told = match &reply {

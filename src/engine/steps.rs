@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use reqwest::Method;
@@ -686,6 +687,27 @@ impl StepCx<'_> {
         self.shared.show_held(false);
     }
 
+    /// Waits out a retry's backoff, then [`Self::while_paused`]: a pause that comes during
+    /// the backoff is shown at once, as holding the next attempt, and a resume as not.
+    async fn retry_wait(&self, backoff: Duration) {
+        let mut backoff = std::pin::pin!(tokio::time::sleep(backoff));
+        if self.stepping || self.cleanup {
+            backoff.await;
+            return;
+        }
+        let mut shown = self.shared.state.subscribe();
+        loop {
+            let paused = shown.borrow_and_update().paused;
+            self.shared.show_held(paused);
+            tokio::select! {
+                () = &mut backoff => break,
+                // The engine gone, the backoff alone is left.
+                Ok(()) = shown.changed() => {}
+            }
+        }
+        self.while_paused().await;
+    }
+
     /// Sends a request, records the answer under the step, and requires `expected`. Returns
     /// the JSON body (`null` when there was none).
     async fn call(&mut self, request: Outbound, expected: u16) -> Result<Value, StepError> {
@@ -750,7 +772,7 @@ impl StepCx<'_> {
                         record(attempt);
                     },
                     last_attempt.cancelled(),
-                    || self.while_paused(),
+                    |backoff| self.retry_wait(backoff),
                 )
                 .await
         };

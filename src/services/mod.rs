@@ -319,20 +319,21 @@ impl ServiceClient {
         request: &Outbound,
         observe: impl FnMut(Attempt<'_>),
     ) -> Result<Reply, SendError> {
-        self.send_until(request, observe, std::future::pending(), || async {})
+        self.send_until(request, observe, std::future::pending(), tokio::time::sleep)
             .await
     }
 
     /// Like [`Self::send`], with no attempt after the one in flight once `last_attempt`
     /// completes (an abort waits for this request's answer, or the service stops): a wait for
-    /// the next attempt then ends at once, with the answer the request had. Each attempt after
-    /// the first also waits for what `held` returns (the operator's pause), or `last_attempt`.
-    pub async fn send_until<H: Future<Output = ()>>(
+    /// the next attempt then ends at once, with the answer the request had. The wait before
+    /// each attempt after the first is what `wait` returns for the backoff chosen: the backoff,
+    /// and whatever else holds the next attempt (the operator's pause).
+    pub async fn send_until<W: Future<Output = ()>>(
         &self,
         request: &Outbound,
         mut observe: impl FnMut(Attempt<'_>),
         last_attempt: impl Future<Output = ()>,
-        held: impl Fn() -> H,
+        wait: impl Fn(Duration) -> W,
     ) -> Result<Reply, SendError> {
         let policy = self.inner.policies[request.service as usize];
         let mut last_attempt = std::pin::pin!(last_attempt);
@@ -357,7 +358,7 @@ impl ServiceClient {
                 retry,
                 max_attempts: policy.max_attempts,
             });
-            let Some((wait, reason)) = retry else {
+            let Some((backoff, reason)) = retry else {
                 return outcome;
             };
             metrics::counter!(
@@ -369,12 +370,7 @@ impl ServiceClient {
             tokio::select! {
                 biased;
                 () = last_attempt.as_mut() => return outcome,
-                () = tokio::time::sleep(wait) => {}
-            }
-            tokio::select! {
-                biased;
-                () = last_attempt.as_mut() => return outcome,
-                () = held() => {}
+                () = wait(backoff) => {}
             }
             number += 1;
         }

@@ -948,6 +948,37 @@ async fn an_abort_while_a_status_write_waits_to_be_tried_again_cleans_up_at_once
     );
 }
 
+/// A pause that comes while a request waits to be tried again shows the trial held at once,
+/// not running until the wait ends; a resume shows it running again, still waiting out the
+/// repository's ten minutes.
+#[tokio::test]
+async fn a_pause_during_a_retry_wait_shows_the_trial_held_at_once() {
+    let app = spawn_app_with_settings(|s| s.executor.retry.max_backoff_ms = 600_000).await;
+    let id = "paused-mid-backoff";
+    app.status_write_waiting_ten_minutes(id).await;
+    assert_eq!(app.trial_status(id).await["status"], "Running");
+    let written = app.platform.status_history(id);
+
+    let answer = app.post(&format!("/trial/{id}/pause"), None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    let held = app.wait_waiting(id, "the operator to resume").await;
+    assert_eq!(held["step"], "UpdateStatusActive", "{held}");
+    let says = held["waiting_for"].as_str().unwrap_or_default();
+    assert!(says.contains("middle of the step"), "{held}");
+
+    let answer = app.post(&format!("/trial/{id}/resume"), None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    let running = app
+        .wait_for(id, "running again", |s| s["status"] == "Running")
+        .await;
+    assert_eq!(running["waiting_for"], Value::Null, "{running}");
+    assert_eq!(
+        app.platform.status_history(id),
+        written,
+        "the write was tried again before its wait ended"
+    );
+}
+
 #[tokio::test]
 async fn a_reason_with_a_line_break_or_given_twice_is_refused_and_changes_nothing() {
     let app = spawn_app().await;
