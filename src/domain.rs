@@ -125,14 +125,14 @@ impl StartTime {
     }
 }
 
-/// The latest instant RFC 3339 can write: 9999-12-31T23:59:59Z.
-/// The first `max` characters of `text`, marked with `…` where it was cut: what is kept or
-/// shown of a text that comes from outside, so it cannot make a record as large as itself.
+/// `text` if it has at most `max` characters; else its start, marked with `…` where it was
+/// cut, `max` characters in all: what is kept or shown of a text that comes from outside, so
+/// it cannot make a record as large as itself.
 pub fn at_most(text: String, max: usize) -> String {
-    match start_of(&text, max) {
-        start if start.len() < text.len() => format!("{start}…"),
-        _ => text,
+    if start_of(&text, max).len() == text.len() {
+        return text;
     }
+    format!("{}…", start_of(&text, max.saturating_sub(1)))
 }
 
 /// Whether `c` could start a line of its own where text is shown: a control character (a
@@ -148,6 +148,7 @@ pub fn start_of(text: &str, max: usize) -> &str {
         .map_or(text, |(cut, _)| &text[..cut])
 }
 
+/// The latest instant RFC 3339 can write: 9999-12-31T23:59:59Z.
 fn latest() -> DateTime<Utc> {
     NaiveDate::from_ymd_opt(9999, 12, 31)
         .and_then(|day| day.and_hms_opt(23, 59, 59))

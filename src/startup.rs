@@ -135,7 +135,7 @@ impl Application {
         for (id, reason) in &loaded.quarantined {
             tracing::error!(trial = %id, reason = %reason, "a trial's record could not be read: listed as Corrupt in /trials");
         }
-        let scheduler = Scheduler::new(deps, ended_rx);
+        let scheduler = Scheduler::new(deps, ended_rx, access.clone());
         scheduler.recover(loaded).await?;
         let poller = scheduler.spawn_poller();
         let purger = scheduler.spawn_purger();

@@ -141,7 +141,7 @@ const MAX_WRITTEN_ID: usize = 200;
 /// [`super::error::MAX_DETAIL_CHARS`]; a message read from an answer may be longer).
 const MAX_WRITTEN_DETAIL: usize = super::error::MAX_DETAIL_CHARS;
 
-/// `id` as an entry keeps it: cut after [`MAX_WRITTEN_ID`] characters, marked with `…`.
+/// `id` as an entry keeps it: at most [`MAX_WRITTEN_ID`] characters, `…` marking a cut.
 fn at_most_written(id: String) -> String {
     at_most(id, MAX_WRITTEN_ID)
 }
@@ -426,7 +426,7 @@ mod tests {
         assert_eq!(at_most_written("t-1".into()), "t-1");
         let long = "é".repeat(20_000);
         let kept = at_most_written(long);
-        assert_eq!(kept.chars().count(), MAX_WRITTEN_ID + 1);
+        assert_eq!(kept.chars().count(), MAX_WRITTEN_ID);
         assert!(kept.ends_with('…'));
     }
 

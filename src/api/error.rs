@@ -3,13 +3,18 @@
 
 use axum::Json;
 use axum::body::{Body, to_bytes};
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use percent_encoding::percent_decode_str;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::AppState;
 use super::audit::AuditDetail;
 use crate::domain::{InvalidStartTime, InvalidTrialId, at_most};
+use crate::engine::redact::REDACTED;
 use crate::heartbeat::HeartbeatRefused;
 use crate::scheduler::ScheduleError;
 use crate::services::registry::RegistryError;
@@ -167,6 +172,55 @@ impl From<HeartbeatRefused> for ApiError {
 
 /// The detail of every 413, whichever layer refuses the body.
 pub const TOO_LARGE: &str = "request body is too large (server.max_body_bytes)";
+
+/// Hides the service's secrets in an error's detail, as the log and the audit do: a refusal
+/// may quote what the client sent, and a client may paste an API key, the token secret or a
+/// token into the wrong field, or a key into a path as a trial's id.
+pub async fn hide_secrets(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let uri = request.uri().clone();
+    let response = next.run(request).await;
+    let status = response.status();
+    let small = http_body::Body::size_hint(response.body())
+        .upper()
+        .is_some_and(|size| size <= ERROR_READ_LIMIT as u64);
+    if !(status.is_client_error() || status.is_server_error()) || !small {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = to_bytes(body, ERROR_READ_LIMIT).await else {
+        parts.headers.remove(header::CONTENT_LENGTH);
+        return Response::from_parts(parts, Body::empty());
+    };
+    let mut answer = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(answer) if answer["detail"].is_string() => answer,
+        _ => return Response::from_parts(parts, Body::from(bytes)),
+    };
+    let detail = answer["detail"].as_str().unwrap_or_default();
+    let mut shown = state
+        .scheduler
+        .deps()
+        .secrets
+        .redactor()
+        .text_and_tokens(detail);
+    let keys_in_path = uri
+        .path()
+        .split('/')
+        .map(|segment| percent_decode_str(segment).decode_utf8_lossy())
+        .filter(|segment| state.access.key_holder(segment).is_some());
+    for key in keys_in_path {
+        shown = shown.replace(key.as_ref(), REDACTED);
+    }
+    if shown == detail {
+        return Response::from_parts(parts, Body::from(bytes));
+    }
+    answer["detail"] = shown.into();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(answer.to_string()))
+}
+
+/// The most of an error answer [`hide_secrets`] reads: a detail is at most
+/// [`MAX_DETAIL_CHARS`] characters.
+const ERROR_READ_LIMIT: usize = 64 * 1024;
 
 /// Gives every error answer the `{"detail"}` shape, including those made by the framework
 /// and the middleware (unknown route, wrong method, body too large, timeout, …).

@@ -184,6 +184,10 @@ pub fn layered_api(state: &AppState) -> Router<AppState> {
         .layer(DefaultBodyLimit::max(max_body))
         .layer(RequestBodyLimitLayer::new(max_body))
         .layer(axum::middleware::map_response(error::json_errors))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            error::hide_secrets,
+        ))
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

@@ -14,7 +14,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{Admin, ApiJson, Operator, OptionalJson, TrialIdParam, TrialPath};
 use super::{AppState, Message};
 use crate::domain::{InvalidStartTime, StartTime, TrialId};
-use crate::scheduler::{ScheduleAllReport, ScheduleError, Skipped, Switched};
+use crate::scheduler::{A_SECRET_AS_ID, ScheduleAllReport, ScheduleError, Skipped, Switched};
 
 /// The routes of this area.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -142,14 +142,13 @@ async fn schedule(
     Ok((Extension(Audited), Json(answer)))
 }
 
-/// Refuses (400) a trial id that is one of the API keys (pasted into the wrong field, most
-/// likely): every viewer would see it in `/status`, `/trials` and the log as a trial's name.
+/// Refuses (400) a trial id that is one of the API keys or secrets (pasted into the wrong
+/// field, most likely): every viewer would see it in `/status`, `/trials` and the log as a
+/// trial's name.
 fn not_a_key(state: &AppState, id: &TrialId) -> Result<(), ApiError> {
-    match state.access.key_holder(id.as_str()) {
-        Some(_) => Err(ApiError::bad_request(
-            "the trial id is one of this service's API keys: not taken, since trial ids are shown to every viewer; change that key now, and give the trial's own id",
-        )),
-        None => Ok(()),
+    match state.scheduler.is_a_secret(id.as_str()) {
+        true => Err(ApiError::bad_request(A_SECRET_AS_ID)),
+        false => Ok(()),
     }
 }
 

@@ -119,6 +119,11 @@ impl Redactor {
         shown
     }
 
+    /// Whether `text` is one of the secrets.
+    pub fn is_one(&self, text: &str) -> bool {
+        self.secrets.iter().any(|secret| secret == text)
+    }
+
     fn hides_in(&self, text: &str) -> bool {
         self.secrets.iter().any(|secret| text.contains(secret))
     }

@@ -21,7 +21,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{error, info, warn};
 
+use crate::access::Access;
 use crate::domain::{InvalidStartTime, StartTime, TrialId};
+use crate::engine::redact::REDACTED;
 use crate::engine::{EngineDeps, EngineShared, failure};
 use crate::services::registry::{RegistryError, Unusable};
 use crate::store::{AuditEntry, Loaded, Op, Store, StoreError};
@@ -154,6 +156,9 @@ impl Timer {
     }
 }
 
+/// Why a trial id that is an API key or a secret is not taken.
+pub const A_SECRET_AS_ID: &str = "the trial id is one of this service's API keys or secrets: not taken, since trial ids are shown to every viewer; change that key or secret now, and give the trial's own id";
+
 /// The scheduler handle (cheap to clone).
 #[derive(Clone)]
 pub struct Scheduler {
@@ -162,6 +167,8 @@ pub struct Scheduler {
 
 struct Inner {
     jobs: Mutex<HashMap<TrialId, Job>>,
+    /// The API keys in force: a trial id that is one is never scheduled.
+    access: Arc<Access>,
     /// The trials an operator unscheduled, with the start time each had: polling the
     /// registry does not schedule them at that time again. Taken after `jobs`, never before.
     unscheduled: Mutex<HashMap<TrialId, DateTime<Utc>>>,
@@ -290,12 +297,17 @@ async fn purge_in_steps(store: &Store, what: &str, days: u64, step: impl Fn() ->
 impl Scheduler {
     /// A scheduler with no jobs and no engines; `ended` receives the engines whose trial ended
     /// (the `ended` sender of `deps`).
-    pub fn new(deps: Arc<EngineDeps>, ended: mpsc::UnboundedReceiver<Weak<EngineShared>>) -> Self {
+    pub fn new(
+        deps: Arc<EngineDeps>,
+        ended: mpsc::UnboundedReceiver<Weak<EngineShared>>,
+        access: Arc<Access>,
+    ) -> Self {
         let automatic = Arc::new(watch::Sender::new(deps.settings.scheduler.automatic));
         let turns = spawn_switch(deps.store.clone(), automatic.clone());
         let scheduler = Self {
             inner: Arc::new(Inner {
                 jobs: Mutex::new(HashMap::new()),
+                access,
                 unscheduled: Mutex::new(HashMap::new()),
                 missed: Mutex::new(Vec::new()),
                 engines: EngineRegistry::default(),
@@ -647,6 +659,13 @@ impl Scheduler {
         jobs
     }
 
+    /// Whether `id` is one of this service's API keys or secrets: such an id (pasted into the
+    /// wrong field, most likely) is never taken, since every viewer sees trial ids in
+    /// `/status`, `/trials` and the log.
+    pub fn is_a_secret(&self, id: &str) -> bool {
+        self.inner.access.key_holder(id).is_some() || self.inner.deps.secrets.redactor().is_one(id)
+    }
+
     /// Fetches the trial's start time from the registry and schedules it.
     pub async fn schedule_from_registry(
         &self,
@@ -679,12 +698,19 @@ impl Scheduler {
                 Ok(trial) => trial,
                 Err(Unusable { entry, reason }) => {
                     report.skipped.push(Skipped {
-                        id: entry,
+                        id: self.inner.deps.secrets.redactor().text(&entry),
                         reason: reason.to_owned(),
                     });
                     continue;
                 }
             };
+            if self.is_a_secret(&trial.id) {
+                report.skipped.push(Skipped {
+                    id: REDACTED.to_owned(),
+                    reason: A_SECRET_AS_ID.to_owned(),
+                });
+                continue;
+            }
             let skip = |report: &mut ScheduleAllReport, reason: String| {
                 report.skipped.push(Skipped {
                     id: trial.id.clone(),
@@ -1038,7 +1064,8 @@ mod tests {
     /// A scheduler on an in-memory store, with the built-in settings.
     fn scheduler() -> Scheduler {
         let (deps, ended_rx) = EngineDeps::for_tests();
-        Scheduler::new(deps, ended_rx)
+        let access = Access::new(&deps.settings.auth).expect("the built-in keys");
+        Scheduler::new(deps, ended_rx, Arc::new(access))
     }
 
     #[tokio::test]

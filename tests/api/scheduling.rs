@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
+use lcm::config::Role;
 use lcm::sim::{Component, Fault, FaultAction, Platform};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -452,6 +453,39 @@ async fn schedule_all_schedules_future_trials_and_skips_past_ones() {
         .collect();
     listed.sort();
     assert_eq!(listed, ["future1", "future2"]);
+}
+
+/// A registry trial whose id is one of the API keys or secrets is not scheduled: every viewer
+/// would read it in `/trials`, `/status` and the log. The report does not name it.
+#[tokio::test]
+async fn schedule_all_skips_a_trial_whose_id_is_a_key_or_a_secret_without_naming_it() {
+    let app = spawn_app().await;
+    let admin = key_of(Role::Admin);
+    for id in [key_of(Role::Operator), admin, TOKEN_SECRET, "plain"] {
+        app.platform
+            .add_trial(Platform::trial(id, Some(in_secs(3600))));
+    }
+    let answer = app.post("/debug/trial/schedule-all", None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    assert_eq!(ids(&answer.body, "scheduled"), ["plain"], "{answer:?}");
+    let skipped = answer.body["skipped"].as_array().expect("skipped");
+    assert_eq!(skipped.len(), 3, "{answer:?}");
+    for skip in skipped {
+        assert_eq!(skip["id"], "[redacted]", "{answer:?}");
+        assert!(
+            skip["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("API keys")),
+            "{answer:?}"
+        );
+    }
+    let listed = app.get("/trials").await.body.to_string();
+    let status = app.get("/status").await.body.to_string();
+    for shown in [answer.body.to_string(), listed, status, log_text(&app)] {
+        for secret in [key_of(Role::Operator), admin, TOKEN_SECRET] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
 }
 
 #[tokio::test]
