@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 
 use super::audit::{AuditCx, Audited};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{Admin, ApiJson, TrialIdParam, TrialPath};
+use super::extract::{Admin, OptionalJson, TrialIdParam, TrialPath};
 use super::trials::checked_text;
 use super::{AppState, Message};
 use crate::engine::watchdog::RestoreError;
@@ -120,9 +120,10 @@ async fn skip(
     _: Admin,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
-    ApiJson(body): ApiJson<SkipBody>,
+    OptionalJson(body): OptionalJson<SkipBody>,
 ) -> Result<Json<Message>, ApiError> {
-    let reason = checked_text("reason", Some(body.reason))?.ok_or_else(|| {
+    // No body at all is no reason, as an empty one is.
+    let reason = checked_text("reason", body.map(|b| b.reason))?.ok_or_else(|| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "'reason' must say why the step may be left out",

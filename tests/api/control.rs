@@ -1241,6 +1241,10 @@ async fn skip_goes_past_a_failed_step_with_a_reason_unless_later_steps_need_it()
             "{answer:?}"
         );
     }
+    // No body at all is no reason either.
+    let answer = app.post(&path, None).await;
+    assert_detail(&answer, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(answer.detail().contains("must say why"), "{answer:?}");
     let answer = app
         .post(
             &path,
