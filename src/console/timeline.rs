@@ -192,6 +192,7 @@ fn mark_symbol(kind: EventKind) -> &'static str {
         EventKind::Paused => "‖",
         EventKind::Resumed | EventKind::Stepped => "▶",
         EventKind::Restored | EventKind::Skipped => "↺",
+        EventKind::Recovered => "⟲",
         _ => "•",
     }
 }

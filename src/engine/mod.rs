@@ -40,7 +40,8 @@ use queue::Queue;
 use redact::Secrets;
 use sequence::{Signal, Step, Wait};
 use state::{
-    Checkpoint, EventKind, Lifecycle, Mode, Progress, ResponseRecord, Snapshot, TrialEvent,
+    Checkpoint, EventKind, Lifecycle, Mode, Position, Progress, ResponseRecord, Snapshot,
+    TrialEvent,
 };
 use watchdog::{ControlRequest, LastRecord, Origin, RestoreError, Watchdog};
 
@@ -119,6 +120,29 @@ const NOT_STARTED: &str = "the trial's first record is not saved yet (it is bein
 
 /// Why a recovered trial's history says an abort it shows asked for was not carried out.
 const ABORT_LOST: &str = "the service stopped (killed, or it crashed) while an abort waited for the answer in flight, before the abort was saved: the trial goes on where its last record left it; ask for the abort again";
+
+/// The step, and what the history says, of a trial brought back at start-up: from where it
+/// goes on.
+fn recovered_at(lifecycle: Lifecycle, checkpoint: &Checkpoint) -> (Option<Step>, String) {
+    let said = "the service started again (after a stop, or killed, or a crash) and brought the trial back from its last record";
+    let step = match checkpoint.position {
+        Position::Run(step) => Some(step),
+        Position::Wait(_) => None,
+    };
+    let then = match (lifecycle, &checkpoint.mode, step) {
+        (Lifecycle::Failed, _, _) => {
+            match checkpoint.failure.as_ref().is_some_and(|f| f.reported) {
+                true => "still failed: a restore, a skip or an abort goes on from here",
+                false => "failed: its failure procedure is finished now",
+            }
+        }
+        (_, Mode::Cleanup { .. }, Some(_)) => "its clean-up goes on with this step, run again",
+        (_, Mode::Cleanup { .. }, None) => "its clean-up waits again",
+        (_, Mode::Normal, Some(_)) => "it goes on with this step, run again",
+        (_, Mode::Normal, None) => "it waits again",
+    };
+    (step, format!("{said}: {then}"))
+}
 
 /// Whether the last abort `events` ask for was left unsaved: neither its clean-up started nor
 /// a word that it was not carried out followed it. The service stopped hard while the abort
@@ -232,6 +256,11 @@ impl EngineHandle {
         } = record;
         let live = lifecycle.is_live();
         let abort_lost = live && checkpoint.mode == Mode::Normal && abort_left_unsaved(&events);
+        // Said in a history that has begun; a trial whose engine had not begun shows nothing
+        // new but its first step.
+        let recovered =
+            matches!(origin, Origin::Recovered { rerun: true }) && !lifecycle.is_ended();
+        let recovered = recovered.then(|| recovered_at(lifecycle, &checkpoint));
         if live {
             let (started_at, run) = (checkpoint.started_at, checkpoint.run);
             sequence::count_in_flight(checkpoint.position, &mut checkpoint.data, |step| {
@@ -273,6 +302,11 @@ impl EngineHandle {
             ended,
             deps,
         });
+        if let Some((step, detail)) = recovered {
+            shared
+                .journal
+                .event(EventKind::Recovered, step, Some(detail), None);
+        }
         if abort_lost {
             tracing::info!(trial = %shared.id, "{ABORT_LOST}");
             shared.journal.event(

@@ -576,6 +576,7 @@ event_kinds! {
     TrialFailed => "trial_failed",
     TrialAborted => "trial_aborted",
     Restored => "restored",
+    Recovered => "recovered",
 }
 
 impl EventKind {

@@ -616,6 +616,28 @@ async fn stopping_the_service_reports_no_failure_and_every_trial_carries_on() {
             "the pause outlives a restart: {status}"
         );
     }
+    // Each history says the service started again, and from where the trial went on the first
+    // time.
+    for id in all {
+        let history = app.history(id).await;
+        let recovered = events(&history, "recovered");
+        assert_eq!(recovered.len(), 2, "{id}: {history:?}");
+        let said = recovered[0]["detail"].as_str().unwrap_or_default();
+        assert!(said.contains("the service started again"), "{id}: {said}");
+        let (step, then) = match id {
+            "stop-mid" => (
+                json!("EnforceUavPlan"),
+                "it goes on with this step, run again",
+            ),
+            "stop-paused" => (
+                json!("SendKpiActive"),
+                "it goes on with this step, run again",
+            ),
+            _ => (Value::Null, "it waits again"),
+        };
+        assert_eq!(recovered[0]["step"], step, "{id}: {history:?}");
+        assert!(said.ends_with(then), "{id}: {said}");
+    }
 
     app.wait_waiting(slice, "slice callback (slice created)")
         .await;

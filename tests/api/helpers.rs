@@ -1404,3 +1404,8 @@ pub fn scratch_of(stdout: &str) -> std::path::PathBuf {
     let path = line.trim_start().split(" (").next().unwrap_or_default();
     std::path::PathBuf::from(path)
 }
+
+/// The events of one kind in a history.
+pub fn events<'a>(history: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    history.iter().filter(|e| e["event"] == kind).collect()
+}

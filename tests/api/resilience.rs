@@ -23,11 +23,6 @@ async fn trial_list(app: &TestApp, id: &str, what: &str) -> Result<Vec<Value>, S
     }
 }
 
-/// The events of one kind in a history.
-fn events<'a>(history: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    history.iter().filter(|e| e["event"] == kind).collect()
-}
-
 /// The trial's recorded responses under `step` (`GET /trial/{id}/responses`).
 async fn responses_of(app: &TestApp, id: &str, step: &str) -> Vec<Value> {
     trial_list(app, id, "responses")
