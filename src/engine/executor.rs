@@ -899,6 +899,9 @@ impl Executor {
                     if late_creation {
                         break self.no_slice_made();
                     }
+                    if self.may_have_taken_the_closing(wait) {
+                        break self.close_again();
+                    }
                     break Outcome::Failed(format!("timed out waiting for {}", spec.waiting_for));
                 }
                 () = sleep_until(heartbeat) => {
@@ -1110,6 +1113,43 @@ impl Executor {
         wait == Wait::SliceClosed
             && creation_due
             && !self.checkpoint.accepted.contains(&SLICE_CREATED)
+    }
+
+    /// Whether `wait` is the clean-up's wait for the slice-closed callback after it took the
+    /// first callback as the slice-created one that was due ([`Self::awaits_slice_creation`]):
+    /// when no second one comes, the first may have been the closing's, the creation's never
+    /// sent.
+    fn may_have_taken_the_closing(&self, wait: Wait) -> bool {
+        let creation_due = matches!(
+            self.checkpoint.mode,
+            Mode::Cleanup {
+                creation_due: true,
+                ..
+            }
+        );
+        wait == Wait::SliceClosed
+            && creation_due
+            && self.checkpoint.accepted.contains(&SLICE_CREATED)
+    }
+
+    /// The clean-up's wait for the slice-closed callback ended without one, after the callback
+    /// taken as the slice-created one may have been the closing's: `CloseService` is sent once
+    /// more, and trial enforcement's 404 (it has no such slice) says the slice is closed. Any
+    /// other answer waits for the closing's callback again, which, not coming, fails the
+    /// clean-up as any wait's end does.
+    fn close_again(&mut self) -> Outcome {
+        let timeout_secs = self.deps.settings.executor.callback_timeout_secs;
+        let detail = format!(
+            "no second slice callback came within {timeout_secs} s (executor.callback_timeout_secs): the one taken as the slice-created callback may have been the closing's, the creation's never sent; the close is sent again, and trial enforcement's 404 says the slice is closed"
+        );
+        info!("{detail}");
+        self.shared
+            .journal
+            .event(EventKind::CloseAskedAgain, None, Some(detail), None);
+        if let Mode::Cleanup { creation_due, .. } = &mut self.checkpoint.mode {
+            *creation_due = false;
+        }
+        Outcome::To(Position::Run(Step::CloseService))
     }
 
     /// When the slice deployment was last sent, as its last recorded attempt says (none if no

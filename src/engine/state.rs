@@ -568,6 +568,7 @@ event_kinds! {
     Skipped => "skipped",
     TrialDeadline => "trial_deadline",
     NoSliceMade => "no_slice_made",
+    CloseAskedAgain => "close_asked_again",
     AbortRequested => "abort_requested",
     AbortNotCarriedOut => "abort_not_carried_out",
     CleanupStarted => "cleanup_started",

@@ -140,7 +140,9 @@ pub async fn handle(
                     .into_response(),
             );
         }
-        Some(FaultAction::HoldUntil(gate)) => gate.passed().await,
+        Some(FaultAction::HoldUntil(gate) | FaultAction::HoldThenDropCallback(gate)) => {
+            gate.passed().await;
+        }
         _ => {}
     }
 
@@ -151,7 +153,7 @@ pub async fn handle(
     };
     if let Some(callback) = usual.callback {
         match fault {
-            Some(FaultAction::DropCallback) => {}
+            Some(FaultAction::DropCallback | FaultAction::HoldThenDropCallback(_)) => {}
             Some(FaultAction::EarlyCallback) => call_back(&sim, &callback).await,
             Some(FaultAction::DuplicateCallback) => {
                 let sim = sim.clone();

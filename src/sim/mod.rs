@@ -136,6 +136,8 @@ pub enum FaultAction {
     HoldThenStatus(Gate, u16),
     /// Answer as usual but never make the callback.
     DropCallback,
+    /// Wait until the gate is opened, then answer as usual but never make the callback.
+    HoldThenDropCallback(Gate),
     /// Make the callback (and wait for its answer) before answering the request.
     EarlyCallback,
     /// Make the callback twice (a component retrying).

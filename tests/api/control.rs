@@ -681,6 +681,54 @@ async fn a_slice_created_callback_after_an_abort_is_not_taken_for_the_closing() 
     assert_eq!(status["leftovers"], json!([]), "{status}");
 }
 
+/// A component that answers the slice deployment the abort let through but never sends its
+/// slice-created callback, only the closing's: the one callback is taken as the creation's, and
+/// when no second one comes the close is sent again. Its 404 says the slice is closed: the trial
+/// ends aborted, with nothing left and no `FAILED` told to the repository.
+#[tokio::test]
+async fn a_closing_callback_taken_for_the_creation_s_is_settled_by_closing_again() {
+    let app = spawn_app_with_settings(|s| s.executor.callback_timeout_secs = 3).await;
+    let id = "closing-taken-early";
+    let deployment = Gate::default();
+    app.platform.inject(slice_deployment_fault(
+        id,
+        FaultAction::HoldThenDropCallback(deployment.clone()),
+    ));
+    app.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "DELETE",
+            "/sliceDeployment/",
+            FaultAction::Status(404),
+        )
+        .for_trial(id)
+        .after(1),
+    );
+    app.slice_deployment_in_flight(id).await;
+    let open = async {
+        app.wait_event(id, "abort_requested", "").await;
+        deployment.open();
+    };
+    let abort = format!("/trial/{id}/abort");
+    let (aborted, ()) = tokio::join!(app.post(&abort, None), open);
+    assert_eq!(aborted.status, StatusCode::OK, "{aborted:?}");
+    app.wait_event(id, "close_asked_again", "may have been the closing's")
+        .await;
+    let status = app
+        .wait_for(id, "Aborted", |s| s["engine_status"] == "Aborted")
+        .await;
+    assert_eq!(status["leftovers"], json!([]), "{status}");
+    assert_eq!(status["cleanup_failed"], false, "{status}");
+    let written = app.platform.status_history(id);
+    assert_eq!(
+        written.last().map(String::as_str),
+        Some("ABORTED"),
+        "{written:?}"
+    );
+    assert!(!written.contains(&"FAILED".to_owned()), "{written:?}");
+    assert_eq!(sent(&app, id, "DELETE", "/sliceDeployment/").len(), 2);
+}
+
 #[tokio::test]
 async fn an_abort_that_cancels_a_kpi_marking_in_flight_closes_the_marking() {
     let app = spawn_app().await;
