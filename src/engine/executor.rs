@@ -1103,16 +1103,7 @@ impl Executor {
     /// the first time created, the second closed). A trial aborted later, at the wait for it,
     /// takes the first callback as the closing's: that creation's callback may never come.
     fn awaits_slice_creation(&self, wait: Wait) -> bool {
-        let creation_due = matches!(
-            self.checkpoint.mode,
-            Mode::Cleanup {
-                creation_due: true,
-                ..
-            }
-        );
-        wait == Wait::SliceClosed
-            && creation_due
-            && !self.checkpoint.accepted.contains(&SLICE_CREATED)
+        self.closing_after_creation_due(wait) == Some(false)
     }
 
     /// Whether `wait` is the clean-up's wait for the slice-closed callback after it took the
@@ -1120,6 +1111,13 @@ impl Executor {
     /// when no second one comes, the first may have been the closing's, the creation's never
     /// sent.
     fn may_have_taken_the_closing(&self, wait: Wait) -> bool {
+        self.closing_after_creation_due(wait) == Some(true)
+    }
+
+    /// At the clean-up's wait for the slice-closed callback with the slice-created one due
+    /// (the abort let the slice deployment have its answer): whether a callback was taken as
+    /// the creation's since. `None` at any other wait.
+    fn closing_after_creation_due(&self, wait: Wait) -> Option<bool> {
         let creation_due = matches!(
             self.checkpoint.mode,
             Mode::Cleanup {
@@ -1127,9 +1125,8 @@ impl Executor {
                 ..
             }
         );
-        wait == Wait::SliceClosed
-            && creation_due
-            && self.checkpoint.accepted.contains(&SLICE_CREATED)
+        (wait == Wait::SliceClosed && creation_due)
+            .then(|| self.checkpoint.accepted.contains(&SLICE_CREATED))
     }
 
     /// The clean-up's wait for the slice-closed callback ended without one, after the callback

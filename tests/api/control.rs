@@ -653,13 +653,9 @@ async fn a_clean_up_step_that_fails_for_good_lets_the_rest_undo_what_they_can_an
     );
 }
 
-#[tokio::test]
-async fn a_slice_created_callback_after_an_abort_is_not_taken_for_the_closing() {
-    let app = spawn_app().await;
-    let id = "created-late";
-    let deployment = app.hold_next(Component::Enforcement, "POST", "/sliceDeployment", id);
-    app.slice_closes_without_callback(id);
-    let token = app.slice_deployment_in_flight(id).await;
+/// Aborts trial `id` while its slice deployment is held at `deployment`, letting it be answered
+/// once the abort waits for that answer.
+async fn abort_as_the_deployment_is_answered(app: &TestApp, id: &str, deployment: &Gate) {
     let open = async {
         app.wait_event(id, "abort_requested", "").await;
         deployment.open();
@@ -667,6 +663,16 @@ async fn a_slice_created_callback_after_an_abort_is_not_taken_for_the_closing() 
     let abort = format!("/trial/{id}/abort");
     let (aborted, ()) = tokio::join!(app.post(&abort, None), open);
     assert_eq!(aborted.status, StatusCode::OK, "{aborted:?}");
+}
+
+#[tokio::test]
+async fn a_slice_created_callback_after_an_abort_is_not_taken_for_the_closing() {
+    let app = spawn_app().await;
+    let id = "created-late";
+    let deployment = app.hold_next(Component::Enforcement, "POST", "/sliceDeployment", id);
+    app.slice_closes_without_callback(id);
+    let token = app.slice_deployment_in_flight(id).await;
+    abort_as_the_deployment_is_answered(&app, id, &deployment).await;
     // The creation's callback, sent after the deployment's answer (during the close, or at
     // the wait), is taken as such: the clean-up still waits for the closing's.
     app.wait_event(id, "signal_accepted", "slice callback (slice created")
@@ -705,13 +711,7 @@ async fn a_closing_callback_taken_for_the_creation_s_is_settled_by_closing_again
         .after(1),
     );
     app.slice_deployment_in_flight(id).await;
-    let open = async {
-        app.wait_event(id, "abort_requested", "").await;
-        deployment.open();
-    };
-    let abort = format!("/trial/{id}/abort");
-    let (aborted, ()) = tokio::join!(app.post(&abort, None), open);
-    assert_eq!(aborted.status, StatusCode::OK, "{aborted:?}");
+    abort_as_the_deployment_is_answered(&app, id, &deployment).await;
     app.wait_event(id, "close_asked_again", "may have been the closing's")
         .await;
     let status = app
