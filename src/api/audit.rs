@@ -255,13 +255,10 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
     // A refusal may quote what the client sent, and a client may paste a secret into the
     // wrong field: the log and the audit hide the configured secrets and any token in it, as
     // they do in a component's answers. A trial id is kept as it is (`?trial_id=` finds it),
-    // unless it is an API key (the schedule refuses such an id).
+    // unless it is an API key or a secret (the schedule refuses such an id).
     let redactor = state.scheduler.deps().secrets.redactor();
     entry.detail = entry.detail.map(|d| redactor.text_and_tokens(&d));
-    if let Some(key) = entry
-        .trial_id
-        .take_if(|t| state.access.key_holder(t).is_some())
-    {
+    if let Some(key) = entry.trial_id.take_if(|t| state.scheduler.is_a_secret(t)) {
         // Hidden wherever the entry names it: an answer about a trial quotes its id.
         entry.detail = entry.detail.map(|d| d.replace(&key, REDACTED));
         entry.trial_id = Some(REDACTED.to_owned());

@@ -159,11 +159,17 @@ async fn remove(
     let message = format!("Engine of trial {id} stopped and removed");
     let entry = audit.entry(StatusCode::OK, Some(message.clone()));
     let deleted = state.scheduler.delete_engine(&id, Some(entry)).await?;
-    info!(trial = %id, ?deleted, "delete");
     let answer = Json(Message::new(message));
+    // A refusal is logged by the audit, which hides an id that is a key or a secret.
     match deleted {
-        Deleted::Engine => Ok((Extension(Audited), answer).into_response()),
-        Deleted::Record => Ok(answer.into_response()),
+        Deleted::Engine => {
+            info!(trial = %id, "engine stopped and removed");
+            Ok((Extension(Audited), answer).into_response())
+        }
+        Deleted::Record => {
+            info!(trial = %id, "record of an ended trial removed");
+            Ok(answer.into_response())
+        }
         Deleted::Nothing => Err(ApiError::no_engine(&id)),
     }
 }

@@ -202,12 +202,12 @@ pub async fn hide_secrets(State(state): State<AppState>, request: Request, next:
         .secrets
         .redactor()
         .text_and_tokens(detail);
-    let keys_in_path = uri
+    let secrets_in_path = uri
         .path()
         .split('/')
         .map(|segment| percent_decode_str(segment).decode_utf8_lossy())
-        .filter(|segment| state.access.key_holder(segment).is_some());
-    for key in keys_in_path {
+        .filter(|segment| state.scheduler.is_a_secret(segment));
+    for key in secrets_in_path {
         shown = shown.replace(key.as_ref(), REDACTED);
     }
     if shown == detail {

@@ -27,6 +27,7 @@ use crate::access::{Actor, KeyHolder, TooManyFailures};
 use crate::config::{NamedKey, Role};
 use crate::domain::TrialId;
 use crate::engine::EngineHandle;
+use crate::scheduler::A_SECRET_AS_ID;
 use crate::tokens::{Claims, TokenError};
 
 /// The credential presented: the `Authorization` header (raw or `Bearer <x>`), else the
@@ -359,6 +360,16 @@ impl<S: Send + Sync> FromRequestParts<S> for TrialPath {
             .or_else(|| params.get("id"))
             .ok_or_else(|| ApiError::bad_request("no trial id in the path"))?;
         Ok(TrialPath(TrialId::parse(raw)?))
+    }
+}
+
+/// Refuses (400) a trial id that is one of the API keys or secrets (pasted into the wrong
+/// field, most likely) where the id would be kept: every viewer would see it in `/status`,
+/// `/trials` and the log as a trial's name.
+pub(crate) fn not_a_secret(state: &AppState, id: &TrialId) -> Result<(), ApiError> {
+    match state.scheduler.is_a_secret(id.as_str()) {
+        true => Err(ApiError::bad_request(A_SECRET_AS_ID)),
+        false => Ok(()),
     }
 }
 

@@ -11,10 +11,12 @@ use utoipa_axum::routes;
 
 use super::audit::{AuditCx, Audited};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{Admin, ApiJson, Operator, OptionalJson, TrialIdParam, TrialPath};
+use super::extract::{
+    Admin, ApiJson, Operator, OptionalJson, TrialIdParam, TrialPath, not_a_secret,
+};
 use super::{AppState, Message};
 use crate::domain::{InvalidStartTime, StartTime, TrialId};
-use crate::scheduler::{A_SECRET_AS_ID, ScheduleAllReport, ScheduleError, Skipped, Switched};
+use crate::scheduler::{ScheduleAllReport, ScheduleError, Skipped, Switched};
 
 /// The routes of this area.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -132,7 +134,7 @@ async fn schedule(
     ApiJson(body): ApiJson<ScheduleBody>,
 ) -> Result<(Extension<Audited>, Json<Scheduled>), ApiError> {
     let id = TrialId::parse(&body.trial_id)?;
-    not_a_key(&state, &id)?;
+    not_a_secret(&state, &id)?;
     let start = StartTime::parse_future(&body.start_time, Utc::now())?;
     let answer = scheduled(&id, start);
     let entry = audit
@@ -140,16 +142,6 @@ async fn schedule(
         .entry(StatusCode::OK, Some(answer.message.clone()));
     state.scheduler.schedule(&id, start, Some(entry)).await?;
     Ok((Extension(Audited), Json(answer)))
-}
-
-/// Refuses (400) a trial id that is one of the API keys or secrets (pasted into the wrong
-/// field, most likely): every viewer would see it in `/status`, `/trials` and the log as a
-/// trial's name.
-fn not_a_key(state: &AppState, id: &TrialId) -> Result<(), ApiError> {
-    match state.scheduler.is_a_secret(id.as_str()) {
-        true => Err(ApiError::bad_request(A_SECRET_AS_ID)),
-        false => Ok(()),
-    }
 }
 
 fn scheduled(id: &TrialId, start: StartTime) -> Scheduled {
@@ -183,7 +175,7 @@ async fn schedule_from_registry(
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<(Extension<Audited>, Json<Scheduled>), ApiError> {
-    not_a_key(&state, &id)?;
+    not_a_secret(&state, &id)?;
     let entry = audit.entry(StatusCode::OK, None);
     match state
         .scheduler

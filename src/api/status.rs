@@ -8,7 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{Admin, TrialIdParam, TrialPath, Viewer};
+use super::extract::{Admin, TrialIdParam, TrialPath, Viewer, not_a_secret};
 use super::{AppState, Message};
 use crate::domain::{StartTime, TrialId};
 use crate::engine::state::EngineStatus;
@@ -152,7 +152,7 @@ async fn status(_: Viewer, State(state): State<AppState>) -> Json<ServiceStatus>
     params(("trial_id" = String, Query, description = "The trial's id", example = "trial-42")),
     responses(
         (status = 200, description = "Heartbeat added", body = Message),
-        (status = 400, description = "No, an invalid or a repeated `trial_id`, or another query parameter", body = ErrorBody),
+        (status = 400, description = "No, an invalid or a repeated `trial_id`, one that is a key or a secret, or another query parameter", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 409, description = "The trial already has a heartbeat", body = ErrorBody),
         (status = 503, description = "The service is stopping", body = ErrorBody),
@@ -177,6 +177,7 @@ async fn add_heartbeat(
     }
     let raw = raw.ok_or_else(|| ApiError::bad_request("query parameter 'trial_id' is required"))?;
     let id = TrialId::parse(raw)?;
+    not_a_secret(&state, &id)?;
     state.heartbeats.add(&id)?;
     Ok(Json(Message::new(format!(
         "Heartbeat added for trial {id}"

@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 
 use super::audit::{AuditCx, Audited};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{Admin, CallbackToken, TrialIdParam, TrialPath};
+use super::extract::{Admin, CallbackToken, TrialIdParam, TrialPath, not_a_secret};
 use super::view::Found;
 use super::{AppState, Message};
 use crate::domain::TrialId;
@@ -114,7 +114,7 @@ fn accepting(id: &TrialId, status: EngineStatus) -> Result<(), ApiError> {
     params(TrialIdParam),
     responses(
         (status = 200, description = "The token", body = Minted),
-        (status = 400, description = "Invalid trial id", body = ErrorBody),
+        (status = 400, description = "Invalid trial id, or one that is a key or a secret", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
     ),
 )]
@@ -123,6 +123,7 @@ async fn mint(
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
 ) -> Result<Json<Minted>, ApiError> {
+    not_a_secret(&state, &id)?;
     let token = state
         .tokens
         .mint(&id)

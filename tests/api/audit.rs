@@ -280,6 +280,22 @@ async fn no_secret_and_no_token_is_ever_written_in_the_log() {
     let refused = app.post(&format!("/trial/{key_as_id}/abort"), None).await;
     assert_detail(&refused, StatusCode::NOT_FOUND);
     assert_eq!(refused.detail(), "trial '[redacted]' has no engine");
+    // Nor is a heartbeat or a token made for such an id: a viewer would read it in `/status`.
+    for secret in [key_as_id, TOKEN_SECRET] {
+        for made in [
+            app.post(&format!("/debug/add-heartbeat?trial_id={secret}"), None)
+                .await,
+            app.post(&format!("/token/{secret}"), None).await,
+        ] {
+            assert_detail(&made, StatusCode::BAD_REQUEST);
+            assert!(made.detail().contains("API keys"), "{made:?}");
+        }
+        let deleted = app.delete(&format!("/debug/engine/{secret}")).await;
+        assert_detail(&deleted, StatusCode::NOT_FOUND);
+        assert_eq!(deleted.detail(), "trial '[redacted]' has no engine");
+    }
+    let status = app.get("/status").await.body.to_string();
+    assert!(!status.contains(TOKEN_SECRET), "{status}");
     app.callback(id, "slice", Some(&sent)).await;
     app.post(&format!("/trial/{id}/finish"), None).await;
     app.wait_finished(id).await;
@@ -287,11 +303,13 @@ async fn no_secret_and_no_token_is_ever_written_in_the_log() {
     let text = audit(&app, "?limit=500").await.to_string();
     let mut secrets = vec![API_KEY, TOKEN_SECRET, guess, minted.as_str(), sent.as_str()];
     secrets.extend(ROLE_KEYS.iter().map(|(_, key, _)| *key));
+    let log = log_text(&app);
     for secret in secrets {
         assert!(
             !text.contains(secret),
             "the audit log holds a secret: {secret}"
         );
+        assert!(!log.contains(secret), "the log holds a secret: {secret}");
     }
     assert!(!text.contains("eyJ"), "the audit log holds a token");
     let page = audit(&app, "?limit=500").await;
