@@ -28,7 +28,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use tokio::runtime::{Builder, Handle, Runtime};
-use tracing_appender::non_blocking::WorkerGuard;
 
 use crate::sim::local::{self, LOCAL_API_KEY, LocalLcm, Scratch};
 use crate::sim::operator::Operator;
@@ -118,7 +117,7 @@ pub struct Harness {
     pub platform: Platform,
     pub lcm: LocalLcm,
     pub operator: Operator,
-    _log: WorkerGuard,
+    _log: telemetry::LogGuard,
 }
 
 impl Harness {

@@ -403,6 +403,23 @@ async fn a_store_in_use_by_another_service_stops_start_up() {
     drop(in_use);
 }
 
+/// A second service given the log directory of a running one is refused at start: it would
+/// mix its lines into the first one's files, and remove the first one's failure files as
+/// those of trials its own store does not know.
+#[tokio::test]
+async fn a_log_directory_in_use_by_another_service_stops_start_up() {
+    let first = spawn_binary().await;
+    let logs = first.logs.path().to_str().expect("path");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ok, text) = run_to_exit(dir.path(), &[("LCM__LOGGING__DIR", logs)]).await;
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("in use by another process") && text.contains("logging.dir"),
+        "{text}"
+    );
+    assert_eq!(first.get("/status").await.status, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn a_store_that_is_not_a_database_stops_start_up() {
     let dir = tempfile::tempdir().expect("tempdir");
