@@ -1120,6 +1120,14 @@ impl Settings {
         if self.facilities.is_empty() {
             problems.push(invalid("facilities", "at least one facility is needed"));
         }
+        for (code, name) in &self.facilities {
+            if name.trim().is_empty() {
+                problems.push(invalid(
+                    format!("facilities.{code}"),
+                    "is empty: give the facility's name as trial enforcement knows it",
+                ));
+            }
+        }
         if let Some(path) = &self.tls.ca_bundle_path
             && !path.is_file()
         {
@@ -1167,8 +1175,10 @@ impl Settings {
     }
 
     /// The parsed `server.bind` address.
+    /// Port 0 is refused: the port the system would choose is not the one
+    /// `server.public_url` names, so no component could call back.
     pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.server.bind.parse().map_err(|e| {
+        let addr: SocketAddr = self.server.bind.parse().map_err(|e| {
             invalid(
                 "server.bind",
                 format!(
@@ -1176,7 +1186,17 @@ impl Settings {
                     self.server.bind
                 ),
             )
-        })
+        })?;
+        match addr.port() {
+            0 => Err(invalid(
+                "server.bind",
+                format!(
+                    "'{}' has port 0, which would listen on a port the system picks and server.public_url cannot name: give the port",
+                    self.server.bind
+                ),
+            )),
+            _ => Ok(addr),
+        }
     }
 
     /// Every secret value of the configuration, to keep out of what is recorded: each as
@@ -1381,6 +1401,12 @@ mod tests {
         settings.server.bind = "not-an-address".into();
         let err = settings.validate().unwrap_err().to_string();
         assert!(err.contains("server.bind"), "{err}");
+        settings.server.bind = "127.0.0.1:0".into();
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("server.bind") && err.contains("port 0"),
+            "{err}"
+        );
 
         let mut settings = Settings::defaults().unwrap();
         settings.auth.token_secret = Secret::new("");

@@ -469,8 +469,15 @@ fn mistyped_below(key: &str, value: &Value, out: &mut Vec<(String, Value, Accept
         )
         | (Accepts::Boolean, ValueKind::Boolean(_))
         | (Accepts::OneOf(_), ValueKind::String(_))
-        | (Accepts::TextList, ValueKind::String(_) | ValueKind::Array(_))
-        | (Accepts::AnyKeys, ValueKind::Table(_)) => true,
+        | (Accepts::TextList, ValueKind::String(_) | ValueKind::Array(_)) => true,
+        (Accepts::AnyKeys, ValueKind::Table(table)) => {
+            for (child, value) in table {
+                if !matches!(value.kind, ValueKind::String(_)) {
+                    out.push((format!("{key}.{child}"), value.clone(), Accepts::Text));
+                }
+            }
+            true
+        }
         (Accepts::Table, ValueKind::Table(table)) => {
             for (child, value) in table {
                 mistyped_below(&format!("{key}.{child}"), value, out);
@@ -671,6 +678,35 @@ scope = "all"
             Settings::load_with_env(Some(&f), env(&[("LCM__FACILITIES__MOON", "grey")])).unwrap();
         assert_eq!(settings.facilities["MARS"], "red-planet");
         assert_eq!(settings.facilities["moon"], "grey");
+    }
+
+    #[test]
+    fn a_facility_that_is_not_a_name_is_refused_naming_it() {
+        let (_dir, f) =
+            file("[facilities]\nEUR = \"eurecom\"\nUMA = 7\nOUL = true\nATH = [\"x\"]\n");
+        let text = refused(Some(&f), &[]);
+        for key in ["facilities.UMA", "facilities.OUL", "facilities.ATH"] {
+            assert!(
+                text.contains(&format!("configuration key `{key}` (in ")),
+                "{key}: {text}"
+            );
+        }
+        assert!(text.contains("a number is not text"), "{text}");
+        assert!(text.contains("a list is not text"), "{text}");
+        assert!(!text.contains("EUR"), "{text}");
+        let (_dir, f) = file("facilities = [\"EUR\"]\n");
+        let text = refused(Some(&f), &[]);
+        assert!(
+            text.contains("`facilities`")
+                && text.contains("a list is not a table of names to text"),
+            "{text}"
+        );
+        let (_dir, f) = file("[facilities]\nEUR = \"\"\n");
+        let text = refused(Some(&f), &[]);
+        assert!(
+            text.contains("`facilities.EUR`") && text.contains("empty"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -889,9 +889,10 @@ async fn a_bad_secret_file_stops_start_up_naming_the_key_and_the_path() {
         ),
     ] {
         let path = path.display().to_string();
+        let bind = format!("127.0.0.1:{}", free_port());
         let output = run_lcm(
             &["serve"],
-            &[(env, &path), ("LCM__SERVER__BIND", "127.0.0.1:0")],
+            &[(env, &path), ("LCM__SERVER__BIND", &bind)],
             dir.path(),
             Duration::from_secs(30),
         )

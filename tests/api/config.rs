@@ -13,8 +13,9 @@ use crate::helpers::*;
 /// Runs the binary (bound to a free port) in `dir` until it exits; it must fail. Returns what
 /// it wrote to stderr.
 async fn refused(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let bind = format!("127.0.0.1:{}", free_port());
     let mut env = env.to_vec();
-    env.insert(0, ("LCM__SERVER__BIND", "127.0.0.1:0"));
+    env.insert(0, ("LCM__SERVER__BIND", &bind));
     let output = run_lcm(args, &env, dir, Duration::from_secs(20)).await;
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(

@@ -347,8 +347,9 @@ async fn a_job_that_fires_while_the_store_refuses_sends_nothing_until_its_first_
 
 /// Runs the binary to its exit with extra environment, in a fresh directory.
 async fn run_to_exit(dir: &std::path::Path, env: &[(&str, &str)]) -> (bool, String) {
+    let bind = format!("127.0.0.1:{}", free_port());
     let mut env = env.to_vec();
-    env.insert(0, ("LCM__SERVER__BIND", "127.0.0.1:0"));
+    env.insert(0, ("LCM__SERVER__BIND", &bind));
     let output = run_lcm(&[], &env, dir, Duration::from_secs(20)).await;
     let text = format!(
         "{}{}",
