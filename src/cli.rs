@@ -122,6 +122,13 @@ impl Command {
 
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
+    // Said here: the parser would blame `--config`, which the operator did not write.
+    if std::env::var_os("LCM_CONFIG").is_some_and(|path| path.is_empty()) {
+        eprintln!(
+            "lcm: the environment variable LCM_CONFIG is empty: give the configuration file's path, or unset it to run without one"
+        );
+        return ExitCode::from(2);
+    }
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
