@@ -515,6 +515,21 @@ fn setup_failed(shown: &str, e: &rusqlite::Error) -> StoreError {
     write_failed(&format!("{shown} cannot be set up"), e)
 }
 
+/// A read of the database at `shown` that failed, saying what to do when the file is damaged.
+fn read_failed(shown: &str, e: &rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
+            backend_error(
+                &format!(
+                    "{shown} is damaged: restore it from a backup, or move it aside (with its -wal and -shm files) to start on an empty store"
+                ),
+                e,
+            )
+        }
+        _ => backend_error(&format!("cannot read {shown}"), e),
+    }
+}
+
 /// A write that failed, saying so when the disk is to blame: SQLite's own message for a full
 /// disk is often a bare "disk I/O error".
 fn write_failed(context: &str, e: &rusqlite::Error) -> StoreError {
@@ -952,7 +967,11 @@ impl Backend for SqliteBackend {
     }
 
     fn load(&mut self) -> Result<Loaded, StoreError> {
-        let read = |e| backend_error("read", e);
+        let shown = match &self.location {
+            Location::File(path) => path.display().to_string(),
+            Location::Memory(name) => format!("the in-memory database {name}"),
+        };
+        let read = |e: rusqlite::Error| read_failed(&shown, &e);
         let mut loaded = Loaded::default();
         mend_binary_creation_times(&self.conn).map_err(read)?;
 

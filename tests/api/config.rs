@@ -181,7 +181,9 @@ async fn a_missing_configuration_file_says_whether_the_flag_or_the_variable_name
     let stderr = refused(dir.path(), &[], &[("LCM_CONFIG", "")]).await;
     assert_eq!(
         lines(&stderr),
-        ["the environment variable LCM_CONFIG is empty: give the configuration file's path, or unset it to run without one"]
+        [
+            "the environment variable LCM_CONFIG is empty: give the configuration file's path, or unset it to run without one"
+        ]
     );
 }
 

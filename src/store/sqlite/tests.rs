@@ -259,6 +259,52 @@ fn a_file_that_is_not_a_database_is_refused_with_its_path() {
 }
 
 #[test]
+fn a_damaged_database_is_refused_naming_the_file_and_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SqliteBackend::open(dir.path()).unwrap();
+    put(
+        &mut store,
+        vec![Op::PutTrial(Box::new(record(
+            "live",
+            Lifecycle::Waiting,
+            Utc::now(),
+        )))],
+    );
+    drop(store);
+    let path = dir.path().join(FILE_NAME);
+    let (root, size): (i64, i64) = {
+        let conn = Connection::open(&path).unwrap();
+        let root = conn
+            .query_row(
+                "SELECT rootpage FROM sqlite_master WHERE name = 'trials'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        (
+            root,
+            conn.pragma_query_value(None, "page_size", |row| row.get(0))
+                .unwrap(),
+        )
+    };
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = |page: i64| usize::try_from(page * size).unwrap();
+    let page = at(root - 1)..at(root);
+    bytes[page].fill(0xff);
+    std::fs::write(&path, bytes).unwrap();
+    let err = SqliteBackend::open(dir.path())
+        .and_then(|mut store| store.load())
+        .map(|_| ())
+        .expect_err("refused")
+        .to_string();
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert!(
+        err.contains("is damaged: restore it from a backup"),
+        "{err}"
+    );
+}
+
+#[test]
 fn one_service_per_store_a_second_open_is_refused_until_the_first_is_gone() {
     let dir = tempfile::tempdir().unwrap();
     let first = SqliteBackend::open(dir.path()).unwrap();
