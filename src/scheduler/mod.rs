@@ -882,6 +882,15 @@ impl Scheduler {
     /// reported as missed.
     pub async fn recover(&self, loaded: Loaded) -> Result<(), StoreError> {
         if let Some(on) = loaded.automatic {
+            let configured = self.inner.deps.settings.scheduler.automatic;
+            if on != configured {
+                // Whoever changed the configuration expects it to hold: the log says why not.
+                warn!(
+                    saved = on,
+                    configured,
+                    "automatic scheduling is as switched through the API and saved, not as scheduler.automatic says: switch it with POST /trial/scheduling"
+                );
+            }
             self.inner.automatic.send_replace(on);
         }
         self.unscheduled().extend(loaded.unscheduled);

@@ -404,6 +404,33 @@ async fn a_store_in_use_by_another_service_stops_start_up() {
     drop(in_use);
 }
 
+/// The automatic-scheduling switch set through the API outlives a restart, over
+/// `scheduler.automatic`; the start says so in the log, for whoever changed the configuration
+/// and expects it to hold.
+#[tokio::test]
+async fn the_switch_set_through_the_api_outlives_a_restart_and_the_log_says_it_wins() {
+    let mut app = spawn_binary().await;
+    let set = app
+        .post("/trial/scheduling", Some(json!({"automatic": true})))
+        .await;
+    assert_eq!(set.status, StatusCode::OK, "{set:?}");
+    let (status, _) = terminate(&mut app, Duration::from_secs(30)).await;
+    assert!(status.success(), "{status}");
+    app.restart_binary_with(&[("LCM__SCHEDULER__AUTOMATIC", "false")])
+        .await;
+    let shown = app.get("/status").await.body["Automatic_scheduling"].clone();
+    assert_eq!(shown, true);
+    let line = logged(
+        &app,
+        &["automatic scheduling is as switched through the API"],
+    )
+    .await;
+    assert!(
+        line.contains("saved=true") && line.contains("configured=false"),
+        "{line}"
+    );
+}
+
 /// A second service given the log directory of a running one is refused at start: it would
 /// mix its lines into the first one's files, and remove the first one's failure files as
 /// those of trials its own store does not know.
