@@ -1117,6 +1117,17 @@ impl Settings {
                 format!("'{}' is not a log level or filter", self.logging.level),
             ));
         }
+        for (key, dir) in [
+            ("store.data_dir", &self.store.data_dir),
+            ("logging.dir", &self.logging.dir),
+        ] {
+            if dir.as_os_str().is_empty() {
+                problems.push(invalid(
+                    key,
+                    "is empty: give a directory ('.' for the working directory)",
+                ));
+            }
+        }
         if self.facilities.is_empty() {
             problems.push(invalid("facilities", "at least one facility is needed"));
         }
