@@ -892,6 +892,15 @@ pub struct AbstractionLayerSettings {
 }
 
 impl Settings {
+    /// The configuration file named by `--config` or `LCM_CONFIG`, as named (`--config <path>`),
+    /// or `none`: for the start-up log.
+    pub fn file_shown(&self) -> String {
+        match self.auth.sources.as_ref().and_then(|s| s.file.as_ref()) {
+            Some(file) => file.to_string(),
+            None => "none".to_owned(),
+        }
+    }
+
     /// Loads the layered configuration; `file` is the one of `--config` or `LCM_CONFIG`.
     pub fn load(file: Option<&ConfigFile>) -> Result<Self, ConfigError> {
         Self::load_with_env(file, None)

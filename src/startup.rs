@@ -184,7 +184,14 @@ impl Application {
             state,
             tasks,
         } = self;
-        info!(addr = %listener.local_addr()?, "Lifecycle Manager listening");
+        // What an operator checks first when the service does not do what they configured.
+        info!(
+            addr = %listener.local_addr()?,
+            version = env!("CARGO_PKG_VERSION"),
+            public_url = %state.settings.server.public_url,
+            config = %state.settings.file_shown(),
+            "Lifecycle Manager listening"
+        );
         let upkeep = telemetry::spawn_metrics_upkeep();
         let router = api::router(state.clone());
         let limits = server::Limits::from(&state.settings.server);

@@ -278,6 +278,29 @@ async fn a_trial_failing_on_an_unreachable_component_names_its_url_and_the_cause
     );
 }
 
+/// The start-up line says what an operator checks first: the version, where components call
+/// back, and which configuration file was read.
+#[tokio::test]
+async fn the_start_up_line_names_the_version_the_public_url_and_the_file_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("lcm.toml");
+    std::fs::write(&file, "[scheduler]\npoll_interval_secs = 30\n").expect("config file");
+    let file = file.to_str().expect("path");
+    let app = spawn_binary_with(BinaryOptions {
+        env: &[("LCM_CONFIG", file)],
+        ..BinaryOptions::default()
+    })
+    .await;
+    let line = logged(&app, &["Lifecycle Manager listening"]).await;
+    for part in [
+        format!("version=\"{}\"", env!("CARGO_PKG_VERSION")),
+        format!("public_url={}", app.address),
+        format!("config=LCM_CONFIG={file}"),
+    ] {
+        assert!(line.contains(&part), "{part}: {line}");
+    }
+}
+
 #[tokio::test]
 async fn an_engine_s_lines_name_its_trial_at_every_log_level() {
     let app = spawn_binary_with(BinaryOptions {
