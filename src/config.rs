@@ -837,6 +837,8 @@ pub struct LoggingSettings {
     pub dir: PathBuf,
     pub level: String,
     pub format: LogFormat,
+    /// How many daily log files are kept, today's included (0 keeps every one).
+    pub keep_days: usize,
 }
 
 /// How log lines are written.

@@ -62,12 +62,14 @@ fn lock_log_dir(dir: &std::path::Path) -> io::Result<Option<std::fs::File>> {
 pub fn init(settings: &LoggingSettings) -> io::Result<LogGuard> {
     std::fs::create_dir_all(&settings.dir)?;
     let lock = lock_log_dir(&settings.dir)?;
-    let appender = tracing_appender::rolling::Builder::new()
+    let mut appender = tracing_appender::rolling::Builder::new()
         .rotation(tracing_appender::rolling::Rotation::DAILY)
         .filename_prefix("lcm")
-        .filename_suffix("log")
-        .build(&settings.dir)
-        .map_err(io::Error::other)?;
+        .filename_suffix("log");
+    if settings.keep_days > 0 {
+        appender = appender.max_log_files(settings.keep_days);
+    }
+    let appender = appender.build(&settings.dir).map_err(io::Error::other)?;
     let (file_writer, guard) = tracing_appender::non_blocking(appender);
     let filter = EnvFilter::try_new(&settings.level).unwrap_or_else(|_| EnvFilter::new("info"));
 

@@ -134,6 +134,7 @@ const KEYS: &[(&str, Accepts)] = &[
     ("logging.dir", Accepts::Text),
     ("logging.level", Accepts::Text),
     ("logging.format", Accepts::OneOf(LOG_FORMATS)),
+    ("logging.keep_days", USIZE),
     ("facilities", Accepts::AnyKeys),
     ("services.abstraction_layer.url", Accepts::Text),
     ("services.abstraction_layer.port", U16),

@@ -301,6 +301,45 @@ async fn the_start_up_line_names_the_version_the_public_url_and_the_file_read() 
     }
 }
 
+/// Old daily log files are removed at start (and as a new day's file starts), the newest
+/// `logging.keep_days` kept; other files in the directory are left alone.
+#[tokio::test]
+async fn old_daily_log_files_are_removed_keeping_logging_keep_days() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    for day in 1..=5 {
+        std::fs::write(logs.path().join(format!("lcm.2026-11-0{day}.log")), "old\n")
+            .expect("an old log");
+    }
+    std::fs::write(logs.path().join("operator-notes.log"), "mine\n").expect("a note");
+    let dir = logs.path().to_str().expect("path");
+    let app = spawn_binary_with(BinaryOptions {
+        env: &[("LCM__LOGGING__DIR", dir), ("LCM__LOGGING__KEEP_DAYS", "3")],
+        ..BinaryOptions::default()
+    })
+    .await;
+    assert_eq!(app.get("/status").await.status, StatusCode::OK);
+    let mut names: Vec<String> = std::fs::read_dir(logs.path())
+        .expect("the log directory")
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name != "lcm-logs.lock")
+        .collect();
+    names.sort();
+    // Which old ones remain goes by the files' creation times, which the test wrote within
+    // the same instant: the count and today's file are what it can check.
+    let today = format!("lcm.{}.log", chrono::Utc::now().format("%Y-%m-%d"));
+    let daily: Vec<&String> = names
+        .iter()
+        .filter(|name| name.starts_with("lcm.") && name.ends_with(".log"))
+        .collect();
+    assert_eq!(daily.len(), 3, "{names:?}");
+    assert!(names.contains(&today), "{names:?}");
+    assert!(
+        names.contains(&"operator-notes.log".to_owned()),
+        "{names:?}"
+    );
+}
+
 #[tokio::test]
 async fn an_engine_s_lines_name_its_trial_at_every_log_level() {
     let app = spawn_binary_with(BinaryOptions {
