@@ -213,10 +213,11 @@ pub fn spawn_metrics_upkeep() -> tokio::task::JoinHandle<()> {
 
 /// Every metric family the service exports, with its Prometheus type: all of them are there
 /// from the first scrape.
-pub const FAMILIES: [(&str, &str); 10] = [
+pub const FAMILIES: [(&str, &str); 11] = [
     ("lcm_engines", "gauge"),
     ("lcm_scheduled_jobs", "gauge"),
     ("lcm_missed_jobs", "gauge"),
+    ("lcm_store_writable", "gauge"),
     ("lcm_steps_total", "counter"),
     ("lcm_outbound_request_duration_seconds", "histogram"),
     ("lcm_outbound_request_errors_total", "counter"),
@@ -285,6 +286,11 @@ fn register_families() {
         "Jobs whose start passed while the service was down, beyond the misfire grace"
     );
     gauge!("lcm_missed_jobs").set(0.0);
+    describe_gauge!(
+        "lcm_store_writable",
+        "1 while the store's commits succeed, 0 once one failed (a full or read-only disk), until one succeeds"
+    );
+    gauge!("lcm_store_writable").set(1.0);
 
     describe_counter!(
         "lcm_steps_total",

@@ -14,6 +14,7 @@ use crate::domain::{StartTime, TrialId};
 use crate::engine::state::EngineStatus;
 use crate::heartbeat::HeartbeatReport;
 use crate::scheduler::MissedJob;
+use crate::store::WriteFailure;
 
 /// The routes of this area.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -55,6 +56,18 @@ struct ServiceStatus {
     /// The heartbeat instances, with their last check.
     #[serde(rename = "Heartbeat_instances")]
     heartbeats: Vec<HeartbeatReport>,
+    /// Whether the store takes writes.
+    store: StoreState,
+}
+
+/// Whether the store takes writes: while it does not, no change is made (each is answered 503)
+/// and trials wait at their next checkpoint.
+#[derive(Debug, Serialize, ToSchema)]
+struct StoreState {
+    /// Whether its last commit succeeded.
+    writable: bool,
+    /// Since when, and why, its commits fail; `null` while they succeed.
+    failing: Option<WriteFailure>,
 }
 
 /// Whether any trial is scheduled.
@@ -137,6 +150,13 @@ async fn status(_: Viewer, State(state): State<AppState>) -> Json<ServiceStatus>
             .map(|(id, status)| EngineInstance { id, status })
             .collect(),
         heartbeats: state.heartbeats.reports(),
+        store: {
+            let failing = state.scheduler.deps().store.write_failure();
+            StoreState {
+                writable: failing.is_none(),
+                failing,
+            }
+        },
     })
 }
 

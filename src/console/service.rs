@@ -75,11 +75,20 @@ pub async fn page(signed: Signed, State(state): State<AppState>) -> Response {
     let engines = state.scheduler.engines().list();
     let heartbeats = state.heartbeats.reports();
     let admin = signed.may(ServiceAction::Automatic.role());
+    let store_failing = state.scheduler.deps().store.write_failure();
     let body = html! {
         h1 { "Service" }
+        @if let Some(failing) = &store_failing {
+            p.flash.error #store-failing role="alert" {
+                span aria-hidden="true" { "✕ " }
+                "The store has not written since " (failing.since.format("%Y-%m-%d %H:%M:%S UTC"))
+                ": every change is refused and trials wait at their next checkpoint. " (failing.error)
+            }
+        }
         dl.facts {
             dt { "Version" } dd { "Lifecycle Manager " (VERSION) }
             dt { "Uptime" } dd { (uptime(state.started.elapsed().as_secs())) }
+            dt { "Store" } dd #store-state { @if store_failing.is_some() { "not writing" } @else { "writing" } }
             dt { "Scheduled jobs" } dd { (jobs.len()) " (" a href="/ui/schedule" { "see them" } ")" }
             dt { "Engines in memory" } dd { (engines.len()) }
         }

@@ -448,6 +448,19 @@ pub struct Store {
     /// ride with its checkpoint instead of waking the writer one by one.
     rows: Arc<Mutex<Vec<Op>>>,
     reader: Arc<Mutex<Box<dyn Reader>>>,
+    /// Why the writer's last commit failed, and since when they fail; `None` while they
+    /// succeed.
+    failing: Arc<Mutex<Option<WriteFailure>>>,
+}
+
+/// The store's writes have been failing (a full or read-only disk, the file removed): what
+/// `/status` shows, while `lcm_store_writable` is 0.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WriteFailure {
+    /// When the first of the failing commits failed.
+    pub since: DateTime<Utc>,
+    /// Why the last one failed.
+    pub error: String,
 }
 
 impl Store {
@@ -465,19 +478,26 @@ impl Store {
         let reader = backend.reader()?;
         let (writer, queue) = mpsc::channel::<Handover>();
         let rows = Arc::new(Mutex::new(Vec::new()));
-        let pending = rows.clone();
+        let failing = Arc::new(Mutex::new(None));
+        let (pending, told) = (rows.clone(), failing.clone());
         thread::Builder::new()
             .name(WRITER_THREAD.to_owned())
-            .spawn(move || write_loop(backend, &queue, &pending, linger))
+            .spawn(move || write_loop(backend, &queue, &pending, linger, &told))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         Ok((
             Self {
                 writer,
                 rows,
                 reader: Arc::new(Mutex::new(reader)),
+                failing,
             },
             loaded,
         ))
+    }
+
+    /// Why the store's writes fail, while they do.
+    pub fn write_failure(&self) -> Option<WriteFailure> {
+        lock(&self.failing).clone()
     }
 
     /// Queues one change at once (so writes queued under a lock keep that lock's order) and
@@ -617,6 +637,7 @@ fn write_loop(
     queue: &mpsc::Receiver<Handover>,
     rows: &Mutex<Vec<Op>>,
     linger: Duration,
+    failing: &Mutex<Option<WriteFailure>>,
 ) {
     while let Ok(first) = queue.recv() {
         let mut batch = Batch::default();
@@ -632,7 +653,16 @@ fn write_loop(
             batch.rows(std::mem::take(&mut *rows));
         }
         if !batch.writes.is_empty() {
-            commit(&mut backend, batch);
+            let outcome = commit(&mut backend, batch);
+            metrics::gauge!("lcm_store_writable").set(f64::from(u8::from(outcome.is_ok())));
+            let mut failing = lock(failing);
+            *failing = match outcome {
+                Ok(()) => None,
+                Err(e) => Some(WriteFailure {
+                    since: failing.as_ref().map_or_else(Utc::now, |f| f.since),
+                    error: e.to_string(),
+                }),
+            };
         }
     }
 }
@@ -664,8 +694,9 @@ fn apply(backend: &mut impl Backend, ops: &[Op]) -> Result<Vec<usize>, StoreErro
     })
 }
 
-/// Commits the batch in one transaction and answers each write.
-fn commit(backend: &mut impl Backend, Batch { ops, writes }: Batch) {
+/// Commits the batch in one transaction and answers each write. `Err` if nothing of it could
+/// be committed (one bad write among good ones is not the store failing).
+fn commit(backend: &mut impl Backend, Batch { ops, writes }: Batch) -> Result<(), StoreError> {
     match apply(backend, &ops) {
         Ok(counts) => {
             for (range, reply) in writes {
@@ -673,12 +704,14 @@ fn commit(backend: &mut impl Backend, Batch { ops, writes }: Batch) {
                     let _ = reply.send(count_of(&counts, range));
                 }
             }
+            Ok(())
         }
         // One bad write must not fail the others: retry each alone to find it (a request's
         // operations stay together).
         Err(_) if writes.len() > 1 => {
             // The first row that failed: a flush after it answers with it.
             let mut lost_row: Option<StoreError> = None;
+            let (mut committed, mut first_error) = (false, None);
             for (range, reply) in writes {
                 let result = match ops.get(range.clone()) {
                     Some(alone) if !alone.is_empty() => {
@@ -686,6 +719,12 @@ fn commit(backend: &mut impl Backend, Batch { ops, writes }: Batch) {
                     }
                     _ => lost_row.clone().map_or(Ok(0), Err),
                 };
+                match &result {
+                    Ok(_) => committed = true,
+                    Err(e) => {
+                        first_error.get_or_insert_with(|| e.clone());
+                    }
+                }
                 match (&result, reply) {
                     (Ok(_), None) => {}
                     (Err(e), None) => {
@@ -697,6 +736,10 @@ fn commit(backend: &mut impl Backend, Batch { ops, writes }: Batch) {
                     }
                 }
             }
+            match (committed, first_error) {
+                (false, Some(e)) => Err(e),
+                _ => Ok(()),
+            }
         }
         Err(e) => {
             error!(error = %e, op = ops.first().map_or("", Op::kind), "store write failed");
@@ -705,6 +748,7 @@ fn commit(backend: &mut impl Backend, Batch { ops, writes }: Batch) {
                     let _ = reply.send(Err(e.clone()));
                 }
             }
+            Err(e)
         }
     }
 }

@@ -719,6 +719,42 @@ async fn console_forms_say_what_was_wrong_as_it_was_typed() {
     assert!(page.contains("Choose a date and a time"), "{page}");
 }
 
+/// The service page says, at the top, when the store stops writing, and stops saying it once
+/// it writes again.
+#[tokio::test]
+async fn the_service_page_warns_while_the_store_does_not_write() {
+    let (app, broken) = spawn_app_with_flaky_store(AppOptions::default()).await;
+    let session = sign_in(&app, Role::Viewer).await;
+    let page = get_page(&app, &session.cookie, "/ui/service").await;
+    assert!(
+        page.contains(r#"<dd id="store-state">writing</dd>"#),
+        "{page}"
+    );
+    assert!(!page.contains("store-failing"), "{page}");
+    broken.store(true, Ordering::SeqCst);
+    let refused = app.schedule("not-saved", &in_ms(3_600_000)).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{refused:?}"
+    );
+    let page = get_page(&app, &session.cookie, "/ui/service").await;
+    assert!(
+        page.contains(r#"<dd id="store-state">not writing</dd>"#),
+        "{page}"
+    );
+    assert!(page.contains("The store has not written since"), "{page}");
+    broken.store(false, Ordering::SeqCst);
+    let made = app.schedule("saved", &in_ms(3_600_000)).await;
+    assert_eq!(made.status, StatusCode::OK, "{made:?}");
+    let page = get_page(&app, &session.cookie, "/ui/service").await;
+    assert!(
+        page.contains(r#"<dd id="store-state">writing</dd>"#),
+        "{page}"
+    );
+    assert!(!page.contains("store-failing"), "{page}");
+}
+
 #[tokio::test]
 async fn the_scheduling_switch_is_set_to_what_its_button_says_whatever_happened_meanwhile() {
     let app = spawn_app().await;

@@ -278,6 +278,16 @@ async fn a_store_that_stops_writing_holds_its_trials_and_refuses_changes_until_i
         serde_json::json!([]),
         "nothing unsaved is promised"
     );
+    // `/status` says the store does not write, since when and why.
+    assert_eq!(status["store"]["writable"], false, "{status}");
+    let since = status["store"]["failing"]["since"].clone();
+    assert!(since.is_string(), "{status}");
+    assert!(
+        status["store"]["failing"]["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{status}"
+    );
 
     // The signal is not taken: its checkpoint could not be saved. The trial is not failed
     // for it: it waits where it was, and nothing is reported anywhere.
@@ -294,11 +304,22 @@ async fn a_store_that_stops_writing_holds_its_trials_and_refuses_changes_until_i
     let waiting = app.trial_status(id).await;
     assert_eq!(waiting["status"], "Waiting", "{waiting}");
     assert_eq!(lines(&app, id), sent_before, "no request while not saved");
+    let status = app.get("/status").await.body;
+    assert_eq!(
+        status["store"]["failing"]["since"], since,
+        "the first failure's time"
+    );
 
     // Once the store writes again, the same signal is taken and the trial ends on its own.
     broken.store(false, Ordering::SeqCst);
     app.drive_to_finished(id).await;
     assert_never_reported_failed(&app, id);
+    let status = app.get("/status").await.body;
+    assert_eq!(
+        status["store"],
+        serde_json::json!({"writable": true, "failing": null}),
+        "{status}"
+    );
 }
 
 #[tokio::test]
