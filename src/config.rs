@@ -570,12 +570,18 @@ fn without_quoted_text(e: config::ConfigError) -> config::ConfigError {
     let config::ConfigError::FileParse { uri, cause } = e else {
         return e;
     };
+    let text = uri.as_deref().and_then(|p| std::fs::read_to_string(p).ok());
     let cause = match cause.downcast::<toml::de::Error>() {
-        Ok(toml) => {
-            let text = uri.as_deref().and_then(|p| std::fs::read_to_string(p).ok());
-            toml_error(&toml, text.as_deref()).into()
-        }
-        Err(other) => other,
+        Ok(toml) => toml_error(&toml, text.as_deref()).into(),
+        // A value the `config` crate cannot hold (a number past 64 bits): its error says
+        // where no more, but the TOML parser finds the same value, and its line.
+        Err(other) => match text.as_deref().map(toml::from_str::<toml::Table>) {
+            Some(Err(toml)) => match toml_line(&toml, text.as_deref()) {
+                Some(line) => format!("TOML parse error at line {line}: {other}").into(),
+                None => other,
+            },
+            _ => other,
+        },
     };
     config::ConfigError::FileParse { uri, cause }
 }

@@ -925,5 +925,11 @@ token_secret = 12345
             )),
             "{text}"
         );
+        let (_dir, f) = file("[executor]\nrequest_timeout_secs = 99999999999999999999\n");
+        let text = refused(Some(&f), &[]);
+        assert!(
+            text.contains("is not valid TOML: TOML parse error at line 2: "),
+            "{text}"
+        );
     }
 }
