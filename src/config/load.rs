@@ -197,16 +197,25 @@ impl Layer {
 
     fn env(env: HashMap<String, String>) -> Result<Self, ConfigError> {
         // The same mapping as the Environment source: lower case, prefix off, `__` is `.`.
-        let variables = env
-            .keys()
-            .filter_map(|variable| {
-                let key = variable
-                    .to_lowercase()
-                    .strip_prefix("lcm__")?
-                    .replace("__", ".");
-                Some((key, variable.clone()))
-            })
-            .collect();
+        let mut variables: HashMap<String, String> = HashMap::new();
+        let mut named: Vec<&String> = env.keys().collect();
+        named.sort();
+        for variable in named {
+            let Some(key) = variable
+                .to_lowercase()
+                .strip_prefix("lcm__")
+                .map(|k| k.replace("__", "."))
+            else {
+                continue;
+            };
+            // Which of two spellings the reader would take is not said anywhere: neither is.
+            if let Some(other) = variables.insert(key.clone(), variable.clone()) {
+                return Err(super::invalid(
+                    key,
+                    format!("set by both environment variables {other} and {variable}: keep one"),
+                ));
+            }
+        }
         let config = Config::builder()
             .add_source(
                 // Values stay text (an API key "0123" must not become 123); typed fields
@@ -611,6 +620,24 @@ mod tests {
         Settings::load_with_env(file, env(pairs))
             .expect_err("refused")
             .to_string()
+    }
+
+    #[test]
+    fn one_key_set_by_two_spellings_of_its_variable_is_refused_naming_both() {
+        let text = refused(
+            None,
+            &[
+                ("LCM__SCHEDULER__AUTOMATIC", "true"),
+                ("lcm__scheduler__automatic", "false"),
+            ],
+        );
+        assert!(
+            text.contains("`scheduler.automatic`")
+                && text.contains(
+                    "set by both environment variables LCM__SCHEDULER__AUTOMATIC and lcm__scheduler__automatic: keep one"
+                ),
+            "{text}"
+        );
     }
 
     #[test]
