@@ -407,6 +407,11 @@ pub trait Backend: Send + 'static {
     fn load(&mut self) -> Result<Loaded, StoreError>;
     /// Opens a separate connection for queries.
     fn reader(&self) -> Result<Box<dyn Reader>, StoreError>;
+    /// Whether writes could be made, checked while none comes (a database file removed
+    /// under the service): `Err` says why not.
+    fn check(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// The queries of the API and the console.
@@ -639,7 +644,15 @@ fn write_loop(
     linger: Duration,
     failing: &Mutex<Option<WriteFailure>>,
 ) {
-    while let Ok(first) = queue.recv() {
+    loop {
+        let first = match queue.recv_timeout(IDLE_CHECK_EVERY) {
+            Ok(first) => first,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                note(failing, backend.check(), false);
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
         let mut batch = Batch::default();
         batch.take(first);
         wait_for_request(&mut batch, queue, linger);
@@ -653,18 +666,33 @@ fn write_loop(
             batch.rows(std::mem::take(&mut *rows));
         }
         if !batch.writes.is_empty() {
-            let outcome = commit(&mut backend, batch);
-            metrics::gauge!("lcm_store_writable").set(f64::from(u8::from(outcome.is_ok())));
-            let mut failing = lock(failing);
-            *failing = match outcome {
-                Ok(()) => None,
-                Err(e) => Some(WriteFailure {
-                    since: failing.as_ref().map_or_else(Utc::now, |f| f.since),
-                    error: e.to_string(),
-                }),
-            };
+            // A flush with nothing to write commits nothing: its success says nothing of a
+            // full disk.
+            let wrote = !batch.ops.is_empty();
+            note(failing, commit(&mut backend, batch), wrote);
         }
     }
+}
+
+/// How often the writer checks, while no write comes, that writes could be made.
+const IDLE_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps what a commit or a check told of the store's writes for `/status` and
+/// `lcm_store_writable`: a failure from then on (since the first of a run of them), until a
+/// commit that wrote something succeeds (`clears`).
+fn note(failing: &Mutex<Option<WriteFailure>>, outcome: Result<(), StoreError>, clears: bool) {
+    let mut failing = lock(failing);
+    match outcome {
+        Ok(()) if clears => *failing = None,
+        Ok(()) => {}
+        Err(e) => {
+            *failing = Some(WriteFailure {
+                since: failing.as_ref().map_or_else(Utc::now, |f| f.since),
+                error: e.to_string(),
+            });
+        }
+    }
+    metrics::gauge!("lcm_store_writable").set(f64::from(u8::from(failing.is_none())));
 }
 
 /// How long rows that nobody waits for may wait for an awaited write to ride with.

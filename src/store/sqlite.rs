@@ -966,6 +966,13 @@ impl Backend for SqliteBackend {
         Ok(counts)
     }
 
+    fn check(&mut self) -> Result<(), StoreError> {
+        match &mut self.file {
+            Some(file) => file.check(),
+            None => Ok(()),
+        }
+    }
+
     fn load(&mut self) -> Result<Loaded, StoreError> {
         let shown = match &self.location {
             Location::File(path) => path.display().to_string(),

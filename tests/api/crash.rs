@@ -304,6 +304,14 @@ async fn a_store_that_stops_writing_holds_its_trials_and_refuses_changes_until_i
     let waiting = app.trial_status(id).await;
     assert_eq!(waiting["status"], "Waiting", "{waiting}");
     assert_eq!(lines(&app, id), sent_before, "no request while not saved");
+    // Reading the audit commits nothing (a flush with no row): it does not clear the alert.
+    app.call_as(
+        Method::GET,
+        "/audit?limit=1",
+        None,
+        Some(key_of(lcm::config::Role::Admin)),
+    )
+    .await;
     let status = app.get("/status").await.body;
     assert_eq!(
         status["store"]["failing"]["since"], since,
@@ -320,6 +328,49 @@ async fn a_store_that_stops_writing_holds_its_trials_and_refuses_changes_until_i
         serde_json::json!({"writable": true, "failing": null}),
         "{status}"
     );
+}
+
+/// A database file moved away under an idle service is seen without waiting for a change:
+/// `/status` says the store does not write, and reading the audit (which commits nothing)
+/// does not say otherwise. Once the file is back, the next change is made and clears it.
+#[tokio::test]
+async fn a_database_file_moved_away_is_seen_while_idle_until_a_change_is_written_again() {
+    let app = spawn_app().await;
+    let data = app.logs.path().join("data");
+    let (file, aside) = (data.join("lcm.sqlite3"), data.join("aside.sqlite3"));
+    std::fs::rename(&file, &aside).expect("moved away");
+    let failing = eventually("the store seen not writing", || async {
+        let status = app.get("/status").await.body;
+        match status["store"]["writable"] == false {
+            true => Ok(status["store"]["failing"].clone()),
+            false => Err(status.to_string()),
+        }
+    })
+    .await;
+    assert!(
+        failing["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("removed or replaced")),
+        "{failing}"
+    );
+    // Its answer does not matter here (the reader may not find the file either).
+    app.call_as(
+        Method::GET,
+        "/audit?limit=1",
+        None,
+        Some(key_of(lcm::config::Role::Admin)),
+    )
+    .await;
+    let status = app.get("/status").await.body;
+    assert_eq!(
+        status["store"]["failing"]["since"], failing["since"],
+        "{status}"
+    );
+    std::fs::rename(&aside, &file).expect("moved back");
+    let made = app.schedule("after", &in_ms(3_600_000)).await;
+    assert_eq!(made.status, StatusCode::OK, "{made:?}");
+    let status = app.get("/status").await.body;
+    assert_eq!(status["store"]["writable"], true, "{status}");
 }
 
 #[tokio::test]

@@ -238,7 +238,9 @@ impl lcm::store::Backend for FlakyBackend {
     fn apply(&mut self, ops: &[lcm::store::Op]) -> Result<Vec<usize>, lcm::store::StoreError> {
         let faults = &self.faults;
         faults.held.pass(ops);
-        if faults.broken.load(Ordering::SeqCst) || faults.refused.refuses(ops) {
+        // A full disk fails what writes; a transaction with nothing in it commits still.
+        let broken = faults.broken.load(Ordering::SeqCst) && !ops.is_empty();
+        if broken || faults.refused.refuses(ops) {
             return Err(lcm::store::StoreError::Backend(
                 "disk I/O error (simulated)".into(),
             ));
@@ -252,6 +254,10 @@ impl lcm::store::Backend for FlakyBackend {
 
     fn reader(&self) -> Result<Box<dyn lcm::store::Reader>, lcm::store::StoreError> {
         self.inner.reader()
+    }
+
+    fn check(&mut self) -> Result<(), lcm::store::StoreError> {
+        self.inner.check()
     }
 }
 
