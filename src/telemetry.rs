@@ -21,10 +21,10 @@ use crate::services::{SendError, Service};
 use crate::tokens::TokenError;
 
 /// What keeps the log going: the file writer (dropping it flushes and stops it) and the log
-/// directory's lock.
+/// directory's locks.
 pub struct LogGuard {
     _writer: WorkerGuard,
-    _lock: Option<std::fs::File>,
+    _locks: Vec<std::fs::File>,
 }
 
 /// The lock file in the log directory.
@@ -32,36 +32,44 @@ const LOCK_FILE: &str = "lcm-logs.lock";
 
 /// Takes the log directory for this process: a second service writing there would mix its
 /// lines into this one's files, and remove this one's failure files as those of trials its
-/// own store does not know. Released by the system when the process ends, however it ends.
-fn lock_log_dir(dir: &std::path::Path) -> io::Result<Option<std::fs::File>> {
+/// own store does not know. Both the lock file and the directory itself are locked, so that a
+/// lock file removed by hand lets no second service in. Released by the system when the
+/// process ends, however it ends.
+fn lock_log_dir(dir: &std::path::Path) -> io::Result<Vec<std::fs::File>> {
     let path = dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)?;
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::other(format!(
-            "it is in use by another process ({} is locked): give each service its own log directory",
-            path.display()
-        ))),
-        // Written before the subscriber exists: said on stderr, and the service goes on.
-        Err(std::fs::TryLockError::Error(e)) => {
-            eprintln!(
+    let mut locks = Vec::with_capacity(2);
+    for (lock, shown) in [
+        (file, &path),
+        (std::fs::File::open(dir)?, &dir.to_path_buf()),
+    ] {
+        match lock.try_lock() {
+            Ok(()) => locks.push(lock),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(io::Error::other(format!(
+                    "it is in use by another process ({} is locked): give each service its own log directory",
+                    shown.display()
+                )));
+            }
+            // Written before the subscriber exists: said on stderr, and the service goes on.
+            Err(std::fs::TryLockError::Error(e)) => eprintln!(
                 "lcm: the log directory cannot be locked ({e}): make sure no other service writes to {}",
                 dir.display()
-            );
-            Ok(None)
+            ),
         }
     }
+    Ok(locks)
 }
 
 /// Installs the global subscriber. Keep the returned guard alive for the life of the process.
 /// A log directory another process holds is refused.
 pub fn init(settings: &LoggingSettings) -> io::Result<LogGuard> {
     std::fs::create_dir_all(&settings.dir)?;
-    let lock = lock_log_dir(&settings.dir)?;
+    let locks = lock_log_dir(&settings.dir)?;
     let mut appender = tracing_appender::rolling::Builder::new()
         .rotation(tracing_appender::rolling::Rotation::DAILY)
         .filename_prefix("lcm")
@@ -107,7 +115,7 @@ pub fn init(settings: &LoggingSettings) -> io::Result<LogGuard> {
         .map_err(io::Error::other)?;
     Ok(LogGuard {
         _writer: guard,
-        _lock: lock,
+        _locks: locks,
     })
 }
 

@@ -517,6 +517,11 @@ async fn a_log_directory_in_use_by_another_service_stops_start_up() {
         text.contains("in use by another process") && text.contains("logging.dir"),
         "{text}"
     );
+    // Nor with the lock file removed by hand: the directory itself is locked too.
+    std::fs::remove_file(first.logs.path().join("lcm-logs.lock")).expect("the lock file");
+    let (ok, text) = run_to_exit(dir.path(), &[("LCM__LOGGING__DIR", logs)]).await;
+    assert!(!ok, "{text}");
+    assert!(text.contains("in use by another process"), "{text}");
     assert_eq!(first.get("/status").await.status, StatusCode::OK);
 }
 
