@@ -70,14 +70,12 @@ fn lock_log_dir(dir: &std::path::Path) -> io::Result<Vec<std::fs::File>> {
 pub fn init(settings: &LoggingSettings) -> io::Result<LogGuard> {
     std::fs::create_dir_all(&settings.dir)?;
     let locks = lock_log_dir(&settings.dir)?;
-    let mut appender = tracing_appender::rolling::Builder::new()
+    let appender = tracing_appender::rolling::Builder::new()
         .rotation(tracing_appender::rolling::Rotation::DAILY)
         .filename_prefix("lcm")
-        .filename_suffix("log");
-    if settings.keep_days > 0 {
-        appender = appender.max_log_files(settings.keep_days);
-    }
-    let appender = appender.build(&settings.dir).map_err(io::Error::other)?;
+        .filename_suffix("log")
+        .build(&settings.dir)
+        .map_err(io::Error::other)?;
     let (file_writer, guard) = tracing_appender::non_blocking(appender);
     let filter = EnvFilter::try_new(&settings.level).unwrap_or_else(|_| EnvFilter::new("info"));
 
@@ -113,10 +111,60 @@ pub fn init(settings: &LoggingSettings) -> io::Result<LogGuard> {
         .with(file_layer)
         .try_init()
         .map_err(io::Error::other)?;
+    prune_logs(&settings.dir, settings.keep_days);
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let (dir, keep) = (settings.dir.clone(), settings.keep_days);
+        runtime.spawn(async move {
+            let mut ticks = tokio::time::interval(LOG_PRUNE_INTERVAL);
+            loop {
+                ticks.tick().await;
+                let dir = dir.clone();
+                let _ = tokio::task::spawn_blocking(move || prune_logs(&dir, keep)).await;
+            }
+        });
+    }
     Ok(LogGuard {
         _writer: guard,
         _locks: locks,
     })
+}
+
+/// How often old daily log files are looked for once the service runs: a new day's file
+/// starts at midnight UTC.
+const LOG_PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes the daily log files (`lcm.<YYYY-MM-DD>.log`) but the newest `keep` by the date in
+/// their names, today's included (`0` keeps every one). Any other file is left alone: an
+/// operator's `lcm.old.log`, a failure file, a copy.
+fn prune_logs(dir: &std::path::Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut daily: Vec<(chrono::NaiveDate, std::path::PathBuf)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let text = name.strip_prefix("lcm.")?.strip_suffix(".log")?;
+            let date = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?;
+            let exact = date.format("%Y-%m-%d").to_string() == text;
+            (exact && entry.file_type().ok()?.is_file()).then(|| (date, entry.path()))
+        })
+        .collect();
+    if keep == 0 || daily.len() <= keep {
+        return;
+    }
+    daily.sort();
+    let extra = daily.len() - keep;
+    for (_, path) in daily.drain(..extra) {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::info!(file = %path.display(), "old log file removed (logging.keep_days)")
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot remove an old log file")
+            }
+        }
+    }
 }
 
 /// The text log's fields as tracing writes them (the message, then `name=value`), each on

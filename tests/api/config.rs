@@ -301,16 +301,26 @@ async fn the_start_up_line_names_the_version_the_public_url_and_the_file_read() 
     }
 }
 
-/// Old daily log files are removed at start (and as a new day's file starts), the newest
-/// `logging.keep_days` kept; other files in the directory are left alone.
+/// Old daily log files are removed at start (and as new days' files start), the newest
+/// `logging.keep_days` kept by the date in their names; other files in the directory, even
+/// named like the log, are left alone.
 #[tokio::test]
 async fn old_daily_log_files_are_removed_keeping_logging_keep_days() {
     let logs = tempfile::tempdir().expect("tempdir");
-    for day in 1..=5 {
-        std::fs::write(logs.path().join(format!("lcm.2026-11-0{day}.log")), "old\n")
-            .expect("an old log");
+    // Written newest first: their creation times do not decide.
+    let mine = [
+        "operator-notes.log",
+        "lcm.old.log",
+        "lcm.2026-13-45.log",
+        "lcm.2026-11-1.log",
+    ];
+    for name in (1..=5)
+        .rev()
+        .map(|day| format!("lcm.2026-11-0{day}.log"))
+        .chain(mine.map(str::to_owned))
+    {
+        std::fs::write(logs.path().join(name), "old\n").expect("a file");
     }
-    std::fs::write(logs.path().join("operator-notes.log"), "mine\n").expect("a note");
     let dir = logs.path().to_str().expect("path");
     let app = spawn_binary_with(BinaryOptions {
         env: &[("LCM__LOGGING__DIR", dir), ("LCM__LOGGING__KEEP_DAYS", "3")],
@@ -325,19 +335,14 @@ async fn old_daily_log_files_are_removed_keeping_logging_keep_days() {
         .filter(|name| name != "lcm-logs.lock")
         .collect();
     names.sort();
-    // Which old ones remain goes by the files' creation times, which the test wrote within
-    // the same instant: the count and today's file are what it can check.
     let today = format!("lcm.{}.log", chrono::Utc::now().format("%Y-%m-%d"));
-    let daily: Vec<&String> = names
-        .iter()
-        .filter(|name| name.starts_with("lcm.") && name.ends_with(".log"))
+    let mut expected: Vec<String> = ["lcm.2026-11-04.log", "lcm.2026-11-05.log", &today]
+        .into_iter()
+        .chain(mine)
+        .map(str::to_owned)
         .collect();
-    assert_eq!(daily.len(), 3, "{names:?}");
-    assert!(names.contains(&today), "{names:?}");
-    assert!(
-        names.contains(&"operator-notes.log".to_owned()),
-        "{names:?}"
-    );
+    expected.sort();
+    assert_eq!(names, expected);
 }
 
 #[tokio::test]
