@@ -235,6 +235,8 @@ pub struct AuthSettings {
 #[derive(Clone)]
 pub struct Sources {
     file: Option<ConfigFile>,
+    /// Whether `config/default.toml` of the working directory was read.
+    working_file: bool,
     env: Option<HashMap<String, String>>,
 }
 
@@ -900,12 +902,21 @@ pub struct AbstractionLayerSettings {
 }
 
 impl Settings {
-    /// The configuration file named by `--config` or `LCM_CONFIG`, as named (`--config <path>`),
-    /// or `none`: for the start-up log.
+    /// The configuration files read over the built-in defaults, for the start-up log:
+    /// `config/default.toml` of the working directory, then the one named by `--config` or
+    /// `LCM_CONFIG` as named (`--config <path>`), or `none`.
     pub fn file_shown(&self) -> String {
-        match self.auth.sources.as_ref().and_then(|s| s.file.as_ref()) {
-            Some(file) => file.to_string(),
-            None => "none".to_owned(),
+        let Some(sources) = &self.auth.sources else {
+            return "none".to_owned();
+        };
+        let working = sources
+            .working_file
+            .then(|| format!("{} (working directory)", load::WORKING_DIRECTORY_FILE));
+        let named = sources.file.as_ref().map(ToString::to_string);
+        let read: Vec<String> = working.into_iter().chain(named).collect();
+        match read.is_empty() {
+            true => "none".to_owned(),
+            false => read.join(", then "),
         }
     }
 
@@ -925,6 +936,7 @@ impl Settings {
         };
         let sources = Sources {
             file: file.cloned(),
+            working_file: Path::new(load::WORKING_DIRECTORY_FILE).is_file(),
             env: Some(env.clone()),
         };
         let mut settings = load::load(file, env)?;

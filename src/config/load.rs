@@ -13,7 +13,7 @@ use super::keys::{self, Accepts};
 use super::{ConfigError, DEFAULTS, Settings};
 
 /// The optional file layered over the built-in defaults, relative to the working directory.
-const WORKING_DIRECTORY_FILE: &str = "config/default.toml";
+pub(super) const WORKING_DIRECTORY_FILE: &str = "config/default.toml";
 
 /// How the configuration file was named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

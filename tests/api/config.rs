@@ -286,7 +286,7 @@ async fn the_start_up_line_names_the_version_the_public_url_and_the_file_read() 
     let file = dir.path().join("lcm.toml");
     std::fs::write(&file, "[scheduler]\npoll_interval_secs = 30\n").expect("config file");
     let file = file.to_str().expect("path");
-    let app = spawn_binary_with(BinaryOptions {
+    let mut app = spawn_binary_with(BinaryOptions {
         env: &[("LCM_CONFIG", file)],
         ..BinaryOptions::default()
     })
@@ -299,6 +299,35 @@ async fn the_start_up_line_names_the_version_the_public_url_and_the_file_read() 
     ] {
         assert!(line.contains(&part), "{part}: {line}");
     }
+    // A `config/default.toml` in the working directory is read too, and named first.
+    let working = app.logs.path().join("config");
+    std::fs::create_dir_all(&working).expect("config dir");
+    std::fs::write(
+        working.join("default.toml"),
+        "[heartbeat]\ninterval_secs = 20\n",
+    )
+    .expect("working file");
+    let (status, _) = terminate(&mut app, Duration::from_secs(30)).await;
+    assert!(status.success(), "{status}");
+    app.restart_binary_with(&[("LCM_CONFIG", file)]).await;
+    let second = eventually("the second start's line", || async {
+        let log = log_text(&app);
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("Lifecycle Manager listening"))
+            .collect();
+        match lines.as_slice() {
+            [_, second] => Ok((*second).to_owned()),
+            _ => Err(log.clone()),
+        }
+    })
+    .await;
+    assert!(
+        second.contains(&format!(
+            "config=config/default.toml (working directory), then LCM_CONFIG={file}"
+        )),
+        "{second}"
+    );
 }
 
 /// Old daily log files are removed at start (and as new days' files start), the newest
