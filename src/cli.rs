@@ -127,7 +127,7 @@ pub fn main() -> ExitCode {
         eprintln!(
             "lcm: the environment variable LCM_CONFIG is empty: give the configuration file's path, or unset it to run without one"
         );
-        return ExitCode::from(2);
+        return ExitCode::FAILURE;
     }
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {

@@ -1150,10 +1150,10 @@ impl Settings {
             ("store.data_dir", &self.store.data_dir),
             ("logging.dir", &self.logging.dir),
         ] {
-            if dir.as_os_str().is_empty() {
+            if dir.to_str().is_some_and(|dir| dir.trim().is_empty()) {
                 problems.push(invalid(
                     key,
-                    "is empty: give a directory ('.' for the working directory)",
+                    "is empty or blank: give a directory ('.' for the working directory)",
                 ));
             }
         }

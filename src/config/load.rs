@@ -3,7 +3,7 @@
 //! to each), values of the wrong type (with what the key accepts) and values that cannot work
 //! ([`Settings::validate`]). The `config` crate's own messages are translated here, in one place.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -197,25 +197,40 @@ impl Layer {
 
     fn env(env: HashMap<String, String>) -> Result<Self, ConfigError> {
         // The same mapping as the Environment source: lower case, prefix off, `__` is `.`.
-        let mut variables: HashMap<String, String> = HashMap::new();
-        let mut named: Vec<&String> = env.keys().collect();
-        named.sort();
-        for variable in named {
-            let Some(key) = variable
-                .to_lowercase()
-                .strip_prefix("lcm__")
-                .map(|k| k.replace("__", "."))
-            else {
-                continue;
-            };
-            // Which of two spellings the reader would take is not said anywhere: neither is.
-            if let Some(other) = variables.insert(key.clone(), variable.clone()) {
-                return Err(super::invalid(
-                    key,
-                    format!("set by both environment variables {other} and {variable}: keep one"),
-                ));
+        let mut spellings: BTreeMap<String, Vec<&String>> = BTreeMap::new();
+        for variable in env.keys() {
+            if let Some(key) = variable.to_lowercase().strip_prefix("lcm__") {
+                spellings
+                    .entry(key.replace("__", "."))
+                    .or_default()
+                    .push(variable);
             }
         }
+        // Which of two spellings the reader would take is not said anywhere: neither is.
+        let mut twice: Vec<ConfigError> = spellings
+            .iter_mut()
+            .filter(|(_, named)| named.len() > 1)
+            .map(|(key, named)| {
+                named.sort();
+                let named: Vec<&str> = named.iter().map(|v| v.as_str()).collect();
+                super::invalid(
+                    key.clone(),
+                    format!(
+                        "set by more than one environment variable ({}): keep one",
+                        named.join(", ")
+                    ),
+                )
+            })
+            .collect();
+        match twice.len() {
+            0 => {}
+            1 => return Err(twice.remove(0)),
+            _ => return Err(ConfigError::Several(twice)),
+        }
+        let variables: HashMap<String, String> = spellings
+            .into_iter()
+            .map(|(key, named)| (key, named[0].clone()))
+            .collect();
         let config = Config::builder()
             .add_source(
                 // Values stay text (an API key "0123" must not become 123); typed fields
@@ -634,7 +649,7 @@ mod tests {
         assert!(
             text.contains("`scheduler.automatic`")
                 && text.contains(
-                    "set by both environment variables LCM__SCHEDULER__AUTOMATIC and lcm__scheduler__automatic: keep one"
+                    "set by more than one environment variable (LCM__SCHEDULER__AUTOMATIC, lcm__scheduler__automatic): keep one"
                 ),
             "{text}"
         );

@@ -509,10 +509,14 @@ fn backend_error(context: &str, e: impl std::fmt::Display) -> StoreError {
 
 /// Why the database at `shown` could not be set up, in words an operator acts on.
 fn setup_failed(shown: &str, e: &rusqlite::Error) -> StoreError {
-    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) {
-        return backend_error(&format!("{shown} is not a SQLite database"), e);
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) => {
+            backend_error(&format!("{shown} is not a SQLite database"), e)
+        }
+        // A file cut short, say: what to do is what a damaged read says.
+        Some(rusqlite::ErrorCode::DatabaseCorrupt) => read_failed(shown, e),
+        _ => write_failed(&format!("{shown} cannot be set up"), e),
     }
-    write_failed(&format!("{shown} cannot be set up"), e)
 }
 
 /// A read of the database at `shown` that failed, saying what to do when the file is damaged.

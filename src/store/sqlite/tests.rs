@@ -302,6 +302,18 @@ fn a_damaged_database_is_refused_naming_the_file_and_what_to_do() {
         err.contains("is damaged: restore it from a backup"),
         "{err}"
     );
+    // Cut short, it is refused as it is opened, with the same advice.
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let err = SqliteBackend::open(dir.path())
+        .and_then(|mut store| store.load())
+        .map(|_| ())
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains("is damaged: restore it from a backup"),
+        "{err}"
+    );
 }
 
 #[test]
