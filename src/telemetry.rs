@@ -135,18 +135,20 @@ const LOG_PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3
 
 /// Removes the daily log files (`lcm.<YYYY-MM-DD>.log`) but the newest `keep` by the date in
 /// their names, today's included (`0` keeps every one). Any other file is left alone: an
-/// operator's `lcm.old.log`, a failure file, a copy.
+/// operator's `lcm.old.log`, a failure file, a copy, and one dated after today (which would
+/// otherwise count before today's, the file being written).
 fn prune_logs(dir: &std::path::Path, keep: usize) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
+    let today = chrono::Utc::now().date_naive();
     let mut daily: Vec<(chrono::NaiveDate, std::path::PathBuf)> = entries
         .flatten()
         .filter_map(|entry| {
             let name = entry.file_name().into_string().ok()?;
             let text = name.strip_prefix("lcm.")?.strip_suffix(".log")?;
             let date = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?;
-            let exact = date.format("%Y-%m-%d").to_string() == text;
+            let exact = date.format("%Y-%m-%d").to_string() == text && date <= today;
             (exact && entry.file_type().ok()?.is_file()).then(|| (date, entry.path()))
         })
         .collect();

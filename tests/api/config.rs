@@ -331,8 +331,8 @@ async fn the_start_up_line_names_the_version_the_public_url_and_the_file_read() 
 }
 
 /// Old daily log files are removed at start (and as new days' files start), the newest
-/// `logging.keep_days` kept by the date in their names; other files in the directory, even
-/// named like the log, are left alone.
+/// `logging.keep_days` kept by the date in their names, today's among them; other files in the
+/// directory, even named like the log or dated after today, are left alone.
 #[tokio::test]
 async fn old_daily_log_files_are_removed_keeping_logging_keep_days() {
     let logs = tempfile::tempdir().expect("tempdir");
@@ -342,6 +342,7 @@ async fn old_daily_log_files_are_removed_keeping_logging_keep_days() {
         "lcm.old.log",
         "lcm.2026-13-45.log",
         "lcm.2026-11-1.log",
+        "lcm.2999-01-01.log",
     ];
     for name in (1..=5)
         .rev()
