@@ -122,8 +122,13 @@ impl Command {
 
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
-    // Said here: the parser would blame `--config`, which the operator did not write.
-    if std::env::var_os("LCM_CONFIG").is_some_and(|path| path.is_empty()) {
+    // Said here: the parser would blame `--config`, which the operator did not write. A
+    // `--config` given on the command line is taken over the variable, as always.
+    let flag = std::env::args_os().any(|arg| {
+        arg.to_str()
+            .is_some_and(|arg| arg == "--config" || arg.starts_with("--config="))
+    });
+    if !flag && std::env::var_os("LCM_CONFIG").is_some_and(|path| path.is_empty()) {
         eprintln!(
             "lcm: the environment variable LCM_CONFIG is empty: give the configuration file's path, or unset it to run without one"
         );

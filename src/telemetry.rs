@@ -41,7 +41,13 @@ fn lock_log_dir(dir: &std::path::Path) -> io::Result<Vec<std::fs::File>> {
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&path)?;
+        .open(&path)
+        .map_err(|e| {
+            io::Error::other(format!(
+                "cannot open its lock file {}: {e} (remove what is there; the service makes the file)",
+                path.display()
+            ))
+        })?;
     let mut locks = Vec::with_capacity(2);
     for (lock, shown) in [
         (file, &path),

@@ -284,6 +284,12 @@ impl Layers {
         let working = Path::new(WORKING_DIRECTORY_FILE);
         if working.is_file() {
             layers.push(Layer::file(working, LayerSource::WorkingDirectory)?);
+        } else if working.symlink_metadata().is_ok() {
+            // Something is there, meant to be read: a mount gone wrong is not passed over.
+            return Err(ConfigError::File {
+                path: working.to_path_buf(),
+                reason: "is there but is not a file that can be read (a directory, or a link to nothing)".to_owned(),
+            });
         }
         if let Some(file) = file {
             if !file.path.is_file() {

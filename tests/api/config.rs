@@ -185,6 +185,24 @@ async fn a_missing_configuration_file_says_whether_the_flag_or_the_variable_name
             "the environment variable LCM_CONFIG is empty: give the configuration file's path, or unset it to run without one"
         ]
     );
+    // A working directory's config/default.toml that is not a file is not passed over.
+    let working = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(working.path().join("config/default.toml")).expect("a directory");
+    let stderr = refused(working.path(), &[], &[]).await;
+    assert_eq!(
+        lines(&stderr),
+        [
+            "configuration file config/default.toml: is there but is not a file that can be read (a directory, or a link to nothing)"
+        ]
+    );
+    // The flag is taken over the variable, empty or not.
+    let stderr = refused(dir.path(), &["--config", missing], &[("LCM_CONFIG", "")]).await;
+    assert_eq!(
+        lines(&stderr),
+        [format!(
+            "--config {missing}: there is no configuration file there"
+        )]
+    );
 }
 
 #[tokio::test]
