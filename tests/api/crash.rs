@@ -255,6 +255,17 @@ async fn trials_survive_a_sigkill_and_complete_after_restart() {
     );
 }
 
+/// Reads a page of the audit as an admin: it flushes the rows waiting, and commits nothing else.
+async fn read_the_audit(app: &TestApp) {
+    app.call_as(
+        Method::GET,
+        "/audit?limit=1",
+        None,
+        Some(key_of(lcm::config::Role::Admin)),
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_store_that_stops_writing_holds_its_trials_and_refuses_changes_until_it_writes_again() {
     use std::sync::atomic::Ordering;
@@ -305,13 +316,7 @@ async fn a_store_that_stops_writing_holds_its_trials_and_refuses_changes_until_i
     assert_eq!(waiting["status"], "Waiting", "{waiting}");
     assert_eq!(lines(&app, id), sent_before, "no request while not saved");
     // Reading the audit commits nothing (a flush with no row): it does not clear the alert.
-    app.call_as(
-        Method::GET,
-        "/audit?limit=1",
-        None,
-        Some(key_of(lcm::config::Role::Admin)),
-    )
-    .await;
+    read_the_audit(&app).await;
     let status = app.get("/status").await.body;
     assert_eq!(
         status["store"]["failing"]["since"], since,
@@ -354,13 +359,7 @@ async fn a_database_file_moved_away_is_seen_while_idle_until_a_change_is_written
         "{failing}"
     );
     // Its answer does not matter here (the reader may not find the file either).
-    app.call_as(
-        Method::GET,
-        "/audit?limit=1",
-        None,
-        Some(key_of(lcm::config::Role::Admin)),
-    )
-    .await;
+    read_the_audit(&app).await;
     let status = app.get("/status").await.body;
     assert_eq!(
         status["store"]["failing"]["since"], failing["since"],
