@@ -669,7 +669,11 @@ fn write_loop(
             // A flush with nothing to write commits nothing: its success says nothing of a
             // full disk.
             let wrote = !batch.ops.is_empty();
-            note(failing, commit(&mut backend, batch), wrote);
+            let (outcome, answers) = commit(&mut backend, batch);
+            note(failing, outcome, wrote);
+            for (reply, answer) in answers {
+                let _ = reply.send(answer);
+            }
         }
     }
 }
@@ -722,17 +726,25 @@ fn apply(backend: &mut impl Backend, ops: &[Op]) -> Result<Vec<usize>, StoreErro
     })
 }
 
-/// Commits the batch in one transaction and answers each write. `Err` if nothing of it could
-/// be committed (one bad write among good ones is not the store failing).
-fn commit(backend: &mut impl Backend, Batch { ops, writes }: Batch) -> Result<(), StoreError> {
+/// The answers of a batch's writes, sent once what the batch told of the store is noted: a
+/// client answered 200 finds `/status` saying the store writes.
+type Answers = Vec<(Reply, Result<usize, StoreError>)>;
+
+/// Commits the batch in one transaction and returns each write's answer. `Err` if nothing of
+/// it could be committed (one bad write among good ones is not the store failing).
+fn commit(
+    backend: &mut impl Backend,
+    Batch { ops, writes }: Batch,
+) -> (Result<(), StoreError>, Answers) {
+    let mut answers = Vec::with_capacity(writes.len());
     match apply(backend, &ops) {
         Ok(counts) => {
             for (range, reply) in writes {
                 if let Some(reply) = reply {
-                    let _ = reply.send(count_of(&counts, range));
+                    answers.push((reply, count_of(&counts, range)));
                 }
             }
-            Ok(())
+            (Ok(()), answers)
         }
         // One bad write must not fail the others: retry each alone to find it (a request's
         // operations stay together).
@@ -759,24 +771,22 @@ fn commit(backend: &mut impl Backend, Batch { ops, writes }: Batch) -> Result<()
                         error!(error = %e, op = ops[range.start].kind(), "store write failed");
                         lost_row.get_or_insert_with(|| e.clone());
                     }
-                    (_, Some(reply)) => {
-                        let _ = reply.send(result);
-                    }
+                    (_, Some(reply)) => answers.push((reply, result)),
                 }
             }
             match (committed, first_error) {
-                (false, Some(e)) => Err(e),
-                _ => Ok(()),
+                (false, Some(e)) => (Err(e), answers),
+                _ => (Ok(()), answers),
             }
         }
         Err(e) => {
             error!(error = %e, op = ops.first().map_or("", Op::kind), "store write failed");
             for (_, reply) in writes {
                 if let Some(reply) = reply {
-                    let _ = reply.send(Err(e.clone()));
+                    answers.push((reply, Err(e.clone())));
                 }
             }
-            Err(e)
+            (Err(e), answers)
         }
     }
 }
