@@ -894,6 +894,17 @@ impl Scheduler {
             self.inner.automatic.send_replace(on);
         }
         self.unscheduled().extend(loaded.unscheduled);
+        // Taken before the key or secret was: it is shown to every viewer from here on.
+        let secret_ids = (loaded.trials.iter().map(|t| t.record.id.as_str()))
+            .chain(loaded.jobs.iter().map(|job| job.id.as_str()))
+            .filter(|id| self.is_a_secret(id))
+            .count();
+        if secret_ids > 0 {
+            error!(
+                trials = secret_ids,
+                "trials held by the store have an id that is one of the configured API keys or secrets: /status, /trials and the log show trial ids to every viewer; change that key or secret now"
+            );
+        }
         for trial in loaded.trials {
             let (id, lifecycle) = (trial.record.id.clone(), trial.record.lifecycle);
             if self.inner.engines.recover(&self.inner.deps, trial) {

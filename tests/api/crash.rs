@@ -502,6 +502,27 @@ async fn the_switch_set_through_the_api_outlives_a_restart_and_the_log_says_it_w
     );
 }
 
+/// A secret configured after a trial with that id was scheduled (a service's API key, say)
+/// is found at the next start: the log says so loudly, without naming the id.
+#[tokio::test]
+async fn a_secret_that_is_a_held_trial_s_id_is_told_at_start() {
+    let mut app = spawn_binary().await;
+    let id = "repository-key-0815-abcdef";
+    let made = app.schedule(id, &in_ms(3_600_000)).await;
+    assert_eq!(made.status, StatusCode::OK, "{made:?}");
+    let (status, _) = terminate(&mut app, Duration::from_secs(30)).await;
+    assert!(status.success(), "{status}");
+    app.restart_binary_with(&[("LCM__SERVICES__TRIAL_REPOSITORY__APIKEY", id)])
+        .await;
+    let line = logged(
+        &app,
+        &["have an id that is one of the configured API keys or secrets"],
+    )
+    .await;
+    assert!(line.contains("trials=1"), "{line}");
+    assert!(!line.contains(id), "{line}");
+}
+
 /// A second service given the log directory of a running one is refused at start: it would
 /// mix its lines into the first one's files, and remove the first one's failure files as
 /// those of trials its own store does not know.
