@@ -152,12 +152,18 @@ impl From<ScheduleError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        Self::unavailable(match e {
-            StoreError::Unreadable(_) => format!("the store could not be read; retry: {e}"),
-            StoreError::Backend(_) | StoreError::Closed => {
-                format!("the change was not saved, so it was not made: {e}")
+        match e {
+            StoreError::Damaged(_) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the store could not be read: {e}"),
+            ),
+            StoreError::Unreadable(_) => {
+                Self::unavailable(format!("the store could not be read; retry: {e}"))
             }
-        })
+            StoreError::Backend(_) | StoreError::Closed => {
+                Self::unavailable(format!("the change was not saved, so it was not made: {e}"))
+            }
+        }
     }
 }
 

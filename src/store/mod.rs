@@ -51,6 +51,9 @@ pub enum StoreError {
     /// A query failed: nothing was changed, the answer is just not known.
     #[error("store: {0}")]
     Unreadable(String),
+    /// The database file is damaged where a query read it: asking again does not help.
+    #[error("store: {0}")]
+    Damaged(String),
 }
 
 /// A trial as the store keeps it: its checkpoint and where it stands.

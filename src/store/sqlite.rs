@@ -519,6 +519,19 @@ fn setup_failed(shown: &str, e: &rusqlite::Error) -> StoreError {
     }
 }
 
+/// A query that failed: [`StoreError::Damaged`] when the database file is, which no retry
+/// mends.
+fn read_error(context: &str, e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
+            StoreError::Damaged(format!(
+                "{context}: the database file is damaged: restore it from a backup, or move it aside (with its -wal and -shm files) to start on an empty store: {e}"
+            ))
+        }
+        _ => backend_error(context, e),
+    }
+}
+
 /// A read of the database at `shown` that failed, saying what to do when the file is damaged.
 fn read_failed(shown: &str, e: &rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
@@ -1274,7 +1287,7 @@ impl LiveRow {
 }
 
 fn events_of(conn: &Connection, id: &TrialId) -> Result<Vec<TrialEvent>, StoreError> {
-    let read = |e| backend_error("read events", e);
+    let read = |e| read_error("read events", e);
     let mut stmt = conn
         .prepare_cached(
             "SELECT seq, at, kind, step, detail, duration_ms FROM trial_events
@@ -1319,7 +1332,7 @@ fn events_of(conn: &Connection, id: &TrialId) -> Result<Vec<TrialEvent>, StoreEr
 }
 
 fn responses_of(conn: &Connection, id: &TrialId) -> Result<Vec<ResponseRecord>, StoreError> {
-    let read = |e| backend_error("read responses", e);
+    let read = |e| read_error("read responses", e);
     let mut stmt = conn
         .prepare_cached(
             "SELECT step, service, method, path, status, body, error, duration_ms, attempt, at,
@@ -1378,7 +1391,7 @@ fn readable<T>(
             warn!(trial = %id, error = %e, "an unreadable {what} is left out");
             Ok(None)
         }
-        Err(e) => Err(backend_error(&format!("read {what}s"), e)),
+        Err(e) => Err(read_error(&format!("read {what}s"), e)),
     }
 }
 
@@ -1496,7 +1509,7 @@ const JOB_STATUS: &str = "CASE WHEN missed_at IS NULL THEN 'Scheduled' ELSE 'Mis
 
 impl Reader for SqliteReader {
     fn trials(&mut self, query: &TrialQuery) -> Result<Vec<ListedTrial>, StoreError> {
-        let read = |e| backend_error("list trials", e);
+        let read = |e| read_error("list trials", e);
         let want =
             |status: ListedStatus| query.statuses.is_empty() || query.statuses.contains(&status);
         let limit = (query.limit + 1) as i64;
@@ -1566,7 +1579,7 @@ impl Reader for SqliteReader {
         &mut self,
         id_contains: Option<&str>,
     ) -> Result<Vec<(ListedStatus, u64)>, StoreError> {
-        let read = |e| backend_error("count trials", e);
+        let read = |e| read_error("count trials", e);
         let query = TrialQuery {
             id_contains: id_contains.map(str::to_owned),
             ..TrialQuery::default()
@@ -1601,7 +1614,7 @@ impl Reader for SqliteReader {
     }
 
     fn trial(&mut self, id: &TrialId) -> Result<Option<StoredTrial>, StoreError> {
-        let read = |e| backend_error("read trial", e);
+        let read = |e| read_error("read trial", e);
         let row = self
             .conn
             .query_row(
@@ -1638,7 +1651,7 @@ impl Reader for SqliteReader {
     }
 
     fn audit(&mut self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
-        let read = |e| backend_error("read audit", e);
+        let read = |e| read_error("read audit", e);
         let mut clauses = Vec::new();
         let mut values: Vec<String> = Vec::new();
         if let Some(trial) = &query.trial_id {

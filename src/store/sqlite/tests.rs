@@ -258,6 +258,52 @@ fn a_file_that_is_not_a_database_is_refused_with_its_path() {
     assert!(err.contains(FILE_NAME), "{err}");
 }
 
+/// Overwrites the root page of `table` in the (closed) database at `path` with garbage.
+fn damage_table(path: &Path, table: &str) {
+    let (root, size): (i64, i64) = {
+        let conn = Connection::open(path).unwrap();
+        let root = conn
+            .query_row(
+                "SELECT rootpage FROM sqlite_master WHERE name = ?1",
+                [table],
+                |row| row.get(0),
+            )
+            .unwrap();
+        (
+            root,
+            conn.pragma_query_value(None, "page_size", |row| row.get(0))
+                .unwrap(),
+        )
+    };
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = |page: i64| usize::try_from(page * size).unwrap();
+    bytes[at(root - 1)..at(root)].fill(0xff);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_damaged_part_start_up_does_not_read_is_told_as_damaged_when_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SqliteBackend::open(dir.path()).unwrap();
+    put(&mut store, vec![Op::Audit(audit("made", Utc::now()))]);
+    drop(store);
+    damage_table(&dir.path().join(FILE_NAME), "audit");
+    let mut store = SqliteBackend::open(dir.path()).unwrap();
+    store.load().unwrap();
+    let query = AuditQuery {
+        trial_id: None,
+        actor: None,
+        before: None,
+        limit: 10,
+    };
+    let err = store.reader().unwrap().audit(&query).unwrap_err();
+    assert!(matches!(err, StoreError::Damaged(_)), "{err:?}");
+    assert!(
+        err.to_string().contains("the database file is damaged"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_damaged_database_is_refused_naming_the_file_and_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
@@ -272,26 +318,7 @@ fn a_damaged_database_is_refused_naming_the_file_and_what_to_do() {
     );
     drop(store);
     let path = dir.path().join(FILE_NAME);
-    let (root, size): (i64, i64) = {
-        let conn = Connection::open(&path).unwrap();
-        let root = conn
-            .query_row(
-                "SELECT rootpage FROM sqlite_master WHERE name = 'trials'",
-                [],
-                |row| row.get(0),
-            )
-            .unwrap();
-        (
-            root,
-            conn.pragma_query_value(None, "page_size", |row| row.get(0))
-                .unwrap(),
-        )
-    };
-    let mut bytes = std::fs::read(&path).unwrap();
-    let at = |page: i64| usize::try_from(page * size).unwrap();
-    let page = at(root - 1)..at(root);
-    bytes[page].fill(0xff);
-    std::fs::write(&path, bytes).unwrap();
+    damage_table(&path, "trials");
     let err = SqliteBackend::open(dir.path())
         .and_then(|mut store| store.load())
         .map(|_| ())
