@@ -49,10 +49,7 @@ fn lock_log_dir(dir: &std::path::Path) -> io::Result<Vec<std::fs::File>> {
             ))
         })?;
     let mut locks = Vec::with_capacity(2);
-    for (lock, shown) in [
-        (file, &path),
-        (std::fs::File::open(dir)?, &dir.to_path_buf()),
-    ] {
+    for (lock, shown) in [(file, path.as_path()), (std::fs::File::open(dir)?, dir)] {
         match lock.try_lock() {
             Ok(()) => locks.push(lock),
             Err(std::fs::TryLockError::WouldBlock) => {

@@ -514,14 +514,14 @@ fn setup_failed(shown: &str, e: &rusqlite::Error) -> StoreError {
             backend_error(&format!("{shown} is not a SQLite database"), e)
         }
         // A file cut short, say: what to do is what a damaged read says.
-        Some(rusqlite::ErrorCode::DatabaseCorrupt) => read_failed(shown, e),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt) => read_error(&format!("set up {shown}"), e),
         _ => write_failed(&format!("{shown} cannot be set up"), e),
     }
 }
 
-/// A query that failed: [`StoreError::Damaged`] when the database file is, which no retry
-/// mends.
-fn read_error(context: &str, e: rusqlite::Error) -> StoreError {
+/// A read that failed: [`StoreError::Damaged`], saying what to do, when the database file is
+/// damaged, which no retry mends.
+fn read_error(context: &str, e: &rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
             StoreError::Damaged(format!(
@@ -529,21 +529,6 @@ fn read_error(context: &str, e: rusqlite::Error) -> StoreError {
             ))
         }
         _ => backend_error(context, e),
-    }
-}
-
-/// A read of the database at `shown` that failed, saying what to do when the file is damaged.
-fn read_failed(shown: &str, e: &rusqlite::Error) -> StoreError {
-    match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
-            backend_error(
-                &format!(
-                    "{shown} is damaged: restore it from a backup, or move it aside (with its -wal and -shm files) to start on an empty store"
-                ),
-                e,
-            )
-        }
-        _ => backend_error(&format!("cannot read {shown}"), e),
     }
 }
 
@@ -995,7 +980,7 @@ impl Backend for SqliteBackend {
             Location::File(path) => path.display().to_string(),
             Location::Memory(name) => format!("the in-memory database {name}"),
         };
-        let read = |e: rusqlite::Error| read_failed(&shown, &e);
+        let read = |e: rusqlite::Error| read_error(&format!("read {shown}"), &e);
         let mut loaded = Loaded::default();
         mend_binary_creation_times(&self.conn).map_err(read)?;
 
@@ -1287,7 +1272,7 @@ impl LiveRow {
 }
 
 fn events_of(conn: &Connection, id: &TrialId) -> Result<Vec<TrialEvent>, StoreError> {
-    let read = |e| read_error("read events", e);
+    let read = |e: rusqlite::Error| read_error("read events", &e);
     let mut stmt = conn
         .prepare_cached(
             "SELECT seq, at, kind, step, detail, duration_ms FROM trial_events
@@ -1332,7 +1317,7 @@ fn events_of(conn: &Connection, id: &TrialId) -> Result<Vec<TrialEvent>, StoreEr
 }
 
 fn responses_of(conn: &Connection, id: &TrialId) -> Result<Vec<ResponseRecord>, StoreError> {
-    let read = |e| read_error("read responses", e);
+    let read = |e: rusqlite::Error| read_error("read responses", &e);
     let mut stmt = conn
         .prepare_cached(
             "SELECT step, service, method, path, status, body, error, duration_ms, attempt, at,
@@ -1391,7 +1376,7 @@ fn readable<T>(
             warn!(trial = %id, error = %e, "an unreadable {what} is left out");
             Ok(None)
         }
-        Err(e) => Err(read_error(&format!("read {what}s"), e)),
+        Err(e) => Err(read_error(&format!("read {what}s"), &e)),
     }
 }
 
@@ -1509,7 +1494,7 @@ const JOB_STATUS: &str = "CASE WHEN missed_at IS NULL THEN 'Scheduled' ELSE 'Mis
 
 impl Reader for SqliteReader {
     fn trials(&mut self, query: &TrialQuery) -> Result<Vec<ListedTrial>, StoreError> {
-        let read = |e| read_error("list trials", e);
+        let read = |e: rusqlite::Error| read_error("list trials", &e);
         let want =
             |status: ListedStatus| query.statuses.is_empty() || query.statuses.contains(&status);
         let limit = (query.limit + 1) as i64;
@@ -1579,7 +1564,7 @@ impl Reader for SqliteReader {
         &mut self,
         id_contains: Option<&str>,
     ) -> Result<Vec<(ListedStatus, u64)>, StoreError> {
-        let read = |e| read_error("count trials", e);
+        let read = |e: rusqlite::Error| read_error("count trials", &e);
         let query = TrialQuery {
             id_contains: id_contains.map(str::to_owned),
             ..TrialQuery::default()
@@ -1614,7 +1599,7 @@ impl Reader for SqliteReader {
     }
 
     fn trial(&mut self, id: &TrialId) -> Result<Option<StoredTrial>, StoreError> {
-        let read = |e| read_error("read trial", e);
+        let read = |e: rusqlite::Error| read_error("read trial", &e);
         let row = self
             .conn
             .query_row(
@@ -1651,7 +1636,7 @@ impl Reader for SqliteReader {
     }
 
     fn audit(&mut self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
-        let read = |e| read_error("read audit", e);
+        let read = |e: rusqlite::Error| read_error("read audit", &e);
         let mut clauses = Vec::new();
         let mut values: Vec<String> = Vec::new();
         if let Some(trial) = &query.trial_id {

@@ -281,6 +281,15 @@ fn damage_table(path: &Path, table: &str) {
     std::fs::write(path, bytes).unwrap();
 }
 
+/// Why a start on the store in `dir` (opening it, then the start-up read) is refused.
+fn refused_at_start(dir: &Path) -> String {
+    SqliteBackend::open(dir)
+        .and_then(|mut store| store.load())
+        .map(|_| ())
+        .expect_err("refused")
+        .to_string()
+}
+
 #[test]
 fn a_damaged_part_start_up_does_not_read_is_told_as_damaged_when_read() {
     let dir = tempfile::tempdir().unwrap();
@@ -319,11 +328,7 @@ fn a_damaged_database_is_refused_naming_the_file_and_what_to_do() {
     drop(store);
     let path = dir.path().join(FILE_NAME);
     damage_table(&path, "trials");
-    let err = SqliteBackend::open(dir.path())
-        .and_then(|mut store| store.load())
-        .map(|_| ())
-        .expect_err("refused")
-        .to_string();
+    let err = refused_at_start(dir.path());
     assert!(err.contains(&path.display().to_string()), "{err}");
     assert!(
         err.contains("is damaged: restore it from a backup"),
@@ -332,11 +337,7 @@ fn a_damaged_database_is_refused_naming_the_file_and_what_to_do() {
     // Cut short, it is refused as it is opened, with the same advice.
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-    let err = SqliteBackend::open(dir.path())
-        .and_then(|mut store| store.load())
-        .map(|_| ())
-        .expect_err("refused")
-        .to_string();
+    let err = refused_at_start(dir.path());
     assert!(
         err.contains("is damaged: restore it from a backup"),
         "{err}"
