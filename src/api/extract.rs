@@ -286,17 +286,17 @@ impl FromRequestParts<AppState> for CallbackToken {
     }
 }
 
-/// The token of a component's callback (slice, VNF): a [`CallbackToken`] also taken while
-/// the trial has failed, so that the callback is kept for its restore.
-pub struct ComponentCallback(pub CallbackToken);
+/// A [`CallbackToken`] also taken while the trial has failed: a component's callback (slice,
+/// VNF) is kept for the restore, and a token that leaked can be revoked before it.
+pub struct TokenOfLiveOrFailed(pub CallbackToken);
 
-impl FromRequestParts<AppState> for ComponentCallback {
+impl FromRequestParts<AppState> for TokenOfLiveOrFailed {
     type Rejection = AuthError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AuthError> {
         CallbackToken::extract(parts, state, true)
             .await
-            .map(ComponentCallback)
+            .map(TokenOfLiveOrFailed)
     }
 }
 

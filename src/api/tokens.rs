@@ -11,7 +11,9 @@ use utoipa_axum::routes;
 
 use super::audit::{AuditCx, Audited};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{Admin, CallbackToken, TrialIdParam, TrialPath, not_a_secret};
+use super::extract::{
+    Admin, CallbackToken, TokenOfLiveOrFailed, TrialIdParam, TrialPath, not_a_secret,
+};
 use super::view::Found;
 use super::{AppState, Message};
 use crate::domain::TrialId;
@@ -162,7 +164,8 @@ async fn verify(
 
 /// Revoke a callback token
 ///
-/// The presented token is refused everywhere afterwards.
+/// The presented token is refused everywhere afterwards. A failed trial's token can be
+/// revoked too: its components' callbacks are still taken, for the restore.
 #[utoipa::path(
     delete,
     path = "/token/{trial_id}",
@@ -173,18 +176,18 @@ async fn verify(
         (status = 200, description = "Token revoked", body = Message),
         (status = 400, description = "Invalid trial id", body = ErrorBody),
         (status = 401, description = "Missing, invalid, expired or revoked token", body = ErrorBody),
-        (status = 403, description = "A token of another trial, or of a finished or failed trial", body = ErrorBody),
+        (status = 403, description = "A token of another trial, or of a finished or aborted trial", body = ErrorBody),
         (status = 503, description = "The revocation could not be saved, so it was not made", body = ErrorBody),
     ),
 )]
 async fn revoke(
     State(state): State<AppState>,
     audit: AuditCx,
-    CallbackToken {
+    TokenOfLiveOrFailed(CallbackToken {
         trial: id,
         claims,
         engine,
-    }: CallbackToken,
+    }): TokenOfLiveOrFailed,
 ) -> Result<(Extension<Audited>, Json<Message>), ApiError> {
     let message = "Token revoked";
     let entry = audit.entry(StatusCode::OK, Some(message.to_owned()));

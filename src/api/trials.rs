@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{
-    CallbackToken, ComponentCallback, Operator, OptionalJson, TrialIdParam, TrialPath, Viewer,
+    CallbackToken, Operator, OptionalJson, TokenOfLiveOrFailed, TrialIdParam, TrialPath, Viewer,
 };
 use super::view::{self, Found, StatusAnswer};
 use super::{AppState, Message};
@@ -127,7 +127,7 @@ macro_rules! callback_handler {
             ),
         )]
         async fn $handler(
-            ComponentCallback(token): ComponentCallback,
+            TokenOfLiveOrFailed(token): TokenOfLiveOrFailed,
         ) -> Result<Json<Message>, ApiError> {
             callback(token, $kind).await
         }

@@ -4,6 +4,8 @@
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
+use lcm::sim::{Component, Fault, FaultAction};
+
 use crate::helpers::*;
 
 /// `POST /token/{id}` with the API key; returns the token.
@@ -331,4 +333,35 @@ async fn a_restart_with_another_token_secret_names_the_live_trials_whose_tokens_
     assert!(line.contains("WARN"), "{line}");
     let answer = check(&app, id, Some(&app.token_of(id))).await;
     assert_detail(&answer, StatusCode::UNAUTHORIZED);
+}
+
+/// A failed trial still takes its components' callbacks (kept for its restore), so a token of
+/// it that leaked can be revoked while it waits for the restore.
+#[tokio::test]
+async fn a_token_of_a_failed_trial_can_be_revoked() {
+    let app = spawn_app_with_settings(single_attempt).await;
+    let id = "fails";
+    app.platform.inject(
+        Fault::new(
+            Component::Enforcement,
+            "POST",
+            "/flightplan",
+            FaultAction::Status(500),
+        )
+        .for_trial(id),
+    );
+    app.start_trial(id).await;
+    let leaked = mint(&app, id).await;
+    let other = mint(&app, id).await;
+    app.wait_failed(id).await;
+
+    let answer = app
+        .call_as(Method::DELETE, &format!("/token/{id}"), None, Some(&leaked))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    let answer = app.callback(id, "slice", Some(&leaked)).await;
+    assert_detail(&answer, StatusCode::UNAUTHORIZED);
+    assert!(answer.detail().contains("revoked"), "{answer:?}");
+    // The other token is left as it was: refused to check until the restore.
+    assert_detail(&check(&app, id, Some(&other)).await, StatusCode::FORBIDDEN);
 }
