@@ -225,13 +225,23 @@ impl Access {
     /// `auth.api_key_file`, `auth.keys_file`) and puts them in force. Keys that fail
     /// validation change nothing, and so does a reload that would let the built-in placeholder
     /// in where it was not (its file or variable went missing, most likely) or give it a role
-    /// it did not have. Reads files: call it off the async threads.
-    pub fn reload(&self) -> Result<Reloaded, ConfigError> {
+    /// it did not have, or a key that is the id of one of the trials `held` (every viewer sees
+    /// those ids). Reads files: call it off the async threads.
+    pub fn reload(&self, held: &[TrialId]) -> Result<Reloaded, ConfigError> {
         let loaded = match self.auth.reload() {
             Some(loaded) => loaded?,
             None => self.auth.clone(),
         };
         let fresh = Arc::new(KeySet::new(loaded.api_keys()?));
+        if let Some(holder) = held.iter().find_map(|id| fresh.find(id.as_str())) {
+            return Err(ConfigError::Invalid {
+                key: loaded.source_of(&holder.name).to_owned(),
+                reason: format!(
+                    "key '{}' is the id of a trial this service holds, and /status, /trials and the log show trial ids to every viewer: choose another key",
+                    holder.name
+                ),
+            });
+        }
         let mut keys = self
             .keys
             .write()

@@ -95,10 +95,6 @@ impl Application {
         telemetry::install_metrics();
         let access = Arc::new(Access::new(&settings.auth)?);
         let secrets = Arc::new(Secrets::new(settings.secret_values()));
-        #[cfg(unix)]
-        if access.reloads() {
-            reload_keys_on_sighup(&access, &secrets);
-        }
         let settings = Arc::new(settings);
         let services = ServiceClient::new(&settings)?;
         let reading = Instant::now();
@@ -137,6 +133,10 @@ impl Application {
         }
         let scheduler = Scheduler::new(deps, ended_rx, access.clone());
         scheduler.recover(loaded).await?;
+        #[cfg(unix)]
+        if access.reloads() {
+            reload_keys_on_sighup(&access, &scheduler);
+        }
         let poller = scheduler.spawn_poller();
         let purger = scheduler.spawn_purger();
         let heartbeats = Heartbeats::new(
@@ -225,9 +225,10 @@ impl Application {
 
 /// Loads the API keys again on every SIGHUP, for as long as the service runs (SIGHUP would
 /// otherwise end the process), and hides the new ones in what is recorded, as the first
-/// ones are. Keys that fail validation leave the old ones in force.
+/// ones are. Keys that fail validation, or that are the id of a trial the scheduler holds,
+/// leave the old ones in force.
 #[cfg(unix)]
-fn reload_keys_on_sighup(access: &Arc<Access>, secrets: &Arc<Secrets>) {
+fn reload_keys_on_sighup(access: &Arc<Access>, scheduler: &Scheduler) {
     use tokio::signal::unix::{SignalKind, signal};
     // Installed before the service answers, so a SIGHUP sent once it does is never lost.
     let mut hangups = match signal(SignalKind::hangup()) {
@@ -239,18 +240,17 @@ fn reload_keys_on_sighup(access: &Arc<Access>, secrets: &Arc<Secrets>) {
     };
     // Weak: the task must not keep the service's state alive once it has stopped.
     let access = Arc::downgrade(access);
-    let secrets = Arc::downgrade(secrets);
+    let scheduler = scheduler.downgrade();
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            let Some(access) = access.upgrade() else {
+            let (Some(access), Some(scheduler)) = (access.upgrade(), scheduler.upgrade()) else {
                 break;
             };
+            let held = scheduler.held_ids();
             // The reload reads the configuration's files.
-            match tokio::task::spawn_blocking(move || access.reload()).await {
+            match tokio::task::spawn_blocking(move || access.reload(&held)).await {
                 Ok(Ok(reloaded)) => {
-                    if let Some(secrets) = secrets.upgrade() {
-                        secrets.add(reloaded.secrets);
-                    }
+                    scheduler.deps().secrets.add(reloaded.secrets);
                     info!(
                         "SIGHUP: API keys reloaded: {} (only the keys: other settings take effect at the next start)",
                         reloaded.changes

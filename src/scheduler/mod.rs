@@ -165,6 +165,16 @@ pub struct Scheduler {
     inner: Arc<Inner>,
 }
 
+/// A [`Scheduler`] that is not kept alive by this handle.
+pub struct WeakScheduler(std::sync::Weak<Inner>);
+
+impl WeakScheduler {
+    /// The scheduler, unless it has gone.
+    pub fn upgrade(&self) -> Option<Scheduler> {
+        self.0.upgrade().map(|inner| Scheduler { inner })
+    }
+}
+
 struct Inner {
     jobs: Mutex<HashMap<TrialId, Job>>,
     /// The API keys in force: a trial id that is one is never scheduled.
@@ -335,6 +345,23 @@ impl Scheduler {
             .unscheduled
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The trials shown by `/status` and `/trials` as live: an engine in memory or a job.
+    pub fn held_ids(&self) -> Vec<TrialId> {
+        let mut ids: Vec<_> = self
+            .engines()
+            .list()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        ids.extend(self.jobs_map().keys().cloned());
+        ids
+    }
+
+    /// A handle that does not keep the scheduler alive (for tasks that outlive no service).
+    pub fn downgrade(&self) -> WeakScheduler {
+        WeakScheduler(Arc::downgrade(&self.inner))
     }
 
     /// Whether `id` has a job that has not fired yet.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use lcm::config::Role;
 use reqwest::{Method, StatusCode};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::helpers::*;
 
@@ -796,6 +796,56 @@ async fn a_reload_that_would_let_the_placeholder_in_keeps_the_keys_and_short_key
     assert!(log.contains("3 character(s) long"), "{log}");
     assert_eq!(binary.status_with("abc").await, Some(StatusCode::OK));
     assert!(!log.contains("admin-key-from-a-file"), "{log}");
+}
+
+/// Trial ids are shown to every viewer: a reload does not put in force a key that is the id of
+/// a trial the service holds, and says which key to change without naming the trial.
+#[tokio::test]
+async fn a_reload_refuses_a_key_that_is_the_id_of_a_held_trial() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let watcher = ("watcher", "watcher-key-long-enough", Role::Viewer);
+    std::fs::write(dir.path().join("keys.toml"), keys_file(&[watcher])).unwrap();
+    let admin = "admin-key-long-enough";
+    let auth = format!("api_key = \"{admin}\"\nkeys_file = \"keys.toml\"\ntoken_secret = \"s3\"");
+    let binary = Binary::start(dir, &auth, admin).await;
+    let id = "pasted-as-a-trial-id-0815";
+    let body = json!({"trial_id": id, "start_time": in_ms(3_600_000)});
+    let made = binary
+        .app
+        .call_as(
+            Method::POST,
+            "/debug/trial/schedule",
+            Some(body),
+            Some(admin),
+        )
+        .await;
+    assert_eq!(made.status, StatusCode::OK, "{made:?}");
+
+    binary.write(
+        "keys.toml",
+        &keys_file(&[watcher, ("newcomer", id, Role::Viewer)]),
+    );
+    hang_up(&binary.child).await;
+    let log = binary.wait_for_log("API keys not reloaded").await;
+    let line = log
+        .lines()
+        .find(|line| line.contains("API keys not reloaded"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("auth.keys_file") && line.contains("key 'newcomer' is the id of a trial"),
+        "{line}"
+    );
+    assert!(!line.contains(id), "{line}");
+    assert_eq!(binary.status_with(id).await, Some(StatusCode::UNAUTHORIZED));
+
+    // Another key is taken.
+    let other = "newcomer-key-long-enough";
+    binary.write(
+        "keys.toml",
+        &keys_file(&[watcher, ("newcomer", other, Role::Viewer)]),
+    );
+    hang_up(&binary.child).await;
+    binary.wait_for_key(other, StatusCode::OK).await;
 }
 
 #[tokio::test]
