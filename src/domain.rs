@@ -85,6 +85,10 @@ pub enum InvalidStartTime {
         "start_time '{0}' is after 9999-12-31T23:59:59Z, the latest time that can be written back in RFC 3339"
     )]
     TooLate(String),
+    #[error(
+        "start_time '{0}' is a leap second (second 60), which a timer cannot wait for: give the second before or after it"
+    )]
+    LeapSecond(String),
 }
 
 impl StartTime {
@@ -97,6 +101,9 @@ impl StartTime {
             .map_err(|_| InvalidStartTime::Malformed(shown()))?;
         if time.with_timezone(&Utc) > latest() {
             return Err(InvalidStartTime::TooLate(shown()));
+        }
+        if chrono::Timelike::nanosecond(&time) >= 1_000_000_000 {
+            return Err(InvalidStartTime::LeapSecond(shown()));
         }
         Ok(Self(time))
     }
@@ -198,6 +205,12 @@ mod tests {
         assert!(StartTime::parse("2021-02-23T07:17:15").is_err());
         assert!(StartTime::parse("2021-02-30T07:17:15Z").is_err());
         assert!(StartTime::parse("tomorrow").is_err());
+        for leap in ["2030-06-30T23:59:60Z", "2030-06-01T12:00:60.5+02:00"] {
+            assert!(
+                matches!(StartTime::parse(leap), Err(InvalidStartTime::LeapSecond(_))),
+                "{leap}"
+            );
+        }
         let now = Utc::now();
         assert!(matches!(
             StartTime::parse_future("2021-02-23T07:17:15Z", now),

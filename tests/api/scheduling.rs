@@ -204,12 +204,15 @@ async fn an_impossible_date_is_400() {
     for bad in [
         "2999-02-30T10:00:00Z",
         "2021-02-30T10:00:00Z",
+        "2999-06-30T23:59:60Z",
         "tomorrow",
         "",
     ] {
         let answer = app.schedule("t1", bad).await;
         assert_detail(&answer, StatusCode::BAD_REQUEST);
     }
+    let leap = app.schedule("t1", "2999-06-30T23:59:60Z").await;
+    assert!(leap.detail().contains("leap second"), "{leap:?}");
     assert_nothing_scheduled(&app).await;
 }
 
