@@ -148,16 +148,13 @@ pub fn main() -> ExitCode {
         },
     });
     let command = cli.command.unwrap_or(Command::Serve);
-    if let (
-        Some(name),
-        Some(ConfigFile {
-            path,
-            origin: FileOrigin::Flag,
-        }),
-    ) = (command.own_defaults(), &config)
-    {
+    if let (Some(name), Some(ConfigFile { path, origin })) = (command.own_defaults(), &config) {
+        let given = match origin {
+            FileOrigin::Flag => "--config",
+            FileOrigin::Variable => "LCM_CONFIG",
+        };
         eprintln!(
-            "lcm {name}: {} is not read: --config (like the LCM__… variables) is for `serve`; the {name} runs on the built-in defaults",
+            "lcm {name}: {} is not read: {given} (like the LCM__… variables) is for `serve`; the {name} runs on the built-in defaults",
             path.display()
         );
     }

@@ -125,8 +125,25 @@ async fn the_demo_says_it_does_not_read_a_configuration_file_it_was_given() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(
-        stderr.contains("lcm demo: /nowhere/lcm.toml is not read")
+        stderr.contains("lcm demo: /nowhere/lcm.toml is not read: --config")
             && stderr.contains("the demo runs on the built-in defaults"),
+        "{stderr}"
+    );
+
+    // Nor the file LCM_CONFIG names, which an operator may have exported long ago.
+    let port = free_port().to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = run_lcm(
+        &["demo", "--exit", "--port", &port],
+        &[("LCM_CONFIG", "/nowhere/lcm.toml")],
+        dir.path(),
+        Duration::from_secs(60),
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("lcm demo: /nowhere/lcm.toml is not read: LCM_CONFIG"),
         "{stderr}"
     );
 }
