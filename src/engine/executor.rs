@@ -549,6 +549,7 @@ impl Executor {
                 started_at: *started_at,
                 posts: 0,
                 may_have_made: false,
+                done_before_last: false,
                 last_attempt: &last_attempt,
                 shared: &self.shared,
                 stepping,

@@ -55,6 +55,10 @@ pub struct StepCx<'a> {
     /// its service (it got an answer, or failed after it could have been sent), and the last
     /// answer was no refusal (a 4xx makes nothing).
     pub may_have_made: bool,
+    /// Whether an attempt before the last answer of the last request may have done what it
+    /// asked (it may have reached its service, and was not refused with a 4xx): a close that
+    /// finds nothing to close on its retry may have closed it itself.
+    pub done_before_last: bool,
     /// Cancelled once an abort waits for the request in flight, or the engine is stopped: no
     /// further attempt is made, and a wait for one ends at once.
     pub last_attempt: &'a CancellationToken,
@@ -485,8 +489,22 @@ async fn close_service(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     // first attempt closed the slice and its answer was lost, and what a step run again or a
     // clean-up finds (or one whose slice was never made). On the trial's own path the closing's
     // callback may still come, or the wait times out and the trial is restorable.
-    let (status, _) = cx.call_expecting(request, &[200, 404]).await?;
+    let answer = cx.call_expecting(request, &[200, 404]).await;
+    let slice = &mut cx.data.ledger.slice;
+    let (status, _) = match answer {
+        // A slice announced but not listed yet that a close may have closed after all (no
+        // answer, or a 5xx): its slice-closed callback may come, and a close run again that
+        // finds nothing to close knows it is done.
+        Err(e) if cx.may_have_made && *slice == SliceState::Announced => {
+            *slice = SliceState::Closing;
+            return Err(e);
+        }
+        answer => answer?,
+    };
     cx.data.ledger.slice = match (status, &cx.data.ledger.slice) {
+        // This close's own earlier attempt may have closed it (its answer was lost): its
+        // slice-closed callback is due, as after a 200.
+        (404, SliceState::Announced) if cx.done_before_last => SliceState::Closing,
         (404, SliceState::Announced) => {
             return fail(format!(
                 "trial enforcement has no slice of trial {} although its slice-created callback came (its deployment was never answered): it may still be making it, so the slice is left to close; abort again to close it",
@@ -749,6 +767,7 @@ impl StepCx<'_> {
         let redactor = self.deps.secrets.with(self.data.token.as_deref());
         let mut attempts = 0;
         let mut reached = false;
+        let (mut done, mut done_before_last) = (false, false);
         let reply = {
             let mut record = recorder(
                 &self.shared.journal,
@@ -764,11 +783,18 @@ impl StepCx<'_> {
                     &request,
                     |attempt| {
                         attempts = attempt.number;
-                        reached |= attempt
+                        let may_have_reached = attempt
                             .outcome
                             .as_ref()
                             .err()
                             .is_none_or(SendError::may_have_reached);
+                        let refused = attempt
+                            .outcome
+                            .as_ref()
+                            .is_ok_and(|reply| (400..500).contains(&reply.status));
+                        reached |= may_have_reached;
+                        done_before_last = done;
+                        done |= may_have_reached && !refused;
                         record(attempt);
                     },
                     last_attempt.cancelled(),
@@ -776,6 +802,7 @@ impl StepCx<'_> {
                 )
                 .await
         };
+        self.done_before_last = done_before_last;
         self.may_have_made = reached
             && !reply
                 .as_ref()

@@ -119,27 +119,7 @@ pub async fn handle(
         }
         Some(FaultAction::Delay(pause)) => tokio::time::sleep(*pause).await,
         Some(FaultAction::Hang) => std::future::pending::<()>().await,
-        Some(FaultAction::CutOff) => {
-            // The head and the start go out while the body waits (hyper writes what it has
-            // when the body is pending), then the body fails and the connection is dropped.
-            let start = futures_util::stream::iter([Ok(Bytes::from_static(b"{\"id\": \""))]);
-            let crash = futures_util::stream::once(async {
-                tokio::task::yield_now().await;
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionReset,
-                    "the component crashed while answering",
-                ))
-            });
-            let body = futures_util::StreamExt::chain(start, crash);
-            return answered(
-                (
-                    StatusCode::OK,
-                    [(header::CONTENT_TYPE, "application/json")],
-                    axum::body::Body::from_stream(body),
-                )
-                    .into_response(),
-            );
-        }
+        Some(FaultAction::CutOff) => return answered(cut_off()),
         Some(FaultAction::HoldUntil(gate) | FaultAction::HoldThenDropCallback(gate)) => {
             gate.passed().await;
         }
@@ -185,6 +165,9 @@ pub async fn handle(
     if let Some((trial, status)) = &usual.status_change {
         sim.notify_status(trial, status);
     }
+    if matches!(fault, Some(FaultAction::AnswerLost)) {
+        return answered(cut_off());
+    }
     let mut body = usual.body;
     if let Some(Value::Object(map)) = &mut body {
         match fault {
@@ -198,6 +181,27 @@ pub async fn handle(
         }
     }
     answered(reply(usual.status, body))
+}
+
+/// An answer that breaks off: the head and the start go out while the body waits (hyper
+/// writes what it has when the body is pending), then the body fails and the connection is
+/// dropped.
+fn cut_off() -> Response {
+    let start = futures_util::stream::iter([Ok(Bytes::from_static(b"{\"id\": \""))]);
+    let crash = futures_util::stream::once(async {
+        tokio::task::yield_now().await;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "the component crashed while answering",
+        ))
+    });
+    let body = futures_util::StreamExt::chain(start, crash);
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
 }
 
 fn reply(status: u16, body: Option<Value>) -> Response {

@@ -130,6 +130,9 @@ pub enum FaultAction {
     /// Answer 200, then break the connection partway through the body (a component that
     /// crashes while answering).
     CutOff,
+    /// Do as usual (its callback too), then break the connection instead of answering: a
+    /// component whose answer is lost on its way.
+    AnswerLost,
     /// Wait until the gate is opened, then answer as usual.
     HoldUntil(Gate),
     /// Wait until the gate is opened, then answer this status with a JSON error body.

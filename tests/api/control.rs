@@ -1486,17 +1486,22 @@ fn no_slice_yet(id: &str) -> Fault {
     .times(1)
 }
 
-/// A service with trial `id` aborted after its slice deployment got no answer within 1 s,
-/// its clean-up's first `closes_not_found` closes answered 404 (trial enforcement makes the
-/// slice only later), now waiting for the late slice's callback; its status then.
-async fn waiting_for_a_late_slice(id: &str, closes_not_found: usize) -> (TestApp, Value) {
-    let app = spawn_app_with_settings(|s| {
-        single_attempt(s);
+/// A service making `attempts` of each request, with trial `id` aborted after its slice
+/// deployment got no answer within 1 s, its clean-up's first `closes_not_found` closes
+/// answered 404 (trial enforcement makes the slice only later), now waiting for the late
+/// slice's callback; its status then.
+async fn waiting_for_a_late_slice(
+    id: &str,
+    closes_not_found: usize,
+    attempts: u32,
+) -> (TestApp, Value) {
+    let app = spawn_app_with_settings(move |s| {
+        s.executor.retry.max_attempts = attempts;
         s.executor.request_timeout_secs = 1;
     })
     .await;
     app.platform
-        .inject(slice_deployment_fault(id, FaultAction::Hang));
+        .inject(slice_deployment_fault(id, FaultAction::Hang).times(attempts as usize));
     app.platform
         .inject(no_slice_yet(id).times(closes_not_found));
     app.start_trial(id).await;
@@ -1514,6 +1519,19 @@ async fn waiting_for_a_late_slice(id: &str, closes_not_found: usize) -> (TestApp
     (app, waiting)
 }
 
+/// Trial enforcement closes trial `id`'s slice (and calls back) `times`, but the answers are
+/// lost on their way.
+fn answer_lost(id: &str, times: usize) -> Fault {
+    Fault::new(
+        Component::Enforcement,
+        "DELETE",
+        "/sliceDeployment",
+        FaultAction::AnswerLost,
+    )
+    .for_trial(id)
+    .times(times)
+}
+
 /// How many times trial `id`'s slice was closed (`DELETE /sliceDeployment`).
 fn closes(app: &TestApp, id: &str) -> usize {
     sent(app, id, "DELETE", "/sliceDeployment").len()
@@ -1522,7 +1540,7 @@ fn closes(app: &TestApp, id: &str) -> usize {
 #[tokio::test]
 async fn a_slice_made_after_its_deployment_went_unanswered_is_closed_by_the_clean_up() {
     let id = "slice-late";
-    let (app, waiting) = waiting_for_a_late_slice(id, 1).await;
+    let (app, waiting) = waiting_for_a_late_slice(id, 1, 1).await;
     assert_eq!(waiting["aborting"], true, "{waiting}");
     assert_eq!(waiting["engine_status"], "Active", "{waiting}");
 
@@ -1559,7 +1577,7 @@ async fn a_late_slice_that_its_close_does_not_find_is_a_leftover_until_an_abort_
     let id = "slice-late-unlisted";
     // The late slice-created callback comes, but trial enforcement does not list the slice
     // yet: the close after it answers 404 too.
-    let (app, _) = waiting_for_a_late_slice(id, 2).await;
+    let (app, _) = waiting_for_a_late_slice(id, 2, 1).await;
     let created = app.callback(id, "slice", Some(&app.token_of(id))).await;
     assert_eq!(created.status, StatusCode::OK, "{created:?}");
     let failed = app
@@ -1572,6 +1590,55 @@ async fn a_late_slice_that_its_close_does_not_find_is_a_leftover_until_an_abort_
     let status = abort(&app, id, "drone down").await;
     assert_eq!(status["leftovers"], json!([]), "{status}");
     assert_eq!(closes(&app, id), 3, "two 404s, then the close");
+}
+
+/// The late slice's close closes it, but its answer is lost: the close tried again finds no
+/// slice. That 404 is the first attempt's doing, whose slice-closed callback comes: the
+/// clean-up takes it and ends, instead of failing (and failing again at every retry) with
+/// the slice it closed as a leftover.
+#[tokio::test]
+async fn a_late_slice_closed_by_a_close_whose_answer_was_lost_ends_the_clean_up() {
+    let id = "slice-late-answer-lost";
+    let (app, _) = waiting_for_a_late_slice(id, 1, 2).await;
+    app.platform.inject(answer_lost(id, 1));
+    app.platform.inject(no_slice_yet(id));
+
+    let created = app.callback(id, "slice", Some(&app.token_of(id))).await;
+    assert_eq!(created.status, StatusCode::OK, "{created:?}");
+    let status = app
+        .wait_for(id, "Aborted", |s| s["engine_status"] == "Aborted")
+        .await;
+    assert_eq!(status["leftovers"], json!([]), "{status}");
+    assert_eq!(status["cleanup_failed"], false, "{status}");
+    assert_eq!(
+        closes(&app, id),
+        3,
+        "the 404 before the late slice, the close whose answer was lost, its retry's 404"
+    );
+    assert_eq!(
+        app.platform.status_history(id).last().map(String::as_str),
+        Some("ABORTED")
+    );
+}
+
+/// Every answer of the late slice's close is lost: the clean-up fails with the slice a
+/// leftover, but the abort asked again that finds no slice knows the lost close closed it.
+#[tokio::test]
+async fn a_late_slice_whose_every_close_went_unanswered_is_closed_once_its_retry_finds_none() {
+    let id = "slice-late-all-lost";
+    let (app, _) = waiting_for_a_late_slice(id, 1, 2).await;
+    app.platform.inject(answer_lost(id, 2));
+    app.platform.inject(no_slice_yet(id));
+    let created = app.callback(id, "slice", Some(&app.token_of(id))).await;
+    assert_eq!(created.status, StatusCode::OK, "{created:?}");
+    let failed = app
+        .wait_for(id, "a failed clean-up", |s| s["cleanup_failed"] == true)
+        .await;
+    assert_eq!(failed["leftovers"][0]["kind"], "slice", "{failed}");
+
+    let status = abort(&app, id, "drone down").await;
+    assert_eq!(status["leftovers"], json!([]), "{status}");
+    assert_eq!(closes(&app, id), 4, "the 404, two lost answers, the 404");
 }
 
 #[tokio::test]
