@@ -328,10 +328,10 @@ impl CallbackToken {
         };
         let checked = check_token(state, &trial, &token, of_failed).await;
         // Refused with a token this service signed (revoked, or of an ended trial): it may be
-        // the callback of a slice made after its trial's clean-up concluded none was.
+        // the callback of a slice its trial did not close: made late, or made twice.
         if checked.is_err() && identified.is_some() && parts.uri.path().ends_with("/callback/slice")
         {
-            state.slice_after_none_made(&trial, &token).await;
+            state.slice_after_the_end(&trial, &token).await;
         }
         match checked {
             Ok((claims, engine)) => Ok(CallbackToken {

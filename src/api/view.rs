@@ -15,8 +15,8 @@ use crate::domain::TrialId;
 use crate::engine::EngineHandle;
 use crate::engine::sequence;
 use crate::engine::state::{
-    EngineStatus, EventKind, ExecutorStatus, KpiStatus, Leftover, Lifecycle, Mode, Position,
-    ResponseRecord, Snapshot, TrialEvent,
+    EngineStatus, ExecutorStatus, KpiStatus, Leftover, Lifecycle, Mode, Position, ResponseRecord,
+    Snapshot, TrialEvent,
 };
 use crate::store::{StoredTrial, TrialRecord};
 
@@ -115,18 +115,20 @@ impl AppState {
     }
 
     /// A slice callback refused for trial `id`, with `token` (signed by this service), that
-    /// comes after its clean-up concluded that its slice deployment, never answered, made no
-    /// slice (`no_slice_made`): trial enforcement made it late after all. It is closed as the
-    /// clean-up would have, `DELETE /sliceDeployment/{id}`, once (the close's own callback
-    /// comes back here too); the log says what came of it.
-    pub async fn slice_after_none_made(&self, id: &TrialId, token: &str) {
-        let Ok(found) = self.find_trial(id).await else {
-            return;
+    /// comes once the trial has ended: trial enforcement made a slice the trial did not close.
+    /// Its clean-up concluded that a slice deployment never answered made none
+    /// (`no_slice_made`), or a deployment sent again made a second (the first was in flight
+    /// at a crash, to a component that does not honour the `Idempotency-Key`). It is closed as
+    /// the clean-up would have, `DELETE /sliceDeployment/{id}`, once (the close's own callback
+    /// comes back here too, and a component that repeats a callback the trial took is
+    /// answered 404); the log says what came of it.
+    pub async fn slice_after_the_end(&self, id: &TrialId, token: &str) {
+        let lifecycle = match self.find_trial(id).await {
+            Ok(Found::Engine(engine)) => engine.snapshot().lifecycle,
+            Ok(Found::Stored(record)) => record.lifecycle,
+            Ok(Found::Corrupt(_)) | Err(_) => return,
         };
-        let Ok(history) = self.history(&found, id).await else {
-            return;
-        };
-        if !history.iter().any(|e| e.event == EventKind::NoSliceMade) {
+        if !lifecycle.is_ended() {
             return;
         }
         let first = self
@@ -139,7 +141,7 @@ impl AppState {
         }
         warn!(
             trial = %id,
-            "a slice callback came after the trial's clean-up concluded that its slice deployment made no slice (no_slice_made): trial enforcement made one late; closing it"
+            "a slice callback came after the trial ended: trial enforcement has a slice the trial did not close (made late, after the clean-up concluded none was made: no_slice_made; or a second one, for a deployment sent again after a restart); closing it"
         );
         let request = crate::engine::steps::close_request(&self.settings, id, token);
         let services = self.scheduler.deps().services.clone();
@@ -147,17 +149,17 @@ impl AppState {
         self.handlers.spawn(async move {
             match services.send(&request, |_| {}).await {
                 Ok(reply) if reply.status == 200 => {
-                    warn!(trial = %id, "the slice made after its trial's clean-up is closed (trial enforcement answered 200)");
+                    warn!(trial = %id, "the slice made after its trial's end is closed (trial enforcement answered 200)");
                 }
                 Ok(reply) if reply.status == 404 => {
-                    info!(trial = %id, "the slice made after its trial's clean-up is gone already (trial enforcement answered 404)");
+                    info!(trial = %id, "the slice announced after its trial's end is gone already (trial enforcement answered 404)");
                 }
                 answer => {
                     let said = match answer {
                         Ok(reply) => format!("answered {}", reply.status),
                         Err(e) => e.to_string(),
                     };
-                    error!(trial = %id, answer = %said, "the slice made after its trial's clean-up could not be closed: close it on the facility by hand");
+                    error!(trial = %id, answer = %said, "the slice made after its trial's end could not be closed: close it on the facility by hand");
                 }
             }
         });

@@ -1709,11 +1709,15 @@ async fn a_slice_deployment_unanswered_that_made_nothing_ends_the_clean_up_at_it
     // clean-up would have, once: the close's own callback comes back refused too.
     let late = app.callback(id, "slice", Some(&app.token_of(id))).await;
     assert_detail(&late, StatusCode::UNAUTHORIZED);
-    let line = logged(&app, &[id, "WARN", "made one late; closing it"]).await;
+    let line = logged(
+        &app,
+        &[id, "WARN", "came after the trial ended", "closing it"],
+    )
+    .await;
     assert!(line.contains("no_slice_made"), "{line}");
     logged(
         &app,
-        &[id, "the slice made after its trial's clean-up is closed"],
+        &[id, "the slice made after its trial's end is closed"],
     )
     .await;
     let slice_callback = format!("/trial/{id}/callback/slice");
@@ -1726,6 +1730,44 @@ async fn a_slice_deployment_unanswered_that_made_nothing_ends_the_clean_up_at_it
     })
     .await;
     assert_eq!(closes(&app, id), 2, "{:?}", lines(&app, id));
+}
+
+/// A deployment sent again after a crash, to a component that does not honour the
+/// `Idempotency-Key`, makes a second slice, announced once the trial has ended: the slice is
+/// closed, once, though the callback is refused.
+#[tokio::test]
+async fn a_slice_announced_after_the_trial_finished_is_closed_once() {
+    let app = spawn_binary().await;
+    let id = "slice-twice";
+    app.run_to_finished(id).await;
+    assert_eq!(closes(&app, id), 1);
+    let token = app.token_of(id);
+    let late = app.callback(id, "slice", Some(&token)).await;
+    assert_detail(&late, StatusCode::UNAUTHORIZED);
+    logged(
+        &app,
+        &[id, "WARN", "came after the trial ended", "closing it"],
+    )
+    .await;
+    logged(
+        &app,
+        &[id, "the slice made after its trial's end is closed"],
+    )
+    .await;
+    assert_eq!(closes(&app, id), 2);
+    // Once: a callback repeated, or the close's own, is only refused.
+    let again = app.callback(id, "slice", Some(&token)).await;
+    assert_detail(&again, StatusCode::UNAUTHORIZED);
+    let slice_callback = format!("/trial/{id}/callback/slice");
+    eventually_at_least("the close's callback, refused", 1, || {
+        app.platform
+            .callbacks()
+            .iter()
+            .filter(|c| c.url.ends_with(&slice_callback) && c.status == Some(401))
+            .count()
+    })
+    .await;
+    assert_eq!(closes(&app, id), 2);
 }
 
 #[tokio::test]
