@@ -19,7 +19,7 @@ use super::{AppState, Message};
 use crate::domain::TrialId;
 use crate::engine::EngineHandle;
 use crate::engine::state::EngineStatus;
-use crate::tokens::Claims;
+use crate::tokens::{Claims, TokenError};
 
 /// The routes of this area.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -45,9 +45,26 @@ pub async fn check_token(
     token: &str,
     failed: bool,
 ) -> Result<(Claims, Option<EngineHandle>), ApiError> {
-    let claims = state.tokens.verify(token, id, |claims| {
+    let verified = state.tokens.verify(token, id, |claims| {
         held_by_live_engine(state, claims, token)
-    })?;
+    });
+    let claims = match verified {
+        Ok(claims) => claims,
+        // The token a trial handed out is revoked at its end: a component calling back then
+        // is told the trial has ended (403), as with any other token of an ended trial.
+        Err(TokenError::Revoked) => {
+            let ended = match state.find_trial(id).await {
+                Ok(Found::Engine(engine)) => Some(engine.snapshot().engine_status()),
+                Ok(Found::Stored(record)) => Some(record.lifecycle.engine_status()),
+                Ok(Found::Corrupt(_)) | Err(_) => None,
+            };
+            if let Some(status @ (EngineStatus::Finished | EngineStatus::Aborted)) = ended {
+                accepting(id, status)?;
+            }
+            return Err(TokenError::Revoked.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     match state.find_trial(id).await {
         Ok(Found::Engine(engine)) => {
             let (status, started) = {

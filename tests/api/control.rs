@@ -216,11 +216,9 @@ async fn an_abort_undoes_exactly_what_the_trial_deployed_at_every_point() {
     let revoked = app
         .call_as(Method::GET, &format!("/token/{idle}"), None, Some(&token))
         .await;
-    assert_eq!(
-        revoked.status,
-        StatusCode::UNAUTHORIZED,
-        "the token is revoked: {revoked:?}"
-    );
+    // Revoked at the end: its components are told the trial has ended.
+    assert_detail(&revoked, StatusCode::FORBIDDEN);
+    assert!(revoked.detail().contains("has been aborted"), "{revoked:?}");
 
     app.wait_waiting(active, WAITING_OPERATOR).await;
     assert_eq!(
@@ -1708,7 +1706,7 @@ async fn a_slice_deployment_unanswered_that_made_nothing_ends_the_clean_up_at_it
     // Made after all, later still: its callback is refused, and the slice is closed as the
     // clean-up would have, once: the close's own callback comes back refused too.
     let late = app.callback(id, "slice", Some(&app.token_of(id))).await;
-    assert_detail(&late, StatusCode::UNAUTHORIZED);
+    assert_detail(&late, StatusCode::FORBIDDEN);
     let line = logged(
         &app,
         &[id, "WARN", "came after the trial ended", "closing it"],
@@ -1725,7 +1723,7 @@ async fn a_slice_deployment_unanswered_that_made_nothing_ends_the_clean_up_at_it
         app.platform
             .callbacks()
             .iter()
-            .filter(|c| c.url.ends_with(&slice_callback) && c.status == Some(401))
+            .filter(|c| c.url.ends_with(&slice_callback) && c.status == Some(403))
             .count()
     })
     .await;
@@ -1743,7 +1741,7 @@ async fn a_slice_announced_after_the_trial_finished_is_closed_once() {
     assert_eq!(closes(&app, id), 1);
     let token = app.token_of(id);
     let late = app.callback(id, "slice", Some(&token)).await;
-    assert_detail(&late, StatusCode::UNAUTHORIZED);
+    assert_detail(&late, StatusCode::FORBIDDEN);
     logged(
         &app,
         &[id, "WARN", "came after the trial ended", "closing it"],
@@ -1757,13 +1755,13 @@ async fn a_slice_announced_after_the_trial_finished_is_closed_once() {
     assert_eq!(closes(&app, id), 2);
     // Once: a callback repeated, or the close's own, is only refused.
     let again = app.callback(id, "slice", Some(&token)).await;
-    assert_detail(&again, StatusCode::UNAUTHORIZED);
+    assert_detail(&again, StatusCode::FORBIDDEN);
     let slice_callback = format!("/trial/{id}/callback/slice");
     eventually_at_least("the close's callback, refused", 1, || {
         app.platform
             .callbacks()
             .iter()
-            .filter(|c| c.url.ends_with(&slice_callback) && c.status == Some(401))
+            .filter(|c| c.url.ends_with(&slice_callback) && c.status == Some(403))
             .count()
     })
     .await;
