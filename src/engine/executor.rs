@@ -1027,7 +1027,9 @@ impl Executor {
                     }
                 }
                 Command::Control(Control::Step { .. }, reply) => {
-                    let _ = reply.send(refused(if self.checkpoint.paused {
+                    let _ = reply.send(refused(if cleanup {
+                        being_aborted(&self.id)
+                    } else if self.checkpoint.paused {
                         format!(
                             "the trial is waiting for {}: nothing to step yet",
                             spec.waiting_for
@@ -1572,6 +1574,11 @@ async fn set_pause(
     }
 }
 
+/// Why a pause, resume or step is refused during the clean-up.
+fn being_aborted(id: &TrialId) -> String {
+    format!("trial {id} is being aborted: its clean-up cannot be paused or stepped")
+}
+
 /// What a pause, resume or step asked of an engine `paused` (or not) changes: whether it is
 /// paused, and why; or the answer, if nothing changes.
 fn pause_change(
@@ -1581,9 +1588,7 @@ fn pause_change(
     cleanup: bool,
 ) -> Result<(bool, Option<String>), ControlOutcome> {
     if cleanup {
-        return Err(refused(format!(
-            "trial {id} is being aborted: its clean-up cannot be paused or stepped"
-        )));
+        return Err(refused(being_aborted(id)));
     }
     let (want, reason) = match control {
         Control::Pause { reason } => (true, reason),

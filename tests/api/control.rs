@@ -1590,6 +1590,22 @@ async fn a_late_slice_that_its_close_does_not_find_is_a_leftover_until_an_abort_
     assert_eq!(closes(&app, id), 3, "two 404s, then the close");
 }
 
+/// A clean-up waiting for a component is not paused, resumed or stepped, and each answer says
+/// why the same way.
+#[tokio::test]
+async fn pause_resume_and_step_are_refused_alike_while_a_clean_up_waits() {
+    let id = "slice-late-held";
+    let (app, _) = waiting_for_a_late_slice(id, 1, 1).await;
+    for control in ["pause", "resume", "step"] {
+        let answer = app.post(&format!("/trial/{id}/{control}"), None).await;
+        assert_detail(&answer, StatusCode::CONFLICT);
+        assert!(
+            answer.detail().contains("is being aborted"),
+            "{control}: {answer:?}"
+        );
+    }
+}
+
 /// The late slice's close closes it, but its answer is lost: the close tried again finds no
 /// slice. That 404 is the first attempt's doing, whose slice-closed callback comes: the
 /// clean-up takes it and ends, instead of failing (and failing again at every retry) with
