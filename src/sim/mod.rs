@@ -551,6 +551,11 @@ impl Platform {
         lock(&self.state.callbacks).clone()
     }
 
+    /// The last status the LCM wrote for a trial, if any.
+    pub fn last_status(&self, trial: &str) -> Option<String> {
+        self.status_history(trial).pop()
+    }
+
     /// The statuses the LCM wrote for a trial with `PUT /trial/{id}/`, in order.
     pub fn status_history(&self, trial: &str) -> Vec<String> {
         let path = format!("/trial/{trial}/");

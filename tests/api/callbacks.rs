@@ -173,10 +173,7 @@ async fn a_repeated_slice_callback_at_idle_is_already_registered_not_slice_close
     let status = app.trial_status(id).await;
     assert_eq!(status["status"], "Waiting");
     assert_eq!(status["finished"], false);
-    assert_eq!(
-        app.platform.status_history(id).last().map(String::as_str),
-        Some("IDLE")
-    );
+    assert_eq!(app.platform.last_status(id).as_deref(), Some("IDLE"));
 
     let active = app.post(&format!("/trial/{id}/active"), None).await;
     assert_eq!(active.status, StatusCode::OK);

@@ -813,7 +813,7 @@ async fn stopping_the_service_reports_no_failure_and_every_trial_carries_on() {
     for id in all {
         app.wait_finished(id).await;
         assert_eq!(
-            app.platform.status_history(id).last().map(String::as_str),
+            app.platform.last_status(id).as_deref(),
             Some("FINISHED"),
             "{id}"
         );

@@ -251,10 +251,7 @@ async fn a_failure_that_was_not_saved_is_reported_once_the_store_takes_it() {
     saves.refuse(false);
     let status = app.wait_failed(id).await;
     assert_eq!(status["engine_status"], "Failed", "{status}");
-    assert_eq!(
-        app.platform.status_history(id).last().map(String::as_str),
-        Some("FAILED")
-    );
+    assert_eq!(app.platform.last_status(id).as_deref(), Some("FAILED"));
     assert!(app.failure_file(id).is_some());
 }
 
