@@ -120,8 +120,8 @@ impl AppState {
     /// (`no_slice_made`), or a deployment sent again made a second (the first was in flight
     /// at a crash, to a component that does not honour the `Idempotency-Key`). It is closed as
     /// the clean-up would have, `DELETE /sliceDeployment/{id}`, once (the close's own callback
-    /// comes back here too, and a component that repeats a callback the trial took is
-    /// answered 404); the log says what came of it.
+    /// comes back here too; a callback a component repeats, of a slice the trial closed, makes
+    /// a close answered 404); the log says what came of it.
     pub async fn slice_after_the_end(&self, id: &TrialId, token: &str) {
         let lifecycle = match self.find_trial(id).await {
             Ok(Found::Engine(engine)) => engine.snapshot().lifecycle,

@@ -55,7 +55,7 @@ pub struct StepCx<'a> {
     /// its service (it got an answer, or failed after it could have been sent), and the last
     /// answer was no refusal (a 4xx makes nothing).
     pub may_have_made: bool,
-    /// Whether an attempt before the last answer of the last request may have done what it
+    /// Whether an attempt of the last request before its final one may have done what it
     /// asked (it may have reached its service, and was not refused with a 4xx): a close that
     /// finds nothing to close on its retry may have closed it itself.
     pub done_before_last: bool,

@@ -359,7 +359,8 @@ impl Scheduler {
         ids
     }
 
-    /// A handle that does not keep the scheduler alive (for tasks that outlive no service).
+    /// A handle that does not keep the scheduler alive (for a task that must not keep the
+    /// service's state once it has stopped).
     pub fn downgrade(&self) -> WeakScheduler {
         WeakScheduler(Arc::downgrade(&self.inner))
     }
