@@ -65,10 +65,20 @@ pub struct AppInner {
     /// Every request's handling, which goes on after its connection is gone: shutdown waits
     /// for them before the store's last rows are committed.
     pub handlers: TaskTracker,
-    /// The trials whose slice, made after their clean-up concluded none was, this process
-    /// has asked trial enforcement to close: once each (the close's own callback comes back
-    /// refused too).
-    pub late_slices: std::sync::Mutex<std::collections::HashSet<crate::domain::TrialId>>,
+    /// The ended trials whose slice, announced after their end, this process is closing:
+    /// a callback meanwhile, or the close's own, closes nothing more.
+    pub late_slices: std::sync::Mutex<std::collections::HashMap<crate::domain::TrialId, LateClose>>,
+}
+
+/// Where a close of a slice announced after its trial's end stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LateClose {
+    /// Sent, not answered yet; whether a slice callback came meanwhile (the close's own,
+    /// if trial enforcement called back before it answered).
+    InFlight { callback_came: bool },
+    /// Answered 200: its slice-closed callback is due, and comes back refused like the one
+    /// that asked for the close.
+    OwnCallbackDue,
 }
 
 impl AppState {

@@ -9,8 +9,8 @@ use serde::Serialize;
 use tracing::{error, info, warn};
 use utoipa::ToSchema;
 
-use super::AppState;
 use super::error::ApiError;
+use super::{AppState, LateClose};
 use crate::domain::TrialId;
 use crate::engine::EngineHandle;
 use crate::engine::sequence;
@@ -115,13 +115,13 @@ impl AppState {
     }
 
     /// A slice callback refused for trial `id`, with `token` (signed by this service), that
-    /// comes once the trial has ended: trial enforcement made a slice the trial did not close.
-    /// Its clean-up concluded that a slice deployment never answered made none
+    /// comes once the trial has ended: trial enforcement may have a slice the trial did not
+    /// close. Its clean-up concluded that a slice deployment never answered made none
     /// (`no_slice_made`), or a deployment sent again made a second (the first was in flight
-    /// at a crash, to a component that does not honour the `Idempotency-Key`). It is closed as
-    /// the clean-up would have, `DELETE /sliceDeployment/{id}`, once (the close's own callback
-    /// comes back here too; a callback a component repeats, of a slice the trial closed, makes
-    /// a close answered 404); the log says what came of it.
+    /// at a crash, to a component that does not honour the `Idempotency-Key`). Whatever
+    /// trial enforcement still has of the trial is closed as the clean-up would have,
+    /// `DELETE /sliceDeployment/{id}`, for each such callback but those that come while a
+    /// close runs and the close's own callback; the log says what came of it.
     pub async fn slice_after_the_end(&self, id: &TrialId, token: &str) {
         let lifecycle = match self.find_trial(id).await {
             Ok(Found::Engine(engine)) => engine.snapshot().lifecycle,
@@ -131,35 +131,57 @@ impl AppState {
         if !lifecycle.is_ended() {
             return;
         }
-        let first = self
-            .late_slices
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone());
-        if !first {
-            return;
+        {
+            let mut closing = self.late_slices.lock().unwrap_or_else(|p| p.into_inner());
+            match closing.get_mut(id) {
+                Some(LateClose::InFlight { callback_came }) => {
+                    *callback_came = true;
+                    return;
+                }
+                Some(LateClose::OwnCallbackDue) => {
+                    closing.remove(id);
+                    return;
+                }
+                None => {
+                    let close = LateClose::InFlight {
+                        callback_came: false,
+                    };
+                    closing.insert(id.clone(), close);
+                }
+            }
         }
-        warn!(
+        info!(
             trial = %id,
-            "a slice callback came after the trial ended: trial enforcement has a slice the trial did not close (made late, after the clean-up concluded none was made: no_slice_made; or a second one, for a deployment sent again after a restart); closing it"
+            "a slice callback came after the trial ended: closing whatever slice trial enforcement still has of it (one made late, after the clean-up concluded none was made, or a second one, for a deployment sent again after a crash)"
         );
         let request = crate::engine::steps::close_request(&self.settings, id, token);
-        let services = self.scheduler.deps().services.clone();
+        let state = self.clone();
         let id = id.clone();
         self.handlers.spawn(async move {
-            match services.send(&request, |_| {}).await {
+            let answer = state.scheduler.deps().services.send(&request, |_| {}).await;
+            let mut closing = state.late_slices.lock().unwrap_or_else(|p| p.into_inner());
+            let callback_came = matches!(
+                closing.remove(&id),
+                Some(LateClose::InFlight {
+                    callback_came: true
+                })
+            );
+            match answer {
                 Ok(reply) if reply.status == 200 => {
-                    warn!(trial = %id, "the slice made after its trial's end is closed (trial enforcement answered 200)");
+                    if !callback_came {
+                        closing.insert(id.clone(), LateClose::OwnCallbackDue);
+                    }
+                    warn!(trial = %id, "trial enforcement had a slice of the ended trial that the trial did not close: closed now (it answered 200)");
                 }
                 Ok(reply) if reply.status == 404 => {
-                    info!(trial = %id, "the slice announced after its trial's end is gone already (trial enforcement answered 404)");
+                    info!(trial = %id, "trial enforcement has no slice of the ended trial (it answered 404): nothing to close");
                 }
                 answer => {
                     let said = match answer {
                         Ok(reply) => format!("answered {}", reply.status),
                         Err(e) => e.to_string(),
                     };
-                    error!(trial = %id, answer = %said, "the slice made after its trial's end could not be closed: close it on the facility by hand");
+                    error!(trial = %id, answer = %said, "the slice announced after its trial's end could not be closed: close it on the facility by hand");
                 }
             }
         });

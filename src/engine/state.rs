@@ -205,7 +205,9 @@ pub enum SliceState {
     /// waited for it): the slice exists, though trial enforcement may not list it yet, so a
     /// close answered 404 has not closed it.
     Announced,
-    /// `DELETE /sliceDeployment` was accepted; the slice-closed callback is due.
+    /// `DELETE /sliceDeployment` was accepted, or may have closed the slice (its answer was
+    /// lost, or a slice announced was not listed yet): the slice-closed callback may be due,
+    /// and a close run again that finds no slice counts it closed.
     Closing,
     /// The slice is gone.
     Closed,

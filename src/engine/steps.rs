@@ -505,9 +505,13 @@ async fn close_service(cx: &mut StepCx<'_>) -> Result<(), StepError> {
         // This close's own earlier attempt may have closed it (its answer was lost): its
         // slice-closed callback is due, as after a 200.
         (404, SliceState::Announced) if cx.done_before_last => SliceState::Closing,
+        // Not listed yet, or closed by an earlier close whose answer was lost (a run of this
+        // step before the slice was announced): the clean-up's next try closes it again, and
+        // a 404 then counts it closed.
         (404, SliceState::Announced) => {
+            cx.data.ledger.slice = SliceState::Closing;
             return fail(format!(
-                "trial enforcement has no slice of trial {} although its slice-created callback came (its deployment was never answered): it may still be making it, so the slice is left to close; abort again to close it",
+                "trial enforcement has no slice of trial {} although its slice-created callback came (its deployment was never answered): it may still be making it, or an earlier close whose answer was lost closed it; the clean-up's next try (or an abort) closes it again, and counts it closed if trial enforcement has none then",
                 cx.id
             ));
         }
