@@ -327,10 +327,11 @@ impl CallbackToken {
             }
         };
         let checked = check_token(state, &trial, &token, of_failed).await;
-        // Refused with a token this service signed (revoked, or of an ended trial): it may be
-        // the callback of a slice its trial did not close: made late, or made twice.
-        if checked.is_err() && identified.is_some() && parts.uri.path().ends_with("/callback/slice")
-        {
+        // Refused with a token this service signed for this trial (revoked, or of an ended
+        // trial): it may be the callback of a slice its trial did not close: made late, or
+        // made twice.
+        let own = matches!(&identified, Some(Actor::Callback(of)) if *of == trial);
+        if checked.is_err() && own && parts.uri.path().ends_with("/callback/slice") {
             state.slice_after_the_end(&trial, &token).await;
         }
         match checked {

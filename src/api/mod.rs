@@ -76,9 +76,10 @@ pub enum LateClose {
     /// Sent, not answered yet; whether a slice callback came meanwhile (the close's own,
     /// if trial enforcement called back before it answered).
     InFlight { callback_came: bool },
-    /// Answered 200: its slice-closed callback is due, and comes back refused like the one
-    /// that asked for the close.
-    OwnCallbackDue,
+    /// Answered 200: its slice-closed callback is due until this instant (the time a
+    /// component is given to call back), and comes back refused like the one that asked for
+    /// the close.
+    OwnCallbackDue(tokio::time::Instant),
 }
 
 impl AppState {

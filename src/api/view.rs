@@ -138,9 +138,18 @@ impl AppState {
                     *callback_came = true;
                     return;
                 }
-                Some(LateClose::OwnCallbackDue) => {
+                Some(LateClose::OwnCallbackDue(until)) => {
+                    let own = tokio::time::Instant::now() <= *until;
                     closing.remove(id);
-                    return;
+                    if own {
+                        return;
+                    }
+                    // Past its time: the close's own callback never came, and this one
+                    // announces another slice.
+                    let close = LateClose::InFlight {
+                        callback_came: false,
+                    };
+                    closing.insert(id.clone(), close);
                 }
                 None => {
                     let close = LateClose::InFlight {
@@ -155,6 +164,8 @@ impl AppState {
             "a slice callback came after the trial ended: closing whatever slice trial enforcement still has of it (one made late, after the clean-up concluded none was made, or a second one, for a deployment sent again after a crash)"
         );
         let request = crate::engine::steps::close_request(&self.settings, id, token);
+        let callback_time =
+            std::time::Duration::from_secs(self.settings.executor.callback_timeout_secs);
         let state = self.clone();
         let id = id.clone();
         self.handlers.spawn(async move {
@@ -169,7 +180,8 @@ impl AppState {
             match answer {
                 Ok(reply) if reply.status == 200 => {
                     if !callback_came {
-                        closing.insert(id.clone(), LateClose::OwnCallbackDue);
+                        let until = tokio::time::Instant::now() + callback_time;
+                        closing.insert(id.clone(), LateClose::OwnCallbackDue(until));
                     }
                     warn!(trial = %id, "trial enforcement had a slice of the ended trial that the trial did not close: closed now (it answered 200)");
                 }

@@ -511,7 +511,7 @@ async fn close_service(cx: &mut StepCx<'_>) -> Result<(), StepError> {
         (404, SliceState::Announced) => {
             cx.data.ledger.slice = SliceState::Closing;
             return fail(format!(
-                "trial enforcement has no slice of trial {} although its slice-created callback came (its deployment was never answered): it may still be making it, or an earlier close whose answer was lost closed it; the clean-up's next try (or an abort) closes it again, and counts it closed if trial enforcement has none then",
+                "trial enforcement has no slice of trial {} although its slice-created callback came (no answer to its deployment said what it made): it may still be making it, or an earlier close whose answer was lost closed it; the clean-up's next try (or an abort) closes it again, and counts it closed if trial enforcement has none then",
                 cx.id
             ));
         }

@@ -1801,6 +1801,13 @@ async fn a_slice_announced_after_the_trial_finished_is_closed_each_time() {
     app.run_to_finished(id).await;
     assert_eq!(closes(&app, id), 1);
     let token = app.token_of(id);
+    // Another trial's token speaks for nothing here: it closes nothing.
+    let other = app.post("/token/another-trial", None).await.body["Authorization"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let foreign = app.callback(id, "slice", Some(&other)).await;
+    assert_detail(&foreign, StatusCode::FORBIDDEN);
     for (n, closed) in [(1, 2), (2, 3)] {
         let late = app.callback(id, "slice", Some(&token)).await;
         assert_detail(&late, StatusCode::FORBIDDEN);
@@ -1814,6 +1821,17 @@ async fn a_slice_announced_after_the_trial_finished_is_closed_each_time() {
     assert!(line.contains("INFO"), "{line}");
     let line = logged(&app, &[id, "did not close: closed now"]).await;
     assert!(line.contains("WARN"), "{line}");
+    for close in sent(&app, id, "DELETE", "/sliceDeployment") {
+        let presented = close
+            .body
+            .as_ref()
+            .and_then(|b| b["Authorization"].as_str());
+        assert_eq!(
+            presented,
+            Some(token.as_str()),
+            "only the trial's own token closes"
+        );
+    }
 }
 
 #[tokio::test]
