@@ -83,6 +83,11 @@ impl EngineRegistry {
         }
     }
 
+    /// The ids of the engines in memory, in no order.
+    pub fn ids(&self) -> Vec<TrialId> {
+        self.map().keys().cloned().collect()
+    }
+
     /// Whether `id` has an engine in memory.
     pub fn contains(&self, id: &TrialId) -> bool {
         self.map().contains_key(id)

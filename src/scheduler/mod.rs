@@ -349,12 +349,7 @@ impl Scheduler {
 
     /// The trials shown by `/status` and `/trials` as live: an engine in memory or a job.
     pub fn held_ids(&self) -> Vec<TrialId> {
-        let mut ids: Vec<_> = self
-            .engines()
-            .list()
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
+        let mut ids = self.engines().ids();
         ids.extend(self.jobs_map().keys().cloned());
         ids
     }

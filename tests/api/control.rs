@@ -1490,13 +1490,7 @@ async fn waiting_for_a_late_slice(
     closes_not_found: usize,
     attempts: u32,
 ) -> (TestApp, Value) {
-    let app = spawn_app_with_settings(move |s| {
-        s.executor.retry.max_attempts = attempts;
-        s.executor.request_timeout_secs = 1;
-    })
-    .await;
-    app.platform
-        .inject(slice_deployment_fault(id, FaultAction::Hang).times(attempts as usize));
+    let app = deployment_never_answered(id, attempts).await;
     app.platform
         .inject(no_slice_yet(id).times(closes_not_found));
     app.start_trial(id).await;
@@ -1512,6 +1506,19 @@ async fn waiting_for_a_late_slice(
         })
         .await;
     (app, waiting)
+}
+
+/// A service making `attempts` of each request (1 s each) whose trial enforcement never
+/// answers trial `id`'s slice deployment.
+async fn deployment_never_answered(id: &str, attempts: u32) -> TestApp {
+    let app = spawn_app_with_settings(move |s| {
+        s.executor.retry.max_attempts = attempts;
+        s.executor.request_timeout_secs = 1;
+    })
+    .await;
+    app.platform
+        .inject(slice_deployment_fault(id, FaultAction::Hang).times(attempts as usize));
+    app
 }
 
 /// Trial enforcement closes trial `id`'s slice (and calls back) `times`, but the answers are
@@ -1684,13 +1691,7 @@ async fn a_late_slice_whose_every_close_went_unanswered_is_closed_once_its_retry
 async fn a_slice_closed_by_a_close_whose_answer_was_lost_before_it_was_announced_ends_the_clean_up()
 {
     let id = "slice-lost-early";
-    let app = spawn_app_with_settings(|s| {
-        s.executor.retry.max_attempts = 2;
-        s.executor.request_timeout_secs = 1;
-    })
-    .await;
-    app.platform
-        .inject(slice_deployment_fault(id, FaultAction::Hang).times(2));
+    let app = deployment_never_answered(id, 2).await;
     app.platform.inject(answer_lost(id, 1));
     for _ in 0..3 {
         app.platform.inject(no_slice_yet(id));

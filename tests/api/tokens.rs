@@ -4,7 +4,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use lcm::sim::{Component, Fault, FaultAction};
+use lcm::sim::FaultAction;
 
 use crate::helpers::*;
 
@@ -341,15 +341,8 @@ async fn a_restart_with_another_token_secret_names_the_live_trials_whose_tokens_
 async fn a_token_of_a_failed_trial_can_be_revoked() {
     let app = spawn_app_with_settings(single_attempt).await;
     let id = "fails";
-    app.platform.inject(
-        Fault::new(
-            Component::Enforcement,
-            "POST",
-            "/flightplan",
-            FaultAction::Status(500),
-        )
-        .for_trial(id),
-    );
+    app.platform
+        .inject(flight_plan_fault(id, FaultAction::Status(500)));
     app.start_trial(id).await;
     let leaked = mint(&app, id).await;
     let other = mint(&app, id).await;
