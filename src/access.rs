@@ -18,6 +18,7 @@ use subtle::ConstantTimeEq;
 
 use crate::config::{AuthSettings, ConfigError, NamedKey, PLACEHOLDER_API_KEY, Role};
 use crate::domain::TrialId;
+use crate::engine::redact::MIN_SECRET_LEN;
 
 /// The holder of an API key: the key's name and role (never the key).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,12 +234,21 @@ impl Access {
             None => self.auth.clone(),
         };
         let fresh = Arc::new(KeySet::new(loaded.api_keys()?));
-        if let Some(holder) = held.iter().find_map(|id| fresh.find(id.as_str())) {
+        let shown = |id: &TrialId| {
+            let whole = fresh
+                .find(id.as_str())
+                .map(|holder| (holder.name.to_string(), "the"));
+            whole.or_else(|| {
+                (loaded.written_keys())
+                    .find(|(_, key)| key.len() >= MIN_SECRET_LEN && id.as_str().contains(key))
+                    .map(|(name, _)| (name.to_owned(), "part of the"))
+            })
+        };
+        if let Some((name, how)) = held.iter().find_map(shown) {
             return Err(ConfigError::Invalid {
-                key: loaded.source_of(&holder.name).to_owned(),
+                key: loaded.source_of(&name).to_owned(),
                 reason: format!(
-                    "key '{}' is the id of a trial this service holds, and /status, /trials and the log show trial ids to every viewer: choose another key",
-                    holder.name
+                    "key '{name}' is {how} id of a trial this service holds, and /status, /trials and the log show trial ids to every viewer: choose another key"
                 ),
             });
         }

@@ -335,16 +335,20 @@ impl AuthSettings {
     /// The secret values of this section: the API keys given as they are (not those given
     /// by digest) and the token secret.
     pub fn secret_values(&self) -> Vec<String> {
-        [&self.api_key, &self.token_secret]
-            .into_iter()
-            .chain(
-                self.keys
-                    .iter()
-                    .chain(&self.keys_from_file)
-                    .filter_map(|k| k.key.as_ref()),
-            )
-            .map(|secret| secret.expose().to_owned())
+        (self.written_keys().map(|(_, key)| key))
+            .chain([self.token_secret.expose()])
+            .map(str::to_owned)
             .collect()
+    }
+
+    /// The name and the key of each API key given as it is (not by digest).
+    pub fn written_keys(&self) -> impl Iterator<Item = (&str, &str)> {
+        let default =
+            (!self.api_key.expose().is_empty()).then(|| (DEFAULT_KEY_NAME, self.api_key.expose()));
+        default.into_iter().chain(
+            (self.keys.iter().chain(&self.keys_from_file))
+                .filter_map(|k| Some((k.name.as_str(), k.key.as_ref()?.expose()))),
+        )
     }
 
     /// Warnings about keys that work but should not: the placeholder, and keys short enough

@@ -12,7 +12,7 @@ use crate::domain::at_most;
 pub const REDACTED: &str = "[redacted]";
 
 /// The shortest value treated as a secret to hide.
-const MIN_SECRET_LEN: usize = 4;
+pub(crate) const MIN_SECRET_LEN: usize = 4;
 
 /// How much of an answer that is not JSON is shown (a failure's reason, a recorded error).
 const EXCERPT_CHARS: usize = 200;
@@ -119,12 +119,8 @@ impl Redactor {
         shown
     }
 
-    /// Whether `text` is one of the secrets.
-    pub fn is_one(&self, text: &str) -> bool {
-        self.secrets.iter().any(|secret| secret == text)
-    }
-
-    fn hides_in(&self, text: &str) -> bool {
+    /// Whether `text` holds one of the secrets (or is one).
+    pub fn hides_in(&self, text: &str) -> bool {
         self.secrets.iter().any(|secret| text.contains(secret))
     }
 

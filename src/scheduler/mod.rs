@@ -157,7 +157,7 @@ impl Timer {
 }
 
 /// Why a trial id that is an API key or a secret is not taken.
-pub const A_SECRET_AS_ID: &str = "the trial id is one of this service's API keys or secrets: not taken, since trial ids are shown to every viewer; change that key or secret now, and give the trial's own id";
+pub const A_SECRET_AS_ID: &str = "the trial id is, or holds, one of this service's API keys or secrets: not taken, since trial ids are shown to every viewer; change that key or secret now, and give the trial's own id";
 
 /// The scheduler handle (cheap to clone).
 #[derive(Clone)]
@@ -682,11 +682,13 @@ impl Scheduler {
         jobs
     }
 
-    /// Whether `id` is one of this service's API keys or secrets: such an id (pasted into the
-    /// wrong field, most likely) is never taken, since every viewer sees trial ids in
-    /// `/status`, `/trials` and the log.
+    /// Whether `id` is one of this service's API keys or secrets, or holds one (a key given
+    /// by its digest only when it is the whole id): such an id (pasted into the wrong field,
+    /// most likely) is never taken, since every viewer sees trial ids in `/status`, `/trials`
+    /// and the log.
     pub fn is_a_secret(&self, id: &str) -> bool {
-        self.inner.access.key_holder(id).is_some() || self.inner.deps.secrets.redactor().is_one(id)
+        self.inner.access.key_holder(id).is_some()
+            || self.inner.deps.secrets.redactor().hides_in(id)
     }
 
     /// Fetches the trial's start time from the registry and schedules it.

@@ -280,8 +280,10 @@ async fn no_secret_and_no_token_is_ever_written_in_the_log() {
     let refused = app.post(&format!("/trial/{key_as_id}/abort"), None).await;
     assert_detail(&refused, StatusCode::NOT_FOUND);
     assert_eq!(refused.detail(), "trial '[redacted]' has no engine");
-    // Nor is a heartbeat or a token made for such an id: a viewer would read it in `/status`.
-    for secret in [key_as_id, TOKEN_SECRET] {
+    // Nor is a heartbeat or a token made for such an id, or one that holds a key or secret:
+    // a viewer would read it in `/status`.
+    let holding = [format!("x{key_as_id}"), format!("{TOKEN_SECRET}-2")];
+    for secret in [key_as_id, TOKEN_SECRET, &holding[0], &holding[1]] {
         for made in [
             app.post(&format!("/debug/add-heartbeat?trial_id={secret}"), None)
                 .await,
@@ -292,7 +294,14 @@ async fn no_secret_and_no_token_is_ever_written_in_the_log() {
         }
         let deleted = app.delete(&format!("/debug/engine/{secret}")).await;
         assert_detail(&deleted, StatusCode::NOT_FOUND);
-        assert_eq!(deleted.detail(), "trial '[redacted]' has no engine");
+        let detail = deleted.detail();
+        assert!(
+            detail.contains("[redacted]")
+                && detail.ends_with("' has no engine")
+                && !detail.contains(key_as_id)
+                && !detail.contains(TOKEN_SECRET),
+            "{deleted:?}"
+        );
     }
     let status = app.get("/status").await.body.to_string();
     assert!(!status.contains(TOKEN_SECRET), "{status}");

@@ -838,6 +838,24 @@ async fn a_reload_refuses_a_key_that_is_the_id_of_a_held_trial() {
     assert!(!line.contains(id), "{line}");
     assert_eq!(binary.status_with(id).await, Some(StatusCode::UNAUTHORIZED));
 
+    // Nor a key the id holds: the id would show it.
+    let part = "as-a-trial-id";
+    binary.write(
+        "keys.toml",
+        &keys_file(&[watcher, ("newcomer", part, Role::Viewer)]),
+    );
+    hang_up(&binary.child).await;
+    let line = binary.second_refused_reload().await;
+    assert!(
+        line.contains("key 'newcomer' is part of the id of a trial"),
+        "{line}"
+    );
+    assert!(!line.contains(part), "{line}");
+    assert_eq!(
+        binary.status_with(part).await,
+        Some(StatusCode::UNAUTHORIZED)
+    );
+
     // Another key is taken.
     let other = "newcomer-key-long-enough";
     binary.write(
