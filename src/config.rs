@@ -452,7 +452,17 @@ impl AuthSettings {
                 "must not be empty unless auth.keys or auth.keys_file give other keys",
             ));
         }
+        let token_secret = NamedKey::digest(self.token_secret.expose());
         for (i, (config_key, at, key)) in keys.iter().enumerate() {
+            if key.sha256 == token_secret {
+                problems.push(invalid(
+                    config_key,
+                    format!(
+                        "{at}key '{}' is auth.token_secret, and whoever holds it could sign callback tokens for any trial: give the key a secret of its own",
+                        key.name
+                    ),
+                ));
+            }
             if let Some((_, _, first)) = keys[..i].iter().find(|(_, _, k)| k.name == key.name) {
                 problems.push(invalid(
                     config_key,
@@ -1785,6 +1795,29 @@ mod tests {
             assert!(err.contains(&format!("`{at}`")), "{err}");
             assert!(err.contains(reason), "{err}");
         }
+
+        // Nor may a key be the token secret, written out or by its digest.
+        auth.token_secret = Secret::new("hello");
+        for secret in [
+            key("t", Some("hello"), None, Role::Viewer),
+            key("t", None, Some(HELLO_SHA256), Role::Viewer),
+        ] {
+            auth.keys = vec![secret];
+            let err = auth.api_keys().unwrap_err().to_string();
+            assert!(
+                err.contains("`auth.keys[0]`: key 't' is auth.token_secret"),
+                "{err}"
+            );
+            assert!(!err.contains("hello"), "{err}");
+        }
+        auth.keys = Vec::new();
+        auth.api_key = Secret::new("hello");
+        let err = auth.api_keys().unwrap_err().to_string();
+        assert!(
+            err.contains("`auth.api_key`: key 'default' is auth.token_secret"),
+            "{err}"
+        );
+        auth.api_key = Settings::defaults().unwrap().auth.api_key;
 
         auth.keys = vec![key("a b", Some("k"), None, Role::Viewer)];
         let err = auth.api_keys().unwrap_err().to_string();
