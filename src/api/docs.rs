@@ -17,7 +17,7 @@ use utoipa::openapi::RefOr;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::schema::Type;
 use utoipa::openapi::schema::{ArrayItems, KnownFormat, Schema, SchemaFormat};
-use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
@@ -88,7 +88,8 @@ impl Modify for SecuritySchemes {
 /// client's address failed to authenticate too often and 403 for a key whose role is too small
 /// (the token routes describe a 403 of their own); to every one, 413 for a body over
 /// `server.max_body_bytes`; to one that takes a JSON body, 415 for one that is not
-/// `application/json`.
+/// `application/json`; to one that takes an API key and changes something but takes no body
+/// ([`super::extract::NoBody`]), 415 and 422 for a body sent all the same.
 pub fn describe_common_refusals(openapi: &mut utoipa::openapi::OpenApi) {
     let error_body = || {
         ContentBuilder::new()
@@ -102,7 +103,31 @@ pub fn describe_common_refusals(openapi: &mut utoipa::openapi::OpenApi) {
             .build()
             .into()
     };
+    let api_key = SecurityRequirement::new("api_key", Vec::<String>::new());
     for item in openapi.paths.paths.values_mut() {
+        let changes = [
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in changes.into_iter().flatten() {
+            let keyed = (operation.security.iter().flatten()).any(|r| *r == api_key);
+            if keyed && operation.request_body.is_none() {
+                let responses = &mut operation.responses.responses;
+                responses
+                    .entry("400".to_owned())
+                    .or_insert_with(|| refusal("The body sent is not JSON"));
+                responses.entry("415".to_owned()).or_insert_with(|| {
+                    refusal("The route takes no body: one sent must be `application/json`, `{}`")
+                });
+                responses.entry("422".to_owned()).or_insert_with(|| {
+                    refusal(
+                        "The route takes no body: a field sent is refused (the detail names it)",
+                    )
+                });
+            }
+        }
         let operations = [
             &mut item.get,
             &mut item.put,

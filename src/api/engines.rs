@@ -1,21 +1,22 @@
 //! The engines' debug endpoints: restore from the checkpoint, skip a failed step, stop and
 //! remove (SPEC §4.3, §14).
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
-use tracing::info;
+use tracing::{info, warn};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::audit::{AuditCx, Audited};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{Admin, OptionalJson, TrialIdParam, TrialPath};
+use super::extract::{Admin, NoBody, OptionalJson, TrialIdParam, TrialPath};
 use super::trials::checked_text;
 use super::{AppState, Message};
+use crate::engine::state;
 use crate::engine::watchdog::RestoreError;
 use crate::scheduler::Deleted;
 
@@ -83,6 +84,7 @@ async fn restore(
     _: Admin,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
+    _: NoBody,
 ) -> Result<Json<Restored>, ApiError> {
     let engine = state.engine_to_act_on(&id).await?;
     let at = engine.restore().await.map_err(restore_error)?;
@@ -141,12 +143,16 @@ async fn skip(
     path = "/debug/engine/{trial_id}",
     tag = "engines",
     security(("api_key" = [])),
-    params(TrialIdParam),
+    params(
+        TrialIdParam,
+        ("force" = Option<bool>, Query, description = "Remove the engine of a trial that may still have a slice or a measurement job deployed, and leave them there (to be closed on the facility by hand): without it, such a delete is refused"),
+    ),
     responses(
-        (status = 200, description = "Engine stopped and removed", body = Message),
-        (status = 400, description = "Invalid trial id", body = ErrorBody),
+        (status = 200, description = "Engine stopped and removed (with `force`, the message names what was left deployed)", body = Message),
+        (status = 400, description = "Invalid trial id, or a query parameter other than `force=true|false`", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "The trial has no engine (or another delete of it is under way)", body = ErrorBody),
+        (status = 409, description = "The trial may still have a slice or a measurement job deployed: abort it first, or delete with `force=true`", body = ErrorBody),
         (status = 503, description = "The removal could not be saved, so it was not made", body = ErrorBody),
     ),
 )]
@@ -155,21 +161,60 @@ async fn remove(
     audit: AuditCx,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
+    Query(pairs): Query<Vec<(String, String)>>,
+    _: NoBody,
 ) -> Result<Response, ApiError> {
+    let force = force(&pairs)?;
     let message = format!("Engine of trial {id} stopped and removed");
     let entry = audit.entry(StatusCode::OK, Some(message.clone()));
-    let deleted = state.scheduler.delete_engine(&id, Some(entry)).await?;
-    let answer = Json(Message::new(message));
+    let deleted = (state.scheduler)
+        .delete_engine(&id, Some(entry), force)
+        .await?;
     // A refusal is logged by the audit, which hides an id that is a key or a secret.
     match deleted {
-        Deleted::Engine => {
+        Deleted::Engine { left } if left.is_empty() => {
             info!(trial = %id, "engine stopped and removed");
-            Ok((Extension(Audited), answer).into_response())
+            Ok((Extension(Audited), Json(Message::new(message))).into_response())
+        }
+        Deleted::Engine { left } => {
+            let message = format!("{message}; {}", state::left_deployed(&left));
+            let left = state::named(&left);
+            warn!(trial = %id, %left, "engine stopped and removed with what it deployed left on the facility: close it there by hand");
+            Ok((Extension(Audited), Json(Message::new(message))).into_response())
         }
         Deleted::Record => {
             info!(trial = %id, "record of an ended trial removed");
-            Ok(answer.into_response())
+            Ok(Json(Message::new(message)).into_response())
         }
+        Deleted::Deployed => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "trial {id} may still have a slice or a measurement job deployed on the facility, and its engine is the only record of them: abort it first (POST /trial/{id}/abort undoes them), or delete it with ?force=true to leave them there"
+            ),
+        )),
         Deleted::Nothing => Err(ApiError::no_engine(&id)),
     }
+}
+
+/// The `force` query parameter of a delete: `true` or `false`, at most once, alone.
+fn force(pairs: &[(String, String)]) -> Result<bool, ApiError> {
+    super::paging::once_each(pairs, &[])?;
+    let mut force = false;
+    for (key, value) in pairs {
+        force = match (key.as_str(), value.as_str()) {
+            ("force", "true") => true,
+            ("force", "false") => false,
+            ("force", other) => {
+                return Err(ApiError::bad_request(format!(
+                    "force must be true or false, not '{other}'"
+                )));
+            }
+            (other, _) => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter '{other}': use force"
+                )));
+            }
+        };
+    }
+    Ok(force)
 }

@@ -17,6 +17,7 @@ use axum::http::request::Parts;
 use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
@@ -428,6 +429,25 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         other => other.body_text(),
     };
     ApiError::new(rejection.status(), detail)
+}
+
+/// The body of a route that takes none: left out, or `{}`. Anything else is refused as
+/// [`ApiJson`] refuses a body (400 malformed, 413, 415 not JSON, 422 a field), and nothing
+/// is done: a field the client meant something by (a reason, a flag) is not dropped quietly.
+pub struct NoBody;
+
+/// What [`NoBody`] takes: an object with no field.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoFields {}
+
+impl<S: Send + Sync> FromRequest<S> for NoBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        OptionalJson::<NoFields>::from_request(req, state).await?;
+        Ok(Self)
+    }
 }
 
 /// A JSON body that may be left out: an empty body is `None`; anything else must be what

@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use super::audit::{AuditCx, Audited};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{
-    Admin, ApiJson, Operator, OptionalJson, TrialIdParam, TrialPath, not_a_secret,
+    Admin, ApiJson, NoBody, Operator, OptionalJson, TrialIdParam, TrialPath, not_a_secret,
 };
 use super::{AppState, Message};
 use crate::domain::{InvalidStartTime, StartTime, TrialId};
@@ -174,6 +174,7 @@ async fn schedule_from_registry(
     audit: AuditCx,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
+    _: NoBody,
 ) -> Result<(Extension<Audited>, Json<Scheduled>), ApiError> {
     not_a_secret(&state, &id)?;
     let entry = audit.entry(StatusCode::OK, None);
@@ -213,6 +214,7 @@ async fn schedule_from_registry(
 async fn schedule_all(
     _: Operator,
     State(state): State<AppState>,
+    _: NoBody,
 ) -> Result<Json<ScheduledAll>, ApiError> {
     let report = state.scheduler.schedule_all().await?;
     Ok(Json(report.into()))
@@ -238,6 +240,7 @@ async fn unschedule(
     audit: AuditCx,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
+    _: NoBody,
 ) -> Result<(Extension<Audited>, Json<Message>), ApiError> {
     let message = format!("Scheduled job of trial {id} removed");
     let entry = audit.entry(StatusCode::OK, Some(message.clone()));

@@ -8,7 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{Admin, TrialIdParam, TrialPath, Viewer, not_a_secret};
+use super::extract::{Admin, NoBody, TrialIdParam, TrialPath, Viewer, not_a_secret};
 use super::{AppState, Message};
 use crate::domain::{StartTime, TrialId};
 use crate::engine::state::EngineStatus;
@@ -182,6 +182,7 @@ async fn add_heartbeat(
     _: Admin,
     State(state): State<AppState>,
     Query(pairs): Query<Vec<(String, String)>>,
+    _: NoBody,
 ) -> Result<Json<Message>, ApiError> {
     super::paging::once_each(&pairs, &[])?;
     let mut raw = None;
@@ -222,6 +223,7 @@ async fn remove_heartbeat(
     _: Admin,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
+    _: NoBody,
 ) -> Result<Json<Message>, ApiError> {
     if state.heartbeats.remove(&id) {
         Ok(Json(Message::new(format!(

@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use super::audit::{AuditCx, Audited};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{
-    Admin, CallbackToken, TokenOfLiveOrFailed, TrialIdParam, TrialPath, not_a_secret,
+    Admin, CallbackToken, NoBody, TokenOfLiveOrFailed, TrialIdParam, TrialPath, not_a_secret,
 };
 use super::view::Found;
 use super::{AppState, Message};
@@ -141,6 +141,7 @@ async fn mint(
     Admin(admin): Admin,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
+    _: NoBody,
 ) -> Result<Json<Minted>, ApiError> {
     not_a_secret(&state, &id)?;
     let token = state

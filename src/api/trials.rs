@@ -13,7 +13,8 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{
-    CallbackToken, Operator, OptionalJson, TokenOfLiveOrFailed, TrialIdParam, TrialPath, Viewer,
+    CallbackToken, NoBody, Operator, OptionalJson, TokenOfLiveOrFailed, TrialIdParam, TrialPath,
+    Viewer,
 };
 use super::view::{self, Found, StatusAnswer};
 use super::{AppState, Message};
@@ -436,6 +437,7 @@ async fn active(
     _: Operator,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
+    _: NoBody,
 ) -> Result<Json<Message>, ApiError> {
     let outcome = state
         .engine_to_act_on(&id)
@@ -465,6 +467,7 @@ async fn finish(
     _: Operator,
     State(state): State<AppState>,
     TrialPath(id): TrialPath,
+    _: NoBody,
 ) -> Result<Json<Message>, ApiError> {
     let outcome = state
         .engine_to_act_on(&id)

@@ -179,7 +179,7 @@ impl TrialAction {
                 "Mark the failed step of trial {id} done without running it, and go on with the next?"
             ),
             TrialAction::Delete => format!(
-                "Delete trial {id}? Its engine stops (a request in flight is cancelled) and its records are forgotten."
+                "Delete trial {id}? Its engine stops (a request in flight is cancelled) and its records are forgotten. A trial that may still have a slice or a measurement job deployed is refused: abort it first."
             ),
             TrialAction::Unschedule => format!("Remove the scheduled start of trial {id}?"),
         }

@@ -258,6 +258,22 @@ pub struct Leftover {
     pub id: String,
 }
 
+/// What `left` names, for an answer or a log line: `slice s-1, measurement_job mj-1`.
+pub fn named(left: &[Leftover]) -> String {
+    let named: Vec<String> = (left.iter())
+        .map(|l| format!("{} {}", l.kind.name(), l.id))
+        .collect();
+    named.join(", ")
+}
+
+/// What a delete told to leave them says of `left`.
+pub fn left_deployed(left: &[Leftover]) -> String {
+    format!(
+        "left deployed: {} (close them on the facility by hand)",
+        named(left)
+    )
+}
+
 /// What kind of thing was left deployed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeftoverKind {
@@ -301,6 +317,16 @@ fn names_schema(description: &str, names: impl IntoIterator<Item = &'static str>
 }
 
 impl Ledger {
+    /// Whether the trial may still have something deployed on the facility: what
+    /// [`Self::leftovers`] would list.
+    pub fn holds_any(&self) -> bool {
+        self.slice.may_exist()
+            || matches!(
+                self.measurement_job,
+                JobState::Created(_) | JobState::Requested(_)
+            )
+    }
+
     /// What is still deployed, as `leftovers`.
     pub fn leftovers(&self, trial: &str, info: Option<&TrialInfo>) -> Vec<Leftover> {
         let mut leftovers = Vec::new();
@@ -633,6 +659,9 @@ pub struct Snapshot {
     pub progress: Option<Progress>,
     /// What the engine waits for, where its position does not say it all.
     pub waiting_for: Option<&'static str>,
+    /// Whether the trial may still have something deployed on the facility (its ledger holds
+    /// a slice or a measurement job).
+    pub deployed: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
@@ -666,6 +695,7 @@ impl Snapshot {
             paused: checkpoint.paused,
             progress: checkpoint.progress.clone(),
             waiting_for: None,
+            deployed: checkpoint.data.ledger.holds_any(),
             created_at,
             updated_at,
             ended_at,

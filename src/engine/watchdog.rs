@@ -25,6 +25,7 @@ use super::executor::{
 use super::failure;
 use super::queue::Inbox;
 use super::sequence::{self, Next, Signal, Wait, Waiter};
+use super::state;
 use super::state::{Checkpoint, EventKind, Failure, Lifecycle, Mode, Position};
 use crate::deadline::{self, sleep_until};
 use crate::domain::TrialId;
@@ -728,11 +729,7 @@ impl Watchdog {
             .filter(|f| f.cleanup_failed)
         {
             Some(failure) => {
-                let leftovers = failure
-                    .leftovers
-                    .iter()
-                    .map(|l| format!("{} {}", l.kind.name(), l.id))
-                    .collect::<Vec<_>>();
+                let leftovers = state::named(&failure.leftovers);
                 let left = match leftovers.is_empty() {
                     true => "no slice or measurement job is left (the reason says what failed)",
                     false => "what it names is still deployed",
@@ -745,7 +742,7 @@ impl Watchdog {
                     None => "POST /trial/{id}/abort retries it".to_owned(),
                 };
                 warn!(
-                    leftovers = %leftovers.join(", "),
+                    leftovers = %leftovers,
                     "the clean-up after an abort failed: {left}; {retry} (a restore is refused)"
                 );
             }

@@ -24,7 +24,10 @@ use tracing::{error, info, warn};
 use crate::access::Access;
 use crate::domain::{InvalidStartTime, StartTime, TrialId};
 use crate::engine::redact::REDACTED;
-use crate::engine::{EngineDeps, EngineShared, failure};
+use crate::engine::state;
+use crate::engine::state::Leftover;
+use crate::engine::watchdog::LastRecord;
+use crate::engine::{EngineDeps, EngineHandle, EngineShared, failure};
 use crate::services::registry::{RegistryError, Unusable};
 use crate::store::{AuditEntry, Loaded, Op, Store, StoreError};
 use engines::EngineRegistry;
@@ -51,10 +54,14 @@ pub enum ScheduleError {
 }
 
 /// What a delete found to remove.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Deleted {
-    /// An engine in memory, stopped and forgotten (its audit entry written with the change).
-    Engine,
+    /// An engine in memory, stopped and forgotten (its audit entry written with the change),
+    /// and what it `left` deployed (a delete that was told to leave it).
+    Engine { left: Vec<Leftover> },
+    /// Nothing, since the trial may still have something deployed on the facility and the
+    /// delete was not told to leave it: the engine goes on.
+    Deployed,
     /// The record of an ended trial no longer in memory.
     Record,
     /// Nothing: no such trial, or another delete of it is under way.
@@ -612,10 +619,13 @@ impl Scheduler {
     /// Stops and forgets a trial's engine (or, for an ended trial no longer in memory, its
     /// record), revoking its token. If the removal cannot be saved, nothing of it is made: the
     /// engine is brought back from where it stood, as a restart would, and its token stays.
+    /// An engine whose trial may still have something deployed is removed only if told to
+    /// `leave_deployed` it (what it left is answered, and added to the audit entry).
     pub async fn delete_engine(
         &self,
         id: &TrialId,
-        audit: Option<AuditEntry>,
+        mut audit: Option<AuditEntry>,
+        leave_deployed: bool,
     ) -> Result<Deleted, StoreError> {
         let Some(engine) = self.inner.engines.get(id) else {
             // Whether there was a record to forget is known only once this is written: the
@@ -630,11 +640,30 @@ impl Scheduler {
             failure::remove_file(&self.inner.deps.settings, id).await;
             return Ok(Deleted::Record);
         };
+        // Forgotten with its engine, a slice would stay on the facility with nothing to say so.
+        if engine.snapshot().deployed && !leave_deployed {
+            return Ok(Deleted::Deployed);
+        }
         if !engine.claim_delete() {
             return Ok(Deleted::Nothing);
         }
         // Once the tasks have ended, nothing of this engine reaches a service or the store.
         let last = engine.stop().await;
+        let left = last.as_ref().map_or_else(Vec::new, |last| {
+            let checkpoint = &last.record.checkpoint;
+            (checkpoint.data.ledger).leftovers(id.as_str(), checkpoint.data.info.as_deref())
+        });
+        if !left.is_empty() && !leave_deployed {
+            // It deployed something while the delete was on its way.
+            self.give_back(&engine, last);
+            return Ok(Deleted::Deployed);
+        }
+        if !left.is_empty()
+            && let Some(entry) = audit.as_mut()
+        {
+            let said = entry.detail.take().unwrap_or_default();
+            entry.detail = Some(format!("{said}; {}", state::left_deployed(&left)));
+        }
         // Its token must not let callbacks into a later engine of the same trial: revoked
         // with the removal, both or neither.
         let tokens = &self.inner.deps.tokens;
@@ -643,16 +672,8 @@ impl Scheduler {
         ops.push(Op::DeleteTrial { id: id.clone() });
         ops.extend(audit.map(|entry| Op::Audit(Box::new(entry))));
         if let Err(e) = self.store().write_all(ops).await {
-            // Not removed, so not stopped either: the engine goes on from where it stood.
-            let back = last.is_some_and(|last| self.inner.engines.bring_back(&engine, last));
-            if back {
-                warn!(trial = %id, error = %e, "the removal was not saved: the engine goes on");
-            } else {
-                // Stopping, or its stop was taken by the shutdown: the next start-up recovers
-                // the trial from its record.
-                engine.release_delete();
-                error!(trial = %id, error = %e, "the removal was not saved; the engine stays stopped until the next start");
-            }
+            warn!(trial = %id, error = %e, "the removal was not saved");
+            self.give_back(&engine, last);
             return Err(e);
         }
         if let Some(revocation) = revocation {
@@ -660,7 +681,21 @@ impl Scheduler {
         }
         self.inner.engines.remove(id, &engine.weak());
         failure::remove_file(&self.inner.deps.settings, id).await;
-        Ok(Deleted::Engine)
+        Ok(Deleted::Engine { left })
+    }
+
+    /// Gives an engine a delete stopped, but did not remove, back its work: it goes on from
+    /// where it stood.
+    fn give_back(&self, engine: &EngineHandle, last: Option<LastRecord>) {
+        let id = engine.id();
+        if last.is_some_and(|last| self.inner.engines.bring_back(engine, last)) {
+            warn!(trial = %id, "the engine was not removed: it goes on");
+        } else {
+            // Stopping, or its stop was taken by the shutdown: the next start-up recovers the
+            // trial from its record.
+            engine.release_delete();
+            error!(trial = %id, "the engine was not removed, and stays stopped until the next start");
+        }
     }
 
     /// Jobs that were missed while the service was down.

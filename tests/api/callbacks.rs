@@ -477,7 +477,7 @@ async fn a_signal_whose_engine_is_deleted_before_it_answers_is_503() {
             let _ = done.await;
             faults.held.release();
         };
-        let path = format!("/debug/engine/{id}");
+        let path = format!("/debug/engine/{id}?force=true");
         tokio::join!(app.delete(&path), release).0
     };
     let (signalled, deleted) = tokio::join!(signal, delete);

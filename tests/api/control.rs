@@ -2365,3 +2365,64 @@ async fn a_secret_or_token_pasted_into_a_reason_is_kept_redacted() {
         "{history}"
     );
 }
+
+/// A delete of an engine whose trial may still have a slice or a measurement job deployed is
+/// refused, and changes nothing: forgotten with the engine, they would stay on the facility
+/// with nothing to say so. Abort first, or delete with `force=true`, which names them.
+#[tokio::test]
+async fn deleting_an_engine_whose_slice_is_deployed_needs_an_abort_first_or_force() {
+    let app = spawn_app().await;
+    let (id, kept) = ("deployed-del", "deployed-kept");
+    for trial in [id, kept] {
+        app.start_to_idle(trial).await;
+        let active = app.post(&format!("/trial/{trial}/active"), None).await;
+        assert_eq!(active.status, StatusCode::OK, "{active:?}");
+        app.wait_waiting(trial, "operator (finish)").await;
+    }
+    let before = app.event_kinds(id).await;
+    let refused = app.delete(&format!("/debug/engine/{id}")).await;
+    assert_detail(&refused, StatusCode::CONFLICT);
+    assert!(
+        refused.detail().contains("abort it first") && refused.detail().contains("force=true"),
+        "{refused:?}"
+    );
+    for bad in ["?force=yes", "?force=true&force=true", "?forse=true"] {
+        let refused = app.delete(&format!("/debug/engine/{id}{bad}")).await;
+        assert_detail(&refused, StatusCode::BAD_REQUEST);
+    }
+    assert_eq!(app.event_kinds(id).await, before);
+    assert_eq!(
+        app.trial_status(id).await["waiting_for"],
+        "the operator (finish)"
+    );
+
+    // Told to leave them, the delete names what it left, in its answer and its audit entry.
+    let forced = app.delete(&format!("/debug/engine/{id}?force=true")).await;
+    assert_eq!(forced.status, StatusCode::OK, "{forced:?}");
+    let left = "left deployed: slice slice-deployed-del, measurement_job mj-deployed-del";
+    assert!(
+        forced.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(left)),
+        "{forced:?}"
+    );
+    app.audited(&format!("?trial_id={id}"), "the forced delete", |entries| {
+        entries.iter().any(|e| {
+            e["action"] == "DELETE /debug/engine/{trial_id}"
+                && e["detail"].as_str().is_some_and(|d| d.contains(left))
+        })
+    })
+    .await;
+
+    // Aborted, nothing is left: the delete needs no force.
+    let aborted = app.ask_abort(kept, "done with it").await;
+    assert_eq!(aborted.status, StatusCode::OK, "{aborted:?}");
+    app.wait_for(kept, "aborted", |s| s["engine_status"] == "Aborted")
+        .await;
+    let deleted = app.delete(&format!("/debug/engine/{kept}")).await;
+    assert_eq!(deleted.status, StatusCode::OK, "{deleted:?}");
+    assert_eq!(
+        deleted.body["message"],
+        format!("Engine of trial {kept} stopped and removed")
+    );
+}

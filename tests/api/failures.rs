@@ -370,7 +370,7 @@ async fn deleting_an_engine_cancels_the_request_in_flight() {
         "a running engine is not restored"
     );
 
-    let deleted = app.delete(&format!("/debug/engine/{id}")).await;
+    let deleted = app.delete(&format!("/debug/engine/{id}?force=true")).await;
     assert_eq!(deleted.status, StatusCode::OK, "{deleted:?}");
     assert!(app.engines().await.is_empty());
     assert_eq!(
@@ -378,7 +378,9 @@ async fn deleting_an_engine_cancels_the_request_in_flight() {
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        app.delete(&format!("/debug/engine/{id}")).await.status,
+        app.delete(&format!("/debug/engine/{id}?force=true"))
+            .await
+            .status,
         StatusCode::NOT_FOUND
     );
     let token = app.token_of(id);
@@ -586,7 +588,7 @@ async fn the_trials_data_is_passed_on_unchanged_where_it_holds_a_secrets_text() 
         s.services.abstraction_layer.password = lcm::config::Secret::new("ridge");
     })
     .await;
-    let id = "ridge-survey";
+    let id = "survey-7";
     let mut trial = Platform::trial(id, None);
     trial["kpis"] = json!(["ridge_latency"]);
     trial["flights"] = json!([{"id": 1, "waypoint": "north ridge"}]);
@@ -934,7 +936,7 @@ async fn deleting_a_failed_trial_removes_its_failure_file() {
     app.schedule_in(id, 300).await;
     app.wait_failed(id).await;
     assert!(app.failure_file(id).is_some());
-    let deleted = app.delete(&format!("/debug/engine/{id}")).await;
+    let deleted = app.delete(&format!("/debug/engine/{id}?force=true")).await;
     assert_eq!(deleted.status, StatusCode::OK, "{deleted:?}");
     assert!(app.failure_file(id).is_none(), "forgotten with the trial");
 }

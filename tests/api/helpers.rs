@@ -624,9 +624,18 @@ impl TestApp {
 
     /// `POST path` with `body` sent as written, as JSON, with the API key.
     pub async fn post_text(&self, path: &str, body: &str) -> Answer {
+        self.send_text(Method::POST, path, body).await
+    }
+
+    /// `DELETE path` with `body` sent as written, as JSON, with the API key.
+    pub async fn delete_with_body(&self, path: &str, body: &str) -> Answer {
+        self.send_text(Method::DELETE, path, body).await
+    }
+
+    async fn send_text(&self, method: Method, path: &str, body: &str) -> Answer {
         let request = self
             .client
-            .post(format!("{}{path}", self.address))
+            .request(method, format!("{}{path}", self.address))
             .header("Authorization", API_KEY)
             .header("Content-Type", "application/json")
             .body(body.to_owned());

@@ -378,17 +378,47 @@ async fn every_route_documents_and_answers_the_refusals_of_a_body() {
             .body(body);
         async move { crate::helpers::read(request.send().await.expect("the service answers")).await }
     };
-    let (mut too_large, mut not_json) = (0, 0);
+    let (mut too_large, mut not_json, mut no_body) = (0, 0, 0);
     for (method, path, operation) in operations(&doc) {
         let what = format!("{method} {path}");
         let responses = &operation["responses"];
         let takes_json = operation["requestBody"].is_object();
-        assert!(responses["413"].is_object(), "{what}: 413");
-        assert_eq!(responses["415"].is_object(), takes_json, "{what}: 415");
         // What the document lists is what the route answers (a route with a key; the token
-        // routes check the token before the body).
-        if operation["security"][0].get("api_key").is_none() {
+        // routes check the token before the body, and the callbacks take what a component
+        // sends).
+        let keyed = operation["security"][0].get("api_key").is_some();
+        let takes_none = keyed && !takes_json && method != "GET";
+        assert!(responses["413"].is_object(), "{what}: 413");
+        assert_eq!(
+            responses["415"].is_object(),
+            takes_json || takes_none,
+            "{what}: 415"
+        );
+        assert_eq!(
+            responses["422"].is_object(),
+            takes_json || takes_none,
+            "{what}: 422"
+        );
+        if !keyed {
             continue;
+        }
+        if takes_none {
+            // A body sent to a route that takes none is refused, whatever it says.
+            for (content_type, body, status) in [
+                ("text/plain", "finish", StatusCode::UNSUPPORTED_MEDIA_TYPE),
+                ("application/json", r#"{"x": "#, StatusCode::BAD_REQUEST),
+                ("application/json", "[]", StatusCode::UNPROCESSABLE_ENTITY),
+                (
+                    "application/json",
+                    r#"{"force": true}"#,
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                ),
+            ] {
+                let answer = send(&method, &path, content_type, body.to_owned()).await;
+                assert_eq!(answer.status, status, "{what} {body}: {answer:?}");
+                assert!(responses[status.as_str()].is_object(), "{what}: {status}");
+            }
+            no_body += 1;
         }
         let answer = send(&method, &path, "application/json", "x".repeat(65)).await;
         assert_eq!(
@@ -409,8 +439,8 @@ async fn every_route_documents_and_answers_the_refusals_of_a_body() {
         }
     }
     assert!(
-        too_large >= 20 && not_json >= 6,
-        "only {too_large} and {not_json} probed"
+        too_large >= 20 && not_json >= 6 && no_body >= 10,
+        "only {too_large}, {not_json} and {no_body} probed"
     );
 }
 

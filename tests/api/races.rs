@@ -34,7 +34,7 @@ async fn once_a_delete_answers_no_request_of_the_trial_leaves() {
     let answers = join_all(raced.iter().map(|id| async move {
         let (restore, delete) = (
             format!("/debug/engine/{id}/restore"),
-            format!("/debug/engine/{id}"),
+            format!("/debug/engine/{id}?force=true"),
         );
         let (restored, deleted) = tokio::join!(app.post(&restore, None), app.delete(&delete));
         (Utc::now(), restored, deleted)
@@ -91,7 +91,10 @@ async fn a_signal_racing_a_delete_is_taken_or_told_the_engine_stopped() {
     join_all(raced.iter().map(|id| app.start_to_idle(id))).await;
     let app = &app;
     let answers = join_all(raced.iter().map(|id| async move {
-        let (active, delete) = (format!("/trial/{id}/active"), format!("/debug/engine/{id}"));
+        let (active, delete) = (
+            format!("/trial/{id}/active"),
+            format!("/debug/engine/{id}?force=true"),
+        );
         tokio::join!(app.post(&active, None), app.delete(&delete))
     }))
     .await;
@@ -112,7 +115,7 @@ async fn a_delete_that_was_not_saved_changes_nothing_and_the_trial_goes_on() {
     assert_eq!(paused.status, StatusCode::OK, "{paused:?}");
 
     broken.store(true, Ordering::SeqCst);
-    let refused = app.delete(&format!("/debug/engine/{id}")).await;
+    let refused = app.delete(&format!("/debug/engine/{id}?force=true")).await;
     assert_eq!(
         refused.status,
         StatusCode::SERVICE_UNAVAILABLE,
@@ -136,7 +139,7 @@ async fn a_delete_that_was_not_saved_changes_nothing_and_the_trial_goes_on() {
     assert_eq!(resumed.status, StatusCode::OK, "{resumed:?}");
     app.drive_to_finished(id).await;
 
-    let deleted = app.delete(&format!("/debug/engine/{id}")).await;
+    let deleted = app.delete(&format!("/debug/engine/{id}?force=true")).await;
     assert_eq!(deleted.status, StatusCode::OK, "{deleted:?}");
     let revoked = app.callback(id, "slice", Some(&token)).await;
     assert_eq!(revoked.status, StatusCode::UNAUTHORIZED, "{revoked:?}");
@@ -152,7 +155,7 @@ async fn an_ended_engine_whose_delete_was_not_saved_still_leaves_memory() {
     let id = "ended-undeleted";
     app.run_to_finished(id).await;
     broken.store(true, Ordering::SeqCst);
-    let refused = app.delete(&format!("/debug/engine/{id}")).await;
+    let refused = app.delete(&format!("/debug/engine/{id}?force=true")).await;
     broken.store(false, Ordering::SeqCst);
     assert_eq!(
         refused.status,
@@ -273,9 +276,9 @@ async fn an_abort_a_skip_or_a_restore_that_was_not_saved_is_not_made() {
             "abort" => format!("/trial/{id}/abort"),
             _ => format!("/debug/engine/{id}/{action}"),
         };
-        let refused = app
-            .post(&path, Some(serde_json::json!({"reason": "test"})))
-            .await;
+        // Restore takes no body.
+        let body = (action != "restore").then(|| serde_json::json!({"reason": "test"}));
+        let refused = app.post(&path, body).await;
         assert_eq!(
             refused.status,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -567,7 +570,7 @@ async fn a_delete_answered_too_late_still_removes_the_engine() {
     let id = "late-delete";
     app.start_trial(id).await;
     app.wait_waiting(id, "operator (active or finish)").await;
-    delete_answered_late(&app, &held, &format!("/debug/engine/{id}")).await;
+    delete_answered_late(&app, &held, &format!("/debug/engine/{id}?force=true")).await;
     // Half made, it would leave a stopped engine that no delete removes and that blocks the id.
     app.wait_engine_gone(id).await;
     // Audited with the status its handling ended with, saved with the removal.
@@ -636,7 +639,7 @@ async fn an_early_callback_outlives_a_delete_that_was_not_saved() {
     assert_ok_saying(&early, "when SliceDeployment completes");
 
     broken.store(true, Ordering::SeqCst);
-    let refused = app.delete(&format!("/debug/engine/{id}")).await;
+    let refused = app.delete(&format!("/debug/engine/{id}?force=true")).await;
     broken.store(false, Ordering::SeqCst);
     assert_detail(&refused, StatusCode::SERVICE_UNAVAILABLE);
 

@@ -742,7 +742,7 @@ async fn concurrent_removals_remove_an_engine_or_a_job_exactly_once() {
     app.start_to_idle(engine).await;
     app.schedule_in(job, 3_600_000).await;
     for path in [
-        format!("/debug/engine/{engine}"),
+        format!("/debug/engine/{engine}?force=true"),
         format!("/debug/trial/{job}/schedule"),
     ] {
         let answers = futures_util::future::join_all((0..10).map(|_| app.delete(&path))).await;

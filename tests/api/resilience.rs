@@ -451,7 +451,9 @@ async fn deleting_an_engine_during_a_retry_wait_cancels_the_retry() {
         "the signal was answered after the retry was due ({due}): it waited for the retry"
     );
 
-    let answer = app.delete(&format!("/debug/engine/{deleted}")).await;
+    let answer = app
+        .delete(&format!("/debug/engine/{deleted}?force=true"))
+        .await;
     assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
     let deleted_at = Utc::now();
     assert!(
@@ -617,7 +619,7 @@ async fn every_post_carries_an_idempotency_key_kept_across_a_crash_and_renewed_b
     assert_eq!(marks[1], "SendKpiIdle-r1-2");
 
     // Deleted and scheduled again, the trial is a new one: no key of the first is sent again.
-    let deleted = app.delete(&format!("/debug/engine/{id}")).await;
+    let deleted = app.delete(&format!("/debug/engine/{id}?force=true")).await;
     assert_eq!(deleted.status, StatusCode::OK, "{deleted:?}");
     app.start_to_idle(id).await;
     let again: Vec<String> = app

@@ -244,7 +244,7 @@ async fn a_token_of_an_earlier_run_of_the_trial_is_403() {
     app.start_to_idle(id).await;
     let earlier = mint(&app, id).await;
     assert_eq!(check(&app, id, Some(&earlier)).await.status, StatusCode::OK);
-    let deleted = app.delete(&format!("/debug/engine/{id}")).await;
+    let deleted = app.delete(&format!("/debug/engine/{id}?force=true")).await;
     assert_eq!(deleted.status, StatusCode::OK, "{deleted:?}");
     // Scheduled again at once, within the same second as the token's.
     app.start_to_idle(id).await;

@@ -132,7 +132,30 @@ async fn finishing_from_idle_skips_active() {
     app.start_trial(id).await;
     app.wait_waiting(id, "operator (active or finish)").await;
     assert_eq!(app.trial_status(id).await["kpi_status"], "Idle");
-    let finish = app.post(&format!("/trial/{id}/finish"), None).await;
+    // A body the route does not take is refused, and the trial is not finished by it.
+    for (body, status) in [
+        (
+            r#"{"reason": "battery low", "force": true}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (r#"{"reason": "#, StatusCode::BAD_REQUEST),
+    ] {
+        let refused = app.post_text(&format!("/trial/{id}/finish"), body).await;
+        assert_detail(&refused, status);
+        let engine = app
+            .delete_with_body(&format!("/debug/engine/{id}"), body)
+            .await;
+        assert_detail(&engine, status);
+    }
+    let refused = app.post_text(&format!("/trial/{id}/finish"), "{}x").await;
+    assert!(refused.detail().contains("JSON"), "{refused:?}");
+    app.wait_waiting(id, "operator (active or finish)").await;
+    assert_eq!(
+        app.event_kinds(id).await.last().map(String::as_str),
+        Some("waiting")
+    );
+    // `{}` is no body.
+    let finish = app.post_text(&format!("/trial/{id}/finish"), " {} ").await;
     assert_eq!(finish.status, StatusCode::OK, "{finish:?}");
     app.wait_finished(id).await;
 
