@@ -69,6 +69,11 @@ impl Heartbeats {
         self.instances.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The id of every heartbeat instance.
+    pub fn ids(&self) -> Vec<TrialId> {
+        self.map().keys().cloned().collect()
+    }
+
     /// Starts a heartbeat for `id`; its first check runs at once.
     pub fn add(&self, id: &TrialId) -> Result<(), HeartbeatRefused> {
         let mut instances = self.map();

@@ -133,10 +133,6 @@ impl Application {
         }
         let scheduler = Scheduler::new(deps, ended_rx, access.clone());
         scheduler.recover(loaded).await?;
-        #[cfg(unix)]
-        if access.reloads() {
-            reload_keys_on_sighup(&access, &scheduler);
-        }
         let poller = scheduler.spawn_poller();
         let purger = scheduler.spawn_purger();
         let heartbeats = Heartbeats::new(
@@ -154,6 +150,10 @@ impl Application {
             handlers: tokio_util::task::TaskTracker::new(),
             late_slices: std::sync::Mutex::default(),
         });
+        #[cfg(unix)]
+        if state.access.reloads() {
+            reload_keys_on_sighup(&state);
+        }
         Ok(Self {
             listener,
             state,
@@ -225,10 +225,10 @@ impl Application {
 
 /// Loads the API keys again on every SIGHUP, for as long as the service runs (SIGHUP would
 /// otherwise end the process), and hides the new ones in what is recorded, as the first
-/// ones are. Keys that fail validation, or that are the id of a trial the scheduler holds,
-/// leave the old ones in force.
+/// ones are. Keys that fail validation, or that are (or are part of) a trial id a viewer is
+/// shown, leave the old ones in force.
 #[cfg(unix)]
-fn reload_keys_on_sighup(access: &Arc<Access>, scheduler: &Scheduler) {
+fn reload_keys_on_sighup(state: &AppState) {
     use tokio::signal::unix::{SignalKind, signal};
     // Installed before the service answers, so a SIGHUP sent once it does is never lost.
     let mut hangups = match signal(SignalKind::hangup()) {
@@ -239,18 +239,18 @@ fn reload_keys_on_sighup(access: &Arc<Access>, scheduler: &Scheduler) {
         }
     };
     // Weak: the task must not keep the service's state alive once it has stopped.
-    let access = Arc::downgrade(access);
-    let scheduler = scheduler.downgrade();
+    let state = state.downgrade();
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            let (Some(access), Some(scheduler)) = (access.upgrade(), scheduler.upgrade()) else {
+            let Some(state) = state.upgrade() else {
                 break;
             };
-            let held = scheduler.held_ids();
+            let held = state.shown_ids();
+            let access = state.access.clone();
             // The reload reads the configuration's files.
             match tokio::task::spawn_blocking(move || access.reload(&held)).await {
                 Ok(Ok(reloaded)) => {
-                    scheduler.deps().secrets.add(reloaded.secrets);
+                    state.scheduler.deps().secrets.add(reloaded.secrets);
                     info!(
                         "SIGHUP: API keys reloaded: {} (only the keys: other settings take effect at the next start)",
                         reloaded.changes

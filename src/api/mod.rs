@@ -87,6 +87,21 @@ impl AppState {
     pub fn new(inner: AppInner) -> Self {
         Self(Arc::new(inner))
     }
+
+    /// A handle that does not keep the service's parts alive (for a task that must not keep
+    /// them once the service has stopped).
+    pub fn downgrade(&self) -> std::sync::Weak<AppInner> {
+        Arc::downgrade(&self.0)
+    }
+}
+
+impl AppInner {
+    /// Every trial id a viewer is shown now: of an engine in memory, a job or a heartbeat.
+    pub fn shown_ids(&self) -> Vec<crate::domain::TrialId> {
+        let mut ids = self.scheduler.held_ids();
+        ids.extend(self.heartbeats.ids());
+        ids
+    }
 }
 
 impl Deref for AppState {

@@ -172,16 +172,6 @@ pub struct Scheduler {
     inner: Arc<Inner>,
 }
 
-/// A [`Scheduler`] that is not kept alive by this handle.
-pub struct WeakScheduler(std::sync::Weak<Inner>);
-
-impl WeakScheduler {
-    /// The scheduler, unless it has gone.
-    pub fn upgrade(&self) -> Option<Scheduler> {
-        self.0.upgrade().map(|inner| Scheduler { inner })
-    }
-}
-
 struct Inner {
     jobs: Mutex<HashMap<TrialId, Job>>,
     /// The API keys in force: a trial id that is one is never scheduled.
@@ -359,12 +349,6 @@ impl Scheduler {
         let mut ids = self.engines().ids();
         ids.extend(self.jobs_map().keys().cloned());
         ids
-    }
-
-    /// A handle that does not keep the scheduler alive (for a task that must not keep the
-    /// service's state once it has stopped).
-    pub fn downgrade(&self) -> WeakScheduler {
-        WeakScheduler(Arc::downgrade(&self.inner))
     }
 
     /// Whether `id` has a job that has not fired yet.

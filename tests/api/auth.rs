@@ -492,11 +492,16 @@ impl Binary {
 
     /// The second line that says a reload was refused, once it is written.
     async fn second_refused_reload(&self) -> String {
-        eventually("the second refusal in the log", || async {
+        self.refused_reload(2).await
+    }
+
+    /// The `n`th line that says a reload was refused, once it is written.
+    async fn refused_reload(&self, n: usize) -> String {
+        eventually(&format!("refusal {n} in the log"), || async {
             let log = self.log();
             log.lines()
                 .filter(|line| line.contains("API keys not reloaded"))
-                .nth(1)
+                .nth(n - 1)
                 .map(str::to_owned)
                 .ok_or(log)
         })
@@ -853,6 +858,32 @@ async fn a_reload_refuses_a_key_that_is_the_id_of_a_held_trial() {
     assert!(!line.contains(part), "{line}");
     assert_eq!(
         binary.status_with(part).await,
+        Some(StatusCode::UNAUTHORIZED)
+    );
+
+    // Nor the id of a heartbeat instance, which `/status` shows every viewer.
+    let beat = "heartbeat-id-0815-long-enough";
+    let added = (binary.app)
+        .call_as(
+            Method::POST,
+            &format!("/debug/add-heartbeat?trial_id={beat}"),
+            None,
+            Some(admin),
+        )
+        .await;
+    assert_eq!(added.status, StatusCode::OK, "{added:?}");
+    binary.write(
+        "keys.toml",
+        &keys_file(&[watcher, ("newcomer", beat, Role::Viewer)]),
+    );
+    hang_up(&binary.child).await;
+    let line = binary.refused_reload(3).await;
+    assert!(
+        line.contains("key 'newcomer' is the id of a trial"),
+        "{line}"
+    );
+    assert_eq!(
+        binary.status_with(beat).await,
         Some(StatusCode::UNAUTHORIZED)
     );
 
