@@ -56,6 +56,12 @@ pub struct Unrouted;
 #[derive(Debug, Clone)]
 pub struct AuditDetail(pub String);
 
+/// The outcome an answer's audit entry records where its status does not say it: a console
+/// form refused and sent back to the page it came from (a redirect, 303) is recorded with the
+/// status the refusal is (400), as the API's answer would be.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditOutcome(pub StatusCode);
+
 /// The largest body read to find a trial id or an answer's message.
 const READ_LIMIT: usize = 64 * 1024;
 
@@ -207,13 +213,14 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
     if let Some(trial) = body_trial.filter(|_| cx.trial_id.is_none()) {
         cx = cx.about(&trial);
     }
-    let status = response.status();
     if matches!(
-        status,
+        response.status(),
         StatusCode::TOO_MANY_REQUESTS | StatusCode::METHOD_NOT_ALLOWED
     ) {
         return response;
     }
+    let status = (response.extensions().get::<AuditOutcome>())
+        .map_or(response.status(), |outcome| outcome.0);
     let told = response
         .extensions()
         .get::<AuditDetail>()

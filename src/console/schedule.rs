@@ -12,7 +12,7 @@ use super::actions::{self, TrialAction};
 use super::layout::{self, Section};
 use super::session::{Post, Signed, Typed};
 use crate::api::AppState;
-use crate::api::audit::AuditDetail;
+use crate::api::audit::{AuditDetail, AuditOutcome};
 use crate::api::extract::Operator;
 use crate::domain::TrialId;
 
@@ -161,25 +161,36 @@ pub async fn page(signed: Signed, State(state): State<AppState>) -> Response {
 const AT_TIME_FIELDS: [&str; 3] = ["trial_id", "local", "offset"];
 const FROM_REGISTRY_FIELDS: [&str; 1] = ["trial_id"];
 
-/// Keeps what was typed in `form` for the page the refusal goes back to.
-fn keep_typed(post: &Post, form: &'static str, fields: &[&str]) {
-    post.signed.keep_typed(Typed::of(form, &post.form, fields));
+/// Keeps what was typed in `form` for the page the refusal goes back to, but a value that is,
+/// or holds, a key or a secret (pasted into the wrong field): the page would show it.
+fn keep_typed(state: &AppState, post: &Post, form: &'static str, fields: &[&str]) {
+    let mut typed = Typed::of(form, &post.form, fields);
+    typed.forget_where(|value| state.scheduler.is_a_secret(value));
+    post.signed.keep_typed(typed);
 }
 
-/// Back to the form, as it was typed, with what was wrong (its audit entry says it too).
-fn refuse(post: &Post, form: &'static str, fields: &[&str], text: &str) -> Response {
-    post.signed.flash(false, text);
-    keep_typed(post, form, fields);
+/// Back to the form, as it was typed, with what was wrong (its audit entry says it too, with
+/// the refusal's status, 400, rather than the redirect's).
+fn refuse(
+    state: &AppState,
+    post: &Post,
+    form: &'static str,
+    fields: &[&str],
+    text: &str,
+) -> Response {
+    let text = state.scheduler.deps().secrets.redactor().text(text);
+    post.signed.flash(false, &text);
+    keep_typed(state, post, form, fields);
     let mut response = Redirect::to("/ui/schedule").into_response();
-    response
-        .extensions_mut()
-        .insert(AuditDetail(text.to_owned()));
+    let extensions = response.extensions_mut();
+    extensions.insert(AuditDetail(text));
+    extensions.insert(AuditOutcome(StatusCode::BAD_REQUEST));
     post.audited(response)
 }
 
 /// `POST /ui/schedule`: `POST /debug/trial/schedule` with the id and the start time.
 pub async fn at_time(State(state): State<AppState>, post: Post) -> Response {
-    let refused = |text| refuse(&post, AT_TIME, &AT_TIME_FIELDS, text);
+    let refused = |text| refuse(&state, &post, AT_TIME, &AT_TIME_FIELDS, text);
     let id = post.form.get("trial_id").unwrap_or_default().to_owned();
     if post.form.get("local").unwrap_or_default().trim().is_empty() {
         return refused("Choose a date and a time to start the trial at.");
@@ -203,7 +214,7 @@ pub async fn at_time(State(state): State<AppState>, post: Post) -> Response {
     let back = match TrialId::parse(&id) {
         Ok(id) if answered.status.is_success() => format!("/ui/trials/{id}"),
         _ => {
-            keep_typed(&post, AT_TIME, &AT_TIME_FIELDS);
+            keep_typed(&state, &post, AT_TIME, &AT_TIME_FIELDS);
             "/ui/schedule".to_owned()
         }
     };
@@ -216,7 +227,8 @@ pub async fn from_registry(State(state): State<AppState>, post: Post) -> Respons
     let id = match TrialId::parse(raw) {
         Ok(id) => id,
         Err(e) => {
-            return refuse(&post, FROM_REGISTRY, &FROM_REGISTRY_FIELDS, &e.to_string());
+            let text = e.to_string();
+            return refuse(&state, &post, FROM_REGISTRY, &FROM_REGISTRY_FIELDS, &text);
         }
     };
     let path = format!("/debug/trial/{id}/schedule");
@@ -224,7 +236,7 @@ pub async fn from_registry(State(state): State<AppState>, post: Post) -> Respons
     let back = if answered.status.is_success() {
         format!("/ui/trials/{id}")
     } else {
-        keep_typed(&post, FROM_REGISTRY, &FROM_REGISTRY_FIELDS);
+        keep_typed(&state, &post, FROM_REGISTRY, &FROM_REGISTRY_FIELDS);
         "/ui/schedule".to_owned()
     };
     actions::answer(&post.signed, answered, &back)

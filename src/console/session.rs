@@ -77,6 +77,11 @@ impl Typed {
         Self { form, fields }
     }
 
+    /// Forgets every value `secret` says must not be shown again.
+    pub fn forget_where(&mut self, secret: impl Fn(&str) -> bool) {
+        self.fields.retain(|(_, value)| !secret(value));
+    }
+
     /// The value typed in field `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.fields

@@ -921,6 +921,44 @@ async fn a_refused_schedule_gives_the_form_back_as_it_was_typed() {
         Some("bad id")
     );
     assert_eq!(value_of(&page, "trial_id"), None, "{page}");
+    // The refusals the console makes itself are audited as what they are, not as the
+    // redirect back to the form.
+    for (action, detail) in [
+        ("POST /ui/schedule", "Choose a time zone"),
+        ("POST /ui/schedule/registry", "invalid trial id 'bad id'"),
+    ] {
+        let entries = app
+            .audited("?actor=operator&limit=100", action, |entries| {
+                entries.iter().any(|e| e["action"] == action)
+            })
+            .await;
+        let refused = entries
+            .iter()
+            .find(|e| {
+                e["action"] == action && e["detail"].as_str().is_some_and(|d| d.contains(detail))
+            })
+            .unwrap_or_else(|| panic!("{action}: {entries:#?}"));
+        assert_eq!(refused["outcome"], 400, "{refused}");
+    }
+
+    // A key pasted as the trial id is refused, and not given back in the form.
+    let key = key_of(Role::Viewer);
+    for (form, field) in [
+        ("/ui/schedule", "trial_id"),
+        ("/ui/schedule/registry", "registry_trial_id"),
+    ] {
+        let typed = [
+            ("trial_id", key),
+            ("local", later.as_str()),
+            ("offset", "+00:00"),
+        ];
+        let answer = post(&app, &session, form, &typed).await;
+        assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+        let page = get_page(&app, &session.cookie, "/ui/schedule").await;
+        assert!(page.contains("API keys"), "{form}: {page}");
+        assert_eq!(value_of(&page, field), None, "{form}: {page}");
+        assert!(!page.contains(key), "{form}: {page}");
+    }
 }
 
 #[tokio::test]
