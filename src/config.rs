@@ -23,6 +23,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use url::Url;
 
+use crate::engine::redact::MIN_SECRET_LEN;
+
 /// The built-in defaults, so the binary runs from any working directory.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
 
@@ -296,6 +298,10 @@ const DEFAULT_KEY_NAME: &str = "default";
 pub const ANONYMOUS_ACTOR: &str = "anonymous";
 /// A key shorter than this is warned about: it could be guessed.
 const SHORT_KEY_CHARS: usize = 16;
+
+/// A configured secret shorter than this (and long enough to be hidden at all) is warned of:
+/// hidden wherever its text appears, it is found inside ordinary words.
+const SHORT_SECRET: usize = 8;
 
 /// Why `key` could never be presented as given: HTTP drops the blanks around a header's value
 /// (and a cookie's), so a key that starts or ends with one is never matched.
@@ -1259,23 +1265,47 @@ impl Settings {
     pub fn secret_values(&self) -> Vec<String> {
         let services = &self.services;
         let mut secrets = self.auth.secret_values();
-        secrets.push(services.abstraction_layer.password.expose().to_owned());
+        let named = self.service_secrets().into_iter();
+        secrets.extend(named.map(|(_, secret)| secret.expose().to_owned()));
         for service in [
             &services.trial_repository,
             &services.trial_enforcement,
             &services.kpi_monitoring,
         ] {
-            let own = [
-                service.apikey.as_ref(),
-                service.password.as_ref(),
-                service.oauth2.as_ref().map(|o| &o.client_secret),
-            ];
-            secrets.extend(own.into_iter().flatten().map(|s| s.expose().to_owned()));
             if let (Some(username), Some(password)) = (&service.username, &service.password) {
                 secrets.push(STANDARD.encode(format!("{username}:{}", password.expose())));
             }
         }
         secrets
+    }
+
+    /// Each secret of the `services` section, with the key that sets it.
+    fn service_secrets(&self) -> Vec<(String, &Secret)> {
+        let services = &self.services;
+        let mut named = vec![(
+            "services.abstraction_layer.password".to_owned(),
+            &services.abstraction_layer.password,
+        )];
+        for (name, service) in [
+            ("trial_repository", &services.trial_repository),
+            ("trial_enforcement", &services.trial_enforcement),
+            ("kpi_monitoring", &services.kpi_monitoring),
+        ] {
+            let own = [
+                ("apikey", service.apikey.as_ref()),
+                ("password", service.password.as_ref()),
+                (
+                    "oauth2.client_secret",
+                    service.oauth2.as_ref().map(|o| &o.client_secret),
+                ),
+            ];
+            for (field, secret) in own {
+                if let Some(secret) = secret {
+                    named.push((format!("services.{name}.{field}"), secret));
+                }
+            }
+        }
+        named
     }
 
     /// Warnings about settings that work but should not reach production.
@@ -1285,6 +1315,16 @@ impl Settings {
             warnings.push(
                 "auth.token_secret is still the built-in placeholder: callback tokens can be forged; set LCM__AUTH__TOKEN_SECRET".to_owned(),
             );
+        }
+        // Hidden wherever its text appears, a short secret is found inside ordinary words.
+        let token_secret = ("auth.token_secret".to_owned(), &self.auth.token_secret);
+        for (name, secret) in self.service_secrets().into_iter().chain([token_secret]) {
+            let length = secret.expose().len();
+            if (MIN_SECRET_LEN..SHORT_SECRET).contains(&length) {
+                warnings.push(format!(
+                    "{name} is {length} characters long: it is hidden as [redacted] wherever its text appears in what is recorded and shown, inside other words too, and a trial id that holds it is refused; give it {SHORT_SECRET} characters or more"
+                ));
+            }
         }
         if self.tls.disable_cert_verification {
             warnings.push(
@@ -1827,6 +1867,28 @@ mod tests {
         auth.api_key = Secret::new("admin-key-with-a-tab\t");
         let err = auth.api_keys().unwrap_err().to_string();
         assert!(err.contains("`auth.api_key`: starts or ends"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_short_enough_to_be_found_inside_words_is_warned_of_by_name() {
+        let mut settings = Settings::defaults().unwrap();
+        let short = |warnings: Vec<String>| -> Vec<String> {
+            (warnings.into_iter())
+                .filter(|w| w.contains("characters long: it is hidden"))
+                .collect()
+        };
+        assert_eq!(short(settings.warnings()), Vec::<String>::new());
+        settings.services.trial_repository.username = Some("lcm".to_owned());
+        settings.services.trial_repository.password = Some(Secret::new("test"));
+        settings.services.kpi_monitoring.apikey = Some(Secret::new("abc"));
+        settings.auth.token_secret = Secret::new("a-long-enough-token-secret");
+        let warnings = short(settings.warnings());
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("services.trial_repository.password is 4 characters long"),
+            "{warnings:?}"
+        );
+        assert!(!warnings[0].contains("test"), "{warnings:?}");
     }
 
     #[test]
