@@ -365,9 +365,9 @@ impl<S: Send + Sync> FromRequestParts<S> for TrialPath {
     }
 }
 
-/// Refuses (400) a trial id that is, or holds, one of the API keys or secrets (pasted into the wrong
-/// field, most likely) where the id would be kept: every viewer would see it in `/status`,
-/// `/trials` and the log as a trial's name.
+/// Refuses (400) a trial id that is, or holds, one of the API keys or secrets (pasted into the
+/// wrong field, most likely) where the id would be kept: every viewer would see it in
+/// `/status`, `/trials` and the log as a trial's name.
 pub(crate) fn not_a_secret(state: &AppState, id: &TrialId) -> Result<(), ApiError> {
     match state.scheduler.is_a_secret(id.as_str()) {
         true => Err(ApiError::bad_request(A_SECRET_AS_ID)),
