@@ -127,10 +127,8 @@ async fn report_aborted(cx: &mut StepCx<'_>) -> Result<(), StepError> {
     let path = format!("trial/{}/", cx.id);
     let request =
         Outbound::new(Service::TrialRepository, Method::PUT, path).json(json!({"status": status}));
-    let takes = |answer: u16| {
-        answer == 204 || ((400..500).contains(&answer) && ![401, 403, 408, 429].contains(&answer))
-    };
-    let expected = || "204, or a refusal for good (a 4xx but 401, 403, 408, 429)".to_owned();
+    let takes = |answer: u16| answer == 204 || refused_for_good(answer);
+    let expected = || or_refused_for_good(204);
     // Like every status write, it has its answer before a stop.
     match cx.call_uncut_accepting(request, &takes, &expected).await? {
         (204, _) => cx.data.repository_status = Some(status),
@@ -140,6 +138,19 @@ async fn report_aborted(cx: &mut StepCx<'_>) -> Result<(), StepError> {
         ),
     }
     Ok(())
+}
+
+/// A 4xx that asking again would get again: not one about the LCM's own credentials (401,
+/// 403), which can be mended, nor a timeout or a rate limit (408, 429). A clean-up step that
+/// only tells a component (the repository's status, KPI monitoring's marking) takes it: with
+/// what was deployed undone, the trial is aborted all the same.
+fn refused_for_good(answer: u16) -> bool {
+    (400..500).contains(&answer) && ![401, 403, 408, 429].contains(&answer)
+}
+
+/// What a step that takes [`refused_for_good`] expects, in the reason of a failure.
+fn or_refused_for_good(ok: u16) -> String {
+    format!("{ok}, or a refusal for good (a 4xx but 401, 403, 408, 429)")
 }
 
 fn get_callback_token(cx: &mut StepCx<'_>) -> Result<(), StepError> {
@@ -907,11 +918,27 @@ impl StepCx<'_> {
             if marking != KpiStatus::Finished {
                 self.data.kpi_status = Some(marking);
             }
-            if let Err(e) = self.call(request, 200).await {
-                if i == 0 && !self.may_have_made {
-                    self.data.kpi_status = before;
+            // The clean-up's marking only tells KPI monitoring: refused for good, it does not
+            // hold the abort.
+            let cleanup = self.cleanup && marking == KpiStatus::Finished;
+            let takes = |answer: u16| answer == 200 || (cleanup && refused_for_good(answer));
+            let expected = || match cleanup {
+                true => or_refused_for_good(200),
+                false => statuses_said(&[200]),
+            };
+            match self.call_accepting(request, &takes, &expected).await {
+                Ok((200, _)) => {}
+                Ok((refused, _)) => warn!(
+                    status = refused,
+                    marking = marking.marking(),
+                    "KPI monitoring refused the marking for good: the trial is aborted all the same, with nothing left to undo"
+                ),
+                Err(e) => {
+                    if i == 0 && !self.may_have_made {
+                        self.data.kpi_status = before;
+                    }
+                    return Err(e);
                 }
-                return Err(e);
             }
         }
         self.data.kpi_status = Some(marking);

@@ -2426,3 +2426,43 @@ async fn deleting_an_engine_whose_slice_is_deployed_needs_an_abort_first_or_forc
         format!("Engine of trial {kept} stopped and removed")
     );
 }
+
+/// KPI monitoring refusing the clean-up's `Finished` marking for good (a 4xx asking again
+/// would get again) does not hold the abort: the slice and the job are undone, and the trial
+/// ends `Aborted` with the repository told so, as when the repository refuses `ABORTED`.
+#[tokio::test]
+async fn a_kpi_marking_refused_for_good_does_not_hold_the_abort() {
+    let app = spawn_app().await;
+    let (refused, down) = ("kpi-refuses", "kpi-down");
+    for id in [refused, down] {
+        app.start_to_idle(id).await;
+        let active = app.post(&format!("/trial/{id}/active"), None).await;
+        assert_eq!(active.status, StatusCode::OK, "{active:?}");
+        app.wait_waiting(id, "operator (finish)").await;
+    }
+    app.platform
+        .inject(kpi_marking_fault(FaultAction::Status(404)).for_trial(refused));
+    let status = abort(&app, refused, "KPI service dropped the trial").await;
+    assert_eq!(status["leftovers"], json!([]), "{status}");
+    assert_eq!(
+        app.platform.last_status(refused).as_deref(),
+        Some("ABORTED")
+    );
+    let responses = app.get(&format!("/trial/{refused}/responses")).await.body;
+    let marking = (responses["responses"].as_array().into_iter().flatten())
+        .find(|r| r["step"] == "SendKpiFinish")
+        .unwrap_or_else(|| panic!("{responses}"));
+    assert_eq!(marking["status"], 404, "{marking}");
+
+    // Not so a KPI monitoring that answers 401 (the LCM's own credentials, which can be
+    // mended): the clean-up fails once everything deployed is undone, and says why.
+    app.platform
+        .inject(kpi_marking_fault(FaultAction::Status(401)).for_trial(down));
+    let answer = app.ask_abort(down, "KPI credentials wrong").await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    let failed = app
+        .wait_for(down, "the clean-up failed", |s| s["cleanup_failed"] == true)
+        .await;
+    assert_failure_says(&failed, "SendKpiFinish");
+    assert_eq!(failed["leftovers"], json!([]), "{failed}");
+}
