@@ -136,7 +136,15 @@ impl OAuth2Client {
         if !response.status().is_success() {
             return Err(OAuth2Error::Status(response.status().as_u16()));
         }
-        let body: TokenResponse = response.json().await.map_err(|_| OAuth2Error::Malformed)?;
+        // An answer cut off, or not whole within the request's timeout, is no answer.
+        let bytes = (response.bytes().await).map_err(|e| {
+            OAuth2Error::Transport(format!("its answer was cut off: {}", e.without_url()))
+        })?;
+        let body: TokenResponse =
+            serde_json::from_slice(&bytes).map_err(|_| OAuth2Error::Malformed)?;
+        if body.access_token.trim().is_empty() {
+            return Err(OAuth2Error::Malformed);
+        }
         let token = Secret::new(body.access_token);
         let until = Instant::now() + lifetime(body.expires_in.as_ref());
         *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some((token.clone(), until));

@@ -487,6 +487,37 @@ async fn deleting_an_engine_during_a_retry_wait_cancels_the_retry() {
     );
 }
 
+/// A token answer cut off is no answer: the marking is tried again with a new token. A token
+/// answer whose `access_token` is empty is none: nothing goes out with an empty bearer.
+#[tokio::test]
+async fn a_token_answer_cut_off_is_tried_again_and_an_empty_token_is_refused() {
+    let (cut, empty) = tokio::join!(spawn_app(), spawn_app());
+    let token = |action| Fault::new(Component::Kpi, "POST", "/token", action);
+    cut.platform.inject(token(FaultAction::CutOff).times(1));
+    let empty_token = json!({"access_token": "", "token_type": "Bearer", "expires_in": 300});
+    empty
+        .platform
+        .inject(token(FaultAction::Json(200, empty_token)));
+    let (id, refused) = ("token-cut", "token-empty");
+    empty.start_trial(refused).await;
+    cut.run_to_finished(id).await;
+    let marks = responses_of(&cut, id, "SendKpiIdle").await;
+    assert_eq!(attempts(&marks), [1, 2, 1], "{marks:#?}");
+    assert!(
+        marks[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("answer was cut off")),
+        "{marks:#?}"
+    );
+
+    let failed = empty.wait_failed(refused).await;
+    assert_failure_says(&failed, "without an access_token");
+    assert!(
+        sent(&empty, refused, "POST", "/markKPIData").is_empty(),
+        "a marking went out without a token"
+    );
+}
+
 #[tokio::test]
 async fn a_token_endpoint_failing_once_does_not_fail_a_kpi_marking() {
     let app = spawn_app().await;
