@@ -15,7 +15,7 @@ use super::audit::{AuditCx, Audited};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Admin, NoBody, OptionalJson, TrialIdParam, TrialPath};
 use super::trials::checked_text;
-use super::{AppState, Message};
+use super::{AppState, Message, view};
 use crate::engine::state;
 use crate::engine::watchdog::RestoreError;
 use crate::scheduler::Deleted;
@@ -186,12 +186,25 @@ async fn remove(
             info!(trial = %id, "record of an ended trial removed");
             Ok(Json(Message::new(message)).into_response())
         }
-        Deleted::Deployed => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "trial {id} may still have a slice or a measurement job deployed on the facility, and its engine is the only record of them: abort it first (POST /trial/{id}/abort undoes them), or delete it with ?force=true to leave them there"
-            ),
-        )),
+        Deleted::Deployed => {
+            let shown = state.scheduler.engines().get(&id);
+            let shown = shown.as_ref().map(|engine| engine.snapshot());
+            let undo = match shown.as_deref() {
+                Some(s) if s.lifecycle.is_ended() => "the trial has ended, and nothing of this service undoes them now: close them on the facility by hand, then delete it with ?force=true".to_owned(),
+                Some(s) if view::aborting(s) => format!(
+                    "its clean-up is under way and undoes them: wait for it to end (GET /trial/{id}/status), or delete it with ?force=true to leave them there"
+                ),
+                _ => format!(
+                    "abort it first (POST /trial/{id}/abort undoes them), or delete it with ?force=true to leave them there"
+                ),
+            };
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "trial {id} may still have a slice or a measurement job deployed on the facility, and its engine is the only record of them: {undo}"
+                ),
+            ))
+        }
         Deleted::Nothing => Err(ApiError::no_engine(&id)),
     }
 }

@@ -2371,8 +2371,47 @@ async fn a_secret_or_token_pasted_into_a_reason_is_kept_redacted() {
 /// with nothing to say so. Abort first, or delete with `force=true`, which names them.
 #[tokio::test]
 async fn deleting_an_engine_whose_slice_is_deployed_needs_an_abort_first_or_force() {
-    let app = spawn_app().await;
+    let app = spawn_app_with_settings(single_attempt).await;
     let (id, kept) = ("deployed-del", "deployed-kept");
+    let (skipped, cleaning) = ("closed-by-hand", "still-cleaning");
+    let close = |trial, action| {
+        Fault::new(Component::Enforcement, "DELETE", "/sliceDeployment", action).for_trial(trial)
+    };
+    app.platform
+        .inject(close(skipped, FaultAction::Status(500)));
+    app.platform.inject(close(cleaning, FaultAction::Hang));
+    for trial in [skipped, cleaning] {
+        app.start_to_idle(trial).await;
+    }
+    // Its close skipped, a finished trial's slice is for a human to close: the delete says so.
+    let finish = app.post(&format!("/trial/{skipped}/finish"), None).await;
+    assert_eq!(finish.status, StatusCode::OK, "{finish:?}");
+    app.wait_failed(skipped).await;
+    let skip = json!({"reason": "closed on the facility by hand"});
+    let answer = app
+        .post(&format!("/debug/engine/{skipped}/skip"), Some(skip))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    app.wait_finished(skipped).await;
+    let refused = app.delete(&format!("/debug/engine/{skipped}")).await;
+    assert_detail(&refused, StatusCode::CONFLICT);
+    assert!(
+        refused
+            .detail()
+            .contains("close them on the facility by hand"),
+        "{refused:?}"
+    );
+    // While the clean-up closes it, the delete says to wait for it.
+    let aborted = app.ask_abort(cleaning, "stop").await;
+    assert_eq!(aborted.status, StatusCode::OK, "{aborted:?}");
+    app.wait_sent(cleaning, "DELETE", "/sliceDeployment").await;
+    let refused = app.delete(&format!("/debug/engine/{cleaning}")).await;
+    assert_detail(&refused, StatusCode::CONFLICT);
+    assert!(
+        refused.detail().contains("clean-up is under way"),
+        "{refused:?}"
+    );
+
     for trial in [id, kept] {
         app.start_to_idle(trial).await;
         let active = app.post(&format!("/trial/{trial}/active"), None).await;
