@@ -885,10 +885,11 @@ async fn a_failed_clean_up_fails_at_its_first_failure_across_a_restart() {
     let id = "cleanup-restarted";
     app.start_to_idle(id).await;
     let token = app.post_as(&format!("/token/{id}"), API_KEY).await;
-    // KPI monitoring refuses the Finished marking; trial enforcement closes the slice without
-    // calling back, so the clean-up waits there when the service stops.
+    // KPI monitoring refuses the Finished marking (403: the LCM's credentials, which can be
+    // mended); trial enforcement closes the slice without calling back, so the clean-up waits
+    // there when the service stops.
     app.platform
-        .inject(kpi_marking_fault(FaultAction::Status(400)).times(1));
+        .inject(kpi_marking_fault(FaultAction::Status(403)).times(1));
     app.slice_closes_without_callback(id);
     let aborted = app.post(&format!("/trial/{id}/abort"), None).await;
     assert_eq!(aborted.status, StatusCode::OK, "{aborted:?}");
