@@ -331,9 +331,20 @@ impl Ledger {
     pub fn leftovers(&self, trial: &str, info: Option<&TrialInfo>) -> Vec<Leftover> {
         let mut leftovers = Vec::new();
         if self.slice.may_exist() {
+            // Trial enforcement closes a slice by the trial's id: that much is known.
+            let unknown = |sent: String| {
+                format!(
+                    "unknown: no answer to its deployment{sent} named it; trial enforcement closes it by the trial id, {trial}"
+                )
+            };
             let id = info
                 .and_then(|i| slice_id(&i.deployed_slice))
-                .unwrap_or_else(|| trial.to_owned());
+                .unwrap_or_else(|| match &self.slice {
+                    SliceState::Requested(Some(key)) => {
+                        unknown(format!(" (Idempotency-Key {key})"))
+                    }
+                    _ => unknown(String::new()),
+                });
             leftovers.push(Leftover {
                 kind: LeftoverKind::Slice,
                 id,
@@ -659,8 +670,9 @@ pub struct Snapshot {
     pub progress: Option<Progress>,
     /// What the engine waits for, where its position does not say it all.
     pub waiting_for: Option<&'static str>,
-    /// Whether the trial may still have something deployed on the facility (its ledger holds
-    /// a slice or a measurement job).
+    /// Whether the trial may still have something deployed on the facility: its ledger holds
+    /// a slice or a measurement job, or a live engine is at the step that makes one (its
+    /// request may be in flight).
     pub deployed: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -695,7 +707,13 @@ impl Snapshot {
             paused: checkpoint.paused,
             progress: checkpoint.progress.clone(),
             waiting_for: None,
-            deployed: checkpoint.data.ledger.holds_any(),
+            // A live engine's saved ledger does not count a request in flight yet.
+            deployed: checkpoint.data.ledger.holds_any()
+                || (lifecycle.is_live()
+                    && matches!(
+                        checkpoint.position,
+                        Position::Run(Step::SliceDeployment | Step::CreateMeasurementJob)
+                    )),
             created_at,
             updated_at,
             ended_at,

@@ -633,10 +633,8 @@ impl Scheduler {
         }
         // Once the tasks have ended, nothing of this engine reaches a service or the store.
         let last = engine.stop().await;
-        let left = last.as_ref().map_or_else(Vec::new, |last| {
-            let checkpoint = &last.record.checkpoint;
-            (checkpoint.data.ledger).leftovers(id.as_str(), checkpoint.data.info.as_deref())
-        });
+        let left =
+            (last.as_ref()).map_or_else(Vec::new, |last| EngineHandle::leftovers_of(&last.record));
         if !left.is_empty() && !leave_deployed {
             // It deployed something while the delete was on its way.
             self.give_back(&engine, last);

@@ -2411,6 +2411,26 @@ async fn deleting_an_engine_whose_slice_is_deployed_needs_an_abort_first_or_forc
         refused.detail().contains("clean-up is under way"),
         "{refused:?}"
     );
+    // A slice whose deployment was never answered has no known id: the delete says so, and
+    // by what trial enforcement closes it, rather than pass the trial's id off as the slice's.
+    let unanswered = "never-answered";
+    app.platform
+        .inject(slice_deployment_fault(unanswered, FaultAction::Hang));
+    app.start_trial(unanswered).await;
+    app.wait_sent(unanswered, "POST", "/sliceDeployment").await;
+    let refused = app.delete(&format!("/debug/engine/{unanswered}")).await;
+    assert_detail(&refused, StatusCode::CONFLICT);
+    let forced = app
+        .delete(&format!("/debug/engine/{unanswered}?force=true"))
+        .await;
+    assert_eq!(forced.status, StatusCode::OK, "{forced:?}");
+    let message = forced.body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(
+            "left deployed: slice unknown: no answer to its deployment (Idempotency-Key "
+        ) && message.contains("closes it by the trial id, never-answered"),
+        "{forced:?}"
+    );
 
     for trial in [id, kept] {
         app.start_to_idle(trial).await;
