@@ -253,8 +253,8 @@ pub struct Ledger {
 pub struct Leftover {
     /// What was left: the slice or the measurement job.
     pub kind: LeftoverKind,
-    /// Its id on the facility (for a measurement job whose creation got no answer, why it is
-    /// unknown).
+    /// Its id on the facility (for a slice or a measurement job whose creation got no answer,
+    /// why it is unknown: `unknown: …`).
     pub id: String,
 }
 
