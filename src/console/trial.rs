@@ -29,6 +29,7 @@ use crate::api::view::{self, Found};
 use crate::config::Role;
 use crate::domain::{StartTime, TrialId};
 use crate::engine::failure::failure_file;
+use crate::engine::redact::REDACTED;
 use crate::engine::sequence::{self, Next, Step, Wait};
 use crate::engine::state::{
     EventKind, Lifecycle, Mode, Position, ResponseRecord, Snapshot, TrialEvent,
@@ -886,15 +887,22 @@ fn vnf(state: &AppState) -> bool {
     !state.settings.executor.disable_vnf
 }
 
-fn unknown(signed: &Signed, raw: &str) -> Response {
-    match TrialId::parse(raw) {
-        Err(e) => layout::error_page(Some(signed), StatusCode::BAD_REQUEST, &e.to_string()),
-        Ok(id) => layout::error_page(
-            Some(signed),
+/// The page of a trial id the service does not know, or that is none; an id that is, or
+/// holds, a key or a secret (pasted into the address) is not shown back.
+fn unknown(state: &AppState, signed: &Signed, raw: &str) -> Response {
+    let (status, text) = match TrialId::parse(raw) {
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()),
+        Ok(id) => (
             StatusCode::NOT_FOUND,
-            &format!("The service knows no trial '{id}' (no job, no engine, no record)."),
+            format!("The service knows no trial '{id}' (no job, no engine, no record)."),
         ),
+    };
+    let mut text = state.scheduler.deps().secrets.redactor().text(&text);
+    if state.scheduler.is_a_secret(raw) {
+        // A key given by its digest only: the redactor does not know it.
+        text = text.replace(raw, REDACTED);
     }
+    layout::error_page(Some(signed), status, &text)
 }
 
 /// The page of a trial the store could not read now.
@@ -913,11 +921,11 @@ pub async fn page(
     Path(raw): Path<String>,
 ) -> Response {
     let Ok(id) = TrialId::parse(&raw) else {
-        return unknown(&signed, &raw);
+        return unknown(&state, &signed, &raw);
     };
     let view = match load(&state, &signed, &id, None).await {
         Ok(view) => view,
-        Err(Unshown::Unknown) => return unknown(&signed, &raw),
+        Err(Unshown::Unknown) => return unknown(&state, &signed, &raw),
         Err(Unshown::Unreadable(status)) => return unreadable(&signed, status),
     };
     let parts = parts(&view, &signed, vnf(&state));
@@ -960,7 +968,7 @@ pub async fn live(
     Path(raw): Path<String>,
 ) -> Response {
     let Ok(id) = TrialId::parse(&raw) else {
-        return unknown(&signed, &raw);
+        return unknown(&state, &signed, &raw);
     };
     live::stream(&state.clone(), signed.clone(), move |tx| async move {
         let mut following: Option<Following> = None;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 
 use super::layout::{self, Section};
@@ -244,6 +244,19 @@ pub async fn page(
         Ok(query) => query,
         Err(detail) => return layout::error_page(Some(&signed), StatusCode::BAD_REQUEST, &detail),
     };
+    let searched = query.parsed.id_contains.as_deref();
+    if searched.is_some_and(|q| state.scheduler.is_a_secret(q)) {
+        // Not searched, and out of the page's address, links and search box.
+        signed.flash(
+            false,
+            "The search was, or held, an API key or a secret: it was not searched. Change that key or secret: it was pasted where it shows.",
+        );
+        let without = TrialQuery {
+            id_contains: None,
+            ..query.parsed.clone()
+        };
+        return Redirect::to(&href(&query.parsed.statuses, &without, None)).into_response();
+    }
     let parts = match parts(&state, &query.parsed).await {
         Ok(parts) => parts,
         Err(e) => {

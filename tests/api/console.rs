@@ -1381,3 +1381,35 @@ async fn a_trial_paused_in_the_middle_of_a_step_is_offered_resume_not_step() {
         "{page}"
     );
 }
+
+/// A key pasted into the console's address (as a trial's id or the search) is not shown back
+/// in the page, and a search that holds one is not made.
+#[tokio::test]
+async fn a_key_pasted_into_the_address_is_not_shown_back() {
+    let app = spawn_app().await;
+    let session = sign_in(&app, Role::Viewer).await;
+    let key = key_of(Role::Operator);
+    let get = |path: String| {
+        no_redirects()
+            .get(format!("{}{path}", app.address))
+            .header("Cookie", session.cookie.clone())
+            .send()
+    };
+    for path in [format!("/ui/trials/{key}"), format!("/ui/trials/x{key}")] {
+        let answer = get(path.clone()).await.expect("an answer");
+        assert_eq!(answer.status(), StatusCode::NOT_FOUND, "{path}");
+        let page = answer.text().await.expect("a page");
+        assert!(
+            !page.contains(key) && page.contains("[redacted]"),
+            "{path}: {page}"
+        );
+    }
+    let answer = get(format!("/ui/trials?status=Active&q=part-{key}"))
+        .await
+        .expect("an answer");
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    assert_eq!(answer.headers()[LOCATION], "/ui/trials?status=Active");
+    let page = get_page(&app, &session.cookie, "/ui/trials?status=Active").await;
+    assert!(page.contains("it was not searched"), "{page}");
+    assert!(!page.contains(key), "{page}");
+}
