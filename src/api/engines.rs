@@ -16,6 +16,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{Admin, NoBody, OptionalJson, TrialIdParam, TrialPath};
 use super::trials::checked_text;
 use super::{AppState, Message, view};
+use crate::domain::TrialId;
 use crate::engine::state;
 use crate::engine::watchdog::RestoreError;
 use crate::scheduler::Deleted;
@@ -171,43 +172,56 @@ async fn remove(
         .delete_engine(&id, Some(entry), force)
         .await?;
     // A refusal is logged by the audit, which hides an id that is a key or a secret.
-    match deleted {
-        Deleted::Engine { left } if left.is_empty() => {
-            info!(trial = %id, "engine stopped and removed");
-            Ok((Extension(Audited), Json(Message::new(message))).into_response())
+    let (left, removed, audited) = match deleted {
+        Deleted::Engine { left } => (left, "engine stopped and removed", true),
+        Deleted::Record { left } => (left, "record of an ended trial removed", false),
+        Deleted::Deployed => return Err(deployed(&state, &id)),
+        Deleted::Nothing => return Err(ApiError::no_engine(&id)),
+    };
+    let message = match left.is_empty() {
+        true => {
+            info!(trial = %id, "{removed}");
+            message
         }
-        Deleted::Engine { left } => {
-            let message = format!("{message}; {}", state::left_deployed(&left));
-            let left = state::named(&left);
-            warn!(trial = %id, %left, "engine stopped and removed with what it deployed left on the facility: close it there by hand");
-            Ok((Extension(Audited), Json(Message::new(message))).into_response())
+        false => {
+            let named = state::named(&left);
+            warn!(trial = %id, left = %named, "{removed} with what it deployed left on the facility: close it there by hand");
+            format!("{message}; {}", state::left_deployed(&left))
         }
-        Deleted::Record => {
-            info!(trial = %id, "record of an ended trial removed");
-            Ok(Json(Message::new(message)).into_response())
-        }
-        Deleted::Deployed => {
-            let shown = state.scheduler.engines().get(&id);
-            let shown = shown.as_ref().map(|engine| engine.snapshot());
-            let undo = match shown.as_deref() {
-                Some(s) if s.lifecycle.is_ended() => "the trial has ended, and nothing of this service undoes them now: close them on the facility by hand, then delete it with ?force=true".to_owned(),
-                Some(s) if view::aborting(s) => format!(
-                    "its clean-up is under way and undoes them: wait for it to end (GET /trial/{id}/status), or delete it with ?force=true to leave them there"
-                ),
-                _ => format!(
-                    "abort it first (POST /trial/{id}/abort undoes them), or delete it with ?force=true to leave them there"
-                ),
-            };
-            Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!(
-                    "trial {id} may still have a slice or a measurement job deployed on the facility, and its engine is the only record of them: {undo}"
-                ),
-            ))
-        }
-        Deleted::Nothing => Err(ApiError::no_engine(&id)),
-    }
+    };
+    let answer = Json(Message::new(message));
+    // An engine's removal is audited with the change; a record's, by the answer.
+    Ok(match audited {
+        true => (Extension(Audited), answer).into_response(),
+        false => answer.into_response(),
+    })
 }
+
+/// The refusal of a delete over what trial `id` may still have deployed, saying what undoes it.
+fn deployed(state: &AppState, id: &TrialId) -> ApiError {
+    let shown = state.scheduler.engines().get(id);
+    let shown = shown.as_ref().map(|engine| engine.snapshot());
+    let undo = match shown.as_deref() {
+        // No engine: only an ended trial's record is refused.
+        None => BY_HAND.to_owned(),
+        Some(s) if s.lifecycle.is_ended() => BY_HAND.to_owned(),
+        Some(s) if view::aborting(s) => format!(
+            "its clean-up is under way and undoes them: wait for it to end (GET /trial/{id}/status), or delete it with ?force=true to leave them there"
+        ),
+        _ => format!(
+            "abort it first (POST /trial/{id}/abort undoes them), or delete it with ?force=true to leave them there"
+        ),
+    };
+    ApiError::new(
+        StatusCode::CONFLICT,
+        format!(
+            "trial {id} may still have a slice or a measurement job deployed on the facility, and its records are the only ones of them: {undo}"
+        ),
+    )
+}
+
+/// What undoes what an ended trial left deployed.
+const BY_HAND: &str = "the trial has ended, and nothing of this service undoes them now: close them on the facility by hand, then delete it with ?force=true";
 
 /// The `force` query parameter of a delete: `true` or `false`, at most once, alone.
 fn force(pairs: &[(String, String)]) -> Result<bool, ApiError> {

@@ -29,7 +29,7 @@ use crate::engine::state::Leftover;
 use crate::engine::watchdog::LastRecord;
 use crate::engine::{EngineDeps, EngineHandle, EngineShared, failure};
 use crate::services::registry::{RegistryError, Unusable};
-use crate::store::{AuditEntry, Loaded, Op, Store, StoreError};
+use crate::store::{AuditEntry, Loaded, Op, Store, StoreError, StoredTrial};
 use engines::EngineRegistry;
 
 /// Why a trial could not be scheduled.
@@ -62,8 +62,9 @@ pub enum Deleted {
     /// Nothing, since the trial may still have something deployed on the facility and the
     /// delete was not told to leave it: the engine goes on.
     Deployed,
-    /// The record of an ended trial no longer in memory.
-    Record,
+    /// The record of an ended trial no longer in memory, and what it `left` deployed (a
+    /// delete that was told to leave it).
+    Record { left: Vec<Leftover> },
     /// Nothing: no such trial, or another delete of it is under way.
     Nothing,
 }
@@ -612,6 +613,16 @@ impl Scheduler {
         leave_deployed: bool,
     ) -> Result<Deleted, StoreError> {
         let Some(engine) = self.inner.engines.get(id) else {
+            // An ended trial's record may be the only one of a slice a skipped close left.
+            let key = id.clone();
+            let stored = self.store().read(move |reader| reader.trial(&key)).await?;
+            let left = match &stored {
+                Some(StoredTrial::Readable(record)) => EngineHandle::leftovers_of(record),
+                Some(StoredTrial::Corrupt { .. }) | None => Vec::new(),
+            };
+            if !left.is_empty() && !leave_deployed {
+                return Ok(Deleted::Deployed);
+            }
             // Whether there was a record to forget is known only once this is written: the
             // answer's audit entry is written after it.
             let removed = self
@@ -622,7 +633,7 @@ impl Scheduler {
                 return Ok(Deleted::Nothing);
             }
             failure::remove_file(&self.inner.deps.settings, id).await;
-            return Ok(Deleted::Record);
+            return Ok(Deleted::Record { left });
         };
         // Forgotten with its engine, a slice would stay on the facility with nothing to say so.
         if engine.snapshot().deployed && !leave_deployed {

@@ -2371,7 +2371,12 @@ async fn a_secret_or_token_pasted_into_a_reason_is_kept_redacted() {
 /// with nothing to say so. Abort first, or delete with `force=true`, which names them.
 #[tokio::test]
 async fn deleting_an_engine_whose_slice_is_deployed_needs_an_abort_first_or_force() {
-    let app = spawn_app_with_settings(single_attempt).await;
+    let app = spawn_app_with_settings(|s| {
+        single_attempt(s);
+        // Ended trials leave memory at once: a delete reads their records.
+        s.engine.keep_finished_secs = 0;
+    })
+    .await;
     let (id, kept) = ("deployed-del", "deployed-kept");
     let (skipped, cleaning) = ("closed-by-hand", "still-cleaning");
     let close = |trial, action| {
@@ -2393,8 +2398,18 @@ async fn deleting_an_engine_whose_slice_is_deployed_needs_an_abort_first_or_forc
         .await;
     assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
     app.wait_finished(skipped).await;
+    app.wait_engine_gone(skipped).await;
     let refused = app.delete(&format!("/debug/engine/{skipped}")).await;
     assert_detail(&refused, StatusCode::CONFLICT);
+    let forced = app
+        .delete(&format!("/debug/engine/{skipped}?force=true"))
+        .await;
+    assert_eq!(forced.status, StatusCode::OK, "{forced:?}");
+    let message = forced.body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("left deployed: slice slice-closed-by-hand"),
+        "{forced:?}"
+    );
     assert!(
         refused
             .detail()
