@@ -214,9 +214,10 @@ impl Application {
         })
         .await;
         upkeep.abort();
-        // Every request has been handled (or the grace is over): commit the rows they queued.
-        if let Err(e) = state.scheduler.deps().store.flush().await {
-            warn!(error = %e, "shutting down: the last journal and audit rows were not saved");
+        // Every request has been handled (or the grace is over): commit the rows they queued,
+        // and leave the whole store in its database file.
+        if let Err(e) = state.scheduler.deps().store.close().await {
+            warn!(error = %e, "shutting down: the store was not closed cleanly: keep its -wal file beside the database file");
         }
         info!("Lifecycle Manager stopped");
         Ok(())

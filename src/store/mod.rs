@@ -415,6 +415,11 @@ pub trait Backend: Send + 'static {
     fn check(&mut self) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Leaves everything committed in the database itself, with nothing in a log beside it
+    /// (at shutdown): a copy of the database alone then holds the store.
+    fn close(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// The queries of the API and the console.
@@ -445,6 +450,9 @@ type Request = (Vec<Op>, Reply);
 struct Handover {
     rows: Vec<Op>,
     request: Option<Request>,
+    /// Who waits for the backend to fold its log into the database file, once what was
+    /// handed over before is committed (see [`Store::close`]).
+    close: Option<oneshot::Sender<Result<(), StoreError>>>,
 }
 
 /// The handle to the writer thread and the reader (cheap to clone).
@@ -541,6 +549,7 @@ impl Store {
             self.writer.send(Handover {
                 rows: std::mem::take(&mut *rows),
                 request: Some((ops, reply)),
+                close: None,
             })
         };
         async move {
@@ -555,6 +564,21 @@ impl Store {
         self.write_all(Vec::new()).await.map(|_| ())
     }
 
+    /// Commits every row submitted so far, then has the backend leave everything in its
+    /// database file (SQLite folds its write-ahead log in): at shutdown, so that a copy of
+    /// the file alone holds the store. Writes made afterwards are made as before.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.flush().await?;
+        let (reply, done) = oneshot::channel();
+        let handover = Handover {
+            rows: Vec::new(),
+            request: None,
+            close: Some(reply),
+        };
+        self.writer.send(handover).map_err(|_| StoreError::Closed)?;
+        done.await.unwrap_or(Err(StoreError::Closed))
+    }
+
     /// Queues a change nobody waits for (a journal row): it is committed in order with the
     /// others, so a later awaited write finds it committed; a failure is logged.
     pub fn submit(&self, op: Op) {
@@ -567,6 +591,7 @@ impl Store {
                 .send(Handover {
                     rows: Vec::new(),
                     request: None,
+                    close: None,
                 })
                 .is_err()
         {
@@ -618,6 +643,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct Batch {
     ops: Vec<Op>,
     writes: Vec<(std::ops::Range<usize>, Option<Reply>)>,
+    closes: Vec<oneshot::Sender<Result<(), StoreError>>>,
 }
 
 impl Batch {
@@ -630,6 +656,7 @@ impl Batch {
 
     fn take(&mut self, handover: Handover) {
         self.rows(handover.rows);
+        self.closes.extend(handover.close);
         if let Some((request, reply)) = handover.request {
             let start = self.ops.len();
             self.ops.extend(request);
@@ -668,6 +695,7 @@ fn write_loop(
             }
             batch.rows(std::mem::take(&mut *rows));
         }
+        let closes = std::mem::take(&mut batch.closes);
         if !batch.writes.is_empty() {
             // A flush with nothing to write commits nothing: its success says nothing of a
             // full disk.
@@ -677,6 +705,9 @@ fn write_loop(
             for (reply, answer) in answers {
                 let _ = reply.send(answer);
             }
+        }
+        for close in closes {
+            let _ = close.send(backend.close());
         }
     }
 }
@@ -737,7 +768,7 @@ type Answers = Vec<(Reply, Result<usize, StoreError>)>;
 /// it could be committed (one bad write among good ones is not the store failing).
 fn commit(
     backend: &mut impl Backend,
-    Batch { ops, writes }: Batch,
+    Batch { ops, writes, .. }: Batch,
 ) -> (Result<(), StoreError>, Answers) {
     let mut answers = Vec::with_capacity(writes.len());
     match apply(backend, &ops) {

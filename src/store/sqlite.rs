@@ -975,6 +975,19 @@ impl Backend for SqliteBackend {
         }
     }
 
+    fn close(&mut self) -> Result<(), StoreError> {
+        // Every page of the write-ahead log copied into the database, and the log emptied.
+        let busy: i64 = (self.conn)
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))
+            .map_err(|e| backend_error("cannot fold the write-ahead log in", e))?;
+        match busy {
+            0 => Ok(()),
+            _ => Err(StoreError::Backend(
+                "the write-ahead log was not folded in: a read was under way".to_owned(),
+            )),
+        }
+    }
+
     fn load(&mut self) -> Result<Loaded, StoreError> {
         let shown = match &self.location {
             Location::File(path) => path.display().to_string(),

@@ -585,6 +585,38 @@ async fn sigterm_stops_the_service_even_with_an_event_stream_open() {
     assert!(rest.is_ok(), "the event stream ended");
 }
 
+/// A clean stop leaves the whole store in its database file: a copy of `lcm.sqlite3` alone,
+/// taken after the stop, holds every trial and its history (its `-wal` is emptied).
+#[tokio::test]
+async fn after_a_clean_stop_the_database_file_alone_holds_the_store() {
+    let id = "copied";
+    let mut app = spawn_binary_with(BinaryOptions {
+        platform: Box::new(|platform| platform.add_trial(Platform::trial(id, None))),
+        ..BinaryOptions::default()
+    })
+    .await;
+    app.start_trial(id).await;
+    app.wait_waiting(id, "operator (active or finish)").await;
+    let events = app.history(id).await.len();
+    let (status, _) = terminate(&mut app, Duration::from_secs(10)).await;
+    assert!(status.success(), "{status}");
+
+    let data = app.logs.path().join("data");
+    let wal = std::fs::metadata(data.join("lcm.sqlite3-wal")).map_or(0, |m| m.len());
+    assert_eq!(wal, 0, "the -wal still holds {wal} bytes");
+    let copy = tempfile::tempdir().expect("tempdir");
+    let copied = copy.path().join("lcm.sqlite3");
+    std::fs::copy(data.join("lcm.sqlite3"), &copied).expect("the database file copies");
+    let conn = rusqlite::Connection::open(&copied).expect("the copy opens");
+    let count = |sql: &str| -> i64 {
+        conn.query_row(sql, [id], |row| row.get(0))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    };
+    assert_eq!(count("SELECT count(*) FROM trials WHERE trial_id = ?1"), 1);
+    let kept = count("SELECT count(*) FROM trial_events WHERE trial_id = ?1");
+    assert_eq!(usize::try_from(kept).ok(), Some(events));
+}
+
 /// Audit entries of refused requests are rows written after the answer, with no change to
 /// ride with: stopping the service must not lose them, nor those of a request still being
 /// handled when SIGTERM comes.
