@@ -46,7 +46,11 @@ pub struct OAuth2Client {
 
 #[derive(Deserialize)]
 struct TokenResponse {
-    access_token: String,
+    #[serde(default)]
+    access_token: Option<String>,
+    /// The OAuth2 error code an endpoint answers with (`invalid_client`, `invalid_grant`, …).
+    #[serde(default)]
+    error: Option<serde_json::Value>,
     /// Seconds, as a number or (some identity providers) a string of digits.
     #[serde(default)]
     expires_in: Option<serde_json::Value>,
@@ -92,10 +96,26 @@ fn lifetime(expires_in: Option<&serde_json::Value>) -> Duration {
 pub enum OAuth2Error {
     #[error("token endpoint unreachable: {0}")]
     Transport(String),
-    #[error("token endpoint answered {0}")]
-    Status(u16),
-    #[error("token endpoint answered without an access_token")]
-    Malformed,
+    #[error("token endpoint answered {0}{code}", code = said(.1))]
+    Status(u16, Option<String>),
+    #[error("token endpoint answered without an access_token{code}", code = said(.0))]
+    Malformed(Option<String>),
+}
+
+/// The OAuth2 error code an answer gave, as the reason shows it: ` (invalid_grant)`.
+fn said(code: &Option<String>) -> String {
+    code.as_ref()
+        .map_or_else(String::new, |code| format!(" ({code})"))
+}
+
+/// The `error` code of a token endpoint's answer, if it gave one that reads as a code (a few
+/// letters and underscores, as RFC 6749 names them): any other text may quote what the
+/// client sent, its secret included, and is not shown.
+fn error_code(error: Option<&serde_json::Value>) -> Option<String> {
+    let code = error?.as_str()?;
+    let is_code =
+        (1..=64).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    is_code.then(|| code.to_owned())
 }
 
 impl OAuth2Error {
@@ -103,8 +123,8 @@ impl OAuth2Error {
     pub fn retryable(&self) -> bool {
         match self {
             OAuth2Error::Transport(_) => true,
-            OAuth2Error::Status(status) => *status >= 500 || *status == 429,
-            OAuth2Error::Malformed => false,
+            OAuth2Error::Status(status, _) => *status >= 500 || *status == 429,
+            OAuth2Error::Malformed(_) => false,
         }
     }
 }
@@ -133,19 +153,26 @@ impl OAuth2Client {
             .send()
             .await
             .map_err(|e| OAuth2Error::Transport(e.without_url().to_string()))?;
-        if !response.status().is_success() {
-            return Err(OAuth2Error::Status(response.status().as_u16()));
-        }
+        let status = response.status();
         // An answer cut off, or not whole within the request's timeout, is no answer.
         let bytes = (response.bytes().await).map_err(|e| {
             OAuth2Error::Transport(format!("its answer was cut off: {}", e.without_url()))
-        })?;
-        let body: TokenResponse =
-            serde_json::from_slice(&bytes).map_err(|_| OAuth2Error::Malformed)?;
-        if body.access_token.trim().is_empty() {
-            return Err(OAuth2Error::Malformed);
+        });
+        let body =
+            (bytes.as_ref().ok()).and_then(|b| serde_json::from_slice::<TokenResponse>(b).ok());
+        let code = body.as_ref().and_then(|b| error_code(b.error.as_ref()));
+        if !status.is_success() {
+            return Err(OAuth2Error::Status(status.as_u16(), code));
         }
-        let token = Secret::new(body.access_token);
+        bytes?;
+        let Some(body) = body else {
+            return Err(OAuth2Error::Malformed(None));
+        };
+        let access_token = body.access_token.filter(|t| !t.trim().is_empty());
+        let Some(access_token) = access_token else {
+            return Err(OAuth2Error::Malformed(code));
+        };
+        let token = Secret::new(access_token);
         let until = Instant::now() + lifetime(body.expires_in.as_ref());
         *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some((token.clone(), until));
         Ok(token)
@@ -170,6 +197,22 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_refusal_says_its_oauth2_error_code_and_nothing_else_it_said() {
+        let refused = OAuth2Error::Status(400, error_code(Some(&json!("invalid_grant"))));
+        assert_eq!(
+            refused.to_string(),
+            "token endpoint answered 400 (invalid_grant)"
+        );
+        for not_a_code in [json!("client secret s3cr3t is wrong"), json!(7), json!("")] {
+            assert_eq!(error_code(Some(&not_a_code)), None, "{not_a_code}");
+        }
+        assert_eq!(
+            OAuth2Error::Malformed(None).to_string(),
+            "token endpoint answered without an access_token"
+        );
+    }
 
     #[test]
     fn a_token_s_lifetime_is_read_from_any_number_of_seconds_and_bounded() {

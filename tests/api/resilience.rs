@@ -494,7 +494,7 @@ async fn a_token_answer_cut_off_is_tried_again_and_an_empty_token_is_refused() {
     let (cut, empty) = tokio::join!(spawn_app(), spawn_app());
     let token = |action| Fault::new(Component::Kpi, "POST", "/token", action);
     cut.platform.inject(token(FaultAction::CutOff).times(1));
-    let empty_token = json!({"access_token": "", "token_type": "Bearer", "expires_in": 300});
+    let empty_token = json!({"access_token": "", "error": "invalid_client", "expires_in": 300});
     empty
         .platform
         .inject(token(FaultAction::Json(200, empty_token)));
@@ -511,7 +511,8 @@ async fn a_token_answer_cut_off_is_tried_again_and_an_empty_token_is_refused() {
     );
 
     let failed = empty.wait_failed(refused).await;
-    assert_failure_says(&failed, "without an access_token");
+    // The OAuth2 error code it gave says why.
+    assert_failure_says(&failed, "without an access_token (invalid_client)");
     assert!(
         sent(&empty, refused, "POST", "/markKPIData").is_empty(),
         "a marking went out without a token"
