@@ -621,8 +621,13 @@ pub fn recorder<'a>(
     move |attempt: Attempt<'_>| {
         journal.response(record(label, request, &attempt, redactor));
         if let Some((wait, reason)) = attempt.retry {
+            // No access token: why not, from the token endpoint's side.
+            let cause = match attempt.outcome {
+                Err(SendError::Auth { reason, .. }) => format!(" ({})", redactor.text(reason)),
+                _ => String::new(),
+            };
             let detail = format!(
-                "attempt {} of {}: {} {} {reason}; trying again in {:.1} s",
+                "attempt {} of {}: {} {} {reason}{cause}; trying again in {:.1} s",
                 attempt.number,
                 attempt.max_attempts,
                 request.method,

@@ -546,7 +546,7 @@ async fn a_token_endpoint_failing_once_does_not_fail_a_kpi_marking() {
     assert!(
         retries[0]["detail"]
             .as_str()
-            .is_some_and(|d| d.contains("no access token")),
+            .is_some_and(|d| d.contains("no access token (token endpoint answered 500)")),
         "{retries:#?}"
     );
 }
