@@ -559,16 +559,22 @@ async fn a_store_that_is_not_a_database_stops_start_up() {
     );
 }
 
-#[tokio::test]
-async fn sigterm_stops_the_service_even_with_an_event_stream_open() {
-    let id = "streamed";
-    let mut app = spawn_binary_with(BinaryOptions {
-        platform: Box::new(|platform| platform.add_trial(Platform::trial(id, None))),
+/// The real binary, with trial `id` started and waiting for the operator at IDLE.
+async fn binary_with_a_trial_at_idle(id: &'static str) -> TestApp {
+    let app = spawn_binary_with(BinaryOptions {
+        platform: Box::new(move |platform| platform.add_trial(Platform::trial(id, None))),
         ..BinaryOptions::default()
     })
     .await;
     app.start_trial(id).await;
     app.wait_waiting(id, "operator (active or finish)").await;
+    app
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_service_even_with_an_event_stream_open() {
+    let id = "streamed";
+    let mut app = binary_with_a_trial_at_idle(id).await;
     let mut stream = app.open_events(id).await;
     assert_eq!(stream.status(), StatusCode::OK);
     assert!(
@@ -590,13 +596,7 @@ async fn sigterm_stops_the_service_even_with_an_event_stream_open() {
 #[tokio::test]
 async fn after_a_clean_stop_the_database_file_alone_holds_the_store() {
     let id = "copied";
-    let mut app = spawn_binary_with(BinaryOptions {
-        platform: Box::new(|platform| platform.add_trial(Platform::trial(id, None))),
-        ..BinaryOptions::default()
-    })
-    .await;
-    app.start_trial(id).await;
-    app.wait_waiting(id, "operator (active or finish)").await;
+    let mut app = binary_with_a_trial_at_idle(id).await;
     let events = app.history(id).await.len();
     let (status, _) = terminate(&mut app, Duration::from_secs(10)).await;
     assert!(status.success(), "{status}");
