@@ -825,43 +825,7 @@ async fn a_reload_refuses_a_key_that_is_the_id_of_a_held_trial() {
         )
         .await;
     assert_eq!(made.status, StatusCode::OK, "{made:?}");
-
-    binary.write(
-        "keys.toml",
-        &keys_file(&[watcher, ("newcomer", id, Role::Viewer)]),
-    );
-    hang_up(&binary.child).await;
-    let log = binary.wait_for_log("API keys not reloaded").await;
-    let line = log
-        .lines()
-        .find(|line| line.contains("API keys not reloaded"))
-        .unwrap_or_default();
-    assert!(
-        line.contains("auth.keys_file") && line.contains("key 'newcomer' is the id of a trial"),
-        "{line}"
-    );
-    assert!(!line.contains(id), "{line}");
-    assert_eq!(binary.status_with(id).await, Some(StatusCode::UNAUTHORIZED));
-
-    // Nor a key the id holds: the id would show it.
-    let part = "as-a-trial-id";
-    binary.write(
-        "keys.toml",
-        &keys_file(&[watcher, ("newcomer", part, Role::Viewer)]),
-    );
-    hang_up(&binary.child).await;
-    let line = binary.second_refused_reload().await;
-    assert!(
-        line.contains("key 'newcomer' is part of the id of a trial"),
-        "{line}"
-    );
-    assert!(!line.contains(part), "{line}");
-    assert_eq!(
-        binary.status_with(part).await,
-        Some(StatusCode::UNAUTHORIZED)
-    );
-
-    // Nor the id of a heartbeat instance, which `/status` shows every viewer.
+    // A heartbeat's id: `/status` shows those to every viewer.
     let beat = "heartbeat-id-0815-long-enough";
     let added = (binary.app)
         .call_as(
@@ -872,28 +836,37 @@ async fn a_reload_refuses_a_key_that_is_the_id_of_a_held_trial() {
         )
         .await;
     assert_eq!(added.status, StatusCode::OK, "{added:?}");
-    binary.write(
-        "keys.toml",
-        &keys_file(&[watcher, ("newcomer", beat, Role::Viewer)]),
-    );
-    hang_up(&binary.child).await;
-    let line = binary.refused_reload(3).await;
-    assert!(
-        line.contains("key 'newcomer' is the id of a trial"),
-        "{line}"
-    );
-    assert_eq!(
-        binary.status_with(beat).await,
-        Some(StatusCode::UNAUTHORIZED)
-    );
+
+    let offer = |key: &str| {
+        binary.write(
+            "keys.toml",
+            &keys_file(&[watcher, ("newcomer", key, Role::Viewer)]),
+        );
+        hang_up(&binary.child)
+    };
+    // The trial's id, a key its id holds (the id would show it), the heartbeat's id.
+    let refused = [
+        (id, "is the id of a trial"),
+        ("as-a-trial-id", "is part of the id of a trial"),
+        (beat, "is the id of a trial"),
+    ];
+    for (n, (key, says)) in refused.into_iter().enumerate() {
+        offer(key).await;
+        let line = binary.refused_reload(n + 1).await;
+        assert!(
+            line.contains("auth.keys_file") && line.contains(&format!("key 'newcomer' {says}")),
+            "{line}"
+        );
+        assert!(!line.contains(key), "{line}");
+        assert_eq!(
+            binary.status_with(key).await,
+            Some(StatusCode::UNAUTHORIZED)
+        );
+    }
 
     // Another key is taken.
     let other = "newcomer-key-long-enough";
-    binary.write(
-        "keys.toml",
-        &keys_file(&[watcher, ("newcomer", other, Role::Viewer)]),
-    );
-    hang_up(&binary.child).await;
+    offer(other).await;
     binary.wait_for_key(other, StatusCode::OK).await;
 }
 

@@ -1304,9 +1304,7 @@ async fn a_clean_up_that_failed_with_nothing_left_deployed_says_so() {
     );
     let abort = app.post(&format!("/trial/{id}/abort"), None).await;
     assert_eq!(abort.status, StatusCode::OK, "{abort:?}");
-    let failed = app
-        .wait_for(id, "its clean-up failed", |s| s["cleanup_failed"] == true)
-        .await;
+    let failed = app.wait_cleanup_failed(id).await;
     assert_eq!(failed["leftovers"], serde_json::json!([]), "{failed}");
 
     let session = sign_in(&app, Role::Viewer).await;

@@ -60,9 +60,7 @@ async fn abort_until_cleanup_fails(app: &TestApp, id: &str, step: &str) -> Value
         app.post(&format!("/trial/{id}/abort"), None).await.status,
         StatusCode::OK
     );
-    let failed = app
-        .wait_for(id, "a failed clean-up", |s| s["cleanup_failed"] == true)
-        .await;
+    let failed = app.wait_cleanup_failed(id).await;
     assert_failure_says(&failed, &format!("{step} failed"));
     assert_eq!(failed["state"], step, "where it failed: {failed}");
     failed
@@ -1599,9 +1597,7 @@ async fn a_late_slice_that_its_close_does_not_find_is_a_leftover_until_an_abort_
     let (app, _) = waiting_for_a_late_slice(id, 2, 1).await;
     let created = app.callback(id, "slice", Some(&app.token_of(id))).await;
     assert_eq!(created.status, StatusCode::OK, "{created:?}");
-    let failed = app
-        .wait_for(id, "a failed clean-up", |s| s["cleanup_failed"] == true)
-        .await;
+    let failed = app.wait_cleanup_failed(id).await;
     assert_eq!(failed["leftovers"][0]["kind"], "slice", "{failed}");
     assert_failure_says(&failed, "although its slice-created callback came");
 
@@ -1666,9 +1662,7 @@ async fn a_late_slice_closed_by_a_close_whose_answer_was_lost_ends_the_clean_up(
 async fn a_late_slice_whose_every_close_went_unanswered_is_closed_once_its_retry_finds_none() {
     let id = "slice-late-all-lost";
     let app = late_slice_closed_with_answers_lost(id, 2).await;
-    let failed = app
-        .wait_for(id, "a failed clean-up", |s| s["cleanup_failed"] == true)
-        .await;
+    let failed = app.wait_cleanup_failed(id).await;
     assert_eq!(failed["leftovers"][0]["kind"], "slice", "{failed}");
     // The lost closes' callbacks came while the clean-up failed (one after the trial's end
     // would close again).
@@ -1699,9 +1693,7 @@ async fn a_slice_closed_by_a_close_whose_answer_was_lost_before_it_was_announced
     app.start_trial(id).await;
     app.wait_failed(id).await;
     assert_eq!(app.ask_abort(id, "drone down").await.status, StatusCode::OK);
-    let failed = app
-        .wait_for(id, "a failed clean-up", |s| s["cleanup_failed"] == true)
-        .await;
+    let failed = app.wait_cleanup_failed(id).await;
     assert_failure_says(&failed, "although its slice-created callback came");
     assert_eq!(failed["leftovers"][0]["kind"], "slice", "{failed}");
 
@@ -2534,9 +2526,7 @@ async fn a_kpi_marking_refused_for_good_does_not_hold_the_abort() {
         .inject(kpi_marking_fault(FaultAction::Status(401)).for_trial(down));
     let answer = app.ask_abort(down, "KPI credentials wrong").await;
     assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
-    let failed = app
-        .wait_for(down, "the clean-up failed", |s| s["cleanup_failed"] == true)
-        .await;
+    let failed = app.wait_cleanup_failed(down).await;
     assert_failure_says(&failed, "SendKpiFinish");
     assert_eq!(failed["leftovers"], json!([]), "{failed}");
 }

@@ -936,9 +936,7 @@ async fn a_failed_clean_up_fails_at_its_first_failure_across_a_restart() {
         .await;
     let closed = app.callback(id, "slice", Some(&token)).await;
     assert_eq!(closed.status, StatusCode::OK, "{closed:?}");
-    let failed = app
-        .wait_for(id, "a failed clean-up", |s| s["cleanup_failed"] == true)
-        .await;
+    let failed = app.wait_cleanup_failed(id).await;
     assert_eq!(failed["state"], "SendKpiFinish", "{failed}");
     assert_failure_says(&failed, "SendKpiFinish failed");
     assert_eq!(failed["leftovers"], serde_json::json!([]), "{failed}");

@@ -886,6 +886,12 @@ impl TestApp {
     }
 
     /// Waits until the trial has failed and its failure procedure is done (restorable).
+    /// Waits until trial `id`'s clean-up has failed (`cleanup_failed`); returns its status.
+    pub async fn wait_cleanup_failed(&self, id: &str) -> Value {
+        self.wait_for(id, "a failed clean-up", |s| s["cleanup_failed"] == true)
+            .await
+    }
+
     pub async fn wait_failed(&self, id: &str) -> Value {
         self.wait_for(id, "Failed", |s| {
             s["failed"] == true && s["restorable"] == true

@@ -487,6 +487,17 @@ async fn deleting_an_engine_during_a_retry_wait_cancels_the_retry() {
     );
 }
 
+/// Trial `id`'s `SendKpiIdle` marked the trial at its second try, the first failing with
+/// `why`, and the slice at its first.
+async fn marked_idle_at_the_second_try(app: &TestApp, id: &str, why: &str) {
+    let marks = responses_of(app, id, "SendKpiIdle").await;
+    assert_eq!(attempts(&marks), [1, 2, 1], "{marks:#?}");
+    assert!(
+        marks[0]["error"].as_str().is_some_and(|e| e.contains(why)),
+        "{marks:#?}"
+    );
+}
+
 /// A token answer cut off is no answer: the marking is tried again with a new token. A token
 /// answer whose `access_token` is empty is none: nothing goes out with an empty bearer.
 #[tokio::test]
@@ -501,14 +512,7 @@ async fn a_token_answer_cut_off_is_tried_again_and_an_empty_token_is_refused() {
     let (id, refused) = ("token-cut", "token-empty");
     empty.start_trial(refused).await;
     cut.run_to_finished(id).await;
-    let marks = responses_of(&cut, id, "SendKpiIdle").await;
-    assert_eq!(attempts(&marks), [1, 2, 1], "{marks:#?}");
-    assert!(
-        marks[0]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("answer was cut off")),
-        "{marks:#?}"
-    );
+    marked_idle_at_the_second_try(&cut, id, "answer was cut off").await;
 
     let failed = empty.wait_failed(refused).await;
     // The OAuth2 error code it gave says why.
@@ -531,14 +535,7 @@ async fn a_token_endpoint_failing_once_does_not_fail_a_kpi_marking() {
         app.platform.kpi_markings(id),
         ["Idle", "Active", "Finished"]
     );
-    let marks = responses_of(&app, id, "SendKpiIdle").await;
-    assert_eq!(attempts(&marks), [1, 2, 1], "{marks:#?}");
-    assert!(
-        marks[0]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("token endpoint answered 500")),
-        "{marks:#?}"
-    );
+    marked_idle_at_the_second_try(&app, id, "token endpoint answered 500").await;
     let history = app.history(id).await;
     let retries = events(&history, "step_retry");
     assert_eq!(retries.len(), 1, "{retries:#?}");
