@@ -15,11 +15,11 @@ use super::audit::{AuditCx, Audited};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Admin, NoBody, OptionalJson, TrialIdParam, TrialPath};
 use super::trials::checked_text;
-use super::{AppState, Message, view};
+use super::{AppState, Message};
 use crate::domain::TrialId;
 use crate::engine::state;
 use crate::engine::watchdog::RestoreError;
-use crate::scheduler::Deleted;
+use crate::scheduler::{Deleted, Undo};
 
 /// The routes of this area.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -175,7 +175,7 @@ async fn remove(
     let (left, removed, audited) = match deleted {
         Deleted::Engine { left } => (left, "engine stopped and removed", true),
         Deleted::Record { left } => (left, "record of an ended trial removed", false),
-        Deleted::Deployed => return Err(deployed(&state, &id)),
+        Deleted::Deployed(undo) => return Err(deployed(&id, undo)),
         Deleted::Nothing => return Err(ApiError::no_engine(&id)),
     };
     let message = match left.is_empty() {
@@ -198,17 +198,13 @@ async fn remove(
 }
 
 /// The refusal of a delete over what trial `id` may still have deployed, saying what undoes it.
-fn deployed(state: &AppState, id: &TrialId) -> ApiError {
-    let shown = state.scheduler.engines().get(id);
-    let shown = shown.as_ref().map(|engine| engine.snapshot());
-    let undo = match shown.as_deref() {
-        // No engine: only an ended trial's record is refused.
-        None => BY_HAND.to_owned(),
-        Some(s) if s.lifecycle.is_ended() => BY_HAND.to_owned(),
-        Some(s) if view::aborting(s) => format!(
+fn deployed(id: &TrialId, undo: Undo) -> ApiError {
+    let undo = match undo {
+        Undo::ByHand => "the trial has ended, and nothing of this service undoes them now: close them on the facility by hand, then delete it with ?force=true".to_owned(),
+        Undo::CleanUp => format!(
             "its clean-up is under way and undoes them: wait for it to end (GET /trial/{id}/status), or delete it with ?force=true to leave them there"
         ),
-        _ => format!(
+        Undo::Abort => format!(
             "abort it first (POST /trial/{id}/abort undoes them), or delete it with ?force=true to leave them there"
         ),
     };
@@ -219,9 +215,6 @@ fn deployed(state: &AppState, id: &TrialId) -> ApiError {
         ),
     )
 }
-
-/// What undoes what an ended trial left deployed.
-const BY_HAND: &str = "the trial has ended, and nothing of this service undoes them now: close them on the facility by hand, then delete it with ?force=true";
 
 /// The `force` query parameter of a delete: `true` or `false`, at most once, alone.
 fn force(pairs: &[(String, String)]) -> Result<bool, ApiError> {

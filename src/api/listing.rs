@@ -201,7 +201,7 @@ pub async fn page(state: &AppState, mut query: TrialQuery) -> Result<Page, ApiEr
                 row.ended_at = snapshot.ended_at.map(time);
                 row.failure = snapshot.failure.as_ref().map(|f| f.reason.clone());
                 row.paused = snapshot.paused;
-                row.aborting = view::aborting(&snapshot);
+                row.aborting = snapshot.aborting();
             }
             // Written as the trial's status writes them (the store's have a fixed width, to
             // sort as text).

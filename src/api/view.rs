@@ -133,25 +133,21 @@ impl AppState {
         }
         {
             let mut closing = self.late_slices.lock().unwrap_or_else(|p| p.into_inner());
-            match closing.get_mut(id) {
-                Some(LateClose::InFlight { callback_came }) => {
-                    *callback_came = true;
+            match closing.get(id).copied() {
+                Some(LateClose::InFlight { .. }) => {
+                    let came = LateClose::InFlight {
+                        callback_came: true,
+                    };
+                    closing.insert(id.clone(), came);
                     return;
                 }
-                Some(LateClose::OwnCallbackDue(until)) => {
-                    let own = tokio::time::Instant::now() <= *until;
+                Some(LateClose::OwnCallbackDue(until)) if tokio::time::Instant::now() <= until => {
                     closing.remove(id);
-                    if own {
-                        return;
-                    }
-                    // Past its time: the close's own callback never came, and this one
-                    // announces another slice.
-                    let close = LateClose::InFlight {
-                        callback_came: false,
-                    };
-                    closing.insert(id.clone(), close);
+                    return;
                 }
-                None => {
+                // None yet, or the close's own callback never came in its time: this one
+                // announces another slice.
+                Some(LateClose::OwnCallbackDue(_)) | None => {
                     let close = LateClose::InFlight {
                         callback_came: false,
                     };
@@ -353,13 +349,6 @@ pub enum SetAside {
     Corrupt,
 }
 
-/// Whether the trial is being aborted: its clean-up runs, or an abort asked for while its
-/// failure was reported waits for the report's end.
-pub fn aborting(snapshot: &Snapshot) -> bool {
-    snapshot.failure.as_ref().is_some_and(|f| f.abort.is_some())
-        || (matches!(snapshot.mode, Mode::Cleanup { .. }) && snapshot.lifecycle.is_live())
-}
-
 /// `GET /trial/{id}/status`, from a snapshot.
 pub fn status(snapshot: &Snapshot) -> TrialStatus {
     let status = snapshot.lifecycle.executor_status();
@@ -390,7 +379,7 @@ pub fn status(snapshot: &Snapshot) -> TrialStatus {
         restorable: snapshot.restorable(),
         cleanup_failed: failure.is_some_and(|f| f.cleanup_failed),
         leftovers: failure.map(|f| f.leftovers.clone()).unwrap_or_default(),
-        aborting: aborting(snapshot),
+        aborting: snapshot.aborting(),
         abort_reason,
         paused: snapshot.paused,
         progress: snapshot.progress.as_ref().and_then(|p| p.progress),

@@ -183,6 +183,21 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What the trial of `record` (an engine's record as it stood when it stopped) may still
+/// have deployed: its ledger, and for a live engine the request of its step that may have
+/// been in flight, counted as a restart would.
+pub fn leftovers_of(record: &TrialRecord) -> Vec<state::Leftover> {
+    let checkpoint = &record.checkpoint;
+    let mut data = checkpoint.data.clone();
+    if record.lifecycle.is_live() {
+        let (started_at, run) = (checkpoint.started_at, checkpoint.run);
+        sequence::count_in_flight(checkpoint.position, &mut data, |step| {
+            steps::first_post_key(&record.id, started_at, step, run)
+        });
+    }
+    (data.ledger).leftovers(record.id.as_str(), data.info.as_deref())
+}
+
 impl EngineHandle {
     /// Creates the engine of a trial scheduled at `created_at` and starts it at the first
     /// step.
@@ -215,21 +230,6 @@ impl EngineHandle {
         // A step it stands at has run before, unless the engine had not begun at all.
         let rerun = trial.next_event > 0;
         Self::build(deps, trial, Origin::Recovered { rerun })
-    }
-
-    /// What the trial of `record` (an engine's record as it stood when it stopped) may still
-    /// have deployed: its ledger, and for a live engine the request of its step that may have
-    /// been in flight, counted as a restart would.
-    pub fn leftovers_of(record: &TrialRecord) -> Vec<state::Leftover> {
-        let checkpoint = &record.checkpoint;
-        let mut data = checkpoint.data.clone();
-        if record.lifecycle.is_live() {
-            let (started_at, run) = (checkpoint.started_at, checkpoint.run);
-            sequence::count_in_flight(checkpoint.position, &mut data, |step| {
-                steps::first_post_key(&record.id, started_at, step, run)
-            });
-        }
-        (data.ledger).leftovers(record.id.as_str(), data.info.as_deref())
     }
 
     /// Brings back this engine, stopped by a delete that could not be saved, from the record

@@ -454,6 +454,11 @@ pub fn start_cleanup(checkpoint: &mut Checkpoint, reason: &str) {
     checkpoint.go_to(first);
 }
 
+/// The steps that deploy something on the facility (a slice, a measurement job): while one
+/// runs, its request may be in flight, and a saved ledger does not count what it makes until
+/// [`count_in_flight`] does.
+pub const DEPLOYING: [Step; 2] = [SliceDeployment, CreateMeasurementJob];
+
 /// Counts what a trial read back from its saved record may have deployed at the step it
 /// stood at: a slice deployment or a measurement job's creation (sent with the key
 /// `first_key` gives for its step) or a KPI marking that opens (Idle, Active) that was sent

@@ -710,10 +710,8 @@ impl Snapshot {
             // A live engine's saved ledger does not count a request in flight yet.
             deployed: checkpoint.data.ledger.holds_any()
                 || (lifecycle.is_live()
-                    && matches!(
-                        checkpoint.position,
-                        Position::Run(Step::SliceDeployment | Step::CreateMeasurementJob)
-                    )),
+                    && matches!(checkpoint.position,
+                        Position::Run(step) if super::sequence::DEPLOYING.contains(&step))),
             created_at,
             updated_at,
             ended_at,
@@ -723,6 +721,13 @@ impl Snapshot {
     /// The engine status of the list view.
     pub fn engine_status(&self) -> EngineStatus {
         self.lifecycle.engine_status()
+    }
+
+    /// Whether the trial is being aborted: its clean-up runs, or an abort asked for while its
+    /// failure was reported waits for the report's end.
+    pub fn aborting(&self) -> bool {
+        self.failure.as_ref().is_some_and(|f| f.abort.is_some())
+            || (matches!(self.mode, Mode::Cleanup { .. }) && self.lifecycle.is_live())
     }
 
     /// Failed, with the failure procedure done and no abort asked for: a restore may start.

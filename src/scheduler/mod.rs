@@ -27,7 +27,7 @@ use crate::engine::redact::REDACTED;
 use crate::engine::state;
 use crate::engine::state::Leftover;
 use crate::engine::watchdog::LastRecord;
-use crate::engine::{EngineDeps, EngineHandle, EngineShared, failure};
+use crate::engine::{EngineDeps, EngineHandle, EngineShared, failure, leftovers_of};
 use crate::services::registry::{RegistryError, Unusable};
 use crate::store::{AuditEntry, Loaded, Op, Store, StoreError, StoredTrial};
 use engines::EngineRegistry;
@@ -60,13 +60,24 @@ pub enum Deleted {
     /// and what it `left` deployed (a delete that was told to leave it).
     Engine { left: Vec<Leftover> },
     /// Nothing, since the trial may still have something deployed on the facility and the
-    /// delete was not told to leave it: the engine goes on.
-    Deployed,
+    /// delete was not told to leave it: the engine goes on; what undoes it.
+    Deployed(Undo),
     /// The record of an ended trial no longer in memory, and what it `left` deployed (a
     /// delete that was told to leave it).
     Record { left: Vec<Leftover> },
     /// Nothing: no such trial, or another delete of it is under way.
     Nothing,
+}
+
+/// What undoes what a trial a delete was refused for may still have deployed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undo {
+    /// An abort: its clean-up undoes it.
+    Abort,
+    /// The clean-up under way.
+    CleanUp,
+    /// A human, on the facility: the trial has ended.
+    ByHand,
 }
 
 /// A job whose start passed while the service was down, longer ago than the misfire grace.
@@ -617,11 +628,12 @@ impl Scheduler {
             let key = id.clone();
             let stored = self.store().read(move |reader| reader.trial(&key)).await?;
             let left = match &stored {
-                Some(StoredTrial::Readable(record)) => EngineHandle::leftovers_of(record),
+                Some(StoredTrial::Readable(record)) => leftovers_of(record),
                 Some(StoredTrial::Corrupt { .. }) | None => Vec::new(),
             };
             if !left.is_empty() && !leave_deployed {
-                return Ok(Deleted::Deployed);
+                // Only an ended trial is not in memory.
+                return Ok(Deleted::Deployed(Undo::ByHand));
             }
             // Whether there was a record to forget is known only once this is written: the
             // answer's audit entry is written after it.
@@ -636,20 +648,29 @@ impl Scheduler {
             return Ok(Deleted::Record { left });
         };
         // Forgotten with its engine, a slice would stay on the facility with nothing to say so.
-        if engine.snapshot().deployed && !leave_deployed {
-            return Ok(Deleted::Deployed);
+        if !leave_deployed {
+            let shown = engine.snapshot();
+            if shown.deployed {
+                let undo = if shown.lifecycle.is_ended() {
+                    Undo::ByHand
+                } else if shown.aborting() {
+                    Undo::CleanUp
+                } else {
+                    Undo::Abort
+                };
+                return Ok(Deleted::Deployed(undo));
+            }
         }
         if !engine.claim_delete() {
             return Ok(Deleted::Nothing);
         }
         // Once the tasks have ended, nothing of this engine reaches a service or the store.
         let last = engine.stop().await;
-        let left =
-            (last.as_ref()).map_or_else(Vec::new, |last| EngineHandle::leftovers_of(&last.record));
+        let left = (last.as_ref()).map_or_else(Vec::new, |last| leftovers_of(&last.record));
         if !left.is_empty() && !leave_deployed {
             // It deployed something while the delete was on its way.
             self.give_back(&engine, last);
-            return Ok(Deleted::Deployed);
+            return Ok(Deleted::Deployed(Undo::Abort));
         }
         if !left.is_empty()
             && let Some(entry) = audit.as_mut()
