@@ -105,16 +105,29 @@ pub fn describe_common_refusals(openapi: &mut utoipa::openapi::OpenApi) {
     };
     let api_key = SecurityRequirement::new("api_key", Vec::<String>::new());
     for item in openapi.paths.paths.values_mut() {
-        let changes = [
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.patch,
+        // Each with whether it changes something (all but `GET`).
+        let operations = [
+            (false, &mut item.get),
+            (true, &mut item.put),
+            (true, &mut item.post),
+            (true, &mut item.delete),
+            (true, &mut item.patch),
         ];
-        for operation in changes.into_iter().flatten() {
+        for (changes, operation) in operations {
+            let Some(operation) = operation else { continue };
+            let takes_json = operation.request_body.is_some();
             let keyed = (operation.security.iter().flatten()).any(|r| *r == api_key);
-            if keyed && operation.request_body.is_none() {
-                let responses = &mut operation.responses.responses;
+            let responses = &mut operation.responses.responses;
+            // A body sent to any route is refused beyond its limit (and, sent to a route with
+            // a key that takes none, refused; a callback leaves it unused).
+            responses
+                .entry("413".to_owned())
+                .or_insert_with(|| refusal("The body is larger than `server.max_body_bytes`"));
+            if takes_json {
+                responses
+                    .entry("415".to_owned())
+                    .or_insert_with(|| refusal("The body is not `application/json`"));
+            } else if changes && keyed {
                 responses
                     .entry("400".to_owned())
                     .or_insert_with(|| refusal("The body sent is not JSON"));
@@ -126,27 +139,6 @@ pub fn describe_common_refusals(openapi: &mut utoipa::openapi::OpenApi) {
                         "The route takes no body: a field sent is refused (the detail names it)",
                     )
                 });
-            }
-        }
-        let operations = [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.patch,
-        ];
-        for operation in operations.into_iter().flatten() {
-            let takes_json = operation.request_body.is_some();
-            let responses = &mut operation.responses.responses;
-            // A body sent to any route is refused beyond its limit (and left unused where
-            // none is taken).
-            responses
-                .entry("413".to_owned())
-                .or_insert_with(|| refusal("The body is larger than `server.max_body_bytes`"));
-            if takes_json {
-                responses
-                    .entry("415".to_owned())
-                    .or_insert_with(|| refusal("The body is not `application/json`"));
             }
             if operation.security.is_none() {
                 continue;

@@ -908,6 +908,14 @@ impl StepCx<'_> {
     async fn mark_kpis(&mut self, marking: KpiStatus) -> Result<(), StepError> {
         let slice_id = self.slice_id()?;
         let before = self.data.kpi_status;
+        // The clean-up's marking only tells KPI monitoring: refused for good, it does not hold
+        // the abort.
+        let cleanup = self.cleanup && marking == KpiStatus::Finished;
+        let takes = |answer: u16| answer == 200 || (cleanup && refused_for_good(answer));
+        let expected = || match cleanup {
+            true => or_refused_for_good(200),
+            false => statuses_said(&[200]),
+        };
         for (i, marked) in [self.id.to_string(), slice_id].into_iter().enumerate() {
             let body = json!({
                 "TrialID": marked,
@@ -923,14 +931,6 @@ impl StepCx<'_> {
             if marking != KpiStatus::Finished {
                 self.data.kpi_status = Some(marking);
             }
-            // The clean-up's marking only tells KPI monitoring: refused for good, it does not
-            // hold the abort.
-            let cleanup = self.cleanup && marking == KpiStatus::Finished;
-            let takes = |answer: u16| answer == 200 || (cleanup && refused_for_good(answer));
-            let expected = || match cleanup {
-                true => or_refused_for_good(200),
-                false => statuses_said(&[200]),
-            };
             match self.call_accepting(request, &takes, &expected).await {
                 Ok((200, _)) => {}
                 Ok((refused, _)) => warn!(

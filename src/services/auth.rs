@@ -154,22 +154,22 @@ impl OAuth2Client {
             .await
             .map_err(|e| OAuth2Error::Transport(e.without_url().to_string()))?;
         let status = response.status();
-        // An answer cut off, or not whole within the request's timeout, is no answer.
-        let bytes = (response.bytes().await).map_err(|e| {
-            OAuth2Error::Transport(format!("its answer was cut off: {}", e.without_url()))
-        });
+        let bytes = response.bytes().await;
         let body =
             (bytes.as_ref().ok()).and_then(|b| serde_json::from_slice::<TokenResponse>(b).ok());
         let code = body.as_ref().and_then(|b| error_code(b.error.as_ref()));
         if !status.is_success() {
             return Err(OAuth2Error::Status(status.as_u16(), code));
         }
-        bytes?;
+        // An answer cut off, or not whole within the request's timeout, is no answer.
+        if let Err(e) = bytes {
+            let cut = format!("its answer was cut off: {}", e.without_url());
+            return Err(OAuth2Error::Transport(cut));
+        }
         let Some(body) = body else {
             return Err(OAuth2Error::Malformed(None));
         };
-        let access_token = body.access_token.filter(|t| !t.trim().is_empty());
-        let Some(access_token) = access_token else {
+        let Some(access_token) = body.access_token.filter(|t| !t.trim().is_empty()) else {
             return Err(OAuth2Error::Malformed(code));
         };
         let token = Secret::new(access_token);
