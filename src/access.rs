@@ -228,19 +228,19 @@ impl Access {
     /// in where it was not (its file or variable went missing, most likely) or give it a role
     /// it did not have, or a key that is the id of one of the trials `held` (every viewer sees
     /// those ids). Reads files: call it off the async threads.
-    pub fn reload(&self, held: &[TrialId]) -> Result<Reloaded, ConfigError> {
+    pub fn reload(&self, held: &[String]) -> Result<Reloaded, ConfigError> {
         let loaded = match self.auth.reload() {
             Some(loaded) => loaded?,
             None => self.auth.clone(),
         };
         let fresh = Arc::new(KeySet::new(loaded.api_keys()?));
-        let shown = |id: &TrialId| {
+        let shown = |id: &String| {
             let whole = fresh
-                .find(id.as_str())
+                .find(id)
                 .map(|holder| (holder.name.to_string(), "the"));
             whole.or_else(|| {
                 (loaded.written_keys())
-                    .find(|(_, key)| key.len() >= MIN_SECRET_LEN && id.as_str().contains(key))
+                    .find(|(_, key)| key.len() >= MIN_SECRET_LEN && id.contains(key))
                     .map(|(name, _)| (name.to_owned(), "part of the"))
             })
         };

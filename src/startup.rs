@@ -246,7 +246,12 @@ fn reload_keys_on_sighup(state: &AppState) {
             let Some(state) = state.upgrade() else {
                 break;
             };
-            let held = state.shown_ids();
+            let (held, unread) = state.shown_ids().await;
+            if let Some(e) = unread {
+                warn!(
+                    "SIGHUP: the ids of the trials only in the store could not be read ({e}); the new keys are checked against the ids in memory only"
+                );
+            }
             let access = state.access.clone();
             // The reload reads the configuration's files.
             match tokio::task::spawn_blocking(move || access.reload(&held)).await {

@@ -96,11 +96,28 @@ impl AppState {
 }
 
 impl AppInner {
-    /// Every trial id a viewer is shown now: of an engine in memory, a job or a heartbeat.
-    pub fn shown_ids(&self) -> Vec<crate::domain::TrialId> {
-        let mut ids = self.scheduler.held_ids();
-        ids.extend(self.heartbeats.ids());
-        ids
+    /// Every trial id a viewer is shown now: of an engine in memory, a job, a heartbeat, or a
+    /// trial only in the store (`/trials` lists those). When the store cannot be read, the ids
+    /// in memory, and the error.
+    pub async fn shown_ids(&self) -> (Vec<String>, Option<crate::store::StoreError>) {
+        let held = self.scheduler.held_ids().into_iter();
+        let mut ids: Vec<String> = held
+            .chain(self.heartbeats.ids())
+            .map(String::from)
+            .collect();
+        let stored = self
+            .scheduler
+            .deps()
+            .store
+            .read(|reader| reader.ids())
+            .await;
+        match stored {
+            Ok(stored) => {
+                ids.extend(stored);
+                (ids, None)
+            }
+            Err(e) => (ids, Some(e)),
+        }
     }
 }
 

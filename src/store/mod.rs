@@ -433,6 +433,8 @@ pub trait Reader: Send + 'static {
     -> Result<Vec<(ListedStatus, u64)>, StoreError>;
     /// One trial's record.
     fn trial(&mut self, id: &TrialId) -> Result<Option<StoredTrial>, StoreError>;
+    /// The ids of every trial and job in the store.
+    fn ids(&mut self) -> Result<Vec<String>, StoreError>;
     /// A trial's events, in order.
     fn events(&mut self, id: &TrialId) -> Result<Vec<TrialEvent>, StoreError>;
     /// A trial's responses, in order.

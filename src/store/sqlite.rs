@@ -1640,6 +1640,19 @@ impl Reader for SqliteReader {
         }))
     }
 
+    fn ids(&mut self) -> Result<Vec<String>, StoreError> {
+        let read = |e: rusqlite::Error| read_error("read trial ids", &e);
+        let mut stmt = (self.conn)
+            .prepare("SELECT trial_id FROM trials UNION SELECT trial_id FROM jobs")
+            .map_err(read)?;
+        let ids = stmt
+            .query_map([], |row| row.get(0))
+            .map_err(read)?
+            .collect::<Result<_, _>>()
+            .map_err(read)?;
+        Ok(ids)
+    }
+
     fn events(&mut self, id: &TrialId) -> Result<Vec<TrialEvent>, StoreError> {
         events_of(&self.conn, id)
     }

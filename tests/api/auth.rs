@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use lcm::config::Role;
+use lcm::engine::state::Lifecycle;
+use lcm::store::Op;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -804,10 +806,18 @@ async fn a_reload_that_would_let_the_placeholder_in_keeps_the_keys_and_short_key
 }
 
 /// Trial ids are shown to every viewer: a reload does not put in force a key that is the id of
-/// a trial the service holds, and says which key to change without naming the trial.
+/// a trial the service holds, in memory or only in its store, and says which key to change
+/// without naming the trial.
 #[tokio::test]
 async fn a_reload_refuses_a_key_that_is_the_id_of_a_held_trial() {
     let dir = tempfile::tempdir().expect("tempdir");
+    // A trial that ended before this start: only the store holds it, and `/trials` lists it.
+    let ended = "ended-before-this-start-4711";
+    let record = record(ended, Lifecycle::Finished, chrono::Utc::now());
+    store_in(
+        &dir.path().join("data"),
+        vec![Op::PutTrial(Box::new(record))],
+    );
     let watcher = ("watcher", "watcher-key-long-enough", Role::Viewer);
     std::fs::write(dir.path().join("keys.toml"), keys_file(&[watcher])).unwrap();
     let admin = "admin-key-long-enough";
@@ -849,6 +859,8 @@ async fn a_reload_refuses_a_key_that_is_the_id_of_a_held_trial() {
         (id, "is the id of a trial"),
         ("as-a-trial-id", "is part of the id of a trial"),
         (beat, "is the id of a trial"),
+        (ended, "is the id of a trial"),
+        ("before-this-start", "is part of the id of a trial"),
     ];
     for (n, (key, says)) in refused.into_iter().enumerate() {
         offer(key).await;

@@ -377,6 +377,11 @@ impl lcm::store::Reader for BusyReader {
         read
     }
 
+    fn ids(&mut self) -> Result<Vec<String>, lcm::store::StoreError> {
+        self.answering()?;
+        self.inner.ids()
+    }
+
     fn events(
         &mut self,
         id: &lcm::domain::TrialId,
@@ -1408,12 +1413,19 @@ pub fn job_an_hour_ago(id: &str) -> Op {
 /// A data directory holding a store made of `ops`, for an app to start on.
 pub fn prepared_store(ops: Vec<Op>, damage: Option<&str>) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut store = SqliteBackend::open(dir.path()).expect("store");
-    store.apply(&ops).expect("prepared");
+    let mut store = store_in(dir.path(), ops);
     if let Some(sql) = damage {
         store.connection().execute_batch(sql).expect("damaged");
     }
     dir
+}
+
+/// A store made of `ops` in data directory `dir` (made if missing).
+pub fn store_in(dir: &std::path::Path, ops: Vec<Op>) -> SqliteBackend {
+    std::fs::create_dir_all(dir).expect("data directory");
+    let mut store = SqliteBackend::open(dir).expect("store");
+    store.apply(&ops).expect("prepared");
+    store
 }
 
 /// The directory `lcm demo` says its store and logs are in.
