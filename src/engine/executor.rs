@@ -77,6 +77,9 @@ const BOTH_SLICE_CALLBACKS: &str = "the slice callbacks (slice created, then sli
 /// answered.
 const LATE_SLICE_CREATION: &str = "a late slice callback (slice created): the slice deployment was never answered and trial enforcement has no slice yet; a slice it makes is closed";
 
+/// How many of a wait's progress reports have a history event.
+const PROGRESS_EVENTS_PER_WAIT: usize = 1_000;
+
 /// Why an engine did not answer what it was asked.
 pub const STOPPED: &str = "the engine stopped before it answered (the service is stopping, or the engine was deleted): the trial's status says where it stands";
 
@@ -892,6 +895,8 @@ impl Executor {
         }
         let waiting_since = Instant::now();
         let mut heartbeat = heartbeat_secs.map(at);
+        // The progress reports taken in this wait.
+        let mut reports = 0;
         let cleanup = self.cleaning_up();
         let outcome = loop {
             let command = tokio::select! {
@@ -993,10 +998,9 @@ impl Executor {
                         )));
                         continue;
                     }
-                    heartbeat = heartbeat_secs.map(at);
-                    let progress = self.progress(report);
-                    // Saved before it is shown and answered, with its history event: a report
-                    // answered is shown after a restart too, and one refused is not shown.
+                    let (progress, detail) = self.progress(report);
+                    // Saved before it counts, is shown and is answered: a report answered is
+                    // shown after a restart too, and one refused changes nothing.
                     let saved = self
                         .shared
                         .deps
@@ -1006,14 +1010,16 @@ impl Executor {
                             progress: progress.clone(),
                         })
                         .await;
-                    let _ = reply.send(match saved {
-                        Ok(_) => {
-                            self.checkpoint.progress = Some(progress.clone());
-                            self.shared.show_progress(progress);
-                            Ok(format!("progress recorded for trial {}", self.id))
-                        }
-                        Err(e) => Err(ControlError::NotSaved(e.to_string())),
-                    });
+                    if let Err(e) = saved {
+                        let _ = reply.send(Err(ControlError::NotSaved(e.to_string())));
+                        continue;
+                    }
+                    heartbeat = heartbeat_secs.map(at);
+                    reports += 1;
+                    self.progress_event(reports, detail).await;
+                    self.checkpoint.progress = Some(progress.clone());
+                    self.shared.show_progress(progress);
+                    let _ = reply.send(Ok(format!("progress recorded for trial {}", self.id)));
                 }
                 Command::Control(Control::Abort { reason }, reply) => {
                     if cleanup {
@@ -1192,10 +1198,31 @@ impl Executor {
         Outcome::To(Position::Wait(wait))
     }
 
-    /// A component's progress report: in the history, and what the status is to show until
-    /// the wait ends (a field it leaves out keeps the value an earlier report of the same wait
-    /// gave: a bare heartbeat wipes nothing).
-    fn progress(&self, mut report: ProgressReport) -> Progress {
+    /// The history event of a wait's `nth` progress report, committed before it is answered.
+    /// A wait keeps the events of its first [`PROGRESS_EVENTS_PER_WAIT`] reports, and one that
+    /// says the next ones are not kept: a component that reports in a tight loop cannot fill
+    /// the memory and the store (the status still shows each report).
+    async fn progress_event(&self, nth: usize, detail: Option<String>) {
+        let detail = if nth <= PROGRESS_EVENTS_PER_WAIT {
+            detail
+        } else if nth == PROGRESS_EVENTS_PER_WAIT + 1 {
+            Some(format!(
+                "more than {PROGRESS_EVENTS_PER_WAIT} progress reports in this wait: the next ones show in the status only"
+            ))
+        } else {
+            return;
+        };
+        let journal = &self.shared.journal;
+        journal.event(EventKind::Progress, None, detail, None);
+        if let Err(e) = self.shared.deps.store.flush().await {
+            warn!("a progress report's history event could not be saved: {e}");
+        }
+    }
+
+    /// A component's progress report: what the status is to show until the wait ends (a field
+    /// it leaves out keeps the value an earlier report of the same wait gave: a bare heartbeat
+    /// wipes nothing), and its history event's detail.
+    fn progress(&self, mut report: ProgressReport) -> (Progress, Option<String>) {
         // A component may quote a secret (its credentials, a token of the trial): what is kept
         // and shown of its report is redacted, as its answers are, and any token in it.
         if let Some(message) = &mut report.message {
@@ -1211,17 +1238,15 @@ impl Executor {
             (None, Some(m)) => Some(m.clone()),
             (None, None) => None,
         };
-        self.shared
-            .journal
-            .event(EventKind::Progress, None, detail, None);
         let last = self.checkpoint.progress.as_ref();
-        Progress {
+        let progress = Progress {
             progress: report.progress.or(last.and_then(|l| l.progress)),
             message: report
                 .message
                 .or_else(|| last.and_then(|l| l.message.clone())),
             at: state::now(),
-        }
+        };
+        (progress, detail)
     }
 
     /// Switches to the clean-up path (SPEC §14); returns where it starts. `recorded`: the

@@ -700,11 +700,51 @@ async fn a_progress_report_that_cannot_be_saved_is_refused_with_503() {
         app.trial_status(id).await["progress"].is_null(),
         "a report not saved is not shown"
     );
+    let progress_events = || async { events(&app.history(id).await, "progress").len() };
+    assert_eq!(
+        progress_events().await,
+        0,
+        "a report not saved is not in the history"
+    );
 
     // Sent again once the store writes: recorded.
     let recorded = app.call_as(Method::POST, &path, report, Some(&token)).await;
     assert_eq!(recorded.status, StatusCode::OK, "{recorded:?}");
     assert_eq!(app.trial_status(id).await["progress"], 30);
+    assert_eq!(progress_events().await, 1);
+}
+
+/// A component that reports in a tight loop does not fill the memory and the store: a wait
+/// keeps the history events of its first 1,000 reports and one that says so; the status
+/// shows every report.
+#[tokio::test]
+async fn a_wait_keeps_the_history_of_its_first_thousand_progress_reports() {
+    let app = spawn_app().await;
+    let id = "progress-flood";
+    app.platform.inject(drop_slice_callback(id));
+    app.start_trial(id).await;
+    app.wait_waiting(id, WAITING_SLICE).await;
+    let token = app.token_of(id);
+    let path = format!("/trial/{id}/callback/progress");
+    for n in 1..=1_002 {
+        let report = serde_json::json!({"progress": n % 101, "message": format!("report {n}")});
+        let answer = app
+            .call_as(Method::POST, &path, Some(report), Some(&token))
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{n}: {answer:?}");
+    }
+    let history = app.history(id).await;
+    let kept = events(&history, "progress");
+    assert_eq!(kept.len(), 1_001);
+    assert_eq!(kept[999]["detail"], "91%: report 1000");
+    assert_eq!(
+        kept[1_000]["detail"],
+        "more than 1000 progress reports in this wait: the next ones show in the status only"
+    );
+    assert_eq!(
+        app.trial_status(id).await["progress_message"],
+        "report 1002"
+    );
 }
 
 #[tokio::test]
