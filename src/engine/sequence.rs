@@ -649,18 +649,6 @@ impl Signal {
             Signal::Finish => "finish",
         }
     }
-
-    /// The callback signal for a `/trial/{id}/callback/{kind}` path segment.
-    pub fn from_callback_kind(kind: &str) -> Option<Self> {
-        Some(match kind {
-            "slice" => Signal::SliceCallback,
-            "cloudvnfboarding" => Signal::CloudVnfBoardingCallback,
-            "cloudvnfdeployment" => Signal::CloudVnfDeploymentCallback,
-            "edgevnfonboarding" => Signal::EdgeVnfOnboardingCallback,
-            "edgevnfdeployment" => Signal::EdgeVnfDeploymentCallback,
-            _ => return None,
-        })
-    }
 }
 
 #[cfg(test)]
