@@ -15,8 +15,46 @@ use std::time::{Duration, SystemTime};
 use super::{Reply, SendError};
 use crate::config::RetrySettings;
 
-/// The answers worth trying again.
-const RETRIED_STATUSES: [u16; 6] = [408, 429, 500, 502, 503, 504];
+/// An answer worth trying again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetriedStatus {
+    RequestTimeout,
+    TooManyRequests,
+    InternalServerError,
+    BadGateway,
+    ServiceUnavailable,
+    GatewayTimeout,
+}
+
+impl RetriedStatus {
+    const ALL: [RetriedStatus; 6] = [
+        RetriedStatus::RequestTimeout,
+        RetriedStatus::TooManyRequests,
+        RetriedStatus::InternalServerError,
+        RetriedStatus::BadGateway,
+        RetriedStatus::ServiceUnavailable,
+        RetriedStatus::GatewayTimeout,
+    ];
+
+    /// The status code.
+    fn code(self) -> u16 {
+        match self {
+            RetriedStatus::RequestTimeout => 408,
+            RetriedStatus::TooManyRequests => 429,
+            RetriedStatus::InternalServerError => 500,
+            RetriedStatus::BadGateway => 502,
+            RetriedStatus::ServiceUnavailable => 503,
+            RetriedStatus::GatewayTimeout => 504,
+        }
+    }
+
+    /// The answer `status`, if it is worth trying again.
+    fn of(status: u16) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|retried| retried.code() == status)
+    }
+}
 
 /// Why an attempt is tried again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,8 +65,8 @@ pub enum RetryReason {
     Auth,
     Timeout,
     Transport,
-    /// A status worth trying again.
-    Status(u16),
+    /// An answer worth trying again.
+    Status(RetriedStatus),
 }
 
 impl RetryReason {
@@ -39,12 +77,12 @@ impl RetryReason {
             RetryReason::Auth => "auth",
             RetryReason::Timeout => "timeout",
             RetryReason::Transport => "transport",
-            RetryReason::Status(408) => "status_408",
-            RetryReason::Status(429) => "status_429",
-            RetryReason::Status(500) => "status_500",
-            RetryReason::Status(502) => "status_502",
-            RetryReason::Status(503) => "status_503",
-            RetryReason::Status(_) => "status_504",
+            RetryReason::Status(RetriedStatus::RequestTimeout) => "status_408",
+            RetryReason::Status(RetriedStatus::TooManyRequests) => "status_429",
+            RetryReason::Status(RetriedStatus::InternalServerError) => "status_500",
+            RetryReason::Status(RetriedStatus::BadGateway) => "status_502",
+            RetryReason::Status(RetriedStatus::ServiceUnavailable) => "status_503",
+            RetryReason::Status(RetriedStatus::GatewayTimeout) => "status_504",
         }
     }
 
@@ -70,7 +108,7 @@ impl std::fmt::Display for RetryReason {
             RetryReason::Auth => f.write_str("no access token"),
             RetryReason::Timeout => f.write_str("timed out"),
             RetryReason::Transport => f.write_str("transport error"),
-            RetryReason::Status(status) => write!(f, "answered {status}"),
+            RetryReason::Status(status) => write!(f, "answered {}", status.code()),
         }
     }
 }
@@ -85,10 +123,7 @@ pub fn retry_reason(creates: bool, outcome: &Result<Reply, SendError>) -> Option
         Err(SendError::Timeout { .. }) => Some(RetryReason::Timeout),
         Err(SendError::Transport { .. }) => Some(RetryReason::Transport),
         Ok(_) if creates => None,
-        Ok(reply) if RETRIED_STATUSES.contains(&reply.status) => {
-            Some(RetryReason::Status(reply.status))
-        }
-        Ok(_) => None,
+        Ok(reply) => RetriedStatus::of(reply.status).map(RetryReason::Status),
     }
 }
 
@@ -148,13 +183,13 @@ mod tests {
 
     #[test]
     fn which_outcomes_are_retried() {
-        for status in RETRIED_STATUSES {
+        for status in RetriedStatus::ALL {
+            let reason = RetryReason::Status(status);
+            assert_eq!(retry_reason(false, &reply(status.code())), Some(reason));
+            assert_eq!(reason.label(), format!("status_{}", status.code()));
+            assert_eq!(reason.to_string(), format!("answered {}", status.code()));
             assert_eq!(
-                retry_reason(false, &reply(status)),
-                Some(RetryReason::Status(status))
-            );
-            assert_eq!(
-                retry_reason(true, &reply(status)),
+                retry_reason(true, &reply(status.code())),
                 None,
                 "a create is not repeated"
             );
