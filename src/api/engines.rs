@@ -153,7 +153,7 @@ async fn skip(
         (status = 400, description = "Invalid trial id, or a query parameter other than `force=true|false`", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "The trial has no engine (or another delete of it is under way)", body = ErrorBody),
-        (status = 409, description = "The trial may still have a slice or a measurement job deployed: abort it first, or delete with `force=true`", body = ErrorBody),
+        (status = 409, description = "The trial may still have a slice or a measurement job deployed (or its record, set aside as Corrupt, cannot say): abort it first, or delete with `force=true`", body = ErrorBody),
         (status = 503, description = "The removal could not be saved, so it was not made", body = ErrorBody),
     ),
 )]
@@ -174,7 +174,14 @@ async fn remove(
     // A refusal is logged by the audit, which hides an id that is a key or a secret.
     let (left, removed, audited) = match deleted {
         Deleted::Engine { left } => (left, "engine stopped and removed", true),
-        Deleted::Record { left } => (left, "record of an ended trial removed", false),
+        Deleted::Record {
+            left,
+            set_aside: false,
+        } => (left, "record of an ended trial removed", false),
+        Deleted::Record {
+            left,
+            set_aside: true,
+        } => (left, "record set aside as Corrupt removed", false),
         Deleted::Deployed(undo) => return Err(deployed(&id, undo)),
         Deleted::Nothing => return Err(ApiError::no_engine(&id)),
     };
@@ -203,6 +210,9 @@ fn deployed(id: &TrialId, undo: Undo) -> ApiError {
         Undo::ByHand => "the trial has ended, and nothing of this service undoes them now: close them on the facility by hand, then delete it with ?force=true".to_owned(),
         Undo::CleanUp => format!(
             "its clean-up is under way and undoes them: wait for it to end (GET /trial/{id}/status), or delete it with ?force=true to leave them there"
+        ),
+        Undo::Unreadable => format!(
+            "its record cannot be read (it was set aside as Corrupt), so what is left of them is unknown: its recorded responses (GET /trial/{id}/responses) show what it deployed and closed; close what is left on the facility by hand, then delete it with ?force=true"
         ),
         Undo::Abort => format!(
             "abort it first (POST /trial/{id}/abort undoes them), or delete it with ?force=true to leave them there"

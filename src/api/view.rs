@@ -45,7 +45,7 @@ impl AppState {
             .await?;
         match stored {
             Some(StoredTrial::Readable(record)) => Ok(Found::Stored(record)),
-            Some(StoredTrial::Corrupt { reason }) => Ok(Found::Corrupt(reason)),
+            Some(StoredTrial::Corrupt { reason, .. }) => Ok(Found::Corrupt(reason)),
             // A job gives way to its engine (a job leaves only once its engine is in): one that
             // did so while the store was read has just started.
             None => match self.scheduler.engines().get(id) {

@@ -258,6 +258,24 @@ pub struct Leftover {
     pub id: String,
 }
 
+impl Leftover {
+    /// What a trial whose record cannot be read may have left: a slice and a measurement job,
+    /// of unknown ids.
+    pub fn unreadable() -> Vec<Leftover> {
+        let id = || "unknown: its record cannot be read".to_owned();
+        vec![
+            Leftover {
+                kind: LeftoverKind::Slice,
+                id: id(),
+            },
+            Leftover {
+                kind: LeftoverKind::MeasurementJob,
+                id: id(),
+            },
+        ]
+    }
+}
+
 /// What `left` names, for an answer or a log line: `slice s-1, measurement_job mj-1`.
 pub fn named(left: &[Leftover]) -> String {
     let named: Vec<String> = (left.iter())

@@ -62,9 +62,12 @@ pub enum Deleted {
     /// Nothing, since the trial may still have something deployed on the facility and the
     /// delete was not told to leave it: the engine goes on; what undoes it.
     Deployed(Undo),
-    /// The record of an ended trial no longer in memory, and what it `left` deployed (a
-    /// delete that was told to leave it).
-    Record { left: Vec<Leftover> },
+    /// The record of an ended trial no longer in memory, or of one `set_aside` as corrupt,
+    /// and what it `left` deployed (a delete that was told to leave it).
+    Record {
+        left: Vec<Leftover>,
+        set_aside: bool,
+    },
     /// Nothing: no such trial, or another delete of it is under way.
     Nothing,
 }
@@ -78,6 +81,9 @@ pub enum Undo {
     CleanUp,
     /// A human, on the facility: the trial has ended.
     ByHand,
+    /// A human, on the facility, after reading its recorded responses: its record, set aside
+    /// as corrupt, cannot say what it deployed.
+    Unreadable,
 }
 
 /// A job whose start passed while the service was down, longer ago than the misfire grace.
@@ -627,13 +633,21 @@ impl Scheduler {
             // An ended trial's record may be the only one of a slice a skipped close left.
             let key = id.clone();
             let stored = self.store().read(move |reader| reader.trial(&key)).await?;
-            let left = match &stored {
-                Some(StoredTrial::Readable(record)) => leftovers_of(record),
-                Some(StoredTrial::Corrupt { .. }) | None => Vec::new(),
+            let (left, set_aside) = match &stored {
+                Some(StoredTrial::Readable(record)) => (leftovers_of(record), false),
+                // It may have been a live trial with its slice deployed.
+                Some(StoredTrial::Corrupt { ran: true, .. }) => (Leftover::unreadable(), true),
+                Some(StoredTrial::Corrupt { ran: false, .. }) => (Vec::new(), true),
+                None => (Vec::new(), false),
             };
             if !left.is_empty() && !leave_deployed {
-                // Only an ended trial is not in memory.
-                return Ok(Deleted::Deployed(Undo::ByHand));
+                // Only an ended trial, or a corrupt one, is not in memory.
+                let undo = if set_aside {
+                    Undo::Unreadable
+                } else {
+                    Undo::ByHand
+                };
+                return Ok(Deleted::Deployed(undo));
             }
             // Whether there was a record to forget is known only once this is written: the
             // answer's audit entry is written after it.
@@ -645,7 +659,7 @@ impl Scheduler {
                 return Ok(Deleted::Nothing);
             }
             failure::remove_file(&self.inner.deps.settings, id).await;
-            return Ok(Deleted::Record { left });
+            return Ok(Deleted::Record { left, set_aside });
         };
         // Forgotten with its engine, a slice would stay on the facility with nothing to say so.
         if !leave_deployed {

@@ -387,7 +387,12 @@ pub struct ListedTrial {
 #[derive(Debug, Clone)]
 pub enum StoredTrial {
     Readable(Box<TrialRecord>),
-    Corrupt { reason: String },
+    /// `ran`: it is the record of a trial that may have run, not of a scheduled job that never
+    /// started.
+    Corrupt {
+        reason: String,
+        ran: bool,
+    },
 }
 
 /// Which audit entries `GET /audit` wants.

@@ -307,6 +307,10 @@ fn mend_binary_creation_times(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// How the reason of a scheduled job set aside begins: it never started, so it left nothing
+/// deployed.
+const JOB_SET_ASIDE: &str = "unreadable scheduled job";
+
 /// Keeps a record that cannot be read as a trial row `Corrupt` with the reason, listed and
 /// never run; `content` is what was read, kept for whoever mends it. A trial row already there
 /// is left as it is.
@@ -1056,7 +1060,7 @@ impl Backend for SqliteBackend {
                     loaded.jobs.push(job);
                     continue;
                 }
-                Err(e) => format!("unreadable scheduled job: {e}"),
+                Err(e) => format!("{JOB_SET_ASIDE}: {e}"),
             };
             error!(trial = %id, reason = %reason, "a saved job cannot be read: set aside as Corrupt");
             let tx = self.conn.transaction().map_err(read)?;
@@ -1629,13 +1633,19 @@ impl Reader for SqliteReader {
             .map_err(read)?;
         Ok(row.map(|(row, engine_status, failure)| {
             match listed_status(&engine_status) {
-                Ok(ListedStatus::Corrupt) => return StoredTrial::Corrupt { reason: failure },
-                Err(reason) => return StoredTrial::Corrupt { reason },
+                Ok(ListedStatus::Corrupt) => {
+                    let ran = !failure.starts_with(JOB_SET_ASIDE);
+                    return StoredTrial::Corrupt {
+                        reason: failure,
+                        ran,
+                    };
+                }
+                Err(reason) => return StoredTrial::Corrupt { reason, ran: true },
                 Ok(_) => {}
             }
             match row.and_then(|row| row.record()) {
                 Ok(record) => StoredTrial::Readable(Box::new(record)),
-                Err(reason) => StoredTrial::Corrupt { reason },
+                Err(reason) => StoredTrial::Corrupt { reason, ran: true },
             }
         }))
     }

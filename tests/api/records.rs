@@ -554,6 +554,28 @@ async fn corrupt_records_and_jobs_are_set_aside_and_start_up_goes_on() {
             .contains("has a record that cannot be read"),
         "{refused:?}"
     );
+    // Nor is its record forgotten by a plain delete: it may have left a slice and a job.
+    for id in ["garbled", "deployed"] {
+        let kept = app.delete(&format!("/debug/engine/{id}")).await;
+        assert_detail(&kept, StatusCode::CONFLICT);
+        assert!(
+            kept.detail().contains("its record cannot be read")
+                && kept
+                    .detail()
+                    .contains(&format!("GET /trial/{id}/responses")),
+            "{kept:?}"
+        );
+        assert_eq!(app.trial_status(id).await["engine_status"], "Corrupt");
+    }
+    let forced = app.delete("/debug/engine/garbled?force=true").await;
+    assert_ok_saying(
+        &forced,
+        "left deployed: slice unknown: its record cannot be read, measurement_job unknown: its record cannot be read",
+    );
+    assert_eq!(
+        app.get("/trial/garbled/status").await.status,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]

@@ -487,7 +487,7 @@ fn an_engine_status_the_store_does_not_know_is_corrupt_everywhere_and_a_live_one
     assert_eq!(active[0].trial_id, "live");
     assert!(matches!(
         reader.trial(&id("done")).unwrap(),
-        Some(StoredTrial::Corrupt { reason }) if reason.contains("'Finishd'")
+        Some(StoredTrial::Corrupt { reason, ran: true }) if reason.contains("'Finishd'")
     ));
     assert_eq!(
         counts(reader.as_mut()),
