@@ -16,6 +16,7 @@ use tracing_subscriber::{EnvFilter, Layer, fmt, layer::SubscriberExt, util::Subs
 use crate::config::{LogFormat, LoggingSettings};
 use crate::domain::breaks_line;
 use crate::engine::sequence::Step;
+use crate::engine::state::Lifecycle;
 use crate::services::retry::RetryReason;
 use crate::services::{SendError, Service};
 use crate::tokens::TokenError;
@@ -274,8 +275,9 @@ pub fn spawn_metrics_upkeep() -> tokio::task::JoinHandle<()> {
 
 /// Every metric family the service exports, with its Prometheus type: all of them are there
 /// from the first scrape.
-pub const FAMILIES: [(&str, &str); 11] = [
+pub const FAMILIES: [(&str, &str); 12] = [
     ("lcm_engines", "gauge"),
+    ("lcm_trial_outcomes_total", "counter"),
     ("lcm_scheduled_jobs", "gauge"),
     ("lcm_missed_jobs", "gauge"),
     ("lcm_store_writable", "gauge"),
@@ -326,16 +328,37 @@ const EXPECTED_STATUSES: [(Service, &[&str]); 3] = [
     (Service::KpiMonitoring, &["200"]),
 ];
 
+/// The `outcome` labels of `lcm_trial_outcomes_total`.
+const OUTCOMES: [&str; 3] = ["finished", "aborted", "failed"];
+
+/// Counts an engine's move to `lifecycle` in `lcm_trial_outcomes_total`, if it is an outcome.
+pub fn count_outcome(lifecycle: Lifecycle) {
+    let outcome = match lifecycle {
+        Lifecycle::Finished => "finished",
+        Lifecycle::Aborted => "aborted",
+        Lifecycle::Failed => "failed",
+        Lifecycle::Running | Lifecycle::Waiting | Lifecycle::Stopped => return,
+    };
+    counter!("lcm_trial_outcomes_total", "outcome" => outcome).increment(1);
+}
+
 /// Every metric family the service exports, in one place: each is described (its `# HELP`)
 /// and present from the first scrape, gauges at 0 and counters and histograms with every
 /// label set known in advance at 0. A new family, or a new label value, is added here.
 fn register_families() {
     describe_gauge!(
         "lcm_engines",
-        "Engines in memory by status (Active, Failed, Finished, Aborted), taken at scrape time"
+        "Engines in memory by status (Active, Failed, Finished, Aborted), taken at scrape time (an ended engine leaves memory after engine.keep_finished_secs: lcm_trial_outcomes_total counts outcomes)"
     );
     for status in ["Active", "Failed", "Finished", "Aborted"] {
         gauge!("lcm_engines", "status" => status).set(0.0);
+    }
+    describe_counter!(
+        "lcm_trial_outcomes_total",
+        "Trials that finished, were aborted or failed, since the service started (each failure counts: a restored trial that fails again counts again)"
+    );
+    for outcome in OUTCOMES {
+        counter!("lcm_trial_outcomes_total", "outcome" => outcome).increment(0);
     }
     describe_gauge!(
         "lcm_scheduled_jobs",

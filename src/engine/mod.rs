@@ -702,6 +702,9 @@ impl EngineShared {
             if s.lifecycle == Lifecycle::Stopped {
                 return false;
             }
+            if s.lifecycle != lifecycle {
+                crate::telemetry::count_outcome(lifecycle);
+            }
             let now = state::now();
             let ended_at = if lifecycle.is_ended() {
                 Some(now)

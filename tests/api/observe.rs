@@ -346,3 +346,41 @@ async fn a_request_that_found_no_service_is_counted_as_a_connect_error() {
         assert_eq!(series(other), Some(0.0), "{other}: {text}");
     }
 }
+
+/// `lcm_engines` counts engines in memory, which ended ones leave: what became of trials is
+/// counted by `lcm_trial_outcomes_total`, which stays.
+#[tokio::test]
+async fn trial_outcomes_are_counted_after_their_engines_leave_memory() {
+    let app = spawn_binary_with(BinaryOptions {
+        env: &[("LCM__ENGINE__KEEP_FINISHED_SECS", "0")],
+        ..BinaryOptions::default()
+    })
+    .await;
+    let (failed, finished, aborted) = ("outcome-failed", "outcome-finished", "outcome-aborted");
+    app.platform
+        .inject(slice_deployment_fault(failed, FaultAction::Status(400)));
+    app.start_trial(failed).await;
+    app.wait_failed(failed).await;
+    app.run_to_finished(finished).await;
+    app.start_to_idle(aborted).await;
+    assert_eq!(
+        app.ask_abort(aborted, "counted").await.status,
+        StatusCode::OK
+    );
+    for id in [finished, aborted] {
+        app.wait_engine_gone(id).await;
+    }
+    let text = scrape(&app).await;
+    for (outcome, times) in [("finished", 1.0), ("aborted", 1.0), ("failed", 1.0)] {
+        let series = format!(r#"lcm_trial_outcomes_total{{outcome="{outcome}"}}"#);
+        assert_eq!(
+            series_value(&text, &series),
+            Some(times),
+            "{series}: {text}"
+        );
+    }
+    for status in ["Finished", "Aborted"] {
+        let series = format!(r#"lcm_engines{{status="{status}"}}"#);
+        assert_eq!(series_value(&text, &series), Some(0.0), "{series}: {text}");
+    }
+}
