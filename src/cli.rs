@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::parser::ValueSource;
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use tracing::{error, warn};
 
 use crate::bench::{self, BenchOptions};
@@ -30,9 +29,10 @@ environment variables, in that order; an unknown key or a bad value stops start-
 To try it without a platform: lcm demo"
 )]
 struct Cli {
-    /// Configuration file layered over the built-in defaults (`serve` only; the demo and the
-    /// benchmark use the built-in defaults).
-    #[arg(long, global = true, env = "LCM_CONFIG")]
+    /// Configuration file layered over the built-in defaults; without it, the file the
+    /// `LCM_CONFIG` environment variable names (`serve` only; the demo and the benchmark use
+    /// the built-in defaults).
+    #[arg(long, global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -122,32 +122,29 @@ impl Command {
 
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
-    // Said here: the parser would blame `--config`, which the operator did not write. A
-    // `--config` given on the command line is taken over the variable, as always.
-    let flag = std::env::args_os().any(|arg| {
-        arg.to_str()
-            .is_some_and(|arg| arg == "--config" || arg.starts_with("--config="))
-    });
-    if !flag && std::env::var_os("LCM_CONFIG").is_some_and(|path| path.is_empty()) {
-        eprintln!(
-            "lcm: the environment variable LCM_CONFIG is empty: give the configuration file's path, or unset it to run without one"
-        );
-        return ExitCode::FAILURE;
-    }
-    let matches = Cli::command().get_matches();
-    let cli = match Cli::from_arg_matches(&matches) {
-        Ok(cli) => cli,
-        Err(e) => e.exit(),
-    };
-    // An error about the file says which of the two named it.
-    let config = cli.config.map(|path| ConfigFile {
-        path,
-        origin: match matches.value_source("config") {
-            Some(ValueSource::EnvVariable) => FileOrigin::Variable,
-            _ => FileOrigin::Flag,
-        },
-    });
+    let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve);
+    // An error about the file says which of the two named it. A `--config` given on the
+    // command line is taken over the variable, empty or not.
+    let config = match (cli.config, std::env::var_os("LCM_CONFIG")) {
+        (Some(path), _) => Some(ConfigFile {
+            path,
+            origin: FileOrigin::Flag,
+        }),
+        // Nothing to read, for a command that reads no configuration anyway.
+        (None, Some(path)) if path.is_empty() && command.own_defaults().is_some() => None,
+        (None, Some(path)) if path.is_empty() => {
+            eprintln!(
+                "lcm: the environment variable LCM_CONFIG is empty: give the configuration file's path, or unset it to run without one"
+            );
+            return ExitCode::FAILURE;
+        }
+        (None, Some(path)) => Some(ConfigFile {
+            path: PathBuf::from(path),
+            origin: FileOrigin::Variable,
+        }),
+        (None, None) => None,
+    };
     if let (Some(name), Some(ConfigFile { path, origin })) = (command.own_defaults(), &config) {
         let given = match origin {
             FileOrigin::Flag => "--config",

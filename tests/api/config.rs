@@ -195,14 +195,19 @@ async fn a_missing_configuration_file_says_whether_the_flag_or_the_variable_name
             "configuration file config/default.toml: is there but is not a file that can be read (a directory, or a link to nothing)"
         ]
     );
-    // The flag is taken over the variable, empty or not.
-    let stderr = refused(dir.path(), &["--config", missing], &[("LCM_CONFIG", "")]).await;
-    assert_eq!(
-        lines(&stderr),
-        [format!(
-            "--config {missing}: there is no configuration file there"
-        )]
-    );
+    // The flag is taken over the variable, empty or not, also after `serve`.
+    for args in [&["--config", missing][..], &["serve", "--config", missing]] {
+        for variable in ["", "/nowhere/else.toml"] {
+            let stderr = refused(dir.path(), args, &[("LCM_CONFIG", variable)]).await;
+            assert_eq!(
+                lines(&stderr),
+                [format!(
+                    "--config {missing}: there is no configuration file there"
+                )],
+                "{args:?} with LCM_CONFIG={variable:?}"
+            );
+        }
+    }
 }
 
 #[tokio::test]

@@ -130,22 +130,28 @@ async fn the_demo_says_it_does_not_read_a_configuration_file_it_was_given() {
         "{stderr}"
     );
 
-    // Nor the file LCM_CONFIG names, which an operator may have exported long ago.
-    let port = free_port().to_string();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let output = run_lcm(
-        &["demo", "--exit", "--port", &port],
-        &[("LCM_CONFIG", "/nowhere/lcm.toml")],
-        dir.path(),
-        Duration::from_secs(60),
-    )
-    .await;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("lcm demo: /nowhere/lcm.toml is not read: LCM_CONFIG"),
-        "{stderr}"
-    );
+    // Nor the file LCM_CONFIG names, which an operator may have exported long ago; an empty
+    // one names none, and is no reason to stop.
+    for (variable, said) in [
+        (
+            "/nowhere/lcm.toml",
+            "lcm demo: /nowhere/lcm.toml is not read: LCM_CONFIG",
+        ),
+        ("", ""),
+    ] {
+        let port = free_port().to_string();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let output = run_lcm(
+            &["demo", "--exit", "--port", &port],
+            &[("LCM_CONFIG", variable)],
+            dir.path(),
+            Duration::from_secs(60),
+        )
+        .await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{variable:?}: {stderr}");
+        assert!(stderr.contains(said), "{stderr}");
+    }
 }
 
 #[tokio::test]
