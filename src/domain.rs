@@ -79,6 +79,10 @@ pub enum InvalidStartTime {
         "start_time '{0}' is not an RFC 3339 date-time with an offset, like 2021-02-23T07:17:15+02:00 or 2021-03-26T10:00:00Z"
     )]
     Malformed(String),
+    #[error(
+        "start_time '{0}' has the form of an RFC 3339 date-time, but no such time exists: a field is out of range (a day its month does not have, such as 29 February of a common year, a month past 12, an hour past 23, a minute past 59, an offset of 24 hours or more)"
+    )]
+    NoSuchTime(String),
     #[error("start_time {0} is in the past (now is {1})")]
     Past(String, String),
     #[error(
@@ -97,8 +101,10 @@ impl StartTime {
     /// that reads back).
     pub fn parse(raw: &str) -> Result<Self, InvalidStartTime> {
         let shown = || start_of(raw, 64).to_owned();
-        let time = DateTime::parse_from_rfc3339(raw.trim())
-            .map_err(|_| InvalidStartTime::Malformed(shown()))?;
+        let time = DateTime::parse_from_rfc3339(raw.trim()).map_err(|e| match e.kind() {
+            chrono::format::ParseErrorKind::OutOfRange => InvalidStartTime::NoSuchTime(shown()),
+            _ => InvalidStartTime::Malformed(shown()),
+        })?;
         if time.with_timezone(&Utc) > latest() {
             return Err(InvalidStartTime::TooLate(shown()));
         }
@@ -203,8 +209,35 @@ mod tests {
         let t = StartTime::parse("2021-02-23T07:17:15+02:00").unwrap();
         assert_eq!(t.utc().to_rfc3339(), "2021-02-23T05:17:15+00:00");
         assert!(StartTime::parse("2021-02-23T07:17:15").is_err());
-        assert!(StartTime::parse("2021-02-30T07:17:15Z").is_err());
-        assert!(StartTime::parse("tomorrow").is_err());
+        for impossible in [
+            "2021-02-30T07:17:15Z",
+            "2027-02-29T12:00:00Z",
+            "2030-04-31T12:00:00+02:00",
+            "2030-06-01T24:00:00Z",
+            "2030-13-01T00:00:00Z",
+            "2030-12-01T00:00:00+24:00",
+        ] {
+            assert!(
+                matches!(
+                    StartTime::parse(impossible),
+                    Err(InvalidStartTime::NoSuchTime(_))
+                ),
+                "{impossible}"
+            );
+        }
+        assert!(
+            StartTime::parse("2028-02-29T12:00:00Z").is_ok(),
+            "a leap day"
+        );
+        for malformed in ["tomorrow", "2030-12-01T00:00:00Zjunk"] {
+            assert!(
+                matches!(
+                    StartTime::parse(malformed),
+                    Err(InvalidStartTime::Malformed(_))
+                ),
+                "{malformed}"
+            );
+        }
         for leap in ["2030-06-30T23:59:60Z", "2030-06-01T12:00:60.5+02:00"] {
             assert!(
                 matches!(StartTime::parse(leap), Err(InvalidStartTime::LeapSecond(_))),

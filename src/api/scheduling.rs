@@ -186,7 +186,10 @@ async fn schedule_from_registry(
         Ok(start) => Ok((Extension(Audited), Json(scheduled(&id, start)))),
         // A start time the registry wrote badly is the registry's garbage, not the caller's.
         Err(ScheduleError::Time(
-            InvalidStartTime::Malformed(raw) | InvalidStartTime::TooLate(raw),
+            InvalidStartTime::Malformed(raw)
+            | InvalidStartTime::NoSuchTime(raw)
+            | InvalidStartTime::TooLate(raw)
+            | InvalidStartTime::LeapSecond(raw),
         )) => Err(ApiError::bad_gateway(format!(
             "trial repository gives trial '{id}' an unreadable start_time '{raw}'"
         ))),

@@ -201,15 +201,20 @@ async fn a_start_time_without_offset_is_400() {
 #[tokio::test]
 async fn an_impossible_date_is_400() {
     let app = spawn_app().await;
-    for bad in [
-        "2999-02-30T10:00:00Z",
-        "2021-02-30T10:00:00Z",
-        "2999-06-30T23:59:60Z",
-        "tomorrow",
-        "",
+    // Each says what is wrong with it: a field out of range, a leap second, or no such form.
+    for (bad, says) in [
+        ("2999-02-30T10:00:00Z", "no such time exists"),
+        ("2021-02-30T10:00:00Z", "no such time exists"),
+        ("2027-02-29T12:00:00Z", "no such time exists"),
+        ("2030-06-01T24:00:00+05:30", "no such time exists"),
+        ("2030-13-01T00:00:00Z", "no such time exists"),
+        ("2999-06-30T23:59:60Z", "leap second"),
+        ("tomorrow", "is not an RFC 3339 date-time with an offset"),
+        ("", "is not an RFC 3339 date-time with an offset"),
     ] {
         let answer = app.schedule("t1", bad).await;
         assert_detail(&answer, StatusCode::BAD_REQUEST);
+        assert!(answer.detail().contains(says), "{bad}: {answer:?}");
     }
     let leap = app.schedule("t1", "2999-06-30T23:59:60Z").await;
     assert!(leap.detail().contains("leap second"), "{leap:?}");
