@@ -15,9 +15,7 @@ use crate::helpers::*;
 async fn callbacks_with_bad_tokens_are_refused_and_change_nothing() {
     let app = spawn_app().await;
     let id = "tokens-cb";
-    app.platform.inject(drop_slice_callback(id));
-    app.start_trial(id).await;
-    app.wait_waiting(id, WAITING_SLICE).await;
+    app.wait_at_slice_callback(id).await;
 
     let forged = signed_token("another-secret", id, 600);
     let expired = signed_token(TOKEN_SECRET, id, -5);
@@ -83,10 +81,7 @@ async fn a_callback_for_a_trial_without_engine_is_not_found() {
 async fn signals_that_do_not_fit_are_refused_with_409() {
     let app = spawn_app().await;
     let id = "wrong-time";
-    app.platform.inject(drop_slice_callback(id));
-    app.start_trial(id).await;
-    app.wait_waiting(id, WAITING_SLICE).await;
-    let token = app.token_of(id);
+    let token = app.wait_at_slice_callback(id).await;
 
     for path in ["active", "finish"] {
         let answer = app.post(&format!("/trial/{id}/{path}"), None).await;
@@ -652,10 +647,7 @@ async fn a_callback_refused_because_the_store_cannot_write_does_not_time_its_wai
     )
     .await;
     let id = "refused-callback";
-    app.platform.inject(drop_slice_callback(id));
-    app.start_trial(id).await;
-    app.wait_waiting(id, WAITING_SLICE).await;
-    let token = app.token_of(id);
+    let token = app.wait_at_slice_callback(id).await;
     refused.refuse(true);
     // Trial enforcement calls back, and sends it again while it is refused, until after the
     // wait's time (counted from when the service says the wait began).
@@ -682,10 +674,7 @@ async fn a_callback_refused_because_the_store_cannot_write_does_not_time_its_wai
 async fn a_progress_report_that_cannot_be_saved_is_refused_with_503() {
     let (app, broken) = spawn_app_with_flaky_store(AppOptions::default()).await;
     let id = "progress-unsaved";
-    app.platform.inject(drop_slice_callback(id));
-    app.start_trial(id).await;
-    app.wait_waiting(id, WAITING_SLICE).await;
-    let token = app.token_of(id);
+    let token = app.wait_at_slice_callback(id).await;
     let path = format!("/trial/{id}/callback/progress");
     let report = Some(serde_json::json!({"progress": 30}));
 
@@ -721,10 +710,7 @@ async fn a_progress_report_that_cannot_be_saved_is_refused_with_503() {
 async fn a_wait_keeps_the_history_of_its_first_thousand_progress_reports() {
     let app = spawn_app().await;
     let id = "progress-flood";
-    app.platform.inject(drop_slice_callback(id));
-    app.start_trial(id).await;
-    app.wait_waiting(id, WAITING_SLICE).await;
-    let token = app.token_of(id);
+    let token = app.wait_at_slice_callback(id).await;
     let path = format!("/trial/{id}/callback/progress");
     for n in 1..=1_002 {
         let report = serde_json::json!({"progress": n % 101, "message": format!("report {n}")});

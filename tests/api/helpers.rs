@@ -692,6 +692,15 @@ impl TestApp {
         self.schedule_in(id, 300).await;
     }
 
+    /// Starts trial `id` with its slice-created callback dropped and waits until its engine
+    /// waits for it: a trial at a component's wait. Returns the trial's token.
+    pub async fn wait_at_slice_callback(&self, id: &str) -> String {
+        self.platform.inject(drop_slice_callback(id));
+        self.start_trial(id).await;
+        self.wait_waiting(id, WAITING_SLICE).await;
+        self.token_of(id)
+    }
+
     /// Starts trial `id` and waits until its engine waits at IDLE for the operator: a live
     /// engine that stays put.
     pub async fn start_to_idle(&self, id: &str) {

@@ -669,10 +669,7 @@ async fn every_post_carries_an_idempotency_key_kept_across_a_crash_and_renewed_b
 async fn progress_callbacks_are_checked_shown_and_taken_only_at_a_component_wait() {
     let app = spawn_app().await;
     let id = "progress-checked";
-    app.platform.inject(drop_slice_callback(id));
-    app.start_trial(id).await;
-    app.wait_waiting(id, WAITING_SLICE).await;
-    let token = app.token_of(id);
+    let token = app.wait_at_slice_callback(id).await;
     let path = format!("/trial/{id}/callback/progress");
     let progress = |body: Option<Value>, token: Option<String>| {
         let path = path.clone();
@@ -1048,10 +1045,7 @@ async fn a_secret_in_a_progress_message_is_redacted_where_it_is_shown() {
     })
     .await;
     let id = "progress-secret";
-    app.platform.inject(drop_slice_callback(id));
-    app.start_trial(id).await;
-    app.wait_waiting(id, WAITING_SLICE).await;
-    let token = app.token_of(id);
+    let token = app.wait_at_slice_callback(id).await;
     let minted = app.post(&format!("/token/{id}"), None).await.body["Authorization"]
         .as_str()
         .expect("a minted token")
