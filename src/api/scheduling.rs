@@ -186,12 +186,12 @@ async fn schedule_from_registry(
         Ok(start) => Ok((Extension(Audited), Json(scheduled(&id, start)))),
         // A start time the registry wrote badly is the registry's garbage, not the caller's.
         Err(ScheduleError::Time(
-            InvalidStartTime::Malformed(raw)
-            | InvalidStartTime::NoSuchTime(raw)
-            | InvalidStartTime::TooLate(raw)
-            | InvalidStartTime::LeapSecond(raw),
+            e @ (InvalidStartTime::Malformed(_)
+            | InvalidStartTime::NoSuchTime(_)
+            | InvalidStartTime::TooLate(_)
+            | InvalidStartTime::LeapSecond(_)),
         )) => Err(ApiError::bad_gateway(format!(
-            "trial repository gives trial '{id}' an unreadable start_time '{raw}'"
+            "trial repository gives trial '{id}' a start_time that cannot be used: {e}"
         ))),
         Err(e) => Err(e.into()),
     }

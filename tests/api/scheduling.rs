@@ -393,6 +393,33 @@ async fn scheduling_from_a_repository_answering_garbage_is_502() {
     assert_nothing_scheduled(&app).await;
 }
 
+/// A start time the registry gives that cannot be used is the registry's fault (502), and the
+/// detail says what is wrong with it.
+#[tokio::test]
+async fn scheduling_from_a_repository_giving_an_impossible_start_time_is_502_saying_why() {
+    let app = spawn_app().await;
+    for (id, time, says) in [
+        ("t1", "2027-02-29T12:00:00Z", "no such time exists"),
+        ("t2", "2999-06-30T23:59:60Z", "leap second"),
+        ("t3", "soon", "is not an RFC 3339 date-time with an offset"),
+    ] {
+        registry_answers(
+            &app,
+            &format!("/trial/{id}/"),
+            json!({"id": id, "start_time": time}),
+        );
+        let answer = app.post(&format!("/debug/trial/{id}/schedule"), None).await;
+        assert_detail(&answer, StatusCode::BAD_GATEWAY);
+        assert!(
+            answer.detail().contains(&format!(
+                "trial repository gives trial '{id}' a start_time that cannot be used: start_time '{time}'"
+            )) && answer.detail().contains(says),
+            "{answer:?}"
+        );
+    }
+    assert_nothing_scheduled(&app).await;
+}
+
 #[tokio::test]
 async fn scheduling_from_a_repository_answering_another_trial_is_502() {
     let app = spawn_app().await;
