@@ -125,6 +125,14 @@ pub struct TooManyFailures {
     pub retry_after: Duration,
 }
 
+/// A trial's callback token used more often than the limit: try again after this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyCallbacks {
+    pub retry_after: Duration,
+    /// The limit, `auth.max_callbacks_per_minute`.
+    pub per_minute: u32,
+}
+
 /// How often forgotten addresses are dropped from the failure counts.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 
@@ -134,6 +142,12 @@ pub struct Access {
     /// The settings the keys came from, to load them again from the same sources.
     auth: AuthSettings,
     failures: DefaultKeyedRateLimiter<IpAddr>,
+    /// The requests made with each callback token, by the token's hash.
+    callbacks: DefaultKeyedRateLimiter<u64>,
+    /// What hashes a callback token for [`Self::callbacks`] (keyed at random at start).
+    token_hasher: std::hash::RandomState,
+    /// The warnings that a trial's token is throttled: one a minute.
+    warned: DefaultKeyedRateLimiter<TrialId>,
     last_purge: Mutex<Instant>,
     /// Told of every reload that put keys in force.
     reloaded: tokio::sync::watch::Sender<()>,
@@ -141,14 +155,18 @@ pub struct Access {
 
 impl Access {
     /// The keys of `auth` (validated), and a limit of `auth.max_failures_per_minute` failed
-    /// authentications per client address.
+    /// authentications per client address and of `auth.max_callbacks_per_minute` requests per
+    /// trial's callback token.
     pub fn new(auth: &AuthSettings) -> Result<Self, ConfigError> {
         let keys = KeySet::new(auth.api_keys()?);
-        let per_minute = NonZeroU32::new(auth.max_failures_per_minute).unwrap_or(NonZeroU32::MIN);
+        let per_minute = |n: u32| Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN));
         Ok(Self {
             keys: RwLock::new(Arc::new(keys)),
             auth: auth.clone(),
-            failures: RateLimiter::keyed(Quota::per_minute(per_minute)),
+            failures: RateLimiter::keyed(per_minute(auth.max_failures_per_minute)),
+            callbacks: RateLimiter::keyed(per_minute(auth.max_callbacks_per_minute)),
+            token_hasher: std::hash::RandomState::new(),
+            warned: RateLimiter::keyed(per_minute(1)),
             last_purge: Mutex::new(Instant::now()),
             reloaded: tokio::sync::watch::Sender::new(()),
         })
@@ -202,8 +220,31 @@ impl Access {
             })
     }
 
-    /// Drops the addresses whose count is back to nothing, so the map does not grow with
-    /// every address that ever failed once.
+    /// Counts a request made with `token`, a callback token of trial `trial` (whatever its
+    /// answer: a component in a loop is held back before it is refused or audited); past the
+    /// limit, says how long to wait. Each token counts apart, so one that leaked and was
+    /// revoked cannot use up what its trial's components may send. `warn`: the first time in
+    /// a minute this trial is held back.
+    pub fn note_callback(
+        &self,
+        trial: &TrialId,
+        token: &str,
+    ) -> Result<(), (TooManyCallbacks, bool)> {
+        use std::hash::BuildHasher;
+        self.purge_now_and_then();
+        let key = self.token_hasher.hash_one(token);
+        self.callbacks.check_key(&key).map_err(|not_until| {
+            metrics::counter!("lcm_requests_throttled_total").increment(1);
+            let throttled = TooManyCallbacks {
+                retry_after: not_until.wait_time_from(self.callbacks.clock().now()),
+                per_minute: self.auth.max_callbacks_per_minute,
+            };
+            (throttled, self.warned.check_key(trial).is_ok())
+        })
+    }
+
+    /// Drops the addresses and trials whose count is back to nothing, so the maps do not grow
+    /// with every address that ever failed once or every trial that called back.
     fn purge_now_and_then(&self) {
         let Ok(mut last) = self.last_purge.try_lock() else {
             return;
@@ -213,6 +254,10 @@ impl Access {
             drop(last);
             self.failures.retain_recent();
             self.failures.shrink_to_fit();
+            self.callbacks.retain_recent();
+            self.callbacks.shrink_to_fit();
+            self.warned.retain_recent();
+            self.warned.shrink_to_fit();
         }
     }
 

@@ -224,6 +224,8 @@ pub struct AuthSettings {
     pub token_secret_file: Option<PathBuf>,
     /// Failed authentications allowed per client address and minute.
     pub max_failures_per_minute: u32,
+    /// Requests allowed per trial's callback token and minute.
+    pub max_callbacks_per_minute: u32,
     /// The keys read from `keys_file` by [`Settings::load`].
     #[serde(skip)]
     pub keys_from_file: Vec<KeySettings>,
@@ -1096,6 +1098,10 @@ impl Settings {
             (
                 "auth.max_failures_per_minute",
                 u64::from(self.auth.max_failures_per_minute),
+            ),
+            (
+                "auth.max_callbacks_per_minute",
+                u64::from(self.auth.max_callbacks_per_minute),
             ),
             (
                 "scheduler.poll_interval_secs",

@@ -446,7 +446,7 @@ fn register_families() {
 
     describe_counter!(
         "lcm_requests_throttled_total",
-        "Requests answered 429 because their address failed to authenticate too often (counted here, not written to the audit log)"
+        "Requests answered 429 because their address failed to authenticate too often, or their callback token was used more than auth.max_callbacks_per_minute (counted here, not written to the audit log)"
     );
     counter!("lcm_requests_throttled_total").increment(0);
 }

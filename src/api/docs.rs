@@ -104,6 +104,7 @@ pub fn describe_common_refusals(openapi: &mut utoipa::openapi::OpenApi) {
             .into()
     };
     let api_key = SecurityRequirement::new("api_key", Vec::<String>::new());
+    let callback_token = SecurityRequirement::new("callback_token", Vec::<String>::new());
     for item in openapi.paths.paths.values_mut() {
         // Each with whether it changes something (all but `GET`).
         let operations = [
@@ -117,6 +118,7 @@ pub fn describe_common_refusals(openapi: &mut utoipa::openapi::OpenApi) {
             let Some(operation) = operation else { continue };
             let takes_json = operation.request_body.is_some();
             let keyed = (operation.security.iter().flatten()).any(|r| *r == api_key);
+            let tokened = (operation.security.iter().flatten()).any(|r| *r == callback_token);
             let responses = &mut operation.responses.responses;
             // A body sent to any route is refused beyond its limit (and, sent to a route with
             // a key that takes none, refused; a callback leaves it unused).
@@ -149,12 +151,20 @@ pub fn describe_common_refusals(openapi: &mut utoipa::openapi::OpenApi) {
                      needed)",
                 )
             });
+            let throttled = match tokened {
+                true => {
+                    "Too many failed authentications from this address, or the token used more \
+                     than `auth.max_callbacks_per_minute` (nothing was done); try again after \
+                     `Retry-After` seconds"
+                }
+                false => {
+                    "Too many failed authentications from this address; try again after \
+                     `Retry-After` seconds"
+                }
+            };
             responses.entry("429".to_owned()).or_insert_with(|| {
                 ResponseBuilder::new()
-                    .description(
-                        "Too many failed authentications from this address; try again after \
-                         `Retry-After` seconds",
-                    )
+                    .description(throttled)
                     .header(
                         "Retry-After",
                         HeaderBuilder::new()

@@ -24,7 +24,7 @@ use serde_json::value::RawValue;
 use super::AppState;
 use super::error::ApiError;
 use super::tokens::check_token;
-use crate::access::{Actor, KeyHolder, TooManyFailures};
+use crate::access::{Actor, KeyHolder, TooManyCallbacks, TooManyFailures};
 use crate::config::{NamedKey, Role};
 use crate::domain::TrialId;
 use crate::engine::EngineHandle;
@@ -150,6 +150,8 @@ pub enum AuthError {
     Refused(ApiError),
     /// 429: the client's address failed to authenticate too often.
     TooManyFailures(TooManyFailures),
+    /// 429: a trial's callback token was used too often (for that trial).
+    TooManyCallbacks(TrialId, TooManyCallbacks),
 }
 
 impl From<ApiError> for AuthError {
@@ -163,21 +165,35 @@ impl IntoResponse for AuthError {
         match self {
             AuthError::Refused(e) => e.into_response(),
             AuthError::TooManyFailures(TooManyFailures { retry_after }) => {
-                let secs = retry_after_secs(retry_after);
-                let mut response = ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
+                too_many(retry_after, |secs| {
                     format!(
                         "too many failed authentications from this address; try again in {secs} s"
-                    ),
-                )
-                .into_response();
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-                response
+                    )
+                })
             }
+            AuthError::TooManyCallbacks(
+                trial,
+                TooManyCallbacks {
+                    retry_after,
+                    per_minute,
+                },
+            ) => too_many(retry_after, |secs| {
+                format!(
+                    "too many requests with the callback token of trial {trial}: at most {per_minute} a minute; nothing was done, try again in {secs} s"
+                )
+            }),
         }
     }
+}
+
+/// A 429 answer with `Retry-After`, saying `detail` of the seconds to wait.
+fn too_many(retry_after: Duration, detail: impl FnOnce(u64) -> String) -> Response {
+    let secs = retry_after_secs(retry_after);
+    let mut response = ApiError::new(StatusCode::TOO_MANY_REQUESTS, detail(secs)).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    response
 }
 
 /// A failed authentication: 401 with `detail`, or 429 once the client's address has failed too
@@ -312,8 +328,23 @@ impl CallbackToken {
             return Err(failed(parts, state, MISSING));
         };
         let identified = caller(parts, state);
-        if let Some(Actor::Key(_)) = identified {
-            return Err(ApiError::unauthorized(WANTS_TOKEN).into());
+        match &identified {
+            Some(Actor::Key(_)) => return Err(ApiError::unauthorized(WANTS_TOKEN).into()),
+            // Held back before anything is checked, answered or written: a component in a loop
+            // costs no store write and no log line but one a minute.
+            Some(Actor::Callback(of)) => {
+                if let Err((throttled, warn)) = state.access.note_callback(of, &token) {
+                    if warn {
+                        tracing::warn!(
+                            trial = %of,
+                            "requests with this trial's callback token come more often than auth.max_callbacks_per_minute ({}): a component in a loop? Those beyond are answered 429 and not audited",
+                            throttled.per_minute
+                        );
+                    }
+                    return Err(AuthError::TooManyCallbacks(of.clone(), throttled));
+                }
+            }
+            None => {}
         }
         let trial = match TrialPath::from_request_parts(parts, state).await {
             Ok(TrialPath(trial)) => trial,

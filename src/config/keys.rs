@@ -110,6 +110,7 @@ const KEYS: &[(&str, Accepts)] = &[
     ("auth.keys_file", Accepts::Text),
     ("auth.token_secret_file", Accepts::Text),
     ("auth.max_failures_per_minute", U32),
+    ("auth.max_callbacks_per_minute", U32),
     ("executor.disable_vnf", Accepts::Boolean),
     ("executor.request_timeout_secs", SECS),
     ("executor.callback_timeout_secs", SECS),

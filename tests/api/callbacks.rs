@@ -642,8 +642,12 @@ async fn a_callback_refused_because_the_store_cannot_write_does_not_time_its_wai
     use lcm::engine::state::Lifecycle;
     let (app, refused) = spawn_app_refusing_saves(
         |lifecycle| lifecycle == Lifecycle::Running,
-        // Long enough for the first callback to come within it, however slow the test.
-        |s| s.executor.callback_timeout_secs = 5,
+        // Long enough for the first callback to come within it, however slow the test; the
+        // callback is sent again as often as a poll comes.
+        |s| {
+            s.executor.callback_timeout_secs = 5;
+            s.auth.max_callbacks_per_minute = 100_000;
+        },
     )
     .await;
     let id = "refused-callback";
@@ -703,12 +707,78 @@ async fn a_progress_report_that_cannot_be_saved_is_refused_with_503() {
     assert_eq!(progress_events().await, 1);
 }
 
+/// A component in a loop is held back per token: beyond `auth.max_callbacks_per_minute`, its
+/// requests are answered 429 with `Retry-After`, do nothing and write nothing (no history
+/// event, no audit entry), while another token of the trial is still taken.
+#[tokio::test]
+async fn a_callback_token_used_too_often_is_answered_429_and_nothing_is_written() {
+    let app = spawn_app_with_settings(|s| s.auth.max_callbacks_per_minute = 5).await;
+    let id = "progress-loop";
+    let token = app.wait_at_slice_callback(id).await;
+    let path = format!("/trial/{id}/callback/progress");
+    let report = |n: u32| Some(serde_json::json!({"progress": n}));
+    for n in 1..=5 {
+        let answer = app
+            .call_as(Method::POST, &path, report(n), Some(&token))
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{n}: {answer:?}");
+    }
+    let query = format!("?trial_id={id}");
+    let audited = |n: usize| {
+        app.audited(&query, "the trial's audit entries", move |entries| {
+            entries.len() >= n
+        })
+    };
+    let before = audited(5).await;
+    let response = app
+        .client
+        .post(format!("{}{path}", app.address))
+        .header("Authorization", &token)
+        .json(&serde_json::json!({"progress": 6}))
+        .send()
+        .await
+        .expect("answered");
+    let retry_after = response.headers().get("retry-after").cloned();
+    let held = read(response).await;
+    assert_detail(&held, StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        held.detail().contains(&format!(
+            "too many requests with the callback token of trial {id}: at most 5 a minute"
+        )),
+        "{held:?}"
+    );
+    assert!(retry_after.is_some(), "{held:?}");
+    // So is its callback: the token, not the route, is counted.
+    let callback = app.callback(id, "slice", Some(&token)).await;
+    assert_detail(&callback, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(app.trial_status(id).await["progress"], 5);
+
+    // A token minted for the trial counts apart.
+    let minted = app.post(&format!("/token/{id}"), None).await.body["Authorization"]
+        .as_str()
+        .expect("a minted token")
+        .to_owned();
+    let taken = app
+        .call_as(Method::POST, &path, report(7), Some(&minted))
+        .await;
+    assert_eq!(taken.status, StatusCode::OK, "{taken:?}");
+    let progress: Vec<serde_json::Value> = events(&app.history(id).await, "progress")
+        .into_iter()
+        .map(|e| e["detail"].clone())
+        .collect();
+    assert_eq!(progress, ["1%", "2%", "3%", "4%", "5%", "7%"]);
+    // The held requests wrote nothing to the audit: the entries since are the mint's and the
+    // minted token's report.
+    let after = audited(before.len() + 2).await;
+    assert_eq!(after.len(), before.len() + 2, "{after:#?}");
+}
+
 /// A component that reports in a tight loop does not fill the memory and the store: a wait
 /// keeps the history events of its first 1,000 reports and one that says so; the status
 /// shows every report.
 #[tokio::test]
 async fn a_wait_keeps_the_history_of_its_first_thousand_progress_reports() {
-    let app = spawn_app().await;
+    let app = spawn_app_with_settings(|s| s.auth.max_callbacks_per_minute = 100_000).await;
     let id = "progress-flood";
     let token = app.wait_at_slice_callback(id).await;
     let path = format!("/trial/{id}/callback/progress");

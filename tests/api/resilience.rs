@@ -957,11 +957,12 @@ async fn the_registry_end_time_finishes_a_trial_and_one_already_past_fails_it() 
 #[tokio::test]
 async fn simulated_enforcement_reports_progress_while_it_deploys_and_closes() {
     let app = spawn_app_with(AppOptions {
-        // Many reports over two seconds: those sent before the service has taken the
-        // request's answer are refused, and a busy service takes a while.
+        // Many reports over two seconds (within `auth.max_callbacks_per_minute` for both
+        // waits): those sent before the service has taken the request's answer are refused,
+        // and a busy service takes a while.
         sim: SimOptions {
             callback_delay: Duration::from_millis(2000),
-            progress_interval: Some(Duration::from_millis(50)),
+            progress_interval: Some(Duration::from_millis(100)),
             ..SimOptions::default()
         },
         ..AppOptions::default()

@@ -348,6 +348,14 @@ fn the_document_describes_the_refusals_of_every_route_with_credentials() {
             limited["headers"]["Retry-After"].is_object(),
             "{method} {path}: {limited}"
         );
+        let says_token_limit = limited["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("auth.max_callbacks_per_minute"));
+        assert_eq!(
+            says_token_limit,
+            needs == Token,
+            "{method} {path}: {limited}"
+        );
         if let Key(_) = needs {
             assert!(
                 responses["403"]["description"]
