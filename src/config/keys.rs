@@ -15,7 +15,7 @@ use crate::services::Service;
 pub enum Accepts {
     /// Any text (a number or boolean written there is read as its text).
     Text,
-    /// A whole number from 0 to the given largest.
+    /// A whole number up to the given largest (whether 0 is taken is the key's own check).
     Whole(u64),
     /// A number, fractions allowed.
     Number,
@@ -37,8 +37,8 @@ impl fmt::Display for Accepts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Accepts::Text => f.write_str("text"),
-            Accepts::Whole(u64::MAX) => f.write_str("a whole number (0 or more)"),
-            Accepts::Whole(max) => write!(f, "a whole number from 0 to {max}"),
+            Accepts::Whole(u64::MAX) => f.write_str("a whole number"),
+            Accepts::Whole(max) => write!(f, "a whole number up to {max}"),
             Accepts::Number => f.write_str("a number"),
             Accepts::Boolean => f.write_str("a boolean (true or false)"),
             Accepts::OneOf(words) => write!(f, "one of: {}", words.join(", ")),
@@ -353,7 +353,7 @@ mod tests {
         );
         assert_eq!(
             Accepts::Whole(u64::from(u16::MAX)).to_string(),
-            "a whole number from 0 to 65535"
+            "a whole number up to 65535"
         );
     }
 

@@ -82,7 +82,7 @@ async fn a_value_of_the_wrong_type_names_the_key_where_it_was_set_and_what_it_ac
     assert_eq!(
         lines(&stderr),
         [
-            "configuration key `executor.request_timeout_secs` (from environment variable LCM__EXECUTOR__REQUEST_TIMEOUT_SECS): 'abc' is not a whole number (0 or more)"
+            "configuration key `executor.request_timeout_secs` (from environment variable LCM__EXECUTOR__REQUEST_TIMEOUT_SECS): 'abc' is not a whole number"
         ]
     );
 
