@@ -276,14 +276,17 @@ async fn call_back(sim: &SimState, callback: &Callback) {
     .await;
 }
 
-/// Attempts of a callback that gets no answer (like a component that retries): the LCM may
-/// have closed the pooled connection it went out on just then.
+/// Attempts of a callback that gets no answer or a 429 (like a component that retries): the
+/// LCM may have closed the pooled connection it went out on just then, or held its token back.
 const CALLBACK_ATTEMPTS: usize = 3;
 /// The pause before a callback that got no answer is sent again.
 const CALLBACK_RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// The longest a 429's `Retry-After` is waited before the callback is sent again.
+const CALLBACK_LONGEST_WAIT: Duration = Duration::from_secs(5);
 
 /// Posts to the LCM with the trial's token and records what it answered, each attempt: one
-/// that gets no answer at all is sent again (a repeated callback is taken once).
+/// that gets no answer at all, or a 429, is sent again (after its `Retry-After`; a repeated
+/// callback is taken once).
 async fn post_callback(sim: &SimState, url: String, token: &str, body: Value) {
     for attempt in 1..=CALLBACK_ATTEMPTS {
         let sent_at = Utc::now();
@@ -294,12 +297,20 @@ async fn post_callback(sim: &SimState, url: String, token: &str, body: Value) {
             .json(&body)
             .send()
             .await;
-        let (status, answer) = match result {
+        let (status, answer, asked_wait) = match result {
             Ok(response) => {
                 let status = response.status().as_u16();
-                (Some(status), response.json::<Value>().await.ok())
+                // A 429 says when to send again; the wait asked for is kept short here.
+                let asked_wait = (response.headers().get(header::RETRY_AFTER))
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                    .map(|secs| Duration::from_secs(secs).min(CALLBACK_LONGEST_WAIT));
+                (
+                    Some(status),
+                    response.json::<Value>().await.ok(),
+                    asked_wait,
+                )
             }
-            Err(_) => (None, None),
+            Err(_) => (None, None, None),
         };
         sim.record_callback(RecordedCallback {
             url: url.clone(),
@@ -308,10 +319,11 @@ async fn post_callback(sim: &SimState, url: String, token: &str, body: Value) {
             sent_at,
             at: Utc::now(),
         });
-        if status.is_some() || attempt == CALLBACK_ATTEMPTS {
+        let held_back = status == Some(429);
+        if (status.is_some() && !held_back) || attempt == CALLBACK_ATTEMPTS {
             return;
         }
-        tokio::time::sleep(CALLBACK_RETRY_PAUSE).await;
+        tokio::time::sleep(asked_wait.unwrap_or(CALLBACK_RETRY_PAUSE)).await;
     }
 }
 

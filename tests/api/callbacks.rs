@@ -773,6 +773,40 @@ async fn a_callback_token_used_too_often_is_answered_429_and_nothing_is_written(
     assert_eq!(after.len(), before.len() + 2, "{after:#?}");
 }
 
+/// A component answered 429 sends its callback again after `Retry-After`, as the simulated
+/// trial enforcement does: the callback is taken then, and the trial goes on.
+#[tokio::test]
+async fn a_callback_held_back_is_taken_when_sent_again_after_retry_after() {
+    // A burst of 20, then one every 3 s.
+    let app = spawn_app_with_settings(|s| s.auth.max_callbacks_per_minute = 20).await;
+    let id = "held-back";
+    let deployment = Gate::default();
+    app.platform.inject(slice_deployment_fault(
+        id,
+        FaultAction::HoldUntil(deployment.clone()),
+    ));
+    app.start_trial(id).await;
+    app.wait_for(id, "SliceDeployment in flight", |s| {
+        s["step"] == "SliceDeployment"
+    })
+    .await;
+    // The token trial enforcement was handed, used up before its callback comes.
+    let token = app.token_of(id);
+    for _ in 0..20 {
+        let answer = app
+            .call_as(Method::GET, &format!("/token/{id}"), None, Some(&token))
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    }
+    deployment.open();
+    app.wait_waiting(id, WAITING_OPERATOR).await;
+    let answered: Vec<Option<u16>> = (app.platform.callbacks().into_iter())
+        .filter(|c| c.url.contains(&format!("/trial/{id}/")))
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(answered, [Some(429), Some(200)]);
+}
+
 /// A component that reports in a tight loop does not fill the memory and the store: a wait
 /// keeps the history events of its first 1,000 reports and one that says so; the status
 /// shows every report.
