@@ -125,7 +125,7 @@ pub struct TooManyFailures {
     pub retry_after: Duration,
 }
 
-/// A trial's callback token used more often than the limit: try again after this.
+/// A callback token used more often than the limit: try again after this.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TooManyCallbacks {
     pub retry_after: Duration,
@@ -243,8 +243,8 @@ impl Access {
         })
     }
 
-    /// Drops the addresses and trials whose count is back to nothing, so the maps do not grow
-    /// with every address that ever failed once or every trial that called back.
+    /// Drops the addresses, tokens and trials whose count is back to nothing, so the maps do
+    /// not grow with every address that ever failed once or every token that called back.
     fn purge_now_and_then(&self) {
         let Ok(mut last) = self.last_purge.try_lock() else {
             return;

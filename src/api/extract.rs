@@ -150,7 +150,7 @@ pub enum AuthError {
     Refused(ApiError),
     /// 429: the client's address failed to authenticate too often.
     TooManyFailures(TooManyFailures),
-    /// 429: a trial's callback token was used too often (for that trial).
+    /// 429: a callback token of this trial was used too often.
     TooManyCallbacks(TrialId, TooManyCallbacks),
 }
 
