@@ -2391,16 +2391,10 @@ async fn deleting_an_engine_whose_slice_is_deployed_needs_an_abort_first_or_forc
     assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
     app.wait_finished(skipped).await;
     app.wait_engine_gone(skipped).await;
-    let refused = app.delete(&format!("/debug/engine/{skipped}")).await;
-    assert_detail(&refused, StatusCode::CONFLICT);
-    let forced = app
-        .delete(&format!("/debug/engine/{skipped}?force=true"))
-        .await;
-    assert_eq!(forced.status, StatusCode::OK, "{forced:?}");
-    let message = forced.body["message"].as_str().unwrap_or_default();
+    let (refused, message) = app.delete_refused_then_forced(skipped).await;
     assert!(
         message.contains("left deployed: slice slice-closed-by-hand"),
-        "{forced:?}"
+        "{message}"
     );
     assert!(
         refused
@@ -2425,18 +2419,12 @@ async fn deleting_an_engine_whose_slice_is_deployed_needs_an_abort_first_or_forc
         .inject(slice_deployment_fault(unanswered, FaultAction::Hang));
     app.start_trial(unanswered).await;
     app.wait_sent(unanswered, "POST", "/sliceDeployment").await;
-    let refused = app.delete(&format!("/debug/engine/{unanswered}")).await;
-    assert_detail(&refused, StatusCode::CONFLICT);
-    let forced = app
-        .delete(&format!("/debug/engine/{unanswered}?force=true"))
-        .await;
-    assert_eq!(forced.status, StatusCode::OK, "{forced:?}");
-    let message = forced.body["message"].as_str().unwrap_or_default();
+    let (_, message) = app.delete_refused_then_forced(unanswered).await;
     assert!(
         message.contains(
             "left deployed: slice unknown: no answer to its deployment (Idempotency-Key "
         ) && message.contains("closes it by the trial id, never-answered"),
-        "{forced:?}"
+        "{message}"
     );
 
     for trial in [id, kept] {

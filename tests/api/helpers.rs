@@ -692,6 +692,17 @@ impl TestApp {
         self.schedule_in(id, 300).await;
     }
 
+    /// Deletes the engine of `id`, which may still have something deployed: refused (409),
+    /// then deleted with `?force=true`. Returns the refusal and the forced delete's message.
+    pub async fn delete_refused_then_forced(&self, id: &str) -> (Answer, String) {
+        let refused = self.delete(&format!("/debug/engine/{id}")).await;
+        assert_detail(&refused, StatusCode::CONFLICT);
+        let forced = self.delete(&format!("/debug/engine/{id}?force=true")).await;
+        assert_eq!(forced.status, StatusCode::OK, "{forced:?}");
+        let message = forced.body["message"].as_str().unwrap_or_default();
+        (refused, message.to_owned())
+    }
+
     /// Starts trial `id` with its slice-created callback dropped and waits until its engine
     /// waits for it: a trial at a component's wait. Returns the trial's token.
     pub async fn wait_at_slice_callback(&self, id: &str) -> String {

@@ -555,22 +555,29 @@ async fn corrupt_records_and_jobs_are_set_aside_and_start_up_goes_on() {
         "{refused:?}"
     );
     // Nor is its record forgotten by a plain delete: it may have left a slice and a job.
-    for id in ["garbled", "deployed"] {
-        let kept = app.delete(&format!("/debug/engine/{id}")).await;
-        assert_detail(&kept, StatusCode::CONFLICT);
+    let says_why = |refused: &Answer, id: &str| {
         assert!(
-            kept.detail().contains("its record cannot be read")
-                && kept
+            refused.detail().contains("its record cannot be read")
+                && refused
                     .detail()
                     .contains(&format!("GET /trial/{id}/responses")),
-            "{kept:?}"
+            "{refused:?}"
         );
-        assert_eq!(app.trial_status(id).await["engine_status"], "Corrupt");
-    }
-    let forced = app.delete("/debug/engine/garbled?force=true").await;
-    assert_ok_saying(
-        &forced,
-        "left deployed: slice unknown: its record cannot be read, measurement_job unknown: its record cannot be read",
+    };
+    let kept = app.delete("/debug/engine/deployed").await;
+    assert_detail(&kept, StatusCode::CONFLICT);
+    says_why(&kept, "deployed");
+    assert_eq!(
+        app.trial_status("deployed").await["engine_status"],
+        "Corrupt"
+    );
+    let (refused, message) = app.delete_refused_then_forced("garbled").await;
+    says_why(&refused, "garbled");
+    assert!(
+        message.contains(
+            "left deployed: slice unknown: its record cannot be read, measurement_job unknown: its record cannot be read"
+        ),
+        "{message}"
     );
     assert_eq!(
         app.get("/trial/garbled/status").await.status,
