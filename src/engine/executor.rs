@@ -220,6 +220,11 @@ pub struct Unsaved {
 }
 
 impl Answers {
+    /// Whether the checkpoint takes a signal (which a failed save leaves untaken).
+    pub fn takes_signal(&self) -> bool {
+        self.signal.is_some()
+    }
+
     /// Answers the callers after the save of their checkpoint: a signal is taken, or told it
     /// was not (and to send it again); aborts are accepted, or handed back to wait for the
     /// next save.

@@ -591,12 +591,23 @@ impl Watchdog {
             ack,
             answers,
         } = message;
+        // A signal not saved is not taken: the executor goes back to where it found the
+        // trial, and so does the record this keeps (a stop, a delete or a death saves it).
+        let before = answers
+            .takes_signal()
+            .then(|| (self.checkpoint.clone(), self.lifecycle));
         self.checkpoint = *checkpoint;
         self.lifecycle = lifecycle;
         // Held here until answered: a stop that cuts the save short saves it again and
         // answers them then (see `run`).
         self.unanswered = Some((ack, answers));
         let saved = self.save().await;
+        if saved.is_err()
+            && let Some((checkpoint, lifecycle)) = before
+        {
+            self.checkpoint = checkpoint;
+            self.lifecycle = lifecycle;
+        }
         self.answer_kept(saved.clone());
         saved
     }

@@ -412,6 +412,45 @@ async fn a_signal_whose_checkpoint_is_not_saved_is_not_taken_and_the_trial_waits
 }
 
 #[tokio::test]
+async fn a_signal_refused_503_is_not_taken_by_the_engine_a_failed_delete_brings_back() {
+    let (app, broken) = spawn_app_with_flaky_store(AppOptions::default()).await;
+    let id = "refused-then-back";
+    app.start_to_idle(id).await;
+    let statuses = app.platform.status_history(id);
+    broken.store(true, Ordering::SeqCst);
+    let refused = app.post(&format!("/trial/{id}/active"), None).await;
+    assert_detail(&refused, StatusCode::SERVICE_UNAVAILABLE);
+    // The removal cannot be saved either: the engine is brought back from the record it kept.
+    let kept = app.delete(&format!("/debug/engine/{id}?force=true")).await;
+    assert_detail(&kept, StatusCode::SERVICE_UNAVAILABLE);
+    broken.store(false, Ordering::SeqCst);
+
+    // Back where the refused signal found it: waiting for the operator, nothing more sent.
+    let waiting = app.wait_waiting(id, WAITING_OPERATOR).await;
+    assert_eq!(waiting["failed"], false, "{waiting}");
+    assert_eq!(
+        app.platform.status_history(id),
+        statuses,
+        "no ACTIVE written"
+    );
+    // Taken once the engine's record is saved again (until then it is refused, 503).
+    eventually("active taken by the engine brought back", || async {
+        let answer = app.post(&format!("/trial/{id}/active"), None).await;
+        match answer.status {
+            StatusCode::OK => Ok(()),
+            StatusCode::SERVICE_UNAVAILABLE => Err(answer.detail().to_owned()),
+            _ => panic!("{answer:?}"),
+        }
+    })
+    .await;
+    app.wait_waiting(id, "operator (finish)").await;
+    let finished = app.post(&format!("/trial/{id}/finish"), None).await;
+    assert_eq!(finished.status, StatusCode::OK, "{finished:?}");
+    app.wait_finished(id).await;
+    assert_never_reported_failed(&app, id);
+}
+
+#[tokio::test]
 async fn a_checkpoint_the_store_refuses_is_saved_again_and_the_trial_goes_on_with_its_early_callback()
  {
     use lcm::engine::state::Lifecycle;
