@@ -1547,7 +1547,8 @@ async fn keep(
             SignalOutcome::Held(step)
         }
         Err(e) => {
-            held.retain(|(_, kept)| *kept != signal);
+            // The one just kept, pushed last; those kept before it stay.
+            held.pop();
             SignalOutcome::NotSaved(e.to_string())
         }
     }
