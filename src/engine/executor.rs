@@ -750,15 +750,18 @@ impl Executor {
             Mode::Cleanup { failed, .. } => {
                 let data = &self.checkpoint.data;
                 match (
-                    sequence::cleanup_after(Some(step), data.kpi_status, &data.ledger),
+                    sequence::cleanup_after(step, data.kpi_status, &data.ledger),
                     failed,
                 ) {
+                    (None, _) => {
+                        Outcome::Failed(format!("{} is not a step of the clean-up", step.name()))
+                    }
                     // The repository hears ABORTED only once everything is undone: else the
                     // clean-up fails with its first failure (`run` puts it where it was).
-                    (Next::Step(Step::UpdateStatusAborted), Some((_, first))) => {
+                    (Some(Next::Step(Step::UpdateStatusAborted)), Some((_, first))) => {
                         Outcome::Failed(first.clone())
                     }
-                    (next, _) => next.position().map_or(Outcome::Aborted, Outcome::To),
+                    (Some(next), _) => next.position().map_or(Outcome::Aborted, Outcome::To),
                 }
             }
         }

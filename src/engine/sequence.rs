@@ -387,24 +387,39 @@ pub fn after_deployed(step: Step, vnf_enabled: bool, ledger: &Ledger) -> Option<
     }
 }
 
-/// What the clean-up does after `done` (or first, for `None`): the slice-closed wait after a
-/// `CloseService` that left the slice closing, the slice-created wait after one that found no
-/// slice of a deployment never answered (it may make one yet), `CloseService` again once that
-/// slice is announced by its callback, else the next step whose work exists. A slice that was closing already is closed again (the component may have lost the
-/// request; a 404 counts as done), so the clean-up never waits on a callback nobody will send.
-pub fn cleanup_after(done: Option<Step>, kpi_status: Option<KpiStatus>, ledger: &Ledger) -> Next {
+/// Whether a clean-up can stand at `position`: at one of its steps, or waiting for the slice
+/// it closes (or for one a deployment never answered may make).
+pub fn in_cleanup(position: Position) -> bool {
+    match position {
+        Position::Run(step) => CLEANUP.iter().any(|(undo, _)| *undo == step),
+        Position::Wait(wait) => matches!(wait, Wait::SliceClosed | Wait::SliceCreated),
+    }
+}
+
+/// What the clean-up does first: the first step whose work exists.
+pub fn cleanup_first(kpi_status: Option<KpiStatus>, ledger: &Ledger) -> Next {
+    cleanup_from(0, kpi_status, ledger)
+}
+
+/// What the clean-up does after `done`: the slice-closed wait after a `CloseService` that left
+/// the slice closing, the slice-created wait after one that found no slice of a deployment
+/// never answered (it may make one yet), `CloseService` again once that slice is announced by
+/// its callback, else the next step whose work exists. A slice that was closing already is
+/// closed again (the component may have lost the request; a 404 counts as done), so the
+/// clean-up never waits on a callback nobody will send. None if `done` is not a clean-up step.
+pub fn cleanup_after(done: Step, kpi_status: Option<KpiStatus>, ledger: &Ledger) -> Option<Next> {
     match (done, &ledger.slice) {
-        (Some(CloseService), SliceState::Closing) => return Next::Wait(Wait::SliceClosed),
-        (Some(CloseService), SliceState::Requested(_)) => return Next::Wait(Wait::SliceCreated),
-        (Some(CloseService), SliceState::Announced) => return Next::Step(CloseService),
+        (CloseService, SliceState::Closing) => return Some(Next::Wait(Wait::SliceClosed)),
+        (CloseService, SliceState::Requested(_)) => return Some(Next::Wait(Wait::SliceCreated)),
+        (CloseService, SliceState::Announced) => return Some(Next::Step(CloseService)),
         _ => {}
     }
-    let from = done.map_or(0, |done| {
-        CLEANUP
-            .iter()
-            .position(|(step, _)| *step == done)
-            .map_or(CLEANUP.len(), |i| i + 1)
-    });
+    let at = CLEANUP.iter().position(|(step, _)| *step == done)?;
+    Some(cleanup_from(at + 1, kpi_status, ledger))
+}
+
+/// The first clean-up step from `CLEANUP[from]` on whose work exists; the end if none.
+fn cleanup_from(from: usize, kpi_status: Option<KpiStatus>, ledger: &Ledger) -> Next {
     CLEANUP[from..]
         .iter()
         .find(|(_, undoes)| needed(*undoes, kpi_status, ledger))
@@ -448,7 +463,7 @@ pub fn start_cleanup(checkpoint: &mut Checkpoint, reason: &str) {
     }
     checkpoint.paused = false;
     let data = &checkpoint.data;
-    let first = cleanup_after(None, data.kpi_status, &data.ledger)
+    let first = cleanup_first(data.kpi_status, &data.ledger)
         .position()
         .unwrap_or(Position::Run(UpdateStatusAborted));
     checkpoint.go_to(first);
@@ -745,7 +760,7 @@ mod tests {
     fn the_cleanup_undoes_only_what_exists() {
         let nothing = Ledger::default();
         assert_eq!(
-            cleanup_after(None, None, &nothing),
+            cleanup_first(None, &nothing),
             Next::Step(UpdateStatusAborted)
         );
         let everything = Ledger {
@@ -753,19 +768,19 @@ mod tests {
             measurement_job: JobState::Created("mj".into()),
         };
         let mut walked = Vec::new();
-        let mut done = None;
         let mut ledger = everything.clone();
-        while let Next::Step(step) = cleanup_after(done, Some(KpiStatus::Active), &ledger) {
+        let mut next = cleanup_first(Some(KpiStatus::Active), &ledger);
+        while let Next::Step(step) = next {
             walked.push(step);
             if step == CloseService {
                 ledger.slice = SliceState::Closing;
                 assert_eq!(
-                    cleanup_after(Some(step), None, &ledger),
-                    Next::Wait(Wait::SliceClosed)
+                    cleanup_after(step, None, &ledger),
+                    Some(Next::Wait(Wait::SliceClosed))
                 );
                 ledger.slice = SliceState::Closed;
             }
-            done = Some(step);
+            next = cleanup_after(step, Some(KpiStatus::Active), &ledger).expect("a clean-up step");
         }
         assert_eq!(walked, full_cleanup());
         let in_flight = |step: Step| {
@@ -777,7 +792,7 @@ mod tests {
         };
         let slice = in_flight(SliceDeployment);
         assert_eq!(
-            cleanup_after(None, None, &slice.ledger),
+            cleanup_first(None, &slice.ledger),
             Next::Step(CloseService),
             "a slice deployment in flight may have created the slice"
         );
@@ -786,8 +801,8 @@ mod tests {
             SliceState::Requested(Some("t-1-SliceDeployment-r0-1".into()))
         );
         assert_eq!(
-            cleanup_after(Some(CloseService), None, &slice.ledger),
-            Next::Wait(Wait::SliceCreated),
+            cleanup_after(CloseService, None, &slice.ledger),
+            Some(Next::Wait(Wait::SliceCreated)),
             "a close that found no slice of a deployment never answered waits for it to come"
         );
         let announced = Ledger {
@@ -795,8 +810,8 @@ mod tests {
             ..slice.ledger.clone()
         };
         assert_eq!(
-            cleanup_after(Some(CloseService), None, &announced),
-            Next::Step(CloseService),
+            cleanup_after(CloseService, None, &announced),
+            Some(Next::Step(CloseService)),
             "the slice its callback announced is closed next"
         );
         let job = in_flight(CreateMeasurementJob);
@@ -805,14 +820,14 @@ mod tests {
             JobState::Requested("t-1-CreateMeasurementJob-r0-1".into())
         );
         assert_eq!(
-            cleanup_after(None, None, &job.ledger),
+            cleanup_first(None, &job.ledger),
             Next::Step(DeleteMeasurementJob),
             "a measurement job's creation in flight may have made it"
         );
         for step in [SendKpiIdle, SendKpiActive] {
             let marking = in_flight(step);
             assert_eq!(
-                cleanup_after(None, marking.kpi_status, &marking.ledger),
+                cleanup_first(marking.kpi_status, &marking.ledger),
                 Next::Step(SendKpiFinish),
                 "{step:?} in flight may have opened a marking"
             );
@@ -823,9 +838,14 @@ mod tests {
             ..Ledger::default()
         };
         assert_eq!(
-            cleanup_after(None, None, &closing),
+            cleanup_first(None, &closing),
             Next::Step(CloseService),
             "a slice already closing is closed again"
+        );
+        assert_eq!(
+            cleanup_after(SliceDeployment, None, &everything),
+            None,
+            "a step of the trial sequence is not one of the clean-up's"
         );
     }
 

@@ -495,6 +495,18 @@ pub fn decode_checkpoint(text: &str) -> Result<Checkpoint, String> {
             sequence::FIRST.name()
         ));
     }
+    // A clean-up stands at one of its own steps or waits: anywhere else it would run a step of
+    // the trial sequence (a deployment) while it undoes the trial.
+    if matches!(checkpoint.mode, Mode::Cleanup { .. }) && !sequence::in_cleanup(checkpoint.position)
+    {
+        let at = match checkpoint.position {
+            Position::Run(step) => format!("step {}", step.name()),
+            Position::Wait(wait) => format!("waiting point {}", wait.name()),
+        };
+        return Err(format!(
+            "damaged checkpoint: a clean-up at {at}, which is not one of its own"
+        ));
+    }
     Ok(checkpoint)
 }
 
@@ -623,6 +635,27 @@ mod tests {
         ] {
             let text = with_field(GOLDEN, "progress", damaged).unwrap();
             assert_eq!(decode_checkpoint(&text).unwrap(), golden(), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_clean_up_at_a_step_of_the_trial_sequence_is_damaged() {
+        let mut doc: Value = serde_json::from_str(GOLDEN).unwrap();
+        doc["mode"] = json!({"cleanup": "operator abort"});
+        doc["position"] = json!({"run": "SliceDeployment"});
+        assert_eq!(
+            decode_checkpoint(&doc.to_string()).unwrap_err(),
+            "damaged checkpoint: a clean-up at step SliceDeployment, which is not one of its own"
+        );
+        doc["position"] = json!({"wait": "Idle"});
+        assert!(decode_checkpoint(&doc.to_string()).is_err());
+        for position in [
+            json!({"run": "CloseService"}),
+            json!({"wait": "SliceClosed"}),
+        ] {
+            doc["position"] = position;
+            let checkpoint = decode_checkpoint(&doc.to_string()).unwrap();
+            assert!(matches!(checkpoint.mode, Mode::Cleanup { .. }));
         }
     }
 
