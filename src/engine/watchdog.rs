@@ -357,31 +357,36 @@ impl Watchdog {
                 }
                 result = join(&mut self.executor) => {
                     self.executor = None;
-                    match result {
-                        Ok(ExecutorExit::Finished | ExecutorExit::Aborted) => {
-                            self.answer_pending_aborts();
-                            // Restored or cleaned up after a failure: its file says it ended.
-                            if self.checkpoint.run > 0 {
-                                failure::resolve_file(&self.shared, self.lifecycle).await;
-                            }
-                            if self.saved {
-                                return self.leave();
-                            }
-                            // Leaving memory now would leave the store saying the trial still
-                            // runs, and a restart would run it again.
-                            self.not_saved("the end of the trial");
+                    let ended = match result {
+                        Ok(ExecutorExit::Finished) => Ended::Finished,
+                        Ok(ExecutorExit::Aborted) => Ended::Aborted,
+                        Ok(ExecutorExit::Failed(_)) => {
+                            Box::pin(self.run_failure_procedure()).await;
+                            continue;
                         }
-                        Ok(ExecutorExit::Failed(_)) => Box::pin(self.run_failure_procedure()).await,
                         // The stop is under way: the rest is `run`'s.
                         Ok(ExecutorExit::Stopped) => return,
                         Err(e) if e.is_cancelled() => {
                             Box::pin(self.died("the executor task was aborted".to_owned())).await;
+                            continue;
                         }
                         Err(e) => {
                             let message = panic_message(e.into_panic());
                             Box::pin(self.died(format!("the executor task panicked: {message}"))).await;
+                            continue;
                         }
+                    };
+                    self.answer_pending_aborts(ended);
+                    // Restored or cleaned up after a failure: its file says it ended.
+                    if self.checkpoint.run > 0 {
+                        failure::resolve_file(&self.shared, self.lifecycle).await;
                     }
+                    if self.saved {
+                        return self.leave();
+                    }
+                    // Leaving memory now would leave the store saying the trial still runs,
+                    // and a restart would run it again.
+                    self.not_saved("the end of the trial");
                 }
                 Some(request) = self.controls.recv() => match request {
                     ControlRequest::Restore(reply) => {
@@ -992,13 +997,8 @@ impl Watchdog {
         let _ = reply.send(outcome);
     }
 
-    /// The aborts that waited for the executor to end, now that it has ended the trial.
-    fn answer_pending_aborts(&mut self) {
-        let ended = if self.lifecycle == Lifecycle::Aborted {
-            Ended::Aborted
-        } else {
-            Ended::Finished
-        };
+    /// The aborts that waited for the executor to end, now that it has `ended` the trial.
+    fn answer_pending_aborts(&mut self, ended: Ended) {
         let refusal = RestoreError::Ended(ended).refusing_abort(self.shared.id.as_str());
         for (_, reply) in self.pending_aborts.drain(..) {
             let _ = reply.send(Err(refusal.clone()));
