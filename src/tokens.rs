@@ -270,6 +270,12 @@ impl TokenManager {
             })
     }
 
+    /// Whether `token`, one the LCM handed out (expired or not), has the id `jti`.
+    pub fn has_id(&self, token: &str, jti: &str) -> bool {
+        self.decode_held(token, |_| true)
+            .is_ok_and(|claims| claims.jti == jti)
+    }
+
     /// Refuses the revoked token from now on; call once its revocation is saved.
     pub fn revoked(&self, revocation: Revocation) {
         self.forget_until_expiry(&revocation.jti, revocation.exp);

@@ -209,12 +209,12 @@ async fn revoke(
 ) -> Result<(Extension<Audited>, Json<Message>), ApiError> {
     let message = "Token revoked";
     let entry = audit.entry(StatusCode::OK, Some(message.to_owned()));
-    // The trial lives: its engine may hold the token, which outlives its expiry while the
-    // trial lives, so it is revoked for good.
-    let until = match engine {
-        Some(_) => i64::MAX,
-        None => claims.exp,
-    };
+    // The token a live trial's engine holds outlives its expiry (see `held_by_live_engine`),
+    // so it is revoked for as long as the trial lives: the trial's end revokes it again, up to
+    // its expiry. Any other token is refused as expired after its expiry anyway.
+    let held = (engine.and_then(|engine| engine.token()))
+        .is_some_and(|token| state.tokens.has_id(&token, &claims.jti));
+    let until = if held { i64::MAX } else { claims.exp };
     state
         .tokens
         .revoke_id(&claims.jti, until, Some(entry))

@@ -320,6 +320,64 @@ async fn a_trial_kept_waiting_past_its_token_s_lifetime_still_hears_its_componen
     }
 }
 
+/// Every revocation the store keeps: token id and until when.
+fn revocations(app: &TestApp) -> Vec<(String, i64)> {
+    let path = app.logs.path().join("data").join("lcm.sqlite3");
+    let conn =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("the store opens");
+    let mut rows = conn
+        .prepare("SELECT jti, expires_at FROM revoked_tokens ORDER BY expires_at")
+        .expect("the revocations");
+    rows.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .expect("the revocations")
+        .collect::<Result<_, _>>()
+        .expect("the revocations")
+}
+
+/// The `exp` claim of a token (its payload read without checking it).
+fn expiry(token: &str) -> i64 {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .expect("base64"),
+    )
+    .expect("JSON claims");
+    claims["exp"].as_i64().expect("an exp claim")
+}
+
+#[tokio::test]
+async fn a_revocation_is_kept_only_for_as_long_as_its_token_could_open_anything() {
+    let app = spawn_app().await;
+    let id = "revoked-twice";
+    app.start_to_idle(id).await;
+    let minted = mint(&app, id).await;
+    for token in [minted.clone(), app.token_of(id)] {
+        let answer = app
+            .call_as(Method::DELETE, &format!("/token/{id}"), None, Some(&token))
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    }
+    // The token the engine holds is refused for as long as the trial lives; one minted by
+    // hand until its expiry, after which it is refused as expired anyway.
+    let kept: Vec<i64> = revocations(&app)
+        .into_iter()
+        .map(|(_, until)| until)
+        .collect();
+    assert_eq!(kept, [expiry(&minted), i64::MAX]);
+
+    // Its components can call back no more: the trial is removed, which revokes its token
+    // again, up to its expiry. Nothing is kept for good.
+    app.delete_refused_then_forced(id).await;
+    let kept = revocations(&app);
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(kept.iter().all(|(_, until)| *until < i64::MAX), "{kept:?}");
+    let answer = check(&app, id, Some(&app.token_of(id))).await;
+    assert_detail(&answer, StatusCode::UNAUTHORIZED);
+}
+
 #[tokio::test]
 async fn a_restart_with_another_token_secret_names_the_live_trials_whose_tokens_it_refuses() {
     let mut app = spawn_binary().await;
