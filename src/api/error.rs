@@ -224,6 +224,27 @@ pub async fn hide_secrets(State(state): State<AppState>, request: Request, next:
     Response::from_parts(parts, Body::from(answer.to_string()))
 }
 
+/// `text` (a request's path, or what an answer says of it) as a log line shows it: a part
+/// between slashes that is an API key or a secret (a key pasted as a trial id) is hidden, and
+/// so is a secret or a token within one, as in the answers and the audit.
+pub fn path_shown(state: &AppState, text: &str) -> String {
+    let redactor = state.scheduler.deps().secrets.redactor();
+    let segments: Vec<String> = text
+        .split('/')
+        .map(|segment| {
+            if state
+                .scheduler
+                .is_a_secret(&percent_decode_str(segment).decode_utf8_lossy())
+            {
+                REDACTED.to_owned()
+            } else {
+                redactor.text_and_tokens(segment)
+            }
+        })
+        .collect();
+    segments.join("/")
+}
+
 /// The most of an error answer [`hide_secrets`] reads: a detail is at most
 /// [`MAX_DETAIL_CHARS`] characters.
 const ERROR_READ_LIMIT: usize = 64 * 1024;

@@ -1,5 +1,6 @@
 //! Each request handled to its end in a task of its own.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, to_bytes};
@@ -21,12 +22,22 @@ pub(super) struct Handling {
     limit: Duration,
     /// Every handler, so that shutdown waits for them.
     tracker: TaskTracker,
+    /// Hides the secrets in what the log lines of a failed handling quote of a request (its
+    /// path, its answer's detail).
+    hide: Hide,
 }
+
+/// Hides the secrets in a text a log line quotes.
+pub(super) type Hide = Arc<dyn Fn(&str) -> String + Send + Sync>;
 
 impl Handling {
     /// Handlers answered 504 after `limit`, tracked by `tracker`.
-    pub(super) fn new(limit: Duration, tracker: TaskTracker) -> Self {
-        Self { limit, tracker }
+    pub(super) fn new(limit: Duration, tracker: TaskTracker, hide: Hide) -> Self {
+        Self {
+            limit,
+            tracker,
+            hide,
+        }
     }
 }
 
@@ -43,6 +54,7 @@ pub(super) async fn to_the_end(handling: Handling, request: Request, next: Next)
     // For the log only; both are cheap to clone (a method is an enum, a path shared bytes).
     let (method, uri) = (request.method().clone(), request.uri().clone());
     let (handler_method, handler_uri) = (method.clone(), uri.clone());
+    let hide = handling.hide.clone();
     let handler = handling.tracker.spawn(
         async move {
             let response = next.run(request).await;
@@ -53,16 +65,16 @@ pub(super) async fn to_the_end(handling: Handling, request: Request, next: Next)
                 let detail = response.extensions().get::<AuditDetail>();
                 warn!(
                     status = status.as_u16(),
-                    detail = detail.map_or("-", |d| d.0.as_str()),
+                    detail = detail.map_or_else(|| "-".to_owned(), |d| hide(&d.0)),
                     "{handler_method} {} ended with a server error",
-                    handler_uri.path()
+                    hide(handler_uri.path())
                 );
             }
             response
         }
         .in_current_span(),
     );
-    let path = uri.path();
+    let path = (handling.hide)(uri.path());
     match tokio::time::timeout(handling.limit, handler).await {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => {
@@ -196,7 +208,11 @@ mod tests {
         async fn faulty() -> StatusCode {
             panic!("a fault in a handler")
         }
-        let handling = Handling::new(Duration::from_secs(5), TaskTracker::new());
+        let handling = Handling::new(
+            Duration::from_secs(5),
+            TaskTracker::new(),
+            Arc::new(str::to_owned),
+        );
         let places = Arc::new(Semaphore::new(1));
         let (status, body) = answer_of(faulty, &handling, &places).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
@@ -220,7 +236,11 @@ mod tests {
                 }
             }
         };
-        let handling = Handling::new(Duration::from_millis(50), TaskTracker::new());
+        let handling = Handling::new(
+            Duration::from_millis(50),
+            TaskTracker::new(),
+            Arc::new(str::to_owned),
+        );
         let places = Arc::new(Semaphore::new(1));
         let (status, body) = answer_of(held, &handling, &places).await;
         assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);

@@ -169,14 +169,17 @@ pub fn openapi() -> OpenApi {
 /// of each request to its end, CORS and tracing.
 pub fn router(state: AppState) -> Router {
     let settings = &state.settings;
+    let hidden = state.clone();
     let handling = Handling::new(
         Duration::from_secs(settings.server.handler_timeout_secs),
         state.handlers.clone(),
+        Arc::new(move |text: &str| error::path_shown(&hidden, text)),
     );
     let arrival = handling::Arrival {
         time: Duration::from_secs(settings.server.header_read_timeout_secs),
         max_bytes: settings.server.max_body_bytes,
     };
+    let traced = state.clone();
     layered_api(&state)
         // The console answers HTML, its errors too, and audits through its own layer.
         .merge(crate::console::routes(&state))
@@ -192,13 +195,13 @@ pub fn router(state: AppState) -> Router {
         // logs with the request's method and path.
         .layer(
             TraceLayer::new_for_http()
-                // The path only: a query may hold what must not be logged (a token sent there).
-                // Both are the client's: a line keeps their start.
-                .make_span_with(|request: &axum::extract::Request| {
+                // The path only, its secrets hidden: a query may hold what must not be logged
+                // (a token sent there). Both are the client's: a line keeps their start.
+                .make_span_with(move |request: &axum::extract::Request| {
                     tracing::debug_span!(
                         "request",
                         method = start_of(request.method().as_str(), 20),
-                        path = start_of(request.uri().path(), 200),
+                        path = start_of(&error::path_shown(&traced, request.uri().path()), 200),
                     )
                 })
                 .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),

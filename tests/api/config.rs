@@ -468,6 +468,17 @@ async fn a_token_sent_in_a_query_is_not_written_in_the_log() {
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{answer:?}");
     logged(&app, &["/token/queried-token"]).await;
     assert!(!log_text(&app).contains(&token), "the token is in the log");
+    // Nor a key or a token pasted into the path as a trial id.
+    for pasted in [API_KEY, token.as_str()] {
+        let answer = app.get(&format!("/trial/{pasted}/status")).await;
+        assert!(answer.status.is_client_error(), "{answer:?}");
+    }
+    logged(&app, &["/trial/[redacted]/status"]).await;
+    assert!(
+        !log_text(&app).contains(API_KEY),
+        "the API key is in the log"
+    );
+    assert!(!log_text(&app).contains(&token), "the token is in the log");
     // A path is the client's too: a line keeps its first 200 characters.
     let long = format!("/trial/{}/active", "k".repeat(60_000));
     assert_eq!(app.post(&long, None).await.status, StatusCode::BAD_REQUEST);
