@@ -402,6 +402,7 @@ async fn resume(
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "The trial has no engine", body = ErrorBody),
         (status = 409, description = "Not paused, or waiting for a signal", body = ErrorBody),
+        (status = 503, description = "The step could not be saved; it was not run", body = ErrorBody),
         (status = 422, description = "An unknown field or one given twice, or a reason too long or not one line", body = ErrorBody),
     ),
 )]

@@ -792,9 +792,25 @@ impl Executor {
                     };
                 }
                 AtStep::Control(Control::Step { reason }, reply) => {
+                    // Saved as what it leaves, a trial paused after the step, and its event
+                    // committed, before the operator hears of it: a store that cannot write
+                    // refuses the step, and nothing runs.
+                    let saved = (self.shared.deps.store)
+                        .write(Op::SetPaused {
+                            id: self.id.clone(),
+                            paused: true,
+                        })
+                        .await;
+                    if let Err(e) = saved {
+                        let _ = reply.send(Err(ControlError::NotSaved(e.to_string())));
+                        continue;
+                    }
                     self.shared
                         .journal
                         .event(EventKind::Stepped, Some(step), reason, None);
+                    if let Err(e) = self.shared.deps.store.flush().await {
+                        warn!(error = %e, "the step's history event was not saved");
+                    }
                     self.stepping = true;
                     let _ = reply.send(Ok(format!(
                         "trial {} runs {} and stays paused",

@@ -2518,3 +2518,39 @@ async fn a_kpi_marking_refused_for_good_does_not_hold_the_abort() {
     assert_failure_says(&failed, "SendKpiFinish");
     assert_eq!(failed["leftovers"], json!([]), "{failed}");
 }
+
+#[tokio::test]
+async fn a_step_that_cannot_be_saved_is_refused_503_and_runs_nothing() {
+    let (app, broken) = spawn_app_with_flaky_store(AppOptions::default()).await;
+    let id = "step-unsaved";
+    app.start_to_idle(id).await;
+    let paused = app.post(&format!("/trial/{id}/pause"), None).await;
+    assert_eq!(paused.status, StatusCode::OK, "{paused:?}");
+    let active = app.post(&format!("/trial/{id}/active"), None).await;
+    assert_eq!(active.status, StatusCode::OK, "{active:?}");
+    let held_before = |s: &Value| s["step"] == "SendKpiActive" && s["status"] == "Waiting";
+    app.wait_for(id, "held before SendKpiActive", held_before)
+        .await;
+    let sent = lines(&app, id);
+
+    broken.store(true, std::sync::atomic::Ordering::SeqCst);
+    let step = format!("/trial/{id}/step");
+    let refused = app.post(&step, None).await;
+    broken.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_detail(&refused, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.detail().contains("not saved"), "{refused:?}");
+    // Nothing ran and nothing says it did: still held before the step.
+    let status = app.trial_status(id).await;
+    assert!(held_before(&status), "{status}");
+    assert_eq!(lines(&app, id), sent);
+    let kinds = app.event_kinds(id).await;
+    assert!(!kinds.iter().any(|k| k == "stepped"), "{kinds:?}");
+
+    // Sent again once the store writes, it runs the step and the trial stays paused.
+    assert_eq!(app.post(&step, None).await.status, StatusCode::OK);
+    app.wait_for(id, "held before UpdateStatusActive", |s| {
+        s["step"] == "UpdateStatusActive" && s["status"] == "Waiting"
+    })
+    .await;
+    assert_eq!(app.trial_status(id).await["paused"], true);
+}
