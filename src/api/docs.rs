@@ -238,9 +238,28 @@ fn describe_operation(operation: &mut Operation) {
             if let RefOr::T(content) = content
                 && let Some(schema) = &mut content.schema
             {
+                not_null(schema);
                 describe_fields(schema);
             }
         }
+    }
+}
+
+/// An optional body (`Option<T>`, one of T or null) as T: it is left out, not sent as `null`,
+/// which is refused like any body that is not an object. The body stays not required.
+fn not_null(schema: &mut RefOr<Schema>) {
+    let RefOr::T(Schema::OneOf(one_of)) = schema else {
+        return;
+    };
+    let is_null = |item: &RefOr<Schema>| {
+        matches!(item, RefOr::T(Schema::Object(object))
+            if object.schema_type == utoipa::openapi::schema::SchemaType::Type(Type::Null))
+    };
+    let bodies: Vec<&RefOr<Schema>> = one_of.items.iter().filter(|i| !is_null(i)).collect();
+    if let [body] = bodies.as_slice()
+        && one_of.items.len() == 2
+    {
+        *schema = (*body).clone();
     }
 }
 
