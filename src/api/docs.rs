@@ -142,6 +142,12 @@ pub fn describe_common_refusals(openapi: &mut utoipa::openapi::OpenApi) {
                     )
                 });
             }
+            // What any request may meet, before its route or around it (README: Errors).
+            for (status, description) in COMMON_FAILURES {
+                responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| refusal(description));
+            }
             if operation.security.is_none() {
                 continue;
             }
@@ -181,6 +187,29 @@ pub fn describe_common_refusals(openapi: &mut utoipa::openapi::OpenApi) {
         }
     }
 }
+
+/// The answers any request may get, whatever its route.
+const COMMON_FAILURES: [(&str, &str); 4] = [
+    (
+        "408",
+        "The request head, or then its body, did not arrive whole within \
+         `server.header_read_timeout_secs`: nothing was done, and the connection is closed",
+    ),
+    (
+        "431",
+        "The request head is larger than 64 KiB or has more than 100 header fields; the \
+         connection is closed",
+    ),
+    (
+        "500",
+        "An internal error, logged: the request could not be handled",
+    ),
+    (
+        "504",
+        "No answer within `server.handler_timeout_secs`: the request goes on, so look at its \
+         effect before sending it again",
+    ),
+];
 
 /// The crate declares no license, which would otherwise show as a license with an empty name.
 struct NoLicense;

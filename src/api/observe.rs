@@ -103,7 +103,7 @@ type EventStream = Pin<Box<dyn Stream<Item = Event> + Send>>;
 /// then the stream ends.
 #[utoipa::path(get, path = "/trial/{trial_id}/events", tag = "trials", security(("api_key" = [])), params(TrialIdParam),
     responses(
-        (status = 200, description = "A stream of events, one JSON object each, named by its kind", content_type = "text/event-stream", body = String),
+        (status = 200, description = "A stream of events, one JSON object each, named by its kind: each event of the trial is a `TrialEvent` as `/history` lists it, with its `seq` as the event's `id`. A trial scheduled but not started yet sends first `scheduled`, `{\"trial_id\", \"start_time\"}`, and `unscheduled`, `{\"trial_id\"}`, if its job is removed; neither has an `id`", content_type = "text/event-stream", body = String),
         (status = 400, description = "Invalid trial id", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "The trial has no engine and is not scheduled", body = ErrorBody)))]

@@ -388,7 +388,9 @@ async fn every_route_documents_and_answers_the_refusals_of_a_body() {
         // sends).
         let keyed = operation["security"][0].get("api_key").is_some();
         let takes_none = keyed && !takes_json && method != "GET";
-        assert!(responses["413"].is_object(), "{what}: 413");
+        for status in ["408", "413", "431", "500", "504"] {
+            assert!(responses[status].is_object(), "{what}: {status}");
+        }
         assert_eq!(
             responses["415"].is_object(),
             takes_json || takes_none,
@@ -448,6 +450,17 @@ async fn every_route_documents_and_answers_the_refusals_of_a_body() {
             not_json += 1;
         }
     }
+    // A head too large is refused before any route, as the document says of every one.
+    let answer = crate::helpers::read(
+        (app.client.get(format!("{}/status", app.address)))
+            .header(header::AUTHORIZATION, API_KEY)
+            .header("x-padding", "p".repeat(70_000))
+            .send()
+            .await
+            .expect("the service answers"),
+    )
+    .await;
+    crate::helpers::assert_detail(&answer, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     assert!(
         too_large >= 20 && not_json >= 6 && no_body >= 10,
         "only {too_large}, {not_json} and {no_body} probed"
