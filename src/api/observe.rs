@@ -28,7 +28,7 @@ use crate::telemetry;
 
 /// The answer of `GET /trial/{id}/history`.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct TrialHistory {
+struct TrialHistory {
     /// The trial's id.
     #[schema(value_type = String)]
     pub trial_id: TrialId,

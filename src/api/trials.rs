@@ -46,7 +46,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// The answer of `GET /trial/{id}/responses`.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct TrialResponses {
+struct TrialResponses {
     /// The trial's id.
     #[schema(value_type = String)]
     pub trial_id: TrialId,
@@ -70,7 +70,7 @@ pub struct Reason {
 /// Body of a progress report (SPEC §13): both fields optional.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ProgressBody {
+struct ProgressBody {
     /// How far along, 0 to 100.
     #[schema(minimum = 0, maximum = 100, example = 40)]
     pub progress: Option<i64>,

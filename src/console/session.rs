@@ -162,7 +162,7 @@ impl Sessions {
     }
 
     /// Keeps a message for the session's next page.
-    pub fn flash(&self, id: &str, flash: Flash) {
+    fn flash(&self, id: &str, flash: Flash) {
         if let Some(session) = self.map().get_mut(id) {
             session.flash = Some(flash);
         }
@@ -170,7 +170,7 @@ impl Sessions {
 
     /// Takes the session's message, if it has one. What was typed, kept with it, is for the
     /// page that shows the message: it goes too.
-    pub fn take_flash(&self, id: &str) -> Option<Flash> {
+    fn take_flash(&self, id: &str) -> Option<Flash> {
         let mut map = self.map();
         let session = map.get_mut(id)?;
         session.typed = None;
@@ -178,14 +178,14 @@ impl Sessions {
     }
 
     /// Keeps what was typed in a refused form for the session's next page.
-    pub fn keep_typed(&self, id: &str, typed: Typed) {
+    fn keep_typed(&self, id: &str, typed: Typed) {
         if let Some(session) = self.map().get_mut(id) {
             session.typed = Some(typed);
         }
     }
 
     /// Takes what was typed in a refused form, if the session kept it.
-    pub fn take_typed(&self, id: &str) -> Option<Typed> {
+    fn take_typed(&self, id: &str) -> Option<Typed> {
         self.map().get_mut(id).and_then(|s| s.typed.take())
     }
 

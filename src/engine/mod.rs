@@ -71,10 +71,10 @@ pub struct EngineDeps {
 /// State shared by the handle and the two tasks.
 pub struct EngineShared {
     pub id: TrialId,
-    pub deps: Arc<EngineDeps>,
+    deps: Arc<EngineDeps>,
     state: watch::Sender<Snapshot>,
     /// The trial's events and responses.
-    pub journal: Journal,
+    journal: Journal,
     /// The current executor's command queue; a new executor renews it.
     commands: Queue<Command>,
     /// The watchdog's queue (restore, skip, abort).

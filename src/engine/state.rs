@@ -337,7 +337,7 @@ fn names_schema(description: &str, names: impl IntoIterator<Item = &'static str>
 impl Ledger {
     /// Whether the trial may still have something deployed on the facility: what
     /// [`Self::leftovers`] would list.
-    pub fn holds_any(&self) -> bool {
+    fn holds_any(&self) -> bool {
         self.slice.may_exist()
             || matches!(
                 self.measurement_job,
