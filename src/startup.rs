@@ -96,7 +96,13 @@ impl Application {
         let access = Arc::new(Access::new(&settings.auth)?);
         let secrets = Arc::new(Secrets::new(settings.secret_values()));
         let settings = Arc::new(settings);
-        let services = ServiceClient::new(&settings)?;
+        // It reads the CA bundle's file, off the runtime's threads.
+        let services = {
+            let settings = settings.clone();
+            tokio::task::spawn_blocking(move || ServiceClient::new(&settings))
+                .await
+                .map_err(|e| ClientError::Build(format!("the client was not built: {e}")))??
+        };
         let reading = Instant::now();
         let (store, mut loaded) = tokio::task::spawn_blocking(move || Store::start(backend))
             .await
