@@ -194,7 +194,7 @@ pub async fn page(state: &AppState, mut query: TrialQuery) -> Result<Page, ApiEr
                 // The store saves at every step; memory knows the moment.
                 let snapshot = engine.snapshot();
                 row.engine_status = snapshot.engine_status().into();
-                row.status = Some(snapshot.lifecycle.executor_status().name().to_owned());
+                row.status = Some(snapshot.lifecycle().executor_status().name().to_owned());
                 row.state = Some(view::state(&snapshot).to_owned());
                 row.step = match snapshot.position {
                     crate::engine::state::Position::Run(step) => Some(step.name().to_owned()),

@@ -103,7 +103,7 @@ pub fn held_by_live_engine(state: &AppState, claims: &Claims, token: &str) -> bo
         .ok()
         .and_then(|id| state.scheduler.engines().get(&id))
         .is_some_and(|engine| {
-            !engine.snapshot().lifecycle.is_ended() && engine.token().as_deref() == Some(token)
+            !engine.snapshot().lifecycle().is_ended() && engine.token().as_deref() == Some(token)
         })
 }
 

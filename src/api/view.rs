@@ -124,7 +124,7 @@ impl AppState {
     /// close runs and the close's own callback; the log says what came of it.
     pub async fn slice_after_the_end(&self, id: &TrialId, token: &str) {
         let lifecycle = match self.find_trial(id).await {
-            Ok(Found::Engine(engine)) => engine.snapshot().lifecycle,
+            Ok(Found::Engine(engine)) => engine.snapshot().lifecycle(),
             Ok(Found::Stored(record)) => record.lifecycle,
             Ok(Found::Corrupt(_)) | Err(_) => return,
         };
@@ -230,11 +230,11 @@ pub fn snapshot_of(record: &TrialRecord) -> Snapshot {
 
 /// What the executor waits for, in words: a waiting point, or the operator's resume.
 pub fn waiting_for(snapshot: &Snapshot) -> Option<String> {
-    if snapshot.lifecycle != Lifecycle::Waiting {
+    if snapshot.lifecycle() != Lifecycle::Waiting {
         return None;
     }
     if let Some(waiting_for) = snapshot.waiting_for {
-        return Some(waiting_for.to_owned());
+        return Some(waiting_for.text().to_owned());
     }
     Some(match snapshot.position {
         Position::Wait(wait) => sequence::wait_spec(wait).waiting_for.to_owned(),
@@ -247,7 +247,7 @@ pub fn waiting_for(snapshot: &Snapshot) -> Option<String> {
 
 /// The `state` field: the step, or `Waiting` while paused at a waiting point or the gate.
 pub fn state(snapshot: &Snapshot) -> &'static str {
-    if snapshot.lifecycle == Lifecycle::Waiting {
+    if snapshot.lifecycle() == Lifecycle::Waiting {
         "Waiting"
     } else {
         snapshot.position.state()
@@ -351,7 +351,7 @@ pub enum SetAside {
 
 /// `GET /trial/{id}/status`, from a snapshot.
 pub fn status(snapshot: &Snapshot) -> TrialStatus {
-    let status = snapshot.lifecycle.executor_status();
+    let status = snapshot.lifecycle().executor_status();
     let step = match snapshot.position {
         Position::Run(step) => Some(step.name()),
         Position::Wait(_) => None,
@@ -373,7 +373,7 @@ pub fn status(snapshot: &Snapshot) -> TrialStatus {
         kpi_status: snapshot.kpi_status,
         failed: status == ExecutorStatus::Failed,
         finished: status == ExecutorStatus::Finished,
-        aborted: snapshot.lifecycle == Lifecycle::Aborted,
+        aborted: snapshot.lifecycle() == Lifecycle::Aborted,
         engine_status: snapshot.engine_status(),
         failure: failure.map(|f| f.reason.clone()),
         restorable: snapshot.restorable(),

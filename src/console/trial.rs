@@ -79,7 +79,7 @@ impl TrialView<'_> {
             Kind::Engine => self
                 .snapshot
                 .as_ref()
-                .is_none_or(|s| s.lifecycle.is_final()),
+                .is_none_or(|s| s.lifecycle().is_final()),
             Kind::Scheduled(_) | Kind::Missed(_) => false,
             Kind::Stored | Kind::Corrupt(_) => true,
         }
@@ -187,7 +187,7 @@ async fn load<'h>(
     };
     // The last view of an engine that has ended is read whole from it: the page it ends on
     // shows every event, whatever the stream it followed delivered.
-    let ended = snapshot.as_ref().is_some_and(|s| s.lifecycle.is_final());
+    let ended = snapshot.as_ref().is_some_and(|s| s.lifecycle().is_final());
     let history = match (&found, following) {
         (Found::Engine(engine), Some(following)) if following.follows(engine) && !ended => {
             // Taken after the snapshot, as a copy would be: every event up to it is in.
@@ -277,9 +277,9 @@ fn available(view: &TrialView) -> Vec<TrialAction> {
         (Kind::Engine, Some(snapshot)) => snapshot,
     };
     let mut actions = Vec::new();
-    match snapshot.lifecycle {
+    match snapshot.lifecycle() {
         Lifecycle::Running | Lifecycle::Waiting if snapshot.mode == Mode::Normal => {
-            let waiting = snapshot.lifecycle == Lifecycle::Waiting;
+            let waiting = snapshot.lifecycle() == Lifecycle::Waiting;
             match snapshot.position {
                 Position::Wait(Wait::Idle) if waiting => actions.extend([Active, Finish]),
                 Position::Wait(Wait::Active) if waiting => actions.push(Finish),
@@ -338,14 +338,14 @@ fn summary(view: &TrialView) -> Markup {
                 p.flash.error { "Its record cannot be read: " (reason) }
             },
             (_, Some(s)) => {
-                @let status = s.lifecycle.executor_status().name();
+                @let status = s.lifecycle().executor_status().name();
                 p.status-line {
                     (layout::badge(s.engine_status().name()))
                     " "
                     @if s.engine_status().name() != status { (layout::badge(status)) " " }
                     @if s.paused { span.badge.paused { span aria-hidden="true" { "‖ " } "Paused" } " " }
                     @if let Mode::Cleanup { .. } = s.mode {
-                        @if s.lifecycle.is_live() { span.badge.aborted { span aria-hidden="true" { "⊘ " } "Aborting" } }
+                        @if s.lifecycle().is_live() { span.badge.aborted { span aria-hidden="true" { "⊘ " } "Aborting" } }
                     }
                 }
                 dl.facts {
@@ -728,8 +728,8 @@ fn position(view: &TrialView, vnf: bool) -> Markup {
         .history
         .split_at(cleanup_at.unwrap_or(view.history.len()));
     let cleaning = matches!(snapshot.mode, Mode::Cleanup { .. });
-    let current = Some((snapshot.position, snapshot.lifecycle));
-    let over = !snapshot.lifecycle.is_live() && snapshot.lifecycle != Lifecycle::Failed;
+    let current = Some((snapshot.position, snapshot.lifecycle()));
+    let over = !snapshot.lifecycle().is_live() && snapshot.lifecycle() != Lifecycle::Failed;
     let mut rows = Vec::new();
     for step in sequence::happy_path(vnf) {
         rows.push(PathRow::Step(step));
@@ -1020,7 +1020,7 @@ pub async fn live(
             let growing = view.as_ref().is_none_or(|view| {
                 view.snapshot
                     .as_ref()
-                    .is_some_and(|snapshot| snapshot.lifecycle.is_live())
+                    .is_some_and(|snapshot| snapshot.lifecycle().is_live())
             });
             // The view may borrow the followed history, which the wait below extends.
             drop(view);

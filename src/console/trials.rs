@@ -310,7 +310,7 @@ fn fingerprint(state: &AppState) -> u64 {
         snapshot.paused.hash(&mut hasher);
         // The executor status names every lifecycle apart (the engine status folds two).
         snapshot
-            .lifecycle
+            .lifecycle()
             .executor_status()
             .name()
             .hash(&mut hasher);

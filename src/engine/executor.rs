@@ -20,7 +20,7 @@ use super::failure;
 use super::queue::Inbox;
 use super::sequence::{self, Next, Signal, Step, WAITS, Wait, Waiter};
 use super::state::{
-    self as state, Checkpoint, EventKind, Lifecycle, Mode, Position, Progress, SliceState,
+    self as state, Awaiting, Checkpoint, EventKind, Lifecycle, Mode, Position, Progress, SliceState,
 };
 use super::steps::{self, StepCx, StepError};
 use super::watchdog::{ControlRequest, RESAVE_FIRST, RestoreError, resave_after};
@@ -69,13 +69,6 @@ const SLICE_CREATED: (Wait, Signal) = (Wait::SliceCreated, Signal::SliceCallback
 
 /// Why an abort that waited for an answer in flight when the service stopped was not done.
 const ABORT_NOT_CARRIED_OUT: &str = "the service stopped while the abort waited for the answer in flight: its caller was told 503, and the trial goes on after the restart";
-
-/// What a clean-up that awaits the slice-created callback before the slice-closed one waits
-/// for.
-const BOTH_SLICE_CALLBACKS: &str = "the slice callbacks (slice created, then slice closed)";
-/// What the clean-up waits for after trial enforcement had no slice of a deployment it never
-/// answered.
-const LATE_SLICE_CREATION: &str = "a late slice callback (slice created): the slice deployment was never answered and trial enforcement has no slice yet; a slice it makes is closed";
 
 /// How many of a wait's progress reports have a history event.
 const PROGRESS_EVENTS_PER_WAIT: usize = 1_000;
@@ -902,21 +895,20 @@ impl Executor {
             // The clean-up came after the late slice's callback was due: nothing to wait for.
             return self.no_slice_made();
         }
-        let waiting_for = if awaits_creation {
-            BOTH_SLICE_CALLBACKS
+        let awaiting = if awaits_creation {
+            Some(Awaiting::BothSliceCallbacks)
         } else if late_creation {
-            LATE_SLICE_CREATION
+            Some(Awaiting::LateSliceCreation)
         } else {
-            spec.waiting_for
+            None
         };
+        let waiting_for = awaiting.map_or(spec.waiting_for, Awaiting::text);
         info!(waiting_for, "waiting");
         self.shared
             .journal
             .event(EventKind::Waiting, None, Some(waiting_for.to_owned()), None);
-        self.shared.move_to(Lifecycle::Waiting, &self.checkpoint);
-        if awaits_creation || late_creation {
-            self.shared.show_waiting_for(waiting_for);
-        }
+        self.shared
+            .move_awaiting(Lifecycle::Waiting, &self.checkpoint, awaiting);
         let waiting_since = Instant::now();
         let mut heartbeat = heartbeat_secs.map(at);
         // The progress reports taken in this wait.

@@ -40,7 +40,7 @@ use queue::Queue;
 use redact::Secrets;
 use sequence::{Signal, Step, Wait};
 use state::{
-    Checkpoint, EventKind, Lifecycle, Mode, Position, Progress, ResponseRecord, Snapshot,
+    Awaiting, Checkpoint, EventKind, Lifecycle, Mode, Position, Progress, ResponseRecord, Snapshot,
     TrialEvent,
 };
 use watchdog::{ControlRequest, LastRecord, Origin, RestoreError, Watchdog};
@@ -425,7 +425,7 @@ impl EngineHandle {
             return SignalOutcome::Stopped;
         }
         answer.await.unwrap_or_else(|_| match self.dropped() {
-            Unanswered::NotLive => SignalOutcome::NotLive(self.shared.state.borrow().lifecycle),
+            Unanswered::NotLive => SignalOutcome::NotLive(self.shared.state.borrow().lifecycle()),
             Unanswered::Stopped | Unanswered::NotStarted => SignalOutcome::Stopped,
         })
     }
@@ -434,7 +434,9 @@ impl EngineHandle {
         self.ask(
             |reply| Command::Signal(signal, reply),
             |why| match why {
-                Unanswered::NotLive => SignalOutcome::NotLive(self.shared.state.borrow().lifecycle),
+                Unanswered::NotLive => {
+                    SignalOutcome::NotLive(self.shared.state.borrow().lifecycle())
+                }
                 Unanswered::Stopped => SignalOutcome::Stopped,
                 Unanswered::NotStarted => SignalOutcome::NotSaved(NOT_STARTED.to_owned()),
             },
@@ -479,7 +481,7 @@ impl EngineHandle {
             // An ended trial has nothing to abort. A failed one whose failure procedure still
             // runs is cleaned up right after it: the watchdog saves the abort with the failure
             // and answers at once.
-            if let Some(refusal) = RestoreError::shown(shown.lifecycle, shown.failure.as_ref())
+            if let Some(refusal) = RestoreError::shown(shown.lifecycle(), shown.failure.as_ref())
                 && !matches!(refusal, RestoreError::Reporting | RestoreError::AbortAsked)
             {
                 return Err(refusal.refusing_abort(self.shared.id.as_str()));
@@ -506,7 +508,7 @@ impl EngineHandle {
         if self.shared.stop.is_cancelled() {
             return unanswered(Unanswered::Stopped);
         }
-        if !self.shared.state.borrow().lifecycle.is_live() {
+        if !self.shared.state.borrow().lifecycle().is_live() {
             return unanswered(Unanswered::NotLive);
         }
         let (reply, answer) = oneshot::channel();
@@ -542,7 +544,7 @@ impl EngineHandle {
     }
 
     fn not_live(&self) -> ControlError {
-        executor::not_live(&self.shared.id, self.shared.state.borrow().lifecycle)
+        executor::not_live(&self.shared.id, self.shared.state.borrow().lifecycle())
     }
 
     fn unanswered(&self, why: Unanswered) -> ControlError {
@@ -585,7 +587,7 @@ impl EngineHandle {
         {
             // The watchdog answers once the failure procedure is done; say so at once.
             let shown = self.shared.state.borrow();
-            if let Some(refusal) = RestoreError::shown(shown.lifecycle, shown.failure.as_ref()) {
+            if let Some(refusal) = RestoreError::shown(shown.lifecycle(), shown.failure.as_ref()) {
                 return Err(refusal);
             }
         }
@@ -698,54 +700,41 @@ impl EngineShared {
     /// state the API shows of a live engine changes. A stopped engine (see
     /// [`EngineShared::stopped`]) stays stopped.
     pub(super) fn move_to(&self, lifecycle: Lifecycle, checkpoint: &Checkpoint) {
+        self.move_awaiting(lifecycle, checkpoint, None);
+    }
+
+    /// [`Self::move_to`], showing what the engine waits for where its position does not say
+    /// it all.
+    pub(super) fn move_awaiting(
+        &self,
+        lifecycle: Lifecycle,
+        checkpoint: &Checkpoint,
+        awaiting: Option<Awaiting>,
+    ) {
         self.state.send_if_modified(|s| {
-            if s.lifecycle == Lifecycle::Stopped {
+            if s.lifecycle() == Lifecycle::Stopped {
                 return false;
             }
-            if s.lifecycle != lifecycle {
+            if s.lifecycle() != lifecycle {
                 crate::telemetry::count_outcome(lifecycle);
             }
-            let now = state::now();
-            let ended_at = if lifecycle.is_ended() {
-                Some(now)
-            } else {
-                s.ended_at
-            };
-            *s = Snapshot {
-                progress: s.progress.take(),
-                ..Snapshot::at(lifecycle, checkpoint, s.created_at, now, ended_at)
-            };
+            s.move_to(lifecycle, checkpoint, awaiting, state::now());
             true
         });
     }
 
-    /// Shows a step that the operator's pause holds before its next request as waiting for
-    /// resume (`held`), or running again once it goes on.
+    /// Shows a running step that the operator's pause holds before its next request as
+    /// waiting for resume (`held`), or running again once it goes on. It stays where it was
+    /// moved: what it shows follows from being held.
     pub(super) fn show_held(&self, held: bool) {
         self.state.send_if_modified(|s| {
-            let (from, to, waiting_for) = if held {
-                (
-                    Lifecycle::Running,
-                    Lifecycle::Waiting,
-                    Some(state::HELD_MIDWAY),
-                )
-            } else {
-                (Lifecycle::Waiting, Lifecycle::Running, None)
-            };
-            if s.lifecycle != from || (!held && !s.held_midway()) {
+            if s.held_midway() == held || (held && s.lifecycle() != Lifecycle::Running) {
                 return false;
             }
-            s.lifecycle = to;
-            s.waiting_for = waiting_for;
+            s.waiting_for = held.then_some(Awaiting::HeldMidway);
             s.updated_at = state::now();
             true
         });
-    }
-
-    /// Shows what the engine waits for, where its position does not say it all.
-    pub(super) fn show_waiting_for(&self, waiting_for: &'static str) {
-        self.state
-            .send_modify(|s| s.waiting_for = Some(waiting_for));
     }
 
     /// Forgets the progress shown: the wait it was reported in has ended.
@@ -773,7 +762,7 @@ impl EngineShared {
 
     /// Shows the engine stopped for good: its tasks have ended, nothing moves it any more.
     fn stopped(&self) {
-        self.state.send_modify(|s| s.lifecycle = Lifecycle::Stopped);
+        self.state.send_modify(Snapshot::stop);
     }
 
     /// The span every log line of this engine is written in. Made without a parent, so a

@@ -679,7 +679,8 @@ pub struct Progress {
 /// live in the journal.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
-    pub lifecycle: Lifecycle,
+    /// Where the engine was last moved (see [`Snapshot::lifecycle`] for what is shown).
+    lifecycle: Lifecycle,
     pub position: Position,
     pub mode: Mode,
     pub kpi_status: Option<KpiStatus>,
@@ -687,7 +688,7 @@ pub struct Snapshot {
     pub paused: bool,
     pub progress: Option<Progress>,
     /// What the engine waits for, where its position does not say it all.
-    pub waiting_for: Option<&'static str>,
+    pub waiting_for: Option<Awaiting>,
     /// Whether the trial may still have something deployed on the facility: its ledger holds
     /// a slice or a measurement job, or a live engine is at the step that makes one (its
     /// request may be in flight).
@@ -697,15 +698,75 @@ pub struct Snapshot {
     pub ended_at: Option<DateTime<Utc>>,
 }
 
-/// What a step held by the operator's pause in its middle waits for.
-pub(super) const HELD_MIDWAY: &str =
-    "the operator to resume (paused in the middle of the step: its next request waits)";
+/// What an engine waits for where its position does not say it all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Awaiting {
+    /// The operator's pause holds a running step in its middle: its next request waits.
+    HeldMidway,
+    /// A clean-up that awaits the slice-created callback before the slice-closed one.
+    BothSliceCallbacks,
+    /// A clean-up after trial enforcement had no slice of a deployment it never answered.
+    LateSliceCreation,
+}
+
+impl Awaiting {
+    /// In words, as the status shows it.
+    pub fn text(self) -> &'static str {
+        match self {
+            Awaiting::HeldMidway => {
+                "the operator to resume (paused in the middle of the step: its next request waits)"
+            }
+            Awaiting::BothSliceCallbacks => {
+                "the slice callbacks (slice created, then slice closed)"
+            }
+            Awaiting::LateSliceCreation => {
+                "a late slice callback (slice created): the slice deployment was never answered and trial enforcement has no slice yet; a slice it makes is closed"
+            }
+        }
+    }
+}
 
 impl Snapshot {
+    /// Where the engine stands, as shown: a running step the operator's pause holds in its
+    /// middle waits for resume.
+    pub fn lifecycle(&self) -> Lifecycle {
+        match self.lifecycle {
+            Lifecycle::Running if self.held_midway() => Lifecycle::Waiting,
+            lifecycle => lifecycle,
+        }
+    }
+
     /// Whether the operator's pause holds the step in its middle (before its next request):
     /// only resume moves it on, not step.
     pub fn held_midway(&self) -> bool {
-        self.waiting_for == Some(HELD_MIDWAY)
+        self.waiting_for == Some(Awaiting::HeldMidway)
+    }
+
+    /// Moves the engine to `lifecycle` at `checkpoint`, `now`: the one place where what a
+    /// live engine stands changes. What it waits for beyond its position, `awaiting`, and its
+    /// progress are kept only for a wait that goes on.
+    pub(super) fn move_to(
+        &mut self,
+        lifecycle: Lifecycle,
+        checkpoint: &Checkpoint,
+        awaiting: Option<Awaiting>,
+        now: DateTime<Utc>,
+    ) {
+        let ended_at = if lifecycle.is_ended() {
+            Some(now)
+        } else {
+            self.ended_at
+        };
+        *self = Snapshot {
+            progress: self.progress.take(),
+            waiting_for: awaiting,
+            ..Snapshot::at(lifecycle, checkpoint, self.created_at, now, ended_at)
+        };
+    }
+
+    /// Shows the engine stopped for good: nothing moves it any more.
+    pub(super) fn stop(&mut self) {
+        self.lifecycle = Lifecycle::Stopped;
     }
 
     /// What the API shows of an engine at `checkpoint`.

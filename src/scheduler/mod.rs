@@ -665,7 +665,7 @@ impl Scheduler {
         if !leave_deployed {
             let shown = engine.snapshot();
             if shown.deployed {
-                let undo = if shown.lifecycle.is_ended() {
+                let undo = if shown.lifecycle().is_ended() {
                     Undo::ByHand
                 } else if shown.aborting() {
                     Undo::CleanUp
@@ -825,7 +825,7 @@ impl Scheduler {
             let mut jobs = self.jobs_map();
             if let Some(engine) = self.inner.engines.get(&id) {
                 listed.insert(id);
-                if engine.snapshot().lifecycle.is_ended() {
+                if engine.snapshot().lifecycle().is_ended() {
                     report.already_ended.push(trial.id);
                 } else {
                     report.already_executing.push(trial.id);
