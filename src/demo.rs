@@ -24,6 +24,7 @@ use chrono::Utc;
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use crate::engine::sequence::{self, Wait};
 use crate::engine::state::EventKind;
 use crate::sim::local::{self, LOCAL_API_KEY, LocalLcm, Scratch};
 use crate::sim::operator::{Operator, OperatorSignal};
@@ -276,11 +277,13 @@ async fn drive(platform: &Platform, operator: &Operator, abort: bool) -> Result<
         if kind != EventKind::Waiting {
             continue;
         }
-        let action = if detail.contains("active or finish") {
+        // The operator's two waits, as the event names them.
+        let at = |wait: Wait| detail == sequence::wait_spec(wait).waiting_for;
+        let action = if at(Wait::Idle) {
             Action::Signal(OperatorSignal::Active)
-        } else if detail.contains("(finish)") && abort {
+        } else if at(Wait::Active) && abort {
             Action::Abort
-        } else if detail.contains("(finish)") {
+        } else if at(Wait::Active) {
             Action::Signal(OperatorSignal::Finish)
         } else {
             continue;
