@@ -1568,7 +1568,12 @@ async fn keep(
 fn answer(decision: Decision) -> SignalOutcome {
     match decision {
         Decision::Take(step) => SignalOutcome::Accepted(Next::Step(step)),
-        Decision::Hold(_) | Decision::Duplicate => SignalOutcome::AlreadyRegistered,
+        Decision::Duplicate => SignalOutcome::AlreadyRegistered,
+        // Kept only by a step that runs (see `during_step`): anywhere else it is not taken.
+        Decision::Hold(wait) => SignalOutcome::Refused(format!(
+            "it is early: it ends the wait for {}, which has not begun",
+            sequence::wait_spec(wait).waiting_for
+        )),
         Decision::Refuse(reason) => SignalOutcome::Refused(reason),
     }
 }
