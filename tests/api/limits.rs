@@ -556,8 +556,8 @@ async fn sigterm_ends_the_process_within_the_grace_whatever_the_clients_do() {
     half_body.write_all(b"{\"trial_id\"").await.expect("writes");
 
     // Due within the grace; the signal follows the schedule's answer at once.
-    let due = Instant::now() + Duration::from_secs(3);
-    assert_eq!(app.schedule(id, &in_ms(3000)).await.status, StatusCode::OK);
+    let due = Instant::now() + Duration::from_secs(6);
+    assert_eq!(app.schedule(id, &in_ms(6000)).await.status, StatusCode::OK);
     assert!(
         Instant::now() < due,
         "too slow to signal before the job is due: this run proves nothing"
