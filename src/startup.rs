@@ -118,6 +118,17 @@ impl Application {
             TokenManager::new(&settings.auth.token_secret, settings.auth.token_ttl_secs)
                 .with_store(store.clone(), revoked),
         );
+        let held: Vec<&str> = (loaded.trials.iter())
+            .filter_map(|trial| trial.record.checkpoint.data.token.as_deref())
+            .collect();
+        match tokens.lapse_unheld(&held).await {
+            Ok(0) => {}
+            Ok(lapsed) => info!(
+                lapsed,
+                "revocations kept for good of tokens no live trial holds lapse a token lifetime from now"
+            ),
+            Err(e) => warn!(error = %e, "revocations kept for good stay so: not saved"),
+        }
         let (ended, ended_rx) = tokio::sync::mpsc::unbounded_channel();
         let deps = Arc::new(EngineDeps {
             settings: settings.clone(),

@@ -4,9 +4,11 @@
 //! A token proves which trial a caller speaks for. Whether the trial's engine still accepts it
 //! (exists, not finished, not failed) is the API layer's check, since only it sees the engines.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 
@@ -138,6 +140,39 @@ impl TokenManager {
         self.store = Some(store);
         self.revoked = Mutex::new(revoked.into_iter().collect());
         self
+    }
+
+    /// Lets lapse the revocations kept for good but those of `held`, the tokens live trials'
+    /// engines hold (which outlive their expiry while the trial lives): a release before this
+    /// one kept any token revoked while its trial lived for good. Each lapses a token lifetime
+    /// from now, when no token it names is taken any more. Returns how many lapse.
+    pub async fn lapse_unheld(&self, held: &[&str]) -> Result<usize, StoreError> {
+        // Read unchecked: a token that no longer verifies keeps its revocation all the same.
+        let held: HashSet<String> = held.iter().filter_map(|t| jti_unchecked(t)).collect();
+        let until = chrono::Utc::now().timestamp().saturating_add(self.ttl_secs);
+        let lapsing: Vec<Revocation> = {
+            let revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+            (revoked.iter())
+                .filter(|(jti, exp)| **exp == i64::MAX && !held.contains(*jti))
+                .map(|(jti, _)| Revocation {
+                    jti: jti.clone(),
+                    exp: until,
+                })
+                .collect()
+        };
+        if lapsing.is_empty() {
+            return Ok(0);
+        }
+        if let Some(store) = &self.store {
+            store
+                .write_all(lapsing.iter().map(Revocation::op).collect())
+                .await?;
+        }
+        let lapsed = lapsing.len();
+        for revocation in lapsing {
+            self.revoked(revocation);
+        }
+        Ok(lapsed)
     }
 
     /// Mints a token for `trial`.
@@ -294,6 +329,13 @@ impl TokenManager {
     }
 }
 
+/// The id of a token the LCM handed out, read without checking the token.
+fn jti_unchecked(token: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    serde_json::from_slice::<Claims>(&bytes).ok().map(|c| c.jti)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,6 +360,32 @@ mod tests {
             tokens.verify(&token, &t1, |_| false),
             Err(TokenError::Revoked)
         );
+    }
+
+    #[tokio::test]
+    async fn revocations_kept_for_good_lapse_unless_a_live_trial_holds_the_token() {
+        let (store, _) =
+            Store::start(crate::store::sqlite::SqliteBackend::in_memory().unwrap()).unwrap();
+        let tokens = manager(60).with_store(store, Vec::new());
+        let t1 = TrialId::parse("t1").unwrap();
+        let (held, minted) = (tokens.mint(&t1).unwrap(), tokens.mint(&t1).unwrap());
+        for token in [&held, &minted] {
+            let jti = jti_unchecked(token).unwrap();
+            tokens.revoke_id(&jti, i64::MAX, None).await.unwrap();
+        }
+        assert_eq!(tokens.lapse_unheld(&[&held]).await.unwrap(), 1);
+        let kept = |token: &str| tokens.revoked.lock().unwrap()[&jti_unchecked(token).unwrap()];
+        assert_eq!(kept(&held), i64::MAX);
+        let lapses = kept(&minted);
+        assert!(lapses < i64::MAX && lapses <= chrono::Utc::now().timestamp() + 60);
+        // Both stay refused meanwhile.
+        for token in [&held, &minted] {
+            assert_eq!(
+                tokens.verify(token, &t1, |_| false),
+                Err(TokenError::Revoked)
+            );
+        }
+        assert_eq!(tokens.lapse_unheld(&[&held]).await.unwrap(), 0);
     }
 
     /// To the microsecond when the token says it, else to the second.
