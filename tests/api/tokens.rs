@@ -320,9 +320,9 @@ async fn a_trial_kept_waiting_past_its_token_s_lifetime_still_hears_its_componen
     }
 }
 
-/// Every revocation the store keeps: token id and until when.
-fn revocations(app: &TestApp) -> Vec<(String, i64)> {
-    let path = app.logs.path().join("data").join("lcm.sqlite3");
+/// Every revocation the store in data directory `data` keeps: token id and until when.
+fn revocations(data: &std::path::Path) -> Vec<(String, i64)> {
+    let path = data.join("lcm.sqlite3");
     let conn =
         rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .expect("the store opens");
@@ -362,7 +362,7 @@ async fn a_revocation_is_kept_only_for_as_long_as_its_token_could_open_anything(
     }
     // The token the engine holds is refused for as long as the trial lives; one minted by
     // hand until its expiry, after which it is refused as expired anyway.
-    let kept: Vec<i64> = revocations(&app)
+    let kept: Vec<i64> = revocations(&app.logs.path().join("data"))
         .into_iter()
         .map(|(_, until)| until)
         .collect();
@@ -371,11 +371,28 @@ async fn a_revocation_is_kept_only_for_as_long_as_its_token_could_open_anything(
     // Its components can call back no more: the trial is removed, which revokes its token
     // again, up to its expiry. Nothing is kept for good.
     app.delete_refused_then_forced(id).await;
-    let kept = revocations(&app);
+    let kept = revocations(&app.logs.path().join("data"));
     assert_eq!(kept.len(), 2, "{kept:?}");
     assert!(kept.iter().all(|(_, until)| *until < i64::MAX), "{kept:?}");
     let answer = check(&app, id, Some(&app.token_of(id))).await;
     assert_detail(&answer, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_revocation_an_earlier_release_kept_for_good_lapses_after_the_next_start() {
+    let kept = lcm::store::Op::Revoke {
+        jti: "revoked-while-its-trial-lived".to_owned(),
+        exp: i64::MAX,
+    };
+    let data = prepared_store(vec![kept], None);
+    let path = data.path().to_path_buf();
+    let app = spawn_app_with_settings(move |s| s.store.data_dir = path).await;
+    // No live trial holds its token: it lapses a token lifetime from now, refused until then.
+    let kept = revocations(data.path());
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let now = chrono::Utc::now().timestamp();
+    assert!(now < kept[0].1 && kept[0].1 < i64::MAX, "{kept:?}");
+    drop(app);
 }
 
 #[tokio::test]
