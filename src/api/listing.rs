@@ -102,7 +102,9 @@ fn is_written_time(text: &str) -> bool {
 /// of one that is not, marked) and a trial id.
 fn decode_cursor(cursor: &str) -> Result<(String, String), ApiError> {
     paging::position(cursor, |text| {
-        let (created_at, trial_id) = text.rsplit_once('\n')?;
+        // A `created_at` holds no line break (one not a time is carried encoded); an id edited
+        // by hand may.
+        let (created_at, trial_id) = text.split_once('\n')?;
         let created_at = match created_at.strip_prefix(NOT_A_TIME) {
             Some(marked) => paging::position(marked, |text| Some(text.to_owned())).ok()?,
             None => is_written_time(created_at).then(|| created_at.to_owned())?,
@@ -250,7 +252,14 @@ mod tests {
         assert!(decode_cursor(&paging::cursor("no newline")).is_err());
         // A row edited by hand is listed under the id it holds, whatever it is: its cursor
         // pages past it.
-        for edited in ["", "bad id", "q'uote", "ctl\u{1}x", &"x".repeat(200)] {
+        for edited in [
+            "",
+            "bad id",
+            "q'uote",
+            "ctl\u{1}x",
+            "nl\nx",
+            &"x".repeat(200),
+        ] {
             let row = ListedTrial {
                 trial_id: edited.into(),
                 ..row.clone()
