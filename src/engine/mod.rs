@@ -40,8 +40,8 @@ use queue::Queue;
 use redact::Secrets;
 use sequence::{Signal, Step, Wait};
 use state::{
-    Awaiting, Checkpoint, EventKind, Lifecycle, Mode, Position, Progress, ResponseRecord, Snapshot,
-    TrialEvent,
+    Awaiting, Checkpoint, EventKind, KpiStatus, Lifecycle, Mode, Position, Progress,
+    ResponseRecord, Snapshot, TrialEvent,
 };
 use watchdog::{ControlRequest, LastRecord, Origin, RestoreError, Watchdog};
 
@@ -740,6 +740,12 @@ impl EngineShared {
     /// Forgets the progress shown: the wait it was reported in has ended.
     pub(super) fn clear_progress(&self) {
         self.state.send_modify(|s| s.progress = None);
+    }
+
+    /// Shows the last KPI marking that counts while the step that sends it runs.
+    pub(super) fn show_kpi_status(&self, kpi_status: Option<KpiStatus>) {
+        self.state
+            .send_if_modified(|s| std::mem::replace(&mut s.kpi_status, kpi_status) != kpi_status);
     }
 
     /// Shows a component's latest progress.

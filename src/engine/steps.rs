@@ -945,6 +945,9 @@ impl StepCx<'_> {
                     return Err(e);
                 }
             }
+            // Shown as a restart would read it while the step's next request waits (for
+            // resume, or its answer): a marking that opens counts once sent.
+            self.shared.show_kpi_status(self.data.kpi_status);
         }
         self.data.kpi_status = Some(marking);
         Ok(())

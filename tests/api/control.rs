@@ -2554,3 +2554,32 @@ async fn a_step_that_cannot_be_saved_is_refused_503_and_runs_nothing() {
     .await;
     assert_eq!(app.trial_status(id).await["paused"], true);
 }
+
+#[tokio::test]
+async fn a_kpi_marking_sent_shows_while_its_step_s_next_marking_waits() {
+    // A held request is not given up on while the test looks at it.
+    let app = spawn_app_with_settings(|s| s.executor.request_timeout_secs = 300).await;
+    let id = "marking-shown";
+    // SendKpiIdle's second marking (for the slice) is held until the test has looked.
+    let second = Gate::default();
+    app.platform.inject(
+        Fault::new(
+            Component::Kpi,
+            "POST",
+            "/markKPIData",
+            FaultAction::HoldUntil(second.clone()),
+        )
+        .for_trial(id)
+        .after(1)
+        .times(1),
+    );
+    app.start_trial(id).await;
+    // Shown as a restart would read it: the Idle marking counts once sent.
+    app.wait_for(id, "SendKpiIdle's first marking shown", |s| {
+        s["step"] == "SendKpiIdle" && s["kpi_status"] == "Idle"
+    })
+    .await;
+    second.open();
+    let waiting = app.wait_waiting(id, WAITING_OPERATOR).await;
+    assert_eq!(waiting["kpi_status"], "Idle", "{waiting}");
+}
