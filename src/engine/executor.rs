@@ -54,8 +54,18 @@ pub enum SignalOutcome {
 
 /// The refusal of what only a live engine takes.
 pub(super) fn not_live(id: &TrialId, lifecycle: Lifecycle) -> ControlError {
+    let next = match lifecycle {
+        Lifecycle::Failed => {
+            "; restore it to go on (a pause it had stays: resume it then), skip its failed step, or abort it"
+        }
+        Lifecycle::Running
+        | Lifecycle::Waiting
+        | Lifecycle::Finished
+        | Lifecycle::Aborted
+        | Lifecycle::Stopped => "",
+    };
     ControlError::NotLive(format!(
-        "trial '{id}' does not take this now: its engine is {}",
+        "trial '{id}' does not take this now: its engine is {}{next}",
         lifecycle.engine_status().name()
     ))
 }

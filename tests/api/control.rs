@@ -2583,3 +2583,31 @@ async fn a_kpi_marking_sent_shows_while_its_step_s_next_marking_waits() {
     let waiting = app.wait_waiting(id, WAITING_OPERATOR).await;
     assert_eq!(waiting["kpi_status"], "Idle", "{waiting}");
 }
+
+#[tokio::test]
+async fn a_paused_trial_that_fails_is_told_how_to_go_on_and_a_restore_keeps_its_pause() {
+    let app = spawn_app_with_settings(|s| s.executor.callback_timeout_secs = 2).await;
+    let id = "paused-then-failed";
+    let token = app.wait_at_slice_callback(id).await;
+    let paused = app.post(&format!("/trial/{id}/pause"), None).await;
+    assert_eq!(paused.status, StatusCode::OK, "{paused:?}");
+    let failed = app.wait_failed(id).await;
+    assert_eq!(failed["paused"], true, "{failed}");
+
+    // Resume does not fit a failed trial: the refusal says what does.
+    let refused = app.post(&format!("/trial/{id}/resume"), None).await;
+    assert_detail(&refused, StatusCode::CONFLICT);
+    assert!(
+        refused.detail().contains("restore it to go on"),
+        "{refused:?}"
+    );
+    let restored = app.post(&format!("/debug/engine/{id}/restore"), None).await;
+    assert_eq!(restored.status, StatusCode::OK, "{restored:?}");
+    let waiting = app.wait_waiting(id, WAITING_SLICE).await;
+    assert_eq!(waiting["paused"], true, "{waiting}");
+    let resumed = app.post(&format!("/trial/{id}/resume"), None).await;
+    assert_eq!(resumed.status, StatusCode::OK, "{resumed:?}");
+    let answer = app.callback(id, "slice", Some(&token)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    app.wait_waiting(id, WAITING_OPERATOR).await;
+}
