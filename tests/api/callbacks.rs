@@ -825,12 +825,9 @@ async fn a_callback_held_back_is_taken_when_sent_again_after_retry_after() {
         FaultAction::HoldUntil(deployment.clone()),
     ));
     app.start_trial(id).await;
-    app.wait_for(id, "SliceDeployment in flight", |s| {
-        s["step"] == "SliceDeployment"
-    })
-    .await;
-    // The token trial enforcement was handed, used up before its callback comes.
-    let token = app.token_of(id);
+    // The token trial enforcement was handed with the deployment, used up before its
+    // callback comes.
+    let token = app.token_once_sent(id).await;
     for _ in 0..20 {
         let answer = app
             .call_as(Method::GET, &format!("/token/{id}"), None, Some(&token))

@@ -944,6 +944,20 @@ impl TestApp {
 
     /// The callback token the LCM handed to trial enforcement for `id`.
     pub fn token_of(&self, id: &str) -> String {
+        self.sent_token(id)
+            .expect("the LCM sent a token to trial enforcement")
+    }
+
+    /// [`Self::token_of`], once trial enforcement has it: a step is shown running before its
+    /// request arrives.
+    pub async fn token_once_sent(&self, id: &str) -> String {
+        eventually("the LCM to send a token to trial enforcement", || async {
+            self.sent_token(id).ok_or_else(|| "none yet".to_owned())
+        })
+        .await
+    }
+
+    fn sent_token(&self, id: &str) -> Option<String> {
         self.platform
             .requests_for(id)
             .into_iter()
@@ -955,7 +969,6 @@ impl TestApp {
                     .and_then(Value::as_str)
                     .map(str::to_owned)
             })
-            .expect("the LCM sent a token to trial enforcement")
     }
 
     /// Posts a callback for `id` with `token`.
