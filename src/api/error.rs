@@ -202,20 +202,7 @@ pub async fn hide_secrets(State(state): State<AppState>, request: Request, next:
         _ => return Response::from_parts(parts, Body::from(bytes)),
     };
     let detail = answer["detail"].as_str().unwrap_or_default();
-    let mut shown = state
-        .scheduler
-        .deps()
-        .secrets
-        .redactor()
-        .text_and_tokens(detail);
-    let secrets_in_path = uri
-        .path()
-        .split('/')
-        .map(|segment| percent_decode_str(segment).decode_utf8_lossy())
-        .filter(|segment| state.scheduler.is_a_secret(segment));
-    for key in secrets_in_path {
-        shown = shown.replace(key.as_ref(), REDACTED);
-    }
+    let shown = hidden(&state, uri.path(), detail);
     if shown == detail {
         return Response::from_parts(parts, Body::from(bytes));
     }
@@ -224,25 +211,21 @@ pub async fn hide_secrets(State(state): State<AppState>, request: Request, next:
     Response::from_parts(parts, Body::from(answer.to_string()))
 }
 
-/// `text` (a request's path, or what an answer says of it) as a log line shows it: a part
-/// between slashes that is an API key or a secret (a key pasted as a trial id) is hidden, and
-/// so is a secret or a token within one, as in the answers and the audit.
-pub fn path_shown(state: &AppState, text: &str) -> String {
-    let redactor = state.scheduler.deps().secrets.redactor();
-    let segments: Vec<String> = text
-        .split('/')
-        .map(|segment| {
-            if state
-                .scheduler
-                .is_a_secret(&percent_decode_str(segment).decode_utf8_lossy())
-            {
-                REDACTED.to_owned()
-            } else {
-                redactor.text_and_tokens(segment)
-            }
-        })
-        .collect();
-    segments.join("/")
+/// `text` (an answer's detail, or a request's path) as an answer or a log line shows it: a
+/// configured secret or a token in it is hidden, and so is every part of the request's `path`
+/// between slashes that is an API key or a secret (a key pasted as a trial id), wherever
+/// `text` quotes it, as written or decoded.
+pub fn hidden(state: &AppState, path: &str, text: &str) -> String {
+    let mut shown = (state.scheduler.deps().secrets.redactor()).text_and_tokens(text);
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        let decoded = percent_decode_str(segment).decode_utf8_lossy();
+        if state.scheduler.is_a_secret(&decoded) {
+            shown = shown
+                .replace(segment, REDACTED)
+                .replace(decoded.as_ref(), REDACTED);
+        }
+    }
+    shown
 }
 
 /// The most of an error answer [`hide_secrets`] reads: a detail is at most

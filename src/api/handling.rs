@@ -27,8 +27,9 @@ pub(super) struct Handling {
     hide: Hide,
 }
 
-/// Hides the secrets in a text a log line quotes.
-pub(super) type Hide = Arc<dyn Fn(&str) -> String + Send + Sync>;
+/// Hides the secrets in a text a log line quotes of a request with the given path (see
+/// [`super::error::hidden`]).
+pub(super) type Hide = Arc<dyn Fn(&str, &str) -> String + Send + Sync>;
 
 impl Handling {
     /// Handlers answered 504 after `limit`, tracked by `tracker`.
@@ -62,19 +63,20 @@ pub(super) async fn to_the_end(handling: Handling, request: Request, next: Next)
             // Here rather than where the answer is sent: its caller may be gone.
             let status = response.status();
             if status.is_server_error() {
+                let path = handler_uri.path();
                 let detail = response.extensions().get::<AuditDetail>();
                 warn!(
                     status = status.as_u16(),
-                    detail = detail.map_or_else(|| "-".to_owned(), |d| hide(&d.0)),
+                    detail = detail.map_or_else(|| "-".to_owned(), |d| hide(path, &d.0)),
                     "{handler_method} {} ended with a server error",
-                    hide(handler_uri.path())
+                    hide(path, path)
                 );
             }
             response
         }
         .in_current_span(),
     );
-    let path = (handling.hide)(uri.path());
+    let path = (handling.hide)(uri.path(), uri.path());
     match tokio::time::timeout(handling.limit, handler).await {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => {
@@ -211,7 +213,7 @@ mod tests {
         let handling = Handling::new(
             Duration::from_secs(5),
             TaskTracker::new(),
-            Arc::new(str::to_owned),
+            Arc::new(|_: &str, text: &str| text.to_owned()),
         );
         let places = Arc::new(Semaphore::new(1));
         let (status, body) = answer_of(faulty, &handling, &places).await;
@@ -239,7 +241,7 @@ mod tests {
         let handling = Handling::new(
             Duration::from_millis(50),
             TaskTracker::new(),
-            Arc::new(str::to_owned),
+            Arc::new(|_: &str, text: &str| text.to_owned()),
         );
         let places = Arc::new(Semaphore::new(1));
         let (status, body) = answer_of(held, &handling, &places).await;

@@ -169,11 +169,11 @@ pub fn openapi() -> OpenApi {
 /// of each request to its end, CORS and tracing.
 pub fn router(state: AppState) -> Router {
     let settings = &state.settings;
-    let hidden = state.clone();
+    let secrets = state.clone();
     let handling = Handling::new(
         Duration::from_secs(settings.server.handler_timeout_secs),
         state.handlers.clone(),
-        Arc::new(move |text: &str| error::path_shown(&hidden, text)),
+        Arc::new(move |path: &str, text: &str| error::hidden(&secrets, path, text)),
     );
     let arrival = handling::Arrival {
         time: Duration::from_secs(settings.server.header_read_timeout_secs),
@@ -201,7 +201,10 @@ pub fn router(state: AppState) -> Router {
                     tracing::debug_span!(
                         "request",
                         method = start_of(request.method().as_str(), 20),
-                        path = start_of(&error::path_shown(&traced, request.uri().path()), 200),
+                        path = start_of(
+                            &error::hidden(&traced, request.uri().path(), request.uri().path()),
+                            200
+                        ),
                     )
                 })
                 .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
