@@ -331,25 +331,33 @@ impl Layers {
         // A refused value is replaced by its default (or by nothing) and the settings are read
         // again, so one start tells every problem; each key is replaced at most once.
         let mut stand_ins: Vec<(String, Value)> = Vec::new();
-        let mut mistyped = Vec::new();
-        if let ValueKind::Table(top) = &self.merged(&[])?.cache.kind {
-            for (key, value) in top {
-                mistyped_below(key, value, &mut mistyped);
-            }
-        }
-        for (key, value, accepts) in mistyped {
-            // The environment's values are text, which typed keys parse when they are read.
-            let source = self.source_of(&key);
-            if matches!(source, Source::Env(_)) {
+        // Each file on its own: a wrong value in one is told even where a later layer sets the
+        // key too. The environment's values are text, which typed keys parse when read.
+        for layer in &self.0 {
+            let (LayerSource::WorkingDirectory | LayerSource::File(_)) = layer.source else {
                 continue;
+            };
+            let mut mistyped = Vec::new();
+            if let ValueKind::Table(top) = &layer.config.cache.kind {
+                for (key, value) in top {
+                    mistyped_below(key, value, &mut mistyped);
+                }
             }
-            let kind = ProblemKind::Refused(format!(
-                "{} is not {}",
-                shown(&value, accepts),
-                takes(&key, accepts)
-            ));
-            stand_ins.push((key.clone(), self.stand_in(&key)));
-            problems.push(Problem { source, kind, key });
+            for (key, value, accepts) in mistyped {
+                let kind = ProblemKind::Refused(format!(
+                    "{} is not {}",
+                    shown(&value, accepts),
+                    takes(&key, accepts)
+                ));
+                if !stand_ins.iter().any(|(k, _)| *k == key) {
+                    stand_ins.push((key.clone(), self.stand_in(&key)));
+                }
+                problems.push(Problem {
+                    source: layer.source_of(&key),
+                    kind,
+                    key,
+                });
+            }
         }
         loop {
             let merged = self.merged(&stand_ins)?;
@@ -881,6 +889,29 @@ token_secret = 12345
         )
         .unwrap();
         assert_eq!(settings.executor.request_timeout_secs, 7);
+    }
+
+    #[test]
+    fn a_wrong_file_value_is_refused_even_where_a_variable_sets_the_key_too() {
+        let (_dir, f) = file("[executor]\nrequest_timeout_secs = \"5\"\n[auth]\napi_key = true\n");
+        let text = refused(
+            Some(&f),
+            &[
+                ("LCM__EXECUTOR__REQUEST_TIMEOUT_SECS", "5"),
+                ("LCM__AUTH__API_KEY", "from-the-environment"),
+            ],
+        );
+        let at = format!("(in {})", f.path.display());
+        for expected in [
+            format!("configuration key `auth.api_key` {at}: a boolean is not text"),
+            format!(
+                "configuration key `executor.request_timeout_secs` {at}: '5' is not a whole number"
+            ),
+        ] {
+            assert!(text.lines().any(|l| l == expected), "{expected}\n{text}");
+        }
+        assert_eq!(text.lines().count(), 2, "one line each: {text}");
+        assert!(!text.contains("from-the-environment"), "{text}");
     }
 
     #[test]
