@@ -5,7 +5,7 @@
 //! Which role a route needs is not here: each handler declares it by the extractor in its
 //! signature (`crate::api::extract::{Viewer, Operator, Admin}`, or `CallbackToken`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
@@ -142,6 +142,9 @@ pub struct Access {
     /// The settings the keys came from, to load them again from the same sources.
     auth: AuthSettings,
     failures: DefaultKeyedRateLimiter<IpAddr>,
+    /// The addresses refused for failing too often, with when their next failure is allowed:
+    /// until then a key they send is not looked at (see [`Self::limited`]).
+    limited_until: Mutex<HashMap<IpAddr, Instant>>,
     /// The requests made with each callback token, by the token's hash.
     callbacks: DefaultKeyedRateLimiter<u64>,
     /// What hashes a callback token for [`Self::callbacks`] (keyed at random at start).
@@ -164,6 +167,7 @@ impl Access {
             keys: RwLock::new(Arc::new(keys)),
             auth: auth.clone(),
             failures: RateLimiter::keyed(per_minute(auth.max_failures_per_minute)),
+            limited_until: Mutex::new(HashMap::new()),
             callbacks: RateLimiter::keyed(per_minute(auth.max_callbacks_per_minute)),
             token_hasher: std::hash::RandomState::new(),
             warned: RateLimiter::keyed(per_minute(1)),
@@ -206,18 +210,44 @@ impl Access {
         }
     }
 
-    /// Counts a failed authentication from `addr`; past the limit, says how long to wait.
-    /// Successful requests never come here, so they are never slowed or refused.
+    /// Counts a failed authentication from `addr`; past the limit, says how long to wait, and
+    /// the address is [`Self::limited`] until then.
     pub fn note_failure(&self, addr: IpAddr) -> Result<(), TooManyFailures> {
         self.purge_now_and_then();
-        self.failures
-            .check_key(&client_key(addr))
-            .map_err(|not_until| {
-                metrics::counter!("lcm_requests_throttled_total").increment(1);
-                TooManyFailures {
-                    retry_after: not_until.wait_time_from(self.failures.clock().now()),
-                }
-            })
+        let client = client_key(addr);
+        self.failures.check_key(&client).map_err(|not_until| {
+            metrics::counter!("lcm_requests_throttled_total").increment(1);
+            let retry_after = not_until.wait_time_from(self.failures.clock().now());
+            self.limited_until
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .insert(client, Instant::now() + retry_after);
+            TooManyFailures { retry_after }
+        })
+    }
+
+    /// Whether `addr` was refused for failing too often and its next failure is not allowed
+    /// yet: then an API key it sends is answered 429 whether it is right or wrong, so the
+    /// answer tells a guesser nothing (a right key passing while wrong ones are refused would
+    /// let guessing go on at full speed). Callback tokens, which cannot be guessed, are not held
+    /// back by this: a component with one bad token does not hold up its host's other trials.
+    pub fn limited(&self, addr: IpAddr) -> Option<TooManyFailures> {
+        let client = client_key(addr);
+        let mut limited = self
+            .limited_until
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let until = *limited.get(&client)?;
+        let now = Instant::now();
+        if until <= now {
+            limited.remove(&client);
+            return None;
+        }
+        drop(limited);
+        metrics::counter!("lcm_requests_throttled_total").increment(1);
+        Some(TooManyFailures {
+            retry_after: until - now,
+        })
     }
 
     /// Counts a request made with `token`, a callback token of trial `trial` (whatever its
@@ -254,6 +284,14 @@ impl Access {
             drop(last);
             self.failures.retain_recent();
             self.failures.shrink_to_fit();
+            let now = Instant::now();
+            let mut limited = self
+                .limited_until
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            limited.retain(|_, until| *until > now);
+            limited.shrink_to_fit();
+            drop(limited);
             self.callbacks.retain_recent();
             self.callbacks.shrink_to_fit();
             self.warned.retain_recent();
@@ -415,6 +453,29 @@ mod tests {
             "{refused:?}"
         );
         assert_eq!(access.note_failure("192.0.2.2".parse().unwrap()), Ok(()));
+    }
+
+    #[test]
+    fn an_address_refused_is_limited_until_its_next_failure_is_allowed() {
+        let mut settings = auth(&[]);
+        // One failure every 100 ms once the 600 in a row are spent.
+        settings.max_failures_per_minute = 600;
+        let access = Access::new(&settings).unwrap();
+        let one: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..600 {
+            assert_eq!(access.note_failure(one), Ok(()));
+            assert_eq!(access.limited(one), None, "not refused yet");
+        }
+        let refused = access.note_failure(one).unwrap_err();
+        let limited = access.limited(one).expect("limited once refused");
+        assert!(limited.retry_after <= refused.retry_after, "{limited:?}");
+        assert_eq!(access.limited("192.0.2.2".parse().unwrap()), None);
+        let waited = Instant::now();
+        while access.limited(one).is_some() {
+            assert!(waited.elapsed() < Duration::from_secs(5), "never lifted");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(access.note_failure(one), Ok(()), "its next failure is allowed");
     }
 
     #[test]

@@ -224,9 +224,22 @@ pub fn key_withdrawn(
     }
 }
 
+/// 429 for an API key sent from an address refused for failing too often, whether the key is
+/// right or wrong, so the answer tells a guesser nothing (see [`crate::access::Access::limited`]).
+fn key_from_limited(parts: &Parts, state: &AppState) -> Result<(), AuthError> {
+    match state.access.limited(client_ip(&parts.extensions)) {
+        Some(limited) => Err(AuthError::TooManyFailures(limited)),
+        None => Ok(()),
+    }
+}
+
 /// The holder of an API key whose role is at least `needed`.
 fn authorize(parts: &mut Parts, state: &AppState, needed: Role) -> Result<KeyHolder, AuthError> {
-    match caller(parts, state) {
+    let actor = caller(parts, state);
+    if matches!(actor, Some(Actor::Key(_))) {
+        key_from_limited(parts, state)?;
+    }
+    match actor {
         Some(Actor::Key(holder)) if holder.role >= needed => Ok(holder),
         Some(Actor::Key(holder)) => Err(ApiError::forbidden(format!(
             "this route needs the {needed} role; key '{}' has the {} role",
@@ -329,7 +342,10 @@ impl CallbackToken {
         };
         let identified = caller(parts, state);
         match &identified {
-            Some(Actor::Key(_)) => return Err(ApiError::unauthorized(WANTS_TOKEN).into()),
+            Some(Actor::Key(_)) => {
+                key_from_limited(parts, state)?;
+                return Err(ApiError::unauthorized(WANTS_TOKEN).into());
+            }
             // Held back before anything is checked, answered or written: a component in a loop
             // costs no store write and no log line but one a minute.
             Some(Actor::Callback(of)) => {

@@ -653,29 +653,24 @@ pub async fn sign_in(
     let holder = (!key.is_empty())
         .then(|| state.access.key_holder(&key))
         .flatten();
-    let Some(holder) = holder else {
-        return match state.access.note_failure(client_ip(&parts.extensions)) {
-            Ok(()) => sign_in_page(
-                StatusCode::UNAUTHORIZED,
-                Some("That is not a key of this service."),
-                next,
-            ),
-            Err(TooManyFailures { retry_after }) => {
-                // As the API says it.
-                let secs = retry_after_secs(retry_after);
-                let mut response = sign_in_page(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    Some(&format!(
-                        "Too many failed sign-ins from this address: try again in {secs} s."
-                    )),
+    let addr = client_ip(&parts.extensions);
+    let holder = match holder {
+        // A right key from an address refused for failing too often is refused like a wrong
+        // one, so the answer tells a guesser nothing.
+        Some(holder) => match state.access.limited(addr) {
+            None => holder,
+            Some(limited) => return too_many_sign_ins(limited, next),
+        },
+        None => {
+            return match state.access.note_failure(addr) {
+                Ok(()) => sign_in_page(
+                    StatusCode::UNAUTHORIZED,
+                    Some("That is not a key of this service."),
                     next,
-                );
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-                response
-            }
-        };
+                ),
+                Err(limited) => too_many_sign_ins(limited, next),
+            };
+        }
     };
     let Some(id) = console
         .sessions
@@ -694,6 +689,25 @@ pub async fn sign_in(
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
     response.extensions_mut().insert(Actor::Key(holder));
+    response
+}
+
+/// The sign-in page refusing an address that failed too often, as the API says it.
+fn too_many_sign_ins(
+    TooManyFailures { retry_after }: TooManyFailures,
+    next: Option<&str>,
+) -> Response {
+    let secs = retry_after_secs(retry_after);
+    let mut response = sign_in_page(
+        StatusCode::TOO_MANY_REQUESTS,
+        Some(&format!(
+            "Too many failed sign-ins from this address: try again in {secs} s."
+        )),
+        next,
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     response
 }
 

@@ -320,7 +320,7 @@ async fn spawn_app_allowing_failures(per_minute: u32) -> TestApp {
 }
 
 #[tokio::test]
-async fn failed_authentication_beyond_the_limit_is_429_and_a_right_key_still_passes() {
+async fn failed_authentication_beyond_the_limit_is_429_and_a_right_key_waits_alike() {
     // The binary, so the throttling counter it shows counts this test's refusals alone.
     let dir = tempfile::tempdir().expect("tempdir");
     let keys = dir.path().join("keys.toml");
@@ -334,7 +334,8 @@ async fn failed_authentication_beyond_the_limit_is_429_and_a_right_key_still_pas
         ..BinaryOptions::default()
     })
     .await;
-    let client = client_from("127.0.0.1");
+    // Not the address the test's own calls come from, which must not wait.
+    let client = client_from("127.0.0.4");
     for _ in 0..3 {
         let (answer, retry_after) = status_from(&app, &client, "/status", Some("guess")).await;
         assert_detail(&answer, StatusCode::UNAUTHORIZED);
@@ -352,11 +353,35 @@ async fn failed_authentication_beyond_the_limit_is_429_and_a_right_key_still_pas
         "Retry-After: {retry_after}"
     );
 
-    // The limited address is still served when its credentials are right.
-    for key in [API_KEY, key_of(Role::Viewer)] {
-        let (answer, _) = status_from(&app, &client, "/status", Some(key)).await;
-        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    // While the address waits, a right key is refused alike, on a key route or a token route
+    // (where it would otherwise be told it is a key): a 429 tells no guess apart. Another
+    // address is served, and a callback token, which cannot be guessed, still passes.
+    for (path, key) in [
+        ("/status", API_KEY),
+        ("/status", key_of(Role::Viewer)),
+        ("/token/t1", API_KEY),
+    ] {
+        let (answer, retry_after) = status_from(&app, &client, path, Some(key)).await;
+        assert_detail(&answer, StatusCode::TOO_MANY_REQUESTS);
+        assert!(retry_after.is_some(), "{answer:?}");
     }
+    let elsewhere = client_from("127.0.0.8");
+    let (answer, _) = status_from(&app, &elsewhere, "/status", Some(API_KEY)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    let minted = elsewhere
+        .post(format!("{}/token/t1", app.address))
+        .header("Authorization", API_KEY)
+        .send()
+        .await
+        .expect("request reaches the service");
+    let minted = read(minted).await;
+    assert_eq!(minted.status, StatusCode::OK, "{minted:?}");
+    let token = minted.body["Authorization"]
+        .as_str()
+        .expect("a token")
+        .to_owned();
+    let (answer, _) = status_from(&app, &client, "/token/t1", Some(&token)).await;
+    assert_token_taken(&answer);
     // Every kind of failure is limited: no credentials, a bad callback token.
     let (answer, _) = status_from(&app, &client, "/status", None).await;
     assert_detail(&answer, StatusCode::TOO_MANY_REQUESTS);
@@ -387,7 +412,7 @@ async fn failed_authentication_beyond_the_limit_is_429_and_a_right_key_still_pas
         .await;
     assert!(entries.iter().all(|e| e["outcome"] != 429), "{entries:#?}");
     let counted = series_value(&scrape(&app).await, "lcm_requests_throttled_total");
-    assert_eq!(counted, Some(4.0), "the four 429 answers above");
+    assert_eq!(counted, Some(7.0), "the seven 429 answers above");
 }
 
 #[tokio::test]

@@ -172,20 +172,30 @@ async fn a_sign_in_gives_a_strict_http_only_session_cookie_never_the_key() {
 }
 
 #[tokio::test]
-async fn failed_sign_ins_count_toward_the_failed_authentication_limit() {
+async fn failed_sign_ins_count_toward_the_failed_authentication_limit_and_then_a_right_key_waits_too()
+ {
     let app = spawn_app_with_settings(|s| s.auth.max_failures_per_minute = 2).await;
+    // Not the address the test's own calls come from, which must not wait.
+    let guesser = client_from("127.0.0.6");
     for _ in 0..2 {
-        let answer = sign_in_with(&app, "a-guess").await;
+        let answer = sign_in_from(&guesser, &app, "a-guess").await;
         assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
     }
-    let answer = sign_in_with(&app, "another-guess").await;
+    let answer = sign_in_from(&guesser, &app, "another-guess").await;
     assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(answer.headers().contains_key("retry-after"));
+    // The right key is refused alike while the address waits: the answer tells no guess apart.
+    let answer = sign_in_from(&guesser, &app, key_of(Role::Viewer)).await;
+    assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(answer.headers().get("set-cookie").is_none());
     // The same count as the API's.
-    let answer = app
-        .call_as(reqwest::Method::GET, "/status", None, Some("a-third-guess"))
-        .await;
-    assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS, "{answer:?}");
+    let answer = guesser
+        .get(format!("{}/status", app.address))
+        .header("Authorization", "a-third-guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS);
     // The refusals are audited; the throttled one is only counted. Another address's refusal
     // is written after it would have been: once that is there, this address's are all there.
     let other = sign_in_from(&client_from("127.0.0.7"), &app, "a-guess").await;
@@ -206,7 +216,7 @@ async fn failed_sign_ins_count_toward_the_failed_authentication_limit() {
         .iter()
         .filter(|e| e["action"] == "POST /ui/sign-in")
         .collect();
-    let here = sign_ins.iter().filter(|e| from(e, "127.0.0.1")).count();
+    let here = sign_ins.iter().filter(|e| from(e, "127.0.0.6")).count();
     assert_eq!(here, 2, "{sign_ins:#?}");
 }
 
