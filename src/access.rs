@@ -475,7 +475,11 @@ mod tests {
             assert!(waited.elapsed() < Duration::from_secs(5), "never lifted");
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(access.note_failure(one), Ok(()), "its next failure is allowed");
+        assert_eq!(
+            access.note_failure(one),
+            Ok(()),
+            "its next failure is allowed"
+        );
     }
 
     #[test]

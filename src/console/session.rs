@@ -42,8 +42,10 @@ use crate::config::{NamedKey, Role};
 pub const COOKIE: &str = "lcm_session";
 /// How long a session lasts from its sign-in.
 pub const LIFETIME: Duration = Duration::from_secs(8 * 3600);
-/// The most sessions kept at once; beyond it the oldest ends.
+/// The most sessions kept at once; beyond it the oldest of the key that holds the most ends.
 const MAX_SESSIONS: usize = 10_000;
+/// The most sessions one key holds; beyond it that key's oldest ends.
+const MAX_SESSIONS_PER_KEY: usize = 1_000;
 
 /// A message shown once, on the next page the session opens.
 #[derive(Debug, Clone)]
@@ -105,6 +107,8 @@ pub struct Sessions {
     map: Mutex<HashMap<String, Session>>,
     /// Sessions' cookies are `Secure` (the service is reached over https).
     secure: bool,
+    /// [`MAX_SESSIONS`] and [`MAX_SESSIONS_PER_KEY`] (smaller in tests).
+    max: (usize, usize),
 }
 
 /// 256 random bits, URL-safe: a session id or a CSRF token.
@@ -120,6 +124,7 @@ impl Sessions {
         Self {
             map: Mutex::new(HashMap::new()),
             secure,
+            max: (MAX_SESSIONS, MAX_SESSIONS_PER_KEY),
         }
     }
 
@@ -135,9 +140,26 @@ impl Sessions {
         let now = Instant::now();
         let mut map = self.map();
         map.retain(|_, s| s.expires > now);
-        if map.len() >= MAX_SESSIONS
+        // Whoever signs in often ends their own sessions, never those of a key that holds
+        // fewer: a viewer signing in again and again cannot sign an admin out.
+        let mut held: HashMap<[u8; 32], usize> = HashMap::new();
+        for session in map.values() {
+            *held.entry(session.key_sha256).or_default() += 1;
+        }
+        let (max, max_per_key) = self.max;
+        let ending = if held.get(&key_sha256) >= Some(&max_per_key) {
+            Some(key_sha256)
+        } else if map.len() >= max {
+            held.into_iter()
+                .max_by_key(|(_, count)| *count)
+                .map(|(key, _)| key)
+        } else {
+            None
+        };
+        if let Some(key) = ending
             && let Some(oldest) = map
                 .iter()
+                .filter(|(_, s)| s.key_sha256 == key)
                 .min_by_key(|(_, s)| s.expires)
                 .map(|(id, _)| id.clone())
         {
@@ -732,6 +754,44 @@ mod tests {
             headers.insert(*name, HeaderValue::from_str(value).unwrap());
         }
         headers
+    }
+
+    #[test]
+    fn signing_in_again_and_again_ends_only_the_key_s_own_sessions() {
+        let (max, max_per_key) = (20, 5);
+        let sessions = Sessions {
+            max: (max, max_per_key),
+            ..Sessions::new(false)
+        };
+        let holder = |name: &str, role| KeyHolder {
+            name: name.into(),
+            role,
+        };
+        let admin = sessions
+            .open(holder("admin", Role::Admin), [1; 32])
+            .unwrap();
+        let viewer = |n: u8| holder(&format!("viewer-{n}"), Role::Viewer);
+        let first = sessions.open(viewer(2), [2; 32]).unwrap();
+        for _ in 0..max_per_key {
+            sessions.open(viewer(2), [2; 32]).unwrap();
+        }
+        let count = |key: [u8; 32]| {
+            let map = sessions.map();
+            map.values().filter(|s| s.key_sha256 == key).count()
+        };
+        assert_eq!(count([2; 32]), max_per_key);
+        assert!(!sessions.map().contains_key(&first), "its own oldest ended");
+        // Full: the key holding the most gives way, not the admin's one session.
+        for n in 3..12 {
+            for _ in 0..max_per_key {
+                sessions.open(viewer(n), [n; 32]).unwrap();
+            }
+        }
+        assert_eq!(sessions.map().len(), max);
+        assert!(
+            sessions.map().contains_key(&admin),
+            "the admin is still signed in"
+        );
     }
 
     #[test]
