@@ -291,6 +291,8 @@ fn spawn_switch(store: Store, automatic: Arc<watch::Sender<bool>>) -> mpsc::Send
 
 /// How often ended trials older than `store.retention_days` are purged.
 const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
+/// How long a job's timer sleeps at most before it reads the wall clock again.
+const WALL_CLOCK_CHECK: Duration = Duration::from_secs(30);
 
 /// How many trials (with at most how many events and responses in all), and audit entries,
 /// one write of a purge removes: the writes of running trials go in between, so a purge of a
@@ -506,13 +508,23 @@ impl Scheduler {
         else {
             return;
         };
-        let delay = (job.start.utc() - Utc::now())
-            .to_std()
-            .unwrap_or(Duration::ZERO);
+        let start = job.start.utc();
         let scheduler = self.clone();
         let job_id = id.clone();
         let timer = tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
+            // A sleep counts on the monotonic clock, the start time is on the wall clock: the
+            // wall clock is read again at least every WALL_CLOCK_CHECK, so one stepped back (an
+            // NTP correction) does not start the trial early, nor one stepped forward (or a
+            // host suspended) long after its time.
+            while let Ok(left) = (start - Utc::now()).to_std()
+                && !left.is_zero()
+            {
+                tokio::time::sleep(left.min(WALL_CLOCK_CHECK)).await;
+            }
+            let late = (Utc::now() - start).num_seconds();
+            if late > 2 * WALL_CLOCK_CHECK.as_secs() as i64 {
+                warn!(trial = %job_id, late_secs = late, "the timer woke long after the start time (the wall clock stepped forward, or the host was suspended): starting now");
+            }
             scheduler.fire(&job_id, generation);
         });
         job.timer.stop(Timer::Armed(timer.abort_handle()));
@@ -1198,6 +1210,26 @@ mod tests {
         scheduler.fire(&id, generation);
         assert!(!scheduler.engines().contains(&id), "the trial started");
         assert_eq!(scheduler.jobs().len(), 1, "the removal decides");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_goes_by_the_wall_clock_not_by_the_time_it_slept() {
+        let scheduler = scheduler();
+        let id = TrialId::parse("stepped").unwrap();
+        let start = StartTime::parse(&(Utc::now() + chrono::Duration::hours(1)).to_rfc3339());
+        scheduler.schedule(&id, start.unwrap(), None).await.unwrap();
+        let settle = || async {
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+        };
+        // The timer is asleep; then two hours pass on the monotonic clock and none on the
+        // wall clock: what a wall clock stepped back by two hours looks like to it.
+        settle().await;
+        tokio::time::advance(Duration::from_secs(2 * 3600)).await;
+        settle().await;
+        assert!(!scheduler.engines().contains(&id), "started early");
+        assert_eq!(scheduler.jobs().len(), 1, "the job waits for its time");
     }
 
     #[tokio::test]
