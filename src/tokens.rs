@@ -16,6 +16,10 @@ use crate::config::Secret;
 use crate::domain::TrialId;
 use crate::store::{AuditEntry, Op, Store, StoreError};
 
+/// How far in the future a token's `iat` may be: a wall clock stepped back (an NTP correction)
+/// after a token was minted does not make the trial's components' callbacks refused.
+const CLOCK_STEP_SECS: i64 = 300;
+
 /// The claims of a callback token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claims {
@@ -254,7 +258,7 @@ impl TokenManager {
                 .ok_or(TokenError::Expired)?,
             other => other?,
         };
-        if claims.iat > chrono::Utc::now().timestamp() {
+        if claims.iat > chrono::Utc::now().timestamp() + CLOCK_STEP_SECS {
             return Err(TokenError::NotYetValid);
         }
         if claims.exp.saturating_sub(claims.iat) > self.ttl_secs {
@@ -471,6 +475,9 @@ mod tests {
         let now = chrono::Utc::now().timestamp();
         let claims = |iat: i64, exp: i64| serde_json::json!({"trial_id": "t1", "iat": iat, "exp": exp, "jti": "x"});
 
+        // Minted before the wall clock was stepped back by a minute: taken.
+        let stepped_back = forge(&claims(now + 60, now + 1200));
+        assert!(tokens.verify(&stepped_back, &t1, |_| false).is_ok());
         let issued_later = forge(&claims(now + 600, now + 1200));
         assert_eq!(
             tokens.verify(&issued_later, &t1, |_| false),

@@ -75,8 +75,9 @@ pub async fn check_token(
                 accepting(id, status)?;
             }
             // A token minted for an earlier run of the trial (deleted, then scheduled again)
-            // does not speak for this one: this run's tokens were all minted after it began.
-            if claims.issued_before(started) {
+            // does not speak for this one: this run's tokens were all minted after it began,
+            // and the one its engine holds is this run's whatever the clock said then.
+            if claims.issued_before(started) && engine.token().as_deref() != Some(token) {
                 return Err(ApiError::forbidden(format!(
                     "the token was issued before this run of trial '{id}' began ({started}): a token of an earlier run is not accepted"
                 )));
