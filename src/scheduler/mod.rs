@@ -436,8 +436,7 @@ impl Scheduler {
                 Err(ScheduleError::Ran(id.clone()))
             }
             Ok(_) => {
-                self.arm(id, generation);
-                self.scheduled_again(id);
+                self.saved(id, generation);
                 info!(trial = %id, start = %start, "trial scheduled");
                 Ok(())
             }
@@ -530,11 +529,19 @@ impl Scheduler {
         job.timer.stop(Timer::Armed(timer.abort_handle()));
     }
 
-    /// A trial missed at start-up, or unscheduled, whose job is saved again is missed or
-    /// unscheduled no more (the store forgets it with the job's save).
-    fn scheduled_again(&self, id: &TrialId) {
-        self.unscheduled().remove(id);
+    /// A job's save is done: its timer starts, and the trial is missed or unscheduled no more
+    /// (the store forgot both marks with the save), unless an unschedule came meanwhile:
+    /// its own mark stands, or polling the registry would schedule the trial again.
+    fn saved(&self, id: &TrialId, generation: u64) {
+        self.arm(id, generation);
         self.missed_list().retain(|missed| missed.id != *id);
+        let jobs = self.jobs_map();
+        if jobs
+            .get(id)
+            .is_some_and(|job| job.generation == generation && !job.removing())
+        {
+            self.unscheduled().remove(id);
+        }
     }
 
     /// The start time has come: the job gives way to the engine.
@@ -908,8 +915,7 @@ impl Scheduler {
                     report.already_ended.push(id.to_string());
                 }
                 Ok(_) => {
-                    self.arm(&id, generation);
-                    self.scheduled_again(&id);
+                    self.saved(&id, generation);
                     if previous.is_some() {
                         info!(trial = %id, start = %start, "start time changed: trial rescheduled");
                         report.rescheduled.push(id.to_string());
@@ -1230,6 +1236,24 @@ mod tests {
         settle().await;
         assert!(!scheduler.engines().contains(&id), "started early");
         assert_eq!(scheduler.jobs().len(), 1, "the job waits for its time");
+    }
+
+    #[tokio::test]
+    async fn an_unschedule_that_ends_before_its_schedule_s_save_is_answered_keeps_its_mark() {
+        let scheduler = scheduler();
+        let id = TrialId::parse("raced").unwrap();
+        let start = StartTime::parse(&(Utc::now() + chrono::Duration::hours(1)).to_rfc3339());
+        scheduler.schedule(&id, start.unwrap(), None).await.unwrap();
+        let generation = scheduler.jobs_map()[&id].generation;
+        // The unschedule queued behind the schedule's save ends first...
+        assert!(scheduler.unschedule(&id, None).await.unwrap());
+        // ...then the schedule's save is answered.
+        scheduler.saved(&id, generation);
+        assert!(
+            scheduler.unscheduled().contains_key(&id),
+            "the registry's poller would schedule it again"
+        );
+        assert!(scheduler.jobs().is_empty());
     }
 
     #[tokio::test]
