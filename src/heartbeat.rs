@@ -52,7 +52,14 @@ pub enum HeartbeatRefused {
     Exists(TrialId),
     #[error("the service is stopping: no heartbeat starts now")]
     Stopping,
+    #[error(
+        "there are {MAX_HEARTBEATS} heartbeat instances already, the most kept: remove one first"
+    )]
+    TooMany,
 }
+
+/// The most heartbeat instances at once: each checks every service at every interval.
+pub const MAX_HEARTBEATS: usize = 100;
 
 impl Heartbeats {
     /// No heartbeats yet; each will check every `interval`.
@@ -84,6 +91,9 @@ impl Heartbeats {
         }
         if instances.contains_key(id) {
             return Err(HeartbeatRefused::Exists(id.clone()));
+        }
+        if instances.len() >= MAX_HEARTBEATS {
+            return Err(HeartbeatRefused::TooMany);
         }
         let report = Arc::new(Mutex::new(HeartbeatReport {
             id: id.to_string(),

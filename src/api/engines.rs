@@ -185,6 +185,8 @@ async fn remove(
         Deleted::Deployed(undo) => return Err(deployed(&id, undo)),
         Deleted::Nothing => return Err(ApiError::no_engine(&id)),
     };
+    // A trial forgotten takes its heartbeat instance with it.
+    state.heartbeats.remove(&id);
     let message = match left.is_empty() {
         true => {
             info!(trial = %id, "{removed}");

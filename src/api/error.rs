@@ -170,7 +170,9 @@ impl From<StoreError> for ApiError {
 impl From<HeartbeatRefused> for ApiError {
     fn from(e: HeartbeatRefused) -> Self {
         match e {
-            HeartbeatRefused::Exists(_) => Self::conflict(e.to_string()),
+            HeartbeatRefused::Exists(_) | HeartbeatRefused::TooMany => {
+                Self::conflict(e.to_string())
+            }
             HeartbeatRefused::Stopping => Self::unavailable(e.to_string()),
         }
     }

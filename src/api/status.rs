@@ -174,7 +174,7 @@ async fn status(_: Viewer, State(state): State<AppState>) -> Json<ServiceStatus>
         (status = 200, description = "Heartbeat added", body = Message),
         (status = 400, description = "No, an invalid or a repeated `trial_id`, one that is a key or a secret, or another query parameter", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 409, description = "The trial already has a heartbeat", body = ErrorBody),
+        (status = 409, description = "The trial already has a heartbeat, or 100 heartbeats run already", body = ErrorBody),
         (status = 503, description = "The service is stopping", body = ErrorBody),
     ),
 )]

@@ -241,6 +241,37 @@ async fn adding_a_heartbeat_twice_is_409() {
 }
 
 #[tokio::test]
+async fn heartbeats_are_bounded_and_a_deleted_trial_takes_its_own_with_it() {
+    let app = spawn_app().await;
+    app.run_to_finished("gone").await;
+    let answer = app.post("/debug/add-heartbeat?trial_id=gone", None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    for n in 1..100 {
+        let answer = app
+            .post(&format!("/debug/add-heartbeat?trial_id=h{n}"), None)
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    }
+    let answer = app.post("/debug/add-heartbeat?trial_id=h100", None).await;
+    assert_detail(&answer, StatusCode::CONFLICT);
+    assert!(
+        answer.detail().contains("100 heartbeat instances"),
+        "{answer:?}"
+    );
+    assert!(heartbeat_of(&app, "h100").await.is_none(), "not added");
+
+    let answer = app.delete("/debug/engine/gone").await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    assert!(heartbeat_of(&app, "gone").await.is_none(), "still checking");
+    assert!(
+        heartbeat_of(&app, "h1").await.is_some(),
+        "another's went too"
+    );
+    let answer = app.post("/debug/add-heartbeat?trial_id=h100", None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+}
+
+#[tokio::test]
 async fn adding_a_heartbeat_with_a_bad_trial_id_is_400() {
     let app = spawn_app().await;
     for query in [
