@@ -795,24 +795,20 @@ impl Executor {
                     };
                 }
                 AtStep::Control(Control::Step { reason }, reply) => {
-                    // Saved as what it leaves, a trial paused after the step, and its event
-                    // committed, before the operator hears of it: a store that cannot write
-                    // refuses the step, and nothing runs.
-                    let saved = (self.shared.deps.store)
-                        .write(Op::SetPaused {
-                            id: self.id.clone(),
-                            paused: true,
-                        })
+                    // Saved as what it leaves, a trial paused after the step, with its event
+                    // in one commit, before the operator hears of it: a store that cannot
+                    // write refuses the step, and nothing runs. (The event makes the commit
+                    // write: a trial paused already changes no page.)
+                    let pause = Op::SetPaused {
+                        id: self.id.clone(),
+                        paused: true,
+                    };
+                    let saved = (self.shared.journal)
+                        .event_saved(EventKind::Stepped, Some(step), reason, vec![pause])
                         .await;
                     if let Err(e) = saved {
                         let _ = reply.send(Err(ControlError::NotSaved(e.to_string())));
                         continue;
-                    }
-                    self.shared
-                        .journal
-                        .event(EventKind::Stepped, Some(step), reason, None);
-                    if let Err(e) = self.shared.deps.store.flush().await {
-                        warn!(error = %e, "the step's history event was not saved");
                     }
                     self.stepping = true;
                     let _ = reply.send(Ok(format!(
@@ -1675,19 +1671,15 @@ async fn save_pause(
         id: id.clone(),
         paused: want,
     };
-    if let Err(e) = shared.deps.store.write(op).await {
-        let _ = reply.send(Err(ControlError::NotSaved(e.to_string())));
-        return false;
-    }
     let kind = if want {
         EventKind::Paused
     } else {
         EventKind::Resumed
     };
-    shared.journal.event(kind, None, reason, None);
-    // Its event is committed before the operator hears of the change.
-    if let Err(e) = shared.deps.store.flush().await {
-        warn!(error = %e, "the pause's history event was not saved");
+    // Committed with its event before the operator hears of the change: both or neither.
+    if let Err(e) = shared.journal.event_saved(kind, None, reason, vec![op]).await {
+        let _ = reply.send(Err(ControlError::NotSaved(e.to_string())));
+        return false;
     }
     shared.set_paused(want);
     if let Some(checkpoint) = held.filter(|_| !want) {

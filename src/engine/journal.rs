@@ -17,7 +17,7 @@ use super::sequence::Step;
 use super::state;
 use super::state::{EventKind, ResponseRecord, TrialEvent};
 use crate::domain::TrialId;
-use crate::store::{Op, Store};
+use crate::store::{Op, Store, StoreError};
 
 /// How many events a slow `/events` subscriber may fall behind before it takes the ones it
 /// missed from the history instead (see [`Follower`]).
@@ -45,6 +45,38 @@ enum Live {
     Open(broadcast::Sender<Arc<TrialEvent>>),
     /// The engine is gone: a subscriber gets the history and the end of the stream.
     Closed,
+}
+
+impl Inner {
+    /// The next event, numbered.
+    fn numbered(
+        &mut self,
+        kind: EventKind,
+        step: Option<Step>,
+        detail: Option<String>,
+        duration_ms: Option<u64>,
+    ) -> Arc<TrialEvent> {
+        let seq = self.next_event;
+        self.next_event += 1;
+        Arc::new(TrialEvent {
+            seq,
+            at: state::now(),
+            event: kind,
+            step: step.map(|s| s.name().to_owned()),
+            detail,
+            duration_ms,
+        })
+    }
+
+    /// Keeps an event, in the order of the numbers, and streams it.
+    fn keep(&mut self, event: Arc<TrialEvent>) {
+        if let Live::Open(live) = &self.live {
+            // No subscriber left is fine.
+            let _ = live.send(event.clone());
+        }
+        let at = self.events.partition_point(|kept| kept.seq < event.seq);
+        self.events.insert(at, event);
+    }
 }
 
 impl Journal {
@@ -84,25 +116,43 @@ impl Journal {
         duration_ms: Option<u64>,
     ) {
         let mut inner = self.inner();
-        let seq = inner.next_event;
-        inner.next_event += 1;
-        let event = Arc::new(TrialEvent {
-            seq,
-            at: state::now(),
-            event: kind,
-            step: step.map(|s| s.name().to_owned()),
-            detail,
-            duration_ms,
-        });
+        let event = inner.numbered(kind, step, detail, duration_ms);
         self.store.submit(Op::AppendEvent {
             id: self.id.clone(),
             event: event.clone(),
         });
-        if let Live::Open(live) = &inner.live {
-            // No subscriber left is fine.
-            let _ = live.send(event.clone());
+        inner.keep(event);
+    }
+
+    /// Records an event committed with `with` in one transaction, and waits for it: one not
+    /// saved is not kept either (the caller answers that nothing was done).
+    pub async fn event_saved(
+        &self,
+        kind: EventKind,
+        step: Option<Step>,
+        detail: Option<String>,
+        with: Vec<Op>,
+    ) -> Result<(), StoreError> {
+        let (event, saved) = {
+            let mut inner = self.inner();
+            let event = inner.numbered(kind, step, detail, None);
+            let mut ops = with;
+            ops.push(Op::AppendEvent {
+                id: self.id.clone(),
+                event: event.clone(),
+            });
+            // Queued under the lock, so in order with the rows of the events around it.
+            (event, self.store.write_all(ops))
+        };
+        let saved = saved.await;
+        let mut inner = self.inner();
+        match saved {
+            Ok(_) => inner.keep(event),
+            // Its number goes back unless a later event took the next one meanwhile.
+            Err(_) if inner.next_event == event.seq + 1 => inner.next_event = event.seq,
+            Err(_) => {}
         }
-        inner.events.push(event);
+        saved.map(|_| ())
     }
 
     /// Records a response: keeps it and appends it to the store (which numbers it).

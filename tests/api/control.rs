@@ -2521,8 +2521,17 @@ async fn a_kpi_marking_refused_for_good_does_not_hold_the_abort() {
 
 #[tokio::test]
 async fn a_step_that_cannot_be_saved_is_refused_503_and_runs_nothing() {
-    let (app, broken) = spawn_app_with_flaky_store(AppOptions::default()).await;
-    let id = "step-unsaved";
+    let (app, faults) =
+        spawn_app_with_store_faults(AppOptions::default(), StoreFaults::default()).await;
+    // One after the other: a fault is the whole store's.
+    step_refused_while(&app, "step-unsaved", &faults.broken).await;
+    // A full disk: the pause's own write commits, as it changes nothing.
+    step_refused_while(&app, "step-disk-full", &faults.full).await;
+}
+
+/// Holds trial `id` paused before a step, then asks for the step while `fault` is on: refused
+/// 503, nothing runs nor says it did; asked again once it is off, the step runs.
+async fn step_refused_while(app: &TestApp, id: &str, fault: &std::sync::atomic::AtomicBool) {
     app.start_to_idle(id).await;
     let paused = app.post(&format!("/trial/{id}/pause"), None).await;
     assert_eq!(paused.status, StatusCode::OK, "{paused:?}");
@@ -2531,18 +2540,18 @@ async fn a_step_that_cannot_be_saved_is_refused_503_and_runs_nothing() {
     let held_before = |s: &Value| s["step"] == "SendKpiActive" && s["status"] == "Waiting";
     app.wait_for(id, "held before SendKpiActive", held_before)
         .await;
-    let sent = lines(&app, id);
+    let sent = lines(app, id);
 
-    broken.store(true, std::sync::atomic::Ordering::SeqCst);
+    fault.store(true, std::sync::atomic::Ordering::SeqCst);
     let step = format!("/trial/{id}/step");
     let refused = app.post(&step, None).await;
-    broken.store(false, std::sync::atomic::Ordering::SeqCst);
+    fault.store(false, std::sync::atomic::Ordering::SeqCst);
     assert_detail(&refused, StatusCode::SERVICE_UNAVAILABLE);
     assert!(refused.detail().contains("not saved"), "{refused:?}");
     // Nothing ran and nothing says it did: still held before the step.
     let status = app.trial_status(id).await;
     assert!(held_before(&status), "{status}");
-    assert_eq!(lines(&app, id), sent);
+    assert_eq!(lines(app, id), sent);
     let kinds = app.event_kinds(id).await;
     assert!(!kinds.iter().any(|k| k == "stepped"), "{kinds:?}");
 

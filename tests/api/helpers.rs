@@ -59,11 +59,14 @@ pub struct FlakyBackend {
     pub faults: StoreFaults,
 }
 
-/// What a [`FlakyBackend`] does wrong: it fails every write while `broken` is set and the saves
-/// that `refused` picks while it is on, and holds the writes `held` picks while it is held.
+/// What a [`FlakyBackend`] does wrong: it fails every write while `broken` is set, and every
+/// write but a pause's while `full` is (a full disk commits a transaction that writes no page,
+/// as SQLite's `UPDATE` of a trial paused already does), the saves that `refused` picks while
+/// it is on, and holds the writes `held` picks while it is held.
 #[derive(Clone, Default)]
 pub struct StoreFaults {
     pub broken: Arc<AtomicBool>,
+    pub full: Arc<AtomicBool>,
     pub refused: RefusedSaves,
     pub held: HeldWrites,
 }
@@ -240,7 +243,11 @@ impl lcm::store::Backend for FlakyBackend {
         faults.held.pass(ops);
         // A full disk fails what writes; a transaction with nothing in it commits still.
         let broken = faults.broken.load(Ordering::SeqCst) && !ops.is_empty();
-        if broken || faults.refused.refuses(ops) {
+        let full = faults.full.load(Ordering::SeqCst)
+            && !ops
+                .iter()
+                .all(|op| matches!(op, lcm::store::Op::SetPaused { .. }));
+        if broken || full || faults.refused.refuses(ops) {
             return Err(lcm::store::StoreError::Backend(
                 "disk I/O error (simulated)".into(),
             ));
