@@ -1677,7 +1677,11 @@ async fn save_pause(
         EventKind::Resumed
     };
     // Committed with its event before the operator hears of the change: both or neither.
-    if let Err(e) = shared.journal.event_saved(kind, None, reason, vec![op]).await {
+    if let Err(e) = shared
+        .journal
+        .event_saved(kind, None, reason, vec![op])
+        .await
+    {
         let _ = reply.send(Err(ControlError::NotSaved(e.to_string())));
         return false;
     }

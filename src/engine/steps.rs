@@ -315,18 +315,16 @@ async fn enforce_uav_plan(cx: &mut StepCx<'_>) -> Result<(), StepError> {
         .post(Service::TrialEnforcement, "flightplan")
         .creating()
         .json(body);
-    cx.call_expecting(request, creation_answers(cx.rerun))
-        .await?;
+    cx.call_expecting(request, CREATION_ANSWERS).await?;
     Ok(())
 }
 
-/// What a creating `POST` may be answered: 201, or also 200 when the same creation may have
-/// been sent before (the step runs again after a restart, or its first sending went
-/// unanswered): a component that honours the `Idempotency-Key` answers a replay with what it
-/// made the first time.
-fn creation_answers(sent_before: bool) -> &'static [u16] {
-    if sent_before { &[201, 200] } else { &[201] }
-}
+/// What a creating `POST` may be answered: 201, or 200 for a replay: a component that honours
+/// the `Idempotency-Key` answers a creation it made already with what it made the first time.
+/// The key of a creation is the same whenever it is sent in the same run, so a 200 is taken
+/// even where no record says it was sent before: a power cut may have lost that record with
+/// the last commits.
+const CREATION_ANSWERS: &[u16] = &[201, 200];
 
 /// The `Idempotency-Key` of a trial's `n`th `POST` in `step`, in run `run` of an engine started
 /// at `started`.
@@ -357,17 +355,16 @@ async fn create_measurement_job(cx: &mut StepCx<'_>) -> Result<(), StepError> {
 /// place in the ledger is `requested` until the step keeps what the answer names, unless no
 /// attempt could have reached the service or it refused the request (a 4xx). The place is
 /// marked when the call returns (an abort or a stop lets it return, and a step cut short
-/// before it left has asked for nothing). One requested before (sent and never answered,
-/// with the same key) may be answered as a replay.
-async fn call_creating<S: PartialEq>(
+/// before it left has asked for nothing). It may be answered as a replay (see
+/// [`CREATION_ANSWERS`]).
+async fn call_creating<S>(
     cx: &mut StepCx<'_>,
     request: Outbound,
     place: fn(&mut Ledger) -> &mut S,
     requested: S,
 ) -> Result<Value, StepError> {
-    let expected = creation_answers(*place(&mut cx.data.ledger) == requested);
     let answer = cx
-        .call_uncut(request, expected)
+        .call_uncut(request, CREATION_ANSWERS)
         .await
         .map(|(_, reply)| reply);
     if answer.is_ok() || cx.may_have_made {
@@ -961,8 +958,7 @@ impl StepCx<'_> {
             .query("trialID", self.id.to_string())
             .query("callback_url", self.callback_url(callback))
             .json(json!({"Authorization": self.token()?}));
-        self.call_expecting(request, creation_answers(self.rerun))
-            .await?;
+        self.call_expecting(request, CREATION_ANSWERS).await?;
         Ok(())
     }
 

@@ -1921,6 +1921,27 @@ async fn a_restore_takes_a_replayed_measurement_job_creation_answered_200() {
 }
 
 #[tokio::test]
+async fn a_creation_answered_as_a_replay_where_no_record_says_it_was_sent_is_taken() {
+    // What a power cut that lost the last commits leaves: the creation runs again with its
+    // key as if for the first time, and the component answers it as the replay it is.
+    let app = spawn_app().await;
+    let id = "job-replay-unrecorded";
+    app.platform.inject(measurement_job_fault(
+        id,
+        FaultAction::Json(200, json!({"MeasurementID": "mj-first"})),
+    ));
+    app.start_trial(id).await;
+    app.wait_waiting(id, WAITING_OPERATOR).await;
+    let status = abort(&app, id, "aborted by the operator").await;
+    assert_eq!(status["leftovers"], json!([]), "{status}");
+    let sent = lines(&app, id);
+    assert!(
+        sent.contains(&"DELETE /measurementjobs/mj-first".to_owned()),
+        "the job the replay named is the one deleted: {sent:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_measurement_job_whose_creation_went_unanswered_is_found_by_its_key_and_deleted() {
     let app = spawn_app_with_settings(single_attempt).await;
     let (in_doubt, refused) = ("job-in-doubt", "job-refused");
