@@ -12,6 +12,7 @@ use crate::bench::{self, BenchOptions};
 use crate::config::{self, ConfigFile, FileOrigin, Settings};
 use crate::demo::{self, DemoOptions};
 use crate::startup::{Application, shutdown_signal};
+use crate::store::sqlite::Synchronous;
 use crate::telemetry;
 
 /// Trial Lifecycle Manager: schedules 5G drone trials and runs one engine per trial.
@@ -107,6 +108,9 @@ struct BenchArgs {
     /// Pause of the simulated trial enforcement before each callback, in milliseconds.
     #[arg(long, default_value_t = 10)]
     callback_delay_ms: u64,
+    /// When a commit reaches the disk (`store.synchronous`).
+    #[arg(long, default_value = "normal", value_parser = ["normal", "full"])]
+    synchronous: String,
 }
 
 impl Command {
@@ -165,6 +169,10 @@ pub fn main() -> ExitCode {
                 callback_delay: Duration::from_millis(args.callback_delay_ms),
                 max_attempts: args.max_attempts,
                 startup: args.startup.map(|n| n as usize),
+                synchronous: match args.synchronous.as_str() {
+                    "full" => Synchronous::Full,
+                    _ => Synchronous::Normal,
+                },
             });
         }
         command => command,

@@ -846,6 +846,8 @@ pub struct StoreSettings {
     /// Ended trials are purged this many days after they ended, audit entries this many days
     /// after they were written; 0 keeps them forever.
     pub retention_days: u64,
+    /// When a commit reaches the disk itself.
+    pub synchronous: crate::store::sqlite::Synchronous,
 }
 
 /// `[engine]`

@@ -71,14 +71,15 @@ impl Application {
         listener: TcpListener,
         hooks: EngineHooks,
     ) -> Result<Self, StartupError> {
-        let data_dir = settings.store.data_dir.clone();
+        let (data_dir, synchronous) = (settings.store.data_dir.clone(), settings.store.synchronous);
         // Opening may take seconds after a crash (SQLite reads its write-ahead log back), while
         // the port already takes connections: the log says what the service is doing.
-        info!(data_dir = %data_dir.display(), "opening the store");
+        info!(data_dir = %data_dir.display(), ?synchronous, "opening the store");
         let opening = Instant::now();
-        let backend = tokio::task::spawn_blocking(move || SqliteBackend::open(&data_dir))
-            .await
-            .map_err(|e| StoreError::Backend(format!("the store did not open: {e}")))??;
+        let backend =
+            tokio::task::spawn_blocking(move || SqliteBackend::open_with(&data_dir, synchronous))
+                .await
+                .map_err(|e| StoreError::Backend(format!("the store did not open: {e}")))??;
         info!(elapsed_ms = elapsed_ms(opening), "store opened");
         Self::with_backend(settings, listener, hooks, backend).await
     }

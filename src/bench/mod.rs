@@ -32,6 +32,7 @@ use tokio::runtime::{Builder, Handle, Runtime};
 use crate::sim::local::{self, LOCAL_API_KEY, LocalLcm, Scratch};
 use crate::sim::operator::Operator;
 use crate::sim::{Platform, SimOptions};
+use crate::store::sqlite::Synchronous;
 use crate::telemetry;
 
 /// Name of the LCM runtime's threads (the store's writer thread is `lcm-store`).
@@ -56,6 +57,8 @@ pub struct BenchOptions {
     pub max_attempts: u32,
     /// Instead: start an LCM on a store holding this many ended trials, and time it.
     pub startup: Option<usize>,
+    /// `store.synchronous` of the LCM.
+    pub synchronous: Synchronous,
 }
 
 /// Runs the benchmark on its own runtimes (call it outside any runtime).
@@ -142,6 +145,7 @@ impl Harness {
         let mut settings =
             local::settings(Some(&platform), port, dir).map_err(|e| e.to_string())?;
         settings.executor.retry.max_attempts = options.max_attempts;
+        settings.store.synchronous = options.synchronous;
         let log = telemetry::init(&settings.logging)
             .map_err(|e| format!("cannot set up logging: {e}"))?;
         let lcm = LocalLcm::start(settings, listener, lcm_runtime)

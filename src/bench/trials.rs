@@ -54,9 +54,10 @@ pub async fn run(options: &BenchOptions, lcm_runtime: &Handle, dir: &Path) -> Re
     rows.extend(store_rows(&sizes, written));
     print_table(
         &format!(
-            "lcm bench: {n} trials, {wave} at once, callbacks after {} ms, retries up to {} attempts, on {}",
+            "lcm bench: {n} trials, {wave} at once, callbacks after {} ms, retries up to {} attempts, store.synchronous {:?}, on {}",
             options.callback_delay.as_millis(),
             options.max_attempts,
+            options.synchronous,
             machine()
         ),
         &rows,

@@ -80,6 +80,8 @@ impl Accepts {
 const ROLES: &[&str] = &["viewer", "operator", "admin"];
 /// The values of `logging.format`.
 const LOG_FORMATS: &[&str] = &["text", "json"];
+/// The values of `store.synchronous`.
+const SYNCHRONOUS: &[&str] = &["normal", "full"];
 
 const SECS: Accepts = Accepts::Whole(u64::MAX);
 const U64: Accepts = Accepts::Whole(u64::MAX);
@@ -132,6 +134,7 @@ const KEYS: &[(&str, Accepts)] = &[
     ("engine.keep_finished_secs", SECS),
     ("store.data_dir", Accepts::Text),
     ("store.retention_days", U64),
+    ("store.synchronous", Accepts::OneOf(SYNCHRONOUS)),
     ("logging.dir", Accepts::Text),
     ("logging.level", Accepts::Text),
     ("logging.format", Accepts::OneOf(LOG_FORMATS)),

@@ -781,6 +781,10 @@ scope = "all"
                 "'fast' is not a number",
             ),
             (
+                ("LCM__STORE__SYNCHRONOUS", "always"),
+                "'always' is not one of: normal, full",
+            ),
+            (
                 ("LCM__SERVICES__ABSTRACTION_LAYER__PORT", "70000"),
                 "'70000' is not a whole number up to 65535",
             ),

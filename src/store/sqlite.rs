@@ -549,10 +549,37 @@ fn write_failed(context: &str, e: &rusqlite::Error) -> StoreError {
     backend_error(&format!("{context}{disk}"), e)
 }
 
+/// When a commit reaches the disk itself (`store.synchronous`, SQLite's pragma of that name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// At each checkpoint of the write-ahead log: a commit survives a crash of the process,
+    /// and a power cut may lose what the kernel had not written back yet.
+    #[default]
+    Normal,
+    /// At each commit (group commits share one): a commit survives a power cut too.
+    Full,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        }
+    }
+}
+
 impl SqliteBackend {
-    /// Opens (creating on first start) `<data_dir>/lcm.sqlite3` and migrates it. A file that
-    /// is not a database, or a directory that is not writable, is an error naming the path.
+    /// [`SqliteBackend::open_with`] and [`Synchronous::Normal`].
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(data_dir, Synchronous::Normal)
+    }
+
+    /// Opens (creating on first start) `<data_dir>/lcm.sqlite3` and migrates it, its commits
+    /// made `synchronous`. A file that is not a database, or a directory that is not
+    /// writable, is an error naming the path.
+    pub fn open_with(data_dir: &Path, synchronous: Synchronous) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| backend_error(&format!("cannot create {}", data_dir.display()), e))?;
         let mut create = std::fs::OpenOptions::new();
@@ -575,7 +602,7 @@ impl SqliteBackend {
             conn.pragma_update(None, "journal_mode", "WAL")?;
             // With WAL, NORMAL keeps every commit across a crash of the process (not of the
             // machine's power), at a fraction of FULL's cost.
-            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            conn.pragma_update(None, "synchronous", synchronous.pragma())?;
             // A trial's row is rewritten at every step: copying the log into the database
             // every 8,192 pages (32 MiB) instead of 1,000 copies each hot page once for many
             // rewrites, and a 32 MiB page cache keeps the pages the writer touches.

@@ -1373,3 +1373,19 @@ fn a_missed_job_is_removed_as_missed_only_and_scheduling_it_again_makes_it_a_job
         [("again".to_owned(), false), ("scheduled".to_owned(), false)]
     );
 }
+
+#[test]
+fn commits_reach_the_disk_as_store_synchronous_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let synchronous = |store: &SqliteBackend| -> i64 {
+        store
+            .conn
+            .pragma_query_value(None, "synchronous", |row| row.get(0))
+            .unwrap()
+    };
+    let store = SqliteBackend::open_with(dir.path(), Synchronous::Full).unwrap();
+    assert_eq!(synchronous(&store), 2, "FULL");
+    drop(store);
+    let store = SqliteBackend::open(dir.path()).unwrap();
+    assert_eq!(synchronous(&store), 1, "NORMAL");
+}
