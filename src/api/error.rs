@@ -160,7 +160,7 @@ impl From<StoreError> for ApiError {
             StoreError::Unreadable(_) => {
                 Self::unavailable(format!("the store could not be read; retry: {e}"))
             }
-            StoreError::Backend(_) | StoreError::Closed => {
+            StoreError::Backend(_) | StoreError::Unwritable(_) | StoreError::Closed => {
                 Self::unavailable(format!("the change was not saved, so it was not made: {e}"))
             }
         }

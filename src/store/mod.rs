@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::oneshot;
-use tracing::error;
+use tracing::{error, warn};
 use utoipa::ToSchema;
 
 use crate::domain::{StartTime, TrialId};
@@ -46,6 +46,10 @@ const _: () = assert!(WRITER_THREAD.len() <= 15);
 pub enum StoreError {
     #[error("store: {0}")]
     Backend(String),
+    /// The store cannot write now, whatever is written (a full or read-only disk, an I/O
+    /// error): it may again later.
+    #[error("store: {0}")]
+    Unwritable(String),
     #[error("store: the writer thread has stopped")]
     Closed,
     /// A query failed: nothing was changed, the answer is just not known.
@@ -673,7 +677,8 @@ impl Batch {
 }
 
 /// Applies what it is handed, in order, committing whatever queued up meanwhile together
-/// (group commit).
+/// (group commit). Rows nobody waits for that could not be committed because the store could
+/// not write wait for the next commit, before what came after them.
 fn write_loop(
     mut backend: impl Backend,
     queue: &mpsc::Receiver<Handover>,
@@ -681,16 +686,24 @@ fn write_loop(
     linger: Duration,
     failing: &Mutex<Option<WriteFailure>>,
 ) {
+    let mut waiting = Waiting::default();
     loop {
         let first = match queue.recv_timeout(IDLE_CHECK_EVERY) {
             Ok(first) => first,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                note(failing, backend.check(), false);
+            Err(mpsc::RecvTimeoutError::Timeout) if waiting.rows.is_empty() => {
+                note(failing, backend.check(), false, &waiting);
                 continue;
             }
+            // Rows wait for the store: tried again now and then, whether a write comes or not.
+            Err(mpsc::RecvTimeoutError::Timeout) => Handover {
+                rows: Vec::new(),
+                request: None,
+                close: None,
+            },
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         };
         let mut batch = Batch::default();
+        batch.rows(std::mem::take(&mut waiting.rows));
         batch.take(first);
         wait_for_request(&mut batch, queue, linger);
         {
@@ -707,9 +720,13 @@ fn write_loop(
             // A flush with nothing to write commits nothing: its success says nothing of a
             // full disk.
             let wrote = !batch.ops.is_empty();
-            let (outcome, answers) = commit(&mut backend, batch);
-            note(failing, outcome, wrote);
-            for (reply, answer) in answers {
+            let committed = commit(&mut backend, batch);
+            waiting.keep(committed.again);
+            note(failing, committed.outcome, wrote, &waiting);
+            if wrote && waiting.rows.is_empty() {
+                waiting.dropped = 0;
+            }
+            for (reply, answer) in committed.answers {
                 let _ = reply.send(answer);
             }
         }
@@ -719,18 +736,60 @@ fn write_loop(
     }
 }
 
-/// How often the writer checks, while no write comes, that writes could be made.
+/// The rows nobody waits for that wait for the store to write again.
+#[derive(Default)]
+struct Waiting {
+    rows: Vec<Op>,
+    /// Rows given up on meanwhile, beyond [`MAX_WAITING_ROWS`].
+    dropped: usize,
+}
+
+impl Waiting {
+    fn keep(&mut self, rows: Vec<Op>) {
+        self.rows = rows;
+        let over = self.rows.len().saturating_sub(MAX_WAITING_ROWS);
+        if over > 0 {
+            self.rows.drain(..over);
+            self.dropped += over;
+        }
+    }
+}
+
+/// The most rows kept waiting while the store cannot write (about a thousand trials' steps):
+/// beyond it the oldest are given up, and counted.
+const MAX_WAITING_ROWS: usize = 100_000;
+
+/// How often the writer checks, while no write comes, that writes could be made (and tries
+/// the rows waiting again).
 const IDLE_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Keeps what a commit or a check told of the store's writes for `/status` and
 /// `lcm_store_writable`: a failure from then on (since the first of a run of them), until a
-/// commit that wrote something succeeds (`clears`).
-fn note(failing: &Mutex<Option<WriteFailure>>, outcome: Result<(), StoreError>, clears: bool) {
+/// commit that wrote something succeeds (`clears`). The log says when the store stops
+/// writing and when it writes again, once each, not at every write that fails.
+fn note(
+    failing: &Mutex<Option<WriteFailure>>,
+    outcome: Result<(), StoreError>,
+    clears: bool,
+    waiting: &Waiting,
+) {
     let mut failing = lock(failing);
     match outcome {
-        Ok(()) if clears => *failing = None,
+        Ok(()) if clears => {
+            if let Some(failure) = failing.take() {
+                let secs = (Utc::now() - failure.since).num_seconds();
+                warn!(
+                    after_secs = secs,
+                    rows_given_up = waiting.dropped,
+                    "the store writes again: changes are taken again, and the rows that waited are written"
+                );
+            }
+        }
         Ok(()) => {}
         Err(e) => {
+            if failing.is_none() {
+                error!(error = %e, "the store cannot write: every change is answered 503 and every trial waits where it is until it can (the history and audit rows of the meanwhile wait in memory); see store in GET /status");
+            }
             *failing = Some(WriteFailure {
                 since: failing.as_ref().map_or_else(Utc::now, |f| f.since),
                 error: e.to_string(),
@@ -771,13 +830,21 @@ fn apply(backend: &mut impl Backend, ops: &[Op]) -> Result<Vec<usize>, StoreErro
 /// client answered 200 finds `/status` saying the store writes.
 type Answers = Vec<(Reply, Result<usize, StoreError>)>;
 
-/// Commits the batch in one transaction and returns each write's answer. `Err` if nothing of
-/// it could be committed (one bad write among good ones is not the store failing).
-fn commit(
-    backend: &mut impl Backend,
-    Batch { ops, writes, .. }: Batch,
-) -> (Result<(), StoreError>, Answers) {
+/// What a commit did.
+struct Committed {
+    /// `Err` if nothing of it could be committed (one bad write among good ones is not the
+    /// store failing).
+    outcome: Result<(), StoreError>,
+    answers: Answers,
+    /// The rows nobody waits for that were not committed because the store could not write:
+    /// they wait for the next commit.
+    again: Vec<Op>,
+}
+
+/// Commits the batch in one transaction and returns each write's answer.
+fn commit(backend: &mut impl Backend, Batch { ops, writes, .. }: Batch) -> Committed {
     let mut answers = Vec::with_capacity(writes.len());
+    let mut again = Vec::new();
     match apply(backend, &ops) {
         Ok(counts) => {
             for (range, reply) in writes {
@@ -785,7 +852,11 @@ fn commit(
                     answers.push((reply, count_of(&counts, range)));
                 }
             }
-            (Ok(()), answers)
+            Committed {
+                outcome: Ok(()),
+                answers,
+                again,
+            }
         }
         // One bad write must not fail the others: retry each alone to find it (a request's
         // operations stay together).
@@ -806,28 +877,47 @@ fn commit(
                         first_error.get_or_insert_with(|| e.clone());
                     }
                 }
-                match (&result, reply) {
+                match (result, reply) {
                     (Ok(_), None) => {}
                     (Err(e), None) => {
-                        error!(error = %e, op = ops[range.start].kind(), "store write failed");
-                        lost_row.get_or_insert_with(|| e.clone());
+                        if let StoreError::Unwritable(_) = e {
+                            again.extend_from_slice(&ops[range]);
+                        } else {
+                            error!(error = %e, op = ops[range.start].kind(), "store write failed: the row is given up");
+                        }
+                        lost_row.get_or_insert(e);
                     }
-                    (_, Some(reply)) => answers.push((reply, result)),
+                    (result, Some(reply)) => answers.push((reply, result)),
                 }
             }
-            match (committed, first_error) {
-                (false, Some(e)) => (Err(e), answers),
-                _ => (Ok(()), answers),
+            let outcome = match (committed, first_error) {
+                (false, Some(e)) => Err(e),
+                _ => Ok(()),
+            };
+            Committed {
+                outcome,
+                answers,
+                again,
             }
         }
+        // One write: whoever waits for it is told; a row waits for the next commit.
         Err(e) => {
-            error!(error = %e, op = ops.first().map_or("", Op::kind), "store write failed");
-            for (_, reply) in writes {
-                if let Some(reply) = reply {
-                    answers.push((reply, Err(e.clone())));
+            for (range, reply) in writes {
+                match reply {
+                    Some(reply) => answers.push((reply, Err(e.clone()))),
+                    None if matches!(e, StoreError::Unwritable(_)) => {
+                        again.extend_from_slice(&ops[range]);
+                    }
+                    None => {
+                        error!(error = %e, op = ops[range.start].kind(), "store write failed: the row is given up");
+                    }
                 }
             }
-            (Err(e), answers)
+            Committed {
+                outcome: Err(e),
+                answers,
+                again,
+            }
         }
     }
 }
@@ -847,6 +937,8 @@ mod tests {
     struct Watched {
         inner: SqliteBackend,
         applied: UnboundedSender<Applied>,
+        /// While set, every transaction fails as on a full disk.
+        full: Arc<std::sync::atomic::AtomicBool>,
     }
 
     impl Backend for Watched {
@@ -860,6 +952,9 @@ mod tests {
                 .collect();
             if actions.iter().any(|a| a == "panic") {
                 panic!("a backend fault");
+            }
+            if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Unwritable("disk full (simulated)".into()));
             }
             if actions.iter().any(|a| a == "refuse") {
                 let _ = self.applied.send(Err(actions));
@@ -884,12 +979,27 @@ mod tests {
     }
 
     fn start_lingering(linger: Duration) -> (Store, UnboundedReceiver<Applied>) {
+        let (store, seen, _) = start_with_full_switch(linger);
+        (store, seen)
+    }
+
+    /// The store, its transactions, and the switch that makes its disk full.
+    fn start_with_full_switch(
+        linger: Duration,
+    ) -> (
+        Store,
+        UnboundedReceiver<Applied>,
+        Arc<std::sync::atomic::AtomicBool>,
+    ) {
         let (applied, seen) = unbounded_channel();
+        let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let backend = Watched {
             inner: SqliteBackend::in_memory().unwrap(),
             applied,
+            full: full.clone(),
         };
-        (Store::start_lingering(backend, linger).unwrap().0, seen)
+        let store = Store::start_lingering(backend, linger).unwrap().0;
+        (store, seen, full)
     }
 
     fn entry(action: &str) -> Op {
@@ -969,6 +1079,39 @@ mod tests {
         assert!(store.flush().await.is_err());
         store.flush().await.unwrap();
         assert_eq!(committed(&store).await, ["waiting", "kept"]);
+    }
+
+    #[tokio::test]
+    async fn rows_the_store_could_not_write_wait_and_are_written_in_order_once_it_can() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (store, _seen, full) = start_with_full_switch(ROWS_LINGER);
+        store.write(entry("before")).await.unwrap();
+        full.store(true, SeqCst);
+        store.submit(entry("row 1"));
+        assert!(store.write(entry("refused write")).await.is_err());
+        store.submit(entry("row 2"));
+        assert!(store.flush().await.is_err(), "the rows wait");
+        full.store(false, SeqCst);
+        store.write(entry("after")).await.unwrap();
+        assert_eq!(
+            committed(&store).await,
+            ["before", "row 1", "row 2", "after"]
+        );
+
+        // With no write after them, they are tried again on their own.
+        full.store(true, SeqCst);
+        store.submit(entry("row 3"));
+        assert!(store.flush().await.is_err());
+        full.store(false, SeqCst);
+        let waited = Instant::now();
+        while committed(&store).await.len() < 5 {
+            assert!(waited.elapsed() < Duration::from_secs(10), "never written");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            committed(&store).await.last().map(String::as_str),
+            Some("row 3")
+        );
     }
 
     #[tokio::test]

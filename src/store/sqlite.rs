@@ -453,7 +453,7 @@ impl OpenedFile {
             );
             self.gone = true;
         }
-        Err(StoreError::Backend(format!(
+        Err(StoreError::Unwritable(format!(
             "the database file {shown} or its -wal was removed or replaced while the service runs: nothing more is written to it"
         )))
     }
@@ -539,14 +539,30 @@ fn read_error(context: &str, e: &rusqlite::Error) -> StoreError {
 /// A write that failed, saying so when the disk is to blame: SQLite's own message for a full
 /// disk is often a bare "disk I/O error".
 fn write_failed(context: &str, e: &rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode;
     let disk = match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::DiskFull) => ": its disk is full",
-        Some(rusqlite::ErrorCode::SystemIoFailure) => {
+        Some(ErrorCode::DiskFull) => ": its disk is full",
+        Some(ErrorCode::SystemIoFailure) => {
             ": its disk could not be written (is it full, or read-only?)"
         }
         _ => "",
     };
-    backend_error(&format!("{context}{disk}"), e)
+    let error = format!("{context}{disk}: {e}");
+    match e.sqlite_error_code() {
+        // The store cannot write now, whatever is written: it may again later.
+        Some(
+            ErrorCode::DiskFull
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::ReadOnly
+            | ErrorCode::CannotOpen
+            | ErrorCode::PermissionDenied
+            | ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::FileLockingProtocolFailed
+            | ErrorCode::OutOfMemory,
+        ) => StoreError::Unwritable(error),
+        _ => StoreError::Backend(error),
+    }
 }
 
 /// When a commit reaches the disk itself (`store.synchronous`, SQLite's pragma of that name).

@@ -328,11 +328,16 @@ async fn no_secret_and_no_token_is_ever_written_in_the_log() {
 }
 
 #[tokio::test]
-async fn a_change_that_was_not_saved_leaves_no_entry_saying_it_was_made() {
+async fn a_change_that_was_not_saved_is_recorded_as_refused_once_the_store_writes_again() {
     let (app, broken) = spawn_app_with_flaky_store(AppOptions::default()).await;
     broken.store(true, Ordering::SeqCst);
     let refused = app.schedule("not-made", &in_ms(3_600_000)).await;
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    // Reading the audit log commits what waits first: the refusal's entry cannot be written.
+    let read = app
+        .call_as(Method::GET, "/audit", None, Some(key_of(Role::Admin)))
+        .await;
+    assert_eq!(read.status, StatusCode::OK, "{read:?}");
     broken.store(false, Ordering::SeqCst);
     let made = app.schedule("made", &in_ms(3_600_000)).await;
     assert_eq!(made.status, StatusCode::OK);
@@ -345,6 +350,12 @@ async fn a_change_that_was_not_saved_leaves_no_entry_saying_it_was_made() {
     assert_eq!(
         entry(&all, "POST /debug/trial/schedule", "made")["outcome"],
         200
+    );
+    // The refusal itself is recorded: its entry waited for the store to write again.
+    assert_eq!(
+        entry(&all, "POST /debug/trial/schedule", "not-made")["outcome"],
+        503,
+        "{all:#?}"
     );
 }
 

@@ -248,7 +248,7 @@ impl lcm::store::Backend for FlakyBackend {
                 .iter()
                 .all(|op| matches!(op, lcm::store::Op::SetPaused { .. }));
         if broken || full || faults.refused.refuses(ops) {
-            return Err(lcm::store::StoreError::Backend(
+            return Err(lcm::store::StoreError::Unwritable(
                 "disk I/O error (simulated)".into(),
             ));
         }
