@@ -7,7 +7,7 @@
 //! submitted, and an entry is submitted under the journal's lock: rows land in `seq` order,
 //! and a checkpoint committed after them finds them committed too.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::broadcast;
@@ -34,6 +34,11 @@ struct Inner {
     events: Vec<Arc<TrialEvent>>,
     /// The next event's number: after the last one kept, whatever came before it.
     next_event: u64,
+    /// The numbers of the events whose commit is awaited ([`Journal::event_saved`]): the
+    /// events numbered after one of them wait in `later` until it is kept or given up, so the
+    /// history and its streams go in the order of the numbers.
+    saving: BTreeSet<u64>,
+    later: Vec<Arc<TrialEvent>>,
     responses: Vec<Arc<ResponseRecord>>,
     live: Live,
 }
@@ -68,14 +73,35 @@ impl Inner {
         })
     }
 
-    /// Keeps an event, in the order of the numbers, and streams it.
+    /// Keeps an event and streams it, unless an event numbered before it waits for its
+    /// commit: then it waits for that one.
     fn keep(&mut self, event: Arc<TrialEvent>) {
+        if self.saving.first().is_some_and(|&first| first < event.seq) {
+            self.later.push(event);
+            return;
+        }
         if let Live::Open(live) = &self.live {
             // No subscriber left is fine.
             let _ = live.send(event.clone());
         }
-        let at = self.events.partition_point(|kept| kept.seq < event.seq);
-        self.events.insert(at, event);
+        self.events.push(event);
+    }
+
+    /// The event numbered `seq`, whose commit was awaited, is kept (`Some`) or given up:
+    /// the events that waited for it follow.
+    fn settle(&mut self, seq: u64, saved: Option<Arc<TrialEvent>>) {
+        self.saving.remove(&seq);
+        match saved {
+            Some(event) => self.keep(event),
+            // Its number goes back unless a later event took the next one meanwhile.
+            None if self.next_event == seq + 1 => self.next_event = seq,
+            None => {}
+        }
+        let mut later = std::mem::take(&mut self.later);
+        later.sort_by_key(|event| event.seq);
+        for event in later {
+            self.keep(event);
+        }
     }
 }
 
@@ -96,6 +122,8 @@ impl Journal {
                 next_event: events
                     .last()
                     .map_or(next_event, |last| next_event.max(last.seq + 1)),
+                saving: BTreeSet::new(),
+                later: Vec::new(),
                 events: events.into_iter().map(Arc::new).collect(),
                 responses: responses.into_iter().map(Arc::new).collect(),
                 live: Live::Unwatched,
@@ -136,6 +164,7 @@ impl Journal {
         let (event, saved) = {
             let mut inner = self.inner();
             let event = inner.numbered(kind, step, detail, None);
+            inner.saving.insert(event.seq);
             let mut ops = with;
             ops.push(Op::AppendEvent {
                 id: self.id.clone(),
@@ -145,13 +174,8 @@ impl Journal {
             (event, self.store.write_all(ops))
         };
         let saved = saved.await;
-        let mut inner = self.inner();
-        match saved {
-            Ok(_) => inner.keep(event),
-            // Its number goes back unless a later event took the next one meanwhile.
-            Err(_) if inner.next_event == event.seq + 1 => inner.next_event = event.seq,
-            Err(_) => {}
-        }
+        let seq = event.seq;
+        self.inner().settle(seq, saved.is_ok().then_some(event));
         saved.map(|_| ())
     }
 
@@ -309,6 +333,111 @@ mod tests {
             .await
             .expect("the follower ends");
         seen
+    }
+
+    /// An in-memory store whose commits wait at a gate while it is shut, and fail while
+    /// `fail` is set.
+    struct Gated {
+        inner: SqliteBackend,
+        shut: Arc<(Mutex<bool>, std::sync::Condvar)>,
+        fail: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl crate::store::Backend for Gated {
+        fn apply(&mut self, ops: &[Op]) -> Result<Vec<usize>, StoreError> {
+            let (shut, opened) = &*self.shut;
+            let mut shut = shut.lock().unwrap();
+            while *shut {
+                shut = opened.wait(shut).unwrap();
+            }
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Backend("refused (simulated)".into()));
+            }
+            self.inner.apply(ops)
+        }
+
+        fn load(&mut self) -> Result<crate::store::Loaded, StoreError> {
+            self.inner.load()
+        }
+
+        fn reader(&self) -> Result<Box<dyn crate::store::Reader>, StoreError> {
+            self.inner.reader()
+        }
+    }
+
+    #[tokio::test]
+    async fn events_recorded_while_one_waits_for_its_commit_follow_it_in_order() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let shut = Arc::new((Mutex::new(true), std::sync::Condvar::new()));
+        let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let backend = Gated {
+            inner: SqliteBackend::in_memory().unwrap(),
+            shut: shut.clone(),
+            fail: fail.clone(),
+        };
+        let (store, _) = Store::start(backend).unwrap();
+        let id = TrialId::parse("saving").unwrap();
+        let journal = Arc::new(Journal::new(id, store, Vec::new(), Vec::new(), 0));
+        let open = |failing: bool| {
+            fail.store(failing, SeqCst);
+            let (shut, opened) = &*shut;
+            *shut.lock().unwrap() = false;
+            opened.notify_all();
+        };
+        let (_, mut follower) = follow(&journal);
+
+        // Saved: the event recorded while it waits comes after it.
+        let saving = tokio::spawn({
+            let journal = journal.clone();
+            async move {
+                journal
+                    .event_saved(EventKind::Paused, None, None, Vec::new())
+                    .await
+            }
+        });
+        while journal.next_event() == 0 {
+            tokio::task::yield_now().await;
+        }
+        progress(&journal, 1);
+        assert!(journal.history().is_empty(), "the later event waits");
+        open(false);
+        assert!(saving.await.unwrap().is_ok());
+        let kinds = |journal: &Journal| -> Vec<(u64, EventKind)> {
+            journal.history().iter().map(|e| (e.seq, e.event)).collect()
+        };
+        assert_eq!(
+            kinds(&journal),
+            [(0, EventKind::Paused), (1, EventKind::Progress)]
+        );
+
+        // Not saved: it is not kept, and the event that waited for it follows.
+        *shut.0.lock().unwrap() = true;
+        let refused = tokio::spawn({
+            let journal = journal.clone();
+            async move {
+                journal
+                    .event_saved(EventKind::Resumed, None, None, Vec::new())
+                    .await
+            }
+        });
+        while journal.next_event() == 2 {
+            tokio::task::yield_now().await;
+        }
+        progress(&journal, 1);
+        open(true);
+        assert!(refused.await.unwrap().is_err());
+        fail.store(false, SeqCst);
+        journal.event(EventKind::TrialFinished, None, None, None);
+        assert_eq!(
+            kinds(&journal),
+            [
+                (0, EventKind::Paused),
+                (1, EventKind::Progress),
+                (3, EventKind::Progress),
+                (4, EventKind::TrialFinished)
+            ]
+        );
+        assert_eq!(followed(&mut follower).await, [0, 1, 3, 4]);
     }
 
     #[tokio::test]
